@@ -1,0 +1,36 @@
+//! meshlat agent: responders, probers, scheduler and sinks.
+//!
+//! An agent answers probes (`agent serve`), takes measurements (`agent probe`, or jobs from a
+//! controller) and writes one [`Record`](meshlat_proto::record::Record) per measurement to its
+//! sinks.
+//!
+//! # Layout
+//!
+//! - [`clock`]: the process clock (monotonic, wall-clock timebase) and clock error bounds.
+//! - [`target`]: parsing `proto://host:port` and URL targets.
+//! - [`probe`]: one module per protocol behind [`probe::ProbeRunner`]; sans-IO timing cores.
+//! - [`respond`]: UDP reflector, TCP, QUIC and HTTP(S) responders.
+//! - [`scheduler`]: runs a watched job set: intervals, timeouts, records, fan-out to sinks.
+//! - [`sink`]: the sink trait, batching, stdout (table/JSON) and file sinks.
+//! - [`metrics`]: the Prometheus registry and the events that count drops and errors.
+//! - [`admin`]: the `-s PORT` server: `/health`, `/metrics`, `/memstats`.
+//! - [`tls`]: rustls configuration (one provider: ring).
+//! - [`linkemu`]: a UDP/TCP forwarder with per-route delay and seeded loss, for tests and demos.
+//! - [`cli`]: the command line; [`config`]: validated configuration; [`app`]: bind + run.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod linkemu;
+pub mod metrics;
+pub mod probe;
+pub mod respond;
+pub mod scheduler;
+pub mod sink;
+pub mod target;
+pub mod tls;
+
+/// This agent's version, as written in records.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

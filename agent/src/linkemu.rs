@@ -1,0 +1,1 @@
+//! linkemu (being built).

@@ -1,0 +1,2 @@
+//! `agent` binary (being built).
+fn main() {}

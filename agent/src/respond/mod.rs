@@ -1,0 +1,179 @@
+//! Responders (`agent serve`): what other agents and `agent probe` measure against.
+//!
+//! Each responder binds first (so tests can use port 0 and read the address) and then serves
+//! until the shutdown token fires.
+//!
+//! # Layout
+//!
+//! - [`udp`]: the UDP reflector (TWAMP-light style; authenticated; never answers larger).
+//! - [`tcp`]: accepts and closes connections (connect-time target).
+//! - [`quic`]: quinn endpoint with meshlat's ALPN; echoes datagrams.
+//! - [`http`]: HTTP and HTTPS: `/ping`, `/bytes/N`.
+
+pub mod http;
+pub mod quic;
+pub mod tcp;
+pub mod udp;
+
+use std::net::{IpAddr, SocketAddr};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::probe::Key;
+use crate::tls::Identity;
+
+/// Which responders to run and where.
+#[derive(Clone, Debug)]
+pub struct ResponderConfig {
+    /// Address to bind every responder on.
+    pub listen: IpAddr,
+    /// UDP reflector port (`None`: off; `Some(0)`: any).
+    pub udp_port: Option<u16>,
+    /// TCP responder port.
+    pub tcp_port: Option<u16>,
+    /// QUIC responder port.
+    pub quic_port: Option<u16>,
+    /// HTTP responder port.
+    pub http_port: Option<u16>,
+    /// HTTPS responder port.
+    pub https_port: Option<u16>,
+    /// Keys the UDP reflector accepts.
+    pub keys: Vec<Key>,
+    /// Certificate for HTTPS and QUIC.
+    pub identity: Identity,
+}
+
+/// The addresses responders actually bound.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResponderAddrs {
+    /// UDP reflector.
+    pub udp: Option<SocketAddr>,
+    /// TCP responder.
+    pub tcp: Option<SocketAddr>,
+    /// QUIC responder.
+    pub quic: Option<SocketAddr>,
+    /// HTTP responder.
+    pub http: Option<SocketAddr>,
+    /// HTTPS responder.
+    pub https: Option<SocketAddr>,
+}
+
+/// A responder that could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{protocol} responder on {addr}: {source}")]
+pub struct BindError {
+    /// Which responder.
+    pub protocol: &'static str,
+    /// Where it tried to bind.
+    pub addr: SocketAddr,
+    /// Why it failed.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Every bound responder, ready to serve.
+#[derive(Debug)]
+pub struct Responders {
+    udp: Option<udp::UdpReflector>,
+    tcp: Option<tcp::TcpResponder>,
+    quic: Option<quic::QuicResponder>,
+    http: Option<http::HttpResponder>,
+    https: Option<http::HttpResponder>,
+}
+
+impl Responders {
+    /// Binds every configured responder.
+    ///
+    /// # Errors
+    ///
+    /// [`BindError`] for the first responder that cannot bind.
+    pub async fn bind(cfg: &ResponderConfig) -> Result<Self, BindError> {
+        let at = |port: u16| SocketAddr::new(cfg.listen, port);
+        let err = |protocol, addr| {
+            move |source| BindError {
+                protocol,
+                addr,
+                source,
+            }
+        };
+        let udp = match cfg.udp_port {
+            Some(p) => Some(
+                udp::UdpReflector::bind(at(p), cfg.keys.clone())
+                    .await
+                    .map_err(err("udp", at(p)))?,
+            ),
+            None => None,
+        };
+        let tcp = match cfg.tcp_port {
+            Some(p) => Some(
+                tcp::TcpResponder::bind(at(p))
+                    .await
+                    .map_err(err("tcp", at(p)))?,
+            ),
+            None => None,
+        };
+        let quic = match cfg.quic_port {
+            Some(p) => Some(
+                quic::QuicResponder::bind(at(p), &cfg.identity)
+                    .await
+                    .map_err(err("quic", at(p)))?,
+            ),
+            None => None,
+        };
+        let http = match cfg.http_port {
+            Some(p) => Some(
+                http::HttpResponder::bind(at(p), None)
+                    .await
+                    .map_err(err("http", at(p)))?,
+            ),
+            None => None,
+        };
+        let https = match cfg.https_port {
+            Some(p) => Some(
+                http::HttpResponder::bind(at(p), Some(&cfg.identity))
+                    .await
+                    .map_err(err("https", at(p)))?,
+            ),
+            None => None,
+        };
+        Ok(Responders {
+            udp,
+            tcp,
+            quic,
+            http,
+            https,
+        })
+    }
+
+    /// Bound addresses.
+    pub fn addrs(&self) -> ResponderAddrs {
+        ResponderAddrs {
+            udp: self.udp.as_ref().map(udp::UdpReflector::local_addr),
+            tcp: self.tcp.as_ref().map(tcp::TcpResponder::local_addr),
+            quic: self.quic.as_ref().map(quic::QuicResponder::local_addr),
+            http: self.http.as_ref().map(http::HttpResponder::local_addr),
+            https: self.https.as_ref().map(http::HttpResponder::local_addr),
+        }
+    }
+
+    /// Serves until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut set = tokio::task::JoinSet::new();
+        if let Some(r) = self.udp {
+            set.spawn(r.run(shutdown.clone()));
+        }
+        if let Some(r) = self.tcp {
+            set.spawn(r.run(shutdown.clone()));
+        }
+        if let Some(r) = self.quic {
+            set.spawn(r.run(shutdown.clone()));
+        }
+        if let Some(r) = self.http {
+            set.spawn(r.run(shutdown.clone()));
+        }
+        if let Some(r) = self.https {
+            set.spawn(r.run(shutdown.clone()));
+        }
+        while set.join_next().await.is_some() {}
+    }
+}

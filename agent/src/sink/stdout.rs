@@ -1,0 +1,1 @@
+//! Stdout sink (being built).

@@ -1,0 +1,45 @@
+//! What meshlat's agent and controller must agree on.
+//!
+//! # Layout
+//!
+//! - [`pb`]: prost messages and tonic clients/servers generated from `meshlat/v1/*.proto`, plus
+//!   [`FILE_DESCRIPTOR_SET`] for gRPC reflection.
+//! - [`record`]: the measurement record (one JSON object per line) and its machine-readable
+//!   field table [`record::FIELDS`], from which the Athena DDL and README's table are checked.
+//! - [`job`]: job-spec validation shared by the controller (which refuses bad specs) and the
+//!   agent (which never trusts what it is sent).
+
+pub mod job;
+pub mod record;
+
+/// Generated protobuf and gRPC code for package `meshlat.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic, rust_2018_idioms)]
+pub mod pb {
+    tonic::include_proto!("meshlat.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every meshlat proto file, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/meshlat_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_set_decodes_and_names_every_service() {
+        let fds = <prost_types::FileDescriptorSet as prost::Message>::decode(FILE_DESCRIPTOR_SET)
+            .expect("descriptor set built by build.rs must decode");
+        let services: Vec<String> = fds
+            .file
+            .iter()
+            .flat_map(|f| f.service.iter().map(|s| s.name().to_string()))
+            .collect();
+        for want in ["AgentService", "OperatorService", "FederationService"] {
+            assert!(
+                services.iter().any(|s| s == want),
+                "{want} missing from {services:?}"
+            );
+        }
+    }
+}
