@@ -1,1 +1,172 @@
-//! admin (being built).
+//! The stats server (`-s PORT`, like perftest's `-s`).
+//!
+//! Endpoints:
+//!
+//! - `GET /health` — `ok` (200) while the process runs.
+//! - `GET /metrics` — Prometheus text exposition of [`crate::metrics`].
+//! - `GET /memstats` — runtime and memory figures as JSON: resident set size and its peak,
+//!   virtual size, threads, open file descriptors, CPU seconds, uptime (perftest's memstats,
+//!   with what a Rust process can report).
+//!
+//! Anything else is 404; only GET and HEAD are accepted.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+
+/// The bound stats server.
+#[derive(Debug)]
+pub struct AdminServer {
+    listener: tokio::net::TcpListener,
+}
+
+impl AdminServer {
+    /// Binds the stats server.
+    ///
+    /// # Errors
+    ///
+    /// The bind error.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+        Ok(AdminServer {
+            listener: tokio::net::TcpListener::bind(addr).await?,
+        })
+    }
+
+    /// Bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let started = tokio::time::Instant::now();
+        loop {
+            let (stream, _) = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = self.listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(error) => {
+                        tracing::warn!(message = "Stats server accept failed.", %error);
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let io = hyper_util::rt::TokioIo::new(stream);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| async move {
+                    Ok::<_, Infallible>(handle(&req, started))
+                });
+                let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+                if let Err(error) =
+                    tokio::time::timeout(std::time::Duration::from_secs(30), conn).await
+                {
+                    tracing::debug!(message = "Stats connection timed out.", %error);
+                }
+            });
+        }
+    }
+}
+
+fn handle(req: &Request<Incoming>, started: tokio::time::Instant) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, ctype: &'static str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ctype),
+        );
+        r
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/health" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::get().encode(),
+        ),
+        "/memstats" => reply(
+            StatusCode::OK,
+            "application/json",
+            memstats(started.elapsed().as_secs_f64()).to_string(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /health, /metrics or /memstats\n".into(),
+        ),
+    }
+}
+
+/// Process figures from `/proc/self` (Linux). Missing figures are `null`.
+pub fn memstats(uptime_s: f64) -> serde_json::Value {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |key: &str| -> Option<u64> {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|v| v * 1024)
+    };
+    let threads = status
+        .lines()
+        .find(|l| l.starts_with("Threads:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok());
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let after = stat.rsplit_once(')').map(|(_, s)| s).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; after ')' they are at 11 and 12.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|t| t / 100.0)
+    };
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .ok();
+    serde_json::json!({
+        "rss_bytes": kb("VmRSS:"),
+        "rss_peak_bytes": kb("VmHWM:"),
+        "virtual_bytes": kb("VmSize:"),
+        "threads": threads,
+        "open_fds": fds,
+        "cpu_user_seconds": ticks(11),
+        "cpu_system_seconds": ticks(12),
+        "uptime_seconds": uptime_s,
+        "version": crate::VERSION,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memstats_reports_rss_and_threads() {
+        let m = memstats(1.0);
+        assert!(
+            m["rss_bytes"].as_u64().is_some_and(|v| v > 1024 * 1024),
+            "{m}"
+        );
+        assert!(m["threads"].as_u64().is_some_and(|v| v >= 1), "{m}");
+        assert!(m["cpu_user_seconds"].as_f64().is_some(), "{m}");
+    }
+}

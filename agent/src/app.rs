@@ -1,1 +1,273 @@
-//! app (being built).
+//! Binding and running the agent's commands (STYLE §1: `bind` opens every listener, `run` serves
+//! until shutdown). `main.rs` only parses, configures logging and calls into here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshlat_proto::record::{ControlMode, Kind, Protocol};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::AdminServer;
+use crate::config::{ProbeConfig, ServeConfig};
+use crate::probe::{ProbeRunner, ProbeSpec};
+use crate::respond::{ResponderAddrs, Responders};
+use crate::scheduler::{Job, JobSet, JobTarget, PeerInfo, RunSummary, Scheduler};
+use crate::sink::SinkSet;
+use crate::sink::file::FileSink;
+use crate::sink::stdout::StdoutSink;
+
+/// How long sinks get to drain at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Job id of records measured by `agent probe`.
+pub const STANDALONE_JOB: &str = "standalone";
+
+/// A startup failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A responder could not bind.
+    #[error(transparent)]
+    Bind(#[from] crate::respond::BindError),
+    /// The stats server could not bind.
+    #[error("stats server on {addr}: {source}")]
+    Stats {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A probe could not be set up.
+    #[error("{target}: {source}")]
+    Probe {
+        /// First target of the protocol group.
+        target: String,
+        /// Cause.
+        #[source]
+        source: crate::probe::ProbeSetupError,
+    },
+}
+
+async fn bind_admin(port: Option<u16>) -> Result<Option<AdminServer>, StartError> {
+    match port {
+        Some(p) => {
+            let addr = SocketAddr::from(([0, 0, 0, 0], p));
+            let s = AdminServer::bind(addr)
+                .await
+                .map_err(|source| StartError::Stats { addr, source })?;
+            tracing::info!(message = "Stats server listening.", addr = %s.local_addr());
+            Ok(Some(s))
+        }
+        None => Ok(None),
+    }
+}
+
+/// `agent serve`, bound.
+#[derive(Debug)]
+pub struct ServeApp {
+    responders: Responders,
+    admin: Option<AdminServer>,
+}
+
+impl ServeApp {
+    /// Binds every responder and the stats server.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`] naming what could not bind.
+    pub async fn bind(cfg: &ServeConfig) -> Result<Self, StartError> {
+        crate::tls::install_crypto_provider();
+        let responders = Responders::bind(&cfg.responders).await?;
+        let admin = bind_admin(cfg.common.stats_port).await?;
+        Ok(ServeApp { responders, admin })
+    }
+
+    /// Bound responder addresses.
+    pub fn addrs(&self) -> ResponderAddrs {
+        self.responders.addrs()
+    }
+
+    /// Bound stats address.
+    pub fn stats_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
+    }
+
+    /// Serves until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        if let Some(a) = self.admin {
+            tokio::spawn(a.run(shutdown.clone()));
+        }
+        self.responders.run(shutdown).await;
+    }
+}
+
+/// Lines announcing bound addresses (`listening <proto> <addr>`), for people and test harnesses.
+pub fn listening_lines(addrs: &ResponderAddrs, stats: Option<SocketAddr>) -> Vec<String> {
+    let mut v = Vec::new();
+    for (name, a) in [
+        ("udp", addrs.udp),
+        ("tcp", addrs.tcp),
+        ("quic", addrs.quic),
+        ("http", addrs.http),
+        ("https", addrs.https),
+        ("stats", stats),
+    ] {
+        if let Some(a) = a {
+            v.push(format!("listening {name} {a}"));
+        }
+    }
+    v
+}
+
+/// `agent probe`, ready to run.
+#[derive(Debug)]
+pub struct ProbeApp {
+    cfg: ProbeConfig,
+    jobs: Vec<Arc<Job>>,
+    admin: Option<AdminServer>,
+}
+
+/// The outcome of `agent probe`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeExit {
+    /// Every measurement succeeded.
+    AllOk,
+    /// Some failed.
+    SomeFailed,
+}
+
+impl ProbeApp {
+    /// Checks every target's probe can be set up and binds the stats server.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`] for unusable probe settings or a stats port in use.
+    pub async fn bind(cfg: ProbeConfig) -> Result<Self, StartError> {
+        crate::tls::install_crypto_provider();
+        // One job per protocol: each job's spec carries its protocol.
+        let mut protocols: Vec<Protocol> = cfg.targets.iter().map(|t| t.protocol).collect();
+        protocols.sort();
+        protocols.dedup();
+        let mut jobs = Vec::new();
+        for (version, p) in protocols.into_iter().enumerate() {
+            let targets: Vec<JobTarget> = cfg
+                .targets
+                .iter()
+                .filter(|t| t.protocol == p)
+                .map(|t| JobTarget {
+                    target: t.clone(),
+                    dst: PeerInfo::default(),
+                })
+                .collect();
+            let spec = ProbeSpec {
+                protocol: p,
+                ..cfg.spec.clone()
+            };
+            if let Err(source) = ProbeRunner::new(&spec) {
+                return Err(StartError::Probe {
+                    target: targets[0].target.raw.clone(),
+                    source,
+                });
+            }
+            jobs.push(Arc::new(Job {
+                id: STANDALONE_JOB.into(),
+                version: version as u64,
+                kind: Kind::Probe,
+                spec,
+                targets,
+                interval: cfg.interval,
+                count: cfg.count,
+                spread_start: false,
+            }));
+        }
+        let admin = bind_admin(cfg.common.stats_port).await?;
+        Ok(ProbeApp { cfg, jobs, admin })
+    }
+
+    /// Bound stats address.
+    pub fn stats_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
+    }
+
+    /// Measures until the count is reached or `shutdown` fires; then drains the sinks.
+    pub async fn run(self, shutdown: CancellationToken) -> (ProbeExit, RunSummary) {
+        if let Some(a) = self.admin {
+            tokio::spawn(a.run(shutdown.clone()));
+        }
+        let mut sinks = SinkSet::new();
+        sinks.add(StdoutSink::new(self.cfg.format));
+        if let Some(f) = &self.cfg.file {
+            sinks.add(FileSink::new(f.clone(), &self.cfg.identity.region));
+        }
+        let (_mode_tx, mode_rx) = watch::channel(ControlMode::Standalone);
+        let (jobs_tx, jobs_rx) = watch::channel(JobSet {
+            generation: 0,
+            jobs: self.jobs,
+        });
+        // A fixed job set: dropping the sender lets the scheduler return when every pair is done.
+        drop(jobs_tx);
+        let summary = Scheduler::new(self.cfg.identity.clone(), sinks.handle(), mode_rx)
+            .run(jobs_rx, shutdown)
+            .await;
+        sinks.close(SHUTDOWN_GRACE).await;
+        let exit = if summary.failed == 0 && summary.setup_errors == 0 {
+            ProbeExit::AllOk
+        } else {
+            ProbeExit::SomeFailed
+        };
+        (exit, summary)
+    }
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM (ECS stops tasks with SIGTERM). A second signal
+/// exits at once.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::warn!(message = "Cannot listen for SIGTERM.", %error);
+                    let _ = tokio::signal::ctrl_c().await;
+                    t.cancel();
+                    return;
+                }
+            };
+        for round in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if round == 0 {
+                tracing::info!(message = "Shutting down; signal again to exit at once.");
+                t.cancel();
+            } else {
+                std::process::exit(130);
+            }
+        }
+    });
+    token
+}
+
+/// Sets up logging on stderr: text or JSON, level from `-v` unless `RUST_LOG` is set.
+pub fn init_logging(verbose: u8, format: crate::cli::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        crate::cli::LogFormat::Json => builder.json().try_init(),
+        crate::cli::LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,1 +1,316 @@
-//! cli (being built).
+//! The `agent` command line (DESIGN §2). Every flag also reads a `MESHLAT_*` environment
+//! variable; `agent probe` also honours perftest's `PERFTEST_URL` and `REP_LOCATION`.
+//!
+//! These are raw values: [`crate::config`] turns them into validated configuration.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Default UDP reflector port.
+pub const DEFAULT_UDP_PORT: u16 = 7710;
+/// Default TCP responder port.
+pub const DEFAULT_TCP_PORT: u16 = 7711;
+/// Default QUIC responder port.
+pub const DEFAULT_QUIC_PORT: u16 = 7712;
+/// Default HTTP responder port.
+pub const DEFAULT_HTTP_PORT: u16 = 7780;
+/// Default HTTPS responder port.
+pub const DEFAULT_HTTPS_PORT: u16 = 7743;
+
+const ROOT_EXAMPLES: &str = "\
+Examples:
+  agent serve                                   # answer probes on the default ports
+  agent probe -n 5 https://example.com/         # perftest-style HTTP phase timings
+  agent probe --format json udp://10.0.0.7:7710 # UDP trains, one JSON record per train
+  agent --controller https://ctl:7400 --token T # run under a controller (container entry point)";
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  agent serve
+  agent serve --listen 127.0.0.1 --udp-port 0 --http-port off -s 9100
+  MESHLAT_KEY=s3cret agent serve --udp-port 7710
+
+Ports: a number, 0 for any free port, or 'off'. Bound addresses are printed on stdout as
+'listening <proto> <addr>' lines.";
+
+const PROBE_EXAMPLES: &str = "\
+Examples:
+  agent probe -n 5 -d 2 https://www.example.com/
+  agent probe -n 0 --format json --out ./data udp://10.0.0.7:7710 tcp://10.0.0.7:7711
+  PERFTEST_URL=https://example.com REP_LOCATION='Paris,FR' agent probe -n 3
+  agent probe --ca ./ca.pem https://internal.example:7743/ping
+
+Exit status: 0 all measurements ok, 1 some failed, 2 usage or configuration error.";
+
+/// meshlat agent: answers probes, measures latency, writes one record per measurement.
+#[derive(Debug, Parser)]
+#[command(name = "agent", version, after_help = ROOT_EXAMPLES, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Subcommand; without one, `run` (connect to a controller).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `run` when no subcommand is given.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Agent subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Answer probes: UDP reflector, TCP, QUIC, HTTP and HTTPS responders.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
+    /// Measure the given targets and print the results (perftest's table by default).
+    #[command(after_help = PROBE_EXAMPLES)]
+    Probe(ProbeArgs),
+    /// Connect to a controller and run the jobs it assigns (the default).
+    Run(RunArgs),
+}
+
+/// A responder port: a number, 0 (any), or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortArg(pub Option<u16>);
+
+impl std::str::FromStr for PortArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" | "none" | "disabled" => Ok(PortArg(None)),
+            n => n
+                .parse::<u16>()
+                .map(|p| PortArg(Some(p)))
+                .map_err(|_| format!("{s:?} is not a port (0-65535) or 'off'")),
+        }
+    }
+}
+
+/// Responder flags, shared by `serve` and `run`.
+#[derive(Clone, Debug, Args)]
+pub struct ResponderArgs {
+    /// Address every responder binds.
+    #[arg(long, env = "MESHLAT_LISTEN", default_value = "0.0.0.0")]
+    pub listen: IpAddr,
+    /// UDP reflector port (0: any, off: disabled).
+    #[arg(long, env = "MESHLAT_UDP_PORT", default_value_t = PortArg(Some(DEFAULT_UDP_PORT)), value_name = "P")]
+    pub udp_port: PortArg,
+    /// TCP responder port.
+    #[arg(long, env = "MESHLAT_TCP_PORT", default_value_t = PortArg(Some(DEFAULT_TCP_PORT)), value_name = "P")]
+    pub tcp_port: PortArg,
+    /// QUIC responder port.
+    #[arg(long, env = "MESHLAT_QUIC_PORT", default_value_t = PortArg(Some(DEFAULT_QUIC_PORT)), value_name = "P")]
+    pub quic_port: PortArg,
+    /// HTTP responder port.
+    #[arg(long, env = "MESHLAT_HTTP_PORT", default_value_t = PortArg(Some(DEFAULT_HTTP_PORT)), value_name = "P")]
+    pub http_port: PortArg,
+    /// HTTPS responder port.
+    #[arg(long, env = "MESHLAT_HTTPS_PORT", default_value_t = PortArg(Some(DEFAULT_HTTPS_PORT)), value_name = "P")]
+    pub https_port: PortArg,
+    /// Shared secret for UDP packet authentication; repeat to accept several (key rotation).
+    /// Without one, a well-known default key is used (a warning is logged).
+    #[arg(
+        long = "key",
+        env = "MESHLAT_KEY",
+        value_delimiter = ',',
+        value_name = "KEY"
+    )]
+    pub keys: Vec<String>,
+    /// PEM certificate chain for HTTPS and QUIC (default: a self-signed certificate).
+    #[arg(
+        long,
+        env = "MESHLAT_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(
+        long,
+        env = "MESHLAT_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl std::fmt::Display for PortArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, "{p}"),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+/// Flags common to commands that run long: logging and the stats endpoint.
+#[derive(Clone, Debug, Args)]
+pub struct CommonArgs {
+    /// Serve /health, /metrics (Prometheus) and /memstats (JSON) on this port.
+    #[arg(
+        short = 's',
+        long = "stats-port",
+        env = "MESHLAT_STATS_PORT",
+        value_name = "PORT"
+    )]
+    pub stats_port: Option<u16>,
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log format on stderr.
+    #[arg(long, env = "MESHLAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for CloudWatch and friends).
+    Json,
+}
+
+/// `agent serve`.
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// Responders.
+    #[command(flatten)]
+    pub responders: ResponderArgs,
+    /// Logging and stats.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Output format of `agent probe` on stdout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// perftest's table (HTTP) and equivalent tables for other protocols.
+    Table,
+    /// One JSON record per line.
+    Json,
+}
+
+/// Sink flags, shared by `probe` and `run`.
+#[derive(Clone, Debug, Args)]
+pub struct SinkArgs {
+    /// Also write records under DIR in the Hive layout records/region=R/dt=D/hour=H/*.ndjson.
+    #[arg(long, env = "MESHLAT_OUT", value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Rotate output files at this size (bytes).
+    #[arg(long, env = "MESHLAT_FILE_MAX_BYTES", default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    pub file_max_bytes: u64,
+    /// Rotate output files at this age (seconds).
+    #[arg(
+        long,
+        env = "MESHLAT_FILE_MAX_AGE",
+        default_value_t = 300.0,
+        value_name = "SECONDS"
+    )]
+    pub file_max_age: f64,
+    /// Flush output files at least this often (seconds): the most a crash can lose.
+    #[arg(
+        long,
+        env = "MESHLAT_FLUSH_INTERVAL",
+        default_value_t = 1.0,
+        value_name = "SECONDS"
+    )]
+    pub flush_interval: f64,
+}
+
+/// Identity labels an agent puts in its records.
+#[derive(Clone, Debug, Args)]
+pub struct IdentityArgs {
+    /// Region label (partition key of the record layout).
+    #[arg(long, env = "MESHLAT_REGION")]
+    pub region: Option<String>,
+    /// Availability zone label.
+    #[arg(long, env = "MESHLAT_AZ")]
+    pub az: Option<String>,
+    /// Location label (perftest's REP_LOCATION is read too).
+    #[arg(long, env = "MESHLAT_LOCATION")]
+    pub location: Option<String>,
+}
+
+/// `agent probe`.
+#[derive(Clone, Debug, Args)]
+pub struct ProbeArgs {
+    /// Targets: http(s)://..., tcp://host:port, udp://host:port, quic://host:port.
+    /// Default: $PERFTEST_URL (whitespace- or comma-separated).
+    #[arg(value_name = "TARGET")]
+    pub targets: Vec<String>,
+    /// Samples per target (0: until Ctrl-C).
+    #[arg(
+        short = 'n',
+        long = "count",
+        env = "MESHLAT_COUNT",
+        default_value_t = 10
+    )]
+    pub count: u64,
+    /// Seconds between the starts of consecutive samples of one target.
+    #[arg(
+        short = 'd',
+        long = "delay",
+        env = "MESHLAT_DELAY",
+        default_value_t = 1.0,
+        value_name = "SECONDS"
+    )]
+    pub delay: f64,
+    /// Per-sample timeout in seconds (default: 5, or -d if smaller).
+    #[arg(long, env = "MESHLAT_TIMEOUT", value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+    /// Output format on stdout.
+    #[arg(long, env = "MESHLAT_FORMAT", value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Packets per train (udp, quic).
+    #[arg(long, env = "MESHLAT_PACKETS", default_value_t = 10, value_name = "N")]
+    pub packets: u32,
+    /// Milliseconds between packets of a train.
+    #[arg(
+        long = "interval-ms",
+        env = "MESHLAT_INTERVAL_MS",
+        default_value_t = 10.0,
+        value_name = "MS"
+    )]
+    pub interval_ms: f64,
+    /// UDP/QUIC datagram size in bytes (0: the minimum).
+    #[arg(
+        long,
+        env = "MESHLAT_PAYLOAD_BYTES",
+        default_value_t = 0,
+        value_name = "BYTES"
+    )]
+    pub payload_bytes: u32,
+    /// Shared secret for UDP packet authentication (must match the reflector's).
+    #[arg(long, env = "MESHLAT_KEY", value_name = "KEY")]
+    pub key: Option<String>,
+    /// Accept any certificate from https/quic targets.
+    #[arg(long, env = "MESHLAT_TLS_SKIP_VERIFY")]
+    pub tls_skip_verify: bool,
+    /// Trust these PEM CA certificates for https/quic targets (instead of the web roots).
+    #[arg(long, env = "MESHLAT_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Identity labels.
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    /// Sinks.
+    #[command(flatten)]
+    pub sinks: SinkArgs,
+    /// Logging and stats.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `agent run` (the default): connect to a controller.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// Controller URL, e.g. https://controller.eu-west-1.internal:7400.
+    #[arg(long, env = "MESHLAT_CONTROLLER")]
+    pub controller: Option<String>,
+    /// Join token printed by the controller.
+    #[arg(long, env = "MESHLAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Address other agents should probe (default: detected; on ECS the task IP).
+    #[arg(long, env = "MESHLAT_ADVERTISE")]
+    pub advertise: Option<String>,
+}

@@ -1,1 +1,537 @@
-//! config (being built).
+//! Validated configuration ("parse, don't validate", STYLE §7).
+//!
+//! The raw command line ([`crate::cli`]) is turned into these types by `TryFrom`; nothing else
+//! sees the raw values. Every error names the flag and the value.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use meshlat_proto::job::{MAX_PACKETS, MAX_PAYLOAD_BYTES};
+
+use crate::cli::{self, Format, LogFormat};
+use crate::probe::{Key, ProbeSpec};
+use crate::respond::ResponderConfig;
+use crate::target::{Target, TargetError};
+use crate::tls::{Identity, TlsClientOptions};
+
+/// Default per-sample timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A configuration error; the message names the flag (and environment variable) and value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No targets on the command line or in `PERFTEST_URL`.
+    #[error(
+        "no targets: give TARGET arguments or set PERFTEST_URL (e.g. agent probe https://example.com/)"
+    )]
+    NoTargets,
+    /// A target did not parse.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// A numeric flag out of range.
+    #[error("{flag}: {value} is out of range ({range})")]
+    OutOfRange {
+        /// Flag name.
+        flag: &'static str,
+        /// Given value.
+        value: String,
+        /// Allowed range.
+        range: &'static str,
+    },
+    /// --timeout above -d.
+    #[error(
+        "--timeout ({timeout:?}) must not exceed -d ({delay:?}): samples of one target would overlap"
+    )]
+    TimeoutAboveDelay {
+        /// Timeout.
+        timeout: Duration,
+        /// Delay.
+        delay: Duration,
+    },
+    /// A file given by a flag is unusable.
+    #[error("{flag} {path}: {reason}")]
+    File {
+        /// Flag name.
+        flag: &'static str,
+        /// Path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A label contains characters that would break the record layout.
+    #[error("{flag} {value:?}: {reason}")]
+    Label {
+        /// Flag name.
+        flag: &'static str,
+        /// Value.
+        value: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// Logging and stats settings.
+#[derive(Clone, Debug)]
+pub struct CommonConfig {
+    /// `-s PORT`.
+    pub stats_port: Option<u16>,
+    /// Verbosity (0 info, 1 debug, 2+ trace).
+    pub verbose: u8,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl From<&cli::CommonArgs> for CommonConfig {
+    fn from(a: &cli::CommonArgs) -> Self {
+        CommonConfig {
+            stats_port: a.stats_port,
+            verbose: a.verbose,
+            log_format: a.log_format,
+        }
+    }
+}
+
+/// Who this agent is, as written in records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentIdentity {
+    /// Agent id (None standalone).
+    pub agent_id: Option<String>,
+    /// Region (`local` when not given: the file layout needs one).
+    pub region: String,
+    /// Availability zone.
+    pub az: Option<String>,
+    /// Location label.
+    pub location: Option<String>,
+}
+
+/// Where the file sink writes and how it rotates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileSinkConfig {
+    /// Root directory (records/ goes under it).
+    pub dir: PathBuf,
+    /// Rotate at this size.
+    pub max_bytes: u64,
+    /// Rotate at this age.
+    pub max_age: Duration,
+    /// Flush interval.
+    pub flush_interval: Duration,
+}
+
+/// Validated `agent probe` configuration.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    /// Targets, in command-line order, without duplicates.
+    pub targets: Vec<Target>,
+    /// Samples per target; `None` runs until interrupted.
+    pub count: Option<u64>,
+    /// Time between sample starts.
+    pub interval: Duration,
+    /// Probe parameters (protocol is set per target).
+    pub spec: ProbeSpec,
+    /// Stdout format.
+    pub format: Format,
+    /// File sink.
+    pub file: Option<FileSinkConfig>,
+    /// Identity labels.
+    pub identity: AgentIdentity,
+    /// Logging/stats.
+    pub common: CommonConfig,
+}
+
+/// Validated `agent serve` configuration.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Responders.
+    pub responders: ResponderConfig,
+    /// Logging/stats.
+    pub common: CommonConfig,
+}
+
+fn secs(flag: &'static str, v: f64, allow_zero: bool) -> Result<Duration, ConfigError> {
+    if !v.is_finite() || v < 0.0 || (!allow_zero && v == 0.0) || v > 86_400.0 * 365.0 {
+        return Err(ConfigError::OutOfRange {
+            flag,
+            value: v.to_string(),
+            range: if allow_zero {
+                "0 to 1 year, in seconds"
+            } else {
+                "above 0, up to 1 year, in seconds"
+            },
+        });
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn label(flag: &'static str, v: Option<String>) -> Result<Option<String>, ConfigError> {
+    match v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) {
+        Some(s) if s.chars().any(|c| c.is_control()) => Err(ConfigError::Label {
+            flag,
+            value: s,
+            reason: "must not contain control characters",
+        }),
+        other => Ok(other),
+    }
+}
+
+fn region(v: Option<String>) -> Result<String, ConfigError> {
+    let r = label("--region", v)?.unwrap_or_else(|| "local".into());
+    // The region is a path component of the Hive layout (region=<r>).
+    if !r
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        || r.starts_with('.')
+    {
+        return Err(ConfigError::Label {
+            flag: "--region",
+            value: r,
+            reason: "use letters, digits, '-', '_' and '.' only",
+        });
+    }
+    Ok(r)
+}
+
+fn file_sink(a: &cli::SinkArgs) -> Result<Option<FileSinkConfig>, ConfigError> {
+    let Some(dir) = &a.out else { return Ok(None) };
+    if a.file_max_bytes < 1024 {
+        return Err(ConfigError::OutOfRange {
+            flag: "--file-max-bytes",
+            value: a.file_max_bytes.to_string(),
+            range: ">= 1024",
+        });
+    }
+    Ok(Some(FileSinkConfig {
+        dir: dir.clone(),
+        max_bytes: a.file_max_bytes,
+        max_age: secs("--file-max-age", a.file_max_age, false)?,
+        flush_interval: secs("--flush-interval", a.flush_interval, false)?,
+    }))
+}
+
+/// Reads `PERFTEST_URL` the way perftest users set it (one or more URLs).
+fn targets_from_env(value: Option<String>) -> Vec<String> {
+    value
+        .map(|v| {
+            v.split(|c: char| c.is_whitespace() || c == ',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl ProbeConfig {
+    /// Validates `agent probe` arguments. `env` looks up perftest's environment variables
+    /// (`PERFTEST_URL`, `REP_LOCATION`); it is a parameter so tests need not touch the process env.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the flag and value.
+    pub fn from_args(
+        a: &cli::ProbeArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let raw = if a.targets.is_empty() {
+            targets_from_env(env("PERFTEST_URL"))
+        } else {
+            a.targets.clone()
+        };
+        if raw.is_empty() {
+            return Err(ConfigError::NoTargets);
+        }
+        let mut targets: Vec<Target> = Vec::new();
+        for t in &raw {
+            let t = Target::parse(t)?;
+            if !targets.contains(&t) {
+                targets.push(t);
+            }
+        }
+        let interval = secs("-d/--delay", a.delay, true)?;
+        let timeout = match a.timeout {
+            Some(t) => secs("--timeout", t, false)?,
+            None if interval.is_zero() => DEFAULT_TIMEOUT,
+            None => DEFAULT_TIMEOUT.min(interval),
+        };
+        if !interval.is_zero() && timeout > interval {
+            return Err(ConfigError::TimeoutAboveDelay {
+                timeout,
+                delay: interval,
+            });
+        }
+        if a.packets == 0 || a.packets > MAX_PACKETS {
+            return Err(ConfigError::OutOfRange {
+                flag: "--packets",
+                value: a.packets.to_string(),
+                range: "1..=10000",
+            });
+        }
+        if !a.interval_ms.is_finite() || a.interval_ms < 0.0 || a.interval_ms > 60_000.0 {
+            return Err(ConfigError::OutOfRange {
+                flag: "--interval-ms",
+                value: a.interval_ms.to_string(),
+                range: "0..=60000",
+            });
+        }
+        if a.payload_bytes > MAX_PAYLOAD_BYTES {
+            return Err(ConfigError::OutOfRange {
+                flag: "--payload-bytes",
+                value: a.payload_bytes.to_string(),
+                range: "0..=1452",
+            });
+        }
+        if let Some(ca) = &a.ca
+            && let Err(e) = crate::tls::load_certs(ca)
+        {
+            return Err(ConfigError::File {
+                flag: "--ca",
+                path: ca.display().to_string(),
+                reason: e.to_string(),
+            });
+        }
+        let location = match label("--location", a.identity.location.clone())? {
+            Some(l) => Some(l),
+            None => label("REP_LOCATION", env("REP_LOCATION"))?,
+        };
+        let spec = ProbeSpec {
+            protocol: targets[0].protocol,
+            timeout,
+            packets: a.packets,
+            packet_interval: Duration::from_secs_f64(a.interval_ms / 1000.0),
+            payload_bytes: a.payload_bytes as usize,
+            key: a
+                .key
+                .as_deref()
+                .map_or_else(Key::default_key, Key::from_secret),
+            tls: TlsClientOptions {
+                skip_verify: a.tls_skip_verify,
+                ca_file: a.ca.clone(),
+            },
+        };
+        Ok(ProbeConfig {
+            targets,
+            count: (a.count > 0).then_some(a.count),
+            interval,
+            spec,
+            format: a.format,
+            file: file_sink(&a.sinks)?,
+            identity: AgentIdentity {
+                agent_id: None,
+                region: region(a.identity.region.clone())?,
+                az: label("--az", a.identity.az.clone())?,
+                location,
+            },
+            common: (&a.common).into(),
+        })
+    }
+}
+
+impl ServeConfig {
+    /// Validates `agent serve` arguments.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the flag and value (e.g. an unreadable `--tls-cert`).
+    pub fn from_args(a: &cli::ServeArgs) -> Result<Self, ConfigError> {
+        Ok(ServeConfig {
+            responders: responder_config(&a.responders)?,
+            common: (&a.common).into(),
+        })
+    }
+}
+
+/// Validates responder flags (shared by `serve` and `run`).
+///
+/// # Errors
+///
+/// [`ConfigError`] for unusable certificate files or keys.
+pub fn responder_config(r: &cli::ResponderArgs) -> Result<ResponderConfig, ConfigError> {
+    let identity = match (&r.tls_cert, &r.tls_key) {
+        (Some(c), Some(k)) => Identity::from_files(c, k).map_err(|e| ConfigError::File {
+            flag: "--tls-cert/--tls-key",
+            path: c.display().to_string(),
+            reason: e.to_string(),
+        })?,
+        _ => Identity::self_signed(&["localhost".to_string(), r.listen.to_string()]).map_err(
+            |e| ConfigError::File {
+                flag: "--tls-cert",
+                path: "(self-signed)".into(),
+                reason: e.to_string(),
+            },
+        )?,
+    };
+    let mut keys = Vec::new();
+    for k in &r.keys {
+        if k.len() < 8 {
+            return Err(ConfigError::Label {
+                flag: "--key",
+                value: "<redacted>".into(),
+                reason: "must be at least 8 characters",
+            });
+        }
+        keys.push(Key::from_secret(k));
+    }
+    if keys.is_empty() {
+        keys.push(Key::default_key());
+    }
+    Ok(ResponderConfig {
+        listen: r.listen,
+        udp_port: r.udp_port.0,
+        tcp_port: r.tcp_port.0,
+        quic_port: r.quic_port.0,
+        http_port: r.http_port.0,
+        https_port: r.https_port.0,
+        keys,
+        identity,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn probe(args: &[&str], env: &[(&str, &str)]) -> Result<ProbeConfig, String> {
+        let mut argv = vec!["agent", "probe"];
+        argv.extend_from_slice(args);
+        let cli = cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Some(cli::Command::Probe(p)) = cli.command else {
+            return Err("not probe".into());
+        };
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ProbeConfig::from_args(&p, |k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn good_probe_flags() {
+        let c = probe(
+            &[
+                "-n",
+                "3",
+                "-d",
+                "2",
+                "--timeout",
+                "1",
+                "udp://h:1",
+                "udp://h:1",
+                "tcp://h:2",
+            ],
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(c.targets.len(), 2, "duplicates removed");
+        assert_eq!(
+            (c.count, c.interval, c.spec.timeout),
+            (Some(3), Duration::from_secs(2), Duration::from_secs(1))
+        );
+        let c = probe(&["-n", "0", "-d", "0.5", "http://h/"], &[]).expect("valid");
+        assert_eq!(
+            (c.count, c.spec.timeout),
+            (None, Duration::from_millis(500))
+        );
+        assert_eq!(c.identity.region, "local");
+    }
+
+    #[test]
+    fn perftest_environment_is_honoured_and_positional_targets_win() {
+        let c = probe(
+            &[],
+            &[
+                ("PERFTEST_URL", "https://a.example/ https://b.example/"),
+                ("REP_LOCATION", "Paris,FR"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.targets.len(), 2);
+        assert_eq!(c.identity.location.as_deref(), Some("Paris,FR"));
+        let c = probe(
+            &["--location", "x", "tcp://h:1"],
+            &[
+                ("PERFTEST_URL", "https://a.example/"),
+                ("REP_LOCATION", "y"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(
+            (c.targets[0].raw.as_str(), c.identity.location.as_deref()),
+            ("tcp://h:1", Some("x"))
+        );
+    }
+
+    #[test]
+    fn bad_probe_flags_name_the_flag() {
+        for (args, want) in [
+            (&["ftp://x"][..], "unknown scheme"),
+            (&[][..], "no targets"),
+            (
+                &["-d", "1", "--timeout", "2", "udp://h:1"][..],
+                "--timeout (2s) must not exceed -d (1s)",
+            ),
+            (
+                &["-d=-1", "udp://h:1"][..],
+                "-d/--delay: -1 is out of range",
+            ),
+            (&["--packets", "0", "udp://h:1"][..], "--packets: 0"),
+            (
+                &["--payload-bytes", "9000", "udp://h:1"][..],
+                "--payload-bytes: 9000",
+            ),
+            (
+                &["--ca", "/nonexistent/ca.pem", "https://h/"][..],
+                "--ca /nonexistent/ca.pem",
+            ),
+            (
+                &["--region", "eu/west", "udp://h:1"][..],
+                "--region \"eu/west\"",
+            ),
+            (&["--format", "xml", "udp://h:1"][..], "invalid value 'xml'"),
+            (&["-n", "x", "udp://h:1"][..], "invalid value 'x'"),
+        ] {
+            let err = probe(args, &[]).expect_err(want);
+            assert!(err.contains(want), "{args:?}: got {err:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn serve_ports_accept_numbers_zero_and_off() {
+        let cli = cli::Cli::try_parse_from([
+            "agent",
+            "serve",
+            "--udp-port",
+            "0",
+            "--http-port",
+            "off",
+            "--key",
+            "0123456789",
+        ])
+        .expect("valid");
+        let Some(cli::Command::Serve(s)) = cli.command else {
+            panic!("serve expected")
+        };
+        let c = ServeConfig::from_args(&s).expect("valid");
+        assert_eq!(
+            (c.responders.udp_port, c.responders.http_port),
+            (Some(0), None)
+        );
+        assert_eq!(c.responders.keys, vec![Key::from_secret("0123456789")]);
+        let err = cli::Cli::try_parse_from(["agent", "serve", "--udp-port", "70000"])
+            .expect_err("bad port")
+            .to_string();
+        assert!(err.contains("not a port"), "{err}");
+        let cli = cli::Cli::try_parse_from(["agent", "serve", "--key", "short"]).expect("parses");
+        let Some(cli::Command::Serve(s)) = cli.command else {
+            panic!("serve expected")
+        };
+        assert!(
+            ServeConfig::from_args(&s)
+                .expect_err("short key")
+                .to_string()
+                .contains("at least 8")
+        );
+    }
+}

@@ -1,1 +1,1 @@
-//! linkemu (being built).
+//! Link emulator (being built).

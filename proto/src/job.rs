@@ -188,7 +188,8 @@ mod tests {
 
     #[test]
     fn bad_specs_name_the_field() {
-        let cases: Vec<(Box<dyn Fn(&mut pb::JobSpec)>, &str)> = vec![
+        type Mutate = Box<dyn Fn(&mut pb::JobSpec)>;
+        let cases: Vec<(Mutate, &str)> = vec![
             (
                 Box::new(|s| s.protocols.clear()),
                 "protocols: must not be empty",
