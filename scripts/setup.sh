@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what meshlat's tests, benchmarks and demo need, idempotently.
+#   scripts/setup.sh            # everything
+#   scripts/setup.sh --check    # only report what is missing (exit 1 if anything is)
+#
+# Debian packages: sockperf, irtt, fping (reference tools for accuracy and speed comparisons).
+# Rust components: rustfmt, clippy (from the machine's rustup toolchain).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PKGS=(sockperf irtt fping)
+check_only=0
+[[ "${1:-}" == "--check" ]] && check_only=1
+
+missing_apt=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing_apt+=("$p")
+done
+
+missing_rust=()
+cargo fmt --version >/dev/null 2>&1 || missing_rust+=(rustfmt)
+cargo clippy --version >/dev/null 2>&1 || missing_rust+=(clippy)
+
+if (( check_only )); then
+  ok=0
+  (( ${#missing_apt[@]} )) && { echo "missing Debian packages: ${missing_apt[*]} (install: scripts/setup.sh, or apt-get install ${missing_apt[*]})"; ok=1; }
+  (( ${#missing_rust[@]} )) && { echo "missing Rust components: ${missing_rust[*]} (install: rustup component add ${missing_rust[*]})"; ok=1; }
+  exit $ok
+fi
+
+if (( ${#missing_apt[@]} )); then
+  echo "setup: installing Debian packages: ${missing_apt[*]}"
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
+fi
+if (( ${#missing_rust[@]} )); then
+  echo "setup: installing Rust components: ${missing_rust[*]}"
+  rustup component add "${missing_rust[@]}"
+fi
+echo "setup: ok (sockperf $(sockperf --version 2>/dev/null | grep -o 'version [0-9.]*' | head -1), $(irtt version 2>/dev/null | head -1), fping $(fping -v 2>&1 | grep -o '[0-9][0-9.]*' | head -1))"

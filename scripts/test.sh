@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# meshlat's one test command: installs what the tests need, then runs every suite.
+#   scripts/test.sh            # everything (what CI runs)
+#   scripts/test.sh --quick    # skip the slower accuracy and benchmark-harness stages
+# Each stage is timed; a summary is printed at the end; exit status is non-zero if any stage failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+quick=0
+[[ "${1:-}" == "--quick" ]] && quick=1
+
+names=(); results=(); times=()
+run_stage() {
+  local name=$1; shift
+  echo
+  echo "=== stage: $name: $*"
+  local t0=$SECONDS
+  if "$@"; then results+=(PASS); else results+=(FAIL); fi
+  names+=("$name"); times+=($((SECONDS - t0)))
+  echo "=== stage: $name: ${results[-1]} in ${times[-1]}s"
+}
+
+run_stage setup scripts/setup.sh
+run_stage tools scripts/setup.sh --check
+run_stage fmt cargo fmt --all -- --check
+run_stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+run_stage build cargo build --workspace --bins --locked
+run_stage test cargo test --workspace --locked --no-fail-fast
+run_stage doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+if (( ! quick )); then
+  run_stage accuracy cargo test -p meshlat-agent --locked --test accuracy -- --test-threads=1 --nocapture
+  run_stage bench-harness scripts/bench/run.sh --smoke
+fi
+
+echo
+echo "=== summary"
+fail=0
+for i in "${!names[@]}"; do
+  printf '  %-14s %s %5ss\n' "${names[$i]}" "${results[$i]}" "${times[$i]}"
+  [[ ${results[$i]} == PASS ]] || fail=1
+done
+if (( fail )); then echo "=== FAILED"; exit 1; fi
+echo "=== all stages passed"
