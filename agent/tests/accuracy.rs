@@ -1,0 +1,172 @@
+//! Accuracy against ground truth, with prober, responder and link emulator as separate processes.
+//!
+//! Run by `scripts/test.sh` in its own stage, one test at a time (`--test-threads=1`), because
+//! timing checks need the machine's cores to themselves; `cargo test --workspace` does not run
+//! this target (`test = false` in Cargo.toml).
+//!
+//! Ground truth is what the emulator logged per packet (the actual hold, not the configured
+//! delay) and what the test HTTP server measured of its own waits.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+/// Per-packet emulator log entries of one route and direction: actual holds (ms) and drops.
+fn emu_log(path: &std::path::Path, route: u64, dir: &str) -> (Vec<f64>, u64) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut holds = Vec::new();
+    let mut dropped = 0;
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if v.get("summary").is_some() || v["route"].as_u64() != Some(route) || v["dir"].as_str() != Some(dir) {
+            continue;
+        }
+        if v["dropped"].as_bool() == Some(true) {
+            dropped += 1;
+        } else {
+            holds.push(v["actual_hold_ns"].as_f64().unwrap() / 1e6);
+        }
+    }
+    (holds, dropped)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+#[test]
+fn udp_rtt_rise_matches_injected_delay_and_loss_matches_drops() {
+    let srv = serve(&["--tcp-port", "off", "--quic-port", "off", "--http-port", "off", "--https-port", "off"]);
+    let refl = srv.udp.unwrap();
+    let dir = tmpdir("accuracy-udp");
+    let log = dir.join("emu.ndjson");
+    let mut emu = linkemu(
+        &[
+            format!("udp:127.0.0.1:0={refl}"),
+            format!("udp:127.0.0.1:0={refl},fwd=5ms,ret=15ms"),
+            format!("udp:127.0.0.1:0={refl},loss_fwd=5,seed=7"),
+        ],
+        &log,
+    );
+    let train = ["-n", "10", "-d", "0.3", "--packets", "20", "--interval-ms", "5", "--timeout", "0.25"];
+    let base_t = format!("udp://{}", emu.routes[0]);
+    let delayed_t = format!("udp://{}", emu.routes[1]);
+    let lossy_t = format!("udp://{}", emu.routes[2]);
+
+    let (out, base) = probe_json(&[&train[..], &[base_t.as_str()]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (out, delayed) = probe_json(&[&train[..], &[delayed_t.as_str()]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (out, lossy) = probe_json(&[
+        "-n", "20", "-d", "0.5", "--packets", "100", "--interval-ms", "1", "--timeout", "0.3", lossy_t.as_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "a train with some loss is still ok: {}", String::from_utf8_lossy(&out.stderr));
+    emu.proc.terminate();
+
+    // Delay: RTT p50 rise over the no-delay route vs the holds the emulator actually applied.
+    let (fwd, _) = emu_log(&log, 1, "fwd");
+    let (ret, _) = emu_log(&log, 1, "ret");
+    assert_eq!((fwd.len(), ret.len()), (200, 200), "every packet went through route 1 both ways");
+    let injected = mean(&fwd) + mean(&ret);
+    let rise = median(&all_rtts(&delayed)) - median(&all_rtts(&base));
+    eprintln!(
+        "udp delay: baseline p50 {:.3} ms, delayed p50 {:.3} ms, rise {rise:.3} ms, logged holds {injected:.3} ms (fwd {:.3}, ret {:.3})",
+        median(&all_rtts(&base)),
+        median(&all_rtts(&delayed)),
+        mean(&fwd),
+        mean(&ret)
+    );
+    assert!((rise - injected).abs() <= 0.3, "RTT rise {rise:.3} ms vs logged holds {injected:.3} ms: off by more than 0.3 ms");
+    for r in base.iter().chain(&delayed) {
+        assert_eq!((r.sent, r.samples, r.lost), (Some(20), Some(20), Some(0)), "{r:?}");
+    }
+
+    // Loss: the records' lost packets equal the emulator's forward drops, exactly.
+    let (_, drops) = emu_log(&log, 2, "fwd");
+    let (_, ret_drops) = emu_log(&log, 2, "ret");
+    let sent: u32 = lossy.iter().map(|r| r.sent.unwrap()).sum();
+    let lost: u32 = lossy.iter().map(|r| r.lost.unwrap()).sum();
+    let late: u32 = lossy.iter().map(|r| r.late.unwrap()).sum();
+    eprintln!("udp loss: sent {sent}, lost {lost}, emulator dropped {drops} (5 % seeded)");
+    assert_eq!(sent, 2000);
+    assert_eq!(ret_drops, 0);
+    assert_eq!(late, 0, "no reply may arrive after the timeout on loopback");
+    assert!(drops > 50 && drops < 150, "5 % of 2000 should drop about 100, got {drops}");
+    assert_eq!(u64::from(lost), drops, "lost must equal the emulator's drop count exactly");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A one-connection-at-a-time HTTP server that waits `head_wait` before the response head and
+/// `body_wait` between the first body chunk and the rest, and reports the waits it actually made.
+fn waiting_server(head_wait: Duration, body_wait: Duration, n: usize) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<(f64, f64)>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let k = s.read(&mut buf).unwrap();
+                assert!(k > 0);
+                req.extend_from_slice(&buf[..k]);
+            }
+            // The request is in: the client's "request written" mark is just before this.
+            let t0 = precise_now();
+            precise_sleep(head_wait);
+            let t1 = precise_now();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n").unwrap();
+            s.write_all(&[b'a'; 1000]).unwrap();
+            precise_sleep(body_wait);
+            let t2 = precise_now();
+            s.write_all(&[b'b'; 1000]).unwrap();
+            tx.send(((t1 - t0).as_secs_f64() * 1e3, (t2 - t1).as_secs_f64() * 1e3)).unwrap();
+        }
+    });
+    (addr, rx)
+}
+
+#[allow(clippy::disallowed_types)] // ground truth needs the OS clock, not tokio's
+fn precise_now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+fn precise_sleep(d: Duration) {
+    let end = precise_now() + d;
+    if d > Duration::from_millis(1) {
+        std::thread::sleep(d - Duration::from_millis(1));
+    }
+    while precise_now() < end {
+        std::hint::spin_loop();
+    }
+}
+
+#[test]
+fn http_first_and_last_byte_match_server_waits() {
+    let n = 5;
+    let (addr, waits) = waiting_server(Duration::from_millis(40), Duration::from_millis(30), n);
+    let url = format!("http://{addr}/");
+    let (out, recs) = probe_json(&["-n", &n.to_string(), "-d", "0.3", &url]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(recs.len(), n);
+    let mut recs = recs;
+    recs.sort_by_key(|r| r.seq);
+    for r in &recs {
+        let (head, body) = waits.recv_timeout(Duration::from_secs(5)).unwrap();
+        let first = r.first_byte_ms.unwrap();
+        let last = r.last_byte_ms.unwrap();
+        eprintln!("http sample {}: first_byte {first:.3} ms (server waited {head:.3}), last_byte {last:.3} ms (server waited {body:.3})", r.seq);
+        assert!((first - head).abs() <= 1.0, "first_byte_ms {first} vs server wait {head}");
+        assert!((last - body).abs() <= 1.0, "last_byte_ms {last} vs server wait {body}");
+        assert_eq!((r.http_status, r.bytes), (Some(200), Some(2000)));
+        let total = r.total_ms.unwrap();
+        assert!(total >= r.tcp_ms.unwrap() + first + last - 0.01, "total covers connect, first and last byte: {r:?}");
+    }
+}

@@ -1,0 +1,186 @@
+//! Test harness: the agent and the link emulator as separate processes (STYLE §11: a shared
+//! runtime makes loopback latency read low, so accuracy tests never run both ends in one process).
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use meshlat_proto::record::Record;
+
+/// Path of the `agent` binary under test.
+pub fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_agent")
+}
+
+/// Path of the `meshlat-linkemu` binary under test.
+pub fn linkemu_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_meshlat-linkemu")
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    /// Sends SIGTERM and waits up to 5 s.
+    pub fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// Reads stdout lines until `count` lines starting with `prefix` have been seen (or 20 s pass).
+fn read_lines(child: &mut Child, prefix: &str, count: usize, name: &str) -> Vec<String> {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = prefix.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with(&wanted) && tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    while out.len() < count {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) => out.push(l),
+            Err(_) => panic!("{name}: expected {count} '{prefix}' lines on stdout, got {out:?}"),
+        }
+    }
+    out
+}
+
+/// A running `agent serve` with its bound addresses.
+pub struct Server {
+    pub proc: Proc,
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    pub quic: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub stats: Option<SocketAddr>,
+}
+
+/// Starts `agent serve --listen 127.0.0.1` with every port 0 unless `extra` says otherwise.
+pub fn serve(extra: &[&str]) -> Server {
+    let mut args = vec!["serve", "--listen", "127.0.0.1"];
+    for p in ["--udp-port", "--tcp-port", "--quic-port", "--http-port", "--https-port"] {
+        if !extra.contains(&p) {
+            args.extend([p, "0"]);
+        }
+    }
+    args.extend_from_slice(extra);
+    let mut child = Command::new(agent_bin())
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn agent serve");
+    let expected = 5 - extra.iter().filter(|a| **a == "off").count() + usize::from(extra.contains(&"-s"));
+    let lines = read_lines(&mut child, "listening ", expected, "agent serve");
+    let find = |proto: &str| {
+        lines.iter().find_map(|l| {
+            let mut it = l.split_whitespace().skip(1);
+            (it.next() == Some(proto)).then(|| it.next().unwrap().parse().unwrap())
+        })
+    };
+    Server {
+        udp: find("udp"),
+        tcp: find("tcp"),
+        quic: find("quic"),
+        http: find("http"),
+        https: find("https"),
+        stats: find("stats"),
+        proc: Proc { child, name: "agent serve".into() },
+    }
+}
+
+/// A running link emulator with its route addresses.
+pub struct Emu {
+    pub proc: Proc,
+    pub routes: Vec<SocketAddr>,
+}
+
+/// Starts `meshlat-linkemu` with the given routes and log file.
+pub fn linkemu(routes: &[String], log: &Path) -> Emu {
+    let mut args: Vec<String> = Vec::new();
+    for r in routes {
+        args.push("--route".into());
+        args.push(r.clone());
+    }
+    args.push("--log".into());
+    args.push(log.display().to_string());
+    let mut child = Command::new(linkemu_bin())
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn meshlat-linkemu");
+    let lines = read_lines(&mut child, "route ", routes.len(), "meshlat-linkemu");
+    // "route <i> <proto> <listen> -> <upstream>"
+    let routes = lines.iter().map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap()).collect();
+    Emu { proc: Proc { child, name: "linkemu".into() }, routes }
+}
+
+/// Runs `agent probe` to completion.
+pub fn probe(args: &[&str]) -> Output {
+    Command::new(agent_bin()).arg("probe").args(args).output().expect("run agent probe")
+}
+
+/// Runs `agent probe --format json` and parses the records (stdout must be nothing else).
+pub fn probe_json(args: &[&str]) -> (Output, Vec<Record>) {
+    let mut a = vec!["--format", "json"];
+    a.extend_from_slice(args);
+    let out = probe(&a);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let recs = text
+        .lines()
+        .map(|l| serde_json::from_str::<Record>(l).unwrap_or_else(|e| panic!("not a record: {e}: {l}")))
+        .collect();
+    (out, recs)
+}
+
+/// A fresh temporary directory.
+pub fn tmpdir(name: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let d = std::env::temp_dir().join(format!("meshlat-test-{name}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Every per-packet RTT of the records.
+pub fn all_rtts(recs: &[Record]) -> Vec<f64> {
+    recs.iter().flat_map(|r| r.rtt_samples_ms.clone().unwrap_or_default()).collect()
+}
+
+/// Median (nearest rank) of values.
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    assert!(!s.is_empty(), "median of nothing");
+    s.sort_by(f64::total_cmp);
+    s[(s.len() + 1) / 2 - 1]
+}
