@@ -388,3 +388,138 @@ async fn bad_ca_file_is_a_setup_error() {
     );
     assert!(HttpProbe::new(&spec).is_err());
 }
+
+/// A one-connection blocking server: reads the request head, then runs `answer` on the socket.
+fn one_shot_server(
+    answer: impl FnOnce(std::net::TcpStream) + Send + 'static,
+) -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(k) => req.extend_from_slice(&buf[..k]),
+            }
+        }
+        answer(s);
+    });
+    Ok(addr)
+}
+
+#[tokio::test]
+async fn close_mid_body_is_reset() -> anyhow::Result<()> {
+    let addr = one_shot_server(|mut s| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789");
+        // Dropping closes the connection 990 bytes short.
+    })?;
+    let m = probe(
+        &format!("http://{addr}/"),
+        &spec(Duration::from_secs(5), TlsClientOptions::default()),
+    )
+    .await?;
+    let (kind, detail) = failure(&m);
+    assert_eq!(kind, ErrorKind::Reset, "{detail}");
+    let h = m.data.http.context("http data")?;
+    // The head arrived: status and first byte are known, the body is not complete.
+    assert_eq!(h.status, Some(200));
+    assert!(h.first_byte_ms.is_some(), "{h:?}");
+    assert_eq!(h.total_ms, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn tcp_reset_is_reset() -> anyhow::Result<()> {
+    let addr = one_shot_server(|s| {
+        // SO_LINGER 0: close sends RST instead of FIN.
+        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    })?;
+    let m = probe(
+        &format!("http://{addr}/"),
+        &spec(Duration::from_secs(5), TlsClientOptions::default()),
+    )
+    .await?;
+    let (kind, detail) = failure(&m);
+    assert_eq!(kind, ErrorKind::Reset, "{detail}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn garbage_response_is_an_http_error() -> anyhow::Result<()> {
+    let addr = one_shot_server(|mut s| {
+        let _ = s.write_all(b"SSH-2.0-OpenSSH_9.6\r\n\r\n");
+        let _ = s.read(&mut [0u8; 16]);
+    })?;
+    let m = probe(
+        &format!("http://{addr}/"),
+        &spec(Duration::from_secs(5), TlsClientOptions::default()),
+    )
+    .await?;
+    let (kind, detail) = failure(&m);
+    assert_eq!(kind, ErrorKind::Http, "{detail}");
+    assert_eq!(m.data.http.context("http data")?.status, None);
+    Ok(())
+}
+
+fn responder_count(protocol: &str, result: &str) -> u64 {
+    let text = meshlat_agent::metrics::get().encode();
+    text.lines()
+        .find(|l| {
+            l.starts_with("meshlat_responder_requests_total{")
+                && l.contains(&format!("protocol=\"{protocol}\""))
+                && l.contains(&format!("result=\"{result}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn responder_survives_bad_clients_and_drains_on_shutdown() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (identity, ca_file) = private_pki()?;
+    let https = HttpResponder::bind(SocketAddr::from(([127, 0, 0, 1], 0)), Some(&identity)).await?;
+    let addr = https.local_addr();
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(https.run(stop.clone()));
+
+    // Not TLS at all: the handshake fails, the connection is closed and counted.
+    let tls_drops = responder_count("https", "tls");
+    let mut c = tokio::net::TcpStream::connect(addr).await?;
+    c.write_all(b"GET /ping HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await?;
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut sink)).await?;
+    let mut tries = 0;
+    while responder_count("https", "tls") <= tls_drops && tries < 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tries += 1;
+    }
+    assert!(
+        responder_count("https", "tls") > tls_drops,
+        "tls drop not counted"
+    );
+
+    // Still serving.
+    let tls = TlsClientOptions {
+        skip_verify: false,
+        ca_file: Some(ca_file.0.clone()),
+    };
+    let spec = spec(Duration::from_secs(5), tls);
+    let m = probe(&format!("https://{addr}/health"), &spec).await?;
+    assert_eq!(m.outcome, Outcome::Ok, "{m:?}");
+
+    // An idle client must not hold up shutdown beyond the grace period.
+    let _idle = tokio::net::TcpStream::connect(addr).await?;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), served).await??;
+    let m = probe(&format!("https://{addr}/health"), &spec).await?;
+    assert_eq!(failure(&m).0, ErrorKind::Refused);
+    Ok(())
+}

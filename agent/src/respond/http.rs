@@ -57,6 +57,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may continue after shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// Pause after a failed `accept` (out of file descriptors, say) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Chunk size of streamed `/bytes/N` bodies.
 const CHUNK: usize = 64 * 1024;
 /// The bytes `/bytes/N` serves from; shared, never copied.
@@ -133,8 +135,10 @@ impl HttpResponder {
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(message = "Accept failed.", protocol = self.protocol, error = %e);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                        }
                     }
                 },
             };

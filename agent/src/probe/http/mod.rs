@@ -12,12 +12,15 @@
 //!    `User-Agent: meshlat/<version>`;
 //! 5. **response head** and **body** to the end (counted, discarded).
 //!
-//! The request-written, first-byte and last-byte marks come from [`TimedIo`], a thin wrapper
+//! The request-written, first-byte and last-byte marks come from `TimedIo`, a thin wrapper
 //! around the (TLS) stream under hyper: "request written" is the flush that completes the
 //! request, "first byte" is the first read that returns response data — not the later moment
 //! hyper finishes parsing the head — and "last byte" is the read that completes the body. With
 //! TLS the wrapper sits above rustls, so handshake and session-ticket records are not mistaken
 //! for response bytes.
+//!
+//! Redirects are not followed: a `3xx` is the sample's answer (status recorded, outcome ok), so
+//! every timing belongs to one connection to the address that was resolved.
 //!
 //! Failures are outcomes (STYLE §4), with the marks of the phases completed so far: `dns`,
 //! `refused`, `unreachable`, `reset`, `tls` (certificate or handshake, e.g. "certificate verify
