@@ -1,27 +1,108 @@
-//! HTTP/HTTPS responder. (Being built: see the foundation issue.)
+//! HTTP and HTTPS responder: a small hyper 1 server (HTTP/1.1) for `http(s)://` probes.
+//!
+//! # Endpoints
+//!
+//! | method | path | answer |
+//! | --- | --- | --- |
+//! | `GET`, `HEAD` | `/ping` | `200`, body `pong\n` |
+//! | `GET`, `HEAD` | `/bytes/N` | `200`, `N` bytes (zeros, streamed); `N` at most [`MAX_BYTES`], else `400` |
+//! | `GET`, `HEAD` | `/health` | `200`, body `ok\n` |
+//! | other methods | any of the above | `405` with `Allow: GET, HEAD` |
+//! | any | anything else | `404` |
+//!
+//! HTTPS (when bound with an [`Identity`]) is tokio-rustls with ALPN `http/1.1`.
+//!
+//! # Limits
+//!
+//! At most [`MAX_CONNECTIONS`] connections are served at once (further clients wait in the
+//! listen backlog); the TLS handshake must finish within [`HANDSHAKE_TIMEOUT`] and every request
+//! head must arrive within [`HEADER_READ_TIMEOUT`]. A bad request or a failed handshake closes
+//! that connection only and is counted in `meshlat_responder_requests_total` with
+//! `result="bad_request"`, `"tls"`, `"timeout"` or `"io"`; answered requests count as
+//! `result="answered"`, with `protocol="http"` or `"https"`.
+//!
+//! On shutdown the responder stops accepting, lets in-flight requests finish for up to
+//! [`SHUTDOWN_GRACE`] (idle keep-alive connections close at once), then drops the rest.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{responder_drop, responder_event};
 use crate::tls::Identity;
 
+/// Largest `/bytes/N` body served (10 MiB).
+pub const MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Time a client has to send each request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests may continue after shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Pause after a failed `accept` (out of file descriptors, say) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Chunk size of streamed `/bytes/N` bodies.
+const CHUNK: usize = 64 * 1024;
+/// The bytes `/bytes/N` serves from; shared, never copied.
+static ZEROS: [u8; CHUNK] = [0; CHUNK];
+
 /// The HTTP or HTTPS responder.
-#[derive(Debug)]
 pub struct HttpResponder {
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
+    /// `Some` for HTTPS.
+    tls: Option<TlsAcceptor>,
+    /// `http` or `https`: the metrics label.
+    protocol: &'static str,
+}
+
+impl std::fmt::Debug for HttpResponder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpResponder")
+            .field("listener", &self.listener)
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpResponder {
-    /// Binds the responder; `tls` makes it HTTPS.
+    /// Binds the responder; `tls` makes it HTTPS with that identity.
     ///
     /// # Errors
     ///
-    /// The bind error.
+    /// The bind error, or `InvalidInput` when the identity's key does not fit its certificate.
     pub async fn bind(addr: SocketAddr, tls: Option<&Identity>) -> std::io::Result<Self> {
-        let _ = tls;
+        let tls = match tls {
+            Some(identity) => {
+                let cfg = identity
+                    .server_config(&[b"http/1.1"])
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                Some(TlsAcceptor::from(Arc::new(cfg)))
+            }
+            None => None,
+        };
+        let protocol = if tls.is_some() { "https" } else { "http" };
         Ok(HttpResponder {
-            listener: tokio::net::TcpListener::bind(addr).await?,
+            listener: TcpListener::bind(addr).await?,
+            tls,
+            protocol,
         })
     }
 
@@ -32,8 +113,270 @@ impl HttpResponder {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Serves until cancelled.
+    /// Serves until `shutdown` is cancelled, then drains (see the module doc).
     pub async fn run(self, shutdown: CancellationToken) {
-        shutdown.cancelled().await;
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut conns = JoinSet::new();
+        loop {
+            // Reap finished connection tasks so the set does not grow.
+            while conns.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                p = Arc::clone(&limit).acquire_owned() => match p {
+                    Ok(p) => p,
+                    // The semaphore is never closed.
+                    Err(_) => break,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = self.listener.accept() => match r {
+                    Ok(ok) => ok,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(message = "Accept failed.", protocol = self.protocol, error = %e);
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                        }
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let tls = self.tls.clone();
+            let protocol = self.protocol;
+            let token = shutdown.clone();
+            conns.spawn(async move {
+                serve_connection(stream, peer, tls, protocol, token).await;
+                drop(permit);
+            });
+        }
+        drop(self.listener);
+        let drain = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            conns.abort_all();
+            while conns.join_next().await.is_some() {}
+        }
+    }
+}
+
+/// Handshakes (HTTPS) and serves one connection; every failure ends here, counted.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    protocol: &'static str,
+    shutdown: CancellationToken,
+) {
+    match tls {
+        None => serve_http(stream, peer, protocol, shutdown).await,
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
+            };
+            match handshake {
+                Ok(Ok(tls_stream)) => serve_http(tls_stream, peer, protocol, shutdown).await,
+                Ok(Err(_)) | Err(_) => responder_drop(protocol, "tls", peer),
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on an established (TLS) stream until the client leaves or shutdown.
+async fn serve_http<S>(io: S, peer: SocketAddr, protocol: &'static str, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+        let resp = respond(req.method(), req.uri().path());
+        responder_event(protocol, "answered");
+        Ok::<_, Infallible>(resp)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shutdown.cancelled() => {
+            // Finish the request in flight (if any), then close; run() bounds the wait.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        let reason = if e.is_parse() || e.is_parse_too_large() {
+            "bad_request"
+        } else if e.is_timeout() {
+            "timeout"
+        } else {
+            "io"
+        };
+        responder_drop(protocol, reason, peer);
+    }
+}
+
+/// The endpoint table of the module doc.
+fn respond(method: &Method, path: &str) -> Response<ResponseBody> {
+    let known = path == "/ping" || path == "/health" || path.starts_with("/bytes/");
+    if !known {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match path {
+        "/ping" => text(StatusCode::OK, "pong\n"),
+        "/health" => text(StatusCode::OK, "ok\n"),
+        _ => {
+            let n = path.trim_start_matches("/bytes/");
+            match n.parse::<u64>() {
+                Ok(n) if n <= MAX_BYTES => {
+                    let mut r = Response::new(ResponseBody::zeros(n));
+                    r.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                    r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(n));
+                    r
+                }
+                Ok(n) => text(
+                    StatusCode::BAD_REQUEST,
+                    format!("/bytes/{n}: at most {MAX_BYTES} bytes\n"),
+                ),
+                Err(_) => text(
+                    StatusCode::BAD_REQUEST,
+                    format!("/bytes/{n}: not a byte count\n"),
+                ),
+            }
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
+    let body = body.into();
+    let len = body.len();
+    let mut r = Response::new(ResponseBody::bytes(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    r
+}
+
+// === ResponseBody ===
+
+/// A response body: some bytes, then `remaining` zeros in [`CHUNK`]-sized frames, so a 10 MiB
+/// answer costs no allocation.
+#[derive(Debug)]
+struct ResponseBody {
+    head: Option<Bytes>,
+    remaining: u64,
+}
+
+impl ResponseBody {
+    fn bytes(b: Bytes) -> Self {
+        ResponseBody {
+            head: (!b.is_empty()).then_some(b),
+            remaining: 0,
+        }
+    }
+
+    fn zeros(n: u64) -> Self {
+        ResponseBody {
+            head: None,
+            remaining: n,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.head.as_ref().map_or(0, |b| b.len() as u64) + self.remaining
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if let Some(b) = this.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = this.remaining.min(CHUNK as u64) as usize;
+        this.remaining -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&ZEROS[..n])))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_table() {
+        let status = |m: Method, p: &str| respond(&m, p).status();
+        assert_eq!(status(Method::GET, "/ping"), StatusCode::OK);
+        assert_eq!(status(Method::HEAD, "/ping"), StatusCode::OK);
+        assert_eq!(status(Method::GET, "/health"), StatusCode::OK);
+        assert_eq!(status(Method::GET, "/bytes/0"), StatusCode::OK);
+        assert_eq!(status(Method::GET, "/bytes/10485760"), StatusCode::OK);
+        assert_eq!(
+            status(Method::GET, "/bytes/10485761"),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(status(Method::GET, "/bytes/-1"), StatusCode::BAD_REQUEST);
+        assert_eq!(status(Method::GET, "/bytes/"), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status(Method::POST, "/ping"),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(status(Method::GET, "/"), StatusCode::NOT_FOUND);
+        assert_eq!(status(Method::GET, "/pingx"), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn bytes_body_streams_exactly_n_bytes() {
+        let mut body = ResponseBody::zeros(CHUNK as u64 * 2 + 5);
+        assert_eq!(body.size_hint().exact(), Some(CHUNK as u64 * 2 + 5));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut total = 0;
+        let mut frames = 0;
+        while let Poll::Ready(Some(Ok(f))) = Pin::new(&mut body).poll_frame(&mut cx) {
+            total += f.data_ref().map_or(0, Bytes::len);
+            frames += 1;
+        }
+        assert_eq!((total, frames), (CHUNK * 2 + 5, 3));
+        assert!(body.is_end_stream());
+    }
+
+    #[test]
+    fn text_sets_content_length() {
+        let r = respond(&Method::GET, "/ping");
+        assert_eq!(r.headers()[CONTENT_LENGTH], "5");
+        assert_eq!(r.body().size_hint().exact(), Some(5));
     }
 }

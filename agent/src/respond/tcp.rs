@@ -1,13 +1,26 @@
-//! TCP responder. (Being built: see the foundation issue.)
+//! TCP responder: the target of `tcp://` connect-time probes.
+//!
+//! Accepts each connection and closes it at once; the probe measures the handshake, which the
+//! kernel completes before `accept` returns. Each accepted connection counts as
+//! `meshlat_responder_requests_total{protocol="tcp",result="answered"}`. Nothing is spawned per
+//! connection, so at most one accepted socket is open at a time; accept errors (say, out of file
+//! descriptors) are logged and retried after a short pause, never fatal.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::responder_event;
+
+/// Pause after a failed `accept` before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The TCP responder.
 #[derive(Debug)]
 pub struct TcpResponder {
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
 }
 
 impl TcpResponder {
@@ -18,7 +31,7 @@ impl TcpResponder {
     /// The bind error.
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
         Ok(TcpResponder {
-            listener: tokio::net::TcpListener::bind(addr).await?,
+            listener: TcpListener::bind(addr).await?,
         })
     }
 
@@ -29,8 +42,25 @@ impl TcpResponder {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Serves until cancelled.
+    /// Accepts and closes connections until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
-        shutdown.cancelled().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = self.listener.accept() => match r {
+                    Ok((stream, _peer)) => {
+                        drop(stream);
+                        responder_event("tcp", "answered");
+                    }
+                    Err(e) => {
+                        tracing::warn!(message = "Accept failed.", protocol = "tcp", error = %e);
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                        }
+                    }
+                },
+            }
+        }
     }
 }

@@ -1,0 +1,254 @@
+//! Pure HTTP phase arithmetic: perftest's columns (DESIGN §5) from phase marks.
+//!
+//! The driver ([`super::HttpProbe`]) stamps each phase boundary with
+//! [`Clock::now_ns`](crate::clock::Clock::now_ns) into a [`PhaseMarks`]; this module turns the
+//! marks into durations. It reads no clock and touches no socket, so every rule is unit-tested
+//! with hand-written numbers.
+//!
+//! | field | from | to |
+//! | --- | --- | --- |
+//! | `dns_ms` | `start` | `dns_done` |
+//! | `tcp_ms` | `connect_start` | `connected` |
+//! | `tls_ms` | `connected` | `tls_done` |
+//! | `first_byte_ms` | `request_written` | `first_byte` |
+//! | `last_byte_ms` | `first_byte` | `last_byte` |
+//! | `total_ms` | `connect_start` | `last_byte` |
+//!
+//! A failed sample has only the marks of the phases it completed; a field is `None` when either
+//! of its ends is missing. Marks that are present must be in the order of the table above
+//! (`start ≤ dns_done ≤ connect_start ≤ connected ≤ tls_done ≤ request_written ≤ first_byte ≤
+//! last_byte`), otherwise [`HttpTimings::from_marks`] refuses them.
+
+/// Phase boundaries of one HTTP sample, in nanoseconds of the process clock.
+///
+/// `start` always exists (the sample began); every later mark is `None` until its phase
+/// completed. `tls_done` stays `None` for plain `http://`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PhaseMarks {
+    /// The sample began (resolution starts).
+    pub start: u64,
+    /// Name resolution finished.
+    pub dns_done: Option<u64>,
+    /// The first TCP connect attempt began.
+    pub connect_start: Option<u64>,
+    /// The TCP connection was established.
+    pub connected: Option<u64>,
+    /// The TLS handshake finished (https only).
+    pub tls_done: Option<u64>,
+    /// The request was fully written and flushed.
+    pub request_written: Option<u64>,
+    /// The first response byte was read.
+    pub first_byte: Option<u64>,
+    /// The last response byte was read.
+    pub last_byte: Option<u64>,
+}
+
+/// Perftest's HTTP durations in milliseconds (DESIGN §5); `None` where a phase did not complete.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HttpTimings {
+    /// Resolution: start → DNS done.
+    pub dns_ms: Option<f64>,
+    /// TCP: connect start → connected.
+    pub tcp_ms: Option<f64>,
+    /// TLS: connected → handshake done.
+    pub tls_ms: Option<f64>,
+    /// Time to first byte: request fully written → first response byte read.
+    pub first_byte_ms: Option<f64>,
+    /// Download: first → last response byte.
+    pub last_byte_ms: Option<f64>,
+    /// Total: connect start → last byte.
+    pub total_ms: Option<f64>,
+}
+
+/// Marks that cannot come from one real sample.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TimingError {
+    /// A phase mark is earlier than a mark of a phase that precedes it.
+    #[error("phase mark {later} ({later_ns} ns) is earlier than {earlier} ({earlier_ns} ns)")]
+    NonMonotonic {
+        /// Name of the preceding mark.
+        earlier: &'static str,
+        /// Its value.
+        earlier_ns: u64,
+        /// Name of the out-of-order mark.
+        later: &'static str,
+        /// Its value.
+        later_ns: u64,
+    },
+}
+
+impl HttpTimings {
+    /// Computes the durations from `marks`.
+    ///
+    /// # Errors
+    ///
+    /// [`TimingError::NonMonotonic`] when a present mark precedes an earlier phase's mark.
+    pub fn from_marks(marks: &PhaseMarks) -> Result<Self, TimingError> {
+        let ordered: [(&'static str, Option<u64>); 8] = [
+            ("start", Some(marks.start)),
+            ("dns_done", marks.dns_done),
+            ("connect_start", marks.connect_start),
+            ("connected", marks.connected),
+            ("tls_done", marks.tls_done),
+            ("request_written", marks.request_written),
+            ("first_byte", marks.first_byte),
+            ("last_byte", marks.last_byte),
+        ];
+        let mut prev: Option<(&'static str, u64)> = None;
+        for (name, mark) in ordered {
+            let Some(ns) = mark else { continue };
+            if let Some((earlier, earlier_ns)) = prev
+                && ns < earlier_ns
+            {
+                return Err(TimingError::NonMonotonic {
+                    earlier,
+                    earlier_ns,
+                    later: name,
+                    later_ns: ns,
+                });
+            }
+            prev = Some((name, ns));
+        }
+        Ok(HttpTimings {
+            dns_ms: span(Some(marks.start), marks.dns_done),
+            tcp_ms: span(marks.connect_start, marks.connected),
+            tls_ms: span(marks.connected, marks.tls_done),
+            first_byte_ms: span(marks.request_written, marks.first_byte),
+            last_byte_ms: span(marks.first_byte, marks.last_byte),
+            total_ms: span(marks.connect_start, marks.last_byte),
+        })
+    }
+}
+
+/// `to − from` in milliseconds when both exist (order already checked).
+fn span(from: Option<u64>, to: Option<u64>) -> Option<f64> {
+    Some((to? - from?) as f64 / 1e6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn full_https() -> PhaseMarks {
+        PhaseMarks {
+            start: 1_000 * MS,
+            dns_done: Some(1_002 * MS),
+            connect_start: Some(1_003 * MS),
+            connected: Some(1_013 * MS),
+            tls_done: Some(1_033 * MS),
+            request_written: Some(1_034 * MS),
+            first_byte: Some(1_074 * MS),
+            last_byte: Some(1_104 * MS + MS / 2),
+        }
+    }
+
+    #[test]
+    fn every_field_spans_its_phases() {
+        let t = HttpTimings::from_marks(&full_https()).expect("monotonic");
+        assert_eq!(
+            t,
+            HttpTimings {
+                dns_ms: Some(2.0),
+                tcp_ms: Some(10.0),
+                tls_ms: Some(20.0),
+                first_byte_ms: Some(40.0),
+                last_byte_ms: Some(30.5),
+                total_ms: Some(101.5),
+            }
+        );
+    }
+
+    #[test]
+    fn plain_http_has_no_tls_but_everything_else() {
+        let m = PhaseMarks {
+            tls_done: None,
+            ..full_https()
+        };
+        let t = HttpTimings::from_marks(&m).expect("monotonic");
+        assert_eq!(t.tls_ms, None);
+        assert_eq!((t.tcp_ms, t.first_byte_ms), (Some(10.0), Some(40.0)));
+        assert_eq!(t.total_ms, Some(101.5));
+    }
+
+    #[test]
+    fn failed_sample_keeps_completed_phases_only() {
+        // Timed out waiting for the first byte.
+        let m = PhaseMarks {
+            first_byte: None,
+            last_byte: None,
+            ..full_https()
+        };
+        let t = HttpTimings::from_marks(&m).expect("monotonic");
+        assert_eq!(
+            (t.dns_ms, t.tcp_ms, t.tls_ms),
+            (Some(2.0), Some(10.0), Some(20.0))
+        );
+        assert_eq!(
+            (t.first_byte_ms, t.last_byte_ms, t.total_ms),
+            (None, None, None)
+        );
+
+        // DNS failed: nothing but the start.
+        let t = HttpTimings::from_marks(&PhaseMarks {
+            start: 5,
+            ..Default::default()
+        })
+        .expect("monotonic");
+        assert_eq!(t, HttpTimings::default());
+    }
+
+    #[test]
+    fn equal_marks_are_zero_not_errors() {
+        let m = PhaseMarks {
+            start: 7,
+            dns_done: Some(7),
+            connect_start: Some(7),
+            connected: Some(7),
+            tls_done: None,
+            request_written: Some(7),
+            first_byte: Some(7),
+            last_byte: Some(7),
+        };
+        let t = HttpTimings::from_marks(&m).expect("monotonic");
+        assert_eq!(
+            (t.dns_ms, t.last_byte_ms, t.total_ms),
+            (Some(0.0), Some(0.0), Some(0.0))
+        );
+    }
+
+    #[test]
+    fn rejects_non_monotonic_marks_naming_them() {
+        let m = PhaseMarks {
+            first_byte: Some(1_030 * MS), // before request_written (1_034 ms)
+            ..full_https()
+        };
+        assert_eq!(
+            HttpTimings::from_marks(&m),
+            Err(TimingError::NonMonotonic {
+                earlier: "request_written",
+                earlier_ns: 1_034 * MS,
+                later: "first_byte",
+                later_ns: 1_030 * MS,
+            })
+        );
+        // The check skips absent marks: connected is compared with dns_done when
+        // connect_start is missing.
+        let m = PhaseMarks {
+            start: 10,
+            dns_done: Some(20),
+            connect_start: None,
+            connected: Some(15),
+            ..Default::default()
+        };
+        let err = HttpTimings::from_marks(&m).expect_err("connected before dns_done");
+        assert!(err.to_string().contains("connected"), "{err}");
+        let m = PhaseMarks {
+            start: 10,
+            dns_done: Some(9),
+            ..Default::default()
+        };
+        assert!(HttpTimings::from_marks(&m).is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! TCP prober against real loopback sockets: connect time, refusal and timeout.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use meshlat_agent::probe::tcp::TcpProbe;
+use meshlat_agent::probe::{Measurement, Outcome, ProbeSpec};
+use meshlat_agent::respond::tcp::TcpResponder;
+use meshlat_agent::target::Target;
+use meshlat_proto::record::{ErrorKind, Protocol, Record};
+use tokio_util::sync::CancellationToken;
+
+async fn probe(addr: SocketAddr, timeout: Duration) -> anyhow::Result<Measurement> {
+    let spec = ProbeSpec {
+        protocol: Protocol::Tcp,
+        timeout,
+        ..ProbeSpec::default()
+    };
+    let target = Target::parse(&format!("tcp://{addr}"))?;
+    Ok(TcpProbe::new(&spec)?.run_once(&target).await)
+}
+
+fn answered_count() -> u64 {
+    let text = meshlat_agent::metrics::get().encode();
+    text.lines()
+        .find(|l| {
+            l.starts_with("meshlat_responder_requests_total{")
+                && l.contains("protocol=\"tcp\"")
+                && l.contains("result=\"answered\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn connects_to_the_responder() -> anyhow::Result<()> {
+    let responder = TcpResponder::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let addr = responder.local_addr();
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(responder.run(stop.clone()));
+
+    let m = probe(addr, Duration::from_secs(2)).await?;
+    assert_eq!(m.outcome, Outcome::Ok, "{m:?}");
+    assert_eq!(m.data.remote_addr, Some(addr));
+    let tcp_ms = m.data.tcp_ms.unwrap_or(0.0);
+    assert!(tcp_ms > 0.0 && tcp_ms < 1000.0, "{m:?}");
+    // The record carries tcp_ms, and rtt_ms = tcp_ms (DESIGN §5).
+    let mut rec = Record::default();
+    m.fill(&mut rec);
+    assert!(rec.ok);
+    assert_eq!(rec.tcp_ms, rec.rtt_ms);
+
+    // The responder counts the connection once it has accepted it (just after our connect).
+    let mut tries = 0;
+    while answered_count() < 1 && tries < 100 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tries += 1;
+    }
+    assert!(answered_count() >= 1, "answered not counted");
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(2), served).await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn closed_port_is_refused() -> anyhow::Result<()> {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let m = probe(addr, Duration::from_secs(2)).await?;
+    match &m.outcome {
+        Outcome::Failed { kind, detail } => {
+            assert_eq!(*kind, ErrorKind::Refused, "{detail}");
+            assert!(detail.contains(&addr.to_string()), "{detail}");
+        }
+        Outcome::Ok => panic!("connected to a closed port: {m:?}"),
+    }
+    assert_eq!(m.data.tcp_ms, None);
+    Ok(())
+}
+
+/// A connect that never completes, on loopback only: a listener with a backlog of 0 that never
+/// accepts. Once its accept queue is full, Linux drops further SYNs (the client retransmits for
+/// seconds), so the next connect hangs.
+#[tokio::test]
+async fn unanswered_connect_times_out() -> anyhow::Result<()> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    sock.listen(0)?;
+    let addr = sock
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| anyhow::anyhow!("not an inet address"))?;
+
+    // Fill the accept queue: connect until one connect no longer completes promptly.
+    let mut held = Vec::new();
+    let mut full = false;
+    for _ in 0..16 {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(conn) => held.push(conn?),
+            Err(_) => {
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        full,
+        "accept queue never filled after {} connects",
+        held.len()
+    );
+
+    let m = probe(addr, Duration::from_millis(300)).await?;
+    match &m.outcome {
+        Outcome::Failed { kind, detail } => {
+            assert_eq!(*kind, ErrorKind::Timeout, "{detail}");
+            assert!(detail.contains("connect"), "{detail}");
+        }
+        Outcome::Ok => panic!("connected through a full accept queue: {m:?}"),
+    }
+    assert_eq!(m.data.tcp_ms, None);
+    drop(sock);
+    Ok(())
+}
