@@ -12,7 +12,7 @@
 //!
 //! - [`batch`]: the batcher.
 //! - [`stdout`]: table (perftest format) or JSON lines on standard output.
-//! - [`file`]: Hive-layout NDJSON files with size/age rotation.
+//! - [`file`](self::file): Hive-layout NDJSON files with size/age rotation.
 
 pub mod batch;
 pub mod file;
