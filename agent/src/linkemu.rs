@@ -462,6 +462,9 @@ impl LinkEmu {
 
     /// Stops every route, drops packets still held, writes the summary to the log and flushes
     /// it. Returns the final counts, one per route.
+    ///
+    /// Blocks while the threads notice (up to ~20 ms); from async code, call it (or
+    /// drop the emulator) where blocking briefly is acceptable, e.g. `spawn_blocking`.
     pub fn shutdown(mut self) -> Vec<RouteStats> {
         self.stop();
         self.counters.iter().map(|c| c.snapshot()).collect()

@@ -74,7 +74,7 @@ fn temp_path(name: &str) -> PathBuf {
 }
 
 #[tokio::test]
-async fn self_signed_with_skip_verify_measures_handshake_and_train() -> anyhow::Result<()> {
+async fn quic_self_signed_with_skip_verify_measures_handshake_and_train() -> anyhow::Result<()> {
     let id = Identity::self_signed(&["localhost".into()])?;
     let r = start(&id).await?;
     let s = spec(TlsClientOptions {
@@ -100,7 +100,7 @@ async fn self_signed_with_skip_verify_measures_handshake_and_train() -> anyhow::
 }
 
 #[tokio::test]
-async fn private_ca_verifies_and_default_roots_refuse() -> anyhow::Result<()> {
+async fn quic_private_ca_verifies_and_default_roots_refuse() -> anyhow::Result<()> {
     // A CA and a leaf for 127.0.0.1 signed by it.
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
@@ -146,7 +146,7 @@ async fn private_ca_verifies_and_default_roots_refuse() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn self_signed_with_default_roots_is_a_tls_failure() -> anyhow::Result<()> {
+async fn quic_self_signed_with_default_roots_is_a_tls_failure() -> anyhow::Result<()> {
     let r = start(&Identity::self_signed(&["localhost".into()])?).await?;
     let m = probe(&spec(TlsClientOptions::default()), r.addr).await?;
     assert!(
@@ -163,7 +163,7 @@ async fn self_signed_with_default_roots_is_a_tls_failure() -> anyhow::Result<()>
 }
 
 #[tokio::test]
-async fn nothing_listening_fails_within_the_timeout() -> anyhow::Result<()> {
+async fn quic_nothing_listening_fails_within_the_timeout() -> anyhow::Result<()> {
     // Bind and release a port so nothing listens there.
     let addr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
     let s = ProbeSpec {
@@ -188,7 +188,7 @@ async fn nothing_listening_fails_within_the_timeout() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn unresolvable_host_is_a_dns_failure() -> anyhow::Result<()> {
+async fn quic_unresolvable_host_is_a_dns_failure() -> anyhow::Result<()> {
     let p = QuicProbe::new(&spec(TlsClientOptions::default()))?;
     let m = p
         .run_once(&Target::parse("quic://no-such-host.invalid:4433")?)
@@ -207,7 +207,7 @@ async fn unresolvable_host_is_a_dns_failure() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn responder_survives_garbage_and_wrong_alpn() -> anyhow::Result<()> {
+async fn quic_responder_survives_garbage_and_wrong_alpn() -> anyhow::Result<()> {
     let r = start(&Identity::self_signed(&["localhost".into()])?).await?;
     // Garbage UDP at the endpoint.
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
@@ -244,5 +244,37 @@ async fn responder_survives_garbage_and_wrong_alpn() -> anyhow::Result<()> {
     )
     .await?;
     assert_full_train(&m, 10);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_through_link_emulator_reads_the_added_delay() -> anyhow::Result<()> {
+    use meshlat_agent::linkemu::{LinkEmu, RouteSpec};
+    let r = start(&Identity::self_signed(&["localhost".into()])?).await?;
+    let route: RouteSpec = format!("udp:127.0.0.1:0={},fwd=5ms,ret=15ms", r.addr).parse()?;
+    let emu = LinkEmu::start(vec![route])?;
+    let via = emu
+        .route_addr(0)
+        .ok_or_else(|| anyhow::anyhow!("no route 0"))?;
+    let m = probe(
+        &spec(TlsClientOptions {
+            skip_verify: true,
+            ca_file: None,
+        }),
+        via,
+    )
+    .await?;
+    assert_full_train(&m, 10);
+    // The handshake takes at least one round trip (plus crypto work).
+    let hs = m.data.handshake_ms.unwrap_or(0.0);
+    assert!(hs >= 20.0, "handshake_ms {hs}");
+    let t = m
+        .data
+        .train
+        .as_ref()
+        .expect("train stats present on success");
+    let min = t.rtts_ms.iter().copied().fold(f64::MAX, f64::min);
+    assert!((19.9..=25.0).contains(&min), "min echo RTT {min} ms: {t:?}");
+    drop(emu);
     Ok(())
 }
