@@ -1,1 +1,1009 @@
-//! Link emulator (being built).
+//! A userspace link emulator: UDP and TCP forwarding with per-direction delay and seeded loss.
+//!
+//! The build and test machines have no netem (ENVIRONMENT.md), so tests, benches and the demo put
+//! this forwarder between a prober and a responder (or in front of a relay) to give a path a known
+//! one-way delay in each direction and a reproducible loss pattern. It runs in-process
+//! ([`LinkEmu::start`]) or as the `meshlat-linkemu` binary.
+//!
+//! # Route syntax
+//!
+//! ```text
+//! PROTO:LISTEN=UPSTREAM[,KEY=VALUE]...
+//!
+//! PROTO     udp | tcp
+//! LISTEN    address to listen on, e.g. 127.0.0.1:0 (port 0: any; see LinkEmu::route_addr)
+//! UPSTREAM  address to forward to, e.g. 127.0.0.1:862 or [::1]:4433
+//! fwd=DUR       one-way delay client → upstream   (default 0; e.g. 5ms, 250us, 1.5ms, 0)
+//! ret=DUR       one-way delay upstream → client   (default 0)
+//! loss_fwd=PCT  loss client → upstream, percent 0..=100 (default 0; udp only)
+//! loss_ret=PCT  loss upstream → client, percent 0..=100 (default 0; udp only)
+//! seed=N        RNG seed of the loss decisions, u64 (default 0)
+//! ```
+//!
+//! Examples: `udp:127.0.0.1:0=127.0.0.1:862,fwd=5ms,ret=15ms,loss_fwd=2.5,seed=42`,
+//! `tcp:127.0.0.1:8443=10.0.0.7:443,fwd=20ms,ret=20ms`.
+//!
+//! # How it forwards
+//!
+//! - **UDP**: the listen socket receives from clients; each client address gets its own upstream
+//!   socket (connected to UPSTREAM), so replies map back to the client that caused them. Clients
+//!   are never expired (this is a test tool); at most [`MAX_UDP_CLIENTS`] per route.
+//! - **TCP**: each accepted connection gets its own upstream connection; both directions are
+//!   pumped in chunks as read (`TCP_NODELAY` on both legs), and a half-close is forwarded after the
+//!   same delay. Loss is not applied to TCP (the spec parser refuses it).
+//! - **Holding**: every direction of every route has one dedicated OS thread that holds packets
+//!   (or TCP chunks) until `receive time + delay`. It sleeps until about [`SPIN_BEFORE`] before
+//!   the due time and then spins on the OS monotonic clock, so holds are accurate to a few µs on
+//!   an idle machine (tokio and epoll timers are ~1 ms coarse). The delay is constant per
+//!   direction, so the queue is FIFO and order is preserved. A busy machine can still preempt
+//!   the thread: the log records the actual hold of every packet so tests can check.
+//! - **Loss**: each direction has its own `SmallRng` seeded from `seed` (`seed` for fwd,
+//!   `seed ^ RET_SEED_SALT` for ret); each received packet draws once, in arrival order, so the
+//!   same seed and the same packet sequence give the same drop pattern. Drops are counted per
+//!   route and direction ([`LinkEmu::stats`]).
+//!
+//! # Log format
+//!
+//! With a log file, one JSON object per line. Per packet:
+//! `{"route":0,"dir":"fwd","seq":17,"bytes":64,"intended_hold_ns":5000000,"actual_hold_ns":5000412,"dropped":false}`
+//! (`actual_hold_ns` is `null` for dropped packets; `seq` counts packets received in that
+//! direction of that route, from 0). At shutdown, one summary line per route:
+//! `{"summary":true,"route":0,"proto":"udp","fwd_packets":..,"fwd_dropped":..,"ret_packets":..,"ret_dropped":..}`.
+
+// The emulator runs on plain OS threads, not tokio: holds need the OS monotonic clock and a spin
+// to be µs-accurate, which tokio's pausable clock and 1 ms timers cannot give.
+#![allow(clippy::disallowed_types)]
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+/// How long before a packet's due time the hold thread stops sleeping and starts spinning.
+pub const SPIN_BEFORE: Duration = Duration::from_micros(200);
+
+/// Most UDP clients one route tracks; packets from further clients are dropped (and counted).
+pub const MAX_UDP_CLIENTS: usize = 4096;
+
+/// XOR-ed into the seed for the return direction's RNG, so the two directions differ.
+pub const RET_SEED_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// How often blocked threads wake to check for shutdown.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Largest datagram/chunk read at once.
+const BUF: usize = 65_536;
+
+// === route specs ===
+
+/// Transport of a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteProto {
+    /// Datagrams, forwarded one by one (delay and loss).
+    Udp,
+    /// A byte stream per connection, forwarded in chunks (delay only).
+    Tcp,
+}
+
+impl RouteProto {
+    /// `udp` or `tcp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteProto::Udp => "udp",
+            RouteProto::Tcp => "tcp",
+        }
+    }
+}
+
+/// One route: where to listen, where to forward, and how to impair each direction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteSpec {
+    /// udp or tcp.
+    pub proto: RouteProto,
+    /// Listen address (port 0: any).
+    pub listen: SocketAddr,
+    /// Where traffic is forwarded.
+    pub upstream: SocketAddr,
+    /// One-way delay client → upstream.
+    pub fwd_delay: Duration,
+    /// One-way delay upstream → client.
+    pub ret_delay: Duration,
+    /// Loss client → upstream, percent (0..=100).
+    pub loss_fwd_pct: f64,
+    /// Loss upstream → client, percent (0..=100).
+    pub loss_ret_pct: f64,
+    /// Seed of the loss decisions.
+    pub seed: u64,
+}
+
+impl RouteSpec {
+    /// A route with no delay and no loss.
+    pub fn new(proto: RouteProto, listen: SocketAddr, upstream: SocketAddr) -> Self {
+        RouteSpec {
+            proto,
+            listen,
+            upstream,
+            fwd_delay: Duration::ZERO,
+            ret_delay: Duration::ZERO,
+            loss_fwd_pct: 0.0,
+            loss_ret_pct: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+/// What is wrong with a route spec (see the module doc for the syntax).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteProblem {
+    /// No `PROTO:` prefix or no `=` between the addresses.
+    #[error("expected PROTO:LISTEN=UPSTREAM[,key=value...]")]
+    Shape,
+    /// PROTO is not udp or tcp.
+    #[error("unknown protocol {0:?}; use udp or tcp")]
+    Proto(String),
+    /// LISTEN or UPSTREAM is not an `ip:port` socket address.
+    #[error("{which} address {value:?} is not ip:port (IPv6 as [addr]:port)")]
+    Addr {
+        /// `listen` or `upstream`.
+        which: &'static str,
+        /// The text given.
+        value: String,
+    },
+    /// UPSTREAM has port 0.
+    #[error("upstream address {0} needs a non-zero port")]
+    UpstreamPort(SocketAddr),
+    /// An option is not `key=value`.
+    #[error("option {0:?} is not key=value")]
+    Option(String),
+    /// An option key is not known.
+    #[error("unknown option {0:?}; known: fwd, ret, loss_fwd, loss_ret, seed")]
+    UnknownKey(String),
+    /// An option appears twice.
+    #[error("option {0:?} given twice")]
+    Duplicate(String),
+    /// An option's value does not parse or is out of range.
+    #[error("{key}={value:?}: {reason}")]
+    Value {
+        /// The option.
+        key: String,
+        /// The text given.
+        value: String,
+        /// What is expected.
+        reason: String,
+    },
+    /// Loss was asked for on a TCP route.
+    #[error("{0} is not supported on tcp routes (TCP would retransmit; use a udp route)")]
+    TcpLoss(String),
+}
+
+/// A route spec that did not parse: the spec and the part that is wrong.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("route {spec:?}: {problem}")]
+pub struct RouteSpecError {
+    /// The whole spec as given.
+    pub spec: String,
+    /// What is wrong.
+    pub problem: RouteProblem,
+}
+
+impl FromStr for RouteSpec {
+    type Err = RouteSpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_route(s.trim()).map_err(|problem| RouteSpecError {
+            spec: s.to_string(),
+            problem,
+        })
+    }
+}
+
+fn parse_route(s: &str) -> Result<RouteSpec, RouteProblem> {
+    let (proto, rest) = s.split_once(':').ok_or(RouteProblem::Shape)?;
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        "udp" => RouteProto::Udp,
+        "tcp" => RouteProto::Tcp,
+        other => return Err(RouteProblem::Proto(other.to_string())),
+    };
+    let mut parts = rest.split(',');
+    let addrs = parts.next().unwrap_or_default();
+    let (listen, upstream) = addrs.split_once('=').ok_or(RouteProblem::Shape)?;
+    let addr = |which, v: &str| {
+        v.trim()
+            .parse::<SocketAddr>()
+            .map_err(|_| RouteProblem::Addr {
+                which,
+                value: v.to_string(),
+            })
+    };
+    let mut route = RouteSpec::new(proto, addr("listen", listen)?, addr("upstream", upstream)?);
+    if route.upstream.port() == 0 {
+        return Err(RouteProblem::UpstreamPort(route.upstream));
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for opt in parts {
+        let (key, value) = opt
+            .split_once('=')
+            .ok_or_else(|| RouteProblem::Option(opt.to_string()))?;
+        let (key, value) = (key.trim(), value.trim());
+        if seen.contains(&key) {
+            return Err(RouteProblem::Duplicate(key.to_string()));
+        }
+        let bad = |reason: &str| RouteProblem::Value {
+            key: key.to_string(),
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        let duration = || {
+            humantime::parse_duration(value)
+                .map_err(|_| bad("expected a duration such as 5ms, 250us or 0"))
+        };
+        let percent = || {
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|p| (0.0..=100.0).contains(p))
+                .ok_or_else(|| bad("expected a percentage in 0..=100"))
+        };
+        match key {
+            "fwd" => route.fwd_delay = duration()?,
+            "ret" => route.ret_delay = duration()?,
+            "loss_fwd" => route.loss_fwd_pct = percent()?,
+            "loss_ret" => route.loss_ret_pct = percent()?,
+            "seed" => {
+                route.seed = value
+                    .parse()
+                    .map_err(|_| bad("expected an unsigned 64-bit integer"))?;
+            }
+            _ => return Err(RouteProblem::UnknownKey(key.to_string())),
+        }
+        if proto == RouteProto::Tcp && key.starts_with("loss") && route_loss(&route) > 0.0 {
+            return Err(RouteProblem::TcpLoss(key.to_string()));
+        }
+        seen.push(key);
+    }
+    Ok(route)
+}
+
+fn route_loss(r: &RouteSpec) -> f64 {
+    r.loss_fwd_pct.max(r.loss_ret_pct)
+}
+
+impl fmt::Display for RouteSpec {
+    /// The spec in the syntax [`RouteSpec::from_str`] parses.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}={},fwd={}us,ret={}us,loss_fwd={},loss_ret={},seed={}",
+            self.proto.as_str(),
+            self.listen,
+            self.upstream,
+            self.fwd_delay.as_micros(),
+            self.ret_delay.as_micros(),
+            self.loss_fwd_pct,
+            self.loss_ret_pct,
+            self.seed
+        )
+    }
+}
+
+// === stats ===
+
+/// Packet counts of one route (TCP: chunks as read).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteStats {
+    /// Packets received from clients.
+    pub fwd_packets: u64,
+    /// Of those, dropped by the loss model.
+    pub fwd_dropped: u64,
+    /// Packets received from upstream.
+    pub ret_packets: u64,
+    /// Of those, dropped by the loss model.
+    pub ret_dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    fwd_packets: AtomicU64,
+    fwd_dropped: AtomicU64,
+    ret_packets: AtomicU64,
+    ret_dropped: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> RouteStats {
+        RouteStats {
+            fwd_packets: self.fwd_packets.load(Ordering::Relaxed),
+            fwd_dropped: self.fwd_dropped.load(Ordering::Relaxed),
+            ret_packets: self.ret_packets.load(Ordering::Relaxed),
+            ret_dropped: self.ret_dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+// === the emulator ===
+
+/// Running routes. Dropping it shuts everything down (as [`LinkEmu::shutdown`] does).
+#[derive(Debug)]
+pub struct LinkEmu {
+    routes: Vec<RouteSpec>,
+    addrs: Vec<SocketAddr>,
+    counters: Vec<Arc<Counters>>,
+    shared: Arc<Shared>,
+    logger: Option<(Sender<String>, JoinHandle<()>)>,
+}
+
+/// State every thread of the emulator sees.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Set once at shutdown; every loop checks it at least every [`POLL`].
+    stop: AtomicBool,
+    /// Every spawned thread, joined at shutdown (connection threads are added as they start).
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn spawn(&self, name: String, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+        let h = std::thread::Builder::new().name(name).spawn(f)?;
+        if let Ok(mut v) = self.threads.lock() {
+            v.push(h);
+        }
+        Ok(())
+    }
+}
+
+impl LinkEmu {
+    /// Binds every route and starts forwarding, without a packet log.
+    ///
+    /// # Errors
+    ///
+    /// The first bind (or thread spawn) error; routes already started are shut down.
+    pub fn start(routes: Vec<RouteSpec>) -> io::Result<Self> {
+        Self::start_with_log(routes, None)
+    }
+
+    /// Binds every route and starts forwarding, logging every packet to `log` (see the module
+    /// doc for the format) when given.
+    ///
+    /// # Errors
+    ///
+    /// The log file cannot be created, or the first bind (or thread spawn) error.
+    pub fn start_with_log(routes: Vec<RouteSpec>, log: Option<&Path>) -> io::Result<Self> {
+        let shared = Arc::new(Shared::default());
+        let logger = match log {
+            Some(path) => {
+                let file = std::fs::File::create(path)?;
+                let (tx, rx) = mpsc::channel::<String>();
+                let h = std::thread::Builder::new()
+                    .name("linkemu-log".into())
+                    .spawn(move || write_log(rx, file))?;
+                Some((tx, h))
+            }
+            None => None,
+        };
+        let mut emu = LinkEmu {
+            routes: Vec::new(),
+            addrs: Vec::new(),
+            counters: Vec::new(),
+            shared,
+            logger,
+        };
+        for (i, spec) in routes.into_iter().enumerate() {
+            let counters = Arc::new(Counters::default());
+            let log = emu.logger.as_ref().map(|(tx, _)| tx.clone());
+            let addr = match spec.proto {
+                RouteProto::Udp => start_udp(i, &spec, &emu.shared, &counters, log)?,
+                RouteProto::Tcp => start_tcp(i, &spec, &emu.shared, &counters, log)?,
+            };
+            emu.routes.push(spec);
+            emu.addrs.push(addr);
+            emu.counters.push(counters);
+        }
+        Ok(emu)
+    }
+
+    /// The routes, in the order given.
+    pub fn routes(&self) -> &[RouteSpec] {
+        &self.routes
+    }
+
+    /// The address route `i` actually listens on (the port is known even for port 0).
+    pub fn route_addr(&self, i: usize) -> Option<SocketAddr> {
+        self.addrs.get(i).copied()
+    }
+
+    /// Route `i`'s counts so far.
+    pub fn stats(&self, i: usize) -> Option<RouteStats> {
+        self.counters.get(i).map(|c| c.snapshot())
+    }
+
+    /// The lines the binary prints on startup, one per route, e.g.
+    /// `route 0 udp 127.0.0.1:41234 -> 127.0.0.1:862`.
+    pub fn describe(&self) -> Vec<String> {
+        self.routes
+            .iter()
+            .zip(&self.addrs)
+            .enumerate()
+            .map(|(i, (r, a))| format!("route {i} {} {a} -> {}", r.proto.as_str(), r.upstream))
+            .collect()
+    }
+
+    /// One summary line per route (what the binary prints on stderr at exit), e.g.
+    /// `summary route 0 udp fwd_packets=2000 fwd_dropped=193 ret_packets=1807 ret_dropped=0`.
+    pub fn summary(&self) -> Vec<String> {
+        (0..self.routes.len())
+            .filter_map(|i| {
+                let s = self.stats(i)?;
+                Some(format!(
+                    "summary route {i} {} fwd_packets={} fwd_dropped={} ret_packets={} ret_dropped={}",
+                    self.routes[i].proto.as_str(),
+                    s.fwd_packets,
+                    s.fwd_dropped,
+                    s.ret_packets,
+                    s.ret_dropped
+                ))
+            })
+            .collect()
+    }
+
+    /// Stops every route, drops packets still held, writes the summary to the log and flushes
+    /// it. Returns the final counts, one per route.
+    ///
+    /// Blocks while the threads notice (up to ~20 ms); from async code, call it (or
+    /// drop the emulator) where blocking briefly is acceptable, e.g. `spawn_blocking`.
+    pub fn shutdown(mut self) -> Vec<RouteStats> {
+        self.stop();
+        self.counters.iter().map(|c| c.snapshot()).collect()
+    }
+
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        // Wake the blocking TCP accept loops.
+        for (r, a) in self.routes.iter().zip(&self.addrs) {
+            if r.proto == RouteProto::Tcp {
+                let mut a = *a;
+                if a.ip().is_unspecified() {
+                    a.set_ip(if a.is_ipv4() {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                let _ = TcpStream::connect_timeout(&a, Duration::from_secs(1));
+            }
+        }
+        loop {
+            let batch: Vec<_> = match self.shared.threads.lock() {
+                Ok(mut v) => v.drain(..).collect(),
+                Err(_) => break,
+            };
+            if batch.is_empty() {
+                break;
+            }
+            for h in batch {
+                let _ = h.join();
+            }
+        }
+        if let Some((tx, h)) = self.logger.take() {
+            for (i, r) in self.routes.iter().enumerate() {
+                let s = self.counters[i].snapshot();
+                let _ = tx.send(
+                    serde_json::json!({
+                        "summary": true, "route": i, "proto": r.proto.as_str(),
+                        "fwd_packets": s.fwd_packets, "fwd_dropped": s.fwd_dropped,
+                        "ret_packets": s.ret_packets, "ret_dropped": s.ret_dropped,
+                    })
+                    .to_string(),
+                );
+            }
+            drop(tx);
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for LinkEmu {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn write_log(rx: Receiver<String>, file: std::fs::File) {
+    let mut w = io::BufWriter::new(file);
+    // Ends when every sender (lanes and the emulator) is gone.
+    for line in rx {
+        let _ = writeln!(w, "{line}");
+    }
+    let _ = w.flush();
+}
+
+// === lanes: one direction of one route ===
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    Fwd,
+    Ret,
+}
+
+/// Where a held packet goes when due.
+#[derive(Debug)]
+enum Out {
+    /// A datagram on a connected socket (to upstream).
+    Udp(Arc<UdpSocket>),
+    /// A datagram to a client, from the listen socket.
+    UdpTo(Arc<UdpSocket>, SocketAddr),
+    /// A chunk of a TCP stream.
+    Tcp(Arc<TcpStream>),
+    /// The sender half-closed: forward the FIN.
+    TcpFin(Arc<TcpStream>),
+}
+
+#[derive(Debug)]
+struct Held {
+    received: Instant,
+    due: Instant,
+    seq: u64,
+    payload: Vec<u8>,
+    out: Out,
+}
+
+/// The loss decision, counters and hold queue of one direction of one route.
+#[derive(Debug)]
+struct Lane {
+    route: usize,
+    dir: Dir,
+    delay: Duration,
+    loss_pct: f64,
+    rng: Mutex<SmallRng>,
+    counters: Arc<Counters>,
+    queue: Sender<Held>,
+    log: Option<Sender<String>>,
+}
+
+impl Lane {
+    /// Accepts a packet received at `received`: counts it, drops it by the loss model or queues
+    /// it for the hold thread.
+    fn offer(&self, received: Instant, payload: Vec<u8>, out: Out) {
+        if matches!(out, Out::TcpFin(_)) {
+            let _ = self.queue.send(Held {
+                received,
+                due: received + self.delay,
+                seq: u64::MAX,
+                payload,
+                out,
+            });
+            return;
+        }
+        let (packets, dropped) = match self.dir {
+            Dir::Fwd => (&self.counters.fwd_packets, &self.counters.fwd_dropped),
+            Dir::Ret => (&self.counters.ret_packets, &self.counters.ret_dropped),
+        };
+        let seq = packets.fetch_add(1, Ordering::Relaxed);
+        let drop = self.loss_pct > 0.0
+            && self
+                .rng
+                .lock()
+                .map(|mut r| r.random::<f64>() * 100.0 < self.loss_pct)
+                .unwrap_or(false);
+        if drop {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            self.log_packet(seq, payload.len(), None);
+            return;
+        }
+        let _ = self.queue.send(Held {
+            received,
+            due: received + self.delay,
+            seq,
+            payload,
+            out,
+        });
+    }
+
+    fn log_packet(&self, seq: u64, bytes: usize, actual: Option<Duration>) {
+        if let Some(log) = &self.log {
+            let line = serde_json::json!({
+                "route": self.route,
+                "dir": match self.dir { Dir::Fwd => "fwd", Dir::Ret => "ret" },
+                "seq": seq,
+                "bytes": bytes,
+                "intended_hold_ns": self.delay.as_nanos() as u64,
+                "actual_hold_ns": actual.map(|d| d.as_nanos() as u64),
+                "dropped": actual.is_none(),
+            });
+            let _ = log.send(line.to_string());
+        }
+    }
+}
+
+/// Creates a lane and its hold thread.
+fn lane(
+    route: usize,
+    dir: Dir,
+    spec: &RouteSpec,
+    shared: &Arc<Shared>,
+    counters: &Arc<Counters>,
+    log: Option<Sender<String>>,
+) -> io::Result<Arc<Lane>> {
+    let (delay, loss_pct, seed) = match dir {
+        Dir::Fwd => (spec.fwd_delay, spec.loss_fwd_pct, spec.seed),
+        Dir::Ret => (spec.ret_delay, spec.loss_ret_pct, spec.seed ^ RET_SEED_SALT),
+    };
+    let (tx, rx) = mpsc::channel();
+    let lane = Arc::new(Lane {
+        route,
+        dir,
+        delay,
+        loss_pct,
+        rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+        counters: counters.clone(),
+        queue: tx,
+        log,
+    });
+    let (l, s) = (lane.clone(), shared.clone());
+    let name = format!("linkemu-{route}-{dir:?}-hold");
+    shared.spawn(name, move || hold_loop(&l, rx, &s))?;
+    Ok(lane)
+}
+
+/// Sends each held packet at its due time, in arrival order.
+fn hold_loop(lane: &Lane, rx: Receiver<Held>, shared: &Shared) {
+    loop {
+        let held = match rx.recv_timeout(POLL) {
+            Ok(h) => h,
+            Err(RecvTimeoutError::Timeout) if !shared.stopped() => continue,
+            Err(_) => return,
+        };
+        if !wait_until(held.due, shared) {
+            return;
+        }
+        let sent = Instant::now();
+        match &held.out {
+            Out::Udp(sock) => {
+                let _ = sock.send(&held.payload);
+            }
+            Out::UdpTo(sock, to) => {
+                let _ = sock.send_to(&held.payload, to);
+            }
+            Out::Tcp(stream) => {
+                let _ = (&**stream).write_all(&held.payload);
+            }
+            Out::TcpFin(stream) => {
+                let _ = stream.shutdown(Shutdown::Write);
+                continue;
+            }
+        }
+        lane.log_packet(
+            held.seq,
+            held.payload.len(),
+            Some(sent.duration_since(held.received)),
+        );
+    }
+}
+
+/// Sleeps until [`SPIN_BEFORE`] before `due`, then spins. Returns false if shut down meanwhile.
+fn wait_until(due: Instant, shared: &Shared) -> bool {
+    loop {
+        let now = Instant::now();
+        if now >= due {
+            return true;
+        }
+        let left = due - now;
+        if left > SPIN_BEFORE {
+            if shared.stopped() {
+                return false;
+            }
+            std::thread::sleep((left - SPIN_BEFORE).min(POLL));
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+fn unspecified_for(addr: SocketAddr) -> SocketAddr {
+    if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    }
+}
+
+// === UDP ===
+
+fn start_udp(
+    i: usize,
+    spec: &RouteSpec,
+    shared: &Arc<Shared>,
+    counters: &Arc<Counters>,
+    log: Option<Sender<String>>,
+) -> io::Result<SocketAddr> {
+    let listen = Arc::new(UdpSocket::bind(spec.listen)?);
+    listen.set_read_timeout(Some(POLL))?;
+    let addr = listen.local_addr()?;
+    let fwd = lane(i, Dir::Fwd, spec, shared, counters, log.clone())?;
+    let ret = lane(i, Dir::Ret, spec, shared, counters, log)?;
+    let (upstream, s) = (spec.upstream, shared.clone());
+    shared.spawn(format!("linkemu-{i}-udp-listen"), move || {
+        udp_listen(i, &listen, upstream, &fwd, &ret, &s);
+    })?;
+    Ok(addr)
+}
+
+/// Receives from clients; creates one upstream socket (and return thread) per client.
+fn udp_listen(
+    i: usize,
+    listen: &Arc<UdpSocket>,
+    upstream: SocketAddr,
+    fwd: &Arc<Lane>,
+    ret: &Arc<Lane>,
+    shared: &Arc<Shared>,
+) {
+    let mut clients: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut buf = vec![0u8; BUF];
+    while !shared.stopped() {
+        let (n, from) = match listen.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) if is_timeout(&e) => continue,
+            // e.g. ICMP errors surfacing on the socket: not fatal to the route.
+            Err(_) => continue,
+        };
+        let received = Instant::now();
+        let up = match clients.get(&from) {
+            Some(s) => s.clone(),
+            None => {
+                let Some(s) = (clients.len() < MAX_UDP_CLIENTS)
+                    .then(|| udp_client(i, listen, upstream, from, ret, shared).ok())
+                    .flatten()
+                else {
+                    // Counted as a forward drop: the packet never reaches upstream.
+                    fwd.counters.fwd_packets.fetch_add(1, Ordering::Relaxed);
+                    fwd.counters.fwd_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                clients.insert(from, s.clone());
+                s
+            }
+        };
+        fwd.offer(received, buf[..n].to_vec(), Out::Udp(up));
+    }
+}
+
+/// The upstream socket for one client, with a thread passing replies back to it.
+fn udp_client(
+    i: usize,
+    listen: &Arc<UdpSocket>,
+    upstream: SocketAddr,
+    client: SocketAddr,
+    ret: &Arc<Lane>,
+    shared: &Arc<Shared>,
+) -> io::Result<Arc<UdpSocket>> {
+    let sock = Arc::new(UdpSocket::bind(unspecified_for(upstream))?);
+    sock.connect(upstream)?;
+    sock.set_read_timeout(Some(POLL))?;
+    let (up, listen, ret, s) = (sock.clone(), listen.clone(), ret.clone(), shared.clone());
+    shared.spawn(format!("linkemu-{i}-udp-ret"), move || {
+        let mut buf = vec![0u8; BUF];
+        while !s.stopped() {
+            match up.recv(&mut buf) {
+                Ok(n) => {
+                    let received = Instant::now();
+                    ret.offer(
+                        received,
+                        buf[..n].to_vec(),
+                        Out::UdpTo(listen.clone(), client),
+                    );
+                }
+                // Timeouts, and ECONNREFUSED while nothing listens upstream.
+                Err(_) => continue,
+            }
+        }
+    })?;
+    Ok(sock)
+}
+
+// === TCP ===
+
+fn start_tcp(
+    i: usize,
+    spec: &RouteSpec,
+    shared: &Arc<Shared>,
+    counters: &Arc<Counters>,
+    log: Option<Sender<String>>,
+) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(spec.listen)?;
+    let addr = listener.local_addr()?;
+    let fwd = lane(i, Dir::Fwd, spec, shared, counters, log.clone())?;
+    let ret = lane(i, Dir::Ret, spec, shared, counters, log)?;
+    let (upstream, s) = (spec.upstream, shared.clone());
+    shared.spawn(format!("linkemu-{i}-tcp-accept"), move || {
+        // Blocking accept, so a connection is pumped as soon as it arrives; shutdown wakes it
+        // with a connection of its own (LinkEmu::stop).
+        while !s.stopped() {
+            match listener.accept() {
+                Ok(_) if s.stopped() => break,
+                Ok((client, _)) => {
+                    let (fwd, ret, s2) = (fwd.clone(), ret.clone(), s.clone());
+                    let _ = s.spawn(format!("linkemu-{i}-tcp-conn"), move || {
+                        let _ = tcp_conn(i, client, upstream, &fwd, &ret, &s2);
+                    });
+                }
+                // e.g. EMFILE: back off instead of spinning.
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    })?;
+    Ok(addr)
+}
+
+/// Connects upstream for one accepted client and pumps both directions.
+fn tcp_conn(
+    i: usize,
+    client: TcpStream,
+    upstream: SocketAddr,
+    fwd: &Arc<Lane>,
+    ret: &Arc<Lane>,
+    shared: &Arc<Shared>,
+) -> io::Result<()> {
+    client.set_nonblocking(false)?;
+    let up = TcpStream::connect_timeout(&upstream, Duration::from_secs(5))?;
+    for s in [&client, &up] {
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(POLL))?;
+        s.set_write_timeout(Some(Duration::from_secs(1)))?;
+    }
+    let (client, up) = (Arc::new(client), Arc::new(up));
+    let (c, u, l, s) = (client.clone(), up.clone(), ret.clone(), shared.clone());
+    shared.spawn(format!("linkemu-{i}-tcp-ret"), move || pump(&u, &c, &l, &s))?;
+    pump(&client, &up, fwd, shared);
+    Ok(())
+}
+
+/// Reads chunks from `from` and hands them to `lane` for delivery to `to`, then the FIN.
+fn pump(from: &Arc<TcpStream>, to: &Arc<TcpStream>, lane: &Lane, shared: &Shared) {
+    let mut buf = vec![0u8; BUF];
+    while !shared.stopped() {
+        match (&**from).read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => lane.offer(Instant::now(), buf[..n].to_vec(), Out::Tcp(to.clone())),
+            Err(e) if is_timeout(&e) => continue,
+            Err(_) => break,
+        }
+    }
+    lane.offer(Instant::now(), Vec::new(), Out::TcpFin(to.clone()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<RouteSpec, RouteProblem> {
+        s.parse::<RouteSpec>().map_err(|e| {
+            assert!(e.to_string().contains(s), "error names the spec: {e}");
+            e.problem
+        })
+    }
+
+    #[test]
+    fn parses_full_and_minimal_routes() {
+        let r =
+            parse("udp:127.0.0.1:0=127.0.0.1:862,fwd=5ms,ret=15ms,loss_fwd=2.5,loss_ret=0,seed=42")
+                .expect("valid");
+        assert_eq!(r.proto, RouteProto::Udp);
+        assert_eq!(r.listen, "127.0.0.1:0".parse().expect("addr"));
+        assert_eq!(r.upstream, "127.0.0.1:862".parse().expect("addr"));
+        assert_eq!(
+            (r.fwd_delay, r.ret_delay),
+            (Duration::from_millis(5), Duration::from_millis(15))
+        );
+        assert_eq!((r.loss_fwd_pct, r.loss_ret_pct, r.seed), (2.5, 0.0, 42));
+
+        let r = parse("TCP:[::1]:0=[::1]:443").expect("valid");
+        assert_eq!(
+            r,
+            RouteSpec::new(
+                RouteProto::Tcp,
+                "[::1]:0".parse().expect("addr"),
+                "[::1]:443".parse().expect("addr")
+            )
+        );
+        let r = parse("udp:0.0.0.0:9=10.0.0.1:9,fwd=250us,ret=0").expect("valid");
+        assert_eq!(
+            (r.fwd_delay, r.ret_delay),
+            (Duration::from_micros(250), Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let r = parse("udp:127.0.0.1:5=127.0.0.1:6,fwd=1ms,ret=2ms,loss_ret=7.5,seed=9")
+            .expect("valid");
+        assert_eq!(parse(&r.to_string()), Ok(r));
+    }
+
+    #[test]
+    fn refuses_bad_specs_naming_the_bad_part() {
+        for (bad, want) in [
+            ("127.0.0.1:1=127.0.0.1:2", "unknown protocol \"127.0.0.1\""),
+            ("udp", "expected PROTO:LISTEN=UPSTREAM"),
+            ("sctp:127.0.0.1:1=127.0.0.1:2", "unknown protocol \"sctp\""),
+            ("udp:127.0.0.1:1", "expected PROTO:LISTEN=UPSTREAM"),
+            (
+                "udp:localhost:1=127.0.0.1:2",
+                "listen address \"localhost:1\"",
+            ),
+            ("udp:127.0.0.1:1=::1:2", "upstream address \"::1:2\""),
+            ("udp:127.0.0.1:1=127.0.0.1:0", "needs a non-zero port"),
+            (
+                "udp:127.0.0.1:1=127.0.0.1:2,fwd",
+                "option \"fwd\" is not key=value",
+            ),
+            (
+                "udp:127.0.0.1:1=127.0.0.1:2,fwd=5 parsecs",
+                "fwd=\"5 parsecs\": expected a duration",
+            ),
+            (
+                "udp:127.0.0.1:1=127.0.0.1:2,loss_fwd=101",
+                "loss_fwd=\"101\": expected a percentage",
+            ),
+            ("udp:127.0.0.1:1=127.0.0.1:2,loss_ret=-1", "loss_ret=\"-1\""),
+            (
+                "udp:127.0.0.1:1=127.0.0.1:2,loss_ret=NaN",
+                "loss_ret=\"NaN\"",
+            ),
+            (
+                "udp:127.0.0.1:1=127.0.0.1:2,seed=-3",
+                "seed=\"-3\": expected an unsigned",
+            ),
+            (
+                "udp:127.0.0.1:1=127.0.0.1:2,delay=5ms",
+                "unknown option \"delay\"",
+            ),
+            (
+                "udp:127.0.0.1:1=127.0.0.1:2,fwd=1ms,fwd=2ms",
+                "option \"fwd\" given twice",
+            ),
+            (
+                "tcp:127.0.0.1:1=127.0.0.1:2,loss_fwd=1",
+                "loss_fwd is not supported on tcp",
+            ),
+        ] {
+            let err = bad.parse::<RouteSpec>().expect_err(bad).to_string();
+            assert!(err.contains(want), "{bad}: {err}");
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+        // Zero loss on TCP is fine.
+        assert!(parse("tcp:127.0.0.1:1=127.0.0.1:2,loss_fwd=0").is_ok());
+    }
+
+    #[test]
+    fn loss_draws_are_deterministic_per_seed() {
+        let draws = |seed| {
+            let mut r = SmallRng::seed_from_u64(seed);
+            (0..100)
+                .map(|_| r.random::<f64>() * 100.0 < 10.0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draws(7), draws(7));
+        assert_ne!(draws(7), draws(8));
+    }
+}
