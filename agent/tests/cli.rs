@@ -8,10 +8,16 @@ use support::*;
 #[test]
 fn help_has_examples() {
     for args in [&["--help"][..], &["probe", "--help"], &["serve", "--help"]] {
-        let out = std::process::Command::new(agent_bin()).args(args).output().unwrap();
+        let out = std::process::Command::new(agent_bin())
+            .args(args)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{args:?}");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("Examples:"), "{args:?} help lacks examples:\n{text}");
+        assert!(
+            text.contains("Examples:"),
+            "{args:?} help lacks examples:\n{text}"
+        );
     }
 }
 
@@ -21,18 +27,41 @@ fn bad_input_exits_2_naming_what_is_wrong() {
         (&["ftp://example.com"][..], "unknown scheme"),
         (&["example.com"][..], "missing scheme"),
         (&["--packets", "0", "udp://127.0.0.1:9"][..], "--packets"),
-        (&["-n", "lots", "udp://127.0.0.1:9"][..], "invalid value 'lots'"),
-        (&["--ca", "/nonexistent/ca.pem", "https://localhost/"][..], "--ca /nonexistent/ca.pem"),
-        (&["--bogus", "udp://127.0.0.1:9"][..], "unexpected argument '--bogus'"),
-        (&["-d", "1", "--timeout", "3", "udp://127.0.0.1:9"][..], "must not exceed -d"),
+        (
+            &["-n", "lots", "udp://127.0.0.1:9"][..],
+            "invalid value 'lots'",
+        ),
+        (
+            &["--ca", "/nonexistent/ca.pem", "https://localhost/"][..],
+            "--ca /nonexistent/ca.pem",
+        ),
+        (
+            &["--bogus", "udp://127.0.0.1:9"][..],
+            "unexpected argument '--bogus'",
+        ),
+        (
+            &["-d", "1", "--timeout", "3", "udp://127.0.0.1:9"][..],
+            "must not exceed -d",
+        ),
         (&[][..], "no targets"),
     ] {
-        let out = std::process::Command::new(agent_bin()).arg("probe").args(args).env_remove("PERFTEST_URL").output().unwrap();
+        let out = std::process::Command::new(agent_bin())
+            .arg("probe")
+            .args(args)
+            .env_remove("PERFTEST_URL")
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(want), "{args:?}: stderr {err:?} lacks {want:?}");
+        assert!(
+            err.contains(want),
+            "{args:?}: stderr {err:?} lacks {want:?}"
+        );
     }
-    let out = std::process::Command::new(agent_bin()).args(["serve", "--udp-port", "99999"]).output().unwrap();
+    let out = std::process::Command::new(agent_bin())
+        .args(["serve", "--udp-port", "99999"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a port"));
 }
@@ -40,15 +69,38 @@ fn bad_input_exits_2_naming_what_is_wrong() {
 #[test]
 fn failures_are_records_with_error_kinds_and_exit_1() {
     // A port nobody listens on: bind one, note it, close it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let tcp = format!("tcp://127.0.0.1:{port}");
     let http = format!("http://127.0.0.1:{port}/");
-    let (out, recs) = probe_json(&["-n", "2", "-d", "0.1", "--timeout", "0.1", &tcp, &http, "tcp://nonexistent.invalid:80"]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let (out, recs) = probe_json(&[
+        "-n",
+        "2",
+        "-d",
+        "0.1",
+        "--timeout",
+        "0.1",
+        &tcp,
+        &http,
+        "tcp://nonexistent.invalid:80",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(recs.len(), 6, "every sample, failed or not, is a record");
     for r in &recs {
         assert!(!r.ok);
-        let want = if r.target.contains("nonexistent") { ErrorKind::Dns } else { ErrorKind::Refused };
+        let want = if r.target.contains("nonexistent") {
+            ErrorKind::Dns
+        } else {
+            ErrorKind::Refused
+        };
         assert_eq!(r.error_kind, Some(want), "{r:?}");
         assert!(r.error.as_deref().is_some_and(|e| !e.is_empty()));
     }
@@ -56,7 +108,16 @@ fn failures_are_records_with_error_kinds_and_exit_1() {
 
 #[test]
 fn perftest_env_and_table_output() {
-    let srv = serve(&["--udp-port", "off", "--quic-port", "off", "--https-port", "off", "--tcp-port", "off"]);
+    let srv = serve(&[
+        "--udp-port",
+        "off",
+        "--quic-port",
+        "off",
+        "--https-port",
+        "off",
+        "--tcp-port",
+        "off",
+    ]);
     let url = format!("http://{}/bytes/1234", srv.http.unwrap());
     let out = std::process::Command::new(agent_bin())
         .args(["probe", "-n", "3", "-d", "0.1"])
@@ -64,7 +125,11 @@ fn perftest_env_and_table_output() {
         .env("REP_LOCATION", "Test Lab,XX")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
@@ -75,30 +140,75 @@ fn perftest_env_and_table_output() {
         let cols: Vec<&str> = l.split('\t').collect();
         assert_eq!(cols.len(), 12, "{l}");
         assert!(cols[0].starts_with(&format!("{} ", i + 1)), "{l}");
-        assert_eq!((cols[7], cols[8], cols[9], cols[10], cols[11]), ("200", "1234", "Test Lab,XX", "127.0.0.1", url.as_str()));
+        assert_eq!(
+            (cols[7], cols[8], cols[9], cols[10], cols[11]),
+            ("200", "1234", "Test Lab,XX", "127.0.0.1", url.as_str())
+        );
     }
     assert_eq!(lines[4], "");
-    assert!(lines[5].starts_with("Recorded 3 samples in ") && lines[5].ends_with("s, average values:"), "{}", lines[5]);
+    assert!(
+        lines[5].starts_with("Recorded 3 samples in ") && lines[5].ends_with("s, average values:"),
+        "{}",
+        lines[5]
+    );
     assert_eq!(lines[6], lines[0]);
     let avg: Vec<&str> = lines[7].split('\t').collect();
-    assert!(avg[0].starts_with("3 ") && avg[0].ends_with("s   "), "{:?}", avg[0]);
-    assert_eq!((avg[7], avg[8], avg[9], avg[10]), ("", "1234", "", url.as_str()));
+    assert!(
+        avg[0].starts_with("3 ") && avg[0].ends_with("s   "),
+        "{:?}",
+        avg[0]
+    );
+    assert_eq!(
+        (avg[7], avg[8], avg[9], avg[10]),
+        ("", "1234", "", url.as_str())
+    );
 }
 
 #[test]
 fn out_dir_gets_hive_layout_records_and_stats_endpoint_works() {
-    let srv = serve(&["--udp-port", "off", "--quic-port", "off", "--https-port", "off", "--http-port", "off", "-s", "0"]);
+    let srv = serve(&[
+        "--udp-port",
+        "off",
+        "--quic-port",
+        "off",
+        "--https-port",
+        "off",
+        "--http-port",
+        "off",
+        "-s",
+        "0",
+    ]);
     let stats = srv.stats.unwrap();
     let health = http_get(stats, "/health");
-    assert!(health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"), "{health}");
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"),
+        "{health}"
+    );
     let mem = http_get(stats, "/memstats");
     assert!(mem.contains("\"rss_bytes\":"), "{mem}");
     let dir = tmpdir("out");
     let target = format!("tcp://{}", srv.tcp.unwrap());
-    let (out, recs) = probe_json(&["-n", "3", "-d", "0.05", "--region", "eu-test-1", "--out", dir.to_str().unwrap(), &target]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (out, recs) = probe_json(&[
+        "-n",
+        "3",
+        "-d",
+        "0.05",
+        "--region",
+        "eu-test-1",
+        "--out",
+        dir.to_str().unwrap(),
+        &target,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(recs.len(), 3);
-    assert!(recs.iter().all(|r| r.ok && r.tcp_ms.is_some_and(|v| v > 0.0) && r.rtt_ms == r.tcp_ms));
+    assert!(
+        recs.iter()
+            .all(|r| r.ok && r.tcp_ms.is_some_and(|v| v > 0.0) && r.rtt_ms == r.tcp_ms)
+    );
     let region_dir = dir.join("records").join("region=eu-test-1");
     let mut on_disk = Vec::new();
     for dt in std::fs::read_dir(&region_dir).unwrap() {
@@ -106,27 +216,115 @@ fn out_dir_gets_hive_layout_records_and_stats_endpoint_works() {
         assert!(dt.file_name().unwrap().to_string_lossy().starts_with("dt="));
         for hour in std::fs::read_dir(&dt).unwrap() {
             let hour = hour.unwrap().path();
-            assert!(hour.file_name().unwrap().to_string_lossy().starts_with("hour="));
+            assert!(
+                hour.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("hour=")
+            );
             for f in std::fs::read_dir(&hour).unwrap() {
                 let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
-                on_disk.extend(text.lines().map(|l| serde_json::from_str::<meshlat_proto::record::Record>(l).unwrap().record_id));
+                on_disk.extend(text.lines().map(|l| {
+                    serde_json::from_str::<meshlat_proto::record::Record>(l)
+                        .unwrap()
+                        .record_id
+                }));
             }
         }
     }
     let mut sent: Vec<_> = recs.iter().map(|r| r.record_id.clone()).collect();
     sent.sort();
     on_disk.sort();
-    assert_eq!(on_disk, sent, "the file sink holds exactly the records printed");
+    assert_eq!(
+        on_disk, sent,
+        "the file sink holds exactly the records printed"
+    );
     let metrics = http_get(stats, "/metrics");
-    assert!(metrics.contains("meshlat_responder_requests_total{protocol=\"tcp\",result=\"answered\"} 3"), "{metrics}");
+    assert!(
+        metrics
+            .contains("meshlat_responder_requests_total{protocol=\"tcp\",result=\"answered\"} 3"),
+        "{metrics}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
 fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
     buf
+}
+
+#[test]
+fn https_with_private_ca_via_flag_and_clear_tls_failure_without() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = tmpdir("pki");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &*ca)
+        .unwrap();
+    let (ca_pem, cert_pem, key_pem) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    std::fs::write(&cert_pem, leaf.pem()).unwrap();
+    std::fs::write(&key_pem, leaf_key.serialize_pem()).unwrap();
+    let srv = serve(&[
+        "--udp-port",
+        "off",
+        "--tcp-port",
+        "off",
+        "--quic-port",
+        "off",
+        "--http-port",
+        "off",
+        "--tls-cert",
+        cert_pem.to_str().unwrap(),
+        "--tls-key",
+        key_pem.to_str().unwrap(),
+    ]);
+    let url = format!("https://localhost:{}/ping", srv.https.unwrap().port());
+    let (out, recs) = probe_json(&[
+        "-n",
+        "2",
+        "-d",
+        "0.1",
+        "--ca",
+        ca_pem.to_str().unwrap(),
+        &url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for r in &recs {
+        assert!(
+            r.ok && r.tls_ms.is_some_and(|t| t > 0.0)
+                && r.tls_version.is_some()
+                && r.http_status == Some(200),
+            "{r:?}"
+        );
+    }
+    let (out, recs) = probe_json(&["-n", "1", &url]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(recs[0].error_kind, Some(ErrorKind::Tls));
+    let detail = recs[0].error.clone().unwrap_or_default();
+    assert!(
+        detail.contains("certificate"),
+        "TLS failure should say why: {detail}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }

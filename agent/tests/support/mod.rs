@@ -88,7 +88,13 @@ pub struct Server {
 /// Starts `agent serve --listen 127.0.0.1` with every port 0 unless `extra` says otherwise.
 pub fn serve(extra: &[&str]) -> Server {
     let mut args = vec!["serve", "--listen", "127.0.0.1"];
-    for p in ["--udp-port", "--tcp-port", "--quic-port", "--http-port", "--https-port"] {
+    for p in [
+        "--udp-port",
+        "--tcp-port",
+        "--quic-port",
+        "--http-port",
+        "--https-port",
+    ] {
         if !extra.contains(&p) {
             args.extend([p, "0"]);
         }
@@ -100,7 +106,8 @@ pub fn serve(extra: &[&str]) -> Server {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn agent serve");
-    let expected = 5 - extra.iter().filter(|a| **a == "off").count() + usize::from(extra.contains(&"-s"));
+    let expected =
+        5 - extra.iter().filter(|a| **a == "off").count() + usize::from(extra.contains(&"-s"));
     let lines = read_lines(&mut child, "listening ", expected, "agent serve");
     let find = |proto: &str| {
         lines.iter().find_map(|l| {
@@ -115,7 +122,10 @@ pub fn serve(extra: &[&str]) -> Server {
         http: find("http"),
         https: find("https"),
         stats: find("stats"),
-        proc: Proc { child, name: "agent serve".into() },
+        proc: Proc {
+            child,
+            name: "agent serve".into(),
+        },
     }
 }
 
@@ -142,13 +152,26 @@ pub fn linkemu(routes: &[String], log: &Path) -> Emu {
         .expect("spawn meshlat-linkemu");
     let lines = read_lines(&mut child, "route ", routes.len(), "meshlat-linkemu");
     // "route <i> <proto> <listen> -> <upstream>"
-    let routes = lines.iter().map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap()).collect();
-    Emu { proc: Proc { child, name: "linkemu".into() }, routes }
+    let routes = lines
+        .iter()
+        .map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap())
+        .collect();
+    Emu {
+        proc: Proc {
+            child,
+            name: "linkemu".into(),
+        },
+        routes,
+    }
 }
 
 /// Runs `agent probe` to completion.
 pub fn probe(args: &[&str]) -> Output {
-    Command::new(agent_bin()).arg("probe").args(args).output().expect("run agent probe")
+    Command::new(agent_bin())
+        .arg("probe")
+        .args(args)
+        .output()
+        .expect("run agent probe")
 }
 
 /// Runs `agent probe --format json` and parses the records (stdout must be nothing else).
@@ -159,22 +182,32 @@ pub fn probe_json(args: &[&str]) -> (Output, Vec<Record>) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let recs = text
         .lines()
-        .map(|l| serde_json::from_str::<Record>(l).unwrap_or_else(|e| panic!("not a record: {e}: {l}")))
+        .map(|l| {
+            serde_json::from_str::<Record>(l).unwrap_or_else(|e| panic!("not a record: {e}: {l}"))
+        })
         .collect();
     (out, recs)
 }
 
 /// A fresh temporary directory.
 pub fn tmpdir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let d = std::env::temp_dir().join(format!("meshlat-test-{name}-{}-{nanos}", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let d = std::env::temp_dir().join(format!(
+        "meshlat-test-{name}-{}-{nanos}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
 
 /// Every per-packet RTT of the records.
 pub fn all_rtts(recs: &[Record]) -> Vec<f64> {
-    recs.iter().flat_map(|r| r.rtt_samples_ms.clone().unwrap_or_default()).collect()
+    recs.iter()
+        .flat_map(|r| r.rtt_samples_ms.clone().unwrap_or_default())
+        .collect()
 }
 
 /// Median (nearest rank) of values.
