@@ -7,6 +7,8 @@
 //! Ground truth is what the emulator logged per packet (the actual hold, not the configured
 //! delay) and what the test HTTP server measured of its own waits.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test with its message
+
 mod support;
 
 use std::io::{Read, Write};

@@ -1,5 +1,7 @@
 //! The `agent` command line as users meet it: real processes, exit statuses, messages, records.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test with its message
+
 mod support;
 
 use meshlat_proto::record::ErrorKind;

@@ -215,5 +215,5 @@ pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     assert!(!s.is_empty(), "median of nothing");
     s.sort_by(f64::total_cmp);
-    s[(s.len() + 1) / 2 - 1]
+    s[s.len().div_ceil(2) - 1]
 }
