@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""meshlat benchmarks against sockperf and irtt, same machine, same run (stdlib only).
+
+Each comparison runs both tools as separate processes, alternating, for ROUNDS rounds, and
+reports the median of the rounds. Targets (from the foundation issue):
+
+  udp_rtt      our UDP prober vs `sockperf ping-pong --full-rtt`, 1,000 round trips/s:
+               raw t4-t1 p50 <= 1.25x sockperf's p50, p99 <= 1.5x; CPU per round trip
+               (client + reflector) <= 1.5x sockperf's (client + server)
+  irtt_1ms     `agent probe` at 1 ms packet spacing vs `irtt client -i 1ms`: our p50 below irtt's
+               (both exclude the server's processing time)
+  reflector    reflected packets/s with the reflector on core 0 and the generator on core 1:
+               >= 200,000; says whether the generator was the limit
+  rss_100      `agent serve` + `agent probe` with 100 UDP targets, one 10-packet train per second
+               each: RSS <= 30 MiB
+
+--smoke runs each once, briefly, on debug binaries, and only checks that every number was
+produced (targets are not judged on debug builds).
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port(kind=socket.SOCK_DGRAM):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process (and its threads), seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tck
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class Bench:
+    def __init__(self, profile, rounds, seconds):
+        self.bin = os.path.join(ROOT, "target", profile)
+        self.ex = os.path.join(self.bin, "examples")
+        self.rounds = rounds
+        self.seconds = seconds
+        self.procs = []
+
+    def spawn(self, args, cpu=None, **kw):
+        if cpu is not None:
+            args = ["taskset", "-c", str(cpu)] + args
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def stop_all(self):
+        for p in self.procs:
+            self.stop(p)
+        self.procs = []
+
+    def serve(self, cpu=None, extra=()):
+        p = self.spawn([os.path.join(self.bin, "agent"), "serve", "--listen", "0.0.0.0", "--udp-port", "0",
+                        "--tcp-port", "off", "--quic-port", "off", "--http-port", "off", "--https-port", "off",
+                        *extra], cpu=cpu)
+        line = p.stdout.readline().split()
+        assert line[:2] == ["listening", "udp"], line
+        return p, line[2]
+
+    # --- udp rtt vs sockperf -----------------------------------------------------------------
+    def ours_round(self, n, addr):
+        srv_pid = self.refl_proc.pid
+        c0 = cpu_seconds(srv_pid)
+        out = subprocess.run([os.path.join(self.ex, "udp_bench"), "pingpong", "--target", addr,
+                              "--packets", str(n), "--interval-ms", "1"], capture_output=True, text=True, check=True)
+        res = json.loads(out.stdout)
+        res["server_cpu_s"] = cpu_seconds(srv_pid) - c0
+        return res
+
+    def udp_rtt(self):
+        n = 5000 if self.rounds > 1 else 500
+        self.refl_proc, addr = self.serve()
+        ours, theirs = [], []
+        for _ in range(self.rounds):
+            ours.append(self.ours_round(n, addr))
+            theirs.append(self.sockperf_round_timed(n))
+        self.stop(self.refl_proc)
+        med = lambda rs, k: statistics.median([r[k] for r in rs if r.get(k) is not None]) if any(r.get(k) is not None for r in rs) else None
+        o50, o99 = med(ours, "raw_p50_us"), med(ours, "raw_p99_us")
+        s50, s99 = med(theirs, "p50_us"), med(theirs, "p99_us")
+        o_cpu = med([{"v": (r["client_cpu_s"] + r["server_cpu_s"]) / max(1, r["samples"])} for r in ours], "v")
+        s_cpu = med([{"v": (r["client_cpu_s"] + r["server_cpu_s"]) / max(1, r["round_trips"])} for r in theirs], "v")
+        return {
+            "ours_raw_p50_us": o50, "ours_raw_p99_us": o99,
+            "ours_net_p50_us": med(ours, "net_p50_us"), "ours_net_p99_us": med(ours, "net_p99_us"),
+            "sockperf_p50_us": s50, "sockperf_p99_us": s99,
+            "ours_cpu_us_per_rt": o_cpu * 1e6, "sockperf_cpu_us_per_rt": s_cpu * 1e6,
+            "targets": {
+                "p50 <= 1.25x sockperf": o50 <= 1.25 * s50,
+                "p99 <= 1.5x sockperf": o99 <= 1.5 * s99,
+                "cpu/rt <= 1.5x sockperf": o_cpu <= 1.5 * s_cpu,
+            },
+        }
+
+    def sockperf_round_timed(self, n):
+        """sockperf ping-pong with the client's CPU measured through wait4's rusage."""
+        port = free_port()
+        srv = self.spawn(["sockperf", "server", "-i", "127.0.0.1", "-p", str(port)])
+        time.sleep(0.3)
+        c0 = cpu_seconds(srv.pid)
+        t = max(1, round(n / 1000))
+        cli = subprocess.Popen(["sockperf", "ping-pong", "-i", "127.0.0.1", "-p", str(port), "-t", str(t),
+                                "--mps=1000", "--full-rtt", "-m", "168"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        out = cli.stdout.read()
+        _, status, ru = os.wait4(cli.pid, 0)
+        cli.returncode = status
+        srv_cpu = cpu_seconds(srv.pid) - c0
+        self.stop(srv)
+        pct = {m.group(1): float(m.group(2)) for m in re.finditer(r"percentile\s+([\d.]+)\s*=\s*([\d.]+)", out)}
+        m = re.search(r"ReceivedMessages=(\d+)", out)
+        return {"p50_us": pct.get("50.000"), "p99_us": pct.get("99.000"),
+                "round_trips": int(m.group(1)) if m else 0,
+                "server_cpu_s": srv_cpu, "client_cpu_s": ru.ru_utime + ru.ru_stime}
+
+    # --- irtt at 1 ms ------------------------------------------------------------------------
+    def irtt_1ms(self):
+        n = 3000 if self.rounds > 1 else 300
+        refl, addr = self.serve()
+        ours, theirs = [], []
+        for _ in range(self.rounds):
+            out = subprocess.run([os.path.join(self.bin, "agent"), "probe", "--format", "json", "-n", "1",
+                                  "-d", "0", "--timeout", "1", "--packets", str(n), "--interval-ms", "1",
+                                  f"udp://{addr}"], capture_output=True, text=True)
+            rec = json.loads(out.stdout.splitlines()[0])
+            ours.append(rec["rtt_p50_ms"] * 1000)
+            port = free_port()
+            srv = self.spawn(["irtt", "server", "-b", f"127.0.0.1:{port}"])
+            time.sleep(0.3)
+            js = os.path.join(ROOT, "target", "bench", "irtt.json")
+            os.makedirs(os.path.dirname(js), exist_ok=True)
+            subprocess.run(["irtt", "client", "-Q", "-i", "1ms", "-d", f"{n}ms", "-o", js, f"127.0.0.1:{port}"],
+                           capture_output=True, text=True, check=True)
+            self.stop(srv)
+            with open(js) as f:
+                st = json.load(f)["stats"]
+            theirs.append(st["rtt"]["median"] / 1000.0)
+        self.stop(refl)
+        o, t = statistics.median(ours), statistics.median(theirs)
+        return {"ours_p50_us": o, "irtt_p50_us": t, "targets": {"p50 below irtt": o < t}}
+
+    # --- reflector throughput ------------------------------------------------------------------
+    def reflector(self):
+        refl, addr = self.serve(cpu=0)
+        secs = 5 if self.rounds > 1 else 1
+        rates = []
+        for _ in range(self.rounds):
+            out = subprocess.run(["taskset", "-c", "1", os.path.join(self.ex, "udp_bench"), "flood", "--target",
+                                  addr, "--seconds", str(secs)], capture_output=True, text=True, check=True)
+            rates.append(json.loads(out.stdout))
+        self.stop(refl)
+        best = sorted(rates, key=lambda r: r["recv_pps"])[len(rates) // 2]
+        gen_limited = best["recv_pps"] >= 0.97 * best["sent_pps"]
+        return {"reflected_pps": best["recv_pps"], "generator_sent_pps": best["sent_pps"],
+                "generator_was_limit": gen_limited, "targets": {">= 200,000 pps": best["recv_pps"] >= 200_000}}
+
+    # --- memory with 100 targets ---------------------------------------------------------------
+    def rss_100(self):
+        refl, addr = self.serve(extra=("--tcp-port", "0", "--quic-port", "0", "--http-port", "0", "--https-port", "0"))
+        port = addr.rsplit(":", 1)[1]
+        targets = [f"udp://127.0.0.{i}:{port}" for i in range(1, 101)]
+        secs = 20 if self.rounds > 1 else 4
+        pr = self.spawn([os.path.join(self.bin, "agent"), "probe", "--format", "json", "-n", "0", "-d", "1",
+                         "--packets", "10", "--interval-ms", "10", "--timeout", "0.5", *targets])
+        lines = 0
+        deadline = time.time() + secs
+        peak_probe = peak_serve = 0
+        while time.time() < deadline:
+            time.sleep(0.5)
+            peak_probe = max(peak_probe, rss_bytes(pr.pid))
+            peak_serve = max(peak_serve, rss_bytes(refl.pid))
+        self.stop(pr)
+        lines = sum(1 for _ in pr.stdout)
+        self.stop(refl)
+        mib = (peak_probe + peak_serve) / 2**20
+        return {"probe_rss_mib": peak_probe / 2**20, "serve_rss_mib": peak_serve / 2**20, "total_rss_mib": mib,
+                "records": lines, "targets": {"RSS <= 30 MiB": mib <= 30}}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="release")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--only", action="append", help="run only these benchmarks")
+    a = ap.parse_args()
+    b = Bench(a.profile, 1 if a.smoke else 3, 1 if a.smoke else 5)
+    results = {}
+    failed = False
+    try:
+        for name in ["udp_rtt", "irtt_1ms", "reflector", "rss_100"]:
+            if a.only and name not in a.only:
+                continue
+            t0 = time.time()
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+            r = getattr(b, name)()
+            r["seconds"] = round(time.time() - t0, 1)
+            results[name] = r
+            nums = {k: v for k, v in r.items() if k != "targets"}
+            for k, v in nums.items():
+                if v is None:
+                    print(f"bench: {name}: {k} was not measured", file=sys.stderr)
+                    failed = True
+            print(f"{name}:")
+            for k, v in nums.items():
+                print(f"  {k:28} {v:.3f}" if isinstance(v, float) else f"  {k:28} {v}")
+            for k, ok in r.get("targets", {}).items():
+                verdict = "met" if ok else "NOT met"
+                if a.smoke:
+                    verdict += " (debug build: not judged)"
+                print(f"  target {k:21} {verdict}")
+    finally:
+        b.stop_all()
+    os.makedirs(os.path.join(ROOT, "target", "bench"), exist_ok=True)
+    with open(os.path.join(ROOT, "target", "bench", "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
