@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, clock_error_bound_ms};
 use crate::metrics::{self, ResponderLabels};
 use crate::probe::Key;
-use crate::probe::udp::sys;
 use crate::probe::udp::wire::{self, MAX_PACKET_BYTES, MessageType, WireError, WireKey};
+use crate::probe::udp::{StampMapper, sys};
 
 /// How often the serving thread checks for shutdown while idle.
 pub const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
@@ -203,6 +203,7 @@ fn serve(socket: &UdpSocket, keys: &[Key], stats: &ReflectorStats, shutdown: &Ca
     let mut error_us = wire::error_bound_to_wire(clock_error_bound_ms());
     let mut error_read_at = Clock::now_ns();
     let mut since_check = 0u32;
+    let mut stamps = StampMapper::default();
     loop {
         let r = match sys::recv(fd, &mut buf) {
             Ok(r) => r,
@@ -223,7 +224,7 @@ fn serve(socket: &UdpSocket, keys: &[Key], stats: &ReflectorStats, shutdown: &Ca
         };
         let t2 = r
             .rx_realtime_ns
-            .map_or_else(Clock::now_ns, Clock::from_realtime_ns);
+            .map_or_else(Clock::now_ns, |ts| stamps.map(ts));
         if t2.saturating_sub(error_read_at) > ERROR_BOUND_REFRESH_NS {
             error_us = wire::error_bound_to_wire(clock_error_bound_ms());
             error_read_at = t2;

@@ -12,8 +12,8 @@
 //! Each [`UdpProbe::run_once`] resolves the target, binds an ephemeral UDP socket connected to
 //! it (so ICMP port unreachable surfaces as `ECONNREFUSED`), and runs one [`session::UdpSession`]:
 //! it sends paced requests (t1 = [`Clock::now_ns`] just before the send), receives replies with
-//! their kernel receive time as t4 (`SO_TIMESTAMPING`, mapped with
-//! [`Clock::from_realtime_ns`]; [`Clock::now_ns`] if unavailable) and feeds them to the session.
+//! their kernel receive time as t4 (`SO_TIMESTAMPING`, mapped into the process timebase by
+//! `StampMapper`; [`Clock::now_ns`] if unavailable) and feeds them to the session.
 //! Waits longer than [`SPIN_NS`] sleep on tokio's timer (≈1 ms granularity) until `SPIN_NS`
 //! before the due time, then yield-spin, so sub-millisecond pacing holds. After the train, any
 //! replies already queued are read and counted as late.
@@ -209,6 +209,7 @@ async fn drive(
     // Both buffers live for the whole train: nothing on the per-packet path allocates.
     let mut tx = Vec::with_capacity(packet_bytes);
     let mut rx = [0u8; MAX_PACKET_BYTES + 1];
+    let mut stamps = StampMapper::default();
     let end = loop {
         let now = Clock::now_ns();
         session.handle_timeout(now);
@@ -221,7 +222,7 @@ async fn drive(
             }
             continue;
         }
-        if let Err(e) = drain(sock, session, &mut rx) {
+        if let Err(e) = drain(sock, session, &mut rx, &mut stamps) {
             break Some(e);
         }
         let Some(wake) = session.poll_timeout() else {
@@ -245,7 +246,7 @@ async fn drive(
         }
     };
     // Replies already queued after the deadline are late; count them.
-    let late_err = drain(sock, session, &mut rx).err();
+    let late_err = drain(sock, session, &mut rx, &mut stamps).err();
     end.or(late_err)
 }
 
@@ -254,7 +255,12 @@ async fn drive(
 /// # Errors
 ///
 /// A socket error, e.g. `ConnectionRefused` after an ICMP port unreachable.
-fn drain(sock: &UdpSocket, session: &mut UdpSession, rx: &mut [u8]) -> io::Result<()> {
+fn drain(
+    sock: &UdpSocket,
+    session: &mut UdpSession,
+    rx: &mut [u8],
+    stamps: &mut StampMapper,
+) -> io::Result<()> {
     let fd = sock.as_raw_fd();
     // Note: tokio's `try_io` masks readiness per single interest (a combined
     // `READABLE | ERROR` matches nothing), so the two are tried separately.
@@ -264,7 +270,7 @@ fn drain(sock: &UdpSocket, session: &mut UdpSession, rx: &mut [u8]) -> io::Resul
                 Ok(r) => {
                     let t4 = r
                         .rx_realtime_ns
-                        .map_or_else(Clock::now_ns, Clock::from_realtime_ns);
+                        .map_or_else(Clock::now_ns, |ts| stamps.map(ts));
                     let len = if r.truncated { rx.len() } else { r.len };
                     // Decode failures are counted by the session (and reported as `Auth` if
                     // nothing else arrives).
@@ -277,6 +283,58 @@ fn drain(sock: &UdpSocket, session: &mut UdpSession, rx: &mut [u8]) -> io::Resul
         }
     }
     Ok(())
+}
+
+/// Maps kernel `CLOCK_REALTIME` receive stamps into the process timebase ([`Clock::now_ns`]).
+///
+/// [`Clock::from_realtime_ns`] reads the two clocks one after the other on every call; if the
+/// thread is preempted between the reads (milliseconds on a busy host) the mapped stamp is off
+/// by that long, which showed up as negative RTTs in bursts. This mapper measures the offset
+/// with a realtime–process–realtime sandwich, keeping the tightest of a few tries, and reuses it
+/// while stamps stay within [`StampMapper::REFRESH_NS`] of the measurement (a clock step moves
+/// stamps out of that window and forces a new measurement). Per packet it is one comparison and
+/// an add.
+#[derive(Debug, Default)]
+pub(crate) struct StampMapper {
+    /// Process clock minus realtime, ns.
+    offset: i128,
+    /// Realtime at the last measurement (0: never measured).
+    measured_real: u64,
+}
+
+impl StampMapper {
+    /// How long a measured offset is reused (slew is at most 500 ppm: ≤ 5 µs over 10 ms).
+    pub(crate) const REFRESH_NS: u64 = 10_000_000;
+
+    /// The stamp in the process timebase.
+    pub(crate) fn map(&mut self, realtime_stamp: u64) -> u64 {
+        if self.measured_real == 0 || realtime_stamp.abs_diff(self.measured_real) > Self::REFRESH_NS
+        {
+            self.measure();
+        }
+        (i128::from(realtime_stamp) + self.offset).clamp(0, i128::from(u64::MAX)) as u64
+    }
+
+    fn measure(&mut self) {
+        let mut best: Option<(u64, i128, u64)> = None;
+        for _ in 0..5 {
+            let a = crate::clock::realtime_ns();
+            let m = Clock::now_ns();
+            let b = crate::clock::realtime_ns();
+            let width = b.saturating_sub(a);
+            let mid = a / 2 + b / 2;
+            if best.is_none_or(|(w, _, _)| width < w) {
+                best = Some((width, i128::from(m) - i128::from(mid), mid));
+            }
+            if width < 200 {
+                break;
+            }
+        }
+        if let Some((_, offset, real)) = best {
+            self.offset = offset;
+            self.measured_real = real.max(1);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -306,5 +364,26 @@ mod tests {
         assert!(UdpProbe::new(&spec).is_err());
         let p = UdpProbe::new(&ProbeSpec::default()).expect("default spec is valid");
         assert_eq!(p.packet_bytes(), MIN_PACKET_BYTES);
+    }
+
+    #[test]
+    fn stamp_mapper_maps_realtime_close_to_now() {
+        let mut m = StampMapper::default();
+        for _ in 0..3 {
+            let stamp = crate::clock::realtime_ns();
+            let mapped = m.map(stamp);
+            let now = Clock::now_ns();
+            // The stamp precedes `now`; the mapping may err by the sandwich's half-width.
+            let ahead = i128::from(mapped) - i128::from(now);
+            assert!(
+                ahead < 50_000,
+                "mapped {mapped} is {ahead} ns after now {now}"
+            );
+            assert!(ahead > -50_000_000, "mapped {mapped} far before now {now}");
+        }
+        // A stamp far from the measurement (a clock step) triggers a new measurement.
+        let before = m.measured_real;
+        let _ = m.map(before + 20 * StampMapper::REFRESH_NS);
+        assert_ne!(m.measured_real, before);
     }
 }
