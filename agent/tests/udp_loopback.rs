@@ -71,6 +71,16 @@ fn spec(key: &str, packets: u32, interval_ms: u64, timeout_ms: u64) -> ProbeSpec
     }
 }
 
+fn answered_metric() -> u64 {
+    meshlat_agent::metrics::get()
+        .responder
+        .get_or_create(&meshlat_agent::metrics::ResponderLabels {
+            protocol: "udp".into(),
+            result: "answered".into(),
+        })
+        .get()
+}
+
 /// Waits (bounded) until `f` holds; the wait between tries is tunable for slow machines.
 async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     let step = std::env::var("MESHLAT_TEST_WAIT_MS")
@@ -89,8 +99,17 @@ async fn eventually(mut f: impl FnMut() -> bool) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_probe_gets_every_sample_from_reflector() {
     let r = TestReflector::start(vec![Key::from_secret("s3cret")]).await;
+    let answered_before = answered_metric();
     let probe = UdpProbe::new(&spec("s3cret", 20, 1, 2000)).expect("valid spec");
+    let start = tokio::time::Instant::now();
     let m = probe.run_once(&r.target()).await;
+    // Paced 1 ms apart, not burst: the train takes at least 19 ms (and returns as soon as
+    // every reply is in, long before the 2 s timeout).
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(19) && took < Duration::from_millis(1900),
+        "train took {took:?}"
+    );
     assert_eq!(m.outcome, Outcome::Ok, "{m:?}");
     assert_eq!(m.data.remote_addr, Some(r.addr));
     let t = m.data.train.expect("train stats");
@@ -107,11 +126,13 @@ async fn udp_probe_gets_every_sample_from_reflector() {
     );
     assert!(t.jitter_ms.is_some());
     assert_eq!(r.stats.answered(), 20);
+    // Process-wide Prometheus counter (other tests may add to it concurrently).
+    assert!(answered_metric() >= answered_before + 20);
     r.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_packets_are_reflected_at_the_same_size() {
+async fn udp_large_packets_are_reflected_at_the_same_size() {
     let r = TestReflector::start(vec![Key::from_secret("k")]).await;
     let s = ProbeSpec {
         payload_bytes: MAX_PACKET_BYTES,
@@ -127,7 +148,7 @@ async fn large_packets_are_reflected_at_the_same_size() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_key_gets_no_reply_and_counts_auth() {
+async fn udp_wrong_key_gets_no_reply_and_counts_auth() {
     let r = TestReflector::start(vec![Key::from_secret("right")]).await;
     let probe = UdpProbe::new(&spec("wrong", 3, 1, 300)).expect("valid spec");
     let m = probe.run_once(&r.target()).await;
@@ -148,7 +169,7 @@ async fn wrong_key_gets_no_reply_and_counts_auth() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn junk_is_dropped_while_real_probe_succeeds() {
+async fn udp_junk_is_dropped_while_real_probe_succeeds() {
     let key = Key::from_secret("k");
     let r = TestReflector::start(vec![key.clone()]).await;
     let addr = r.addr;
@@ -225,7 +246,7 @@ async fn junk_is_dropped_while_real_probe_succeeds() {
 }
 
 #[tokio::test]
-async fn no_listener_is_refused() {
+async fn udp_no_listener_is_refused() {
     // Bind and close a socket to get a port with (almost certainly) no listener.
     let port = UdpSocket::bind("127.0.0.1:0")
         .expect("bind")
@@ -251,7 +272,7 @@ async fn no_listener_is_refused() {
 }
 
 #[tokio::test]
-async fn unresolvable_name_is_dns() {
+async fn udp_unresolvable_name_is_dns() {
     let target = Target::parse("udp://nonexistent.invalid:9").expect("target");
     let m = UdpProbe::new(&spec("k", 1, 1, 500))
         .expect("valid spec")

@@ -217,6 +217,8 @@ fn serve(socket: &UdpSocket, keys: &[Key], stats: &ReflectorStats, shutdown: &Ca
                     | std::io::ErrorKind::Interrupted => {}
                     _ => {
                         tracing::debug!(message = "UDP reflector receive error.", error = %e);
+                        // Do not spin on a persistent error; this is the reflector's own thread.
+                        std::thread::sleep(Duration::from_millis(1));
                     }
                 }
                 continue;
