@@ -1,28 +1,152 @@
-//! UDP reflector. (Being built: see the foundation issue.)
+//! UDP reflector: answers meshlat UDP requests (TWAMP-light style, authenticated).
+//!
+//! For each datagram the reflector:
+//!
+//! 1. reads it with its kernel receive timestamp (t2; the process clock if unavailable);
+//! 2. validates it: size in [`wire::MIN_PACKET_BYTES`]..=[`MAX_PACKET_BYTES`], magic and version,
+//!    message type *request* (never a reply, so two reflectors cannot ping-pong), a known key
+//!    id and a valid HMAC;
+//! 3. turns it into a reply in place — type, t2, its clock error bound, t3 read just before the
+//!    MAC is recomputed — and sends it back to the sender with exactly the request's length.
+//!
+//! Anything else is dropped and counted (`meshlat_responder_requests_total{protocol="udp"}` with
+//! `result` = [`DropReason::as_str`], and [`ReflectorStats`]); answered packets are counted as
+//! `answered`. Nothing is ever sent larger than what was received.
+//!
+//! The loop runs on its own OS thread with a blocking socket (read timeout
+//! [`SHUTDOWN_POLL`] to notice shutdown): no async wake-up on the path, one receive buffer
+//! reused for every packet, no allocation per answered packet.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Clock, clock_error_bound_ms};
+use crate::metrics::{self, ResponderLabels};
 use crate::probe::Key;
+use crate::probe::udp::wire::{self, MAX_PACKET_BYTES, MessageType, WireError, WireKey};
+use crate::probe::udp::{StampMapper, sys};
 
-/// The UDP reflector.
+/// How often the serving thread checks for shutdown while idle.
+pub const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+
+/// How often the clock error bound stamped into replies is re-read (it is a syscall).
+const ERROR_BOUND_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Receive buffer requested from the kernel, so bursts are not dropped while we are busy.
+const RECV_BUFFER_BYTES: usize = 4 << 20;
+
+/// Why a datagram was not answered.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum DropReason {
+    /// Too short, bad magic, or unknown message type.
+    Malformed,
+    /// Larger than [`MAX_PACKET_BYTES`].
+    Oversize,
+    /// Right magic, a wire version we do not speak.
+    Version,
+    /// A valid packet that is not a request (e.g. a reply).
+    Type,
+    /// Unknown key id or HMAC mismatch.
+    Auth,
+}
+
+impl DropReason {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::Oversize => "oversize",
+            DropReason::Version => "version",
+            DropReason::Type => "type",
+            DropReason::Auth => "auth",
+        }
+    }
+
+    fn of(e: &WireError) -> Self {
+        match e {
+            WireError::TooShort(_) | WireError::BadMagic | WireError::UnknownType(_) => {
+                DropReason::Malformed
+            }
+            WireError::TooLong(_) => DropReason::Oversize,
+            WireError::UnsupportedVersion(_) => DropReason::Version,
+            WireError::UnknownKey(_) | WireError::BadMac => DropReason::Auth,
+        }
+    }
+
+    const ALL: [DropReason; 5] = [
+        DropReason::Malformed,
+        DropReason::Oversize,
+        DropReason::Version,
+        DropReason::Type,
+        DropReason::Auth,
+    ];
+}
+
+/// Per-reflector counters (the Prometheus ones are process-wide); readable while it runs.
+#[derive(Debug, Default)]
+pub struct ReflectorStats {
+    answered: AtomicU64,
+    dropped: [AtomicU64; 5],
+}
+
+impl ReflectorStats {
+    /// Requests answered.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped
+            .get(reason as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn drop_(&self, reason: DropReason) {
+        if let Some(c) = self.dropped.get(reason as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The UDP reflector: bound, not yet serving.
 #[derive(Debug)]
 pub struct UdpReflector {
-    socket: tokio::net::UdpSocket,
+    /// Blocking socket with a read timeout (see the module doc).
+    socket: UdpSocket,
+    /// Keys accepted, by id.
     keys: Vec<Key>,
+    stats: Arc<ReflectorStats>,
 }
 
 impl UdpReflector {
-    /// Binds the reflector.
+    /// Binds the reflector to `addr` (port 0 for any) and enables kernel receive timestamps.
     ///
     /// # Errors
     ///
-    /// The bind error.
+    /// The socket or bind error.
     pub async fn bind(addr: SocketAddr, keys: Vec<Key>) -> std::io::Result<Self> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        // Best effort: the kernel may cap it (net.core.rmem_max); a smaller buffer still works.
+        let _ = s.set_recv_buffer_size(RECV_BUFFER_BYTES);
+        if !sys::enable_rx_timestamps(s.as_raw_fd()) {
+            tracing::debug!(
+                message = "Kernel receive timestamps unavailable; using the process clock for t2."
+            );
+        }
+        s.set_read_timeout(Some(SHUTDOWN_POLL))?;
+        s.bind(&addr.into())?;
         Ok(UdpReflector {
-            socket: tokio::net::UdpSocket::bind(addr).await?,
+            socket: s.into(),
             keys,
+            stats: Arc::default(),
         })
     }
 
@@ -33,9 +157,187 @@ impl UdpReflector {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Serves until cancelled.
+    /// This reflector's counters (shared; keep the handle to read them while it runs).
+    pub fn stats(&self) -> Arc<ReflectorStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Serves until `shutdown` is cancelled, on a dedicated thread.
     pub async fn run(self, shutdown: CancellationToken) {
-        let _ = &self.keys;
-        shutdown.cancelled().await;
+        let addr = self.local_addr();
+        if self.keys.contains(&Key::default_key()) {
+            tracing::warn!(
+                message = "UDP reflector accepts the well-known default key; anyone can probe it. Set --key.",
+                %addr
+            );
+        }
+        if self.keys.is_empty() {
+            tracing::warn!(message = "UDP reflector has no keys; every request will be dropped.", %addr);
+        }
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let token = shutdown.clone();
+        let spawned = std::thread::Builder::new()
+            .name("udp-reflector".into())
+            .spawn(move || {
+                serve(&self.socket, &self.keys, &self.stats, &token);
+                let _ = done_tx.send(());
+            });
+        if let Err(error) = spawned {
+            tracing::error!(message = "Cannot start the UDP reflector thread.", %error, %addr);
+            return;
+        }
+        tracing::info!(message = "UDP reflector serving.", %addr);
+        // The thread ends within SHUTDOWN_POLL of cancellation (or if it panics, dropping the
+        // sender).
+        let _ = done_rx.await;
+    }
+}
+
+/// The serving loop (blocking).
+fn serve(socket: &UdpSocket, keys: &[Key], stats: &ReflectorStats, shutdown: &CancellationToken) {
+    let keys: Vec<WireKey> = keys.iter().map(WireKey::new).collect();
+    let fd = socket.as_raw_fd();
+    // Counter handles taken once: incrementing them is one atomic add, no label lookup.
+    let answered = counter("answered");
+    let mut buf = [0u8; MAX_PACKET_BYTES + 1];
+    let mut error_us = wire::error_bound_to_wire(clock_error_bound_ms());
+    let mut error_read_at = Clock::now_ns();
+    let mut since_check = 0u32;
+    let mut stamps = StampMapper::default();
+    loop {
+        let r = match sys::recv(fd, &mut buf) {
+            Ok(r) => r,
+            Err(e) => {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                match e.kind() {
+                    std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted => {}
+                    _ => {
+                        tracing::debug!(message = "UDP reflector receive error.", error = %e);
+                        // Do not spin on a persistent error; this is the reflector's own thread.
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                continue;
+            }
+        };
+        let t2 = r
+            .rx_realtime_ns
+            .map_or_else(Clock::now_ns, |ts| stamps.map(ts));
+        if t2.saturating_sub(error_read_at) > ERROR_BOUND_REFRESH_NS {
+            error_us = wire::error_bound_to_wire(clock_error_bound_ms());
+            error_read_at = t2;
+        }
+        since_check += 1;
+        if since_check >= 1024 {
+            since_check = 0;
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+        let Some(peer) = r.peer else { continue };
+        let len = if r.truncated { buf.len() } else { r.len };
+        let Some(pkt) = buf.get_mut(..len) else {
+            continue;
+        };
+        match reflect(pkt, &keys, t2, error_us) {
+            Ok(()) => match socket.send_to(pkt, peer) {
+                Ok(_) => {
+                    answered.inc();
+                    stats.answered.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::debug!(message = "UDP reflector send error.", error = %e, %peer);
+                }
+            },
+            Err(reason) => {
+                stats.drop_(reason);
+                metrics::responder_drop("udp", reason.as_str(), peer);
+            }
+        }
+    }
+}
+
+/// Validates `pkt` and turns it into the reply in place.
+fn reflect(pkt: &mut [u8], keys: &[WireKey], t2: u64, error_us: u32) -> Result<(), DropReason> {
+    let (ty, key_id) = wire::peek(pkt).map_err(|e| DropReason::of(&e))?;
+    if ty != MessageType::Request {
+        return Err(DropReason::Type);
+    }
+    let key = keys
+        .iter()
+        .find(|k| k.id == key_id)
+        .ok_or(DropReason::Auth)?;
+    wire::verify(pkt, key).map_err(|e| DropReason::of(&e))?;
+    wire::stamp_reply(pkt, key, t2, error_us, Clock::now_ns).map_err(|e| DropReason::of(&e))
+}
+
+fn counter(result: &str) -> Counter {
+    metrics::get()
+        .responder
+        .get_or_create(&ResponderLabels {
+            protocol: "udp".into(),
+            result: result.into(),
+        })
+        .clone()
+}
+
+// Keep the reason table and the counter array in step.
+const _: () = assert!(DropReason::ALL.len() == 5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(key: &WireKey, len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        wire::encode(
+            &wire::Header::request(key.id, 9, 1, 100, wire::ERROR_BOUND_UNKNOWN),
+            key,
+            &mut b,
+        )
+        .expect("valid size");
+        b
+    }
+
+    #[test]
+    fn reflect_stamps_and_rejects() {
+        let k = WireKey::new(&Key::from_secret("k"));
+        let keys = [k.clone()];
+        let mut p = request(&k, 400);
+        assert_eq!(reflect(&mut p, &keys, 200, 7), Ok(()));
+        assert_eq!(p.len(), 400);
+        let h = wire::decode(&p, &keys).expect("reply verifies");
+        assert_eq!(h.msg_type, MessageType::Reply);
+        assert_eq!((h.t1, h.t2, h.reflector_error_us), (100, 200, 7));
+        assert!(h.t3 >= Clock::now_ns() - 1_000_000_000);
+        // A reply is never reflected again.
+        assert_eq!(reflect(&mut p, &keys, 1, 1), Err(DropReason::Type));
+        let other = WireKey::new(&Key::from_secret("other"));
+        let mut q = request(&other, wire::MIN_PACKET_BYTES);
+        assert_eq!(reflect(&mut q, &keys, 1, 1), Err(DropReason::Auth));
+        let mut q = request(&k, wire::MIN_PACKET_BYTES);
+        q[30] ^= 1;
+        assert_eq!(reflect(&mut q, &keys, 1, 1), Err(DropReason::Auth));
+        let mut q = request(&k, wire::MIN_PACKET_BYTES);
+        q[4] = 9;
+        assert_eq!(reflect(&mut q, &keys, 1, 1), Err(DropReason::Version));
+        assert_eq!(
+            reflect(&mut [0u8; 10], &keys, 1, 1),
+            Err(DropReason::Malformed)
+        );
+        assert_eq!(
+            reflect(&mut [0u8; MAX_PACKET_BYTES + 1], &keys, 1, 1),
+            Err(DropReason::Oversize)
+        );
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(
+                *r as usize, i,
+                "DropReason discriminants index the counters"
+            );
+        }
     }
 }

@@ -1,34 +1,389 @@
-//! udp prober. (Being built: see the foundation issue.)
+//! UDP prober: TWAMP-light style trains to a meshlat reflector (DESIGN §4).
+//!
+//! # Layout
+//!
+//! - [`wire`]: the versioned, HMAC-authenticated packet format (documented byte by byte).
+//! - [`session`]: the sans-IO train core — pacing, timeout, classification, statistics.
+//! - `sys`: the one unsafe corner — `recvmsg` with kernel receive timestamps.
+//! - this module: the thin tokio driver that owns the socket and the clock.
+//!
+//! # Driver
+//!
+//! Each [`UdpProbe::run_once`] resolves the target, binds an ephemeral UDP socket connected to
+//! it (so ICMP port unreachable surfaces as `ECONNREFUSED`), and runs one [`session::UdpSession`]:
+//! it sends paced requests (t1 = [`Clock::now_ns`] just before the send), receives replies with
+//! their kernel receive time as t4 (`SO_TIMESTAMPING`, mapped into the process timebase by
+//! `StampMapper`; [`Clock::now_ns`] if unavailable) and feeds them to the session.
+//! Waits longer than [`SPIN_NS`] sleep on tokio's timer (≈1 ms granularity) until `SPIN_NS`
+//! before the due time, then yield-spin, so sub-millisecond pacing holds. After the train, any
+//! replies already queued are read and counted as late.
+//!
+//! Outcomes: `Ok` with at least one sample; otherwise `Refused` (ICMP port unreachable),
+//! `Dns`, `Local`/`Unreachable` (socket errors, via [`super::classify_io`]), `Auth` (replies
+//! arrived but failed authentication) or `Timeout` (no replies: wrong key, no reflector, or
+//! loss).
 
-use std::time::SystemTime;
+pub mod session;
+pub(crate) mod sys;
+pub mod wire;
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, SystemTime};
 
 use meshlat_proto::record::ErrorKind;
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
 
+use self::session::{SessionConfig, UdpSession};
+use self::wire::WireKey;
+pub use self::wire::{MAX_PACKET_BYTES, MIN_PACKET_BYTES};
 use super::{Measurement, Outcome, ProbeSetupError, ProbeSpec};
+use crate::clock::{Clock, clock_error_bound_ms};
 use crate::target::Target;
 
-/// The udp prober.
+/// Waits shorter than this are spent yield-spinning instead of on tokio's millisecond timer.
+pub const SPIN_NS: u64 = 1_000_000;
+
+/// Most packets one train may have (bounds the per-train state).
+pub const MAX_PACKETS: u32 = 1_000_000;
+
+/// The UDP prober: one validated spec, reused for every train.
 #[derive(Debug)]
 pub struct UdpProbe {
-    spec: ProbeSpec,
+    /// Packets per train.
+    packets: u32,
+    /// Gap between sends.
+    interval_ns: u64,
+    /// Wait after the last send.
+    timeout_ns: u64,
+    /// Size of every request (and so every reply).
+    packet_bytes: usize,
+    /// Prepared once: signing needs no per-train key setup.
+    key: WireKey,
+    /// Kept for `Debug` and for the timeout in failure messages.
+    timeout: Duration,
 }
 
 impl UdpProbe {
-    /// Builds the prober.
+    /// Validates the spec and prepares the key.
     ///
     /// # Errors
     ///
-    /// [`ProbeSetupError`] for an unusable spec.
+    /// [`ProbeSetupError::Invalid`] when `payload_bytes` is nonzero but below
+    /// [`MIN_PACKET_BYTES`] or above [`MAX_PACKET_BYTES`], or `packets` is 0 or above
+    /// [`MAX_PACKETS`].
     pub fn new(spec: &ProbeSpec) -> Result<Self, ProbeSetupError> {
-        Ok(UdpProbe { spec: spec.clone() })
+        let packet_bytes = packet_size(spec.payload_bytes)?;
+        if spec.packets == 0 || spec.packets > MAX_PACKETS {
+            return Err(ProbeSetupError::Invalid(format!(
+                "packets ({}) must be in 1..={MAX_PACKETS}",
+                spec.packets
+            )));
+        }
+        sys::keep_rx_timestamps_enabled();
+        Ok(UdpProbe {
+            packets: spec.packets,
+            interval_ns: duration_ns(spec.packet_interval),
+            timeout_ns: duration_ns(spec.timeout),
+            packet_bytes,
+            key: WireKey::new(&spec.key),
+            timeout: spec.timeout,
+        })
     }
 
-    /// One sample.
+    /// Size of every packet this probe sends.
+    pub fn packet_bytes(&self) -> usize {
+        self.packet_bytes
+    }
+
+    /// Runs one train against `target`. Never fails: failures are in the outcome.
     pub async fn run_once(&self, target: &Target) -> Measurement {
-        let _ = (&self.spec, target);
-        Measurement::new(
-            SystemTime::now(),
-            Outcome::failed(ErrorKind::Local, "not built yet"),
-        )
+        let started = SystemTime::now();
+        let addr = match super::resolve(&target.host, target.port).await {
+            Ok(addrs) => match addrs.first() {
+                Some(a) => *a,
+                None => {
+                    return Measurement::new(
+                        started,
+                        Outcome::failed(ErrorKind::Dns, format!("{}: no addresses", target.host)),
+                    );
+                }
+            },
+            Err((kind, detail)) => return Measurement::new(started, Outcome::failed(kind, detail)),
+        };
+        let mut m = Measurement::new(started, Outcome::Ok);
+        m.data.remote_addr = Some(addr);
+        let sock = match open_socket(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                m.outcome = Outcome::failed(super::classify_io(&e), format!("socket: {e}"));
+                return m;
+            }
+        };
+        let mut session = UdpSession::new(SessionConfig {
+            packets: self.packets,
+            interval_ns: self.interval_ns,
+            timeout_ns: self.timeout_ns,
+            packet_bytes: self.packet_bytes,
+            session_id: rand::random(),
+            key: self.key.clone(),
+            local_error_us: wire::error_bound_to_wire(clock_error_bound_ms()),
+        });
+        let io_error = drive(&sock, &mut session, self.packet_bytes).await;
+        let invalid = session.invalid();
+        let stats = session.into_stats();
+        m.outcome = if stats.samples > 0 {
+            Outcome::Ok
+        } else if let Some(e) = io_error {
+            Outcome::failed(super::classify_io(&e), format!("{addr}: {e}"))
+        } else if invalid > 0 {
+            Outcome::failed(
+                ErrorKind::Auth,
+                format!("{invalid} replies from {addr} failed authentication (wrong key?)"),
+            )
+        } else {
+            Outcome::failed(
+                ErrorKind::Timeout,
+                format!(
+                    "no replies from {addr} to {} packets within {:?} (no reflector, wrong key, \
+                     or loss)",
+                    stats.sent, self.timeout
+                ),
+            )
+        };
+        m.data.train = Some(stats);
+        m
+    }
+}
+
+/// The packet size for a spec's `payload_bytes` (0 = [`MIN_PACKET_BYTES`]).
+///
+/// # Errors
+///
+/// [`ProbeSetupError::Invalid`] outside [`MIN_PACKET_BYTES`]..=[`MAX_PACKET_BYTES`].
+pub fn packet_size(payload_bytes: usize) -> Result<usize, ProbeSetupError> {
+    match payload_bytes {
+        0 => Ok(MIN_PACKET_BYTES),
+        n if (MIN_PACKET_BYTES..=MAX_PACKET_BYTES).contains(&n) => Ok(n),
+        n => Err(ProbeSetupError::Invalid(format!(
+            "udp payload_bytes ({n}) must be 0 (minimum) or in \
+             {MIN_PACKET_BYTES}..={MAX_PACKET_BYTES}"
+        ))),
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// An ephemeral, non-blocking UDP socket connected to `remote`, with kernel receive timestamps
+/// when the OS offers them.
+fn open_socket(remote: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(
+        Domain::for_address(remote),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    s.set_nonblocking(true)?;
+    // Without kernel stamps t4 falls back to the clock read after wake-up (slightly larger RTTs).
+    let _stamped = sys::enable_rx_timestamps(s.as_raw_fd());
+    let local = match remote {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    };
+    s.bind(&local.into())?;
+    s.connect(&remote.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// Runs `session` to completion on `sock`. Returns the socket error that ended it early, if any
+/// (the session's state up to then is kept).
+async fn drive(
+    sock: &UdpSocket,
+    session: &mut UdpSession,
+    packet_bytes: usize,
+) -> Option<io::Error> {
+    // Both buffers live for the whole train: nothing on the per-packet path allocates.
+    let mut tx = Vec::with_capacity(packet_bytes);
+    let mut rx = [0u8; MAX_PACKET_BYTES + 1];
+    let mut stamps = StampMapper::default();
+    let end = loop {
+        let now = Clock::now_ns();
+        session.handle_timeout(now);
+        if session.is_done() {
+            break None;
+        }
+        if session.poll_transmit(now, &mut tx).is_some() {
+            if let Err(e) = sock.send(&tx).await {
+                break Some(e);
+            }
+            continue;
+        }
+        if let Err(e) = drain(sock, session, &mut rx, &mut stamps) {
+            break Some(e);
+        }
+        let Some(wake) = session.poll_timeout() else {
+            break None;
+        };
+        let now = Clock::now_ns();
+        let Some(wait) = wake.checked_sub(now).filter(|w| *w > 0) else {
+            continue;
+        };
+        if wait > SPIN_NS {
+            tokio::select! {
+                r = sock.ready(Interest::READABLE | Interest::ERROR) => {
+                    if let Err(e) = r {
+                        break Some(e);
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_nanos(wait - SPIN_NS)) => {}
+            }
+        } else {
+            tokio::task::yield_now().await;
+        }
+    };
+    // Replies already queued after the deadline are late; count them.
+    let late_err = drain(sock, session, &mut rx, &mut stamps).err();
+    end.or(late_err)
+}
+
+/// Feeds every datagram already queued on `sock` to the session.
+///
+/// # Errors
+///
+/// A socket error, e.g. `ConnectionRefused` after an ICMP port unreachable.
+fn drain(
+    sock: &UdpSocket,
+    session: &mut UdpSession,
+    rx: &mut [u8],
+    stamps: &mut StampMapper,
+) -> io::Result<()> {
+    let fd = sock.as_raw_fd();
+    // Note: tokio's `try_io` masks readiness per single interest (a combined
+    // `READABLE | ERROR` matches nothing), so the two are tried separately.
+    for interest in [Interest::READABLE, Interest::ERROR] {
+        loop {
+            match sock.try_io(interest, || sys::recv(fd, rx)) {
+                Ok(r) => {
+                    let t4 = r
+                        .rx_realtime_ns
+                        .map_or_else(Clock::now_ns, |ts| stamps.map(ts));
+                    let len = if r.truncated { rx.len() } else { r.len };
+                    // Decode failures are counted by the session (and reported as `Auth` if
+                    // nothing else arrives).
+                    let _ = session.handle_datagram(t4, rx.get(..len).unwrap_or_default());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Maps kernel `CLOCK_REALTIME` receive stamps into the process timebase ([`Clock::now_ns`]).
+///
+/// [`Clock::from_realtime_ns`] reads the two clocks one after the other on every call; if the
+/// thread is preempted between the reads (milliseconds on a busy host) the mapped stamp is off
+/// by that long, which showed up as negative RTTs in bursts. This mapper measures the offset
+/// with a realtime–process–realtime sandwich, keeping the tightest of a few tries, and reuses it
+/// while stamps stay within [`StampMapper::REFRESH_NS`] of the measurement (a clock step moves
+/// stamps out of that window and forces a new measurement). Per packet it is one comparison and
+/// an add.
+#[derive(Debug, Default)]
+pub(crate) struct StampMapper {
+    /// Process clock minus realtime, ns.
+    offset: i128,
+    /// Realtime at the last measurement (0: never measured).
+    measured_real: u64,
+}
+
+impl StampMapper {
+    /// How long a measured offset is reused (slew is at most 500 ppm: ≤ 5 µs over 10 ms).
+    pub(crate) const REFRESH_NS: u64 = 10_000_000;
+
+    /// The stamp in the process timebase.
+    pub(crate) fn map(&mut self, realtime_stamp: u64) -> u64 {
+        if self.measured_real == 0 || realtime_stamp.abs_diff(self.measured_real) > Self::REFRESH_NS
+        {
+            self.measure();
+        }
+        (i128::from(realtime_stamp) + self.offset).clamp(0, i128::from(u64::MAX)) as u64
+    }
+
+    fn measure(&mut self) {
+        let mut best: Option<(u64, i128, u64)> = None;
+        for _ in 0..5 {
+            let a = crate::clock::realtime_ns();
+            let m = Clock::now_ns();
+            let b = crate::clock::realtime_ns();
+            let width = b.saturating_sub(a);
+            let mid = a / 2 + b / 2;
+            if best.is_none_or(|(w, _, _)| width < w) {
+                best = Some((width, i128::from(m) - i128::from(mid), mid));
+            }
+            if width < 200 {
+                break;
+            }
+        }
+        if let Some((_, offset, real)) = best {
+            self.offset = offset;
+            self.measured_real = real.max(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_sizes_are_validated() {
+        assert_eq!(packet_size(0).ok(), Some(MIN_PACKET_BYTES));
+        assert_eq!(packet_size(MIN_PACKET_BYTES).ok(), Some(MIN_PACKET_BYTES));
+        assert_eq!(packet_size(1452).ok(), Some(1452));
+        assert!(packet_size(MIN_PACKET_BYTES - 1).is_err());
+        assert!(packet_size(1).is_err());
+        assert!(packet_size(1453).is_err());
+        let spec = ProbeSpec {
+            payload_bytes: 100,
+            ..ProbeSpec::default()
+        };
+        assert!(matches!(
+            UdpProbe::new(&spec),
+            Err(ProbeSetupError::Invalid(_))
+        ));
+        let spec = ProbeSpec {
+            packets: 0,
+            ..ProbeSpec::default()
+        };
+        assert!(UdpProbe::new(&spec).is_err());
+        let p = UdpProbe::new(&ProbeSpec::default()).expect("default spec is valid");
+        assert_eq!(p.packet_bytes(), MIN_PACKET_BYTES);
+    }
+
+    #[test]
+    fn stamp_mapper_maps_realtime_close_to_now() {
+        let mut m = StampMapper::default();
+        for _ in 0..3 {
+            let stamp = crate::clock::realtime_ns();
+            let mapped = m.map(stamp);
+            let now = Clock::now_ns();
+            // The stamp precedes `now`; the mapping may err by the sandwich's half-width.
+            let ahead = i128::from(mapped) - i128::from(now);
+            assert!(
+                ahead < 50_000,
+                "mapped {mapped} is {ahead} ns after now {now}"
+            );
+            assert!(ahead > -50_000_000, "mapped {mapped} far before now {now}");
+        }
+        // A stamp far from the measurement (a clock step) triggers a new measurement.
+        let before = m.measured_real;
+        let _ = m.map(before + 20 * StampMapper::REFRESH_NS);
+        assert_ne!(m.measured_real, before);
     }
 }

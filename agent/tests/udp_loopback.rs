@@ -1,0 +1,286 @@
+//! UDP prober ↔ reflector over real loopback sockets (STYLE §11, crate integration layer).
+//!
+//! Real sockets do not obey paused time, so timing is asserted only as ranges; exact arithmetic
+//! is tested in the sans-IO core (`probe::udp::session`).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshlat_agent::probe::udp::UdpProbe;
+use meshlat_agent::probe::udp::wire::{self, Header, MAX_PACKET_BYTES, MIN_PACKET_BYTES, WireKey};
+use meshlat_agent::probe::{Key, Outcome, ProbeSpec};
+use meshlat_agent::respond::udp::{DropReason, ReflectorStats, UdpReflector};
+use meshlat_agent::target::Target;
+use meshlat_proto::record::ErrorKind;
+use tokio_util::sync::CancellationToken;
+
+/// A reflector on 127.0.0.1:0, stopped when dropped.
+struct TestReflector {
+    addr: SocketAddr,
+    stats: Arc<ReflectorStats>,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestReflector {
+    async fn start(keys: Vec<Key>) -> Self {
+        let r = UdpReflector::bind("127.0.0.1:0".parse().expect("addr"), keys)
+            .await
+            .expect("bind reflector");
+        let addr = r.local_addr();
+        let stats = r.stats();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(r.run(stop.clone()));
+        TestReflector {
+            addr,
+            stats,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    fn target(&self) -> Target {
+        Target::parse(&format!("udp://{}", self.addr)).expect("target")
+    }
+
+    async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .expect("reflector stops within 5 s")
+                .expect("reflector task");
+        }
+    }
+}
+
+impl Drop for TestReflector {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn spec(key: &str, packets: u32, interval_ms: u64, timeout_ms: u64) -> ProbeSpec {
+    ProbeSpec {
+        packets,
+        packet_interval: Duration::from_millis(interval_ms),
+        timeout: Duration::from_millis(timeout_ms),
+        key: Key::from_secret(key),
+        ..ProbeSpec::default()
+    }
+}
+
+fn answered_metric() -> u64 {
+    meshlat_agent::metrics::get()
+        .responder
+        .get_or_create(&meshlat_agent::metrics::ResponderLabels {
+            protocol: "udp".into(),
+            result: "answered".into(),
+        })
+        .get()
+}
+
+/// Waits (bounded) until `f` holds; the wait between tries is tunable for slow machines.
+async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let step = std::env::var("MESHLAT_TEST_WAIT_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20u64);
+    for _ in 0..250 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(step)).await;
+    }
+    f()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_probe_gets_every_sample_from_reflector() {
+    let r = TestReflector::start(vec![Key::from_secret("s3cret")]).await;
+    let answered_before = answered_metric();
+    let probe = UdpProbe::new(&spec("s3cret", 20, 1, 2000)).expect("valid spec");
+    let start = tokio::time::Instant::now();
+    let m = probe.run_once(&r.target()).await;
+    // Paced 1 ms apart, not burst: the train takes at least 19 ms (and returns as soon as
+    // every reply is in, long before the 2 s timeout).
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(19) && took < Duration::from_millis(1900),
+        "train took {took:?}"
+    );
+    assert_eq!(m.outcome, Outcome::Ok, "{m:?}");
+    assert_eq!(m.data.remote_addr, Some(r.addr));
+    let t = m.data.train.expect("train stats");
+    assert_eq!((t.sent, t.samples, t.lost()), (20, 20, 0));
+    assert_eq!((t.duplicates, t.late), (0, 0));
+    assert_eq!(t.rtts_ms.len(), 20);
+    for rtt in &t.rtts_ms {
+        assert!(*rtt > 0.0 && *rtt < 100.0, "loopback rtt {rtt} ms");
+    }
+    let offset = t.clock_offset_ms.expect("offset");
+    assert!(
+        offset.abs() < 50.0,
+        "same host, same clock: offset {offset} ms"
+    );
+    assert!(t.jitter_ms.is_some());
+    assert_eq!(r.stats.answered(), 20);
+    // Process-wide Prometheus counter (other tests may add to it concurrently).
+    assert!(answered_metric() >= answered_before + 20);
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_large_packets_are_reflected_at_the_same_size() {
+    let r = TestReflector::start(vec![Key::from_secret("k")]).await;
+    let s = ProbeSpec {
+        payload_bytes: MAX_PACKET_BYTES,
+        ..spec("k", 5, 2, 2000)
+    };
+    let m = UdpProbe::new(&s)
+        .expect("valid")
+        .run_once(&r.target())
+        .await;
+    assert_eq!(m.outcome, Outcome::Ok, "{m:?}");
+    assert_eq!(m.data.train.map(|t| t.samples), Some(5));
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_wrong_key_gets_no_reply_and_counts_auth() {
+    let r = TestReflector::start(vec![Key::from_secret("right")]).await;
+    let probe = UdpProbe::new(&spec("wrong", 3, 1, 300)).expect("valid spec");
+    let m = probe.run_once(&r.target()).await;
+    match &m.outcome {
+        Outcome::Failed { kind, .. } => {
+            assert!(
+                matches!(kind, ErrorKind::Timeout | ErrorKind::Auth),
+                "{kind:?}"
+            )
+        }
+        Outcome::Ok => panic!("wrong key measured ok: {m:?}"),
+    }
+    let t = m.data.train.expect("train stats");
+    assert_eq!((t.sent, t.samples), (3, 0));
+    assert!(eventually(|| r.stats.dropped(DropReason::Auth) == 3).await);
+    assert_eq!(r.stats.answered(), 0);
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_junk_is_dropped_while_real_probe_succeeds() {
+    let key = Key::from_secret("k");
+    let r = TestReflector::start(vec![key.clone()]).await;
+    let addr = r.addr;
+
+    // A well-formed request under the right key, to derive forgeries from.
+    let wk = WireKey::new(&key);
+    let mut good = vec![0u8; MIN_PACKET_BYTES];
+    wire::encode(&Header::request(wk.id, 1, 0, 1, 0), &wk, &mut good).expect("valid size");
+    let mut bad_mac = good.clone();
+    bad_mac[40] ^= 0x80;
+    let mut reply_type = good.clone();
+    wire::stamp_reply(&mut reply_type, &wk, 2, 0, || 3).expect("valid size");
+    let mut bad_version = good.clone();
+    bad_version[4] = 99;
+    let junk: Vec<Vec<u8>> = vec![
+        (0..200u32).map(|i| (i * 31 % 251) as u8).collect(), // random-ish bytes
+        good[..MIN_PACKET_BYTES - 1].to_vec(),               // truncated
+        vec![0u8; 4000],                                     // oversize
+        bad_mac,                                             // right magic, wrong HMAC
+        reply_type,                                          // a reply, not a request
+        bad_version,
+        Vec::new(),
+    ];
+
+    let blaster = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    blaster
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let stop = CancellationToken::new();
+    let flood = {
+        let stop = stop.clone();
+        let blaster = blaster.try_clone().expect("clone");
+        let junk = junk.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                for j in &junk {
+                    let _ = blaster.send_to(j, addr);
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            n
+        })
+    };
+
+    let probe = UdpProbe::new(&spec("k", 30, 1, 2000)).expect("valid spec");
+    let m = probe.run_once(&r.target()).await;
+    stop.cancel();
+    let sent_junk = flood.await.expect("flood task");
+    assert_eq!(m.outcome, Outcome::Ok, "{m:?}");
+    let t = m.data.train.expect("train stats");
+    assert_eq!((t.sent, t.samples), (30, 30));
+
+    // The junk sender never got anything back.
+    let mut buf = [0u8; 2048];
+    assert!(
+        blaster.recv_from(&mut buf).is_err(),
+        "reflector answered junk"
+    );
+    assert!(sent_junk > 0);
+    let s = &r.stats;
+    assert!(eventually(|| s.dropped(DropReason::Auth) > 0).await);
+    for reason in [
+        DropReason::Malformed,
+        DropReason::Oversize,
+        DropReason::Version,
+        DropReason::Type,
+    ] {
+        assert!(s.dropped(reason) > 0, "{reason:?} not counted");
+    }
+    assert_eq!(s.answered(), 30, "only the real probe was answered");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn udp_no_listener_is_refused() {
+    // Bind and close a socket to get a port with (almost certainly) no listener.
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let target = Target::parse(&format!("udp://127.0.0.1:{port}")).expect("target");
+    let start = tokio::time::Instant::now();
+    let m = UdpProbe::new(&spec("k", 1, 1, 5000))
+        .expect("valid spec")
+        .run_once(&target)
+        .await;
+    match &m.outcome {
+        Outcome::Failed { kind, .. } => assert_eq!(*kind, ErrorKind::Refused, "{m:?}"),
+        Outcome::Ok => panic!("measured ok without a listener"),
+    }
+    // The ICMP error ends the train; it does not wait out the 5 s timeout.
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn udp_unresolvable_name_is_dns() {
+    let target = Target::parse("udp://nonexistent.invalid:9").expect("target");
+    let m = UdpProbe::new(&spec("k", 1, 1, 500))
+        .expect("valid spec")
+        .run_once(&target)
+        .await;
+    match &m.outcome {
+        Outcome::Failed { kind, .. } => assert_eq!(*kind, ErrorKind::Dns, "{m:?}"),
+        Outcome::Ok => panic!("resolved an .invalid name"),
+    }
+    assert!(m.data.train.is_none());
+}
