@@ -2,6 +2,8 @@
 # meshlat's one test command: installs what the tests need, then runs every suite.
 #   scripts/test.sh            # everything (what CI runs)
 #   scripts/test.sh --quick    # skip the slower accuracy and benchmark-harness stages
+# analytics: shipped Athena SQL through scripts/athena-local on synthetic records, schema checks
+# (.venv-analytics); infra-lint: cfn-lint and checkov on infra/cloudformation (.venv-cfn, .venv-checkov).
 # Each stage is timed; a summary is printed at the end; exit status is non-zero if any stage failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,8 @@ run_stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 run_stage build cargo build --workspace --bins --locked
 run_stage test cargo test --workspace --locked --no-fail-fast
 run_stage doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+run_stage analytics scripts/test_analytics.py
+run_stage infra-lint scripts/lint-infra.sh
 if (( ! quick )); then
   run_stage accuracy cargo test -p meshlat-agent --locked --test accuracy -- --test-threads=1 --nocapture
   run_stage bench-harness scripts/bench/run.sh --smoke

@@ -1,0 +1,108 @@
+-- Latency matrix by agent pair: exact p50/p99 RTT, loss and jitter per (src_agent, dst, protocol).
+--
+-- dst is dst_agent, or the target (URL or host:port) for external targets. Regions are carried
+-- along for grouping in dashboards. RTT samples as in latency_matrix_region.sql: udp/quic trains
+-- contribute every element of rtt_samples_ms, tcp rtt_ms, http/https total_ms; kind = 'probe' only.
+-- Columns: src_agent, src_region, dst, dst_region, protocol, records, failed, samples, p50_ms,
+--   p99_ms, min_ms, max_ms, mean_ms, sent, lost, loss_ratio, jitter_avg_ms.
+-- Time range (every shipped query):
+--   params: from, to
+--   '${from}'  inclusive, '${to}' exclusive: UTC instants written exactly like `ts`,
+--              YYYY-MM-DDTHH:MM:SS.ffffffZ (e.g. 2024-05-01T00:00:00.000000Z), so that string
+--              comparison with `ts` is time comparison. scripts/athena-local --from/--to
+--              normalises any ISO 8601 time to that form and substitutes it; in Athena the named
+--              queries of infra/cloudformation/analytics.yaml replace them with the last 24 hours.
+--   Records are selected by measurement time `ts`. Partitions (dt = UTC *arrival* date) are pruned to
+--   [date(from) - 1 day, date(to) + 2 days]: arrival follows measurement, possibly late after a
+--   spool replay; widen the upper bound if an outage spooled records for longer.
+-- Deduplication: Firehose delivery is at least once; a record delivered twice has the same
+--   record_id, and only the first copy (row_number() = 1 over record_id) is counted.
+-- Percentiles: nearest rank, as the agent computes rtt_p50_ms/rtt_p99_ms: the value at rank
+--   ceil(p * n) of the n values sorted ascending, with p a DOUBLE (0.5e0, 0.99e0) so the rank is
+--   computed exactly as the agent's f64 arithmetic does. Exact (not approx_percentile).
+
+WITH in_range AS (
+  SELECT r.*
+  FROM records r
+  WHERE r.dt BETWEEN CAST(CAST(date_add('day', -1, CAST(substr('${from}', 1, 10) AS date)) AS date) AS varchar)
+                 AND CAST(CAST(date_add('day', 2, CAST(substr('${to}', 1, 10) AS date)) AS date) AS varchar)
+    AND r.ts >= '${from}'
+    AND r.ts < '${to}'
+),
+dedup AS (
+  SELECT *
+  FROM (
+    SELECT i.*, row_number() OVER (PARTITION BY i.record_id ORDER BY i.dt, i.hour) AS copy_no
+    FROM in_range i
+  ) numbered
+  WHERE copy_no = 1
+),
+probes AS (
+  SELECT d.*, coalesce(d.dst_agent, d.target) AS dst_key
+  FROM dedup d
+  WHERE d.kind = 'probe'
+),
+samples AS (
+  SELECT p.src_agent, p.dst_key, p.protocol, s.sample_ms
+  FROM probes p
+  CROSS JOIN UNNEST(p.rtt_samples_ms) AS s (sample_ms)
+  WHERE p.protocol IN ('udp', 'quic')
+  UNION ALL
+  SELECT p.src_agent, p.dst_key, p.protocol,
+         CASE WHEN p.protocol = 'tcp' THEN p.rtt_ms ELSE p.total_ms END AS sample_ms
+  FROM probes p
+  WHERE p.protocol IN ('tcp', 'http', 'https')
+    AND p.ok
+    AND (CASE WHEN p.protocol = 'tcp' THEN p.rtt_ms ELSE p.total_ms END) IS NOT NULL
+),
+ranked AS (
+  SELECT s.*,
+         row_number() OVER (PARTITION BY s.src_agent, s.dst_key, s.protocol ORDER BY s.sample_ms) AS rn,
+         count(*) OVER (PARTITION BY s.src_agent, s.dst_key, s.protocol) AS n
+  FROM samples s
+),
+pct AS (
+  SELECT src_agent, dst_key, protocol,
+         max(n) AS samples,
+         max(CASE WHEN rn = CAST(ceil(0.5e0 * n) AS bigint) THEN sample_ms END) AS p50_ms,
+         max(CASE WHEN rn = CAST(ceil(0.99e0 * n) AS bigint) THEN sample_ms END) AS p99_ms,
+         min(sample_ms) AS min_ms,
+         max(sample_ms) AS max_ms,
+         avg(sample_ms) AS mean_ms
+  FROM ranked
+  GROUP BY src_agent, dst_key, protocol
+),
+counts AS (
+  SELECT src_agent, dst_key, protocol,
+         max(src_region) AS src_region,
+         max(dst_region) AS dst_region,
+         count(*) AS records,
+         sum(CASE WHEN ok THEN 0 ELSE 1 END) AS failed,
+         sum(sent) AS sent,
+         sum(lost) AS lost,
+         CAST(sum(lost) AS double) / nullif(sum(sent), 0) AS loss_ratio,
+         avg(jitter_ms) AS jitter_avg_ms
+  FROM probes
+  GROUP BY src_agent, dst_key, protocol
+)
+SELECT c.src_agent,
+       c.src_region,
+       c.dst_key AS dst,
+       c.dst_region,
+       c.protocol,
+       c.records,
+       c.failed,
+       coalesce(p.samples, 0) AS samples,
+       p.p50_ms,
+       p.p99_ms,
+       p.min_ms,
+       p.max_ms,
+       p.mean_ms,
+       c.sent,
+       c.lost,
+       c.loss_ratio,
+       c.jitter_avg_ms
+FROM counts c
+LEFT JOIN pct p
+  ON p.src_agent = c.src_agent AND p.dst_key = c.dst_key AND p.protocol = c.protocol
+ORDER BY c.src_agent, dst, c.protocol

@@ -1,0 +1,93 @@
+-- Time series per region pair: 5-minute buckets of exact p50/p99 RTT, loss and record counts.
+--
+-- bucket is the UTC start of the 5-minute interval containing ts, written like ts without
+-- fractions (YYYY-MM-DDTHH:MM:00Z), so it sorts and plots as time (QuickSight: parse as date).
+-- RTT samples as in latency_matrix_region.sql (udp/quic rtt_samples_ms elements, tcp rtt_ms,
+-- http/https total_ms; kind = 'probe'). For one-minute buckets replace the 5 in bucket_minute.
+-- Columns: bucket, src_region, dst_region, protocol, records, samples, p50_ms, p99_ms, mean_ms,
+--   sent, lost, loss_ratio.
+-- Time range (every shipped query):
+--   params: from, to
+--   '${from}'  inclusive, '${to}' exclusive: UTC instants written exactly like `ts`,
+--              YYYY-MM-DDTHH:MM:SS.ffffffZ (e.g. 2024-05-01T00:00:00.000000Z), so that string
+--              comparison with `ts` is time comparison. scripts/athena-local --from/--to
+--              normalises any ISO 8601 time to that form and substitutes it; in Athena the named
+--              queries of infra/cloudformation/analytics.yaml replace them with the last 24 hours.
+--   Records are selected by measurement time `ts`. Partitions (dt = UTC *arrival* date) are pruned to
+--   [date(from) - 1 day, date(to) + 2 days]: arrival follows measurement, possibly late after a
+--   spool replay; widen the upper bound if an outage spooled records for longer.
+-- Deduplication: Firehose delivery is at least once; a record delivered twice has the same
+--   record_id, and only the first copy (row_number() = 1 over record_id) is counted.
+-- Percentiles: nearest rank, as the agent computes rtt_p50_ms/rtt_p99_ms: the value at rank
+--   ceil(p * n) of the n values sorted ascending, with p a DOUBLE (0.5e0, 0.99e0) so the rank is
+--   computed exactly as the agent's f64 arithmetic does. Exact (not approx_percentile).
+
+WITH in_range AS (
+  SELECT r.*
+  FROM records r
+  WHERE r.dt BETWEEN CAST(CAST(date_add('day', -1, CAST(substr('${from}', 1, 10) AS date)) AS date) AS varchar)
+                 AND CAST(CAST(date_add('day', 2, CAST(substr('${to}', 1, 10) AS date)) AS date) AS varchar)
+    AND r.ts >= '${from}'
+    AND r.ts < '${to}'
+),
+dedup AS (
+  SELECT *
+  FROM (
+    SELECT i.*, row_number() OVER (PARTITION BY i.record_id ORDER BY i.dt, i.hour) AS copy_no
+    FROM in_range i
+  ) numbered
+  WHERE copy_no = 1
+),
+probes AS (
+  SELECT d.*,
+         coalesce(d.dst_region, '(external)') AS dst_key,
+         substr(d.ts, 1, 14)
+           || lpad(CAST(CAST(substr(d.ts, 15, 2) AS integer) - CAST(substr(d.ts, 15, 2) AS integer) % 5 AS varchar), 2, '0')
+           || ':00Z' AS bucket
+  FROM dedup d
+  WHERE d.kind = 'probe'
+),
+samples AS (
+  SELECT p.bucket, p.src_region, p.dst_key, p.protocol, s.sample_ms
+  FROM probes p
+  CROSS JOIN UNNEST(p.rtt_samples_ms) AS s (sample_ms)
+  WHERE p.protocol IN ('udp', 'quic')
+  UNION ALL
+  SELECT p.bucket, p.src_region, p.dst_key, p.protocol,
+         CASE WHEN p.protocol = 'tcp' THEN p.rtt_ms ELSE p.total_ms END AS sample_ms
+  FROM probes p
+  WHERE p.protocol IN ('tcp', 'http', 'https')
+    AND p.ok
+    AND (CASE WHEN p.protocol = 'tcp' THEN p.rtt_ms ELSE p.total_ms END) IS NOT NULL
+),
+ranked AS (
+  SELECT s.*,
+         row_number() OVER (PARTITION BY s.bucket, s.src_region, s.dst_key, s.protocol ORDER BY s.sample_ms) AS rn,
+         count(*) OVER (PARTITION BY s.bucket, s.src_region, s.dst_key, s.protocol) AS n
+  FROM samples s
+),
+pct AS (
+  SELECT bucket, src_region, dst_key, protocol,
+         max(n) AS samples,
+         max(CASE WHEN rn = CAST(ceil(0.5e0 * n) AS bigint) THEN sample_ms END) AS p50_ms,
+         max(CASE WHEN rn = CAST(ceil(0.99e0 * n) AS bigint) THEN sample_ms END) AS p99_ms,
+         avg(sample_ms) AS mean_ms
+  FROM ranked
+  GROUP BY bucket, src_region, dst_key, protocol
+),
+counts AS (
+  SELECT bucket, src_region, dst_key, protocol,
+         count(*) AS records,
+         sum(sent) AS sent,
+         sum(lost) AS lost,
+         CAST(sum(lost) AS double) / nullif(sum(sent), 0) AS loss_ratio
+  FROM probes
+  GROUP BY bucket, src_region, dst_key, protocol
+)
+SELECT c.bucket, c.src_region, c.dst_key AS dst_region, c.protocol, c.records,
+       coalesce(p.samples, 0) AS samples, p.p50_ms, p.p99_ms, p.mean_ms,
+       c.sent, c.lost, c.loss_ratio
+FROM counts c
+LEFT JOIN pct p
+  ON p.bucket = c.bucket AND p.src_region = c.src_region AND p.dst_key = c.dst_key AND p.protocol = c.protocol
+ORDER BY c.bucket, c.src_region, dst_region, c.protocol

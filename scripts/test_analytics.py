@@ -1,0 +1,389 @@
+#!/usr/bin/env python3
+"""Tests the analytics pipeline's local half: shipped SQL, scripts/athena-local, schema checks.
+
+    scripts/test_analytics.py        # prints each check, then "N passed, M failed"; exit 1 on failure
+
+What it does (runs inside .venv-analytics, created on first use; no AWS, no network after that):
+  1. Writes synthetic records with KNOWN values in the file sink's Hive layout
+     (records/region=<r>/dt=YYYY-MM-DD/hour=HH/*.ndjson, every field present, null when absent):
+     two regions and two source agents, UDP trains with known rtt_samples_ms (one of 150 samples
+     so p99 is a real rank), a train duplicated under the same record_id in another file and
+     partition (Firehose at-least-once), lost packets and a failed train, TCP and HTTP(S) samples
+     with phases, relay trains through two relays with known penalties, a record outside the
+     time range and one in range that arrived in the next day's partition.
+  2. Runs every infra/athena/*.sql query (except the DDL) through scripts/athena-local with
+     --from/--to and --format json, and compares with results computed here independently
+     (nearest-rank p50/p99 from the arrays, loss = sum lost / sum sent, dedup, best relay).
+  3. Runs the region matrix on a directory where rtt_samples_ms is null in every record (the
+     all-null column case), and checks athena-local's errors for a bad data dir and bad SQL.
+  4. Parses every query with sqlglot in the trino dialect (raw, and as the named queries inline
+     it), runs scripts/check_schema.py and scripts/gen_infra.py --check.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import tempfile
+import traceback
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
+import pyvenv  # noqa: E402
+
+pyvenv.reexec_in(pyvenv.ANALYTICS)
+
+import sqlglot  # noqa: E402
+
+import meshlat_fields  # noqa: E402
+
+ROOT = meshlat_fields.ROOT
+ATHENA = ROOT / "infra" / "athena"
+RUNNER = ROOT / "scripts" / "athena-local"
+FIELDS = [f.name for f in meshlat_fields.parse_fields()]
+FROM, TO = "2024-05-01T00:00:00Z", "2024-05-02T00:00:00Z"
+
+passed = 0
+failed = 0
+
+
+def check(name: str, fn) -> None:
+    global passed, failed
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - a test harness reports every failure
+        failed += 1
+        print(f"FAIL {name}: {e}")
+        if not isinstance(e, AssertionError):
+            traceback.print_exc()
+    else:
+        passed += 1
+        print(f"ok   {name}")
+
+
+def nearest_rank(values: list[float], p: float) -> float:
+    """The agent's definition (agent/src/probe/mod.rs nearest_rank): rank ceil(p/100 * n)."""
+    s = sorted(values)
+    rank = math.ceil((p / 100.0) * len(s))
+    return s[min(max(rank, 1), len(s)) - 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic data
+
+
+def record(**kw) -> dict:
+    r = {k: None for k in FIELDS}
+    r.update(record_id=str(uuid.uuid4()), schema_version=1, job_id="j1", seq=0, agent_version="0.1.0",
+             control_mode="connected", ok=True)
+    unknown = set(kw) - set(FIELDS)
+    assert not unknown, unknown
+    r.update(kw)
+    return r
+
+
+def train(src_agent, src_region, dst_agent, dst_region, ts, samples, sent, jitter, protocol="udp", **kw):
+    return record(kind="probe", protocol=protocol, ts=ts, src_agent=src_agent, src_region=src_region,
+                  dst_agent=dst_agent, dst_region=dst_region, target=f"{protocol}://{dst_agent}:7710",
+                  sent=sent, samples=len(samples), lost=sent - len(samples), duplicates=0, reordered=0, late=0,
+                  rtt_samples_ms=samples or None, jitter_ms=jitter,
+                  rtt_ms=(sum(samples) / len(samples)) if samples else None,
+                  ok=bool(samples), error_kind=None if samples and sent == len(samples) else ("loss" if samples else "timeout"),
+                  **kw)
+
+
+EU, US = "eu-west-1", "us-east-1"
+T1 = train("e1", EU, "u1", US, "2024-05-01T10:01:00.000001Z", [10.0, 11.0, 12.5, 13.0, 14.0], 5, 1.0)
+T2 = train("e1", EU, "u1", US, "2024-05-01T10:03:30.500000Z", [20.0, 22.0, 21.0], 5, 2.0)
+T3 = train("e1", EU, "u1", US, "2024-05-01T10:07:59.999999Z", [31.0, 30.0, 33.0, 32.0], 4, 3.0)
+T4 = train("e1", EU, "u1", US, "2024-05-01T10:12:00.000000Z", [100.0 + (i * 37 % 150) for i in range(150)], 152, 4.0)
+T5 = train("e1", EU, "u1", US, "2024-05-01T10:14:00.000000Z", [], 5, None)  # failed: no reply
+T6 = train("e2", EU, "u1", US, "2024-05-01T10:02:00.000000Z", [50.0, 60.0], 2, 0.25)
+LATE = train("e2", EU, "u1", US, "2024-05-01T23:59:59.999999Z", [70.0], 1, 0.5)  # arrives in dt=2024-05-02
+OUT = train("e1", EU, "u1", US, "2024-05-02T00:00:00.000000Z", [999.0], 1, 9.0)  # at `to`: excluded
+TCP = [record(kind="probe", protocol="tcp", ts=f"2024-05-01T11:0{i}:00.000000Z", src_agent="u1", src_region=US,
+              dst_agent="e1", dst_region=EU, target="tcp://e1:7711", tcp_ms=v, rtt_ms=v)
+       for i, v in enumerate([80.5, 82.0, 81.0])]
+URL = "https://example.test/ping"
+
+
+def http(ts, dns, tcp, tls, fb, lb, ok=True):
+    total = None if not ok else tcp + tls + fb + lb
+    return record(kind="probe", protocol="https", ts=ts, src_agent="e1", src_region=EU, target=URL,
+                  dns_ms=dns, tcp_ms=tcp, tls_ms=tls if ok else None, first_byte_ms=fb if ok else None,
+                  last_byte_ms=lb if ok else None, total_ms=total, http_status=200 if ok else None,
+                  ok=ok, error_kind=None if ok else "tls", bytes=4 if ok else None)
+
+
+HTTP = [http("2024-05-01T12:00:00.000000Z", 1.0, 10.0, 20.0, 30.0, 2.0),
+        http("2024-05-01T12:00:01.000000Z", 3.0, 12.0, 22.0, 34.0, 4.0),
+        http("2024-05-01T12:00:02.000000Z", 2.0, 11.0, 21.0, 32.0, 3.0),
+        http("2024-05-01T12:00:03.000000Z", 5.0, 15.0, None, None, None, ok=False)]
+
+
+def relay(relay_agent, relay_region, penalty, i):
+    direct = 40.0
+    return record(kind="relay", protocol="udp", ts=f"2024-05-01T13:0{i}:00.000000Z", src_agent="e1", src_region=EU,
+                  dst_agent="u1", dst_region=US, target="udp://u1:7710", relay_agent=relay_agent,
+                  relay_region=relay_region, sent=10, samples=10, lost=0, rtt_samples_ms=[direct + penalty] * 10,
+                  rtt_ms=direct + penalty, direct_rtt_ms=direct, relay_penalty_ms=penalty,
+                  leg_src_relay_rtt_ms=20.0, leg_relay_dst_rtt_ms=direct + penalty - 21.0, relay_dwell_ms=1.0)
+
+
+R1 = [relay("r1", "ap-south-1", p, i) for i, p in enumerate([5.0, 7.0, 6.0])]
+R2 = [relay("r2", "eu-central-1", p, i + 3) for i, p in enumerate([-2.0, -1.0, 3.0])]
+
+
+def write(data: Path, region: str, dt: str, hour: str, name: str, recs: list[dict]) -> None:
+    d = data / "records" / f"region={region}" / f"dt={dt}" / f"hour={hour}"
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / name, "a") as f:
+        for r in recs:
+            assert list(r) == FIELDS
+            f.write(json.dumps(r, separators=(",", ":")) + "\n")
+
+
+def make_data(data: Path) -> None:
+    write(data, EU, "2024-05-01", "10", "meshlat-a.ndjson", [T1, T2, T3, T4, T5, T6])
+    write(data, EU, "2024-05-01", "11", "meshlat-b.ndjson", [T1, T2])  # redelivered duplicates
+    write(data, EU, "2024-05-02", "00", "meshlat-c.ndjson", [LATE, OUT])
+    write(data, US, "2024-05-01", "11", "meshlat-d.ndjson", TCP)
+    write(data, EU, "2024-05-01", "12", "meshlat-e.ndjson", HTTP + [HTTP[0]])
+    write(data, EU, "2024-05-01", "13", "meshlat-f.ndjson", R1 + R2 + [R2[1]])
+    write(data, EU, "2024-04-30", "23", "meshlat-g.ndjson",
+          [train("e1", EU, "u1", US, "2024-04-30T23:59:59.999999Z", [888.0], 1, 8.0)])  # before `from`
+
+
+# ---------------------------------------------------------------------------------------------
+# Running queries
+
+
+def run(data: Path, query: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(RUNNER), "--data", str(data), *extra, str(query)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def rows(data: Path, name: str) -> list[dict]:
+    r = run(data, ATHENA / name, "--from", FROM, "--to", TO, "--format", "json")
+    assert r.returncode == 0, f"{name}: exit {r.returncode}: {r.stderr.strip()}"
+    return json.loads(r.stdout)
+
+
+def approx(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) <= 1e-9 * max(1.0, abs(b))
+
+
+def expect_row(row: dict, **want) -> None:
+    for k, v in want.items():
+        got = row.get(k)
+        ok = approx(got, v) if isinstance(v, float) else got == v
+        assert ok, f"{k}: got {got!r}, expected {v!r} (row {row})"
+
+
+def one(rs: list[dict], **key) -> dict:
+    m = [r for r in rs if all(r.get(k) == v for k, v in key.items())]
+    assert len(m) == 1, f"expected one row with {key}, found {len(m)} in {rs}"
+    return m[0]
+
+
+UDP_EU_US = [T1, T2, T3, T4, T5, T6, LATE]  # deduplicated, in range, kind = probe
+
+
+def samples_of(recs):
+    return [s for r in recs for s in (r["rtt_samples_ms"] or [])]
+
+
+def test_latency_matrix_region(data: Path):
+    rs = rows(data, "latency_matrix_region.sql")
+    assert len(rs) == 3, rs  # eu->us udp, us->eu tcp, eu->(external) https
+    s = samples_of(UDP_EU_US)
+    assert len(s) == 5 + 3 + 4 + 150 + 2 + 1
+    expect_row(one(rs, src_region=EU, dst_region=US, protocol="udp"),
+               records=7, failed=1, samples=len(s), p50_ms=nearest_rank(s, 50), p99_ms=nearest_rank(s, 99),
+               min_ms=min(s), max_ms=max(s), mean_ms=sum(s) / len(s),
+               sent=sum(r["sent"] for r in UDP_EU_US), lost=sum(r["lost"] for r in UDP_EU_US),
+               loss_ratio=sum(r["lost"] for r in UDP_EU_US) / sum(r["sent"] for r in UDP_EU_US),
+               jitter_avg_ms=(1.0 + 2.0 + 3.0 + 4.0 + 0.25 + 0.5) / 6)
+    # The exact p99 is a real rank here (n = 165 -> rank 164), not the maximum.
+    assert nearest_rank(s, 99) != max(s)
+    expect_row(one(rs, src_region=US, dst_region=EU, protocol="tcp"),
+               records=3, samples=3, p50_ms=81.0, p99_ms=82.0, loss_ratio=None)
+    expect_row(one(rs, src_region=EU, dst_region="(external)", protocol="https"),
+               records=4, failed=1, samples=3, p50_ms=67.0, p99_ms=72.0)
+
+
+def test_latency_matrix_agent(data: Path):
+    rs = rows(data, "latency_matrix_agent.sql")
+    e1 = [T1, T2, T3, T4, T5]
+    s1 = samples_of(e1)
+    expect_row(one(rs, src_agent="e1", dst="u1", protocol="udp"), records=5, samples=len(s1),
+               p50_ms=nearest_rank(s1, 50), p99_ms=nearest_rank(s1, 99),
+               loss_ratio=sum(r["lost"] for r in e1) / sum(r["sent"] for r in e1), src_region=EU, dst_region=US)
+    expect_row(one(rs, src_agent="e2", dst="u1", protocol="udp"), records=2, samples=3,
+               p50_ms=60.0, p99_ms=70.0, lost=0, loss_ratio=0.0)
+    expect_row(one(rs, src_agent="e1", dst=URL, protocol="https"), records=4, dst_region=None)
+
+
+def test_loss_jitter(data: Path):
+    rs = rows(data, "loss_jitter.sql")
+    assert len(rs) == 1, rs
+    sent = sum(r["sent"] for r in UDP_EU_US)
+    lost = sum(r["lost"] for r in UDP_EU_US)
+    expect_row(rs[0], src_region=EU, dst_region=US, protocol="udp", trains=7, failed=1,
+               trains_with_loss=3, sent=sent, lost=lost, loss_ratio=lost / sent,
+               jitter_p50_ms=nearest_rank([1.0, 2.0, 3.0, 4.0, 0.25, 0.5], 50),
+               jitter_p99_ms=4.0)
+    assert lost == 2 + 2 + 5  # T2, T4, T5
+
+
+def test_http_phases(data: Path):
+    rs = rows(data, "http_phases.sql")
+    assert [r["phase"] for r in rs] == ["dns", "tcp", "tls", "first_byte", "last_byte", "total"], rs
+    ok = HTTP[:3]
+    for phase, key, source in [("dns", "dns_ms", HTTP), ("tcp", "tcp_ms", HTTP), ("tls", "tls_ms", ok),
+                               ("first_byte", "first_byte_ms", ok), ("last_byte", "last_byte_ms", ok),
+                               ("total", "total_ms", ok)]:
+        v = [r[key] for r in source]
+        expect_row(one(rs, phase=phase), target=URL, src_region=EU, records=4, failed=1, n=len(v),
+                   avg_ms=sum(v) / len(v), p50_ms=nearest_rank(v, 50), p99_ms=nearest_rank(v, 99),
+                   min_ms=min(v), max_ms=max(v))
+
+
+def test_relay_penalty(data: Path):
+    rs = rows(data, "relay_penalty.sql")
+    assert [r["relay_agent"] for r in rs] == ["r2", "r1"], rs  # ordered by median penalty
+    expect_row(one(rs, relay_agent="r1"), relay_region="ap-south-1", trains=3, penalty_p50_ms=6.0,
+               penalty_p99_ms=7.0, penalty_avg_ms=6.0, direct_rtt_avg_ms=40.0, relayed_rtt_avg_ms=46.0,
+               loss_ratio=0.0)
+    expect_row(one(rs, relay_agent="r2"), relay_region="eu-central-1", trains=3, penalty_p50_ms=-1.0,
+               penalty_p99_ms=3.0, penalty_avg_ms=0.0)
+
+
+def test_best_relay(data: Path):
+    rs = rows(data, "best_relay.sql")
+    assert len(rs) == 1, rs
+    expect_row(rs[0], src_region=EU, dst_region=US, best_relay_agent="r2", best_relay_region="eu-central-1",
+               penalty_p50_ms=-1.0, trains=3, beats_direct=True, relays_tried=2)
+
+
+def test_timeseries(data: Path):
+    rs = rows(data, "timeseries_region_pair.sql")
+    udp = [r for r in rs if r["protocol"] == "udp"]
+    assert [r["bucket"] for r in udp] == ["2024-05-01T10:00:00Z", "2024-05-01T10:05:00Z",
+                                          "2024-05-01T10:10:00Z", "2024-05-01T23:55:00Z"], udp
+    b0 = samples_of([T1, T2, T6])
+    expect_row(udp[0], records=3, samples=len(b0), p50_ms=nearest_rank(b0, 50), p99_ms=nearest_rank(b0, 99),
+               sent=12, lost=2, loss_ratio=2 / 12)
+    expect_row(udp[1], records=1, p50_ms=31.0, p99_ms=33.0)
+    b2 = samples_of([T4, T5])
+    expect_row(udp[2], records=2, samples=150, p99_ms=nearest_rank(b2, 99), sent=157, lost=7)
+
+
+def test_time_range(data: Path):
+    # Without --from/--to every record counts, including OUT (2024-05-02T00:00) and the 04-30 one.
+    r = run(data, ATHENA / "loss_jitter.sql", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["trains"] == 9
+    r = run(data, ATHENA / "loss_jitter.sql", "--from", "2024-05-01T10:02:00+00:00", "--to", "2024-05-01T10:04",
+            "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["trains"] == 2  # T6 at 10:02:00 (inclusive) and T2
+
+
+def test_all_null_array_column(tmp: Path):
+    d = tmp / "nulls"
+    write(d, US, "2024-05-01", "11", "only-tcp.ndjson", TCP)
+    rs = rows(d, "latency_matrix_region.sql")
+    expect_row(one(rs, protocol="tcp"), samples=3, p50_ms=81.0)
+    for q in sorted(ATHENA.glob("*.sql")):
+        if q.name != "records_table.sql":
+            r = run(d, q, "--format", "csv")
+            assert r.returncode == 0, f"{q.name} on all-null columns: {r.stderr.strip()}"
+
+
+def test_formats(data: Path):
+    r = run(data, ATHENA / "best_relay.sql", "--format", "csv")
+    assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("src_region,dst_region,best_relay_agent"), r
+    r = run(data, ATHENA / "best_relay.sql")
+    assert r.returncode == 0 and "(1 row)" in r.stdout, r
+
+
+def test_errors(tmp: Path):
+    r = run(tmp / "nope", ATHENA / "best_relay.sql")
+    assert r.returncode == 2 and "no such directory" in r.stderr, (r.returncode, r.stderr)
+    (tmp / "empty").mkdir()
+    r = run(tmp / "empty", ATHENA / "best_relay.sql")
+    assert r.returncode == 2 and "records/" in r.stderr, (r.returncode, r.stderr)
+    bad = tmp / "bad.sql"
+    bad.write_text("SELECT FROM WHERE (")
+    r = run(tmp / "data", bad)
+    assert r.returncode == 2 and "not valid Athena/Trino SQL" in r.stderr, (r.returncode, r.stderr)
+    bad.write_text("SELECT no_such_column FROM records")
+    r = run(tmp / "data", bad)
+    assert r.returncode == 1 and "failed" in r.stderr, (r.returncode, r.stderr)
+    bad.write_text("SELECT '${region}' FROM records")
+    r = run(tmp / "data", bad)
+    assert r.returncode == 2 and "placeholders" in r.stderr, (r.returncode, r.stderr)
+    r = run(tmp / "data", ATHENA / "best_relay.sql", "--from", "yesterday")
+    assert r.returncode == 2 and "--from" in r.stderr, (r.returncode, r.stderr)
+
+
+def test_sql_parses_as_trino():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import gen_infra  # noqa: PLC0415
+
+    queries = sorted(ATHENA.glob("*.sql"))
+    assert len(queries) >= 8, queries
+    for q in queries:
+        if q.name == "records_table.sql":
+            continue  # Hive DDL (Athena runs DDL with Hive), not Trino
+        text = q.read_text()
+        for need in ("'${from}'", "'${to}'", "row_number() OVER (PARTITION BY i.record_id", "copy_no = 1"):
+            assert need in text, f"{q.name}: missing {need}"
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+        assert "approx_percentile" not in code.lower(), f"{q.name}: approx_percentile is not exact"
+        for variant in (text, gen_infra.aws_sql(q, 1)):
+            parsed = sqlglot.parse(variant, read="trino")
+            assert len([p for p in parsed if p is not None]) == 1, f"{q.name}: not one statement"
+
+
+def test_script(*cmd: str):
+    def t():
+        r = subprocess.run([str(ROOT / cmd[0]), *cmd[1:]], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"{' '.join(cmd)} exit {r.returncode}: {r.stdout}{r.stderr}"
+    return t
+
+
+def main() -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="meshlat-analytics-"))
+    try:
+        data = tmp / "data"
+        make_data(data)
+        check("latency matrix by region pair (exact p50/p99, loss, jitter, dedup)", lambda: test_latency_matrix_region(data))
+        check("latency matrix by agent pair", lambda: test_latency_matrix_agent(data))
+        check("loss and jitter", lambda: test_loss_jitter(data))
+        check("HTTP phases per target", lambda: test_http_phases(data))
+        check("relay penalty per relay", lambda: test_relay_penalty(data))
+        check("best relay per region pair", lambda: test_best_relay(data))
+        check("time series, 5-minute buckets", lambda: test_timeseries(data))
+        check("time range --from/--to and defaults", lambda: test_time_range(data))
+        check("all-null columns keep their types", lambda: test_all_null_array_column(tmp))
+        check("output formats", lambda: test_formats(data))
+        check("athena-local errors", lambda: test_errors(tmp))
+        check("every query parses as Trino (file and named-query form)", test_sql_parses_as_trino)
+        check("scripts/check_schema.py", test_script("scripts/check_schema.py"))
+        check("scripts/gen_infra.py --check", test_script("scripts/gen_infra.py", "--check"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
