@@ -84,15 +84,16 @@ class Bench:
             self.stop(p)
         self.procs = []
 
-    def serve(self, cpu=None, extra=()):
+    def serve(self, cpu=None, all_responders=False):
+        """Starts `agent serve` on 0.0.0.0 (UDP always, the others only if all_responders)."""
+        other = "0" if all_responders else "off"
         p = self.spawn([os.path.join(self.bin, "agent"), "serve", "--listen", "0.0.0.0", "--udp-port", "0",
-                        "--tcp-port", "off", "--quic-port", "off", "--http-port", "off", "--https-port", "off",
-                        *extra], cpu=cpu)
+                        "--tcp-port", other, "--quic-port", other, "--http-port", other, "--https-port", other],
+                       cpu=cpu)
         line = p.stdout.readline().split()
-        assert line[:2] == ["listening", "udp"], line
+        assert line[:2] == ["listening", "udp"], f"agent serve did not start: {line}"
         return p, line[2]
 
-    # --- udp rtt vs sockperf -----------------------------------------------------------------
     def ours_round(self, n, addr):
         srv_pid = self.refl_proc.pid
         c0 = cpu_seconds(srv_pid)
@@ -160,7 +161,7 @@ class Bench:
             rec = json.loads(out.stdout.splitlines()[0])
             ours.append(rec["rtt_p50_ms"] * 1000)
             port = free_port()
-            srv = self.spawn(["irtt", "server", "-b", f"127.0.0.1:{port}"])
+            srv = self.spawn(["irtt", "server", "-i", "0", "-b", f"127.0.0.1:{port}"])
             time.sleep(0.3)
             js = os.path.join(ROOT, "target", "bench", "irtt.json")
             os.makedirs(os.path.dirname(js), exist_ok=True)
@@ -191,7 +192,7 @@ class Bench:
 
     # --- memory with 100 targets ---------------------------------------------------------------
     def rss_100(self):
-        refl, addr = self.serve(extra=("--tcp-port", "0", "--quic-port", "0", "--http-port", "0", "--https-port", "0"))
+        refl, addr = self.serve(all_responders=True)
         port = addr.rsplit(":", 1)[1]
         targets = [f"udp://127.0.0.{i}:{port}" for i in range(1, 101)]
         secs = 20 if self.rounds > 1 else 4

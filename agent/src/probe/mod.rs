@@ -218,6 +218,10 @@ pub struct TrainStats {
     pub late: u32,
     /// Per-packet RTTs in ms, in sequence order, one per answered sequence.
     pub rtts_ms: Vec<f64>,
+    /// Raw round trips t4 − t1 in ms (remote processing included), same order; not written to
+    /// records (benchmarks compare them with tools that report raw RTT). Empty where the probe
+    /// has no remote timestamps.
+    pub raw_rtts_ms: Vec<f64>,
     /// RFC 3550 jitter over forward transit.
     pub jitter_ms: Option<f64>,
     /// Remote minus local clock from the lowest-RTT packet.

@@ -14,9 +14,11 @@
 //! it sends paced requests (t1 = [`Clock::now_ns`] just before the send), receives replies with
 //! their kernel receive time as t4 (`SO_TIMESTAMPING`, mapped into the process timebase by
 //! `StampMapper`; [`Clock::now_ns`] if unavailable) and feeds them to the session.
-//! Waits longer than [`SPIN_NS`] sleep on tokio's timer (≈1 ms granularity) until `SPIN_NS`
-//! before the due time, then yield-spin, so sub-millisecond pacing holds. After the train, any
-//! replies already queued are read and counted as late.
+//! Trains with packets less than 2 ms apart are paced precisely: waits sleep on tokio's timer
+//! (≈1 ms granularity) until [`SPIN_NS`] before the due time, then yield-spin. Coarser trains
+//! only sleep (a send may be up to 1 ms late, which moves t1 but not the RTT), so many
+//! concurrent trains cost no spinning CPU. After the train, any replies already queued are read
+//! and counted as late.
 //!
 //! Outcomes: `Ok` with at least one sample; otherwise `Refused` (ICMP port unreachable),
 //! `Dns`, `Local`/`Unreachable` (socket errors, via [`super::classify_io`]), `Auth` (replies
@@ -131,7 +133,13 @@ impl UdpProbe {
             key: self.key.clone(),
             local_error_us: wire::error_bound_to_wire(clock_error_bound_ms()),
         });
-        let io_error = drive(&sock, &mut session, self.packet_bytes).await;
+        let io_error = drive(
+            &sock,
+            &mut session,
+            self.packet_bytes,
+            self.interval_ns < 2 * SPIN_NS,
+        )
+        .await;
         let invalid = session.invalid();
         let stats = session.into_stats();
         m.outcome = if stats.samples > 0 {
@@ -205,6 +213,7 @@ async fn drive(
     sock: &UdpSocket,
     session: &mut UdpSession,
     packet_bytes: usize,
+    spin: bool,
 ) -> Option<io::Error> {
     // Both buffers live for the whole train: nothing on the per-packet path allocates.
     let mut tx = Vec::with_capacity(packet_bytes);
@@ -232,14 +241,18 @@ async fn drive(
         let Some(wait) = wake.checked_sub(now).filter(|w| *w > 0) else {
             continue;
         };
-        if wait > SPIN_NS {
+        if wait > SPIN_NS || !spin {
+            // Coarse trains (interval >= 2 ms) never spin: tokio's ~1 ms timer may send a packet
+            // up to 1 ms late, which moves t1 but not the RTT, and 100 concurrent trains must
+            // not burn a core each.
+            let sleep = if spin { wait - SPIN_NS } else { wait };
             tokio::select! {
                 r = sock.ready(Interest::READABLE | Interest::ERROR) => {
                     if let Err(e) = r {
                         break Some(e);
                     }
                 }
-                () = tokio::time::sleep(Duration::from_nanos(wait - SPIN_NS)) => {}
+                () = tokio::time::sleep(Duration::from_nanos(sleep)) => {}
             }
         } else {
             tokio::task::yield_now().await;

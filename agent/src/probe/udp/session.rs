@@ -67,8 +67,8 @@ enum Slot {
     Unsent,
     /// Sent at t1, no reply yet.
     Sent { t1: u64 },
-    /// Answered in time with this RTT (ms).
-    Answered { rtt_ms: f64 },
+    /// Answered in time with this RTT (ms) and raw round trip t4 − t1 (ms).
+    Answered { rtt_ms: f64, raw_ms: f64 },
     /// Answered only after the timeout.
     Late,
 }
@@ -225,6 +225,7 @@ impl UdpSession {
         let rtt_ns = (t4 - t1) - (t3 - t2);
         *slot = Slot::Answered {
             rtt_ms: rtt_ns as f64 / 1e6,
+            raw_ms: (t4 - t1) as f64 / 1e6,
         };
         self.samples += 1;
         match self.max_answered {
@@ -304,7 +305,15 @@ impl UdpSession {
             .slots
             .iter()
             .filter_map(|s| match s {
-                Slot::Answered { rtt_ms } => Some(*rtt_ms),
+                Slot::Answered { rtt_ms, .. } => Some(*rtt_ms),
+                _ => None,
+            })
+            .collect();
+        let raw_rtts_ms: Vec<f64> = self
+            .slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Answered { raw_ms, .. } => Some(*raw_ms),
                 _ => None,
             })
             .collect();
@@ -328,6 +337,7 @@ impl UdpSession {
             owd_rev_ms: bounds.map(|_| ms(self.sum_rev_ns / n)),
             clock_error_ms: bounds.map(|(a, b)| a + b),
             rtts_ms,
+            raw_rtts_ms,
         }
     }
 }
