@@ -367,7 +367,7 @@ pub struct ProbeArgs {
 /// `agent run` (the default): connect to a controller.
 #[derive(Clone, Debug, Args)]
 pub struct RunArgs {
-    /// Controller URL, e.g. https://controller.eu-west-1.internal:7400.
+    /// Controller URL, e.g. `https://controller.eu-west-1.internal:7400`.
     #[arg(long, env = "MESHLAT_CONTROLLER")]
     pub controller: Option<String>,
     /// Join token printed by the controller.

@@ -12,7 +12,7 @@
 //!
 //! - [`batch`]: the batcher.
 //! - [`stdout`]: table (perftest format) or JSON lines on standard output.
-//! - [`file`]: Hive-layout NDJSON files with size/age rotation.
+//! - [`file`](mod@file): Hive-layout NDJSON files with size/age rotation.
 //! - [`firehose`]: Amazon Data Firehose: packed records, retry of failed records, disk spool.
 
 pub mod batch;
