@@ -31,6 +31,17 @@ run_stage test cargo test --workspace --locked --no-fail-fast
 run_stage doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 run_stage analytics scripts/test_analytics.py
 run_stage infra-lint scripts/lint-infra.sh
+# The Firehose sink end to end through a local moto server (Firehose + S3); the test is a
+# `test = false` target, so only this stage runs it.
+firehose_moto() {
+  scripts/moto.sh start >/dev/null || return 1
+  local rc=0
+  MESHLAT_TEST_MOTO_URL=$(scripts/moto.sh url) \
+    cargo test -p meshlat-agent --locked --test firehose_moto -- --nocapture || rc=$?
+  scripts/moto.sh stop
+  return $rc
+}
+run_stage firehose-moto firehose_moto
 if (( ! quick )); then
   run_stage accuracy cargo test -p meshlat-agent --locked --test accuracy -- --test-threads=1 --nocapture
   run_stage bench-harness scripts/bench/run.sh --smoke

@@ -16,6 +16,7 @@ use crate::respond::{ResponderAddrs, Responders};
 use crate::scheduler::{Job, JobSet, JobTarget, PeerInfo, RunSummary, Scheduler};
 use crate::sink::SinkSet;
 use crate::sink::file::FileSink;
+use crate::sink::firehose::{FirehoseSink, FirehoseStartError};
 use crate::sink::stdout::StdoutSink;
 
 /// How long sinks get to drain at shutdown.
@@ -49,6 +50,9 @@ pub enum StartError {
         #[source]
         source: crate::probe::ProbeSetupError,
     },
+    /// The Firehose sink could not start.
+    #[error("firehose sink: {0}")]
+    Firehose(#[from] FirehoseStartError),
 }
 
 async fn bind_admin(port: Option<u16>) -> Result<Option<AdminServer>, StartError> {
@@ -128,6 +132,7 @@ pub struct ProbeApp {
     cfg: ProbeConfig,
     jobs: Vec<Arc<Job>>,
     admin: Option<AdminServer>,
+    firehose: Option<FirehoseSink>,
 }
 
 /// The outcome of `agent probe`.
@@ -184,7 +189,18 @@ impl ProbeApp {
             }));
         }
         let admin = bind_admin(cfg.common.stats_port).await?;
-        Ok(ProbeApp { cfg, jobs, admin })
+        // Started here so a bad region or spool directory fails before measuring; replay of
+        // spooled batches begins at once.
+        let firehose = match &cfg.firehose {
+            Some(f) => Some(FirehoseSink::start(f.clone()).await?),
+            None => None,
+        };
+        Ok(ProbeApp {
+            cfg,
+            jobs,
+            admin,
+            firehose,
+        })
     }
 
     /// Bound stats address.
@@ -201,6 +217,9 @@ impl ProbeApp {
         sinks.add(StdoutSink::new(self.cfg.format));
         if let Some(f) = &self.cfg.file {
             sinks.add(FileSink::new(f.clone(), &self.cfg.identity.region));
+        }
+        if let Some(f) = self.firehose {
+            sinks.add(f);
         }
         let (_mode_tx, mode_rx) = watch::channel(ControlMode::Standalone);
         let (jobs_tx, jobs_rx) = watch::channel(JobSet {

@@ -216,6 +216,69 @@ pub struct SinkArgs {
         value_name = "SECONDS"
     )]
     pub flush_interval: f64,
+    /// Firehose sink (enabled by --firehose-stream). Boxed so `Command`'s variants stay
+    /// similar in size (clippy::large_enum_variant).
+    #[command(flatten)]
+    pub firehose: Box<FirehoseArgs>,
+}
+
+/// Firehose sink flags (part of [`SinkArgs`]).
+#[derive(Clone, Debug, Args)]
+pub struct FirehoseArgs {
+    /// Also send records to this Amazon Data Firehose stream (Direct PUT), alongside other sinks.
+    #[arg(long, env = "MESHLAT_FIREHOSE_STREAM", value_name = "NAME")]
+    pub firehose_stream: Option<String>,
+    /// AWS region of the stream (default: AWS_REGION, the profile, or the ECS task's region).
+    #[arg(long, env = "MESHLAT_FIREHOSE_REGION", value_name = "REGION")]
+    pub firehose_region: Option<String>,
+    /// Firehose endpoint URL (default: AWS's for the region; e.g. http://127.0.0.1:5000 for moto).
+    #[arg(long, env = "MESHLAT_FIREHOSE_ENDPOINT", value_name = "URL")]
+    pub firehose_endpoint: Option<String>,
+    /// Send a Firehose request once its oldest record has waited this long (seconds).
+    #[arg(
+        long,
+        env = "MESHLAT_FIREHOSE_BATCH_AGE",
+        default_value_t = 2.0,
+        value_name = "SECONDS"
+    )]
+    pub firehose_batch_age: f64,
+    /// Largest Firehose record (bytes; lines are packed up to it; Firehose maximum 1024000).
+    #[arg(
+        long,
+        env = "MESHLAT_FIREHOSE_RECORD_MAX_BYTES",
+        default_value_t = 1_024_000,
+        value_name = "BYTES"
+    )]
+    pub firehose_record_max_bytes: usize,
+    /// Most records per PutRecordBatch (Firehose maximum 500).
+    #[arg(
+        long,
+        env = "MESHLAT_FIREHOSE_BATCH_MAX_RECORDS",
+        default_value_t = 500,
+        value_name = "N"
+    )]
+    pub firehose_batch_max_records: usize,
+    /// Largest PutRecordBatch (bytes; Firehose maximum 4194304).
+    #[arg(long, env = "MESHLAT_FIREHOSE_BATCH_MAX_BYTES", default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
+    pub firehose_batch_max_bytes: usize,
+    /// Most PutRecordBatch requests in flight at once.
+    #[arg(
+        long,
+        env = "MESHLAT_FIREHOSE_MAX_IN_FLIGHT",
+        default_value_t = 4,
+        value_name = "N"
+    )]
+    pub firehose_max_in_flight: usize,
+    /// Batches held in memory before the oldest move to the spool (bytes).
+    #[arg(long, env = "MESHLAT_FIREHOSE_MEMORY_MAX_BYTES", default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    pub firehose_memory_max_bytes: u64,
+    /// Directory for undelivered Firehose batches (a subdirectory per stream); replayed at start.
+    /// Default: $TMPDIR/meshlat-spool (/tmp/meshlat-spool).
+    #[arg(long, env = "MESHLAT_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Spool size limit (bytes); beyond it the oldest batches are deleted and counted.
+    #[arg(long, env = "MESHLAT_SPOOL_MAX_BYTES", default_value_t = 1024 * 1024 * 1024, value_name = "BYTES")]
+    pub spool_max_bytes: u64,
 }
 
 /// Identity labels an agent puts in its records.
@@ -304,7 +367,7 @@ pub struct ProbeArgs {
 /// `agent run` (the default): connect to a controller.
 #[derive(Clone, Debug, Args)]
 pub struct RunArgs {
-    /// Controller URL, e.g. https://controller.eu-west-1.internal:7400.
+    /// Controller URL, e.g. `https://controller.eu-west-1.internal:7400`.
     #[arg(long, env = "MESHLAT_CONTROLLER")]
     pub controller: Option<String>,
     /// Join token printed by the controller.

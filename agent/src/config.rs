@@ -118,6 +118,35 @@ pub struct FileSinkConfig {
     pub flush_interval: Duration,
 }
 
+/// Default time the Firehose sink keeps delivering at shutdown before spooling the rest; below
+/// the agent's shutdown grace ([`crate::app::SHUTDOWN_GRACE`]).
+pub const FIREHOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// Validated Firehose sink settings (from `--firehose-*` and `--spool-*`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FirehoseSinkConfig {
+    /// Delivery stream name.
+    pub stream: String,
+    /// Region; `None`: the standard AWS chain.
+    pub region: Option<String>,
+    /// Endpoint override (an `http(s)://` URL).
+    pub endpoint: Option<String>,
+    /// Spool directory of this stream (`<--spool-dir>/<stream>`).
+    pub spool_dir: PathBuf,
+    /// Spool bound in bytes.
+    pub spool_max_bytes: u64,
+    /// Memory bound in bytes for batches waiting to be sent.
+    pub memory_max_bytes: u64,
+    /// A request is sealed when its oldest line is this old.
+    pub batch_age: Duration,
+    /// Packing limits, within the Firehose maxima.
+    pub limits: crate::sink::firehose::request::PackLimits,
+    /// Requests in flight at most.
+    pub max_in_flight: usize,
+    /// How long to keep delivering at shutdown before spooling the rest.
+    pub drain_timeout: Duration,
+}
+
 /// Validated `agent probe` configuration.
 #[derive(Clone, Debug)]
 pub struct ProbeConfig {
@@ -133,6 +162,8 @@ pub struct ProbeConfig {
     pub format: Format,
     /// File sink.
     pub file: Option<FileSinkConfig>,
+    /// Firehose sink.
+    pub firehose: Option<FirehoseSinkConfig>,
     /// Identity labels.
     pub identity: AgentIdentity,
     /// Logging/stats.
@@ -205,6 +236,131 @@ fn file_sink(a: &cli::SinkArgs) -> Result<Option<FileSinkConfig>, ConfigError> {
         max_bytes: a.file_max_bytes,
         max_age: secs("--file-max-age", a.file_max_age, false)?,
         flush_interval: secs("--flush-interval", a.flush_interval, false)?,
+    }))
+}
+
+/// Validates the Firehose flags (shared by `probe` and `run`).
+///
+/// # Errors
+///
+/// [`ConfigError`] naming the flag: a bad stream name, endpoint URL, limits above the Firehose
+/// maxima, or bounds too small to hold one request.
+pub fn firehose_sink(a: &cli::FirehoseArgs) -> Result<Option<FirehoseSinkConfig>, ConfigError> {
+    use crate::sink::firehose::request::{
+        MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES, PackLimits,
+    };
+    let Some(stream) = a.firehose_stream.as_deref().map(str::trim) else {
+        return Ok(None);
+    };
+    // Firehose stream names: 1-64 of [a-zA-Z0-9_.-]. Also a path component of the spool.
+    if stream.is_empty()
+        || stream.len() > 64
+        || !stream
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        || stream.starts_with('.')
+    {
+        return Err(ConfigError::Label {
+            flag: "--firehose-stream",
+            value: stream.into(),
+            reason: "a Firehose stream name is 1-64 of letters, digits, '_', '.', '-'",
+        });
+    }
+    let region = label("--firehose-region", a.firehose_region.clone())?;
+    let endpoint = match a.firehose_endpoint.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(e) => {
+            let ok = e
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+            if ok.is_none() {
+                return Err(ConfigError::Label {
+                    flag: "--firehose-endpoint",
+                    value: e.into(),
+                    reason: "must be an http:// or https:// URL with a host",
+                });
+            }
+            Some(e.to_string())
+        }
+    };
+    let range = |flag, v: usize, lo: usize, hi: usize, text| {
+        if v < lo || v > hi {
+            Err(ConfigError::OutOfRange {
+                flag,
+                value: v.to_string(),
+                range: text,
+            })
+        } else {
+            Ok(v)
+        }
+    };
+    let limits = PackLimits {
+        max_record_bytes: range(
+            "--firehose-record-max-bytes",
+            a.firehose_record_max_bytes,
+            1024,
+            MAX_RECORD_BYTES,
+            "1024..=1024000 (the Firehose record limit)",
+        )?,
+        max_batch_records: range(
+            "--firehose-batch-max-records",
+            a.firehose_batch_max_records,
+            1,
+            MAX_BATCH_RECORDS,
+            "1..=500 (the Firehose PutRecordBatch limit)",
+        )?,
+        max_batch_bytes: range(
+            "--firehose-batch-max-bytes",
+            a.firehose_batch_max_bytes,
+            a.firehose_record_max_bytes.min(MAX_RECORD_BYTES),
+            MAX_BATCH_BYTES,
+            "--firehose-record-max-bytes..=4194304 (the Firehose PutRecordBatch limit)",
+        )?,
+    };
+    let max_in_flight = range(
+        "--firehose-max-in-flight",
+        a.firehose_max_in_flight,
+        1,
+        64,
+        "1..=64",
+    )?;
+    let one_request = MAX_BATCH_BYTES as u64;
+    for (flag, v) in [
+        ("--firehose-memory-max-bytes", a.firehose_memory_max_bytes),
+        ("--spool-max-bytes", a.spool_max_bytes),
+    ] {
+        if v < one_request {
+            return Err(ConfigError::OutOfRange {
+                flag,
+                value: v.to_string(),
+                range: ">= 4194304 (one full request)",
+            });
+        }
+    }
+    let batch_age = secs("--firehose-batch-age", a.firehose_batch_age, false)?;
+    if batch_age > Duration::from_secs(900) {
+        return Err(ConfigError::OutOfRange {
+            flag: "--firehose-batch-age",
+            value: a.firehose_batch_age.to_string(),
+            range: "above 0, up to 900 seconds",
+        });
+    }
+    let base = a
+        .spool_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("meshlat-spool"));
+    Ok(Some(FirehoseSinkConfig {
+        stream: stream.into(),
+        region,
+        endpoint,
+        spool_dir: base.join(stream),
+        spool_max_bytes: a.spool_max_bytes,
+        memory_max_bytes: a.firehose_memory_max_bytes,
+        batch_age,
+        limits,
+        max_in_flight,
+        drain_timeout: FIREHOSE_DRAIN_TIMEOUT,
     }))
 }
 
@@ -314,6 +470,7 @@ impl ProbeConfig {
             spec,
             format: a.format,
             file: file_sink(&a.sinks)?,
+            firehose: firehose_sink(&a.sinks.firehose)?,
             identity: AgentIdentity {
                 agent_id: None,
                 region: region(a.identity.region.clone())?,
@@ -493,6 +650,86 @@ mod tests {
             (&["-n", "x", "udp://h:1"][..], "invalid value 'x'"),
         ] {
             let err = probe(args, &[]).expect_err(want);
+            assert!(err.contains(want), "{args:?}: got {err:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn firehose_flags_validate_against_firehose_limits() {
+        let c = probe(
+            &[
+                "--firehose-stream",
+                "meshlat-eu",
+                "--firehose-endpoint",
+                "http://127.0.0.1:5000",
+                "--spool-dir",
+                "/var/spool/m",
+                "udp://h:1",
+            ],
+            &[],
+        )
+        .expect("valid");
+        let f = c.firehose.expect("enabled by --firehose-stream");
+        assert_eq!(f.spool_dir, PathBuf::from("/var/spool/m/meshlat-eu"));
+        assert_eq!(
+            f.limits,
+            crate::sink::firehose::request::PackLimits::default()
+        );
+        assert_eq!(f.batch_age, Duration::from_secs(2));
+        assert!(
+            probe(&["udp://h:1"], &[])
+                .expect("valid")
+                .firehose
+                .is_none()
+        );
+        for (args, want) in [
+            (
+                &["--firehose-stream", "a/b"][..],
+                "--firehose-stream \"a/b\"",
+            ),
+            (
+                &["--firehose-stream", "s", "--firehose-endpoint", "ftp://x"][..],
+                "--firehose-endpoint \"ftp://x\"",
+            ),
+            (
+                &[
+                    "--firehose-stream",
+                    "s",
+                    "--firehose-batch-max-records",
+                    "501",
+                ][..],
+                "--firehose-batch-max-records: 501 is out of range",
+            ),
+            (
+                &[
+                    "--firehose-stream",
+                    "s",
+                    "--firehose-record-max-bytes",
+                    "1024001",
+                ][..],
+                "--firehose-record-max-bytes: 1024001",
+            ),
+            (
+                &[
+                    "--firehose-stream",
+                    "s",
+                    "--firehose-batch-max-bytes",
+                    "5000000",
+                ][..],
+                "--firehose-batch-max-bytes: 5000000",
+            ),
+            (
+                &["--firehose-stream", "s", "--spool-max-bytes", "1000"][..],
+                "--spool-max-bytes: 1000",
+            ),
+            (
+                &["--firehose-stream", "s", "--firehose-batch-age", "0"][..],
+                "--firehose-batch-age: 0",
+            ),
+        ] {
+            let mut argv = args.to_vec();
+            argv.push("udp://h:1");
+            let err = probe(&argv, &[]).expect_err(want);
             assert!(err.contains(want), "{args:?}: got {err:?}, want {want:?}");
         }
     }

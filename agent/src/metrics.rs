@@ -56,6 +56,14 @@ pub struct Metrics {
     pub sink_records: Family<SinkLabels, Counter>,
     /// Records a sink failed to deliver or had to drop, by reason.
     pub sink_errors: Family<SinkErrorLabels, Counter>,
+    /// Records a sink delivered to its destination (acknowledged by it).
+    pub sink_delivered: Family<SinkLabels, Counter>,
+    /// Bytes a sink holds in memory waiting for delivery.
+    pub sink_backlog_bytes: Family<SinkLabels, Gauge>,
+    /// Bytes a sink holds in its disk spool.
+    pub sink_spool_bytes: Family<SinkLabels, Gauge>,
+    /// Records whose delivery a sink retries, by reason.
+    pub sink_retries: Family<SinkErrorLabels, Counter>,
     /// Samples started late by more than 1 ms.
     pub sched_late: Counter,
     /// (job, target) pairs currently scheduled.
@@ -96,6 +104,30 @@ impl Metrics {
             "Records a sink failed to deliver or dropped, by reason",
             sink_errors.clone(),
         );
+        let sink_delivered = Family::<SinkLabels, Counter>::default();
+        registry.register(
+            "sink_delivered_records",
+            "Records a sink delivered to its destination",
+            sink_delivered.clone(),
+        );
+        let sink_backlog_bytes = Family::<SinkLabels, Gauge>::default();
+        registry.register(
+            "sink_backlog_bytes",
+            "Bytes a sink holds in memory waiting for delivery",
+            sink_backlog_bytes.clone(),
+        );
+        let sink_spool_bytes = Family::<SinkLabels, Gauge>::default();
+        registry.register(
+            "sink_spool_bytes",
+            "Bytes a sink holds in its disk spool",
+            sink_spool_bytes.clone(),
+        );
+        let sink_retries = Family::<SinkErrorLabels, Counter>::default();
+        registry.register(
+            "sink_retries",
+            "Records whose delivery a sink retries, by reason",
+            sink_retries.clone(),
+        );
         let sched_late = Counter::default();
         registry.register(
             "sched_late_samples",
@@ -114,6 +146,10 @@ impl Metrics {
             responder,
             sink_records,
             sink_errors,
+            sink_delivered,
+            sink_backlog_bytes,
+            sink_spool_bytes,
+            sink_retries,
             sched_late,
             scheduled_pairs,
         }
@@ -163,6 +199,19 @@ pub fn sink_error(sink: &str, reason: &str, n: u64, error: &dyn std::fmt::Displa
     tracing::warn!(message = "Sink error.", sink, reason, records = n, %error);
     get()
         .sink_errors
+        .get_or_create(&SinkErrorLabels {
+            sink: sink.into(),
+            reason: reason.into(),
+        })
+        .inc_by(n);
+}
+
+/// A sink will retry `n` records (throttling, partial failure, outage): logged at debug (these
+/// repeat during an outage; the first warning is logged by the sink) and counted.
+pub fn sink_retry(sink: &str, reason: &str, n: u64, error: &dyn std::fmt::Display) {
+    tracing::debug!(message = "Sink retrying.", sink, reason, records = n, %error);
+    get()
+        .sink_retries
         .get_or_create(&SinkErrorLabels {
             sink: sink.into(),
             reason: reason.into(),

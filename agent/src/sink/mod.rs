@@ -12,10 +12,16 @@
 //!
 //! - [`batch`]: the batcher.
 //! - [`stdout`]: table (perftest format) or JSON lines on standard output.
+<<<<<<< HEAD
 //! - [`file`](self::file): Hive-layout NDJSON files with size/age rotation.
+=======
+//! - [`file`](mod@file): Hive-layout NDJSON files with size/age rotation.
+//! - [`firehose`]: Amazon Data Firehose: packed records, retry of failed records, disk spool.
+>>>>>>> wip-firehose
 
 pub mod batch;
 pub mod file;
+pub mod firehose;
 pub mod stdout;
 
 use std::future::Future;
@@ -44,6 +50,9 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    /// The sink's background task has stopped.
+    #[error("{0} sink stopped")]
+    Stopped(&'static str),
 }
 
 /// What flows into a sink besides records.
@@ -88,6 +97,12 @@ pub trait Sink: Send + 'static {
     /// Makes everything written so far durable/visible. Called after each batch's age limit and
     /// at shutdown.
     fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// The last call: the sink finishes its background work (delivers or persists what it
+    /// holds) before the set's shutdown grace ends. Default: nothing.
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Channel depth per sink: enough for bursts, small enough to bound memory.
@@ -206,6 +221,7 @@ async fn run_sink<S: Sink>(mut sink: S, mut rx: mpsc::Receiver<SinkEvent>) {
         }
     }
     flush_batch(&mut sink, &mut batcher, name).await;
+    sink.close().await;
 }
 
 async fn flush_batch<S: Sink>(

@@ -1,0 +1,779 @@
+//! The Firehose sink: records to an Amazon Data Firehose stream, packed, retried and spooled.
+//!
+//! Split as in Vector's `aws_kinesis` sinks (STYLE §5):
+//!
+//! - [`FirehoseSink`] (this module) is the [`Sink`]: it *encodes* each record as one NDJSON line
+//!   and hands lines to the dispatcher task through a bounded channel.
+//! - [`request`] *packs* lines into Firehose records (up to 1,000 KiB) and records into
+//!   `PutRecordBatch` requests (up to 500 records, 4 MiB); a request is sealed when full or when
+//!   its oldest line is older than the batch age.
+//! - [`retry`] *classifies* failures and answers: delivered, resend only the failed records,
+//!   throttled, outage, or rejected for good.
+//! - [`client`] is the *transport*: the [`client::FirehoseApi`] trait and the AWS SDK adapter.
+//! - [`spool`] keeps batches on disk during outages and across restarts.
+//!
+//! # Delivery
+//!
+//! The dispatcher task owns every sealed batch until Firehose accepts all of its records
+//! (at-least-once; `record_id` makes duplicates removable). Batches are sent oldest first with at
+//! most `max_in_flight` requests in flight. Outcomes:
+//!
+//! - **Delivered**: the batch is dropped from memory and its spool file, if any, deleted (the ack).
+//! - **Partial failure** (`FailedPutCount > 0`): only the failed records are resent, after a
+//!   jittered exponential backoff; a spooled batch is rewritten with just those records.
+//! - **Errored**, transient (5xx): the batch is retried after a backoff.
+//! - **Throttled**: the whole sink pauses with a growing backoff. It slows down, never drops:
+//!   batches wait in memory, then in the spool.
+//! - **Outage** (connect failures, timeouts): every batch in memory is written to the spool,
+//!   new batches go straight to it, and one request at a time probes Firehose with backoff until
+//!   it answers; then the spool is replayed in order.
+//! - **Rejected** (invalid argument, unknown stream): the lines are appended to
+//!   `dead-letter.ndjson` in the spool directory and counted (`sink_errors{reason="rejected"}`).
+//!
+//! # Bounds
+//!
+//! Batches in memory are bounded by `memory_max_bytes` (plus up to `max_in_flight` requests being
+//! sent): beyond it the oldest batches move to the spool. The spool is bounded by
+//! `spool_max_bytes`: beyond it the oldest spooled batch is deleted. Everything a bound forces out
+//! is logged and counted in `meshlat_sink_errors_total{sink="firehose",reason=...}` (reasons
+//! `spool_full`, `memory_full`), never dropped silently. Backlog and spool sizes are the gauges
+//! `meshlat_sink_backlog_bytes` and `meshlat_sink_spool_bytes`.
+//!
+//! # Shutdown
+//!
+//! When the sink closes, the dispatcher seals what is packed and keeps sending for at most
+//! `drain_timeout` (below the agent's shutdown grace); whatever is still undelivered then is written
+//! to the spool, which the next start replays.
+
+pub mod client;
+pub mod request;
+pub mod retry;
+pub mod spool;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use self::client::{AwsFirehose, ClientSetupError, FirehoseApi, FirehoseError, PutBatchOutcome};
+use self::request::{PackedBatch, Packer, count_lines};
+use self::retry::{Backoff, ErrorClass, FirehoseRetryLogic, RetryAction, RetryLogic};
+use self::spool::{Spool, SpoolError};
+use super::batch::BatchConfig;
+use super::{SharedRecord, Sink, SinkError};
+use crate::config::FirehoseSinkConfig;
+use crate::metrics;
+
+const NAME: &str = "firehose";
+
+/// Messages of lines queued between the sink and its dispatcher.
+const LINE_CHANNEL_DEPTH: usize = 16;
+
+/// The sink could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FirehoseStartError {
+    /// The AWS client could not be configured.
+    #[error(transparent)]
+    Client(#[from] ClientSetupError),
+    /// The spool directory is unusable.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// Counters of one sink, for tests and benchmarks (the same facts go to Prometheus).
+#[derive(Debug, Default)]
+pub struct FirehoseStats {
+    /// Lines Firehose accepted.
+    pub delivered_lines: AtomicU64,
+    /// `PutRecordBatch` calls made.
+    pub requests: AtomicU64,
+    /// Firehose records sent (including resends).
+    pub records_sent: AtomicU64,
+    /// Bytes of record data sent (including resends).
+    pub bytes_sent: AtomicU64,
+    /// Bytes billed for what was sent (each record rounded up to 5 KB).
+    pub bytes_billed: AtomicU64,
+    /// Firehose records resent after a partial failure.
+    pub records_retried: AtomicU64,
+    /// Requests that failed as a whole and will be retried.
+    pub requests_failed: AtomicU64,
+    /// Lines written to the dead-letter file.
+    pub dead_lettered_lines: AtomicU64,
+    /// Lines a bound forced out.
+    pub dropped_lines: AtomicU64,
+    /// Batches written to the spool.
+    pub spooled_batches: AtomicU64,
+}
+
+/// The Firehose sink (see the module docs).
+#[derive(Debug)]
+pub struct FirehoseSink {
+    tx: Option<mpsc::Sender<Vec<Bytes>>>,
+    task: Option<JoinHandle<()>>,
+    stats: Arc<FirehoseStats>,
+}
+
+impl FirehoseSink {
+    /// Starts the sink on the AWS SDK: resolves region and credentials, opens the spool and
+    /// queues what it holds for replay.
+    ///
+    /// # Errors
+    ///
+    /// [`FirehoseStartError`] if no region is known or the spool directory is unusable.
+    pub async fn start(cfg: FirehoseSinkConfig) -> Result<Self, FirehoseStartError> {
+        let api =
+            AwsFirehose::new(&cfg.stream, cfg.region.as_deref(), cfg.endpoint.as_deref()).await?;
+        Ok(Self::with_api(cfg, api)?)
+    }
+
+    /// Starts the sink on any transport (a fake in tests, a null endpoint in benchmarks).
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError`] if the spool directory cannot be created or read.
+    pub fn with_api<A: FirehoseApi>(cfg: FirehoseSinkConfig, api: A) -> Result<Self, SpoolError> {
+        let (spool, found, problems) = Spool::open(&cfg.spool_dir)?;
+        for e in problems {
+            metrics::sink_error(NAME, "spool_corrupt", 0, &e);
+        }
+        let stats = Arc::new(FirehoseStats::default());
+        let mut d = Dispatcher {
+            packer: Packer::new(cfg.limits),
+            api,
+            spool,
+            packer_since: None,
+            pending: BTreeMap::new(),
+            next_seq: 0,
+            mem_bytes: 0,
+            inflight: JoinSet::new(),
+            n_inflight: 0,
+            resume_at: None,
+            sink_failures: 0,
+            outage: false,
+            rng: SmallRng::from_os_rng(),
+            retry: FirehoseRetryLogic,
+            stats: stats.clone(),
+            cfg,
+        };
+        if !found.is_empty() {
+            tracing::info!(
+                message = "Replaying spooled Firehose batches.",
+                batches = found.len(),
+                lines = found.iter().map(|b| b.lines).sum::<u64>(),
+                dir = %d.spool.dir().display()
+            );
+        }
+        for b in found {
+            d.pending.insert(
+                b.seq,
+                Entry {
+                    records: None,
+                    bytes: b.bytes,
+                    lines: b.lines,
+                    spooled: true,
+                    attempts: 0,
+                    not_before: None,
+                    in_flight: false,
+                },
+            );
+            d.next_seq = b.seq + 1;
+        }
+        let (tx, rx) = mpsc::channel(LINE_CHANNEL_DEPTH);
+        let task = tokio::spawn(d.run(rx));
+        Ok(FirehoseSink {
+            tx: Some(tx),
+            task: Some(task),
+            stats,
+        })
+    }
+
+    /// This sink's counters.
+    pub fn stats(&self) -> Arc<FirehoseStats> {
+        self.stats.clone()
+    }
+
+    /// Closes the sink and waits until every batch is delivered or spooled.
+    pub async fn shutdown(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.task.take()
+            && let Err(error) = t.await
+        {
+            metrics::sink_error(NAME, "dispatcher_panic", 0, &error);
+        }
+    }
+}
+
+impl Sink for FirehoseSink {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn batch_config(&self) -> BatchConfig {
+        // Small hand-offs: packing and the batch age live in the dispatcher.
+        BatchConfig {
+            max_items: 1024,
+            max_age: std::time::Duration::from_millis(100),
+        }
+    }
+
+    async fn write(&mut self, batch: &[SharedRecord]) -> Result<(), SinkError> {
+        let lines: Vec<Bytes> = batch
+            .iter()
+            .map(|r| {
+                let mut s = r.to_json_line();
+                s.push('\n');
+                Bytes::from(s)
+            })
+            .collect();
+        match &self.tx {
+            Some(tx) => tx.send(lines).await.map_err(|_| SinkError::Stopped(NAME)),
+            None => Err(SinkError::Stopped(NAME)),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        // The dispatcher seals batches by size and age on its own.
+        Ok(())
+    }
+
+    async fn close(&mut self) {
+        self.shutdown().await;
+    }
+}
+
+/// One sealed batch, owned by the dispatcher until delivered.
+#[derive(Debug)]
+struct Entry {
+    /// The records still to send; `None` while they are only on disk.
+    records: Option<Vec<Bytes>>,
+    /// Size of the records (or of the spool file).
+    bytes: u64,
+    /// Lines in the records.
+    lines: u64,
+    /// Whether a spool file holds this batch.
+    spooled: bool,
+    /// Attempts so far (drives this batch's backoff).
+    attempts: u32,
+    /// Not to be sent before this (after a partial failure or 5xx).
+    not_before: Option<Instant>,
+    /// A request with this batch is in flight.
+    in_flight: bool,
+}
+
+struct Dispatcher<A> {
+    cfg: FirehoseSinkConfig,
+    api: A,
+    retry: FirehoseRetryLogic,
+    spool: Spool,
+    packer: Packer,
+    /// When the oldest line in the packer arrived (for the batch age).
+    packer_since: Option<Instant>,
+    /// Sealed batches by send order.
+    pending: BTreeMap<u64, Entry>,
+    next_seq: u64,
+    /// Bytes of batches held in memory.
+    mem_bytes: u64,
+    inflight: JoinSet<(u64, Result<PutBatchOutcome, FirehoseError>)>,
+    n_inflight: usize,
+    /// The whole sink waits until then (throttling, outage).
+    resume_at: Option<Instant>,
+    /// Consecutive throttles/outages (drives the sink-wide backoff).
+    sink_failures: u32,
+    /// Firehose is unreachable: spool everything, probe with one request.
+    outage: bool,
+    rng: SmallRng,
+    stats: Arc<FirehoseStats>,
+}
+
+impl<A: FirehoseApi> Dispatcher<A> {
+    async fn run(mut self, mut rx: mpsc::Receiver<Vec<Bytes>>) {
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            self.launch();
+            self.update_gauges();
+            if drain_deadline.is_some() && self.pending.is_empty() && self.packer.is_empty() {
+                break;
+            }
+            let wake = self.next_wake();
+            tokio::select! {
+                msg = rx.recv(), if drain_deadline.is_none() => match msg {
+                    Some(lines) => self.accept(lines),
+                    None => {
+                        self.seal_packer();
+                        drain_deadline = Some(Instant::now() + self.cfg.drain_timeout);
+                    }
+                },
+                Some(res) = self.inflight.join_next(), if self.n_inflight > 0 => match res {
+                    Ok((seq, result)) => self.complete(seq, result),
+                    Err(error) => {
+                        // A send task panicked: its batch stays pending and is retried.
+                        metrics::sink_error(NAME, "send_task", 0, &error);
+                        self.n_inflight = self.inflight.len();
+                        for e in self.pending.values_mut() { e.in_flight = false; }
+                    }
+                },
+                () = sleep_until_opt(wake) => {
+                    if self.packer_expired() {
+                        self.seal_packer();
+                    }
+                }
+                () = sleep_until_opt(drain_deadline) => {
+                    self.abandon();
+                    break;
+                }
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        let m = metrics::get();
+        let l = metrics::SinkLabels { sink: NAME.into() };
+        m.sink_backlog_bytes
+            .get_or_create(&l)
+            .set((self.mem_bytes + self.packer.pending_bytes()) as i64);
+        m.sink_spool_bytes
+            .get_or_create(&l)
+            .set(self.spool.bytes() as i64);
+    }
+
+    fn packer_expired(&self) -> bool {
+        self.packer_since
+            .is_some_and(|t| t + self.cfg.batch_age <= Instant::now())
+    }
+
+    /// The next instant something timed is due: the batch age, or a backoff ending.
+    fn next_wake(&self) -> Option<Instant> {
+        let age = self.packer_since.map(|t| t + self.cfg.batch_age);
+        let can_launch = self.n_inflight < self.limit();
+        let retry = if can_launch {
+            let entry_due = self
+                .pending
+                .values()
+                .filter(|e| !e.in_flight)
+                .map(|e| e.not_before)
+                .min()
+                .map(|nb| match (nb, self.resume_at) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                });
+            entry_due.flatten()
+        } else {
+            None
+        };
+        match (age, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn limit(&self) -> usize {
+        if self.outage {
+            1
+        } else {
+            self.cfg.max_in_flight
+        }
+    }
+
+    fn accept(&mut self, lines: Vec<Bytes>) {
+        for line in lines {
+            if self.packer.is_empty() {
+                self.packer_since = Some(Instant::now());
+            }
+            match self.packer.push(&line) {
+                Ok(Some(batch)) => {
+                    self.packer_since = (!self.packer.is_empty()).then(Instant::now);
+                    self.seal(batch);
+                }
+                Ok(None) => {}
+                Err(oversize) => {
+                    if self.packer.is_empty() {
+                        self.packer_since = None;
+                    }
+                    self.dead_letter(&[line], 1, &oversize);
+                }
+            }
+        }
+        self.enforce_bounds();
+    }
+
+    fn seal_packer(&mut self) {
+        self.packer_since = None;
+        if let Some(b) = self.packer.finish() {
+            self.seal(b);
+            self.enforce_bounds();
+        }
+    }
+
+    fn seal(&mut self, b: PackedBatch) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.mem_bytes += b.bytes;
+        self.pending.insert(
+            seq,
+            Entry {
+                records: Some(b.records),
+                bytes: b.bytes,
+                lines: b.lines,
+                spooled: false,
+                attempts: 0,
+                not_before: None,
+                in_flight: false,
+            },
+        );
+        if self.outage {
+            self.spill(seq);
+        }
+    }
+
+    /// Starts requests for the oldest eligible batches, up to the in-flight limit.
+    fn launch(&mut self) {
+        let now = Instant::now();
+        if self.resume_at.is_some_and(|t| t > now) {
+            return;
+        }
+        while self.n_inflight < self.limit() {
+            let Some((&seq, _)) = self
+                .pending
+                .iter()
+                .find(|(_, e)| !e.in_flight && e.not_before.is_none_or(|t| t <= now))
+            else {
+                return;
+            };
+            let records = match self.load(seq) {
+                Ok(r) => r,
+                Err(error) => {
+                    if let Some(e) = self.pending.remove(&seq) {
+                        let _ = self.spool.remove(seq);
+                        self.drop_lines("spool_corrupt", e.lines, &error);
+                    }
+                    continue;
+                }
+            };
+            let Some(e) = self.pending.get_mut(&seq) else {
+                continue;
+            };
+            e.in_flight = true;
+            self.n_inflight += 1;
+            let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
+            let s = &self.stats;
+            s.requests.fetch_add(1, Ordering::Relaxed);
+            s.records_sent
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            s.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+            s.bytes_billed
+                .fetch_add(request::billed_bytes(&records), Ordering::Relaxed);
+            let api = self.api.clone();
+            let stream = self.cfg.stream.clone();
+            self.inflight.spawn(async move {
+                // The SDK has its own attempt timeout; this one also bounds fake transports.
+                let limit = client::ATTEMPT_TIMEOUT + std::time::Duration::from_secs(5);
+                let res = match tokio::time::timeout(limit, api.put_record_batch(&stream, records))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(FirehoseError::Unreachable {
+                        message: format!("no answer within {limit:?}"),
+                    }),
+                };
+                (seq, res)
+            });
+        }
+    }
+
+    /// The records of batch `seq`, from memory or the spool (then kept in memory while sent).
+    fn load(&mut self, seq: u64) -> Result<Vec<Bytes>, SpoolError> {
+        let Some(e) = self.pending.get_mut(&seq) else {
+            return Ok(Vec::new());
+        };
+        if let Some(r) = &e.records {
+            return Ok(r.clone());
+        }
+        let r = self.spool.read(seq)?;
+        e.bytes = r.iter().map(|x| x.len() as u64).sum();
+        self.mem_bytes += e.bytes;
+        e.records = Some(r.clone());
+        Ok(r)
+    }
+
+    fn complete(&mut self, seq: u64, result: Result<PutBatchOutcome, FirehoseError>) {
+        self.n_inflight = self.n_inflight.saturating_sub(1);
+        let now = Instant::now();
+        match result {
+            Ok(outcome) => {
+                if self.outage {
+                    tracing::info!(message = "Firehose reachable again; replaying the spool.");
+                }
+                self.outage = false;
+                self.sink_failures = 0;
+                self.resume_at = None;
+                match self.retry.on_response(&outcome) {
+                    RetryAction::Delivered => self.delivered(seq),
+                    RetryAction::RetryPartial(idx) => self.retry_partial(seq, &idx, now),
+                }
+            }
+            Err(error) => {
+                self.stats.requests_failed.fetch_add(1, Ordering::Relaxed);
+                let class = self.retry.classify(&error);
+                let Some(e) = self.pending.get_mut(&seq) else {
+                    return;
+                };
+                e.in_flight = false;
+                e.attempts += 1;
+                let lines = e.lines;
+                match class {
+                    ErrorClass::Permanent => {
+                        let records = e.records.clone().unwrap_or_default();
+                        self.forget(seq);
+                        self.dead_letter(&records, lines, &error);
+                    }
+                    ErrorClass::Retriable => {
+                        e.not_before =
+                            Some(now + Backoff::BATCH.delay(e.attempts - 1, &mut self.rng));
+                        metrics::sink_retry(NAME, "server_error", lines, &error);
+                    }
+                    ErrorClass::Throttled => {
+                        self.pause(now);
+                        metrics::sink_retry(NAME, "throttled", lines, &error);
+                    }
+                    ErrorClass::Outage => {
+                        if !self.outage {
+                            tracing::warn!(
+                                message = "Firehose unreachable; spooling to disk.",
+                                %error,
+                                dir = %self.spool.dir().display()
+                            );
+                        }
+                        self.outage = true;
+                        self.pause(now);
+                        metrics::sink_retry(NAME, "unreachable", lines, &error);
+                        let seqs: Vec<u64> = self.pending.keys().copied().collect();
+                        for s in seqs {
+                            self.spill(s);
+                        }
+                    }
+                }
+                self.release(seq);
+            }
+        }
+        self.enforce_bounds();
+    }
+
+    fn pause(&mut self, now: Instant) {
+        let d = Backoff::SINK.delay(self.sink_failures, &mut self.rng);
+        self.sink_failures = self.sink_failures.saturating_add(1);
+        self.resume_at = Some(now + d);
+    }
+
+    fn delivered(&mut self, seq: u64) {
+        if let Some(e) = self.pending.get(&seq) {
+            let lines = e.lines;
+            self.forget(seq);
+            self.stats
+                .delivered_lines
+                .fetch_add(lines, Ordering::Relaxed);
+            metrics::get()
+                .sink_delivered
+                .get_or_create(&metrics::SinkLabels { sink: NAME.into() })
+                .inc_by(lines);
+        }
+    }
+
+    fn retry_partial(&mut self, seq: u64, idx: &[usize], now: Instant) {
+        let Some(e) = self.pending.get_mut(&seq) else {
+            return;
+        };
+        e.in_flight = false;
+        e.attempts += 1;
+        let all = e.records.take().unwrap_or_default();
+        let mut subset: Vec<Bytes> = idx.iter().filter_map(|&i| all.get(i).cloned()).collect();
+        if subset.is_empty() {
+            // Indices outside the request: resend everything rather than guess.
+            subset = all;
+        }
+        let old = e.bytes;
+        e.bytes = subset.iter().map(|r| r.len() as u64).sum();
+        e.lines = count_lines(&subset);
+        e.not_before = Some(now + Backoff::BATCH.delay(e.attempts - 1, &mut self.rng));
+        let (lines, n, spooled) = (e.lines, subset.len(), e.spooled);
+        self.mem_bytes = self.mem_bytes - old + e.bytes;
+        self.stats
+            .records_retried
+            .fetch_add(n as u64, Ordering::Relaxed);
+        metrics::sink_retry(
+            NAME,
+            "partial_failure",
+            lines,
+            &format_args!("{n} of {} records failed", idx.len().max(n)),
+        );
+        if spooled && let Err(error) = self.spool.write(seq, &subset, lines) {
+            // The old file still holds a superset: a restart would resend more, never less.
+            metrics::sink_error(NAME, "spool_write", 0, &error);
+        }
+        if let Some(e) = self.pending.get_mut(&seq) {
+            e.records = Some(subset);
+        }
+        self.release(seq);
+    }
+
+    /// After an attempt: a spooled batch's records leave memory until it is sent again.
+    fn release(&mut self, seq: u64) {
+        if let Some(e) = self.pending.get_mut(&seq)
+            && e.spooled
+            && !e.in_flight
+            && e.records.take().is_some()
+        {
+            self.mem_bytes = self.mem_bytes.saturating_sub(e.bytes);
+        }
+    }
+
+    /// Removes a batch from memory and disk (delivered, dead-lettered or dropped).
+    fn forget(&mut self, seq: u64) {
+        if let Some(e) = self.pending.remove(&seq) {
+            if e.records.is_some() {
+                self.mem_bytes = self.mem_bytes.saturating_sub(e.bytes);
+            }
+            if e.spooled
+                && let Err(error) = self.spool.remove(seq)
+            {
+                metrics::sink_error(NAME, "spool_remove", 0, &error);
+            }
+        }
+    }
+
+    /// Writes batch `seq` to the spool (if not there yet); frees its memory unless in flight.
+    fn spill(&mut self, seq: u64) -> bool {
+        let Some(e) = self.pending.get_mut(&seq) else {
+            return false;
+        };
+        if !e.spooled {
+            let Some(records) = &e.records else {
+                return false;
+            };
+            match self.spool.write(seq, records, e.lines) {
+                Ok(_) => {
+                    e.spooled = true;
+                    self.stats.spooled_batches.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    metrics::sink_error(NAME, "spool_write", 0, &error);
+                    return false;
+                }
+            }
+        }
+        self.release(seq);
+        true
+    }
+
+    fn enforce_bounds(&mut self) {
+        // Memory: move the oldest batches to disk; if the disk refuses, drop them (counted).
+        while self.mem_bytes + self.packer.pending_bytes() > self.cfg.memory_max_bytes {
+            let Some(seq) = self
+                .pending
+                .iter()
+                .find(|(_, e)| e.records.is_some() && !e.in_flight && !e.spooled)
+                .map(|(&s, _)| s)
+            else {
+                break;
+            };
+            if !self.spill(seq)
+                && let Some(lines) = self.pending.get(&seq).map(|e| e.lines)
+            {
+                self.forget(seq);
+                self.drop_lines(
+                    "memory_full",
+                    lines,
+                    &"memory bound reached and the spool is not writable",
+                );
+            }
+        }
+        // Spool: delete the oldest batches not being sent.
+        while self.spool.bytes() > self.cfg.spool_max_bytes {
+            let Some((seq, lines)) = self
+                .pending
+                .iter()
+                .find(|(_, e)| e.spooled && !e.in_flight)
+                .map(|(&s, e)| (s, e.lines))
+            else {
+                break;
+            };
+            self.forget(seq);
+            self.drop_lines(
+                "spool_full",
+                lines,
+                &format_args!(
+                    "spool above --spool-max-bytes ({}); oldest batch deleted",
+                    self.cfg.spool_max_bytes
+                ),
+            );
+        }
+    }
+
+    fn drop_lines(&self, reason: &str, lines: u64, error: &dyn std::fmt::Display) {
+        self.stats.dropped_lines.fetch_add(lines, Ordering::Relaxed);
+        metrics::sink_error(NAME, reason, lines, error);
+    }
+
+    fn dead_letter(&mut self, records: &[Bytes], lines: u64, error: &dyn std::fmt::Display) {
+        self.stats
+            .dead_lettered_lines
+            .fetch_add(lines, Ordering::Relaxed);
+        match self.spool.dead_letter(records) {
+            Ok(path) => metrics::sink_error(
+                NAME,
+                "rejected",
+                lines,
+                &format_args!("{error}; lines kept in {}", path.display()),
+            ),
+            Err(io) => {
+                metrics::sink_error(NAME, "rejected", lines, error);
+                self.drop_lines("dead_letter_write", lines, &io);
+            }
+        }
+    }
+
+    /// The drain time is over: stop sending and put everything undelivered on disk.
+    fn abandon(&mut self) {
+        self.inflight.abort_all();
+        self.n_inflight = 0;
+        self.seal_packer();
+        let seqs: Vec<u64> = self.pending.keys().copied().collect();
+        let mut spooled = 0u64;
+        for seq in seqs {
+            if let Some(e) = self.pending.get_mut(&seq) {
+                e.in_flight = false;
+            }
+            if self.spill(seq) {
+                spooled += 1;
+            } else if let Some(lines) = self.pending.get(&seq).map(|e| e.lines) {
+                self.forget(seq);
+                self.drop_lines("shutdown", lines, &"could not spool at shutdown");
+            }
+        }
+        self.enforce_bounds();
+        if spooled > 0 {
+            tracing::warn!(
+                message = "Firehose not drained within the shutdown budget; batches left in the spool for the next start.",
+                batches = spooled,
+                dir = %self.spool.dir().display()
+            );
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,336 @@
+//! The disk spool: batches waiting for Firehose, kept across outages and restarts.
+//!
+//! # On-disk format
+//!
+//! ```text
+//! <spool-dir>/
+//!   batch-<seq:020>.fhb        one undelivered PutRecordBatch, seq = send order
+//!   batch-<seq:020>.fhb.tmp    being written; ignored and removed at startup
+//!   dead-letter.ndjson         lines Firehose rejected permanently (appended)
+//! ```
+//!
+//! A batch file is:
+//!
+//! ```text
+//! magic    8 bytes  "MLFHSP01"
+//! lines    u64 LE   NDJSON lines in the batch (for drop accounting without reading the data)
+//! records  u32 LE   number of Firehose records
+//! then per record:
+//!   len    u32 LE   record length
+//!   data   len bytes  whole NDJSON lines, each ending in '\n'
+//! ```
+//!
+//! Files are written to `.tmp`, fsynced and renamed, so a crash leaves either the whole file or
+//! none. A file is deleted only after Firehose accepted every record in it (acknowledgement after
+//! delivery); after a partial failure it is rewritten with the records still to send. At startup
+//! every batch file is queued again in `seq` order, so a restarted agent replays what it had not
+//! delivered. Files that fail to parse are renamed `*.corrupt` and counted, never deleted silently.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+const MAGIC: &[u8; 8] = b"MLFHSP01";
+const HEADER_LEN: usize = 8 + 8 + 4;
+const DEAD_LETTER: &str = "dead-letter.ndjson";
+
+/// A spool I/O failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    /// An I/O operation on a spool file failed.
+    #[error("spool {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A batch file is not in the format above.
+    #[error("spool {path}: corrupt batch file ({reason})")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// A batch found in the spool at startup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpooledBatch {
+    /// Send order.
+    pub seq: u64,
+    /// File size.
+    pub bytes: u64,
+    /// NDJSON lines in it.
+    pub lines: u64,
+}
+
+/// The spool directory and the size of what is in it.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    files: BTreeMap<u64, u64>,
+    bytes: u64,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Spool {
+    /// Opens (creating) the spool directory and lists the batches in it, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Io`] if the directory cannot be created or read. Corrupt files are renamed
+    /// and reported through the second element, not as an error.
+    pub fn open(dir: &Path) -> Result<(Self, Vec<SpooledBatch>, Vec<SpoolError>), SpoolError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut found = Vec::new();
+        let mut problems = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+            let entry = entry.map_err(io(dir))?;
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if name.starts_with("batch-") && name.ends_with(".fhb.tmp") {
+                // An interrupted write: the batch it was writing is still in its older form or
+                // was never acknowledged by the sink's caller.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let Some(seq) = name
+                .strip_prefix("batch-")
+                .and_then(|s| s.strip_suffix(".fhb"))
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            match read_header(&path) {
+                Ok((lines, bytes)) => found.push(SpooledBatch { seq, bytes, lines }),
+                Err(e) => {
+                    let _ = std::fs::rename(&path, path.with_extension("fhb.corrupt"));
+                    problems.push(e);
+                }
+            }
+        }
+        found.sort_by_key(|b| b.seq);
+        let files: BTreeMap<u64, u64> = found.iter().map(|b| (b.seq, b.bytes)).collect();
+        let bytes = files.values().sum();
+        Ok((
+            Spool {
+                dir: dir.to_path_buf(),
+                files,
+                bytes,
+            },
+            found,
+            problems,
+        ))
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes on disk in batch files.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether batch `seq` is on disk.
+    pub fn contains(&self, seq: u64) -> bool {
+        self.files.contains_key(&seq)
+    }
+
+    /// Oldest batch on disk.
+    pub fn oldest(&self) -> Option<u64> {
+        self.files.keys().next().copied()
+    }
+
+    fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("batch-{seq:020}.fhb"))
+    }
+
+    /// Writes (or replaces) batch `seq` durably.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Io`]; the previous version of the file, if any, is left intact.
+    pub fn write(&mut self, seq: u64, records: &[Bytes], lines: u64) -> Result<u64, SpoolError> {
+        let path = self.path(seq);
+        let tmp = path.with_extension("fhb.tmp");
+        let size = HEADER_LEN + records.iter().map(|r| 4 + r.len()).sum::<usize>();
+        let mut buf = Vec::with_capacity(size);
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&lines.to_le_bytes());
+        buf.extend_from_slice(&(records.len() as u32).to_le_bytes());
+        for r in records {
+            buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
+            buf.extend_from_slice(r);
+        }
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&buf).map_err(io(&tmp))?;
+        f.sync_data().map_err(io(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        let size = size as u64;
+        if let Some(old) = self.files.insert(seq, size) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+        Ok(size)
+    }
+
+    /// Reads batch `seq`'s records.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError`] if the file is unreadable or corrupt.
+    pub fn read(&self, seq: u64) -> Result<Vec<Bytes>, SpoolError> {
+        let path = self.path(seq);
+        let data = std::fs::read(&path).map_err(io(&path))?;
+        parse(&path, Bytes::from(data))
+    }
+
+    /// Deletes batch `seq` (after delivery, or when a bound forces it out).
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Io`] if the file exists but cannot be removed.
+    pub fn remove(&mut self, seq: u64) -> Result<(), SpoolError> {
+        if let Some(size) = self.files.remove(&seq) {
+            self.bytes -= size;
+            let path = self.path(seq);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends permanently rejected records to the dead-letter file.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Io`].
+    pub fn dead_letter(&self, records: &[Bytes]) -> Result<PathBuf, SpoolError> {
+        let path = self.dir.join(DEAD_LETTER);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        for r in records {
+            f.write_all(r).map_err(io(&path))?;
+        }
+        f.sync_data().map_err(io(&path))?;
+        Ok(path)
+    }
+}
+
+fn read_header(path: &Path) -> Result<(u64, u64), SpoolError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let len = f.metadata().map_err(io(path))?.len();
+    let mut h = [0u8; HEADER_LEN];
+    f.read_exact(&mut h).map_err(|_| SpoolError::Corrupt {
+        path: path.into(),
+        reason: "short header",
+    })?;
+    if &h[..8] != MAGIC {
+        return Err(SpoolError::Corrupt {
+            path: path.into(),
+            reason: "bad magic",
+        });
+    }
+    let mut lines = [0u8; 8];
+    lines.copy_from_slice(&h[8..16]);
+    Ok((u64::from_le_bytes(lines), len))
+}
+
+fn parse(path: &Path, data: Bytes) -> Result<Vec<Bytes>, SpoolError> {
+    let corrupt = |reason| SpoolError::Corrupt {
+        path: path.into(),
+        reason,
+    };
+    if data.len() < HEADER_LEN || &data[..8] != MAGIC {
+        return Err(corrupt("bad header"));
+    }
+    let u32_at = |i: usize| -> Option<usize> {
+        let b = data.get(i..i + 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let n = u32_at(16).ok_or_else(|| corrupt("bad header"))?;
+    let mut at = HEADER_LEN;
+    let mut out = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let len = u32_at(at).ok_or_else(|| corrupt("truncated length"))?;
+        at += 4;
+        if at + len > data.len() {
+            return Err(corrupt("truncated record"));
+        }
+        out.push(data.slice(at..at + len));
+        at += len;
+    }
+    if at != data.len() {
+        return Err(corrupt("trailing bytes"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "meshlat-spool-{name}-{}-{}",
+            std::process::id(),
+            crate::clock::realtime_ns()
+        ));
+        std::fs::create_dir_all(&d).expect("tmp dir");
+        d
+    }
+
+    #[test]
+    fn write_read_remove_and_reopen_in_order() {
+        let dir = tmpdir("rt");
+        let (mut s, found, bad) = Spool::open(&dir).expect("open");
+        assert!(found.is_empty() && bad.is_empty());
+        let recs = vec![Bytes::from_static(b"a\nb\n"), Bytes::from_static(b"c\n")];
+        s.write(7, &recs, 3).expect("write");
+        s.write(3, &recs[1..], 1).expect("write");
+        assert_eq!(s.read(7).expect("read"), recs);
+        let total = s.bytes();
+        drop(s);
+        std::fs::write(dir.join("batch-00000000000000000009.fhb.tmp"), b"partial").expect("w");
+        std::fs::write(dir.join("batch-00000000000000000010.fhb"), b"garbage!").expect("w");
+        let (mut s, found, bad) = Spool::open(&dir).expect("reopen");
+        assert_eq!(
+            found.iter().map(|b| (b.seq, b.lines)).collect::<Vec<_>>(),
+            vec![(3, 1), (7, 3)]
+        );
+        assert_eq!(s.bytes(), total);
+        assert_eq!(bad.len(), 1, "the corrupt file is reported");
+        assert!(dir.join("batch-00000000000000000010.fhb.corrupt").exists());
+        assert!(!dir.join("batch-00000000000000000009.fhb.tmp").exists());
+        s.remove(3).expect("remove");
+        s.remove(7).expect("remove");
+        assert_eq!(s.bytes(), 0);
+        let p = s.dead_letter(&recs).expect("dead letter");
+        assert_eq!(std::fs::read(p).expect("read"), b"a\nb\nc\n");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
