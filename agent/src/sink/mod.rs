@@ -12,12 +12,8 @@
 //!
 //! - [`batch`]: the batcher.
 //! - [`stdout`]: table (perftest format) or JSON lines on standard output.
-<<<<<<< HEAD
-//! - [`file`](self::file): Hive-layout NDJSON files with size/age rotation.
-=======
 //! - [`file`](mod@file): Hive-layout NDJSON files with size/age rotation.
 //! - [`firehose`]: Amazon Data Firehose: packed records, retry of failed records, disk spool.
->>>>>>> wip-firehose
 
 pub mod batch;
 pub mod file;
