@@ -67,7 +67,11 @@ fn udp_rtt_rise_matches_injected_delay_and_loss_matches_drops() {
         ],
         &log,
     );
+    let data = dir.join("data");
+    let data_s = data.to_str().unwrap().to_string();
     let train = [
+        "--out",
+        data_s.as_str(),
         "-n",
         "10",
         "-d",
@@ -106,6 +110,8 @@ fn udp_rtt_rise_matches_injected_delay_and_loss_matches_drops() {
         "1",
         "--timeout",
         "0.3",
+        "--out",
+        data_s.as_str(),
         lossy_t.as_str(),
     ]);
     assert_eq!(
@@ -164,7 +170,53 @@ fn udp_rtt_rise_matches_injected_delay_and_loss_matches_drops() {
         drops,
         "lost must equal the emulator's drop count exactly"
     );
+
+    // The shipped Athena SQL, run locally on the records this run wrote, gives the same answers.
+    let rows = athena_local(&data, "latency_matrix_agent.sql");
+    let row = |target: &str| {
+        rows.iter()
+            .find(|r| r["dst"].as_str() == Some(target) && r["protocol"].as_str() == Some("udp"))
+            .unwrap_or_else(|| panic!("no matrix row for {target}: {rows:?}"))
+    };
+    let (sql_base, sql_delayed, sql_lossy) = (row(&base_t), row(&delayed_t), row(&lossy_t));
+    let sql_rise = sql_delayed["p50_ms"].as_f64().unwrap() - sql_base["p50_ms"].as_f64().unwrap();
+    eprintln!(
+        "athena sql: p50 rise {sql_rise:.3} ms, loss ratio {}",
+        sql_lossy["loss_ratio"]
+    );
+    assert!(
+        (sql_rise - injected).abs() <= 0.3,
+        "SQL p50 rise {sql_rise:.3} vs logged holds {injected:.3}"
+    );
+    assert_eq!(
+        sql_base["p50_ms"].as_f64().unwrap(),
+        median(&all_rtts(&base)),
+        "SQL p50 is the exact nearest rank"
+    );
+    assert_eq!(sql_lossy["lost"].as_u64(), Some(drops));
+    let ratio = sql_lossy["loss_ratio"].as_f64().unwrap();
+    assert!(
+        (ratio - drops as f64 / 2000.0).abs() < 1e-9,
+        "loss ratio {ratio} vs {drops}/2000"
+    );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Runs a shipped query with scripts/athena-local (DuckDB) and returns its rows.
+fn athena_local(data: &std::path::Path, query: &str) -> Vec<Value> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(root.join("scripts/athena-local"))
+        .args(["--data", data.to_str().unwrap(), "--format", "json"])
+        .arg(root.join("infra/athena").join(query))
+        .output()
+        .expect("run scripts/athena-local (python3 must be installed)");
+    assert!(
+        out.status.success(),
+        "athena-local failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<Value>>(&out.stdout)
+        .expect("athena-local --format json prints an array")
 }
 
 /// A one-connection-at-a-time HTTP server that waits `head_wait` before the response head and

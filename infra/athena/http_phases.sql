@@ -85,5 +85,5 @@ SELECT p.target, p.src_region, p.phase, p.phase_order, c.records, c.failed, p.n,
        p.avg_ms, p.p50_ms, p.p99_ms, p.min_ms, p.max_ms
 FROM pct p
 JOIN counts c
-  ON c.target = p.target AND c.src_region = p.src_region
+  ON c.target IS NOT DISTINCT FROM p.target AND c.src_region IS NOT DISTINCT FROM p.src_region
 ORDER BY p.target, p.src_region, p.phase_order

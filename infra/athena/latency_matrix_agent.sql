@@ -104,5 +104,5 @@ SELECT c.src_agent,
        c.jitter_avg_ms
 FROM counts c
 LEFT JOIN pct p
-  ON p.src_agent = c.src_agent AND p.dst_key = c.dst_key AND p.protocol = c.protocol
+  ON p.src_agent IS NOT DISTINCT FROM c.src_agent AND p.dst_key IS NOT DISTINCT FROM c.dst_key AND p.protocol IS NOT DISTINCT FROM c.protocol
 ORDER BY c.src_agent, dst, c.protocol

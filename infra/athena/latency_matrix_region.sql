@@ -102,5 +102,5 @@ SELECT c.src_region,
        c.jitter_avg_ms
 FROM counts c
 LEFT JOIN pct p
-  ON p.src_region = c.src_region AND p.dst_key = c.dst_key AND p.protocol = c.protocol
+  ON p.src_region IS NOT DISTINCT FROM c.src_region AND p.dst_key IS NOT DISTINCT FROM c.dst_key AND p.protocol IS NOT DISTINCT FROM c.protocol
 ORDER BY c.src_region, dst_region, c.protocol

@@ -77,5 +77,5 @@ SELECT c.src_region, c.dst_region, c.protocol, c.trains, c.failed, c.trains_with
        c.jitter_avg_ms, j.jitter_p50_ms, j.jitter_p99_ms
 FROM counts c
 LEFT JOIN jitter j
-  ON j.src_region = c.src_region AND j.dst_region = c.dst_region AND j.protocol = c.protocol
+  ON j.src_region IS NOT DISTINCT FROM c.src_region AND j.dst_region IS NOT DISTINCT FROM c.dst_region AND j.protocol IS NOT DISTINCT FROM c.protocol
 ORDER BY c.src_region, c.dst_region, c.protocol

@@ -89,5 +89,5 @@ SELECT c.bucket, c.src_region, c.dst_key AS dst_region, c.protocol, c.records,
        c.sent, c.lost, c.loss_ratio
 FROM counts c
 LEFT JOIN pct p
-  ON p.bucket = c.bucket AND p.src_region = c.src_region AND p.dst_key = c.dst_key AND p.protocol = c.protocol
+  ON p.bucket IS NOT DISTINCT FROM c.bucket AND p.src_region IS NOT DISTINCT FROM c.src_region AND p.dst_key IS NOT DISTINCT FROM c.dst_key AND p.protocol IS NOT DISTINCT FROM c.protocol
 ORDER BY c.bucket, c.src_region, dst_region, c.protocol
