@@ -94,12 +94,17 @@ struct Responder {
 
 impl Responder {
     fn start() -> Result<Self> {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// On `listen` (0.0.0.0 lets targets use any 127.0.0.x address).
+    fn start_on(listen: &str) -> Result<Self> {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
             .args([
                 "serve",
                 "--listen",
-                "127.0.0.1",
+                listen,
                 "--udp-port",
                 "off",
                 "--tcp-port",
@@ -144,13 +149,42 @@ async fn probe(
     target: &str,
     n: u32,
 ) -> Result<Vec<String>> {
+    // Small records and requests: many requests, so every fault is hit.
+    let small = [
+        "--firehose-record-max-bytes",
+        "4096",
+        "--firehose-batch-max-records",
+        "5",
+    ];
+    probe_targets(
+        endpoint,
+        stream,
+        spool,
+        &[format!("tcp://{target}")],
+        n,
+        "0.02",
+        &small,
+    )
+    .await
+}
+
+/// Runs `agent probe` against several targets with extra flags; returns the record_ids printed.
+async fn probe_targets(
+    endpoint: &str,
+    stream: &str,
+    spool: &Path,
+    targets: &[String],
+    n: u32,
+    delay: &str,
+    extra: &[&str],
+) -> Result<Vec<String>> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
     cmd.args([
         "probe",
         "-n",
         &n.to_string(),
         "-d",
-        "0.02",
+        delay,
         "--format",
         "json",
         "--region",
@@ -163,16 +197,10 @@ async fn probe(
         "--firehose-batch-age",
         "0.3",
     ])
-    // Small records and requests: many requests, so every fault is hit.
-    .args([
-        "--firehose-record-max-bytes",
-        "4096",
-        "--firehose-batch-max-records",
-        "5",
-    ])
+    .args(extra)
     .arg("--spool-dir")
     .arg(spool)
-    .arg(format!("tcp://{target}"))
+    .args(targets)
     .env("AWS_ACCESS_KEY_ID", "test")
     .env("AWS_SECRET_ACCESS_KEY", "test")
     .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -272,6 +300,60 @@ async fn faults_and_an_outage_lose_no_record() -> Result<()> {
     let dups = check_all_arrived(&sent, &got)?;
     eprintln!(
         "{} records sent, all in S3; {dups} duplicates (removed by record_id in SQL)",
+        sent.len()
+    );
+    std::fs::remove_dir_all(&spool).ok();
+    Ok(())
+}
+
+/// Issue 5's zero-loss check at scale: 100,000 records from a real agent through the real sink,
+/// with Firehose unreachable for 30 s in the middle (plus the proxy's 500s, throttles and partial
+/// failures). The agent shuts down while Firehose is still down, so what it could not deliver is
+/// in the spool; a second agent started after the outage replays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_records_survive_a_30s_outage() -> Result<()> {
+    let url = moto_url();
+    let (bucket, stream) = (unique("meshlat-100k"), unique("meshlat-100k"));
+    let prefix = "records/region=test/";
+    admin(&[
+        "setup", "--bucket", &bucket, "--stream", &stream, "--prefix", prefix,
+    ])?;
+    let upstream: SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()?;
+    let outage_at = Duration::from_secs(5);
+    let outage_for = Duration::from_secs(30);
+    let proxy = FaultProxy::start(upstream, outage_at, outage_for).await?;
+    let t0 = tokio::time::Instant::now();
+    let responder = Responder::start_on("0.0.0.0")?;
+    let port = responder
+        .tcp
+        .rsplit_once(':')
+        .context("host:port")?
+        .1
+        .to_string();
+    // 40 targets (127.0.0.1-40) x 2,500 samples, 10 ms apart: 4,000 records/s for 25 s.
+    let targets: Vec<String> = (1..=40)
+        .map(|i| format!("tcp://127.0.0.{i}:{port}"))
+        .collect();
+    let spool = std::env::temp_dir().join(unique("meshlat-moto-spool-100k"));
+    let endpoint = format!("http://{}", proxy.addr);
+    let mut sent = probe_targets(&endpoint, &stream, &spool, &targets, 2_500, "0.01", &[]).await?;
+    assert_eq!(sent.len(), 100_000, "the agent measured 100,000 samples");
+    let first_run_done = t0.elapsed();
+    eprintln!("first agent finished at {first_run_done:?} (outage {outage_at:?} + {outage_for:?})");
+    // After the outage, a new agent replays whatever the first left in the spool (if it stopped
+    // before Firehose came back; on a slower machine it outlives the outage and drains itself).
+    tokio::time::sleep_until(t0 + outage_at + outage_for + Duration::from_secs(1)).await;
+    sent.extend(probe_targets(&endpoint, &stream, &spool, &targets[..1], 1, "0.01", &[]).await?);
+    let stats = proxy.stats.snapshot();
+    eprintln!("fault proxy: {stats:?}");
+    assert!(stats.refused > 0, "the outage was hit: {stats:?}");
+    let (got, _) = s3_ids(&bucket, prefix)?;
+    let dups = check_all_arrived(&sent, &got)?;
+    eprintln!(
+        "{} records sent, every record_id in S3; {dups} duplicates (removed by record_id in SQL)",
         sent.len()
     );
     std::fs::remove_dir_all(&spool).ok();
