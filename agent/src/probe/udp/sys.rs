@@ -359,20 +359,26 @@ struct Mmsg {
 }
 
 /// `recvmmsg(MSG_WAITFORONE)`: waits (as the socket is set) for one datagram, then takes the
-/// others already queued. Returns the count or -1 with errno set.
+/// others already queued; with `wait` false (`MSG_DONTWAIT`) never waits. Returns the count or
+/// -1 with errno set.
 ///
 /// # Safety
 ///
 /// `hdrs` points to `n >= 1` initialised headers whose buffers are live and writable.
 #[cfg(target_os = "linux")]
-unsafe fn recv_many(fd: RawFd, hdrs: *mut Mmsg, n: usize) -> isize {
+unsafe fn recv_many(fd: RawFd, hdrs: *mut Mmsg, n: usize, wait: bool) -> isize {
+    let flags = if wait {
+        libc::MSG_WAITFORONE
+    } else {
+        libc::MSG_DONTWAIT
+    };
     // SAFETY: as the caller guarantees; a null timeout is allowed (and the argument is buggy).
     unsafe {
         libc::recvmmsg(
             fd,
             hdrs,
             n as libc::c_uint,
-            libc::MSG_WAITFORONE as _,
+            flags as _,
             std::ptr::null_mut(),
         ) as isize
     }
@@ -384,10 +390,11 @@ unsafe fn recv_many(fd: RawFd, hdrs: *mut Mmsg, n: usize) -> isize {
 ///
 /// As the Linux version.
 #[cfg(not(target_os = "linux"))]
-unsafe fn recv_many(fd: RawFd, hdrs: *mut Mmsg, _n: usize) -> isize {
+unsafe fn recv_many(fd: RawFd, hdrs: *mut Mmsg, _n: usize, wait: bool) -> isize {
+    let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
     // SAFETY: as the caller guarantees for the first header.
     unsafe {
-        let r = libc::recvmsg(fd, &raw mut (*hdrs).msg_hdr, 0);
+        let r = libc::recvmsg(fd, &raw mut (*hdrs).msg_hdr, flags);
         if r < 0 {
             return -1;
         }
@@ -503,6 +510,21 @@ impl Batch {
     /// The OS error when nothing was received: `WouldBlock` on timeout or an empty non-blocking
     /// socket, `ConnectionRefused` on a connected socket after an ICMP port unreachable, ...
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_with(fd, true)
+    }
+
+    /// [`Batch::recv`] without waiting, whatever the socket's mode: `WouldBlock` if nothing is
+    /// queued. A thread polling this way is never asleep on the socket, so senders to it do not
+    /// pay for waking it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Batch::recv`].
+    pub fn try_recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_with(fd, false)
+    }
+
+    fn recv_with(&mut self, fd: RawFd, wait: bool) -> io::Result<usize> {
         self.n = 0;
         self.n_replies = 0;
         for i in 0..BATCH {
@@ -533,7 +555,7 @@ impl Batch {
         // SAFETY: the first `want` headers were just pointed at this batch's live buffers,
         // sockaddr storage, iovecs and control buffers, with their exact lengths; all are owned by
         // `self` (boxed, so they do not move) and outlive the call.
-        let r = unsafe { recv_many(fd, self.hdrs.as_mut_ptr(), want) };
+        let r = unsafe { recv_many(fd, self.hdrs.as_mut_ptr(), want, wait) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
