@@ -372,44 +372,58 @@ async fn udp_reflector_answers_from_the_address_it_was_asked_on_v6() {
     r.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn udp_reflector_answers_bursts_per_packet() {
-    let r = TestReflector::start(vec![Key::from_secret("k")]).await;
+/// Request size of packet `seq` in [`burst_round_trip`]: mixed sizes in the first burst, one
+/// size after (so replies to one sender can be coalesced into one GSO send).
+fn burst_len(seq: u32) -> usize {
+    if seq < 100 {
+        MIN_PACKET_BYTES + (seq as usize * 7) % 300
+    } else {
+        MIN_PACKET_BYTES + 100
+    }
+}
+
+/// Bursts over one batch (64) to a reflector bound to `bind`, sent to `dest` at its port, with
+/// junk in between: every request is answered from `dest`, at its own size with its own stamps,
+/// the junk is counted, nothing else comes back. Bursts of 100, so the replies fit the socket's
+/// default receive buffer.
+async fn burst_round_trip(bind: &str, dest: IpAddr) {
+    let r = TestReflector::start_on(bind.parse().expect("addr"), vec![Key::from_secret("k")]).await;
     let key = WireKey::new(&Key::from_secret("k"));
-    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let to = SocketAddr::new(dest, r.addr.port());
+    let sock = UdpSocket::bind(SocketAddr::new(
+        if dest.is_ipv4() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            Ipv6Addr::LOCALHOST.into()
+        },
+        0,
+    ))
+    .expect("bind");
     sock.set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
-    // Bursts over one batch (64), of mixed sizes and with junk in between: every request is
-    // answered at its own size with its own stamps, the junk is counted, nothing else comes back.
-    // Bursts of 100, so the replies fit this socket's default receive buffer.
     const N: u32 = 300;
     let mut seen = vec![false; N as usize];
     let mut buf = [0u8; 2048];
     for burst in 0..N / 100 {
         for seq in burst * 100..(burst + 1) * 100 {
-            let len = MIN_PACKET_BYTES + (seq as usize * 7) % 300;
-            let mut req = vec![0u8; len];
+            let mut req = vec![0u8; burst_len(seq)];
             wire::encode(
                 &Header::request(key.id, 5, seq, u64::from(seq), 0),
                 &key,
                 &mut req,
             )
             .expect("valid size");
-            sock.send_to(&req, r.addr).expect("send");
+            sock.send_to(&req, to).expect("send");
             if seq % 10 == 0 {
-                sock.send_to(&[1u8; 50], r.addr).expect("send junk");
+                sock.send_to(&[1u8; 50], to).expect("send junk");
             }
         }
         for _ in 0..100 {
             let (n, from) = sock.recv_from(&mut buf).expect("reply");
-            assert_eq!(from, r.addr);
+            assert_eq!(from, to, "answered from the address asked on");
             let h = wire::decode(&buf[..n], std::slice::from_ref(&key)).expect("reply verifies");
             assert_eq!(h.msg_type, MessageType::Reply);
-            assert_eq!(
-                n,
-                MIN_PACKET_BYTES + (h.seq as usize * 7) % 300,
-                "same size as asked"
-            );
+            assert_eq!(n, burst_len(h.seq), "same size as asked");
             assert!(h.t2 > 0 && h.t3 >= h.t2, "t2 {} t3 {}", h.t2, h.t3);
             assert!(
                 h.t3 - h.t2 < 1_000_000_000,
@@ -425,6 +439,22 @@ async fn udp_reflector_answers_bursts_per_packet() {
     assert!(eventually(|| r.stats.dropped(DropReason::Malformed) == u64::from(N / 10)).await);
     assert!(eventually(|| r.stats.answered() == u64::from(N)).await);
     r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_reflector_answers_bursts_per_packet() {
+    burst_round_trip("127.0.0.1:0", Ipv4Addr::LOCALHOST.into()).await;
+    // Batched, coalesced replies from a wildcard socket still leave from the address asked on.
+    burst_round_trip("0.0.0.0:0", Ipv4Addr::new(127, 0, 0, 77).into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_reflector_answers_bursts_per_packet_v6() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    }
+    burst_round_trip("[::]:0", Ipv6Addr::LOCALHOST.into()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -224,6 +224,8 @@ class Bench:
                 "reflector_socket_drops": drops if drops is not None else -1,
                 "generator_reply_drops": best.get("generator_rx_drops") if best.get("generator_rx_drops") is not None else -1,
                 "reflector_cpu_of_core": best["reflector_cpu"], "generator_cpu_of_core": best.get("generator_cpu", -1.0),
+                # What one whole core would reflect at this cost (core 0 may be shared with others).
+                "reflected_pps_per_reflector_core": best["recv_pps"] / max(1e-9, best["reflector_cpu"]),
                 "generator_was_limit": not refl_limited,
                 "targets": {">= 200,000 pps": best["recv_pps"] >= 200_000}}
 

@@ -210,7 +210,9 @@ impl UdpReflector {
 /// Batched: one `recvmmsg` takes up to [`sys::BATCH`] queued requests (it waits only for the
 /// first, so at low rates a batch is one packet and nothing waits for company), each is checked
 /// and stamped in place, and one `sendmmsg` sends the replies, each from the address its request
-/// was sent to. Per packet: t2 is that packet's own kernel receive stamp; t3 is read just before
+/// was sent to (consecutive same-size replies to one sender as one UDP GSO send, cut by the
+/// kernel into the same datagrams; see [`sys::Batch::send_replies`]). The HMAC keys are prepared
+/// once ([`WireKey`]); nothing is allocated per packet. Per packet: t2 is that packet's own kernel receive stamp; t3 is read just before
 /// that packet's MAC is computed, the latest moment a stamp inside the MAC can be taken. In a
 /// batch of k the replies all leave at the `sendmmsg` call, so a packet's t3 may precede its real
 /// send time by the MACs of the packets after it (k ≤ 64, under a microsecond each); the

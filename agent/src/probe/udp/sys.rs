@@ -258,8 +258,42 @@ fn control_info(msg: &libc::msghdr) -> (Option<u64>, Option<PktInfo>) {
     (stamp, local)
 }
 
-/// Writes the control message that makes a reply leave from the address `info` says the request
-/// was sent to. Returns the control length to send (0: none, let the kernel choose).
+/// Appends one control message carrying `value` at byte `off` of `control`; returns the offset
+/// after it, or `None` (nothing written) when it does not fit.
+#[cfg(target_os = "linux")]
+fn push_cmsg<T: Copy>(
+    control: &mut Control,
+    off: usize,
+    level: libc::c_int,
+    ty: libc::c_int,
+    value: T,
+) -> Option<usize> {
+    let payload = std::mem::size_of::<T>() as libc::c_uint;
+    // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
+    let (space, len) = unsafe { (libc::CMSG_SPACE(payload), libc::CMSG_LEN(payload)) };
+    let end = off.checked_add(space as usize)?;
+    if end > control.0.len() || !off.is_multiple_of(std::mem::align_of::<libc::cmsghdr>()) {
+        return None;
+    }
+    // SAFETY: [off, end) lies inside `control`, whose start is 8-aligned, and `off` is a multiple
+    // of cmsghdr's alignment (checked; every offset is a sum of CMSG_SPACEs), so the header write
+    // is aligned and in bounds; CMSG_DATA of it is within the CMSG_SPACE reserved, and the payload
+    // is written unaligned.
+    unsafe {
+        let c = control.0.as_mut_ptr().add(off).cast::<libc::cmsghdr>();
+        c.write(libc::cmsghdr {
+            cmsg_len: len as _,
+            cmsg_level: level,
+            cmsg_type: ty,
+        });
+        libc::CMSG_DATA(c).cast::<T>().write_unaligned(value);
+    }
+    Some(end)
+}
+
+/// Writes the control messages of one send: the pktinfo that makes the reply leave from the
+/// address `local` says the request was sent to, and `UDP_SEGMENT` when `gso_size` is set.
+/// Returns the control length to send (0: none; the kernel chooses the source).
 ///
 /// IPv4: `IP_PKTINFO` with `ipi_spec_dst` = the request's destination (the kernel's own choice
 /// `spec_dst` when that was a broadcast or multicast address) and `ipi_ifindex` = 0: the source
@@ -269,76 +303,61 @@ fn control_info(msg: &libc::msghdr) -> (Option<u64>, Option<PktInfo>) {
 /// the route lookup. IPv6: `IPV6_PKTINFO` with the destination and the arrival interface (which a
 /// link-local source needs; a multicast destination is left to the kernel).
 #[cfg(target_os = "linux")]
-fn write_pktinfo(info: &PktInfo, control: &mut Control) -> usize {
-    // SAFETY: all-zero is a valid msghdr; it only describes `control` to the CMSG_* helpers.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_control = control.0.as_mut_ptr().cast();
-    msg.msg_controllen = control.0.len() as _;
-    let (level, ty, payload_len) = match info {
-        PktInfo::V4 { .. } => (
-            libc::IPPROTO_IP,
-            libc::IP_PKTINFO,
-            std::mem::size_of::<libc::in_pktinfo>(),
-        ),
-        PktInfo::V6 { .. } => (
-            libc::IPPROTO_IPV6,
-            libc::IPV6_PKTINFO,
-            std::mem::size_of::<libc::in6_pktinfo>(),
-        ),
-    };
-    // SAFETY: `control` is 128 aligned bytes, more than CMSG_SPACE of either pktinfo (32 or 40),
-    // so CMSG_FIRSTHDR is non-null (checked anyway) and the header and payload written below lie
-    // inside it; payloads are written unaligned.
-    unsafe {
-        let space = libc::CMSG_SPACE(payload_len as libc::c_uint) as usize;
-        let c = libc::CMSG_FIRSTHDR(&raw const msg);
-        if c.is_null() || space > control.0.len() {
-            return 0;
+fn write_control(local: Option<&PktInfo>, gso_size: Option<u16>, control: &mut Control) -> usize {
+    let mut off = 0;
+    match local.copied() {
+        Some(PktInfo::V4 { dst, spec_dst, .. }) => {
+            let src = if dst.is_multicast() || dst.is_broadcast() || dst.is_unspecified() {
+                spec_dst
+            } else {
+                dst
+            };
+            let p = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from(src).to_be(),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            off = push_cmsg(control, off, libc::IPPROTO_IP, libc::IP_PKTINFO, p).unwrap_or(off);
         }
-        (*c).cmsg_level = level;
-        (*c).cmsg_type = ty;
-        (*c).cmsg_len = libc::CMSG_LEN(payload_len as libc::c_uint) as _;
-        let data = libc::CMSG_DATA(c);
-        match *info {
-            PktInfo::V4 { dst, spec_dst, .. } => {
-                let src = if dst.is_multicast() || dst.is_broadcast() || dst.is_unspecified() {
-                    spec_dst
-                } else {
-                    dst
-                };
-                let p = libc::in_pktinfo {
-                    ipi_ifindex: 0,
-                    ipi_spec_dst: libc::in_addr {
-                        s_addr: u32::from(src).to_be(),
-                    },
-                    ipi_addr: libc::in_addr { s_addr: 0 },
-                };
-                std::ptr::write_unaligned(data.cast::<libc::in_pktinfo>(), p);
-            }
-            PktInfo::V6 { dst, ifindex } => {
-                let src = if dst.is_multicast() {
-                    Ipv6Addr::UNSPECIFIED
-                } else {
-                    dst
-                };
-                let p = libc::in6_pktinfo {
-                    ipi6_addr: libc::in6_addr {
-                        s6_addr: src.octets(),
-                    },
-                    ipi6_ifindex: ifindex,
-                };
-                std::ptr::write_unaligned(data.cast::<libc::in6_pktinfo>(), p);
-            }
+        Some(PktInfo::V6 { dst, ifindex }) => {
+            let src = if dst.is_multicast() {
+                Ipv6Addr::UNSPECIFIED
+            } else {
+                dst
+            };
+            let p = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: src.octets(),
+                },
+                ipi6_ifindex: ifindex,
+            };
+            off = push_cmsg(control, off, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, p).unwrap_or(off);
         }
-        space
+        None => {}
     }
+    if let Some(size) = gso_size {
+        off = push_cmsg(control, off, libc::SOL_UDP, libc::UDP_SEGMENT, size).unwrap_or(off);
+    }
+    off
 }
 
-/// Replies leave from the kernel's choice of address on this target.
+/// Replies leave from the kernel's choice of address, unsegmented, on this target.
 #[cfg(not(target_os = "linux"))]
-fn write_pktinfo(_info: &PktInfo, _control: &mut Control) -> usize {
+fn write_control(
+    _local: Option<&PktInfo>,
+    _gso_size: Option<u16>,
+    _control: &mut Control,
+) -> usize {
     0
 }
+
+/// Most replies coalesced into one UDP GSO send (the kernel's limit is at least 64).
+const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Largest total UDP payload of one GSO send (an IP datagram's limit, with room for headers).
+const GSO_MAX_BYTES: usize = 65_000;
 
 /// Most datagrams one [`Batch`] receives or sends per system call.
 pub const BATCH: usize = 64;
@@ -461,6 +480,10 @@ pub struct Batch {
     /// Queued replies: (slot, length).
     replies: Box<[(usize, usize)]>,
     n_replies: usize,
+    /// Per send header: (first reply, replies in it).
+    groups: Box<[(usize, usize)]>,
+    /// Coalesce replies to one peer with UDP GSO (off once the kernel refuses it).
+    gso: bool,
 }
 
 impl std::fmt::Debug for Batch {
@@ -498,6 +521,8 @@ impl Batch {
             n: 0,
             replies: vec![(0, 0); BATCH].into_boxed_slice(),
             n_replies: 0,
+            groups: vec![(0, 0); BATCH].into_boxed_slice(),
+            gso: cfg!(target_os = "linux"),
         }
     }
 
@@ -627,69 +652,128 @@ impl Batch {
     /// Sends the queued replies with `sendmmsg` (as few calls as the kernel allows), each to its
     /// request's sender and from the address the request was sent to (when known), then
     /// forgets them. A reply the kernel refuses is counted and skipped.
+    ///
+    /// Consecutive replies of one length to one sender (from one address) go out as one UDP GSO
+    /// send (`UDP_SEGMENT`, a scatter list over their buffers: no copy) that the kernel — or the
+    /// NIC — cuts into exactly the same datagrams: one trip through the IP stack instead of one
+    /// per reply. If the kernel refuses GSO the rest is sent unsegmented, and GSO stays off.
     pub fn send_replies(&mut self, fd: RawFd) -> Sent {
         let mut out = Sent::default();
-        let count = self.n_replies;
+        let count = self.n_replies.min(self.replies.len());
         self.n_replies = 0;
-        for j in 0..count {
+        let mut from = 0;
+        while let Some(retry) = self.send_from(fd, from, count, &mut out) {
+            self.gso = false;
+            from = retry;
+        }
+        out
+    }
+
+    /// Sends replies `from..count`. Returns the first reply to send again without GSO when the
+    /// kernel refused a GSO send.
+    fn send_from(&mut self, fd: RawFd, from: usize, count: usize, out: &mut Sent) -> Option<usize> {
+        let mut n_hdrs = 0;
+        let mut j = from;
+        while j < count {
             let Some(&(slot, len)) = self.replies.get(j) else {
                 break;
             };
-            let (Some(buf), Some(name), Some(&name_len), Some(got), Some(ctl), Some(iov), Some(h)) = (
-                self.bufs.get_mut(slot),
+            let Some(got) = self.got.get(slot).copied() else {
+                break;
+            };
+            let mut m = 1;
+            if self.gso {
+                while j + m < count && m < GSO_MAX_SEGMENTS && (m + 1) * len <= GSO_MAX_BYTES {
+                    let same = self.replies.get(j + m).is_some_and(|&(s2, l2)| {
+                        l2 == len
+                            && self
+                                .got
+                                .get(s2)
+                                .is_some_and(|g| g.peer == got.peer && g.local == got.local)
+                    });
+                    if !same {
+                        break;
+                    }
+                    m += 1;
+                }
+            }
+            for k in j..j + m {
+                let (Some(&(s, l)), Some(iov)) = (self.replies.get(k), self.iovs.get_mut(k)) else {
+                    break;
+                };
+                let Some(buf) = self.bufs.get_mut(s) else {
+                    break;
+                };
+                *iov = libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: l.min(buf.len()),
+                };
+            }
+            let gso_size = (m > 1).then(|| u16::try_from(len).unwrap_or(u16::MAX));
+            let (Some(ctl), Some(h), Some(g), Some(name), Some(&name_len), Some(iov)) = (
+                self.tx_control.get_mut(n_hdrs),
+                self.hdrs.get_mut(n_hdrs),
+                self.groups.get_mut(n_hdrs),
                 self.names.get_mut(slot),
                 self.name_lens.get(slot),
-                self.got.get(slot),
-                self.tx_control.get_mut(j),
                 self.iovs.get_mut(j),
-                self.hdrs.get_mut(j),
             ) else {
                 break;
             };
-            *iov = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: len.min(got.len).min(buf.len()),
-            };
-            let control_len = got.local.as_ref().map_or(0, |l| write_pktinfo(l, ctl));
-            let m = &mut h.msg_hdr;
-            m.msg_name = std::ptr::from_mut(name).cast();
-            m.msg_namelen = name_len;
-            m.msg_iov = std::ptr::from_mut(iov);
-            m.msg_iovlen = 1;
-            m.msg_control = if control_len == 0 {
+            let control_len = write_control(got.local.as_ref(), gso_size, ctl);
+            let mh = &mut h.msg_hdr;
+            mh.msg_name = std::ptr::from_mut(name).cast();
+            mh.msg_namelen = name_len;
+            mh.msg_iov = std::ptr::from_mut(iov);
+            mh.msg_iovlen = m as _;
+            mh.msg_control = if control_len == 0 {
                 std::ptr::null_mut()
             } else {
                 ctl.0.as_mut_ptr().cast()
             };
-            m.msg_controllen = control_len as _;
-            m.msg_flags = 0;
+            mh.msg_controllen = control_len as _;
+            mh.msg_flags = 0;
             h.msg_len = 0;
+            *g = (j, m);
+            n_hdrs += 1;
+            j += m;
         }
-        let count = count.min(self.hdrs.len());
         let mut done = 0;
-        while done < count {
-            let Some(rest) = self.hdrs.get_mut(done..count) else {
+        while done < n_hdrs {
+            let Some(rest) = self.hdrs.get_mut(done..n_hdrs) else {
                 break;
             };
-            // SAFETY: headers [done, count) were just pointed at this batch's live buffers
-            // (lengths at most the slot's), sender addresses (with the kernel's own lengths) and
-            // control buffers (with the length written); all owned by `self` and outliving the
-            // call.
+            // SAFETY: headers [done, n_hdrs) were just pointed at this batch's live buffers
+            // (through iovecs [from, count), lengths at most the slot's), sender addresses (with
+            // the kernel's own lengths) and control buffers (with the length written); all are
+            // owned by `self` (boxed: they do not move) and outlive the call.
             let r = unsafe { send_many(fd, rest.as_mut_ptr(), rest.len()) };
             if r > 0 {
-                out.sent += r as usize;
-                done += r as usize;
-            } else {
-                let e = io::Error::last_os_error();
-                if r < 0 && e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+                let r = (r as usize).min(n_hdrs - done);
+                for &(_, m) in self.groups.get(done..done + r).unwrap_or_default() {
+                    out.sent += m;
                 }
-                out.failed += 1;
-                done += 1;
-                out.error.get_or_insert(e);
+                done += r;
+                continue;
             }
+            let e = io::Error::last_os_error();
+            if r < 0 && e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            let (first, m) = self.groups.get(done).copied().unwrap_or((0, 1));
+            if m > 1
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+                )
+            {
+                return Some(first);
+            }
+            out.failed += m;
+            out.error.get_or_insert(e);
+            done += 1;
         }
-        out
+        None
     }
 }
 
