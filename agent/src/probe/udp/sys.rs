@@ -1,9 +1,9 @@
 //! The UDP data plane's only unsafe code: `recvmsg`/`recvmmsg`/`sendmmsg` with control messages.
 //!
-//! On Linux, [`enable_rx_timestamps`] sets `SO_TIMESTAMPING` with
+//! On Linux, `enable_rx_timestamps` sets `SO_TIMESTAMPING` with
 //! `SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE`, so each datagram carries an
 //! `SCM_TIMESTAMPING` control message whose first `timespec` is the `CLOCK_REALTIME` time the
-//! kernel received it — before any scheduling delay of ours. [`enable_pktinfo`] adds
+//! kernel received it — before any scheduling delay of ours. `enable_pktinfo` adds
 //! `IP_PKTINFO` / `IPV6_PKTINFO`: the address a datagram was sent to, so a reflector bound to a
 //! wildcard address can answer from exactly that address ([`Batch::send_replies`]).
 //!
