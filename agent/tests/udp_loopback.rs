@@ -3,12 +3,14 @@
 //! Real sockets do not obey paused time, so timing is asserted only as ranges; exact arithmetic
 //! is tested in the sans-IO core (`probe::udp::session`).
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
 use meshlat_agent::probe::udp::UdpProbe;
-use meshlat_agent::probe::udp::wire::{self, Header, MAX_PACKET_BYTES, MIN_PACKET_BYTES, WireKey};
+use meshlat_agent::probe::udp::wire::{
+    self, Header, MAX_PACKET_BYTES, MIN_PACKET_BYTES, MessageType, WireKey,
+};
 use meshlat_agent::probe::{Key, Outcome, ProbeSpec};
 use meshlat_agent::respond::udp::{DropReason, ReflectorStats, UdpReflector};
 use meshlat_agent::target::Target;
@@ -25,7 +27,11 @@ struct TestReflector {
 
 impl TestReflector {
     async fn start(keys: Vec<Key>) -> Self {
-        let r = UdpReflector::bind("127.0.0.1:0".parse().expect("addr"), keys)
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), keys).await
+    }
+
+    async fn start_on(bind: SocketAddr, keys: Vec<Key>) -> Self {
+        let r = UdpReflector::bind(bind, keys)
             .await
             .expect("bind reflector");
         let addr = r.local_addr();
@@ -42,6 +48,11 @@ impl TestReflector {
 
     fn target(&self) -> Target {
         Target::parse(&format!("udp://{}", self.addr)).expect("target")
+    }
+
+    /// The reflector's port at another address (for a reflector on a wildcard address).
+    fn target_at(&self, ip: IpAddr) -> Target {
+        Target::parse(&format!("udp://{}", SocketAddr::new(ip, self.addr.port()))).expect("target")
     }
 
     async fn shutdown(mut self) {
@@ -125,7 +136,8 @@ async fn udp_probe_gets_every_sample_from_reflector() {
         "same host, same clock: offset {offset} ms"
     );
     assert!(t.jitter_ms.is_some());
-    assert_eq!(r.stats.answered(), 20);
+    // Counted once the reply's send call returns: possibly just after the prober got it.
+    assert!(eventually(|| r.stats.answered() == 20).await);
     // Process-wide Prometheus counter (other tests may add to it concurrently).
     assert!(answered_metric() >= answered_before + 20);
     r.shutdown().await;
@@ -241,7 +253,11 @@ async fn udp_junk_is_dropped_while_real_probe_succeeds() {
     ] {
         assert!(s.dropped(reason) > 0, "{reason:?} not counted");
     }
-    assert_eq!(s.answered(), 30, "only the real probe was answered");
+    assert!(
+        eventually(|| s.answered() == 30).await,
+        "only the real probe was answered: {}",
+        s.answered()
+    );
     r.shutdown().await;
 }
 
@@ -283,4 +299,187 @@ async fn udp_unresolvable_name_is_dns() {
         Outcome::Ok => panic!("resolved an .invalid name"),
     }
     assert!(m.data.train.is_none());
+}
+
+/// Runs one train to every address in `ips` at `r`'s port; every sample must come back (the
+/// prober's socket is connected, so a reply from any other source address would be ignored).
+async fn probe_each(r: &TestReflector, ips: &[IpAddr]) {
+    for ip in ips {
+        let probe = UdpProbe::new(&spec("k", 5, 1, 1000)).expect("valid spec");
+        let m = probe.run_once(&r.target_at(*ip)).await;
+        assert_eq!(m.outcome, Outcome::Ok, "{ip}: {m:?}");
+        let t = m.data.train.expect("train stats");
+        assert_eq!((t.sent, t.samples), (5, 5), "{ip}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_reflector_answers_from_the_address_it_was_asked_on() {
+    let r = TestReflector::start_on(
+        "0.0.0.0:0".parse().expect("addr"),
+        vec![Key::from_secret("k")],
+    )
+    .await;
+    // All loopback (127.0.0.0/8 is local on Linux), none the kernel's default source but the
+    // first.
+    let ips = [
+        Ipv4Addr::new(127, 0, 0, 1),
+        Ipv4Addr::new(127, 0, 0, 2),
+        Ipv4Addr::new(127, 0, 0, 77),
+    ]
+    .map(IpAddr::V4);
+    probe_each(&r, &ips).await;
+    assert!(eventually(|| r.stats.answered() == 15).await);
+
+    // The source address seen by an unconnected socket, too.
+    let key = WireKey::new(&Key::from_secret("k"));
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut req = vec![0u8; MIN_PACKET_BYTES];
+    wire::encode(&Header::request(key.id, 1, 0, 1, 0), &key, &mut req).expect("valid size");
+    let to = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 77)), r.addr.port());
+    sock.send_to(&req, to).expect("send");
+    let mut buf = [0u8; 2048];
+    let (n, from) = sock.recv_from(&mut buf).expect("reply");
+    assert_eq!(
+        from, to,
+        "reply must come from the address the request was sent to"
+    );
+    assert_eq!(n, req.len());
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_reflector_answers_from_the_address_it_was_asked_on_v6() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    }
+    let r =
+        TestReflector::start_on("[::]:0".parse().expect("addr"), vec![Key::from_secret("k")]).await;
+    let mut ips = vec![IpAddr::V6(Ipv6Addr::LOCALHOST)];
+    // A dual-stack socket (the Linux default) also answers IPv4, from the address asked on.
+    let dual =
+        std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").is_ok_and(|s| s.trim() == "0");
+    if dual {
+        ips.push(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 77)));
+    }
+    probe_each(&r, &ips).await;
+    // Counted after the send returns, so possibly just after the prober has its reply.
+    let want = 5 * ips.len() as u64;
+    assert!(eventually(|| r.stats.answered() == want).await);
+    r.shutdown().await;
+}
+
+/// Request size of packet `seq` in [`burst_round_trip`]: mixed sizes in the first burst, one
+/// size after (so replies to one sender can be coalesced into one GSO send).
+fn burst_len(seq: u32) -> usize {
+    if seq < 100 {
+        MIN_PACKET_BYTES + (seq as usize * 7) % 300
+    } else {
+        MIN_PACKET_BYTES + 100
+    }
+}
+
+/// Bursts over one batch (64) to a reflector bound to `bind`, sent to `dest` at its port, with
+/// junk in between: every request is answered from `dest`, at its own size with its own stamps,
+/// the junk is counted, nothing else comes back. Bursts of 100, so the replies fit the socket's
+/// default receive buffer.
+async fn burst_round_trip(bind: &str, dest: IpAddr) {
+    let r = TestReflector::start_on(bind.parse().expect("addr"), vec![Key::from_secret("k")]).await;
+    let key = WireKey::new(&Key::from_secret("k"));
+    let to = SocketAddr::new(dest, r.addr.port());
+    let sock = UdpSocket::bind(SocketAddr::new(
+        if dest.is_ipv4() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            Ipv6Addr::LOCALHOST.into()
+        },
+        0,
+    ))
+    .expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    const N: u32 = 300;
+    let mut seen = vec![false; N as usize];
+    let mut buf = [0u8; 2048];
+    for burst in 0..N / 100 {
+        for seq in burst * 100..(burst + 1) * 100 {
+            let mut req = vec![0u8; burst_len(seq)];
+            wire::encode(
+                &Header::request(key.id, 5, seq, u64::from(seq), 0),
+                &key,
+                &mut req,
+            )
+            .expect("valid size");
+            sock.send_to(&req, to).expect("send");
+            if seq % 10 == 0 {
+                sock.send_to(&[1u8; 50], to).expect("send junk");
+            }
+        }
+        for _ in 0..100 {
+            let (n, from) = sock.recv_from(&mut buf).expect("reply");
+            assert_eq!(from, to, "answered from the address asked on");
+            let h = wire::decode(&buf[..n], std::slice::from_ref(&key)).expect("reply verifies");
+            assert_eq!(h.msg_type, MessageType::Reply);
+            assert_eq!(n, burst_len(h.seq), "same size as asked");
+            assert!(h.t2 > 0 && h.t3 >= h.t2, "t2 {} t3 {}", h.t2, h.t3);
+            assert!(
+                h.t3 - h.t2 < 1_000_000_000,
+                "reflector time {} ns",
+                h.t3 - h.t2
+            );
+            let slot = &mut seen[h.seq as usize];
+            assert!(!*slot, "duplicate reply {}", h.seq);
+            *slot = true;
+        }
+    }
+    assert!(seen.iter().all(|s| *s));
+    assert!(eventually(|| r.stats.dropped(DropReason::Malformed) == u64::from(N / 10)).await);
+    assert!(eventually(|| r.stats.answered() == u64::from(N)).await);
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_reflector_answers_bursts_per_packet() {
+    burst_round_trip("127.0.0.1:0", Ipv4Addr::LOCALHOST.into()).await;
+    // Batched, coalesced replies from a wildcard socket still leave from the address asked on.
+    burst_round_trip("0.0.0.0:0", Ipv4Addr::new(127, 0, 0, 77).into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_reflector_answers_bursts_per_packet_v6() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    }
+    burst_round_trip("[::]:0", Ipv6Addr::LOCALHOST.into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_reflector_stops_promptly_while_busy() {
+    let r = TestReflector::start(vec![Key::from_secret("k")]).await;
+    let addr = r.addr;
+    // A steady trickle (every 5 ms, well under the 50 ms receive timeout) so the reflector never
+    // idles out of its receive call.
+    let stop = CancellationToken::new();
+    let trickle = {
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || {
+            let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            while !stop.is_cancelled() {
+                let _ = s.send_to(&[0u8; 200], addr);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    assert!(eventually(|| r.stats.dropped(DropReason::Malformed) > 5).await);
+    let start = tokio::time::Instant::now();
+    r.shutdown().await;
+    let took = start.elapsed();
+    stop.cancel();
+    trickle.await.expect("trickle");
+    // Within SHUTDOWN_POLL (50 ms) in principle; slack for a loaded test machine.
+    assert!(took < Duration::from_millis(500), "shutdown took {took:?}");
 }

@@ -3,19 +3,23 @@
 //! For each datagram the reflector:
 //!
 //! 1. reads it with its kernel receive timestamp (t2; the process clock if unavailable);
-//! 2. validates it: size in [`wire::MIN_PACKET_BYTES`]..=[`MAX_PACKET_BYTES`], magic and version,
-//!    message type *request* (never a reply, so two reflectors cannot ping-pong), a known key
-//!    id and a valid HMAC;
+//! 2. validates it: size in [`wire::MIN_PACKET_BYTES`]..=[`wire::MAX_PACKET_BYTES`], magic and
+//!    version, message type *request* (never a reply, so two reflectors cannot ping-pong), a known
+//!    key id and a valid HMAC;
 //! 3. turns it into a reply in place — type, t2, its clock error bound, t3 read just before the
-//!    MAC is recomputed — and sends it back to the sender with exactly the request's length.
+//!    MAC is recomputed — and sends it back to the sender with exactly the request's length,
+//!    *from the address the request was sent to* (`IP_PKTINFO` / `IPV6_PKTINFO`), so a
+//!    reflector bound to `0.0.0.0` or `::` answers a request to a secondary address from that
+//!    address and the prober's connected socket accepts it.
 //!
 //! Anything else is dropped and counted (`meshlat_responder_requests_total{protocol="udp"}` with
 //! `result` = [`DropReason::as_str`], and [`ReflectorStats`]); answered packets are counted as
 //! `answered`. Nothing is ever sent larger than what was received.
 //!
 //! The loop runs on its own OS thread with a blocking socket (read timeout
-//! [`SHUTDOWN_POLL`] to notice shutdown): no async wake-up on the path, one receive buffer
-//! reused for every packet, no allocation per answered packet.
+//! [`SHUTDOWN_POLL`] to notice shutdown): no async wake-up on the path, requests received and
+//! replies sent in batches (`recvmmsg` / `sendmmsg`, see `serve`) in buffers allocated once, no
+//! allocation per answered packet.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -29,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, clock_error_bound_ms};
 use crate::metrics::{self, ResponderLabels};
 use crate::probe::Key;
-use crate::probe::udp::wire::{self, MAX_PACKET_BYTES, MessageType, WireError, WireKey};
+use crate::probe::udp::wire::{self, MessageType, WireError, WireKey};
 use crate::probe::udp::{StampMapper, sys};
 
 /// How often the serving thread checks for shutdown while idle.
@@ -46,7 +50,7 @@ const RECV_BUFFER_BYTES: usize = 4 << 20;
 pub enum DropReason {
     /// Too short, bad magic, or unknown message type.
     Malformed,
-    /// Larger than [`MAX_PACKET_BYTES`].
+    /// Larger than [`wire::MAX_PACKET_BYTES`].
     Oversize,
     /// Right magic, a wire version we do not speak.
     Version,
@@ -141,6 +145,14 @@ impl UdpReflector {
                 message = "Kernel receive timestamps unavailable; using the process clock for t2."
             );
         }
+        // On a wildcard address, replies must leave from the address each request was sent to
+        // (the prober's connected socket ignores any other source).
+        if !sys::enable_pktinfo(s.as_raw_fd(), addr.is_ipv6()) && addr.ip().is_unspecified() {
+            tracing::warn!(
+                message = "Destination addresses (IP_PKTINFO) unavailable; replies to a secondary address may come from another and be ignored.",
+                %addr
+            );
+        }
         s.set_read_timeout(Some(SHUTDOWN_POLL))?;
         s.bind(&addr.into())?;
         Ok(UdpReflector {
@@ -194,23 +206,36 @@ impl UdpReflector {
 }
 
 /// The serving loop (blocking).
+///
+/// Batched: one `recvmmsg` takes up to [`sys::BATCH`] queued requests (it waits only for the
+/// first, so at low rates a batch is one packet and nothing waits for company), each is checked
+/// and stamped in place, and one `sendmmsg` sends the replies, each from the address its request
+/// was sent to (consecutive same-size replies to one sender as one UDP GSO send, cut by the
+/// kernel into the same datagrams; see [`sys::Batch::send_replies`]). The HMAC keys are prepared
+/// once ([`WireKey`]); nothing is allocated per packet. Per packet: t2 is that packet's own kernel receive stamp; t3 is read just before
+/// that packet's MAC is computed, the latest moment a stamp inside the MAC can be taken. In a
+/// batch of k the replies all leave at the `sendmmsg` call, so a packet's t3 may precede its real
+/// send time by the MACs of the packets after it (k ≤ 64, under a microsecond each); the
+/// reflector's time t3 − t2 — including the time a request waited in the socket queue and in the
+/// batch — is still subtracted from each packet's RTT individually.
 fn serve(socket: &UdpSocket, keys: &[Key], stats: &ReflectorStats, shutdown: &CancellationToken) {
     let keys: Vec<WireKey> = keys.iter().map(WireKey::new).collect();
     let fd = socket.as_raw_fd();
     // Counter handles taken once: incrementing them is one atomic add, no label lookup.
     let answered = counter("answered");
-    let mut buf = [0u8; MAX_PACKET_BYTES + 1];
+    let dropped = DropReason::ALL.map(|r| counter(r.as_str()));
+    let mut batch = sys::Batch::new();
     let mut error_us = wire::error_bound_to_wire(clock_error_bound_ms());
     let mut error_read_at = Clock::now_ns();
-    let mut since_check = 0u32;
     let mut stamps = StampMapper::default();
     loop {
-        let r = match sys::recv(fd, &mut buf) {
-            Ok(r) => r,
+        // One lock-free-enough check per batch: a busy reflector still stops promptly.
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let n = match batch.recv(fd) {
+            Ok(n) => n,
             Err(e) => {
-                if shutdown.is_cancelled() {
-                    return;
-                }
                 match e.kind() {
                     std::io::ErrorKind::WouldBlock
                     | std::io::ErrorKind::TimedOut
@@ -224,39 +249,42 @@ fn serve(socket: &UdpSocket, keys: &[Key], stats: &ReflectorStats, shutdown: &Ca
                 continue;
             }
         };
-        let t2 = r
-            .rx_realtime_ns
-            .map_or_else(Clock::now_ns, |ts| stamps.map(ts));
-        if t2.saturating_sub(error_read_at) > ERROR_BOUND_REFRESH_NS {
-            error_us = wire::error_bound_to_wire(clock_error_bound_ms());
-            error_read_at = t2;
-        }
-        since_check += 1;
-        if since_check >= 1024 {
-            since_check = 0;
-            if shutdown.is_cancelled() {
-                return;
+        for i in 0..n {
+            let Some((r, pkt)) = batch.packet_mut(i) else {
+                continue;
+            };
+            let Some(peer) = r.peer else { continue };
+            let t2 = r
+                .rx_realtime_ns
+                .map_or_else(Clock::now_ns, |ts| stamps.map(ts));
+            if t2.saturating_sub(error_read_at) > ERROR_BOUND_REFRESH_NS {
+                error_us = wire::error_bound_to_wire(clock_error_bound_ms());
+                error_read_at = t2;
+            }
+            match reflect(pkt, &keys, t2, error_us) {
+                Ok(()) => {
+                    // The reply is the request's own bytes, stamped in place: same length.
+                    let len = pkt.len();
+                    batch.queue_reply(i, len);
+                }
+                Err(reason) => {
+                    stats.drop_(reason);
+                    if let Some(c) = dropped.get(reason as usize) {
+                        c.inc();
+                    }
+                    tracing::debug!(message = "Responder dropped input.", protocol = "udp", reason = reason.as_str(), %peer);
+                }
             }
         }
-        let Some(peer) = r.peer else { continue };
-        let len = if r.truncated { buf.len() } else { r.len };
-        let Some(pkt) = buf.get_mut(..len) else {
-            continue;
-        };
-        match reflect(pkt, &keys, t2, error_us) {
-            Ok(()) => match socket.send_to(pkt, peer) {
-                Ok(_) => {
-                    answered.inc();
-                    stats.answered.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::debug!(message = "UDP reflector send error.", error = %e, %peer);
-                }
-            },
-            Err(reason) => {
-                stats.drop_(reason);
-                metrics::responder_drop("udp", reason.as_str(), peer);
-            }
+        let sent = batch.send_replies(fd);
+        if sent.sent > 0 {
+            answered.inc_by(sent.sent as u64);
+            stats
+                .answered
+                .fetch_add(sent.sent as u64, Ordering::Relaxed);
+        }
+        if let Some(error) = sent.error {
+            tracing::debug!(message = "UDP reflector send error.", %error, failed = sent.failed);
         }
     }
 }
@@ -291,6 +319,7 @@ const _: () = assert!(DropReason::ALL.len() == 5);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::udp::wire::MAX_PACKET_BYTES;
 
     fn request(key: &WireKey, len: usize) -> Vec<u8> {
         let mut b = vec![0u8; len];

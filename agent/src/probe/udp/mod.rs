@@ -4,7 +4,8 @@
 //!
 //! - [`wire`]: the versioned, HMAC-authenticated packet format (documented byte by byte).
 //! - [`session`]: the sans-IO train core — pacing, timeout, classification, statistics.
-//! - `sys`: the one unsafe corner — `recvmsg` with kernel receive timestamps.
+//! - `sys`: the one unsafe corner — `recvmsg`/`recvmmsg`/`sendmmsg` with kernel receive
+//!   timestamps and destination addresses (pktinfo).
 //! - this module: the thin tokio driver that owns the socket and the clock.
 //!
 //! # Driver
@@ -26,7 +27,8 @@
 //! loss).
 
 pub mod session;
-pub(crate) mod sys;
+#[doc(hidden)]
+pub mod sys;
 pub mod wire;
 
 use std::io;
