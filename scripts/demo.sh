@@ -63,6 +63,7 @@ files=$(find "$DEMO_DIR/records" -name '*.ndjson' | wc -l)
 records=$(find "$DEMO_DIR/records" -name '*.ndjson' -exec cat {} + | wc -l)
 echo "demo: $records records in $files file(s) under $DEMO_DIR/records (Hive layout: region=/dt=/hour=)"
 echo "demo: look at them with, for example:"
-echo "  find $DEMO_DIR/records -name '*.ndjson' | head"
-echo "  python3 -c 'import json,sys; [print(r[\"protocol\"], r[\"target\"], r[\"rtt_p50_ms\"] or r[\"total_ms\"] or r[\"rtt_ms\"]) for r in map(json.loads, sys.stdin)]' < \$(find $DEMO_DIR/records -name '*.ndjson' | head -1)"
+echo "  scripts/athena-local --data $DEMO_DIR infra/athena/latency_matrix_agent.sql   # the shipped Athena SQL, on DuckDB"
+echo "  scripts/athena-local --data $DEMO_DIR infra/athena/http_phases.sql"
+echo "  find $DEMO_DIR/records -name '*.ndjson' | head -1 | xargs head -1"
 exit $status

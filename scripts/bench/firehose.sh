@@ -4,10 +4,15 @@
 #   scripts/bench/firehose.sh            # BENCH_RECORDS=300000 by default
 # Targets (issue 5): billing efficiency >= 95 %, <= 1 request/s at 1,000 records/s,
 # >= 100,000 records/s into the null endpoint.
-# Debug profile with optimised dependencies (the workspace's dev profile); never a release build.
+# BENCH_PROFILE=release (what scripts/bench/run.sh uses) or dev (default: the workspace's dev
+# profile, optimised dependencies; JSON encoding in our crates is then unoptimised and slow).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-out=$(cargo run -q -p meshlat-agent --example firehose_bench)
+if [[ ${BENCH_PROFILE:-dev} == release ]]; then
+  out=$(cargo run -q --release --locked -p meshlat-agent --example firehose_bench)
+else
+  out=$(cargo run -q --locked -p meshlat-agent --example firehose_bench)
+fi
 echo "$out"
 python3 - "$out" <<'PY'
 import re, sys

@@ -13,4 +13,10 @@ if [[ $profile == release ]]; then
 else
   cargo build --locked -p meshlat-agent --bins --examples
 fi
-exec python3 scripts/bench/bench.py --profile "$profile" "$@"
+status=0
+python3 scripts/bench/bench.py --profile "$profile" "$@" || status=1
+if [[ $profile == release ]]; then
+  echo "firehose sink:"
+  BENCH_PROFILE=release scripts/bench/firehose.sh || status=1
+fi
+exit $status
