@@ -246,30 +246,11 @@ impl StdoutSink {
                 a(5),
                 avg.get(6).copied().unwrap_or(0.0)
             ),
-            Protocol::Udp => format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t\t\t{target}",
-                a(0),
-                a(1),
-                a(2),
-                a(3),
-                a(4),
-                a(5),
-                a(6),
-                a(7),
-                a(8)
-            ),
-            Protocol::Quic => format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t\t\t{target}",
-                a(0),
-                a(1),
-                a(2),
-                a(3),
-                a(4),
-                a(5),
-                a(6),
-                a(7),
-                a(8)
-            ),
+            // Nine averaged train columns, then empty From_Location and Remote_Addr.
+            Protocol::Udp | Protocol::Quic => {
+                let cols: Vec<String> = (0..9).map(a).collect();
+                format!("{}\t\t\t{target}", cols.join("\t"))
+            }
             Protocol::Tcp => format!("{}\t\t\t{target}", a(0)),
         };
         let _ = write!(
@@ -438,6 +419,11 @@ Recorded 2 samples in 41s, average values:\n\
             Some(
                 "1 0\t10\t9\t1\t0.000\t0.042\t0.000\t0.000\t0.000\t0.000\t\t127.0.0.1\tudp://127.0.0.1:7710"
             )
+        );
+        let summary = out.lines().last().expect("summary line");
+        assert_eq!(
+            summary,
+            "1 0s   \t10.000\t9.000\t1.000\t0.000\t0.042\t0.000\t0.000\t0.000\t0.000\t\t\tudp://127.0.0.1:7710"
         );
     }
 }
