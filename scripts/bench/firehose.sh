@@ -29,8 +29,13 @@ enc_rate = field(enc, "rate")
 if rate < enc_rate:
     # Per-record time of the sink without the JSON encoding it shares with every sink.
     print(f"sink without encoding: {1 / (1 / rate - 1 / enc_rate):.0f} records/s")
+out_l = next(l for l in text.splitlines() if l.startswith("outage_60s_10000_per_s"))
+growth, bound = field(out_l, "rss_growth_mib"), field(out_l, "memory_bound_mib")
+dropped = field(out_l, "dropped_lines")
 ok = True
-for name, good, shown in [("billing efficiency >= 95%", eff >= 95, f"{eff:.2f}%"),
+for name, good, shown in [("memory within its bound through a 60 s outage (growth <= bound + 16 MiB slack)",
+                           growth <= bound + 16, f"RSS grew {growth:.1f} MiB, bound {bound:.0f} MiB"),
+                          ("nothing dropped in the outage (spooled instead)", dropped == 0, f"{dropped:.0f} dropped"),("billing efficiency >= 95%", eff >= 95, f"{eff:.2f}%"),
                           ("requests/s at 1000 rec/s <= 1", rps <= 1, f"{rps:.2f}"),
                           ("null-endpoint throughput >= 100000 rec/s", rate >= 100000, f"{rate:.0f}")]:
     print(f"{'PASS' if good else 'FAIL'}  {name}: {shown}")
