@@ -42,7 +42,9 @@ impl FirehoseApi for DownFirehose {
         _stream: &str,
         _records: Vec<Bytes>,
     ) -> Result<PutBatchOutcome, FirehoseError> {
-        Err(FirehoseError::Unreachable { message: "bench outage".into() })
+        Err(FirehoseError::Unreachable {
+            message: "bench outage".into(),
+        })
     }
 }
 

@@ -101,6 +101,10 @@ fn flood(args: &[String]) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd;
     let target = arg(args, "--target", "");
     let secs: f64 = arg(args, "--seconds", "5").parse()?;
+    // Closed loop: at most this many requests unanswered, so the reflector's socket buffer
+    // (rmem_max, ~208 KiB by default) is never overrun by an open-loop burst and the rate
+    // measured is what the reflector sustains. 0 = open loop.
+    let window: u64 = arg(args, "--window", "1024").parse()?;
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     sock.connect(&target)?;
     sock.set_read_timeout(Some(Duration::from_millis(100)))?;
@@ -149,6 +153,13 @@ fn flood(args: &[String]) -> anyhow::Result<()> {
     // Requests go out 64 per sendmmsg: one system call per batch, not per packet.
     while Instant::now() < end {
         for _ in 0..16 {
+            if window > 0
+                && sent.saturating_sub(received.load(Ordering::Relaxed)) + sys::BATCH as u64
+                    > window
+            {
+                std::thread::yield_now();
+                continue;
+            }
             match sys::send_copies(sock.as_raw_fd(), &pkt, sys::BATCH) {
                 Ok(n) => sent += n as u64,
                 Err(_) => send_errors += 1,
@@ -165,7 +176,7 @@ fn flood(args: &[String]) -> anyhow::Result<()> {
     let out = serde_json::json!({
         "sent": sent, "received": got_at_end, "seconds": elapsed,
         "sent_pps": sent as f64 / elapsed, "recv_pps": got_at_end as f64 / elapsed,
-        "send_errors": send_errors, "local_port": port,
+        "send_errors": send_errors, "local_port": port, "window": window,
         // Replies the kernel dropped at our socket (full buffer): a generator-side loss.
         "generator_rx_drops": drops,
         // Of one core (sender and receiver threads share the generator's core).
