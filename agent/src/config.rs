@@ -543,14 +543,18 @@ impl RunConfig {
             reason,
         };
         if url.is_empty() {
-            return Err(bad_url("required: the controller URL, e.g. https://ctl:7400"));
+            return Err(bad_url(
+                "required: the controller URL, e.g. https://ctl:7400",
+            ));
         }
         let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
             (true, r)
         } else if let Some(r) = url.strip_prefix("http://") {
             (false, r)
         } else {
-            return Err(bad_url("must start with https:// (or http:// for --plaintext controllers)"));
+            return Err(bad_url(
+                "must start with https:// (or http:// for --plaintext controllers)",
+            ));
         };
         let authority = rest.split('/').next().unwrap_or("");
         let (host, port) = match authority.rsplit_once(':') {
@@ -569,15 +573,18 @@ impl RunConfig {
             value: String::new(),
             reason: "required: the join token printed by the controller",
         })?;
-        let token = meshlat_proto::token::JoinToken::parse(token).map_err(|e| ConfigError::Label {
-            flag: "--token",
-            value: "<redacted>".into(),
-            reason: match e {
-                meshlat_proto::token::TokenError::CaHash => "the CA hash must be 64 hex digits",
-                meshlat_proto::token::TokenError::Secret => "the secret must be at least 32 hex digits",
-                _ => "expected mlt1.<ca-sha256>.<secret>",
-            },
-        })?;
+        let token =
+            meshlat_proto::token::JoinToken::parse(token).map_err(|e| ConfigError::Label {
+                flag: "--token",
+                value: "<redacted>".into(),
+                reason: match e {
+                    meshlat_proto::token::TokenError::CaHash => "the CA hash must be 64 hex digits",
+                    meshlat_proto::token::TokenError::Secret => {
+                        "the secret must be at least 32 hex digits"
+                    }
+                    _ => "expected mlt1.<ca-sha256>.<secret>",
+                },
+            })?;
         let region_flag = a.identity.region.clone().or_else(|| env("AWS_REGION"));
         Ok(RunConfig {
             controller_host: host.to_string(),

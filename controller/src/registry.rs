@@ -183,13 +183,18 @@ impl Registry {
 
     fn check_spec(&self, inner: &Inner, spec: &pb::JobSpec) -> Result<(), DomainError> {
         meshlat_proto::job::validate(spec).map_err(|e| {
-            let s = e.to_string();
-            match s.split_once(": ") {
-                Some((field, reason)) if !field.contains(' ') => {
-                    invalid(format!("spec.{field}"), reason)
-                }
-                _ => invalid("spec", s),
-            }
+            use meshlat_proto::job::JobSpecError as E;
+            let field = match &e {
+                E::Empty { field } => (*field).to_string(),
+                E::OutOfRange { field, .. } | E::Invalid { field, .. } => field.clone(),
+                E::TimeoutNotBelowInterval { .. } => "timeout_ms".into(),
+                _ => String::new(),
+            };
+            let reason = e.to_string();
+            let reason = reason
+                .strip_prefix(&format!("{field}: "))
+                .map_or(reason.clone(), str::to_string);
+            invalid(format!("spec.{field}").trim_end_matches('.'), reason)
         })?;
         schedule::check_endpoints(spec)
             .map_err(|(field, reason)| invalid(format!("spec.{field}"), reason))?;

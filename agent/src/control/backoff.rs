@@ -81,23 +81,27 @@ mod tests {
 
     #[test]
     fn grows_caps_jitters_and_resets() {
-        let mut b = Backoff::try_new(Duration::from_millis(100), Duration::from_secs(2))
-            .expect("valid");
+        let mut b =
+            Backoff::try_new(Duration::from_millis(100), Duration::from_secs(2)).expect("valid");
         let top: Vec<Duration> = (0..8).map(|_| b.next_with(1.0)).collect();
         assert_eq!(top[0], Duration::from_millis(100));
         assert_eq!(top[1], Duration::from_millis(200));
         assert_eq!(top[4], Duration::from_millis(1600));
         assert_eq!(top[7], Duration::from_secs(2), "capped");
         b.reset();
-        assert_eq!(b.next_with(0.0), Duration::from_millis(50), "half at the low end");
+        assert_eq!(
+            b.next_with(0.0),
+            Duration::from_millis(50),
+            "half at the low end"
+        );
         assert!(Backoff::try_new(Duration::ZERO, Duration::from_secs(1)).is_err());
         assert!(Backoff::try_new(Duration::from_secs(2), Duration::from_secs(1)).is_err());
     }
 
     #[tokio::test(start_paused = true)]
     async fn retries_follow_the_schedule_on_tokio_time() {
-        let mut b = Backoff::try_new(Duration::from_millis(100), Duration::from_secs(1))
-            .expect("valid");
+        let mut b =
+            Backoff::try_new(Duration::from_millis(100), Duration::from_secs(1)).expect("valid");
         let start = tokio::time::Instant::now();
         for _ in 0..5 {
             tokio::time::sleep(b.next_delay()).await;

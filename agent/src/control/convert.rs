@@ -182,8 +182,7 @@ mod tests {
         assert_eq!(udp.interval, Duration::from_secs(1));
         assert_eq!(udp.targets[0].dst.agent.as_deref(), Some("b"));
         assert_eq!(udp.targets[0].dst.region.as_deref(), Some("a"));
-        let versions: std::collections::BTreeSet<u64> =
-            js.jobs.iter().map(|j| j.version).collect();
+        let versions: std::collections::BTreeSet<u64> = js.jobs.iter().map(|j| j.version).collect();
         assert_eq!(versions.len(), 2, "distinct scheduler versions");
     }
 }

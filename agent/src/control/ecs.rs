@@ -53,11 +53,8 @@ struct Metadata {
 pub fn parse(json: &[u8]) -> Result<EcsIdentity, serde_json::Error> {
     let m: Metadata = serde_json::from_slice(json)?;
     let first_ip = |n: &[Network]| n.first().and_then(|n| n.ipv4_addresses.first().cloned());
-    let ipv4 = first_ip(&m.networks).or_else(|| {
-        m.containers
-            .iter()
-            .find_map(|c| first_ip(&c.networks))
-    });
+    let ipv4 =
+        first_ip(&m.networks).or_else(|| m.containers.iter().find_map(|c| first_ip(&c.networks)));
     Ok(EcsIdentity {
         az: m.availability_zone.filter(|s| !s.is_empty()),
         ipv4,

@@ -142,7 +142,9 @@ pub async fn connect(
                     let name = ServerName::try_from(host.clone()).map_err(|e| {
                         std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
                     })?;
-                    let s = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+                    let s = tokio_rustls::TlsConnector::from(cfg)
+                        .connect(name, tcp)
+                        .await?;
                     Box::new(s)
                 }
             };

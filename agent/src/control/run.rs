@@ -110,7 +110,11 @@ impl RunApp {
         let capabilities = endpoints
             .iter()
             .filter_map(|e| pb::Protocol::try_from(e.protocol).ok())
-            .map(|p| p.as_str_name().trim_start_matches("PROTOCOL_").to_ascii_lowercase())
+            .map(|p| {
+                p.as_str_name()
+                    .trim_start_matches("PROTOCOL_")
+                    .to_ascii_lowercase()
+            })
             .collect();
         let hello = pb::Hello {
             agent_id: String::new(),
@@ -213,4 +217,3 @@ impl RunApp {
         sinks.close(SHUTDOWN_GRACE).await;
     }
 }
-
