@@ -480,7 +480,7 @@ impl Registry {
         let Some(e) = inner.agents.get_mut(agent_id) else {
             return;
         };
-        if !e.session.as_ref().is_some_and(|(s, _)| *s == session) {
+        if e.session.as_ref().is_none_or(|(s, _)| *s != session) {
             return;
         }
         e.session = None;

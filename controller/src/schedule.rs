@@ -156,10 +156,8 @@ pub fn resolve<'a>(list: &[pb::Endpoint], agents: &'a [AgentView]) -> Vec<&'a Ag
     let mut ids = BTreeSet::new();
     for e in list {
         match &e.endpoint {
-            Some(pb::endpoint::Endpoint::AgentId(id)) => {
-                if agents.iter().any(|a| &a.id == id) {
-                    ids.insert(id.as_str());
-                }
+            Some(pb::endpoint::Endpoint::AgentId(id)) if agents.iter().any(|a| &a.id == id) => {
+                ids.insert(id.as_str());
             }
             Some(pb::endpoint::Endpoint::Selector(s)) => {
                 if let Ok(sel) = Selector::parse(s) {
@@ -203,11 +201,7 @@ fn score(parts: &[&str]) -> u64 {
     h ^ (h >> 31)
 }
 
-fn top_k<'a>(
-    mut cands: Vec<&'a AgentView>,
-    k: usize,
-    key: impl Fn(&AgentView) -> u64,
-) -> Vec<&'a AgentView> {
+fn top_k(mut cands: Vec<&AgentView>, k: usize, key: impl Fn(&AgentView) -> u64) -> Vec<&AgentView> {
     cands.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| a.id.cmp(&b.id)));
     cands.truncate(k);
     cands

@@ -1,10 +1,10 @@
 //! gRPC services: plain structs holding the shared [`Registry`](crate::registry::Registry);
 //! handlers convert the request, call the domain layer and convert the reply (STYLE §9).
 //!
-//! - [`agent`]: `AgentService.Connect`, one bidirectional stream per agent.
-//! - [`operator`]: `OperatorService`.
-//! - [`status`]: domain errors to `tonic::Status`.
-//! - [`auth`]: interceptors checking the join token and operator credentials on every call.
+//! - [`agent`][]: `AgentService.Connect`, one bidirectional stream per agent.
+//! - [`operator`][]: `OperatorService`.
+//! - [`status`][]: domain errors to `tonic::Status`.
+//! - [`auth`][]: interceptors checking the join token and operator credentials on every call.
 
 pub mod agent;
 pub mod operator;
