@@ -1,6 +1,6 @@
 //! Job-spec validation shared by controller and agent.
 //!
-//! The controller refuses a bad [`pb::JobSpec`](crate::pb::JobSpec) with the field path and the
+//! The controller refuses a bad [`crate::pb::JobSpec`] with the field path and the
 //! reason ([`JobSpecError`]); the agent runs the same checks on what it is sent.
 
 use crate::pb;
