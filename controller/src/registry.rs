@@ -564,3 +564,104 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FileStore;
+
+    fn cfg() -> RegistryConfig {
+        RegistryConfig {
+            region: "r".into(),
+            max_full_mesh: 10,
+            lease: Duration::from_secs(60),
+            agent_ttl: Duration::from_secs(120),
+        }
+    }
+
+    fn hello(id: &str, port: u16) -> pb::Hello {
+        pb::Hello {
+            agent_id: id.into(),
+            region: "r".into(),
+            endpoints: vec![pb::ResponderEndpoint {
+                protocol: pb::Protocol::Udp as i32,
+                address: format!("127.0.0.1:{port}"),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn spec(timeout_ms: u32) -> pb::JobSpec {
+        let sel = pb::Endpoint {
+            endpoint: Some(pb::endpoint::Endpoint::Selector("region=r".into())),
+        };
+        pb::JobSpec {
+            kind: pb::JobKind::Probe as i32,
+            protocols: vec![pb::Protocol::Udp as i32],
+            sources: vec![sel.clone()],
+            targets: vec![sel],
+            interval_ms: 1000,
+            timeout_ms,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_and_ids_persist_sets_are_pushed_and_versions_checked() {
+        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
+        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let r = Registry::load(cfg(), store.clone()).expect("load");
+        let mut a = r.connect(hello("", 1)).expect("a");
+        let b = r.connect(hello("", 2)).expect("b");
+        assert_ne!(a.agent_id, b.agent_id);
+        assert!(a.job_sets.borrow_and_update().assignments.is_empty());
+
+        let e = r
+            .start_job(Some(spec(1000)))
+            .expect_err("timeout >= interval");
+        assert!(
+            matches!(&e, DomainError::Invalid { field, .. } if field == "spec.timeout_ms"),
+            "{e}"
+        );
+        let job = r.start_job(Some(spec(500))).expect("valid");
+        assert_eq!(job.version, 1);
+        assert!(
+            a.job_sets.has_changed().expect("open"),
+            "a new set was pushed"
+        );
+        let set = a.job_sets.borrow_and_update().clone();
+        assert_eq!(set.lease_ms, 60_000);
+        assert_eq!(set.assignments[0].targets[0].target, "udp://127.0.0.1:2");
+        assert_eq!(set.assignments[0].targets[0].dst_agent, b.agent_id);
+
+        assert!(matches!(
+            r.update_job(&job.id, Some(spec(400)), 7),
+            Err(DomainError::VersionMismatch { actual: 1, .. })
+        ));
+        assert_eq!(
+            r.update_job(&job.id, Some(spec(400)), 1)
+                .expect("update")
+                .version,
+            2
+        );
+        assert!(matches!(
+            r.get_job("nope"),
+            Err(DomainError::NotFound { .. })
+        ));
+
+        // A restart keeps jobs and ids; reconnecting with a stored id does not duplicate it.
+        drop(r);
+        let r = Registry::load(cfg(), store).expect("reload");
+        assert_eq!(r.get_job(&job.id).expect("kept").version, 2);
+        assert_eq!(r.list_agents().len(), 2);
+        let a2 = r.connect(hello(&a.agent_id, 3)).expect("again");
+        assert_eq!(a2.agent_id, a.agent_id);
+        assert_eq!(r.list_agents().len(), 2, "no duplicate");
+        assert_eq!(
+            a2.job_sets.borrow().assignments.len(),
+            1,
+            "b is still scheduled within its TTL after the restart"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
