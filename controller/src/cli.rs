@@ -34,9 +34,6 @@ pub enum Command {
     Serve(ServeArgs),
     /// Start, list, show, update or stop jobs.
     Job {
-        /// Connection.
-        #[command(flatten)]
-        client: ClientArgs,
         /// What to do.
         #[command(subcommand)]
         action: JobAction,
@@ -54,22 +51,34 @@ pub enum Command {
 pub enum JobAction {
     /// Start a job from a JSON spec (FILE, or '-' for stdin).
     Start {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
         /// JSON job spec.
         file: PathBuf,
     },
     /// List jobs.
     List {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
         /// Include stopped jobs.
         #[arg(long)]
         all: bool,
     },
     /// Show one job.
     Show {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
         /// Job id.
         id: String,
     },
     /// Replace a job's spec (FILE, or '-' for stdin).
     Update {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
         /// Job id.
         id: String,
         /// JSON job spec.
@@ -80,9 +89,25 @@ pub enum JobAction {
     },
     /// Stop a job.
     Stop {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
         /// Job id.
         id: String,
     },
+}
+
+impl JobAction {
+    /// The connection flags.
+    pub fn client(&self) -> &ClientArgs {
+        match self {
+            JobAction::Start { client, .. }
+            | JobAction::List { client, .. }
+            | JobAction::Show { client, .. }
+            | JobAction::Update { client, .. }
+            | JobAction::Stop { client, .. } => client,
+        }
+    }
 }
 
 /// How client commands reach the controller.

@@ -33,7 +33,7 @@ pub enum ClientError {
     #[error("cannot connect to the controller: {0}")]
     Connect(#[from] tonic::transport::Error),
     /// The controller refused.
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{:?}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
 }
 
@@ -97,15 +97,15 @@ fn pretty(v: &serde_json::Value) -> String {
 /// # Errors
 ///
 /// [`ClientError`].
-pub async fn job(a: &ClientArgs, action: &JobAction) -> Result<String, ClientError> {
-    let mut c = connect(a).await?;
+pub async fn job(action: &JobAction) -> Result<String, ClientError> {
+    let mut c = connect(action.client()).await?;
     let job = match action {
-        JobAction::Start { file } => {
+        JobAction::Start { file, .. } => {
             let spec = json::parse_spec(&read(file)?)?;
             c.start_job(pb::StartJobRequest { spec: Some(spec) })
                 .await?
         }
-        JobAction::List { all } => {
+        JobAction::List { all, .. } => {
             let jobs = c
                 .list_jobs(pb::ListJobsRequest {
                     include_stopped: *all,
@@ -135,11 +135,12 @@ pub async fn job(a: &ClientArgs, action: &JobAction) -> Result<String, ClientErr
             }
             return Ok(out);
         }
-        JobAction::Show { id } => c.get_job(pb::GetJobRequest { id: id.clone() }).await?,
+        JobAction::Show { id, .. } => c.get_job(pb::GetJobRequest { id: id.clone() }).await?,
         JobAction::Update {
             id,
             file,
             expected_version,
+            ..
         } => {
             let spec = json::parse_spec(&read(file)?)?;
             c.update_job(pb::UpdateJobRequest {
@@ -149,7 +150,7 @@ pub async fn job(a: &ClientArgs, action: &JobAction) -> Result<String, ClientErr
             })
             .await?
         }
-        JobAction::Stop { id } => c.stop_job(pb::StopJobRequest { id: id.clone() }).await?,
+        JobAction::Stop { id, .. } => c.stop_job(pb::StopJobRequest { id: id.clone() }).await?,
     };
     Ok(pretty(&json::job_to_value(&job.into_inner())))
 }

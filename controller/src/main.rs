@@ -22,8 +22,8 @@ fn main() -> ExitCode {
         Err(e) => return fail(2, format!("cannot start the runtime: {e}")),
     };
     let serve = match cli.command {
-        Some(Command::Job { client, action }) => {
-            return match rt.block_on(client::job(&client, &action)) {
+        Some(Command::Job { action }) => {
+            return match rt.block_on(client::job(&action)) {
                 Ok(out) => {
                     print!("{out}");
                     ExitCode::SUCCESS
