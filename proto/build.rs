@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "meshlat/v1/agent.proto",
         "meshlat/v1/operator.proto",
         "meshlat/v1/federation.proto",
+        "meshlat/v1/state.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

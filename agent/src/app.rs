@@ -53,6 +53,9 @@ pub enum StartError {
     /// The Firehose sink could not start.
     #[error("firehose sink: {0}")]
     Firehose(#[from] FirehoseStartError),
+    /// TLS to the controller could not be set up.
+    #[error("controller TLS: {0}")]
+    ControlTls(rustls::Error),
 }
 
 async fn bind_admin(port: Option<u16>) -> Result<Option<AdminServer>, StartError> {

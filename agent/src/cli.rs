@@ -376,4 +376,24 @@ pub struct RunArgs {
     /// Address other agents should probe (default: detected; on ECS the task IP).
     #[arg(long, env = "MESHLAT_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Directory keeping this agent's id across restarts.
+    #[arg(
+        long,
+        env = "MESHLAT_STATE_DIR",
+        default_value = "./meshlat-agent-state",
+        value_name = "DIR"
+    )]
+    pub state_dir: PathBuf,
+    /// Identity labels (region and AZ default to AWS_REGION and the ECS task metadata).
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    /// Responders.
+    #[command(flatten)]
+    pub responders: ResponderArgs,
+    /// Sinks (records go to stdout as JSON when neither --out nor --firehose-stream is given).
+    #[command(flatten)]
+    pub sinks: SinkArgs,
+    /// Logging and stats.
+    #[command(flatten)]
+    pub common: CommonArgs,
 }

@@ -496,6 +496,118 @@ impl ServeConfig {
     }
 }
 
+/// Validated `agent run` configuration (the controller-driven agent).
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Controller host.
+    pub controller_host: String,
+    /// Controller port.
+    pub controller_port: u16,
+    /// TLS to the controller (false for `http://` controllers started with `--plaintext`).
+    pub controller_tls: bool,
+    /// The join token.
+    pub token: meshlat_proto::token::JoinToken,
+    /// Advertised host (`None`: detect).
+    pub advertise: Option<String>,
+    /// Directory of the agent-id file.
+    pub state_dir: PathBuf,
+    /// Identity labels (the id comes from the controller); region/AZ may still be filled from ECS.
+    pub identity: AgentIdentity,
+    /// Responders.
+    pub responders: ResponderConfig,
+    /// File sink.
+    pub file: Option<FileSinkConfig>,
+    /// Firehose sink.
+    pub firehose: Option<FirehoseSinkConfig>,
+    /// ECS task metadata endpoint (`ECS_CONTAINER_METADATA_URI_V4`), if on ECS.
+    pub ecs_metadata_uri: Option<String>,
+    /// Logging/stats.
+    pub common: CommonConfig,
+}
+
+impl RunConfig {
+    /// Validates `agent run` arguments; `env` looks up `AWS_REGION` and
+    /// `ECS_CONTAINER_METADATA_URI_V4`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the flag and value.
+    pub fn from_args(
+        a: &cli::RunArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let url = a.controller.as_deref().map(str::trim).unwrap_or("");
+        let bad_url = |reason| ConfigError::Label {
+            flag: "--controller",
+            value: url.to_string(),
+            reason,
+        };
+        if url.is_empty() {
+            return Err(bad_url(
+                "required: the controller URL, e.g. https://ctl:7400",
+            ));
+        }
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(bad_url(
+                "must start with https:// (or http:// for --plaintext controllers)",
+            ));
+        };
+        let authority = rest.split('/').next().unwrap_or("");
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse::<u16>() {
+                Ok(p) => (h, p),
+                Err(_) => return Err(bad_url("the port is not a number")),
+            },
+            _ => (authority, 7400),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad_url("no host"));
+        }
+        let token = a.token.as_deref().ok_or(ConfigError::Label {
+            flag: "--token",
+            value: String::new(),
+            reason: "required: the join token printed by the controller",
+        })?;
+        let token =
+            meshlat_proto::token::JoinToken::parse(token).map_err(|e| ConfigError::Label {
+                flag: "--token",
+                value: "<redacted>".into(),
+                reason: match e {
+                    meshlat_proto::token::TokenError::CaHash => "the CA hash must be 64 hex digits",
+                    meshlat_proto::token::TokenError::Secret => {
+                        "the secret must be at least 32 hex digits"
+                    }
+                    _ => "expected mlt1.<ca-sha256>.<secret>",
+                },
+            })?;
+        let region_flag = a.identity.region.clone().or_else(|| env("AWS_REGION"));
+        Ok(RunConfig {
+            controller_host: host.to_string(),
+            controller_port: port,
+            controller_tls: tls,
+            token,
+            advertise: label("--advertise", a.advertise.clone())?,
+            state_dir: a.state_dir.clone(),
+            identity: AgentIdentity {
+                agent_id: None,
+                region: region(region_flag)?,
+                az: label("--az", a.identity.az.clone())?,
+                location: label("--location", a.identity.location.clone())?,
+            },
+            responders: responder_config(&a.responders)?,
+            file: file_sink(&a.sinks)?,
+            firehose: firehose_sink(&a.sinks.firehose)?,
+            ecs_metadata_uri: env("ECS_CONTAINER_METADATA_URI_V4").filter(|s| !s.is_empty()),
+            common: (&a.common).into(),
+        })
+    }
+}
+
 /// Validates responder flags (shared by `serve` and `run`).
 ///
 /// # Errors

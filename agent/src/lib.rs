@@ -16,6 +16,7 @@
 //! - [`admin`]: the `-s PORT` server: `/health`, `/metrics`, `/memstats`.
 //! - [`tls`]: rustls configuration (one provider: ring).
 //! - [`linkemu`]: a UDP/TCP forwarder with per-route delay and seeded loss, for tests and demos.
+//! - [`control`]: running under a controller: session, fail-static, backoff, ECS identity.
 //! - [`cli`]: the command line; [`config`]: validated configuration; [`app`]: bind + run.
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod linkemu;
 pub mod metrics;
 pub mod probe;

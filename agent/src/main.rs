@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use meshlat_agent::app::{self, ProbeApp, ProbeExit, ServeApp};
 use meshlat_agent::cli::{Cli, Command};
-use meshlat_agent::config::{ProbeConfig, ServeConfig};
+use meshlat_agent::config::{ProbeConfig, RunConfig, ServeConfig};
+use meshlat_agent::control::run::RunApp;
 
 fn usage_error(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("agent: {e}");
@@ -57,9 +58,26 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Some(Command::Run(_)) | None => usage_error(
-            "running under a controller (--controller URL --token TOKEN) arrives with the control plane; \
-             use `agent serve` and `agent probe` (see agent --help)",
-        ),
+        Some(Command::Run(args)) => run(&rt, &args),
+        None => run(&rt, &cli.run),
     }
+}
+
+fn run(rt: &tokio::runtime::Runtime, args: &meshlat_agent::cli::RunArgs) -> ExitCode {
+    let cfg = match RunConfig::from_args(args, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
+    app::init_logging(cfg.common.verbose, cfg.common.log_format);
+    rt.block_on(async {
+        let agent = match RunApp::bind(cfg).await {
+            Ok(a) => a,
+            Err(e) => return usage_error(e),
+        };
+        for line in app::listening_lines(&agent.addrs(), agent.stats_addr()) {
+            println!("{line}");
+        }
+        agent.run(app::shutdown_on_signals()).await;
+        ExitCode::SUCCESS
+    })
 }

@@ -1,33 +1,189 @@
-//! Command line of the `controller` binary (DESIGN §2).
+//! Command line of the `controller` binary (DESIGN §2). Every flag also reads a `MESHLAT_*`
+//! environment variable.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
-/// meshlat controller: assigns probe and relay jobs to the agents of one region.
+use clap::{Args, Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  controller --region eu-west-1 --data-dir /var/lib/meshlat      # serve (prints the join token once)
+  agent --controller https://ctl:7400 --token mlt1.<ca>.<secret>  # join an agent
+  export MESHLAT_CONTROLLER=https://ctl:7400 MESHLAT_CREDENTIAL=op-1234:secret MESHLAT_CA=/var/lib/meshlat/ca.pem
+  controller job start job.json        # or '-' for stdin; JSON as in POST /api/v1/jobs
+  controller job list
+  controller agents
+  curl --cacert /var/lib/meshlat/ca.pem -H \"Authorization: Bearer $MESHLAT_CREDENTIAL\" https://ctl:7401/api/v1/jobs";
+
+/// meshlat controller: assigns probe jobs to the agents of one region.
 #[derive(Debug, Parser)]
-#[command(
-    name = "controller",
-    version,
-    after_help = "Examples:\n  controller serve --region eu-west-1 --data-dir /var/lib/meshlat\n  controller job list --controller https://ctl.eu-west-1:7400"
-)]
+#[command(name = "controller", version, after_help = EXAMPLES, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     /// What to do (default: serve).
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Flags of `serve` when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// Controller subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the controller for one region.
-    Serve {
-        /// Region this controller serves.
-        #[arg(long, env = "MESHLAT_REGION")]
-        region: String,
-        /// gRPC/REST listen address.
-        #[arg(long, env = "MESHLAT_LISTEN", default_value = "0.0.0.0:7400")]
-        listen: String,
-        /// Directory for the state store.
-        #[arg(long, env = "MESHLAT_DATA_DIR", default_value = "./meshlat-controller")]
-        data_dir: String,
+    /// Run the controller for one region (the default).
+    Serve(ServeArgs),
+    /// Start, list, show, update or stop jobs.
+    Job {
+        /// What to do.
+        #[command(subcommand)]
+        action: JobAction,
     },
+    /// List the agents known to the controller.
+    Agents {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `controller job ...`.
+#[derive(Debug, Subcommand)]
+pub enum JobAction {
+    /// Start a job from a JSON spec (FILE, or '-' for stdin).
+    Start {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// JSON job spec.
+        file: PathBuf,
+    },
+    /// List jobs.
+    List {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Include stopped jobs.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one job.
+    Show {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Job id.
+        id: String,
+    },
+    /// Replace a job's spec (FILE, or '-' for stdin).
+    Update {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Job id.
+        id: String,
+        /// JSON job spec.
+        file: PathBuf,
+        /// Refuse if the stored version differs.
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
+    /// Stop a job.
+    Stop {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Job id.
+        id: String,
+    },
+}
+
+impl JobAction {
+    /// The connection flags.
+    pub fn client(&self) -> &ClientArgs {
+        match self {
+            JobAction::Start { client, .. }
+            | JobAction::List { client, .. }
+            | JobAction::Show { client, .. }
+            | JobAction::Update { client, .. }
+            | JobAction::Stop { client, .. } => client,
+        }
+    }
+}
+
+/// How client commands reach the controller.
+#[derive(Clone, Debug, Args)]
+pub struct ClientArgs {
+    /// Controller gRPC URL (https://host:7400, or http:// with --plaintext controllers).
+    #[arg(
+        long,
+        env = "MESHLAT_CONTROLLER",
+        default_value = "https://127.0.0.1:7400"
+    )]
+    pub controller: String,
+    /// Operator credential KEY:SECRET (printed by the controller on first start).
+    #[arg(long, env = "MESHLAT_CREDENTIAL", hide_env_values = true)]
+    pub credential: Option<String>,
+    /// CA certificate of the controller (its DATA_DIR/ca.pem).
+    #[arg(long, env = "MESHLAT_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+/// `controller serve`.
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// Region this controller serves.
+    #[arg(long, env = "MESHLAT_REGION")]
+    pub region: Option<String>,
+    /// gRPC listen address.
+    #[arg(long, env = "MESHLAT_LISTEN", default_value = "0.0.0.0:7400")]
+    pub listen: String,
+    /// REST/JSON listen address ('off' to disable).
+    #[arg(long, env = "MESHLAT_REST_LISTEN", default_value = "0.0.0.0:7401")]
+    pub rest_listen: String,
+    /// Directory for the CA, credentials and the state store.
+    #[arg(long, env = "MESHLAT_DATA_DIR", default_value = "./meshlat-controller")]
+    pub data_dir: PathBuf,
+    /// Serve gRPC and REST without TLS (local experiments only).
+    #[arg(long, env = "MESHLAT_PLAINTEXT")]
+    pub plaintext: bool,
+    /// Extra DNS names or IPs for the server certificate (e.g. the load balancer's name).
+    #[arg(
+        long = "tls-san",
+        env = "MESHLAT_TLS_SAN",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub tls_san: Vec<String>,
+    /// Lease given with job sets: how long agents keep running them without the controller
+    /// (then they degrade), in seconds.
+    #[arg(
+        long,
+        env = "MESHLAT_LEASE",
+        default_value_t = 60.0,
+        value_name = "SECONDS"
+    )]
+    pub lease: f64,
+    /// How long an agent stays scheduled after it was last heard from, in seconds.
+    #[arg(
+        long,
+        env = "MESHLAT_AGENT_TTL",
+        default_value_t = 120.0,
+        value_name = "SECONDS"
+    )]
+    pub agent_ttl: f64,
+    /// Most agents a `full` strategy job may involve.
+    #[arg(long, env = "MESHLAT_MAX_FULL_MESH", default_value_t = 200)]
+    pub max_full_mesh: usize,
+    /// Join secret to use on first start instead of a random one (hex, >= 32 digits).
+    #[arg(long, env = "MESHLAT_JOIN_SECRET", hide_env_values = true)]
+    pub join_secret: Option<String>,
+    /// Operator credential KEY:SECRET to use on first start instead of a random one.
+    #[arg(long, env = "MESHLAT_OPERATOR_CREDENTIAL", hide_env_values = true)]
+    pub operator_credential: Option<String>,
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log as JSON lines on stderr.
+    #[arg(long, env = "MESHLAT_LOG_JSON")]
+    pub log_json: bool,
 }

@@ -1,11 +1,25 @@
-//! meshlat controller (skeleton).
-//!
-//! The control plane — agent sessions, jobs, federation, operator API — arrives with its own
-//! issue; this crate currently provides the command-line contract of DESIGN §2 so that `--help`
-//! documents what will be served.
+//! meshlat controller: assigns probe jobs to the agents of one region (DESIGN §3).
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command-line definition.
+//! - [`cli`]: the command line; [`config`]: validated configuration.
+//! - [`app`]: [`app::Controller`]: `bind` (listeners, CA, credentials, state) and `run`.
+//! - [`auth`]: the controller's CA, server certificate, join token and operator credentials.
+//! - [`store`]: the [`store::StateStore`] trait and its file implementation.
+//! - [`registry`]: the domain layer: jobs, agents, sessions; pushes job sets.
+//! - [`schedule`]: pinglists (`full`, `per-region`, `k-random`), pure functions.
+//! - [`grpc`]: `AgentService`, `OperatorService`, interceptors, `Status` mapping.
+//! - [`rest`]: the REST/JSON mirror under `/api/v1`; [`json`]: the JSON form of jobs.
+//! - [`client`]: `controller job ...` and `controller agents`.
 
+pub mod app;
+pub mod auth;
 pub mod cli;
+pub mod client;
+pub mod config;
+pub mod grpc;
+pub mod json;
+pub mod registry;
+pub mod rest;
+pub mod schedule;
+pub mod store;

@@ -1,19 +1,67 @@
-//! `controller` binary: parses the command line and runs the library.
+//! `controller` binary: parse, configure, run. The logic lives in the library (STYLE §1).
+
+use std::process::ExitCode;
 
 use clap::Parser;
+use meshlat_controller::app::Controller;
 use meshlat_controller::cli::{Cli, Command};
+use meshlat_controller::{client, config::ServeConfig};
 
-fn main() -> anyhow::Result<()> {
+fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("controller: {e}");
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Serve { region, .. }) => {
-            anyhow::bail!(
-                "controller serve --region {region}: the control plane is not built yet (see issue 4)"
-            )
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(2, format!("cannot start the runtime: {e}")),
+    };
+    let serve = match cli.command {
+        Some(Command::Job { action }) => {
+            return match rt.block_on(client::job(&action)) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, e),
+            };
         }
-        None => {
-            eprintln!("controller: no command given; see `controller --help`");
-            std::process::exit(2);
+        Some(Command::Agents { client }) => {
+            return match rt.block_on(client::agents(&client)) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, e),
+            };
         }
-    }
+        Some(Command::Serve(a)) => a,
+        None => cli.serve,
+    };
+    let cfg = match ServeConfig::from_args(&serve) {
+        Ok(c) => c,
+        Err(e) => return fail(2, e),
+    };
+    meshlat_controller::app::init_logging(serve.verbose, serve.log_json);
+    rt.block_on(async {
+        let ctl = match Controller::bind(cfg).await {
+            Ok(c) => c,
+            Err(e) => return fail(2, e),
+        };
+        for line in ctl.announcements() {
+            println!("{line}");
+        }
+        match ctl
+            .run(meshlat_controller::app::shutdown_on_signals())
+            .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, e),
+        }
+    })
 }

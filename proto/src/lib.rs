@@ -8,9 +8,11 @@
 //!   field table [`record::FIELDS`], from which the Athena DDL and README's table are checked.
 //! - [`job`]: job-spec validation shared by the controller (which refuses bad specs) and the
 //!   agent (which never trusts what it is sent).
+//! - [`token`]: the join token (CA pin + agent secret) printed by a controller.
 
 pub mod job;
 pub mod record;
+pub mod token;
 
 /// Generated protobuf and gRPC code for package `meshlat.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic, rust_2018_idioms)]

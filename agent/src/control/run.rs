@@ -1,0 +1,219 @@
+//! `agent run`: responders, the controller session, the scheduler and the sinks in one process.
+//!
+//! [`RunApp::bind`] binds the responders and the stats server, works out the identity
+//! (flags, then ECS metadata) and the advertised address; [`RunApp::run`] connects to the
+//! controller and measures what it assigns until shutdown.
+//!
+//! Advertised host: `--advertise`, else the ECS task IP, else the responders' listen address if
+//! specific, else the local address the kernel picks to reach the controller.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use meshlat_proto::pb;
+use meshlat_proto::record::ControlMode;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::session::{self, ControlConfig, Outputs};
+use crate::app::{SHUTDOWN_GRACE, ServeApp, StartError};
+use crate::config::{AgentIdentity, RunConfig, ServeConfig};
+use crate::respond::ResponderAddrs;
+use crate::scheduler::{JobSet, Scheduler};
+use crate::sink::SinkSet;
+use crate::sink::file::FileSink;
+use crate::sink::firehose::FirehoseSink;
+use crate::sink::stdout::StdoutSink;
+
+/// A bound controller-driven agent.
+#[derive(Debug)]
+pub struct RunApp {
+    cfg: RunConfig,
+    serve: ServeApp,
+    firehose: Option<FirehoseSink>,
+    identity: AgentIdentity,
+    control: ControlConfig,
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Advertised endpoints for bound responders.
+pub fn endpoints(addrs: &ResponderAddrs, host: &str) -> Vec<pb::ResponderEndpoint> {
+    [
+        (pb::Protocol::Udp, addrs.udp),
+        (pb::Protocol::Tcp, addrs.tcp),
+        (pb::Protocol::Quic, addrs.quic),
+        (pb::Protocol::Http, addrs.http),
+        (pb::Protocol::Https, addrs.https),
+    ]
+    .into_iter()
+    .filter_map(|(p, a)| {
+        a.map(|a| pb::ResponderEndpoint {
+            protocol: p as i32,
+            address: host_port(host, a.port()),
+        })
+    })
+    .collect()
+}
+
+async fn detect_local_ip(host: &str, port: u16) -> Option<IpAddr> {
+    let target = tokio::net::lookup_host((host, port)).await.ok()?.next()?;
+    let bind: SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = tokio::net::UdpSocket::bind(bind).await.ok()?;
+    s.connect(target).await.ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+impl RunApp {
+    /// Binds responders and the stats server and prepares the session.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`] naming what could not start.
+    pub async fn bind(cfg: RunConfig) -> Result<Self, StartError> {
+        crate::tls::install_crypto_provider();
+        let mut identity = cfg.identity.clone();
+        let ecs = match &cfg.ecs_metadata_uri {
+            Some(uri) => super::ecs::fetch(uri).await,
+            None => None,
+        };
+        if identity.az.is_none() {
+            identity.az = ecs.as_ref().and_then(|e| e.az.clone());
+        }
+        let serve = ServeApp::bind(&ServeConfig {
+            responders: cfg.responders.clone(),
+            common: cfg.common.clone(),
+        })
+        .await?;
+        let advertise = match (&cfg.advertise, ecs.as_ref().and_then(|e| e.ipv4.clone())) {
+            (Some(a), _) => a.clone(),
+            (None, Some(ip)) => ip,
+            (None, None) if !cfg.responders.listen.is_unspecified() => {
+                cfg.responders.listen.to_string()
+            }
+            (None, None) => detect_local_ip(&cfg.controller_host, cfg.controller_port)
+                .await
+                .map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string()),
+        };
+        let endpoints = endpoints(&serve.addrs(), &advertise);
+        let capabilities = endpoints
+            .iter()
+            .filter_map(|e| pb::Protocol::try_from(e.protocol).ok())
+            .map(|p| {
+                p.as_str_name()
+                    .trim_start_matches("PROTOCOL_")
+                    .to_ascii_lowercase()
+            })
+            .collect();
+        let hello = pb::Hello {
+            agent_id: String::new(),
+            region: identity.region.clone(),
+            az: identity.az.clone().unwrap_or_default(),
+            location: identity.location.clone().unwrap_or_default(),
+            endpoints,
+            capabilities,
+            version: crate::VERSION.into(),
+        };
+        let tls = if cfg.controller_tls {
+            Some(Arc::new(
+                super::pin::client_config(cfg.token.ca_sha256).map_err(StartError::ControlTls)?,
+            ))
+        } else {
+            None
+        };
+        let key = cfg
+            .responders
+            .keys
+            .first()
+            .cloned()
+            .unwrap_or_else(crate::probe::Key::default_key);
+        let control = ControlConfig {
+            host: cfg.controller_host.clone(),
+            port: cfg.controller_port,
+            tls,
+            token: cfg.token.to_string(),
+            hello,
+            state_dir: cfg.state_dir.clone(),
+            backoff: Backoff::default(),
+            key,
+        };
+        let firehose = match &cfg.firehose {
+            Some(f) => Some(FirehoseSink::start(f.clone()).await?),
+            None => None,
+        };
+        tracing::info!(message = "Agent ready.", region = %identity.region, az = ?identity.az, advertise = %advertise);
+        Ok(RunApp {
+            cfg,
+            serve,
+            firehose,
+            identity,
+            control,
+        })
+    }
+
+    /// Bound responder addresses.
+    pub fn addrs(&self) -> ResponderAddrs {
+        self.serve.addrs()
+    }
+
+    /// Bound stats address.
+    pub fn stats_addr(&self) -> Option<SocketAddr> {
+        self.serve.stats_addr()
+    }
+
+    /// Runs until `shutdown`, then drains the sinks.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let serve = tokio::spawn(self.serve.run(shutdown.clone()));
+        let mut sinks = SinkSet::new();
+        if let Some(f) = &self.cfg.file {
+            sinks.add(FileSink::new(f.clone(), &self.identity.region));
+        }
+        if let Some(f) = self.firehose {
+            sinks.add(f);
+        }
+        if self.cfg.file.is_none() && self.cfg.firehose.is_none() {
+            sinks.add(StdoutSink::new(crate::cli::Format::Json));
+        }
+        let (jobs_tx, jobs_rx) = watch::channel(JobSet::default());
+        let (mode_tx, mode_rx) = watch::channel(ControlMode::Static);
+        let (id_tx, mut id_rx) = watch::channel(None);
+        let control = tokio::spawn(session::run(
+            self.control,
+            Outputs {
+                jobs: jobs_tx,
+                mode: mode_tx,
+                id: id_tx,
+            },
+            shutdown.clone(),
+        ));
+        // Records carry the agent id, so the scheduler starts once it is known.
+        let id = tokio::select! {
+            () = shutdown.cancelled() => None,
+            r = id_rx.wait_for(Option::is_some) => r.ok().and_then(|v| v.clone()),
+        };
+        if let Some(id) = id {
+            let identity = AgentIdentity {
+                agent_id: Some(id),
+                ..self.identity
+            };
+            Scheduler::new(identity, sinks.handle(), mode_rx)
+                .run(jobs_rx, shutdown.clone())
+                .await;
+        }
+        shutdown.cancelled().await;
+        let _ = control.await;
+        let _ = serve.await;
+        sinks.close(SHUTDOWN_GRACE).await;
+    }
+}

@@ -1,0 +1,234 @@
+//! The controller session: one task owns the connection, reconnects with a jittered exponential
+//! backoff, turns received job sets into the scheduler's `watch` channel and keeps the control
+//! mode ([`super::failstatic`]) up to date (STYLE §9, linkerd `tonic-watch`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshlat_proto::pb;
+use meshlat_proto::pb::agent_message::Msg;
+use meshlat_proto::pb::controller_message::Msg as In;
+use meshlat_proto::record::ControlMode;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::failstatic::FailStatic;
+use crate::probe::Key;
+use crate::scheduler::JobSet;
+
+/// Heartbeat interval.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// File in `--state-dir` holding the agent id.
+pub const ID_FILE: &str = "agent-id";
+
+/// Where and how to reach the controller.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// Controller host.
+    pub host: String,
+    /// Controller port.
+    pub port: u16,
+    /// TLS (pinned); `None` for http:// controllers.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The join token, sent as `authorization: Bearer <token>`.
+    pub token: String,
+    /// Hello fields (the id is filled from the state file).
+    pub hello: pb::Hello,
+    /// Directory of the id file.
+    pub state_dir: PathBuf,
+    /// Reconnect policy.
+    pub backoff: Backoff,
+    /// Key for UDP probes.
+    pub key: Key,
+}
+
+/// A session failure (reconnected after a backoff).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// Could not connect.
+    #[error("connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    /// The controller refused or the stream broke.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    /// The stream closed.
+    #[error("the controller closed the session")]
+    Closed,
+    /// The controller answered with something unexpected.
+    #[error("protocol: {0}")]
+    Protocol(&'static str),
+}
+
+/// Reads the stored agent id.
+pub fn load_id(dir: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(ID_FILE))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Stores the agent id (temp file + rename).
+///
+/// # Errors
+///
+/// The I/O error.
+pub fn store_id(dir: &std::path::Path, id: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{ID_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::rename(tmp, dir.join(ID_FILE))
+}
+
+/// Channels the session drives.
+#[derive(Debug)]
+pub struct Outputs {
+    /// The scheduler's job set.
+    pub jobs: watch::Sender<JobSet>,
+    /// The control mode records are marked with.
+    pub mode: watch::Sender<ControlMode>,
+    /// The agent id, once known.
+    pub id: watch::Sender<Option<String>>,
+}
+
+/// Runs sessions until `shutdown`.
+pub async fn run(mut cfg: ControlConfig, out: Outputs, shutdown: CancellationToken) {
+    let mut fs = FailStatic::default();
+    if let Some(id) = load_id(&cfg.state_dir) {
+        cfg.hello.agent_id = id.clone();
+        let _ = out.id.send(Some(id));
+    }
+    loop {
+        let res = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = session(&mut cfg, &out, &mut fs) => r,
+        };
+        fs.lost(Instant::now());
+        let mode = fs.mode(Instant::now());
+        let _ = out.mode.send(mode);
+        let delay = cfg.backoff.next_delay();
+        match &res {
+            Err(SessionError::Status(s)) if s.code() == tonic::Code::Unauthenticated => {
+                tracing::error!(message = "Controller refused the join token.", status = %s.message(), retry_in = ?delay);
+            }
+            Err(error) => {
+                tracing::warn!(message = "Controller session lost.", %error, ?mode, retry_in = ?delay)
+            }
+            Ok(()) => {}
+        }
+        let wake = Instant::now() + delay;
+        loop {
+            let deadline = fs.deadline().filter(|d| *d > Instant::now());
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(wake) => break,
+                () = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let mode = fs.mode(Instant::now());
+                    tracing::warn!(message = "Job-set lease expired; measuring on, degraded.", ?mode);
+                    let _ = out.mode.send(mode);
+                }
+            }
+        }
+    }
+}
+
+fn msg(m: Msg) -> pb::AgentMessage {
+    pb::AgentMessage { msg: Some(m) }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn session(
+    cfg: &mut ControlConfig,
+    out: &Outputs,
+    fs: &mut FailStatic,
+) -> Result<(), SessionError> {
+    let channel = super::pin::connect(cfg.host.clone(), cfg.port, cfg.tls.clone()).await?;
+    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {}", cfg.token)
+        .parse()
+        .map_err(|_| SessionError::Protocol("the token is not a valid header value"))?;
+    let mut client = pb::agent_service_client::AgentServiceClient::with_interceptor(
+        channel,
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", auth.clone());
+            Ok(req)
+        },
+    );
+    let (tx, rx) = mpsc::channel(16);
+    let _ = tx.send(msg(Msg::Hello(cfg.hello.clone()))).await;
+    let mut inbound = client
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut generation = 0;
+    loop {
+        tokio::select! {
+            m = inbound.message() => {
+                let Some(m) = m? else { return Err(SessionError::Closed) };
+                match m.msg {
+                    Some(In::Welcome(w)) => {
+                        if !cfg.hello.agent_id.is_empty() && cfg.hello.agent_id != w.agent_id {
+                            tracing::error!(message = "Controller assigned a different agent id; keeping ours for records.", ours = %cfg.hello.agent_id, theirs = %w.agent_id);
+                        } else if cfg.hello.agent_id.is_empty() {
+                            if let Err(error) = store_id(&cfg.state_dir, &w.agent_id) {
+                                tracing::error!(message = "Cannot store the agent id; a restart will register anew.", dir = %cfg.state_dir.display(), %error);
+                            }
+                            cfg.hello.agent_id = w.agent_id.clone();
+                            let _ = out.id.send(Some(w.agent_id.clone()));
+                        }
+                        tracing::info!(message = "Connected to the controller.", agent = %w.agent_id, controller_region = %w.controller_region);
+                        fs.connected();
+                        cfg.backoff.reset();
+                        let _ = out.mode.send(fs.mode(Instant::now()));
+                    }
+                    Some(In::JobSet(set)) => {
+                        fs.lease(Duration::from_millis(set.lease_ms));
+                        let (jobs, rejected) = super::convert::job_set(&set, &cfg.key);
+                        generation = set.generation;
+                        tracing::info!(message = "Job set received.", generation, jobs = jobs.jobs.len(), rejected = rejected.len());
+                        let _ = out.jobs.send(jobs);
+                        let ack = pb::JobAck { generation, rejected: rejected.into_iter().collect() };
+                        if tx.send(msg(Msg::Ack(ack))).await.is_err() {
+                            return Err(SessionError::Closed);
+                        }
+                    }
+                    None => return Err(SessionError::Protocol("empty controller message")),
+                }
+            }
+            _ = heartbeat.tick() => {
+                let hb = pb::Heartbeat { unix_ms: unix_ms(), generation };
+                if tx.send(msg(Msg::Heartbeat(hb))).await.is_err() {
+                    return Err(SessionError::Closed);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_file_round_trip() {
+        let dir = std::env::temp_dir().join(format!("meshlat-id-{}", uuid::Uuid::now_v7()));
+        assert_eq!(load_id(&dir), None);
+        store_id(&dir, "agent-1").expect("store");
+        assert_eq!(load_id(&dir).as_deref(), Some("agent-1"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

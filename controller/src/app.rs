@@ -1,0 +1,317 @@
+//! Binding and running the controller (STYLE §1): [`Controller::bind`] opens every listener and
+//! loads state; [`Controller::run`] serves until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshlat_proto::pb::agent_service_server::AgentServiceServer;
+use meshlat_proto::pb::operator_service_server::OperatorServiceServer;
+use meshlat_proto::token::hex_encode;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{self, Credentials, NewSecrets, TlsMaterial};
+use crate::config::ServeConfig;
+use crate::grpc;
+use crate::registry::{Registry, RegistryConfig};
+use crate::rest::Rest;
+use crate::store::{FileStore, StoreError};
+
+/// How often agent liveness is re-evaluated.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How long connections get to finish at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A start-up failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The data directory is unusable.
+    #[error("--data-dir {path}: {source}")]
+    DataDir {
+        /// Path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Credentials or certificates.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    /// The state store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener could not bind.
+    #[error("{flag} {addr}: {source}")]
+    Bind {
+        /// Flag.
+        flag: &'static str,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS configuration.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A serving failure.
+#[derive(Debug, thiserror::Error)]
+#[error("gRPC server: {0}")]
+pub struct RunError(#[from] tonic::transport::Error);
+
+/// A bound controller.
+#[derive(Debug)]
+pub struct Controller {
+    cfg: ServeConfig,
+    grpc: TcpListener,
+    rest: Option<TcpListener>,
+    registry: Arc<Registry>,
+    creds: Arc<Credentials>,
+    tls: TlsMaterial,
+    new_secrets: Option<NewSecrets>,
+}
+
+impl Controller {
+    /// Loads (or creates) the CA, credentials and state, and binds the listeners.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`] naming the flag or file at fault.
+    pub async fn bind(cfg: ServeConfig) -> Result<Self, StartError> {
+        // One rustls provider for the process (ring), before any TLS use.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
+            path: cfg.data_dir.display().to_string(),
+            source,
+        })?;
+        let tls = auth::load_or_create_tls(&cfg.data_dir, &cfg.sans)?;
+        let (creds, new_secrets) = Credentials::load_or_create(&cfg.data_dir, &cfg.seeds)?;
+        let store = Arc::new(FileStore::open(&cfg.data_dir)?);
+        let registry = Arc::new(Registry::load(
+            RegistryConfig {
+                region: cfg.region.clone(),
+                max_full_mesh: cfg.max_full_mesh,
+                lease: cfg.lease,
+                agent_ttl: cfg.agent_ttl,
+            },
+            store,
+        )?);
+        let grpc = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                flag: "--listen",
+                addr: cfg.listen,
+                source,
+            })?;
+        let rest = match cfg.rest_listen {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            flag: "--rest-listen",
+                            addr,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        Ok(Controller {
+            cfg,
+            grpc,
+            rest,
+            registry,
+            creds: Arc::new(creds),
+            tls,
+            new_secrets,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.local_addr().ok()
+    }
+
+    /// The bound REST address.
+    pub fn rest_addr(&self) -> Option<SocketAddr> {
+        self.rest.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The shared registry (tests).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// Lines for stdout: bound addresses, the CA, and — on the start that created them — the
+    /// join token and operator credential (shown once; stored only hashed).
+    pub fn announcements(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(a) = self.grpc_addr() {
+            v.push(format!("listening grpc {a}"));
+        }
+        if let Some(a) = self.rest_addr() {
+            v.push(format!("listening rest {a}"));
+        }
+        v.push(format!("ca-file {}", self.tls.ca_path.display()));
+        v.push(format!("ca-sha256 {}", hex_encode(&self.tls.ca_sha256)));
+        if let Some(s) = &self.new_secrets {
+            v.push(format!(
+                "join-token {}",
+                auth::join_token(self.tls.ca_sha256, &s.join_secret)
+            ));
+            v.push(format!("operator-credential {}", s.operator_credential));
+        }
+        v
+    }
+
+    /// Serves gRPC (agents, operators, health, reflection) and REST until `shutdown`.
+    ///
+    /// # Errors
+    ///
+    /// [`RunError`] if the gRPC server fails.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunError> {
+        let tasks = tokio_util::task::TaskTracker::new();
+        let registry = self.registry.clone();
+        let sweep_stop = shutdown.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    () = sweep_stop.cancelled() => return,
+                    _ = tick.tick() => registry.sweep(),
+                }
+            }
+        });
+        if let Some(l) = self.rest {
+            let acceptor = if self.cfg.plaintext {
+                None
+            } else {
+                match rest_tls(&self.tls) {
+                    Ok(a) => Some(a),
+                    Err(error) => {
+                        tracing::error!(message = "REST TLS setup failed; REST is off.", %error);
+                        None
+                    }
+                }
+            };
+            if acceptor.is_some() || self.cfg.plaintext {
+                let rest = Rest::new(self.registry.clone(), self.creds.clone());
+                tasks.spawn(rest.serve(l, acceptor, shutdown.clone()));
+            }
+        }
+        tasks.close();
+
+        let (health, health_svc) = tonic_health::server::health_reporter();
+        for name in ["meshlat.v1.AgentService", "meshlat.v1.OperatorService"] {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(meshlat_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1();
+        let agent = AgentServiceServer::with_interceptor(
+            grpc::agent::AgentSvc::new(self.registry.clone(), shutdown.clone()),
+            grpc::auth::agent(self.creds.clone()),
+        );
+        let operator = OperatorServiceServer::with_interceptor(
+            grpc::operator::OperatorSvc::new(self.registry.clone()),
+            grpc::auth::operator(self.creds.clone()),
+        );
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        if !self.cfg.plaintext {
+            let id = tonic::transport::Identity::from_pem(&self.tls.chain_pem, &self.tls.key_pem);
+            builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(id))?;
+        }
+        let mut router = builder
+            .add_service(health_svc)
+            .add_service(agent)
+            .add_service(operator);
+        match reflection {
+            Ok(r) => router = router.add_service(r),
+            Err(error) => tracing::warn!(message = "gRPC reflection unavailable.", %error),
+        }
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+        let stop = shutdown.clone();
+        let served = router
+            .serve_with_incoming_shutdown(incoming, async move {
+                stop.cancelled().await;
+            })
+            .await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
+        served.map_err(RunError)
+    }
+}
+
+fn rest_tls(tls: &TlsMaterial) -> Result<tokio_rustls::TlsAcceptor, StartError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let e = |m: String| StartError::Tls(m);
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(tls.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|x| e(x.to_string()))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|x| e(x.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|x| e(x.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|x| e(x.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        tracing::info!(message = "Shutting down.");
+        t.cancel();
+    });
+    token
+}
+
+/// Logging on stderr: text or JSON; level from `-v` unless `RUST_LOG` is set.
+pub fn init_logging(verbose: u8, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
+}

@@ -1,0 +1,172 @@
+//! Validated controller configuration ("parse, don't validate", STYLE §7).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::auth::Seeds;
+use crate::cli::ServeArgs;
+
+/// A configuration error naming the flag.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A flag is missing.
+    #[error("{flag} is required")]
+    Missing {
+        /// Flag.
+        flag: &'static str,
+    },
+    /// A flag has a bad value.
+    #[error("{flag} {value:?}: {reason}")]
+    Invalid {
+        /// Flag.
+        flag: &'static str,
+        /// Value.
+        value: String,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// Validated `controller serve` configuration.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Region served.
+    pub region: String,
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// REST listen address (`None`: off).
+    pub rest_listen: Option<SocketAddr>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// No TLS.
+    pub plaintext: bool,
+    /// Server certificate names.
+    pub sans: Vec<String>,
+    /// Job-set lease.
+    pub lease: Duration,
+    /// Agent liveness TTL.
+    pub agent_ttl: Duration,
+    /// Full-mesh size limit.
+    pub max_full_mesh: usize,
+    /// First-start secrets.
+    pub seeds: Seeds,
+}
+
+fn secs(flag: &'static str, v: f64) -> Result<Duration, ConfigError> {
+    if !v.is_finite() || !(1.0..=86_400.0).contains(&v) {
+        return Err(ConfigError::Invalid {
+            flag,
+            value: v.to_string(),
+            reason: "must be 1 to 86400 seconds",
+        });
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn addr(flag: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| ConfigError::Invalid {
+        flag,
+        value: v.into(),
+        reason: "not an IP:PORT address",
+    })
+}
+
+impl ServeConfig {
+    /// Validates `serve` flags.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the flag.
+    pub fn from_args(a: &ServeArgs) -> Result<Self, ConfigError> {
+        let region = a
+            .region
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .ok_or(ConfigError::Missing { flag: "--region" })?;
+        if !region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(ConfigError::Invalid {
+                flag: "--region",
+                value: region.into(),
+                reason: "use letters, digits, '-', '_' and '.' only",
+            });
+        }
+        let listen = addr("--listen", &a.listen)?;
+        let rest_listen = match a.rest_listen.trim() {
+            "off" | "" => None,
+            v => Some(addr("--rest-listen", v)?),
+        };
+        let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        if !listen.ip().is_unspecified() {
+            sans.push(listen.ip().to_string());
+        }
+        sans.extend(
+            a.tls_san
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+        );
+        sans.dedup();
+        let lease = secs("--lease", a.lease)?;
+        let agent_ttl = secs("--agent-ttl", a.agent_ttl)?;
+        if a.max_full_mesh == 0 {
+            return Err(ConfigError::Invalid {
+                flag: "--max-full-mesh",
+                value: "0".into(),
+                reason: "must be at least 1",
+            });
+        }
+        Ok(ServeConfig {
+            region: region.into(),
+            listen,
+            rest_listen,
+            data_dir: a.data_dir.clone(),
+            plaintext: a.plaintext,
+            sans,
+            lease,
+            agent_ttl,
+            max_full_mesh: a.max_full_mesh,
+            seeds: Seeds {
+                join_secret: a.join_secret.clone(),
+                operator_credential: a.operator_credential.clone(),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<ServeConfig, String> {
+        let mut argv = vec!["controller", "serve"];
+        argv.extend_from_slice(args);
+        let cli = crate::cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Some(crate::cli::Command::Serve(a)) = cli.command else {
+            return Err("not serve".into());
+        };
+        ServeConfig::from_args(&a).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn flags_validate_and_errors_name_the_flag() {
+        let c = parse(&["--region", "eu-west-1", "--rest-listen", "off"]).expect("valid");
+        assert_eq!((c.region.as_str(), c.rest_listen), ("eu-west-1", None));
+        assert_eq!(c.lease, Duration::from_secs(60));
+        for (args, want) in [
+            (&[][..], "--region is required"),
+            (&["--region", "a/b"][..], "--region \"a/b\""),
+            (&["--region", "a", "--listen", "x"][..], "--listen \"x\""),
+            (&["--region", "a", "--lease", "0"][..], "--lease \"0\""),
+        ] {
+            let e = parse(args).expect_err(want);
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+}

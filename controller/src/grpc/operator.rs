@@ -1,0 +1,98 @@
+//! `OperatorService`: jobs and agents. The latency matrix and live stats are not served yet
+//! (`Unimplemented`).
+
+use std::sync::Arc;
+
+use meshlat_proto::pb;
+use meshlat_proto::pb::operator_service_server::OperatorService;
+use tonic::{Request, Response, Status};
+
+use super::status::from_domain;
+use crate::registry::Registry;
+
+/// The operator API over the registry.
+#[derive(Clone, Debug)]
+pub struct OperatorSvc {
+    registry: Arc<Registry>,
+}
+
+impl OperatorSvc {
+    /// A service over `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        OperatorSvc { registry }
+    }
+}
+
+#[tonic::async_trait]
+impl OperatorService for OperatorSvc {
+    async fn start_job(
+        &self,
+        req: Request<pb::StartJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        self.registry
+            .start_job(req.into_inner().spec)
+            .map(Response::new)
+            .map_err(from_domain)
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let jobs = self.registry.list_jobs(req.into_inner().include_stopped);
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        self.registry
+            .get_job(&req.into_inner().id)
+            .map(Response::new)
+            .map_err(from_domain)
+    }
+
+    async fn update_job(
+        &self,
+        req: Request<pb::UpdateJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let r = req.into_inner();
+        self.registry
+            .update_job(&r.id, r.spec, r.expected_version)
+            .map(Response::new)
+            .map_err(from_domain)
+    }
+
+    async fn stop_job(
+        &self,
+        req: Request<pb::StopJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        self.registry
+            .stop_job(&req.into_inner().id)
+            .map(Response::new)
+            .map_err(from_domain)
+    }
+
+    async fn list_agents(
+        &self,
+        _req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: self.registry.list_agents(),
+        }))
+    }
+
+    async fn get_matrix(
+        &self,
+        _req: Request<pb::GetMatrixRequest>,
+    ) -> Result<Response<pb::Matrix>, Status> {
+        Err(Status::unimplemented("the latency matrix is not built yet"))
+    }
+
+    type WatchStatsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Matrix, Status>>;
+
+    async fn watch_stats(
+        &self,
+        _req: Request<pb::WatchStatsRequest>,
+    ) -> Result<Response<Self::WatchStatsStream>, Status> {
+        Err(Status::unimplemented("live stats are not built yet"))
+    }
+}

@@ -1,0 +1,75 @@
+//! The one place domain errors become `tonic::Status` (STYLE §8).
+//!
+//! | error | code |
+//! | --- | --- |
+//! | [`DomainError::Invalid`] | `InvalidArgument`, message `field: reason`, field also in metadata `x-meshlat-field` |
+//! | [`DomainError::NotFound`] | `NotFound` |
+//! | [`DomainError::VersionMismatch`], [`DomainError::Stopped`] | `FailedPrecondition` |
+//! | [`DomainError::Store`] | `Internal` (logged with context; details not sent) |
+//! | a missing or wrong credential | `Unauthenticated` |
+
+use tonic::Status;
+
+use crate::registry::DomainError;
+
+/// Maps a domain error to a gRPC status.
+pub fn from_domain(e: DomainError) -> Status {
+    match &e {
+        DomainError::Invalid { field, .. } => {
+            let mut s = Status::invalid_argument(e.to_string());
+            if let Ok(v) = field.parse() {
+                s.metadata_mut().insert("x-meshlat-field", v);
+            }
+            s
+        }
+        DomainError::NotFound { .. } => Status::not_found(e.to_string()),
+        DomainError::VersionMismatch { .. } | DomainError::Stopped { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
+        DomainError::Store(_) => {
+            tracing::error!(message = "Internal error.", error = %e);
+            Status::internal("internal error: the state store failed; see the controller log")
+        }
+    }
+}
+
+/// A refused credential.
+pub fn unauthenticated(what: &str) -> Status {
+    Status::unauthenticated(format!(
+        "missing or invalid {what}: send metadata `authorization: Bearer <{what}>`"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn codes() {
+        let s = from_domain(DomainError::Invalid {
+            field: "spec.timeout_ms".into(),
+            reason: "too big".into(),
+        });
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "spec.timeout_ms: too big");
+        assert_eq!(
+            s.metadata()
+                .get("x-meshlat-field")
+                .and_then(|v| v.to_str().ok()),
+            Some("spec.timeout_ms")
+        );
+        let s = from_domain(DomainError::NotFound {
+            what: "job",
+            id: "x".into(),
+        });
+        assert_eq!(s.code(), Code::NotFound);
+        let s = from_domain(DomainError::VersionMismatch {
+            id: "x".into(),
+            expected: 1,
+            actual: 2,
+        });
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(unauthenticated("x").code(), Code::Unauthenticated);
+    }
+}

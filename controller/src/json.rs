@@ -1,0 +1,297 @@
+//! The JSON form of jobs and agents, shared by the REST API and the `controller job` CLI.
+//!
+//! A job spec in JSON (snake_case, the fields of `JobSpec` in `proto/meshlat/v1/job.proto`):
+//!
+//! ```json
+//! {"name": "mesh", "kind": "probe", "protocols": ["udp", "tcp"],
+//!  "sources": ["region=eu-west-1"], "targets": ["region=eu-west-1", "https://example.com/"],
+//!  "interval_ms": 1000, "timeout_ms": 500, "strategy": "k-random", "k": 3}
+//! ```
+//!
+//! Endpoints are strings: `proto://...` is an external URL, `key=value[,...]` a selector, anything
+//! else an agent id. `kind` defaults to `probe`, `strategy` to `full`; numbers default to 0.
+//! Unknown fields and wrong types are refused with the field path.
+
+use meshlat_proto::pb;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+/// A JSON field that could not be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct JsonError {
+    /// Field path (`.` for the whole document).
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> JsonError {
+    JsonError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+const SPEC_FIELDS: &[&str] = &[
+    "name",
+    "kind",
+    "protocols",
+    "sources",
+    "targets",
+    "relays",
+    "interval_ms",
+    "timeout_ms",
+    "payload_bytes",
+    "packets",
+    "packet_interval_ms",
+    "count",
+    "duration_ms",
+    "strategy",
+    "k",
+];
+
+fn get<T: DeserializeOwned + Default>(
+    obj: &Map<String, Value>,
+    name: &str,
+) -> Result<T, JsonError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(T::default()),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| err(name, e.to_string())),
+    }
+}
+
+/// Protocol names in JSON.
+pub fn protocol_name(p: i32) -> &'static str {
+    match pb::Protocol::try_from(p) {
+        Ok(pb::Protocol::Udp) => "udp",
+        Ok(pb::Protocol::Tcp) => "tcp",
+        Ok(pb::Protocol::Quic) => "quic",
+        Ok(pb::Protocol::Http) => "http",
+        Ok(pb::Protocol::Https) => "https",
+        _ => "unspecified",
+    }
+}
+
+fn strategy_name(s: i32) -> &'static str {
+    match pb::PinglistStrategy::try_from(s) {
+        Ok(pb::PinglistStrategy::PerRegion) => "per-region",
+        Ok(pb::PinglistStrategy::KRandom) => "k-random",
+        _ => "full",
+    }
+}
+
+fn endpoint(s: &str) -> pb::Endpoint {
+    use pb::endpoint::Endpoint as E;
+    let s = s.trim();
+    let e = if s.contains("://") {
+        E::Url(s.into())
+    } else if s.contains('=') {
+        E::Selector(s.into())
+    } else {
+        E::AgentId(s.into())
+    };
+    pb::Endpoint { endpoint: Some(e) }
+}
+
+fn endpoint_str(e: &pb::Endpoint) -> String {
+    use pb::endpoint::Endpoint as E;
+    match &e.endpoint {
+        Some(E::Url(s) | E::Selector(s) | E::AgentId(s)) => s.clone(),
+        None => String::new(),
+    }
+}
+
+fn endpoints(obj: &Map<String, Value>, name: &str) -> Result<Vec<pb::Endpoint>, JsonError> {
+    let v: Vec<Value> = get(obj, name)?;
+    v.iter()
+        .enumerate()
+        .map(|(i, x)| match x {
+            Value::String(s) => Ok(endpoint(s)),
+            _ => Err(err(
+                format!("{name}[{i}]"),
+                "must be a string: an agent id, a selector key=value or a URL",
+            )),
+        })
+        .collect()
+}
+
+/// Parses a JSON job spec.
+///
+/// # Errors
+///
+/// [`JsonError`] naming the field: malformed JSON, unknown field, wrong type or unknown name.
+pub fn parse_spec(body: &[u8]) -> Result<pb::JobSpec, JsonError> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| err(".", format!("malformed JSON: {e}")))?;
+    spec_from_value(&v)
+}
+
+/// A job spec from a parsed JSON value.
+///
+/// # Errors
+///
+/// As [`parse_spec`].
+pub fn spec_from_value(v: &Value) -> Result<pb::JobSpec, JsonError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err(".", "a job spec must be a JSON object"))?;
+    if let Some(k) = obj.keys().find(|k| !SPEC_FIELDS.contains(&k.as_str())) {
+        return Err(err(
+            k.as_str(),
+            format!("unknown field; known: {}", SPEC_FIELDS.join(", ")),
+        ));
+    }
+    let kind: String = get(obj, "kind")?;
+    let kind = match kind.as_str() {
+        "" | "probe" => pb::JobKind::Probe,
+        "relay" => pb::JobKind::Relay,
+        other => return Err(err("kind", format!("{other:?}: use probe or relay"))),
+    };
+    let names: Vec<String> = get(obj, "protocols")?;
+    let mut protocols = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let p = match n.to_ascii_lowercase().as_str() {
+            "udp" => pb::Protocol::Udp,
+            "tcp" => pb::Protocol::Tcp,
+            "quic" => pb::Protocol::Quic,
+            "http" => pb::Protocol::Http,
+            "https" => pb::Protocol::Https,
+            _ => {
+                return Err(err(
+                    format!("protocols[{i}]"),
+                    format!("{n:?}: use udp, tcp, quic, http or https"),
+                ));
+            }
+        };
+        protocols.push(p as i32);
+    }
+    let strategy: String = get(obj, "strategy")?;
+    let strategy = match strategy.as_str() {
+        "" | "full" => pb::PinglistStrategy::Full,
+        "per-region" | "per_region" => pb::PinglistStrategy::PerRegion,
+        "k-random" | "k_random" => pb::PinglistStrategy::KRandom,
+        other => {
+            return Err(err(
+                "strategy",
+                format!("{other:?}: use full, per-region or k-random"),
+            ));
+        }
+    };
+    Ok(pb::JobSpec {
+        name: get(obj, "name")?,
+        kind: kind as i32,
+        protocols,
+        sources: endpoints(obj, "sources")?,
+        targets: endpoints(obj, "targets")?,
+        relays: endpoints(obj, "relays")?,
+        interval_ms: get(obj, "interval_ms")?,
+        timeout_ms: get(obj, "timeout_ms")?,
+        payload_bytes: get(obj, "payload_bytes")?,
+        packets: get(obj, "packets")?,
+        packet_interval_ms: get(obj, "packet_interval_ms")?,
+        count: get(obj, "count")?,
+        duration_ms: get(obj, "duration_ms")?,
+        strategy: strategy as i32,
+        k: get(obj, "k")?,
+    })
+}
+
+/// A job spec as JSON.
+pub fn spec_to_value(s: &pb::JobSpec) -> Value {
+    let kind = if s.kind == pb::JobKind::Relay as i32 {
+        "relay"
+    } else {
+        "probe"
+    };
+    serde_json::json!({
+        "name": s.name,
+        "kind": kind,
+        "protocols": s.protocols.iter().map(|p| protocol_name(*p)).collect::<Vec<_>>(),
+        "sources": s.sources.iter().map(endpoint_str).collect::<Vec<_>>(),
+        "targets": s.targets.iter().map(endpoint_str).collect::<Vec<_>>(),
+        "relays": s.relays.iter().map(endpoint_str).collect::<Vec<_>>(),
+        "interval_ms": s.interval_ms,
+        "timeout_ms": s.timeout_ms,
+        "payload_bytes": s.payload_bytes,
+        "packets": s.packets,
+        "packet_interval_ms": s.packet_interval_ms,
+        "count": s.count,
+        "duration_ms": s.duration_ms,
+        "strategy": strategy_name(s.strategy),
+        "k": s.k,
+    })
+}
+
+/// A job as JSON.
+pub fn job_to_value(j: &pb::Job) -> Value {
+    serde_json::json!({
+        "id": j.id,
+        "version": j.version,
+        "created_unix_ms": j.created_unix_ms,
+        "updated_unix_ms": j.updated_unix_ms,
+        "stopped": j.stopped,
+        "spec": j.spec.as_ref().map(spec_to_value),
+    })
+}
+
+/// An agent as JSON.
+#[derive(Debug, Serialize)]
+pub struct AgentJson<'a> {
+    id: &'a str,
+    region: &'a str,
+    az: &'a str,
+    location: &'a str,
+    version: &'a str,
+    connected: bool,
+    last_seen_unix_ms: i64,
+    controller_region: &'a str,
+}
+
+/// An agent as JSON.
+pub fn agent_to_value(a: &pb::AgentInfo) -> Value {
+    serde_json::to_value(AgentJson {
+        id: &a.id,
+        region: &a.region,
+        az: &a.az,
+        location: &a.location,
+        version: &a.version,
+        connected: a.connected,
+        last_seen_unix_ms: a.last_seen_unix_ms,
+        controller_region: &a.controller_region,
+    })
+    .unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_and_bad_fields_are_named() {
+        let body = br#"{"name":"m","protocols":["udp","https"],"sources":["region=a"],
+            "targets":["ag-1","https://example.com/"],"interval_ms":1000,"timeout_ms":500,
+            "strategy":"k-random","k":2}"#;
+        let s = parse_spec(body).expect("valid");
+        assert_eq!(s.strategy, pb::PinglistStrategy::KRandom as i32);
+        assert_eq!(
+            s.targets[0].endpoint,
+            Some(pb::endpoint::Endpoint::AgentId("ag-1".into()))
+        );
+        let again = spec_from_value(&spec_to_value(&s)).expect("round trip");
+        assert_eq!(again, s);
+        for (bad, field) in [
+            (&b"{"[..], "."),
+            (br#"{"interval_ms":"soon"}"#, "interval_ms"),
+            (br#"{"colour":1}"#, "colour"),
+            (br#"{"protocols":["udp","gopher"]}"#, "protocols[1]"),
+            (br#"{"sources":[1]}"#, "sources[0]"),
+            (br#"{"strategy":"all"}"#, "strategy"),
+            (br#"[1]"#, "."),
+        ] {
+            let e = parse_spec(bad).expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+}

@@ -1,0 +1,667 @@
+//! The domain layer: jobs, the agent directory and agent sessions, behind one lock.
+//!
+//! Every change (a job started, updated or stopped; an agent connecting, going away, or its
+//! TTL running out) recomputes the pinglists ([`crate::schedule`]) and pushes a new
+//! [`pb::JobSet`] to each connected agent whose assignments changed, with a fresh generation.
+//!
+//! # Liveness
+//!
+//! An agent is scheduled (as a source or a target) while it is connected, and for
+//! [`RegistryConfig::agent_ttl`] after it was last heard from. Agents loaded from the state store
+//! count as heard from at start-up, so a restarted controller keeps every pair of the agents
+//! that reconnect within the TTL instead of churning job sets while they come back one by one.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use meshlat_proto::pb;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::schedule::{self, AgentView};
+use crate::store::{StateStore, StoreError};
+
+/// A domain failure; [`crate::grpc::status`] and [`crate::rest`] map it to their status codes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DomainError {
+    /// The request is invalid; `field` is the field path.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Field path, e.g. `spec.timeout_ms`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No such job or agent.
+    #[error("{what} {id:?} not found")]
+    NotFound {
+        /// `job` or `agent`.
+        what: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// `expected_version` does not match the stored version.
+    #[error("job {id}: expected version {expected}, stored version is {actual}")]
+    VersionMismatch {
+        /// Job id.
+        id: String,
+        /// Version the caller expected.
+        expected: u64,
+        /// Stored version.
+        actual: u64,
+    },
+    /// The job is stopped and cannot be updated.
+    #[error("job {id} is stopped")]
+    Stopped {
+        /// Job id.
+        id: String,
+    },
+    /// The state store failed; the change was not made.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Tunables of the registry.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// This controller's region.
+    pub region: String,
+    /// Most agents a `full` job may involve.
+    pub max_full_mesh: usize,
+    /// Lease given with each job set: how long an agent runs it without hearing from us.
+    pub lease: Duration,
+    /// How long an agent stays scheduled after it was last heard from.
+    pub agent_ttl: Duration,
+}
+
+/// What a connecting agent gets.
+#[derive(Debug)]
+pub struct Session {
+    /// The agent's (possibly new) id.
+    pub agent_id: String,
+    /// Session number, to tell a stale session's disconnect from the current one's.
+    pub session: u64,
+    /// Its desired job sets.
+    pub job_sets: watch::Receiver<Arc<pb::JobSet>>,
+}
+
+#[derive(Debug)]
+struct AgentEntry {
+    stored: pb::StoredAgent,
+    session: Option<(u64, watch::Sender<Arc<pb::JobSet>>)>,
+    last_heard: Instant,
+    assignments: Vec<pb::Assignment>,
+    generation: u64,
+    acked: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    jobs: BTreeMap<String, pb::Job>,
+    agents: BTreeMap<String, AgentEntry>,
+    next_generation: u64,
+    next_session: u64,
+}
+
+/// Jobs, agents and sessions.
+#[derive(Debug)]
+pub struct Registry {
+    cfg: RegistryConfig,
+    store: Arc<dyn StateStore>,
+    inner: Mutex<Inner>,
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> DomainError {
+    DomainError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Registry {
+    /// Loads jobs and agent identities from `store`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    pub fn load(cfg: RegistryConfig, store: Arc<dyn StateStore>) -> Result<Self, StoreError> {
+        let state = store.load()?;
+        let now = Instant::now();
+        let agents = state
+            .agents
+            .into_iter()
+            .filter_map(|mut a| {
+                let info = a.info.as_mut()?;
+                info.connected = false;
+                Some((
+                    info.id.clone(),
+                    AgentEntry {
+                        stored: a,
+                        session: None,
+                        last_heard: now,
+                        assignments: Vec::new(),
+                        generation: 0,
+                        acked: 0,
+                    },
+                ))
+            })
+            .collect();
+        // Generations only grow, across restarts too (agents ignore nothing, but logs compare).
+        let next_generation = u64::try_from(unix_ms()).unwrap_or(1).max(1);
+        let inner = Inner {
+            jobs: state.jobs.into_iter().map(|j| (j.id.clone(), j)).collect(),
+            agents,
+            next_generation,
+            next_session: 1,
+        };
+        let r = Registry {
+            cfg,
+            store,
+            inner: Mutex::new(inner),
+        };
+        r.lock().recompute(&r.cfg, Instant::now());
+        Ok(r)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RegistryConfig {
+        &self.cfg
+    }
+
+    fn check_spec(&self, inner: &Inner, spec: &pb::JobSpec) -> Result<(), DomainError> {
+        meshlat_proto::job::validate(spec).map_err(|e| {
+            use meshlat_proto::job::JobSpecError as E;
+            let field = match &e {
+                E::Empty { field } => (*field).to_string(),
+                E::OutOfRange { field, .. } | E::Invalid { field, .. } => field.clone(),
+                E::TimeoutNotBelowInterval { .. } => "timeout_ms".into(),
+                _ => String::new(),
+            };
+            let reason = e.to_string();
+            let reason = reason
+                .strip_prefix(&format!("{field}: "))
+                .map_or(reason.clone(), str::to_string);
+            invalid(format!("spec.{field}").trim_end_matches('.'), reason)
+        })?;
+        schedule::check_endpoints(spec)
+            .map_err(|(field, reason)| invalid(format!("spec.{field}"), reason))?;
+        if spec.kind == pb::JobKind::Relay as i32 {
+            return Err(invalid(
+                "spec.kind",
+                "relay jobs are not scheduled by this controller version yet",
+            ));
+        }
+        let full = matches!(
+            pb::PinglistStrategy::try_from(spec.strategy),
+            Ok(pb::PinglistStrategy::Full | pb::PinglistStrategy::Unspecified) | Err(_)
+        );
+        if full {
+            let size = schedule::mesh_size(spec, &inner.views(&self.cfg, Instant::now()));
+            if size > self.cfg.max_full_mesh {
+                return Err(invalid(
+                    "spec.strategy",
+                    format!(
+                        "a full mesh of {size} agents exceeds the maximum of {} (--max-full-mesh); use per-region or k-random",
+                        self.cfg.max_full_mesh
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a job: validates, assigns a UUID v7 id and version 1, stores, schedules.
+    ///
+    /// # Errors
+    ///
+    /// [`DomainError::Invalid`] naming the field, or [`DomainError::Store`].
+    pub fn start_job(&self, spec: Option<pb::JobSpec>) -> Result<pb::Job, DomainError> {
+        let spec = spec.ok_or_else(|| invalid("spec", "must be given"))?;
+        let mut inner = self.lock();
+        self.check_spec(&inner, &spec)?;
+        let now = unix_ms();
+        let job = pb::Job {
+            id: uuid::Uuid::now_v7().to_string(),
+            spec: Some(spec),
+            version: 1,
+            created_unix_ms: now,
+            updated_unix_ms: now,
+            stopped: false,
+        };
+        inner.jobs.insert(job.id.clone(), job.clone());
+        if let Err(e) = self.save_jobs(&inner) {
+            inner.jobs.remove(&job.id);
+            return Err(e);
+        }
+        tracing::info!(message = "Job started.", job = %job.id);
+        inner.recompute(&self.cfg, Instant::now());
+        Ok(job)
+    }
+
+    /// Jobs, by id; stopped ones only if asked.
+    pub fn list_jobs(&self, include_stopped: bool) -> Vec<pb::Job> {
+        self.lock()
+            .jobs
+            .values()
+            .filter(|j| include_stopped || !j.stopped)
+            .cloned()
+            .collect()
+    }
+
+    /// One job.
+    ///
+    /// # Errors
+    ///
+    /// [`DomainError::NotFound`].
+    pub fn get_job(&self, id: &str) -> Result<pb::Job, DomainError> {
+        self.lock()
+            .jobs
+            .get(id)
+            .cloned()
+            .ok_or_else(|| DomainError::NotFound {
+                what: "job",
+                id: id.into(),
+            })
+    }
+
+    /// Replaces a job's spec and bumps its version; `expected_version` 0 skips the check.
+    ///
+    /// # Errors
+    ///
+    /// [`DomainError::NotFound`], [`DomainError::VersionMismatch`], [`DomainError::Stopped`],
+    /// [`DomainError::Invalid`] or [`DomainError::Store`].
+    pub fn update_job(
+        &self,
+        id: &str,
+        spec: Option<pb::JobSpec>,
+        expected_version: u64,
+    ) -> Result<pb::Job, DomainError> {
+        let spec = spec.ok_or_else(|| invalid("spec", "must be given"))?;
+        let mut inner = self.lock();
+        let old = inner
+            .jobs
+            .get(id)
+            .cloned()
+            .ok_or_else(|| DomainError::NotFound {
+                what: "job",
+                id: id.into(),
+            })?;
+        if expected_version != 0 && expected_version != old.version {
+            return Err(DomainError::VersionMismatch {
+                id: id.into(),
+                expected: expected_version,
+                actual: old.version,
+            });
+        }
+        if old.stopped {
+            return Err(DomainError::Stopped { id: id.into() });
+        }
+        self.check_spec(&inner, &spec)?;
+        let job = pb::Job {
+            spec: Some(spec),
+            version: old.version + 1,
+            updated_unix_ms: unix_ms(),
+            ..old.clone()
+        };
+        inner.jobs.insert(id.into(), job.clone());
+        if let Err(e) = self.save_jobs(&inner) {
+            inner.jobs.insert(id.into(), old);
+            return Err(e);
+        }
+        tracing::info!(message = "Job updated.", job = %id, version = job.version);
+        inner.recompute(&self.cfg, Instant::now());
+        Ok(job)
+    }
+
+    /// Stops a job (kept, marked stopped; idempotent).
+    ///
+    /// # Errors
+    ///
+    /// [`DomainError::NotFound`] or [`DomainError::Store`].
+    pub fn stop_job(&self, id: &str) -> Result<pb::Job, DomainError> {
+        let mut inner = self.lock();
+        let old = inner
+            .jobs
+            .get(id)
+            .cloned()
+            .ok_or_else(|| DomainError::NotFound {
+                what: "job",
+                id: id.into(),
+            })?;
+        if old.stopped {
+            return Ok(old);
+        }
+        let job = pb::Job {
+            stopped: true,
+            version: old.version + 1,
+            updated_unix_ms: unix_ms(),
+            ..old.clone()
+        };
+        inner.jobs.insert(id.into(), job.clone());
+        if let Err(e) = self.save_jobs(&inner) {
+            inner.jobs.insert(id.into(), old);
+            return Err(e);
+        }
+        tracing::info!(message = "Job stopped.", job = %id);
+        inner.recompute(&self.cfg, Instant::now());
+        Ok(job)
+    }
+
+    /// Known agents, by id.
+    pub fn list_agents(&self) -> Vec<pb::AgentInfo> {
+        self.lock()
+            .agents
+            .values()
+            .filter_map(|a| a.stored.info.clone())
+            .collect()
+    }
+
+    /// Registers a session from a Hello: keeps the agent's id if it has one, else makes a new
+    /// one. A second session for an id replaces the first (its stream ends).
+    ///
+    /// # Errors
+    ///
+    /// [`DomainError::Invalid`] for a malformed Hello, or [`DomainError::Store`].
+    pub fn connect(&self, hello: pb::Hello) -> Result<Session, DomainError> {
+        let id = hello.agent_id.trim().to_string();
+        if id.len() > 128 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(invalid(
+                "hello.agent_id",
+                "at most 128 printable characters",
+            ));
+        }
+        if hello.region.trim().is_empty() {
+            return Err(invalid("hello.region", "must not be empty"));
+        }
+        let id = if id.is_empty() {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            id
+        };
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let session = inner.next_session;
+        inner.next_session += 1;
+        let info = pb::AgentInfo {
+            id: id.clone(),
+            region: hello.region,
+            az: hello.az,
+            location: hello.location,
+            version: hello.version,
+            connected: true,
+            last_seen_unix_ms: unix_ms(),
+            controller_region: self.cfg.region.clone(),
+        };
+        let stored = pb::StoredAgent {
+            info: Some(info),
+            endpoints: hello.endpoints,
+            capabilities: hello.capabilities,
+        };
+        let (tx, rx) = watch::channel(Arc::new(pb::JobSet::default()));
+        let replaced = match inner.agents.get_mut(&id) {
+            Some(e) => {
+                e.stored = stored;
+                e.last_heard = now;
+                // Force a push on the new session.
+                e.assignments.clear();
+                e.generation = 0;
+                e.session.replace((session, tx)).is_some()
+            }
+            None => {
+                inner.agents.insert(
+                    id.clone(),
+                    AgentEntry {
+                        stored,
+                        session: Some((session, tx)),
+                        last_heard: now,
+                        assignments: Vec::new(),
+                        generation: 0,
+                        acked: 0,
+                    },
+                );
+                false
+            }
+        };
+        self.save_agents(&inner)?;
+        tracing::info!(message = "Agent connected.", agent = %id, session, replaced);
+        inner.recompute(&self.cfg, now);
+        Ok(Session {
+            agent_id: id,
+            session,
+            job_sets: rx,
+        })
+    }
+
+    /// Notes a heartbeat (or any message) from a session.
+    pub fn heard(&self, agent_id: &str, session: u64) {
+        let mut inner = self.lock();
+        if let Some(e) = inner.agents.get_mut(agent_id)
+            && e.session.as_ref().is_some_and(|(s, _)| *s == session)
+        {
+            e.last_heard = Instant::now();
+            if let Some(i) = e.stored.info.as_mut() {
+                i.last_seen_unix_ms = unix_ms();
+            }
+        }
+    }
+
+    /// Notes a job-set acknowledgement.
+    pub fn acked(&self, agent_id: &str, session: u64, ack: &pb::JobAck) {
+        let mut inner = self.lock();
+        if let Some(e) = inner.agents.get_mut(agent_id)
+            && e.session.as_ref().is_some_and(|(s, _)| *s == session)
+        {
+            e.acked = ack.generation;
+            e.last_heard = Instant::now();
+            if !ack.rejected.is_empty() {
+                tracing::warn!(message = "Agent rejected jobs.", agent = %agent_id, generation = ack.generation, rejected = ?ack.rejected);
+            } else {
+                tracing::debug!(message = "Job set acknowledged.", agent = %agent_id, generation = ack.generation);
+            }
+        }
+    }
+
+    /// Ends a session (if it is still the agent's current one).
+    pub fn disconnect(&self, agent_id: &str, session: u64) {
+        let mut inner = self.lock();
+        let Some(e) = inner.agents.get_mut(agent_id) else {
+            return;
+        };
+        if e.session.as_ref().is_none_or(|(s, _)| *s != session) {
+            return;
+        }
+        e.session = None;
+        e.last_heard = Instant::now();
+        if let Some(i) = e.stored.info.as_mut() {
+            i.connected = false;
+            i.last_seen_unix_ms = unix_ms();
+        }
+        tracing::info!(message = "Agent disconnected.", agent = %agent_id, session);
+        if let Err(error) = self.save_agents(&inner) {
+            tracing::error!(message = "Cannot save agents.", %error);
+        }
+        inner.recompute(&self.cfg, Instant::now());
+    }
+
+    /// Re-evaluates liveness (agents whose TTL ran out stop being scheduled). Call periodically.
+    pub fn sweep(&self) {
+        self.lock().recompute(&self.cfg, Instant::now());
+    }
+
+    /// The generation an agent last acknowledged (tests and diagnostics).
+    pub fn acked_generation(&self, agent_id: &str) -> Option<u64> {
+        self.lock().agents.get(agent_id).map(|e| e.acked)
+    }
+
+    fn save_jobs(&self, inner: &Inner) -> Result<(), DomainError> {
+        let jobs: Vec<pb::Job> = inner.jobs.values().cloned().collect();
+        self.store.save_jobs(&jobs).map_err(|e| {
+            tracing::error!(message = "Cannot save jobs.", error = %e);
+            DomainError::Store(e)
+        })
+    }
+
+    fn save_agents(&self, inner: &Inner) -> Result<(), DomainError> {
+        let agents: Vec<pb::StoredAgent> =
+            inner.agents.values().map(|a| a.stored.clone()).collect();
+        self.store.save_agents(&agents).map_err(DomainError::Store)
+    }
+}
+
+impl Inner {
+    fn views(&self, cfg: &RegistryConfig, now: Instant) -> Vec<AgentView> {
+        self.agents
+            .values()
+            .filter(|e| e.session.is_some() || now.duration_since(e.last_heard) < cfg.agent_ttl)
+            .filter_map(|e| {
+                let i = e.stored.info.as_ref()?;
+                Some(AgentView {
+                    id: i.id.clone(),
+                    region: i.region.clone(),
+                    az: i.az.clone(),
+                    location: i.location.clone(),
+                    endpoints: e.stored.endpoints.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn recompute(&mut self, cfg: &RegistryConfig, now: Instant) {
+        let views = self.views(cfg, now);
+        let jobs: Vec<&pb::Job> = self.jobs.values().collect();
+        let mut plan = schedule::compute(&jobs, &views, cfg.max_full_mesh);
+        let lease_ms = cfg.lease.as_millis() as u64;
+        for (id, e) in &mut self.agents {
+            let Some((_, tx)) = &e.session else { continue };
+            let want = plan.remove(id).unwrap_or_default();
+            if e.generation != 0 && want == e.assignments {
+                continue;
+            }
+            self.next_generation += 1;
+            e.generation = self.next_generation;
+            e.assignments = want;
+            let set = pb::JobSet {
+                generation: e.generation,
+                lease_ms,
+                assignments: e.assignments.clone(),
+            };
+            tracing::debug!(message = "Pushing job set.", agent = %id, generation = e.generation, assignments = set.assignments.len());
+            // No receiver means the session is ending; its disconnect cleans up.
+            let _ = tx.send(Arc::new(set));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FileStore;
+
+    fn cfg() -> RegistryConfig {
+        RegistryConfig {
+            region: "r".into(),
+            max_full_mesh: 10,
+            lease: Duration::from_secs(60),
+            agent_ttl: Duration::from_secs(120),
+        }
+    }
+
+    fn hello(id: &str, port: u16) -> pb::Hello {
+        pb::Hello {
+            agent_id: id.into(),
+            region: "r".into(),
+            endpoints: vec![pb::ResponderEndpoint {
+                protocol: pb::Protocol::Udp as i32,
+                address: format!("127.0.0.1:{port}"),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn spec(timeout_ms: u32) -> pb::JobSpec {
+        let sel = pb::Endpoint {
+            endpoint: Some(pb::endpoint::Endpoint::Selector("region=r".into())),
+        };
+        pb::JobSpec {
+            kind: pb::JobKind::Probe as i32,
+            protocols: vec![pb::Protocol::Udp as i32],
+            sources: vec![sel.clone()],
+            targets: vec![sel],
+            interval_ms: 1000,
+            timeout_ms,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_and_ids_persist_sets_are_pushed_and_versions_checked() {
+        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
+        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let r = Registry::load(cfg(), store.clone()).expect("load");
+        let mut a = r.connect(hello("", 1)).expect("a");
+        let b = r.connect(hello("", 2)).expect("b");
+        assert_ne!(a.agent_id, b.agent_id);
+        assert!(a.job_sets.borrow_and_update().assignments.is_empty());
+
+        let e = r
+            .start_job(Some(spec(1000)))
+            .expect_err("timeout >= interval");
+        assert!(
+            matches!(&e, DomainError::Invalid { field, .. } if field == "spec.timeout_ms"),
+            "{e}"
+        );
+        let job = r.start_job(Some(spec(500))).expect("valid");
+        assert_eq!(job.version, 1);
+        assert!(
+            a.job_sets.has_changed().expect("open"),
+            "a new set was pushed"
+        );
+        let set = a.job_sets.borrow_and_update().clone();
+        assert_eq!(set.lease_ms, 60_000);
+        assert_eq!(set.assignments[0].targets[0].target, "udp://127.0.0.1:2");
+        assert_eq!(set.assignments[0].targets[0].dst_agent, b.agent_id);
+
+        assert!(matches!(
+            r.update_job(&job.id, Some(spec(400)), 7),
+            Err(DomainError::VersionMismatch { actual: 1, .. })
+        ));
+        assert_eq!(
+            r.update_job(&job.id, Some(spec(400)), 1)
+                .expect("update")
+                .version,
+            2
+        );
+        assert!(matches!(
+            r.get_job("nope"),
+            Err(DomainError::NotFound { .. })
+        ));
+
+        // A restart keeps jobs and ids; reconnecting with a stored id does not duplicate it.
+        drop(r);
+        let r = Registry::load(cfg(), store).expect("reload");
+        assert_eq!(r.get_job(&job.id).expect("kept").version, 2);
+        assert_eq!(r.list_agents().len(), 2);
+        let a2 = r.connect(hello(&a.agent_id, 3)).expect("again");
+        assert_eq!(a2.agent_id, a.agent_id);
+        assert_eq!(r.list_agents().len(), 2, "no duplicate");
+        assert_eq!(
+            a2.job_sets.borrow().assignments.len(),
+            1,
+            "b is still scheduled within its TTL after the restart"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,271 @@
+//! REST/JSON mirror of `OperatorService` (DESIGN §3), so `curl` works.
+//!
+//! # Endpoints
+//!
+//! Every request carries `Authorization: Bearer KEY:SECRET` (the operator credential).
+//!
+//! | method | path | body | answer |
+//! | --- | --- | --- | --- |
+//! | `POST` | `/api/v1/jobs` | job spec ([`crate::json`]) | `201` job |
+//! | `GET` | `/api/v1/jobs[?include_stopped=true]` | | `200` `{"jobs": [...]}` |
+//! | `GET` | `/api/v1/jobs/{id}` | | `200` job |
+//! | `PUT` | `/api/v1/jobs/{id}` | job spec; optional `If-Match: <version>` | `200` job |
+//! | `DELETE` | `/api/v1/jobs/{id}` | | `200` stopped job |
+//! | `GET` | `/api/v1/agents` | | `200` `{"agents": [...]}` |
+//!
+//! Errors are JSON, `{"error": {"code": "invalid_argument", "field": "spec.timeout_ms",
+//! "message": "..."}}`, with `400` (bad input), `401` (credential), `404`, `405`, `409` (stopped
+//! job), `412` (version mismatch), `413` (body over [`MAX_BODY`]) or `500`.
+//!
+//! Served over HTTP/1.1 with the controller's TLS certificate (plain HTTP with `--plaintext`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Credentials, bearer};
+use crate::json;
+use crate::registry::{DomainError, Registry};
+
+/// Largest request body.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// A TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared state of the REST server.
+#[derive(Clone, Debug)]
+pub struct Rest {
+    registry: Arc<Registry>,
+    creds: Arc<Credentials>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, v: &Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, code: &str, field: Option<&str>, message: &str) -> Resp {
+    reply(
+        status,
+        &json!({"error": {"code": code, "field": field, "message": message}}),
+    )
+}
+
+fn domain_error(e: &DomainError) -> Resp {
+    let msg = e.to_string();
+    match e {
+        DomainError::Invalid { field, .. } => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            Some(field),
+            &msg,
+        ),
+        DomainError::NotFound { .. } => error(StatusCode::NOT_FOUND, "not_found", None, &msg),
+        DomainError::VersionMismatch { .. } => error(
+            StatusCode::PRECONDITION_FAILED,
+            "failed_precondition",
+            None,
+            &msg,
+        ),
+        DomainError::Stopped { .. } => {
+            error(StatusCode::CONFLICT, "failed_precondition", None, &msg)
+        }
+        DomainError::Store(_) => {
+            tracing::error!(message = "Internal error.", error = %e);
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                None,
+                "internal error: the state store failed; see the controller log",
+            )
+        }
+    }
+}
+
+impl Rest {
+    /// A REST front end over `registry`.
+    pub fn new(registry: Arc<Registry>, creds: Arc<Credentials>) -> Self {
+        Rest { registry, creds }
+    }
+
+    /// Serves `listener` until `shutdown`, with TLS if `tls` is given.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let (stream, remote) = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(error) => {
+                        tracing::warn!(message = "REST accept failed.", %error);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let this = self.clone();
+            let tls = tls.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.handle(req).await) }
+                });
+                let http = hyper::server::conn::http1::Builder::new();
+                let res = match tls {
+                    Some(acc) => {
+                        let s = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acc.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(error)) => {
+                                tracing::debug!(message = "REST TLS handshake failed.", %remote, %error);
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let conn = http.serve_connection(TokioIo::new(s), svc);
+                        tokio::select! { r = conn => r, () = shutdown.cancelled() => Ok(()) }
+                    }
+                    None => {
+                        let conn = http.serve_connection(TokioIo::new(stream), svc);
+                        tokio::select! { r = conn => r, () = shutdown.cancelled() => Ok(()) }
+                    }
+                };
+                if let Err(error) = res {
+                    tracing::debug!(message = "REST connection error.", %remote, %error);
+                }
+            });
+        }
+    }
+
+    /// Handles one request (public for tests).
+    pub async fn handle(&self, req: Request<Incoming>) -> Resp {
+        let (parts, body) = req.into_parts();
+        let authorized = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .and_then(|c| self.creds.check_operator(c))
+            .is_some();
+        if !authorized {
+            tracing::warn!(message = "REST call refused: bad credential.", path = %parts.uri.path());
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                None,
+                "missing or invalid operator credential: send Authorization: Bearer KEY:SECRET",
+            );
+        }
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_argument",
+                    None,
+                    "request body too large or unreadable",
+                );
+            }
+        };
+        let path = parts.uri.path().trim_end_matches('/');
+        let query = parts.uri.query().unwrap_or("");
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let r = &self.registry;
+        match (&parts.method, segs.as_slice()) {
+            (&Method::POST, ["api", "v1", "jobs"]) => match json::parse_spec(&body) {
+                Err(e) => error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_argument",
+                    Some(&e.field),
+                    &e.to_string(),
+                ),
+                Ok(spec) => match r.start_job(Some(spec)) {
+                    Ok(j) => reply(StatusCode::CREATED, &json::job_to_value(&j)),
+                    Err(e) => domain_error(&e),
+                },
+            },
+            (&Method::GET, ["api", "v1", "jobs"]) => {
+                let all = query
+                    .split('&')
+                    .any(|kv| kv == "include_stopped=true" || kv == "include_stopped=1");
+                let jobs: Vec<Value> = r.list_jobs(all).iter().map(json::job_to_value).collect();
+                reply(StatusCode::OK, &json!({ "jobs": jobs }))
+            }
+            (&Method::GET, ["api", "v1", "jobs", id]) => match r.get_job(id) {
+                Ok(j) => reply(StatusCode::OK, &json::job_to_value(&j)),
+                Err(e) => domain_error(&e),
+            },
+            (&Method::PUT, ["api", "v1", "jobs", id]) => {
+                let expected = match parts.headers.get(http::header::IF_MATCH) {
+                    None => 0,
+                    Some(v) => match v
+                        .to_str()
+                        .ok()
+                        .map(|s| s.trim().trim_matches('"').parse::<u64>())
+                    {
+                        Some(Ok(n)) => n,
+                        _ => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                "invalid_argument",
+                                Some("If-Match"),
+                                "If-Match: must be the job version (a number)",
+                            );
+                        }
+                    },
+                };
+                match json::parse_spec(&body) {
+                    Err(e) => error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_argument",
+                        Some(&e.field),
+                        &e.to_string(),
+                    ),
+                    Ok(spec) => match r.update_job(id, Some(spec), expected) {
+                        Ok(j) => reply(StatusCode::OK, &json::job_to_value(&j)),
+                        Err(e) => domain_error(&e),
+                    },
+                }
+            }
+            (&Method::DELETE, ["api", "v1", "jobs", id]) => match r.stop_job(id) {
+                Ok(j) => reply(StatusCode::OK, &json::job_to_value(&j)),
+                Err(e) => domain_error(&e),
+            },
+            (&Method::GET, ["api", "v1", "agents"]) => {
+                let agents: Vec<Value> = r.list_agents().iter().map(json::agent_to_value).collect();
+                reply(StatusCode::OK, &json!({ "agents": agents }))
+            }
+            (_, ["api", "v1", "jobs"] | ["api", "v1", "jobs", _] | ["api", "v1", "agents"]) => {
+                error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    None,
+                    "method not allowed here",
+                )
+            }
+            _ => error(StatusCode::NOT_FOUND, "not_found", None, "no such endpoint"),
+        }
+    }
+}

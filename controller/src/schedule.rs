@@ -1,0 +1,484 @@
+//! Pinglists: which agent measures what, for every job (DESIGN §3). Pure functions over the job
+//! list and the agent directory, so they are unit-tested without a server.
+//!
+//! - Sources and targets resolve from agent ids, selectors (`region=a,az=b,location=l,id=x`) and,
+//!   for targets, external URLs (probed by every source).
+//! - `full`: every source probes every target agent; a job whose agents exceed the configured
+//!   mesh size is refused when started and skipped (with a warning) if the mesh grows past it.
+//! - `k-random`: each source probes the `k` (default [`DEFAULT_K_RANDOM`]) target agents with the
+//!   highest rendezvous score `h(job, source, target)`: stable, and adding an agent moves only
+//!   the pairs it wins.
+//! - `per-region`: in each region the `k` (default [`DEFAULT_PER_REGION`]) sources with the highest
+//!   `h(job, region, source)` are its representatives; each probes the `k` highest-scoring
+//!   targets `h(job, target)` of every region (itself excluded).
+//! - Per protocol, a target agent's advertised endpoint for that protocol becomes the probe
+//!   target (`udp://host:port`, `http://host:port/ping`, ...); agents that do not advertise it
+//!   are skipped for that protocol.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meshlat_proto::pb;
+
+/// Default `k` of `k-random`.
+pub const DEFAULT_K_RANDOM: usize = 3;
+/// Default representatives per region of `per-region`.
+pub const DEFAULT_PER_REGION: usize = 1;
+
+/// One agent as the scheduler sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentView {
+    /// Agent id.
+    pub id: String,
+    /// Region.
+    pub region: String,
+    /// Availability zone.
+    pub az: String,
+    /// Location label.
+    pub location: String,
+    /// Advertised responder endpoints.
+    pub endpoints: Vec<pb::ResponderEndpoint>,
+}
+
+/// A parsed selector: every given key must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    region: Option<String>,
+    az: Option<String>,
+    location: Option<String>,
+    id: Option<String>,
+}
+
+impl Selector {
+    /// Parses `key=value[,key=value]...` with keys `region`, `az`, `location`, `id`.
+    ///
+    /// # Errors
+    ///
+    /// A reason naming the bad key or pair.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut sel = Selector::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((k, v)) = part.split_once('=') else {
+                return Err(format!("{part:?} is not key=value"));
+            };
+            let v = Some(v.trim().to_string());
+            match k.trim() {
+                "region" => sel.region = v,
+                "az" => sel.az = v,
+                "location" => sel.location = v,
+                "id" => sel.id = v,
+                other => {
+                    return Err(format!(
+                        "unknown selector key {other:?} (use region, az, location, id)"
+                    ));
+                }
+            }
+        }
+        if sel == Selector::default() {
+            return Err("empty selector".into());
+        }
+        Ok(sel)
+    }
+
+    /// Whether `a` matches.
+    pub fn matches(&self, a: &AgentView) -> bool {
+        let eq = |want: &Option<String>, got: &str| want.as_deref().is_none_or(|w| w == got);
+        eq(&self.region, &a.region)
+            && eq(&self.az, &a.az)
+            && eq(&self.location, &a.location)
+            && eq(&self.id, &a.id)
+    }
+}
+
+/// The protocol a target URL is measured with.
+pub fn url_protocol(url: &str) -> Option<pb::Protocol> {
+    let (scheme, rest) = url.split_once("://")?;
+    if rest.is_empty() {
+        return None;
+    }
+    Some(match scheme.to_ascii_lowercase().as_str() {
+        "udp" => pb::Protocol::Udp,
+        "tcp" => pb::Protocol::Tcp,
+        "quic" => pb::Protocol::Quic,
+        "http" => pb::Protocol::Http,
+        "https" => pb::Protocol::Https,
+        _ => return None,
+    })
+}
+
+/// The probe target for an advertised endpoint.
+pub fn endpoint_target(p: pb::Protocol, address: &str) -> Option<String> {
+    Some(match p {
+        pb::Protocol::Udp => format!("udp://{address}"),
+        pb::Protocol::Tcp => format!("tcp://{address}"),
+        pb::Protocol::Quic => format!("quic://{address}"),
+        pb::Protocol::Http => format!("http://{address}/ping"),
+        pb::Protocol::Https => format!("https://{address}/ping"),
+        pb::Protocol::Unspecified => return None,
+    })
+}
+
+/// Controller-side checks beyond [`meshlat_proto::job::validate`]: selectors parse, URL targets
+/// use one of the job's protocols. Returns `(field path, reason)`.
+pub fn check_endpoints(spec: &pb::JobSpec) -> Result<(), (String, String)> {
+    for (name, list) in [
+        ("sources", &spec.sources),
+        ("targets", &spec.targets),
+        ("relays", &spec.relays),
+    ] {
+        for (i, e) in list.iter().enumerate() {
+            match &e.endpoint {
+                Some(pb::endpoint::Endpoint::Selector(s)) => {
+                    Selector::parse(s).map_err(|r| (format!("{name}[{i}]"), r))?;
+                }
+                Some(pb::endpoint::Endpoint::Url(u)) => {
+                    let p = url_protocol(u).ok_or_else(|| {
+                        (
+                            format!("{name}[{i}]"),
+                            format!("{u:?} is not udp://, tcp://, quic://, http:// or https://"),
+                        )
+                    })?;
+                    if !spec.protocols.contains(&(p as i32)) {
+                        return Err((
+                            format!("{name}[{i}]"),
+                            format!("{u:?} needs protocol {} in protocols", p.as_str_name()),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Agents an endpoint list names (sorted by id, deduplicated).
+pub fn resolve<'a>(list: &[pb::Endpoint], agents: &'a [AgentView]) -> Vec<&'a AgentView> {
+    let mut ids = BTreeSet::new();
+    for e in list {
+        match &e.endpoint {
+            Some(pb::endpoint::Endpoint::AgentId(id)) if agents.iter().any(|a| &a.id == id) => {
+                ids.insert(id.as_str());
+            }
+            Some(pb::endpoint::Endpoint::Selector(s)) => {
+                if let Ok(sel) = Selector::parse(s) {
+                    for a in agents.iter().filter(|a| sel.matches(a)) {
+                        ids.insert(a.id.as_str());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    agents
+        .iter()
+        .filter(|a| ids.contains(a.id.as_str()))
+        .collect()
+}
+
+/// Number of distinct agents a `full` job would involve.
+pub fn mesh_size(spec: &pb::JobSpec, agents: &[AgentView]) -> usize {
+    let mut ids: BTreeSet<&str> = resolve(&spec.sources, agents)
+        .iter()
+        .map(|a| a.id.as_str())
+        .collect();
+    ids.extend(resolve(&spec.targets, agents).iter().map(|a| a.id.as_str()));
+    ids.len()
+}
+
+/// Rendezvous score: a 64-bit FNV-1a over the parts, finished with a splitmix64 mix.
+fn score(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+fn top_k(mut cands: Vec<&AgentView>, k: usize, key: impl Fn(&AgentView) -> u64) -> Vec<&AgentView> {
+    cands.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| a.id.cmp(&b.id)));
+    cands.truncate(k);
+    cands
+}
+
+/// Target agents each source of `job` measures, by source id.
+fn pairs<'a>(
+    job: &pb::Job,
+    spec: &pb::JobSpec,
+    agents: &'a [AgentView],
+    max_full_mesh: usize,
+) -> BTreeMap<&'a str, Vec<&'a AgentView>> {
+    let sources = resolve(&spec.sources, agents);
+    let targets = resolve(&spec.targets, agents);
+    let mut out: BTreeMap<&str, Vec<&AgentView>> = BTreeMap::new();
+    let strategy =
+        pb::PinglistStrategy::try_from(spec.strategy).unwrap_or(pb::PinglistStrategy::Full);
+    let others = |s: &AgentView| -> Vec<&'a AgentView> {
+        targets.iter().copied().filter(|t| t.id != s.id).collect()
+    };
+    match strategy {
+        pb::PinglistStrategy::Full | pb::PinglistStrategy::Unspecified => {
+            let size = mesh_size(spec, agents);
+            if size > max_full_mesh {
+                tracing::warn!(
+                    message = "Full-mesh job skipped: mesh larger than the configured maximum.",
+                    job = %job.id,
+                    size,
+                    max_full_mesh
+                );
+                return out;
+            }
+            for s in &sources {
+                out.insert(s.id.as_str(), others(s));
+            }
+        }
+        pb::PinglistStrategy::KRandom => {
+            let k = if spec.k == 0 {
+                DEFAULT_K_RANDOM
+            } else {
+                spec.k as usize
+            };
+            for s in &sources {
+                let chosen = top_k(others(s), k, |t| score(&[&job.id, &s.id, &t.id]));
+                out.insert(s.id.as_str(), chosen);
+            }
+        }
+        pb::PinglistStrategy::PerRegion => {
+            let k = if spec.k == 0 {
+                DEFAULT_PER_REGION
+            } else {
+                spec.k as usize
+            };
+            let mut by_region: BTreeMap<&str, Vec<&AgentView>> = BTreeMap::new();
+            for s in &sources {
+                by_region.entry(s.region.as_str()).or_default().push(s);
+            }
+            let mut target_regions: BTreeMap<&str, Vec<&AgentView>> = BTreeMap::new();
+            for t in &targets {
+                target_regions.entry(t.region.as_str()).or_default().push(t);
+            }
+            for (region, members) in by_region {
+                for s in top_k(members, k, |a| score(&[&job.id, region, &a.id])) {
+                    let mut chosen = Vec::new();
+                    for ts in target_regions.values() {
+                        let cands: Vec<&AgentView> =
+                            ts.iter().copied().filter(|t| t.id != s.id).collect();
+                        chosen.extend(top_k(cands, k, |t| score(&[&job.id, &t.id])));
+                    }
+                    out.insert(s.id.as_str(), chosen);
+                }
+            }
+        }
+    }
+    // Sources that probe only external URLs still need an entry.
+    for s in &sources {
+        out.entry(s.id.as_str()).or_default();
+    }
+    out
+}
+
+/// Every agent's assignments for `jobs` (stopped jobs are ignored). Agents without work are
+/// absent. Targets within an assignment are sorted, so equal inputs give equal outputs.
+pub fn compute(
+    jobs: &[&pb::Job],
+    agents: &[AgentView],
+    max_full_mesh: usize,
+) -> BTreeMap<String, Vec<pb::Assignment>> {
+    let mut out: BTreeMap<String, Vec<pb::Assignment>> = BTreeMap::new();
+    for job in jobs.iter().filter(|j| !j.stopped) {
+        let Some(spec) = &job.spec else { continue };
+        let urls: Vec<&str> = spec
+            .targets
+            .iter()
+            .filter_map(|e| match &e.endpoint {
+                Some(pb::endpoint::Endpoint::Url(u)) => Some(u.as_str()),
+                _ => None,
+            })
+            .collect();
+        for (src, dsts) in pairs(job, spec, agents, max_full_mesh) {
+            let mut targets = Vec::new();
+            for p in &spec.protocols {
+                let Ok(p) = pb::Protocol::try_from(*p) else {
+                    continue;
+                };
+                for d in &dsts {
+                    let Some(t) = d
+                        .endpoints
+                        .iter()
+                        .find(|e| e.protocol == p as i32)
+                        .and_then(|e| endpoint_target(p, &e.address))
+                    else {
+                        continue;
+                    };
+                    targets.push(pb::AssignedTarget {
+                        target: t,
+                        dst_agent: d.id.clone(),
+                        dst_region: d.region.clone(),
+                        dst_az: d.az.clone(),
+                        dst_location: d.location.clone(),
+                        ..Default::default()
+                    });
+                }
+                for u in urls.iter().filter(|u| url_protocol(u) == Some(p)) {
+                    targets.push(pb::AssignedTarget {
+                        target: (*u).to_string(),
+                        ..Default::default()
+                    });
+                }
+            }
+            if targets.is_empty() {
+                continue;
+            }
+            targets.sort_by(|a, b| a.target.cmp(&b.target));
+            targets.dedup_by(|a, b| a.target == b.target);
+            out.entry(src.to_string())
+                .or_default()
+                .push(pb::Assignment {
+                    job: Some((*job).clone()),
+                    targets,
+                    key: Vec::new(),
+                });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(id: &str, region: &str) -> AgentView {
+        AgentView {
+            id: id.into(),
+            region: region.into(),
+            az: format!("{region}a"),
+            location: String::new(),
+            endpoints: vec![pb::ResponderEndpoint {
+                protocol: pb::Protocol::Udp as i32,
+                address: format!("{id}.host:7710"),
+            }],
+        }
+    }
+
+    fn sel(s: &str) -> pb::Endpoint {
+        pb::Endpoint {
+            endpoint: Some(pb::endpoint::Endpoint::Selector(s.into())),
+        }
+    }
+
+    fn job(strategy: pb::PinglistStrategy, k: u32) -> pb::Job {
+        pb::Job {
+            id: "job-1".into(),
+            version: 1,
+            spec: Some(pb::JobSpec {
+                kind: pb::JobKind::Probe as i32,
+                protocols: vec![pb::Protocol::Udp as i32],
+                sources: vec![sel("region=a"), sel("region=b")],
+                targets: vec![sel("region=a"), sel("region=b")],
+                interval_ms: 1000,
+                timeout_ms: 500,
+                strategy: strategy as i32,
+                k,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn pairs_of(out: &BTreeMap<String, Vec<pb::Assignment>>) -> BTreeSet<(String, String)> {
+        out.iter()
+            .flat_map(|(s, asg)| {
+                asg.iter()
+                    .flat_map(|a| a.targets.iter().map(|t| (s.clone(), t.dst_agent.clone())))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn full_mesh_pairs_everyone_but_self_with_identity_and_endpoint() {
+        let agents = vec![agent("x", "a"), agent("y", "b")];
+        let j = job(pb::PinglistStrategy::Full, 0);
+        let out = compute(&[&j], &agents, 100);
+        let x = &out["x"][0].targets[0];
+        assert_eq!(
+            (
+                x.target.as_str(),
+                x.dst_agent.as_str(),
+                x.dst_region.as_str()
+            ),
+            ("udp://y.host:7710", "y", "b")
+        );
+        assert_eq!(pairs_of(&out).len(), 2);
+        assert!(compute(&[&j], &agents, 1).is_empty(), "above the mesh size");
+    }
+
+    #[test]
+    fn k_random_is_stable_and_adding_an_agent_moves_few_pairs() {
+        let mut agents: Vec<AgentView> = (0..40)
+            .map(|i| agent(&format!("ag{i}"), if i % 2 == 0 { "a" } else { "b" }))
+            .collect();
+        let j = job(pb::PinglistStrategy::KRandom, 4);
+        let before = pairs_of(&compute(&[&j], &agents, 0));
+        assert_eq!(before.len(), 40 * 4);
+        assert_eq!(before, pairs_of(&compute(&[&j], &agents, 0)), "stable");
+        agents.push(agent("newcomer", "a"));
+        let after = pairs_of(&compute(&[&j], &agents, 0));
+        let lost = before.difference(&after).count();
+        // Each old source loses a pair only to the newcomer: expected 40 * 4/40 = 4.
+        assert!(lost <= 12, "adding one agent moved {lost} of 160 pairs");
+        assert!(
+            after
+                .difference(&before)
+                .all(|(s, d)| s == "newcomer" || d == "newcomer")
+        );
+    }
+
+    #[test]
+    fn per_region_picks_k_representatives_per_region_pair() {
+        let agents: Vec<AgentView> = (0..20)
+            .map(|i| agent(&format!("ag{i}"), ["a", "b", "c"][i % 3]))
+            .collect();
+        let j = job(pb::PinglistStrategy::PerRegion, 1);
+        let mut j = j;
+        if let Some(s) = j.spec.as_mut() {
+            s.sources.push(sel("region=c"));
+            s.targets.push(sel("region=c"));
+        }
+        let out = compute(&[&j], &agents, 0);
+        assert_eq!(out.len(), 3, "one representative source per region");
+        for asg in out.values() {
+            assert_eq!(asg[0].targets.len(), 3, "one target per region");
+        }
+    }
+
+    #[test]
+    fn urls_selectors_and_ids() {
+        let agents = vec![agent("x", "a"), agent("y", "b")];
+        let mut j = job(pb::PinglistStrategy::Full, 0);
+        if let Some(s) = j.spec.as_mut() {
+            s.sources = vec![pb::Endpoint {
+                endpoint: Some(pb::endpoint::Endpoint::AgentId("x".into())),
+            }];
+            s.targets = vec![pb::Endpoint {
+                endpoint: Some(pb::endpoint::Endpoint::Url("udp://10.0.0.1:9".into())),
+            }];
+        }
+        let out = compute(&[&j], &agents, 10);
+        assert_eq!(out.keys().collect::<Vec<_>>(), vec!["x"]);
+        assert_eq!(out["x"][0].targets[0].target, "udp://10.0.0.1:9");
+        assert!(Selector::parse("region=a,az=b").is_ok());
+        assert!(Selector::parse("colour=red").is_err());
+        if let Some(s) = j.spec.as_mut() {
+            s.targets[0].endpoint = Some(pb::endpoint::Endpoint::Url("http://x/".into()));
+        }
+        let (field, reason) = check_endpoints(j.spec.as_ref().expect("spec")).expect_err("http");
+        assert_eq!(field, "targets[0]");
+        assert!(reason.contains("PROTOCOL_HTTP"), "{reason}");
+    }
+}

@@ -1,0 +1,173 @@
+//! The state store: jobs and agent identities that must survive a controller restart
+//! (DESIGN §3). A trait, so AWS deployments can use an S3 prefix (Fargate storage does not
+//! outlive a task); [`FileStore`] keeps them in the data directory.
+//!
+//! # Format
+//!
+//! `state/jobs.pb` holds a protobuf `meshlat.v1.StoredJobs`, `state/agents.pb` a
+//! `meshlat.v1.StoredAgents` (`proto/meshlat/v1/state.proto`). Each save writes a temporary file,
+//! syncs it and renames it over the old one, so a crash leaves either the old or the new state.
+
+use std::path::{Path, PathBuf};
+
+use meshlat_proto::pb;
+use prost::Message;
+
+/// A state store failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Reading or writing failed.
+    #[error("state store {path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored file does not decode.
+    #[error("state store {path}: corrupt: {source}")]
+    Decode {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+/// Everything a store holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StoredState {
+    /// Jobs, stopped ones included.
+    pub jobs: Vec<pb::Job>,
+    /// Agent identities.
+    pub agents: Vec<pb::StoredAgent>,
+}
+
+/// Where jobs and agent identities live. Calls are synchronous and small; they run on the
+/// caller's thread.
+pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Loads everything (empty on first start).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store is unreadable or corrupt.
+    fn load(&self) -> Result<StoredState, StoreError>;
+    /// Replaces the stored jobs.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails; the previous state is kept.
+    fn save_jobs(&self, jobs: &[pb::Job]) -> Result<(), StoreError>;
+    /// Replaces the stored agent identities.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails; the previous state is kept.
+    fn save_agents(&self, agents: &[pb::StoredAgent]) -> Result<(), StoreError>;
+}
+
+/// The file implementation: `<data-dir>/state/{jobs,agents}.pb`.
+#[derive(Debug)]
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+impl FileStore {
+    /// A store under `data_dir/state`, created if missing.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] when the directory cannot be created.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let dir = data_dir.join("state");
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(FileStore { dir })
+    }
+
+    fn read<M: Message + Default>(&self, name: &str) -> Result<M, StoreError> {
+        let path = self.dir.join(name);
+        match std::fs::read(&path) {
+            Ok(b) => M::decode(&b[..]).map_err(|source| StoreError::Decode { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(M::default()),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    fn write(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        use std::io::Write;
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let res = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        res.map_err(|source| StoreError::Io { path, source })
+    }
+}
+
+impl StateStore for FileStore {
+    fn load(&self) -> Result<StoredState, StoreError> {
+        let jobs: pb::StoredJobs = self.read("jobs.pb")?;
+        let agents: pb::StoredAgents = self.read("agents.pb")?;
+        Ok(StoredState {
+            jobs: jobs.jobs,
+            agents: agents.agents,
+        })
+    }
+
+    fn save_jobs(&self, jobs: &[pb::Job]) -> Result<(), StoreError> {
+        let m = pb::StoredJobs {
+            jobs: jobs.to_vec(),
+        };
+        self.write("jobs.pb", &m.encode_to_vec())
+    }
+
+    fn save_agents(&self, agents: &[pb::StoredAgent]) -> Result<(), StoreError> {
+        let m = pb::StoredAgents {
+            agents: agents.to_vec(),
+        };
+        self.write("agents.pb", &m.encode_to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_store_round_trips_and_survives_reopen() {
+        let dir = std::env::temp_dir().join(format!("meshlat-store-{}", uuid::Uuid::now_v7()));
+        let s = FileStore::open(&dir).expect("open");
+        assert_eq!(s.load().expect("empty"), StoredState::default());
+        let job = pb::Job {
+            id: "j1".into(),
+            version: 3,
+            ..Default::default()
+        };
+        let agent = pb::StoredAgent {
+            info: Some(pb::AgentInfo {
+                id: "a1".into(),
+                region: "r".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        s.save_jobs(std::slice::from_ref(&job)).expect("save");
+        s.save_agents(std::slice::from_ref(&agent)).expect("save");
+        let again = FileStore::open(&dir).expect("reopen").load().expect("load");
+        assert_eq!(again.jobs, vec![job]);
+        assert_eq!(again.agents, vec![agent]);
+        std::fs::write(dir.join("state/jobs.pb"), b"\xff\xff\xff").expect("corrupt");
+        let err = s.load().expect_err("corrupt file is an error");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,602 @@
+//! Mesh end-to-end (STYLE §11): a controller and two agents as separate processes on loopback.
+//!
+//! The agent binary is found next to the controller's (`target/debug/agent`): `cargo test
+//! --workspace` builds it; with `-p meshlat-controller` alone, run
+//! `cargo build -p meshlat-agent --bin agent` first (the test says so if it is missing).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// Interval of the test job.
+const INTERVAL_MS: f64 = 500.0;
+
+fn wait_scale() -> u32 {
+    std::env::var("MESHLAT_TEST_WAIT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or fails after `secs` (scaled by
+/// `MESHLAT_TEST_WAIT_SCALE`).
+async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs) * wait_scale();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {secs} s waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("meshlat-e2e-{name}-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&d).expect("tmp dir");
+    d
+}
+
+fn agent_bin() -> PathBuf {
+    let ctl = PathBuf::from(env!("CARGO_BIN_EXE_controller"));
+    let p = ctl.with_file_name("agent");
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `cargo build -p meshlat-agent --bin agent` (cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+struct TestController {
+    child: Child,
+    data: PathBuf,
+    grpc: String,
+    rest: String,
+    token: String,
+    credential: String,
+}
+
+impl TestController {
+    async fn start(
+        data: &Path,
+        ports: Option<(&str, &str)>,
+        secrets: Option<(&str, &str)>,
+    ) -> Result<Self> {
+        let (grpc, rest) = ports.unwrap_or(("127.0.0.1:0", "127.0.0.1:0"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_controller"))
+            .args([
+                "serve",
+                "--region",
+                "r1",
+                "--listen",
+                grpc,
+                "--rest-listen",
+                rest,
+            ])
+            .arg("--data-dir")
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn controller")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut g, mut r) = (None, None);
+        let (mut token, mut credential) =
+            secrets.map(|(t, c)| (t.to_string(), c.to_string())).unzip();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while g.is_none() || r.is_none() || token.is_none() || credential.is_none() {
+            let line = tokio::time::timeout_at(deadline, lines.next_line())
+                .await
+                .context("controller did not announce itself")??
+                .ok_or_else(|| anyhow!("controller exited early"))?;
+            let mut w = line.split_whitespace();
+            match (w.next(), w.next(), w.next()) {
+                (Some("listening"), Some("grpc"), Some(a)) => g = Some(a.to_string()),
+                (Some("listening"), Some("rest"), Some(a)) => r = Some(a.to_string()),
+                (Some("join-token"), Some(t), _) => token = Some(t.to_string()),
+                (Some("operator-credential"), Some(c), _) => credential = Some(c.to_string()),
+                _ => {}
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(TestController {
+            child,
+            data: data.to_path_buf(),
+            grpc: g.context("grpc")?,
+            rest: r.context("rest")?,
+            token: token.context("token")?,
+            credential: credential.context("credential")?,
+        })
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// One REST call over TLS pinned to the controller's CA.
+    async fn rest(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        cred: Option<&str>,
+    ) -> Result<(u16, Value)> {
+        use rustls::pki_types::pem::PemObject;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(self.data.join("ca.pem"))? {
+            roots.add(c?)?;
+        }
+        let cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(&self.rest).await?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?, tcp)
+            .await?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1")
+            .header("content-type", "application/json");
+        if let Some(c) = cred.or(Some(&self.credential)).filter(|c| !c.is_empty()) {
+            req = req.header("authorization", format!("Bearer {c}"));
+        }
+        let res = send
+            .send_request(req.body(Full::new(bytes::Bytes::from(body.to_string())))?)
+            .await?;
+        let status = res.status().as_u16();
+        let b = res.into_body().collect().await?.to_bytes();
+        Ok((status, serde_json::from_slice(&b).unwrap_or(Value::Null)))
+    }
+
+    async fn agents(&self) -> Vec<(String, bool)> {
+        match self.rest("GET", "/api/v1/agents", "", None).await {
+            Ok((200, v)) => v["agents"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|x| {
+                            (
+                                x["id"].as_str().unwrap_or_default().to_string(),
+                                x["connected"].as_bool().unwrap_or(false),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+struct TestAgent {
+    child: Child,
+    out: PathBuf,
+    state: PathBuf,
+}
+
+impl TestAgent {
+    fn start(ctl: &TestController, out: &Path, state: &Path) -> Result<Self> {
+        let child = Command::new(agent_bin())
+            .args([
+                "--controller",
+                &format!("https://{}", ctl.grpc),
+                "--token",
+                &ctl.token,
+            ])
+            .args([
+                "--region",
+                "r1",
+                "--listen",
+                "127.0.0.1",
+                "--udp-port",
+                "0",
+                "--tcp-port",
+                "0",
+            ])
+            .args([
+                "--quic-port",
+                "off",
+                "--http-port",
+                "off",
+                "--https-port",
+                "off",
+            ])
+            .args(["--flush-interval", "0.2"])
+            .arg("--out")
+            .arg(out)
+            .arg("--state-dir")
+            .arg(state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn agent")?;
+        Ok(TestAgent {
+            child,
+            out: out.to_path_buf(),
+            state: state.to_path_buf(),
+        })
+    }
+
+    fn id(&self) -> Option<String> {
+        std::fs::read_to_string(self.state.join("agent-id"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    fn records(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.out.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "ndjson") {
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Seconds since the epoch of an RFC 3339 `...Z` timestamp.
+fn ts_secs(ts: &str) -> Option<f64> {
+    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, dd) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    // Days from civil (Howard Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + dd - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let mut t = time.split(':');
+    let (h, mi, s) = (
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+    );
+    Some(days as f64 * 86_400.0 + h * 3600.0 + mi * 60.0 + s)
+}
+
+fn s(v: &Value, k: &str) -> String {
+    v[k].as_str().unwrap_or_default().to_string()
+}
+
+const JOB: &str = r#"{"name":"e2e","protocols":["udp","tcp"],"sources":["region=r1"],
+    "targets":["region=r1"],"interval_ms":500,"timeout_ms":300,"packets":5,"packet_interval_ms":5}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_connects_measures_survives_controller_and_agent_restarts() -> Result<()> {
+    let root = tmp_dir("mesh");
+    let ctl = TestController::start(&root.join("ctl"), None, None).await?;
+    let a = TestAgent::start(&ctl, &root.join("out-a"), &root.join("st-a"))?;
+    let mut b = TestAgent::start(&ctl, &root.join("out-b"), &root.join("st-b"))?;
+    let ids = eventually("both agents connected", 30, || async {
+        let ag = ctl.agents().await;
+        (ag.len() == 2 && ag.iter().all(|(_, c)| *c))
+            .then(|| ag.into_iter().map(|(id, _)| id).collect::<BTreeSet<_>>())
+    })
+    .await?;
+    assert_eq!(
+        ids,
+        [a.id(), b.id()]
+            .into_iter()
+            .flatten()
+            .collect::<BTreeSet<_>>(),
+        "agents stored the ids the controller gave"
+    );
+
+    // A job through REST yields records from both agents, connected, with the dst identity.
+    let (status, job) = ctl.rest("POST", "/api/v1/jobs", JOB, None).await?;
+    assert_eq!(status, 201, "{job}");
+    let job_id = s(&job, "id");
+    assert_eq!(job["version"], 1);
+    for ag in [&a, &b] {
+        eventually("connected records with dst identity", 20, || async {
+            ag.records()
+                .iter()
+                .filter(|r| s(r, "job_id") == job_id && s(r, "control_mode") == "connected")
+                .any(|r| {
+                    r["ok"] == true
+                        && ids.contains(&s(r, "dst_agent"))
+                        && s(r, "dst_agent") != s(r, "src_agent")
+                        && s(r, "dst_region") == "r1"
+                })
+                .then_some(())
+        })
+        .await?;
+    }
+
+    // Kill the controller: records keep coming, marked static.
+    let ctl_data = ctl.data.clone();
+    let (grpc, rest, token, cred) = (
+        ctl.grpc.clone(),
+        ctl.rest.clone(),
+        ctl.token.clone(),
+        ctl.credential.clone(),
+    );
+    let mut ctl = ctl;
+    ctl.child.kill().await?;
+    for ag in [&a, &b] {
+        eventually(
+            "static records while the controller is down",
+            15,
+            || async {
+                (ag.records()
+                    .iter()
+                    .filter(|r| s(r, "job_id") == job_id && s(r, "control_mode") == "static")
+                    .count()
+                    >= 6)
+                    .then_some(())
+            },
+        )
+        .await?;
+    }
+
+    // Restart it: agents reconnect within 30 s with the same ids and the same job set.
+    let ctl = TestController::start(&ctl_data, Some((&grpc, &rest)), Some((&token, &cred))).await?;
+    let back = Instant::now();
+    eventually("agents reconnected with the same ids", 30, || async {
+        let ag = ctl.agents().await;
+        (ag.len() == 2 && ag.iter().all(|(id, c)| *c && ids.contains(id))).then_some(())
+    })
+    .await?;
+    assert!(back.elapsed() < Duration::from_secs(30));
+    let (status, j) = ctl
+        .rest("GET", &format!("/api/v1/jobs/{job_id}"), "", None)
+        .await?;
+    assert_eq!(
+        (status, j["version"].as_u64()),
+        (200, Some(1)),
+        "job survived: {j}"
+    );
+    let connected = |ag: &TestAgent| {
+        ag.records()
+            .iter()
+            .filter(|r| s(r, "job_id") == job_id && s(r, "control_mode") == "connected")
+            .count()
+    };
+    let before = [connected(&a), connected(&b)];
+    for (ag, n0) in [(&a, before[0]), (&b, before[1])] {
+        eventually("connected records again after the restart", 20, || async {
+            (connected(ag) >= n0 + 4).then_some(())
+        })
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Consecutive ts of every (job, source, target) no more than 1.5 intervals apart, through
+    // the controller outage and its return (the job set did not change, so pairs kept going).
+    for ag in [&a, &b] {
+        let mut pairs: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+        let mut modes = BTreeSet::new();
+        for r in ag.records().iter().filter(|r| s(r, "job_id") == job_id) {
+            modes.insert(s(r, "control_mode"));
+            let t = ts_secs(&s(r, "ts")).context("ts parses")?;
+            pairs
+                .entry((s(r, "src_agent"), s(r, "target")))
+                .or_default()
+                .push(t);
+        }
+        assert!(
+            modes.contains("connected") && modes.contains("static"),
+            "{modes:?}"
+        );
+        assert_eq!(
+            pairs.len(),
+            2,
+            "udp and tcp to the other agent: {:?}",
+            pairs.keys()
+        );
+        for (pair, mut ts) in pairs {
+            ts.sort_by(f64::total_cmp);
+            let worst = ts.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+            assert!(
+                worst <= 1.5 * INTERVAL_MS / 1000.0,
+                "{pair:?}: a gap of {worst:.3} s in {} records",
+                ts.len()
+            );
+        }
+    }
+
+    // Restart an agent: same id, no duplicate.
+    let b_id = b.id();
+    b.child.kill().await?;
+    let b2 = TestAgent::start(&ctl, &b.out, &b.state)?;
+    eventually("restarted agent reconnected", 30, || async {
+        let ag = ctl.agents().await;
+        (ag.len() == 2 && ag.iter().all(|(_, c)| *c)).then_some(())
+    })
+    .await?;
+    assert_eq!(b2.id(), b_id);
+    let ag = ctl.agents().await;
+    assert_eq!(
+        ag.iter().map(|(id, _)| id.clone()).collect::<BTreeSet<_>>(),
+        ids,
+        "same ids, no duplicate"
+    );
+    let mut ctl = ctl;
+    assert!(ctl.alive(), "controller still running");
+    drop(a);
+    drop(b2);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_naming_the_field_and_nothing_dies() -> Result<()> {
+    use meshlat_proto::pb;
+    let root = tmp_dir("bad");
+    let mut ctl = TestController::start(&root.join("ctl"), None, None).await?;
+
+    let (st, v) = ctl.rest("POST", "/api/v1/jobs", "{not json", None).await?;
+    assert_eq!((st, v["error"]["field"].as_str()), (400, Some(".")), "{v}");
+    let bad = JOB.replace("\"timeout_ms\":300", "\"timeout_ms\":900");
+    let (st, v) = ctl.rest("POST", "/api/v1/jobs", &bad, None).await?;
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("spec.timeout_ms")),
+        "{v}"
+    );
+    let bad = JOB.replace("\"udp\",\"tcp\"", "\"udp\",\"gopher\"");
+    let (st, v) = ctl.rest("POST", "/api/v1/jobs", &bad, None).await?;
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("protocols[1]")),
+        "{v}"
+    );
+    let bad = JOB.replace("\"interval_ms\":500", "\"interval_ms\":\"often\"");
+    let (st, v) = ctl.rest("POST", "/api/v1/jobs", &bad, None).await?;
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("interval_ms")),
+        "{v}"
+    );
+    let bad = JOB.replace(
+        "region=r1\"],\n    \"targets",
+        "colour=red\"],\n    \"targets",
+    );
+    let (st, v) = ctl.rest("POST", "/api/v1/jobs", &bad, None).await?;
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("spec.sources[0]")),
+        "{v}"
+    );
+    let (st, _) = ctl
+        .rest("GET", "/api/v1/jobs", "", Some("op-nobody:wrong-secret"))
+        .await?;
+    assert_eq!(st, 401);
+    let (st, _) = ctl.rest("GET", "/api/v1/jobs", "", Some("")).await?;
+    assert_eq!(st, 401);
+    let (st, _) = ctl.rest("GET", "/api/v1/jobs/nope", "", None).await?;
+    assert_eq!(st, 404);
+
+    // Optimistic concurrency: a stale If-Match is refused.
+    let (st, job) = ctl.rest("POST", "/api/v1/jobs", JOB, None).await?;
+    assert_eq!(st, 201);
+    let path = format!("/api/v1/jobs/{}", s(&job, "id"));
+    let (st, v) = ctl.rest("PUT", &path, JOB, None).await?;
+    assert_eq!((st, v["version"].as_u64()), (200, Some(2)));
+    let (st, _) = ctl.rest_with_if_match(&path, JOB, 1).await?;
+    assert_eq!(st, 412);
+    let (st, v) = ctl.rest("DELETE", &path, "", None).await?;
+    assert_eq!((st, v["stopped"].as_bool()), (200, Some(true)));
+
+    // gRPC: a wrong credential is Unauthenticated; a bad spec is InvalidArgument.
+    let ca = std::fs::read(ctl.data.join("ca.pem"))?;
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", ctl.grpc))?
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name("127.0.0.1"),
+        )?
+        .connect()
+        .await?;
+    let with_cred = |c: String| {
+        move |mut req: tonic::Request<()>| {
+            let v = format!("Bearer {c}")
+                .parse()
+                .map_err(|_| tonic::Status::internal("hdr"))?;
+            req.metadata_mut().insert("authorization", v);
+            Ok(req)
+        }
+    };
+    let mut bad_client = pb::operator_service_client::OperatorServiceClient::with_interceptor(
+        ch.clone(),
+        with_cred("op-x:bad".into()),
+    );
+    let e = bad_client
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    let mut agent_client = pb::agent_service_client::AgentServiceClient::with_interceptor(
+        ch.clone(),
+        with_cred("mlt1.00.00".into()),
+    );
+    let e = agent_client
+        .connect(tokio_stream::iter(Vec::<pb::AgentMessage>::new()))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    let mut good = pb::operator_service_client::OperatorServiceClient::with_interceptor(
+        ch,
+        with_cred(ctl.credential.clone()),
+    );
+    let e = good
+        .start_job(pb::StartJobRequest {
+            spec: Some(pb::JobSpec::default()),
+        })
+        .await
+        .expect_err("invalid");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("spec.kind"), "{}", e.message());
+    assert!(ctl.alive(), "controller survived bad input");
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+impl TestController {
+    async fn rest_with_if_match(
+        &self,
+        path: &str,
+        body: &str,
+        version: u64,
+    ) -> Result<(u16, Value)> {
+        // A minimal second path through the same client, adding If-Match.
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(self.data.join("ca.pem"))? {
+            roots.add(c?)?;
+        }
+        let cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(&self.rest).await?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?, tcp)
+            .await?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::put(path)
+            .header("host", "127.0.0.1")
+            .header("authorization", format!("Bearer {}", self.credential))
+            .header("if-match", version.to_string())
+            .body(Full::new(bytes::Bytes::from(body.to_string())))?;
+        let res = send.send_request(req).await?;
+        let status = res.status().as_u16();
+        let b = res.into_body().collect().await?.to_bytes();
+        Ok((status, serde_json::from_slice(&b).unwrap_or(Value::Null)))
+    }
+}
