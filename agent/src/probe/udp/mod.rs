@@ -26,6 +26,8 @@
 //! arrived but failed authentication) or `Timeout` (no replies: wrong key, no reflector, or
 //! loss).
 
+pub mod grant;
+pub mod relay;
 pub mod session;
 #[doc(hidden)]
 pub mod sys;

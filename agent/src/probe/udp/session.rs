@@ -110,6 +110,9 @@ pub struct UdpSession {
     sum_fwd_ns: i128,
     sum_rev_ns: i128,
     best: Option<Best>,
+    /// Set for the relayed half of a relay train: requests are `RelayForward` carrying this
+    /// grant, and only `RelayReturn` packets are answers.
+    relay_grant: Option<[u8; wire::GRANT_BYTES]>,
 }
 
 impl UdpSession {
@@ -134,8 +137,27 @@ impl UdpSession {
             sum_fwd_ns: 0,
             sum_rev_ns: 0,
             best: None,
+            relay_grant: None,
             cfg,
         }
+    }
+
+    /// Makes this the relayed half of a relay train (see [`super::relay`]): requests are sent
+    /// as `RelayForward` with `grant`, answers are `RelayReturn` packets, and the RTT computed,
+    /// (t4 − t1) − (t3 − t2), is the relayed RTT (a4 − a1) − (b2 − b1).
+    pub fn with_relay_grant(mut self, grant: [u8; wire::GRANT_BYTES]) -> Self {
+        self.relay_grant = Some(grant);
+        self
+    }
+
+    /// Like [`UdpSession::poll_transmit`] but ignores pacing: sends the next packet now if any
+    /// is left. The relay core uses it for the second packet of a pair.
+    pub fn poll_transmit_unpaced(&mut self, now_ns: u64, buf: &mut Vec<u8>) -> Option<u32> {
+        if self.done || self.next_seq >= self.cfg.packets {
+            return None;
+        }
+        self.next_send_at = None;
+        self.poll_transmit(now_ns, buf)
     }
 
     /// If a packet is due at `now_ns`, writes it into `buf` (resized to the packet size; no
@@ -150,13 +172,17 @@ impl UdpSession {
         let seq = self.next_seq;
         buf.clear();
         buf.resize(self.cfg.packet_bytes, 0);
-        let h = Header::request(
+        let mut h = Header::request(
             self.cfg.key.id,
             self.cfg.session_id,
             seq,
             now_ns,
             self.cfg.local_error_us,
         );
+        if let Some(g) = self.relay_grant {
+            h.msg_type = MessageType::RelayForward;
+            h.grant = g;
+        }
         // The size was validated when the probe was built; a failure here would be a bug, and
         // sending nothing (the packet counts as lost) is the safe reaction.
         if wire::encode(&h, &self.cfg.key, buf).is_err() {
@@ -192,7 +218,12 @@ impl UdpSession {
                 return Err(e);
             }
         };
-        if h.msg_type != MessageType::Reply || h.session_id != self.cfg.session_id || h.t3 < h.t2 {
+        let answer = if self.relay_grant.is_some() {
+            MessageType::RelayReturn
+        } else {
+            MessageType::Reply
+        };
+        if h.msg_type != answer || h.session_id != self.cfg.session_id || h.t3 < h.t2 {
             self.ignored += 1;
             return Ok(());
         }

@@ -83,9 +83,11 @@ pub enum MessageType {
     Request = 1,
     /// Reflector → sender.
     Reply = 2,
-    /// Sender → relay → reflector (reserved for the relay issue).
+    /// Sender → relay (with a grant; the relay forwards it to the grant's destination as a
+    /// request, see [`stamp_relay_forward`]).
     RelayForward = 3,
-    /// Reflector → relay → sender (reserved for the relay issue).
+    /// Relay → sender: the destination's reply with the relay's return stamps (see
+    /// [`stamp_relay_return`]).
     RelayReturn = 4,
 }
 
@@ -391,6 +393,74 @@ pub fn stamp_reply(
     seal(buf, key)
 }
 
+/// Relay, forward direction: turns an authenticated `RelayForward` in place into a request to
+/// the destination — type `Request`, r1 = `r1`, r2 read by calling `now` just before the MAC is
+/// recomputed. Every other byte (grant and padding included) is kept: same length.
+///
+/// # Errors
+///
+/// [`WireError::TooShort`] / [`WireError::TooLong`] if `buf` is not a valid packet size.
+pub fn stamp_relay_forward(
+    buf: &mut [u8],
+    key: &WireKey,
+    r1: u64,
+    now: impl FnOnce() -> u64,
+) -> Result<(), WireError> {
+    stamp_relay(buf, key, MessageType::Request, (OFF_R1, r1), OFF_R2, now)
+}
+
+/// Relay, return direction: turns the destination's authenticated `Reply` in place into a
+/// `RelayReturn` for the source — r3 = `r3`, r4 read by calling `now` just before the MAC is
+/// recomputed. Same length.
+///
+/// # Errors
+///
+/// [`WireError::TooShort`] / [`WireError::TooLong`] if `buf` is not a valid packet size.
+pub fn stamp_relay_return(
+    buf: &mut [u8],
+    key: &WireKey,
+    r3: u64,
+    now: impl FnOnce() -> u64,
+) -> Result<(), WireError> {
+    stamp_relay(
+        buf,
+        key,
+        MessageType::RelayReturn,
+        (OFF_R3, r3),
+        OFF_R4,
+        now,
+    )
+}
+
+fn stamp_relay(
+    buf: &mut [u8],
+    key: &WireKey,
+    ty: MessageType,
+    (rx_off, rx): (usize, u64),
+    tx_off: usize,
+    now: impl FnOnce() -> u64,
+) -> Result<(), WireError> {
+    check_len(buf.len())?;
+    let Some(h) = buf.get_mut(..HEADER_BYTES) else {
+        return Err(WireError::TooShort(buf.len()));
+    };
+    h[OFF_TYPE] = ty as u8;
+    h[rx_off..rx_off + 8].copy_from_slice(&rx.to_be_bytes());
+    let tx = now();
+    h[tx_off..tx_off + 8].copy_from_slice(&tx.to_be_bytes());
+    seal(buf, key)
+}
+
+/// The grant field of a packet (`None` if `buf` is shorter than the header).
+pub fn grant_field(buf: &[u8]) -> Option<&[u8]> {
+    buf.get(OFF_GRANT..OFF_GRANT + GRANT_BYTES)
+}
+
+/// The session id and sequence of a packet, unchecked (`None` if too short).
+pub fn session_seq(buf: &[u8]) -> Option<(u64, u32)> {
+    (buf.len() >= HEADER_BYTES).then(|| (read_u64(buf, OFF_SESSION), read_u32(buf, OFF_SEQ)))
+}
+
 /// Converts a clock error bound in ms (from [`crate::clock::clock_error_bound_ms`]) to the wire's
 /// µs field, saturating below the "unknown" value.
 pub fn error_bound_to_wire(ms: Option<f64>) -> u32 {
@@ -574,6 +644,31 @@ mod tests {
         let mut ty = buf.clone();
         ty[5] = 9;
         assert_eq!(decode(&ty, &[a]), Err(WireError::UnknownType(9)));
+    }
+
+    #[test]
+    fn relay_stamps_keep_size_and_fields() {
+        let k = key("k");
+        let mut h = Header::request(k.id, 7, 3, 1000, ERROR_BOUND_UNKNOWN);
+        h.msg_type = MessageType::RelayForward;
+        h.grant = [9; GRANT_BYTES];
+        let mut buf = vec![0u8; 200];
+        encode(&h, &k, &mut buf).expect("valid size");
+        stamp_relay_forward(&mut buf, &k, 1100, || 1200).expect("valid size");
+        let f = decode(&buf, std::slice::from_ref(&k)).expect("verifies");
+        assert_eq!(f.msg_type, MessageType::Request);
+        assert_eq!((f.r1, f.r2, f.grant), (1100, 1200, [9; GRANT_BYTES]));
+        stamp_reply(&mut buf, &k, 1300, 0, || 1400).expect("valid size");
+        stamp_relay_return(&mut buf, &k, 1500, || 1600).expect("valid size");
+        let r = decode(&buf, std::slice::from_ref(&k)).expect("verifies");
+        assert_eq!(r.msg_type, MessageType::RelayReturn);
+        assert_eq!(
+            (r.t1, r.t2, r.t3, r.r1, r.r2, r.r3, r.r4),
+            (1000, 1300, 1400, 1100, 1200, 1500, 1600)
+        );
+        assert_eq!(buf.len(), 200);
+        assert_eq!(session_seq(&buf), Some((7, 3)));
+        assert_eq!(grant_field(&buf), Some(&[9u8; GRANT_BYTES][..]));
     }
 
     #[test]
