@@ -158,7 +158,7 @@ impl RelaySession {
             return Some((p, seq));
         }
         let pair = self.relayed.sent().min(self.direct.sent());
-        let first = if pair % 2 == 0 {
+        let first = if pair.is_multiple_of(2) {
             Path::Relayed
         } else {
             Path::Direct
