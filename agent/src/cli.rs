@@ -116,6 +116,10 @@ pub struct ResponderArgs {
         value_name = "KEY"
     )]
     pub keys: Vec<String>,
+    /// Also relay: forward UDP relay-forward packets to the destination named in their grant
+    /// (signed with a key derived from --key) and their replies back (off by default).
+    #[arg(long, env = "MESHLAT_RELAY")]
+    pub relay: bool,
     /// PEM certificate chain for HTTPS and QUIC (default: a self-signed certificate).
     #[arg(
         long,

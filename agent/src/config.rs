@@ -650,6 +650,7 @@ pub fn responder_config(r: &cli::ResponderArgs) -> Result<ResponderConfig, Confi
         http_port: r.http_port.0,
         https_port: r.https_port.0,
         keys,
+        relay: r.relay,
         identity,
     })
 }

@@ -39,6 +39,8 @@ pub struct ResponderConfig {
     pub https_port: Option<u16>,
     /// Keys the UDP reflector accepts.
     pub keys: Vec<Key>,
+    /// Whether the UDP reflector also relays (`--relay`).
+    pub relay: bool,
     /// Certificate for HTTPS and QUIC.
     pub identity: Identity,
 }
@@ -100,7 +102,8 @@ impl Responders {
             Some(p) => Some(
                 udp::UdpReflector::bind(at(p), cfg.keys.clone())
                     .await
-                    .map_err(err("udp", at(p)))?,
+                    .map_err(err("udp", at(p)))?
+                    .with_relay(cfg.relay),
             ),
             None => None,
         };

@@ -12,6 +12,25 @@
 //!    reflector bound to `0.0.0.0` or `::` answers a request to a secondary address from that
 //!    address and the prober's connected socket accepts it.
 //!
+//! # Relaying (`agent serve --relay`, off by default)
+//!
+//! With relaying on, two more kinds of datagram are handled (DESIGN §4):
+//!
+//! - a `RelayForward` from a source A, authenticated like a request, whose grant field holds a
+//!   valid, unexpired grant ([`crate::probe::udp::grant`]) signed by a grant key this relay
+//!   trusts (standalone: derived from each `--key`): r1 is its kernel receive stamp; the packet
+//!   becomes a `Request`, r2 is read just before it is resealed, and it is sent from this socket
+//!   to the grant's destination B — never anywhere else, and with exactly the received length.
+//!   (session id, sequence) → (A, B) is remembered in a table of at most [`RELAY_TABLE_MAX`]
+//!   entries that expire after [`RELAY_TTL`];
+//! - a `Reply` from B matching a table entry (same session id and sequence, sent from B's
+//!   address): the entry is removed, r3 is its receive stamp, it becomes a `RelayReturn`, r4 is
+//!   read just before it is resealed, and it goes back to A, same length.
+//!
+//! Relay drops are counted per reason through [`metrics::responder_drop`]: `relay_no_grant`,
+//! `relay_expired`, `relay_bad_grant`, `relay_table_full` (and `auth`/`malformed` as for
+//! requests). Without `--relay`, `RelayForward` packets are dropped as `type`.
+//!
 //! Anything else is dropped and counted (`meshlat_responder_requests_total{protocol="udp"}` with
 //! `result` = [`DropReason::as_str`], and [`ReflectorStats`]); answered packets are counted as
 //! `answered`. Nothing is ever sent larger than what was received.
@@ -21,6 +40,7 @@
 //! replies sent in batches (`recvmmsg` / `sendmmsg`, see `serve`) in buffers allocated once, no
 //! allocation per answered packet.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -33,6 +53,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, clock_error_bound_ms};
 use crate::metrics::{self, ResponderLabels};
 use crate::probe::Key;
+use crate::probe::udp::grant::{Grant, GrantError, GrantKey, unix_now};
 use crate::probe::udp::wire::{self, MessageType, WireError, WireKey};
 use crate::probe::udp::{StampMapper, sys};
 
@@ -41,6 +62,12 @@ pub const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 
 /// How often the clock error bound stamped into replies is re-read (it is a syscall).
 const ERROR_BOUND_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Most relayed packets awaiting their reply from the destination.
+pub const RELAY_TABLE_MAX: usize = 4096;
+
+/// How long a relayed packet's return route is kept.
+pub const RELAY_TTL: Duration = Duration::from_secs(5);
 
 /// Receive buffer requested from the kernel, so bursts are not dropped while we are busy.
 const RECV_BUFFER_BYTES: usize = 4 << 20;
@@ -58,6 +85,14 @@ pub enum DropReason {
     Type,
     /// Unknown key id or HMAC mismatch.
     Auth,
+    /// A relay-forward packet without a grant.
+    RelayNoGrant,
+    /// A relay-forward packet whose grant has expired.
+    RelayExpired,
+    /// A relay-forward packet with a malformed, unknown-key or forged grant.
+    RelayBadGrant,
+    /// The relay's table of packets awaiting replies is full.
+    RelayTableFull,
 }
 
 impl DropReason {
@@ -69,6 +104,10 @@ impl DropReason {
             DropReason::Version => "version",
             DropReason::Type => "type",
             DropReason::Auth => "auth",
+            DropReason::RelayNoGrant => "relay_no_grant",
+            DropReason::RelayExpired => "relay_expired",
+            DropReason::RelayBadGrant => "relay_bad_grant",
+            DropReason::RelayTableFull => "relay_table_full",
         }
     }
 
@@ -83,26 +122,54 @@ impl DropReason {
         }
     }
 
-    const ALL: [DropReason; 5] = [
+    const ALL: [DropReason; 9] = [
         DropReason::Malformed,
         DropReason::Oversize,
         DropReason::Version,
         DropReason::Type,
         DropReason::Auth,
+        DropReason::RelayNoGrant,
+        DropReason::RelayExpired,
+        DropReason::RelayBadGrant,
+        DropReason::RelayTableFull,
     ];
+
+    fn of_grant(e: GrantError) -> Self {
+        match e {
+            GrantError::Missing => DropReason::RelayNoGrant,
+            GrantError::Expired => DropReason::RelayExpired,
+            GrantError::Bad => DropReason::RelayBadGrant,
+        }
+    }
+
+    fn is_relay(self) -> bool {
+        matches!(
+            self,
+            DropReason::RelayNoGrant
+                | DropReason::RelayExpired
+                | DropReason::RelayBadGrant
+                | DropReason::RelayTableFull
+        )
+    }
 }
 
 /// Per-reflector counters (the Prometheus ones are process-wide); readable while it runs.
 #[derive(Debug, Default)]
 pub struct ReflectorStats {
     answered: AtomicU64,
-    dropped: [AtomicU64; 5],
+    relayed: AtomicU64,
+    dropped: [AtomicU64; 9],
 }
 
 impl ReflectorStats {
     /// Requests answered.
     pub fn answered(&self) -> u64 {
         self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Packets forwarded by the relay (either direction).
+    pub fn relayed(&self) -> u64 {
+        self.relayed.load(Ordering::Relaxed)
     }
 
     /// Datagrams dropped for `reason`.
@@ -126,6 +193,8 @@ pub struct UdpReflector {
     socket: UdpSocket,
     /// Keys accepted, by id.
     keys: Vec<Key>,
+    /// Whether relay-forward packets are relayed (`--relay`).
+    relay: bool,
     stats: Arc<ReflectorStats>,
 }
 
@@ -158,8 +227,15 @@ impl UdpReflector {
         Ok(UdpReflector {
             socket: s.into(),
             keys,
+            relay: false,
             stats: Arc::default(),
         })
+    }
+
+    /// Enables or disables relaying (see the module doc).
+    pub fn with_relay(mut self, enabled: bool) -> Self {
+        self.relay = enabled;
+        self
     }
 
     /// Bound address.
@@ -191,14 +267,15 @@ impl UdpReflector {
         let spawned = std::thread::Builder::new()
             .name("udp-reflector".into())
             .spawn(move || {
-                serve(&self.socket, &self.keys, &self.stats, &token);
+                let relay = self.relay.then(|| Relay::new(&self.keys));
+                serve(&self.socket, &self.keys, relay, &self.stats, &token);
                 let _ = done_tx.send(());
             });
         if let Err(error) = spawned {
             tracing::error!(message = "Cannot start the UDP reflector thread.", %error, %addr);
             return;
         }
-        tracing::info!(message = "UDP reflector serving.", %addr);
+        tracing::info!(message = "UDP reflector serving.", %addr, relay = self.relay);
         // The thread ends within SHUTDOWN_POLL of cancellation (or if it panics, dropping the
         // sender).
         let _ = done_rx.await;
@@ -218,11 +295,18 @@ impl UdpReflector {
 /// send time by the MACs of the packets after it (k ≤ 64, under a microsecond each); the
 /// reflector's time t3 − t2 — including the time a request waited in the socket queue and in the
 /// batch — is still subtracted from each packet's RTT individually.
-fn serve(socket: &UdpSocket, keys: &[Key], stats: &ReflectorStats, shutdown: &CancellationToken) {
+fn serve(
+    socket: &UdpSocket,
+    keys: &[Key],
+    mut relay: Option<Relay>,
+    stats: &ReflectorStats,
+    shutdown: &CancellationToken,
+) {
     let keys: Vec<WireKey> = keys.iter().map(WireKey::new).collect();
     let fd = socket.as_raw_fd();
     // Counter handles taken once: incrementing them is one atomic add, no label lookup.
     let answered = counter("answered");
+    let relayed = counter("relayed");
     let dropped = DropReason::ALL.map(|r| counter(r.as_str()));
     let mut batch = sys::Batch::new();
     let mut error_us = wire::error_bound_to_wire(clock_error_bound_ms());
@@ -260,6 +344,30 @@ fn serve(socket: &UdpSocket, keys: &[Key], stats: &ReflectorStats, shutdown: &Ca
             if t2.saturating_sub(error_read_at) > ERROR_BOUND_REFRESH_NS {
                 error_us = wire::error_bound_to_wire(clock_error_bound_ms());
                 error_read_at = t2;
+            }
+            if let Some(relay) = relay.as_mut()
+                && let Some(handled) = relay.handle(pkt, peer, t2, &keys)
+            {
+                match handled {
+                    Ok(to) => match socket.send_to(pkt, to) {
+                        Ok(_) => {
+                            stats.relayed.fetch_add(1, Ordering::Relaxed);
+                            relayed.inc();
+                        }
+                        Err(error) => {
+                            tracing::debug!(message = "UDP relay send error.", %error, %to);
+                        }
+                    },
+                    Err(reason) => {
+                        stats.drop_(reason);
+                        if reason.is_relay() {
+                            metrics::responder_drop("udp", reason.as_str(), peer);
+                        } else if let Some(c) = dropped.get(reason as usize) {
+                            c.inc();
+                        }
+                    }
+                }
+                continue;
             }
             match reflect(pkt, &keys, t2, error_us) {
                 Ok(()) => {
@@ -303,6 +411,104 @@ fn reflect(pkt: &mut [u8], keys: &[WireKey], t2: u64, error_us: u32) -> Result<(
     wire::stamp_reply(pkt, key, t2, error_us, Clock::now_ns).map_err(|e| DropReason::of(&e))
 }
 
+/// Where a relayed packet's reply goes back to.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    /// The source A.
+    src: SocketAddr,
+    /// The destination B the packet was forwarded to (replies from elsewhere are not relayed).
+    dst: SocketAddr,
+    /// Process-clock time after which the entry is stale.
+    expires_ns: u64,
+}
+
+/// The relay's state, owned by the serving thread.
+#[derive(Debug)]
+struct Relay {
+    grant_keys: Vec<GrantKey>,
+    /// (session id, sequence) → return route.
+    table: HashMap<(u64, u32), Pending>,
+}
+
+impl Relay {
+    fn new(keys: &[Key]) -> Self {
+        Relay {
+            grant_keys: keys.iter().map(GrantKey::derive).collect(),
+            table: HashMap::with_capacity(RELAY_TABLE_MAX),
+        }
+    }
+
+    /// Handles `pkt` if it is relay traffic: `None` when it is not (the caller reflects or
+    /// drops it as usual); `Some(Ok(to))` when it was stamped in place and must be sent to
+    /// `to`; `Some(Err(reason))` when it must be dropped. `rx` is its receive stamp.
+    fn handle(
+        &mut self,
+        pkt: &mut [u8],
+        peer: SocketAddr,
+        rx: u64,
+        keys: &[WireKey],
+    ) -> Option<Result<SocketAddr, DropReason>> {
+        let (ty, key_id) = wire::peek(pkt).ok()?;
+        match ty {
+            MessageType::RelayForward => Some(self.forward(pkt, key_id, peer, rx, keys)),
+            MessageType::Reply => {
+                let id = wire::session_seq(pkt)?;
+                let p = *self.table.get(&id)?;
+                if p.dst != peer {
+                    return None;
+                }
+                let key = keys.iter().find(|k| k.id == key_id)?;
+                wire::verify(pkt, key).ok()?;
+                self.table.remove(&id);
+                if rx > p.expires_ns {
+                    return None;
+                }
+                Some(
+                    wire::stamp_relay_return(pkt, key, rx, Clock::now_ns)
+                        .map(|()| p.src)
+                        .map_err(|e| DropReason::of(&e)),
+                )
+            }
+            _ => None,
+        }
+    }
+
+    fn forward(
+        &mut self,
+        pkt: &mut [u8],
+        key_id: u32,
+        peer: SocketAddr,
+        rx: u64,
+        keys: &[WireKey],
+    ) -> Result<SocketAddr, DropReason> {
+        let key = keys
+            .iter()
+            .find(|k| k.id == key_id)
+            .ok_or(DropReason::Auth)?;
+        wire::verify(pkt, key).map_err(|e| DropReason::of(&e))?;
+        let field = wire::grant_field(pkt).ok_or(DropReason::Malformed)?;
+        let grant =
+            Grant::verify(field, &self.grant_keys, unix_now()).map_err(DropReason::of_grant)?;
+        let id = wire::session_seq(pkt).ok_or(DropReason::Malformed)?;
+        if self.table.len() >= RELAY_TABLE_MAX && !self.table.contains_key(&id) {
+            self.table.retain(|_, p| p.expires_ns >= rx);
+            if self.table.len() >= RELAY_TABLE_MAX {
+                return Err(DropReason::RelayTableFull);
+            }
+        }
+        self.table.insert(
+            id,
+            Pending {
+                src: peer,
+                dst: grant.dst,
+                expires_ns: rx.saturating_add(RELAY_TTL.as_nanos() as u64),
+            },
+        );
+        wire::stamp_relay_forward(pkt, key, rx, Clock::now_ns).map_err(|e| DropReason::of(&e))?;
+        Ok(grant.dst)
+    }
+}
+
 fn counter(result: &str) -> Counter {
     metrics::get()
         .responder
@@ -314,7 +520,7 @@ fn counter(result: &str) -> Counter {
 }
 
 // Keep the reason table and the counter array in step.
-const _: () = assert!(DropReason::ALL.len() == 5);
+const _: () = assert!(DropReason::ALL.len() == 9);
 
 #[cfg(test)]
 mod tests {
@@ -330,6 +536,85 @@ mod tests {
         )
         .expect("valid size");
         b
+    }
+
+    fn relay_forward(key: &WireKey, seq: u32, grant: [u8; wire::GRANT_BYTES]) -> Vec<u8> {
+        let mut h = wire::Header::request(key.id, 77, seq, 100, wire::ERROR_BOUND_UNKNOWN);
+        h.msg_type = MessageType::RelayForward;
+        h.grant = grant;
+        let mut b = vec![0u8; 300];
+        wire::encode(&h, key, &mut b).expect("valid size");
+        b
+    }
+
+    #[test]
+    fn relay_forwards_only_with_valid_grants_and_returns_replies() {
+        let secret = Key::from_secret("shared-secret");
+        let k = WireKey::new(&secret);
+        let keys = [k.clone()];
+        let gk = GrantKey::derive(&secret);
+        let a: SocketAddr = "10.0.0.1:4000".parse().expect("addr");
+        let b: SocketAddr = "10.0.0.2:7710".parse().expect("addr");
+        let mut relay = Relay::new(std::slice::from_ref(&secret));
+        let good = Grant::sign(b, unix_now() + 60, &gk);
+
+        let mut p = relay_forward(&k, 1, good);
+        assert_eq!(relay.handle(&mut p, a, 1_000, &keys), Some(Ok(b)));
+        assert_eq!(p.len(), 300, "never larger");
+        let h = wire::decode(&p, &keys).expect("resealed");
+        assert_eq!((h.msg_type, h.r1), (MessageType::Request, 1_000));
+        assert!(h.r2 >= h.r1);
+        // B reflects it; R turns the reply into a relay-return for A.
+        assert_eq!(reflect(&mut p, &keys, 2_000, 0), Ok(()));
+        // A reply from anyone but B is not relayed.
+        let mut q = p.clone();
+        assert_eq!(relay.handle(&mut q, a, 3_000, &keys), None);
+        assert_eq!(relay.handle(&mut p, b, 3_000, &keys), Some(Ok(a)));
+        let h = wire::decode(&p, &keys).expect("resealed");
+        assert_eq!((h.msg_type, h.r3), (MessageType::RelayReturn, 3_000));
+        // The route is used once.
+        let mut q2 = q.clone();
+        assert_eq!(relay.handle(&mut q2, b, 3_000, &keys), None);
+
+        let expired = Grant::sign(b, unix_now() - 1, &gk);
+        let forged = Grant::sign(
+            b,
+            unix_now() + 60,
+            &GrantKey::derive(&Key::from_secret("x")),
+        );
+        let mut wrong_dst = good;
+        wrong_dst[7] ^= 1;
+        for (grant, reason) in [
+            ([0u8; wire::GRANT_BYTES], DropReason::RelayNoGrant),
+            (expired, DropReason::RelayExpired),
+            (forged, DropReason::RelayBadGrant),
+            (wrong_dst, DropReason::RelayBadGrant),
+        ] {
+            let mut p = relay_forward(&k, 2, grant);
+            assert_eq!(relay.handle(&mut p, a, 1, &keys), Some(Err(reason)));
+        }
+        // Wrong packet key: auth, before the grant is looked at.
+        let other = WireKey::new(&Key::from_secret("other-secret"));
+        let mut p = relay_forward(&other, 2, good);
+        assert_eq!(
+            relay.handle(&mut p, a, 1, &keys),
+            Some(Err(DropReason::Auth))
+        );
+        // Table bound: entries do not expire within the TTL, so the table fills.
+        for seq in 0..RELAY_TABLE_MAX as u32 + 10 {
+            let mut p = relay_forward(&k, 100 + seq, good);
+            let r = relay.handle(&mut p, a, 10_000, &keys);
+            if (seq as usize) < RELAY_TABLE_MAX {
+                assert_eq!(r, Some(Ok(b)), "seq {seq}");
+            } else {
+                assert_eq!(r, Some(Err(DropReason::RelayTableFull)));
+            }
+        }
+        // After the TTL, stale entries are purged and forwarding resumes.
+        let later = 10_000 + RELAY_TTL.as_nanos() as u64 + 1;
+        let mut p = relay_forward(&k, 99_999, good);
+        assert_eq!(relay.handle(&mut p, a, later, &keys), Some(Ok(b)));
+        assert!(relay.table.len() <= 1);
     }
 
     #[test]
