@@ -156,15 +156,20 @@ impl ProbeApp {
     pub async fn bind(cfg: ProbeConfig) -> Result<Self, StartError> {
         crate::tls::install_crypto_provider();
         // One job per protocol: each job's spec carries its protocol.
-        let mut protocols: Vec<Protocol> = cfg.targets.iter().map(|t| t.protocol).collect();
+        // Relay targets (`relay://R/B`) are udp but their own job, so records say kind=relay.
+        let mut protocols: Vec<(Protocol, bool)> = cfg
+            .targets
+            .iter()
+            .map(|t| (t.protocol, t.relay.is_some()))
+            .collect();
         protocols.sort();
         protocols.dedup();
         let mut jobs = Vec::new();
-        for (version, p) in protocols.into_iter().enumerate() {
+        for (version, (p, relay)) in protocols.into_iter().enumerate() {
             let targets: Vec<JobTarget> = cfg
                 .targets
                 .iter()
-                .filter(|t| t.protocol == p)
+                .filter(|t| t.protocol == p && t.relay.is_some() == relay)
                 .map(|t| JobTarget {
                     target: t.clone(),
                     dst: PeerInfo::default(),
@@ -183,7 +188,7 @@ impl ProbeApp {
             jobs.push(Arc::new(Job {
                 id: STANDALONE_JOB.into(),
                 version: version as u64,
-                kind: Kind::Probe,
+                kind: if relay { Kind::Relay } else { Kind::Probe },
                 spec,
                 targets,
                 interval: cfg.interval,

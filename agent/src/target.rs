@@ -1,7 +1,9 @@
 //! Probe targets: what `agent probe` takes on its command line and jobs name as URLs.
 //!
 //! Accepted forms (DESIGN §2): `http://…`, `https://…`, `tcp://host:port`, `udp://host:port`,
-//! `quic://host:port`. Hosts may be names, IPv4 or bracketed IPv6 addresses.
+//! `quic://host:port`, and `relay://R_HOST:PORT/B_HOST:PORT` (a UDP relay train to the
+//! reflector B through the relay responder R, see [`crate::probe::udp::relay`]). Hosts may be
+//! names, IPv4 or bracketed IPv6 addresses.
 
 use std::fmt;
 
@@ -20,16 +22,20 @@ pub struct Target {
     pub path: String,
     /// The target as given, normalised (what records carry in `target`).
     pub raw: String,
+    /// For `relay://R/B` targets: the relay R's host and port (`host`/`port` are B's).
+    pub relay: Option<(String, u16)>,
 }
 
 /// Why a target string was refused.
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 pub enum TargetError {
     /// No `scheme://`.
-    #[error("target {0:?}: missing scheme; use http://, https://, tcp://, udp:// or quic://")]
+    #[error(
+        "target {0:?}: missing scheme; use http://, https://, tcp://, udp://, quic:// or relay://"
+    )]
     NoScheme(String),
     /// Unknown scheme.
-    #[error("target {0:?}: unknown scheme {1:?}; use http, https, tcp, udp or quic")]
+    #[error("target {0:?}: unknown scheme {1:?}; use http, https, tcp, udp, quic or relay")]
     UnknownScheme(String, String),
     /// Empty host.
     #[error("target {0:?}: missing host")]
@@ -47,6 +53,12 @@ impl Target {
     /// [`TargetError`] naming the target and what is wrong with it.
     pub fn parse(s: &str) -> Result<Self, TargetError> {
         let s = s.trim();
+        if let Some(rest) = s
+            .strip_prefix("relay://")
+            .or_else(|| s.strip_prefix("RELAY://"))
+        {
+            return Self::parse_relay(s, rest);
+        }
         let (scheme, rest) = s
             .split_once("://")
             .ok_or_else(|| TargetError::NoScheme(s.to_string()))?;
@@ -109,6 +121,22 @@ impl Target {
             port,
             path,
             raw,
+            relay: None,
+        })
+    }
+
+    /// `relay://R_HOST:PORT/B_HOST:PORT` (`rest` is what follows the scheme).
+    fn parse_relay(s: &str, rest: &str) -> Result<Self, TargetError> {
+        let bad = |why: &str| TargetError::BadPort(s.to_string(), why.to_string());
+        let (relay, dst) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("relay:// targets are relay://RELAY_HOST:PORT/DST_HOST:PORT"))?;
+        let r = Target::parse(&format!("udp://{relay}"))?;
+        let d = Target::parse(&format!("udp://{}", dst.trim_end_matches('/')))?;
+        Ok(Target {
+            raw: format!("relay://{}/{}", r.host_port(), d.host_port()),
+            relay: Some((r.host, r.port)),
+            ..d
         })
     }
 
@@ -181,6 +209,20 @@ mod tests {
             Target::parse("tcp://h:22").expect("valid").host_port(),
             "h:22"
         );
+    }
+
+    #[test]
+    fn parses_relay_targets() {
+        let t = Target::parse("relay://10.0.0.1:7710/[::1]:862").expect("valid");
+        assert_eq!(
+            (t.protocol, t.host.as_str(), t.port),
+            (Protocol::Udp, "::1", 862)
+        );
+        assert_eq!(t.relay, Some(("10.0.0.1".to_string(), 7710)));
+        assert_eq!(t.raw, "relay://10.0.0.1:7710/[::1]:862");
+        assert!(Target::parse("relay://10.0.0.1:7710").is_err());
+        assert!(Target::parse("relay://10.0.0.1/b:1").is_err());
+        assert!(Target::parse("relay://a:1/b").is_err());
     }
 
     #[test]

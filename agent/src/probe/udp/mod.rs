@@ -4,6 +4,8 @@
 //!
 //! - [`wire`]: the versioned, HMAC-authenticated packet format (documented byte by byte).
 //! - [`session`]: the sans-IO train core — pacing, timeout, classification, statistics.
+//! - [`grant`]: the 64-byte relay grant (documented byte by byte).
+//! - [`relay`]: the sans-IO relay train core (`relay://R/B` targets) and its arithmetic.
 //! - `sys`: the one unsafe corner — `recvmsg`/`recvmmsg`/`sendmmsg` with kernel receive
 //!   timestamps and destination addresses (pktinfo).
 //! - this module: the thin tokio driver that owns the socket and the clock.
@@ -42,6 +44,7 @@ use meshlat_proto::record::ErrorKind;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use self::relay::{Path, RelaySession};
 use self::session::{SessionConfig, UdpSession};
 use self::wire::WireKey;
 pub use self::wire::{MAX_PACKET_BYTES, MIN_PACKET_BYTES};
@@ -68,6 +71,8 @@ pub struct UdpProbe {
     packet_bytes: usize,
     /// Prepared once: signing needs no per-train key setup.
     key: WireKey,
+    /// Signs standalone relay grants (derived from the shared key).
+    grant_key: Box<grant::GrantKey>,
     /// Kept for `Debug` and for the timeout in failure messages.
     timeout: Duration,
 }
@@ -95,6 +100,7 @@ impl UdpProbe {
             timeout_ns: duration_ns(spec.timeout),
             packet_bytes,
             key: WireKey::new(&spec.key),
+            grant_key: Box::new(grant::GrantKey::derive(&spec.key)),
             timeout: spec.timeout,
         })
     }
@@ -104,20 +110,16 @@ impl UdpProbe {
         self.packet_bytes
     }
 
-    /// Runs one train against `target`. Never fails: failures are in the outcome.
+    /// Runs one train against `target` (a relay train for `relay://` targets). Never fails:
+    /// failures are in the outcome.
     pub async fn run_once(&self, target: &Target) -> Measurement {
         let started = SystemTime::now();
-        let addr = match super::resolve(&target.host, target.port).await {
-            Ok(addrs) => match addrs.first() {
-                Some(a) => *a,
-                None => {
-                    return Measurement::new(
-                        started,
-                        Outcome::failed(ErrorKind::Dns, format!("{}: no addresses", target.host)),
-                    );
-                }
-            },
-            Err((kind, detail)) => return Measurement::new(started, Outcome::failed(kind, detail)),
+        if let Some((rhost, rport)) = &target.relay {
+            return self.run_relay(started, rhost, *rport, target).await;
+        }
+        let addr = match resolve_one(&target.host, target.port).await {
+            Ok(a) => a,
+            Err(o) => return Measurement::new(started, o),
         };
         let mut m = Measurement::new(started, Outcome::Ok);
         m.data.remote_addr = Some(addr);
@@ -128,15 +130,7 @@ impl UdpProbe {
                 return m;
             }
         };
-        let mut session = UdpSession::new(SessionConfig {
-            packets: self.packets,
-            interval_ns: self.interval_ns,
-            timeout_ns: self.timeout_ns,
-            packet_bytes: self.packet_bytes,
-            session_id: rand::random(),
-            key: self.key.clone(),
-            local_error_us: wire::error_bound_to_wire(clock_error_bound_ms()),
-        });
+        let mut session = UdpSession::new(self.session_config());
         let io_error = drive(
             &sock,
             &mut session,
@@ -168,6 +162,188 @@ impl UdpProbe {
         m.data.train = Some(stats);
         m
     }
+}
+
+impl UdpProbe {
+    fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            packets: self.packets,
+            interval_ns: self.interval_ns,
+            timeout_ns: self.timeout_ns,
+            packet_bytes: self.packet_bytes,
+            session_id: rand::random(),
+            key: self.key.clone(),
+            local_error_us: wire::error_bound_to_wire(clock_error_bound_ms()),
+        }
+    }
+
+    /// One relay train through `rhost:rport` to `target` (see [`relay`]).
+    async fn run_relay(
+        &self,
+        started: SystemTime,
+        rhost: &str,
+        rport: u16,
+        target: &Target,
+    ) -> Measurement {
+        let (relay_addr, dst) = match (
+            resolve_one(rhost, rport).await,
+            resolve_one(&target.host, target.port).await,
+        ) {
+            (Ok(r), Ok(d)) => (r, d),
+            (Err(o), _) | (_, Err(o)) => return Measurement::new(started, o),
+        };
+        let mut m = Measurement::new(started, Outcome::Ok);
+        m.data.remote_addr = Some(dst);
+        let socks = open_socket(relay_addr).and_then(|r| Ok((r, open_socket(dst)?)));
+        let (via, direct) = match socks {
+            Ok(s) => s,
+            Err(e) => {
+                m.outcome = Outcome::failed(super::classify_io(&e), format!("socket: {e}"));
+                return m;
+            }
+        };
+        let grant = grant::Grant::sign(
+            dst,
+            grant::unix_now() + relay::STANDALONE_GRANT_TTL_S,
+            &self.grant_key,
+        );
+        let mut session = RelaySession::new(self.session_config(), grant);
+        let io_error = drive_relay(&via, &direct, &mut session, self.packet_bytes).await;
+        let invalid = session.invalid();
+        let r = session.into_result();
+        m.outcome = if r.sum_mismatches > 0 {
+            Outcome::failed(
+                ErrorKind::Local,
+                format!(
+                    "{} relayed packets whose rtt is not the sum of legs and dwell",
+                    r.sum_mismatches
+                ),
+            )
+        } else if r.train.samples > 0 {
+            Outcome::Ok
+        } else if let Some(e) = io_error {
+            Outcome::failed(super::classify_io(&e), format!("{relay_addr}: {e}"))
+        } else if invalid > 0 {
+            Outcome::failed(
+                ErrorKind::Auth,
+                format!("{invalid} replies failed authentication (wrong key?)"),
+            )
+        } else {
+            Outcome::failed(
+                ErrorKind::Timeout,
+                format!(
+                    "no relayed replies via {relay_addr} to {dst} for {} packets within {:?} \
+                     (no relay, relaying off, wrong key, or loss)",
+                    r.train.sent, self.timeout
+                ),
+            )
+        };
+        m.data.train = Some(r.train);
+        m.data.relay = Some(r.relay);
+        m
+    }
+}
+
+/// Resolves to the first address, or the failed outcome.
+async fn resolve_one(host: &str, port: u16) -> Result<SocketAddr, Outcome> {
+    match super::resolve(host, port).await {
+        Ok(addrs) => addrs
+            .first()
+            .copied()
+            .ok_or_else(|| Outcome::failed(ErrorKind::Dns, format!("{host}: no addresses"))),
+        Err((kind, detail)) => Err(Outcome::failed(kind, detail)),
+    }
+}
+
+/// Runs a relay train on its two sockets (to the relay, and to the destination directly).
+/// Waits sleep on tokio's timer, then yield-spin for the last [`SPIN_NS`], so pairs leave on
+/// time; the second packet of a pair is sent right after the first.
+async fn drive_relay(
+    via: &UdpSocket,
+    direct: &UdpSocket,
+    session: &mut RelaySession,
+    packet_bytes: usize,
+) -> Option<io::Error> {
+    let mut tx = Vec::with_capacity(packet_bytes);
+    let mut rx = [0u8; MAX_PACKET_BYTES + 1];
+    let mut stamps = StampMapper::default();
+    let end = loop {
+        let now = Clock::now_ns();
+        session.handle_timeout(now);
+        if session.is_done() {
+            break None;
+        }
+        if let Some((path, _)) = session.poll_transmit(Clock::now_ns(), &mut tx) {
+            let sock = match path {
+                Path::Relayed => via,
+                Path::Direct => direct,
+            };
+            if let Err(e) = sock.send(&tx).await {
+                break Some(e);
+            }
+            continue;
+        }
+        if let Err(e) = drain_relay(via, direct, session, &mut rx, &mut stamps) {
+            break Some(e);
+        }
+        let Some(wake) = session.poll_timeout() else {
+            break None;
+        };
+        let now = Clock::now_ns();
+        let Some(wait) = wake.checked_sub(now).filter(|w| *w > 0) else {
+            continue;
+        };
+        if wait > SPIN_NS {
+            tokio::select! {
+                r = via.ready(Interest::READABLE | Interest::ERROR) => {
+                    if let Err(e) = r {
+                        break Some(e);
+                    }
+                }
+                r = direct.ready(Interest::READABLE | Interest::ERROR) => {
+                    if let Err(e) = r {
+                        break Some(e);
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_nanos(wait - SPIN_NS)) => {}
+            }
+        } else {
+            tokio::task::yield_now().await;
+        }
+    };
+    let late_err = drain_relay(via, direct, session, &mut rx, &mut stamps).err();
+    end.or(late_err)
+}
+
+/// Feeds every datagram queued on either socket to the relay session.
+fn drain_relay(
+    via: &UdpSocket,
+    direct: &UdpSocket,
+    session: &mut RelaySession,
+    rx: &mut [u8],
+    stamps: &mut StampMapper,
+) -> io::Result<()> {
+    for (sock, path) in [(via, Path::Relayed), (direct, Path::Direct)] {
+        let fd = sock.as_raw_fd();
+        for interest in [Interest::READABLE, Interest::ERROR] {
+            loop {
+                match sock.try_io(interest, || sys::recv(fd, rx)) {
+                    Ok(r) => {
+                        let t4 = r
+                            .rx_realtime_ns
+                            .map_or_else(Clock::now_ns, |ts| stamps.map(ts));
+                        let len = if r.truncated { rx.len() } else { r.len };
+                        let _ =
+                            session.handle_datagram(path, t4, rx.get(..len).unwrap_or_default());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The packet size for a spec's `payload_bytes` (0 = [`MIN_PACKET_BYTES`]).
