@@ -12,6 +12,7 @@
 mod support;
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::net::TcpListener;
 use std::time::Duration;
 
@@ -322,4 +323,93 @@ fn http_first_and_last_byte_match_server_waits() {
         le <= 1.0,
         "last_byte_ms median error {le:.3} ms exceeds 1 ms"
     );
+}
+
+/// Medians over records of one relay field.
+fn median_of(
+    recs: &[meshlat_proto::record::Record],
+    f: fn(&meshlat_proto::record::Record) -> Option<f64>,
+) -> f64 {
+    let v: Vec<f64> = recs.iter().map(|r| f(r).unwrap()).collect();
+    median(&v)
+}
+
+#[test]
+fn relay_legs_follow_delay_injected_in_front_of_the_relay() {
+    let off = [
+        "--tcp-port",
+        "off",
+        "--quic-port",
+        "off",
+        "--http-port",
+        "off",
+        "--https-port",
+        "off",
+    ];
+    let b = serve(&off);
+    let r = serve(&[&off[..], &["--relay"]].concat());
+    let (b_udp, r_udp) = (b.udp.unwrap(), r.udp.unwrap());
+    let dir = tmpdir("accuracy-relay");
+    let log = dir.join("emu.ndjson");
+    // The same route in front of R, without and with 10 ms one-way on A → R only.
+    let emu = linkemu(
+        &[
+            format!("udp:127.0.0.1:0={r_udp}"),
+            format!("udp:127.0.0.1:0={r_udp},fwd=10ms"),
+        ],
+        &log,
+    );
+    let train = [
+        "-n",
+        "10",
+        "-d",
+        "0.3",
+        "--packets",
+        "20",
+        "--interval-ms",
+        "5",
+        "--timeout",
+        "0.3",
+    ];
+    let run = |route: SocketAddr| {
+        let t = format!("relay://{route}/{b_udp}");
+        let (out, recs) = probe_json(&[&train[..], &[t.as_str()]].concat());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(recs.len(), 10);
+        for rec in &recs {
+            // A record is only ok when every relayed packet's rtt equals the sum of its legs
+            // and dwell exactly (the prober fails the train otherwise).
+            assert!(rec.ok, "{rec:?}");
+            assert_eq!(rec.kind, Some(meshlat_proto::record::Kind::Relay));
+            assert_eq!(rec.target, t);
+            assert!(rec.samples.unwrap() >= 18, "{rec:?}");
+        }
+        recs
+    };
+    let base = run(emu.routes[0]);
+    let delayed = run(emu.routes[1]);
+    let rise = |f: fn(&meshlat_proto::record::Record) -> Option<f64>| {
+        median_of(&delayed, f) - median_of(&base, f)
+    };
+    let src = rise(|r| r.leg_src_relay_rtt_ms);
+    let dst = rise(|r| r.leg_relay_dst_rtt_ms);
+    let direct = rise(|r| r.direct_rtt_ms);
+    let penalty = rise(|r| r.relay_penalty_ms);
+    let rtt = rise(|r| r.rtt_p50_ms);
+    eprintln!(
+        "relay rises (ms): src_relay {src:.3}, relay_dst {dst:.3}, direct {direct:.3}, \
+         penalty {penalty:.3}, relayed rtt p50 {rtt:.3}"
+    );
+    assert!((src - 10.0).abs() <= 0.5, "leg_src_relay rose by {src}");
+    assert!(dst.abs() <= 0.3, "leg_relay_dst moved by {dst}");
+    assert!(direct.abs() <= 0.3, "direct_rtt moved by {direct}");
+    assert!(
+        (penalty - 10.0).abs() <= 0.5,
+        "relay_penalty rose by {penalty}"
+    );
+    drop(emu);
 }
