@@ -6,6 +6,7 @@
 //! - [`app`]: [`app::Controller`]: `bind` (listeners, CA, credentials, state) and `run`.
 //! - [`auth`]: the controller's CA, server certificate, join token and operator credentials.
 //! - [`store`]: the [`store::StateStore`] trait and its file implementation.
+//! - [`live`]: agents' rolling summaries and the latency matrix.
 //! - [`registry`]: the domain layer: jobs, agents, sessions; pushes job sets.
 //! - [`schedule`]: pinglists (`full`, `per-region`, `k-random`), pure functions.
 //! - [`grpc`]: `AgentService`, `OperatorService`, interceptors, `Status` mapping.
@@ -19,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod grpc;
 pub mod json;
+pub mod live;
 pub mod registry;
 pub mod rest;
 pub mod schedule;

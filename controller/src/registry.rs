@@ -19,6 +19,7 @@ use meshlat_proto::pb;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::live::{self, By, Live, SUMMARY_TTL};
 use crate::schedule::{self, AgentView};
 use crate::store::{StateStore, StoreError};
 
@@ -111,6 +112,7 @@ pub struct Registry {
     cfg: RegistryConfig,
     store: Arc<dyn StateStore>,
     inner: Mutex<Inner>,
+    live: Live,
 }
 
 fn unix_ms() -> i64 {
@@ -166,6 +168,7 @@ impl Registry {
             cfg,
             store,
             inner: Mutex::new(inner),
+            live: Live::new(SUMMARY_TTL),
         };
         r.lock().recompute(&r.cfg, Instant::now());
         Ok(r)
@@ -456,6 +459,57 @@ impl Registry {
                 i.last_seen_unix_ms = unix_ms();
             }
         }
+    }
+
+    /// Keeps a session's latest rolling summaries for the live view (and notes it was heard).
+    pub fn summaries(&self, agent_id: &str, session: u64, s: pb::Summaries) {
+        let region = {
+            let mut inner = self.lock();
+            let Some(e) = inner.agents.get_mut(agent_id) else {
+                return;
+            };
+            if e.session.as_ref().is_none_or(|(s, _)| *s != session) {
+                return;
+            }
+            e.last_heard = Instant::now();
+            e.stored
+                .info
+                .as_ref()
+                .map(|i| i.region.clone())
+                .unwrap_or_default()
+        };
+        tracing::trace!(message = "Summaries received.", agent = %agent_id, pairs = s.pairs.len());
+        self.live.ingest(agent_id, &region, s, Instant::now());
+    }
+
+    /// The latency matrix from the agents' latest summaries, keyed `by` `agent` (or empty) or
+    /// `region`, for one `protocol` (empty: all). See [`crate::live`] for how cells merge.
+    ///
+    /// # Errors
+    ///
+    /// [`DomainError::Invalid`] for an unknown `by` or protocol.
+    pub fn matrix(&self, by: &str, protocol: &str) -> Result<pb::Matrix, DomainError> {
+        let by = By::parse(by).ok_or_else(|| invalid("by", "must be agent or region"))?;
+        let protocol = protocol.trim();
+        if !protocol.is_empty() && !matches!(protocol, "udp" | "tcp" | "quic" | "http" | "https") {
+            return Err(invalid(
+                "protocol",
+                "must be one of udp, tcp, quic, http, https",
+            ));
+        }
+        let regions: BTreeMap<String, String> = self
+            .lock()
+            .agents
+            .iter()
+            .filter_map(|(id, e)| Some((id.clone(), e.stored.info.as_ref()?.region.clone())))
+            .collect();
+        let cells = self
+            .live
+            .cells(Instant::now(), |id| regions.get(id).cloned());
+        Ok(pb::Matrix {
+            cells: live::matrix(&cells, by, (!protocol.is_empty()).then_some(protocol)),
+            unix_ms: unix_ms(),
+        })
     }
 
     /// Notes a job-set acknowledgement.
