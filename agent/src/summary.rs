@@ -144,7 +144,10 @@ impl SummaryWindow {
         if !self.pairs.contains_key(&key) && self.pairs.len() >= MAX_PAIRS {
             self.prune(now);
             if self.pairs.len() >= MAX_PAIRS {
-                tracing::debug!(message = "Summary pair limit reached; record not summarised.", limit = MAX_PAIRS);
+                tracing::debug!(
+                    message = "Summary pair limit reached; record not summarised.",
+                    limit = MAX_PAIRS
+                );
                 return;
             }
         }
@@ -176,7 +179,11 @@ impl SummaryWindow {
         self.pairs
             .iter()
             .map(|(k, p)| {
-                let mut all: Vec<f64> = p.parts.iter().flat_map(|c| c.rtts.iter().copied()).collect();
+                let mut all: Vec<f64> = p
+                    .parts
+                    .iter()
+                    .flat_map(|c| c.rtts.iter().copied())
+                    .collect();
                 all.sort_by(f64::total_cmp);
                 pb::PairSummary {
                     job_id: k.job_id.clone(),
@@ -292,7 +299,11 @@ mod tests {
             tokio::time::advance(Duration::from_secs(1)).await;
         }
         let s = w.snapshot(Instant::now());
-        assert!(s[0].samples <= MAX_SAMPLES_PER_PAIR as u64, "{}", s[0].samples);
+        assert!(
+            s[0].samples <= MAX_SAMPLES_PER_PAIR as u64,
+            "{}",
+            s[0].samples
+        );
         assert!(s[0].samples >= 3000);
     }
 }

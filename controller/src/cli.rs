@@ -13,6 +13,7 @@ Examples:
   controller job start job.json        # or '-' for stdin; JSON as in POST /api/v1/jobs
   controller job list
   controller agents
+  controller matrix --by region --protocol udp --watch
   curl --cacert /var/lib/meshlat/ca.pem -H \"Authorization: Bearer $MESHLAT_CREDENTIAL\" https://ctl:7401/api/v1/jobs";
 
 /// meshlat controller: assigns probe jobs to the agents of one region.
@@ -44,6 +45,25 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The latency matrix (src × dst: p50/p99 ms and loss) from the agents' rolling summaries.
+    Matrix(MatrixArgs),
+}
+
+/// `controller matrix` flags.
+#[derive(Clone, Debug, Args)]
+pub struct MatrixArgs {
+    /// Connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Rows and columns: `agent` ids or `region`s.
+    #[arg(long, default_value = "agent", value_parser = ["agent", "region"])]
+    pub by: String,
+    /// One protocol (udp, tcp, quic, http, https); default all.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// Print a new matrix every few seconds until interrupted.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// `controller job ...`.

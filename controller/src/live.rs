@@ -200,7 +200,14 @@ fn merge(src: &str, dst: &str, protocol: &str, parts: &[&pb::PairSummary]) -> pb
 mod tests {
     use super::*;
 
-    fn pair(dst: &str, proto: &str, p50: f64, p99: f64, samples: u64, lost: u64) -> pb::PairSummary {
+    fn pair(
+        dst: &str,
+        proto: &str,
+        p50: f64,
+        p99: f64,
+        samples: u64,
+        lost: u64,
+    ) -> pb::PairSummary {
         pb::PairSummary {
             job_id: "j".into(),
             protocol: proto.into(),
@@ -300,7 +307,10 @@ mod tests {
             },
             t0,
         );
-        assert!(live.cells(t0 + Duration::from_secs(11), region_of).is_empty());
+        assert!(
+            live.cells(t0 + Duration::from_secs(11), region_of)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -289,14 +289,12 @@ impl Rest {
                 | ["api", "v1", "agents"]
                 | ["api", "v1", "matrix"]
                 | ["api", "v1", "stream"],
-            ) => {
-                error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    None,
-                    "method not allowed here",
-                )
-            }
+            ) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                None,
+                "method not allowed here",
+            ),
             _ => error(StatusCode::NOT_FOUND, "not_found", None, "no such endpoint"),
         }
     }
@@ -326,7 +324,11 @@ fn sse(registry: Arc<Registry>, by: String, protocol: String) -> Resp {
         let mut heartbeat = tokio::time::interval(SSE_HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
-        if tx.send(Bytes::from_static(b": meshlat live stats\n\n")).await.is_err() {
+        if tx
+            .send(Bytes::from_static(b": meshlat live stats\n\n"))
+            .await
+            .is_err()
+        {
             return;
         }
         loop {
@@ -342,9 +344,10 @@ fn sse(registry: Arc<Registry>, by: String, protocol: String) -> Resp {
             }
         }
     });
-    let stream = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |b| {
-        Ok::<_, Infallible>(hyper::body::Frame::data(b))
-    });
+    let stream =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |b| {
+            Ok::<_, Infallible>(hyper::body::Frame::data(b))
+        });
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
     let h = r.headers_mut();
     h.insert(

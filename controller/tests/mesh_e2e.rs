@@ -600,3 +600,168 @@ impl TestController {
         Ok((status, serde_json::from_slice(&b).unwrap_or(Value::Null)))
     }
 }
+
+impl TestController {
+    /// Opens `/api/v1/stream` and returns the first `event: matrix` payload and whether a
+    /// comment line (`:`) came before it.
+    async fn first_sse_matrix(&self, query: &str) -> Result<(Value, bool)> {
+        use rustls::pki_types::pem::PemObject;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(self.data.join("ca.pem"))? {
+            roots.add(c?)?;
+        }
+        let cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(&self.rest).await?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?, tcp)
+            .await?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .uri(format!("/api/v1/stream{query}"))
+            .header("host", "127.0.0.1")
+            .header("authorization", format!("Bearer {}", self.credential))
+            .body(Full::new(bytes::Bytes::new()))?;
+        let res = send.send_request(req).await?;
+        if res.status() != 200 {
+            bail!("stream answered {}", res.status());
+        }
+        let ct = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if ct != "text/event-stream" {
+            bail!("content-type {ct:?}");
+        }
+        let mut body = res.into_body();
+        let mut text = String::new();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let frame = tokio::time::timeout_at(deadline, body.frame())
+                .await
+                .context("no matrix event within 15 s")?
+                .ok_or_else(|| anyhow!("stream ended"))??;
+            if let Ok(d) = frame.into_data() {
+                text.push_str(&String::from_utf8_lossy(&d));
+            }
+            // Events end with a blank line.
+            while let Some(end) = text.find("\n\n") {
+                let event: String = text.drain(..end + 2).collect();
+                if event.starts_with(':') {
+                    continue;
+                }
+                let mut lines = event.lines();
+                if lines.next() == Some("event: matrix") {
+                    let data = lines
+                        .next()
+                        .and_then(|l| l.strip_prefix("data: "))
+                        .ok_or_else(|| anyhow!("matrix event without data: {event:?}"))?;
+                    return Ok((serde_json::from_str(data)?, true));
+                }
+            }
+        }
+    }
+}
+
+fn has_cell(m: &Value, src: &str, dst: &str) -> bool {
+    m["cells"].as_array().is_some_and(|cells| {
+        cells.iter().any(|c| {
+            s(c, "src") == src
+                && s(c, "dst") == dst
+                && s(c, "protocol") == "udp"
+                && c["samples"].as_u64().unwrap_or(0) > 0
+                && c["p50_ms"].as_f64().unwrap_or(0.0) > 0.0
+                && c["p99_ms"].as_f64().unwrap_or(0.0) >= c["p50_ms"].as_f64().unwrap_or(0.0)
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_matrix_fills_with_the_pairs_of_a_running_job_and_streams() -> Result<()> {
+    let root = tmp_dir("live");
+    let mut ctl = TestController::start(&root.join("ctl"), None, None).await?;
+    let a = TestAgent::start(&ctl, &root.join("out-a"), &root.join("st-a"))?;
+    let b = TestAgent::start(&ctl, &root.join("out-b"), &root.join("st-b"))?;
+    eventually("both agents connected", 30, || async {
+        let ag = ctl.agents().await;
+        (ag.len() == 2 && ag.iter().all(|(_, c)| *c)).then_some(())
+    })
+    .await?;
+    let (a_id, b_id) = (a.id().context("a id")?, b.id().context("b id")?);
+
+    // Before any job the matrix is empty; bad parameters are refused naming the field.
+    let (st, m) = ctl.rest("GET", "/api/v1/matrix", "", None).await?;
+    assert_eq!(
+        (st, m["cells"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{m}"
+    );
+    let (st, v) = ctl.rest("GET", "/api/v1/matrix?by=az", "", None).await?;
+    assert_eq!((st, v["error"]["field"].as_str()), (400, Some("by")), "{v}");
+    let (st, _) = ctl
+        .rest("GET", "/api/v1/matrix", "", Some("op:wrong"))
+        .await?;
+    assert_eq!(st, 401);
+
+    let (status, job) = ctl.rest("POST", "/api/v1/jobs", JOB, None).await?;
+    assert_eq!(status, 201, "{job}");
+    let m = eventually("both pairs in the agent matrix", 30, || async {
+        let (st, m) = ctl
+            .rest("GET", "/api/v1/matrix?by=agent&protocol=udp", "", None)
+            .await
+            .ok()?;
+        (st == 200 && has_cell(&m, &a_id, &b_id) && has_cell(&m, &b_id, &a_id)).then_some(m)
+    })
+    .await?;
+    assert!(
+        m["cells"]
+            .as_array()
+            .is_some_and(|c| c.iter().all(|c| s(c, "protocol") == "udp")),
+        "protocol filter: {m}"
+    );
+    let (st, m) = ctl
+        .rest("GET", "/api/v1/matrix?by=region&protocol=udp", "", None)
+        .await?;
+    assert_eq!(st, 200);
+    assert!(has_cell(&m, "r1", "r1"), "{m}");
+
+    // The server-sent event stream delivers a matrix event with the same pairs.
+    let (ev, _) = ctl.first_sse_matrix("?by=region").await?;
+    assert!(has_cell(&ev, "r1", "r1"), "{ev}");
+
+    // The CLI prints the table.
+    let out = Command::new(env!("CARGO_BIN_EXE_controller"))
+        .args(["matrix", "--by", "region", "--protocol", "udp"])
+        .args(["--controller", &format!("https://{}", ctl.grpc)])
+        .args(["--credential", &ctl.credential])
+        .arg("--ca")
+        .arg(ctl.data.join("ca.pem"))
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].starts_with("UDP p50/p99 ms loss") && lines[0].ends_with("r1"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("r1") && lines[1].ends_with('%'),
+        "{text}"
+    );
+
+    assert!(ctl.alive());
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
