@@ -200,6 +200,34 @@ pub struct ServeArgs {
     /// Operator credential KEY:SECRET to use on first start instead of a random one.
     #[arg(long, env = "MESHLAT_OPERATOR_CREDENTIAL", hide_env_values = true)]
     pub operator_credential: Option<String>,
+    /// A peer controller's gRPC URL (repeatable): directories and jobs are exchanged with it.
+    #[arg(
+        long = "peer",
+        env = "MESHLAT_PEERS",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub peers: Vec<String>,
+    /// Secret shared by every controller of the federation (required with --peer; serves
+    /// FederationService when set).
+    #[arg(long, env = "MESHLAT_FEDERATION_SECRET", hide_env_values = true)]
+    pub federation_secret: Option<String>,
+    /// CA certificate (PEM) of https:// peers, e.g. a peer's DATA_DIR/ca.pem (repeatable).
+    #[arg(
+        long = "peer-ca",
+        env = "MESHLAT_PEER_CA",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    pub peer_ca: Vec<PathBuf>,
+    /// How long a peer's agents and jobs count after its last exchange.
+    #[arg(
+        long,
+        env = "MESHLAT_PEER_TTL",
+        default_value_t = 30.0,
+        value_name = "SECONDS"
+    )]
+    pub peer_ttl: f64,
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

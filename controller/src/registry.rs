@@ -102,6 +102,8 @@ struct AgentEntry {
 struct Inner {
     jobs: BTreeMap<String, pb::Job>,
     agents: BTreeMap<String, AgentEntry>,
+    /// Peer controllers' directories by region, with when they expire.
+    peers: BTreeMap<String, (pb::Directory, Instant)>,
     next_generation: u64,
     next_session: u64,
 }
@@ -113,6 +115,7 @@ pub struct Registry {
     store: Arc<dyn StateStore>,
     inner: Mutex<Inner>,
     live: Live,
+    changes: watch::Sender<u64>,
 }
 
 fn unix_ms() -> i64 {
@@ -161,6 +164,7 @@ impl Registry {
         let inner = Inner {
             jobs: state.jobs.into_iter().map(|j| (j.id.clone(), j)).collect(),
             agents,
+            peers: BTreeMap::new(),
             next_generation,
             next_session: 1,
         };
@@ -169,9 +173,19 @@ impl Registry {
             store,
             inner: Mutex::new(inner),
             live: Live::new(SUMMARY_TTL),
+            changes: watch::Sender::new(0),
         };
         r.lock().recompute(&r.cfg, Instant::now());
         Ok(r)
+    }
+
+    /// Bumped whenever local jobs or agents change (federation pushes on change).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -251,6 +265,7 @@ impl Registry {
         }
         tracing::info!(message = "Job started.", job = %job.id);
         inner.recompute(&self.cfg, Instant::now());
+        self.changed();
         Ok(job)
     }
 
@@ -326,6 +341,7 @@ impl Registry {
         }
         tracing::info!(message = "Job updated.", job = %id, version = job.version);
         inner.recompute(&self.cfg, Instant::now());
+        self.changed();
         Ok(job)
     }
 
@@ -360,16 +376,98 @@ impl Registry {
         }
         tracing::info!(message = "Job stopped.", job = %id);
         inner.recompute(&self.cfg, Instant::now());
+        self.changed();
         Ok(job)
     }
 
     /// Known agents, by id.
+    ///
+    /// Agents of peer controllers (federation) follow, with their controller's region.
     pub fn list_agents(&self) -> Vec<pb::AgentInfo> {
-        self.lock()
+        let inner = self.lock();
+        let now = Instant::now();
+        let mut v: Vec<pb::AgentInfo> = inner
             .agents
             .values()
             .filter_map(|a| a.stored.info.clone())
-            .collect()
+            .collect();
+        for (dir, expires) in inner.peers.values() {
+            if *expires > now {
+                v.extend(
+                    dir.directory
+                        .iter()
+                        .filter_map(|a| a.info.clone())
+                        .filter(|i| !inner.agents.contains_key(&i.id)),
+                );
+            }
+        }
+        v
+    }
+
+    /// This controller's directory for its peers: its region, live agents with their
+    /// endpoints, and its own jobs (stopped ones too, so a stop propagates).
+    pub fn directory(&self, controller_url: &str, ttl: Duration) -> pb::Directory {
+        let inner = self.lock();
+        let now = Instant::now();
+        let directory: Vec<pb::StoredAgent> = inner
+            .agents
+            .values()
+            .filter(|e| {
+                e.session.is_some() || now.duration_since(e.last_heard) < self.cfg.agent_ttl
+            })
+            .map(|e| e.stored.clone())
+            .collect();
+        pb::Directory {
+            region: self.cfg.region.clone(),
+            controller_url: controller_url.into(),
+            agents: directory.iter().filter_map(|a| a.info.clone()).collect(),
+            jobs: inner.jobs.values().cloned().collect(),
+            ttl_ms: ttl.as_millis() as u64,
+            unix_ms: unix_ms(),
+            directory,
+        }
+    }
+
+    /// Merges a peer controller's directory: its agents become targets (and its jobs are
+    /// scheduled for our agents) until `ttl` after now (the peer's `ttl_ms` if shorter).
+    ///
+    /// # Errors
+    ///
+    /// [`DomainError::Invalid`] for a directory without a region or claiming ours.
+    pub fn merge_peer(&self, mut dir: pb::Directory, ttl: Duration) -> Result<(), DomainError> {
+        let region = dir.region.trim().to_string();
+        if region.is_empty() {
+            return Err(invalid("directory.region", "must not be empty"));
+        }
+        if region == self.cfg.region {
+            return Err(invalid(
+                "directory.region",
+                format!("{region:?} is this controller's own region"),
+            ));
+        }
+        let ttl = match dir.ttl_ms {
+            0 => ttl,
+            ms => ttl
+                .min(Duration::from_millis(ms))
+                .max(Duration::from_secs(1)),
+        };
+        // Only the peer's own jobs and agents of its region; the directory is what we schedule
+        // against, so nothing else is trusted from it.
+        dir.directory.retain(|a| {
+            a.info
+                .as_ref()
+                .is_some_and(|i| i.region == region && !i.id.is_empty())
+        });
+        dir.agents.clear();
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let fresh = !inner.peers.contains_key(&region);
+        inner.peers.insert(region.clone(), (dir, now + ttl));
+        if fresh {
+            tracing::info!(message = "Peer directory merged.", peer_region = %region);
+        }
+        inner.recompute(&self.cfg, now);
+        Ok(())
     }
 
     /// Registers a session from a Hello: keeps the agent's id if it has one, else makes a new
@@ -441,6 +539,7 @@ impl Registry {
         self.save_agents(&inner)?;
         tracing::info!(message = "Agent connected.", agent = %id, session, replaced);
         inner.recompute(&self.cfg, now);
+        self.changed();
         Ok(Session {
             agent_id: id,
             session,
@@ -548,11 +647,21 @@ impl Registry {
             tracing::error!(message = "Cannot save agents.", %error);
         }
         inner.recompute(&self.cfg, Instant::now());
+        self.changed();
     }
 
     /// Re-evaluates liveness (agents whose TTL ran out stop being scheduled). Call periodically.
     pub fn sweep(&self) {
-        self.lock().recompute(&self.cfg, Instant::now());
+        let mut inner = self.lock();
+        let now = Instant::now();
+        inner.peers.retain(|region, (_, expires)| {
+            let keep = *expires > now;
+            if !keep {
+                tracing::warn!(message = "Peer directory expired.", peer_region = %region);
+            }
+            keep
+        });
+        inner.recompute(&self.cfg, now);
     }
 
     /// The generation an agent last acknowledged (tests and diagnostics).
@@ -576,26 +685,62 @@ impl Registry {
 }
 
 impl Inner {
+    /// Live local agents, then live peer agents (a local id wins).
     fn views(&self, cfg: &RegistryConfig, now: Instant) -> Vec<AgentView> {
-        self.agents
+        let view = |a: &pb::StoredAgent| {
+            let i = a.info.as_ref()?;
+            Some(AgentView {
+                id: i.id.clone(),
+                region: i.region.clone(),
+                az: i.az.clone(),
+                location: i.location.clone(),
+                endpoints: a.endpoints.clone(),
+            })
+        };
+        let mut v: Vec<AgentView> = self
+            .agents
             .values()
             .filter(|e| e.session.is_some() || now.duration_since(e.last_heard) < cfg.agent_ttl)
-            .filter_map(|e| {
-                let i = e.stored.info.as_ref()?;
-                Some(AgentView {
-                    id: i.id.clone(),
-                    region: i.region.clone(),
-                    az: i.az.clone(),
-                    location: i.location.clone(),
-                    endpoints: e.stored.endpoints.clone(),
-                })
-            })
-            .collect()
+            .filter_map(|e| view(&e.stored))
+            .collect();
+        for (dir, expires) in self.peers.values() {
+            if *expires > now {
+                v.extend(
+                    dir.directory
+                        .iter()
+                        .filter(|a| {
+                            a.info
+                                .as_ref()
+                                .is_some_and(|i| !self.agents.contains_key(&i.id))
+                        })
+                        .filter_map(view),
+                );
+            }
+        }
+        v
+    }
+
+    /// Local jobs, then live peers' jobs not known locally.
+    fn all_jobs(&self, now: Instant) -> Vec<&pb::Job> {
+        let mut jobs: Vec<&pb::Job> = self.jobs.values().collect();
+        let mut seen: std::collections::BTreeSet<&str> =
+            self.jobs.keys().map(String::as_str).collect();
+        for (dir, expires) in self.peers.values() {
+            if *expires > now {
+                for j in &dir.jobs {
+                    if seen.insert(j.id.as_str()) {
+                        jobs.push(j);
+                    }
+                }
+            }
+        }
+        jobs
     }
 
     fn recompute(&mut self, cfg: &RegistryConfig, now: Instant) {
         let views = self.views(cfg, now);
-        let jobs: Vec<&pb::Job> = self.jobs.values().collect();
+        let jobs = self.all_jobs(now);
+        // Only local agents get job sets: a controller schedules only its own agents.
         let mut plan = schedule::compute(&jobs, &views, cfg.max_full_mesh);
         let lease_ms = cfg.lease.as_millis() as u64;
         for (id, e) in &mut self.agents {
