@@ -863,4 +863,92 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn peer_directories_add_targets_and_jobs_until_their_ttl() {
+        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
+        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let r = Registry::load(cfg(), store).expect("load");
+        let mut a = r.connect(hello("a1", 1)).expect("a");
+        let mut changes = r.changes();
+        // Sources here, targets in the peer's region.
+        let mut s = spec(500);
+        s.targets = vec![pb::Endpoint {
+            endpoint: Some(pb::endpoint::Endpoint::Selector("region=p".into())),
+        }];
+        r.start_job(Some(s)).expect("job");
+        assert!(
+            changes.has_changed().expect("open"),
+            "a job start is a change"
+        );
+        assert!(a.job_sets.borrow_and_update().assignments.is_empty());
+
+        let peer = |region: &str, jobs: Vec<pb::Job>| pb::Directory {
+            region: region.into(),
+            jobs,
+            directory: vec![pb::StoredAgent {
+                info: Some(pb::AgentInfo {
+                    id: "p1".into(),
+                    region: region.into(),
+                    connected: true,
+                    ..Default::default()
+                }),
+                endpoints: hello("p1", 9).endpoints,
+                capabilities: vec![],
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            r.merge_peer(peer("r", vec![]), Duration::from_secs(10)),
+            Err(DomainError::Invalid { .. })
+        ));
+        // A peer job with sources in our region is scheduled here too.
+        let mut their = spec(500);
+        their.targets = vec![pb::Endpoint {
+            endpoint: Some(pb::endpoint::Endpoint::Url("udp://10.0.0.1:7".into())),
+        }];
+        let their_job = pb::Job {
+            id: "peer-job".into(),
+            spec: Some(their),
+            version: 1,
+            ..Default::default()
+        };
+        r.merge_peer(peer("p", vec![their_job]), Duration::from_secs(10))
+            .expect("merge");
+        let set = a.job_sets.borrow_and_update().clone();
+        let mut targets: Vec<(String, String)> = set
+            .assignments
+            .iter()
+            .flat_map(|x| {
+                let job = x.job.as_ref().map(|j| j.id.clone()).unwrap_or_default();
+                x.targets
+                    .iter()
+                    .map(move |t| (job.clone(), t.target.clone()))
+            })
+            .collect();
+        targets.sort();
+        assert_eq!(targets.len(), 2, "{targets:?}");
+        assert!(
+            targets.iter().any(|(_, t)| t == "udp://127.0.0.1:9"),
+            "{targets:?}"
+        );
+        assert!(
+            targets
+                .iter()
+                .any(|(j, t)| j == "peer-job" && t == "udp://10.0.0.1:7")
+        );
+        assert_eq!(r.list_agents().len(), 2);
+        let own = r.directory("https://me", Duration::from_secs(10));
+        assert_eq!(
+            (own.region.as_str(), own.directory.len(), own.jobs.len()),
+            ("r", 1, 1)
+        );
+
+        // Past the TTL the peer's agents and jobs are gone.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        r.sweep();
+        assert!(a.job_sets.borrow_and_update().assignments.is_empty());
+        assert_eq!(r.list_agents().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

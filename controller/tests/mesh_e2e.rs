@@ -79,17 +79,29 @@ impl TestController {
         ports: Option<(&str, &str)>,
         secrets: Option<(&str, &str)>,
     ) -> Result<Self> {
+        Self::start_in(data, "r1", ports, secrets, &[]).await
+    }
+
+    /// A controller of `region` with `extra` flags.
+    async fn start_in(
+        data: &Path,
+        region: &str,
+        ports: Option<(&str, &str)>,
+        secrets: Option<(&str, &str)>,
+        extra: &[String],
+    ) -> Result<Self> {
         let (grpc, rest) = ports.unwrap_or(("127.0.0.1:0", "127.0.0.1:0"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_controller"))
             .args([
                 "serve",
                 "--region",
-                "r1",
+                region,
                 "--listen",
                 grpc,
                 "--rest-listen",
                 rest,
             ])
+            .args(extra)
             .arg("--data-dir")
             .arg(data)
             .stdout(Stdio::piped())
@@ -199,6 +211,11 @@ struct TestAgent {
 
 impl TestAgent {
     fn start(ctl: &TestController, out: &Path, state: &Path) -> Result<Self> {
+        Self::start_in(ctl, "r1", out, state)
+    }
+
+    /// An agent of `region`.
+    fn start_in(ctl: &TestController, region: &str, out: &Path, state: &Path) -> Result<Self> {
         let child = Command::new(agent_bin())
             .args([
                 "--controller",
@@ -208,7 +225,7 @@ impl TestAgent {
             ])
             .args([
                 "--region",
-                "r1",
+                region,
                 "--listen",
                 "127.0.0.1",
                 "--udp-port",
@@ -762,6 +779,152 @@ async fn live_matrix_fills_with_the_pairs_of_a_running_job_and_streams() -> Resu
 
     assert!(ctl.alive());
     drop((a, b));
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+/// `(dst_agent, dst_region, control_mode)` of `ag`'s ok records of `job`.
+fn dsts(ag: &TestAgent, job: &str) -> Vec<(String, String, String)> {
+    ag.records()
+        .iter()
+        .filter(|r| s(r, "job_id") == job && r["ok"] == true)
+        .map(|r| (s(r, "dst_agent"), s(r, "dst_region"), s(r, "control_mode")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federated_jobs_cross_regions_and_survive_a_peer_going_down() -> Result<()> {
+    use meshlat_proto::pb;
+    let root = tmp_dir("fed");
+    let secret = "fed-secret-e2e".to_string();
+    let mut ctl_b = TestController::start_in(
+        &root.join("ctl-b"),
+        "b",
+        None,
+        None,
+        &["--federation-secret".into(), secret.clone()],
+    )
+    .await?;
+    let mut ctl_a = TestController::start_in(
+        &root.join("ctl-a"),
+        "a",
+        None,
+        None,
+        &[
+            "--federation-secret".into(),
+            secret.clone(),
+            "--peer".into(),
+            format!("https://{}", ctl_b.grpc),
+            "--peer-ca".into(),
+            ctl_b.data.join("ca.pem").display().to_string(),
+            "--peer-ttl".into(),
+            "6".into(),
+        ],
+    )
+    .await?;
+    let a1 = TestAgent::start_in(&ctl_a, "a", &root.join("out-a"), &root.join("st-a"))?;
+    let b1 = TestAgent::start_in(&ctl_b, "b", &root.join("out-b"), &root.join("st-b"))?;
+
+    // Both controllers see both agents: their own, and the peer's from the exchange (which is
+    // symmetric: only A names a peer).
+    for ctl in [&ctl_a, &ctl_b] {
+        eventually("both regions' agents in the directory", 30, || async {
+            (ctl.agents().await.len() == 2).then_some(())
+        })
+        .await?;
+    }
+    let (a_id, b_id) = (a1.id().context("a1 id")?, b1.id().context("b1 id")?);
+
+    // A wrong federation secret is refused.
+    let ca = std::fs::read(ctl_b.data.join("ca.pem"))?;
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", ctl_b.grpc))?
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name("127.0.0.1"),
+        )?
+        .connect()
+        .await?;
+    let mut bad = pb::federation_service_client::FederationServiceClient::with_interceptor(
+        ch,
+        |mut req: tonic::Request<()>| {
+            let v = "Bearer not-the-secret"
+                .parse()
+                .map_err(|_| tonic::Status::internal("hdr"))?;
+            req.metadata_mut().insert("authorization", v);
+            Ok(req)
+        },
+    );
+    let e = bad
+        .exchange(pb::Directory {
+            region: "evil".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+
+    // Both jobs are started on A: one with sources in A's region, one with sources in B's.
+    let job = |src: &str, dst: &str| {
+        format!(
+            r#"{{"name":"fed","protocols":["udp","tcp"],"sources":["region={src}"],
+            "targets":["region={dst}"],"interval_ms":500,"timeout_ms":300,"packets":3,
+            "packet_interval_ms":5}}"#
+        )
+    };
+    let (st, j1) = ctl_a
+        .rest("POST", "/api/v1/jobs", &job("a", "b"), None)
+        .await?;
+    assert_eq!(st, 201, "{j1}");
+    let (st, j2) = ctl_a
+        .rest("POST", "/api/v1/jobs", &job("b", "a"), None)
+        .await?;
+    assert_eq!(st, 201, "{j2}");
+    let (j1, j2) = (s(&j1, "id"), s(&j2, "id"));
+    eventually("a1 measures b1 for the job started on A", 30, || async {
+        dsts(&a1, &j1)
+            .iter()
+            .any(|(d, r, m)| *d == b_id && r == "b" && m == "connected")
+            .then_some(())
+    })
+    .await?;
+    eventually("b1 measures a1 for the job started on A", 30, || async {
+        dsts(&b1, &j2)
+            .iter()
+            .any(|(d, r, m)| *d == a_id && r == "a" && m == "connected")
+            .then_some(())
+    })
+    .await?;
+    assert!(
+        dsts(&a1, &j2).is_empty(),
+        "a1 is no source of the region-b job"
+    );
+    assert!(
+        dsts(&b1, &j1).is_empty(),
+        "b1 is no source of the region-a job"
+    );
+
+    // Kill B: A keeps serving its agent, which keeps measuring b1 (still up) connected.
+    ctl_b.child.kill().await?;
+    let before = dsts(&a1, &j1).len();
+    eventually(
+        "a1 keeps producing connected records with B down",
+        20,
+        || async {
+            let now = dsts(&a1, &j1);
+            (now.len() >= before + 6 && now[before..].iter().all(|(_, _, m)| m == "connected"))
+                .then_some(())
+        },
+    )
+    .await?;
+    // B's entries age out after the peer TTL; A keeps serving its own agent.
+    eventually("B's agent aged out of A's directory", 20, || async {
+        let ag = ctl_a.agents().await;
+        (ag.len() == 1 && ag[0].0 == a_id && ag[0].1).then_some(())
+    })
+    .await?;
+    assert!(ctl_a.alive(), "controller A still running");
+    drop((a1, b1));
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
