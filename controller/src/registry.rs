@@ -870,7 +870,7 @@ mod tests {
         let store = Arc::new(FileStore::open(&dir).expect("store"));
         let r = Registry::load(cfg(), store).expect("load");
         let mut a = r.connect(hello("a1", 1)).expect("a");
-        let mut changes = r.changes();
+        let changes = r.changes();
         // Sources here, targets in the peer's region.
         let mut s = spec(500);
         s.targets = vec![pb::Endpoint {
