@@ -657,6 +657,7 @@ impl TestController {
         }
         let mut body = res.into_body();
         let mut text = String::new();
+        let mut comment = false;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let frame = tokio::time::timeout_at(deadline, body.frame())
@@ -670,6 +671,7 @@ impl TestController {
             while let Some(end) = text.find("\n\n") {
                 let event: String = text.drain(..end + 2).collect();
                 if event.starts_with(':') {
+                    comment = true;
                     continue;
                 }
                 let mut lines = event.lines();
@@ -678,7 +680,7 @@ impl TestController {
                         .next()
                         .and_then(|l| l.strip_prefix("data: "))
                         .ok_or_else(|| anyhow!("matrix event without data: {event:?}"))?;
-                    return Ok((serde_json::from_str(data)?, true));
+                    return Ok((serde_json::from_str(data)?, comment));
                 }
             }
         }
@@ -748,8 +750,67 @@ async fn live_matrix_fills_with_the_pairs_of_a_running_job_and_streams() -> Resu
     assert!(has_cell(&m, "r1", "r1"), "{m}");
 
     // The server-sent event stream delivers a matrix event with the same pairs.
-    let (ev, _) = ctl.first_sse_matrix("?by=region").await?;
+    let (ev, comment) = ctl.first_sse_matrix("?by=region").await?;
     assert!(has_cell(&ev, "r1", "r1"), "{ev}");
+    assert!(comment, "the stream opens with a comment line");
+
+    // gRPC: GetMatrix and the WatchStats stream carry the same pairs.
+    {
+        use meshlat_proto::pb;
+        let ca = std::fs::read(ctl.data.join("ca.pem"))?;
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", ctl.grpc))?
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                    .domain_name("127.0.0.1"),
+            )?
+            .connect()
+            .await?;
+        let cred = format!("Bearer {}", ctl.credential);
+        let mut c = pb::operator_service_client::OperatorServiceClient::with_interceptor(
+            ch,
+            move |mut req: tonic::Request<()>| {
+                let v = cred.parse().map_err(|_| tonic::Status::internal("hdr"))?;
+                req.metadata_mut().insert("authorization", v);
+                Ok(req)
+            },
+        );
+        let m = c
+            .get_matrix(pb::GetMatrixRequest {
+                by: "agent".into(),
+                protocol: "tcp".into(),
+            })
+            .await?
+            .into_inner();
+        assert!(
+            m.cells
+                .iter()
+                .any(|x| x.src == a_id && x.dst == b_id && x.protocol == "tcp" && x.samples > 0),
+            "{m:?}"
+        );
+        let e = c
+            .get_matrix(pb::GetMatrixRequest {
+                by: "agent".into(),
+                protocol: "smtp".into(),
+            })
+            .await
+            .expect_err("bad protocol");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        let mut watch = c
+            .watch_stats(pb::WatchStatsRequest {
+                by: "region".into(),
+            })
+            .await?
+            .into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .context("no WatchStats message within 10 s")??
+            .context("WatchStats ended")?;
+        assert!(
+            first.cells.iter().any(|x| x.src == "r1" && x.dst == "r1"),
+            "{first:?}"
+        );
+    }
 
     // The CLI prints the table.
     let out = Command::new(env!("CARGO_BIN_EXE_controller"))
