@@ -12,6 +12,7 @@
 //! - [`respond`]: UDP reflector, TCP, QUIC and HTTP(S) responders.
 //! - [`scheduler`]: runs a watched job set: intervals, timeouts, records, fan-out to sinks.
 //! - [`sink`]: the sink trait, batching, stdout (table/JSON) and file sinks.
+//! - [`summary`]: rolling per-pair summaries (p50, p99, loss) for the controller's live view.
 //! - [`metrics`]: the Prometheus registry and the events that count drops and errors.
 //! - [`admin`]: the `-s PORT` server: `/health`, `/metrics`, `/memstats`.
 //! - [`tls`]: rustls configuration (one provider: ring).
@@ -31,6 +32,7 @@ pub mod probe;
 pub mod respond;
 pub mod scheduler;
 pub mod sink;
+pub mod summary;
 pub mod target;
 pub mod tls;
 

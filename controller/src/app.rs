@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshlat_proto::pb::agent_service_server::AgentServiceServer;
+use meshlat_proto::pb::federation_service_server::FederationServiceServer;
 use meshlat_proto::pb::operator_service_server::OperatorServiceServer;
 use meshlat_proto::token::hex_encode;
 use tokio::net::TcpListener;
@@ -56,6 +57,15 @@ pub enum StartError {
     /// TLS configuration.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A `--peer-ca` file is unreadable.
+    #[error("--peer-ca {path}: {source}")]
+    PeerCa {
+        /// Path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A serving failure.
@@ -73,6 +83,7 @@ pub struct Controller {
     creds: Arc<Credentials>,
     tls: TlsMaterial,
     new_secrets: Option<NewSecrets>,
+    peer_ca_pem: Vec<u8>,
 }
 
 impl Controller {
@@ -121,7 +132,17 @@ impl Controller {
             }
             None => None,
         };
+        let mut peer_ca_pem = Vec::new();
+        for f in cfg.federation.iter().flat_map(|f| f.peer_ca.iter()) {
+            let pem = std::fs::read(f).map_err(|source| StartError::PeerCa {
+                path: f.display().to_string(),
+                source,
+            })?;
+            peer_ca_pem.extend_from_slice(&pem);
+            peer_ca_pem.push(b'\n');
+        }
         Ok(Controller {
+            peer_ca_pem,
             cfg,
             grpc,
             rest,
@@ -204,10 +225,37 @@ impl Controller {
                 tasks.spawn(rest.serve(l, acceptor, shutdown.clone()));
             }
         }
+        let own_url = format!(
+            "{}://{}",
+            if self.cfg.plaintext { "http" } else { "https" },
+            self.grpc
+                .local_addr()
+                .map_or_else(|_| self.cfg.listen.to_string(), |a| a.to_string())
+        );
+        let federation = self.cfg.federation.clone().map(|f| {
+            for url in &f.peers {
+                let peer = crate::federation::Peer {
+                    url: url.clone(),
+                    secret: f.secret.clone(),
+                    ca_pem: self.peer_ca_pem.clone(),
+                    own_url: own_url.clone(),
+                    ttl: f.ttl,
+                };
+                tasks.spawn(peer.run(self.registry.clone(), shutdown.clone()));
+            }
+            FederationServiceServer::with_interceptor(
+                grpc::federation::FederationSvc::new(self.registry.clone(), own_url.clone(), f.ttl),
+                grpc::auth::federation(crate::auth::FederationSecret::new(&f.secret)),
+            )
+        });
         tasks.close();
 
         let (health, health_svc) = tonic_health::server::health_reporter();
-        for name in ["meshlat.v1.AgentService", "meshlat.v1.OperatorService"] {
+        for name in [
+            "meshlat.v1.AgentService",
+            "meshlat.v1.OperatorService",
+            "meshlat.v1.FederationService",
+        ] {
             health
                 .set_service_status(name, tonic_health::ServingStatus::Serving)
                 .await;
@@ -234,7 +282,8 @@ impl Controller {
         let mut router = builder
             .add_service(health_svc)
             .add_service(agent)
-            .add_service(operator);
+            .add_service(operator)
+            .add_optional_service(federation);
         match reflection {
             Ok(r) => router = router.add_service(r),
             Err(error) => tracing::warn!(message = "gRPC reflection unavailable.", %error),

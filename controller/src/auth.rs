@@ -292,6 +292,32 @@ impl Credentials {
     }
 }
 
+/// The shared secret controllers of a federation present to each other, held only hashed.
+#[derive(Clone)]
+pub struct FederationSecret {
+    sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for FederationSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FederationSecret(<hashed>)")
+    }
+}
+
+impl FederationSecret {
+    /// Hashes `secret`.
+    pub fn new(secret: &str) -> Self {
+        FederationSecret {
+            sha256: sha256(secret.trim().as_bytes()),
+        }
+    }
+
+    /// Whether `presented` is the secret (constant time over the digests).
+    pub fn check(&self, presented: &str) -> bool {
+        ct_eq(&sha256(presented.trim().as_bytes()), &self.sha256)
+    }
+}
+
 /// Loads the CA from `dir` (creating it on first start) and signs a fresh server certificate for
 /// `sans` (host names or IP addresses).
 ///

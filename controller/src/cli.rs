@@ -13,6 +13,7 @@ Examples:
   controller job start job.json        # or '-' for stdin; JSON as in POST /api/v1/jobs
   controller job list
   controller agents
+  controller matrix --by region --protocol udp --watch
   curl --cacert /var/lib/meshlat/ca.pem -H \"Authorization: Bearer $MESHLAT_CREDENTIAL\" https://ctl:7401/api/v1/jobs";
 
 /// meshlat controller: assigns probe jobs to the agents of one region.
@@ -44,6 +45,25 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The latency matrix (src × dst: p50/p99 ms and loss) from the agents' rolling summaries.
+    Matrix(MatrixArgs),
+}
+
+/// `controller matrix` flags.
+#[derive(Clone, Debug, Args)]
+pub struct MatrixArgs {
+    /// Connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Rows and columns: `agent` ids or `region`s.
+    #[arg(long, default_value = "agent", value_parser = ["agent", "region"])]
+    pub by: String,
+    /// One protocol (udp, tcp, quic, http, https); default all.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// Print a new matrix every few seconds until interrupted.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// `controller job ...`.
@@ -180,6 +200,34 @@ pub struct ServeArgs {
     /// Operator credential KEY:SECRET to use on first start instead of a random one.
     #[arg(long, env = "MESHLAT_OPERATOR_CREDENTIAL", hide_env_values = true)]
     pub operator_credential: Option<String>,
+    /// A peer controller's gRPC URL (repeatable): directories and jobs are exchanged with it.
+    #[arg(
+        long = "peer",
+        env = "MESHLAT_PEERS",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub peers: Vec<String>,
+    /// Secret shared by every controller of the federation (required with --peer; serves
+    /// FederationService when set).
+    #[arg(long, env = "MESHLAT_FEDERATION_SECRET", hide_env_values = true)]
+    pub federation_secret: Option<String>,
+    /// CA certificate (PEM) of https:// peers, e.g. a peer's DATA_DIR/ca.pem (repeatable).
+    #[arg(
+        long = "peer-ca",
+        env = "MESHLAT_PEER_CA",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    pub peer_ca: Vec<PathBuf>,
+    /// How long a peer's agents and jobs count after its last exchange.
+    #[arg(
+        long,
+        env = "MESHLAT_PEER_TTL",
+        default_value_t = 30.0,
+        value_name = "SECONDS"
+    )]
+    pub peer_ttl: f64,
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

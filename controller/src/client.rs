@@ -7,7 +7,7 @@ use meshlat_proto::pb;
 use meshlat_proto::pb::operator_service_client::OperatorServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::cli::{ClientArgs, JobAction};
+use crate::cli::{ClientArgs, JobAction, MatrixArgs};
 use crate::json;
 
 /// A client command failure.
@@ -178,4 +178,127 @@ pub async fn agents(a: &ClientArgs) -> Result<String, ClientError> {
         ));
     }
     Ok(out)
+}
+
+/// `controller matrix`: one matrix (or, with `--watch`, one every few seconds, each handed to
+/// `print` as it arrives; returns when the stream ends).
+///
+/// # Errors
+///
+/// [`ClientError`] for usage, connection and status errors.
+pub async fn matrix(a: &MatrixArgs, mut print: impl FnMut(&str)) -> Result<(), ClientError> {
+    let mut c = connect(&a.client).await?;
+    let protocol = a.protocol.clone().unwrap_or_default();
+    if !a.watch {
+        let m = c
+            .get_matrix(pb::GetMatrixRequest {
+                by: a.by.clone(),
+                protocol,
+            })
+            .await?
+            .into_inner();
+        print(&render_matrix(&m));
+        return Ok(());
+    }
+    let mut stream = c
+        .watch_stats(pb::WatchStatsRequest { by: a.by.clone() })
+        .await?
+        .into_inner();
+    while let Some(mut m) = stream.message().await? {
+        if !protocol.is_empty() {
+            m.cells.retain(|c| c.protocol == protocol);
+        }
+        print(&format!("--- {} ms\n{}", m.unix_ms, render_matrix(&m)));
+    }
+    Ok(())
+}
+
+/// An aligned src × dst table per protocol; each cell is `p50/p99 ms loss%`.
+pub fn render_matrix(m: &pb::Matrix) -> String {
+    use std::collections::{BTreeMap, BTreeSet};
+    if m.cells.is_empty() {
+        return "no summaries yet (agents report every few seconds)\n".into();
+    }
+    let mut by_proto: BTreeMap<&str, Vec<&pb::MatrixCell>> = BTreeMap::new();
+    for c in &m.cells {
+        by_proto.entry(c.protocol.as_str()).or_default().push(c);
+    }
+    let mut out = String::new();
+    for (proto, cells) in by_proto {
+        let srcs: BTreeSet<&str> = cells.iter().map(|c| c.src.as_str()).collect();
+        let dsts: BTreeSet<&str> = cells.iter().map(|c| c.dst.as_str()).collect();
+        let text =
+            |c: &pb::MatrixCell| format!("{:.2}/{:.2} {:.1}%", c.p50_ms, c.p99_ms, c.loss * 100.0);
+        let cell: BTreeMap<(&str, &str), String> = cells
+            .iter()
+            .map(|c| ((c.src.as_str(), c.dst.as_str()), text(c)))
+            .collect();
+        let header = format!("{} p50/p99 ms loss", proto.to_ascii_uppercase());
+        let first = srcs
+            .iter()
+            .map(|s| s.len())
+            .chain([header.len()])
+            .max()
+            .unwrap_or(0);
+        let widths: Vec<usize> = dsts
+            .iter()
+            .map(|d| {
+                srcs.iter()
+                    .filter_map(|s| cell.get(&(*s, *d)).map(String::len))
+                    .chain([d.len(), 1])
+                    .max()
+                    .unwrap_or(1)
+            })
+            .collect();
+        out.push_str(&format!("{header:<first$}"));
+        for (d, w) in dsts.iter().zip(&widths) {
+            out.push_str(&format!("  {d:>w$}"));
+        }
+        out.push('\n');
+        for s in &srcs {
+            out.push_str(&format!("{s:<first$}"));
+            for (d, w) in dsts.iter().zip(&widths) {
+                let v = cell.get(&(*s, *d)).map_or("-", String::as_str);
+                out.push_str(&format!("  {v:>w$}"));
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matrix_table_is_aligned() {
+        let cell = |src: &str, dst: &str, p50: f64| pb::MatrixCell {
+            src: src.into(),
+            dst: dst.into(),
+            protocol: "udp".into(),
+            p50_ms: p50,
+            p99_ms: p50 * 2.0,
+            loss: 0.5,
+            samples: 10,
+        };
+        let m = pb::Matrix {
+            cells: vec![cell("a", "bb", 1.0), cell("ccc", "a", 12.5)],
+            unix_ms: 0,
+        };
+        let t = render_matrix(&m);
+        let lines: Vec<&str> = t.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{t}");
+        assert!(lines[0].starts_with("UDP p50/p99 ms loss"), "{t}");
+        assert!(
+            lines[1].starts_with("a ") && lines[1].ends_with("1.00/2.00 50.0%"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("12.50/25.00 50.0%") && lines[2].ends_with('-'),
+            "{t}"
+        );
+    }
 }

@@ -52,6 +52,21 @@ pub struct ServeConfig {
     pub max_full_mesh: usize,
     /// First-start secrets.
     pub seeds: Seeds,
+    /// Federation with peer controllers (`None`: not federated).
+    pub federation: Option<FederationConfig>,
+}
+
+/// Validated federation flags.
+#[derive(Clone, Debug)]
+pub struct FederationConfig {
+    /// Peer gRPC URLs.
+    pub peers: Vec<String>,
+    /// The shared secret, sent to peers (and checked hashed on incoming exchanges).
+    pub secret: String,
+    /// CA files trusted for https:// peers.
+    pub peer_ca: Vec<PathBuf>,
+    /// Peer entries age out this long after their last exchange.
+    pub ttl: Duration,
 }
 
 fn secs(flag: &'static str, v: f64) -> Result<Duration, ConfigError> {
@@ -121,7 +136,47 @@ impl ServeConfig {
                 reason: "must be at least 1",
             });
         }
+        let federation = match a
+            .federation_secret
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None if !a.peers.is_empty() => {
+                return Err(ConfigError::Missing {
+                    flag: "--federation-secret",
+                });
+            }
+            None => None,
+            Some(secret) => {
+                let peers: Vec<String> = a
+                    .peers
+                    .iter()
+                    .map(|p| p.trim().trim_end_matches('/').to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                for p in &peers {
+                    if !(p.starts_with("https://") || p.starts_with("http://")) {
+                        return Err(ConfigError::Invalid {
+                            flag: "--peer",
+                            value: p.clone(),
+                            reason: "must be an https:// (or http://) URL",
+                        });
+                    }
+                    if p.starts_with("https://") && a.peer_ca.is_empty() {
+                        return Err(ConfigError::Missing { flag: "--peer-ca" });
+                    }
+                }
+                Some(FederationConfig {
+                    peers,
+                    secret: secret.to_string(),
+                    peer_ca: a.peer_ca.clone(),
+                    ttl: secs("--peer-ttl", a.peer_ttl)?,
+                })
+            }
+        };
         Ok(ServeConfig {
+            federation,
             region: region.into(),
             listen,
             rest_listen,
@@ -164,6 +219,25 @@ mod tests {
             (&["--region", "a/b"][..], "--region \"a/b\""),
             (&["--region", "a", "--listen", "x"][..], "--listen \"x\""),
             (&["--region", "a", "--lease", "0"][..], "--lease \"0\""),
+            (
+                &["--region", "a", "--peer", "https://b:1"][..],
+                "--federation-secret is required",
+            ),
+            (
+                &[
+                    "--region",
+                    "a",
+                    "--peer",
+                    "https://b:1",
+                    "--federation-secret",
+                    "s",
+                ][..],
+                "--peer-ca is required",
+            ),
+            (
+                &["--region", "a", "--peer", "b:1", "--federation-secret", "s"][..],
+                "--peer \"b:1\"",
+            ),
         ] {
             let e = parse(args).expect_err(want);
             assert!(e.contains(want), "{args:?}: {e}");

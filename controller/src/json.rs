@@ -264,6 +264,27 @@ pub fn agent_to_value(a: &pb::AgentInfo) -> Value {
     .unwrap_or(Value::Null)
 }
 
+/// JSON form of the latency matrix: `{"unix_ms": ..., "cells": [{"src", "dst", "protocol",
+/// "p50_ms", "p99_ms", "loss", "samples"}]}` (loss is a fraction, 0 to 1).
+pub fn matrix_to_value(m: &pb::Matrix) -> Value {
+    let cells: Vec<Value> = m
+        .cells
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "src": c.src,
+                "dst": c.dst,
+                "protocol": c.protocol,
+                "p50_ms": c.p50_ms,
+                "p99_ms": c.p99_ms,
+                "loss": c.loss,
+                "samples": c.samples,
+            })
+        })
+        .collect();
+    serde_json::json!({ "unix_ms": m.unix_ms, "cells": cells })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,8 @@
 //! - [`app`]: [`app::Controller`]: `bind` (listeners, CA, credentials, state) and `run`.
 //! - [`auth`]: the controller's CA, server certificate, join token and operator credentials.
 //! - [`store`]: the [`store::StateStore`] trait and its file implementation.
+//! - [`federation`]: exchanging directories and jobs with peer controllers.
+//! - [`live`]: agents' rolling summaries and the latency matrix.
 //! - [`registry`]: the domain layer: jobs, agents, sessions; pushes job sets.
 //! - [`schedule`]: pinglists (`full`, `per-region`, `k-random`), pure functions.
 //! - [`grpc`]: `AgentService`, `OperatorService`, interceptors, `Status` mapping.
@@ -17,8 +19,10 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod federation;
 pub mod grpc;
 pub mod json;
+pub mod live;
 pub mod registry;
 pub mod rest;
 pub mod schedule;

@@ -40,6 +40,18 @@ fn main() -> ExitCode {
                 Err(e) => fail(1, e),
             };
         }
+        Some(Command::Matrix(m)) => {
+            use std::io::Write;
+            let print = |s: &str| {
+                let mut o = std::io::stdout().lock();
+                let _ = o.write_all(s.as_bytes());
+                let _ = o.flush();
+            };
+            return match rt.block_on(client::matrix(&m, print)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(1, e),
+            };
+        }
         Some(Command::Serve(a)) => a,
         None => cli.serve,
     };

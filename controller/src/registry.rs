@@ -19,6 +19,7 @@ use meshlat_proto::pb;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::live::{self, By, Live, SUMMARY_TTL};
 use crate::schedule::{self, AgentView};
 use crate::store::{StateStore, StoreError};
 
@@ -101,6 +102,8 @@ struct AgentEntry {
 struct Inner {
     jobs: BTreeMap<String, pb::Job>,
     agents: BTreeMap<String, AgentEntry>,
+    /// Peer controllers' directories by region, with when they expire.
+    peers: BTreeMap<String, (pb::Directory, Instant)>,
     next_generation: u64,
     next_session: u64,
 }
@@ -111,6 +114,8 @@ pub struct Registry {
     cfg: RegistryConfig,
     store: Arc<dyn StateStore>,
     inner: Mutex<Inner>,
+    live: Live,
+    changes: watch::Sender<u64>,
 }
 
 fn unix_ms() -> i64 {
@@ -159,6 +164,7 @@ impl Registry {
         let inner = Inner {
             jobs: state.jobs.into_iter().map(|j| (j.id.clone(), j)).collect(),
             agents,
+            peers: BTreeMap::new(),
             next_generation,
             next_session: 1,
         };
@@ -166,9 +172,20 @@ impl Registry {
             cfg,
             store,
             inner: Mutex::new(inner),
+            live: Live::new(SUMMARY_TTL),
+            changes: watch::Sender::new(0),
         };
         r.lock().recompute(&r.cfg, Instant::now());
         Ok(r)
+    }
+
+    /// Bumped whenever local jobs or agents change (federation pushes on change).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -248,6 +265,7 @@ impl Registry {
         }
         tracing::info!(message = "Job started.", job = %job.id);
         inner.recompute(&self.cfg, Instant::now());
+        self.changed();
         Ok(job)
     }
 
@@ -323,6 +341,7 @@ impl Registry {
         }
         tracing::info!(message = "Job updated.", job = %id, version = job.version);
         inner.recompute(&self.cfg, Instant::now());
+        self.changed();
         Ok(job)
     }
 
@@ -357,16 +376,98 @@ impl Registry {
         }
         tracing::info!(message = "Job stopped.", job = %id);
         inner.recompute(&self.cfg, Instant::now());
+        self.changed();
         Ok(job)
     }
 
     /// Known agents, by id.
+    ///
+    /// Agents of peer controllers (federation) follow, with their controller's region.
     pub fn list_agents(&self) -> Vec<pb::AgentInfo> {
-        self.lock()
+        let inner = self.lock();
+        let now = Instant::now();
+        let mut v: Vec<pb::AgentInfo> = inner
             .agents
             .values()
             .filter_map(|a| a.stored.info.clone())
-            .collect()
+            .collect();
+        for (dir, expires) in inner.peers.values() {
+            if *expires > now {
+                v.extend(
+                    dir.directory
+                        .iter()
+                        .filter_map(|a| a.info.clone())
+                        .filter(|i| !inner.agents.contains_key(&i.id)),
+                );
+            }
+        }
+        v
+    }
+
+    /// This controller's directory for its peers: its region, live agents with their
+    /// endpoints, and its own jobs (stopped ones too, so a stop propagates).
+    pub fn directory(&self, controller_url: &str, ttl: Duration) -> pb::Directory {
+        let inner = self.lock();
+        let now = Instant::now();
+        let directory: Vec<pb::StoredAgent> = inner
+            .agents
+            .values()
+            .filter(|e| {
+                e.session.is_some() || now.duration_since(e.last_heard) < self.cfg.agent_ttl
+            })
+            .map(|e| e.stored.clone())
+            .collect();
+        pb::Directory {
+            region: self.cfg.region.clone(),
+            controller_url: controller_url.into(),
+            agents: directory.iter().filter_map(|a| a.info.clone()).collect(),
+            jobs: inner.jobs.values().cloned().collect(),
+            ttl_ms: ttl.as_millis() as u64,
+            unix_ms: unix_ms(),
+            directory,
+        }
+    }
+
+    /// Merges a peer controller's directory: its agents become targets (and its jobs are
+    /// scheduled for our agents) until `ttl` after now (the peer's `ttl_ms` if shorter).
+    ///
+    /// # Errors
+    ///
+    /// [`DomainError::Invalid`] for a directory without a region or claiming ours.
+    pub fn merge_peer(&self, mut dir: pb::Directory, ttl: Duration) -> Result<(), DomainError> {
+        let region = dir.region.trim().to_string();
+        if region.is_empty() {
+            return Err(invalid("directory.region", "must not be empty"));
+        }
+        if region == self.cfg.region {
+            return Err(invalid(
+                "directory.region",
+                format!("{region:?} is this controller's own region"),
+            ));
+        }
+        let ttl = match dir.ttl_ms {
+            0 => ttl,
+            ms => ttl
+                .min(Duration::from_millis(ms))
+                .max(Duration::from_secs(1)),
+        };
+        // Only the peer's own jobs and agents of its region; the directory is what we schedule
+        // against, so nothing else is trusted from it.
+        dir.directory.retain(|a| {
+            a.info
+                .as_ref()
+                .is_some_and(|i| i.region == region && !i.id.is_empty())
+        });
+        dir.agents.clear();
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let fresh = !inner.peers.contains_key(&region);
+        inner.peers.insert(region.clone(), (dir, now + ttl));
+        if fresh {
+            tracing::info!(message = "Peer directory merged.", peer_region = %region);
+        }
+        inner.recompute(&self.cfg, now);
+        Ok(())
     }
 
     /// Registers a session from a Hello: keeps the agent's id if it has one, else makes a new
@@ -438,6 +539,7 @@ impl Registry {
         self.save_agents(&inner)?;
         tracing::info!(message = "Agent connected.", agent = %id, session, replaced);
         inner.recompute(&self.cfg, now);
+        self.changed();
         Ok(Session {
             agent_id: id,
             session,
@@ -456,6 +558,57 @@ impl Registry {
                 i.last_seen_unix_ms = unix_ms();
             }
         }
+    }
+
+    /// Keeps a session's latest rolling summaries for the live view (and notes it was heard).
+    pub fn summaries(&self, agent_id: &str, session: u64, s: pb::Summaries) {
+        let region = {
+            let mut inner = self.lock();
+            let Some(e) = inner.agents.get_mut(agent_id) else {
+                return;
+            };
+            if e.session.as_ref().is_none_or(|(s, _)| *s != session) {
+                return;
+            }
+            e.last_heard = Instant::now();
+            e.stored
+                .info
+                .as_ref()
+                .map(|i| i.region.clone())
+                .unwrap_or_default()
+        };
+        tracing::trace!(message = "Summaries received.", agent = %agent_id, pairs = s.pairs.len());
+        self.live.ingest(agent_id, &region, s, Instant::now());
+    }
+
+    /// The latency matrix from the agents' latest summaries, keyed `by` `agent` (or empty) or
+    /// `region`, for one `protocol` (empty: all). See [`crate::live`] for how cells merge.
+    ///
+    /// # Errors
+    ///
+    /// [`DomainError::Invalid`] for an unknown `by` or protocol.
+    pub fn matrix(&self, by: &str, protocol: &str) -> Result<pb::Matrix, DomainError> {
+        let by = By::parse(by).ok_or_else(|| invalid("by", "must be agent or region"))?;
+        let protocol = protocol.trim();
+        if !protocol.is_empty() && !matches!(protocol, "udp" | "tcp" | "quic" | "http" | "https") {
+            return Err(invalid(
+                "protocol",
+                "must be one of udp, tcp, quic, http, https",
+            ));
+        }
+        let regions: BTreeMap<String, String> = self
+            .lock()
+            .agents
+            .iter()
+            .filter_map(|(id, e)| Some((id.clone(), e.stored.info.as_ref()?.region.clone())))
+            .collect();
+        let cells = self
+            .live
+            .cells(Instant::now(), |id| regions.get(id).cloned());
+        Ok(pb::Matrix {
+            cells: live::matrix(&cells, by, (!protocol.is_empty()).then_some(protocol)),
+            unix_ms: unix_ms(),
+        })
     }
 
     /// Notes a job-set acknowledgement.
@@ -494,11 +647,21 @@ impl Registry {
             tracing::error!(message = "Cannot save agents.", %error);
         }
         inner.recompute(&self.cfg, Instant::now());
+        self.changed();
     }
 
     /// Re-evaluates liveness (agents whose TTL ran out stop being scheduled). Call periodically.
     pub fn sweep(&self) {
-        self.lock().recompute(&self.cfg, Instant::now());
+        let mut inner = self.lock();
+        let now = Instant::now();
+        inner.peers.retain(|region, (_, expires)| {
+            let keep = *expires > now;
+            if !keep {
+                tracing::warn!(message = "Peer directory expired.", peer_region = %region);
+            }
+            keep
+        });
+        inner.recompute(&self.cfg, now);
     }
 
     /// The generation an agent last acknowledged (tests and diagnostics).
@@ -522,26 +685,62 @@ impl Registry {
 }
 
 impl Inner {
+    /// Live local agents, then live peer agents (a local id wins).
     fn views(&self, cfg: &RegistryConfig, now: Instant) -> Vec<AgentView> {
-        self.agents
+        let view = |a: &pb::StoredAgent| {
+            let i = a.info.as_ref()?;
+            Some(AgentView {
+                id: i.id.clone(),
+                region: i.region.clone(),
+                az: i.az.clone(),
+                location: i.location.clone(),
+                endpoints: a.endpoints.clone(),
+            })
+        };
+        let mut v: Vec<AgentView> = self
+            .agents
             .values()
             .filter(|e| e.session.is_some() || now.duration_since(e.last_heard) < cfg.agent_ttl)
-            .filter_map(|e| {
-                let i = e.stored.info.as_ref()?;
-                Some(AgentView {
-                    id: i.id.clone(),
-                    region: i.region.clone(),
-                    az: i.az.clone(),
-                    location: i.location.clone(),
-                    endpoints: e.stored.endpoints.clone(),
-                })
-            })
-            .collect()
+            .filter_map(|e| view(&e.stored))
+            .collect();
+        for (dir, expires) in self.peers.values() {
+            if *expires > now {
+                v.extend(
+                    dir.directory
+                        .iter()
+                        .filter(|a| {
+                            a.info
+                                .as_ref()
+                                .is_some_and(|i| !self.agents.contains_key(&i.id))
+                        })
+                        .filter_map(view),
+                );
+            }
+        }
+        v
+    }
+
+    /// Local jobs, then live peers' jobs not known locally.
+    fn all_jobs(&self, now: Instant) -> Vec<&pb::Job> {
+        let mut jobs: Vec<&pb::Job> = self.jobs.values().collect();
+        let mut seen: std::collections::BTreeSet<&str> =
+            self.jobs.keys().map(String::as_str).collect();
+        for (dir, expires) in self.peers.values() {
+            if *expires > now {
+                for j in &dir.jobs {
+                    if seen.insert(j.id.as_str()) {
+                        jobs.push(j);
+                    }
+                }
+            }
+        }
+        jobs
     }
 
     fn recompute(&mut self, cfg: &RegistryConfig, now: Instant) {
         let views = self.views(cfg, now);
-        let jobs: Vec<&pb::Job> = self.jobs.values().collect();
+        let jobs = self.all_jobs(now);
+        // Only local agents get job sets: a controller schedules only its own agents.
         let mut plan = schedule::compute(&jobs, &views, cfg.max_full_mesh);
         let lease_ms = cfg.lease.as_millis() as u64;
         for (id, e) in &mut self.agents {
@@ -662,6 +861,94 @@ mod tests {
             1,
             "b is still scheduled within its TTL after the restart"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peer_directories_add_targets_and_jobs_until_their_ttl() {
+        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
+        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let r = Registry::load(cfg(), store).expect("load");
+        let mut a = r.connect(hello("a1", 1)).expect("a");
+        let changes = r.changes();
+        // Sources here, targets in the peer's region.
+        let mut s = spec(500);
+        s.targets = vec![pb::Endpoint {
+            endpoint: Some(pb::endpoint::Endpoint::Selector("region=p".into())),
+        }];
+        r.start_job(Some(s)).expect("job");
+        assert!(
+            changes.has_changed().expect("open"),
+            "a job start is a change"
+        );
+        assert!(a.job_sets.borrow_and_update().assignments.is_empty());
+
+        let peer = |region: &str, jobs: Vec<pb::Job>| pb::Directory {
+            region: region.into(),
+            jobs,
+            directory: vec![pb::StoredAgent {
+                info: Some(pb::AgentInfo {
+                    id: "p1".into(),
+                    region: region.into(),
+                    connected: true,
+                    ..Default::default()
+                }),
+                endpoints: hello("p1", 9).endpoints,
+                capabilities: vec![],
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            r.merge_peer(peer("r", vec![]), Duration::from_secs(10)),
+            Err(DomainError::Invalid { .. })
+        ));
+        // A peer job with sources in our region is scheduled here too.
+        let mut their = spec(500);
+        their.targets = vec![pb::Endpoint {
+            endpoint: Some(pb::endpoint::Endpoint::Url("udp://10.0.0.1:7".into())),
+        }];
+        let their_job = pb::Job {
+            id: "peer-job".into(),
+            spec: Some(their),
+            version: 1,
+            ..Default::default()
+        };
+        r.merge_peer(peer("p", vec![their_job]), Duration::from_secs(10))
+            .expect("merge");
+        let set = a.job_sets.borrow_and_update().clone();
+        let mut targets: Vec<(String, String)> = set
+            .assignments
+            .iter()
+            .flat_map(|x| {
+                let job = x.job.as_ref().map(|j| j.id.clone()).unwrap_or_default();
+                x.targets
+                    .iter()
+                    .map(move |t| (job.clone(), t.target.clone()))
+            })
+            .collect();
+        targets.sort();
+        assert_eq!(targets.len(), 2, "{targets:?}");
+        assert!(
+            targets.iter().any(|(_, t)| t == "udp://127.0.0.1:9"),
+            "{targets:?}"
+        );
+        assert!(
+            targets
+                .iter()
+                .any(|(j, t)| j == "peer-job" && t == "udp://10.0.0.1:7")
+        );
+        assert_eq!(r.list_agents().len(), 2);
+        let own = r.directory("https://me", Duration::from_secs(10));
+        assert_eq!(
+            (own.region.as_str(), own.directory.len(), own.jobs.len()),
+            ("r", 1, 1)
+        );
+
+        // Past the TTL the peer's agents and jobs are gone.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        r.sweep();
+        assert!(a.job_sets.borrow_and_update().assignments.is_empty());
+        assert_eq!(r.list_agents().len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,6 +12,12 @@
 //! | `PUT` | `/api/v1/jobs/{id}` | job spec; optional `If-Match: <version>` | `200` job |
 //! | `DELETE` | `/api/v1/jobs/{id}` | | `200` stopped job |
 //! | `GET` | `/api/v1/agents` | | `200` `{"agents": [...]}` |
+//! | `GET` | `/api/v1/matrix[?by=agent\|region][&protocol=udp]` | | `200` matrix ([`crate::json::matrix_to_value`]) |
+//! | `GET` | `/api/v1/stream[?by=...][&protocol=...]` | | `200` `text/event-stream` |
+//!
+//! `/api/v1/stream` sends server-sent events: `event: matrix` with the matrix as one JSON
+//! `data:` line every [`WATCH_INTERVAL`], and a `: heartbeat` comment every
+//! [`SSE_HEARTBEAT`] so proxies keep the connection open.
 //!
 //! Errors are JSON, `{"error": {"code": "invalid_argument", "field": "spec.timeout_ms",
 //! "message": "..."}}`, with `400` (bad input), `401` (credential), `404`, `405`, `409` (stopped
@@ -25,7 +31,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -34,10 +41,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Credentials, bearer};
 use crate::json;
+use crate::live::WATCH_INTERVAL;
 use crate::registry::{DomainError, Registry};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1024 * 1024;
+/// Interval of heartbeat comments on `/api/v1/stream`.
+pub const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
 /// A TLS handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -48,10 +58,11 @@ pub struct Rest {
     creds: Arc<Credentials>,
 }
 
-type Resp = Response<Full<Bytes>>;
+/// A REST response: a whole JSON body, or a stream of server-sent events.
+pub type Resp = Response<BoxBody<Bytes, Infallible>>;
 
 fn reply(status: StatusCode, v: &Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -257,15 +268,95 @@ impl Rest {
                 let agents: Vec<Value> = r.list_agents().iter().map(json::agent_to_value).collect();
                 reply(StatusCode::OK, &json!({ "agents": agents }))
             }
-            (_, ["api", "v1", "jobs"] | ["api", "v1", "jobs", _] | ["api", "v1", "agents"]) => {
-                error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    None,
-                    "method not allowed here",
-                )
+            (&Method::GET, ["api", "v1", "matrix"]) => {
+                let (by, protocol) = matrix_query(query);
+                match r.matrix(&by, &protocol) {
+                    Ok(m) => reply(StatusCode::OK, &json::matrix_to_value(&m)),
+                    Err(e) => domain_error(&e),
+                }
             }
+            (&Method::GET, ["api", "v1", "stream"]) => {
+                let (by, protocol) = matrix_query(query);
+                match r.matrix(&by, &protocol) {
+                    Ok(_) => sse(r.clone(), by, protocol),
+                    Err(e) => domain_error(&e),
+                }
+            }
+            (
+                _,
+                ["api", "v1", "jobs"]
+                | ["api", "v1", "jobs", _]
+                | ["api", "v1", "agents"]
+                | ["api", "v1", "matrix"]
+                | ["api", "v1", "stream"],
+            ) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                None,
+                "method not allowed here",
+            ),
             _ => error(StatusCode::NOT_FOUND, "not_found", None, "no such endpoint"),
         }
     }
+}
+
+/// `by` and `protocol` from a query string (unknown keys ignored; no percent-decoding needed
+/// for the values allowed).
+fn matrix_query(query: &str) -> (String, String) {
+    let (mut by, mut protocol) = (String::new(), String::new());
+    for kv in query.split('&') {
+        match kv.split_once('=') {
+            Some(("by", v)) => by = v.to_string(),
+            Some(("protocol", v)) => protocol = v.to_string(),
+            _ => {}
+        }
+    }
+    (by, protocol)
+}
+
+/// A `text/event-stream` response: a matrix every [`WATCH_INTERVAL`], heartbeat comments in
+/// between. The producing task ends when the client goes away (its body is dropped).
+fn sse(registry: Arc<Registry>, by: String, protocol: String) -> Resp {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        let mut matrix = tokio::time::interval(WATCH_INTERVAL);
+        matrix.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(SSE_HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        if tx
+            .send(Bytes::from_static(b": meshlat live stats\n\n"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let chunk = tokio::select! {
+                _ = matrix.tick() => match registry.matrix(&by, &protocol) {
+                    Ok(m) => Bytes::from(format!("event: matrix\ndata: {}\n\n", json::matrix_to_value(&m))),
+                    Err(_) => break,
+                },
+                _ = heartbeat.tick() => Bytes::from_static(b": heartbeat\n\n"),
+            };
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let stream =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |b| {
+            Ok::<_, Infallible>(hyper::body::Frame::data(b))
+        });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    r
 }

@@ -79,17 +79,29 @@ impl TestController {
         ports: Option<(&str, &str)>,
         secrets: Option<(&str, &str)>,
     ) -> Result<Self> {
+        Self::start_in(data, "r1", ports, secrets, &[]).await
+    }
+
+    /// A controller of `region` with `extra` flags.
+    async fn start_in(
+        data: &Path,
+        region: &str,
+        ports: Option<(&str, &str)>,
+        secrets: Option<(&str, &str)>,
+        extra: &[String],
+    ) -> Result<Self> {
         let (grpc, rest) = ports.unwrap_or(("127.0.0.1:0", "127.0.0.1:0"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_controller"))
             .args([
                 "serve",
                 "--region",
-                "r1",
+                region,
                 "--listen",
                 grpc,
                 "--rest-listen",
                 rest,
             ])
+            .args(extra)
             .arg("--data-dir")
             .arg(data)
             .stdout(Stdio::piped())
@@ -199,6 +211,11 @@ struct TestAgent {
 
 impl TestAgent {
     fn start(ctl: &TestController, out: &Path, state: &Path) -> Result<Self> {
+        Self::start_in(ctl, "r1", out, state)
+    }
+
+    /// An agent of `region`.
+    fn start_in(ctl: &TestController, region: &str, out: &Path, state: &Path) -> Result<Self> {
         let child = Command::new(agent_bin())
             .args([
                 "--controller",
@@ -208,7 +225,7 @@ impl TestAgent {
             ])
             .args([
                 "--region",
-                "r1",
+                region,
                 "--listen",
                 "127.0.0.1",
                 "--udp-port",
@@ -599,4 +616,376 @@ impl TestController {
         let b = res.into_body().collect().await?.to_bytes();
         Ok((status, serde_json::from_slice(&b).unwrap_or(Value::Null)))
     }
+}
+
+impl TestController {
+    /// Opens `/api/v1/stream` and returns the first `event: matrix` payload and whether a
+    /// comment line (`:`) came before it.
+    async fn first_sse_matrix(&self, query: &str) -> Result<(Value, bool)> {
+        use rustls::pki_types::pem::PemObject;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(self.data.join("ca.pem"))? {
+            roots.add(c?)?;
+        }
+        let cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(&self.rest).await?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?, tcp)
+            .await?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .uri(format!("/api/v1/stream{query}"))
+            .header("host", "127.0.0.1")
+            .header("authorization", format!("Bearer {}", self.credential))
+            .body(Full::new(bytes::Bytes::new()))?;
+        let res = send.send_request(req).await?;
+        if res.status() != 200 {
+            bail!("stream answered {}", res.status());
+        }
+        let ct = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if ct != "text/event-stream" {
+            bail!("content-type {ct:?}");
+        }
+        let mut body = res.into_body();
+        let mut text = String::new();
+        let mut comment = false;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let frame = tokio::time::timeout_at(deadline, body.frame())
+                .await
+                .context("no matrix event within 15 s")?
+                .ok_or_else(|| anyhow!("stream ended"))??;
+            if let Ok(d) = frame.into_data() {
+                text.push_str(&String::from_utf8_lossy(&d));
+            }
+            // Events end with a blank line.
+            while let Some(end) = text.find("\n\n") {
+                let event: String = text.drain(..end + 2).collect();
+                if event.starts_with(':') {
+                    comment = true;
+                    continue;
+                }
+                let mut lines = event.lines();
+                if lines.next() == Some("event: matrix") {
+                    let data = lines
+                        .next()
+                        .and_then(|l| l.strip_prefix("data: "))
+                        .ok_or_else(|| anyhow!("matrix event without data: {event:?}"))?;
+                    return Ok((serde_json::from_str(data)?, comment));
+                }
+            }
+        }
+    }
+}
+
+fn has_cell(m: &Value, src: &str, dst: &str) -> bool {
+    m["cells"].as_array().is_some_and(|cells| {
+        cells.iter().any(|c| {
+            s(c, "src") == src
+                && s(c, "dst") == dst
+                && s(c, "protocol") == "udp"
+                && c["samples"].as_u64().unwrap_or(0) > 0
+                && c["p50_ms"].as_f64().unwrap_or(0.0) > 0.0
+                && c["p99_ms"].as_f64().unwrap_or(0.0) >= c["p50_ms"].as_f64().unwrap_or(0.0)
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_matrix_fills_with_the_pairs_of_a_running_job_and_streams() -> Result<()> {
+    let root = tmp_dir("live");
+    let mut ctl = TestController::start(&root.join("ctl"), None, None).await?;
+    let a = TestAgent::start(&ctl, &root.join("out-a"), &root.join("st-a"))?;
+    let b = TestAgent::start(&ctl, &root.join("out-b"), &root.join("st-b"))?;
+    eventually("both agents connected", 30, || async {
+        let ag = ctl.agents().await;
+        (ag.len() == 2 && ag.iter().all(|(_, c)| *c)).then_some(())
+    })
+    .await?;
+    let (a_id, b_id) = (a.id().context("a id")?, b.id().context("b id")?);
+
+    // Before any job the matrix is empty; bad parameters are refused naming the field.
+    let (st, m) = ctl.rest("GET", "/api/v1/matrix", "", None).await?;
+    assert_eq!(
+        (st, m["cells"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{m}"
+    );
+    let (st, v) = ctl.rest("GET", "/api/v1/matrix?by=az", "", None).await?;
+    assert_eq!((st, v["error"]["field"].as_str()), (400, Some("by")), "{v}");
+    let (st, _) = ctl
+        .rest("GET", "/api/v1/matrix", "", Some("op:wrong"))
+        .await?;
+    assert_eq!(st, 401);
+
+    let (status, job) = ctl.rest("POST", "/api/v1/jobs", JOB, None).await?;
+    assert_eq!(status, 201, "{job}");
+    let m = eventually("both pairs in the agent matrix", 30, || async {
+        let (st, m) = ctl
+            .rest("GET", "/api/v1/matrix?by=agent&protocol=udp", "", None)
+            .await
+            .ok()?;
+        (st == 200 && has_cell(&m, &a_id, &b_id) && has_cell(&m, &b_id, &a_id)).then_some(m)
+    })
+    .await?;
+    assert!(
+        m["cells"]
+            .as_array()
+            .is_some_and(|c| c.iter().all(|c| s(c, "protocol") == "udp")),
+        "protocol filter: {m}"
+    );
+    let (st, m) = ctl
+        .rest("GET", "/api/v1/matrix?by=region&protocol=udp", "", None)
+        .await?;
+    assert_eq!(st, 200);
+    assert!(has_cell(&m, "r1", "r1"), "{m}");
+
+    // The server-sent event stream delivers a matrix event with the same pairs.
+    let (ev, comment) = ctl.first_sse_matrix("?by=region").await?;
+    assert!(has_cell(&ev, "r1", "r1"), "{ev}");
+    assert!(comment, "the stream opens with a comment line");
+
+    // gRPC: GetMatrix and the WatchStats stream carry the same pairs.
+    {
+        use meshlat_proto::pb;
+        let ca = std::fs::read(ctl.data.join("ca.pem"))?;
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", ctl.grpc))?
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                    .domain_name("127.0.0.1"),
+            )?
+            .connect()
+            .await?;
+        let cred = format!("Bearer {}", ctl.credential);
+        let mut c = pb::operator_service_client::OperatorServiceClient::with_interceptor(
+            ch,
+            move |mut req: tonic::Request<()>| {
+                let v = cred.parse().map_err(|_| tonic::Status::internal("hdr"))?;
+                req.metadata_mut().insert("authorization", v);
+                Ok(req)
+            },
+        );
+        let m = c
+            .get_matrix(pb::GetMatrixRequest {
+                by: "agent".into(),
+                protocol: "tcp".into(),
+            })
+            .await?
+            .into_inner();
+        assert!(
+            m.cells
+                .iter()
+                .any(|x| x.src == a_id && x.dst == b_id && x.protocol == "tcp" && x.samples > 0),
+            "{m:?}"
+        );
+        let e = c
+            .get_matrix(pb::GetMatrixRequest {
+                by: "agent".into(),
+                protocol: "smtp".into(),
+            })
+            .await
+            .expect_err("bad protocol");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        let mut watch = c
+            .watch_stats(pb::WatchStatsRequest {
+                by: "region".into(),
+            })
+            .await?
+            .into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .context("no WatchStats message within 10 s")??
+            .context("WatchStats ended")?;
+        assert!(
+            first.cells.iter().any(|x| x.src == "r1" && x.dst == "r1"),
+            "{first:?}"
+        );
+    }
+
+    // The CLI prints the table.
+    let out = Command::new(env!("CARGO_BIN_EXE_controller"))
+        .args(["matrix", "--by", "region", "--protocol", "udp"])
+        .args(["--controller", &format!("https://{}", ctl.grpc)])
+        .args(["--credential", &ctl.credential])
+        .arg("--ca")
+        .arg(ctl.data.join("ca.pem"))
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].starts_with("UDP p50/p99 ms loss") && lines[0].ends_with("r1"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("r1") && lines[1].ends_with('%'),
+        "{text}"
+    );
+
+    assert!(ctl.alive());
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+/// `(dst_agent, dst_region, control_mode)` of `ag`'s ok records of `job`.
+fn dsts(ag: &TestAgent, job: &str) -> Vec<(String, String, String)> {
+    ag.records()
+        .iter()
+        .filter(|r| s(r, "job_id") == job && r["ok"] == true)
+        .map(|r| (s(r, "dst_agent"), s(r, "dst_region"), s(r, "control_mode")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federated_jobs_cross_regions_and_survive_a_peer_going_down() -> Result<()> {
+    use meshlat_proto::pb;
+    let root = tmp_dir("fed");
+    let secret = "fed-secret-e2e".to_string();
+    let mut ctl_b = TestController::start_in(
+        &root.join("ctl-b"),
+        "b",
+        None,
+        None,
+        &["--federation-secret".into(), secret.clone()],
+    )
+    .await?;
+    let mut ctl_a = TestController::start_in(
+        &root.join("ctl-a"),
+        "a",
+        None,
+        None,
+        &[
+            "--federation-secret".into(),
+            secret.clone(),
+            "--peer".into(),
+            format!("https://{}", ctl_b.grpc),
+            "--peer-ca".into(),
+            ctl_b.data.join("ca.pem").display().to_string(),
+            "--peer-ttl".into(),
+            "6".into(),
+        ],
+    )
+    .await?;
+    let a1 = TestAgent::start_in(&ctl_a, "a", &root.join("out-a"), &root.join("st-a"))?;
+    let b1 = TestAgent::start_in(&ctl_b, "b", &root.join("out-b"), &root.join("st-b"))?;
+
+    // Both controllers see both agents: their own, and the peer's from the exchange (which is
+    // symmetric: only A names a peer).
+    for ctl in [&ctl_a, &ctl_b] {
+        eventually("both regions' agents in the directory", 30, || async {
+            (ctl.agents().await.len() == 2).then_some(())
+        })
+        .await?;
+    }
+    let (a_id, b_id) = (a1.id().context("a1 id")?, b1.id().context("b1 id")?);
+
+    // A wrong federation secret is refused.
+    let ca = std::fs::read(ctl_b.data.join("ca.pem"))?;
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", ctl_b.grpc))?
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name("127.0.0.1"),
+        )?
+        .connect()
+        .await?;
+    let mut bad = pb::federation_service_client::FederationServiceClient::with_interceptor(
+        ch,
+        |mut req: tonic::Request<()>| {
+            let v = "Bearer not-the-secret"
+                .parse()
+                .map_err(|_| tonic::Status::internal("hdr"))?;
+            req.metadata_mut().insert("authorization", v);
+            Ok(req)
+        },
+    );
+    let e = bad
+        .exchange(pb::Directory {
+            region: "evil".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+
+    // Both jobs are started on A: one with sources in A's region, one with sources in B's.
+    let job = |src: &str, dst: &str| {
+        format!(
+            r#"{{"name":"fed","protocols":["udp","tcp"],"sources":["region={src}"],
+            "targets":["region={dst}"],"interval_ms":500,"timeout_ms":300,"packets":3,
+            "packet_interval_ms":5}}"#
+        )
+    };
+    let (st, j1) = ctl_a
+        .rest("POST", "/api/v1/jobs", &job("a", "b"), None)
+        .await?;
+    assert_eq!(st, 201, "{j1}");
+    let (st, j2) = ctl_a
+        .rest("POST", "/api/v1/jobs", &job("b", "a"), None)
+        .await?;
+    assert_eq!(st, 201, "{j2}");
+    let (j1, j2) = (s(&j1, "id"), s(&j2, "id"));
+    eventually("a1 measures b1 for the job started on A", 30, || async {
+        dsts(&a1, &j1)
+            .iter()
+            .any(|(d, r, m)| *d == b_id && r == "b" && m == "connected")
+            .then_some(())
+    })
+    .await?;
+    eventually("b1 measures a1 for the job started on A", 30, || async {
+        dsts(&b1, &j2)
+            .iter()
+            .any(|(d, r, m)| *d == a_id && r == "a" && m == "connected")
+            .then_some(())
+    })
+    .await?;
+    assert!(
+        dsts(&a1, &j2).is_empty(),
+        "a1 is no source of the region-b job"
+    );
+    assert!(
+        dsts(&b1, &j1).is_empty(),
+        "b1 is no source of the region-a job"
+    );
+
+    // Kill B: A keeps serving its agent, which keeps measuring b1 (still up) connected.
+    ctl_b.child.kill().await?;
+    let before = dsts(&a1, &j1).len();
+    eventually(
+        "a1 keeps producing connected records with B down",
+        20,
+        || async {
+            let now = dsts(&a1, &j1);
+            (now.len() >= before + 6 && now[before..].iter().all(|(_, _, m)| m == "connected"))
+                .then_some(())
+        },
+    )
+    .await?;
+    // B's entries age out after the peer TTL; A keeps serving its own agent.
+    eventually("B's agent aged out of A's directory", 20, || async {
+        let ag = ctl_a.agents().await;
+        (ag.len() == 1 && ag[0].0 == a_id && ag[0].1).then_some(())
+    })
+    .await?;
+    assert!(ctl_a.alive(), "controller A still running");
+    drop((a1, b1));
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
 }

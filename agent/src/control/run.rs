@@ -25,6 +25,7 @@ use crate::sink::SinkSet;
 use crate::sink::file::FileSink;
 use crate::sink::firehose::FirehoseSink;
 use crate::sink::stdout::StdoutSink;
+use crate::summary::{SummarySink, SummaryWindow};
 
 /// A bound controller-driven agent.
 #[derive(Debug)]
@@ -147,6 +148,7 @@ impl RunApp {
             state_dir: cfg.state_dir.clone(),
             backoff: Backoff::default(),
             key,
+            summaries: None,
         };
         let firehose = match &cfg.firehose {
             Some(f) => Some(FirehoseSink::start(f.clone()).await?),
@@ -185,11 +187,15 @@ impl RunApp {
         if self.cfg.file.is_none() && self.cfg.firehose.is_none() {
             sinks.add(StdoutSink::new(crate::cli::Format::Json));
         }
+        let summaries = SummaryWindow::shared(crate::summary::DEFAULT_WINDOW);
+        sinks.add(SummarySink::new(summaries.clone()));
+        let mut control = self.control;
+        control.summaries = Some(summaries);
         let (jobs_tx, jobs_rx) = watch::channel(JobSet::default());
         let (mode_tx, mode_rx) = watch::channel(ControlMode::Static);
         let (id_tx, mut id_rx) = watch::channel(None);
         let control = tokio::spawn(session::run(
-            self.control,
+            control,
             Outputs {
                 jobs: jobs_tx,
                 mode: mode_tx,

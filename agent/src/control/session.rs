@@ -43,6 +43,8 @@ pub struct ControlConfig {
     pub backoff: Backoff,
     /// Key for UDP probes.
     pub key: Key,
+    /// Rolling summaries sent every [`crate::summary::SUMMARY_INTERVAL`] (`None`: none sent).
+    pub summaries: Option<crate::summary::SharedSummaries>,
 }
 
 /// A session failure (reconnected after a backoff).
@@ -174,6 +176,8 @@ async fn session(
         .into_inner();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut summary_tick = tokio::time::interval(crate::summary::SUMMARY_INTERVAL);
+    summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut generation = 0;
     loop {
         tokio::select! {
@@ -212,6 +216,14 @@ async fn session(
             _ = heartbeat.tick() => {
                 let hb = pb::Heartbeat { unix_ms: unix_ms(), generation };
                 if tx.send(msg(Msg::Heartbeat(hb))).await.is_err() {
+                    return Err(SessionError::Closed);
+                }
+            }
+            _ = summary_tick.tick(), if cfg.summaries.is_some() => {
+                let pairs = cfg.summaries.as_ref().map(|w| {
+                    w.lock().unwrap_or_else(|e| e.into_inner()).snapshot(Instant::now())
+                }).unwrap_or_default();
+                if !pairs.is_empty() && tx.send(msg(Msg::Summaries(pb::Summaries { pairs }))).await.is_err() {
                     return Err(SessionError::Closed);
                 }
             }

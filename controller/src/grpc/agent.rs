@@ -98,7 +98,8 @@ impl AgentService for AgentSvc {
                     }
                     msg = inbound.message() => match msg {
                         Ok(Some(m)) => match m.msg {
-                            Some(Msg::Heartbeat(_) | Msg::Summaries(_)) => registry.heard(&id, session.session),
+                            Some(Msg::Heartbeat(_)) => registry.heard(&id, session.session),
+                            Some(Msg::Summaries(s)) => registry.summaries(&id, session.session, s),
                             Some(Msg::Ack(a)) => registry.acked(&id, session.session, &a),
                             Some(Msg::Hello(_)) | None => {
                                 let _ = tx.send(Err(Status::invalid_argument("unexpected message after Hello"))).await;

@@ -3,10 +3,12 @@
 //!
 //! - [`agent`][]: `AgentService.Connect`, one bidirectional stream per agent.
 //! - [`operator`][]: `OperatorService`.
+//! - [`federation`][]: `FederationService` (peer controllers).
 //! - [`status`][]: domain errors to `tonic::Status`.
 //! - [`auth`][]: interceptors checking the join token and operator credentials on every call.
 
 pub mod agent;
+pub mod federation;
 pub mod operator;
 pub mod status;
 
@@ -34,6 +36,19 @@ pub mod auth {
             _ => {
                 tracing::warn!(message = "Agent call refused: bad join token.", remote = ?req.remote_addr());
                 Err(super::status::unauthenticated("join token"))
+            }
+        }
+    }
+
+    /// Checks a peer controller's federation secret.
+    pub fn federation(
+        secret: crate::auth::FederationSecret,
+    ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+        move |req| match authorization(&req) {
+            Some(s) if secret.check(s) => Ok(req),
+            _ => {
+                tracing::warn!(message = "Federation call refused: bad secret.", remote = ?req.remote_addr());
+                Err(super::status::unauthenticated("federation secret"))
             }
         }
     }

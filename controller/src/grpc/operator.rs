@@ -1,5 +1,5 @@
-//! `OperatorService`: jobs and agents. The latency matrix and live stats are not served yet
-//! (`Unimplemented`).
+//! `OperatorService`: jobs, agents, the latency matrix and live stats (a matrix every
+//! [`WATCH_INTERVAL`]).
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use meshlat_proto::pb::operator_service_server::OperatorService;
 use tonic::{Request, Response, Status};
 
 use super::status::from_domain;
+use crate::live::WATCH_INTERVAL;
 use crate::registry::Registry;
 
 /// The operator API over the registry.
@@ -82,17 +83,40 @@ impl OperatorService for OperatorSvc {
 
     async fn get_matrix(
         &self,
-        _req: Request<pb::GetMatrixRequest>,
+        req: Request<pb::GetMatrixRequest>,
     ) -> Result<Response<pb::Matrix>, Status> {
-        Err(Status::unimplemented("the latency matrix is not built yet"))
+        let r = req.into_inner();
+        self.registry
+            .matrix(&r.by, &r.protocol)
+            .map(Response::new)
+            .map_err(from_domain)
     }
 
     type WatchStatsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Matrix, Status>>;
 
     async fn watch_stats(
         &self,
-        _req: Request<pb::WatchStatsRequest>,
+        req: Request<pb::WatchStatsRequest>,
     ) -> Result<Response<Self::WatchStatsStream>, Status> {
-        Err(Status::unimplemented("live stats are not built yet"))
+        let by = req.into_inner().by;
+        // Refuse a bad `by` up front rather than on the stream.
+        self.registry.matrix(&by, "").map_err(from_domain)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(WATCH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let m = registry.matrix(&by, "").map_err(from_domain);
+                // The receiver is gone when the client hangs up.
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 }
