@@ -68,8 +68,7 @@ bases() {
 build() {
   setup
   echo "images: cargo build --release (host)" >&2
-  cargo build --release --locked --bin agent --bin controller -q
-  strip "$CARGO_TARGET_DIR/release/agent" "$CARGO_TARGET_DIR/release/controller" 2>/dev/null || true
+  cargo build --release --locked -p meshlat-agent -p meshlat-controller --bins -q
   bases
   local img
   for img in agent controller; do
