@@ -179,6 +179,14 @@ def check_one_firehose_put(t):
     return bad
 
 
+def _rules(props):
+    """The replication rules; an !If [cond, rules, []] (no other region) counts its rules."""
+    rules = (props.get("ReplicationConfiguration") or {}).get("Rules") or []
+    if isinstance(rules, dict) and "Fn::If" in rules:
+        rules = [r for branch in rules["Fn::If"][1:] if isinstance(branch, list) for r in branch]
+    return rules
+
+
 def check_replication(t):
     confs = list(resources(t, "AWS::ECR::ReplicationConfiguration"))
     if not confs:
@@ -188,7 +196,7 @@ def check_replication(t):
     if not repos:
         bad.append("no ECR repositories")
     for f, n, p in confs:
-        rules = (p.get("ReplicationConfiguration") or {}).get("Rules") or []
+        rules = _rules(p)
         good = [r for r in rules if r.get("Destinations")]
         if not good:
             bad.append(f"{f}:{n} has no rule with destinations")
@@ -272,7 +280,7 @@ def _break_firehose_scope(t):
 
 def _break_replication(t):
     for f, n, p in resources(t, "AWS::ECR::ReplicationConfiguration"):
-        for r in p["ReplicationConfiguration"]["Rules"]:
+        for r in _rules(p):
             r["Destinations"] = []
 
 
