@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds and runs the meshlat container images on this machine (no base image can be pulled here).
 #
+#   scripts/images.sh [--debug] CMD   --debug: use the host's debug binaries (target/debug; fast,
+#                               for the scripts/test.sh stage: same Containerfiles and mechanics,
+#                               bigger images) instead of a release build
 #   scripts/images.sh setup     # apt: podman buildah runc busybox-static (idempotent)
 #   scripts/images.sh build     # release binaries (cargo, host), local bases, both images
 #   scripts/images.sh test      # build, then run them with podman: agent serve answers an agent
@@ -22,6 +25,8 @@ ROOT=$PWD
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 APT=(podman buildah runc busybox-static)
 PODMAN=(podman --runtime runc --cgroup-manager cgroupfs)
+PROFILE=release
+if [[ ${1:-} == --debug ]]; then PROFILE=debug; shift; fi
 RUN=("${PODMAN[@]}" run --network=host --ulimit nofile=1024:1024 --ulimit nproc=1000:1000)
 
 setup() {
@@ -52,7 +57,7 @@ bases() {
   # runtime base: the binaries' shared libraries, CA certificates, users
   mkdir -p "$tmp/run/etc/ssl/certs" "$tmp/run/tmp"
   local lib
-  for lib in $(ldd "$CARGO_TARGET_DIR/release/agent" "$CARGO_TARGET_DIR/release/controller" \
+  for lib in $(ldd "$CARGO_TARGET_DIR/$PROFILE/agent" "$CARGO_TARGET_DIR/$PROFILE/controller" \
                | grep -oE '/[^ ]+\.so[^ ]*' | sort -u); do
     mkdir -p "$tmp/run$(dirname "$lib")"
     cp -L "$lib" "$tmp/run$lib"
@@ -67,16 +72,20 @@ bases() {
 
 build() {
   setup
-  echo "images: cargo build --release (host)" >&2
-  cargo build --release --locked -p meshlat-agent -p meshlat-controller --bins -q
+  echo "images: cargo build ($PROFILE, host)" >&2
+  if [[ $PROFILE == release ]]; then
+    cargo build --release --locked -p meshlat-agent -p meshlat-controller --bins -q
+  else
+    cargo build --locked --workspace --bins -q
+  fi
   bases
   local img
   for img in agent controller; do
     echo "images: buildah bud meshlat-$img" >&2
-    buildah bud --quiet --isolation chroot --layers=false -f "infra/docker/$img.Containerfile" \
+    buildah bud --quiet --isolation chroot --layers=false --format docker -f "infra/docker/$img.Containerfile" \
       --build-arg BUILD_BASE=localhost/meshlat-build-base \
       --build-arg RUNTIME_BASE=localhost/meshlat-runtime-base \
-      --build-arg PREBUILT=1 -t "localhost/meshlat-$img:latest" . >/dev/null
+      --build-arg PREBUILT=1 --build-arg PROFILE="$PROFILE" -t "localhost/meshlat-$img:latest" . >/dev/null
   done
   podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep meshlat- >&2
 }
@@ -112,9 +121,18 @@ test_images() {
     "${PODMAN[@]}" logs meshlat-test-ctl 2>&1 | grep -q "listening grpc" && break; sleep 0.05
   done
   t1=$(now_ms); echo "images: controller cold start (podman run -> listening grpc): $((t1 - t0)) ms"
-  if "${PODMAN[@]}" exec meshlat-test-ctl /usr/local/bin/meshlat-healthcheck probe -n 1 --timeout 2 --format json tcp://127.0.0.1:17400 >/dev/null 2>&1; then
-    echo "ok   controller answers the health check (TCP 17400 from inside the container)"
+  # the image's own HEALTHCHECK, on the test ports (the image checks the default 7400/7711)
+  if "${PODMAN[@]}" exec meshlat-test-ctl /usr/local/bin/meshlat-healthcheck probe -n 1 --timeout 1 --format json tcp://127.0.0.1:17400 >/dev/null 2>&1; then
+    echo "ok   controller answers the health check probe (TCP 17400 from inside the container)"
   else echo "FAIL controller health check"; "${PODMAN[@]}" logs meshlat-test-ctl 2>&1 | tail -5; fail=1; fi
+  if "${PODMAN[@]}" exec meshlat-test-agent /usr/local/bin/agent probe -n 1 --timeout 1 --format json tcp://127.0.0.1:17711 >/dev/null 2>&1; then
+    echo "ok   agent answers the health check probe (TCP 17711 from inside the container)"
+  else echo "FAIL agent health check"; fail=1; fi
+  for name in agent controller; do
+    if "${PODMAN[@]}" image inspect -f '{{.Config.Healthcheck.Test}}' "localhost/meshlat-$name:latest" | grep -q probe; then
+      echo "ok   meshlat-$name image carries its HEALTHCHECK"
+    else echo "FAIL meshlat-$name image has no HEALTHCHECK"; fail=1; fi
+  done
   for name in meshlat-test-agent meshlat-test-ctl; do
     local uid; uid=$("${PODMAN[@]}" top "$name" huser user 2>/dev/null | tail -n +2 | head -1 || true)
     local cuser; cuser=$("${PODMAN[@]}" inspect -f '{{.Config.User}}' "$name")
