@@ -27,7 +27,7 @@ APT=(podman buildah runc busybox-static)
 PODMAN=(podman --runtime runc --cgroup-manager cgroupfs)
 PROFILE=release
 if [[ ${1:-} == --debug ]]; then PROFILE=debug; shift; fi
-RUN=("${PODMAN[@]}" run --network=host --ulimit nofile=1024:1024 --ulimit nproc=1000:1000)
+RUN=("${PODMAN[@]}" run --no-healthcheck --network=host --ulimit nofile=1024:1024 --ulimit nproc=1000:1000)
 
 setup() {
   local missing=() p
