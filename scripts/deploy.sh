@@ -7,7 +7,7 @@
 #       [--record-format json|parquet] [--skip-lint]
 #
 # Order (infra/README.md is the runbook):
-#   0. preflight (not with --dry-run): aws CLI, buildah or podman, python3, AWS credentials -
+#   0. preflight (not with --dry-run): aws CLI, buildah or podman, cargo, openssl, python3, AWS credentials -
 #      every missing piece is reported before anything is built or changed (exit 3)
 #   1. lint: scripts/lint-infra.sh (cfn-lint + checkov) and scripts/test_infra.py (invariants)
 #   2. home region: meshlat-analytics (analytics.yaml), meshlat-ecr (ecr.yaml: repositories and
@@ -82,6 +82,7 @@ if (( ! dry )); then
     missing+=("buildah or podman (apt-get install buildah podman runc)")
   fi
   command -v cargo >/dev/null || missing+=("cargo (the images contain the release binaries)")
+  command -v openssl >/dev/null || missing+=("openssl (random controller secrets; apt-get install openssl)")
   if command -v aws >/dev/null; then
     if ! account=$(aws sts get-caller-identity --query Account --output text 2>/dev/null) || [[ -z $account ]]; then
       missing+=("AWS credentials (aws sts get-caller-identity failed: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
