@@ -3,7 +3,9 @@
 #   scripts/test.sh            # everything (what CI runs)
 #   scripts/test.sh --quick    # skip the slower accuracy and benchmark-harness stages
 # analytics: shipped Athena SQL through scripts/athena-local on synthetic records, schema checks
-# (.venv-analytics); infra-lint: cfn-lint and checkov on infra/cloudformation (.venv-cfn, .venv-checkov).
+# (.venv-analytics); infra-lint: cfn-lint and checkov on infra/cloudformation (.venv-cfn, .venv-checkov);
+# infra-invariants: scripts/test_infra.py (.venv-infra); deploy-dry-run: scripts/test_deploy.sh (no AWS);
+# images: scripts/images.sh --debug test (podman, buildah; hadolint runs in infra-lint).
 # Each stage is timed; a summary is printed at the end; exit status is non-zero if any stage failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +38,12 @@ run_stage test cargo test --workspace --locked --no-fail-fast
 run_stage doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 run_stage analytics scripts/test_analytics.py
 run_stage infra-lint scripts/lint-infra.sh
+run_stage infra-invariants scripts/test_infra.py
+run_stage deploy-dry-run scripts/test_deploy.sh
+# Both images built from the debug binaries of the build stage (same Containerfiles, local bases;
+# apt-installs podman/buildah/runc/busybox-static on first use) and run with podman: agent serve
+# answers an agent probe from another container, controller health, non-root. ~20 s.
+run_stage images scripts/images.sh --debug test
 # The Firehose sink end to end through a local moto server (Firehose + S3); the test is a
 # `test = false` target, so only this stage runs it.
 firehose_moto() {

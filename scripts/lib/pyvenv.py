@@ -6,6 +6,7 @@ Each tool re-executes itself inside its virtualenv, which scripts/lib/venv.sh cr
     .venv-analytics   duckdb, sqlglot, PyYAML  scripts/athena-local, check_schema.py, test_analytics.py
     .venv-cfn         cfn-lint                 scripts/lint-infra.sh
     .venv-checkov     checkov                  scripts/lint-infra.sh (own venv: it pins an older boto3)
+    .venv-infra       PyYAML                   scripts/test_infra.py (template invariants)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_SH = ROOT / "scripts" / "lib" / "venv.sh"
 
 ANALYTICS = ("analytics", ["duckdb==1.5.6", "sqlglot==30.30.0", "PyYAML==6.0.2"])
+INFRA = ("infra", ["PyYAML==6.0.2"])
 
 
 def ensure(name: str, requirements: list[str]) -> Path:

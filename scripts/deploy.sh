@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# Deploys meshlat to a list of regions with CloudFormation (change sets via `aws cloudformation
+# deploy`, so re-running is idempotent: unchanged stacks are left alone).
+#
+#   scripts/deploy.sh --regions eu-west-1,af-south-1,sa-east-1 [--home-region eu-west-1] [--dry-run]
+#       [--tag TAG] [--agent-count N] [--assign-public-ip] [--nlb-scheme internal|internet-facing]
+#       [--record-format json|parquet] [--skip-lint]
+#
+# Order (infra/README.md is the runbook):
+#   0. preflight (not with --dry-run): aws CLI, buildah or podman, cargo, openssl, python3, AWS credentials -
+#      every missing piece is reported before anything is built or changed (exit 3)
+#   1. lint: scripts/lint-infra.sh (cfn-lint + checkov) and scripts/test_infra.py (invariants)
+#   2. home region: meshlat-analytics (analytics.yaml), meshlat-ecr (ecr.yaml: repositories and
+#      the registry's replication to every other region)
+#   3. images: scripts/images.sh build, push once to the home region's ECR (immutable tag; an
+#      existing tag is not pushed again); wait until replication shows them in every region
+#   4. every region i: meshlat-network (network.yaml, VpcCidr 10.<i>.0.0/16, MeshCidrs = all)
+#   5. every pair (A, B), A before B: meshlat-peering-A-B in A (requester) and in B (accepter)
+#   6. every region: meshlat-firehose (firehose.yaml), the controller's secrets (Secrets Manager,
+#      created once with random values), meshlat-services (services.yaml)
+# --dry-run renders every stack with its parameters (outputs of earlier stacks as
+# {{region/stack.Output}}), checks each parameter against the template, prints the plan and
+# calls nothing (no aws, no image build). Exit codes: 0 ok, 1 a step failed, 2 usage, 3 preflight.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CFN=infra/cloudformation
+
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+die() { echo "deploy: $*" >&2; exit 2; }
+
+regions_csv="" home="" dry=0 tag="" agent_count=2 public_ip=DISABLED nlb_scheme=internal
+record_format=json skip_lint=0
+while (( $# )); do
+  case $1 in
+    --regions) regions_csv=${2:-}; shift 2 ;;
+    --regions=*) regions_csv=${1#*=}; shift ;;
+    --home-region) home=${2:-}; shift 2 ;;
+    --home-region=*) home=${1#*=}; shift ;;
+    --dry-run) dry=1; shift ;;
+    --tag) tag=${2:-}; shift 2 ;;
+    --agent-count) agent_count=${2:-}; shift 2 ;;
+    --assign-public-ip) public_ip=ENABLED; shift ;;
+    --nlb-scheme) nlb_scheme=${2:-}; shift 2 ;;
+    --record-format) record_format=${2:-}; shift 2 ;;
+    --skip-lint) skip_lint=1; shift ;;
+    -h|--help) usage ;;
+    *) die "unknown argument '$1' (--help)" ;;
+  esac
+done
+[[ -n $regions_csv ]] || die "--regions is required, e.g. --regions eu-west-1,af-south-1"
+IFS=, read -r -a regions <<< "$regions_csv"
+declare -A seen=()
+for r in "${regions[@]}"; do
+  [[ $r =~ ^[a-z]{2}(-gov)?-[a-z]+-[0-9]$ ]] || die "'$r' is not a region name"
+  [[ -z ${seen[$r]:-} ]] || die "region '$r' given twice"
+  seen[$r]=1
+done
+(( ${#regions[@]} <= 12 )) || die "at most 12 regions (network.yaml's mesh prefix list and ecr.yaml's replica slots)"
+home=${home:-${regions[0]}}
+[[ -n ${seen[$home]:-} ]] || die "--home-region $home is not in --regions"
+[[ $agent_count =~ ^[0-9]+$ ]] || die "--agent-count must be a number"
+[[ $nlb_scheme == internal || $nlb_scheme == internet-facing ]] || die "--nlb-scheme internal|internet-facing"
+[[ $record_format == json || $record_format == parquet ]] || die "--record-format json|parquet"
+if [[ -z $tag ]]; then
+  tag=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unversioned)
+  git diff --quiet HEAD 2>/dev/null || tag="$tag-dirty"
+fi
+
+# Deterministic, non-overlapping CIDRs: the region's index in --regions.
+declare -A cidr=()
+for i in "${!regions[@]}"; do cidr[${regions[$i]}]="10.$i.0.0/16"; done
+mesh_cidrs=$(IFS=,; for r in "${regions[@]}"; do printf '%s\n' "${cidr[$r]}"; done | paste -sd, -)
+others=$(for r in "${regions[@]}"; do [[ $r == "$home" ]] || echo "$r"; done | paste -sd, -)
+
+# ---- 0. preflight: report everything missing before changing anything ----------------------
+if (( ! dry )); then
+  missing=()
+  command -v python3 >/dev/null || missing+=("python3 (apt-get install python3)")
+  command -v aws >/dev/null || missing+=("aws CLI v2 (https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html)")
+  if ! command -v buildah >/dev/null && ! command -v podman >/dev/null; then
+    missing+=("buildah or podman (apt-get install buildah podman runc)")
+  fi
+  command -v cargo >/dev/null || missing+=("cargo (the images contain the release binaries)")
+  command -v openssl >/dev/null || missing+=("openssl (random controller secrets; apt-get install openssl)")
+  if command -v aws >/dev/null; then
+    if ! account=$(aws sts get-caller-identity --query Account --output text 2>/dev/null) || [[ -z $account ]]; then
+      missing+=("AWS credentials (aws sts get-caller-identity failed: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+    fi
+  fi
+  if (( ${#missing[@]} )); then
+    echo "deploy: cannot deploy, nothing was changed. Missing:" >&2
+    printf '  - %s\n' "${missing[@]}" >&2
+    exit 3
+  fi
+else
+  account='<account>'
+fi
+
+# ---- helpers -----------------------------------------------------------------------------------
+step=0
+say() { echo "deploy: $*"; }
+
+# Checks NAME=VALUE pairs against a template's Parameters: unknown keys and missing required
+# ones (no Default) are errors. Stdlib only (no PyYAML needed).
+check_params() {
+  local template=$1; shift
+  python3 - "$template" "$@" <<'PY'
+import re, sys
+path, pairs = sys.argv[1], sys.argv[2:]
+lines = open(path).read().splitlines()
+params, cur, inside = {}, None, False
+for ln in lines:
+    if re.match(r"^\S", ln):
+        inside = ln.startswith("Parameters:")
+        continue
+    if not inside:
+        continue
+    m = re.match(r"^  ([A-Za-z0-9]+):\s*$", ln)
+    if m:
+        cur = m.group(1); params[cur] = False; continue
+    if cur and re.match(r"^    Default:", ln):
+        params[cur] = True
+given = {p.split("=", 1)[0] for p in pairs}
+bad = [f"unknown parameter {k}" for k in sorted(given - params.keys())]
+bad += [f"missing required parameter {k}" for k, d in params.items() if not d and k not in given]
+for b in bad:
+    print(f"deploy: {path}: {b}", file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+}
+
+# Output of an earlier stack: a placeholder in --dry-run, else looked up.
+out() {
+  local region=$1 stack=$2 key=$3
+  if (( dry )); then echo "{{$region/$stack.$key}}"; return; fi
+  aws cloudformation describe-stacks --region "$region" --stack-name "$stack" \
+    --query "Stacks[0].Outputs[?OutputKey=='$key'].OutputValue" --output text
+}
+
+# deploy_stack REGION STACK TEMPLATE [KEY=VALUE...]
+deploy_stack() {
+  local region=$1 stack=$2 template=$3; shift 3
+  step=$((step + 1))
+  echo
+  echo "[$step] stack $stack  region $region  template $template"
+  local p
+  for p in "$@"; do echo "      $p"; done
+  check_params "$template" "$@" || return 1
+  if (( dry )); then
+    echo "      would run: aws cloudformation deploy --region $region --stack-name $stack --template-file $template --capabilities CAPABILITY_IAM CAPABILITY_NAMED_IAM --no-fail-on-empty-changeset --tags project=meshlat --parameter-overrides $*"
+    return 0
+  fi
+  local args=()
+  (( $# )) && args=(--parameter-overrides "$@")
+  aws cloudformation deploy --region "$region" --stack-name "$stack" --template-file "$template" \
+    --capabilities CAPABILITY_IAM CAPABILITY_NAMED_IAM --no-fail-on-empty-changeset \
+    --tags project=meshlat "${args[@]}" || { echo "deploy: stack $stack in $region failed" >&2; return 1; }
+}
+
+# Ensures a Secrets Manager secret exists (created once with VALUE; never overwritten); prints its ARN.
+ensure_secret() {
+  local region=$1 name=$2 value=$3
+  if (( dry )); then echo "{{$region/secret:$name}}"; return; fi
+  local arn
+  if arn=$(aws secretsmanager describe-secret --region "$region" --secret-id "$name" --query ARN --output text 2>/dev/null); then
+    echo "$arn"; return
+  fi
+  if [[ -n $value ]]; then
+    aws secretsmanager create-secret --region "$region" --name "$name" --secret-string "$value" --query ARN --output text
+  else
+    aws secretsmanager create-secret --region "$region" --name "$name" \
+      --description "meshlat agents' join token: put the controller's printed join token here" --query ARN --output text
+  fi
+}
+
+secret_has_value() {
+  (( dry )) && return 0
+  aws secretsmanager get-secret-value --region "$1" --secret-id "$2" --query SecretString --output text >/dev/null 2>&1
+}
+
+fail() { echo "deploy: FAILED at step $step: $*" >&2; exit 1; }
+
+# ---- plan --------------------------------------------------------------------------------------
+say "regions: ${regions[*]}  home: $home  account: $account  image tag: $tag  dry-run: $dry"
+for r in "${regions[@]}"; do say "  $r  VpcCidr ${cidr[$r]}"; done
+
+if (( skip_lint )); then
+  say "lint: skipped (--skip-lint)"
+else
+  say "lint: scripts/lint-infra.sh, scripts/test_infra.py"
+  scripts/lint-infra.sh || fail "lint-infra found problems"
+  scripts/test_infra.py || fail "template invariants failed"
+fi
+
+deploy_stack "$home" meshlat-analytics "$CFN/analytics.yaml" \
+  "Regions=$regions_csv" "RecordFormat=$record_format" || fail analytics
+if [[ -n $others ]]; then
+  deploy_stack "$home" meshlat-ecr "$CFN/ecr.yaml" "ReplicaRegions=$others" || fail ecr
+else
+  deploy_stack "$home" meshlat-ecr "$CFN/ecr.yaml" "ReplicaRegions=" || fail ecr
+fi
+
+registry() { echo "$account.dkr.ecr.$1.amazonaws.com"; }
+step=$((step + 1))
+echo
+echo "[$step] images: scripts/images.sh build; push $(registry "$home")/meshlat/{agent,controller}:$tag once; replication copies them to: ${others:-none}"
+if (( ! dry )); then
+  scripts/images.sh build || fail "image build"
+  tool=$(command -v podman || command -v buildah)
+  aws ecr get-login-password --region "$home" | "$tool" login --username AWS --password-stdin "$(registry "$home")" || fail "ECR login"
+  for img in agent controller; do
+    if aws ecr describe-images --region "$home" --repository-name "meshlat/$img" --image-ids "imageTag=$tag" >/dev/null 2>&1; then
+      say "$img:$tag already in ECR (immutable tags): not pushed again"
+    else
+      "$tool" push "localhost/meshlat-$img:latest" "docker://$(registry "$home")/meshlat/$img:$tag" || fail "push $img"
+    fi
+  done
+  for r in "${regions[@]}"; do
+    [[ $r == "$home" ]] && continue
+    for img in agent controller; do
+      for _ in $(seq 60); do
+        aws ecr describe-images --region "$r" --repository-name "meshlat/$img" --image-ids "imageTag=$tag" >/dev/null 2>&1 && break
+        sleep 10
+      done || true
+      aws ecr describe-images --region "$r" --repository-name "meshlat/$img" --image-ids "imageTag=$tag" >/dev/null 2>&1 \
+        || fail "meshlat/$img:$tag not replicated to $r after 10 minutes"
+    done
+  done
+fi
+
+for r in "${regions[@]}"; do
+  deploy_stack "$r" meshlat-network "$CFN/network.yaml" \
+    "VpcCidr=${cidr[$r]}" "MeshCidrs=$mesh_cidrs" || fail "network $r"
+done
+
+for ((i = 0; i < ${#regions[@]}; i++)); do
+  for ((j = i + 1; j < ${#regions[@]}; j++)); do
+    a=${regions[$i]} b=${regions[$j]} stack="meshlat-peering-${regions[$i]}-${regions[$j]}"
+    deploy_stack "$a" "$stack" "$CFN/peering.yaml" Side=requester \
+      "VpcId=$(out "$a" meshlat-network VpcId)" "RouteTableId=$(out "$a" meshlat-network RouteTableId)" \
+      "PeerVpcId=$(out "$b" meshlat-network VpcId)" "PeerRegion=$b" "PeerCidr=${cidr[$b]}" || fail "peering $a->$b"
+    deploy_stack "$b" "$stack" "$CFN/peering.yaml" Side=accepter \
+      "RouteTableId=$(out "$b" meshlat-network RouteTableId)" "PeerCidr=${cidr[$a]}" \
+      "PeeringConnectionId=$(out "$a" "$stack" PeeringConnectionId)" || fail "peering $b->$a"
+  done
+done
+
+bucket_arn=$(out "$home" meshlat-analytics RecordsBucketArn)
+bucket_name=$(out "$home" meshlat-analytics RecordsBucketName)
+for r in "${regions[@]}"; do
+  deploy_stack "$r" meshlat-firehose "$CFN/firehose.yaml" \
+    "RecordsBucketArn=$bucket_arn" "HomeRegion=$home" "RecordFormat=$record_format" || fail "firehose $r"
+
+  step=$((step + 1))
+  echo
+  echo "[$step] secrets in $r: meshlat/$r/join-secret, meshlat/$r/operator-credential (random, created once), meshlat/$r/join-token (filled by the operator)"
+  js=$(ensure_secret "$r" "meshlat/$r/join-secret" "$( (( dry )) || openssl rand -hex 32)") || fail "secret join-secret $r"
+  oc=$(ensure_secret "$r" "meshlat/$r/operator-credential" "$( (( dry )) || echo "op-meshlat:$(openssl rand -hex 24)")") || fail "secret operator-credential $r"
+  jt=$(ensure_secret "$r" "meshlat/$r/join-token" "") || fail "secret join-token $r"
+  count=$agent_count
+  if ! secret_has_value "$r" "meshlat/$r/join-token"; then
+    count=0
+    say "$r: join token not set yet: agents at 0. After the controller starts, read its join token from"
+    say "  log group /meshlat/$r/controller, then: aws secretsmanager put-secret-value --region $r --secret-id meshlat/$r/join-token --secret-string 'mlt1....'"
+    say "  and re-run this command."
+  fi
+  deploy_stack "$r" meshlat-services "$CFN/services.yaml" \
+    "VpcId=$(out "$r" meshlat-network VpcId)" "SubnetIds=$(out "$r" meshlat-network SubnetIds)" \
+    "AgentSecurityGroupId=$(out "$r" meshlat-network AgentSecurityGroupId)" \
+    "ControllerSecurityGroupId=$(out "$r" meshlat-network ControllerSecurityGroupId)" \
+    "AgentImage=$(registry "$r")/meshlat/agent:$tag" "ControllerImage=$(registry "$r")/meshlat/controller:$tag" \
+    "AgentDesiredCount=$count" "AssignPublicIp=$public_ip" "LoadBalancerScheme=$nlb_scheme" \
+    "FirehoseStreamName=$(out "$r" meshlat-firehose DeliveryStreamName)" \
+    "FirehoseStreamArn=$(out "$r" meshlat-firehose DeliveryStreamArn)" \
+    "StateBucketName=$bucket_name" \
+    "JoinSecretArn=$js" "OperatorCredentialArn=$oc" "JoinTokenArn=$jt" || fail "services $r"
+done
+
+echo
+if (( dry )); then
+  say "dry run: $step steps planned, nothing called"
+else
+  say "done: $step steps"
+fi

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Tests scripts/deploy.sh without AWS (the scripts/test.sh stage deploy-dry-run):
+#   1. --dry-run with three regions exits 0, renders every stack (analytics, ecr, 3 networks,
+#      3 peering pairs x 2 sides, 3 firehose, 3 services) with its parameters, non-overlapping
+#      CIDRs, and calls no aws (an `aws` stub on PATH that records calls must stay unused);
+#   2. usage errors exit 2 (no --regions, bad region, duplicate, home region not in the list);
+#   3. without --dry-run and with PATH stripped to basic tools: missing aws CLI and
+#      buildah/podman are reported, exit 3, nothing else runs;
+#   4. with an aws stub whose credentials fail: exit 3 naming credentials, and the only AWS call
+#      made was `sts get-caller-identity` (no cloudformation, ecr or secretsmanager call).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+pass=0 failn=0
+ok() { echo "ok   $*"; pass=$((pass + 1)); }
+bad() { echo "FAIL $*"; failn=$((failn + 1)); }
+
+# a PATH with only what deploy.sh itself needs (no aws, buildah, podman, cargo)
+mkdir -p "$tmp/bin" "$tmp/stub"
+for t in bash env sed grep paste python3 git dirname cat mktemp rm seq sleep openssl tr sort; do
+  p=$(command -v "$t") && ln -sf "$p" "$tmp/bin/$t"
+done
+cat > "$tmp/stub/aws" <<STUB
+#!$(command -v bash)
+echo "\$*" >> "$tmp/aws-calls"
+[[ \$1 == sts ]] && { echo "Unable to locate credentials" >&2; exit 255; }
+exit 1
+STUB
+cat > "$tmp/stub/podman" <<STUB
+#!$(command -v bash)
+echo "podman \$*" >> "$tmp/aws-calls"; exit 1
+STUB
+cp "$tmp/stub/podman" "$tmp/stub/cargo"
+chmod +x "$tmp/stub/"*
+
+# 1. dry run
+out=$(PATH="$tmp/stub:$PATH" scripts/deploy.sh --dry-run --skip-lint --regions eu-west-1,af-south-1,sa-east-1 2>&1); rc=$?
+[[ $rc == 0 ]] && ok "dry run exits 0" || { bad "dry run exit $rc"; echo "$out" | tail -20; }
+want=("meshlat-analytics  region eu-west-1" "meshlat-ecr  region eu-west-1")
+for r in eu-west-1 af-south-1 sa-east-1; do
+  want+=("meshlat-network  region $r" "meshlat-firehose  region $r" "meshlat-services  region $r")
+done
+for pr in "eu-west-1-af-south-1  region eu-west-1" "eu-west-1-af-south-1  region af-south-1" \
+          "eu-west-1-sa-east-1  region eu-west-1" "eu-west-1-sa-east-1  region sa-east-1" \
+          "af-south-1-sa-east-1  region af-south-1" "af-south-1-sa-east-1  region sa-east-1"; do
+  want+=("meshlat-peering-$pr")
+done
+missing=0
+for w in "${want[@]}"; do grep -qF "stack $w " <<< "$out" || { bad "dry run lacks stack $w"; missing=1; }; done
+(( missing )) || ok "dry run renders all ${#want[@]} stacks"
+n=$(grep -c "would run: aws cloudformation deploy" <<< "$out")
+[[ $n == "${#want[@]}" ]] && ok "one deploy command per stack ($n)" || bad "$n deploy commands, want ${#want[@]}"
+cidrs=$(grep -oE "VpcCidr=10\.[0-9]+\.0\.0/16" <<< "$out" | sort -u | wc -l)
+[[ $cidrs == 3 ]] && ok "3 distinct VPC CIDRs" || bad "$cidrs distinct VPC CIDRs"
+grep -q "MeshCidrs=10.0.0.0/16,10.1.0.0/16,10.2.0.0/16" <<< "$out" && ok "MeshCidrs lists every region" || bad "MeshCidrs"
+grep -q "ReplicaRegions=af-south-1,sa-east-1$" <<< "$out" && ok "ECR replicates to the other regions" || bad "ReplicaRegions"
+grep -q "AssignPublicIp=DISABLED" <<< "$out" && ok "no public IPs by default" || bad "AssignPublicIp"
+grep -q "deploy: " <<< "$out" && grep -q "nothing called" <<< "$out" && ok "plan summary" || bad "no plan summary"
+[[ ! -s $tmp/aws-calls ]] && ok "dry run made no aws/podman call" || bad "dry run called: $(cat "$tmp/aws-calls")"
+out=$(scripts/deploy.sh --dry-run --skip-lint --regions us-east-1 --home-region us-east-1 2>&1) \
+  && grep -q "stack meshlat-services  region us-east-1" <<< "$out" && ok "single-region dry run" || bad "single-region dry run: $out"
+
+# 2. usage errors
+for args in "" "--regions eu-west-1,bogus" "--regions eu-west-1,eu-west-1" \
+            "--regions eu-west-1,af-south-1 --home-region us-east-1" "--regions eu-west-1 --nope"; do
+  scripts/deploy.sh --dry-run $args >/dev/null 2>&1; rc=$?
+  [[ $rc == 2 ]] && ok "usage error exit 2: '$args'" || bad "'$args' exit $rc, want 2"
+done
+
+# 3. stripped PATH: no aws, no buildah/podman
+: > "$tmp/aws-calls"
+out=$(PATH="$tmp/bin" scripts/deploy.sh --regions eu-west-1,af-south-1 2>&1); rc=$?
+[[ $rc == 3 ]] && ok "missing tools: exit 3" || bad "missing tools: exit $rc"
+grep -q "aws CLI" <<< "$out" && grep -q "buildah or podman" <<< "$out" && grep -q "nothing was changed" <<< "$out" \
+  && ok "missing aws and buildah/podman reported" || bad "missing tools not reported: $out"
+grep -q "stack meshlat-" <<< "$out" && bad "stacks attempted despite missing tools" || ok "no stack attempted"
+
+# 4. aws present, credentials missing
+: > "$tmp/aws-calls"
+out=$(PATH="$tmp/stub:$tmp/bin" scripts/deploy.sh --regions eu-west-1,af-south-1 2>&1); rc=$?
+[[ $rc == 3 ]] && ok "no credentials: exit 3" || bad "no credentials: exit $rc"
+grep -q "AWS credentials" <<< "$out" && ok "missing credentials reported" || bad "credentials not reported: $out"
+calls=$(sort -u "$tmp/aws-calls" | tr '\n' ';')
+[[ $calls == "sts get-caller-identity --query Account --output text;" ]] \
+  && ok "only sts get-caller-identity was called" || bad "unexpected calls: $calls"
+
+echo "test_deploy: $pass passed, $failn failed"
+(( failn == 0 ))
