@@ -58,10 +58,12 @@ impl Clock {
     }
 }
 
-/// Process clock minus `CLOCK_REALTIME`, in ns, measured robustly against preemption.
+/// Process clock minus `CLOCK_REALTIME`, in ns, measured robustly against preemption: up to five
+/// process clock / realtime / process clock sandwiches, keeping the narrowest (a sandwich under
+/// 200 ns is good enough to stop early).
 pub fn realtime_offset_ns() -> i64 {
     let mut best: Option<(u64, i64)> = None;
-    for _ in 0..3 {
+    for _ in 0..5 {
         let a = Clock::now_ns();
         let real = realtime_ns();
         let b = Clock::now_ns();
@@ -69,6 +71,9 @@ pub fn realtime_offset_ns() -> i64 {
         let offset = (a as i128 + (width / 2) as i128 - real as i128) as i64;
         if best.is_none_or(|(w, _)| width < w) {
             best = Some((width, offset));
+        }
+        if width < 200 {
+            break;
         }
     }
     best.map_or(0, |(_, o)| o)

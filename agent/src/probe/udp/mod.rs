@@ -140,25 +140,13 @@ impl UdpProbe {
         .await;
         let invalid = session.invalid();
         let stats = session.into_stats();
-        m.outcome = if stats.samples > 0 {
-            Outcome::Ok
-        } else if let Some(e) = io_error {
-            Outcome::failed(super::classify_io(&e), format!("{addr}: {e}"))
-        } else if invalid > 0 {
-            Outcome::failed(
-                ErrorKind::Auth,
-                format!("{invalid} replies from {addr} failed authentication (wrong key?)"),
+        m.outcome = train_outcome(stats.samples, io_error, invalid, addr, || {
+            format!(
+                "no replies from {addr} to {} packets within {:?} (no reflector, wrong key, \
+                 or loss)",
+                stats.sent, self.timeout
             )
-        } else {
-            Outcome::failed(
-                ErrorKind::Timeout,
-                format!(
-                    "no replies from {addr} to {} packets within {:?} (no reflector, wrong key, \
-                     or loss)",
-                    stats.sent, self.timeout
-                ),
-            )
-        };
+        });
         m.data.train = Some(stats);
         m
     }
@@ -219,28 +207,41 @@ impl UdpProbe {
                     r.sum_mismatches
                 ),
             )
-        } else if r.train.samples > 0 {
-            Outcome::Ok
-        } else if let Some(e) = io_error {
-            Outcome::failed(super::classify_io(&e), format!("{relay_addr}: {e}"))
-        } else if invalid > 0 {
-            Outcome::failed(
-                ErrorKind::Auth,
-                format!("{invalid} replies failed authentication (wrong key?)"),
-            )
         } else {
-            Outcome::failed(
-                ErrorKind::Timeout,
+            train_outcome(r.train.samples, io_error, invalid, relay_addr, || {
                 format!(
                     "no relayed replies via {relay_addr} to {dst} for {} packets within {:?} \
                      (no relay, relaying off, wrong key, or loss)",
                     r.train.sent, self.timeout
-                ),
-            )
+                )
+            })
         };
         m.data.train = Some(r.train);
         m.data.relay = Some(r.relay);
         m
+    }
+}
+
+/// A train's outcome: ok with any sample; otherwise the socket error that ended it, replies that
+/// failed authentication, or a timeout described by `timeout_detail`, in that order.
+fn train_outcome(
+    samples: u32,
+    io_error: Option<io::Error>,
+    invalid: u32,
+    peer: SocketAddr,
+    timeout_detail: impl FnOnce() -> String,
+) -> Outcome {
+    if samples > 0 {
+        Outcome::Ok
+    } else if let Some(e) = io_error {
+        Outcome::failed(super::classify_io(&e), format!("{peer}: {e}"))
+    } else if invalid > 0 {
+        Outcome::failed(
+            ErrorKind::Auth,
+            format!("{invalid} replies from {peer} failed authentication (wrong key?)"),
+        )
+    } else {
+        Outcome::failed(ErrorKind::Timeout, timeout_detail())
     }
 }
 
@@ -509,24 +510,8 @@ impl StampMapper {
     }
 
     fn measure(&mut self) {
-        let mut best: Option<(u64, i128, u64)> = None;
-        for _ in 0..5 {
-            let a = crate::clock::realtime_ns();
-            let m = Clock::now_ns();
-            let b = crate::clock::realtime_ns();
-            let width = b.saturating_sub(a);
-            let mid = a / 2 + b / 2;
-            if best.is_none_or(|(w, _, _)| width < w) {
-                best = Some((width, i128::from(m) - i128::from(mid), mid));
-            }
-            if width < 200 {
-                break;
-            }
-        }
-        if let Some((_, offset, real)) = best {
-            self.offset = offset;
-            self.measured_real = real.max(1);
-        }
+        self.offset = i128::from(crate::clock::realtime_offset_ns());
+        self.measured_real = crate::clock::realtime_ns().max(1);
     }
 }
 
