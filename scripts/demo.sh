@@ -33,7 +33,7 @@ echo "demo: building (first build takes a few minutes on 2 cores)..."
 cargo build --quiet --bins
 BIN=target/debug
 
-"$BIN/agent" serve --listen 127.0.0.1 --udp-port 0 --tcp-port 0 --quic-port 0 --http-port 0 --https-port 0 \
+MESHLAT_KEY=demo-shared-key "$BIN/agent" serve --listen 127.0.0.1 --udp-port 0 --tcp-port 0 --quic-port 0 --http-port 0 --https-port 0 \
   > "$DEMO_DIR/serve.out" 2> "$DEMO_DIR/serve.log" &
 pids+=($!)
 for _ in $(seq 100); do [[ $(grep -c '^listening' "$DEMO_DIR/serve.out" 2>/dev/null) -ge 5 ]] && break; sleep 0.1; done
@@ -42,7 +42,7 @@ UDP=$(addr udp); TCP=$(addr tcp); QUIC=$(addr quic); HTTPS=$(addr https)
 [[ -n $UDP && -n $HTTPS ]] || { echo "demo: agent serve did not start; see $DEMO_DIR/serve.log" >&2; exit 1; }
 echo "demo: responders up: udp $UDP, tcp $TCP, quic $QUIC, https $HTTPS"
 
-"$BIN/agent" serve --relay --listen 127.0.0.1 --udp-port 0 --tcp-port off --quic-port off --http-port off \
+MESHLAT_KEY=demo-shared-key "$BIN/agent" serve --relay --listen 127.0.0.1 --udp-port 0 --tcp-port off --quic-port off --http-port off \
   --https-port off > "$DEMO_DIR/relay.out" 2> "$DEMO_DIR/relay.log" &
 pids+=($!)
 for _ in $(seq 100); do grep -q '^listening udp' "$DEMO_DIR/relay.out" 2>/dev/null && break; sleep 0.1; done
@@ -64,7 +64,7 @@ echo "demo: emulated eu-west-1 -> us-east-1 path (70 ms RTT, 1 % loss): udp $EMU
 echo
 
 set +e
-"$BIN/agent" probe -n "$count" -d 1 --region eu-west-1 --location "demo-laptop" --tls-skip-verify \
+MESHLAT_KEY=demo-shared-key "$BIN/agent" probe -n "$count" -d 1 --region eu-west-1 --location "demo-laptop" --tls-skip-verify \
   --out "$DEMO_DIR" \
   "udp://$EMU_UDP" "quic://$EMU_QUIC" "tcp://$TCP" "https://$HTTPS/bytes/2048" \
   "relay://$EMU_RELAY/$EMU_UDP"

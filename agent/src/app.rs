@@ -97,6 +97,13 @@ impl ServeApp {
         self.responders.addrs()
     }
 
+    /// See [`Responders::accept_controller_keys`].
+    pub fn accept_controller_keys(
+        &mut self,
+    ) -> Option<tokio::sync::watch::Sender<crate::respond::udp::ControllerKeys>> {
+        self.responders.accept_controller_keys()
+    }
+
     /// Bound stats address.
     pub fn stats_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(AdminServer::local_addr)
@@ -173,6 +180,7 @@ impl ProbeApp {
                 .map(|t| JobTarget {
                     target: t.clone(),
                     dst: PeerInfo::default(),
+                    relay: PeerInfo::default(),
                 })
                 .collect();
             let spec = ProbeSpec {

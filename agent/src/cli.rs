@@ -108,7 +108,8 @@ pub struct ResponderArgs {
     #[arg(long, env = "MESHLAT_HTTPS_PORT", default_value_t = PortArg(Some(DEFAULT_HTTPS_PORT)), value_name = "P")]
     pub https_port: PortArg,
     /// Shared secret for UDP packet authentication; repeat to accept several (key rotation).
-    /// Without one, a well-known default key is used (a warning is logged).
+    /// Without one, `serve` uses a well-known default key (a warning is logged); under a
+    /// controller the reflector accepts the controller's mesh key instead.
     #[arg(
         long = "key",
         env = "MESHLAT_KEY",
@@ -117,7 +118,8 @@ pub struct ResponderArgs {
     )]
     pub keys: Vec<String>,
     /// Also relay: forward UDP relay-forward packets to the destination named in their grant
-    /// (signed with a key derived from --key) and their replies back (off by default).
+    /// and their replies back (off by default). Grants are verified with a key derived from
+    /// --key (standalone, so --key is required) or with the controller's grant key.
     #[arg(long, env = "MESHLAT_RELAY")]
     pub relay: bool,
     /// PEM certificate chain for HTTPS and QUIC (default: a self-signed certificate).

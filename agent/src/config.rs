@@ -489,6 +489,16 @@ impl ServeConfig {
     ///
     /// [`ConfigError`] naming the flag and value (e.g. an unreadable `--tls-cert`).
     pub fn from_args(a: &cli::ServeArgs) -> Result<Self, ConfigError> {
+        if a.responders.relay && a.responders.keys.is_empty() {
+            // Grants would be verified with a key derived from the public default key: anyone
+            // could make one, and the relay would forward for them.
+            return Err(ConfigError::Label {
+                flag: "--relay",
+                value: "without --key".into(),
+                reason: "a standalone relay needs a shared --key (with the public default key it \
+                         would be an open relay); under a controller, relays get the mesh's grant key",
+            });
+        }
         Ok(ServeConfig {
             responders: responder_config(&a.responders)?,
             common: (&a.common).into(),

@@ -45,6 +45,8 @@ pub struct JobTarget {
     pub target: Target,
     /// Who is there.
     pub dst: PeerInfo,
+    /// For relay targets: the relay agent (empty standalone).
+    pub relay: PeerInfo,
 }
 
 /// A job as the scheduler runs it.
@@ -322,6 +324,11 @@ impl Pair {
         rec.dst_region = dst.region.clone();
         rec.dst_az = dst.az.clone();
         rec.dst_location = dst.location.clone();
+        let relay = &self.target.relay;
+        rec.relay_agent = relay.agent.clone();
+        rec.relay_region = relay.region.clone();
+        rec.relay_az = relay.az.clone();
+        rec.relay_location = relay.location.clone();
         rec.seq = seq;
         rec.control_mode = Some(*self.control_mode.borrow());
         rec.sched_lag_ms = Some(crate::probe::round_us(lag.as_secs_f64() * 1000.0));
@@ -381,6 +388,7 @@ mod tests {
                 .map(|p| JobTarget {
                     target: Target::parse(&format!("tcp://127.0.0.1:{p}")).expect("valid"),
                     dst: PeerInfo::default(),
+                    relay: PeerInfo::default(),
                 })
                 .collect(),
             interval,

@@ -24,6 +24,9 @@ pub struct Target {
     pub raw: String,
     /// For `relay://R/B` targets: the relay R's host and port (`host`/`port` are B's).
     pub relay: Option<(String, u16)>,
+    /// For `relay://R/B` targets from a controller: its signed grant for B. Without one the
+    /// prober signs a grant with the key derived from its own `--key` (standalone).
+    pub grant: Option<[u8; meshlat_proto::grant::GRANT_BYTES]>,
 }
 
 /// Why a target string was refused.
@@ -122,6 +125,7 @@ impl Target {
             path,
             raw,
             relay: None,
+            grant: None,
         })
     }
 

@@ -343,8 +343,10 @@ fn relay_legs_follow_delay_injected_in_front_of_the_relay() {
         "--https-port",
         "off",
     ];
-    let b = serve(&off);
-    let r = serve(&[&off[..], &["--relay"]].concat());
+    // A relay trusts grants only from a shared, non-default key.
+    let key = ["--key", "accuracy-relay-key"];
+    let b = serve(&[&off[..], &key[..]].concat());
+    let r = serve(&[&off[..], &key[..], &["--relay"]].concat());
     let (b_udp, r_udp) = (b.udp.unwrap(), r.udp.unwrap());
     let dir = tmpdir("accuracy-relay");
     let log = dir.join("emu.ndjson");
@@ -367,6 +369,8 @@ fn relay_legs_follow_delay_injected_in_front_of_the_relay() {
         "5",
         "--timeout",
         "0.3",
+        "--key",
+        "accuracy-relay-key",
     ];
     let run = |route: SocketAddr| {
         let t = format!("relay://{route}/{b_udp}");

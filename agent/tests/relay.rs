@@ -51,13 +51,13 @@ async fn relay_forwards_only_granted_packets_and_counts_the_rest() {
     let b_addr: SocketAddr = b.local_addr().unwrap();
     let a = UdpSocket::bind("127.0.0.1:0").unwrap();
     let k = WireKey::new(&secret);
-    let gk = GrantKey::derive(&secret);
+    let gk = GrantKey::derive(&secret.secret);
     let good = Grant::sign(b_addr, unix_now() + 60, &gk);
     let expired = Grant::sign(b_addr, unix_now() - 10, &gk);
     let forged = Grant::sign(
         b_addr,
         unix_now() + 60,
-        &GrantKey::derive(&Key::from_secret("attacker-secret")),
+        &GrantKey::derive(b"attacker-secret"),
     );
     // A valid grant for B with the destination rewritten to A: the tag no longer matches.
     let mut redirected = good;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{self, Credentials, NewSecrets, TlsMaterial};
 use crate::config::ServeConfig;
 use crate::grpc;
+use crate::keys::MeshKeys;
 use crate::registry::{Registry, RegistryConfig};
 use crate::rest::Rest;
 use crate::store::{FileStore, StoreError};
@@ -23,6 +24,8 @@ use crate::store::{FileStore, StoreError};
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// How long connections get to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Relay grants are valid one to two of these (and never less than the lease).
+pub const GRANT_EPOCH: Duration = Duration::from_secs(3600);
 
 /// A start-up failure.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +111,11 @@ impl Controller {
                 max_full_mesh: cfg.max_full_mesh,
                 lease: cfg.lease,
                 agent_ttl: cfg.agent_ttl,
+                keys: match &cfg.federation {
+                    Some(f) => MeshKeys::derive(f.secret.trim().as_bytes()),
+                    None => MeshKeys::derive(&tls.mesh_root),
+                },
+                grant_epoch: GRANT_EPOCH,
             },
             store,
         )?);

@@ -69,6 +69,9 @@ pub struct TlsMaterial {
     pub ca_sha256: [u8; 32],
     /// Where `ca.pem` is.
     pub ca_path: PathBuf,
+    /// A secret derived from the CA private key: the root of a lone controller's mesh keys
+    /// ([`crate::keys`]).
+    pub mesh_root: [u8; 32],
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -373,6 +376,7 @@ pub fn load_or_create_tls(dir: &Path, sans: &[String]) -> Result<TlsMaterial, Au
         key_pem: server_key.serialize_pem(),
         ca_sha256: sha256(&ca_der),
         ca_path,
+        mesh_root: sha256(format!("meshlat mesh root v1\n{key_pem}").as_bytes()),
     })
 }
 

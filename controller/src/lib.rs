@@ -7,6 +7,7 @@
 //! - [`auth`]: the controller's CA, server certificate, join token and operator credentials.
 //! - [`store`]: the [`store::StateStore`] trait and its file implementation.
 //! - [`federation`]: exchanging directories and jobs with peer controllers.
+//! - [`keys`]: the mesh wire key and the relay-grant key, and grant expiry.
 //! - [`live`]: agents' rolling summaries and the latency matrix.
 //! - [`registry`]: the domain layer: jobs, agents, sessions; pushes job sets.
 //! - [`schedule`]: pinglists (`full`, `per-region`, `k-random`), pure functions.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod federation;
 pub mod grpc;
 pub mod json;
+pub mod keys;
 pub mod live;
 pub mod registry;
 pub mod rest;

@@ -19,6 +19,7 @@ use meshlat_proto::pb;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::keys::MeshKeys;
 use crate::live::{self, By, Live, SUMMARY_TTL};
 use crate::schedule::{self, AgentView};
 use crate::store::{StateStore, StoreError};
@@ -75,6 +76,10 @@ pub struct RegistryConfig {
     pub lease: Duration,
     /// How long an agent stays scheduled after it was last heard from.
     pub agent_ttl: Duration,
+    /// The mesh's wire and relay-grant keys.
+    pub keys: MeshKeys,
+    /// Grants are valid one to two of these ([`crate::keys::grant_expiry`]); at least the lease.
+    pub grant_epoch: Duration,
 }
 
 /// What a connecting agent gets.
@@ -215,12 +220,6 @@ impl Registry {
         })?;
         schedule::check_endpoints(spec)
             .map_err(|(field, reason)| invalid(format!("spec.{field}"), reason))?;
-        if spec.kind == pb::JobKind::Relay as i32 {
-            return Err(invalid(
-                "spec.kind",
-                "relay jobs are not scheduled by this controller version yet",
-            ));
-        }
         let full = matches!(
             pb::PinglistStrategy::try_from(spec.strategy),
             Ok(pb::PinglistStrategy::Full | pb::PinglistStrategy::Unspecified) | Err(_)
@@ -695,6 +694,10 @@ impl Inner {
                 az: i.az.clone(),
                 location: i.location.clone(),
                 endpoints: a.endpoints.clone(),
+                relay: a
+                    .capabilities
+                    .iter()
+                    .any(|c| c == schedule::RELAY_CAPABILITY),
             })
         };
         let mut v: Vec<AgentView> = self
@@ -741,8 +744,15 @@ impl Inner {
         let views = self.views(cfg, now);
         let jobs = self.all_jobs(now);
         // Only local agents get job sets: a controller schedules only its own agents.
-        let mut plan = schedule::compute(&jobs, &views, cfg.max_full_mesh);
+        let epoch = cfg.grant_epoch.max(cfg.lease).as_secs();
+        let signing = schedule::Signing {
+            keys: &cfg.keys,
+            expires_unix: crate::keys::grant_expiry(unix_ms().max(0) as u64 / 1000, epoch),
+        };
+        let mut plan = schedule::compute(&jobs, &views, cfg.max_full_mesh, &signing);
         let lease_ms = cfg.lease.as_millis() as u64;
+        let accept_keys = vec![cfg.keys.wire_secret()];
+        let grant_keys = vec![cfg.keys.grant_secret()];
         for (id, e) in &mut self.agents {
             let Some((_, tx)) = &e.session else { continue };
             let want = plan.remove(id).unwrap_or_default();
@@ -752,10 +762,21 @@ impl Inner {
             self.next_generation += 1;
             e.generation = self.next_generation;
             e.assignments = want;
+            let relay = e
+                .stored
+                .capabilities
+                .iter()
+                .any(|c| c == schedule::RELAY_CAPABILITY);
             let set = pb::JobSet {
                 generation: e.generation,
                 lease_ms,
                 assignments: e.assignments.clone(),
+                accept_keys: accept_keys.clone(),
+                grant_keys: if relay {
+                    grant_keys.clone()
+                } else {
+                    Vec::new()
+                },
             };
             tracing::debug!(message = "Pushing job set.", agent = %id, generation = e.generation, assignments = set.assignments.len());
             // No receiver means the session is ending; its disconnect cleans up.
@@ -775,6 +796,8 @@ mod tests {
             max_full_mesh: 10,
             lease: Duration::from_secs(60),
             agent_ttl: Duration::from_secs(120),
+            keys: MeshKeys::derive(b"test"),
+            grant_epoch: Duration::from_secs(3600),
         }
     }
 

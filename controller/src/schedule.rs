@@ -14,10 +14,18 @@
 //! - Per protocol, a target agent's advertised endpoint for that protocol becomes the probe
 //!   target (`udp://host:port`, `http://host:port/ping`, ...); agents that do not advertise it
 //!   are skipped for that protocol.
+//! - Relay jobs pair sources and targets the same way; each pair is measured through every relay
+//!   the job names that runs as a relay (capability `relay-udp`), other than the pair's own two
+//!   agents: target `relay://R_UDP/B_UDP` with the relay's identity and a grant for B's UDP
+//!   address, signed with the mesh's grant key ([`crate::keys`]). Targets whose UDP address is
+//!   not an IP literal cannot be granted and are skipped with a warning.
+//! - Every assignment carries the mesh wire key its UDP packets are signed with.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use meshlat_proto::pb;
+
+use crate::keys::MeshKeys;
 
 /// Default `k` of `k-random`.
 pub const DEFAULT_K_RANDOM: usize = 3;
@@ -37,6 +45,30 @@ pub struct AgentView {
     pub location: String,
     /// Advertised responder endpoints.
     pub endpoints: Vec<pb::ResponderEndpoint>,
+    /// Whether it relays (capability `relay-udp`).
+    pub relay: bool,
+}
+
+/// The capability an agent started with `--relay` announces.
+pub const RELAY_CAPABILITY: &str = "relay-udp";
+
+impl AgentView {
+    /// The advertised address for `p`.
+    pub fn endpoint(&self, p: pb::Protocol) -> Option<&str> {
+        self.endpoints
+            .iter()
+            .find(|e| e.protocol == p as i32)
+            .map(|e| e.address.as_str())
+    }
+}
+
+/// What signs relay grants in assignments.
+#[derive(Clone, Copy, Debug)]
+pub struct Signing<'a> {
+    /// The mesh's keys.
+    pub keys: &'a MeshKeys,
+    /// Expiry of the grants issued now ([`crate::keys::grant_expiry`]).
+    pub expires_unix: u64,
 }
 
 /// A parsed selector: every given key must match.
@@ -289,6 +321,7 @@ pub fn compute(
     jobs: &[&pb::Job],
     agents: &[AgentView],
     max_full_mesh: usize,
+    signing: &Signing<'_>,
 ) -> BTreeMap<String, Vec<pb::Assignment>> {
     let mut out: BTreeMap<String, Vec<pb::Assignment>> = BTreeMap::new();
     for job in jobs.iter().filter(|j| !j.stopped) {
@@ -301,37 +334,21 @@ pub fn compute(
                 _ => None,
             })
             .collect();
+        let relay = spec.kind == pb::JobKind::Relay as i32;
+        let relays: Vec<&AgentView> = if relay {
+            resolve(&spec.relays, agents)
+                .into_iter()
+                .filter(|r| r.relay && r.endpoint(pb::Protocol::Udp).is_some())
+                .collect()
+        } else {
+            Vec::new()
+        };
         for (src, dsts) in pairs(job, spec, agents, max_full_mesh) {
-            let mut targets = Vec::new();
-            for p in &spec.protocols {
-                let Ok(p) = pb::Protocol::try_from(*p) else {
-                    continue;
-                };
-                for d in &dsts {
-                    let Some(t) = d
-                        .endpoints
-                        .iter()
-                        .find(|e| e.protocol == p as i32)
-                        .and_then(|e| endpoint_target(p, &e.address))
-                    else {
-                        continue;
-                    };
-                    targets.push(pb::AssignedTarget {
-                        target: t,
-                        dst_agent: d.id.clone(),
-                        dst_region: d.region.clone(),
-                        dst_az: d.az.clone(),
-                        dst_location: d.location.clone(),
-                        ..Default::default()
-                    });
-                }
-                for u in urls.iter().filter(|u| url_protocol(u) == Some(p)) {
-                    targets.push(pb::AssignedTarget {
-                        target: (*u).to_string(),
-                        ..Default::default()
-                    });
-                }
-            }
+            let mut targets = if relay {
+                relay_targets(job, src, &dsts, &urls, &relays, signing)
+            } else {
+                probe_targets(spec, &dsts, &urls)
+            };
             if targets.is_empty() {
                 continue;
             }
@@ -342,11 +359,104 @@ pub fn compute(
                 .push(pb::Assignment {
                     job: Some((*job).clone()),
                     targets,
-                    key: Vec::new(),
+                    key: signing.keys.wire_secret(),
                 });
         }
     }
     out
+}
+
+fn dst_target(target: String, d: &AgentView) -> pb::AssignedTarget {
+    pb::AssignedTarget {
+        target,
+        dst_agent: d.id.clone(),
+        dst_region: d.region.clone(),
+        dst_az: d.az.clone(),
+        dst_location: d.location.clone(),
+        ..Default::default()
+    }
+}
+
+fn probe_targets(
+    spec: &pb::JobSpec,
+    dsts: &[&AgentView],
+    urls: &[&str],
+) -> Vec<pb::AssignedTarget> {
+    let mut targets = Vec::new();
+    for p in &spec.protocols {
+        let Ok(p) = pb::Protocol::try_from(*p) else {
+            continue;
+        };
+        for d in dsts {
+            if let Some(t) = d.endpoint(p).and_then(|a| endpoint_target(p, a)) {
+                targets.push(dst_target(t, d));
+            }
+        }
+        for u in urls.iter().filter(|u| url_protocol(u) == Some(p)) {
+            targets.push(pb::AssignedTarget {
+                target: (*u).to_string(),
+                ..Default::default()
+            });
+        }
+    }
+    targets
+}
+
+/// `relay://R/B` targets for every (destination, relay) of one source, with grants.
+fn relay_targets(
+    job: &pb::Job,
+    src: &str,
+    dsts: &[&AgentView],
+    urls: &[&str],
+    relays: &[&AgentView],
+    signing: &Signing<'_>,
+) -> Vec<pb::AssignedTarget> {
+    // (destination UDP address, its agent if any)
+    let mut ends: Vec<(&str, Option<&AgentView>)> = dsts
+        .iter()
+        .filter_map(|d| Some((d.endpoint(pb::Protocol::Udp)?, Some(*d))))
+        .collect();
+    ends.extend(
+        urls.iter()
+            .filter(|u| url_protocol(u) == Some(pb::Protocol::Udp))
+            .filter_map(|u| Some((u.split_once("://")?.1, None))),
+    );
+    let mut targets = Vec::new();
+    for (addr, d) in ends {
+        let Ok(dst) = addr.parse::<std::net::SocketAddr>() else {
+            tracing::warn!(
+                message = "Relay target skipped: a grant needs an IP address, not a name.",
+                job = %job.id,
+                target = %addr
+            );
+            continue;
+        };
+        let grant = signing.keys.sign(dst, signing.expires_unix).to_vec();
+        for r in relays {
+            if r.id == src || d.is_some_and(|d| d.id == r.id) {
+                continue;
+            }
+            let Some(r_addr) = r.endpoint(pb::Protocol::Udp) else {
+                continue;
+            };
+            let target = format!("relay://{r_addr}/{addr}");
+            let mut t = match d {
+                Some(d) => dst_target(target, d),
+                None => pb::AssignedTarget {
+                    target,
+                    ..Default::default()
+                },
+            };
+            t.relay_agent = r.id.clone();
+            t.relay_address = r_addr.to_string();
+            t.relay_region = r.region.clone();
+            t.relay_az = r.az.clone();
+            t.relay_location = r.location.clone();
+            t.grant = grant.clone();
+            targets.push(t);
+        }
+    }
+    targets
 }
 
 #[cfg(test)]
@@ -363,7 +473,25 @@ mod tests {
                 protocol: pb::Protocol::Udp as i32,
                 address: format!("{id}.host:7710"),
             }],
+            relay: false,
         }
+    }
+
+    fn keys() -> MeshKeys {
+        MeshKeys::derive(b"test")
+    }
+
+    fn compute(
+        jobs: &[&pb::Job],
+        agents: &[AgentView],
+        max_full_mesh: usize,
+    ) -> BTreeMap<String, Vec<pb::Assignment>> {
+        let k = keys();
+        let signing = Signing {
+            keys: &k,
+            expires_unix: 10_000,
+        };
+        super::compute(jobs, agents, max_full_mesh, &signing)
     }
 
     fn sel(s: &str) -> pb::Endpoint {
@@ -480,5 +608,86 @@ mod tests {
         let (field, reason) = check_endpoints(j.spec.as_ref().expect("spec")).expect_err("http");
         assert_eq!(field, "targets[0]");
         assert!(reason.contains("PROTOCOL_HTTP"), "{reason}");
+    }
+
+    #[test]
+    fn relay_jobs_go_through_every_named_relay_with_grants_for_the_destination() {
+        use meshlat_proto::grant::{Grant, GrantKey};
+        let ip_agent = |id: &str, region: &str, ip: &str, relay: bool| AgentView {
+            endpoints: vec![pb::ResponderEndpoint {
+                protocol: pb::Protocol::Udp as i32,
+                address: format!("{ip}:7710"),
+            }],
+            relay,
+            ..agent(id, region)
+        };
+        let agents = vec![
+            ip_agent("a", "eu", "10.0.0.1", false),
+            ip_agent("b", "us", "10.0.0.2", false),
+            ip_agent("r", "mid", "10.0.0.3", true),
+            // Named as a relay but not started with --relay: never used.
+            ip_agent("q", "mid", "10.0.0.4", false),
+        ];
+        let mut j = job(pb::PinglistStrategy::Full, 0);
+        if let Some(s) = j.spec.as_mut() {
+            s.kind = pb::JobKind::Relay as i32;
+            s.sources = vec![sel("region=eu")];
+            s.targets = vec![
+                sel("region=us"),
+                pb::Endpoint {
+                    endpoint: Some(pb::endpoint::Endpoint::Url("udp://192.0.2.9:862".into())),
+                },
+                pb::Endpoint {
+                    endpoint: Some(pb::endpoint::Endpoint::Url(
+                        "udp://named.example:862".into(),
+                    )),
+                },
+            ];
+            s.relays = vec![sel("region=mid")];
+        }
+        let out = compute(&[&j], &agents, 10);
+        assert_eq!(out.keys().collect::<Vec<_>>(), vec!["a"]);
+        let asg = &out["a"][0];
+        assert_eq!(
+            asg.key,
+            keys().wire_secret(),
+            "assignments carry the wire key"
+        );
+        let got: Vec<&str> = asg.targets.iter().map(|t| t.target.as_str()).collect();
+        assert_eq!(
+            got,
+            vec![
+                "relay://10.0.0.3:7710/10.0.0.2:7710",
+                "relay://10.0.0.3:7710/192.0.2.9:862"
+            ],
+            "through r only; the named external target cannot be granted"
+        );
+        let t = &asg.targets[0];
+        assert_eq!(
+            (
+                t.dst_agent.as_str(),
+                t.relay_agent.as_str(),
+                t.relay_region.as_str()
+            ),
+            ("b", "r", "mid")
+        );
+        assert_eq!(t.relay_address, "10.0.0.3:7710");
+        let relay_keys = [GrantKey::from_secret(&keys().grant_secret())];
+        let g = Grant::verify(&t.grant, &relay_keys, 9_999).expect("grant verifies at the relay");
+        assert_eq!(g.dst, "10.0.0.2:7710".parse().expect("addr"));
+        assert_eq!(g.expires_unix, 10_000);
+        // A relay is never its own pair's source or destination.
+        if let Some(s) = j.spec.as_mut() {
+            s.relays = vec![sel("region=eu"), sel("region=mid")];
+            s.targets = vec![sel("region=mid")];
+        }
+        let out = compute(&[&j], &agents, 10);
+        assert!(
+            out.get("a").is_none_or(|v| v[0]
+                .targets
+                .iter()
+                .all(|t| t.relay_agent != "a" && t.relay_agent != t.dst_agent)),
+            "{out:?}"
+        );
     }
 }

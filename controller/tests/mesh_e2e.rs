@@ -216,6 +216,17 @@ impl TestAgent {
 
     /// An agent of `region`.
     fn start_in(ctl: &TestController, region: &str, out: &Path, state: &Path) -> Result<Self> {
+        Self::start_with(ctl, region, out, state, &[])
+    }
+
+    /// An agent of `region` with `extra` flags.
+    fn start_with(
+        ctl: &TestController,
+        region: &str,
+        out: &Path,
+        state: &Path,
+        extra: &[&str],
+    ) -> Result<Self> {
         let child = Command::new(agent_bin())
             .args([
                 "--controller",
@@ -242,6 +253,7 @@ impl TestAgent {
                 "off",
             ])
             .args(["--flush-interval", "0.2"])
+            .args(extra)
             .arg("--out")
             .arg(out)
             .arg("--state-dir")
@@ -988,4 +1000,174 @@ async fn federated_jobs_cross_regions_and_survive_a_peer_going_down() -> Result<
     drop((a1, b1));
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
+}
+
+/// Relay jobs across a federation: started on region a's controller, the source in a, the
+/// target and the relay in b (told apart by location), connected to b's controller. Grants signed by A verify
+/// at a relay that got its grant key from B; the relay forwards nothing without a grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungranted() -> Result<()>
+{
+    let root = tmp_dir("relay");
+    let secret = "fed-secret-relay".to_string();
+    let ctl_b = TestController::start_in(
+        &root.join("ctl-b"),
+        "b",
+        None,
+        None,
+        &["--federation-secret".into(), secret.clone()],
+    )
+    .await?;
+    let ctl_a = TestController::start_in(
+        &root.join("ctl-a"),
+        "a",
+        None,
+        None,
+        &[
+            "--federation-secret".into(),
+            secret.clone(),
+            "--peer".into(),
+            format!("https://{}", ctl_b.grpc),
+            "--peer-ca".into(),
+            ctl_b.data.join("ca.pem").display().to_string(),
+        ],
+    )
+    .await?;
+    let stats_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port().to_string()
+    };
+    let a1 = TestAgent::start_in(&ctl_a, "a", &root.join("out-a"), &root.join("st-a"))?;
+    let b1 = TestAgent::start_with(
+        &ctl_b,
+        "b",
+        &root.join("out-b"),
+        &root.join("st-b"),
+        &["--location", "dc1"],
+    )?;
+    let r1 = TestAgent::start_with(
+        &ctl_b,
+        "b",
+        &root.join("out-r"),
+        &root.join("st-r"),
+        &["--relay", "--location", "hub", "-s", &stats_port],
+    )?;
+    eventually("all three agents in A's directory", 30, || async {
+        (ctl_a.agents().await.len() == 3).then_some(())
+    })
+    .await?;
+    let (b_id, r_id) = (b1.id().context("b1 id")?, r1.id().context("r1 id")?);
+
+    // QUIC relaying is refused, naming the field.
+    let job = |protocols: &str| {
+        format!(
+            r#"{{"name":"relay","kind":"relay","protocols":[{protocols}],"sources":["region=a"],
+            "targets":["region=b,location=dc1"],"relays":["location=hub"],"interval_ms":400,"timeout_ms":300,
+            "packets":4,"packet_interval_ms":5}}"#
+        )
+    };
+    let (st, e) = ctl_a
+        .rest("POST", "/api/v1/jobs", &job(r#""quic""#), None)
+        .await?;
+    assert_eq!(st, 400, "{e}");
+    assert_eq!(e["error"]["field"], "spec.protocols[0]", "{e}");
+    let (st, j) = ctl_a
+        .rest("POST", "/api/v1/jobs", &job(r#""udp""#), None)
+        .await?;
+    assert_eq!(st, 201, "{j}");
+    let jid = s(&j, "id");
+    let relayed = || {
+        a1.records()
+            .into_iter()
+            .filter(|r| s(r, "job_id") == jid)
+            .collect::<Vec<_>>()
+    };
+    let recs = eventually(
+        "a1 writes ok relay records through r1 to b1",
+        40,
+        || async {
+            let v = relayed();
+            (v.iter().filter(|r| r["ok"] == true).count() >= 3).then_some(v)
+        },
+    )
+    .await?;
+    for r in recs.iter().filter(|r| r["ok"] == true) {
+        assert_eq!(s(r, "kind"), "relay", "{r}");
+        assert!(s(r, "target").starts_with("relay://"), "{r}");
+        assert_eq!(
+            (s(r, "dst_agent"), s(r, "relay_agent"), s(r, "relay_region")),
+            (b_id.clone(), r_id.clone(), "b".to_string()),
+            "{r}"
+        );
+        for f in [
+            "leg_src_relay_rtt_ms",
+            "leg_relay_dst_rtt_ms",
+            "relay_dwell_ms",
+            "direct_rtt_ms",
+            "relay_penalty_ms",
+        ] {
+            assert!(r[f].as_f64().is_some(), "{f} missing: {r}");
+        }
+    }
+    // b1 and r1 are no sources of it.
+    assert!(b1.records().iter().all(|r| s(r, "job_id") != jid));
+    assert!(r1.records().iter().all(|r| s(r, "job_id") != jid));
+
+    // Ungranted use of the relay, from outside the controller: with the public default key
+    // (refused as unauthenticated), and with the mesh wire key but a self-made grant (what a
+    // source could try): both fail, and the relay counts them.
+    let target = s(&recs[0], "target");
+    let mesh_wire = meshlat_controller::keys::MeshKeys::derive(secret.as_bytes()).wire_secret();
+    let mesh_wire = String::from_utf8(mesh_wire)?;
+    for key in [None, Some(mesh_wire.as_str())] {
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(["probe", "--format", "json", "-n", "2", "-d", "0.3"]);
+        cmd.args(["--packets", "3", "--timeout", "0.2"]);
+        if let Some(k) = key {
+            cmd.args(["--key", k]);
+        }
+        let out = cmd.arg(&target).output().await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let recs: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert_eq!(recs.len(), 2, "{text}");
+        assert!(recs.iter().all(|r| r["ok"] == false), "{text}");
+    }
+    let metrics = reqwest_lite(&format!("127.0.0.1:{stats_port}"), "/metrics").await?;
+    let count = |result: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("meshlat_responder_requests_total")
+                    && l.contains(r#"protocol="udp""#)
+                    && l.contains(&format!(r#"result="{result}""#))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(count("relayed") > 0.0, "{metrics}");
+    assert!(count("auth") >= 6.0, "default-key packets: {metrics}");
+    assert!(
+        count("relay_bad_grant") >= 6.0,
+        "self-made grants: {metrics}"
+    );
+    drop((a1, b1, r1));
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+/// A plain HTTP/1.1 GET (the agent's stats endpoint), returning the body.
+async fn reqwest_lite(addr: &str, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await?;
+    c.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    c.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map_or(text.clone(), |(_, b)| b.to_string()))
 }

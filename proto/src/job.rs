@@ -76,10 +76,13 @@ pub fn validate(spec: &pb::JobSpec) -> Result<(), JobSpecError> {
                 reason: "unknown protocol".into(),
             });
         }
-        if kind == pb::JobKind::Relay && !matches!(p, pb::Protocol::Udp | pb::Protocol::Quic) {
+        if kind == pb::JobKind::Relay && p != pb::Protocol::Udp {
             return Err(JobSpecError::Invalid {
                 field: format!("protocols[{i}]"),
-                reason: format!("relay jobs support udp and quic, not {}", p.as_str_name()),
+                reason: format!(
+                    "relay jobs measure udp (relays forward meshlat UDP packets only), not {}",
+                    p.as_str_name()
+                ),
             });
         }
     }
@@ -220,7 +223,7 @@ mod tests {
                     s.relays = s.targets.clone();
                     s.protocols = vec![pb::Protocol::Http as i32];
                 }),
-                "relay jobs support udp and quic",
+                "relay jobs measure udp",
             ),
         ];
         for (mutate, want) in cases {

@@ -9,7 +9,9 @@
 //! - [`job`]: job-spec validation shared by the controller (which refuses bad specs) and the
 //!   agent (which never trusts what it is sent).
 //! - [`token`]: the join token (CA pin + agent secret) printed by a controller.
+//! - [`grant`]: relay grants, signed by controllers (or a shared key) and verified by relays.
 
+pub mod grant;
 pub mod job;
 pub mod record;
 pub mod token;

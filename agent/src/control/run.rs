@@ -32,10 +32,15 @@ use crate::summary::{SummarySink, SummaryWindow};
 pub struct RunApp {
     cfg: RunConfig,
     serve: ServeApp,
+    controller_keys: Option<watch::Sender<crate::respond::udp::ControllerKeys>>,
     firehose: Option<FirehoseSink>,
     identity: AgentIdentity,
     control: ControlConfig,
 }
+
+/// The capability of an agent whose UDP reflector relays (`--relay`); the controller sends the
+/// mesh grant key only to agents announcing it.
+pub const RELAY_CAPABILITY: &str = "relay-udp";
 
 fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
@@ -92,11 +97,18 @@ impl RunApp {
         if identity.az.is_none() {
             identity.az = ecs.as_ref().and_then(|e| e.az.clone());
         }
-        let serve = ServeApp::bind(&ServeConfig {
-            responders: cfg.responders.clone(),
+        // Without --key, the reflector accepts only the controller's mesh key, not the public
+        // default one.
+        let mut responders = cfg.responders.clone();
+        responders
+            .keys
+            .retain(|k| *k != crate::probe::Key::default_key());
+        let mut serve = ServeApp::bind(&ServeConfig {
+            responders,
             common: cfg.common.clone(),
         })
         .await?;
+        let controller_keys = serve.accept_controller_keys();
         let advertise = match (&cfg.advertise, ecs.as_ref().and_then(|e| e.ipv4.clone())) {
             (Some(a), _) => a.clone(),
             (None, Some(ip)) => ip,
@@ -108,7 +120,7 @@ impl RunApp {
                 .map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string()),
         };
         let endpoints = endpoints(&serve.addrs(), &advertise);
-        let capabilities = endpoints
+        let mut capabilities: Vec<String> = endpoints
             .iter()
             .filter_map(|e| pb::Protocol::try_from(e.protocol).ok())
             .map(|p| {
@@ -117,6 +129,9 @@ impl RunApp {
                     .to_ascii_lowercase()
             })
             .collect();
+        if cfg.responders.relay && serve.addrs().udp.is_some() {
+            capabilities.push(RELAY_CAPABILITY.into());
+        }
         let hello = pb::Hello {
             agent_id: String::new(),
             region: identity.region.clone(),
@@ -158,6 +173,7 @@ impl RunApp {
         Ok(RunApp {
             cfg,
             serve,
+            controller_keys,
             firehose,
             identity,
             control,
@@ -200,6 +216,7 @@ impl RunApp {
                 jobs: jobs_tx,
                 mode: mode_tx,
                 id: id_tx,
+                keys: self.controller_keys,
             },
             shutdown.clone(),
         ));

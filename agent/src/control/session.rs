@@ -94,6 +94,26 @@ pub struct Outputs {
     pub mode: watch::Sender<ControlMode>,
     /// The agent id, once known.
     pub id: watch::Sender<Option<String>>,
+    /// Keys the UDP reflector accepts from the controller (None without a UDP reflector).
+    pub keys: Option<watch::Sender<crate::respond::udp::ControllerKeys>>,
+}
+
+/// The keys a job set tells the reflector to accept.
+fn controller_keys(set: &pb::JobSet) -> crate::respond::udp::ControllerKeys {
+    crate::respond::udp::ControllerKeys {
+        wire: set
+            .accept_keys
+            .iter()
+            .filter_map(|k| std::str::from_utf8(k).ok().filter(|k| !k.is_empty()))
+            .map(Key::from_secret)
+            .collect(),
+        grant: set
+            .grant_keys
+            .iter()
+            .filter(|k| !k.is_empty())
+            .map(|k| std::sync::Arc::from(k.as_slice()))
+            .collect(),
+    }
 }
 
 /// Runs sessions until `shutdown`.
@@ -201,6 +221,14 @@ async fn session(
                     }
                     Some(In::JobSet(set)) => {
                         fs.lease(Duration::from_millis(set.lease_ms));
+                        if let Some(tx) = &out.keys {
+                            let keys = controller_keys(&set);
+                            tx.send_if_modified(|k| {
+                                let changed = *k != keys;
+                                *k = keys;
+                                changed
+                            });
+                        }
                         let (jobs, rejected) = super::convert::job_set(&set, &cfg.key);
                         generation = set.generation;
                         tracing::info!(message = "Job set received.", generation, jobs = jobs.jobs.len(), rejected = rejected.len());

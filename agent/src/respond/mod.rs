@@ -148,6 +148,16 @@ impl Responders {
         })
     }
 
+    /// Makes the UDP reflector (if any) also accept the keys a controller sends through the
+    /// returned sender ([`udp::ControllerKeys`]).
+    pub fn accept_controller_keys(
+        &mut self,
+    ) -> Option<tokio::sync::watch::Sender<udp::ControllerKeys>> {
+        self.udp
+            .as_mut()
+            .map(udp::UdpReflector::accept_controller_keys)
+    }
+
     /// Bound addresses.
     pub fn addrs(&self) -> ResponderAddrs {
         ResponderAddrs {

@@ -18,7 +18,8 @@
 //!
 //! - a `RelayForward` from a source A, authenticated like a request, whose grant field holds a
 //!   valid, unexpired grant ([`crate::probe::udp::grant`]) signed by a grant key this relay
-//!   trusts (standalone: derived from each `--key`): r1 is its kernel receive stamp; the packet
+//!   trusts (standalone: derived from each `--key` other than the public default; under a
+//!   controller, also the mesh grant key it sends): r1 is its kernel receive stamp; the packet
 //!   becomes a `Request`, r2 is read just before it is resealed, and it is sent from this socket
 //!   to the grant's destination B — never anywhere else, and with exactly the received length.
 //!   (session id, sequence) → (A, B) is remembered in a table of at most [`RELAY_TABLE_MAX`]
@@ -30,6 +31,12 @@
 //! Relay drops are counted per reason through [`metrics::responder_drop`]: `relay_no_grant`,
 //! `relay_expired`, `relay_bad_grant`, `relay_table_full` (and `auth`/`malformed` as for
 //! requests). Without `--relay`, `RelayForward` packets are dropped as `type`.
+//!
+//! # Keys from a controller
+//!
+//! Under a controller (`agent run`), the reflector also accepts the keys each job set carries
+//! ([`ControllerKeys`]: the mesh wire key, and for relays the grant key), through a watch
+//! channel the serving thread checks once per batch; the `--key` keys stay accepted.
 //!
 //! Anything else is dropped and counted (`meshlat_responder_requests_total{protocol="udp"}` with
 //! `result` = [`DropReason::as_str`], and [`ReflectorStats`]); answered packets are counted as
@@ -186,6 +193,24 @@ impl ReflectorStats {
     }
 }
 
+/// Keys a controller hands out, accepted besides the reflector's own (see the module doc).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ControllerKeys {
+    /// Wire keys (the mesh key).
+    pub wire: Vec<Key>,
+    /// Relay-grant key secrets (relays only).
+    pub grant: Vec<Arc<[u8]>>,
+}
+
+/// The static grant keys of `keys`: derived from each, except the public default key (a grant
+/// anyone can sign is no authorisation).
+fn static_grant_keys(keys: &[Key]) -> Vec<GrantKey> {
+    keys.iter()
+        .filter(|k| **k != Key::default_key())
+        .map(|k| GrantKey::derive(&k.secret))
+        .collect()
+}
+
 /// The UDP reflector: bound, not yet serving.
 #[derive(Debug)]
 pub struct UdpReflector {
@@ -193,6 +218,8 @@ pub struct UdpReflector {
     socket: UdpSocket,
     /// Keys accepted, by id.
     keys: Vec<Key>,
+    /// Keys from a controller, if any.
+    extra: Option<tokio::sync::watch::Receiver<ControllerKeys>>,
     /// Whether relay-forward packets are relayed (`--relay`).
     relay: bool,
     stats: Arc<ReflectorStats>,
@@ -227,6 +254,7 @@ impl UdpReflector {
         Ok(UdpReflector {
             socket: s.into(),
             keys,
+            extra: None,
             relay: false,
             stats: Arc::default(),
         })
@@ -236,6 +264,13 @@ impl UdpReflector {
     pub fn with_relay(mut self, enabled: bool) -> Self {
         self.relay = enabled;
         self
+    }
+
+    /// Also accepts the keys a controller sends through the returned sender.
+    pub fn accept_controller_keys(&mut self) -> tokio::sync::watch::Sender<ControllerKeys> {
+        let (tx, rx) = tokio::sync::watch::channel(ControllerKeys::default());
+        self.extra = Some(rx);
+        tx
     }
 
     /// Bound address.
@@ -253,13 +288,13 @@ impl UdpReflector {
     /// Serves until `shutdown` is cancelled, on a dedicated thread.
     pub async fn run(self, shutdown: CancellationToken) {
         let addr = self.local_addr();
-        if self.keys.contains(&Key::default_key()) {
+        if self.keys.contains(&Key::default_key()) && self.extra.is_none() {
             tracing::warn!(
                 message = "UDP reflector accepts the well-known default key; anyone can probe it. Set --key.",
                 %addr
             );
         }
-        if self.keys.is_empty() {
+        if self.keys.is_empty() && self.extra.is_none() {
             tracing::warn!(message = "UDP reflector has no keys; every request will be dropped.", %addr);
         }
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -268,7 +303,14 @@ impl UdpReflector {
             .name("udp-reflector".into())
             .spawn(move || {
                 let relay = self.relay.then(|| Relay::new(&self.keys));
-                serve(&self.socket, &self.keys, relay, &self.stats, &token);
+                serve(
+                    &self.socket,
+                    &self.keys,
+                    self.extra,
+                    relay,
+                    &self.stats,
+                    &token,
+                );
                 let _ = done_tx.send(());
             });
         if let Err(error) = spawned {
@@ -297,12 +339,13 @@ impl UdpReflector {
 /// batch — is still subtracted from each packet's RTT individually.
 fn serve(
     socket: &UdpSocket,
-    keys: &[Key],
+    own_keys: &[Key],
+    mut extra: Option<tokio::sync::watch::Receiver<ControllerKeys>>,
     mut relay: Option<Relay>,
     stats: &ReflectorStats,
     shutdown: &CancellationToken,
 ) {
-    let keys: Vec<WireKey> = keys.iter().map(WireKey::new).collect();
+    let mut keys: Vec<WireKey> = own_keys.iter().map(WireKey::new).collect();
     let fd = socket.as_raw_fd();
     // Counter handles taken once: incrementing them is one atomic add, no label lookup.
     let answered = counter("answered");
@@ -316,6 +359,22 @@ fn serve(
         // One lock-free-enough check per batch: a busy reflector still stops promptly.
         if shutdown.is_cancelled() {
             return;
+        }
+        if let Some(rx) = extra.as_mut()
+            && rx.has_changed().unwrap_or(false)
+        {
+            let ck = rx.borrow_and_update().clone();
+            keys = own_keys.iter().chain(&ck.wire).map(WireKey::new).collect();
+            if let Some(r) = relay.as_mut() {
+                r.grant_keys = static_grant_keys(own_keys);
+                r.grant_keys
+                    .extend(ck.grant.iter().map(|s| GrantKey::from_secret(s)));
+            }
+            tracing::info!(
+                message = "UDP reflector keys updated from the controller.",
+                wire_keys = keys.len(),
+                grant_keys = relay.as_ref().map_or(0, |r| r.grant_keys.len())
+            );
         }
         let n = match batch.recv(fd) {
             Ok(n) => n,
@@ -433,7 +492,7 @@ struct Relay {
 impl Relay {
     fn new(keys: &[Key]) -> Self {
         Relay {
-            grant_keys: keys.iter().map(GrantKey::derive).collect(),
+            grant_keys: static_grant_keys(keys),
             table: HashMap::with_capacity(RELAY_TABLE_MAX),
         }
     }
@@ -552,7 +611,7 @@ mod tests {
         let secret = Key::from_secret("shared-secret");
         let k = WireKey::new(&secret);
         let keys = [k.clone()];
-        let gk = GrantKey::derive(&secret);
+        let gk = GrantKey::derive(&secret.secret);
         let a: SocketAddr = "10.0.0.1:4000".parse().expect("addr");
         let b: SocketAddr = "10.0.0.2:7710".parse().expect("addr");
         let mut relay = Relay::new(std::slice::from_ref(&secret));
@@ -577,11 +636,7 @@ mod tests {
         assert_eq!(relay.handle(&mut q2, b, 3_000, &keys), None);
 
         let expired = Grant::sign(b, unix_now() - 1, &gk);
-        let forged = Grant::sign(
-            b,
-            unix_now() + 60,
-            &GrantKey::derive(&Key::from_secret("x")),
-        );
+        let forged = Grant::sign(b, unix_now() + 60, &GrantKey::derive(b"x"));
         let mut wrong_dst = good;
         wrong_dst[7] ^= 1;
         for (grant, reason) in [

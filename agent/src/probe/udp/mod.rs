@@ -28,7 +28,7 @@
 //! arrived but failed authentication) or `Timeout` (no replies: wrong key, no reflector, or
 //! loss).
 
-pub mod grant;
+pub use meshlat_proto::grant;
 pub mod relay;
 pub mod session;
 #[doc(hidden)]
@@ -100,7 +100,7 @@ impl UdpProbe {
             timeout_ns: duration_ns(spec.timeout),
             packet_bytes,
             key: WireKey::new(&spec.key),
-            grant_key: Box::new(grant::GrantKey::derive(&spec.key)),
+            grant_key: Box::new(grant::GrantKey::derive(&spec.key.secret)),
             timeout: spec.timeout,
         })
     }
@@ -190,11 +190,13 @@ impl UdpProbe {
                 return m;
             }
         };
-        let grant = grant::Grant::sign(
-            dst,
-            grant::unix_now() + relay::STANDALONE_GRANT_TTL_S,
-            &self.grant_key,
-        );
+        let grant = target.grant.unwrap_or_else(|| {
+            grant::Grant::sign(
+                dst,
+                grant::unix_now() + relay::STANDALONE_GRANT_TTL_S,
+                &self.grant_key,
+            )
+        });
         let mut session = RelaySession::new(self.session_config(), grant);
         let io_error = drive_relay(&via, &direct, &mut session, self.packet_bytes).await;
         let invalid = session.invalid();

@@ -354,7 +354,7 @@ mod tests {
         }
 
         fn session(&self, packets: u32) -> RelaySession {
-            let gk = GrantKey::derive(&Key::from_secret("k"));
+            let gk = GrantKey::derive(b"k");
             let grant = Grant::sign("127.0.0.1:9".parse().expect("addr"), u64::MAX, &gk);
             RelaySession::new(
                 SessionConfig {

@@ -50,7 +50,7 @@ pub const HEADER_BYTES: usize = 152;
 /// Length of the truncated HMAC-SHA256 tag at the end of every packet.
 pub const MAC_BYTES: usize = 16;
 /// Length of the opaque relay grant field.
-pub const GRANT_BYTES: usize = 64;
+pub const GRANT_BYTES: usize = meshlat_proto::grant::GRANT_BYTES;
 /// The smallest valid packet: header plus MAC, no padding.
 pub const MIN_PACKET_BYTES: usize = HEADER_BYTES + MAC_BYTES;
 /// The largest valid packet.

@@ -3,7 +3,10 @@
 //! A relay forwards a `RelayForward` packet only to the destination named in the packet's grant
 //! field, and only while the grant is unexpired and its tag verifies with a relay-grant key the
 //! relay trusts. Standalone, that key is derived from a shared `--key`
-//! ([`GrantKey::derive`]); the controller will later sign grants with its own secret.
+//! ([`GrantKey::derive`]); under a controller, the controller signs grants with a key it gives
+//! only to relay agents, so sources hold grants but cannot make them.
+//!
+//! Shared by the controller (which signs) and the agent (whose relay verifies), hence here.
 //!
 //! # Format (64 bytes, the wire's grant field; integers big-endian)
 //!
@@ -26,8 +29,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ring::hmac;
 
-use super::wire::GRANT_BYTES;
-use crate::probe::Key;
+/// Size of the wire format's grant field (DESIGN §4).
+pub const GRANT_BYTES: usize = 64;
 
 /// The grant format version this module speaks.
 pub const GRANT_VERSION: u8 = 1;
@@ -63,8 +66,8 @@ impl GrantKey {
 
     /// The standalone grant key of a shared wire key: HMAC-SHA256(secret, label), so a grant
     /// key is never the packet key itself.
-    pub fn derive(key: &Key) -> Self {
-        let k = hmac::Key::new(hmac::HMAC_SHA256, &key.secret);
+    pub fn derive(key_secret: &[u8]) -> Self {
+        let k = hmac::Key::new(hmac::HMAC_SHA256, key_secret);
         let tag = hmac::sign(&k, DERIVE_LABEL);
         Self::from_secret(tag.as_ref())
     }
@@ -181,7 +184,7 @@ mod tests {
     use super::*;
 
     fn key() -> GrantKey {
-        GrantKey::derive(&Key::from_secret("shared"))
+        GrantKey::derive(b"shared")
     }
 
     #[test]
@@ -236,7 +239,7 @@ mod tests {
         later[27] = 0xFF;
         assert_eq!(Grant::verify(&later, keys, 0), Err(GrantError::Bad));
         // Signed by a key the relay does not trust (same id forged in).
-        let evil = GrantKey::derive(&Key::from_secret("evil"));
+        let evil = GrantKey::derive(b"evil");
         let mut forged = Grant::sign(dst, 100, &evil);
         forged[28..32].copy_from_slice(&k.id.to_be_bytes());
         assert_eq!(Grant::verify(&forged, keys, 0), Err(GrantError::Bad));
@@ -247,7 +250,7 @@ mod tests {
         // The grant key is not the packet key.
         assert_ne!(
             GrantKey::from_secret(b"shared").id,
-            GrantKey::derive(&Key::from_secret("shared")).id
+            GrantKey::derive(b"shared").id
         );
         assert_eq!(Grant::verify(&g[..10], keys, 0), Err(GrantError::Bad));
     }
