@@ -172,7 +172,10 @@ for r in "${REGIONS[@]}"; do
   TOKEN[$r]=$(field "ctl-$r" join-token)
   CRED[$r]=$(field "ctl-$r" operator-credential)
   CA[$r]=$DEMO_DIR/ctl-$r/ca.pem
-  ok "$(printf '%-10s grpc https://%-21s rest https://%s' "$r" "${GRPC[$r]}" "${REST[$r]}")"
+  ok "$(printf '%-10s grpc https://%-15s  rest https://%s' "$r" "${GRPC[$r]}" "${REST[$r]}")"
+  # What `controller` client commands (and curl) need, for people in another terminal.
+  printf 'export MESHLAT_CONTROLLER=https://%s MESHLAT_CA=%s MESHLAT_CREDENTIAL=%s\n# REST: https://%s\n' \
+    "${GRPC[$r]}" "${CA[$r]}" "${CRED[$r]}" "${REST[$r]}" > "$DEMO_DIR/$r.env"
 done
 # `controller` client commands against region R's controller.
 ctl() { local r=$1; shift
@@ -229,7 +232,7 @@ for ((i = 0; ; i++)); do
   n_us=$(ctl us-east-1 agents 2>/dev/null | awk 'NR > 1 && $5 == "true"' | wc -l || true)
   (( n_eu == ${#AGENTS[@]} && n_us == ${#AGENTS[@]} )) && break
   (( interrupted )) && exit 130
-  (( i < 60 )) || fail "after 30 s the controllers see $n_eu and $n_us of ${#AGENTS[@]} agents; see $LOGS/"
+  (( i < 120 )) || fail "after 60 s the controllers see $n_eu and $n_us of ${#AGENTS[@]} agents; see $LOGS/"
   sleep 0.5
 done
 ctl eu-west-1 agents | sed 's/^/    /'
@@ -261,10 +264,8 @@ start_job "probe us-east-1 to eu-west-1" "$(probe_job us-east-1 eu-west-1)"
 
 cat <<EOF
 
-${B}Talk to the mesh from another terminal while it runs${N} (the eu-west-1 controller; us-east-1's
-is https://${GRPC[us-east-1]}, CA $(show "${CA[us-east-1]}"), credential ${CRED[us-east-1]}):
-  export MESHLAT_CONTROLLER=https://${GRPC[eu-west-1]} MESHLAT_CA=$(show "${CA[eu-west-1]}") \\
-         MESHLAT_CREDENTIAL=${CRED[eu-west-1]}
+${B}Talk to the mesh from another terminal while it runs${N} (us-east-1.env for the other controller):
+  . $(show "$DEMO_DIR")/eu-west-1.env
   $(show "$BIN/controller") agents          # also: job list, job show ID, matrix --by agent
   curl -s --cacert \$MESHLAT_CA -H "Authorization: Bearer \$MESHLAT_CREDENTIAL" https://${REST[eu-west-1]}/api/v1/jobs
 EOF
@@ -295,13 +296,15 @@ matrix() {
       for (i = 2; i <= np; i++) { p = pairs[i]; for (j = i - 1; j >= 1 && pairs[j] > p; j--) pairs[j + 1] = pairs[j]; pairs[j + 1] = p }
       n = split("udp quic https http tcp", order, " "); m = 0
       for (o = 1; o <= n; o++) if (order[o] in have) cols[++m] = order[o]
-      printf "    %-14s", "RTT ms"; for (o = 1; o <= m; o++) printf "  %-18s", cols[o]; printf "\n"
-      printf "    %-14s", "";       for (o = 1; o <= m; o++) printf "  %-18s", "  p50/p99    loss"; printf "\n"
+      line = sprintf("    %-14s", "RTT ms"); for (o = 1; o <= m; o++) line = line sprintf("  %-18s", cols[o]); out(line)
+      line = sprintf("    %-14s", "");       for (o = 1; o <= m; o++) line = line sprintf("  %-18s", "  p50/p99    loss"); out(line)
       for (i = 1; i <= np; i++) {
-        printf "    %-14s", pairs[i]
-        for (o = 1; o <= m; o++) { x = ((cols[o], pairs[i]) in c) ? c[cols[o], pairs[i]] : "     -"; printf "  %-18s", x }
-        printf "\n"
+        line = sprintf("    %-14s", pairs[i])
+        for (o = 1; o <= m; o++) { x = ((cols[o], pairs[i]) in c) ? c[cols[o], pairs[i]] : "     -"; line = line sprintf("  %-18s", x) }
+        out(line)
       }
+    }
+    function out(l) { sub(/ +$/, "", l); print l
     }' "$DEMO_DIR/agents.txt" <(ctl eu-west-1 matrix --by agent 2>/dev/null; ctl us-east-1 matrix --by agent 2>/dev/null)
 }
 records_by_region() {
