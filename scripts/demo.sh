@@ -27,6 +27,8 @@
 #   --delay MS               emulated one-way inter-region delay (default 35)
 #   --no-build               use the binaries already in target/debug
 #   -h, --help               this text
+# Exit status: 0 after a clean stop (Ctrl-C included), 1 when a process failed (its log is named),
+# 2 for bad usage. Needs cargo, and python3 for the printed queries.
 set -euo pipefail
 CALLER_PWD=$PWD
 cd "$(dirname "$0")/.."
@@ -103,7 +105,7 @@ interrupted=0
 LOGS=$DEMO_DIR/logs
 start() { # NAME CMD... : runs CMD in the background, stdout to logs/NAME.out, stderr to logs/NAME.log
   local name=$1; shift
-  "$@" > "$LOGS/$name.out" 2> "$LOGS/$name.log" &
+  NO_COLOR=1 "$@" > "$LOGS/$name.out" 2> "$LOGS/$name.log" &   # plain-text logs in files
   pids+=($!) names+=("$name")
   PID[$name]=$!
 }
@@ -174,7 +176,7 @@ for r in "${REGIONS[@]}"; do
   CA[$r]=$DEMO_DIR/ctl-$r/ca.pem
   ok "$(printf '%-10s grpc https://%-15s  rest https://%s' "$r" "${GRPC[$r]}" "${REST[$r]}")"
   # What `controller` client commands (and curl) need, for people in another terminal.
-  printf 'export MESHLAT_CONTROLLER=https://%s MESHLAT_CA=%s MESHLAT_CREDENTIAL=%s\n# REST: https://%s\n' \
+  printf '# the %s controller, for `controller` client commands; DEMO_REST for curl\nexport MESHLAT_CONTROLLER=https://%s MESHLAT_CA=%s MESHLAT_CREDENTIAL=%s DEMO_REST=https://%s\n' "$r" \
     "${GRPC[$r]}" "${CA[$r]}" "${CRED[$r]}" "${REST[$r]}" > "$DEMO_DIR/$r.env"
 done
 # `controller` client commands against region R's controller.
@@ -218,7 +220,7 @@ for a in "${AGENTS[@]}"; do
     esac
     ROUTES+=(--route "$spec,fwd=${delay_ms}ms,ret=${delay_ms}ms")
   done
-  ok "$(printf '%-5s %-10s %-11s %-6s listens on %-15s advertises %s' "$name" "$region" "$az" "${extra:+relay}" "${AGENT_IP[$name]}" "${EMU_IP[$name]} (emulator)")"
+  ok "$(printf '%-5s %-11s %-6s on %-15s advertised as %s' "$name" "$az" "${extra:+relay}" "${AGENT_IP[$name]}" "${EMU_IP[$name]}")"
 done
 
 step "starting the link emulator: +$((2 * delay_ms)) ms RTT on every path between the regions, 1 % UDP loss"
@@ -235,7 +237,8 @@ for ((i = 0; ; i++)); do
   (( i < 120 )) || fail "after 60 s the controllers see $n_eu and $n_us of ${#AGENTS[@]} agents; see $LOGS/"
   sleep 0.5
 done
-ctl eu-west-1 agents | sed 's/^/    /'
+ok "each controller lists all ${#AGENTS[@]} agents (its own and, through federation, the peer's):"
+ctl eu-west-1 agents | awk 'NR > 1 { n = $4; sub(/^demo-/, "", n); printf "       %-5s %-10s %s\n", n, $2, $1 }' | sort
 
 # ---------------------------------------------------------------------------------------------
 # Jobs: JSON as in POST /api/v1/jobs, started with `controller job start` on the eu-west-1
@@ -243,23 +246,23 @@ ctl eu-west-1 agents | sed 's/^/    /'
 # other region. (Not within a region: an agent advertises one address per protocol — here the
 # emulator's — so a same-region probe would cross the emulated ocean too.)
 JOB_IDS=()
-start_job() { # NAME JSON: start a job on the eu-west-1 controller; remembers its id
-  local file=$DEMO_DIR/jobs/${1// /-}.json out
+start_job() { # NAME JSON: start a job on the eu-west-1 controller (spec in DIR/jobs/NAME.json)
+  local file=$DEMO_DIR/jobs/$1.json out
   printf '%s\n' "$2" > "$file"
   out=$(ctl eu-west-1 job start "$file" 2>&1) || fail "starting job $1 failed: $out"
   JOB_IDS+=("$(printf '%s\n' "$out" | awk -F'"' '$2 == "id" {print $4; exit}')")
-  ok "$(printf '%-30s id %s  %s' "$1" "${JOB_IDS[-1]}" "${file#"$DEMO_DIR"/}")"
+  ok "$(printf '%-24s id %s' "$1" "${JOB_IDS[-1]}")"
 }
 probe_job() { # SRC_REGION DST_REGION
   cat <<EOF
-{"name": "demo $1 to $2", "kind": "probe", "protocols": ["udp", "tcp", "quic", "https"],
+{"name": "$1->$2", "kind": "probe", "protocols": ["udp", "tcp", "quic", "https"],
  "sources": ["region=$1"], "targets": ["region=$2"], "strategy": "full",
  "interval_ms": 1000, "timeout_ms": 900, "packets": 10, "packet_interval_ms": 10}
 EOF
 }
-step "starting the probe jobs (udp, tcp, quic, https; every second)"
-start_job "probe eu-west-1 to us-east-1" "$(probe_job eu-west-1 us-east-1)"
-start_job "probe us-east-1 to eu-west-1" "$(probe_job us-east-1 eu-west-1)"
+step "starting the probe jobs: udp, tcp, quic, https every second (specs in $(show "$DEMO_DIR")/jobs/)"
+start_job eu-west-1-to-us-east-1 "$(probe_job eu-west-1 us-east-1)"
+start_job us-east-1-to-eu-west-1 "$(probe_job us-east-1 eu-west-1)"
 # Relay jobs ({"kind": "relay", ..., "relays": ["location=demo-eu-2"]}) go here, one start_job each.
 
 cat <<EOF
@@ -267,7 +270,7 @@ cat <<EOF
 ${B}Talk to the mesh from another terminal while it runs${N} (us-east-1.env for the other controller):
   . $(show "$DEMO_DIR")/eu-west-1.env
   $(show "$BIN/controller") agents          # also: job list, job show ID, matrix --by agent
-  curl -s --cacert \$MESHLAT_CA -H "Authorization: Bearer \$MESHLAT_CREDENTIAL" https://${REST[eu-west-1]}/api/v1/jobs
+  curl --cacert \$MESHLAT_CA -H "Authorization: Bearer \$MESHLAT_CREDENTIAL" \$DEMO_REST/api/v1/jobs
 EOF
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +287,7 @@ matrix() {
       j = 2
       for (k = 1; k <= nd; k++) {
         if ($j == "-") { j++; continue }
-        split($j, q, "/"); cell = sprintf("%5.1f/%-5.1f %5s", q[1], q[2], $(j + 1)); j += 2
+        split($j, q, "/"); cell = sprintf("%5.1f/%-5.1f %4s", q[1], q[2], $(j + 1)); j += 2
         s = ($1 in name) ? name[$1] : substr($1, 1, 8); d = (dst[k] in name) ? name[dst[k]] : substr(dst[k], 1, 8)
         pair = s " -> " d
         if (!(pair in seen)) { seen[pair] = 1; pairs[++np] = pair }
@@ -296,11 +299,11 @@ matrix() {
       for (i = 2; i <= np; i++) { p = pairs[i]; for (j = i - 1; j >= 1 && pairs[j] > p; j--) pairs[j + 1] = pairs[j]; pairs[j + 1] = p }
       n = split("udp quic https http tcp", order, " "); m = 0
       for (o = 1; o <= n; o++) if (order[o] in have) cols[++m] = order[o]
-      line = sprintf("    %-14s", "RTT ms"); for (o = 1; o <= m; o++) line = line sprintf("  %-18s", cols[o]); out(line)
-      line = sprintf("    %-14s", "");       for (o = 1; o <= m; o++) line = line sprintf("  %-18s", "  p50/p99    loss"); out(line)
+      line = sprintf("    %-12s", "RTT ms"); for (o = 1; o <= m; o++) line = line sprintf("  %-16s", "  " cols[o]); out(line)
+      line = sprintf("    %-12s", "");       for (o = 1; o <= m; o++) line = line sprintf("  %-16s", "  p50/p99   loss"); out(line)
       for (i = 1; i <= np; i++) {
-        line = sprintf("    %-14s", pairs[i])
-        for (o = 1; o <= m; o++) { x = ((cols[o], pairs[i]) in c) ? c[cols[o], pairs[i]] : "     -"; line = line sprintf("  %-18s", x) }
+        line = sprintf("    %-12s", pairs[i])
+        for (o = 1; o <= m; o++) { x = ((cols[o], pairs[i]) in c) ? c[cols[o], pairs[i]] : "    -"; line = line sprintf("  %-16s", x) }
         out(line)
       }
     }
@@ -334,13 +337,16 @@ while (( ! interrupted )); do
   if (( SECONDS >= next )); then
     next=$((SECONDS + refresh))
     block=$(say "${D}--- $(date +%H:%M:%S)  +${elapsed}s  records: $(records_by_region)${N}"; matrix || true)
-    if [[ -t 1 ]] && (( shown > 0 )); then
-      printf '\e[%dA\e[J' "$shown"   # on a terminal, redraw in place
+    # On a terminal wide and tall enough, redraw in place; otherwise append.
+    width=$(say "$block" | sed $'s/\e\\[[0-9;]*m//g' | awk '{ if (length > w) w = length } END { print w + 0 }')
+    lines=$(say "$block" | wc -l)
+    if [[ -t 1 ]] && (( shown > 0 && width < $(tput cols 2>/dev/null || echo 80) && lines < $(tput lines 2>/dev/null || echo 24) )); then
+      printf '\e[%dA\e[J' "$shown"
     else
       say
     fi
     say "$block"
-    shown=$(say "$block" | wc -l)
+    shown=$lines
   fi
   sleep 0.5 || true
   (( interrupted )) && break
@@ -360,14 +366,14 @@ ok "$records records in $files files ($(records_by_region)) under $(show "$DEMO_
 cat <<EOF
 
 ${B}The records are in the Hive layout Firehose writes to S3${N} (records/region=R/dt=YYYY-MM-DD/hour=HH/).
-Query them with the shipped Athena SQL, run locally on DuckDB (the first query sets up .venv-analytics):
-  ${AL} --data ${DD} ${Q}/latency_matrix_region.sql   # p50/p99, loss per region pair
-  ${AL} --data ${DD} ${Q}/latency_matrix_agent.sql    # the same per agent pair
+Query them with the shipped Athena SQL on DuckDB (region pairs, agent pairs, loss and jitter, https
+phases, 5-minute series; the first query sets up .venv-analytics):
+  ${AL} --data ${DD} ${Q}/latency_matrix_region.sql
+  ${AL} --data ${DD} ${Q}/latency_matrix_agent.sql
   ${AL} --data ${DD} ${Q}/loss_jitter.sql
-  ${AL} --data ${DD} ${Q}/http_phases.sql             # https phases per target
-  ${AL} --data ${DD} ${Q}/timeseries_region_pair.sql  # 5-minute buckets
+  ${AL} --data ${DD} ${Q}/http_phases.sql
+  ${AL} --data ${DD} ${Q}/timeseries_region_pair.sql
 One record:  find ${DD}/records -name '*.ndjson' | head -1 | xargs head -n 1
 Logs of every process: $(show "$LOGS")/
 EOF
-(( interrupted )) && exit 130
 exit 0
