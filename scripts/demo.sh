@@ -146,7 +146,7 @@ if [[ -n $(ls -A "$DEMO_DIR") && ! -e $DEMO_DIR/.meshlat-demo ]]; then
 fi
 find "$DEMO_DIR" -mindepth 1 -delete
 touch "$DEMO_DIR/.meshlat-demo"
-mkdir -p "$LOGS" "$DEMO_DIR/jobs" "$DEMO_DIR/agents"
+mkdir -p "$LOGS" "$DEMO_DIR/jobs" "$DEMO_DIR/agents" "$DEMO_DIR/records"
 
 # This run's loopback addresses: 127.A.B.x, so that two demos (or a demo and a test) do not meet.
 NET=127.$((100 + RANDOM % 120)).$((1 + RANDOM % 250))
@@ -176,6 +176,7 @@ for r in "${REGIONS[@]}"; do
   CA[$r]=$DEMO_DIR/ctl-$r/ca.pem
   ok "$(printf '%-10s grpc https://%-15s  rest https://%s' "$r" "${GRPC[$r]}" "${REST[$r]}")"
   # What `controller` client commands (and curl) need, for people in another terminal.
+  # shellcheck disable=SC2016  # the backquotes are text
   printf '# the %s controller, for `controller` client commands; DEMO_REST for curl\nexport MESHLAT_CONTROLLER=https://%s MESHLAT_CA=%s MESHLAT_CREDENTIAL=%s DEMO_REST=https://%s\n' "$r" \
     "${GRPC[$r]}" "${CA[$r]}" "${CRED[$r]}" "${REST[$r]}" > "$DEMO_DIR/$r.env"
 done

@@ -16,8 +16,9 @@ cd "$(dirname "$0")/.."
 secs=${1:-20}
 delay_ms=35
 dir=$(mktemp -d "${TMPDIR:-/tmp}/meshlat-test-demo.XXXXXX")
-keep=0
+keep=0   # set by fail(): keep the demo's output and logs for a look
 trap '(( keep )) || rm -rf "$dir"' EXIT
+# shellcheck disable=SC2034  # keep is read in the EXIT trap
 fail() { echo "test_demo: FAIL: $*" >&2; keep=1; echo "test_demo: demo output and logs kept in $dir" >&2; exit 1; }
 
 scripts/demo.sh --help | grep -q -- '--duration' || fail "demo --help lacks --duration"
