@@ -3,7 +3,8 @@
 #   scripts/test.sh            # everything (what CI runs)
 #   scripts/test.sh --quick    # skip the slower accuracy and benchmark-harness stages
 # analytics: shipped Athena SQL through scripts/athena-local on synthetic records, schema checks
-# (.venv-analytics); infra-lint: cfn-lint and checkov on infra/cloudformation (.venv-cfn, .venv-checkov);
+# (.venv-analytics); demo: scripts/test_demo.sh runs scripts/demo.sh bounded;
+# infra-lint: cfn-lint and checkov on infra/cloudformation (.venv-cfn, .venv-checkov);
 # infra-invariants: scripts/test_infra.py (.venv-infra); deploy-dry-run: scripts/test_deploy.sh (no AWS);
 # images: scripts/images.sh --debug test (podman, buildah; hadolint runs in infra-lint).
 # Each stage is timed; a summary is printed at the end; exit status is non-zero if any stage failed.
@@ -37,6 +38,10 @@ run_stage build cargo build --workspace --bins --locked
 run_stage test cargo test --workspace --locked --no-fail-fast
 run_stage doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 run_stage analytics scripts/test_analytics.py
+# The README's first command, bounded: scripts/demo.sh -d 20 (two federated controllers, four
+# agents, the link emulator); checks records of both regions in the Hive layout, cross-region RTT
+# against the emulated delay, the printed athena-local command, a clean stop. ~30 s.
+run_stage demo scripts/test_demo.sh
 run_stage infra-lint scripts/lint-infra.sh
 run_stage infra-invariants scripts/test_infra.py
 run_stage deploy-dry-run scripts/test_deploy.sh

@@ -382,6 +382,15 @@ pub struct RunArgs {
     /// Address other agents should probe (default: detected; on ECS the task IP).
     #[arg(long, env = "MESHLAT_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Advertise HOST:PORT instead for one protocol (udp, tcp, quic, http, https), e.g. behind
+    /// NAT, a load balancer or a link emulator; repeatable.
+    #[arg(
+        long = "advertise-endpoint",
+        env = "MESHLAT_ADVERTISE_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "PROTO=HOST:PORT"
+    )]
+    pub advertise_endpoints: Vec<String>,
     /// Directory keeping this agent's id across restarts.
     #[arg(
         long,

@@ -59,6 +59,14 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A bad `--advertise-endpoint`.
+    #[error("--advertise-endpoint {value:?}: {reason}")]
+    AdvertiseEndpoint {
+        /// Given value.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A label contains characters that would break the record layout.
     #[error("{flag} {value:?}: {reason}")]
     Label {
@@ -519,6 +527,8 @@ pub struct RunConfig {
     pub token: meshlat_proto::token::JoinToken,
     /// Advertised host (`None`: detect).
     pub advertise: Option<String>,
+    /// Per-protocol advertised addresses replacing the host's (`--advertise-endpoint`).
+    pub advertise_endpoints: Vec<crate::control::advertise::AdvertiseEndpoint>,
     /// Directory of the agent-id file.
     pub state_dir: PathBuf,
     /// Identity labels (the id comes from the controller); region/AZ may still be filled from ECS.
@@ -596,12 +606,15 @@ impl RunConfig {
                 },
             })?;
         let region_flag = a.identity.region.clone().or_else(|| env("AWS_REGION"));
+        let responders = responder_config(&a.responders)?;
+        let advertise_endpoints = advertise_endpoints(&a.advertise_endpoints, &responders)?;
         Ok(RunConfig {
             controller_host: host.to_string(),
             controller_port: port,
             controller_tls: tls,
             token,
             advertise: label("--advertise", a.advertise.clone())?,
+            advertise_endpoints,
             state_dir: a.state_dir.clone(),
             identity: AgentIdentity {
                 agent_id: None,
@@ -609,13 +622,43 @@ impl RunConfig {
                 az: label("--az", a.identity.az.clone())?,
                 location: label("--location", a.identity.location.clone())?,
             },
-            responders: responder_config(&a.responders)?,
+            responders,
             file: file_sink(&a.sinks)?,
             firehose: firehose_sink(&a.sinks.firehose)?,
             ecs_metadata_uri: env("ECS_CONTAINER_METADATA_URI_V4").filter(|s| !s.is_empty()),
             common: (&a.common).into(),
         })
     }
+}
+
+/// Parses and checks `--advertise-endpoint` values against the responders that will run.
+fn advertise_endpoints(
+    values: &[String],
+    r: &ResponderConfig,
+) -> Result<Vec<crate::control::advertise::AdvertiseEndpoint>, ConfigError> {
+    use crate::control::advertise::{AdvertiseEndpoint, validate};
+    use meshlat_proto::pb::Protocol;
+    let list = values
+        .iter()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            v.parse::<AdvertiseEndpoint>()
+                .map_err(|reason| ConfigError::AdvertiseEndpoint {
+                    value: v.trim().to_string(),
+                    reason,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    validate(&list, |p| match p {
+        Protocol::Udp => r.udp_port.is_some(),
+        Protocol::Tcp => r.tcp_port.is_some(),
+        Protocol::Quic => r.quic_port.is_some(),
+        Protocol::Http => r.http_port.is_some(),
+        Protocol::Https => r.https_port.is_some(),
+        Protocol::Unspecified => false,
+    })
+    .map_err(|(value, reason)| ConfigError::AdvertiseEndpoint { value, reason })?;
+    Ok(list)
 }
 
 /// Validates responder flags (shared by `serve` and `run`).
@@ -893,5 +936,72 @@ mod tests {
                 .to_string()
                 .contains("at least 8")
         );
+    }
+
+    const TOKEN: &str = "mlt1.0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.0123456789abcdef0123456789abcdef";
+
+    fn run(args: &[&str]) -> Result<RunConfig, String> {
+        let mut argv = vec![
+            "agent",
+            "--controller",
+            "https://127.0.0.1:7400",
+            "--token",
+            TOKEN,
+        ];
+        argv.extend_from_slice(args);
+        let cli = cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        RunConfig::from_args(&cli.run, |_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn advertise_endpoint_flags_are_parsed_and_validated() {
+        let c = run(&[
+            "--advertise-endpoint",
+            "udp=127.9.0.1:27710",
+            "--advertise-endpoint",
+            "https=lb.example.com:443,tcp=[::1]:27711",
+        ])
+        .expect("valid");
+        let got: Vec<(meshlat_proto::pb::Protocol, &str)> = c
+            .advertise_endpoints
+            .iter()
+            .map(|e| (e.protocol, e.address.as_str()))
+            .collect();
+        use meshlat_proto::pb::Protocol;
+        assert_eq!(
+            got,
+            vec![
+                (Protocol::Udp, "127.9.0.1:27710"),
+                (Protocol::Https, "lb.example.com:443"),
+                (Protocol::Tcp, "[::1]:27711"),
+            ]
+        );
+        assert!(run(&[]).expect("valid").advertise_endpoints.is_empty());
+        for (args, want) in [
+            (
+                &["--advertise-endpoint", "udp:1.2.3.4:5"][..],
+                "--advertise-endpoint \"udp:1.2.3.4:5\": expected PROTO=HOST:PORT",
+            ),
+            (
+                &["--advertise-endpoint", "sctp=1.2.3.4:5"][..],
+                "unknown protocol \"sctp\"",
+            ),
+            (
+                &["--advertise-endpoint", "udp=1.2.3.4:5,udp=1.2.3.4:6"][..],
+                "udp is given more than once",
+            ),
+            (
+                &[
+                    "--quic-port",
+                    "off",
+                    "--advertise-endpoint",
+                    "quic=1.2.3.4:5",
+                ][..],
+                "the quic responder is off",
+            ),
+        ] {
+            let e = run(args).expect_err(want);
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
     }
 }

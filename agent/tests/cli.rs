@@ -330,3 +330,34 @@ fn https_with_private_ca_via_flag_and_clear_tls_failure_without() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn bad_advertise_endpoint_exits_2_naming_it() {
+    let token = "mlt1.0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.0123456789abcdef0123456789abcdef";
+    for (flag, env, want) in [
+        (
+            Some("udp=10.0.0.7"),
+            None,
+            "--advertise-endpoint \"udp=10.0.0.7\"",
+        ),
+        (
+            None,
+            Some("udp=10.0.0.7:7710,udp=10.0.0.8:7710"),
+            "udp is given more than once",
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(agent_bin());
+        cmd.args(["--controller", "https://127.0.0.1:9", "--token", token]);
+        cmd.args(["--state-dir", "/nonexistent/state"]);
+        if let Some(f) = flag {
+            cmd.args(["--advertise-endpoint", f]);
+        }
+        if let Some(e) = env {
+            cmd.env("MESHLAT_ADVERTISE_ENDPOINTS", e);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag:?} {env:?}: {err}");
+        assert!(err.contains(want), "stderr {err:?} lacks {want:?}");
+    }
+}

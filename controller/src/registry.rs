@@ -595,12 +595,20 @@ impl Registry {
                 "must be one of udp, tcp, quic, http, https",
             ));
         }
-        let regions: BTreeMap<String, String> = self
-            .lock()
-            .agents
-            .iter()
-            .filter_map(|(id, e)| Some((id.clone(), e.stored.info.as_ref()?.region.clone())))
-            .collect();
+        // Our agents and the peers' (targets in other regions are named by their directories).
+        let regions: BTreeMap<String, String> = {
+            let inner = self.lock();
+            let peers = inner
+                .peers
+                .values()
+                .flat_map(|(dir, _)| dir.directory.iter())
+                .filter_map(|a| a.info.as_ref());
+            let own = inner.agents.values().filter_map(|e| e.stored.info.as_ref());
+            peers
+                .chain(own)
+                .map(|i| (i.id.clone(), i.region.clone()))
+                .collect()
+        };
         let cells = self
             .live
             .cells(Instant::now(), |id| regions.get(id).cloned());

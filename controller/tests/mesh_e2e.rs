@@ -968,6 +968,15 @@ async fn federated_jobs_cross_regions_and_survive_a_peer_going_down() -> Result<
             .then_some(())
     })
     .await?;
+    // A's region matrix names the peer's region for its agent (from B's directory).
+    eventually("A's region matrix has the a -> b cell", 30, || async {
+        let (st, m) = ctl_a
+            .rest("GET", "/api/v1/matrix?by=region", "", None)
+            .await
+            .ok()?;
+        (st == 200 && has_cell(&m, "a", "b")).then_some(())
+    })
+    .await?;
     assert!(
         dsts(&a1, &j2).is_empty(),
         "a1 is no source of the region-b job"

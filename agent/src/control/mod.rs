@@ -5,12 +5,14 @@
 //! - [`session`]: the session task: connect, Hello, job sets into the scheduler, acks,
 //!   heartbeats, reconnects.
 //! - [`failstatic`]: the control mode (`connected`, `static`, `degraded`) and the lease.
+//! - [`advertise`]: the advertised responder endpoints (`--advertise-endpoint`).
 //! - [`backoff`]: jittered exponential backoff.
 //! - [`convert`]: controller assignments into scheduler jobs.
 //! - [`pin`]: TLS pinned by the join token, and the gRPC channel.
 //! - [`ecs`]: region, AZ and address on ECS from the task metadata endpoint.
 //! - [`run`]: [`run::RunApp`], `bind` + `run` for the whole agent.
 
+pub mod advertise;
 pub mod backoff;
 pub mod convert;
 pub mod ecs;

@@ -5,7 +5,8 @@
 //! controller and measures what it assigns until shutdown.
 //!
 //! Advertised host: `--advertise`, else the ECS task IP, else the responders' listen address if
-//! specific, else the local address the kernel picks to reach the controller.
+//! specific, else the local address the kernel picks to reach the controller;
+//! `--advertise-endpoint PROTO=HOST:PORT` replaces it for one protocol ([`super::advertise`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use meshlat_proto::record::ControlMode;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::advertise::endpoints;
 use super::backoff::Backoff;
 use super::session::{self, ControlConfig, Outputs};
 use crate::app::{SHUTDOWN_GRACE, ServeApp, StartError};
@@ -41,33 +43,6 @@ pub struct RunApp {
 /// The capability of an agent whose UDP reflector relays (`--relay`); the controller sends the
 /// mesh grant key only to agents announcing it.
 pub const RELAY_CAPABILITY: &str = "relay-udp";
-
-fn host_port(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
-/// Advertised endpoints for bound responders.
-pub fn endpoints(addrs: &ResponderAddrs, host: &str) -> Vec<pb::ResponderEndpoint> {
-    [
-        (pb::Protocol::Udp, addrs.udp),
-        (pb::Protocol::Tcp, addrs.tcp),
-        (pb::Protocol::Quic, addrs.quic),
-        (pb::Protocol::Http, addrs.http),
-        (pb::Protocol::Https, addrs.https),
-    ]
-    .into_iter()
-    .filter_map(|(p, a)| {
-        a.map(|a| pb::ResponderEndpoint {
-            protocol: p as i32,
-            address: host_port(host, a.port()),
-        })
-    })
-    .collect()
-}
 
 async fn detect_local_ip(host: &str, port: u16) -> Option<IpAddr> {
     let target = tokio::net::lookup_host((host, port)).await.ok()?.next()?;
@@ -119,7 +94,18 @@ impl RunApp {
                 .await
                 .map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string()),
         };
-        let endpoints = endpoints(&serve.addrs(), &advertise);
+        let endpoints = endpoints(&serve.addrs(), &advertise, &cfg.advertise_endpoints);
+        let advertised: Vec<String> = endpoints
+            .iter()
+            .filter_map(|e| {
+                let p = pb::Protocol::try_from(e.protocol).ok()?;
+                Some(format!(
+                    "{}={}",
+                    super::advertise::protocol_name(p),
+                    e.address
+                ))
+            })
+            .collect();
         let mut capabilities: Vec<String> = endpoints
             .iter()
             .filter_map(|e| pb::Protocol::try_from(e.protocol).ok())
@@ -169,7 +155,13 @@ impl RunApp {
             Some(f) => Some(FirehoseSink::start(f.clone()).await?),
             None => None,
         };
-        tracing::info!(message = "Agent ready.", region = %identity.region, az = ?identity.az, advertise = %advertise);
+        tracing::info!(
+            message = "Agent ready.",
+            region = %identity.region,
+            az = ?identity.az,
+            advertise = %advertise,
+            endpoints = %advertised.join(","),
+        );
         Ok(RunApp {
             cfg,
             serve,
