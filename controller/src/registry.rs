@@ -20,7 +20,7 @@
 //! every session that came or went meanwhile. Small meshes see no difference; a storm of 10,000
 //! reconnecting agents costs a bounded share of the time instead of 10,000 recomputations of a
 //! 10,000-agent mesh. New sessions are welcomed at once either way. Recomputations quicker than
-//! [`DEFER_ABOVE`] are never deferred.
+//! [`DEFER_ABOVE`], or with fewer than [`DEFER_MIN_AGENTS`] agents, are never deferred.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,6 +39,9 @@ use crate::store::{StateStore, StoreError};
 pub const RECOMPUTE_SPACING: u32 = 5;
 /// Recomputations quicker than this are never deferred.
 pub const DEFER_ABOVE: Duration = Duration::from_millis(10);
+/// Nor are they with fewer agents than this, so a small mesh never waits on a busy machine's
+/// noisy timing.
+pub const DEFER_MIN_AGENTS: usize = 500;
 
 /// A domain failure; [`crate::grpc::status`] and [`crate::rest`] map it to their status codes.
 #[derive(Debug, thiserror::Error)]
@@ -708,11 +711,13 @@ impl Registry {
     }
 
     /// Saves the agent directory and recomputes after session churn, unless the last
-    /// recomputation was too recent for its cost ([`RECOMPUTE_SPACING`], [`DEFER_ABOVE`]).
+    /// recomputation was too recent for its cost ([`RECOMPUTE_SPACING`], [`DEFER_ABOVE`],
+    /// [`DEFER_MIN_AGENTS`]).
     fn settle(&self, inner: &mut Inner) {
         let (at, cost) = inner.recomputed;
         let now = Instant::now();
-        if cost >= DEFER_ABOVE && now < at + cost * RECOMPUTE_SPACING {
+        let costly = cost >= DEFER_ABOVE && inner.agents.len() >= DEFER_MIN_AGENTS;
+        if costly && now < at + cost * RECOMPUTE_SPACING {
             return;
         }
         if inner.unsaved {
