@@ -22,6 +22,8 @@ use crate::store::{FileStore, StoreError};
 
 /// How often agent liveness is re-evaluated.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often session churn deferred by the registry is scheduled ([`Registry::flush`]).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// How long connections get to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Relay grants are valid one to two of these (and never less than the lease).
@@ -209,10 +211,12 @@ impl Controller {
         let sweep_stop = shutdown.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            let mut flush = tokio::time::interval(FLUSH_INTERVAL);
             loop {
                 tokio::select! {
                     () = sweep_stop.cancelled() => return,
                     _ = tick.tick() => registry.sweep(),
+                    _ = flush.tick() => registry.flush(),
                 }
             }
         });

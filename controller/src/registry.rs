@@ -10,6 +10,17 @@
 //! [`RegistryConfig::agent_ttl`] after it was last heard from. Agents loaded from the state store
 //! count as heard from at start-up, so a restarted controller keeps every pair of the agents
 //! that reconnect within the TTL instead of churning job sets while they come back one by one.
+//!
+//! # Session churn at scale
+//!
+//! A job change recomputes at once. Sessions coming and going recompute (and save the agent
+//! directory) at once too, unless recomputing has lately been costly: then the next one waits
+//! until [`RECOMPUTE_SPACING`] times the last recomputation's duration has passed since it
+//! started, and [`Registry::flush`] (called every [`crate::app::FLUSH_INTERVAL`]) does it for
+//! every session that came or went meanwhile. Small meshes see no difference; a storm of 10,000
+//! reconnecting agents costs a bounded share of the time instead of 10,000 recomputations of a
+//! 10,000-agent mesh. New sessions are welcomed at once either way. Recomputations quicker than
+//! [`DEFER_ABOVE`], or with fewer than [`DEFER_MIN_AGENTS`] agents, are never deferred.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,6 +34,15 @@ use crate::keys::MeshKeys;
 use crate::live::{self, By, Live, SUMMARY_TTL};
 use crate::schedule::{self, AgentView};
 use crate::store::{StateStore, StoreError};
+
+/// After session churn, the next recomputation starts no sooner than this many times the last
+/// one's duration after it (recomputing takes at most about a fifth of the time).
+pub const RECOMPUTE_SPACING: u32 = 5;
+/// Recomputations quicker than this are never deferred.
+pub const DEFER_ABOVE: Duration = Duration::from_millis(10);
+/// Nor are they with fewer agents than this, so a small mesh never waits on a busy machine's
+/// noisy timing.
+pub const DEFER_MIN_AGENTS: usize = 500;
 
 /// A domain failure; [`crate::grpc::status`] and [`crate::rest`] map it to their status codes.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +102,14 @@ pub struct RegistryConfig {
     pub grant_epoch: Duration,
 }
 
+impl RegistryConfig {
+    /// Expiry of the relay grants issued now ([`crate::keys::grant_expiry`]).
+    fn grant_expiry_now(&self) -> u64 {
+        let epoch = self.grant_epoch.max(self.lease).as_secs();
+        crate::keys::grant_expiry(unix_ms().max(0) as u64 / 1000, epoch)
+    }
+}
+
 /// What a connecting agent gets.
 #[derive(Debug)]
 pub struct Session {
@@ -98,7 +126,6 @@ struct AgentEntry {
     stored: pb::StoredAgent,
     session: Option<(u64, watch::Sender<Arc<pb::JobSet>>)>,
     last_heard: Instant,
-    assignments: Vec<pb::Assignment>,
     generation: u64,
     acked: u64,
 }
@@ -111,6 +138,14 @@ struct Inner {
     peers: BTreeMap<String, (pb::Directory, Instant)>,
     next_generation: u64,
     next_session: u64,
+    /// Sessions came or went since the last recomputation.
+    pending: bool,
+    /// The agent directory changed since it was last saved.
+    unsaved: bool,
+    /// When the last recomputation started (its `now`) and how long it took.
+    recomputed: (Instant, Duration),
+    /// Expiry of the relay grants the last recomputation issued; a new grant epoch recomputes.
+    grants_expire: u64,
 }
 
 /// Jobs, agents and sessions.
@@ -157,7 +192,6 @@ impl Registry {
                         stored: a,
                         session: None,
                         last_heard: now,
-                        assignments: Vec::new(),
                         generation: 0,
                         acked: 0,
                     },
@@ -172,6 +206,10 @@ impl Registry {
             peers: BTreeMap::new(),
             next_generation,
             next_session: 1,
+            pending: false,
+            unsaved: false,
+            recomputed: (now, Duration::ZERO),
+            grants_expire: 0,
         };
         let r = Registry {
             cfg,
@@ -516,7 +554,6 @@ impl Registry {
                 e.stored = stored;
                 e.last_heard = now;
                 // Force a push on the new session.
-                e.assignments.clear();
                 e.generation = 0;
                 e.session.replace((session, tx)).is_some()
             }
@@ -527,7 +564,6 @@ impl Registry {
                         stored,
                         session: Some((session, tx)),
                         last_heard: now,
-                        assignments: Vec::new(),
                         generation: 0,
                         acked: 0,
                     },
@@ -535,9 +571,10 @@ impl Registry {
                 false
             }
         };
-        self.save_agents(&inner)?;
         tracing::info!(message = "Agent connected.", agent = %id, session, replaced);
-        inner.recompute(&self.cfg, now);
+        inner.pending = true;
+        inner.unsaved = true;
+        self.settle(&mut inner);
         self.changed();
         Ok(Session {
             agent_id: id,
@@ -650,17 +687,20 @@ impl Registry {
             i.last_seen_unix_ms = unix_ms();
         }
         tracing::info!(message = "Agent disconnected.", agent = %agent_id, session);
-        if let Err(error) = self.save_agents(&inner) {
-            tracing::error!(message = "Cannot save agents.", %error);
-        }
-        inner.recompute(&self.cfg, Instant::now());
+        inner.pending = true;
+        inner.unsaved = true;
+        self.settle(&mut inner);
         self.changed();
     }
 
     /// Re-evaluates liveness (agents whose TTL ran out stop being scheduled). Call periodically.
+    ///
+    /// Recomputes only if a peer directory or a disconnected agent's TTL ran out since the last
+    /// recomputation (or session churn is pending), not on every call.
     pub fn sweep(&self) {
         let mut inner = self.lock();
         let now = Instant::now();
+        let peers = inner.peers.len();
         inner.peers.retain(|region, (_, expires)| {
             let keep = *expires > now;
             if !keep {
@@ -668,7 +708,47 @@ impl Registry {
             }
             keep
         });
-        inner.recompute(&self.cfg, now);
+        let since = inner.recomputed.0;
+        let ttl = self.cfg.agent_ttl;
+        let expired = inner.peers.len() != peers
+            || inner.agents.values().any(|e| {
+                let until = e.last_heard + ttl;
+                e.session.is_none() && since < until && until <= now
+            });
+        // Relay grants are reissued when a new grant epoch starts.
+        let new_epoch = self.cfg.grant_expiry_now() != inner.grants_expire;
+        if expired || new_epoch {
+            inner.recompute(&self.cfg, now);
+        }
+        self.settle(&mut inner);
+    }
+
+    /// Saves and recomputes what session churn deferred (see the module doc). Call every
+    /// [`crate::app::FLUSH_INTERVAL`].
+    pub fn flush(&self) {
+        let mut inner = self.lock();
+        self.settle(&mut inner);
+    }
+
+    /// Saves the agent directory and recomputes after session churn, unless the last
+    /// recomputation was too recent for its cost ([`RECOMPUTE_SPACING`], [`DEFER_ABOVE`],
+    /// [`DEFER_MIN_AGENTS`]).
+    fn settle(&self, inner: &mut Inner) {
+        let (at, cost) = inner.recomputed;
+        let now = Instant::now();
+        let costly = cost >= DEFER_ABOVE && inner.agents.len() >= DEFER_MIN_AGENTS;
+        if costly && now < at + cost * RECOMPUTE_SPACING {
+            return;
+        }
+        if inner.unsaved {
+            inner.unsaved = false;
+            if let Err(error) = self.save_agents(inner) {
+                tracing::error!(message = "Cannot save agents.", %error);
+            }
+        }
+        if inner.pending {
+            inner.recompute(&self.cfg, now);
+        }
     }
 
     /// The generation an agent last acknowledged (tests and diagnostics).
@@ -752,10 +832,9 @@ impl Inner {
         let views = self.views(cfg, now);
         let jobs = self.all_jobs(now);
         // Only local agents get job sets: a controller schedules only its own agents.
-        let epoch = cfg.grant_epoch.max(cfg.lease).as_secs();
         let signing = schedule::Signing {
             keys: &cfg.keys,
-            expires_unix: crate::keys::grant_expiry(unix_ms().max(0) as u64 / 1000, epoch),
+            expires_unix: cfg.grant_expiry_now(),
         };
         let mut plan = schedule::compute(&jobs, &views, cfg.max_full_mesh, &signing);
         let lease_ms = cfg.lease.as_millis() as u64;
@@ -764,12 +843,12 @@ impl Inner {
         for (id, e) in &mut self.agents {
             let Some((_, tx)) = &e.session else { continue };
             let want = plan.remove(id).unwrap_or_default();
-            if e.generation != 0 && want == e.assignments {
+            // The set last pushed is the watch's value: compared there, moved in, never copied.
+            if e.generation != 0 && want == tx.borrow().assignments {
                 continue;
             }
             self.next_generation += 1;
             e.generation = self.next_generation;
-            e.assignments = want;
             let relay = e
                 .stored
                 .capabilities
@@ -778,7 +857,7 @@ impl Inner {
             let set = pb::JobSet {
                 generation: e.generation,
                 lease_ms,
-                assignments: e.assignments.clone(),
+                assignments: want,
                 accept_keys: accept_keys.clone(),
                 grant_keys: if relay {
                     grant_keys.clone()
@@ -790,6 +869,9 @@ impl Inner {
             // No receiver means the session is ending; its disconnect cleans up.
             let _ = tx.send(Arc::new(set));
         }
+        self.pending = false;
+        self.recomputed = (now, now.elapsed());
+        self.grants_expire = signing.expires_unix;
     }
 }
 

@@ -14,6 +14,13 @@ reports the median of the rounds. Targets (from the foundation issue):
                drops and CPU, not from the sent/received ratio alone)
   rss_100      `agent serve` + `agent probe` with 100 UDP targets, one 10-packet train per second
                each: RSS <= 30 MiB
+  control_scale one controller, 10,000 simulated agent sessions (controller example
+               `simagents`: the real AgentService.Connect protocol over TLS with the join token,
+               one connection per agent) in 30 regions, a per-region and a k-random (k = 32) job:
+               controller RSS <= 1 GiB while the sessions are up; operator UpdateJob call to the
+               last agent's ack <= 2 s; and (example `pinglist_bench`, the real
+               schedule::compute) pinglists for 10,000 agents in 30 regions in <= 1 s per
+               strategy. One run (a 10,000-session run is long; not alternated with anything).
 
 --smoke runs each once, briefly, on debug binaries, and only checks that every number was
 produced (targets are not judged on debug builds).
@@ -22,6 +29,8 @@ import argparse
 import json
 import os
 import re
+import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -260,6 +269,80 @@ class Bench:
                 "records": lines, "records_ok": ok_recs, "records_per_s": lines / secs,
                 "targets": {"RSS <= 30 MiB": mib <= 30, "~100 trains/s kept up": lines >= 0.9 * 100 * (secs - 1)}}
 
+    # --- control plane at scale ----------------------------------------------------------------
+    def control_scale(self):
+        smoke = self.rounds == 1
+        agents = 200 if smoke else 10_000
+        regions, k = 30, 32
+        out = subprocess.run([os.path.join(self.ex, "pinglist_bench"), "--agents", str(agents), "--regions",
+                              str(regions), "--k", str(k), "--rounds", "1" if smoke else "3"],
+                             capture_output=True, text=True, check=True)
+        pl = json.loads(out.stdout)
+
+        def raise_nofile():
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < agents + 1000:
+            raise RuntimeError(f"control_scale: the hard open-files limit ({hard}) is below {agents + 1000}")
+        data = os.path.join(ROOT, "target", "bench", "scale-controller")
+        shutil.rmtree(data, ignore_errors=True)
+        os.makedirs(data)
+        # stdout to a file: the announcements are read from it and nothing blocks on a pipe.
+        ann_path = os.path.join(data, "announce.txt")
+        with open(ann_path, "w") as ann:
+            ctl = subprocess.Popen([os.path.join(self.bin, "controller"), "serve", "--region", "r00",
+                                    "--listen", "127.0.0.1:0", "--rest-listen", "127.0.0.1:0",
+                                    "--data-dir", os.path.join(data, "state")],
+                                   stdout=ann, stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
+        self.procs.append(ctl)
+        grpc = token = cred = None
+        deadline = time.time() + 30
+        while not (grpc and token and cred):
+            if time.time() > deadline or ctl.poll() is not None:
+                raise RuntimeError("control_scale: the controller did not announce itself")
+            time.sleep(0.1)
+            with open(ann_path) as f:
+                for line in f:
+                    w = line.split()
+                    if w[:2] == ["listening", "grpc"]:
+                        grpc = w[2]
+                    elif w[:1] == ["join-token"]:
+                        token = w[1]
+                    elif w[:1] == ["operator-credential"]:
+                        cred = w[1]
+        env = dict(os.environ, MESHLAT_TOKEN=token, MESHLAT_CREDENTIAL=cred)
+        sim = subprocess.run([os.path.join(self.ex, "simagents"), "--controller", grpc, "--agents", str(agents),
+                              "--regions", str(regions), "--k", str(k), "--controller-pid", str(ctl.pid),
+                              "--hold", "1" if smoke else "6"],
+                             capture_output=True, text=True, env=env, preexec_fn=raise_nofile)
+        self.stop(ctl)
+        try:
+            r = json.loads(sim.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            raise RuntimeError(f"control_scale: simagents failed: {sim.stderr[-2000:]}")
+        if sim.returncode != 0 or r.get("error"):
+            raise RuntimeError(f"control_scale: simagents: {r.get('error')} (first session error: "
+                               f"{r.get('first_error')}); {sim.stderr[-1000:]}")
+        rss = r["controller_rss_peak_mib"]
+        return {"agents": agents, "regions": regions, "k": k,
+                "sessions_up": r["sessions_up"], "session_errors": r["session_errors"],
+                "connections": r["connections"],
+                "connect_all_s": r["connect_all_s"], "initial_assign_all_s": r["initial_assign_all_s"],
+                "update_call_s": r["update_call_s"], "update_to_last_ack_s": r["update_to_last_ack_s"],
+                "controller_rss_peak_mib": rss, "controller_rss_sessions_up_mib": r["controller_rss_sessions_up_mib"],
+                "pinglist_per_region_s": pl["per_region_s"], "pinglist_per_region_pairs": pl["per_region_pairs"],
+                "pinglist_k_random_s": pl["k_random_s"], "pinglist_k_random_pairs": pl["k_random_pairs"],
+                "pinglist_both_s": pl["both_s"],
+                "targets": {
+                    f"{agents} sessions up": r["sessions_up"] == agents and r["session_errors"] == 0,
+                    "RSS <= 1 GiB": rss <= 1024,
+                    "update -> last ack <= 2 s": r["update_to_last_ack_s"] <= 2.0,
+                    "per-region <= 1 s": pl["per_region_s"] <= 1.0,
+                    "k-random <= 1 s": pl["k_random_s"] <= 1.0,
+                }}
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,7 +354,7 @@ def main():
     results = {}
     failed = False
     try:
-        for name in ["udp_rtt", "irtt_1ms", "reflector", "rss_100"]:
+        for name in ["udp_rtt", "irtt_1ms", "reflector", "rss_100", "control_scale"]:
             if a.only and name not in a.only:
                 continue
             t0 = time.time()

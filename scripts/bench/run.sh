@@ -9,9 +9,9 @@ scripts/setup.sh --check >/dev/null || { echo "bench: missing tools; run scripts
 profile=release
 [[ "${1:-}" == "--smoke" ]] && profile=debug
 if [[ $profile == release ]]; then
-  cargo build --release --locked -p meshlat-agent --bins --examples
+  cargo build --release --locked -p meshlat-agent -p meshlat-controller --bins --examples
 else
-  cargo build --locked -p meshlat-agent --bins --examples
+  cargo build --locked -p meshlat-agent -p meshlat-controller --bins --examples
 fi
 status=0
 python3 scripts/bench/bench.py --profile "$profile" "$@" || status=1
