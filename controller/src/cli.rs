@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 const EXAMPLES: &str = "\
 Examples:
   controller --region eu-west-1 --data-dir /var/lib/meshlat      # serve (prints the join token once)
+  controller --region eu-west-1 --state-bucket meshlat-state-x    # also keep CA and state in S3
   agent --controller https://ctl:7400 --token mlt1.<ca>.<secret>  # join an agent
   export MESHLAT_CONTROLLER=https://ctl:7400 MESHLAT_CREDENTIAL=op-1234:secret MESHLAT_CA=/var/lib/meshlat/ca.pem
   controller job start job.json        # or '-' for stdin; JSON as in POST /api/v1/jobs
@@ -228,6 +229,20 @@ pub struct ServeArgs {
         value_name = "SECONDS"
     )]
     pub peer_ttl: f64,
+    /// S3 bucket for the state store: the data directory (CA key included), jobs and agent ids
+    /// are kept under --state-prefix and restored from it on start, so a controller on an empty
+    /// disk (a replaced Fargate task) keeps its CA and join token. Without it: the data dir only.
+    #[arg(long, env = "MESHLAT_STATE_BUCKET", value_name = "BUCKET")]
+    pub state_bucket: Option<String>,
+    /// Key prefix in --state-bucket, one per controller (default controller-state/<region>).
+    #[arg(long, env = "MESHLAT_STATE_PREFIX", value_name = "PREFIX")]
+    pub state_prefix: Option<String>,
+    /// AWS region of --state-bucket (default: AWS_REGION or the profile's region).
+    #[arg(long, env = "MESHLAT_STATE_REGION", value_name = "REGION")]
+    pub state_region: Option<String>,
+    /// S3 endpoint URL instead of AWS's (an emulator such as moto, or a VPC endpoint).
+    #[arg(long, env = "MESHLAT_STATE_ENDPOINT", value_name = "URL")]
+    pub state_endpoint: Option<String>,
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
