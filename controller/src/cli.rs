@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller for one region (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Start, list, show, update or stop jobs.
     Job {
         /// What to do.

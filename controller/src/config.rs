@@ -157,14 +157,14 @@ fn state_store(a: &ServeArgs, region: &str) -> Result<Option<StateStoreConfig>, 
         });
     }
     let state_region = nonempty(&a.state_region).map(str::to_string);
-    if let Some(r) = &state_region {
-        if !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(ConfigError::Invalid {
-                flag: "--state-region",
-                value: r.clone(),
-                reason: "not an AWS region name",
-            });
-        }
+    if let Some(r) = &state_region
+        && !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(ConfigError::Invalid {
+            flag: "--state-region",
+            value: r.clone(),
+            reason: "not an AWS region name",
+        });
     }
     let endpoint = nonempty(&a.state_endpoint).map(|e| e.trim_end_matches('/').to_string());
     if let Some(e) = &endpoint {

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(1, e),
             };
         }
-        Some(Command::Serve(a)) => a,
+        Some(Command::Serve(a)) => *a,
         None => cli.serve,
     };
     let cfg = match ServeConfig::from_args(&serve) {
