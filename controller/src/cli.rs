@@ -234,7 +234,7 @@ pub struct ServeArgs {
     /// disk (a replaced Fargate task) keeps its CA and join token. Without it: the data dir only.
     #[arg(long, env = "MESHLAT_STATE_BUCKET", value_name = "BUCKET")]
     pub state_bucket: Option<String>,
-    /// Key prefix in --state-bucket, one per controller (default controller-state/<region>).
+    /// Key prefix in --state-bucket, one per controller (default controller-state/REGION).
     #[arg(long, env = "MESHLAT_STATE_PREFIX", value_name = "PREFIX")]
     pub state_prefix: Option<String>,
     /// AWS region of --state-bucket (default: AWS_REGION or the profile's region).
