@@ -48,6 +48,30 @@ pub enum Command {
     },
     /// The latency matrix (src × dst: p50/p99 ms and loss) from the agents' rolling summaries.
     Matrix(MatrixArgs),
+    /// Asks a controller's gRPC health service (grpc.health.v1) over TLS; exit 0 if serving,
+    /// 1 if not (the container and ECS health check).
+    Health(HealthArgs),
+}
+
+/// `controller health` flags.
+#[derive(Clone, Debug, Args)]
+pub struct HealthArgs {
+    /// The controller's gRPC URL.
+    #[arg(
+        long,
+        env = "MESHLAT_HEALTH_URL",
+        default_value = "https://127.0.0.1:7400"
+    )]
+    pub url: String,
+    /// CA certificate to verify it with (default: DATA_DIR/ca.pem).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// The controller's data directory (for its ca.pem).
+    #[arg(long, env = "MESHLAT_DATA_DIR", default_value = "./meshlat-controller")]
+    pub data_dir: PathBuf,
+    /// Give up after this long.
+    #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
+    pub timeout: f64,
 }
 
 /// `controller matrix` flags.
