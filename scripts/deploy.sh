@@ -247,7 +247,6 @@ for ((i = 0; i < ${#regions[@]}; i++)); do
 done
 
 bucket_arn=$(out "$home" meshlat-analytics RecordsBucketArn)
-bucket_name=$(out "$home" meshlat-analytics RecordsBucketName)
 for r in "${regions[@]}"; do
   deploy_stack "$r" meshlat-firehose "$CFN/firehose.yaml" \
     "RecordsBucketArn=$bucket_arn" "HomeRegion=$home" "RecordFormat=$record_format" || fail "firehose $r"
@@ -273,7 +272,6 @@ for r in "${regions[@]}"; do
     "AgentDesiredCount=$count" "AssignPublicIp=$public_ip" "LoadBalancerScheme=$nlb_scheme" \
     "FirehoseStreamName=$(out "$r" meshlat-firehose DeliveryStreamName)" \
     "FirehoseStreamArn=$(out "$r" meshlat-firehose DeliveryStreamArn)" \
-    "StateBucketName=$bucket_name" \
     "JoinSecretArn=$js" "OperatorCredentialArn=$oc" "JoinTokenArn=$jt" || fail "services $r"
 done
 

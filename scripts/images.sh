@@ -121,15 +121,18 @@ test_images() {
     "${PODMAN[@]}" logs meshlat-test-ctl 2>&1 | grep -q "listening grpc" && break; sleep 0.05
   done
   t1=$(now_ms); echo "images: controller cold start (podman run -> listening grpc): $((t1 - t0)) ms"
-  # the image's own HEALTHCHECK, on the test ports (the image checks the default 7400/7711)
-  if "${PODMAN[@]}" exec meshlat-test-ctl /usr/local/bin/meshlat-healthcheck probe -n 1 --timeout 1 --format json tcp://127.0.0.1:17400 >/dev/null 2>&1; then
-    echo "ok   controller answers the health check probe (TCP 17400 from inside the container)"
+  # the image's own HEALTHCHECK command, on the test ports (the image checks the default 7400/7711)
+  if "${PODMAN[@]}" exec meshlat-test-ctl /usr/local/bin/controller health --url https://127.0.0.1:17400 --timeout 3 >/dev/null 2>&1; then
+    echo "ok   controller health: gRPC health over TLS SERVING (17400, from inside the container)"
   else echo "FAIL controller health check"; "${PODMAN[@]}" logs meshlat-test-ctl 2>&1 | tail -5; fail=1; fi
+  if "${PODMAN[@]}" exec meshlat-test-ctl /usr/local/bin/controller health --url https://127.0.0.1:17409 --timeout 1 >/dev/null 2>&1; then
+    echo "FAIL controller health says ok with nothing listening"; fail=1
+  else echo "ok   controller health fails with nothing listening"; fi
   if "${PODMAN[@]}" exec meshlat-test-agent /usr/local/bin/agent probe -n 1 --timeout 1 --format json tcp://127.0.0.1:17711 >/dev/null 2>&1; then
     echo "ok   agent answers the health check probe (TCP 17711 from inside the container)"
   else echo "FAIL agent health check"; fail=1; fi
   for name in agent controller; do
-    if "${PODMAN[@]}" image inspect -f '{{.Config.Healthcheck.Test}}' "localhost/meshlat-$name:latest" | grep -q probe; then
+    if "${PODMAN[@]}" image inspect -f '{{.Config.Healthcheck.Test}}' "localhost/meshlat-$name:latest" | grep -Eq 'probe|health'; then
       echo "ok   meshlat-$name image carries its HEALTHCHECK"
     else echo "FAIL meshlat-$name image has no HEALTHCHECK"; fail=1; fi
   done

@@ -5,6 +5,9 @@
       creates bucket B and a DirectPut Firehose stream S delivering to s3://B/P
   moto_admin.py --endpoint URL dump --bucket B [--prefix P]
       prints every object's key on stderr and its content on stdout
+  moto_admin.py --endpoint URL create-bucket --bucket B
+  moto_admin.py --endpoint URL get --bucket B --key K
+      writes the object's bytes to stdout (exit 3 if there is no such object)
 """
 import argparse
 import sys
@@ -29,6 +32,11 @@ def main():
     d = sub.add_parser("dump")
     d.add_argument("--bucket", required=True)
     d.add_argument("--prefix", default="")
+    c = sub.add_parser("create-bucket")
+    c.add_argument("--bucket", required=True)
+    g = sub.add_parser("get")
+    g.add_argument("--bucket", required=True)
+    g.add_argument("--key", required=True)
     a = ap.parse_args()
     s3, fh = clients(a.endpoint)
     if a.cmd == "setup":
@@ -44,6 +52,14 @@ def main():
                 "BufferingHints": {"SizeInMBs": 64, "IntervalInSeconds": 60},
             },
         )
+    elif a.cmd == "create-bucket":
+        s3.create_bucket(Bucket=a.bucket)
+    elif a.cmd == "get":
+        try:
+            body = s3.get_object(Bucket=a.bucket, Key=a.key)["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            sys.exit(3)
+        sys.stdout.buffer.write(body)
     else:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=a.bucket, Prefix=a.prefix)
         for page in pages:

@@ -31,7 +31,8 @@ run_stage fmt cargo fmt --all -- --check
 # --all-targets leaves out test targets marked `test = false` (the timing and moto suites): lint them too.
 clippy_all() {
   cargo clippy --workspace --all-targets --locked -- -D warnings &&
-    cargo clippy -p meshlat-agent --locked --test accuracy --test linkemu --test firehose_moto -- -D warnings
+    cargo clippy -p meshlat-agent --locked --test accuracy --test linkemu --test firehose_moto -- -D warnings &&
+    cargo clippy -p meshlat-controller --locked --test state_s3_moto -- -D warnings
 }
 run_stage clippy clippy_all
 run_stage build cargo build --workspace --bins --locked
@@ -49,13 +50,20 @@ run_stage deploy-dry-run scripts/test_deploy.sh
 # apt-installs podman/buildah/runc/busybox-static on first use) and run with podman: agent serve
 # answers an agent probe from another container, controller health, non-root. ~20 s.
 run_stage images scripts/images.sh --debug test
-# The Firehose sink end to end through a local moto server (Firehose + S3); the test is a
-# `test = false` target, so only this stage runs it.
+# The Firehose sink end to end through a local moto server (Firehose + S3), and the controller's
+# S3 state store (controller and agent processes, a restart on an empty data dir); both are
+# `test = false` targets, so only this stage runs them.
 firehose_moto() {
-  scripts/moto.sh start >/dev/null || return 1
+  if ! scripts/moto.sh start >/dev/null; then
+    echo "moto server did not start (scripts/moto.sh start; it installs moto[server] into .venv-moto)" >&2
+    return 1
+  fi
   local rc=0
   MESHLAT_TEST_MOTO_URL=$(scripts/moto.sh url) \
     cargo test -p meshlat-agent --locked --test firehose_moto -- --nocapture || rc=$?
+  cargo build -p meshlat-agent --bin agent --locked &&
+    MESHLAT_TEST_MOTO_URL=$(scripts/moto.sh url) \
+      cargo test -p meshlat-controller --locked --test state_s3_moto -- --nocapture || rc=$?
   scripts/moto.sh stop
   return $rc
 }

@@ -18,7 +18,11 @@ forms. Invariants:
      covers the repositories;
   5. every log group has RetentionInDays;
   6. every ECS service has the deployment circuit breaker enabled with rollback;
-  7. no secret-looking variable (TOKEN/SECRET/CREDENTIAL/PASSWORD) in a task's plain environment.
+  7. no secret-looking variable (TOKEN/SECRET/CREDENTIAL/PASSWORD) in a task's plain environment;
+  8. ECS task roles' S3 access is the controller's state prefix only: s3:GetObject/s3:PutObject on
+     objects under <bucket>/${StatePrefix}/... (never a whole bucket or "*"), s3:ListBucket only
+     with an s3:prefix condition under ${StatePrefix}/, no other S3 action; and there is such a
+     statement (the S3 state store holds the controller's CA key).
 Then a self-test: each invariant is checked again on a deliberately broken copy of the
 templates and must fail there (so the checks can fail).
 """
@@ -237,6 +241,55 @@ def check_no_plain_secrets(t):
     return bad
 
 
+STATE_OBJECT_ACTIONS = {"s3:GetObject", "s3:PutObject"}
+
+
+def _ecs_task_roles(t):
+    for f, n, p in resources(t, "AWS::IAM::Role"):
+        trust = p.get("AssumeRolePolicyDocument") or {}
+        if any(v == "ecs-tasks.amazonaws.com" for v in walk(trust)):
+            yield f, n, p
+
+
+def _sub(x):
+    return x.get("Fn::Sub") if isinstance(x, dict) else x
+
+
+def check_state_prefix_scope(t):
+    bad, object_st = [], 0
+    for f, n, p in _ecs_task_roles(t):
+        for node in walk(p.get("Policies") or []):
+            if not (isinstance(node, dict) and "Effect" in node and "Action" in node):
+                continue
+            acts = [a for a in _as_list(node["Action"]) if isinstance(a, str)]
+            s3 = [a for a in acts if a == "*" or a.lower().startswith("s3:")]
+            if not s3 or node.get("Effect") != "Allow":
+                continue
+            extra = set(s3) - STATE_OBJECT_ACTIONS - {"s3:ListBucket"}
+            if extra:
+                bad.append(f"{f}:{n} allows {sorted(extra)} (want only s3:GetObject/PutObject/ListBucket)")
+            objects = set(s3) & STATE_OBJECT_ACTIONS
+            if objects and "s3:ListBucket" in s3:
+                bad.append(f"{f}:{n} mixes object and bucket actions in one statement")
+            if objects:
+                object_st += 1
+                for r in _as_list(node.get("Resource")):
+                    r = _sub(r)
+                    tail = r.split(":::", 1)[1] if isinstance(r, str) and ":::" in r else ""
+                    key = tail.split("/", 1)[1] if "/" in tail else ""
+                    if not (key.startswith("${StatePrefix}/") and key.endswith("/*")):
+                        bad.append(f"{f}:{n} {sorted(objects)} on {r!r}: not under the state prefix")
+            if "s3:ListBucket" in s3:
+                cond = (node.get("Condition") or {}).get("StringLike") or {}
+                prefixes = [_sub(v) for v in _as_list(cond.get("s3:prefix"))]
+                if not prefixes or not all(isinstance(v, str) and v.startswith("${StatePrefix}/")
+                                            for v in prefixes):
+                    bad.append(f"{f}:{n} s3:ListBucket without an s3:prefix condition under the state prefix")
+    if not object_st:
+        bad.append("no ECS task role statement allows the state store (s3:GetObject/PutObject on the state prefix)")
+    return bad
+
+
 CHECKS = [
     ("no 0.0.0.0/0 or ::/0 ingress on mesh ports", check_no_open_ingress),
     ("no public IPs by default (tasks, subnets, NLB internal)", check_no_public_ip),
@@ -245,6 +298,7 @@ CHECKS = [
     ("every log group has retention", check_log_retention),
     ("deployment circuit breaker with rollback on every ECS service", check_circuit_breaker),
     ("no secrets in plain task environment", check_no_plain_secrets),
+    ("controller S3 access scoped to its state prefix", check_state_prefix_scope),
 ]
 
 
@@ -299,6 +353,32 @@ def _break_secret(t):
     p["ContainerDefinitions"][0].setdefault("Environment", []).append({"Name": "MESHLAT_TOKEN", "Value": "x"})
 
 
+def _state_statements(t):
+    for f, n, p in _ecs_task_roles(t):
+        for node in walk(p.get("Policies") or []):
+            if isinstance(node, dict) and "Action" in node and any(
+                    str(a).startswith("s3:") for a in _as_list(node["Action"])):
+                yield node
+
+
+def _break_state_whole_bucket(t):
+    for st in _state_statements(t):
+        if "s3:GetObject" in _as_list(st["Action"]):
+            st["Resource"] = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${StateBucket}/*"}
+
+
+def _break_state_list(t):
+    for st in _state_statements(t):
+        if "s3:ListBucket" in _as_list(st["Action"]):
+            st.pop("Condition")
+
+
+def _break_state_delete(t):
+    for st in _state_statements(t):
+        if "s3:GetObject" in _as_list(st["Action"]):
+            st["Action"] = _as_list(st["Action"]) + ["s3:*"]
+
+
 BREAKS = [
     (_break_ingress, check_no_open_ingress),
     (_break_public_ip, check_no_public_ip),
@@ -308,6 +388,9 @@ BREAKS = [
     (_break_retention, check_log_retention),
     (_break_breaker, check_circuit_breaker),
     (_break_secret, check_no_plain_secrets),
+    (_break_state_whole_bucket, check_state_prefix_scope),
+    (_break_state_list, check_state_prefix_scope),
+    (_break_state_delete, check_state_prefix_scope),
 ]
 
 

@@ -18,7 +18,9 @@ use crate::grpc;
 use crate::keys::MeshKeys;
 use crate::registry::{Registry, RegistryConfig};
 use crate::rest::Rest;
-use crate::store::{FileStore, StoreError};
+use crate::store::mirror::{Mirror, MirroredStore};
+use crate::store::s3::S3Objects;
+use crate::store::{FileStore, StateStore, StoreError};
 
 /// How often agent liveness is re-evaluated.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -89,6 +91,8 @@ pub struct Controller {
     tls: TlsMaterial,
     new_secrets: Option<NewSecrets>,
     peer_ca_pem: Vec<u8>,
+    /// The S3 mirror of the data directory, whose uploader [`Controller::run`] drives.
+    mirror: Option<Arc<Mirror<S3Objects>>>,
 }
 
 impl Controller {
@@ -104,9 +108,28 @@ impl Controller {
             path: cfg.data_dir.display().to_string(),
             source,
         })?;
+        // With a state bucket, the bucket's copy of the data directory wins (a replaced task
+        // starts empty), before anything below reads it.
+        let mirror = match &cfg.state {
+            Some(s) => {
+                let api = S3Objects::new(s).await.map_err(StoreError::from)?;
+                let m = Mirror::new(api, &cfg.data_dir);
+                m.restore().await?;
+                Some(Arc::new(m))
+            }
+            None => None,
+        };
         let tls = auth::load_or_create_tls(&cfg.data_dir, &cfg.sans)?;
         let (creds, new_secrets) = Credentials::load_or_create(&cfg.data_dir, &cfg.seeds)?;
-        let store = Arc::new(FileStore::open(&cfg.data_dir)?);
+        let file = FileStore::open(&cfg.data_dir)?;
+        let store: Arc<dyn StateStore> = match &mirror {
+            Some(m) => {
+                // A CA made now must be in the bucket before its join token is printed.
+                m.publish_missing().await?;
+                Arc::new(MirroredStore::new(file, m.clone()))
+            }
+            None => Arc::new(file),
+        };
         let registry = Arc::new(Registry::load(
             RegistryConfig {
                 region: cfg.region.clone(),
@@ -160,6 +183,7 @@ impl Controller {
             creds: Arc::new(creds),
             tls,
             new_secrets,
+            mirror,
         })
     }
 
@@ -260,6 +284,11 @@ impl Controller {
                 grpc::auth::federation(crate::auth::FederationSecret::new(&f.secret)),
             )
         });
+        let mirror_stop = CancellationToken::new();
+        if let Some(m) = self.mirror.clone() {
+            let stop = mirror_stop.clone();
+            tasks.spawn(async move { m.run(stop, SHUTDOWN_GRACE).await });
+        }
         tasks.close();
 
         let (health, health_svc) = tonic_health::server::health_reporter();
@@ -308,7 +337,9 @@ impl Controller {
                 stop.cancelled().await;
             })
             .await;
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
+        // Sessions have ended (their last saves are queued): drain the state uploads.
+        mirror_stop.cancel();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), tasks.wait()).await;
         served.map_err(RunError)
     }
 }

@@ -9,6 +9,9 @@
 //! | `ca.key` | the CA private key (mode 0600); signs a fresh server certificate at every start |
 //! | `credentials.json` | SHA-256 hashes of the join-token secret and of each operator secret |
 //!
+//! With `--state-bucket` these files are also kept in S3 ([`crate::store::mirror`]), so a
+//! controller on an empty disk keeps its CA (and the join tokens that pin it).
+//!
 //! Secrets are printed once, on the start that creates them, and stored only hashed. Checks hash
 //! the presented secret and compare in constant time.
 

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 const EXAMPLES: &str = "\
 Examples:
   controller --region eu-west-1 --data-dir /var/lib/meshlat      # serve (prints the join token once)
+  controller --region eu-west-1 --state-bucket meshlat-state-x    # also keep CA and state in S3
   agent --controller https://ctl:7400 --token mlt1.<ca>.<secret>  # join an agent
   export MESHLAT_CONTROLLER=https://ctl:7400 MESHLAT_CREDENTIAL=op-1234:secret MESHLAT_CA=/var/lib/meshlat/ca.pem
   controller job start job.json        # or '-' for stdin; JSON as in POST /api/v1/jobs
@@ -32,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller for one region (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Start, list, show, update or stop jobs.
     Job {
         /// What to do.
@@ -47,6 +48,30 @@ pub enum Command {
     },
     /// The latency matrix (src × dst: p50/p99 ms and loss) from the agents' rolling summaries.
     Matrix(MatrixArgs),
+    /// Asks a controller's gRPC health service (grpc.health.v1) over TLS; exit 0 if serving,
+    /// 1 if not (the container and ECS health check).
+    Health(HealthArgs),
+}
+
+/// `controller health` flags.
+#[derive(Clone, Debug, Args)]
+pub struct HealthArgs {
+    /// The controller's gRPC URL.
+    #[arg(
+        long,
+        env = "MESHLAT_HEALTH_URL",
+        default_value = "https://127.0.0.1:7400"
+    )]
+    pub url: String,
+    /// CA certificate to verify it with (default: DATA_DIR/ca.pem).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// The controller's data directory (for its ca.pem).
+    #[arg(long, env = "MESHLAT_DATA_DIR", default_value = "./meshlat-controller")]
+    pub data_dir: PathBuf,
+    /// Give up after this long.
+    #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
+    pub timeout: f64,
 }
 
 /// `controller matrix` flags.
@@ -228,6 +253,20 @@ pub struct ServeArgs {
         value_name = "SECONDS"
     )]
     pub peer_ttl: f64,
+    /// S3 bucket for the state store: the data directory (CA key included), jobs and agent ids
+    /// are kept under --state-prefix and restored from it on start, so a controller on an empty
+    /// disk (a replaced Fargate task) keeps its CA and join token. Without it: the data dir only.
+    #[arg(long, env = "MESHLAT_STATE_BUCKET", value_name = "BUCKET")]
+    pub state_bucket: Option<String>,
+    /// Key prefix in --state-bucket, one per controller (default controller-state/REGION).
+    #[arg(long, env = "MESHLAT_STATE_PREFIX", value_name = "PREFIX")]
+    pub state_prefix: Option<String>,
+    /// AWS region of --state-bucket (default: AWS_REGION or the profile's region).
+    #[arg(long, env = "MESHLAT_STATE_REGION", value_name = "REGION")]
+    pub state_region: Option<String>,
+    /// S3 endpoint URL instead of AWS's (an emulator such as moto, or a VPC endpoint).
+    #[arg(long, env = "MESHLAT_STATE_ENDPOINT", value_name = "URL")]
+    pub state_endpoint: Option<String>,
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

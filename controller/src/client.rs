@@ -7,7 +7,7 @@ use meshlat_proto::pb;
 use meshlat_proto::pb::operator_service_client::OperatorServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::cli::{ClientArgs, JobAction, MatrixArgs};
+use crate::cli::{ClientArgs, HealthArgs, JobAction, MatrixArgs};
 use crate::json;
 
 /// A client command failure.
@@ -30,11 +30,70 @@ pub enum ClientError {
     #[error("job spec: {0}")]
     Spec(#[from] json::JsonError),
     /// Connecting failed.
-    #[error("cannot connect to the controller: {0}")]
+    #[error("cannot connect to the controller: {}", chain(.0))]
     Connect(#[from] tonic::transport::Error),
     /// The controller refused.
     #[error("{:?}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
+}
+
+/// `controller health`: the overall status of the controller's gRPC health service.
+///
+/// # Errors
+///
+/// [`ClientError`] if the controller cannot be reached or is not serving.
+pub async fn health(a: &HealthArgs) -> Result<String, ClientError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if !a.timeout.is_finite() || !(0.1..=60.0).contains(&a.timeout) {
+        return Err(ClientError::Usage(format!(
+            "--timeout {}: must be 0.1 to 60 seconds",
+            a.timeout
+        )));
+    }
+    let timeout = std::time::Duration::from_secs_f64(a.timeout);
+    let mut ep = Endpoint::from_shared(a.url.clone())
+        .map_err(|_| ClientError::Usage(format!("--url {:?}: not a URL", a.url)))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    if a.url.starts_with("https://") {
+        let ca =
+            a.ca.clone()
+                .unwrap_or_else(|| a.data_dir.join(crate::auth::CA_CERT_FILE));
+        let pem = read(&ca)?;
+        ep = ep.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
+    }
+    let channel = tokio::time::timeout(timeout, ep.connect())
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("connect timed out"))??;
+    let res = HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner();
+    match ServingStatus::try_from(res.status) {
+        Ok(ServingStatus::Serving) => Ok("SERVING\n".into()),
+        other => Err(tonic::Status::unavailable(format!(
+            "health: {}",
+            other.map_or("unknown status", |s| s.as_str_name())
+        ))
+        .into()),
+    }
+}
+
+/// An error and its causes, `: `-separated (tonic's transport error alone says only
+/// "transport error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ClientError> {

@@ -54,6 +54,21 @@ pub struct ServeConfig {
     pub seeds: Seeds,
     /// Federation with peer controllers (`None`: not federated).
     pub federation: Option<FederationConfig>,
+    /// The S3 state store (`None`: the data directory only).
+    pub state: Option<StateStoreConfig>,
+}
+
+/// Validated `--state-*` flags.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateStoreConfig {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix, without leading or trailing `/`.
+    pub prefix: String,
+    /// Region (`None`: the SDK's chain, e.g. `AWS_REGION`).
+    pub region: Option<String>,
+    /// Endpoint URL override.
+    pub endpoint: Option<String>,
 }
 
 /// Validated federation flags.
@@ -86,6 +101,93 @@ fn addr(flag: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
         value: v.into(),
         reason: "not an IP:PORT address",
     })
+}
+
+fn nonempty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn state_store(a: &ServeArgs, region: &str) -> Result<Option<StateStoreConfig>, ConfigError> {
+    let Some(bucket) = nonempty(&a.state_bucket) else {
+        for (flag, v) in [
+            ("--state-prefix", &a.state_prefix),
+            ("--state-region", &a.state_region),
+            ("--state-endpoint", &a.state_endpoint),
+        ] {
+            if nonempty(v).is_some() {
+                return Err(ConfigError::Invalid {
+                    flag,
+                    value: v.clone().unwrap_or_default(),
+                    reason: "needs --state-bucket",
+                });
+            }
+        }
+        return Ok(None);
+    };
+    let b = bucket.as_bytes();
+    let edge_ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if !(3..=63).contains(&b.len())
+        || !b.iter().all(|c| edge_ok(c) || matches!(c, b'.' | b'-'))
+        || !b.first().is_some_and(edge_ok)
+        || !b.last().is_some_and(edge_ok)
+    {
+        return Err(ConfigError::Invalid {
+            flag: "--state-bucket",
+            value: bucket.into(),
+            reason: "not an S3 bucket name (3-63 of a-z, 0-9, '.', '-'; starting and ending with a letter or digit)",
+        });
+    }
+    let prefix = match nonempty(&a.state_prefix) {
+        None => format!("controller-state/{region}"),
+        Some(p) => p.trim_matches('/').to_string(),
+    };
+    if prefix.is_empty()
+        || prefix.len() > 512
+        || prefix
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/!-_.*'()".contains(c))
+    {
+        return Err(ConfigError::Invalid {
+            flag: "--state-prefix",
+            value: a.state_prefix.clone().unwrap_or_default(),
+            reason: "use path segments of letters, digits and !-_.*'() separated by single '/'",
+        });
+    }
+    let state_region = nonempty(&a.state_region).map(str::to_string);
+    if let Some(r) = &state_region
+        && !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(ConfigError::Invalid {
+            flag: "--state-region",
+            value: r.clone(),
+            reason: "not an AWS region name",
+        });
+    }
+    let endpoint = nonempty(&a.state_endpoint).map(|e| e.trim_end_matches('/').to_string());
+    if let Some(e) = &endpoint {
+        let ok = e.parse::<http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some_and(|h| !h.is_empty())
+                && u.path_and_query()
+                    .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty())
+        });
+        if !ok {
+            return Err(ConfigError::Invalid {
+                flag: "--state-endpoint",
+                value: e.clone(),
+                reason: "must be an http:// or https:// URL with a host and no path",
+            });
+        }
+    }
+    Ok(Some(StateStoreConfig {
+        bucket: bucket.into(),
+        prefix,
+        region: state_region,
+        endpoint,
+    }))
 }
 
 impl ServeConfig {
@@ -175,7 +277,9 @@ impl ServeConfig {
                 })
             }
         };
+        let state = state_store(a, region)?;
         Ok(ServeConfig {
+            state,
             federation,
             region: region.into(),
             listen,
@@ -214,6 +318,33 @@ mod tests {
         let c = parse(&["--region", "eu-west-1", "--rest-listen", "off"]).expect("valid");
         assert_eq!((c.region.as_str(), c.rest_listen), ("eu-west-1", None));
         assert_eq!(c.lease, Duration::from_secs(60));
+        assert_eq!(c.state, None);
+        let c =
+            parse(&["--region", "eu-west-1", "--state-bucket", "meshlat-state.x"]).expect("valid");
+        let want = StateStoreConfig {
+            bucket: "meshlat-state.x".into(),
+            prefix: "controller-state/eu-west-1".into(),
+            region: None,
+            endpoint: None,
+        };
+        assert_eq!(c.state, Some(want));
+        let c = parse(&[
+            "--region",
+            "r",
+            "--state-bucket",
+            "b-1",
+            "--state-prefix",
+            "/s/r1/",
+            "--state-region",
+            "us-east-1",
+            "--state-endpoint",
+            "http://127.0.0.1:5000/",
+        ])
+        .expect("valid");
+        let s = c.state.expect("state");
+        assert_eq!(s.prefix, "s/r1");
+        assert_eq!(s.region.as_deref(), Some("us-east-1"));
+        assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
         for (args, want) in [
             (&[][..], "--region is required"),
             (&["--region", "a/b"][..], "--region \"a/b\""),
@@ -237,6 +368,69 @@ mod tests {
             (
                 &["--region", "a", "--peer", "b:1", "--federation-secret", "s"][..],
                 "--peer \"b:1\"",
+            ),
+            (
+                &["--region", "a", "--state-bucket", "My_Bucket"][..],
+                "--state-bucket \"My_Bucket\": not an S3 bucket name",
+            ),
+            (
+                &["--region", "a", "--state-prefix", "p"][..],
+                "--state-prefix \"p\": needs --state-bucket",
+            ),
+            (
+                &[
+                    "--region",
+                    "a",
+                    "--state-bucket",
+                    "b-1",
+                    "--state-prefix",
+                    "a//b",
+                ][..],
+                "--state-prefix \"a//b\"",
+            ),
+            (
+                &[
+                    "--region",
+                    "a",
+                    "--state-bucket",
+                    "b-1",
+                    "--state-prefix",
+                    "a/../b",
+                ][..],
+                "--state-prefix \"a/../b\"",
+            ),
+            (
+                &[
+                    "--region",
+                    "a",
+                    "--state-bucket",
+                    "b-1",
+                    "--state-region",
+                    "eu west",
+                ][..],
+                "--state-region \"eu west\"",
+            ),
+            (
+                &[
+                    "--region",
+                    "a",
+                    "--state-bucket",
+                    "b-1",
+                    "--state-endpoint",
+                    "127.0.0.1:5000",
+                ][..],
+                "--state-endpoint \"127.0.0.1:5000\"",
+            ),
+            (
+                &[
+                    "--region",
+                    "a",
+                    "--state-bucket",
+                    "b-1",
+                    "--state-endpoint",
+                    "http://h/x",
+                ][..],
+                "--state-endpoint \"http://h/x\"",
             ),
         ] {
             let e = parse(args).expect_err(want);

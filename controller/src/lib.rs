@@ -5,7 +5,9 @@
 //! - [`cli`]: the command line; [`config`]: validated configuration.
 //! - [`app`]: [`app::Controller`]: `bind` (listeners, CA, credentials, state) and `run`.
 //! - [`auth`]: the controller's CA, server certificate, join token and operator credentials.
-//! - [`store`]: the [`store::StateStore`] trait and its file implementation.
+//! - [`store`]: the [`store::StateStore`] trait and its file implementation;
+//!   [`store::mirror`] keeps the data directory (CA, credentials, state) in an S3 prefix
+//!   ([`store::s3`], the only module using the AWS SDK).
 //! - [`federation`]: exchanging directories and jobs with peer controllers.
 //! - [`keys`]: the mesh wire key and the relay-grant key, and grant expiry.
 //! - [`live`]: agents' rolling summaries and the latency matrix.

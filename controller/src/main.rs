@@ -12,6 +12,17 @@ fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Prints a client command's output, or its error (exit 1).
+fn report(r: Result<String, client::ClientError>) -> ExitCode {
+    match r {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -22,24 +33,8 @@ fn main() -> ExitCode {
         Err(e) => return fail(2, format!("cannot start the runtime: {e}")),
     };
     let serve = match cli.command {
-        Some(Command::Job { action }) => {
-            return match rt.block_on(client::job(&action)) {
-                Ok(out) => {
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(1, e),
-            };
-        }
-        Some(Command::Agents { client }) => {
-            return match rt.block_on(client::agents(&client)) {
-                Ok(out) => {
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(1, e),
-            };
-        }
+        Some(Command::Job { action }) => return report(rt.block_on(client::job(&action))),
+        Some(Command::Agents { client }) => return report(rt.block_on(client::agents(&client))),
         Some(Command::Matrix(m)) => {
             use std::io::Write;
             let print = |s: &str| {
@@ -52,7 +47,8 @@ fn main() -> ExitCode {
                 Err(e) => fail(1, e),
             };
         }
-        Some(Command::Serve(a)) => a,
+        Some(Command::Health(h)) => return report(rt.block_on(client::health(&h))),
+        Some(Command::Serve(a)) => *a,
         None => cli.serve,
     };
     let cfg = match ServeConfig::from_args(&serve) {

@@ -1,6 +1,8 @@
 //! The state store: jobs and agent identities that must survive a controller restart
 //! (DESIGN §3). A trait, so AWS deployments can use an S3 prefix (Fargate storage does not
-//! outlive a task); [`FileStore`] keeps them in the data directory.
+//! outlive a task); [`FileStore`] keeps them in the data directory, and
+//! [`mirror::MirroredStore`] also keeps the data directory (state, CA, credentials) in an S3
+//! prefix ([`s3::S3Objects`]) so a controller on an empty disk comes back as it was.
 //!
 //! # Format
 //!
@@ -12,6 +14,14 @@ use std::path::{Path, PathBuf};
 
 use meshlat_proto::pb;
 use prost::Message;
+
+pub mod mirror;
+pub mod s3;
+
+/// Jobs file name (under `state/`, and the object name under an S3 prefix).
+pub const JOBS_FILE: &str = "jobs.pb";
+/// Agent identities file name.
+pub const AGENTS_FILE: &str = "agents.pb";
 
 /// A state store failure.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +45,9 @@ pub enum StoreError {
         #[source]
         source: prost::DecodeError,
     },
+    /// The S3 state store (`--state-bucket`) failed.
+    #[error("S3 state store (--state-bucket): {0}")]
+    Remote(#[from] mirror::ObjectError),
 }
 
 /// Everything a store holds.
@@ -99,7 +112,8 @@ impl FileStore {
         }
     }
 
-    fn write(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+    /// Replaces `state/<name>` atomically.
+    pub(crate) fn write(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
         use std::io::Write;
         let path = self.dir.join(name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
@@ -115,8 +129,8 @@ impl FileStore {
 
 impl StateStore for FileStore {
     fn load(&self) -> Result<StoredState, StoreError> {
-        let jobs: pb::StoredJobs = self.read("jobs.pb")?;
-        let agents: pb::StoredAgents = self.read("agents.pb")?;
+        let jobs: pb::StoredJobs = self.read(JOBS_FILE)?;
+        let agents: pb::StoredAgents = self.read(AGENTS_FILE)?;
         Ok(StoredState {
             jobs: jobs.jobs,
             agents: agents.agents,
@@ -124,18 +138,28 @@ impl StateStore for FileStore {
     }
 
     fn save_jobs(&self, jobs: &[pb::Job]) -> Result<(), StoreError> {
-        let m = pb::StoredJobs {
-            jobs: jobs.to_vec(),
-        };
-        self.write("jobs.pb", &m.encode_to_vec())
+        self.write(JOBS_FILE, &encode_jobs(jobs))
     }
 
     fn save_agents(&self, agents: &[pb::StoredAgent]) -> Result<(), StoreError> {
-        let m = pb::StoredAgents {
-            agents: agents.to_vec(),
-        };
-        self.write("agents.pb", &m.encode_to_vec())
+        self.write(AGENTS_FILE, &encode_agents(agents))
     }
+}
+
+/// The content of `jobs.pb`.
+pub fn encode_jobs(jobs: &[pb::Job]) -> Vec<u8> {
+    pb::StoredJobs {
+        jobs: jobs.to_vec(),
+    }
+    .encode_to_vec()
+}
+
+/// The content of `agents.pb`.
+pub fn encode_agents(agents: &[pb::StoredAgent]) -> Vec<u8> {
+    pb::StoredAgents {
+        agents: agents.to_vec(),
+    }
+    .encode_to_vec()
 }
 
 #[cfg(test)]

@@ -1180,3 +1180,37 @@ async fn reqwest_lite(addr: &str, path: &str) -> Result<String> {
         .split_once("\r\n\r\n")
         .map_or(text.clone(), |(_, b)| b.to_string()))
 }
+
+#[tokio::test]
+async fn controller_health_reports_serving_over_tls_and_fails_when_down() -> Result<()> {
+    let root = tmp_dir("health");
+    let mut ctl = TestController::start(&root.join("ctl"), None, None).await?;
+    let health = |url: String, data: PathBuf| async move {
+        Command::new(env!("CARGO_BIN_EXE_controller"))
+            .args(["health", "--url", &url, "--timeout", "3", "--data-dir"])
+            .arg(data)
+            .output()
+            .await
+    };
+    let url = format!("https://{}", ctl.grpc);
+    let out = health(url.clone(), ctl.data.clone()).await?;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    // A wrong CA fails verification.
+    let other = root.join("other");
+    std::fs::create_dir_all(&other)?;
+    meshlat_controller::auth::load_or_create_tls(&other, &["127.0.0.1".into()])?;
+    let out = health(url.clone(), other).await?;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    ctl.child.kill().await?;
+    ctl.child.wait().await?;
+    assert!(!ctl.alive());
+    let out = health(url, ctl.data.clone()).await?;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot connect"),
+        "{out:?}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
