@@ -40,6 +40,8 @@ use tonic::transport::Channel;
 
 /// Heartbeat interval (the real agent's).
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Give up on a connection after backing off up to this long (the agent's own cap is 30 s).
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
 #[derive(Parser)]
 #[command(about = "Simulated agents against one controller")]
@@ -96,6 +98,8 @@ struct Shared {
     job_sets: AtomicU64,
     errors: AtomicUsize,
     first_error: Mutex<Option<String>>,
+    /// Connection attempts retried (as agents do: jittered exponential backoff).
+    retries: AtomicUsize,
 }
 
 impl Shared {
@@ -337,6 +341,7 @@ async fn main() -> Result<()> {
         acked_ns: (0..a.agents).map(|_| AtomicU64::new(0)).collect(),
         job_sets: AtomicU64::new(0),
         errors: AtomicUsize::new(0),
+        retries: AtomicUsize::new(0),
         first_error: Mutex::new(None),
     });
     let stop = CancellationToken::new();
@@ -361,10 +366,22 @@ async fn main() -> Result<()> {
         );
         let (regions, n) = (a.regions, a.agents);
         tasks.spawn(async move {
-            let channel = {
-                let _permit = gate.acquire().await;
-                match pin::connect(host, port, Some(tls)).await {
-                    Ok(ch) => ch,
+            // Like a real agent: a failed connect (the controller's accept queue overflowing
+            // during the storm) is retried with jittered exponential backoff.
+            let mut backoff = Duration::from_millis(500);
+            let channel = loop {
+                let attempt = {
+                    let _permit = gate.acquire().await;
+                    pin::connect(host.clone(), port, Some(tls.clone())).await
+                };
+                match attempt {
+                    Ok(ch) => break ch,
+                    Err(e) if backoff <= MAX_BACKOFF => {
+                        let _ = e;
+                        shared.retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(backoff.mul_f64(0.5 + rand::random::<f64>())).await;
+                        backoff *= 2;
+                    }
                     Err(e) => {
                         shared.error(format!("connect: {e}"));
                         return;
@@ -376,10 +393,29 @@ async fn main() -> Result<()> {
                 let (ch, shared2, stop, auth) =
                     (channel.clone(), shared.clone(), stop.clone(), auth.clone());
                 sessions.spawn(async move {
-                    if let Err(e) =
-                        session(i, ch, hello(i, regions), auth, shared2.clone(), stop).await
-                    {
-                        shared2.error(e);
+                    // A session refused before its Welcome (no id yet, so no duplicate) is
+                    // retried like a real agent's; anything later is an error.
+                    let mut backoff = Duration::from_millis(500);
+                    loop {
+                        let r = session(
+                            i,
+                            ch.clone(),
+                            hello(i, regions),
+                            auth.clone(),
+                            shared2.clone(),
+                            stop.clone(),
+                        )
+                        .await;
+                        match r {
+                            Err(e) if e.starts_with("connect:") && backoff <= MAX_BACKOFF => {
+                                shared2.retries.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(backoff.mul_f64(0.5 + rand::random::<f64>()))
+                                    .await;
+                                backoff *= 2;
+                            }
+                            Err(e) => break shared2.error(e),
+                            Ok(()) => break,
+                        }
                     }
                 });
             }
@@ -459,6 +495,10 @@ async fn main() -> Result<()> {
     put(
         "session_errors",
         shared.errors.load(Ordering::Relaxed).into(),
+    );
+    put(
+        "connect_retries",
+        shared.retries.load(Ordering::Relaxed).into(),
     );
     if let Some(e) = shared
         .first_error

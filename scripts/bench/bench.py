@@ -272,7 +272,8 @@ class Bench:
     # --- control plane at scale ----------------------------------------------------------------
     def control_scale(self):
         smoke = self.rounds == 1
-        agents = 200 if smoke else 10_000
+        # MESHLAT_BENCH_SCALE_AGENTS: a smaller mesh for a data point below the 10,000 target.
+        agents = 200 if smoke else int(os.environ.get("MESHLAT_BENCH_SCALE_AGENTS", "10000"))
         regions, k = 30, 32
         out = subprocess.run([os.path.join(self.ex, "pinglist_bench"), "--agents", str(agents), "--regions",
                               str(regions), "--k", str(k), "--rounds", "1" if smoke else "3"],
@@ -315,7 +316,13 @@ class Bench:
         env = dict(os.environ, MESHLAT_TOKEN=token, MESHLAT_CREDENTIAL=cred)
         sim = subprocess.run([os.path.join(self.ex, "simagents"), "--controller", grpc, "--agents", str(agents),
                               "--regions", str(regions), "--k", str(k), "--controller-pid", str(ctl.pid),
-                              "--hold", "1" if smoke else "6"],
+                              "--hold", "1" if smoke else "6",
+                              # MESHLAT_BENCH_SCALE_STREAMS: sessions per TLS connection. Default 20
+                              # (500 connections for 10,000 sessions): with one connection per
+                              # session the simulator's own 10,000 TLS connections share the 2 cores
+                              # with the controller and keepalives time out on both sides; real
+                              # agents bring their own CPUs. 1 = one connection per agent.
+                              "--streams-per-connection", os.environ.get("MESHLAT_BENCH_SCALE_STREAMS", "20")],
                              capture_output=True, text=True, env=env, preexec_fn=raise_nofile)
         self.stop(ctl)
         try:
@@ -328,6 +335,7 @@ class Bench:
         rss = r["controller_rss_peak_mib"]
         return {"agents": agents, "regions": regions, "k": k,
                 "sessions_up": r["sessions_up"], "session_errors": r["session_errors"],
+                "connect_retries": r.get("connect_retries", 0),
                 "connections": r["connections"],
                 "connect_all_s": r["connect_all_s"], "initial_assign_all_s": r["initial_assign_all_s"],
                 "update_call_s": r["update_call_s"], "update_to_last_ack_s": r["update_to_last_ack_s"],
