@@ -4,6 +4,9 @@
 //! --workspace` builds it; with `-p meshlat-controller` alone, run
 //! `cargo build -p meshlat-agent --bin agent` first (the test says so if it is missing).
 
+mod common;
+use common::{agent_bin, eventually, tmp_dir};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -20,49 +23,6 @@ use tokio::time::Instant;
 
 /// Interval of the test job.
 const INTERVAL_MS: f64 = 500.0;
-
-fn wait_scale() -> u32 {
-    std::env::var("MESHLAT_TEST_WAIT_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1)
-}
-
-/// Polls `f` every 200 ms until it returns `Some`, or fails after `secs` (scaled by
-/// `MESHLAT_TEST_WAIT_SCALE`).
-async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs) * wait_scale();
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {secs} s waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("meshlat-e2e-{name}-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&d).expect("tmp dir");
-    d
-}
-
-fn agent_bin() -> PathBuf {
-    let ctl = PathBuf::from(env!("CARGO_BIN_EXE_controller"));
-    let p = ctl.with_file_name("agent");
-    assert!(
-        p.exists(),
-        "{} is missing: build it with `cargo build -p meshlat-agent --bin agent` (cargo test --workspace does)",
-        p.display()
-    );
-    p
-}
 
 struct TestController {
     child: Child,
@@ -327,7 +287,7 @@ const JOB: &str = r#"{"name":"e2e","protocols":["udp","tcp"],"sources":["region=
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_connects_measures_survives_controller_and_agent_restarts() -> Result<()> {
-    let root = tmp_dir("mesh");
+    let root = tmp_dir("e2e", "mesh");
     let ctl = TestController::start(&root.join("ctl"), None, None).await?;
     let a = TestAgent::start(&ctl, &root.join("out-a"), &root.join("st-a"))?;
     let mut b = TestAgent::start(&ctl, &root.join("out-b"), &root.join("st-b"))?;
@@ -486,7 +446,7 @@ async fn mesh_connects_measures_survives_controller_and_agent_restarts() -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_naming_the_field_and_nothing_dies() -> Result<()> {
     use meshlat_proto::pb;
-    let root = tmp_dir("bad");
+    let root = tmp_dir("e2e", "bad");
     let mut ctl = TestController::start(&root.join("ctl"), None, None).await?;
 
     let (st, v) = ctl.rest("POST", "/api/v1/jobs", "{not json", None).await?;
@@ -714,7 +674,7 @@ fn has_cell(m: &Value, src: &str, dst: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_matrix_fills_with_the_pairs_of_a_running_job_and_streams() -> Result<()> {
-    let root = tmp_dir("live");
+    let root = tmp_dir("e2e", "live");
     let mut ctl = TestController::start(&root.join("ctl"), None, None).await?;
     let a = TestAgent::start(&ctl, &root.join("out-a"), &root.join("st-a"))?;
     let b = TestAgent::start(&ctl, &root.join("out-b"), &root.join("st-b"))?;
@@ -868,7 +828,7 @@ fn dsts(ag: &TestAgent, job: &str) -> Vec<(String, String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn federated_jobs_cross_regions_and_survive_a_peer_going_down() -> Result<()> {
     use meshlat_proto::pb;
-    let root = tmp_dir("fed");
+    let root = tmp_dir("e2e", "fed");
     let secret = "fed-secret-e2e".to_string();
     let mut ctl_b = TestController::start_in(
         &root.join("ctl-b"),
@@ -1017,7 +977,7 @@ async fn federated_jobs_cross_regions_and_survive_a_peer_going_down() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungranted() -> Result<()>
 {
-    let root = tmp_dir("relay");
+    let root = tmp_dir("e2e", "relay");
     let secret = "fed-secret-relay".to_string();
     let ctl_b = TestController::start_in(
         &root.join("ctl-b"),
@@ -1183,7 +1143,7 @@ async fn reqwest_lite(addr: &str, path: &str) -> Result<String> {
 
 #[tokio::test]
 async fn controller_health_reports_serving_over_tls_and_fails_when_down() -> Result<()> {
-    let root = tmp_dir("health");
+    let root = tmp_dir("e2e", "health");
     let mut ctl = TestController::start(&root.join("ctl"), None, None).await?;
     let health = |url: String, data: PathBuf| async move {
         Command::new(env!("CARGO_BIN_EXE_controller"))

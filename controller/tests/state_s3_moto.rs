@@ -11,6 +11,9 @@
 //! agent's join token, which pins it, still works), the same job id and version, and the same
 //! agent id when the agent reconnects on its own.
 
+mod common;
+use common::{agent_bin, eventually, tmp_dir, wait_scale};
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -36,48 +39,6 @@ fn moto_url() -> String {
              --test state_s3_moto` (scripts/test.sh runs this in its firehose-moto stage)."
         ),
     }
-}
-
-fn wait_scale() -> u32 {
-    std::env::var("MESHLAT_TEST_WAIT_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1)
-}
-
-/// Polls `f` every 200 ms until it returns `Some`, or fails after `secs` (scaled by
-/// `MESHLAT_TEST_WAIT_SCALE`).
-async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs) * wait_scale();
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {secs} s waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("meshlat-s3-{name}-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&d).expect("tmp dir");
-    d
-}
-
-fn agent_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_controller")).with_file_name("agent");
-    assert!(
-        p.exists(),
-        "{} is missing: build it with `cargo build -p meshlat-agent --bin agent`",
-        p.display()
-    );
-    p
 }
 
 fn repo_root() -> PathBuf {
@@ -289,7 +250,7 @@ async fn a_controller_on_an_empty_disk_comes_back_from_s3_with_its_ca_jobs_and_a
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let root = tmp_dir("restart");
+    let root = tmp_dir("s3", "restart");
 
     // Controller A: empty data directory, first start.
     let mut a = Ctl::start(&root.join("ctl-a"), "127.0.0.1:0", "127.0.0.1:0", &state).await?;
@@ -396,7 +357,7 @@ async fn an_unreachable_or_missing_bucket_fails_the_start_naming_the_flag() -> R
         ),
         ("meshlat-no-such-bucket", moto, "NoSuchBucket"),
     ] {
-        let data = tmp_dir("unreachable");
+        let data = tmp_dir("s3", "unreachable");
         let args: Vec<String> = [
             "--state-bucket",
             bucket,
