@@ -317,12 +317,10 @@ class Bench:
         sim = subprocess.run([os.path.join(self.ex, "simagents"), "--controller", grpc, "--agents", str(agents),
                               "--regions", str(regions), "--k", str(k), "--controller-pid", str(ctl.pid),
                               "--hold", "1" if smoke else "6",
-                              # MESHLAT_BENCH_SCALE_STREAMS: sessions per TLS connection. Default 20
-                              # (500 connections for 10,000 sessions): with one connection per
-                              # session the simulator's own 10,000 TLS connections share the 2 cores
-                              # with the controller and keepalives time out on both sides; real
-                              # agents bring their own CPUs. 1 = one connection per agent.
-                              "--streams-per-connection", os.environ.get("MESHLAT_BENCH_SCALE_STREAMS", "20")],
+                              # MESHLAT_BENCH_SCALE_STREAMS: sessions per TLS connection. Default 1,
+                              # one connection per agent as real agents have; e.g. 20 multiplexes
+                              # (the controller's per-connection memory then mostly drops out).
+                              "--streams-per-connection", os.environ.get("MESHLAT_BENCH_SCALE_STREAMS", "1")],
                              capture_output=True, text=True, env=env, preexec_fn=raise_nofile)
         self.stop(ctl)
         try:
