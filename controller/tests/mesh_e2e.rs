@@ -112,21 +112,7 @@ impl TestController {
         body: &str,
         cred: Option<&str>,
     ) -> Result<(u16, Value)> {
-        use rustls::pki_types::pem::PemObject;
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_file_iter(self.data.join("ca.pem"))? {
-            roots.add(c?)?;
-        }
-        let cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(&self.rest).await?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?, tcp)
-            .await?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        tokio::spawn(conn);
+        let mut send = common::pinned_http1(&self.data, &self.rest).await?;
         let mut req = http::Request::builder()
             .method(method)
             .uri(path)
@@ -594,21 +580,7 @@ impl TestController {
     /// Opens `/api/v1/stream` and returns the first `event: matrix` payload and whether a
     /// comment line (`:`) came before it.
     async fn first_sse_matrix(&self, query: &str) -> Result<(Value, bool)> {
-        use rustls::pki_types::pem::PemObject;
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_file_iter(self.data.join("ca.pem"))? {
-            roots.add(c?)?;
-        }
-        let cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(&self.rest).await?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?, tcp)
-            .await?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        tokio::spawn(conn);
+        let mut send = common::pinned_http1(&self.data, &self.rest).await?;
         let req = http::Request::builder()
             .uri(format!("/api/v1/stream{query}"))
             .header("host", "127.0.0.1")

@@ -16,12 +16,10 @@ use common::{agent_bin, eventually, tmp_dir, wait_scale};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use meshlat_proto::pb;
 use prost::Message;
 use serde_json::Value;
@@ -167,21 +165,7 @@ impl Ctl {
 
     /// One REST call over TLS pinned to the controller's CA (read from its data directory).
     async fn rest(&self, method: &str, path: &str, body: &str, cred: &str) -> Result<(u16, Value)> {
-        use rustls::pki_types::pem::PemObject;
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_file_iter(self.data.join("ca.pem"))? {
-            roots.add(c?)?;
-        }
-        let cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(&self.rest).await?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?, tcp)
-            .await?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        tokio::spawn(conn);
+        let mut send = common::pinned_http1(&self.data, &self.rest).await?;
         let req = http::Request::builder()
             .method(method)
             .uri(path)

@@ -1,9 +1,13 @@
 //! Helpers shared by the controller's process-level tests (`mesh_e2e`, `state_s3_moto`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+use http_body_util::Full;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 /// `MESHLAT_TEST_WAIT_SCALE` (default 1): multiplies every wait, for slow machines.
@@ -49,4 +53,25 @@ pub fn agent_bin() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// An HTTP/1.1 connection over TLS to a controller's REST address `addr`, trusting only the CA
+/// in its data directory `data` (`ca.pem`).
+pub async fn pinned_http1(data: &Path, addr: &str) -> Result<SendRequest<Full<bytes::Bytes>>> {
+    use rustls::pki_types::pem::PemObject;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(data.join("ca.pem"))? {
+        roots.add(c?)?;
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?, tcp)
+        .await?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    Ok(send)
 }
