@@ -16,6 +16,7 @@
 use std::net::SocketAddr;
 
 use meshlat_proto::grant::{GRANT_BYTES, Grant, GrantKey};
+use meshlat_proto::token::hex_encode;
 use ring::hmac;
 
 const WIRE_LABEL: &[u8] = b"meshlat mesh wire key v1";
@@ -41,15 +42,11 @@ impl std::fmt::Debug for MeshKeys {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 impl MeshKeys {
     /// Derives both keys from `root`.
     pub fn derive(root: &[u8]) -> Self {
         let k = hmac::Key::new(hmac::HMAC_SHA256, root);
-        let wire = hex(hmac::sign(&k, WIRE_LABEL).as_ref());
+        let wire = hex_encode(hmac::sign(&k, WIRE_LABEL).as_ref());
         let grant_secret = hmac::sign(&k, GRANT_LABEL).as_ref().to_vec();
         MeshKeys {
             wire,

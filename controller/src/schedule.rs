@@ -50,8 +50,7 @@ pub struct AgentView {
     pub relay: bool,
 }
 
-/// The capability an agent started with `--relay` announces.
-pub const RELAY_CAPABILITY: &str = "relay-udp";
+pub use meshlat_proto::grant::RELAY_CAPABILITY;
 
 impl AgentView {
     /// The advertised address for `p`.
@@ -403,6 +402,7 @@ pub fn compute(
     signing: &Signing<'_>,
 ) -> BTreeMap<String, Vec<pb::Assignment>> {
     let mut out: BTreeMap<String, Vec<pb::Assignment>> = BTreeMap::new();
+    let wire_key = signing.keys.wire_secret();
     for job in jobs.iter().filter(|j| !j.stopped) {
         let Some(spec) = &job.spec else { continue };
         let urls: Vec<&str> = spec
@@ -438,7 +438,7 @@ pub fn compute(
                 .push(pb::Assignment {
                     job: Some((*job).clone()),
                     targets,
-                    key: signing.keys.wire_secret(),
+                    key: wire_key.clone(),
                 });
         }
     }

@@ -100,6 +100,23 @@ impl TestController {
         })
     }
 
+    /// Controllers of regions `a` and `b` (data in `root/ctl-a`, `root/ctl-b`) sharing
+    /// `secret`; A names B as its peer, with `extra_a` flags.
+    async fn federated(root: &Path, secret: &str, extra_a: &[String]) -> Result<(Self, Self)> {
+        let fed = ["--federation-secret".to_string(), secret.to_string()];
+        let b = Self::start_in(&root.join("ctl-b"), "b", None, None, &fed).await?;
+        let mut a_flags = fed.to_vec();
+        a_flags.extend([
+            "--peer".into(),
+            format!("https://{}", b.grpc),
+            "--peer-ca".into(),
+            b.data.join("ca.pem").display().to_string(),
+        ]);
+        a_flags.extend_from_slice(extra_a);
+        let a = Self::start_in(&root.join("ctl-a"), "a", None, None, &a_flags).await?;
+        Ok((a, b))
+    }
+
     fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -802,31 +819,8 @@ async fn federated_jobs_cross_regions_and_survive_a_peer_going_down() -> Result<
     use meshlat_proto::pb;
     let root = tmp_dir("e2e", "fed");
     let secret = "fed-secret-e2e".to_string();
-    let mut ctl_b = TestController::start_in(
-        &root.join("ctl-b"),
-        "b",
-        None,
-        None,
-        &["--federation-secret".into(), secret.clone()],
-    )
-    .await?;
-    let mut ctl_a = TestController::start_in(
-        &root.join("ctl-a"),
-        "a",
-        None,
-        None,
-        &[
-            "--federation-secret".into(),
-            secret.clone(),
-            "--peer".into(),
-            format!("https://{}", ctl_b.grpc),
-            "--peer-ca".into(),
-            ctl_b.data.join("ca.pem").display().to_string(),
-            "--peer-ttl".into(),
-            "6".into(),
-        ],
-    )
-    .await?;
+    let (mut ctl_a, mut ctl_b) =
+        TestController::federated(&root, &secret, &["--peer-ttl".into(), "6".into()]).await?;
     let a1 = TestAgent::start_in(&ctl_a, "a", &root.join("out-a"), &root.join("st-a"))?;
     let b1 = TestAgent::start_in(&ctl_b, "b", &root.join("out-b"), &root.join("st-b"))?;
 
@@ -951,29 +945,7 @@ async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungran
 {
     let root = tmp_dir("e2e", "relay");
     let secret = "fed-secret-relay".to_string();
-    let ctl_b = TestController::start_in(
-        &root.join("ctl-b"),
-        "b",
-        None,
-        None,
-        &["--federation-secret".into(), secret.clone()],
-    )
-    .await?;
-    let ctl_a = TestController::start_in(
-        &root.join("ctl-a"),
-        "a",
-        None,
-        None,
-        &[
-            "--federation-secret".into(),
-            secret.clone(),
-            "--peer".into(),
-            format!("https://{}", ctl_b.grpc),
-            "--peer-ca".into(),
-            ctl_b.data.join("ca.pem").display().to_string(),
-        ],
-    )
-    .await?;
+    let (ctl_a, ctl_b) = TestController::federated(&root, &secret, &[]).await?;
     let stats_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port().to_string()

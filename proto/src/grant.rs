@@ -73,6 +73,18 @@ impl GrantKey {
     }
 }
 
+/// The capability an agent whose UDP reflector relays (`--relay`) announces in its Hello; the
+/// controller sends the relay-grant key only to agents announcing it.
+pub const RELAY_CAPABILITY: &str = "relay-udp";
+
+/// The expiry (unix seconds) a grant field claims, without verifying it: for the holder of a
+/// grant (a source), which cannot verify it, to tell one grant epoch from the next.
+pub fn claimed_expiry(g: &[u8; GRANT_BYTES]) -> u64 {
+    let mut e = [0u8; 8];
+    e.copy_from_slice(&g[20..28]);
+    u64::from_be_bytes(e)
+}
+
 /// A decoded, verified grant.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub struct Grant {

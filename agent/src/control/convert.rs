@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshlat_proto::grant::GRANT_BYTES;
+use meshlat_proto::grant::{GRANT_BYTES, claimed_expiry};
 use meshlat_proto::pb;
 use meshlat_proto::record::Kind;
 
@@ -31,13 +31,6 @@ use crate::tls::TlsClientOptions;
 
 fn opt(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
-}
-
-/// A grant's expiry (unix seconds; bytes 20..28, see [`meshlat_proto::grant`]).
-fn grant_expiry(g: &[u8; GRANT_BYTES]) -> u64 {
-    let mut e = [0u8; 8];
-    e.copy_from_slice(&g[20..28]);
-    u64::from_be_bytes(e)
 }
 
 /// Converts a job set; returns it and the jobs refused (job id → reason) for the ack.
@@ -154,7 +147,7 @@ pub fn job_set(set: &pb::JobSet, key: &Key) -> (JobSet, BTreeMap<String, String>
             // Bits 32.. carry the grants' expiry (hours), so reissued grants restart the pairs.
             let grants_tag = targets
                 .iter()
-                .filter_map(|t| t.target.grant.map(|g| grant_expiry(&g) / 3600))
+                .filter_map(|t| t.target.grant.map(|g| claimed_expiry(&g) / 3600))
                 .max()
                 .unwrap_or(0);
             jobs.push(Arc::new(Job {

@@ -40,10 +40,6 @@ pub struct RunApp {
     control: ControlConfig,
 }
 
-/// The capability of an agent whose UDP reflector relays (`--relay`); the controller sends the
-/// mesh grant key only to agents announcing it.
-pub const RELAY_CAPABILITY: &str = "relay-udp";
-
 async fn detect_local_ip(host: &str, port: u16) -> Option<IpAddr> {
     let target = tokio::net::lookup_host((host, port)).await.ok()?.next()?;
     let bind: SocketAddr = if target.is_ipv4() {
@@ -116,7 +112,7 @@ impl RunApp {
             })
             .collect();
         if cfg.responders.relay && serve.addrs().udp.is_some() {
-            capabilities.push(RELAY_CAPABILITY.into());
+            capabilities.push(meshlat_proto::grant::RELAY_CAPABILITY.into());
         }
         let hello = pb::Hello {
             agent_id: String::new(),
