@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshlat_proto::pb::agent_service_server::AgentServiceServer;
 use meshlat_proto::pb::federation_service_server::FederationServiceServer;
 use meshlat_proto::pb::operator_service_server::OperatorServiceServer;
 use meshlat_proto::token::hex_encode;
@@ -24,8 +23,6 @@ use crate::store::{FileStore, StateStore, StoreError};
 
 /// How often agent liveness is re-evaluated.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
-/// How often session churn deferred by the registry is scheduled ([`Registry::flush`]).
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// How long connections get to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Relay grants are valid one to two of these (and never less than the lease).
@@ -232,15 +229,14 @@ impl Controller {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunError> {
         let tasks = tokio_util::task::TaskTracker::new();
         let registry = self.registry.clone();
+        tasks.spawn(registry.clone().run(shutdown.clone()));
         let sweep_stop = shutdown.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-            let mut flush = tokio::time::interval(FLUSH_INTERVAL);
             loop {
                 tokio::select! {
                     () = sweep_stop.cancelled() => return,
                     _ = tick.tick() => registry.sweep(),
-                    _ = flush.tick() => registry.flush(),
                 }
             }
         });
@@ -305,8 +301,11 @@ impl Controller {
             .register_encoded_file_descriptor_set(meshlat_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1();
-        let agent = AgentServiceServer::with_interceptor(
-            grpc::agent::AgentSvc::new(self.registry.clone(), shutdown.clone()),
+        let agent = tonic::codegen::InterceptedService::new(
+            grpc::agent::AgentServer::new(grpc::agent::AgentSvc::new(
+                self.registry.clone(),
+                shutdown.clone(),
+            )),
             grpc::auth::agent(self.creds.clone()),
         );
         let operator = OperatorServiceServer::with_interceptor(
@@ -314,8 +313,10 @@ impl Controller {
             grpc::auth::operator(self.creds.clone()),
         );
         let mut builder = tonic::transport::Server::builder()
+            // Agents that vanished are found by their TTL; pings only close dead connections,
+            // and a busy agent host answering late is not one (gRPC's default timeout).
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)));
         if !self.cfg.plaintext {
             let id = tonic::transport::Identity::from_pem(&self.tls.chain_pem, &self.tls.key_pem);
             builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(id))?;

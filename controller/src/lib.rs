@@ -11,7 +11,8 @@
 //! - [`federation`]: exchanging directories and jobs with peer controllers.
 //! - [`keys`]: the mesh wire key and the relay-grant key, and grant expiry.
 //! - [`live`]: agents' rolling summaries and the latency matrix.
-//! - [`registry`]: the domain layer: jobs, agents, sessions; pushes job sets.
+//! - [`registry`]: the domain layer: jobs, agents, sessions; its scheduler pushes job sets,
+//!   held encoded ([`jobset`]).
 //! - [`schedule`]: pinglists (`full`, `per-region`, `k-random`), pure functions.
 //! - [`grpc`]: `AgentService`, `OperatorService`, interceptors, `Status` mapping.
 //! - [`rest`]: the REST/JSON mirror under `/api/v1`; [`json`]: the JSON form of jobs.
@@ -24,6 +25,7 @@ pub mod client;
 pub mod config;
 pub mod federation;
 pub mod grpc;
+pub mod jobset;
 pub mod json;
 pub mod keys;
 pub mod live;

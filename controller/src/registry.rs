@@ -1,8 +1,20 @@
 //! The domain layer: jobs, the agent directory and agent sessions, behind one lock.
 //!
 //! Every change (a job started, updated or stopped; an agent connecting, going away, or its
-//! TTL running out) recomputes the pinglists ([`crate::schedule`]) and pushes a new
-//! [`pb::JobSet`] to each connected agent whose assignments changed, with a fresh generation.
+//! TTL running out) marks the pinglists stale and wakes the scheduler ([`Registry::run`]), which
+//! recomputes them ([`crate::schedule`]) and pushes a new job set ([`PushedSet`]) to each
+//! connected agent whose assignments changed, with a fresh generation.
+//!
+//! # The scheduler
+//!
+//! One task, so recomputations never overlap or apply out of order. Each round takes a
+//! snapshot under the lock (live agents, jobs, and each session's last pushed set), computes
+//! and encodes the plan on a blocking thread with the lock released, and then, under the lock
+//! again, pushes the sets that changed. The lock is never held for the computation (about a
+//! second for 10,000 agents), so heartbeats, acknowledgements and new sessions are served
+//! meanwhile. A session that started after the snapshot, or anything that changed meanwhile,
+//! is left stale for the next round. Saving the agent directory happens in the same round,
+//! off the lock too.
 //!
 //! # Liveness
 //!
@@ -13,23 +25,25 @@
 //!
 //! # Session churn at scale
 //!
-//! A job change recomputes at once. Sessions coming and going recompute (and save the agent
-//! directory) at once too, unless recomputing has lately been costly: then the next one waits
-//! until [`RECOMPUTE_SPACING`] times the last recomputation's duration has passed since it
-//! started, and [`Registry::flush`] (called every [`crate::app::FLUSH_INTERVAL`]) does it for
-//! every session that came or went meanwhile. Small meshes see no difference; a storm of 10,000
-//! reconnecting agents costs a bounded share of the time instead of 10,000 recomputations of a
-//! 10,000-agent mesh. New sessions are welcomed at once either way. Recomputations quicker than
-//! [`DEFER_ABOVE`], or with fewer than [`DEFER_MIN_AGENTS`] agents, are never deferred.
+//! A job change is scheduled at once. Sessions coming and going are too, unless recomputing
+//! has lately been costly: then the next round waits until [`RECOMPUTE_SPACING`] times the last
+//! one's duration has passed since it started, and covers every session that came or went
+//! meanwhile. Small meshes see no difference; a storm of 10,000 reconnecting agents costs a
+//! bounded share of the time instead of 10,000 recomputations of a 10,000-agent mesh. New
+//! sessions are welcomed at once either way. Rounds quicker than [`DEFER_ABOVE`], or with
+//! fewer than [`DEFER_MIN_AGENTS`] agents, are never deferred.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use meshlat_proto::pb;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
+use crate::jobset::{PushedSet, encode_assignments};
 use crate::keys::MeshKeys;
 use crate::live::{self, By, Live, SUMMARY_TTL};
 use crate::schedule::{self, AgentView};
@@ -117,14 +131,14 @@ pub struct Session {
     pub agent_id: String,
     /// Session number, to tell a stale session's disconnect from the current one's.
     pub session: u64,
-    /// Its desired job sets.
-    pub job_sets: watch::Receiver<Arc<pb::JobSet>>,
+    /// Its desired job sets, as pushed (the first is a placeholder of generation 0).
+    pub job_sets: watch::Receiver<Arc<PushedSet>>,
 }
 
 #[derive(Debug)]
 struct AgentEntry {
     stored: pb::StoredAgent,
-    session: Option<(u64, watch::Sender<Arc<pb::JobSet>>)>,
+    session: Option<(u64, watch::Sender<Arc<PushedSet>>)>,
     last_heard: Instant,
     generation: u64,
     acked: u64,
@@ -138,11 +152,13 @@ struct Inner {
     peers: BTreeMap<String, (pb::Directory, Instant)>,
     next_generation: u64,
     next_session: u64,
-    /// Sessions came or went since the last recomputation.
+    /// The pinglists are stale: something changed since the last snapshot.
     pending: bool,
+    /// A job changed: the next round is not deferred.
+    urgent: bool,
     /// The agent directory changed since it was last saved.
     unsaved: bool,
-    /// When the last recomputation started (its `now`) and how long it took.
+    /// When the last round's snapshot was taken (its `now`) and how long the round took.
     recomputed: (Instant, Duration),
     /// Expiry of the relay grants the last recomputation issued; a new grant epoch recomputes.
     grants_expire: u64,
@@ -156,6 +172,8 @@ pub struct Registry {
     inner: Mutex<Inner>,
     live: Live,
     changes: watch::Sender<u64>,
+    /// Wakes the scheduler ([`Registry::run`]).
+    kick: Notify,
 }
 
 fn unix_ms() -> i64 {
@@ -206,7 +224,9 @@ impl Registry {
             peers: BTreeMap::new(),
             next_generation,
             next_session: 1,
-            pending: false,
+            // The scheduler's first round pushes to whoever has connected by then.
+            pending: true,
+            urgent: true,
             unsaved: false,
             recomputed: (now, Duration::ZERO),
             grants_expire: 0,
@@ -217,8 +237,8 @@ impl Registry {
             inner: Mutex::new(inner),
             live: Live::new(SUMMARY_TTL),
             changes: watch::Sender::new(0),
+            kick: Notify::new(),
         };
-        r.lock().recompute(&r.cfg, Instant::now());
         Ok(r)
     }
 
@@ -229,6 +249,14 @@ impl Registry {
 
     fn changed(&self) {
         self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Marks the pinglists stale and wakes the scheduler; `urgent` (a job change) skips the
+    /// deferral of costly rounds.
+    fn reschedule(&self, inner: &mut Inner, urgent: bool) {
+        inner.pending = true;
+        inner.urgent |= urgent;
+        self.kick.notify_one();
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -301,7 +329,7 @@ impl Registry {
             return Err(e);
         }
         tracing::info!(message = "Job started.", job = %job.id);
-        inner.recompute(&self.cfg, Instant::now());
+        self.reschedule(&mut inner, true);
         self.changed();
         Ok(job)
     }
@@ -377,7 +405,7 @@ impl Registry {
             return Err(e);
         }
         tracing::info!(message = "Job updated.", job = %id, version = job.version);
-        inner.recompute(&self.cfg, Instant::now());
+        self.reschedule(&mut inner, true);
         self.changed();
         Ok(job)
     }
@@ -412,7 +440,7 @@ impl Registry {
             return Err(e);
         }
         tracing::info!(message = "Job stopped.", job = %id);
-        inner.recompute(&self.cfg, Instant::now());
+        self.reschedule(&mut inner, true);
         self.changed();
         Ok(job)
     }
@@ -503,7 +531,7 @@ impl Registry {
         if fresh {
             tracing::info!(message = "Peer directory merged.", peer_region = %region);
         }
-        inner.recompute(&self.cfg, now);
+        self.reschedule(&mut inner, fresh);
         Ok(())
     }
 
@@ -548,7 +576,7 @@ impl Registry {
             endpoints: hello.endpoints,
             capabilities: hello.capabilities,
         };
-        let (tx, rx) = watch::channel(Arc::new(pb::JobSet::default()));
+        let (tx, rx) = watch::channel(Arc::new(PushedSet::default()));
         let replaced = match inner.agents.get_mut(&id) {
             Some(e) => {
                 e.stored = stored;
@@ -572,9 +600,9 @@ impl Registry {
             }
         };
         tracing::info!(message = "Agent connected.", agent = %id, session, replaced);
-        inner.pending = true;
         inner.unsaved = true;
-        self.settle(&mut inner);
+        self.reschedule(&mut inner, false);
+        drop(inner);
         self.changed();
         Ok(Session {
             agent_id: id,
@@ -687,16 +715,16 @@ impl Registry {
             i.last_seen_unix_ms = unix_ms();
         }
         tracing::info!(message = "Agent disconnected.", agent = %agent_id, session);
-        inner.pending = true;
         inner.unsaved = true;
-        self.settle(&mut inner);
+        self.reschedule(&mut inner, false);
+        drop(inner);
         self.changed();
     }
 
     /// Re-evaluates liveness (agents whose TTL ran out stop being scheduled). Call periodically.
     ///
-    /// Recomputes only if a peer directory or a disconnected agent's TTL ran out since the last
-    /// recomputation (or session churn is pending), not on every call.
+    /// Reschedules only if a peer directory or a disconnected agent's TTL ran out since the last
+    /// round, or a new grant epoch started, not on every call.
     pub fn sweep(&self) {
         let mut inner = self.lock();
         let now = Instant::now();
@@ -718,36 +746,89 @@ impl Registry {
         // Relay grants are reissued when a new grant epoch starts.
         let new_epoch = self.cfg.grant_expiry_now() != inner.grants_expire;
         if expired || new_epoch {
-            inner.recompute(&self.cfg, now);
+            self.reschedule(&mut inner, false);
         }
-        self.settle(&mut inner);
     }
 
-    /// Saves and recomputes what session churn deferred (see the module doc). Call every
-    /// [`crate::app::FLUSH_INTERVAL`].
-    pub fn flush(&self) {
-        let mut inner = self.lock();
-        self.settle(&mut inner);
-    }
-
-    /// Saves the agent directory and recomputes after session churn, unless the last
-    /// recomputation was too recent for its cost ([`RECOMPUTE_SPACING`], [`DEFER_ABOVE`],
-    /// [`DEFER_MIN_AGENTS`]).
-    fn settle(&self, inner: &mut Inner) {
-        let (at, cost) = inner.recomputed;
-        let now = Instant::now();
-        let costly = cost >= DEFER_ABOVE && inner.agents.len() >= DEFER_MIN_AGENTS;
-        if costly && now < at + cost * RECOMPUTE_SPACING {
-            return;
-        }
-        if inner.unsaved {
-            inner.unsaved = false;
-            if let Err(error) = self.save_agents(inner) {
-                tracing::error!(message = "Cannot save agents.", %error);
+    /// The scheduler: runs rounds (see the module doc) until `shutdown`. Spawn one per registry;
+    /// nothing is pushed without it.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let due = self.lock().due();
+            let now = Instant::now();
+            match due {
+                Some(at) if at <= now => {}
+                Some(at) => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep_until(at) => {}
+                        () = self.kick.notified() => {}
+                    }
+                    continue;
+                }
+                None => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = self.kick.notified() => {}
+                    }
+                    continue;
+                }
+            }
+            let round = self.lock().snapshot(&self.cfg, now);
+            let this = self.clone();
+            match tokio::task::spawn_blocking(move || this.compute(round)).await {
+                Ok(done) => self.lock().apply(&self.cfg, done),
+                Err(error) => {
+                    // A panic in the computation: keep the last sets, retry after a while.
+                    tracing::error!(message = "Pinglist computation failed.", %error);
+                    let mut inner = self.lock();
+                    inner.pending = true;
+                    inner.recomputed = (now, Duration::from_secs(1));
+                }
             }
         }
-        if inner.pending {
-            inner.recompute(&self.cfg, now);
+    }
+
+    /// The blocking part of a round: saves the directory, computes the plan, encodes each
+    /// session's assignments and keeps those that differ from what it has.
+    fn compute(&self, round: Round) -> Computed {
+        let started = Instant::now();
+        if let Some(agents) = round.save
+            && let Err(error) = self.store.save_agents(&agents)
+        {
+            tracing::error!(message = "Cannot save agents.", %error);
+        }
+        let signing = schedule::Signing {
+            keys: &self.cfg.keys,
+            expires_unix: round.grants_expire,
+        };
+        let jobs: Vec<&pb::Job> = round.jobs.iter().collect();
+        let mut plan = schedule::compute(&jobs, &round.views, self.cfg.max_full_mesh, &signing);
+        let planned = started.elapsed();
+        drop(round.views);
+        let pushes = round
+            .sessions
+            .into_iter()
+            .filter_map(|s| {
+                let want = encode_assignments(plan.remove(&s.id).unwrap_or_default());
+                (s.force || want[..] != *s.pushed.assignments()).then_some(Push {
+                    id: s.id,
+                    session: s.session,
+                    assignments: want,
+                })
+            })
+            .collect();
+        tracing::debug!(
+            message = "Pinglists computed.",
+            snapshot_ms = round.snapshot_cost.as_millis() as u64,
+            plan_ms = planned.as_millis() as u64,
+            encode_ms = (started.elapsed() - planned).as_millis() as u64
+        );
+        Computed {
+            at: round.at,
+            cost: round.snapshot_cost + started.elapsed(),
+            grants_expire: round.grants_expire,
+            pushes,
         }
     }
 
@@ -763,12 +844,42 @@ impl Registry {
             DomainError::Store(e)
         })
     }
+}
 
-    fn save_agents(&self, inner: &Inner) -> Result<(), DomainError> {
-        let agents: Vec<pb::StoredAgent> =
-            inner.agents.values().map(|a| a.stored.clone()).collect();
-        self.store.save_agents(&agents).map_err(DomainError::Store)
-    }
+/// What a round computes from, taken under the lock.
+struct Round {
+    at: Instant,
+    snapshot_cost: Duration,
+    views: Vec<AgentView>,
+    jobs: Vec<pb::Job>,
+    grants_expire: u64,
+    sessions: Vec<SessionSnap>,
+    /// The agent directory, if it changed since it was last saved.
+    save: Option<Vec<pb::StoredAgent>>,
+}
+
+/// A session at the snapshot, with the set it was last pushed.
+struct SessionSnap {
+    id: String,
+    session: u64,
+    pushed: Arc<PushedSet>,
+    /// A new session: pushed even if its set is unchanged.
+    force: bool,
+}
+
+/// A round's result, applied under the lock.
+struct Computed {
+    at: Instant,
+    cost: Duration,
+    grants_expire: u64,
+    pushes: Vec<Push>,
+}
+
+/// A changed set for a session.
+struct Push {
+    id: String,
+    session: u64,
+    assignments: Bytes,
 }
 
 impl Inner {
@@ -828,23 +939,72 @@ impl Inner {
         jobs
     }
 
-    fn recompute(&mut self, cfg: &RegistryConfig, now: Instant) {
+    /// When the scheduler's next round is due: `None` if nothing is stale; a job change, or a
+    /// quick last round, now; else [`RECOMPUTE_SPACING`] times the last round's cost after it.
+    fn due(&self) -> Option<Instant> {
+        if !self.pending && !self.unsaved {
+            return None;
+        }
+        let (at, cost) = self.recomputed;
+        let costly = cost >= DEFER_ABOVE && self.agents.len() >= DEFER_MIN_AGENTS;
+        Some(if self.urgent || !costly {
+            at
+        } else {
+            at + cost * RECOMPUTE_SPACING
+        })
+    }
+
+    /// Takes a round's inputs and clears the stale flags (what changes from now on is stale
+    /// again).
+    fn snapshot(&mut self, cfg: &RegistryConfig, now: Instant) -> Round {
         let views = self.views(cfg, now);
-        let jobs = self.all_jobs(now);
-        // Only local agents get job sets: a controller schedules only its own agents.
-        let signing = schedule::Signing {
-            keys: &cfg.keys,
-            expires_unix: cfg.grant_expiry_now(),
-        };
-        let mut plan = schedule::compute(&jobs, &views, cfg.max_full_mesh, &signing);
+        let jobs = self.all_jobs(now).into_iter().cloned().collect();
+        let sessions = self
+            .agents
+            .iter()
+            .filter_map(|(id, e)| {
+                let (session, tx) = e.session.as_ref()?;
+                Some(SessionSnap {
+                    id: id.clone(),
+                    session: *session,
+                    pushed: tx.borrow().clone(),
+                    force: e.generation == 0,
+                })
+            })
+            .collect();
+        let save = self
+            .unsaved
+            .then(|| self.agents.values().map(|a| a.stored.clone()).collect());
+        self.pending = false;
+        self.urgent = false;
+        self.unsaved = false;
+        Round {
+            at: now,
+            snapshot_cost: now.elapsed(),
+            views,
+            jobs,
+            grants_expire: cfg.grant_expiry_now(),
+            sessions,
+            save,
+        }
+    }
+
+    /// Pushes a round's changed sets to the sessions that are still the ones it computed for
+    /// (a session that replaced one meanwhile is stale and gets the next round).
+    fn apply(&mut self, cfg: &RegistryConfig, done: Computed) {
+        let started = Instant::now();
         let lease_ms = cfg.lease.as_millis() as u64;
-        let accept_keys = vec![cfg.keys.wire_secret()];
-        let grant_keys = vec![cfg.keys.grant_secret()];
-        for (id, e) in &mut self.agents {
-            let Some((_, tx)) = &e.session else { continue };
-            let want = plan.remove(id).unwrap_or_default();
-            // The set last pushed is the watch's value: compared there, moved in, never copied.
-            if e.generation != 0 && want == tx.borrow().assignments {
+        let accept_keys = [cfg.keys.wire_secret()];
+        let grant_keys = [cfg.keys.grant_secret()];
+        let mut pushed = 0usize;
+        for p in done.pushes {
+            let Some(e) = self.agents.get_mut(&p.id) else {
+                continue;
+            };
+            let Some((session, tx)) = &e.session else {
+                continue;
+            };
+            if *session != p.session {
                 continue;
             }
             self.next_generation += 1;
@@ -854,24 +1014,27 @@ impl Inner {
                 .capabilities
                 .iter()
                 .any(|c| c == schedule::RELAY_CAPABILITY);
-            let set = pb::JobSet {
-                generation: e.generation,
+            let set = PushedSet::new(
+                e.generation,
                 lease_ms,
-                assignments: want,
-                accept_keys: accept_keys.clone(),
-                grant_keys: if relay {
-                    grant_keys.clone()
-                } else {
-                    Vec::new()
-                },
-            };
-            tracing::debug!(message = "Pushing job set.", agent = %id, generation = e.generation, assignments = set.assignments.len());
+                &p.assignments,
+                &accept_keys,
+                if relay { &grant_keys } else { &[] },
+            );
+            tracing::debug!(message = "Pushing job set.", agent = %p.id, generation = e.generation, bytes = set.message().len());
             // No receiver means the session is ending; its disconnect cleans up.
             let _ = tx.send(Arc::new(set));
+            pushed += 1;
         }
-        self.pending = false;
-        self.recomputed = (now, now.elapsed());
-        self.grants_expire = signing.expires_unix;
+        let cost = done.cost + started.elapsed();
+        tracing::debug!(
+            message = "Pinglists recomputed.",
+            agents = self.agents.len(),
+            pushed,
+            cost_ms = cost.as_millis() as u64
+        );
+        self.recomputed = (done.at, cost);
+        self.grants_expire = done.grants_expire;
     }
 }
 
@@ -918,15 +1081,35 @@ mod tests {
         }
     }
 
+    /// A registry with its scheduler running until the returned token is cancelled.
+    fn running(store: Arc<FileStore>) -> (Arc<Registry>, CancellationToken) {
+        let r = Arc::new(Registry::load(cfg(), store).expect("load"));
+        let stop = CancellationToken::new();
+        tokio::spawn(r.clone().run(stop.clone()));
+        (r, stop)
+    }
+
+    /// The next set pushed to a session.
+    async fn next_set(rx: &mut watch::Receiver<Arc<PushedSet>>) -> pb::JobSet {
+        tokio::time::timeout(Duration::from_secs(10), rx.changed())
+            .await
+            .expect("a set is pushed within 10 s")
+            .expect("session open");
+        rx.borrow_and_update().decode()
+    }
+
     #[tokio::test]
     async fn jobs_and_ids_persist_sets_are_pushed_and_versions_checked() {
         let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
         let store = Arc::new(FileStore::open(&dir).expect("store"));
-        let r = Registry::load(cfg(), store.clone()).expect("load");
+        let (r, stop) = running(store.clone());
         let mut a = r.connect(hello("", 1)).expect("a");
         let b = r.connect(hello("", 2)).expect("b");
         assert_ne!(a.agent_id, b.agent_id);
-        assert!(a.job_sets.borrow_and_update().assignments.is_empty());
+        // Every new session gets a set, here an empty one.
+        let first = next_set(&mut a.job_sets).await;
+        assert!(first.assignments.is_empty());
+        assert!(first.generation > 0);
 
         let e = r
             .start_job(Some(spec(1000)))
@@ -937,12 +1120,11 @@ mod tests {
         );
         let job = r.start_job(Some(spec(500))).expect("valid");
         assert_eq!(job.version, 1);
-        assert!(
-            a.job_sets.has_changed().expect("open"),
-            "a new set was pushed"
-        );
-        let set = a.job_sets.borrow_and_update().clone();
+        let set = next_set(&mut a.job_sets).await;
+        assert!(set.generation > first.generation);
         assert_eq!(set.lease_ms, 60_000);
+        assert_eq!(set.accept_keys, vec![cfg().keys.wire_secret()]);
+        assert!(set.grant_keys.is_empty(), "not a relay");
         assert_eq!(set.assignments[0].targets[0].target, "udp://127.0.0.1:2");
         assert_eq!(set.assignments[0].targets[0].dst_agent, b.agent_id);
 
@@ -961,19 +1143,27 @@ mod tests {
             Err(DomainError::NotFound { .. })
         ));
 
+        let updated = next_set(&mut a.job_sets).await;
+        assert_eq!(
+            updated.assignments[0].job.as_ref().map(|j| j.version),
+            Some(2)
+        );
+
         // A restart keeps jobs and ids; reconnecting with a stored id does not duplicate it.
+        stop.cancel();
         drop(r);
-        let r = Registry::load(cfg(), store).expect("reload");
+        let (r, stop) = running(store);
         assert_eq!(r.get_job(&job.id).expect("kept").version, 2);
         assert_eq!(r.list_agents().len(), 2);
-        let a2 = r.connect(hello(&a.agent_id, 3)).expect("again");
+        let mut a2 = r.connect(hello(&a.agent_id, 3)).expect("again");
         assert_eq!(a2.agent_id, a.agent_id);
         assert_eq!(r.list_agents().len(), 2, "no duplicate");
         assert_eq!(
-            a2.job_sets.borrow().assignments.len(),
+            next_set(&mut a2.job_sets).await.assignments.len(),
             1,
             "b is still scheduled within its TTL after the restart"
         );
+        stop.cancel();
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -981,8 +1171,9 @@ mod tests {
     async fn peer_directories_add_targets_and_jobs_until_their_ttl() {
         let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
         let store = Arc::new(FileStore::open(&dir).expect("store"));
-        let r = Registry::load(cfg(), store).expect("load");
+        let (r, stop) = running(store);
         let mut a = r.connect(hello("a1", 1)).expect("a");
+        assert!(next_set(&mut a.job_sets).await.assignments.is_empty());
         let changes = r.changes();
         // Sources here, targets in the peer's region.
         let mut s = spec(500);
@@ -994,7 +1185,6 @@ mod tests {
             changes.has_changed().expect("open"),
             "a job start is a change"
         );
-        assert!(a.job_sets.borrow_and_update().assignments.is_empty());
 
         let peer = |region: &str, jobs: Vec<pb::Job>| pb::Directory {
             region: region.into(),
@@ -1028,7 +1218,7 @@ mod tests {
         };
         r.merge_peer(peer("p", vec![their_job]), Duration::from_secs(10))
             .expect("merge");
-        let set = a.job_sets.borrow_and_update().clone();
+        let set = next_set(&mut a.job_sets).await;
         let mut targets: Vec<(String, String)> = set
             .assignments
             .iter()
@@ -1060,8 +1250,9 @@ mod tests {
         // Past the TTL the peer's agents and jobs are gone.
         tokio::time::advance(Duration::from_secs(11)).await;
         r.sweep();
-        assert!(a.job_sets.borrow_and_update().assignments.is_empty());
+        assert!(next_set(&mut a.job_sets).await.assignments.is_empty());
         assert_eq!(r.list_agents().len(), 1);
+        stop.cancel();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -113,7 +113,18 @@ pub fn client_config(pin: [u8; 32]) -> Result<rustls::ClientConfig, rustls::Erro
     Ok(cfg)
 }
 
+/// Interval of the HTTP/2 keepalive pings to the controller.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a keepalive ping may go unanswered before the connection is dropped.
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Connects a gRPC channel to `host:port`, over TLS with `tls` or in plain text.
+///
+/// HTTP/2 keepalive pings every [`KEEPALIVE_INTERVAL`] find a controller that vanished without
+/// closing the connection; the connection is dropped if one goes unanswered for
+/// [`KEEPALIVE_TIMEOUT`] (gRPC's default), not sooner: a controller busy with a storm of
+/// reconnecting agents answers late, and dropping it then only adds to the storm. A controller
+/// that stops or restarts closes its connections, which is noticed at once.
 ///
 /// # Errors
 ///
@@ -126,8 +137,8 @@ pub async fn connect(
     use std::time::Duration;
     let ep = tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))?
         .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     let connector = tower::service_fn(move |_uri: http::Uri| {

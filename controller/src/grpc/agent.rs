@@ -5,30 +5,169 @@
 //! 1. The agent sends `Hello` (within [`HELLO_TIMEOUT`]); anything else first is refused with
 //!    `InvalidArgument`.
 //! 2. The controller answers `Welcome` with the agent's stable id, then its whole desired
-//!    `JobSet` (generation + lease), and a new one whenever it changes.
+//!    `JobSet` (generation + lease) as soon as the scheduler has computed it, and a new one
+//!    whenever it changes.
 //! 3. The agent acknowledges each job set (`JobAck`), sends a `Heartbeat` every few seconds and
 //!    may send `Summaries`.
 //!
-//! A session task per stream (spawn + mpsc, so disconnects are observed) forwards job sets and
-//! reads the agent's messages until either side goes away or the controller shuts down.
+//! # One controller, 10,000 sessions
+//!
+//! The route is served by [`AgentServer`] rather than the generated server so that job sets
+//! go out as the bytes the registry encoded once ([`PushedSet`]), through [`SessionCodec`],
+//! instead of being cloned and encoded again per session. The outgoing stream ([`Outbound`])
+//! reads the session's job-set watch when the connection can take more, so a slow agent gets
+//! the newest set, never a queue of stale ones. The codec's buffers start small: agents send
+//! small messages, and tonic's default 8 KiB for each direction of each stream adds up.
+//!
+//! A session task per stream reads the agent's messages until either side goes away, the
+//! session is replaced, or the controller shuts down; it then ends the outgoing stream.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BufMut;
 use meshlat_proto::pb;
 use meshlat_proto::pb::agent_message::Msg;
-use meshlat_proto::pb::agent_service_server::AgentService;
-use meshlat_proto::pb::controller_message::Msg as Out;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use prost::Message;
+use tokio::sync::oneshot;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status::from_domain;
+use crate::jobset::PushedSet;
 use crate::registry::Registry;
 
 /// How long a new stream may take to say Hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The gRPC path of `AgentService.Connect`.
+pub const CONNECT_PATH: &str = "/meshlat.v1.AgentService/Connect";
+/// Initial size of each stream's encode and decode buffers (they grow as messages need).
+const BUFFER_SIZE: usize = 512;
+/// Encoded bytes gathered before handing them to HTTP/2 (tonic's default).
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+/// What the controller sends on a session.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// The session's first message.
+    Welcome(pb::Welcome),
+    /// A job set, already encoded.
+    JobSet(Arc<PushedSet>),
+}
+
+/// The session's codec: [`Outgoing`] out (job sets as their pushed bytes, so the wire format
+/// is `ControllerMessage`'s), `AgentMessage` in (prost).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SessionCodec;
+
+fn buffers() -> BufferSettings {
+    BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD)
+}
+
+impl Codec for SessionCodec {
+    type Encode = Outgoing;
+    type Decode = pb::AgentMessage;
+    type Encoder = OutgoingEncoder;
+    type Decoder = AgentMessageDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        OutgoingEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        AgentMessageDecoder(tonic_prost::ProstDecoder::new(buffers()))
+    }
+}
+
+/// Encodes [`Outgoing`].
+#[derive(Debug)]
+pub struct OutgoingEncoder;
+
+impl Encoder for OutgoingEncoder {
+    type Item = Outgoing;
+    type Error = Status;
+
+    fn encode(&mut self, item: Outgoing, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        match item {
+            Outgoing::Welcome(w) => pb::ControllerMessage {
+                msg: Some(pb::controller_message::Msg::Welcome(w)),
+            }
+            .encode(dst)
+            .map_err(|e| Status::internal(format!("encoding Welcome: {e}"))),
+            Outgoing::JobSet(set) => {
+                dst.put_slice(set.message());
+                Ok(())
+            }
+        }
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffers()
+    }
+}
+
+/// Decodes `AgentMessage` (prost) with the session's buffer settings.
+#[derive(Debug)]
+pub struct AgentMessageDecoder(tonic_prost::ProstDecoder<pb::AgentMessage>);
+
+impl Decoder for AgentMessageDecoder {
+    type Item = pb::AgentMessage;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<pb::AgentMessage>, Status> {
+        self.0.decode(src)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffers()
+    }
+}
+
+/// A session's outgoing messages: the Welcome, then each newest job set; ends with the session
+/// (with a status if the session task sent one).
+#[derive(Debug)]
+pub struct Outbound {
+    welcome: Option<pb::Welcome>,
+    sets: WatchStream<Arc<PushedSet>>,
+    end: oneshot::Receiver<Status>,
+    done: bool,
+}
+
+impl Stream for Outbound {
+    type Item = Result<Outgoing, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(w) = self.welcome.take() {
+            return Poll::Ready(Some(Ok(Outgoing::Welcome(w))));
+        }
+        match Pin::new(&mut self.end).poll(cx) {
+            Poll::Ready(end) => {
+                self.done = true;
+                return Poll::Ready(end.ok().map(Err));
+            }
+            Poll::Pending => {}
+        }
+        match Pin::new(&mut self.sets).poll_next(cx) {
+            Poll::Ready(Some(set)) => Poll::Ready(Some(Ok(Outgoing::JobSet(set)))),
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
 
 /// The agent session service.
 #[derive(Clone, Debug)]
@@ -42,20 +181,16 @@ impl AgentSvc {
     pub fn new(registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
         AgentSvc { registry, shutdown }
     }
-}
 
-fn out(msg: Out) -> Result<pb::ControllerMessage, Status> {
-    Ok(pb::ControllerMessage { msg: Some(msg) })
-}
-
-#[tonic::async_trait]
-impl AgentService for AgentSvc {
-    type ConnectStream = ReceiverStream<Result<pb::ControllerMessage, Status>>;
-
-    async fn connect(
+    /// Handles one `Connect` stream.
+    ///
+    /// # Errors
+    ///
+    /// A status when the first message is not a valid Hello.
+    pub async fn connect(
         &self,
         req: Request<Streaming<pb::AgentMessage>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
+    ) -> Result<Response<Outbound>, Status> {
         let remote = req.remote_addr();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await;
@@ -75,35 +210,38 @@ impl AgentService for AgentSvc {
                 ));
             }
         };
-        let mut session = self.registry.connect(hello).map_err(from_domain)?;
-        let (tx, rx) = mpsc::channel(16);
-        let welcome = Out::Welcome(pb::Welcome {
-            agent_id: session.agent_id.clone(),
-            controller_region: self.registry.config().region.clone(),
-        });
-        let _ = tx.send(out(welcome)).await;
+        let session = self.registry.connect(hello).map_err(from_domain)?;
+        let (end_tx, end_rx) = oneshot::channel();
+        let outbound = Outbound {
+            welcome: Some(pb::Welcome {
+                agent_id: session.agent_id.clone(),
+                controller_region: self.registry.config().region.clone(),
+            }),
+            // Only sets the scheduler pushes, not the placeholder.
+            sets: WatchStream::from_changes(session.job_sets.clone()),
+            end: end_rx,
+            done: false,
+        };
         let registry = self.registry.clone();
         let shutdown = self.shutdown.clone();
         tracing::debug!(message = "Session started.", agent = %session.agent_id, ?remote);
         tokio::spawn(async move {
-            let id = session.agent_id.clone();
-            session.job_sets.mark_changed();
+            let id = session.agent_id;
+            // Ends when the registry drops the session's sender (replaced by a newer one).
+            let mut watch = session.job_sets;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    changed = session.job_sets.changed() => {
-                        if changed.is_err() { break; }
-                        let set = (**session.job_sets.borrow_and_update()).clone();
-                        if tx.send(out(Out::JobSet(set))).await.is_err() { break; }
-                    }
+                    changed = watch.changed() => if changed.is_err() { break },
                     msg = inbound.message() => match msg {
                         Ok(Some(m)) => match m.msg {
                             Some(Msg::Heartbeat(_)) => registry.heard(&id, session.session),
                             Some(Msg::Summaries(s)) => registry.summaries(&id, session.session, s),
                             Some(Msg::Ack(a)) => registry.acked(&id, session.session, &a),
                             Some(Msg::Hello(_)) | None => {
-                                let _ = tx.send(Err(Status::invalid_argument("unexpected message after Hello"))).await;
-                                break;
+                                let _ = end_tx.send(Status::invalid_argument("unexpected message after Hello"));
+                                registry.disconnect(&id, session.session);
+                                return;
                             }
                         },
                         Ok(None) => break,
@@ -114,8 +252,65 @@ impl AgentService for AgentSvc {
                     },
                 }
             }
+            drop(end_tx);
             registry.disconnect(&id, session.session);
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(outbound))
+    }
+}
+
+/// `AgentService` as a tonic service (in place of the generated `AgentServiceServer`; same
+/// name, path and wire format), to wrap in the join-token interceptor.
+#[derive(Clone, Debug)]
+pub struct AgentServer {
+    svc: Arc<AgentSvc>,
+}
+
+impl AgentServer {
+    /// Serves `svc`.
+    pub fn new(svc: AgentSvc) -> Self {
+        AgentServer { svc: Arc::new(svc) }
+    }
+}
+
+impl tonic::server::NamedService for AgentServer {
+    const NAME: &'static str = pb::agent_service_server::SERVICE_NAME;
+}
+
+struct ConnectMethod(Arc<AgentSvc>);
+
+impl tonic::server::StreamingService<pb::AgentMessage> for ConnectMethod {
+    type Response = Outgoing;
+    type ResponseStream = Outbound;
+    type Future = BoxFuture<Response<Outbound>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<pb::AgentMessage>>) -> Self::Future {
+        let svc = self.0.clone();
+        Box::pin(async move { svc.connect(request).await })
+    }
+}
+
+impl<B> Service<http::Request<B>> for AgentServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != CONNECT_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+        }
+        let method = ConnectMethod(self.svc.clone());
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(SessionCodec);
+            Ok(grpc.streaming(method, req).await)
+        })
     }
 }

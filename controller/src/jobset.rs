@@ -1,0 +1,160 @@
+//! Job sets as pushed: encoded once, when the registry decides to push them, and then shared
+//! (an `Arc`) by the registry, which compares the next plan against them, and the agent's
+//! session, which writes them to the stream as they are ([`crate::grpc::agent`]).
+//!
+//! A 10,000-agent mesh holds one set per agent. As prost structs, with a `String` allocation per
+//! field and the job's whole spec in every assignment, that is several times the encoded size,
+//! and the session used to clone the struct again on every push.
+//!
+//! The bytes are a whole `ControllerMessage { job_set }`: its key and length, the set's
+//! generation, lease and keys, then its assignments. Protobuf lets fields come in any order, so
+//! the assignments can be encoded apart (by the scheduler, off the registry's lock) and
+//! compared as bytes. prost encodes a message deterministically (the job set has no maps).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use meshlat_proto::pb;
+use prost::Message;
+
+/// `ControllerMessage.job_set`: field 2, length-delimited.
+const JOB_SET_KEY: u8 = (2 << 3) | 2;
+
+/// A set's assignments, encoded (`JobSet.assignments`, field 3, as a sequence of fields).
+pub fn encode_assignments(assignments: Vec<pb::Assignment>) -> Bytes {
+    let set = pb::JobSet {
+        assignments,
+        ..Default::default()
+    };
+    Bytes::from(set.encode_to_vec())
+}
+
+/// A job set as pushed to one agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushedSet {
+    generation: u64,
+    /// The whole `ControllerMessage`; empty for the placeholder before the first push.
+    message: Bytes,
+    /// Where the assignments start in `message`.
+    assignments_at: usize,
+}
+
+impl PushedSet {
+    /// The set for `generation`, with `assignments` from [`encode_assignments`].
+    pub fn new(
+        generation: u64,
+        lease_ms: u64,
+        assignments: &Bytes,
+        accept_keys: &[Vec<u8>],
+        grant_keys: &[Vec<u8>],
+    ) -> Self {
+        let head = pb::JobSet {
+            generation,
+            lease_ms,
+            assignments: Vec::new(),
+            accept_keys: accept_keys.to_vec(),
+            grant_keys: grant_keys.to_vec(),
+        };
+        let set_len = head.encoded_len() + assignments.len();
+        let mut buf = BytesMut::with_capacity(1 + 10 + set_len);
+        buf.put_u8(JOB_SET_KEY);
+        prost::encoding::encode_varint(set_len as u64, &mut buf);
+        // Encoding into a BytesMut with room reserved cannot fail.
+        let _ = head.encode(&mut buf);
+        let assignments_at = buf.len();
+        buf.extend_from_slice(assignments);
+        PushedSet {
+            generation,
+            message: buf.freeze(),
+            assignments_at,
+        }
+    }
+
+    /// The generation (0: nothing pushed yet).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The encoded assignments, to compare a new plan against.
+    pub fn assignments(&self) -> &[u8] {
+        &self.message[self.assignments_at.min(self.message.len())..]
+    }
+
+    /// The encoded `ControllerMessage` carrying this set.
+    pub fn message(&self) -> &Bytes {
+        &self.message
+    }
+
+    /// The set decoded (tests and diagnostics; sessions send [`PushedSet::message`]).
+    pub fn decode(&self) -> pb::JobSet {
+        if self.message.is_empty() {
+            return pb::JobSet::default();
+        }
+        match pb::ControllerMessage::decode(self.message.clone()) {
+            Ok(pb::ControllerMessage {
+                msg: Some(pb::controller_message::Msg::JobSet(s)),
+            }) => s,
+            _ => pb::JobSet::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(job: &str, target: &str) -> pb::Assignment {
+        pb::Assignment {
+            job: Some(pb::Job {
+                id: job.into(),
+                version: 3,
+                ..Default::default()
+            }),
+            targets: vec![pb::AssignedTarget {
+                target: target.into(),
+                dst_agent: "b".into(),
+                ..Default::default()
+            }],
+            key: vec![7; 32],
+        }
+    }
+
+    #[test]
+    fn the_bytes_are_the_controller_message_prost_would_encode() {
+        let assignments = vec![
+            assignment("j1", "udp://10.0.0.1:7710"),
+            assignment("j2", "x"),
+        ];
+        let want = pb::JobSet {
+            generation: 42,
+            lease_ms: 60_000,
+            assignments: assignments.clone(),
+            accept_keys: vec![vec![1; 32]],
+            grant_keys: vec![vec![2; 32], vec![3; 32]],
+        };
+        let pushed = PushedSet::new(
+            42,
+            60_000,
+            &encode_assignments(assignments.clone()),
+            &want.accept_keys,
+            &want.grant_keys,
+        );
+        // A client's prost decodes it to the same set, field for field.
+        let msg = pb::ControllerMessage::decode(pushed.message().clone()).expect("decodes");
+        assert_eq!(
+            msg,
+            pb::ControllerMessage {
+                msg: Some(pb::controller_message::Msg::JobSet(want.clone()))
+            }
+        );
+        assert_eq!(pushed.decode(), want);
+        assert_eq!(pushed.generation(), 42);
+        // Same assignments, same bytes; a change shows.
+        assert_eq!(
+            pushed.assignments(),
+            &encode_assignments(assignments.clone())[..]
+        );
+        let mut other = assignments;
+        other[1].targets[0].target = "y".into();
+        assert_ne!(pushed.assignments(), &encode_assignments(other)[..]);
+        assert!(PushedSet::default().decode().assignments.is_empty());
+    }
+}
