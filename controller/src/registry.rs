@@ -43,7 +43,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::jobset::{PushedSet, encode_assignments};
+use crate::jobset::PushedSet;
 use crate::keys::MeshKeys;
 use crate::live::{self, By, Live, SUMMARY_TTL};
 use crate::schedule::{self, AgentView};
@@ -803,14 +803,15 @@ impl Registry {
             expires_unix: round.grants_expire,
         };
         let jobs: Vec<&pb::Job> = round.jobs.iter().collect();
-        let mut plan = schedule::compute(&jobs, &round.views, self.cfg.max_full_mesh, &signing);
+        let mut plan =
+            schedule::compute_encoded(&jobs, &round.views, self.cfg.max_full_mesh, &signing);
         let planned = started.elapsed();
         drop(round.views);
         let pushes = round
             .sessions
             .into_iter()
             .filter_map(|s| {
-                let want = encode_assignments(plan.remove(&s.id).unwrap_or_default());
+                let want = Bytes::from(plan.remove(&s.id).unwrap_or_default());
                 (s.force || want[..] != *s.pushed.assignments()).then_some(Push {
                     id: s.id,
                     session: s.session,

@@ -395,15 +395,52 @@ fn pairs<'a>(
 
 /// Every agent's assignments for `jobs` (stopped jobs are ignored). Agents without work are
 /// absent. Targets within an assignment are sorted, so equal inputs give equal outputs.
+///
+/// The struct form of [`compute_encoded`] (tests and tools; the registry keeps the bytes).
 pub fn compute(
     jobs: &[&pb::Job],
     agents: &[AgentView],
     max_full_mesh: usize,
     signing: &Signing<'_>,
 ) -> BTreeMap<String, Vec<pb::Assignment>> {
-    let mut out: BTreeMap<String, Vec<pb::Assignment>> = BTreeMap::new();
+    use prost::Message;
+    compute_encoded(jobs, agents, max_full_mesh, signing)
+        .into_iter()
+        .map(|(id, b)| {
+            let set = pb::JobSet::decode(&b[..]).unwrap_or_default();
+            (id, set.assignments)
+        })
+        .collect()
+}
+
+/// [`compute`], with each agent's assignments encoded as the `assignments` fields of a
+/// `JobSet` (what [`crate::jobset::PushedSet`] sends), byte for byte what prost would encode.
+///
+/// Built without the struct form: each job and each (agent, protocol) target is encoded once,
+/// and an agent's assignment copies those bytes, instead of cloning the job's spec and five
+/// strings per target for each of 10,000 agents and encoding them all again.
+pub fn compute_encoded(
+    jobs: &[&pb::Job],
+    agents: &[AgentView],
+    max_full_mesh: usize,
+    signing: &Signing<'_>,
+) -> BTreeMap<String, Vec<u8>> {
+    use prost::Message;
+    let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let wire_key = signing.keys.wire_secret();
-    for job in jobs.iter().filter(|j| !j.stopped) {
+    let live: Vec<&&pb::Job> = jobs.iter().filter(|j| !j.stopped).collect();
+    // Every agent's probe target for each protocol a probe job uses, encoded.
+    let mut protocols: Vec<pb::Protocol> = live
+        .iter()
+        .filter_map(|j| j.spec.as_ref())
+        .filter(|s| s.kind != pb::JobKind::Relay as i32)
+        .flat_map(|s| s.protocols.iter())
+        .filter_map(|p| pb::Protocol::try_from(*p).ok())
+        .collect();
+    protocols.sort_unstable();
+    protocols.dedup();
+    let probes = ProbeTargets::new(agents, &protocols);
+    for job in live {
         let Some(spec) = &job.spec else { continue };
         let urls: Vec<&str> = spec
             .targets
@@ -422,27 +459,130 @@ pub fn compute(
         } else {
             Vec::new()
         };
+        let spec_protocols: Vec<pb::Protocol> = spec
+            .protocols
+            .iter()
+            .filter_map(|p| pb::Protocol::try_from(*p).ok())
+            .collect();
+        // URL targets, the same for every source: (protocol, target, encoded).
+        let url_targets: Vec<(pb::Protocol, &str, Vec<u8>)> = urls
+            .iter()
+            .filter_map(|u| {
+                let t = pb::AssignedTarget {
+                    target: (*u).to_string(),
+                    ..Default::default()
+                };
+                Some((url_protocol(u)?, *u, t.encode_to_vec()))
+            })
+            .collect();
+        // Fields 1 (the job) and 3 (the key) of every assignment of this job.
+        let mut head = Vec::new();
+        prost::encoding::message::encode(1, *job, &mut head);
+        let mut tail = Vec::new();
+        if !wire_key.is_empty() {
+            prost::encoding::bytes::encode(3, &wire_key, &mut tail);
+        }
         for (src, dsts) in pairs(job, spec, agents, max_full_mesh) {
-            let mut targets = if relay {
+            let owned: Vec<EncodedTarget> = if relay {
                 relay_targets(job, src, &dsts, &urls, &relays, signing)
+                    .into_iter()
+                    .map(|t| {
+                        let b = t.encode_to_vec();
+                        (t.target, b)
+                    })
+                    .collect()
             } else {
-                probe_targets(spec, &dsts, &urls)
+                Vec::new()
             };
+            let mut targets: Vec<(&str, &[u8])> =
+                owned.iter().map(|(t, b)| (t.as_str(), &b[..])).collect();
+            if !relay {
+                for p in &spec_protocols {
+                    targets.extend(dsts.iter().filter_map(|d| probes.get(*p, d)));
+                    targets.extend(
+                        url_targets
+                            .iter()
+                            .filter(|(up, _, _)| up == p)
+                            .map(|(_, t, b)| (*t, &b[..])),
+                    );
+                }
+            }
             if targets.is_empty() {
                 continue;
             }
-            targets.sort_by(|a, b| a.target.cmp(&b.target));
-            targets.dedup_by(|a, b| a.target == b.target);
-            out.entry(src.to_string())
-                .or_default()
-                .push(pb::Assignment {
-                    job: Some((*job).clone()),
-                    targets,
-                    key: wire_key.clone(),
-                });
+            // Stable: of equal targets the first (an agent's, with its identity) stays.
+            targets.sort_by(|a, b| a.0.cmp(b.0));
+            targets.dedup_by(|a, b| a.0 == b.0);
+            let field = |len: usize| 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+            let len = head.len()
+                + targets.iter().map(|(_, b)| field(b.len())).sum::<usize>()
+                + tail.len();
+            let buf = match out.get_mut(src) {
+                Some(b) => b,
+                None => out.entry(src.to_string()).or_default(),
+            };
+            buf.reserve(field(len));
+            // JobSet.assignments (3), then Assignment.job (1), .targets (2), .key (3).
+            prost::encoding::encode_key(3, prost::encoding::WireType::LengthDelimited, buf);
+            prost::encoding::encode_varint(len as u64, buf);
+            buf.extend_from_slice(&head);
+            for (_, b) in &targets {
+                prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, buf);
+                prost::encoding::encode_varint(b.len() as u64, buf);
+                buf.extend_from_slice(b);
+            }
+            buf.extend_from_slice(&tail);
         }
     }
     out
+}
+
+/// A target string and its encoded `AssignedTarget`.
+type EncodedTarget = (String, Vec<u8>);
+
+/// Every agent's probe target (`proto://address`, with its identity) per protocol, encoded
+/// once per computation.
+struct ProbeTargets<'a> {
+    agents: &'a [AgentView],
+    /// By protocol: each agent's target, if it has an endpoint for the protocol.
+    by_protocol: Vec<(pb::Protocol, Vec<Option<EncodedTarget>>)>,
+}
+
+impl<'a> ProbeTargets<'a> {
+    fn new(agents: &'a [AgentView], protocols: &[pb::Protocol]) -> Self {
+        use prost::Message;
+        let by_protocol = protocols
+            .iter()
+            .map(|&p| {
+                let encoded = agents
+                    .iter()
+                    .map(|d| {
+                        let t = dst_target(endpoint_target(p, d.endpoint(p)?)?, d);
+                        let b = t.encode_to_vec();
+                        Some((t.target, b))
+                    })
+                    .collect();
+                (p, encoded)
+            })
+            .collect();
+        ProbeTargets {
+            agents,
+            by_protocol,
+        }
+    }
+
+    /// `d`'s target for `p`, if it has a `p` endpoint (`d` is one of the agents).
+    fn get(&self, p: pb::Protocol, d: &AgentView) -> Option<(&str, &[u8])> {
+        // `d` is a reference into `agents` (selectors resolve to them): its index by address.
+        let size = std::mem::size_of::<AgentView>().max(1);
+        let off = (d as *const AgentView as usize).checked_sub(self.agents.as_ptr() as usize)?;
+        let i = off / size;
+        if off % size != 0 || !self.agents.get(i).is_some_and(|a| std::ptr::eq(a, d)) {
+            return None;
+        }
+        let (_, encoded) = self.by_protocol.iter().find(|(q, _)| *q == p)?;
+        encoded[i].as_ref().map(|(t, b)| (t.as_str(), &b[..]))
+    }
 }
 
 fn dst_target(target: String, d: &AgentView) -> pb::AssignedTarget {
@@ -454,31 +594,6 @@ fn dst_target(target: String, d: &AgentView) -> pb::AssignedTarget {
         dst_location: d.location.clone(),
         ..Default::default()
     }
-}
-
-fn probe_targets(
-    spec: &pb::JobSpec,
-    dsts: &[&AgentView],
-    urls: &[&str],
-) -> Vec<pb::AssignedTarget> {
-    let mut targets = Vec::new();
-    for p in &spec.protocols {
-        let Ok(p) = pb::Protocol::try_from(*p) else {
-            continue;
-        };
-        for d in dsts {
-            if let Some(t) = d.endpoint(p).and_then(|a| endpoint_target(p, a)) {
-                targets.push(dst_target(t, d));
-            }
-        }
-        for u in urls.iter().filter(|u| url_protocol(u) == Some(p)) {
-            targets.push(pb::AssignedTarget {
-                target: (*u).to_string(),
-                ..Default::default()
-            });
-        }
-    }
-    targets
 }
 
 /// `relay://R/B` targets for every (destination, relay) of one source, with grants.
@@ -687,6 +802,84 @@ mod tests {
         let (field, reason) = check_endpoints(j.spec.as_ref().expect("spec")).expect_err("http");
         assert_eq!(field, "targets[0]");
         assert!(reason.contains("PROTOCOL_HTTP"), "{reason}");
+    }
+
+    #[test]
+    fn encoded_plans_are_what_prost_encodes_and_agent_targets_win_over_equal_urls() {
+        let mut agents: Vec<AgentView> = (0..12)
+            .map(|i| agent(&format!("ag{i}"), if i % 3 == 0 { "a" } else { "b" }))
+            .collect();
+        agents[4].relay = true;
+        agents[4].endpoints[0].address = "10.0.0.4:7710".into();
+        agents[5].endpoints[0].address = "10.0.0.5:7710".into();
+        let mut probe = job(pb::PinglistStrategy::KRandom, 4);
+        if let Some(s) = probe.spec.as_mut() {
+            s.protocols.push(pb::Protocol::Tcp as i32);
+            // The same address as ag5's endpoint, and another.
+            s.targets.push(pb::Endpoint {
+                endpoint: Some(pb::endpoint::Endpoint::Url("udp://10.0.0.5:7710".into())),
+            });
+            s.targets.push(pb::Endpoint {
+                endpoint: Some(pb::endpoint::Endpoint::Url("tcp://10.9.9.9:1".into())),
+            });
+        }
+        let mut relay = job(pb::PinglistStrategy::PerRegion, 1);
+        relay.id = "job-relay".into();
+        if let Some(s) = relay.spec.as_mut() {
+            s.kind = pb::JobKind::Relay as i32;
+            s.relays = vec![pb::Endpoint {
+                endpoint: Some(pb::endpoint::Endpoint::AgentId("ag4".into())),
+            }];
+        }
+        let k = keys();
+        let signing = Signing {
+            keys: &k,
+            expires_unix: 10_000,
+        };
+        let jobs = [&probe, &relay];
+        let encoded = compute_encoded(&jobs, &agents, 100, &signing);
+        let decoded = compute(&jobs, &agents, 100);
+        assert_eq!(encoded.len(), decoded.len());
+        assert!(encoded.len() >= 10, "most agents have work");
+        for (id, bytes) in &encoded {
+            let again = crate::jobset::encode_assignments(decoded[id].clone());
+            assert_eq!(
+                &again[..],
+                &bytes[..],
+                "{id}: prost encodes the decoded plan the same"
+            );
+        }
+        // A URL equal to an agent's endpoint is that agent's target, with its identity.
+        let mut picked = 0;
+        for a in decoded.values().flatten() {
+            if a.job.as_ref().is_some_and(|j| j.id == "job-1") {
+                let same: Vec<_> = a
+                    .targets
+                    .iter()
+                    .filter(|t| t.target == "udp://10.0.0.5:7710")
+                    .collect();
+                assert_eq!(same.len(), 1, "deduplicated");
+                picked += usize::from(same[0].dst_agent == "ag5");
+            }
+        }
+        assert!(picked > 0, "some source measures ag5 as an agent");
+        let with_url = decoded["ag0"]
+            .iter()
+            .find(|a| a.job.as_ref().is_some_and(|j| j.id == "job-1"))
+            .expect("ag0 probes");
+        assert!(
+            with_url
+                .targets
+                .iter()
+                .any(|t| t.target == "tcp://10.9.9.9:1" && t.dst_agent.is_empty())
+        );
+        assert!(
+            with_url
+                .targets
+                .windows(2)
+                .all(|w| w[0].target < w[1].target),
+            "sorted, no duplicates"
+        );
     }
 
     #[test]
