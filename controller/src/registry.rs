@@ -779,11 +779,14 @@ impl Registry {
             match tokio::task::spawn_blocking(move || this.compute(round)).await {
                 Ok(done) => self.lock().apply(&self.cfg, done),
                 Err(error) => {
-                    // A panic in the computation: keep the last sets, retry after a while.
-                    tracing::error!(message = "Pinglist computation failed.", %error);
-                    let mut inner = self.lock();
-                    inner.pending = true;
-                    inner.recomputed = (now, Duration::from_secs(1));
+                    // A panic in the computation (a bug): agents keep their last sets; retry
+                    // once a second rather than spinning.
+                    tracing::error!(message = "Pinglist computation failed; retrying in 1 s.", %error);
+                    self.lock().pending = true;
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
                 }
             }
         }
