@@ -1,55 +1,136 @@
 #!/usr/bin/env bash
 # meshlat's one test command: installs what the tests need, then runs every suite.
-#   scripts/test.sh            # everything (what CI runs)
-#   scripts/test.sh --quick    # skip the slower accuracy and benchmark-harness stages
+#   scripts/test.sh                  # everything (what CI runs)
+#   scripts/test.sh --quick          # skip the slower accuracy and benchmark-harness stages
+#   scripts/test.sh --only A,B       # only the named stages (e.g. --only fmt,clippy); names as printed
 # analytics: shipped Athena SQL through scripts/athena-local on synthetic records, schema checks
 # (.venv-analytics); demo: scripts/test_demo.sh runs scripts/demo.sh bounded;
 # infra-lint: cfn-lint and checkov on infra/cloudformation (.venv-cfn, .venv-checkov);
 # infra-invariants: scripts/test_infra.py (.venv-infra); deploy-dry-run: scripts/test_deploy.sh (no AWS);
 # images: scripts/images.sh --debug test (podman, buildah; hadolint runs in infra-lint).
+#
+# Every stage runs under its own time budget (`timeout`, printed with the stage): a hung stage fails
+# by itself, named, instead of eating CI's limit. Every stage must also leave nothing running: its
+# processes carry MESHLAT_TEST_STAGE=<token> in their environment and run in the process group of
+# the stage's `timeout`; after the stage, any process still carrying either (and any new podman
+# container) is listed, killed and fails the stage that leaked it.
 # Each stage is timed; a summary is printed at the end; exit status is non-zero if any stage failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 quick=0
-[[ "${1:-}" == "--quick" ]] && quick=1
+only=""
+while (( $# )); do
+  case $1 in
+    --quick) quick=1 ;;
+    --only) only=${2:?--only needs a comma-separated list of stage names}; shift ;;
+    --only=*) only=${1#--only=} ;;
+    -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "test.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
 
-names=(); results=(); times=()
+# PIDs of processes still alive that carry the stage token in their environment or sit in process
+# group PGID (zombies and this shell excluded). Prints "pid command-line" lines.
+stage_leftovers() {
+  local token=$1 pgid=$2 d pid
+  for d in /proc/[0-9]*; do
+    pid=${d#/proc/}
+    [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
+    local stat
+    stat=$(cat "$d/stat" 2>/dev/null) || continue
+    # fields after the ")" of the command name: state ppid pgrp ...
+    local rest=${stat##*) } state pg
+    read -r state _ pg _ <<<"$rest"
+    [[ $state == Z || $state == X ]] && continue
+    if [[ $pg == "$pgid" ]] || grep -qaF "MESHLAT_TEST_STAGE=$token" "$d/environ" 2>/dev/null; then
+      echo "$pid $(tr '\0' ' ' <"$d/cmdline" 2>/dev/null | cut -c1-160)"
+    fi
+  done
+}
+containers() { command -v podman >/dev/null 2>&1 && podman ps -q --no-trunc 2>/dev/null | sort; }
+
+names=(); results=(); times=(); budgets=()
+# The stage runs in its own process group (timeout's), which a terminal's Ctrl-C does not reach:
+# pass INT/TERM on to it and stop.
+cur_pg=""
+on_signal() {
+  [[ -n $cur_pg ]] && kill -TERM -- "-$cur_pg" 2>/dev/null
+  echo; echo "=== interrupted"; exit 130
+}
+trap on_signal INT TERM
+
 run_stage() {
-  local name=$1; shift
+  local name=$1 budget=$2; shift 2
+  if [[ -n $only && ",$only," != *",$name,"* ]]; then return 0; fi
   echo
-  echo "=== stage: $name: $*"
-  local t0=$SECONDS
-  if "$@"; then results+=(PASS); else results+=(FAIL); fi
-  names+=("$name"); times+=($((SECONDS - t0)))
-  echo "=== stage: $name: ${results[-1]} in ${times[-1]}s"
+  echo "=== stage: $name (budget ${budget}s): $*"
+  local t0=$SECONDS rc=0 token="$name-$$-$RANDOM$RANDOM" before
+  before=$(containers)
+  # `timeout` puts itself and the stage in a new process group and, on expiry, signals the whole
+  # group (TERM, then KILL 20 s later). Shell functions are exported so the stage can be one.
+  MESHLAT_TEST_STAGE=$token timeout --kill-after=20 "$budget" bash -c '"$@"' "stage-$name" "$@" &
+  local pg=$!
+  cur_pg=$pg
+  wait "$pg" || rc=$?
+  cur_pg=""
+  if (( rc == 124 || rc == 137 )); then
+    echo "=== stage: $name: TIMED OUT: over its budget of ${budget}s (exit $rc)"
+  fi
+  # Give stopping processes a moment, then anything left is a leak.
+  local left="" i
+  for i in $(seq 1 20); do
+    left=$(stage_leftovers "$token" "$pg")
+    [[ -z $left ]] && break
+    sleep 0.5
+  done
+  if [[ -n $left ]]; then
+    echo "=== stage: $name: LEAK: these processes it started are still running (killed now):"
+    sed 's/^/      /' <<<"$left"
+    # shellcheck disable=SC2046
+    kill -KILL $(cut -d' ' -f1 <<<"$left") 2>/dev/null || true
+    rc=1
+  fi
+  local new
+  new=$(comm -13 <(echo "$before") <(containers) | grep . || true)
+  if [[ -n $new ]]; then
+    echo "=== stage: $name: LEAK: containers still running (removed now): $new"
+    # shellcheck disable=SC2086
+    podman rm -f $new >/dev/null 2>&1 || true
+    rc=1
+  fi
+  if (( rc == 0 )); then results+=(PASS); else results+=(FAIL); fi
+  names+=("$name"); times+=($((SECONDS - t0))); budgets+=("$budget")
+  echo "=== stage: $name: ${results[-1]} in ${times[-1]}s (budget ${budget}s)"
 }
 
-run_stage setup scripts/setup.sh
-run_stage tools scripts/setup.sh --check
-run_stage fmt cargo fmt --all -- --check
+run_stage setup 900 scripts/setup.sh
+run_stage tools 60 scripts/setup.sh --check
+run_stage fmt 120 cargo fmt --all -- --check
 # --all-targets leaves out test targets marked `test = false` (the timing and moto suites): lint them too.
 clippy_all() {
   cargo clippy --workspace --all-targets --locked -- -D warnings &&
     cargo clippy -p meshlat-agent --locked --test accuracy --test linkemu --test firehose_moto -- -D warnings &&
     cargo clippy -p meshlat-controller --locked --test state_s3_moto -- -D warnings
 }
-run_stage clippy clippy_all
-run_stage build cargo build --workspace --bins --locked
-run_stage test cargo test --workspace --locked --no-fail-fast
-run_stage doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
-run_stage analytics scripts/test_analytics.py
+export -f clippy_all
+run_stage clippy 1500 clippy_all
+run_stage build 1200 cargo build --workspace --bins --locked
+run_stage test 1800 cargo test --workspace --locked --no-fail-fast
+run_stage doc 900 env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+run_stage analytics 600 scripts/test_analytics.py
 # The README's first command, bounded: scripts/demo.sh -d 20 (two federated controllers, four
 # agents, the link emulator); checks records of both regions in the Hive layout, cross-region RTT
 # against the emulated delay, the printed athena-local command, a clean stop. ~30 s.
-run_stage demo scripts/test_demo.sh
-run_stage infra-lint scripts/lint-infra.sh
-run_stage infra-invariants scripts/test_infra.py
-run_stage deploy-dry-run scripts/test_deploy.sh
+run_stage demo 300 scripts/test_demo.sh
+run_stage infra-lint 900 scripts/lint-infra.sh
+run_stage infra-invariants 600 scripts/test_infra.py
+run_stage deploy-dry-run 300 scripts/test_deploy.sh
 # Both images built from the debug binaries of the build stage (same Containerfiles, local bases;
 # apt-installs podman/buildah/runc/busybox-static on first use) and run with podman: agent serve
 # answers an agent probe from another container, controller health, non-root. ~20 s.
-run_stage images scripts/images.sh --debug test
+run_stage images 900 scripts/images.sh --debug test
 # The Firehose sink end to end through a local moto server (Firehose + S3), and the controller's
 # S3 state store (controller and agent processes, a restart on an empty data dir); both are
 # `test = false` targets, so only this stage runs them.
@@ -67,17 +148,18 @@ firehose_moto() {
   scripts/moto.sh stop
   return $rc
 }
-run_stage firehose-moto firehose_moto
+export -f firehose_moto
+run_stage firehose-moto 1200 firehose_moto
 if (( ! quick )); then
-  run_stage accuracy cargo test -p meshlat-agent --locked --test accuracy --test linkemu -- --test-threads=1 --nocapture
-  run_stage bench-harness scripts/bench/run.sh --smoke
+  run_stage accuracy 900 cargo test -p meshlat-agent --locked --test accuracy --test linkemu -- --test-threads=1 --nocapture
+  run_stage bench-harness 900 scripts/bench/run.sh --smoke
 fi
 
 echo
 echo "=== summary"
 fail=0
 for i in "${!names[@]}"; do
-  printf '  %-14s %s %5ss\n' "${names[$i]}" "${results[$i]}" "${times[$i]}"
+  printf '  %-16s %s %5ss  (budget %ss)\n' "${names[$i]}" "${results[$i]}" "${times[$i]}" "${budgets[$i]}"
   [[ ${results[$i]} == PASS ]] || fail=1
 done
 if (( fail )); then echo "=== FAILED"; exit 1; fi
