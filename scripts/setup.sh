@@ -20,11 +20,19 @@ done
 missing_rust=()
 cargo fmt --version >/dev/null 2>&1 || missing_rust+=(rustfmt)
 cargo clippy --version >/dev/null 2>&1 || missing_rust+=(clippy)
+# The fuzz stage (scripts/fuzz.sh) needs the machine's preinstalled nightly toolchain (it cannot
+# be downloaded here) and cargo-fuzz from crates.io.
+nightly_ok=1
+cargo +nightly --version >/dev/null 2>&1 || nightly_ok=0
+fuzz_ok=1
+cargo fuzz --version >/dev/null 2>&1 || fuzz_ok=0
 
 if (( check_only )); then
   ok=0
   (( ${#missing_apt[@]} )) && { echo "missing Debian packages: ${missing_apt[*]} (install: scripts/setup.sh, or apt-get install ${missing_apt[*]})"; ok=1; }
   (( ${#missing_rust[@]} )) && { echo "missing Rust components: ${missing_rust[*]} (install: rustup component add ${missing_rust[*]})"; ok=1; }
+  (( nightly_ok )) || { echo "missing the nightly toolchain ('cargo +nightly' fails); the fuzz stage needs it (rustup toolchain install nightly, where downloads work)"; ok=1; }
+  (( fuzz_ok )) || { echo "missing cargo-fuzz (install: scripts/setup.sh, or cargo install cargo-fuzz --locked)"; ok=1; }
   exit $ok
 fi
 
@@ -40,4 +48,13 @@ if (( ${#missing_rust[@]} )); then
   echo "setup: installing Rust components: ${missing_rust[*]}"
   rustup component add "${missing_rust[@]}"
 fi
-echo "setup: ok (sockperf $(sockperf --version 2>/dev/null | grep -o 'version [0-9.]*' | head -1), $(irtt version 2>/dev/null | head -1), fping $(fping -v 2>&1 | grep -o '[0-9][0-9.]*' | head -1))"
+if (( ! nightly_ok )); then
+  echo "setup: the nightly toolchain is missing ('cargo +nightly --version' fails): the fuzz stage needs" >&2
+  echo "  it, and it cannot be downloaded here; on a machine with downloads: rustup toolchain install nightly" >&2
+  exit 1
+fi
+if (( ! fuzz_ok )); then
+  echo "setup: installing cargo-fuzz (cargo install cargo-fuzz --locked)"
+  cargo install cargo-fuzz --locked --quiet
+fi
+echo "setup: ok (sockperf $(sockperf --version 2>/dev/null | grep -o 'version [0-9.]*' | head -1), $(irtt version 2>/dev/null | head -1), fping $(fping -v 2>&1 | grep -o '[0-9][0-9.]*' | head -1), $(cargo fuzz --version 2>/dev/null))"

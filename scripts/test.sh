@@ -150,6 +150,9 @@ firehose_moto() {
 }
 export -f firehose_moto
 run_stage firehose-moto 1200 firehose_moto
+# Coverage-guided fuzzing (cargo fuzz, nightly): every target of proto/fuzz and agent/fuzz for 20 s
+# from its committed seed corpus; a crash fails the stage with the command to reproduce it.
+run_stage fuzz 600 scripts/fuzz.sh -t 20
 if (( ! quick )); then
   run_stage accuracy 900 cargo test -p meshlat-agent --locked --test accuracy --test linkemu -- --test-threads=1 --nocapture
   run_stage bench-harness 900 scripts/bench/run.sh --smoke

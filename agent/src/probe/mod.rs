@@ -17,7 +17,6 @@ pub mod tcp;
 pub mod udp;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use meshlat_proto::record::{ErrorKind, Protocol, Record};
@@ -58,41 +57,7 @@ impl Default for ProbeSpec {
     }
 }
 
-/// A shared secret for the UDP wire format's HMAC, with the id that names it on the wire.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Key {
-    /// Key id carried in each packet (derived from the secret, so both ends agree).
-    pub id: u32,
-    /// The secret bytes.
-    pub secret: Arc<[u8]>,
-}
-
-/// The secret used when no `--key` is given on either side (documented in README; responders
-/// log a warning when serving with it).
-pub const DEFAULT_KEY: &str = "meshlat-default-key";
-
-impl Key {
-    /// A key from a secret string; its id is the first 4 bytes of SHA-256(secret).
-    pub fn from_secret(secret: &str) -> Self {
-        let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-        let b = d.as_ref();
-        Key {
-            id: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-            secret: Arc::from(secret.as_bytes()),
-        }
-    }
-
-    /// The well-known default key ([`DEFAULT_KEY`]).
-    pub fn default_key() -> Self {
-        Self::from_secret(DEFAULT_KEY)
-    }
-}
-
-impl std::fmt::Debug for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Key {{ id: {:#010x}, secret: <redacted> }}", self.id)
-    }
-}
+pub use udp::wire::{DEFAULT_KEY, Key};
 
 /// A spec a probe cannot run with.
 #[derive(Debug, thiserror::Error)]
