@@ -7,7 +7,8 @@
 #
 # Fuzz crates live next to what they fuzz, outside the workspace: proto/fuzz (join token, relay
 # grants, job specs, the protobuf messages the controller accepts from agents and peers) and
-# agent/fuzz (the UDP wire decoder, the Firehose spool batch reader). Needs the machine's nightly
+# agent/fuzz (the UDP wire decoder, the Firehose spool batch reader), controller/fuzz (the JSON job
+# spec of the REST API and CLI). Seeds: scripts/lib/fuzz_seeds.py writes the binary ones. Needs the machine's nightly
 # toolchain (`cargo +nightly`) and cargo-fuzz (scripts/setup.sh installs it).
 #
 # Built with `--sanitizer none` and debug assertions: the workspace denies `unsafe_code`, so what a
@@ -33,7 +34,7 @@ while (( $# )); do
   shift
 done
 
-dirs=(proto/fuzz agent/fuzz)
+dirs=(proto/fuzz agent/fuzz controller/fuzz)
 declare -A dir_of=()
 for d in "${dirs[@]}"; do
   [[ -f $d/Cargo.toml ]] || continue
