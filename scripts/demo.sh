@@ -131,6 +131,12 @@ field() {
   awk -v w="$*" 'index($0, w " ") == 1 {print $(split(w, _, " ") + 1); exit}' "$LOGS/$name.out"
 }
 
+# secret REGION NAME: a secret the controller generated on first start. It never prints secrets
+# (only with --print-secrets); it writes them to DATA_DIR/first-start-secrets, mode 0600.
+secret() {
+  awk -v w="$2" '$1 == w {print $2; exit}' "$DEMO_DIR/ctl-$1/first-start-secrets"
+}
+
 # ---------------------------------------------------------------------------------------------
 if (( build )); then
   step "building (debug; the first build takes a few minutes on 2 cores)"
@@ -152,7 +158,7 @@ mkdir -p "$LOGS" "$DEMO_DIR/jobs" "$DEMO_DIR/agents" "$DEMO_DIR/records"
 # This run's loopback addresses: 127.A.B.x, so that two demos (or a demo and a test) do not meet.
 NET=127.$((100 + RANDOM % 120)).$((1 + RANDOM % 250))
 KEY=demo-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')      # the mesh-wide UDP key
-FED_SECRET=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')   # shared by the two controllers
+FED_SECRET=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')   # shared by the two controllers (>= 32 bytes)
 REGIONS=(eu-west-1 us-east-1)
 # Emulator listen ports (on per-agent addresses of this run's network); the agents' own ports are
 # picked by the kernel.
@@ -162,18 +168,18 @@ step "starting two federated controllers"
 start ctl-us-east-1 "$BIN/controller" serve --region us-east-1 \
   --listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 --data-dir "$DEMO_DIR/ctl-us-east-1" \
   --federation-secret "$FED_SECRET"
-wait_for ctl-us-east-1 30 '^operator-credential '
+wait_for ctl-us-east-1 30 '^secrets-file '
 start ctl-eu-west-1 "$BIN/controller" serve --region eu-west-1 \
   --listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 --data-dir "$DEMO_DIR/ctl-eu-west-1" \
   --federation-secret "$FED_SECRET" \
   --peer "https://$(field ctl-us-east-1 listening grpc)" --peer-ca "$DEMO_DIR/ctl-us-east-1/ca.pem"
-wait_for ctl-eu-west-1 30 '^operator-credential '
+wait_for ctl-eu-west-1 30 '^secrets-file '
 declare -A GRPC REST TOKEN CRED CA
 for r in "${REGIONS[@]}"; do
   GRPC[$r]=$(field "ctl-$r" listening grpc)
   REST[$r]=$(field "ctl-$r" listening rest)
-  TOKEN[$r]=$(field "ctl-$r" join-token)
-  CRED[$r]=$(field "ctl-$r" operator-credential)
+  TOKEN[$r]=$(secret "$r" join-token)
+  CRED[$r]=$(secret "$r" operator-credential)
   CA[$r]=$DEMO_DIR/ctl-$r/ca.pem
   ok "$(printf '%-10s grpc https://%-15s  rest https://%s' "$r" "${GRPC[$r]}" "${REST[$r]}")"
   # What `controller` client commands (and curl) need, for people in another terminal.

@@ -260,8 +260,9 @@ for r in "${regions[@]}"; do
   count=$agent_count
   if ! secret_has_value "$r" "meshlat/$r/join-token"; then
     count=0
-    say "$r: join token not set yet: agents at 0. After the controller starts, read its join token from"
-    say "  log group /meshlat/$r/controller, then: aws secretsmanager put-secret-value --region $r --secret-id meshlat/$r/join-token --secret-string 'mlt1....'"
+    say "$r: join token not set yet: agents at 0. After the controller starts, read its ca-sha256 line from"
+    say "  log group /meshlat/$r/controller (the controller never logs secrets); the token is mlt1.<ca-sha256>.<join secret>:"
+    say "  aws secretsmanager put-secret-value --region $r --secret-id meshlat/$r/join-token --secret-string \"mlt1.CA_SHA256.\$(aws secretsmanager get-secret-value --region $r --secret-id meshlat/$r/join-secret --query SecretString --output text)\""
     say "  and re-run this command."
   fi
   deploy_stack "$r" meshlat-services "$CFN/services.yaml" \

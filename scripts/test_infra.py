@@ -23,6 +23,13 @@ forms. Invariants:
      objects under <bucket>/${StatePrefix}/... (never a whole bucket or "*"), s3:ListBucket only
      with an s3:prefix condition under ${StatePrefix}/, no other S3 action; and there is such a
      statement (the S3 state store holds the controller's CA key).
+  9. the state bucket policy denies writing and deleting objects under the state prefix
+     (s3:PutObject, s3:DeleteObject at least) and reading them (s3:GetObject) to every principal
+     but the controller task role (Effect Deny, Principal "*", ArnNotEquals aws:PrincipalArn on
+     the controller task role's Arn) - the controller restores its CA key and credentials from it;
+ 10. every ECS task definition has its own execution role (no two share one), and an execution
+     role may read (secretsmanager:GetSecretValue) exactly the secrets its task definition
+     references in Secrets/ValueFrom, no others.
 Then a self-test: each invariant is checked again on a deliberately broken copy of the
 templates and must fail there (so the checks can fail).
 """
@@ -290,6 +297,76 @@ def check_state_prefix_scope(t):
     return bad
 
 
+STATE_DENY_ACTIONS = {"s3:PutObject", "s3:DeleteObject", "s3:GetObject"}
+
+
+def _controller_task_role(t):
+    """Name of the role the controller task definition runs as (its TaskRoleArn's GetAtt)."""
+    for f, n, p in resources(t, "AWS::ECS::TaskDefinition"):
+        if any(c.get("Name") == "controller" for c in p.get("ContainerDefinitions") or []):
+            arn = p.get("TaskRoleArn")
+            if isinstance(arn, dict) and "Fn::GetAtt" in arn:
+                return arn["Fn::GetAtt"][0]
+    return None
+
+
+def check_state_bucket_denies_others(t):
+    bad = []
+    role = _controller_task_role(t)
+    if role is None:
+        return ["no controller task definition with a TaskRoleArn GetAtt"]
+    denied = set()
+    for f, n, p in resources(t, "AWS::S3::BucketPolicy"):
+        for st in (p.get("PolicyDocument") or {}).get("Statement") or []:
+            if st.get("Effect") != "Deny" or st.get("Principal") != "*":
+                continue
+            res = [_sub(r) for r in _as_list(st.get("Resource"))]
+            if not any(isinstance(r, str) and "${StatePrefix}/" in r and r.endswith("/*") for r in res):
+                continue
+            cond = (st.get("Condition") or {}).get("ArnNotEquals") or {}
+            if cond.get("aws:PrincipalArn") != {"Fn::GetAtt": [role, "Arn"]}:
+                continue
+            denied |= set(_as_list(st.get("Action")))
+    missing = STATE_DENY_ACTIONS - denied
+    if missing:
+        bad.append(f"the state bucket policy does not deny {sorted(missing)} on the state prefix "
+                   f"to every principal but {role}")
+    return bad
+
+
+def _secret_refs(x):
+    """The secret references (Refs of parameters) in x, as parameter names."""
+    return {v["Ref"] for v in walk(x) if isinstance(v, dict) and set(v) == {"Ref"}}
+
+
+def check_execution_roles_per_service(t):
+    bad, seen = [], {}
+    roles = {n: p for f, n, p in resources(t, "AWS::IAM::Role")}
+    for f, n, p in resources(t, "AWS::ECS::TaskDefinition"):
+        arn = p.get("ExecutionRoleArn")
+        if not (isinstance(arn, dict) and "Fn::GetAtt" in arn):
+            bad.append(f"{f}:{n} ExecutionRoleArn is not a role of the stack")
+            continue
+        role = arn["Fn::GetAtt"][0]
+        if role in seen:
+            bad.append(f"{f}:{n} shares execution role {role} with {seen[role]}")
+        seen[role] = n
+        used = set()
+        for c in p.get("ContainerDefinitions") or []:
+            for sec in c.get("Secrets") or []:
+                used |= _secret_refs(sec.get("ValueFrom"))
+        readable = set()
+        for node in walk((roles.get(role) or {}).get("Policies") or []):
+            if isinstance(node, dict) and "secretsmanager:GetSecretValue" in _as_list(node.get("Action")):
+                readable |= _secret_refs(node.get("Resource"))
+                if any(r == "*" for r in _as_list(node.get("Resource"))):
+                    readable.add("*")
+        if readable != used:
+            bad.append(f"{f}:{n} execution role {role} reads secrets {sorted(readable)}, "
+                       f"the task uses {sorted(used)}")
+    return bad
+
+
 CHECKS = [
     ("no 0.0.0.0/0 or ::/0 ingress on mesh ports", check_no_open_ingress),
     ("no public IPs by default (tasks, subnets, NLB internal)", check_no_public_ip),
@@ -299,6 +376,10 @@ CHECKS = [
     ("deployment circuit breaker with rollback on every ECS service", check_circuit_breaker),
     ("no secrets in plain task environment", check_no_plain_secrets),
     ("controller S3 access scoped to its state prefix", check_state_prefix_scope),
+    ("state bucket denies reads and writes of the state prefix to all but the controller",
+     check_state_bucket_denies_others),
+    ("one execution role per service, reading only that service's secrets",
+     check_execution_roles_per_service),
 ]
 
 
@@ -379,6 +460,37 @@ def _break_state_delete(t):
             st["Action"] = _as_list(st["Action"]) + ["s3:*"]
 
 
+def _state_deny(t):
+    for f, n, p in resources(t, "AWS::S3::BucketPolicy"):
+        for st in (p.get("PolicyDocument") or {}).get("Statement") or []:
+            if st.get("Effect") == "Deny" and "s3:PutObject" in _as_list(st.get("Action")):
+                yield st
+
+
+def _break_state_writes(t):
+    # Only reads denied (as before this invariant): anyone with s3:PutObject could plant ca.key.
+    for st in list(_state_deny(t)):
+        st["Action"] = [a for a in _as_list(st["Action"]) if a not in ("s3:PutObject",)]
+
+
+def _break_state_deny_principal(t):
+    for st in _state_deny(t):
+        st["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] = {"Fn::GetAtt": ["AgentTaskRole", "Arn"]}
+
+
+def _break_shared_execution_role(t):
+    for f, n, p in resources(t, "AWS::ECS::TaskDefinition"):
+        p["ExecutionRoleArn"] = {"Fn::GetAtt": ["ControllerExecutionRole", "Arn"]}
+
+
+def _break_agent_reads_controller_secrets(t):
+    for f, n, p in resources(t, "AWS::IAM::Role"):
+        if n == "AgentExecutionRole":
+            for node in walk(p.get("Policies") or []):
+                if isinstance(node, dict) and node.get("Action") == "secretsmanager:GetSecretValue":
+                    node["Resource"] = _as_list(node["Resource"]) + [{"Ref": "JoinSecretArn"}]
+
+
 BREAKS = [
     (_break_ingress, check_no_open_ingress),
     (_break_public_ip, check_no_public_ip),
@@ -391,6 +503,10 @@ BREAKS = [
     (_break_state_whole_bucket, check_state_prefix_scope),
     (_break_state_list, check_state_prefix_scope),
     (_break_state_delete, check_state_prefix_scope),
+    (_break_state_writes, check_state_bucket_denies_others),
+    (_break_state_deny_principal, check_state_bucket_denies_others),
+    (_break_shared_execution_role, check_execution_roles_per_service),
+    (_break_agent_reads_controller_secrets, check_execution_roles_per_service),
 ]
 
 

@@ -278,10 +278,14 @@ pub struct FirehoseArgs {
     /// Batches held in memory before the oldest move to the spool (bytes).
     #[arg(long, env = "MESHLAT_FIREHOSE_MEMORY_MAX_BYTES", default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     pub firehose_memory_max_bytes: u64,
-    /// Directory for undelivered Firehose batches (a subdirectory per stream); replayed at start.
-    /// Default: $TMPDIR/meshlat-spool (/tmp/meshlat-spool).
+    /// Directory for undelivered Firehose batches (a subdirectory per stream, mode 0700);
+    /// replayed at start. Default: STATE_DIR/spool (`agent probe`: ./meshlat-agent-state/spool).
     #[arg(long, env = "MESHLAT_SPOOL_DIR", value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
+    /// Write every Firehose batch to the spool (fsynced) before sending it, so a SIGKILL loses at
+    /// most --firehose-batch-age of records (one file write per request).
+    #[arg(long, env = "MESHLAT_SPOOL_ALWAYS")]
+    pub spool_always: bool,
     /// Spool size limit (bytes); beyond it the oldest batches are deleted and counted.
     #[arg(long, env = "MESHLAT_SPOOL_MAX_BYTES", default_value_t = 1024 * 1024 * 1024, value_name = "BYTES")]
     pub spool_max_bytes: u64,
@@ -391,11 +395,12 @@ pub struct RunArgs {
         value_name = "PROTO=HOST:PORT"
     )]
     pub advertise_endpoints: Vec<String>,
-    /// Directory keeping this agent's id across restarts.
+    /// Directory (mode 0700) keeping this agent's id, last job set (0600: it holds wire and grant
+    /// keys) and, by default, the Firehose spool across restarts.
     #[arg(
         long,
         env = "MESHLAT_STATE_DIR",
-        default_value = "./meshlat-agent-state",
+        default_value = crate::config::DEFAULT_STATE_DIR,
         value_name = "DIR"
     )]
     pub state_dir: PathBuf,

@@ -3,7 +3,7 @@
 //! The raw command line ([`crate::cli`]) is turned into these types by `TryFrom`; nothing else
 //! sees the raw values. Every error names the flag and the value.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshlat_proto::job::{MAX_PACKETS, MAX_PAYLOAD_BYTES};
@@ -130,6 +130,12 @@ pub struct FileSinkConfig {
 /// the agent's shutdown grace ([`crate::app::SHUTDOWN_GRACE`]).
 pub const FIREHOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(7);
 
+/// The default spool directory, under the agent's state directory (`--state-dir`; `agent
+/// probe` uses [`DEFAULT_STATE_DIR`]).
+pub const SPOOL_SUBDIR: &str = "spool";
+/// `--state-dir`'s default (also the base of `agent probe`'s default spool).
+pub const DEFAULT_STATE_DIR: &str = "./meshlat-agent-state";
+
 /// Validated Firehose sink settings (from `--firehose-*` and `--spool-*`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FirehoseSinkConfig {
@@ -153,6 +159,8 @@ pub struct FirehoseSinkConfig {
     pub max_in_flight: usize,
     /// How long to keep delivering at shutdown before spooling the rest.
     pub drain_timeout: Duration,
+    /// Write every batch to the spool before sending it (`--spool-always`).
+    pub spool_always: bool,
 }
 
 /// Validated `agent probe` configuration.
@@ -253,7 +261,10 @@ fn file_sink(a: &cli::SinkArgs) -> Result<Option<FileSinkConfig>, ConfigError> {
 ///
 /// [`ConfigError`] naming the flag: a bad stream name, endpoint URL, limits above the Firehose
 /// maxima, or bounds too small to hold one request.
-pub fn firehose_sink(a: &cli::FirehoseArgs) -> Result<Option<FirehoseSinkConfig>, ConfigError> {
+pub fn firehose_sink(
+    a: &cli::FirehoseArgs,
+    state_dir: &Path,
+) -> Result<Option<FirehoseSinkConfig>, ConfigError> {
     use crate::sink::firehose::request::{
         MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES, PackLimits,
     };
@@ -357,7 +368,7 @@ pub fn firehose_sink(a: &cli::FirehoseArgs) -> Result<Option<FirehoseSinkConfig>
     let base = a
         .spool_dir
         .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("meshlat-spool"));
+        .unwrap_or_else(|| state_dir.join(SPOOL_SUBDIR));
     Ok(Some(FirehoseSinkConfig {
         stream: stream.into(),
         region,
@@ -369,6 +380,7 @@ pub fn firehose_sink(a: &cli::FirehoseArgs) -> Result<Option<FirehoseSinkConfig>
         limits,
         max_in_flight,
         drain_timeout: FIREHOSE_DRAIN_TIMEOUT,
+        spool_always: a.spool_always,
     }))
 }
 
@@ -478,7 +490,7 @@ impl ProbeConfig {
             spec,
             format: a.format,
             file: file_sink(&a.sinks)?,
-            firehose: firehose_sink(&a.sinks.firehose)?,
+            firehose: firehose_sink(&a.sinks.firehose, Path::new(DEFAULT_STATE_DIR))?,
             identity: AgentIdentity {
                 agent_id: None,
                 region: region(a.identity.region.clone())?,
@@ -624,7 +636,7 @@ impl RunConfig {
             },
             responders,
             file: file_sink(&a.sinks)?,
-            firehose: firehose_sink(&a.sinks.firehose)?,
+            firehose: firehose_sink(&a.sinks.firehose, &a.state_dir)?,
             ecs_metadata_uri: env("ECS_CONTAINER_METADATA_URI_V4").filter(|s| !s.is_empty()),
             common: (&a.common).into(),
         })

@@ -87,6 +87,8 @@ pub struct Controller {
     creds: Arc<Credentials>,
     tls: TlsMaterial,
     new_secrets: Option<NewSecrets>,
+    /// `first-start-secrets`, when this start generated secrets.
+    secrets_file: Option<std::path::PathBuf>,
     peer_ca_pem: Vec<u8>,
     /// The S3 mirror of the data directory, whose uploader [`Controller::run`] drives.
     mirror: Option<Arc<Mirror<S3Objects>>>,
@@ -118,14 +120,27 @@ impl Controller {
         };
         let tls = auth::load_or_create_tls(&cfg.data_dir, &cfg.sans)?;
         let (creds, new_secrets) = Credentials::load_or_create(&cfg.data_dir, &cfg.seeds)?;
+        let creds = Arc::new(creds);
+        if let Some(m) = &mirror {
+            // Credentials added, revoked or rotated by a seed reach the bucket too.
+            let m = m.clone();
+            creds.set_save_hook(Arc::new(move |bytes| m.enqueue(auth::CREDENTIALS_FILE, bytes)));
+        }
         let file = FileStore::open(&cfg.data_dir)?;
         let store: Arc<dyn StateStore> = match &mirror {
             Some(m) => {
-                // A CA made now must be in the bucket before its join token is printed.
+                // A CA made now must be in the bucket before its join token is written out.
                 m.publish_missing().await?;
+                // A seed applied now (rotation) replaces the bucket's copy.
+                m.enqueue(auth::CREDENTIALS_FILE, creds.file_bytes());
                 Arc::new(MirroredStore::new(file, m.clone()))
             }
             None => Arc::new(file),
+        };
+        // Written once the CA is in the bucket (with one): the token in it pins that CA.
+        let secrets_file = match &new_secrets {
+            Some(s) => Some(s.write(&cfg.data_dir, tls.ca_sha256)?),
+            None => None,
         };
         let registry = Arc::new(Registry::load(
             RegistryConfig {
@@ -134,7 +149,8 @@ impl Controller {
                 lease: cfg.lease,
                 agent_ttl: cfg.agent_ttl,
                 keys: match &cfg.federation {
-                    Some(f) => MeshKeys::derive(f.secret.trim().as_bytes()),
+                    Some(f) => MeshKeys::derive(f.secret.trim().as_bytes())
+                        .also_accepting(f.accepted.iter().map(|s| s.trim().as_bytes())),
                     None => MeshKeys::derive(&tls.mesh_root),
                 },
                 grant_epoch: GRANT_EPOCH,
@@ -177,9 +193,10 @@ impl Controller {
             grpc,
             rest,
             registry,
-            creds: Arc::new(creds),
+            creds,
             tls,
             new_secrets,
+            secrets_file,
             mirror,
         })
     }
@@ -199,8 +216,9 @@ impl Controller {
         self.registry.clone()
     }
 
-    /// Lines for stdout: bound addresses, the CA, and — on the start that created them — the
-    /// join token and operator credential (shown once; stored only hashed).
+    /// Lines for stdout: bound addresses, the CA, and — on the start that generated secrets —
+    /// `secrets-file PATH` (mode 0600), followed by the secrets themselves only with
+    /// `--print-secrets`. Seeded secrets never appear.
     pub fn announcements(&self) -> Vec<String> {
         let mut v = Vec::new();
         if let Some(a) = self.grpc_addr() {
@@ -211,12 +229,13 @@ impl Controller {
         }
         v.push(format!("ca-file {}", self.tls.ca_path.display()));
         v.push(format!("ca-sha256 {}", hex_encode(&self.tls.ca_sha256)));
-        if let Some(s) = &self.new_secrets {
-            v.push(format!(
-                "join-token {}",
-                auth::join_token(self.tls.ca_sha256, &s.join_secret)
-            ));
-            v.push(format!("operator-credential {}", s.operator_credential));
+        if let Some(p) = &self.secrets_file {
+            v.push(format!("secrets-file {}", p.display()));
+        }
+        if self.cfg.print_secrets
+            && let Some(s) = &self.new_secrets
+        {
+            v.extend(s.lines(self.tls.ca_sha256));
         }
         v
     }
@@ -277,7 +296,9 @@ impl Controller {
             }
             FederationServiceServer::with_interceptor(
                 grpc::federation::FederationSvc::new(self.registry.clone(), own_url.clone(), f.ttl),
-                grpc::auth::federation(crate::auth::FederationSecret::new(&f.secret)),
+                grpc::auth::federation(crate::auth::FederationSecret::new(
+                    std::iter::once(f.secret.as_str()).chain(f.accepted.iter().map(String::as_str)),
+                )),
             )
         });
         let mirror_stop = CancellationToken::new();
@@ -309,7 +330,7 @@ impl Controller {
             grpc::auth::agent(self.creds.clone()),
         );
         let operator = OperatorServiceServer::with_interceptor(
-            grpc::operator::OperatorSvc::new(self.registry.clone()),
+            grpc::operator::OperatorSvc::new(self.registry.clone(), self.creds.clone()),
             grpc::auth::operator(self.creds.clone()),
         );
         let mut builder = tonic::transport::Server::builder()

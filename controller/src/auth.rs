@@ -7,15 +7,27 @@
 //! | --- | --- |
 //! | `ca.pem` | the CA certificate (give it to operators' `--ca` and to `curl --cacert`) |
 //! | `ca.key` | the CA private key (mode 0600); signs a fresh server certificate at every start |
-//! | `credentials.json` | SHA-256 hashes of the join-token secret and of each operator secret |
+//! | `credentials.json` | SHA-256 hashes of the join-token secret and of each named operator credential (mode 0600) |
+//! | `first-start-secrets` | the secrets *generated* on the start that created them, in clear (mode 0600; read it, store the secrets elsewhere, delete it) |
 //!
-//! With `--state-bucket` these files are also kept in S3 ([`crate::store::mirror`]), so a
-//! controller on an empty disk keeps its CA (and the join tokens that pin it).
+//! With `--state-bucket` `ca.*` and `credentials.json` are also kept in S3
+//! ([`crate::store::mirror`]), so a controller on an empty disk keeps its CA (and the join tokens
+//! that pin it); `first-start-secrets` is never uploaded.
 //!
-//! Secrets are printed once, on the start that creates them, and stored only hashed. Checks hash
-//! the presented secret and compare in constant time.
+//! # Secrets
+//!
+//! - A secret the operator supplied (a *seed*: `--join-secret`, `--operator-credential`) is never
+//!   printed nor written in clear. A seed whose hash differs from the stored one replaces it at
+//!   start (rotation), logged without the secret.
+//! - A secret the controller generated on first start is written to `first-start-secrets`, and
+//!   printed on stdout only with `--print-secrets`.
+//! - Operator credentials are named (`NAME:SECRET`): more are made with
+//!   [`Credentials::add_operator`] (`controller credentials add`, shown once), listed and revoked.
+//!
+//! Checks hash the presented secret and compare in constant time.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use meshlat_proto::token::{JoinToken, hex_decode, hex_encode};
 use serde::{Deserialize, Serialize};
@@ -26,6 +38,10 @@ pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca.key";
 /// Hashed credentials file.
 pub const CREDENTIALS_FILE: &str = "credentials.json";
+/// Secrets generated on first start, in clear (0600).
+pub const FIRST_START_SECRETS_FILE: &str = "first-start-secrets";
+/// Longest operator credential name.
+pub const MAX_NAME_LEN: usize = 64;
 
 /// Setting up or loading security material failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +77,41 @@ pub enum AuthError {
     },
 }
 
+/// A refused change to the operator credentials.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum CredentialError {
+    /// The name is not usable.
+    #[error("name {name:?}: {reason}")]
+    BadName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A credential of that name exists.
+    #[error("credential {name:?} already exists (revoke it first)")]
+    Exists {
+        /// The name.
+        name: String,
+    },
+    /// No credential of that name.
+    #[error("no credential named {name:?}")]
+    NotFound {
+        /// The name.
+        name: String,
+    },
+    /// Revoking it would leave no operator credential.
+    #[error("credential {name:?} is the last one; add another before revoking it")]
+    Last {
+        /// The name.
+        name: String,
+    },
+    /// The credentials file could not be written (the change is not applied).
+    #[error("credentials file: {0}")]
+    Store(String),
+}
+
 /// TLS material for the gRPC and REST listeners.
 #[derive(Clone)]
 pub struct TlsMaterial {
@@ -86,20 +137,81 @@ impl std::fmt::Debug for TlsMaterial {
     }
 }
 
-/// Hashed credentials, checked on every call.
-#[derive(Clone, Debug)]
-pub struct Credentials {
-    agent_secret_sha256: [u8; 32],
-    operators: Vec<(String, [u8; 32])>,
+/// Where an operator credential came from.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `--operator-credential` (replaced when the seed changes).
+    Seed,
+    /// Generated on first start.
+    Generated,
+    /// `controller credentials add`.
+    Added,
 }
 
-/// Secrets created on this start; printed once, never stored in clear.
-#[derive(Clone)]
+impl Origin {
+    /// Lower-case name, as stored and listed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Seed => "seed",
+            Origin::Generated => "generated",
+            Origin::Added => "added",
+        }
+    }
+}
+
+/// One operator credential as listed (never the secret).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OperatorInfo {
+    /// Name (the part before `:`).
+    pub name: String,
+    /// Where it came from.
+    pub origin: Origin,
+    /// When it was made or last rotated (Unix seconds; 0: before this was recorded).
+    pub created_unix: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Operator {
+    info: OperatorInfo,
+    sha256: [u8; 32],
+}
+
+#[derive(Clone, Debug)]
+struct Inner {
+    agent_secret_sha256: [u8; 32],
+    operators: Vec<Operator>,
+}
+
+/// Called with the new content of `credentials.json` after every change (the S3 mirror).
+pub type SaveHook = Arc<dyn Fn(Vec<u8>) + Send + Sync>;
+
+/// Hashed credentials, checked on every call; operator credentials can be added and revoked
+/// while serving.
+pub struct Credentials {
+    inner: RwLock<Inner>,
+    /// `credentials.json` (`None`: in memory only, tests).
+    path: Option<PathBuf>,
+    on_save: RwLock<Option<SaveHook>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("path", &self.path)
+            .field("operators", &self.list_operators())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Secrets generated on this start; written to `first-start-secrets`, never stored in clear
+/// elsewhere.
+#[derive(Clone, Default)]
 pub struct NewSecrets {
-    /// The join secret (agents present it inside the join token).
-    pub join_secret: String,
-    /// The operator credential `key:secret`.
-    pub operator_credential: String,
+    /// The join secret (agents present it inside the join token), if generated.
+    pub join_secret: Option<String>,
+    /// The operator credential `NAME:SECRET`, if generated.
+    pub operator_credential: Option<String>,
 }
 
 impl std::fmt::Debug for NewSecrets {
@@ -108,12 +220,40 @@ impl std::fmt::Debug for NewSecrets {
     }
 }
 
+impl NewSecrets {
+    /// The lines of `first-start-secrets` (and of `--print-secrets`): `join-token TOKEN`,
+    /// `operator-credential NAME:SECRET`.
+    pub fn lines(&self, ca_sha256: [u8; 32]) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(s) = &self.join_secret {
+            v.push(format!("join-token {}", join_token(ca_sha256, s)));
+        }
+        if let Some(c) = &self.operator_credential {
+            v.push(format!("operator-credential {c}"));
+        }
+        v
+    }
+
+    /// Writes `first-start-secrets` in `dir` (mode 0600); returns its path.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Io`].
+    pub fn write(&self, dir: &Path, ca_sha256: [u8; 32]) -> Result<PathBuf, AuthError> {
+        let path = dir.join(FIRST_START_SECRETS_FILE);
+        let mut text = self.lines(ca_sha256).join("\n");
+        text.push('\n');
+        write_private(&path, text.as_bytes())?;
+        Ok(path)
+    }
+}
+
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct CredentialsFile {
     /// SHA-256 (hex) of the join secret.
     agent_secret_sha256: String,
-    /// Operator keys and the SHA-256 (hex) of their secrets.
+    /// Operator names and the SHA-256 (hex) of their secrets.
     operators: Vec<OperatorEntry>,
 }
 
@@ -122,15 +262,34 @@ struct CredentialsFile {
 struct OperatorEntry {
     key: String,
     secret_sha256: String,
+    /// Absent in files written before credentials were named: such an entry was made at first
+    /// start from the seed or generated, and a configured seed replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<Origin>,
+    #[serde(default)]
+    created_unix: u64,
 }
 
-/// Optional seeds for the secrets made on first start (e.g. from a secrets manager).
-#[derive(Clone, Debug, Default)]
+/// Optional seeds for the secrets (e.g. from a secrets manager). Applied at every start: a seed
+/// that differs from the stored hash replaces it.
+#[derive(Clone, Default)]
 pub struct Seeds {
     /// Join secret (hex, at least 32 digits).
     pub join_secret: Option<String>,
-    /// Operator credential `key:secret`.
+    /// Operator credential `NAME:SECRET`.
     pub operator_credential: Option<String>,
+}
+
+impl std::fmt::Debug for Seeds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seeds")
+            .field("join_secret", &self.join_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "operator_credential",
+                &self.operator_credential.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {
@@ -151,6 +310,12 @@ fn random_hex(bytes: usize) -> String {
     hex_encode(&b)
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuthError + '_ {
     move |source| AuthError::Io {
         path: path.to_path_buf(),
@@ -159,24 +324,114 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuthError + '_ {
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), AuthError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(data).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    crate::fsutil::write_atomic(path, data, 0o600).map_err(io(path))
+}
+
+/// Checks an operator credential name: 1 to [`MAX_NAME_LEN`] of `A-Za-z0-9._-`.
+///
+/// # Errors
+///
+/// [`CredentialError::BadName`].
+pub fn check_name(name: &str) -> Result<(), CredentialError> {
+    let bad = |reason| CredentialError::BadName {
+        name: name.chars().take(MAX_NAME_LEN + 8).collect(),
+        reason,
+    };
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(bad("must be 1 to 64 characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(bad("use letters, digits, '.', '_' and '-' only"));
+    }
+    Ok(())
+}
+
+fn parse_operator_seed(c: &str) -> Result<(&str, &str), AuthError> {
+    match c.trim().split_once(':') {
+        Some((k, s)) if check_name(k).is_ok() && s.len() >= 16 => Ok((k, s)),
+        _ => Err(AuthError::Seed {
+            flag: "--operator-credential",
+            reason: "must be NAME:SECRET (NAME of letters, digits, '.', '_', '-') with a secret of at least 16 characters",
+        }),
+    }
+}
+
+fn parse_join_seed(s: &str) -> Result<String, AuthError> {
+    let s = s.trim();
+    if s.len() >= 32 && hex_decode(s).is_some() {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(AuthError::Seed {
+            flag: "--join-secret",
+            reason: "must be at least 32 hex digits",
+        })
+    }
+}
+
+impl Inner {
+    fn to_file(&self) -> CredentialsFile {
+        CredentialsFile {
+            agent_secret_sha256: hex_encode(&self.agent_secret_sha256),
+            operators: self
+                .operators
+                .iter()
+                .map(|o| OperatorEntry {
+                    key: o.info.name.clone(),
+                    secret_sha256: hex_encode(&o.sha256),
+                    origin: Some(o.info.origin),
+                    created_unix: o.info.created_unix,
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies the seeds; returns what changed (for the log), never a secret.
+    fn apply_seeds(
+        &mut self,
+        join: Option<&str>,
+        operator: Option<(&str, &str)>,
+    ) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if let Some(j) = join {
+            let h = sha256(j.as_bytes());
+            if !ct_eq(&h, &self.agent_secret_sha256) {
+                self.agent_secret_sha256 = h;
+                changed.push("join secret");
+            }
+        }
+        if let Some((name, secret)) = operator {
+            let h = sha256(secret.as_bytes());
+            let current = self
+                .operators
+                .iter()
+                .any(|o| o.info.name == name && ct_eq(&o.sha256, &h));
+            if !current {
+                // The previous seeded credential (under any name) is replaced by this one.
+                self.operators
+                    .retain(|o| o.info.origin != Origin::Seed && o.info.name != name);
+                self.operators.push(Operator {
+                    info: OperatorInfo {
+                        name: name.to_string(),
+                        origin: Origin::Seed,
+                        created_unix: unix_now(),
+                    },
+                    sha256: h,
+                });
+                changed.push("operator credential");
+            }
+        }
+        changed
+    }
 }
 
 impl Credentials {
-    /// Loads the hashed credentials from `dir`, creating (and returning) new secrets on first
-    /// start.
+    /// Loads the hashed credentials from `dir`, creating them on first start, and applies the
+    /// seeds (a seed that differs from the stored hash replaces it, and is logged). Returns the
+    /// secrets generated now (first start, no seed), which the caller writes to
+    /// `first-start-secrets`.
     ///
     /// # Errors
     ///
@@ -186,7 +441,14 @@ impl Credentials {
         seeds: &Seeds,
     ) -> Result<(Self, Option<NewSecrets>), AuthError> {
         let path = dir.join(CREDENTIALS_FILE);
-        if path.exists() {
+        let join_seed = seeds.join_secret.as_deref().map(parse_join_seed).transpose()?;
+        let op_seed = seeds
+            .operator_credential
+            .as_deref()
+            .map(parse_operator_seed)
+            .transpose()?;
+        let mut new = None;
+        let mut inner = if path.exists() {
             let raw = std::fs::read(&path).map_err(io(&path))?;
             let corrupt = |reason: String| AuthError::Corrupt {
                 path: path.clone(),
@@ -199,79 +461,117 @@ impl Credentials {
                     .and_then(|v| v.try_into().ok())
                     .ok_or_else(|| corrupt("a hash is not 64 hex digits".into()))
             };
-            let creds = Credentials {
+            Inner {
                 agent_secret_sha256: digest(&file.agent_secret_sha256)?,
                 operators: file
                     .operators
                     .iter()
-                    .map(|o| Ok((o.key.clone(), digest(&o.secret_sha256)?)))
+                    .map(|o| {
+                        Ok(Operator {
+                            info: OperatorInfo {
+                                name: o.key.clone(),
+                                origin: o.origin.unwrap_or(Origin::Seed),
+                                created_unix: o.created_unix,
+                            },
+                            sha256: digest(&o.secret_sha256)?,
+                        })
+                    })
                     .collect::<Result<_, AuthError>>()?,
-            };
-            return Ok((creds, None));
-        }
-        let join_secret = match &seeds.join_secret {
-            Some(s) if s.len() >= 32 && hex_decode(s).is_some() => s.to_ascii_lowercase(),
-            Some(_) => {
-                return Err(AuthError::Seed {
-                    flag: "--join-secret",
-                    reason: "must be at least 32 hex digits",
-                });
             }
-            None => random_hex(24),
-        };
-        let operator_credential = match &seeds.operator_credential {
-            Some(c) => match c.split_once(':') {
-                Some((k, s)) if !k.is_empty() && s.len() >= 16 => c.clone(),
-                _ => {
-                    return Err(AuthError::Seed {
-                        flag: "--operator-credential",
-                        reason: "must be KEY:SECRET with a secret of at least 16 characters",
-                    });
+        } else {
+            let mut made = NewSecrets::default();
+            let join = match &join_seed {
+                Some(_) => [0u8; 32],
+                None => {
+                    let s = random_hex(24);
+                    let h = sha256(s.as_bytes());
+                    made.join_secret = Some(s);
+                    h
                 }
-            },
-            None => format!("op-{}:{}", random_hex(4), random_hex(24)),
+            };
+            let mut operators = Vec::new();
+            if op_seed.is_none() {
+                let name = format!("op-{}", random_hex(4));
+                let secret = random_hex(24);
+                operators.push(Operator {
+                    info: OperatorInfo {
+                        name: name.clone(),
+                        origin: Origin::Generated,
+                        created_unix: unix_now(),
+                    },
+                    sha256: sha256(secret.as_bytes()),
+                });
+                made.operator_credential = Some(format!("{name}:{secret}"));
+            }
+            if made.join_secret.is_some() || made.operator_credential.is_some() {
+                new = Some(made);
+            }
+            Inner {
+                agent_secret_sha256: join,
+                operators,
+            }
         };
-        let (key, secret) = operator_credential
-            .split_once(':')
-            .unwrap_or(("", operator_credential.as_str()));
-        let creds = Credentials {
-            agent_secret_sha256: sha256(join_secret.as_bytes()),
-            operators: vec![(key.to_string(), sha256(secret.as_bytes()))],
-        };
-        let file = CredentialsFile {
-            agent_secret_sha256: hex_encode(&creds.agent_secret_sha256),
-            operators: creds
-                .operators
-                .iter()
-                .map(|(k, h)| OperatorEntry {
-                    key: k.clone(),
-                    secret_sha256: hex_encode(h),
-                })
-                .collect(),
-        };
-        let json = serde_json::to_vec_pretty(&file).map_err(|e| AuthError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        write_private(&path, &json)?;
+        let first = new.is_some() || !path.exists();
+        let changed = inner.apply_seeds(join_seed.as_deref(), op_seed);
+        if first || !changed.is_empty() {
+            let json = serde_json::to_vec_pretty(&inner.to_file()).map_err(|e| {
+                AuthError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            write_private(&path, &json)?;
+        }
+        if !first {
+            for what in &changed {
+                tracing::warn!(message = "Seeded secret differs from the stored one: rotated; the old one is no longer accepted.", secret = %what);
+            }
+        }
         Ok((
-            creds,
-            Some(NewSecrets {
-                join_secret,
-                operator_credential,
-            }),
+            Credentials {
+                inner: RwLock::new(inner),
+                path: Some(path),
+                on_save: RwLock::new(None),
+            },
+            new,
         ))
     }
 
-    /// Credentials from known secrets (tests).
+    /// Credentials from known secrets, in memory only (tests).
     pub fn from_secrets(join_secret: &str, operator_credential: &str) -> Self {
         let (key, secret) = operator_credential
             .split_once(':')
             .unwrap_or(("", operator_credential));
         Credentials {
-            agent_secret_sha256: sha256(join_secret.as_bytes()),
-            operators: vec![(key.to_string(), sha256(secret.as_bytes()))],
+            inner: RwLock::new(Inner {
+                agent_secret_sha256: sha256(join_secret.as_bytes()),
+                operators: vec![Operator {
+                    info: OperatorInfo {
+                        name: key.to_string(),
+                        origin: Origin::Seed,
+                        created_unix: 0,
+                    },
+                    sha256: sha256(secret.as_bytes()),
+                }],
+            }),
+            path: None,
+            on_save: RwLock::new(None),
         }
+    }
+
+    /// Sets the function told the new `credentials.json` after each change (the S3 mirror).
+    pub fn set_save_hook(&self, hook: SaveHook) {
+        *self.on_save.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    /// The content of `credentials.json` now.
+    pub fn file_bytes(&self) -> Vec<u8> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        serde_json::to_vec_pretty(&inner.to_file()).unwrap_or_default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether `token` (a whole join token, or just its secret) carries the join secret.
@@ -280,47 +580,128 @@ impl Credentials {
             Ok(t) => t.secret,
             Err(_) => token.trim().to_ascii_lowercase(),
         };
-        ct_eq(&sha256(secret.as_bytes()), &self.agent_secret_sha256)
+        ct_eq(&sha256(secret.as_bytes()), &self.read().agent_secret_sha256)
     }
 
-    /// Whether `credential` (`key:secret`) is a known operator's; returns the key.
-    pub fn check_operator(&self, credential: &str) -> Option<&str> {
+    /// Whether `credential` (`NAME:SECRET`) is a known operator's; returns the name.
+    pub fn check_operator(&self, credential: &str) -> Option<String> {
         let (key, secret) = credential.trim().split_once(':')?;
         let h = sha256(secret.as_bytes());
-        // Compare every entry, so the time does not depend on which key matched.
+        // Compare every entry, so the time does not depend on which name matched.
         let mut found = None;
-        for (k, digest) in &self.operators {
-            if ct_eq(&h, digest) && k == key {
-                found = Some(k.as_str());
+        for o in &self.read().operators {
+            if ct_eq(&h, &o.sha256) && o.info.name == key {
+                found = Some(o.info.name.clone());
             }
         }
         found
     }
+
+    /// The operator credentials (names and origins, never secrets), in creation order.
+    pub fn list_operators(&self) -> Vec<OperatorInfo> {
+        self.read().operators.iter().map(|o| o.info.clone()).collect()
+    }
+
+    /// Makes a new operator credential `name`; returns `NAME:SECRET`, shown once (only its
+    /// hash is kept).
+    ///
+    /// # Errors
+    ///
+    /// [`CredentialError`]: a bad or taken name, or the file could not be written.
+    pub fn add_operator(&self, name: &str) -> Result<String, CredentialError> {
+        check_name(name)?;
+        let secret = random_hex(24);
+        self.change(|inner| {
+            if inner.operators.iter().any(|o| o.info.name == name) {
+                return Err(CredentialError::Exists { name: name.into() });
+            }
+            inner.operators.push(Operator {
+                info: OperatorInfo {
+                    name: name.to_string(),
+                    origin: Origin::Added,
+                    created_unix: unix_now(),
+                },
+                sha256: sha256(secret.as_bytes()),
+            });
+            Ok(())
+        })?;
+        Ok(format!("{name}:{secret}"))
+    }
+
+    /// Revokes operator credential `name` (its next call gets `401`).
+    ///
+    /// # Errors
+    ///
+    /// [`CredentialError`]: unknown name, the last credential, or the file could not be
+    /// written.
+    pub fn revoke_operator(&self, name: &str) -> Result<OperatorInfo, CredentialError> {
+        let mut removed = None;
+        self.change(|inner| {
+            let Some(i) = inner.operators.iter().position(|o| o.info.name == name) else {
+                return Err(CredentialError::NotFound { name: name.into() });
+            };
+            if inner.operators.len() == 1 {
+                return Err(CredentialError::Last { name: name.into() });
+            }
+            removed = Some(inner.operators.remove(i).info);
+            Ok(())
+        })?;
+        removed.ok_or_else(|| CredentialError::NotFound { name: name.into() })
+    }
+
+    /// Applies `f` to a copy, writes the file, then makes the copy current (so a failed write
+    /// changes nothing).
+    fn change(
+        &self,
+        f: impl FnOnce(&mut Inner) -> Result<(), CredentialError>,
+    ) -> Result<(), CredentialError> {
+        let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = guard.clone();
+        f(&mut next)?;
+        let json = serde_json::to_vec_pretty(&next.to_file())
+            .map_err(|e| CredentialError::Store(e.to_string()))?;
+        if let Some(path) = &self.path {
+            write_private(path, &json).map_err(|e| CredentialError::Store(e.to_string()))?;
+        }
+        *guard = next;
+        drop(guard);
+        let hook = self.on_save.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(h) = hook {
+            h(json);
+        }
+        Ok(())
+    }
 }
 
-/// The shared secret controllers of a federation present to each other, held only hashed.
+/// The shared secrets controllers of a federation present to each other, held only hashed: the
+/// current one and those accepted during a rotation (`--federation-secret-previous`,
+/// `--federation-secret-next`).
 #[derive(Clone)]
 pub struct FederationSecret {
-    sha256: [u8; 32],
+    sha256: Vec<[u8; 32]>,
 }
 
 impl std::fmt::Debug for FederationSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FederationSecret(<hashed>)")
+        write!(f, "FederationSecret(<{} hashed>)", self.sha256.len())
     }
 }
 
 impl FederationSecret {
-    /// Hashes `secret`.
-    pub fn new(secret: &str) -> Self {
+    /// Hashes `secrets` (every one is accepted).
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
         FederationSecret {
-            sha256: sha256(secret.trim().as_bytes()),
+            sha256: secrets
+                .into_iter()
+                .map(|s| sha256(s.trim().as_bytes()))
+                .collect(),
         }
     }
 
-    /// Whether `presented` is the secret (constant time over the digests).
+    /// Whether `presented` is one of the secrets (constant time over the digests).
     pub fn check(&self, presented: &str) -> bool {
-        ct_eq(&sha256(presented.trim().as_bytes()), &self.sha256)
+        let h = sha256(presented.trim().as_bytes());
+        self.sha256.iter().fold(false, |ok, d| ct_eq(&h, d) | ok)
     }
 }
 
@@ -352,7 +733,7 @@ pub fn load_or_create_tls(dir: &Path, sans: &[String]) -> Result<TlsMaterial, Au
         let key = KeyPair::generate()?;
         let ca = ca_params()?.self_signed(&key)?;
         write_private(&key_path, key.serialize_pem().as_bytes())?;
-        std::fs::write(&ca_path, ca.pem()).map_err(io(&ca_path))?;
+        crate::fsutil::write_atomic(&ca_path, ca.pem().as_bytes(), 0o644).map_err(io(&ca_path))?;
     }
     let ca_pem = std::fs::read_to_string(&ca_path).map_err(io(&ca_path))?;
     let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
@@ -403,22 +784,35 @@ pub fn bearer(value: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn credentials_are_created_once_stored_hashed_and_checked() {
+    fn tmp() -> PathBuf {
         let dir = std::env::temp_dir().join(format!("meshlat-auth-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).expect("tmp dir");
+        dir
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).expect("meta").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn credentials_are_created_once_stored_hashed_and_checked() {
+        let dir = tmp();
         let (creds, new) = Credentials::load_or_create(&dir, &Seeds::default()).expect("create");
         let new = new.expect("first start makes secrets");
+        let join = new.join_secret.clone().expect("generated join secret");
+        let op = new.operator_credential.clone().expect("generated credential");
         let stored = std::fs::read_to_string(dir.join(CREDENTIALS_FILE)).expect("stored");
-        assert!(!stored.contains(&new.join_secret), "stored hashed");
-        let (_, op_secret) = new.operator_credential.split_once(':').expect("key:secret");
+        assert!(!stored.contains(&join), "stored hashed");
+        let (_, op_secret) = op.split_once(':').expect("key:secret");
         assert!(!stored.contains(op_secret), "stored hashed");
+        assert_eq!(mode(&dir.join(CREDENTIALS_FILE)), 0o600);
         let (again, none) = Credentials::load_or_create(&dir, &Seeds::default()).expect("load");
-        assert!(none.is_none(), "secrets are printed only once");
+        assert!(none.is_none(), "secrets are made only once");
         for c in [&creds, &again] {
-            assert!(c.check_agent(&new.join_secret));
+            assert!(c.check_agent(&join));
             assert!(!c.check_agent("0123456789abcdef0123456789abcdef"));
-            assert!(c.check_operator(&new.operator_credential).is_some());
+            assert!(c.check_operator(&op).is_some());
             assert!(c.check_operator("op-x:nope").is_none());
             assert!(c.check_operator("nocolon").is_none());
         }
@@ -428,9 +822,130 @@ mod tests {
             tls.ca_sha256, tls2.ca_sha256,
             "the CA (and so the pin) is kept"
         );
-        let token = join_token(tls.ca_sha256, &new.join_secret).to_string();
+        assert_eq!(mode(&dir.join(CA_KEY_FILE)), 0o600);
+        let token = join_token(tls.ca_sha256, &join).to_string();
         assert!(creds.check_agent(&token));
+        // The generated secrets go to a private file, one `name value` line each.
+        let path = new.write(&dir, tls.ca_sha256).expect("secrets file");
+        assert_eq!(mode(&path), 0o600);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            text,
+            format!("join-token {token}\noperator-credential {op}\n")
+        );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn seeds_are_never_in_the_secrets_file_and_a_changed_seed_rotates() {
+        let dir = tmp();
+        let join1 = "11111111111111111111111111111111";
+        let seeds = |j: &str, o: &str| Seeds {
+            join_secret: Some(j.into()),
+            operator_credential: Some(o.into()),
+        };
+        let (c, new) = Credentials::load_or_create(&dir, &seeds(join1, "ops:first-secret-0123"))
+            .expect("create");
+        assert!(new.is_none(), "nothing generated, so nothing to write or print");
+        assert!(c.check_operator("ops:first-secret-0123").is_some());
+        // Rotation: the new seed works, the old one no longer does.
+        let join2 = "22222222222222222222222222222222";
+        let (c, new) = Credentials::load_or_create(&dir, &seeds(join2, "ops:second-secret-0123"))
+            .expect("rotate");
+        assert!(new.is_none());
+        assert!(c.check_agent(join2) && !c.check_agent(join1));
+        assert_eq!(c.check_operator("ops:second-secret-0123").as_deref(), Some("ops"));
+        assert!(c.check_operator("ops:first-secret-0123").is_none());
+        // Renaming the seeded credential replaces it too; added credentials stay.
+        let added = c.add_operator("ci").expect("add");
+        let (c, _) = Credentials::load_or_create(&dir, &seeds(join2, "admin:third-secret-0123"))
+            .expect("rename");
+        assert!(c.check_operator("ops:second-secret-0123").is_none());
+        assert!(c.check_operator("admin:third-secret-0123").is_some());
+        assert!(c.check_operator(&added).is_some(), "added credentials survive");
+        // The same seed again changes nothing.
+        let before = std::fs::read(dir.join(CREDENTIALS_FILE)).expect("read");
+        let _ = Credentials::load_or_create(&dir, &seeds(join2, "admin:third-secret-0123"))
+            .expect("same");
+        assert_eq!(std::fs::read(dir.join(CREDENTIALS_FILE)).expect("read"), before);
+        let stored = String::from_utf8(before).expect("utf8");
+        for secret in [join2, "third-secret", "second-secret"] {
+            assert!(!stored.contains(secret), "{secret} stored in clear");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_from_before_named_credentials_loads_and_its_seed_rotates() {
+        let dir = tmp();
+        let old = format!(
+            "{{\"agent_secret_sha256\":\"{}\",\"operators\":[{{\"key\":\"op-1\",\"secret_sha256\":\"{}\"}}]}}",
+            hex_encode(&sha256(b"33333333333333333333333333333333")),
+            hex_encode(&sha256(b"old-secret-0123456789")),
+        );
+        std::fs::write(dir.join(CREDENTIALS_FILE), old).expect("old file");
+        let (c, _) = Credentials::load_or_create(&dir, &Seeds::default()).expect("load");
+        assert!(c.check_operator("op-1:old-secret-0123456789").is_some());
+        let seeds = Seeds {
+            join_secret: None,
+            operator_credential: Some("op-1:new-secret-0123456789".into()),
+        };
+        let (c, _) = Credentials::load_or_create(&dir, &seeds).expect("rotate");
+        assert!(c.check_operator("op-1:old-secret-0123456789").is_none());
+        assert!(c.check_operator("op-1:new-secret-0123456789").is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn named_credentials_add_list_revoke_and_persist() {
+        let dir = tmp();
+        let (c, new) = Credentials::load_or_create(&dir, &Seeds::default()).expect("create");
+        let first = new.and_then(|n| n.operator_credential).expect("generated");
+        let saved = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = saved.clone();
+        c.set_save_hook(Arc::new(move |b| s2.lock().expect("lock").push(b)));
+        let ci = c.add_operator("ci").expect("add");
+        assert!(ci.starts_with("ci:") && ci.len() > 40, "{ci}");
+        assert_eq!(
+            c.add_operator("ci"),
+            Err(CredentialError::Exists { name: "ci".into() })
+        );
+        for bad in ["", "a:b", "a b", &"x".repeat(65)] {
+            assert!(
+                matches!(c.add_operator(bad), Err(CredentialError::BadName { .. })),
+                "{bad:?}"
+            );
+        }
+        let names: Vec<_> = c.list_operators().into_iter().map(|i| (i.name, i.origin)).collect();
+        assert_eq!(names[1], ("ci".to_string(), Origin::Added));
+        assert_eq!(names[0].1, Origin::Generated);
+        assert!(c.check_operator(&ci).is_some());
+        c.revoke_operator("ci").expect("revoke");
+        assert!(c.check_operator(&ci).is_none(), "revoked");
+        assert_eq!(
+            c.revoke_operator("ci"),
+            Err(CredentialError::NotFound { name: "ci".into() })
+        );
+        let last = first.split_once(':').expect("name").0.to_string();
+        assert_eq!(
+            c.revoke_operator(&last),
+            Err(CredentialError::Last { name: last.clone() }),
+            "the last credential cannot be revoked"
+        );
+        assert_eq!(saved.lock().expect("lock").len(), 2, "each change is mirrored");
+        // The changes are on disk: a restart sees them.
+        let (again, _) = Credentials::load_or_create(&dir, &Seeds::default()).expect("reload");
+        assert!(again.check_operator(&ci).is_none());
+        assert!(again.check_operator(&first).is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn federation_secret_accepts_every_listed_secret_only() {
+        let f = FederationSecret::new(["current-secret", "previous-secret"]);
+        assert!(f.check("current-secret") && f.check("previous-secret"));
+        assert!(!f.check("other-secret"));
+        assert!(!format!("{f:?}").contains("secret\""));
     }
 
     #[test]

@@ -7,13 +7,14 @@ use clap::{Args, Parser, Subcommand};
 
 const EXAMPLES: &str = "\
 Examples:
-  controller --region eu-west-1 --data-dir /var/lib/meshlat      # serve (prints the join token once)
+  controller --region eu-west-1 --data-dir /var/lib/meshlat      # serve (first start: secrets in DATA_DIR/first-start-secrets)
   controller --region eu-west-1 --state-bucket meshlat-state-x    # also keep CA and state in S3
   agent --controller https://ctl:7400 --token mlt1.<ca>.<secret>  # join an agent
   export MESHLAT_CONTROLLER=https://ctl:7400 MESHLAT_CREDENTIAL=op-1234:secret MESHLAT_CA=/var/lib/meshlat/ca.pem
   controller job start job.json        # or '-' for stdin; JSON as in POST /api/v1/jobs
   controller job list
   controller agents
+  controller credentials add ci-pipeline   # prints ci-pipeline:SECRET once; list, revoke NAME
   controller matrix --by region --protocol udp --watch
   curl --cacert /var/lib/meshlat/ca.pem -H \"Authorization: Bearer $MESHLAT_CREDENTIAL\" https://ctl:7401/api/v1/jobs";
 
@@ -39,6 +40,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: JobAction,
+    },
+    /// Add, list or revoke named operator credentials.
+    Credentials {
+        /// What to do.
+        #[command(subcommand)]
+        action: CredentialAction,
     },
     /// List the agents known to the controller.
     Agents {
@@ -155,6 +162,44 @@ impl JobAction {
     }
 }
 
+/// `controller credentials ...`.
+#[derive(Debug, Subcommand)]
+pub enum CredentialAction {
+    /// Make a credential NAME and print NAME:SECRET (shown only now; the controller keeps a hash).
+    Add {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Name: 1-64 of A-Za-z0-9._-
+        name: String,
+    },
+    /// List credential names and origins (never secrets).
+    List {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke credential NAME: its next call is refused (401 / Unauthenticated).
+    Revoke {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Name.
+        name: String,
+    },
+}
+
+impl CredentialAction {
+    /// The connection flags.
+    pub fn client(&self) -> &ClientArgs {
+        match self {
+            CredentialAction::Add { client, .. }
+            | CredentialAction::List { client }
+            | CredentialAction::Revoke { client, .. } => client,
+        }
+    }
+}
+
 /// How client commands reach the controller.
 #[derive(Clone, Debug, Args)]
 pub struct ClientArgs {
@@ -165,7 +210,8 @@ pub struct ClientArgs {
         default_value = "https://127.0.0.1:7400"
     )]
     pub controller: String,
-    /// Operator credential KEY:SECRET (printed by the controller on first start).
+    /// Operator credential NAME:SECRET (from DATA_DIR/first-start-secrets, a seed, or
+    /// `controller credentials add`).
     #[arg(long, env = "MESHLAT_CREDENTIAL", hide_env_values = true)]
     pub credential: Option<String>,
     /// CA certificate of the controller (its DATA_DIR/ca.pem).
@@ -219,12 +265,18 @@ pub struct ServeArgs {
     /// Most agents a `full` strategy job may involve.
     #[arg(long, env = "MESHLAT_MAX_FULL_MESH", default_value_t = 200)]
     pub max_full_mesh: usize,
-    /// Join secret to use on first start instead of a random one (hex, >= 32 digits).
+    /// Join secret (hex, >= 32 digits) instead of a random one. Never printed; applied at every
+    /// start: a value that differs from the stored hash replaces it (rotation).
     #[arg(long, env = "MESHLAT_JOIN_SECRET", hide_env_values = true)]
     pub join_secret: Option<String>,
-    /// Operator credential KEY:SECRET to use on first start instead of a random one.
+    /// Operator credential NAME:SECRET instead of a random one. Never printed; applied at every
+    /// start: a value that differs from the stored hash replaces the previous seeded one.
     #[arg(long, env = "MESHLAT_OPERATOR_CREDENTIAL", hide_env_values = true)]
     pub operator_credential: Option<String>,
+    /// Also print the secrets generated on first start on stdout (they are always written to
+    /// DATA_DIR/first-start-secrets, mode 0600). Seeded secrets are never printed.
+    #[arg(long, env = "MESHLAT_PRINT_SECRETS")]
+    pub print_secrets: bool,
     /// A peer controller's gRPC URL (repeatable): directories and jobs are exchanged with it.
     #[arg(
         long = "peer",
@@ -233,10 +285,24 @@ pub struct ServeArgs {
         value_name = "URL"
     )]
     pub peers: Vec<String>,
-    /// Secret shared by every controller of the federation (required with --peer; serves
-    /// FederationService when set).
+    /// Secret shared by every controller of the federation, at least 32 bytes (required with
+    /// --peer; serves FederationService when set). It also derives the mesh wire and grant keys.
     #[arg(long, env = "MESHLAT_FEDERATION_SECRET", hide_env_values = true)]
     pub federation_secret: Option<String>,
+    /// Rotation, step 2 of 3 (README "Security"): the old federation secret, still accepted from
+    /// peers, and its wire and grant keys still accepted by agents; never presented or signed
+    /// with.
+    #[arg(
+        long,
+        env = "MESHLAT_FEDERATION_SECRET_PREVIOUS",
+        hide_env_values = true
+    )]
+    pub federation_secret_previous: Option<String>,
+    /// Rotation, step 1 of 3 (README "Security"): the new federation secret, accepted from peers,
+    /// and its wire and grant keys accepted by agents, before any controller presents or signs
+    /// with it.
+    #[arg(long, env = "MESHLAT_FEDERATION_SECRET_NEXT", hide_env_values = true)]
+    pub federation_secret_next: Option<String>,
     /// CA certificate (PEM) of https:// peers, e.g. a peer's DATA_DIR/ca.pem (repeatable).
     #[arg(
         long = "peer-ca",

@@ -7,7 +7,7 @@ use meshlat_proto::pb;
 use meshlat_proto::pb::operator_service_client::OperatorServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::cli::{ClientArgs, HealthArgs, JobAction, MatrixArgs};
+use crate::cli::{ClientArgs, CredentialAction, HealthArgs, JobAction, MatrixArgs};
 use crate::json;
 
 /// A client command failure.
@@ -120,7 +120,7 @@ async fn connect(
 > {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cred = a.credential.clone().ok_or_else(|| {
-        ClientError::Usage("--credential KEY:SECRET (or MESHLAT_CREDENTIAL) is required".into())
+        ClientError::Usage("--credential NAME:SECRET (or MESHLAT_CREDENTIAL) is required".into())
     })?;
     let value: tonic::metadata::MetadataValue<_> = format!("Bearer {cred}")
         .parse()
@@ -212,6 +212,47 @@ pub async fn job(action: &JobAction) -> Result<String, ClientError> {
         JobAction::Stop { id, .. } => c.stop_job(pb::StopJobRequest { id: id.clone() }).await?,
     };
     Ok(pretty(&json::job_to_value(&job.into_inner())))
+}
+
+/// Runs `controller credentials ...`; returns what to print (`add`: the credential alone on
+/// its line, so scripts can capture it).
+///
+/// # Errors
+///
+/// [`ClientError`].
+pub async fn credentials(action: &CredentialAction) -> Result<String, ClientError> {
+    let mut c = connect(action.client()).await?;
+    let line = |i: &pb::CredentialInfo| {
+        format!("{:<32} {:<10} {}\n", i.name, i.origin, i.created_unix)
+    };
+    match action {
+        CredentialAction::Add { name, .. } => {
+            let r = c
+                .add_credential(pb::AddCredentialRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            Ok(format!("{}\n", r.credential))
+        }
+        CredentialAction::List { .. } => {
+            let list = c
+                .list_credentials(pb::ListCredentialsRequest {})
+                .await?
+                .into_inner()
+                .credentials;
+            let mut out = format!("{:<32} {:<10} CREATED_UNIX\n", "NAME", "ORIGIN");
+            for i in &list {
+                out.push_str(&line(i));
+            }
+            Ok(out)
+        }
+        CredentialAction::Revoke { name, .. } => {
+            let i = c
+                .revoke_credential(pb::RevokeCredentialRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            Ok(format!("revoked {}", line(&i)))
+        }
+    }
 }
 
 /// Runs `controller agents`; returns what to print.

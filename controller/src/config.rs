@@ -50,8 +50,10 @@ pub struct ServeConfig {
     pub agent_ttl: Duration,
     /// Full-mesh size limit.
     pub max_full_mesh: usize,
-    /// First-start secrets.
+    /// Seeded secrets.
     pub seeds: Seeds,
+    /// Print generated secrets on stdout too (`--print-secrets`).
+    pub print_secrets: bool,
     /// Federation with peer controllers (`None`: not federated).
     pub federation: Option<FederationConfig>,
     /// The S3 state store (`None`: the data directory only).
@@ -72,16 +74,32 @@ pub struct StateStoreConfig {
 }
 
 /// Validated federation flags.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FederationConfig {
     /// Peer gRPC URLs.
     pub peers: Vec<String>,
-    /// The shared secret, sent to peers (and checked hashed on incoming exchanges).
+    /// The shared secret, sent to peers (and checked hashed on incoming exchanges); it derives
+    /// the mesh keys agents sign with.
     pub secret: String,
+    /// Secrets also accepted during a rotation (`--federation-secret-next`,
+    /// `--federation-secret-previous`): from peers, and their keys by agents.
+    pub accepted: Vec<String>,
     /// CA files trusted for https:// peers.
     pub peer_ca: Vec<PathBuf>,
     /// Peer entries age out this long after their last exchange.
     pub ttl: Duration,
+}
+
+impl std::fmt::Debug for FederationConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FederationConfig")
+            .field("peers", &self.peers)
+            .field("secret", &"<redacted>")
+            .field("accepted", &self.accepted.len())
+            .field("peer_ca", &self.peer_ca)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
 }
 
 fn secs(flag: &'static str, v: f64) -> Result<Duration, ConfigError> {
@@ -190,6 +208,80 @@ fn state_store(a: &ServeArgs, region: &str) -> Result<Option<StateStoreConfig>, 
     }))
 }
 
+/// Shortest federation secret: it derives the mesh keys, so it must carry a key's entropy.
+pub const MIN_FEDERATION_SECRET: usize = 32;
+
+fn federation_secret(flag: &'static str, v: &str) -> Result<String, ConfigError> {
+    if v.len() < MIN_FEDERATION_SECRET {
+        return Err(ConfigError::Invalid {
+            flag,
+            value: format!("<{} bytes>", v.len()),
+            reason: "must be at least 32 bytes (e.g. openssl rand -hex 32)",
+        });
+    }
+    Ok(v.to_string())
+}
+
+fn federation(a: &ServeArgs) -> Result<Option<FederationConfig>, ConfigError> {
+    let secret = nonempty(&a.federation_secret);
+    let extra = [
+        ("--federation-secret-previous", nonempty(&a.federation_secret_previous)),
+        ("--federation-secret-next", nonempty(&a.federation_secret_next)),
+    ];
+    let Some(secret) = secret else {
+        if !a.peers.is_empty() {
+            return Err(ConfigError::Missing {
+                flag: "--federation-secret",
+            });
+        }
+        if let Some(&(flag, _)) = extra.iter().find(|(_, v)| v.is_some()) {
+            return Err(ConfigError::Invalid {
+                flag,
+                value: "<secret>".into(),
+                reason: "needs --federation-secret",
+            });
+        }
+        return Ok(None);
+    };
+    let secret = federation_secret("--federation-secret", secret)?;
+    let mut accepted = Vec::new();
+    for (flag, v) in extra {
+        if let Some(v) = v {
+            accepted.push(federation_secret(flag, v)?);
+        }
+    }
+    let peers: Vec<String> = a
+        .peers
+        .iter()
+        .map(|p| p.trim().trim_end_matches('/').to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    for p in &peers {
+        let ok = p.starts_with("https://") || (a.plaintext && p.starts_with("http://"));
+        if !ok {
+            return Err(ConfigError::Invalid {
+                flag: "--peer",
+                value: p.clone(),
+                reason: if p.starts_with("http://") {
+                    "must be an https:// URL (http:// only with --plaintext, for local experiments)"
+                } else {
+                    "must be an https:// URL"
+                },
+            });
+        }
+        if p.starts_with("https://") && a.peer_ca.is_empty() {
+            return Err(ConfigError::Missing { flag: "--peer-ca" });
+        }
+    }
+    Ok(Some(FederationConfig {
+        peers,
+        secret,
+        accepted,
+        peer_ca: a.peer_ca.clone(),
+        ttl: secs("--peer-ttl", a.peer_ttl)?,
+    }))
+}
+
 impl ServeConfig {
     /// Validates `serve` flags.
     ///
@@ -238,45 +330,7 @@ impl ServeConfig {
                 reason: "must be at least 1",
             });
         }
-        let federation = match a
-            .federation_secret
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            None if !a.peers.is_empty() => {
-                return Err(ConfigError::Missing {
-                    flag: "--federation-secret",
-                });
-            }
-            None => None,
-            Some(secret) => {
-                let peers: Vec<String> = a
-                    .peers
-                    .iter()
-                    .map(|p| p.trim().trim_end_matches('/').to_string())
-                    .filter(|p| !p.is_empty())
-                    .collect();
-                for p in &peers {
-                    if !(p.starts_with("https://") || p.starts_with("http://")) {
-                        return Err(ConfigError::Invalid {
-                            flag: "--peer",
-                            value: p.clone(),
-                            reason: "must be an https:// (or http://) URL",
-                        });
-                    }
-                    if p.starts_with("https://") && a.peer_ca.is_empty() {
-                        return Err(ConfigError::Missing { flag: "--peer-ca" });
-                    }
-                }
-                Some(FederationConfig {
-                    peers,
-                    secret: secret.to_string(),
-                    peer_ca: a.peer_ca.clone(),
-                    ttl: secs("--peer-ttl", a.peer_ttl)?,
-                })
-            }
-        };
+        let federation = federation(a)?;
         let state = state_store(a, region)?;
         Ok(ServeConfig {
             state,
@@ -294,6 +348,7 @@ impl ServeConfig {
                 join_secret: a.join_secret.clone(),
                 operator_credential: a.operator_credential.clone(),
             },
+            print_secrets: a.print_secrets,
         })
     }
 }
@@ -311,6 +366,35 @@ mod tests {
             return Err("not serve".into());
         };
         ServeConfig::from_args(&a).map_err(|e| e.to_string())
+    }
+
+    /// A federation secret of the shortest accepted length.
+    const FED: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn federation_secrets_and_plaintext_peers() {
+        let c = parse(&[
+            "--region",
+            "a",
+            "--federation-secret",
+            FED,
+            "--federation-secret-previous",
+            "previous-0123456789abcdef0123456789",
+            "--plaintext",
+            "--peer",
+            "http://127.0.0.1:1",
+            "--operator-credential",
+            "op:secret-value-0123456789",
+        ])
+        .expect("valid");
+        let printed = format!("{c:?}");
+        for secret in [FED, "previous-0123456789abcdef0123456789", "secret-value"] {
+            assert!(!printed.contains(secret), "Debug shows {secret}: {printed}");
+        }
+        let f = c.federation.expect("federated");
+        assert_eq!(f.secret, FED);
+        assert_eq!(f.accepted, vec!["previous-0123456789abcdef0123456789"]);
+        assert_eq!(f.peers, vec!["http://127.0.0.1:1"]);
     }
 
     #[test]
@@ -361,13 +445,43 @@ mod tests {
                     "--peer",
                     "https://b:1",
                     "--federation-secret",
-                    "s",
+                    FED,
                 ][..],
                 "--peer-ca is required",
             ),
             (
-                &["--region", "a", "--peer", "b:1", "--federation-secret", "s"][..],
+                &["--region", "a", "--peer", "b:1", "--federation-secret", FED][..],
                 "--peer \"b:1\"",
+            ),
+            (
+                &["--region", "a", "--federation-secret", "s"][..],
+                "--federation-secret \"<1 bytes>\": must be at least 32 bytes",
+            ),
+            (
+                &[
+                    "--region",
+                    "a",
+                    "--federation-secret",
+                    FED,
+                    "--federation-secret-previous",
+                    "0123456789abcdef0123456789abcde",
+                ][..],
+                "--federation-secret-previous \"<31 bytes>\": must be at least 32 bytes",
+            ),
+            (
+                &["--region", "a", "--federation-secret-next", FED][..],
+                "--federation-secret-next \"<secret>\": needs --federation-secret",
+            ),
+            (
+                &[
+                    "--region",
+                    "a",
+                    "--federation-secret",
+                    FED,
+                    "--peer",
+                    "http://b:1",
+                ][..],
+                "--peer \"http://b:1\": must be an https:// URL (http:// only with --plaintext",
             ),
             (
                 &["--region", "a", "--state-bucket", "My_Bucket"][..],

@@ -11,7 +11,10 @@
 //!
 //! Sources get the wire key (in each `Assignment.key`) and grants, never the grant key, so a
 //! source cannot authorise a relay to forward anywhere a controller did not name. Rotating the
-//! root (a new federation secret or CA) rotates both keys.
+//! root (a new federation secret or CA) rotates both keys; during a federation secret rotation
+//! the keys of the other secret (`--federation-secret-next`, `--federation-secret-previous`) are
+//! accepted too ([`MeshKeys::also_accepting`]) but never signed with, so no probe or relayed
+//! packet fails while controllers move from one secret to the other.
 
 use std::net::SocketAddr;
 
@@ -30,6 +33,9 @@ pub struct MeshKeys {
     /// Grant key secret.
     grant_secret: Vec<u8>,
     grant: GrantKey,
+    /// Keys of other roots still (or already) accepted during a rotation: wire and grant
+    /// secrets. Never signed with.
+    also: Vec<(String, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for MeshKeys {
@@ -52,7 +58,34 @@ impl MeshKeys {
             wire,
             grant: GrantKey::from_secret(&grant_secret),
             grant_secret,
+            also: Vec::new(),
         }
+    }
+
+    /// These keys, with the keys derived from each of `roots` also accepted (by reflectors and
+    /// relays) but never used to sign: a federation secret rotation's overlap window.
+    pub fn also_accepting<'a>(mut self, roots: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        for r in roots {
+            let k = MeshKeys::derive(r);
+            if k.wire != self.wire && !self.also.iter().any(|(w, _)| *w == k.wire) {
+                self.also.push((k.wire, k.grant_secret));
+            }
+        }
+        self
+    }
+
+    /// Every wire key secret reflectors accept (`JobSet.accept_keys`): the signing key first.
+    pub fn accept_wire_secrets(&self) -> Vec<Vec<u8>> {
+        std::iter::once(self.wire.as_bytes().to_vec())
+            .chain(self.also.iter().map(|(w, _)| w.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// Every grant key secret relays accept (`JobSet.grant_keys`): the signing key first.
+    pub fn accept_grant_secrets(&self) -> Vec<Vec<u8>> {
+        std::iter::once(self.grant_secret.clone())
+            .chain(self.also.iter().map(|(_, g)| g.clone()))
+            .collect()
     }
 
     /// The wire key secret, as sent in assignments and `accept_keys`.
@@ -98,6 +131,28 @@ mod tests {
         let forged = Grant::sign(dst, 1_000, &GrantKey::from_secret(&a.wire_secret()));
         assert!(Grant::verify(&forged, &relay_keys, 999).is_err());
         assert!(!format!("{a:?}").contains(&a.wire), "Debug redacts secrets");
+    }
+
+    #[test]
+    fn rotation_accepts_both_roots_and_signs_with_the_current_one() {
+        let old = MeshKeys::derive(b"old-root");
+        let new = MeshKeys::derive(b"new-root");
+        let step1 = MeshKeys::derive(b"old-root").also_accepting([&b"new-root"[..]]);
+        let step2 = MeshKeys::derive(b"new-root").also_accepting([&b"old-root"[..]]);
+        assert_eq!(step1.wire_secret(), old.wire_secret(), "step 1 signs with the old key");
+        assert_eq!(step2.wire_secret(), new.wire_secret(), "step 2 signs with the new key");
+        for k in [&step1, &step2] {
+            let w = k.accept_wire_secrets();
+            assert!(w.contains(&old.wire_secret()) && w.contains(&new.wire_secret()));
+            let g = k.accept_grant_secrets();
+            assert!(g.contains(&old.grant_secret()) && g.contains(&new.grant_secret()));
+        }
+        assert_eq!(old.accept_wire_secrets(), vec![old.wire_secret()]);
+        assert_eq!(
+            MeshKeys::derive(b"r").also_accepting([&b"r"[..]]).accept_wire_secrets().len(),
+            1,
+            "the same root is not listed twice"
+        );
     }
 
     #[test]

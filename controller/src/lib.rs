@@ -4,11 +4,13 @@
 //!
 //! - [`cli`]: the command line; [`config`]: validated configuration.
 //! - [`app`]: [`app::Controller`]: `bind` (listeners, CA, credentials, state) and `run`.
+//! - [`audit`]: the audit log of state-changing operator calls (target `audit`).
 //! - [`auth`]: the controller's CA, server certificate, join token and operator credentials.
 //! - [`store`]: the [`store::StateStore`] trait and its file implementation;
 //!   [`store::mirror`] keeps the data directory (CA, credentials, state) in an S3 prefix
 //!   ([`store::s3`], the only module using the AWS SDK).
 //! - [`federation`]: exchanging directories and jobs with peer controllers.
+//! - [`fsutil`]: durable file replacement (temporary file, fsync, rename, directory fsync).
 //! - [`keys`]: the mesh wire key and the relay-grant key, and grant expiry.
 //! - [`live`]: agents' rolling summaries and the latency matrix.
 //! - [`registry`]: the domain layer: jobs, agents, sessions; its scheduler pushes job sets,
@@ -19,11 +21,13 @@
 //! - [`client`]: `controller job ...` and `controller agents`.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod federation;
+pub mod fsutil;
 pub mod grpc;
 pub mod jobset;
 pub mod json;

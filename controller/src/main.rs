@@ -34,6 +34,9 @@ fn main() -> ExitCode {
     };
     let serve = match cli.command {
         Some(Command::Job { action }) => return report(rt.block_on(client::job(&action))),
+        Some(Command::Credentials { action }) => {
+            return report(rt.block_on(client::credentials(&action)));
+        }
         Some(Command::Agents { client }) => return report(rt.block_on(client::agents(&client))),
         Some(Command::Matrix(m)) => {
             use std::io::Write;

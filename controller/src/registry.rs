@@ -998,8 +998,8 @@ impl Inner {
     fn apply(&mut self, cfg: &RegistryConfig, done: Computed) {
         let started = Instant::now();
         let lease_ms = cfg.lease.as_millis() as u64;
-        let accept_keys = [cfg.keys.wire_secret()];
-        let grant_keys = [cfg.keys.grant_secret()];
+        let accept_keys = cfg.keys.accept_wire_secrets();
+        let grant_keys = cfg.keys.accept_grant_secrets();
         let mut pushed = 0usize;
         for p in done.pushes {
             let Some(e) = self.agents.get_mut(&p.id) else {

@@ -14,6 +14,11 @@
 //! | `GET` | `/api/v1/agents` | | `200` `{"agents": [...]}` |
 //! | `GET` | `/api/v1/matrix[?by=agent\|region][&protocol=udp]` | | `200` matrix ([`crate::json::matrix_to_value`]) |
 //! | `GET` | `/api/v1/stream[?by=...][&protocol=...]` | | `200` `text/event-stream` |
+//! | `GET` | `/api/v1/credentials` | | `200` `{"credentials": [{"name", "origin", "created_unix"}]}` |
+//! | `POST` | `/api/v1/credentials` | `{"name": "NAME"}` | `201` `{"name", ..., "credential": "NAME:SECRET"}` (shown once) |
+//! | `DELETE` | `/api/v1/credentials/{name}` | | `200` the revoked credential (its next call gets `401`) |
+//!
+//! Every `POST`, `PUT` and `DELETE` is written to the audit log ([`crate::audit`]).
 //!
 //! `/api/v1/stream` sends server-sent events: `event: matrix` with the matrix as one JSON
 //! `data:` line every [`WATCH_INTERVAL`], and a `: heartbeat` comment every
@@ -21,7 +26,8 @@
 //!
 //! Errors are JSON, `{"error": {"code": "invalid_argument", "field": "spec.timeout_ms",
 //! "message": "..."}}`, with `400` (bad input), `401` (credential), `404`, `405`, `409` (stopped
-//! job), `412` (version mismatch), `413` (body over [`MAX_BODY`]) or `500`.
+//! job, credential exists, last credential), `412` (version mismatch), `413` (body over [`MAX_BODY`])
+//! or `500`.
 //!
 //! Served over HTTP/1.1 with the controller's TLS certificate (plain HTTP with `--plaintext`).
 
@@ -39,7 +45,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Credentials, bearer};
+use crate::audit;
+use crate::auth::{CredentialError, Credentials, OperatorInfo, bearer};
 use crate::json;
 use crate::live::WATCH_INTERVAL;
 use crate::registry::{DomainError, Registry};
@@ -138,8 +145,9 @@ impl Rest {
             let tls = tls.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     let this = this.clone();
+                    req.extensions_mut().insert(RemoteAddr(remote));
                     async move { Ok::<_, Infallible>(this.handle(req).await) }
                 });
                 let http = hyper::server::conn::http1::Builder::new();
@@ -170,25 +178,46 @@ impl Rest {
         }
     }
 
-    /// Handles one request (public for tests).
+    /// Handles one request (public for tests); state-changing calls are audited.
     pub async fn handle(&self, req: Request<Incoming>) -> Resp {
         let (parts, body) = req.into_parts();
-        let authorized = parts
+        let remote = parts.extensions.get::<RemoteAddr>().map(|r| r.0);
+        let segs: Vec<String> = parts
+            .uri
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        let action = audit_action(&parts.method, &segs);
+        let caller = parts
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(bearer)
-            .and_then(|c| self.creds.check_operator(c))
-            .is_some();
-        if !authorized {
-            tracing::warn!(message = "REST call refused: bad credential.", path = %parts.uri.path());
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                None,
-                "missing or invalid operator credential: send Authorization: Bearer KEY:SECRET",
+            .and_then(|c| self.creds.check_operator(c));
+        let mut object = segs.get(3).cloned().unwrap_or_else(|| "-".into());
+        let resp = match &caller {
+            Some(_) => self.route(parts, body, &mut object).await,
+            None => {
+                tracing::warn!(message = "REST call refused: bad credential.", path = %parts.uri.path(), ?remote);
+                unauthorized()
+            }
+        };
+        if let Some(action) = action {
+            audit::record(
+                caller.as_deref(),
+                remote,
+                action,
+                &object,
+                outcome(resp.status()),
             );
         }
+        resp
+    }
+
+    /// Routes an authenticated request; sets `object` to what a created object is called.
+    async fn route(&self, parts: http::request::Parts, body: Incoming, object: &mut String) -> Resp {
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => {
@@ -213,7 +242,10 @@ impl Rest {
                     &e.to_string(),
                 ),
                 Ok(spec) => match r.start_job(Some(spec)) {
-                    Ok(j) => reply(StatusCode::CREATED, &json::job_to_value(&j)),
+                    Ok(j) => {
+                        object.clone_from(&j.id);
+                        reply(StatusCode::CREATED, &json::job_to_value(&j))
+                    }
                     Err(e) => domain_error(&e),
                 },
             },
@@ -282,9 +314,48 @@ impl Rest {
                     Err(e) => domain_error(&e),
                 }
             }
+            (&Method::GET, ["api", "v1", "credentials"]) => {
+                let list: Vec<Value> = self.creds.list_operators().iter().map(cred_value).collect();
+                reply(StatusCode::OK, &json!({ "credentials": list }))
+            }
+            (&Method::POST, ["api", "v1", "credentials"]) => {
+                let name = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_string));
+                let Some(name) = name else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_argument",
+                        Some("name"),
+                        "name: send {\"name\": \"NAME\"}",
+                    );
+                };
+                object.clone_from(&name);
+                match self.creds.add_operator(&name) {
+                    Ok(credential) => {
+                        let mut v = self
+                            .creds
+                            .list_operators()
+                            .iter()
+                            .find(|i| i.name == name)
+                            .map_or_else(|| json!({}), cred_value);
+                        v["credential"] = Value::String(credential);
+                        reply(StatusCode::CREATED, &v)
+                    }
+                    Err(e) => credential_error(&e),
+                }
+            }
+            (&Method::DELETE, ["api", "v1", "credentials", name]) => {
+                match self.creds.revoke_operator(name) {
+                    Ok(i) => reply(StatusCode::OK, &cred_value(&i)),
+                    Err(e) => credential_error(&e),
+                }
+            }
             (
                 _,
-                ["api", "v1", "jobs"]
+                ["api", "v1", "credentials"]
+                | ["api", "v1", "credentials", _]
+                | ["api", "v1", "jobs"]
                 | ["api", "v1", "jobs", _]
                 | ["api", "v1", "agents"]
                 | ["api", "v1", "matrix"]
@@ -296,6 +367,79 @@ impl Rest {
                 "method not allowed here",
             ),
             _ => error(StatusCode::NOT_FOUND, "not_found", None, "no such endpoint"),
+        }
+    }
+}
+
+/// The peer address of a REST connection, in each request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteAddr(pub std::net::SocketAddr);
+
+fn unauthorized() -> Resp {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        None,
+        "missing or invalid operator credential: send Authorization: Bearer NAME:SECRET",
+    )
+}
+
+/// The audit action of a state-changing request (`None`: a read).
+fn audit_action(method: &Method, segs: &[String]) -> Option<&'static str> {
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    Some(match (method, segs.as_slice()) {
+        (&Method::GET | &Method::HEAD | &Method::OPTIONS, _) => return None,
+        (&Method::POST, ["api", "v1", "jobs"]) => "job.start",
+        (&Method::PUT, ["api", "v1", "jobs", _]) => "job.update",
+        (&Method::DELETE, ["api", "v1", "jobs", _]) => "job.stop",
+        (&Method::POST, ["api", "v1", "credentials"]) => "credential.add",
+        (&Method::DELETE, ["api", "v1", "credentials", _]) => "credential.revoke",
+        _ => "other",
+    })
+}
+
+/// The audit outcome of a response status.
+fn outcome(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200..=299 => "ok",
+        400 | 413 => "invalid_argument",
+        401 => "unauthenticated",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        409 | 412 => "failed_precondition",
+        429 => "resource_exhausted",
+        _ => "internal",
+    }
+}
+
+fn cred_value(i: &OperatorInfo) -> Value {
+    json!({"name": i.name, "origin": i.origin.as_str(), "created_unix": i.created_unix})
+}
+
+fn credential_error(e: &CredentialError) -> Resp {
+    let msg = e.to_string();
+    match e {
+        CredentialError::BadName { .. } => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            Some("name"),
+            &msg,
+        ),
+        CredentialError::Exists { .. } => {
+            error(StatusCode::CONFLICT, "already_exists", Some("name"), &msg)
+        }
+        CredentialError::NotFound { .. } => error(StatusCode::NOT_FOUND, "not_found", None, &msg),
+        CredentialError::Last { .. } => {
+            error(StatusCode::CONFLICT, "failed_precondition", None, &msg)
+        }
+        CredentialError::Store(_) => {
+            tracing::error!(message = "Internal error.", error = %e);
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                None,
+                "internal error: the credentials file could not be written; see the controller log",
+            )
         }
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! `state/jobs.pb` holds a protobuf `meshlat.v1.StoredJobs`, `state/agents.pb` a
 //! `meshlat.v1.StoredAgents` (`proto/meshlat/v1/state.proto`). Each save writes a temporary file,
-//! syncs it and renames it over the old one, so a crash leaves either the old or the new state.
+//! syncs it, renames it over the old one and syncs the directory, so a crash (or a power cut) leaves
+//! either the old or the new state.
 
 use std::path::{Path, PathBuf};
 
@@ -112,18 +113,12 @@ impl FileStore {
         }
     }
 
-    /// Replaces `state/<name>` atomically.
+    /// Replaces `state/<name>` atomically and durably ([`crate::fsutil::write_atomic`]: the
+    /// directory is synced after the rename).
     pub(crate) fn write(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        use std::io::Write;
         let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let res = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        })();
-        res.map_err(|source| StoreError::Io { path, source })
+        crate::fsutil::write_atomic(&path, data, 0o600)
+            .map_err(|source| StoreError::Io { path, source })
     }
 }
 

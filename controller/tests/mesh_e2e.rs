@@ -84,8 +84,14 @@ impl TestController {
             match (w.next(), w.next(), w.next()) {
                 (Some("listening"), Some("grpc"), Some(a)) => g = Some(a.to_string()),
                 (Some("listening"), Some("rest"), Some(a)) => r = Some(a.to_string()),
-                (Some("join-token"), Some(t), _) => token = Some(t.to_string()),
-                (Some("operator-credential"), Some(c), _) => credential = Some(c.to_string()),
+                (Some("secrets-file"), Some(p), _) => {
+                    let (t, c) = common::read_secrets_file(Path::new(p))?;
+                    token = token.or(t);
+                    credential = credential.or(c);
+                }
+                (Some("join-token" | "operator-credential"), _, _) => {
+                    bail!("the controller printed a secret without --print-secrets: {line}")
+                }
                 _ => {}
             }
         }
@@ -442,6 +448,182 @@ async fn mesh_connects_measures_survives_controller_and_agent_restarts() -> Resu
     assert!(ctl.alive(), "controller still running");
     drop(a);
     drop(b2);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_while_its_controller_is_away_resumes_its_job_set() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tmp_dir("e2e", "resume");
+    let lease = ["--lease".to_string(), "3".to_string()];
+    let mut ctl = TestController::start_in(&root.join("ctl"), "r1", None, None, &lease).await?;
+    let mut a = TestAgent::start(&ctl, &root.join("out-a"), &root.join("st-a"))?;
+    let b = TestAgent::start(&ctl, &root.join("out-b"), &root.join("st-b"))?;
+    let (status, job) = ctl.rest("POST", "/api/v1/jobs", JOB, None).await?;
+    assert_eq!(status, 201, "{job}");
+    let job_id = s(&job, "id");
+    eventually("connected records", 30, || async {
+        a.records()
+            .iter()
+            .any(|r| s(r, "job_id") == job_id && s(r, "control_mode") == "connected")
+            .then_some(())
+    })
+    .await?;
+    // The job set (it holds the wire key) is kept private in the state directory.
+    let mode = |p: &Path| -> Result<u32> { Ok(std::fs::metadata(p)?.permissions().mode() & 0o777) };
+    assert_eq!(mode(&a.state.join("job-set.pb"))?, 0o600);
+    assert_eq!(mode(&a.state)?, 0o700);
+
+    // The controller goes away, then the agent is killed and started again without it.
+    ctl.child.kill().await?;
+    a.child.kill().await?;
+    let restarted = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    let a2 = TestAgent::start(&ctl, &a.out, &a.state)?;
+    let after = |mode: &'static str| {
+        let recs = a2.records();
+        recs.iter()
+            .filter(|r| {
+                s(r, "job_id") == job_id
+                    && s(r, "control_mode") == mode
+                    && ts_secs(&s(r, "ts")).is_some_and(|t| t > restarted)
+            })
+            .count()
+    };
+    eventually("static records from the restarted agent", 20, || async {
+        (after("static") >= 4).then_some(())
+    })
+    .await?;
+    eventually("degraded records once the lease ran out", 20, || async {
+        (after("degraded") >= 4).then_some(())
+    })
+    .await?;
+    println!(
+        "restarted without its controller: {} static, {} degraded records",
+        after("static"),
+        after("degraded")
+    );
+    drop(b);
+    drop(a2);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_federation_secret_fails_no_cross_region_probe() -> Result<()> {
+    const OLD: &str = "old-federation-secret-0123456789abcdef";
+    const NEW: &str = "new-federation-secret-0123456789abcdef";
+    let root = tmp_dir("e2e", "fedrot");
+    let fed = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let peer_of = |b: &TestController| {
+        vec![
+            "--peer".to_string(),
+            format!("https://{}", b.grpc),
+            "--peer-ca".into(),
+            b.data.join("ca.pem").display().to_string(),
+        ]
+    };
+    let mut ctl_b =
+        TestController::start_in(&root.join("ctl-b"), "b", None, None, &fed(&["--federation-secret", OLD]))
+            .await?;
+    let mut a_flags = fed(&["--federation-secret", OLD]);
+    a_flags.extend(peer_of(&ctl_b));
+    let mut ctl_a = TestController::start_in(&root.join("ctl-a"), "a", None, None, &a_flags).await?;
+    let a1 = TestAgent::start_in(&ctl_a, "a", &root.join("out-a"), &root.join("st-a"))?;
+    let b1 = TestAgent::start_in(&ctl_b, "b", &root.join("out-b"), &root.join("st-b"))?;
+    let job = |src: &str, dst: &str| {
+        format!(
+            r#"{{"name":"rot","protocols":["udp"],"sources":["region={src}"],
+            "targets":["region={dst}"],"interval_ms":500,"timeout_ms":400,"packets":3,
+            "packet_interval_ms":5}}"#
+        )
+    };
+    let mut jobs = Vec::new();
+    for (src, dst) in [("a", "b"), ("b", "a")] {
+        let (st, j) = ctl_a.rest("POST", "/api/v1/jobs", &job(src, dst), None).await?;
+        assert_eq!(st, 201, "{j}");
+        jobs.push(s(&j, "id"));
+    }
+    let udp = |ag: &TestAgent, since: f64| -> Vec<Value> {
+        ag.records()
+            .into_iter()
+            .filter(|r| jobs.contains(&s(r, "job_id")))
+            .filter(|r| ts_secs(&s(r, "ts")).is_some_and(|t| t >= since))
+            .collect()
+    };
+    for ag in [&a1, &b1] {
+        eventually("cross-region UDP records", 30, || async {
+            udp(ag, 0.0).iter().any(|r| r["ok"] == true).then_some(())
+        })
+        .await?;
+    }
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    // The rolling procedure of README "Security": each step on B, then on A, each controller
+    // restarted on its own ports; the agents keep probing each other throughout.
+    let steps: [&[&str]; 3] = [
+        &["--federation-secret", OLD, "--federation-secret-next", NEW],
+        &["--federation-secret", NEW, "--federation-secret-previous", OLD],
+        &["--federation-secret", NEW],
+    ];
+    for step in steps {
+        for which in ["b", "a"] {
+            let mut flags = fed(step);
+            if which == "a" {
+                flags.extend(peer_of(&ctl_b));
+            }
+            let ctl = if which == "b" { &mut ctl_b } else { &mut ctl_a };
+            ctl.child.kill().await?;
+            let _ = ctl.child.wait().await;
+            let (grpc, rest) = (ctl.grpc.clone(), ctl.rest.clone());
+            let (token, cred) = (ctl.token.clone(), ctl.credential.clone());
+            let data = ctl.data.clone();
+            *ctl = TestController::start_in(
+                &data,
+                which,
+                Some((&grpc, &rest)),
+                Some((&token, &cred)),
+                &flags,
+            )
+            .await?;
+        }
+        // Every agent has reconnected (so holds this step's keys) and the peers exchange again.
+        for ctl in [&ctl_a, &ctl_b] {
+            eventually("both agents connected and exchanged", 40, || async {
+                let ag = ctl.agents().await;
+                (ag.len() == 2 && ag.iter().all(|(_, c)| *c)).then_some(())
+            })
+            .await?;
+        }
+        println!("federation secret rotation: step done: {step:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut total = 0;
+    for ag in [&a1, &b1] {
+        let recs = udp(ag, t0);
+        let failed: Vec<&Value> = recs
+            .iter()
+            .filter(|r| r["ok"] != true || r["lost"].as_u64().unwrap_or(0) > 0)
+            .collect();
+        println!(
+            "federation secret rotation: {} cross-region UDP records since the first step, {} failed",
+            recs.len(),
+            failed.len()
+        );
+        assert!(failed.is_empty(), "probes failed during the rotation: {failed:#?}");
+        assert!(recs.len() >= 10, "too few records to show anything: {}", recs.len());
+        assert!(
+            recs.iter().any(|r| s(r, "control_mode") == "connected"
+                && ts_secs(&s(r, "ts")).is_some_and(|t| t > t0 + 1.0)),
+            "measuring connected after the rotation"
+        );
+        total += recs.len();
+    }
+    assert!(total >= 20);
+    drop((a1, b1));
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
@@ -818,7 +1000,7 @@ fn dsts(ag: &TestAgent, job: &str) -> Vec<(String, String, String)> {
 async fn federated_jobs_cross_regions_and_survive_a_peer_going_down() -> Result<()> {
     use meshlat_proto::pb;
     let root = tmp_dir("e2e", "fed");
-    let secret = "fed-secret-e2e".to_string();
+    let secret = "fed-secret-e2e-0123456789abcdef0123".to_string();
     let (mut ctl_a, mut ctl_b) =
         TestController::federated(&root, &secret, &["--peer-ttl".into(), "6".into()]).await?;
     let a1 = TestAgent::start_in(&ctl_a, "a", &root.join("out-a"), &root.join("st-a"))?;
@@ -944,7 +1126,7 @@ async fn federated_jobs_cross_regions_and_survive_a_peer_going_down() -> Result<
 async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungranted() -> Result<()>
 {
     let root = tmp_dir("e2e", "relay");
-    let secret = "fed-secret-relay".to_string();
+    let secret = "fed-secret-relay-0123456789abcdef01".to_string();
     let (ctl_a, ctl_b) = TestController::federated(&root, &secret, &[]).await?;
     let stats_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;

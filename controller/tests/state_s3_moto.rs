@@ -142,12 +142,11 @@ impl Ctl {
                     // On a restart nothing more follows: stop waiting shortly.
                     if let Ok(Ok(Some(next))) =
                         tokio::time::timeout(Duration::from_millis(500), lines.next_line()).await
-                        && let Some(t) = next.strip_prefix("join-token ")
+                        && let Some(p) = next.strip_prefix("secrets-file ")
                     {
-                        token = Some(t.trim().to_string());
+                        (token, credential) = common::read_secrets_file(Path::new(p.trim()))?;
                     }
                 }
-                (Some("operator-credential"), Some(c), _) => credential = Some(c.to_string()),
                 _ => {}
             }
         }

@@ -7,6 +7,8 @@
 //! | session lost, lease expired | `degraded` | the last job set, still measured; records marked `degraded` so analyses can tell measurements nobody has confirmed for a while |
 //!
 //! The lease (from the last job set, `lease_ms`) counts from the moment the session was lost.
+//! An agent restarted without its controller resumes the job set stored in `--state-dir`
+//! ([`super::state`]) with the lease counted from its start ([`FailStatic::resumed`]).
 //! Measuring on in `degraded` is deliberate: a mesh that stops measuring when its controller is
 //! down is blind exactly when an operator needs it; the mark lets the data be filtered.
 
@@ -43,6 +45,14 @@ impl FailStatic {
     /// A job set arrived with this lease.
     pub fn lease(&mut self, lease: Duration) {
         self.lease = lease;
+    }
+
+    /// The agent started (at `now`) with a stored job set of this lease and no session: as if
+    /// the session had just been lost, so the mode is `static` for one lease, then `degraded`.
+    pub fn resumed(&mut self, lease: Duration, now: Instant) {
+        self.lease = lease;
+        self.connected = false;
+        self.lost_at = Some(now);
     }
 
     /// The session was lost at `now`.
@@ -97,5 +107,19 @@ mod tests {
         f.connected();
         assert_eq!(f.mode(Instant::now()), ControlMode::Connected);
         assert_eq!(f.deadline(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_job_set_is_static_for_one_lease_then_degraded() {
+        let mut f = FailStatic::default();
+        f.resumed(Duration::from_secs(10), Instant::now());
+        assert_eq!(f.mode(Instant::now()), ControlMode::Static);
+        f.lost(Instant::now());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        f.lost(Instant::now());
+        assert_eq!(f.mode(Instant::now()), ControlMode::Static, "failed connects keep it");
+        assert!(f.deadline().is_some());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(f.mode(Instant::now()), ControlMode::Degraded);
     }
 }

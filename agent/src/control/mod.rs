@@ -4,6 +4,7 @@
 //!
 //! - [`session`]: the session task: connect, Hello, job sets into the scheduler, acks,
 //!   heartbeats, reconnects.
+//! - [`state`]: what `--state-dir` keeps (agent id, last job set; 0700/0600).
 //! - [`failstatic`]: the control mode (`connected`, `static`, `degraded`) and the lease.
 //! - [`advertise`]: the advertised responder endpoints (`--advertise-endpoint`).
 //! - [`backoff`]: jittered exponential backoff.
@@ -20,3 +21,4 @@ pub mod failstatic;
 pub mod pin;
 pub mod run;
 pub mod session;
+pub mod state;

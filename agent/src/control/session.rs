@@ -73,16 +73,13 @@ pub fn load_id(dir: &std::path::Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Stores the agent id (temp file + rename).
+/// Stores the agent id (mode 0600, replaced atomically and durably).
 ///
 /// # Errors
 ///
 /// The I/O error.
 pub fn store_id(dir: &std::path::Path, id: &str) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{ID_FILE}.tmp"));
-    std::fs::write(&tmp, format!("{id}\n"))?;
-    std::fs::rename(tmp, dir.join(ID_FILE))
+    super::state::write_private(dir, ID_FILE, format!("{id}\n").as_bytes())
 }
 
 /// Channels the session drives.
@@ -121,6 +118,14 @@ pub async fn run(mut cfg: ControlConfig, out: Outputs, shutdown: CancellationTok
     let mut fs = FailStatic::default();
     if let Some(id) = load_id(&cfg.state_dir) {
         cfg.hello.agent_id = id.clone();
+        // The last job set (with its keys) runs until the controller sends a new one: a restart
+        // while the controller is away keeps measuring, `static` then `degraded`.
+        if let Some(set) = super::state::load_job_set(&cfg.state_dir) {
+            fs.resumed(Duration::from_millis(set.lease_ms), Instant::now());
+            apply_job_set(&cfg, &out, &set);
+            tracing::info!(message = "Resuming the stored job set until the controller answers.", generation = set.generation, mode = ?fs.mode(Instant::now()));
+            let _ = out.mode.send(fs.mode(Instant::now()));
+        }
         let _ = out.id.send(Some(id));
     }
     loop {
@@ -160,6 +165,27 @@ pub async fn run(mut cfg: ControlConfig, out: Outputs, shutdown: CancellationTok
             }
         }
     }
+}
+
+/// Hands a job set to the reflector (its keys) and the scheduler (its jobs); returns the
+/// jobs refused, with the reason.
+fn apply_job_set(
+    cfg: &ControlConfig,
+    out: &Outputs,
+    set: &pb::JobSet,
+) -> std::collections::BTreeMap<String, String> {
+    if let Some(tx) = &out.keys {
+        let keys = controller_keys(set);
+        tx.send_if_modified(|k| {
+            let changed = *k != keys;
+            *k = keys;
+            changed
+        });
+    }
+    let (jobs, rejected) = super::convert::job_set(set, &cfg.key);
+    tracing::info!(message = "Job set applied.", generation = set.generation, jobs = jobs.jobs.len(), rejected = rejected.len());
+    let _ = out.jobs.send(jobs);
+    rejected
 }
 
 fn msg(m: Msg) -> pb::AgentMessage {
@@ -221,18 +247,11 @@ async fn session(
                     }
                     Some(In::JobSet(set)) => {
                         fs.lease(Duration::from_millis(set.lease_ms));
-                        if let Some(tx) = &out.keys {
-                            let keys = controller_keys(&set);
-                            tx.send_if_modified(|k| {
-                                let changed = *k != keys;
-                                *k = keys;
-                                changed
-                            });
-                        }
-                        let (jobs, rejected) = super::convert::job_set(&set, &cfg.key);
+                        let rejected = apply_job_set(cfg, out, &set);
                         generation = set.generation;
-                        tracing::info!(message = "Job set received.", generation, jobs = jobs.jobs.len(), rejected = rejected.len());
-                        let _ = out.jobs.send(jobs);
+                        if let Err(error) = super::state::store_job_set(&cfg.state_dir, &set) {
+                            tracing::warn!(message = "Cannot store the job set; a restart without the controller will measure nothing.", dir = %cfg.state_dir.display(), %error);
+                        }
                         let ack = pb::JobAck { generation, rejected: rejected.into_iter().collect() };
                         if tx.send(msg(Msg::Ack(ack))).await.is_err() {
                             return Err(SessionError::Closed);

@@ -57,8 +57,13 @@ pub mod auth {
     pub fn operator(
         creds: Arc<Credentials>,
     ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
-        move |req| match authorization(&req).and_then(|c| creds.check_operator(c)) {
-            Some(_) => Ok(req),
+        move |mut req| match authorization(&req).and_then(|c| creds.check_operator(c)) {
+            Some(credential) => {
+                // Handlers name the caller in the audit log.
+                req.extensions_mut()
+                    .insert(crate::audit::Caller { credential });
+                Ok(req)
+            }
             None => {
                 tracing::warn!(message = "Operator call refused: bad credential.", remote = ?req.remote_addr());
                 Err(super::status::unauthenticated(

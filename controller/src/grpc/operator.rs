@@ -7,20 +7,50 @@ use meshlat_proto::pb;
 use meshlat_proto::pb::operator_service_server::OperatorService;
 use tonic::{Request, Response, Status};
 
-use super::status::from_domain;
+use super::status::{from_credential, from_domain, outcome};
+use crate::audit::{self, Caller};
+use crate::auth::{Credentials, OperatorInfo};
 use crate::live::WATCH_INTERVAL;
 use crate::registry::Registry;
 
-/// The operator API over the registry.
+/// The operator API over the registry and the operator credentials.
 #[derive(Clone, Debug)]
 pub struct OperatorSvc {
     registry: Arc<Registry>,
+    creds: Arc<Credentials>,
 }
 
 impl OperatorSvc {
-    /// A service over `registry`.
-    pub fn new(registry: Arc<Registry>) -> Self {
-        OperatorSvc { registry }
+    /// A service over `registry` and `creds`.
+    pub fn new(registry: Arc<Registry>, creds: Arc<Credentials>) -> Self {
+        OperatorSvc { registry, creds }
+    }
+}
+
+/// Who called and from where (for the audit log).
+fn caller<T>(req: &Request<T>) -> (Option<String>, Option<std::net::SocketAddr>) {
+    (
+        req.extensions().get::<Caller>().map(|c| c.credential.clone()),
+        req.remote_addr(),
+    )
+}
+
+/// Logs a state-changing call's outcome and returns it.
+fn audited<T>(
+    who: (Option<String>, Option<std::net::SocketAddr>),
+    action: &str,
+    object: &str,
+    r: Result<T, Status>,
+) -> Result<T, Status> {
+    audit::record(who.0.as_deref(), who.1, action, object, outcome(&r));
+    r
+}
+
+fn info(i: &OperatorInfo) -> pb::CredentialInfo {
+    pb::CredentialInfo {
+        name: i.name.clone(),
+        origin: i.origin.as_str().into(),
+        created_unix: i.created_unix as i64,
     }
 }
 
@@ -30,10 +60,13 @@ impl OperatorService for OperatorSvc {
         &self,
         req: Request<pb::StartJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        self.registry
+        let who = caller(&req);
+        let r = self
+            .registry
             .start_job(req.into_inner().spec)
-            .map(Response::new)
-            .map_err(from_domain)
+            .map_err(from_domain);
+        let object = r.as_ref().map_or_else(|_| "-".to_string(), |j| j.id.clone());
+        audited(who, "job.start", &object, r).map(Response::new)
     }
 
     async fn list_jobs(
@@ -55,21 +88,23 @@ impl OperatorService for OperatorSvc {
         &self,
         req: Request<pb::UpdateJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&req);
         let r = req.into_inner();
-        self.registry
+        let res = self
+            .registry
             .update_job(&r.id, r.spec, r.expected_version)
-            .map(Response::new)
-            .map_err(from_domain)
+            .map_err(from_domain);
+        audited(who, "job.update", &r.id, res).map(Response::new)
     }
 
     async fn stop_job(
         &self,
         req: Request<pb::StopJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        self.registry
-            .stop_job(&req.into_inner().id)
-            .map(Response::new)
-            .map_err(from_domain)
+        let who = caller(&req);
+        let id = req.into_inner().id;
+        let r = self.registry.stop_job(&id).map_err(from_domain);
+        audited(who, "job.stop", &id, r).map(Response::new)
     }
 
     async fn list_agents(
@@ -118,5 +153,39 @@ impl OperatorService for OperatorSvc {
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         )))
+    }
+
+    async fn add_credential(
+        &self,
+        req: Request<pb::AddCredentialRequest>,
+    ) -> Result<Response<pb::AddCredentialResponse>, Status> {
+        let who = caller(&req);
+        let name = req.into_inner().name;
+        let r = self.creds.add_operator(&name).map_err(from_credential);
+        let r = audited(who, "credential.add", &name, r)?;
+        let listed = self.creds.list_operators();
+        Ok(Response::new(pb::AddCredentialResponse {
+            info: listed.iter().find(|i| i.name == name).map(info),
+            credential: r,
+        }))
+    }
+
+    async fn list_credentials(
+        &self,
+        _req: Request<pb::ListCredentialsRequest>,
+    ) -> Result<Response<pb::ListCredentialsResponse>, Status> {
+        Ok(Response::new(pb::ListCredentialsResponse {
+            credentials: self.creds.list_operators().iter().map(info).collect(),
+        }))
+    }
+
+    async fn revoke_credential(
+        &self,
+        req: Request<pb::RevokeCredentialRequest>,
+    ) -> Result<Response<pb::CredentialInfo>, Status> {
+        let who = caller(&req);
+        let name = req.into_inner().name;
+        let r = self.creds.revoke_operator(&name).map_err(from_credential);
+        audited(who, "credential.revoke", &name, r).map(|i| Response::new(info(&i)))
     }
 }

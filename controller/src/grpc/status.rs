@@ -7,9 +7,15 @@
 //! | [`DomainError::VersionMismatch`], [`DomainError::Stopped`] | `FailedPrecondition` |
 //! | [`DomainError::Store`] | `Internal` (logged with context; details not sent) |
 //! | a missing or wrong credential | `Unauthenticated` |
+//! | [`CredentialError::BadName`] | `InvalidArgument` (field `name`) |
+//! | [`CredentialError::Exists`] | `AlreadyExists` |
+//! | [`CredentialError::NotFound`] | `NotFound` |
+//! | [`CredentialError::Last`] | `FailedPrecondition` |
+//! | [`CredentialError::Store`] | `Internal` (logged) |
 
 use tonic::Status;
 
+use crate::auth::CredentialError;
 use crate::registry::DomainError;
 
 /// Maps a domain error to a gRPC status.
@@ -30,6 +36,41 @@ pub fn from_domain(e: DomainError) -> Status {
             tracing::error!(message = "Internal error.", error = %e);
             Status::internal("internal error: the state store failed; see the controller log")
         }
+    }
+}
+
+/// Maps a refused credential change to a gRPC status.
+pub fn from_credential(e: CredentialError) -> Status {
+    match &e {
+        CredentialError::BadName { .. } => {
+            let mut s = Status::invalid_argument(e.to_string());
+            s.metadata_mut()
+                .insert("x-meshlat-field", tonic::metadata::MetadataValue::from_static("name"));
+            s
+        }
+        CredentialError::Exists { .. } => Status::already_exists(e.to_string()),
+        CredentialError::NotFound { .. } => Status::not_found(e.to_string()),
+        CredentialError::Last { .. } => Status::failed_precondition(e.to_string()),
+        CredentialError::Store(_) => {
+            tracing::error!(message = "Internal error.", error = %e);
+            Status::internal("internal error: the credentials file could not be written; see the controller log")
+        }
+    }
+}
+
+/// The audit outcome of a call: `ok` or the status code in snake case.
+pub fn outcome<T>(r: &Result<T, Status>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(s) => match s.code() {
+            tonic::Code::InvalidArgument => "invalid_argument",
+            tonic::Code::NotFound => "not_found",
+            tonic::Code::AlreadyExists => "already_exists",
+            tonic::Code::FailedPrecondition => "failed_precondition",
+            tonic::Code::Unauthenticated => "unauthenticated",
+            tonic::Code::ResourceExhausted => "resource_exhausted",
+            _ => "internal",
+        },
     }
 }
 

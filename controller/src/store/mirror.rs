@@ -15,7 +15,8 @@
 //!    written over its file (the bucket wins). Any failure fails the start.
 //! 2. The controller loads or creates its CA and credentials as without a bucket.
 //! 3. [`Mirror::publish_missing`]: every file the bucket lacks (a first start, or a data
-//!    directory moving to S3) is uploaded, awaited, before the join token is printed.
+//!    directory moving to S3) is uploaded, awaited, before the join token is written to
+//!    `first-start-secrets`.
 //! 4. [`MirroredStore`] is the registry's [`StateStore`]: each save writes the local file
 //!    synchronously (its error is the caller's) and queues the bytes; [`Mirror::run`] uploads
 //!    the newest bytes of each object in the background. A failed upload keeps the bytes queued
@@ -298,10 +299,9 @@ pub fn backoff(failures: u32) -> Duration {
     d / 2 + d.mul_f64(rand::random::<f64>() / 2.0)
 }
 
-/// Writes `data` to `path` atomically (temporary file, sync, rename), creating the parent.
+/// Writes `data` to `path` atomically and durably ([`crate::fsutil::write_atomic`]), creating
+/// the parent.
 fn write_file(path: &Path, data: &[u8], private: bool) -> Result<(), StoreError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let io = |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
@@ -309,17 +309,7 @@ fn write_file(path: &Path, data: &[u8], private: bool) -> Result<(), StoreError>
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    let tmp = path.with_extension("restore.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::fsutil::write_atomic(path, data, if private { 0o600 } else { 0o644 }).map_err(io)
 }
 
 /// A [`StateStore`] writing through the data directory ([`FileStore`]) and mirroring each save

@@ -75,3 +75,21 @@ pub async fn pinned_http1(data: &Path, addr: &str) -> Result<SendRequest<Full<by
     tokio::spawn(conn);
     Ok(send)
 }
+
+/// The join token and operator credential from a controller's `first-start-secrets` file (named
+/// by its `secrets-file PATH` announcement), after checking the file is private (0600).
+pub fn read_secrets_file(path: &Path) -> Result<(Option<String>, Option<String>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    anyhow::ensure!(mode == 0o600, "{}: mode {mode:o}, want 600", path.display());
+    let text = std::fs::read_to_string(path)?;
+    let (mut token, mut credential) = (None, None);
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("join-token", t)) => token = Some(t.trim().to_string()),
+            Some(("operator-credential", c)) => credential = Some(c.trim().to_string()),
+            _ => {}
+        }
+    }
+    Ok((token, credential))
+}

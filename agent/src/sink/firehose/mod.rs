@@ -39,6 +39,17 @@
 //! `spool_full`, `memory_full`), never dropped silently. Backlog and spool sizes are the gauges
 //! `meshlat_sink_backlog_bytes` and `meshlat_sink_spool_bytes`.
 //!
+//! # What a crash loses
+//!
+//! A SIGTERM drains (below). A SIGKILL, an OOM kill or a power cut loses what is only in memory:
+//! the lines being packed into the next request — at most `--firehose-batch-age` of records, as
+//! a request is sealed when its oldest line is that old — plus sealed batches not yet delivered
+//! and not spooled (normally just the requests in flight; while Firehose throttles, up to
+//! `--firehose-memory-max-bytes`). With `--spool-always` every sealed batch is written (and
+//! fsynced) to the spool before it is first sent, so a SIGKILL loses at most
+//! `--firehose-batch-age` of records, at the cost of one file write per request. Spooled
+//! batches are replayed at the next start (at-least-once; `record_id` removes duplicates).
+//!
 //! # Shutdown
 //!
 //! When the sink closes, the dispatcher seals what is packed and keeps sending for at most
@@ -430,6 +441,8 @@ impl<A: FirehoseApi> Dispatcher<A> {
         );
         if self.outage {
             self.spill(seq);
+        } else if self.cfg.spool_always {
+            self.persist(seq);
         }
     }
 
@@ -450,8 +463,13 @@ impl<A: FirehoseApi> Dispatcher<A> {
             let records = match self.load(seq) {
                 Ok(r) => r,
                 Err(error) => {
+                    // A batch whose body does not parse is kept as `*.corrupt` for inspection,
+                    // never deleted; its lines count as dropped.
                     if let Some(e) = self.pending.remove(&seq) {
-                        let _ = self.spool.remove(seq);
+                        match self.spool.quarantine(seq) {
+                            Ok(path) => tracing::error!(message = "Corrupt spool batch set aside.", path = %path.display(), %error),
+                            Err(q) => tracing::error!(message = "Corrupt spool batch could not be renamed.", %error, rename_error = %q),
+                        }
                         self.drop_lines("spool_corrupt", e.lines, &error);
                     }
                     continue;
@@ -649,6 +667,24 @@ impl<A: FirehoseApi> Dispatcher<A> {
     }
 
     /// Writes batch `seq` to the spool (if not there yet); frees its memory unless in flight.
+    /// `--spool-always`: writes batch `seq` to the spool before its first send, keeping it in
+    /// memory too; a SIGKILL then loses only the lines still being packed.
+    fn persist(&mut self, seq: u64) {
+        let Some(e) = self.pending.get_mut(&seq) else {
+            return;
+        };
+        let (false, Some(records)) = (e.spooled, &e.records) else {
+            return;
+        };
+        match self.spool.write(seq, records, e.lines) {
+            Ok(_) => {
+                e.spooled = true;
+                self.stats.spooled_batches.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => metrics::sink_error(NAME, "spool_write", 0, &error),
+        }
+    }
+
     fn spill(&mut self, seq: u64) -> bool {
         let Some(e) = self.pending.get_mut(&seq) else {
             return false;

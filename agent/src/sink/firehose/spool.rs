@@ -20,14 +20,21 @@
 //!   data   len bytes  whole NDJSON lines, each ending in '\n'
 //! ```
 //!
-//! Files are written to `.tmp`, fsynced and renamed, so a crash leaves either the whole file or
-//! none. A file is deleted only after Firehose accepted every record in it (acknowledgement after
-//! delivery); after a partial failure it is rewritten with the records still to send. At startup
-//! every batch file is queued again in `seq` order, so a restarted agent replays what it had not
-//! delivered. Files that fail to parse are renamed `*.corrupt` and counted, never deleted silently.
+//! Files are written to `.tmp` (created anew, mode 0600, never through a symlink), fsynced and
+//! renamed, and the directory is fsynced after the rename, so a crash or power cut leaves either
+//! the whole file or none. A file is deleted only after Firehose accepted every record in it
+//! (acknowledgement after delivery); after a partial failure it is rewritten with the records
+//! still to send. At startup every batch file is queued again in `seq` order, so a restarted
+//! agent replays what it had not delivered. Files that fail to parse — at startup (bad header) or
+//! when read for sending (a valid header with a truncated or garbled body) — are renamed
+//! `*.corrupt` and counted, never deleted.
+//!
+//! The directory is created with mode 0700 (it holds measurement data); the default is under the
+//! agent's `--state-dir`, not a shared temporary directory.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -93,7 +100,7 @@ impl Spool {
     /// [`SpoolError::Io`] if the directory cannot be created or read. Corrupt files are renamed
     /// and reported through the second element, not as an error.
     pub fn open(dir: &Path) -> Result<(Self, Vec<SpooledBatch>, Vec<SpoolError>), SpoolError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        create_private_dir(dir).map_err(io(dir))?;
         let mut found = Vec::new();
         let mut problems = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io(dir))? {
@@ -123,6 +130,7 @@ impl Spool {
                 }
             }
         }
+        let _ = sync_dir(dir);
         found.sort_by_key(|b| b.seq);
         let files: BTreeMap<u64, u64> = found.iter().map(|b| (b.seq, b.bytes)).collect();
         let bytes = files.values().sum();
@@ -178,11 +186,12 @@ impl Spool {
             buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
             buf.extend_from_slice(r);
         }
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut f = create_private(&tmp).map_err(io(&tmp))?;
         f.write_all(&buf).map_err(io(&tmp))?;
         f.sync_data().map_err(io(&tmp))?;
         drop(f);
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        sync_dir(&self.dir).map_err(io(&self.dir))?;
         let size = size as u64;
         if let Some(old) = self.files.insert(seq, size) {
             self.bytes -= old;
@@ -200,6 +209,23 @@ impl Spool {
         let path = self.path(seq);
         let data = std::fs::read(&path).map_err(io(&path))?;
         parse(&path, Bytes::from(data))
+    }
+
+    /// Renames batch `seq` to `*.fhb.corrupt` (kept for inspection, never deleted) and stops
+    /// counting it; returns the new path.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Io`] if the rename fails (the batch is then no longer counted either).
+    pub fn quarantine(&mut self, seq: u64) -> Result<PathBuf, SpoolError> {
+        if let Some(size) = self.files.remove(&seq) {
+            self.bytes -= size;
+        }
+        let path = self.path(seq);
+        let to = path.with_extension("fhb.corrupt");
+        std::fs::rename(&path, &to).map_err(io(&path))?;
+        sync_dir(&self.dir).map_err(io(&self.dir))?;
+        Ok(to)
     }
 
     /// Deletes batch `seq` (after delivery, or when a bound forces it out).
@@ -230,6 +256,8 @@ impl Spool {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io(&path))?;
         for r in records {
@@ -238,6 +266,45 @@ impl Spool {
         f.sync_data().map_err(io(&path))?;
         Ok(path)
     }
+}
+
+/// Creates `dir` (and parents) with mode 0700 if missing; tightens an existing spool directory
+/// to 0700.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other("not a directory (a symlink is not followed)"));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Creates `path` anew with mode 0600, never following a symlink: a stale file (an interrupted
+/// write) or a planted symlink there is removed first.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Syncs directory `dir`, so renames in it survive a power cut.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn read_header(path: &Path) -> Result<(u64, u64), SpoolError> {
@@ -332,5 +399,64 @@ mod tests {
         let p = s.dead_letter(&recs).expect("dead letter");
         assert_eq!(std::fs::read(p).expect("read"), b"a\nb\nc\n");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_truncated_body_is_quarantined_not_deleted() {
+        let dir = tmpdir("trunc");
+        let (mut s, _, _) = Spool::open(&dir).expect("open");
+        let recs = vec![Bytes::from_static(b"line one\n"), Bytes::from_static(b"two\n")];
+        s.write(5, &recs, 2).expect("write");
+        let path = dir.join("batch-00000000000000000005.fhb");
+        let full = std::fs::read(&path).expect("read");
+        // A valid header, then the body cut short (a torn copy, a full disk).
+        std::fs::write(&path, &full[..full.len() - 3]).expect("truncate");
+        let (mut s, found, bad) = Spool::open(&dir).expect("reopen");
+        assert_eq!(found.len(), 1, "the header is valid: queued at startup");
+        assert!(bad.is_empty());
+        let err = s.read(5).expect_err("the body is truncated");
+        assert!(matches!(err, SpoolError::Corrupt { .. }), "{err}");
+        let to = s.quarantine(5).expect("quarantine");
+        assert_eq!(to, dir.join("batch-00000000000000000005.fhb.corrupt"));
+        assert_eq!(
+            std::fs::read(&to).expect("kept"),
+            &full[..full.len() - 3],
+            "the bytes are kept for inspection"
+        );
+        assert!(!path.exists());
+        assert!(!s.contains(5));
+        assert_eq!(s.bytes(), 0);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn spool_files_are_private_and_symlinks_are_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tmpdir("modes");
+        let dir = root.join("spool/stream");
+        let (mut s, _, _) = Spool::open(&dir).expect("open");
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700, "spool directory");
+        // A symlink planted where the next temporary file goes must not be written through.
+        let victim = root.join("victim");
+        std::fs::write(&victim, b"untouched").expect("victim");
+        std::os::unix::fs::symlink(&victim, dir.join("batch-00000000000000000001.fhb.tmp"))
+            .expect("symlink");
+        s.write(1, &[Bytes::from_static(b"a\n")], 1).expect("write");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"untouched");
+        assert_eq!(mode(&dir.join("batch-00000000000000000001.fhb")), 0o600);
+        // Nor the dead-letter file.
+        std::os::unix::fs::symlink(&victim, dir.join(DEAD_LETTER)).expect("symlink");
+        assert!(s.dead_letter(&[Bytes::from_static(b"x\n")]).is_err());
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"untouched");
+        // A loose existing directory is tightened.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        drop(Spool::open(&dir).expect("reopen"));
+        assert_eq!(mode(&dir), 0o700);
+        // A symlinked spool directory is refused.
+        let link = root.join("link");
+        std::os::unix::fs::symlink(&dir, &link).expect("symlink dir");
+        assert!(Spool::open(&link).is_err(), "a symlinked spool directory is refused");
+        std::fs::remove_dir_all(&root).ok();
     }
 }

@@ -27,6 +27,8 @@ struct FakeState {
     accepted: Vec<Bytes>,
     /// Sizes (in records) of every request.
     requests: Vec<usize>,
+    /// Never answer (a request in flight when the agent is killed).
+    hang: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -52,6 +54,9 @@ impl FirehoseApi for FakeFirehose {
         _stream: &str,
         records: Vec<Bytes>,
     ) -> Result<PutBatchOutcome, FirehoseError> {
+        if self.state().hang {
+            std::future::pending::<()>().await;
+        }
         let mut s = self.state();
         s.requests.push(records.len());
         let step = match s.script.pop_front() {
@@ -133,6 +138,7 @@ fn cfg(dir: &std::path::Path) -> FirehoseSinkConfig {
         },
         max_in_flight: 2,
         drain_timeout: Duration::from_secs(60),
+        spool_always: false,
     }
 }
 
@@ -350,4 +356,50 @@ async fn spool_bound_drops_oldest_and_counts_it() {
         "every line is spooled or counted as dropped"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// What a SIGKILL leaves: a copy of the spool directory taken while requests are in flight.
+fn snapshot(dir: &std::path::Path, name: &str) -> PathBuf {
+    let to = tmpdir(name);
+    std::fs::create_dir_all(&to).expect("snapshot dir");
+    for e in std::fs::read_dir(dir).expect("spool").flatten() {
+        if e.file_name().to_string_lossy().ends_with(".fhb") {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    }
+    to
+}
+
+#[tokio::test(start_paused = true)]
+async fn spool_always_puts_every_sealed_batch_on_disk_before_sending() {
+    for always in [false, true] {
+        let dir = tmpdir(if always { "always" } else { "not-always" });
+        let hung = FakeFirehose::default();
+        hung.state().hang = true;
+        let mut c = cfg(&dir);
+        c.spool_always = always;
+        let mut sink = FirehoseSink::with_api(c.clone(), hung.clone()).expect("start");
+        send_all(&mut sink, 40).await;
+        // Past the batch age: everything is sealed and in flight (or waiting), nothing answered.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let killed = snapshot(&dir, "killed");
+        let on_disk = spool_files(&killed);
+        // Restart on what the kill left behind, with Firehose answering.
+        let up = FakeFirehose::default();
+        let mut c2 = c.clone();
+        c2.spool_dir = killed.clone();
+        let mut again = FirehoseSink::with_api(c2, up.clone()).expect("restart");
+        again.close().await;
+        let replayed = up.accepted_seqs();
+        println!("spool_always={always}: {on_disk} batch files on disk at the kill, {} of 40 lines replayed", replayed.len());
+        if always {
+            assert_eq!(replayed, (0..40).collect::<Vec<_>>(), "every sealed line survives");
+        } else {
+            assert_eq!(on_disk, 0, "without --spool-always in-flight batches are only in memory");
+            assert!(replayed.is_empty());
+        }
+        drop(sink);
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::remove_dir_all(&killed).ok();
+    }
 }

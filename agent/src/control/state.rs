@@ -1,0 +1,133 @@
+//! What the agent keeps in `--state-dir` across restarts (directory mode 0700, files 0600):
+//!
+//! | file | content |
+//! | --- | --- |
+//! | `agent-id` | the id the controller assigned at the first join |
+//! | `job-set.pb` | the last job set received (protobuf `meshlat.v1.JobSet`): assignments, lease, the wire keys its reflector accepts and, on relays, the grant keys — secret material, hence 0600 |
+//! | `spool/` | the Firehose spool, unless `--spool-dir` says otherwise |
+//!
+//! An agent restarted while its controller is away resumes the stored job set in the `static`
+//! control mode (then `degraded` once the lease runs out, [`super::failstatic`]) instead of
+//! measuring nothing until the controller is back.
+//!
+//! Files are replaced atomically: a new file is created (never through a symlink), synced,
+//! renamed over the old one, and the directory is synced.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use meshlat_proto::pb;
+use prost::Message;
+
+/// File in `--state-dir` holding the last job set.
+pub const JOB_SET_FILE: &str = "job-set.pb";
+
+/// Creates `dir` with mode 0700 if missing, and tightens it to 0700 if it is looser.
+///
+/// # Errors
+///
+/// The I/O error.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Replaces `dir/name` with `data` (mode 0600) atomically and durably.
+///
+/// # Errors
+///
+/// The I/O error; the previous file is then intact.
+pub fn write_private(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    create_private_dir(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Stores the last job set.
+///
+/// # Errors
+///
+/// The I/O error.
+pub fn store_job_set(dir: &Path, set: &pb::JobSet) -> std::io::Result<()> {
+    write_private(dir, JOB_SET_FILE, &set.encode_to_vec())
+}
+
+/// The stored job set, if there is a readable one (a corrupt file is logged and ignored: the
+/// controller sends a new set at the next session).
+pub fn load_job_set(dir: &Path) -> Option<pb::JobSet> {
+    let path = dir.join(JOB_SET_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            tracing::warn!(message = "Cannot read the stored job set.", path = %path.display(), %error);
+            return None;
+        }
+    };
+    match pb::JobSet::decode(&bytes[..]) {
+        Ok(s) => Some(s),
+        Err(error) => {
+            tracing::warn!(message = "Stored job set is corrupt; ignored.", path = %path.display(), %error);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_set_round_trips_private_and_not_through_symlinks() {
+        let root = std::env::temp_dir().join(format!("meshlat-state-{}", uuid::Uuid::now_v7()));
+        let dir = root.join("state");
+        assert_eq!(load_job_set(&dir), None);
+        let set = pb::JobSet {
+            generation: 7,
+            lease_ms: 60_000,
+            accept_keys: vec![b"wire-key".to_vec()],
+            ..Default::default()
+        };
+        // A symlink planted where the temporary file goes is removed, not written through.
+        create_private_dir(&dir).expect("dir");
+        let victim = root.join("victim");
+        std::fs::write(&victim, b"untouched").expect("victim");
+        std::os::unix::fs::symlink(&victim, dir.join(format!(".{JOB_SET_FILE}.tmp")))
+            .expect("symlink");
+        store_job_set(&dir, &set).expect("store");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"untouched");
+        assert_eq!(load_job_set(&dir), Some(set));
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join(JOB_SET_FILE)), 0o600, "holds wire and grant keys");
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        create_private_dir(&dir).expect("again");
+        assert_eq!(mode(&dir), 0o700, "a loose state directory is tightened");
+        std::fs::write(dir.join(JOB_SET_FILE), b"\xff\xff\xff").expect("corrupt");
+        assert_eq!(load_job_set(&dir), None, "a corrupt file is ignored");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
