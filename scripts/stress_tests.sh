@@ -44,11 +44,33 @@ stop_busy() {
 trap stop_busy EXIT
 trap 'exit 130' INT TERM
 
-echo "stress: building the test targets"
+echo "stress: building the test targets (copied to $logs/bin, so later edits do not change them)"
 cargo build --locked --quiet --bins || exit 1
-cargo test --locked --quiet --no-run -p meshlat-agent --test accuracy --test linkemu --test relay \
-  --test udp_loopback --test http_probe --test tcp_probe --test quic_probe 2>/dev/null || exit 1
-cargo test --locked --quiet --no-run -p meshlat-controller --test mesh_e2e 2>/dev/null || exit 1
+mkdir -p "$logs/bin"
+for spec in "meshlat-agent accuracy linkemu relay udp_loopback http_probe tcp_probe quic_probe" \
+            "meshlat-controller mesh_e2e"; do
+  read -r pkg targets <<< "$spec"
+  args=()
+  for t in $targets; do args+=(--test "$t"); done
+  cargo test --locked --no-run --message-format=json -p "$pkg" "${args[@]}" 2>/dev/null |
+    python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        shutil.copy2(m["executable"], sys.argv[1] + "/" + m["target"]["name"])
+        print(m["target"]["name"], m["manifest_path"].rsplit("/", 1)[0])
+' "$logs/bin" >> "$logs/bin/index" || exit 1
+done
+# run_target NAME [ARGS...]: a copied test executable, in its package directory (as cargo runs it).
+run_target() {
+  local name=$1; shift
+  local dir
+  dir=$(awk -v n="$name" '$1 == n {print $2}' "$logs/bin/index")
+  [[ -n $dir ]] || { echo "stress: no test executable $name" >&2; return 1; }
+  echo "     Running tests/$name.rs"
+  (cd "$dir" && "$logs/bin/$name" "$@")
+}
 
 if (( load )); then
   # setsid: its own session and process group (the group id is its pid), killed as a group.
@@ -58,14 +80,14 @@ if (( load )); then
 fi
 
 run_suite() { # SUITE RUN: runs the suite once, output to $logs/SUITE-RUN.log
-  local suite=$1 run=$2 log=$logs/$1-$2.log
+  local suite=$1 run=$2 log=$logs/$1-$2.log t
   case $suite in
     accuracy)
-      cargo test --locked -p meshlat-agent --test accuracy --test linkemu -- --test-threads=1 --nocapture > "$log" 2>&1 ;;
+      for t in accuracy linkemu; do run_target "$t" --test-threads=1 --nocapture; done > "$log" 2>&1 ;;
     e2e)
-      cargo test --locked -p meshlat-controller --test mesh_e2e -- --nocapture > "$log" 2>&1
-      cargo test --locked -p meshlat-agent --test relay --test udp_loopback --test http_probe \
-        --test tcp_probe --test quic_probe -- --nocapture >> "$log" 2>&1 ;;
+      for t in mesh_e2e relay udp_loopback http_probe tcp_probe quic_probe; do
+        run_target "$t" --nocapture
+      done > "$log" 2>&1 ;;
   esac
 }
 

@@ -113,8 +113,9 @@ fn linkemu_udp_route_adds_fwd_plus_ret_and_logs_accurate_holds() -> anyhow::Resu
     // What the emulator promises: never early (a hold is at least its delay, so an RTT through
     // it at least fwd + ret more), the typical hold within 0.1 ms of the delay, and a log that
     // tells the truth (the RTT rise equals the logged holds). A busy machine can preempt a
-    // hold thread for milliseconds now and then: that shows in the log and in a high
-    // percentile, which is capped loosely (p90 within 3 ms), not in the median.
+    // hold thread now and then (the emulator's threads ask for a short time slice, which
+    // makes that rare): that shows in the log and in the maximum, which is printed but not
+    // judged; the median is capped at 0.1 ms and the p90 at 1 ms.
     const N: u32 = 100;
     let _serial = serial();
     let echo = udp_echo()?;
@@ -189,11 +190,11 @@ fn linkemu_udp_route_adds_fwd_plus_ret_and_logs_accurate_holds() -> anyhow::Resu
     );
     assert!(
         err_p50 <= 100_000,
-        "median hold error {err_p50} ns above 0.1 ms (sorted errors: {all:?})"
+        "median hold error {err_p50} ns above 0.1 ms (errors: {all:?})"
     );
     assert!(
-        err_p90 <= 3_000_000,
-        "p90 hold error {err_p90} ns above 3 ms (sorted errors: {all:?})"
+        err_p90 <= 1_000_000,
+        "p90 hold error {err_p90} ns above 1 ms (errors: {all:?})"
     );
     // The log tells the truth: the median RTT rise is the median logged holds, within what
     // the two medians' own noise allows (the emulator's forwarding work is in both paths'
