@@ -1148,7 +1148,11 @@ fn pump(conn: &Arc<Conn>, from: Side, idle: Duration, lane: &Lane, shared: &Shar
             Ok(0) => break,
             Ok(n) => {
                 conn.activity.touch();
-                lane.offer(Instant::now(), buf[..n].to_vec(), Out::Tcp(conn.clone(), to));
+                lane.offer(
+                    Instant::now(),
+                    buf[..n].to_vec(),
+                    Out::Tcp(conn.clone(), to),
+                );
             }
             Err(e) if is_timeout(&e) => {
                 if conn.ended.load(Ordering::Relaxed) > 0 && conn.activity.idle_for() >= idle {

@@ -93,7 +93,11 @@ fn udp_rtt_rise_matches_injected_delay_and_loss_matches_drops() {
         String::from_utf8_lossy(&out.stderr)
     );
     let (base, delayed): (Vec<_>, Vec<_>) = both.into_iter().partition(|r| r.target == base_t);
-    assert_eq!((base.len(), delayed.len()), (10, 10), "10 records per route");
+    assert_eq!(
+        (base.len(), delayed.len()),
+        (10, 10),
+        "10 records per route"
+    );
     let (out, lossy) = probe_json(&[
         "-n",
         "20",
@@ -396,7 +400,11 @@ fn relay_legs_follow_delay_injected_in_front_of_the_relay() {
         assert!(rec.samples.unwrap() >= 18, "{rec:?}");
     }
     let (base, delayed): (Vec<_>, Vec<_>) = recs.into_iter().partition(|r| r.target == base_t);
-    assert_eq!((base.len(), delayed.len()), (10, 10), "10 records per route");
+    assert_eq!(
+        (base.len(), delayed.len()),
+        (10, 10),
+        "10 records per route"
+    );
     assert!(delayed.iter().all(|r| r.target == delayed_t));
     let rise = |f: fn(&meshlat_proto::record::Record) -> Option<f64>| {
         median_of(&delayed, f) - median_of(&base, f)

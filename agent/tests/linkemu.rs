@@ -162,7 +162,10 @@ fn linkemu_udp_route_adds_fwd_plus_ret_and_logs_accurate_holds() -> anyhow::Resu
         assert!(actual >= intended, "released early: {line}");
         errs.push(actual - intended);
     }
-    assert_eq!((fwd.len(), ret.len(), summaries), (N as usize, N as usize, 1));
+    assert_eq!(
+        (fwd.len(), ret.len(), summaries),
+        (N as usize, N as usize, 1)
+    );
     let all: Vec<i64> = fwd.iter().chain(&ret).copied().collect();
     let (err_p50, err_p90, err_max) = (
         quantile(&all, 0.5),
