@@ -43,6 +43,9 @@ run_stage analytics scripts/test_analytics.py
 # agents, the link emulator); checks records of both regions in the Hive layout, cross-region RTT
 # against the emulated delay, the printed athena-local command, a clean stop. ~30 s.
 run_stage demo scripts/test_demo.sh
+# Soak, CI form: the demo for 3 minutes; fails if any demo process's threads or descriptors grow
+# by more than 10 % (floors +4 threads, +8 fds) after the first 2 minutes. ~4 min.
+run_stage soak scripts/soak_demo.sh --no-build 3
 run_stage infra-lint scripts/lint-infra.sh
 run_stage infra-invariants scripts/test_infra.py
 run_stage deploy-dry-run scripts/test_deploy.sh
