@@ -124,6 +124,9 @@ run_stage analytics 600 scripts/test_analytics.py
 # agents, the link emulator); checks records of both regions in the Hive layout, cross-region RTT
 # against the emulated delay, the printed athena-local command, a clean stop. ~30 s.
 run_stage demo 300 scripts/test_demo.sh
+# Soak, CI form: the demo for 3 minutes; fails if any demo process's threads or descriptors grow
+# by more than 10 % (floors +4 threads, +8 fds) after the first 2 minutes. ~4 min.
+run_stage soak 420 scripts/soak_demo.sh --no-build 3
 run_stage infra-lint 900 scripts/lint-infra.sh
 run_stage infra-invariants 600 scripts/test_infra.py
 run_stage deploy-dry-run 300 scripts/test_deploy.sh

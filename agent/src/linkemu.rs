@@ -18,6 +18,9 @@
 //! loss_fwd=PCT  loss client → upstream, percent 0..=100 (default 0; udp only)
 //! loss_ret=PCT  loss upstream → client, percent 0..=100 (default 0; udp only)
 //! seed=N        RNG seed of the loss decisions, u64 (default 0)
+//! idle=DUR      how long a flow may sit idle before the emulator forgets it (default 30s; > 0):
+//!               udp: a client sending nothing and receiving nothing; tcp: a connection of
+//!               which one direction has ended and the other carries nothing
 //! ```
 //!
 //! Examples: `udp:127.0.0.1:0=127.0.0.1:862,fwd=5ms,ret=15ms,loss_fwd=2.5,seed=42`,
@@ -26,17 +29,31 @@
 //! # How it forwards
 //!
 //! - **UDP**: the listen socket receives from clients; each client address gets its own upstream
-//!   socket (connected to UPSTREAM), so replies map back to the client that caused them. Clients
-//!   are never expired (this is a test tool); at most [`MAX_UDP_CLIENTS`] per route.
-//! - **TCP**: each accepted connection gets its own upstream connection; both directions are
-//!   pumped in chunks as read (`TCP_NODELAY` on both legs), and a half-close is forwarded after the
-//!   same delay. Loss is not applied to TCP (the spec parser refuses it).
+//!   socket (connected to UPSTREAM) and return thread, so replies map back to the client that
+//!   caused them. A client with no packet either way for `idle` is forgotten: its thread ends and
+//!   its socket is closed (a later packet from it starts afresh). At most [`MAX_UDP_CLIENTS`]
+//!   per route at once; packets from further clients are dropped and counted.
+//! - **TCP**: each accepted connection gets its own upstream connection and two pump threads,
+//!   one per direction; chunks are forwarded as read (`TCP_NODELAY` on both legs), and a
+//!   half-close (EOF) is forwarded after the same delay. A connection ends when both directions
+//!   have seen EOF or an error, when a write to either side fails (the peer is gone: both
+//!   sockets are shut down both ways), or when one direction has ended and the other carries
+//!   nothing for `idle` (a bounded drain: a peer that never closes cannot pin the connection).
+//!   Then both threads end and both sockets are closed once the held FINs are out. At most
+//!   [`MAX_TCP_CONNS`] connections per route at once; further ones are closed on accept and
+//!   counted as forward drops. Finished threads are joined as new ones start, so a long run
+//!   keeps only live connections' threads. Loss is not applied to TCP (the spec parser refuses
+//!   it).
 //! - **Holding**: every direction of every route has one dedicated OS thread that holds packets
 //!   (or TCP chunks) until `receive time + delay`. It sleeps until about [`SPIN_BEFORE`] before
 //!   the due time and then spins on the OS monotonic clock, so holds are accurate to a few µs on
 //!   an idle machine (tokio and epoll timers are ~1 ms coarse). The delay is constant per
 //!   direction, so the queue is FIFO and order is preserved. A busy machine can still preempt
-//!   the thread: the log records the actual hold of every packet so tests can check.
+//!   the thread: the log records the actual hold of every packet so tests can check. To make
+//!   that rarer, every emulator thread asks the kernel for a short time slice
+//!   ([`THREAD_SLICE`], `sched_setattr` on Linux 6.12+ with EEVDF; no privileges, no priority
+//!   change): a waking thread with a short slice gets an earlier deadline and so preempts a busy
+//!   process instead of waiting out its slice (about 3 ms). Older kernels ignore the request.
 //! - **Loss**: each direction has its own `SmallRng` seeded from `seed` (`seed` for fwd,
 //!   `seed ^ RET_SEED_SALT` for ret); each received packet draws once, in arrival order, so the
 //!   same seed and the same packet sequence give the same drop pattern. Drops are counted per
@@ -60,7 +77,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -72,8 +89,20 @@ use rand::{Rng, SeedableRng};
 /// How long before a packet's due time the hold thread stops sleeping and starts spinning.
 pub const SPIN_BEFORE: Duration = Duration::from_micros(200);
 
-/// Most UDP clients one route tracks; packets from further clients are dropped (and counted).
+/// The time slice every emulator thread requests (the kernel's minimum custom slice).
+pub const THREAD_SLICE: Duration = Duration::from_micros(100);
+
+/// Most UDP clients one route tracks at once; packets from further clients are dropped (and
+/// counted).
 pub const MAX_UDP_CLIENTS: usize = 4096;
+
+/// Most TCP connections one route forwards at once; further ones are closed on accept (and
+/// counted as forward drops).
+pub const MAX_TCP_CONNS: usize = 1024;
+
+/// Default `idle` of a route: a UDP client or a half-ended TCP connection idle this long is
+/// released.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 
 /// XOR-ed into the seed for the return direction's RNG, so the two directions differ.
 pub const RET_SEED_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -124,6 +153,9 @@ pub struct RouteSpec {
     pub loss_ret_pct: f64,
     /// Seed of the loss decisions.
     pub seed: u64,
+    /// How long a UDP client, or a TCP connection with one direction ended, may sit idle before
+    /// it is released (see the module doc).
+    pub idle: Duration,
 }
 
 impl RouteSpec {
@@ -138,6 +170,7 @@ impl RouteSpec {
             loss_fwd_pct: 0.0,
             loss_ret_pct: 0.0,
             seed: 0,
+            idle: DEFAULT_IDLE,
         }
     }
 }
@@ -167,7 +200,7 @@ pub enum RouteProblem {
     #[error("option {0:?} is not key=value")]
     Option(String),
     /// An option key is not known.
-    #[error("unknown option {0:?}; known: fwd, ret, loss_fwd, loss_ret, seed")]
+    #[error("unknown option {0:?}; known: fwd, ret, loss_fwd, loss_ret, seed, idle")]
     UnknownKey(String),
     /// An option appears twice.
     #[error("option {0:?} given twice")]
@@ -265,6 +298,12 @@ fn parse_route(s: &str) -> Result<RouteSpec, RouteProblem> {
                     .parse()
                     .map_err(|_| bad("expected an unsigned 64-bit integer"))?;
             }
+            "idle" => {
+                route.idle = duration()?;
+                if route.idle.is_zero() {
+                    return Err(bad("expected a duration above 0, such as 30s"));
+                }
+            }
             _ => return Err(RouteProblem::UnknownKey(key.to_string())),
         }
         if proto == RouteProto::Tcp && key.starts_with("loss") && route_loss(&route) > 0.0 {
@@ -284,7 +323,7 @@ impl fmt::Display for RouteSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}:{}={},fwd={}us,ret={}us,loss_fwd={},loss_ret={},seed={}",
+            "{}:{}={},fwd={}us,ret={}us,loss_fwd={},loss_ret={},seed={},idle={}ms",
             self.proto.as_str(),
             self.listen,
             self.upstream,
@@ -292,7 +331,8 @@ impl fmt::Display for RouteSpec {
             self.ret_delay.as_micros(),
             self.loss_fwd_pct,
             self.loss_ret_pct,
-            self.seed
+            self.seed,
+            self.idle.as_millis()
         )
     }
 }
@@ -348,7 +388,8 @@ pub struct LinkEmu {
 struct Shared {
     /// Set once at shutdown; every loop checks it at least every [`POLL`].
     stop: AtomicBool,
-    /// Every spawned thread, joined at shutdown (connection threads are added as they start).
+    /// Every running thread, joined at shutdown. Connection and client threads are added as
+    /// they start; finished ones are joined (and dropped from here) whenever a thread starts.
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -357,10 +398,26 @@ impl Shared {
         self.stop.load(Ordering::Relaxed)
     }
 
+    /// Starts a thread, first reaping the ones that have finished.
     fn spawn(&self, name: String, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
-        let h = std::thread::Builder::new().name(name).spawn(f)?;
-        if let Ok(mut v) = self.threads.lock() {
-            v.push(h);
+        let h = std::thread::Builder::new().name(name).spawn(move || {
+            request_short_slice(THREAD_SLICE);
+            f();
+        })?;
+        let finished: Vec<JoinHandle<()>> = match self.threads.lock() {
+            Ok(mut v) => {
+                let (done, live) = std::mem::take(&mut *v)
+                    .into_iter()
+                    .partition(JoinHandle::is_finished);
+                *v = live;
+                v.push(h);
+                done
+            }
+            Err(_) => Vec::new(),
+        };
+        // Already finished: joining returns at once and releases the thread's stack.
+        for h in finished {
+            let _ = h.join();
         }
         Ok(())
     }
@@ -546,10 +603,10 @@ enum Out {
     Udp(Arc<UdpSocket>),
     /// A datagram to a client, from the listen socket.
     UdpTo(Arc<UdpSocket>, SocketAddr),
-    /// A chunk of a TCP stream.
-    Tcp(Arc<TcpStream>),
-    /// The sender half-closed: forward the FIN.
-    TcpFin(Arc<TcpStream>),
+    /// A chunk of a TCP stream, to that side of the connection.
+    Tcp(Arc<Conn>, Side),
+    /// The other side half-closed (or failed): forward the FIN to this side.
+    TcpFin(Arc<Conn>, Side),
 }
 
 #[derive(Debug)]
@@ -578,7 +635,7 @@ impl Lane {
     /// Accepts a packet received at `received`: counts it, drops it by the loss model or queues
     /// it for the hold thread.
     fn offer(&self, received: Instant, payload: Vec<u8>, out: Out) {
-        if matches!(out, Out::TcpFin(_)) {
+        if matches!(out, Out::TcpFin(..)) {
             let _ = self.queue.send(Held {
                 received,
                 due: received + self.delay,
@@ -678,11 +735,15 @@ fn hold_loop(lane: &Lane, rx: Receiver<Held>, shared: &Shared) {
             Out::UdpTo(sock, to) => {
                 let _ = sock.send_to(&held.payload, to);
             }
-            Out::Tcp(stream) => {
-                let _ = (&**stream).write_all(&held.payload);
+            Out::Tcp(conn, side) => {
+                if (&*conn.stream(*side)).write_all(&held.payload).is_err() {
+                    // The receiver is gone (or stopped reading for a second): end the whole
+                    // connection rather than keep reading what can no longer be delivered.
+                    conn.tear_down();
+                }
             }
-            Out::TcpFin(stream) => {
-                let _ = stream.shutdown(Shutdown::Write);
+            Out::TcpFin(conn, side) => {
+                let _ = conn.stream(*side).shutdown(Shutdown::Write);
                 continue;
             }
         }
@@ -692,6 +753,48 @@ fn hold_loop(lane: &Lane, rx: Receiver<Held>, shared: &Shared) {
             Some(sent.duration_since(held.received)),
         );
     }
+}
+
+/// Asks for a short EEVDF time slice for the calling thread (best effort: returns whether the
+/// kernel took the request; older kernels accept it and ignore the slice). The policy stays
+/// SCHED_OTHER and the nice value stays what it is, so this needs no privileges.
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+#[allow(unsafe_code)]
+fn request_short_slice(slice: Duration) -> bool {
+    /// `struct sched_attr`, first version (`SCHED_ATTR_SIZE_VER0`, 48 bytes).
+    #[repr(C)]
+    struct SchedAttr {
+        size: u32,
+        policy: u32,
+        flags: u64,
+        nice: i32,
+        priority: u32,
+        runtime: u64,
+        deadline: u64,
+        period: u64,
+    }
+    // SAFETY: getpriority reads no memory of ours; PRIO_PROCESS with 0 is the calling thread.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        policy: libc::SCHED_OTHER as u32,
+        flags: 0,
+        nice,
+        priority: 0,
+        // For SCHED_OTHER, sched_runtime is the requested slice (0.1 to 100 ms).
+        runtime: u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX),
+        deadline: 0,
+        period: 0,
+    };
+    // SAFETY: `attr` is a valid, initialised sched_attr of the size it states, alive for the
+    // call; pid 0 is the calling thread; flags 0.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw const attr, 0u32) };
+    rc == 0
+}
+
+#[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+fn request_short_slice(_slice: Duration) -> bool {
+    false
 }
 
 /// Sleeps until [`SPIN_BEFORE`] before `due`, then spins. Returns false if shut down meanwhile.
@@ -742,25 +845,80 @@ fn start_udp(
     let addr = listen.local_addr()?;
     let fwd = lane(i, Dir::Fwd, spec, shared, counters, log.clone())?;
     let ret = lane(i, Dir::Ret, spec, shared, counters, log)?;
-    let (upstream, s) = (spec.upstream, shared.clone());
+    let (spec, s) = (spec.clone(), shared.clone());
     shared.spawn(format!("linkemu-{i}-udp-listen"), move || {
-        udp_listen(i, &listen, upstream, &fwd, &ret, &s);
+        udp_listen(i, &listen, &spec, &fwd, &ret, &s);
     })?;
     Ok(addr)
 }
 
-/// Receives from clients; creates one upstream socket (and return thread) per client.
+/// How often the UDP listen loop looks for idle clients (at most; sooner for a short `idle`).
+const UDP_SWEEP: Duration = Duration::from_secs(1);
+
+/// One UDP client of a route: its upstream socket and when it last saw traffic.
+#[derive(Debug)]
+struct UdpClient {
+    /// Connected to UPSTREAM; replies arriving here go back to the client.
+    sock: Arc<UdpSocket>,
+    /// Last packet either way (see [`Activity`]).
+    activity: Activity,
+    /// Set when the client is forgotten: its return thread ends.
+    done: AtomicBool,
+}
+
+/// When a flow last carried a packet, readable from any thread.
+#[derive(Debug)]
+struct Activity {
+    born: Instant,
+    /// Nanoseconds after `born`.
+    last_ns: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            born: Instant::now(),
+            last_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ns = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_ns.store(ns, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.born
+            .elapsed()
+            .saturating_sub(Duration::from_nanos(self.last_ns.load(Ordering::Relaxed)))
+    }
+}
+
+/// Receives from clients; creates one upstream socket (and return thread) per client and
+/// forgets clients idle for the route's `idle`.
 fn udp_listen(
     i: usize,
     listen: &Arc<UdpSocket>,
-    upstream: SocketAddr,
+    spec: &RouteSpec,
     fwd: &Arc<Lane>,
     ret: &Arc<Lane>,
     shared: &Arc<Shared>,
 ) {
-    let mut clients: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut clients: HashMap<SocketAddr, Arc<UdpClient>> = HashMap::new();
     let mut buf = vec![0u8; BUF];
+    let sweep_every = UDP_SWEEP.min(spec.idle / 4);
+    let mut swept = Instant::now();
     while !shared.stopped() {
+        if swept.elapsed() >= sweep_every {
+            swept = Instant::now();
+            clients.retain(|_, c| {
+                let keep = c.activity.idle_for() < spec.idle;
+                if !keep {
+                    c.done.store(true, Ordering::Relaxed);
+                }
+                keep
+            });
+        }
         let (n, from) = match listen.recv_from(&mut buf) {
             Ok(x) => x,
             Err(e) if is_timeout(&e) => continue,
@@ -768,11 +926,11 @@ fn udp_listen(
             Err(_) => continue,
         };
         let received = Instant::now();
-        let up = match clients.get(&from) {
-            Some(s) => s.clone(),
+        let client = match clients.get(&from) {
+            Some(c) => c.clone(),
             None => {
-                let Some(s) = (clients.len() < MAX_UDP_CLIENTS)
-                    .then(|| udp_client(i, listen, upstream, from, ret, shared).ok())
+                let Some(c) = (clients.len() < MAX_UDP_CLIENTS)
+                    .then(|| udp_client(i, listen, spec.upstream, from, ret, shared).ok())
                     .flatten()
                 else {
                     // Counted as a forward drop: the packet never reaches upstream.
@@ -780,15 +938,17 @@ fn udp_listen(
                     fwd.counters.fwd_dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
-                clients.insert(from, s.clone());
-                s
+                clients.insert(from, c.clone());
+                c
             }
         };
-        fwd.offer(received, buf[..n].to_vec(), Out::Udp(up));
+        client.activity.touch();
+        fwd.offer(received, buf[..n].to_vec(), Out::Udp(client.sock.clone()));
     }
 }
 
-/// The upstream socket for one client, with a thread passing replies back to it.
+/// The upstream socket for one client, with a thread passing replies back to it until the
+/// client is forgotten.
 fn udp_client(
     i: usize,
     listen: &Arc<UdpSocket>,
@@ -796,17 +956,23 @@ fn udp_client(
     client: SocketAddr,
     ret: &Arc<Lane>,
     shared: &Arc<Shared>,
-) -> io::Result<Arc<UdpSocket>> {
-    let sock = Arc::new(UdpSocket::bind(unspecified_for(upstream))?);
+) -> io::Result<Arc<UdpClient>> {
+    let sock = UdpSocket::bind(unspecified_for(upstream))?;
     sock.connect(upstream)?;
     sock.set_read_timeout(Some(POLL))?;
-    let (up, listen, ret, s) = (sock.clone(), listen.clone(), ret.clone(), shared.clone());
+    let c = Arc::new(UdpClient {
+        sock: Arc::new(sock),
+        activity: Activity::new(),
+        done: AtomicBool::new(false),
+    });
+    let (me, listen, ret, s) = (c.clone(), listen.clone(), ret.clone(), shared.clone());
     shared.spawn(format!("linkemu-{i}-udp-ret"), move || {
         let mut buf = vec![0u8; BUF];
-        while !s.stopped() {
-            match up.recv(&mut buf) {
+        while !s.stopped() && !me.done.load(Ordering::Relaxed) {
+            match me.sock.recv(&mut buf) {
                 Ok(n) => {
                     let received = Instant::now();
+                    me.activity.touch();
                     ret.offer(
                         received,
                         buf[..n].to_vec(),
@@ -818,7 +984,7 @@ fn udp_client(
             }
         }
     })?;
-    Ok(sock)
+    Ok(c)
 }
 
 // === TCP ===
@@ -834,7 +1000,8 @@ fn start_tcp(
     let addr = listener.local_addr()?;
     let fwd = lane(i, Dir::Fwd, spec, shared, counters, log.clone())?;
     let ret = lane(i, Dir::Ret, spec, shared, counters, log)?;
-    let (upstream, s) = (spec.upstream, shared.clone());
+    let (upstream, idle, s) = (spec.upstream, spec.idle, shared.clone());
+    let live = Arc::new(AtomicUsize::new(0));
     shared.spawn(format!("linkemu-{i}-tcp-accept"), move || {
         // Blocking accept, so a connection is pumped as soon as it arrives; shutdown wakes it
         // with a connection of its own (LinkEmu::stop).
@@ -842,9 +1009,15 @@ fn start_tcp(
             match listener.accept() {
                 Ok(_) if s.stopped() => break,
                 Ok((client, _)) => {
+                    let Some(slot) = LiveSlot::take(&live) else {
+                        // Over MAX_TCP_CONNS: closed at once (dropped here), counted as a drop.
+                        fwd.counters.fwd_packets.fetch_add(1, Ordering::Relaxed);
+                        fwd.counters.fwd_dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
                     let (fwd, ret, s2) = (fwd.clone(), ret.clone(), s.clone());
                     let _ = s.spawn(format!("linkemu-{i}-tcp-conn"), move || {
-                        let _ = tcp_conn(i, client, upstream, &fwd, &ret, &s2);
+                        let _ = tcp_conn(i, client, upstream, idle, slot, &fwd, &ret, &s2);
                     });
                 }
                 // e.g. EMFILE: back off instead of spinning.
@@ -855,11 +1028,85 @@ fn start_tcp(
     Ok(addr)
 }
 
-/// Connects upstream for one accepted client and pumps both directions.
+/// One of a route's [`MAX_TCP_CONNS`] connection slots, given back when dropped (with the
+/// connection's sockets).
+#[derive(Debug)]
+struct LiveSlot(Arc<AtomicUsize>);
+
+impl LiveSlot {
+    fn take(live: &Arc<AtomicUsize>) -> Option<Self> {
+        live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_TCP_CONNS).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| LiveSlot(live.clone()))
+    }
+}
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The two ends of a side of a forwarded TCP connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    /// The accepted connection.
+    Client,
+    /// The connection the emulator made to UPSTREAM.
+    Up,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Up,
+            Side::Up => Side::Client,
+        }
+    }
+}
+
+/// A forwarded TCP connection: both sockets, shared by its two pump threads and by the chunks
+/// held for it. The sockets close when the last of those lets go (after the held FINs are out).
+#[derive(Debug)]
+struct Conn {
+    client: TcpStream,
+    up: TcpStream,
+    /// Directions that have ended (EOF or error): 0, 1 or 2.
+    ended: AtomicU8,
+    /// Set when the connection is torn down; both pumps stop.
+    broken: AtomicBool,
+    /// Last chunk either way, or the end of a direction (the drain bound counts from there).
+    activity: Activity,
+    /// The route's slot, given back on drop.
+    _slot: LiveSlot,
+}
+
+impl Conn {
+    fn stream(&self, side: Side) -> &TcpStream {
+        match side {
+            Side::Client => &self.client,
+            Side::Up => &self.up,
+        }
+    }
+
+    /// Shuts both sockets down both ways: the peers see EOF, both pumps' reads return.
+    fn tear_down(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+        let _ = self.client.shutdown(Shutdown::Both);
+        let _ = self.up.shutdown(Shutdown::Both);
+    }
+}
+
+/// Connects upstream for one accepted client and pumps both directions until both have ended.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 fn tcp_conn(
     i: usize,
     client: TcpStream,
     upstream: SocketAddr,
+    idle: Duration,
+    slot: LiveSlot,
     fwd: &Arc<Lane>,
     ret: &Arc<Lane>,
     shared: &Arc<Shared>,
@@ -871,25 +1118,54 @@ fn tcp_conn(
         s.set_read_timeout(Some(POLL))?;
         s.set_write_timeout(Some(Duration::from_secs(1)))?;
     }
-    let (client, up) = (Arc::new(client), Arc::new(up));
-    let (c, u, l, s) = (client.clone(), up.clone(), ret.clone(), shared.clone());
-    shared.spawn(format!("linkemu-{i}-tcp-ret"), move || pump(&u, &c, &l, &s))?;
-    pump(&client, &up, fwd, shared);
+    let conn = Arc::new(Conn {
+        client,
+        up,
+        ended: AtomicU8::new(0),
+        broken: AtomicBool::new(false),
+        activity: Activity::new(),
+        _slot: slot,
+    });
+    let (c, l, s) = (conn.clone(), ret.clone(), shared.clone());
+    if let Err(e) = shared.spawn(format!("linkemu-{i}-tcp-ret"), move || {
+        pump(&c, Side::Up, idle, &l, &s);
+    }) {
+        conn.tear_down();
+        return Err(e);
+    }
+    pump(&conn, Side::Client, idle, fwd, shared);
     Ok(())
 }
 
-/// Reads chunks from `from` and hands them to `lane` for delivery to `to`, then the FIN.
-fn pump(from: &Arc<TcpStream>, to: &Arc<TcpStream>, lane: &Lane, shared: &Shared) {
+/// Reads chunks from side `from` and hands them to `lane` for delivery to the other side, then
+/// the FIN. Ends at EOF or a read error, when the connection is torn down, or when the other
+/// direction has ended and nothing moved for `idle` (then it tears the connection down).
+fn pump(conn: &Arc<Conn>, from: Side, idle: Duration, lane: &Lane, shared: &Shared) {
     let mut buf = vec![0u8; BUF];
-    while !shared.stopped() {
-        match (&**from).read(&mut buf) {
+    let to = from.other();
+    while !shared.stopped() && !conn.broken.load(Ordering::Relaxed) {
+        match conn.stream(from).read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => lane.offer(Instant::now(), buf[..n].to_vec(), Out::Tcp(to.clone())),
-            Err(e) if is_timeout(&e) => continue,
+            Ok(n) => {
+                conn.activity.touch();
+                lane.offer(
+                    Instant::now(),
+                    buf[..n].to_vec(),
+                    Out::Tcp(conn.clone(), to),
+                );
+            }
+            Err(e) if is_timeout(&e) => {
+                if conn.ended.load(Ordering::Relaxed) > 0 && conn.activity.idle_for() >= idle {
+                    conn.tear_down();
+                    break;
+                }
+            }
             Err(_) => break,
         }
     }
-    lane.offer(Instant::now(), Vec::new(), Out::TcpFin(to.clone()));
+    conn.ended.fetch_add(1, Ordering::Relaxed);
+    conn.activity.touch();
+    lane.offer(Instant::now(), Vec::new(), Out::TcpFin(conn.clone(), to));
 }
 
 #[cfg(test)]

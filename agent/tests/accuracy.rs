@@ -84,17 +84,19 @@ fn udp_rtt_rise_matches_injected_delay_and_loss_matches_drops() {
     let delayed_t = format!("udp://{}", emu.routes[1]);
     let lossy_t = format!("udp://{}", emu.routes[2]);
 
-    let (out, base) = probe_json(&[&train[..], &[base_t.as_str()]].concat());
+    // Baseline and delayed route in one run, their trains interleaved: whatever else the
+    // machine does at the time affects both alike, and the rise compares like with like.
+    let (out, both) = probe_json(&[&train[..], &[base_t.as_str(), delayed_t.as_str()]].concat());
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (out, delayed) = probe_json(&[&train[..], &[delayed_t.as_str()]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (base, delayed): (Vec<_>, Vec<_>) = both.into_iter().partition(|r| r.target == base_t);
+    assert_eq!(
+        (base.len(), delayed.len()),
+        (10, 10),
+        "10 records per route"
     );
     let (out, lossy) = probe_json(&[
         "-n",
@@ -131,9 +133,12 @@ fn udp_rtt_rise_matches_injected_delay_and_loss_matches_drops() {
     let injected = median(&fwd) + median(&ret);
     let rise = median(&all_rtts(&delayed)) - median(&all_rtts(&base));
     eprintln!(
-        "udp delay: baseline p50 {:.3} ms, delayed p50 {:.3} ms, rise {rise:.3} ms, logged holds {injected:.3} ms (fwd {:.3}, ret {:.3})",
+        "figures udp_rtt_rise base_p50_ms={:.3} delayed_p50_ms={:.3} rise_ms={rise:.3} \
+         logged_holds_ms={injected:.3} rise_minus_logged_ms={:.3} fwd_hold_p50_ms={:.3} \
+         ret_hold_p50_ms={:.3}",
         median(&all_rtts(&base)),
         median(&all_rtts(&delayed)),
+        rise - injected,
         median(&fwd),
         median(&ret)
     );
@@ -155,7 +160,7 @@ fn udp_rtt_rise_matches_injected_delay_and_loss_matches_drops() {
     let sent: u32 = lossy.iter().map(|r| r.sent.unwrap()).sum();
     let lost: u32 = lossy.iter().map(|r| r.lost.unwrap()).sum();
     let late: u32 = lossy.iter().map(|r| r.late.unwrap()).sum();
-    eprintln!("udp loss: sent {sent}, lost {lost}, emulator dropped {drops} (5 % seeded)");
+    eprintln!("figures udp_loss sent={sent} lost={lost} emulator_dropped={drops} late={late}");
     assert_eq!(sent, 2000);
     assert_eq!(ret_drops, 0);
     assert_eq!(late, 0, "no reply may arrive after the timeout on loopback");
@@ -179,7 +184,7 @@ fn udp_rtt_rise_matches_injected_delay_and_loss_matches_drops() {
     let (sql_base, sql_delayed, sql_lossy) = (row(&base_t), row(&delayed_t), row(&lossy_t));
     let sql_rise = sql_delayed["p50_ms"].as_f64().unwrap() - sql_base["p50_ms"].as_f64().unwrap();
     eprintln!(
-        "athena sql: p50 rise {sql_rise:.3} ms, loss ratio {}",
+        "figures athena_sql p50_rise_ms={sql_rise:.3} loss_ratio={}",
         sql_lossy["loss_ratio"]
     );
     assert!(
@@ -311,7 +316,11 @@ fn http_first_and_last_byte_match_server_waits() {
     // Each side's stamps can be preempted on a 2-core machine; the typical sample must be within
     // 1 ms of ground truth.
     let (fe, le) = (median(&first_err), median(&last_err));
-    eprintln!("http: median |error| first_byte {fe:.3} ms, last_byte {le:.3} ms over {n} samples");
+    eprintln!(
+        "figures http_first_last_byte first_byte_median_abs_err_ms={fe:.3} \
+         last_byte_median_abs_err_ms={le:.3} first_byte_max_abs_err_ms={:.3} samples={n}",
+        first_err.iter().copied().fold(0.0, f64::max)
+    );
     assert!(
         fe <= 1.0,
         "first_byte_ms median error {fe:.3} ms exceeds 1 ms"
@@ -372,27 +381,31 @@ fn relay_legs_follow_delay_injected_in_front_of_the_relay() {
         "--key",
         "accuracy-relay-key",
     ];
-    let run = |route: SocketAddr| {
-        let t = format!("relay://{route}/{b_udp}");
-        let (out, recs) = probe_json(&[&train[..], &[t.as_str()]].concat());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(recs.len(), 10);
-        for rec in &recs {
-            // A record is only ok when every relayed packet's rtt equals the sum of its legs
-            // and dwell exactly (the prober fails the train otherwise).
-            assert!(rec.ok, "{rec:?}");
-            assert_eq!(rec.kind, Some(meshlat_proto::record::Kind::Relay));
-            assert_eq!(rec.target, t);
-            assert!(rec.samples.unwrap() >= 18, "{rec:?}");
-        }
-        recs
-    };
-    let base = run(emu.routes[0]);
-    let delayed = run(emu.routes[1]);
+    // Both routes in one run, trains interleaved, so machine load affects both alike.
+    let (base_t, delayed_t) = (
+        format!("relay://{}/{b_udp}", emu.routes[0]),
+        format!("relay://{}/{b_udp}", emu.routes[1]),
+    );
+    let (out, recs) = probe_json(&[&train[..], &[base_t.as_str(), delayed_t.as_str()]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for rec in &recs {
+        // A record is only ok when every relayed packet's rtt equals the sum of its legs
+        // and dwell exactly (the prober fails the train otherwise).
+        assert!(rec.ok, "{rec:?}");
+        assert_eq!(rec.kind, Some(meshlat_proto::record::Kind::Relay));
+        assert!(rec.samples.unwrap() >= 18, "{rec:?}");
+    }
+    let (base, delayed): (Vec<_>, Vec<_>) = recs.into_iter().partition(|r| r.target == base_t);
+    assert_eq!(
+        (base.len(), delayed.len()),
+        (10, 10),
+        "10 records per route"
+    );
+    assert!(delayed.iter().all(|r| r.target == delayed_t));
     let rise = |f: fn(&meshlat_proto::record::Record) -> Option<f64>| {
         median_of(&delayed, f) - median_of(&base, f)
     };
@@ -402,8 +415,8 @@ fn relay_legs_follow_delay_injected_in_front_of_the_relay() {
     let penalty = rise(|r| r.relay_penalty_ms);
     let rtt = rise(|r| r.rtt_p50_ms);
     eprintln!(
-        "relay rises (ms): src_relay {src:.3}, relay_dst {dst:.3}, direct {direct:.3}, \
-         penalty {penalty:.3}, relayed rtt p50 {rtt:.3}"
+        "figures relay_legs src_relay_rise_ms={src:.3} relay_dst_rise_ms={dst:.3} \
+         direct_rise_ms={direct:.3} penalty_rise_ms={penalty:.3} relayed_rtt_p50_rise_ms={rtt:.3}"
     );
     assert!((src - 10.0).abs() <= 0.5, "leg_src_relay rose by {src}");
     assert!(dst.abs() <= 0.3, "leg_relay_dst moved by {dst}");

@@ -126,9 +126,20 @@ async fn first_and_last_byte_match_server_delays() -> anyhow::Result<()> {
         last.push(lb);
     }
     let _ = server.join();
-    eprintln!("first_byte_ms {first:?}, last_byte_ms {last:?}");
     let head = HEAD_DELAY.as_secs_f64() * 1e3;
     let body = BODY_DELAY.as_secs_f64() * 1e3;
+    let best = first
+        .iter()
+        .zip(&last)
+        .map(|(fb, lb)| (fb - head).abs().max((lb - body).abs()))
+        .fold(f64::MAX, f64::min);
+    eprintln!(
+        "figures http_first_last_byte_vs_server_delays best_sample_err_ms={best:.3} \
+         first_byte_min_ms={:.3} last_byte_min_ms={:.3} (first_byte_ms {first:?}, \
+         last_byte_ms {last:?})",
+        first.iter().copied().fold(f64::MAX, f64::min),
+        last.iter().copied().fold(f64::MAX, f64::min)
+    );
     for (fb, lb) in first.iter().zip(&last) {
         assert!(
             *fb >= head - 0.2,

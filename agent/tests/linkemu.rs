@@ -4,6 +4,8 @@
 //! with the OS monotonic clock.
 #![allow(clippy::disallowed_types)]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -68,8 +70,53 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// RTTs of `n` echoes each to `a` and `b`, alternating (so both see the same machine load).
+fn rtts_interleaved(
+    a: SocketAddr,
+    b: SocketAddr,
+    n: u32,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 64];
+    let (mut ra, mut rb) = (Vec::new(), Vec::new());
+    for i in 0..2 * n {
+        let (to, out) = if i % 2 == 0 {
+            (a, &mut ra)
+        } else {
+            (b, &mut rb)
+        };
+        let msg = i.to_be_bytes();
+        let t0 = Instant::now();
+        sock.send_to(&msg, to)?;
+        loop {
+            let (len, _) = sock.recv_from(&mut buf)?;
+            if buf[..len] == msg {
+                break;
+            }
+        }
+        out.push(t0.elapsed());
+    }
+    Ok((ra, rb))
+}
+
+/// Value at rank ceil(q * n) of the sorted values (nearest rank).
+fn quantile<T: Copy + Ord>(v: &[T], q: f64) -> T {
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    s[rank - 1]
+}
+
 #[test]
 fn linkemu_udp_route_adds_fwd_plus_ret_and_logs_accurate_holds() -> anyhow::Result<()> {
+    // What the emulator promises: never early (a hold is at least its delay, so an RTT through
+    // it at least fwd + ret more), the typical hold within 0.1 ms of the delay, and a log that
+    // tells the truth (the RTT rise equals the logged holds). A busy machine can preempt a
+    // hold thread now and then (the emulator's threads ask for a short time slice, which
+    // makes that rare): that shows in the log and in the maximum, which is printed but not
+    // judged; the median is capped at 0.1 ms and the p90 at 1 ms.
+    const N: u32 = 100;
     let _serial = serial();
     let echo = udp_echo()?;
     let log = temp_path("holds.ndjson");
@@ -80,13 +127,7 @@ fn linkemu_udp_route_adds_fwd_plus_ret_and_logs_accurate_holds() -> anyhow::Resu
     let via = emu
         .route_addr(0)
         .ok_or_else(|| anyhow::anyhow!("no route 0"))?;
-    let direct = min_rtt(echo, 20)?;
-    let delayed = min_rtt(via, 20)?;
-    let added = ms(delayed) - ms(direct);
-    assert!(
-        (19.7..=21.5).contains(&added),
-        "added {added:.3} ms (direct {direct:?}, via emulator {delayed:?})"
-    );
+    let (direct, delayed) = rtts_interleaved(echo, via, N)?;
     let stats = emu.shutdown();
     assert_eq!(
         (
@@ -94,44 +135,76 @@ fn linkemu_udp_route_adds_fwd_plus_ret_and_logs_accurate_holds() -> anyhow::Resu
             stats[0].ret_packets,
             stats[0].fwd_dropped
         ),
-        (20, 20, 0)
+        (u64::from(N), u64::from(N), 0)
     );
 
-    // Every forwarded packet's hold is logged; none is early and nearly all are within 0.1 ms.
+    // Every forwarded packet's hold is logged.
     let text = std::fs::read_to_string(&log)?;
     let _ = std::fs::remove_file(&log);
-    let mut errs_ns = Vec::new();
+    let (mut fwd, mut ret) = (Vec::new(), Vec::new());
     let mut summaries = 0;
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
         if v["summary"] == true {
             summaries += 1;
-            assert_eq!(v["fwd_packets"], 20);
+            assert_eq!(v["fwd_packets"], N);
             continue;
         }
         assert_eq!(v["dropped"], false, "{line}");
         let intended = v["intended_hold_ns"].as_i64().unwrap_or(-1);
         let actual = v["actual_hold_ns"].as_i64().unwrap_or(-1);
-        let want = if v["dir"] == "fwd" {
-            5_000_000
+        let (want, errs) = if v["dir"] == "fwd" {
+            (5_000_000, &mut fwd)
         } else {
-            15_000_000
+            (15_000_000, &mut ret)
         };
         assert_eq!(intended, want, "{line}");
         assert!(actual >= intended, "released early: {line}");
-        errs_ns.push(actual - intended);
+        errs.push(actual - intended);
     }
-    assert_eq!((errs_ns.len(), summaries), (40, 1));
-    errs_ns.sort_unstable();
-    let within = errs_ns.iter().filter(|e| **e <= 100_000).count();
-    // A shared 2-core machine can preempt the hold thread now and then; allow a few outliers.
+    assert_eq!(
+        (fwd.len(), ret.len(), summaries),
+        (N as usize, N as usize, 1)
+    );
+    let all: Vec<i64> = fwd.iter().chain(&ret).copied().collect();
+    let (err_p50, err_p90, err_max) = (
+        quantile(&all, 0.5),
+        quantile(&all, 0.9),
+        quantile(&all, 1.0),
+    );
+    let within = all.iter().filter(|e| **e <= 100_000).count();
+    let logged_ms = (5e6 + quantile(&fwd, 0.5) as f64 + 15e6 + quantile(&ret, 0.5) as f64) / 1e6;
+    let rise_ms = ms(quantile(&delayed, 0.5)) - ms(quantile(&direct, 0.5));
+    let min_rise_ms = ms(quantile(&delayed, 0.0)) - ms(quantile(&direct, 0.0));
+    eprintln!(
+        "figures linkemu_udp_holds hold_err_p50_us={:.1} hold_err_p90_us={:.1} \
+         hold_err_max_us={:.1} within_100us_pct={:.1} rise_p50_ms={rise_ms:.3} \
+         logged_ms={logged_ms:.3} rise_min_ms={min_rise_ms:.3} direct_p50_ms={:.3}",
+        err_p50 as f64 / 1e3,
+        err_p90 as f64 / 1e3,
+        err_max as f64 / 1e3,
+        100.0 * within as f64 / all.len() as f64,
+        ms(quantile(&direct, 0.5)),
+    );
+    // Never early: no round trip through the route is shorter than fwd + ret.
     assert!(
-        within * 10 >= errs_ns.len() * 9,
-        "hold errors (ns, sorted): {errs_ns:?}"
+        delayed.iter().all(|d| ms(*d) >= 20.0),
+        "an RTT through the route below 20 ms: {delayed:?}"
     );
     assert!(
-        errs_ns[errs_ns.len() / 2] <= 50_000,
-        "median hold error: {errs_ns:?}"
+        err_p50 <= 100_000,
+        "median hold error {err_p50} ns above 0.1 ms (errors: {all:?})"
+    );
+    assert!(
+        err_p90 <= 1_000_000,
+        "p90 hold error {err_p90} ns above 1 ms (errors: {all:?})"
+    );
+    // The log tells the truth: the median RTT rise is the median logged holds, within what
+    // the two medians' own noise allows (the emulator's forwarding work is in both paths'
+    // RTT only via the route, so a little above is fine, below is not).
+    assert!(
+        (-0.05..=0.5).contains(&(rise_ms - logged_ms)),
+        "median RTT rise {rise_ms:.3} ms vs logged holds {logged_ms:.3} ms"
     );
     Ok(())
 }
@@ -303,5 +376,198 @@ fn linkemu_binary_refuses_bad_specs_with_status_2() -> anyhow::Result<()> {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown option \"jitter\""), "{err}");
+    Ok(())
+}
+
+// === resources: a long run keeps only what live flows need ===
+
+/// Threads and open descriptors of process `pid`, from /proc.
+fn threads_and_fds(pid: u32) -> anyhow::Result<(usize, usize)> {
+    Ok((
+        std::fs::read_dir(format!("/proc/{pid}/task"))?.count(),
+        std::fs::read_dir(format!("/proc/{pid}/fd"))?.count(),
+    ))
+}
+
+/// Threads and fds of `pid` once two readings 300 ms apart agree (the binary builds its signal
+/// runtime just after printing its routes).
+fn steady(pid: u32) -> anyhow::Result<(usize, usize)> {
+    let mut last = threads_and_fds(pid)?;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = threads_and_fds(pid)?;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    Ok(last)
+}
+
+/// What `pid`'s descriptors point at (for failure messages).
+fn open_fds(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls until `pid`'s threads and fds are at most `limit` (bounded at 15 s); returns the last
+/// reading either way.
+fn settle(pid: u32, limit: (usize, usize)) -> anyhow::Result<(usize, usize)> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = threads_and_fds(pid)?;
+        if (now.0 <= limit.0 && now.1 <= limit.1) || Instant::now() > deadline {
+            return Ok(now);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A TCP server on its own thread treating every connection as `mode` says; it keeps the
+/// connections it holds open until the test process ends.
+fn tcp_upstream(mode: &'static str) -> anyhow::Result<SocketAddr> {
+    let server = TcpListener::bind("127.0.0.1:0")?;
+    let addr = server.local_addr()?;
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in server.incoming() {
+            let Ok(mut c) = conn else { continue };
+            match mode {
+                // Like the agent's TCP responder: accept and close at once.
+                "close" => drop(c),
+                // Like an HTTP server: answer, then close on the client's EOF.
+                "echo" => {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 || c.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+                // Never reads, never closes: only the emulator's drain bound can end these.
+                _ => held.push(c),
+            }
+        }
+    });
+    Ok(addr)
+}
+
+#[test]
+fn linkemu_tcp_connections_release_their_threads_and_descriptors() -> anyhow::Result<()> {
+    let _serial = serial();
+    let (close, echo, hold) = (
+        tcp_upstream("close")?,
+        tcp_upstream("echo")?,
+        tcp_upstream("hold")?,
+    );
+    let dir = support::tmpdir("linkemu-tcp-leak");
+    let emu = support::linkemu(
+        &[
+            format!("tcp:127.0.0.1:0={close},fwd=1ms,ret=1ms,idle=1s"),
+            format!("tcp:127.0.0.1:0={echo},fwd=1ms,ret=1ms,idle=1s"),
+            format!("tcp:127.0.0.1:0={hold},fwd=1ms,ret=1ms,idle=1s"),
+        ],
+        &dir.join("emu.ndjson"),
+    );
+    let pid = emu.proc.child.id();
+    let base = steady(pid)?;
+    const EACH: usize = 100;
+    let mut kept_open = Vec::new();
+    for i in 0..EACH {
+        // Upstream closes first; the client (this test) keeps its end open every other time,
+        // so half of these end only by the drain bound on the client's side.
+        let c = TcpStream::connect(emu.routes[0])?;
+        if i % 2 == 0 {
+            kept_open.push(c);
+        }
+        // A request/response exchange, then the client closes (the HTTPS probe's pattern).
+        let mut c = TcpStream::connect(emu.routes[1])?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        c.write_all(b"ping")?;
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf)?;
+        anyhow::ensure!(&buf == b"ping", "bad echo {buf:?}");
+        drop(c);
+        // The client writes and closes; upstream never answers and never closes.
+        let mut c = TcpStream::connect(emu.routes[2])?;
+        c.write_all(b"hello")?;
+    }
+    let busy = threads_and_fds(pid)?;
+    // Everything may take `idle` (1 s) plus a poll to end; the limit allows the few threads a
+    // busy route keeps for connections still being reaped and nothing per connection.
+    let after = settle(pid, (base.0 + 2, base.1 + 4))?;
+    eprintln!(
+        "linkemu tcp: {} connections; threads/fds at start {base:?}, right after {busy:?}, \
+         settled {after:?}",
+        3 * EACH
+    );
+    assert!(
+        after.0 <= base.0 + 2 && after.1 <= base.1 + 4,
+        "threads/fds {after:?} after {} connections ended, started at {base:?}; open: {:?}",
+        3 * EACH,
+        open_fds(pid)
+    );
+    // The kept-open clients were closed by the emulator: they read EOF, not a timeout.
+    for mut c in kept_open {
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut buf = [0u8; 8];
+        let n = c.read(&mut buf)?;
+        assert_eq!(n, 0, "expected EOF from the emulator");
+    }
+    drop(emu);
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+#[test]
+fn linkemu_udp_forgets_idle_clients() -> anyhow::Result<()> {
+    let _serial = serial();
+    let echo = udp_echo()?;
+    let dir = support::tmpdir("linkemu-udp-leak");
+    let emu = support::linkemu(
+        &[format!("udp:127.0.0.1:0={echo},fwd=1ms,ret=1ms,idle=1s")],
+        &dir.join("emu.ndjson"),
+    );
+    let pid = emu.proc.child.id();
+    let base = steady(pid)?;
+    const CLIENTS: u32 = 200;
+    for i in 0..CLIENTS {
+        // A fresh socket (client address) per exchange, as a new QUIC connection has.
+        let s = UdpSocket::bind("127.0.0.1:0")?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.send_to(&i.to_be_bytes(), emu.routes[0])?;
+        let mut buf = [0u8; 8];
+        let n = s.recv(&mut buf)?;
+        assert_eq!(&buf[..n], &i.to_be_bytes());
+    }
+    let busy = threads_and_fds(pid)?;
+    let after = settle(pid, (base.0 + 1, base.1 + 1))?;
+    eprintln!(
+        "linkemu udp: {CLIENTS} clients; threads/fds at start {base:?}, right after {busy:?}, \
+         settled {after:?}"
+    );
+    assert!(
+        busy.0 > base.0,
+        "a client gets a return thread while it is live"
+    );
+    assert!(
+        after.0 <= base.0 + 1 && after.1 <= base.1 + 1,
+        "threads/fds {after:?} after {CLIENTS} idle clients, started at {base:?}"
+    );
+    // A forgotten client is served again.
+    let s = UdpSocket::bind("127.0.0.1:0")?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    for _ in 0..2 {
+        s.send_to(b"again", emu.routes[0])?;
+        let mut buf = [0u8; 8];
+        assert_eq!(s.recv(&mut buf)?, 5);
+    }
+    drop(emu);
+    std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }

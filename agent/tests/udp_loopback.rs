@@ -124,6 +124,11 @@ async fn udp_probe_gets_every_sample_from_reflector() {
     assert_eq!(m.outcome, Outcome::Ok, "{m:?}");
     assert_eq!(m.data.remote_addr, Some(r.addr));
     let t = m.data.train.expect("train stats");
+    eprintln!(
+        "figures udp_probe_train took_ms={:.1} rtt_max_ms={:.3}",
+        took.as_secs_f64() * 1e3,
+        t.rtts_ms.iter().copied().fold(0.0, f64::max)
+    );
     assert_eq!((t.sent, t.samples, t.lost()), (20, 20, 0));
     assert_eq!((t.duplicates, t.late), (0, 0));
     assert_eq!(t.rtts_ms.len(), 20);
@@ -480,6 +485,10 @@ async fn udp_reflector_stops_promptly_while_busy() {
     let took = start.elapsed();
     stop.cancel();
     trickle.await.expect("trickle");
-    // Within SHUTDOWN_POLL (50 ms) in principle; slack for a loaded test machine.
+    eprintln!(
+        "figures udp_reflector_shutdown took_ms={:.1}",
+        took.as_secs_f64() * 1e3
+    );
+    // Within SHUTDOWN_POLL (50 ms) in principle; a cap of ten times that for a loaded machine.
     assert!(took < Duration::from_millis(500), "shutdown took {took:?}");
 }

@@ -397,15 +397,16 @@ async fn mesh_connects_measures_survives_controller_and_agent_restarts() -> Resu
     // Consecutive ts of every (job, source, target) no more than 1.5 intervals apart, through
     // the controller outage and its return (the job set did not change, so pairs kept going).
     for ag in [&a, &b] {
-        let mut pairs: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+        let mut pairs: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
         let mut modes = BTreeSet::new();
         for r in ag.records().iter().filter(|r| s(r, "job_id") == job_id) {
             modes.insert(s(r, "control_mode"));
             let t = ts_secs(&s(r, "ts")).context("ts parses")?;
+            let lag = r["sched_lag_ms"].as_f64().context("sched_lag_ms")? / 1000.0;
             pairs
                 .entry((s(r, "src_agent"), s(r, "target")))
                 .or_default()
-                .push(t);
+                .push((t, lag));
         }
         assert!(
             modes.contains("connected") && modes.contains("static"),
@@ -417,13 +418,33 @@ async fn mesh_connects_measures_survives_controller_and_agent_restarts() -> Resu
             "udp and tcp to the other agent: {:?}",
             pairs.keys()
         );
-        for (pair, mut ts) in pairs {
-            ts.sort_by(f64::total_cmp);
-            let worst = ts.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+        // The promise is a sample every interval, none missing, whatever the controller does.
+        // A busy machine can start a sample late; each record says by how much
+        // (sched_lag_ms), so the gaps are judged between scheduled starts (ts - sched_lag_ms):
+        // a missing sample shows as two intervals there, scheduler latency does not.
+        let interval = INTERVAL_MS / 1000.0;
+        for (pair, starts) in pairs {
+            let gaps = |mut t: Vec<f64>| {
+                t.sort_by(f64::total_cmp);
+                let mut g: Vec<f64> = t.windows(2).map(|w| w[1] - w[0]).collect();
+                g.sort_by(f64::total_cmp);
+                g
+            };
+            let actual = gaps(starts.iter().map(|(ts, _)| *ts).collect());
+            let scheduled = gaps(starts.iter().map(|(ts, lag)| ts - lag).collect());
+            let max_lag = starts.iter().map(|(_, lag)| *lag).fold(0.0, f64::max);
+            let worst = scheduled.last().copied().unwrap_or(0.0);
+            eprintln!(
+                "figures mesh_fail_static_gaps records={} scheduled_gap_max_s={worst:.3} \
+                 actual_gap_max_s={:.3} sched_lag_max_s={max_lag:.3}",
+                starts.len(),
+                actual.last().copied().unwrap_or(0.0)
+            );
             assert!(
-                worst <= 1.5 * INTERVAL_MS / 1000.0,
-                "{pair:?}: a gap of {worst:.3} s in {} records",
-                ts.len()
+                worst <= 1.5 * interval,
+                "{pair:?}: a gap of {worst:.3} s between scheduled starts in {} records \
+                 (gaps between actual starts {actual:?})",
+                starts.len()
             );
         }
     }

@@ -26,6 +26,8 @@ use meshlat_agent::linkemu::{LinkEmu, RouteSpec};
     loss_fwd=PCT  loss client -> upstream, percent 0..=100 (udp only; default 0)
     loss_ret=PCT  loss upstream -> client, percent 0..=100 (udp only; default 0)
     seed=N        seed of the loss decisions (u64; default 0)
+    idle=DUR      release a UDP client idle this long, or a TCP connection of which one
+                  direction ended and the other is idle this long (default 30s)
 
 EXAMPLES:
   meshlat-linkemu --route udp:127.0.0.1:0=127.0.0.1:862,fwd=5ms,ret=15ms
