@@ -139,14 +139,13 @@ async fn connect(
     }
     let ch = ep.connect().await?;
     // A job list at the largest --max-jobs of the largest specs fits (crate::limits).
-    Ok(OperatorServiceClient::with_interceptor(
-        ch,
-        move |mut req: tonic::Request<()>| {
+    Ok(
+        OperatorServiceClient::with_interceptor(ch, move |mut req: tonic::Request<()>| {
             req.metadata_mut().insert("authorization", value.clone());
             Ok(req)
-        },
+        })
+        .max_decoding_message_size(crate::limits::CLIENT_MESSAGE_BYTES),
     )
-    .max_decoding_message_size(crate::limits::CLIENT_MESSAGE_BYTES))
 }
 
 fn pretty(v: &serde_json::Value) -> String {

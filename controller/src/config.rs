@@ -374,7 +374,11 @@ mod tests {
         let c = parse(&["--region", "eu-west-1", "--rest-listen", "off"]).expect("valid");
         assert_eq!((c.region.as_str(), c.rest_listen), ("eu-west-1", None));
         assert_eq!(c.lease, Duration::from_secs(60));
-        assert_eq!(c.limits, Limits::default(), "the flags' defaults are the documented ones");
+        assert_eq!(
+            c.limits,
+            Limits::default(),
+            "the flags' defaults are the documented ones"
+        );
         assert_eq!(c.state, None);
         let c =
             parse(&["--region", "eu-west-1", "--state-bucket", "meshlat-state.x"]).expect("valid");
@@ -407,8 +411,14 @@ mod tests {
             (&["--region", "a/b"][..], "--region \"a/b\""),
             (&["--region", "a", "--listen", "x"][..], "--listen \"x\""),
             (&["--region", "a", "--lease", "0"][..], "--lease \"0\""),
-            (&["--region", "a", "--max-jobs", "0"][..], "--max-jobs \"0\""),
-            (&["--region", "a", "--max-jobs", "2001"][..], "--max-jobs \"2001\""),
+            (
+                &["--region", "a", "--max-jobs", "0"][..],
+                "--max-jobs \"0\"",
+            ),
+            (
+                &["--region", "a", "--max-jobs", "2001"][..],
+                "--max-jobs \"2001\"",
+            ),
             (
                 &["--region", "a", "--agent-expiry", "60"][..],
                 "--agent-expiry \"60\": must be at least --agent-ttl",

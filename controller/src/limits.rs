@@ -109,9 +109,11 @@ impl Default for Limits {
     }
 }
 
-/// Largest `AgentMessage` an agent session decodes: a summary of `--max-summary-bytes` and
-/// some room (a bigger message ends the session with `RESOURCE_EXHAUSTED`; pairs beyond the
-/// cap in a message that fits are dropped).
+/// Largest `AgentMessage` an agent session decodes: the larger of what agents send
+/// ([`meshlat_proto::MAX_SUMMARIES_BYTES`]) and `--max-summary-bytes`, and 64 KiB of room. A
+/// bigger message ends the session with `RESOURCE_EXHAUSTED` (the decode buffer of a session
+/// is as large as its largest message, so this bounds memory per session); pairs beyond
+/// `--max-summary-bytes` in a message that fits are dropped.
 pub fn agent_message_limit(max_summary_bytes: usize) -> usize {
-    max_summary_bytes.saturating_mul(2).max(64 * 1024)
+    max_summary_bytes.max(meshlat_proto::MAX_SUMMARIES_BYTES) + 64 * 1024
 }

@@ -477,7 +477,11 @@ mod tests {
         live.ingest("a1", "ra", ten(), t0);
         assert_eq!(live.totals().pairs, 3, "per-agent bytes");
         live.ingest("a1", "ra", ten(), t0);
-        assert_eq!(live.totals().pairs, 3, "a replacement does not count against itself");
+        assert_eq!(
+            live.totals().pairs,
+            3,
+            "a replacement does not count against itself"
+        );
         live.ingest("a2", "ra", ten(), t0);
         assert_eq!(
             live.totals(),

@@ -158,7 +158,10 @@ fn check_job(job: &pb::Job) -> Result<(), DomainError> {
             ),
         ));
     }
-    let spec = job.spec.as_ref().ok_or_else(|| invalid("spec", "missing"))?;
+    let spec = job
+        .spec
+        .as_ref()
+        .ok_or_else(|| invalid("spec", "missing"))?;
     meshlat_proto::job::validate(spec).map_err(DomainError::Spec)
 }
 
@@ -189,9 +192,14 @@ fn check_agent_fields(
             )
         })
     };
-    for (field, v) in ["hello.region", "hello.az", "hello.location", "hello.version"]
-        .into_iter()
-        .zip(labels)
+    for (field, v) in [
+        "hello.region",
+        "hello.az",
+        "hello.location",
+        "hello.version",
+    ]
+    .into_iter()
+    .zip(labels)
     {
         if let Some(e) = long(field, v) {
             return Err(e);
@@ -386,7 +394,10 @@ impl Registry {
             })
             .collect();
         if expired > 0 {
-            tracing::info!(message = "Stored agents past --agent-expiry dropped.", agents = expired);
+            tracing::info!(
+                message = "Stored agents past --agent-expiry dropped.",
+                agents = expired
+            );
         }
         let (jobs, bad): (Vec<pb::Job>, Vec<pb::Job>) =
             state.jobs.into_iter().partition(|j| check_job(j).is_ok());
@@ -693,7 +704,12 @@ impl Registry {
             region: self.cfg.region.clone(),
             controller_url: controller_url.into(),
             agents: directory.iter().filter_map(|a| a.info.clone()).collect(),
-            jobs: inner.jobs.values().filter(|j| !j.stopped).cloned().collect(),
+            jobs: inner
+                .jobs
+                .values()
+                .filter(|j| !j.stopped)
+                .cloned()
+                .collect(),
             ttl_ms: ttl.as_millis() as u64,
             unix_ms: unix_ms(),
             directory,
@@ -1067,10 +1083,7 @@ impl Registry {
             .collect();
         let mut removed = false;
         if !old.is_empty() {
-            let kept: Vec<pb::Job> = old
-                .iter()
-                .filter_map(|id| inner.jobs.remove(id))
-                .collect();
+            let kept: Vec<pb::Job> = old.iter().filter_map(|id| inner.jobs.remove(id)).collect();
             match self.save_jobs(&inner) {
                 Ok(()) => {
                     for id in &old {
@@ -1079,7 +1092,9 @@ impl Registry {
                     removed = true;
                 }
                 // Keep them; the next sweep tries again.
-                Err(_) => inner.jobs.extend(kept.into_iter().map(|j| (j.id.clone(), j))),
+                Err(_) => inner
+                    .jobs
+                    .extend(kept.into_iter().map(|j| (j.id.clone(), j))),
             }
         }
         let expiry = self.cfg.limits.agent_expiry;
@@ -1663,23 +1678,30 @@ mod tests {
         assert!(r.start_job(Some(spec(500))).is_err());
         std::thread::sleep(Duration::from_millis(5));
         r.sweep();
-        assert!(matches!(r.get_job(&a.id), Err(DomainError::NotFound { .. })));
+        assert!(matches!(
+            r.get_job(&a.id),
+            Err(DomainError::NotFound { .. })
+        ));
         r.start_job(Some(spec(500))).expect("room after the expiry");
 
         let one = r.connect_as(hello("a1", 1), "tok-a").expect("a1");
-        let e = r.connect_as(hello("a2", 2), "tok-a").expect_err("per token");
+        let e = r
+            .connect_as(hello("a2", 2), "tok-a")
+            .expect_err("per token");
         assert!(e.to_string().contains("--max-agents-per-token"), "{e}");
         let b1 = r.connect_as(hello("b1", 3), "tok-b").expect("b1");
         let e = r.connect_as(hello("c1", 4), "tok-c").expect_err("total");
         assert!(e.to_string().contains("(limit 2, --max-agents)"), "{e}");
-        r.connect_as(hello("a1", 5), "tok-a").expect("a known id reconnects");
+        r.connect_as(hello("a1", 5), "tok-a")
+            .expect("a known id reconnects");
         let mut h = hello("d1", 6);
         h.capabilities = vec!["x".into(); limits::MAX_HELLO_CAPABILITIES + 1];
         let e = r.connect_as(h, "tok-d").expect_err("too many capabilities");
         assert_eq!(e.field().as_deref(), Some("hello.capabilities"));
 
         // Gone longer than --agent-expiry: removed (the connected one stays).
-        r.live.ingest("b1", "r", pb::Summaries::default(), Instant::now());
+        r.live
+            .ingest("b1", "r", pb::Summaries::default(), Instant::now());
         r.disconnect("b1", b1.session);
         drop(one);
         tokio::time::advance(Duration::from_secs(601)).await;

@@ -756,7 +756,10 @@ mod tests {
         let agents: Vec<AgentView> = (0..5).map(|i| agent(&format!("ag{i}"), "a")).collect();
         // Unvalidated (as an old version saved it): without the clamp this aborts the process
         // allocating a heap of 4294967296 entries.
-        for strategy in [pb::PinglistStrategy::KRandom, pb::PinglistStrategy::PerRegion] {
+        for strategy in [
+            pb::PinglistStrategy::KRandom,
+            pb::PinglistStrategy::PerRegion,
+        ] {
             let j = job(strategy, u32::MAX);
             let out = compute(&[&j], &agents, 0);
             assert!(

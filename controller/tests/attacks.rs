@@ -71,6 +71,7 @@ impl Ctl {
             .arg("--data-dir")
             .arg(data)
             .env("RUST_LOG", "info,meshlat_controller::registry=debug")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
             .kill_on_drop(true)
@@ -151,7 +152,11 @@ impl Ctl {
 
     /// The controller keeps serving: REST answers a job list.
     async fn serves(&mut self) -> Result<()> {
-        assert!(self.alive(), "controller exited; see {}", self.log.display());
+        assert!(
+            self.alive(),
+            "controller exited; see {}",
+            self.log.display()
+        );
         let (st, v) = self.rest("GET", "/api/v1/jobs", "").await?;
         anyhow::ensure!(st == 200, "GET /api/v1/jobs: {st} {v}");
         Ok(())
@@ -229,9 +234,11 @@ impl Session {
         })
         .await
         .map_err(|_| tonic::Status::internal("send"))?;
-        let mut client =
-            pb::agent_service_client::AgentServiceClient::with_interceptor(ch.clone(), bearer(token))
-                .max_encoding_message_size(64 << 20);
+        let mut client = pb::agent_service_client::AgentServiceClient::with_interceptor(
+            ch.clone(),
+            bearer(token),
+        )
+        .max_encoding_message_size(64 << 20);
         let mut rx = client
             .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await?
@@ -317,6 +324,8 @@ async fn hostile_k_is_refused_over_rest_grpc_and_cli() -> Result<()> {
     let ch = ctl.channel().await?;
     let mut s = Session::open(&ch, &ctl.token, "").await?;
     s.job_set(10).await?;
+    // And one to measure to.
+    let _other = Session::open(&ch, &ctl.token, "").await?;
 
     let (st, v) = ctl.rest("POST", "/api/v1/jobs", HOSTILE_K).await?;
     println!("POST k=4294967295: {st} {v}");
@@ -383,7 +392,10 @@ async fn a_saved_job_this_version_cannot_schedule_is_quarantined() -> Result<()>
     let state = data.join("state");
     std::fs::create_dir_all(&state)?;
     let good = job("good-job", spec("ok", pb::PinglistStrategy::KRandom, 1));
-    let bad = job("bad-job", spec("boom", pb::PinglistStrategy::KRandom, u32::MAX));
+    let bad = job(
+        "bad-job",
+        spec("boom", pb::PinglistStrategy::KRandom, u32::MAX),
+    );
     std::fs::write(
         state.join("jobs.pb"),
         pb::StoredJobs {
@@ -470,6 +482,8 @@ async fn a_federation_peer_cannot_plant_a_hostile_job() -> Result<()> {
     let ch = ctl.channel().await?;
     let mut s = Session::open(&ch, &ctl.token, "").await?;
     s.job_set(10).await?;
+    // And one to measure to.
+    let _other = Session::open(&ch, &ctl.token, "").await?;
 
     // A peer (holding the federation secret) offers jobs for our region: a benign one, the
     // hostile k, 40,000 targets, and a stopped one.
@@ -485,8 +499,14 @@ async fn a_federation_peer_cannot_plant_a_hostile_job() -> Result<()> {
         region: "evil".into(),
         controller_url: "https://127.0.0.1:1".into(),
         jobs: vec![
-            job("peer-benign", spec("fine", pb::PinglistStrategy::KRandom, 2)),
-            job("peer-hostile-k", spec("boom", pb::PinglistStrategy::KRandom, u32::MAX)),
+            job(
+                "peer-benign",
+                spec("fine", pb::PinglistStrategy::KRandom, 2),
+            ),
+            job(
+                "peer-hostile-k",
+                spec("boom", pb::PinglistStrategy::KRandom, u32::MAX),
+            ),
             job("peer-many-targets", many),
             stopped,
         ],
@@ -521,7 +541,11 @@ async fn a_federation_peer_cannot_plant_a_hostile_job() -> Result<()> {
             .filter(|l| l.contains("Peer job refused") && l.contains(id))
             .collect();
         println!("{lines:?}");
-        assert_eq!(lines.len(), 1, "logged once over three exchanges: {lines:?}");
+        assert_eq!(
+            lines.len(),
+            1,
+            "logged once over three exchanges: {lines:?}"
+        );
         assert!(lines[0].contains(field), "{}", lines[0]);
     }
     assert!(
@@ -577,20 +601,28 @@ async fn targets_and_jobs_are_capped_and_job_list_works_at_the_caps() -> Result<
     );
     let started = Instant::now();
     for n in 0..JOBS {
-        op.start_job(pb::StartJobRequest {
-            spec: Some(big(n)),
-        })
-        .await?;
+        op.start_job(pb::StartJobRequest { spec: Some(big(n)) })
+            .await?;
     }
     println!(
         "{JOBS} jobs of {size} bytes started in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let (st, v) = ctl.rest("POST", "/api/v1/jobs", &HOSTILE_K.replace("4294967295", "3")).await?;
+    let (st, v) = ctl
+        .rest(
+            "POST",
+            "/api/v1/jobs",
+            &HOSTILE_K.replace("4294967295", "3"),
+        )
+        .await?;
     println!("job {}: {st} {v}", JOBS + 1);
     assert_eq!(st, 429, "{v}");
     assert_eq!(
-        (&v["error"]["code"], &v["error"]["field"], &v["error"]["limit"]),
+        (
+            &v["error"]["code"],
+            &v["error"]["field"],
+            &v["error"]["limit"]
+        ),
         (
             &Value::from("resource_exhausted"),
             &Value::from("jobs"),
@@ -615,10 +647,7 @@ async fn targets_and_jobs_are_capped_and_job_list_works_at_the_caps() -> Result<
     assert!(ok, "controller job list: {err}");
     assert_eq!(out.lines().count(), JOBS + 1, "header and every job");
     let (st, v) = ctl.rest("GET", "/api/v1/jobs", "").await?;
-    assert_eq!(
-        (st, v["jobs"].as_array().map(Vec::len)),
-        (200, Some(JOBS))
-    );
+    assert_eq!((st, v["jobs"].as_array().map(Vec::len)), (200, Some(JOBS)));
     ctl.serves().await?;
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
@@ -642,7 +671,11 @@ async fn stopped_jobs_are_not_sent_to_peers_and_expire() -> Result<()> {
         ..Default::default()
     };
     let (st, j) = ctl
-        .rest("POST", "/api/v1/jobs", &HOSTILE_K.replace("4294967295", "3"))
+        .rest(
+            "POST",
+            "/api/v1/jobs",
+            &HOSTILE_K.replace("4294967295", "3"),
+        )
         .await?;
     assert_eq!(st, 201, "{j}");
     let id = j["id"].as_str().context("id")?.to_string();
@@ -656,7 +689,11 @@ async fn stopped_jobs_are_not_sent_to_peers_and_expire() -> Result<()> {
         .await?;
     assert_eq!(st, 200);
     let sent = fed.exchange(peer.clone()).await?.into_inner();
-    assert!(sent.jobs.is_empty(), "a stopped job is not sent: {:?}", sent.jobs);
+    assert!(
+        sent.jobs.is_empty(),
+        "a stopped job is not sent: {:?}",
+        sent.jobs
+    );
     let (_, v) = ctl
         .rest("GET", "/api/v1/jobs?include_stopped=true", "")
         .await?;
@@ -669,7 +706,10 @@ async fn stopped_jobs_are_not_sent_to_peers_and_expire() -> Result<()> {
             .rest("GET", "/api/v1/jobs?include_stopped=true", "")
             .await
             .ok()?;
-        v["jobs"].as_array().is_some_and(Vec::is_empty).then_some(())
+        v["jobs"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            .then_some(())
     })
     .await?;
     println!(
@@ -692,7 +732,12 @@ fn summaries(agent: &str, pairs: usize) -> pb::Summaries {
                 job_id: format!("0190f0e0-0000-7000-8000-{i:012}"),
                 protocol: "udp".into(),
                 dst_agent: format!("0190f0e0-1111-7000-8000-{i:012}"),
-                target: format!("udp://10.{}.{}.{}:7710/{agent}", i % 250, i / 250 % 250, i % 7),
+                target: format!(
+                    "udp://10.{}.{}.{}:7710/{agent}",
+                    i % 250,
+                    i / 250 % 250,
+                    i % 7
+                ),
                 p50_ms: 1.0,
                 p99_ms: 2.0,
                 sent: 10,
@@ -714,13 +759,15 @@ async fn hostile_summaries_keep_rss_bounded_and_expire_unread() -> Result<()> {
     let before = rss_kib(pid).context("rss")?;
     let ch = ctl.channel().await?;
 
-    // Just under the session's message limit (2 × --max-summary-bytes): decoded, then cut.
+    // Just under the session's message limit: decoded, then cut to --max-summary-bytes.
     let limit = meshlat_controller::limits::agent_message_limit(
         meshlat_controller::limits::DEFAULT_MAX_SUMMARY_BYTES,
     );
-    let probe = summaries("x", 1).encoded_len();
-    let per_msg = (limit - 1024) / (probe + 3);
-    let msg_bytes = summaries("x", per_msg).encoded_len();
+    let mut per_msg = 100;
+    while summaries("s99", per_msg + 100).encoded_len() < limit - 4096 {
+        per_msg += 100;
+    }
+    let msg_bytes = summaries("s99", per_msg).encoded_len();
     assert!(msg_bytes < limit, "{msg_bytes} < {limit}");
     let mut sessions = Vec::new();
     let mut peak = before;
@@ -736,10 +783,21 @@ async fn hostile_summaries_keep_rss_bounded_and_expire_unread() -> Result<()> {
     }
     // One over the message limit ends its own session, nothing else.
     let big = Session::open(&ch, &ctl.token, "").await?;
-    big.send(pb::agent_message::Msg::Summaries(summaries("big", per_msg * 10)))
-        .await?;
+    big.send(pb::agent_message::Msg::Summaries(summaries(
+        "big",
+        per_msg * 10,
+    )))
+    .await?;
     let mut big = big;
-    let end = tokio::time::timeout(Duration::from_secs(10), big.rx.message()).await?;
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match big.rx.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await?;
     println!("oversized summaries: {end:?}");
     assert!(
         matches!(&end, Err(s) if s.code() == tonic::Code::ResourceExhausted)
@@ -761,8 +819,9 @@ async fn hostile_summaries_keep_rss_bounded_and_expire_unread() -> Result<()> {
     println!(
         "RSS before {before} KiB, peak {peak} KiB, after {SESSIONS} sessions x 3 summaries of {msg_bytes} bytes ({per_msg} pairs; {sent_mib:.0} MiB sent) {loaded} KiB"
     );
-    // Kept: at most --max-summary-bytes (256 KiB) per session, ~25 MiB for 100; uncut, the
-    // decoded pairs (~2 MiB each) would be ~200 MiB.
+    // Kept: at most --max-summary-bytes (256 KiB) per session, ~25 MiB for 100, plus each
+    // session's decode buffer (up to its message limit); uncut, the decoded pairs (~1.5 MiB
+    // per session) alone would be ~150 MiB.
     assert!(
         peak.saturating_sub(before) < 96 * 1024,
         "RSS grew by {} KiB",
@@ -773,6 +832,11 @@ async fn hostile_summaries_keep_rss_bounded_and_expire_unread() -> Result<()> {
     // Nobody reads the matrix: the sweep drops the summaries after their 30 s TTL.
     drop(sessions);
     let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "RSS 2 s after the sessions left (summaries still live): {} KiB",
+        rss_kib(pid).unwrap_or(0)
+    );
     let line = eventually("summaries expired by the sweep", 60, || async {
         ctl.log_text()
             .lines()
@@ -840,7 +904,10 @@ async fn agents_are_capped_and_removed_after_the_expiry() -> Result<()> {
         .context("a fifth agent is refused")?;
     println!("5th agent: {e}");
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
-    assert!(e.message().starts_with("agents:") && e.message().contains("(limit 4, --max-agents)"), "{e}");
+    assert!(
+        e.message().starts_with("agents:") && e.message().contains("(limit 4, --max-agents)"),
+        "{e}"
+    );
     // A known id comes back at the cap (now with the token: three agents joined with it).
     sessions.push(Session::open(&ch, &ctl.token, "old-0").await?);
     let e = Session::open(&ch, &ctl.token, "")
@@ -849,7 +916,10 @@ async fn agents_are_capped_and_removed_after_the_expiry() -> Result<()> {
         .context("a fourth agent with the token is refused")?;
     println!("4th agent with one token: {e}");
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
-    assert!(e.message().contains("(limit 3, --max-agents-per-token)"), "{e}");
+    assert!(
+        e.message().contains("(limit 3, --max-agents-per-token)"),
+        "{e}"
+    );
 
     for s in &sessions {
         s.send(pb::agent_message::Msg::Summaries(summaries(&s.id, 3)))

@@ -434,12 +434,10 @@ pub fn validate(spec: &pb::JobSpec) -> Result<(), JobSpecError> {
     })?;
     range("k", spec.k.into(), 0, MAX_K.into())?;
     if strategy == pb::PinglistStrategy::KRandom {
-        let all_ids = spec.targets.iter().all(|t| {
-            !matches!(
-                t.endpoint,
-                Some(pb::endpoint::Endpoint::Selector(_))
-            )
-        });
+        let all_ids = spec
+            .targets
+            .iter()
+            .all(|t| !matches!(t.endpoint, Some(pb::endpoint::Endpoint::Selector(_))));
         let ids = spec
             .targets
             .iter()
@@ -569,7 +567,10 @@ mod tests {
                 "protocols[1]: duplicates entry 0",
             ),
             (
-                Box::new(|s| s.sources[0].endpoint = Some(pb::endpoint::Endpoint::Selector("colour=red".into()))),
+                Box::new(|s| {
+                    s.sources[0].endpoint =
+                        Some(pb::endpoint::Endpoint::Selector("colour=red".into()))
+                }),
                 "sources[0]: unknown selector key",
             ),
             (
@@ -577,7 +578,10 @@ mod tests {
                 "targets[0]: \"tcp://h:1\" needs protocol PROTOCOL_TCP",
             ),
             (Box::new(|s| s.strategy = 99), "strategy: must be"),
-            (Box::new(|s| s.timeout_ms = 0), "timeout_ms: 0 is out of range"),
+            (
+                Box::new(|s| s.timeout_ms = 0),
+                "timeout_ms: 0 is out of range",
+            ),
             (
                 Box::new(|s| {
                     s.interval_ms = MAX_INTERVAL_MS;
@@ -620,11 +624,17 @@ mod tests {
         s = good();
         s.targets = vec![id("x"); 40_000];
         let e = validate(&s).expect_err("too many");
-        assert_eq!((e.field.as_ref(), e.limit()), ("targets", Some(MAX_TARGETS as u64)));
+        assert_eq!(
+            (e.field.as_ref(), e.limit()),
+            ("targets", Some(MAX_TARGETS as u64))
+        );
         // Within the counts, the whole spec's size is bounded too.
         s.targets = vec![id(&"x".repeat(MAX_AGENT_ID_BYTES)); MAX_TARGETS];
         let e = validate(&s).expect_err("too big");
-        assert_eq!((e.field.as_ref(), e.limit()), ("", Some(MAX_SPEC_BYTES as u64)));
+        assert_eq!(
+            (e.field.as_ref(), e.limit()),
+            ("", Some(MAX_SPEC_BYTES as u64))
+        );
     }
 
     #[test]

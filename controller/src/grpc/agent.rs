@@ -330,12 +330,10 @@ where
             return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
         }
         let method = ConnectMethod(self.svc.clone());
-        let limit = crate::limits::agent_message_limit(
-            self.svc.registry.config().limits.max_summary_bytes,
-        );
+        let limit =
+            crate::limits::agent_message_limit(self.svc.registry.config().limits.max_summary_bytes);
         Box::pin(async move {
-            let mut grpc =
-                tonic::server::Grpc::new(SessionCodec).max_decoding_message_size(limit);
+            let mut grpc = tonic::server::Grpc::new(SessionCodec).max_decoding_message_size(limit);
             Ok(grpc.streaming(method, req).await)
         })
     }

@@ -86,10 +86,7 @@ mod tests {
             reason: "3 jobs are stored".into(),
         });
         assert_eq!(s.code(), Code::ResourceExhausted);
-        assert_eq!(
-            s.message(),
-            "jobs: 3 jobs are stored (limit 3, --max-jobs)"
-        );
+        assert_eq!(s.message(), "jobs: 3 jobs are stored (limit 3, --max-jobs)");
         assert_eq!(
             s.metadata()
                 .get("x-meshlat-limit")
