@@ -1711,4 +1711,55 @@ mod tests {
         assert_eq!(r.live.totals().agents, 0, "its summaries went too");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn peer_directories_are_bounded() {
+        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
+        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let mut c = cfg();
+        c.limits.max_peer_agents = 2;
+        c.limits.max_peer_jobs = 1;
+        let r = Registry::load(c, store).expect("load");
+        let agent = |id: &str| pb::StoredAgent {
+            info: Some(pb::AgentInfo {
+                id: id.into(),
+                region: "p".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut hostile = agent("p-wide");
+        hostile.endpoints = vec![Default::default(); limits::MAX_HELLO_ENDPOINTS + 1];
+        let job = |id: &str, k: u32| pb::Job {
+            id: id.into(),
+            spec: Some(pb::JobSpec {
+                strategy: pb::PinglistStrategy::KRandom as i32,
+                k,
+                ..spec(500)
+            }),
+            ..Default::default()
+        };
+        let d = pb::Directory {
+            region: "p".into(),
+            directory: vec![hostile, agent("p1"), agent("p2"), agent("p3")],
+            jobs: vec![job("bad", u32::MAX), job("j1", 2), job("j2", 2)],
+            ..Default::default()
+        };
+        r.merge_peer(d, Duration::from_secs(10)).expect("merged");
+        let ids: Vec<String> = r.list_agents().into_iter().map(|a| a.id).collect();
+        assert_eq!(ids, vec!["p1".to_string(), "p2".to_string()]);
+        let inner = r.lock();
+        let jobs: Vec<&str> = inner
+            .all_jobs(Instant::now())
+            .iter()
+            .map(|j| j.id.as_str())
+            .collect();
+        assert_eq!(
+            jobs,
+            vec!["j1"],
+            "the hostile job and the one over --max-peer-jobs are ignored"
+        );
+        drop(inner);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
