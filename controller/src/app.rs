@@ -154,6 +154,7 @@ impl Controller {
                     None => MeshKeys::derive(&tls.mesh_root),
                 },
                 grant_epoch: GRANT_EPOCH,
+                limits: cfg.limits.clone(),
             },
             store,
         )?);
@@ -294,8 +295,13 @@ impl Controller {
                 };
                 tasks.spawn(peer.run(self.registry.clone(), shutdown.clone()));
             }
-            FederationServiceServer::with_interceptor(
-                grpc::federation::FederationSvc::new(self.registry.clone(), own_url.clone(), f.ttl),
+            tonic::service::interceptor::InterceptedService::new(
+                FederationServiceServer::new(grpc::federation::FederationSvc::new(
+                    self.registry.clone(),
+                    own_url.clone(),
+                    f.ttl,
+                ))
+                .max_decoding_message_size(crate::limits::FEDERATION_MESSAGE_BYTES),
                 grpc::auth::federation(crate::auth::FederationSecret::new(
                     std::iter::once(f.secret.as_str()).chain(f.accepted.iter().map(String::as_str)),
                 )),
