@@ -40,11 +40,7 @@ impl AdminServer {
     ///
     /// The bind error.
     pub async fn bind(addr: SocketAddr, limits: ConnLimits) -> std::io::Result<Self> {
-        let tracker = Tracker::with_hook(
-            "stats",
-            limits,
-            Some(crate::respond::count_conn_event),
-        );
+        let tracker = Tracker::with_hook("stats", limits, Some(crate::respond::count_conn_event));
         Ok(AdminServer {
             listener: GuardedListener::with_tracker(
                 tokio::net::TcpListener::bind(addr).await?,

@@ -4,23 +4,30 @@
 //! connection is closed at once; the stats server binds the `--listen` address, not 0.0.0.0.
 //! Attackers connect from 127.0.0.2, honest clients from 127.0.0.1. Every test prints figures.
 
+use std::io::BufRead;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Stdio;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 const HONEST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 struct Agent {
-    _child: Child,
+    child: Child,
     http: SocketAddr,
     stats: SocketAddr,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `agent serve` with only the HTTP responder and the stats server, and `extra` flags.
@@ -46,17 +53,27 @@ async fn start(extra: &[&str]) -> Result<Agent> {
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .context("spawn agent")?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let stdout = child.stdout.take().context("stdout")?;
+    // The announcement lines, read on a thread (std pipes block); then the rest is drained.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                // Nobody listens any more: keep draining so the agent never blocks on stdout.
+                continue;
+            }
+        }
+    });
     let (mut http, mut stats) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while http.is_none() || stats.is_none() {
-        let line = tokio::time::timeout_at(deadline, lines.next_line())
-            .await
-            .context("agent did not announce itself")??
-            .ok_or_else(|| anyhow!("agent exited early"))?;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .map_err(|_| anyhow!("agent did not announce itself (or exited early)"))?;
         let mut w = line.split_whitespace();
         match (w.next(), w.next(), w.next()) {
             (Some("listening"), Some("http"), Some(a)) => http = Some(a.parse()?),
@@ -64,9 +81,8 @@ async fn start(extra: &[&str]) -> Result<Agent> {
             _ => {}
         }
     }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(Agent {
-        _child: child,
+        child,
         http: http.context("http")?,
         stats: stats.context("stats")?,
     })
@@ -90,7 +106,11 @@ async fn get(addr: SocketAddr, path: &str) -> Result<String> {
 }
 
 /// Reads until the server closes; the time that took, or `None` after `limit`.
-async fn closed_after(mut s: impl AsyncRead + Unpin, start: Instant, limit: Duration) -> Option<Duration> {
+async fn closed_after(
+    mut s: impl AsyncRead + Unpin,
+    start: Instant,
+    limit: Duration,
+) -> Option<Duration> {
     let mut buf = [0u8; 1024];
     loop {
         match tokio::time::timeout_at(start + limit, s.read(&mut buf)).await {
@@ -105,7 +125,9 @@ async fn closed_after(mut s: impl AsyncRead + Unpin, start: Instant, limit: Dura
 async fn slowloris(s: TcpStream, start: Instant, limit: Duration) -> Option<Duration> {
     let (r, mut w) = s.into_split();
     let trickle = async move {
-        for b in b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+        for b in
+            b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter()
+        {
             if w.write_all(std::slice::from_ref(b)).await.is_err() {
                 break;
             }
@@ -160,8 +182,22 @@ async fn idle_and_slowloris_connections_to_http_and_stats_close_in_time_while_bo
             let s = connect_from(ATTACKER, addr).await?;
             slow.push(tokio::spawn(slowloris(s, Instant::now(), limit)));
         }
-        tasks.push((if name == "http" { "http idle" } else { "stats idle" }, idle));
-        tasks.push((if name == "http" { "http slowloris" } else { "stats slowloris" }, slow));
+        tasks.push((
+            if name == "http" {
+                "http idle"
+            } else {
+                "stats idle"
+            },
+            idle,
+        ));
+        tasks.push((
+            if name == "http" {
+                "http slowloris"
+            } else {
+                "stats slowloris"
+            },
+            slow,
+        ));
     }
     // Both answer while 400 hostile connections are open.
     let ping = get(agent.http, "/ping").await?;
@@ -217,7 +253,10 @@ async fn stats_server_binds_the_listen_address() -> Result<()> {
     assert_eq!(agent.stats.ip(), HONEST, "not 0.0.0.0");
     // Bound to 127.0.0.1 only: 127.0.0.2 (also loopback) is not served.
     let other = SocketAddr::new(ATTACKER, agent.stats.port());
-    assert!(TcpStream::connect(other).await.is_err(), "{other} must refuse");
+    assert!(
+        TcpStream::connect(other).await.is_err(),
+        "{other} must refuse"
+    );
     assert!(get(agent.stats, "/health").await?.contains("200"));
     Ok(())
 }

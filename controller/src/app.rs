@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshlat_guard::{GrpcReject, GuardedListener, RateLimitLayer, RateLimiter};
 use meshlat_proto::pb::federation_service_server::FederationServiceServer;
 use meshlat_proto::pb::operator_service_server::OperatorServiceServer;
-use meshlat_guard::{GrpcReject, GuardedListener, RateLimitLayer, RateLimiter};
 use meshlat_proto::token::hex_encode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -177,10 +177,7 @@ impl Controller {
         let server_tls = if cfg.plaintext {
             None
         } else {
-            Some((
-                server_tls(&tls, b"h2")?,
-                server_tls(&tls, b"http/1.1")?,
-            ))
+            Some((server_tls(&tls, b"h2")?, server_tls(&tls, b"http/1.1")?))
         };
         Ok(Controller {
             server_tls,
@@ -344,8 +341,12 @@ impl Controller {
         let served = match &self.server_tls {
             Some((h2, _)) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(h2.clone());
-                let incoming =
-                    meshlat_guard::incoming(grpc, move |s| acceptor.accept(s), true, shutdown.clone());
+                let incoming = meshlat_guard::incoming(
+                    grpc,
+                    move |s| acceptor.accept(s),
+                    true,
+                    shutdown.clone(),
+                );
                 router.serve_with_incoming_shutdown(incoming, stop).await
             }
             None => {

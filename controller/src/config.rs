@@ -369,7 +369,11 @@ impl ServeConfig {
         Ok(ServeConfig {
             grpc_limits,
             rest_limits,
-            rate_per_ip: quota("--rate-limit-per-ip", a.rate_limit_per_ip, a.rate_limit_burst)?,
+            rate_per_ip: quota(
+                "--rate-limit-per-ip",
+                a.rate_limit_per_ip,
+                a.rate_limit_burst,
+            )?,
             rate_per_credential: quota(
                 "--rate-limit-per-credential",
                 a.rate_limit_per_credential,

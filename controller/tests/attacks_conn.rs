@@ -6,6 +6,7 @@
 //! recovers. Attackers connect from 127.0.0.2, honest clients from 127.0.0.1, so per-address
 //! caps can be told apart from total caps. Every test prints its figures.
 
+#[allow(dead_code)]
 mod common;
 use common::tmp_dir;
 
@@ -16,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
@@ -82,7 +83,12 @@ async fn start(name: &str, extra: &[&str], nofile: Option<u64>) -> Result<Ctl> {
         let line = tokio::time::timeout_at(deadline, lines.next_line())
             .await
             .context("controller did not announce itself")??
-            .ok_or_else(|| anyhow!("controller exited early: {}", stderr.lock().map(|s| s.clone()).unwrap_or_default()))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "controller exited early: {}",
+                    stderr.lock().map(|s| s.clone()).unwrap_or_default()
+                )
+            })?;
         let mut w = line.split_whitespace();
         match (w.next(), w.next(), w.next()) {
             (Some("listening"), Some("grpc"), Some(a)) => g = Some(a.parse()?),
@@ -157,7 +163,9 @@ impl Ctl {
         let (mut send, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
         tokio::spawn(conn);
-        let mut req = http::Request::builder().uri(path).header("host", "127.0.0.1");
+        let mut req = http::Request::builder()
+            .uri(path)
+            .header("host", "127.0.0.1");
         if let Some(c) = cred {
             req = req.header("authorization", format!("Bearer {c}"));
         }
@@ -183,7 +191,11 @@ const ATTACKER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
 /// Reads (discarding) until the server closes the stream; the time that took, or `None` if it
 /// stayed open for `limit`.
-async fn closed_after(mut s: impl AsyncRead + Unpin, start: Instant, limit: Duration) -> Option<Duration> {
+async fn closed_after(
+    mut s: impl AsyncRead + Unpin,
+    start: Instant,
+    limit: Duration,
+) -> Option<Duration> {
     let mut buf = [0u8; 4096];
     let deadline = start + limit;
     loop {
@@ -196,7 +208,11 @@ async fn closed_after(mut s: impl AsyncRead + Unpin, start: Instant, limit: Dura
 }
 
 /// Sends `text` one byte a second and watches for the close; the time it took.
-async fn slowloris(s: impl AsyncRead + AsyncWrite + Unpin, start: Instant, limit: Duration) -> Option<Duration> {
+async fn slowloris(
+    s: impl AsyncRead + AsyncWrite + Unpin,
+    start: Instant,
+    limit: Duration,
+) -> Option<Duration> {
     let (mut r, mut w) = tokio::io::split(s);
     let trickle = async move {
         for b in b"GET /api/v1/agents HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
@@ -231,7 +247,12 @@ fn summary(v: &[Option<Duration>]) -> (f64, f64, f64, usize) {
     if closed.is_empty() {
         return (f64::NAN, f64::NAN, f64::NAN, open);
     }
-    (closed[0], closed[closed.len() / 2], closed[closed.len() - 1], open)
+    (
+        closed[0],
+        closed[closed.len() / 2],
+        closed[closed.len() - 1],
+        open,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -283,8 +304,11 @@ async fn idle_and_slowloris_connections_are_closed_within_the_timeouts_while_hea
     // While they are all open, health answers.
     let (ok, out) = ctl.health().await?;
     let health_during = t0.elapsed();
-    assert!(ok && out.contains("SERVING"), "health during the attack: {out}");
-    let mut collect = |v: Vec<tokio::task::JoinHandle<Option<Duration>>>| async move {
+    assert!(
+        ok && out.contains("SERVING"),
+        "health during the attack: {out}"
+    );
+    let collect = |v: Vec<tokio::task::JoinHandle<Option<Duration>>>| async move {
         let mut r = Vec::new();
         for h in v {
             r.push(h.await.unwrap_or(None));
@@ -307,11 +331,21 @@ async fn idle_and_slowloris_connections_are_closed_within_the_timeouts_while_hea
         opened.as_secs_f64(),
         health_during.as_secs_f64(),
     );
-    assert_eq!((i_open, s_open, h_open), (0, 0, 0), "every connection must be closed");
+    assert_eq!(
+        (i_open, s_open, h_open),
+        (0, 0, 0),
+        "every connection must be closed"
+    );
     // Closed by the deadline (not before it, and not much after: margins cover a loaded machine).
     assert!(i_min >= 1.8 && i_max <= 2.0 + 4.0, "idle: {i_min}..{i_max}");
-    assert!(s_min >= 2.8 && s_max <= 3.0 + 4.0, "slowloris: {s_min}..{s_max}");
-    assert!(h_min >= 2.8 && h_max <= 3.0 + 4.0, "silent h2: {h_min}..{h_max}");
+    assert!(
+        s_min >= 2.8 && s_max <= 3.0 + 4.0,
+        "slowloris: {s_min}..{s_max}"
+    );
+    assert!(
+        h_min >= 2.8 && h_max <= 3.0 + 4.0,
+        "silent h2: {h_min}..{h_max}"
+    );
     assert!(ok_after, "health after: {out_after}");
     Ok(())
 }
@@ -321,12 +355,7 @@ async fn under_ulimit_64_caps_keep_health_answering_and_over_cap_connections_clo
 -> Result<()> {
     // 64 descriptors; default caps derive from it (gRPC 28, REST 4 in total); attackers from
     // one address get at most 10 gRPC connections.
-    let ctl = start(
-        "ulimit64",
-        &["--grpc-max-conns-per-ip", "10"],
-        Some(64),
-    )
-    .await?;
+    let ctl = start("ulimit64", &["--grpc-max-conns-per-ip", "10"], Some(64)).await?;
     let limit = Duration::from_secs(3);
     let mut grpc = Vec::new();
     let mut rest = Vec::new();
@@ -353,10 +382,16 @@ async fn under_ulimit_64_caps_keep_health_answering_and_over_cap_connections_clo
     for h in rest {
         r.push(h.await.unwrap_or(None));
     }
-    let at_once = |v: &[Option<Duration>]| v.iter().flatten().filter(|d| d.as_secs_f64() < 1.0).count();
+    let at_once =
+        |v: &[Option<Duration>]| v.iter().flatten().filter(|d| d.as_secs_f64() < 1.0).count();
     let (g_fast, g_open) = (at_once(&g), g.iter().filter(|d| d.is_none()).count());
     let (r_fast, r_open) = (at_once(&r), r.iter().filter(|d| d.is_none()).count());
-    let (_, g_med, g_max, _) = summary(&g.iter().copied().filter(|d| d.is_some_and(|d| d.as_secs_f64() < 1.0)).collect::<Vec<_>>());
+    let (_, g_med, g_max, _) = summary(
+        &g.iter()
+            .copied()
+            .filter(|d| d.is_some_and(|d| d.as_secs_f64() < 1.0))
+            .collect::<Vec<_>>(),
+    );
     println!(
         "ulimit -n 64: health {} in {health_s:.2} s ({out}); connect failures {connect_failed}\n\
          gRPC: {g_open} held (per-address cap 10), {g_fast} closed at once (median {g_med:.3} s, max {g_max:.3} s)\n\
@@ -364,15 +399,29 @@ async fn under_ulimit_64_caps_keep_health_answering_and_over_cap_connections_clo
         if ok { "answered" } else { "FAILED" },
     );
     let log = ctl.stderr.lock().map(|s| s.clone()).unwrap_or_default();
-    assert!(ok && out.contains("SERVING"), "health under ulimit 64: {out}\n{log}");
+    assert!(
+        ok && out.contains("SERVING"),
+        "health under ulimit 64: {out}\n{log}"
+    );
     assert_eq!(connect_failed, 0);
-    assert_eq!((g_open, g_fast), (10, 90), "gRPC: 10 held, 90 refused at once");
-    assert_eq!((r_open, r_fast), (4, 96), "REST: 4 held, 96 refused at once");
+    assert_eq!(
+        (g_open, g_fast),
+        (10, 90),
+        "gRPC: 10 held, 90 refused at once"
+    );
+    assert_eq!(
+        (r_open, r_fast),
+        (4, 96),
+        "REST: 4 held, 96 refused at once"
+    );
     assert!(
         !log.contains("Too many open files"),
         "the caps must keep the process below its descriptor limit:\n{log}"
     );
-    assert!(log.contains("Connections refused or closed early"), "refusals are logged:\n{log}");
+    assert!(
+        log.contains("Connections refused or closed early"),
+        "refusals are logged:\n{log}"
+    );
     Ok(())
 }
 
@@ -415,7 +464,9 @@ async fn operator_rate_limit_answers_429_with_retry_after_and_recovers() -> Resu
     assert!(body2.contains("credential"), "{body2}");
     // Another address without that credential is not limited by it (and is refused for the
     // credential, not the rate).
-    let (status3, _, _) = ctl.rest(ATTACKER, "/api/v1/jobs", Some("op-x:wrong")).await?;
+    let (status3, _, _) = ctl
+        .rest(ATTACKER, "/api/v1/jobs", Some("op-x:wrong"))
+        .await?;
     assert_eq!(status3, 401);
     // gRPC OperatorService shares the buckets: RESOURCE_EXHAUSTED.
     let out = Command::new(env!("CARGO_BIN_EXE_controller"))
@@ -430,7 +481,10 @@ async fn operator_rate_limit_answers_429_with_retry_after_and_recovers() -> Resu
     let err = String::from_utf8_lossy(&out.stderr);
     println!("gRPC job list while limited: {err}");
     assert!(!out.status.success());
-    assert!(err.contains("ResourceExhausted") && err.contains("retry after"), "{err}");
+    assert!(
+        err.contains("ResourceExhausted") && err.contains("retry after"),
+        "{err}"
+    );
     // Recovers after Retry-After.
     tokio::time::sleep(Duration::from_secs(retry_after) + Duration::from_millis(100)).await;
     let (status4, _, _) = ctl.rest(HONEST, "/api/v1/jobs", Some(&cred)).await?;

@@ -140,7 +140,13 @@ mod tests {
     }
 
     /// A `Guarded` server end over a duplex pipe (no sockets: paused time applies).
-    fn pair(h2: bool) -> (Guarded<tokio::io::DuplexStream>, tokio::io::DuplexStream, Arc<Tracker>) {
+    fn pair(
+        h2: bool,
+    ) -> (
+        Guarded<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Arc<Tracker>,
+    ) {
         let t = Tracker::new("test", limits());
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
         let slot = t.admit(peer).expect("admitted");

@@ -35,7 +35,8 @@ pub mod rate;
 pub use accept::{GuardedListener, incoming};
 pub use io::{Guarded, H2FirstHeaders};
 pub use limits::{
-    Closed, ConnLimits, ConnStats, EventHook, Refused, Slot, Tracker, WARN_EVERY, open_files_limit};
+    Closed, ConnLimits, ConnStats, EventHook, Refused, Slot, Tracker, WARN_EVERY, open_files_limit,
+};
 #[cfg(feature = "tonic")]
 pub use rate::GrpcReject;
 pub use rate::{

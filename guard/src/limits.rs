@@ -113,11 +113,7 @@ impl Tracker {
     }
 
     /// Like [`Tracker::new`], calling `hook` on every refusal and early close.
-    pub fn with_hook(
-        name: &'static str,
-        limits: ConnLimits,
-        hook: Option<EventHook>,
-    ) -> Arc<Self> {
+    pub fn with_hook(name: &'static str, limits: ConnLimits, hook: Option<EventHook>) -> Arc<Self> {
         Arc::new(Tracker {
             hook,
             name,
@@ -229,7 +225,9 @@ impl Tracker {
         let now = Instant::now();
         let mut s = self.summary.lock().unwrap_or_else(|p| p.into_inner());
         s.0 += 1;
-        if s.1.is_none_or(|last| now.duration_since(last) >= WARN_EVERY) {
+        if s.1
+            .is_none_or(|last| now.duration_since(last) >= WARN_EVERY)
+        {
             let st = self.stats();
             tracing::warn!(
                 message = "Connections refused or closed early (caps or deadlines).",
@@ -251,7 +249,11 @@ impl Tracker {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut map = self.tracker.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .tracker
+            .per_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = map.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -274,7 +276,10 @@ impl std::fmt::Display for Refused {
         match self {
             Refused::Total { limit } => write!(f, "{limit} connections open (the total cap)"),
             Refused::PerIp { ip, limit } => {
-                write!(f, "{limit} connections open from {ip} (the per-address cap)")
+                write!(
+                    f,
+                    "{limit} connections open from {ip} (the per-address cap)"
+                )
             }
         }
     }

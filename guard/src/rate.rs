@@ -200,10 +200,8 @@ impl RateLimiter {
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
         if let (Some(t), Some(ip)) = (ips.as_mut(), ip) {
-            t.check(ip, now).map_err(|(scope, retry_after)| Limited {
-                scope,
-                retry_after,
-            })?;
+            t.check(ip, now)
+                .map_err(|(scope, retry_after)| Limited { scope, retry_after })?;
         }
         if let (Some(t), Some(c)) = (creds.as_mut(), cred) {
             t.check(c, now).map_err(|(scope, retry_after)| Limited {
@@ -279,7 +277,10 @@ fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
     {
         use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
         let e = req.extensions();
-        if let Some(a) = e.get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr) {
+        if let Some(a) = e
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr)
+        {
             return Some(a.ip());
         }
         if let Some(a) = e
@@ -354,8 +355,10 @@ where
 
     fn reject(&self, limited: &Limited) -> Response<Self::Body> {
         let mut s = tonic::Status::resource_exhausted(limited.message());
-        s.metadata_mut()
-            .insert("retry-after", tonic::metadata::MetadataValue::from(limited.retry_after_secs()));
+        s.metadata_mut().insert(
+            "retry-after",
+            tonic::metadata::MetadataValue::from(limited.retry_after_secs()),
+        );
         s.into_http()
     }
 }
@@ -395,12 +398,16 @@ mod tests {
         let a = Some(IpAddr::from([10, 0, 0, 1]));
         let b = Some(IpAddr::from([10, 0, 0, 2]));
         l.check(a, Some(b"Bearer k:s"), t0).expect("1");
-        l.check(b, Some(b"Bearer k:s"), t0).expect("2: other address, same credential");
-        let e = l.check(a, Some(b"Bearer k:s"), t0).expect_err("credential dry");
+        l.check(b, Some(b"Bearer k:s"), t0)
+            .expect("2: other address, same credential");
+        let e = l
+            .check(a, Some(b"Bearer k:s"), t0)
+            .expect_err("credential dry");
         assert_eq!(e.scope, Scope::Credential);
         // The refused request took no token from the address bucket: 9 left for a.
         for i in 0..9 {
-            l.check(a, None, t0).unwrap_or_else(|e| panic!("token {i}: {e:?}"));
+            l.check(a, None, t0)
+                .unwrap_or_else(|e| panic!("token {i}: {e:?}"));
         }
         assert_eq!(
             l.check(a, None, t0).expect_err("address dry").scope,
@@ -416,12 +423,17 @@ mod tests {
         for i in 0..MAX_KEYS as u32 {
             l.check(ip(i), None, t0).expect("fill");
         }
-        let e = l.check(ip(u32::MAX), None, t0).expect_err("full of active keys");
+        let e = l
+            .check(ip(u32::MAX), None, t0)
+            .expect_err("full of active keys");
         assert_eq!(e.scope, Scope::Table);
         // After a second every bucket refilled: idle keys are dropped, the new key gets in.
         l.check(ip(u32::MAX), None, t0 + Duration::from_secs(1))
             .expect("idle keys dropped");
-        let n = l.per_ip.as_ref().map(|t| t.lock().map(|t| t.buckets.len()).unwrap_or(0));
+        let n = l
+            .per_ip
+            .as_ref()
+            .map(|t| t.lock().map(|t| t.buckets.len()).unwrap_or(0));
         assert_eq!(n, Some(1));
     }
 }

@@ -40,10 +40,10 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use meshlat_guard::{ConnLimits, Guarded, GuardedListener, Slot, Tracker};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
-use meshlat_guard::{ConnLimits, Guarded, GuardedListener, Slot, Tracker};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 

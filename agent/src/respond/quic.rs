@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::crypto::rustls::QuicServerConfig;
 use meshlat_guard::{ConnLimits, Refused, Tracker};
+use quinn::crypto::rustls::QuicServerConfig;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
