@@ -485,7 +485,7 @@ mod tests {
                 "--grpc-max-conns-per-ip \"0\": must be at least 1",
             ),
             (
-                &["--region", "a", "--rate-limit-per-ip", "-1"][..],
+                &["--region", "a", "--rate-limit-per-ip=-1"][..],
                 "--rate-limit-per-ip \"-1\"",
             ),
             (
