@@ -9,6 +9,12 @@
 //!   with what a Rust process can report).
 //!
 //! Anything else is 404; only GET and HEAD are accepted.
+//!
+//! It binds `--stats-listen` (default: the command's `--listen` address), and holds to the same
+//! caps and deadlines as the responders (`--max-conns`, `--max-conns-per-ip`,
+//! `--header-timeout`, `--idle-timeout`; [`meshlat_guard`]): over-cap connections are closed at
+//! accept, request heads must arrive in time, idle connections are closed. Refusals and
+//! closes count in `meshlat_responder_requests_total{protocol="stats"}`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,23 +23,29 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper_util::rt::TokioTimer;
+use meshlat_guard::{ConnLimits, Guarded, GuardedListener, Tracker};
 use tokio_util::sync::CancellationToken;
 
 /// The bound stats server.
 #[derive(Debug)]
 pub struct AdminServer {
-    listener: tokio::net::TcpListener,
+    listener: GuardedListener,
 }
 
 impl AdminServer {
-    /// Binds the stats server.
+    /// Binds the stats server with these caps and deadlines.
     ///
     /// # Errors
     ///
     /// The bind error.
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+    pub async fn bind(addr: SocketAddr, limits: ConnLimits) -> std::io::Result<Self> {
+        let tracker = Tracker::with_hook("stats", limits, Some(crate::respond::count_conn_event));
         Ok(AdminServer {
-            listener: tokio::net::TcpListener::bind(addr).await?,
+            listener: GuardedListener::with_tracker(
+                tokio::net::TcpListener::bind(addr).await?,
+                tracker,
+            ),
         })
     }
 
@@ -47,28 +59,25 @@ impl AdminServer {
     /// Serves until cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
         let started = tokio::time::Instant::now();
+        let header_timeout = self.listener.tracker().limits().header_timeout;
         loop {
-            let (stream, _) = tokio::select! {
+            let (stream, peer, slot) = tokio::select! {
                 () = shutdown.cancelled() => return,
-                r = self.listener.accept() => match r {
-                    Ok(s) => s,
-                    Err(error) => {
-                        tracing::warn!(message = "Stats server accept failed.", %error);
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                c = self.listener.accept() => c,
             };
-            let io = hyper_util::rt::TokioIo::new(stream);
+            let io = hyper_util::rt::TokioIo::new(Guarded::new(stream, peer, slot));
+            let stop = shutdown.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| async move {
                     Ok::<_, Infallible>(handle(&req, started))
                 });
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
-                if let Err(error) =
-                    tokio::time::timeout(std::time::Duration::from_secs(30), conn).await
-                {
-                    tracing::debug!(message = "Stats connection timed out.", %error);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .serve_connection(io, svc);
+                let r = tokio::select! { r = conn => r, () = stop.cancelled() => Ok(()) };
+                if let Err(error) = r {
+                    tracing::debug!(message = "Stats connection closed with an error.", %peer, %error);
                 }
             });
         }

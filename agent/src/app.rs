@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminServer;
-use crate::config::{ProbeConfig, ServeConfig};
+use crate::config::{CommonConfig, ProbeConfig, ServeConfig};
 use crate::probe::{ProbeRunner, ProbeSpec};
 use crate::respond::{ResponderAddrs, Responders};
 use crate::scheduler::{Job, JobSet, JobTarget, PeerInfo, RunSummary, Scheduler};
@@ -58,11 +58,16 @@ pub enum StartError {
     ControlTls(rustls::Error),
 }
 
-async fn bind_admin(port: Option<u16>) -> Result<Option<AdminServer>, StartError> {
-    match port {
+/// Binds the stats server (if `-s PORT`) on `--stats-listen` (the command's `--listen` where it
+/// has one, else 0.0.0.0).
+async fn bind_admin(common: &CommonConfig) -> Result<Option<AdminServer>, StartError> {
+    match common.stats_port {
         Some(p) => {
-            let addr = SocketAddr::from(([0, 0, 0, 0], p));
-            let s = AdminServer::bind(addr)
+            let ip = common
+                .stats_listen
+                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+            let addr = SocketAddr::new(ip, p);
+            let s = AdminServer::bind(addr, common.limits)
                 .await
                 .map_err(|source| StartError::Stats { addr, source })?;
             tracing::info!(message = "Stats server listening.", addr = %s.local_addr());
@@ -88,7 +93,7 @@ impl ServeApp {
     pub async fn bind(cfg: &ServeConfig) -> Result<Self, StartError> {
         crate::tls::install_crypto_provider();
         let responders = Responders::bind(&cfg.responders).await?;
-        let admin = bind_admin(cfg.common.stats_port).await?;
+        let admin = bind_admin(&cfg.common).await?;
         Ok(ServeApp { responders, admin })
     }
 
@@ -204,7 +209,7 @@ impl ProbeApp {
                 spread_start: false,
             }));
         }
-        let admin = bind_admin(cfg.common.stats_port).await?;
+        let admin = bind_admin(&cfg.common).await?;
         // Started here so a bad region or spool directory fails before measuring; replay of
         // spooled batches begins at once.
         let firehose = match &cfg.firehose {

@@ -160,6 +160,53 @@ pub struct CommonArgs {
         value_name = "PORT"
     )]
     pub stats_port: Option<u16>,
+    /// Address the stats server binds (default: --listen where the command has it, else
+    /// 0.0.0.0).
+    #[arg(long, env = "MESHLAT_STATS_LISTEN", value_name = "IP")]
+    pub stats_listen: Option<IpAddr>,
+    /// Most connections open at once on each TCP listener (HTTP, HTTPS, stats) and QUIC
+    /// responder; over it a new connection is closed (QUIC: refused) at once.
+    #[arg(
+        long,
+        env = "MESHLAT_MAX_CONNS",
+        default_value_t = 1024,
+        value_name = "N"
+    )]
+    pub max_conns: usize,
+    /// Most connections open at once from one source address, per listener.
+    #[arg(
+        long,
+        env = "MESHLAT_MAX_CONNS_PER_IP",
+        default_value_t = 256,
+        value_name = "N"
+    )]
+    pub max_conns_per_ip: usize,
+    /// A TLS (HTTPS) or QUIC handshake must finish within this, in seconds.
+    #[arg(
+        long,
+        env = "MESHLAT_HANDSHAKE_TIMEOUT",
+        default_value_t = 10.0,
+        value_name = "SECONDS"
+    )]
+    pub handshake_timeout: f64,
+    /// Every HTTP request head must arrive within this, in seconds (also bounds idle
+    /// keep-alive).
+    #[arg(
+        long,
+        env = "MESHLAT_HEADER_TIMEOUT",
+        default_value_t = 10.0,
+        value_name = "SECONDS"
+    )]
+    pub header_timeout: f64,
+    /// A connection with no traffic for this long is closed, in seconds (QUIC: the
+    /// responder's idle timeout).
+    #[arg(
+        long,
+        env = "MESHLAT_IDLE_TIMEOUT",
+        default_value_t = 10.0,
+        value_name = "SECONDS"
+    )]
+    pub idle_timeout: f64,
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

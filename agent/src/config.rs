@@ -79,24 +79,61 @@ pub enum ConfigError {
     },
 }
 
-/// Logging and stats settings.
+/// Logging, stats and listener settings.
 #[derive(Clone, Debug)]
 pub struct CommonConfig {
     /// `-s PORT`.
     pub stats_port: Option<u16>,
+    /// `--stats-listen` (`None`: the command's `--listen`, else 0.0.0.0).
+    pub stats_listen: Option<std::net::IpAddr>,
+    /// Caps and deadlines of every listener (`--max-conns`, ...).
+    pub limits: meshlat_guard::ConnLimits,
     /// Verbosity (0 info, 1 debug, 2+ trace).
     pub verbose: u8,
     /// Log format.
     pub log_format: LogFormat,
 }
 
-impl From<&cli::CommonArgs> for CommonConfig {
-    fn from(a: &cli::CommonArgs) -> Self {
-        CommonConfig {
+impl CommonConfig {
+    /// Validates the common flags.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the flag.
+    pub fn from_args(a: &cli::CommonArgs) -> Result<Self, ConfigError> {
+        let timeout = |flag, v: f64| {
+            if !v.is_finite() || !(0.1..=3600.0).contains(&v) {
+                return Err(ConfigError::OutOfRange {
+                    flag,
+                    value: v.to_string(),
+                    range: "0.1 to 3600 seconds",
+                });
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        let count = |flag, v: usize| {
+            if v == 0 {
+                return Err(ConfigError::OutOfRange {
+                    flag,
+                    value: "0".into(),
+                    range: ">= 1",
+                });
+            }
+            Ok(v)
+        };
+        Ok(CommonConfig {
             stats_port: a.stats_port,
+            stats_listen: a.stats_listen,
+            limits: meshlat_guard::ConnLimits {
+                max_conns: count("--max-conns", a.max_conns)?,
+                max_conns_per_ip: count("--max-conns-per-ip", a.max_conns_per_ip)?,
+                handshake_timeout: timeout("--handshake-timeout", a.handshake_timeout)?,
+                header_timeout: timeout("--header-timeout", a.header_timeout)?,
+                idle_timeout: timeout("--idle-timeout", a.idle_timeout)?,
+            },
             verbose: a.verbose,
             log_format: a.log_format,
-        }
+        })
     }
 }
 
@@ -497,7 +534,7 @@ impl ProbeConfig {
                 az: label("--az", a.identity.az.clone())?,
                 location,
             },
-            common: (&a.common).into(),
+            common: CommonConfig::from_args(&a.common)?,
         })
     }
 }
@@ -519,9 +556,11 @@ impl ServeConfig {
                          would be an open relay); under a controller, relays get the mesh's grant key",
             });
         }
+        let mut common = CommonConfig::from_args(&a.common)?;
+        common.stats_listen.get_or_insert(a.responders.listen);
         Ok(ServeConfig {
-            responders: responder_config(&a.responders)?,
-            common: (&a.common).into(),
+            responders: responder_config(&a.responders, common.limits)?,
+            common,
         })
     }
 }
@@ -618,7 +657,9 @@ impl RunConfig {
                 },
             })?;
         let region_flag = a.identity.region.clone().or_else(|| env("AWS_REGION"));
-        let responders = responder_config(&a.responders)?;
+        let mut common = CommonConfig::from_args(&a.common)?;
+        common.stats_listen.get_or_insert(a.responders.listen);
+        let responders = responder_config(&a.responders, common.limits)?;
         let advertise_endpoints = advertise_endpoints(&a.advertise_endpoints, &responders)?;
         Ok(RunConfig {
             controller_host: host.to_string(),
@@ -638,7 +679,7 @@ impl RunConfig {
             file: file_sink(&a.sinks)?,
             firehose: firehose_sink(&a.sinks.firehose, &a.state_dir)?,
             ecs_metadata_uri: env("ECS_CONTAINER_METADATA_URI_V4").filter(|s| !s.is_empty()),
-            common: (&a.common).into(),
+            common,
         })
     }
 }
@@ -673,12 +714,16 @@ fn advertise_endpoints(
     Ok(list)
 }
 
-/// Validates responder flags (shared by `serve` and `run`).
+/// Validates responder flags (shared by `serve` and `run`); `limits` are the listeners' caps
+/// and deadlines ([`CommonConfig::limits`]).
 ///
 /// # Errors
 ///
 /// [`ConfigError`] for unusable certificate files or keys.
-pub fn responder_config(r: &cli::ResponderArgs) -> Result<ResponderConfig, ConfigError> {
+pub fn responder_config(
+    r: &cli::ResponderArgs,
+    limits: meshlat_guard::ConnLimits,
+) -> Result<ResponderConfig, ConfigError> {
     let identity = match (&r.tls_cert, &r.tls_key) {
         (Some(c), Some(k)) => Identity::from_files(c, k).map_err(|e| ConfigError::File {
             flag: "--tls-cert/--tls-key",
@@ -717,6 +762,7 @@ pub fn responder_config(r: &cli::ResponderArgs) -> Result<ResponderConfig, Confi
         keys,
         relay: r.relay,
         identity,
+        limits,
     })
 }
 

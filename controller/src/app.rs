@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshlat_guard::{GrpcReject, GuardedListener, RateLimitLayer, RateLimiter};
 use meshlat_proto::pb::federation_service_server::FederationServiceServer;
 use meshlat_proto::pb::operator_service_server::OperatorServiceServer;
 use meshlat_proto::token::hex_encode;
@@ -86,6 +87,8 @@ pub struct Controller {
     registry: Arc<Registry>,
     creds: Arc<Credentials>,
     tls: TlsMaterial,
+    /// Server TLS for gRPC (ALPN h2) and REST (ALPN http/1.1); `None` with `--plaintext`.
+    server_tls: Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>,
     new_secrets: Option<NewSecrets>,
     /// `first-start-secrets`, when this start generated secrets.
     secrets_file: Option<std::path::PathBuf>,
@@ -188,7 +191,13 @@ impl Controller {
             peer_ca_pem.extend_from_slice(&pem);
             peer_ca_pem.push(b'\n');
         }
+        let server_tls = if cfg.plaintext {
+            None
+        } else {
+            Some((server_tls(&tls, b"h2")?, server_tls(&tls, b"http/1.1")?))
+        };
         Ok(Controller {
+            server_tls,
             peer_ca_pem,
             cfg,
             grpc,
@@ -260,22 +269,16 @@ impl Controller {
                 }
             }
         });
+        // One set of buckets for the operator API, whether called over REST or gRPC.
+        let limiter = RateLimiter::new(self.cfg.rate_per_ip, self.cfg.rate_per_credential);
         if let Some(l) = self.rest {
-            let acceptor = if self.cfg.plaintext {
-                None
-            } else {
-                match rest_tls(&self.tls) {
-                    Ok(a) => Some(a),
-                    Err(error) => {
-                        tracing::error!(message = "REST TLS setup failed; REST is off.", %error);
-                        None
-                    }
-                }
-            };
-            if acceptor.is_some() || self.cfg.plaintext {
-                let rest = Rest::new(self.registry.clone(), self.creds.clone());
-                tasks.spawn(rest.serve(l, acceptor, shutdown.clone()));
-            }
+            let acceptor = self
+                .server_tls
+                .as_ref()
+                .map(|(_, rest)| tokio_rustls::TlsAcceptor::from(rest.clone()));
+            let rest = Rest::new(self.registry.clone(), self.creds.clone());
+            let listener = GuardedListener::new(l, "rest", self.cfg.rest_limits);
+            tasks.spawn(rest.serve(listener, acceptor, limiter.clone(), shutdown.clone()));
         }
         let own_url = format!(
             "{}://{}",
@@ -335,19 +338,20 @@ impl Controller {
             )),
             grpc::auth::agent(self.creds.clone()),
         );
-        let operator = OperatorServiceServer::with_interceptor(
-            grpc::operator::OperatorSvc::new(self.registry.clone(), self.creds.clone()),
-            grpc::auth::operator(self.creds.clone()),
+        // Rate limits run before the credential check, so a flood of bad credentials costs
+        // no hashing.
+        let operator = tower::Layer::layer(
+            &RateLimitLayer::new(limiter, GrpcReject),
+            OperatorServiceServer::with_interceptor(
+                grpc::operator::OperatorSvc::new(self.registry.clone(), self.creds.clone()),
+                grpc::auth::operator(self.creds.clone()),
+            ),
         );
         let mut builder = tonic::transport::Server::builder()
             // Agents that vanished are found by their TTL; pings only close dead connections,
             // and a busy agent host answering late is not one (gRPC's default timeout).
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)));
-        if !self.cfg.plaintext {
-            let id = tonic::transport::Identity::from_pem(&self.tls.chain_pem, &self.tls.key_pem);
-            builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(id))?;
-        }
         let mut router = builder
             .add_service(health_svc)
             .add_service(agent)
@@ -357,14 +361,31 @@ impl Controller {
             Ok(r) => router = router.add_service(r),
             Err(error) => tracing::warn!(message = "gRPC reflection unavailable.", %error),
         }
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
-        let stop = shutdown.clone();
-        let served = router
-            .serve_with_incoming_shutdown(incoming, async move {
-                stop.cancelled().await;
-            })
-            .await;
+        // TLS is done here, not by tonic: the accept loop caps connections and bounds each
+        // handshake (meshlat_guard), and the streams keep tonic's connection info.
+        let grpc = GuardedListener::new(self.grpc, "grpc", self.cfg.grpc_limits);
+        let stop = shutdown.clone().cancelled_owned();
+        let served = match &self.server_tls {
+            Some((h2, _)) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(h2.clone());
+                let incoming = meshlat_guard::incoming(
+                    grpc,
+                    move |s| acceptor.accept(s),
+                    true,
+                    shutdown.clone(),
+                );
+                router.serve_with_incoming_shutdown(incoming, stop).await
+            }
+            None => {
+                let incoming = meshlat_guard::incoming(
+                    grpc,
+                    |s| std::future::ready(Ok(s)),
+                    true,
+                    shutdown.clone(),
+                );
+                router.serve_with_incoming_shutdown(incoming, stop).await
+            }
+        };
         // Sessions have ended (their last saves are queued): drain the state uploads.
         mirror_stop.cancel();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), tasks.wait()).await;
@@ -372,7 +393,8 @@ impl Controller {
     }
 }
 
-fn rest_tls(tls: &TlsMaterial) -> Result<tokio_rustls::TlsAcceptor, StartError> {
+/// The server's rustls config offering `alpn`.
+fn server_tls(tls: &TlsMaterial, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig>, StartError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let e = |m: String| StartError::Tls(m);
@@ -390,8 +412,8 @@ fn rest_tls(tls: &TlsMaterial) -> Result<tokio_rustls::TlsAcceptor, StartError> 
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .map_err(|x| e(x.to_string()))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(cfg))
 }
 
 /// A token cancelled on Ctrl-C or SIGTERM.

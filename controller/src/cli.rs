@@ -385,6 +385,86 @@ pub struct ServeArgs {
         value_name = "SECONDS"
     )]
     pub peer_ttl: f64,
+    /// Most gRPC connections open at once (agents, operators, peers; handshaking ones
+    /// included); over it a new connection is closed at once. Default: derived from the open
+    /// files limit (`ulimit -n`) minus a reserve, so the process never runs out of descriptors.
+    #[arg(long, env = "MESHLAT_GRPC_MAX_CONNS", value_name = "N")]
+    pub grpc_max_conns: Option<usize>,
+    /// Most gRPC connections open at once from one source address. High by default: a whole
+    /// region's agents may reach the controller from one address (NAT, a load balancer).
+    #[arg(
+        long,
+        env = "MESHLAT_GRPC_MAX_CONNS_PER_IP",
+        default_value_t = 20_000,
+        value_name = "N"
+    )]
+    pub grpc_max_conns_per_ip: usize,
+    /// Most REST connections open at once. Default: an eighth of the descriptor budget, at
+    /// most 1024.
+    #[arg(long, env = "MESHLAT_REST_MAX_CONNS", value_name = "N")]
+    pub rest_max_conns: Option<usize>,
+    /// Most REST connections open at once from one source address.
+    #[arg(
+        long,
+        env = "MESHLAT_REST_MAX_CONNS_PER_IP",
+        default_value_t = 64,
+        value_name = "N"
+    )]
+    pub rest_max_conns_per_ip: usize,
+    /// A TLS handshake (gRPC and REST) must finish within this, in seconds.
+    #[arg(
+        long,
+        env = "MESHLAT_HANDSHAKE_TIMEOUT",
+        default_value_t = 10.0,
+        value_name = "SECONDS"
+    )]
+    pub handshake_timeout: f64,
+    /// A request head must arrive within this, in seconds (REST: every request, counted from
+    /// when the server starts waiting for it, so it also bounds idle keep-alive; gRPC: the
+    /// first request of a connection, counted from the end of the handshake).
+    #[arg(
+        long,
+        env = "MESHLAT_HEADER_TIMEOUT",
+        default_value_t = 10.0,
+        value_name = "SECONDS"
+    )]
+    pub header_timeout: f64,
+    /// A connection with no bytes moving either way for this long is closed, in seconds
+    /// (gRPC keepalive pings every 10 s and server-sent-event heartbeats every 15 s keep
+    /// healthy connections busy).
+    #[arg(
+        long,
+        env = "MESHLAT_IDLE_TIMEOUT",
+        default_value_t = 60.0,
+        value_name = "SECONDS"
+    )]
+    pub idle_timeout: f64,
+    /// Operator API (REST and gRPC OperatorService) requests per second allowed from one
+    /// source address (token bucket; 0: no limit). Over it: 429 with Retry-After (REST) or
+    /// RESOURCE_EXHAUSTED with retry-after metadata (gRPC).
+    #[arg(
+        long,
+        env = "MESHLAT_RATE_LIMIT_PER_IP",
+        default_value_t = 50.0,
+        value_name = "PER_SECOND"
+    )]
+    pub rate_limit_per_ip: f64,
+    /// Operator API requests per second allowed with one credential (0: no limit).
+    #[arg(
+        long,
+        env = "MESHLAT_RATE_LIMIT_PER_CREDENTIAL",
+        default_value_t = 50.0,
+        value_name = "PER_SECOND"
+    )]
+    pub rate_limit_per_credential: f64,
+    /// Requests a client may make at once after a quiet spell (the token buckets' size).
+    #[arg(
+        long,
+        env = "MESHLAT_RATE_LIMIT_BURST",
+        default_value_t = 200,
+        value_name = "N"
+    )]
+    pub rate_limit_burst: u32,
     /// S3 bucket for the state store: the data directory (CA key included), jobs and agent ids
     /// are kept under --state-prefix and restored from it on start, so a controller on an empty
     /// disk (a replaced Fargate task) keeps its CA and join token. Without it: the data dir only.

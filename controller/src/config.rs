@@ -4,9 +4,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use meshlat_guard::{ConnLimits, Quota};
+
 use crate::auth::Seeds;
 use crate::cli::ServeArgs;
 use crate::limits::{Limits, MAX_MAX_JOBS};
+
+/// File descriptors kept out of the connection caps' budget: the runtime, logs, state files,
+/// outgoing connections to peers and S3.
+pub const FD_RESERVE: u64 = 32;
 
 /// A configuration error naming the flag.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +67,80 @@ pub struct ServeConfig {
     pub federation: Option<FederationConfig>,
     /// The S3 state store (`None`: the data directory only).
     pub state: Option<StateStoreConfig>,
+    /// Caps and deadlines of the gRPC listener (agents, operators, federation peers).
+    pub grpc_limits: ConnLimits,
+    /// Caps and deadlines of the REST listener.
+    pub rest_limits: ConnLimits,
+    /// Operator API rate per source address (`None`: unlimited).
+    pub rate_per_ip: Option<Quota>,
+    /// Operator API rate per credential (`None`: unlimited).
+    pub rate_per_credential: Option<Quota>,
+}
+
+/// Default total caps `(grpc, rest)` for a process allowed `nofile` open files: the budget
+/// is `nofile` minus [`FD_RESERVE`]; REST gets an eighth of it (4 to 1024), gRPC the rest
+/// (at most 1,000,000). Unknown limits count as 65,536.
+pub fn default_max_conns(nofile: Option<u64>) -> (usize, usize) {
+    let budget = nofile
+        .unwrap_or(65_536)
+        .saturating_sub(FD_RESERVE)
+        .clamp(8, 2_000_000) as usize;
+    let rest = (budget / 8).clamp(4, 1024);
+    let grpc = budget.saturating_sub(rest).clamp(4, 1_000_000);
+    (grpc, rest)
+}
+
+fn timeout(flag: &'static str, v: f64) -> Result<Duration, ConfigError> {
+    if !v.is_finite() || !(0.1..=3600.0).contains(&v) {
+        return Err(ConfigError::Invalid {
+            flag,
+            value: v.to_string(),
+            reason: "must be 0.1 to 3600 seconds",
+        });
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn at_least_one(flag: &'static str, v: usize) -> Result<usize, ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::Invalid {
+            flag,
+            value: "0".into(),
+            reason: "must be at least 1",
+        });
+    }
+    Ok(v)
+}
+
+fn quota(flag: &'static str, per_second: f64, burst: u32) -> Result<Option<Quota>, ConfigError> {
+    if !per_second.is_finite() || !(0.0..=1_000_000.0).contains(&per_second) {
+        return Err(ConfigError::Invalid {
+            flag,
+            value: per_second.to_string(),
+            reason: "must be 0 (no limit) to 1000000 requests per second",
+        });
+    }
+    Ok((per_second > 0.0).then_some(Quota { per_second, burst }))
+}
+
+fn limits(a: &ServeArgs) -> Result<(ConnLimits, ConnLimits), ConfigError> {
+    let (grpc_default, rest_default) = default_max_conns(meshlat_guard::open_files_limit());
+    let handshake_timeout = timeout("--handshake-timeout", a.handshake_timeout)?;
+    let header_timeout = timeout("--header-timeout", a.header_timeout)?;
+    let idle_timeout = timeout("--idle-timeout", a.idle_timeout)?;
+    let grpc = ConnLimits {
+        max_conns: at_least_one("--grpc-max-conns", a.grpc_max_conns.unwrap_or(grpc_default))?,
+        max_conns_per_ip: at_least_one("--grpc-max-conns-per-ip", a.grpc_max_conns_per_ip)?,
+        handshake_timeout,
+        header_timeout,
+        idle_timeout,
+    };
+    let rest = ConnLimits {
+        max_conns: at_least_one("--rest-max-conns", a.rest_max_conns.unwrap_or(rest_default))?,
+        max_conns_per_ip: at_least_one("--rest-max-conns-per-ip", a.rest_max_conns_per_ip)?,
+        ..grpc
+    };
+    Ok((grpc, rest))
 }
 
 /// Validated `--state-*` flags.
@@ -387,7 +467,27 @@ impl ServeConfig {
         }
         let federation = federation(a)?;
         let state = state_store(a, region)?;
+        let (grpc_limits, rest_limits) = limits(a)?;
+        if a.rate_limit_burst == 0 {
+            return Err(ConfigError::Invalid {
+                flag: "--rate-limit-burst",
+                value: "0".into(),
+                reason: "must be at least 1",
+            });
+        }
         Ok(ServeConfig {
+            grpc_limits,
+            rest_limits,
+            rate_per_ip: quota(
+                "--rate-limit-per-ip",
+                a.rate_limit_per_ip,
+                a.rate_limit_burst,
+            )?,
+            rate_per_credential: quota(
+                "--rate-limit-per-credential",
+                a.rate_limit_per_credential,
+                a.rate_limit_burst,
+            )?,
             state,
             federation,
             region: region.into(),
@@ -413,6 +513,18 @@ impl ServeConfig {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn default_caps_stay_below_the_open_files_limit() {
+        for nofile in [64u64, 1024, 20_000, 1 << 20] {
+            let (g, r) = default_max_conns(Some(nofile));
+            assert!((g + r) as u64 + FD_RESERVE <= nofile, "{nofile}: {g} + {r}");
+            assert!(g >= r, "{nofile}");
+        }
+        assert_eq!(default_max_conns(Some(64)), (28, 4));
+        // The 10,000-session benchmark raises the limit to the hard limit (20,000 here).
+        assert!(default_max_conns(Some(20_000)).0 >= 10_000);
+    }
 
     fn parse(args: &[&str]) -> Result<ServeConfig, String> {
         let mut argv = vec!["controller", "serve"];
@@ -464,6 +576,20 @@ mod tests {
             "the flags' defaults are the documented ones"
         );
         assert_eq!(c.state, None);
+        assert!(
+            c.grpc_limits.max_conns_per_ip >= 10_000,
+            "a region's agents behind one address"
+        );
+        assert_eq!(c.rest_limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(
+            c.rate_per_ip,
+            Some(Quota {
+                per_second: 50.0,
+                burst: 200
+            })
+        );
+        let c = parse(&["--region", "r", "--rate-limit-per-credential", "0"]).expect("valid");
+        assert_eq!(c.rate_per_credential, None);
         let c =
             parse(&["--region", "eu-west-1", "--state-bucket", "meshlat-state.x"]).expect("valid");
         let want = StateStoreConfig {
@@ -510,6 +636,22 @@ mod tests {
             (
                 &["--region", "a", "--stopped-job-ttl", "0"][..],
                 "--stopped-job-ttl \"0\"",
+            ),
+            (
+                &["--region", "a", "--header-timeout", "0"][..],
+                "--header-timeout \"0\": must be 0.1 to 3600 seconds",
+            ),
+            (
+                &["--region", "a", "--grpc-max-conns-per-ip", "0"][..],
+                "--grpc-max-conns-per-ip \"0\": must be at least 1",
+            ),
+            (
+                &["--region", "a", "--rate-limit-per-ip=-1"][..],
+                "--rate-limit-per-ip \"-1\"",
+            ),
+            (
+                &["--region", "a", "--rate-limit-burst", "0"][..],
+                "--rate-limit-burst \"0\"",
             ),
             (
                 &["--region", "a", "--peer", "https://b:1"][..],

@@ -28,9 +28,18 @@
 //! "message": "...", "limit": 1000}}` (`limit` only when a size, range or cap was crossed),
 //! with `400` (bad input), `401` (credential), `404`, `405`, `409` (stopped job, credential
 //! exists, last credential), `412` (version mismatch), `413` (body over [`MAX_BODY`]), `429`
-//! (`resource_exhausted`: a cap of [`crate::limits`] such as `--max-jobs` is reached) or `500`.
+//! (`resource_exhausted`: a cap of [`crate::limits`] such as `--max-jobs` is reached, or the rate
+//! limit, then with `Retry-After: SECONDS`) or `500`.
 //!
 //! Served over HTTP/1.1 with the controller's TLS certificate (plain HTTP with `--plaintext`).
+//!
+//! # Limits
+//!
+//! Connections are admitted within `--rest-max-conns` and `--rest-max-conns-per-ip` (over-cap
+//! ones are closed at accept), must finish TLS within `--handshake-timeout`, send each request
+//! head within `--header-timeout` (also the bound on idle keep-alive) and are closed after
+//! `--idle-timeout` without traffic ([`meshlat_guard`]). Requests are rate limited per source
+//! address and per credential before the credential is checked ([`RestReject`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -41,9 +50,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use meshlat_guard::{
+    Guarded, GuardedListener, Limited as RateLimited, PeerAddr, RateLimitLayer, RateLimiter, Reject,
+};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit;
@@ -56,8 +67,6 @@ use crate::registry::{DomainError, Registry};
 pub const MAX_BODY: usize = 1024 * 1024;
 /// Interval of heartbeat comments on `/api/v1/stream`.
 pub const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
-/// A TLS handshake must finish within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shared state of the REST server.
 #[derive(Clone, Debug)]
@@ -125,63 +134,117 @@ fn domain_error(e: &DomainError) -> Resp {
     }
 }
 
+/// Answers rate-limited requests: `429`, `Retry-After` in whole seconds, and the JSON error
+/// shape with code `resource_exhausted`.
+#[derive(Clone, Copy, Debug)]
+pub struct RestReject;
+
+impl Reject<BoxBody<Bytes, Infallible>> for RestReject {
+    type Body = BoxBody<Bytes, Infallible>;
+
+    fn pass(&self, response: Resp) -> Resp {
+        response
+    }
+
+    fn reject(&self, limited: &RateLimited) -> Resp {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "resource_exhausted",
+            None,
+            &limited.message(),
+        );
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(limited.retry_after_secs()),
+        );
+        r
+    }
+}
+
 impl Rest {
     /// A REST front end over `registry`.
     pub fn new(registry: Arc<Registry>, creds: Arc<Credentials>) -> Self {
         Rest { registry, creds }
     }
 
-    /// Serves `listener` until `shutdown`, with TLS if `tls` is given.
+    /// Serves `listener` until `shutdown`, with TLS if `tls` is given: connections within the
+    /// listener's caps and deadlines ([`meshlat_guard`]), requests within `limiter`'s rates.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listener: GuardedListener,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        limiter: Arc<RateLimiter>,
         shutdown: CancellationToken,
     ) {
+        let header_timeout = listener.tracker().limits().header_timeout;
+        match tls {
+            Some(acc) => {
+                let conns = meshlat_guard::incoming(
+                    listener,
+                    move |s| acc.accept(s),
+                    false,
+                    shutdown.clone(),
+                );
+                self.serve_conns(conns, header_timeout, limiter, shutdown)
+                    .await;
+            }
+            None => {
+                let conns = meshlat_guard::incoming(
+                    listener,
+                    |s| std::future::ready(Ok(s)),
+                    false,
+                    shutdown.clone(),
+                );
+                self.serve_conns(conns, header_timeout, limiter, shutdown)
+                    .await;
+            }
+        }
+    }
+
+    /// Serves HTTP/1.1 on every established connection of `conns`.
+    async fn serve_conns<IO>(
+        self,
+        mut conns: impl tokio_stream::Stream<Item = std::io::Result<Guarded<IO>>> + Unpin,
+        header_timeout: Duration,
+        limiter: Arc<RateLimiter>,
+        shutdown: CancellationToken,
+    ) where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        use tokio_stream::StreamExt;
+        let layer = RateLimitLayer::new(limiter, RestReject);
         loop {
-            let (stream, remote) = tokio::select! {
+            let io = tokio::select! {
                 () = shutdown.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(error) => {
-                        tracing::warn!(message = "REST accept failed.", %error);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+                c = conns.next() => match c {
+                    Some(Ok(io)) => io,
+                    Some(Err(_)) => continue,
+                    None => return,
                 },
             };
+            let remote = io.peer();
             let this = self.clone();
-            let tls = tls.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let limited = tower::Layer::layer(
+                &layer,
+                tower::service_fn(move |mut req: Request<Incoming>| {
                     let this = this.clone();
                     req.extensions_mut().insert(RemoteAddr(remote));
                     async move { Ok::<_, Infallible>(this.handle(req).await) }
+                }),
+            );
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(PeerAddr(remote));
+                    tower::ServiceExt::oneshot(limited.clone(), req)
                 });
-                let http = hyper::server::conn::http1::Builder::new();
-                let res = match tls {
-                    Some(acc) => {
-                        let s = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acc.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(error)) => {
-                                tracing::debug!(message = "REST TLS handshake failed.", %remote, %error);
-                                return;
-                            }
-                            Err(_) => return,
-                        };
-                        let conn = http.serve_connection(TokioIo::new(s), svc);
-                        tokio::select! { r = conn => r, () = shutdown.cancelled() => Ok(()) }
-                    }
-                    None => {
-                        let conn = http.serve_connection(TokioIo::new(stream), svc);
-                        tokio::select! { r = conn => r, () = shutdown.cancelled() => Ok(()) }
-                    }
-                };
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .serve_connection(TokioIo::new(io), svc);
+                let res = tokio::select! { r = conn => r, () = shutdown.cancelled() => Ok(()) };
                 if let Err(error) = res {
-                    tracing::debug!(message = "REST connection error.", %remote, %error);
+                    tracing::debug!(message = "REST connection closed with an error.", %remote, %error);
                 }
             });
         }

@@ -168,3 +168,176 @@ pub async fn connect(
 /// A byte stream, plain or TLS.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+#[cfg(test)]
+mod tests {
+    //! Negative tests: a verifier that accepted any certificate must fail here.
+
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    /// A CA: its certificate (DER) and an issuer to sign with.
+    struct Ca {
+        der: CertificateDer<'static>,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let params = || {
+            let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, name);
+            p.distinguished_name = dn;
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            p
+        };
+        let key = KeyPair::generate().expect("key");
+        let cert = params().self_signed(&key).expect("self-signed");
+        Ca {
+            der: cert.der().clone(),
+            issuer: Issuer::new(params(), key),
+        }
+    }
+
+    /// A server certificate for `names` signed by `ca`; `expired` makes it valid only in 2000.
+    fn leaf(ca: &Ca, names: &[&str], expired: bool) -> (CertificateDer<'static>, KeyPair) {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("params");
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2000, 12, 31);
+        }
+        let cert = p.signed_by(&key, &ca.issuer).expect("signed");
+        (cert.der().clone(), key)
+    }
+
+    fn verify(
+        pin: &Ca,
+        end_entity: &CertificateDer<'_>,
+        chain: &[CertificateDer<'_>],
+        name: &str,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let name = ServerName::try_from(name.to_string()).expect("name");
+        PinnedCa::new(sha256(&pin.der)).verify_server_cert(
+            end_entity,
+            chain,
+            &name,
+            &[],
+            UnixTime::now(),
+        )
+    }
+
+    #[test]
+    fn accepts_the_pinned_ca_for_the_right_name() {
+        let good = ca("pinned");
+        let (cert, _) = leaf(&good, &["ctl.example", "127.0.0.1"], false);
+        verify(&good, &cert, std::slice::from_ref(&good.der), "ctl.example").expect("valid");
+        verify(&good, &cert, std::slice::from_ref(&good.der), "127.0.0.1").expect("valid IP");
+    }
+
+    #[test]
+    fn refuses_a_chain_from_another_ca() {
+        let good = ca("pinned");
+        let evil = ca("impostor");
+        let (cert, _) = leaf(&evil, &["ctl.example"], false);
+        let e = verify(&good, &cert, std::slice::from_ref(&evil.der), "ctl.example")
+            .expect_err("another CA");
+        assert!(e.to_string().contains("pin"), "{e}");
+        // Without any CA in the chain.
+        assert!(verify(&good, &cert, &[], "ctl.example").is_err());
+    }
+
+    #[test]
+    fn refuses_the_pinned_ca_presented_beside_a_certificate_it_did_not_sign() {
+        // The pinned CA certificate is public: an impostor can put it in its chain, but cannot
+        // make it sign.
+        let good = ca("pinned");
+        let evil = ca("impostor");
+        let (cert, _) = leaf(&evil, &["ctl.example"], false);
+        let chain = [good.der.clone(), evil.der.clone()];
+        let e = verify(&good, &cert, &chain, "ctl.example").expect_err("unsigned by the pin");
+        assert!(
+            matches!(e, rustls::Error::InvalidCertificate(_)),
+            "signature must fail: {e:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_the_right_ca_with_a_wrong_name() {
+        let good = ca("pinned");
+        let (cert, _) = leaf(&good, &["other.example"], false);
+        let e = verify(&good, &cert, std::slice::from_ref(&good.der), "ctl.example")
+            .expect_err("wrong name");
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName
+                        | rustls::CertificateError::NotValidForNameContext { .. }
+                )
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_an_expired_certificate_from_the_right_ca() {
+        let good = ca("pinned");
+        let (cert, _) = leaf(&good, &["ctl.example"], true);
+        let e = verify(&good, &cert, std::slice::from_ref(&good.der), "ctl.example")
+            .expect_err("expired");
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Expired
+                        | rustls::CertificateError::ExpiredContext { .. }
+                )
+            ),
+            "{e:?}"
+        );
+    }
+
+    /// The verifier is the one `client_config` installs: a real handshake against a server
+    /// with another CA's certificate fails, one with the pinned CA's succeeds.
+    #[tokio::test]
+    async fn client_config_handshakes_only_with_the_pinned_ca() {
+        let good = ca("pinned");
+        let evil = ca("impostor");
+        let handshake = |signer: &Ca| {
+            let (cert, key) = leaf(signer, &["ctl.example"], false);
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert, signer.der.clone()], key)
+            .expect("server config");
+            server.alpn_protocols = vec![b"h2".to_vec()];
+            let client = client_config(sha256(&good.der)).expect("client config");
+            async move {
+                let (c, s) = tokio::io::duplex(64 * 1024);
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+                let srv = tokio::spawn(async move { acceptor.accept(s).await.map(|_| ()) });
+                let name = ServerName::try_from("ctl.example").expect("name");
+                let r = tokio_rustls::TlsConnector::from(Arc::new(client))
+                    .connect(name, c)
+                    .await
+                    .map(|_| ());
+                drop(srv);
+                r
+            }
+        };
+        handshake(&good).await.expect("pinned CA");
+        let e = handshake(&evil).await.expect_err("impostor CA");
+        assert!(e.to_string().contains("pin"), "{e}");
+    }
+}

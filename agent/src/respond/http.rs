@@ -14,11 +14,15 @@
 //!
 //! # Limits
 //!
-//! At most [`MAX_CONNECTIONS`] connections are served at once (further clients wait in the
-//! listen backlog); the TLS handshake must finish within [`HANDSHAKE_TIMEOUT`] and every request
-//! head must arrive within [`HEADER_READ_TIMEOUT`]. A bad request or a failed handshake closes
-//! that connection only and is counted in `meshlat_responder_requests_total` with
-//! `result="bad_request"`, `"tls"`, `"timeout"` or `"io"`; answered requests count as
+//! Connections are admitted within the total and per-address caps (`--max-conns`,
+//! `--max-conns-per-ip`; over-cap connections are closed as soon as they are accepted, never
+//! left waiting); the TLS handshake must finish within `--handshake-timeout`, every request head
+//! (the first, and each on a kept-alive connection) within `--header-timeout`, and a connection
+//! with no traffic either way for `--idle-timeout` is closed ([`meshlat_guard`];
+//! [`super::DEFAULT_LIMITS`]). A bad request or a failed handshake closes that connection only
+//! and is counted in `meshlat_responder_requests_total` with `result="bad_request"`, `"tls"`,
+//! `"timeout"` or `"io"`; refusals and deadline closes as `"refused_total_cap"`,
+//! `"refused_per_ip_cap"` and `"idle_timeout"`; answered requests count as
 //! `result="answered"`, with `protocol="http"` or `"https"`.
 //!
 //! On shutdown the responder stops accepting, lets in-flight requests finish for up to
@@ -36,9 +40,9 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use meshlat_guard::{ConnLimits, Guarded, GuardedListener, Slot, Tracker};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -48,17 +52,9 @@ use crate::tls::Identity;
 
 /// Largest `/bytes/N` body served (10 MiB).
 pub const MAX_BYTES: u64 = 10 * 1024 * 1024;
-/// Connections served at once.
-pub const MAX_CONNECTIONS: usize = 1024;
-/// Time a client has to send each request head.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to complete the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may continue after shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Pause after a failed `accept` (out of file descriptors, say) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Chunk size of streamed `/bytes/N` bodies.
 const CHUNK: usize = 64 * 1024;
 /// The bytes `/bytes/N` serves from; shared, never copied.
@@ -66,7 +62,7 @@ static ZEROS: [u8; CHUNK] = [0; CHUNK];
 
 /// The HTTP or HTTPS responder.
 pub struct HttpResponder {
-    listener: TcpListener,
+    listener: GuardedListener,
     /// `Some` for HTTPS.
     tls: Option<TlsAcceptor>,
     /// `http` or `https`: the metrics label.
@@ -83,12 +79,26 @@ impl std::fmt::Debug for HttpResponder {
 }
 
 impl HttpResponder {
-    /// Binds the responder; `tls` makes it HTTPS with that identity.
+    /// Binds the responder with [`super::DEFAULT_LIMITS`]; `tls` makes it HTTPS.
+    ///
+    /// # Errors
+    ///
+    /// As [`HttpResponder::bind_with`].
+    pub async fn bind(addr: SocketAddr, tls: Option<&Identity>) -> std::io::Result<Self> {
+        Self::bind_with(addr, tls, super::DEFAULT_LIMITS).await
+    }
+
+    /// Binds the responder with these caps and deadlines; `tls` makes it HTTPS with that
+    /// identity.
     ///
     /// # Errors
     ///
     /// The bind error, or `InvalidInput` when the identity's key does not fit its certificate.
-    pub async fn bind(addr: SocketAddr, tls: Option<&Identity>) -> std::io::Result<Self> {
+    pub async fn bind_with(
+        addr: SocketAddr,
+        tls: Option<&Identity>,
+        limits: ConnLimits,
+    ) -> std::io::Result<Self> {
         let tls = match tls {
             Some(identity) => {
                 let cfg = identity
@@ -99,8 +109,9 @@ impl HttpResponder {
             None => None,
         };
         let protocol = if tls.is_some() { "https" } else { "http" };
+        let tracker = Tracker::with_hook(protocol, limits, Some(super::count_conn_event));
         Ok(HttpResponder {
-            listener: TcpListener::bind(addr).await?,
+            listener: GuardedListener::with_tracker(TcpListener::bind(addr).await?, tracker),
             tls,
             protocol,
         })
@@ -113,42 +124,26 @@ impl HttpResponder {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// The connection counters.
+    pub fn conn_stats(&self) -> meshlat_guard::ConnStats {
+        self.listener.tracker().stats()
+    }
+
     /// Serves until `shutdown` is cancelled, then drains (see the module doc).
     pub async fn run(self, shutdown: CancellationToken) {
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut conns = JoinSet::new();
         loop {
             // Reap finished connection tasks so the set does not grow.
             while conns.try_join_next().is_some() {}
-            let permit = tokio::select! {
+            let (stream, peer, slot) = tokio::select! {
                 () = shutdown.cancelled() => break,
-                p = Arc::clone(&limit).acquire_owned() => match p {
-                    Ok(p) => p,
-                    // The semaphore is never closed.
-                    Err(_) => break,
-                },
+                c = self.listener.accept() => c,
             };
-            let (stream, peer) = tokio::select! {
-                () = shutdown.cancelled() => break,
-                r = self.listener.accept() => match r {
-                    Ok(ok) => ok,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(message = "Accept failed.", protocol = self.protocol, error = %e);
-                        tokio::select! {
-                            () = shutdown.cancelled() => break,
-                            () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
-                        }
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
             let tls = self.tls.clone();
             let protocol = self.protocol;
             let token = shutdown.clone();
             conns.spawn(async move {
-                serve_connection(stream, peer, tls, protocol, token).await;
-                drop(permit);
+                serve_connection(stream, peer, slot, tls, protocol, token).await;
             });
         }
         drop(self.listener);
@@ -164,19 +159,27 @@ impl HttpResponder {
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    slot: Slot,
     tls: Option<TlsAcceptor>,
     protocol: &'static str,
     shutdown: CancellationToken,
 ) {
+    let limits = *slot.tracker().limits();
     match tls {
-        None => serve_http(stream, peer, protocol, shutdown).await,
+        None => {
+            let io = Guarded::new(stream, peer, slot);
+            serve_http(io, peer, limits.header_timeout, protocol, shutdown).await;
+        }
         Some(acceptor) => {
             let handshake = tokio::select! {
                 () = shutdown.cancelled() => return,
-                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
+                r = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)) => r,
             };
             match handshake {
-                Ok(Ok(tls_stream)) => serve_http(tls_stream, peer, protocol, shutdown).await,
+                Ok(Ok(tls_stream)) => {
+                    let io = Guarded::new(tls_stream, peer, slot);
+                    serve_http(io, peer, limits.header_timeout, protocol, shutdown).await;
+                }
                 Ok(Err(_)) | Err(_) => responder_drop(protocol, "tls", peer),
             }
         }
@@ -184,8 +187,13 @@ async fn serve_connection(
 }
 
 /// Serves HTTP/1.1 on an established (TLS) stream until the client leaves or shutdown.
-async fn serve_http<S>(io: S, peer: SocketAddr, protocol: &'static str, shutdown: CancellationToken)
-where
+async fn serve_http<S>(
+    io: S,
+    peer: SocketAddr,
+    header_timeout: Duration,
+    protocol: &'static str,
+    shutdown: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
@@ -195,7 +203,7 @@ where
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -6,7 +6,8 @@
 //! # Layout
 //!
 //! - [`udp`]: the UDP reflector (TWAMP-light style; authenticated; never answers larger).
-//! - [`tcp`]: accepts and closes connections (connect-time target).
+//! - [`tcp`]: accepts and closes connections (connect-time target; it holds none, so it needs
+//!   no caps or deadlines).
 //! - [`quic`]: quinn endpoint with meshlat's ALPN; echoes datagrams.
 //! - [`http`]: HTTP and HTTPS: `/ping`, `/bytes/N`.
 
@@ -16,11 +17,29 @@ pub mod tcp;
 pub mod udp;
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::probe::Key;
 use crate::tls::Identity;
+
+/// The listeners' caps and deadlines unless flags say otherwise (the defaults of
+/// `--max-conns`, `--max-conns-per-ip`, `--handshake-timeout`, `--header-timeout` and
+/// `--idle-timeout`).
+pub const DEFAULT_LIMITS: meshlat_guard::ConnLimits = meshlat_guard::ConnLimits {
+    max_conns: 1024,
+    max_conns_per_ip: 256,
+    handshake_timeout: Duration::from_secs(10),
+    header_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(10),
+};
+
+/// Counts a listener's refusals and early closes in
+/// `meshlat_responder_requests_total{protocol=<listener>,result=<event>}`.
+pub fn count_conn_event(listener: &'static str, event: &'static str) {
+    crate::metrics::responder_event(listener, event);
+}
 
 /// Which responders to run and where.
 #[derive(Clone, Debug)]
@@ -43,6 +62,8 @@ pub struct ResponderConfig {
     pub relay: bool,
     /// Certificate for HTTPS and QUIC.
     pub identity: Identity,
+    /// Caps and deadlines of the HTTP, HTTPS and QUIC responders.
+    pub limits: meshlat_guard::ConnLimits,
 }
 
 /// The addresses responders actually bound.
@@ -117,7 +138,7 @@ impl Responders {
         };
         let quic = match cfg.quic_port {
             Some(p) => Some(
-                quic::QuicResponder::bind(at(p), &cfg.identity)
+                quic::QuicResponder::bind_with(at(p), &cfg.identity, cfg.limits)
                     .await
                     .map_err(err("quic", at(p)))?,
             ),
@@ -125,7 +146,7 @@ impl Responders {
         };
         let http = match cfg.http_port {
             Some(p) => Some(
-                http::HttpResponder::bind(at(p), None)
+                http::HttpResponder::bind_with(at(p), None, cfg.limits)
                     .await
                     .map_err(err("http", at(p)))?,
             ),
@@ -133,7 +154,7 @@ impl Responders {
         };
         let https = match cfg.https_port {
             Some(p) => Some(
-                http::HttpResponder::bind(at(p), Some(&cfg.identity))
+                http::HttpResponder::bind_with(at(p), Some(&cfg.identity), cfg.limits)
                     .await
                     .map_err(err("https", at(p)))?,
             ),

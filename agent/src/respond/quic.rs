@@ -3,8 +3,10 @@
 //! came from.
 //!
 //! - The echo is the received bytes themselves, so a reply is never larger than its request.
-//! - At most [`MAX_CONNECTIONS`] connections are served at once; further handshakes are refused
-//!   (counted as `refused_busy`). Idle connections close after [`IDLE_TIMEOUT`].
+//! - At most `--max-conns` connections are served at once and `--max-conns-per-ip` from one
+//!   source address; further handshakes are refused at once (counted as `refused_total_cap` /
+//!   `refused_per_ip_cap`). A handshake must finish within `--handshake-timeout`; idle
+//!   connections close after `--idle-timeout` (quinn's idle timeout; [`super::DEFAULT_LIMITS`]).
 //! - A failed handshake (bad ALPN, garbage, timeout) ends that connection only and is counted as
 //!   `handshake_failed`; echoed datagrams are counted as `answered`; a reply quinn could not queue
 //!   as `send_failed`.
@@ -15,20 +17,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshlat_guard::{ConnLimits, Refused, Tracker};
 use quinn::crypto::rustls::QuicServerConfig;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{responder_drop, responder_event};
 use crate::probe::quic::{ALPN, transport_config};
 use crate::tls::Identity;
-
-/// Connections served at once.
-pub const MAX_CONNECTIONS: usize = 1024;
-
-/// A connection with no traffic for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long shutdown waits for connection closes to be delivered.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -38,15 +34,31 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 pub struct QuicResponder {
     endpoint: quinn::Endpoint,
     addr: SocketAddr,
+    /// Caps (counted per source address) and the handshake deadline.
+    tracker: Arc<Tracker>,
 }
 
 impl QuicResponder {
-    /// Binds a server endpoint on `addr` with `identity` as its certificate.
+    /// Binds with [`super::DEFAULT_LIMITS`].
+    ///
+    /// # Errors
+    ///
+    /// As [`QuicResponder::bind_with`].
+    pub async fn bind(addr: SocketAddr, identity: &Identity) -> std::io::Result<Self> {
+        Self::bind_with(addr, identity, super::DEFAULT_LIMITS).await
+    }
+
+    /// Binds a server endpoint on `addr` with `identity` as its certificate and these caps and
+    /// deadlines.
     ///
     /// # Errors
     ///
     /// The bind error, or `InvalidInput` if the identity cannot make a TLS config.
-    pub async fn bind(addr: SocketAddr, identity: &Identity) -> std::io::Result<Self> {
+    pub async fn bind_with(
+        addr: SocketAddr,
+        identity: &Identity,
+        limits: ConnLimits,
+    ) -> std::io::Result<Self> {
         crate::tls::install_crypto_provider();
         let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
         let tls = identity
@@ -54,10 +66,15 @@ impl QuicResponder {
             .map_err(|e| invalid(e.to_string()))?;
         let crypto = QuicServerConfig::try_from(tls).map_err(|e| invalid(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(Arc::new(transport_config(IDLE_TIMEOUT)));
+        server.transport_config(Arc::new(transport_config(limits.idle_timeout)));
         let endpoint = quinn::Endpoint::server(server, addr)?;
         let addr = endpoint.local_addr()?;
-        Ok(QuicResponder { endpoint, addr })
+        let tracker = Tracker::with_hook("quic", limits, None);
+        Ok(QuicResponder {
+            endpoint,
+            addr,
+            tracker,
+        })
     }
 
     /// Bound address.
@@ -67,7 +84,7 @@ impl QuicResponder {
 
     /// Serves until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let handshake_timeout = self.tracker.limits().handshake_timeout;
         let mut conns = JoinSet::new();
         loop {
             tokio::select! {
@@ -77,15 +94,22 @@ impl QuicResponder {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let peer = incoming.remote_address();
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        responder_drop("quic", "refused_busy", peer);
-                        incoming.refuse();
-                        continue;
+                    let slot = match self.tracker.admit(peer) {
+                        Ok(s) => s,
+                        Err(refused) => {
+                            let reason = match refused {
+                                Refused::Total { .. } => "refused_total_cap",
+                                Refused::PerIp { .. } => "refused_per_ip_cap",
+                            };
+                            responder_drop("quic", reason, peer);
+                            incoming.refuse();
+                            continue;
+                        }
                     };
                     let stop = shutdown.clone();
                     conns.spawn(async move {
-                        let _permit = permit;
-                        serve(incoming, peer, stop).await;
+                        let _slot = slot;
+                        serve(incoming, peer, handshake_timeout, stop).await;
                     });
                 }
             }
@@ -97,11 +121,21 @@ impl QuicResponder {
 }
 
 /// Completes one handshake and echoes datagrams until the connection ends.
-async fn serve(incoming: quinn::Incoming, peer: SocketAddr, shutdown: CancellationToken) {
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
+async fn serve(
+    incoming: quinn::Incoming,
+    peer: SocketAddr,
+    handshake_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let conn = match tokio::time::timeout(handshake_timeout, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             tracing::debug!(message = "QUIC handshake failed.", %peer, error = %e);
+            responder_drop("quic", "handshake_failed", peer);
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(message = "QUIC handshake timed out.", %peer);
             responder_drop("quic", "handshake_failed", peer);
             return;
         }
