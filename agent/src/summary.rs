@@ -14,6 +14,8 @@
 //!   which keeps the percentiles about recent traffic).
 //! - At most [`MAX_PAIRS`] pairs are tracked; records for further pairs are not summarised
 //!   (they still reach every other sink).
+//! - A snapshot holds the pairs that fit [`meshlat_proto::MAX_SUMMARIES_BYTES`] encoded (in
+//!   key order; the controller refuses larger messages).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -198,6 +200,11 @@ impl SummaryWindow {
                     window_end_unix_ms: end,
                 }
             })
+            // Each pair costs its length, a tag byte and a length varint (at most 3 bytes).
+            .scan(0usize, |bytes, p: pb::PairSummary| {
+                *bytes += prost::Message::encoded_len(&p) + 4;
+                (*bytes <= meshlat_proto::MAX_SUMMARIES_BYTES).then_some(p)
+            })
             .collect()
     }
 }
@@ -288,6 +295,19 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(w.snapshot(Instant::now()).is_empty());
         assert_eq!(w.pairs(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn snapshots_fit_the_controllers_message_limit() {
+        let mut w = SummaryWindow::new(DEFAULT_WINDOW);
+        let long = "d".repeat(200);
+        for i in 0..MAX_PAIRS {
+            w.record(&train(&format!("{long}-{i}"), &[1.0], 0), Instant::now());
+        }
+        let s = w.snapshot(Instant::now());
+        let len = prost::Message::encoded_len(&pb::Summaries { pairs: s.clone() });
+        assert!(len <= meshlat_proto::MAX_SUMMARIES_BYTES, "{len}");
+        assert!(s.len() > 500 && s.len() < MAX_PAIRS, "{}", s.len());
     }
 
     #[tokio::test(start_paused = true)]

@@ -138,6 +138,7 @@ impl Controller {
                     None => MeshKeys::derive(&tls.mesh_root),
                 },
                 grant_epoch: GRANT_EPOCH,
+                limits: cfg.limits.clone(),
             },
             store,
         )?);
@@ -275,8 +276,13 @@ impl Controller {
                 };
                 tasks.spawn(peer.run(self.registry.clone(), shutdown.clone()));
             }
-            FederationServiceServer::with_interceptor(
-                grpc::federation::FederationSvc::new(self.registry.clone(), own_url.clone(), f.ttl),
+            tonic::service::interceptor::InterceptedService::new(
+                FederationServiceServer::new(grpc::federation::FederationSvc::new(
+                    self.registry.clone(),
+                    own_url.clone(),
+                    f.ttl,
+                ))
+                .max_decoding_message_size(crate::limits::FEDERATION_MESSAGE_BYTES),
                 grpc::auth::federation(crate::auth::FederationSecret::new(&f.secret)),
             )
         });

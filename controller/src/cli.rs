@@ -219,6 +219,72 @@ pub struct ServeArgs {
     /// Most agents a `full` strategy job may involve.
     #[arg(long, env = "MESHLAT_MAX_FULL_MESH", default_value_t = 200)]
     pub max_full_mesh: usize,
+    /// Most jobs stored, stopped ones included until they expire (at most 2000); a new job
+    /// beyond it is refused.
+    #[arg(long, env = "MESHLAT_MAX_JOBS", default_value_t = crate::limits::DEFAULT_MAX_JOBS)]
+    pub max_jobs: usize,
+    /// How long a stopped job is kept (then deleted), in seconds (default 7 days).
+    #[arg(
+        long,
+        env = "MESHLAT_STOPPED_JOB_TTL",
+        default_value_t = crate::limits::DEFAULT_STOPPED_JOB_TTL.as_secs_f64(),
+        value_name = "SECONDS"
+    )]
+    pub stopped_job_ttl: f64,
+    /// Most agents known (connected or not); a new agent id beyond it is refused.
+    #[arg(long, env = "MESHLAT_MAX_AGENTS", default_value_t = crate::limits::DEFAULT_MAX_AGENTS)]
+    pub max_agents: usize,
+    /// Most agents joined with one join token.
+    #[arg(
+        long,
+        env = "MESHLAT_MAX_AGENTS_PER_TOKEN",
+        default_value_t = crate::limits::DEFAULT_MAX_AGENTS_PER_TOKEN
+    )]
+    pub max_agents_per_token: usize,
+    /// An agent not heard from this long is removed from the directory, the matrix and the
+    /// saved state, in seconds (default 24 h; at least --agent-ttl).
+    #[arg(
+        long,
+        env = "MESHLAT_AGENT_EXPIRY",
+        default_value_t = crate::limits::DEFAULT_AGENT_EXPIRY.as_secs_f64(),
+        value_name = "SECONDS"
+    )]
+    pub agent_expiry: f64,
+    /// Most bytes of one agent's live summaries kept (pairs beyond are dropped).
+    #[arg(
+        long,
+        env = "MESHLAT_MAX_SUMMARY_BYTES",
+        default_value_t = crate::limits::DEFAULT_MAX_SUMMARY_BYTES
+    )]
+    pub max_summary_bytes: usize,
+    /// Most summary pairs kept over all agents.
+    #[arg(
+        long,
+        env = "MESHLAT_MAX_LIVE_PAIRS",
+        default_value_t = crate::limits::DEFAULT_MAX_LIVE_PAIRS
+    )]
+    pub max_live_pairs: usize,
+    /// Most bytes of summaries kept over all agents.
+    #[arg(
+        long,
+        env = "MESHLAT_MAX_LIVE_BYTES",
+        default_value_t = crate::limits::DEFAULT_MAX_LIVE_BYTES
+    )]
+    pub max_live_bytes: usize,
+    /// Most agents accepted from one peer's directory per exchange.
+    #[arg(
+        long,
+        env = "MESHLAT_MAX_PEER_AGENTS",
+        default_value_t = crate::limits::DEFAULT_MAX_PEER_AGENTS
+    )]
+    pub max_peer_agents: usize,
+    /// Most jobs accepted from one peer's directory per exchange.
+    #[arg(
+        long,
+        env = "MESHLAT_MAX_PEER_JOBS",
+        default_value_t = crate::limits::DEFAULT_MAX_PEER_JOBS
+    )]
+    pub max_peer_jobs: usize,
     /// Join secret to use on first start instead of a random one (hex, >= 32 digits).
     #[arg(long, env = "MESHLAT_JOIN_SECRET", hide_env_values = true)]
     pub join_secret: Option<String>,

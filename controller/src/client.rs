@@ -138,13 +138,14 @@ async fn connect(
         ep = ep.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
     }
     let ch = ep.connect().await?;
-    Ok(OperatorServiceClient::with_interceptor(
-        ch,
-        move |mut req: tonic::Request<()>| {
+    // A job list at the largest --max-jobs of the largest specs fits (crate::limits).
+    Ok(
+        OperatorServiceClient::with_interceptor(ch, move |mut req: tonic::Request<()>| {
             req.metadata_mut().insert("authorization", value.clone());
             Ok(req)
-        },
-    ))
+        })
+        .max_decoding_message_size(crate::limits::CLIENT_MESSAGE_BYTES),
+    )
 }
 
 fn pretty(v: &serde_json::Value) -> String {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::auth::Seeds;
 use crate::cli::ServeArgs;
+use crate::limits::{Limits, MAX_MAX_JOBS};
 
 /// A configuration error naming the flag.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,8 @@ pub struct ServeConfig {
     pub agent_ttl: Duration,
     /// Full-mesh size limit.
     pub max_full_mesh: usize,
+    /// The caps ([`crate::limits`]).
+    pub limits: Limits,
     /// First-start secrets.
     pub seeds: Seeds,
     /// Federation with peer controllers (`None`: not federated).
@@ -93,6 +96,57 @@ fn secs(flag: &'static str, v: f64) -> Result<Duration, ConfigError> {
         });
     }
     Ok(Duration::from_secs_f64(v))
+}
+
+/// A duration flag of 1 s to a year.
+fn long_secs(flag: &'static str, v: f64) -> Result<Duration, ConfigError> {
+    if !v.is_finite() || !(1.0..=366.0 * 86_400.0).contains(&v) {
+        return Err(ConfigError::Invalid {
+            flag,
+            value: v.to_string(),
+            reason: "must be 1 second to 366 days",
+        });
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// A count flag of at least 1 (and at most `max`).
+fn count(flag: &'static str, v: usize, max: usize) -> Result<usize, ConfigError> {
+    if v == 0 || v > max {
+        return Err(ConfigError::Invalid {
+            flag,
+            value: v.to_string(),
+            reason: if max == usize::MAX {
+                "must be at least 1"
+            } else {
+                "must be at least 1 and within the documented maximum"
+            },
+        });
+    }
+    Ok(v)
+}
+
+fn limits(a: &ServeArgs, agent_ttl: Duration) -> Result<Limits, ConfigError> {
+    let agent_expiry = long_secs("--agent-expiry", a.agent_expiry)?;
+    if agent_expiry < agent_ttl {
+        return Err(ConfigError::Invalid {
+            flag: "--agent-expiry",
+            value: a.agent_expiry.to_string(),
+            reason: "must be at least --agent-ttl",
+        });
+    }
+    Ok(Limits {
+        max_jobs: count("--max-jobs", a.max_jobs, MAX_MAX_JOBS)?,
+        stopped_job_ttl: long_secs("--stopped-job-ttl", a.stopped_job_ttl)?,
+        max_agents: count("--max-agents", a.max_agents, usize::MAX)?,
+        max_agents_per_token: count("--max-agents-per-token", a.max_agents_per_token, usize::MAX)?,
+        agent_expiry,
+        max_summary_bytes: count("--max-summary-bytes", a.max_summary_bytes, 64 << 20)?,
+        max_live_pairs: count("--max-live-pairs", a.max_live_pairs, usize::MAX)?,
+        max_live_bytes: count("--max-live-bytes", a.max_live_bytes, usize::MAX)?,
+        max_peer_agents: count("--max-peer-agents", a.max_peer_agents, usize::MAX)?,
+        max_peer_jobs: count("--max-peer-jobs", a.max_peer_jobs, usize::MAX)?,
+    })
 }
 
 fn addr(flag: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
@@ -231,6 +285,7 @@ impl ServeConfig {
         sans.dedup();
         let lease = secs("--lease", a.lease)?;
         let agent_ttl = secs("--agent-ttl", a.agent_ttl)?;
+        let limits = limits(a, agent_ttl)?;
         if a.max_full_mesh == 0 {
             return Err(ConfigError::Invalid {
                 flag: "--max-full-mesh",
@@ -290,6 +345,7 @@ impl ServeConfig {
             lease,
             agent_ttl,
             max_full_mesh: a.max_full_mesh,
+            limits,
             seeds: Seeds {
                 join_secret: a.join_secret.clone(),
                 operator_credential: a.operator_credential.clone(),
@@ -318,6 +374,11 @@ mod tests {
         let c = parse(&["--region", "eu-west-1", "--rest-listen", "off"]).expect("valid");
         assert_eq!((c.region.as_str(), c.rest_listen), ("eu-west-1", None));
         assert_eq!(c.lease, Duration::from_secs(60));
+        assert_eq!(
+            c.limits,
+            Limits::default(),
+            "the flags' defaults are the documented ones"
+        );
         assert_eq!(c.state, None);
         let c =
             parse(&["--region", "eu-west-1", "--state-bucket", "meshlat-state.x"]).expect("valid");
@@ -350,6 +411,22 @@ mod tests {
             (&["--region", "a/b"][..], "--region \"a/b\""),
             (&["--region", "a", "--listen", "x"][..], "--listen \"x\""),
             (&["--region", "a", "--lease", "0"][..], "--lease \"0\""),
+            (
+                &["--region", "a", "--max-jobs", "0"][..],
+                "--max-jobs \"0\"",
+            ),
+            (
+                &["--region", "a", "--max-jobs", "2001"][..],
+                "--max-jobs \"2001\"",
+            ),
+            (
+                &["--region", "a", "--agent-expiry", "60"][..],
+                "--agent-expiry \"60\": must be at least --agent-ttl",
+            ),
+            (
+                &["--region", "a", "--stopped-job-ttl", "0"][..],
+                "--stopped-job-ttl \"0\"",
+            ),
             (
                 &["--region", "a", "--peer", "https://b:1"][..],
                 "--federation-secret is required",

@@ -99,7 +99,8 @@ impl Peer {
                 req.metadata_mut().insert("authorization", auth.clone());
                 Ok(req)
             },
-        );
+        )
+        .max_decoding_message_size(crate::limits::FEDERATION_MESSAGE_BYTES);
         let mut changes = registry.changes();
         let mut tick = tokio::time::interval(EXCHANGE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -10,6 +10,7 @@
 //!   ([`store::s3`], the only module using the AWS SDK).
 //! - [`federation`]: exchanging directories and jobs with peer controllers.
 //! - [`keys`]: the mesh wire key and the relay-grant key, and grant expiry.
+//! - [`limits`]: every cap (`--max-*` flags, expiries, message sizes) in one place.
 //! - [`live`]: agents' rolling summaries and the latency matrix.
 //! - [`registry`]: the domain layer: jobs, agents, sessions; its scheduler pushes job sets,
 //!   held encoded ([`jobset`]).
@@ -28,6 +29,7 @@ pub mod grpc;
 pub mod jobset;
 pub mod json;
 pub mod keys;
+pub mod limits;
 pub mod live;
 pub mod registry;
 pub mod rest;

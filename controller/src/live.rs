@@ -2,7 +2,17 @@
 //! from them (DESIGN §3, issue 4 item 7).
 //!
 //! Each agent sends its whole window (`Summaries`, every few seconds); [`Live`] keeps the
-//! latest per source agent with the time it arrived and ages it out after [`SUMMARY_TTL`].
+//! latest per source agent with the time it arrived and ages it out after [`SUMMARY_TTL`]:
+//! the registry's periodic sweep calls [`Live::prune`], so expired summaries go whether or not
+//! anyone reads the matrix, and a removed agent's go with it ([`Live::remove`]).
+//!
+//! # Bounds
+//!
+//! A summary costs its pairs' encoded size plus [`PAIR_OVERHEAD`] each ([`pair_cost`]). An
+//! agent's latest summary is cut to the pairs that fit `--max-summary-bytes`, and to what is
+//! left of `--max-live-pairs` and `--max-live-bytes` over all agents (its own previous summary
+//! is replaced, so it does not count against itself); cut pairs are dropped, logged once per
+//! agent until its summaries fit again ([`crate::limits`]).
 //!
 //! # Aggregation
 //!
@@ -24,7 +34,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use meshlat_proto::pb;
+use prost::Message;
 use tokio::time::Instant;
+
+use crate::limits::PAIR_OVERHEAD;
 
 /// How long an agent's summaries count after they arrived.
 pub const SUMMARY_TTL: Duration = Duration::from_secs(30);
@@ -32,6 +45,33 @@ pub const SUMMARY_TTL: Duration = Duration::from_secs(30);
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// Most pairs kept from one `Summaries` message.
 pub const MAX_PAIRS_PER_AGENT: usize = 10_000;
+
+/// What a pair costs in memory, as accounted against the caps.
+pub fn pair_cost(p: &pb::PairSummary) -> usize {
+    p.encoded_len() + PAIR_OVERHEAD
+}
+
+/// The caps of the live view ([`crate::limits::Limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveLimits {
+    /// `--max-summary-bytes`: per agent.
+    pub per_agent_bytes: usize,
+    /// `--max-live-pairs`: over all agents.
+    pub total_pairs: usize,
+    /// `--max-live-bytes`: over all agents.
+    pub total_bytes: usize,
+}
+
+impl Default for LiveLimits {
+    fn default() -> Self {
+        let l = crate::limits::Limits::default();
+        LiveLimits {
+            per_agent_bytes: l.max_summary_bytes,
+            total_pairs: l.max_live_pairs,
+            total_bytes: l.max_live_bytes,
+        }
+    }
+}
 
 /// How matrix cells are keyed.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -73,45 +113,150 @@ struct AgentSummaries {
     region: String,
     at: Instant,
     pairs: Vec<pb::PairSummary>,
+    /// Accounted size of `pairs` ([`pair_cost`]).
+    bytes: usize,
+    /// The last summary was cut (logged once until one fits again).
+    cut: bool,
+}
+
+#[derive(Debug, Default)]
+struct Agents {
+    by_id: HashMap<String, AgentSummaries>,
+    pairs: usize,
+    bytes: usize,
+}
+
+impl Agents {
+    fn remove(&mut self, agent: &str) -> Option<AgentSummaries> {
+        let old = self.by_id.remove(agent)?;
+        self.pairs -= old.pairs.len();
+        self.bytes -= old.bytes;
+        Some(old)
+    }
 }
 
 /// The latest summaries per source agent.
 #[derive(Debug)]
 pub struct Live {
     ttl: Duration,
-    agents: Mutex<HashMap<String, AgentSummaries>>,
+    limits: LiveLimits,
+    agents: Mutex<Agents>,
+}
+
+/// Totals of the live view (tests and diagnostics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveTotals {
+    /// Agents with summaries.
+    pub agents: usize,
+    /// Pairs over all agents.
+    pub pairs: usize,
+    /// Accounted bytes over all agents.
+    pub bytes: usize,
 }
 
 impl Live {
-    /// An empty view whose entries age out after `ttl`.
-    pub fn new(ttl: Duration) -> Self {
+    /// An empty view whose entries age out after `ttl`, bounded by `limits`.
+    pub fn new(ttl: Duration, limits: LiveLimits) -> Self {
         Live {
             ttl,
-            agents: Mutex::new(HashMap::new()),
+            limits,
+            agents: Mutex::new(Agents::default()),
         }
     }
 
-    /// Replaces `agent`'s summaries (received `now`).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Agents> {
+        self.agents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces `agent`'s summaries (received `now`), cut to the caps (module docs).
     pub fn ingest(&self, agent: &str, region: &str, mut s: pb::Summaries, now: Instant) {
+        let given = s.pairs.len();
         s.pairs.truncate(MAX_PAIRS_PER_AGENT);
-        let mut m = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-        m.insert(
+        let mut m = self.lock();
+        let old = m.remove(agent);
+        let pairs_left = self.limits.total_pairs.saturating_sub(m.pairs);
+        let bytes_left = self
+            .limits
+            .total_bytes
+            .saturating_sub(m.bytes)
+            .min(self.limits.per_agent_bytes);
+        let mut bytes = 0;
+        let mut keep = 0;
+        for p in &s.pairs {
+            let c = pair_cost(p);
+            if keep == pairs_left || bytes + c > bytes_left {
+                break;
+            }
+            bytes += c;
+            keep += 1;
+        }
+        s.pairs.truncate(keep);
+        s.pairs.shrink_to_fit();
+        let cut = keep < given;
+        if cut && !old.as_ref().is_some_and(|o| o.cut) {
+            tracing::warn!(
+                message = "Summaries cut to the live view's caps (--max-summary-bytes, --max-live-pairs, --max-live-bytes).",
+                agent = %agent,
+                pairs = given,
+                kept = keep,
+                kept_bytes = bytes
+            );
+        }
+        m.pairs += keep;
+        m.bytes += bytes;
+        m.by_id.insert(
             agent.to_string(),
             AgentSummaries {
                 region: region.to_string(),
                 at: now,
                 pairs: s.pairs,
+                bytes,
+                cut,
             },
         );
+    }
+
+    /// Forgets summaries older than the TTL; returns how many agents' went.
+    pub fn prune(&self, now: Instant) -> usize {
+        let mut m = self.lock();
+        let expired: Vec<String> = m
+            .by_id
+            .iter()
+            .filter(|(_, a)| now.saturating_duration_since(a.at) > self.ttl)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            m.remove(id);
+        }
+        if m.by_id.is_empty() {
+            // Give the table's memory back after a burst of sessions.
+            m.by_id.shrink_to_fit();
+        }
+        expired.len()
+    }
+
+    /// Forgets an agent's summaries (the agent was removed).
+    pub fn remove(&self, agent: &str) {
+        self.lock().remove(agent);
+    }
+
+    /// Totals over all agents.
+    pub fn totals(&self) -> LiveTotals {
+        let m = self.lock();
+        LiveTotals {
+            agents: m.by_id.len(),
+            pairs: m.pairs,
+            bytes: m.bytes,
+        }
     }
 
     /// Every pair not older than the TTL; `region_of` names destination agents' regions.
     /// Expired agents are forgotten.
     pub fn cells(&self, now: Instant, region_of: impl Fn(&str) -> Option<String>) -> Vec<PairCell> {
-        let mut m = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-        m.retain(|_, a| now.saturating_duration_since(a.at) <= self.ttl);
+        self.prune(now);
+        let m = self.lock();
         let mut out = Vec::new();
-        for (src, a) in m.iter() {
+        for (src, a) in m.by_id.iter() {
             for p in &a.pairs {
                 let (dst, dst_region) = if p.dst_agent.is_empty() {
                     (p.target.clone(), p.target.clone())
@@ -232,7 +377,7 @@ mod tests {
 
     #[test]
     fn matrix_by_agent_and_region_merges_by_samples() {
-        let live = Live::new(SUMMARY_TTL);
+        let live = Live::new(SUMMARY_TTL, LiveLimits::default());
         let now = Instant::now();
         live.ingest(
             "a1",
@@ -286,7 +431,7 @@ mod tests {
 
     #[test]
     fn summaries_age_out_and_are_replaced() {
-        let live = Live::new(Duration::from_secs(10));
+        let live = Live::new(Duration::from_secs(10), LiveLimits::default());
         let t0 = Instant::now();
         live.ingest(
             "a1",
@@ -311,6 +456,56 @@ mod tests {
             live.cells(t0 + Duration::from_secs(11), region_of)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn summaries_are_cut_to_the_caps_and_pruned_without_readers() {
+        let one = pair("b1", "udp", 1.0, 2.0, 5, 0);
+        let cost = pair_cost(&one);
+        let live = Live::new(
+            Duration::from_secs(10),
+            LiveLimits {
+                per_agent_bytes: cost * 3,
+                total_pairs: 5,
+                total_bytes: usize::MAX,
+            },
+        );
+        let t0 = Instant::now();
+        let ten = || pb::Summaries {
+            pairs: vec![one.clone(); 10],
+        };
+        live.ingest("a1", "ra", ten(), t0);
+        assert_eq!(live.totals().pairs, 3, "per-agent bytes");
+        live.ingest("a1", "ra", ten(), t0);
+        assert_eq!(
+            live.totals().pairs,
+            3,
+            "a replacement does not count against itself"
+        );
+        live.ingest("a2", "ra", ten(), t0);
+        assert_eq!(
+            live.totals(),
+            LiveTotals {
+                agents: 2,
+                pairs: 5,
+                bytes: 5 * cost
+            },
+            "total pairs"
+        );
+        live.ingest("a3", "ra", ten(), t0 + Duration::from_secs(5));
+        assert_eq!(live.totals().agents, 3);
+        assert_eq!(live.prune(t0 + Duration::from_secs(11)), 2);
+        assert_eq!(
+            live.totals(),
+            LiveTotals {
+                agents: 1,
+                pairs: 0,
+                bytes: 0
+            },
+            "a3 got nothing: the total was used up when it sent"
+        );
+        live.remove("a3");
+        assert_eq!(live.totals().agents, 0);
     }
 
     #[test]

@@ -45,9 +45,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::jobset::PushedSet;
 use crate::keys::MeshKeys;
-use crate::live::{self, By, Live, SUMMARY_TTL};
+use crate::limits::{self, Limits};
+use crate::live::{self, By, Live, LiveLimits, SUMMARY_TTL};
 use crate::schedule::{self, AgentView};
 use crate::store::{StateStore, StoreError};
+use meshlat_proto::job::JobSpecError;
 
 /// After session churn, the next recomputation starts no sooner than this many times the last
 /// one's duration after it (recomputing takes at most about a fifth of the time).
@@ -68,6 +70,22 @@ pub enum DomainError {
         /// Field path, e.g. `spec.timeout_ms`.
         field: String,
         /// What is wrong.
+        reason: String,
+    },
+    /// A job spec failed [`meshlat_proto::job::validate`]; its field path is relative to the
+    /// spec ([`DomainError::field`] gives `spec.<path>`).
+    #[error("{}: {}", spec_field(.0), .0.problem)]
+    Spec(JobSpecError),
+    /// A cap of [`crate::limits`] is reached.
+    #[error("{field}: {reason} (limit {limit}, {flag})")]
+    Exhausted {
+        /// What is counted, e.g. `jobs`.
+        field: &'static str,
+        /// The cap.
+        limit: u64,
+        /// The flag that sets it.
+        flag: &'static str,
+        /// What happened.
         reason: String,
     },
     /// No such job or agent.
@@ -99,6 +117,142 @@ pub enum DomainError {
     Store(#[from] StoreError),
 }
 
+/// `spec.<path>` for a spec error (`spec` for the whole spec).
+fn spec_field(e: &JobSpecError) -> String {
+    if e.field.is_empty() {
+        "spec".into()
+    } else {
+        format!("spec.{}", e.field)
+    }
+}
+
+impl DomainError {
+    /// The field path at fault, for bad input.
+    pub fn field(&self) -> Option<String> {
+        match self {
+            DomainError::Invalid { field, .. } => Some(field.clone()),
+            DomainError::Spec(e) => Some(spec_field(e)),
+            DomainError::Exhausted { field, .. } => Some((*field).to_string()),
+            _ => None,
+        }
+    }
+
+    /// The limit crossed, for bad input or a cap.
+    pub fn limit(&self) -> Option<u64> {
+        match self {
+            DomainError::Spec(e) => e.limit(),
+            DomainError::Exhausted { limit, .. } => Some(*limit),
+            _ => None,
+        }
+    }
+}
+
+/// Why a stored or peer job cannot be scheduled: its field path and problem.
+fn check_job(job: &pb::Job) -> Result<(), DomainError> {
+    if job.id.trim().is_empty() || job.id.len() > meshlat_proto::job::MAX_AGENT_ID_BYTES {
+        return Err(invalid(
+            "id",
+            format!(
+                "must be 1 to {} bytes",
+                meshlat_proto::job::MAX_AGENT_ID_BYTES
+            ),
+        ));
+    }
+    let spec = job
+        .spec
+        .as_ref()
+        .ok_or_else(|| invalid("spec", "missing"))?;
+    meshlat_proto::job::validate(spec).map_err(DomainError::Spec)
+}
+
+/// Bounds a Hello's lists and strings ([`crate::limits`]).
+fn check_hello(h: &pb::Hello) -> Result<(), DomainError> {
+    check_agent_fields(
+        [&h.region, &h.az, &h.location, &h.version],
+        &h.endpoints,
+        &h.capabilities,
+    )
+}
+
+/// [`check_hello`]'s checks: region, az, location, version; endpoints; capabilities.
+fn check_agent_fields(
+    labels: [&str; 4],
+    endpoints: &[pb::ResponderEndpoint],
+    capabilities: &[String],
+) -> Result<(), DomainError> {
+    let long = |field: &'static str, v: &str| {
+        (v.len() > limits::MAX_HELLO_FIELD_BYTES).then(|| {
+            invalid(
+                field,
+                format!(
+                    "{} bytes exceed the limit of {}",
+                    v.len(),
+                    limits::MAX_HELLO_FIELD_BYTES
+                ),
+            )
+        })
+    };
+    for (field, v) in [
+        "hello.region",
+        "hello.az",
+        "hello.location",
+        "hello.version",
+    ]
+    .into_iter()
+    .zip(labels)
+    {
+        if let Some(e) = long(field, v) {
+            return Err(e);
+        }
+    }
+    if endpoints.len() > limits::MAX_HELLO_ENDPOINTS {
+        return Err(invalid(
+            "hello.endpoints",
+            format!(
+                "{} entries exceed the limit of {}",
+                endpoints.len(),
+                limits::MAX_HELLO_ENDPOINTS
+            ),
+        ));
+    }
+    if capabilities.len() > limits::MAX_HELLO_CAPABILITIES {
+        return Err(invalid(
+            "hello.capabilities",
+            format!(
+                "{} entries exceed the limit of {}",
+                capabilities.len(),
+                limits::MAX_HELLO_CAPABILITIES
+            ),
+        ));
+    }
+    for e in endpoints {
+        if let Some(e) = long("hello.endpoints.address", &e.address) {
+            return Err(e);
+        }
+    }
+    for c in capabilities {
+        if let Some(e) = long("hello.capabilities", c) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// A peer's directory entry passes the same bounds as a Hello.
+fn check_stored_agent(a: &pb::StoredAgent) -> Result<(), DomainError> {
+    let Some(i) = &a.info else {
+        return Err(invalid("directory.agent", "missing info"));
+    };
+    if i.id.len() > meshlat_proto::job::MAX_AGENT_ID_BYTES {
+        return Err(invalid("directory.agent.id", "too long"));
+    }
+    check_agent_fields(
+        [&i.region, &i.az, &i.location, &i.version],
+        &a.endpoints,
+        &a.capabilities,
+    )
+}
+
 /// Tunables of the registry.
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
@@ -114,6 +268,8 @@ pub struct RegistryConfig {
     pub keys: MeshKeys,
     /// Grants are valid one to two of these ([`crate::keys::grant_expiry`]); at least the lease.
     pub grant_epoch: Duration,
+    /// The caps ([`crate::limits`]).
+    pub limits: Limits,
 }
 
 impl RegistryConfig {
@@ -142,6 +298,9 @@ struct AgentEntry {
     last_heard: Instant,
     generation: u64,
     acked: u64,
+    /// The join token it last connected with ([`Registry::connect_as`]; empty: unknown, e.g.
+    /// loaded from the state store and not back yet).
+    token: String,
 }
 
 #[derive(Debug)]
@@ -150,6 +309,8 @@ struct Inner {
     agents: BTreeMap<String, AgentEntry>,
     /// Peer controllers' directories by region, with when they expire.
     peers: BTreeMap<String, (pb::Directory, Instant)>,
+    /// Ids of the jobs each peer's last directory had refused (to log each once).
+    refused_peer_jobs: BTreeMap<String, std::collections::BTreeSet<String>>,
     next_generation: u64,
     next_session: u64,
     /// The pinglists are stale: something changed since the last snapshot.
@@ -192,18 +353,33 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> DomainError {
 impl Registry {
     /// Loads jobs and agent identities from `store`.
     ///
+    /// A stored job this version cannot schedule (one that fails today's validation, e.g. a
+    /// `k` of 4294967295 saved by an old version) is quarantined: moved to the store's
+    /// quarantine ([`StateStore::quarantine_jobs`]) with an error log line naming the job, the
+    /// field and the limit, and left out; the controller starts with the others. Agents last
+    /// seen longer than `--agent-expiry` ago are dropped.
+    ///
     /// # Errors
     ///
     /// [`StoreError`] when the store cannot be read.
     pub fn load(cfg: RegistryConfig, store: Arc<dyn StateStore>) -> Result<Self, StoreError> {
         let state = store.load()?;
         let now = Instant::now();
-        let agents = state
+        let now_ms = unix_ms();
+        let expiry_ms = i64::try_from(cfg.limits.agent_expiry.as_millis()).unwrap_or(i64::MAX);
+        let mut expired = 0usize;
+        let agents: BTreeMap<String, AgentEntry> = state
             .agents
             .into_iter()
             .filter_map(|mut a| {
                 let info = a.info.as_mut()?;
                 info.connected = false;
+                if info.last_seen_unix_ms > 0
+                    && now_ms.saturating_sub(info.last_seen_unix_ms) > expiry_ms
+                {
+                    expired += 1;
+                    return None;
+                }
                 Some((
                     info.id.clone(),
                     AgentEntry {
@@ -212,16 +388,51 @@ impl Registry {
                         last_heard: now,
                         generation: 0,
                         acked: 0,
+                        token: String::new(),
                     },
                 ))
             })
             .collect();
+        if expired > 0 {
+            tracing::info!(
+                message = "Stored agents past --agent-expiry dropped.",
+                agents = expired
+            );
+        }
+        let (jobs, bad): (Vec<pb::Job>, Vec<pb::Job>) =
+            state.jobs.into_iter().partition(|j| check_job(j).is_ok());
+        if !bad.is_empty() {
+            for j in &bad {
+                let e = check_job(j).err();
+                tracing::error!(
+                    message = "Stored job quarantined: this version cannot schedule it.",
+                    job = %j.id,
+                    name = %j.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default(),
+                    field = %e.as_ref().and_then(DomainError::field).unwrap_or_default(),
+                    limit = ?e.as_ref().and_then(DomainError::limit),
+                    error = %e.map(|e| e.to_string()).unwrap_or_default(),
+                );
+            }
+            // Quarantine first: if it fails the jobs file keeps them (and they stay
+            // unscheduled in this run), so nothing is lost.
+            match store.quarantine_jobs(&bad) {
+                Ok(()) => {
+                    if let Err(error) = store.save_jobs(&jobs) {
+                        tracing::error!(message = "Cannot save jobs after quarantine.", %error);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(message = "Cannot quarantine jobs; they stay in the jobs file, unscheduled.", %error);
+                }
+            }
+        }
         // Generations only grow, across restarts too (agents ignore nothing, but logs compare).
         let next_generation = u64::try_from(unix_ms()).unwrap_or(1).max(1);
         let inner = Inner {
-            jobs: state.jobs.into_iter().map(|j| (j.id.clone(), j)).collect(),
+            jobs: jobs.into_iter().map(|j| (j.id.clone(), j)).collect(),
             agents,
             peers: BTreeMap::new(),
+            refused_peer_jobs: BTreeMap::new(),
             next_generation,
             next_session: 1,
             // The scheduler's first round pushes to whoever has connected by then.
@@ -231,11 +442,19 @@ impl Registry {
             recomputed: (now, Duration::ZERO),
             grants_expire: 0,
         };
+        let live = Live::new(
+            SUMMARY_TTL,
+            LiveLimits {
+                per_agent_bytes: cfg.limits.max_summary_bytes,
+                total_pairs: cfg.limits.max_live_pairs,
+                total_bytes: cfg.limits.max_live_bytes,
+            },
+        );
         let r = Registry {
             cfg,
             store,
             inner: Mutex::new(inner),
-            live: Live::new(SUMMARY_TTL),
+            live,
             changes: watch::Sender::new(0),
             kick: Notify::new(),
         };
@@ -270,22 +489,7 @@ impl Registry {
     }
 
     fn check_spec(&self, inner: &Inner, spec: &pb::JobSpec) -> Result<(), DomainError> {
-        meshlat_proto::job::validate(spec).map_err(|e| {
-            use meshlat_proto::job::JobSpecError as E;
-            let field = match &e {
-                E::Empty { field } => (*field).to_string(),
-                E::OutOfRange { field, .. } | E::Invalid { field, .. } => field.clone(),
-                E::TimeoutNotBelowInterval { .. } => "timeout_ms".into(),
-                _ => String::new(),
-            };
-            let reason = e.to_string();
-            let reason = reason
-                .strip_prefix(&format!("{field}: "))
-                .map_or(reason.clone(), str::to_string);
-            invalid(format!("spec.{field}").trim_end_matches('.'), reason)
-        })?;
-        schedule::check_endpoints(spec)
-            .map_err(|(field, reason)| invalid(format!("spec.{field}"), reason))?;
+        meshlat_proto::job::validate(spec).map_err(DomainError::Spec)?;
         let full = matches!(
             pb::PinglistStrategy::try_from(spec.strategy),
             Ok(pb::PinglistStrategy::Full | pb::PinglistStrategy::Unspecified) | Err(_)
@@ -314,6 +518,19 @@ impl Registry {
         let spec = spec.ok_or_else(|| invalid("spec", "must be given"))?;
         let mut inner = self.lock();
         self.check_spec(&inner, &spec)?;
+        let max = self.cfg.limits.max_jobs;
+        if inner.jobs.len() >= max {
+            let stopped = inner.jobs.values().filter(|j| j.stopped).count();
+            return Err(DomainError::Exhausted {
+                field: "jobs",
+                limit: max as u64,
+                flag: "--max-jobs",
+                reason: format!(
+                    "{} jobs are stored ({stopped} of them stopped, which count until --stopped-job-ttl after their stop)",
+                    inner.jobs.len()
+                ),
+            });
+        }
         let now = unix_ms();
         let job = pb::Job {
             id: uuid::Uuid::now_v7().to_string(),
@@ -470,7 +687,8 @@ impl Registry {
     }
 
     /// This controller's directory for its peers: its region, live agents with their
-    /// endpoints, and its own jobs (stopped ones too, so a stop propagates).
+    /// endpoints, and its own running jobs (never stopped ones: a stopped job leaves the
+    /// directory, and peers drop what is no longer in it at the next exchange).
     pub fn directory(&self, controller_url: &str, ttl: Duration) -> pb::Directory {
         let inner = self.lock();
         let now = Instant::now();
@@ -486,7 +704,12 @@ impl Registry {
             region: self.cfg.region.clone(),
             controller_url: controller_url.into(),
             agents: directory.iter().filter_map(|a| a.info.clone()).collect(),
-            jobs: inner.jobs.values().cloned().collect(),
+            jobs: inner
+                .jobs
+                .values()
+                .filter(|j| !j.stopped)
+                .cloned()
+                .collect(),
             ttl_ms: ttl.as_millis() as u64,
             unix_ms: unix_ms(),
             directory,
@@ -495,6 +718,10 @@ impl Registry {
 
     /// Merges a peer controller's directory: its agents become targets (and its jobs are
     /// scheduled for our agents) until `ttl` after now (the peer's `ttl_ms` if shorter).
+    ///
+    /// Peer jobs pass the same validation as local ones; a job that fails it, a stopped job,
+    /// and jobs and agents beyond `--max-peer-jobs` and `--max-peer-agents` are ignored, each
+    /// with a warning (once per peer and job until the peer's directory changes it).
     ///
     /// # Errors
     ///
@@ -519,14 +746,78 @@ impl Registry {
         // Only the peer's own jobs and agents of its region; the directory is what we schedule
         // against, so nothing else is trusted from it.
         dir.directory.retain(|a| {
-            a.info
-                .as_ref()
-                .is_some_and(|i| i.region == region && !i.id.is_empty())
+            a.info.as_ref().is_some_and(|i| {
+                i.region == region && !i.id.is_empty() && check_stored_agent(a).is_ok()
+            })
         });
+        let limits = &self.cfg.limits;
+        if dir.directory.len() > limits.max_peer_agents {
+            tracing::warn!(
+                message = "Peer directory cut to --max-peer-agents.",
+                peer_region = %region,
+                agents = dir.directory.len(),
+                limit = limits.max_peer_agents
+            );
+            dir.directory.truncate(limits.max_peer_agents);
+        }
         dir.agents.clear();
+        let mut refused = Vec::new();
+        let mut kept = 0usize;
+        dir.jobs.retain(|j| {
+            if j.stopped {
+                return false;
+            }
+            if let Err(e) = check_job(j) {
+                refused.push((j.id.clone(), e));
+                return false;
+            }
+            kept += 1;
+            if kept > limits.max_peer_jobs {
+                refused.push((
+                    j.id.clone(),
+                    DomainError::Exhausted {
+                        field: "directory.jobs",
+                        limit: limits.max_peer_jobs as u64,
+                        flag: "--max-peer-jobs",
+                        reason: "more jobs than accepted from one peer".into(),
+                    },
+                ));
+                return false;
+            }
+            true
+        });
         let mut inner = self.lock();
         let now = Instant::now();
         let fresh = !inner.peers.contains_key(&region);
+        if fresh && inner.peers.len() >= limits::MAX_PEER_REGIONS {
+            return Err(DomainError::Exhausted {
+                field: "directory.region",
+                limit: limits::MAX_PEER_REGIONS as u64,
+                flag: "limits::MAX_PEER_REGIONS",
+                reason: format!("{region:?} would be one peer region too many"),
+            });
+        }
+        let known: std::collections::BTreeSet<String> = inner
+            .refused_peer_jobs
+            .get(&region)
+            .cloned()
+            .unwrap_or_default();
+        for (job, e) in &refused {
+            if !known.contains(job) {
+                tracing::warn!(
+                    message = "Peer job refused.",
+                    peer_region = %region,
+                    job = %job,
+                    field = %e.field().unwrap_or_default(),
+                    limit = ?e.limit(),
+                    error = %e
+                );
+            }
+        }
+        inner.refused_peer_jobs.insert(
+            region.clone(),
+            refused.into_iter().map(|(id, _)| id).collect(),
+        );
         inner.peers.insert(region.clone(), (dir, now + ttl));
         if fresh {
             tracing::info!(message = "Peer directory merged.", peer_region = %region);
@@ -542,6 +833,17 @@ impl Registry {
     ///
     /// [`DomainError::Invalid`] for a malformed Hello, or [`DomainError::Store`].
     pub fn connect(&self, hello: pb::Hello) -> Result<Session, DomainError> {
+        self.connect_as(hello, "")
+    }
+
+    /// [`Registry::connect`] for an agent that presented join token `token` (an identifier
+    /// of it, not the secret): a new agent id is refused beyond `--max-agents` in all or
+    /// `--max-agents-per-token` with this token.
+    ///
+    /// # Errors
+    ///
+    /// [`DomainError::Invalid`] for a malformed Hello, [`DomainError::Exhausted`] at a cap.
+    pub fn connect_as(&self, hello: pb::Hello, token: &str) -> Result<Session, DomainError> {
         let id = hello.agent_id.trim().to_string();
         if id.len() > 128 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(invalid(
@@ -552,6 +854,7 @@ impl Registry {
         if hello.region.trim().is_empty() {
             return Err(invalid("hello.region", "must not be empty"));
         }
+        check_hello(&hello)?;
         let id = if id.is_empty() {
             uuid::Uuid::now_v7().to_string()
         } else {
@@ -559,6 +862,26 @@ impl Registry {
         };
         let now = Instant::now();
         let mut inner = self.lock();
+        if !inner.agents.contains_key(&id) {
+            let limits = &self.cfg.limits;
+            let same = inner.agents.values().filter(|e| e.token == token).count();
+            if !token.is_empty() && same >= limits.max_agents_per_token {
+                return Err(DomainError::Exhausted {
+                    field: "agents",
+                    limit: limits.max_agents_per_token as u64,
+                    flag: "--max-agents-per-token",
+                    reason: format!("{same} agents joined with this join token"),
+                });
+            }
+            if inner.agents.len() >= limits.max_agents {
+                return Err(DomainError::Exhausted {
+                    field: "agents",
+                    limit: limits.max_agents as u64,
+                    flag: "--max-agents",
+                    reason: format!("{} agents are known", inner.agents.len()),
+                });
+            }
+        }
         let session = inner.next_session;
         inner.next_session += 1;
         let info = pb::AgentInfo {
@@ -581,6 +904,7 @@ impl Registry {
             Some(e) => {
                 e.stored = stored;
                 e.last_heard = now;
+                e.token = token.to_string();
                 // Force a push on the new session.
                 e.generation = 0;
                 e.session.replace((session, tx)).is_some()
@@ -594,6 +918,7 @@ impl Registry {
                         last_heard: now,
                         generation: 0,
                         acked: 0,
+                        token: token.to_string(),
                     },
                 );
                 false
@@ -721,13 +1046,73 @@ impl Registry {
         self.changed();
     }
 
-    /// Re-evaluates liveness (agents whose TTL ran out stop being scheduled). Call periodically.
+    /// Re-evaluates liveness (agents whose TTL ran out stop being scheduled), expires what
+    /// outlived its time, and prunes the live summaries. Call periodically (every
+    /// [`crate::app::SWEEP_INTERVAL`]).
+    ///
+    /// - Stopped jobs older than `--stopped-job-ttl` (since their stop) are deleted.
+    /// - Disconnected agents not heard from for `--agent-expiry` are removed from the directory,
+    ///   the live summaries (the matrix) and the saved state.
+    /// - Summaries older than [`SUMMARY_TTL`] are dropped, whether or not anyone reads the
+    ///   matrix.
     ///
     /// Reschedules only if a peer directory or a disconnected agent's TTL ran out since the last
-    /// round, or a new grant epoch started, not on every call.
+    /// round, something was removed, or a new grant epoch started, not on every call.
     pub fn sweep(&self) {
+        let pruned = self.live.prune(Instant::now());
+        if pruned > 0 {
+            let t = self.live.totals();
+            tracing::debug!(
+                message = "Live summaries expired.",
+                agents = pruned,
+                remaining_agents = t.agents,
+                remaining_pairs = t.pairs,
+                remaining_bytes = t.bytes
+            );
+        }
         let mut inner = self.lock();
         let now = Instant::now();
+        let now_ms = unix_ms();
+        let stopped_ttl =
+            i64::try_from(self.cfg.limits.stopped_job_ttl.as_millis()).unwrap_or(i64::MAX);
+        let old: Vec<String> = inner
+            .jobs
+            .values()
+            .filter(|j| j.stopped && now_ms.saturating_sub(j.updated_unix_ms) > stopped_ttl)
+            .map(|j| j.id.clone())
+            .collect();
+        let mut removed = false;
+        if !old.is_empty() {
+            let kept: Vec<pb::Job> = old.iter().filter_map(|id| inner.jobs.remove(id)).collect();
+            match self.save_jobs(&inner) {
+                Ok(()) => {
+                    for id in &old {
+                        tracing::info!(message = "Stopped job expired (--stopped-job-ttl).", job = %id);
+                    }
+                    removed = true;
+                }
+                // Keep them; the next sweep tries again.
+                Err(_) => inner
+                    .jobs
+                    .extend(kept.into_iter().map(|j| (j.id.clone(), j))),
+            }
+        }
+        let expiry = self.cfg.limits.agent_expiry;
+        let gone: Vec<String> = inner
+            .agents
+            .iter()
+            .filter(|(_, e)| e.session.is_none() && now.duration_since(e.last_heard) > expiry)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            inner.agents.remove(id);
+            self.live.remove(id);
+            tracing::info!(message = "Agent removed: not heard from for --agent-expiry.", agent = %id);
+        }
+        if !gone.is_empty() {
+            inner.unsaved = true;
+            removed = true;
+        }
         let peers = inner.peers.len();
         inner.peers.retain(|region, (_, expires)| {
             let keep = *expires > now;
@@ -736,9 +1121,16 @@ impl Registry {
             }
             keep
         });
+        let Inner {
+            peers: live_peers,
+            refused_peer_jobs,
+            ..
+        } = &mut *inner;
+        refused_peer_jobs.retain(|region, _| live_peers.contains_key(region));
         let since = inner.recomputed.0;
         let ttl = self.cfg.agent_ttl;
-        let expired = inner.peers.len() != peers
+        let expired = removed
+            || inner.peers.len() != peers
             || inner.agents.values().any(|e| {
                 let until = e.last_heard + ttl;
                 e.session.is_none() && since < until && until <= now
@@ -1055,6 +1447,7 @@ mod tests {
             agent_ttl: Duration::from_secs(120),
             keys: MeshKeys::derive(b"test"),
             grant_epoch: Duration::from_secs(3600),
+            limits: Limits::default(),
         }
     }
 
@@ -1119,7 +1512,7 @@ mod tests {
             .start_job(Some(spec(1000)))
             .expect_err("timeout >= interval");
         assert!(
-            matches!(&e, DomainError::Invalid { field, .. } if field == "spec.timeout_ms"),
+            matches!(&e, DomainError::Spec(_)) && e.field().as_deref() == Some("spec.timeout_ms"),
             "{e}"
         );
         let job = r.start_job(Some(spec(500))).expect("valid");
@@ -1257,6 +1650,116 @@ mod tests {
         assert!(next_set(&mut a.job_sets).await.assignments.is_empty());
         assert_eq!(r.list_agents().len(), 1);
         stop.cancel();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn caps_refuse_with_the_flag_and_expiry_removes_agents_and_jobs() {
+        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
+        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let mut c = cfg();
+        c.limits.max_jobs = 2;
+        c.limits.max_agents = 2;
+        c.limits.max_agents_per_token = 1;
+        c.limits.agent_expiry = Duration::from_secs(600);
+        c.limits.stopped_job_ttl = Duration::from_millis(1);
+        let r = Registry::load(c, store).expect("load");
+        let a = r.start_job(Some(spec(500))).expect("1");
+        r.start_job(Some(spec(500))).expect("2");
+        let e = r.start_job(Some(spec(500))).expect_err("3");
+        assert_eq!(
+            (e.field().as_deref(), e.limit()),
+            (Some("jobs"), Some(2)),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--max-jobs"), "{e}");
+        // A stopped job counts until it expires; then there is room again.
+        r.stop_job(&a.id).expect("stop");
+        assert!(r.start_job(Some(spec(500))).is_err());
+        std::thread::sleep(Duration::from_millis(5));
+        r.sweep();
+        assert!(matches!(
+            r.get_job(&a.id),
+            Err(DomainError::NotFound { .. })
+        ));
+        r.start_job(Some(spec(500))).expect("room after the expiry");
+
+        let one = r.connect_as(hello("a1", 1), "tok-a").expect("a1");
+        let e = r
+            .connect_as(hello("a2", 2), "tok-a")
+            .expect_err("per token");
+        assert!(e.to_string().contains("--max-agents-per-token"), "{e}");
+        let b1 = r.connect_as(hello("b1", 3), "tok-b").expect("b1");
+        let e = r.connect_as(hello("c1", 4), "tok-c").expect_err("total");
+        assert!(e.to_string().contains("(limit 2, --max-agents)"), "{e}");
+        r.connect_as(hello("a1", 5), "tok-a")
+            .expect("a known id reconnects");
+        let mut h = hello("d1", 6);
+        h.capabilities = vec!["x".into(); limits::MAX_HELLO_CAPABILITIES + 1];
+        let e = r.connect_as(h, "tok-d").expect_err("too many capabilities");
+        assert_eq!(e.field().as_deref(), Some("hello.capabilities"));
+
+        // Gone longer than --agent-expiry: removed (the connected one stays).
+        r.live
+            .ingest("b1", "r", pb::Summaries::default(), Instant::now());
+        r.disconnect("b1", b1.session);
+        drop(one);
+        tokio::time::advance(Duration::from_secs(601)).await;
+        r.sweep();
+        let ids: Vec<String> = r.list_agents().into_iter().map(|a| a.id).collect();
+        assert_eq!(ids, vec!["a1".to_string()]);
+        assert_eq!(r.live.totals().agents, 0, "its summaries went too");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peer_directories_are_bounded() {
+        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
+        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let mut c = cfg();
+        c.limits.max_peer_agents = 2;
+        c.limits.max_peer_jobs = 1;
+        let r = Registry::load(c, store).expect("load");
+        let agent = |id: &str| pb::StoredAgent {
+            info: Some(pb::AgentInfo {
+                id: id.into(),
+                region: "p".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut hostile = agent("p-wide");
+        hostile.endpoints = vec![Default::default(); limits::MAX_HELLO_ENDPOINTS + 1];
+        let job = |id: &str, k: u32| pb::Job {
+            id: id.into(),
+            spec: Some(pb::JobSpec {
+                strategy: pb::PinglistStrategy::KRandom as i32,
+                k,
+                ..spec(500)
+            }),
+            ..Default::default()
+        };
+        let d = pb::Directory {
+            region: "p".into(),
+            directory: vec![hostile, agent("p1"), agent("p2"), agent("p3")],
+            jobs: vec![job("bad", u32::MAX), job("j1", 2), job("j2", 2)],
+            ..Default::default()
+        };
+        r.merge_peer(d, Duration::from_secs(10)).expect("merged");
+        let ids: Vec<String> = r.list_agents().into_iter().map(|a| a.id).collect();
+        assert_eq!(ids, vec!["p1".to_string(), "p2".to_string()]);
+        let inner = r.lock();
+        let jobs: Vec<&str> = inner
+            .all_jobs(Instant::now())
+            .iter()
+            .map(|j| j.id.as_str())
+            .collect();
+        assert_eq!(
+            jobs,
+            vec!["j1"],
+            "the hostile job and the one over --max-peer-jobs are ignored"
+        );
+        drop(inner);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -20,8 +20,10 @@
 //! [`SSE_HEARTBEAT`] so proxies keep the connection open.
 //!
 //! Errors are JSON, `{"error": {"code": "invalid_argument", "field": "spec.timeout_ms",
-//! "message": "..."}}`, with `400` (bad input), `401` (credential), `404`, `405`, `409` (stopped
-//! job), `412` (version mismatch), `413` (body over [`MAX_BODY`]) or `500`.
+//! "message": "...", "limit": 1000}}` (`limit` only when a size, range or cap was crossed),
+//! with `400` (bad input), `401` (credential), `404`, `405`, `409` (stopped job), `412`
+//! (version mismatch), `413` (body over [`MAX_BODY`]), `429` (`resource_exhausted`: a cap of
+//! [`crate::limits`] such as `--max-jobs` is reached) or `500`.
 //!
 //! Served over HTTP/1.1 with the controller's TLS certificate (plain HTTP with `--plaintext`).
 
@@ -78,15 +80,23 @@ fn error(status: StatusCode, code: &str, field: Option<&str>, message: &str) -> 
     )
 }
 
+fn error_with_limit(status: StatusCode, code: &str, e: &DomainError) -> Resp {
+    let mut v = json!({"error": {"code": code, "field": e.field(), "message": e.to_string()}});
+    if let Some(limit) = e.limit() {
+        v["error"]["limit"] = json!(limit);
+    }
+    reply(status, &v)
+}
+
 fn domain_error(e: &DomainError) -> Resp {
     let msg = e.to_string();
     match e {
-        DomainError::Invalid { field, .. } => error(
-            StatusCode::BAD_REQUEST,
-            "invalid_argument",
-            Some(field),
-            &msg,
-        ),
+        DomainError::Invalid { .. } | DomainError::Spec(_) => {
+            error_with_limit(StatusCode::BAD_REQUEST, "invalid_argument", e)
+        }
+        DomainError::Exhausted { .. } => {
+            error_with_limit(StatusCode::TOO_MANY_REQUESTS, "resource_exhausted", e)
+        }
         DomainError::NotFound { .. } => error(StatusCode::NOT_FOUND, "not_found", None, &msg),
         DomainError::VersionMismatch { .. } => error(
             StatusCode::PRECONDITION_FAILED,

@@ -88,25 +88,15 @@ impl Selector {
     /// A reason naming the bad key or pair.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut sel = Selector::default();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let Some((k, v)) = part.split_once('=') else {
-                return Err(format!("{part:?} is not key=value"));
-            };
-            let v = Some(v.trim().to_string());
-            match k.trim() {
+        for (k, v) in meshlat_proto::job::selector_pairs(s)? {
+            let v = Some(v.to_string());
+            match k {
                 "region" => sel.region = v,
                 "az" => sel.az = v,
                 "location" => sel.location = v,
-                "id" => sel.id = v,
-                other => {
-                    return Err(format!(
-                        "unknown selector key {other:?} (use region, az, location, id)"
-                    ));
-                }
+                // `selector_pairs` allows only the four keys.
+                _ => sel.id = v,
             }
-        }
-        if sel == Selector::default() {
-            return Err("empty selector".into());
         }
         Ok(sel)
     }
@@ -121,21 +111,7 @@ impl Selector {
     }
 }
 
-/// The protocol a target URL is measured with.
-pub fn url_protocol(url: &str) -> Option<pb::Protocol> {
-    let (scheme, rest) = url.split_once("://")?;
-    if rest.is_empty() {
-        return None;
-    }
-    Some(match scheme.to_ascii_lowercase().as_str() {
-        "udp" => pb::Protocol::Udp,
-        "tcp" => pb::Protocol::Tcp,
-        "quic" => pb::Protocol::Quic,
-        "http" => pb::Protocol::Http,
-        "https" => pb::Protocol::Https,
-        _ => return None,
-    })
-}
+pub use meshlat_proto::job::url_protocol;
 
 /// The probe target for an advertised endpoint.
 pub fn endpoint_target(p: pb::Protocol, address: &str) -> Option<String> {
@@ -147,40 +123,6 @@ pub fn endpoint_target(p: pb::Protocol, address: &str) -> Option<String> {
         pb::Protocol::Https => format!("https://{address}/ping"),
         pb::Protocol::Unspecified => return None,
     })
-}
-
-/// Controller-side checks beyond [`meshlat_proto::job::validate`]: selectors parse, URL targets
-/// use one of the job's protocols. Returns `(field path, reason)`.
-pub fn check_endpoints(spec: &pb::JobSpec) -> Result<(), (String, String)> {
-    for (name, list) in [
-        ("sources", &spec.sources),
-        ("targets", &spec.targets),
-        ("relays", &spec.relays),
-    ] {
-        for (i, e) in list.iter().enumerate() {
-            match &e.endpoint {
-                Some(pb::endpoint::Endpoint::Selector(s)) => {
-                    Selector::parse(s).map_err(|r| (format!("{name}[{i}]"), r))?;
-                }
-                Some(pb::endpoint::Endpoint::Url(u)) => {
-                    let p = url_protocol(u).ok_or_else(|| {
-                        (
-                            format!("{name}[{i}]"),
-                            format!("{u:?} is not udp://, tcp://, quic://, http:// or https://"),
-                        )
-                    })?;
-                    if !spec.protocols.contains(&(p as i32)) {
-                        return Err((
-                            format!("{name}[{i}]"),
-                            format!("{u:?} needs protocol {} in protocols", p.as_str_name()),
-                        ));
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Agents an endpoint list names (sorted by id, deduplicated).
@@ -249,6 +191,9 @@ fn top_k_pairs<'a>(
     k: usize,
 ) -> Vec<&'a AgentView> {
     use std::cmp::Reverse;
+    // Never more than there are candidates, whatever `k` says (a k of 4294967295 once
+    // allocated 137 GB here).
+    let k = k.min(dsts.len());
     // A min-heap of the best `k` so far: its root is the one to beat, `floor` its score.
     let mut best: BinaryHeap<Reverse<(u64, Reverse<&str>, usize)>> =
         BinaryHeap::with_capacity(k + 1);
@@ -351,6 +296,8 @@ fn pairs<'a>(
             } else {
                 spec.k as usize
             };
+            // Clamped to the candidates (also in `top_k_pairs`, which allocates by it).
+            let k = k.min(targets.len());
             for (s, chosen) in k_random(job, &sources, &targets, k) {
                 out.insert(s.id.as_str(), chosen);
             }
@@ -799,9 +746,28 @@ mod tests {
         if let Some(s) = j.spec.as_mut() {
             s.targets[0].endpoint = Some(pb::endpoint::Endpoint::Url("http://x/".into()));
         }
-        let (field, reason) = check_endpoints(j.spec.as_ref().expect("spec")).expect_err("http");
-        assert_eq!(field, "targets[0]");
-        assert!(reason.contains("PROTOCOL_HTTP"), "{reason}");
+        let e = meshlat_proto::job::validate(j.spec.as_ref().expect("spec")).expect_err("http");
+        assert_eq!(e.field, "targets[0]");
+        assert!(e.to_string().contains("PROTOCOL_HTTP"), "{e}");
+    }
+
+    #[test]
+    fn k_beyond_the_candidates_is_clamped_not_allocated() {
+        let agents: Vec<AgentView> = (0..5).map(|i| agent(&format!("ag{i}"), "a")).collect();
+        // Unvalidated (as an old version saved it): without the clamp this aborts the process
+        // allocating a heap of 4294967296 entries.
+        for strategy in [
+            pb::PinglistStrategy::KRandom,
+            pb::PinglistStrategy::PerRegion,
+        ] {
+            let j = job(strategy, u32::MAX);
+            let out = compute(&[&j], &agents, 0);
+            assert!(
+                out.values().all(|a| a[0].targets.len() <= 4),
+                "{strategy:?}: at most every other agent"
+            );
+            assert!(!out.is_empty(), "{strategy:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! `state/jobs.pb` holds a protobuf `meshlat.v1.StoredJobs`, `state/agents.pb` a
 //! `meshlat.v1.StoredAgents` (`proto/meshlat/v1/state.proto`). Each save writes a temporary file,
 //! syncs it and renames it over the old one, so a crash leaves either the old or the new state.
+//!
+//! Jobs a controller can no longer schedule (they fail today's validation) are moved from
+//! `jobs.pb` to `state/jobs.quarantined.pb` (also a `StoredJobs`; appended to, never read
+//! back), so they can be inspected and fixed by hand. The quarantine file stays in the data
+//! directory; with `--state-bucket` it is not uploaded (the log line names each job).
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +27,8 @@ pub mod s3;
 pub const JOBS_FILE: &str = "jobs.pb";
 /// Agent identities file name.
 pub const AGENTS_FILE: &str = "agents.pb";
+/// Quarantined jobs file name (under `state/`).
+pub const QUARANTINE_FILE: &str = "jobs.quarantined.pb";
 
 /// A state store failure.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +87,13 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// [`StoreError`] when the write fails; the previous state is kept.
     fn save_agents(&self, agents: &[pb::StoredAgent]) -> Result<(), StoreError>;
+    /// Adds jobs to the quarantine (jobs this version cannot schedule; see the module docs).
+    /// The caller then saves the jobs without them.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the write fails.
+    fn quarantine_jobs(&self, jobs: &[pb::Job]) -> Result<(), StoreError>;
 }
 
 /// The file implementation: `<data-dir>/state/{jobs,agents}.pb`.
@@ -144,6 +158,22 @@ impl StateStore for FileStore {
     fn save_agents(&self, agents: &[pb::StoredAgent]) -> Result<(), StoreError> {
         self.write(AGENTS_FILE, &encode_agents(agents))
     }
+
+    fn quarantine_jobs(&self, jobs: &[pb::Job]) -> Result<(), StoreError> {
+        // An unreadable old quarantine is kept aside rather than lost.
+        let mut all = match self.read::<pb::StoredJobs>(QUARANTINE_FILE) {
+            Ok(q) => q.jobs,
+            Err(_) => {
+                let from = self.dir.join(QUARANTINE_FILE);
+                let to = self.dir.join(format!("{QUARANTINE_FILE}.unreadable"));
+                std::fs::rename(&from, &to)
+                    .map_err(|source| StoreError::Io { path: from, source })?;
+                Vec::new()
+            }
+        };
+        all.extend_from_slice(jobs);
+        self.write(QUARANTINE_FILE, &encode_jobs(&all))
+    }
 }
 
 /// The content of `jobs.pb`.
@@ -187,8 +217,22 @@ mod tests {
         s.save_jobs(std::slice::from_ref(&job)).expect("save");
         s.save_agents(std::slice::from_ref(&agent)).expect("save");
         let again = FileStore::open(&dir).expect("reopen").load().expect("load");
-        assert_eq!(again.jobs, vec![job]);
+        assert_eq!(again.jobs, vec![job.clone()]);
         assert_eq!(again.agents, vec![agent]);
+        let bad = pb::Job {
+            id: "j2".into(),
+            ..Default::default()
+        };
+        s.quarantine_jobs(std::slice::from_ref(&bad))
+            .expect("quarantine");
+        s.quarantine_jobs(std::slice::from_ref(&job))
+            .expect("quarantine");
+        let q = pb::StoredJobs::decode(
+            &std::fs::read(dir.join("state").join(QUARANTINE_FILE)).expect("quarantined")[..],
+        )
+        .expect("decodes");
+        assert_eq!(q.jobs, vec![bad, job.clone()], "appended");
+        assert_eq!(s.load().expect("load").jobs, vec![job], "not read back");
         std::fs::write(dir.join("state/jobs.pb"), b"\xff\xff\xff").expect("corrupt");
         let err = s.load().expect_err("corrupt file is an error");
         assert!(err.to_string().contains("corrupt"), "{err}");

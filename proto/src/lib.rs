@@ -13,6 +13,11 @@
 
 pub mod grant;
 pub mod job;
+
+/// Largest encoded `Summaries` message an agent sends (it sends the pairs that fit); the
+/// controller decodes agent messages up to this and some room, and keeps at most its
+/// `--max-summary-bytes` of each agent's pairs.
+pub const MAX_SUMMARIES_BYTES: usize = 512 * 1024;
 pub mod record;
 pub mod token;
 

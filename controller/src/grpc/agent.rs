@@ -192,6 +192,14 @@ impl AgentSvc {
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Outbound>, Status> {
         let remote = req.remote_addr();
+        // The interceptor checked it; here it only names the token for the per-token cap.
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::auth::bearer)
+            .map(join_token_id)
+            .unwrap_or_default();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await;
         let hello = match first {
@@ -210,7 +218,10 @@ impl AgentSvc {
                 ));
             }
         };
-        let session = self.registry.connect(hello).map_err(from_domain)?;
+        let session = self
+            .registry
+            .connect_as(hello, &token)
+            .map_err(from_domain)?;
         let (end_tx, end_rx) = oneshot::channel();
         let outbound = Outbound {
             welcome: Some(pb::Welcome {
@@ -257,6 +268,17 @@ impl AgentSvc {
         });
         Ok(Response::new(outbound))
     }
+}
+
+/// An identifier of a join token (the first 8 bytes of the SHA-256 of its secret, in hex), for
+/// counting agents per token without keeping the secret.
+pub fn join_token_id(presented: &str) -> String {
+    let secret = match meshlat_proto::token::JoinToken::parse(presented) {
+        Ok(t) => t.secret,
+        Err(_) => presented.trim().to_ascii_lowercase(),
+    };
+    let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    meshlat_proto::token::hex_encode(&d.as_ref()[..8])
 }
 
 /// `AgentService` as a tonic service (in place of the generated `AgentServiceServer`; same
@@ -308,8 +330,10 @@ where
             return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
         }
         let method = ConnectMethod(self.svc.clone());
+        let limit =
+            crate::limits::agent_message_limit(self.svc.registry.config().limits.max_summary_bytes);
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(SessionCodec);
+            let mut grpc = tonic::server::Grpc::new(SessionCodec).max_decoding_message_size(limit);
             Ok(grpc.streaming(method, req).await)
         })
     }

@@ -2,7 +2,8 @@
 //!
 //! | error | code |
 //! | --- | --- |
-//! | [`DomainError::Invalid`] | `InvalidArgument`, message `field: reason`, field also in metadata `x-meshlat-field` |
+//! | [`DomainError::Invalid`], [`DomainError::Spec`] | `InvalidArgument`, message `field: reason`, field also in metadata `x-meshlat-field` (and the limit crossed, if any, in `x-meshlat-limit`) |
+//! | [`DomainError::Exhausted`] | `ResourceExhausted`, as above (a cap of [`crate::limits`]) |
 //! | [`DomainError::NotFound`] | `NotFound` |
 //! | [`DomainError::VersionMismatch`], [`DomainError::Stopped`] | `FailedPrecondition` |
 //! | [`DomainError::Store`] | `Internal` (logged with context; details not sent) |
@@ -15,10 +16,17 @@ use crate::registry::DomainError;
 /// Maps a domain error to a gRPC status.
 pub fn from_domain(e: DomainError) -> Status {
     match &e {
-        DomainError::Invalid { field, .. } => {
-            let mut s = Status::invalid_argument(e.to_string());
-            if let Ok(v) = field.parse() {
+        DomainError::Invalid { .. } | DomainError::Spec(_) | DomainError::Exhausted { .. } => {
+            let mut s = if matches!(e, DomainError::Exhausted { .. }) {
+                Status::resource_exhausted(e.to_string())
+            } else {
+                Status::invalid_argument(e.to_string())
+            };
+            if let Some(Ok(v)) = e.field().map(|f| f.parse()) {
                 s.metadata_mut().insert("x-meshlat-field", v);
+            }
+            if let Some(Ok(v)) = e.limit().map(|l| l.to_string().parse()) {
+                s.metadata_mut().insert("x-meshlat-limit", v);
             }
             s
         }
@@ -71,5 +79,19 @@ mod tests {
         });
         assert_eq!(s.code(), Code::FailedPrecondition);
         assert_eq!(unauthenticated("x").code(), Code::Unauthenticated);
+        let s = from_domain(DomainError::Exhausted {
+            field: "jobs",
+            limit: 3,
+            flag: "--max-jobs",
+            reason: "3 jobs are stored".into(),
+        });
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.message(), "jobs: 3 jobs are stored (limit 3, --max-jobs)");
+        assert_eq!(
+            s.metadata()
+                .get("x-meshlat-limit")
+                .and_then(|v| v.to_str().ok()),
+            Some("3")
+        );
     }
 }

@@ -355,6 +355,12 @@ impl<O: ObjectApi> StateStore for MirroredStore<O> {
         self.mirror.enqueue(AGENTS_FILE, data);
         Ok(())
     }
+
+    fn quarantine_jobs(&self, jobs: &[pb::Job]) -> Result<(), StoreError> {
+        // Local only (see the store's module docs); the caller's save of the remaining jobs
+        // is mirrored.
+        self.file.quarantine_jobs(jobs)
+    }
 }
 
 #[cfg(test)]
