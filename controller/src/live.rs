@@ -170,8 +170,17 @@ impl Live {
 
     /// Replaces `agent`'s summaries (received `now`), cut to the caps (module docs).
     pub fn ingest(&self, agent: &str, region: &str, mut s: pb::Summaries, now: Instant) {
-        let given = s.pairs.len();
         s.pairs.truncate(MAX_PAIRS_PER_AGENT);
+        let before = s.pairs.len();
+        s.pairs.retain(plausible);
+        if s.pairs.len() < before {
+            tracing::warn!(
+                message = "Implausible summaries dropped (non-finite or negative latency, p50 above p99, lost above sent, or counts over 10^12).",
+                agent = %agent,
+                dropped = before - s.pairs.len()
+            );
+        }
+        let given = s.pairs.len();
         let mut m = self.lock();
         let old = m.remove(agent);
         let pairs_left = self.limits.total_pairs.saturating_sub(m.pairs);
@@ -301,10 +310,30 @@ pub fn matrix(cells: &[PairCell], by: By, protocol: Option<&str>) -> Vec<pb::Mat
         .collect()
 }
 
+/// Largest count a summary may carry (a million samples a second for 11 days): far above any
+/// agent's window, low enough that sums over every agent of a mesh cannot overflow.
+const MAX_SUMMARY_COUNT: u64 = 1_000_000_000_000;
+/// Largest latency a summary may carry, in ms (an hour).
+const MAX_SUMMARY_MS: f64 = 3_600_000.0;
+
+/// Whether an agent's summary pair could be true. A lying or broken agent must not poison the
+/// matrix (NaN sorts anywhere, huge counts overflow sums): such pairs are dropped at ingest.
+fn plausible(p: &pb::PairSummary) -> bool {
+    let ms = |v: f64| v.is_finite() && (0.0..=MAX_SUMMARY_MS).contains(&v);
+    ms(p.p50_ms)
+        && ms(p.p99_ms)
+        && p.p50_ms <= p.p99_ms
+        && p.sent <= MAX_SUMMARY_COUNT
+        && p.samples <= MAX_SUMMARY_COUNT
+        && p.lost <= p.sent
+}
+
 fn merge(src: &str, dst: &str, protocol: &str, parts: &[&pb::PairSummary]) -> pb::MatrixCell {
-    let samples: u64 = parts.iter().map(|p| p.samples).sum();
-    let sent: u64 = parts.iter().map(|p| p.sent).sum();
-    let lost: u64 = parts.iter().map(|p| p.lost).sum();
+    let sum =
+        |f: fn(&pb::PairSummary) -> u64| parts.iter().fold(0u64, |a, p| a.saturating_add(f(p)));
+    let samples = sum(|p| p.samples);
+    let sent = sum(|p| p.sent);
+    let lost = sum(|p| p.lost);
     let mut p50s: Vec<(f64, u64)> = parts
         .iter()
         .filter(|p| p.samples > 0)
@@ -373,6 +402,54 @@ mod tests {
             "b1" => Some("rb".into()),
             _ => None,
         }
+    }
+
+    /// An agent that lies (NaN, negative or inverted latencies, lost above sent, counts that
+    /// would overflow the merged sums) cannot poison the matrix: its implausible pairs are
+    /// dropped, its honest ones kept, and merging huge but allowed counts never panics.
+    #[test]
+    fn implausible_summaries_are_dropped_and_merging_cannot_overflow() {
+        let live = Live::new(SUMMARY_TTL, LiveLimits::default());
+        let now = Instant::now();
+        let mut lost_above_sent = pair("b1", "udp", 1.0, 2.0, 10, 0);
+        lost_above_sent.lost = 11;
+        let mut huge = pair("b1", "udp", 1.0, 2.0, 0, 0);
+        huge.samples = u64::MAX;
+        huge.sent = u64::MAX;
+        live.ingest(
+            "a1",
+            "ra",
+            pb::Summaries {
+                pairs: vec![
+                    pair("b1", "udp", f64::NAN, 2.0, 10, 0),
+                    pair("b1", "udp", 1.0, f64::INFINITY, 10, 0),
+                    pair("b1", "udp", -1.0, 2.0, 10, 0),
+                    pair("b1", "udp", 5.0, 2.0, 10, 0),
+                    lost_above_sent,
+                    huge,
+                    pair("b1", "udp", 10.0, 20.0, 300, 0),
+                ],
+            },
+            now,
+        );
+        let cells = live.cells(now, region_of);
+        assert_eq!(cells.len(), 1, "only the honest pair is kept: {cells:?}");
+        assert_eq!(
+            (cells[0].summary.p50_ms, cells[0].summary.samples),
+            (10.0, 300)
+        );
+
+        // The largest allowed counts from many agents sum without overflow.
+        let big = |id: &str| {
+            let mut p = pair("b1", "udp", 1.0, 2.0, MAX_SUMMARY_COUNT, 0);
+            p.sent = MAX_SUMMARY_COUNT;
+            live.ingest(id, "ra", pb::Summaries { pairs: vec![p] }, now);
+        };
+        for i in 0..40 {
+            big(&format!("x{i}"));
+        }
+        let m = matrix(&live.cells(now, region_of), By::Region, Some("udp"));
+        assert!(m.iter().all(|c| c.p50_ms.is_finite()), "{m:?}");
     }
 
     #[test]
