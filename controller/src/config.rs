@@ -123,7 +123,7 @@ fn quota(flag: &'static str, per_second: f64, burst: u32) -> Result<Option<Quota
     Ok((per_second > 0.0).then_some(Quota { per_second, burst }))
 }
 
-fn limits(a: &ServeArgs) -> Result<(ConnLimits, ConnLimits), ConfigError> {
+fn conn_limits(a: &ServeArgs) -> Result<(ConnLimits, ConnLimits), ConfigError> {
     let (grpc_default, rest_default) = default_max_conns(meshlat_guard::open_files_limit());
     let handshake_timeout = timeout("--handshake-timeout", a.handshake_timeout)?;
     let header_timeout = timeout("--header-timeout", a.header_timeout)?;
@@ -467,7 +467,7 @@ impl ServeConfig {
         }
         let federation = federation(a)?;
         let state = state_store(a, region)?;
-        let (grpc_limits, rest_limits) = limits(a)?;
+        let (grpc_limits, rest_limits) = conn_limits(a)?;
         if a.rate_limit_burst == 0 {
             return Err(ConfigError::Invalid {
                 flag: "--rate-limit-burst",
