@@ -17,6 +17,7 @@
 //! | `GET` | `/api/v1/credentials` | | `200` `{"credentials": [{"name", "origin", "created_unix"}]}` |
 //! | `POST` | `/api/v1/credentials` | `{"name": "NAME"}` | `201` `{"name", ..., "credential": "NAME:SECRET"}` (shown once) |
 //! | `DELETE` | `/api/v1/credentials/{name}` | | `200` the revoked credential (its next call gets `401`) |
+//! | `GET` | `/api/v1/openapi.json` | | `200` this API as an OpenAPI 3 document ([`OPENAPI`]; no credential needed) |
 //!
 //! Every `POST`, `PUT` and `DELETE` is written to the audit log ([`crate::audit`]).
 //!
@@ -65,6 +66,10 @@ use crate::registry::{DomainError, Registry};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1024 * 1024;
+/// The OpenAPI 3 document of this API, served at `GET /api/v1/openapi.json` without a
+/// credential. `controller/tests/openapi.rs` checks it against the routes below (both ways) and
+/// a live controller, and `scripts/test_api.sh` runs schemathesis from it.
+pub const OPENAPI: &str = include_str!("openapi.json");
 /// Interval of heartbeat comments on `/api/v1/stream`.
 pub const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
 
@@ -253,6 +258,14 @@ impl Rest {
     /// Handles one request (public for tests); state-changing calls are audited.
     pub async fn handle(&self, req: Request<Incoming>) -> Resp {
         let (parts, body) = req.into_parts();
+        if parts.method == Method::GET && parts.uri.path() == "/api/v1/openapi.json" {
+            let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())).boxed());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            return r;
+        }
         let remote = parts.extensions.get::<RemoteAddr>().map(|r| r.0);
         let segs: Vec<String> = parts
             .uri

@@ -66,6 +66,8 @@ impl Ctl {
                 "127.0.0.1:0",
                 "--rest-listen",
                 "127.0.0.1:0",
+                // This suite reads the generated join token and credential from stdout.
+                "--print-secrets",
             ])
             .args(extra)
             .arg("--data-dir")

@@ -1,0 +1,234 @@
+//! The REST API's OpenAPI document (`controller/src/openapi.json`, served at
+//! `GET /api/v1/openapi.json`) cannot drift from the routes:
+//!
+//! - every route arm of the router in `controller/src/rest.rs` is documented, and every documented
+//!   operation is a route arm (read from the source, so a new arm without documentation fails);
+//! - against a real controller, every documented operation answers with one of its documented
+//!   status codes and never the router's catch-all "no such endpoint", and every error body has
+//!   the documented shape;
+//! - the document is served without a credential, byte for byte.
+//!
+//! `scripts/test_api.sh` (stage `api-fuzz`) then runs schemathesis from the same document.
+
+#[allow(dead_code)]
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const DOC: &str = include_str!("../src/openapi.json");
+const ROUTER: &str = include_str!("../src/rest.rs");
+const CREDENTIAL: &str = "openapi-test:openapi-test-secret-0123456789";
+
+/// (METHOD, /path/{param}) of every documented operation.
+fn documented() -> BTreeSet<(String, String)> {
+    let doc: Value = serde_json::from_str(DOC).expect("openapi.json is JSON");
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (m, _) in item.as_object().expect("path item") {
+            if m != "parameters" {
+                out.insert((m.to_ascii_uppercase(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// (METHOD, /path/{param}) of every route arm `(&Method::X, ["api", "v1", ...])` in rest.rs's
+/// router, plus the document's own route.
+fn routed() -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let router = &ROUTER[ROUTER.find("match (&parts.method").unwrap_or(0)..];
+    for arm in router.split("(&Method::").skip(1) {
+        let Some((method, rest)) = arm.split_once(", [") else {
+            continue;
+        };
+        let Some((segs, _)) = rest.split_once(']') else {
+            continue;
+        };
+        if !method.chars().all(|c| c.is_ascii_uppercase()) {
+            continue;
+        }
+        let path: Vec<String> = segs
+            .split(',')
+            .map(str::trim)
+            .map(|s| {
+                if let Some(lit) = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                    lit.to_string()
+                } else {
+                    format!("{{{s}}}")
+                }
+            })
+            .collect();
+        if path.first().map(String::as_str) == Some("api") {
+            out.insert((method.to_string(), format!("/{}", path.join("/"))));
+        }
+    }
+    out.insert(("GET".into(), "/api/v1/openapi.json".into()));
+    out
+}
+
+#[test]
+fn every_route_is_documented_and_every_documented_operation_is_routed() {
+    let (doc, routes) = (documented(), routed());
+    println!("openapi: {} documented operations, {} routes", doc.len(), routes.len());
+    assert!(routes.len() >= 10, "the router parse found too few routes: {routes:?}");
+    let undocumented: Vec<_> = routes.difference(&doc).collect();
+    let unrouted: Vec<_> = doc.difference(&routes).collect();
+    assert!(
+        undocumented.is_empty() && unrouted.is_empty(),
+        "routes missing from controller/src/openapi.json: {undocumented:?}; \
+         documented but not routed: {unrouted:?}"
+    );
+}
+
+/// A live controller answers every documented operation with a documented status.
+#[tokio::test]
+async fn a_live_controller_answers_every_documented_operation_as_documented() -> Result<()> {
+    let data = common::tmp_dir("openapi", "live");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_controller"))
+        .args([
+            "serve",
+            "--region",
+            "oa",
+            "--listen",
+            "127.0.0.1:0",
+            "--rest-listen",
+            "127.0.0.1:0",
+            "--operator-credential",
+            CREDENTIAL,
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn controller")?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(l) = lines.next_line().await? {
+            if let Some(a) = l.strip_prefix("listening rest ") {
+                return Ok::<_, anyhow::Error>(a.trim().to_string());
+            }
+        }
+        Err(anyhow!("controller exited before announcing its REST address"))
+    })
+    .await
+    .context("controller did not announce its REST address")??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let call = |method: &str, path: &str, body: &str, auth: bool| {
+        let (data, rest) = (data.clone(), rest.clone());
+        let (method, path, body) = (method.to_string(), path.to_string(), body.to_string());
+        async move {
+            let mut send = common::pinned_http1(&data, &rest).await?;
+            let mut req = http::Request::builder()
+                .method(method.as_str())
+                .uri(format!("https://{rest}{path}"))
+                .header("host", rest.as_str())
+                .header("content-type", "application/json");
+            if auth {
+                req = req.header("authorization", format!("Bearer {CREDENTIAL}"));
+            }
+            let resp = send
+                .send_request(req.body(Full::new(bytes::Bytes::from(body)))?)
+                .await?;
+            let status = resp.status().as_u16();
+            let ctype = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            // The event stream never ends: read its first chunk only.
+            let mut b = resp.into_body();
+            let bytes = if ctype.starts_with("text/event-stream") {
+                match tokio::time::timeout(Duration::from_secs(5), b.frame()).await {
+                    Ok(Some(Ok(f))) => f.into_data().unwrap_or_default(),
+                    _ => bytes::Bytes::new(),
+                }
+            } else {
+                b.collect().await?.to_bytes()
+            };
+            Ok::<_, anyhow::Error>((status, ctype, bytes))
+        }
+    };
+
+    // The document itself, without a credential, is the committed file.
+    let (st, ctype, body) = call("GET", "/api/v1/openapi.json", "", false).await?;
+    assert_eq!((st, ctype.as_str()), (200, "application/json"));
+    assert_eq!(body.as_ref(), DOC.as_bytes(), "served document differs from the file");
+    // Everything else needs the credential.
+    let (st, _, body) = call("GET", "/api/v1/jobs", "", false).await?;
+    assert_eq!(st, 401, "{}", String::from_utf8_lossy(&body));
+
+    let doc: Value = serde_json::from_str(DOC)?;
+    let spec = doc["components"]["schemas"]["JobSpec"]["example"].to_string();
+    // A job, so {id} paths have something to find.
+    let (st, _, body) = call("POST", "/api/v1/jobs", &spec, true).await?;
+    assert_eq!(st, 201, "{}", String::from_utf8_lossy(&body));
+    let job: Value = serde_json::from_slice(&body)?;
+    let id = job["id"].as_str().context("job id")?.to_string();
+
+    let mut checked = 0;
+    for (method, path) in documented() {
+        if path == "/api/v1/openapi.json" {
+            continue;
+        }
+        let op = &doc["paths"][&path][method.to_ascii_lowercase()];
+        let allowed: BTreeSet<u16> = op["responses"]
+            .as_object()
+            .context("responses")?
+            .keys()
+            .filter_map(|k| k.parse().ok())
+            .collect();
+        let concrete = path
+            .replace("{id}", &id)
+            .replace("{name}", "no-such-credential");
+        let body = match (method.as_str(), path.as_str()) {
+            ("POST" | "PUT", p) if p.starts_with("/api/v1/jobs") => spec.clone(),
+            ("POST", "/api/v1/credentials") => r#"{"name":"openapi-added"}"#.to_string(),
+            _ => String::new(),
+        };
+        let (st, ctype, resp) = call(&method, &concrete, &body, true).await?;
+        let text = String::from_utf8_lossy(&resp);
+        println!("openapi: {method} {concrete} -> {st}");
+        assert!(
+            allowed.contains(&st),
+            "{method} {path}: status {st} not documented ({allowed:?}): {text}"
+        );
+        assert!(
+            !text.contains("no such endpoint"),
+            "{method} {path} is documented but not routed: {text}"
+        );
+        if st >= 400 {
+            let v: Value = serde_json::from_slice(&resp)
+                .with_context(|| format!("{method} {path}: error body is not JSON: {text}"))?;
+            assert!(
+                v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+                "{method} {path}: error body not in the documented shape: {text}"
+            );
+        } else if !ctype.starts_with("text/event-stream") {
+            serde_json::from_slice::<Value>(&resp)
+                .with_context(|| format!("{method} {path}: body is not JSON: {text}"))?;
+        }
+        checked += 1;
+    }
+    println!("openapi: {checked} operations answered as documented");
+    assert!(checked >= 10);
+    // An undocumented path gets the documented error shape too.
+    let (st, _, body) = call("GET", "/api/v1/nope", "", true).await?;
+    assert_eq!(st, 404, "{}", String::from_utf8_lossy(&body));
+    child.start_kill()?;
+    child.wait().await?;
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}
