@@ -3,7 +3,8 @@
 //! Each (job, target) pair gets its own task that starts a sample every `interval` (measured
 //! between sample starts), turns the [`Measurement`](crate::probe::Measurement) into a
 //! [`Record`] and hands it to the sinks. When the job set changes, pairs no longer wanted are
-//! cancelled and new ones started; unchanged pairs keep their cadence. Standalone `agent probe`
+//! cancelled and new ones started (a new job version or a new signing key counts as a new
+//! pair); unchanged pairs keep their cadence. Standalone `agent probe`
 //! is the same scheduler with a fixed job set: when the sender of the set is dropped and every
 //! pair has finished its count, [`Scheduler::run`] returns.
 //!
@@ -105,7 +106,9 @@ pub struct Scheduler {
     control_mode: watch::Receiver<ControlMode>,
 }
 
-type PairKey = (String, u64, String);
+/// A running pair: job id, job version, the id of the key its UDP packets are signed with (a
+/// rotated mesh key restarts the pair, or it would sign with the old key forever), target.
+type PairKey = (String, u64, u32, String);
 
 impl Scheduler {
     /// A scheduler writing records with this identity to these sinks.
@@ -185,7 +188,12 @@ impl Scheduler {
         for job in &set.jobs {
             for t in &job.targets {
                 wanted.insert(
-                    (job.id.clone(), job.version, t.target.raw.clone()),
+                    (
+                        job.id.clone(),
+                        job.version,
+                        job.spec.key.id,
+                        t.target.raw.clone(),
+                    ),
                     (job.clone(), t.clone()),
                 );
             }
@@ -197,13 +205,13 @@ impl Scheduler {
             }
             keep
         });
-        let mut runners: HashMap<(String, u64), Option<Arc<ProbeRunner>>> = HashMap::new();
+        let mut runners: HashMap<(String, u64, u32), Option<Arc<ProbeRunner>>> = HashMap::new();
         for (key, (job, target)) in wanted {
             if pairs.contains_key(&key) {
                 continue;
             }
             let runner = runners
-                .entry((job.id.clone(), job.version))
+                .entry((job.id.clone(), job.version, job.spec.key.id))
                 .or_insert_with(|| match ProbeRunner::new(&job.spec) {
                     Ok(r) => Some(Arc::new(r)),
                     Err(error) => {
@@ -502,6 +510,45 @@ mod tests {
         assert!(
             recs.iter()
                 .all(|r| r.control_mode == Some(ControlMode::Connected))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_signing_key_restarts_the_pairs_of_an_unchanged_job() {
+        let sink = Collect::default();
+        let mut sinks = SinkSet::new();
+        sinks.add(sink.clone());
+        let (_m, mode_rx) = watch::channel(ControlMode::Connected);
+        let with_key = |k: &str| {
+            let mut j = (*tcp_job("a", 1, &[1], None, Duration::from_secs(1))).clone();
+            j.spec.key = crate::probe::Key::from_secret(k);
+            Arc::new(j)
+        };
+        let (tx, rx) = watch::channel(JobSet {
+            generation: 1,
+            jobs: vec![with_key("old-mesh-key")],
+        });
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(
+            Scheduler::new(identity(), sinks.handle(), mode_rx).run(rx, shutdown.clone()),
+        );
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // The same job (id and version), now to be signed with a rotated mesh key.
+        tx.send(JobSet {
+            generation: 2,
+            jobs: vec![with_key("new-mesh-key")],
+        })
+        .expect("scheduler alive");
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        shutdown.cancel();
+        run.await.expect("scheduler task");
+        sinks.close(Duration::from_secs(5)).await;
+        let recs = sink.0.lock().expect("test mutex").clone();
+        let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
+        assert_eq!(
+            seqs.iter().filter(|&&s| s == 0).count(),
+            2,
+            "the pair restarted with the new key: {seqs:?}"
         );
     }
 }

@@ -300,9 +300,11 @@ async fn mesh_connects_measures_survives_controller_and_agent_restarts() -> Resu
     let ctl = TestController::start(&root.join("ctl"), None, None).await?;
     let a = TestAgent::start(&ctl, &root.join("out-a"), &root.join("st-a"))?;
     let mut b = TestAgent::start(&ctl, &root.join("out-b"), &root.join("st-b"))?;
+    // Connected as the controller sees it, and the ids stored (the agent writes its id file,
+    // synced, when the Welcome arrives: a moment after the controller counts it connected).
     let ids = eventually("both agents connected", 30, || async {
         let ag = ctl.agents().await;
-        (ag.len() == 2 && ag.iter().all(|(_, c)| *c))
+        (ag.len() == 2 && ag.iter().all(|(_, c)| *c) && a.id().is_some() && b.id().is_some())
             .then(|| ag.into_iter().map(|(id, _)| id).collect::<BTreeSet<_>>())
     })
     .await?;

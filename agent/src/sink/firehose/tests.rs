@@ -403,3 +403,38 @@ async fn spool_always_puts_every_sealed_batch_on_disk_before_sending() {
         std::fs::remove_dir_all(&killed).ok();
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_spooled_batch_with_a_truncated_body_is_renamed_corrupt_at_send_time() {
+    let dir = tmpdir("truncated");
+    let down = FakeFirehose::default();
+    down.state().otherwise = Some(unreachable());
+    let mut c = cfg(&dir);
+    c.drain_timeout = Duration::from_secs(5);
+    let mut sink = FirehoseSink::with_api(c.clone(), down).expect("start");
+    send_all(&mut sink, 8).await;
+    sink.close().await;
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("spool")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "fhb"))
+        .collect();
+    assert!(!files.is_empty(), "the outage left batches on disk");
+    // Cut one batch's body short: its header still parses, so startup queues it.
+    let victim = &files[0];
+    let full = std::fs::read(victim).expect("read");
+    std::fs::write(victim, &full[..full.len() - 5]).expect("truncate");
+    let up = FakeFirehose::default();
+    let mut sink = FirehoseSink::with_api(c, up.clone()).expect("restart");
+    sink.close().await;
+    let corrupt = victim.with_extension("fhb.corrupt");
+    assert!(corrupt.exists(), "renamed, not deleted");
+    assert_eq!(std::fs::read(&corrupt).expect("kept"), &full[..full.len() - 5]);
+    assert!(!victim.exists());
+    let st = sink.stats();
+    let dropped = st.dropped_lines.load(Ordering::Relaxed);
+    assert!(dropped > 0, "its lines are counted as dropped");
+    assert_eq!(up.accepted_seqs().len() as u64 + dropped, 8, "the other batches are delivered");
+    std::fs::remove_dir_all(&dir).ok();
+}
