@@ -90,7 +90,8 @@ from_ts=$(date -u -d "@$((t0 + 120))" +%Y-%m-%dT%H:%M:%SZ)
 procs() {
   local p args name
   for p in $(pgrep -P "$demo_pid" || true); do
-    args=$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null) || continue
+    # (Short-lived children, e.g. the demo's `controller matrix` calls, may be gone by now.)
+    args=$( { tr '\0' ' ' < "/proc/$p/cmdline"; } 2>/dev/null) || continue
     case $args in
       */controller\ serve*) name=ctl-$(sed -E 's/.*--region ([^ ]+).*/\1/' <<< "$args") ;;
       */agent\ *) name=agent-$(sed -E 's/.*--location demo-([^ ]+).*/\1/' <<< "$args") ;;
