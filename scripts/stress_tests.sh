@@ -10,7 +10,11 @@
 #   e2e       cargo test -p meshlat-controller --test mesh_e2e
 #             cargo test -p meshlat-agent --test relay --test udp_loopback --test http_probe
 #                                         --test tcp_probe --test quic_probe
-# (--accuracy-only: the first only.) Tests print their measured figures on lines of the form
+# (--accuracy-only: the first only.) The test executables are built once and copied to the log
+# directory, then run directly (in their package directory, as cargo does), so editing sources
+# meanwhile changes nothing. Passes are counted from each executable's test list (`--list`) and
+# its `failures:` block; an executable that ends without `test result:` fails all its tests.
+# Tests print their measured figures on lines of the form
 #   figures <test> key=value key=value ...
 # which this script gathers. The busy loop (`while :; do :; done` in sh) runs in its own process
 # group and is killed on every exit path (EXIT trap); --no-load runs without it for comparison.
