@@ -10,7 +10,11 @@
 #   e2e       cargo test -p meshlat-controller --test mesh_e2e
 #             cargo test -p meshlat-agent --test relay --test udp_loopback --test http_probe
 #                                         --test tcp_probe --test quic_probe
-# (--accuracy-only: the first only.) Tests print their measured figures on lines of the form
+# (--accuracy-only: the first only.) The test executables are built once and copied to the log
+# directory, then run directly (in their package directory, as cargo does), so editing sources
+# meanwhile changes nothing. Passes are counted from each executable's test list (`--list`) and
+# its `failures:` block; an executable that ends without `test result:` fails all its tests.
+# Tests print their measured figures on lines of the form
 #   figures <test> key=value key=value ...
 # which this script gathers. The busy loop (`while :; do :; done` in sh) runs in its own process
 # group and is killed on every exit path (EXIT trap); --no-load runs without it for comparison.
@@ -62,6 +66,11 @@ for line in sys.stdin:
         print(m["target"]["name"], m["manifest_path"].rsplit("/", 1)[0])
 ' "$logs/bin" >> "$logs/bin/index" || exit 1
 done
+# Each executable's test names (`--list`), to count passes from the failures list: with
+# --nocapture, child processes' output can split libtest's `test NAME ... ok` lines.
+while read -r name _; do
+  "$logs/bin/$name" --list 2>/dev/null | sed -n "s/: test\$//p" | sed "s/^/$name::/" >> "$logs/bin/tests"
+done < "$logs/bin/index"
 # run_target NAME [ARGS...]: a copied test executable, in its package directory (as cargo runs it).
 run_target() {
   local name=$1; shift
@@ -96,42 +105,53 @@ for ((run = 1; run <= n; run++)); do
   for suite in "${suites[@]}"; do
     s0=$SECONDS
     run_suite "$suite" "$run"
-    passed=$(grep -cE '^test .* \.\.\. ok$' "$logs/$suite-$run.log")
-    failed=$(grep -cE '^test .* \.\.\. FAILED$' "$logs/$suite-$run.log")
-    echo "stress: run $run/$n $suite: $passed passed, $failed failed in $((SECONDS - s0)) s"
+    echo "stress: run $run/$n $suite: $(grep -E '^test result:' "$logs/$suite-$run.log" | tr '\n' ' ') in $((SECONDS - s0)) s"
   done
 done
 stop_busy
 
-python3 - "$logs" <<'PY'
+python3 - "$logs" "${suites[@]}" <<'PY'
 import glob, re, statistics, sys
 from collections import defaultdict
 
-logs = sys.argv[1]
+logs, suites = sys.argv[1], sys.argv[2:]
+members = {"accuracy": ["accuracy", "linkemu"],
+           "e2e": ["mesh_e2e", "relay", "udp_loopback", "http_probe", "tcp_probe", "quic_probe"]}
+tests = defaultdict(list)
+for line in open(f"{logs}/bin/tests"):
+    target, _, name = line.strip().partition("::")
+    tests[target].append(name)
 runs = defaultdict(lambda: [0, 0])
 figures = defaultdict(list)
 failures = []
-for path in sorted(glob.glob(f"{logs}/*.log")):
-    target = "?"
-    for line in open(path, errors="replace"):
-        line = line.rstrip("\n")
-        m = re.match(r"^\s*Running (?:tests/)?(\S+?)(?:\.rs)? ", line)
-        if m:
-            target = m.group(1)
-        m = re.match(r"^test (\S+) \.\.\. (ok|FAILED)$", line)
-        if m:
-            name = f"{target}::{m.group(1)}"
-            runs[name][0 if m.group(2) == "ok" else 1] += 1
-            if m.group(2) == "FAILED":
-                failures.append(f"{name} in {path}")
-        m = re.search(r"figures (\S+) (.*)$", line)
-        if m:
-            for kv in m.group(2).split():
-                k, _, v = kv.partition("=")
-                try:
-                    figures[(m.group(1), k)].append(float(v))
-                except ValueError:
-                    pass
+for path in sorted(glob.glob(f"{logs}/*-*.log")):
+    text = open(path, errors="replace").read()
+    suite = path.rsplit("/", 1)[1].split("-")[0]
+    # Split at the "Running tests/NAME.rs" line this script prints before each executable.
+    sections = re.split(r"^\s*Running tests/(\S+)\.rs$", text, flags=re.M)
+    seen = {}
+    for i in range(1, len(sections), 2):
+        seen[sections[i]] = sections[i + 1]
+    for target in members.get(suite, []):
+        body = seen.get(target)
+        done = body is not None and re.search(r"^test result: ", body, re.M)
+        failed = set()
+        if body is not None:
+            for block in re.findall(r"^failures:\n((?:    \S+\n)+)", body, re.M):
+                failed |= {l.strip() for l in block.splitlines()}
+        for name in tests[target]:
+            ok = bool(done) and name not in failed
+            runs[f"{target}::{name}"][0 if ok else 1] += 1
+            if not ok:
+                failures.append(f"{target}::{name} in {path}")
+        if body is not None:
+            for m in re.finditer(r"figures (\S+) (.*)$", body, re.M):
+                for kv in m.group(2).split():
+                    k, _, v = kv.partition("=")
+                    try:
+                        figures[(m.group(1), k)].append(float(v))
+                    except ValueError:
+                        pass
 print("stress: pass counts per test")
 for t in sorted(runs):
     ok, bad = runs[t]

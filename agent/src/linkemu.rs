@@ -736,7 +736,7 @@ fn hold_loop(lane: &Lane, rx: Receiver<Held>, shared: &Shared) {
                 let _ = sock.send_to(&held.payload, to);
             }
             Out::Tcp(conn, side) => {
-                if (&*conn.stream(*side)).write_all(&held.payload).is_err() {
+                if conn.stream(*side).write_all(&held.payload).is_err() {
                     // The receiver is gone (or stopped reading for a second): end the whole
                     // connection rather than keep reading what can no longer be delivered.
                     conn.tear_down();

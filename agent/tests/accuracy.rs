@@ -12,7 +12,6 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::net::TcpListener;
 use std::time::Duration;
 

@@ -502,9 +502,15 @@ fn linkemu_tcp_connections_release_their_threads_and_descriptors() -> anyhow::Re
     // busy route keeps for connections still being reaped and nothing per connection.
     let after = settle(pid, (base.0 + 2, base.1 + 4))?;
     eprintln!(
-        "linkemu tcp: {} connections; threads/fds at start {base:?}, right after {busy:?}, \
-         settled {after:?}",
-        3 * EACH
+        "figures linkemu_tcp_release connections={} base_threads={} base_fds={} \
+         busy_threads={} busy_fds={} settled_threads={} settled_fds={}",
+        3 * EACH,
+        base.0,
+        base.1,
+        busy.0,
+        busy.1,
+        after.0,
+        after.1
     );
     assert!(
         after.0 <= base.0 + 2 && after.1 <= base.1 + 4,
@@ -548,8 +554,9 @@ fn linkemu_udp_forgets_idle_clients() -> anyhow::Result<()> {
     let busy = threads_and_fds(pid)?;
     let after = settle(pid, (base.0 + 1, base.1 + 1))?;
     eprintln!(
-        "linkemu udp: {CLIENTS} clients; threads/fds at start {base:?}, right after {busy:?}, \
-         settled {after:?}"
+        "figures linkemu_udp_release clients={CLIENTS} base_threads={} base_fds={} \
+         busy_threads={} busy_fds={} settled_threads={} settled_fds={}",
+        base.0, base.1, busy.0, busy.1, after.0, after.1
     );
     assert!(
         busy.0 > base.0,
