@@ -68,9 +68,9 @@ async fn start(extra: &[&str]) -> Result<Agent> {
         }
     });
     let (mut http, mut stats) = (None, None);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while http.is_none() || stats.is_none() {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
         let line = rx
             .recv_timeout(left)
             .map_err(|_| anyhow!("agent did not announce itself (or exited early)"))?;
