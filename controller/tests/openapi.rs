@@ -45,7 +45,10 @@ fn documented() -> BTreeSet<(String, String)> {
 /// router, plus the document's own route.
 fn routed() -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
-    let router = &ROUTER[ROUTER.find("match (&parts.method").unwrap_or(0)..];
+    // The router's match, up to the next function (audit_action matches routes too).
+    let start = ROUTER.find("match (&parts.method").unwrap_or(0);
+    let router = &ROUTER[start..];
+    let router = &router[..router.find("\nfn ").unwrap_or(router.len())];
     for arm in router.split("(&Method::").skip(1) {
         let Some((method, rest)) = arm.split_once(", [") else {
             continue;
