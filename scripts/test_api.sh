@@ -22,7 +22,11 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-fail() { echo "test_api: FAIL: $*" >&2; [[ -f $dir/controller.log ]] && tail -n 20 "$dir/controller.log" >&2; exit 1; }
+fail() {
+  echo "test_api: FAIL: $*" >&2
+  [[ -f $dir/controller.log ]] && grep -E ' (ERROR|WARN) ' "$dir/controller.log" | grep -v 'bad credential' | tail -n 20 >&2
+  exit 1
+}
 
 cred="api-fuzz:api-fuzz-secret-0123456789abcdef"
 "$bin" serve --region api --listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 --data-dir "$dir/data" \
@@ -44,6 +48,8 @@ grpc=$(awk '/^listening grpc /{print $3}' "$dir/controller.out")
 #   so a schema-valid spec may rightly get 400;
 # - use_after_free / ensure_resource_availability: stopped jobs stay readable (GET answers the
 #   stopped job) by design until they expire;
+# revokeCredential is left out: fed names it has seen, it would revoke its own credential and
+# every later call would be 401 (revocation is tested by controller/tests and tests/openapi.rs).
 # - missing_required_header / ignored_auth are kept: every call but the document needs the
 #   credential.
 EXCLUDED=positive_data_acceptance,negative_data_rejection,use_after_free,ensure_resource_availability
@@ -53,8 +59,11 @@ rc=0
   --tls-verify "$dir/data/ca.pem" -H "Authorization: Bearer $cred" \
   --checks all --exclude-checks "$EXCLUDED" \
   --max-examples "$examples" --seed 20261202 --no-color \
+  --exclude-operation-id revokeCredential \
   --workers 2 --max-failures 20 >"$dir/st.out" 2>&1 || rc=$?
-tail -n 40 "$dir/st.out"
+mkdir -p target && cp "$dir/st.out" target/test_api.st.out
+grep -v '^\s*$' "$dir/st.out" | tail -n 60
+echo "test_api: whole report: target/test_api.st.out"
 kill -0 "$pid" 2>/dev/null || fail "the controller died during the run"
 "$bin" health --url "https://$grpc" --ca "$dir/data/ca.pem" >/dev/null 2>&1 ||
   fail "controller health does not answer after the run"

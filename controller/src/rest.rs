@@ -93,6 +93,19 @@ fn reply(status: StatusCode, v: &Value) -> Resp {
     r
 }
 
+/// `405` naming the methods the path has, in `Allow` and in the message.
+fn not_allowed(allow: &'static str) -> Resp {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        None,
+        &format!("method not allowed here; allowed: {allow}"),
+    );
+    r.headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    r
+}
+
 fn error(status: StatusCode, code: &str, field: Option<&str>, message: &str) -> Resp {
     reply(
         status,
@@ -436,21 +449,17 @@ impl Rest {
                     Err(e) => credential_error(&e),
                 }
             }
+            // A known path with another method: 405 with the `Allow` header (RFC 9110).
+            (_, ["api", "v1", "credentials"] | ["api", "v1", "jobs"]) => not_allowed("GET, POST"),
+            (_, ["api", "v1", "jobs", _]) => not_allowed("GET, PUT, DELETE"),
+            (_, ["api", "v1", "credentials", _]) => not_allowed("DELETE"),
             (
                 _,
-                ["api", "v1", "credentials"]
-                | ["api", "v1", "credentials", _]
-                | ["api", "v1", "jobs"]
-                | ["api", "v1", "jobs", _]
-                | ["api", "v1", "agents"]
+                ["api", "v1", "agents"]
                 | ["api", "v1", "matrix"]
-                | ["api", "v1", "stream"],
-            ) => error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                None,
-                "method not allowed here",
-            ),
+                | ["api", "v1", "stream"]
+                | ["api", "v1", "openapi.json"],
+            ) => not_allowed("GET"),
             _ => error(StatusCode::NOT_FOUND, "not_found", None, "no such endpoint"),
         }
     }
