@@ -125,17 +125,14 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
             Poll::Ready(Ok(())) => {
                 let new = &buf.filled()[before..];
                 if !new.is_empty() {
-                    let now = Instant::now();
-                    this.last_active = now;
-                    if let Some((scan, due)) = &mut this.header {
-                        if scan.feed(new) {
-                            this.header = None;
-                        } else if now >= *due {
-                            // A trickle that is always ready must not outrun the deadline.
-                            this.expired = Some(Closed::Header);
-                            this.slot.tracker().closed(Closed::Header, this.peer);
-                            return Poll::Ready(Err(expired_error(Closed::Header)));
-                        }
+                    this.last_active = Instant::now();
+                    // The deadline is checked only when the peer has nothing more to give
+                    // (`Pending`, below): bytes that arrived in time but were read late, by a
+                    // busy server, must not count against the client.
+                    if let Some((scan, _)) = &mut this.header
+                        && scan.feed(new)
+                    {
+                        this.header = None;
                     }
                 }
                 Poll::Ready(Ok(()))
