@@ -86,6 +86,7 @@ fn cfg(dir: &std::path::Path, batch_age: Duration) -> FirehoseSinkConfig {
         limits: PackLimits::default(),
         max_in_flight: 4,
         drain_timeout: Duration::from_secs(30),
+        spool_always: false,
     }
 }
 
