@@ -127,7 +127,9 @@ impl Controller {
         if let Some(m) = &mirror {
             // Credentials added, revoked or rotated by a seed reach the bucket too.
             let m = m.clone();
-            creds.set_save_hook(Arc::new(move |bytes| m.enqueue(auth::CREDENTIALS_FILE, bytes)));
+            creds.set_save_hook(Arc::new(move |bytes| {
+                m.enqueue(auth::CREDENTIALS_FILE, bytes)
+            }));
         }
         let file = FileStore::open(&cfg.data_dir)?;
         let store: Arc<dyn StateStore> = match &mirror {

@@ -6,8 +6,9 @@
 //! INFO audit: Operator call. credential=op-ci remote=10.0.3.7:51234 action=job.start object=7d3f.. outcome=ok
 //! ```
 //!
-//! Calls refused for a missing or wrong credential are logged with `credential="-"` and
-//! `outcome="unauthenticated"`.
+//! REST calls refused for a missing or wrong credential are logged with `credential="-"` and
+//! `outcome="unauthenticated"`; gRPC calls refused by the credential interceptor never reach a
+//! handler and are logged there (a warning with the source address).
 
 use std::net::SocketAddr;
 

@@ -283,7 +283,10 @@ pub struct Seeds {
 impl std::fmt::Debug for Seeds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Seeds")
-            .field("join_secret", &self.join_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "join_secret",
+                &self.join_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field(
                 "operator_credential",
                 &self.operator_credential.as_ref().map(|_| "<redacted>"),
@@ -441,7 +444,11 @@ impl Credentials {
         seeds: &Seeds,
     ) -> Result<(Self, Option<NewSecrets>), AuthError> {
         let path = dir.join(CREDENTIALS_FILE);
-        let join_seed = seeds.join_secret.as_deref().map(parse_join_seed).transpose()?;
+        let join_seed = seeds
+            .join_secret
+            .as_deref()
+            .map(parse_join_seed)
+            .transpose()?;
         let op_seed = seeds
             .operator_credential
             .as_deref()
@@ -514,12 +521,11 @@ impl Credentials {
         let first = new.is_some() || !path.exists();
         let changed = inner.apply_seeds(join_seed.as_deref(), op_seed);
         if first || !changed.is_empty() {
-            let json = serde_json::to_vec_pretty(&inner.to_file()).map_err(|e| {
-                AuthError::Corrupt {
+            let json =
+                serde_json::to_vec_pretty(&inner.to_file()).map_err(|e| AuthError::Corrupt {
                     path: path.clone(),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             write_private(&path, &json)?;
         }
         if !first {
@@ -599,7 +605,11 @@ impl Credentials {
 
     /// The operator credentials (names and origins, never secrets), in creation order.
     pub fn list_operators(&self) -> Vec<OperatorInfo> {
-        self.read().operators.iter().map(|o| o.info.clone()).collect()
+        self.read()
+            .operators
+            .iter()
+            .map(|o| o.info.clone())
+            .collect()
     }
 
     /// Makes a new operator credential `name`; returns `NAME:SECRET`, shown once (only its
@@ -665,7 +675,11 @@ impl Credentials {
         }
         *guard = next;
         drop(guard);
-        let hook = self.on_save.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let hook = self
+            .on_save
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if let Some(h) = hook {
             h(json);
         }
@@ -801,7 +815,10 @@ mod tests {
         let (creds, new) = Credentials::load_or_create(&dir, &Seeds::default()).expect("create");
         let new = new.expect("first start makes secrets");
         let join = new.join_secret.clone().expect("generated join secret");
-        let op = new.operator_credential.clone().expect("generated credential");
+        let op = new
+            .operator_credential
+            .clone()
+            .expect("generated credential");
         let stored = std::fs::read_to_string(dir.join(CREDENTIALS_FILE)).expect("stored");
         assert!(!stored.contains(&join), "stored hashed");
         let (_, op_secret) = op.split_once(':').expect("key:secret");
@@ -846,7 +863,10 @@ mod tests {
         };
         let (c, new) = Credentials::load_or_create(&dir, &seeds(join1, "ops:first-secret-0123"))
             .expect("create");
-        assert!(new.is_none(), "nothing generated, so nothing to write or print");
+        assert!(
+            new.is_none(),
+            "nothing generated, so nothing to write or print"
+        );
         assert!(c.check_operator("ops:first-secret-0123").is_some());
         // Rotation: the new seed works, the old one no longer does.
         let join2 = "22222222222222222222222222222222";
@@ -854,7 +874,10 @@ mod tests {
             .expect("rotate");
         assert!(new.is_none());
         assert!(c.check_agent(join2) && !c.check_agent(join1));
-        assert_eq!(c.check_operator("ops:second-secret-0123").as_deref(), Some("ops"));
+        assert_eq!(
+            c.check_operator("ops:second-secret-0123").as_deref(),
+            Some("ops")
+        );
         assert!(c.check_operator("ops:first-secret-0123").is_none());
         // Renaming the seeded credential replaces it too; added credentials stay.
         let added = c.add_operator("ci").expect("add");
@@ -862,12 +885,18 @@ mod tests {
             .expect("rename");
         assert!(c.check_operator("ops:second-secret-0123").is_none());
         assert!(c.check_operator("admin:third-secret-0123").is_some());
-        assert!(c.check_operator(&added).is_some(), "added credentials survive");
+        assert!(
+            c.check_operator(&added).is_some(),
+            "added credentials survive"
+        );
         // The same seed again changes nothing.
         let before = std::fs::read(dir.join(CREDENTIALS_FILE)).expect("read");
         let _ = Credentials::load_or_create(&dir, &seeds(join2, "admin:third-secret-0123"))
             .expect("same");
-        assert_eq!(std::fs::read(dir.join(CREDENTIALS_FILE)).expect("read"), before);
+        assert_eq!(
+            std::fs::read(dir.join(CREDENTIALS_FILE)).expect("read"),
+            before
+        );
         let stored = String::from_utf8(before).expect("utf8");
         for secret in [join2, "third-secret", "second-secret"] {
             assert!(!stored.contains(secret), "{secret} stored in clear");
@@ -916,7 +945,11 @@ mod tests {
                 "{bad:?}"
             );
         }
-        let names: Vec<_> = c.list_operators().into_iter().map(|i| (i.name, i.origin)).collect();
+        let names: Vec<_> = c
+            .list_operators()
+            .into_iter()
+            .map(|i| (i.name, i.origin))
+            .collect();
         assert_eq!(names[1], ("ci".to_string(), Origin::Added));
         assert_eq!(names[0].1, Origin::Generated);
         assert!(c.check_operator(&ci).is_some());
@@ -932,7 +965,11 @@ mod tests {
             Err(CredentialError::Last { name: last.clone() }),
             "the last credential cannot be revoked"
         );
-        assert_eq!(saved.lock().expect("lock").len(), 2, "each change is mirrored");
+        assert_eq!(
+            saved.lock().expect("lock").len(),
+            2,
+            "each change is mirrored"
+        );
         // The changes are on disk: a restart sees them.
         let (again, _) = Credentials::load_or_create(&dir, &Seeds::default()).expect("reload");
         assert!(again.check_operator(&ci).is_none());

@@ -223,9 +223,8 @@ pub async fn job(action: &JobAction) -> Result<String, ClientError> {
 /// [`ClientError`].
 pub async fn credentials(action: &CredentialAction) -> Result<String, ClientError> {
     let mut c = connect(action.client()).await?;
-    let line = |i: &pb::CredentialInfo| {
-        format!("{:<32} {:<10} {}\n", i.name, i.origin, i.created_unix)
-    };
+    let line =
+        |i: &pb::CredentialInfo| format!("{:<32} {:<10} {}\n", i.name, i.origin, i.created_unix);
     match action {
         CredentialAction::Add { name, .. } => {
             let r = c

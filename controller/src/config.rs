@@ -359,8 +359,14 @@ fn federation_secret(flag: &'static str, v: &str) -> Result<String, ConfigError>
 fn federation(a: &ServeArgs) -> Result<Option<FederationConfig>, ConfigError> {
     let secret = nonempty(&a.federation_secret);
     let extra = [
-        ("--federation-secret-previous", nonempty(&a.federation_secret_previous)),
-        ("--federation-secret-next", nonempty(&a.federation_secret_next)),
+        (
+            "--federation-secret-previous",
+            nonempty(&a.federation_secret_previous),
+        ),
+        (
+            "--federation-secret-next",
+            nonempty(&a.federation_secret_next),
+        ),
     ];
     let Some(secret) = secret else {
         if !a.peers.is_empty() {

@@ -64,7 +64,10 @@ mod tests {
         write_atomic(&target, b"one", 0o600).expect("write");
         write_atomic(&target, b"two", 0o600).expect("rewrite");
         assert_eq!(std::fs::read(&target).expect("read"), b"two");
-        let mode = std::fs::metadata(&target).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(&target)
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         // A symlink planted where the temporary file goes is not followed.
         let victim = dir.join("victim");

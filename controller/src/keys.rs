@@ -139,8 +139,16 @@ mod tests {
         let new = MeshKeys::derive(b"new-root");
         let step1 = MeshKeys::derive(b"old-root").also_accepting([&b"new-root"[..]]);
         let step2 = MeshKeys::derive(b"new-root").also_accepting([&b"old-root"[..]]);
-        assert_eq!(step1.wire_secret(), old.wire_secret(), "step 1 signs with the old key");
-        assert_eq!(step2.wire_secret(), new.wire_secret(), "step 2 signs with the new key");
+        assert_eq!(
+            step1.wire_secret(),
+            old.wire_secret(),
+            "step 1 signs with the old key"
+        );
+        assert_eq!(
+            step2.wire_secret(),
+            new.wire_secret(),
+            "step 2 signs with the new key"
+        );
         for k in [&step1, &step2] {
             let w = k.accept_wire_secrets();
             assert!(w.contains(&old.wire_secret()) && w.contains(&new.wire_secret()));
@@ -149,7 +157,10 @@ mod tests {
         }
         assert_eq!(old.accept_wire_secrets(), vec![old.wire_secret()]);
         assert_eq!(
-            MeshKeys::derive(b"r").also_accepting([&b"r"[..]]).accept_wire_secrets().len(),
+            MeshKeys::derive(b"r")
+                .also_accepting([&b"r"[..]])
+                .accept_wire_secrets()
+                .len(),
             1,
             "the same root is not listed twice"
         );

@@ -315,7 +315,12 @@ impl Rest {
     }
 
     /// Routes an authenticated request; sets `object` to what a created object is called.
-    async fn route(&self, parts: http::request::Parts, body: Incoming, object: &mut String) -> Resp {
+    async fn route(
+        &self,
+        parts: http::request::Parts,
+        body: Incoming,
+        object: &mut String,
+    ) -> Resp {
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => {

@@ -548,12 +548,18 @@ async fn rotating_the_federation_secret_fails_no_cross_region_probe() -> Result<
             b.data.join("ca.pem").display().to_string(),
         ]
     };
-    let mut ctl_b =
-        TestController::start_in(&root.join("ctl-b"), "b", None, None, &fed(&["--federation-secret", OLD]))
-            .await?;
+    let mut ctl_b = TestController::start_in(
+        &root.join("ctl-b"),
+        "b",
+        None,
+        None,
+        &fed(&["--federation-secret", OLD]),
+    )
+    .await?;
     let mut a_flags = fed(&["--federation-secret", OLD]);
     a_flags.extend(peer_of(&ctl_b));
-    let mut ctl_a = TestController::start_in(&root.join("ctl-a"), "a", None, None, &a_flags).await?;
+    let mut ctl_a =
+        TestController::start_in(&root.join("ctl-a"), "a", None, None, &a_flags).await?;
     let a1 = TestAgent::start_in(&ctl_a, "a", &root.join("out-a"), &root.join("st-a"))?;
     let b1 = TestAgent::start_in(&ctl_b, "b", &root.join("out-b"), &root.join("st-b"))?;
     let job = |src: &str, dst: &str| {
@@ -565,7 +571,9 @@ async fn rotating_the_federation_secret_fails_no_cross_region_probe() -> Result<
     };
     let mut jobs = Vec::new();
     for (src, dst) in [("a", "b"), ("b", "a")] {
-        let (st, j) = ctl_a.rest("POST", "/api/v1/jobs", &job(src, dst), None).await?;
+        let (st, j) = ctl_a
+            .rest("POST", "/api/v1/jobs", &job(src, dst), None)
+            .await?;
         assert_eq!(st, 201, "{j}");
         jobs.push(s(&j, "id"));
     }
@@ -589,7 +597,12 @@ async fn rotating_the_federation_secret_fails_no_cross_region_probe() -> Result<
     // restarted on its own ports; the agents keep probing each other throughout.
     let steps: [&[&str]; 3] = [
         &["--federation-secret", OLD, "--federation-secret-next", NEW],
-        &["--federation-secret", NEW, "--federation-secret-previous", OLD],
+        &[
+            "--federation-secret",
+            NEW,
+            "--federation-secret-previous",
+            OLD,
+        ],
         &["--federation-secret", NEW],
     ];
     for step in steps {
@@ -636,8 +649,15 @@ async fn rotating_the_federation_secret_fails_no_cross_region_probe() -> Result<
             recs.len(),
             failed.len()
         );
-        assert!(failed.is_empty(), "probes failed during the rotation: {failed:#?}");
-        assert!(recs.len() >= 10, "too few records to show anything: {}", recs.len());
+        assert!(
+            failed.is_empty(),
+            "probes failed during the rotation: {failed:#?}"
+        );
+        assert!(
+            recs.len() >= 10,
+            "too few records to show anything: {}",
+            recs.len()
+        );
         assert!(
             recs.iter().any(|r| s(r, "control_mode") == "connected"
                 && ts_secs(&s(r, "ts")).is_some_and(|t| t > t0 + 1.0)),

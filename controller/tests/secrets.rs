@@ -156,7 +156,10 @@ async fn generated_secrets_go_to_a_private_file_and_are_printed_only_on_request(
     let root = tmp_dir("secrets", "generated");
     let ctl = Ctl::start(&root.join("a"), &[], &[]).await?;
     let path = root.join("a/first-start-secrets");
-    until("the secrets-file line", || ctl.output().contains("secrets-file ")).await?;
+    until("the secrets-file line", || {
+        ctl.output().contains("secrets-file ")
+    })
+    .await?;
     let out = ctl.output();
     assert!(
         out.contains(&format!("secrets-file {}", path.display())),
@@ -169,11 +172,17 @@ async fn generated_secrets_go_to_a_private_file_and_are_printed_only_on_request(
     assert_eq!(ctl.status("GET", "/api/v1/jobs", "", &cred).await?, 200);
     let out = ctl.stop().await?;
     for secret in [&token, &cred] {
-        assert!(!out.contains(secret.as_str()), "printed without --print-secrets");
+        assert!(
+            !out.contains(secret.as_str()),
+            "printed without --print-secrets"
+        );
     }
     // With --print-secrets they are printed too.
     let ctl = Ctl::start(&root.join("b"), &[], &["--print-secrets"]).await?;
-    until("the printed credential", || ctl.output().contains("operator-credential ")).await?;
+    until("the printed credential", || {
+        ctl.output().contains("operator-credential ")
+    })
+    .await?;
     let (_, cred_b) = common::read_secrets_file(&root.join("b/first-start-secrets"))?;
     let out = ctl.stop().await?;
     assert!(out.contains(&format!("operator-credential {}", cred_b.context("cred")?)));
@@ -212,15 +221,25 @@ async fn seeds_are_never_printed_rotate_and_credentials_are_named_revocable_and_
     assert!(!list.contains(&ci[3..]), "list never shows secrets");
     let (code, _, err) = ctl.cli(OPS_1, &["revoke", "ci"]).await?;
     assert_eq!(code, 0, "{err}");
-    assert_eq!(ctl.status("GET", "/api/v1/jobs", "", &ci).await?, 401, "revoked");
+    assert_eq!(
+        ctl.status("GET", "/api/v1/jobs", "", &ci).await?,
+        401,
+        "revoked"
+    );
     assert_eq!(ctl.status("POST", "/api/v1/jobs", job, &ci).await?, 401);
     let (code, _, err) = ctl.cli(OPS_1, &["revoke", "ops"]).await?;
     assert_eq!(code, 1, "the last credential cannot be revoked");
     assert!(err.contains("last one"), "{err}");
     let (code, _, err) = ctl.cli(OPS_1, &["add", "bad name"]).await?;
     assert_eq!(code, 1);
-    assert!(err.contains("InvalidArgument") && err.contains("name"), "{err}");
-    until("audit lines", || ctl.output().matches("Operator call.").count() >= 6).await?;
+    assert!(
+        err.contains("InvalidArgument") && err.contains("name"),
+        "{err}"
+    );
+    until("audit lines", || {
+        ctl.output().matches("Operator call.").count() >= 6
+    })
+    .await?;
     let out = ctl.stop().await?;
     // The audit log: JSON lines with target "audit".
     let audit: Vec<serde_json::Value> = out
@@ -235,7 +254,9 @@ async fn seeds_are_never_printed_rotate_and_credentials_are_named_revocable_and_
                 && f["action"] == action
                 && (object.is_empty() || f["object"] == object)
                 && f["outcome"] == outcome
-                && f["remote"].as_str().is_some_and(|r| r.starts_with("127.0.0.1:"))
+                && f["remote"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("127.0.0.1:"))
         })
     };
     assert!(has("ops", "credential.add", "ci", "ok"), "{audit:#?}");
@@ -249,7 +270,10 @@ async fn seeds_are_never_printed_rotate_and_credentials_are_named_revocable_and_
         has("ops", "credential.revoke", "ops", "failed_precondition"),
         "{audit:#?}"
     );
-    assert!(has("ops", "credential.add", "bad name", "invalid_argument"), "{audit:#?}");
+    assert!(
+        has("ops", "credential.add", "bad name", "invalid_argument"),
+        "{audit:#?}"
+    );
     assert!(
         !audit.iter().any(|v| v["fields"]["action"] == "job.list"),
         "reads are not audited"

@@ -117,7 +117,11 @@ mod tests {
         f.lost(Instant::now());
         tokio::time::advance(Duration::from_secs(9)).await;
         f.lost(Instant::now());
-        assert_eq!(f.mode(Instant::now()), ControlMode::Static, "failed connects keep it");
+        assert_eq!(
+            f.mode(Instant::now()),
+            ControlMode::Static,
+            "failed connects keep it"
+        );
         assert!(f.deadline().is_some());
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(f.mode(Instant::now()), ControlMode::Degraded);

@@ -183,7 +183,12 @@ fn apply_job_set(
         });
     }
     let (jobs, rejected) = super::convert::job_set(set, &cfg.key);
-    tracing::info!(message = "Job set applied.", generation = set.generation, jobs = jobs.jobs.len(), rejected = rejected.len());
+    tracing::info!(
+        message = "Job set applied.",
+        generation = set.generation,
+        jobs = jobs.jobs.len(),
+        rejected = rejected.len()
+    );
     let _ = out.jobs.send(jobs);
     rejected
 }

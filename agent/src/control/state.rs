@@ -121,7 +121,11 @@ mod tests {
         assert_eq!(std::fs::read(&victim).expect("victim"), b"untouched");
         assert_eq!(load_job_set(&dir), Some(set));
         let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
-        assert_eq!(mode(&dir.join(JOB_SET_FILE)), 0o600, "holds wire and grant keys");
+        assert_eq!(
+            mode(&dir.join(JOB_SET_FILE)),
+            0o600,
+            "holds wire and grant keys"
+        );
         assert_eq!(mode(&dir), 0o700);
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         create_private_dir(&dir).expect("again");

@@ -30,7 +30,9 @@ impl OperatorSvc {
 /// Who called and from where (for the audit log).
 fn caller<T>(req: &Request<T>) -> (Option<String>, Option<std::net::SocketAddr>) {
     (
-        req.extensions().get::<Caller>().map(|c| c.credential.clone()),
+        req.extensions()
+            .get::<Caller>()
+            .map(|c| c.credential.clone()),
         req.remote_addr(),
     )
 }
@@ -65,7 +67,9 @@ impl OperatorService for OperatorSvc {
             .registry
             .start_job(req.into_inner().spec)
             .map_err(from_domain);
-        let object = r.as_ref().map_or_else(|_| "-".to_string(), |j| j.id.clone());
+        let object = r
+            .as_ref()
+            .map_or_else(|_| "-".to_string(), |j| j.id.clone());
         audited(who, "job.start", &object, r).map(Response::new)
     }
 

@@ -52,8 +52,10 @@ pub fn from_credential(e: CredentialError) -> Status {
     match &e {
         CredentialError::BadName { .. } => {
             let mut s = Status::invalid_argument(e.to_string());
-            s.metadata_mut()
-                .insert("x-meshlat-field", tonic::metadata::MetadataValue::from_static("name"));
+            s.metadata_mut().insert(
+                "x-meshlat-field",
+                tonic::metadata::MetadataValue::from_static("name"),
+            );
             s
         }
         CredentialError::Exists { .. } => Status::already_exists(e.to_string()),
@@ -61,7 +63,9 @@ pub fn from_credential(e: CredentialError) -> Status {
         CredentialError::Last { .. } => Status::failed_precondition(e.to_string()),
         CredentialError::Store(_) => {
             tracing::error!(message = "Internal error.", error = %e);
-            Status::internal("internal error: the credentials file could not be written; see the controller log")
+            Status::internal(
+                "internal error: the credentials file could not be written; see the controller log",
+            )
         }
     }
 }

@@ -467,8 +467,12 @@ impl<A: FirehoseApi> Dispatcher<A> {
                     // never deleted; its lines count as dropped.
                     if let Some(e) = self.pending.remove(&seq) {
                         match self.spool.quarantine(seq) {
-                            Ok(path) => tracing::error!(message = "Corrupt spool batch set aside.", path = %path.display(), %error),
-                            Err(q) => tracing::error!(message = "Corrupt spool batch could not be renamed.", %error, rename_error = %q),
+                            Ok(path) => {
+                                tracing::error!(message = "Corrupt spool batch set aside.", path = %path.display(), %error)
+                            }
+                            Err(q) => {
+                                tracing::error!(message = "Corrupt spool batch could not be renamed.", %error, rename_error = %q)
+                            }
                         }
                         self.drop_lines("spool_corrupt", e.lines, &error);
                     }

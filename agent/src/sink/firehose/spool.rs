@@ -278,7 +278,9 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)?;
     let meta = std::fs::symlink_metadata(dir)?;
     if !meta.is_dir() {
-        return Err(std::io::Error::other("not a directory (a symlink is not followed)"));
+        return Err(std::io::Error::other(
+            "not a directory (a symlink is not followed)",
+        ));
     }
     if meta.permissions().mode() & 0o077 != 0 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -405,7 +407,10 @@ mod tests {
     fn a_truncated_body_is_quarantined_not_deleted() {
         let dir = tmpdir("trunc");
         let (mut s, _, _) = Spool::open(&dir).expect("open");
-        let recs = vec![Bytes::from_static(b"line one\n"), Bytes::from_static(b"two\n")];
+        let recs = vec![
+            Bytes::from_static(b"line one\n"),
+            Bytes::from_static(b"two\n"),
+        ];
         s.write(5, &recs, 2).expect("write");
         let path = dir.join("batch-00000000000000000005.fhb");
         let full = std::fs::read(&path).expect("read");
@@ -456,7 +461,10 @@ mod tests {
         // A symlinked spool directory is refused.
         let link = root.join("link");
         std::os::unix::fs::symlink(&dir, &link).expect("symlink dir");
-        assert!(Spool::open(&link).is_err(), "a symlinked spool directory is refused");
+        assert!(
+            Spool::open(&link).is_err(),
+            "a symlinked spool directory is refused"
+        );
         std::fs::remove_dir_all(&root).ok();
     }
 }

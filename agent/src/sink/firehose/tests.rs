@@ -391,11 +391,21 @@ async fn spool_always_puts_every_sealed_batch_on_disk_before_sending() {
         let mut again = FirehoseSink::with_api(c2, up.clone()).expect("restart");
         again.close().await;
         let replayed = up.accepted_seqs();
-        println!("spool_always={always}: {on_disk} batch files on disk at the kill, {} of 40 lines replayed", replayed.len());
+        println!(
+            "spool_always={always}: {on_disk} batch files on disk at the kill, {} of 40 lines replayed",
+            replayed.len()
+        );
         if always {
-            assert_eq!(replayed, (0..40).collect::<Vec<_>>(), "every sealed line survives");
+            assert_eq!(
+                replayed,
+                (0..40).collect::<Vec<_>>(),
+                "every sealed line survives"
+            );
         } else {
-            assert_eq!(on_disk, 0, "without --spool-always in-flight batches are only in memory");
+            assert_eq!(
+                on_disk, 0,
+                "without --spool-always in-flight batches are only in memory"
+            );
             assert!(replayed.is_empty());
         }
         drop(sink);
@@ -430,11 +440,18 @@ async fn a_spooled_batch_with_a_truncated_body_is_renamed_corrupt_at_send_time()
     sink.close().await;
     let corrupt = victim.with_extension("fhb.corrupt");
     assert!(corrupt.exists(), "renamed, not deleted");
-    assert_eq!(std::fs::read(&corrupt).expect("kept"), &full[..full.len() - 5]);
+    assert_eq!(
+        std::fs::read(&corrupt).expect("kept"),
+        &full[..full.len() - 5]
+    );
     assert!(!victim.exists());
     let st = sink.stats();
     let dropped = st.dropped_lines.load(Ordering::Relaxed);
     assert!(dropped > 0, "its lines are counted as dropped");
-    assert_eq!(up.accepted_seqs().len() as u64 + dropped, 8, "the other batches are delivered");
+    assert_eq!(
+        up.accepted_seqs().len() as u64 + dropped,
+        8,
+        "the other batches are delivered"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
