@@ -118,6 +118,8 @@ impl Controller {
         };
         let tls = auth::load_or_create_tls(&cfg.data_dir, &cfg.sans)?;
         let (creds, new_secrets) = Credentials::load_or_create(&cfg.data_dir, &cfg.seeds)?;
+        // Made before the bucket is filled, so it is mirrored with the CA.
+        let grant_signer = crate::keys::load_or_create_grant_signer(&cfg.data_dir)?;
         let file = FileStore::open(&cfg.data_dir)?;
         let store: Arc<dyn StateStore> = match &mirror {
             Some(m) => {
@@ -134,9 +136,10 @@ impl Controller {
                 lease: cfg.lease,
                 agent_ttl: cfg.agent_ttl,
                 keys: match &cfg.federation {
-                    Some(f) => MeshKeys::derive(f.secret.trim().as_bytes()),
-                    None => MeshKeys::derive(&tls.mesh_root),
+                    Some(f) => MeshKeys::new(f.secret.trim().as_bytes(), grant_signer),
+                    None => MeshKeys::new(&tls.mesh_root, grant_signer),
                 },
+                relay_policy: cfg.relay_policy.clone(),
                 grant_epoch: GRANT_EPOCH,
             },
             store,

@@ -158,7 +158,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuthError + '_ {
     }
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), AuthError> {
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), AuthError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");

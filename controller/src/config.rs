@@ -27,6 +27,16 @@ pub enum ConfigError {
         /// Why.
         reason: &'static str,
     },
+    /// A flag has a bad value, with a reason made from it.
+    #[error("{flag} {value:?}: {reason}")]
+    InvalidValue {
+        /// Flag.
+        flag: &'static str,
+        /// Value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Validated `controller serve` configuration.
@@ -56,6 +66,8 @@ pub struct ServeConfig {
     pub federation: Option<FederationConfig>,
     /// The S3 state store (`None`: the data directory only).
     pub state: Option<StateStoreConfig>,
+    /// Which agents are relays (`--relay-agent`).
+    pub relay_policy: crate::relay_policy::RelayPolicy,
 }
 
 /// Validated `--state-*` flags.
@@ -278,7 +290,15 @@ impl ServeConfig {
             }
         };
         let state = state_store(a, region)?;
+        let relay_policy = crate::relay_policy::RelayPolicy::parse(&a.relay_agents).map_err(
+            |(value, reason)| ConfigError::InvalidValue {
+                flag: "--relay-agent",
+                value,
+                reason,
+            },
+        )?;
         Ok(ServeConfig {
+            relay_policy,
             state,
             federation,
             region: region.into(),
@@ -311,6 +331,27 @@ mod tests {
             return Err("not serve".into());
         };
         ServeConfig::from_args(&a).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn relay_agent_entries_are_parsed_and_bad_ones_name_the_flag() {
+        let c = parse(&["--region", "a"]).expect("valid");
+        assert!(c.relay_policy.is_empty(), "no relays unless the operator names them");
+        let c = parse(&[
+            "--region",
+            "a",
+            "--relay-agent",
+            "relay-1",
+            "--relay-agent",
+            "region=b,az=b1",
+        ])
+        .expect("valid");
+        assert!(!c.relay_policy.is_empty());
+        let e = parse(&["--region", "a", "--relay-agent", "colour=red"]).expect_err("bad key");
+        assert!(
+            e.starts_with("--relay-agent \"colour=red\": unknown selector key"),
+            "{e}"
+        );
     }
 
     #[test]

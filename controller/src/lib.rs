@@ -9,7 +9,9 @@
 //!   [`store::mirror`] keeps the data directory (CA, credentials, state) in an S3 prefix
 //!   ([`store::s3`], the only module using the AWS SDK).
 //! - [`federation`]: exchanging directories and jobs with peer controllers.
-//! - [`keys`]: the mesh wire key and the relay-grant key, and grant expiry.
+//! - [`keys`]: the mesh wire key, the controller's Ed25519 relay-grant signing key (kept in
+//!   the data directory, never sent), and grant expiry.
+//! - [`relay_policy`]: which agents are relays (`--relay-agent`), whatever they claim.
 //! - [`live`]: agents' rolling summaries and the latency matrix.
 //! - [`registry`]: the domain layer: jobs, agents, sessions; its scheduler pushes job sets,
 //!   held encoded ([`jobset`]).
@@ -30,6 +32,7 @@ pub mod json;
 pub mod keys;
 pub mod live;
 pub mod registry;
+pub mod relay_policy;
 pub mod rest;
 pub mod schedule;
 pub mod store;
