@@ -336,7 +336,10 @@ mod tests {
     #[test]
     fn relay_agent_entries_are_parsed_and_bad_ones_name_the_flag() {
         let c = parse(&["--region", "a"]).expect("valid");
-        assert!(c.relay_policy.is_empty(), "no relays unless the operator names them");
+        assert!(
+            c.relay_policy.is_empty(),
+            "no relays unless the operator names them"
+        );
         let c = parse(&[
             "--region",
             "a",

@@ -196,7 +196,11 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "private key file is 0600");
         let again = load_or_create_grant_signer(&dir).expect("loaded");
-        assert_eq!(first.public_key(), again.public_key(), "same key after restart");
+        assert_eq!(
+            first.public_key(),
+            again.public_key(),
+            "same key after restart"
+        );
         std::fs::write(dir.join(GRANT_KEY_FILE), b"garbage").expect("write");
         assert!(matches!(
             load_or_create_grant_signer(&dir),

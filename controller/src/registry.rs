@@ -1364,8 +1364,16 @@ mod tests {
                 .map(|a| a.capabilities.clone())
                 .unwrap_or_default()
         };
-        assert!(caps("relay-ok").iter().any(|c| c == schedule::RELAY_CAPABILITY));
-        assert!(!caps("intruder").iter().any(|c| c == schedule::RELAY_CAPABILITY));
+        assert!(
+            caps("relay-ok")
+                .iter()
+                .any(|c| c == schedule::RELAY_CAPABILITY)
+        );
+        assert!(
+            !caps("intruder")
+                .iter()
+                .any(|c| c == schedule::RELAY_CAPABILITY)
+        );
         assert_eq!(d.grant_public_key, own_key);
 
         // A malformed peer key is refused, naming the field; a good one reaches the relay.
@@ -1407,9 +1415,10 @@ mod tests {
         let r = Registry::load(cfg(), store).expect("load");
         let d = r.directory("https://me", Duration::from_secs(10));
         assert!(
-            d.directory
+            d.directory.iter().all(|a| !a
+                .capabilities
                 .iter()
-                .all(|a| !a.capabilities.iter().any(|c| c == schedule::RELAY_CAPABILITY)),
+                .any(|c| c == schedule::RELAY_CAPABILITY)),
             "{d:?}"
         );
         let _ = std::fs::remove_dir_all(&dir);

@@ -59,7 +59,10 @@ impl RelayPolicy {
             if v.contains('=') {
                 let s = Selector::parse(v).map_err(|reason| (v.to_string(), reason))?;
                 rules.push(Rule::Selector(s));
-            } else if v.chars().any(|c| c.is_control() || c.is_whitespace() || c == ',') {
+            } else if v
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == ',')
+            {
                 return Err((
                     v.to_string(),
                     "an agent id has no spaces or commas (or use key=value selectors)".into(),
@@ -174,6 +177,10 @@ mod tests {
         assert_eq!(v, "colour=red");
         assert!(why.contains("unknown selector key"), "{why}");
         assert!(RelayPolicy::parse(&["a b".into()]).is_err());
-        assert!(RelayPolicy::parse(&["  ".into()]).expect("blank").is_empty());
+        assert!(
+            RelayPolicy::parse(&["  ".into()])
+                .expect("blank")
+                .is_empty()
+        );
     }
 }

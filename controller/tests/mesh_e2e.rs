@@ -1096,7 +1096,11 @@ async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungran
     assert!(b1.records().iter().all(|r| s(r, "job_id") != jid));
     assert!(r1.records().iter().all(|r| s(r, "job_id") != jid));
     let via: BTreeSet<String> = relayed().iter().map(|r| s(r, "relay_agent")).collect();
-    assert_eq!(via, BTreeSet::from([r_id.clone()]), "only the policy's relay");
+    assert_eq!(
+        via,
+        BTreeSet::from([r_id.clone()]),
+        "only the policy's relay"
+    );
     assert_ne!(x_id, r_id);
 
     // Ungranted use of the relay, from outside the controller: with the public default key
