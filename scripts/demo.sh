@@ -6,7 +6,8 @@
 #   scripts/demo.sh --dir /tmp/mesh  # records and logs there (default: ./demo-data, or $DEMO_DIR)
 #
 # What runs (every address is on 127.0.0.0/8):
-#   controller eu-west-1   federated with us-east-1 (--peer, --peer-ca, --federation-secret)
+#   controller eu-west-1   federated with us-east-1 (--peer, --peer-ca, --federation-secret);
+#                          its operator policy makes eu-2 a relay (--relay-agent location=demo-eu-2)
 #   controller us-east-1
 #   agent eu-1             eu-west-1 (agent run mode: --controller URL --token TOKEN)
 #   agent eu-2             eu-west-1, the region's relay (--relay), reached directly from eu-1
@@ -172,7 +173,8 @@ wait_for ctl-us-east-1 30 '^secrets-file '
 start ctl-eu-west-1 "$BIN/controller" serve --region eu-west-1 \
   --listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 --data-dir "$DEMO_DIR/ctl-eu-west-1" \
   --federation-secret "$FED_SECRET" \
-  --peer "https://$(field ctl-us-east-1 listening grpc)" --peer-ca "$DEMO_DIR/ctl-us-east-1/ca.pem"
+  --peer "https://$(field ctl-us-east-1 listening grpc)" --peer-ca "$DEMO_DIR/ctl-us-east-1/ca.pem" \
+  --relay-agent location=demo-eu-2
 wait_for ctl-eu-west-1 30 '^secrets-file '
 declare -A GRPC REST TOKEN CRED CA
 for r in "${REGIONS[@]}"; do

@@ -118,8 +118,10 @@ pub struct ResponderArgs {
     )]
     pub keys: Vec<String>,
     /// Also relay: forward UDP relay-forward packets to the destination named in their grant
-    /// and their replies back (off by default). Grants are verified with a key derived from
-    /// --key (standalone, so --key is required) or with the controller's grant key.
+    /// and their replies back (off by default). Standalone, grants are verified with the
+    /// Ed25519 public key derived from --key (so --key is required); under a controller, only
+    /// with the public keys of the federation's controllers, and only if the controller's
+    /// operator made this agent a relay (controller --relay-agent).
     #[arg(long, env = "MESHLAT_RELAY")]
     pub relay: bool,
     /// PEM certificate chain for HTTPS and QUIC (default: a self-signed certificate).

@@ -553,7 +553,8 @@ impl ServeConfig {
                 flag: "--relay",
                 value: "without --key".into(),
                 reason: "a standalone relay needs a shared --key (with the public default key it \
-                         would be an open relay); under a controller, relays get the mesh's grant key",
+                         would be an open relay); under a controller, relays get the grant public \
+                         keys of the federation's controllers",
             });
         }
         let mut common = CommonConfig::from_args(&a.common)?;

@@ -25,7 +25,7 @@ pub struct Target {
     /// For `relay://R/B` targets: the relay R's host and port (`host`/`port` are B's).
     pub relay: Option<(String, u16)>,
     /// For `relay://R/B` targets from a controller: its signed grant for B. Without one the
-    /// prober signs a grant with the key derived from its own `--key` (standalone).
+    /// prober signs a grant with the key pair derived from its own `--key` (standalone).
     pub grant: Option<[u8; meshlat_proto::grant::GRANT_BYTES]>,
 }
 

@@ -1,6 +1,8 @@
 //! Relay responder against bad input: relay-forward packets without a grant, with a forged,
-//! tampered or expired grant, or sealed with an unknown key get nothing forwarded and are
-//! counted per reason; a valid grant is forwarded to exactly its destination, same size.
+//! tampered, expired or old-format (HMAC) grant, or sealed with an unknown key get nothing
+//! forwarded and are counted per reason; a valid grant is forwarded to exactly its
+//! destination, same size. Under a controller the relay trusts only the public keys the
+//! controller sends, not a key derived from its own `--key`.
 //! (Timing accuracy of relay trains is in `accuracy.rs`, with separate processes.)
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test with its message
@@ -9,16 +11,20 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use meshlat_agent::probe::Key;
-use meshlat_agent::probe::udp::grant::{Grant, GrantKey, unix_now};
+use meshlat_agent::probe::udp::grant::{GrantPublicKey, GrantSigner, legacy_hmac_grant, unix_now};
 use meshlat_agent::probe::udp::wire::{self, GRANT_BYTES, Header, MessageType, WireKey};
-use meshlat_agent::respond::udp::{DropReason, UdpReflector};
+use meshlat_agent::respond::udp::{ControllerKeys, DropReason, UdpReflector};
 use tokio_util::sync::CancellationToken;
 
 fn relay_forward(key: &WireKey, seq: u32, grant: [u8; GRANT_BYTES]) -> Vec<u8> {
+    relay_forward_sized(key, seq, grant, 256)
+}
+
+fn relay_forward_sized(key: &WireKey, seq: u32, grant: [u8; GRANT_BYTES], len: usize) -> Vec<u8> {
     let mut h = Header::request(key.id, 5, seq, 1, wire::ERROR_BOUND_UNKNOWN);
     h.msg_type = MessageType::RelayForward;
     h.grant = grant;
-    let mut b = vec![0u8; 256];
+    let mut b = vec![0u8; len];
     wire::encode(&h, key, &mut b).unwrap();
     b
 }
@@ -51,14 +57,12 @@ async fn relay_forwards_only_granted_packets_and_counts_the_rest() {
     let b_addr: SocketAddr = b.local_addr().unwrap();
     let a = UdpSocket::bind("127.0.0.1:0").unwrap();
     let k = WireKey::new(&secret);
-    let gk = GrantKey::derive(&secret.secret);
-    let good = Grant::sign(b_addr, unix_now() + 60, &gk);
-    let expired = Grant::sign(b_addr, unix_now() - 10, &gk);
-    let forged = Grant::sign(
-        b_addr,
-        unix_now() + 60,
-        &GrantKey::derive(b"attacker-secret"),
-    );
+    let gk = GrantSigner::derive_standalone(&secret.secret);
+    let good = gk.sign(b_addr, unix_now() + 60);
+    let expired = gk.sign(b_addr, unix_now() - 10);
+    let forged = GrantSigner::derive_standalone(b"attacker-secret").sign(b_addr, unix_now() + 60);
+    // The format earlier builds accepted: HMAC with a key derived from the shared secret.
+    let old = legacy_hmac_grant(b_addr, unix_now() + 60, &secret.secret);
     // A valid grant for B with the destination rewritten to A: the tag no longer matches.
     let mut redirected = good;
     let a_port = a.local_addr().unwrap().port().to_be_bytes();
@@ -71,6 +75,7 @@ async fn relay_forwards_only_granted_packets_and_counts_the_rest() {
         relay_forward(&k, 3, forged),
         relay_forward(&k, 4, redirected),
         relay_forward(&other, 5, good),
+        relay_forward(&k, 7, old),
     ];
     for p in &bad {
         a.send_to(p, relay).unwrap();
@@ -85,7 +90,7 @@ async fn relay_forwards_only_granted_packets_and_counts_the_rest() {
     );
     assert_eq!(stats.dropped(DropReason::RelayNoGrant), 1);
     assert_eq!(stats.dropped(DropReason::RelayExpired), 1);
-    assert_eq!(stats.dropped(DropReason::RelayBadGrant), 2);
+    assert_eq!(stats.dropped(DropReason::RelayBadGrant), 3);
     assert_eq!(stats.dropped(DropReason::Auth), 1);
     assert_eq!(stats.relayed(), 0);
 
@@ -98,6 +103,82 @@ async fn relay_forwards_only_granted_packets_and_counts_the_rest() {
     let h = wire::decode(&got[0], std::slice::from_ref(&k)).unwrap();
     assert_eq!(h.msg_type, MessageType::Request);
     assert!(h.r1 > 0 && h.r2 >= h.r1);
+    assert_eq!(stats.relayed(), 1);
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Under a controller (`agent run --relay --key K`), the relay trusts only the grant public keys
+/// the controller sends: a grant signed with the key pair derived from `K` (which every holder
+/// of `K` can make), a grant signed by an unknown controller key and an old HMAC grant forward
+/// nothing — 20 full-size (1452-byte) packets each to an address no agent advertises: 0
+/// forwarded, all counted `relay_bad_grant` — while the controller's own grant is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_under_a_controller_trusts_only_the_controllers_public_keys() {
+    let own = Key::from_secret("agent-own-key");
+    let mut r = UdpReflector::bind("127.0.0.1:0".parse().unwrap(), vec![own.clone()])
+        .await
+        .unwrap()
+        .with_relay(true);
+    let keys_tx = r.accept_controller_keys();
+    let mesh = Key::from_secret("mesh-wire-key");
+    let controller = GrantSigner::from_pkcs8(&GrantSigner::generate_pkcs8().unwrap()).unwrap();
+    keys_tx
+        .send(ControllerKeys {
+            wire: vec![mesh.clone()],
+            grant: vec![GrantPublicKey::from_bytes(controller.public_key().as_bytes()).unwrap()],
+        })
+        .unwrap();
+    let relay = r.local_addr();
+    let stats = r.stats();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(r.run(stop.clone()));
+
+    // The victim: an address no agent advertises.
+    let victim = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let victim_addr = victim.local_addr().unwrap();
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let k = WireKey::new(&mesh);
+    let until = unix_now() + 600;
+    let attempts = [
+        GrantSigner::derive_standalone(&own.secret).sign(victim_addr, until),
+        GrantSigner::derive_standalone(&mesh.secret).sign(victim_addr, until),
+        GrantSigner::from_pkcs8(&GrantSigner::generate_pkcs8().unwrap())
+            .unwrap()
+            .sign(victim_addr, until),
+        legacy_hmac_grant(victim_addr, until, &mesh.secret),
+    ];
+    // The serving thread applies the controller keys before its first receive, so these
+    // packets (queued in the socket meanwhile) meet them.
+    let mut sent = 0u64;
+    for (i, g) in attempts.iter().enumerate() {
+        for seq in 0..20 {
+            let p = relay_forward_sized(&k, (i * 100 + seq) as u32, *g, wire::MAX_PACKET_BYTES);
+            assert_eq!(p.len(), 1452);
+            a.send_to(&p, relay).unwrap();
+            sent += 1;
+        }
+    }
+    let got = received(&victim, Duration::from_millis(500));
+    println!(
+        "untrusted grants: sent {sent} packets of 1452 bytes, victim received {}, relay_bad_grant {}",
+        got.len(),
+        stats.dropped(DropReason::RelayBadGrant)
+    );
+    assert_eq!(got.len(), 0, "nothing forwarded with an untrusted grant");
+    assert_eq!(stats.dropped(DropReason::RelayBadGrant), sent);
+    assert_eq!(stats.relayed(), 0);
+
+    // The control: the controller's grant is forwarded, same size.
+    let p = relay_forward_sized(&k, 999, controller.sign(victim_addr, until), 1452);
+    a.send_to(&p, relay).unwrap();
+    let got = received(&victim, Duration::from_millis(500));
+    assert_eq!(got.len(), 1, "the controller's grant is honoured");
+    assert_eq!(got[0].len(), 1452, "never larger");
     assert_eq!(stats.relayed(), 1);
 
     stop.cancel();

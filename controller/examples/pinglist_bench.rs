@@ -97,7 +97,10 @@ fn time(rounds: usize, jobs: &[&pb::Job], agents: &[AgentView]) -> (f64, usize) 
     let mut pairs = 0;
     for _ in 0..rounds.max(1) {
         let t0 = Instant::now();
-        let keys = meshlat_controller::keys::MeshKeys::derive(b"bench");
+        let keys = meshlat_controller::keys::MeshKeys::new(
+            b"bench",
+            meshlat_proto::grant::GrantSigner::derive_standalone(b"bench"),
+        );
         let signing = schedule::Signing {
             keys: &keys,
             expires_unix: 0,

@@ -131,6 +131,8 @@ impl Controller {
                 m.enqueue(auth::CREDENTIALS_FILE, bytes)
             }));
         }
+        // Made before the bucket is filled, so it is mirrored with the CA.
+        let grant_signer = crate::keys::load_or_create_grant_signer(&cfg.data_dir)?;
         let file = FileStore::open(&cfg.data_dir)?;
         let store: Arc<dyn StateStore> = match &mirror {
             Some(m) => {
@@ -154,10 +156,11 @@ impl Controller {
                 lease: cfg.lease,
                 agent_ttl: cfg.agent_ttl,
                 keys: match &cfg.federation {
-                    Some(f) => MeshKeys::derive(f.secret.trim().as_bytes())
+                    Some(f) => MeshKeys::new(f.secret.trim().as_bytes(), grant_signer)
                         .also_accepting(f.accepted.iter().map(|s| s.trim().as_bytes())),
-                    None => MeshKeys::derive(&tls.mesh_root),
+                    None => MeshKeys::new(&tls.mesh_root, grant_signer),
                 },
+                relay_policy: cfg.relay_policy.clone(),
                 grant_epoch: GRANT_EPOCH,
                 limits: cfg.limits.clone(),
             },

@@ -326,7 +326,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuthError + '_ {
     }
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), AuthError> {
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), AuthError> {
     crate::fsutil::write_atomic(path, data, 0o600).map_err(io(path))
 }
 

@@ -465,6 +465,17 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub rate_limit_burst: u32,
+    /// Agents that may relay (repeatable; the environment separates entries with ';'): an
+    /// agent id, or a selector such as `region=eu-west-1` or `region=eu-west-1,az=eu-west-1a`.
+    /// An agent is a relay only if it runs with --relay *and* matches an entry; without any
+    /// entry no agent is a relay.
+    #[arg(
+        long = "relay-agent",
+        env = "MESHLAT_RELAY_AGENTS",
+        value_delimiter = ';',
+        value_name = "ID|SELECTOR"
+    )]
+    pub relay_agents: Vec<String>,
     /// S3 bucket for the state store: the data directory (CA key included), jobs and agent ids
     /// are kept under --state-prefix and restored from it on start, so a controller on an empty
     /// disk (a replaced Fargate task) keeps its CA and join token. Without it: the data dir only.

@@ -34,6 +34,16 @@ pub enum ConfigError {
         /// Why.
         reason: &'static str,
     },
+    /// A flag has a bad value, with a reason made from it.
+    #[error("{flag} {value:?}: {reason}")]
+    InvalidValue {
+        /// Flag.
+        flag: &'static str,
+        /// Value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Validated `controller serve` configuration.
@@ -75,6 +85,8 @@ pub struct ServeConfig {
     pub rate_per_ip: Option<Quota>,
     /// Operator API rate per credential (`None`: unlimited).
     pub rate_per_credential: Option<Quota>,
+    /// Which agents are relays (`--relay-agent`).
+    pub relay_policy: crate::relay_policy::RelayPolicy,
 }
 
 /// Default total caps `(grpc, rest)` for a process allowed `nofile` open files: the budget
@@ -473,6 +485,13 @@ impl ServeConfig {
         }
         let federation = federation(a)?;
         let state = state_store(a, region)?;
+        let relay_policy = crate::relay_policy::RelayPolicy::parse(&a.relay_agents).map_err(
+            |(value, reason)| ConfigError::InvalidValue {
+                flag: "--relay-agent",
+                value,
+                reason,
+            },
+        )?;
         let (grpc_limits, rest_limits) = conn_limits(a)?;
         if a.rate_limit_burst == 0 {
             return Err(ConfigError::Invalid {
@@ -482,6 +501,7 @@ impl ServeConfig {
             });
         }
         Ok(ServeConfig {
+            relay_policy,
             grpc_limits,
             rest_limits,
             rate_per_ip: quota(
@@ -569,6 +589,30 @@ mod tests {
         assert_eq!(f.secret, FED);
         assert_eq!(f.accepted, vec!["previous-0123456789abcdef0123456789"]);
         assert_eq!(f.peers, vec!["http://127.0.0.1:1"]);
+    }
+
+    #[test]
+    fn relay_agent_entries_are_parsed_and_bad_ones_name_the_flag() {
+        let c = parse(&["--region", "a"]).expect("valid");
+        assert!(
+            c.relay_policy.is_empty(),
+            "no relays unless the operator names them"
+        );
+        let c = parse(&[
+            "--region",
+            "a",
+            "--relay-agent",
+            "relay-1",
+            "--relay-agent",
+            "region=b,az=b1",
+        ])
+        .expect("valid");
+        assert!(!c.relay_policy.is_empty());
+        let e = parse(&["--region", "a", "--relay-agent", "colour=red"]).expect_err("bad key");
+        assert!(
+            e.starts_with("--relay-agent \"colour=red\": unknown selector key"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -44,14 +44,15 @@ impl PushedSet {
         lease_ms: u64,
         assignments: &Bytes,
         accept_keys: &[Vec<u8>],
-        grant_keys: &[Vec<u8>],
+        grant_public_keys: &[Vec<u8>],
     ) -> Self {
         let head = pb::JobSet {
             generation,
             lease_ms,
             assignments: Vec::new(),
             accept_keys: accept_keys.to_vec(),
-            grant_keys: grant_keys.to_vec(),
+            grant_public_keys: grant_public_keys.to_vec(),
+            ..Default::default()
         };
         let set_len = head.encoded_len() + assignments.len();
         let mut buf = BytesMut::with_capacity(1 + 10 + set_len);
@@ -128,14 +129,15 @@ mod tests {
             lease_ms: 60_000,
             assignments: assignments.clone(),
             accept_keys: vec![vec![1; 32]],
-            grant_keys: vec![vec![2; 32], vec![3; 32]],
+            grant_public_keys: vec![vec![2; 32], vec![3; 32]],
+            ..Default::default()
         };
         let pushed = PushedSet::new(
             42,
             60_000,
             &encode_assignments(assignments.clone()),
             &want.accept_keys,
-            &want.grant_keys,
+            &want.grant_public_keys,
         );
         // A client's prost decodes it to the same set, field for field.
         let msg = pb::ControllerMessage::decode(pushed.message().clone()).expect("decodes");

@@ -1,41 +1,65 @@
-//! The mesh's UDP keys: the wire key every agent signs and accepts, and the relay-grant key only
-//! relays hold (DESIGN §4).
+//! The mesh's UDP keys (DESIGN §4): the wire key every agent signs and accepts, and this
+//! controller's relay-grant signing key, which never leaves it.
 //!
-//! Both are derived from one root secret with HMAC-SHA256 and distinct labels:
+//! - **Wire key** (HMAC): derived with HMAC-SHA256 from one root secret — the federation secret
+//!   for federated controllers (`--federation-secret`), so an agent in any region accepts probes
+//!   from every other region; for a lone controller, a secret derived from its CA private key
+//!   (which it already keeps, and which survives restarts with it). Every agent holds it.
+//! - **Grant key** (Ed25519): generated once per controller and kept in its data directory as
+//!   [`GRANT_KEY_FILE`] (PKCS#8, mode 0600; with `--state-bucket` also in the bucket, like
+//!   `ca.key`, see [`crate::store::mirror`]). The controller signs relay grants with it, only
+//!   for the UDP addresses its agents (or its federation peers' agents) advertise. Relays are
+//!   sent public keys only: this controller's and its live federation peers' (each peer's
+//!   travels in the federation exchange), so neither a relay nor a source — nor an agent that
+//!   merely holds the join token — can make a grant a relay accepts.
 //!
-//! - federated controllers (`--federation-secret`) derive from the federation secret, so an agent
-//!   in any region accepts probes from every other region and a relay anywhere accepts grants
-//!   signed by any controller of the federation;
-//! - a lone controller derives from its CA private key (a secret it already keeps, and that
-//!   survives restarts with it).
-//!
-//! Sources get the wire key (in each `Assignment.key`) and grants, never the grant key, so a
-//! source cannot authorise a relay to forward anywhere a controller did not name. Rotating the
-//! root (a new federation secret or CA) rotates both keys; during a federation secret rotation
-//! the keys of the other secret (`--federation-secret-next`, `--federation-secret-previous`) are
-//! accepted too ([`MeshKeys::also_accepting`]) but never signed with, so no probe or relayed
-//! packet fails while controllers move from one secret to the other.
+//! Rotating the root (a new federation secret or CA) rotates the wire key. During a federation
+//! secret rotation the wire keys of the other secret (`--federation-secret-next`,
+//! `--federation-secret-previous`) are accepted too ([`MeshKeys::also_accepting`]) but never
+//! signed with, so no probe fails while controllers move from one secret to the other; grants do
+//! not depend on the secret, so they need no overlap. Deleting
+//! [`GRANT_KEY_FILE`] (and its copy in the bucket) and restarting rotates the grant key, and
+//! relays follow with the next job set (grants signed by the old key stop verifying at once, so
+//! rotate in a quiet moment; the next push carries fresh grants).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
-use meshlat_proto::grant::{GRANT_BYTES, Grant, GrantKey};
+use meshlat_proto::grant::{GRANT_BYTES, GrantPublicKey, GrantSigner};
 use meshlat_proto::token::hex_encode;
 use ring::hmac;
 
+use crate::auth::AuthError;
+
 const WIRE_LABEL: &[u8] = b"meshlat mesh wire key v1";
-const GRANT_LABEL: &[u8] = b"meshlat mesh relay grant key v1";
+
+/// The grant signing key's file in the data directory.
+pub const GRANT_KEY_FILE: &str = "grant.key";
+
+/// Most grants kept in the signing cache (one per destination address per epoch).
+const GRANT_CACHE_MAX: usize = 1 << 16;
+
+/// Grants signed for one expiry (a new expiry starts afresh).
+#[derive(Debug, Default)]
+struct GrantCache {
+    expires_unix: u64,
+    grants: HashMap<SocketAddr, [u8; GRANT_BYTES]>,
+}
 
 /// The mesh's keys.
 #[derive(Clone)]
 pub struct MeshKeys {
     /// Wire key secret (hex, as agents' `--key` strings are text).
     wire: String,
-    /// Grant key secret.
-    grant_secret: Vec<u8>,
-    grant: GrantKey,
-    /// Keys of other roots still (or already) accepted during a rotation: wire and grant
-    /// secrets. Never signed with.
-    also: Vec<(String, Vec<u8>)>,
+    /// Wire key secrets of other roots accepted during a rotation (never signed with).
+    also: Vec<String>,
+    /// This controller's grant signer (private; never sent).
+    grant: GrantSigner,
+    /// Grants already signed for one expiry, by destination: Ed25519 signing costs tens of
+    /// microseconds and a round asks for the same destination once per source.
+    cache: Arc<Mutex<GrantCache>>,
 }
 
 impl std::fmt::Debug for MeshKeys {
@@ -43,48 +67,46 @@ impl std::fmt::Debug for MeshKeys {
         write!(
             f,
             "MeshKeys {{ grant: {:?}, secrets: <redacted> }}",
-            self.grant
+            self.grant.public_key()
         )
     }
 }
 
+/// The wire key secret derived from `root` (see the module doc).
+pub fn wire_secret(root: &[u8]) -> Vec<u8> {
+    let k = hmac::Key::new(hmac::HMAC_SHA256, root);
+    hex_encode(hmac::sign(&k, WIRE_LABEL).as_ref()).into_bytes()
+}
+
 impl MeshKeys {
-    /// Derives both keys from `root`.
-    pub fn derive(root: &[u8]) -> Self {
-        let k = hmac::Key::new(hmac::HMAC_SHA256, root);
-        let wire = hex_encode(hmac::sign(&k, WIRE_LABEL).as_ref());
-        let grant_secret = hmac::sign(&k, GRANT_LABEL).as_ref().to_vec();
+    /// The wire key derived from `root`, and `grant` as the grant signer.
+    pub fn new(root: &[u8], grant: GrantSigner) -> Self {
         MeshKeys {
-            wire,
-            grant: GrantKey::from_secret(&grant_secret),
-            grant_secret,
+            wire: String::from_utf8_lossy(&wire_secret(root)).into_owned(),
             also: Vec::new(),
+            grant,
+            cache: Arc::default(),
         }
     }
 
-    /// These keys, with the keys derived from each of `roots` also accepted (by reflectors and
-    /// relays) but never used to sign: a federation secret rotation's overlap window.
+    /// Also accepts the wire keys derived from `roots` (a federation secret rotation), without
+    /// signing with them. A root equal to the signing one is not listed twice.
+    #[must_use]
     pub fn also_accepting<'a>(mut self, roots: impl IntoIterator<Item = &'a [u8]>) -> Self {
         for r in roots {
-            let k = MeshKeys::derive(r);
-            if k.wire != self.wire && !self.also.iter().any(|(w, _)| *w == k.wire) {
-                self.also.push((k.wire, k.grant_secret));
+            let w = String::from_utf8_lossy(&wire_secret(r)).into_owned();
+            if w != self.wire && !self.also.contains(&w) {
+                self.also.push(w);
             }
         }
         self
     }
 
-    /// Every wire key secret reflectors accept (`JobSet.accept_keys`): the signing key first.
+    /// Every wire key secret agents' reflectors must accept: the signing one first.
     pub fn accept_wire_secrets(&self) -> Vec<Vec<u8>> {
-        std::iter::once(self.wire.as_bytes().to_vec())
-            .chain(self.also.iter().map(|(w, _)| w.as_bytes().to_vec()))
-            .collect()
-    }
-
-    /// Every grant key secret relays accept (`JobSet.grant_keys`): the signing key first.
-    pub fn accept_grant_secrets(&self) -> Vec<Vec<u8>> {
-        std::iter::once(self.grant_secret.clone())
-            .chain(self.also.iter().map(|(_, g)| g.clone()))
+        std::iter::once(&self.wire)
+            .chain(&self.also)
+            .map(|w| w.as_bytes().to_vec())
             .collect()
     }
 
@@ -93,15 +115,55 @@ impl MeshKeys {
         self.wire.as_bytes().to_vec()
     }
 
-    /// The relay-grant key secret, sent only to relays.
-    pub fn grant_secret(&self) -> Vec<u8> {
-        self.grant_secret.clone()
+    /// This controller's grant public key (sent to relays and federation peers).
+    pub fn grant_public_key(&self) -> GrantPublicKey {
+        self.grant.public_key()
     }
 
-    /// A grant for forwarding to `dst` until `expires_unix`.
+    /// A grant for forwarding to `dst` until `expires_unix`. Callers name only addresses
+    /// agents advertise ([`crate::schedule`]).
     pub fn sign(&self, dst: SocketAddr, expires_unix: u64) -> [u8; GRANT_BYTES] {
-        Grant::sign(dst, expires_unix, &self.grant)
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.expires_unix != expires_unix || cache.grants.len() >= GRANT_CACHE_MAX {
+            cache.grants.clear();
+            cache.expires_unix = expires_unix;
+        }
+        if let Some(g) = cache.grants.get(&dst) {
+            return *g;
+        }
+        let g = self.grant.sign(dst, expires_unix);
+        cache.grants.insert(dst, g);
+        g
     }
+}
+
+/// Loads this controller's grant signer from `dir`, generating it (mode 0600) on first start.
+///
+/// # Errors
+///
+/// [`AuthError::Io`] if the file cannot be read or written, [`AuthError::Corrupt`] if it is
+/// not an Ed25519 PKCS#8 key.
+pub fn load_or_create_grant_signer(dir: &Path) -> Result<GrantSigner, AuthError> {
+    let path = dir.join(GRANT_KEY_FILE);
+    let corrupt = |reason: String| AuthError::Corrupt {
+        path: path.clone(),
+        reason,
+    };
+    if !path.exists() {
+        let pkcs8 = GrantSigner::generate_pkcs8().map_err(|e| corrupt(e.to_string()))?;
+        crate::auth::write_private(&path, &pkcs8)?;
+        tracing::info!(message = "Relay grant signing key created.", path = %path.display());
+    }
+    let pkcs8 = std::fs::read(&path).map_err(|source| AuthError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let signer = GrantSigner::from_pkcs8(&pkcs8).map_err(|e| corrupt(e.to_string()))?;
+    tracing::info!(
+        message = "Relay grant signing key loaded.",
+        key_id = %format!("{:#010x}", signer.public_key().id)
+    );
+    Ok(signer)
 }
 
 /// Expiry of grants issued at `now_unix`: aligned to `epoch_s`, valid between one and two
@@ -113,57 +175,86 @@ pub fn grant_expiry(now_unix: u64, epoch_s: u64) -> u64 {
 }
 
 #[cfg(test)]
+pub(crate) fn test_signer(seed: &[u8]) -> GrantSigner {
+    GrantSigner::derive_standalone(seed)
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+    use meshlat_proto::grant::{Grant, GrantError};
 
     #[test]
-    fn keys_are_distinct_stable_and_grants_verify_only_with_the_grant_key() {
-        let a = MeshKeys::derive(b"root");
-        let b = MeshKeys::derive(b"root");
-        assert_eq!(a.wire_secret(), b.wire_secret(), "same root, same keys");
-        assert_ne!(a.wire_secret(), MeshKeys::derive(b"other").wire_secret());
-        assert_ne!(a.wire_secret(), a.grant_secret());
+    fn wire_key_is_derived_and_grants_verify_only_with_the_controllers_public_key() {
+        let a = MeshKeys::new(b"root", test_signer(b"a"));
+        let b = MeshKeys::new(b"root", test_signer(b"b"));
+        assert_eq!(a.wire_secret(), b.wire_secret(), "same root, same wire key");
+        assert_ne!(
+            a.wire_secret(),
+            MeshKeys::new(b"other", test_signer(b"a")).wire_secret()
+        );
         let dst: SocketAddr = "10.0.0.2:7710".parse().expect("addr");
         let g = a.sign(dst, 1_000);
-        let relay_keys = [GrantKey::from_secret(&b.grant_secret())];
+        assert_eq!(g, a.sign(dst, 1_000), "cached and deterministic");
+        let relay_keys = [a.grant_public_key()];
         assert_eq!(Grant::verify(&g, &relay_keys, 999).map(|g| g.dst), Ok(dst));
+        // Another controller's grant is refused unless its public key is trusted too.
+        assert_eq!(
+            Grant::verify(&b.sign(dst, 1_000), &relay_keys, 999),
+            Err(GrantError::Bad)
+        );
         // A source holding only the wire key cannot make a grant the relay accepts.
-        let forged = Grant::sign(dst, 1_000, &GrantKey::from_secret(&a.wire_secret()));
-        assert!(Grant::verify(&forged, &relay_keys, 999).is_err());
+        let forged = GrantSigner::derive_standalone(&a.wire_secret()).sign(dst, 1_000);
+        assert_eq!(
+            Grant::verify(&forged, &relay_keys, 999),
+            Err(GrantError::Bad)
+        );
         assert!(!format!("{a:?}").contains(&a.wire), "Debug redacts secrets");
     }
 
     #[test]
     fn rotation_accepts_both_roots_and_signs_with_the_current_one() {
-        let old = MeshKeys::derive(b"old-root");
-        let new = MeshKeys::derive(b"new-root");
-        let step1 = MeshKeys::derive(b"old-root").also_accepting([&b"new-root"[..]]);
-        let step2 = MeshKeys::derive(b"new-root").also_accepting([&b"old-root"[..]]);
-        assert_eq!(
-            step1.wire_secret(),
-            old.wire_secret(),
-            "step 1 signs with the old key"
-        );
-        assert_eq!(
-            step2.wire_secret(),
-            new.wire_secret(),
-            "step 2 signs with the new key"
-        );
-        for k in [&step1, &step2] {
-            let w = k.accept_wire_secrets();
+        let k = |root: &[u8]| MeshKeys::new(root, test_signer(b"g"));
+        let (old, new) = (k(b"old-root"), k(b"new-root"));
+        let step1 = k(b"old-root").also_accepting([&b"new-root"[..]]);
+        let step2 = k(b"new-root").also_accepting([&b"old-root"[..]]);
+        assert_eq!(step1.wire_secret(), old.wire_secret(), "step 1 signs with the old key");
+        assert_eq!(step2.wire_secret(), new.wire_secret(), "step 2 signs with the new key");
+        for s in [&step1, &step2] {
+            let w = s.accept_wire_secrets();
             assert!(w.contains(&old.wire_secret()) && w.contains(&new.wire_secret()));
-            let g = k.accept_grant_secrets();
-            assert!(g.contains(&old.grant_secret()) && g.contains(&new.grant_secret()));
         }
         assert_eq!(old.accept_wire_secrets(), vec![old.wire_secret()]);
         assert_eq!(
-            MeshKeys::derive(b"r")
-                .also_accepting([&b"r"[..]])
-                .accept_wire_secrets()
-                .len(),
+            k(b"r").also_accepting([&b"r"[..]]).accept_wire_secrets().len(),
             1,
             "the same root is not listed twice"
         );
+    }
+
+    #[test]
+    fn grant_key_is_created_once_private_and_reloaded() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("meshlat-grant-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let first = load_or_create_grant_signer(&dir).expect("created");
+        let mode = std::fs::metadata(dir.join(GRANT_KEY_FILE))
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "private key file is 0600");
+        let again = load_or_create_grant_signer(&dir).expect("loaded");
+        assert_eq!(
+            first.public_key(),
+            again.public_key(),
+            "same key after restart"
+        );
+        std::fs::write(dir.join(GRANT_KEY_FILE), b"garbage").expect("write");
+        assert!(matches!(
+            load_or_create_grant_signer(&dir),
+            Err(AuthError::Corrupt { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //!   ([`store::s3`], the only module using the AWS SDK).
 //! - [`federation`]: exchanging directories and jobs with peer controllers.
 //! - [`fsutil`]: durable file replacement (temporary file, fsync, rename, directory fsync).
-//! - [`keys`]: the mesh wire key and the relay-grant key, and grant expiry.
+//! - [`keys`]: the mesh wire key, the controller's Ed25519 relay-grant signing key (kept in
+//!   the data directory, never sent), and grant expiry.
 //! - [`limits`]: every cap (`--max-*` flags, expiries, message sizes) in one place.
+//! - [`relay_policy`]: which agents are relays (`--relay-agent`), whatever they claim.
 //! - [`live`]: agents' rolling summaries and the latency matrix.
 //! - [`registry`]: the domain layer: jobs, agents, sessions; its scheduler pushes job sets,
 //!   held encoded ([`jobset`]).
@@ -36,6 +38,7 @@ pub mod keys;
 pub mod limits;
 pub mod live;
 pub mod registry;
+pub mod relay_policy;
 pub mod rest;
 pub mod schedule;
 pub mod store;

@@ -47,6 +47,7 @@ use crate::jobset::PushedSet;
 use crate::keys::MeshKeys;
 use crate::limits::{self, Limits};
 use crate::live::{self, By, Live, LiveLimits, SUMMARY_TTL};
+use crate::relay_policy::{RelayDecision, RelayPolicy};
 use crate::schedule::{self, AgentView};
 use crate::store::{StateStore, StoreError};
 use meshlat_proto::job::JobSpecError;
@@ -264,8 +265,10 @@ pub struct RegistryConfig {
     pub lease: Duration,
     /// How long an agent stays scheduled after it was last heard from.
     pub agent_ttl: Duration,
-    /// The mesh's wire and relay-grant keys.
+    /// The mesh's wire key and this controller's relay-grant signer.
     pub keys: MeshKeys,
+    /// Which agents are relays ([`crate::relay_policy`]).
+    pub relay_policy: RelayPolicy,
     /// Grants are valid one to two of these ([`crate::keys::grant_expiry`]); at least the lease.
     pub grant_epoch: Duration,
     /// The caps ([`crate::limits`]).
@@ -289,6 +292,8 @@ pub struct Session {
     pub session: u64,
     /// Its desired job sets, as pushed (the first is a placeholder of generation 0).
     pub job_sets: watch::Receiver<Arc<PushedSet>>,
+    /// Why its `relay-udp` claim was refused (told to the agent in its Welcome).
+    pub relay_refused: Option<String>,
 }
 
 #[derive(Debug)]
@@ -323,6 +328,9 @@ struct Inner {
     recomputed: (Instant, Duration),
     /// Expiry of the relay grants the last recomputation issued; a new grant epoch recomputes.
     grants_expire: u64,
+    /// The grant public keys relays were last pushed (ours and live peers'); a change is
+    /// pushed to every relay.
+    grant_keys: Vec<Vec<u8>>,
 }
 
 /// Jobs, agents and sessions.
@@ -335,6 +343,14 @@ pub struct Registry {
     changes: watch::Sender<u64>,
     /// Wakes the scheduler ([`Registry::run`]).
     kick: Notify,
+}
+
+/// Whether a stored agent is a relay: its `relay-udp` claim survived the operator's policy
+/// ([`RelayPolicy::enforce`] runs on every Hello and on load, dropping refused claims).
+fn is_relay(a: &pb::StoredAgent) -> bool {
+    a.capabilities
+        .iter()
+        .any(|c| c == schedule::RELAY_CAPABILITY)
 }
 
 fn unix_ms() -> i64 {
@@ -372,6 +388,8 @@ impl Registry {
             .agents
             .into_iter()
             .filter_map(|mut a| {
+                // The policy may have changed since it was saved.
+                cfg.relay_policy.enforce(&mut a);
                 let info = a.info.as_mut()?;
                 info.connected = false;
                 if info.last_seen_unix_ms > 0
@@ -441,6 +459,7 @@ impl Registry {
             unsaved: false,
             recomputed: (now, Duration::ZERO),
             grants_expire: 0,
+            grant_keys: Vec::new(),
         };
         let live = Live::new(
             SUMMARY_TTL,
@@ -713,6 +732,7 @@ impl Registry {
             ttl_ms: ttl.as_millis() as u64,
             unix_ms: unix_ms(),
             directory,
+            grant_public_key: self.cfg.keys.grant_public_key().as_bytes().to_vec(),
         }
     }
 
@@ -735,6 +755,18 @@ impl Registry {
             return Err(invalid(
                 "directory.region",
                 format!("{region:?} is this controller's own region"),
+            ));
+        }
+        if !dir.grant_public_key.is_empty()
+            && meshlat_proto::grant::GrantPublicKey::from_bytes(&dir.grant_public_key).is_err()
+        {
+            return Err(invalid(
+                "directory.grant_public_key",
+                format!(
+                    "{} bytes; an Ed25519 public key is {}",
+                    dir.grant_public_key.len(),
+                    meshlat_proto::grant::PUBLIC_KEY_BYTES
+                ),
             ));
         }
         let ttl = match dir.ttl_ms {
@@ -894,10 +926,22 @@ impl Registry {
             last_seen_unix_ms: unix_ms(),
             controller_region: self.cfg.region.clone(),
         };
-        let stored = pb::StoredAgent {
+        let mut stored = pb::StoredAgent {
             info: Some(info),
             endpoints: hello.endpoints,
             capabilities: hello.capabilities,
+        };
+        // The relay role is the operator's decision, not the agent's claim.
+        let relay_refused = match self.cfg.relay_policy.enforce(&mut stored) {
+            RelayDecision::Refused(reason) => {
+                tracing::warn!(message = "Agent claims relay-udp but is not a relay by policy; used as an ordinary agent.", agent = %id, %reason);
+                Some(reason)
+            }
+            RelayDecision::Relay => {
+                tracing::info!(message = "Agent is a relay by policy.", agent = %id);
+                None
+            }
+            RelayDecision::NotClaimed => None,
         };
         let (tx, rx) = watch::channel(Arc::new(PushedSet::default()));
         let replaced = match inner.agents.get_mut(&id) {
@@ -933,6 +977,7 @@ impl Registry {
             agent_id: id,
             session,
             job_sets: rx,
+            relay_refused,
         })
     }
 
@@ -1224,6 +1269,7 @@ impl Registry {
             at: round.at,
             cost: round.snapshot_cost + started.elapsed(),
             grants_expire: round.grants_expire,
+            grant_keys: round.grant_keys,
             pushes,
         }
     }
@@ -1249,6 +1295,8 @@ struct Round {
     views: Vec<AgentView>,
     jobs: Vec<pb::Job>,
     grants_expire: u64,
+    /// Grant public keys relays trust this round.
+    grant_keys: Vec<Vec<u8>>,
     sessions: Vec<SessionSnap>,
     /// The agent directory, if it changed since it was last saved.
     save: Option<Vec<pb::StoredAgent>>,
@@ -1268,6 +1316,7 @@ struct Computed {
     at: Instant,
     cost: Duration,
     grants_expire: u64,
+    grant_keys: Vec<Vec<u8>>,
     pushes: Vec<Push>,
 }
 
@@ -1318,6 +1367,20 @@ impl Inner {
         v
     }
 
+    /// The grant public keys relays trust: ours and those of live federation peers, sorted.
+    fn grant_keys(&self, cfg: &RegistryConfig, now: Instant) -> Vec<Vec<u8>> {
+        let mut keys = vec![cfg.keys.grant_public_key().as_bytes().to_vec()];
+        keys.extend(
+            self.peers
+                .values()
+                .filter(|(d, expires)| *expires > now && !d.grant_public_key.is_empty())
+                .map(|(d, _)| d.grant_public_key.clone()),
+        );
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     /// Local jobs, then live peers' jobs not known locally.
     fn all_jobs(&self, now: Instant) -> Vec<&pb::Job> {
         let mut jobs: Vec<&pb::Job> = self.jobs.values().collect();
@@ -1355,6 +1418,8 @@ impl Inner {
     fn snapshot(&mut self, cfg: &RegistryConfig, now: Instant) -> Round {
         let views = self.views(cfg, now);
         let jobs = self.all_jobs(now).into_iter().cloned().collect();
+        let grant_keys = self.grant_keys(cfg, now);
+        let keys_changed = grant_keys != self.grant_keys;
         let sessions = self
             .agents
             .iter()
@@ -1364,7 +1429,7 @@ impl Inner {
                     id: id.clone(),
                     session: *session,
                     pushed: tx.borrow().clone(),
-                    force: e.generation == 0,
+                    force: e.generation == 0 || (keys_changed && is_relay(&e.stored)),
                 })
             })
             .collect();
@@ -1380,6 +1445,7 @@ impl Inner {
             views,
             jobs,
             grants_expire: cfg.grant_expiry_now(),
+            grant_keys,
             sessions,
             save,
         }
@@ -1391,7 +1457,7 @@ impl Inner {
         let started = Instant::now();
         let lease_ms = cfg.lease.as_millis() as u64;
         let accept_keys = cfg.keys.accept_wire_secrets();
-        let grant_keys = cfg.keys.accept_grant_secrets();
+        let grant_keys = done.grant_keys;
         let mut pushed = 0usize;
         for p in done.pushes {
             let Some(e) = self.agents.get_mut(&p.id) else {
@@ -1405,11 +1471,7 @@ impl Inner {
             }
             self.next_generation += 1;
             e.generation = self.next_generation;
-            let relay = e
-                .stored
-                .capabilities
-                .iter()
-                .any(|c| c == schedule::RELAY_CAPABILITY);
+            let relay = is_relay(&e.stored);
             let set = PushedSet::new(
                 e.generation,
                 lease_ms,
@@ -1431,6 +1493,7 @@ impl Inner {
         );
         self.recomputed = (done.at, cost);
         self.grants_expire = done.grants_expire;
+        self.grant_keys = grant_keys;
     }
 }
 
@@ -1445,7 +1508,8 @@ mod tests {
             max_full_mesh: 10,
             lease: Duration::from_secs(60),
             agent_ttl: Duration::from_secs(120),
-            keys: MeshKeys::derive(b"test"),
+            keys: MeshKeys::new(b"test", crate::keys::test_signer(b"test")),
+            relay_policy: RelayPolicy::default(),
             grant_epoch: Duration::from_secs(3600),
             limits: Limits::default(),
         }
@@ -1522,6 +1586,7 @@ mod tests {
         assert_eq!(set.lease_ms, 60_000);
         assert_eq!(set.accept_keys, vec![cfg().keys.wire_secret()]);
         assert!(set.grant_keys.is_empty(), "not a relay");
+        assert!(set.grant_public_keys.is_empty(), "not a relay");
         assert_eq!(set.assignments[0].targets[0].target, "udp://127.0.0.1:2");
         assert_eq!(set.assignments[0].targets[0].dst_agent, b.agent_id);
 
@@ -1760,6 +1825,105 @@ mod tests {
             "the hostile job and the one over --max-peer-jobs are ignored"
         );
         drop(inner);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The join-token attack of issue 10: an agent claiming `relay-udp` is a relay only by the
+    /// operator's policy; a refused one is told why and gets no grant keys; an allowed relay gets
+    /// public keys only (ours, then also a federation peer's, until that peer's TTL runs out) and
+    /// never the retired HMAC grant key.
+    #[tokio::test(start_paused = true)]
+    async fn relay_role_comes_from_policy_and_relays_get_only_public_keys() {
+        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
+        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let mut c = cfg();
+        c.relay_policy = RelayPolicy::parse(&["relay-ok".into()]).expect("policy");
+        let own_key = c.keys.grant_public_key().as_bytes().to_vec();
+        let r = Arc::new(Registry::load(c, store.clone()).expect("load"));
+        let stop = CancellationToken::new();
+        tokio::spawn(r.clone().run(stop.clone()));
+        let claim = |id: &str, port| {
+            let mut h = hello(id, port);
+            h.capabilities = vec!["udp".into(), schedule::RELAY_CAPABILITY.into()];
+            h
+        };
+        let mut ok = r.connect(claim("relay-ok", 1)).expect("relay");
+        let mut intruder = r.connect(claim("intruder", 2)).expect("intruder");
+        assert_eq!(ok.relay_refused, None);
+        let why = intruder.relay_refused.clone().expect("refused");
+        assert!(why.contains("\"intruder\""), "{why}");
+
+        let set = next_set(&mut ok.job_sets).await;
+        assert_eq!(set.grant_public_keys, vec![own_key.clone()]);
+        assert!(set.grant_keys.is_empty(), "no signing key material");
+        let set = next_set(&mut intruder.job_sets).await;
+        assert!(set.grant_public_keys.is_empty() && set.grant_keys.is_empty());
+        // Peers (and relay jobs) see only the allowed relay as one; our key travels along.
+        let d = r.directory("https://me", Duration::from_secs(10));
+        let caps = |id: &str| {
+            d.directory
+                .iter()
+                .find(|a| a.info.as_ref().is_some_and(|i| i.id == id))
+                .map(|a| a.capabilities.clone())
+                .unwrap_or_default()
+        };
+        assert!(
+            caps("relay-ok")
+                .iter()
+                .any(|c| c == schedule::RELAY_CAPABILITY)
+        );
+        assert!(
+            !caps("intruder")
+                .iter()
+                .any(|c| c == schedule::RELAY_CAPABILITY)
+        );
+        assert_eq!(d.grant_public_key, own_key);
+
+        // A malformed peer key is refused, naming the field; a good one reaches the relay.
+        let peer = |region: &str, key: Vec<u8>| pb::Directory {
+            region: region.into(),
+            grant_public_key: key,
+            ..Default::default()
+        };
+        match r.merge_peer(peer("q", vec![1; 5]), Duration::from_secs(10)) {
+            Err(DomainError::Invalid { field, .. }) => {
+                assert_eq!(field, "directory.grant_public_key");
+            }
+            other => panic!("{other:?}"),
+        }
+        let peer_key = crate::keys::test_signer(b"peer")
+            .public_key()
+            .as_bytes()
+            .to_vec();
+        r.merge_peer(peer("p", peer_key.clone()), Duration::from_secs(10))
+            .expect("merge");
+        let mut want = vec![own_key.clone(), peer_key];
+        want.sort();
+        assert_eq!(next_set(&mut ok.job_sets).await.grant_public_keys, want);
+        // The peer's TTL runs out: its key is no longer trusted.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        r.sweep();
+        assert_eq!(
+            next_set(&mut ok.job_sets).await.grant_public_keys,
+            vec![own_key]
+        );
+        assert!(
+            !intruder.job_sets.has_changed().unwrap_or(true),
+            "key changes are not pushed to non-relays"
+        );
+
+        // A restart with a policy that no longer names it: the saved claim is dropped on load.
+        stop.cancel();
+        drop(r);
+        let r = Registry::load(cfg(), store).expect("load");
+        let d = r.directory("https://me", Duration::from_secs(10));
+        assert!(
+            d.directory.iter().all(|a| !a
+                .capabilities
+                .iter()
+                .any(|c| c == schedule::RELAY_CAPABILITY)),
+            "{d:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

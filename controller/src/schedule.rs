@@ -16,10 +16,13 @@
 //!   target (`udp://host:port`, `http://host:port/ping`, ...); agents that do not advertise it
 //!   are skipped for that protocol.
 //! - Relay jobs pair sources and targets the same way; each pair is measured through every relay
-//!   the job names that runs as a relay (capability `relay-udp`), other than the pair's own two
-//!   agents: target `relay://R_UDP/B_UDP` with the relay's identity and a grant for B's UDP
-//!   address, signed with the mesh's grant key ([`crate::keys`]). Targets whose UDP address is
-//!   not an IP literal cannot be granted and are skipped with a warning.
+//!   the job names that is a relay (it claims `relay-udp` and the operator's policy allows it,
+//!   [`crate::relay_policy`]), other than the pair's own two agents: target
+//!   `relay://R_UDP/B_UDP` with the relay's identity and a grant for B's UDP address, signed
+//!   with this controller's Ed25519 grant key ([`crate::keys`]). Grants name only UDP addresses
+//!   agents advertise (here or in a federation peer's directory): a relay job's external
+//!   `udp://` URL targets are skipped with a warning, and so are targets whose UDP address is
+//!   not an IP literal.
 //! - Every assignment carries the mesh wire key its UDP packets are signed with.
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -398,6 +401,13 @@ pub fn compute_encoded(
             })
             .collect();
         let relay = spec.kind == pb::JobKind::Relay as i32;
+        if relay && !urls.is_empty() {
+            tracing::warn!(
+                message = "Relay job's URL targets skipped: grants name only addresses agents advertise.",
+                job = %job.id,
+                urls = urls.len()
+            );
+        }
         let relays: Vec<&AgentView> = if relay {
             resolve(&spec.relays, agents)
                 .into_iter()
@@ -431,7 +441,7 @@ pub fn compute_encoded(
         }
         for (src, dsts) in pairs(job, spec, agents, max_full_mesh) {
             let owned: Vec<EncodedTarget> = if relay {
-                relay_targets(job, src, &dsts, &urls, &relays, signing)
+                relay_targets(job, src, &dsts, &relays, signing)
                     .into_iter()
                     .map(|t| {
                         let b = t.encode_to_vec();
@@ -548,20 +558,14 @@ fn relay_targets(
     job: &pb::Job,
     src: &str,
     dsts: &[&AgentView],
-    urls: &[&str],
     relays: &[&AgentView],
     signing: &Signing<'_>,
 ) -> Vec<pb::AssignedTarget> {
-    // (destination UDP address, its agent if any)
-    let mut ends: Vec<(&str, Option<&AgentView>)> = dsts
+    // Destinations: agents' advertised UDP addresses only (never an operator-given URL).
+    let ends: Vec<(&str, &AgentView)> = dsts
         .iter()
-        .filter_map(|d| Some((d.endpoint(pb::Protocol::Udp)?, Some(*d))))
+        .filter_map(|d| Some((d.endpoint(pb::Protocol::Udp)?, *d)))
         .collect();
-    ends.extend(
-        urls.iter()
-            .filter(|u| url_protocol(u) == Some(pb::Protocol::Udp))
-            .filter_map(|u| Some((u.split_once("://")?.1, None))),
-    );
     let mut targets = Vec::new();
     for (addr, d) in ends {
         let Ok(dst) = addr.parse::<std::net::SocketAddr>() else {
@@ -574,20 +578,14 @@ fn relay_targets(
         };
         let grant = signing.keys.sign(dst, signing.expires_unix).to_vec();
         for r in relays {
-            if r.id == src || d.is_some_and(|d| d.id == r.id) {
+            if r.id == src || d.id == r.id {
                 continue;
             }
             let Some(r_addr) = r.endpoint(pb::Protocol::Udp) else {
                 continue;
             };
             let target = format!("relay://{r_addr}/{addr}");
-            let mut t = match d {
-                Some(d) => dst_target(target, d),
-                None => pb::AssignedTarget {
-                    target,
-                    ..Default::default()
-                },
-            };
+            let mut t = dst_target(target, d);
             t.relay_agent = r.id.clone();
             t.relay_address = r_addr.to_string();
             t.relay_region = r.region.clone();
@@ -619,7 +617,7 @@ mod tests {
     }
 
     fn keys() -> MeshKeys {
-        MeshKeys::derive(b"test")
+        MeshKeys::new(b"test", crate::keys::test_signer(b"test"))
     }
 
     fn compute(
@@ -850,7 +848,7 @@ mod tests {
 
     #[test]
     fn relay_jobs_go_through_every_named_relay_with_grants_for_the_destination() {
-        use meshlat_proto::grant::{Grant, GrantKey};
+        use meshlat_proto::grant::Grant;
         let ip_agent = |id: &str, region: &str, ip: &str, relay: bool| AgentView {
             endpoints: vec![pb::ResponderEndpoint {
                 protocol: pb::Protocol::Udp as i32,
@@ -894,11 +892,8 @@ mod tests {
         let got: Vec<&str> = asg.targets.iter().map(|t| t.target.as_str()).collect();
         assert_eq!(
             got,
-            vec![
-                "relay://10.0.0.3:7710/10.0.0.2:7710",
-                "relay://10.0.0.3:7710/192.0.2.9:862"
-            ],
-            "through r only; the named external target cannot be granted"
+            vec!["relay://10.0.0.3:7710/10.0.0.2:7710"],
+            "through r only; external targets (an IP or a name) are never granted"
         );
         let t = &asg.targets[0];
         assert_eq!(
@@ -910,7 +905,7 @@ mod tests {
             ("b", "r", "mid")
         );
         assert_eq!(t.relay_address, "10.0.0.3:7710");
-        let relay_keys = [GrantKey::from_secret(&keys().grant_secret())];
+        let relay_keys = [keys().grant_public_key()];
         let g = Grant::verify(&t.grant, &relay_keys, 9_999).expect("grant verifies at the relay");
         assert_eq!(g.dst, "10.0.0.2:7710".parse().expect("addr"));
         assert_eq!(g.expires_unix, 10_000);

@@ -109,8 +109,19 @@ impl TestController {
     /// Controllers of regions `a` and `b` (data in `root/ctl-a`, `root/ctl-b`) sharing
     /// `secret`; A names B as its peer, with `extra_a` flags.
     async fn federated(root: &Path, secret: &str, extra_a: &[String]) -> Result<(Self, Self)> {
+        Self::federated_with(root, secret, extra_a, &[]).await
+    }
+
+    /// [`Self::federated`], with `extra_b` flags for B too.
+    async fn federated_with(
+        root: &Path,
+        secret: &str,
+        extra_a: &[String],
+        extra_b: &[String],
+    ) -> Result<(Self, Self)> {
         let fed = ["--federation-secret".to_string(), secret.to_string()];
-        let b = Self::start_in(&root.join("ctl-b"), "b", None, None, &fed).await?;
+        let b_flags = [&fed[..], extra_b].concat();
+        let b = Self::start_in(&root.join("ctl-b"), "b", None, None, &b_flags).await?;
         let mut a_flags = fed.to_vec();
         a_flags.extend([
             "--peer".into(),
@@ -196,6 +207,17 @@ impl TestAgent {
         state: &Path,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::spawn(ctl, region, out, state, extra, Stdio::inherit())
+    }
+
+    fn spawn(
+        ctl: &TestController,
+        region: &str,
+        out: &Path,
+        state: &Path,
+        extra: &[&str],
+        stderr: Stdio,
+    ) -> Result<Self> {
         let child = Command::new(agent_bin())
             .args([
                 "--controller",
@@ -228,7 +250,7 @@ impl TestAgent {
             .arg("--state-dir")
             .arg(state)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .context("spawn agent")?;
@@ -237,6 +259,19 @@ impl TestAgent {
             out: out.to_path_buf(),
             state: state.to_path_buf(),
         })
+    }
+
+    /// [`Self::start_with`], its stderr (the log) written to `log`.
+    fn start_logged(
+        ctl: &TestController,
+        region: &str,
+        out: &Path,
+        state: &Path,
+        extra: &[&str],
+        log: &Path,
+    ) -> Result<Self> {
+        let log = std::fs::File::create(log)?;
+        Self::spawn(ctl, region, out, state, extra, Stdio::from(log))
     }
 
     fn id(&self) -> Option<String> {
@@ -1163,14 +1198,28 @@ async fn federated_jobs_cross_regions_and_survive_a_peer_going_down() -> Result<
 }
 
 /// Relay jobs across a federation: started on region a's controller, the source in a, the
-/// target and the relay in b (told apart by location), connected to b's controller. Grants signed by A verify
-/// at a relay that got its grant key from B; the relay forwards nothing without a grant.
+/// target and the relay in b (told apart by location), connected to b's controller, whose
+/// operator made `location=hub` relays (`--relay-agent`). Grants signed by A's Ed25519 key
+/// verify at a relay that got A's *public* key from B, which got it in the federation exchange.
+/// An agent in b that claims `relay-udp` with only the join token is not used as a relay and is
+/// told so. The relay forwards nothing without a grant, nor with grants it cannot trust: signed
+/// by an unknown key, made from the mesh wire key every agent holds, or in the old HMAC format —
+/// 20 packets of 1452 bytes each to an address no agent advertises, 0 forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungranted() -> Result<()>
 {
+    use meshlat_agent::probe::Key;
+    use meshlat_agent::probe::udp::grant::{GrantSigner, legacy_hmac_grant, unix_now};
+    use meshlat_agent::probe::udp::wire::{self, Header, MessageType, WireKey};
     let root = tmp_dir("e2e", "relay");
     let secret = "fed-secret-relay-0123456789abcdef01".to_string();
-    let (ctl_a, ctl_b) = TestController::federated(&root, &secret, &[]).await?;
+    let (ctl_a, ctl_b) = TestController::federated_with(
+        &root,
+        &secret,
+        &[],
+        &["--relay-agent".into(), "location=hub".into()],
+    )
+    .await?;
     let stats_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port().to_string()
@@ -1190,17 +1239,37 @@ async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungran
         &root.join("st-r"),
         &["--relay", "--location", "hub", "-s", &stats_port],
     )?;
-    eventually("all three agents in A's directory", 30, || async {
-        (ctl_a.agents().await.len() == 3).then_some(())
+    // The intruder: the join token and a --relay claim, but no place in B's policy. Its log is
+    // kept to show it was told.
+    let intruder_log = root.join("intruder.log");
+    let x1 = TestAgent::start_logged(
+        &ctl_b,
+        "b",
+        &root.join("out-x"),
+        &root.join("st-x"),
+        &["--relay", "--location", "edge"],
+        &intruder_log,
+    )?;
+    eventually("all four agents in A's directory", 30, || async {
+        (ctl_a.agents().await.len() == 4).then_some(())
     })
     .await?;
+    let x_id = x1.id().context("x1 id")?;
+    let told = eventually("the intruder is told it is no relay", 20, || async {
+        let log = std::fs::read_to_string(&intruder_log).unwrap_or_default();
+        log.lines()
+            .find(|l| l.contains("does not use it as a relay"))
+            .map(str::to_string)
+    })
+    .await?;
+    assert!(told.contains("matches no --relay-agent entry"), "{told}");
     let (b_id, r_id) = (b1.id().context("b1 id")?, r1.id().context("r1 id")?);
 
     // QUIC relaying is refused, naming the field.
     let job = |protocols: &str| {
         format!(
             r#"{{"name":"relay","kind":"relay","protocols":[{protocols}],"sources":["region=a"],
-            "targets":["region=b,location=dc1"],"relays":["location=hub"],"interval_ms":400,"timeout_ms":300,
+            "targets":["region=b,location=dc1"],"relays":["region=b"],"interval_ms":400,"timeout_ms":300,
             "packets":4,"packet_interval_ms":5}}"#
         )
     };
@@ -1247,15 +1316,23 @@ async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungran
             assert!(r[f].as_f64().is_some(), "{f} missing: {r}");
         }
     }
-    // b1 and r1 are no sources of it.
+    // b1 and r1 are no sources of it; the intruder, named by the job's relays selector, is
+    // never used as a relay.
     assert!(b1.records().iter().all(|r| s(r, "job_id") != jid));
     assert!(r1.records().iter().all(|r| s(r, "job_id") != jid));
+    let via: BTreeSet<String> = relayed().iter().map(|r| s(r, "relay_agent")).collect();
+    assert_eq!(
+        via,
+        BTreeSet::from([r_id.clone()]),
+        "only the policy's relay"
+    );
+    assert_ne!(x_id, r_id);
 
     // Ungranted use of the relay, from outside the controller: with the public default key
     // (refused as unauthenticated), and with the mesh wire key but a self-made grant (what a
     // source could try): both fail, and the relay counts them.
     let target = s(&recs[0], "target");
-    let mesh_wire = meshlat_controller::keys::MeshKeys::derive(secret.as_bytes()).wire_secret();
+    let mesh_wire = meshlat_controller::keys::wire_secret(secret.as_bytes());
     let mesh_wire = String::from_utf8(mesh_wire)?;
     for key in [None, Some(mesh_wire.as_str())] {
         let mut cmd = Command::new(agent_bin());
@@ -1291,7 +1368,66 @@ async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungran
         count("relay_bad_grant") >= 6.0,
         "self-made grants: {metrics}"
     );
-    drop((a1, b1, r1));
+
+    // The issue's attack, against the real relay: full-size packets sealed with the mesh wire
+    // key (which every agent holds), to a victim address no agent advertises, with grants the
+    // intruder can make — its own key pair, one derived from the wire key, the old HMAC format.
+    let relay_udp: std::net::SocketAddr = target
+        .trim_start_matches("relay://")
+        .split('/')
+        .next()
+        .context("relay address")?
+        .parse()?;
+    let victim = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let victim_addr = victim.local_addr()?;
+    let attacker = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let wire_key = WireKey::new(&Key::from_secret(&mesh_wire));
+    let until = unix_now() + 3600;
+    let grants = [
+        GrantSigner::from_pkcs8(&GrantSigner::generate_pkcs8()?)?.sign(victim_addr, until),
+        GrantSigner::derive_standalone(mesh_wire.as_bytes()).sign(victim_addr, until),
+        legacy_hmac_grant(victim_addr, until, mesh_wire.as_bytes()),
+    ];
+    let bad_before = count("relay_bad_grant");
+    let mut sent = 0u32;
+    for g in grants {
+        for _ in 0..20 {
+            let mut h = Header::request(wire_key.id, 0xBAD, sent, 1, wire::ERROR_BOUND_UNKNOWN);
+            h.msg_type = MessageType::RelayForward;
+            h.grant = g;
+            let mut p = vec![0u8; wire::MAX_PACKET_BYTES];
+            wire::encode(&h, &wire_key, &mut p)?;
+            assert_eq!(p.len(), 1452);
+            attacker.send_to(&p, relay_udp)?;
+            sent += 1;
+        }
+    }
+    victim.set_read_timeout(Some(Duration::from_millis(1500)))?;
+    let mut buf = [0u8; 2048];
+    let mut forwarded = 0;
+    while victim.recv_from(&mut buf).is_ok() {
+        forwarded += 1;
+    }
+    let metrics = reqwest_lite(&format!("127.0.0.1:{stats_port}"), "/metrics").await?;
+    let count = |result: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("meshlat_responder_requests_total")
+                    && l.contains(r#"protocol="udp""#)
+                    && l.contains(&format!(r#"result="{result}""#))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let dropped = count("relay_bad_grant") - bad_before;
+    println!(
+        "forged grants: {sent} packets of 1452 bytes sent to the relay, {forwarded} forwarded, \
+         {dropped} counted relay_bad_grant"
+    );
+    assert_eq!(forwarded, 0, "nothing reaches the victim");
+    assert_eq!(dropped, f64::from(sent), "{metrics}");
+    drop((a1, b1, r1, x1));
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }

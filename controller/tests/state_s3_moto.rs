@@ -286,7 +286,7 @@ async fn a_controller_on_an_empty_disk_comes_back_from_s3_with_its_ca_jobs_and_a
         .then_some(())
     })
     .await?;
-    for name in ["ca.pem", "ca.key", "credentials.json"] {
+    for name in ["ca.pem", "ca.key", "credentials.json", "grant.key"] {
         let o = object(&bucket, &key(name)).await?;
         assert!(o.is_some(), "{name} is in the bucket");
     }
@@ -304,6 +304,11 @@ async fn a_controller_on_an_empty_disk_comes_back_from_s3_with_its_ca_jobs_and_a
     assert_eq!(
         std::fs::read(b_dir.join("ca.key"))?,
         std::fs::read(root.join("ctl-a/ca.key"))?
+    );
+    // The relay-grant signing key too: relays keep trusting the same public key.
+    assert_eq!(
+        std::fs::read(b_dir.join("grant.key"))?,
+        std::fs::read(root.join("ctl-a/grant.key"))?
     );
     let (st, job) = b
         .rest("GET", &format!("/api/v1/jobs/{job_id}"), "", &cred)

@@ -8,8 +8,8 @@
 //! - UDP packets are signed with `Assignment.key` (the mesh wire key the controller hands out;
 //!   every agent's reflector accepts it via `JobSet.accept_keys`), or this agent's own `--key`
 //!   when the controller sends none.
-//! - Relay jobs' targets are `relay://R/B` with the controller's grant for B (64 bytes, else the
-//!   job is refused) and the relay's identity for the record's `relay_*` fields; they run as
+//! - Relay jobs' targets are `relay://R/B` with the controller's Ed25519 grant for B (96 bytes,
+//!   else the job is refused, e.g. a 64-byte grant of an older controller) and the relay's identity for the record's `relay_*` fields; they run as
 //!   [`Kind::Relay`]. Grants are reissued each grant epoch (DESIGN §4); a group's scheduler
 //!   version folds in its grants' expiry, so new grants restart its pairs once per epoch.
 //! - Targets that are agents are probed with TLS verification off for https/quic (responders use
@@ -242,7 +242,7 @@ mod tests {
 
     #[test]
     fn relay_assignments_carry_grant_relay_identity_and_the_mesh_key() {
-        use meshlat_proto::grant::{Grant, GrantKey};
+        use meshlat_proto::grant::GrantSigner;
         let spec = pb::JobSpec {
             kind: pb::JobKind::Relay as i32,
             protocols: vec![pb::Protocol::Udp as i32],
@@ -260,12 +260,9 @@ mod tests {
             ..Default::default()
         };
         let grant = |expires| {
-            Grant::sign(
-                "10.0.0.2:7710".parse().expect("addr"),
-                expires,
-                &GrantKey::from_secret(b"g"),
-            )
-            .to_vec()
+            GrantSigner::derive_standalone(b"g")
+                .sign("10.0.0.2:7710".parse().expect("addr"), expires)
+                .to_vec()
         };
         let set = |expires, grant_bytes: Vec<u8>| pb::JobSet {
             generation: 3,
@@ -316,5 +313,12 @@ mod tests {
         let (bad, rejected) = job_set(&set(0, vec![1, 2, 3]), &Key::default_key());
         assert!(bad.jobs.is_empty());
         assert!(rejected["rj"].contains("grant is 3 bytes"), "{rejected:?}");
+        // So does an old controller's 64-byte HMAC grant.
+        let (old, rejected) = job_set(&set(0, vec![1; 64]), &Key::default_key());
+        assert!(old.jobs.is_empty());
+        assert!(
+            rejected["rj"].contains("grant is 64 bytes, not 96"),
+            "{rejected:?}"
+        );
     }
 }

@@ -95,7 +95,8 @@ pub struct Outputs {
     pub keys: Option<watch::Sender<crate::respond::udp::ControllerKeys>>,
 }
 
-/// The keys a job set tells the reflector to accept.
+/// The keys a job set tells the reflector to accept: the wire keys, and the grant public keys
+/// (malformed ones, not 32 bytes, are skipped: a relay trusts only well-formed keys).
 fn controller_keys(set: &pb::JobSet) -> crate::respond::udp::ControllerKeys {
     crate::respond::udp::ControllerKeys {
         wire: set
@@ -105,10 +106,9 @@ fn controller_keys(set: &pb::JobSet) -> crate::respond::udp::ControllerKeys {
             .map(Key::from_secret)
             .collect(),
         grant: set
-            .grant_keys
+            .grant_public_keys
             .iter()
-            .filter(|k| !k.is_empty())
-            .map(|k| std::sync::Arc::from(k.as_slice()))
+            .filter_map(|k| meshlat_proto::grant::GrantPublicKey::from_bytes(k).ok())
             .collect(),
     }
 }
@@ -246,6 +246,9 @@ async fn session(
                             let _ = out.id.send(Some(w.agent_id.clone()));
                         }
                         tracing::info!(message = "Connected to the controller.", agent = %w.agent_id, controller_region = %w.controller_region);
+                        if !w.relay_refused.is_empty() {
+                            tracing::warn!(message = "This agent runs with --relay, but the controller does not use it as a relay; it relays nothing.", reason = %w.relay_refused);
+                        }
                         fs.connected();
                         cfg.backoff.reset();
                         let _ = out.mode.send(fs.mode(Instant::now()));

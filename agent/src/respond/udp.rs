@@ -17,26 +17,34 @@
 //! With relaying on, two more kinds of datagram are handled (DESIGN §4):
 //!
 //! - a `RelayForward` from a source A, authenticated like a request, whose grant field holds a
-//!   valid, unexpired grant ([`crate::probe::udp::grant`]) signed by a grant key this relay
-//!   trusts (standalone: derived from each `--key` other than the public default; under a
-//!   controller, also the mesh grant key it sends): r1 is its kernel receive stamp; the packet
-//!   becomes a `Request`, r2 is read just before it is resealed, and it is sent from this socket
-//!   to the grant's destination B — never anywhere else, and with exactly the received length.
-//!   (session id, sequence) → (A, B) is remembered in a table of at most [`RELAY_TABLE_MAX`]
-//!   entries that expire after [`RELAY_TTL`];
+//!   valid, unexpired Ed25519 grant ([`crate::probe::udp::grant`]) signed by a key this relay
+//!   trusts: standalone (`agent serve`), the public key derived from each `--key` other than
+//!   the public default; under a controller (`agent run`), **only** the public keys the
+//!   controller sends (its own and its federation peers'), never a key derived from `--key`.
+//!   The relay holds no private key, so it cannot make grants. r1 is the packet's kernel
+//!   receive stamp; the packet becomes a `Request`, r2 is read just before it is resealed, and
+//!   it is sent from this socket to the grant's destination B — never anywhere else, and with
+//!   exactly the received length. (session id, sequence) → (A, B, length) is remembered in a
+//!   table of at most [`RELAY_TABLE_MAX`] entries that expire after [`RELAY_TTL`];
 //! - a `Reply` from B matching a table entry (same session id and sequence, sent from B's
-//!   address): the entry is removed, r3 is its receive stamp, it becomes a `RelayReturn`, r4 is
-//!   read just before it is resealed, and it goes back to A, same length.
+//!   address) and of exactly the forwarded length: the entry is removed, r3 is its receive
+//!   stamp, it becomes a `RelayReturn`, r4 is read just before it is resealed, and it goes back
+//!   to A, same length. So the relay never sends more bytes towards anyone than it received
+//!   for them: one forward per granted packet, at most one return per forward, each the size
+//!   of the packet A sent.
 //!
 //! Relay drops are counted per reason through [`metrics::responder_drop`]: `relay_no_grant`,
-//! `relay_expired`, `relay_bad_grant`, `relay_table_full` (and `auth`/`malformed` as for
-//! requests). Without `--relay`, `RelayForward` packets are dropped as `type`.
+//! `relay_expired`, `relay_bad_grant` (malformed, forged, signed by a key this relay does not
+//! trust, or the old version-1 HMAC format), `relay_table_full`, `relay_size` (a reply whose
+//! length differs from what was forwarded), and `auth`/`malformed` as for requests. Without
+//! `--relay`, `RelayForward` packets are dropped as `type`.
 //!
 //! # Keys from a controller
 //!
 //! Under a controller (`agent run`), the reflector also accepts the keys each job set carries
-//! ([`ControllerKeys`]: the mesh wire key, and for relays the grant key), through a watch
-//! channel the serving thread checks once per batch; the `--key` keys stay accepted.
+//! ([`ControllerKeys`]: the mesh wire key, and for agents the operator made relays the
+//! federation's grant public keys), through a watch channel the serving thread checks once per
+//! batch; the `--key` wire keys stay accepted.
 //!
 //! Anything else is dropped and counted (`meshlat_responder_requests_total{protocol="udp"}` with
 //! `result` = [`DropReason::as_str`], and [`ReflectorStats`]); answered packets are counted as
@@ -60,7 +68,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, clock_error_bound_ms};
 use crate::metrics::{self, ResponderLabels};
 use crate::probe::Key;
-use crate::probe::udp::grant::{Grant, GrantError, GrantKey, unix_now};
+use crate::probe::udp::grant::{Grant, GrantError, GrantPublicKey, GrantSigner, unix_now};
 use crate::probe::udp::wire::{self, MessageType, WireError, WireKey};
 use crate::probe::udp::{StampMapper, sys};
 
@@ -100,6 +108,9 @@ pub enum DropReason {
     RelayBadGrant,
     /// The relay's table of packets awaiting replies is full.
     RelayTableFull,
+    /// A destination's reply to a relayed packet whose length differs from the forwarded one
+    /// (relaying it could send the source more than it sent).
+    RelaySize,
 }
 
 impl DropReason {
@@ -115,6 +126,7 @@ impl DropReason {
             DropReason::RelayExpired => "relay_expired",
             DropReason::RelayBadGrant => "relay_bad_grant",
             DropReason::RelayTableFull => "relay_table_full",
+            DropReason::RelaySize => "relay_size",
         }
     }
 
@@ -129,7 +141,7 @@ impl DropReason {
         }
     }
 
-    const ALL: [DropReason; 9] = [
+    const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::Oversize,
         DropReason::Version,
@@ -139,13 +151,14 @@ impl DropReason {
         DropReason::RelayExpired,
         DropReason::RelayBadGrant,
         DropReason::RelayTableFull,
+        DropReason::RelaySize,
     ];
 
     fn of_grant(e: GrantError) -> Self {
         match e {
             GrantError::Missing => DropReason::RelayNoGrant,
             GrantError::Expired => DropReason::RelayExpired,
-            GrantError::Bad => DropReason::RelayBadGrant,
+            GrantError::Bad | GrantError::Version(_) => DropReason::RelayBadGrant,
         }
     }
 
@@ -156,6 +169,7 @@ impl DropReason {
                 | DropReason::RelayExpired
                 | DropReason::RelayBadGrant
                 | DropReason::RelayTableFull
+                | DropReason::RelaySize
         )
     }
 }
@@ -165,7 +179,7 @@ impl DropReason {
 pub struct ReflectorStats {
     answered: AtomicU64,
     relayed: AtomicU64,
-    dropped: [AtomicU64; 9],
+    dropped: [AtomicU64; 10],
 }
 
 impl ReflectorStats {
@@ -198,16 +212,18 @@ impl ReflectorStats {
 pub struct ControllerKeys {
     /// Wire keys (the mesh key).
     pub wire: Vec<Key>,
-    /// Relay-grant key secrets (relays only).
-    pub grant: Vec<Arc<[u8]>>,
+    /// Grant public keys of the federation's controllers (agents the operator made relays
+    /// only; empty otherwise).
+    pub grant: Vec<GrantPublicKey>,
 }
 
-/// The static grant keys of `keys`: derived from each, except the public default key (a grant
-/// anyone can sign is no authorisation).
-fn static_grant_keys(keys: &[Key]) -> Vec<GrantKey> {
+/// The standalone relay's trusted grant keys: the public key derived from each of `keys`,
+/// except the public default key (a grant anyone can sign is no authorisation). Used only
+/// without a controller (see the module doc).
+fn standalone_grant_keys(keys: &[Key]) -> Vec<GrantPublicKey> {
     keys.iter()
         .filter(|k| **k != Key::default_key())
-        .map(|k| GrantKey::derive(&k.secret))
+        .map(|k| GrantSigner::derive_standalone(&k.secret).public_key())
         .collect()
 }
 
@@ -302,7 +318,13 @@ impl UdpReflector {
         let spawned = std::thread::Builder::new()
             .name("udp-reflector".into())
             .spawn(move || {
-                let relay = self.relay.then(|| Relay::new(&self.keys));
+                // Under a controller, only the keys it sends are trusted (none until then).
+                let trusted = if self.extra.is_some() {
+                    Vec::new()
+                } else {
+                    standalone_grant_keys(&self.keys)
+                };
+                let relay = self.relay.then(|| Relay::new(trusted));
                 serve(
                     &self.socket,
                     &self.keys,
@@ -366,9 +388,7 @@ fn serve(
             let ck = rx.borrow_and_update().clone();
             keys = own_keys.iter().chain(&ck.wire).map(WireKey::new).collect();
             if let Some(r) = relay.as_mut() {
-                r.grant_keys = static_grant_keys(own_keys);
-                r.grant_keys
-                    .extend(ck.grant.iter().map(|s| GrantKey::from_secret(s)));
+                r.grant_keys = ck.grant.clone();
             }
             tracing::info!(
                 message = "UDP reflector keys updated from the controller.",
@@ -477,6 +497,8 @@ struct Pending {
     src: SocketAddr,
     /// The destination B the packet was forwarded to (replies from elsewhere are not relayed).
     dst: SocketAddr,
+    /// Length forwarded: the only length of reply relayed back (no amplification).
+    len: usize,
     /// Process-clock time after which the entry is stale.
     expires_ns: u64,
 }
@@ -484,15 +506,16 @@ struct Pending {
 /// The relay's state, owned by the serving thread.
 #[derive(Debug)]
 struct Relay {
-    grant_keys: Vec<GrantKey>,
+    /// Public keys whose grants are accepted (never a private key).
+    grant_keys: Vec<GrantPublicKey>,
     /// (session id, sequence) → return route.
     table: HashMap<(u64, u32), Pending>,
 }
 
 impl Relay {
-    fn new(keys: &[Key]) -> Self {
+    fn new(grant_keys: Vec<GrantPublicKey>) -> Self {
         Relay {
-            grant_keys: static_grant_keys(keys),
+            grant_keys,
             table: HashMap::with_capacity(RELAY_TABLE_MAX),
         }
     }
@@ -521,6 +544,9 @@ impl Relay {
                 self.table.remove(&id);
                 if rx > p.expires_ns {
                     return None;
+                }
+                if pkt.len() != p.len {
+                    return Some(Err(DropReason::RelaySize));
                 }
                 Some(
                     wire::stamp_relay_return(pkt, key, rx, Clock::now_ns)
@@ -560,6 +586,7 @@ impl Relay {
             Pending {
                 src: peer,
                 dst: grant.dst,
+                len: pkt.len(),
                 expires_ns: rx.saturating_add(RELAY_TTL.as_nanos() as u64),
             },
         );
@@ -579,7 +606,7 @@ fn counter(result: &str) -> Counter {
 }
 
 // Keep the reason table and the counter array in step.
-const _: () = assert!(DropReason::ALL.len() == 9);
+const _: () = assert!(DropReason::ALL.len() == 10);
 
 #[cfg(test)]
 mod tests {
@@ -611,11 +638,11 @@ mod tests {
         let secret = Key::from_secret("shared-secret");
         let k = WireKey::new(&secret);
         let keys = [k.clone()];
-        let gk = GrantKey::derive(&secret.secret);
+        let gk = GrantSigner::derive_standalone(&secret.secret);
         let a: SocketAddr = "10.0.0.1:4000".parse().expect("addr");
         let b: SocketAddr = "10.0.0.2:7710".parse().expect("addr");
-        let mut relay = Relay::new(std::slice::from_ref(&secret));
-        let good = Grant::sign(b, unix_now() + 60, &gk);
+        let mut relay = Relay::new(standalone_grant_keys(std::slice::from_ref(&secret)));
+        let good = gk.sign(b, unix_now() + 60);
 
         let mut p = relay_forward(&k, 1, good);
         assert_eq!(relay.handle(&mut p, a, 1_000, &keys), Some(Ok(b)));
@@ -635,8 +662,25 @@ mod tests {
         let mut q2 = q.clone();
         assert_eq!(relay.handle(&mut q2, b, 3_000, &keys), None);
 
-        let expired = Grant::sign(b, unix_now() - 1, &gk);
-        let forged = Grant::sign(b, unix_now() + 60, &GrantKey::derive(b"x"));
+        // A reply of another length than was forwarded is not relayed back.
+        let mut p = relay_forward(&k, 5, good);
+        assert_eq!(relay.handle(&mut p, a, 1_000, &keys), Some(Ok(b)));
+        let mut longer = vec![0u8; 400];
+        wire::encode(
+            &wire::Header::request(k.id, 77, 5, 100, wire::ERROR_BOUND_UNKNOWN),
+            &k,
+            &mut longer,
+        )
+        .expect("valid size");
+        assert_eq!(reflect(&mut longer, &keys, 2_000, 0), Ok(()));
+        assert_eq!(
+            relay.handle(&mut longer, b, 3_000, &keys),
+            Some(Err(DropReason::RelaySize))
+        );
+
+        let expired = gk.sign(b, unix_now() - 1);
+        let forged = GrantSigner::derive_standalone(b"x").sign(b, unix_now() + 60);
+        let old = meshlat_proto::grant::legacy_hmac_grant(b, unix_now() + 60, &secret.secret);
         let mut wrong_dst = good;
         wrong_dst[7] ^= 1;
         for (grant, reason) in [
@@ -644,6 +688,7 @@ mod tests {
             (expired, DropReason::RelayExpired),
             (forged, DropReason::RelayBadGrant),
             (wrong_dst, DropReason::RelayBadGrant),
+            (old, DropReason::RelayBadGrant),
         ] {
             let mut p = relay_forward(&k, 2, grant);
             assert_eq!(relay.handle(&mut p, a, 1, &keys), Some(Err(reason)));

@@ -227,6 +227,7 @@ impl AgentSvc {
             welcome: Some(pb::Welcome {
                 agent_id: session.agent_id.clone(),
                 controller_region: self.registry.config().region.clone(),
+                relay_refused: session.relay_refused.clone().unwrap_or_default(),
             }),
             // Only sets the scheduler pushes, not the placeholder.
             sets: WatchStream::from_changes(session.job_sets.clone()),

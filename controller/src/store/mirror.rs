@@ -7,6 +7,7 @@
 //! | --- | --- |
 //! | `ca.pem`, `ca.key` | the controller's CA (the key is secret: the bucket must be private and encrypted) |
 //! | `credentials.json` | hashes of the join secret and operator secrets |
+//! | `grant.key` | the relay-grant Ed25519 signing key ([`crate::keys`]; secret, like `ca.key`) |
 //! | `jobs.pb`, `agents.pb` | `state/jobs.pb`, `state/agents.pb` ([`super::FileStore`]'s format) |
 //!
 //! # Calling protocol
@@ -43,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AGENTS_FILE, FileStore, JOBS_FILE, StateStore, StoreError, StoredState};
 use crate::auth::{CA_CERT_FILE, CA_KEY_FILE, CREDENTIALS_FILE};
+use crate::keys::GRANT_KEY_FILE;
 
 /// First retry delay after a failed upload.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -61,7 +63,7 @@ pub struct MirroredFile {
 }
 
 /// Every mirrored file (see the module doc).
-pub const FILES: [MirroredFile; 5] = [
+pub const FILES: [MirroredFile; 6] = [
     MirroredFile {
         name: CA_CERT_FILE,
         local: CA_CERT_FILE,
@@ -75,6 +77,11 @@ pub const FILES: [MirroredFile; 5] = [
     MirroredFile {
         name: CREDENTIALS_FILE,
         local: CREDENTIALS_FILE,
+        private: true,
+    },
+    MirroredFile {
+        name: GRANT_KEY_FILE,
+        local: GRANT_KEY_FILE,
         private: true,
     },
     MirroredFile {
@@ -434,8 +441,12 @@ mod tests {
         std::fs::write(dir.join(CA_CERT_FILE), b"cert").expect("ca");
         std::fs::write(dir.join(CA_KEY_FILE), b"key").expect("key");
         std::fs::write(dir.join(CREDENTIALS_FILE), b"{}").expect("creds");
+        std::fs::write(dir.join(GRANT_KEY_FILE), b"grant").expect("grant key");
         let published = m.publish_missing().await.expect("publish");
-        assert_eq!(published, vec![CA_CERT_FILE, CA_KEY_FILE, CREDENTIALS_FILE]);
+        assert_eq!(
+            published,
+            vec![CA_CERT_FILE, CA_KEY_FILE, CREDENTIALS_FILE, GRANT_KEY_FILE]
+        );
         let m = Arc::new(m);
         let store = MirroredStore::new(FileStore::open(&dir).expect("open"), m.clone());
         store.save_jobs(&[job("j1", 2)]).expect("save");
@@ -448,14 +459,20 @@ mod tests {
         let dir2 = tmp();
         let m2 = Mirror::new(fake.clone(), &dir2);
         let restored = m2.restore().await.expect("restore");
-        assert_eq!(restored.len(), 4, "{restored:?}");
+        assert_eq!(restored.len(), 5, "{restored:?}");
         assert_eq!(std::fs::read(dir2.join(CA_KEY_FILE)).expect("key"), b"key");
+        assert_eq!(
+            std::fs::read(dir2.join(GRANT_KEY_FILE)).expect("grant key"),
+            b"grant"
+        );
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir2.join(CA_KEY_FILE))
-            .expect("meta")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        for f in [CA_KEY_FILE, GRANT_KEY_FILE] {
+            let mode = std::fs::metadata(dir2.join(f))
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
         let state = FileStore::open(&dir2).expect("open").load().expect("load");
         assert_eq!(state.jobs, vec![job("j1", 2)]);
         assert!(m2.publish_missing().await.expect("publish").is_empty());

@@ -4,7 +4,7 @@
 //!
 //! - [`wire`]: the versioned, HMAC-authenticated packet format (documented byte by byte).
 //! - [`session`]: the sans-IO train core — pacing, timeout, classification, statistics.
-//! - [`grant`]: the 64-byte relay grant (documented byte by byte).
+//! - [`grant`]: the 96-byte Ed25519-signed relay grant (documented byte by byte).
 //! - [`relay`]: the sans-IO relay train core (`relay://R/B` targets) and its arithmetic.
 //! - `sys`: the one unsafe corner — `recvmsg`/`recvmmsg`/`sendmmsg` with kernel receive
 //!   timestamps and destination addresses (pktinfo).
@@ -71,8 +71,8 @@ pub struct UdpProbe {
     packet_bytes: usize,
     /// Prepared once: signing needs no per-train key setup.
     key: WireKey,
-    /// Signs standalone relay grants (derived from the shared key).
-    grant_key: Box<grant::GrantKey>,
+    /// Signs standalone relay grants (the key pair derived from the shared key).
+    grant_key: grant::GrantSigner,
     /// Kept for `Debug` and for the timeout in failure messages.
     timeout: Duration,
 }
@@ -100,7 +100,7 @@ impl UdpProbe {
             timeout_ns: duration_ns(spec.timeout),
             packet_bytes,
             key: WireKey::new(&spec.key),
-            grant_key: Box::new(grant::GrantKey::derive(&spec.key.secret)),
+            grant_key: grant::GrantSigner::derive_standalone(&spec.key.secret),
             timeout: spec.timeout,
         })
     }
@@ -191,11 +191,8 @@ impl UdpProbe {
             }
         };
         let grant = target.grant.unwrap_or_else(|| {
-            grant::Grant::sign(
-                dst,
-                grant::unix_now() + relay::STANDALONE_GRANT_TTL_S,
-                &self.grant_key,
-            )
+            self.grant_key
+                .sign(dst, grant::unix_now() + relay::STANDALONE_GRANT_TTL_S)
         });
         let mut session = RelaySession::new(self.session_config(), grant);
         let io_error = drive_relay(&via, &direct, &mut session, self.packet_bytes).await;

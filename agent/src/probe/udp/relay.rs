@@ -5,8 +5,10 @@
 //!
 //! `relay://R_HOST:PORT/B_HOST:PORT` — protocol udp: R is an `agent serve --relay` UDP
 //! responder, B any meshlat UDP reflector. Records get `kind = relay`, `target` = the whole
-//! string. Standalone grants are signed locally with the grant key derived from the shared
-//! `--key` ([`super::grant::GrantKey::derive`]), valid for [`STANDALONE_GRANT_TTL_S`].
+//! string. Standalone grants are signed locally with the Ed25519 key pair derived from the
+//! shared `--key` ([`super::grant::GrantSigner::derive_standalone`]; a standalone relay trusts
+//! the same derived public key), valid for [`STANDALONE_GRANT_TTL_S`]. Under a controller every
+//! relay target carries the controller's grant instead.
 //!
 //! # Sans-IO core
 //!
@@ -289,7 +291,7 @@ mod tests {
 
     use super::*;
     use crate::probe::Key;
-    use crate::probe::udp::grant::{Grant, GrantKey};
+    use crate::probe::udp::grant::GrantSigner;
     use crate::probe::udp::wire::WireKey;
 
     const MS: u64 = 1_000_000;
@@ -354,8 +356,8 @@ mod tests {
         }
 
         fn session(&self, packets: u32) -> RelaySession {
-            let gk = GrantKey::derive(b"k");
-            let grant = Grant::sign("127.0.0.1:9".parse().expect("addr"), u64::MAX, &gk);
+            let gk = GrantSigner::derive_standalone(b"k");
+            let grant = gk.sign("127.0.0.1:9".parse().expect("addr"), u64::MAX);
             RelaySession::new(
                 SessionConfig {
                     packets,

@@ -716,7 +716,7 @@ mod tests {
         wire::encode(&h, &key, &mut other).expect("valid size");
         assert_eq!(s.handle_datagram(T0 + MS, &other), Ok(()));
         // Wrong size.
-        assert_eq!(s.handle_datagram(T0 + MS, &[0u8; 200]), Ok(()));
+        assert_eq!(s.handle_datagram(T0 + MS, &[0u8; 250]), Ok(()));
         assert_eq!(s.ignored(), 3);
         // Wrong key.
         let evil = WireKey::new(&Key::from_secret("evil"));

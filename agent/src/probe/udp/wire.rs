@@ -1,4 +1,4 @@
-//! The meshlat UDP wire format, version 1 (TWAMP-light style, authenticated).
+//! The meshlat UDP wire format, version 2 (TWAMP-light style, authenticated).
 //!
 //! Every packet — request, reply, and later relay-forward/relay-return — has the same layout and
 //! the same size on every hop: the sender pads the request to carry every timestamp slot, so no
@@ -9,7 +9,7 @@
 //! offset  size  field
 //! ------  ----  -----------------------------------------------------------------------------
 //!      0     4  magic, ASCII "MLU1" (0x4D 0x4C 0x55 0x31)
-//!      4     1  version = 1 (VERSION)
+//!      4     1  version = 2 (VERSION)
 //!      5     1  message type: 1 request, 2 reply, 3 relay-forward, 4 relay-return
 //!      6     2  flags, reserved: sent as 0, ignored on receive (covered by the HMAC)
 //!      8     4  key id (u32): `Key::id` of the HMAC key, so receivers can pick the key
@@ -24,12 +24,17 @@
 //!     64     8  r2: relay send time, forward direction
 //!     72     8  r3: relay receive time, return direction
 //!     80     8  r4: relay send time, return direction
-//!     88    64  grant: opaque relay authorisation (all zero unless relayed)
-//!    152     n  padding: zeros from the sender, echoed unchanged by the reflector
-//!  152+n    16  HMAC-SHA256 over bytes [0, 152+n), truncated to its first 16 bytes
+//!     88    96  grant: relay authorisation (all zero unless relayed; see `meshlat_proto::grant`)
+//!    184     n  padding: zeros from the sender, echoed unchanged by the reflector
+//!  184+n    16  HMAC-SHA256 over bytes [0, 184+n), truncated to its first 16 bytes
 //! ```
 //!
-//! The smallest packet is [`MIN_PACKET_BYTES`] (168 bytes: no padding); the largest is
+//! Version 2 grew the grant field from 64 to 96 bytes for the Ed25519-signed grant (version 1
+//! carried the forgeable HMAC grant); a version-1 packet is refused as
+//! [`WireError::UnsupportedVersion`] (counted `malformed` by reflectors), so a v1 and a v2 agent
+//! do not measure each other: upgrade every agent of a mesh together with its controllers.
+//!
+//! The smallest packet is [`MIN_PACKET_BYTES`] (200 bytes: no padding); the largest is
 //! [`MAX_PACKET_BYTES`] (1452 bytes, which fits a 1500-byte MTU under IPv6 + UDP headers with
 //! room to spare for tunnels). Anything outside that range is rejected before it is parsed.
 //!
@@ -44,12 +49,12 @@ use ring::hmac;
 /// The four magic bytes that start every packet.
 pub const MAGIC: [u8; 4] = *b"MLU1";
 /// The wire format version this module speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Length of the fixed header (everything before the padding).
-pub const HEADER_BYTES: usize = 152;
+pub const HEADER_BYTES: usize = 184;
 /// Length of the truncated HMAC-SHA256 tag at the end of every packet.
 pub const MAC_BYTES: usize = 16;
-/// Length of the opaque relay grant field.
+/// Length of the relay grant field.
 pub const GRANT_BYTES: usize = meshlat_proto::grant::GRANT_BYTES;
 /// The smallest valid packet: header plus MAC, no padding.
 pub const MIN_PACKET_BYTES: usize = HEADER_BYTES + MAC_BYTES;
@@ -604,7 +609,7 @@ mod tests {
     #[test]
     fn layout_constants_agree() {
         assert_eq!(OFF_GRANT + GRANT_BYTES, HEADER_BYTES);
-        assert_eq!(MIN_PACKET_BYTES, 168);
+        assert_eq!(MIN_PACKET_BYTES, 200);
     }
 
     #[test]
@@ -614,7 +619,7 @@ mod tests {
         let mut buf = vec![0xAAu8; MIN_PACKET_BYTES + 4];
         encode(&h, &k, &mut buf).expect("valid size");
         assert_eq!(&buf[..4], b"MLU1");
-        assert_eq!(buf[4], 1);
+        assert_eq!(buf[4], 2);
         assert_eq!(buf[5], 1);
         assert_eq!(&buf[8..12], &k.id.to_be_bytes());
         assert_eq!(&buf[12..20], &[1, 2, 3, 4, 5, 6, 7, 8]);
@@ -667,10 +672,10 @@ mod tests {
             Err(WireError::TooLong(MAX_PACKET_BYTES + 1))
         );
         let mut v2 = buf.clone();
-        v2[4] = 2;
+        v2[4] = 1; // the previous version (64-byte HMAC grants) is refused
         assert_eq!(
             decode(&v2, std::slice::from_ref(&a)),
-            Err(WireError::UnsupportedVersion(2))
+            Err(WireError::UnsupportedVersion(1))
         );
         v2[0] = b'X';
         assert_eq!(
