@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Property-based API fuzzing of the controller's REST API with schemathesis, from the API's own
 # OpenAPI document (GET /api/v1/openapi.json), against a real controller on loopback over TLS.
-#   scripts/test_api.sh [MAX_EXAMPLES]      # default 40 per operation (the `api-fuzz` stage)
+#   scripts/test_api.sh [MAX_EXAMPLES]      # default 25 per operation (the `api-fuzz` stage)
 #
 # Checks every operation: no 5xx, no crash (the controller must still answer health afterwards),
 # every status code and body as documented (schemathesis' `all` checks, minus the ones that judge
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-examples=${1:-40}
+examples=${1:-25}
 venv=$(scripts/lib/venv.sh api 'schemathesis==4.32.5')
 bin=target/debug/controller
 [[ -x $bin ]] || cargo build -p meshlat-controller --bin controller --locked
@@ -48,6 +48,8 @@ grpc=$(awk '/^listening grpc /{print $3}' "$dir/controller.out")
 #   so a schema-valid spec may rightly get 400;
 # - use_after_free / ensure_resource_availability: stopped jobs stay readable (GET answers the
 #   stopped job) by design until they expire;
+# The coverage phase is left out: on this Python (3.11) it crashed inside hypothesis
+# ("AST constructor recursion depth mismatch"), which is not a finding about the API.
 # revokeCredential is left out: fed names it has seen, it would revoke its own credential and
 # every later call would be 401 (revocation is tested by controller/tests and tests/openapi.rs).
 # - missing_required_header / ignored_auth are kept: every call but the document needs the
@@ -60,7 +62,8 @@ rc=0
   --checks all --exclude-checks "$EXCLUDED" \
   --max-examples "$examples" --seed 20261202 --no-color \
   --exclude-operation-id revokeCredential \
-  --workers 2 --max-failures 20 >"$dir/st.out" 2>&1 || rc=$?
+  --phases examples,fuzzing,stateful \
+  --workers 1 --max-failures 20 >"$dir/st.out" 2>&1 || rc=$?
 mkdir -p target && cp "$dir/st.out" target/test_api.st.out
 grep -v '^\s*$' "$dir/st.out" | tail -n 60
 echo "test_api: whole report: target/test_api.st.out"

@@ -218,15 +218,26 @@ mod tests {
         let (old, new) = (k(b"old-root"), k(b"new-root"));
         let step1 = k(b"old-root").also_accepting([&b"new-root"[..]]);
         let step2 = k(b"new-root").also_accepting([&b"old-root"[..]]);
-        assert_eq!(step1.wire_secret(), old.wire_secret(), "step 1 signs with the old key");
-        assert_eq!(step2.wire_secret(), new.wire_secret(), "step 2 signs with the new key");
+        assert_eq!(
+            step1.wire_secret(),
+            old.wire_secret(),
+            "step 1 signs with the old key"
+        );
+        assert_eq!(
+            step2.wire_secret(),
+            new.wire_secret(),
+            "step 2 signs with the new key"
+        );
         for s in [&step1, &step2] {
             let w = s.accept_wire_secrets();
             assert!(w.contains(&old.wire_secret()) && w.contains(&new.wire_secret()));
         }
         assert_eq!(old.accept_wire_secrets(), vec![old.wire_secret()]);
         assert_eq!(
-            k(b"r").also_accepting([&b"r"[..]]).accept_wire_secrets().len(),
+            k(b"r")
+                .also_accepting([&b"r"[..]])
+                .accept_wire_secrets()
+                .len(),
             1,
             "the same root is not listed twice"
         );

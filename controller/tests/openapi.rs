@@ -81,8 +81,15 @@ fn routed() -> BTreeSet<(String, String)> {
 #[test]
 fn every_route_is_documented_and_every_documented_operation_is_routed() {
     let (doc, routes) = (documented(), routed());
-    println!("openapi: {} documented operations, {} routes", doc.len(), routes.len());
-    assert!(routes.len() >= 10, "the router parse found too few routes: {routes:?}");
+    println!(
+        "openapi: {} documented operations, {} routes",
+        doc.len(),
+        routes.len()
+    );
+    assert!(
+        routes.len() >= 10,
+        "the router parse found too few routes: {routes:?}"
+    );
     let undocumented: Vec<_> = routes.difference(&doc).collect();
     let unrouted: Vec<_> = doc.difference(&routes).collect();
     assert!(
@@ -122,7 +129,9 @@ async fn a_live_controller_answers_every_documented_operation_as_documented() ->
                 return Ok::<_, anyhow::Error>(a.trim().to_string());
             }
         }
-        Err(anyhow!("controller exited before announcing its REST address"))
+        Err(anyhow!(
+            "controller exited before announcing its REST address"
+        ))
     })
     .await
     .context("controller did not announce its REST address")??;
@@ -168,7 +177,11 @@ async fn a_live_controller_answers_every_documented_operation_as_documented() ->
     // The document itself, without a credential, is the committed file.
     let (st, ctype, body) = call("GET", "/api/v1/openapi.json", "", false).await?;
     assert_eq!((st, ctype.as_str()), (200, "application/json"));
-    assert_eq!(body.as_ref(), DOC.as_bytes(), "served document differs from the file");
+    assert_eq!(
+        body.as_ref(),
+        DOC.as_bytes(),
+        "served document differs from the file"
+    );
     // Everything else needs the credential.
     let (st, _, body) = call("GET", "/api/v1/jobs", "", false).await?;
     assert_eq!(st, 401, "{}", String::from_utf8_lossy(&body));
