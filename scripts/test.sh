@@ -153,6 +153,9 @@ firehose_moto() {
 }
 export -f firehose_moto
 run_stage firehose-moto 1200 firehose_moto
+# The REST API against its OpenAPI document: schemathesis (.venv-api) on a live controller over
+# TLS, 25 examples per operation, seeded; no 5xx, documented statuses and bodies, still healthy.
+run_stage api-fuzz 420 scripts/test_api.sh
 # Coverage-guided fuzzing (cargo fuzz, nightly): every target of proto/fuzz and agent/fuzz for 20 s
 # from its committed seed corpus; a crash fails the stage with the command to reproduce it.
 run_stage fuzz 600 scripts/fuzz.sh -t 20

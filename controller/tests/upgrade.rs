@@ -1,0 +1,175 @@
+//! Upgrades: this version starts on the state the previous release wrote
+//! (`tests/fixtures/state-0.1.0`, never regenerated) and keeps what operators and agents rely on:
+//! the CA (so every join token keeps its pin), the seeded operator credential, the running job
+//! with its id, and the agent's id. Regions upgrade one at a time, so this must hold for every
+//! release; add a fixture directory per release.
+
+#[allow(dead_code)]
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use http_body_util::{BodyExt, Full};
+use meshlat_proto::pb;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state-0.1.0");
+const CA_SHA256: &str = "973bdb79b5b02db77cf11fe71798e130e727833c550146fff28c737f1fda1fd2";
+const CREDENTIAL: &str = "fixture:fixture-operator-secret-0123456789";
+const JOIN_SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const RUNNING_JOB: &str = "01a23556-f5f4-75e2-b9a9-5c8552a34d6f";
+const AGENT_ID: &str = "01a23556-e354-74ca-b044-81483dac9181";
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let dst = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &dst)?;
+        } else {
+            std::fs::copy(e.path(), &dst)?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn starts_on_the_previous_releases_state_and_keeps_ca_credential_jobs_and_agents()
+-> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = common::tmp_dir("upgrade", "0.1.0");
+    let data = root.join("controller");
+    copy_dir(&Path::new(FIXTURE).join("controller"), &data)?;
+    // git keeps no modes beyond the executable bit: restore what 0.1.0 wrote.
+    for f in ["ca.key", "credentials.json"] {
+        std::fs::set_permissions(data.join(f), std::fs::Permissions::from_mode(0o600))?;
+    }
+    // Agents not heard from for --agent-expiry are removed (at most 366 days): once the fixture
+    // is older than that, move its agent's last-seen time to now — only that field, so the
+    // file is still 0.1.0's encoding of everything else.
+    let agents_pb = data.join("state/agents.pb");
+    let mut agents: pb::StoredAgents =
+        prost::Message::decode(std::fs::read(&agents_pb)?.as_slice())?;
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    let mut touched = false;
+    for a in &mut agents.agents {
+        if let Some(i) = a.info.as_mut()
+            && now_ms - i.last_seen_unix_ms > 360 * 86_400_000
+        {
+            i.last_seen_unix_ms = now_ms;
+            touched = true;
+        }
+    }
+    if touched {
+        std::fs::write(&agents_pb, prost::Message::encode_to_vec(&agents))?;
+    }
+    // Started as 0.1.0 was, with the same seeds (a deployment's configuration does not change
+    // with the upgrade).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_controller"))
+        .args([
+            "serve",
+            "--region",
+            "fx-1",
+            "--listen",
+            "127.0.0.1:0",
+            "--rest-listen",
+            "127.0.0.1:0",
+            "--join-secret",
+            JOIN_SECRET,
+            "--operator-credential",
+            CREDENTIAL,
+            "--agent-expiry",
+            "31622400",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(
+            root.join("controller.log"),
+        )?))
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn controller")?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let (mut rest, mut ca) = (None, None);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while rest.is_none() || ca.is_none() {
+            let l = lines
+                .next_line()
+                .await?
+                .ok_or_else(|| anyhow!("controller exited at start; see {}", root.display()))?;
+            if let Some(a) = l.strip_prefix("listening rest ") {
+                rest = Some(a.trim().to_string());
+            } else if let Some(h) = l.strip_prefix("ca-sha256 ") {
+                ca = Some(h.trim().to_string());
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await
+    .context("controller did not announce itself")??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let rest = rest.context("rest")?;
+    assert_eq!(
+        ca.as_deref(),
+        Some(CA_SHA256),
+        "the CA changed: every join token breaks"
+    );
+
+    let get = |path: &str| {
+        let (data, rest, path) = (data.clone(), rest.clone(), path.to_string());
+        async move {
+            let mut send = common::pinned_http1(&data, &rest).await?;
+            let req = http::Request::builder()
+                .uri(format!("https://{rest}{path}"))
+                .header("host", rest.as_str())
+                .header("authorization", format!("Bearer {CREDENTIAL}"))
+                .body(Full::new(bytes::Bytes::new()))?;
+            let resp = send.send_request(req).await?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, anyhow::Error>((status, serde_json::from_slice::<Value>(&body)?))
+        }
+    };
+    let (st, jobs) = get("/api/v1/jobs").await?;
+    assert_eq!(st, 200, "the 0.1.0 operator credential is refused: {jobs}");
+    let ids: Vec<&str> = jobs["jobs"]
+        .as_array()
+        .context("jobs")?
+        .iter()
+        .filter_map(|j| j["id"].as_str())
+        .collect();
+    println!("upgrade: jobs after the upgrade: {ids:?}");
+    assert!(
+        ids.contains(&RUNNING_JOB),
+        "the running job is gone: {jobs}"
+    );
+    let (st, job) = get(&format!("/api/v1/jobs/{RUNNING_JOB}")).await?;
+    assert_eq!(st, 200);
+    assert_eq!(job["spec"]["name"], "fixture-mesh");
+    assert_eq!(job["spec"]["protocols"], serde_json::json!(["udp", "tcp"]));
+    let (st, agents) = get("/api/v1/agents").await?;
+    assert_eq!(st, 200);
+    let known: Vec<&str> = agents["agents"]
+        .as_array()
+        .context("agents")?
+        .iter()
+        .filter_map(|a| a["id"].as_str())
+        .collect();
+    println!("upgrade: agents after the upgrade: {known:?}");
+    assert!(known.contains(&AGENT_ID), "the agent id is gone: {agents}");
+    child.start_kill()?;
+    child.wait().await?;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
