@@ -54,6 +54,8 @@ async fn start(name: &str, extra: &[&str], nofile: Option<u64>) -> Result<Ctl> {
             "127.0.0.1:0",
             "--rest-listen",
             "127.0.0.1:0",
+            // This suite reads the generated operator credential from stdout.
+            "--print-secrets",
         ])
         .args(extra)
         .arg("--data-dir")

@@ -163,7 +163,7 @@ class Bench:
         c0 = cpu_seconds(srv.pid)
         t = max(1, round(n / 1000))
         cli = subprocess.Popen(["sockperf", "ping-pong", "-i", "127.0.0.1", "-p", str(port), "-t", str(t),
-                                "--mps=1000", "--full-rtt", "-m", "168"], stdout=subprocess.PIPE,
+                                "--mps=1000", "--full-rtt", "-m", "200"], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
         out = cli.stdout.read()
         _, status, ru = os.wait4(cli.pid, 0)
@@ -295,6 +295,8 @@ class Bench:
         with open(ann_path, "w") as ann:
             ctl = subprocess.Popen([os.path.join(self.bin, "controller"), "serve", "--region", "r00",
                                     "--listen", "127.0.0.1:0", "--rest-listen", "127.0.0.1:0",
+                                    # the generated join token and credential are read from stdout
+                                    "--print-secrets",
                                     "--data-dir", os.path.join(data, "state")],
                                    stdout=ann, stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
         self.procs.append(ctl)
