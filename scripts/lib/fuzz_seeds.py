@@ -89,13 +89,14 @@ put("proto", "join_token", "short_secret", "mlt1." + "b7" * 32 + ".abcd")
 
 grant_src = open(os.path.join(root, "proto/src/grant.rs")).read()
 gver = int(re.search(r"pub const GRANT_VERSION: u8 = (\d+);", grant_src).group(1))
+gbytes = int(re.search(r"pub const GRANT_BYTES: usize = (\d+);", grant_src).group(1))
 grant4 = bytes([gver, 4]) + struct.pack(">H", 7710) + bytes([10, 0, 0, 7]) + bytes(12)
 grant4 += struct.pack(">Q", 1_800_000_000) + struct.pack(">I", 0x01020304)
-grant4 += bytes(64 - len(grant4))
+grant4 += bytes(gbytes - len(grant4))
 put("proto", "grant_verify", "v4", grant4)
 grant6 = bytes([gver, 6]) + struct.pack(">H", 7710) + bytes(15) + b"\x01"
 grant6 += struct.pack(">Q", 1_800_000_000) + struct.pack(">I", 0x01020304)
-grant6 += bytes(64 - len(grant6))
+grant6 += bytes(gbytes - len(grant6))
 put("proto", "grant_verify", "v6", grant6)
 
 # --- UDP wire (agent/src/probe/udp/wire.rs) ---

@@ -1,6 +1,5 @@
 //! What a controller accepts from an agent session: any bytes decode to an AgentMessage or an
-//! error, never a panic, and decoding what was encoded gives the same message (compared as
-//! bytes: a lying agent's NaN latencies are not equal to themselves).
+//! error, never a panic, and decoding what was encoded gives the same message.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use meshlat_proto::pb;
@@ -12,5 +11,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let bytes = m.encode_to_vec();
     let again = pb::AgentMessage::decode(bytes.as_slice()).expect("re-decodes");
-    assert_eq!(bytes, again.encode_to_vec());
+    // Not compared as bytes: map fields (JobAck.rejected) encode in hash order.
+    assert_eq!(again.encoded_len(), bytes.len());
+    // Equal as values, unless a lying agent's latency is NaN (never equal to itself).
+    if !format!("{m:?}").contains("NaN") {
+        assert_eq!(m, again);
+    }
 });
