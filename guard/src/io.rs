@@ -143,6 +143,28 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
     }
 }
 
+impl<IO> Guarded<IO> {
+    /// Accounts for the outcome of a write: bytes written count as activity; a write the peer
+    /// does not take (`Pending`) is where the idle deadline is checked, since a peer that reads
+    /// nothing for the idle timeout is idle too.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.last_active = Instant::now();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => self.poll_deadline(cx).map(Err),
+            other => other,
+        }
+    }
+}
+
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -153,17 +175,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         if let Some(why) = this.expired {
             return Poll::Ready(Err(expired_error(why)));
         }
-        match Pin::new(&mut this.io).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.last_active = Instant::now();
-                }
-                Poll::Ready(Ok(n))
-            }
-            // A peer that reads nothing for the idle timeout is idle too.
-            Poll::Pending => this.poll_deadline(cx).map(Err),
-            other => other,
-        }
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wrote(cx, r)
     }
 
     fn poll_write_vectored(
@@ -175,16 +188,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         if let Some(why) = this.expired {
             return Poll::Ready(Err(expired_error(why)));
         }
-        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.last_active = Instant::now();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => this.poll_deadline(cx).map(Err),
-            other => other,
-        }
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wrote(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
