@@ -223,13 +223,13 @@ fn long_secs(flag: &'static str, v: f64) -> Result<Duration, ConfigError> {
 /// A count flag of at least 1 (and at most `max`).
 fn count(flag: &'static str, v: usize, max: usize) -> Result<usize, ConfigError> {
     if v == 0 || v > max {
-        return Err(ConfigError::Invalid {
+        return Err(ConfigError::InvalidValue {
             flag,
             value: v.to_string(),
             reason: if max == usize::MAX {
-                "must be at least 1"
+                "must be at least 1".to_string()
             } else {
-                "must be at least 1 and within the documented maximum"
+                format!("must be 1 to {max}")
             },
         });
     }
