@@ -50,6 +50,8 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    // First, while this is the only thread (see its docs: keeps RSS flat over long runs).
+    meshlat_agent::linkemu::limit_malloc_arenas();
     let cli = Cli::parse();
     let mut routes = cli.routes;
     if let Some(path) = &cli.routes_file {
