@@ -12,13 +12,16 @@
 # small counts (a few threads or descriptors come and go with in-flight probes):
 #   threads  more than max(10 %, +4)        fds  more than max(10 %, +8)
 #   RSS      more than max(10 %, +2 MiB)    (only for runs of 10 minutes or more)
-# For runs of 10 minutes or more it also checks the emulated RTT: p99 per five-minute bucket of
-# every region pair and protocol from the shipped SQL (scripts/athena-local --data DIR
+# For runs of 10 minutes or more it also checks the emulated RTT: p50 and p99 per five-minute
+# bucket of every region pair and protocol from the shipped SQL (scripts/athena-local --data DIR
 # infra/athena/timeseries_region_pair.sql, on the records from 2 minutes after the jobs start);
-# it fails if a bucket's p99 exceeds the first bucket's by more than max(10 %, 5 ms). Buckets
-# covering less than 2 minutes of the window are printed but not judged (too few samples).
+# it fails if a bucket's p50 or p99 exceeds the first bucket's by more than max(10 %, 5 ms).
+# Buckets covering less than 60 s of the window are printed but not judged (too few samples);
+# fewer than two judged buckets for a pair fails (there would be nothing to compare). The tail
+# follows the machine's load: on a machine shared with builds, p99 per minute rose and fell with
+# the load average (udp 71.8 ms at load 7, 96.3 ms at load 20-28), so judge drift on a quiet one.
 # The 3-minute form (CI) checks threads and descriptors only: RSS needs longer to show a trend
-# and the drift check needs two full buckets.
+# and the drift check needs two buckets.
 #
 # Exit status: 0 flat, 1 a check failed (the demo's data and logs are kept and named), 2 bad
 # usage. Leaves no process behind: the demo stops its children, and an EXIT trap stops the demo.
@@ -171,6 +174,11 @@ if (( minutes >= 10 )); then
 import datetime as dt, json, sys
 from collections import defaultdict
 
+# A bucket is judged when it covers this much of the window (2 min after the jobs start to the
+# end). Buckets are wall-clock five-minute buckets (the shipped SQL), so the 8-minute window of a
+# 10-minute soak spans one full bucket and two partial ones, of which one always covers 90 s or
+# more: at 60 s every 10-minute run compares at least two buckets.
+JUDGE_S = 60
 rows = json.load(open(sys.argv[1]))
 lo, hi = int(sys.argv[2]), int(sys.argv[3])
 by = defaultdict(list)
@@ -180,18 +188,22 @@ for r in rows:
     by[(r["src_region"], r["dst_region"], r["protocol"])].append((r["bucket"], covered, r["samples"], r["p50_ms"], r["p99_ms"]))
 problems = []
 for key in sorted(by):
-    judged = [b for b in by[key] if b[1] >= 120 and b[4] is not None]
+    judged = [b for b in by[key] if b[1] >= JUDGE_S and b[4] is not None]
     for bucket, covered, n, p50, p99 in by[key]:
-        note = "" if (bucket, covered, n, p50, p99) in judged else "  (not judged: under 2 min of the window)"
+        note = "" if (bucket, covered, n, p50, p99) in judged else f"  (not judged: under {JUDGE_S} s of the window)"
         p50s = "-" if p50 is None else f"{p50:.2f}"
         p99s = "-" if p99 is None else f"{p99:.2f}"
         print(f"  {key[0]} -> {key[1]} {key[2]:5} {bucket}  {covered:3}s  n={n:<6} p50 {p50s:>8} ms  p99 {p99s:>8} ms{note}")
-    if len(judged) >= 2:
-        first = judged[0][4]
+    if len(judged) < 2:
+        # Never pass by default: a window of 8 minutes always spans two buckets of 60 s or more.
+        problems.append(f"{key}: {len(judged)} bucket(s) with {JUDGE_S} s or more of the window; nothing to compare")
+        continue
+    for i, what in ((3, "p50"), (4, "p99")):
+        first = judged[0][i]
         limit = max(first * 1.10, first + 5.0)
-        for bucket, _, _, _, p99 in judged[1:]:
-            if p99 > limit:
-                problems.append(f"{key}: p99 {p99:.2f} ms in {bucket} vs {first:.2f} ms in {judged[0][0]} (limit {limit:.2f})")
+        for b in judged[1:]:
+            if b[i] > limit:
+                problems.append(f"{key}: {what} {b[i]:.2f} ms in {b[0]} vs {first:.2f} ms in {judged[0][0]} (limit {limit:.2f})")
 if problems:
     sys.exit("soak: FAIL: the emulated RTT drifts:\n  " + "\n  ".join(problems))
 PY
