@@ -228,6 +228,12 @@ pub struct ProbeConfig {
 pub struct ServeConfig {
     /// Responders.
     pub responders: ResponderConfig,
+    /// Identity labels of server records.
+    pub identity: AgentIdentity,
+    /// File sink of server records.
+    pub file: Option<FileSinkConfig>,
+    /// Firehose sink of server records.
+    pub firehose: Option<FirehoseSinkConfig>,
     /// Logging/stats.
     pub common: CommonConfig,
 }
@@ -561,6 +567,14 @@ impl ServeConfig {
         common.stats_listen.get_or_insert(a.responders.listen);
         Ok(ServeConfig {
             responders: responder_config(&a.responders, common.limits)?,
+            identity: AgentIdentity {
+                agent_id: None,
+                region: region(a.identity.region.clone())?,
+                az: label("--az", a.identity.az.clone())?,
+                location: label("--location", a.identity.location.clone())?,
+            },
+            file: file_sink(&a.sinks)?,
+            firehose: firehose_sink(&a.sinks.firehose, Path::new(DEFAULT_STATE_DIR))?,
             common,
         })
     }
@@ -753,6 +767,21 @@ pub fn responder_config(
     if keys.is_empty() {
         keys.push(Key::default_key());
     }
+    if r.serve_max_sources == 0 || r.serve_max_sources > crate::respond::tally::MAX_MAX_SOURCES {
+        return Err(ConfigError::OutOfRange {
+            flag: "--serve-max-sources",
+            value: r.serve_max_sources.to_string(),
+            range: "1..=65536",
+        });
+    }
+    let serve_interval = secs("--serve-interval", r.serve_interval, false)?;
+    if serve_interval < Duration::from_millis(100) {
+        return Err(ConfigError::OutOfRange {
+            flag: "--serve-interval",
+            value: r.serve_interval.to_string(),
+            range: "0.1 to 1 year, in seconds",
+        });
+    }
     Ok(ResponderConfig {
         listen: r.listen,
         udp_port: r.udp_port.0,
@@ -764,6 +793,10 @@ pub fn responder_config(
         relay: r.relay,
         identity,
         limits,
+        records: crate::respond::tally::RecordsConfig {
+            interval: serve_interval,
+            max_sources: r.serve_max_sources,
+        },
     })
 }
 
