@@ -561,6 +561,80 @@ mod tests {
     }
 
     #[test]
+    fn the_directory_knows_the_agents_of_the_job_set_by_address() {
+        use crate::probe::ProbeSpec;
+        use crate::scheduler::{Job, JobTarget};
+        use crate::target::Target;
+        let peer = |a: &str| PeerInfo {
+            agent: Some(a.into()),
+            region: Some(format!("region-of-{a}")),
+            ..PeerInfo::default()
+        };
+        let t = |raw: &str, dst: PeerInfo, relay: PeerInfo| JobTarget {
+            target: Target::parse(raw).expect("valid target"),
+            dst,
+            relay,
+        };
+        let job = Job {
+            id: "j".into(),
+            version: 1,
+            kind: Kind::Probe,
+            spec: ProbeSpec::default(),
+            targets: vec![
+                t("udp://10.0.0.1:7710", peer("a1"), PeerInfo::default()),
+                t("tcp://10.0.0.1:7711", peer("a1"), PeerInfo::default()),
+                // Two agents behind one address (NAT, one host): ambiguous.
+                t("udp://10.0.0.2:7710", peer("a2"), PeerInfo::default()),
+                t("udp://10.0.0.2:7720", peer("a3"), PeerInfo::default()),
+                // A relay target names the relay too.
+                t(
+                    "relay://10.0.0.9:7710/10.0.0.4:7710",
+                    peer("a4"),
+                    peer("r9"),
+                ),
+                // External targets (no agent) and host names are not in it.
+                t(
+                    "udp://10.0.0.5:7710",
+                    PeerInfo::default(),
+                    PeerInfo::default(),
+                ),
+                t("udp://host.example:7710", peer("a6"), PeerInfo::default()),
+            ],
+            interval: Duration::from_secs(1),
+            count: None,
+            spread_start: false,
+        };
+        let d = Directory::from_jobs(&JobSet {
+            generation: 1,
+            jobs: vec![std::sync::Arc::new(job)],
+        });
+        let name = |ip: &str| {
+            d.by_ip(ip.parse().expect("ip"))
+                .and_then(|p| p.agent.clone())
+        };
+        assert_eq!(
+            name("10.0.0.1").as_deref(),
+            Some("a1"),
+            "one agent, two ports"
+        );
+        assert_eq!(name("10.0.0.2"), None, "two agents at one address");
+        assert_eq!(name("10.0.0.4").as_deref(), Some("a4"));
+        assert_eq!(name("10.0.0.9").as_deref(), Some("r9"));
+        assert_eq!(name("10.0.0.5"), None);
+        let udp = |a: &str| {
+            d.by_udp(a.parse().expect("addr"))
+                .and_then(|p| p.agent.clone())
+        };
+        assert_eq!(
+            udp("10.0.0.2:7720").as_deref(),
+            Some("a3"),
+            "exact UDP address"
+        );
+        assert_eq!(udp("10.0.0.4:7710").as_deref(), Some("a4"));
+        assert_eq!(udp("10.0.0.1:7711"), None, "a TCP address is no reflector");
+    }
+
+    #[test]
     fn rows_become_records_named_only_when_authenticated() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let mut t = Tally::new(16, t0);
