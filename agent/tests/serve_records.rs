@@ -9,9 +9,10 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meshlat_agent::probe::Key;
 use meshlat_agent::probe::udp::grant::{GrantSigner, unix_now};
@@ -54,6 +55,34 @@ fn request(key: &WireKey, len: usize) -> Vec<u8> {
     )
     .unwrap();
     b
+}
+
+/// Sends one valid request to `server` and waits for its reply: the server reads its socket in
+/// order, so every datagram sent to it before has been counted. Adds one answered request,
+/// from a new source socket on 127.0.0.1.
+fn sync_with(server: SocketAddr) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.send_to(&request(&WireKey::new(&Key::from_secret(KEY)), 200), server)
+        .unwrap();
+    s.recv_from(&mut [0u8; 2048])
+        .expect("the server answers a valid request");
+}
+
+/// Polls `f` until it returns something (at most 200 tries; `MESHLAT_TEST_WAIT_MS` between tries,
+/// default 50).
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let step = std::env::var("MESHLAT_TEST_WAIT_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50u64);
+    for _ in 0..200 {
+        if let Some(v) = f() {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(step));
+    }
+    f().unwrap_or_else(|| panic!("timed out waiting for: {what}"))
 }
 
 fn relay_forward(key: &WireKey, seq: u32, grant: [u8; GRANT_BYTES], len: usize) -> Vec<u8> {
@@ -160,6 +189,7 @@ fn serve_records_match_the_prober_and_count_drops_by_reason_flushed_at_sigterm()
         "garbage was answered"
     );
 
+    sync_with(udp);
     // Nothing is written before the interval ends or the server stops...
     assert!(read_records(&dir).is_empty(), "no records before SIGTERM");
     // ...and SIGTERM writes the interval.
@@ -180,7 +210,9 @@ fn serve_records_match_the_prober_and_count_drops_by_reason_flushed_at_sigterm()
         assert!(r.interval_ms.unwrap() > 0.0);
         assert_eq!(r.src_agent, None, "standalone: nobody is named");
     }
+    // The sync request came from its own socket on 127.0.0.1, authenticated: the same row.
     let answered = sum(&rows, Kind::Serve, None);
+    let answered = (answered.0 - 1, answered.1 - 200);
     eprintln!(
         "figures serve_records prober_sent={sent} prober_received={got} server_answered={} \
          rows={}",
@@ -250,31 +282,12 @@ fn serve_records_are_flushed_every_interval() {
     };
     ask(10);
     // A record arrives while the server runs (interval 0.5 s, file flush 0.2 s).
-    let t0 = Instant::now();
-    let early = loop {
+    let early = eventually("a periodic serve record", || {
         let r = read_records(&dir);
-        if !r.is_empty() {
-            break r;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no periodic record within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    eprintln!(
-        "figures serve_records_interval first_record_after_ms={}",
-        t0.elapsed().as_millis()
-    );
-    assert_eq!(
-        sum(
-            &early.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
-            Kind::Serve,
-            None
-        )
-        .0,
-        10
-    );
+        (!r.is_empty()).then_some(r)
+    });
+    let early: Vec<Record> = early.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(sum(&early, Kind::Serve, None).0, 10, "{early:#?}");
     ask(7);
     srv.proc.terminate();
     assert!(srv.proc.child.wait().unwrap().success());
@@ -363,8 +376,7 @@ fn relay_serve_records_match_the_relayed_prober() {
         a.send_to(&relay_forward(&k, 2000 + seq, forged, 310), r_udp)
             .unwrap();
     }
-    // Let the relay read them before it is told to stop.
-    std::thread::sleep(Duration::from_millis(300));
+    sync_with(r_udp);
     relay.proc.terminate();
     assert!(relay.proc.child.wait().unwrap().success());
     let rows: Vec<Record> = read_records(&dir).into_iter().map(|(_, r)| r).collect();
@@ -397,11 +409,13 @@ fn relay_serve_records_match_the_relayed_prober() {
         assert_eq!(r.key_id.as_deref(), Some(key_hex(&key).as_str()), "{r:?}");
         assert_eq!(r.target, format!("udp://{r_udp}"), "{r:?}");
     }
-    // The relay answered nothing itself (B did): no serve rows.
-    assert!(
-        rows.iter().all(|r| r.kind == Some(Kind::RelayServe)),
-        "{rows:#?}"
-    );
+    // The relay answered nothing itself (B did) but the sync request: one serve row.
+    let served: Vec<&Record> = rows
+        .iter()
+        .filter(|r| r.kind == Some(Kind::Serve))
+        .collect();
+    assert_eq!(served.len(), 1, "{rows:#?}");
+    assert_eq!(served[0].packets, Some(1));
 
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -427,7 +441,8 @@ fn a_spray_of_sources_fills_the_overflow_row() {
             s.send_to(&[0u8; 12], udp).unwrap();
         }
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // The sync request is a fourth source (authenticated): it lands in the overflow row too.
+    sync_with(udp);
     srv.proc.terminate();
     assert!(srv.proc.child.wait().unwrap().success());
     let rows: Vec<Record> = read_records(&dir).into_iter().map(|(_, r)| r).collect();
@@ -439,7 +454,21 @@ fn a_spray_of_sources_fills_the_overflow_row() {
     let named: Vec<&Record> = rows.iter().filter(|r| r.src_addr.is_some()).collect();
     let overflow: Vec<&Record> = rows.iter().filter(|r| r.src_addr.is_none()).collect();
     assert_eq!(named.len(), 3, "{rows:#?}");
-    assert_eq!(overflow.len(), 1, "{rows:#?}");
-    assert_eq!(overflow[0].packets, Some(34));
+    assert!(
+        named
+            .iter()
+            .all(|r| r.drop_reason.as_deref() == Some("malformed"))
+    );
+    assert_eq!(named.iter().map(|r| r.packets.unwrap()).sum::<u64>(), 6);
+    assert_eq!(overflow.len(), 2, "malformed and answered: {rows:#?}");
+    assert_eq!(
+        sum(&rows, Kind::Serve, None),
+        (1, 200),
+        "the sync request, in overflow"
+    );
+    assert!(
+        overflow.iter().all(|r| r.key_id.is_none()),
+        "overflow keeps no key id"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
