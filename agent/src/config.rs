@@ -1030,6 +1030,54 @@ mod tests {
         );
     }
 
+    fn serve(args: &[&str]) -> Result<ServeConfig, String> {
+        let mut argv = vec!["agent", "serve"];
+        argv.extend_from_slice(args);
+        let cli = cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Some(cli::Command::Serve(s)) = cli.command else {
+            panic!("serve expected")
+        };
+        ServeConfig::from_args(&s).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn serve_record_flags_are_validated_naming_the_flag() {
+        let c = serve(&[]).expect("defaults");
+        assert_eq!(
+            c.responders.records.interval,
+            crate::respond::tally::DEFAULT_INTERVAL
+        );
+        assert_eq!(c.responders.records.max_sources, 1024);
+        assert_eq!((c.file.is_none(), c.firehose.is_none()), (true, true));
+        assert_eq!(c.identity.region, "local");
+        let c = serve(&[
+            "--serve-interval",
+            "2.5",
+            "--serve-max-sources",
+            "10",
+            "--out",
+            "/tmp/x",
+            "--region",
+            "eu-west-1",
+        ])
+        .expect("valid");
+        assert_eq!(c.responders.records.interval, Duration::from_millis(2500));
+        assert_eq!(c.responders.records.max_sources, 10);
+        assert_eq!(c.file.expect("file sink").dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.identity.region, "eu-west-1");
+        for (args, want) in [
+            (&["--serve-interval", "0"][..], "--serve-interval"),
+            (&["--serve-interval", "0.05"][..], "0.1 to 1 year"),
+            (&["--serve-interval", "nan"][..], "--serve-interval"),
+            (&["--serve-max-sources", "0"][..], "--serve-max-sources"),
+            (&["--serve-max-sources", "65537"][..], "1..=65536"),
+            (&["--region", "a/b"][..], "--region"),
+        ] {
+            let e = serve(args).expect_err(want);
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+
     const TOKEN: &str = "mlt1.0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.0123456789abcdef0123456789abcdef";
 
     fn run(args: &[&str]) -> Result<RunConfig, String> {
