@@ -50,6 +50,14 @@
 //! `result` = [`DropReason::as_str`], and [`ReflectorStats`]); answered packets are counted as
 //! `answered`. Nothing is ever sent larger than what was received.
 //!
+//! With server records on (`agent serve` with a sink, and `agent run`), the serving thread also
+//! counts every datagram per source in a [`tally::Tally`] — answered, relayed, or dropped by
+//! reason, under what the packet proves (source IP; key id once the HMAC verified; a relay's
+//! verified grant destination) — and hands the counts over every `--serve-interval` and at
+//! shutdown, to be written as `kind=serve` / `kind=relay_serve` records (see [`tally`]). An
+//! answered request is credited once the kernel took its reply (`sendmmsg`); a refused reply
+//! counts as `send_error`.
+//!
 //! The loop runs on its own OS thread with a blocking socket (read timeout
 //! [`SHUTDOWN_POLL`] to notice shutdown): no async wake-up on the path, requests received and
 //! replies sent in batches (`recvmmsg` / `sendmmsg`, see `serve`) in buffers allocated once, no
