@@ -220,7 +220,7 @@ for a in "${AGENTS[@]}"; do
     --region "$region" --az "$az" --location "demo-$name" --key "$KEY" \
     --listen "${AGENT_IP[$name]}" --udp-port 0 --tcp-port 0 --quic-port 0 --https-port 0 --http-port off \
     "${adv[@]}" $extra \
-    --state-dir "$DEMO_DIR/agents/$name" --out "$DEMO_DIR" --flush-interval 1
+    --state-dir "$DEMO_DIR/agents/$name" --out "$DEMO_DIR" --flush-interval 1 --serve-interval 10
 done
 ROUTES=()
 for a in "${AGENTS[@]}"; do
@@ -329,10 +329,16 @@ matrix() {
     function out(l) { sub(/ +$/, "", l); print l
     }' "$DEMO_DIR/agents.txt" <(ctl eu-west-1 matrix --by agent 2>/dev/null; ctl us-east-1 matrix --by agent 2>/dev/null)
 }
+# Measurements (kind probe/relay) by source region, then the servers' own records
+# (kind serve/relay_serve: what each reflector and relay answered, relayed and dropped).
 records_by_region() {
   find "$DEMO_DIR/records" -name '*.ndjson' -exec cat {} + 2>/dev/null |
-    grep -o '"src_region":"[^"]*"' | cut -d'"' -f4 | sort | uniq -c |
+    grep -E '"kind":"(probe|relay)"' | grep -o '"src_region":"[^"]*"' | cut -d'"' -f4 | sort | uniq -c |
     awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $2} END {if (NR == 0) printf "none yet"}'
+  local served
+  served=$(find "$DEMO_DIR/records" -name '*.ndjson' -exec cat {} + 2>/dev/null |
+    grep -cE '"kind":"(serve|relay_serve)"' || true)
+  printf '; %s server records' "${served:-0}"
 }
 
 say
@@ -394,6 +400,9 @@ phases, 5-minute series; the first query sets up .venv-analytics):
   ${AL} --data ${DD} ${Q}/timeseries_region_pair.sql
   ${AL} --data ${DD} ${Q}/relay_penalty.sql      # does the relay beat the direct path?
   ${AL} --data ${DD} ${Q}/best_relay.sql
+  ${AL} --data ${DD} ${Q}/server_drops_region_pair.sql   # what reflectors and relays refused
+Server records (every 10 s and at shutdown; what each agent's reflector answered and its relay relayed):
+  grep -h '"kind":"serve"' -r ${DD}/records | head -n 1
 One record:  find ${DD}/records -name '*.ndjson' | head -1 | xargs head -n 1
 Logs of every process: $(show "$LOGS")/
 EOF

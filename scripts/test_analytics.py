@@ -10,7 +10,9 @@ What it does (runs inside .venv-analytics, created on first use; no AWS, no netw
      so p99 is a real rank), a train duplicated under the same record_id in another file and
      partition (Firehose at-least-once), lost packets and a failed train, TCP and HTTP(S) samples
      with phases, relay trains through two relays with known penalties, a record outside the
-     time range and one in range that arrived in the next day's partition.
+     time range and one in range that arrived in the next day's partition; server records
+     (kind serve / relay_serve) with answered, relayed and dropped rows, an overflow row and a
+     redelivered duplicate.
   2. Runs every infra/athena/*.sql query (except the DDL) through scripts/athena-local with
      --from/--to and --format json, and compares with results computed here independently
      (nearest-rank p50/p99 from the arrays, loss = sum lost / sum sent, dedup, best relay).
@@ -135,6 +137,34 @@ def relay(relay_agent, relay_region, penalty, i):
 
 
 R1 = [relay("r1", "ap-south-1", p, i) for i, p in enumerate([5.0, 7.0, 6.0])]
+
+
+def serve(kind, ts, src_addr, drop_reason, packets, nbytes, src=None, key_id=None, **kw):
+    """A server record (kind serve / relay_serve): one interval, source and outcome."""
+    agent, region = src or (None, None)
+    return record(kind=kind, protocol="udp", ts=ts, job_id="serve", src_agent=agent, src_region=region,
+                  src_addr=src_addr, key_id=key_id, interval_ms=60000.0, packets=packets, bytes=nbytes,
+                  drop_reason=drop_reason, ok=drop_reason is None, **kw)
+
+
+AT_US = dict(dst_agent="u1", dst_region=US, target="udp://10.1.0.5:7710")
+AT_R1 = dict(relay_agent="r1", relay_region="ap-south-1", target="udp://10.1.0.5:7710")
+SERVE_US = [
+    serve("serve", "2024-05-01T14:00:00.000000Z", "10.0.0.1", None, 1000, 200000, ("e1", EU), "0x00000001", **AT_US),
+    serve("serve", "2024-05-01T14:00:00.000000Z", "10.9.9.9", "malformed", 5, 50, **AT_US),
+    serve("serve", "2024-05-01T14:01:00.000000Z", "10.9.9.8", "malformed", 7, 70, **AT_US),
+    serve("serve", "2024-05-01T14:01:00.000000Z", None, "auth", 100, 20000, **AT_US),  # overflow row
+    serve("serve", "2024-05-01T14:01:00.000000Z", "10.0.0.1", "send_error", 2, 400, ("e1", EU), "0x00000001",
+          **AT_US),
+    serve("serve", "2024-05-02T00:00:00.000000Z", "10.9.9.7", "malformed", 999, 999, **AT_US),  # at `to`
+]
+SERVE_R1 = [
+    serve("relay_serve", "2024-05-01T14:00:00.000000Z", "10.0.0.1", None, 50, 15000, ("e1", EU), "0x00000001",
+          returned=49, dst_agent="u1", dst_region=US, **AT_R1),
+    serve("relay_serve", "2024-05-01T14:00:00.000000Z", "10.0.0.1", "relay_expired", 3, 900, ("e1", EU),
+          "0x00000001", **{**AT_R1, "target": "udp://10.2.0.9:7710"}),
+    serve("relay_serve", "2024-05-01T14:02:00.000000Z", "10.9.9.9", "auth", 4, 1200, **{**AT_R1, "target": "udp://10.2.0.9:7710"}),
+]
 R2 = [relay("r2", "eu-central-1", p, i + 3) for i, p in enumerate([-2.0, -1.0, 3.0])]
 
 
@@ -154,6 +184,9 @@ def make_data(data: Path) -> None:
     write(data, US, "2024-05-01", "11", "meshlat-d.ndjson", TCP)
     write(data, EU, "2024-05-01", "12", "meshlat-e.ndjson", HTTP + [HTTP[0]])
     write(data, EU, "2024-05-01", "13", "meshlat-f.ndjson", R1 + R2 + [R2[1]])
+    write(data, US, "2024-05-01", "14", "meshlat-s.ndjson", SERVE_US)
+    write(data, US, "2024-05-01", "15", "meshlat-s2.ndjson", SERVE_US[1:2])  # redelivered duplicate
+    write(data, "ap-south-1", "2024-05-01", "14", "meshlat-r.ndjson", SERVE_R1)
     write(data, EU, "2024-04-30", "23", "meshlat-g.ndjson",
           [train("e1", EU, "u1", US, "2024-04-30T23:59:59.999999Z", [888.0], 1, 8.0)])  # before `from`
 
@@ -285,6 +318,29 @@ def test_timeseries(data: Path):
     expect_row(udp[2], records=2, samples=150, p99_ms=nearest_rank(b2, 99), sent=157, lost=7)
 
 
+def test_server_drops(data: Path):
+    rs = rows(data, "server_drops_region_pair.sql")
+    key = lambda r: (r["src_region"], r["server_region"], r["kind"], r["drop_reason"])  # noqa: E731
+    assert [key(r) for r in rs] == [
+        ("(unknown)", "ap-south-1", "relay_serve", "auth"),
+        ("(unknown)", US, "serve", "auth"),
+        ("(unknown)", US, "serve", "malformed"),
+        (EU, "ap-south-1", "relay_serve", "relay_expired"),
+        (EU, US, "serve", "send_error"),
+    ], rs
+    # Answered/relayed rows are not drops, but they are the denominator of drop_share.
+    expect_row(rs[0], packets=4, bytes=1200, source_addrs=1, records=1, drop_share=1.0)
+    # The overflow row has no source address.
+    expect_row(rs[1], packets=100, bytes=20000, source_addrs=0, records=1, drop_share=100 / (100 + 5 + 7))
+    # Two sources; the duplicate of the 10.9.9.9 row is counted once; the row at `to` is out.
+    expect_row(rs[2], packets=12, bytes=120, source_addrs=2, records=2, drop_share=12 / (100 + 5 + 7))
+    expect_row(rs[3], packets=3, bytes=900, source_addrs=1, records=1, drop_share=3 / (50 + 3))
+    expect_row(rs[4], packets=2, bytes=400, source_addrs=1, records=1, drop_share=2 / (1000 + 2))
+    # Server records never leak into the latency queries (checked by their exact counts above)
+    # and the drop query sees no probe records.
+    assert all(r["kind"] in ("serve", "relay_serve") for r in rs)
+
+
 def test_time_range(data: Path):
     # Without --from/--to every record counts, including OUT (2024-05-02T00:00) and the 04-30 one.
     r = run(data, ATHENA / "loss_jitter.sql", "--format", "json")
@@ -372,6 +428,7 @@ def main() -> int:
         check("relay penalty per relay", lambda: test_relay_penalty(data))
         check("best relay per region pair", lambda: test_best_relay(data))
         check("time series, 5-minute buckets", lambda: test_timeseries(data))
+        check("server-side drops per region pair (serve, relay_serve)", lambda: test_server_drops(data))
         check("time range --from/--to and defaults", lambda: test_time_range(data))
         check("all-null columns keep their types", lambda: test_all_null_array_column(tmp))
         check("output formats", lambda: test_formats(data))

@@ -5,6 +5,8 @@
 #     no process behind;
 #   - records from both regions (src_region eu-west-1 and us-east-1) in the Hive layout
 #     DIR/records/region=R/dt=YYYY-MM-DD/hour=HH/*.ndjson, from every protocol of the probe jobs;
+#   - server records: every agent's reflector (kind serve, as dst_agent) answered packets, and the
+#     relay eu-2 wrote relay_serve records of what it forwarded and returned;
 #   - the cross-region RTT reflects the emulator's delay: udp/quic at least the emulated RTT and
 #     p50 not far above it, https at least two emulated round trips;
 #   - the printed athena-local command works on the directory (latency_matrix_region.sql).
@@ -50,7 +52,10 @@ for f in files:
     part = f.split("/records/")[1].split("/")[0].removeprefix("region=")
     for line in open(f):
         r = json.loads(line)
-        assert r["src_region"] == part, f"{f}: src_region {r['src_region']} in partition {part}"
+        # The partition is the writer's region: the measuring agent's, or the server's for the
+        # records servers write about what they answered (dst) and relayed (relay).
+        writer = {"serve": "dst_region", "relay_serve": "relay_region"}.get(r["kind"], "src_region")
+        assert r[writer] == part, f"{f}: {writer} {r[writer]} in partition {part}"
         recs.append(r)
 by = defaultdict(list)
 for r in recs:
@@ -100,6 +105,29 @@ else:
         problems.append(f"relay: relay leg {dst_leg} / direct {direct} ms below the emulated {rtt} ms")
     if not -5 < penalty < 40:
         problems.append(f"relay: penalty {penalty} ms, want a small positive value (the dwell and the short leg)")
+# Server records: every agent the UDP probes target answered (kind serve, the agent as dst), at
+# least every reply its probers counted (its relayed and direct trains of the relay job too);
+# the relay eu-2 forwarded at least the relayed packets the source got back, and returned them.
+served = defaultdict(int)
+for r in recs:
+    if r["kind"] == "serve" and r["ok"]:
+        served[r["dst_agent"]] += r["packets"]
+got_back = defaultdict(int)
+for r in recs:
+    if r["protocol"] == "udp" and r["kind"] in ("probe", "relay") and r["samples"]:
+        got_back[r["dst_agent"]] += r["samples"]
+relayed = sum(r["packets"] for r in recs if r["kind"] == "relay_serve" and r["ok"])
+returned = sum(r["returned"] for r in recs if r["kind"] == "relay_serve" and r["ok"])
+relay_got = sum(r["samples"] or 0 for r in recs if r["kind"] == "relay")
+print(f"test_demo: server records: answered per agent {sorted(served.values())} (probers got back "
+      f"{sorted(got_back.values())}), relay forwarded {relayed}, returned {returned} (sources got {relay_got})")
+for agent, n in got_back.items():
+    if served.get(agent, 0) < n:
+        problems.append(f"serve records: {agent} answered {served.get(agent, 0)}, but its probers got {n} replies")
+if len(got_back) < 3:
+    problems.append(f"serve records: UDP targets {sorted(got_back)}, want the three probed agents")
+if relay_got < 3 or returned < relay_got or relayed < returned:
+    problems.append(f"relay_serve records: forwarded {relayed}, returned {returned}, sources got {relay_got}")
 if problems:
     sys.exit("test_demo: " + "\n  ".join(problems))
 PY
@@ -113,4 +141,8 @@ done
 scripts/athena-local --data "$dir/data" --format csv infra/athena/relay_penalty.sql > "$dir/relay.csv" ||
   fail "athena-local relay_penalty.sql failed"
 grep -q "eu-west-1,us-east-1" "$dir/relay.csv" || fail "relay_penalty.sql has no eu-west-1 -> us-east-1 row: $(cat "$dir/relay.csv")"
+scripts/athena-local --data "$dir/data" --format csv infra/athena/server_drops_region_pair.sql > "$dir/drops.csv" ||
+  fail "athena-local server_drops_region_pair.sql failed"
+head -n 1 "$dir/drops.csv" | grep -q '^src_region,server_region,kind,drop_reason,packets' ||
+  fail "server_drops_region_pair.sql: unexpected output: $(head -n 3 "$dir/drops.csv")"
 echo "test_demo: PASS in $SECONDS s"

@@ -82,6 +82,14 @@ async fn bind_admin(common: &CommonConfig) -> Result<Option<AdminServer>, StartE
 pub struct ServeApp {
     responders: Responders,
     admin: Option<AdminServer>,
+    /// Who this server is, in server records.
+    identity: crate::config::AgentIdentity,
+    /// File sink of server records.
+    file: Option<crate::config::FileSinkConfig>,
+    /// Firehose sink of server records (started at bind, so a bad stream fails early).
+    firehose: Option<FirehoseSink>,
+    /// Interval and source bound of server records.
+    records: crate::respond::tally::RecordsConfig,
 }
 
 impl ServeApp {
@@ -94,7 +102,30 @@ impl ServeApp {
         crate::tls::install_crypto_provider();
         let responders = Responders::bind(&cfg.responders).await?;
         let admin = bind_admin(&cfg.common).await?;
-        Ok(ServeApp { responders, admin })
+        let firehose = match &cfg.firehose {
+            Some(f) => Some(FirehoseSink::start(f.clone()).await?),
+            None => None,
+        };
+        Ok(ServeApp {
+            responders,
+            admin,
+            identity: cfg.identity.clone(),
+            file: cfg.file.clone(),
+            firehose,
+            records: cfg.responders.records.clone(),
+        })
+    }
+
+    /// Writes server records to `out` (`agent run` passes its own sinks; see
+    /// [`crate::respond::tally`]).
+    pub fn write_records(&mut self, out: crate::respond::tally::RecordsOutput) {
+        self.responders.write_records(out);
+    }
+
+    /// Interval and source bound of server records (`--serve-interval`,
+    /// `--serve-max-sources`).
+    pub fn records_config(&self) -> crate::respond::tally::RecordsConfig {
+        self.records.clone()
     }
 
     /// Bound responder addresses.
@@ -114,12 +145,38 @@ impl ServeApp {
         self.admin.as_ref().map(AdminServer::local_addr)
     }
 
-    /// Serves until `shutdown` is cancelled.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Serves until `shutdown` is cancelled. With a file or Firehose sink, writes server
+    /// records to it, the last interval's after the responders stopped, then drains the sinks.
+    pub async fn run(mut self, shutdown: CancellationToken) {
         if let Some(a) = self.admin {
             tokio::spawn(a.run(shutdown.clone()));
         }
+        let mut sinks = None;
+        if self.file.is_some() || self.firehose.is_some() {
+            let mut set = SinkSet::new();
+            if let Some(f) = &self.file {
+                set.add(FileSink::new(f.clone(), &self.identity.region));
+            }
+            if let Some(f) = self.firehose.take() {
+                set.add(f);
+            }
+            // The receivers keep the last value after their senders are gone.
+            let (_, identity) = watch::channel(self.identity.clone());
+            let (_, mode) = watch::channel(ControlMode::Standalone);
+            self.responders
+                .write_records(crate::respond::tally::RecordsOutput {
+                    cfg: self.records.clone(),
+                    sinks: set.handle(),
+                    identity,
+                    mode,
+                    jobs: None,
+                });
+            sinks = Some(set);
+        }
         self.responders.run(shutdown).await;
+        if let Some(set) = sinks {
+            set.close(SHUTDOWN_GRACE).await;
+        }
     }
 }
 

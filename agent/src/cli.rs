@@ -31,6 +31,7 @@ Examples:
   agent serve
   agent serve --listen 127.0.0.1 --udp-port 0 --http-port off -s 9100
   MESHLAT_KEY=s3cret agent serve --udp-port 7710
+  agent serve --region eu-west-1 --out ./data --serve-interval 10   # server records to files
 
 Ports: a number, 0 for any free port, or 'off'. Bound addresses are printed on stdout as
 'listening <proto> <addr>' lines.";
@@ -124,6 +125,25 @@ pub struct ResponderArgs {
     /// operator made this agent a relay (controller --relay-agent).
     #[arg(long, env = "MESHLAT_RELAY")]
     pub relay: bool,
+    /// Seconds between server records (kind=serve / relay_serve: the UDP reflector's and
+    /// relay's packets answered, relayed and dropped per source); the last interval is written
+    /// at shutdown.
+    #[arg(
+        long,
+        env = "MESHLAT_SERVE_INTERVAL",
+        default_value_t = 60.0,
+        value_name = "SECONDS"
+    )]
+    pub serve_interval: f64,
+    /// Distinct sources counted per interval in server records; further sources share one
+    /// overflow row (src_addr null), so a spray of source addresses cannot grow memory.
+    #[arg(
+        long,
+        env = "MESHLAT_SERVE_MAX_SOURCES",
+        default_value_t = 1024,
+        value_name = "N"
+    )]
+    pub serve_max_sources: usize,
     /// PEM certificate chain for HTTPS and QUIC (default: a self-signed certificate).
     #[arg(
         long,
@@ -232,6 +252,12 @@ pub struct ServeArgs {
     /// Responders.
     #[command(flatten)]
     pub responders: ResponderArgs,
+    /// Identity labels written in server records (region is the file layout's partition).
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    /// Sinks of server records (kind=serve / relay_serve); none: no server records.
+    #[command(flatten)]
+    pub sinks: SinkArgs,
     /// Logging and stats.
     #[command(flatten)]
     pub common: CommonArgs,

@@ -228,6 +228,12 @@ pub struct ProbeConfig {
 pub struct ServeConfig {
     /// Responders.
     pub responders: ResponderConfig,
+    /// Identity labels of server records.
+    pub identity: AgentIdentity,
+    /// File sink of server records.
+    pub file: Option<FileSinkConfig>,
+    /// Firehose sink of server records.
+    pub firehose: Option<FirehoseSinkConfig>,
     /// Logging/stats.
     pub common: CommonConfig,
 }
@@ -561,6 +567,14 @@ impl ServeConfig {
         common.stats_listen.get_or_insert(a.responders.listen);
         Ok(ServeConfig {
             responders: responder_config(&a.responders, common.limits)?,
+            identity: AgentIdentity {
+                agent_id: None,
+                region: region(a.identity.region.clone())?,
+                az: label("--az", a.identity.az.clone())?,
+                location: label("--location", a.identity.location.clone())?,
+            },
+            file: file_sink(&a.sinks)?,
+            firehose: firehose_sink(&a.sinks.firehose, Path::new(DEFAULT_STATE_DIR))?,
             common,
         })
     }
@@ -753,6 +767,21 @@ pub fn responder_config(
     if keys.is_empty() {
         keys.push(Key::default_key());
     }
+    if r.serve_max_sources == 0 || r.serve_max_sources > crate::respond::tally::MAX_MAX_SOURCES {
+        return Err(ConfigError::OutOfRange {
+            flag: "--serve-max-sources",
+            value: r.serve_max_sources.to_string(),
+            range: "1..=65536",
+        });
+    }
+    let serve_interval = secs("--serve-interval", r.serve_interval, false)?;
+    if serve_interval < Duration::from_millis(100) {
+        return Err(ConfigError::OutOfRange {
+            flag: "--serve-interval",
+            value: r.serve_interval.to_string(),
+            range: "0.1 to 1 year, in seconds",
+        });
+    }
     Ok(ResponderConfig {
         listen: r.listen,
         udp_port: r.udp_port.0,
@@ -764,6 +793,10 @@ pub fn responder_config(
         relay: r.relay,
         identity,
         limits,
+        records: crate::respond::tally::RecordsConfig {
+            interval: serve_interval,
+            max_sources: r.serve_max_sources,
+        },
     })
 }
 
@@ -995,6 +1028,54 @@ mod tests {
                 .to_string()
                 .contains("at least 8")
         );
+    }
+
+    fn serve(args: &[&str]) -> Result<ServeConfig, String> {
+        let mut argv = vec!["agent", "serve"];
+        argv.extend_from_slice(args);
+        let cli = cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Some(cli::Command::Serve(s)) = cli.command else {
+            panic!("serve expected")
+        };
+        ServeConfig::from_args(&s).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn serve_record_flags_are_validated_naming_the_flag() {
+        let c = serve(&[]).expect("defaults");
+        assert_eq!(
+            c.responders.records.interval,
+            crate::respond::tally::DEFAULT_INTERVAL
+        );
+        assert_eq!(c.responders.records.max_sources, 1024);
+        assert_eq!((c.file.is_none(), c.firehose.is_none()), (true, true));
+        assert_eq!(c.identity.region, "local");
+        let c = serve(&[
+            "--serve-interval",
+            "2.5",
+            "--serve-max-sources",
+            "10",
+            "--out",
+            "/tmp/x",
+            "--region",
+            "eu-west-1",
+        ])
+        .expect("valid");
+        assert_eq!(c.responders.records.interval, Duration::from_millis(2500));
+        assert_eq!(c.responders.records.max_sources, 10);
+        assert_eq!(c.file.expect("file sink").dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.identity.region, "eu-west-1");
+        for (args, want) in [
+            (&["--serve-interval", "0"][..], "--serve-interval"),
+            (&["--serve-interval", "0.05"][..], "0.1 to 1 year"),
+            (&["--serve-interval", "nan"][..], "--serve-interval"),
+            (&["--serve-max-sources", "0"][..], "--serve-max-sources"),
+            (&["--serve-max-sources", "65537"][..], "1..=65536"),
+            (&["--region", "a/b"][..], "--region"),
+        ] {
+            let e = serve(args).expect_err(want);
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
     }
 
     const TOKEN: &str = "mlt1.0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.0123456789abcdef0123456789abcdef";

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshlat_proto::pb;
-use meshlat_proto::record::Record;
+use meshlat_proto::record::{Kind, Record};
 use tokio::time::Instant;
 
 use crate::sink::{SharedRecord, Sink, SinkError};
@@ -123,6 +123,10 @@ impl SummaryWindow {
     /// probes their single RTT (or total time) when they succeeded. A failed single probe
     /// counts as one packet sent and lost.
     pub fn record(&mut self, r: &Record, now: Instant) {
+        // Server records count what others sent this agent; they are no measurement of a pair.
+        if matches!(r.kind, Some(Kind::Serve | Kind::RelayServe)) {
+            return;
+        }
         let Some(protocol) = r.protocol else { return };
         let rtts: Vec<f64> = match &r.rtt_samples_ms {
             Some(v) if !v.is_empty() => v.iter().copied().filter(|x| x.is_finite()).collect(),
@@ -295,6 +299,26 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(w.snapshot(Instant::now()).is_empty());
         assert_eq!(w.pairs(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_records_are_not_pairs() {
+        let mut w = SummaryWindow::new(DEFAULT_WINDOW);
+        for kind in [Kind::Serve, Kind::RelayServe] {
+            let mut r = train("b", &[], 0);
+            r.kind = Some(kind);
+            r.packets = Some(10);
+            w.record(&r, Instant::now());
+        }
+        assert_eq!(
+            w.pairs(),
+            0,
+            "serve rows must not show up as measured pairs"
+        );
+        let mut r = train("b", &[1.0], 0);
+        r.kind = Some(Kind::Probe);
+        w.record(&r, Instant::now());
+        assert_eq!(w.pairs(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1230,14 +1230,22 @@ async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungran
         "b",
         &root.join("out-b"),
         &root.join("st-b"),
-        &["--location", "dc1"],
+        &["--location", "dc1", "--serve-interval", "1"],
     )?;
     let r1 = TestAgent::start_with(
         &ctl_b,
         "b",
         &root.join("out-r"),
         &root.join("st-r"),
-        &["--relay", "--location", "hub", "-s", &stats_port],
+        &[
+            "--relay",
+            "--location",
+            "hub",
+            "-s",
+            &stats_port,
+            "--serve-interval",
+            "1",
+        ],
     )?;
     // The intruder: the join token and a --relay claim, but no place in B's policy. Its log is
     // kept to show it was told.
@@ -1427,6 +1435,92 @@ async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungran
     );
     assert_eq!(forwarded, 0, "nothing reaches the victim");
     assert_eq!(dropped, f64::from(sent), "{metrics}");
+
+    // Servers write records (every second here, `--serve-interval 1`). The relay: kind
+    // relay_serve under its own agent id and region, packets forwarded to b1's reflector and
+    // replies returned; every refused grant counted `relay_bad_grant` under the mesh key id
+    // (the HMAC verified, the grant did not) and every default-key packet `auth` with no key id
+    // (unauthenticated) — exactly as many as its metrics counted.
+    let b_udp = target
+        .rsplit('/')
+        .next()
+        .context("relay target")?
+        .to_string();
+    let mesh_key_id = format!("{:#010x}", wire_key.id);
+    let (bad_total, auth_total) = (count("relay_bad_grant"), count("auth"));
+    let sum = |rows: &[Value], pick: &dyn Fn(&Value) -> bool| -> u64 {
+        rows.iter()
+            .filter(|r| pick(r))
+            .filter_map(|r| r["packets"].as_u64())
+            .sum()
+    };
+    let rows = eventually("r1's relay_serve records count every drop", 20, || async {
+        let v: Vec<Value> = r1
+            .records()
+            .into_iter()
+            .filter(|r| s(r, "kind") == "relay_serve")
+            .collect();
+        let bad = sum(&v, &|r| s(r, "drop_reason") == "relay_bad_grant");
+        let auth = sum(&v, &|r| s(r, "drop_reason") == "auth");
+        (bad as f64 == bad_total && auth as f64 == auth_total).then_some(v)
+    })
+    .await?;
+    println!(
+        "relay_serve rows: {} ({} relay_bad_grant, {} auth packets)",
+        rows.len(),
+        bad_total,
+        auth_total
+    );
+    for r in &rows {
+        assert_eq!(
+            (
+                s(r, "relay_agent"),
+                s(r, "relay_region"),
+                s(r, "relay_location")
+            ),
+            (r_id.clone(), "b".to_string(), "hub".to_string()),
+            "{r}"
+        );
+        match r["drop_reason"].as_str() {
+            Some("relay_bad_grant") => assert_eq!(s(r, "key_id"), mesh_key_id, "{r}"),
+            Some("auth") => assert!(r["key_id"].is_null(), "{r}"),
+            Some(other) => panic!("unexpected drop reason {other}: {r}"),
+            None => {
+                assert_eq!(s(r, "target"), format!("udp://{b_udp}"), "{r}");
+                assert_eq!(s(r, "key_id"), mesh_key_id, "{r}");
+            }
+        }
+    }
+    let fwd = sum(&rows, &|r| r["ok"] == true);
+    let returned: u64 = rows.iter().filter_map(|r| r["returned"].as_u64()).sum();
+    assert!(
+        fwd > 0 && returned > 0,
+        "forwarded {fwd}, returned {returned}"
+    );
+    assert_eq!(
+        sum(&rows, &|r| s(r, "src_addr").is_empty()),
+        0,
+        "no overflow"
+    );
+    // The reflector b1 answered what r1 forwarded (and a1's direct probes): kind serve, b1 as
+    // the destination.
+    let served = eventually("b1 writes serve records", 20, || async {
+        let v: Vec<Value> = b1
+            .records()
+            .into_iter()
+            .filter(|r| s(r, "kind") == "serve" && r["ok"] == true)
+            .collect();
+        (!v.is_empty()).then_some(v)
+    })
+    .await?;
+    for r in &served {
+        assert_eq!(
+            (s(r, "dst_agent"), s(r, "dst_region")),
+            (b_id.clone(), "b".to_string()),
+            "{r}"
+        );
+        assert_eq!(s(r, "job_id"), "serve", "{r}");
+    }
     drop((a1, b1, r1, x1));
     let _ = std::fs::remove_dir_all(&root);
     Ok(())

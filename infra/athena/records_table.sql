@@ -33,7 +33,7 @@ CREATE EXTERNAL TABLE IF NOT EXISTS records (
   `schema_version` int COMMENT 'record schema version (1)',
   `ts` string COMMENT 'sample or train start, RFC 3339 UTC with microseconds',
   `job_id` string COMMENT 'job that produced the record (''standalone'' for agent probe)',
-  `kind` string COMMENT 'probe or relay',
+  `kind` string COMMENT 'probe, relay, serve (reflector counts) or relay_serve (relay counts)',
   `protocol` string COMMENT 'udp, tcp, quic, http or https',
   `src_agent` string COMMENT 'measuring agent id',
   `src_region` string COMMENT 'measuring agent region',
@@ -79,7 +79,7 @@ CREATE EXTERNAL TABLE IF NOT EXISTS records (
   `last_byte_ms` double COMMENT 'first to last body byte',
   `total_ms` double COMMENT 'connect start to last byte',
   `http_status` int COMMENT 'HTTP status (null on connection failure)',
-  `bytes` bigint COMMENT 'response body size',
+  `bytes` bigint COMMENT 'response body size (serve/relay_serve: bytes of the row''s packets)',
   `remote_addr` string COMMENT 'address connected to',
   `http_version` string COMMENT 'HTTP version',
   `tls_version` string COMMENT 'TLS version',
@@ -88,7 +88,13 @@ CREATE EXTERNAL TABLE IF NOT EXISTS records (
   `leg_relay_dst_rtt_ms` double COMMENT 'relay to destination round trip, (r3-r2)-(b2-b1)',
   `relay_dwell_ms` double COMMENT 'time inside the relay, (r2-r1)+(r4-r3)',
   `direct_rtt_ms` double COMMENT 'RTT of the interleaved direct probe',
-  `relay_penalty_ms` double COMMENT 'median of per-pair (relayed - direct)'
+  `relay_penalty_ms` double COMMENT 'median of per-pair (relayed - direct)',
+  `interval_ms` double COMMENT 'serve/relay_serve: length of the counting interval starting at ts',
+  `src_addr` string COMMENT 'serve/relay_serve: source IP address (null: the overflow bucket of sources beyond the per-interval limit)',
+  `key_id` string COMMENT 'serve/relay_serve: wire key id the packets authenticated with (null: dropped before authentication)',
+  `packets` bigint COMMENT 'serve/relay_serve: packets answered, forwarded or (with drop_reason) dropped',
+  `returned` bigint COMMENT 'relay_serve: replies relayed back to the source',
+  `drop_reason` string COMMENT 'serve/relay_serve: why the packets were dropped (null: answered or relayed)'
 )
 PARTITIONED BY (
   `region` string COMMENT 'region of the writing agent (Firehose stream prefix / file sink directory)',

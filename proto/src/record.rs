@@ -1,8 +1,12 @@
 //! The measurement record, schema version 1 (DESIGN §5).
 //!
 //! One record per measurement: one sample of an HTTP/TCP/QUIC-handshake target, or one train of a
-//! UDP/QUIC/relay target. Serialized as one JSON object per line, snake_case keys, `null` for
-//! absent values, keys in the order of [`FIELDS`]. The same lines go to the file sink and (packed)
+//! UDP/QUIC/relay target — and, from servers, one record per interval, source and outcome
+//! (`kind` = `serve` for a UDP reflector, `relay_serve` for a relay: packets answered, relayed
+//! or dropped by reason; see the agent's `respond::tally`). The server fields were added to
+//! schema version 1 as nullable columns at the end of the table: older records read them as
+//! null. Serialized as one JSON object per line, snake_case keys, `null` for absent values, keys
+//! in the order of [`FIELDS`]. The same lines go to the file sink and (packed)
 //! to Firehose; Athena reads them with the JSON SerDe using DDL generated from [`FIELDS`]
 //! ([`athena_columns`]).
 //!
@@ -24,6 +28,10 @@ pub enum Kind {
     Probe,
     /// Through a relay agent.
     Relay,
+    /// A UDP reflector's per-source counts for one interval (written by the server).
+    Serve,
+    /// A relay's per-source counts for one interval (written by the relay).
+    RelayServe,
 }
 
 /// Measurement protocol.
@@ -230,7 +238,7 @@ pub struct Record {
     pub total_ms: Option<f64>,
     /// HTTP status (null on connection failure).
     pub http_status: Option<u16>,
-    /// Body size in bytes.
+    /// Body size in bytes (serve/relay_serve: bytes of the row's packets).
     pub bytes: Option<u64>,
     /// Address actually connected to (ip:port).
     pub remote_addr: Option<String>,
@@ -252,6 +260,21 @@ pub struct Record {
     pub direct_rtt_ms: Option<f64>,
     /// Median of per-pair differences (relayed − direct).
     pub relay_penalty_ms: Option<f64>,
+
+    // --- server records (kind = serve | relay_serve) ---
+    /// Length of the counting interval that starts at `ts`, in milliseconds.
+    pub interval_ms: Option<f64>,
+    /// Source IP address the row's packets came from (`null`: the overflow bucket).
+    pub src_addr: Option<String>,
+    /// Id of the wire key whose HMAC the row's packets passed (hex, `0x…`); `null` when they
+    /// were dropped before authentication.
+    pub key_id: Option<String>,
+    /// Packets answered (serve), forwarded (relay_serve) or dropped (`drop_reason` set).
+    pub packets: Option<u64>,
+    /// relay_serve: the destination's replies relayed back to the source.
+    pub returned: Option<u64>,
+    /// Why the row's packets were dropped (`null`: answered or relayed).
+    pub drop_reason: Option<String>,
 }
 
 /// Column type of a record field, as Athena (Hive DDL) names it.
@@ -308,7 +331,7 @@ fields! {
     schema_version: Int = "record schema version (1)",
     ts: String = "sample or train start, RFC 3339 UTC with microseconds",
     job_id: String = "job that produced the record ('standalone' for agent probe)",
-    kind: String = "probe or relay",
+    kind: String = "probe, relay, serve (reflector counts) or relay_serve (relay counts)",
     protocol: String = "udp, tcp, quic, http or https",
     src_agent: String = "measuring agent id",
     src_region: String = "measuring agent region",
@@ -354,7 +377,7 @@ fields! {
     last_byte_ms: Double = "first to last body byte",
     total_ms: Double = "connect start to last byte",
     http_status: Int = "HTTP status (null on connection failure)",
-    bytes: BigInt = "response body size",
+    bytes: BigInt = "response body size (serve/relay_serve: bytes of the row's packets)",
     remote_addr: String = "address connected to",
     http_version: String = "HTTP version",
     tls_version: String = "TLS version",
@@ -364,6 +387,12 @@ fields! {
     relay_dwell_ms: Double = "time inside the relay, (r2-r1)+(r4-r3)",
     direct_rtt_ms: Double = "RTT of the interleaved direct probe",
     relay_penalty_ms: Double = "median of per-pair (relayed - direct)",
+    interval_ms: Double = "serve/relay_serve: length of the counting interval starting at ts",
+    src_addr: String = "serve/relay_serve: source IP address (null: the overflow bucket of sources beyond the per-interval limit)",
+    key_id: String = "serve/relay_serve: wire key id the packets authenticated with (null: dropped before authentication)",
+    packets: BigInt = "serve/relay_serve: packets answered, forwarded or (with drop_reason) dropped",
+    returned: BigInt = "relay_serve: replies relayed back to the source",
+    drop_reason: String = "serve/relay_serve: why the packets were dropped (null: answered or relayed)",
 }
 
 /// Athena column list (`name type COMMENT '...'`), one per line, generated from [`FIELDS`].
@@ -476,6 +505,12 @@ mod tests {
             relay_dwell_ms: d,
             direct_rtt_ms: d,
             relay_penalty_ms: d,
+            interval_ms: d,
+            src_addr: s.clone(),
+            key_id: s.clone(),
+            packets: Some(1),
+            returned: Some(1),
+            drop_reason: s.clone(),
             ..Record::new(SystemTime::UNIX_EPOCH, "j", "udp://h:1", "0.1.0")
         }
     }

@@ -74,8 +74,12 @@ impl RunApp {
         responders
             .keys
             .retain(|k| *k != crate::probe::Key::default_key());
+        // Server records go to this agent's sinks (see `run`), not to sinks of their own.
         let mut serve = ServeApp::bind(&ServeConfig {
             responders,
+            identity: identity.clone(),
+            file: None,
+            firehose: None,
             common: cfg.common.clone(),
         })
         .await?;
@@ -179,8 +183,7 @@ impl RunApp {
     }
 
     /// Runs until `shutdown`, then drains the sinks.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let serve = tokio::spawn(self.serve.run(shutdown.clone()));
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut sinks = SinkSet::new();
         if let Some(f) = &self.cfg.file {
             sinks.add(FileSink::new(f.clone(), &self.identity.region));
@@ -198,6 +201,19 @@ impl RunApp {
         let (jobs_tx, jobs_rx) = watch::channel(JobSet::default());
         let (mode_tx, mode_rx) = watch::channel(ControlMode::Static);
         let (id_tx, mut id_rx) = watch::channel(None);
+        // Server records (kind=serve / relay_serve) go to the same sinks as probe records; the
+        // job set names their sources, and the agent id is filled in once the controller gave it.
+        let (records_identity_tx, records_identity) = watch::channel(self.identity.clone());
+        let records_cfg = self.serve.records_config();
+        self.serve
+            .write_records(crate::respond::tally::RecordsOutput {
+                cfg: records_cfg,
+                sinks: sinks.handle(),
+                identity: records_identity,
+                mode: mode_rx.clone(),
+                jobs: Some(jobs_rx.clone()),
+            });
+        let serve = tokio::spawn(self.serve.run(shutdown.clone()));
         let control = tokio::spawn(session::run(
             control,
             Outputs {
@@ -218,6 +234,7 @@ impl RunApp {
                 agent_id: Some(id),
                 ..self.identity
             };
+            let _ = records_identity_tx.send(identity.clone());
             Scheduler::new(identity, sinks.handle(), mode_rx)
                 .run(jobs_rx, shutdown.clone())
                 .await;

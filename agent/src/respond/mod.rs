@@ -10,9 +10,12 @@
 //!   no caps or deadlines).
 //! - [`quic`]: quinn endpoint with meshlat's ALPN; echoes datagrams.
 //! - [`http`]: HTTP and HTTPS: `/ping`, `/bytes/N`.
+//! - [`tally`]: the UDP reflector's and relay's per-source counts, written as server records
+//!   (`kind=serve`, `kind=relay_serve`).
 
 pub mod http;
 pub mod quic;
+pub mod tally;
 pub mod tcp;
 pub mod udp;
 
@@ -64,6 +67,8 @@ pub struct ResponderConfig {
     pub identity: Identity,
     /// Caps and deadlines of the HTTP, HTTPS and QUIC responders.
     pub limits: meshlat_guard::ConnLimits,
+    /// Server records' interval and source bound (`--serve-interval`, `--serve-max-sources`).
+    pub records: tally::RecordsConfig,
 }
 
 /// The addresses responders actually bound.
@@ -177,6 +182,12 @@ impl Responders {
         self.udp
             .as_mut()
             .map(udp::UdpReflector::accept_controller_keys)
+    }
+
+    /// Makes the UDP reflector (and relay) count per source and write server records to
+    /// `out`'s sinks ([`tally`]). Without a UDP reflector there is nothing to count.
+    pub fn write_records(&mut self, out: tally::RecordsOutput) {
+        self.udp = self.udp.take().map(|u| u.with_records(out));
     }
 
     /// Bound addresses.

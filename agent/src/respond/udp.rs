@@ -50,6 +50,14 @@
 //! `result` = [`DropReason::as_str`], and [`ReflectorStats`]); answered packets are counted as
 //! `answered`. Nothing is ever sent larger than what was received.
 //!
+//! With server records on (`agent serve` with a sink, and `agent run`), the serving thread also
+//! counts every datagram per source in a [`tally::Tally`] — answered, relayed, or dropped by
+//! reason, under what the packet proves (source IP; key id once the HMAC verified; a relay's
+//! verified grant destination) — and hands the counts over every `--serve-interval` and at
+//! shutdown, to be written as `kind=serve` / `kind=relay_serve` records (see [`tally`]). An
+//! answered request is credited once the kernel took its reply (`sendmmsg`); a refused reply
+//! counts as `send_error`.
+//!
 //! The loop runs on its own OS thread with a blocking socket (read timeout
 //! [`SHUTDOWN_POLL`] to notice shutdown): no async wake-up on the path, requests received and
 //! replies sent in batches (`recvmmsg` / `sendmmsg`, see `serve`) in buffers allocated once, no
@@ -71,6 +79,7 @@ use crate::probe::Key;
 use crate::probe::udp::grant::{Grant, GrantError, GrantPublicKey, GrantSigner, unix_now};
 use crate::probe::udp::wire::{self, MessageType, WireError, WireKey};
 use crate::probe::udp::{StampMapper, sys};
+use crate::respond::tally::{self, Flusher, RecordsOutput, Role, Source, Tally};
 
 /// How often the serving thread checks for shutdown while idle.
 pub const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
@@ -141,7 +150,11 @@ impl DropReason {
         }
     }
 
-    const ALL: [DropReason; 10] = [
+    /// How many reasons there are.
+    pub const COUNT: usize = 10;
+
+    /// Every reason, in discriminant order.
+    pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
         DropReason::Oversize,
         DropReason::Version,
@@ -179,7 +192,7 @@ impl DropReason {
 pub struct ReflectorStats {
     answered: AtomicU64,
     relayed: AtomicU64,
-    dropped: [AtomicU64; 10],
+    dropped: [AtomicU64; DropReason::COUNT],
 }
 
 impl ReflectorStats {
@@ -239,6 +252,8 @@ pub struct UdpReflector {
     /// Whether relay-forward packets are relayed (`--relay`).
     relay: bool,
     stats: Arc<ReflectorStats>,
+    /// Where server records go (`None`: not counted per source).
+    records: Option<RecordsOutput>,
 }
 
 impl UdpReflector {
@@ -273,12 +288,20 @@ impl UdpReflector {
             extra: None,
             relay: false,
             stats: Arc::default(),
+            records: None,
         })
     }
 
     /// Enables or disables relaying (see the module doc).
     pub fn with_relay(mut self, enabled: bool) -> Self {
         self.relay = enabled;
+        self
+    }
+
+    /// Counts per source and writes server records (`kind=serve` / `kind=relay_serve`) to
+    /// `out`'s sinks (see [`tally`]).
+    pub fn with_records(mut self, out: RecordsOutput) -> Self {
+        self.records = Some(out);
         self
     }
 
@@ -302,8 +325,15 @@ impl UdpReflector {
     }
 
     /// Serves until `shutdown` is cancelled, on a dedicated thread.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let addr = self.local_addr();
+        let (counting, records_task) = match self.records.take() {
+            Some(out) => {
+                let (t, f, task) = tally::start(out, addr);
+                (Some((t, f)), Some(tokio::spawn(task.run())))
+            }
+            None => (None, None),
+        };
         if self.keys.contains(&Key::default_key()) && self.extra.is_none() {
             tracing::warn!(
                 message = "UDP reflector accepts the well-known default key; anyone can probe it. Set --key.",
@@ -331,6 +361,7 @@ impl UdpReflector {
                     self.extra,
                     relay,
                     &self.stats,
+                    counting,
                     &token,
                 );
                 let _ = done_tx.send(());
@@ -343,6 +374,11 @@ impl UdpReflector {
         // The thread ends within SHUTDOWN_POLL of cancellation (or if it panics, dropping the
         // sender).
         let _ = done_rx.await;
+        // The thread handed over its last interval before ending; the records reach the sinks
+        // before this returns (and so before the sinks close).
+        if let Some(task) = records_task {
+            let _ = task.await;
+        }
     }
 }
 
@@ -365,6 +401,7 @@ fn serve(
     mut extra: Option<tokio::sync::watch::Receiver<ControllerKeys>>,
     mut relay: Option<Relay>,
     stats: &ReflectorStats,
+    mut counting: Option<(Tally, Flusher)>,
     shutdown: &CancellationToken,
 ) {
     let mut keys: Vec<WireKey> = own_keys.iter().map(WireKey::new).collect();
@@ -377,10 +414,19 @@ fn serve(
     let mut error_us = wire::error_bound_to_wire(clock_error_bound_ms());
     let mut error_read_at = Clock::now_ns();
     let mut stamps = StampMapper::default();
+    // Who each queued reply answers (source IP, key id, length), in queue order: the counts are
+    // credited once the kernel took the reply. Allocated once.
+    let mut answers = [(std::net::IpAddr::from([0u8; 4]), 0u32, 0usize); sys::BATCH];
     loop {
         // One lock-free-enough check per batch: a busy reflector still stops promptly.
         if shutdown.is_cancelled() {
+            if let Some((mut t, f)) = counting {
+                f.finish(&mut t);
+            }
             return;
+        }
+        if let Some((t, f)) = counting.as_mut() {
+            f.maybe_flush(t, Clock::now_ns());
         }
         if let Some(rx) = extra.as_mut()
             && rx.has_changed().unwrap_or(false)
@@ -412,6 +458,7 @@ fn serve(
                 continue;
             }
         };
+        let mut n_answers = 0;
         for i in 0..n {
             let Some((r, pkt)) = batch.packet_mut(i) else {
                 continue;
@@ -425,19 +472,30 @@ fn serve(
                 error_read_at = t2;
             }
             if let Some(relay) = relay.as_mut()
-                && let Some(handled) = relay.handle(pkt, peer, t2, &keys)
+                && let Some((handled, src, returned)) =
+                    relay.handle_attributed(pkt, peer, t2, &keys)
             {
+                let len = pkt.len();
                 match handled {
                     Ok(to) => match socket.send_to(pkt, to) {
                         Ok(_) => {
                             stats.relayed.fetch_add(1, Ordering::Relaxed);
                             relayed.inc();
+                            if let Some((t, _)) = counting.as_mut() {
+                                t.relayed(src, returned, len);
+                            }
                         }
                         Err(error) => {
                             tracing::debug!(message = "UDP relay send error.", %error, %to);
+                            if let Some((t, _)) = counting.as_mut() {
+                                t.send_failed(src, len);
+                            }
                         }
                     },
                     Err(reason) => {
+                        if let Some((t, _)) = counting.as_mut() {
+                            t.dropped(src, reason, len);
+                        }
                         stats.drop_(reason);
                         if reason.is_relay() {
                             metrics::responder_drop("udp", reason.as_str(), peer);
@@ -448,13 +506,31 @@ fn serve(
                 }
                 continue;
             }
+            let len = pkt.len();
             match reflect(pkt, &keys, t2, error_us) {
-                Ok(()) => {
+                Ok(key_id) => {
                     // The reply is the request's own bytes, stamped in place: same length.
-                    let len = pkt.len();
-                    batch.queue_reply(i, len);
+                    if batch.queue_reply(i, len)
+                        && let Some(a) = answers.get_mut(n_answers)
+                    {
+                        *a = (peer.ip(), key_id, len);
+                        n_answers += 1;
+                    }
                 }
                 Err(reason) => {
+                    if let Some((t, _)) = counting.as_mut() {
+                        // Every reflect drop happens before the HMAC verified: unauthenticated.
+                        t.dropped(
+                            Source {
+                                role: Role::Serve,
+                                ip: Some(peer.ip()),
+                                key_id: None,
+                                dst: None,
+                            },
+                            reason,
+                            len,
+                        );
+                    }
                     stats.drop_(reason);
                     if let Some(c) = dropped.get(reason as usize) {
                         c.inc();
@@ -464,6 +540,23 @@ fn serve(
             }
         }
         let sent = batch.send_replies(fd);
+        if let Some((t, _)) = counting.as_mut() {
+            for (j, &(ip, key_id, len)) in answers.iter().take(n_answers).enumerate() {
+                if sent.failed_mask & (1u64 << j) == 0 {
+                    t.answered(ip, key_id, len);
+                } else {
+                    t.send_failed(
+                        Source {
+                            role: Role::Serve,
+                            ip: Some(ip),
+                            key_id: Some(key_id),
+                            dst: None,
+                        },
+                        len,
+                    );
+                }
+            }
+        }
         if sent.sent > 0 {
             answered.inc_by(sent.sent as u64);
             stats
@@ -476,8 +569,9 @@ fn serve(
     }
 }
 
-/// Validates `pkt` and turns it into the reply in place.
-fn reflect(pkt: &mut [u8], keys: &[WireKey], t2: u64, error_us: u32) -> Result<(), DropReason> {
+/// Validates `pkt` and turns it into the reply in place; returns the id of the key it
+/// authenticated with.
+fn reflect(pkt: &mut [u8], keys: &[WireKey], t2: u64, error_us: u32) -> Result<u32, DropReason> {
     let (ty, key_id) = wire::peek(pkt).map_err(|e| DropReason::of(&e))?;
     if ty != MessageType::Request {
         return Err(DropReason::Type);
@@ -487,7 +581,8 @@ fn reflect(pkt: &mut [u8], keys: &[WireKey], t2: u64, error_us: u32) -> Result<(
         .find(|k| k.id == key_id)
         .ok_or(DropReason::Auth)?;
     wire::verify(pkt, key).map_err(|e| DropReason::of(&e))?;
-    wire::stamp_reply(pkt, key, t2, error_us, Clock::now_ns).map_err(|e| DropReason::of(&e))
+    wire::stamp_reply(pkt, key, t2, error_us, Clock::now_ns).map_err(|e| DropReason::of(&e))?;
+    Ok(key_id)
 }
 
 /// Where a relayed packet's reply goes back to.
@@ -523,6 +618,7 @@ impl Relay {
     /// Handles `pkt` if it is relay traffic: `None` when it is not (the caller reflects or
     /// drops it as usual); `Some(Ok(to))` when it was stamped in place and must be sent to
     /// `to`; `Some(Err(reason))` when it must be dropped. `rx` is its receive stamp.
+    #[cfg(test)]
     fn handle(
         &mut self,
         pkt: &mut [u8],
@@ -530,9 +626,32 @@ impl Relay {
         rx: u64,
         keys: &[WireKey],
     ) -> Option<Result<SocketAddr, DropReason>> {
+        self.handle_attributed(pkt, peer, rx, keys)
+            .map(|(r, _, _)| r)
+    }
+
+    /// What `handle` returns, plus whom the packet is counted for (the source A as the packet
+    /// proves it: its address, the verified key id, the verified grant's destination; see
+    /// [`tally`]) and whether it is a return (B's reply going back to A).
+    fn handle_attributed(
+        &mut self,
+        pkt: &mut [u8],
+        peer: SocketAddr,
+        rx: u64,
+        keys: &[WireKey],
+    ) -> Option<(Result<SocketAddr, DropReason>, Source, bool)> {
         let (ty, key_id) = wire::peek(pkt).ok()?;
         match ty {
-            MessageType::RelayForward => Some(self.forward(pkt, key_id, peer, rx, keys)),
+            MessageType::RelayForward => {
+                let mut src = Source {
+                    role: Role::Relay,
+                    ip: Some(peer.ip()),
+                    key_id: None,
+                    dst: None,
+                };
+                let r = self.forward(pkt, key_id, peer, rx, keys, &mut src);
+                Some((r, src, false))
+            }
             MessageType::Reply => {
                 let id = wire::session_seq(pkt)?;
                 let p = *self.table.get(&id)?;
@@ -545,14 +664,22 @@ impl Relay {
                 if rx > p.expires_ns {
                     return None;
                 }
+                let src = Source {
+                    role: Role::Relay,
+                    ip: Some(p.src.ip()),
+                    key_id: Some(key_id),
+                    dst: Some(p.dst),
+                };
                 if pkt.len() != p.len {
-                    return Some(Err(DropReason::RelaySize));
+                    return Some((Err(DropReason::RelaySize), src, true));
                 }
-                Some(
+                Some((
                     wire::stamp_relay_return(pkt, key, rx, Clock::now_ns)
                         .map(|()| p.src)
                         .map_err(|e| DropReason::of(&e)),
-                )
+                    src,
+                    true,
+                ))
             }
             _ => None,
         }
@@ -565,15 +692,18 @@ impl Relay {
         peer: SocketAddr,
         rx: u64,
         keys: &[WireKey],
+        src: &mut Source,
     ) -> Result<SocketAddr, DropReason> {
         let key = keys
             .iter()
             .find(|k| k.id == key_id)
             .ok_or(DropReason::Auth)?;
         wire::verify(pkt, key).map_err(|e| DropReason::of(&e))?;
+        src.key_id = Some(key_id);
         let field = wire::grant_field(pkt).ok_or(DropReason::Malformed)?;
         let grant =
             Grant::verify(field, &self.grant_keys, unix_now()).map_err(DropReason::of_grant)?;
+        src.dst = Some(grant.dst);
         let id = wire::session_seq(pkt).ok_or(DropReason::Malformed)?;
         if self.table.len() >= RELAY_TABLE_MAX && !self.table.contains_key(&id) {
             self.table.retain(|_, p| p.expires_ns >= rx);
@@ -606,7 +736,7 @@ fn counter(result: &str) -> Counter {
 }
 
 // Keep the reason table and the counter array in step.
-const _: () = assert!(DropReason::ALL.len() == 10);
+const _: () = assert!(DropReason::ALL.len() == DropReason::COUNT);
 
 #[cfg(test)]
 mod tests {
@@ -651,7 +781,7 @@ mod tests {
         assert_eq!((h.msg_type, h.r1), (MessageType::Request, 1_000));
         assert!(h.r2 >= h.r1);
         // B reflects it; R turns the reply into a relay-return for A.
-        assert_eq!(reflect(&mut p, &keys, 2_000, 0), Ok(()));
+        assert_eq!(reflect(&mut p, &keys, 2_000, 0), Ok(k.id));
         // A reply from anyone but B is not relayed.
         let mut q = p.clone();
         assert_eq!(relay.handle(&mut q, a, 3_000, &keys), None);
@@ -672,7 +802,7 @@ mod tests {
             &mut longer,
         )
         .expect("valid size");
-        assert_eq!(reflect(&mut longer, &keys, 2_000, 0), Ok(()));
+        assert_eq!(reflect(&mut longer, &keys, 2_000, 0), Ok(k.id));
         assert_eq!(
             relay.handle(&mut longer, b, 3_000, &keys),
             Some(Err(DropReason::RelaySize))
@@ -722,7 +852,7 @@ mod tests {
         let k = WireKey::new(&Key::from_secret("k"));
         let keys = [k.clone()];
         let mut p = request(&k, 400);
-        assert_eq!(reflect(&mut p, &keys, 200, 7), Ok(()));
+        assert_eq!(reflect(&mut p, &keys, 200, 7), Ok(k.id));
         assert_eq!(p.len(), 400);
         let h = wire::decode(&p, &keys).expect("reply verifies");
         assert_eq!(h.msg_type, MessageType::Reply);

@@ -361,6 +361,8 @@ const GSO_MAX_BYTES: usize = 65_000;
 
 /// Most datagrams one [`Batch`] receives or sends per system call.
 pub const BATCH: usize = 64;
+// `Sent::failed_mask` has one bit per reply of a batch.
+const _: () = assert!(BATCH <= 64);
 
 /// Bytes per receive slot: the largest valid packet plus one, so oversize input is detected.
 pub const SLOT_BYTES: usize = super::wire::MAX_PACKET_BYTES + 1;
@@ -459,6 +461,9 @@ pub struct Sent {
     pub failed: usize,
     /// The first error, if any.
     pub error: Option<io::Error>,
+    /// Which replies were refused: bit `j` for the `j`-th reply queued ([`Batch::queue_reply`]
+    /// order; [`BATCH`] fits in 64 bits).
+    pub failed_mask: u64,
 }
 
 /// Up to [`BATCH`] datagrams received with one `recvmmsg` — each with its own buffer, sender
@@ -770,6 +775,9 @@ impl Batch {
                 return Some(first);
             }
             out.failed += m;
+            for k in first..first + m {
+                out.failed_mask |= 1u64.checked_shl(k as u32).unwrap_or(0);
+            }
             out.error.get_or_insert(e);
             done += 1;
         }
