@@ -3,7 +3,8 @@
 //! # Protocol
 //!
 //! 1. The agent sends `Hello` (within [`HELLO_TIMEOUT`]); anything else first is refused with
-//!    `InvalidArgument`.
+//!    `InvalidArgument`. A Hello advertising an address the agent may not
+//!    ([`crate::address_policy`]) is refused with `PermissionDenied`.
 //! 2. The controller answers `Welcome` with the agent's stable id, then its whole desired
 //!    `JobSet` (generation + lease) as soon as the scheduler has computed it, and a new one
 //!    whenever it changes.
@@ -41,7 +42,7 @@ use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::status::from_domain;
+use super::status::{from_address, from_domain};
 use crate::jobset::PushedSet;
 use crate::registry::Registry;
 
@@ -218,6 +219,16 @@ impl AgentSvc {
                 ));
             }
         };
+        // Advertised addresses: the agent's own, or inside --agent-cidr (crate::address_policy).
+        if let Err(refused) = self
+            .registry
+            .config()
+            .address_policy
+            .check(remote.map(|a| a.ip()), &hello.endpoints)
+        {
+            tracing::warn!(message = "Agent refused: it advertises an address it may not.", agent = %hello.agent_id, ?remote, error = %refused);
+            return Err(from_address(refused));
+        }
         let session = self
             .registry
             .connect_as(hello, &token)
