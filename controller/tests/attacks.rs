@@ -336,6 +336,11 @@ fn job(id: &str, spec: pb::JobSpec) -> pb::Job {
 const HOSTILE_K: &str = r#"{"name":"boom","protocols":["udp"],"sources":["region=r1"],
     "targets":["region=r1"],"interval_ms":1000,"timeout_ms":500,"strategy":"k-random","k":4294967295}"#;
 
+/// The protobuf message of a state file (after its format header).
+fn state_message(file: &[u8]) -> Result<&[u8]> {
+    Ok(meshlat_proto::state_file::decode(file)?.1)
+}
+
 /// VmRSS of `pid` in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -483,7 +488,9 @@ async fn a_saved_job_this_version_cannot_schedule_is_quarantined() -> Result<()>
         .filter_map(|j| j["id"].as_str())
         .collect();
     assert_eq!(ids, vec!["good-job"]);
-    let q = pb::StoredJobs::decode(&std::fs::read(state.join("jobs.quarantined.pb"))?[..])?;
+    let q = pb::StoredJobs::decode(state_message(&std::fs::read(
+        state.join("jobs.quarantined.pb"),
+    )?)?)?;
     assert_eq!(q.jobs, vec![bad], "moved aside intact");
     drop(s);
     ctl.stop().await?;
@@ -497,7 +504,9 @@ async fn a_saved_job_this_version_cannot_schedule_is_quarantined() -> Result<()>
         1,
         "quarantined once"
     );
-    let q = pb::StoredJobs::decode(&std::fs::read(state.join("jobs.quarantined.pb"))?[..])?;
+    let q = pb::StoredJobs::decode(state_message(&std::fs::read(
+        state.join("jobs.quarantined.pb"),
+    )?)?)?;
     assert_eq!(q.jobs.len(), 1);
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
@@ -744,7 +753,9 @@ async fn stopped_jobs_are_not_sent_to_peers_and_expire() -> Result<()> {
         "stopped job gone after {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let stored = pb::StoredJobs::decode(&std::fs::read(ctl.data.join("state/jobs.pb"))?[..])?;
+    let stored = pb::StoredJobs::decode(state_message(&std::fs::read(
+        ctl.data.join("state/jobs.pb"),
+    )?)?)?;
     assert!(stored.jobs.is_empty(), "deleted from the saved state too");
     assert!(ctl.log_text().contains("Stopped job expired"));
     ctl.serves().await?;
@@ -983,7 +994,8 @@ async fn agents_are_capped_and_removed_after_the_expiry() -> Result<()> {
     assert_eq!(cells(&v), 0, "{v}");
     let path = ctl.data.join("state/agents.pb");
     eventually("removed from the saved state", 10, || async {
-        let stored = pb::StoredAgents::decode(&std::fs::read(&path).ok()?[..]).ok()?;
+        let stored =
+            pb::StoredAgents::decode(state_message(&std::fs::read(&path).ok()?).ok()?).ok()?;
         stored.agents.is_empty().then_some(())
     })
     .await?;

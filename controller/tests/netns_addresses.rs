@@ -334,7 +334,7 @@ impl Mesh {
             .filter_map(|l| {
                 let w: Vec<&str> = l.split_whitespace().collect();
                 let id = w.first()?.to_string();
-                let connected = w.iter().any(|f| *f == "true");
+                let connected = w.contains(&"true");
                 Some((id, connected))
             })
             .collect())
