@@ -3,12 +3,13 @@
 #   scripts/setup.sh            # everything
 #   scripts/setup.sh --check    # only report what is missing (exit 1 if anything is)
 #
-# Debian packages: sockperf, irtt, fping (reference tools for accuracy and speed comparisons).
+# Debian packages: sockperf, irtt, fping (reference tools for accuracy and speed comparisons);
+# iproute2 (`ip netns`: controller/tests/netns_addresses.rs runs agents in network namespaces).
 # Rust components: rustfmt, clippy (from the machine's rustup toolchain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(sockperf irtt fping)
+APT_PKGS=(sockperf irtt fping iproute2)
 check_only=0
 [[ "${1:-}" == "--check" ]] && check_only=1
 

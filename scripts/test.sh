@@ -117,6 +117,8 @@ clippy_all() {
 export -f clippy_all
 run_stage clippy 1500 clippy_all
 run_stage build 1200 cargo build --workspace --bins --locked
+# Runs as root, as CI does: controller/tests/netns_addresses.rs creates network namespaces (and
+# fails, saying so, without the capability; ~5 s).
 run_stage test 1800 cargo test --workspace --locked --no-fail-fast
 run_stage doc 900 env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 run_stage analytics 600 scripts/test_analytics.py

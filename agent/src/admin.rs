@@ -3,6 +3,10 @@
 //! Endpoints:
 //!
 //! - `GET /health` — `ok` (200) while the process runs.
+//! - `GET /status` — the controller session as JSON (`agent run`): `controlled`, `connected`,
+//!   `agent_id`, and `refused` — the controller's last refusal (`code`, `reason`, `unix_ms`),
+//!   e.g. an advertised address outside its `--agent-cidr`; `null` once welcomed again
+//!   ([`crate::control::status`]).
 //! - `GET /metrics` — Prometheus text exposition of [`crate::metrics`].
 //! - `GET /memstats` — runtime and memory figures as JSON: resident set size and its peak,
 //!   virtual size, threads, open file descriptors, CPU seconds, uptime (perftest's memstats,
@@ -103,6 +107,11 @@ fn handle(req: &Request<Incoming>, started: tokio::time::Instant) -> Response<Fu
     }
     match req.uri().path() {
         "/health" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/status" => reply(
+            StatusCode::OK,
+            "application/json",
+            crate::control::status::json().to_string(),
+        ),
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -116,7 +125,7 @@ fn handle(req: &Request<Incoming>, started: tokio::time::Instant) -> Response<Fu
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /health, /metrics or /memstats\n".into(),
+            "not found; try /health, /status, /metrics or /memstats\n".into(),
         ),
     }
 }

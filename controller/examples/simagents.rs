@@ -132,7 +132,9 @@ fn region(i: usize) -> String {
 }
 
 fn hello(i: usize, regions: usize) -> pb::Hello {
-    let host = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+    // A distinct loopback address per agent: sessions come from 127.0.0.1, and a loopback peer
+    // may advertise only loopback addresses (controller `address_policy`).
+    let host = format!("127.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
     pb::Hello {
         agent_id: String::new(),
         region: region(i % regions),

@@ -64,6 +64,15 @@ pub enum AuthError {
         /// What is wrong.
         reason: String,
     },
+    /// A stored file was written by a newer build (a downgrade): refused, not misread.
+    #[error("{path}: {source}")]
+    Version {
+        /// File.
+        path: PathBuf,
+        /// Its format and what this build reads.
+        #[source]
+        source: meshlat_proto::state_file::StateFileError,
+    },
     /// Certificate generation failed.
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
@@ -251,10 +260,23 @@ impl NewSecrets {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct CredentialsFile {
+    /// The state format ([`meshlat_proto::state_file::FORMAT`]); absent (0) in 0.1.0's files,
+    /// which are migrated (rewritten with it) at start. A newer format is refused before the
+    /// rest is read ([`FormatOnly`]).
+    #[serde(default)]
+    format_version: u16,
     /// SHA-256 (hex) of the join secret.
     agent_secret_sha256: String,
     /// Operator names and the SHA-256 (hex) of their secrets.
     operators: Vec<OperatorEntry>,
+}
+
+/// Only the format of `credentials.json`, read first: a newer release may add fields this build
+/// would refuse as unknown, and the error must say "newer format", not "unknown field".
+#[derive(Debug, Deserialize)]
+struct FormatOnly {
+    #[serde(default)]
+    format_version: u16,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -377,6 +399,7 @@ fn parse_join_seed(s: &str) -> Result<String, AuthError> {
 impl Inner {
     fn to_file(&self) -> CredentialsFile {
         CredentialsFile {
+            format_version: meshlat_proto::state_file::FORMAT,
             agent_secret_sha256: hex_encode(&self.agent_secret_sha256),
             operators: self
                 .operators
@@ -455,12 +478,27 @@ impl Credentials {
             .map(parse_operator_seed)
             .transpose()?;
         let mut new = None;
+        let mut migrate_from = None;
         let mut inner = if path.exists() {
             let raw = std::fs::read(&path).map_err(io(&path))?;
             let corrupt = |reason: String| AuthError::Corrupt {
                 path: path.clone(),
                 reason,
             };
+            let format = serde_json::from_slice::<FormatOnly>(&raw)
+                .map_err(|e| corrupt(e.to_string()))?
+                .format_version;
+            if format > meshlat_proto::state_file::FORMAT {
+                return Err(AuthError::Version {
+                    path: path.clone(),
+                    source: meshlat_proto::state_file::StateFileError::TooNew {
+                        found: format,
+                        supported: meshlat_proto::state_file::FORMAT,
+                        build: env!("CARGO_PKG_VERSION"),
+                    },
+                });
+            }
+            migrate_from = (format < meshlat_proto::state_file::FORMAT).then_some(format);
             let file: CredentialsFile =
                 serde_json::from_slice(&raw).map_err(|e| corrupt(e.to_string()))?;
             let digest = |h: &str| -> Result<[u8; 32], AuthError> {
@@ -520,13 +558,16 @@ impl Credentials {
         };
         let first = new.is_some() || !path.exists();
         let changed = inner.apply_seeds(join_seed.as_deref(), op_seed);
-        if first || !changed.is_empty() {
+        if first || !changed.is_empty() || migrate_from.is_some() {
             let json =
                 serde_json::to_vec_pretty(&inner.to_file()).map_err(|e| AuthError::Corrupt {
                     path: path.clone(),
                     reason: e.to_string(),
                 })?;
             write_private(&path, &json)?;
+        }
+        if let Some(from) = migrate_from {
+            tracing::info!(message = "State file migrated.", file = %path.display(), from_format = from, to_format = meshlat_proto::state_file::FORMAT);
         }
         if !first {
             for what in &changed {

@@ -476,6 +476,17 @@ pub struct ServeArgs {
         value_name = "ID|SELECTOR"
     )]
     pub relay_agents: Vec<String>,
+    /// Address ranges agents may advertise (repeatable, or comma separated; the environment
+    /// separates entries with ','), e.g. `--agent-cidr 10.20.0.0/16`. Without it each address an
+    /// agent advertises must be the address its connection comes from (set it when agents
+    /// connect through a load balancer or NAT); with it each must lie in one of the ranges.
+    #[arg(
+        long = "agent-cidr",
+        env = "MESHLAT_AGENT_CIDRS",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub agent_cidrs: Vec<String>,
     /// S3 bucket for the state store: the data directory (CA key included), jobs and agent ids
     /// are kept under --state-prefix and restored from it on start, so a controller on an empty
     /// disk (a replaced Fargate task) keeps its CA and join token. Without it: the data dir only.

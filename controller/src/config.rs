@@ -87,6 +87,8 @@ pub struct ServeConfig {
     pub rate_per_credential: Option<Quota>,
     /// Which agents are relays (`--relay-agent`).
     pub relay_policy: crate::relay_policy::RelayPolicy,
+    /// Which addresses agents may advertise (`--agent-cidr`).
+    pub address_policy: crate::address_policy::AddressPolicy,
 }
 
 /// Default total caps `(grpc, rest)` for a process allowed `nofile` open files: the budget
@@ -492,6 +494,13 @@ impl ServeConfig {
                 reason,
             },
         )?;
+        let address_policy = crate::address_policy::AddressPolicy::parse(&a.agent_cidrs).map_err(
+            |(value, reason)| ConfigError::InvalidValue {
+                flag: "--agent-cidr",
+                value,
+                reason,
+            },
+        )?;
         let (grpc_limits, rest_limits) = conn_limits(a)?;
         if a.rate_limit_burst == 0 {
             return Err(ConfigError::Invalid {
@@ -502,6 +511,7 @@ impl ServeConfig {
         }
         Ok(ServeConfig {
             relay_policy,
+            address_policy,
             grpc_limits,
             rest_limits,
             rate_per_ip: quota(
@@ -589,6 +599,33 @@ mod tests {
         assert_eq!(f.secret, FED);
         assert_eq!(f.accepted, vec!["previous-0123456789abcdef0123456789"]);
         assert_eq!(f.peers, vec!["http://127.0.0.1:1"]);
+    }
+
+    #[test]
+    fn agent_cidrs_are_repeatable_or_comma_separated_and_bad_ones_name_the_flag() {
+        let c = parse(&["--region", "a"]).expect("valid");
+        assert!(c.address_policy.cidrs().is_empty(), "the peer-address rule");
+        let c = parse(&[
+            "--region",
+            "a",
+            "--agent-cidr",
+            "10.20.0.0/16,10.21.0.0/16",
+            "--agent-cidr",
+            "fd00::/8",
+        ])
+        .expect("valid");
+        let shown: Vec<String> = c
+            .address_policy
+            .cidrs()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(shown, ["10.20.0.0/16", "10.21.0.0/16", "fd00::/8"]);
+        let e = parse(&["--region", "a", "--agent-cidr", "10.20.1.0/16"]).expect_err("host bits");
+        assert!(
+            e.starts_with("--agent-cidr \"10.20.1.0/16\": host bits are set"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line; [`config`]: validated configuration.
+//! - [`address_policy`]: which addresses agents may advertise (`--agent-cidr`).
 //! - [`app`]: [`app::Controller`]: `bind` (listeners, CA, credentials, state) and `run`.
 //! - [`audit`]: the audit log of state-changing operator calls (target `audit`).
 //! - [`auth`]: the controller's CA, server certificate, join token and operator credentials.
@@ -23,6 +24,7 @@
 //! - [`rest`]: the REST/JSON mirror under `/api/v1`; [`json`]: the JSON form of jobs.
 //! - [`client`]: `controller job ...` and `controller agents`.
 
+pub mod address_policy;
 pub mod app;
 pub mod audit;
 pub mod auth;

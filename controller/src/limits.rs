@@ -111,9 +111,10 @@ impl Default for Limits {
 
 /// Largest `AgentMessage` an agent session decodes: the larger of what agents send
 /// ([`meshlat_proto::MAX_SUMMARIES_BYTES`]) and `--max-summary-bytes`, and 64 KiB of room. A
-/// bigger message ends the session with `RESOURCE_EXHAUSTED` (the decode buffer of a session
-/// is as large as its largest message, so this bounds memory per session); pairs beyond
-/// `--max-summary-bytes` in a message that fits are dropped.
+/// bigger message ends the session with `RESOURCE_EXHAUSTED` before its bytes are buffered (a
+/// message is held only while it arrives and is decoded, [`crate::grpc::inbound`], so this
+/// bounds what one session holds at a time); pairs beyond `--max-summary-bytes` in a message
+/// that fits are dropped.
 pub fn agent_message_limit(max_summary_bytes: usize) -> usize {
     max_summary_bytes.max(meshlat_proto::MAX_SUMMARIES_BYTES) + 64 * 1024
 }

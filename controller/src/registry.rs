@@ -269,6 +269,9 @@ pub struct RegistryConfig {
     pub keys: MeshKeys,
     /// Which agents are relays ([`crate::relay_policy`]).
     pub relay_policy: RelayPolicy,
+    /// Which addresses agents may advertise ([`crate::address_policy`]; checked by the
+    /// session service, which knows the peer address).
+    pub address_policy: crate::address_policy::AddressPolicy,
     /// Grants are valid one to two of these ([`crate::keys::grant_expiry`]); at least the lease.
     pub grant_epoch: Duration,
     /// The caps ([`crate::limits`]).
@@ -1510,6 +1513,7 @@ mod tests {
             agent_ttl: Duration::from_secs(120),
             keys: MeshKeys::new(b"test", crate::keys::test_signer(b"test")),
             relay_policy: RelayPolicy::default(),
+            address_policy: Default::default(),
             grant_epoch: Duration::from_secs(3600),
             limits: Limits::default(),
         }

@@ -11,6 +11,12 @@
 //! syncs it, renames it over the old one and syncs the directory, so a crash (or a power cut) leaves
 //! either the old or the new state.
 //!
+//! Each file starts with the state format header of [`meshlat_proto::state_file`]: files of
+//! 0.1.0 (no header, format 0) are migrated when loaded — decoded, and rewritten at once in
+//! the current format (logged) — and a file of a newer format than this build's is refused with
+//! [`StoreError::Version`] naming the file and its format, so the controller does not start on
+//! state it would misread (a downgrade); it never rewrites such a file.
+//!
 //! Jobs a controller can no longer schedule (they fail today's validation) are moved from
 //! `jobs.pb` to `state/jobs.quarantined.pb` (also a `StoredJobs`; appended to, never read
 //! back), so they can be inspected and fixed by hand. The quarantine file stays in the data
@@ -52,6 +58,15 @@ pub enum StoreError {
         /// Cause.
         #[source]
         source: prost::DecodeError,
+    },
+    /// A stored file was written by a newer build (see [`meshlat_proto::state_file`]).
+    #[error("state store {path}: {source}")]
+    Version {
+        /// File.
+        path: PathBuf,
+        /// Its format and what this build reads.
+        #[source]
+        source: meshlat_proto::state_file::StateFileError,
     },
     /// The S3 state store (`--state-bucket`) failed.
     #[error("S3 state store (--state-bucket): {0}")]
@@ -119,10 +134,18 @@ impl FileStore {
     }
 
     fn read<M: Message + Default>(&self, name: &str) -> Result<M, StoreError> {
+        Ok(self.read_versioned(name)?.1)
+    }
+
+    /// Reads `state/<name>`: its format ([`meshlat_proto::state_file::FORMAT`] for a missing
+    /// file) and message.
+    fn read_versioned<M: Message + Default>(&self, name: &str) -> Result<(u16, M), StoreError> {
         let path = self.dir.join(name);
         match std::fs::read(&path) {
-            Ok(b) => M::decode(&b[..]).map_err(|source| StoreError::Decode { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(M::default()),
+            Ok(b) => decode_file(&path, &b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok((meshlat_proto::state_file::FORMAT, M::default()))
+            }
             Err(source) => Err(StoreError::Io { path, source }),
         }
     }
@@ -138,8 +161,18 @@ impl FileStore {
 
 impl StateStore for FileStore {
     fn load(&self) -> Result<StoredState, StoreError> {
-        let jobs: pb::StoredJobs = self.read(JOBS_FILE)?;
-        let agents: pb::StoredAgents = self.read(AGENTS_FILE)?;
+        let (jobs_format, jobs): (_, pb::StoredJobs) = self.read_versioned(JOBS_FILE)?;
+        let (agents_format, agents): (_, pb::StoredAgents) = self.read_versioned(AGENTS_FILE)?;
+        // Both read: migrate whichever is older than this build's format.
+        let current = meshlat_proto::state_file::FORMAT;
+        if jobs_format < current {
+            self.write(JOBS_FILE, &encode_jobs(&jobs.jobs))?;
+            tracing::info!(message = "State file migrated.", file = %self.dir.join(JOBS_FILE).display(), from_format = jobs_format, to_format = current);
+        }
+        if agents_format < current {
+            self.write(AGENTS_FILE, &encode_agents(&agents.agents))?;
+            tracing::info!(message = "State file migrated.", file = %self.dir.join(AGENTS_FILE).display(), from_format = agents_format, to_format = current);
+        }
         Ok(StoredState {
             jobs: jobs.jobs,
             agents: agents.agents,
@@ -171,20 +204,45 @@ impl StateStore for FileStore {
     }
 }
 
-/// The content of `jobs.pb`.
-pub fn encode_jobs(jobs: &[pb::Job]) -> Vec<u8> {
-    pb::StoredJobs {
-        jobs: jobs.to_vec(),
-    }
-    .encode_to_vec()
+/// Decodes a state file's bytes (header and message) read from `path`.
+///
+/// # Errors
+///
+/// [`StoreError::Version`] for a newer format, [`StoreError::Decode`] for a bad message.
+pub fn decode_file<M: Message + Default>(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(u16, M), StoreError> {
+    let (format, message) =
+        meshlat_proto::state_file::decode(bytes).map_err(|source| StoreError::Version {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let m = M::decode(message).map_err(|source| StoreError::Decode {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok((format, m))
 }
 
-/// The content of `agents.pb`.
+/// The content of `jobs.pb` (with the state format header).
+pub fn encode_jobs(jobs: &[pb::Job]) -> Vec<u8> {
+    meshlat_proto::state_file::encode(
+        &pb::StoredJobs {
+            jobs: jobs.to_vec(),
+        }
+        .encode_to_vec(),
+    )
+}
+
+/// The content of `agents.pb` (with the state format header).
 pub fn encode_agents(agents: &[pb::StoredAgent]) -> Vec<u8> {
-    pb::StoredAgents {
-        agents: agents.to_vec(),
-    }
-    .encode_to_vec()
+    meshlat_proto::state_file::encode(
+        &pb::StoredAgents {
+            agents: agents.to_vec(),
+        }
+        .encode_to_vec(),
+    )
 }
 
 #[cfg(test)]
@@ -222,15 +280,65 @@ mod tests {
             .expect("quarantine");
         s.quarantine_jobs(std::slice::from_ref(&job))
             .expect("quarantine");
-        let q = pb::StoredJobs::decode(
-            &std::fs::read(dir.join("state").join(QUARANTINE_FILE)).expect("quarantined")[..],
-        )
-        .expect("decodes");
+        let qpath = dir.join("state").join(QUARANTINE_FILE);
+        let (format, q): (_, pb::StoredJobs) =
+            decode_file(&qpath, &std::fs::read(&qpath).expect("quarantined")).expect("decodes");
+        assert_eq!(format, meshlat_proto::state_file::FORMAT);
         assert_eq!(q.jobs, vec![bad, job.clone()], "appended");
-        assert_eq!(s.load().expect("load").jobs, vec![job], "not read back");
+        assert_eq!(
+            s.load().expect("load").jobs,
+            vec![job.clone()],
+            "not read back"
+        );
         std::fs::write(dir.join("state/jobs.pb"), b"\xff\xff\xff").expect("corrupt");
         let err = s.load().expect_err("corrupt file is an error");
         assert!(err.to_string().contains("corrupt"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn header_less_files_are_migrated_and_newer_formats_refused() {
+        let dir = std::env::temp_dir().join(format!("meshlat-store-{}", uuid::Uuid::now_v7()));
+        let s = FileStore::open(&dir).expect("open");
+        let job = pb::Job {
+            id: "j1".into(),
+            version: 3,
+            ..Default::default()
+        };
+        let jobs_path = dir.join("state").join(JOBS_FILE);
+        // As 0.1.0 wrote it: the message alone.
+        let old = pb::StoredJobs {
+            jobs: vec![job.clone()],
+        }
+        .encode_to_vec();
+        std::fs::write(&jobs_path, &old).expect("0.1.0 file");
+        assert_eq!(s.load().expect("load").jobs, vec![job.clone()]);
+        let migrated = std::fs::read(&jobs_path).expect("read");
+        assert_eq!(
+            migrated,
+            meshlat_proto::state_file::encode(&old),
+            "rewritten with the header"
+        );
+        assert!(
+            !dir.join("state").join(AGENTS_FILE).exists(),
+            "a missing file is not created"
+        );
+        // Written by a newer build: refused naming the file and the format, and left as it is.
+        let mut newer = migrated.clone();
+        newer[5..7].copy_from_slice(&(meshlat_proto::state_file::FORMAT + 1).to_be_bytes());
+        std::fs::write(&jobs_path, &newer).expect("newer");
+        let e = s.load().expect_err("newer format");
+        assert!(matches!(e, StoreError::Version { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&jobs_path.display().to_string())
+                && text.contains(&format!(
+                    "state format {}, written by a newer meshlat",
+                    meshlat_proto::state_file::FORMAT + 1
+                )),
+            "{text}"
+        );
+        assert_eq!(std::fs::read(&jobs_path).expect("read"), newer, "untouched");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

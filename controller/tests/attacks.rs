@@ -51,13 +51,29 @@ struct Ctl {
 impl Ctl {
     /// A controller of region `r1` with `extra` flags; its log goes to `data/../<name>.log`.
     async fn start(data: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_limited(data, extra, None).await
+    }
+
+    /// [`Ctl::start`] with the open-files limit (soft and hard) set to `nofile` (`prlimit`).
+    async fn start_limited(data: &Path, extra: &[&str], nofile: Option<u64>) -> Result<Self> {
         std::fs::create_dir_all(data)?;
         let log = data.with_extension("log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_controller"))
+        let mut cmd = match nofile {
+            // prlimit execs the controller: the child is the controller itself.
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_controller"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_controller")),
+        };
+        let mut child = cmd
             .args([
                 "serve",
                 "--region",
@@ -219,11 +235,21 @@ struct Session {
 impl Session {
     /// Opens a session on `ch` with `token`, saying Hello as `id` (empty: a new agent).
     async fn open(ch: &Channel, token: &str, id: &str) -> Result<Self, tonic::Status> {
+        Self::open_in(ch, token, id, "r1").await
+    }
+
+    /// [`Session::open`] for an agent of `region`.
+    async fn open_in(
+        ch: &Channel,
+        token: &str,
+        id: &str,
+        region: &str,
+    ) -> Result<Self, tonic::Status> {
         let (tx, rx) = mpsc::channel(4);
         let hello = pb::Hello {
             agent_id: id.into(),
-            region: "r1".into(),
-            az: "r1a".into(),
+            region: region.into(),
+            az: format!("{region}a"),
             endpoints: vec![pb::ResponderEndpoint {
                 protocol: pb::Protocol::Udp as i32,
                 address: "127.0.0.1:9".into(),
@@ -309,6 +335,11 @@ fn job(id: &str, spec: pb::JobSpec) -> pb::Job {
 
 const HOSTILE_K: &str = r#"{"name":"boom","protocols":["udp"],"sources":["region=r1"],
     "targets":["region=r1"],"interval_ms":1000,"timeout_ms":500,"strategy":"k-random","k":4294967295}"#;
+
+/// The protobuf message of a state file (after its format header).
+fn state_message(file: &[u8]) -> Result<&[u8]> {
+    Ok(meshlat_proto::state_file::decode(file)?.1)
+}
 
 /// VmRSS of `pid` in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -457,7 +488,9 @@ async fn a_saved_job_this_version_cannot_schedule_is_quarantined() -> Result<()>
         .filter_map(|j| j["id"].as_str())
         .collect();
     assert_eq!(ids, vec!["good-job"]);
-    let q = pb::StoredJobs::decode(&std::fs::read(state.join("jobs.quarantined.pb"))?[..])?;
+    let q = pb::StoredJobs::decode(state_message(&std::fs::read(
+        state.join("jobs.quarantined.pb"),
+    )?)?)?;
     assert_eq!(q.jobs, vec![bad], "moved aside intact");
     drop(s);
     ctl.stop().await?;
@@ -471,7 +504,9 @@ async fn a_saved_job_this_version_cannot_schedule_is_quarantined() -> Result<()>
         1,
         "quarantined once"
     );
-    let q = pb::StoredJobs::decode(&std::fs::read(state.join("jobs.quarantined.pb"))?[..])?;
+    let q = pb::StoredJobs::decode(state_message(&std::fs::read(
+        state.join("jobs.quarantined.pb"),
+    )?)?)?;
     assert_eq!(q.jobs.len(), 1);
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
@@ -718,7 +753,9 @@ async fn stopped_jobs_are_not_sent_to_peers_and_expire() -> Result<()> {
         "stopped job gone after {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let stored = pb::StoredJobs::decode(&std::fs::read(ctl.data.join("state/jobs.pb"))?[..])?;
+    let stored = pb::StoredJobs::decode(state_message(&std::fs::read(
+        ctl.data.join("state/jobs.pb"),
+    )?)?)?;
     assert!(stored.jobs.is_empty(), "deleted from the saved state too");
     assert!(ctl.log_text().contains("Stopped job expired"));
     ctl.serves().await?;
@@ -957,7 +994,8 @@ async fn agents_are_capped_and_removed_after_the_expiry() -> Result<()> {
     assert_eq!(cells(&v), 0, "{v}");
     let path = ctl.data.join("state/agents.pb");
     eventually("removed from the saved state", 10, || async {
-        let stored = pb::StoredAgents::decode(&std::fs::read(&path).ok()?[..]).ok()?;
+        let stored =
+            pb::StoredAgents::decode(state_message(&std::fs::read(&path).ok()?).ok()?).ok()?;
         stored.agents.is_empty().then_some(())
     })
     .await?;
@@ -967,4 +1005,209 @@ async fn agents_are_capped_and_removed_after_the_expiry() -> Result<()> {
     ctl.serves().await?;
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
+}
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS:`, `VmHWM:`, ...).
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Newest `ts` of a record under `dir` whose `dst_agent` is `dst` and which succeeded.
+fn newest_ok_record(dir: &Path, dst: &str) -> Option<String> {
+    fn walk(d: &Path, dst: &str, best: &mut Option<String>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, dst, best);
+            } else if p.extension().is_some_and(|x| x == "ndjson") {
+                for l in std::fs::read_to_string(&p).unwrap_or_default().lines() {
+                    let Ok(r) = serde_json::from_str::<Value>(l) else {
+                        continue;
+                    };
+                    if r["dst_agent"] == dst
+                        && r["ok"] == true
+                        && let Some(ts) = r["ts"].as_str()
+                        && best.as_deref().is_none_or(|b| ts > b)
+                    {
+                        *best = Some(ts.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let mut best = None;
+    walk(dir, dst, &mut best);
+    best
+}
+
+/// The issue's 1,000 hostile sessions: a controller limited to 4096 open files; 1,000 sessions
+/// with fresh ids, each on its own TLS connection, each sending a maximum-size summaries
+/// message (just under the session's message limit), while two real agents measure each other.
+/// The controller's peak RSS (VmHWM) stays under 256 MiB, and the honest agents stay connected
+/// and keep measuring. Figures are printed also when passing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_hostile_sessions_keep_rss_under_256_mib() -> Result<()> {
+    const HOSTILE: usize = 1000;
+    const RSS_LIMIT_KIB: u64 = 256 * 1024;
+    let root = tmp_dir("attacks", "thousand");
+    let mut ctl = Ctl::start_limited(&root.join("ctl"), &[], Some(4096)).await?;
+    let pid = ctl.pid();
+    let nofile = std::fs::read_to_string(format!("/proc/{pid}/limits"))?
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(nofile.contains("4096"), "{nofile}");
+
+    // Two honest agents (real processes) measuring each other.
+    let mut agents = Vec::new();
+    for name in ["h1", "h2"] {
+        let state = root.join(format!("state-{name}"));
+        let child = Command::new(common::agent_bin())
+            .args(["run", "--controller", &format!("https://{}", ctl.grpc)])
+            .args(["--token", &ctl.token, "--region", "r1", "--az", name])
+            .args([
+                "--listen",
+                "127.0.0.1",
+                "--udp-port",
+                "0",
+                "--tcp-port",
+                "off",
+            ])
+            .args([
+                "--quic-port",
+                "off",
+                "--http-port",
+                "off",
+                "--https-port",
+                "off",
+            ])
+            .args(["--flush-interval", "1", "--out"])
+            .arg(root.join(format!("records-{name}")))
+            .arg("--state-dir")
+            .arg(&state)
+            .env_remove("MESHLAT_CONTROLLER")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(
+                root.join(format!("{name}.log")),
+            )?))
+            .kill_on_drop(true)
+            .spawn()?;
+        agents.push((child, state));
+    }
+    let ids = eventually("honest agents joined", 30, || async {
+        let id = |s: &Path| {
+            std::fs::read_to_string(s.join("agent-id"))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        Some((id(&agents[0].1)?, id(&agents[1].1)?))
+    })
+    .await?;
+    let job = root.join("job.json");
+    std::fs::write(
+        &job,
+        r#"{"name":"honest","protocols":["udp"],"sources":["region=r1"],"targets":["region=r1"],
+            "interval_ms":500,"timeout_ms":400,"packets":3}"#,
+    )?;
+    let (ok, out, err) = ctl
+        .cli(&["job", "start", job.to_str().context("path")?])
+        .await?;
+    assert!(ok, "{out}{err}");
+    let pairs = [("h1", &ids.1), ("h2", &ids.0)];
+    for (name, dst) in pairs {
+        let dir = root.join(format!("records-{name}"));
+        eventually(&format!("{name} measures the other"), 30, || async {
+            newest_ok_record(&dir, dst)
+        })
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = status_kib(pid, "VmRSS:").context("rss")?;
+    let hwm_before = status_kib(pid, "VmHWM:").context("hwm")?;
+
+    // Just under the session's message limit: decoded, then cut to --max-summary-bytes.
+    let limit = meshlat_controller::limits::agent_message_limit(
+        meshlat_controller::limits::DEFAULT_MAX_SUMMARY_BYTES,
+    );
+    let mut per_msg = 100;
+    while summaries("s99", per_msg + 100).encoded_len() < limit - 4096 {
+        per_msg += 100;
+    }
+    let msg_bytes = summaries("s99", per_msg).encoded_len();
+    let flood_started = chrono_now();
+    let t0 = Instant::now();
+    let mut sessions = Vec::with_capacity(HOSTILE);
+    for i in 0..HOSTILE {
+        // Each on its own TLS connection, as 1,000 hostile agents would come.
+        let ch = ctl.channel().await?;
+        let s = Session::open_in(&ch, &ctl.token, "", "hostile").await?;
+        s.send(pb::agent_message::Msg::Summaries(summaries(
+            &format!("s{i}"),
+            per_msg,
+        )))
+        .await?;
+        sessions.push((s, ch));
+    }
+    // Heartbeats flow in order after the summaries: once all are sent and the controller has
+    // heard them, every summary has been decoded.
+    for (s, _) in &sessions {
+        s.send(pb::agent_message::Msg::Heartbeat(pb::Heartbeat::default()))
+            .await?;
+    }
+    let flood_secs = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let loaded = status_kib(pid, "VmRSS:").context("rss")?;
+    let peak = status_kib(pid, "VmHWM:").context("hwm")?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    let per_session = peak.saturating_sub(before) as f64 / HOSTILE as f64;
+    println!(
+        "figures a_thousand_hostile_sessions rss_before_kib={before} hwm_before_kib={hwm_before} \
+         rss_loaded_kib={loaded} rss_peak_kib={peak} per_session_kib={per_session:.1} \
+         sessions={HOSTILE} msg_bytes={msg_bytes} pairs_per_msg={per_msg} open_fds={fds} \
+         flood_secs={flood_secs:.1}"
+    );
+    ctl.serves().await?;
+    // The honest agents are still connected and still measure each other.
+    let (ok, out, err) = ctl.cli(&["agents"]).await?;
+    assert!(ok, "{err}");
+    for id in [&ids.0, &ids.1] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(id.as_str()) && l.contains("true")),
+            "{id} connected:\n{}",
+            out.lines()
+                .filter(|l| !l.contains("hostile"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    for (name, dst) in pairs {
+        let dir = root.join(format!("records-{name}"));
+        let ts = eventually(&format!("{name} measures after the flood"), 20, || async {
+            newest_ok_record(&dir, dst).filter(|ts| *ts > flood_started)
+        })
+        .await?;
+        println!("{name}: newest ok record {ts} (flood started {flood_started})");
+    }
+    assert!(
+        peak < RSS_LIMIT_KIB,
+        "controller peak RSS {peak} KiB >= {RSS_LIMIT_KIB} KiB with {HOSTILE} hostile sessions"
+    );
+    drop(sessions);
+    for (mut c, _) in agents {
+        let _ = c.start_kill();
+    }
+    ctl.stop().await?;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+/// Now as RFC 3339 UTC with microseconds (the records' `ts` format), for comparing.
+fn chrono_now() -> String {
+    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
 }

@@ -276,8 +276,9 @@ async fn a_controller_on_an_empty_disk_comes_back_from_s3_with_its_ca_jobs_and_a
     eventually("jobs.pb and agents.pb in moto", 20, || async {
         let jobs = object(&bucket, &key("jobs.pb")).await.ok()??;
         let agents = object(&bucket, &key("agents.pb")).await.ok()??;
-        let jobs = pb::StoredJobs::decode(&jobs[..]).ok()?;
-        let agents = pb::StoredAgents::decode(&agents[..]).ok()?;
+        let jobs = pb::StoredJobs::decode(meshlat_proto::state_file::decode(&jobs).ok()?.1).ok()?;
+        let agents =
+            pb::StoredAgents::decode(meshlat_proto::state_file::decode(&agents).ok()?.1).ok()?;
         (jobs.jobs.iter().any(|j| j.id == job_id && j.version == 2)
             && agents
                 .agents

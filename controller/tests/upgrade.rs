@@ -1,8 +1,10 @@
 //! Upgrades: this version starts on the state the previous release wrote
 //! (`tests/fixtures/state-0.1.0`, never regenerated) and keeps what operators and agents rely on:
 //! the CA (so every join token keeps its pin), the seeded operator credential, the running job
-//! with its id, and the agent's id. Regions upgrade one at a time, so this must hold for every
-//! release; add a fixture directory per release.
+//! with its id, and the agent's id; its state files are migrated to the current state format
+//! (`meshlat_proto::state_file`). Regions upgrade one at a time, so this must hold for every
+//! release; add a fixture directory per release. A downgrade — state files of a newer format —
+//! is refused naming the file and its format.
 
 #[allow(dead_code)]
 mod common;
@@ -93,6 +95,7 @@ async fn starts_on_the_previous_releases_state_and_keeps_ca_credential_jobs_and_
         ])
         .arg("--data-dir")
         .arg(&data)
+        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::from(std::fs::File::create(
             root.join("controller.log"),
@@ -168,8 +171,92 @@ async fn starts_on_the_previous_releases_state_and_keeps_ca_credential_jobs_and_
         .collect();
     println!("upgrade: agents after the upgrade: {known:?}");
     assert!(known.contains(&AGENT_ID), "the agent id is gone: {agents}");
+    // Migrated: every state file now carries the current state format.
+    for f in ["state/jobs.pb", "state/agents.pb"] {
+        let b = std::fs::read(data.join(f))?;
+        let (format, _) = meshlat_proto::state_file::decode(&b)?;
+        assert_eq!(
+            format,
+            meshlat_proto::state_file::FORMAT,
+            "{f} not migrated"
+        );
+        assert!(b.starts_with(&meshlat_proto::state_file::MAGIC), "{f}");
+    }
+    let creds: Value = serde_json::from_slice(&std::fs::read(data.join("credentials.json"))?)?;
+    assert_eq!(
+        creds["format_version"],
+        meshlat_proto::state_file::FORMAT,
+        "credentials.json not migrated: {creds}"
+    );
+    let log = std::fs::read_to_string(root.join("controller.log"))?;
+    let migrated = log
+        .lines()
+        .filter(|l| l.contains("State file migrated.") && l.contains("from_format=0"))
+        .count();
+    assert_eq!(migrated, 3, "jobs.pb, agents.pb, credentials.json:\n{log}");
     child.start_kill()?;
     child.wait().await?;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+/// Starts the controller on `data` expecting it to refuse: its stderr.
+async fn refused_start(data: &Path) -> Result<String> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(env!("CARGO_BIN_EXE_controller"))
+            .args(["serve", "--region", "fx-1", "--listen", "127.0.0.1:0"])
+            .args(["--rest-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("the controller started on a newer state (it should have refused)")??;
+    anyhow::ensure!(!out.status.success(), "exit status {}", out.status);
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A downgrade: state files written by a newer release (a newer state format) are refused with
+/// an error naming the file and its format, and left as they are; 0.1.0's files are read.
+#[tokio::test]
+async fn a_state_file_of_a_newer_format_is_refused_naming_it() -> Result<()> {
+    let newer = meshlat_proto::state_file::FORMAT + 1;
+    let root = common::tmp_dir("upgrade", "downgrade");
+    let data = root.join("controller");
+    copy_dir(&Path::new(FIXTURE).join("controller"), &data)?;
+    // jobs.pb as a newer build would write it.
+    let jobs = data.join("state/jobs.pb");
+    let mut file = meshlat_proto::state_file::encode(&std::fs::read(&jobs)?);
+    file[5..7].copy_from_slice(&newer.to_be_bytes());
+    std::fs::write(&jobs, &file)?;
+    let err = refused_start(&data).await?;
+    println!("newer jobs.pb: {err}");
+    assert!(
+        err.contains(&jobs.display().to_string())
+            && err.contains(&format!("state format {newer}, written by a newer meshlat")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&jobs)?, file, "left as it was");
+    // credentials.json of a newer release, with a field this build does not know: the error is
+    // about the format, not the field.
+    let old_jobs = std::fs::read(Path::new(FIXTURE).join("controller/state/jobs.pb"))?;
+    std::fs::write(&jobs, old_jobs)?;
+    let creds_path = data.join("credentials.json");
+    let mut creds: Value = serde_json::from_slice(&std::fs::read(&creds_path)?)?;
+    creds["format_version"] = newer.into();
+    creds["token_policies"] = serde_json::json!([]);
+    let text = serde_json::to_vec_pretty(&creds)?;
+    std::fs::write(&creds_path, &text)?;
+    let err = refused_start(&data).await?;
+    println!("newer credentials.json: {err}");
+    assert!(
+        err.contains(&creds_path.display().to_string())
+            && err.contains(&format!("state format {newer}, written by a newer meshlat")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&creds_path)?, text, "left as it was");
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }

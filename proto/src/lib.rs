@@ -10,6 +10,7 @@
 //!   agent (which never trusts what it is sent).
 //! - [`token`]: the join token (CA pin + agent secret) printed by a controller.
 //! - [`grant`]: relay grants, signed by controllers (or a shared key) and verified by relays.
+//! - [`state_file`]: the version header of binary state files (migrate old, refuse newer).
 
 pub mod grant;
 pub mod job;
@@ -19,6 +20,7 @@ pub mod job;
 /// `--max-summary-bytes` of each agent's pairs.
 pub const MAX_SUMMARIES_BYTES: usize = 512 * 1024;
 pub mod record;
+pub mod state_file;
 pub mod token;
 
 /// Generated protobuf and gRPC code for package `meshlat.v1`.

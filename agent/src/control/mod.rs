@@ -4,6 +4,7 @@
 //!
 //! - [`session`]: the session task: connect, Hello, job sets into the scheduler, acks,
 //!   heartbeats, reconnects.
+//! - [`status`]: the session's state and the controller's last refusal, for `GET /status`.
 //! - [`state`]: what `--state-dir` keeps (agent id, last job set; 0700/0600).
 //! - [`failstatic`]: the control mode (`connected`, `static`, `degraded`) and the lease.
 //! - [`advertise`]: the advertised responder endpoints (`--advertise-endpoint`).
@@ -22,3 +23,4 @@ pub mod pin;
 pub mod run;
 pub mod session;
 pub mod state;
+pub mod status;

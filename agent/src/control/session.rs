@@ -128,6 +128,7 @@ pub async fn run(mut cfg: ControlConfig, out: Outputs, shutdown: CancellationTok
         }
         let _ = out.id.send(Some(id));
     }
+    super::status::started(load_id(&cfg.state_dir));
     loop {
         let res = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -137,9 +138,17 @@ pub async fn run(mut cfg: ControlConfig, out: Outputs, shutdown: CancellationTok
         let mode = fs.mode(Instant::now());
         let _ = out.mode.send(mode);
         let delay = cfg.backoff.next_delay();
+        let refusal = match &res {
+            Err(SessionError::Status(s)) if super::status::is_refusal(s) => Some(s),
+            _ => None,
+        };
+        super::status::lost(refusal);
         match &res {
             Err(SessionError::Status(s)) if s.code() == tonic::Code::Unauthenticated => {
                 tracing::error!(message = "Controller refused the join token.", status = %s.message(), retry_in = ?delay);
+            }
+            Err(SessionError::Status(s)) if refusal.is_some() => {
+                tracing::error!(message = "Controller refused this agent.", code = ?s.code(), reason = %s.message(), retry_in = ?delay);
             }
             Err(error) => {
                 tracing::warn!(message = "Controller session lost.", %error, ?mode, retry_in = ?delay)
@@ -246,6 +255,7 @@ async fn session(
                             let _ = out.id.send(Some(w.agent_id.clone()));
                         }
                         tracing::info!(message = "Connected to the controller.", agent = %w.agent_id, controller_region = %w.controller_region);
+                        super::status::connected(&w.agent_id);
                         if !w.relay_refused.is_empty() {
                             tracing::warn!(message = "This agent runs with --relay, but the controller does not use it as a relay; it relays nothing.", reason = %w.relay_refused);
                         }

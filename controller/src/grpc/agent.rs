@@ -3,7 +3,8 @@
 //! # Protocol
 //!
 //! 1. The agent sends `Hello` (within [`HELLO_TIMEOUT`]); anything else first is refused with
-//!    `InvalidArgument`.
+//!    `InvalidArgument`. A Hello advertising an address the agent may not
+//!    ([`crate::address_policy`]) is refused with `PermissionDenied`.
 //! 2. The controller answers `Welcome` with the agent's stable id, then its whole desired
 //!    `JobSet` (generation + lease) as soon as the scheduler has computed it, and a new one
 //!    whenever it changes.
@@ -16,8 +17,11 @@
 //! go out as the bytes the registry encoded once ([`PushedSet`]), through [`SessionCodec`],
 //! instead of being cloned and encoded again per session. The outgoing stream ([`Outbound`])
 //! reads the session's job-set watch when the connection can take more, so a slow agent gets
-//! the newest set, never a queue of stale ones. The codec's buffers start small: agents send
-//! small messages, and tonic's default 8 KiB for each direction of each stream adds up.
+//! the newest set, never a queue of stale ones. The codec's buffers start small: tonic's
+//! default 8 KiB for each direction of each stream adds up. Incoming messages are not decoded
+//! by tonic's `Streaming` (whose buffer keeps the size of the largest message for the life of
+//! the stream) but by [`Inbound`], which holds a message's bytes only until it is decoded: an
+//! idle session costs no decode buffer, whatever it sent before.
 //!
 //! A session task per stream reads the agent's messages until either side goes away, the
 //! session is replaced, or the controller shuts down; it then ends the outgoing stream.
@@ -41,7 +45,8 @@ use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::status::from_domain;
+use super::inbound::Inbound;
+use super::status::{from_address, from_domain};
 use crate::jobset::PushedSet;
 use crate::registry::Registry;
 
@@ -187,10 +192,7 @@ impl AgentSvc {
     /// # Errors
     ///
     /// A status when the first message is not a valid Hello.
-    pub async fn connect(
-        &self,
-        req: Request<Streaming<pb::AgentMessage>>,
-    ) -> Result<Response<Outbound>, Status> {
+    pub async fn connect(&self, req: Request<Inbound>) -> Result<Response<Outbound>, Status> {
         let remote = req.remote_addr();
         // The interceptor checked it; here it only names the token for the per-token cap.
         let token = req
@@ -218,6 +220,16 @@ impl AgentSvc {
                 ));
             }
         };
+        // Advertised addresses: the agent's own, or inside --agent-cidr (crate::address_policy).
+        if let Err(refused) = self
+            .registry
+            .config()
+            .address_policy
+            .check(remote.map(|a| a.ip()), &hello.endpoints)
+        {
+            tracing::warn!(message = "Agent refused: it advertises an address it may not.", agent = %hello.agent_id, ?remote, error = %refused);
+            return Err(from_address(refused));
+        }
         let session = self
             .registry
             .connect_as(hello, &token)
@@ -300,7 +312,12 @@ impl tonic::server::NamedService for AgentServer {
     const NAME: &'static str = pb::agent_service_server::SERVICE_NAME;
 }
 
-struct ConnectMethod(Arc<AgentSvc>);
+/// The Connect call: tonic encodes the responses; the request body was taken for [`Inbound`]
+/// (tonic's `Streaming` is built over an empty body and never read).
+struct ConnectMethod {
+    svc: Arc<AgentSvc>,
+    inbound: Option<Inbound>,
+}
 
 impl tonic::server::StreamingService<pb::AgentMessage> for ConnectMethod {
     type Response = Outgoing;
@@ -308,8 +325,15 @@ impl tonic::server::StreamingService<pb::AgentMessage> for ConnectMethod {
     type Future = BoxFuture<Response<Outbound>, Status>;
 
     fn call(&mut self, request: Request<Streaming<pb::AgentMessage>>) -> Self::Future {
-        let svc = self.0.clone();
-        Box::pin(async move { svc.connect(request).await })
+        let svc = self.svc.clone();
+        let inbound = self.inbound.take();
+        Box::pin(async move {
+            let inbound =
+                inbound.ok_or_else(|| Status::internal("AgentService.Connect called twice"))?;
+            let (metadata, extensions, _) = request.into_parts();
+            svc.connect(Request::from_parts(metadata, extensions, inbound))
+                .await
+        })
     }
 }
 
@@ -330,11 +354,16 @@ where
         if req.uri().path() != CONNECT_PATH {
             return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
         }
-        let method = ConnectMethod(self.svc.clone());
         let limit =
             crate::limits::agent_message_limit(self.svc.registry.config().limits.max_summary_bytes);
+        let (parts, body) = req.into_parts();
+        let method = ConnectMethod {
+            svc: self.svc.clone(),
+            inbound: Some(Inbound::new(body, limit)),
+        };
+        let req = http::Request::from_parts(parts, http_body_util::Empty::<bytes::Bytes>::new());
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(SessionCodec).max_decoding_message_size(limit);
+            let mut grpc = tonic::server::Grpc::new(SessionCodec);
             Ok(grpc.streaming(method, req).await)
         })
     }

@@ -2,6 +2,7 @@
 //! handlers convert the request, call the domain layer and convert the reply (STYLE §9).
 //!
 //! - [`agent`][]: `AgentService.Connect`, one bidirectional stream per agent.
+//! - [`inbound`][]: an agent session's incoming messages, with no buffer outliving its message.
 //! - [`operator`][]: `OperatorService`.
 //! - [`federation`][]: `FederationService` (peer controllers).
 //! - [`status`][]: domain errors to `tonic::Status`.
@@ -9,6 +10,7 @@
 
 pub mod agent;
 pub mod federation;
+pub mod inbound;
 pub mod operator;
 pub mod status;
 

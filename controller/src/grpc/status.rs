@@ -8,6 +8,7 @@
 //! | [`DomainError::VersionMismatch`], [`DomainError::Stopped`] | `FailedPrecondition` |
 //! | [`DomainError::Store`] | `Internal` (logged with context; details not sent) |
 //! | a missing or wrong credential | `Unauthenticated` |
+//! | [`AddressRefused`] (an advertised address, [`crate::address_policy`]) | `PermissionDenied`, message `hello.endpoints[N].address "ADDR": reason`, field in `x-meshlat-field` |
 //! | [`CredentialError::BadName`] | `InvalidArgument` (field `name`) |
 //! | [`CredentialError::Exists`] | `AlreadyExists` |
 //! | [`CredentialError::NotFound`] | `NotFound` |
@@ -16,6 +17,7 @@
 
 use tonic::Status;
 
+use crate::address_policy::AddressRefused;
 use crate::auth::CredentialError;
 use crate::registry::DomainError;
 
@@ -45,6 +47,15 @@ pub fn from_domain(e: DomainError) -> Status {
             Status::internal("internal error: the state store failed; see the controller log")
         }
     }
+}
+
+/// Maps a refused advertised address to a gRPC status.
+pub fn from_address(e: AddressRefused) -> Status {
+    let mut s = Status::permission_denied(e.to_string());
+    if let Ok(v) = e.field().parse() {
+        s.metadata_mut().insert("x-meshlat-field", v);
+    }
+    s
 }
 
 /// Maps a refused credential change to a gRPC status.
