@@ -297,6 +297,22 @@ for r in "${regions[@]}"; do
   pc[$r]=$(ensure_secret "$r" "meshlat/$r/peer-ca" "") || fail "secret peer-ca $r"
 done
 
+# The default jobs of region $1 (its controller's --default-jobs, ensured by name at every start):
+# its agents probe every region's agents over udp, tcp, quic and https, and measure every
+# region's agents through every region's relay (relay agents carry the location label "relay").
+default_jobs() {
+  python3 - "$1" "${regions[@]}" <<'PY'
+import json, sys
+r, regions = sys.argv[1], sys.argv[2:]
+every = [f"region={o}" for o in regions]
+common = {"sources": [f"region={r}"], "targets": every, "interval_ms": 10000, "timeout_ms": 5000}
+print(json.dumps([
+    {"name": f"meshlat-mesh-{r}", "kind": "probe", "protocols": ["udp", "tcp", "quic", "https"], **common},
+    {"name": f"meshlat-relay-{r}", "kind": "relay", "protocols": ["udp"], "relays": ["location=relay"], **common},
+], separators=(",", ":")))
+PY
+}
+
 # services REGION AGENTS RELAYS [PEER_URLS PEER_CA_SHA256]
 services() {
   local r=$1 agents=$2 relays=$3 peers=${4:-} peer_sha=${5:-}
@@ -313,7 +329,8 @@ services() {
     "FirehoseStreamName=$(out "$r" meshlat-firehose DeliveryStreamName)" \
     "FirehoseStreamArn=$(out "$r" meshlat-firehose DeliveryStreamArn)" \
     "JoinSecretArn=${js[$r]}" "OperatorCredentialArn=${oc[$r]}" "JoinTokenArn=${jt[$r]}" \
-    "CaCertSecretArn=${ca[$r]}" "FederationSecretArn=$(fed_replica "$r")" "${peer_args[@]}"
+    "CaCertSecretArn=${ca[$r]}" "FederationSecretArn=$(fed_replica "$r")" "${peer_args[@]}" \
+    "DefaultJobs=$(default_jobs "$r")"
 }
 
 # 7. First start: the controller makes its CA, then writes its join token and CA certificate

@@ -102,6 +102,13 @@ for i, r in enumerate(regions):
     want(last["PeerCaSecretArn"] == "{{" + r + "/secret:meshlat/" + r + "/peer-ca}}", f"{r} peer CA bundle")
     want(last["PeerCaSha256"] != "", f"{r} peer CA bundle hash")
     want(last["JoinTokenArn"] == "{{" + r + "/secret:meshlat/" + r + "/join-token}}", f"{r} join token secret")
+    jobs = json.loads(last["DefaultJobs"])
+    want([j["name"] for j in jobs] == [f"meshlat-mesh-{r}", f"meshlat-relay-{r}"], f"{r} default job names")
+    every = [f"region={o}" for o in regions]
+    want(all(j["sources"] == [f"region={r}"] and j["targets"] == every for j in jobs),
+         f"{r} default jobs: its agents to every region's")
+    want(jobs[0]["kind"] == "probe" and jobs[0]["protocols"] == ["udp", "tcp", "quic", "https"], f"{r} probe job protocols")
+    want(jobs[1]["kind"] == "relay" and jobs[1]["relays"] == ["location=relay"], f"{r} relay job through every relay")
     want(last["CaCertSecretArn"] == "{{" + r + "/secret:meshlat/" + r + "/ca-cert}}", f"{r} CA cert secret")
 pairs = {p["stack"] for p in plan if p["stack"].startswith("meshlat-peering-")}
 want(pairs == {f"meshlat-peering-{a}-{b}" for i, a in enumerate(regions) for b in regions[i + 1:]},

@@ -50,7 +50,8 @@ forms. Invariants:
      mesh CIDR as --agent-cidr;
  14. relays: an ECS service (desired count a parameter defaulting to >= 1) runs an agent with
      --relay, its own execution role, and a location label the controller's
-     MESHLAT_RELAY_AGENTS selector (region=${AWS::Region},location=...) names.
+     MESHLAT_RELAY_AGENTS selector (region=${AWS::Region},location=...) names; the controller
+     gets MESHLAT_DEFAULT_JOBS from a parameter (its default jobs, ensured by name).
 Then a self-test: each invariant is checked again on a deliberately broken copy of the
 templates and must fail there (so the checks can fail).
 """
@@ -644,6 +645,9 @@ def check_relays(t):
     ctl = _container(t, "controller")
     sel = _named(ctl[3].get("Environment"), "Value").get("MESHLAT_RELAY_AGENTS", (None, None))[1] if ctl else None
     sel = _sub(sel)
+    jobs = _named(ctl[3].get("Environment"), "Value").get("MESHLAT_DEFAULT_JOBS", (None, None)) if ctl else (None, None)
+    if jobs[0] is not None or not (isinstance(jobs[1], dict) and "Ref" in jobs[1]):
+        bad.append("the controller has no unconditional MESHLAT_DEFAULT_JOBS from a parameter")
     if not isinstance(sel, str) or not loc:
         bad.append(f"relay location {loc!r} / controller MESHLAT_RELAY_AGENTS {sel!r} missing")
     else:
@@ -875,6 +879,11 @@ def _break_relay_flag(t):
     c["Command"] = [x for x in c["Command"] if x != "--relay"]
 
 
+def _break_default_jobs(t):
+    c = _container(t, "controller")[3]
+    c["Environment"] = [e for e in c["Environment"] if "MESHLAT_DEFAULT_JOBS" not in str(e)]
+
+
 def _break_relay_policy(t):
     c = _container(t, "controller")[3]
     for e in c["Environment"]:
@@ -915,6 +924,7 @@ BREAKS = [
     (_break_no_relay_service, check_relays),
     (_break_relay_flag, check_relays),
     (_break_relay_policy, check_relays),
+    (_break_default_jobs, check_relays),
 ]
 
 
