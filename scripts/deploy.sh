@@ -323,10 +323,13 @@ default_jobs() {
 import json, sys
 r, regions = sys.argv[1], sys.argv[2:]
 every = [f"region={o}" for o in regions]
-common = {"sources": [f"region={r}"], "targets": every, "interval_ms": 10000, "timeout_ms": 5000}
+common = {"sources": [f"region={r}"], "targets": every, "timeout_ms": 5000}
+# every 10 s direct, every 30 s through each relay (infra/README.md's cost table assumes these)
 print(json.dumps([
-    {"name": f"meshlat-mesh-{r}", "kind": "probe", "protocols": ["udp", "tcp", "quic", "https"], **common},
-    {"name": f"meshlat-relay-{r}", "kind": "relay", "protocols": ["udp"], "relays": ["location=relay"], **common},
+    {"name": f"meshlat-mesh-{r}", "kind": "probe", "protocols": ["udp", "tcp", "quic", "https"],
+     **common, "interval_ms": 10000},
+    {"name": f"meshlat-relay-{r}", "kind": "relay", "protocols": ["udp"], "relays": ["location=relay"],
+     **common, "interval_ms": 30000},
 ], separators=(",", ":")))
 PY
 }

@@ -51,7 +51,10 @@ forms. Invariants:
  14. relays: an ECS service (desired count a parameter defaulting to >= 1) runs an agent with
      --relay, its own execution role, and a location label the controller's
      MESHLAT_RELAY_AGENTS selector (region=${AWS::Region},location=...) names; the controller
-     gets MESHLAT_DEFAULT_JOBS from a parameter (its default jobs, ensured by name).
+     gets MESHLAT_DEFAULT_JOBS from a parameter (its default jobs, ensured by name);
+ 15. ephemeral agents: agent and relay state lives on task storage (no EFS volume, no host
+     path), and the controller removes agents gone for MESHLAT_AGENT_EXPIRY, a parameter
+     defaulting to 120 s .. 1 day (replaced tasks do not pile up).
 Then a self-test: each invariant is checked again on a deliberately broken copy of the
 templates and must fail there (so the checks can fail).
 """
@@ -657,6 +660,25 @@ def check_relays(t):
     return bad
 
 
+def check_ephemeral_agents(t):
+    bad = []
+    for name in ("agent", "relay"):
+        found = _container(t, name)
+        if found is None:
+            bad.append(f"no {name} container")
+            continue
+        f, n, td, c = found
+        for v in td.get("Volumes") or []:
+            if set(v) - {"Name"}:
+                bad.append(f"{f}:{n} volume {v.get('Name')} is not task storage: {sorted(set(v) - {'Name'})}")
+    ctl = _container(t, "controller")
+    exp = _named(ctl[3].get("Environment"), "Value").get("MESHLAT_AGENT_EXPIRY", (None, None))[1] if ctl else None
+    default = param_default(t[ctl[0]], exp) if ctl else None
+    if not isinstance(exp, dict) or not isinstance(default, int) or not 120 <= default <= 86400:
+        bad.append(f"controller MESHLAT_AGENT_EXPIRY {exp!r} (default {default!r}) is not a parameter of 120 s to 1 day")
+    return bad
+
+
 CHECKS = [
     ("no 0.0.0.0/0 or ::/0 ingress on mesh ports", check_no_open_ingress),
     ("no public IPs by default (tasks, subnets, NLB internal)", check_no_public_ip),
@@ -677,6 +699,7 @@ CHECKS = [
     ("security groups: exactly the mesh's flows; NLB group and client IPs; --agent-cidr",
      check_security_groups),
     ("relay service, named by the controller's relay policy", check_relays),
+    ("ephemeral agents: task storage, expired by the controller", check_ephemeral_agents),
 ]
 
 
@@ -884,6 +907,17 @@ def _break_default_jobs(t):
     c["Environment"] = [e for e in c["Environment"] if "MESHLAT_DEFAULT_JOBS" not in str(e)]
 
 
+def _break_no_expiry(t):
+    c = _container(t, "controller")[3]
+    c["Environment"] = [e for e in c["Environment"] if "MESHLAT_AGENT_EXPIRY" not in str(e)]
+
+
+def _break_long_expiry(t):
+    for f, tpl in t.items():
+        if "AgentExpirySeconds" in (tpl.get("Parameters") or {}):
+            tpl["Parameters"]["AgentExpirySeconds"]["Default"] = 30 * 86400
+
+
 def _break_relay_policy(t):
     c = _container(t, "controller")[3]
     for e in c["Environment"]:
@@ -925,6 +959,8 @@ BREAKS = [
     (_break_relay_flag, check_relays),
     (_break_relay_policy, check_relays),
     (_break_default_jobs, check_relays),
+    (_break_no_expiry, check_ephemeral_agents),
+    (_break_long_expiry, check_ephemeral_agents),
 ]
 
 
