@@ -194,7 +194,7 @@ impl Inbound {
         let msg = pb::AgentMessage::decode(bytes)
             .map_err(|e| Status::invalid_argument(format!("AgentMessage does not decode: {e}")));
         // A few leftover bytes (the next message's start) must not keep a large chunk alive.
-        if self.buffered > 0 && self.buffered < COMPACT_BELOW && self.chunks.len() == 1 {
+        if self.buffered > 0 && self.buffered < COMPACT_BELOW {
             let rest = self.split(self.buffered);
             self.buffered = rest.len();
             self.chunks.push_back(Bytes::copy_from_slice(&rest));
