@@ -24,7 +24,6 @@ args=()
 while (( $# )); do
   case $1 in
     --no-build) build=0; shift ;;
-    --operator-step) args+=("$1"); shift ;;
     --mutate|--regions|--timeout) args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
     -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "test_aws_local: unknown argument '$1' (--help)" >&2; exit 2 ;;

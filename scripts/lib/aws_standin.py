@@ -72,6 +72,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MOTO_IP = "10.255.255.1"
 MOTO_URL = f"http://{MOTO_IP}:443"
 META_IP = "169.254.170.2"
+S3_PREFIX_LIST = "pl-5a0f5a0f"  # com.amazonaws.<region>.s3 here: the moto address
+NLB_MARK = "cs6"  # DSCP the VPC router puts on what an NLB forwarded (security group references to the NLB)
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 T0 = time.monotonic()
 
@@ -150,12 +152,17 @@ class StandIn:
         self.regions: dict[str, Region] = {}
         self.moto: subprocess.Popen | None = None
         self.meta: ThreadingHTTPServer | None = None
-        self.secret_values: dict[str, str] = {}
         self.stream_prefix: dict[str, str] = {}
         self.hosts_lb: dict[str, str] = {}
+        self.links: dict[str, dict[str, str]] = {}
+        self.routes: set[tuple[str, str]] = set()
+        self.services: dict[tuple[str, str], dict] = {}
+        self.pending: list[Task] = []
+        self.records_bucket: str | None = None
         self.n = 0
         self.failures: list[str] = []
         self.lock = threading.RLock()
+        self.now = dt.datetime.now(dt.timezone.utc)
 
     # ---------------------------------------------------------------------------------- plan
     def render(self) -> None:
@@ -166,32 +173,291 @@ class StandIn:
         if p.returncode != 0:
             raise RuntimeError(f"deploy.sh --dry-run failed (exit {p.returncode}): {p.stderr[-400:]}")
         self.plan = cfn.parse_plan(p.stdout)
-        log(f"rendered plan: {len(self.plan)} stacks ({self.work / 'plan.txt'})")
+        n = sum(isinstance(x, cfn.PlanStack) for x in self.plan)
+        log(f"rendered plan: {n} stack deployments, {len(self.plan) - n} other steps ({self.work / 'plan.txt'})")
+        from mutations import apply as mutate  # noqa: PLC0415
+        self.dep = cfn.Deployment(ROOT, self.deploy_secret, self.placeholder,
+                                  (lambda ps, tpl: mutate(self.args.mutate, ps, tpl)) if self.args.mutate else None)
 
     def deploy_secret(self, region: str, name: str) -> str:
-        """deploy.sh's ensure_secret: random values, created once; a join token starts empty."""
-        if name.endswith("join-token"):
-            value = None
-        elif name.endswith("operator-credential"):
-            value = "op-meshlat:" + pysecrets.token_hex(24)
-        else:
-            value = pysecrets.token_hex(32)
+        """deploy.sh's ensure_secret: created once; join secret and operator credential random,
+        every other secret created without a value (written later by the deployment). NAME.sha256:
+        the SHA-256 of the secret's value (deploy.sh passes it to make a changed value visible)."""
         sm = self.client("secretsmanager", region)
+        if name.endswith(".sha256"):
+            import hashlib  # noqa: PLC0415
+            v = sm.get_secret_value(SecretId=name[: -len(".sha256")])["SecretString"]
+            return hashlib.sha256(v.encode()).hexdigest()
         try:
             return sm.describe_secret(SecretId=name)["ARN"]
         except sm.exceptions.ResourceNotFoundException:
             pass
         kw: dict[str, Any] = {"Name": name}
-        if value is not None:
-            kw["SecretString"] = value
+        if name.endswith("join-secret"):
+            kw["SecretString"] = pysecrets.token_hex(32)
+        elif name.endswith("operator-credential"):
+            kw["SecretString"] = "op-meshlat:" + pysecrets.token_hex(24)
         return sm.create_secret(**kw)["ARN"]
 
-    def resolve(self) -> None:
-        from mutations import apply as mutate  # noqa: PLC0415
-        self.dep = cfn.Deployment(self.plan, ROOT, self.deploy_secret,
-                                  (lambda ps, tpl: mutate(self.args.mutate, ps, tpl)) if self.args.mutate else None)
+    def placeholder(self, region: str, what: str) -> str:
+        m = re.match(r"^prefix-list:com\.amazonaws\.([a-z0-9-]+)\.s3$", what)
+        if m:
+            return S3_PREFIX_LIST
+        raise RuntimeError(f"plan placeholder {{{{{region}/{what}}}}}: not modelled by the stand-in")
 
-    # ---------------------------------------------------------------------------------- moto
+    def deploy(self, stop: threading.Event) -> None:
+        """Replays the plan: every stack deployment in order (created or updated), and the steps
+        deploy.sh performs itself between them."""
+        for item in self.plan:
+            if isinstance(item, cfn.PlanStep):
+                self.plan_step(item, stop)
+                continue
+            with self.lock:  # the scheduler thread reads the stacks too
+                st = self.dep.evaluate(item)
+                self.apply(st)
+                self.dep.compute_outputs(st)
+                self.refresh()
+
+    def plan_step(self, item: cfn.PlanStep, stop: threading.Event) -> None:
+        m = re.search(r"wait .*until the controllers of (.+) have written (.+)$", item.text)
+        if m:
+            regions = m.group(1).split()
+            names = re.findall(r"\S*<r>\S*", m.group(2))
+            t0 = time.monotonic()
+            for r in regions:
+                for n in names:
+                    name = n.replace("<r>", r)
+                    while self.secret_string(r, name) is None:
+                        if time.monotonic() - t0 > self.args.first_start_timeout or stop.is_set():
+                            raise RuntimeError(f"plan step [{item.step}]: {name} has no value after "
+                                               f"{self.args.first_start_timeout:.0f} s (the controller did not write it)")
+                        time.sleep(1)
+            log(f"plan step [{item.step}]: the controllers wrote {names} ({time.monotonic() - t0:.0f} s)")
+            return
+        m = re.search(r"peer CA certificates of (\S+)'s peers \(their (\S+)\) into (\S+)", item.text)
+        if m:
+            r, src, dst = m.group(1), m.group(2), m.group(3)
+            bundle = ""
+            for o in self.args.regions:
+                if o != r:
+                    bundle += (self.secret_string(o, src.replace("<peer>", o)) or "").rstrip("\n") + "\n"
+            self.client("secretsmanager", r).put_secret_value(SecretId=dst, SecretString=bundle)
+            log(f"plan step [{item.step}]: {dst} = the CA certificates of {r}'s peers")
+            return
+        log(f"plan step [{item.step}]: {item.text[:100]} (nothing to do here)")
+
+    def secret_value(self, value_from: str) -> str | None:
+        """ECS's secret injection: a Secrets Manager ARN (optionally :json-key:stage:version) or an
+        SSM parameter ARN; None while the secret has no value (the task cannot start yet)."""
+        m = re.match(r"^(arn:aws:secretsmanager:([^:]+):\d+:secret:[^:]+)(?::([^:]*):([^:]*):([^:]*))?$", value_from)
+        if m:
+            s = self.secret_string(m.group(2), m.group(1))
+            if s is not None and m.group(3):
+                s = json.loads(s)[m.group(3)]
+            return s
+        m = re.match(r"^arn:aws:ssm:([^:]+):\d+:parameter/(.+)$", value_from)
+        if m:
+            try:
+                return self.client("ssm", m.group(1)).get_parameter(
+                    Name="/" + m.group(2), WithDecryption=True)["Parameter"]["Value"]
+            except Exception:  # noqa: BLE001
+                return None
+        raise RuntimeError(f"secret ValueFrom {value_from!r}: not a Secrets Manager or SSM ARN")
+
+    def secret_string(self, region: str, name: str) -> str | None:
+        try:
+            return self.client("secretsmanager", region).get_secret_value(SecretId=name).get("SecretString")
+        except Exception:  # noqa: BLE001 - no value (or no secret)
+            return None
+
+    # ---------------------------------------------------------------------------------- apply a stack
+    def apply(self, st: cfn.Stack) -> None:
+        res = st.resources()
+        for logical, r in res.items():
+            typ = r["Type"]
+            if typ == "AWS::EC2::VPC":
+                self.add_vpc(st, logical)
+        for logical, r in res.items():
+            typ = r["Type"]
+            if typ == "AWS::EC2::Subnet":
+                p = st.props(logical)
+                reg = self.region_of_vpc(p["VpcId"])
+                sub = (st.ref(logical), p["CidrBlock"], p["AvailabilityZone"])
+                if sub not in reg.subnets:
+                    reg.subnets.append(sub)
+            elif typ == "AWS::EC2::VPCPeeringConnection":
+                self.add_peering(st, logical)
+            elif typ == "AWS::S3::Bucket":
+                self.add_bucket(st, logical)
+            elif typ == "AWS::SecretsManager::Secret":
+                self.add_secret(st, logical)
+            elif typ == "AWS::KinesisFirehose::DeliveryStream":
+                self.add_stream(st, logical)
+            elif typ == "AWS::ElasticLoadBalancingV2::LoadBalancer":
+                reg = self.regions[st.region]
+                addr = str(ipaddress.ip_network(reg.subnets[0][1]).network_address + 4)
+                reg.nlbs[st.ref(logical)] = addr
+                self.hosts_lb[cfn.lb_dns(st, logical, None)] = addr
+        for logical, r in res.items():
+            if r["Type"] == "AWS::EC2::Route":
+                p = st.props(logical)
+                if "VpcPeeringConnectionId" in p and (st.region, p["DestinationCidrBlock"]) not in self.routes:
+                    reg = self.regions[st.region]
+                    via = self.links[p["VpcPeeringConnectionId"]][reg.name]
+                    ipn(reg.router, "route", "add", p["DestinationCidrBlock"], "via", via)
+                    self.routes.add((st.region, p["DestinationCidrBlock"]))
+                    log(f"route in {reg.name}: {p['DestinationCidrBlock']} via peering")
+        for k, v in st.outputs.items():
+            if k == "RecordsBucketName":
+                self.records_bucket = v
+        for logical, r in res.items():
+            if r["Type"] == "AWS::ECS::Service":
+                self.reconcile(st, logical)
+        if st.outputs.get("RecordsBucketName") is None and "RecordsBucket" in res:
+            pass
+
+    def region_of_vpc(self, vpc_id: str) -> Region:
+        return next(r for r in self.regions.values() if r.vpc_id == vpc_id)
+
+    def add_vpc(self, st: cfn.Stack, logical: str) -> None:
+        if st.region in self.regions:
+            return
+        i = len(self.regions)
+        p = st.props(logical)
+        r = Region(st.region, i, p["CidrBlock"], st.ref(logical), f"{self.run}r{i}")
+        self.regions[st.region] = r
+        self.ns_add(r.router)
+        nsexec(r.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # the AWS side (S3 through the gateway endpoint, interface endpoints, metadata): 10.253.<i>.0/30
+        ipn(r.router, "link", "add", "aws", "type", "veth", "peer", "name", f"r{i}", "netns", self.core)
+        ipn(r.router, "addr", "add", f"10.253.{i}.2/30", "dev", "aws")
+        ipn(self.core, "addr", "add", f"10.253.{i}.1/30", "dev", f"r{i}")
+        ipn(r.router, "link", "set", "aws", "up")
+        ipn(self.core, "link", "set", f"r{i}", "up")
+        ipn(r.router, "route", "add", f"{MOTO_IP}/32", "via", f"10.253.{i}.1")
+        ipn(r.router, "route", "add", f"{META_IP}/32", "via", f"10.253.{i}.1")
+        ipn(self.core, "route", "add", r.cidr, "via", f"10.253.{i}.2")
+        log(f"VPC {r.name} {r.cidr} -> namespace {r.router}")
+
+    def add_peering(self, st: cfn.Stack, logical: str) -> None:
+        p = st.props(logical)
+        pcx = st.ref(logical)
+        if pcx in self.links:
+            return
+        a, b = self.region_of_vpc(p["VpcId"]), self.region_of_vpc(p["PeerVpcId"])
+        k = len(self.links)
+        ipn(a.router, "link", "add", f"p{b.idx}", "type", "veth", "peer", "name", f"p{a.idx}", "netns", b.router)
+        ipn(a.router, "addr", "add", f"10.252.{k}.1/30", "dev", f"p{b.idx}")
+        ipn(b.router, "addr", "add", f"10.252.{k}.2/30", "dev", f"p{a.idx}")
+        ipn(a.router, "link", "set", f"p{b.idx}", "up")
+        ipn(b.router, "link", "set", f"p{a.idx}", "up")
+        self.links[pcx] = {a.name: f"10.252.{k}.2", b.name: f"10.252.{k}.1"}
+        log(f"peering {pcx}: {a.name} <-> {b.name}")
+
+    def add_bucket(self, st: cfn.Stack, logical: str) -> None:
+        name = st.ref(logical)
+        s3 = self.client("s3", st.region)
+        try:
+            s3.head_bucket(Bucket=name)
+            return
+        except Exception:  # noqa: BLE001 - not there yet
+            pass
+        kw: dict[str, Any] = {"Bucket": name}
+        if st.region != "us-east-1":
+            kw["CreateBucketConfiguration"] = {"LocationConstraint": st.region}
+        s3.create_bucket(**kw)
+
+    def add_secret(self, st: cfn.Stack, logical: str) -> None:
+        p = st.props(logical)
+        name = p.get("Name") or cfn.physical_name(st, logical, st.template["Resources"][logical])
+        value = p.get("SecretString")
+        if value is None and "GenerateSecretString" in p:
+            g = p["GenerateSecretString"]
+            alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+            value = "".join(pysecrets.choice(alphabet) for _ in range(int(g.get("PasswordLength", 32))))
+        regions = [st.region] + [x["Region"] for x in p.get("ReplicaRegions", [])]
+        for r in regions:  # the primary and its replicas: same name and value in every region
+            sm = self.client("secretsmanager", r)
+            try:
+                arn = sm.describe_secret(SecretId=name)["ARN"]
+            except sm.exceptions.ResourceNotFoundException:
+                kw: dict[str, Any] = {"Name": name}
+                if value is not None:
+                    kw["SecretString"] = value
+                arn = sm.create_secret(**kw)["ARN"]
+            if r == st.region:
+                self.dep.overrides[(st.region, st.name, logical)] = arn
+        log(f"secret {name} in {regions}")
+
+    def add_stream(self, st: cfn.Stack, logical: str) -> None:
+        p = st.props(logical)
+        d = p["ExtendedS3DestinationConfiguration"]
+        prefix = firehose_expand(d.get("Prefix", ""), self.now)
+        self.stream_prefix[st.region] = prefix
+        fh = self.client("firehose", st.region)
+        if p["DeliveryStreamName"] in fh.list_delivery_streams()["DeliveryStreamNames"]:
+            return
+        fh.create_delivery_stream(
+            DeliveryStreamName=p["DeliveryStreamName"], DeliveryStreamType="DirectPut",
+            ExtendedS3DestinationConfiguration={
+                "RoleARN": d["RoleARN"], "BucketARN": d["BucketARN"], "Prefix": prefix,
+                "ErrorOutputPrefix": firehose_expand(d.get("ErrorOutputPrefix", ""), self.now),
+            })
+        log(f"firehose {st.region}/{p['DeliveryStreamName']} -> {d['BucketARN']} prefix {prefix}")
+
+    # ---------------------------------------------------------------------------------- ECS services
+    def reconcile(self, st: cfn.Stack, logical: str) -> None:
+        """ECS: a new task definition replaces the service's tasks (old ones stopped first, as
+        MinimumHealthyPercent 0 asks for the controller; the stand-in does so for every service);
+        a new DesiredCount adds or stops tasks."""
+        p = st.props(logical)
+        td_arn = p["TaskDefinition"]
+        td = next((tst.props(tl) for tst, tl, _ in self.dep.all_resources("AWS::ECS::TaskDefinition")
+                   if tst.ref(tl) == td_arn and tst.region == st.region), None)
+        if td is None:
+            raise RuntimeError(f"service {logical}: task definition {td_arn} not found")
+        key = (st.region, p.get("ServiceName", logical))
+        count = int(p.get("DesiredCount", 1))
+        old = self.services.get(key)
+        with self.lock:
+            if old and json.dumps(old["td"], sort_keys=True) == json.dumps(td, sort_keys=True) and old["svc"] == p:
+                mine = [t for t in self.tasks + self.pending if t.running or t in self.pending]
+                mine = [t for t in mine if (t.region.name, t.service) == key]
+                for _ in range(count - len(mine)):
+                    self.pending.append(self.new_task(st, p, td))
+                for t in mine[count:]:
+                    self.stop_task(t)
+                return
+            if old:
+                for t in [t for t in self.tasks if t.running and (t.region.name, t.service) == key]:
+                    self.stop_task(t)
+                self.pending = [t for t in self.pending if (t.region.name, t.service) != key]
+            self.services[key] = {"stack": st, "svc": p, "td": td}
+            for _ in range(count):
+                self.pending.append(self.new_task(st, p, td))
+        log(f"service {key[0]}/{key[1]}: {count} task(s) of {td['Family']}" + (" (updated)" if old else ""))
+
+    def scheduler(self, stop: threading.Event) -> None:
+        """The ECS service scheduler: starts pending tasks, retrying those whose secrets have no
+        value yet (ECS fails such a launch and tries again)."""
+        while not stop.is_set():
+            with self.lock:
+                batch = list(self.pending)
+            for t in batch:
+                if stop.is_set():
+                    return
+                try:
+                    ok = self.start_task(t)
+                except Exception as e:  # noqa: BLE001
+                    self.failures.append(f"task {t.region.name}/{t.service} failed to start: {e}")
+                    log(self.failures[-1])
+                    ok = True
+                if ok:
+                    with self.lock:
+                        if t in self.pending:
+                            self.pending.remove(t)
+            stop.wait(1)
+
     def client(self, svc: str, region: str):
         import boto3  # noqa: PLC0415
         return boto3.client(svc, region_name=region, endpoint_url=MOTO_URL,
@@ -224,139 +490,60 @@ class StandIn:
         ipn(self.core, "addr", "add", f"{META_IP}/32", "dev", "lo")
         nsexec(self.core, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 
-    def build_network(self) -> None:
-        for i, (st, logical, res) in enumerate(self.dep.all_resources("AWS::EC2::VPC")):
-            p = st.props(logical)
-            vpc_id = st.ref(logical)
-            r = Region(st.region, i, p["CidrBlock"], vpc_id, f"{self.run}r{i}")
-            for sst, sl, _ in self.dep.all_resources("AWS::EC2::Subnet"):
-                sp = sst.props(sl)
-                if sst.region == st.region and sp["VpcId"] == vpc_id:
-                    r.subnets.append((sst.ref(sl), sp["CidrBlock"], sp["AvailabilityZone"]))
-            self.regions[st.region] = r
-            self.ns_add(r.router)
-            nsexec(r.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            # the AWS side (VPC endpoints, metadata): 10.253.<i>.0/30
-            ipn(r.router, "link", "add", "aws", "type", "veth", "peer", "name", f"r{i}", "netns", self.core)
-            ipn(r.router, "addr", "add", f"10.253.{i}.2/30", "dev", "aws")
-            ipn(self.core, "addr", "add", f"10.253.{i}.1/30", "dev", f"r{i}")
-            ipn(r.router, "link", "set", "aws", "up")
-            ipn(self.core, "link", "set", f"r{i}", "up")
-            ipn(r.router, "route", "add", f"{MOTO_IP}/32", "via", f"10.253.{i}.1")
-            ipn(r.router, "route", "add", f"{META_IP}/32", "via", f"10.253.{i}.1")
-            ipn(self.core, "route", "add", r.cidr, "via", f"10.253.{i}.2")
-            log(f"VPC {r.name} {r.cidr} subnets {[s[1] for s in r.subnets]} -> namespace {r.router}")
-        # peering connections: a veth pair each; routes from AWS::EC2::Route resources
-        by_vpc = {r.vpc_id: r for r in self.regions.values()}
-        links: dict[str, dict[str, str]] = {}  # pcx id -> region -> local device
-        for k, (st, logical, _) in enumerate(self.dep.all_resources("AWS::EC2::VPCPeeringConnection")):
-            p = st.props(logical)
-            a, b = by_vpc[p["VpcId"]], by_vpc[p["PeerVpcId"]]
-            pcx = st.ref(logical)
-            ipn(a.router, "link", "add", f"p{b.idx}", "type", "veth", "peer", "name", f"p{a.idx}", "netns", b.router)
-            ipn(a.router, "addr", "add", f"10.252.{k}.1/30", "dev", f"p{b.idx}")
-            ipn(b.router, "addr", "add", f"10.252.{k}.2/30", "dev", f"p{a.idx}")
-            ipn(a.router, "link", "set", f"p{b.idx}", "up")
-            ipn(b.router, "link", "set", f"p{a.idx}", "up")
-            links[pcx] = {a.name: f"10.252.{k}.2", b.name: f"10.252.{k}.1"}
-            log(f"peering {pcx}: {a.name} <-> {b.name}")
-        for st, logical, _ in self.dep.all_resources("AWS::EC2::Route"):
-            p = st.props(logical)
-            if "VpcPeeringConnectionId" not in p:
-                continue
-            r = self.regions[st.region]
-            via = links[p["VpcPeeringConnectionId"]][r.name]
-            ipn(r.router, "route", "add", p["DestinationCidrBlock"], "via", via)
-            log(f"route in {r.name}: {p['DestinationCidrBlock']} via peering")
-        # NLB addresses
-        for st, logical, _ in self.dep.all_resources("AWS::ElasticLoadBalancingV2::LoadBalancer"):
-            r = self.regions[st.region]
-            net = ipaddress.ip_network(r.subnets[0][1])
-            addr = str(net.network_address + 4)
-            r.nlbs[st.ref(logical)] = addr
-            self.hosts_lb[cfn.lb_dns(st, logical, None)] = addr
-
-    # ---------------------------------------------------------------------------------- AWS services
-    def create_aws(self) -> None:
-        now = dt.datetime.now(dt.timezone.utc)
-        for st, logical, _ in self.dep.all_resources("AWS::S3::Bucket"):
-            name = st.ref(logical)
-            s3 = self.client("s3", st.region)
-            kw: dict[str, Any] = {"Bucket": name}
-            if st.region != "us-east-1":
-                kw["CreateBucketConfiguration"] = {"LocationConstraint": st.region}
-            s3.create_bucket(**kw)
-        for st, logical, _ in self.dep.all_resources("AWS::SecretsManager::Secret"):
-            p = st.props(logical)
-            sm = self.client("secretsmanager", st.region)
-            kw = {"Name": p.get("Name") or cfn.physical_name(st, logical, st.template["Resources"][logical])}
-            if "SecretString" in p:
-                kw["SecretString"] = p["SecretString"]
-            elif "GenerateSecretString" in p:
-                kw["SecretString"] = pysecrets.token_hex(32)
-            sm.create_secret(**kw)
-        for st, logical, _ in self.dep.all_resources("AWS::KinesisFirehose::DeliveryStream"):
-            p = st.props(logical)
-            d = p["ExtendedS3DestinationConfiguration"]
-            prefix = firehose_expand(d.get("Prefix", ""), now)
-            self.stream_prefix[st.region] = prefix
-            fh = self.client("firehose", st.region)
-            fh.create_delivery_stream(
-                DeliveryStreamName=p["DeliveryStreamName"], DeliveryStreamType="DirectPut",
-                ExtendedS3DestinationConfiguration={
-                    "RoleARN": d["RoleARN"], "BucketARN": d["BucketARN"], "Prefix": prefix,
-                    "ErrorOutputPrefix": firehose_expand(d.get("ErrorOutputPrefix", ""), now),
-                })
-            log(f"firehose {st.region}/{p['DeliveryStreamName']} -> {d['BucketARN']} prefix {prefix}")
-        self.records_bucket = None
-        for st in self.dep.stacks:
-            for k, v in st.outputs.items():
-                if k == "RecordsBucketName":
-                    self.records_bucket = v
-
-    def secret_value(self, value_from: str) -> str | None:
-        """ECS's secret injection: a Secrets Manager ARN (optionally :json-key:stage:version) or
-        an SSM parameter."""
-        m = re.match(r"^(arn:aws:secretsmanager:([^:]+):\d+:secret:[^:]+)(?::([^:]*):([^:]*):([^:]*))?$", value_from)
-        if m:
-            sm = self.client("secretsmanager", m.group(2))
-            try:
-                v = sm.get_secret_value(SecretId=m.group(1))
-            except Exception:  # noqa: BLE001 - no value yet (or no secret): the task cannot start
-                return None
-            s = v.get("SecretString")
-            if s is None:
-                return None
-            if m.group(3):
-                s = json.loads(s)[m.group(3)]
-            return s
-        m = re.match(r"^arn:aws:ssm:([^:]+):\d+:parameter/(.+)$", value_from)
-        if m:
-            ssm = self.client("ssm", m.group(1))
-            try:
-                return ssm.get_parameter(Name="/" + m.group(2), WithDecryption=True)["Parameter"]["Value"]
-            except Exception:  # noqa: BLE001
-                return None
-        raise RuntimeError(f"secret ValueFrom {value_from!r}: not a Secrets Manager or SSM ARN")
 
     # ---------------------------------------------------------------------------------- security groups
+    def refresh(self) -> None:
+        """Security groups, NLBs and endpoints as nftables, from the current stacks."""
+        with self.lock:
+            self.sg_model()
+            for t in self.tasks:
+                if t.running:
+                    nsexec(t.ns, "nft", "-f", "-", inp=self.nft_task(t))
+            for r in self.regions.values():
+                nsexec(r.router, "nft", "-f", "-", inp=self.nft_router(r))
+
     def sg_model(self) -> None:
-        self.sg_rules: dict[str, dict[str, list[dict]]] = {}
+        self.sg_rules: dict[str, dict[str, Any]] = {}
         for st, logical, _ in self.dep.all_resources("AWS::EC2::SecurityGroup"):
             p = st.props(logical)
             self.sg_rules[st.ref(logical)] = {"in": list(p.get("SecurityGroupIngress", [])),
-                                              "out": list(p.get("SecurityGroupEgress", [])),
-                                              "vpc": p.get("VpcId"), "region": st.region}
+                                              "out": list(p.get("SecurityGroupEgress", [])), "region": st.region}
         for typ, way in (("AWS::EC2::SecurityGroupIngress", "in"), ("AWS::EC2::SecurityGroupEgress", "out")):
             for st, logical, _ in self.dep.all_resources(typ):
                 p = st.props(logical)
-                self.sg_rules[p["GroupId"]][way].append(p)
-        self.prefix_lists: dict[str, list[str]] = {}
+                if p["GroupId"] in self.sg_rules:
+                    self.sg_rules[p["GroupId"]][way].append(p)
+        self.prefix_lists: dict[str, list[str]] = {S3_PREFIX_LIST: [f"{MOTO_IP}/32"]}
         for st, logical, _ in self.dep.all_resources("AWS::EC2::PrefixList"):
             p = st.props(logical)
             self.prefix_lists[st.ref(logical)] = [e["Cidr"] for e in p.get("Entries", [])]
+        # NLBs and interface endpoints: their addresses and security groups
+        self.lb_sgs: dict[str, list[str]] = {}  # address -> SGs
+        for st, logical, _ in self.dep.all_resources("AWS::ElasticLoadBalancingV2::LoadBalancer"):
+            addr = self.regions[st.region].nlbs.get(st.ref(logical))
+            if addr:
+                self.lb_sgs[addr] = list(st.props(logical).get("SecurityGroups", []))
+        self.ep_sgs: dict[str, list[str]] = {}
+        for st, logical, _ in self.dep.all_resources("AWS::EC2::VPCEndpoint"):
+            p = st.props(logical)
+            if p.get("VpcEndpointType") == "Interface":
+                ep = self.endpoint_addr(self.regions[st.region])
+                self.ep_sgs.setdefault(ep, [])
+                for g in p.get("SecurityGroupIds", []):
+                    if g not in self.ep_sgs[ep]:
+                        self.ep_sgs[ep].append(g)
+        self.members: dict[str, list[str]] = {}
+        for g in self.sg_rules:
+            m = [t.ip for t in self.tasks if t.running and g in t.sgs]
+            m += [a for a, gs in list(self.lb_sgs.items()) + list(self.ep_sgs.items()) if g in gs]
+            self.members[g] = sorted(m)
+        self.lb_groups = {g for gs in self.lb_sgs.values() for g in gs}
 
-    def nft_rule(self, rule: dict, way: str) -> str | None:
+    def endpoint_addr(self, r: Region) -> str:
+        return str(ipaddress.ip_network(r.subnets[0][1]).network_address + 5)
+
+    def nft_match(self, rule: dict, way: str) -> list[str]:
+        """The nft match(es) of one security group rule (several: alternatives); [] if it matches nothing."""
         proto = str(rule.get("IpProtocol", "-1")).lower()
         proto = {"6": "tcp", "17": "udp", "1": "icmp"}.get(proto, proto)
         parts = []
@@ -367,91 +554,101 @@ class StandIn:
                 parts.append(f"th dport {lo}-{hi}" if lo != hi else f"th dport {lo}")
         addr = "saddr" if way == "in" else "daddr"
         if "CidrIp" in rule:
-            parts.append(f"ip {addr} {rule['CidrIp']}")
-        elif "SourcePrefixListId" in rule or "DestinationPrefixListId" in rule:
-            pl = rule.get("SourcePrefixListId") or rule.get("DestinationPrefixListId")
+            return [" ".join(parts + [f"ip {addr} {rule['CidrIp']}"])]
+        if "CidrIpv6" in rule:
+            return []
+        pl = rule.get("SourcePrefixListId") or rule.get("DestinationPrefixListId")
+        if pl:
             cidrs = self.prefix_lists.get(pl)
             if cidrs is None:
                 raise RuntimeError(f"security group rule {rule}: prefix list {pl} is not modelled")
-            if not cidrs:
-                return None
-            parts.append(f"ip {addr} {{ {', '.join(cidrs)} }}")
-        elif "SourceSecurityGroupId" in rule or "DestinationSecurityGroupId" in rule:
-            g = rule.get("SourceSecurityGroupId") or rule.get("DestinationSecurityGroupId")
-            parts.append(f"ip {addr} @{setname(g)}")
-        elif "CidrIpv6" in rule:
-            return None
-        else:
-            raise RuntimeError(f"security group rule {rule}: no source/destination")
-        return " ".join(parts) + f" accept comment \"{rule.get('Description', '')[:60]}\""
+            return [" ".join(parts + [f"ip {addr} {{ {', '.join(cidrs)} }}"])] if cidrs else []
+        g = rule.get("SourceSecurityGroupId") or rule.get("DestinationSecurityGroupId")
+        if g:
+            out = [" ".join(parts + [f"ip {addr} @{setname(g)}"])]
+            if way == "in" and g in self.lb_groups:
+                # traffic an NLB in group g forwarded with the client's address (marked by the router)
+                out.append(" ".join(parts + [f"ip dscp {NLB_MARK}"]))
+            return out
+        raise RuntimeError(f"security group rule {rule}: no source or destination")
 
-    def nft_for(self, task: Task) -> str:
-        sets = {}
-        for g, r in self.sg_rules.items():
-            for way in ("in", "out"):
-                for rule in r[way]:
-                    ref = rule.get("SourceSecurityGroupId") or rule.get("DestinationSecurityGroupId")
-                    if ref:
-                        sets[ref] = sorted(t.ip for t in self.tasks if t.running and ref in t.sgs)
-        lines = ["flush ruleset", "table inet sg {"]
-        for g, ips in sets.items():
-            lines.append(f"  set {setname(g)} {{ type ipv4_addr;" + (f" elements = {{ {', '.join(ips)} }};" if ips else "") + " }")
-        lines += ["  chain input { type filter hook input priority 0; policy drop;",
-                  "    ct state established,related accept", "    iif lo accept"]
-        for g in task.sgs:
-            for rule in self.sg_rules[g]["in"]:
-                r = self.nft_rule(rule, "in")
-                if r:
-                    lines.append("    " + r)
-        lines += ["  }", "  chain output { type filter hook output priority 0; policy drop;",
-                  "    ct state established,related accept", "    oif lo accept",
-                  f"    ip daddr {META_IP} tcp dport 80 accept comment \"ECS task metadata (not subject to security groups)\""]
-        for g in task.sgs:
-            for rule in self.sg_rules[g]["out"]:
-                r = self.nft_rule(rule, "out")
-                if r:
-                    lines.append("    " + r)
-        lines += ["  }", "}"]
+    def nft_rules(self, sgs: list[str], way: str, verdict: str) -> list[str]:
+        out = []
+        for g in sgs:
+            if g not in self.sg_rules:
+                raise RuntimeError(f"security group {g} is not in any stack")
+            for rule in self.sg_rules[g][way]:
+                desc = str(rule.get("Description", ""))[:60].replace('"', "'")
+                for m in self.nft_match(rule, way):
+                    out.append(f"    {m} {verdict} comment \"{desc}\"")
+        return out
+
+    def nft_sets(self) -> list[str]:
+        return [f"  set {setname(g)} {{ type ipv4_addr;" + (f" elements = {{ {', '.join(m)} }};" if m else "") + " }"
+                for g, m in self.members.items()]
+
+    def nft_task(self, t: Task) -> str:
+        lines = ["flush ruleset", "table inet sg {", *self.nft_sets(),
+                 "  chain input { type filter hook input priority 0; policy drop;",
+                 "    ct state established,related accept", "    iif lo accept",
+                 *self.nft_rules(t.sgs, "in", "accept"),
+                 "  }", "  chain output { type filter hook output priority 0; policy drop;",
+                 "    ct state established,related accept", "    oif lo accept",
+                 f"    ip daddr {META_IP} tcp dport 80 accept comment \"ECS task metadata (no security group applies)\"",
+                 *self.nft_rules(t.sgs, "out", "accept"), "  }", "}"]
         return "\n".join(lines) + "\n"
 
-    def refresh_nft(self) -> None:
-        with self.lock:
-            for t in self.tasks:
-                if t.running:
-                    nsexec(t.ns, "nft", "-f", "-", inp=self.nft_for(t))
-
-    # ---------------------------------------------------------------------------------- NLB
-    def refresh_nlb(self) -> None:
-        with self.lock:
-            for r in self.regions.values():
-                lines = ["flush ruleset", "table ip nlb {",
-                         "  chain pre { type nat hook prerouting priority -100;"]
-                post = []
-                for st, logical, _ in self.dep.all_resources("AWS::ElasticLoadBalancingV2::Listener"):
-                    if st.region != r.name:
-                        continue
-                    p = st.props(logical)
-                    addr = r.nlbs[p["LoadBalancerArn"]]
-                    proto = p["Protocol"].lower()
-                    proto = {"tcp_udp": "tcp", "tls": "tcp"}.get(proto, proto)
-                    for act in p["DefaultActions"]:
-                        tg = act["TargetGroupArn"]
-                        tgp = self.target_group(tg)
-                        targets = [(t, port) for t in self.tasks if t.running for (a, port) in t.target_groups if a == tg]
-                        if not targets:
-                            continue
-                        t, port = targets[-1]
-                        lines.append(f"    ip daddr {addr} {proto} dport {p['Port']} dnat to {t.ip}:{port}")
-                        if not tgp["preserve"]:
-                            post.append(f"    ip daddr {t.ip} {proto} dport {port} ct status dnat snat to {addr}")
-                lines += ["  }", "  chain post { type nat hook postrouting priority 100;"] + post + ["  }", "}"]
-                nsexec(r.router, "nft", "-f", "-", inp="\n".join(lines) + "\n")
+    def nft_router(self, r: Region) -> str:
+        pre, post, fwd, chains = [], [], [], []
+        ep = self.endpoint_addr(r)
+        pre.append(f"    ip daddr {ep} tcp dport 443 dnat ip to {MOTO_IP}:443 comment \"interface endpoints\"")
+        for st, logical, _ in self.dep.all_resources("AWS::ElasticLoadBalancingV2::Listener"):
+            if st.region != r.name:
+                continue
+            p = st.props(logical)
+            addr = r.nlbs.get(p["LoadBalancerArn"])
+            if addr is None:
+                continue
+            proto = {"tcp_udp": "tcp", "tls": "tcp"}.get(p["Protocol"].lower(), p["Protocol"].lower())
+            for act in p["DefaultActions"]:
+                tg = self.target_group(act["TargetGroupArn"])
+                targets = [(t, port) for t in self.tasks if t.running
+                           for (a, port) in t.target_groups if a == act["TargetGroupArn"]]
+                if not targets:
+                    continue
+                t, port = targets[-1]
+                pre.append(f"    ip daddr {addr} {proto} dport {p['Port']} dnat ip to {t.ip}:{port}")
+                if not tg["preserve"]:
+                    post.append(f"    ct original ip daddr {addr} ip daddr {t.ip} {proto} dport {port} snat ip to {addr}")
+        fwd.append(f"    ip dscp {NLB_MARK} ip dscp set cs0 comment \"nobody else sets the NLB mark\"")
+        for addr, sgs in self.lb_sgs.items():
+            if addr not in r.nlbs.values():
+                continue
+            fwd.append(f"    ct status dnat ct original ip daddr {addr} ip dscp set {NLB_MARK}")
+        fwd.append("    ct state established,related accept")
+        for kind, table in (("lb", self.lb_sgs), ("ep", self.ep_sgs)):
+            for addr, sgs in table.items():
+                if (kind == "lb" and addr not in r.nlbs.values()) or (kind == "ep" and addr != ep) or not sgs:
+                    continue
+                c = f"{kind}_{addr.replace('.', '_')}"
+                fwd.append(f"    ct original ip daddr {addr} jump {c}_in")
+                chains += [f"  chain {c}_in {{", *[x.replace(" accept comment", f" goto {c}_out comment")
+                                                   for x in self.nft_rules(sgs, "in", "accept")], "    drop", "  }"]
+                out_rules = self.nft_rules(sgs, "out", "accept") if kind == "lb" else ["    accept"]
+                chains += [f"  chain {c}_out {{", *out_rules, "    drop", "  }"]
+        lines = ["flush ruleset", "table inet vpc {", *self.nft_sets(),
+                 "  chain nat_pre { type nat hook prerouting priority -100;", *pre, "  }",
+                 "  chain nat_post { type nat hook postrouting priority 100;", *post, "  }",
+                 "  chain filter_fwd { type filter hook forward priority 0; policy accept;", *fwd, "  }",
+                 *chains, "}"]
+        return "\n".join(lines) + "\n"
 
     def target_group(self, arn: str) -> dict:
         for st, logical, _ in self.dep.all_resources("AWS::ElasticLoadBalancingV2::TargetGroup"):
             if st.ref(logical) == arn:
                 p = st.props(logical)
                 attrs = {a["Key"]: str(a["Value"]).lower() for a in p.get("TargetGroupAttributes", [])}
+                # AWS default: off for IP targets over TCP/TLS, on otherwise
                 default = "false" if p.get("TargetType") == "ip" and p.get("Protocol") in ("TCP", "TLS") else "true"
                 return {"preserve": attrs.get("preserve_client_ip.enabled", default) == "true", "props": p}
         raise KeyError(arn)
@@ -466,7 +663,7 @@ class StandIn:
         for st, logical, _ in self.dep.all_resources("AWS::Route53::RecordSet"):
             p = st.props(logical)
             if "HostedZoneId" in p and task.region.vpc_id not in zones.get(p["HostedZoneId"], []):
-                continue
+                continue  # a private zone answers only in the VPCs it is associated with
             name = p["Name"].rstrip(".")
             if "AliasTarget" in p:
                 a = self.hosts_lb.get(p["AliasTarget"]["DNSName"].rstrip(".").lower())
@@ -477,26 +674,6 @@ class StandIn:
                     out.append(f"{name}:{v}")
         return out
 
-    # ---------------------------------------------------------------------------------- ECS
-    def services(self) -> list[tuple[cfn.Stack, str, dict]]:
-        return self.dep.all_resources("AWS::ECS::Service")
-
-    def plan_tasks(self) -> None:
-        self.wanted: list[tuple[cfn.Stack, dict, dict]] = []
-        for st, logical, _ in self.services():
-            p = st.props(logical)
-            td_arn = p["TaskDefinition"]
-            td = None
-            for tst, tl, _ in self.dep.all_resources("AWS::ECS::TaskDefinition"):
-                if tst.ref(tl) == td_arn:
-                    td = tst.props(tl)
-            if td is None:
-                raise RuntimeError(f"service {logical}: task definition {td_arn} not found")
-            count = int(p.get("DesiredCount", 1))
-            log(f"service {st.region}/{p.get('ServiceName', logical)}: {count} task(s) of {td['Family']}")
-            for _ in range(count):
-                self.wanted.append((st, p, td))
-
     def new_task(self, st: cfn.Stack, svc: dict, td: dict) -> Task:
         r = self.regions[st.region]
         net = svc["NetworkConfiguration"]["AwsvpcConfiguration"]
@@ -504,10 +681,7 @@ class StandIn:
         subnet_id = net["Subnets"][self.n % len(net["Subnets"])]
         subnet = next(s for s in r.subnets if s[0] == subnet_id)
         t = Task(r, svc.get("ServiceName", "svc"), td["Family"], td, list(net.get("SecurityGroups", [])), subnet, self.n)
-        tgs = []
-        for lb in svc.get("LoadBalancers", []):
-            tgs.append((lb["TargetGroupArn"], int(lb["ContainerPort"])))
-        t.target_groups = tgs
+        t.target_groups = [(lb["TargetGroupArn"], int(lb["ContainerPort"])) for lb in svc.get("LoadBalancers", [])]
         return t
 
     def start_task(self, t: Task) -> bool:
@@ -544,7 +718,8 @@ class StandIn:
         with self.lock:
             t.running = True
             self.tasks.append(t)
-        self.refresh_nft()
+        self.refresh()
+        ep_url = f"http://{self.endpoint_addr(r)}:443"
         vols = {v["Name"]: v for v in t.task_def.get("Volumes", [])}
         for c, env in zip(t.task_def["ContainerDefinitions"], envs):
             name = f"{self.run}-{r.name}-{t.service}-{t.n}-{c['Name']}"
@@ -553,8 +728,10 @@ class StandIn:
                 "ECS_CONTAINER_METADATA_URI_V4": f"http://{META_IP}/v4/{t.task_id}",
                 "ECS_CONTAINER_METADATA_URI": f"http://{META_IP}/v3/{t.task_id}",
                 "AWS_ACCESS_KEY_ID": "standin", "AWS_SECRET_ACCESS_KEY": "standin",
-                "AWS_ENDPOINT_URL": MOTO_URL, "MESHLAT_FIREHOSE_ENDPOINT": MOTO_URL,
-                "MESHLAT_STATE_ENDPOINT": MOTO_URL, "MESHLAT_SECRETS_ENDPOINT": MOTO_URL,
+                # interface endpoints (private DNS) in the VPC; S3 through the gateway endpoint
+                "AWS_ENDPOINT_URL": ep_url, "MESHLAT_FIREHOSE_ENDPOINT": ep_url,
+                "MESHLAT_SECRETS_ENDPOINT": ep_url, "AWS_ENDPOINT_URL_S3": MOTO_URL,
+                "MESHLAT_STATE_ENDPOINT": MOTO_URL,
             })
             cmd = [*PODMAN, "run", "-d", "--name", name, "--network", f"ns:/run/netns/{t.ns}",
                    "--no-healthcheck", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1000:1000",
@@ -588,7 +765,7 @@ class StandIn:
             self.containers.append(name)
             t.containers.append(name)
         t.started = time.time()
-        self.refresh_nlb()
+        self.refresh()
         log(f"task {r.name}/{t.service}#{t.n} {t.ip} ({t.subnet[2]}) started: {', '.join(t.containers)}")
         return True
 
@@ -602,60 +779,19 @@ class StandIn:
 
     def stop_task(self, t: Task, kill: bool = True) -> None:
         for c in t.containers:
-            sh(*PODMAN, "logs", c, check=False)  # keep nothing: logs are saved in save_logs
             self.save_log(c)
             sh(*PODMAN, "rm", "-f", "-t", "0", c, check=False)
         with self.lock:
             t.running = False
         sh("ip", "netns", "del", t.ns, check=False)
         self.namespaces.remove(t.ns)
-        self.refresh_nft()
-        self.refresh_nlb()
+        self.refresh()
 
     def save_log(self, c: str) -> None:
         p = sh(*PODMAN, "logs", c, check=False)
         (self.work / "logs").mkdir(exist_ok=True)
         with open(self.work / "logs" / f"{c}.log", "a") as f:
             f.write(p.stdout + p.stderr)
-
-    def scheduler(self, stop: threading.Event) -> None:
-        """ECS service scheduler: starts the wanted tasks, retrying those whose secrets have no value."""
-        pending = [self.new_task(*w) for w in self.wanted]
-        while pending and not stop.is_set():
-            left = []
-            for t in pending:
-                try:
-                    if not self.start_task(t):
-                        left.append(t)
-                except Exception as e:  # noqa: BLE001
-                    self.failures.append(f"task {t.region.name}/{t.service} failed to start: {e}")
-                    log(self.failures[-1])
-            pending = left
-            if pending and self.args.operator_step:
-                self.operator_step()
-            if pending:
-                stop.wait(2)
-        self.pending = pending
-
-    def operator_step(self) -> None:
-        """Today's manual runbook step (deploy.sh prints it): put mlt1.<controller ca-sha256>.<join
-        secret> into the region's join-token secret once the controller has printed its CA hash."""
-        for r in self.regions.values():
-            sm = self.client("secretsmanager", r.name)
-            name = f"meshlat/{r.name}/join-token"
-            try:
-                sm.get_secret_value(SecretId=name)
-                continue
-            except Exception:  # noqa: BLE001 - no value yet
-                pass
-            ctl = [t for t in self.tasks if t.running and t.region is r and "controller" in t.service]
-            for t in ctl:
-                out = "".join(sh(*PODMAN, "logs", c, check=False).stdout for c in t.containers)
-                m = re.search(r"ca-sha256 ([0-9a-f]{64})", out)
-                if m:
-                    js = sm.get_secret_value(SecretId=f"meshlat/{r.name}/join-secret")["SecretString"]
-                    sm.put_secret_value(SecretId=name, SecretString=f"mlt1.{m.group(1)}.{js}")
-                    log(f"operator step: join token of {r.name} put into {name}")
 
     # ---------------------------------------------------------------------------------- metadata
     def start_metadata(self) -> None:
@@ -853,8 +989,8 @@ def main() -> int:
     ap.add_argument("--mutate", default=None)
     ap.add_argument("--timeout", type=float, default=150.0, help="seconds for the mesh to converge")
     ap.add_argument("--protocols", default="udp,tcp,quic,https")
-    ap.add_argument("--operator-step", action="store_true",
-                    help="do the manual join-token step of today's runbook (not a federated deployment's)")
+    ap.add_argument("--first-start-timeout", type=float, default=90.0,
+                    help="seconds for the controllers' first start to write their secrets")
     args = ap.parse_args()
     args.regions = args.regions.split(",")
     s = StandIn(args)
@@ -882,17 +1018,14 @@ def main() -> int:
 def run(s: StandIn, stop: threading.Event) -> int:
     regions = s.args.regions
     protocols = s.args.protocols.split(",")
-    s.render()
     s.build_core()
     s.start_moto()
     s.start_metadata()
-    s.resolve()
-    s.build_network()
-    s.create_aws()
-    s.sg_model()
-    s.plan_tasks()
+    s.render()
     sched = threading.Thread(target=s.scheduler, args=(stop,), daemon=True)
     sched.start()
+    s.deploy(stop)
+    log("plan replayed: every stack deployed")
     c = Checks(s)
     recs = Records(s)
     c.s_records = recs
@@ -910,7 +1043,7 @@ def run(s: StandIn, stop: threading.Event) -> int:
                          f"({time.time() - t_start:.0f} s, {len(recs.rows)} records)"):
         print(f"      missing: {detail if isinstance(detail, str) else detail[:12]}"
               f"{'' if isinstance(detail, str) else f' ({len(detail)} in all)'}")
-        if getattr(s, "pending", None):
+        if s.pending:
             print(f"      tasks never started (secret without value): {[f'{t.region.name}/{t.service}' for t in s.pending]}")
         return finish(s, c)
 
@@ -961,8 +1094,8 @@ def run(s: StandIn, stop: threading.Event) -> int:
 
     # 6. restart on an empty disk: same CA, no new agent id
     t_restart = time.time()
-    svc = next(w for w in s.wanted if w[0].region == victim and "controller" in w[1].get("ServiceName", ""))
-    new = s.new_task(*svc)
+    svc = s.services[(victim, ctl.service)]
+    new = s.new_task(svc["stack"], svc["svc"], svc["td"])
     if not s.start_task(new):
         c.check(False, f"the replacement controller of {victim} could not start (secret without value)")
         return finish(s, c)

@@ -79,15 +79,27 @@ class PlanStack:
     params: dict[str, str]
 
 
-def parse_plan(text: str) -> list[PlanStack]:
-    """The stacks of `deploy.sh --dry-run` output, in order."""
-    stacks: list[PlanStack] = []
+@dataclass
+class PlanStep:
+    """A step of the plan that is not a stack (images, secrets, waits, copies): its text."""
+    step: int
+    text: str
+
+
+def parse_plan(text: str) -> list[PlanStack | PlanStep]:
+    """The steps of `deploy.sh --dry-run` output, in order."""
+    stacks: list[PlanStack | PlanStep] = []
     cur: PlanStack | None = None
     for line in text.splitlines():
         m = re.match(r"^\[(\d+)\] stack (\S+)  region (\S+)  template (\S+)$", line)
         if m:
             cur = PlanStack(int(m.group(1)), m.group(2), m.group(3), m.group(4), {})
             stacks.append(cur)
+            continue
+        m = re.match(r"^\[(\d+)\] (.*)$", line)
+        if m:
+            stacks.append(PlanStep(int(m.group(1)), m.group(2)))
+            cur = None
             continue
         if cur is None:
             continue
@@ -244,6 +256,7 @@ class Stack:
         return out_d
 
     imports: Callable[[str], Any] = None  # set by Deployment
+    overrides: dict = None  # set by Deployment
 
 
 # ---- physical ids and attributes -----------------------------------------------------------------
@@ -284,6 +297,8 @@ def physical_name(st: Stack, logical: str, res: dict) -> str:
 
 
 def physical_id(st: Stack, logical: str, res: dict) -> Any:
+    if st.overrides and (st.region, st.name, logical) in st.overrides:
+        return st.overrides[(st.region, st.name, logical)]
     typ = res.get("Type", "")
     r = st.region
     if typ in _PREFIX:
@@ -371,47 +386,63 @@ def attribute(st: Stack, logical: str, res: dict, attr: str) -> Any:
 # ---- a whole deployment --------------------------------------------------------------------------
 
 class Deployment:
-    """Every stack of the plan, evaluated in order. `secret` turns a `{{region/secret:NAME}}`
-    placeholder into an ARN (the stand-in creates the secret in moto, as deploy.sh does in AWS);
-    `mutate(stack_name, template)` may edit a template before evaluation (mutation checks)."""
+    """The stacks of the plan, evaluated one at a time in plan order (`evaluate`), so that a
+    placeholder is filled when its step is reached. `secret(region, name)` turns a
+    `{{region/secret:NAME}}` placeholder into an ARN (or a value such as NAME.sha256), and
+    `other(region, what)` any other `{{region/KIND:...}}` placeholder (prefix lists);
+    `mutate(plan_stack, template)` may edit a template before evaluation (mutation checks).
+    A stack rendered twice (deploy.sh's first start, then the full deployment) is an update:
+    `get` returns its latest evaluation. `overrides[(region, stack, logical)]` replaces a
+    resource's physical id (e.g. a secret's ARN as moto made it)."""
 
-    def __init__(self, plan: list[PlanStack], root: Path, secret: Callable[[str, str], str],
+    def __init__(self, root: Path, secret: Callable[[str, str], str], other: Callable[[str, str], str],
                  mutate: Callable[[PlanStack, dict], None] | None = None):
+        self.root = root
         self.stacks: list[Stack] = []
         self.secret = secret
-        exports: dict[tuple[str, str], Any] = {}
-        for ps in plan:
-            tpl = load_template(root / ps.template)
-            if mutate:
-                mutate(ps, tpl)
-            st = Stack(ps, tpl)
-            st.imports = lambda name, r=ps.region: exports[(r, name)]
-            given = {k: self.fill(v) for k, v in ps.params.items()}
-            for name, spec in (tpl.get("Parameters") or {}).items():
-                v = given.get(name, spec.get("Default"))
-                if v is None:
-                    raise KeyError(f"{ps.name} ({ps.region}): parameter {name} has no value")
-                t = spec.get("Type", "String")
-                if t == "CommaDelimitedList" or t.startswith("List<"):
-                    v = [] if v == "" else (v if isinstance(v, list) else str(v).split(","))
-                st.params[name] = v
-            for k, o in (tpl.get("Outputs") or {}).items():
-                if o.get("Condition") and not st.condition(o["Condition"]):
-                    continue
-                try:
-                    st.outputs[k] = st.eval(o["Value"])
-                except UnknownAttribute as e:  # only an error if a later stack reads it
-                    st.outputs[k] = e
-                    continue
-                if "Export" in o:
-                    exports[(ps.region, st.eval(o["Export"]["Name"]))] = st.outputs[k]
-            self.stacks.append(st)
+        self.other = other
+        self.mutate = mutate
+        self.exports: dict[tuple[str, str], Any] = {}
+        self.overrides: dict[tuple[str, str, str], Any] = {}
+
+    def evaluate(self, ps: PlanStack) -> Stack:
+        tpl = load_template(self.root / ps.template)
+        if self.mutate:
+            self.mutate(ps, tpl)
+        st = Stack(ps, tpl)
+        st.imports = lambda name, r=ps.region: self.exports[(r, name)]
+        st.overrides = self.overrides
+        given = {k: self.fill(v) for k, v in ps.params.items()}
+        for name, spec in (tpl.get("Parameters") or {}).items():
+            v = given.get(name, spec.get("Default"))
+            if v is None:
+                raise KeyError(f"{ps.name} ({ps.region}): parameter {name} has no value")
+            t = spec.get("Type", "String")
+            if t == "CommaDelimitedList" or t.startswith("List<"):
+                v = [] if v == "" else (v if isinstance(v, list) else str(v).split(","))
+            st.params[name] = v
+        self.stacks.append(st)
+        return st
+
+    def compute_outputs(self, st: Stack) -> None:
+        for k, o in (st.template.get("Outputs") or {}).items():
+            if o.get("Condition") and not st.condition(o["Condition"]):
+                continue
+            try:
+                st.outputs[k] = st.eval(o["Value"])
+            except UnknownAttribute as e:  # only an error if a later stack reads it
+                st.outputs[k] = e
+                continue
+            if "Export" in o:
+                self.exports[(st.region, st.eval(o["Export"]["Name"]))] = st.outputs[k]
 
     def fill(self, v: str) -> str:
         def repl(m: re.Match) -> str:
             region, rest = m.group(1), m.group(2)
             if rest.startswith("secret:"):
                 return self.secret(region, rest[len("secret:"):])
+            if re.match(r"^[a-z-]+:", rest):
+                return self.other(region, rest)
             stack, key = rest.rsplit(".", 1)
             st = self.get(region, stack)
             out = st.outputs[key]
@@ -421,17 +452,17 @@ class Deployment:
         return re.sub(r"\{\{([^/}]+)/([^}]+)\}\}", repl, v)
 
     def get(self, region: str, name: str) -> Stack:
-        for st in self.stacks:
+        for st in reversed(self.stacks):
             if st.region == region and st.name == name:
                 return st
         raise KeyError(f"no stack {name} in {region} before this point of the plan")
 
-    def regions(self) -> list[str]:
-        out: list[str] = []
+    def current(self) -> list[Stack]:
+        """The latest evaluation of every stack."""
+        out: dict[tuple[str, str], Stack] = {}
         for st in self.stacks:
-            if st.region not in out:
-                out.append(st.region)
-        return out
+            out[(st.region, st.name)] = st
+        return list(out.values())
 
     def all_resources(self, typ: str) -> list[tuple[Stack, str, dict]]:
-        return [(st, k, r) for st in self.stacks for k, r in st.resources_of(typ).items()]
+        return [(st, k, r) for st in self.current() for k, r in st.resources_of(typ).items()]
