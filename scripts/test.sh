@@ -153,6 +153,13 @@ firehose_moto() {
 }
 export -f firehose_moto
 run_stage firehose-moto 1200 firehose_moto
+# The AWS deployment run locally: scripts/test_aws_local.sh renders a three-region
+# `deploy.sh --dry-run` and runs its stacks as written in network namespaces (one per VPC and per
+# ECS task; nftables from the security groups, NLB and endpoints at the VPC router), podman
+# containers (images from the build stage's debug binaries) and moto (Firehose, S3, Secrets
+# Manager); asserts the cross-region mesh, relays, records in S3, the athena-local matrix,
+# fail-static and a controller restart on an empty disk. Root only. ~4 min.
+run_stage aws-local 420 scripts/test_aws_local.sh
 # The REST API against its OpenAPI document: schemathesis (.venv-api) on a live controller over
 # TLS, 25 examples per operation, seeded; no 5xx, documented statuses and bodies, still healthy.
 run_stage api-fuzz 420 scripts/test_api.sh

@@ -1047,6 +1047,19 @@ def run(s: StandIn, stop: threading.Event) -> int:
             print(f"      tasks never started (secret without value): {[f'{t.region.name}/{t.service}' for t in s.pending]}")
         return finish(s, c)
 
+    # every container's task-definition health check passes (ECS would replace a failing task)
+    bad = []
+    for t in [t for t in s.tasks if t.running]:
+        for cdef, name in zip(t.task_def["ContainerDefinitions"], t.containers):
+            hc = (cdef.get("HealthCheck") or {}).get("Command")
+            if not hc:
+                continue
+            cmd = hc[1:] if hc[0] == "CMD" else ["/bin/sh", "-c", hc[1]]
+            p = sh(*PODMAN, "exec", name, *cmd, check=False)
+            if p.returncode != 0:
+                bad.append(f"{name}: exit {p.returncode} {p.stderr.strip()[-120:]}")
+    c.check(not bad, f"every running container passes its task definition's health check {bad or ''}")
+
     # 2. relays
     done, detail = c.wait("relay", lambda: (not missing_relays(recs.rows, regions), missing_relays(recs.rows, regions)), 60)
     c.check(done, "relay records for every ordered region pair through each third region's relay")

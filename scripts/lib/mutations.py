@@ -1,8 +1,9 @@
 """Mutation checks for scripts/test_aws_local.sh --mutate NAME: each edits the rendered templates
 the way a plausible mistake would, and the stand-in run must then fail.
 
-  drop-federation-ingress        the controller security group loses its ingress rule(s) for the
-                                 federation port from the other regions
+  drop-federation-ingress        the controller's (and its NLB's) security groups lose their
+                                 ingress rule(s) for TCP 7400 from beyond the VPC (the other
+                                 regions' controllers)
   drop-relay-service             the relay ECS service is removed from services.yaml
   block-controller-grpc-egress   the controller security group loses its egress rule(s) that allow
                                  TCP 7400 (agents' controller, peer controllers)
@@ -33,13 +34,14 @@ def apply(name: str, ps: Any, tpl: dict) -> None:
     if name in ("drop-federation-ingress", "block-controller-grpc-egress"):
         way = "SecurityGroupIngress" if name == "drop-federation-ingress" else "SecurityGroupEgress"
         for logical, r in list(res.items()):
-            if r.get("Type") == "AWS::EC2::SecurityGroup" and "Controller" in logical:
+            if r.get("Type") == "AWS::EC2::SecurityGroup" and ("Controller" in logical or "LoadBalancer" in logical):
                 rules = (r.get("Properties") or {}).get(way) or []
                 keep = [x for x in rules if not (_covers(x, 7400) and _from_elsewhere(x, way))]
                 hit += len(rules) - len(keep)
                 r["Properties"][way] = keep
             standalone = "AWS::EC2::SecurityGroupIngress" if way == "SecurityGroupIngress" else "AWS::EC2::SecurityGroupEgress"
-            if r.get("Type") == standalone and "Controller" in str(r.get("Properties", {}).get("GroupId")) \
+            group = str(r.get("Properties", {}).get("GroupId"))
+            if r.get("Type") == standalone and ("Controller" in group or "LoadBalancer" in group) \
                     and _covers(r.get("Properties") or {}, 7400) and _from_elsewhere(r.get("Properties") or {}, way):
                 del res[logical]
                 hit += 1
@@ -53,7 +55,10 @@ def apply(name: str, ps: Any, tpl: dict) -> None:
 
 
 def _from_elsewhere(rule: dict, way: str) -> bool:
-    """Ingress from beyond this VPC (not the in-VPC rule), or any egress."""
+    """Ingress from beyond this VPC (a prefix list or a CIDR other than the VPC's; not a
+    same-region security group), or any egress."""
     if way == "SecurityGroupEgress":
         return True
+    if "SourceSecurityGroupId" in rule:
+        return False
     return "VpcCidr" not in str(rule.get("CidrIp", ""))
