@@ -166,9 +166,10 @@ class StandIn:
 
     # ---------------------------------------------------------------------------------- plan
     def render(self) -> None:
-        cmd = [str(ROOT / "scripts/deploy.sh"), "--dry-run", "--skip-lint", "--regions",
+        root = Path(self.args.checkout).resolve()
+        cmd = [str(root / "scripts/deploy.sh"), "--dry-run", "--skip-lint", "--regions",
                ",".join(self.args.regions), "--tag", self.args.image_tag]
-        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
         (self.work / "plan.txt").write_text(p.stdout + p.stderr)
         if p.returncode != 0:
             raise RuntimeError(f"deploy.sh --dry-run failed (exit {p.returncode}): {p.stderr[-400:]}")
@@ -176,7 +177,7 @@ class StandIn:
         n = sum(isinstance(x, cfn.PlanStack) for x in self.plan)
         log(f"rendered plan: {n} stack deployments, {len(self.plan) - n} other steps ({self.work / 'plan.txt'})")
         from mutations import apply as mutate  # noqa: PLC0415
-        self.dep = cfn.Deployment(ROOT, self.deploy_secret, self.placeholder,
+        self.dep = cfn.Deployment(root, self.deploy_secret, self.placeholder,
                                   (lambda ps, tpl: mutate(self.args.mutate, ps, tpl)) if self.args.mutate else None)
 
     def deploy_secret(self, region: str, name: str) -> str:
@@ -989,6 +990,8 @@ def main() -> int:
     ap.add_argument("--mutate", default=None)
     ap.add_argument("--timeout", type=float, default=150.0, help="seconds for the mesh to converge")
     ap.add_argument("--protocols", default="udp,tcp,quic,https")
+    ap.add_argument("--checkout", default=str(ROOT),
+                    help="the checkout whose scripts/deploy.sh and infra/cloudformation are run (default: this one)")
     ap.add_argument("--first-start-timeout", type=float, default=90.0,
                     help="seconds for the controllers' first start to write their secrets")
     args = ap.parse_args()
