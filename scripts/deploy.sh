@@ -4,33 +4,41 @@
 #
 #   scripts/deploy.sh --regions eu-west-1,af-south-1,sa-east-1 [--home-region eu-west-1] [--dry-run]
 #       [--tag TAG] [--agent-count N] [--assign-public-ip] [--nlb-scheme internal|internet-facing]
-#       [--record-format json|parquet] [--skip-lint]
+#       [--record-format json|parquet] [--relay-count N] [--external-target-cidrs CIDR,...]
+#       [--skip-lint] [--plan-json FILE]
 #
 # Order (infra/README.md is the runbook):
 #   0. preflight (not with --dry-run): aws CLI, buildah or podman, cargo, openssl, python3, AWS credentials -
 #      every missing piece is reported before anything is built or changed (exit 3)
 #   1. lint: scripts/lint-infra.sh (cfn-lint + checkov) and scripts/test_infra.py (invariants)
 #   2. home region: meshlat-analytics (analytics.yaml), meshlat-ecr (ecr.yaml: repositories and
-#      the registry's replication to every other region)
+#      the registry's replication to every other region), meshlat-federation (federation.yaml:
+#      the federation secret, generated once, replicated to every other region)
 #   3. images: scripts/images.sh build, push once to the home region's ECR (immutable tag; an
 #      existing tag is not pushed again); wait until replication shows them in every region
 #   4. every region i: meshlat-network (network.yaml, VpcCidr 10.<i>.0.0/16, MeshCidrs = all)
 #   5. every pair (A, B), A before B: meshlat-peering-A-B in A (requester) and in B (accepter)
 #   6. every region: meshlat-firehose (firehose.yaml), the controller's secrets (Secrets Manager,
-#      created once with random values), meshlat-services (services.yaml)
+#      created once with random values; join-token and ca-cert are written by the controller)
+#   7. first start of a region (its join-token or ca-cert secret still empty): meshlat-services
+#      with 0 agents and relays and no peers; then wait until its controller has written both
+#   8. every region: its peers' CA certificates into meshlat/<r>/peer-ca, then meshlat-services
+#      with every other region's controller as --peer and the agents and relays running
 # --dry-run renders every stack with its parameters (outputs of earlier stacks as
 # {{region/stack.Output}}), checks each parameter against the template, prints the plan and
-# calls nothing (no aws, no image build). Exit codes: 0 ok, 1 a step failed, 2 usage, 3 preflight.
+# calls nothing (no aws, no image build). --plan-json FILE also writes every stack deployment as
+# one JSON object per line ({"step", "region", "stack", "template", "parameters": {K: V}}), for
+# tools that render the stacks (scripts/test_deploy.sh reads it). Exit codes: 0 ok, 1 a step failed, 2 usage, 3 preflight.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 CFN=infra/cloudformation
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 die() { echo "deploy: $*" >&2; exit 2; }
 
 regions_csv="" home="" dry=0 tag="" agent_count=2 public_ip=DISABLED nlb_scheme=internal
-record_format=json skip_lint=0
+record_format=json skip_lint=0 relay_count=1 external_cidrs="" plan_json=""
 while (( $# )); do
   case $1 in
     --regions) regions_csv=${2:-}; shift 2 ;;
@@ -44,6 +52,9 @@ while (( $# )); do
     --nlb-scheme) nlb_scheme=${2:-}; shift 2 ;;
     --record-format) record_format=${2:-}; shift 2 ;;
     --skip-lint) skip_lint=1; shift ;;
+    --relay-count) relay_count=${2:-}; shift 2 ;;
+    --plan-json) plan_json=${2:-}; shift 2 ;;
+    --external-target-cidrs) external_cidrs=${2:-}; shift 2 ;;
     -h|--help) usage ;;
     *) die "unknown argument '$1' (--help)" ;;
   esac
@@ -60,8 +71,18 @@ done
 home=${home:-${regions[0]}}
 [[ -n ${seen[$home]:-} ]] || die "--home-region $home is not in --regions"
 [[ $agent_count =~ ^[0-9]+$ ]] || die "--agent-count must be a number"
+[[ $relay_count =~ ^[0-9]+$ ]] || die "--relay-count must be a number"
+if [[ -n $external_cidrs ]]; then
+  IFS=, read -r -a ext <<< "$external_cidrs"
+  (( ${#ext[@]} <= 8 )) || die "--external-target-cidrs: at most 8 CIDRs (network.yaml's prefix list)"
+  for c in "${ext[@]}"; do
+    [[ $c =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]] || die "--external-target-cidrs: '$c' is not an IPv4 CIDR"
+    [[ $c != 0.0.0.0/0 ]] || die "--external-target-cidrs: 0.0.0.0/0 would open agents' egress to everything; name the targets' CIDRs"
+  done
+fi
 [[ $nlb_scheme == internal || $nlb_scheme == internet-facing ]] || die "--nlb-scheme internal|internet-facing"
 [[ $record_format == json || $record_format == parquet ]] || die "--record-format json|parquet"
+if [[ -n $plan_json ]]; then : > "$plan_json" || die "--plan-json $plan_json: cannot write"; fi
 if [[ -z $tag ]]; then
   tag=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unversioned)
   git diff --quiet HEAD 2>/dev/null || tag="$tag-dirty"
@@ -147,6 +168,10 @@ deploy_stack() {
   local p
   for p in "$@"; do echo "      $p"; done
   check_params "$template" "$@" || return 1
+  if [[ -n $plan_json ]]; then
+    python3 -c 'import json, sys; s, r, n, t, *kv = sys.argv[1:]; print(json.dumps({"step": int(s), "region": r, "stack": n, "template": t, "parameters": dict(p.split("=", 1) for p in kv)}))' \
+      "$step" "$region" "$stack" "$template" "$@" >> "$plan_json" || return 1
+  fi
   if (( dry )); then
     echo "      would run: aws cloudformation deploy --region $region --stack-name $stack --template-file $template --capabilities CAPABILITY_IAM CAPABILITY_NAMED_IAM --no-fail-on-empty-changeset --tags project=meshlat --parameter-overrides $*"
     return 0
@@ -170,13 +195,8 @@ ensure_secret() {
     aws secretsmanager create-secret --region "$region" --name "$name" --secret-string "$value" --query ARN --output text
   else
     aws secretsmanager create-secret --region "$region" --name "$name" \
-      --description "meshlat agents' join token: put the controller's printed join token here" --query ARN --output text
+      --description "meshlat: written by the deployment (controller or deploy.sh), not by hand" --query ARN --output text
   fi
-}
-
-secret_has_value() {
-  (( dry )) && return 0
-  aws secretsmanager get-secret-value --region "$1" --secret-id "$2" --query SecretString --output text >/dev/null 2>&1
 }
 
 fail() { echo "deploy: FAILED at step $step: $*" >&2; exit 1; }
@@ -200,6 +220,14 @@ if [[ -n $others ]]; then
 else
   deploy_stack "$home" meshlat-ecr "$CFN/ecr.yaml" "ReplicaRegions=" || fail ecr
 fi
+
+deploy_stack "$home" meshlat-federation "$CFN/federation.yaml" "ReplicaRegions=$others" || fail federation
+fed_arn=$(out "$home" meshlat-federation FederationSecretArn)
+# The replica of the federation secret in region $1: the primary's ARN in that region.
+fed_replica() {
+  if (( dry )); then echo "{{$1/secret:meshlat/federation-secret}}"; return; fi
+  echo "${fed_arn/:secretsmanager:$home:/:secretsmanager:$1:}"
+}
 
 registry() { echo "$account.dkr.ecr.$1.amazonaws.com"; }
 step=$((step + 1))
@@ -229,9 +257,16 @@ if (( ! dry )); then
   done
 fi
 
+# The AWS-managed prefix list of a region's S3 (security group rules to the gateway endpoint).
+s3_prefix_list() {
+  if (( dry )); then echo "{{$1/prefix-list:com.amazonaws.$1.s3}}"; return; fi
+  aws ec2 describe-managed-prefix-lists --region "$1" --filters "Name=prefix-list-name,Values=com.amazonaws.$1.s3" \
+    --query 'PrefixLists[0].PrefixListId' --output text
+}
 for r in "${regions[@]}"; do
   deploy_stack "$r" meshlat-network "$CFN/network.yaml" \
-    "VpcCidr=${cidr[$r]}" "MeshCidrs=$mesh_cidrs" || fail "network $r"
+    "VpcCidr=${cidr[$r]}" "MeshCidrs=$mesh_cidrs" "S3PrefixListId=$(s3_prefix_list "$r")" \
+    "ExternalTargetCidrs=$external_cidrs" || fail "network $r"
 done
 
 for ((i = 0; i < ${#regions[@]}; i++)); do
@@ -247,33 +282,95 @@ for ((i = 0; i < ${#regions[@]}; i++)); do
 done
 
 bucket_arn=$(out "$home" meshlat-analytics RecordsBucketArn)
+declare -A js=() oc=() jt=() ca=() pc=()
 for r in "${regions[@]}"; do
   deploy_stack "$r" meshlat-firehose "$CFN/firehose.yaml" \
     "RecordsBucketArn=$bucket_arn" "HomeRegion=$home" "RecordFormat=$record_format" || fail "firehose $r"
 
   step=$((step + 1))
   echo
-  echo "[$step] secrets in $r: meshlat/$r/join-secret, meshlat/$r/operator-credential (random, created once), meshlat/$r/join-token (filled by the operator)"
-  js=$(ensure_secret "$r" "meshlat/$r/join-secret" "$( (( dry )) || openssl rand -hex 32)") || fail "secret join-secret $r"
-  oc=$(ensure_secret "$r" "meshlat/$r/operator-credential" "$( (( dry )) || echo "op-meshlat:$(openssl rand -hex 24)")") || fail "secret operator-credential $r"
-  jt=$(ensure_secret "$r" "meshlat/$r/join-token" "") || fail "secret join-token $r"
-  count=$agent_count
-  if ! secret_has_value "$r" "meshlat/$r/join-token"; then
-    count=0
-    say "$r: join token not set yet: agents at 0. After the controller starts, read its ca-sha256 line from"
-    say "  log group /meshlat/$r/controller (the controller never logs secrets); the token is mlt1.<ca-sha256>.<join secret>:"
-    say "  aws secretsmanager put-secret-value --region $r --secret-id meshlat/$r/join-token --secret-string \"mlt1.CA_SHA256.\$(aws secretsmanager get-secret-value --region $r --secret-id meshlat/$r/join-secret --query SecretString --output text)\""
-    say "  and re-run this command."
-  fi
+  echo "[$step] secrets in $r: meshlat/$r/join-secret, meshlat/$r/operator-credential (random, created once); meshlat/$r/join-token, meshlat/$r/ca-cert (written by the controller), meshlat/$r/peer-ca (written by step 8)"
+  js[$r]=$(ensure_secret "$r" "meshlat/$r/join-secret" "$( (( dry )) || openssl rand -hex 32)") || fail "secret join-secret $r"
+  oc[$r]=$(ensure_secret "$r" "meshlat/$r/operator-credential" "$( (( dry )) || echo "op-meshlat:$(openssl rand -hex 24)")") || fail "secret operator-credential $r"
+  jt[$r]=$(ensure_secret "$r" "meshlat/$r/join-token" "") || fail "secret join-token $r"
+  ca[$r]=$(ensure_secret "$r" "meshlat/$r/ca-cert" "") || fail "secret ca-cert $r"
+  pc[$r]=$(ensure_secret "$r" "meshlat/$r/peer-ca" "") || fail "secret peer-ca $r"
+done
+
+# services REGION AGENTS RELAYS [PEER_URLS PEER_CA_SHA256]
+services() {
+  local r=$1 agents=$2 relays=$3 peers=${4:-} peer_sha=${5:-}
+  local peer_args=("PeerUrls=$peers" "PeerCaSecretArn=${pc[$r]}")
+  [[ -n $peers ]] && peer_args+=("PeerCaSha256=$peer_sha")
   deploy_stack "$r" meshlat-services "$CFN/services.yaml" \
     "VpcId=$(out "$r" meshlat-network VpcId)" "SubnetIds=$(out "$r" meshlat-network SubnetIds)" \
     "AgentSecurityGroupId=$(out "$r" meshlat-network AgentSecurityGroupId)" \
     "ControllerSecurityGroupId=$(out "$r" meshlat-network ControllerSecurityGroupId)" \
+    "LoadBalancerSecurityGroupId=$(out "$r" meshlat-network LoadBalancerSecurityGroupId)" \
+    "MeshCidrs=$mesh_cidrs" \
     "AgentImage=$(registry "$r")/meshlat/agent:$tag" "ControllerImage=$(registry "$r")/meshlat/controller:$tag" \
-    "AgentDesiredCount=$count" "AssignPublicIp=$public_ip" "LoadBalancerScheme=$nlb_scheme" \
+    "AgentDesiredCount=$agents" "RelayDesiredCount=$relays" "AssignPublicIp=$public_ip" "LoadBalancerScheme=$nlb_scheme" \
     "FirehoseStreamName=$(out "$r" meshlat-firehose DeliveryStreamName)" \
     "FirehoseStreamArn=$(out "$r" meshlat-firehose DeliveryStreamArn)" \
-    "JoinSecretArn=$js" "OperatorCredentialArn=$oc" "JoinTokenArn=$jt" || fail "services $r"
+    "JoinSecretArn=${js[$r]}" "OperatorCredentialArn=${oc[$r]}" "JoinTokenArn=${jt[$r]}" \
+    "CaCertSecretArn=${ca[$r]}" "FederationSecretArn=$(fed_replica "$r")" "${peer_args[@]}"
+}
+
+# 7. First start: the controller makes its CA, then writes its join token and CA certificate
+# into the two secrets (services.yaml). Agents and relays need the token, so they wait.
+secret_value() {
+  aws secretsmanager get-secret-value --region "$1" --secret-id "$2" --query SecretString --output text 2>/dev/null
+}
+fresh=()
+for r in "${regions[@]}"; do
+  if (( dry )) || ! secret_value "$r" "meshlat/$r/join-token" >/dev/null || ! secret_value "$r" "meshlat/$r/ca-cert" >/dev/null; then
+    fresh+=("$r")
+  fi
+done
+for r in "${fresh[@]}"; do
+  say "$r: first start of its controller: agents and relays at 0 until it has written meshlat/$r/join-token"
+  services "$r" 0 0 || fail "services $r (first start)"
+done
+if (( ${#fresh[@]} )); then
+  step=$((step + 1))
+  echo
+  echo "[$step] wait (at most 10 minutes) until the controllers of ${fresh[*]} have written meshlat/<r>/join-token and meshlat/<r>/ca-cert"
+  if (( ! dry )); then
+    for r in "${fresh[@]}"; do
+      for _ in $(seq 60); do
+        secret_value "$r" "meshlat/$r/join-token" >/dev/null && secret_value "$r" "meshlat/$r/ca-cert" >/dev/null && break
+        sleep 10
+      done
+      secret_value "$r" "meshlat/$r/join-token" >/dev/null && secret_value "$r" "meshlat/$r/ca-cert" >/dev/null \
+        || fail "the controller in $r wrote no join token / CA certificate in 10 minutes: see log group /meshlat/$r/controller"
+    done
+  fi
+fi
+
+# 8. Federation: every controller peers with every other region's (their NLB's DNS name over the
+# peering; the certificate names it) and trusts their CA certificates, copied into its region.
+for r in "${regions[@]}"; do
+  peers="" bundle="" sha=""
+  for o in "${regions[@]}"; do
+    [[ $o == "$r" ]] && continue
+    peers+="${peers:+,}https://$(out "$o" meshlat-services LoadBalancerDnsName):7400"
+    (( dry )) || bundle+="$(secret_value "$o" "meshlat/$o/ca-cert")"$'\n'
+  done
+  if [[ -n $peers ]]; then
+    step=$((step + 1))
+    echo
+    echo "[$step] peer CA certificates of ${r}'s peers (their meshlat/<peer>/ca-cert) into meshlat/$r/peer-ca"
+    if (( dry )); then
+      sha="{{$r/secret:meshlat/$r/peer-ca.sha256}}"
+    else
+      sha=$(printf '%s' "$bundle" | openssl dgst -sha256 -r | cut -d' ' -f1)
+      if [[ $(secret_value "$r" "meshlat/$r/peer-ca") != "$bundle" ]]; then
+        aws secretsmanager put-secret-value --region "$r" --secret-id "meshlat/$r/peer-ca" --secret-string "$bundle" >/dev/null \
+          || fail "put meshlat/$r/peer-ca"
+      fi
+    fi
+  fi
+  services "$r" "$agent_count" "$relay_count" "$peers" "$sha" || fail "services $r"
 done
 
 echo

@@ -8,6 +8,12 @@
   moto_admin.py --endpoint URL create-bucket --bucket B
   moto_admin.py --endpoint URL get --bucket B --key K
       writes the object's bytes to stdout (exit 3 if there is no such object)
+  moto_admin.py --endpoint URL create-secret --name N
+      creates Secrets Manager secret N without a value (as deploy.sh does); prints its ARN
+  moto_admin.py --endpoint URL get-secret --arn A
+      writes the secret's current value to stdout (exit 3 if it has none)
+  moto_admin.py --endpoint URL secret-versions --arn A
+      prints how many versions the secret has
 """
 import argparse
 import sys
@@ -37,8 +43,24 @@ def main():
     g = sub.add_parser("get")
     g.add_argument("--bucket", required=True)
     g.add_argument("--key", required=True)
+    for name, arg in (("create-secret", "--name"), ("get-secret", "--arn"), ("secret-versions", "--arn")):
+        sub.add_parser(name).add_argument(arg, required=True)
     a = ap.parse_args()
     s3, fh = clients(a.endpoint)
+    sm = boto3.client("secretsmanager", endpoint_url=a.endpoint, region_name="us-east-1",
+                      aws_access_key_id="test", aws_secret_access_key="test")
+    if a.cmd == "create-secret":
+        print(sm.create_secret(Name=a.name)["ARN"])
+        return
+    if a.cmd == "get-secret":
+        try:
+            sys.stdout.write(sm.get_secret_value(SecretId=a.arn)["SecretString"])
+        except sm.exceptions.ResourceNotFoundException:
+            sys.exit(3)
+        return
+    if a.cmd == "secret-versions":
+        print(len(sm.list_secret_version_ids(SecretId=a.arn)["Versions"]))
+        return
     if a.cmd == "setup":
         s3.create_bucket(Bucket=a.bucket)
         fh.create_delivery_stream(

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Tests scripts/deploy.sh without AWS (the scripts/test.sh stage deploy-dry-run):
-#   1. --dry-run with three regions exits 0, renders every stack (analytics, ecr, 3 networks,
-#      3 peering pairs x 2 sides, 3 firehose, 3 services) with its parameters, non-overlapping
-#      CIDRs, and calls no aws (an `aws` stub on PATH that records calls must stay unused);
+#   1. --dry-run with three regions exits 0, renders every stack (analytics, ecr, federation,
+#      3 networks, 3 peering pairs x 2 sides, 3 firehose, 3 services twice: first start and
+#      federated) with its parameters, non-overlapping CIDRs, and calls no aws (an `aws` stub on
+#      PATH that records calls must stay unused); the --plan-json plan shows the federation
+#      (one replicated secret, each region its own replica, every other region as an https peer
+#      with a CA bundle, none before its controller has started), agents and relays only after
+#      the first start, every mesh CIDR to every services stack, the S3 prefix list to networks;
+#   1b. removing a region (the runbook's procedure: --regions without it, --keep-cidrs) leaves
+#      the others' CIDRs as they were, drops it from every peer list, replica list and MeshCidrs;
 #   2. usage errors exit 2 (no --regions, bad region, duplicate, home region not in the list);
 #   3. without --dry-run and with PATH stripped to basic tools: missing aws CLI and
 #      buildah/podman are reported, exit 3, nothing else runs;
@@ -36,7 +42,7 @@ chmod +x "$tmp/stub/"*
 # 1. dry run
 out=$(PATH="$tmp/stub:$PATH" scripts/deploy.sh --dry-run --skip-lint --regions eu-west-1,af-south-1,sa-east-1 2>&1); rc=$?
 [[ $rc == 0 ]] && ok "dry run exits 0" || { bad "dry run exit $rc"; echo "$out" | tail -20; }
-want=("meshlat-analytics  region eu-west-1" "meshlat-ecr  region eu-west-1")
+want=("meshlat-analytics  region eu-west-1" "meshlat-ecr  region eu-west-1" "meshlat-federation  region eu-west-1")
 for r in eu-west-1 af-south-1 sa-east-1; do
   want+=("meshlat-network  region $r" "meshlat-firehose  region $r" "meshlat-services  region $r")
 done
@@ -49,7 +55,64 @@ missing=0
 for w in "${want[@]}"; do grep -qF "stack $w " <<< "$out" || { bad "dry run lacks stack $w"; missing=1; }; done
 (( missing )) || ok "dry run renders all ${#want[@]} stacks"
 n=$(grep -c "would run: aws cloudformation deploy" <<< "$out")
-[[ $n == "${#want[@]}" ]] && ok "one deploy command per stack ($n)" || bad "$n deploy commands, want ${#want[@]}"
+# services twice per region: the first start, then federated with agents and relays
+[[ $n == $(( ${#want[@]} + 3 )) ]] && ok "one deploy command per stack, services twice ($n)" || bad "$n deploy commands, want $(( ${#want[@]} + 3 ))"
+
+# the plan as JSON: federation, peers, first start
+PATH="$tmp/stub:$PATH" scripts/deploy.sh --dry-run --skip-lint --regions eu-west-1,af-south-1,sa-east-1 \
+  --plan-json "$tmp/plan.jsonl" >/dev/null 2>&1 || bad "dry run with --plan-json failed"
+check_plan() {
+  python3 - "$@" <<'PY'
+import json, sys
+plan_file, mode = sys.argv[1], sys.argv[2]
+regions = sys.argv[3].split(",")
+plan = [json.loads(l) for l in open(plan_file)]
+def stacks(name, region=None):
+    return [p for p in plan if p["stack"] == name and (region is None or p["region"] == region)]
+bad = []
+def want(cond, msg):
+    if not cond:
+        bad.append(msg)
+home = regions[0]
+cidrs = sys.argv[4].split(",")
+mesh = ",".join(cidrs)
+fed = stacks("meshlat-federation")
+want(len(fed) == 1 and fed[0]["region"] == home, f"one federation stack in {home}: {fed}")
+want(fed and fed[0]["parameters"]["ReplicaRegions"] == ",".join(regions[1:]), "federation replicas = the other regions")
+for i, r in enumerate(regions):
+    net = stacks("meshlat-network", r)
+    want(len(net) == 1 and net[0]["parameters"]["VpcCidr"] == cidrs[i], f"{r} VpcCidr {cidrs[i]}")
+    want(net and net[0]["parameters"]["MeshCidrs"] == mesh, f"{r} network MeshCidrs")
+    want(net and net[0]["parameters"]["S3PrefixListId"].startswith("{{" + r + "/prefix-list:"), f"{r} S3 prefix list")
+    svc = stacks("meshlat-services", r)
+    if mode == "fresh":
+        want(len(svc) == 2, f"{r}: {len(svc)} services deployments, want 2 (first start, federated)")
+        first, last = svc[0]["parameters"], svc[-1]["parameters"]
+        want(first["AgentDesiredCount"] == "0" and first["RelayDesiredCount"] == "0" and first["PeerUrls"] == "",
+             f"{r} first start: no agents, relays or peers before the controller wrote its token and CA: {first}")
+    else:
+        last = svc[-1]["parameters"]
+    want(last["AgentDesiredCount"] == "2" and last["RelayDesiredCount"] == "1", f"{r}: agents 2, relays 1")
+    want(last["MeshCidrs"] == mesh, f"{r} services MeshCidrs (--agent-cidr)")
+    want(last["FederationSecretArn"] == "{{" + r + "/secret:meshlat/federation-secret}}", f"{r} federation replica: {last['FederationSecretArn']}")
+    peers = last["PeerUrls"].split(",")
+    others = [o for o in regions if o != r]
+    want(peers == [f"https://{{{{{o}/meshlat-services.LoadBalancerDnsName}}}}:7400" for o in others],
+         f"{r} peers {peers}, want every other region's NLB over https")
+    want(last["PeerCaSecretArn"] == "{{" + r + "/secret:meshlat/" + r + "/peer-ca}}", f"{r} peer CA bundle")
+    want(last["PeerCaSha256"] != "", f"{r} peer CA bundle hash")
+    want(last["JoinTokenArn"] == "{{" + r + "/secret:meshlat/" + r + "/join-token}}", f"{r} join token secret")
+    want(last["CaCertSecretArn"] == "{{" + r + "/secret:meshlat/" + r + "/ca-cert}}", f"{r} CA cert secret")
+pairs = {p["stack"] for p in plan if p["stack"].startswith("meshlat-peering-")}
+want(pairs == {f"meshlat-peering-{a}-{b}" for i, a in enumerate(regions) for b in regions[i + 1:]},
+     f"peering pairs {sorted(pairs)}")
+for b in bad:
+    print("  " + b)
+sys.exit(1 if bad else 0)
+PY
+}
+check_plan "$tmp/plan.jsonl" fresh eu-west-1,af-south-1,sa-east-1 10.0.0.0/16,10.1.0.0/16,10.2.0.0/16 \
+  && ok "plan: federation secret, peers, first start, relays" || bad "plan (above)"
 cidrs=$(grep -oE "VpcCidr=10\.[0-9]+\.0\.0/16" <<< "$out" | sort -u | wc -l)
 [[ $cidrs == 3 ]] && ok "3 distinct VPC CIDRs" || bad "$cidrs distinct VPC CIDRs"
 grep -q "MeshCidrs=10.0.0.0/16,10.1.0.0/16,10.2.0.0/16" <<< "$out" && ok "MeshCidrs lists every region" || bad "MeshCidrs"

@@ -62,6 +62,9 @@ pub enum StartError {
     /// TLS configuration.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The join token or CA certificate could not be published (`--*-secret-arn`).
+    #[error(transparent)]
+    Publish(#[from] crate::publish::PublishError),
     /// A `--peer-ca` file is unreadable.
     #[error("--peer-ca {path}: {source}")]
     PeerCa {
@@ -149,6 +152,21 @@ impl Controller {
             Some(s) => Some(s.write(&cfg.data_dir, tls.ca_sha256)?),
             None => None,
         };
+        // After the CA is in the bucket (with one): the token pins it.
+        if let Some(p) = &cfg.publish {
+            let ca_pem =
+                std::fs::read_to_string(&tls.ca_path).map_err(|source| StartError::DataDir {
+                    path: tls.ca_path.display().to_string(),
+                    source,
+                })?;
+            let ca_sha256 = tls.ca_sha256;
+            crate::publish::publish(
+                p,
+                |secret| auth::join_token(ca_sha256, secret).to_string(),
+                &ca_pem,
+            )
+            .await?;
+        }
         let registry = Arc::new(Registry::load(
             RegistryConfig {
                 region: cfg.region.clone(),
@@ -194,6 +212,10 @@ impl Controller {
                 source,
             })?;
             peer_ca_pem.extend_from_slice(&pem);
+            peer_ca_pem.push(b'\n');
+        }
+        if let Some(pem) = cfg.federation.as_ref().and_then(|f| f.peer_ca_pem.as_ref()) {
+            peer_ca_pem.extend_from_slice(pem.as_bytes());
             peer_ca_pem.push(b'\n');
         }
         let server_tls = if cfg.plaintext {

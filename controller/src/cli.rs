@@ -377,6 +377,16 @@ pub struct ServeArgs {
         value_name = "FILE"
     )]
     pub peer_ca: Vec<PathBuf>,
+    /// CA certificates (PEM text, one or more) of https:// peers, instead of or besides
+    /// --peer-ca files: ECS injects it from a secret (infra/cloudformation/services.yaml). Only
+    /// certificates are accepted (a private key in it is refused).
+    #[arg(
+        long,
+        env = "MESHLAT_PEER_CA_PEM",
+        value_name = "PEM",
+        allow_hyphen_values = true
+    )]
+    pub peer_ca_pem: Option<String>,
     /// How long a peer's agents and jobs count after its last exchange.
     #[arg(
         long,
@@ -490,6 +500,19 @@ pub struct ServeArgs {
     /// S3 endpoint URL instead of AWS's (an emulator such as moto, or a VPC endpoint).
     #[arg(long, env = "MESHLAT_STATE_ENDPOINT", value_name = "URL")]
     pub state_endpoint: Option<String>,
+    /// Secrets Manager secret (full ARN) the controller writes its agents' join token into at
+    /// start, when the secret does not hold it yet (needs --join-secret: the token is
+    /// mlt1.<CA sha256>.<join secret>). Deployments start agents from that secret.
+    #[arg(long, env = "MESHLAT_JOIN_TOKEN_SECRET_ARN", value_name = "ARN")]
+    pub join_token_secret_arn: Option<String>,
+    /// Secrets Manager secret (full ARN) the controller writes its CA *certificate* (ca.pem,
+    /// never the key) into at start, when it does not hold it yet: where peer controllers'
+    /// deployments read it for their --peer-ca-pem.
+    #[arg(long, env = "MESHLAT_CA_CERT_SECRET_ARN", value_name = "ARN")]
+    pub ca_cert_secret_arn: Option<String>,
+    /// Secrets Manager endpoint URL instead of AWS's (an emulator such as moto).
+    #[arg(long, env = "MESHLAT_SECRETS_ENDPOINT", value_name = "URL")]
+    pub secrets_endpoint: Option<String>,
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

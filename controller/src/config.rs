@@ -87,6 +87,152 @@ pub struct ServeConfig {
     pub rate_per_credential: Option<Quota>,
     /// Which agents are relays (`--relay-agent`).
     pub relay_policy: crate::relay_policy::RelayPolicy,
+    /// What the controller writes into Secrets Manager at start (`None`: nothing).
+    pub publish: Option<PublishConfig>,
+}
+
+/// Validated `--join-token-secret-arn`, `--ca-cert-secret-arn` and `--secrets-endpoint`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublishConfig {
+    /// Secret receiving the join token, with the join secret it is made from.
+    pub join_token: Option<(SecretArn, String)>,
+    /// Secret receiving the CA certificate.
+    pub ca_cert: Option<SecretArn>,
+    /// Endpoint URL override.
+    pub endpoint: Option<String>,
+}
+
+/// A Secrets Manager secret's full ARN, `arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretArn {
+    /// The ARN.
+    pub arn: String,
+    /// Its region (calls go there).
+    pub region: String,
+}
+
+impl SecretArn {
+    /// Parses a full secret ARN.
+    ///
+    /// # Errors
+    ///
+    /// Why it is not one.
+    pub fn parse(v: &str) -> Result<Self, &'static str> {
+        let parts: Vec<&str> = v.splitn(7, ':').collect();
+        let ok = parts.len() == 7
+            && parts[0] == "arn"
+            && parts[1].starts_with("aws")
+            && parts[2] == "secretsmanager"
+            && !parts[3].is_empty()
+            && parts[3]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && parts[4].len() == 12
+            && parts[4].chars().all(|c| c.is_ascii_digit())
+            && parts[5] == "secret"
+            && !parts[6].is_empty()
+            && !parts[6]
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace());
+        if !ok {
+            return Err(
+                "not a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)",
+            );
+        }
+        Ok(SecretArn {
+            arn: v.to_string(),
+            region: parts[3].to_string(),
+        })
+    }
+}
+
+/// An emulator endpoint flag: http(s)://host[:port], no path.
+fn endpoint_url(flag: &'static str, v: &Option<String>) -> Result<Option<String>, ConfigError> {
+    let endpoint = nonempty(v).map(|e| e.trim_end_matches('/').to_string());
+    if let Some(e) = &endpoint {
+        let ok = e.parse::<http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some_and(|h| !h.is_empty())
+                && u.path_and_query()
+                    .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty())
+        });
+        if !ok {
+            return Err(ConfigError::Invalid {
+                flag,
+                value: e.clone(),
+                reason: "must be an http:// or https:// URL with a host and no path",
+            });
+        }
+    }
+    Ok(endpoint)
+}
+
+fn publish(a: &ServeArgs) -> Result<Option<PublishConfig>, ConfigError> {
+    let arn = |flag: &'static str, v: &Option<String>| -> Result<Option<SecretArn>, ConfigError> {
+        nonempty(v)
+            .map(|v| {
+                SecretArn::parse(v).map_err(|reason| ConfigError::Invalid {
+                    flag,
+                    value: v.into(),
+                    reason,
+                })
+            })
+            .transpose()
+    };
+    let token = arn("--join-token-secret-arn", &a.join_token_secret_arn)?;
+    let ca = arn("--ca-cert-secret-arn", &a.ca_cert_secret_arn)?;
+    let endpoint = endpoint_url("--secrets-endpoint", &a.secrets_endpoint)?;
+    if token.is_none() && ca.is_none() {
+        if let Some(e) = endpoint {
+            return Err(ConfigError::InvalidValue {
+                flag: "--secrets-endpoint",
+                value: e,
+                reason: "needs --join-token-secret-arn or --ca-cert-secret-arn".into(),
+            });
+        }
+        return Ok(None);
+    }
+    let join_token = match token {
+        None => None,
+        Some(t) => {
+            // A generated join secret is stored hashed: only a seeded one can be written out
+            // again on every start.
+            let Some(secret) = nonempty(&a.join_secret) else {
+                return Err(ConfigError::Invalid {
+                    flag: "--join-token-secret-arn",
+                    value: t.arn,
+                    reason: "needs --join-secret (the token embeds it)",
+                });
+            };
+            Some((t, secret.to_string()))
+        }
+    };
+    Ok(Some(PublishConfig {
+        join_token,
+        ca_cert: ca,
+        endpoint,
+    }))
+}
+
+/// Validates `--peer-ca-pem`: certificates only.
+fn peer_ca_pem(v: &Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(pem) = nonempty(v) else {
+        return Ok(None);
+    };
+    let bad = |reason: &'static str| ConfigError::Invalid {
+        flag: "--peer-ca-pem",
+        value: format!("<{} bytes>", pem.len()),
+        reason,
+    };
+    if pem.contains("PRIVATE KEY") {
+        return Err(bad("holds a private key: give CA certificates only"));
+    }
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(bad(
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+        ));
+    }
+    Ok(Some(pem.to_string()))
 }
 
 /// Default total caps `(grpc, rest)` for a process allowed `nofile` open files: the budget
@@ -181,6 +327,8 @@ pub struct FederationConfig {
     pub accepted: Vec<String>,
     /// CA files trusted for https:// peers.
     pub peer_ca: Vec<PathBuf>,
+    /// CA certificates (PEM text) trusted for https:// peers, besides `peer_ca`.
+    pub peer_ca_pem: Option<String>,
     /// Peer entries age out this long after their last exchange.
     pub ttl: Duration,
 }
@@ -192,6 +340,7 @@ impl std::fmt::Debug for FederationConfig {
             .field("secret", &"<redacted>")
             .field("accepted", &self.accepted.len())
             .field("peer_ca", &self.peer_ca)
+            .field("peer_ca_pem", &self.peer_ca_pem.as_ref().map(String::len))
             .field("ttl", &self.ttl)
             .finish()
     }
@@ -330,22 +479,7 @@ fn state_store(a: &ServeArgs, region: &str) -> Result<Option<StateStoreConfig>, 
             reason: "not an AWS region name",
         });
     }
-    let endpoint = nonempty(&a.state_endpoint).map(|e| e.trim_end_matches('/').to_string());
-    if let Some(e) = &endpoint {
-        let ok = e.parse::<http::Uri>().is_ok_and(|u| {
-            matches!(u.scheme_str(), Some("http" | "https"))
-                && u.host().is_some_and(|h| !h.is_empty())
-                && u.path_and_query()
-                    .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty())
-        });
-        if !ok {
-            return Err(ConfigError::Invalid {
-                flag: "--state-endpoint",
-                value: e.clone(),
-                reason: "must be an http:// or https:// URL with a host and no path",
-            });
-        }
-    }
+    let endpoint = endpoint_url("--state-endpoint", &a.state_endpoint)?;
     Ok(Some(StateStoreConfig {
         bucket: bucket.into(),
         prefix,
@@ -402,6 +536,7 @@ fn federation(a: &ServeArgs) -> Result<Option<FederationConfig>, ConfigError> {
             accepted.push(federation_secret(flag, v)?);
         }
     }
+    let pem = peer_ca_pem(&a.peer_ca_pem)?;
     let peers: Vec<String> = a
         .peers
         .iter()
@@ -421,7 +556,7 @@ fn federation(a: &ServeArgs) -> Result<Option<FederationConfig>, ConfigError> {
                 },
             });
         }
-        if p.starts_with("https://") && a.peer_ca.is_empty() {
+        if p.starts_with("https://") && a.peer_ca.is_empty() && pem.is_none() {
             return Err(ConfigError::Missing { flag: "--peer-ca" });
         }
     }
@@ -430,6 +565,7 @@ fn federation(a: &ServeArgs) -> Result<Option<FederationConfig>, ConfigError> {
         secret,
         accepted,
         peer_ca: a.peer_ca.clone(),
+        peer_ca_pem: pem,
         ttl: secs("--peer-ttl", a.peer_ttl)?,
     }))
 }
@@ -500,7 +636,9 @@ impl ServeConfig {
                 reason: "must be at least 1",
             });
         }
+        let publish = publish(a)?;
         Ok(ServeConfig {
+            publish,
             relay_policy,
             grpc_limits,
             rest_limits,
@@ -589,6 +727,100 @@ mod tests {
         assert_eq!(f.secret, FED);
         assert_eq!(f.accepted, vec!["previous-0123456789abcdef0123456789"]);
         assert_eq!(f.peers, vec!["http://127.0.0.1:1"]);
+    }
+
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    const ARN: &str = "arn:aws:secretsmanager:af-south-1:123456789012:secret:meshlat/af-south-1/join-token-AbCdEf";
+
+    #[test]
+    fn published_secrets_and_peer_ca_pem() {
+        let c = parse(&[
+            "--region",
+            "a",
+            "--join-secret",
+            "0123456789abcdef0123456789abcdef",
+            "--join-token-secret-arn",
+            ARN,
+            "--ca-cert-secret-arn",
+            "arn:aws:secretsmanager:af-south-1:123456789012:secret:meshlat/af-south-1/ca-cert-x",
+            "--secrets-endpoint",
+            "http://127.0.0.1:5000/",
+            "--federation-secret",
+            FED,
+            "--peer",
+            "https://peer.example:7400",
+            "--peer-ca-pem",
+            PEM,
+        ])
+        .expect("valid");
+        let p = c.publish.clone().expect("publish");
+        let (token, secret) = p.join_token.expect("token");
+        assert_eq!(
+            (token.arn.as_str(), token.region.as_str()),
+            (ARN, "af-south-1")
+        );
+        assert_eq!(secret, "0123456789abcdef0123456789abcdef");
+        assert_eq!(p.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        assert!(p.ca_cert.is_some());
+        assert!(
+            !format!("{c:?}").contains(PEM),
+            "Debug shows the PEM length only"
+        );
+        let f = c.federation.expect("federated");
+        assert_eq!(f.peer_ca_pem.as_deref(), Some(PEM.trim()));
+        assert!(f.peer_ca.is_empty(), "the PEM replaces --peer-ca files");
+        for (args, want) in [
+            (
+                &["--join-token-secret-arn", ARN][..],
+                "--join-token-secret-arn \"arn:aws:secretsmanager:af-south-1:123456789012:secret:meshlat/af-south-1/join-token-AbCdEf\": needs --join-secret",
+            ),
+            (
+                &["--ca-cert-secret-arn", "meshlat/ca-cert"][..],
+                "--ca-cert-secret-arn \"meshlat/ca-cert\": not a Secrets Manager secret ARN",
+            ),
+            (
+                &[
+                    "--ca-cert-secret-arn",
+                    "arn:aws:ssm:r:123456789012:parameter/x",
+                ][..],
+                "not a Secrets Manager secret ARN",
+            ),
+            (
+                &["--secrets-endpoint", "http://127.0.0.1:5000"][..],
+                "--secrets-endpoint \"http://127.0.0.1:5000\": needs --join-token-secret-arn or --ca-cert-secret-arn",
+            ),
+            (
+                &[
+                    "--federation-secret",
+                    FED,
+                    "--peer-ca-pem",
+                    "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n-----BEGIN CERTIFICATE-----",
+                ][..],
+                "--peer-ca-pem \"<",
+            ),
+            (
+                &["--federation-secret", FED, "--peer-ca-pem", "hello"][..],
+                "--peer-ca-pem \"<5 bytes>\": no PEM certificate",
+            ),
+        ] {
+            let mut all = vec!["--region", "a"];
+            all.extend_from_slice(args);
+            let e = parse(&all).expect_err(want);
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+        let e = parse(&[
+            "--region",
+            "a",
+            "--federation-secret",
+            FED,
+            "--peer-ca-pem",
+            "-----BEGIN EC PRIVATE KEY-----\n-----BEGIN CERTIFICATE-----",
+        ])
+        .expect_err("key");
+        assert!(
+            e.contains("holds a private key: give CA certificates only"),
+            "{e}"
+        );
     }
 
     #[test]

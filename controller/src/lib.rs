@@ -8,7 +8,9 @@
 //! - [`auth`]: the controller's CA, server certificate, join token and operator credentials.
 //! - [`store`]: the [`store::StateStore`] trait and its file implementation;
 //!   [`store::mirror`] keeps the data directory (CA, credentials, state) in an S3 prefix
-//!   ([`store::s3`], the only module using the AWS SDK).
+//!   ([`store::s3`], the only module using the AWS S3 SDK).
+//! - [`publish`]: writes the join token and the CA certificate into Secrets Manager
+//!   (`--join-token-secret-arn`, `--ca-cert-secret-arn`; the only module using its SDK).
 //! - [`federation`]: exchanging directories and jobs with peer controllers.
 //! - [`fsutil`]: durable file replacement (temporary file, fsync, rename, directory fsync).
 //! - [`keys`]: the mesh wire key, the controller's Ed25519 relay-grant signing key (kept in
@@ -37,6 +39,7 @@ pub mod json;
 pub mod keys;
 pub mod limits;
 pub mod live;
+pub mod publish;
 pub mod registry;
 pub mod relay_policy;
 pub mod rest;

@@ -377,3 +377,145 @@ async fn an_unreachable_or_missing_bucket_fails_the_start_naming_the_flag() -> R
     }
     Ok(())
 }
+
+/// `--join-token-secret-arn` / `--ca-cert-secret-arn` (infra/cloudformation/services.yaml): the
+/// controller writes its join token and CA certificate into secrets made without a value (as
+/// deploy.sh makes them); the token is what agents join with, the certificate is ca.pem without
+/// any key; a restart with the same CA and join secret writes no new version; a new join secret
+/// (rotation) writes the new token; a missing secret fails the start naming the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_publishes_its_join_token_and_ca_certificate_once() -> Result<()> {
+    let moto = moto_url();
+    let name = uuid::Uuid::now_v7().simple().to_string();
+    let secret_arn = |what: &str| {
+        let what = what.to_string();
+        let name = name.clone();
+        async move {
+            let out = moto_admin(&["create-secret", "--name", &format!("meshlat/{name}/{what}")])
+                .await?
+                .context("create-secret")?;
+            Ok::<_, anyhow::Error>(String::from_utf8(out)?.trim().to_string())
+        }
+    };
+    let (token_arn, ca_arn) = (
+        secret_arn("join-token").await?,
+        secret_arn("ca-cert").await?,
+    );
+    let get = |arn: &str| {
+        let arn = arn.to_string();
+        async move {
+            moto_admin(&["get-secret", "--arn", &arn])
+                .await
+                .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+        }
+    };
+    let versions = |arn: &str| {
+        let arn = arn.to_string();
+        async move {
+            let out = moto_admin(&["secret-versions", "--arn", &arn])
+                .await?
+                .context("versions")?;
+            Ok::<_, anyhow::Error>(String::from_utf8(out)?.trim().parse::<u32>()?)
+        }
+    };
+    assert_eq!(get(&token_arn).await?, None, "made without a value");
+    let join1 = "0123456789abcdef0123456789abcdef01";
+    let args = |join: &str| -> Vec<String> {
+        [
+            "--join-secret",
+            join,
+            "--join-token-secret-arn",
+            &token_arn,
+            "--ca-cert-secret-arn",
+            &ca_arn,
+            "--secrets-endpoint",
+            &moto,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let data = tmp_dir("publish", "ctl");
+    let mut ctl = Ctl::start(&data, "127.0.0.1:0", "127.0.0.1:0", &args(join1)).await?;
+    let token = get(&token_arn).await?.context("no token written")?;
+    assert_eq!(token, format!("mlt1.{}.{join1}", ctl.ca_sha256));
+    let ca = get(&ca_arn).await?.context("no CA certificate written")?;
+    assert_eq!(ca, std::fs::read_to_string(data.join("ca.pem"))?);
+    assert!(
+        ca.contains("BEGIN CERTIFICATE") && !ca.contains("PRIVATE KEY"),
+        "{ca}"
+    );
+    // The token works: an agent joins with it.
+    let out = tmp_dir("publish", "out");
+    let state = tmp_dir("publish", "agent");
+    let cred = ctl
+        .credential
+        .clone()
+        .context("generated operator credential")?;
+    let mut agent = start_agent(&ctl.grpc, &token, &out, &state)?;
+    eventually("the agent joins with the published token", 30, || async {
+        ctl.agents(&cred)
+            .await
+            .iter()
+            .any(|(_, connected)| *connected)
+            .then_some(())
+    })
+    .await?;
+    agent.kill().await?;
+    println!(
+        "versions after first start: token {}, ca {}",
+        versions(&token_arn).await?,
+        versions(&ca_arn).await?
+    );
+    assert_eq!(
+        (versions(&token_arn).await?, versions(&ca_arn).await?),
+        (1, 1)
+    );
+
+    // Same CA and join secret: nothing new.
+    ctl.child.kill().await?;
+    let mut ctl = Ctl::start(&data, "127.0.0.1:0", "127.0.0.1:0", &args(join1)).await?;
+    assert_eq!(
+        (versions(&token_arn).await?, versions(&ca_arn).await?),
+        (1, 1),
+        "a restart rewrote an unchanged secret"
+    );
+    // A rotated join secret: the new token, the same CA certificate.
+    ctl.child.kill().await?;
+    let join2 = "fedcba9876543210fedcba9876543210fe";
+    let mut ctl = Ctl::start(&data, "127.0.0.1:0", "127.0.0.1:0", &args(join2)).await?;
+    assert_eq!(
+        get(&token_arn).await?,
+        Some(format!("mlt1.{}.{join2}", ctl.ca_sha256))
+    );
+    assert_eq!(
+        (versions(&token_arn).await?, versions(&ca_arn).await?),
+        (2, 1)
+    );
+    ctl.child.kill().await?;
+
+    // A secret that does not exist: exit 2, naming the flag and the service's error.
+    let missing = token_arn.replace("join-token", "no-such-secret");
+    let mut bad = args(join1);
+    bad[3] = missing;
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        controller_cmd(
+            &tmp_dir("publish", "bad"),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &bad,
+        )
+        .output(),
+    )
+    .await
+    .context("controller did not give up")??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--join-token-secret-arn") && stderr.contains("ResourceNotFoundException"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}
