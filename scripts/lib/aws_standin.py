@@ -753,11 +753,9 @@ class StandIn:
                 os.chown(d, 65532, 65532)  # the image's ownership of the path (copied into the volume)
                 t.dirs[mp["SourceVolume"]] = d
                 cmd += ["-v", f"{d}:{mp['ContainerPath']}" + (":ro" if mp.get("ReadOnly") else "")]
-            envfile = self.work / "tasks" / f"{t.n}-{t.service}" / f"{c['Name']}.env"
-            envfile.parent.mkdir(parents=True, exist_ok=True)
-            envfile.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-            envfile.chmod(0o600)
-            cmd += ["--env-file", str(envfile)]
+            # as ECS sets them: values may span lines (PEM bundles), so no --env-file
+            for k, v in env.items():
+                cmd += ["-e", f"{k}={v}"]
             if c.get("EntryPoint"):
                 cmd += ["--entrypoint", json.dumps(c["EntryPoint"])]
             cmd.append(self.image(c["Image"]))
