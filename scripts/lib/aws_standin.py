@@ -217,6 +217,8 @@ class StandIn:
                 st = self.dep.evaluate(item)
                 self.apply(st)
                 self.dep.compute_outputs(st)
+                if isinstance(st.outputs.get("RecordsBucketName"), str):
+                    self.records_bucket = st.outputs["RecordsBucketName"]
                 self.refresh()
 
     def plan_step(self, item: cfn.PlanStep, stop: threading.Event) -> None:
@@ -308,14 +310,9 @@ class StandIn:
                     ipn(reg.router, "route", "add", p["DestinationCidrBlock"], "via", via)
                     self.routes.add((st.region, p["DestinationCidrBlock"]))
                     log(f"route in {reg.name}: {p['DestinationCidrBlock']} via peering")
-        for k, v in st.outputs.items():
-            if k == "RecordsBucketName":
-                self.records_bucket = v
         for logical, r in res.items():
             if r["Type"] == "AWS::ECS::Service":
                 self.reconcile(st, logical)
-        if st.outputs.get("RecordsBucketName") is None and "RecordsBucket" in res:
-            pass
 
     def region_of_vpc(self, vpc_id: str) -> Region:
         return next(r for r in self.regions.values() if r.vpc_id == vpc_id)
@@ -748,7 +745,7 @@ class StandIn:
                 if "EFSVolumeConfiguration" in vol:
                     d = self.work / "efs" / str(vol["EFSVolumeConfiguration"].get("FileSystemId"))
                 else:
-                    d = self.work / "tasks" / f"{t.n}-{t.service}" / mp["SourceVolume"]
+                    d = self.work / "tasks" / f"{self.run}-{t.n}-{t.service}" / mp["SourceVolume"]
                 d.mkdir(parents=True, exist_ok=True)
                 os.chown(d, 65532, 65532)  # the image's ownership of the path (copied into the volume)
                 t.dirs[mp["SourceVolume"]] = d
@@ -780,6 +777,7 @@ class StandIn:
         for c in t.containers:
             self.save_log(c)
             sh(*PODMAN, "rm", "-f", "-t", "0", c, check=False)
+            self.containers.remove(c)
         with self.lock:
             t.running = False
         sh("ip", "netns", "del", t.ns, check=False)
@@ -839,7 +837,13 @@ class StandIn:
         for c in list(self.containers):
             self.save_log(c)
         if self.containers:
-            sh(*PODMAN, "rm", "-f", "-t", "0", *self.containers, check=False)
+            sh(*PODMAN, "rm", "-f", "--ignore", "-t", "0", *self.containers, check=False)
+        left = [n for n in sh(*PODMAN, "ps", "-a", "--format", "{{.Names}}", check=False).stdout.split()
+                if n.startswith(self.run + "-")]
+        if left:
+            log(f"containers left after podman rm: {left}; removing one by one")
+            for n in left:
+                sh(*PODMAN, "rm", "-f", "-t", "0", n, check=False)
         for ns in reversed(self.namespaces):
             sh("ip", "netns", "del", ns, check=False)
         if self.meta:
@@ -941,7 +945,7 @@ def missing_probes(rows: list[dict], regions: list[str], protocols: list[str], a
                 for db in sorted(agents.get(b, [])):
                     for p in protocols:
                         if (sa, db, p) not in have:
-                            miss.append(f"{a}:{sa[:8]} -> {b}:{db[:8]} {p}")
+                            miss.append(f"{a}:{sa[-8:]} -> {b}:{db[-8:]} {p}")
     return miss
 
 
@@ -1121,7 +1125,7 @@ def run(s: StandIn, stop: threading.Event) -> int:
         flat = {x for pair in connected for x in pair if x}
         return ids <= flat, flat
     done, connected = c.wait("rejoin", rejoined, 60)
-    c.check(done, f"{victim}'s controller restarted on an empty disk: its agents {sorted(i[:8] for i in ids)} reconnected "
+    c.check(done, f"{victim}'s controller restarted on an empty disk: its agents {sorted(i[-8:] for i in ids)} reconnected "
                   f"({time.time() - t_restart:.0f} s)")
     ca_after = (new.dirs.get("data") or next(iter(new.dirs.values()))) / "ca.pem"
     same_ca = ca_after.exists() and ca_pem and ca_after.read_bytes() == ca_pem
