@@ -732,6 +732,7 @@ class StandIn:
                 "MESHLAT_STATE_ENDPOINT": MOTO_URL,
             })
             cmd = [*PODMAN, "run", "-d", "--name", name, "--network", f"ns:/run/netns/{t.ns}",
+                   "--label", f"meshlat-test-stage={os.environ.get('MESHLAT_TEST_STAGE', 'none')}",
                    "--no-healthcheck", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1000:1000",
                    "--hostname", f"ip-{t.ip.replace('.', '-')}.{r.name}.compute.internal"]
             for hname in self.hosts_for(t):
@@ -783,6 +784,15 @@ class StandIn:
         sh("ip", "netns", "del", t.ns, check=False)
         self.namespaces.remove(t.ns)
         self.refresh()
+
+    def check_containers(self) -> None:
+        """Every container of a running task still exists (rootful podman is shared by the whole
+        machine: another run's cleanup could remove ours; that must fail loudly, not as a mesh
+        that stopped measuring)."""
+        names = set(sh(*PODMAN, "ps", "--format", "{{.Names}}", check=False).stdout.split())
+        gone = [c for t in self.tasks if t.running for c in t.containers if c not in names]
+        if gone:
+            raise RuntimeError(f"containers of running tasks vanished (stopped or removed from outside this run): {gone}")
 
     def save_log(self, c: str) -> None:
         p = sh(*PODMAN, "logs", c, check=False)
@@ -978,6 +988,7 @@ class Checks:
         end = time.monotonic() + timeout
         while True:
             self.s_records.poll()
+            self.s.check_containers()
             done, detail = fn()
             if done or time.monotonic() > end:
                 return done, detail

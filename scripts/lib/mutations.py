@@ -34,14 +34,14 @@ def apply(name: str, ps: Any, tpl: dict) -> None:
     if name in ("drop-federation-ingress", "block-controller-grpc-egress"):
         way = "SecurityGroupIngress" if name == "drop-federation-ingress" else "SecurityGroupEgress"
         for logical, r in list(res.items()):
-            if r.get("Type") == "AWS::EC2::SecurityGroup" and ("Controller" in logical or "LoadBalancer" in logical):
+            if r.get("Type") == "AWS::EC2::SecurityGroup" and _targets(logical, way):
                 rules = (r.get("Properties") or {}).get(way) or []
                 keep = [x for x in rules if not (_covers(x, 7400) and _from_elsewhere(x, way))]
                 hit += len(rules) - len(keep)
                 r["Properties"][way] = keep
             standalone = "AWS::EC2::SecurityGroupIngress" if way == "SecurityGroupIngress" else "AWS::EC2::SecurityGroupEgress"
             group = str(r.get("Properties", {}).get("GroupId"))
-            if r.get("Type") == standalone and ("Controller" in group or "LoadBalancer" in group) \
+            if r.get("Type") == standalone and _targets(group, way) \
                     and _covers(r.get("Properties") or {}, 7400) and _from_elsewhere(r.get("Properties") or {}, way):
                 del res[logical]
                 hit += 1
@@ -52,6 +52,14 @@ def apply(name: str, ps: Any, tpl: dict) -> None:
                 hit += 1
     if hit:
         print(f"mutation {name}: {hit} change(s) in {ps.name} ({ps.region})", flush=True)
+
+
+def _targets(name: str, way: str) -> bool:
+    """Ingress: the controller's and its NLB's groups (the NLB is where federation enters);
+    egress: the controller's group only (what the controller itself may send)."""
+    if way == "SecurityGroupIngress":
+        return "Controller" in name or "LoadBalancer" in name
+    return "Controller" in name and "LoadBalancer" not in name
 
 
 def _from_elsewhere(rule: dict, way: str) -> bool:
