@@ -5,7 +5,7 @@
 #   scripts/deploy.sh --regions eu-west-1,af-south-1,sa-east-1 [--home-region eu-west-1] [--dry-run]
 #       [--tag TAG] [--agent-count N] [--assign-public-ip] [--nlb-scheme internal|internet-facing]
 #       [--record-format json|parquet] [--relay-count N] [--external-target-cidrs CIDR,...]
-#       [--skip-lint] [--plan-json FILE]
+#       [--skip-lint] [--plan-json FILE] [--retire REGION,...]
 #
 # Order (infra/README.md is the runbook):
 #   0. preflight (not with --dry-run): aws CLI, buildah or podman, cargo, openssl, python3, AWS credentials -
@@ -24,6 +24,9 @@
 #      with 0 agents and relays and no peers; then wait until its controller has written both
 #   8. every region: its peers' CA certificates into meshlat/<r>/peer-ca, then meshlat-services
 #      with every other region's controller as --peer and the agents and relays running
+# --retire R (removing a region): R stays in --regions at its position (CIDRs follow positions) but
+# gets no stacks; every other region's stacks drop it (MeshCidrs, peers, replicas, default jobs)
+# and the plan ends with the commands that delete R's stacks and its peerings (run them after).
 # --dry-run renders every stack with its parameters (outputs of earlier stacks as
 # {{region/stack.Output}}), checks each parameter against the template, prints the plan and
 # calls nothing (no aws, no image build). --plan-json FILE also writes every stack deployment as
@@ -38,7 +41,7 @@ usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 die() { echo "deploy: $*" >&2; exit 2; }
 
 regions_csv="" home="" dry=0 tag="" agent_count=2 public_ip=DISABLED nlb_scheme=internal
-record_format=json skip_lint=0 relay_count=1 external_cidrs="" plan_json=""
+record_format=json skip_lint=0 relay_count=1 external_cidrs="" plan_json="" retire_csv=""
 while (( $# )); do
   case $1 in
     --regions) regions_csv=${2:-}; shift 2 ;;
@@ -54,6 +57,7 @@ while (( $# )); do
     --skip-lint) skip_lint=1; shift ;;
     --relay-count) relay_count=${2:-}; shift 2 ;;
     --plan-json) plan_json=${2:-}; shift 2 ;;
+    --retire) retire_csv=${2:-}; shift 2 ;;
     --external-target-cidrs) external_cidrs=${2:-}; shift 2 ;;
     -h|--help) usage ;;
     *) die "unknown argument '$1' (--help)" ;;
@@ -70,6 +74,23 @@ done
 (( ${#regions[@]} <= 12 )) || die "at most 12 regions (network.yaml's mesh prefix list and ecr.yaml's replica slots)"
 home=${home:-${regions[0]}}
 [[ -n ${seen[$home]:-} ]] || die "--home-region $home is not in --regions"
+# Deterministic, non-overlapping CIDRs: the region's index in --regions (retired ones included).
+declare -A cidr=()
+for i in "${!regions[@]}"; do cidr[${regions[$i]}]="10.$i.0.0/16"; done
+retired=()
+if [[ -n $retire_csv ]]; then
+  IFS=, read -r -a retired <<< "$retire_csv"
+  declare -A gone=()
+  for r in "${retired[@]}"; do
+    [[ -n ${seen[$r]:-} ]] || die "--retire $r is not in --regions (keep it there, at its position)"
+    [[ $r != "$home" ]] || die "--retire $r: the home region holds the analytics, ECR and federation stacks; it cannot be retired"
+    gone[$r]=1
+  done
+  kept=()
+  for r in "${regions[@]}"; do [[ -n ${gone[$r]:-} ]] || kept+=("$r"); done
+  regions=("${kept[@]}")
+  regions_csv=$(IFS=,; echo "${regions[*]}")
+fi
 [[ $agent_count =~ ^[0-9]+$ ]] || die "--agent-count must be a number"
 [[ $relay_count =~ ^[0-9]+$ ]] || die "--relay-count must be a number"
 if [[ -n $external_cidrs ]]; then
@@ -88,9 +109,6 @@ if [[ -z $tag ]]; then
   git diff --quiet HEAD 2>/dev/null || tag="$tag-dirty"
 fi
 
-# Deterministic, non-overlapping CIDRs: the region's index in --regions.
-declare -A cidr=()
-for i in "${!regions[@]}"; do cidr[${regions[$i]}]="10.$i.0.0/16"; done
 mesh_cidrs=$(IFS=,; for r in "${regions[@]}"; do printf '%s\n' "${cidr[$r]}"; done | paste -sd, -)
 others=$(for r in "${regions[@]}"; do [[ $r == "$home" ]] || echo "$r"; done | paste -sd, -)
 
@@ -297,6 +315,25 @@ for r in "${regions[@]}"; do
   pc[$r]=$(ensure_secret "$r" "meshlat/$r/peer-ca" "") || fail "secret peer-ca $r"
 done
 
+# The default jobs of region $1 (its controller's --default-jobs, ensured by name at every start):
+# its agents probe every region's agents over udp, tcp, quic and https, and measure every
+# region's agents through every region's relay (relay agents carry the location label "relay").
+default_jobs() {
+  python3 - "$1" "${regions[@]}" <<'PY'
+import json, sys
+r, regions = sys.argv[1], sys.argv[2:]
+every = [f"region={o}" for o in regions]
+common = {"sources": [f"region={r}"], "targets": every, "timeout_ms": 5000}
+# every 10 s direct, every 30 s through each relay (infra/README.md's cost table assumes these)
+print(json.dumps([
+    {"name": f"meshlat-mesh-{r}", "kind": "probe", "protocols": ["udp", "tcp", "quic", "https"],
+     **common, "interval_ms": 10000},
+    {"name": f"meshlat-relay-{r}", "kind": "relay", "protocols": ["udp"], "relays": ["location=relay"],
+     **common, "interval_ms": 30000},
+], separators=(",", ":")))
+PY
+}
+
 # services REGION AGENTS RELAYS [PEER_URLS PEER_CA_SHA256]
 services() {
   local r=$1 agents=$2 relays=$3 peers=${4:-} peer_sha=${5:-}
@@ -313,7 +350,8 @@ services() {
     "FirehoseStreamName=$(out "$r" meshlat-firehose DeliveryStreamName)" \
     "FirehoseStreamArn=$(out "$r" meshlat-firehose DeliveryStreamArn)" \
     "JoinSecretArn=${js[$r]}" "OperatorCredentialArn=${oc[$r]}" "JoinTokenArn=${jt[$r]}" \
-    "CaCertSecretArn=${ca[$r]}" "FederationSecretArn=$(fed_replica "$r")" "${peer_args[@]}"
+    "CaCertSecretArn=${ca[$r]}" "FederationSecretArn=$(fed_replica "$r")" "${peer_args[@]}" \
+    "DefaultJobs=$(default_jobs "$r")"
 }
 
 # 7. First start: the controller makes its CA, then writes its join token and CA certificate
@@ -372,6 +410,32 @@ for r in "${regions[@]}"; do
   fi
   services "$r" "$agent_count" "$relay_count" "$peers" "$sha" || fail "services $r"
 done
+
+# Retired regions: what the operator deletes once the others no longer use them.
+if (( ${#retired[@]} )); then
+  step=$((step + 1))
+  echo
+  echo "[$step] retire ${retired[*]}: the other regions no longer peer with, replicate to or admit them. Delete (in this order):"
+  for g in "${retired[@]}"; do
+    echo "      aws cloudformation deploy --region $g --stack-name meshlat-services --template-file $CFN/services.yaml --capabilities CAPABILITY_IAM CAPABILITY_NAMED_IAM --no-fail-on-empty-changeset --parameter-overrides LoadBalancerDeletionProtection=false"
+    for s in meshlat-services meshlat-firehose; do echo "      aws cloudformation delete-stack --region $g --stack-name $s"; done
+    all=("${regions[@]}" "${retired[@]}")
+    for o in "${all[@]}"; do
+      [[ $o == "$g" ]] && continue
+      # the pair's stack is named after the order in the original --regions list
+      a=$g b=$o
+      io=${cidr[$o]#10.} ig=${cidr[$g]#10.}
+      (( ${io%%.*} < ${ig%%.*} )) && { a=$o b=$g; }
+      echo "      aws cloudformation delete-stack --region $b --stack-name meshlat-peering-$a-$b   # accepter side first"
+      echo "      aws cloudformation delete-stack --region $a --stack-name meshlat-peering-$a-$b"
+    done
+    echo "      aws cloudformation delete-stack --region $g --stack-name meshlat-network"
+    for n in join-token ca-cert peer-ca join-secret operator-credential; do
+      echo "      aws secretsmanager delete-secret --region $g --secret-id meshlat/$g/$n"
+    done
+    echo "      # the state bucket (StateBucketName output, holds the CA key) is retained: empty it (all versions) and delete it"
+  done
+fi
 
 echo
 if (( dry )); then

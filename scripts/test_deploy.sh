@@ -91,7 +91,8 @@ for i, r in enumerate(regions):
         want(first["AgentDesiredCount"] == "0" and first["RelayDesiredCount"] == "0" and first["PeerUrls"] == "",
              f"{r} first start: no agents, relays or peers before the controller wrote its token and CA: {first}")
     else:
-        last = svc[-1]["parameters"]
+        want(len(svc) >= 1, f"{r}: no services deployment")
+        last = svc[-1]["parameters"] if svc else {}
     want(last["AgentDesiredCount"] == "2" and last["RelayDesiredCount"] == "1", f"{r}: agents 2, relays 1")
     want(last["MeshCidrs"] == mesh, f"{r} services MeshCidrs (--agent-cidr)")
     want(last["FederationSecretArn"] == "{{" + r + "/secret:meshlat/federation-secret}}", f"{r} federation replica: {last['FederationSecretArn']}")
@@ -102,6 +103,13 @@ for i, r in enumerate(regions):
     want(last["PeerCaSecretArn"] == "{{" + r + "/secret:meshlat/" + r + "/peer-ca}}", f"{r} peer CA bundle")
     want(last["PeerCaSha256"] != "", f"{r} peer CA bundle hash")
     want(last["JoinTokenArn"] == "{{" + r + "/secret:meshlat/" + r + "/join-token}}", f"{r} join token secret")
+    jobs = json.loads(last["DefaultJobs"])
+    want([j["name"] for j in jobs] == [f"meshlat-mesh-{r}", f"meshlat-relay-{r}"], f"{r} default job names")
+    every = [f"region={o}" for o in regions]
+    want(all(j["sources"] == [f"region={r}"] and j["targets"] == every for j in jobs),
+         f"{r} default jobs: its agents to every region's")
+    want(jobs[0]["kind"] == "probe" and jobs[0]["protocols"] == ["udp", "tcp", "quic", "https"], f"{r} probe job protocols")
+    want(jobs[1]["kind"] == "relay" and jobs[1]["relays"] == ["location=relay"], f"{r} relay job through every relay")
     want(last["CaCertSecretArn"] == "{{" + r + "/secret:meshlat/" + r + "/ca-cert}}", f"{r} CA cert secret")
 pairs = {p["stack"] for p in plan if p["stack"].startswith("meshlat-peering-")}
 want(pairs == {f"meshlat-peering-{a}-{b}" for i, a in enumerate(regions) for b in regions[i + 1:]},
@@ -123,9 +131,33 @@ grep -q "deploy: " <<< "$out" && grep -q "nothing called" <<< "$out" && ok "plan
 out=$(scripts/deploy.sh --dry-run --skip-lint --regions us-east-1 --home-region us-east-1 2>&1) \
   && grep -q "stack meshlat-services  region us-east-1" <<< "$out" && ok "single-region dry run" || bad "single-region dry run: $out"
 
+# 1b. removing a region: af-south-1 keeps its position (CIDRs stay), the others drop it
+out=$(PATH="$tmp/stub:$PATH" scripts/deploy.sh --dry-run --skip-lint --regions eu-west-1,af-south-1,sa-east-1 \
+  --retire af-south-1 --plan-json "$tmp/retire.jsonl" 2>&1); rc=$?
+[[ $rc == 0 ]] && ok "retire dry run exits 0" || bad "retire dry run exit $rc: $(tail -3 <<< "$out")"
+check_plan "$tmp/retire.jsonl" redeploy eu-west-1,sa-east-1 10.0.0.0/16,10.2.0.0/16 \
+  && ok "retire: the others keep their CIDRs and drop af-south-1 everywhere" || bad "retire plan (above)"
+grep -q '"af-south-1"' "$tmp/retire.jsonl" && bad "retire: a stack is still deployed in af-south-1" \
+  || ok "retire: nothing deployed in af-south-1"
+grep -q 'af-south-1' <(grep -v '^{"step": [0-9]*, "region": "af-south-1"' "$tmp/retire.jsonl") \
+  && bad "retire: af-south-1 still named in the others' parameters: $(grep -o '[A-Za-z]*=[^ ]*af-south-1[^ ]*' "$tmp/retire.jsonl" | head -3)" \
+  || ok "retire: af-south-1 named in no other stack's parameters"
+for want in "delete-stack --region af-south-1 --stack-name meshlat-services" \
+            "delete-stack --region af-south-1 --stack-name meshlat-peering-eu-west-1-af-south-1" \
+            "delete-stack --region eu-west-1 --stack-name meshlat-peering-eu-west-1-af-south-1" \
+            "delete-stack --region sa-east-1 --stack-name meshlat-peering-af-south-1-sa-east-1" \
+            "delete-stack --region af-south-1 --stack-name meshlat-network"; do
+  grep -qF -- "$want" <<< "$out" || bad "retire plan lacks: $want"
+done
+grep -qF "LoadBalancerDeletionProtection=false" <<< "$out" && ok "retire: teardown commands printed" || bad "retire: no teardown"
+scripts/deploy.sh --dry-run --skip-lint --regions eu-west-1,af-south-1 --retire eu-west-1 >/dev/null 2>&1
+[[ $? == 2 ]] && ok "retiring the home region: usage error" || bad "retiring the home region accepted"
+
 # 2. usage errors
 for args in "" "--regions eu-west-1,bogus" "--regions eu-west-1,eu-west-1" \
-            "--regions eu-west-1,af-south-1 --home-region us-east-1" "--regions eu-west-1 --nope"; do
+            "--regions eu-west-1,af-south-1 --home-region us-east-1" "--regions eu-west-1 --nope" \
+            "--regions eu-west-1 --external-target-cidrs 0.0.0.0/0" "--regions eu-west-1 --relay-count x" \
+            "--regions eu-west-1,af-south-1 --retire us-east-1"; do
   scripts/deploy.sh --dry-run $args >/dev/null 2>&1; rc=$?
   [[ $rc == 2 ]] && ok "usage error exit 2: '$args'" || bad "'$args' exit $rc, want 2"
 done

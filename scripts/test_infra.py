@@ -50,7 +50,11 @@ forms. Invariants:
      mesh CIDR as --agent-cidr;
  14. relays: an ECS service (desired count a parameter defaulting to >= 1) runs an agent with
      --relay, its own execution role, and a location label the controller's
-     MESHLAT_RELAY_AGENTS selector (region=${AWS::Region},location=...) names.
+     MESHLAT_RELAY_AGENTS selector (region=${AWS::Region},location=...) names; the controller
+     gets MESHLAT_DEFAULT_JOBS from a parameter (its default jobs, ensured by name);
+ 15. ephemeral agents: agent and relay state lives on task storage (no EFS volume, no host
+     path), and the controller removes agents gone for MESHLAT_AGENT_EXPIRY, a parameter
+     defaulting to 120 s .. 1 day (replaced tasks do not pile up).
 Then a self-test: each invariant is checked again on a deliberately broken copy of the
 templates and must fail there (so the checks can fail).
 """
@@ -644,12 +648,34 @@ def check_relays(t):
     ctl = _container(t, "controller")
     sel = _named(ctl[3].get("Environment"), "Value").get("MESHLAT_RELAY_AGENTS", (None, None))[1] if ctl else None
     sel = _sub(sel)
+    jobs = _named(ctl[3].get("Environment"), "Value").get("MESHLAT_DEFAULT_JOBS", (None, None)) if ctl else (None, None)
+    if jobs[0] is not None or not (isinstance(jobs[1], dict) and "Ref" in jobs[1]):
+        bad.append("the controller has no unconditional MESHLAT_DEFAULT_JOBS from a parameter")
     if not isinstance(sel, str) or not loc:
         bad.append(f"relay location {loc!r} / controller MESHLAT_RELAY_AGENTS {sel!r} missing")
     else:
         entries = [dict(kv.split("=", 1) for kv in e.split(",")) for e in sel.split(";")]
         if not any(e.get("location") == loc and e.get("region") == "${AWS::Region}" for e in entries):
             bad.append(f"MESHLAT_RELAY_AGENTS {sel!r} does not name region=${{AWS::Region}},location={loc}")
+    return bad
+
+
+def check_ephemeral_agents(t):
+    bad = []
+    for name in ("agent", "relay"):
+        found = _container(t, name)
+        if found is None:
+            bad.append(f"no {name} container")
+            continue
+        f, n, td, c = found
+        for v in td.get("Volumes") or []:
+            if set(v) - {"Name"}:
+                bad.append(f"{f}:{n} volume {v.get('Name')} is not task storage: {sorted(set(v) - {'Name'})}")
+    ctl = _container(t, "controller")
+    exp = _named(ctl[3].get("Environment"), "Value").get("MESHLAT_AGENT_EXPIRY", (None, None))[1] if ctl else None
+    default = param_default(t[ctl[0]], exp) if ctl else None
+    if not isinstance(exp, dict) or not isinstance(default, int) or not 120 <= default <= 86400:
+        bad.append(f"controller MESHLAT_AGENT_EXPIRY {exp!r} (default {default!r}) is not a parameter of 120 s to 1 day")
     return bad
 
 
@@ -673,6 +699,7 @@ CHECKS = [
     ("security groups: exactly the mesh's flows; NLB group and client IPs; --agent-cidr",
      check_security_groups),
     ("relay service, named by the controller's relay policy", check_relays),
+    ("ephemeral agents: task storage, expired by the controller", check_ephemeral_agents),
 ]
 
 
@@ -875,6 +902,22 @@ def _break_relay_flag(t):
     c["Command"] = [x for x in c["Command"] if x != "--relay"]
 
 
+def _break_default_jobs(t):
+    c = _container(t, "controller")[3]
+    c["Environment"] = [e for e in c["Environment"] if "MESHLAT_DEFAULT_JOBS" not in str(e)]
+
+
+def _break_no_expiry(t):
+    c = _container(t, "controller")[3]
+    c["Environment"] = [e for e in c["Environment"] if "MESHLAT_AGENT_EXPIRY" not in str(e)]
+
+
+def _break_long_expiry(t):
+    for f, tpl in t.items():
+        if "AgentExpirySeconds" in (tpl.get("Parameters") or {}):
+            tpl["Parameters"]["AgentExpirySeconds"]["Default"] = 30 * 86400
+
+
 def _break_relay_policy(t):
     c = _container(t, "controller")[3]
     for e in c["Environment"]:
@@ -915,6 +958,9 @@ BREAKS = [
     (_break_no_relay_service, check_relays),
     (_break_relay_flag, check_relays),
     (_break_relay_policy, check_relays),
+    (_break_default_jobs, check_relays),
+    (_break_no_expiry, check_ephemeral_agents),
+    (_break_long_expiry, check_ephemeral_agents),
 ]
 
 

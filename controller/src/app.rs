@@ -184,6 +184,18 @@ impl Controller {
             },
             store,
         )?);
+        // The deployment's default jobs: found by name, so a restart never duplicates them.
+        for spec in &cfg.default_jobs {
+            let name = spec.name.clone();
+            match registry.ensure_job(spec.clone()) {
+                Ok((job, outcome)) => {
+                    tracing::info!(message = "Default job ensured.", job_name = %name, job = %job.id, version = job.version, ?outcome);
+                }
+                Err(error) => {
+                    tracing::error!(message = "Default job refused; the controller serves without it.", job_name = %name, %error);
+                }
+            }
+        }
         let grpc = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| StartError::Bind {

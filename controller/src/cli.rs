@@ -500,6 +500,12 @@ pub struct ServeArgs {
     /// S3 endpoint URL instead of AWS's (an emulator such as moto, or a VPC endpoint).
     #[arg(long, env = "MESHLAT_STATE_ENDPOINT", value_name = "URL")]
     pub state_endpoint: Option<String>,
+    /// Jobs this controller keeps running, as a JSON array of job specs (the REST API's form),
+    /// each with a unique name: at every start, a spec whose name no running job has is started,
+    /// a running job of that name with another spec is updated, an equal one is left alone, so
+    /// a deployment re-applying them never duplicates a job (infra/README.md: default jobs).
+    #[arg(long, env = "MESHLAT_DEFAULT_JOBS", value_name = "JSON")]
+    pub default_jobs: Option<String>,
     /// Secrets Manager secret (full ARN) the controller writes its agents' join token into at
     /// start, when the secret does not hold it yet (needs --join-secret: the token is
     /// mlt1.<CA sha256>.<join secret>). Deployments start agents from that secret.

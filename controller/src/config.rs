@@ -89,6 +89,54 @@ pub struct ServeConfig {
     pub relay_policy: crate::relay_policy::RelayPolicy,
     /// What the controller writes into Secrets Manager at start (`None`: nothing).
     pub publish: Option<PublishConfig>,
+    /// Jobs ensured at every start (`--default-jobs`), each with a unique name.
+    pub default_jobs: Vec<meshlat_proto::pb::JobSpec>,
+}
+
+/// Most `--default-jobs` entries.
+pub const MAX_DEFAULT_JOBS: usize = 32;
+
+fn default_jobs(v: &Option<String>) -> Result<Vec<meshlat_proto::pb::JobSpec>, ConfigError> {
+    let Some(text) = nonempty(v) else {
+        return Ok(Vec::new());
+    };
+    let bad = |reason: String| ConfigError::InvalidValue {
+        flag: "--default-jobs",
+        value: format!("<{} bytes>", text.len()),
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let items = value
+        .as_array()
+        .ok_or_else(|| bad("must be a JSON array of job specs".into()))?;
+    if items.len() > MAX_DEFAULT_JOBS {
+        return Err(bad(format!(
+            "{} jobs: at most {MAX_DEFAULT_JOBS}",
+            items.len()
+        )));
+    }
+    let mut specs: Vec<meshlat_proto::pb::JobSpec> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let spec = crate::json::spec_from_value(item).map_err(|e| {
+            bad(format!(
+                "[{i}].{}: {}",
+                e.field.trim_start_matches('.'),
+                e.reason
+            ))
+        })?;
+        meshlat_proto::job::validate(&spec).map_err(|e| bad(format!("[{i}].{e}")))?;
+        if spec.name.is_empty() {
+            return Err(bad(format!(
+                "[{i}].name: a default job needs a name (it is found by it)"
+            )));
+        }
+        if specs.iter().any(|s| s.name == spec.name) {
+            return Err(bad(format!("[{i}].name: {:?} is given twice", spec.name)));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
 }
 
 /// Validated `--join-token-secret-arn`, `--ca-cert-secret-arn` and `--secrets-endpoint`.
@@ -637,7 +685,9 @@ impl ServeConfig {
             });
         }
         let publish = publish(a)?;
+        let default_jobs = default_jobs(&a.default_jobs)?;
         Ok(ServeConfig {
+            default_jobs,
             publish,
             relay_policy,
             grpc_limits,
@@ -821,6 +871,49 @@ mod tests {
             e.contains("holds a private key: give CA certificates only"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn default_jobs_are_validated_specs_with_unique_names() {
+        let job = |name: &str| {
+            format!(
+                r#"{{"name":"{name}","kind":"probe","protocols":["udp","tcp","quic","https"],"sources":["region=a"],"targets":["region=a","region=b"],"interval_ms":10000,"timeout_ms":5000}}"#
+            )
+        };
+        let relay = r#"{"name":"meshlat-relay-a","kind":"relay","protocols":["udp"],"sources":["region=a"],"targets":["region=b"],"relays":["location=relay"],"interval_ms":10000,"timeout_ms":5000}"#;
+        let ok = format!("[{},{relay}]", job("meshlat-mesh-a"));
+        let c = parse(&["--region", "a", "--default-jobs", &ok]).expect("valid");
+        let names: Vec<&str> = c.default_jobs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["meshlat-mesh-a", "meshlat-relay-a"]);
+        assert!(
+            parse(&["--region", "a"])
+                .expect("valid")
+                .default_jobs
+                .is_empty()
+        );
+        for (v, want) in [
+            ("{".to_string(), "--default-jobs \"<1 bytes>\": not JSON"),
+            ("{}".to_string(), "must be a JSON array of job specs"),
+            (
+                format!("[{}]", job("")),
+                "[0].name: a default job needs a name",
+            ),
+            (
+                format!("[{},{}]", job("x"), job("x")),
+                "[1].name: \"x\" is given twice",
+            ),
+            (
+                format!("[{}]", job("x").replace("10000", "1")),
+                "[0].interval_ms",
+            ),
+            (
+                format!("[{}]", job("x").replace("\"kind\"", "\"colour\"")),
+                "[0].colour",
+            ),
+        ] {
+            let e = parse(&["--region", "a", "--default-jobs", &v]).expect_err(want);
+            assert!(e.contains(want), "{v}: {e}");
+        }
     }
 
     #[test]

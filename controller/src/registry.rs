@@ -570,6 +570,39 @@ impl Registry {
         Ok(job)
     }
 
+    /// Makes sure a job named like `spec` runs with exactly `spec` (`--default-jobs`): starts
+    /// it if no running job of this controller has that name, replaces the spec of the oldest
+    /// one that has if it differs, and otherwise changes nothing. A deployment can therefore
+    /// apply its default jobs at every start without ever duplicating them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::start_job`] and [`Registry::update_job`]; a spec without a name is
+    /// [`DomainError::Invalid`].
+    pub fn ensure_job(&self, spec: pb::JobSpec) -> Result<(pb::Job, Ensured), DomainError> {
+        if spec.name.is_empty() {
+            return Err(invalid(
+                "name",
+                "a default job needs a name (it is found by it)",
+            ));
+        }
+        let existing = self
+            .lock()
+            .jobs
+            .values()
+            .filter(|j| !j.stopped && j.spec.as_ref().is_some_and(|s| s.name == spec.name))
+            .min_by_key(|j| (j.created_unix_ms, j.id.clone()))
+            .cloned();
+        match existing {
+            Some(j) if j.spec.as_ref() == Some(&spec) => Ok((j, Ensured::Unchanged)),
+            Some(j) => Ok((
+                self.update_job(&j.id, Some(spec), j.version)?,
+                Ensured::Updated,
+            )),
+            None => Ok((self.start_job(Some(spec))?, Ensured::Created)),
+        }
+    }
+
     /// Jobs, by id; stopped ones only if asked.
     pub fn list_jobs(&self, include_stopped: bool) -> Vec<pb::Job> {
         self.lock()
@@ -1497,6 +1530,17 @@ impl Inner {
     }
 }
 
+/// What [`Registry::ensure_job`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ensured {
+    /// No running job had the name: started.
+    Created,
+    /// A running job had the name and another spec: replaced (version bumped).
+    Updated,
+    /// A running job had the name and this spec.
+    Unchanged,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1715,6 +1759,43 @@ mod tests {
         assert!(next_set(&mut a.job_sets).await.assignments.is_empty());
         assert_eq!(r.list_agents().len(), 1);
         stop.cancel();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn ensure_job_creates_once_updates_on_change_and_survives_a_restart() {
+        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
+        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let r = Registry::load(cfg(), store).expect("load");
+        let named = |name: &str, timeout: u32| pb::JobSpec {
+            name: name.into(),
+            ..spec(timeout)
+        };
+        let (a, what) = r.ensure_job(named("mesh-r", 500)).expect("create");
+        assert_eq!((what, a.version), (Ensured::Created, 1));
+        let (b, what) = r.ensure_job(named("mesh-r", 500)).expect("again");
+        assert_eq!((what, b.id.as_str()), (Ensured::Unchanged, a.id.as_str()));
+        let (c, what) = r.ensure_job(named("mesh-r", 600)).expect("changed");
+        assert_eq!(
+            (what, c.id.as_str(), c.version),
+            (Ensured::Updated, a.id.as_str(), 2)
+        );
+        r.ensure_job(named("relay-r", 500)).expect("another name");
+        assert_eq!(r.list_jobs(false).len(), 2);
+        let e = r.ensure_job(spec(500)).expect_err("no name");
+        assert_eq!(e.field().as_deref(), Some("name"), "{e}");
+        drop(r);
+        // A restart (the same data directory): found again by name, nothing duplicated.
+        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let r = Registry::load(cfg(), store).expect("reload");
+        let (d, what) = r.ensure_job(named("mesh-r", 600)).expect("after restart");
+        assert_eq!((what, d.id.as_str()), (Ensured::Unchanged, a.id.as_str()));
+        assert_eq!(r.list_jobs(false).len(), 2);
+        // A stopped job does not count: the default job comes back.
+        r.stop_job(&a.id).expect("stop");
+        let (e, what) = r.ensure_job(named("mesh-r", 600)).expect("recreated");
+        assert_eq!(what, Ensured::Created);
+        assert_ne!(e.id, a.id);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
