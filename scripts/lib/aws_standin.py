@@ -1002,7 +1002,8 @@ def main() -> int:
     ap.add_argument("--work", required=True)
     ap.add_argument("--mutate", default=None)
     ap.add_argument("--timeout", type=float, default=150.0, help="seconds for the mesh to converge")
-    ap.add_argument("--protocols", default="udp,tcp,quic,https")
+    ap.add_argument("--protocols", default=None,
+                    help="protocols to require (default: those of the default probe jobs in the controllers' task definitions)")
     ap.add_argument("--checkout", default=str(ROOT),
                     help="the checkout whose scripts/deploy.sh and infra/cloudformation are run (default: this one)")
     ap.add_argument("--first-start-timeout", type=float, default=90.0,
@@ -1033,7 +1034,6 @@ def main() -> int:
 
 def run(s: StandIn, stop: threading.Event) -> int:
     regions = s.args.regions
-    protocols = s.args.protocols.split(",")
     s.build_core()
     s.start_moto()
     s.start_metadata()
@@ -1042,7 +1042,14 @@ def run(s: StandIn, stop: threading.Event) -> int:
     sched.start()
     s.deploy(stop)
     log("plan replayed: every stack deployed")
-    c = Checks(s)
+    jobs = default_jobs(s)
+    protocols = s.args.protocols.split(",") if s.args.protocols else sorted(
+        {p for j in jobs if j.get("kind") == "probe" for p in j.get("protocols", [])})
+    c0 = Checks(s)
+    if not c0.check(bool(protocols), f"the controllers' task definitions carry default probe jobs "
+                                     f"({len(jobs)} jobs; protocols {protocols})"):
+        return finish(s, c0)
+    c = c0
     recs = Records(s)
     c.s_records = recs
     t_start = time.time()
@@ -1147,6 +1154,21 @@ def run(s: StandIn, stop: threading.Event) -> int:
     c.check(not new_ids and not (connected - ids if isinstance(connected, set) else set()),
             f"no new agent id in {victim} after the restart (new: {sorted(new_ids)})")
     return finish(s, c)
+
+
+def default_jobs(s: StandIn) -> list[dict]:
+    """The job specs of every controller's --default-jobs / MESHLAT_DEFAULT_JOBS, as rendered."""
+    out = []
+    for key, svc in s.services.items():
+        for c in svc["td"]["ContainerDefinitions"]:
+            env = {e["Name"]: e["Value"] for e in c.get("Environment", [])}
+            cmd = [str(x) for x in c.get("Command", [])]
+            raw = env.get("MESHLAT_DEFAULT_JOBS")
+            if "--default-jobs" in cmd:
+                raw = cmd[cmd.index("--default-jobs") + 1]
+            if raw:
+                out += json.loads(raw)
+    return out
 
 
 def finish(s: StandIn, c: Checks) -> int:
