@@ -15,7 +15,8 @@
 # (cargo build --workspace --bins), .venv-moto (scripts/moto.sh) and .venv-analytics
 # (scripts/athena-local). Images are built from target/debug with a run-specific tag and removed
 # afterwards; every container and namespace is removed on exit (also on TERM/INT).
-# Work directory (plan, logs, the S3 objects): target/aws-local/. Exit 0 only if every check passed.
+# Work directory (plan, logs, the S3 objects): target/aws-local/. Exit 0 only if every check
+# passed; 1 a check failed; 2 usage (also a --mutate that finds nothing to change).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -24,8 +25,14 @@ args=()
 while (( $# )); do
   case $1 in
     --no-build) build=0; shift ;;
-    --mutate|--regions|--timeout) args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --mutate)
+      case ${2:-} in
+        drop-federation-ingress|drop-relay-service|block-controller-grpc-egress) ;;
+        *) echo "test_aws_local: --mutate drop-federation-ingress|drop-relay-service|block-controller-grpc-egress" >&2; exit 2 ;;
+      esac
+      args+=("$1" "$2"); shift 2 ;;
+    --regions|--timeout) args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "test_aws_local: unknown argument '$1' (--help)" >&2; exit 2 ;;
   esac
 done

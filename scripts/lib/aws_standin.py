@@ -177,8 +177,11 @@ class StandIn:
         n = sum(isinstance(x, cfn.PlanStack) for x in self.plan)
         log(f"rendered plan: {n} stack deployments, {len(self.plan) - n} other steps ({self.work / 'plan.txt'})")
         from mutations import apply as mutate  # noqa: PLC0415
-        self.dep = cfn.Deployment(root, self.deploy_secret, self.placeholder,
-                                  (lambda ps, tpl: mutate(self.args.mutate, ps, tpl)) if self.args.mutate else None)
+        self.mutations = 0
+
+        def mutating(ps: cfn.PlanStack, tpl: dict) -> None:
+            self.mutations += mutate(self.args.mutate, ps, tpl)
+        self.dep = cfn.Deployment(root, self.deploy_secret, self.placeholder, mutating if self.args.mutate else None)
 
     def deploy_secret(self, region: str, name: str) -> str:
         """deploy.sh's ensure_secret: created once; join secret and operator credential random,
@@ -1042,6 +1045,9 @@ def run(s: StandIn, stop: threading.Event) -> int:
     sched.start()
     s.deploy(stop)
     log("plan replayed: every stack deployed")
+    if s.args.mutate and not s.mutations:
+        print(f"FAIL --mutate {s.args.mutate}: nothing in the rendered templates to change (a mutation check must change something)")
+        return 2
     jobs = default_jobs(s)
     protocols = s.args.protocols.split(",") if s.args.protocols else sorted(
         {p for j in jobs if j.get("kind") == "probe" for p in j.get("protocols", [])})

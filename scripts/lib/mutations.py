@@ -26,7 +26,8 @@ def _covers(rule: dict, port: int) -> bool:
     return isinstance(lo, int) and isinstance(hi, int) and lo <= port <= hi
 
 
-def apply(name: str, ps: Any, tpl: dict) -> None:
+def apply(name: str, ps: Any, tpl: dict) -> int:
+    """Edits tpl in place; returns the number of changes."""
     if name not in NAMES:
         raise SystemExit(f"--mutate {name!r}: one of {', '.join(NAMES)}")
     res = tpl.get("Resources") or {}
@@ -52,6 +53,7 @@ def apply(name: str, ps: Any, tpl: dict) -> None:
                 hit += 1
     if hit:
         print(f"mutation {name}: {hit} change(s) in {ps.name} ({ps.region})", flush=True)
+    return hit
 
 
 def _targets(name: str, way: str) -> bool:
