@@ -32,7 +32,7 @@ while (( $# )); do
       esac
       args+=("$1" "$2"); shift 2 ;;
     --regions|--timeout) args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "test_aws_local: unknown argument '$1' (--help)" >&2; exit 2 ;;
   esac
 done
