@@ -252,7 +252,9 @@ step=$((step + 1))
 echo
 echo "[$step] images: scripts/images.sh build; push $(registry "$home")/meshlat/{agent,controller}:$tag once; replication copies them to: ${others:-none}"
 if (( ! dry )); then
-  scripts/images.sh build || fail "image build"
+  # MESHLAT_DEPLOY_IMAGES and MESHLAT_DEPLOY_POLL_SECONDS exist for scripts/test_deploy.sh (a
+  # stubbed AWS): the image build command and the wait between polls (default 10 s).
+  ${MESHLAT_DEPLOY_IMAGES:-scripts/images.sh} build || fail "image build"
   tool=$(command -v podman || command -v buildah)
   aws ecr get-login-password --region "$home" | "$tool" login --username AWS --password-stdin "$(registry "$home")" || fail "ECR login"
   for img in agent controller; do
@@ -267,7 +269,7 @@ if (( ! dry )); then
     for img in agent controller; do
       for _ in $(seq 60); do
         aws ecr describe-images --region "$r" --repository-name "meshlat/$img" --image-ids "imageTag=$tag" >/dev/null 2>&1 && break
-        sleep 10
+        sleep "${MESHLAT_DEPLOY_POLL_SECONDS:-10}"
       done || true
       aws ecr describe-images --region "$r" --repository-name "meshlat/$img" --image-ids "imageTag=$tag" >/dev/null 2>&1 \
         || fail "meshlat/$img:$tag not replicated to $r after 10 minutes"
@@ -377,7 +379,7 @@ if (( ${#fresh[@]} )); then
     for r in "${fresh[@]}"; do
       for _ in $(seq 60); do
         secret_value "$r" "meshlat/$r/join-token" >/dev/null && secret_value "$r" "meshlat/$r/ca-cert" >/dev/null && break
-        sleep 10
+        sleep "${MESHLAT_DEPLOY_POLL_SECONDS:-10}"
       done
       secret_value "$r" "meshlat/$r/join-token" >/dev/null && secret_value "$r" "meshlat/$r/ca-cert" >/dev/null \
         || fail "the controller in $r wrote no join token / CA certificate in 10 minutes: see log group /meshlat/$r/controller"
@@ -401,6 +403,7 @@ for r in "${regions[@]}"; do
     if (( dry )); then
       sha="{{$r/secret:meshlat/$r/peer-ca.sha256}}"
     else
+      bundle=${bundle%$'\n'}   # as read back ($(...) drops the last newline): compared below
       sha=$(printf '%s' "$bundle" | openssl dgst -sha256 -r | cut -d' ' -f1)
       if [[ $(secret_value "$r" "meshlat/$r/peer-ca") != "$bundle" ]]; then
         aws secretsmanager put-secret-value --region "$r" --secret-id "meshlat/$r/peer-ca" --secret-string "$bundle" >/dev/null \

@@ -14,6 +14,11 @@
 #      buildah/podman are reported, exit 3, nothing else runs;
 #   4. with an aws stub whose credentials fail: exit 3 naming credentials, and the only AWS call
 #      made was `sts get-caller-identity` (no cloudformation, ecr or secretsmanager call).
+#   5. a whole (non-dry) deployment against a stubbed AWS CLI that keeps secrets in files and
+#      plays the controller's first start: regions start without agents and peers, then federate
+#      with each other's CA certificates (bundle and its hash checked); a re-run writes no secret
+#      and deploys each services stack once; an added region gets its first start and every
+#      region's peers and bundle include it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -178,6 +183,126 @@ grep -q "AWS credentials" <<< "$out" && ok "missing credentials reported" || bad
 calls=$(sort -u "$tmp/aws-calls" | tr '\n' ';')
 [[ $calls == "sts get-caller-identity --query Account --output text;" ]] \
   && ok "only sts get-caller-identity was called" || bad "unexpected calls: $calls"
+
+# 5. a whole deployment against a stubbed AWS CLI (state in files; `cloudformation deploy` of
+#    meshlat-services plays the controller: it writes the join token and CA certificate if the
+#    secrets are empty): first deployment, a re-run that changes nothing, an added region.
+mkdir -p "$tmp/fake" "$tmp/aws-state"
+cat > "$tmp/fake/aws" <<STUB
+#!$(command -v python3)
+import os, sys, re
+state = "$tmp/aws-state"
+args = sys.argv[1:]
+def opt(name, default=None):
+    return args[args.index(name) + 1] if name in args else default
+region = opt("--region", "eu-west-1")
+with open(os.path.join(state, "calls"), "a") as f:
+    f.write(" ".join(args) + "\n")
+svc, op = args[0], args[1]
+def path(n):
+    return os.path.join(state, "secrets", region, n.replace("/", "_"))
+def arn(n):
+    return f"arn:aws:secretsmanager:{region}:123456789012:secret:{n}-AbCdEf"
+if svc == "sts":
+    print("123456789012")
+elif svc == "ec2":
+    print(f"pl-{abs(hash(region)) % 10**8:08x}")
+elif svc == "ecr":
+    print("password") if op == "get-login-password" else None
+elif svc == "cloudformation" and op == "describe-stacks":
+    key = re.search(r"OutputKey=='(\w+)'", opt("--query")).group(1)
+    stack = opt("--stack-name")
+    print({"FederationSecretArn": arn("meshlat/federation-secret"),
+           "LoadBalancerDnsName": f"internal-meshlat-{region}.elb.{region}.amazonaws.com",
+           "RecordsBucketArn": "arn:aws:s3:::meshlat-records"}.get(key, f"{key}-{stack}-{region}"))
+elif svc == "cloudformation" and op == "deploy":
+    if opt("--stack-name") == "meshlat-services":
+        # the controller's first start: its token and CA certificate, once
+        for n, v in (("join-token", f"mlt1.{region}.token"),
+                     ("ca-cert", f"-----BEGIN CERTIFICATE-----\nCA of {region}\n-----END CERTIFICATE-----")):
+            p = path(f"meshlat/{region}/{n}")
+            if os.path.exists(p) and os.path.getsize(p) == 0:
+                open(p, "w").write(v)
+elif svc == "secretsmanager":
+    n = opt("--secret-id") or opt("--name")
+    p = path(n)
+    if op == "describe-secret":
+        sys.exit(0 if os.path.exists(p) and print(arn(n)) is None else 254)
+    if op == "create-secret":
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        open(p, "w").write(opt("--secret-string", ""))
+        print(arn(n))
+    elif op == "get-secret-value":
+        if not os.path.exists(p) or os.path.getsize(p) == 0:
+            sys.exit(254)
+        print(open(p).read())
+    elif op == "put-secret-value":
+        open(p, "w").write(opt("--secret-string"))
+else:
+    sys.exit(0)
+STUB
+printf '#!%s\nexit 0\n' "$(command -v bash)" > "$tmp/fake/cargo"
+cp "$tmp/fake/cargo" "$tmp/fake/images"
+printf '#!%s\n[[ $1 == login ]] && cat >/dev/null\nexit 0\n' "$(command -v bash)" > "$tmp/fake/podman"
+chmod +x "$tmp/fake/"*
+deploy_fake() {
+  : > "$tmp/aws-state/calls"
+  PATH="$tmp/fake:$PATH" MESHLAT_DEPLOY_IMAGES="$tmp/fake/images" MESHLAT_DEPLOY_POLL_SECONDS=0 \
+    scripts/deploy.sh --skip-lint --tag t1 --plan-json "$tmp/fake-plan.jsonl" --regions "$1" > "$tmp/fake-out" 2>&1
+}
+check_fake() {
+  python3 - "$tmp/fake-plan.jsonl" "$tmp/aws-state" "$@" <<'PY'
+import hashlib, json, os, sys
+plan_file, state, regions, fresh, puts = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4], sys.argv[5]
+fresh = [r for r in fresh.split(",") if r]
+plan = [json.loads(l) for l in open(plan_file)]
+calls = open(os.path.join(state, "calls")).read().splitlines()
+bad = []
+for r in regions:
+    svc = [p["parameters"] for p in plan if p["stack"] == "meshlat-services" and p["region"] == r]
+    n = 2 if r in fresh else 1
+    if len(svc) != n:
+        bad.append(f"{r}: {len(svc)} services deployments, want {n}")
+        continue
+    if r in fresh and (svc[0]["AgentDesiredCount"], svc[0]["RelayDesiredCount"], svc[0]["PeerUrls"]) != ("0", "0", ""):
+        bad.append(f"{r}: first start with agents, relays or peers: {svc[0]}")
+    last = svc[-1]
+    others = [o for o in regions if o != r]
+    want_peers = ",".join(f"https://internal-meshlat-{o}.elb.{o}.amazonaws.com:7400" for o in others)
+    if last["PeerUrls"] != want_peers:
+        bad.append(f"{r}: peers {last['PeerUrls']}")
+    bundle = open(os.path.join(state, "secrets", r, f"meshlat_{r}_peer-ca")).read()
+    want_bundle = "\n".join(f"-----BEGIN CERTIFICATE-----\nCA of {o}\n-----END CERTIFICATE-----" for o in others)
+    if bundle != want_bundle:
+        bad.append(f"{r}: peer-ca bundle {bundle!r}")
+    if last["PeerCaSha256"] != hashlib.sha256(bundle.encode()).hexdigest():
+        bad.append(f"{r}: PeerCaSha256 is not the bundle's")
+    if last["FederationSecretArn"] != f"arn:aws:secretsmanager:{r}:123456789012:secret:meshlat/federation-secret-AbCdEf":
+        bad.append(f"{r}: federation secret {last['FederationSecretArn']}")
+    if (last["AgentDesiredCount"], last["RelayDesiredCount"]) != ("2", "1"):
+        bad.append(f"{r}: agents/relays {last['AgentDesiredCount']}/{last['RelayDesiredCount']}")
+put = sorted(c.split("--secret-id ")[1].split()[0] for c in calls if "put-secret-value" in c)
+want_put = sorted(f"meshlat/{r}/peer-ca" for r in puts.split(",") if r)
+if put != want_put:
+    bad.append(f"put-secret-value on {put}, want {want_put}")
+for b in bad:
+    print("  " + b)
+sys.exit(1 if bad else 0)
+PY
+}
+R3=eu-west-1,af-south-1,sa-east-1
+deploy_fake $R3; rc=$?
+[[ $rc == 0 ]] && ok "stubbed AWS: first deployment exits 0" || { bad "stubbed first deployment exit $rc"; tail -15 "$tmp/fake-out"; }
+check_fake $R3 $R3 $R3 && ok "stubbed AWS: first start, then federated with each other's CA certificates" || bad "first deployment (above)"
+grep -c "create-secret" "$tmp/aws-state/calls" | grep -qx 15 && ok "stubbed AWS: 5 secrets per region created" || bad "create-secret calls: $(grep -c create-secret "$tmp/aws-state/calls")"
+deploy_fake $R3; rc=$?
+[[ $rc == 0 ]] && ok "stubbed AWS: re-run exits 0" || { bad "stubbed re-run exit $rc"; tail -15 "$tmp/fake-out"; }
+check_fake $R3 "" "" && ok "stubbed AWS: re-run: no first start, no secret written, same peers and bundle" || bad "re-run (above)"
+grep -q "create-secret" "$tmp/aws-state/calls" && bad "re-run created secrets again" || ok "stubbed AWS: re-run creates no secret"
+deploy_fake $R3,us-west-1; rc=$?
+[[ $rc == 0 ]] && ok "stubbed AWS: adding us-west-1 exits 0" || { bad "adding a region exit $rc"; tail -15 "$tmp/fake-out"; }
+check_fake $R3,us-west-1 us-west-1 $R3,us-west-1 \
+  && ok "stubbed AWS: added region: its first start, every bundle and peer list updated" || bad "adding a region (above)"
 
 echo "test_deploy: $pass passed, $failn failed"
 (( failn == 0 ))

@@ -1074,6 +1074,74 @@ fn dsts(ag: &TestAgent, job: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The flags the ECS deployment runs with (infra/cloudformation/services.yaml): a peer's CA as
+/// PEM text (`--peer-ca-pem`, no file) federates as `--peer-ca` does, and `--default-jobs` are
+/// started once — a restart on the same state (a redeploy, a replaced task) finds them by name
+/// and starts no second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_flags_peer_ca_pem_and_default_jobs_survive_a_restart() -> Result<()> {
+    let root = tmp_dir("e2e", "deployflags");
+    let secret = "fed-secret-deploy-0123456789abcdef0123".to_string();
+    let fed = ["--federation-secret".to_string(), secret.clone()];
+    let b = TestController::start_in(&root.join("ctl-b"), "b", None, None, &fed).await?;
+    let pem = std::fs::read_to_string(b.data.join("ca.pem"))?;
+    let jobs = r#"[{"name":"meshlat-mesh-a","kind":"probe","protocols":["udp","tcp"],"sources":["region=a"],"targets":["region=a","region=b"],"interval_ms":1000,"timeout_ms":500},
+                   {"name":"meshlat-relay-a","kind":"relay","protocols":["udp"],"sources":["region=a"],"targets":["region=b"],"relays":["location=relay"],"interval_ms":3000,"timeout_ms":500}]"#;
+    let mut flags = fed.to_vec();
+    flags.extend([
+        "--peer".into(),
+        format!("https://{}", b.grpc),
+        "--peer-ca-pem".into(),
+        pem,
+        "--default-jobs".into(),
+        jobs.into(),
+    ]);
+    let a_dir = root.join("ctl-a");
+    let mut a = TestController::start_in(&a_dir, "a", None, None, &flags).await?;
+    let _b1 = TestAgent::start_in(&b, "b", &root.join("out-b"), &root.join("st-b"))?;
+    eventually(
+        "B's agent in A's directory (federated over the PEM)",
+        30,
+        || async { (a.agents().await.len() == 1).then_some(()) },
+    )
+    .await?;
+    let names = |v: &Value| -> Vec<(String, String)> {
+        let mut n: Vec<(String, String)> = v["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|j| {
+                (
+                    j["spec"]["name"].as_str().unwrap_or_default().to_string(),
+                    j["id"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        n.sort();
+        n
+    };
+    let (status, v) = a.rest("GET", "/api/v1/jobs", "", None).await?;
+    assert_eq!(status, 200, "{v}");
+    let first = names(&v);
+    println!("default jobs after the first start: {first:?}");
+    assert_eq!(
+        first.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["meshlat-mesh-a", "meshlat-relay-a"]
+    );
+    // Restart on the same data directory with the same flags: the same two jobs, same ids.
+    let (token, cred) = (a.token.clone(), a.credential.clone());
+    a.child.kill().await?;
+    let a = TestController::start_in(&a_dir, "a", None, Some((&token, &cred)), &flags).await?;
+    let (_, v) = a.rest("GET", "/api/v1/jobs", "", None).await?;
+    assert_eq!(
+        names(&v),
+        first,
+        "a restart duplicated or replaced default jobs"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn federated_jobs_cross_regions_and_survive_a_peer_going_down() -> Result<()> {
     use meshlat_proto::pb;
