@@ -247,6 +247,7 @@ class StandIn:
             for o in self.args.regions:
                 if o != r:
                     bundle += (self.secret_string(o, src.replace("<peer>", o)) or "").rstrip("\n") + "\n"
+            bundle = bundle[:-1] if bundle.endswith("\n") else bundle  # as deploy.sh writes it
             self.client("secretsmanager", r).put_secret_value(SecretId=dst, SecretString=bundle)
             log(f"plan step [{item.step}]: {dst} = the CA certificates of {r}'s peers")
             return
