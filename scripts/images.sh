@@ -26,6 +26,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 APT=(podman buildah runc busybox-static)
 PODMAN=(podman --runtime runc --cgroup-manager cgroupfs)
 PROFILE=release
+# MESHLAT_IMAGE_TAG: tag of the built images (default latest; scripts/test_aws_local.sh builds its own)
+TAG=${MESHLAT_IMAGE_TAG:-latest}
 if [[ ${1:-} == --debug ]]; then PROFILE=debug; shift; fi
 RUN=("${PODMAN[@]}" run --no-healthcheck --network=host --ulimit nofile=1024:1024 --ulimit nproc=1000:1000)
 
@@ -85,7 +87,7 @@ build() {
     buildah bud --quiet --isolation chroot --layers=false --format docker -f "infra/docker/$img.Containerfile" \
       --build-arg BUILD_BASE=localhost/meshlat-build-base \
       --build-arg RUNTIME_BASE=localhost/meshlat-runtime-base \
-      --build-arg PREBUILT=1 --build-arg PROFILE="$PROFILE" -t "localhost/meshlat-$img:latest" . >/dev/null
+      --build-arg PREBUILT=1 --build-arg PROFILE="$PROFILE" -t "localhost/meshlat-$img:$TAG" . >/dev/null
   done
   podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep meshlat- >&2
 }

@@ -3,6 +3,7 @@
 #   scripts/test.sh                  # everything (what CI runs)
 #   scripts/test.sh --quick          # skip the slower accuracy and benchmark-harness stages
 #   scripts/test.sh --only A,B       # only the named stages (e.g. --only fmt,clippy); names as printed
+#                                    # (aws-local runs only when named: --only aws-local)
 # analytics: shipped Athena SQL through scripts/athena-local on synthetic records, schema checks
 # (.venv-analytics); demo: scripts/test_demo.sh runs scripts/demo.sh bounded;
 # infra-lint: cfn-lint and checkov on infra/cloudformation (.venv-cfn, .venv-checkov);
@@ -49,7 +50,14 @@ stage_leftovers() {
     fi
   done
 }
-containers() { command -v podman >/dev/null 2>&1 && podman ps -q --no-trunc 2>/dev/null | sort; }
+# Running podman containers (rootful podman is shared by every session on the machine): those
+# labelled meshlat-test-stage=<another token> belong to someone else's stage and are left out;
+# unlabelled ones and this stage's count. (scripts/test_aws_local.sh labels its containers.)
+containers() {
+  command -v podman >/dev/null 2>&1 || return 0
+  podman ps --no-trunc --format '{{.ID}} {{index .Labels "meshlat-test-stage"}}' 2>/dev/null |
+    awk -v t="${1:-}" '$2 == "" || $2 == "<no" || $2 == t { print $1 }' | sort
+}
 
 names=(); results=(); times=(); budgets=()
 # The stage runs in its own process group (timeout's), which a terminal's Ctrl-C does not reach:
@@ -67,7 +75,7 @@ run_stage() {
   echo
   echo "=== stage: $name (budget ${budget}s): $*"
   local t0=$SECONDS rc=0 token="$name-$$-$RANDOM$RANDOM" before
-  before=$(containers)
+  before=$(containers "$token")
   # `timeout` puts itself and the stage in a new process group and, on expiry, signals the whole
   # group (TERM, then KILL 20 s later). Shell functions are exported so the stage can be one.
   MESHLAT_TEST_STAGE=$token timeout --kill-after=20 "$budget" bash -c '"$@"' "stage-$name" "$@" &
@@ -93,7 +101,7 @@ run_stage() {
     rc=1
   fi
   local new
-  new=$(comm -13 <(echo "$before") <(containers) | grep . || true)
+  new=$(comm -13 <(echo "$before") <(containers "$token") | grep . || true)
   if [[ -n $new ]]; then
     echo "=== stage: $name: LEAK: containers still running (removed now): $new"
     # shellcheck disable=SC2086
@@ -155,6 +163,17 @@ firehose_moto() {
 }
 export -f firehose_moto
 run_stage firehose-moto 1200 firehose_moto
+# The AWS deployment run locally: scripts/test_aws_local.sh renders a three-region
+# `deploy.sh --dry-run` and runs its stacks as written in network namespaces (one per VPC and per
+# ECS task; nftables from the security groups, NLB and endpoints at the VPC router), podman
+# containers (images from the build stage's debug binaries) and moto (Firehose, S3, Secrets
+# Manager); asserts the cross-region mesh, relays, records in S3, the athena-local matrix,
+# fail-static and a controller restart on an empty disk. Root only. ~3 min.
+# Not a default stage yet (run it with --only aws-local): the rendered controller command carries
+# --agent-cidr, which this branch's controller does not have (wip-cidr adds it).
+if [[ ",$only," == *",aws-local,"* ]]; then
+  run_stage aws-local 420 scripts/test_aws_local.sh
+fi
 # The REST API against its OpenAPI document: schemathesis (.venv-api) on a live controller over
 # TLS, 25 examples per operation, seeded; no 5xx, documented statuses and bodies, still healthy.
 run_stage api-fuzz 420 scripts/test_api.sh
