@@ -3,7 +3,6 @@
 #   scripts/test.sh                  # everything (what CI runs)
 #   scripts/test.sh --quick          # skip the slower accuracy and benchmark-harness stages
 #   scripts/test.sh --only A,B       # only the named stages (e.g. --only fmt,clippy); names as printed
-#                                    # (aws-local runs only when named: --only aws-local)
 # analytics: shipped Athena SQL through scripts/athena-local on synthetic records, schema checks
 # (.venv-analytics); demo: scripts/test_demo.sh runs scripts/demo.sh bounded;
 # infra-lint: cfn-lint and checkov on infra/cloudformation (.venv-cfn, .venv-checkov);
@@ -169,11 +168,7 @@ run_stage firehose-moto 1200 firehose_moto
 # containers (images from the build stage's debug binaries) and moto (Firehose, S3, Secrets
 # Manager); asserts the cross-region mesh, relays, records in S3, the athena-local matrix,
 # fail-static and a controller restart on an empty disk. Root only. ~3 min.
-# Not a default stage yet (run it with --only aws-local): the rendered controller command carries
-# --agent-cidr, which this branch's controller does not have (wip-cidr adds it).
-if [[ ",$only," == *",aws-local,"* ]]; then
-  run_stage aws-local 420 scripts/test_aws_local.sh
-fi
+run_stage aws-local 420 scripts/test_aws_local.sh
 # The REST API against its OpenAPI document: schemathesis (.venv-api) on a live controller over
 # TLS, 25 examples per operation, seeded; no 5xx, documented statuses and bodies, still healthy.
 run_stage api-fuzz 420 scripts/test_api.sh
