@@ -150,6 +150,7 @@ fn hello(i: usize, regions: usize) -> pb::Hello {
         ],
         capabilities: vec!["udp".into(), "tcp".into()],
         version: "simagents".into(),
+        ..Default::default()
     }
 }
 

@@ -331,6 +331,20 @@ pub struct ServeArgs {
         default_value_t = crate::limits::DEFAULT_MAX_PEER_JOBS
     )]
     pub max_peer_jobs: usize,
+    /// Validity of the client certificates issued to agents (their identities), in seconds
+    /// (default 30 days); agents renew theirs once two thirds of it have passed.
+    #[arg(
+        long,
+        env = "MESHLAT_AGENT_CERT_VALIDITY",
+        default_value_t = crate::identity::DEFAULT_VALIDITY.as_secs_f64(),
+        value_name = "SECONDS"
+    )]
+    pub agent_cert_validity: f64,
+    /// Refuse agents that do not ask for their own identity (versions before per-agent
+    /// identities); they are told to upgrade. Off by default, so such agents keep working
+    /// during an upgrade; not with --plaintext.
+    #[arg(long, env = "MESHLAT_REQUIRE_AGENT_IDENTITY")]
+    pub require_agent_identity: bool,
     /// Join secret (hex, >= 32 digits) instead of a random one. Never printed; applied at every
     /// start: a value that differs from the stored hash replaces it (rotation).
     #[arg(long, env = "MESHLAT_JOIN_SECRET", hide_env_values = true)]

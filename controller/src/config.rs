@@ -87,6 +87,10 @@ pub struct ServeConfig {
     pub rate_per_credential: Option<Quota>,
     /// Which agents are relays (`--relay-agent`).
     pub relay_policy: crate::relay_policy::RelayPolicy,
+    /// Validity of agent certificates (`--agent-cert-validity`).
+    pub agent_cert_validity: Duration,
+    /// Refuse agents without an identity (`--require-agent-identity`).
+    pub require_agent_identity: bool,
 }
 
 /// Default total caps `(grpc, rest)` for a process allowed `nofile` open files: the budget
@@ -500,7 +504,16 @@ impl ServeConfig {
                 reason: "must be at least 1",
             });
         }
+        if a.require_agent_identity && a.plaintext {
+            return Err(ConfigError::Invalid {
+                flag: "--require-agent-identity",
+                value: "true".into(),
+                reason: "needs TLS (identities are client certificates), not --plaintext",
+            });
+        }
         Ok(ServeConfig {
+            agent_cert_validity: long_secs("--agent-cert-validity", a.agent_cert_validity)?,
+            require_agent_identity: a.require_agent_identity,
             relay_policy,
             grpc_limits,
             rest_limits,

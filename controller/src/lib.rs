@@ -9,6 +9,7 @@
 //! - [`store`]: the [`store::StateStore`] trait and its file implementation;
 //!   [`store::mirror`] keeps the data directory (CA, credentials, state) in an S3 prefix
 //!   ([`store::s3`], the only module using the AWS SDK).
+//! - [`identity`]: per-agent identities: client certificates from the CA, who may speak for an id.
 //! - [`federation`]: exchanging directories and jobs with peer controllers.
 //! - [`fsutil`]: durable file replacement (temporary file, fsync, rename, directory fsync).
 //! - [`keys`]: the mesh wire key, the controller's Ed25519 relay-grant signing key (kept in
@@ -32,6 +33,7 @@ pub mod config;
 pub mod federation;
 pub mod fsutil;
 pub mod grpc;
+pub mod identity;
 pub mod jobset;
 pub mod json;
 pub mod keys;
