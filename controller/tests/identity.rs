@@ -8,6 +8,7 @@
 //! - [`a_restarted_agent_reconnects_with_its_certificate_not_the_token`]: restarted with its
 //!   state directory and a wrong join secret, the agent connects with its certificate.
 //! - [`an_agent_older_than_identities_is_served_or_told_to_upgrade`]: N−1 agents.
+//! - [`an_agent_without_a_state_dir_rejoins_with_a_fresh_id`]: `--no-state-dir`.
 //!
 //! Impostors are simulated over the real `AgentService.Connect` protocol, as
 //! `controller/tests/attacks.rs` does.
@@ -245,6 +246,19 @@ struct Agent {
 impl Agent {
     /// A real agent of region r1 with `token`, its state in `state`, records in `out`.
     fn start(ctl: &Ctl, token: &str, state: &Path, out: &Path, log: &Path) -> Result<Self> {
+        let state = ["--state-dir".as_ref(), state.as_os_str()];
+        Self::start_with(ctl, token, &state, out, log)
+    }
+
+    /// An agent with `state` flags (`--state-dir DIR` or `--no-state-dir`), run in the
+    /// directory of `out`.
+    fn start_with(
+        ctl: &Ctl,
+        token: &str,
+        state: &[&std::ffi::OsStr],
+        out: &Path,
+        log: &Path,
+    ) -> Result<Self> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -257,8 +271,8 @@ impl Agent {
             .args(["--flush-interval", "0.2"])
             .arg("--out")
             .arg(out)
-            .arg("--state-dir")
-            .arg(state)
+            .args(state)
+            .current_dir(out.parent().unwrap_or(out))
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))
@@ -530,6 +544,51 @@ async fn an_agent_older_than_identities_is_served_or_told_to_upgrade() -> Result
         .await
         .expect("a current agent");
     assert!(w.certificate.is_some());
+    ctl.stop().await?;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_a_state_dir_rejoins_with_a_fresh_id() -> Result<()> {
+    let root = tmp_dir("identity", "nostate");
+    let ctl = Ctl::start(&root.join("ctl"), &[]).await?;
+    let cwd = root.join("agent-cwd");
+    let out = cwd.join("out");
+    std::fs::create_dir_all(&out)?;
+    let no_state = ["--no-state-dir".as_ref()];
+    let connected = |ids: Vec<(String, bool)>| -> Vec<String> {
+        ids.into_iter()
+            .filter(|(_, c)| *c)
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let a = Agent::start_with(&ctl, &ctl.token, &no_state, &out, &root.join("a.log"))?;
+    let first = eventually("the agent joins", 30, || async {
+        let c = connected(ctl.agents().await);
+        (c.len() == 1).then(|| c[0].clone())
+    })
+    .await?;
+    assert!(
+        a.log_text().contains("Agent certificate received"),
+        "it holds a certificate in memory:\n{}",
+        a.log_text()
+    );
+    a.stop().await?;
+    let b = Agent::start_with(&ctl, &ctl.token, &no_state, &out, &root.join("b.log"))?;
+    let second = eventually("the restarted agent joins", 30, || async {
+        let c = connected(ctl.agents().await);
+        (c.len() == 1 && c[0] != first).then(|| c[0].clone())
+    })
+    .await?;
+    assert_ne!(first, second, "a fresh id");
+    // Nothing was written but records: no default state directory appeared.
+    let entries: Vec<_> = std::fs::read_dir(&cwd)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries, vec!["out".to_string()], "{entries:?}");
+    b.stop().await?;
     ctl.stop().await?;
     let _ = std::fs::remove_dir_all(&root);
     Ok(())

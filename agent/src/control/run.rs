@@ -140,7 +140,7 @@ impl RunApp {
         // Identities are client certificates, so only over TLS.
         let own_identity = if cfg.controller_tls {
             Some(
-                super::identity::Identity::load_or_create(Some(&cfg.state_dir))
+                super::identity::Identity::load_or_create(cfg.state_dir.as_deref())
                     .map_err(StartError::Identity)?,
             )
         } else {

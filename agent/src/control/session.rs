@@ -42,8 +42,9 @@ pub struct ControlConfig {
     pub token: String,
     /// Hello fields (the id is filled from the state file).
     pub hello: pb::Hello,
-    /// Directory of the id file.
-    pub state_dir: PathBuf,
+    /// The state directory (`None`: `--no-state-dir`; the id, certificate and job set live in
+    /// memory only).
+    pub state_dir: Option<PathBuf>,
     /// Reconnect policy.
     pub backoff: Backoff,
     /// Key for UDP probes.
@@ -121,11 +122,15 @@ fn controller_keys(set: &pb::JobSet) -> crate::respond::udp::ControllerKeys {
 /// Runs sessions until `shutdown`.
 pub async fn run(mut cfg: ControlConfig, out: Outputs, shutdown: CancellationToken) {
     let mut fs = FailStatic::default();
-    if let Some(id) = load_id(&cfg.state_dir) {
+    if let Some(id) = cfg.state_dir.as_deref().and_then(load_id) {
         cfg.hello.agent_id = id.clone();
         // The last job set (with its keys) runs until the controller sends a new one: a restart
         // while the controller is away keeps measuring, `static` then `degraded`.
-        if let Some(set) = super::state::load_job_set(&cfg.state_dir) {
+        if let Some(set) = cfg
+            .state_dir
+            .as_deref()
+            .and_then(super::state::load_job_set)
+        {
             fs.resumed(Duration::from_millis(set.lease_ms), Instant::now());
             apply_job_set(&cfg, &out, &set);
             tracing::info!(message = "Resuming the stored job set until the controller answers.", generation = set.generation, mode = ?fs.mode(Instant::now()));
@@ -302,8 +307,8 @@ async fn session(
                         if !cfg.hello.agent_id.is_empty() && cfg.hello.agent_id != w.agent_id {
                             tracing::error!(message = "Controller assigned a different agent id; keeping ours for records.", ours = %cfg.hello.agent_id, theirs = %w.agent_id);
                         } else if cfg.hello.agent_id.is_empty() {
-                            if let Err(error) = store_id(&cfg.state_dir, &w.agent_id) {
-                                tracing::error!(message = "Cannot store the agent id; a restart will register anew.", dir = %cfg.state_dir.display(), %error);
+                            if let Some(Err(error)) = cfg.state_dir.as_deref().map(|d| store_id(d, &w.agent_id)) {
+                                tracing::error!(message = "Cannot store the agent id; a restart will register anew.", dir = ?cfg.state_dir, %error);
                             }
                             cfg.hello.agent_id = w.agent_id.clone();
                             let _ = out.id.send(Some(w.agent_id.clone()));
@@ -315,7 +320,7 @@ async fn session(
                             } else {
                                 tracing::info!(message = "Agent certificate received; later sessions present it instead of the join token.", agent = %c.agent_id, not_after_unix = c.not_after_unix);
                                 if let Err(error) = identity.store(c) {
-                                    tracing::error!(message = "Cannot store the agent certificate; a restart will need the join token.", dir = %cfg.state_dir.display(), %error);
+                                    tracing::error!(message = "Cannot store the agent certificate; a restart will need the join token.", dir = ?cfg.state_dir, %error);
                                 }
                             }
                         }
@@ -342,8 +347,8 @@ async fn session(
                         fs.lease(Duration::from_millis(set.lease_ms));
                         let rejected = apply_job_set(cfg, out, &set);
                         generation = set.generation;
-                        if let Err(error) = super::state::store_job_set(&cfg.state_dir, &set) {
-                            tracing::warn!(message = "Cannot store the job set; a restart without the controller will measure nothing.", dir = %cfg.state_dir.display(), %error);
+                        if let Some(Err(error)) = cfg.state_dir.as_deref().map(|d| super::state::store_job_set(d, &set)) {
+                            tracing::warn!(message = "Cannot store the job set; a restart without the controller will measure nothing.", dir = ?cfg.state_dir, %error);
                         }
                         let ack = pb::JobAck { generation, rejected: rejected.into_iter().collect() };
                         if tx.send(msg(Msg::Ack(ack))).await.is_err() {

@@ -51,16 +51,18 @@ pub mod auth {
                     }
                 };
             }
-            match authorization(&req) {
-                Some(t) if creds.check_agent(t) => {
+            match authorization(&req).map(|t| (t, creds.check_join_token(t))) {
+                Some((t, Ok(name))) => {
                     let token_id = super::agent::join_token_id(t);
-                    req.extensions_mut().insert(AgentProof::Token {
-                        name: "default".into(),
-                        token_id,
-                    });
+                    req.extensions_mut()
+                        .insert(AgentProof::Token { name, token_id });
                     Ok(req)
                 }
-                _ => {
+                Some((_, Err(refusal))) => {
+                    tracing::warn!(message = "Agent call refused: join token.", reason = %refusal, remote = ?req.remote_addr());
+                    Err(Status::unauthenticated(refusal.to_string()))
+                }
+                None => {
                     tracing::warn!(message = "Agent call refused: bad join token.", remote = ?req.remote_addr());
                     Err(super::status::unauthenticated("join token"))
                 }
