@@ -126,6 +126,7 @@ impl Controller {
         let tls = auth::load_or_create_tls(&cfg.data_dir, &cfg.sans)?;
         let (creds, new_secrets) = Credentials::load_or_create(&cfg.data_dir, &cfg.seeds)?;
         let creds = Arc::new(creds);
+        creds.set_token_pin(tls.ca_sha256);
         if let Some(m) = &mirror {
             // Credentials added, revoked or rotated by a seed reach the bucket too.
             let m = m.clone();

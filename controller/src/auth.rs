@@ -241,6 +241,8 @@ pub type SaveHook = Arc<dyn Fn(Vec<u8>) + Send + Sync>;
 /// while serving.
 pub struct Credentials {
     inner: RwLock<Inner>,
+    /// The CA pin join tokens carry ([`Credentials::set_token_pin`]).
+    pin: RwLock<Option<[u8; 32]>>,
     /// `credentials.json` (`None`: in memory only, tests).
     path: Option<PathBuf>,
     on_save: RwLock<Option<SaveHook>>,
@@ -639,6 +641,7 @@ impl Credentials {
                 inner: RwLock::new(inner),
                 path: Some(path),
                 on_save: RwLock::new(None),
+                pin: RwLock::new(None),
             },
             new,
         ))
@@ -665,6 +668,21 @@ impl Credentials {
             }),
             path: None,
             on_save: RwLock::new(None),
+            pin: RwLock::new(None),
+        }
+    }
+
+    /// Sets the CA pin of the join tokens [`Credentials::token_string`] makes.
+    pub fn set_token_pin(&self, pin: [u8; 32]) {
+        *self.pin.write().unwrap_or_else(|e| e.into_inner()) = Some(pin);
+    }
+
+    /// The join token an agent is given for `secret`: `mlt1.<pin>.<secret>` (the bare secret
+    /// before a pin is set).
+    pub fn token_string(&self, secret: &str) -> String {
+        match *self.pin.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(pin) => join_token(pin, secret).to_string(),
+            None => secret.to_string(),
         }
     }
 

@@ -9,6 +9,8 @@
 //!   state directory and a wrong join secret, the agent connects with its certificate.
 //! - [`an_agent_older_than_identities_is_served_or_told_to_upgrade`]: N−1 agents.
 //! - [`an_agent_without_a_state_dir_rejoins_with_a_fresh_id`]: `--no-state-dir`.
+//! - [`revoked_and_expired_join_tokens_admit_no_new_agent_but_identities_keep_working`]:
+//!   `controller tokens` and `/api/v1/tokens`.
 //!
 //! Impostors are simulated over the real `AgentService.Connect` protocol, as
 //! `controller/tests/attacks.rs` does.
@@ -172,7 +174,25 @@ impl Ctl {
         Ok(pin::connect(host.to_string(), port.parse()?, Some(Arc::new(cfg))).await?)
     }
 
-    /// Stops an old agent's records being counted as new: the log so far.
+    /// `controller ARGS... --controller URL --credential C --ca CA`: (exit ok, stdout, stderr).
+    async fn cli(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let out = Command::new(env!("CARGO_BIN_EXE_controller"))
+            .args(args)
+            .args(["--controller", &format!("https://{}", self.grpc)])
+            .args(["--credential", &self.credential])
+            .arg("--ca")
+            .arg(self.data.join("ca.pem"))
+            .env_remove("MESHLAT_CONTROLLER")
+            .output()
+            .await?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// The controller's log so far.
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -589,6 +609,96 @@ async fn an_agent_without_a_state_dir_rejoins_with_a_fresh_id() -> Result<()> {
         .collect();
     assert_eq!(entries, vec!["out".to_string()], "{entries:?}");
     b.stop().await?;
+    ctl.stop().await?;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_and_expired_join_tokens_admit_no_new_agent_but_identities_keep_working()
+-> Result<()> {
+    let root = tmp_dir("identity", "tokens");
+    let ctl = Ctl::start(&root.join("ctl"), &[]).await?;
+    // A named token from the CLI, an expiring one over REST.
+    let (ok, fleet, err) = ctl.cli(&["tokens", "create", "fleet"]).await?;
+    assert!(ok, "{err}");
+    let fleet = fleet.trim().to_string();
+    assert!(fleet.starts_with("mlt1."), "{fleet}");
+    let (st, short) = ctl
+        .rest(
+            "POST",
+            "/api/v1/tokens",
+            r#"{"name":"short","expires_in_s":1}"#,
+        )
+        .await?;
+    assert_eq!(st, 201, "{short}");
+    let short = short["token"].as_str().context("token")?.to_string();
+    let (st, bad) = ctl
+        .rest("POST", "/api/v1/tokens", r#"{"name":"x","expires_in_s":0}"#)
+        .await?;
+    assert_eq!(
+        (st, bad["error"]["field"].as_str()),
+        (400, Some("expires_in_s")),
+        "{bad}"
+    );
+
+    // An agent joins with the fleet token and gets its identity.
+    let (state, out) = (root.join("state"), root.join("out"));
+    let log = root.join("agent.log");
+    let agent = Agent::start(&ctl, &fleet, &state, &out, &log)?;
+    let cert = certificate(&state).await?;
+    agent.stop().await?;
+
+    let (st, v) = ctl.rest("DELETE", "/api/v1/tokens/fleet", "").await?;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["revoked_unix"].as_u64().is_some(), "{v}");
+    let ch = ctl.channel(None).await?;
+    let e = hello(&ch, Some(&fleet), hello_as("", key_and_request().1))
+        .await
+        .expect_err("a revoked token admits nobody");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    assert!(e.message().contains("\"fleet\" was revoked"), "{e}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let e = hello(&ch, Some(&short), hello_as("", key_and_request().1))
+        .await
+        .expect_err("an expired token admits nobody");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    assert!(e.message().contains("\"short\" expired"), "{e}");
+    // The default token still works.
+    hello(&ch, Some(&ctl.token), hello_as("", key_and_request().1))
+        .await
+        .expect("the default token admits");
+
+    // The agent that joined with the revoked token comes back with its certificate.
+    let agent = Agent::start(&ctl, &fleet, &state, &out, &log)?;
+    eventually(
+        "the agent reconnects after its token was revoked",
+        30,
+        || async {
+            ctl.agents()
+                .await
+                .contains(&(cert.agent_id.clone(), true))
+                .then_some(())
+        },
+    )
+    .await?;
+    let (ok, list, err) = ctl.cli(&["tokens", "list"]).await?;
+    assert!(ok, "{err}");
+    let fleet_line = list
+        .lines()
+        .find(|l| l.starts_with("fleet "))
+        .context("fleet listed")?;
+    assert!(
+        !fleet_line.trim_end().ends_with('-'),
+        "revoked time listed: {list}"
+    );
+    assert!(list.lines().any(|l| l.starts_with("default ")), "{list}");
+    let log_text = ctl.log_text();
+    assert!(
+        log_text.contains("token.revoke") && log_text.contains("token.create"),
+        "audited"
+    );
+    agent.stop().await?;
     ctl.stop().await?;
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
