@@ -524,7 +524,7 @@ mod tests {
         let a = ca("a");
         let (key, csr) = request();
         let req = Request::parse(&csr).expect("request");
-        assert_eq!(req.key_sha256, key_sha256(&key.public_key_raw()[..]));
+        assert_eq!(req.key_sha256, key_sha256(key.public_key_raw()));
         let now = SystemTime::now();
         let cert = a.issue("agent-7", &req, now).expect("issue");
         assert_eq!(cert.agent_id, "agent-7");

@@ -1,15 +1,15 @@
 //! Per-agent identity (issue 10 item 2; `controller/src/identity.rs`) on real `controller` and
 //! `agent` processes on loopback: what the join token can and can no longer do.
 //!
-//! - [`an_impostor_with_the_join_token_cannot_take_a_victims_id_or_session`]: the impostor
+//! - [`an_impostor_with_the_join_token_cannot_take_a_victims_id_or_session`][]: the impostor
 //!   (join token, the victim's id) and the takeover (its own certificate, the victim's id) are
 //!   refused with a reason; the victim stays connected and keeps measuring; a restarted
 //!   controller still knows the identity.
-//! - [`a_restarted_agent_reconnects_with_its_certificate_not_the_token`]: restarted with its
+//! - [`a_restarted_agent_reconnects_with_its_certificate_not_the_token`][]: restarted with its
 //!   state directory and a wrong join secret, the agent connects with its certificate.
-//! - [`an_agent_older_than_identities_is_served_or_told_to_upgrade`]: N−1 agents.
-//! - [`an_agent_without_a_state_dir_rejoins_with_a_fresh_id`]: `--no-state-dir`.
-//! - [`revoked_and_expired_join_tokens_admit_no_new_agent_but_identities_keep_working`]:
+//! - [`an_agent_older_than_identities_is_served_or_told_to_upgrade`][]: N−1 agents.
+//! - [`an_agent_without_a_state_dir_rejoins_with_a_fresh_id`][]: `--no-state-dir`.
+//! - [`revoked_and_expired_join_tokens_admit_no_new_agent_but_identities_keep_working`][]:
 //!   `controller tokens` and `/api/v1/tokens`.
 //!
 //! Impostors are simulated over the real `AgentService.Connect` protocol, as
