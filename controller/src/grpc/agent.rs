@@ -4,6 +4,9 @@
 //!
 //! 1. The agent sends `Hello` (within [`HELLO_TIMEOUT`]); anything else first is refused with
 //!    `InvalidArgument`.
+//!    The session is authenticated by the agent's client certificate or its join token, and
+//!    admitted by the identity rules ([`crate::identity`]); a Hello with a certificate request
+//!    gets the agent's certificate in its Welcome.
 //! 2. The controller answers `Welcome` with the agent's stable id, then its whole desired
 //!    `JobSet` (generation + lease) as soon as the scheduler has computed it, and a new one
 //!    whenever it changes.
