@@ -199,7 +199,7 @@ pub enum CredentialAction {
 /// `controller tokens ...`.
 #[derive(Debug, Subcommand)]
 pub enum TokenAction {
-    /// Make join token NAME and print it (mlt1.<ca>.<secret>; shown only now, the controller
+    /// Make join token NAME and print it (`mlt1.CA.SECRET`; shown only now, the controller
     /// keeps a hash).
     Create {
         /// Connection.
