@@ -56,6 +56,9 @@ pub enum StartError {
     /// TLS to the controller could not be set up.
     #[error("controller TLS: {0}")]
     ControlTls(rustls::Error),
+    /// The agent's key (`--state-dir`) could not be read or made.
+    #[error("agent identity: {0}")]
+    Identity(crate::control::identity::IdentityFileError),
 }
 
 /// Binds the stats server (if `-s PORT`) on `--stats-listen` (the command's `--listen` where it

@@ -479,6 +479,11 @@ pub struct RunArgs {
         value_name = "DIR"
     )]
     pub state_dir: PathBuf,
+    /// Keep nothing on disk: the agent id, its key and certificate and the last job set live in
+    /// memory for the life of the process, so a restarted agent joins as a new agent (for hosts
+    /// whose disk does not outlive the process). With --firehose-stream, give --spool-dir.
+    #[arg(long, env = "MESHLAT_NO_STATE_DIR", conflicts_with = "state_dir")]
+    pub no_state_dir: bool,
     /// Identity labels (region and AZ default to AWS_REGION and the ECS task metadata).
     #[command(flatten)]
     pub identity: IdentityArgs,

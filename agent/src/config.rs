@@ -49,6 +49,14 @@ pub enum ConfigError {
         /// Delay.
         delay: Duration,
     },
+    /// Two flags that do not go together.
+    #[error("{flags}: {reason}")]
+    Conflict {
+        /// The flags.
+        flags: &'static str,
+        /// Why, and what to do.
+        reason: &'static str,
+    },
     /// A file given by a flag is unusable.
     #[error("{flag} {path}: {reason}")]
     File {
@@ -595,8 +603,8 @@ pub struct RunConfig {
     pub advertise: Option<String>,
     /// Per-protocol advertised addresses replacing the host's (`--advertise-endpoint`).
     pub advertise_endpoints: Vec<crate::control::advertise::AdvertiseEndpoint>,
-    /// Directory of the agent-id file.
-    pub state_dir: PathBuf,
+    /// The state directory (`None`: `--no-state-dir`, nothing kept on disk).
+    pub state_dir: Option<PathBuf>,
     /// Identity labels (the id comes from the controller); region/AZ may still be filled from ECS.
     pub identity: AgentIdentity,
     /// Responders.
@@ -683,7 +691,7 @@ impl RunConfig {
             token,
             advertise: label("--advertise", a.advertise.clone())?,
             advertise_endpoints,
-            state_dir: a.state_dir.clone(),
+            state_dir: (!a.no_state_dir).then(|| a.state_dir.clone()),
             identity: AgentIdentity {
                 agent_id: None,
                 region: region(region_flag)?,
@@ -692,7 +700,17 @@ impl RunConfig {
             },
             responders,
             file: file_sink(&a.sinks)?,
-            firehose: firehose_sink(&a.sinks.firehose, &a.state_dir)?,
+            firehose: if a.no_state_dir
+                && a.sinks.firehose.firehose_stream.is_some()
+                && a.sinks.firehose.spool_dir.is_none()
+            {
+                return Err(ConfigError::Conflict {
+                    flags: "--no-state-dir with --firehose-stream",
+                    reason: "the spool defaults to STATE_DIR/spool: give --spool-dir",
+                });
+            } else {
+                firehose_sink(&a.sinks.firehose, &a.state_dir)?
+            },
             ecs_metadata_uri: env("ECS_CONTAINER_METADATA_URI_V4").filter(|s| !s.is_empty()),
             common,
         })

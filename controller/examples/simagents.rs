@@ -4,7 +4,8 @@
 //! (`meshlat_agent::control::pin`).
 //!
 //! Each session sends `Hello` (no id, like a first start, so the controller names it; a region
-//! among `--regions`; UDP and TCP endpoints), acknowledges every `JobSet` with its generation and
+//! among `--regions`; UDP and TCP endpoints; a certificate request for its own key, so the
+//! controller issues its client certificate, unless `--no-identity`), acknowledges every `JobSet` with its generation and
 //! sends a heartbeat every 5 s. By default every session has its own TLS connection, as real
 //! agents do; `--streams-per-connection M` multiplexes M sessions over one HTTP/2 connection.
 //!
@@ -82,6 +83,10 @@ struct Args {
     /// Controller process id, to sample its RSS.
     #[arg(long)]
     controller_pid: Option<u32>,
+    /// Send no certificate requests, as agents older than per-agent identities (by default each
+    /// session's Hello asks for its client certificate, as a real agent's first join does).
+    #[arg(long)]
+    no_identity: bool,
 }
 
 /// What the sessions report, indexed by session.
@@ -91,6 +96,8 @@ struct Shared {
     job: String,
     welcomed: AtomicUsize,
     welcomed_last_ns: AtomicU64,
+    /// Welcomes that carried a client certificate.
+    certificates: AtomicUsize,
     /// Latest k-random job version acknowledged by each session.
     version: Vec<AtomicU64>,
     /// When each session first acknowledged that version (ns since `base`).
@@ -152,6 +159,7 @@ fn hello(i: usize, regions: usize) -> pb::Hello {
         ],
         capabilities: vec!["udp".into(), "tcp".into()],
         version: "simagents".into(),
+        ..Default::default()
     }
 }
 
@@ -179,6 +187,13 @@ fn bearer(s: &str) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Asc
     format!("Bearer {s}")
         .parse()
         .context("credential is not a valid header value")
+}
+
+/// A fresh key's certificate request (PKCS#10, DER), as an agent's first Hello carries.
+fn certificate_request() -> Result<Vec<u8>> {
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
+    Ok(csr.der().to_vec())
 }
 
 fn msg(m: Msg) -> pb::AgentMessage {
@@ -218,7 +233,10 @@ async fn session(
             m = inbound.message() => {
                 let m = m.map_err(|s| format!("stream: {s}"))?.ok_or("the controller closed the session")?;
                 match m.msg {
-                    Some(In::Welcome(_)) => {
+                    Some(In::Welcome(w)) => {
+                        if w.certificate.is_some() {
+                            shared.certificates.fetch_add(1, Ordering::Relaxed);
+                        }
                         shared.welcomed.fetch_add(1, Ordering::Relaxed);
                         shared.welcomed_last_ns.fetch_max(shared.ns(), Ordering::Relaxed);
                     }
@@ -339,12 +357,29 @@ async fn main() -> Result<()> {
         job: kr.id.clone(),
         welcomed: AtomicUsize::new(0),
         welcomed_last_ns: AtomicU64::new(0),
+        certificates: AtomicUsize::new(0),
         version: (0..a.agents).map(|_| AtomicU64::new(0)).collect(),
         acked_ns: (0..a.agents).map(|_| AtomicU64::new(0)).collect(),
         job_sets: AtomicU64::new(0),
         errors: AtomicUsize::new(0),
         retries: AtomicUsize::new(0),
         first_error: Mutex::new(None),
+    });
+    // Each session's key and certificate request, made before the clock starts (a real agent
+    // makes its own before its first Hello).
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(if a.no_identity {
+        Vec::new()
+    } else {
+        let t = Instant::now();
+        let r = (0..a.agents)
+            .map(|_| certificate_request())
+            .collect::<Result<Vec<_>>>()?;
+        eprintln!(
+            "simagents: {} certificate requests made in {:.1} s",
+            a.agents,
+            t.elapsed().as_secs_f64()
+        );
+        r
     });
     let stop = CancellationToken::new();
     let auth = bearer(&a.token)?;
@@ -358,6 +393,7 @@ async fn main() -> Result<()> {
         a.agents
     );
     for c in 0..connections {
+        let requests = requests.clone();
         let (host, tls, gate, shared, stop, auth) = (
             host.clone(),
             tls.clone(),
@@ -394,6 +430,7 @@ async fn main() -> Result<()> {
             for i in (c * per)..((c + 1) * per).min(n) {
                 let (ch, shared2, stop, auth) =
                     (channel.clone(), shared.clone(), stop.clone(), auth.clone());
+                let request = requests.get(i).cloned().unwrap_or_default();
                 sessions.spawn(async move {
                     // A session refused before its Welcome (no id yet, so no duplicate) is
                     // retried like a real agent's; anything later is an error.
@@ -402,7 +439,10 @@ async fn main() -> Result<()> {
                         let r = session(
                             i,
                             ch.clone(),
-                            hello(i, regions),
+                            pb::Hello {
+                                certificate_request: request.clone(),
+                                ..hello(i, regions)
+                            },
                             auth.clone(),
                             shared2.clone(),
                             stop.clone(),
@@ -441,6 +481,10 @@ async fn main() -> Result<()> {
         .await?;
         let up = shared.welcomed.load(Ordering::Relaxed);
         put("sessions_up", up.into());
+        put(
+            "certificates_issued",
+            shared.certificates.load(Ordering::Relaxed).into(),
+        );
         put(
             "connect_all_s",
             (shared

@@ -92,6 +92,8 @@ pub struct Controller {
     tls: TlsMaterial,
     /// Server TLS for gRPC (ALPN h2) and REST (ALPN http/1.1); `None` with `--plaintext`.
     server_tls: Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>,
+    /// Issues and checks agent certificates (`None` with `--plaintext`).
+    agent_ca: Option<Arc<crate::identity::AgentCa>>,
     new_secrets: Option<NewSecrets>,
     /// `first-start-secrets`, when this start generated secrets.
     secrets_file: Option<std::path::PathBuf>,
@@ -127,6 +129,7 @@ impl Controller {
         let tls = auth::load_or_create_tls(&cfg.data_dir, &cfg.sans)?;
         let (creds, new_secrets) = Credentials::load_or_create(&cfg.data_dir, &cfg.seeds)?;
         let creds = Arc::new(creds);
+        creds.set_token_pin(tls.ca_sha256);
         if let Some(m) = &mirror {
             // Credentials added, revoked or rotated by a seed reach the bucket too.
             let m = m.clone();
@@ -231,12 +234,23 @@ impl Controller {
             peer_ca_pem.extend_from_slice(pem.as_bytes());
             peer_ca_pem.push(b'\n');
         }
-        let server_tls = if cfg.plaintext {
-            None
+        let (server_tls, agent_ca) = if cfg.plaintext {
+            tracing::warn!(
+                message = "--plaintext: no TLS, so no per-agent identities; the join token alone admits agents (local experiments only)."
+            );
+            (None, None)
         } else {
-            Some((server_tls(&tls, b"h2")?, server_tls(&tls, b"http/1.1")?))
+            let ca = crate::identity::AgentCa::load(&cfg.data_dir, cfg.agent_cert_validity)?;
+            (
+                Some((
+                    server_tls(&tls, b"h2", true)?,
+                    server_tls(&tls, b"http/1.1", false)?,
+                )),
+                Some(Arc::new(ca)),
+            )
         };
         Ok(Controller {
+            agent_ca,
             server_tls,
             peer_ca_pem,
             cfg,
@@ -371,12 +385,13 @@ impl Controller {
             .register_encoded_file_descriptor_set(meshlat_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1();
+        let mut agent_svc = grpc::agent::AgentSvc::new(self.registry.clone(), shutdown.clone());
+        if let Some(ca) = &self.agent_ca {
+            agent_svc = agent_svc.with_identity(ca.clone(), self.cfg.require_agent_identity);
+        }
         let agent = tonic::codegen::InterceptedService::new(
-            grpc::agent::AgentServer::new(grpc::agent::AgentSvc::new(
-                self.registry.clone(),
-                shutdown.clone(),
-            )),
-            grpc::auth::agent(self.creds.clone()),
+            grpc::agent::AgentServer::new(agent_svc),
+            grpc::auth::agent(self.creds.clone(), self.agent_ca.clone()),
         );
         // Rate limits run before the credential check, so a flood of bad credentials costs
         // no hashing.
@@ -433,8 +448,13 @@ impl Controller {
     }
 }
 
-/// The server's rustls config offering `alpn`.
-fn server_tls(tls: &TlsMaterial, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig>, StartError> {
+/// The server's rustls config offering `alpn`; with `client_certs`, clients may present a
+/// certificate (agents' identities, [`crate::identity::OfferClientAuth`]).
+fn server_tls(
+    tls: &TlsMaterial,
+    alpn: &[u8],
+    client_certs: bool,
+) -> Result<Arc<rustls::ServerConfig>, StartError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let e = |m: String| StartError::Tls(m);
@@ -444,14 +464,19 @@ fn server_tls(tls: &TlsMaterial, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig
             .map_err(|x| e(x.to_string()))?;
     let key =
         PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|x| e(x.to_string()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|x| e(x.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
     .map_err(|x| e(x.to_string()))?;
+    let cfg = if client_certs {
+        cfg.with_client_cert_verifier(Arc::new(crate::identity::OfferClientAuth::default()))
+    } else {
+        cfg.with_no_client_auth()
+    };
+    let mut cfg = cfg
+        .with_single_cert(chain, key)
+        .map_err(|x| e(x.to_string()))?;
     cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -189,7 +189,58 @@ struct Operator {
 #[derive(Clone, Debug)]
 struct Inner {
     agent_secret_sha256: [u8; 32],
+    /// When the default join token was revoked (a new seed brings it back).
+    default_token_revoked: Option<u64>,
+    /// Join tokens made with `controller tokens create`.
+    tokens: Vec<Token>,
     operators: Vec<Operator>,
+}
+
+/// The name under which the seeded or generated join secret is listed.
+pub const DEFAULT_TOKEN: &str = "default";
+
+/// One join token as listed (never the secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Name ([`DEFAULT_TOKEN`] for the seeded or generated one).
+    pub name: String,
+    /// When it was made (Unix seconds; 0: unknown, the default token).
+    pub created_unix: u64,
+    /// When it stops admitting new agents (Unix seconds), if ever.
+    pub expires_unix: Option<u64>,
+    /// When it was revoked, if it was.
+    pub revoked_unix: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+struct Token {
+    info: TokenInfo,
+    sha256: [u8; 32],
+}
+
+/// Why a join token admits no agent ([`Credentials::check_join_token`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenRefusal {
+    /// No token of this controller has this secret.
+    #[error("join token: not one of this controller's (rotated, or mistyped)")]
+    Unknown,
+    /// The token was revoked.
+    #[error("join token {name:?} was revoked; ask the operator for a current one")]
+    Revoked {
+        /// Its name.
+        name: String,
+    },
+    /// The token expired.
+    #[error(
+        "join token {name:?} expired at {expires_unix} (Unix time); ask the operator for a current one"
+    )]
+    Expired {
+        /// Its name.
+        name: String,
+        /// When.
+        expires_unix: u64,
+    },
 }
 
 /// Called with the new content of `credentials.json` after every change (the S3 mirror).
@@ -199,6 +250,8 @@ pub type SaveHook = Arc<dyn Fn(Vec<u8>) + Send + Sync>;
 /// while serving.
 pub struct Credentials {
     inner: RwLock<Inner>,
+    /// The CA pin join tokens carry ([`Credentials::set_token_pin`]).
+    pin: RwLock<Option<[u8; 32]>>,
     /// `credentials.json` (`None`: in memory only, tests).
     path: Option<PathBuf>,
     on_save: RwLock<Option<SaveHook>>,
@@ -265,8 +318,15 @@ struct CredentialsFile {
     /// rest is read ([`FormatOnly`]).
     #[serde(default)]
     format_version: u16,
-    /// SHA-256 (hex) of the join secret.
+    /// SHA-256 (hex) of the join secret (the default join token).
     agent_secret_sha256: String,
+    /// When the default join token was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    default_token_revoked_unix: Option<u64>,
+    /// Join tokens made with `controller tokens create` (absent while there are none, so such a
+    /// file stays readable by versions before them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    join_tokens: Vec<TokenEntry>,
     /// Operator names and the SHA-256 (hex) of their secrets.
     operators: Vec<OperatorEntry>,
 }
@@ -290,6 +350,18 @@ struct OperatorEntry {
     origin: Option<Origin>,
     #[serde(default)]
     created_unix: u64,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    name: String,
+    secret_sha256: String,
+    created_unix: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_unix: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revoked_unix: Option<u64>,
 }
 
 /// Optional seeds for the secrets (e.g. from a secrets manager). Applied at every start: a seed
@@ -401,6 +473,18 @@ impl Inner {
         CredentialsFile {
             format_version: meshlat_proto::state_file::FORMAT,
             agent_secret_sha256: hex_encode(&self.agent_secret_sha256),
+            default_token_revoked_unix: self.default_token_revoked,
+            join_tokens: self
+                .tokens
+                .iter()
+                .map(|t| TokenEntry {
+                    name: t.info.name.clone(),
+                    secret_sha256: hex_encode(&t.sha256),
+                    created_unix: t.info.created_unix,
+                    expires_unix: t.info.expires_unix,
+                    revoked_unix: t.info.revoked_unix,
+                })
+                .collect(),
             operators: self
                 .operators
                 .iter()
@@ -425,6 +509,7 @@ impl Inner {
             let h = sha256(j.as_bytes());
             if !ct_eq(&h, &self.agent_secret_sha256) {
                 self.agent_secret_sha256 = h;
+                self.default_token_revoked = None;
                 changed.push("join secret");
             }
         }
@@ -508,6 +593,22 @@ impl Credentials {
             };
             Inner {
                 agent_secret_sha256: digest(&file.agent_secret_sha256)?,
+                default_token_revoked: file.default_token_revoked_unix,
+                tokens: file
+                    .join_tokens
+                    .iter()
+                    .map(|t| {
+                        Ok(Token {
+                            info: TokenInfo {
+                                name: t.name.clone(),
+                                created_unix: t.created_unix,
+                                expires_unix: t.expires_unix,
+                                revoked_unix: t.revoked_unix,
+                            },
+                            sha256: digest(&t.secret_sha256)?,
+                        })
+                    })
+                    .collect::<Result<_, AuthError>>()?,
                 operators: file
                     .operators
                     .iter()
@@ -553,6 +654,8 @@ impl Credentials {
             }
             Inner {
                 agent_secret_sha256: join,
+                default_token_revoked: None,
+                tokens: Vec::new(),
                 operators,
             }
         };
@@ -579,6 +682,7 @@ impl Credentials {
                 inner: RwLock::new(inner),
                 path: Some(path),
                 on_save: RwLock::new(None),
+                pin: RwLock::new(None),
             },
             new,
         ))
@@ -592,6 +696,8 @@ impl Credentials {
         Credentials {
             inner: RwLock::new(Inner {
                 agent_secret_sha256: sha256(join_secret.as_bytes()),
+                default_token_revoked: None,
+                tokens: Vec::new(),
                 operators: vec![Operator {
                     info: OperatorInfo {
                         name: key.to_string(),
@@ -603,6 +709,21 @@ impl Credentials {
             }),
             path: None,
             on_save: RwLock::new(None),
+            pin: RwLock::new(None),
+        }
+    }
+
+    /// Sets the CA pin of the join tokens [`Credentials::token_string`] makes.
+    pub fn set_token_pin(&self, pin: [u8; 32]) {
+        *self.pin.write().unwrap_or_else(|e| e.into_inner()) = Some(pin);
+    }
+
+    /// The join token an agent is given for `secret`: `mlt1.<pin>.<secret>` (the bare secret
+    /// before a pin is set).
+    pub fn token_string(&self, secret: &str) -> String {
+        match *self.pin.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(pin) => join_token(pin, secret).to_string(),
+            None => secret.to_string(),
         }
     }
 
@@ -621,13 +742,130 @@ impl Credentials {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `token` (a whole join token, or just its secret) carries the join secret.
+    /// Whether `token` (a whole join token, or just its secret) admits an agent now.
     pub fn check_agent(&self, token: &str) -> bool {
+        self.check_join_token(token).is_ok()
+    }
+
+    /// Which join token `token` (a whole join token, or just its secret) is, if it admits an
+    /// agent now: its name. Every token's hash is compared (constant time each).
+    ///
+    /// # Errors
+    ///
+    /// [`TokenRefusal`]: unknown, revoked or expired.
+    pub fn check_join_token(&self, token: &str) -> Result<String, TokenRefusal> {
         let secret = match JoinToken::parse(token) {
             Ok(t) => t.secret,
             Err(_) => token.trim().to_ascii_lowercase(),
         };
-        ct_eq(&sha256(secret.as_bytes()), &self.read().agent_secret_sha256)
+        let h = sha256(secret.as_bytes());
+        let inner = self.read();
+        let mut found = None;
+        if ct_eq(&h, &inner.agent_secret_sha256) {
+            found = Some((DEFAULT_TOKEN.to_string(), None, inner.default_token_revoked));
+        }
+        for t in &inner.tokens {
+            if ct_eq(&h, &t.sha256) {
+                found = Some((
+                    t.info.name.clone(),
+                    t.info.expires_unix,
+                    t.info.revoked_unix,
+                ));
+            }
+        }
+        match found {
+            None => Err(TokenRefusal::Unknown),
+            Some((name, _, Some(_))) => Err(TokenRefusal::Revoked { name }),
+            Some((name, Some(e), None)) if unix_now() >= e => Err(TokenRefusal::Expired {
+                name,
+                expires_unix: e,
+            }),
+            Some((name, _, None)) => Ok(name),
+        }
+    }
+
+    /// The join tokens (the default one first), revoked and expired ones included.
+    pub fn list_tokens(&self) -> Vec<TokenInfo> {
+        let inner = self.read();
+        std::iter::once(TokenInfo {
+            name: DEFAULT_TOKEN.into(),
+            created_unix: 0,
+            expires_unix: None,
+            revoked_unix: inner.default_token_revoked,
+        })
+        .chain(inner.tokens.iter().map(|t| t.info.clone()))
+        .collect()
+    }
+
+    /// Makes join token `name`, admitting new agents until `expires_unix` (if given); returns
+    /// it and its secret (shown once: only its hash is kept). A revoked token's name may be
+    /// reused.
+    ///
+    /// # Errors
+    ///
+    /// [`CredentialError`]: a bad or taken name, or the file could not be written.
+    pub fn create_token(
+        &self,
+        name: &str,
+        expires_unix: Option<u64>,
+    ) -> Result<(TokenInfo, String), CredentialError> {
+        check_name(name)?;
+        let secret = random_hex(24);
+        let info = TokenInfo {
+            name: name.to_string(),
+            created_unix: unix_now(),
+            expires_unix,
+            revoked_unix: None,
+        };
+        self.change(|inner| {
+            let taken = name == DEFAULT_TOKEN
+                || inner
+                    .tokens
+                    .iter()
+                    .any(|t| t.info.name == name && t.info.revoked_unix.is_none());
+            if taken {
+                return Err(CredentialError::Exists { name: name.into() });
+            }
+            inner.tokens.retain(|t| t.info.name != name);
+            inner.tokens.push(Token {
+                info: info.clone(),
+                sha256: sha256(secret.as_bytes()),
+            });
+            Ok(())
+        })?;
+        Ok((info, secret))
+    }
+
+    /// Revokes join token `name`: it admits no new agent from now on (agents that already
+    /// hold their identity keep working). The default token comes back with a new seed.
+    ///
+    /// # Errors
+    ///
+    /// [`CredentialError`]: no such token (or already revoked), or the file could not be
+    /// written.
+    pub fn revoke_token(&self, name: &str) -> Result<TokenInfo, CredentialError> {
+        let now = unix_now();
+        self.change(|inner| {
+            let missing = || CredentialError::NotFound { name: name.into() };
+            if name == DEFAULT_TOKEN {
+                if inner.default_token_revoked.is_some() {
+                    return Err(missing());
+                }
+                inner.default_token_revoked = Some(now);
+                return Ok(());
+            }
+            let t = inner
+                .tokens
+                .iter_mut()
+                .find(|t| t.info.name == name && t.info.revoked_unix.is_none())
+                .ok_or_else(missing)?;
+            t.info.revoked_unix = Some(now);
+            Ok(())
+        })?;
+        self.list_tokens()
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| CredentialError::NotFound { name: name.into() })
     }
 
     /// Whether `credential` (`NAME:SECRET`) is a known operator's; returns the name.
@@ -1015,6 +1253,62 @@ mod tests {
         let (again, _) = Credentials::load_or_create(&dir, &Seeds::default()).expect("reload");
         assert!(again.check_operator(&ci).is_none());
         assert!(again.check_operator(&first).is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn join_tokens_are_named_revoked_expire_and_persist() {
+        let dir = tmp();
+        let (c, new) = Credentials::load_or_create(&dir, &Seeds::default()).expect("create");
+        let default = new.and_then(|n| n.join_secret).expect("generated");
+        assert_eq!(c.check_join_token(&default).as_deref(), Ok(DEFAULT_TOKEN));
+        let (info, ci) = c.create_token("ci", None).expect("create");
+        assert_eq!(info.name, "ci");
+        assert_eq!(c.check_join_token(&ci).as_deref(), Ok("ci"));
+        assert_eq!(
+            c.create_token("ci", None).map(|_| ()),
+            Err(CredentialError::Exists { name: "ci".into() })
+        );
+        assert!(c.create_token(DEFAULT_TOKEN, None).is_err(), "reserved");
+        let (_, old) = c
+            .create_token("old", Some(unix_now() - 1))
+            .expect("expired");
+        assert!(matches!(
+            c.check_join_token(&old),
+            Err(TokenRefusal::Expired { ref name, .. }) if name == "old"
+        ));
+        assert_eq!(
+            c.check_join_token("0123456789abcdef0123456789abcdef"),
+            Err(TokenRefusal::Unknown)
+        );
+        let r = c.revoke_token("ci").expect("revoke");
+        assert!(r.revoked_unix.is_some());
+        assert_eq!(
+            c.check_join_token(&ci),
+            Err(TokenRefusal::Revoked { name: "ci".into() })
+        );
+        assert!(c.revoke_token("ci").is_err(), "already revoked");
+        c.revoke_token(DEFAULT_TOKEN).expect("revoke default");
+        assert!(c.check_join_token(&default).is_err());
+        // On disk: a restart sees the same.
+        let (again, _) = Credentials::load_or_create(&dir, &Seeds::default()).expect("reload");
+        assert_eq!(again.list_tokens(), c.list_tokens());
+        assert!(again.check_join_token(&ci).is_err() && again.check_join_token(&default).is_err());
+        let stored = std::fs::read_to_string(dir.join(CREDENTIALS_FILE)).expect("read");
+        assert!(
+            !stored.contains(&ci) && !stored.contains(&default),
+            "hashed"
+        );
+        // A revoked name can be used again; a new default seed is active again.
+        let (_, ci2) = again.create_token("ci", None).expect("reuse");
+        assert_eq!(again.check_join_token(&ci2).as_deref(), Ok("ci"));
+        let seed = "44444444444444444444444444444444";
+        let seeds = Seeds {
+            join_secret: Some(seed.into()),
+            operator_credential: None,
+        };
+        let (rotated, _) = Credentials::load_or_create(&dir, &seeds).expect("rotate");
+        assert_eq!(rotated.check_join_token(seed).as_deref(), Ok(DEFAULT_TOKEN));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -15,6 +15,7 @@ Examples:
   controller job list
   controller agents
   controller credentials add ci-pipeline   # prints ci-pipeline:SECRET once; list, revoke NAME
+  controller tokens create fleet-b --expires-in 86400   # prints a join token once; list, revoke NAME
   controller matrix --by region --protocol udp --watch
   curl --cacert /var/lib/meshlat/ca.pem -H \"Authorization: Bearer $MESHLAT_CREDENTIAL\" https://ctl:7401/api/v1/jobs";
 
@@ -46,6 +47,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: CredentialAction,
+    },
+    /// Create, list or revoke named join tokens.
+    Tokens {
+        /// What to do.
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// List the agents known to the controller.
     Agents {
@@ -187,6 +194,49 @@ pub enum CredentialAction {
         /// Name.
         name: String,
     },
+}
+
+/// `controller tokens ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Make join token NAME and print it (`mlt1.CA.SECRET`; shown only now, the controller
+    /// keeps a hash).
+    Create {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Name: 1-64 of A-Za-z0-9._- ("default" is the seeded or generated token).
+        name: String,
+        /// It admits new agents for this many seconds (default: until revoked).
+        #[arg(long, value_name = "SECONDS")]
+        expires_in: Option<u64>,
+    },
+    /// List join tokens (never secrets): created, expiry and revocation times.
+    List {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke join token NAME: it admits no new agent (agents holding their own certificate
+    /// keep working).
+    Revoke {
+        /// Connection.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Name.
+        name: String,
+    },
+}
+
+impl TokenAction {
+    /// The connection flags.
+    pub fn client(&self) -> &ClientArgs {
+        match self {
+            TokenAction::Create { client, .. }
+            | TokenAction::List { client }
+            | TokenAction::Revoke { client, .. } => client,
+        }
+    }
 }
 
 impl CredentialAction {
@@ -331,6 +381,20 @@ pub struct ServeArgs {
         default_value_t = crate::limits::DEFAULT_MAX_PEER_JOBS
     )]
     pub max_peer_jobs: usize,
+    /// Validity of the client certificates issued to agents (their identities), in seconds
+    /// (default 30 days); agents renew theirs once two thirds of it have passed.
+    #[arg(
+        long,
+        env = "MESHLAT_AGENT_CERT_VALIDITY",
+        default_value_t = crate::identity::DEFAULT_VALIDITY.as_secs_f64(),
+        value_name = "SECONDS"
+    )]
+    pub agent_cert_validity: f64,
+    /// Refuse agents that do not ask for their own identity (versions before per-agent
+    /// identities); they are told to upgrade. Off by default, so such agents keep working
+    /// during an upgrade; not with --plaintext.
+    #[arg(long, env = "MESHLAT_REQUIRE_AGENT_IDENTITY")]
+    pub require_agent_identity: bool,
     /// Join secret (hex, >= 32 digits) instead of a random one. Never printed; applied at every
     /// start: a value that differs from the stored hash replaces it (rotation).
     #[arg(long, env = "MESHLAT_JOIN_SECRET", hide_env_values = true)]

@@ -7,7 +7,7 @@ use meshlat_proto::pb;
 use meshlat_proto::pb::operator_service_client::OperatorServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::cli::{ClientArgs, CredentialAction, HealthArgs, JobAction, MatrixArgs};
+use crate::cli::{ClientArgs, CredentialAction, HealthArgs, JobAction, MatrixArgs, TokenAction};
 use crate::json;
 
 /// A client command failure.
@@ -248,6 +248,68 @@ pub async fn credentials(action: &CredentialAction) -> Result<String, ClientErro
         CredentialAction::Revoke { name, .. } => {
             let i = c
                 .revoke_credential(pb::RevokeCredentialRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            Ok(format!("revoked {}", line(&i)))
+        }
+    }
+}
+
+/// Runs `controller tokens ...`; returns what to print (`create`: the join token alone on its
+/// line, so scripts can capture it). Times are Unix seconds, `-` for none.
+///
+/// # Errors
+///
+/// [`ClientError`].
+pub async fn tokens(action: &TokenAction) -> Result<String, ClientError> {
+    let mut c = connect(action.client()).await?;
+    let t = |v: i64| {
+        if v == 0 {
+            "-".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    let line = |i: &pb::JoinTokenInfo| {
+        format!(
+            "{:<32} {:<12} {:<12} {}\n",
+            i.name,
+            t(i.created_unix),
+            t(i.expires_unix),
+            t(i.revoked_unix)
+        )
+    };
+    match action {
+        TokenAction::Create {
+            name, expires_in, ..
+        } => {
+            let r = c
+                .create_join_token(pb::CreateJoinTokenRequest {
+                    name: name.clone(),
+                    expires_in_s: expires_in.unwrap_or(0),
+                })
+                .await?
+                .into_inner();
+            Ok(format!("{}\n", r.token))
+        }
+        TokenAction::List { .. } => {
+            let list = c
+                .list_join_tokens(pb::ListJoinTokensRequest {})
+                .await?
+                .into_inner()
+                .tokens;
+            let mut out = format!(
+                "{:<32} {:<12} {:<12} REVOKED\n",
+                "NAME", "CREATED", "EXPIRES"
+            );
+            for i in &list {
+                out.push_str(&line(i));
+            }
+            Ok(out)
+        }
+        TokenAction::Revoke { name, .. } => {
+            let i = c
+                .revoke_join_token(pb::RevokeJoinTokenRequest { name: name.clone() })
                 .await?
                 .into_inner();
             Ok(format!("revoked {}", line(&i)))

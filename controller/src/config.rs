@@ -93,6 +93,10 @@ pub struct ServeConfig {
     pub publish: Option<PublishConfig>,
     /// Jobs ensured at every start (`--default-jobs`), each with a unique name.
     pub default_jobs: Vec<meshlat_proto::pb::JobSpec>,
+    /// Validity of agent certificates (`--agent-cert-validity`).
+    pub agent_cert_validity: Duration,
+    /// Refuse agents without an identity (`--require-agent-identity`).
+    pub require_agent_identity: bool,
 }
 
 /// Most `--default-jobs` entries.
@@ -695,9 +699,18 @@ impl ServeConfig {
         }
         let publish = publish(a)?;
         let default_jobs = default_jobs(&a.default_jobs)?;
+        if a.require_agent_identity && a.plaintext {
+            return Err(ConfigError::Invalid {
+                flag: "--require-agent-identity",
+                value: "true".into(),
+                reason: "needs TLS (identities are client certificates), not --plaintext",
+            });
+        }
         Ok(ServeConfig {
             default_jobs,
             publish,
+            agent_cert_validity: long_secs("--agent-cert-validity", a.agent_cert_validity)?,
+            require_agent_identity: a.require_agent_identity,
             relay_policy,
             address_policy,
             grpc_limits,

@@ -12,6 +12,7 @@
 //!   ([`store::s3`], the only module using the AWS S3 SDK).
 //! - [`publish`]: writes the join token and the CA certificate into Secrets Manager
 //!   (`--join-token-secret-arn`, `--ca-cert-secret-arn`; the only module using its SDK).
+//! - [`identity`]: per-agent identities: client certificates from the CA, who may speak for an id.
 //! - [`federation`]: exchanging directories and jobs with peer controllers.
 //! - [`fsutil`]: durable file replacement (temporary file, fsync, rename, directory fsync).
 //! - [`keys`]: the mesh wire key, the controller's Ed25519 relay-grant signing key (kept in
@@ -36,6 +37,7 @@ pub mod config;
 pub mod federation;
 pub mod fsutil;
 pub mod grpc;
+pub mod identity;
 pub mod jobset;
 pub mod json;
 pub mod keys;

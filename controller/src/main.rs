@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Some(Command::Credentials { action }) => {
             return report(rt.block_on(client::credentials(&action)));
         }
+        Some(Command::Tokens { action }) => return report(rt.block_on(client::tokens(&action))),
         Some(Command::Agents { client }) => return report(rt.block_on(client::agents(&client))),
         Some(Command::Matrix(m)) => {
             use std::io::Write;

@@ -912,15 +912,30 @@ impl Registry {
     ///
     /// [`DomainError::Invalid`] for a malformed Hello, [`DomainError::Exhausted`] at a cap.
     pub fn connect_as(&self, hello: pb::Hello, token: &str) -> Result<Session, DomainError> {
+        self.connect_verified(hello, token, |_| Ok::<_, DomainError>(None))
+    }
+
+    /// [`Registry::connect_as`], with `verify` deciding under the lock whether the session may
+    /// speak for the id ([`crate::identity::admit`]): it is given the id's recorded identity
+    /// key (`None`: unknown id, or none recorded) and returns the identity to record (`None`:
+    /// keep what is recorded). A refusal changes nothing. With an empty `token` (a session that
+    /// presented a certificate) the agent keeps the token it joined with, for the per-token cap.
+    ///
+    /// # Errors
+    ///
+    /// What `verify` returns, and the errors of [`Registry::connect_as`].
+    pub fn connect_verified<E: From<DomainError>>(
+        &self,
+        hello: pb::Hello,
+        token: &str,
+        verify: impl FnOnce(Option<&[u8]>) -> Result<Option<[u8; 32]>, E>,
+    ) -> Result<Session, E> {
         let id = hello.agent_id.trim().to_string();
         if id.len() > 128 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(invalid(
-                "hello.agent_id",
-                "at most 128 printable characters",
-            ));
+            return Err(invalid("hello.agent_id", "at most 128 printable characters").into());
         }
         if hello.region.trim().is_empty() {
-            return Err(invalid("hello.region", "must not be empty"));
+            return Err(invalid("hello.region", "must not be empty").into());
         }
         check_hello(&hello)?;
         let id = if id.is_empty() {
@@ -930,6 +945,15 @@ impl Registry {
         };
         let now = Instant::now();
         let mut inner = self.lock();
+        let recorded = inner
+            .agents
+            .get(&id)
+            .map(|e| e.stored.identity_key_sha256.clone())
+            .unwrap_or_default();
+        let identity = match verify((!recorded.is_empty()).then_some(&recorded[..]))? {
+            Some(k) => k.to_vec(),
+            None => recorded,
+        };
         if !inner.agents.contains_key(&id) {
             let limits = &self.cfg.limits;
             let same = inner.agents.values().filter(|e| e.token == token).count();
@@ -939,7 +963,8 @@ impl Registry {
                     limit: limits.max_agents_per_token as u64,
                     flag: "--max-agents-per-token",
                     reason: format!("{same} agents joined with this join token"),
-                });
+                }
+                .into());
             }
             if inner.agents.len() >= limits.max_agents {
                 return Err(DomainError::Exhausted {
@@ -947,7 +972,8 @@ impl Registry {
                     limit: limits.max_agents as u64,
                     flag: "--max-agents",
                     reason: format!("{} agents are known", inner.agents.len()),
-                });
+                }
+                .into());
             }
         }
         let session = inner.next_session;
@@ -966,6 +992,7 @@ impl Registry {
             info: Some(info),
             endpoints: hello.endpoints,
             capabilities: hello.capabilities,
+            identity_key_sha256: identity,
         };
         // The relay role is the operator's decision, not the agent's claim.
         let relay_refused = match self.cfg.relay_policy.enforce(&mut stored) {
@@ -984,7 +1011,9 @@ impl Registry {
             Some(e) => {
                 e.stored = stored;
                 e.last_heard = now;
-                e.token = token.to_string();
+                if !token.is_empty() {
+                    e.token = token.to_string();
+                }
                 // Force a push on the new session.
                 e.generation = 0;
                 e.session.replace((session, tx)).is_some()
@@ -1707,7 +1736,7 @@ mod tests {
                     ..Default::default()
                 }),
                 endpoints: hello("p1", 9).endpoints,
-                capabilities: vec![],
+                ..Default::default()
             }],
             ..Default::default()
         };

@@ -142,6 +142,7 @@ mod tests {
             }),
             endpoints: vec![],
             capabilities: caps.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
         }
     }
 

@@ -17,6 +17,9 @@
 //! | `GET` | `/api/v1/credentials` | | `200` `{"credentials": [{"name", "origin", "created_unix"}]}` |
 //! | `POST` | `/api/v1/credentials` | `{"name": "NAME"}` | `201` `{"name", ..., "credential": "NAME:SECRET"}` (shown once) |
 //! | `DELETE` | `/api/v1/credentials/{name}` | | `200` the revoked credential (its next call gets `401`) |
+//! | `GET` | `/api/v1/tokens` | | `200` `{"tokens": [{"name", "created_unix", "expires_unix", "revoked_unix"}]}` |
+//! | `POST` | `/api/v1/tokens` | `{"name": "NAME", "expires_in_s": SECONDS}` (expiry optional) | `201` `{"name", ..., "token": "mlt1...."}` (shown once) |
+//! | `DELETE` | `/api/v1/tokens/{name}` | | `200` the revoked join token (it admits no new agent) |
 //! | `GET` | `/api/v1/openapi.json` | | `200` this API as an OpenAPI 3 document ([`OPENAPI`]; no credential needed) |
 //!
 //! Every `POST`, `PUT` and `DELETE` is written to the audit log ([`crate::audit`]).
@@ -454,10 +457,62 @@ impl Rest {
                     Err(e) => credential_error(&e),
                 }
             }
+            (&Method::GET, ["api", "v1", "tokens"]) => {
+                let list: Vec<Value> = self.creds.list_tokens().iter().map(token_value).collect();
+                reply(StatusCode::OK, &json!({ "tokens": list }))
+            }
+            (&Method::POST, ["api", "v1", "tokens"]) => {
+                let v = serde_json::from_slice::<Value>(&body).ok();
+                let name = v
+                    .as_ref()
+                    .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_string));
+                let Some(name) = name else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_argument",
+                        Some("name"),
+                        "name: send {\"name\": \"NAME\", \"expires_in_s\": SECONDS (optional)}",
+                    );
+                };
+                let expires_in = v.as_ref().and_then(|v| v.get("expires_in_s"));
+                let expires = match expires_in {
+                    None | Some(Value::Null) => None,
+                    Some(e) => match e.as_u64().filter(|s| (1..=MAX_TOKEN_LIFE_S).contains(s)) {
+                        Some(s) => Some(unix_now().saturating_add(s)),
+                        None => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                "invalid_argument",
+                                Some("expires_in_s"),
+                                &format!("expires_in_s: must be 1 to {MAX_TOKEN_LIFE_S} seconds"),
+                            );
+                        }
+                    },
+                };
+                object.clone_from(&name);
+                match self.creds.create_token(&name, expires) {
+                    Ok((i, secret)) => {
+                        let mut v = token_value(&i);
+                        v["token"] = Value::String(self.creds.token_string(&secret));
+                        reply(StatusCode::CREATED, &v)
+                    }
+                    Err(e) => credential_error(&e),
+                }
+            }
+            (&Method::DELETE, ["api", "v1", "tokens", name]) => {
+                match self.creds.revoke_token(name) {
+                    Ok(i) => reply(StatusCode::OK, &token_value(&i)),
+                    Err(e) => credential_error(&e),
+                }
+            }
             // A known path with another method: 405 with the `Allow` header (RFC 9110).
-            (_, ["api", "v1", "credentials"] | ["api", "v1", "jobs"]) => not_allowed("GET, POST"),
+            (_, ["api", "v1", "credentials"] | ["api", "v1", "jobs"] | ["api", "v1", "tokens"]) => {
+                not_allowed("GET, POST")
+            }
             (_, ["api", "v1", "jobs", _]) => not_allowed("GET, PUT, DELETE"),
-            (_, ["api", "v1", "credentials", _]) => not_allowed("DELETE"),
+            (_, ["api", "v1", "credentials", _] | ["api", "v1", "tokens", _]) => {
+                not_allowed("DELETE")
+            }
             (
                 _,
                 ["api", "v1", "agents"]
@@ -493,6 +548,8 @@ fn audit_action(method: &Method, segs: &[String]) -> Option<&'static str> {
         (&Method::DELETE, ["api", "v1", "jobs", _]) => "job.stop",
         (&Method::POST, ["api", "v1", "credentials"]) => "credential.add",
         (&Method::DELETE, ["api", "v1", "credentials", _]) => "credential.revoke",
+        (&Method::POST, ["api", "v1", "tokens"]) => "token.create",
+        (&Method::DELETE, ["api", "v1", "tokens", _]) => "token.revoke",
         _ => "other",
     })
 }
@@ -509,6 +566,20 @@ fn outcome(status: StatusCode) -> &'static str {
         429 => "resource_exhausted",
         _ => "internal",
     }
+}
+
+/// Longest join token life `expires_in_s` takes (ten years).
+pub const MAX_TOKEN_LIFE_S: u64 = 10 * 366 * 86_400;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn token_value(i: &crate::auth::TokenInfo) -> Value {
+    json!({"name": i.name, "created_unix": i.created_unix, "expires_unix": i.expires_unix,
+           "revoked_unix": i.revoked_unix})
 }
 
 fn cred_value(i: &OperatorInfo) -> Value {

@@ -446,7 +446,7 @@ async fn a_saved_job_this_version_cannot_schedule_is_quarantined() -> Result<()>
             protocol: pb::Protocol::Udp as i32,
             address: format!("127.0.0.1:{port}"),
         }],
-        capabilities: vec![],
+        ..Default::default()
     };
     std::fs::write(
         state.join("agents.pb"),

@@ -16,8 +16,9 @@ reports the median of the rounds. Targets (from the foundation issue):
                each: RSS <= 30 MiB
   control_scale one controller, 10,000 simulated agent sessions (controller example
                `simagents`: the real AgentService.Connect protocol over TLS with the join token,
-               one connection per agent) in 30 regions, a per-region and a k-random (k = 32) job:
-               controller RSS <= 1 GiB while the sessions are up; operator UpdateJob call to the
+               one connection per agent, each first join asking for its client certificate)
+               in 30 regions, a per-region and a k-random (k = 32) job: every session gets its
+               certificate; controller RSS <= 1 GiB while the sessions are up; operator UpdateJob call to the
                last agent's ack <= 2 s; and (example `pinglist_bench`, the real
                schedule::compute) pinglists for 10,000 agents in 30 regions in <= 1 s per
                strategy. One run (a 10,000-session run is long; not alternated with anything).
@@ -335,6 +336,7 @@ class Bench:
         rss = r["controller_rss_peak_mib"]
         return {"agents": agents, "regions": regions, "k": k,
                 "sessions_up": r["sessions_up"], "session_errors": r["session_errors"],
+                "certificates_issued": r.get("certificates_issued", 0),
                 "connect_retries": r.get("connect_retries", 0),
                 "connections": r["connections"],
                 "connect_all_s": r["connect_all_s"], "initial_assign_all_s": r["initial_assign_all_s"],
@@ -345,6 +347,8 @@ class Bench:
                 "pinglist_both_s": pl["both_s"],
                 "targets": {
                     f"{agents} sessions up": r["sessions_up"] == agents and r["session_errors"] == 0,
+                    # every first join gets its client certificate (per-agent identity)
+                    f"{agents} certificates issued": r.get("certificates_issued", 0) == agents,
                     "RSS <= 1 GiB": rss <= 1024,
                     "update -> last ack <= 2 s": r["update_to_last_ack_s"] <= 2.0,
                     "per-region <= 1 s": pl["per_region_s"] <= 1.0,

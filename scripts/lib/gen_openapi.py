@@ -47,6 +47,11 @@ matrix = {"type": "object", "required": ["unix_ms", "cells"], "properties": {"un
           "cells": {"type": "array", "items": {"$ref": "#/components/schemas/MatrixCell"}}}}
 cred = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "origin": {"type": "string"},
         "created_unix": {"type": "integer"}, "credential": {"type": "string", "description": "NAME:SECRET, only in the answer to POST (shown once)."}}}
+token = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"},
+         "created_unix": {"type": "integer", "description": "0: the default (seeded or generated) token."},
+         "expires_unix": {"type": "integer", "nullable": True, "description": "When it stops admitting new agents; null: never."},
+         "revoked_unix": {"type": "integer", "nullable": True, "description": "When it was revoked; null: not revoked."},
+         "token": {"type": "string", "description": "mlt1.<ca-sha256>.<secret>, only in the answer to POST (shown once)."}}}
 error = {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"],
          "properties": {"code": {"type": "string", "enum": ["invalid_argument", "unauthenticated", "not_found", "method_not_allowed",
                          "failed_precondition", "already_exists", "resource_exhausted", "internal"]},
@@ -95,12 +100,23 @@ doc = {
                "responses": {**ok(201, ref("Credential"), "Added; `credential` is shown once"), **errs(400, 409, 413, *common)}}},
     "/api/v1/credentials/{name}": {"parameters": [name_param],
       "delete": {"operationId": "revokeCredential", "responses": {**ok(200, ref("Credential"), "Revoked"), **errs(400, 404, 409, *common)}}},
+    "/api/v1/tokens": {
+      "get": {"operationId": "listTokens", "summary": "Join tokens (never their secrets), revoked and expired ones included.",
+              "responses": {**ok(200, {"type": "object", "required": ["tokens"], "properties": {"tokens": {"type": "array", "items": ref("JoinToken")}}}), **errs(*common)}},
+      "post": {"operationId": "createToken", "summary": "A new named join token, optionally expiring.",
+               "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["name"],
+                 "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9._-]+$"},
+                                "expires_in_s": {"type": "integer", "minimum": 1, "maximum": 316224000, "nullable": True}}}}}},
+               "responses": {**ok(201, ref("JoinToken"), "Created; `token` is shown once"), **errs(400, 409, 413, *common)}}},
+    "/api/v1/tokens/{name}": {"parameters": [name_param],
+      "delete": {"operationId": "revokeToken", "summary": "Revoke: it admits no new agent; agents holding their certificate keep working.",
+                 "responses": {**ok(200, ref("JoinToken"), "Revoked"), **errs(400, 404, 409, *common)}}},
   },
   "components": {
     "securitySchemes": {"operator": {"type": "http", "scheme": "bearer", "description": "NAME:SECRET, an operator credential."}},
     "responses": {"Error": {"description": "An error naming what is wrong", "content": {"application/json": {"schema": ref("Error")}}}},
     "schemas": {"JobSpec": spec_schema, "JobSpecOut": spec_out, "Job": job, "Agent": agent, "MatrixCell": cell, "Matrix": matrix,
-                "Credential": cred, "Error": error},
+                "Credential": cred, "JoinToken": token, "Error": error},
   },
 }
 import sys

@@ -5,7 +5,9 @@
 //! - [`session`]: the session task: connect, Hello, job sets into the scheduler, acks,
 //!   heartbeats, reconnects.
 //! - [`status`]: the session's state and the controller's last refusal, for `GET /status`.
-//! - [`state`]: what `--state-dir` keeps (agent id, last job set; 0700/0600).
+//! - [`state`]: what `--state-dir` keeps (agent id, last job set, key and certificate;
+//!   0700/0600).
+//! - [`identity`]: the agent's key pair and the client certificate its controller issued.
 //! - [`failstatic`]: the control mode (`connected`, `static`, `degraded`) and the lease.
 //! - [`advertise`]: the advertised responder endpoints (`--advertise-endpoint`).
 //! - [`backoff`]: jittered exponential backoff.
@@ -19,6 +21,7 @@ pub mod backoff;
 pub mod convert;
 pub mod ecs;
 pub mod failstatic;
+pub mod identity;
 pub mod pin;
 pub mod run;
 pub mod session;

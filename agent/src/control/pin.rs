@@ -113,6 +113,28 @@ pub fn client_config(pin: [u8; 32]) -> Result<rustls::ClientConfig, rustls::Erro
     Ok(cfg)
 }
 
+/// [`client_config`] that also presents `chain` with `key` when the controller asks for a
+/// client certificate (the agent's identity, [`super::identity`]).
+///
+/// # Errors
+///
+/// rustls refusing the key or the protocol versions.
+pub fn client_config_with_cert(
+    pin: [u8; 32],
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(PinnedCa::new(pin)))
+    .with_client_auth_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
 /// Interval of the HTTP/2 keepalive pings to the controller.
 pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a keepalive ping may go unanswered before the connection is dropped.

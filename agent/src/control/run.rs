@@ -126,6 +126,7 @@ impl RunApp {
             endpoints,
             capabilities,
             version: crate::VERSION.into(),
+            certificate_request: Vec::new(),
         };
         let tls = if cfg.controller_tls {
             Some(Arc::new(
@@ -140,10 +141,21 @@ impl RunApp {
             .first()
             .cloned()
             .unwrap_or_else(crate::probe::Key::default_key);
+        // Identities are client certificates, so only over TLS.
+        let own_identity = if cfg.controller_tls {
+            Some(
+                super::identity::Identity::load_or_create(cfg.state_dir.as_deref())
+                    .map_err(StartError::Identity)?,
+            )
+        } else {
+            None
+        };
         let control = ControlConfig {
             host: cfg.controller_host.clone(),
             port: cfg.controller_port,
             tls,
+            pin: cfg.token.ca_sha256,
+            identity: own_identity,
             token: cfg.token.to_string(),
             hello,
             state_dir: cfg.state_dir.clone(),

@@ -33,12 +33,18 @@ pub struct ControlConfig {
     pub port: u16,
     /// TLS (pinned); `None` for http:// controllers.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The CA pin of the join token.
+    pub pin: [u8; 32],
+    /// The agent's key and certificate (`None` for http:// controllers: no identities without
+    /// TLS).
+    pub identity: Option<super::identity::Identity>,
     /// The join token, sent as `authorization: Bearer <token>`.
     pub token: String,
     /// Hello fields (the id is filled from the state file).
     pub hello: pb::Hello,
-    /// Directory of the id file.
-    pub state_dir: PathBuf,
+    /// The state directory (`None`: `--no-state-dir`; the id, certificate and job set live in
+    /// memory only).
+    pub state_dir: Option<PathBuf>,
     /// Reconnect policy.
     pub backoff: Backoff,
     /// Key for UDP probes.
@@ -116,11 +122,15 @@ fn controller_keys(set: &pb::JobSet) -> crate::respond::udp::ControllerKeys {
 /// Runs sessions until `shutdown`.
 pub async fn run(mut cfg: ControlConfig, out: Outputs, shutdown: CancellationToken) {
     let mut fs = FailStatic::default();
-    if let Some(id) = load_id(&cfg.state_dir) {
+    if let Some(id) = cfg.state_dir.as_deref().and_then(load_id) {
         cfg.hello.agent_id = id.clone();
         // The last job set (with its keys) runs until the controller sends a new one: a restart
         // while the controller is away keeps measuring, `static` then `degraded`.
-        if let Some(set) = super::state::load_job_set(&cfg.state_dir) {
+        if let Some(set) = cfg
+            .state_dir
+            .as_deref()
+            .and_then(super::state::load_job_set)
+        {
             fs.resumed(Duration::from_millis(set.lease_ms), Instant::now());
             apply_job_set(&cfg, &out, &set);
             tracing::info!(message = "Resuming the stored job set until the controller answers.", generation = set.generation, mode = ?fs.mode(Instant::now()));
@@ -145,7 +155,15 @@ pub async fn run(mut cfg: ControlConfig, out: Outputs, shutdown: CancellationTok
         super::status::lost(refusal);
         match &res {
             Err(SessionError::Status(s)) if s.code() == tonic::Code::Unauthenticated => {
-                tracing::error!(message = "Controller refused the join token.", status = %s.message(), retry_in = ?delay);
+                tracing::error!(message = "Controller refused the join token or the agent certificate.", status = %s.message(), retry_in = ?delay);
+            }
+            Err(SessionError::Status(s))
+                if matches!(
+                    s.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition
+                ) =>
+            {
+                tracing::error!(message = "Controller refused this agent.", code = ?s.code(), status = %s.message(), retry_in = ?delay);
             }
             Err(SessionError::Status(s)) if refusal.is_some() => {
                 tracing::error!(message = "Controller refused this agent.", code = ?s.code(), reason = %s.message(), retry_in = ?delay);
@@ -217,19 +235,58 @@ async fn session(
     out: &Outputs,
     fs: &mut FailStatic,
 ) -> Result<(), SessionError> {
-    let channel = super::pin::connect(cfg.host.clone(), cfg.port, cfg.tls.clone()).await?;
-    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {}", cfg.token)
-        .parse()
-        .map_err(|_| SessionError::Protocol("the token is not a valid header value"))?;
+    // With a valid certificate the session presents it (mTLS) instead of the join token, and
+    // asks for a new one (same key) once it is due for renewal; without one it asks for one.
+    let now = std::time::SystemTime::now();
+    let (tls, present, request) = match &cfg.identity {
+        Some(identity) => {
+            let usable = identity.usable(&cfg.pin, &cfg.hello.agent_id, now);
+            let tls = match usable {
+                Some(c) => Some(identity.client_config(cfg.pin, c).map_err(|e| {
+                    tracing::error!(message = "Cannot use the agent certificate.", error = %e);
+                    SessionError::Protocol("the agent certificate is not usable")
+                })?),
+                None => cfg.tls.clone(),
+            };
+            let due = usable.is_none_or(|c| unix_ms() / 1000 >= super::identity::renew_at(c));
+            let request = if due {
+                Some(identity.request().map_err(|e| {
+                    tracing::error!(message = "Cannot make a certificate request.", error = %e);
+                    SessionError::Protocol("cannot make a certificate request")
+                })?)
+            } else {
+                None
+            };
+            (tls, usable.is_some(), request)
+        }
+        None => (cfg.tls.clone(), false, None),
+    };
+    let channel = super::pin::connect(cfg.host.clone(), cfg.port, tls).await?;
+    let auth: Option<tonic::metadata::MetadataValue<_>> = if present {
+        None
+    } else {
+        Some(
+            format!("Bearer {}", cfg.token)
+                .parse()
+                .map_err(|_| SessionError::Protocol("the token is not a valid header value"))?,
+        )
+    };
     let mut client = pb::agent_service_client::AgentServiceClient::with_interceptor(
         channel,
         move |mut req: tonic::Request<()>| {
-            req.metadata_mut().insert("authorization", auth.clone());
+            if let Some(a) = &auth {
+                req.metadata_mut().insert("authorization", a.clone());
+            }
             Ok(req)
         },
     );
     let (tx, rx) = mpsc::channel(16);
-    let _ = tx.send(msg(Msg::Hello(cfg.hello.clone()))).await;
+    let requested = request.is_some();
+    let hello = pb::Hello {
+        certificate_request: request.unwrap_or_default(),
+        ..cfg.hello.clone()
+    };
+    let _ = tx.send(msg(Msg::Hello(hello))).await;
     let mut inbound = client
         .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
@@ -239,8 +296,19 @@ async fn session(
     let mut summary_tick = tokio::time::interval(crate::summary::SUMMARY_INTERVAL);
     summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut generation = 0;
+    // When to reconnect for a new certificate (set once welcomed).
+    let mut renew: Option<Instant> = None;
     loop {
         tokio::select! {
+            () = async {
+                match renew {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::info!(message = "Agent certificate due for renewal; reconnecting for a new one.");
+                return Ok(());
+            }
             m = inbound.message() => {
                 let Some(m) = m? else { return Err(SessionError::Closed) };
                 match m.msg {
@@ -248,13 +316,35 @@ async fn session(
                         if !cfg.hello.agent_id.is_empty() && cfg.hello.agent_id != w.agent_id {
                             tracing::error!(message = "Controller assigned a different agent id; keeping ours for records.", ours = %cfg.hello.agent_id, theirs = %w.agent_id);
                         } else if cfg.hello.agent_id.is_empty() {
-                            if let Err(error) = store_id(&cfg.state_dir, &w.agent_id) {
-                                tracing::error!(message = "Cannot store the agent id; a restart will register anew.", dir = %cfg.state_dir.display(), %error);
+                            if let Some(Err(error)) = cfg.state_dir.as_deref().map(|d| store_id(d, &w.agent_id)) {
+                                tracing::error!(message = "Cannot store the agent id; a restart will register anew.", dir = ?cfg.state_dir, %error);
                             }
                             cfg.hello.agent_id = w.agent_id.clone();
                             let _ = out.id.send(Some(w.agent_id.clone()));
                         }
-                        tracing::info!(message = "Connected to the controller.", agent = %w.agent_id, controller_region = %w.controller_region);
+                        let issued = w.certificate.is_some();
+                        if let (Some(c), Some(identity)) = (w.certificate, cfg.identity.as_mut()) {
+                            if c.agent_id != cfg.hello.agent_id || c.ca_sha256 != cfg.pin[..] {
+                                tracing::error!(message = "The controller issued a certificate for another id or CA; ignored.", cert_agent = %c.agent_id);
+                            } else {
+                                tracing::info!(message = "Agent certificate received; later sessions present it instead of the join token.", agent = %c.agent_id, not_after_unix = c.not_after_unix);
+                                if let Err(error) = identity.store(c) {
+                                    tracing::error!(message = "Cannot store the agent certificate; a restart will need the join token.", dir = ?cfg.state_dir, %error);
+                                }
+                            }
+                        }
+                        // A controller that ignored the request (older, or --plaintext) is not
+                        // asked again in this session.
+                        renew = match &cfg.identity {
+                            Some(identity) if issued || !requested => identity
+                                .usable(&cfg.pin, &cfg.hello.agent_id, std::time::SystemTime::now())
+                                .map(|c| {
+                                    let wait = super::identity::renew_at(c).saturating_sub(unix_ms() / 1000).max(0);
+                                    Instant::now() + Duration::from_secs(u64::try_from(wait).unwrap_or(0))
+                                }),
+                            _ => None,
+                        };
+                        tracing::info!(message = "Connected to the controller.", agent = %w.agent_id, controller_region = %w.controller_region, identity = if present { "certificate" } else { "join token" });
                         super::status::connected(&w.agent_id);
                         if !w.relay_refused.is_empty() {
                             tracing::warn!(message = "This agent runs with --relay, but the controller does not use it as a relay; it relays nothing.", reason = %w.relay_refused);
@@ -267,8 +357,8 @@ async fn session(
                         fs.lease(Duration::from_millis(set.lease_ms));
                         let rejected = apply_job_set(cfg, out, &set);
                         generation = set.generation;
-                        if let Err(error) = super::state::store_job_set(&cfg.state_dir, &set) {
-                            tracing::warn!(message = "Cannot store the job set; a restart without the controller will measure nothing.", dir = %cfg.state_dir.display(), %error);
+                        if let Some(Err(error)) = cfg.state_dir.as_deref().map(|d| super::state::store_job_set(d, &set)) {
+                            tracing::warn!(message = "Cannot store the job set; a restart without the controller will measure nothing.", dir = ?cfg.state_dir, %error);
                         }
                         let ack = pb::JobAck { generation, rejected: rejected.into_iter().collect() };
                         if tx.send(msg(Msg::Ack(ack))).await.is_err() {

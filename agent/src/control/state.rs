@@ -3,6 +3,8 @@
 //! | file | content |
 //! | --- | --- |
 //! | `agent-id` | the id the controller assigned at the first join |
+//! | `agent-key.pem` | the agent's private key (PKCS#8), made once: its identity ([`super::identity`]) |
+//! | `agent-cert.pb` | the client certificate the controller issued for it (protobuf `meshlat.v1.AgentCertificate`) |
 //! | `job-set.pb` | the last job set received (the state format header of [`meshlat_proto::state_file`], then protobuf `meshlat.v1.JobSet`): assignments, lease, the wire keys its reflector accepts and, on relays, the grant keys — secret material, hence 0600 |
 //! | `spool/` | the Firehose spool, unless `--spool-dir` says otherwise |
 //!

@@ -5,6 +5,9 @@
 //! 1. The agent sends `Hello` (within [`HELLO_TIMEOUT`]); anything else first is refused with
 //!    `InvalidArgument`. A Hello advertising an address the agent may not
 //!    ([`crate::address_policy`]) is refused with `PermissionDenied`.
+//!    The session is authenticated by the agent's client certificate or its join token, and
+//!    admitted by the identity rules ([`crate::identity`]); a Hello with a certificate request
+//!    gets the agent's certificate in its Welcome.
 //! 2. The controller answers `Welcome` with the agent's stable id, then its whole desired
 //!    `JobSet` (generation + lease) as soon as the scheduler has computed it, and a new one
 //!    whenever it changes.
@@ -47,8 +50,21 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::inbound::Inbound;
 use super::status::{from_address, from_domain};
+use crate::identity::{self, AgentCa, AgentProof};
 use crate::jobset::PushedSet;
-use crate::registry::Registry;
+use crate::registry::{DomainError, Registry};
+
+/// Why a session was refused: the identity rules, or the registry.
+enum Refused {
+    Identity(identity::Refusal),
+    Domain(DomainError),
+}
+
+impl From<DomainError> for Refused {
+    fn from(e: DomainError) -> Self {
+        Refused::Domain(e)
+    }
+}
 
 /// How long a new stream may take to say Hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -179,12 +195,110 @@ impl Stream for Outbound {
 pub struct AgentSvc {
     registry: Arc<Registry>,
     shutdown: CancellationToken,
+    /// Issues and checks agent certificates (`None` with `--plaintext`: no identities).
+    ca: Option<Arc<AgentCa>>,
+    /// `--require-agent-identity`.
+    require_identity: bool,
 }
 
 impl AgentSvc {
-    /// A service over `registry`; sessions end when `shutdown` is cancelled.
+    /// A service over `registry`; sessions end when `shutdown` is cancelled. Without
+    /// [`AgentSvc::with_identity`] agents get no identities (`--plaintext`).
     pub fn new(registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
-        AgentSvc { registry, shutdown }
+        AgentSvc {
+            registry,
+            shutdown,
+            ca: None,
+            require_identity: false,
+        }
+    }
+
+    /// Issues agent certificates from `ca` and enforces identities ([`crate::identity`]);
+    /// with `require`, agents that do not ask for one are refused (told to upgrade).
+    #[must_use]
+    pub fn with_identity(mut self, ca: Arc<AgentCa>, require: bool) -> Self {
+        self.ca = Some(ca);
+        self.require_identity = require;
+        self
+    }
+
+    /// Registers the session of `hello` authenticated by `proof`: issues its certificate if it
+    /// asked for one and the identity rules admit it ([`crate::identity::admit`]).
+    fn admit(
+        &self,
+        mut hello: pb::Hello,
+        proof: &AgentProof,
+    ) -> Result<(crate::registry::Session, Option<pb::AgentCertificate>), Status> {
+        let Some(ca) = &self.ca else {
+            let token = match proof {
+                AgentProof::Token { token_id, .. } => token_id.as_str(),
+                AgentProof::Certificate(_) => "",
+            };
+            return Ok((
+                self.registry
+                    .connect_as(hello, token)
+                    .map_err(from_domain)?,
+                None,
+            ));
+        };
+        if hello.agent_id.trim().is_empty() {
+            hello.agent_id = uuid::Uuid::now_v7().to_string();
+        }
+        let id = hello.agent_id.trim().to_string();
+        let request = match std::mem::take(&mut hello.certificate_request) {
+            r if r.is_empty() => None,
+            r => Some(identity::Request::parse(&r).map_err(|e| {
+                let mut s = Status::invalid_argument(e.to_string());
+                s.metadata_mut().insert(
+                    "x-meshlat-field",
+                    tonic::metadata::MetadataValue::from_static("hello.certificate_request"),
+                );
+                s
+            })?),
+        };
+        // Signed before the lock (it costs more than the rules); dropped if they refuse.
+        let issued = match &request {
+            Some(r) => Some(
+                ca.issue(&id, r, std::time::SystemTime::now())
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let requested = request.as_ref().map(|r| r.key_sha256);
+        let version = hello.version.clone();
+        let token = match proof {
+            AgentProof::Token { token_id, .. } => token_id.clone(),
+            AgentProof::Certificate(_) => String::new(),
+        };
+        let require = self.require_identity;
+        let session = self
+            .registry
+            .connect_verified(hello, &token, |stored| {
+                identity::admit(proof, &id, stored, requested, require, &version)
+                    .map_err(Refused::Identity)
+            })
+            .map_err(|e| match e {
+                Refused::Identity(r) => {
+                    tracing::warn!(message = "Agent session refused: identity.", agent = %id, reason = %r);
+                    match r {
+                        identity::Refusal::UpgradeRequired { .. } => {
+                            Status::failed_precondition(r.to_string())
+                        }
+                        _ => Status::permission_denied(r.to_string()),
+                    }
+                }
+                Refused::Domain(d) => from_domain(d),
+            })?;
+        match (&issued, proof) {
+            (Some(c), _) => {
+                tracing::info!(message = "Agent certificate issued.", agent = %id, not_after_unix = c.not_after_unix);
+            }
+            (None, AgentProof::Token { .. }) => {
+                tracing::warn!(message = "Agent joined without an identity (a version before per-agent identities): its join token can speak for it; upgrade it.", agent = %id, version = %version);
+            }
+            (None, AgentProof::Certificate(_)) => {}
+        }
+        Ok((session, issued))
     }
 
     /// Handles one `Connect` stream.
@@ -194,14 +308,20 @@ impl AgentSvc {
     /// A status when the first message is not a valid Hello.
     pub async fn connect(&self, req: Request<Inbound>) -> Result<Response<Outbound>, Status> {
         let remote = req.remote_addr();
-        // The interceptor checked it; here it only names the token for the per-token cap.
-        let token = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::auth::bearer)
-            .map(join_token_id)
-            .unwrap_or_default();
+        // The interceptor authenticated the session; without it (tests), the token names it.
+        let proof = match req.extensions().get::<AgentProof>() {
+            Some(p) => p.clone(),
+            None => AgentProof::Token {
+                name: String::new(),
+                token_id: req
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(crate::auth::bearer)
+                    .map(join_token_id)
+                    .unwrap_or_default(),
+            },
+        };
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await;
         let hello = match first {
@@ -230,16 +350,14 @@ impl AgentSvc {
             tracing::warn!(message = "Agent refused: it advertises an address it may not.", agent = %hello.agent_id, ?remote, error = %refused);
             return Err(from_address(refused));
         }
-        let session = self
-            .registry
-            .connect_as(hello, &token)
-            .map_err(from_domain)?;
+        let (session, certificate) = self.admit(hello, &proof)?;
         let (end_tx, end_rx) = oneshot::channel();
         let outbound = Outbound {
             welcome: Some(pb::Welcome {
                 agent_id: session.agent_id.clone(),
                 controller_region: self.registry.config().region.clone(),
                 relay_refused: session.relay_refused.clone().unwrap_or_default(),
+                certificate,
             }),
             // Only sets the scheduler pushes, not the placeholder.
             sets: WatchStream::from_changes(session.job_sets.clone()),

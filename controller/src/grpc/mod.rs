@@ -29,15 +29,45 @@ pub mod auth {
             .and_then(bearer)
     }
 
-    /// Checks an agent's join token.
+    /// Authenticates an agent: by its client certificate when the connection presented one
+    /// (checked against the CA, [`crate::identity::AgentCa::verify`]; the join token is then
+    /// not needed nor looked at), else by its join token. Adds the
+    /// [`AgentProof`](crate::identity::AgentProof) to the request for the service, which decides
+    /// which id the session may speak for.
     pub fn agent(
         creds: Arc<Credentials>,
+        ca: Option<Arc<crate::identity::AgentCa>>,
     ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
-        move |req| match authorization(&req) {
-            Some(t) if creds.check_agent(t) => Ok(req),
-            _ => {
-                tracing::warn!(message = "Agent call refused: bad join token.", remote = ?req.remote_addr());
-                Err(super::status::unauthenticated("join token"))
+        use crate::identity::AgentProof;
+        move |mut req| {
+            let certs = req.peer_certs().filter(|c| !c.is_empty());
+            if let (Some(ca), Some(certs)) = (&ca, certs) {
+                return match ca.verify(&certs, std::time::SystemTime::now()) {
+                    Ok(p) => {
+                        req.extensions_mut().insert(AgentProof::Certificate(p));
+                        Ok(req)
+                    }
+                    Err(error) => {
+                        tracing::warn!(message = "Agent call refused: bad client certificate.", %error, remote = ?req.remote_addr());
+                        Err(Status::unauthenticated(error.to_string()))
+                    }
+                };
+            }
+            match authorization(&req).map(|t| (t, creds.check_join_token(t))) {
+                Some((t, Ok(name))) => {
+                    let token_id = super::agent::join_token_id(t);
+                    req.extensions_mut()
+                        .insert(AgentProof::Token { name, token_id });
+                    Ok(req)
+                }
+                Some((_, Err(refusal))) => {
+                    tracing::warn!(message = "Agent call refused: join token.", reason = %refusal, remote = ?req.remote_addr());
+                    Err(Status::unauthenticated(refusal.to_string()))
+                }
+                None => {
+                    tracing::warn!(message = "Agent call refused: bad join token.", remote = ?req.remote_addr());
+                    Err(super::status::unauthenticated("join token"))
+                }
             }
         }
     }

@@ -48,6 +48,23 @@ fn audited<T>(
     r
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A join token as the API shows it.
+pub fn token_info(i: &crate::auth::TokenInfo) -> pb::JoinTokenInfo {
+    let s = |v: Option<u64>| v.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX));
+    pb::JoinTokenInfo {
+        name: i.name.clone(),
+        created_unix: s(Some(i.created_unix)),
+        expires_unix: s(i.expires_unix),
+        revoked_unix: s(i.revoked_unix),
+    }
+}
+
 fn info(i: &OperatorInfo) -> pb::CredentialInfo {
     pb::CredentialInfo {
         name: i.name.clone(),
@@ -181,6 +198,43 @@ impl OperatorService for OperatorSvc {
         Ok(Response::new(pb::ListCredentialsResponse {
             credentials: self.creds.list_operators().iter().map(info).collect(),
         }))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let expires = (r.expires_in_s > 0).then(|| unix_now().saturating_add(r.expires_in_s));
+        let made = self
+            .creds
+            .create_token(&r.name, expires)
+            .map_err(from_credential);
+        let (i, secret) = audited(who, "token.create", &r.name, made)?;
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            info: Some(token_info(&i)),
+            token: self.creds.token_string(&secret),
+        }))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        _req: Request<pb::ListJoinTokensRequest>,
+    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+        Ok(Response::new(pb::ListJoinTokensResponse {
+            tokens: self.creds.list_tokens().iter().map(token_info).collect(),
+        }))
+    }
+
+    async fn revoke_join_token(
+        &self,
+        req: Request<pb::RevokeJoinTokenRequest>,
+    ) -> Result<Response<pb::JoinTokenInfo>, Status> {
+        let who = caller(&req);
+        let name = req.into_inner().name;
+        let r = self.creds.revoke_token(&name).map_err(from_credential);
+        audited(who, "token.revoke", &name, r).map(|i| Response::new(token_info(&i)))
     }
 
     async fn revoke_credential(

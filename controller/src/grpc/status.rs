@@ -9,6 +9,8 @@
 //! | [`DomainError::Store`] | `Internal` (logged with context; details not sent) |
 //! | a missing or wrong credential | `Unauthenticated` |
 //! | [`AddressRefused`] (an advertised address, [`crate::address_policy`]) | `PermissionDenied`, message `hello.endpoints[N].address "ADDR": reason`, field in `x-meshlat-field` |
+//! | an agent's join token revoked or expired ([`crate::auth::TokenRefusal`]), or its client certificate not valid for this CA | `Unauthenticated`, with the reason |
+//! | an agent session refused by the identity rules ([`crate::identity::Refusal`]) | `PermissionDenied`; `FailedPrecondition` for an agent too old to hold an identity under `--require-agent-identity` (told to upgrade) |
 //! | [`CredentialError::BadName`] | `InvalidArgument` (field `name`) |
 //! | [`CredentialError::Exists`] | `AlreadyExists` |
 //! | [`CredentialError::NotFound`] | `NotFound` |
