@@ -138,7 +138,7 @@ pub async fn run(mut cfg: ControlConfig, out: Outputs, shutdown: CancellationTok
         }
         let _ = out.id.send(Some(id));
     }
-    super::status::started(load_id(&cfg.state_dir));
+    super::status::started(cfg.state_dir.as_deref().and_then(load_id));
     loop {
         let res = tokio::select! {
             () = shutdown.cancelled() => return,
