@@ -583,7 +583,7 @@ pub struct ServeArgs {
     pub default_jobs: Option<String>,
     /// Secrets Manager secret (full ARN) the controller writes its agents' join token into at
     /// start, when the secret does not hold it yet (needs --join-secret: the token is
-    /// mlt1.<CA sha256>.<join secret>). Deployments start agents from that secret.
+    /// `mlt1.<CA sha256>.<join secret>`). Deployments start agents from that secret.
     #[arg(long, env = "MESHLAT_JOIN_TOKEN_SECRET_ARN", value_name = "ARN")]
     pub join_token_secret_arn: Option<String>,
     /// Secrets Manager secret (full ARN) the controller writes its CA *certificate* (ca.pem,
