@@ -278,6 +278,14 @@ impl TestAgent {
         std::fs::read_to_string(self.state.join("agent-id"))
             .ok()
             .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The agent's id once it has stored it. The controller lists an agent as soon as its Hello
+    /// is admitted, which can be before the agent has written `agent-id` (seen failing as
+    /// "a id" on a loaded machine), so a test that just saw the agent connected waits for it.
+    async fn stored_id(&self, name: &str) -> Result<String> {
+        eventually(&format!("{name} stores its agent id"), 10, || async { self.id() }).await
     }
 
     fn records(&self) -> Vec<Value> {
@@ -932,7 +940,7 @@ async fn live_matrix_fills_with_the_pairs_of_a_running_job_and_streams() -> Resu
         (ag.len() == 2 && ag.iter().all(|(_, c)| *c)).then_some(())
     })
     .await?;
-    let (a_id, b_id) = (a.id().context("a id")?, b.id().context("b id")?);
+    let (a_id, b_id) = (a.stored_id("a").await?, b.stored_id("b").await?);
 
     // Before any job the matrix is empty; bad parameters are refused naming the field.
     let (st, m) = ctl.rest("GET", "/api/v1/matrix", "", None).await?;
@@ -1160,7 +1168,7 @@ async fn federated_jobs_cross_regions_and_survive_a_peer_going_down() -> Result<
         })
         .await?;
     }
-    let (a_id, b_id) = (a1.id().context("a1 id")?, b1.id().context("b1 id")?);
+    let (a_id, b_id) = (a1.stored_id("a1").await?, b1.stored_id("b1").await?);
 
     // A wrong federation secret is refused.
     let ca = std::fs::read(ctl_b.data.join("ca.pem"))?;
@@ -1330,7 +1338,7 @@ async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungran
         (ctl_a.agents().await.len() == 4).then_some(())
     })
     .await?;
-    let x_id = x1.id().context("x1 id")?;
+    let x_id = x1.stored_id("x1").await?;
     let told = eventually("the intruder is told it is no relay", 20, || async {
         let log = std::fs::read_to_string(&intruder_log).unwrap_or_default();
         log.lines()
@@ -1339,7 +1347,7 @@ async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungran
     })
     .await?;
     assert!(told.contains("matches no --relay-agent entry"), "{told}");
-    let (b_id, r_id) = (b1.id().context("b1 id")?, r1.id().context("r1 id")?);
+    let (b_id, r_id) = (b1.stored_id("b1").await?, r1.stored_id("r1").await?);
 
     // QUIC relaying is refused, naming the field.
     let job = |protocols: &str| {
