@@ -285,7 +285,10 @@ impl TestAgent {
     /// is admitted, which can be before the agent has written `agent-id` (seen failing as
     /// "a id" on a loaded machine), so a test that just saw the agent connected waits for it.
     async fn stored_id(&self, name: &str) -> Result<String> {
-        eventually(&format!("{name} stores its agent id"), 10, || async { self.id() }).await
+        eventually(&format!("{name} stores its agent id"), 10, || async {
+            self.id()
+        })
+        .await
     }
 
     fn records(&self) -> Vec<Value> {

@@ -936,10 +936,23 @@ class Records:
                         self.rows.append(r)
 
 
+def writer_region(r: dict) -> str | None:
+    """The region of the agent that wrote a record (its Firehose stream's region): the prober for
+    probe and relay records, the reflector for serve records, the relay for relay_serve records."""
+    kind = r.get("kind")
+    if kind == "serve":
+        return r.get("dst_region")
+    if kind == "relay_serve":
+        return r.get("relay_region")
+    return r.get("src_region")
+
+
 def agents_by_region(rows: list[dict]) -> dict[str, set[str]]:
+    """Agents that wrote probe or relay records, by region (server records name their sources
+    by inference, so they do not count here)."""
     out: dict[str, set[str]] = {}
     for r in rows:
-        if r.get("src_agent") and r.get("src_region"):
+        if r.get("kind") in ("probe", "relay") and r.get("src_agent") and r.get("src_region"):
             out.setdefault(r["src_region"], set()).add(r["src_agent"])
     return out
 
@@ -1100,12 +1113,10 @@ def run(s: StandIn, stop: threading.Event) -> int:
     recs.poll()
     by_stream = {}
     for r in recs.rows:
-        by_stream.setdefault(r["_stream_region"], set()).add(r.get("src_region"))
+        by_stream.setdefault(r["_stream_region"], set()).add(writer_region(r))
     c.check(not recs.bad_keys and all(by_stream.get(r) == {r} for r in regions),
             f"records of every region in S3 under its Firehose prefix ({len(recs.seen)} objects; "
             f"streams -> record regions {dict((k, sorted(v)) for k, v in by_stream.items())}; keys elsewhere: {recs.bad_keys[:3]})")
-    serve = {r.get("src_region") or r.get("region") for r in recs.rows if r.get("kind") in ("serve", "relay_serve")}
-    print(f"      server records (kind serve/relay_serve) from regions: {sorted(x for x in serve if x)}")
 
     # 4. athena-local over those objects: the full region x region matrix
     q = subprocess.run([str(ROOT / "scripts/athena-local"), "--data", str(recs.dir), "--format", "json",
@@ -1160,6 +1171,22 @@ def run(s: StandIn, stop: threading.Event) -> int:
     new_ids = agents_by_region([r for r in recs.rows if ts_of(r) >= t_restart]).get(victim, set()) - ids
     c.check(not new_ids and not (connected - ids if isinstance(connected, set) else set()),
             f"no new agent id in {victim} after the restart (new: {sorted(new_ids)})")
+
+    # 7. servers write records too (seed 004: every receiving client, and the server): serve
+    # records from every region's reflectors and relay_serve records from every region's relay,
+    # each in its own region's stream (checked with the others above). They come every
+    # --serve-interval (60 s by default, as rendered), so this waits for the first ones.
+    def servers() -> tuple[bool, Any]:
+        got = {(k, writer_region(r)) for r in recs.rows if (k := r.get("kind")) in ("serve", "relay_serve")}
+        miss = [f"{k} from {r}" for k in ("serve", "relay_serve") for r in regions if (k, r) not in got]
+        return not miss, miss
+    done, detail = c.wait("servers", servers, 120)
+    c.check(done, "server records: kind=serve from every region's reflectors, kind=relay_serve from every "
+                  f"region's relay{'' if done else f' (missing: {detail})'}")
+    recs.poll()
+    stray = sorted({f"{r.get('kind')} written by {writer_region(r)} in {r['_stream_region']}'s stream"
+                    for r in recs.rows if writer_region(r) != r["_stream_region"]})
+    c.check(not stray, f"every record (clients and servers) in its writer's region's stream {stray[:4] or ''}")
     return finish(s, c)
 
 
