@@ -24,15 +24,13 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
 use meshlat_proto::pb;
 use prost::Message;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 struct Ctl {
     child: Child,
@@ -72,41 +70,17 @@ impl Ctl {
             .kill_on_drop(true)
             .spawn()
             .context("spawn controller")?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut g, mut r, mut token, mut credential) = (None, None, None, None);
-        let saved = data.with_extension("secrets");
-        if let Ok(s) = std::fs::read_to_string(&saved) {
-            let mut it = s.lines();
-            token = it.next().map(str::to_string);
-            credential = it.next().map(str::to_string);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while g.is_none() || r.is_none() || token.is_none() || credential.is_none() {
-            let line = tokio::time::timeout_at(deadline, lines.next_line())
-                .await
-                .context("controller did not announce itself")??
-                .ok_or_else(|| anyhow!("controller exited early; see {}", log.display()))?;
-            let mut w = line.split_whitespace();
-            match (w.next(), w.next(), w.next()) {
-                (Some("listening"), Some("grpc"), Some(a)) => g = Some(a.to_string()),
-                (Some("listening"), Some("rest"), Some(a)) => r = Some(a.to_string()),
-                (Some("join-token"), Some(t), _) => token = Some(t.to_string()),
-                (Some("operator-credential"), Some(c), _) => credential = Some(c.to_string()),
-                _ => {}
-            }
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let (token, credential) = (token.context("token")?, credential.context("cred")?);
-        std::fs::write(&saved, format!("{token}\n{credential}\n"))?;
+        // Secrets are printed on the first start only; a restart reuses the saved ones.
+        let a =
+            common::read_announcement(&mut child, &log, &data.with_extension("secrets")).await?;
         Ok(Ctl {
             child,
             data: data.to_path_buf(),
             log,
-            grpc: g.context("grpc")?,
-            rest: r.context("rest")?,
-            token,
-            credential,
+            grpc: a.grpc,
+            rest: a.rest,
+            token: a.token,
+            credential: a.credential,
         })
     }
 

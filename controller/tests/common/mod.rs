@@ -93,3 +93,57 @@ pub fn read_secrets_file(path: &Path) -> Result<(Option<String>, Option<String>)
     }
     Ok((token, credential))
 }
+
+/// What a controller started with `--print-secrets` announces on stdout.
+#[allow(dead_code)] // used by the suites that start controllers this way (attacks, identity)
+pub struct Announced {
+    pub grpc: String,
+    pub rest: String,
+    pub token: String,
+    pub credential: String,
+}
+
+/// Reads `listening grpc|rest ADDR`, `join-token T` and `operator-credential C` from a
+/// controller's stdout, then keeps draining it. Secrets are printed on the first start only, so
+/// they are saved in `saved` and reused on a restart over the same data directory.
+#[allow(dead_code)] // used by the suites that start controllers this way (attacks, identity)
+pub async fn read_announcement(
+    child: &mut tokio::process::Child,
+    log: &Path,
+    saved: &Path,
+) -> Result<Announced> {
+    use anyhow::{Context, anyhow};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut g, mut r, mut token, mut credential) = (None, None, None, None);
+    if let Ok(s) = std::fs::read_to_string(saved) {
+        let mut it = s.lines();
+        token = it.next().map(str::to_string);
+        credential = it.next().map(str::to_string);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while g.is_none() || r.is_none() || token.is_none() || credential.is_none() {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .context("controller did not announce itself")??
+            .ok_or_else(|| anyhow!("controller exited early; see {}", log.display()))?;
+        let mut w = line.split_whitespace();
+        match (w.next(), w.next(), w.next()) {
+            (Some("listening"), Some("grpc"), Some(a)) => g = Some(a.to_string()),
+            (Some("listening"), Some("rest"), Some(a)) => r = Some(a.to_string()),
+            (Some("join-token"), Some(t), _) => token = Some(t.to_string()),
+            (Some("operator-credential"), Some(c), _) => credential = Some(c.to_string()),
+            _ => {}
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (token, credential) = (token.context("token")?, credential.context("cred")?);
+    std::fs::write(saved, format!("{token}\n{credential}\n"))?;
+    Ok(Announced {
+        grpc: g.context("grpc")?,
+        rest: r.context("rest")?,
+        token,
+        credential,
+    })
+}
