@@ -243,13 +243,26 @@ start linkemu "$BIN/meshlat-linkemu" --log "$LOGS/linkemu.ndjson" "${ROUTES[@]}"
 wait_for linkemu 30 '^route ' $(( ${#ROUTES[@]} / 2 ))
 ok "${#AGENTS[@]} agents x 4 protocols = $(( ${#ROUTES[@]} / 2 )) routes (logs/linkemu.out lists them)"
 
+# What each controller lists and the end of every log, for a join that does not complete.
+join_report() {
+  local r f
+  for r in "${REGIONS[@]}"; do
+    echo "--- controller agents ($r):"
+    ctl "$r" agents 2>&1 | sed 's/^/    /'
+  done
+  for f in "$LOGS"/ctl-*.log "$LOGS"/agent-*.log; do
+    echo "--- $(basename "$f"), last 8 lines:"
+    tail -n 8 "$f" | cut -c1-300 | sed 's/^/    /'
+  done
+}
 step "waiting for every agent to join and the controllers to exchange directories"
 for ((i = 0; ; i++)); do
   n_eu=$(ctl eu-west-1 agents 2>/dev/null | awk 'NR > 1 && $5 == "true"' | wc -l || true)
   n_us=$(ctl us-east-1 agents 2>/dev/null | awk 'NR > 1 && $5 == "true"' | wc -l || true)
   (( n_eu == ${#AGENTS[@]} && n_us == ${#AGENTS[@]} )) && break
   (( interrupted )) && exit 130
-  (( i < 120 )) || fail "after 60 s the controllers see $n_eu and $n_us of ${#AGENTS[@]} agents; see $LOGS/"
+  (( i < 120 )) || fail "after 60 s the controllers see $n_eu and $n_us of ${#AGENTS[@]} agents; see $LOGS/
+$(join_report)"
   sleep 0.5
 done
 ok "each controller lists all ${#AGENTS[@]} agents (its own and, through federation, the peer's):"
@@ -376,7 +389,11 @@ while (( ! interrupted )); do
   sleep 0.5 || true
   (( interrupted )) && break
   for i in "${!pids[@]}"; do
-    kill -0 "${pids[$i]}" 2>/dev/null || fail "${names[$i]} stopped unexpectedly; see $LOGS/${names[$i]}.log"
+    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+      st=0; wait "${pids[$i]}" 2>/dev/null || st=$?
+      fail "${names[$i]} stopped unexpectedly (exit status $st); $LOGS/${names[$i]}.log ends with:
+$(tail -n 30 "$LOGS/${names[$i]}.log" 2>/dev/null | cut -c1-300)"
+    fi
   done
 done
 

@@ -82,7 +82,7 @@ demo_pid=$!
 # The jobs run once the demo prints its live matrix step.
 for ((i = 0; ; i++)); do
   grep -q 'live matrix, every' "$dir/demo.out" 2>/dev/null && break
-  kill -0 "$demo_pid" 2>/dev/null || { failed=1; tail -n 20 "$dir/demo.out" >&2; echo "soak: FAIL: the demo exited during start-up" >&2; exit 1; }
+  kill -0 "$demo_pid" 2>/dev/null || { failed=1; tail -n 80 "$dir/demo.out" >&2; echo "soak: FAIL: the demo exited during start-up" >&2; exit 1; }
   (( i < 3000 )) || { failed=1; echo "soak: FAIL: the demo did not start its jobs within 5 min" >&2; exit 1; }
   sleep 0.1
 done
@@ -120,7 +120,7 @@ next=$t0
 ref_done=0
 while :; do
   now=$(date +%s)
-  kill -0 "$demo_pid" 2>/dev/null || { failed=1; tail -n 20 "$dir/demo.out" >&2; echo "soak: FAIL: the demo stopped early" >&2; exit 1; }
+  kill -0 "$demo_pid" 2>/dev/null || { failed=1; tail -n 80 "$dir/demo.out" >&2; echo "soak: FAIL: the demo stopped early" >&2; exit 1; }
   if (( ! ref_done && now >= t0 + 120 )); then
     sample ref >> "$dir/samples.txt"; ref_done=1; next=$((now + 30))
   elif (( now >= end )); then
@@ -130,7 +130,7 @@ while :; do
   fi
   sleep 1
 done
-wait "$demo_pid" || { failed=1; tail -n 20 "$dir/demo.out" >&2; echo "soak: FAIL: the demo exited non-zero" >&2; exit 1; }
+wait "$demo_pid" || { failed=1; tail -n 80 "$dir/demo.out" >&2; echo "soak: FAIL: the demo exited non-zero" >&2; exit 1; }
 demo_pid=
 
 rc=0

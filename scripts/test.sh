@@ -59,6 +59,8 @@ containers() {
 }
 
 names=(); results=(); times=(); budgets=()
+logs=$PWD/target/test-logs
+mkdir -p "$logs"
 # The stage runs in its own process group (timeout's), which a terminal's Ctrl-C does not reach:
 # pass INT/TERM on to it and stop.
 cur_pg=""
@@ -77,13 +79,18 @@ run_stage() {
   before=$(containers "$token")
   # `timeout` puts itself and the stage in a new process group and, on expiry, signals the whole
   # group (TERM, then KILL 20 s later). Shell functions are exported so the stage can be one.
-  MESHLAT_TEST_STAGE=$token timeout --kill-after=20 "$budget" bash -c '"$@"' "stage-$name" "$@" &
+  # The stage's output goes to the terminal and to target/test-logs/NAME.log: the summary repeats
+  # the end of a failed stage's log (CI shows only the end of a long run's output).
+  local log=$logs/$name.log
+  : > "$log"
+  MESHLAT_TEST_STAGE=$token timeout --kill-after=20 "$budget" bash -c '"$@"' "stage-$name" "$@" \
+    > >(tee -a "$log") 2>&1 &
   local pg=$!
   cur_pg=$pg
   wait "$pg" || rc=$?
   cur_pg=""
   if (( rc == 124 || rc == 137 )); then
-    echo "=== stage: $name: TIMED OUT: over its budget of ${budget}s (exit $rc)"
+    echo "=== stage: $name: TIMED OUT: over its budget of ${budget}s (exit $rc)" | tee -a "$log"
   fi
   # Give stopping processes a moment, then anything left is a leak.
   local left="" i
@@ -93,8 +100,8 @@ run_stage() {
     sleep 0.5
   done
   if [[ -n $left ]]; then
-    echo "=== stage: $name: LEAK: these processes it started are still running (killed now):"
-    sed 's/^/      /' <<<"$left"
+    { echo "=== stage: $name: LEAK: these processes it started are still running (killed now):"
+      sed 's/^/      /' <<<"$left"; } | tee -a "$log"
     # shellcheck disable=SC2046
     kill -KILL $(cut -d' ' -f1 <<<"$left") 2>/dev/null || true
     rc=1
@@ -102,7 +109,7 @@ run_stage() {
   local new
   new=$(comm -13 <(echo "$before") <(containers "$token") | grep . || true)
   if [[ -n $new ]]; then
-    echo "=== stage: $name: LEAK: containers still running (removed now): $new"
+    echo "=== stage: $name: LEAK: containers still running (removed now): $new" | tee -a "$log"
     # shellcheck disable=SC2086
     podman rm -f $new >/dev/null 2>&1 || true
     rc=1
@@ -187,5 +194,14 @@ for i in "${!names[@]}"; do
   printf '  %-16s %s %5ss  (budget %ss)\n' "${names[$i]}" "${results[$i]}" "${times[$i]}" "${budgets[$i]}"
   [[ ${results[$i]} == PASS ]] || fail=1
 done
-if (( fail )); then echo "=== FAILED"; exit 1; fi
+if (( fail )); then
+  for i in "${!names[@]}"; do
+    [[ ${results[$i]} == PASS ]] && continue
+    echo
+    echo "=== ${names[$i]} failed; the last 40 lines of its output ($logs/${names[$i]}.log):"
+    tail -n 40 "$logs/${names[$i]}.log" | sed 's/^/  | /'
+  done
+  echo "=== FAILED"
+  exit 1
+fi
 echo "=== all stages passed"
