@@ -16,7 +16,6 @@
 //! - [`metrics`]: the Prometheus registry and the events that count drops and errors.
 //! - [`admin`]: the `-s PORT` server: `/health`, `/metrics`, `/memstats`.
 //! - [`tls`]: rustls configuration (one provider: ring).
-//! - [`linkemu`]: a UDP/TCP forwarder with per-route delay and seeded loss, for tests and demos.
 //! - [`control`]: running under a controller: session, fail-static, backoff, ECS identity.
 //! - [`cli`]: the command line; [`config`]: validated configuration; [`app`]: bind + run.
 
@@ -26,7 +25,6 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
-pub mod linkemu;
 pub mod metrics;
 pub mod probe;
 pub mod respond;
