@@ -8,84 +8,21 @@ use std::time::Duration;
 
 use meshlat_proto::job::{MAX_PACKETS, MAX_PAYLOAD_BYTES};
 
+mod error;
+
+pub use self::error::ConfigError;
+pub(crate) use self::error::{in_range, label, secs};
+pub use crate::sink::file::FileSinkConfig;
+pub use crate::sink::firehose::config::{FIREHOSE_DRAIN_TIMEOUT, FirehoseSinkConfig, SPOOL_SUBDIR};
+
 use crate::cli::{self, Format, LogFormat};
 use crate::probe::{Key, ProbeSpec};
 use crate::respond::ResponderConfig;
-use crate::target::{Target, TargetError};
+use crate::target::Target;
 use crate::tls::{Identity, TlsClientOptions};
 
 /// Default per-sample timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A configuration error; the message names the flag (and environment variable) and value.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// No targets on the command line or in `PERFTEST_URL`.
-    #[error(
-        "no targets: give TARGET arguments or set PERFTEST_URL (e.g. agent probe https://example.com/)"
-    )]
-    NoTargets,
-    /// A target did not parse.
-    #[error(transparent)]
-    Target(#[from] TargetError),
-    /// A numeric flag out of range.
-    #[error("{flag}: {value} is out of range ({range})")]
-    OutOfRange {
-        /// Flag name.
-        flag: &'static str,
-        /// Given value.
-        value: String,
-        /// Allowed range.
-        range: &'static str,
-    },
-    /// --timeout above -d.
-    #[error(
-        "--timeout ({timeout:?}) must not exceed -d ({delay:?}): samples of one target would overlap"
-    )]
-    TimeoutAboveDelay {
-        /// Timeout.
-        timeout: Duration,
-        /// Delay.
-        delay: Duration,
-    },
-    /// Two flags that do not go together.
-    #[error("{flags}: {reason}")]
-    Conflict {
-        /// The flags.
-        flags: &'static str,
-        /// Why, and what to do.
-        reason: &'static str,
-    },
-    /// A file given by a flag is unusable.
-    #[error("{flag} {path}: {reason}")]
-    File {
-        /// Flag name.
-        flag: &'static str,
-        /// Path.
-        path: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A bad `--advertise-endpoint`.
-    #[error("--advertise-endpoint {value:?}: {reason}")]
-    AdvertiseEndpoint {
-        /// Given value.
-        value: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A label contains characters that would break the record layout.
-    #[error("{flag} {value:?}: {reason}")]
-    Label {
-        /// Flag name.
-        flag: &'static str,
-        /// Value.
-        value: String,
-        /// What is wrong.
-        reason: &'static str,
-    },
-}
 
 /// Logging, stats and listener settings.
 #[derive(Clone, Debug)]
@@ -114,7 +51,7 @@ impl CommonConfig {
                 return Err(ConfigError::OutOfRange {
                     flag,
                     value: v.to_string(),
-                    range: "0.1 to 3600 seconds",
+                    range: "0.1 to 3600 seconds".into(),
                 });
             }
             Ok(Duration::from_secs_f64(v))
@@ -124,7 +61,7 @@ impl CommonConfig {
                 return Err(ConfigError::OutOfRange {
                     flag,
                     value: "0".into(),
-                    range: ">= 1",
+                    range: ">= 1".into(),
                 });
             }
             Ok(v)
@@ -158,55 +95,8 @@ pub struct AgentIdentity {
     pub location: Option<String>,
 }
 
-/// Where the file sink writes and how it rotates.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FileSinkConfig {
-    /// Root directory (records/ goes under it).
-    pub dir: PathBuf,
-    /// Rotate at this size.
-    pub max_bytes: u64,
-    /// Rotate at this age.
-    pub max_age: Duration,
-    /// Flush interval.
-    pub flush_interval: Duration,
-}
-
-/// Default time the Firehose sink keeps delivering at shutdown before spooling the rest; below
-/// the agent's shutdown grace ([`crate::app::SHUTDOWN_GRACE`]).
-pub const FIREHOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(7);
-
-/// The default spool directory, under the agent's state directory (`--state-dir`; `agent
-/// probe` uses [`DEFAULT_STATE_DIR`]).
-pub const SPOOL_SUBDIR: &str = "spool";
 /// `--state-dir`'s default (also the base of `agent probe`'s default spool).
 pub const DEFAULT_STATE_DIR: &str = "./meshlat-agent-state";
-
-/// Validated Firehose sink settings (from `--firehose-*` and `--spool-*`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct FirehoseSinkConfig {
-    /// Delivery stream name.
-    pub stream: String,
-    /// Region; `None`: the standard AWS chain.
-    pub region: Option<String>,
-    /// Endpoint override (an `http(s)://` URL).
-    pub endpoint: Option<String>,
-    /// Spool directory of this stream (`<--spool-dir>/<stream>`).
-    pub spool_dir: PathBuf,
-    /// Spool bound in bytes.
-    pub spool_max_bytes: u64,
-    /// Memory bound in bytes for batches waiting to be sent.
-    pub memory_max_bytes: u64,
-    /// A request is sealed when its oldest line is this old.
-    pub batch_age: Duration,
-    /// Packing limits, within the Firehose maxima.
-    pub limits: crate::sink::firehose::request::PackLimits,
-    /// Requests in flight at most.
-    pub max_in_flight: usize,
-    /// How long to keep delivering at shutdown before spooling the rest.
-    pub drain_timeout: Duration,
-    /// Write every batch to the spool before sending it (`--spool-always`).
-    pub spool_always: bool,
-}
 
 /// Validated `agent probe` configuration.
 #[derive(Clone, Debug)]
@@ -246,32 +136,6 @@ pub struct ServeConfig {
     pub common: CommonConfig,
 }
 
-fn secs(flag: &'static str, v: f64, allow_zero: bool) -> Result<Duration, ConfigError> {
-    if !v.is_finite() || v < 0.0 || (!allow_zero && v == 0.0) || v > 86_400.0 * 365.0 {
-        return Err(ConfigError::OutOfRange {
-            flag,
-            value: v.to_string(),
-            range: if allow_zero {
-                "0 to 1 year, in seconds"
-            } else {
-                "above 0, up to 1 year, in seconds"
-            },
-        });
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
-fn label(flag: &'static str, v: Option<String>) -> Result<Option<String>, ConfigError> {
-    match v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) {
-        Some(s) if s.chars().any(|c| c.is_control()) => Err(ConfigError::Label {
-            flag,
-            value: s,
-            reason: "must not contain control characters",
-        }),
-        other => Ok(other),
-    }
-}
-
 fn region(v: Option<String>) -> Result<String, ConfigError> {
     let r = label("--region", v)?.unwrap_or_else(|| "local".into());
     // The region is a path component of the Hive layout (region=<r>).
@@ -287,152 +151,6 @@ fn region(v: Option<String>) -> Result<String, ConfigError> {
         });
     }
     Ok(r)
-}
-
-fn file_sink(a: &cli::SinkArgs) -> Result<Option<FileSinkConfig>, ConfigError> {
-    let Some(dir) = &a.out else { return Ok(None) };
-    if a.file_max_bytes < 1024 {
-        return Err(ConfigError::OutOfRange {
-            flag: "--file-max-bytes",
-            value: a.file_max_bytes.to_string(),
-            range: ">= 1024",
-        });
-    }
-    Ok(Some(FileSinkConfig {
-        dir: dir.clone(),
-        max_bytes: a.file_max_bytes,
-        max_age: secs("--file-max-age", a.file_max_age, false)?,
-        flush_interval: secs("--flush-interval", a.flush_interval, false)?,
-    }))
-}
-
-/// Validates the Firehose flags (shared by `probe` and `run`).
-///
-/// # Errors
-///
-/// [`ConfigError`] naming the flag: a bad stream name, endpoint URL, limits above the Firehose
-/// maxima, or bounds too small to hold one request.
-pub fn firehose_sink(
-    a: &cli::FirehoseArgs,
-    state_dir: &Path,
-) -> Result<Option<FirehoseSinkConfig>, ConfigError> {
-    use crate::sink::firehose::request::{
-        MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES, PackLimits,
-    };
-    let Some(stream) = a.firehose_stream.as_deref().map(str::trim) else {
-        return Ok(None);
-    };
-    // Firehose stream names: 1-64 of [a-zA-Z0-9_.-]. Also a path component of the spool.
-    if stream.is_empty()
-        || stream.len() > 64
-        || !stream
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        || stream.starts_with('.')
-    {
-        return Err(ConfigError::Label {
-            flag: "--firehose-stream",
-            value: stream.into(),
-            reason: "a Firehose stream name is 1-64 of letters, digits, '_', '.', '-'",
-        });
-    }
-    let region = label("--firehose-region", a.firehose_region.clone())?;
-    let endpoint = match a.firehose_endpoint.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(e) => {
-            let ok = e
-                .parse::<http::Uri>()
-                .ok()
-                .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
-            if ok.is_none() {
-                return Err(ConfigError::Label {
-                    flag: "--firehose-endpoint",
-                    value: e.into(),
-                    reason: "must be an http:// or https:// URL with a host",
-                });
-            }
-            Some(e.to_string())
-        }
-    };
-    let range = |flag, v: usize, lo: usize, hi: usize, text| {
-        if v < lo || v > hi {
-            Err(ConfigError::OutOfRange {
-                flag,
-                value: v.to_string(),
-                range: text,
-            })
-        } else {
-            Ok(v)
-        }
-    };
-    let limits = PackLimits {
-        max_record_bytes: range(
-            "--firehose-record-max-bytes",
-            a.firehose_record_max_bytes,
-            1024,
-            MAX_RECORD_BYTES,
-            "1024..=1024000 (the Firehose record limit)",
-        )?,
-        max_batch_records: range(
-            "--firehose-batch-max-records",
-            a.firehose_batch_max_records,
-            1,
-            MAX_BATCH_RECORDS,
-            "1..=500 (the Firehose PutRecordBatch limit)",
-        )?,
-        max_batch_bytes: range(
-            "--firehose-batch-max-bytes",
-            a.firehose_batch_max_bytes,
-            a.firehose_record_max_bytes.min(MAX_RECORD_BYTES),
-            MAX_BATCH_BYTES,
-            "--firehose-record-max-bytes..=4194304 (the Firehose PutRecordBatch limit)",
-        )?,
-    };
-    let max_in_flight = range(
-        "--firehose-max-in-flight",
-        a.firehose_max_in_flight,
-        1,
-        64,
-        "1..=64",
-    )?;
-    let one_request = MAX_BATCH_BYTES as u64;
-    for (flag, v) in [
-        ("--firehose-memory-max-bytes", a.firehose_memory_max_bytes),
-        ("--spool-max-bytes", a.spool_max_bytes),
-    ] {
-        if v < one_request {
-            return Err(ConfigError::OutOfRange {
-                flag,
-                value: v.to_string(),
-                range: ">= 4194304 (one full request)",
-            });
-        }
-    }
-    let batch_age = secs("--firehose-batch-age", a.firehose_batch_age, false)?;
-    if batch_age > Duration::from_secs(900) {
-        return Err(ConfigError::OutOfRange {
-            flag: "--firehose-batch-age",
-            value: a.firehose_batch_age.to_string(),
-            range: "above 0, up to 900 seconds",
-        });
-    }
-    let base = a
-        .spool_dir
-        .clone()
-        .unwrap_or_else(|| state_dir.join(SPOOL_SUBDIR));
-    Ok(Some(FirehoseSinkConfig {
-        stream: stream.into(),
-        region,
-        endpoint,
-        spool_dir: base.join(stream),
-        spool_max_bytes: a.spool_max_bytes,
-        memory_max_bytes: a.firehose_memory_max_bytes,
-        batch_age,
-        limits,
-        max_in_flight,
-        drain_timeout: FIREHOSE_DRAIN_TIMEOUT,
-        spool_always: a.spool_always,
-    }))
 }
 
 /// Reads `PERFTEST_URL` the way perftest users set it (one or more URLs).
@@ -489,21 +207,21 @@ impl ProbeConfig {
             return Err(ConfigError::OutOfRange {
                 flag: "--packets",
                 value: a.packets.to_string(),
-                range: "1..=10000",
+                range: format!("1..={MAX_PACKETS}").into(),
             });
         }
         if !a.interval_ms.is_finite() || a.interval_ms < 0.0 || a.interval_ms > 60_000.0 {
             return Err(ConfigError::OutOfRange {
                 flag: "--interval-ms",
                 value: a.interval_ms.to_string(),
-                range: "0..=60000",
+                range: "0..=60000".into(),
             });
         }
         if a.payload_bytes > MAX_PAYLOAD_BYTES {
             return Err(ConfigError::OutOfRange {
                 flag: "--payload-bytes",
                 value: a.payload_bytes.to_string(),
-                range: "0..=1452",
+                range: format!("0..={MAX_PAYLOAD_BYTES}").into(),
             });
         }
         if let Some(ca) = &a.ca
@@ -540,8 +258,11 @@ impl ProbeConfig {
             interval,
             spec,
             format: a.format,
-            file: file_sink(&a.sinks)?,
-            firehose: firehose_sink(&a.sinks.firehose, Path::new(DEFAULT_STATE_DIR))?,
+            file: FileSinkConfig::from_args(&a.sinks)?,
+            firehose: FirehoseSinkConfig::from_args(
+                &a.sinks.firehose,
+                Path::new(DEFAULT_STATE_DIR),
+            )?,
             identity: AgentIdentity {
                 agent_id: None,
                 region: region(a.identity.region.clone())?,
@@ -581,8 +302,11 @@ impl ServeConfig {
                 az: label("--az", a.identity.az.clone())?,
                 location: label("--location", a.identity.location.clone())?,
             },
-            file: file_sink(&a.sinks)?,
-            firehose: firehose_sink(&a.sinks.firehose, Path::new(DEFAULT_STATE_DIR))?,
+            file: FileSinkConfig::from_args(&a.sinks)?,
+            firehose: FirehoseSinkConfig::from_args(
+                &a.sinks.firehose,
+                Path::new(DEFAULT_STATE_DIR),
+            )?,
             common,
         })
     }
@@ -699,7 +423,7 @@ impl RunConfig {
                 location: label("--location", a.identity.location.clone())?,
             },
             responders,
-            file: file_sink(&a.sinks)?,
+            file: FileSinkConfig::from_args(&a.sinks)?,
             firehose: if a.no_state_dir
                 && a.sinks.firehose.firehose_stream.is_some()
                 && a.sinks.firehose.spool_dir.is_none()
@@ -709,7 +433,7 @@ impl RunConfig {
                     reason: "the spool defaults to STATE_DIR/spool: give --spool-dir",
                 });
             } else {
-                firehose_sink(&a.sinks.firehose, &a.state_dir)?
+                FirehoseSinkConfig::from_args(&a.sinks.firehose, &a.state_dir)?
             },
             ecs_metadata_uri: env("ECS_CONTAINER_METADATA_URI_V4").filter(|s| !s.is_empty()),
             common,
@@ -789,7 +513,7 @@ pub fn responder_config(
         return Err(ConfigError::OutOfRange {
             flag: "--serve-max-sources",
             value: r.serve_max_sources.to_string(),
-            range: "1..=65536",
+            range: "1..=65536".into(),
         });
     }
     let serve_interval = secs("--serve-interval", r.serve_interval, false)?;
@@ -797,7 +521,7 @@ pub fn responder_config(
         return Err(ConfigError::OutOfRange {
             flag: "--serve-interval",
             value: r.serve_interval.to_string(),
-            range: "0.1 to 1 year, in seconds",
+            range: "0.1 to 1 year, in seconds".into(),
         });
     }
     Ok(ResponderConfig {

@@ -1,0 +1,187 @@
+//! Validated Firehose sink settings and the validation of the `--firehose-*` and `--spool-*`
+//! flags (as Vector's `aws_kinesis/firehose/config.rs` sits next to its sink). The limits are
+//! [`request`](super::request)'s constants, and the error messages' ranges are built from them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::request::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES, PackLimits};
+use crate::cli;
+use crate::config::{ConfigError, in_range, label, secs};
+
+/// Default time the Firehose sink keeps delivering at shutdown before spooling the rest; below
+/// the agent's shutdown grace ([`crate::app::SHUTDOWN_GRACE`]).
+pub const FIREHOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// The default spool directory, under the agent's state directory (`--state-dir`; `agent
+/// probe` uses [`crate::config::DEFAULT_STATE_DIR`]).
+pub const SPOOL_SUBDIR: &str = "spool";
+
+/// Validated Firehose sink settings (from `--firehose-*` and `--spool-*`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FirehoseSinkConfig {
+    /// Delivery stream name.
+    pub stream: String,
+    /// Region; `None`: the standard AWS chain.
+    pub region: Option<String>,
+    /// Endpoint override (an `http(s)://` URL).
+    pub endpoint: Option<String>,
+    /// Spool directory of this stream (`<--spool-dir>/<stream>`).
+    pub spool_dir: PathBuf,
+    /// Spool bound in bytes.
+    pub spool_max_bytes: u64,
+    /// Memory bound in bytes for batches waiting to be sent.
+    pub memory_max_bytes: u64,
+    /// A request is sealed when its oldest line is this old.
+    pub batch_age: Duration,
+    /// Packing limits, within the Firehose maxima.
+    pub limits: PackLimits,
+    /// Requests in flight at most.
+    pub max_in_flight: usize,
+    /// How long to keep delivering at shutdown before spooling the rest.
+    pub drain_timeout: Duration,
+    /// Write every batch to the spool before sending it (`--spool-always`).
+    pub spool_always: bool,
+}
+
+/// The smallest `--firehose-record-max-bytes`.
+pub const MIN_RECORD_BYTES: usize = 1024;
+/// The largest `--firehose-max-in-flight`.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// The largest `--firehose-batch-age`, in seconds.
+pub const MAX_BATCH_AGE_SECS: u64 = 900;
+/// The longest Firehose delivery stream name.
+const MAX_STREAM_NAME: usize = 64;
+
+impl FirehoseSinkConfig {
+    /// Validates the Firehose flags (shared by `probe`, `serve` and `run`); `None` without
+    /// `--firehose-stream`. The spool goes under `state_dir` unless `--spool-dir` is given.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the flag: a bad stream name, endpoint URL, limits above the
+    /// Firehose maxima, or bounds too small to hold one request.
+    pub fn from_args(a: &cli::FirehoseArgs, state_dir: &Path) -> Result<Option<Self>, ConfigError> {
+        let Some(stream) = a.firehose_stream.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        let stream = stream_name(stream)?;
+        let region = label("--firehose-region", a.firehose_region.clone())?;
+        let endpoint = endpoint(a.firehose_endpoint.as_deref())?;
+        let limits = pack_limits(a)?;
+        let max_in_flight = in_range(
+            "--firehose-max-in-flight",
+            a.firehose_max_in_flight,
+            1,
+            MAX_IN_FLIGHT,
+            format!("1..={MAX_IN_FLIGHT}"),
+        )?;
+        let one_request = MAX_BATCH_BYTES as u64;
+        for (flag, v) in [
+            ("--firehose-memory-max-bytes", a.firehose_memory_max_bytes),
+            ("--spool-max-bytes", a.spool_max_bytes),
+        ] {
+            if v < one_request {
+                return Err(ConfigError::OutOfRange {
+                    flag,
+                    value: v.to_string(),
+                    range: format!(">= {MAX_BATCH_BYTES} (one full request)").into(),
+                });
+            }
+        }
+        let batch_age = secs("--firehose-batch-age", a.firehose_batch_age, false)?;
+        if batch_age > Duration::from_secs(MAX_BATCH_AGE_SECS) {
+            return Err(ConfigError::OutOfRange {
+                flag: "--firehose-batch-age",
+                value: a.firehose_batch_age.to_string(),
+                range: format!("above 0, up to {MAX_BATCH_AGE_SECS} seconds").into(),
+            });
+        }
+        let base = a
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join(SPOOL_SUBDIR));
+        Ok(Some(FirehoseSinkConfig {
+            spool_dir: base.join(stream),
+            stream: stream.into(),
+            region,
+            endpoint,
+            spool_max_bytes: a.spool_max_bytes,
+            memory_max_bytes: a.firehose_memory_max_bytes,
+            batch_age,
+            limits,
+            max_in_flight,
+            drain_timeout: FIREHOSE_DRAIN_TIMEOUT,
+            spool_always: a.spool_always,
+        }))
+    }
+}
+
+/// A Firehose stream name: 1-64 of `[a-zA-Z0-9_.-]`, not starting with `.` (it is also a path
+/// component of the spool).
+fn stream_name(stream: &str) -> Result<&str, ConfigError> {
+    if stream.is_empty()
+        || stream.len() > MAX_STREAM_NAME
+        || !stream
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        || stream.starts_with('.')
+    {
+        return Err(ConfigError::Label {
+            flag: "--firehose-stream",
+            value: stream.into(),
+            reason: "a Firehose stream name is 1-64 of letters, digits, '_', '.', '-'",
+        });
+    }
+    Ok(stream)
+}
+
+/// `--firehose-endpoint`: an `http://` or `https://` URL with a host; `None` when unset or empty.
+fn endpoint(e: Option<&str>) -> Result<Option<String>, ConfigError> {
+    match e.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(e) => {
+            let ok = e
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+            if ok.is_none() {
+                return Err(ConfigError::Label {
+                    flag: "--firehose-endpoint",
+                    value: e.into(),
+                    reason: "must be an http:// or https:// URL with a host",
+                });
+            }
+            Ok(Some(e.to_string()))
+        }
+    }
+}
+
+/// The packing limits, each within its Firehose maximum.
+fn pack_limits(a: &cli::FirehoseArgs) -> Result<PackLimits, ConfigError> {
+    Ok(PackLimits {
+        max_record_bytes: in_range(
+            "--firehose-record-max-bytes",
+            a.firehose_record_max_bytes,
+            MIN_RECORD_BYTES,
+            MAX_RECORD_BYTES,
+            format!("{MIN_RECORD_BYTES}..={MAX_RECORD_BYTES} (the Firehose record limit)"),
+        )?,
+        max_batch_records: in_range(
+            "--firehose-batch-max-records",
+            a.firehose_batch_max_records,
+            1,
+            MAX_BATCH_RECORDS,
+            format!("1..={MAX_BATCH_RECORDS} (the Firehose PutRecordBatch limit)"),
+        )?,
+        max_batch_bytes: in_range(
+            "--firehose-batch-max-bytes",
+            a.firehose_batch_max_bytes,
+            a.firehose_record_max_bytes.min(MAX_RECORD_BYTES),
+            MAX_BATCH_BYTES,
+            format!(
+                "--firehose-record-max-bytes..={MAX_BATCH_BYTES} (the Firehose PutRecordBatch limit)"
+            ),
+        )?,
+    })
+}
