@@ -10,6 +10,7 @@
 //! - [`target`]: parsing `proto://host:port` and URL targets.
 //! - [`probe`]: one module per protocol behind [`probe::ProbeRunner`]; sans-IO timing cores.
 //! - [`respond`]: UDP reflector, TCP, QUIC and HTTP(S) responders.
+//! - [`udp`]: the UDP protocol both use: wire format, relay grants, socket calls, stamp mapping.
 //! - [`scheduler`]: runs a watched job set: intervals, timeouts, records, fan-out to sinks.
 //! - [`sink`]: the sink trait, batching, stdout (table/JSON) and file sinks.
 //! - [`summary`]: rolling per-pair summaries (p50, p99, loss) for the controller's live view.
@@ -33,6 +34,7 @@ pub mod sink;
 pub mod summary;
 pub mod target;
 pub mod tls;
+pub mod udp;
 
 /// This agent's version, as written in records.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -2,13 +2,12 @@
 //!
 //! # Layout
 //!
-//! - [`wire`]: the versioned, HMAC-authenticated packet format (documented byte by byte).
 //! - [`session`]: the sans-IO train core — pacing, timeout, classification, statistics.
-//! - [`grant`]: the 96-byte Ed25519-signed relay grant (documented byte by byte).
 //! - [`relay`]: the sans-IO relay train core (`relay://R/B` targets) and its arithmetic.
-//! - `sys`: the one unsafe corner — `recvmsg`/`recvmmsg`/`sendmmsg` with kernel receive
-//!   timestamps and destination addresses (pktinfo).
 //! - this module: the thin tokio driver that owns the socket and the clock.
+//!
+//! The protocol itself — wire format, relay grants, socket calls, stamp mapping — lives in
+//! [`crate::udp`], shared with the reflector ([`crate::respond::udp`]).
 //!
 //! # Driver
 //!
@@ -28,12 +27,8 @@
 //! arrived but failed authentication) or `Timeout` (no replies: wrong key, no reflector, or
 //! loss).
 
-pub use meshlat_proto::grant;
 pub mod relay;
 pub mod session;
-#[doc(hidden)]
-pub mod sys;
-pub mod wire;
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -46,11 +41,12 @@ use tokio::net::UdpSocket;
 
 use self::relay::{Path, RelaySession};
 use self::session::{SessionConfig, UdpSession};
-use self::wire::WireKey;
-pub use self::wire::{MAX_PACKET_BYTES, MIN_PACKET_BYTES};
 use super::{Measurement, Outcome, ProbeSetupError, ProbeSpec};
 use crate::clock::{Clock, clock_error_bound_ms};
 use crate::target::Target;
+use crate::udp::wire::{self, WireKey};
+pub use crate::udp::{MAX_PACKET_BYTES, MIN_PACKET_BYTES};
+use crate::udp::{StampMapper, grant, sys};
 
 /// Waits shorter than this are spent yield-spinning instead of on tokio's millisecond timer.
 pub const SPIN_NS: u64 = 1_000_000;
@@ -478,42 +474,6 @@ fn drain(
     Ok(())
 }
 
-/// Maps kernel `CLOCK_REALTIME` receive stamps into the process timebase ([`Clock::now_ns`]).
-///
-/// [`Clock::from_realtime_ns`] reads the two clocks one after the other on every call; if the
-/// thread is preempted between the reads (milliseconds on a busy host) the mapped stamp is off
-/// by that long, which showed up as negative RTTs in bursts. This mapper measures the offset
-/// with a realtime–process–realtime sandwich, keeping the tightest of a few tries, and reuses it
-/// while stamps stay within [`StampMapper::REFRESH_NS`] of the measurement (a clock step moves
-/// stamps out of that window and forces a new measurement). Per packet it is one comparison and
-/// an add.
-#[derive(Debug, Default)]
-pub(crate) struct StampMapper {
-    /// Process clock minus realtime, ns.
-    offset: i128,
-    /// Realtime at the last measurement (0: never measured).
-    measured_real: u64,
-}
-
-impl StampMapper {
-    /// How long a measured offset is reused (slew is at most 500 ppm: ≤ 5 µs over 10 ms).
-    pub(crate) const REFRESH_NS: u64 = 10_000_000;
-
-    /// The stamp in the process timebase.
-    pub(crate) fn map(&mut self, realtime_stamp: u64) -> u64 {
-        if self.measured_real == 0 || realtime_stamp.abs_diff(self.measured_real) > Self::REFRESH_NS
-        {
-            self.measure();
-        }
-        (i128::from(realtime_stamp) + self.offset).clamp(0, i128::from(u64::MAX)) as u64
-    }
-
-    fn measure(&mut self) {
-        self.offset = i128::from(crate::clock::realtime_offset_ns());
-        self.measured_real = crate::clock::realtime_ns().max(1);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,26 +501,5 @@ mod tests {
         assert!(UdpProbe::new(&spec).is_err());
         let p = UdpProbe::new(&ProbeSpec::default()).expect("default spec is valid");
         assert_eq!(p.packet_bytes(), MIN_PACKET_BYTES);
-    }
-
-    #[test]
-    fn stamp_mapper_maps_realtime_close_to_now() {
-        let mut m = StampMapper::default();
-        for _ in 0..3 {
-            let stamp = crate::clock::realtime_ns();
-            let mapped = m.map(stamp);
-            let now = Clock::now_ns();
-            // The stamp precedes `now`; the mapping may err by the sandwich's half-width.
-            let ahead = i128::from(mapped) - i128::from(now);
-            assert!(
-                ahead < 50_000,
-                "mapped {mapped} is {ahead} ns after now {now}"
-            );
-            assert!(ahead > -50_000_000, "mapped {mapped} far before now {now}");
-        }
-        // A stamp far from the measurement (a clock step) triggers a new measurement.
-        let before = m.measured_real;
-        let _ = m.map(before + 20 * StampMapper::REFRESH_NS);
-        assert_ne!(m.measured_real, before);
     }
 }
