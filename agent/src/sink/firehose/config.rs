@@ -185,3 +185,104 @@ fn pack_limits(a: &cli::FirehoseArgs) -> Result<PackLimits, ConfigError> {
         )?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// `agent probe ARGS udp://h:1`'s Firehose settings, or the error message.
+    fn firehose(args: &[&str]) -> Result<Option<FirehoseSinkConfig>, String> {
+        let mut argv = vec!["agent", "probe"];
+        argv.extend_from_slice(args);
+        argv.push("udp://h:1");
+        let cli = cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Some(cli::Command::Probe(p)) = cli.command else {
+            return Err("not probe".into());
+        };
+        FirehoseSinkConfig::from_args(&p.sinks.firehose, Path::new("/state"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn firehose_flags_validate_against_firehose_limits() {
+        let f = firehose(&[
+            "--firehose-stream",
+            "meshlat-eu",
+            "--firehose-endpoint",
+            "http://127.0.0.1:5000",
+            "--spool-dir",
+            "/var/spool/m",
+        ])
+        .expect("valid")
+        .expect("enabled by --firehose-stream");
+        assert_eq!(f.spool_dir, PathBuf::from("/var/spool/m/meshlat-eu"));
+        assert_eq!(f.limits, PackLimits::default());
+        assert_eq!(f.batch_age, Duration::from_secs(2));
+        assert_eq!(f.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        assert_eq!(f.drain_timeout, FIREHOSE_DRAIN_TIMEOUT);
+        let f = firehose(&["--firehose-stream", "s"]).expect("valid");
+        assert_eq!(
+            f.expect("enabled").spool_dir,
+            PathBuf::from("/state/spool/s"),
+            "default spool: <state dir>/spool/<stream>"
+        );
+        assert!(firehose(&[]).expect("valid").is_none());
+        // Whole messages: the ranges are built from request.rs's limits and read as before.
+        for (args, want) in [
+            (
+                &["--firehose-stream", "a/b"][..],
+                "--firehose-stream \"a/b\": a Firehose stream name is 1-64 of letters, digits, \
+                 '_', '.', '-'",
+            ),
+            (
+                &["--firehose-stream", "s", "--firehose-endpoint", "ftp://x"][..],
+                "--firehose-endpoint \"ftp://x\": must be an http:// or https:// URL with a host",
+            ),
+            (
+                &["--firehose-batch-max-records", "501"][..],
+                "--firehose-batch-max-records: 501 is out of range (1..=500 (the Firehose \
+                 PutRecordBatch limit))",
+            ),
+            (
+                &["--firehose-record-max-bytes", "1024001"][..],
+                "--firehose-record-max-bytes: 1024001 is out of range (1024..=1024000 (the \
+                 Firehose record limit))",
+            ),
+            (
+                &["--firehose-batch-max-bytes", "5000000"][..],
+                "--firehose-batch-max-bytes: 5000000 is out of range \
+                 (--firehose-record-max-bytes..=4194304 (the Firehose PutRecordBatch limit))",
+            ),
+            (
+                &["--firehose-max-in-flight", "65"][..],
+                "--firehose-max-in-flight: 65 is out of range (1..=64)",
+            ),
+            (
+                &["--spool-max-bytes", "1000"][..],
+                "--spool-max-bytes: 1000 is out of range (>= 4194304 (one full request))",
+            ),
+            (
+                &["--firehose-memory-max-bytes", "1000"][..],
+                "--firehose-memory-max-bytes: 1000 is out of range (>= 4194304 (one full \
+                 request))",
+            ),
+            (
+                &["--firehose-batch-age", "0"][..],
+                "--firehose-batch-age: 0 is out of range (above 0, up to 1 year, in seconds)",
+            ),
+            (
+                &["--firehose-batch-age", "901"][..],
+                "--firehose-batch-age: 901 is out of range (above 0, up to 900 seconds)",
+            ),
+        ] {
+            let mut argv = args.to_vec();
+            if !argv.contains(&"--firehose-stream") {
+                argv.extend(["--firehose-stream", "s"]);
+            }
+            let err = firehose(&argv).expect_err(want);
+            assert_eq!(err, want, "{args:?}");
+        }
+    }
+}
