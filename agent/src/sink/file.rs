@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use super::batch::BatchConfig;
 use super::{SharedRecord, Sink, SinkError};
 use crate::cli;
-use crate::config::{ConfigError, secs};
+use crate::config::error::{ConfigError, secs};
 
 /// Where the file sink writes and how it rotates.
 #[derive(Clone, Debug, PartialEq)]

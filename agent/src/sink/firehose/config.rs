@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::request::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES, PackLimits};
 use crate::cli;
-use crate::config::{ConfigError, in_range, label, secs};
+use crate::config::error::{ConfigError, in_range, label, secs};
 
 /// Default time the Firehose sink keeps delivering at shutdown before spooling the rest; below
 /// the agent's shutdown grace ([`crate::app::SHUTDOWN_GRACE`]).
