@@ -183,7 +183,10 @@ run_stage api-fuzz 420 scripts/test_api.sh
 # from its committed seed corpus; a crash fails the stage with the command to reproduce it.
 run_stage fuzz 600 scripts/fuzz.sh -t 20
 if (( ! quick )); then
-  run_stage accuracy 900 cargo test -p meshlat-agent --locked --test accuracy --test linkemu -- --test-threads=1 --nocapture
+  # The accuracy tests run the meshlat-linkemu binary (crate linkemu/): built first, so a stage
+  # run alone (--only accuracy) does not use a stale one.
+  run_stage accuracy 900 bash -c 'cargo build -p meshlat-linkemu --locked --bins &&
+    cargo test -p meshlat-agent --locked --test accuracy --test linkemu -- --test-threads=1 --nocapture'
   run_stage bench-harness 900 scripts/bench/run.sh --smoke
 fi
 

@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use meshlat_agent::config::FirehoseSinkConfig;
 use meshlat_agent::sink::Sink;
+use meshlat_agent::sink::firehose::FirehoseSinkConfig;
 use meshlat_agent::sink::firehose::client::{FirehoseApi, FirehoseError, PutBatchOutcome};
 use meshlat_agent::sink::firehose::request::PackLimits;
 use meshlat_agent::sink::firehose::{FirehoseSink, FirehoseStats};

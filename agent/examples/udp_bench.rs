@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use meshlat_agent::clock::Clock;
-use meshlat_agent::probe::udp::wire::{self, Header, WireKey};
-use meshlat_agent::probe::udp::{MIN_PACKET_BYTES, UdpProbe, sys};
+use meshlat_agent::probe::udp::UdpProbe;
 use meshlat_agent::probe::{Key, ProbeSpec, nearest_rank};
 use meshlat_agent::target::Target;
+use meshlat_agent::udp::wire::{self, Header, WireKey};
+use meshlat_agent::udp::{MIN_PACKET_BYTES, sys};
 use meshlat_proto::record::Protocol;
 
 fn arg(args: &[String], name: &str, default: &str) -> String {

@@ -88,7 +88,7 @@ pub struct ServeApp {
     /// Who this server is, in server records.
     identity: crate::config::AgentIdentity,
     /// File sink of server records.
-    file: Option<crate::config::FileSinkConfig>,
+    file: Option<crate::sink::file::FileSinkConfig>,
     /// Firehose sink of server records (started at bind, so a bad stream fails early).
     firehose: Option<FirehoseSink>,
     /// Interval and source bound of server records.

@@ -10,13 +10,13 @@
 //! - [`target`]: parsing `proto://host:port` and URL targets.
 //! - [`probe`]: one module per protocol behind [`probe::ProbeRunner`]; sans-IO timing cores.
 //! - [`respond`]: UDP reflector, TCP, QUIC and HTTP(S) responders.
+//! - [`udp`]: the UDP protocol both use: wire format, relay grants, socket calls, stamp mapping.
 //! - [`scheduler`]: runs a watched job set: intervals, timeouts, records, fan-out to sinks.
 //! - [`sink`]: the sink trait, batching, stdout (table/JSON) and file sinks.
 //! - [`summary`]: rolling per-pair summaries (p50, p99, loss) for the controller's live view.
 //! - [`metrics`]: the Prometheus registry and the events that count drops and errors.
 //! - [`admin`]: the `-s PORT` server: `/health`, `/metrics`, `/memstats`.
 //! - [`tls`]: rustls configuration (one provider: ring).
-//! - [`linkemu`]: a UDP/TCP forwarder with per-route delay and seeded loss, for tests and demos.
 //! - [`control`]: running under a controller: session, fail-static, backoff, ECS identity.
 //! - [`cli`]: the command line; [`config`]: validated configuration; [`app`]: bind + run.
 
@@ -26,7 +26,6 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
-pub mod linkemu;
 pub mod metrics;
 pub mod probe;
 pub mod respond;
@@ -35,6 +34,7 @@ pub mod sink;
 pub mod summary;
 pub mod target;
 pub mod tls;
+pub mod udp;
 
 /// This agent's version, as written in records.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

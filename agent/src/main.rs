@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use meshlat_agent::app::{self, ProbeApp, ProbeExit, ServeApp};
 use meshlat_agent::cli::{Cli, Command};
-use meshlat_agent::config::{ProbeConfig, RunConfig, ServeConfig};
+use meshlat_agent::config::{ProbeConfig, ServeConfig};
+use meshlat_agent::control::config::RunConfig;
 use meshlat_agent::control::run::RunApp;
 
 fn usage_error(e: impl std::fmt::Display) -> ExitCode {

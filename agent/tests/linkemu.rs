@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use meshlat_agent::linkemu::{LinkEmu, RouteSpec};
+use meshlat_linkemu::{LinkEmu, RouteSpec};
 
 /// Timing tests run one at a time: on a 2-core machine, parallel tests' threads would preempt
 /// each other's hold threads and measure the test harness rather than the emulator.
@@ -372,7 +372,7 @@ fn linkemu_routes_are_independent() -> anyhow::Result<()> {
 #[test]
 fn linkemu_binary_refuses_bad_specs_with_status_2() -> anyhow::Result<()> {
     let _serial = serial();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshlat-linkemu"))
+    let out = std::process::Command::new(support::linkemu_bin())
         .args(["--route", "udp:127.0.0.1:0=127.0.0.1:9,jitter=5ms"])
         .output()?;
     assert_eq!(out.status.code(), Some(2));

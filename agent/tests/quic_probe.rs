@@ -254,7 +254,7 @@ async fn quic_responder_survives_garbage_and_wrong_alpn() -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_through_link_emulator_reads_the_added_delay() -> anyhow::Result<()> {
-    use meshlat_agent::linkemu::{LinkEmu, RouteSpec};
+    use meshlat_linkemu::{LinkEmu, RouteSpec};
     let r = start(&Identity::self_signed(&["localhost".into()])?).await?;
     let route: RouteSpec = format!("udp:127.0.0.1:0={},fwd=5ms,ret=15ms", r.addr).parse()?;
     let emu = LinkEmu::start(vec![route])?;

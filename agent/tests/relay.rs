@@ -11,9 +11,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use meshlat_agent::probe::Key;
-use meshlat_agent::probe::udp::grant::{GrantPublicKey, GrantSigner, legacy_hmac_grant, unix_now};
-use meshlat_agent::probe::udp::wire::{self, GRANT_BYTES, Header, MessageType, WireKey};
 use meshlat_agent::respond::udp::{ControllerKeys, DropReason, UdpReflector};
+use meshlat_agent::udp::grant::{GrantPublicKey, GrantSigner, legacy_hmac_grant, unix_now};
+use meshlat_agent::udp::wire::{self, GRANT_BYTES, Header, MessageType, WireKey};
 use tokio_util::sync::CancellationToken;
 
 fn relay_forward(key: &WireKey, seq: u32, grant: [u8; GRANT_BYTES]) -> Vec<u8> {

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshlat_agent::probe::Key;
-use meshlat_agent::probe::udp::grant::{GrantSigner, unix_now};
-use meshlat_agent::probe::udp::wire::{self, GRANT_BYTES, Header, MessageType, WireKey};
+use meshlat_agent::udp::grant::{GrantSigner, unix_now};
+use meshlat_agent::udp::wire::{self, GRANT_BYTES, Header, MessageType, WireKey};
 use meshlat_proto::record::{Kind, Record};
 use support::{probe_json, serve, tmpdir};
 

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshlat_agent::probe::udp::UdpProbe;
-use meshlat_agent::probe::udp::wire::{
-    self, Header, MAX_PACKET_BYTES, MIN_PACKET_BYTES, MessageType, WireKey,
-};
 use meshlat_agent::probe::{Key, Outcome, ProbeSpec};
 use meshlat_agent::respond::udp::{DropReason, ReflectorStats, UdpReflector};
 use meshlat_agent::target::Target;
+use meshlat_agent::udp::wire::{
+    self, Header, MAX_PACKET_BYTES, MIN_PACKET_BYTES, MessageType, WireKey,
+};
 use meshlat_proto::record::ErrorKind;
 use tokio_util::sync::CancellationToken;
 

@@ -1288,8 +1288,8 @@ async fn federated_jobs_cross_regions_and_survive_a_peer_going_down() -> Result<
 async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungranted() -> Result<()>
 {
     use meshlat_agent::probe::Key;
-    use meshlat_agent::probe::udp::grant::{GrantSigner, legacy_hmac_grant, unix_now};
-    use meshlat_agent::probe::udp::wire::{self, Header, MessageType, WireKey};
+    use meshlat_agent::udp::grant::{GrantSigner, legacy_hmac_grant, unix_now};
+    use meshlat_agent::udp::wire::{self, Header, MessageType, WireKey};
     let root = tmp_dir("e2e", "relay");
     let secret = "fed-secret-relay-0123456789abcdef01".to_string();
     let (ctl_a, ctl_b) = TestController::federated_with(

@@ -99,8 +99,8 @@ grant6 += struct.pack(">Q", 1_800_000_000) + struct.pack(">I", 0x01020304)
 grant6 += bytes(gbytes - len(grant6))
 put("proto", "grant_verify", "v6", grant6)
 
-# --- UDP wire (agent/src/probe/udp/wire.rs) ---
-wire_src = open(os.path.join(root, "agent/src/probe/udp/wire.rs")).read()
+# --- UDP wire (agent/src/udp/wire.rs) ---
+wire_src = open(os.path.join(root, "agent/src/udp/wire.rs")).read()
 magic = re.search(r'pub const MAGIC: \[u8; 4\] = \*b"(\w{4})";', wire_src).group(1).encode()
 version = int(re.search(r"pub const VERSION: u8 = (\d+);", wire_src).group(1))
 header = int(re.search(r"pub const HEADER_BYTES: usize = (\d+);", wire_src).group(1))

@@ -14,10 +14,12 @@
 //! - [`convert`]: controller assignments into scheduler jobs.
 //! - [`pin`]: TLS pinned by the join token, and the gRPC channel.
 //! - [`ecs`]: region, AZ and address on ECS from the task metadata endpoint.
+//! - [`config`]: `agent run`'s validated configuration ([`config::RunConfig`]).
 //! - [`run`]: [`run::RunApp`], `bind` + `run` for the whole agent.
 
 pub mod advertise;
 pub mod backoff;
+pub mod config;
 pub mod convert;
 pub mod ecs;
 pub mod failstatic;

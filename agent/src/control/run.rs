@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::advertise::endpoints;
 use super::backoff::Backoff;
+use super::config::RunConfig;
 use super::session::{self, ControlConfig, Outputs};
 use crate::app::{SHUTDOWN_GRACE, ServeApp, StartError};
-use crate::config::{AgentIdentity, RunConfig, ServeConfig};
+use crate::config::{AgentIdentity, ServeConfig};
 use crate::respond::ResponderAddrs;
 use crate::scheduler::{JobSet, Scheduler};
 use crate::sink::SinkSet;

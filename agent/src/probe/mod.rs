@@ -57,7 +57,7 @@ impl Default for ProbeSpec {
     }
 }
 
-pub use udp::wire::{DEFAULT_KEY, Key};
+pub use crate::udp::{DEFAULT_KEY, Key};
 
 /// A spec a probe cannot run with.
 #[derive(Debug, thiserror::Error)]

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::probe::Key;
 use crate::tls::Identity;
+use crate::udp::Key;
 
 /// The listeners' caps and deadlines unless flags say otherwise (the defaults of
 /// `--max-conns`, `--max-conns-per-ip`, `--handshake-timeout`, `--header-timeout` and

@@ -13,7 +13,7 @@
 //!
 //! # Who the source is
 //!
-//! The wire format ([`crate::probe::udp::wire`]) carries no agent identity: the HMAC proves only
+//! The wire format ([`crate::udp::wire`]) carries no agent identity: the HMAC proves only
 //! that the sender holds the key named by the key id (under a controller, the federation's mesh
 //! key, which every agent holds), and a relay's grant proves that a controller allowed
 //! forwarding to its destination. So a row's source is what the packet shows: its **source IP**

@@ -17,7 +17,7 @@
 //! With relaying on, two more kinds of datagram are handled (DESIGN §4):
 //!
 //! - a `RelayForward` from a source A, authenticated like a request, whose grant field holds a
-//!   valid, unexpired Ed25519 grant ([`crate::probe::udp::grant`]) signed by a key this relay
+//!   valid, unexpired Ed25519 grant ([`crate::udp::grant`]) signed by a key this relay
 //!   trusts: standalone (`agent serve`), the public key derived from each `--key` other than
 //!   the public default; under a controller (`agent run`), **only** the public keys the
 //!   controller sends (its own and its federation peers'), never a key derived from `--key`.
@@ -75,11 +75,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, clock_error_bound_ms};
 use crate::metrics::{self, ResponderLabels};
-use crate::probe::Key;
-use crate::probe::udp::grant::{Grant, GrantError, GrantPublicKey, GrantSigner, unix_now};
-use crate::probe::udp::wire::{self, MessageType, WireError, WireKey};
-use crate::probe::udp::{StampMapper, sys};
 use crate::respond::tally::{self, Flusher, RecordsOutput, Role, Source, Tally};
+use crate::udp::Key;
+use crate::udp::grant::{Grant, GrantError, GrantPublicKey, GrantSigner, unix_now};
+use crate::udp::wire::{self, MessageType, WireError, WireKey};
+use crate::udp::{StampMapper, sys};
 
 /// How often the serving thread checks for shutdown while idle.
 pub const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
@@ -741,7 +741,7 @@ const _: () = assert!(DropReason::ALL.len() == DropReason::COUNT);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::udp::wire::MAX_PACKET_BYTES;
+    use crate::udp::wire::MAX_PACKET_BYTES;
 
     fn request(key: &WireKey, len: usize) -> Vec<u8> {
         let mut b = vec![0u8; len];

@@ -16,7 +16,49 @@ use std::time::{Duration, SystemTime};
 
 use super::batch::BatchConfig;
 use super::{SharedRecord, Sink, SinkError};
-use crate::config::FileSinkConfig;
+use crate::cli;
+use crate::config::error::{ConfigError, secs};
+
+/// Where the file sink writes and how it rotates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileSinkConfig {
+    /// Root directory (records/ goes under it).
+    pub dir: PathBuf,
+    /// Rotate at this size.
+    pub max_bytes: u64,
+    /// Rotate at this age.
+    pub max_age: Duration,
+    /// Flush interval.
+    pub flush_interval: Duration,
+}
+
+/// The smallest `--file-max-bytes`.
+pub const MIN_ROTATE_BYTES: u64 = 1024;
+
+impl FileSinkConfig {
+    /// Validates the file sink flags (`--out`, `--file-max-*`, `--flush-interval`); `None`
+    /// without `--out`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the flag.
+    pub fn from_args(a: &cli::SinkArgs) -> Result<Option<Self>, ConfigError> {
+        let Some(dir) = &a.out else { return Ok(None) };
+        if a.file_max_bytes < MIN_ROTATE_BYTES {
+            return Err(ConfigError::OutOfRange {
+                flag: "--file-max-bytes",
+                value: a.file_max_bytes.to_string(),
+                range: format!(">= {MIN_ROTATE_BYTES}").into(),
+            });
+        }
+        Ok(Some(FileSinkConfig {
+            dir: dir.clone(),
+            max_bytes: a.file_max_bytes,
+            max_age: secs("--file-max-age", a.file_max_age, false)?,
+            flush_interval: secs("--flush-interval", a.flush_interval, false)?,
+        }))
+    }
+}
 
 /// The file sink.
 #[derive(Debug)]

@@ -16,9 +16,18 @@ pub fn agent_bin() -> &'static str {
     env!("CARGO_BIN_EXE_agent")
 }
 
-/// Path of the `meshlat-linkemu` binary under test.
-pub fn linkemu_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_meshlat-linkemu")
+/// Path of the `meshlat-linkemu` binary (crate `meshlat-linkemu`), next to the agent's in
+/// `target/<profile>/`: `cargo build --workspace --bins` builds it (scripts/test.sh's build
+/// stage, before the accuracy stage); with `-p meshlat-agent` alone, run
+/// `cargo build -p meshlat-linkemu` first (this says so if it is missing).
+pub fn linkemu_bin() -> PathBuf {
+    let p = PathBuf::from(agent_bin()).with_file_name("meshlat-linkemu");
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `cargo build -p meshlat-linkemu` (cargo build --workspace --bins does)",
+        p.display()
+    );
+    p
 }
 
 /// A child process killed (SIGTERM, then SIGKILL) when dropped.

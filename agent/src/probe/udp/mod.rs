@@ -2,21 +2,23 @@
 //!
 //! # Layout
 //!
-//! - [`wire`]: the versioned, HMAC-authenticated packet format (documented byte by byte).
 //! - [`session`]: the sans-IO train core — pacing, timeout, classification, statistics.
-//! - [`grant`]: the 96-byte Ed25519-signed relay grant (documented byte by byte).
 //! - [`relay`]: the sans-IO relay train core (`relay://R/B` targets) and its arithmetic.
-//! - `sys`: the one unsafe corner — `recvmsg`/`recvmmsg`/`sendmmsg` with kernel receive
-//!   timestamps and destination addresses (pktinfo).
-//! - this module: the thin tokio driver that owns the socket and the clock.
+//! - `driver`: the one thin tokio driver of both, owning the sockets and the clock.
+//! - this module: [`UdpProbe`], which resolves, opens the sockets and reads the outcome.
+//!
+//! The protocol itself — wire format, relay grants, socket calls, stamp mapping — lives in
+//! [`crate::udp`], shared with the reflector ([`crate::respond::udp`]).
 //!
 //! # Driver
 //!
 //! Each [`UdpProbe::run_once`] resolves the target, binds an ephemeral UDP socket connected to
-//! it (so ICMP port unreachable surfaces as `ECONNREFUSED`), and runs one [`session::UdpSession`]:
-//! it sends paced requests (t1 = [`Clock::now_ns`] just before the send), receives replies with
+//! it (so ICMP port unreachable surfaces as `ECONNREFUSED`), and runs one [`session::UdpSession`]
+//! (or, for `relay://` targets, one [`relay::RelaySession`] on a socket to the relay and one to
+//! the destination) in the one driver: it sends paced requests (t1 =
+//! [`Clock::now_ns`](crate::clock::Clock::now_ns) just before the send), receives replies with
 //! their kernel receive time as t4 (`SO_TIMESTAMPING`, mapped into the process timebase by
-//! `StampMapper`; [`Clock::now_ns`] if unavailable) and feeds them to the session.
+//! `StampMapper`; `Clock::now_ns` if unavailable) and feeds them to the session.
 //! Trains with packets less than 2 ms apart are paced precisely: waits sleep on tokio's timer
 //! (≈1 ms granularity) until [`SPIN_NS`] before the due time, then yield-spin. Coarser trains
 //! only sleep (a send may be up to 1 ms late, which moves t1 but not the RTT), so many
@@ -28,12 +30,9 @@
 //! arrived but failed authentication) or `Timeout` (no replies: wrong key, no reflector, or
 //! loss).
 
-pub use meshlat_proto::grant;
+mod driver;
 pub mod relay;
 pub mod session;
-#[doc(hidden)]
-pub mod sys;
-pub mod wire;
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -41,16 +40,16 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, SystemTime};
 
 use meshlat_proto::record::ErrorKind;
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use self::relay::{Path, RelaySession};
 use self::session::{SessionConfig, UdpSession};
-use self::wire::WireKey;
-pub use self::wire::{MAX_PACKET_BYTES, MIN_PACKET_BYTES};
 use super::{Measurement, Outcome, ProbeSetupError, ProbeSpec};
-use crate::clock::{Clock, clock_error_bound_ms};
+use crate::clock::clock_error_bound_ms;
 use crate::target::Target;
+use crate::udp::wire::{self, WireKey};
+pub use crate::udp::{MAX_PACKET_BYTES, MIN_PACKET_BYTES};
+use crate::udp::{grant, sys};
 
 /// Waits shorter than this are spent yield-spinning instead of on tokio's millisecond timer.
 pub const SPIN_NS: u64 = 1_000_000;
@@ -131,8 +130,8 @@ impl UdpProbe {
             }
         };
         let mut session = UdpSession::new(self.session_config());
-        let io_error = drive(
-            &sock,
+        let io_error = driver::drive(
+            &[(&sock, Path::Direct)],
             &mut session,
             self.packet_bytes,
             self.interval_ns < 2 * SPIN_NS,
@@ -195,7 +194,13 @@ impl UdpProbe {
                 .sign(dst, grant::unix_now() + relay::STANDALONE_GRANT_TTL_S)
         });
         let mut session = RelaySession::new(self.session_config(), grant);
-        let io_error = drive_relay(&via, &direct, &mut session, self.packet_bytes).await;
+        let io_error = driver::drive(
+            &[(&via, Path::Relayed), (&direct, Path::Direct)],
+            &mut session,
+            self.packet_bytes,
+            true,
+        )
+        .await;
         let invalid = session.invalid();
         let r = session.into_result();
         m.outcome = if r.sum_mismatches > 0 {
@@ -255,97 +260,6 @@ async fn resolve_one(host: &str, port: u16) -> Result<SocketAddr, Outcome> {
     }
 }
 
-/// Runs a relay train on its two sockets (to the relay, and to the destination directly).
-/// Waits sleep on tokio's timer, then yield-spin for the last [`SPIN_NS`], so pairs leave on
-/// time; the second packet of a pair is sent right after the first.
-async fn drive_relay(
-    via: &UdpSocket,
-    direct: &UdpSocket,
-    session: &mut RelaySession,
-    packet_bytes: usize,
-) -> Option<io::Error> {
-    let mut tx = Vec::with_capacity(packet_bytes);
-    let mut rx = [0u8; MAX_PACKET_BYTES + 1];
-    let mut stamps = StampMapper::default();
-    let end = loop {
-        let now = Clock::now_ns();
-        session.handle_timeout(now);
-        if session.is_done() {
-            break None;
-        }
-        if let Some((path, _)) = session.poll_transmit(Clock::now_ns(), &mut tx) {
-            let sock = match path {
-                Path::Relayed => via,
-                Path::Direct => direct,
-            };
-            if let Err(e) = sock.send(&tx).await {
-                break Some(e);
-            }
-            continue;
-        }
-        if let Err(e) = drain_relay(via, direct, session, &mut rx, &mut stamps) {
-            break Some(e);
-        }
-        let Some(wake) = session.poll_timeout() else {
-            break None;
-        };
-        let now = Clock::now_ns();
-        let Some(wait) = wake.checked_sub(now).filter(|w| *w > 0) else {
-            continue;
-        };
-        if wait > SPIN_NS {
-            tokio::select! {
-                r = via.ready(Interest::READABLE | Interest::ERROR) => {
-                    if let Err(e) = r {
-                        break Some(e);
-                    }
-                }
-                r = direct.ready(Interest::READABLE | Interest::ERROR) => {
-                    if let Err(e) = r {
-                        break Some(e);
-                    }
-                }
-                () = tokio::time::sleep(Duration::from_nanos(wait - SPIN_NS)) => {}
-            }
-        } else {
-            tokio::task::yield_now().await;
-        }
-    };
-    let late_err = drain_relay(via, direct, session, &mut rx, &mut stamps).err();
-    end.or(late_err)
-}
-
-/// Feeds every datagram queued on either socket to the relay session.
-fn drain_relay(
-    via: &UdpSocket,
-    direct: &UdpSocket,
-    session: &mut RelaySession,
-    rx: &mut [u8],
-    stamps: &mut StampMapper,
-) -> io::Result<()> {
-    for (sock, path) in [(via, Path::Relayed), (direct, Path::Direct)] {
-        let fd = sock.as_raw_fd();
-        for interest in [Interest::READABLE, Interest::ERROR] {
-            loop {
-                match sock.try_io(interest, || sys::recv(fd, rx)) {
-                    Ok(r) => {
-                        let t4 = r
-                            .rx_realtime_ns
-                            .map_or_else(Clock::now_ns, |ts| stamps.map(ts));
-                        let len = if r.truncated { rx.len() } else { r.len };
-                        let _ =
-                            session.handle_datagram(path, t4, rx.get(..len).unwrap_or_default());
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The packet size for a spec's `payload_bytes` (0 = [`MIN_PACKET_BYTES`]).
 ///
 /// # Errors
@@ -387,133 +301,6 @@ fn open_socket(remote: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
-/// Runs `session` to completion on `sock`. Returns the socket error that ended it early, if any
-/// (the session's state up to then is kept).
-async fn drive(
-    sock: &UdpSocket,
-    session: &mut UdpSession,
-    packet_bytes: usize,
-    spin: bool,
-) -> Option<io::Error> {
-    // Both buffers live for the whole train: nothing on the per-packet path allocates.
-    let mut tx = Vec::with_capacity(packet_bytes);
-    let mut rx = [0u8; MAX_PACKET_BYTES + 1];
-    let mut stamps = StampMapper::default();
-    let end = loop {
-        let now = Clock::now_ns();
-        session.handle_timeout(now);
-        if session.is_done() {
-            break None;
-        }
-        if session.poll_transmit(now, &mut tx).is_some() {
-            if let Err(e) = sock.send(&tx).await {
-                break Some(e);
-            }
-            continue;
-        }
-        if let Err(e) = drain(sock, session, &mut rx, &mut stamps) {
-            break Some(e);
-        }
-        let Some(wake) = session.poll_timeout() else {
-            break None;
-        };
-        let now = Clock::now_ns();
-        let Some(wait) = wake.checked_sub(now).filter(|w| *w > 0) else {
-            continue;
-        };
-        if wait > SPIN_NS || !spin {
-            // Coarse trains (interval >= 2 ms) never spin: tokio's ~1 ms timer may send a packet
-            // up to 1 ms late, which moves t1 but not the RTT, and 100 concurrent trains must
-            // not burn a core each.
-            let sleep = if spin { wait - SPIN_NS } else { wait };
-            tokio::select! {
-                r = sock.ready(Interest::READABLE | Interest::ERROR) => {
-                    if let Err(e) = r {
-                        break Some(e);
-                    }
-                }
-                () = tokio::time::sleep(Duration::from_nanos(sleep)) => {}
-            }
-        } else {
-            tokio::task::yield_now().await;
-        }
-    };
-    // Replies already queued after the deadline are late; count them.
-    let late_err = drain(sock, session, &mut rx, &mut stamps).err();
-    end.or(late_err)
-}
-
-/// Feeds every datagram already queued on `sock` to the session.
-///
-/// # Errors
-///
-/// A socket error, e.g. `ConnectionRefused` after an ICMP port unreachable.
-fn drain(
-    sock: &UdpSocket,
-    session: &mut UdpSession,
-    rx: &mut [u8],
-    stamps: &mut StampMapper,
-) -> io::Result<()> {
-    let fd = sock.as_raw_fd();
-    // Note: tokio's `try_io` masks readiness per single interest (a combined
-    // `READABLE | ERROR` matches nothing), so the two are tried separately.
-    for interest in [Interest::READABLE, Interest::ERROR] {
-        loop {
-            match sock.try_io(interest, || sys::recv(fd, rx)) {
-                Ok(r) => {
-                    let t4 = r
-                        .rx_realtime_ns
-                        .map_or_else(Clock::now_ns, |ts| stamps.map(ts));
-                    let len = if r.truncated { rx.len() } else { r.len };
-                    // Decode failures are counted by the session (and reported as `Auth` if
-                    // nothing else arrives).
-                    let _ = session.handle_datagram(t4, rx.get(..len).unwrap_or_default());
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Maps kernel `CLOCK_REALTIME` receive stamps into the process timebase ([`Clock::now_ns`]).
-///
-/// [`Clock::from_realtime_ns`] reads the two clocks one after the other on every call; if the
-/// thread is preempted between the reads (milliseconds on a busy host) the mapped stamp is off
-/// by that long, which showed up as negative RTTs in bursts. This mapper measures the offset
-/// with a realtime–process–realtime sandwich, keeping the tightest of a few tries, and reuses it
-/// while stamps stay within [`StampMapper::REFRESH_NS`] of the measurement (a clock step moves
-/// stamps out of that window and forces a new measurement). Per packet it is one comparison and
-/// an add.
-#[derive(Debug, Default)]
-pub(crate) struct StampMapper {
-    /// Process clock minus realtime, ns.
-    offset: i128,
-    /// Realtime at the last measurement (0: never measured).
-    measured_real: u64,
-}
-
-impl StampMapper {
-    /// How long a measured offset is reused (slew is at most 500 ppm: ≤ 5 µs over 10 ms).
-    pub(crate) const REFRESH_NS: u64 = 10_000_000;
-
-    /// The stamp in the process timebase.
-    pub(crate) fn map(&mut self, realtime_stamp: u64) -> u64 {
-        if self.measured_real == 0 || realtime_stamp.abs_diff(self.measured_real) > Self::REFRESH_NS
-        {
-            self.measure();
-        }
-        (i128::from(realtime_stamp) + self.offset).clamp(0, i128::from(u64::MAX)) as u64
-    }
-
-    fn measure(&mut self) {
-        self.offset = i128::from(crate::clock::realtime_offset_ns());
-        self.measured_real = crate::clock::realtime_ns().max(1);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,26 +328,5 @@ mod tests {
         assert!(UdpProbe::new(&spec).is_err());
         let p = UdpProbe::new(&ProbeSpec::default()).expect("default spec is valid");
         assert_eq!(p.packet_bytes(), MIN_PACKET_BYTES);
-    }
-
-    #[test]
-    fn stamp_mapper_maps_realtime_close_to_now() {
-        let mut m = StampMapper::default();
-        for _ in 0..3 {
-            let stamp = crate::clock::realtime_ns();
-            let mapped = m.map(stamp);
-            let now = Clock::now_ns();
-            // The stamp precedes `now`; the mapping may err by the sandwich's half-width.
-            let ahead = i128::from(mapped) - i128::from(now);
-            assert!(
-                ahead < 50_000,
-                "mapped {mapped} is {ahead} ns after now {now}"
-            );
-            assert!(ahead > -50_000_000, "mapped {mapped} far before now {now}");
-        }
-        // A stamp far from the measurement (a clock step) triggers a new measurement.
-        let before = m.measured_real;
-        let _ = m.map(before + 20 * StampMapper::REFRESH_NS);
-        assert_ne!(m.measured_real, before);
     }
 }

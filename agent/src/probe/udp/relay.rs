@@ -6,7 +6,7 @@
 //! `relay://R_HOST:PORT/B_HOST:PORT` — protocol udp: R is an `agent serve --relay` UDP
 //! responder, B any meshlat UDP reflector. Records get `kind = relay`, `target` = the whole
 //! string. Standalone grants are signed locally with the Ed25519 key pair derived from the
-//! shared `--key` ([`super::grant::GrantSigner::derive_standalone`]; a standalone relay trusts
+//! shared `--key` ([`crate::udp::grant::GrantSigner::derive_standalone`]; a standalone relay trusts
 //! the same derived public key), valid for [`STANDALONE_GRANT_TTL_S`]. Under a controller every
 //! relay target carries the controller's grant instead.
 //!
@@ -34,8 +34,8 @@
 //! both answers of relayed − direct).
 
 use super::session::{SessionConfig, UdpSession};
-use super::wire::{self, GRANT_BYTES, MessageType, WireError};
 use crate::probe::{RelayData, TrainStats, nearest_rank};
+use crate::udp::wire::{self, GRANT_BYTES, MessageType, WireError};
 
 /// Lifetime of a standalone grant, seconds.
 pub const STANDALONE_GRANT_TTL_S: u64 = 300;
@@ -291,8 +291,8 @@ mod tests {
 
     use super::*;
     use crate::probe::Key;
-    use crate::probe::udp::grant::GrantSigner;
-    use crate::probe::udp::wire::WireKey;
+    use crate::udp::grant::GrantSigner;
+    use crate::udp::wire::WireKey;
 
     const MS: u64 = 1_000_000;
     const US: u64 = 1_000;

@@ -38,8 +38,8 @@
 //! t4 − t3 over the samples, so they add up to the mean RTT) and `clock_error_ms` are published
 //! only when both ends report a clock error bound (taken from the lowest-RTT sample).
 
-use super::wire::{self, Header, MessageType, WireError, WireKey};
 use crate::probe::TrainStats;
+use crate::udp::wire::{self, Header, MessageType, WireError, WireKey};
 
 /// Everything a train needs to know up front.
 #[derive(Clone, Debug)]

@@ -4,13 +4,20 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use meshlat_proto::record::Record;
 
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::client::{FirehoseApi, FirehoseError, PutBatchOutcome};
+use super::spool::Spool;
 use super::*;
 use crate::sink::firehose::request::PackLimits;
+use crate::sink::{SharedRecord, Sink};
 
 #[derive(Clone, Debug)]
 enum Step {

@@ -1,12 +1,12 @@
 //! `meshlat-linkemu`: UDP/TCP forwarder with per-direction delay and seeded loss (no netem here).
-//! The logic is in [`meshlat_agent::linkemu`].
+//! The logic is in the library, [`meshlat_linkemu`].
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use meshlat_agent::linkemu::{LinkEmu, RouteSpec};
+use meshlat_linkemu::{LinkEmu, RouteSpec};
 
 /// Forwards UDP/TCP with per-direction one-way delay and seeded loss, standing in for netem.
 ///
@@ -51,7 +51,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     // First, while this is the only thread (see its docs: keeps RSS flat over long runs).
-    meshlat_agent::linkemu::limit_malloc_arenas();
+    meshlat_linkemu::limit_malloc_arenas();
     let cli = Cli::parse();
     let mut routes = cli.routes;
     if let Some(path) = &cli.routes_file {
