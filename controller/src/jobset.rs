@@ -8,7 +8,7 @@
 //!
 //! The bytes are a whole `ControllerMessage { job_set }`: its key and length, the set's
 //! generation, lease and keys, then its assignments. Protobuf lets fields come in any order, so
-//! the assignments can be encoded apart (by the scheduler, off the registry's lock) and
+//! the assignments can be encoded apart (by a recompute round, off the registry's lock) and
 //! compared as bytes. prost encodes a message deterministically (the job set has no maps).
 
 use bytes::{BufMut, Bytes, BytesMut};

@@ -36,7 +36,7 @@ pub const DEFAULT_K_RANDOM: usize = 3;
 /// Default representatives per region of `per-region`.
 pub const DEFAULT_PER_REGION: usize = 1;
 
-/// One agent as the scheduler sees it.
+/// One agent as the pinglist computation sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentView {
     /// Agent id.
