@@ -26,8 +26,9 @@
 //! - Every assignment carries the mesh wire key its UDP packets are signed with.
 //!
 //! Layout: `select` resolves endpoint lists to agents ([`resolve`], [`Selector`]), `strategy`
-//! pairs sources with targets, `relay` builds relay targets, and this module turns the pairs into each agent's encoded
-//! assignments ([`compute_encoded`]), written by [`crate::jobset::encode`].
+//! pairs sources with targets, `relay` builds relay targets, and this module turns the pairs
+//! into each agent's encoded assignments ([`compute_encoded`]), written by
+//! [`crate::jobset::encode`].
 
 mod relay;
 mod select;
