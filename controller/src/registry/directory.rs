@@ -7,7 +7,7 @@ use std::time::Duration;
 use meshlat_proto::pb;
 use tokio::time::Instant;
 
-use super::error::invalid;
+use super::error::{Problem, invalid};
 use super::validate::{check_job, check_stored_agent};
 use super::{DomainError, Inner, Registry, RegistryConfig, unix_ms};
 use crate::limits;
@@ -82,24 +82,20 @@ impl Registry {
     pub fn merge_peer(&self, mut dir: pb::Directory, ttl: Duration) -> Result<(), DomainError> {
         let region = dir.region.trim().to_string();
         if region.is_empty() {
-            return Err(invalid("directory.region", "must not be empty"));
+            return Err(invalid("directory.region", Problem::Empty));
         }
         if region == self.cfg.region {
-            return Err(invalid(
-                "directory.region",
-                format!("{region:?} is this controller's own region"),
-            ));
+            return Err(invalid("directory.region", Problem::OwnRegion { region }));
         }
         if !dir.grant_public_key.is_empty()
             && meshlat_proto::grant::GrantPublicKey::from_bytes(&dir.grant_public_key).is_err()
         {
             return Err(invalid(
                 "directory.grant_public_key",
-                format!(
-                    "{} bytes; an Ed25519 public key is {}",
-                    dir.grant_public_key.len(),
-                    meshlat_proto::grant::PUBLIC_KEY_BYTES
-                ),
+                Problem::KeyLength {
+                    len: dir.grant_public_key.len(),
+                    want: meshlat_proto::grant::PUBLIC_KEY_BYTES,
+                },
             ));
         }
         let ttl = match dir.ttl_ms {

@@ -10,12 +10,12 @@ use crate::store::StoreError;
 #[non_exhaustive]
 pub enum DomainError {
     /// The request is invalid; `field` is the field path.
-    #[error("{field}: {reason}")]
+    #[error("{field}: {problem}")]
     Invalid {
-        /// Field path, e.g. `spec.timeout_ms`.
-        field: String,
+        /// Field path, e.g. `hello.region`.
+        field: &'static str,
         /// What is wrong.
-        reason: String,
+        problem: Problem,
     },
     /// A job spec failed [`meshlat_proto::job::validate`]; its field path is relative to the
     /// spec ([`DomainError::field`] gives `spec.<path>`).
@@ -75,7 +75,7 @@ impl DomainError {
     /// The field path at fault, for bad input.
     pub fn field(&self) -> Option<String> {
         match self {
-            DomainError::Invalid { field, .. } => Some(field.clone()),
+            DomainError::Invalid { field, .. } => Some((*field).to_string()),
             DomainError::Spec(e) => Some(spec_field(e)),
             DomainError::Exhausted { field, .. } => Some((*field).to_string()),
             _ => None,
@@ -92,9 +92,72 @@ impl DomainError {
     }
 }
 
-pub(super) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> DomainError {
-    DomainError::Invalid {
-        field: field.into(),
-        reason: reason.into(),
-    }
+/// What is wrong with a field of a request, Hello or peer directory ([`DomainError::Invalid`]);
+/// its message follows the field path.
+///
+/// The limits here are told in the message only: [`DomainError::limit`] reports those of a spec
+/// ([`DomainError::Spec`]) and of the caps ([`DomainError::Exhausted`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Problem {
+    /// A required part is absent from the request.
+    #[error("must be given")]
+    Missing,
+    /// A required string is empty.
+    #[error("must not be empty")]
+    Empty,
+    /// An id outside 1 to `max` bytes.
+    #[error("must be 1 to {max} bytes")]
+    IdLength {
+        /// Most bytes.
+        max: usize,
+    },
+    /// A string longer than its limit.
+    #[error("{len} bytes exceed the limit of {max}")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A list longer than its limit.
+    #[error("{len} entries exceed the limit of {max}")]
+    TooMany {
+        /// Its entries.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A `full` job whose mesh exceeds `--max-full-mesh`.
+    #[error(
+        "a full mesh of {size} agents exceeds the maximum of {max} (--max-full-mesh); use per-region or k-random"
+    )]
+    FullMeshTooLarge {
+        /// Agents the job would involve.
+        size: usize,
+        /// `--max-full-mesh`.
+        max: usize,
+    },
+    /// A peer directory claiming this controller's region.
+    #[error("{region:?} is this controller's own region")]
+    OwnRegion {
+        /// The region claimed.
+        region: String,
+    },
+    /// A key of the wrong length.
+    #[error("{len} bytes; an Ed25519 public key is {want}")]
+    KeyLength {
+        /// Its length in bytes.
+        len: usize,
+        /// The length of a key.
+        want: usize,
+    },
+    /// A rule the value breaks, stated in full (e.g. `must be agent or region`).
+    #[error("{0}")]
+    Rule(&'static str),
+}
+
+/// [`DomainError::Invalid`] for `field`.
+pub(super) fn invalid(field: &'static str, problem: Problem) -> DomainError {
+    DomainError::Invalid { field, problem }
 }

@@ -4,7 +4,7 @@
 use meshlat_proto::pb;
 use tokio::time::Instant;
 
-use super::error::invalid;
+use super::error::{Problem, invalid};
 use super::{DomainError, Inner, Registry, unix_ms};
 use crate::pinglist;
 
@@ -20,10 +20,10 @@ impl Registry {
             if size > self.cfg.max_full_mesh {
                 return Err(invalid(
                     "spec.strategy",
-                    format!(
-                        "a full mesh of {size} agents exceeds the maximum of {} (--max-full-mesh); use per-region or k-random",
-                        self.cfg.max_full_mesh
-                    ),
+                    Problem::FullMeshTooLarge {
+                        size,
+                        max: self.cfg.max_full_mesh,
+                    },
                 ));
             }
         }
@@ -36,7 +36,7 @@ impl Registry {
     ///
     /// [`DomainError::Invalid`] naming the field, or [`DomainError::Store`].
     pub fn start_job(&self, spec: Option<pb::JobSpec>) -> Result<pb::Job, DomainError> {
-        let spec = spec.ok_or_else(|| invalid("spec", "must be given"))?;
+        let spec = spec.ok_or_else(|| invalid("spec", Problem::Missing))?;
         let mut inner = self.lock();
         self.check_spec(&inner, &spec)?;
         let max = self.cfg.limits.max_jobs;
@@ -85,7 +85,7 @@ impl Registry {
         if spec.name.is_empty() {
             return Err(invalid(
                 "name",
-                "a default job needs a name (it is found by it)",
+                Problem::Rule("a default job needs a name (it is found by it)"),
             ));
         }
         let existing = self
@@ -143,7 +143,7 @@ impl Registry {
         spec: Option<pb::JobSpec>,
         expected_version: u64,
     ) -> Result<pb::Job, DomainError> {
-        let spec = spec.ok_or_else(|| invalid("spec", "must be given"))?;
+        let spec = spec.ok_or_else(|| invalid("spec", Problem::Missing))?;
         let mut inner = self.lock();
         let old = inner
             .jobs

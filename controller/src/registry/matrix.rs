@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use meshlat_proto::pb;
 use tokio::time::Instant;
 
-use super::error::invalid;
+use super::error::{Problem, invalid};
 use super::{DomainError, Registry, unix_ms};
 use crate::live::{self, By};
 
@@ -39,12 +39,13 @@ impl Registry {
     ///
     /// [`DomainError::Invalid`] for an unknown `by` or protocol.
     pub fn matrix(&self, by: &str, protocol: &str) -> Result<pb::Matrix, DomainError> {
-        let by = By::parse(by).ok_or_else(|| invalid("by", "must be agent or region"))?;
+        let by =
+            By::parse(by).ok_or_else(|| invalid("by", Problem::Rule("must be agent or region")))?;
         let protocol = protocol.trim();
         if !protocol.is_empty() && !matches!(protocol, "udp" | "tcp" | "quic" | "http" | "https") {
             return Err(invalid(
                 "protocol",
-                "must be one of udp, tcp, quic, http, https",
+                Problem::Rule("must be one of udp, tcp, quic, http, https"),
             ));
         }
         // Our agents and the peers' (targets in other regions are named by their directories).

@@ -49,7 +49,7 @@ mod rounds;
 mod sessions;
 mod validate;
 
-pub use error::DomainError;
+pub use error::{DomainError, Problem};
 pub use jobs::Ensured;
 pub use rounds::{DEFER_ABOVE, DEFER_MIN_AGENTS, RECOMPUTE_SPACING};
 pub use sessions::Session;

@@ -7,7 +7,7 @@ use meshlat_proto::pb;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::error::invalid;
+use super::error::{Problem, invalid};
 use super::validate::check_hello;
 use super::{AgentEntry, DomainError, Registry, unix_ms};
 use crate::jobset::PushedSet;
@@ -65,10 +65,14 @@ impl Registry {
     ) -> Result<Session, E> {
         let id = hello.agent_id.trim().to_string();
         if id.len() > 128 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(invalid("hello.agent_id", "at most 128 printable characters").into());
+            return Err(invalid(
+                "hello.agent_id",
+                Problem::Rule("at most 128 printable characters"),
+            )
+            .into());
         }
         if hello.region.trim().is_empty() {
-            return Err(invalid("hello.region", "must not be empty").into());
+            return Err(invalid("hello.region", Problem::Empty).into());
         }
         check_hello(&hello)?;
         let id = if id.is_empty() {

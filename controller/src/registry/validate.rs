@@ -4,7 +4,7 @@
 use meshlat_proto::pb;
 
 use super::DomainError;
-use super::error::invalid;
+use super::error::{Problem, invalid};
 use crate::limits;
 
 /// Why a stored or peer job cannot be scheduled: its field path and problem.
@@ -12,16 +12,15 @@ pub(super) fn check_job(job: &pb::Job) -> Result<(), DomainError> {
     if job.id.trim().is_empty() || job.id.len() > meshlat_proto::job::MAX_AGENT_ID_BYTES {
         return Err(invalid(
             "id",
-            format!(
-                "must be 1 to {} bytes",
-                meshlat_proto::job::MAX_AGENT_ID_BYTES
-            ),
+            Problem::IdLength {
+                max: meshlat_proto::job::MAX_AGENT_ID_BYTES,
+            },
         ));
     }
     let spec = job
         .spec
         .as_ref()
-        .ok_or_else(|| invalid("spec", "missing"))?;
+        .ok_or_else(|| invalid("spec", Problem::Rule("missing")))?;
     meshlat_proto::job::validate(spec).map_err(DomainError::Spec)
 }
 
@@ -44,11 +43,10 @@ fn check_agent_fields(
         (v.len() > limits::MAX_HELLO_FIELD_BYTES).then(|| {
             invalid(
                 field,
-                format!(
-                    "{} bytes exceed the limit of {}",
-                    v.len(),
-                    limits::MAX_HELLO_FIELD_BYTES
-                ),
+                Problem::TooLong {
+                    len: v.len(),
+                    max: limits::MAX_HELLO_FIELD_BYTES,
+                },
             )
         })
     };
@@ -68,21 +66,19 @@ fn check_agent_fields(
     if endpoints.len() > limits::MAX_HELLO_ENDPOINTS {
         return Err(invalid(
             "hello.endpoints",
-            format!(
-                "{} entries exceed the limit of {}",
-                endpoints.len(),
-                limits::MAX_HELLO_ENDPOINTS
-            ),
+            Problem::TooMany {
+                len: endpoints.len(),
+                max: limits::MAX_HELLO_ENDPOINTS,
+            },
         ));
     }
     if capabilities.len() > limits::MAX_HELLO_CAPABILITIES {
         return Err(invalid(
             "hello.capabilities",
-            format!(
-                "{} entries exceed the limit of {}",
-                capabilities.len(),
-                limits::MAX_HELLO_CAPABILITIES
-            ),
+            Problem::TooMany {
+                len: capabilities.len(),
+                max: limits::MAX_HELLO_CAPABILITIES,
+            },
         ));
     }
     for e in endpoints {
@@ -101,10 +97,10 @@ fn check_agent_fields(
 /// A peer's directory entry passes the same bounds as a Hello.
 pub(super) fn check_stored_agent(a: &pb::StoredAgent) -> Result<(), DomainError> {
     let Some(i) = &a.info else {
-        return Err(invalid("directory.agent", "missing info"));
+        return Err(invalid("directory.agent", Problem::Rule("missing info")));
     };
     if i.id.len() > meshlat_proto::job::MAX_AGENT_ID_BYTES {
-        return Err(invalid("directory.agent.id", "too long"));
+        return Err(invalid("directory.agent.id", Problem::Rule("too long")));
     }
     check_agent_fields(
         [&i.region, &i.az, &i.location, &i.version],
