@@ -14,8 +14,8 @@ impl Registry {
     /// - Stopped jobs older than `--stopped-job-ttl` (since their stop) are deleted.
     /// - Disconnected agents not heard from for `--agent-expiry` are removed from the directory,
     ///   the live summaries (the matrix) and the saved state.
-    /// - Summaries older than [`SUMMARY_TTL`](crate::live::SUMMARY_TTL) are dropped, whether or not anyone reads the
-    ///   matrix.
+    /// - Summaries older than [`SUMMARY_TTL`](crate::live::SUMMARY_TTL) are dropped, whether or
+    ///   not anyone reads the matrix.
     ///
     /// Reschedules only if a peer directory or a disconnected agent's TTL ran out since the last
     /// round, something was removed, or a new grant epoch started, not on every call.

@@ -24,8 +24,8 @@ pub const DEFER_ABOVE: Duration = Duration::from_millis(10);
 pub const DEFER_MIN_AGENTS: usize = 500;
 
 impl Registry {
-    /// The round loop: runs rounds (see [`crate::registry`]) until `shutdown`. Spawn one per registry;
-    /// nothing is pushed without it.
+    /// The round loop: runs rounds (see [`crate::registry`]) until `shutdown`. Spawn one per
+    /// registry; nothing is pushed without it.
     pub async fn run_rounds(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             let due = self.lock().due();
