@@ -1,5 +1,5 @@
 //! Times the controller's real pinglist computation
-//! ([`meshlat_controller::schedule::compute_encoded`], encoded job sets as the registry pushes them)
+//! ([`meshlat_controller::pinglist::compute_encoded`], encoded job sets as the registry pushes them)
 //! for a large mesh: `--agents` agents spread over `--regions` regions, each advertising a UDP
 //! and a TCP responder, with a `per-region` job, a `k-random` job and both together (what the
 //! registry recomputes when anything changes). Used by `scripts/bench/bench.py` (`control_scale`).
@@ -12,7 +12,7 @@
 //! the number of (source, target) pairs each produced.
 
 use clap::Parser;
-use meshlat_controller::schedule::{self, AgentView};
+use meshlat_controller::pinglist::{self, AgentView};
 use meshlat_proto::pb;
 use tokio::time::Instant;
 
@@ -101,11 +101,11 @@ fn time(rounds: usize, jobs: &[&pb::Job], agents: &[AgentView]) -> (f64, usize) 
             b"bench",
             meshlat_proto::grant::GrantSigner::derive_standalone(b"bench"),
         );
-        let signing = schedule::Signing {
+        let signing = pinglist::Signing {
             keys: &keys,
             expires_unix: 0,
         };
-        let plan = schedule::compute_encoded(jobs, agents, 0, &signing);
+        let plan = pinglist::compute_encoded(jobs, agents, 0, &signing);
         secs.push(t0.elapsed().as_secs_f64());
         // Counted outside the timing, from the bytes the registry would push.
         pairs = plan

@@ -312,7 +312,7 @@ impl Controller {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunError> {
         let tasks = tokio_util::task::TaskTracker::new();
         let registry = self.registry.clone();
-        tasks.spawn(registry.clone().run(shutdown.clone()));
+        tasks.spawn(registry.clone().run_rounds(shutdown.clone()));
         let sweep_stop = shutdown.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);

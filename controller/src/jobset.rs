@@ -8,17 +8,17 @@
 //!
 //! The bytes are a whole `ControllerMessage { job_set }`: its key and length, the set's
 //! generation, lease and keys, then its assignments. Protobuf lets fields come in any order, so
-//! the assignments can be encoded apart (by the scheduler, off the registry's lock) and
+//! the assignments can be encoded apart (by a recompute round, off the registry's lock) and
 //! compared as bytes. prost encodes a message deterministically (the job set has no maps).
 
-use bytes::{BufMut, Bytes, BytesMut};
+pub mod encode;
+
+use bytes::{Bytes, BytesMut};
 use meshlat_proto::pb;
 use prost::Message;
 
-/// `ControllerMessage.job_set`: field 2, length-delimited.
-const JOB_SET_KEY: u8 = (2 << 3) | 2;
-
-/// A set's assignments, encoded (`JobSet.assignments`, field 3, as a sequence of fields).
+/// A set's assignments, encoded by prost (the `JobSet.assignments` fields, one after another;
+/// [`encode::AssignmentParts`] writes the same bytes without building the structs).
 pub fn encode_assignments(assignments: Vec<pb::Assignment>) -> Bytes {
     let set = pb::JobSet {
         assignments,
@@ -56,8 +56,7 @@ impl PushedSet {
         };
         let set_len = head.encoded_len() + assignments.len();
         let mut buf = BytesMut::with_capacity(1 + 10 + set_len);
-        buf.put_u8(JOB_SET_KEY);
-        prost::encoding::encode_varint(set_len as u64, &mut buf);
+        encode::job_set_message_head(set_len, &mut buf);
         // Encoding into a BytesMut with room reserved cannot fail.
         let _ = head.encode(&mut buf);
         let assignments_at = buf.len();

@@ -121,7 +121,7 @@ impl MeshKeys {
     }
 
     /// A grant for forwarding to `dst` until `expires_unix`. Callers name only addresses
-    /// agents advertise ([`crate::schedule`]).
+    /// agents advertise ([`crate::pinglist`]).
     pub fn sign(&self, dst: SocketAddr, expires_unix: u64) -> [u8; GRANT_BYTES] {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.expires_unix != expires_unix || cache.grants.len() >= GRANT_CACHE_MAX {

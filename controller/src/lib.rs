@@ -20,9 +20,10 @@
 //! - [`limits`]: every cap (`--max-*` flags, expiries, message sizes) in one place.
 //! - [`relay_policy`]: which agents are relays (`--relay-agent`), whatever they claim.
 //! - [`live`]: agents' rolling summaries and the latency matrix.
-//! - [`registry`]: the domain layer: jobs, agents, sessions; its scheduler pushes job sets,
-//!   held encoded ([`jobset`]).
-//! - [`schedule`]: pinglists (`full`, `per-region`, `k-random`), pure functions.
+//! - [`registry`]: the domain layer: jobs, the agent directory and federation, sessions; its
+//!   recompute rounds push job sets, held encoded ([`jobset`]).
+//! - [`pinglist`]: pinglists, i.e. which agent measures what (`full`, `per-region`,
+//!   `k-random`, relays), pure functions.
 //! - [`grpc`]: `AgentService`, `OperatorService`, interceptors, `Status` mapping.
 //! - [`rest`]: the REST/JSON mirror under `/api/v1`; [`json`]: the JSON form of jobs.
 //! - [`client`]: `controller job ...` and `controller agents`.
@@ -43,9 +44,9 @@ pub mod json;
 pub mod keys;
 pub mod limits;
 pub mod live;
+pub mod pinglist;
 pub mod publish;
 pub mod registry;
 pub mod relay_policy;
 pub mod rest;
-pub mod schedule;
 pub mod store;

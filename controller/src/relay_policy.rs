@@ -19,7 +19,7 @@
 
 use meshlat_proto::grant::RELAY_CAPABILITY;
 
-use crate::schedule::{AgentView, Selector};
+use crate::pinglist::{AgentView, Selector};
 
 /// One `--relay-agent` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -109,13 +109,14 @@ pub fn unauthenticated(what: &str) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::Problem;
     use tonic::Code;
 
     #[test]
     fn codes() {
         let s = from_domain(DomainError::Invalid {
-            field: "spec.timeout_ms".into(),
-            reason: "too big".into(),
+            field: "spec.timeout_ms",
+            problem: Problem::Rule("too big"),
         });
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "spec.timeout_ms: too big");
