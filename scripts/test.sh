@@ -4,7 +4,7 @@
 #   scripts/test.sh --quick          # skip the slower accuracy and benchmark-harness stages
 #   scripts/test.sh --only A,B       # only the named stages (e.g. --only fmt,clippy); names as printed
 # stages shellcheck and ruff: scripts/lint-scripts.sh (shellcheck from scripts/setup.sh, ruff in .venv-ruff);
-# docs: scripts/check_docs.py (README paths and command lines);
+# docs: scripts/check_docs.py (README paths) and the crates' readme_commands tests (command lines);
 # analytics: shipped Athena SQL through scripts/athena-local on synthetic records, schema checks
 # (.venv-analytics); demo: scripts/test_demo.sh runs scripts/demo.sh bounded;
 # infra-lint: cfn-lint and checkov on infra/cloudformation (.venv-cfn, .venv-checkov);
@@ -136,6 +136,17 @@ clippy_all() {
 export -f clippy_all
 run_stage clippy 1500 clippy_all
 run_stage build 1200 cargo build --workspace --bins --locked
+# The READMEs tell the truth: every repository path they name exists (scripts/check_docs.py), and
+# every `agent ...`/`controller ...` command line in their sh blocks parses with the binary's own
+# parser (tests/readme_commands.rs of each crate; nothing is started). After build: the two test
+# binaries are all it compiles.
+docs_check() {
+  scripts/check_docs.py
+  cargo test --locked -p meshlat-agent --test readme_commands -- --nocapture
+  cargo test --locked -p meshlat-controller --test readme_commands -- --nocapture
+}
+export -f docs_check
+run_stage docs 600 docs_check
 # Runs as root, as CI does: controller/tests/netns_addresses.rs creates network namespaces (and
 # fails, saying so, without the capability; ~5 s).
 run_stage test 1800 cargo test --workspace --locked --no-fail-fast
