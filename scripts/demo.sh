@@ -33,7 +33,9 @@
 # 2 for bad usage. Needs cargo, and python3 for the printed queries.
 set -euo pipefail
 CALLER_PWD=$PWD
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
+# shellcheck source=scripts/lib/common.sh
+source scripts/lib/common.sh
 ROOT=$PWD
 # Paths as the caller types them: relative when they started the demo in the repository.
 show() { if [[ $CALLER_PWD == "$ROOT" && $1 == "$ROOT"/* ]]; then printf '%s' "${1#"$ROOT"/}"; else printf '%s' "$1"; fi; }
@@ -44,7 +46,6 @@ delay_ms=35
 build=1
 DEMO_DIR=${DEMO_DIR:-$ROOT/demo-data}
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() { echo "demo: $*" >&2; exit 2; }
 num() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 needs a whole number, not '$2' (try --help)"; }
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -60,18 +61,6 @@ done
 (( refresh >= 1 )) || die "--refresh must be at least 1"
 mkdir -p "$DEMO_DIR"
 DEMO_DIR=$(cd "$DEMO_DIR" && pwd)
-
-# ---------------------------------------------------------------------------------------------
-# Output helpers. Colour only on a terminal.
-if [[ -t 1 ]]; then
-  B=$'\e[1m' D=$'\e[2m' G=$'\e[32m' R=$'\e[31m' N=$'\e[0m'
-else
-  B='' D='' G='' R='' N=''
-fi
-say() { printf '%s\n' "$*"; }
-step() { printf '%s==>%s %s\n' "$B" "$N" "$*"; }
-ok() { printf '    %sok%s %s\n' "$G" "$N" "$*"; }
-fail() { printf '%sdemo: %s%s\n' "$R" "$*" "$N" >&2; exit 1; }
 
 # ---------------------------------------------------------------------------------------------
 # Processes: started in the background with stdout/stderr in DIR/logs, stopped in reverse order.
@@ -299,7 +288,7 @@ start_job eu-1-via-eu-2 '{"name": "eu-1 via eu-2", "kind": "relay", "protocols":
 
 cat <<EOF
 
-${B}Talk to the mesh from another terminal while it runs${N} (us-east-1.env for the other controller):
+${C_BOLD}Talk to the mesh from another terminal while it runs${C_OFF} (us-east-1.env for the other controller):
   . $(show "$DEMO_DIR")/eu-west-1.env
   $(show "$BIN/controller") agents          # also: job list, job show ID, matrix --by agent
   curl --cacert \$MESHLAT_CA -H "Authorization: Bearer \$MESHLAT_CREDENTIAL" \$DEMO_REST/api/v1/jobs
@@ -354,7 +343,7 @@ records_by_region() {
   printf '; %s server records' "${served:-0}"
 }
 
-say
+echo
 if (( duration > 0 )); then
   step "live matrix, every ${refresh} s for ${duration} s (Ctrl-C stops earlier)"
 else
@@ -362,9 +351,9 @@ else
 fi
 rtt=$((2 * delay_ms))
 cat <<EOF
-${D}    Expect udp and quic ${rtt} ms (one round trip across the emulator; udp also its 1 % loss), https
+${C_DIM}    Expect udp and quic ${rtt} ms (one round trip across the emulator; udp also its 1 % loss), https
     $((2 * rtt)) ms (TLS handshake + request) and tcp near 0: a userspace emulator cannot delay the
-    TCP handshake, which the kernel answers, so a connect ends at the emulator.${N}
+    TCP handshake, which the kernel answers, so a connect ends at the emulator.${C_OFF}
 EOF
 t0=$SECONDS
 next=$t0
@@ -374,16 +363,16 @@ while (( ! interrupted )); do
   (( duration > 0 && elapsed >= duration )) && break
   if (( SECONDS >= next )); then
     next=$((SECONDS + refresh))
-    block=$(say "${D}--- $(date +%H:%M:%S)  +${elapsed}s  records: $(records_by_region)${N}"; matrix || true)
+    block=$(printf '%s\n' "${C_DIM}--- $(date +%H:%M:%S)  +${elapsed}s  records: $(records_by_region)${C_OFF}"; matrix || true)
     # On a terminal wide and tall enough, redraw in place; otherwise append.
-    width=$(say "$block" | sed $'s/\e\\[[0-9;]*m//g' | awk '{ if (length > w) w = length } END { print w + 0 }')
-    lines=$(say "$block" | wc -l)
+    width=$(printf '%s\n' "$block" | sed $'s/\e\\[[0-9;]*m//g' | awk '{ if (length > w) w = length } END { print w + 0 }')
+    lines=$(printf '%s\n' "$block" | wc -l)
     if [[ -t 1 ]] && (( shown > 0 && width < $(tput cols 2>/dev/null || echo 80) && lines < $(tput lines 2>/dev/null || echo 24) )); then
       printf '\e[%dA\e[J' "$shown"
     else
-      say
+      echo
     fi
-    say "$block"
+    printf '%s\n' "$block"
     shown=$lines
   fi
   sleep 0.5 || true
@@ -397,7 +386,7 @@ $(tail -n 30 "$LOGS/${names[$i]}.log" 2>/dev/null | cut -c1-300)"
   done
 done
 
-say
+echo
 step "stopping agents, link emulator and controllers"
 stop_all
 trap - INT TERM
@@ -407,7 +396,7 @@ AL=$(show "$ROOT/scripts/athena-local") DD=$(show "$DEMO_DIR") Q=$(show "$ROOT/i
 ok "$records records in $files files ($(records_by_region)) under $(show "$DEMO_DIR")/records"
 cat <<EOF
 
-${B}The records are in the Hive layout Firehose writes to S3${N} (records/region=R/dt=YYYY-MM-DD/hour=HH/).
+${C_BOLD}The records are in the Hive layout Firehose writes to S3${C_OFF} (records/region=R/dt=YYYY-MM-DD/hour=HH/).
 Query them with the shipped Athena SQL on DuckDB (region pairs, agent pairs, loss and jitter, https
 phases, 5-minute series; the first query sets up .venv-analytics):
   ${AL} --data ${DD} ${Q}/latency_matrix_region.sql

@@ -32,13 +32,14 @@
 # calls nothing (no aws, no image build). --plan-json FILE also writes every stack deployment as
 # one JSON object per line ({"step", "region", "stack", "template", "parameters": {K: V}}), for
 # tools that render the stacks (scripts/test_deploy.sh reads it). Exit codes: 0 ok, 1 a step failed, 2 usage, 3 preflight.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
+set -euo pipefail
+cd "$(dirname "$0")/.." || exit 2
+PROG=deploy
+# shellcheck source=scripts/lib/common.sh
+source scripts/lib/common.sh
 CFN=infra/cloudformation
 
 usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
-die() { echo "deploy: $*" >&2; exit 2; }
 
 regions_csv="" home="" dry=0 tag="" agent_count=2 public_ip=DISABLED nlb_scheme=internal
 record_format=json skip_lint=0 relay_count=1 external_cidrs="" plan_json="" retire_csv=""
@@ -137,8 +138,10 @@ else
 fi
 
 # ---- helpers -----------------------------------------------------------------------------------
+# Steps are numbered as they are printed ("[N] ..."); a failure names the step it happened in.
 step=0
-say() { echo "deploy: $*"; }
+FAIL_TAG="FAILED at step 0: "
+next_step() { step=$((step + 1)); FAIL_TAG="FAILED at step $step: "; }
 
 # Checks NAME=VALUE pairs against a template's Parameters: unknown keys and missing required
 # ones (no Default) are errors. Stdlib only (no PyYAML needed).
@@ -180,7 +183,7 @@ out() {
 # deploy_stack REGION STACK TEMPLATE [KEY=VALUE...]
 deploy_stack() {
   local region=$1 stack=$2 template=$3; shift 3
-  step=$((step + 1))
+  next_step
   echo
   echo "[$step] stack $stack  region $region  template $template"
   local p
@@ -217,8 +220,6 @@ ensure_secret() {
   fi
 }
 
-fail() { echo "deploy: FAILED at step $step: $*" >&2; exit 1; }
-
 # ---- plan --------------------------------------------------------------------------------------
 say "regions: ${regions[*]}  home: $home  account: $account  image tag: $tag  dry-run: $dry"
 for r in "${regions[@]}"; do say "  $r  VpcCidr ${cidr[$r]}"; done
@@ -240,7 +241,7 @@ else
 fi
 
 deploy_stack "$home" meshlat-federation "$CFN/federation.yaml" "ReplicaRegions=$others" || fail federation
-fed_arn=$(out "$home" meshlat-federation FederationSecretArn)
+fed_arn=$(out "$home" meshlat-federation FederationSecretArn) || fail "federation: no FederationSecretArn output"
 # The replica of the federation secret in region $1: the primary's ARN in that region.
 fed_replica() {
   if (( dry )); then echo "{{$1/secret:meshlat/federation-secret}}"; return; fi
@@ -248,7 +249,7 @@ fed_replica() {
 }
 
 registry() { echo "$account.dkr.ecr.$1.amazonaws.com"; }
-step=$((step + 1))
+next_step
 echo
 echo "[$step] images: scripts/images.sh build; push $(registry "$home")/meshlat/{agent,controller}:$tag once; replication copies them to: ${others:-none}"
 if (( ! dry )); then
@@ -301,13 +302,13 @@ for ((i = 0; i < ${#regions[@]}; i++)); do
   done
 done
 
-bucket_arn=$(out "$home" meshlat-analytics RecordsBucketArn)
+bucket_arn=$(out "$home" meshlat-analytics RecordsBucketArn) || fail "analytics: no RecordsBucketArn output"
 declare -A js=() oc=() jt=() ca=() pc=()
 for r in "${regions[@]}"; do
   deploy_stack "$r" meshlat-firehose "$CFN/firehose.yaml" \
     "RecordsBucketArn=$bucket_arn" "HomeRegion=$home" "RecordFormat=$record_format" || fail "firehose $r"
 
-  step=$((step + 1))
+  next_step
   echo
   echo "[$step] secrets in $r: meshlat/$r/join-secret, meshlat/$r/operator-credential (random, created once); meshlat/$r/join-token, meshlat/$r/ca-cert (written by the controller), meshlat/$r/peer-ca (written by step 8)"
   js[$r]=$(ensure_secret "$r" "meshlat/$r/join-secret" "$( (( dry )) || openssl rand -hex 32)") || fail "secret join-secret $r"
@@ -372,7 +373,7 @@ for r in "${fresh[@]}"; do
   services "$r" 0 0 || fail "services $r (first start)"
 done
 if (( ${#fresh[@]} )); then
-  step=$((step + 1))
+  next_step
   echo
   echo "[$step] wait (at most 10 minutes) until the controllers of ${fresh[*]} have written meshlat/<r>/join-token and meshlat/<r>/ca-cert"
   if (( ! dry )); then
@@ -381,8 +382,9 @@ if (( ${#fresh[@]} )); then
         secret_value "$r" "meshlat/$r/join-token" >/dev/null && secret_value "$r" "meshlat/$r/ca-cert" >/dev/null && break
         sleep "${MESHLAT_DEPLOY_POLL_SECONDS:-10}"
       done
-      secret_value "$r" "meshlat/$r/join-token" >/dev/null && secret_value "$r" "meshlat/$r/ca-cert" >/dev/null \
-        || fail "the controller in $r wrote no join token / CA certificate in 10 minutes: see log group /meshlat/$r/controller"
+      if ! { secret_value "$r" "meshlat/$r/join-token" >/dev/null && secret_value "$r" "meshlat/$r/ca-cert" >/dev/null; }; then
+        fail "the controller in $r wrote no join token / CA certificate in 10 minutes: see log group /meshlat/$r/controller"
+      fi
     done
   fi
 fi
@@ -397,7 +399,7 @@ for r in "${regions[@]}"; do
     (( dry )) || bundle+="$(secret_value "$o" "meshlat/$o/ca-cert")"$'\n'
   done
   if [[ -n $peers ]]; then
-    step=$((step + 1))
+    next_step
     echo
     echo "[$step] peer CA certificates of ${r}'s peers (their meshlat/<peer>/ca-cert) into meshlat/$r/peer-ca"
     if (( dry )); then
@@ -416,7 +418,7 @@ done
 
 # Retired regions: what the operator deletes once the others no longer use them.
 if (( ${#retired[@]} )); then
-  step=$((step + 1))
+  next_step
   echo
   echo "[$step] retire ${retired[*]}: the other regions no longer peer with, replicate to or admit them. Delete (in this order):"
   for g in "${retired[@]}"; do

@@ -18,7 +18,7 @@
 # saved under target/fuzz/artifacts/TARGET/ and fails the run with the command to reproduce it.
 # A crash found and fixed becomes a committed seed (the regression test) in FUZZ_DIR/corpus/TARGET.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 root=$PWD
 secs=20
 list=0

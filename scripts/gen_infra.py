@@ -9,7 +9,8 @@ indentation of the BEGIN line is the indentation of what is written):
   columns        the Glue table's Columns, from the field table in proto/src/record.rs
                  (Name, Type as FieldType::athena(), Comment = meaning)
   named queries  one AWS::Athena::NamedQuery per infra/athena/*.sql except records_table.sql,
-                 the SQL inlined with '${from}' / '${to}' replaced by the last 24 hours
+                 the SQL inlined (with infra/athena/include/prelude.sql in place of its
+                 `-- #include` line) and '${from}' / '${to}' replaced by the last 24 hours
   quicksight sql the QuickSight data set's SqlQuery: timeseries_region_pair.sql over 7 days
 
 Stdlib only (no virtualenv needed).
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
+import athena_sql  # noqa: E402
 import meshlat_fields  # noqa: E402
 
 ROOT = meshlat_fields.ROOT
@@ -44,7 +46,11 @@ def window(days: int) -> dict[str, str]:
 def aws_sql(path: Path, days: int) -> str:
     out = [f"-- Generated from infra/athena/{path.name} by scripts/gen_infra.py: time range = the last "
            f"{days} day(s); edit the two format_datetime(...) bounds for another range."]
-    for line in path.read_text().rstrip().split("\n"):
+    try:
+        text = athena_sql.load(path)
+    except (OSError, athena_sql.IncludeError) as e:
+        raise SystemExit(f"gen_infra: {e}")
+    for line in text.rstrip().split("\n"):
         if not line.lstrip().startswith("--"):
             for k, v in window(days).items():
                 line = line.replace(k, v)

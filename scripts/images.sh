@@ -20,7 +20,7 @@
 # Containers run with: podman --runtime runc --cgroup-manager cgroupfs run --network=host
 #   --ulimit nofile=1024:1024 --ulimit nproc=1000:1000 (crun fails here; see ENVIRONMENT.md).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 APT=(podman buildah runc busybox-static)

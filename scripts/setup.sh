@@ -4,12 +4,13 @@
 #   scripts/setup.sh --check    # only report what is missing (exit 1 if anything is)
 #
 # Debian packages: sockperf, irtt, fping (reference tools for accuracy and speed comparisons);
-# iproute2 (`ip netns`: controller/tests/netns_addresses.rs runs agents in network namespaces).
+# iproute2 (`ip netns`: controller/tests/netns_addresses.rs runs agents in network namespaces);
+# and ShellCheck (the shellcheck stage: scripts/lint-scripts.sh).
 # Rust components: rustfmt, clippy (from the machine's rustup toolchain).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 
-APT_PKGS=(sockperf irtt fping iproute2)
+APT_PKGS=(sockperf irtt fping iproute2 shellcheck)
 check_only=0
 [[ "${1:-}" == "--check" ]] && check_only=1
 

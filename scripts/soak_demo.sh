@@ -26,8 +26,10 @@
 # Exit status: 0 flat, 1 a check failed (the demo's data and logs are kept and named), 2 bad
 # usage. Leaves no process behind: the demo stops its children, and an EXIT trap stops the demo.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
+cd "$(dirname "$0")/.." || exit 2
+PROG=soak
+# shellcheck source=scripts/lib/common.sh
+source scripts/lib/common.sh
 minutes=10
 build=1
 keep=0
@@ -37,11 +39,11 @@ while [[ $# -gt 0 ]]; do
     --keep) keep=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *)
-      [[ $1 =~ ^[0-9]+$ ]] || { echo "soak: MINUTES must be a whole number, not '$1'" >&2; exit 2; }
+      [[ $1 =~ ^[0-9]+$ ]] || die "MINUTES must be a whole number, not '$1'"
       minutes=$1; shift ;;
   esac
 done
-(( minutes >= 3 )) || { echo "soak: MINUTES must be at least 3 (the reference sample is at 2)" >&2; exit 2; }
+(( minutes >= 3 )) || die "MINUTES must be at least 3 (the reference sample is at 2)"
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/meshlat-soak.XXXXXX")
 demo_pid=

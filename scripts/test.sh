@@ -3,6 +3,8 @@
 #   scripts/test.sh                  # everything (what CI runs)
 #   scripts/test.sh --quick          # skip the slower accuracy and benchmark-harness stages
 #   scripts/test.sh --only A,B       # only the named stages (e.g. --only fmt,clippy); names as printed
+# stages shellcheck and ruff: scripts/lint-scripts.sh (shellcheck from scripts/setup.sh, ruff in .venv-ruff);
+# docs: scripts/check_docs.py (README paths) and the crates' readme_commands tests (command lines);
 # analytics: shipped Athena SQL through scripts/athena-local on synthetic records, schema checks
 # (.venv-analytics); demo: scripts/test_demo.sh runs scripts/demo.sh bounded;
 # infra-lint: cfn-lint and checkov on infra/cloudformation (.venv-cfn, .venv-checkov);
@@ -15,8 +17,13 @@
 # the stage's `timeout`; after the stage, any process still carrying either (and any new podman
 # container) is listed, killed and fails the stage that leaked it.
 # Each stage is timed; a summary is printed at the end; exit status is non-zero if any stage failed.
-set -uo pipefail
-cd "$(dirname "$0")/.."
+# A stage's command runs in `bash -euo pipefail` (a stage that is a function stops at its first
+# failing command); this script itself goes on after a failed stage and reports it.
+set -euo pipefail
+cd "$(dirname "$0")/.." || exit 2
+PROG=test.sh
+# shellcheck source=scripts/lib/common.sh
+source scripts/lib/common.sh
 export CARGO_TERM_COLOR=never
 quick=0
 only=""
@@ -26,7 +33,7 @@ while (( $# )); do
     --only) only=${2:?--only needs a comma-separated list of stage names}; shift ;;
     --only=*) only=${1#--only=} ;;
     -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "test.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+    *) die "unknown argument '$1' (try --help)" ;;
   esac
   shift
 done
@@ -54,7 +61,7 @@ stage_leftovers() {
 # unlabelled ones and this stage's count. (scripts/test_aws_local.sh labels its containers.)
 containers() {
   command -v podman >/dev/null 2>&1 || return 0
-  podman ps --no-trunc --format '{{.ID}} {{index .Labels "meshlat-test-stage"}}' 2>/dev/null |
+  { podman ps --no-trunc --format '{{.ID}} {{index .Labels "meshlat-test-stage"}}' 2>/dev/null || true; } |
     awk -v t="${1:-}" '$2 == "" || $2 == "<no" || $2 == t { print $1 }' | sort
 }
 
@@ -83,7 +90,7 @@ run_stage() {
   # the end of a failed stage's log (CI shows only the end of a long run's output).
   local log=$logs/$name.log
   : > "$log"
-  MESHLAT_TEST_STAGE=$token timeout --kill-after=20 "$budget" bash -c '"$@"' "stage-$name" "$@" \
+  MESHLAT_TEST_STAGE=$token timeout --kill-after=20 "$budget" bash -euo pipefail -c '"$@"' "stage-$name" "$@" \
     > >(tee -a "$log") 2>&1 &
   local pg=$!
   cur_pg=$pg
@@ -101,6 +108,7 @@ run_stage() {
   done
   if [[ -n $left ]]; then
     { echo "=== stage: $name: LEAK: these processes it started are still running (killed now):"
+      # shellcheck disable=SC2001 # indents every line
       sed 's/^/      /' <<<"$left"; } | tee -a "$log"
     # shellcheck disable=SC2046
     kill -KILL $(cut -d' ' -f1 <<<"$left") 2>/dev/null || true
@@ -122,6 +130,10 @@ run_stage() {
 run_stage setup 900 scripts/setup.sh
 run_stage tools 60 scripts/setup.sh --check
 run_stage fmt 120 cargo fmt --all -- --check
+# The scripts' own lints, clean at the default severity: shellcheck (every shell script) and ruff
+# (every Python script; rules in ruff.toml; .venv-ruff made on first use). A few seconds each.
+run_stage shellcheck 60 scripts/lint-scripts.sh shellcheck
+run_stage ruff 120 scripts/lint-scripts.sh ruff
 # --all-targets leaves out test targets marked `test = false` (the timing and moto suites): lint them too.
 clippy_all() {
   cargo clippy --workspace --all-targets --locked -- -D warnings &&
@@ -131,6 +143,17 @@ clippy_all() {
 export -f clippy_all
 run_stage clippy 1500 clippy_all
 run_stage build 1200 cargo build --workspace --bins --locked
+# The READMEs tell the truth: every repository path they name exists (scripts/check_docs.py), and
+# every `agent ...`/`controller ...` command line in their sh blocks parses with the binary's own
+# parser (tests/readme_commands.rs of each crate; nothing is started). After build: the two test
+# binaries are all it compiles.
+docs_check() {
+  scripts/check_docs.py
+  cargo test --locked -p meshlat-agent --test readme_commands -- --nocapture
+  cargo test --locked -p meshlat-controller --test readme_commands -- --nocapture
+}
+export -f docs_check
+run_stage docs 600 docs_check
 # Runs as root, as CI does: controller/tests/netns_addresses.rs creates network namespaces (and
 # fails, saying so, without the capability; ~5 s).
 run_stage test 1800 cargo test --workspace --locked --no-fail-fast
@@ -164,7 +187,7 @@ firehose_moto() {
   cargo build -p meshlat-agent --bin agent --locked &&
     MESHLAT_TEST_MOTO_URL=$(scripts/moto.sh url) \
       cargo test -p meshlat-controller --locked --test state_s3_moto -- --nocapture || rc=$?
-  scripts/moto.sh stop
+  scripts/moto.sh stop || true
   return $rc
 }
 export -f firehose_moto

@@ -18,8 +18,9 @@ What it does (runs inside .venv-analytics, created on first use; no AWS, no netw
      (nearest-rank p50/p99 from the arrays, loss = sum lost / sum sent, dedup, best relay).
   3. Runs the region matrix on a directory where rtt_samples_ms is null in every record (the
      all-null column case), and checks athena-local's errors for a bad data dir and bad SQL.
-  4. Parses every query with sqlglot in the trino dialect (raw, and as the named queries inline
-     it), runs scripts/check_schema.py and scripts/gen_infra.py --check.
+  4. Checks that every query takes its time range and deduplication from the one prelude
+     (infra/athena/include/prelude.sql, by `-- #include`), parses every query with sqlglot in the
+     trino dialect (as athena-local runs it, and as the named queries inline it), runs scripts/check_schema.py and scripts/gen_infra.py --check.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ pyvenv.reexec_in(pyvenv.ANALYTICS)
 
 import sqlglot  # noqa: E402
 
+import athena_sql  # noqa: E402
 import meshlat_fields  # noqa: E402
 
 ROOT = meshlat_fields.ROOT
@@ -388,6 +390,9 @@ def test_errors(tmp: Path):
     assert r.returncode == 2 and "placeholders" in r.stderr, (r.returncode, r.stderr)
     r = run(tmp / "data", ATHENA / "best_relay.sql", "--from", "yesterday")
     assert r.returncode == 2 and "--from" in r.stderr, (r.returncode, r.stderr)
+    bad.write_text("-- #include include/no_such_prelude.sql\nSELECT 1")
+    r = run(tmp / "data", bad)
+    assert r.returncode == 2 and "no_such_prelude.sql" in r.stderr, (r.returncode, r.stderr)
 
 
 def test_sql_parses_as_trino():
@@ -399,7 +404,10 @@ def test_sql_parses_as_trino():
     for q in queries:
         if q.name == "records_table.sql":
             continue  # Hive DDL (Athena runs DDL with Hive), not Trino
-        text = q.read_text()
+        raw = q.read_text()
+        assert raw.count("-- #include include/prelude.sql\n") == 1, f"{q.name}: does not include the prelude once"
+        assert "in_range AS (" not in raw and "dedup AS (" not in raw, f"{q.name}: repeats the prelude's CTEs"
+        text = athena_sql.load(q)
         for need in ("'${from}'", "'${to}'", "row_number() OVER (PARTITION BY i.record_id", "copy_no = 1"):
             assert need in text, f"{q.name}: missing {need}"
         code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))

@@ -9,8 +9,10 @@
 # (schemathesis sends hundreds of requests a second; 429 is documented and tested elsewhere).
 # schemathesis is installed into .venv-api on first use. Bounded: a seed makes runs repeatable.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$PWD
+cd "$(dirname "$0")/.." || exit 2
+FAIL_TAG="FAIL: "
+# shellcheck source=scripts/lib/common.sh
+source scripts/lib/common.sh
 examples=${1:-25}
 venv=$(scripts/lib/venv.sh api 'schemathesis==4.32.5')
 bin=target/debug/controller
@@ -22,10 +24,9 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-fail() {
-  echo "test_api: FAIL: $*" >&2
+# Called by fail (scripts/lib/common.sh) after its message: the controller's last errors.
+on_fail() {
   [[ -f $dir/controller.log ]] && grep -E ' (ERROR|WARN) ' "$dir/controller.log" | grep -v 'bad credential' | tail -n 20 >&2
-  exit 1
 }
 
 cred="api-fuzz:api-fuzz-secret-0123456789abcdef"

@@ -17,8 +17,10 @@
 # afterwards; every container and namespace is removed on exit (also on TERM/INT).
 # Work directory (plan, logs, the S3 objects): target/aws-local/. Exit 0 only if every check
 # passed; 1 a check failed; 2 usage (also a --mutate that finds nothing to change).
-set -uo pipefail
-cd "$(dirname "$0")/.."
+set -euo pipefail
+cd "$(dirname "$0")/.." || exit 2
+# shellcheck source=scripts/lib/common.sh
+source scripts/lib/common.sh
 ROOT=$PWD
 build=1
 args=()
@@ -28,19 +30,19 @@ while (( $# )); do
     --mutate)
       case ${2:-} in
         drop-federation-ingress|drop-relay-service|block-controller-grpc-egress) ;;
-        *) echo "test_aws_local: --mutate drop-federation-ingress|drop-relay-service|block-controller-grpc-egress" >&2; exit 2 ;;
+        *) die "--mutate drop-federation-ingress|drop-relay-service|block-controller-grpc-egress" ;;
       esac
       args+=("$1" "$2"); shift 2 ;;
     --regions|--timeout) args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
-    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "test_aws_local: unknown argument '$1' (--help)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument '$1' (--help)" ;;
   esac
 done
-[[ $(id -u) == 0 ]] || { echo "test_aws_local: needs root (network namespaces, nftables, rootful podman)" >&2; exit 1; }
+[[ $(id -u) == 0 ]] || fail "needs root (network namespaces, nftables, rootful podman)"
 command -v nft >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null \
-  || { echo "test_aws_local: nftables missing (apt-get install nftables)" >&2; exit 1; }
+  || fail "nftables missing (apt-get install nftables)"
 scripts/images.sh setup || exit 1
-py=$(scripts/moto.sh python) || { echo "test_aws_local: no .venv-moto (scripts/moto.sh python)" >&2; exit 1; }
+py=$(scripts/moto.sh python) || fail "no .venv-moto (scripts/moto.sh python)"
 work=$ROOT/target/aws-local
 rm -rf "$work"; mkdir -p "$work"
 tag=${MESHLAT_IMAGE_TAG:-standin-$$}

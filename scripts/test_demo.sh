@@ -14,14 +14,18 @@
 # are tight and upper bounds loose. ~40 s.
 #   scripts/test_demo.sh [SECONDS]      # demo run length, default 20
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
+FAIL_TAG="FAIL: "
+# shellcheck source=scripts/lib/common.sh
+source scripts/lib/common.sh
 secs=${1:-20}
 delay_ms=35
 dir=$(mktemp -d "${TMPDIR:-/tmp}/meshlat-test-demo.XXXXXX")
-keep=0   # set by fail(): keep the demo's output and logs for a look
+keep=0   # set by on_fail: keep the demo's output and logs for a look
 trap '(( keep )) || rm -rf "$dir"' EXIT
+# Called by fail (scripts/lib/common.sh) after its message.
 # shellcheck disable=SC2034  # keep is read in the EXIT trap
-fail() { echo "test_demo: FAIL: $*" >&2; keep=1; echo "test_demo: demo output and logs kept in $dir" >&2; exit 1; }
+on_fail() { keep=1; echo "test_demo: demo output and logs kept in $dir" >&2; }
 
 scripts/demo.sh --help | grep -q -- '--duration' || fail "demo --help lacks --duration"
 rc=0; scripts/demo.sh --bogus >/dev/null 2>&1 || rc=$?

@@ -19,11 +19,15 @@
 #      with each other's CA certificates (bundle and its hash checked); a re-run writes no secret
 #      and deploys each services stack once; an added region gets its first start and every
 #      region's peers and bundle include it.
-set -uo pipefail
-cd "$(dirname "$0")/.."
+#
+# Every check reports and counts (good/bad) and the run goes on; the exit status says whether any
+# failed. `CHECK && good MSG || bad MSG` is the idiom: good always succeeds, so it is if-then-else.
+# shellcheck disable=SC2015
+set -euo pipefail
+cd "$(dirname "$0")/.." || exit 2
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 pass=0 failn=0
-ok() { echo "ok   $*"; pass=$((pass + 1)); }
+good() { echo "ok   $*"; pass=$((pass + 1)); }
 bad() { echo "FAIL $*"; failn=$((failn + 1)); }
 
 # a PATH with only what deploy.sh itself needs (no aws, buildah, podman, cargo)
@@ -45,8 +49,8 @@ cp "$tmp/stub/podman" "$tmp/stub/cargo"
 chmod +x "$tmp/stub/"*
 
 # 1. dry run
-out=$(PATH="$tmp/stub:$PATH" scripts/deploy.sh --dry-run --skip-lint --regions eu-west-1,af-south-1,sa-east-1 2>&1); rc=$?
-[[ $rc == 0 ]] && ok "dry run exits 0" || { bad "dry run exit $rc"; echo "$out" | tail -20; }
+rc=0; out=$(PATH="$tmp/stub:$PATH" scripts/deploy.sh --dry-run --skip-lint --regions eu-west-1,af-south-1,sa-east-1 2>&1) || rc=$?
+[[ $rc == 0 ]] && good "dry run exits 0" || { bad "dry run exit $rc"; echo "$out" | tail -20; }
 want=("meshlat-analytics  region eu-west-1" "meshlat-ecr  region eu-west-1" "meshlat-federation  region eu-west-1")
 for r in eu-west-1 af-south-1 sa-east-1; do
   want+=("meshlat-network  region $r" "meshlat-firehose  region $r" "meshlat-services  region $r")
@@ -58,10 +62,10 @@ for pr in "eu-west-1-af-south-1  region eu-west-1" "eu-west-1-af-south-1  region
 done
 missing=0
 for w in "${want[@]}"; do grep -qF "stack $w " <<< "$out" || { bad "dry run lacks stack $w"; missing=1; }; done
-(( missing )) || ok "dry run renders all ${#want[@]} stacks"
-n=$(grep -c "would run: aws cloudformation deploy" <<< "$out")
+(( missing )) || good "dry run renders all ${#want[@]} stacks"
+n=$(grep -c "would run: aws cloudformation deploy" <<< "$out" || true)
 # services twice per region: the first start, then federated with agents and relays
-[[ $n == $(( ${#want[@]} + 3 )) ]] && ok "one deploy command per stack, services twice ($n)" || bad "$n deploy commands, want $(( ${#want[@]} + 3 ))"
+[[ $n == $(( ${#want[@]} + 3 )) ]] && good "one deploy command per stack, services twice ($n)" || bad "$n deploy commands, want $(( ${#want[@]} + 3 ))"
 
 # the plan as JSON: federation, peers, first start
 PATH="$tmp/stub:$PATH" scripts/deploy.sh --dry-run --skip-lint --regions eu-west-1,af-south-1,sa-east-1 \
@@ -125,28 +129,29 @@ sys.exit(1 if bad else 0)
 PY
 }
 check_plan "$tmp/plan.jsonl" fresh eu-west-1,af-south-1,sa-east-1 10.0.0.0/16,10.1.0.0/16,10.2.0.0/16 \
-  && ok "plan: federation secret, peers, first start, relays" || bad "plan (above)"
-cidrs=$(grep -oE "VpcCidr=10\.[0-9]+\.0\.0/16" <<< "$out" | sort -u | wc -l)
-[[ $cidrs == 3 ]] && ok "3 distinct VPC CIDRs" || bad "$cidrs distinct VPC CIDRs"
-grep -q "MeshCidrs=10.0.0.0/16,10.1.0.0/16,10.2.0.0/16" <<< "$out" && ok "MeshCidrs lists every region" || bad "MeshCidrs"
-grep -q "ReplicaRegions=af-south-1,sa-east-1$" <<< "$out" && ok "ECR replicates to the other regions" || bad "ReplicaRegions"
-grep -q "AssignPublicIp=DISABLED" <<< "$out" && ok "no public IPs by default" || bad "AssignPublicIp"
-grep -q "deploy: " <<< "$out" && grep -q "nothing called" <<< "$out" && ok "plan summary" || bad "no plan summary"
-[[ ! -s $tmp/aws-calls ]] && ok "dry run made no aws/podman call" || bad "dry run called: $(cat "$tmp/aws-calls")"
+  && good "plan: federation secret, peers, first start, relays" || bad "plan (above)"
+cidrs=$({ grep -oE "VpcCidr=10\.[0-9]+\.0\.0/16" <<< "$out" || true; } | sort -u | wc -l)
+[[ $cidrs == 3 ]] && good "3 distinct VPC CIDRs" || bad "$cidrs distinct VPC CIDRs"
+grep -q "MeshCidrs=10.0.0.0/16,10.1.0.0/16,10.2.0.0/16" <<< "$out" && good "MeshCidrs lists every region" || bad "MeshCidrs"
+grep -q "ReplicaRegions=af-south-1,sa-east-1$" <<< "$out" && good "ECR replicates to the other regions" || bad "ReplicaRegions"
+grep -q "AssignPublicIp=DISABLED" <<< "$out" && good "no public IPs by default" || bad "AssignPublicIp"
+grep -q "deploy: " <<< "$out" && grep -q "nothing called" <<< "$out" && good "plan summary" || bad "no plan summary"
+[[ ! -s $tmp/aws-calls ]] && good "dry run made no aws/podman call" || bad "dry run called: $(cat "$tmp/aws-calls")"
 out=$(scripts/deploy.sh --dry-run --skip-lint --regions us-east-1 --home-region us-east-1 2>&1) \
-  && grep -q "stack meshlat-services  region us-east-1" <<< "$out" && ok "single-region dry run" || bad "single-region dry run: $out"
+  && grep -q "stack meshlat-services  region us-east-1" <<< "$out" && good "single-region dry run" || bad "single-region dry run: $out"
 
 # 1b. removing a region: af-south-1 keeps its position (CIDRs stay), the others drop it
+rc=0
 out=$(PATH="$tmp/stub:$PATH" scripts/deploy.sh --dry-run --skip-lint --regions eu-west-1,af-south-1,sa-east-1 \
-  --retire af-south-1 --plan-json "$tmp/retire.jsonl" 2>&1); rc=$?
-[[ $rc == 0 ]] && ok "retire dry run exits 0" || bad "retire dry run exit $rc: $(tail -3 <<< "$out")"
+  --retire af-south-1 --plan-json "$tmp/retire.jsonl" 2>&1) || rc=$?
+[[ $rc == 0 ]] && good "retire dry run exits 0" || bad "retire dry run exit $rc: $(tail -3 <<< "$out")"
 check_plan "$tmp/retire.jsonl" redeploy eu-west-1,sa-east-1 10.0.0.0/16,10.2.0.0/16 \
-  && ok "retire: the others keep their CIDRs and drop af-south-1 everywhere" || bad "retire plan (above)"
+  && good "retire: the others keep their CIDRs and drop af-south-1 everywhere" || bad "retire plan (above)"
 grep -q '"af-south-1"' "$tmp/retire.jsonl" && bad "retire: a stack is still deployed in af-south-1" \
-  || ok "retire: nothing deployed in af-south-1"
+  || good "retire: nothing deployed in af-south-1"
 grep -q 'af-south-1' <(grep -v '^{"step": [0-9]*, "region": "af-south-1"' "$tmp/retire.jsonl") \
   && bad "retire: af-south-1 still named in the others' parameters: $(grep -o '[A-Za-z]*=[^ ]*af-south-1[^ ]*' "$tmp/retire.jsonl" | head -3)" \
-  || ok "retire: af-south-1 named in no other stack's parameters"
+  || good "retire: af-south-1 named in no other stack's parameters"
 for want in "delete-stack --region af-south-1 --stack-name meshlat-services" \
             "delete-stack --region af-south-1 --stack-name meshlat-peering-eu-west-1-af-south-1" \
             "delete-stack --region eu-west-1 --stack-name meshlat-peering-eu-west-1-af-south-1" \
@@ -154,35 +159,36 @@ for want in "delete-stack --region af-south-1 --stack-name meshlat-services" \
             "delete-stack --region af-south-1 --stack-name meshlat-network"; do
   grep -qF -- "$want" <<< "$out" || bad "retire plan lacks: $want"
 done
-grep -qF "LoadBalancerDeletionProtection=false" <<< "$out" && ok "retire: teardown commands printed" || bad "retire: no teardown"
-scripts/deploy.sh --dry-run --skip-lint --regions eu-west-1,af-south-1 --retire eu-west-1 >/dev/null 2>&1
-[[ $? == 2 ]] && ok "retiring the home region: usage error" || bad "retiring the home region accepted"
+grep -qF "LoadBalancerDeletionProtection=false" <<< "$out" && good "retire: teardown commands printed" || bad "retire: no teardown"
+rc=0; scripts/deploy.sh --dry-run --skip-lint --regions eu-west-1,af-south-1 --retire eu-west-1 >/dev/null 2>&1 || rc=$?
+[[ $rc == 2 ]] && good "retiring the home region: usage error" || bad "retiring the home region accepted"
 
 # 2. usage errors
 for args in "" "--regions eu-west-1,bogus" "--regions eu-west-1,eu-west-1" \
             "--regions eu-west-1,af-south-1 --home-region us-east-1" "--regions eu-west-1 --nope" \
             "--regions eu-west-1 --external-target-cidrs 0.0.0.0/0" "--regions eu-west-1 --relay-count x" \
             "--regions eu-west-1,af-south-1 --retire us-east-1"; do
-  scripts/deploy.sh --dry-run $args >/dev/null 2>&1; rc=$?
-  [[ $rc == 2 ]] && ok "usage error exit 2: '$args'" || bad "'$args' exit $rc, want 2"
+  read -r -a words <<< "$args"
+  rc=0; scripts/deploy.sh --dry-run "${words[@]}" >/dev/null 2>&1 || rc=$?
+  [[ $rc == 2 ]] && good "usage error exit 2: '$args'" || bad "'$args' exit $rc, want 2"
 done
 
 # 3. stripped PATH: no aws, no buildah/podman
 : > "$tmp/aws-calls"
-out=$(PATH="$tmp/bin" scripts/deploy.sh --regions eu-west-1,af-south-1 2>&1); rc=$?
-[[ $rc == 3 ]] && ok "missing tools: exit 3" || bad "missing tools: exit $rc"
+rc=0; out=$(PATH="$tmp/bin" scripts/deploy.sh --regions eu-west-1,af-south-1 2>&1) || rc=$?
+[[ $rc == 3 ]] && good "missing tools: exit 3" || bad "missing tools: exit $rc"
 grep -q "aws CLI" <<< "$out" && grep -q "buildah or podman" <<< "$out" && grep -q "nothing was changed" <<< "$out" \
-  && ok "missing aws and buildah/podman reported" || bad "missing tools not reported: $out"
-grep -q "stack meshlat-" <<< "$out" && bad "stacks attempted despite missing tools" || ok "no stack attempted"
+  && good "missing aws and buildah/podman reported" || bad "missing tools not reported: $out"
+grep -q "stack meshlat-" <<< "$out" && bad "stacks attempted despite missing tools" || good "no stack attempted"
 
 # 4. aws present, credentials missing
 : > "$tmp/aws-calls"
-out=$(PATH="$tmp/stub:$tmp/bin" scripts/deploy.sh --regions eu-west-1,af-south-1 2>&1); rc=$?
-[[ $rc == 3 ]] && ok "no credentials: exit 3" || bad "no credentials: exit $rc"
-grep -q "AWS credentials" <<< "$out" && ok "missing credentials reported" || bad "credentials not reported: $out"
+rc=0; out=$(PATH="$tmp/stub:$tmp/bin" scripts/deploy.sh --regions eu-west-1,af-south-1 2>&1) || rc=$?
+[[ $rc == 3 ]] && good "no credentials: exit 3" || bad "no credentials: exit $rc"
+grep -q "AWS credentials" <<< "$out" && good "missing credentials reported" || bad "credentials not reported: $out"
 calls=$(sort -u "$tmp/aws-calls" | tr '\n' ';')
 [[ $calls == "sts get-caller-identity --query Account --output text;" ]] \
-  && ok "only sts get-caller-identity was called" || bad "unexpected calls: $calls"
+  && good "only sts get-caller-identity was called" || bad "unexpected calls: $calls"
 
 # 5. a whole deployment against a stubbed AWS CLI (state in files; `cloudformation deploy` of
 #    meshlat-services plays the controller: it writes the join token and CA certificate if the
@@ -243,6 +249,7 @@ else:
 STUB
 printf '#!%s\nexit 0\n' "$(command -v bash)" > "$tmp/fake/cargo"
 cp "$tmp/fake/cargo" "$tmp/fake/images"
+# shellcheck disable=SC2016 # $1 belongs to the stub
 printf '#!%s\n[[ $1 == login ]] && cat >/dev/null\nexit 0\n' "$(command -v bash)" > "$tmp/fake/podman"
 chmod +x "$tmp/fake/"*
 deploy_fake() {
@@ -291,18 +298,18 @@ sys.exit(1 if bad else 0)
 PY
 }
 R3=eu-west-1,af-south-1,sa-east-1
-deploy_fake $R3; rc=$?
-[[ $rc == 0 ]] && ok "stubbed AWS: first deployment exits 0" || { bad "stubbed first deployment exit $rc"; tail -15 "$tmp/fake-out"; }
-check_fake $R3 $R3 $R3 && ok "stubbed AWS: first start, then federated with each other's CA certificates" || bad "first deployment (above)"
-grep -c "create-secret" "$tmp/aws-state/calls" | grep -qx 15 && ok "stubbed AWS: 5 secrets per region created" || bad "create-secret calls: $(grep -c create-secret "$tmp/aws-state/calls")"
-deploy_fake $R3; rc=$?
-[[ $rc == 0 ]] && ok "stubbed AWS: re-run exits 0" || { bad "stubbed re-run exit $rc"; tail -15 "$tmp/fake-out"; }
-check_fake $R3 "" "" && ok "stubbed AWS: re-run: no first start, no secret written, same peers and bundle" || bad "re-run (above)"
-grep -q "create-secret" "$tmp/aws-state/calls" && bad "re-run created secrets again" || ok "stubbed AWS: re-run creates no secret"
-deploy_fake $R3,us-west-1; rc=$?
-[[ $rc == 0 ]] && ok "stubbed AWS: adding us-west-1 exits 0" || { bad "adding a region exit $rc"; tail -15 "$tmp/fake-out"; }
+rc=0; deploy_fake $R3 || rc=$?
+[[ $rc == 0 ]] && good "stubbed AWS: first deployment exits 0" || { bad "stubbed first deployment exit $rc"; tail -15 "$tmp/fake-out"; }
+check_fake $R3 $R3 $R3 && good "stubbed AWS: first start, then federated with each other's CA certificates" || bad "first deployment (above)"
+grep -c "create-secret" "$tmp/aws-state/calls" | grep -qx 15 && good "stubbed AWS: 5 secrets per region created" || bad "create-secret calls: $(grep -c create-secret "$tmp/aws-state/calls")"
+rc=0; deploy_fake $R3 || rc=$?
+[[ $rc == 0 ]] && good "stubbed AWS: re-run exits 0" || { bad "stubbed re-run exit $rc"; tail -15 "$tmp/fake-out"; }
+check_fake $R3 "" "" && good "stubbed AWS: re-run: no first start, no secret written, same peers and bundle" || bad "re-run (above)"
+grep -q "create-secret" "$tmp/aws-state/calls" && bad "re-run created secrets again" || good "stubbed AWS: re-run creates no secret"
+rc=0; deploy_fake $R3,us-west-1 || rc=$?
+[[ $rc == 0 ]] && good "stubbed AWS: adding us-west-1 exits 0" || { bad "adding a region exit $rc"; tail -15 "$tmp/fake-out"; }
 check_fake $R3,us-west-1 us-west-1 $R3,us-west-1 \
-  && ok "stubbed AWS: added region: its first start, every bundle and peer list updated" || bad "adding a region (above)"
+  && good "stubbed AWS: added region: its first start, every bundle and peer list updated" || bad "adding a region (above)"
 
 echo "test_deploy: $pass passed, $failn failed"
 (( failn == 0 ))

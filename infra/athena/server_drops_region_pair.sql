@@ -14,34 +14,8 @@
 --   source addresses; the overflow row of sources beyond --serve-max-sources has none), records,
 --   drop_share (packets / every packet the servers of this pair and kind counted, answered or
 --   dropped).
--- Time range (every shipped query):
---   params: from, to
---   '${from}'  inclusive, '${to}' exclusive: UTC instants written exactly like `ts`,
---              YYYY-MM-DDTHH:MM:SS.ffffffZ (e.g. 2024-05-01T00:00:00.000000Z), so that string
---              comparison with `ts` is time comparison. scripts/athena-local --from/--to
---              normalises any ISO 8601 time to that form and substitutes it; in Athena the named
---              queries of infra/cloudformation/analytics.yaml replace them with the last 24 hours.
---   Records are selected by `ts`, here the start of the counting interval. Partitions (dt = UTC
---   *arrival* date) are pruned to [date(from) - 1 day, date(to) + 2 days].
--- Deduplication: Firehose delivery is at least once; a record delivered twice has the same
---   record_id, and only the first copy (row_number() = 1 over record_id) is counted.
-
-WITH in_range AS (
-  SELECT r.*
-  FROM records r
-  WHERE r.dt BETWEEN CAST(CAST(date_add('day', -1, CAST(substr('${from}', 1, 10) AS date)) AS date) AS varchar)
-                 AND CAST(CAST(date_add('day', 2, CAST(substr('${to}', 1, 10) AS date)) AS date) AS varchar)
-    AND r.ts >= '${from}'
-    AND r.ts < '${to}'
-),
-dedup AS (
-  SELECT *
-  FROM (
-    SELECT i.*, row_number() OVER (PARTITION BY i.record_id ORDER BY i.dt, i.hour) AS copy_no
-    FROM in_range i
-  ) numbered
-  WHERE copy_no = 1
-),
+-- Time range: `ts` of a server record is the start of its counting interval.
+-- #include include/prelude.sql
 server AS (
   SELECT d.kind,
          coalesce(d.src_region, '(unknown)') AS src_region,

@@ -139,7 +139,9 @@ class Bench:
             ours.append(self.ours_round(n, addr))
             theirs.append(self.sockperf_round_timed(n))
         self.stop(self.refl_proc)
-        med = lambda rs, k: statistics.median([r[k] for r in rs if r.get(k) is not None]) if any(r.get(k) is not None for r in rs) else None
+        def med(rs, k):
+            vs = [r[k] for r in rs if r.get(k) is not None]
+            return statistics.median(vs) if vs else None
         o50, o99 = med(ours, "raw_p50_us"), med(ours, "raw_p99_us")
         s50, s99 = med(theirs, "p50_us"), med(theirs, "p99_us")
         o_cpu = med([{"v": (r["client_cpu_s"] + r["server_cpu_s"]) / max(1, r["samples"])} for r in ours], "v")

@@ -7,7 +7,7 @@
 # BENCH_PROFILE=release (what scripts/bench/run.sh uses) or dev (default: the workspace's dev
 # profile, optimised dependencies; JSON encoding in our crates is then unoptimised and slow).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 2
 if [[ ${BENCH_PROFILE:-dev} == release ]]; then
   out=$(cargo run -q --release --locked -p meshlat-agent --example firehose_bench)
 else

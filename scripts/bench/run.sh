@@ -4,7 +4,7 @@
 #   scripts/bench/run.sh --smoke    # quick harness check on debug binaries (used by scripts/test.sh)
 # Results: a table on stdout and JSON in target/bench/results.json.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 2
 scripts/setup.sh --check >/dev/null || { echo "bench: missing tools; run scripts/setup.sh" >&2; scripts/setup.sh --check; exit 1; }
 profile=release
 [[ "${1:-}" == "--smoke" ]] && profile=debug

@@ -53,7 +53,6 @@ import json
 import os
 import re
 import secrets as pysecrets
-import shutil
 import signal
 import subprocess
 import sys

@@ -1,4 +1,6 @@
 import json
+import sys
+
 err = {"$ref": "#/components/responses/Error"}
 def errs(*codes):
     return {str(c): err for c in codes}
@@ -62,7 +64,8 @@ by_param = {"name": "by", "in": "query", "required": False, "schema": {"type": "
 proto_param = {"name": "protocol", "in": "query", "required": False, "schema": {"type": "string", "enum": ["udp", "tcp", "quic", "http", "https"]}}
 def ok(code, schema, desc="OK"):
     return {str(code): {"description": desc, "content": {"application/json": {"schema": schema}}}}
-ref = lambda n: {"$ref": f"#/components/schemas/{n}"}
+def ref(n):
+    return {"$ref": f"#/components/schemas/{n}"}
 common = (401, 429)
 doc = {
   "openapi": "3.0.3",
@@ -119,6 +122,5 @@ doc = {
                 "Credential": cred, "JoinToken": token, "Error": error},
   },
 }
-import sys
 json.dump(doc, open(sys.argv[1], "w"), indent=1, sort_keys=False)
 print("wrote", sys.argv[1])

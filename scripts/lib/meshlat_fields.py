@@ -82,7 +82,6 @@ def parse_fields(path: Path = RECORD_RS) -> list[Field]:
         raise FieldTableError(f"no `fields! {{ ... }}` block at the start of a line in {path}")
     body = m.group("body")
     fields: list[Field] = []
-    pos = 0
     for line_no, line in enumerate(body.splitlines(), 1):
         s = line.strip()
         if not s or s.startswith("//"):

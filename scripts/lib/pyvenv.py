@@ -7,6 +7,7 @@ Each tool re-executes itself inside its virtualenv, which scripts/lib/venv.sh cr
     .venv-cfn         cfn-lint                 scripts/lint-infra.sh
     .venv-checkov     checkov                  scripts/lint-infra.sh (own venv: it pins an older boto3)
     .venv-infra       PyYAML                   scripts/test_infra.py (template invariants)
+    .venv-ruff        ruff                     scripts/lint-scripts.sh ruff (the ruff stage)
 """
 
 from __future__ import annotations

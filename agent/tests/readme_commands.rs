@@ -1,0 +1,12 @@
+//! Every `agent ...` command line shown in README.md and infra/README.md parses with the agent's
+//! own command-line parser (`meshlat_agent::cli::Cli`; nothing is started).
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test with its message
+
+#[path = "support/readme.rs"]
+mod readme;
+
+#[test]
+fn readme_agent_commands_parse() {
+    readme::check_all::<meshlat_agent::cli::Cli>("agent", 10);
+}
