@@ -2,9 +2,10 @@
 //!
 //! [`SummaryWindow`] keeps, per (job, protocol, destination agent, target), the RTT samples,
 //! packets sent and packets lost of the last [`DEFAULT_WINDOW`] (5 minutes) and computes p50,
-//! p99 (nearest rank) and loss on demand. [`SummarySink`] feeds it from the same records every
-//! other sink gets; the controller session sends [`SummaryWindow::snapshot`] as `Summaries`
-//! every [`SUMMARY_INTERVAL`].
+//! p99 (nearest rank), a mergeable RTT histogram (`meshlat_proto::sketch`: the controller merges
+//! pairs by their buckets, within 0.5 %) and loss on demand. [`SummarySink`] feeds it from the
+//! same records every other sink gets; the controller session sends [`SummaryWindow::snapshot`]
+//! as `Summaries` every [`SUMMARY_INTERVAL`].
 //!
 //! # Bounded memory
 //!
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use meshlat_proto::pb;
 use meshlat_proto::record::{Kind, Record};
+use meshlat_proto::sketch::RttHistogram;
 use tokio::time::Instant;
 
 use crate::sink::{SharedRecord, Sink, SinkError};
@@ -81,13 +83,9 @@ pub struct SummaryWindow {
 /// A window shared by the [`SummarySink`] and the controller session.
 pub type SharedSummaries = Arc<Mutex<SummaryWindow>>;
 
-/// Nearest-rank percentile of sorted values (`p` in 0..=1).
+/// Nearest-rank percentile of sorted values (`p` in 0..=1); 0 when there are none.
 fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    meshlat_proto::sketch::nearest_rank(sorted, p).unwrap_or(0.0)
 }
 
 fn unix_ms() -> i64 {
@@ -191,6 +189,10 @@ impl SummaryWindow {
                     .flat_map(|c| c.rtts.iter().copied())
                     .collect();
                 all.sort_by(f64::total_cmp);
+                let mut hist = RttHistogram::new();
+                for v in &all {
+                    hist.record(*v);
+                }
                 pb::PairSummary {
                     job_id: k.job_id.clone(),
                     protocol: k.protocol.clone(),
@@ -202,6 +204,7 @@ impl SummaryWindow {
                     lost: p.parts.iter().map(|c| c.lost).sum(),
                     samples: all.len() as u64,
                     window_end_unix_ms: end,
+                    rtt_histogram: Some(hist.to_pb()),
                 }
             })
             // Each pair costs its length, a tag byte and a length varint (at most 3 bytes).
@@ -287,6 +290,14 @@ mod tests {
         let udp = s.iter().find(|p| p.protocol == "udp").expect("udp pair");
         assert_eq!((udp.p50_ms, udp.p99_ms), (50.0, 99.0));
         assert_eq!((udp.sent, udp.lost, udp.samples), (200, 100, 100));
+        // The histogram counts the same samples, and its quantiles are within 0.5 %.
+        let h = meshlat_proto::sketch::RttHistogram::from_pb(
+            udp.rtt_histogram.as_ref().expect("a histogram"),
+        )
+        .expect("well formed");
+        assert_eq!(h.count(), 100);
+        let q99 = h.quantile(0.99).expect("samples");
+        assert!((q99 - 99.0).abs() <= 99.0 * 0.005, "{q99}");
         let tcp = s.iter().find(|p| p.protocol == "tcp").expect("tcp pair");
         assert_eq!((tcp.sent, tcp.lost, tcp.samples), (1, 1, 0));
 

@@ -22,10 +22,15 @@
 //!
 //! - `samples`: the sum of the parts' samples;
 //! - `loss`: Σ lost / Σ sent (exact);
-//! - `p50_ms`: the sample-weighted median of the parts' p50s — exact when the parts have the
-//!   same distribution, otherwise an approximation (true percentiles would need the samples);
-//! - `p99_ms`: the largest of the parts' p99s (with at least one sample) — an upper bound of the
-//!   merged p99, so the matrix never hides a slow pair behind fast ones.
+//! - `p50_ms`, `p99_ms`: one part's own (nearest rank over its samples); for several parts, the
+//!   quantiles of their merged RTT histograms (`meshlat_proto::sketch`): within 0.5 % of the
+//!   exact nearest-rank quantiles of the union of the samples;
+//! - where a part has no histogram (an agent older than the histogram), as before: p50 the
+//!   sample-weighted median of the parts' p50s (an approximation), p99 the largest of their
+//!   p99s (an upper bound, so the matrix never hides a slow pair behind fast ones).
+//!
+//! A histogram that is malformed or does not count exactly the pair's samples makes the pair
+//! implausible: it is dropped at ingest with the other lies.
 //!
 //! External targets (no destination agent) are keyed by their target URL in both views.
 
@@ -34,6 +39,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use meshlat_proto::pb;
+use meshlat_proto::sketch::{self, MergedHistogram};
 use prost::Message;
 use tokio::time::Instant;
 
@@ -326,6 +332,11 @@ fn plausible(p: &pb::PairSummary) -> bool {
         && p.sent <= MAX_SUMMARY_COUNT
         && p.samples <= MAX_SUMMARY_COUNT
         && p.lost <= p.sent
+        // A histogram must be well formed and count exactly the pair's samples.
+        && p
+            .rtt_histogram
+            .as_ref()
+            .is_none_or(|h| sketch::validate(h).is_ok_and(|n| n == p.samples))
 }
 
 fn merge(src: &str, dst: &str, protocol: &str, parts: &[&pb::PairSummary]) -> pb::MatrixCell {
@@ -334,6 +345,26 @@ fn merge(src: &str, dst: &str, protocol: &str, parts: &[&pb::PairSummary]) -> pb
     let samples = sum(|p| p.samples);
     let sent = sum(|p| p.sent);
     let lost = sum(|p| p.lost);
+    // Exact within the sketch's error when every part with samples carries its histogram
+    // (agents of this version); otherwise (an older agent among them) the approximation below.
+    // A single part is its agent's own nearest-rank figures.
+    if parts.len() > 1 {
+        let mut h = MergedHistogram::new();
+        let all = parts
+            .iter()
+            .filter(|p| p.samples > 0)
+            .all(|p| p.rtt_histogram.as_ref().is_some_and(|x| h.add(x).is_ok()));
+        if all && h.count() == samples {
+            return cell(
+                src,
+                dst,
+                protocol,
+                h.quantile(0.50).unwrap_or(0.0),
+                h.quantile(0.99).unwrap_or(0.0),
+                (sent, lost, samples),
+            );
+        }
+    }
     let mut p50s: Vec<(f64, u64)> = parts
         .iter()
         .filter(|p| p.samples > 0)
@@ -355,12 +386,23 @@ fn merge(src: &str, dst: &str, protocol: &str, parts: &[&pb::PairSummary]) -> pb
         .filter(|p| p.samples > 0)
         .map(|p| p.p99_ms)
         .fold(0.0, f64::max);
+    cell(src, dst, protocol, p50, p99, (sent, lost, samples))
+}
+
+fn cell(
+    src: &str,
+    dst: &str,
+    protocol: &str,
+    p50_ms: f64,
+    p99_ms: f64,
+    (sent, lost, samples): (u64, u64, u64),
+) -> pb::MatrixCell {
     pb::MatrixCell {
         src: src.into(),
         dst: dst.into(),
         protocol: protocol.into(),
-        p50_ms: p50,
-        p99_ms: p99,
+        p50_ms,
+        p99_ms,
         loss: if sent == 0 {
             0.0
         } else {
@@ -393,6 +435,7 @@ mod tests {
             lost,
             samples,
             window_end_unix_ms: 0,
+            rtt_histogram: None,
         }
     }
 
@@ -504,6 +547,103 @@ mod tests {
         // All protocols: tcp appears as its own cell.
         let m = matrix(&cells, By::Region, None);
         assert!(m.iter().any(|c| c.protocol == "tcp" && c.dst == "rb"));
+    }
+
+    /// A pair summary as an agent of this version sends it: from samples, with its histogram.
+    fn pair_of(dst: &str, samples: &[f64]) -> pb::PairSummary {
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let mut h = sketch::RttHistogram::new();
+        for v in samples {
+            h.record(*v);
+        }
+        let q = |p| sketch::nearest_rank(&sorted, p).expect("samples");
+        let mut p = pair(dst, "udp", q(0.5), q(0.99), samples.len() as u64, 0);
+        p.rtt_histogram = Some(h.to_pb());
+        p
+    }
+
+    /// Item 5 of the architecture issue: merged p50/p99 are exact within the sketch's error
+    /// (p99 within 1 % of the union's), where the old merge said p50 = 10 and p99 = the slow
+    /// part's p99; an older agent's pair (no histogram) falls back to that approximation; a
+    /// histogram that does not count the pair's samples is a lie and dropped.
+    #[test]
+    fn merged_cells_are_exact_within_the_sketch_error() {
+        let live = Live::new(SUMMARY_TTL, LiveLimits::default());
+        let now = Instant::now();
+        // a1 -> b1: 300 samples around 10 ms; a2 -> b1: 100 samples around 30 ms with a tail.
+        let fast: Vec<f64> = (0..300).map(|i| 10.0 + f64::from(i % 7) * 0.1).collect();
+        let slow: Vec<f64> = (0..100)
+            .map(|i| {
+                if i % 25 == 0 {
+                    90.0
+                } else {
+                    30.0 + f64::from(i % 5)
+                }
+            })
+            .collect();
+        live.ingest(
+            "a1",
+            "ra",
+            pb::Summaries {
+                pairs: vec![pair_of("b1", &fast)],
+            },
+            now,
+        );
+        live.ingest(
+            "a2",
+            "ra",
+            pb::Summaries {
+                pairs: vec![pair_of("b1", &slow)],
+            },
+            now,
+        );
+        let mut union: Vec<f64> = fast.iter().chain(&slow).copied().collect();
+        union.sort_by(f64::total_cmp);
+        let exact = |p| sketch::nearest_rank(&union, p).expect("samples");
+        let m = matrix(&live.cells(now, region_of), By::Region, Some("udp"));
+        let ab = m.iter().find(|c| c.dst == "rb").expect("ra -> rb");
+        println!(
+            "merged p50 {:.3} (exact {:.3}), p99 {:.3} (exact {:.3})",
+            ab.p50_ms,
+            exact(0.5),
+            ab.p99_ms,
+            exact(0.99)
+        );
+        assert_eq!(ab.samples, 400);
+        for (got, want) in [(ab.p50_ms, exact(0.5)), (ab.p99_ms, exact(0.99))] {
+            assert!((got - want).abs() <= want * 0.01, "{got} vs exact {want}");
+        }
+        // Parts that disagree the way the old merge got wrong: two of the slow part's 100
+        // samples at 500 ms make its own p99 500, but they are 2 of the union's 400.
+        let slow2: Vec<f64> = (0..100).map(|i| if i < 2 { 500.0 } else { 30.0 }).collect();
+        live.ingest(
+            "a2",
+            "ra",
+            pb::Summaries {
+                pairs: vec![pair_of("b1", &slow2)],
+            },
+            now,
+        );
+        let m = matrix(&live.cells(now, region_of), By::Region, Some("udp"));
+        let ab = m.iter().find(|c| c.dst == "rb").expect("ra -> rb");
+        // Union of 400: rank 396 is 30 ms; the old merge answered 500.
+        assert!((ab.p99_ms - 30.0).abs() <= 0.3, "p99 {}", ab.p99_ms);
+
+        // An older agent's pair (no histogram) among them: the approximation (max of p99s).
+        let mut old = pair_of("b1", &slow2);
+        old.rtt_histogram = None;
+        live.ingest("a2", "ra", pb::Summaries { pairs: vec![old] }, now);
+        let m = matrix(&live.cells(now, region_of), By::Region, Some("udp"));
+        let ab = m.iter().find(|c| c.dst == "rb").expect("ra -> rb");
+        assert_eq!(ab.p99_ms, 500.0);
+
+        // A histogram counting other than the pair's samples is dropped with the pair.
+        let mut lie = pair_of("b1", &slow2);
+        lie.samples = 99;
+        live.ingest("a2", "ra", pb::Summaries { pairs: vec![lie] }, now);
+        let cells = live.cells(now, region_of);
+        assert_eq!(cells.len(), 1, "only a1's pair is left: {cells:?}");
     }
 
     #[test]

@@ -756,6 +756,7 @@ fn summaries(agent: &str, pairs: usize) -> pb::Summaries {
                 lost: 0,
                 samples: 10,
                 window_end_unix_ms: 1,
+                rtt_histogram: None,
             })
             .collect(),
     }

@@ -10,6 +10,8 @@
 //!   agent (which never trusts what it is sent).
 //! - [`token`]: the join token (CA pin + agent secret) printed by a controller.
 //! - [`grant`]: relay grants, signed by controllers (or a shared key) and verified by relays.
+//! - [`sketch`]: the mergeable RTT histogram of live summaries, and the one nearest-rank
+//!   percentile.
 //! - [`state_file`]: the version header of binary state files (migrate old, refuse newer).
 
 pub mod grant;
@@ -20,6 +22,7 @@ pub mod job;
 /// `--max-summary-bytes` of each agent's pairs.
 pub const MAX_SUMMARIES_BYTES: usize = 512 * 1024;
 pub mod record;
+pub mod sketch;
 pub mod state_file;
 pub mod token;
 

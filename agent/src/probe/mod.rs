@@ -217,11 +217,7 @@ pub struct RttSummary {
 /// Nearest-rank percentile of an ascending slice: the value at rank ⌈p/100 · n⌉.
 /// Returns `None` for an empty slice.
 pub fn nearest_rank(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+    meshlat_proto::sketch::nearest_rank(sorted, p / 100.0)
 }
 
 impl RttSummary {
