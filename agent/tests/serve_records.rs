@@ -485,7 +485,11 @@ fn private_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         .unwrap()
         .signed_by(&leaf_key, &*ca)
         .unwrap();
-    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
     std::fs::write(&paths.0, ca.pem()).unwrap();
     std::fs::write(&paths.1, leaf.pem()).unwrap();
     std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
@@ -499,8 +503,8 @@ fn private_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// handshakes a prober without the CA aborts, and a request that is not HTTP.
 #[test]
 fn connection_responders_write_serve_records_matching_the_probes() {
-    use std::io::{Read, Write};
     use meshlat_proto::record::Protocol;
+    use std::io::{Read, Write};
     let dir = tmpdir("serve-records-conn");
     let pki = tmpdir("serve-records-conn-pki");
     let (ca, cert, key) = private_pki(&pki);
@@ -525,7 +529,13 @@ fn connection_responders_write_serve_records_matching_the_probes() {
         recs
     };
     let (n_tcp, n_quic, n_http, n_https) = (5u64, 3u64, 4u64, 6u64);
-    let tcp = run(&["-n", "5", "-d", "0.05", &format!("tcp://{}", srv.tcp.unwrap())]);
+    let tcp = run(&[
+        "-n",
+        "5",
+        "-d",
+        "0.05",
+        &format!("tcp://{}", srv.tcp.unwrap()),
+    ]);
     let quic = run(&[
         "-n",
         "3",
@@ -571,8 +581,9 @@ fn connection_responders_write_serve_records_matching_the_probes() {
             .collect()
     };
     let total = |rs: &[&Record]| -> (u64, u64) {
-        rs.iter()
-            .fold((0, 0), |(p, b), r| (p + r.packets.unwrap(), b + r.bytes.unwrap()))
+        rs.iter().fold((0, 0), |(p, b), r| {
+            (p + r.packets.unwrap(), b + r.bytes.unwrap())
+        })
     };
     for r in &rows {
         assert_eq!(r.kind, Some(Kind::Serve), "{r:?}");
@@ -612,7 +623,11 @@ fn connection_responders_write_serve_records_matching_the_probes() {
         2,
         "{rows:#?}"
     );
-    assert_eq!(total(&of(Protocol::Http, Some("bad_request"))).0, 1, "{rows:#?}");
+    assert_eq!(
+        total(&of(Protocol::Http, Some("bad_request"))).0,
+        1,
+        "{rows:#?}"
+    );
     eprintln!(
         "figures serve_records_conn tcp={n_tcp} quic_handshakes={n_quic} quic_echoed={echoed} \
          http={n_http} https={n_https} https_handshake_failed=2 rows={}",
@@ -621,7 +636,10 @@ fn connection_responders_write_serve_records_matching_the_probes() {
     // Nothing else: no other drop, and no UDP rows (nothing probed it).
     assert!(
         rows.iter().all(|r| r.ok
-            || matches!(r.drop_reason.as_deref(), Some("handshake_failed" | "bad_request"))),
+            || matches!(
+                r.drop_reason.as_deref(),
+                Some("handshake_failed" | "bad_request")
+            )),
         "{rows:#?}"
     );
     assert!(rows.iter().all(|r| r.protocol != Some(Protocol::Udp)));
