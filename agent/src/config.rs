@@ -682,6 +682,17 @@ impl RunConfig {
                 },
             })?;
         let region_flag = a.identity.region.clone().or_else(|| env("AWS_REGION"));
+        // --state-dir, else MESHLAT_STATE_DIR, else the default; none with --no-state-dir.
+        let state_dir = (!a.no_state_dir).then(|| {
+            a.state_dir
+                .clone()
+                .or_else(|| {
+                    env("MESHLAT_STATE_DIR")
+                        .filter(|d| !d.is_empty())
+                        .map(PathBuf::from)
+                })
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+        });
         let mut common = CommonConfig::from_args(&a.common)?;
         common.stats_listen.get_or_insert(a.responders.listen);
         let responders = responder_config(&a.responders, common.limits)?;
@@ -693,7 +704,7 @@ impl RunConfig {
             token,
             advertise: label("--advertise", a.advertise.clone())?,
             advertise_endpoints,
-            state_dir: (!a.no_state_dir).then(|| a.state_dir.clone()),
+            state_dir: state_dir.clone(),
             identity: AgentIdentity {
                 agent_id: None,
                 region: region(region_flag)?,
@@ -711,7 +722,12 @@ impl RunConfig {
                     reason: "the spool defaults to STATE_DIR/spool: give --spool-dir",
                 });
             } else {
-                firehose_sink(&a.sinks.firehose, &a.state_dir)?
+                firehose_sink(
+                    &a.sinks.firehose,
+                    state_dir
+                        .as_deref()
+                        .unwrap_or_else(|| Path::new(DEFAULT_STATE_DIR)),
+                )?
             },
             ecs_metadata_uri: env("ECS_CONTAINER_METADATA_URI_V4").filter(|s| !s.is_empty()),
             common,
@@ -1111,6 +1127,55 @@ mod tests {
         argv.extend_from_slice(args);
         let cli = cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         RunConfig::from_args(&cli.run, |_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn state_dir_from_flag_env_or_default_and_none_with_no_state_dir() {
+        let parse = |args: &[&str], env_dir: Option<&str>| {
+            let mut argv = vec![
+                "agent",
+                "--controller",
+                "https://127.0.0.1:7400",
+                "--token",
+                TOKEN,
+            ];
+            argv.extend_from_slice(args);
+            let cli = cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+            let env_dir = env_dir.map(String::from);
+            RunConfig::from_args(&cli.run, |k| {
+                (k == "MESHLAT_STATE_DIR")
+                    .then(|| env_dir.clone())
+                    .flatten()
+            })
+            .map(|c| c.state_dir)
+            .map_err(|e| e.to_string())
+        };
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(parse(&["--state-dir", "/s"], Some("/e")), Ok(p("/s")));
+        assert_eq!(parse(&[], Some("/e")), Ok(p("/e")));
+        assert_eq!(parse(&[], None), Ok(p(DEFAULT_STATE_DIR)));
+        // The image sets MESHLAT_STATE_DIR; --no-state-dir wins over it.
+        assert_eq!(parse(&["--no-state-dir"], Some("/e")), Ok(None));
+        // The ECS task definitions' form: a spool directory, no state directory.
+        assert_eq!(
+            parse(
+                &[
+                    "--no-state-dir",
+                    "--firehose-stream",
+                    "s",
+                    "--spool-dir",
+                    "/var/lib/meshlat/spool",
+                ],
+                Some("/e")
+            ),
+            Ok(None)
+        );
+        // Both on the command line: a usage error naming them.
+        let err = parse(&["--state-dir", "/s", "--no-state-dir"], None).expect_err("conflict");
+        assert!(
+            err.contains("--no-state-dir") && err.contains("--state-dir"),
+            "{err}"
+        );
     }
 
     #[test]
