@@ -235,7 +235,7 @@ struct Conn {
 impl Conn {
     /// Counts a connection or request ended early: in the metrics as `label`, in the server
     /// records as `reason`.
-    fn drop(&self, label: &'static str, reason: ConnDrop) {
+    fn count_drop(&self, label: &'static str, reason: ConnDrop) {
         responder_drop(self.protocol, label, self.peer);
         if let Some(t) = &self.tally {
             t.dropped(self.src, reason);
@@ -268,8 +268,8 @@ async fn serve_connection(
                     let io = Guarded::new(tls_stream, peer, slot);
                     serve_http(io, conn, limits.header_timeout, shutdown).await;
                 }
-                Ok(Err(_)) => conn.drop("tls", ConnDrop::HandshakeFailed),
-                Err(_) => conn.drop("tls", ConnDrop::HandshakeTimeout),
+                Ok(Err(_)) => conn.count_drop("tls", ConnDrop::HandshakeFailed),
+                Err(_) => conn.count_drop("tls", ConnDrop::HandshakeTimeout),
             }
         }
     }
@@ -315,7 +315,7 @@ where
         } else {
             ("io", ConnDrop::Io)
         };
-        conn.drop(label, reason);
+        conn.count_drop(label, reason);
     }
 }
 

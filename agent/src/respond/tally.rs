@@ -1,13 +1,22 @@
-//! Server records: what the UDP reflector and relay did, per source and interval
-//! (`kind=serve` / `kind=relay_serve`, DESIGN §8 "Servers write records").
+//! Server records: what the responders (UDP reflector, TCP, QUIC, HTTP, HTTPS) and the relay did,
+//! per source, protocol and interval (`kind=serve` / `kind=relay_serve`, DESIGN §8 "Servers
+//! write records").
 //!
 //! # Counting (on the serving thread)
 //!
 //! The reflector's thread owns a [`Tally`]: a map from [`Source`] to [`Counts`], allocated once
-//! with room for `--serve-max-sources` sources plus the two overflow buckets, so counting a
+//! with room for `--serve-max-sources` sources plus the overflow buckets, so counting a
 //! packet is one hash lookup and a few adds and never allocates. A source not yet seen when the
-//! map already holds the limit is counted in the overflow bucket of its role ([`Source::ip`] =
-//! `None`): a spray of forged source addresses grows nothing, it only fills that bucket. The map
+//! map already holds the limit is counted in the overflow bucket of its role and protocol
+//! ([`Source::ip`] = `None`): a spray of forged source addresses grows nothing, it only fills
+//! that bucket.
+//!
+//! The connection responders (TCP, QUIC, HTTP, HTTPS) share one more [`Tally`] behind a mutex
+//! ([`ConnTally`]: one short lock per connection, handshake, request or echoed datagram), bounded
+//! the same way and written by [`ConnRecords`] every `--serve-interval` and once more after they
+//! stopped. Their rows are keyed by source IP (IPv4-mapped addresses as IPv4) and protocol; see
+//! the responders' module docs for what `packets`, `bytes` and `returned` count and their drop
+//! reasons ([`ConnDrop`]). The map
 //! hashes with a per-process random key (std's SipHash), so chosen addresses cannot collide it
 //! into slow lookups.
 //!
@@ -27,7 +36,10 @@
 //! whose source IP belongs to exactly one of them gets that agent's `src_agent`/`_region`/`_az`/
 //! `_location` (mesh jobs are usually symmetric, so a reflector's probers are its own targets).
 //! Several agents behind one IP, or an agent this one never targets, leave them `null`; the
-//! address stays. Unauthenticated rows are never named.
+//! address stays. Unauthenticated rows are never named. A connection responder's row counts as
+//! authenticated when its address is proven: always for TCP, HTTP and HTTPS (the kernel
+//! completed the TCP handshake with it), for QUIC only on the answered row (a completed
+//! handshake); refused or failed QUIC handshakes may come from a forged address.
 //!
 //! # Flushing
 //!

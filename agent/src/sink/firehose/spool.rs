@@ -318,9 +318,11 @@ impl SpoolLock {
     }
 }
 
-/// Takes `dir/lock` with `flock(LOCK_EX | LOCK_NB)` (std's `File::try_lock`): `Ok(None)` when
-/// another process holds it.
+/// Takes `dir/lock` with `flock(LOCK_EX | LOCK_NB)`: `Ok(None)` when another process holds it.
+/// (std's `File::try_lock` is the same call, but newer than the workspace's MSRV.)
+#[allow(unsafe_code)]
 fn try_lock(dir: &Path) -> std::io::Result<Option<SpoolLock>> {
+    use std::os::fd::AsRawFd;
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -330,13 +332,19 @@ fn try_lock(dir: &Path) -> std::io::Result<Option<SpoolLock>> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(SpoolLock {
+    // SAFETY: flock(2) on a descriptor owned by `file`, alive for the call; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(Some(SpoolLock {
             dir: dir.to_path_buf(),
             _lock: file,
-        })),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(e)
     }
 }
 
