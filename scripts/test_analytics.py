@@ -141,10 +141,10 @@ def relay(relay_agent, relay_region, penalty, i):
 R1 = [relay("r1", "ap-south-1", p, i) for i, p in enumerate([5.0, 7.0, 6.0])]
 
 
-def serve(kind, ts, src_addr, drop_reason, packets, nbytes, src=None, key_id=None, **kw):
+def serve(kind, ts, src_addr, drop_reason, packets, nbytes, src=None, key_id=None, protocol="udp", **kw):
     """A server record (kind serve / relay_serve): one interval, source and outcome."""
     agent, region = src or (None, None)
-    return record(kind=kind, protocol="udp", ts=ts, job_id="serve", src_agent=agent, src_region=region,
+    return record(kind=kind, protocol=protocol, ts=ts, job_id="serve", src_agent=agent, src_region=region,
                   src_addr=src_addr, key_id=key_id, interval_ms=60000.0, packets=packets, bytes=nbytes,
                   drop_reason=drop_reason, ok=drop_reason is None, **kw)
 
@@ -159,6 +159,12 @@ SERVE_US = [
     serve("serve", "2024-05-01T14:01:00.000000Z", "10.0.0.1", "send_error", 2, 400, ("e1", EU), "0x00000001",
           **AT_US),
     serve("serve", "2024-05-02T00:00:00.000000Z", "10.9.9.7", "malformed", 999, 999, **AT_US),  # at `to`
+    # The HTTPS responder of the same agent: requests answered and TLS handshakes failed, in
+    # units of their own (a drop share per protocol).
+    serve("serve", "2024-05-01T14:00:00.000000Z", "10.0.0.1", None, 10, 50, ("e1", EU), protocol="https",
+          **{**AT_US, "target": "https://10.1.0.5:7743"}),
+    serve("serve", "2024-05-01T14:00:00.000000Z", "10.0.0.1", "handshake_failed", 2, 0, ("e1", EU),
+          protocol="https", **{**AT_US, "target": "https://10.1.0.5:7743"}),
 ]
 SERVE_R1 = [
     serve("relay_serve", "2024-05-01T14:00:00.000000Z", "10.0.0.1", None, 50, 15000, ("e1", EU), "0x00000001",
@@ -322,13 +328,14 @@ def test_timeseries(data: Path):
 
 def test_server_drops(data: Path):
     rs = rows(data, "server_drops_region_pair.sql")
-    key = lambda r: (r["src_region"], r["server_region"], r["kind"], r["drop_reason"])  # noqa: E731
+    key = lambda r: (r["src_region"], r["server_region"], r["kind"], r["protocol"], r["drop_reason"])  # noqa: E731
     assert [key(r) for r in rs] == [
-        ("(unknown)", "ap-south-1", "relay_serve", "auth"),
-        ("(unknown)", US, "serve", "auth"),
-        ("(unknown)", US, "serve", "malformed"),
-        (EU, "ap-south-1", "relay_serve", "relay_expired"),
-        (EU, US, "serve", "send_error"),
+        ("(unknown)", "ap-south-1", "relay_serve", "udp", "auth"),
+        ("(unknown)", US, "serve", "udp", "auth"),
+        ("(unknown)", US, "serve", "udp", "malformed"),
+        (EU, "ap-south-1", "relay_serve", "udp", "relay_expired"),
+        (EU, US, "serve", "https", "handshake_failed"),
+        (EU, US, "serve", "udp", "send_error"),
     ], rs
     # Answered/relayed rows are not drops, but they are the denominator of drop_share.
     expect_row(rs[0], packets=4, bytes=1200, source_addrs=1, records=1, drop_share=1.0)
@@ -337,7 +344,9 @@ def test_server_drops(data: Path):
     # Two sources; the duplicate of the 10.9.9.9 row is counted once; the row at `to` is out.
     expect_row(rs[2], packets=12, bytes=120, source_addrs=2, records=2, drop_share=12 / (100 + 5 + 7))
     expect_row(rs[3], packets=3, bytes=900, source_addrs=1, records=1, drop_share=3 / (50 + 3))
-    expect_row(rs[4], packets=2, bytes=400, source_addrs=1, records=1, drop_share=2 / (1000 + 2))
+    # Per protocol: HTTPS handshakes against HTTPS requests, UDP packets against UDP packets.
+    expect_row(rs[4], packets=2, bytes=0, source_addrs=1, records=1, drop_share=2 / (10 + 2))
+    expect_row(rs[5], packets=2, bytes=400, source_addrs=1, records=1, drop_share=2 / (1000 + 2))
     # Server records never leak into the latency queries (checked by their exact counts above)
     # and the drop query sees no probe records.
     assert all(r["kind"] in ("serve", "relay_serve") for r in rs)

@@ -52,9 +52,17 @@ forms. Invariants:
      --relay, its own execution role, and a location label the controller's
      MESHLAT_RELAY_AGENTS selector (region=${AWS::Region},location=...) names; the controller
      gets MESHLAT_DEFAULT_JOBS from a parameter (its default jobs, ensured by name);
- 15. ephemeral agents: agent and relay state lives on task storage (no EFS volume, no host
+ 15. ephemeral agents: agents and relays run with --no-state-dir (id and credential in
+     memory, as long as the task; no MESHLAT_STATE_DIR), mount one volume only, at their
+     --spool-dir, which is task storage unless the optional spool EFS condition holds (no host
      path), and the controller removes agents gone for MESHLAT_AGENT_EXPIRY, a parameter
-     defaulting to 120 s .. 1 day (replaced tasks do not pile up).
+     defaulting to 120 s .. 1 day (replaced tasks do not pile up);
+ 16. optional spool EFS: SpoolEfsFileSystemId defaults to empty (no EFS), and only a
+     condition on it being set brings the EFS volume (transit encryption, IAM authorization,
+     through an access point of that condition owned by the containers' user, mode 0700), the
+     task role's elasticfilesystem:ClientMount/ClientWrite (on that file system, through that
+     access point, over TLS) and NFS (2049) rules, which join only the agent group and
+     SpoolEfsSecurityGroupId.
 Then a self-test: each invariant is checked again on a deliberately broken copy of the
 templates and must fail there (so the checks can fail).
 """
@@ -660,22 +668,156 @@ def check_relays(t):
     return bad
 
 
+def _spool_efs_conditions(t):
+    """Names of conditions that hold only when SpoolEfsFileSystemId is set (directly, or And-ed
+    with such a condition)."""
+    out = set()
+    for f, tpl in t.items():
+        conds = tpl.get("Conditions") or {}
+        for _ in range(3):  # And of And: a fixed point in a few rounds
+            for name, c in conds.items():
+                if c == {"Fn::Not": [{"Fn::Equals": [{"Ref": "SpoolEfsFileSystemId"}, ""]}]}:
+                    out.add(name)
+                elif isinstance(c, dict) and "Fn::And" in c and any(
+                        isinstance(x, dict) and x.get("Condition") in out for x in c["Fn::And"]):
+                    out.add(name)
+    return out
+
+
+def _volumes(td):
+    """(condition or None, volume) for each volume, both branches of an !If."""
+    for v in td.get("Volumes") or []:
+        if isinstance(v, dict) and "Fn::If" in v:
+            cond, yes, no = v["Fn::If"]
+            yield cond, yes
+            yield ("!" + cond), no
+        else:
+            yield None, v
+
+
 def check_ephemeral_agents(t):
     bad = []
+    efs_conds = _spool_efs_conditions(t)
     for name in ("agent", "relay"):
         found = _container(t, name)
         if found is None:
             bad.append(f"no {name} container")
             continue
         f, n, td, c = found
-        for v in td.get("Volumes") or []:
-            if set(v) - {"Name"}:
-                bad.append(f"{f}:{n} volume {v.get('Name')} is not task storage: {sorted(set(v) - {'Name'})}")
+        cmd = c.get("Command") or []
+        if "--no-state-dir" not in cmd:
+            bad.append(f"{f}:{n} {name} does not run with --no-state-dir (its id would outlive the task)")
+        if "MESHLAT_STATE_DIR" in _named(c.get("Environment"), "Value"):
+            bad.append(f"{f}:{n} {name} sets MESHLAT_STATE_DIR")
+        spool = cmd[cmd.index("--spool-dir") + 1] if "--spool-dir" in cmd[:-1] else None
+        mounts = c.get("MountPoints") or []
+        if [m.get("ContainerPath") for m in mounts] != [spool] or spool is None:
+            bad.append(f"{f}:{n} {name} mounts {[m.get('ContainerPath') for m in mounts]}, "
+                       f"want only its --spool-dir {spool!r}")
+        for cond, v in _volumes(td):
+            if not isinstance(v, dict):
+                bad.append(f"{f}:{n} volume {v!r}")
+            elif set(v) - {"Name"} and cond not in efs_conds:
+                bad.append(f"{f}:{n} volume {v.get('Name')} is not task storage "
+                           f"{sorted(set(v) - {'Name'})} (condition {cond!r})")
     ctl = _container(t, "controller")
     exp = _named(ctl[3].get("Environment"), "Value").get("MESHLAT_AGENT_EXPIRY", (None, None))[1] if ctl else None
     default = param_default(t[ctl[0]], exp) if ctl else None
     if not isinstance(exp, dict) or not isinstance(default, int) or not 120 <= default <= 86400:
         bad.append(f"controller MESHLAT_AGENT_EXPIRY {exp!r} (default {default!r}) is not a parameter of 120 s to 1 day")
+    return bad
+
+
+def check_spool_efs(t):
+    bad = []
+    params = [(f, tpl["Parameters"]["SpoolEfsFileSystemId"]) for f, tpl in t.items()
+              if "SpoolEfsFileSystemId" in (tpl.get("Parameters") or {})]
+    if len(params) != 1:
+        return [f"SpoolEfsFileSystemId is a parameter of {len(params)} templates, want 1 (services)"]
+    if params[0][1].get("Default") != "":
+        bad.append(f"SpoolEfsFileSystemId defaults to {params[0][1].get('Default')!r}, want empty (no EFS)")
+    conds = _spool_efs_conditions(t)
+    if not conds:
+        bad.append("no condition on SpoolEfsFileSystemId being set")
+    aps = {n: (r.get("Condition"), r.get("Properties") or {})
+           for f, tpl in t.items() for n, r in (tpl.get("Resources") or {}).items()
+           if r.get("Type") == "AWS::EFS::AccessPoint"}
+    for n, (cond, p) in aps.items():
+        if cond not in conds:
+            bad.append(f"access point {n} exists without SpoolEfsFileSystemId (condition {cond!r})")
+        if p.get("FileSystemId") != {"Ref": "SpoolEfsFileSystemId"}:
+            bad.append(f"access point {n} is on {p.get('FileSystemId')!r}")
+        perms = str(((p.get("RootDirectory") or {}).get("CreationInfo") or {}).get("Permissions"))
+        if not perms.endswith("700"):
+            bad.append(f"access point {n} creates its root with mode {perms}, want 0700")
+    efs_vols = 0
+    for name in ("agent", "relay"):
+        found = _container(t, name)
+        if found is None:
+            continue
+        f, n, td, c = found
+        for cond, v in _volumes(td):
+            cfg = v.get("EFSVolumeConfiguration") if isinstance(v, dict) else None
+            if cfg is None:
+                continue
+            efs_vols += 1
+            where = f"{f}:{n} volume {v.get('Name')}"
+            if cond not in conds:
+                bad.append(f"{where}: EFS without the SpoolEfsFileSystemId condition ({cond!r})")
+            if cfg.get("FilesystemId") != {"Ref": "SpoolEfsFileSystemId"}:
+                bad.append(f"{where}: file system {cfg.get('FilesystemId')!r}")
+            if cfg.get("TransitEncryption") != "ENABLED":
+                bad.append(f"{where}: TransitEncryption {cfg.get('TransitEncryption')!r}, want ENABLED")
+            auth = cfg.get("AuthorizationConfig") or {}
+            if auth.get("IAM") != "ENABLED":
+                bad.append(f"{where}: IAM authorization {auth.get('IAM')!r}, want ENABLED")
+            ap = (auth.get("AccessPointId") or {}).get("Ref")
+            if ap not in aps:
+                bad.append(f"{where}: access point {auth.get('AccessPointId')!r} is not this stack's")
+            else:
+                uid = str((aps[ap][1].get("PosixUser") or {}).get("Uid"))
+                if uid != str(c.get("User", "")).split(":")[0]:
+                    bad.append(f"{where}: access point user {uid} is not the container's {c.get('User')}")
+    if efs_vols != 2:
+        bad.append(f"{efs_vols} agent/relay EFS volumes, want 2 (agent and relay, conditional)")
+    # The task role may mount and write the file system through the access point, over TLS,
+    # and only with the condition.
+    grants = []
+    for f, n, p in resources(t, "AWS::IAM::Role"):
+        for pol in p.get("Policies") or []:
+            cond = None
+            if isinstance(pol, dict) and "Fn::If" in pol:
+                cond, pol, _ = pol["Fn::If"]
+            for node in walk(pol):
+                if isinstance(node, dict) and "Action" in node and any(
+                        str(a).startswith("elasticfilesystem:") or str(a) == "*"
+                        for a in _as_list(node["Action"])):
+                    grants.append((n, cond, node))
+    if not grants:
+        bad.append("no task role may mount the spool file system")
+    for n, cond, node in grants:
+        if cond not in conds:
+            bad.append(f"{n}: EFS permissions without the SpoolEfsFileSystemId condition ({cond!r})")
+        if set(map(str, _as_list(node["Action"]))) != {"elasticfilesystem:ClientMount",
+                                                       "elasticfilesystem:ClientWrite"}:
+            bad.append(f"{n}: EFS actions {node['Action']}, want ClientMount and ClientWrite")
+        if "SpoolEfsFileSystemId" not in str(node.get("Resource")) or "*" in str(node.get("Resource")):
+            bad.append(f"{n}: EFS permissions on {node.get('Resource')!r}, want the spool file system")
+        c = node.get("Condition") or {}
+        if "elasticfilesystem:AccessPointArn" not in str(c) or "aws:SecureTransport" not in str(c):
+            bad.append(f"{n}: EFS permissions not bound to the access point over TLS: {c!r}")
+    # NFS: only with the condition, only between the agent group and the mount targets' group.
+    for kind, peer_key in (("Ingress", "SourceSecurityGroupId"), ("Egress", "DestinationSecurityGroupId")):
+        for f, tpl in t.items():
+            for n, r in (tpl.get("Resources") or {}).items():
+                p = r.get("Properties") or {}
+                if r.get("Type") != f"AWS::EC2::SecurityGroup{kind}" or 2049 not in (p.get("FromPort"), p.get("ToPort")):
+                    continue
+                if r.get("Condition") not in conds:
+                    bad.append(f"{f}:{n} NFS rule without the SpoolEfsFileSystemId condition")
+                pair = {str(p.get("GroupId")), str(p.get(peer_key))}
+                if pair != {str({"Ref": "AgentSecurityGroupId"}), str({"Ref": "SpoolEfsSecurityGroupId"})}:
+                    bad.append(f"{f}:{n} NFS {kind.lower()} between {sorted(pair)}")
     return bad
 
 
@@ -699,7 +841,10 @@ CHECKS = [
     ("security groups: exactly the mesh's flows; NLB group and client IPs; --agent-cidr",
      check_security_groups),
     ("relay service, named by the controller's relay policy", check_relays),
-    ("ephemeral agents: task storage, expired by the controller", check_ephemeral_agents),
+    ("ephemeral agents: --no-state-dir, one spool volume, expired by the controller",
+     check_ephemeral_agents),
+    ("optional spool EFS: off by default; TLS, IAM, access point, scoped role and NFS rules",
+     check_spool_efs),
 ]
 
 
@@ -925,6 +1070,60 @@ def _break_relay_policy(t):
             e["Value"] = "region=elsewhere"
 
 
+def _break_state_dir(t):
+    cmd = _container(t, "agent")[3]["Command"]
+    cmd.remove("--no-state-dir")
+
+
+def _break_state_on_efs(t):
+    c = _container(t, "relay")[3]
+    c["MountPoints"][0]["ContainerPath"] = "/var/lib/meshlat"
+
+
+def _break_task_storage_efs(t):
+    td = _container(t, "agent")[2]
+    td["Volumes"] = [{"Name": "spool", "EFSVolumeConfiguration": {"FilesystemId": "fs-12345678"}}]
+
+
+def _spool_efs_volume(t, name):
+    for v in _container(t, name)[2]["Volumes"]:
+        if isinstance(v, dict) and "Fn::If" in v:
+            return v["Fn::If"][1]["EFSVolumeConfiguration"]
+    raise StopIteration
+
+
+def _break_efs_default(t):
+    for tpl in t.values():
+        if "SpoolEfsFileSystemId" in (tpl.get("Parameters") or {}):
+            tpl["Parameters"]["SpoolEfsFileSystemId"]["Default"] = "fs-12345678"
+
+
+def _break_efs_plaintext(t):
+    _spool_efs_volume(t, "relay")["TransitEncryption"] = "DISABLED"
+
+
+def _break_efs_no_iam(t):
+    _spool_efs_volume(t, "agent")["AuthorizationConfig"]["IAM"] = "DISABLED"
+
+
+def _break_efs_role_wide(t):
+    for f, n, p in resources(t, "AWS::IAM::Role"):
+        for pol in p.get("Policies") or []:
+            if isinstance(pol, dict) and "Fn::If" in pol and "spool" in str(pol):
+                pol["Fn::If"][1]["PolicyDocument"]["Statement"][0]["Resource"] = "*"
+                return
+    raise StopIteration
+
+
+def _break_efs_nfs_open(t):
+    for tpl in t.values():
+        for r in (tpl.get("Resources") or {}).values():
+            if r.get("Type") == "AWS::EC2::SecurityGroupIngress" and (r.get("Properties") or {}).get("FromPort") == 2049:
+                r["Properties"]["SourceSecurityGroupId"] = {"Ref": "ControllerSecurityGroupId"}
+                return
+    raise StopIteration
+
+
 BREAKS = [
     (_break_ingress, check_no_open_ingress),
     (_break_public_ip, check_no_public_ip),
@@ -961,6 +1160,14 @@ BREAKS = [
     (_break_default_jobs, check_relays),
     (_break_no_expiry, check_ephemeral_agents),
     (_break_long_expiry, check_ephemeral_agents),
+    (_break_state_dir, check_ephemeral_agents),
+    (_break_state_on_efs, check_ephemeral_agents),
+    (_break_task_storage_efs, check_ephemeral_agents),
+    (_break_efs_default, check_spool_efs),
+    (_break_efs_plaintext, check_spool_efs),
+    (_break_efs_no_iam, check_spool_efs),
+    (_break_efs_role_wide, check_spool_efs),
+    (_break_efs_nfs_open, check_spool_efs),
 ]
 
 

@@ -471,17 +471,14 @@ pub struct RunArgs {
     )]
     pub advertise_endpoints: Vec<String>,
     /// Directory (mode 0700) keeping this agent's id, last job set (0600: it holds wire and grant
-    /// keys) and, by default, the Firehose spool across restarts.
-    #[arg(
-        long,
-        env = "MESHLAT_STATE_DIR",
-        default_value = crate::config::DEFAULT_STATE_DIR,
-        value_name = "DIR"
-    )]
-    pub state_dir: PathBuf,
+    /// keys) and, by default, the Firehose spool across restarts. Default: MESHLAT_STATE_DIR
+    /// if set (the container image sets /var/lib/meshlat/state), else ./meshlat-agent-state.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Keep nothing on disk: the agent id, its key and certificate and the last job set live in
     /// memory for the life of the process, so a restarted agent joins as a new agent (for hosts
     /// whose disk does not outlive the process). With --firehose-stream, give --spool-dir.
+    /// MESHLAT_STATE_DIR is then ignored (the image's default does not stand in the way).
     #[arg(long, env = "MESHLAT_NO_STATE_DIR", conflicts_with = "state_dir")]
     pub no_state_dir: bool,
     /// Identity labels (region and AZ default to AWS_REGION and the ECS task metadata).

@@ -361,3 +361,31 @@ fn bad_advertise_endpoint_exits_2_naming_it() {
         assert!(err.contains(want), "stderr {err:?} lacks {want:?}");
     }
 }
+
+/// The container image sets MESHLAT_STATE_DIR; `--no-state-dir` (the ECS task definitions'
+/// flag) overrides it instead of conflicting: the configuration is then checked as having no
+/// state directory (here: a Firehose stream without --spool-dir is refused for that reason).
+#[test]
+fn no_state_dir_overrides_the_images_state_dir_variable() {
+    let out = std::process::Command::new(agent_bin())
+        .args([
+            "run",
+            "--no-state-dir",
+            "--controller",
+            "https://127.0.0.1:9",
+            "--token",
+            "mlt1.0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.0123456789abcdef0123456789abcdef",
+            "--firehose-stream",
+            "s",
+        ])
+        .env("MESHLAT_STATE_DIR", "/var/lib/meshlat/state")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(!err.contains("cannot be used with"), "{err}");
+    assert!(
+        err.contains("--no-state-dir with --firehose-stream"),
+        "{err}"
+    );
+}

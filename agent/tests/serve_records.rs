@@ -472,3 +472,177 @@ fn a_spray_of_sources_fills_the_overflow_row() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A CA and a leaf for `localhost` and `127.0.0.1` signed by it, written under `dir`: (CA,
+/// certificate, key) paths.
+fn private_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &*ca)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    paths
+}
+
+/// Every connection responder writes `kind=serve` rows: `agent probe` probes TCP, QUIC, HTTP
+/// and HTTPS on `agent serve --out DIR`, and after SIGTERM each protocol's answered row counts
+/// exactly the probes sent (connections, handshakes, requests), QUIC's echoed datagrams equal
+/// the replies the prober got, and the failures this test causes are counted by reason: TLS
+/// handshakes a prober without the CA aborts, and a request that is not HTTP.
+#[test]
+fn connection_responders_write_serve_records_matching_the_probes() {
+    use meshlat_proto::record::Protocol;
+    use std::io::{Read, Write};
+    let dir = tmpdir("serve-records-conn");
+    let pki = tmpdir("serve-records-conn-pki");
+    let (ca, cert, key) = private_pki(&pki);
+    let mut srv = serve(&[
+        "--key",
+        KEY,
+        "--region",
+        "srv-region",
+        "--out",
+        dir.to_str().unwrap(),
+        "--serve-interval",
+        "3600",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let ca = ca.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let (out, recs) = probe_json(args);
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        recs
+    };
+    let (n_tcp, n_quic, n_http, n_https) = (5u64, 3u64, 4u64, 6u64);
+    let tcp = run(&[
+        "-n",
+        "5",
+        "-d",
+        "0.05",
+        &format!("tcp://{}", srv.tcp.unwrap()),
+    ]);
+    let quic = run(&[
+        "-n",
+        "3",
+        "-d",
+        "0.05",
+        "--ca",
+        ca,
+        &format!("quic://localhost:{}", srv.quic.unwrap().port()),
+    ]);
+    let http = run(&[
+        "-n",
+        "4",
+        "-d",
+        "0.05",
+        &format!("http://{}/bytes/1000", srv.http.unwrap()),
+    ]);
+    let https_url = format!("https://localhost:{}/ping", srv.https.unwrap().port());
+    let https = run(&["-n", "6", "-d", "0.05", "--ca", ca, &https_url]);
+    // Without the CA the prober aborts the handshake: two handshake failures.
+    let refused = run(&["-n", "2", "-d", "0.05", &https_url]);
+    for (what, recs, n) in [
+        ("tcp", &tcp, n_tcp),
+        ("quic", &quic, n_quic),
+        ("http", &http, n_http),
+        ("https", &https, n_https),
+    ] {
+        assert_eq!(recs.len() as u64, n, "{what}: {recs:#?}");
+        assert!(recs.iter().all(|r| r.ok), "{what}: {recs:#?}");
+    }
+    assert!(refused.iter().all(|r| !r.ok), "{refused:#?}");
+    // Not HTTP, on the HTTP port: one bad request.
+    let mut s = std::net::TcpStream::connect(srv.http.unwrap()).unwrap();
+    s.write_all(b"NOT HTTP AT ALL\r\n\r\n").unwrap();
+    let _ = s.read_to_end(&mut Vec::new());
+
+    srv.proc.terminate();
+    let status = srv.proc.child.wait().unwrap();
+    assert!(status.success(), "agent serve exit: {status}");
+    let rows: Vec<Record> = read_records(&dir).into_iter().map(|(_, r)| r).collect();
+    let of = |p: Protocol, reason: Option<&str>| -> Vec<&Record> {
+        rows.iter()
+            .filter(|r| r.protocol == Some(p) && r.drop_reason.as_deref() == reason)
+            .collect()
+    };
+    let total = |rs: &[&Record]| -> (u64, u64) {
+        rs.iter().fold((0, 0), |(p, b), r| {
+            (p + r.packets.unwrap(), b + r.bytes.unwrap())
+        })
+    };
+    for r in &rows {
+        assert_eq!(r.kind, Some(Kind::Serve), "{r:?}");
+        assert_eq!(r.job_id, "serve");
+        assert_eq!(r.dst_region.as_deref(), Some("srv-region"));
+        assert_eq!(r.src_addr.as_deref(), Some("127.0.0.1"), "{r:?}");
+        assert!(r.interval_ms.unwrap() > 0.0);
+    }
+    let tcp_ok = of(Protocol::Tcp, None);
+    assert_eq!(tcp_ok.len(), 1, "one source, one row: {rows:#?}");
+    assert_eq!(tcp_ok[0].target, format!("tcp://{}", srv.tcp.unwrap()));
+    assert_eq!(total(&tcp_ok), (n_tcp, 0), "tcp: connections accepted");
+    let quic_ok = of(Protocol::Quic, None);
+    let echoed: u64 = quic
+        .iter()
+        .map(|r| u64::from(r.samples.unwrap() + r.late.unwrap_or(0) + r.duplicates.unwrap_or(0)))
+        .sum();
+    assert_eq!(total(&quic_ok).0, n_quic, "quic: handshakes completed");
+    assert_eq!(
+        quic_ok.iter().map(|r| r.returned.unwrap()).sum::<u64>(),
+        echoed,
+        "quic: datagrams echoed = replies the prober got"
+    );
+    assert!(echoed > 0);
+    assert_eq!(
+        total(&of(Protocol::Http, None)),
+        (n_http, n_http * 1000),
+        "http: requests answered, body bytes"
+    );
+    assert_eq!(
+        total(&of(Protocol::Https, None)),
+        (n_https, n_https * 5),
+        "https: requests answered (pong\\n)"
+    );
+    assert_eq!(
+        total(&of(Protocol::Https, Some("handshake_failed"))).0,
+        2,
+        "{rows:#?}"
+    );
+    assert_eq!(
+        total(&of(Protocol::Http, Some("bad_request"))).0,
+        1,
+        "{rows:#?}"
+    );
+    eprintln!(
+        "figures serve_records_conn tcp={n_tcp} quic_handshakes={n_quic} quic_echoed={echoed} \
+         http={n_http} https={n_https} https_handshake_failed=2 rows={}",
+        rows.len()
+    );
+    // Nothing else: no other drop, and no UDP rows (nothing probed it).
+    assert!(
+        rows.iter().all(|r| r.ok
+            || matches!(
+                r.drop_reason.as_deref(),
+                Some("handshake_failed" | "bad_request")
+            )),
+        "{rows:#?}"
+    );
+    assert!(rows.iter().all(|r| r.protocol != Some(Protocol::Udp)));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(&pki).ok();
+}

@@ -79,7 +79,7 @@ CREATE EXTERNAL TABLE IF NOT EXISTS records (
   `last_byte_ms` double COMMENT 'first to last body byte',
   `total_ms` double COMMENT 'connect start to last byte',
   `http_status` int COMMENT 'HTTP status (null on connection failure)',
-  `bytes` bigint COMMENT 'response body size (serve/relay_serve: bytes of the row''s packets)',
+  `bytes` bigint COMMENT 'response body size (serve/relay_serve: bytes of the row''s packets, datagrams echoed or response bodies)',
   `remote_addr` string COMMENT 'address connected to',
   `http_version` string COMMENT 'HTTP version',
   `tls_version` string COMMENT 'TLS version',
@@ -92,8 +92,8 @@ CREATE EXTERNAL TABLE IF NOT EXISTS records (
   `interval_ms` double COMMENT 'serve/relay_serve: length of the counting interval starting at ts',
   `src_addr` string COMMENT 'serve/relay_serve: source IP address (null: the overflow bucket of sources beyond the per-interval limit)',
   `key_id` string COMMENT 'serve/relay_serve: wire key id the packets authenticated with (null: dropped before authentication)',
-  `packets` bigint COMMENT 'serve/relay_serve: packets answered, forwarded or (with drop_reason) dropped',
-  `returned` bigint COMMENT 'relay_serve: replies relayed back to the source',
+  `packets` bigint COMMENT 'serve/relay_serve: packets answered, forwarded or (with drop_reason) dropped; tcp/quic/http(s) serve: connections accepted, handshakes completed, requests answered or (with drop_reason) refused/failed',
+  `returned` bigint COMMENT 'relay_serve: replies relayed back to the source; quic serve: datagrams echoed',
   `drop_reason` string COMMENT 'serve/relay_serve: why the packets were dropped (null: answered or relayed)'
 )
 PARTITIONED BY (

@@ -2,8 +2,8 @@
 //!
 //! One record per measurement: one sample of an HTTP/TCP/QUIC-handshake target, or one train of a
 //! UDP/QUIC/relay target — and, from servers, one record per interval, source and outcome
-//! (`kind` = `serve` for a UDP reflector, `relay_serve` for a relay: packets answered, relayed
-//! or dropped by reason; see the agent's `respond::tally`). The server fields were added to
+//! (`kind` = `serve` for a responder — UDP, TCP, QUIC, HTTP, HTTPS — and `relay_serve` for a
+//! relay: answered, relayed or dropped by reason; see the agent's `respond::tally`). The server fields were added to
 //! schema version 1 as nullable columns at the end of the table: older records read them as
 //! null. Serialized as one JSON object per line, snake_case keys, `null` for absent values, keys
 //! in the order of [`FIELDS`]. The same lines go to the file sink and (packed)
@@ -238,7 +238,8 @@ pub struct Record {
     pub total_ms: Option<f64>,
     /// HTTP status (null on connection failure).
     pub http_status: Option<u16>,
-    /// Body size in bytes (serve/relay_serve: bytes of the row's packets).
+    /// Body size in bytes (serve/relay_serve: bytes of the row's packets, of the QUIC datagrams
+    /// echoed, or of the HTTP(S) response bodies).
     pub bytes: Option<u64>,
     /// Address actually connected to (ip:port).
     pub remote_addr: Option<String>,
@@ -269,9 +270,12 @@ pub struct Record {
     /// Id of the wire key whose HMAC the row's packets passed (hex, `0x…`); `null` when they
     /// were dropped before authentication.
     pub key_id: Option<String>,
-    /// Packets answered (serve), forwarded (relay_serve) or dropped (`drop_reason` set).
+    /// Packets answered (serve), forwarded (relay_serve) or dropped (`drop_reason` set); for
+    /// the tcp/quic/http/https responders' serve rows, connections accepted, handshakes
+    /// completed or requests answered (or, with `drop_reason`, refused or failed).
     pub packets: Option<u64>,
-    /// relay_serve: the destination's replies relayed back to the source.
+    /// relay_serve: the destination's replies relayed back to the source; quic serve: the
+    /// datagrams echoed.
     pub returned: Option<u64>,
     /// Why the row's packets were dropped (`null`: answered or relayed).
     pub drop_reason: Option<String>,
@@ -377,7 +381,7 @@ fields! {
     last_byte_ms: Double = "first to last body byte",
     total_ms: Double = "connect start to last byte",
     http_status: Int = "HTTP status (null on connection failure)",
-    bytes: BigInt = "response body size (serve/relay_serve: bytes of the row's packets)",
+    bytes: BigInt = "response body size (serve/relay_serve: bytes of the row's packets, datagrams echoed or response bodies)",
     remote_addr: String = "address connected to",
     http_version: String = "HTTP version",
     tls_version: String = "TLS version",
@@ -390,8 +394,8 @@ fields! {
     interval_ms: Double = "serve/relay_serve: length of the counting interval starting at ts",
     src_addr: String = "serve/relay_serve: source IP address (null: the overflow bucket of sources beyond the per-interval limit)",
     key_id: String = "serve/relay_serve: wire key id the packets authenticated with (null: dropped before authentication)",
-    packets: BigInt = "serve/relay_serve: packets answered, forwarded or (with drop_reason) dropped",
-    returned: BigInt = "relay_serve: replies relayed back to the source",
+    packets: BigInt = "serve/relay_serve: packets answered, forwarded or (with drop_reason) dropped; tcp/quic/http(s) serve: connections accepted, handshakes completed, requests answered or (with drop_reason) refused/failed",
+    returned: BigInt = "relay_serve: replies relayed back to the source; quic serve: datagrams echoed",
     drop_reason: String = "serve/relay_serve: why the packets were dropped (null: answered or relayed)",
 }
 

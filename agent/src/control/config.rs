@@ -2,11 +2,11 @@
 //! what runs it ([`super::run`]). It builds on the shared pieces in [`crate::config`] (common
 //! flags, identity labels, responders) and the sinks' own configs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::cli;
 use crate::config::error::{ConfigError, label};
-use crate::config::{AgentIdentity, CommonConfig, region, responder_config};
+use crate::config::{AgentIdentity, CommonConfig, DEFAULT_STATE_DIR, region, responder_config};
 use crate::respond::ResponderConfig;
 use crate::sink::file::FileSinkConfig;
 use crate::sink::firehose::FirehoseSinkConfig;
@@ -103,6 +103,17 @@ impl RunConfig {
                 },
             })?;
         let region_flag = a.identity.region.clone().or_else(|| env("AWS_REGION"));
+        // --state-dir, else MESHLAT_STATE_DIR, else the default; none with --no-state-dir.
+        let state_dir = (!a.no_state_dir).then(|| {
+            a.state_dir
+                .clone()
+                .or_else(|| {
+                    env("MESHLAT_STATE_DIR")
+                        .filter(|d| !d.is_empty())
+                        .map(PathBuf::from)
+                })
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+        });
         let mut common = CommonConfig::from_args(&a.common)?;
         common.stats_listen.get_or_insert(a.responders.listen);
         let responders = responder_config(&a.responders, common.limits)?;
@@ -114,7 +125,7 @@ impl RunConfig {
             token,
             advertise: label("--advertise", a.advertise.clone())?,
             advertise_endpoints,
-            state_dir: (!a.no_state_dir).then(|| a.state_dir.clone()),
+            state_dir: state_dir.clone(),
             identity: AgentIdentity {
                 agent_id: None,
                 region: region(region_flag)?,
@@ -132,7 +143,12 @@ impl RunConfig {
                     reason: "the spool defaults to STATE_DIR/spool: give --spool-dir",
                 });
             } else {
-                FirehoseSinkConfig::from_args(&a.sinks.firehose, &a.state_dir)?
+                FirehoseSinkConfig::from_args(
+                    &a.sinks.firehose,
+                    state_dir
+                        .as_deref()
+                        .unwrap_or_else(|| Path::new(DEFAULT_STATE_DIR)),
+                )?
             },
             ecs_metadata_uri: env("ECS_CONTAINER_METADATA_URI_V4").filter(|s| !s.is_empty()),
             common,
@@ -189,6 +205,55 @@ mod tests {
         argv.extend_from_slice(args);
         let cli = cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         RunConfig::from_args(&cli.run, |_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn state_dir_from_flag_env_or_default_and_none_with_no_state_dir() {
+        let parse = |args: &[&str], env_dir: Option<&str>| {
+            let mut argv = vec![
+                "agent",
+                "--controller",
+                "https://127.0.0.1:7400",
+                "--token",
+                TOKEN,
+            ];
+            argv.extend_from_slice(args);
+            let cli = cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+            let env_dir = env_dir.map(String::from);
+            RunConfig::from_args(&cli.run, |k| {
+                (k == "MESHLAT_STATE_DIR")
+                    .then(|| env_dir.clone())
+                    .flatten()
+            })
+            .map(|c| c.state_dir)
+            .map_err(|e| e.to_string())
+        };
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(parse(&["--state-dir", "/s"], Some("/e")), Ok(p("/s")));
+        assert_eq!(parse(&[], Some("/e")), Ok(p("/e")));
+        assert_eq!(parse(&[], None), Ok(p(DEFAULT_STATE_DIR)));
+        // The image sets MESHLAT_STATE_DIR; --no-state-dir wins over it.
+        assert_eq!(parse(&["--no-state-dir"], Some("/e")), Ok(None));
+        // The ECS task definitions' form: a spool directory, no state directory.
+        assert_eq!(
+            parse(
+                &[
+                    "--no-state-dir",
+                    "--firehose-stream",
+                    "s",
+                    "--spool-dir",
+                    "/var/lib/meshlat/spool",
+                ],
+                Some("/e")
+            ),
+            Ok(None)
+        );
+        // Both on the command line: a usage error naming them.
+        let err = parse(&["--state-dir", "/s", "--no-state-dir"], None).expect_err("conflict");
+        assert!(
+            err.contains("--no-state-dir") && err.contains("--state-dir"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -25,6 +25,12 @@
 //! `"refused_per_ip_cap"` and `"idle_timeout"`; answered requests count as
 //! `result="answered"`, with `protocol="http"` or `"https"`.
 //!
+//! With server records on, each source address's requests are counted in `kind=serve` rows
+//! with `protocol="http"` or `"https"` ([`super::tally`]): `packets` = requests answered (any
+//! status), `bytes` = their response body bytes; drops `refused_total_cap`,
+//! `refused_per_ip_cap`, `handshake_failed`, `handshake_timeout` (HTTPS), `bad_request`,
+//! `timeout` (request head) and `io` (including idle closes).
+//!
 //! On shutdown the responder stops accepting, lets in-flight requests finish for up to
 //! [`SHUTDOWN_GRACE`] (idle keep-alive connections close at once), then drops the rest.
 
@@ -40,13 +46,15 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use meshlat_guard::{ConnLimits, Guarded, GuardedListener, Slot, Tracker};
+use meshlat_guard::{ConnLimits, Guarded, Refused, Slot, Tracker};
+use meshlat_proto::record::Protocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::tally::{ConnDrop, ConnTally, Source, conn_source};
 use crate::metrics::{responder_drop, responder_event};
 use crate::tls::Identity;
 
@@ -60,13 +68,20 @@ const CHUNK: usize = 64 * 1024;
 /// The bytes `/bytes/N` serves from; shared, never copied.
 static ZEROS: [u8; CHUNK] = [0; CHUNK];
 
+/// Pause after a failed `accept` (say, out of file descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 /// The HTTP or HTTPS responder.
 pub struct HttpResponder {
-    listener: GuardedListener,
+    listener: TcpListener,
+    /// Admits connections within the caps.
+    tracker: Arc<Tracker>,
     /// `Some` for HTTPS.
     tls: Option<TlsAcceptor>,
     /// `http` or `https`: the metrics label.
     protocol: &'static str,
+    /// Server records' counts (see [`super::tally`]), when on.
+    tally: Option<Arc<ConnTally>>,
 }
 
 impl std::fmt::Debug for HttpResponder {
@@ -111,10 +126,56 @@ impl HttpResponder {
         let protocol = if tls.is_some() { "https" } else { "http" };
         let tracker = Tracker::with_hook(protocol, limits, Some(super::count_conn_event));
         Ok(HttpResponder {
-            listener: GuardedListener::with_tracker(TcpListener::bind(addr).await?, tracker),
+            listener: TcpListener::bind(addr).await?,
+            tracker,
             tls,
             protocol,
+            tally: None,
         })
+    }
+
+    /// Counts requests and drops per source in `tally` (server records).
+    pub fn with_records(mut self, tally: Arc<ConnTally>) -> Self {
+        self.tally = Some(tally);
+        self
+    }
+
+    fn record_protocol(&self) -> Protocol {
+        if self.tls.is_some() {
+            Protocol::Https
+        } else {
+            Protocol::Http
+        }
+    }
+
+    /// The next admitted connection. Over-cap ones are closed here (a plain close, kinder to
+    /// honest clients than a reset) and counted; accept errors are logged and retried after
+    /// [`ACCEPT_BACKOFF`]. Cancel-safe.
+    async fn accept(&self) -> (TcpStream, SocketAddr, Slot) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, peer)) => match self.tracker.admit(peer) {
+                    Ok(slot) => {
+                        let _ = stream.set_nodelay(true);
+                        return (stream, peer, slot);
+                    }
+                    Err(refused) => {
+                        drop(stream);
+                        if let Some(t) = &self.tally {
+                            let reason = match refused {
+                                Refused::Total { .. } => ConnDrop::RefusedTotalCap,
+                                Refused::PerIp { .. } => ConnDrop::RefusedPerIpCap,
+                            };
+                            t.dropped(conn_source(self.record_protocol(), peer), reason);
+                        }
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(message = "Accept failed.", listener = self.protocol, %error);
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
     }
 
     /// Bound address.
@@ -126,7 +187,7 @@ impl HttpResponder {
 
     /// The connection counters.
     pub fn conn_stats(&self) -> meshlat_guard::ConnStats {
-        self.listener.tracker().stats()
+        self.tracker.stats()
     }
 
     /// Serves until `shutdown` is cancelled, then drains (see the module doc).
@@ -137,13 +198,18 @@ impl HttpResponder {
             while conns.try_join_next().is_some() {}
             let (stream, peer, slot) = tokio::select! {
                 () = shutdown.cancelled() => break,
-                c = self.listener.accept() => c,
+                c = self.accept() => c,
+            };
+            let conn = Conn {
+                peer,
+                protocol: self.protocol,
+                tally: self.tally.clone(),
+                src: conn_source(self.record_protocol(), peer),
             };
             let tls = self.tls.clone();
-            let protocol = self.protocol;
             let token = shutdown.clone();
             conns.spawn(async move {
-                serve_connection(stream, peer, slot, tls, protocol, token).await;
+                serve_connection(stream, conn, slot, tls, token).await;
             });
         }
         drop(self.listener);
@@ -155,20 +221,42 @@ impl HttpResponder {
     }
 }
 
+/// One connection: who it is from and where its events are counted.
+#[derive(Clone, Debug)]
+struct Conn {
+    peer: SocketAddr,
+    /// The metrics label.
+    protocol: &'static str,
+    tally: Option<Arc<ConnTally>>,
+    /// Its server records' row.
+    src: Source,
+}
+
+impl Conn {
+    /// Counts a connection or request ended early: in the metrics as `label`, in the server
+    /// records as `reason`.
+    fn count_drop(&self, label: &'static str, reason: ConnDrop) {
+        responder_drop(self.protocol, label, self.peer);
+        if let Some(t) = &self.tally {
+            t.dropped(self.src, reason);
+        }
+    }
+}
+
 /// Handshakes (HTTPS) and serves one connection; every failure ends here, counted.
 async fn serve_connection(
     stream: TcpStream,
-    peer: SocketAddr,
+    conn: Conn,
     slot: Slot,
     tls: Option<TlsAcceptor>,
-    protocol: &'static str,
     shutdown: CancellationToken,
 ) {
     let limits = *slot.tracker().limits();
+    let peer = conn.peer;
     match tls {
         None => {
             let io = Guarded::new(stream, peer, slot);
-            serve_http(io, peer, limits.header_timeout, protocol, shutdown).await;
+            serve_http(io, conn, limits.header_timeout, shutdown).await;
         }
         Some(acceptor) => {
             let handshake = tokio::select! {
@@ -178,51 +266,56 @@ async fn serve_connection(
             match handshake {
                 Ok(Ok(tls_stream)) => {
                     let io = Guarded::new(tls_stream, peer, slot);
-                    serve_http(io, peer, limits.header_timeout, protocol, shutdown).await;
+                    serve_http(io, conn, limits.header_timeout, shutdown).await;
                 }
-                Ok(Err(_)) | Err(_) => responder_drop(protocol, "tls", peer),
+                Ok(Err(_)) => conn.count_drop("tls", ConnDrop::HandshakeFailed),
+                Err(_) => conn.count_drop("tls", ConnDrop::HandshakeTimeout),
             }
         }
     }
 }
 
 /// Serves HTTP/1.1 on an established (TLS) stream until the client leaves or shutdown.
-async fn serve_http<S>(
-    io: S,
-    peer: SocketAddr,
-    header_timeout: Duration,
-    protocol: &'static str,
-    shutdown: CancellationToken,
-) where
+async fn serve_http<S>(io: S, conn: Conn, header_timeout: Duration, shutdown: CancellationToken)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-        let resp = respond(req.method(), req.uri().path());
-        responder_event(protocol, "answered");
-        Ok::<_, Infallible>(resp)
+    let protocol = conn.protocol;
+    let (tally, src) = (conn.tally.clone(), conn.src);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let tally = tally.clone();
+        async move {
+            let resp = respond(req.method(), req.uri().path());
+            responder_event(protocol, "answered");
+            if let Some(t) = &tally {
+                let body = usize::try_from(resp.body().len()).unwrap_or(usize::MAX);
+                t.served(src, body);
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
+    let http = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
+    tokio::pin!(http);
     let result = tokio::select! {
-        r = conn.as_mut() => r,
+        r = http.as_mut() => r,
         () = shutdown.cancelled() => {
             // Finish the request in flight (if any), then close; run() bounds the wait.
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            http.as_mut().graceful_shutdown();
+            http.await
         }
     };
     if let Err(e) = result {
-        let reason = if e.is_parse() || e.is_parse_too_large() {
-            "bad_request"
+        let (label, reason) = if e.is_parse() || e.is_parse_too_large() {
+            ("bad_request", ConnDrop::BadRequest)
         } else if e.is_timeout() {
-            "timeout"
+            ("timeout", ConnDrop::Timeout)
         } else {
-            "io"
+            ("io", ConnDrop::Io)
         };
-        responder_drop(protocol, reason, peer);
+        conn.count_drop(label, reason);
     }
 }
 

@@ -10,8 +10,9 @@
 //!   no caps or deadlines).
 //! - [`quic`]: quinn endpoint with meshlat's ALPN; echoes datagrams.
 //! - [`http`]: HTTP and HTTPS: `/ping`, `/bytes/N`.
-//! - [`tally`]: the UDP reflector's and relay's per-source counts, written as server records
-//!   (`kind=serve`, `kind=relay_serve`).
+//! - [`tally`]: every responder's per-source counts, written as server records (`kind=serve`
+//!   for the reflector and the TCP, QUIC, HTTP and HTTPS responders; `kind=relay_serve` for the
+//!   relay).
 
 pub mod http;
 pub mod quic;
@@ -107,6 +108,8 @@ pub struct Responders {
     quic: Option<quic::QuicResponder>,
     http: Option<http::HttpResponder>,
     https: Option<http::HttpResponder>,
+    /// The TCP, QUIC, HTTP and HTTPS responders' server records, when on.
+    conn_records: Option<tally::ConnRecords>,
 }
 
 impl Responders {
@@ -171,6 +174,7 @@ impl Responders {
             quic,
             http,
             https,
+            conn_records: None,
         })
     }
 
@@ -184,9 +188,29 @@ impl Responders {
             .map(udp::UdpReflector::accept_controller_keys)
     }
 
-    /// Makes the UDP reflector (and relay) count per source and write server records to
-    /// `out`'s sinks ([`tally`]). Without a UDP reflector there is nothing to count.
+    /// Makes every responder count per source and write server records to `out`'s sinks
+    /// ([`tally`]): the UDP reflector (and relay) on its thread, the TCP, QUIC, HTTP and HTTPS
+    /// responders in one shared table written by one task.
     pub fn write_records(&mut self, out: tally::RecordsOutput) {
+        use meshlat_proto::record::Protocol;
+        let addrs = self.addrs();
+        let locals: Vec<(Protocol, SocketAddr)> = [
+            (Protocol::Tcp, addrs.tcp),
+            (Protocol::Quic, addrs.quic),
+            (Protocol::Http, addrs.http),
+            (Protocol::Https, addrs.https),
+        ]
+        .into_iter()
+        .filter_map(|(p, a)| a.map(|a| (p, a)))
+        .collect();
+        if !locals.is_empty() {
+            let t = tally::ConnTally::new(out.cfg.max_sources);
+            self.tcp = self.tcp.take().map(|r| r.with_records(t.clone()));
+            self.quic = self.quic.take().map(|r| r.with_records(t.clone()));
+            self.http = self.http.take().map(|r| r.with_records(t.clone()));
+            self.https = self.https.take().map(|r| r.with_records(t.clone()));
+            self.conn_records = Some(tally::ConnRecords::new(out.clone(), t, locals));
+        }
         self.udp = self.udp.take().map(|u| u.with_records(out));
     }
 
@@ -201,12 +225,19 @@ impl Responders {
         }
     }
 
-    /// Serves until `shutdown` is cancelled.
+    /// Serves until `shutdown` is cancelled. With server records on, returns once the last
+    /// interval's records went to the sinks.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut set = tokio::task::JoinSet::new();
         if let Some(r) = self.udp {
             set.spawn(r.run(shutdown.clone()));
         }
+        // The connection responders' records: the last interval is written once every
+        // responder has stopped (HTTP(S) after its drain), so nothing they counted is lost.
+        let stop_records = CancellationToken::new();
+        let records = self
+            .conn_records
+            .map(|r| tokio::spawn(r.run(stop_records.clone())));
         if let Some(r) = self.tcp {
             set.spawn(r.run(shutdown.clone()));
         }
@@ -220,5 +251,9 @@ impl Responders {
             set.spawn(r.run(shutdown.clone()));
         }
         while set.join_next().await.is_some() {}
+        stop_records.cancel();
+        if let Some(r) = records {
+            let _ = r.await;
+        }
     }
 }

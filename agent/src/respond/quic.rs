@@ -10,6 +10,10 @@
 //! - A failed handshake (bad ALPN, garbage, timeout) ends that connection only and is counted as
 //!   `handshake_failed`; echoed datagrams are counted as `answered`; a reply quinn could not queue
 //!   as `send_failed`.
+//! - With server records on, the same events are counted per source address in `kind=serve`
+//!   rows with `protocol=quic` ([`super::tally`]): `packets` = handshakes completed, `returned`
+//!   = datagrams echoed, `bytes` = their bytes; drops `refused_total_cap`,
+//!   `refused_per_ip_cap`, `handshake_failed`, `handshake_timeout` and `send_error`.
 //! - On shutdown the endpoint closes every connection and waits up to [`SHUTDOWN_GRACE`] for the
 //!   closes to be delivered.
 
@@ -18,10 +22,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshlat_guard::{ConnLimits, Refused, Tracker};
+use meshlat_proto::record::Protocol;
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::tally::{ConnDrop, ConnTally, conn_source};
 use crate::metrics::{responder_drop, responder_event};
 use crate::probe::quic::{ALPN, transport_config};
 use crate::tls::Identity;
@@ -36,6 +42,8 @@ pub struct QuicResponder {
     addr: SocketAddr,
     /// Caps (counted per source address) and the handshake deadline.
     tracker: Arc<Tracker>,
+    /// Server records' counts (see [`super::tally`]), when on.
+    tally: Option<Arc<ConnTally>>,
 }
 
 impl QuicResponder {
@@ -74,7 +82,14 @@ impl QuicResponder {
             endpoint,
             addr,
             tracker,
+            tally: None,
         })
+    }
+
+    /// Counts handshakes, echoes and drops per source in `tally` (server records).
+    pub fn with_records(mut self, tally: Arc<ConnTally>) -> Self {
+        self.tally = Some(tally);
+        self
     }
 
     /// Bound address.
@@ -98,18 +113,22 @@ impl QuicResponder {
                         Ok(s) => s,
                         Err(refused) => {
                             let reason = match refused {
-                                Refused::Total { .. } => "refused_total_cap",
-                                Refused::PerIp { .. } => "refused_per_ip_cap",
+                                Refused::Total { .. } => ConnDrop::RefusedTotalCap,
+                                Refused::PerIp { .. } => ConnDrop::RefusedPerIpCap,
                             };
-                            responder_drop("quic", reason, peer);
+                            responder_drop("quic", reason.as_str(), peer);
+                            if let Some(t) = &self.tally {
+                                t.dropped(conn_source(Protocol::Quic, peer), reason);
+                            }
                             incoming.refuse();
                             continue;
                         }
                     };
                     let stop = shutdown.clone();
+                    let tally = self.tally.clone();
                     conns.spawn(async move {
                         let _slot = slot;
-                        serve(incoming, peer, handshake_timeout, stop).await;
+                        serve(incoming, peer, handshake_timeout, tally, stop).await;
                     });
                 }
             }
@@ -125,31 +144,55 @@ async fn serve(
     incoming: quinn::Incoming,
     peer: SocketAddr,
     handshake_timeout: Duration,
+    tally: Option<Arc<ConnTally>>,
     shutdown: CancellationToken,
 ) {
+    let src = conn_source(Protocol::Quic, peer);
     let conn = match tokio::time::timeout(handshake_timeout, incoming).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(message = "QUIC handshake failed.", %peer, error = %e);
             responder_drop("quic", "handshake_failed", peer);
+            if let Some(t) = &tally {
+                t.dropped(src, ConnDrop::HandshakeFailed);
+            }
             return;
         }
         Err(_) => {
             tracing::debug!(message = "QUIC handshake timed out.", %peer);
             responder_drop("quic", "handshake_failed", peer);
+            if let Some(t) = &tally {
+                t.dropped(src, ConnDrop::HandshakeTimeout);
+            }
             return;
         }
     };
+    if let Some(t) = &tally {
+        t.served(src, 0);
+    }
     loop {
         let datagram = tokio::select! {
             () = shutdown.cancelled() => return,
             d = conn.read_datagram() => d,
         };
         match datagram {
-            Ok(d) => match conn.send_datagram(d) {
-                Ok(()) => responder_event("quic", "answered"),
-                Err(_) => responder_drop("quic", "send_failed", peer),
-            },
+            Ok(d) => {
+                let len = d.len();
+                match conn.send_datagram(d) {
+                    Ok(()) => {
+                        responder_event("quic", "answered");
+                        if let Some(t) = &tally {
+                            t.echoed(src, len);
+                        }
+                    }
+                    Err(_) => {
+                        responder_drop("quic", "send_failed", peer);
+                        if let Some(t) = &tally {
+                            t.send_failed(src, len);
+                        }
+                    }
+                }
+            }
             // Closed by the peer, idle timeout, or reset: nothing left to echo on.
             Err(_) => return,
         }

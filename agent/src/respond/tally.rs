@@ -1,13 +1,22 @@
-//! Server records: what the UDP reflector and relay did, per source and interval
-//! (`kind=serve` / `kind=relay_serve`, DESIGN §8 "Servers write records").
+//! Server records: what the responders (UDP reflector, TCP, QUIC, HTTP, HTTPS) and the relay did,
+//! per source, protocol and interval (`kind=serve` / `kind=relay_serve`, DESIGN §8 "Servers
+//! write records").
 //!
 //! # Counting (on the serving thread)
 //!
 //! The reflector's thread owns a [`Tally`]: a map from [`Source`] to [`Counts`], allocated once
-//! with room for `--serve-max-sources` sources plus the two overflow buckets, so counting a
+//! with room for `--serve-max-sources` sources plus the overflow buckets, so counting a
 //! packet is one hash lookup and a few adds and never allocates. A source not yet seen when the
-//! map already holds the limit is counted in the overflow bucket of its role ([`Source::ip`] =
-//! `None`): a spray of forged source addresses grows nothing, it only fills that bucket. The map
+//! map already holds the limit is counted in the overflow bucket of its role and protocol
+//! ([`Source::ip`] = `None`): a spray of forged source addresses grows nothing, it only fills
+//! that bucket.
+//!
+//! The connection responders (TCP, QUIC, HTTP, HTTPS) share one more [`Tally`] behind a mutex
+//! ([`ConnTally`]: one short lock per connection, handshake, request or echoed datagram), bounded
+//! the same way and written by [`ConnRecords`] every `--serve-interval` and once more after they
+//! stopped. Their rows are keyed by source IP (IPv4-mapped addresses as IPv4) and protocol; see
+//! the responders' module docs for what `packets`, `bytes` and `returned` count and their drop
+//! reasons ([`ConnDrop`]). The map
 //! hashes with a per-process random key (std's SipHash), so chosen addresses cannot collide it
 //! into slow lookups.
 //!
@@ -27,7 +36,10 @@
 //! whose source IP belongs to exactly one of them gets that agent's `src_agent`/`_region`/`_az`/
 //! `_location` (mesh jobs are usually symmetric, so a reflector's probers are its own targets).
 //! Several agents behind one IP, or an agent this one never targets, leave them `null`; the
-//! address stays. Unauthenticated rows are never named.
+//! address stays. Unauthenticated rows are never named. A connection responder's row counts as
+//! authenticated when its address is proven: always for TCP, HTTP and HTTPS (the kernel
+//! completed the TCP handshake with it), for QUIC only on the answered row (a completed
+//! handshake); refused or failed QUIC handshakes may come from a forged address.
 //!
 //! # Flushing
 //!
@@ -56,6 +68,7 @@ use std::time::{Duration, SystemTime};
 
 use meshlat_proto::record::{ControlMode, Kind, Protocol, Record};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::udp::DropReason;
 use crate::config::AgentIdentity;
@@ -73,6 +86,60 @@ pub const SERVE_JOB: &str = "serve";
 /// Intervals waiting for the records task at most (then the thread keeps counting into the
 /// current one).
 const CHANNEL_DEPTH: usize = 4;
+/// Overflow buckets a table may hold besides its sources: one per (role, protocol) in use
+/// (the reflector and relay on UDP, and the four connection responders).
+const OVERFLOW_BUCKETS: usize = 6;
+
+/// Why a connection responder (TCP, QUIC, HTTP, HTTPS) refused or ended a connection or
+/// request early; the `drop_reason` of its rows ([`ConnDrop::as_str`]).
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub enum ConnDrop {
+    /// Over `--max-conns` (refused at accept).
+    RefusedTotalCap,
+    /// Over `--max-conns-per-ip` (refused at accept).
+    RefusedPerIpCap,
+    /// The TLS (HTTPS) or QUIC handshake failed.
+    HandshakeFailed,
+    /// The TLS (HTTPS) or QUIC handshake did not finish within `--handshake-timeout`.
+    HandshakeTimeout,
+    /// A request that is not HTTP/1.1 (parse error, head too large).
+    BadRequest,
+    /// A request head not received within `--header-timeout`.
+    Timeout,
+    /// The connection failed or went idle (`--idle-timeout`) before its request was answered.
+    Io,
+}
+
+impl ConnDrop {
+    /// How many reasons there are.
+    pub const COUNT: usize = 7;
+
+    /// Every reason, in discriminant order.
+    pub const ALL: [ConnDrop; Self::COUNT] = [
+        ConnDrop::RefusedTotalCap,
+        ConnDrop::RefusedPerIpCap,
+        ConnDrop::HandshakeFailed,
+        ConnDrop::HandshakeTimeout,
+        ConnDrop::BadRequest,
+        ConnDrop::Timeout,
+        ConnDrop::Io,
+    ];
+
+    /// The `drop_reason` of its rows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnDrop::RefusedTotalCap => "refused_total_cap",
+            ConnDrop::RefusedPerIpCap => "refused_per_ip_cap",
+            ConnDrop::HandshakeFailed => "handshake_failed",
+            ConnDrop::HandshakeTimeout => "handshake_timeout",
+            ConnDrop::BadRequest => "bad_request",
+            ConnDrop::Timeout => "timeout",
+            ConnDrop::Io => "io",
+        }
+    }
+}
+
+const _: () = assert!(ConnDrop::ALL.len() == ConnDrop::COUNT);
 
 /// Which server role a row describes.
 #[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
@@ -88,6 +155,8 @@ pub enum Role {
 pub struct Source {
     /// Reflector or relay.
     pub role: Role,
+    /// The responder's protocol (the relay's is UDP).
+    pub protocol: Protocol,
     /// Source IP; `None` for the overflow bucket.
     pub ip: Option<IpAddr>,
     /// Wire key id the packets authenticated with; `None` when dropped before authentication.
@@ -123,6 +192,8 @@ pub struct Counts {
     pub send_failed: Count,
     /// Drops, indexed by `DropReason as usize`.
     pub dropped: [Count; DropReason::COUNT],
+    /// Connection responders' drops, indexed by `ConnDrop as usize`.
+    pub conn_dropped: [Count; ConnDrop::COUNT],
 }
 
 /// One interval's counts, handed from the serving thread to the records task.
@@ -150,8 +221,8 @@ impl Tally {
     pub fn new(max_sources: usize, now: SystemTime) -> Self {
         let max_sources = max_sources.clamp(1, MAX_MAX_SOURCES);
         Tally {
-            // + the two overflow buckets: inserting never needs to grow the table.
-            map: HashMap::with_capacity(max_sources + 2),
+            // + the overflow buckets: inserting never needs to grow the table.
+            map: HashMap::with_capacity(max_sources + OVERFLOW_BUCKETS),
             max_sources,
             start: now,
         }
@@ -162,6 +233,7 @@ impl Tally {
         let key = if self.map.len() >= self.max_sources && !self.map.contains_key(&src) {
             Source {
                 role: src.role,
+                protocol: src.protocol,
                 ip: None,
                 key_id: None,
                 dst: None,
@@ -176,6 +248,7 @@ impl Tally {
     pub fn answered(&mut self, ip: IpAddr, key_id: u32, bytes: usize) {
         self.slot(Source {
             role: Role::Serve,
+            protocol: Protocol::Udp,
             ip: Some(ip),
             key_id: Some(key_id),
             dst: None,
@@ -206,6 +279,27 @@ impl Tally {
         }
     }
 
+    /// A connection responder's unit of work answered from `src`: a TCP connection accepted,
+    /// a QUIC handshake completed, an HTTP(S) request answered with `bytes` of body.
+    pub fn served(&mut self, src: Source, bytes: usize) {
+        self.slot(src).ok.add(bytes);
+    }
+
+    /// A QUIC datagram of `bytes` echoed back to `src` (counted in `returned`; its bytes in
+    /// the answered row's `bytes`).
+    pub fn echoed(&mut self, src: Source, bytes: usize) {
+        let c = self.slot(src);
+        c.returned.packets += 1;
+        c.ok.bytes += bytes as u64;
+    }
+
+    /// A connection or request from `src` refused or ended early for `reason`.
+    pub fn conn_dropped(&mut self, src: Source, reason: ConnDrop) {
+        if let Some(c) = self.slot(src).conn_dropped.get_mut(reason as usize) {
+            c.add(0);
+        }
+    }
+
     /// Sources counted in this interval (overflow buckets included).
     pub fn len(&self) -> usize {
         self.map.len()
@@ -220,7 +314,7 @@ impl Tally {
     /// next. The table keeps its capacity.
     pub fn take(&mut self, now: SystemTime) -> Interval {
         let mut rows: Vec<(Source, Counts)> = self.map.drain().collect();
-        rows.sort_by_key(|(s, _)| (s.role == Role::Relay, s.ip, s.key_id, s.dst));
+        rows.sort_by_key(|(s, _)| (s.role == Role::Relay, s.protocol, s.ip, s.key_id, s.dst));
         let start = std::mem::replace(&mut self.start, now);
         Interval {
             start,
@@ -314,41 +408,177 @@ pub fn start(out: RecordsOutput, local: SocketAddr) -> (Tally, Flusher, RecordsT
         every_ns,
         next_ns: crate::clock::Clock::now_ns().saturating_add(every_ns),
     };
-    (tally, flusher, RecordsTask { out, local, rx })
+    let writer = Writer {
+        out,
+        locals: vec![(Protocol::Udp, local)],
+        seq: 0,
+    };
+    (tally, flusher, RecordsTask { writer, rx })
+}
+
+/// Writes intervals as records: numbers them and names their sources.
+#[derive(Debug)]
+struct Writer {
+    out: RecordsOutput,
+    /// Each protocol's bound address (the server's own side of the records).
+    locals: Vec<(Protocol, SocketAddr)>,
+    seq: u64,
+}
+
+impl Writer {
+    async fn write(&mut self, iv: &Interval) {
+        let dir = self
+            .out
+            .jobs
+            .as_ref()
+            .map(|j| Directory::from_jobs(&j.borrow()))
+            .unwrap_or_default();
+        let identity = self.out.identity.borrow().clone();
+        let mode = *self.out.mode.borrow();
+        let records = to_records(iv, self.seq, &identity, mode, &self.locals, &dir);
+        tracing::debug!(
+            message = "Server records.",
+            sources = iv.rows.len(),
+            records = records.len(),
+            seq = self.seq
+        );
+        for r in records {
+            self.out.sinks.send(r).await;
+        }
+        self.seq += 1;
+    }
 }
 
 /// Turns intervals into records and sends them to the sinks, until the serving thread ends.
 #[derive(Debug)]
 pub struct RecordsTask {
-    out: RecordsOutput,
-    local: SocketAddr,
+    writer: Writer,
     rx: mpsc::Receiver<Interval>,
 }
 
 impl RecordsTask {
     /// Runs until the [`Flusher`] is dropped (after its last interval).
     pub async fn run(mut self) {
-        let mut seq = 0u64;
         while let Some(iv) = self.rx.recv().await {
-            let dir = self
-                .out
-                .jobs
-                .as_ref()
-                .map(|j| Directory::from_jobs(&j.borrow()))
-                .unwrap_or_default();
-            let identity = self.out.identity.borrow().clone();
-            let mode = *self.out.mode.borrow();
-            let records = to_records(&iv, seq, &identity, mode, self.local, &dir);
-            tracing::debug!(
-                message = "Server records.",
-                sources = iv.rows.len(),
-                records = records.len(),
-                seq
-            );
-            for r in records {
-                self.out.sinks.send(r).await;
+            self.writer.write(&iv).await;
+        }
+    }
+}
+
+/// The connection responders' (TCP, QUIC, HTTP, HTTPS) shared [`Tally`]: their connection
+/// tasks count into it under a short lock (one hash lookup), and [`ConnRecords`] takes its
+/// interval. One table for the four, bounded by `--serve-max-sources` as the reflector's is.
+#[derive(Debug)]
+pub struct ConnTally {
+    tally: std::sync::Mutex<Tally>,
+}
+
+impl ConnTally {
+    /// An empty table for at most `max_sources` sources per interval.
+    pub fn new(max_sources: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(ConnTally {
+            tally: std::sync::Mutex::new(Tally::new(max_sources, SystemTime::now())),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Tally) -> T) -> T {
+        // A panic while counting leaves plain counters behind: still usable.
+        let mut t = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut t)
+    }
+
+    /// See [`Tally::served`].
+    pub fn served(&self, src: Source, bytes: usize) {
+        self.with(|t| t.served(src, bytes));
+    }
+
+    /// See [`Tally::echoed`].
+    pub fn echoed(&self, src: Source, bytes: usize) {
+        self.with(|t| t.echoed(src, bytes));
+    }
+
+    /// See [`Tally::conn_dropped`].
+    pub fn dropped(&self, src: Source, reason: ConnDrop) {
+        self.with(|t| t.conn_dropped(src, reason));
+    }
+
+    /// See [`Tally::send_failed`].
+    pub fn send_failed(&self, src: Source, bytes: usize) {
+        self.with(|t| t.send_failed(src, bytes));
+    }
+
+    /// Ends the interval at `now` (`None` when nothing was counted: the next one starts now).
+    fn take(&self, now: SystemTime) -> Option<Interval> {
+        self.with(|t| {
+            if t.is_empty() {
+                t.start = now;
+                None
+            } else {
+                Some(t.take(now))
             }
-            seq += 1;
+        })
+    }
+}
+
+/// The key of a connection responder's row: `protocol` from `peer` (IPv4-mapped IPv6
+/// addresses written as IPv4, as the kernel reports a dual-stack socket's IPv4 peers).
+pub fn conn_source(protocol: Protocol, peer: SocketAddr) -> Source {
+    let ip = match peer.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    Source {
+        role: Role::Serve,
+        protocol,
+        ip: Some(ip),
+        key_id: None,
+        dst: None,
+    }
+}
+
+/// Writes the connection responders' [`ConnTally`] every `--serve-interval`, and the last
+/// interval once they have stopped.
+#[derive(Debug)]
+pub struct ConnRecords {
+    tally: std::sync::Arc<ConnTally>,
+    writer: Writer,
+}
+
+impl ConnRecords {
+    /// Records of `tally` for responders bound at `locals`.
+    pub fn new(
+        out: RecordsOutput,
+        tally: std::sync::Arc<ConnTally>,
+        locals: Vec<(Protocol, SocketAddr)>,
+    ) -> Self {
+        ConnRecords {
+            tally,
+            writer: Writer {
+                out,
+                locals,
+                seq: 0,
+            },
+        }
+    }
+
+    /// Writes every interval until `stop` is cancelled (after the responders ended), then the
+    /// last one.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let every = self.writer.out.cfg.interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Some(iv) = self.tally.take(SystemTime::now()) {
+                        self.writer.write(&iv).await;
+                    }
+                }
+            }
+        }
+        if let Some(iv) = self.tally.take(SystemTime::now()) {
+            self.writer.write(&iv).await;
         }
     }
 }
@@ -406,13 +636,38 @@ impl Directory {
     }
 }
 
-/// The records of one interval (see the module doc's "Rows").
+/// Whether a row's source address is proven, so that it may be named after the agent there:
+/// UDP packets once their HMAC verified (a key id), a TCP-based responder's connections always
+/// (the kernel completed the three-way handshake with that address before `accept`), QUIC
+/// once the handshake completed (its answered row; refusals and failed handshakes may come
+/// from a forged address).
+fn proven(src: &Source, ok: bool) -> bool {
+    match src.protocol {
+        Protocol::Udp => src.key_id.is_some(),
+        Protocol::Tcp | Protocol::Http | Protocol::Https => true,
+        Protocol::Quic => ok,
+    }
+}
+
+/// The scheme of a server record's `target`.
+fn scheme(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Udp => "udp",
+        Protocol::Tcp => "tcp",
+        Protocol::Quic => "quic",
+        Protocol::Http => "http",
+        Protocol::Https => "https",
+    }
+}
+
+/// The records of one interval (see the module doc's "Rows"); `locals` are the responders'
+/// bound addresses by protocol.
 pub fn to_records(
     iv: &Interval,
     seq: u64,
     me: &AgentIdentity,
     mode: ControlMode,
-    local: SocketAddr,
+    locals: &[(Protocol, SocketAddr)],
     dir: &Directory,
 ) -> Vec<Record> {
     let interval_ms = iv
@@ -421,31 +676,27 @@ pub fn to_records(
         .unwrap_or_default()
         .as_secs_f64()
         * 1000.0;
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
     let mut out = Vec::new();
     for (src, c) in &iv.rows {
         let relay = src.role == Role::Relay;
+        let local = locals
+            .iter()
+            .find(|(p, _)| *p == src.protocol)
+            .map_or(unspecified, |(_, a)| *a);
         let target = match (relay, src.dst) {
             (true, Some(d)) => format!("udp://{d}"),
-            _ => format!("udp://{local}"),
+            _ => format!("{}://{local}", scheme(src.protocol)),
         };
         let base = {
             let mut r = Record::new(iv.start, SERVE_JOB, &target, crate::VERSION);
             r.kind = Some(if relay { Kind::RelayServe } else { Kind::Serve });
-            r.protocol = Some(Protocol::Udp);
+            r.protocol = Some(src.protocol);
             r.seq = seq;
             r.control_mode = Some(mode);
             r.interval_ms = Some(interval_ms);
             r.src_addr = src.ip.map(|ip| ip.to_string());
             r.key_id = src.key_id.map(|k| format!("{k:#010x}"));
-            // Only authenticated traffic is named (module doc).
-            if let (Some(ip), Some(_)) = (src.ip, src.key_id)
-                && let Some(p) = dir.by_ip(ip)
-            {
-                r.src_agent = p.agent.clone();
-                r.src_region = p.region.clone();
-                r.src_az = p.az.clone();
-                r.src_location = p.location.clone();
-            }
             if relay {
                 r.relay_agent = me.agent_id.clone();
                 r.relay_region = Some(me.region.clone());
@@ -472,17 +723,35 @@ pub fn to_records(
             r.packets = Some(count.packets);
             r.bytes = Some(count.bytes);
             r.drop_reason = reason.map(String::from);
+            // Only a proven source address is named (module doc).
+            if let Some(ip) = src.ip.filter(|_| proven(src, ok))
+                && let Some(p) = dir.by_ip(ip)
+            {
+                r.src_agent = p.agent.clone();
+                r.src_region = p.region.clone();
+                r.src_az = p.az.clone();
+                r.src_location = p.location.clone();
+            }
             r
         };
         if c.ok.packets > 0 || c.returned.packets > 0 {
             let mut r = row(true, c.ok, None);
-            if relay {
+            if relay || src.protocol == Protocol::Quic {
                 r.returned = Some(c.returned.packets);
             }
             out.push(r);
         }
         for reason in DropReason::ALL {
             if let Some(d) = c.dropped.get(reason as usize).filter(|d| d.packets > 0) {
+                out.push(row(false, *d, Some(reason.as_str())));
+            }
+        }
+        for reason in ConnDrop::ALL {
+            if let Some(d) = c
+                .conn_dropped
+                .get(reason as usize)
+                .filter(|d| d.packets > 0)
+            {
                 out.push(row(false, *d, Some(reason.as_str())));
             }
         }
@@ -504,6 +773,7 @@ mod tests {
     fn src(n: u32) -> Source {
         Source {
             role: Role::Serve,
+            protocol: Protocol::Udp,
             ip: Some(ip(n)),
             key_id: None,
             dst: None,
@@ -643,6 +913,7 @@ mod tests {
         let dst: SocketAddr = "10.0.0.9:7710".parse().expect("addr");
         let relay_src = Source {
             role: Role::Relay,
+            protocol: Protocol::Udp,
             ip: Some(ip(1)),
             key_id: Some(0xabcd),
             dst: Some(dst),
@@ -669,7 +940,14 @@ mod tests {
             location: None,
         };
         let local: SocketAddr = "10.0.0.5:7710".parse().expect("addr");
-        let recs = to_records(&iv, 4, &me, ControlMode::Connected, local, &dir);
+        let recs = to_records(
+            &iv,
+            4,
+            &me,
+            ControlMode::Connected,
+            &[(Protocol::Udp, local)],
+            &dir,
+        );
         assert_eq!(recs.len(), 5, "{recs:#?}");
         let find = |kind, reason: Option<&str>| {
             recs.iter()
@@ -708,7 +986,117 @@ mod tests {
             .get_mut(&ip(1))
             .expect("ip")
             .push(peer("a2", "eu"));
-        let recs = to_records(&iv, 4, &me, ControlMode::Connected, local, &dir);
+        let recs = to_records(
+            &iv,
+            4,
+            &me,
+            ControlMode::Connected,
+            &[(Protocol::Udp, local)],
+            &dir,
+        );
         assert!(recs.iter().all(|r| r.src_agent.is_none()));
+    }
+
+    #[test]
+    fn connection_responders_count_per_protocol_and_source_and_name_proven_addresses() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000);
+        let t = ConnTally::new(3);
+        let peer = |n: u32| SocketAddr::new(ip(n), 40_000);
+        // An IPv4 peer seen through a dual-stack socket is the same source.
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:40001".parse().expect("addr");
+        assert_eq!(
+            conn_source(Protocol::Tcp, mapped),
+            conn_source(Protocol::Tcp, peer(1))
+        );
+        for _ in 0..5 {
+            t.served(conn_source(Protocol::Tcp, mapped), 0);
+        }
+        t.dropped(
+            conn_source(Protocol::Tcp, peer(1)),
+            ConnDrop::RefusedPerIpCap,
+        );
+        let q = conn_source(Protocol::Quic, peer(1));
+        t.served(q, 0);
+        t.served(q, 0);
+        for _ in 0..10 {
+            t.echoed(q, 100);
+        }
+        t.send_failed(q, 100);
+        t.dropped(
+            conn_source(Protocol::Quic, peer(2)),
+            ConnDrop::HandshakeFailed,
+        );
+        // The table holds three sources: the rest share the HTTPS overflow bucket.
+        for n in 3..50 {
+            let h = conn_source(Protocol::Https, peer(n));
+            t.served(h, 5);
+            t.dropped(h, ConnDrop::BadRequest);
+        }
+        let iv = t.take(t0).expect("counted");
+        assert_eq!(iv.rows.len(), 4, "{:#?}", iv.rows);
+        assert!(t.take(t0).is_none(), "taken: empty");
+        let mut dir = Directory::default();
+        for n in 1..=2 {
+            dir.by_ip.insert(
+                ip(n),
+                vec![PeerInfo {
+                    agent: Some(format!("a{n}")),
+                    ..PeerInfo::default()
+                }],
+            );
+        }
+        let me = AgentIdentity {
+            agent_id: Some("s1".into()),
+            region: "ap".into(),
+            az: None,
+            location: None,
+        };
+        let local = |p: u16| SocketAddr::new(ip(9), p);
+        let locals = [
+            (Protocol::Tcp, local(1)),
+            (Protocol::Quic, local(2)),
+            (Protocol::Https, local(3)),
+        ];
+        let recs = to_records(&iv, 0, &me, ControlMode::Connected, &locals, &dir);
+        let find = |p: Protocol, reason: Option<&str>| {
+            recs.iter()
+                .find(|r| r.protocol == Some(p) && r.drop_reason.as_deref() == reason)
+                .unwrap_or_else(|| panic!("{p:?} {reason:?} in {recs:#?}"))
+        };
+        let tcp = find(Protocol::Tcp, None);
+        assert_eq!(
+            (tcp.packets, tcp.bytes, tcp.returned),
+            (Some(5), Some(0), None)
+        );
+        assert_eq!(tcp.target, "tcp://10.0.0.9:1");
+        assert_eq!(tcp.kind, Some(Kind::Serve));
+        assert_eq!(tcp.src_addr.as_deref(), Some("10.0.0.1"));
+        assert_eq!(tcp.src_agent.as_deref(), Some("a1"), "a TCP peer is proven");
+        assert_eq!(tcp.dst_agent.as_deref(), Some("s1"));
+        let cap = find(Protocol::Tcp, Some("refused_per_ip_cap"));
+        assert_eq!(cap.packets, Some(1));
+        assert_eq!(cap.src_agent.as_deref(), Some("a1"));
+        let quic = find(Protocol::Quic, None);
+        assert_eq!(
+            (quic.packets, quic.returned, quic.bytes),
+            (Some(2), Some(10), Some(1000)),
+            "handshakes, datagrams echoed, their bytes"
+        );
+        assert_eq!(quic.target, "quic://10.0.0.9:2");
+        assert_eq!(quic.src_agent.as_deref(), Some("a1"), "handshake completed");
+        assert_eq!(find(Protocol::Quic, Some("send_error")).bytes, Some(100));
+        let failed = find(Protocol::Quic, Some("handshake_failed"));
+        assert_eq!(failed.packets, Some(1));
+        assert_eq!(failed.src_addr.as_deref(), Some("10.0.0.2"));
+        assert_eq!(
+            failed.src_agent, None,
+            "a failed QUIC handshake proves no address"
+        );
+        let over = find(Protocol::Https, None);
+        assert_eq!((over.packets, over.bytes), (Some(47), Some(235)));
+        assert_eq!(over.src_addr, None, "overflow bucket");
+        assert_eq!(over.target, "https://10.0.0.9:3");
+        assert_eq!(find(Protocol::Https, Some("bad_request")).packets, Some(47));
+        assert_eq!(recs.len(), 7, "{recs:#?}");
     }
 }

@@ -80,6 +80,7 @@ use crate::udp::Key;
 use crate::udp::grant::{Grant, GrantError, GrantPublicKey, GrantSigner, unix_now};
 use crate::udp::wire::{self, MessageType, WireError, WireKey};
 use crate::udp::{StampMapper, sys};
+use meshlat_proto::record::Protocol;
 
 /// How often the serving thread checks for shutdown while idle.
 pub const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
@@ -523,6 +524,7 @@ fn serve(
                         t.dropped(
                             Source {
                                 role: Role::Serve,
+                                protocol: Protocol::Udp,
                                 ip: Some(peer.ip()),
                                 key_id: None,
                                 dst: None,
@@ -548,6 +550,7 @@ fn serve(
                     t.send_failed(
                         Source {
                             role: Role::Serve,
+                            protocol: Protocol::Udp,
                             ip: Some(ip),
                             key_id: Some(key_id),
                             dst: None,
@@ -645,6 +648,7 @@ impl Relay {
             MessageType::RelayForward => {
                 let mut src = Source {
                     role: Role::Relay,
+                    protocol: Protocol::Udp,
                     ip: Some(peer.ip()),
                     key_id: None,
                     dst: None,
@@ -666,6 +670,7 @@ impl Relay {
                 }
                 let src = Source {
                     role: Role::Relay,
+                    protocol: Protocol::Udp,
                     ip: Some(p.src.ip()),
                     key_id: Some(key_id),
                     dst: Some(p.dst),

@@ -26,7 +26,9 @@ pub struct FirehoseSinkConfig {
     pub region: Option<String>,
     /// Endpoint override (an `http(s)://` URL).
     pub endpoint: Option<String>,
-    /// Spool directory of this stream (`<--spool-dir>/<stream>`).
+    /// Spool directory of this stream (`<--spool-dir>/<stream>`), shared by every agent using
+    /// that `--spool-dir`: the sink spools in a subdirectory it claims there
+    /// ([`crate::sink::firehose::spool::claim`]).
     pub spool_dir: PathBuf,
     /// Spool bound in bytes.
     pub spool_max_bytes: u64,

@@ -43,6 +43,9 @@ struct Entry {
 
 pub(super) struct Dispatcher<A> {
     cfg: FirehoseSinkConfig,
+    /// The claimed spool directory's lock, held while batches may be written
+    /// ([`super::spool::claim`]).
+    _lock: Option<super::spool::SpoolLock>,
     api: A,
     retry: FirehoseRetryLogic,
     spool: Spool,
@@ -75,8 +78,10 @@ impl<A: FirehoseApi> Dispatcher<A> {
         spool: Spool,
         found: Vec<SpooledBatch>,
         stats: Arc<FirehoseStats>,
+        lock: Option<super::spool::SpoolLock>,
     ) -> Self {
         let mut d = Dispatcher {
+            _lock: lock,
             packer: Packer::new(cfg.limits),
             api,
             spool,

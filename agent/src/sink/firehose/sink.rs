@@ -76,21 +76,46 @@ impl FirehoseSink {
     pub async fn start(cfg: FirehoseSinkConfig) -> Result<Self, FirehoseStartError> {
         let api =
             AwsFirehose::new(&cfg.stream, cfg.region.as_deref(), cfg.endpoint.as_deref()).await?;
-        Ok(Self::with_api(cfg, api)?)
+        Ok(Self::claiming(cfg, api)?)
     }
 
-    /// Starts the sink on any transport (a fake in tests, a null endpoint in benchmarks).
+    /// Starts the sink on any transport with `cfg.spool_dir` as the stream's directory, shared
+    /// with other processes: spools in a subdirectory of it that this process claims
+    /// ([`spool::claim`]; orphans' batches are replayed) and holds until the sink is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError`] if the spool directory cannot be created, read or locked.
+    pub fn claiming<A: FirehoseApi>(
+        mut cfg: FirehoseSinkConfig,
+        api: A,
+    ) -> Result<Self, SpoolError> {
+        let lock = spool::claim(&cfg.spool_dir)?;
+        cfg.spool_dir = lock.dir().to_path_buf();
+        Self::open(cfg, api, Some(lock))
+    }
+
+    /// Starts the sink on any transport (a fake in tests, a null endpoint in benchmarks),
+    /// spooling in `cfg.spool_dir` itself (no claim: the caller owns the directory).
     ///
     /// # Errors
     ///
     /// [`SpoolError`] if the spool directory cannot be created or read.
     pub fn with_api<A: FirehoseApi>(cfg: FirehoseSinkConfig, api: A) -> Result<Self, SpoolError> {
+        Self::open(cfg, api, None)
+    }
+
+    fn open<A: FirehoseApi>(
+        cfg: FirehoseSinkConfig,
+        api: A,
+        lock: Option<spool::SpoolLock>,
+    ) -> Result<Self, SpoolError> {
         let (spool, found, problems) = Spool::open(&cfg.spool_dir)?;
         for e in problems {
             metrics::sink_error(NAME, "spool_corrupt", 0, &e);
         }
         let stats = Arc::new(FirehoseStats::default());
-        let d = Dispatcher::new(cfg, api, spool, found, stats.clone());
+        let d = Dispatcher::new(cfg, api, spool, found, stats.clone(), lock);
         let (tx, rx) = mpsc::channel(LINE_CHANNEL_DEPTH);
         let task = tokio::spawn(d.run(rx));
         Ok(FirehoseSink {

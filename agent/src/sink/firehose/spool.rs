@@ -31,10 +31,40 @@
 //!
 //! The directory is created with mode 0700 (it holds measurement data); the default is under the
 //! agent's `--state-dir`, not a shared temporary directory.
+//!
+//! # One directory per process ([`claim`])
+//!
+//! The agent's sink does not spool into the stream's directory (`<--spool-dir>/<stream>`)
+//! itself but into a subdirectory of it that it owns while it runs, so several agents may share
+//! one `--spool-dir` (say, ECS tasks mounting one EFS directory) without ever touching each
+//! other's files:
+//!
+//! ```text
+//! <--spool-dir>/<stream>/
+//!   agent-<16 hex>/            one per process that ever spooled here
+//!     lock                     held with flock(LOCK_EX) while its owner runs
+//!     batch-<seq:020>.fhb ...  as above
+//! ```
+//!
+//! At start, [`claim`]:
+//!
+//! 1. adopts the first `agent-*` directory whose `lock` it can take without waiting (an
+//!    orphan: its owner is gone, so the kernel, or for NFS the server once the dead client's
+//!    lease expired, released the lock), else creates `agent-<random>` and locks it; a
+//!    directory another process holds is never opened;
+//! 2. moves the batches of every other orphan it can lock into its own directory (renamed to
+//!    sequence numbers after its own, each rename atomic), and those a pre-subdirectory agent
+//!    left directly in `<stream>/`, so they are replayed now and none waits for a restart that
+//!    may never come;
+//! 3. keeps the lock until the sink is dropped (process exit releases it too).
+//!
+//! An orphan's `dead-letter.ndjson` stays in its directory. Directories are never deleted, so
+//! a lock file is never unlinked under a process that is about to take it; there are at most as
+//! many as processes ever ran at once (plus dead ones whose NFS lease has not yet expired).
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -268,10 +298,176 @@ impl Spool {
     }
 }
 
+/// Prefix of a process's spool directory under the stream's ([`claim`]).
+pub const INSTANCE_PREFIX: &str = "agent-";
+/// The lock file in a process's spool directory.
+const LOCK_FILE: &str = "lock";
+
+/// A spool directory this process owns (see the module doc, "One directory per process"):
+/// the flock on its `lock` file is held until this is dropped.
+#[derive(Debug)]
+pub struct SpoolLock {
+    dir: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl SpoolLock {
+    /// The directory owned.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Takes `dir/lock` with `flock(LOCK_EX | LOCK_NB)`: `Ok(None)` when another process holds it.
+/// (std's `File::try_lock` is the same call, but newer than the workspace's MSRV.)
+#[allow(unsafe_code)]
+fn try_lock(dir: &Path) -> std::io::Result<Option<SpoolLock>> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)?;
+    // SAFETY: flock(2) on a descriptor owned by `file`, alive for the call; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(Some(SpoolLock {
+            dir: dir.to_path_buf(),
+            _lock: file,
+        }));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+/// `agent-*` directories under `base`, sorted.
+fn instances(base: &Path) -> Result<Vec<PathBuf>, SpoolError> {
+    let mut v = Vec::new();
+    for entry in std::fs::read_dir(base).map_err(io(base))? {
+        let entry = entry.map_err(io(base))?;
+        let name = entry.file_name();
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if is_dir && name.to_string_lossy().starts_with(INSTANCE_PREFIX) {
+            v.push(entry.path());
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// `(seq, path)` of the complete batch files directly in `dir`.
+fn batch_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SpoolError> {
+    let mut v = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        let seq = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("batch-"))
+            .and_then(|n| n.strip_suffix(".fhb"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(seq) = seq {
+            v.push((seq, path));
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Moves the batch files of `from` into `to` after `to`'s last sequence number, in order.
+/// Returns how many moved; a file another process moved first is skipped.
+fn adopt_batches(from: &Path, to: &Path) -> Result<usize, SpoolError> {
+    let mut next = batch_files(to)?.last().map_or(0, |(s, _)| s + 1);
+    let mut moved = 0;
+    for (_, path) in batch_files(from)? {
+        let dest = to.join(format!("batch-{next:020}.fhb"));
+        match std::fs::rename(&path, &dest) {
+            Ok(()) => {
+                next += 1;
+                moved += 1;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
+    }
+    if moved > 0 {
+        sync_dir(to).map_err(io(to))?;
+        sync_dir(from).map_err(io(from))?;
+    }
+    Ok(moved)
+}
+
+/// Claims this process's spool directory under the stream directory `base` (see the module
+/// doc, "One directory per process"): adopts an orphan or makes a new one, and moves every
+/// other orphan's batches (and a pre-subdirectory agent's, left in `base`) into it.
+///
+/// # Errors
+///
+/// [`SpoolError::Io`] if `base` cannot be created or read, or a lock cannot be taken for a
+/// reason other than another process holding it.
+pub fn claim(base: &Path) -> Result<SpoolLock, SpoolError> {
+    use rand::{Rng, SeedableRng};
+    create_private_dir(base).map_err(io(base))?;
+    let mut mine = None;
+    for dir in instances(base)? {
+        if let Some(l) = try_lock(&dir).map_err(io(&dir))? {
+            mine = Some(l);
+            break;
+        }
+    }
+    let mut rng = rand::rngs::SmallRng::from_os_rng();
+    let mut tries = 0;
+    let mine = loop {
+        if let Some(l) = mine.take() {
+            break l;
+        }
+        tries += 1;
+        let dir = base.join(format!("{INSTANCE_PREFIX}{:016x}", rng.random::<u64>()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            // Another process's name (or a racing adopter took our new one): pick again.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => continue,
+            Err(e) => return Err(io(&dir)(e)),
+        }
+        mine = try_lock(&dir).map_err(io(&dir))?;
+        if tries >= 16 && mine.is_none() {
+            return Err(io(&dir)(std::io::Error::other(
+                "no spool directory could be locked",
+            )));
+        }
+    };
+    let _ = sync_dir(base);
+    // Orphans' batches, then a pre-subdirectory agent's, join this process's spool.
+    let mut adopted = 0;
+    for dir in instances(base)? {
+        if dir == mine.dir {
+            continue;
+        }
+        if let Some(other) = try_lock(&dir).map_err(io(&dir))? {
+            adopted += adopt_batches(other.dir(), mine.dir())?;
+        }
+    }
+    adopted += adopt_batches(base, mine.dir())?;
+    tracing::info!(
+        message = "Spool directory claimed.",
+        dir = %mine.dir.display(),
+        adopted_batches = adopted
+    );
+    Ok(mine)
+}
+
 /// Creates `dir` (and parents) with mode 0700 if missing; tightens an existing spool directory
 /// to 0700.
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -462,3 +462,100 @@ async fn a_spooled_batch_with_a_truncated_body_is_renamed_corrupt_at_send_time()
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Batch files directly in `dir` and in its subdirectories, by directory.
+fn batches_by_dir(base: &std::path::Path) -> Vec<(PathBuf, usize)> {
+    let mut v: Vec<(PathBuf, usize)> = std::fs::read_dir(base)
+        .expect("base")
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| (e.path(), spool_files(&e.path())))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn live_processes_never_share_a_spool_directory_and_orphans_are_adopted() {
+    let base = tmpdir("claim");
+    let a = spool::claim(&base).expect("first claim");
+    let b = spool::claim(&base).expect("second claim");
+    assert_ne!(a.dir(), b.dir(), "two live owners, two directories");
+    for l in [&a, &b] {
+        let name = l.dir().file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(spool::INSTANCE_PREFIX), "{name}");
+        assert_eq!(l.dir().parent(), Some(base.as_path()));
+    }
+    // a spools three batches and dies (its lock is released); b is alive with one of its own.
+    let write = |dir: &std::path::Path, seqs: &[u64]| {
+        let (mut s, _, _) = Spool::open(dir).expect("open");
+        for &q in seqs {
+            s.write(q, &[Bytes::from(format!("{{\"seq\":{q}}}\n"))], 1)
+                .expect("write");
+        }
+    };
+    write(a.dir(), &[0, 1, 2]);
+    write(b.dir(), &[7]);
+    // A pre-subdirectory agent's batch, directly in the stream directory.
+    write(&base, &[4]);
+    let a_dir = a.dir().to_path_buf();
+    drop(a);
+    // A restarted process adopts the orphan, takes the legacy batch, and leaves b's alone.
+    let c = spool::claim(&base).expect("restart");
+    assert_eq!(c.dir(), a_dir, "the orphan is adopted");
+    assert_eq!(spool_files(c.dir()), 4, "its 3 batches + the legacy one");
+    assert_eq!(
+        spool_files(b.dir()),
+        1,
+        "a live owner's batches are never touched"
+    );
+    assert_eq!(spool_files(&base), 0);
+    // b dies too: the next claimer finds c busy, adopts b's directory.
+    let b_dir = b.dir().to_path_buf();
+    drop(b);
+    let d = spool::claim(&base).expect("claim while c runs");
+    assert_eq!(d.dir(), b_dir);
+    // Two orphans: a claimer adopts the first and moves the other's batches into it.
+    drop(c);
+    drop(d);
+    let e = spool::claim(&base).expect("claim with two orphans");
+    assert_eq!(spool_files(e.dir()), 5, "{:?}", batches_by_dir(&base));
+    let (_, found, problems) = Spool::open(e.dir()).expect("open");
+    assert!(problems.is_empty(), "{problems:?}");
+    let seqs: Vec<u64> = found.iter().map(|b| b.seq).collect();
+    assert_eq!(
+        seqs,
+        vec![0, 1, 2, 3, 4],
+        "renumbered after the adopter's own"
+    );
+    assert_eq!(found.iter().map(|b| b.lines).sum::<u64>(), 5);
+    drop(e);
+    std::fs::remove_dir_all(&base).ok();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claiming_sink_replays_what_a_dead_sink_sharing_its_directory_spooled() {
+    let base = tmpdir("claim-sink");
+    let down = FakeFirehose::default();
+    down.state().otherwise = Some(unreachable());
+    let mut c = cfg(&base);
+    c.drain_timeout = Duration::from_secs(1);
+    // A live neighbour on the same directory (another task on the same EFS volume).
+    let neighbour = FirehoseSink::claiming(c.clone(), FakeFirehose::default()).expect("start");
+    let mut dead = FirehoseSink::claiming(c.clone(), down.clone()).expect("start");
+    send_all(&mut dead, 40).await;
+    dead.close().await;
+    drop(dead);
+    let spooled: usize = batches_by_dir(&base).iter().map(|(_, n)| n).sum();
+    assert!(spooled > 0, "the outage spooled batches");
+    let up = FakeFirehose::default();
+    let mut again = FirehoseSink::claiming(c, up.clone()).expect("restart");
+    again.close().await;
+    assert_eq!(
+        up.accepted_seqs(),
+        (0..40).collect::<Vec<_>>(),
+        "every spooled line replayed, once"
+    );
+    drop(neighbour);
+    std::fs::remove_dir_all(&base).ok();
+}
