@@ -17,7 +17,7 @@
 //! - [`admin`]: the `-s PORT` server: `/health`, `/metrics`, `/memstats`.
 //! - [`tls`]: rustls configuration (one provider: ring).
 //! - [`linkemu`]: a UDP/TCP forwarder with per-route delay and seeded loss, for tests and demos.
-//! - [`control`]: running under a controller: session, fail-static, backoff, ECS identity.
+//! - [`control`]: running under a controller: session, fail-static, ECS identity.
 //! - [`cli`]: the command line; [`config`]: validated configuration; [`app`]: bind + run.
 
 pub mod admin;

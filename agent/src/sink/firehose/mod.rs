@@ -66,15 +66,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use self::client::{AwsFirehose, ClientSetupError, FirehoseApi, FirehoseError, PutBatchOutcome};
 use self::request::{PackedBatch, Packer, count_lines};
-use self::retry::{Backoff, ErrorClass, FirehoseRetryLogic, RetryAction, RetryLogic};
+use self::retry::{ErrorClass, FirehoseRetryLogic, RetryAction, RetryLogic};
 use self::spool::{Spool, SpoolError};
 use super::batch::BatchConfig;
 use super::{SharedRecord, Sink, SinkError};
@@ -557,8 +557,9 @@ impl<A: FirehoseApi> Dispatcher<A> {
                         self.dead_letter(&records, lines, &error);
                     }
                     ErrorClass::Retriable => {
-                        e.not_before =
-                            Some(now + Backoff::BATCH.delay(e.attempts - 1, &mut self.rng));
+                        e.not_before = Some(
+                            now + retry::BATCH.delay(e.attempts - 1, self.rng.random::<f64>()),
+                        );
                         metrics::sink_retry(NAME, "server_error", lines, &error);
                     }
                     ErrorClass::Throttled => {
@@ -589,7 +590,7 @@ impl<A: FirehoseApi> Dispatcher<A> {
     }
 
     fn pause(&mut self, now: Instant) {
-        let d = Backoff::SINK.delay(self.sink_failures, &mut self.rng);
+        let d = retry::SINK.delay(self.sink_failures, self.rng.random::<f64>());
         self.sink_failures = self.sink_failures.saturating_add(1);
         self.resume_at = Some(now + d);
     }
@@ -623,7 +624,7 @@ impl<A: FirehoseApi> Dispatcher<A> {
         let old = e.bytes;
         e.bytes = subset.iter().map(|r| r.len() as u64).sum();
         e.lines = count_lines(&subset);
-        e.not_before = Some(now + Backoff::BATCH.delay(e.attempts - 1, &mut self.rng));
+        e.not_before = Some(now + retry::BATCH.delay(e.attempts - 1, self.rng.random::<f64>()));
         let (lines, n, spooled) = (e.lines, subset.len(), e.spooled);
         self.mem_bytes = self.mem_bytes - old + e.bytes;
         self.stats
