@@ -12,7 +12,8 @@
 //!   virtual size, threads, open file descriptors, CPU seconds, uptime (perftest's memstats,
 //!   with what a Rust process can report).
 //!
-//! Anything else is 404; only GET and HEAD are accepted.
+//! Anything else is 404; only GET and HEAD are accepted. The endpoints are an axum `Router`
+//! behind that method check, served by this module's accept loop (hyper, connection guards).
 //!
 //! It binds `--stats-listen` (default: the command's `--listen` address), and holds to the same
 //! caps and deadlines as the responders (`--max-conns`, `--max-conns-per-ip`,

@@ -37,6 +37,14 @@
 //!
 //! Served over HTTP/1.1 with the controller's TLS certificate (plain HTTP with `--plaintext`).
 //!
+//! # Layout
+//!
+//! [`Rest::router`] is an axum `Router`, one handler per operation. Before it, `gate` answers
+//! the document, checks the credential, reads the body and normalizes the path (so
+//! `/api/v1/jobs/` and `//api/v1/jobs` are `/api/v1/jobs`), and writes the audit log; before
+//! that, the rate limit. [`Rest::serve`] runs the stack as a tower service in our own accept loop
+//! (TLS, connection guards, hyper's header timeout), not `axum::serve`, which has no TLS.
+//!
 //! # Limits
 //!
 //! Connections are admitted within `--rest-max-conns` and `--rest-max-conns-per-ip` (over-cap
@@ -203,7 +211,7 @@ impl Rest {
     }
 
     /// The API's routes (the table in the module documentation). It expects requests that
-    /// passed [`gate`]: authenticated, body read, path normalized.
+    /// passed `gate`: authenticated, body read, path normalized.
     pub fn router(self) -> Router {
         use MethodFilter as M;
         Router::new()
