@@ -12,7 +12,8 @@
 //!   virtual size, threads, open file descriptors, CPU seconds, uptime (perftest's memstats,
 //!   with what a Rust process can report).
 //!
-//! Anything else is 404; only GET and HEAD are accepted.
+//! Anything else is 404; only GET and HEAD are accepted. The endpoints are an axum `Router`
+//! behind that method check, served by this module's accept loop (hyper, connection guards).
 //!
 //! It binds `--stats-listen` (default: the command's `--listen` address), and holds to the same
 //! caps and deadlines as the responders (`--max-conns`, `--max-conns-per-ip`,
@@ -20,12 +21,14 @@
 //! accept, request heads must arrive in time, idle connections are closed. Refusals and
 //! closes count in `meshlat_responder_requests_total{protocol="stats"}`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{Method, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioTimer;
 use meshlat_guard::{ConnLimits, Guarded, GuardedListener, Tracker};
@@ -64,6 +67,9 @@ impl AdminServer {
     pub async fn run(self, shutdown: CancellationToken) {
         let started = tokio::time::Instant::now();
         let header_timeout = self.listener.tracker().limits().header_timeout;
+        // The method check wraps the whole router: it answers before routing, so an unknown
+        // path with another method is 405 too.
+        let app = tower::Layer::layer(&axum::middleware::from_fn(only_get), router(started));
         loop {
             let (stream, peer, slot) = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -71,9 +77,10 @@ impl AdminServer {
             };
             let io = hyper_util::rt::TokioIo::new(Guarded::new(stream, peer, slot));
             let stop = shutdown.clone();
+            let app = app.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| async move {
-                    Ok::<_, Infallible>(handle(&req, started))
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -88,16 +95,13 @@ impl AdminServer {
     }
 }
 
-fn handle(req: &Request<Incoming>, started: tokio::time::Instant) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, ctype: &'static str, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(ctype),
-        );
-        r
-    };
+/// A response with this status, `Content-Type` and body.
+fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response {
+    (status, [(http::header::CONTENT_TYPE, ctype)], body).into_response()
+}
+
+/// `405` for any method but `GET` and `HEAD`, whatever the path.
+async fn only_get(req: Request, next: Next) -> Response {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -105,29 +109,53 @@ fn handle(req: &Request<Incoming>, started: tokio::time::Instant) -> Response<Fu
             "only GET\n".into(),
         );
     }
-    match req.uri().path() {
-        "/health" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/status" => reply(
-            StatusCode::OK,
-            "application/json",
-            crate::control::status::json().to_string(),
-        ),
-        "/metrics" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::get().encode(),
-        ),
-        "/memstats" => reply(
-            StatusCode::OK,
-            "application/json",
-            memstats(started.elapsed().as_secs_f64()).to_string(),
-        ),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found; try /health, /status, /metrics or /memstats\n".into(),
-        ),
-    }
+    next.run(req).await
+}
+
+/// The endpoints (`GET`, and `HEAD` from `GET`); anything else is 404.
+fn router(started: tokio::time::Instant) -> Router {
+    Router::new()
+        .route(
+            "/health",
+            get(|| async { reply(StatusCode::OK, "text/plain", "ok\n".into()) }),
+        )
+        .route(
+            "/status",
+            get(|| async {
+                reply(
+                    StatusCode::OK,
+                    "application/json",
+                    crate::control::status::json().to_string(),
+                )
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|| async {
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    crate::metrics::get().encode(),
+                )
+            }),
+        )
+        .route(
+            "/memstats",
+            get(move || async move {
+                reply(
+                    StatusCode::OK,
+                    "application/json",
+                    memstats(started.elapsed().as_secs_f64()).to_string(),
+                )
+            }),
+        )
+        .fallback(|| async {
+            reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found; try /health, /status, /metrics or /memstats\n".into(),
+            )
+        })
 }
 
 /// Process figures from `/proc/self` (Linux). Missing figures are `null`.

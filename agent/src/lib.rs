@@ -17,7 +17,7 @@
 //! - [`metrics`]: the Prometheus registry and the events that count drops and errors.
 //! - [`admin`]: the `-s PORT` server: `/health`, `/metrics`, `/memstats`.
 //! - [`tls`]: rustls configuration (one provider: ring).
-//! - [`control`]: running under a controller: session, fail-static, backoff, ECS identity.
+//! - [`control`]: running under a controller: session, fail-static, ECS identity.
 //! - [`cli`]: the command line; [`config`]: validated configuration; [`app`]: bind + run.
 
 pub mod admin;

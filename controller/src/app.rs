@@ -8,7 +8,6 @@ use std::time::Duration;
 use meshlat_guard::{GrpcReject, GuardedListener, RateLimitLayer, RateLimiter};
 use meshlat_proto::pb::federation_service_server::FederationServiceServer;
 use meshlat_proto::pb::operator_service_server::OperatorServiceServer;
-use meshlat_proto::token::hex_encode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -292,7 +291,7 @@ impl Controller {
             v.push(format!("listening rest {a}"));
         }
         v.push(format!("ca-file {}", self.tls.ca_path.display()));
-        v.push(format!("ca-sha256 {}", hex_encode(&self.tls.ca_sha256)));
+        v.push(format!("ca-sha256 {}", hex::encode(self.tls.ca_sha256)));
         if let Some(p) = &self.secrets_file {
             v.push(format!("secrets-file {}", p.display()));
         }

@@ -29,7 +29,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use meshlat_proto::token::{JoinToken, hex_decode, hex_encode};
+use meshlat_proto::token::JoinToken;
 use serde::{Deserialize, Serialize};
 
 /// File names in the data directory.
@@ -140,7 +140,7 @@ pub struct TlsMaterial {
 impl std::fmt::Debug for TlsMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsMaterial")
-            .field("ca_sha256", &hex_encode(&self.ca_sha256))
+            .field("ca_sha256", &hex::encode(self.ca_sha256))
             .field("ca_path", &self.ca_path)
             .finish_non_exhaustive()
     }
@@ -404,7 +404,7 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::fill(&mut b[..]);
-    hex_encode(&b)
+    hex::encode(&b)
 }
 
 fn unix_now() -> u64 {
@@ -458,7 +458,7 @@ fn parse_operator_seed(c: &str) -> Result<(&str, &str), AuthError> {
 
 fn parse_join_seed(s: &str) -> Result<String, AuthError> {
     let s = s.trim();
-    if s.len() >= 32 && hex_decode(s).is_some() {
+    if s.len() >= 32 && hex::decode(s).is_ok() {
         Ok(s.to_ascii_lowercase())
     } else {
         Err(AuthError::Seed {
@@ -472,14 +472,14 @@ impl Inner {
     fn to_file(&self) -> CredentialsFile {
         CredentialsFile {
             format_version: meshlat_proto::state_file::FORMAT,
-            agent_secret_sha256: hex_encode(&self.agent_secret_sha256),
+            agent_secret_sha256: hex::encode(self.agent_secret_sha256),
             default_token_revoked_unix: self.default_token_revoked,
             join_tokens: self
                 .tokens
                 .iter()
                 .map(|t| TokenEntry {
                     name: t.info.name.clone(),
-                    secret_sha256: hex_encode(&t.sha256),
+                    secret_sha256: hex::encode(t.sha256),
                     created_unix: t.info.created_unix,
                     expires_unix: t.info.expires_unix,
                     revoked_unix: t.info.revoked_unix,
@@ -490,7 +490,7 @@ impl Inner {
                 .iter()
                 .map(|o| OperatorEntry {
                     key: o.info.name.clone(),
-                    secret_sha256: hex_encode(&o.sha256),
+                    secret_sha256: hex::encode(o.sha256),
                     origin: Some(o.info.origin),
                     created_unix: o.info.created_unix,
                 })
@@ -587,9 +587,10 @@ impl Credentials {
             let file: CredentialsFile =
                 serde_json::from_slice(&raw).map_err(|e| corrupt(e.to_string()))?;
             let digest = |h: &str| -> Result<[u8; 32], AuthError> {
-                hex_decode(h)
-                    .and_then(|v| v.try_into().ok())
-                    .ok_or_else(|| corrupt("a hash is not 64 hex digits".into()))
+                let mut d = [0u8; 32];
+                hex::decode_to_slice(h, &mut d)
+                    .map(|()| d)
+                    .map_err(|_| corrupt("a hash is not 64 hex digits".into()))
             };
             Inner {
                 agent_secret_sha256: digest(&file.agent_secret_sha256)?,
@@ -1188,8 +1189,8 @@ mod tests {
         let dir = tmp();
         let old = format!(
             "{{\"agent_secret_sha256\":\"{}\",\"operators\":[{{\"key\":\"op-1\",\"secret_sha256\":\"{}\"}}]}}",
-            hex_encode(&sha256(b"33333333333333333333333333333333")),
-            hex_encode(&sha256(b"old-secret-0123456789")),
+            hex::encode(sha256(b"33333333333333333333333333333333")),
+            hex::encode(sha256(b"old-secret-0123456789")),
         );
         std::fs::write(dir.join(CREDENTIALS_FILE), old).expect("old file");
         let (c, _) = Credentials::load_or_create(&dir, &Seeds::default()).expect("load");

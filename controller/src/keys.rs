@@ -28,7 +28,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use meshlat_proto::grant::{GRANT_BYTES, GrantPublicKey, GrantSigner};
-use meshlat_proto::token::hex_encode;
 use ring::hmac;
 
 use crate::auth::AuthError;
@@ -75,7 +74,7 @@ impl std::fmt::Debug for MeshKeys {
 /// The wire key secret derived from `root` (see the module doc).
 pub fn wire_secret(root: &[u8]) -> Vec<u8> {
     let k = hmac::Key::new(hmac::HMAC_SHA256, root);
-    hex_encode(hmac::sign(&k, WIRE_LABEL).as_ref()).into_bytes()
+    hex::encode(hmac::sign(&k, WIRE_LABEL).as_ref()).into_bytes()
 }
 
 impl MeshKeys {

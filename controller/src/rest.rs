@@ -37,6 +37,14 @@
 //!
 //! Served over HTTP/1.1 with the controller's TLS certificate (plain HTTP with `--plaintext`).
 //!
+//! # Layout
+//!
+//! [`Rest::router`] is an axum `Router`, one handler per operation. Before it, `gate` answers
+//! the document, checks the credential, reads the body and normalizes the path (so
+//! `/api/v1/jobs/` and `//api/v1/jobs` are `/api/v1/jobs`), and writes the audit log; before
+//! that, the rate limit. [`Rest::serve`] runs the stack as a tower service in our own accept loop
+//! (TLS, connection guards, hyper's header timeout), not `axum::serve`, which has no TLS.
+//!
 //! # Limits
 //!
 //! Connections are admitted within `--rest-max-conns` and `--rest-max-conns-per-ip` (over-cap
@@ -45,14 +53,17 @@
 //! `--idle-timeout` without traffic ([`meshlat_guard`]). Requests are rate limited per source
 //! address and per credential before the credential is checked ([`RestReject`]).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter};
+use http::{HeaderMap, Method, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use meshlat_guard::{
@@ -70,9 +81,11 @@ use crate::registry::{DomainError, Registry};
 /// Largest request body.
 pub const MAX_BODY: usize = 1024 * 1024;
 /// The OpenAPI 3 document of this API, served at `GET /api/v1/openapi.json` without a
-/// credential. `controller/tests/openapi.rs` checks it against the routes below (both ways) and
-/// a live controller, and `scripts/test_api.sh` runs schemathesis from it.
+/// credential. `controller/tests/openapi.rs` checks it against the routes of [`Rest::router`]
+/// (both ways) and a live controller, and `scripts/test_api.sh` runs schemathesis from it.
 pub const OPENAPI: &str = include_str!("openapi.json");
+/// Where [`OPENAPI`] is served.
+const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 /// Interval of heartbeat comments on `/api/v1/stream`.
 pub const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
 
@@ -84,16 +97,15 @@ pub struct Rest {
 }
 
 /// A REST response: a whole JSON body, or a stream of server-sent events.
-pub type Resp = Response<BoxBody<Bytes, Infallible>>;
+pub type Resp = Response;
 
 fn reply(status: StatusCode, v: &Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
+    (
+        status,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
 }
 
 /// `405` naming the methods the path has, in `Allow` and in the message.
@@ -160,8 +172,8 @@ fn domain_error(e: &DomainError) -> Resp {
 #[derive(Clone, Copy, Debug)]
 pub struct RestReject;
 
-impl Reject<BoxBody<Bytes, Infallible>> for RestReject {
-    type Body = BoxBody<Bytes, Infallible>;
+impl Reject<Body> for RestReject {
+    type Body = Body;
 
     fn pass(&self, response: Resp) -> Resp {
         response
@@ -182,10 +194,75 @@ impl Reject<BoxBody<Bytes, Infallible>> for RestReject {
     }
 }
 
+/// The start of a path's method router: every method the path does not add with `.on` —
+/// `HEAD` included, which axum would otherwise answer from `GET` — gets `405` with `Allow:
+/// allow` (RFC 9110).
+fn methods(allow: &'static str) -> MethodRouter<Rest> {
+    let refuse = move || std::future::ready(not_allowed(allow));
+    MethodRouter::new()
+        .on(MethodFilter::HEAD, refuse)
+        .fallback(refuse)
+}
+
 impl Rest {
     /// A REST front end over `registry`.
     pub fn new(registry: Arc<Registry>, creds: Arc<Credentials>) -> Self {
         Rest { registry, creds }
+    }
+
+    /// The API's routes (the table in the module documentation). It expects requests that
+    /// passed `gate`: authenticated, body read, path normalized.
+    pub fn router(self) -> Router {
+        use MethodFilter as M;
+        Router::new()
+            // `GET` of the document itself is answered by the gate before the credential check;
+            // a `GET` that reaches this route spelled the path another way (`.../openapi.json/`).
+            .route(OPENAPI_PATH, methods("GET"))
+            .route(
+                "/api/v1/jobs",
+                methods("GET, POST")
+                    .on(M::GET, list_jobs)
+                    .on(M::POST, start_job),
+            )
+            .route(
+                "/api/v1/jobs/{id}",
+                methods("GET, PUT, DELETE")
+                    .on(M::GET, get_job)
+                    .on(M::PUT, update_job)
+                    .on(M::DELETE, stop_job),
+            )
+            .route("/api/v1/agents", methods("GET").on(M::GET, list_agents))
+            .route("/api/v1/matrix", methods("GET").on(M::GET, matrix))
+            .route("/api/v1/stream", methods("GET").on(M::GET, stream))
+            .route(
+                "/api/v1/credentials",
+                methods("GET, POST")
+                    .on(M::GET, list_credentials)
+                    .on(M::POST, add_credential),
+            )
+            .route(
+                "/api/v1/credentials/{name}",
+                methods("DELETE").on(M::DELETE, revoke_credential),
+            )
+            .route(
+                "/api/v1/tokens",
+                methods("GET, POST")
+                    .on(M::GET, list_tokens)
+                    .on(M::POST, create_token),
+            )
+            .route(
+                "/api/v1/tokens/{name}",
+                methods("DELETE").on(M::DELETE, revoke_token),
+            )
+            .fallback(|| {
+                std::future::ready(error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    None,
+                    "no such endpoint",
+                ))
+            })
+            .with_state(self)
     }
 
     /// Serves `listener` until `shutdown`, with TLS if `tls` is given: connections within the
@@ -222,7 +299,8 @@ impl Rest {
         }
     }
 
-    /// Serves HTTP/1.1 on every established connection of `conns`.
+    /// Serves HTTP/1.1 on every established connection of `conns`: [`Rest::router`] behind
+    /// [`gate`] and the rate limit, as a hyper service.
     async fn serve_conns<IO>(
         self,
         mut conns: impl tokio_stream::Stream<Item = std::io::Result<Guarded<IO>>> + Unpin,
@@ -233,7 +311,13 @@ impl Rest {
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         use tokio_stream::StreamExt;
-        let layer = RateLimitLayer::new(limiter, RestReject);
+        // The gate wraps the whole router (not `Router::layer`, which runs after routing): it
+        // normalizes the path the router matches.
+        let gated = tower::Layer::layer(
+            &axum::middleware::from_fn_with_state(self.clone(), gate),
+            self.router(),
+        );
+        let app = tower::Layer::layer(&RateLimitLayer::new(limiter, RestReject), gated);
         loop {
             let io = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -244,20 +328,13 @@ impl Rest {
                 },
             };
             let remote = io.peer();
-            let this = self.clone();
-            let limited = tower::Layer::layer(
-                &layer,
-                tower::service_fn(move |mut req: Request<Incoming>| {
-                    let this = this.clone();
-                    req.extensions_mut().insert(RemoteAddr(remote));
-                    async move { Ok::<_, Infallible>(this.handle(req).await) }
-                }),
-            );
+            let app = app.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     req.extensions_mut().insert(PeerAddr(remote));
-                    tower::ServiceExt::oneshot(limited.clone(), req)
+                    req.extensions_mut().insert(RemoteAddr(remote));
+                    tower::ServiceExt::oneshot(app.clone(), req.map(Body::new))
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -270,258 +347,289 @@ impl Rest {
             });
         }
     }
+}
 
-    /// Handles one request (public for tests); state-changing calls are audited.
-    pub async fn handle(&self, req: Request<Incoming>) -> Resp {
-        let (parts, body) = req.into_parts();
-        if parts.method == Method::GET && parts.uri.path() == "/api/v1/openapi.json" {
-            let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())).boxed());
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            return r;
-        }
-        let remote = parts.extensions.get::<RemoteAddr>().map(|r| r.0);
-        let segs: Vec<String> = parts
-            .uri
-            .path()
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
-        let action = audit_action(&parts.method, &segs);
-        let caller = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-            .and_then(|c| self.creds.check_operator(c));
-        let mut object = segs.get(3).cloned().unwrap_or_else(|| "-".into());
-        let resp = match &caller {
-            Some(_) => self.route(parts, body, &mut object).await,
-            None => {
-                tracing::warn!(message = "REST call refused: bad credential.", path = %parts.uri.path(), ?remote);
-                unauthorized()
-            }
-        };
-        if let Some(action) = action {
-            audit::record(
-                caller.as_deref(),
-                remote,
-                action,
-                &object,
-                outcome(resp.status()),
-            );
-        }
-        resp
+/// What a state-changing call acted on, for the audit log: a handler that names a new object
+/// (a job id, a credential or token name) puts it in its response's extensions; otherwise the
+/// path's fourth segment (or `-`) is logged.
+#[derive(Clone, Debug)]
+struct AuditObject(String);
+
+/// Every request passes here before routing: `GET` of the OpenAPI document is answered at
+/// once; any other request needs the operator credential (`401` otherwise), has its body read
+/// within [`MAX_BODY`] (`413` otherwise) and its path normalized (empty segments and a
+/// trailing `/` dropped) for the router. State-changing calls are audited.
+async fn gate(State(rest): State<Rest>, req: Request, next: Next) -> Resp {
+    let (mut parts, body) = req.into_parts();
+    if parts.method == Method::GET && parts.uri.path() == OPENAPI_PATH {
+        return ([(http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response();
     }
-
-    /// Routes an authenticated request; sets `object` to what a created object is called.
-    async fn route(
-        &self,
-        parts: http::request::Parts,
-        body: Incoming,
-        object: &mut String,
-    ) -> Resp {
-        let body = match Limited::new(body, MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "invalid_argument",
-                    None,
-                    "request body too large or unreadable",
-                );
+    let remote = parts.extensions.get::<RemoteAddr>().map(|r| r.0);
+    let segs: Vec<String> = parts
+        .uri
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    let action = audit_action(&parts.method, &segs);
+    let caller = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .and_then(|c| rest.creds.check_operator(c));
+    let resp = match &caller {
+        Some(_) => match axum::body::to_bytes(body, MAX_BODY).await {
+            Err(_) => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_argument",
+                None,
+                "request body too large or unreadable",
+            ),
+            Ok(body) => {
+                let query = parts
+                    .uri
+                    .query()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default();
+                match format!("/{}{query}", segs.join("/")).parse::<Uri>() {
+                    Ok(uri) => {
+                        parts.uri = uri;
+                        next.run(Request::from_parts(parts, Body::from(body))).await
+                    }
+                    Err(_) => error(StatusCode::NOT_FOUND, "not_found", None, "no such endpoint"),
+                }
             }
-        };
-        let path = parts.uri.path().trim_end_matches('/');
-        let query = parts.uri.query().unwrap_or("");
-        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let r = &self.registry;
-        match (&parts.method, segs.as_slice()) {
-            (&Method::POST, ["api", "v1", "jobs"]) => match json::parse_spec(&body) {
-                Err(e) => error(
+        },
+        None => {
+            tracing::warn!(message = "REST call refused: bad credential.", path = %parts.uri.path(), ?remote);
+            unauthorized()
+        }
+    };
+    if let Some(action) = action {
+        let object = resp
+            .extensions()
+            .get::<AuditObject>()
+            .map_or_else(|| segs.get(3).map_or("-", String::as_str), |o| o.0.as_str());
+        audit::record(
+            caller.as_deref(),
+            remote,
+            action,
+            object,
+            outcome(resp.status()),
+        );
+    }
+    resp
+}
+
+/// The last segment of a (normalized) path: the `{id}` or `{name}` of a route, as sent
+/// (not percent-decoded).
+fn last_segment(uri: &Uri) -> &str {
+    uri.path().rsplit('/').next().unwrap_or("")
+}
+
+/// `resp` with `object` as its [`AuditObject`].
+fn audited(object: &str, mut resp: Resp) -> Resp {
+    resp.extensions_mut()
+        .insert(AuditObject(object.to_string()));
+    resp
+}
+
+async fn start_job(State(rest): State<Rest>, body: Bytes) -> Resp {
+    match json::parse_spec(&body) {
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            Some(&e.field),
+            &e.to_string(),
+        ),
+        Ok(spec) => match rest.registry.start_job(Some(spec)) {
+            Ok(j) => audited(&j.id, reply(StatusCode::CREATED, &json::job_to_value(&j))),
+            Err(e) => domain_error(&e),
+        },
+    }
+}
+
+async fn list_jobs(State(rest): State<Rest>, uri: Uri) -> Resp {
+    let all = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .any(|kv| kv == "include_stopped=true" || kv == "include_stopped=1");
+    let jobs: Vec<Value> = rest
+        .registry
+        .list_jobs(all)
+        .iter()
+        .map(json::job_to_value)
+        .collect();
+    reply(StatusCode::OK, &json!({ "jobs": jobs }))
+}
+
+async fn get_job(State(rest): State<Rest>, uri: Uri) -> Resp {
+    match rest.registry.get_job(last_segment(&uri)) {
+        Ok(j) => reply(StatusCode::OK, &json::job_to_value(&j)),
+        Err(e) => domain_error(&e),
+    }
+}
+
+async fn update_job(State(rest): State<Rest>, uri: Uri, headers: HeaderMap, body: Bytes) -> Resp {
+    let expected = match headers.get(http::header::IF_MATCH) {
+        None => 0,
+        Some(v) => match v
+            .to_str()
+            .ok()
+            .map(|s| s.trim().trim_matches('"').parse::<u64>())
+        {
+            Some(Ok(n)) => n,
+            _ => {
+                return error(
                     StatusCode::BAD_REQUEST,
                     "invalid_argument",
-                    Some(&e.field),
-                    &e.to_string(),
-                ),
-                Ok(spec) => match r.start_job(Some(spec)) {
-                    Ok(j) => {
-                        object.clone_from(&j.id);
-                        reply(StatusCode::CREATED, &json::job_to_value(&j))
-                    }
-                    Err(e) => domain_error(&e),
-                },
-            },
-            (&Method::GET, ["api", "v1", "jobs"]) => {
-                let all = query
-                    .split('&')
-                    .any(|kv| kv == "include_stopped=true" || kv == "include_stopped=1");
-                let jobs: Vec<Value> = r.list_jobs(all).iter().map(json::job_to_value).collect();
-                reply(StatusCode::OK, &json!({ "jobs": jobs }))
+                    Some("If-Match"),
+                    "If-Match: must be the job version (a number)",
+                );
             }
-            (&Method::GET, ["api", "v1", "jobs", id]) => match r.get_job(id) {
-                Ok(j) => reply(StatusCode::OK, &json::job_to_value(&j)),
-                Err(e) => domain_error(&e),
-            },
-            (&Method::PUT, ["api", "v1", "jobs", id]) => {
-                let expected = match parts.headers.get(http::header::IF_MATCH) {
-                    None => 0,
-                    Some(v) => match v
-                        .to_str()
-                        .ok()
-                        .map(|s| s.trim().trim_matches('"').parse::<u64>())
-                    {
-                        Some(Ok(n)) => n,
-                        _ => {
-                            return error(
-                                StatusCode::BAD_REQUEST,
-                                "invalid_argument",
-                                Some("If-Match"),
-                                "If-Match: must be the job version (a number)",
-                            );
-                        }
-                    },
-                };
-                match json::parse_spec(&body) {
-                    Err(e) => error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_argument",
-                        Some(&e.field),
-                        &e.to_string(),
-                    ),
-                    Ok(spec) => match r.update_job(id, Some(spec), expected) {
-                        Ok(j) => reply(StatusCode::OK, &json::job_to_value(&j)),
-                        Err(e) => domain_error(&e),
-                    },
-                }
-            }
-            (&Method::DELETE, ["api", "v1", "jobs", id]) => match r.stop_job(id) {
-                Ok(j) => reply(StatusCode::OK, &json::job_to_value(&j)),
-                Err(e) => domain_error(&e),
-            },
-            (&Method::GET, ["api", "v1", "agents"]) => {
-                let agents: Vec<Value> = r.list_agents().iter().map(json::agent_to_value).collect();
-                reply(StatusCode::OK, &json!({ "agents": agents }))
-            }
-            (&Method::GET, ["api", "v1", "matrix"]) => {
-                let (by, protocol) = matrix_query(query);
-                match r.matrix(&by, &protocol) {
-                    Ok(m) => reply(StatusCode::OK, &json::matrix_to_value(&m)),
-                    Err(e) => domain_error(&e),
-                }
-            }
-            (&Method::GET, ["api", "v1", "stream"]) => {
-                let (by, protocol) = matrix_query(query);
-                match r.matrix(&by, &protocol) {
-                    Ok(_) => sse(r.clone(), by, protocol),
-                    Err(e) => domain_error(&e),
-                }
-            }
-            (&Method::GET, ["api", "v1", "credentials"]) => {
-                let list: Vec<Value> = self.creds.list_operators().iter().map(cred_value).collect();
-                reply(StatusCode::OK, &json!({ "credentials": list }))
-            }
-            (&Method::POST, ["api", "v1", "credentials"]) => {
-                let name = serde_json::from_slice::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_string));
-                let Some(name) = name else {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_argument",
-                        Some("name"),
-                        "name: send {\"name\": \"NAME\"}",
-                    );
-                };
-                object.clone_from(&name);
-                match self.creds.add_operator(&name) {
-                    Ok(credential) => {
-                        let mut v = self
-                            .creds
-                            .list_operators()
-                            .iter()
-                            .find(|i| i.name == name)
-                            .map_or_else(|| json!({}), cred_value);
-                        v["credential"] = Value::String(credential);
-                        reply(StatusCode::CREATED, &v)
-                    }
-                    Err(e) => credential_error(&e),
-                }
-            }
-            (&Method::DELETE, ["api", "v1", "credentials", name]) => {
-                match self.creds.revoke_operator(name) {
-                    Ok(i) => reply(StatusCode::OK, &cred_value(&i)),
-                    Err(e) => credential_error(&e),
-                }
-            }
-            (&Method::GET, ["api", "v1", "tokens"]) => {
-                let list: Vec<Value> = self.creds.list_tokens().iter().map(token_value).collect();
-                reply(StatusCode::OK, &json!({ "tokens": list }))
-            }
-            (&Method::POST, ["api", "v1", "tokens"]) => {
-                let v = serde_json::from_slice::<Value>(&body).ok();
-                let name = v
-                    .as_ref()
-                    .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_string));
-                let Some(name) = name else {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_argument",
-                        Some("name"),
-                        "name: send {\"name\": \"NAME\", \"expires_in_s\": SECONDS (optional)}",
-                    );
-                };
-                let expires_in = v.as_ref().and_then(|v| v.get("expires_in_s"));
-                let expires = match expires_in {
-                    None | Some(Value::Null) => None,
-                    Some(e) => match e.as_u64().filter(|s| (1..=MAX_TOKEN_LIFE_S).contains(s)) {
-                        Some(s) => Some(unix_now().saturating_add(s)),
-                        None => {
-                            return error(
-                                StatusCode::BAD_REQUEST,
-                                "invalid_argument",
-                                Some("expires_in_s"),
-                                &format!("expires_in_s: must be 1 to {MAX_TOKEN_LIFE_S} seconds"),
-                            );
-                        }
-                    },
-                };
-                object.clone_from(&name);
-                match self.creds.create_token(&name, expires) {
-                    Ok((i, secret)) => {
-                        let mut v = token_value(&i);
-                        v["token"] = Value::String(self.creds.token_string(&secret));
-                        reply(StatusCode::CREATED, &v)
-                    }
-                    Err(e) => credential_error(&e),
-                }
-            }
-            (&Method::DELETE, ["api", "v1", "tokens", name]) => {
-                match self.creds.revoke_token(name) {
-                    Ok(i) => reply(StatusCode::OK, &token_value(&i)),
-                    Err(e) => credential_error(&e),
-                }
-            }
-            // A known path with another method: 405 with the `Allow` header (RFC 9110).
-            (_, ["api", "v1", "credentials"] | ["api", "v1", "jobs"] | ["api", "v1", "tokens"]) => {
-                not_allowed("GET, POST")
-            }
-            (_, ["api", "v1", "jobs", _]) => not_allowed("GET, PUT, DELETE"),
-            (_, ["api", "v1", "credentials", _] | ["api", "v1", "tokens", _]) => {
-                not_allowed("DELETE")
-            }
-            (
-                _,
-                ["api", "v1", "agents"]
-                | ["api", "v1", "matrix"]
-                | ["api", "v1", "stream"]
-                | ["api", "v1", "openapi.json"],
-            ) => not_allowed("GET"),
-            _ => error(StatusCode::NOT_FOUND, "not_found", None, "no such endpoint"),
+        },
+    };
+    match json::parse_spec(&body) {
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            Some(&e.field),
+            &e.to_string(),
+        ),
+        Ok(spec) => match rest
+            .registry
+            .update_job(last_segment(&uri), Some(spec), expected)
+        {
+            Ok(j) => reply(StatusCode::OK, &json::job_to_value(&j)),
+            Err(e) => domain_error(&e),
+        },
+    }
+}
+
+async fn stop_job(State(rest): State<Rest>, uri: Uri) -> Resp {
+    match rest.registry.stop_job(last_segment(&uri)) {
+        Ok(j) => reply(StatusCode::OK, &json::job_to_value(&j)),
+        Err(e) => domain_error(&e),
+    }
+}
+
+async fn list_agents(State(rest): State<Rest>) -> Resp {
+    let agents: Vec<Value> = rest
+        .registry
+        .list_agents()
+        .iter()
+        .map(json::agent_to_value)
+        .collect();
+    reply(StatusCode::OK, &json!({ "agents": agents }))
+}
+
+async fn matrix(State(rest): State<Rest>, uri: Uri) -> Resp {
+    let (by, protocol) = matrix_query(uri.query().unwrap_or(""));
+    match rest.registry.matrix(&by, &protocol) {
+        Ok(m) => reply(StatusCode::OK, &json::matrix_to_value(&m)),
+        Err(e) => domain_error(&e),
+    }
+}
+
+async fn stream(State(rest): State<Rest>, uri: Uri) -> Resp {
+    let (by, protocol) = matrix_query(uri.query().unwrap_or(""));
+    match rest.registry.matrix(&by, &protocol) {
+        Ok(_) => sse(rest.registry, by, protocol),
+        Err(e) => domain_error(&e),
+    }
+}
+
+async fn list_credentials(State(rest): State<Rest>) -> Resp {
+    let list: Vec<Value> = rest.creds.list_operators().iter().map(cred_value).collect();
+    reply(StatusCode::OK, &json!({ "credentials": list }))
+}
+
+async fn add_credential(State(rest): State<Rest>, body: Bytes) -> Resp {
+    let name = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_string));
+    let Some(name) = name else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            Some("name"),
+            "name: send {\"name\": \"NAME\"}",
+        );
+    };
+    let resp = match rest.creds.add_operator(&name) {
+        Ok(credential) => {
+            let mut v = rest
+                .creds
+                .list_operators()
+                .iter()
+                .find(|i| i.name == name)
+                .map_or_else(|| json!({}), cred_value);
+            v["credential"] = Value::String(credential);
+            reply(StatusCode::CREATED, &v)
         }
+        Err(e) => credential_error(&e),
+    };
+    audited(&name, resp)
+}
+
+async fn revoke_credential(State(rest): State<Rest>, uri: Uri) -> Resp {
+    match rest.creds.revoke_operator(last_segment(&uri)) {
+        Ok(i) => reply(StatusCode::OK, &cred_value(&i)),
+        Err(e) => credential_error(&e),
+    }
+}
+
+async fn list_tokens(State(rest): State<Rest>) -> Resp {
+    let list: Vec<Value> = rest.creds.list_tokens().iter().map(token_value).collect();
+    reply(StatusCode::OK, &json!({ "tokens": list }))
+}
+
+async fn create_token(State(rest): State<Rest>, body: Bytes) -> Resp {
+    let v = serde_json::from_slice::<Value>(&body).ok();
+    let name = v
+        .as_ref()
+        .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_string));
+    let Some(name) = name else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            Some("name"),
+            "name: send {\"name\": \"NAME\", \"expires_in_s\": SECONDS (optional)}",
+        );
+    };
+    let expires_in = v.as_ref().and_then(|v| v.get("expires_in_s"));
+    let expires = match expires_in {
+        None | Some(Value::Null) => None,
+        Some(e) => match e.as_u64().filter(|s| (1..=MAX_TOKEN_LIFE_S).contains(s)) {
+            Some(s) => Some(unix_now().saturating_add(s)),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_argument",
+                    Some("expires_in_s"),
+                    &format!("expires_in_s: must be 1 to {MAX_TOKEN_LIFE_S} seconds"),
+                );
+            }
+        },
+    };
+    let resp = match rest.creds.create_token(&name, expires) {
+        Ok((i, secret)) => {
+            let mut v = token_value(&i);
+            v["token"] = Value::String(rest.creds.token_string(&secret));
+            reply(StatusCode::CREATED, &v)
+        }
+        Err(e) => credential_error(&e),
+    };
+    audited(&name, resp)
+}
+
+async fn revoke_token(State(rest): State<Rest>, uri: Uri) -> Resp {
+    match rest.creds.revoke_token(last_segment(&uri)) {
+        Ok(i) => reply(StatusCode::OK, &token_value(&i)),
+        Err(e) => credential_error(&e),
     }
 }
 
@@ -631,7 +739,7 @@ fn matrix_query(query: &str) -> (String, String) {
 /// A `text/event-stream` response: a matrix every [`WATCH_INTERVAL`], heartbeat comments in
 /// between. The producing task ends when the client goes away (its body is dropped).
 fn sse(registry: Arc<Registry>, by: String, protocol: String) -> Resp {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(4);
     tokio::spawn(async move {
         let mut matrix = tokio::time::interval(WATCH_INTERVAL);
         matrix.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -639,38 +747,28 @@ fn sse(registry: Arc<Registry>, by: String, protocol: String) -> Resp {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
         if tx
-            .send(Bytes::from_static(b": meshlat live stats\n\n"))
+            .send(Event::default().comment("meshlat live stats"))
             .await
             .is_err()
         {
             return;
         }
         loop {
-            let chunk = tokio::select! {
+            let event = tokio::select! {
                 _ = matrix.tick() => match registry.matrix(&by, &protocol) {
-                    Ok(m) => Bytes::from(format!("event: matrix\ndata: {}\n\n", json::matrix_to_value(&m))),
+                    Ok(m) => Event::default().event("matrix").data(json::matrix_to_value(&m).to_string()),
                     Err(_) => break,
                 },
-                _ = heartbeat.tick() => Bytes::from_static(b": heartbeat\n\n"),
+                _ = heartbeat.tick() => Event::default().comment("heartbeat"),
             };
-            if tx.send(chunk).await.is_err() {
+            if tx.send(event).await.is_err() {
                 break;
             }
         }
     });
-    let stream =
-        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |b| {
-            Ok::<_, Infallible>(hyper::body::Frame::data(b))
+    let events =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |e| {
+            Ok::<_, std::convert::Infallible>(e)
         });
-    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    let h = r.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-cache"),
-    );
-    r
+    Sse::new(events).into_response()
 }

@@ -457,11 +457,7 @@ async fn a_restarted_agent_reconnects_with_its_certificate_not_the_token() -> Re
     agent.stop().await?;
     // The same pin, a join secret the controller never issued: only the certificate can
     // admit it.
-    let wrong = format!(
-        "mlt1.{}.{}",
-        meshlat_proto::token::hex_encode(&ctl.pin()?),
-        "0".repeat(48)
-    );
+    let wrong = format!("mlt1.{}.{}", hex::encode(ctl.pin()?), "0".repeat(48));
     let agent = Agent::start(&ctl, &wrong, &state, &out, &log)?;
     eventually("the agent reconnects with its certificate", 30, || async {
         ctl.agents()

@@ -1,8 +1,8 @@
 //! The REST API's OpenAPI document (`controller/src/openapi.json`, served at
 //! `GET /api/v1/openapi.json`) cannot drift from the routes:
 //!
-//! - every route arm of the router in `controller/src/rest.rs` is documented, and every documented
-//!   operation is a route arm (read from the source, so a new arm without documentation fails);
+//! - every route of the router in `controller/src/rest.rs` is documented, and every documented
+//!   operation is a route (read from the source, so a new route without documentation fails);
 //! - against a real controller, every documented operation answers with one of its documented
 //!   status codes and never the router's catch-all "no such endpoint", and every error body has
 //!   the documented shape;
@@ -41,37 +41,28 @@ fn documented() -> BTreeSet<(String, String)> {
     out
 }
 
-/// (METHOD, /path/{param}) of every route arm `(&Method::X, ["api", "v1", ...])` in rest.rs's
-/// router, plus the document's own route.
+/// (METHOD, /path/{param}) of every route of rest.rs's axum router: each
+/// `.route("/api/...", methods(..).on(M::X, handler)...)` gives one operation per `.on(M::X`,
+/// plus the document's own route (answered before routing).
 fn routed() -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
-    // The router's match, up to the next function (audit_action matches routes too).
-    let start = ROUTER.find("match (&parts.method").unwrap_or(0);
+    let start = ROUTER.find("pub fn router(").unwrap_or(0);
     let router = &ROUTER[start..];
-    let router = &router[..router.find("\nfn ").unwrap_or(router.len())];
-    for arm in router.split("(&Method::").skip(1) {
-        let Some((method, rest)) = arm.split_once(", [") else {
+    let router = &router[..router.find("\n    }\n").unwrap_or(router.len())];
+    for route in router.split(".route(").skip(1) {
+        let Some(path) = route
+            .trim_start()
+            .strip_prefix('"')
+            .and_then(|r| r.split_once('"'))
+            .map(|(p, _)| p)
+        else {
             continue;
         };
-        let Some((segs, _)) = rest.split_once(']') else {
-            continue;
-        };
-        if !method.chars().all(|c| c.is_ascii_uppercase()) {
-            continue;
-        }
-        let path: Vec<String> = segs
-            .split(',')
-            .map(str::trim)
-            .map(|s| {
-                if let Some(lit) = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-                    lit.to_string()
-                } else {
-                    format!("{{{s}}}")
-                }
-            })
-            .collect();
-        if path.first().map(String::as_str) == Some("api") {
-            out.insert((method.to_string(), format!("/{}", path.join("/"))));
+        for on in route.split(".on(M::").skip(1) {
+            let method: String = on.chars().take_while(char::is_ascii_uppercase).collect();
+            if path.starts_with("/api/") && !method.is_empty() {
+                out.insert((method, path.to_string()));
+            }
         }
     }
     out.insert(("GET".into(), "/api/v1/openapi.json".into()));

@@ -8,12 +8,14 @@
 //!   field table [`record::FIELDS`], from which the Athena DDL and README's table are checked.
 //! - [`job`]: job-spec validation shared by the controller (which refuses bad specs) and the
 //!   agent (which never trusts what it is sent).
+//! - [`backoff`]: the jittered exponential backoff of every retry loop.
 //! - [`token`]: the join token (CA pin + agent secret) printed by a controller.
 //! - [`grant`]: relay grants, signed by controllers (or a shared key) and verified by relays.
 //! - [`sketch`]: the mergeable RTT histogram of live summaries, and the one nearest-rank
 //!   percentile.
 //! - [`state_file`]: the version header of binary state files (migrate old, refuse newer).
 
+pub mod backoff;
 pub mod grant;
 pub mod job;
 

@@ -49,9 +49,9 @@ impl JoinToken {
         else {
             return Err(TokenError::Format);
         };
-        let ca = hex_decode(ca).ok_or(TokenError::CaHash)?;
+        let ca = hex::decode(ca).map_err(|_| TokenError::CaHash)?;
         let ca_sha256: [u8; 32] = ca.try_into().map_err(|_| TokenError::CaHash)?;
-        if secret.len() < 32 || hex_decode(secret).is_none() {
+        if secret.len() < 32 || hex::decode(secret).is_err() {
             return Err(TokenError::Secret);
         }
         Ok(JoinToken {
@@ -66,7 +66,7 @@ impl std::fmt::Display for JoinToken {
         write!(
             f,
             "{PREFIX}.{}.{}",
-            hex_encode(&self.ca_sha256),
+            hex::encode(self.ca_sha256),
             self.secret
         )
     }
@@ -75,31 +75,10 @@ impl std::fmt::Display for JoinToken {
 impl std::fmt::Debug for JoinToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JoinToken")
-            .field("ca_sha256", &hex_encode(&self.ca_sha256))
+            .field("ca_sha256", &hex::encode(self.ca_sha256))
             .field("secret", &"<redacted>")
             .finish()
     }
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex_encode(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-/// Decodes hex (either case); `None` if odd-length or not hex.
-pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@
 //! - [`identity`]: the agent's key pair and the client certificate its controller issued.
 //! - [`failstatic`]: the control mode (`connected`, `static`, `degraded`) and the lease.
 //! - [`advertise`]: the advertised responder endpoints (`--advertise-endpoint`).
-//! - [`backoff`]: jittered exponential backoff.
 //! - [`convert`]: controller assignments into scheduler jobs.
 //! - [`pin`]: TLS pinned by the join token, and the gRPC channel.
 //! - [`ecs`]: region, AZ and address on ECS from the task metadata endpoint.
@@ -18,7 +17,6 @@
 //! - [`run`]: [`run::RunApp`], `bind` + `run` for the whole agent.
 
 pub mod advertise;
-pub mod backoff;
 pub mod config;
 pub mod convert;
 pub mod ecs;

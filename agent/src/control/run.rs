@@ -11,13 +11,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use meshlat_proto::backoff::Retries;
 use meshlat_proto::pb;
 use meshlat_proto::record::ControlMode;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::advertise::endpoints;
-use super::backoff::Backoff;
 use super::config::RunConfig;
 use super::session::{self, ControlConfig, Outputs};
 use crate::app::{SHUTDOWN_GRACE, ServeApp, StartError};
@@ -160,7 +160,7 @@ impl RunApp {
             token: cfg.token.to_string(),
             hello,
             state_dir: cfg.state_dir.clone(),
-            backoff: Backoff::default(),
+            backoff: Retries::new(super::session::RECONNECT),
             key,
             summaries: None,
         };

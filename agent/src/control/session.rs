@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshlat_proto::backoff::{Backoff, Retries};
 use meshlat_proto::pb;
 use meshlat_proto::pb::agent_message::Msg;
 use meshlat_proto::pb::controller_message::Msg as In;
@@ -14,10 +15,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
 use super::failstatic::FailStatic;
 use crate::probe::Key;
 use crate::scheduler::JobSet;
+
+/// Reconnect delays of `agent run`: from 500 ms up to 30 s, jittered.
+pub const RECONNECT: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 
 /// Heartbeat interval.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -45,8 +48,8 @@ pub struct ControlConfig {
     /// The state directory (`None`: `--no-state-dir`; the id, certificate and job set live in
     /// memory only).
     pub state_dir: Option<PathBuf>,
-    /// Reconnect policy.
-    pub backoff: Backoff,
+    /// Reconnect delays ([`RECONNECT`] in `agent run`).
+    pub backoff: Retries,
     /// Key for UDP probes.
     pub key: Key,
     /// Rolling summaries sent every [`crate::summary::SUMMARY_INTERVAL`] (`None`: none sent).
@@ -147,7 +150,7 @@ pub async fn run(mut cfg: ControlConfig, out: Outputs, shutdown: CancellationTok
         fs.lost(Instant::now());
         let mode = fs.mode(Instant::now());
         let _ = out.mode.send(mode);
-        let delay = cfg.backoff.next_delay();
+        let delay = cfg.backoff.next_delay(rand::random::<f64>());
         let refusal = match &res {
             Err(SessionError::Status(s)) if super::status::is_refusal(s) => Some(s),
             _ => None,

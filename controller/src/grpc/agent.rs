@@ -409,7 +409,7 @@ pub fn join_token_id(presented: &str) -> String {
         Err(_) => presented.trim().to_ascii_lowercase(),
     };
     let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-    meshlat_proto::token::hex_encode(&d.as_ref()[..8])
+    hex::encode(&d.as_ref()[..8])
 }
 
 /// `AgentService` as a tonic service (in place of the generated `AgentServiceServer`; same

@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use meshlat_proto::backoff::Backoff;
 use meshlat_proto::pb;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -50,6 +51,8 @@ use crate::keys::GRANT_KEY_FILE;
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Longest retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Retry delays of failed uploads: [`BACKOFF_MIN`] doubling up to [`BACKOFF_MAX`], jittered.
+pub const BACKOFF: Backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
 
 /// One mirrored file.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -273,7 +276,7 @@ impl<O: ObjectApi> Mirror<O> {
             failures = failures.saturating_add(1);
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = tokio::time::sleep(backoff(failures)) => {}
+                () = tokio::time::sleep(BACKOFF.delay(failures - 1, rand::random::<f64>())) => {}
             }
         }
         let deadline = Instant::now() + grace;
@@ -296,14 +299,6 @@ impl<O: ObjectApi> Mirror<O> {
             tracing::info!(message = "State uploaded; uploader stopped.");
         }
     }
-}
-
-/// The delay before retry number `failures` (1 = first): exponential from [`BACKOFF_MIN`],
-/// capped at [`BACKOFF_MAX`], with jitter in its upper half.
-pub fn backoff(failures: u32) -> Duration {
-    let exp = BACKOFF_MIN.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-    let d = exp.min(BACKOFF_MAX);
-    d / 2 + d.mul_f64(rand::random::<f64>() / 2.0)
 }
 
 /// Writes `data` to `path` atomically and durably ([`crate::fsutil::write_atomic`]), creating
@@ -531,18 +526,5 @@ mod tests {
         uploader.await.expect("uploader");
         assert!(fake.object(AGENTS_FILE).is_some());
         let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn backoff_grows_jittered_and_caps() {
-        for n in 1..40 {
-            let d = backoff(n);
-            let cap = BACKOFF_MIN
-                .saturating_mul(1 << (n - 1).min(16))
-                .min(BACKOFF_MAX);
-            assert!(d >= cap / 2 && d <= cap, "{n}: {d:?} vs {cap:?}");
-        }
-        assert!(backoff(1) <= BACKOFF_MIN);
-        assert!(backoff(30) >= BACKOFF_MAX / 2);
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -17,7 +17,7 @@ use super::NAME;
 use super::client::{self, FirehoseApi, FirehoseError, PutBatchOutcome};
 use super::config::FirehoseSinkConfig;
 use super::request::{self, PackedBatch, Packer, count_lines};
-use super::retry::{Backoff, ErrorClass, FirehoseRetryLogic, RetryAction, RetryLogic};
+use super::retry::{self, ErrorClass, FirehoseRetryLogic, RetryAction, RetryLogic};
 use super::sink::FirehoseStats;
 use super::spool::{Spool, SpoolError, SpooledBatch};
 use crate::metrics;
@@ -379,8 +379,9 @@ impl<A: FirehoseApi> Dispatcher<A> {
                         self.dead_letter(&records, lines, &error);
                     }
                     ErrorClass::Retriable => {
-                        e.not_before =
-                            Some(now + Backoff::BATCH.delay(e.attempts - 1, &mut self.rng));
+                        e.not_before = Some(
+                            now + retry::BATCH.delay(e.attempts - 1, self.rng.random::<f64>()),
+                        );
                         metrics::sink_retry(NAME, "server_error", lines, &error);
                     }
                     ErrorClass::Throttled => {
@@ -411,7 +412,7 @@ impl<A: FirehoseApi> Dispatcher<A> {
     }
 
     fn pause(&mut self, now: Instant) {
-        let d = Backoff::SINK.delay(self.sink_failures, &mut self.rng);
+        let d = retry::SINK.delay(self.sink_failures, self.rng.random::<f64>());
         self.sink_failures = self.sink_failures.saturating_add(1);
         self.resume_at = Some(now + d);
     }
@@ -445,7 +446,7 @@ impl<A: FirehoseApi> Dispatcher<A> {
         let old = e.bytes;
         e.bytes = subset.iter().map(|r| r.len() as u64).sum();
         e.lines = count_lines(&subset);
-        e.not_before = Some(now + Backoff::BATCH.delay(e.attempts - 1, &mut self.rng));
+        e.not_before = Some(now + retry::BATCH.delay(e.attempts - 1, self.rng.random::<f64>()));
         let (lines, n, spooled) = (e.lines, subset.len(), e.spooled);
         self.mem_bytes = self.mem_bytes - old + e.bytes;
         self.stats

@@ -1,13 +1,13 @@
 //! Retry classification and backoff (Vector's `RetryLogic`).
 //!
 //! [`FirehoseRetryLogic`] maps every failure to an [`ErrorClass`] by its variant, and every answer
-//! to a [`RetryAction`]: done, or resend only the failed records. [`Backoff`] computes jittered
-//! exponential delays. The dispatcher ([`super`]) applies them: throttling and outages pause the
+//! to a [`RetryAction`]: done, or resend only the failed records. [`BATCH`] and [`SINK`] are the
+//! jittered exponential delays ([`meshlat_proto::backoff`]). The dispatcher ([`super`]) applies them: throttling and outages pause the
 //! whole sink (so it slows down instead of dropping), a partial failure delays only that batch.
 
 use std::time::Duration;
 
-use rand::Rng;
+use meshlat_proto::backoff::Backoff;
 
 use super::client::{FirehoseError, PutBatchOutcome};
 
@@ -79,46 +79,14 @@ impl RetryLogic for FirehoseRetryLogic {
     }
 }
 
-/// Jittered exponential backoff: attempt `n` waits a random time in `[d/2, d]` where
-/// `d = min(base * 2^n, max)` ("equal jitter": never zero, spreads agents apart).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backoff {
-    /// Delay scale of the first retry.
-    pub base: Duration,
-    /// Upper bound of any delay.
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// Backoff for retrying one batch (partial failures, 5xx).
-    pub const BATCH: Backoff = Backoff {
-        base: Duration::from_millis(200),
-        max: Duration::from_secs(20),
-    };
-    /// Backoff for pausing the whole sink (throttling, outages).
-    pub const SINK: Backoff = Backoff {
-        base: Duration::from_millis(500),
-        max: Duration::from_secs(30),
-    };
-
-    /// The ceiling of attempt `n` (0-based), before jitter.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.max)
-    }
-
-    /// A jittered delay for attempt `n` (0-based).
-    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
-        let d = self.ceiling(attempt);
-        let half = d / 2;
-        half + half.mul_f64(rng.random::<f64>())
-    }
-}
+/// Backoff for retrying one batch (partial failures, 5xx).
+pub const BATCH: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(20));
+/// Backoff for pausing the whole sink (throttling, outages).
+pub const SINK: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     #[test]
     fn classification_is_by_variant() {
@@ -170,17 +138,22 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_is_capped_and_jittered_within_bounds() {
-        let b = Backoff::BATCH;
+    fn batch_and_sink_backoffs_grow_are_capped_and_jittered_within_bounds() {
+        use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        assert_eq!(b.ceiling(0), Duration::from_millis(200));
-        assert_eq!(b.ceiling(3), Duration::from_millis(1600));
-        assert_eq!(b.ceiling(40), Duration::from_secs(20));
+        assert_eq!(BATCH.ceiling(0), Duration::from_millis(200));
+        assert_eq!(BATCH.ceiling(3), Duration::from_millis(1600));
+        assert_eq!(BATCH.ceiling(40), Duration::from_secs(20));
+        assert_eq!(SINK.ceiling(0), Duration::from_millis(500));
+        assert_eq!(SINK.ceiling(40), Duration::from_secs(30));
         let mut seen = std::collections::HashSet::new();
         for n in 0..10 {
             for _ in 0..50 {
-                let d = b.delay(n, &mut rng);
-                assert!(d >= b.ceiling(n) / 2 && d <= b.ceiling(n), "{n}: {d:?}");
+                let d = BATCH.delay(n, rng.random::<f64>());
+                assert!(
+                    d >= BATCH.ceiling(n) / 2 && d <= BATCH.ceiling(n),
+                    "{n}: {d:?}"
+                );
                 seen.insert(d);
             }
         }

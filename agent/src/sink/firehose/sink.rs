@@ -13,7 +13,7 @@ use super::NAME;
 use super::client::{AwsFirehose, ClientSetupError, FirehoseApi};
 use super::config::FirehoseSinkConfig;
 use super::dispatcher::Dispatcher;
-use super::spool::{Spool, SpoolError};
+use super::spool::{self, Spool, SpoolError};
 use crate::metrics;
 use crate::sink::batch::BatchConfig;
 use crate::sink::{SharedRecord, Sink, SinkError};
