@@ -147,6 +147,6 @@ scripts/athena-local --data "$dir/data" --format csv infra/athena/relay_penalty.
 grep -q "eu-west-1,us-east-1" "$dir/relay.csv" || fail "relay_penalty.sql has no eu-west-1 -> us-east-1 row: $(cat "$dir/relay.csv")"
 scripts/athena-local --data "$dir/data" --format csv infra/athena/server_drops_region_pair.sql > "$dir/drops.csv" ||
   fail "athena-local server_drops_region_pair.sql failed"
-head -n 1 "$dir/drops.csv" | grep -q '^src_region,server_region,kind,drop_reason,packets' ||
+head -n 1 "$dir/drops.csv" | grep -q '^src_region,server_region,kind,protocol,drop_reason,packets' ||
   fail "server_drops_region_pair.sql: unexpected output: $(head -n 3 "$dir/drops.csv")"
 echo "test_demo: PASS in $SECONDS s"
