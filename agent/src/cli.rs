@@ -237,14 +237,8 @@ pub struct CommonArgs {
     pub log_format: LogFormat,
 }
 
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line (for CloudWatch and friends).
-    Json,
-}
+/// Log output format (shared with the controller: [`meshlat_runtime::LogFormat`]).
+pub use meshlat_runtime::LogFormat;
 
 /// `agent serve`.
 #[derive(Clone, Debug, Args)]

@@ -1,0 +1,36 @@
+//! The process skeleton on a real agent (meshlat_runtime): the first SIGTERM shuts `agent serve`
+//! down cleanly (exit 0), even when sent as soon as the addresses are announced. The second
+//! signal's exit 130 is shared code, checked on a busy controller
+//! (`controller/tests/signals.rs`) and in `meshlat-runtime`'s unit tests.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+#[test]
+fn first_sigterm_exits_0() {
+    let mut s = support::serve(&[]);
+    // At once after the `listening` lines: the handlers are registered before they are printed.
+    let pid = s.proc.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = s.proc.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent serve did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
