@@ -235,6 +235,9 @@ impl ProbeApp {
     ///
     /// [`StartError`] for unusable probe settings or a stats port in use.
     pub async fn bind(cfg: ProbeConfig) -> Result<Self, StartError> {
+        for warning in &cfg.deprecations {
+            tracing::warn!(message = "Deprecated flag.", %warning);
+        }
         crate::tls::install_crypto_provider();
         // One job per protocol: each job's spec carries its protocol.
         // Relay targets (`relay://R/B`) are udp but their own job, so records say kind=relay.
