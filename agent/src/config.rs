@@ -240,10 +240,8 @@ impl ProbeConfig {
             }
             (None, None) => ("--packet-interval-ms", DEFAULT_PACKET_INTERVAL_MS),
         };
-        if !packet_interval_ms.is_finite()
-            || packet_interval_ms < 0.0
-            || packet_interval_ms > CLI_MAX_PACKET_INTERVAL_MS
-        {
+        // NaN and infinities are outside the range too.
+        if !(0.0..=CLI_MAX_PACKET_INTERVAL_MS).contains(&packet_interval_ms) {
             return Err(ConfigError::OutOfRange {
                 flag,
                 value: packet_interval_ms.to_string(),
