@@ -1,7 +1,7 @@
 //! Benchmark driver for `scripts/bench/` (not a user tool).
 //!
 //! ```text
-//! udp_bench pingpong --target ADDR [--packets N] [--interval-ms MS]
+//! udp_bench pingpong --target ADDR [--packets N] [--packet-interval-ms MS]
 //!     One train of the real UDP prober; prints JSON with raw (t4−t1) and net RTT percentiles in
 //!     µs and this process's CPU seconds.
 //! udp_bench flood --target ADDR [--seconds S]
@@ -55,7 +55,7 @@ fn pct_us(v: &[f64], p: f64) -> f64 {
 fn pingpong(args: &[String]) -> anyhow::Result<()> {
     let target = Target::parse(&format!("udp://{}", arg(args, "--target", "")))?;
     let packets: u32 = arg(args, "--packets", "1000").parse()?;
-    let interval_ms: f64 = arg(args, "--interval-ms", "1").parse()?;
+    let interval_ms: f64 = arg(args, "--packet-interval-ms", "1").parse()?;
     let spec = ProbeSpec {
         protocol: Protocol::Udp,
         packets,

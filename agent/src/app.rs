@@ -219,6 +219,15 @@ pub enum ProbeExit {
     SomeFailed,
 }
 
+impl From<ProbeExit> for meshlat_runtime::Exit {
+    fn from(e: ProbeExit) -> Self {
+        match e {
+            ProbeExit::AllOk => meshlat_runtime::Exit::Success,
+            ProbeExit::SomeFailed => meshlat_runtime::Exit::Failure,
+        }
+    }
+}
+
 impl ProbeApp {
     /// Checks every target's probe can be set up and binds the stats server.
     ///
@@ -226,6 +235,9 @@ impl ProbeApp {
     ///
     /// [`StartError`] for unusable probe settings or a stats port in use.
     pub async fn bind(cfg: ProbeConfig) -> Result<Self, StartError> {
+        for warning in &cfg.deprecations {
+            tracing::warn!(message = "Deprecated flag.", %warning);
+        }
         crate::tls::install_crypto_provider();
         // One job per protocol: each job's spec carries its protocol.
         // Relay targets (`relay://R/B`) are udp but their own job, so records say kind=relay.
@@ -320,54 +332,4 @@ impl ProbeApp {
         };
         (exit, summary)
     }
-}
-
-/// A token cancelled on Ctrl-C or SIGTERM (ECS stops tasks with SIGTERM). A second signal
-/// exits at once.
-pub fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(error) => {
-                    tracing::warn!(message = "Cannot listen for SIGTERM.", %error);
-                    let _ = tokio::signal::ctrl_c().await;
-                    t.cancel();
-                    return;
-                }
-            };
-        for round in 0..2 {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            if round == 0 {
-                tracing::info!(message = "Shutting down; signal again to exit at once.");
-                t.cancel();
-            } else {
-                std::process::exit(130);
-            }
-        }
-    });
-    token
-}
-
-/// Sets up logging on stderr: text or JSON, level from `-v` unless `RUST_LOG` is set.
-pub fn init_logging(verbose: u8, format: crate::cli::LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        crate::cli::LogFormat::Json => builder.json().try_init(),
-        crate::cli::LogFormat::Text => builder.try_init(),
-    };
 }

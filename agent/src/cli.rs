@@ -237,14 +237,8 @@ pub struct CommonArgs {
     pub log_format: LogFormat,
 }
 
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line (for CloudWatch and friends).
-    Json,
-}
+/// Log output format (shared with the controller: [`meshlat_runtime::LogFormat`]).
+pub use meshlat_runtime::LogFormat;
 
 /// `agent serve`.
 #[derive(Clone, Debug, Args)]
@@ -413,14 +407,23 @@ pub struct ProbeArgs {
     /// Packets per train (udp, quic).
     #[arg(long, env = "MESHLAT_PACKETS", default_value_t = 10, value_name = "N")]
     pub packets: u32,
-    /// Milliseconds between packets of a train.
+    /// Milliseconds between the packets of one train (udp, quic; a job's `packet_interval_ms`),
+    /// not between samples (that is -d/--delay). Default: 10.
+    #[arg(
+        long = "packet-interval-ms",
+        env = "MESHLAT_PACKET_INTERVAL_MS",
+        value_name = "MS"
+    )]
+    pub packet_interval_ms: Option<f64>,
+    /// Deprecated spelling of --packet-interval-ms: still accepted, with a warning.
     #[arg(
         long = "interval-ms",
         env = "MESHLAT_INTERVAL_MS",
-        default_value_t = 10.0,
-        value_name = "MS"
+        value_name = "MS",
+        hide = true,
+        conflicts_with = "packet_interval_ms"
     )]
-    pub interval_ms: f64,
+    pub interval_ms: Option<f64>,
     /// UDP/QUIC datagram size in bytes (0: the minimum).
     #[arg(
         long,

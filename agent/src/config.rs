@@ -124,7 +124,22 @@ pub struct ProbeConfig {
     pub identity: AgentIdentity,
     /// Logging/stats.
     pub common: CommonConfig,
+    /// Deprecated flags that were used, as warnings naming their replacement (logged by
+    /// [`crate::app::ProbeApp::bind`], once logging is set up).
+    pub deprecations: Vec<&'static str>,
 }
+
+/// The warning for `--interval-ms` (`MESHLAT_INTERVAL_MS`), the old name of
+/// `--packet-interval-ms`: it never meant the time between samples.
+pub const DEPRECATED_INTERVAL_MS: &str = "--interval-ms (MESHLAT_INTERVAL_MS) is deprecated: use --packet-interval-ms (MESHLAT_PACKET_INTERVAL_MS)";
+
+/// `agent probe --packet-interval-ms` when not given.
+pub const DEFAULT_PACKET_INTERVAL_MS: f64 = 10.0;
+
+/// Largest `agent probe --packet-interval-ms` (a minute). Jobs from a controller have the lower
+/// [`meshlat_proto::job::MAX_PACKET_INTERVAL_MS`]; this limit of the standalone command is kept
+/// as it was.
+pub const CLI_MAX_PACKET_INTERVAL_MS: f64 = 60_000.0;
 
 /// Validated `agent serve` configuration.
 #[derive(Clone, Debug)]
@@ -216,11 +231,21 @@ impl ProbeConfig {
                 range: format!("1..={MAX_PACKETS}").into(),
             });
         }
-        if !a.interval_ms.is_finite() || a.interval_ms < 0.0 || a.interval_ms > 60_000.0 {
+        let mut deprecations = Vec::new();
+        let (flag, packet_interval_ms) = match (a.packet_interval_ms, a.interval_ms) {
+            (Some(ms), _) => ("--packet-interval-ms", ms),
+            (None, Some(ms)) => {
+                deprecations.push(DEPRECATED_INTERVAL_MS);
+                ("--interval-ms", ms)
+            }
+            (None, None) => ("--packet-interval-ms", DEFAULT_PACKET_INTERVAL_MS),
+        };
+        // NaN and infinities are outside the range too.
+        if !(0.0..=CLI_MAX_PACKET_INTERVAL_MS).contains(&packet_interval_ms) {
             return Err(ConfigError::OutOfRange {
-                flag: "--interval-ms",
-                value: a.interval_ms.to_string(),
-                range: "0..=60000".into(),
+                flag,
+                value: packet_interval_ms.to_string(),
+                range: format!("0..={CLI_MAX_PACKET_INTERVAL_MS}").into(),
             });
         }
         if a.payload_bytes > MAX_PAYLOAD_BYTES {
@@ -247,7 +272,7 @@ impl ProbeConfig {
             protocol: targets[0].protocol,
             timeout,
             packets: a.packets,
-            packet_interval: Duration::from_secs_f64(a.interval_ms / 1000.0),
+            packet_interval: Duration::from_secs_f64(packet_interval_ms / 1000.0),
             payload_bytes: a.payload_bytes as usize,
             key: a
                 .key
@@ -276,6 +301,7 @@ impl ProbeConfig {
                 location,
             },
             common: CommonConfig::from_args(&a.common)?,
+            deprecations,
         })
     }
 }
@@ -411,6 +437,36 @@ mod tests {
             env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
         })
         .map_err(|e| e.to_string())
+    }
+
+    /// `--packet-interval-ms` is the gap within a train; `--interval-ms`, its old name, still
+    /// works and leaves a deprecation warning naming the new one; both at once are refused.
+    #[test]
+    fn packet_interval_flag_and_its_deprecated_alias() {
+        let t = "udp://127.0.0.1:9";
+        let gap = |c: &ProbeConfig| c.spec.packet_interval;
+        let c = probe(&[t], &[]).unwrap();
+        assert_eq!(gap(&c), Duration::from_millis(10));
+        assert!(c.deprecations.is_empty());
+        let c = probe(&["--packet-interval-ms", "2.5", t], &[]).unwrap();
+        assert_eq!(gap(&c), Duration::from_micros(2500));
+        assert!(c.deprecations.is_empty());
+        let c = probe(&["--interval-ms", "3", t], &[]).unwrap();
+        assert_eq!(gap(&c), Duration::from_millis(3));
+        assert_eq!(c.deprecations, [DEPRECATED_INTERVAL_MS]);
+        assert!(DEPRECATED_INTERVAL_MS.contains("use --packet-interval-ms"));
+        let e = probe(&["--interval-ms", "3", "--packet-interval-ms", "2", t], &[]).unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
+        let e = probe(&["--interval-ms", "70000", t], &[]).unwrap_err();
+        assert!(
+            e.contains("--interval-ms") && e.contains("0..=60000"),
+            "{e}"
+        );
+        let e = probe(&["--packet-interval-ms", "70000", t], &[]).unwrap_err();
+        assert!(
+            e.contains("--packet-interval-ms") && e.contains("0..=60000"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,84 +1,60 @@
-//! `agent` binary: parse, configure, run. The logic lives in the library (STYLE §1).
+//! `agent` binary: parse, configure, run. The logic lives in the library (STYLE §1); logging,
+//! signals and exit codes are the skeleton both binaries share ([`meshlat_runtime`]).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use meshlat_agent::app::{self, ProbeApp, ProbeExit, ServeApp};
+use meshlat_agent::app::{self, ProbeApp, ServeApp};
 use meshlat_agent::cli::{Cli, Command};
 use meshlat_agent::config::{ProbeConfig, ServeConfig};
-use meshlat_agent::control::config::RunConfig;
-use meshlat_agent::control::run::RunApp;
+use meshlat_agent::control::{config::RunConfig, run::RunApp};
+use meshlat_runtime::{Exit, fail};
 
-fn usage_error(e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("agent: {e}");
-    ExitCode::from(2)
+/// A configuration error or a failed start: exit 2 naming it.
+fn setup(e: impl std::fmt::Display) -> ExitCode {
+    fail("agent", Exit::Setup, e)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return usage_error(format!("cannot start the runtime: {e}")),
-    };
-    match cli.command {
-        Some(Command::Serve(args)) => {
-            let cfg = match ServeConfig::from_args(&args) {
-                Ok(c) => c,
-                Err(e) => return usage_error(e),
-            };
-            app::init_logging(cfg.common.verbose, cfg.common.log_format);
-            rt.block_on(async {
-                let server = match ServeApp::bind(&cfg).await {
-                    Ok(s) => s,
-                    Err(e) => return usage_error(e),
-                };
-                for line in app::listening_lines(&server.addrs(), server.stats_addr()) {
-                    println!("{line}");
-                }
-                server.run(app::shutdown_on_signals()).await;
-                ExitCode::SUCCESS
-            })
-        }
-        Some(Command::Probe(args)) => {
-            let cfg = match ProbeConfig::from_args(&args, |k| std::env::var(k).ok()) {
-                Ok(c) => c,
-                Err(e) => return usage_error(e),
-            };
-            app::init_logging(cfg.common.verbose, cfg.common.log_format);
-            rt.block_on(async {
-                let probe = match ProbeApp::bind(cfg).await {
-                    Ok(p) => p,
-                    Err(e) => return usage_error(e),
-                };
-                match probe.run(app::shutdown_on_signals()).await.0 {
-                    ProbeExit::AllOk => ExitCode::SUCCESS,
-                    ProbeExit::SomeFailed => ExitCode::from(1),
-                }
-            })
-        }
-        Some(Command::Run(args)) => run(&rt, &args),
-        None => run(&rt, &cli.run),
-    }
+    let command = cli.command.unwrap_or(Command::Run(cli.run));
+    meshlat_runtime::block_on("agent", async move {
+        run(command).await.map_or_else(|code| code, ExitCode::from)
+    })
 }
 
-fn run(rt: &tokio::runtime::Runtime, args: &meshlat_agent::cli::RunArgs) -> ExitCode {
-    let cfg = match RunConfig::from_args(args, |k| std::env::var(k).ok()) {
-        Ok(c) => c,
-        Err(e) => return usage_error(e),
-    };
-    app::init_logging(cfg.common.verbose, cfg.common.log_format);
-    rt.block_on(async {
-        let agent = match RunApp::bind(cfg).await {
-            Ok(a) => a,
-            Err(e) => return usage_error(e),
-        };
-        for line in app::listening_lines(&agent.addrs(), agent.stats_addr()) {
-            println!("{line}");
+/// Binds and runs `command` until it is done or a signal stops it.
+async fn run(command: Command) -> Result<Exit, ExitCode> {
+    let env = |k: &str| std::env::var(k).ok();
+    match command {
+        Command::Serve(args) => {
+            let cfg = ServeConfig::from_args(&args).map_err(setup)?;
+            meshlat_runtime::init_logging(cfg.common.verbose, cfg.common.log_format);
+            let server = ServeApp::bind(&cfg).await.map_err(setup)?;
+            let shutdown = meshlat_runtime::shutdown_on_signals();
+            for line in app::listening_lines(&server.addrs(), server.stats_addr()) {
+                println!("{line}");
+            }
+            server.run(shutdown).await;
+            Ok(Exit::Success)
         }
-        agent.run(app::shutdown_on_signals()).await;
-        ExitCode::SUCCESS
-    })
+        Command::Probe(args) => {
+            let cfg = ProbeConfig::from_args(&args, env).map_err(setup)?;
+            meshlat_runtime::init_logging(cfg.common.verbose, cfg.common.log_format);
+            let probe = ProbeApp::bind(cfg).await.map_err(setup)?;
+            let shutdown = meshlat_runtime::shutdown_on_signals();
+            Ok(probe.run(shutdown).await.0.into())
+        }
+        Command::Run(args) => {
+            let cfg = RunConfig::from_args(&args, env).map_err(setup)?;
+            meshlat_runtime::init_logging(cfg.common.verbose, cfg.common.log_format);
+            let agent = RunApp::bind(cfg).await.map_err(setup)?;
+            let shutdown = meshlat_runtime::shutdown_on_signals();
+            for line in app::listening_lines(&agent.addrs(), agent.stats_addr()) {
+                println!("{line}");
+            }
+            agent.run(shutdown).await;
+            Ok(Exit::Success)
+        }
+    }
 }

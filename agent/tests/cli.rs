@@ -389,3 +389,40 @@ fn no_state_dir_overrides_the_images_state_dir_variable() {
         "{err}"
     );
 }
+
+/// The packet gap within a train is `--packet-interval-ms`; the old `--interval-ms` still
+/// measures, hidden from `--help`, with a warning naming the new flag.
+#[test]
+fn packet_interval_ms_and_its_deprecated_alias() {
+    let server = serve(&[]);
+    let target = format!("udp://{}", server.udp.unwrap());
+    for (flag, warned) in [("--packet-interval-ms", false), ("--interval-ms", true)] {
+        let out = std::process::Command::new(agent_bin())
+            .args(["probe", "--format", "json", "-n", "1", "--packets", "3"])
+            .args([flag, "1", &target])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{flag}: {err}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().count(),
+            1,
+            "{flag}"
+        );
+        assert_eq!(
+            err.contains(
+                "--interval-ms (MESHLAT_INTERVAL_MS) is deprecated: use --packet-interval-ms"
+            ),
+            warned,
+            "{flag}: {err}"
+        );
+    }
+    let help = std::process::Command::new(agent_bin())
+        .args(["probe", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--packet-interval-ms"), "{help}");
+    assert!(!help.contains("--interval-ms"), "{help}");
+}

@@ -7,7 +7,9 @@ use meshlat_proto::pb;
 use meshlat_proto::pb::operator_service_client::OperatorServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::cli::{ClientArgs, CredentialAction, HealthArgs, JobAction, MatrixArgs, TokenAction};
+use crate::cli::{
+    ClientArgs, Command, CredentialAction, HealthArgs, JobAction, MatrixArgs, TokenAction,
+};
 use crate::json;
 
 /// A client command failure.
@@ -35,6 +37,34 @@ pub enum ClientError {
     /// The controller refused.
     #[error("{:?}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
+}
+
+/// Runs a client command (every [`Command`] but `serve`, which does nothing here), writing its
+/// output to stdout: at the end, or as it comes for `matrix --watch`.
+///
+/// # Errors
+///
+/// [`ClientError`] of the command; the `controller` binary prints it and exits 1.
+pub async fn run(command: &Command) -> Result<(), ClientError> {
+    let out = match command {
+        Command::Serve(_) => return Ok(()),
+        Command::Job { action } => job(action).await?,
+        Command::Credentials { action } => credentials(action).await?,
+        Command::Tokens { action } => tokens(action).await?,
+        Command::Agents { client } => agents(client).await?,
+        Command::Health(h) => health(h).await?,
+        Command::Matrix(m) => {
+            use std::io::Write;
+            let print = |s: &str| {
+                let mut o = std::io::stdout().lock();
+                let _ = o.write_all(s.as_bytes());
+                let _ = o.flush();
+            };
+            return matrix(m, print).await;
+        }
+    };
+    print!("{out}");
+    Ok(())
 }
 
 /// `controller health`: the overall status of the controller's gRPC health service.

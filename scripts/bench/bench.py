@@ -126,7 +126,7 @@ class Bench:
         srv_pid = self.refl_proc.pid
         c0 = cpu_seconds(srv_pid)
         out = subprocess.run([os.path.join(self.ex, "udp_bench"), "pingpong", "--target", addr,
-                              "--packets", str(n), "--interval-ms", "1"], capture_output=True, text=True, check=True)
+                              "--packets", str(n), "--packet-interval-ms", "1"], capture_output=True, text=True, check=True)
         res = json.loads(out.stdout)
         res["server_cpu_s"] = cpu_seconds(srv_pid) - c0
         return res
@@ -186,7 +186,7 @@ class Bench:
         ours, theirs = [], []
         for _ in range(self.rounds):
             out = subprocess.run([os.path.join(self.bin, "agent"), "probe", "--format", "json", "-n", "1",
-                                  "-d", "0", "--timeout", "1", "--packets", str(n), "--interval-ms", "1",
+                                  "-d", "0", "--timeout", "1", "--packets", str(n), "--packet-interval-ms", "1",
                                   f"udp://{addr}"], capture_output=True, text=True)
             rec = json.loads(out.stdout.splitlines()[0])
             ours.append(rec["rtt_p50_ms"] * 1000)
@@ -252,7 +252,7 @@ class Bench:
         os.makedirs(os.path.dirname(out_path), exist_ok=True)
         with open(out_path, "w") as out_f:
             pr = subprocess.Popen([os.path.join(self.bin, "agent"), "probe", "--format", "json", "-n", "0", "-d", "1",
-                                   "--packets", "10", "--interval-ms", "10", "--timeout", "0.5", *targets],
+                                   "--packets", "10", "--packet-interval-ms", "10", "--timeout", "0.5", *targets],
                                   stdout=out_f, stderr=subprocess.DEVNULL)
             self.procs.append(pr)
             deadline = time.time() + secs

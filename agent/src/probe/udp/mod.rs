@@ -54,8 +54,9 @@ use crate::udp::{grant, sys};
 /// Waits shorter than this are spent yield-spinning instead of on tokio's millisecond timer.
 pub const SPIN_NS: u64 = 1_000_000;
 
-/// Most packets one train may have (bounds the per-train state).
-pub const MAX_PACKETS: u32 = 1_000_000;
+/// Most packets one train may have (bounds the per-train state): the bound jobs are validated
+/// against and `agent probe --packets` allows, so the prober accepts exactly what can reach it.
+pub use meshlat_proto::job::MAX_PACKETS;
 
 /// The UDP prober: one validated spec, reused for every train.
 #[derive(Debug)]
@@ -326,6 +327,14 @@ mod tests {
             ..ProbeSpec::default()
         };
         assert!(UdpProbe::new(&spec).is_err());
+        // The job bound: a train as long as a job may ask for is accepted, a longer one not.
+        for (packets, ok) in [(MAX_PACKETS, true), (MAX_PACKETS + 1, false)] {
+            let spec = ProbeSpec {
+                packets,
+                ..ProbeSpec::default()
+            };
+            assert_eq!(UdpProbe::new(&spec).is_ok(), ok, "packets {packets}");
+        }
         let p = UdpProbe::new(&ProbeSpec::default()).expect("default spec is valid");
         assert_eq!(p.packet_bytes(), MIN_PACKET_BYTES);
     }
