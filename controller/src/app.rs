@@ -419,25 +419,44 @@ impl Controller {
         // handshake (meshlat_guard), and the streams keep tonic's connection info.
         let grpc = GuardedListener::new(self.grpc, "grpc", self.cfg.grpc_limits);
         let stop = shutdown.clone().cancelled_owned();
-        let served = match &self.server_tls {
-            Some((h2, _)) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(h2.clone());
-                let incoming = meshlat_guard::incoming(
-                    grpc,
-                    move |s| acceptor.accept(s),
-                    true,
-                    shutdown.clone(),
-                );
-                router.serve_with_incoming_shutdown(incoming, stop).await
+        let serve = async {
+            match &self.server_tls {
+                Some((h2, _)) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(h2.clone());
+                    let incoming = meshlat_guard::incoming(
+                        grpc,
+                        move |s| acceptor.accept(s),
+                        true,
+                        shutdown.clone(),
+                    );
+                    router.serve_with_incoming_shutdown(incoming, stop).await
+                }
+                None => {
+                    let incoming = meshlat_guard::incoming(
+                        grpc,
+                        |s| std::future::ready(Ok(s)),
+                        true,
+                        shutdown.clone(),
+                    );
+                    router.serve_with_incoming_shutdown(incoming, stop).await
+                }
             }
-            None => {
-                let incoming = meshlat_guard::incoming(
-                    grpc,
-                    |s| std::future::ready(Ok(s)),
-                    true,
-                    shutdown.clone(),
+        };
+        // Graceful shutdown waits for open calls to end; a stream that does not (an operator's
+        // `matrix --watch`, a stuck client) must not hold the process past the grace: after
+        // SIGTERM on ECS the task would otherwise run until SIGKILL.
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        let served = tokio::select! {
+            r = serve => r,
+            () = grace => {
+                tracing::warn!(
+                    message = "Calls still open after the shutdown grace; closing them.",
+                    grace_s = SHUTDOWN_GRACE.as_secs()
                 );
-                router.serve_with_incoming_shutdown(incoming, stop).await
+                Ok(())
             }
         };
         // Sessions have ended (their last saves are queued): drain the state uploads.

@@ -67,12 +67,11 @@ async fn first_sigterm_exits_0() -> Result<()> {
     Ok(())
 }
 
-/// An open `matrix --watch` stream keeps the gRPC server's graceful shutdown waiting (the
-/// stream does not end at shutdown): the second SIGTERM ends it with 130.
-#[tokio::test]
-async fn second_sigterm_while_busy_exits_130() -> Result<()> {
-    let dir = common::tmp_dir("signals", "second");
-    let (mut child, a) = start(&dir.join("d")).await?;
+/// `controller matrix --watch` against `a`, once its first matrix has arrived; keep both (the
+/// reader too: a closed pipe would end the client, and with it the stream).
+async fn watching(
+    a: &common::Announced,
+) -> Result<(Child, tokio::io::BufReader<tokio::process::ChildStdout>)> {
     let mut watch = Command::new(env!("CARGO_BIN_EXE_controller"))
         .args([
             "matrix",
@@ -95,6 +94,17 @@ async fn second_sigterm_while_busy_exits_130() -> Result<()> {
     .await
     .context("no matrix from --watch")??;
     assert!(first.starts_with("---"), "watch printed {first:?}");
+    Ok((watch, out))
+}
+
+/// An open `matrix --watch` stream keeps the gRPC server's graceful shutdown waiting (the
+/// stream does not end at shutdown) for at most the grace (5 s): the second SIGTERM within it
+/// ends the process with 130.
+#[tokio::test]
+async fn second_sigterm_while_busy_exits_130() -> Result<()> {
+    let dir = common::tmp_dir("signals", "second");
+    let (mut child, a) = start(&dir.join("d")).await?;
+    let _watch = watching(&a).await?;
     sigterm(&child);
     // Still shutting down a second later: the watch stream holds it.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -109,6 +119,34 @@ async fn second_sigterm_while_busy_exits_130() -> Result<()> {
     assert!(
         log.contains("Second signal during shutdown; exiting at once."),
         "log:\n{log}"
+    );
+    Ok(())
+}
+
+/// One SIGTERM with a watch stream open: the controller closes it after the shutdown grace
+/// (5 s) and exits 0, instead of waiting for the client forever (on ECS: until SIGKILL).
+#[tokio::test]
+async fn an_open_watch_stream_holds_shutdown_no_longer_than_the_grace() -> Result<()> {
+    let dir = common::tmp_dir("signals", "grace");
+    let (mut child, a) = start(&dir.join("d")).await?;
+    let _watch = watching(&a).await?;
+    let t0 = std::time::Instant::now();
+    sigterm(&child);
+    let code = exit_code(&mut child, 20).await?;
+    let took = t0.elapsed();
+    let log = std::fs::read_to_string(dir.join("d.log"))?;
+    println!(
+        "figures signals_grace exit={code:?} took_s={:.2}",
+        took.as_secs_f64()
+    );
+    assert_eq!(code, Some(0), "log:\n{log}");
+    assert!(
+        log.contains("Calls still open after the shutdown grace; closing them."),
+        "log:\n{log}"
+    );
+    assert!(
+        took >= Duration::from_secs(4),
+        "closed before the grace: {took:?}"
     );
     Ok(())
 }

@@ -530,7 +530,11 @@ fn live_processes_never_share_a_spool_directory_and_orphans_are_adopted() {
         seqs,
         (first..first + 5).collect::<Vec<u64>>(),
         "renumbered after the adopter's own ({} adopted)",
-        if first == 0 { "a's directory" } else { "b's directory" }
+        if first == 0 {
+            "a's directory"
+        } else {
+            "b's directory"
+        }
     );
     assert_eq!(found.iter().map(|b| b.lines).sum::<u64>(), 5);
     drop(e);
