@@ -130,7 +130,7 @@ async fn an_open_watch_stream_holds_shutdown_no_longer_than_the_grace() -> Resul
     let dir = common::tmp_dir("signals", "grace");
     let (mut child, a) = start(&dir.join("d")).await?;
     let _watch = watching(&a).await?;
-    let t0 = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
     sigterm(&child);
     let code = exit_code(&mut child, 20).await?;
     let took = t0.elapsed();
