@@ -26,8 +26,11 @@
 //! - [`io`]: [`Guarded`], the stream wrapper enforcing the header and idle deadlines.
 //! - [`accept`]: [`GuardedListener`] and [`incoming`] (accept + concurrent handshakes).
 //! - [`rate`]: token buckets, [`RateLimiter`] and the tower layer.
+//! - `cli` (`clap` feature): the deadline flags both binaries take.
 
 pub mod accept;
+#[cfg(feature = "clap")]
+pub mod cli;
 pub mod io;
 pub mod limits;
 pub mod rate;
