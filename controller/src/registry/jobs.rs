@@ -8,6 +8,22 @@ use super::error::{Problem, invalid};
 use super::{DomainError, Inner, Registry, unix_ms};
 use crate::pinglist;
 
+/// A copy of stored job `id`.
+///
+/// # Errors
+///
+/// [`DomainError::NotFound`].
+fn stored_job(inner: &Inner, id: &str) -> Result<pb::Job, DomainError> {
+    inner
+        .jobs
+        .get(id)
+        .cloned()
+        .ok_or_else(|| DomainError::NotFound {
+            what: "job",
+            id: id.into(),
+        })
+}
+
 impl Registry {
     fn check_spec(&self, inner: &Inner, spec: &pb::JobSpec) -> Result<(), DomainError> {
         meshlat_proto::job::validate(spec).map_err(DomainError::Spec)?;
@@ -121,14 +137,7 @@ impl Registry {
     ///
     /// [`DomainError::NotFound`].
     pub fn get_job(&self, id: &str) -> Result<pb::Job, DomainError> {
-        self.lock()
-            .jobs
-            .get(id)
-            .cloned()
-            .ok_or_else(|| DomainError::NotFound {
-                what: "job",
-                id: id.into(),
-            })
+        stored_job(&self.lock(), id)
     }
 
     /// Replaces a job's spec and bumps its version; `expected_version` 0 skips the check.
@@ -145,14 +154,7 @@ impl Registry {
     ) -> Result<pb::Job, DomainError> {
         let spec = spec.ok_or_else(|| invalid("spec", Problem::Missing))?;
         let mut inner = self.lock();
-        let old = inner
-            .jobs
-            .get(id)
-            .cloned()
-            .ok_or_else(|| DomainError::NotFound {
-                what: "job",
-                id: id.into(),
-            })?;
+        let old = stored_job(&inner, id)?;
         if expected_version != 0 && expected_version != old.version {
             return Err(DomainError::VersionMismatch {
                 id: id.into(),
@@ -188,14 +190,7 @@ impl Registry {
     /// [`DomainError::NotFound`] or [`DomainError::Store`].
     pub fn stop_job(&self, id: &str) -> Result<pb::Job, DomainError> {
         let mut inner = self.lock();
-        let old = inner
-            .jobs
-            .get(id)
-            .cloned()
-            .ok_or_else(|| DomainError::NotFound {
-                what: "job",
-                id: id.into(),
-            })?;
+        let old = stored_job(&inner, id)?;
         if old.stopped {
             return Ok(old);
         }
