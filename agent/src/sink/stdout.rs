@@ -82,6 +82,22 @@ fn ts_us(r: &Record) -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// The packet-train values UDP and QUIC records share: sent, samples, lost, then RTT min, p50,
+/// mean, p99 and max.
+fn train_values(r: &Record) -> [f64; 8] {
+    let v = |x: Option<f64>| x.unwrap_or(0.0);
+    [
+        f64::from(r.sent.unwrap_or(0)),
+        f64::from(r.samples.unwrap_or(0)),
+        f64::from(r.lost.unwrap_or(0)),
+        v(r.rtt_min_ms),
+        v(r.rtt_p50_ms),
+        v(r.rtt_ms),
+        v(r.rtt_p99_ms),
+        v(r.rtt_max_ms),
+    ]
+}
+
 /// The numeric values averaged in the summary line, per protocol.
 fn values(r: &Record) -> Vec<f64> {
     let v = |x: Option<f64>| x.unwrap_or(0.0);
@@ -95,28 +111,16 @@ fn values(r: &Record) -> Vec<f64> {
             v(r.total_ms),
             r.bytes.unwrap_or(0) as f64,
         ],
-        Some(Protocol::Udp) => vec![
-            f64::from(r.sent.unwrap_or(0)),
-            f64::from(r.samples.unwrap_or(0)),
-            f64::from(r.lost.unwrap_or(0)),
-            v(r.rtt_min_ms),
-            v(r.rtt_p50_ms),
-            v(r.rtt_ms),
-            v(r.rtt_p99_ms),
-            v(r.rtt_max_ms),
-            v(r.jitter_ms),
-        ],
-        Some(Protocol::Quic) => vec![
-            v(r.handshake_ms),
-            f64::from(r.sent.unwrap_or(0)),
-            f64::from(r.samples.unwrap_or(0)),
-            f64::from(r.lost.unwrap_or(0)),
-            v(r.rtt_min_ms),
-            v(r.rtt_p50_ms),
-            v(r.rtt_ms),
-            v(r.rtt_p99_ms),
-            v(r.rtt_max_ms),
-        ],
+        Some(Protocol::Udp) => {
+            let mut out = train_values(r).to_vec();
+            out.push(v(r.jitter_ms));
+            out
+        }
+        Some(Protocol::Quic) => {
+            let mut out = vec![v(r.handshake_ms)];
+            out.extend(train_values(r));
+            out
+        }
         Some(Protocol::Tcp) | None => vec![v(r.tcp_ms)],
     }
 }
