@@ -166,17 +166,7 @@ impl Registry {
             return Err(DomainError::Stopped { id: id.into() });
         }
         self.check_spec(&inner, &spec)?;
-        let job = pb::Job {
-            spec: Some(spec),
-            version: old.version + 1,
-            updated_unix_ms: unix_ms(),
-            ..old.clone()
-        };
-        inner.jobs.insert(id.into(), job.clone());
-        if let Err(e) = self.save_jobs(&inner) {
-            inner.jobs.insert(id.into(), old);
-            return Err(e);
-        }
+        let job = self.store_revision(&mut inner, id, old, |j| j.spec = Some(spec))?;
         tracing::info!(message = "Job updated.", job = %id, version = job.version);
         self.reschedule(&mut inner, true);
         self.changed();
@@ -194,20 +184,31 @@ impl Registry {
         if old.stopped {
             return Ok(old);
         }
-        let job = pb::Job {
-            stopped: true,
-            version: old.version + 1,
-            updated_unix_ms: unix_ms(),
-            ..old.clone()
-        };
-        inner.jobs.insert(id.into(), job.clone());
-        if let Err(e) = self.save_jobs(&inner) {
-            inner.jobs.insert(id.into(), old);
-            return Err(e);
-        }
+        let job = self.store_revision(&mut inner, id, old, |j| j.stopped = true)?;
         tracing::info!(message = "Job stopped.", job = %id);
         self.reschedule(&mut inner, true);
         self.changed();
+        Ok(job)
+    }
+
+    /// Stores the next version of job `id` (`old` changed by `change`, version + 1, updated
+    /// now) and saves the jobs; on a save error `old` is put back.
+    fn store_revision(
+        &self,
+        inner: &mut Inner,
+        id: &str,
+        old: pb::Job,
+        change: impl FnOnce(&mut pb::Job),
+    ) -> Result<pb::Job, DomainError> {
+        let mut job = old.clone();
+        change(&mut job);
+        job.version = old.version + 1;
+        job.updated_unix_ms = unix_ms();
+        inner.jobs.insert(id.into(), job.clone());
+        if let Err(e) = self.save_jobs(inner) {
+            inner.jobs.insert(id.into(), old);
+            return Err(e);
+        }
         Ok(job)
     }
 
