@@ -125,6 +125,21 @@ fn values(r: &Record) -> Vec<f64> {
     }
 }
 
+/// The packet-train columns UDP and QUIC sample lines share (as [`train_values`]).
+fn train_columns(r: &Record) -> String {
+    format!(
+        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        r.sent.unwrap_or(0),
+        r.samples.unwrap_or(0),
+        r.lost.unwrap_or(0),
+        ms(r.rtt_min_ms),
+        ms(r.rtt_p50_ms),
+        ms(r.rtt_ms),
+        ms(r.rtt_p99_ms),
+        ms(r.rtt_max_ms),
+    )
+}
+
 /// One sample line (without the leading `N EPOCH`).
 fn sample_columns(r: &Record) -> String {
     let from = r.src_location.clone().unwrap_or_default();
@@ -142,30 +157,8 @@ fn sample_columns(r: &Record) -> String {
             r.http_status.unwrap_or(500),
             r.bytes.unwrap_or(0),
         ),
-        Some(Protocol::Udp) => format!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{tail}",
-            r.sent.unwrap_or(0),
-            r.samples.unwrap_or(0),
-            r.lost.unwrap_or(0),
-            ms(r.rtt_min_ms),
-            ms(r.rtt_p50_ms),
-            ms(r.rtt_ms),
-            ms(r.rtt_p99_ms),
-            ms(r.rtt_max_ms),
-            ms(r.jitter_ms),
-        ),
-        Some(Protocol::Quic) => format!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{tail}",
-            ms(r.handshake_ms),
-            r.sent.unwrap_or(0),
-            r.samples.unwrap_or(0),
-            r.lost.unwrap_or(0),
-            ms(r.rtt_min_ms),
-            ms(r.rtt_p50_ms),
-            ms(r.rtt_ms),
-            ms(r.rtt_p99_ms),
-            ms(r.rtt_max_ms),
-        ),
+        Some(Protocol::Udp) => format!("{}\t{}\t{tail}", train_columns(r), ms(r.jitter_ms)),
+        Some(Protocol::Quic) => format!("{}\t{}\t{tail}", ms(r.handshake_ms), train_columns(r)),
         Some(Protocol::Tcp) | None => format!("{}\t{tail}", ms(r.tcp_ms)),
     }
 }
