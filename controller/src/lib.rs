@@ -10,6 +10,7 @@
 //! - [`store`]: the [`store::StateStore`] trait and its file implementation;
 //!   [`store::mirror`] keeps the data directory (CA, credentials, state) in an S3 prefix
 //!   ([`store::s3`], the only module using the AWS S3 SDK).
+//! - [`aws`]: the AWS SDK setup (TLS, retries, timeouts) of the S3 and Secrets Manager clients.
 //! - [`publish`]: writes the join token and the CA certificate into Secrets Manager
 //!   (`--join-token-secret-arn`, `--ca-cert-secret-arn`; the only module using its SDK).
 //! - [`identity`]: per-agent identities: client certificates from the CA, who may speak for an id.
@@ -33,6 +34,7 @@ pub mod address_policy;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod aws;
 pub mod cli;
 pub mod client;
 pub mod config;
