@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use meshlat_guard::cli::{DeadlineArgs, DeadlineHelp};
 
 /// Default UDP reflector port.
 pub const DEFAULT_UDP_PORT: u16 = 7710;
@@ -203,38 +204,31 @@ pub struct CommonArgs {
         value_name = "N"
     )]
     pub max_conns_per_ip: usize,
-    /// A TLS (HTTPS) or QUIC handshake must finish within this, in seconds.
-    #[arg(
-        long,
-        env = "MESHLAT_HANDSHAKE_TIMEOUT",
-        default_value_t = 10.0,
-        value_name = "SECONDS"
-    )]
-    pub handshake_timeout: f64,
-    /// Every HTTP request head must arrive within this, in seconds (also bounds idle
-    /// keep-alive).
-    #[arg(
-        long,
-        env = "MESHLAT_HEADER_TIMEOUT",
-        default_value_t = 10.0,
-        value_name = "SECONDS"
-    )]
-    pub header_timeout: f64,
-    /// A connection with no traffic for this long is closed, in seconds (QUIC: the
-    /// responder's idle timeout).
-    #[arg(
-        long,
-        env = "MESHLAT_IDLE_TIMEOUT",
-        default_value_t = 10.0,
-        value_name = "SECONDS"
-    )]
-    pub idle_timeout: f64,
+    /// `--handshake-timeout`, `--header-timeout`, `--idle-timeout`.
+    #[command(flatten)]
+    pub deadlines: DeadlineArgs<AgentDeadlines>,
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Log format on stderr.
     #[arg(long, env = "MESHLAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// The agent's help text and defaults for the deadline flags (they cover its HTTP, HTTPS, stats
+/// and QUIC listeners).
+#[derive(Clone, Debug)]
+pub struct AgentDeadlines;
+
+impl DeadlineHelp for AgentDeadlines {
+    const HANDSHAKE: &'static str =
+        "A TLS (HTTPS) or QUIC handshake must finish within this, in seconds";
+    const HANDSHAKE_DEFAULT: f64 = 10.0;
+    const HEADER: &'static str =
+        "Every HTTP request head must arrive within this, in seconds (also bounds idle keep-alive)";
+    const HEADER_DEFAULT: f64 = 10.0;
+    const IDLE: &'static str = "A connection with no traffic for this long is closed, in seconds (QUIC: the responder's idle timeout)";
+    const IDLE_DEFAULT: f64 = 10.0;
 }
 
 /// Log output format (shared with the controller: [`meshlat_runtime::LogFormat`]).

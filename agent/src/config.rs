@@ -51,16 +51,6 @@ impl CommonConfig {
     ///
     /// [`ConfigError`] naming the flag.
     pub fn from_args(a: &cli::CommonArgs) -> Result<Self, ConfigError> {
-        let timeout = |flag, v: f64| {
-            if !v.is_finite() || !(0.1..=3600.0).contains(&v) {
-                return Err(ConfigError::OutOfRange {
-                    flag,
-                    value: v.to_string(),
-                    range: "0.1 to 3600 seconds".into(),
-                });
-            }
-            Ok(Duration::from_secs_f64(v))
-        };
         let count = |flag, v: usize| {
             if v == 0 {
                 return Err(ConfigError::OutOfRange {
@@ -71,15 +61,25 @@ impl CommonConfig {
             }
             Ok(v)
         };
+        let max_conns = count("--max-conns", a.max_conns)?;
+        let max_conns_per_ip = count("--max-conns-per-ip", a.max_conns_per_ip)?;
+        let d = a
+            .deadlines
+            .deadlines()
+            .map_err(|e| ConfigError::OutOfRange {
+                flag: e.flag,
+                value: e.value.to_string(),
+                range: "0.1 to 3600 seconds".into(),
+            })?;
         Ok(CommonConfig {
             stats_port: a.stats_port,
             stats_listen: a.stats_listen,
             limits: meshlat_guard::ConnLimits {
-                max_conns: count("--max-conns", a.max_conns)?,
-                max_conns_per_ip: count("--max-conns-per-ip", a.max_conns_per_ip)?,
-                handshake_timeout: timeout("--handshake-timeout", a.handshake_timeout)?,
-                header_timeout: timeout("--header-timeout", a.header_timeout)?,
-                idle_timeout: timeout("--idle-timeout", a.idle_timeout)?,
+                max_conns,
+                max_conns_per_ip,
+                handshake_timeout: d.handshake,
+                header_timeout: d.header,
+                idle_timeout: d.idle,
             },
             verbose: a.verbose,
             log_format: a.log_format,

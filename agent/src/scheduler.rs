@@ -352,6 +352,14 @@ mod tests {
     use meshlat_proto::record::Protocol;
     use std::sync::Mutex;
 
+    /// A sink set with one collecting sink, and that sink.
+    fn collecting() -> (Collect, SinkSet) {
+        let sink = Collect::default();
+        let mut sinks = SinkSet::new();
+        sinks.add(sink.clone());
+        (sink, sinks)
+    }
+
     #[derive(Clone, Default)]
     struct Collect(Arc<Mutex<Vec<SharedRecord>>>, Arc<Mutex<Vec<String>>>);
 
@@ -416,9 +424,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn fixed_job_set_runs_count_samples_per_target_then_returns() {
-        let sink = Collect::default();
-        let mut sinks = SinkSet::new();
-        sinks.add(sink.clone());
+        let (sink, sinks) = collecting();
         let (_mode_tx, mode_rx) = watch::channel(ControlMode::Standalone);
         let sched = Scheduler::new(identity(), sinks.handle(), mode_rx);
         // Ports 1 and 2 on loopback are closed: every sample fails fast with a record.
@@ -459,9 +465,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn samples_start_one_interval_apart() {
-        let sink = Collect::default();
-        let mut sinks = SinkSet::new();
-        sinks.add(sink.clone());
+        let (_sink, sinks) = collecting();
         let (_m, mode_rx) = watch::channel(ControlMode::Connected);
         let (tx, rx) = watch::channel(JobSet {
             generation: 1,
@@ -480,9 +484,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn job_set_changes_stop_removed_pairs_and_start_new_ones() {
-        let sink = Collect::default();
-        let mut sinks = SinkSet::new();
-        sinks.add(sink.clone());
+        let (sink, sinks) = collecting();
         let (_m, mode_rx) = watch::channel(ControlMode::Connected);
         let (tx, rx) = watch::channel(JobSet {
             generation: 1,
@@ -515,9 +517,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_new_signing_key_restarts_the_pairs_of_an_unchanged_job() {
-        let sink = Collect::default();
-        let mut sinks = SinkSet::new();
-        sinks.add(sink.clone());
+        let (sink, sinks) = collecting();
         let (_m, mode_rx) = watch::channel(ControlMode::Connected);
         let with_key = |k: &str| {
             let mut j = (*tcp_job("a", 1, &[1], None, Duration::from_secs(1))).clone();

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use meshlat_guard::cli::{DeadlineArgs, DeadlineHelp};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -269,6 +270,25 @@ pub struct ClientArgs {
     pub ca: Option<PathBuf>,
 }
 
+/// The controller's help text and defaults for the deadline flags (they cover its gRPC and REST
+/// listeners).
+#[derive(Clone, Debug)]
+pub struct ControllerDeadlines;
+
+impl DeadlineHelp for ControllerDeadlines {
+    const HANDSHAKE: &'static str =
+        "A TLS handshake (gRPC and REST) must finish within this, in seconds";
+    const HANDSHAKE_DEFAULT: f64 = 10.0;
+    const HEADER: &'static str = "A request head must arrive within this, in seconds (REST: every request, counted from \
+        when the server starts waiting for it, so it also bounds idle keep-alive; gRPC: the \
+        first request of a connection, counted from the end of the handshake)";
+    const HEADER_DEFAULT: f64 = 10.0;
+    const IDLE: &'static str = "A connection with no bytes moving either way for this long is closed, in seconds \
+        (gRPC keepalive pings every 10 s and server-sent-event heartbeats every 15 s keep \
+        healthy connections busy)";
+    const IDLE_DEFAULT: f64 = 60.0;
+}
+
 /// `controller serve`.
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
@@ -485,34 +505,9 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub rest_max_conns_per_ip: usize,
-    /// A TLS handshake (gRPC and REST) must finish within this, in seconds.
-    #[arg(
-        long,
-        env = "MESHLAT_HANDSHAKE_TIMEOUT",
-        default_value_t = 10.0,
-        value_name = "SECONDS"
-    )]
-    pub handshake_timeout: f64,
-    /// A request head must arrive within this, in seconds (REST: every request, counted from
-    /// when the server starts waiting for it, so it also bounds idle keep-alive; gRPC: the
-    /// first request of a connection, counted from the end of the handshake).
-    #[arg(
-        long,
-        env = "MESHLAT_HEADER_TIMEOUT",
-        default_value_t = 10.0,
-        value_name = "SECONDS"
-    )]
-    pub header_timeout: f64,
-    /// A connection with no bytes moving either way for this long is closed, in seconds
-    /// (gRPC keepalive pings every 10 s and server-sent-event heartbeats every 15 s keep
-    /// healthy connections busy).
-    #[arg(
-        long,
-        env = "MESHLAT_IDLE_TIMEOUT",
-        default_value_t = 60.0,
-        value_name = "SECONDS"
-    )]
-    pub idle_timeout: f64,
+    /// `--handshake-timeout`, `--header-timeout`, `--idle-timeout`.
+    #[command(flatten)]
+    pub deadlines: DeadlineArgs<ControllerDeadlines>,
     /// Operator API (REST and gRPC OperatorService) requests per second allowed from one
     /// source address (token bucket; 0: no limit). Over it: 429 with Retry-After (REST) or
     /// RESOURCE_EXHAUSTED with retry-after metadata (gRPC).

@@ -302,17 +302,6 @@ pub fn default_max_conns(nofile: Option<u64>) -> (usize, usize) {
     (grpc, rest)
 }
 
-fn timeout(flag: &'static str, v: f64) -> Result<Duration, ConfigError> {
-    if !v.is_finite() || !(0.1..=3600.0).contains(&v) {
-        return Err(ConfigError::Invalid {
-            flag,
-            value: v.to_string(),
-            reason: "must be 0.1 to 3600 seconds",
-        });
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
 fn at_least_one(flag: &'static str, v: usize) -> Result<usize, ConfigError> {
     if v == 0 {
         return Err(ConfigError::Invalid {
@@ -337,15 +326,17 @@ fn quota(flag: &'static str, per_second: f64, burst: u32) -> Result<Option<Quota
 
 fn conn_limits(a: &ServeArgs) -> Result<(ConnLimits, ConnLimits), ConfigError> {
     let (grpc_default, rest_default) = default_max_conns(meshlat_guard::open_files_limit());
-    let handshake_timeout = timeout("--handshake-timeout", a.handshake_timeout)?;
-    let header_timeout = timeout("--header-timeout", a.header_timeout)?;
-    let idle_timeout = timeout("--idle-timeout", a.idle_timeout)?;
+    let d = a.deadlines.deadlines().map_err(|e| ConfigError::Invalid {
+        flag: e.flag,
+        value: e.value.to_string(),
+        reason: "must be 0.1 to 3600 seconds",
+    })?;
     let grpc = ConnLimits {
         max_conns: at_least_one("--grpc-max-conns", a.grpc_max_conns.unwrap_or(grpc_default))?,
         max_conns_per_ip: at_least_one("--grpc-max-conns-per-ip", a.grpc_max_conns_per_ip)?,
-        handshake_timeout,
-        header_timeout,
-        idle_timeout,
+        handshake_timeout: d.handshake,
+        header_timeout: d.header,
+        idle_timeout: d.idle,
     };
     let rest = ConnLimits {
         max_conns: at_least_one("--rest-max-conns", a.rest_max_conns.unwrap_or(rest_default))?,

@@ -10,11 +10,13 @@
 //! - [`store`]: the [`store::StateStore`] trait and its file implementation;
 //!   [`store::mirror`] keeps the data directory (CA, credentials, state) in an S3 prefix
 //!   ([`store::s3`], the only module using the AWS S3 SDK).
+//! - [`aws`]: the AWS SDK setup (TLS, retries, timeouts) of the S3 and Secrets Manager clients.
 //! - [`publish`]: writes the join token and the CA certificate into Secrets Manager
 //!   (`--join-token-secret-arn`, `--ca-cert-secret-arn`; the only module using its SDK).
 //! - [`identity`]: per-agent identities: client certificates from the CA, who may speak for an id.
 //! - [`federation`]: exchanging directories and jobs with peer controllers.
-//! - [`fsutil`]: durable file replacement (temporary file, fsync, rename, directory fsync).
+//! - [`fsutil`]: durable file replacement (temporary file, fsync, rename, directory fsync),
+//!   re-exported from [`meshlat_proto::fsutil`] (the agent's state files use it too).
 //! - [`keys`]: the mesh wire key, the controller's Ed25519 relay-grant signing key (kept in
 //!   the data directory, never sent), and grant expiry.
 //! - [`limits`]: every cap (`--max-*` flags, expiries, message sizes) in one place.
@@ -32,11 +34,12 @@ pub mod address_policy;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod aws;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod federation;
-pub mod fsutil;
+pub use meshlat_proto::fsutil;
 pub mod grpc;
 pub mod identity;
 pub mod jobset;

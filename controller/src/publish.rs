@@ -7,26 +7,13 @@
 //! with the same CA and join secret changes nothing, a rotated join secret (a new
 //! `--join-secret`) writes the new token. Values are never logged.
 //!
-//! This is the only module that imports `aws_sdk_secretsmanager` (STYLE §5). The HTTPS client
-//! is rustls with ring, as in [`crate::store::s3`]. Calls go to the secret's own region (from its
-//! ARN).
+//! This is the only module that imports `aws_sdk_secretsmanager` (STYLE §5). The SDK setup
+//! (rustls with ring, retries, timeouts) is [`crate::aws`], shared with [`crate::store::s3`].
+//! Calls go to the secret's own region (from its ARN).
 
-use std::time::Duration;
-
-use aws_config::BehaviorVersion;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 
 use crate::config::{PublishConfig, SecretArn};
-
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long one attempt of one call may take.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts per call (the SDK's standard retry).
-const MAX_ATTEMPTS: u32 = 3;
 
 /// A secret could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -77,23 +64,7 @@ pub async fn publish(
 }
 
 async fn client(region: &str, endpoint: Option<&str>) -> aws_sdk_secretsmanager::Client {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http)
-        .region(aws_config::Region::new(region.to_string()))
-        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                .build(),
-        );
-    if let Some(e) = endpoint {
-        loader = loader.endpoint_url(e);
-    }
-    aws_sdk_secretsmanager::Client::new(&loader.load().await)
+    aws_sdk_secretsmanager::Client::new(&crate::aws::sdk_config(Some(region), endpoint).await)
 }
 
 fn message<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(

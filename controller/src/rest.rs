@@ -548,16 +548,10 @@ async fn list_credentials(State(rest): State<Rest>) -> Resp {
 }
 
 async fn add_credential(State(rest): State<Rest>, body: Bytes) -> Resp {
-    let name = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_string));
-    let Some(name) = name else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_argument",
-            Some("name"),
-            "name: send {\"name\": \"NAME\"}",
-        );
+    let v = serde_json::from_slice::<Value>(&body).ok();
+    let name = match body_name(v.as_ref(), "name: send {\"name\": \"NAME\"}") {
+        Ok(name) => name,
+        Err(resp) => return *resp,
     };
     let resp = match rest.creds.add_operator(&name) {
         Ok(credential) => {
@@ -589,16 +583,12 @@ async fn list_tokens(State(rest): State<Rest>) -> Resp {
 
 async fn create_token(State(rest): State<Rest>, body: Bytes) -> Resp {
     let v = serde_json::from_slice::<Value>(&body).ok();
-    let name = v
-        .as_ref()
-        .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_string));
-    let Some(name) = name else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_argument",
-            Some("name"),
-            "name: send {\"name\": \"NAME\", \"expires_in_s\": SECONDS (optional)}",
-        );
+    let name = match body_name(
+        v.as_ref(),
+        "name: send {\"name\": \"NAME\", \"expires_in_s\": SECONDS (optional)}",
+    ) {
+        Ok(name) => name,
+        Err(resp) => return *resp,
     };
     let expires_in = v.as_ref().and_then(|v| v.get("expires_in_s"));
     let expires = match expires_in {
@@ -692,6 +682,21 @@ fn token_value(i: &crate::auth::TokenInfo) -> Value {
 
 fn cred_value(i: &OperatorInfo) -> Value {
     json!({"name": i.name, "origin": i.origin.as_str(), "created_unix": i.created_unix})
+}
+
+/// The string `name` of a JSON request body, or a 400 naming the field with `hint` (boxed: a
+/// response is large next to a name).
+fn body_name(body: Option<&Value>, hint: &str) -> Result<String, Box<Resp>> {
+    body.and_then(|v| v.get("name").and_then(Value::as_str))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                Some("name"),
+                hint,
+            ))
+        })
 }
 
 fn credential_error(e: &CredentialError) -> Resp {

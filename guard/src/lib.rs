@@ -26,11 +26,16 @@
 //! - [`io`]: [`Guarded`], the stream wrapper enforcing the header and idle deadlines.
 //! - [`accept`]: [`GuardedListener`] and [`incoming`] (accept + concurrent handshakes).
 //! - [`rate`]: token buckets, [`RateLimiter`] and the tower layer.
+//! - [`tls`]: [`signatures_checked_by!`], the signature checks of custom rustls verifiers.
+//! - `cli` (`clap` feature): the deadline flags both binaries take.
 
 pub mod accept;
+#[cfg(feature = "clap")]
+pub mod cli;
 pub mod io;
 pub mod limits;
 pub mod rate;
+pub mod tls;
 
 pub use accept::{GuardedListener, incoming};
 pub use io::{Guarded, H2FirstHeaders};

@@ -188,20 +188,7 @@ impl GrantSigner {
 
     /// Signs a grant for `dst` valid until `expires_unix`.
     pub fn sign(&self, dst: SocketAddr, expires_unix: u64) -> [u8; GRANT_BYTES] {
-        let mut g = [0u8; GRANT_BYTES];
-        g[0] = GRANT_VERSION;
-        match dst.ip() {
-            IpAddr::V4(ip) => {
-                g[1] = 4;
-                g[4..8].copy_from_slice(&ip.octets());
-            }
-            IpAddr::V6(ip) => {
-                g[1] = 6;
-                g[4..20].copy_from_slice(&ip.octets());
-            }
-        }
-        g[2..4].copy_from_slice(&dst.port().to_be_bytes());
-        g[20..28].copy_from_slice(&expires_unix.to_be_bytes());
+        let mut g = grant_head(GRANT_VERSION, dst, expires_unix);
         g[28..32].copy_from_slice(&self.public.id.to_be_bytes());
         let sig = self.pair.sign(&signed_message(&g));
         g[SIGNED_BYTES..].copy_from_slice(sig.as_ref());
@@ -318,12 +305,11 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A version-1 grant as earlier builds made it (HMAC-SHA256 with a shared secret, 64 bytes),
-/// placed in a current-size field: for tests showing that relays refuse the old format.
-#[doc(hidden)]
-pub fn legacy_hmac_grant(dst: SocketAddr, expires_unix: u64, secret: &[u8]) -> [u8; GRANT_BYTES] {
+/// A grant's fields before the key id and signature: version, address family, port, address
+/// and expiry (module docs, "Format").
+fn grant_head(version: u8, dst: SocketAddr, expires_unix: u64) -> [u8; GRANT_BYTES] {
     let mut g = [0u8; GRANT_BYTES];
-    g[0] = 1;
+    g[0] = version;
     match dst.ip() {
         IpAddr::V4(ip) => {
             g[1] = 4;
@@ -336,6 +322,14 @@ pub fn legacy_hmac_grant(dst: SocketAddr, expires_unix: u64, secret: &[u8]) -> [
     }
     g[2..4].copy_from_slice(&dst.port().to_be_bytes());
     g[20..28].copy_from_slice(&expires_unix.to_be_bytes());
+    g
+}
+
+/// A version-1 grant as earlier builds made it (HMAC-SHA256 with a shared secret, 64 bytes),
+/// placed in a current-size field: for tests showing that relays refuse the old format.
+#[doc(hidden)]
+pub fn legacy_hmac_grant(dst: SocketAddr, expires_unix: u64, secret: &[u8]) -> [u8; GRANT_BYTES] {
+    let mut g = grant_head(1, dst, expires_unix);
     let d = ring::digest::digest(&ring::digest::SHA256, secret);
     g[28..32].copy_from_slice(&d.as_ref()[..4]);
     let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);

@@ -14,8 +14,11 @@
 //! - [`sketch`]: the mergeable RTT histogram of live summaries, and the one nearest-rank
 //!   percentile.
 //! - [`state_file`]: the version header of binary state files (migrate old, refuse newer).
+//! - [`fsutil`]: durable file replacement (temporary file, fsync, rename, directory fsync), for
+//!   the controller's data directory and the agent's state directory.
 
 pub mod backoff;
+pub mod fsutil;
 pub mod grant;
 pub mod job;
 

@@ -58,6 +58,35 @@ fn max_index() -> i32 {
 }
 
 /// The value a bucket stands for: within α of every value in it.
+/// The nearest-rank quantile `p` (0..=1) of `total` samples, `zero` of them zero and the rest
+/// in `buckets` (index and count, ascending index): the representative of the bucket holding
+/// the sample of rank `⌈p·total⌉` (at least 1); `None` when empty. Should the counts fall
+/// short of `total` (not while the callers keep it their sum), the last bucket.
+fn bucket_quantile(
+    p: f64,
+    total: u64,
+    zero: u64,
+    buckets: impl Iterator<Item = (i32, u64)>,
+) -> Option<f64> {
+    if total == 0 {
+        return None;
+    }
+    let rank = ((p.clamp(0.0, 1.0) * total as f64).ceil() as u64).clamp(1, total);
+    let mut acc = zero;
+    if acc >= rank {
+        return Some(0.0);
+    }
+    let mut last = None;
+    for (i, c) in buckets {
+        last = Some(i);
+        acc = acc.saturating_add(c);
+        if acc >= rank {
+            break;
+        }
+    }
+    last.map(representative)
+}
+
 fn representative(i: i32) -> f64 {
     let g = gamma();
     2.0 * g.powi(i) / (g + 1.0)
@@ -141,22 +170,12 @@ impl RttHistogram {
     /// The nearest-rank quantile `p` (0..=1): the representative of the bucket holding the
     /// sample of rank `⌈p·n⌉` (at least 1); `None` when empty.
     pub fn quantile(&self, p: f64) -> Option<f64> {
-        if self.total == 0 {
-            return None;
-        }
-        let rank = ((p.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).clamp(1, self.total);
-        let mut acc = self.zero;
-        if acc >= rank {
-            return Some(0.0);
-        }
-        for (i, c) in &self.buckets {
-            acc = acc.saturating_add(*c);
-            if acc >= rank {
-                return Some(representative(*i));
-            }
-        }
-        // Unreachable while total is the sum of the counts; answer the largest bucket.
-        self.buckets.keys().next_back().map(|i| representative(*i))
+        bucket_quantile(
+            p,
+            self.total,
+            self.zero,
+            self.buckets.iter().map(|(i, c)| (*i, *c)),
+        )
     }
 
     /// The wire form: ascending buckets, delta-coded indexes.
@@ -252,27 +271,17 @@ impl MergedHistogram {
 
     /// The nearest-rank quantile `p` of everything merged, as [`RttHistogram::quantile`].
     pub fn quantile(&self, p: f64) -> Option<f64> {
-        if self.total == 0 {
-            return None;
-        }
-        let rank = ((p.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).clamp(1, self.total);
-        let mut acc = self.zero;
-        if acc >= rank {
-            return Some(0.0);
-        }
         let lo = min_index();
-        let mut last = None;
-        for (k, c) in self.counts.iter().enumerate() {
-            if *c == 0 {
-                continue;
-            }
-            last = Some(k);
-            acc = acc.saturating_add(*c);
-            if acc >= rank {
-                break;
-            }
-        }
-        last.map(|k| representative(lo + k as i32))
+        bucket_quantile(
+            p,
+            self.total,
+            self.zero,
+            self.counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c != 0)
+                .map(|(k, c)| (lo + k as i32, *c)),
+        )
     }
 }
 

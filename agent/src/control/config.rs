@@ -194,7 +194,8 @@ mod tests {
 
     const TOKEN: &str = "mlt1.0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.0123456789abcdef0123456789abcdef";
 
-    fn run(args: &[&str]) -> Result<RunConfig, String> {
+    /// `agent --controller ... --token ... ARGS`, parsed.
+    fn cli_with(args: &[&str]) -> Result<cli::Cli, String> {
         let mut argv = vec![
             "agent",
             "--controller",
@@ -203,22 +204,17 @@ mod tests {
             TOKEN,
         ];
         argv.extend_from_slice(args);
-        let cli = cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        RunConfig::from_args(&cli.run, |_| None).map_err(|e| e.to_string())
+        cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())
+    }
+
+    fn run(args: &[&str]) -> Result<RunConfig, String> {
+        RunConfig::from_args(&cli_with(args)?.run, |_| None).map_err(|e| e.to_string())
     }
 
     #[test]
     fn state_dir_from_flag_env_or_default_and_none_with_no_state_dir() {
         let parse = |args: &[&str], env_dir: Option<&str>| {
-            let mut argv = vec![
-                "agent",
-                "--controller",
-                "https://127.0.0.1:7400",
-                "--token",
-                TOKEN,
-            ];
-            argv.extend_from_slice(args);
-            let cli = cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+            let cli = cli_with(args)?;
             let env_dir = env_dir.map(String::from);
             RunConfig::from_args(&cli.run, |k| {
                 (k == "MESHLAT_STATE_DIR")

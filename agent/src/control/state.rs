@@ -20,8 +20,7 @@
 //! Files are replaced atomically: a new file is created (never through a symlink), synced,
 //! renamed over the old one, and the directory is synced.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use meshlat_proto::pb;
@@ -54,23 +53,7 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// The I/O error; the previous file is then intact.
 pub fn write_private(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
     create_private_dir(dir)?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
+    meshlat_proto::fsutil::write_atomic(&dir.join(name), data, 0o600)
 }
 
 /// Stores the last job set.

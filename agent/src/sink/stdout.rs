@@ -82,6 +82,22 @@ fn ts_us(r: &Record) -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// The packet-train values UDP and QUIC records share: sent, samples, lost, then RTT min, p50,
+/// mean, p99 and max.
+fn train_values(r: &Record) -> [f64; 8] {
+    let v = |x: Option<f64>| x.unwrap_or(0.0);
+    [
+        f64::from(r.sent.unwrap_or(0)),
+        f64::from(r.samples.unwrap_or(0)),
+        f64::from(r.lost.unwrap_or(0)),
+        v(r.rtt_min_ms),
+        v(r.rtt_p50_ms),
+        v(r.rtt_ms),
+        v(r.rtt_p99_ms),
+        v(r.rtt_max_ms),
+    ]
+}
+
 /// The numeric values averaged in the summary line, per protocol.
 fn values(r: &Record) -> Vec<f64> {
     let v = |x: Option<f64>| x.unwrap_or(0.0);
@@ -95,30 +111,33 @@ fn values(r: &Record) -> Vec<f64> {
             v(r.total_ms),
             r.bytes.unwrap_or(0) as f64,
         ],
-        Some(Protocol::Udp) => vec![
-            f64::from(r.sent.unwrap_or(0)),
-            f64::from(r.samples.unwrap_or(0)),
-            f64::from(r.lost.unwrap_or(0)),
-            v(r.rtt_min_ms),
-            v(r.rtt_p50_ms),
-            v(r.rtt_ms),
-            v(r.rtt_p99_ms),
-            v(r.rtt_max_ms),
-            v(r.jitter_ms),
-        ],
-        Some(Protocol::Quic) => vec![
-            v(r.handshake_ms),
-            f64::from(r.sent.unwrap_or(0)),
-            f64::from(r.samples.unwrap_or(0)),
-            f64::from(r.lost.unwrap_or(0)),
-            v(r.rtt_min_ms),
-            v(r.rtt_p50_ms),
-            v(r.rtt_ms),
-            v(r.rtt_p99_ms),
-            v(r.rtt_max_ms),
-        ],
+        Some(Protocol::Udp) => {
+            let mut out = train_values(r).to_vec();
+            out.push(v(r.jitter_ms));
+            out
+        }
+        Some(Protocol::Quic) => {
+            let mut out = vec![v(r.handshake_ms)];
+            out.extend(train_values(r));
+            out
+        }
         Some(Protocol::Tcp) | None => vec![v(r.tcp_ms)],
     }
+}
+
+/// The packet-train columns UDP and QUIC sample lines share (as [`train_values`]).
+fn train_columns(r: &Record) -> String {
+    format!(
+        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        r.sent.unwrap_or(0),
+        r.samples.unwrap_or(0),
+        r.lost.unwrap_or(0),
+        ms(r.rtt_min_ms),
+        ms(r.rtt_p50_ms),
+        ms(r.rtt_ms),
+        ms(r.rtt_p99_ms),
+        ms(r.rtt_max_ms),
+    )
 }
 
 /// One sample line (without the leading `N EPOCH`).
@@ -138,30 +157,8 @@ fn sample_columns(r: &Record) -> String {
             r.http_status.unwrap_or(500),
             r.bytes.unwrap_or(0),
         ),
-        Some(Protocol::Udp) => format!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{tail}",
-            r.sent.unwrap_or(0),
-            r.samples.unwrap_or(0),
-            r.lost.unwrap_or(0),
-            ms(r.rtt_min_ms),
-            ms(r.rtt_p50_ms),
-            ms(r.rtt_ms),
-            ms(r.rtt_p99_ms),
-            ms(r.rtt_max_ms),
-            ms(r.jitter_ms),
-        ),
-        Some(Protocol::Quic) => format!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{tail}",
-            ms(r.handshake_ms),
-            r.sent.unwrap_or(0),
-            r.samples.unwrap_or(0),
-            r.lost.unwrap_or(0),
-            ms(r.rtt_min_ms),
-            ms(r.rtt_p50_ms),
-            ms(r.rtt_ms),
-            ms(r.rtt_p99_ms),
-            ms(r.rtt_max_ms),
-        ),
+        Some(Protocol::Udp) => format!("{}\t{}\t{tail}", train_columns(r), ms(r.jitter_ms)),
+        Some(Protocol::Quic) => format!("{}\t{}\t{tail}", ms(r.handshake_ms), train_columns(r)),
         Some(Protocol::Tcp) | None => format!("{}\t{tail}", ms(r.tcp_ms)),
     }
 }

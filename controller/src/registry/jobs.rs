@@ -8,6 +8,22 @@ use super::error::{Problem, invalid};
 use super::{DomainError, Inner, Registry, unix_ms};
 use crate::pinglist;
 
+/// A copy of stored job `id`.
+///
+/// # Errors
+///
+/// [`DomainError::NotFound`].
+fn stored_job(inner: &Inner, id: &str) -> Result<pb::Job, DomainError> {
+    inner
+        .jobs
+        .get(id)
+        .cloned()
+        .ok_or_else(|| DomainError::NotFound {
+            what: "job",
+            id: id.into(),
+        })
+}
+
 impl Registry {
     fn check_spec(&self, inner: &Inner, spec: &pb::JobSpec) -> Result<(), DomainError> {
         meshlat_proto::job::validate(spec).map_err(DomainError::Spec)?;
@@ -121,14 +137,7 @@ impl Registry {
     ///
     /// [`DomainError::NotFound`].
     pub fn get_job(&self, id: &str) -> Result<pb::Job, DomainError> {
-        self.lock()
-            .jobs
-            .get(id)
-            .cloned()
-            .ok_or_else(|| DomainError::NotFound {
-                what: "job",
-                id: id.into(),
-            })
+        stored_job(&self.lock(), id)
     }
 
     /// Replaces a job's spec and bumps its version; `expected_version` 0 skips the check.
@@ -145,14 +154,7 @@ impl Registry {
     ) -> Result<pb::Job, DomainError> {
         let spec = spec.ok_or_else(|| invalid("spec", Problem::Missing))?;
         let mut inner = self.lock();
-        let old = inner
-            .jobs
-            .get(id)
-            .cloned()
-            .ok_or_else(|| DomainError::NotFound {
-                what: "job",
-                id: id.into(),
-            })?;
+        let old = stored_job(&inner, id)?;
         if expected_version != 0 && expected_version != old.version {
             return Err(DomainError::VersionMismatch {
                 id: id.into(),
@@ -164,17 +166,7 @@ impl Registry {
             return Err(DomainError::Stopped { id: id.into() });
         }
         self.check_spec(&inner, &spec)?;
-        let job = pb::Job {
-            spec: Some(spec),
-            version: old.version + 1,
-            updated_unix_ms: unix_ms(),
-            ..old.clone()
-        };
-        inner.jobs.insert(id.into(), job.clone());
-        if let Err(e) = self.save_jobs(&inner) {
-            inner.jobs.insert(id.into(), old);
-            return Err(e);
-        }
+        let job = self.store_revision(&mut inner, id, old, |j| j.spec = Some(spec))?;
         tracing::info!(message = "Job updated.", job = %id, version = job.version);
         self.reschedule(&mut inner, true);
         self.changed();
@@ -188,31 +180,35 @@ impl Registry {
     /// [`DomainError::NotFound`] or [`DomainError::Store`].
     pub fn stop_job(&self, id: &str) -> Result<pb::Job, DomainError> {
         let mut inner = self.lock();
-        let old = inner
-            .jobs
-            .get(id)
-            .cloned()
-            .ok_or_else(|| DomainError::NotFound {
-                what: "job",
-                id: id.into(),
-            })?;
+        let old = stored_job(&inner, id)?;
         if old.stopped {
             return Ok(old);
         }
-        let job = pb::Job {
-            stopped: true,
-            version: old.version + 1,
-            updated_unix_ms: unix_ms(),
-            ..old.clone()
-        };
-        inner.jobs.insert(id.into(), job.clone());
-        if let Err(e) = self.save_jobs(&inner) {
-            inner.jobs.insert(id.into(), old);
-            return Err(e);
-        }
+        let job = self.store_revision(&mut inner, id, old, |j| j.stopped = true)?;
         tracing::info!(message = "Job stopped.", job = %id);
         self.reschedule(&mut inner, true);
         self.changed();
+        Ok(job)
+    }
+
+    /// Stores the next version of job `id` (`old` changed by `change`, version + 1, updated
+    /// now) and saves the jobs; on a save error `old` is put back.
+    fn store_revision(
+        &self,
+        inner: &mut Inner,
+        id: &str,
+        old: pb::Job,
+        change: impl FnOnce(&mut pb::Job),
+    ) -> Result<pb::Job, DomainError> {
+        let mut job = old.clone();
+        change(&mut job);
+        job.version = old.version + 1;
+        job.updated_unix_ms = unix_ms();
+        inner.jobs.insert(id.into(), job.clone());
+        if let Err(e) = self.save_jobs(inner) {
+            inner.jobs.insert(id.into(), old);
+            return Err(e);
+        }
         Ok(job)
     }
 

@@ -1,30 +1,17 @@
 //! [`ObjectApi`] on Amazon S3 (or moto, with `--state-endpoint`).
 //!
-//! This is the only module that imports `aws_sdk_s3`, `aws_config` and `aws_smithy_http_client`
-//! (STYLE §5). The HTTPS client is rustls with ring, the workspace's one crypto provider, as in
-//! the agent's Firehose client. Objects are `<prefix>/<name>`; listing asks only for that prefix
+//! This is the only module that imports `aws_sdk_s3` (STYLE §5). The SDK setup is
+//! [`crate::aws`]: the HTTPS client is rustls with ring, the workspace's one crypto provider, as
+//! in the agent's Firehose client. Objects are `<prefix>/<name>`; listing asks only for that prefix
 //! (`s3:ListBucket` may be limited to it with an `s3:prefix` condition). Encryption at rest is
 //! the bucket's default encryption (infra/cloudformation/services.yaml makes the bucket with
 //! SSE-KMS); no header is sent, so a bucket policy demanding a particular key still applies.
 
-use std::time::Duration;
-
-use aws_config::BehaviorVersion;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 
 use super::mirror::{ObjectApi, ObjectError};
 use crate::config::StateStoreConfig;
-
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long one attempt of one call may take.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts per call (the SDK's standard retry; the mirror retries uploads on its own too).
-const MAX_ATTEMPTS: u32 = 3;
 
 /// An S3 bucket prefix.
 #[derive(Clone, Debug)]
@@ -42,25 +29,9 @@ impl S3Objects {
     ///
     /// [`ObjectError`] (op `setup`) if no region is known.
     pub async fn new(cfg: &StateStoreConfig) -> Result<Self, ObjectError> {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                    .build(),
-            );
-        if let Some(r) = &cfg.region {
-            loader = loader.region(aws_config::Region::new(r.clone()));
-        }
-        if let Some(e) = &cfg.endpoint {
-            loader = loader.endpoint_url(e);
-        }
-        let sdk = loader.load().await;
+        // The SDK retries each call (crate::aws::MAX_ATTEMPTS); the mirror retries uploads on
+        // its own too.
+        let sdk = crate::aws::sdk_config(cfg.region.as_deref(), cfg.endpoint.as_deref()).await;
         let location = format!("s3://{}/{}/", cfg.bucket, cfg.prefix);
         if sdk.region().is_none() {
             return Err(ObjectError {

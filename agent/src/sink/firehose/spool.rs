@@ -68,6 +68,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use meshlat_proto::fsutil::{create_fresh, sync_dir};
 
 const MAGIC: &[u8; 8] = b"MLFHSP01";
 const HEADER_LEN: usize = 8 + 8 + 4;
@@ -487,22 +488,7 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// Creates `path` anew with mode 0600, never following a symlink: a stale file (an interrupted
 /// write) or a planted symlink there is removed first.
 fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-}
-
-/// Syncs directory `dir`, so renames in it survive a power cut.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+    create_fresh(path, 0o600)
 }
 
 fn read_header(path: &Path) -> Result<(u64, u64), SpoolError> {

@@ -15,6 +15,26 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Creates `path` anew with `mode` for writing, never following a symlink: a file or a planted
+/// symlink already there is removed first.
+///
+/// # Errors
+///
+/// The I/O error.
+pub fn create_fresh(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// Replaces `path` with `data` atomically and durably; the new file gets `mode`. The temporary
 /// file (`.NAME.tmp` next to it) is created without following a symlink.
 ///
@@ -33,17 +53,7 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     let tmp = dir.join(format!(".{name}.tmp"));
     // A stale temporary file (a crash mid-write) is replaced; a symlink there is removed, not
     // followed.
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
+    let mut f = create_fresh(&tmp, mode)?;
     f.write_all(data)?;
     f.sync_all()?;
     drop(f);
