@@ -91,6 +91,11 @@ impl FirehoseSink {
         api: A,
     ) -> Result<Self, SpoolError> {
         let lock = spool::claim(&cfg.spool_dir)?;
+        tracing::info!(
+            message = "Spool directory claimed.",
+            dir = %lock.dir().display(),
+            adopted_batches = lock.adopted_batches()
+        );
         cfg.spool_dir = lock.dir().to_path_buf();
         Self::open(cfg, api, Some(lock))
     }

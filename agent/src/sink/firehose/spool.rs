@@ -309,6 +309,7 @@ const LOCK_FILE: &str = "lock";
 #[derive(Debug)]
 pub struct SpoolLock {
     dir: PathBuf,
+    adopted: usize,
     _lock: std::fs::File,
 }
 
@@ -317,6 +318,28 @@ impl SpoolLock {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Batches [`claim`] moved in from orphans and the stream directory (for the caller's log:
+    /// this module stays free of logging and randomness crates, so the fuzz build compiles it
+    /// alone).
+    pub fn adopted_batches(&self) -> usize {
+        self.adopted
+    }
+}
+
+/// A fresh instance name's 64 random bits: std's per-process random hash keys over the pid, the
+/// time and the attempt (unique enough: a name taken by another process is retried).
+fn instance_bits(attempt: u32) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u32(attempt);
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 /// Takes `dir/lock` with `flock(LOCK_EX | LOCK_NB)`: `Ok(None)` when another process holds it.
@@ -338,6 +361,7 @@ fn try_lock(dir: &Path) -> std::io::Result<Option<SpoolLock>> {
     if rc == 0 {
         return Ok(Some(SpoolLock {
             dir: dir.to_path_buf(),
+            adopted: 0,
             _lock: file,
         }));
     }
@@ -415,7 +439,6 @@ fn adopt_batches(from: &Path, to: &Path) -> Result<usize, SpoolError> {
 /// [`SpoolError::Io`] if `base` cannot be created or read, or a lock cannot be taken for a
 /// reason other than another process holding it.
 pub fn claim(base: &Path) -> Result<SpoolLock, SpoolError> {
-    use rand::{Rng, SeedableRng};
     create_private_dir(base).map_err(io(base))?;
     let mut mine = None;
     for dir in instances(base)? {
@@ -424,14 +447,13 @@ pub fn claim(base: &Path) -> Result<SpoolLock, SpoolError> {
             break;
         }
     }
-    let mut rng = rand::rngs::SmallRng::from_os_rng();
     let mut tries = 0;
     let mine = loop {
         if let Some(l) = mine.take() {
             break l;
         }
         tries += 1;
-        let dir = base.join(format!("{INSTANCE_PREFIX}{:016x}", rng.random::<u64>()));
+        let dir = base.join(format!("{INSTANCE_PREFIX}{:016x}", instance_bits(tries)));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
             // Another process's name (or a racing adopter took our new one): pick again.
@@ -457,11 +479,8 @@ pub fn claim(base: &Path) -> Result<SpoolLock, SpoolError> {
         }
     }
     adopted += adopt_batches(base, mine.dir())?;
-    tracing::info!(
-        message = "Spool directory claimed.",
-        dir = %mine.dir.display(),
-        adopted_batches = adopted
-    );
+    let mut mine = mine;
+    mine.adopted = adopted;
     Ok(mine)
 }
 
