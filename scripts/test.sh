@@ -224,7 +224,11 @@ if (( fail )); then
   for i in "${!names[@]}"; do
     [[ ${results[$i]} == PASS ]] && continue
     echo
-    echo "=== ${names[$i]} failed; the last 40 lines of its output ($logs/${names[$i]}.log):"
+    echo "=== ${names[$i]} failed; its failure lines (panics, FAILED tests, FAIL:, errors), then the"
+    echo "    last 40 lines of its output ($logs/${names[$i]}.log):"
+    # cargo test prints its failures in the middle of a long run, before the last suites.
+    grep -aE "panicked at|^test .* FAILED|FAIL:|^error(\[|:)|TIMED OUT|LEAK" "$logs/${names[$i]}.log" |
+      head -n 30 | cut -c1-300 | sed 's/^/  ! /' || true
     tail -n 40 "$logs/${names[$i]}.log" | sed 's/^/  | /'
   done
   echo "=== FAILED"
