@@ -25,7 +25,8 @@
 #
 # Exit status: 0 flat, 1 a check failed (the demo's data and logs are kept and named), 2 bad
 # usage. Leaves no process behind: the demo stops its children, and an EXIT trap stops the demo.
-set -euo pipefail
+# -E: the ERR trap below also covers failures inside functions (the samplers).
+set -Eeuo pipefail
 cd "$(dirname "$0")/.." || exit 2
 PROG=soak
 # shellcheck source=scripts/lib/common.sh
@@ -71,6 +72,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# Any command that fails outside the checks below (set -e) names itself and keeps the data: a
+# silent exit 1 with the evidence deleted is what a CI failure must never look like.
+trap 'rc=$?; failed=1; if (( BASH_SUBSHELL == 0 )); then echo "soak: FAIL: line $LINENO: \`$BASH_COMMAND\` exited $rc" >&2; [[ -f $dir/demo.out ]] && tail -n 40 "$dir/demo.out" >&2; fi' ERR
 
 secs=$((minutes * 60))
 if (( build )); then
@@ -107,14 +111,22 @@ procs() {
   done
 }
 # sample LABEL: one line per process: label elapsed name pid rss_kb threads fds
+# A process may exit between `procs` and here (then /proc/PID is gone, or its status has no VmRSS
+# while it is a zombie): it is left out of this sample and the demo's own watch reports the exit.
+# Nothing in here may fail the script (set -e): a reader's error is a missing sample, not a FAIL.
 sample() {
   local label=$1 name p rss thr fds
   while read -r name p; do
-    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null) || continue
-    thr=$(find "/proc/$p/task" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
-    fds=$(find "/proc/$p/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
-    [[ -n $rss ]] && echo "$label $(( $(date +%s) - t0 )) $name $p $rss $thr $fds"
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+    thr=$(find "/proc/$p/task" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l || true)
+    fds=$(find "/proc/$p/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l || true)
+    if [[ -n $rss && -d /proc/$p ]]; then
+      echo "$label $(( $(date +%s) - t0 )) $name $p $rss $thr $fds"
+    else
+      echo "soak: $name (pid $p) gone while sampling at $(( $(date +%s) - t0 )) s" >&2
+    fi
   done < <(procs)
+  return 0
 }
 
 end=$((t0 + secs - 5))   # the demo stops at t0 + secs: the last sample just before

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # The helpers every script in scripts/ shares; sourced, never run. A script starts with
 #
-#   set -euo pipefail
+#   set -euo pipefail        # (this file adds -E and an ERR trap that names the failing command)
 #   cd "$(dirname "$0")/.." || exit 2          # (../.. from scripts/bench)
 #   # shellcheck source=scripts/lib/common.sh
 #   source scripts/lib/common.sh
@@ -17,6 +17,14 @@
 # Colours (C_BOLD C_DIM C_GREEN C_RED C_OFF) are empty unless stdout is a terminal.
 
 PROG=${PROG:-$(basename "$0" .sh)}
+# A command that stops the script through set -e says so (which line, which command, its status)
+# instead of ending it silently; -E extends this to functions. A script may set its own ERR trap.
+set -E
+_on_err() { # STATUS LINE COMMAND
+  (( BASH_SUBSHELL == 0 )) || return 0
+  printf '%s: line %s: "%s" exited %s (set -e stops the script here)\n' "$PROG" "$2" "$3" "$1" >&2
+}
+trap '_on_err $? $LINENO "$BASH_COMMAND"' ERR
 FAIL_TAG=${FAIL_TAG:-}
 # shellcheck disable=SC2034 # the colours are for the scripts that source this file
 if [[ -t 1 ]]; then
