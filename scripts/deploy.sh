@@ -5,7 +5,12 @@
 #   scripts/deploy.sh --regions eu-west-1,af-south-1,sa-east-1 [--home-region eu-west-1] [--dry-run]
 #       [--tag TAG] [--agent-count N] [--assign-public-ip] [--nlb-scheme internal|internet-facing]
 #       [--record-format json|parquet] [--relay-count N] [--external-target-cidrs CIDR,...]
-#       [--skip-lint] [--plan-json FILE] [--retire REGION,...]
+#       [--skip-lint] [--plan-json FILE] [--retire REGION,...] [--spool-efs REGION=fs-ID[:sg-ID],...]
+#
+# --spool-efs puts the agents' and relays' Firehose spool of REGION on an existing EFS file system
+# (services.yaml SpoolEfsFileSystemId; with :sg-ID the stack also opens NFS between the agents and
+# that mount-target security group, SpoolEfsSecurityGroupId). A region not named keeps what its
+# stack has (by default: the spool on task storage).
 #
 # Order (infra/README.md is the runbook):
 #   0. preflight (not with --dry-run): aws CLI, buildah or podman, cargo, openssl, python3, AWS credentials -
@@ -42,7 +47,7 @@ CFN=infra/cloudformation
 usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 regions_csv="" home="" dry=0 tag="" agent_count=2 public_ip=DISABLED nlb_scheme=internal
-record_format=json skip_lint=0 relay_count=1 external_cidrs="" plan_json="" retire_csv=""
+record_format=json skip_lint=0 relay_count=1 external_cidrs="" plan_json="" retire_csv="" spool_efs_csv=""
 while (( $# )); do
   case $1 in
     --regions) regions_csv=${2:-}; shift 2 ;;
@@ -60,6 +65,7 @@ while (( $# )); do
     --plan-json) plan_json=${2:-}; shift 2 ;;
     --retire) retire_csv=${2:-}; shift 2 ;;
     --external-target-cidrs) external_cidrs=${2:-}; shift 2 ;;
+    --spool-efs) spool_efs_csv=${2:-}; shift 2 ;;
     -h|--help) usage ;;
     *) die "unknown argument '$1' (--help)" ;;
   esac
@@ -100,6 +106,18 @@ if [[ -n $external_cidrs ]]; then
   for c in "${ext[@]}"; do
     [[ $c =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]] || die "--external-target-cidrs: '$c' is not an IPv4 CIDR"
     [[ $c != 0.0.0.0/0 ]] || die "--external-target-cidrs: 0.0.0.0/0 would open agents' egress to everything; name the targets' CIDRs"
+  done
+fi
+declare -A efs_fs=() efs_sg=()
+if [[ -n $spool_efs_csv ]]; then
+  IFS=, read -r -a efs_entries <<< "$spool_efs_csv"
+  for e in "${efs_entries[@]}"; do
+    [[ $e =~ ^([a-z0-9-]+)=(fs-[0-9a-f]{8,40})(:(sg-[0-9a-f]{8,40}))?$ ]] ||
+      die "--spool-efs: '$e' is not REGION=fs-ID or REGION=fs-ID:sg-ID (e.g. eu-west-1=fs-0123abcd:sg-0123abcd)"
+    r=${BASH_REMATCH[1]}
+    [[ -n ${seen[$r]:-} ]] || die "--spool-efs: region '$r' is not in --regions"
+    [[ -z ${efs_fs[$r]:-} ]] || die "--spool-efs: region '$r' given twice"
+    efs_fs[$r]=${BASH_REMATCH[2]} efs_sg[$r]=${BASH_REMATCH[4]}
   done
 fi
 [[ $nlb_scheme == internal || $nlb_scheme == internet-facing ]] || die "--nlb-scheme internal|internet-facing"
@@ -340,7 +358,10 @@ PY
 # services REGION AGENTS RELAYS [PEER_URLS PEER_CA_SHA256]
 services() {
   local r=$1 agents=$2 relays=$3 peers=${4:-} peer_sha=${5:-}
-  local peer_args=("PeerUrls=$peers" "PeerCaSecretArn=${pc[$r]}")
+  local peer_args=("PeerUrls=$peers" "PeerCaSecretArn=${pc[$r]}") efs_args=()
+  # Only for a region named in --spool-efs: the others keep what their stack has (a parameter
+  # `aws cloudformation deploy` is not given keeps its previous value).
+  [[ -n ${efs_fs[$r]:-} ]] && efs_args=("SpoolEfsFileSystemId=${efs_fs[$r]}" "SpoolEfsSecurityGroupId=${efs_sg[$r]}")
   [[ -n $peers ]] && peer_args+=("PeerCaSha256=$peer_sha")
   deploy_stack "$r" meshlat-services "$CFN/services.yaml" \
     "VpcId=$(out "$r" meshlat-network VpcId)" "SubnetIds=$(out "$r" meshlat-network SubnetIds)" \
@@ -354,7 +375,7 @@ services() {
     "FirehoseStreamArn=$(out "$r" meshlat-firehose DeliveryStreamArn)" \
     "JoinSecretArn=${js[$r]}" "OperatorCredentialArn=${oc[$r]}" "JoinTokenArn=${jt[$r]}" \
     "CaCertSecretArn=${ca[$r]}" "FederationSecretArn=$(fed_replica "$r")" "${peer_args[@]}" \
-    "DefaultJobs=$(default_jobs "$r")"
+    "DefaultJobs=$(default_jobs "$r")" "${efs_args[@]}"
 }
 
 # 7. First start: the controller makes its CA, then writes its join token and CA certificate

@@ -163,11 +163,26 @@ grep -qF "LoadBalancerDeletionProtection=false" <<< "$out" && good "retire: tear
 rc=0; scripts/deploy.sh --dry-run --skip-lint --regions eu-west-1,af-south-1 --retire eu-west-1 >/dev/null 2>&1 || rc=$?
 [[ $rc == 2 ]] && good "retiring the home region: usage error" || bad "retiring the home region accepted"
 
+# 1c. --spool-efs: the EFS spool parameters reach only the named region's services stack
+PATH="$tmp/stub:$PATH" scripts/deploy.sh --dry-run --skip-lint --regions eu-west-1,af-south-1 \
+  --spool-efs af-south-1=fs-0123abcd:sg-0456cdef --plan-json "$tmp/efs.jsonl" >/dev/null 2>&1 || bad "dry run with --spool-efs failed"
+python3 - "$tmp/efs.jsonl" <<'PY' && good "--spool-efs: af-south-1's services get the file system and its group, eu-west-1's stack is left as it is" || bad "--spool-efs plan (above)"
+import json, sys
+svc = [json.loads(l) for l in open(sys.argv[1])]
+svc = [(p["region"], p["parameters"]) for p in svc if p["stack"] == "meshlat-services"]
+# A region not named gets no EFS parameter at all: its stack keeps what an operator set.
+got = {(r, p.get("SpoolEfsFileSystemId"), p.get("SpoolEfsSecurityGroupId")) for r, p in svc}
+want = {("af-south-1", "fs-0123abcd", "sg-0456cdef"), ("eu-west-1", None, None)}
+if got != want:
+    sys.exit(f"  services EFS parameters {sorted(got)}, want {sorted(want)}")
+PY
+
 # 2. usage errors
 for args in "" "--regions eu-west-1,bogus" "--regions eu-west-1,eu-west-1" \
             "--regions eu-west-1,af-south-1 --home-region us-east-1" "--regions eu-west-1 --nope" \
             "--regions eu-west-1 --external-target-cidrs 0.0.0.0/0" "--regions eu-west-1 --relay-count x" \
-            "--regions eu-west-1,af-south-1 --retire us-east-1"; do
+            "--regions eu-west-1,af-south-1 --retire us-east-1" "--regions eu-west-1 --spool-efs us-east-1=fs-0123abcd" \
+            "--regions eu-west-1 --spool-efs eu-west-1=fs-xyz" "--regions eu-west-1 --spool-efs eu-west-1=fs-0123abcd:sg-1"; do
   read -r -a words <<< "$args"
   rc=0; scripts/deploy.sh --dry-run "${words[@]}" >/dev/null 2>&1 || rc=$?
   [[ $rc == 2 ]] && good "usage error exit 2: '$args'" || bad "'$args' exit $rc, want 2"
