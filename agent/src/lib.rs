@@ -13,7 +13,8 @@
 //! - [`udp`]: the UDP protocol both use: wire format, relay grants, socket calls, stamp mapping.
 //! - [`scheduler`]: runs a watched job set: intervals, timeouts, records, fan-out to sinks.
 //! - [`sink`]: the sink trait, batching, stdout (table/JSON) and file sinks.
-//! - [`summary`]: rolling per-pair summaries (p50, p99, loss) for the controller's live view.
+//! - [`live`]: the agent's side of the live view (the controller's `live` module): rolling
+//!   per-pair summaries (p50, p99, loss, RTT histogram) sent to the controller.
 //! - [`metrics`]: the Prometheus registry and the events that count drops and errors.
 //! - [`admin`]: the `-s PORT` server: `/health`, `/metrics`, `/memstats`.
 //! - [`tls`]: rustls configuration (one provider: ring).
@@ -26,12 +27,12 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod live;
 pub mod metrics;
 pub mod probe;
 pub mod respond;
 pub mod scheduler;
 pub mod sink;
-pub mod summary;
 pub mod target;
 pub mod tls;
 pub mod udp;

@@ -22,13 +22,13 @@ use super::config::RunConfig;
 use super::session::{self, ControlConfig, Outputs};
 use crate::app::{SHUTDOWN_GRACE, ServeApp, StartError};
 use crate::config::{AgentIdentity, ServeConfig};
+use crate::live::{SummarySink, SummaryWindow};
 use crate::respond::ResponderAddrs;
 use crate::scheduler::{JobSet, Scheduler};
 use crate::sink::SinkSet;
 use crate::sink::file::FileSink;
 use crate::sink::firehose::FirehoseSink;
 use crate::sink::stdout::StdoutSink;
-use crate::summary::{SummarySink, SummaryWindow};
 
 /// A bound controller-driven agent.
 #[derive(Debug)]
@@ -207,7 +207,7 @@ impl RunApp {
         if self.cfg.file.is_none() && self.cfg.firehose.is_none() {
             sinks.add(StdoutSink::new(crate::cli::Format::Json));
         }
-        let summaries = SummaryWindow::shared(crate::summary::DEFAULT_WINDOW);
+        let summaries = SummaryWindow::shared(crate::live::DEFAULT_WINDOW);
         sinks.add(SummarySink::new(summaries.clone()));
         let mut control = self.control;
         control.summaries = Some(summaries);

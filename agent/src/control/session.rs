@@ -52,8 +52,8 @@ pub struct ControlConfig {
     pub backoff: Retries,
     /// Key for UDP probes.
     pub key: Key,
-    /// Rolling summaries sent every [`crate::summary::SUMMARY_INTERVAL`] (`None`: none sent).
-    pub summaries: Option<crate::summary::SharedSummaries>,
+    /// Rolling summaries sent every [`crate::live::SUMMARY_INTERVAL`] (`None`: none sent).
+    pub summaries: Option<crate::live::SharedSummaries>,
 }
 
 /// A session failure (reconnected after a backoff).
@@ -296,7 +296,7 @@ async fn session(
         .into_inner();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut summary_tick = tokio::time::interval(crate::summary::SUMMARY_INTERVAL);
+    let mut summary_tick = tokio::time::interval(crate::live::SUMMARY_INTERVAL);
     summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut generation = 0;
     // When to reconnect for a new certificate (set once welcomed).

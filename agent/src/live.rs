@@ -1,4 +1,5 @@
-//! Rolling per-pair summaries for the controller's live view (DESIGN §3, issue 4 item 7).
+//! The agent's side of the live view (the controller's `live` module holds the other): rolling
+//! per-pair summaries (DESIGN §3, issue 4 item 7).
 //!
 //! [`SummaryWindow`] keeps, per (job, protocol, destination agent, target), the RTT samples,
 //! packets sent and packets lost of the last [`DEFAULT_WINDOW`] (5 minutes) and computes p50,

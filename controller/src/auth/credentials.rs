@@ -1,30 +1,6 @@
-//! Control-plane security (DESIGN §3): the controller's own CA, its server certificate, the
-//! agent join token and operator credentials.
-//!
-//! # Files in the data directory
-//!
-//! | file | content |
-//! | --- | --- |
-//! | `ca.pem` | the CA certificate (give it to operators' `--ca` and to `curl --cacert`) |
-//! | `ca.key` | the CA private key (mode 0600); signs a fresh server certificate at every start |
-//! | `credentials.json` | SHA-256 hashes of the join-token secret and of each named operator credential (mode 0600) |
-//! | `first-start-secrets` | the secrets *generated* on the start that created them, in clear (mode 0600; read it, store the secrets elsewhere, delete it) |
-//!
-//! With `--state-bucket` `ca.*` and `credentials.json` are also kept in S3
-//! ([`crate::store::mirror`]), so a controller on an empty disk keeps its CA (and the join tokens
-//! that pin it); `first-start-secrets` is never uploaded.
-//!
-//! # Secrets
-//!
-//! - A secret the operator supplied (a *seed*: `--join-secret`, `--operator-credential`) is never
-//!   printed nor written in clear. A seed whose hash differs from the stored one replaces it at
-//!   start (rotation), logged without the secret.
-//! - A secret the controller generated on first start is written to `first-start-secrets`, and
-//!   printed on stdout only with `--print-secrets`.
-//! - Operator credentials are named (`NAME:SECRET`): more are made with
-//!   [`Credentials::add_operator`] (`controller credentials add`, shown once), listed and revoked.
-//!
-//! Checks hash the presented secret and compare in constant time.
+//! Join tokens and operator credentials, held as SHA-256 hashes in `credentials.json` (mode
+//! 0600): created on first start, seeded and rotated from `--join-secret` and
+//! `--operator-credential`, added, listed and revoked by operators (module docs of [`super`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -32,119 +8,11 @@ use std::sync::{Arc, RwLock};
 use meshlat_proto::token::JoinToken;
 use serde::{Deserialize, Serialize};
 
-/// File names in the data directory.
-pub const CA_CERT_FILE: &str = "ca.pem";
-/// CA private key file.
-pub const CA_KEY_FILE: &str = "ca.key";
-/// Hashed credentials file.
-pub const CREDENTIALS_FILE: &str = "credentials.json";
-/// Secrets generated on first start, in clear (0600).
-pub const FIRST_START_SECRETS_FILE: &str = "first-start-secrets";
-/// Longest operator credential name.
-pub const MAX_NAME_LEN: usize = 64;
-
-/// Setting up or loading security material failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuthError {
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// File.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A stored file is corrupt.
-    #[error("{path}: {reason}")]
-    Corrupt {
-        /// File.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A stored file was written by a newer build (a downgrade): refused, not misread.
-    #[error("{path}: {source}")]
-    Version {
-        /// File.
-        path: PathBuf,
-        /// Its format and what this build reads.
-        #[source]
-        source: meshlat_proto::state_file::StateFileError,
-    },
-    /// Certificate generation failed.
-    #[error("certificate generation: {0}")]
-    Rcgen(#[from] rcgen::Error),
-    /// A seeded credential is malformed.
-    #[error("{flag}: {reason}")]
-    Seed {
-        /// Flag.
-        flag: &'static str,
-        /// What is wrong.
-        reason: &'static str,
-    },
-}
-
-/// A refused change to the operator credentials.
-#[derive(Debug, thiserror::Error, PartialEq)]
-#[non_exhaustive]
-pub enum CredentialError {
-    /// The name is not usable.
-    #[error("name {name:?}: {reason}")]
-    BadName {
-        /// The name.
-        name: String,
-        /// Why.
-        reason: &'static str,
-    },
-    /// A credential of that name exists.
-    #[error("credential {name:?} already exists (revoke it first)")]
-    Exists {
-        /// The name.
-        name: String,
-    },
-    /// No credential of that name.
-    #[error("no credential named {name:?}")]
-    NotFound {
-        /// The name.
-        name: String,
-    },
-    /// Revoking it would leave no operator credential.
-    #[error("credential {name:?} is the last one; add another before revoking it")]
-    Last {
-        /// The name.
-        name: String,
-    },
-    /// The credentials file could not be written (the change is not applied).
-    #[error("credentials file: {0}")]
-    Store(String),
-}
-
-/// TLS material for the gRPC and REST listeners.
-#[derive(Clone)]
-pub struct TlsMaterial {
-    /// PEM chain: server certificate, then the CA certificate (agents pin the CA from it).
-    pub chain_pem: String,
-    /// PEM private key of the server certificate.
-    pub key_pem: String,
-    /// SHA-256 of the CA certificate (DER), as pinned by join tokens.
-    pub ca_sha256: [u8; 32],
-    /// Where `ca.pem` is.
-    pub ca_path: PathBuf,
-    /// A secret derived from the CA private key: the root of a lone controller's mesh keys
-    /// ([`crate::keys`]).
-    pub mesh_root: [u8; 32],
-}
-
-impl std::fmt::Debug for TlsMaterial {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsMaterial")
-            .field("ca_sha256", &hex::encode(self.ca_sha256))
-            .field("ca_path", &self.ca_path)
-            .finish_non_exhaustive()
-    }
-}
+use super::tls::join_token;
+use super::{
+    AuthError, CREDENTIALS_FILE, CredentialError, FIRST_START_SECRETS_FILE, check_name, ct_eq, io,
+    random_hex, sha256, unix_now, write_private,
+};
 
 /// Where an operator credential came from.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Serialize)]
@@ -389,63 +257,6 @@ impl std::fmt::Debug for Seeds {
     }
 }
 
-fn sha256(b: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, b);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
-/// Constant-time equality of two digests.
-fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    rand::fill(&mut b[..]);
-    hex::encode(&b)
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuthError + '_ {
-    move |source| AuthError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), AuthError> {
-    crate::fsutil::write_atomic(path, data, 0o600).map_err(io(path))
-}
-
-/// Checks an operator credential name: 1 to [`MAX_NAME_LEN`] of `A-Za-z0-9._-`.
-///
-/// # Errors
-///
-/// [`CredentialError::BadName`].
-pub fn check_name(name: &str) -> Result<(), CredentialError> {
-    let bad = |reason| CredentialError::BadName {
-        name: name.chars().take(MAX_NAME_LEN + 8).collect(),
-        reason,
-    };
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(bad("must be 1 to 64 characters"));
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(bad("use letters, digits, '.', '_' and '-' only"));
-    }
-    Ok(())
-}
-
 fn parse_operator_seed(c: &str) -> Result<(&str, &str), AuthError> {
     match c.trim().split_once(':') {
         Some((k, s)) if check_name(k).is_ok() && s.len() >= 16 => Ok((k, s)),
@@ -467,7 +278,6 @@ fn parse_join_seed(s: &str) -> Result<String, AuthError> {
         })
     }
 }
-
 impl Inner {
     fn to_file(&self) -> CredentialsFile {
         CredentialsFile {
@@ -967,116 +777,10 @@ impl Credentials {
     }
 }
 
-/// The shared secrets controllers of a federation present to each other, held only hashed: the
-/// current one and those accepted during a rotation (`--federation-secret-previous`,
-/// `--federation-secret-next`).
-#[derive(Clone)]
-pub struct FederationSecret {
-    sha256: Vec<[u8; 32]>,
-}
-
-impl std::fmt::Debug for FederationSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FederationSecret(<{} hashed>)", self.sha256.len())
-    }
-}
-
-impl FederationSecret {
-    /// Hashes `secrets` (every one is accepted).
-    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
-        FederationSecret {
-            sha256: secrets
-                .into_iter()
-                .map(|s| sha256(s.trim().as_bytes()))
-                .collect(),
-        }
-    }
-
-    /// Whether `presented` is one of the secrets (constant time over the digests).
-    pub fn check(&self, presented: &str) -> bool {
-        let h = sha256(presented.trim().as_bytes());
-        self.sha256.iter().fold(false, |ok, d| ct_eq(&h, d) | ok)
-    }
-}
-
-/// Loads the CA from `dir` (creating it on first start) and signs a fresh server certificate for
-/// `sans` (host names or IP addresses).
-///
-/// # Errors
-///
-/// [`AuthError`] for unreadable or corrupt files.
-pub fn load_or_create_tls(dir: &Path, sans: &[String]) -> Result<TlsMaterial, AuthError> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-        KeyUsagePurpose,
-    };
-    let ca_path = dir.join(CA_CERT_FILE);
-    let key_path = dir.join(CA_KEY_FILE);
-    // The CA's parameters are fixed, so the issuer can be rebuilt from them and the stored key
-    // (its subject name matches the stored certificate's).
-    let ca_params = || -> Result<CertificateParams, rcgen::Error> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "meshlat controller CA");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        Ok(params)
-    };
-    if !ca_path.exists() || !key_path.exists() {
-        let key = KeyPair::generate()?;
-        let ca = ca_params()?.self_signed(&key)?;
-        write_private(&key_path, key.serialize_pem().as_bytes())?;
-        crate::fsutil::write_atomic(&ca_path, ca.pem().as_bytes(), 0o644).map_err(io(&ca_path))?;
-    }
-    let ca_pem = std::fs::read_to_string(&ca_path).map_err(io(&ca_path))?;
-    let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-    let corrupt = |path: &Path, e: rcgen::Error| AuthError::Corrupt {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let ca_key = KeyPair::from_pem(&key_pem).map_err(|e| corrupt(&key_path, e))?;
-    let issuer = Issuer::new(ca_params()?, ca_key);
-    let ca_der = rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem.as_bytes())
-        .map(|d: rustls::pki_types::CertificateDer<'static>| d.to_vec())
-        .map_err(|e| AuthError::Corrupt {
-            path: ca_path.clone(),
-            reason: e.to_string(),
-        })?;
-    let server_key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(sans.to_vec())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "meshlat controller");
-    params.distinguished_name = dn;
-    let cert = params.signed_by(&server_key, &issuer)?;
-    Ok(TlsMaterial {
-        chain_pem: format!("{}{}", cert.pem(), ca_pem),
-        key_pem: server_key.serialize_pem(),
-        ca_sha256: sha256(&ca_der),
-        ca_path,
-        mesh_root: sha256(format!("meshlat mesh root v1\n{key_pem}").as_bytes()),
-    })
-}
-
-/// Builds a join token from the CA pin and the join secret.
-pub fn join_token(ca_sha256: [u8; 32], secret: &str) -> JoinToken {
-    JoinToken {
-        ca_sha256,
-        secret: secret.to_string(),
-    }
-}
-
-/// The bearer value of an `authorization` header or metadata entry.
-pub fn bearer(value: &str) -> Option<&str> {
-    let v = value.trim();
-    v.strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))
-        .map(str::trim)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::{CA_KEY_FILE, load_or_create_tls};
 
     fn tmp() -> PathBuf {
         let dir = std::env::temp_dir().join(format!("meshlat-auth-{}", uuid::Uuid::now_v7()));
@@ -1311,19 +1015,5 @@ mod tests {
         let (rotated, _) = Credentials::load_or_create(&dir, &seeds).expect("rotate");
         assert_eq!(rotated.check_join_token(seed).as_deref(), Ok(DEFAULT_TOKEN));
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn federation_secret_accepts_every_listed_secret_only() {
-        let f = FederationSecret::new(["current-secret", "previous-secret"]);
-        assert!(f.check("current-secret") && f.check("previous-secret"));
-        assert!(!f.check("other-secret"));
-        assert!(!format!("{f:?}").contains("secret\""));
-    }
-
-    #[test]
-    fn bearer_values() {
-        assert_eq!(bearer("Bearer a:b"), Some("a:b"));
-        assert_eq!(bearer("Basic x"), None);
     }
 }
