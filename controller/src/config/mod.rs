@@ -1,4 +1,7 @@
-//! Validated controller configuration ("parse, don't validate", STYLE §7).
+//! Validated controller configuration ("parse, don't validate", STYLE §7): [`ServeConfig`] from
+//! `serve`'s flags, one module per part: [`publish`] (secrets the controller writes), [`store`]
+//! (the S3 state store), [`federation`], [`limits`] (connection caps, rate limits, registry
+//! limits); shared value checks here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,7 +11,7 @@ use meshlat_guard::{ConnLimits, Quota};
 
 use crate::auth::Seeds;
 use crate::cli::ServeArgs;
-use crate::limits::{Limits, MAX_MAX_JOBS};
+use crate::limits::Limits;
 
 /// File descriptors kept out of the connection caps' budget: the runtime, logs, state files,
 /// outgoing connections to peers and S3.
@@ -99,6 +102,16 @@ pub struct ServeConfig {
     pub require_agent_identity: bool,
 }
 
+pub mod federation;
+pub mod limits;
+pub mod publish;
+pub mod store;
+
+pub use federation::{FederationConfig, MIN_FEDERATION_SECRET};
+pub use limits::default_max_conns;
+pub use publish::{PublishConfig, SecretArn};
+pub use store::StateStoreConfig;
+
 /// Most `--default-jobs` entries.
 pub const MAX_DEFAULT_JOBS: usize = 32;
 
@@ -145,61 +158,6 @@ fn default_jobs(v: &Option<String>) -> Result<Vec<meshlat_proto::pb::JobSpec>, C
     Ok(specs)
 }
 
-/// Validated `--join-token-secret-arn`, `--ca-cert-secret-arn` and `--secrets-endpoint`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PublishConfig {
-    /// Secret receiving the join token, with the join secret it is made from.
-    pub join_token: Option<(SecretArn, String)>,
-    /// Secret receiving the CA certificate.
-    pub ca_cert: Option<SecretArn>,
-    /// Endpoint URL override.
-    pub endpoint: Option<String>,
-}
-
-/// A Secrets Manager secret's full ARN, `arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecretArn {
-    /// The ARN.
-    pub arn: String,
-    /// Its region (calls go there).
-    pub region: String,
-}
-
-impl SecretArn {
-    /// Parses a full secret ARN.
-    ///
-    /// # Errors
-    ///
-    /// Why it is not one.
-    pub fn parse(v: &str) -> Result<Self, &'static str> {
-        let parts: Vec<&str> = v.splitn(7, ':').collect();
-        let ok = parts.len() == 7
-            && parts[0] == "arn"
-            && parts[1].starts_with("aws")
-            && parts[2] == "secretsmanager"
-            && !parts[3].is_empty()
-            && parts[3]
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
-            && parts[4].len() == 12
-            && parts[4].chars().all(|c| c.is_ascii_digit())
-            && parts[5] == "secret"
-            && !parts[6].is_empty()
-            && !parts[6]
-                .chars()
-                .any(|c| c.is_control() || c.is_whitespace());
-        if !ok {
-            return Err(
-                "not a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)",
-            );
-        }
-        Ok(SecretArn {
-            arn: v.to_string(),
-            region: parts[3].to_string(),
-        })
-    }
-}
-
 /// An emulator endpoint flag: http(s)://host[:port], no path.
 fn endpoint_url(flag: &'static str, v: &Option<String>) -> Result<Option<String>, ConfigError> {
     let endpoint = nonempty(v).map(|e| e.trim_end_matches('/').to_string());
@@ -219,176 +177,6 @@ fn endpoint_url(flag: &'static str, v: &Option<String>) -> Result<Option<String>
         }
     }
     Ok(endpoint)
-}
-
-fn publish(a: &ServeArgs) -> Result<Option<PublishConfig>, ConfigError> {
-    let arn = |flag: &'static str, v: &Option<String>| -> Result<Option<SecretArn>, ConfigError> {
-        nonempty(v)
-            .map(|v| {
-                SecretArn::parse(v).map_err(|reason| ConfigError::Invalid {
-                    flag,
-                    value: v.into(),
-                    reason,
-                })
-            })
-            .transpose()
-    };
-    let token = arn("--join-token-secret-arn", &a.join_token_secret_arn)?;
-    let ca = arn("--ca-cert-secret-arn", &a.ca_cert_secret_arn)?;
-    let endpoint = endpoint_url("--secrets-endpoint", &a.secrets_endpoint)?;
-    if token.is_none() && ca.is_none() {
-        if let Some(e) = endpoint {
-            return Err(ConfigError::InvalidValue {
-                flag: "--secrets-endpoint",
-                value: e,
-                reason: "needs --join-token-secret-arn or --ca-cert-secret-arn".into(),
-            });
-        }
-        return Ok(None);
-    }
-    let join_token = match token {
-        None => None,
-        Some(t) => {
-            // A generated join secret is stored hashed: only a seeded one can be written out
-            // again on every start.
-            let Some(secret) = nonempty(&a.join_secret) else {
-                return Err(ConfigError::Invalid {
-                    flag: "--join-token-secret-arn",
-                    value: t.arn,
-                    reason: "needs --join-secret (the token embeds it)",
-                });
-            };
-            Some((t, secret.to_string()))
-        }
-    };
-    Ok(Some(PublishConfig {
-        join_token,
-        ca_cert: ca,
-        endpoint,
-    }))
-}
-
-/// Validates `--peer-ca-pem`: certificates only.
-fn peer_ca_pem(v: &Option<String>) -> Result<Option<String>, ConfigError> {
-    let Some(pem) = nonempty(v) else {
-        return Ok(None);
-    };
-    let bad = |reason: &'static str| ConfigError::Invalid {
-        flag: "--peer-ca-pem",
-        value: format!("<{} bytes>", pem.len()),
-        reason,
-    };
-    if pem.contains("PRIVATE KEY") {
-        return Err(bad("holds a private key: give CA certificates only"));
-    }
-    if !pem.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(bad(
-            "no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
-        ));
-    }
-    Ok(Some(pem.to_string()))
-}
-
-/// Default total caps `(grpc, rest)` for a process allowed `nofile` open files: the budget
-/// is `nofile` minus [`FD_RESERVE`]; REST gets an eighth of it (4 to 1024), gRPC the rest
-/// (at most 1,000,000). Unknown limits count as 65,536.
-pub fn default_max_conns(nofile: Option<u64>) -> (usize, usize) {
-    let budget = nofile
-        .unwrap_or(65_536)
-        .saturating_sub(FD_RESERVE)
-        .clamp(8, 2_000_000) as usize;
-    let rest = (budget / 8).clamp(4, 1024);
-    let grpc = budget.saturating_sub(rest).clamp(4, 1_000_000);
-    (grpc, rest)
-}
-
-fn at_least_one(flag: &'static str, v: usize) -> Result<usize, ConfigError> {
-    if v == 0 {
-        return Err(ConfigError::Invalid {
-            flag,
-            value: "0".into(),
-            reason: "must be at least 1",
-        });
-    }
-    Ok(v)
-}
-
-fn quota(flag: &'static str, per_second: f64, burst: u32) -> Result<Option<Quota>, ConfigError> {
-    if !per_second.is_finite() || !(0.0..=1_000_000.0).contains(&per_second) {
-        return Err(ConfigError::Invalid {
-            flag,
-            value: per_second.to_string(),
-            reason: "must be 0 (no limit) to 1000000 requests per second",
-        });
-    }
-    Ok((per_second > 0.0).then_some(Quota { per_second, burst }))
-}
-
-fn conn_limits(a: &ServeArgs) -> Result<(ConnLimits, ConnLimits), ConfigError> {
-    let (grpc_default, rest_default) = default_max_conns(meshlat_guard::open_files_limit());
-    let d = a.deadlines.deadlines().map_err(|e| ConfigError::Invalid {
-        flag: e.flag,
-        value: e.value.to_string(),
-        reason: "must be 0.1 to 3600 seconds",
-    })?;
-    let grpc = ConnLimits {
-        max_conns: at_least_one("--grpc-max-conns", a.grpc_max_conns.unwrap_or(grpc_default))?,
-        max_conns_per_ip: at_least_one("--grpc-max-conns-per-ip", a.grpc_max_conns_per_ip)?,
-        handshake_timeout: d.handshake,
-        header_timeout: d.header,
-        idle_timeout: d.idle,
-    };
-    let rest = ConnLimits {
-        max_conns: at_least_one("--rest-max-conns", a.rest_max_conns.unwrap_or(rest_default))?,
-        max_conns_per_ip: at_least_one("--rest-max-conns-per-ip", a.rest_max_conns_per_ip)?,
-        ..grpc
-    };
-    Ok((grpc, rest))
-}
-
-/// Validated `--state-*` flags.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StateStoreConfig {
-    /// Bucket name.
-    pub bucket: String,
-    /// Key prefix, without leading or trailing `/`.
-    pub prefix: String,
-    /// Region (`None`: the SDK's chain, e.g. `AWS_REGION`).
-    pub region: Option<String>,
-    /// Endpoint URL override.
-    pub endpoint: Option<String>,
-}
-
-/// Validated federation flags.
-#[derive(Clone)]
-pub struct FederationConfig {
-    /// Peer gRPC URLs.
-    pub peers: Vec<String>,
-    /// The shared secret, sent to peers (and checked hashed on incoming exchanges); it derives
-    /// the mesh keys agents sign with.
-    pub secret: String,
-    /// Secrets also accepted during a rotation (`--federation-secret-next`,
-    /// `--federation-secret-previous`): from peers, and their keys by agents.
-    pub accepted: Vec<String>,
-    /// CA files trusted for https:// peers.
-    pub peer_ca: Vec<PathBuf>,
-    /// CA certificates (PEM text) trusted for https:// peers, besides `peer_ca`.
-    pub peer_ca_pem: Option<String>,
-    /// Peer entries age out this long after their last exchange.
-    pub ttl: Duration,
-}
-
-impl std::fmt::Debug for FederationConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FederationConfig")
-            .field("peers", &self.peers)
-            .field("secret", &"<redacted>")
-            .field("accepted", &self.accepted.len())
-            .field("peer_ca", &self.peer_ca)
-            .field("peer_ca_pem", &self.peer_ca_pem.as_ref().map(String::len))
-            .field("ttl", &self.ttl)
-            .finish()
-    }
 }
 
 fn secs(flag: &'static str, v: f64) -> Result<Duration, ConfigError> {
@@ -430,29 +218,6 @@ fn count(flag: &'static str, v: usize, max: usize) -> Result<usize, ConfigError>
     Ok(v)
 }
 
-fn limits(a: &ServeArgs, agent_ttl: Duration) -> Result<Limits, ConfigError> {
-    let agent_expiry = long_secs("--agent-expiry", a.agent_expiry)?;
-    if agent_expiry < agent_ttl {
-        return Err(ConfigError::Invalid {
-            flag: "--agent-expiry",
-            value: a.agent_expiry.to_string(),
-            reason: "must be at least --agent-ttl",
-        });
-    }
-    Ok(Limits {
-        max_jobs: count("--max-jobs", a.max_jobs, MAX_MAX_JOBS)?,
-        stopped_job_ttl: long_secs("--stopped-job-ttl", a.stopped_job_ttl)?,
-        max_agents: count("--max-agents", a.max_agents, usize::MAX)?,
-        max_agents_per_token: count("--max-agents-per-token", a.max_agents_per_token, usize::MAX)?,
-        agent_expiry,
-        max_summary_bytes: count("--max-summary-bytes", a.max_summary_bytes, 64 << 20)?,
-        max_live_pairs: count("--max-live-pairs", a.max_live_pairs, usize::MAX)?,
-        max_live_bytes: count("--max-live-bytes", a.max_live_bytes, usize::MAX)?,
-        max_peer_agents: count("--max-peer-agents", a.max_peer_agents, usize::MAX)?,
-        max_peer_jobs: count("--max-peer-jobs", a.max_peer_jobs, usize::MAX)?,
-    })
-}
-
 fn addr(flag: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
     v.parse().map_err(|_| ConfigError::Invalid {
         flag,
@@ -463,156 +228,6 @@ fn addr(flag: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
 
 fn nonempty(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
-}
-
-fn state_store(a: &ServeArgs, region: &str) -> Result<Option<StateStoreConfig>, ConfigError> {
-    let Some(bucket) = nonempty(&a.state_bucket) else {
-        for (flag, v) in [
-            ("--state-prefix", &a.state_prefix),
-            ("--state-region", &a.state_region),
-            ("--state-endpoint", &a.state_endpoint),
-        ] {
-            if nonempty(v).is_some() {
-                return Err(ConfigError::Invalid {
-                    flag,
-                    value: v.clone().unwrap_or_default(),
-                    reason: "needs --state-bucket",
-                });
-            }
-        }
-        return Ok(None);
-    };
-    let b = bucket.as_bytes();
-    let edge_ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    if !(3..=63).contains(&b.len())
-        || !b.iter().all(|c| edge_ok(c) || matches!(c, b'.' | b'-'))
-        || !b.first().is_some_and(edge_ok)
-        || !b.last().is_some_and(edge_ok)
-    {
-        return Err(ConfigError::Invalid {
-            flag: "--state-bucket",
-            value: bucket.into(),
-            reason: "not an S3 bucket name (3-63 of a-z, 0-9, '.', '-'; starting and ending with a letter or digit)",
-        });
-    }
-    let prefix = match nonempty(&a.state_prefix) {
-        None => format!("controller-state/{region}"),
-        Some(p) => p.trim_matches('/').to_string(),
-    };
-    if prefix.is_empty()
-        || prefix.len() > 512
-        || prefix
-            .split('/')
-            .any(|s| s.is_empty() || s == "." || s == "..")
-        || !prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/!-_.*'()".contains(c))
-    {
-        return Err(ConfigError::Invalid {
-            flag: "--state-prefix",
-            value: a.state_prefix.clone().unwrap_or_default(),
-            reason: "use path segments of letters, digits and !-_.*'() separated by single '/'",
-        });
-    }
-    let state_region = nonempty(&a.state_region).map(str::to_string);
-    if let Some(r) = &state_region
-        && !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        return Err(ConfigError::Invalid {
-            flag: "--state-region",
-            value: r.clone(),
-            reason: "not an AWS region name",
-        });
-    }
-    let endpoint = endpoint_url("--state-endpoint", &a.state_endpoint)?;
-    Ok(Some(StateStoreConfig {
-        bucket: bucket.into(),
-        prefix,
-        region: state_region,
-        endpoint,
-    }))
-}
-
-/// Shortest federation secret: it derives the mesh keys, so it must carry a key's entropy.
-pub const MIN_FEDERATION_SECRET: usize = 32;
-
-fn federation_secret(flag: &'static str, v: &str) -> Result<String, ConfigError> {
-    if v.len() < MIN_FEDERATION_SECRET {
-        return Err(ConfigError::Invalid {
-            flag,
-            value: format!("<{} bytes>", v.len()),
-            reason: "must be at least 32 bytes (e.g. openssl rand -hex 32)",
-        });
-    }
-    Ok(v.to_string())
-}
-
-fn federation(a: &ServeArgs) -> Result<Option<FederationConfig>, ConfigError> {
-    let secret = nonempty(&a.federation_secret);
-    let extra = [
-        (
-            "--federation-secret-previous",
-            nonempty(&a.federation_secret_previous),
-        ),
-        (
-            "--federation-secret-next",
-            nonempty(&a.federation_secret_next),
-        ),
-    ];
-    let Some(secret) = secret else {
-        if !a.peers.is_empty() {
-            return Err(ConfigError::Missing {
-                flag: "--federation-secret",
-            });
-        }
-        if let Some(&(flag, _)) = extra.iter().find(|(_, v)| v.is_some()) {
-            return Err(ConfigError::Invalid {
-                flag,
-                value: "<secret>".into(),
-                reason: "needs --federation-secret",
-            });
-        }
-        return Ok(None);
-    };
-    let secret = federation_secret("--federation-secret", secret)?;
-    let mut accepted = Vec::new();
-    for (flag, v) in extra {
-        if let Some(v) = v {
-            accepted.push(federation_secret(flag, v)?);
-        }
-    }
-    let pem = peer_ca_pem(&a.peer_ca_pem)?;
-    let peers: Vec<String> = a
-        .peers
-        .iter()
-        .map(|p| p.trim().trim_end_matches('/').to_string())
-        .filter(|p| !p.is_empty())
-        .collect();
-    for p in &peers {
-        let ok = p.starts_with("https://") || (a.plaintext && p.starts_with("http://"));
-        if !ok {
-            return Err(ConfigError::Invalid {
-                flag: "--peer",
-                value: p.clone(),
-                reason: if p.starts_with("http://") {
-                    "must be an https:// URL (http:// only with --plaintext, for local experiments)"
-                } else {
-                    "must be an https:// URL"
-                },
-            });
-        }
-        if p.starts_with("https://") && a.peer_ca.is_empty() && pem.is_none() {
-            return Err(ConfigError::Missing { flag: "--peer-ca" });
-        }
-    }
-    Ok(Some(FederationConfig {
-        peers,
-        secret,
-        accepted,
-        peer_ca: a.peer_ca.clone(),
-        peer_ca_pem: pem,
-        ttl: secs("--peer-ttl", a.peer_ttl)?,
-    }))
 }
 
 impl ServeConfig {
@@ -656,7 +271,7 @@ impl ServeConfig {
         sans.dedup();
         let lease = secs("--lease", a.lease)?;
         let agent_ttl = secs("--agent-ttl", a.agent_ttl)?;
-        let limits = limits(a, agent_ttl)?;
+        let limits = limits::limits(a, agent_ttl)?;
         if a.max_full_mesh == 0 {
             return Err(ConfigError::Invalid {
                 flag: "--max-full-mesh",
@@ -664,8 +279,8 @@ impl ServeConfig {
                 reason: "must be at least 1",
             });
         }
-        let federation = federation(a)?;
-        let state = state_store(a, region)?;
+        let federation = federation::federation(a)?;
+        let state = store::state_store(a, region)?;
         let relay_policy = crate::relay_policy::RelayPolicy::parse(&a.relay_agents).map_err(
             |(value, reason)| ConfigError::InvalidValue {
                 flag: "--relay-agent",
@@ -680,7 +295,7 @@ impl ServeConfig {
                 reason,
             },
         )?;
-        let (grpc_limits, rest_limits) = conn_limits(a)?;
+        let (grpc_limits, rest_limits) = limits::conn_limits(a)?;
         if a.rate_limit_burst == 0 {
             return Err(ConfigError::Invalid {
                 flag: "--rate-limit-burst",
@@ -688,7 +303,7 @@ impl ServeConfig {
                 reason: "must be at least 1",
             });
         }
-        let publish = publish(a)?;
+        let publish = publish::publish(a)?;
         let default_jobs = default_jobs(&a.default_jobs)?;
         if a.require_agent_identity && a.plaintext {
             return Err(ConfigError::Invalid {
@@ -706,12 +321,12 @@ impl ServeConfig {
             address_policy,
             grpc_limits,
             rest_limits,
-            rate_per_ip: quota(
+            rate_per_ip: limits::quota(
                 "--rate-limit-per-ip",
                 a.rate_limit_per_ip,
                 a.rate_limit_burst,
             )?,
-            rate_per_credential: quota(
+            rate_per_credential: limits::quota(
                 "--rate-limit-per-credential",
                 a.rate_limit_per_credential,
                 a.rate_limit_burst,
