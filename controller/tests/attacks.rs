@@ -16,9 +16,8 @@
 //! Sessions are simulated over the real `AgentService.Connect` protocol (as
 //! `controller/examples/simagents.rs` does), many streams on one TLS connection.
 
-#[allow(dead_code)] // agent_bin: this suite simulates agents.
-mod common;
-use common::{eventually, tmp_dir};
+mod support;
+use support::{eventually, tmp_dir};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -95,7 +94,7 @@ impl Ctl {
             .spawn()
             .context("spawn controller")?;
         // Secrets are printed on the first start only; a restart reuses the saved ones.
-        let a = common::read_announcement(&mut child, &log, &data.join("attack-secrets")).await?;
+        let a = support::read_announcement(&mut child, &log, &data.join("attack-secrets")).await?;
         Ok(Ctl {
             child,
             data: data.to_path_buf(),
@@ -127,7 +126,7 @@ impl Ctl {
 
     /// One REST call over TLS pinned to the controller's CA.
     async fn rest(&self, method: &str, path: &str, body: &str) -> Result<(u16, Value)> {
-        let mut send = common::pinned_http1(&self.data, &self.rest).await?;
+        let mut send = support::pinned_http1(&self.data, &self.rest).await?;
         let req = http::Request::builder()
             .method(method)
             .uri(path)
@@ -1041,7 +1040,7 @@ async fn a_thousand_hostile_sessions_keep_rss_under_256_mib() -> Result<()> {
     let mut agents = Vec::new();
     for name in ["h1", "h2"] {
         let state = root.join(format!("state-{name}"));
-        let child = Command::new(common::agent_bin())
+        let child = Command::new(support::agent_bin())
             .args(["run", "--controller", &format!("https://{}", ctl.grpc)])
             .args(["--token", &ctl.token, "--region", "r1", "--az", name])
             .args([

@@ -6,9 +6,8 @@
 //! recovers. Attackers connect from 127.0.0.2, honest clients from 127.0.0.1, so per-address
 //! caps can be told apart from total caps. Every test prints its figures.
 
-#[allow(dead_code)]
-mod common;
-use common::tmp_dir;
+mod support;
+use support::tmp_dir;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

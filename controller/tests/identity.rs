@@ -15,9 +15,8 @@
 //! Impostors are simulated over the real `AgentService.Connect` protocol, as
 //! `controller/tests/attacks.rs` does.
 
-#[allow(dead_code)] // not every helper is used here.
-mod common;
-use common::{agent_bin, eventually, tmp_dir};
+mod support;
+use support::{agent_bin, eventually, tmp_dir};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -72,7 +71,7 @@ impl Ctl {
             .context("spawn controller")?;
         // Secrets are printed on the first start only; a restart reuses the saved ones.
         let a =
-            common::read_announcement(&mut child, &log, &data.with_extension("secrets")).await?;
+            support::read_announcement(&mut child, &log, &data.with_extension("secrets")).await?;
         Ok(Ctl {
             child,
             data: data.to_path_buf(),
@@ -91,7 +90,7 @@ impl Ctl {
     }
 
     async fn rest(&self, method: &str, path: &str, body: &str) -> Result<(u16, Value)> {
-        let mut send = common::pinned_http1(&self.data, &self.rest).await?;
+        let mut send = support::pinned_http1(&self.data, &self.rest).await?;
         let req = http::Request::builder()
             .method(method)
             .uri(path)

@@ -4,312 +4,24 @@
 //! --workspace` builds it; with `-p meshlat-controller` alone, run
 //! `cargo build -p meshlat-agent --bin agent` first (the test says so if it is missing).
 
-mod common;
-use common::{agent_bin, eventually, tmp_dir};
+mod support;
+use support::{AgentBuilder, TestAgent, TestController, agent_bin, eventually, tmp_dir};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use anyhow::{Context, Result};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::Instant;
 
 /// Interval of the test job.
 const INTERVAL_MS: f64 = 500.0;
 
-struct TestController {
-    child: Child,
-    data: PathBuf,
-    grpc: String,
-    rest: String,
-    token: String,
-    credential: String,
-}
-
-impl TestController {
-    async fn start(
-        data: &Path,
-        ports: Option<(&str, &str)>,
-        secrets: Option<(&str, &str)>,
-    ) -> Result<Self> {
-        Self::start_in(data, "r1", ports, secrets, &[]).await
-    }
-
-    /// A controller of `region` with `extra` flags.
-    async fn start_in(
-        data: &Path,
-        region: &str,
-        ports: Option<(&str, &str)>,
-        secrets: Option<(&str, &str)>,
-        extra: &[String],
-    ) -> Result<Self> {
-        let (grpc, rest) = ports.unwrap_or(("127.0.0.1:0", "127.0.0.1:0"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_controller"))
-            .args([
-                "serve",
-                "--region",
-                region,
-                "--listen",
-                grpc,
-                "--rest-listen",
-                rest,
-            ])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawn controller")?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut g, mut r) = (None, None);
-        let (mut token, mut credential) =
-            secrets.map(|(t, c)| (t.to_string(), c.to_string())).unzip();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while g.is_none() || r.is_none() || token.is_none() || credential.is_none() {
-            let line = tokio::time::timeout_at(deadline, lines.next_line())
-                .await
-                .context("controller did not announce itself")??
-                .ok_or_else(|| anyhow!("controller exited early"))?;
-            let mut w = line.split_whitespace();
-            match (w.next(), w.next(), w.next()) {
-                (Some("listening"), Some("grpc"), Some(a)) => g = Some(a.to_string()),
-                (Some("listening"), Some("rest"), Some(a)) => r = Some(a.to_string()),
-                (Some("secrets-file"), Some(p), _) => {
-                    let (t, c) = common::read_secrets_file(Path::new(p))?;
-                    token = token.or(t);
-                    credential = credential.or(c);
-                }
-                (Some("join-token" | "operator-credential"), _, _) => {
-                    bail!("the controller printed a secret without --print-secrets: {line}")
-                }
-                _ => {}
-            }
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(TestController {
-            child,
-            data: data.to_path_buf(),
-            grpc: g.context("grpc")?,
-            rest: r.context("rest")?,
-            token: token.context("token")?,
-            credential: credential.context("credential")?,
-        })
-    }
-
-    /// Controllers of regions `a` and `b` (data in `root/ctl-a`, `root/ctl-b`) sharing
-    /// `secret`; A names B as its peer, with `extra_a` flags.
-    async fn federated(root: &Path, secret: &str, extra_a: &[String]) -> Result<(Self, Self)> {
-        Self::federated_with(root, secret, extra_a, &[]).await
-    }
-
-    /// [`Self::federated`], with `extra_b` flags for B too.
-    async fn federated_with(
-        root: &Path,
-        secret: &str,
-        extra_a: &[String],
-        extra_b: &[String],
-    ) -> Result<(Self, Self)> {
-        let fed = ["--federation-secret".to_string(), secret.to_string()];
-        let b_flags = [&fed[..], extra_b].concat();
-        let b = Self::start_in(&root.join("ctl-b"), "b", None, None, &b_flags).await?;
-        let mut a_flags = fed.to_vec();
-        a_flags.extend([
-            "--peer".into(),
-            format!("https://{}", b.grpc),
-            "--peer-ca".into(),
-            b.data.join("ca.pem").display().to_string(),
-        ]);
-        a_flags.extend_from_slice(extra_a);
-        let a = Self::start_in(&root.join("ctl-a"), "a", None, None, &a_flags).await?;
-        Ok((a, b))
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// One REST call over TLS pinned to the controller's CA.
-    async fn rest(
-        &self,
-        method: &str,
-        path: &str,
-        body: &str,
-        cred: Option<&str>,
-    ) -> Result<(u16, Value)> {
-        let mut send = common::pinned_http1(&self.data, &self.rest).await?;
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "127.0.0.1")
-            .header("content-type", "application/json");
-        if let Some(c) = cred.or(Some(&self.credential)).filter(|c| !c.is_empty()) {
-            req = req.header("authorization", format!("Bearer {c}"));
-        }
-        let res = send
-            .send_request(req.body(Full::new(bytes::Bytes::from(body.to_string())))?)
-            .await?;
-        let status = res.status().as_u16();
-        let b = res.into_body().collect().await?.to_bytes();
-        Ok((status, serde_json::from_slice(&b).unwrap_or(Value::Null)))
-    }
-
-    async fn agents(&self) -> Vec<(String, bool)> {
-        match self.rest("GET", "/api/v1/agents", "", None).await {
-            Ok((200, v)) => v["agents"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|x| {
-                            (
-                                x["id"].as_str().unwrap_or_default().to_string(),
-                                x["connected"].as_bool().unwrap_or(false),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        }
-    }
-}
-
-struct TestAgent {
-    child: Child,
-    out: PathBuf,
-    state: PathBuf,
-}
-
-impl TestAgent {
-    fn start(ctl: &TestController, out: &Path, state: &Path) -> Result<Self> {
-        Self::start_in(ctl, "r1", out, state)
-    }
-
-    /// An agent of `region`.
-    fn start_in(ctl: &TestController, region: &str, out: &Path, state: &Path) -> Result<Self> {
-        Self::start_with(ctl, region, out, state, &[])
-    }
-
-    /// An agent of `region` with `extra` flags.
-    fn start_with(
-        ctl: &TestController,
-        region: &str,
-        out: &Path,
-        state: &Path,
-        extra: &[&str],
-    ) -> Result<Self> {
-        Self::spawn(ctl, region, out, state, extra, Stdio::inherit())
-    }
-
-    fn spawn(
-        ctl: &TestController,
-        region: &str,
-        out: &Path,
-        state: &Path,
-        extra: &[&str],
-        stderr: Stdio,
-    ) -> Result<Self> {
-        let child = Command::new(agent_bin())
-            .args([
-                "--controller",
-                &format!("https://{}", ctl.grpc),
-                "--token",
-                &ctl.token,
-            ])
-            .args([
-                "--region",
-                region,
-                "--listen",
-                "127.0.0.1",
-                "--udp-port",
-                "0",
-                "--tcp-port",
-                "0",
-            ])
-            .args([
-                "--quic-port",
-                "off",
-                "--http-port",
-                "off",
-                "--https-port",
-                "off",
-            ])
-            .args(["--flush-interval", "0.2"])
-            .args(extra)
-            .arg("--out")
-            .arg(out)
-            .arg("--state-dir")
-            .arg(state)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawn agent")?;
-        Ok(TestAgent {
-            child,
-            out: out.to_path_buf(),
-            state: state.to_path_buf(),
-        })
-    }
-
-    /// [`Self::start_with`], its stderr (the log) written to `log`.
-    fn start_logged(
-        ctl: &TestController,
-        region: &str,
-        out: &Path,
-        state: &Path,
-        extra: &[&str],
-        log: &Path,
-    ) -> Result<Self> {
-        let log = std::fs::File::create(log)?;
-        Self::spawn(ctl, region, out, state, extra, Stdio::from(log))
-    }
-
-    fn id(&self) -> Option<String> {
-        std::fs::read_to_string(self.state.join("agent-id"))
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-    }
-
-    /// The agent's id once it has stored it. The controller lists an agent as soon as its Hello
-    /// is admitted, which can be before the agent has written `agent-id` (seen failing as
-    /// "a id" on a loaded machine), so a test that just saw the agent connected waits for it.
-    async fn stored_id(&self, name: &str) -> Result<String> {
-        eventually(&format!("{name} stores its agent id"), 10, || async {
-            self.id()
-        })
-        .await
-    }
-
-    fn records(&self) -> Vec<Value> {
-        let mut out = Vec::new();
-        let mut stack = vec![self.out.clone()];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "ndjson") {
-                    let text = std::fs::read_to_string(&p).unwrap_or_default();
-                    out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
-                }
-            }
-        }
-        out
-    }
+/// An agent of the mesh tests: [`TestAgent::builder`], flushing its records every 0.2 s.
+fn agent(ctl: &TestController, out: impl Into<PathBuf>, state: impl Into<PathBuf>) -> AgentBuilder {
+    TestAgent::builder(ctl, out, state).args(["--flush-interval", "0.2"])
 }
 
 /// Seconds since the epoch of an RFC 3339 `...Z` timestamp.
@@ -343,9 +55,9 @@ const JOB: &str = r#"{"name":"e2e","protocols":["udp","tcp"],"sources":["region=
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_connects_measures_survives_controller_and_agent_restarts() -> Result<()> {
     let root = tmp_dir("e2e", "mesh");
-    let ctl = TestController::start(&root.join("ctl"), None, None).await?;
-    let a = TestAgent::start(&ctl, &root.join("out-a"), &root.join("st-a"))?;
-    let mut b = TestAgent::start(&ctl, &root.join("out-b"), &root.join("st-b"))?;
+    let ctl = TestController::builder(root.join("ctl")).spawn().await?;
+    let a = agent(&ctl, root.join("out-a"), root.join("st-a")).spawn()?;
+    let mut b = agent(&ctl, root.join("out-b"), root.join("st-b")).spawn()?;
     // Connected as the controller sees it, and the ids stored (the agent writes its id file,
     // synced, when the Welcome arrives: a moment after the controller counts it connected).
     let ids = eventually("both agents connected", 30, || async {
@@ -389,8 +101,8 @@ async fn mesh_connects_measures_survives_controller_and_agent_restarts() -> Resu
     let (grpc, rest, token, cred) = (
         ctl.grpc.clone(),
         ctl.rest.clone(),
-        ctl.token.clone(),
-        ctl.credential.clone(),
+        ctl.token().to_string(),
+        ctl.credential().to_string(),
     );
     let mut ctl = ctl;
     ctl.child.kill().await?;
@@ -411,7 +123,11 @@ async fn mesh_connects_measures_survives_controller_and_agent_restarts() -> Resu
     }
 
     // Restart it: agents reconnect within 30 s with the same ids and the same job set.
-    let ctl = TestController::start(&ctl_data, Some((&grpc, &rest)), Some((&token, &cred))).await?;
+    let ctl = TestController::builder(&ctl_data)
+        .listen(&grpc, &rest)
+        .secrets(&token, &cred)
+        .spawn()
+        .await?;
     let back = Instant::now();
     eventually("agents reconnected with the same ids", 30, || async {
         let ag = ctl.agents().await;
@@ -500,7 +216,7 @@ async fn mesh_connects_measures_survives_controller_and_agent_restarts() -> Resu
     // Restart an agent: same id, no duplicate.
     let b_id = b.id();
     b.child.kill().await?;
-    let b2 = TestAgent::start(&ctl, &b.out, &b.state)?;
+    let b2 = agent(&ctl, &b.out, &b.state).spawn()?;
     eventually("restarted agent reconnected", 30, || async {
         let ag = ctl.agents().await;
         (ag.len() == 2 && ag.iter().all(|(_, c)| *c)).then_some(())
@@ -525,10 +241,12 @@ async fn mesh_connects_measures_survives_controller_and_agent_restarts() -> Resu
 async fn an_agent_restarted_while_its_controller_is_away_resumes_its_job_set() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let root = tmp_dir("e2e", "resume");
-    let lease = ["--lease".to_string(), "3".to_string()];
-    let mut ctl = TestController::start_in(&root.join("ctl"), "r1", None, None, &lease).await?;
-    let mut a = TestAgent::start(&ctl, &root.join("out-a"), &root.join("st-a"))?;
-    let b = TestAgent::start(&ctl, &root.join("out-b"), &root.join("st-b"))?;
+    let mut ctl = TestController::builder(root.join("ctl"))
+        .args(["--lease", "3"])
+        .spawn()
+        .await?;
+    let mut a = agent(&ctl, root.join("out-a"), root.join("st-a")).spawn()?;
+    let b = agent(&ctl, root.join("out-b"), root.join("st-b")).spawn()?;
     let (status, job) = ctl.rest("POST", "/api/v1/jobs", JOB, None).await?;
     assert_eq!(status, 201, "{job}");
     let job_id = s(&job, "id");
@@ -550,7 +268,7 @@ async fn an_agent_restarted_while_its_controller_is_away_resumes_its_job_set() -
     let restarted = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs_f64();
-    let a2 = TestAgent::start(&ctl, &a.out, &a.state)?;
+    let a2 = agent(&ctl, &a.out, &a.state).spawn()?;
     let after = |mode: &'static str| {
         let recs = a2.records();
         recs.iter()
@@ -585,29 +303,23 @@ async fn rotating_the_federation_secret_fails_no_cross_region_probe() -> Result<
     const OLD: &str = "old-federation-secret-0123456789abcdef";
     const NEW: &str = "new-federation-secret-0123456789abcdef";
     let root = tmp_dir("e2e", "fedrot");
-    let fed = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    let peer_of = |b: &TestController| {
-        vec![
-            "--peer".to_string(),
-            format!("https://{}", b.grpc),
-            "--peer-ca".into(),
-            b.data.join("ca.pem").display().to_string(),
-        ]
-    };
-    let mut ctl_b = TestController::start_in(
-        &root.join("ctl-b"),
-        "b",
-        None,
-        None,
-        &fed(&["--federation-secret", OLD]),
-    )
-    .await?;
-    let mut a_flags = fed(&["--federation-secret", OLD]);
-    a_flags.extend(peer_of(&ctl_b));
-    let mut ctl_a =
-        TestController::start_in(&root.join("ctl-a"), "a", None, None, &a_flags).await?;
-    let a1 = TestAgent::start_in(&ctl_a, "a", &root.join("out-a"), &root.join("st-a"))?;
-    let b1 = TestAgent::start_in(&ctl_b, "b", &root.join("out-b"), &root.join("st-b"))?;
+    let mut ctl_b = TestController::builder(root.join("ctl-b"))
+        .region("b")
+        .federation_secret(OLD)
+        .spawn()
+        .await?;
+    let mut ctl_a = TestController::builder(root.join("ctl-a"))
+        .region("a")
+        .federation_secret(OLD)
+        .peer(&ctl_b)
+        .spawn()
+        .await?;
+    let a1 = agent(&ctl_a, root.join("out-a"), root.join("st-a"))
+        .region("a")
+        .spawn()?;
+    let b1 = agent(&ctl_b, root.join("out-b"), root.join("st-b"))
+        .region("b")
+        .spawn()?;
     let job = |src: &str, dst: &str| {
         format!(
             r#"{{"name":"rot","protocols":["udp"],"sources":["region={src}"],
@@ -653,24 +365,24 @@ async fn rotating_the_federation_secret_fails_no_cross_region_probe() -> Result<
     ];
     for step in steps {
         for which in ["b", "a"] {
-            let mut flags = fed(step);
+            let mut next = TestController::builder(if which == "b" {
+                &ctl_b.data
+            } else {
+                &ctl_a.data
+            })
+            .region(which)
+            .args(step);
             if which == "a" {
-                flags.extend(peer_of(&ctl_b));
+                next = next.peer(&ctl_b);
             }
             let ctl = if which == "b" { &mut ctl_b } else { &mut ctl_a };
             ctl.child.kill().await?;
             let _ = ctl.child.wait().await;
-            let (grpc, rest) = (ctl.grpc.clone(), ctl.rest.clone());
-            let (token, cred) = (ctl.token.clone(), ctl.credential.clone());
-            let data = ctl.data.clone();
-            *ctl = TestController::start_in(
-                &data,
-                which,
-                Some((&grpc, &rest)),
-                Some((&token, &cred)),
-                &flags,
-            )
-            .await?;
+            *ctl = next
+                .listen(&ctl.grpc, &ctl.rest)
+                .secrets(ctl.token(), ctl.credential())
+                .spawn()
+                .await?;
         }
         // Every agent has reconnected (so holds this step's keys) and the peers exchange again.
         for ctl in [&ctl_a, &ctl_b] {
@@ -721,7 +433,7 @@ async fn rotating_the_federation_secret_fails_no_cross_region_probe() -> Result<
 async fn bad_input_is_refused_naming_the_field_and_nothing_dies() -> Result<()> {
     use meshlat_proto::pb;
     let root = tmp_dir("e2e", "bad");
-    let mut ctl = TestController::start(&root.join("ctl"), None, None).await?;
+    let mut ctl = TestController::builder(root.join("ctl")).spawn().await?;
 
     let (st, v) = ctl.rest("POST", "/api/v1/jobs", "{not json", None).await?;
     assert_eq!((st, v["error"]["field"].as_str()), (400, Some(".")), "{v}");
@@ -815,7 +527,7 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_dies() -> Result<()> 
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
     let mut good = pb::operator_service_client::OperatorServiceClient::with_interceptor(
         ch,
-        with_cred(ctl.credential.clone()),
+        with_cred(ctl.credential().to_string()),
     );
     let e = good
         .start_job(pb::StartJobRequest {
@@ -828,95 +540,6 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_dies() -> Result<()> 
     assert!(ctl.alive(), "controller survived bad input");
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
-}
-
-impl TestController {
-    async fn rest_with_if_match(
-        &self,
-        path: &str,
-        body: &str,
-        version: u64,
-    ) -> Result<(u16, Value)> {
-        // A minimal second path through the same client, adding If-Match.
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_file_iter(self.data.join("ca.pem"))? {
-            roots.add(c?)?;
-        }
-        let cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(&self.rest).await?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?, tcp)
-            .await?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        tokio::spawn(conn);
-        let req = http::Request::put(path)
-            .header("host", "127.0.0.1")
-            .header("authorization", format!("Bearer {}", self.credential))
-            .header("if-match", version.to_string())
-            .body(Full::new(bytes::Bytes::from(body.to_string())))?;
-        let res = send.send_request(req).await?;
-        let status = res.status().as_u16();
-        let b = res.into_body().collect().await?.to_bytes();
-        Ok((status, serde_json::from_slice(&b).unwrap_or(Value::Null)))
-    }
-}
-
-impl TestController {
-    /// Opens `/api/v1/stream` and returns the first `event: matrix` payload and whether a
-    /// comment line (`:`) came before it.
-    async fn first_sse_matrix(&self, query: &str) -> Result<(Value, bool)> {
-        let mut send = common::pinned_http1(&self.data, &self.rest).await?;
-        let req = http::Request::builder()
-            .uri(format!("/api/v1/stream{query}"))
-            .header("host", "127.0.0.1")
-            .header("authorization", format!("Bearer {}", self.credential))
-            .body(Full::new(bytes::Bytes::new()))?;
-        let res = send.send_request(req).await?;
-        if res.status() != 200 {
-            bail!("stream answered {}", res.status());
-        }
-        let ct = res
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        if ct != "text/event-stream" {
-            bail!("content-type {ct:?}");
-        }
-        let mut body = res.into_body();
-        let mut text = String::new();
-        let mut comment = false;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let frame = tokio::time::timeout_at(deadline, body.frame())
-                .await
-                .context("no matrix event within 15 s")?
-                .ok_or_else(|| anyhow!("stream ended"))??;
-            if let Ok(d) = frame.into_data() {
-                text.push_str(&String::from_utf8_lossy(&d));
-            }
-            // Events end with a blank line.
-            while let Some(end) = text.find("\n\n") {
-                let event: String = text.drain(..end + 2).collect();
-                if event.starts_with(':') {
-                    comment = true;
-                    continue;
-                }
-                let mut lines = event.lines();
-                if lines.next() == Some("event: matrix") {
-                    let data = lines
-                        .next()
-                        .and_then(|l| l.strip_prefix("data: "))
-                        .ok_or_else(|| anyhow!("matrix event without data: {event:?}"))?;
-                    return Ok((serde_json::from_str(data)?, comment));
-                }
-            }
-        }
-    }
 }
 
 fn has_cell(m: &Value, src: &str, dst: &str) -> bool {
@@ -935,9 +558,9 @@ fn has_cell(m: &Value, src: &str, dst: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_matrix_fills_with_the_pairs_of_a_running_job_and_streams() -> Result<()> {
     let root = tmp_dir("e2e", "live");
-    let mut ctl = TestController::start(&root.join("ctl"), None, None).await?;
-    let a = TestAgent::start(&ctl, &root.join("out-a"), &root.join("st-a"))?;
-    let b = TestAgent::start(&ctl, &root.join("out-b"), &root.join("st-b"))?;
+    let mut ctl = TestController::builder(root.join("ctl")).spawn().await?;
+    let a = agent(&ctl, root.join("out-a"), root.join("st-a")).spawn()?;
+    let b = agent(&ctl, root.join("out-b"), root.join("st-b")).spawn()?;
     eventually("both agents connected", 30, || async {
         let ag = ctl.agents().await;
         (ag.len() == 2 && ag.iter().all(|(_, c)| *c)).then_some(())
@@ -998,7 +621,7 @@ async fn live_matrix_fills_with_the_pairs_of_a_running_job_and_streams() -> Resu
             )?
             .connect()
             .await?;
-        let cred = format!("Bearer {}", ctl.credential);
+        let cred = format!("Bearer {}", ctl.credential());
         let mut c = pb::operator_service_client::OperatorServiceClient::with_interceptor(
             ch,
             move |mut req: tonic::Request<()>| {
@@ -1048,7 +671,7 @@ async fn live_matrix_fills_with_the_pairs_of_a_running_job_and_streams() -> Resu
     let out = Command::new(env!("CARGO_BIN_EXE_controller"))
         .args(["matrix", "--by", "region", "--protocol", "udp"])
         .args(["--controller", &format!("https://{}", ctl.grpc)])
-        .args(["--credential", &ctl.credential])
+        .args(["--credential", ctl.credential()])
         .arg("--ca")
         .arg(ctl.data.join("ca.pem"))
         .output()
@@ -1093,23 +716,25 @@ fn dsts(ag: &TestAgent, job: &str) -> Vec<(String, String, String)> {
 async fn deployment_flags_peer_ca_pem_and_default_jobs_survive_a_restart() -> Result<()> {
     let root = tmp_dir("e2e", "deployflags");
     let secret = "fed-secret-deploy-0123456789abcdef0123".to_string();
-    let fed = ["--federation-secret".to_string(), secret.clone()];
-    let b = TestController::start_in(&root.join("ctl-b"), "b", None, None, &fed).await?;
+    let b = TestController::builder(root.join("ctl-b"))
+        .region("b")
+        .federation_secret(&secret)
+        .spawn()
+        .await?;
     let pem = std::fs::read_to_string(b.data.join("ca.pem"))?;
     let jobs = r#"[{"name":"meshlat-mesh-a","kind":"probe","protocols":["udp","tcp"],"sources":["region=a"],"targets":["region=a","region=b"],"interval_ms":1000,"timeout_ms":500},
                    {"name":"meshlat-relay-a","kind":"relay","protocols":["udp"],"sources":["region=a"],"targets":["region=b"],"relays":["location=relay"],"interval_ms":3000,"timeout_ms":500}]"#;
-    let mut flags = fed.to_vec();
-    flags.extend([
-        "--peer".into(),
-        format!("https://{}", b.grpc),
-        "--peer-ca-pem".into(),
-        pem,
-        "--default-jobs".into(),
-        jobs.into(),
-    ]);
-    let a_dir = root.join("ctl-a");
-    let mut a = TestController::start_in(&a_dir, "a", None, None, &flags).await?;
-    let _b1 = TestAgent::start_in(&b, "b", &root.join("out-b"), &root.join("st-b"))?;
+    let a_ctl = || {
+        TestController::builder(root.join("ctl-a"))
+            .region("a")
+            .federation_secret(&secret)
+            .args(["--peer".into(), format!("https://{}", b.grpc)])
+            .args(["--peer-ca-pem", pem.as_str(), "--default-jobs", jobs])
+    };
+    let mut a = a_ctl().spawn().await?;
+    let _b1 = agent(&b, root.join("out-b"), root.join("st-b"))
+        .region("b")
+        .spawn()?;
     eventually(
         "B's agent in A's directory (federated over the PEM)",
         30,
@@ -1140,9 +765,8 @@ async fn deployment_flags_peer_ca_pem_and_default_jobs_survive_a_restart() -> Re
         ["meshlat-mesh-a", "meshlat-relay-a"]
     );
     // Restart on the same data directory with the same flags: the same two jobs, same ids.
-    let (token, cred) = (a.token.clone(), a.credential.clone());
     a.child.kill().await?;
-    let a = TestController::start_in(&a_dir, "a", None, Some((&token, &cred)), &flags).await?;
+    let a = a_ctl().secrets(a.token(), a.credential()).spawn().await?;
     let (_, v) = a.rest("GET", "/api/v1/jobs", "", None).await?;
     assert_eq!(
         names(&v),
@@ -1158,10 +782,24 @@ async fn federated_jobs_cross_regions_and_survive_a_peer_going_down() -> Result<
     use meshlat_proto::pb;
     let root = tmp_dir("e2e", "fed");
     let secret = "fed-secret-e2e-0123456789abcdef0123".to_string();
-    let (mut ctl_a, mut ctl_b) =
-        TestController::federated(&root, &secret, &["--peer-ttl".into(), "6".into()]).await?;
-    let a1 = TestAgent::start_in(&ctl_a, "a", &root.join("out-a"), &root.join("st-a"))?;
-    let b1 = TestAgent::start_in(&ctl_b, "b", &root.join("out-b"), &root.join("st-b"))?;
+    let mut ctl_b = TestController::builder(root.join("ctl-b"))
+        .region("b")
+        .federation_secret(&secret)
+        .spawn()
+        .await?;
+    let mut ctl_a = TestController::builder(root.join("ctl-a"))
+        .region("a")
+        .federation_secret(&secret)
+        .peer(&ctl_b)
+        .args(["--peer-ttl", "6"])
+        .spawn()
+        .await?;
+    let a1 = agent(&ctl_a, root.join("out-a"), root.join("st-a"))
+        .region("a")
+        .spawn()?;
+    let b1 = agent(&ctl_b, root.join("out-b"), root.join("st-b"))
+        .region("b")
+        .spawn()?;
 
     // Both controllers see both agents: their own, and the peer's from the exchange (which is
     // symmetric: only A names a peer).
@@ -1292,51 +930,42 @@ async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungran
     use meshlat_agent::udp::wire::{self, Header, MessageType, WireKey};
     let root = tmp_dir("e2e", "relay");
     let secret = "fed-secret-relay-0123456789abcdef01".to_string();
-    let (ctl_a, ctl_b) = TestController::federated_with(
-        &root,
-        &secret,
-        &[],
-        &["--relay-agent".into(), "location=hub".into()],
-    )
-    .await?;
+    let ctl_b = TestController::builder(root.join("ctl-b"))
+        .region("b")
+        .federation_secret(&secret)
+        .args(["--relay-agent", "location=hub"])
+        .spawn()
+        .await?;
+    let ctl_a = TestController::builder(root.join("ctl-a"))
+        .region("a")
+        .federation_secret(&secret)
+        .peer(&ctl_b)
+        .spawn()
+        .await?;
     let stats_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port().to_string()
     };
-    let a1 = TestAgent::start_in(&ctl_a, "a", &root.join("out-a"), &root.join("st-a"))?;
-    let b1 = TestAgent::start_with(
-        &ctl_b,
-        "b",
-        &root.join("out-b"),
-        &root.join("st-b"),
-        &["--location", "dc1", "--serve-interval", "1"],
-    )?;
-    let r1 = TestAgent::start_with(
-        &ctl_b,
-        "b",
-        &root.join("out-r"),
-        &root.join("st-r"),
-        &[
-            "--relay",
-            "--location",
-            "hub",
-            "-s",
-            &stats_port,
-            "--serve-interval",
-            "1",
-        ],
-    )?;
+    let a1 = agent(&ctl_a, root.join("out-a"), root.join("st-a"))
+        .region("a")
+        .spawn()?;
+    let b1 = agent(&ctl_b, root.join("out-b"), root.join("st-b"))
+        .region("b")
+        .args(["--location", "dc1", "--serve-interval", "1"])
+        .spawn()?;
+    let r1 = agent(&ctl_b, root.join("out-r"), root.join("st-r"))
+        .region("b")
+        .args(["--relay", "--location", "hub", "-s", stats_port.as_str()])
+        .args(["--serve-interval", "1"])
+        .spawn()?;
     // The intruder: the join token and a --relay claim, but no place in B's policy. Its log is
     // kept to show it was told.
     let intruder_log = root.join("intruder.log");
-    let x1 = TestAgent::start_logged(
-        &ctl_b,
-        "b",
-        &root.join("out-x"),
-        &root.join("st-x"),
-        &["--relay", "--location", "edge"],
-        &intruder_log,
-    )?;
+    let x1 = agent(&ctl_b, root.join("out-x"), root.join("st-x"))
+        .region("b")
+        .args(["--relay", "--location", "edge"])
+        .log(&intruder_log)
+        .spawn()?;
     eventually("all four agents in A's directory", 30, || async {
         (ctl_a.agents().await.len() == 4).then_some(())
     })
@@ -1622,7 +1251,7 @@ async fn reqwest_lite(addr: &str, path: &str) -> Result<String> {
 #[tokio::test]
 async fn controller_health_reports_serving_over_tls_and_fails_when_down() -> Result<()> {
     let root = tmp_dir("e2e", "health");
-    let mut ctl = TestController::start(&root.join("ctl"), None, None).await?;
+    let mut ctl = TestController::builder(root.join("ctl")).spawn().await?;
     let health = |url: String, data: PathBuf| async move {
         Command::new(env!("CARGO_BIN_EXE_controller"))
             .args(["health", "--url", &url, "--timeout", "3", "--data-dir"])

@@ -23,9 +23,8 @@
 //! tests fail saying so (never skip). Namespaces and processes are removed when a test ends,
 //! also on failure, and namespaces left by a killed earlier run are removed at the start.
 
-#[allow(dead_code)] // this suite runs its processes in namespaces itself.
-mod common;
-use common::{eventually, tmp_dir};
+mod support;
+use support::{eventually, tmp_dir};
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -294,7 +293,7 @@ impl Mesh {
             "1".into(),
         ];
         let log = self.root.join(format!("agent-{role}.log"));
-        self.spawn(role, &common::agent_bin(), &args, &log)?;
+        self.spawn(role, &support::agent_bin(), &args, &log)?;
         Ok(state)
     }
 

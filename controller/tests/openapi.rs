@@ -10,18 +10,15 @@
 //!
 //! `scripts/test_api.sh` (stage `api-fuzz`) then runs schemathesis from the same document.
 
-#[allow(dead_code)]
-mod common;
+mod support;
+use support::TestController;
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 const DOC: &str = include_str!("../src/openapi.json");
 const ROUTER: &str = include_str!("../src/rest.rs");
@@ -93,46 +90,21 @@ fn every_route_is_documented_and_every_documented_operation_is_routed() {
 /// A live controller answers every documented operation with a documented status.
 #[tokio::test]
 async fn a_live_controller_answers_every_documented_operation_as_documented() -> Result<()> {
-    let data = common::tmp_dir("openapi", "live");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_controller"))
-        .args([
-            "serve",
-            "--region",
-            "oa",
-            "--listen",
-            "127.0.0.1:0",
-            "--rest-listen",
-            "127.0.0.1:0",
-            "--operator-credential",
-            CREDENTIAL,
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
+    let data = support::tmp_dir("openapi", "live");
+    let mut ctl = TestController::builder(&data)
+        .region("oa")
+        .args(["--operator-credential", CREDENTIAL])
+        .quiet()
+        .announce_within(Duration::from_secs(30))
         .spawn()
-        .context("spawn controller")?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let rest = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(l) = lines.next_line().await? {
-            if let Some(a) = l.strip_prefix("listening rest ") {
-                return Ok::<_, anyhow::Error>(a.trim().to_string());
-            }
-        }
-        Err(anyhow!(
-            "controller exited before announcing its REST address"
-        ))
-    })
-    .await
-    .context("controller did not announce its REST address")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .await?;
+    let rest = ctl.rest.clone();
 
     let call = |method: &str, path: &str, body: &str, auth: bool| {
         let (data, rest) = (data.clone(), rest.clone());
         let (method, path, body) = (method.to_string(), path.to_string(), body.to_string());
         async move {
-            let mut send = common::pinned_http1(&data, &rest).await?;
+            let mut send = support::pinned_http1(&data, &rest).await?;
             let mut req = http::Request::builder()
                 .method(method.as_str())
                 .uri(format!("https://{rest}{path}"))
@@ -234,8 +206,8 @@ async fn a_live_controller_answers_every_documented_operation_as_documented() ->
     // An undocumented path gets the documented error shape too.
     let (st, _, body) = call("GET", "/api/v1/nope", "", true).await?;
     assert_eq!(st, 404, "{}", String::from_utf8_lossy(&body));
-    child.start_kill()?;
-    child.wait().await?;
+    ctl.child.start_kill()?;
+    ctl.child.wait().await?;
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
 }

@@ -3,9 +3,8 @@
 //! credentials can be added and revoked, every state-changing call is audited, and a short
 //! federation secret is refused.
 
-#[allow(dead_code)] // helpers shared with the other suites; this one uses a few
-mod common;
-use common::tmp_dir;
+mod support;
+use support::tmp_dir;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -101,7 +100,7 @@ impl Ctl {
     }
 
     async fn status(&self, method: &str, path: &str, body: &str, cred: &str) -> Result<u16> {
-        let mut send = common::pinned_http1(&self.data, &self.rest).await?;
+        let mut send = support::pinned_http1(&self.data, &self.rest).await?;
         let req = http::Request::builder()
             .method(method)
             .uri(path)
@@ -165,7 +164,7 @@ async fn generated_secrets_go_to_a_private_file_and_are_printed_only_on_request(
         out.contains(&format!("secrets-file {}", path.display())),
         "{out}"
     );
-    let (token, cred) = common::read_secrets_file(&path)?;
+    let (token, cred) = support::read_secrets_file(&path)?;
     let (token, cred) = (token.context("token")?, cred.context("credential")?);
     let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -183,7 +182,7 @@ async fn generated_secrets_go_to_a_private_file_and_are_printed_only_on_request(
         ctl.output().contains("operator-credential ")
     })
     .await?;
-    let (_, cred_b) = common::read_secrets_file(&root.join("b/first-start-secrets"))?;
+    let (_, cred_b) = support::read_secrets_file(&root.join("b/first-start-secrets"))?;
     let out = ctl.stop().await?;
     assert!(out.contains(&format!("operator-credential {}", cred_b.context("cred")?)));
     let _ = std::fs::remove_dir_all(&root);

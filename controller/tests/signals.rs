@@ -3,8 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[allow(dead_code)]
-mod common;
+mod support;
 
 use std::path::Path;
 use std::process::Stdio;
@@ -14,7 +13,7 @@ use anyhow::{Context, Result};
 use tokio::process::{Child, Command};
 
 /// `controller serve --plaintext` on loopback, its log in `data.log`.
-async fn start(data: &Path) -> Result<(Child, common::Announced)> {
+async fn start(data: &Path) -> Result<(Child, support::Announced)> {
     let log = data.with_extension("log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_controller"))
         .args(["serve", "--region", "r1", "--plaintext", "--print-secrets"])
@@ -27,7 +26,7 @@ async fn start(data: &Path) -> Result<(Child, common::Announced)> {
         .kill_on_drop(true)
         .spawn()
         .context("spawn controller")?;
-    let a = common::read_announcement(&mut child, &log, &data.with_extension("secrets")).await?;
+    let a = support::read_announcement(&mut child, &log, &data.with_extension("secrets")).await?;
     Ok((child, a))
 }
 
@@ -43,7 +42,7 @@ fn sigterm(child: &Child) {
 /// Waits up to `secs` for `child` to exit; its exit code.
 async fn exit_code(child: &mut Child, secs: u64) -> Result<Option<i32>> {
     let st = tokio::time::timeout(
-        Duration::from_secs(secs) * common::wait_scale(),
+        Duration::from_secs(secs) * support::wait_scale(),
         child.wait(),
     )
     .await
@@ -53,7 +52,7 @@ async fn exit_code(child: &mut Child, secs: u64) -> Result<Option<i32>> {
 
 #[tokio::test]
 async fn first_sigterm_exits_0() -> Result<()> {
-    let dir = common::tmp_dir("signals", "first");
+    let dir = support::tmp_dir("signals", "first");
     let (mut child, _) = start(&dir.join("d")).await?;
     // At once after the announcement: the handlers are registered before it is printed.
     sigterm(&child);
@@ -70,7 +69,7 @@ async fn first_sigterm_exits_0() -> Result<()> {
 /// `controller matrix --watch` against `a`, once its first matrix has arrived; keep both (the
 /// reader too: a closed pipe would end the client, and with it the stream).
 async fn watching(
-    a: &common::Announced,
+    a: &support::Announced,
 ) -> Result<(Child, tokio::io::BufReader<tokio::process::ChildStdout>)> {
     let mut watch = Command::new(env!("CARGO_BIN_EXE_controller"))
         .args([
@@ -102,7 +101,7 @@ async fn watching(
 /// ends the process with 130.
 #[tokio::test]
 async fn second_sigterm_while_busy_exits_130() -> Result<()> {
-    let dir = common::tmp_dir("signals", "second");
+    let dir = support::tmp_dir("signals", "second");
     let (mut child, a) = start(&dir.join("d")).await?;
     let _watch = watching(&a).await?;
     sigterm(&child);
@@ -127,7 +126,7 @@ async fn second_sigterm_while_busy_exits_130() -> Result<()> {
 /// (5 s) and exits 0, instead of waiting for the client forever (on ECS: until SIGKILL).
 #[tokio::test]
 async fn an_open_watch_stream_holds_shutdown_no_longer_than_the_grace() -> Result<()> {
-    let dir = common::tmp_dir("signals", "grace");
+    let dir = support::tmp_dir("signals", "grace");
     let (mut child, a) = start(&dir.join("d")).await?;
     let _watch = watching(&a).await?;
     let t0 = tokio::time::Instant::now();

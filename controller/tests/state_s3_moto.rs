@@ -11,21 +11,16 @@
 //! agent's join token, which pins it, still works), the same job id and version, and the same
 //! agent id when the agent reconnects on its own.
 
-mod common;
-use common::{agent_bin, eventually, tmp_dir, wait_scale};
+mod support;
+use support::{ControllerBuilder, TestAgent, TestController, eventually, tmp_dir, wait_scale};
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
-use http_body_util::{BodyExt, Full};
+use anyhow::{Context, Result, bail};
 use meshlat_proto::pb;
 use prost::Message;
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::time::Instant;
+use tokio::process::Command;
 
 fn moto_url() -> String {
     match std::env::var("MESHLAT_TEST_MOTO_URL") {
@@ -81,134 +76,17 @@ async fn object(bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
     moto_admin(&["get", "--bucket", bucket, "--key", key]).await
 }
 
-struct Ctl {
-    child: Child,
-    data: PathBuf,
-    grpc: String,
-    rest: String,
-    ca_sha256: String,
-    token: Option<String>,
-    credential: Option<String>,
-}
-
-fn controller_cmd(data: &Path, grpc: &str, rest: &str, state: &[String]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_controller"));
-    c.args([
-        "serve",
-        "--region",
-        "r1",
-        "--listen",
-        grpc,
-        "--rest-listen",
-        rest,
-    ])
-    .args(state)
-    .arg("--data-dir")
-    .arg(data)
-    // moto accepts any credentials; keep the SDK off IMDS and real profiles.
-    .env("AWS_ACCESS_KEY_ID", "test")
-    .env("AWS_SECRET_ACCESS_KEY", "test")
-    .env("AWS_EC2_METADATA_DISABLED", "true")
-    .env_remove("AWS_PROFILE")
-    .env_remove("AWS_REGION")
-    .kill_on_drop(true);
-    c
-}
-
-impl Ctl {
-    /// Starts a controller and reads its announcements (token and credential only appear on
-    /// the start that created them).
-    async fn start(data: &Path, grpc: &str, rest: &str, state: &[String]) -> Result<Self> {
-        let mut child = controller_cmd(data, grpc, rest, state)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("spawn controller")?;
-        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let (mut g, mut r, mut ca, mut token, mut credential) = (None, None, None, None, None);
-        let deadline = Instant::now() + Duration::from_secs(30) * wait_scale();
-        // `ca-sha256` follows the listeners; the secrets (if any) follow it.
-        while ca.is_none() || (token.is_some() && credential.is_none()) {
-            let line = tokio::time::timeout_at(deadline, lines.next_line())
-                .await
-                .context("controller did not announce itself")??
-                .ok_or_else(|| anyhow!("controller exited early"))?;
-            let mut w = line.split_whitespace();
-            match (w.next(), w.next(), w.next()) {
-                (Some("listening"), Some("grpc"), Some(a)) => g = Some(a.to_string()),
-                (Some("listening"), Some("rest"), Some(a)) => r = Some(a.to_string()),
-                (Some("ca-sha256"), Some(h), _) => {
-                    ca = Some(h.to_string());
-                    // On a restart nothing more follows: stop waiting shortly.
-                    if let Ok(Ok(Some(next))) =
-                        tokio::time::timeout(Duration::from_millis(500), lines.next_line()).await
-                        && let Some(p) = next.strip_prefix("secrets-file ")
-                    {
-                        (token, credential) = common::read_secrets_file(Path::new(p.trim()))?;
-                    }
-                }
-                _ => {}
-            }
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Ctl {
-            child,
-            data: data.to_path_buf(),
-            grpc: g.context("grpc")?,
-            rest: r.context("rest")?,
-            ca_sha256: ca.context("ca")?,
-            token,
-            credential,
-        })
-    }
-
-    /// One REST call over TLS pinned to the controller's CA (read from its data directory).
-    async fn rest(&self, method: &str, path: &str, body: &str, cred: &str) -> Result<(u16, Value)> {
-        let mut send = common::pinned_http1(&self.data, &self.rest).await?;
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "127.0.0.1")
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {cred}"))
-            .body(Full::new(bytes::Bytes::from(body.to_string())))?;
-        let res = send.send_request(req).await?;
-        let status = res.status().as_u16();
-        let b = res.into_body().collect().await?.to_bytes();
-        Ok((status, serde_json::from_slice(&b).unwrap_or(Value::Null)))
-    }
-
-    async fn agents(&self, cred: &str) -> Vec<(String, bool)> {
-        match self.rest("GET", "/api/v1/agents", "", cred).await {
-            Ok((200, v)) => v["agents"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|x| {
-                    let id = x["id"].as_str().unwrap_or_default().to_string();
-                    (id, x["connected"].as_bool().unwrap_or(false))
-                })
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-}
-
-fn start_agent(grpc: &str, token: &str, out: &Path, state: &Path) -> Result<Child> {
-    Command::new(agent_bin())
-        .args(["--controller", &format!("https://{grpc}"), "--token", token])
-        .args(["--region", "r1", "--listen", "127.0.0.1"])
-        .args(["--udp-port", "0", "--tcp-port", "0", "--quic-port", "off"])
-        .args(["--http-port", "off", "--https-port", "off"])
-        .arg("--out")
-        .arg(out)
-        .arg("--state-dir")
-        .arg(state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawn agent")
+/// A controller of region `r1` over `data` with `args`, announcing itself within 30 s (scaled);
+/// moto accepts any credentials, so the SDK is kept off IMDS and real profiles.
+fn moto_ctl(data: impl Into<PathBuf>, args: &[String]) -> ControllerBuilder {
+    TestController::builder(data)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_REGION")
+        .announce_within(Duration::from_secs(30) * wait_scale())
 }
 
 const JOB: &str = r#"{"name":"s3","protocols":["tcp"],"sources":["region=r1"],
@@ -236,7 +114,7 @@ async fn a_controller_on_an_empty_disk_comes_back_from_s3_with_its_ca_jobs_and_a
     let root = tmp_dir("s3", "restart");
 
     // Controller A: empty data directory, first start.
-    let mut a = Ctl::start(&root.join("ctl-a"), "127.0.0.1:0", "127.0.0.1:0", &state).await?;
+    let mut a = moto_ctl(root.join("ctl-a"), &state).spawn().await?;
     let token = a
         .token
         .clone()
@@ -250,20 +128,22 @@ async fn a_controller_on_an_empty_disk_comes_back_from_s3_with_its_ca_jobs_and_a
         "{token} pins {}",
         a.ca_sha256
     );
-    let (st, job) = a.rest("POST", "/api/v1/jobs", JOB, &cred).await?;
+    let (st, job) = a.rest("POST", "/api/v1/jobs", JOB, Some(&cred)).await?;
     assert_eq!(st, 201, "{job}");
     let job_id = job["id"].as_str().context("job id")?.to_string();
     let (st, job) = a
-        .rest("PUT", &format!("/api/v1/jobs/{job_id}"), JOB, &cred)
+        .rest("PUT", &format!("/api/v1/jobs/{job_id}"), JOB, Some(&cred))
         .await?;
     assert_eq!((st, job["version"].as_u64()), (200, Some(2)), "{job}");
 
     let agent_state = root.join("agent-state");
-    let mut agent = start_agent(&a.grpc, &token, &root.join("out"), &agent_state)?;
+    let mut agent = TestAgent::builder(&a, root.join("out"), &agent_state)
+        .token(&token)
+        .spawn()?;
     let agent_id = eventually("the agent connected to A", 30, || async {
         let id = std::fs::read_to_string(agent_state.join("agent-id")).ok()?;
         let id = id.trim().to_string();
-        a.agents(&cred)
+        a.agents_as(Some(&cred))
             .await
             .iter()
             .any(|(x, c)| *x == id && *c)
@@ -296,7 +176,10 @@ async fn a_controller_on_an_empty_disk_comes_back_from_s3_with_its_ca_jobs_and_a
 
     // Controller B: a fresh, empty data directory, the same bucket and prefix and addresses.
     let b_dir = root.join("ctl-b");
-    let b = Ctl::start(&b_dir, &a.grpc, &a.rest, &state).await?;
+    let b = moto_ctl(&b_dir, &state)
+        .listen(&a.grpc, &a.rest)
+        .spawn()
+        .await?;
     assert_eq!(
         b.ca_sha256, a.ca_sha256,
         "same CA after a restart on an empty disk"
@@ -312,7 +195,7 @@ async fn a_controller_on_an_empty_disk_comes_back_from_s3_with_its_ca_jobs_and_a
         std::fs::read(root.join("ctl-a/grant.key"))?
     );
     let (st, job) = b
-        .rest("GET", &format!("/api/v1/jobs/{job_id}"), "", &cred)
+        .rest("GET", &format!("/api/v1/jobs/{job_id}"), "", Some(&cred))
         .await?;
     assert_eq!(st, 200, "the operator credential still works: {job}");
     assert_eq!(
@@ -321,11 +204,14 @@ async fn a_controller_on_an_empty_disk_comes_back_from_s3_with_its_ca_jobs_and_a
     );
     // The agent reconnects by itself with its old token (pinning the same CA), as the same id.
     eventually("the agent reconnected to B with its id", 60, || async {
-        let ag = b.agents(&cred).await;
+        let ag = b.agents_as(Some(&cred)).await;
         (ag.len() == 1 && ag[0] == (agent_id.clone(), true)).then_some(())
     })
     .await?;
-    assert!(matches!(agent.try_wait(), Ok(None)), "agent still running");
+    assert!(
+        matches!(agent.child.try_wait(), Ok(None)),
+        "agent still running"
+    );
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
@@ -360,7 +246,7 @@ async fn an_unreachable_or_missing_bucket_fails_the_start_naming_the_flag() -> R
         .collect();
         let out = tokio::time::timeout(
             Duration::from_secs(60),
-            controller_cmd(&data, "127.0.0.1:0", "127.0.0.1:0", &args).output(),
+            moto_ctl(&data, &args).command().output(),
         )
         .await
         .context("controller did not give up")??;
@@ -437,7 +323,7 @@ async fn the_controller_publishes_its_join_token_and_ca_certificate_once() -> Re
         .collect()
     };
     let data = tmp_dir("publish", "ctl");
-    let mut ctl = Ctl::start(&data, "127.0.0.1:0", "127.0.0.1:0", &args(join1)).await?;
+    let mut ctl = moto_ctl(&data, &args(join1)).spawn().await?;
     let token = get(&token_arn).await?.context("no token written")?;
     assert_eq!(token, format!("mlt1.{}.{join1}", ctl.ca_sha256));
     let ca = get(&ca_arn).await?.context("no CA certificate written")?;
@@ -453,16 +339,18 @@ async fn the_controller_publishes_its_join_token_and_ca_certificate_once() -> Re
         .credential
         .clone()
         .context("generated operator credential")?;
-    let mut agent = start_agent(&ctl.grpc, &token, &out, &state)?;
+    let mut agent = TestAgent::builder(&ctl, &out, &state)
+        .token(&token)
+        .spawn()?;
     eventually("the agent joins with the published token", 30, || async {
-        ctl.agents(&cred)
+        ctl.agents_as(Some(&cred))
             .await
             .iter()
             .any(|(_, connected)| *connected)
             .then_some(())
     })
     .await?;
-    agent.kill().await?;
+    agent.child.kill().await?;
     println!(
         "versions after first start: token {}, ca {}",
         versions(&token_arn).await?,
@@ -475,7 +363,7 @@ async fn the_controller_publishes_its_join_token_and_ca_certificate_once() -> Re
 
     // Same CA and join secret: nothing new.
     ctl.child.kill().await?;
-    let mut ctl = Ctl::start(&data, "127.0.0.1:0", "127.0.0.1:0", &args(join1)).await?;
+    let mut ctl = moto_ctl(&data, &args(join1)).spawn().await?;
     assert_eq!(
         (versions(&token_arn).await?, versions(&ca_arn).await?),
         (1, 1),
@@ -484,7 +372,7 @@ async fn the_controller_publishes_its_join_token_and_ca_certificate_once() -> Re
     // A rotated join secret: the new token, the same CA certificate.
     ctl.child.kill().await?;
     let join2 = "fedcba9876543210fedcba9876543210fe";
-    let mut ctl = Ctl::start(&data, "127.0.0.1:0", "127.0.0.1:0", &args(join2)).await?;
+    let mut ctl = moto_ctl(&data, &args(join2)).spawn().await?;
     assert_eq!(
         get(&token_arn).await?,
         Some(format!("mlt1.{}.{join2}", ctl.ca_sha256))
@@ -501,13 +389,7 @@ async fn the_controller_publishes_its_join_token_and_ca_certificate_once() -> Re
     bad[3] = missing;
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        controller_cmd(
-            &tmp_dir("publish", "bad"),
-            "127.0.0.1:0",
-            "127.0.0.1:0",
-            &bad,
-        )
-        .output(),
+        moto_ctl(tmp_dir("publish", "bad"), &bad).command().output(),
     )
     .await
     .context("controller did not give up")??;

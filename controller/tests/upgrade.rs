@@ -6,18 +6,17 @@
 //! release; add a fixture directory per release. A downgrade — state files of a newer format —
 //! is refused naming the file and its format.
 
-#[allow(dead_code)]
-mod common;
+mod support;
+use support::TestController;
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
 use meshlat_proto::pb;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state-0.1.0");
@@ -45,7 +44,7 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 async fn starts_on_the_previous_releases_state_and_keeps_ca_credential_jobs_and_agents()
 -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let root = common::tmp_dir("upgrade", "0.1.0");
+    let root = support::tmp_dir("upgrade", "0.1.0");
     let data = root.join("controller");
     copy_dir(&Path::new(FIXTURE).join("controller"), &data)?;
     // git keeps no modes beyond the executable bit: restore what 0.1.0 wrote.
@@ -77,52 +76,21 @@ async fn starts_on_the_previous_releases_state_and_keeps_ca_credential_jobs_and_
     }
     // Started as 0.1.0 was, with the same seeds (a deployment's configuration does not change
     // with the upgrade).
-    let mut child = Command::new(env!("CARGO_BIN_EXE_controller"))
+    let mut ctl = TestController::builder(&data)
+        .region("fx-1")
         .args([
-            "serve",
-            "--region",
-            "fx-1",
-            "--listen",
-            "127.0.0.1:0",
-            "--rest-listen",
-            "127.0.0.1:0",
             "--join-secret",
             JOIN_SECRET,
             "--operator-credential",
             CREDENTIAL,
-            "--agent-expiry",
-            "31622400",
         ])
-        .arg("--data-dir")
-        .arg(&data)
+        .args(["--agent-expiry", "31622400"])
         .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(
-            root.join("controller.log"),
-        )?))
-        .kill_on_drop(true)
+        .log(root.join("controller.log"))
+        .announce_within(Duration::from_secs(30))
         .spawn()
-        .context("spawn controller")?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let (mut rest, mut ca) = (None, None);
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while rest.is_none() || ca.is_none() {
-            let l = lines
-                .next_line()
-                .await?
-                .ok_or_else(|| anyhow!("controller exited at start; see {}", root.display()))?;
-            if let Some(a) = l.strip_prefix("listening rest ") {
-                rest = Some(a.trim().to_string());
-            } else if let Some(h) = l.strip_prefix("ca-sha256 ") {
-                ca = Some(h.trim().to_string());
-            }
-        }
-        Ok::<_, anyhow::Error>(())
-    })
-    .await
-    .context("controller did not announce itself")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let rest = rest.context("rest")?;
+        .await?;
+    let (rest, ca) = (ctl.rest.clone(), Some(ctl.ca_sha256.clone()));
     assert_eq!(
         ca.as_deref(),
         Some(CA_SHA256),
@@ -132,7 +100,7 @@ async fn starts_on_the_previous_releases_state_and_keeps_ca_credential_jobs_and_
     let get = |path: &str| {
         let (data, rest, path) = (data.clone(), rest.clone(), path.to_string());
         async move {
-            let mut send = common::pinned_http1(&data, &rest).await?;
+            let mut send = support::pinned_http1(&data, &rest).await?;
             let req = http::Request::builder()
                 .uri(format!("https://{rest}{path}"))
                 .header("host", rest.as_str())
@@ -194,8 +162,8 @@ async fn starts_on_the_previous_releases_state_and_keeps_ca_credential_jobs_and_
         .filter(|l| l.contains("State file migrated.") && l.contains("from_format=0"))
         .count();
     assert_eq!(migrated, 3, "jobs.pb, agents.pb, credentials.json:\n{log}");
-    child.start_kill()?;
-    child.wait().await?;
+    ctl.child.start_kill()?;
+    ctl.child.wait().await?;
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
@@ -223,7 +191,7 @@ async fn refused_start(data: &Path) -> Result<String> {
 #[tokio::test]
 async fn a_state_file_of_a_newer_format_is_refused_naming_it() -> Result<()> {
     let newer = meshlat_proto::state_file::FORMAT + 1;
-    let root = common::tmp_dir("upgrade", "downgrade");
+    let root = support::tmp_dir("upgrade", "downgrade");
     let data = root.join("controller");
     copy_dir(&Path::new(FIXTURE).join("controller"), &data)?;
     // jobs.pb as a newer build would write it.

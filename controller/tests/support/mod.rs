@@ -1,4 +1,14 @@
-//! Helpers shared by the controller's process-level tests (`mesh_e2e`, `state_s3_moto`).
+//! The controller's test harness, shared by its process-level tests: [`TestController`] and
+//! [`TestAgent`] (builders for a controller and an agent as separate processes, killed on drop),
+//! [`eventually`] (the one wait, scaled by `MESHLAT_TEST_WAIT_SCALE`), and small helpers (temp
+//! directories, a TLS client pinned to a controller's CA, its secrets file).
+
+// Each test file compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+mod process;
+#[allow(unused_imports)] // likewise
+pub use process::{AgentBuilder, ControllerBuilder, TestAgent, TestController};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,7 +105,6 @@ pub fn read_secrets_file(path: &Path) -> Result<(Option<String>, Option<String>)
 }
 
 /// What a controller started with `--print-secrets` announces on stdout.
-#[allow(dead_code)] // used by the suites that start controllers this way (attacks, identity)
 pub struct Announced {
     pub grpc: String,
     pub rest: String,
@@ -106,7 +115,6 @@ pub struct Announced {
 /// Reads `listening grpc|rest ADDR`, `join-token T` and `operator-credential C` from a
 /// controller's stdout, then keeps draining it. Secrets are printed on the first start only, so
 /// they are saved in `saved` and reused on a restart over the same data directory.
-#[allow(dead_code)] // used by the suites that start controllers this way (attacks, identity)
 pub async fn read_announcement(
     child: &mut tokio::process::Child,
     log: &Path,
