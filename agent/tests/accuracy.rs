@@ -42,16 +42,7 @@ fn emu_log(path: &std::path::Path, route: u64, dir: &str) -> (Vec<f64>, u64) {
 
 #[test]
 fn udp_rtt_rise_matches_injected_delay_and_loss_matches_drops() {
-    let srv = serve(&[
-        "--tcp-port",
-        "off",
-        "--quic-port",
-        "off",
-        "--http-port",
-        "off",
-        "--https-port",
-        "off",
-    ]);
+    let srv = serve_only(&[Proto::Udp], &[]);
     let refl = srv.udp.unwrap();
     let dir = tmpdir("accuracy-udp");
     let log = dir.join("emu.ndjson");
@@ -341,20 +332,10 @@ fn median_of(
 
 #[test]
 fn relay_legs_follow_delay_injected_in_front_of_the_relay() {
-    let off = [
-        "--tcp-port",
-        "off",
-        "--quic-port",
-        "off",
-        "--http-port",
-        "off",
-        "--https-port",
-        "off",
-    ];
     // A relay trusts grants only from a shared, non-default key.
     let key = ["--key", "accuracy-relay-key"];
-    let b = serve(&[&off[..], &key[..]].concat());
-    let r = serve(&[&off[..], &key[..], &["--relay"]].concat());
+    let b = serve_only(&[Proto::Udp], &key);
+    let r = serve_only(&[Proto::Udp], &[&key[..], &["--relay"]].concat());
     let (b_udp, r_udp) = (b.udp.unwrap(), r.udp.unwrap());
     let dir = tmpdir("accuracy-relay");
     let log = dir.join("emu.ndjson");

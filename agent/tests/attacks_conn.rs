@@ -14,6 +14,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
+mod support;
+use support::Proto;
+
 const HONEST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
@@ -33,23 +36,9 @@ impl Drop for Agent {
 /// `agent serve` with only the HTTP responder and the stats server, and `extra` flags.
 async fn start(extra: &[&str]) -> Result<Agent> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1",
-            "--udp-port",
-            "off",
-            "--tcp-port",
-            "off",
-            "--quic-port",
-            "off",
-            "--https-port",
-            "off",
-            "--http-port",
-            "0",
-            "-s",
-            "0",
-        ])
+        .args(["serve", "--listen", "127.0.0.1"])
+        .args(support::responders_off_except(&[Proto::Http]))
+        .args(["--http-port", "0", "-s", "0"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -110,16 +110,7 @@ fn failures_are_records_with_error_kinds_and_exit_1() {
 
 #[test]
 fn perftest_env_and_table_output() {
-    let srv = serve(&[
-        "--udp-port",
-        "off",
-        "--quic-port",
-        "off",
-        "--https-port",
-        "off",
-        "--tcp-port",
-        "off",
-    ]);
+    let srv = serve_only(&[Proto::Http], &[]);
     let url = format!("http://{}/bytes/1234", srv.http.unwrap());
     let out = std::process::Command::new(agent_bin())
         .args(["probe", "-n", "3", "-d", "0.1"])
@@ -168,18 +159,7 @@ fn perftest_env_and_table_output() {
 
 #[test]
 fn out_dir_gets_hive_layout_records_and_stats_endpoint_works() {
-    let srv = serve(&[
-        "--udp-port",
-        "off",
-        "--quic-port",
-        "off",
-        "--https-port",
-        "off",
-        "--http-port",
-        "off",
-        "-s",
-        "0",
-    ]);
+    let srv = serve_only(&[Proto::Tcp], &["-s", "0"]);
     let stats = srv.stats.unwrap();
     let health = http_get(stats, "/health");
     assert!(
@@ -283,20 +263,15 @@ fn https_with_private_ca_via_flag_and_clear_tls_failure_without() {
     std::fs::write(&ca_pem, ca.pem()).unwrap();
     std::fs::write(&cert_pem, leaf.pem()).unwrap();
     std::fs::write(&key_pem, leaf_key.serialize_pem()).unwrap();
-    let srv = serve(&[
-        "--udp-port",
-        "off",
-        "--tcp-port",
-        "off",
-        "--quic-port",
-        "off",
-        "--http-port",
-        "off",
-        "--tls-cert",
-        cert_pem.to_str().unwrap(),
-        "--tls-key",
-        key_pem.to_str().unwrap(),
-    ]);
+    let srv = serve_only(
+        &[Proto::Https],
+        &[
+            "--tls-cert",
+            cert_pem.to_str().unwrap(),
+            "--tls-key",
+            key_pem.to_str().unwrap(),
+        ],
+    );
     let url = format!("https://localhost:{}/ping", srv.https.unwrap().port());
     let (out, recs) = probe_json(&[
         "-n",

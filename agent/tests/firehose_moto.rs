@@ -28,6 +28,9 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+mod support;
+use support::Proto;
+
 fn moto_url() -> String {
     match std::env::var("MESHLAT_TEST_MOTO_URL") {
         Ok(u) if !u.is_empty() => u,
@@ -101,21 +104,9 @@ impl Responder {
     fn start_on(listen: &str) -> Result<Self> {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
-            .args([
-                "serve",
-                "--listen",
-                listen,
-                "--udp-port",
-                "off",
-                "--tcp-port",
-                "0",
-                "--quic-port",
-                "off",
-                "--http-port",
-                "off",
-                "--https-port",
-                "off",
-            ])
+            .args(["serve", "--listen", listen])
+            .args(support::responders_off_except(&[Proto::Tcp]))
+            .args(["--tcp-port", "0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

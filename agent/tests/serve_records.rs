@@ -18,7 +18,7 @@ use meshlat_agent::probe::Key;
 use meshlat_agent::udp::grant::{GrantSigner, unix_now};
 use meshlat_agent::udp::wire::{self, GRANT_BYTES, Header, MessageType, WireKey};
 use meshlat_proto::record::{Kind, Record};
-use support::{probe_json, serve, tmpdir};
+use support::{eventually, probe_json, serve, tmpdir};
 
 const KEY: &str = "serve-records-test-key";
 
@@ -67,22 +67,6 @@ fn sync_with(server: SocketAddr) {
         .unwrap();
     s.recv_from(&mut [0u8; 2048])
         .expect("the server answers a valid request");
-}
-
-/// Polls `f` until it returns something (at most 200 tries; `MESHLAT_TEST_WAIT_MS` between tries,
-/// default 50).
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let step = std::env::var("MESHLAT_TEST_WAIT_MS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50u64);
-    for _ in 0..200 {
-        if let Some(v) = f() {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(step));
-    }
-    f().unwrap_or_else(|| panic!("timed out waiting for: {what}"))
 }
 
 fn relay_forward(key: &WireKey, seq: u32, grant: [u8; GRANT_BYTES], len: usize) -> Vec<u8> {
@@ -282,7 +266,7 @@ fn serve_records_are_flushed_every_interval() {
     };
     ask(10);
     // A record arrives while the server runs (interval 0.5 s, file flush 0.2 s).
-    let early = eventually("a periodic serve record", || {
+    let early = eventually("a periodic serve record", Duration::from_secs(10), || {
         let r = read_records(&dir);
         (!r.is_empty()).then_some(r)
     });

@@ -17,6 +17,9 @@ use meshlat_agent::udp::wire::{
 use meshlat_proto::record::ErrorKind;
 use tokio_util::sync::CancellationToken;
 
+mod support;
+use support::eventually_async;
+
 /// A reflector on 127.0.0.1:0, stopped when dropped.
 struct TestReflector {
     addr: SocketAddr,
@@ -92,20 +95,8 @@ fn answered_metric() -> u64 {
         .get()
 }
 
-/// Waits (bounded) until `f` holds; the wait between tries is tunable for slow machines.
-async fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let step = std::env::var("MESHLAT_TEST_WAIT_MS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20u64);
-    for _ in 0..250 {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(step)).await;
-    }
-    f()
-}
+/// How long a reflector's counters may take to catch up (scaled by `MESHLAT_TEST_WAIT_SCALE`).
+const CATCH_UP: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_probe_gets_every_sample_from_reflector() {
@@ -142,7 +133,7 @@ async fn udp_probe_gets_every_sample_from_reflector() {
     );
     assert!(t.jitter_ms.is_some());
     // Counted once the reply's send call returns: possibly just after the prober got it.
-    assert!(eventually(|| r.stats.answered() == 20).await);
+    assert!(eventually_async(CATCH_UP, || r.stats.answered() == 20).await);
     // Process-wide Prometheus counter (other tests may add to it concurrently).
     assert!(answered_metric() >= answered_before + 20);
     r.shutdown().await;
@@ -180,7 +171,7 @@ async fn udp_wrong_key_gets_no_reply_and_counts_auth() {
     }
     let t = m.data.train.expect("train stats");
     assert_eq!((t.sent, t.samples), (3, 0));
-    assert!(eventually(|| r.stats.dropped(DropReason::Auth) == 3).await);
+    assert!(eventually_async(CATCH_UP, || r.stats.dropped(DropReason::Auth) == 3).await);
     assert_eq!(r.stats.answered(), 0);
     r.shutdown().await;
 }
@@ -249,7 +240,7 @@ async fn udp_junk_is_dropped_while_real_probe_succeeds() {
     );
     assert!(sent_junk > 0);
     let s = &r.stats;
-    assert!(eventually(|| s.dropped(DropReason::Auth) > 0).await);
+    assert!(eventually_async(CATCH_UP, || s.dropped(DropReason::Auth) > 0).await);
     for reason in [
         DropReason::Malformed,
         DropReason::Oversize,
@@ -259,7 +250,7 @@ async fn udp_junk_is_dropped_while_real_probe_succeeds() {
         assert!(s.dropped(reason) > 0, "{reason:?} not counted");
     }
     assert!(
-        eventually(|| s.answered() == 30).await,
+        eventually_async(CATCH_UP, || s.answered() == 30).await,
         "only the real probe was answered: {}",
         s.answered()
     );
@@ -334,7 +325,7 @@ async fn udp_reflector_answers_from_the_address_it_was_asked_on() {
     ]
     .map(IpAddr::V4);
     probe_each(&r, &ips).await;
-    assert!(eventually(|| r.stats.answered() == 15).await);
+    assert!(eventually_async(CATCH_UP, || r.stats.answered() == 15).await);
 
     // The source address seen by an unconnected socket, too.
     let key = WireKey::new(&Key::from_secret("k"));
@@ -373,7 +364,7 @@ async fn udp_reflector_answers_from_the_address_it_was_asked_on_v6() {
     probe_each(&r, &ips).await;
     // Counted after the send returns, so possibly just after the prober has its reply.
     let want = 5 * ips.len() as u64;
-    assert!(eventually(|| r.stats.answered() == want).await);
+    assert!(eventually_async(CATCH_UP, || r.stats.answered() == want).await);
     r.shutdown().await;
 }
 
@@ -441,8 +432,12 @@ async fn burst_round_trip(bind: &str, dest: IpAddr) {
         }
     }
     assert!(seen.iter().all(|s| *s));
-    assert!(eventually(|| r.stats.dropped(DropReason::Malformed) == u64::from(N / 10)).await);
-    assert!(eventually(|| r.stats.answered() == u64::from(N)).await);
+    assert!(
+        eventually_async(CATCH_UP, || r.stats.dropped(DropReason::Malformed)
+            == u64::from(N / 10))
+        .await
+    );
+    assert!(eventually_async(CATCH_UP, || r.stats.answered() == u64::from(N)).await);
     r.shutdown().await;
 }
 
@@ -479,7 +474,7 @@ async fn udp_reflector_stops_promptly_while_busy() {
             }
         })
     };
-    assert!(eventually(|| r.stats.dropped(DropReason::Malformed) > 5).await);
+    assert!(eventually_async(CATCH_UP, || r.stats.dropped(DropReason::Malformed) > 5).await);
     let start = tokio::time::Instant::now();
     r.shutdown().await;
     let took = start.elapsed();

@@ -94,6 +94,100 @@ pub struct Server {
     pub stats: Option<SocketAddr>,
 }
 
+/// A responder of `agent serve`, by its port flag.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Proto {
+    Udp,
+    Tcp,
+    Quic,
+    Http,
+    Https,
+}
+
+impl Proto {
+    pub const ALL: [Proto; 5] = [
+        Proto::Udp,
+        Proto::Tcp,
+        Proto::Quic,
+        Proto::Http,
+        Proto::Https,
+    ];
+
+    /// Its port flag, e.g. `--udp-port`.
+    pub fn port_flag(self) -> &'static str {
+        match self {
+            Proto::Udp => "--udp-port",
+            Proto::Tcp => "--tcp-port",
+            Proto::Quic => "--quic-port",
+            Proto::Http => "--http-port",
+            Proto::Https => "--https-port",
+        }
+    }
+}
+
+/// The flags that turn every responder off except `keep` (`--tcp-port off --quic-port off …`):
+/// the one place that lists them, for every test that serves only some protocols.
+pub fn responders_off_except(keep: &[Proto]) -> Vec<&'static str> {
+    Proto::ALL
+        .into_iter()
+        .filter(|p| !keep.contains(p))
+        .flat_map(|p| [p.port_flag(), "off"])
+        .collect()
+}
+
+/// [`serve`] with only the `keep` responders on (port 0), and `extra` flags.
+pub fn serve_only(keep: &[Proto], extra: &[&str]) -> Server {
+    serve(&[&responders_off_except(keep)[..], extra].concat())
+}
+
+/// `MESHLAT_TEST_WAIT_SCALE` (default 1): multiplies every bounded wait, for slow machines
+/// (the same variable as the controller's tests).
+pub fn wait_scale() -> u32 {
+    std::env::var("MESHLAT_TEST_WAIT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Between two tries of [`eventually`] / [`eventually_async`] (not scaled: only the budget is).
+const POLL_STEP: Duration = Duration::from_millis(20);
+
+/// How many tries of `POLL_STEP` fit in `budget` scaled by [`wait_scale`] (counted, not timed:
+/// no wall clock in tests).
+fn tries(budget: Duration) -> u128 {
+    (budget * wait_scale()).as_millis() / POLL_STEP.as_millis()
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, for about `budget` (scaled by
+/// [`wait_scale`]); then panics naming `what`.
+pub fn eventually<T>(what: &str, budget: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..tries(budget) {
+        if let Some(v) = f() {
+            return v;
+        }
+        std::thread::sleep(POLL_STEP);
+    }
+    f().unwrap_or_else(|| {
+        panic!(
+            "timed out after {budget:?} (x{}) waiting for: {what}",
+            wait_scale()
+        )
+    })
+}
+
+/// [`eventually`] for async tests, with a condition: sleeps on the runtime instead of blocking a
+/// worker, and returns whether `f` held within about `budget` (scaled), for the caller to assert
+/// with its own message.
+pub async fn eventually_async(budget: Duration, mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..tries(budget) {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(POLL_STEP).await;
+    }
+    f()
+}
+
 /// Starts `agent serve --listen 127.0.0.1` with every port 0 unless `extra` says otherwise.
 pub fn serve(extra: &[&str]) -> Server {
     let mut args = vec!["serve", "--listen", "127.0.0.1"];
