@@ -37,9 +37,9 @@ setup() {
   (( ${#missing[@]} )) || return 0
   echo "images: installing ${missing[*]}" >&2
   local sudo=""; [[ $(id -u) -ne 0 ]] && sudo=sudo
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || { DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq && \
-         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o Acquire::Retries=3 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || { DEBIAN_FRONTEND=noninteractive $sudo apt-get -o Acquire::Retries=3 update -qq && \
+         DEBIAN_FRONTEND=noninteractive $sudo apt-get -o Acquire::Retries=3 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
 }
 
 make_base() {  # NAME ROOTFS_DIR

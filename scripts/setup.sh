@@ -43,8 +43,8 @@ if (( ${#missing_apt[@]} )); then
   SUDO=""
   [[ $(id -u) -ne 0 ]] && SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
+  $SUDO apt-get -o Acquire::Retries=3 update -qq
+  $SUDO apt-get -o Acquire::Retries=3 install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
 fi
 if (( ${#missing_rust[@]} )); then
   echo "setup: installing Rust components: ${missing_rust[*]}"

@@ -39,7 +39,7 @@ while (( $# )); do
   esac
 done
 [[ $(id -u) == 0 ]] || fail "needs root (network namespaces, nftables, rootful podman)"
-command -v nft >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null \
+command -v nft >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Retries=3 install -y -qq nftables >/dev/null \
   || fail "nftables missing (apt-get install nftables)"
 scripts/images.sh setup || exit 1
 py=$(scripts/moto.sh python) || fail "no .venv-moto (scripts/moto.sh python)"

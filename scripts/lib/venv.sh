@@ -22,6 +22,16 @@ if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; t
   echo "$venv"
   exit 0
 fi
+# One installer at a time per venv (two stages' scripts, or a query and a test, may ask for it at
+# once): the others wait here, then find the stamp written.
+if command -v flock >/dev/null; then
+  exec 9> "$root/.venv-$name.lock"
+  flock 9
+  if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    echo "$venv"
+    exit 0
+  fi
+fi
 command -v python3 >/dev/null || {
   echo "venv.sh: python3 not found (install: apt-get install python3 python3-venv)" >&2; exit 1; }
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -30,7 +40,14 @@ if [[ ! -x "$venv/bin/python" ]]; then
     echo "venv.sh: python3 -m venv failed (install: apt-get install python3-venv)" >&2; exit 1; }
 fi
 echo "venv.sh: installing into .venv-$name: $*" >&2
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@" >&2 || {
-  echo "venv.sh: pip install failed (retry: $venv/bin/python -m pip install $*)" >&2; exit 1; }
+# A registry that does not answer for a moment is not a failure of the project: three tries, 5 s
+# and 15 s apart, each printing pip's own error.
+for try in 1 2 3; do
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --retries 5 --timeout 30 "$@" >&2 && break
+  (( try < 3 )) || {
+    echo "venv.sh: pip install failed 3 times (retry: $venv/bin/python -m pip install $*)" >&2; exit 1; }
+  echo "venv.sh: pip install failed (try $try of 3); trying again in $((try * try * 5)) s" >&2
+  sleep $((try * try * 5))
+done
 printf '%s\n' "$want" > "$stamp"
 echo "$venv"
