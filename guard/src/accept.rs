@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::io::Guarded;
-use crate::limits::{Closed, ConnLimits, Slot, Tracker};
+use crate::limits::{Closed, ConnLimits, Refused, Slot, Tracker};
 
 /// Pause after a failed `accept` (out of file descriptors, say) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -54,6 +54,15 @@ impl GuardedListener {
     /// The next admitted connection. Refused ones are closed here; accept errors (`EMFILE`)
     /// are logged and retried after a short pause. Cancel-safe.
     pub async fn accept(&self) -> (TcpStream, SocketAddr, Slot) {
+        self.accept_or_refuse(|_, _| {}).await
+    }
+
+    /// [`Self::accept`], telling `refused` of every connection closed over a cap (its peer
+    /// and which cap), e.g. to count it per source.
+    pub async fn accept_or_refuse(
+        &self,
+        mut refused: impl FnMut(SocketAddr, Refused),
+    ) -> (TcpStream, SocketAddr, Slot) {
         loop {
             match self.listener.accept().await {
                 Ok((stream, peer)) => match self.tracker.admit(peer) {
@@ -63,7 +72,10 @@ impl GuardedListener {
                     }
                     // Closed at once: dropping the stream. A linger of 0 would send RST;
                     // a plain close is enough and kinder to honest clients over the cap.
-                    Err(_) => drop(stream),
+                    Err(r) => {
+                        drop(stream);
+                        refused(peer, r);
+                    }
                 },
                 Err(error) => {
                     tracing::warn!(message = "Accept failed.", listener = self.tracker.name(), %error);

@@ -46,7 +46,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use meshlat_guard::{ConnLimits, Guarded, Refused, Slot, Tracker};
+use meshlat_guard::{ConnLimits, Guarded, GuardedListener, Refused, Slot, Tracker};
 use meshlat_proto::record::Protocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -68,14 +68,10 @@ const CHUNK: usize = 64 * 1024;
 /// The bytes `/bytes/N` serves from; shared, never copied.
 static ZEROS: [u8; CHUNK] = [0; CHUNK];
 
-/// Pause after a failed `accept` (say, out of file descriptors) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
 /// The HTTP or HTTPS responder.
 pub struct HttpResponder {
-    listener: TcpListener,
-    /// Admits connections within the caps.
-    tracker: Arc<Tracker>,
+    /// Admits connections within the caps (closing the others at once).
+    listener: GuardedListener,
     /// `Some` for HTTPS.
     tls: Option<TlsAcceptor>,
     /// `http` or `https`: the metrics label.
@@ -126,8 +122,7 @@ impl HttpResponder {
         let protocol = if tls.is_some() { "https" } else { "http" };
         let tracker = Tracker::with_hook(protocol, limits, Some(super::count_conn_event));
         Ok(HttpResponder {
-            listener: TcpListener::bind(addr).await?,
-            tracker,
+            listener: GuardedListener::with_tracker(TcpListener::bind(addr).await?, tracker),
             tls,
             protocol,
             tally: None,
@@ -148,34 +143,20 @@ impl HttpResponder {
         }
     }
 
-    /// The next admitted connection. Over-cap ones are closed here (a plain close, kinder to
-    /// honest clients than a reset) and counted; accept errors are logged and retried after
-    /// [`ACCEPT_BACKOFF`]. Cancel-safe.
+    /// The next admitted connection. Over-cap ones are closed by the [`GuardedListener`] and
+    /// counted per source here; accept errors are logged and retried there. Cancel-safe.
     async fn accept(&self) -> (TcpStream, SocketAddr, Slot) {
-        loop {
-            match self.listener.accept().await {
-                Ok((stream, peer)) => match self.tracker.admit(peer) {
-                    Ok(slot) => {
-                        let _ = stream.set_nodelay(true);
-                        return (stream, peer, slot);
-                    }
-                    Err(refused) => {
-                        drop(stream);
-                        if let Some(t) = &self.tally {
-                            let reason = match refused {
-                                Refused::Total { .. } => ConnDrop::RefusedTotalCap,
-                                Refused::PerIp { .. } => ConnDrop::RefusedPerIpCap,
-                            };
-                            t.dropped(conn_source(self.record_protocol(), peer), reason);
-                        }
-                    }
-                },
-                Err(error) => {
-                    tracing::warn!(message = "Accept failed.", listener = self.protocol, %error);
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+        self.listener
+            .accept_or_refuse(|peer, refused| {
+                if let Some(t) = &self.tally {
+                    let reason = match refused {
+                        Refused::Total { .. } => ConnDrop::RefusedTotalCap,
+                        Refused::PerIp { .. } => ConnDrop::RefusedPerIpCap,
+                    };
+                    t.dropped(conn_source(self.record_protocol(), peer), reason);
                 }
-            }
-        }
+            })
+            .await
     }
 
     /// Bound address.
@@ -187,7 +168,7 @@ impl HttpResponder {
 
     /// The connection counters.
     pub fn conn_stats(&self) -> meshlat_guard::ConnStats {
-        self.tracker.stats()
+        self.listener.tracker().stats()
     }
 
     /// Serves until `shutdown` is cancelled, then drains (see the module doc).
@@ -435,6 +416,40 @@ impl Body for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_connection_over_the_per_ip_cap_is_closed_and_counted_for_its_source() {
+        use tokio::io::AsyncReadExt;
+        let limits = ConnLimits {
+            max_conns_per_ip: 1,
+            ..super::super::DEFAULT_LIMITS
+        };
+        let tally = ConnTally::new(8);
+        let r = HttpResponder::bind_with("127.0.0.1:0".parse().expect("addr"), None, limits)
+            .await
+            .expect("bind")
+            .with_records(tally.clone());
+        let addr = r.local_addr();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(r.run(stop.clone()));
+        let _held = tokio::net::TcpStream::connect(addr).await.expect("first");
+        let mut over = tokio::net::TcpStream::connect(addr).await.expect("second");
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf))
+            .await
+            .expect("closed within 5 s")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the over-cap connection is closed without an answer");
+        let iv = tally.take(std::time::SystemTime::now()).expect("counted");
+        let refused: u64 = iv
+            .rows
+            .iter()
+            .map(|(_, c)| c.conn_dropped[ConnDrop::RefusedPerIpCap as usize].packets)
+            .sum();
+        assert_eq!(refused, 1, "{:#?}", iv.rows);
+        stop.cancel();
+        server.await.expect("server");
+    }
 
     #[test]
     fn endpoint_table() {

@@ -508,7 +508,7 @@ impl ConnTally {
     }
 
     /// Ends the interval at `now` (`None` when nothing was counted: the next one starts now).
-    fn take(&self, now: SystemTime) -> Option<Interval> {
+    pub(super) fn take(&self, now: SystemTime) -> Option<Interval> {
         self.with(|t| {
             if t.is_empty() {
                 t.start = now;
