@@ -26,6 +26,7 @@ import pyvenv  # noqa: E402
 pyvenv.reexec_in(pyvenv.ANALYTICS)
 
 import yaml  # noqa: E402
+from cfn_yaml import CfnLoader  # noqa: E402
 
 import meshlat_fields as mf  # noqa: E402
 
@@ -107,27 +108,10 @@ def check_ddl(expected: list[Column], errors: list[str]) -> None:
         errors.append(f"{rel}: storage.location.template must end records/region=${{region}}/dt=${{dt}}/hour=${{hour}}/")
 
 
-class _CfnLoader(yaml.SafeLoader):
-    """Reads CloudFormation YAML: short-form intrinsics (!Ref, !Sub, ...) become plain data."""
-
-
-def _tag(loader, suffix, node):
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    return {f"!{suffix}": value}
-
-
-_CfnLoader.add_multi_constructor("!", _tag)
-
-
 def check_cfn(expected: list[Column], errors: list[str]) -> None:
     rel = CFN.relative_to(ROOT)
     try:
-        doc = yaml.load(CFN.read_text(), Loader=_CfnLoader)
+        doc = yaml.load(CFN.read_text(), Loader=CfnLoader)
     except yaml.YAMLError as e:
         errors.append(f"{rel}: not valid YAML: {e}")
         return

@@ -19,7 +19,9 @@ What it does (runs inside .venv-analytics, created on first use; no AWS, no netw
   3. Runs the region matrix on a directory where rtt_samples_ms is null in every record (the
      all-null column case), and checks athena-local's errors for a bad data dir and bad SQL.
   4. Checks that every query takes its time range and deduplication from the one prelude
-     (infra/athena/include/prelude.sql, by `-- #include`), parses every query with sqlglot in the
+     (infra/athena/include/prelude.sql, by `-- #include`) and the shared CTEs from include/
+     (rtt_samples.sql and percentiles.sql with their group= parameter, relay_stats.sql), that bad include
+     parameters are usage errors, parses every query with sqlglot in the
      trino dialect (as athena-local runs it, and as the named queries inline it), runs scripts/check_schema.py and scripts/gen_infra.py --check.
 """
 
@@ -402,6 +404,19 @@ def test_errors(tmp: Path):
     bad.write_text("-- #include include/no_such_prelude.sql\nSELECT 1")
     r = run(tmp / "data", bad)
     assert r.returncode == 2 and "no_such_prelude.sql" in r.stderr, (r.returncode, r.stderr)
+    # Include parameters: a missing, an unused and a non-identifier value are usage errors.
+    for line, says in [
+        ("-- #include include/percentiles.sql", "needs parameter(s) group"),
+        ("-- #include include/percentiles.sql group=a key=b", "takes no parameter(s) key"),
+        ("-- #include include/percentiles.sql group=a;DROP", "not key=IDENT"),
+        ("-- #include include/percentiles.sql group=a group=b", "given twice"),
+    ]:
+        bad.write_text(f"-- #include include/prelude.sql\nprobes AS (SELECT * FROM dedup),\n{line}\nSELECT 1")
+        (tmp / "include").mkdir(exist_ok=True)
+        for inc in (ATHENA / "include").glob("*.sql"):
+            shutil.copy(inc, tmp / "include" / inc.name)
+        r = run(tmp / "data", bad)
+        assert r.returncode == 2 and says in r.stderr, (line, r.returncode, r.stderr)
 
 
 def test_sql_parses_as_trino():
@@ -416,6 +431,9 @@ def test_sql_parses_as_trino():
         raw = q.read_text()
         assert raw.count("-- #include include/prelude.sql\n") == 1, f"{q.name}: does not include the prelude once"
         assert "in_range AS (" not in raw and "dedup AS (" not in raw, f"{q.name}: repeats the prelude's CTEs"
+        # The shared CTEs are written once, in include/: no query carries its own copy.
+        for shared, home in [("ranked AS (", "percentiles.sql"), ("CROSS JOIN UNNEST(p.rtt_samples_ms)", "rtt_samples.sql"), ("relayed AS (", "relay_stats.sql")]:
+            assert shared not in raw, f"{q.name}: defines {shared[:-4]} itself instead of including include/{home}"
         text = athena_sql.load(q)
         for need in ("'${from}'", "'${to}'", "row_number() OVER (PARTITION BY i.record_id", "copy_no = 1"):
             assert need in text, f"{q.name}: missing {need}"

@@ -79,34 +79,12 @@ import pyvenv  # noqa: E402
 pyvenv.reexec_in(pyvenv.INFRA)
 
 import yaml  # noqa: E402
+from cfn_yaml import CfnLoader  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MESH_PORTS = {("udp", 7710), ("tcp", 7711), ("udp", 7712), ("tcp", 7780), ("tcp", 7743),
               ("tcp", 7400), ("tcp", 7401)}
 OPEN = {"0.0.0.0/0", "::/0"}
-
-
-class CfnLoader(yaml.SafeLoader):
-    pass
-
-
-def _tag(loader, suffix, node):
-    name = suffix[1:] if suffix.startswith("!") else suffix
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if name == "Ref":
-        return {"Ref": value}
-    if name == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    key = name if name == "Condition" else f"Fn::{name}"
-    return {key: value}
-
-
-CfnLoader.add_multi_constructor("!", _tag)
 
 
 def load(directory: Path) -> dict[str, dict]:

@@ -7,27 +7,8 @@
 -- Columns: src_region, dst_region, best_relay_agent, best_relay_region, penalty_p50_ms,
 --   penalty_avg_ms, trains, beats_direct, relays_tried.
 -- #include include/prelude.sql
-relayed AS (
-  SELECT d.*
-  FROM dedup d
-  WHERE d.kind = 'relay' AND d.relay_penalty_ms IS NOT NULL
-),
-ranked AS (
-  SELECT r.*,
-         row_number() OVER (PARTITION BY r.src_region, r.dst_region, r.relay_agent ORDER BY r.relay_penalty_ms) AS rn,
-         count(*) OVER (PARTITION BY r.src_region, r.dst_region, r.relay_agent) AS n
-  FROM relayed r
-),
-per_relay AS (
-  SELECT src_region, dst_region, relay_agent,
-         max(relay_region) AS relay_region,
-         count(*) AS trains,
-         max(CASE WHEN rn = CAST(ceil(0.5e0 * n) AS bigint) THEN relay_penalty_ms END) AS penalty_p50_ms,
-         avg(relay_penalty_ms) AS penalty_avg_ms
-  FROM ranked
-  GROUP BY src_region, dst_region, relay_agent
-),
-chosen AS (
+-- #include include/relay_stats.sql
+, chosen AS (
   SELECT pr.*,
          row_number() OVER (PARTITION BY pr.src_region, pr.dst_region
                             ORDER BY pr.penalty_p50_ms, pr.trains DESC, pr.relay_agent) AS choice,

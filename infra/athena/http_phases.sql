@@ -12,8 +12,8 @@ http AS (
   FROM dedup d
   WHERE d.protocol IN ('http', 'https')
 ),
-phases AS (
-  SELECT target, src_region, 'dns' AS phase, 1 AS phase_order, dns_ms AS ms FROM http WHERE dns_ms IS NOT NULL
+samples AS (
+  SELECT target, src_region, 'dns' AS phase, 1 AS phase_order, dns_ms AS sample_ms FROM http WHERE dns_ms IS NOT NULL
   UNION ALL
   SELECT target, src_region, 'tcp', 2, tcp_ms FROM http WHERE tcp_ms IS NOT NULL
   UNION ALL
@@ -25,24 +25,7 @@ phases AS (
   UNION ALL
   SELECT target, src_region, 'total', 6, total_ms FROM http WHERE total_ms IS NOT NULL
 ),
-ranked AS (
-  SELECT p.*,
-         row_number() OVER (PARTITION BY p.target, p.src_region, p.phase ORDER BY p.ms) AS rn,
-         count(*) OVER (PARTITION BY p.target, p.src_region, p.phase) AS n
-  FROM phases p
-),
-pct AS (
-  SELECT target, src_region, phase,
-         max(phase_order) AS phase_order,
-         max(n) AS n,
-         avg(ms) AS avg_ms,
-         max(CASE WHEN rn = CAST(ceil(0.5e0 * n) AS bigint) THEN ms END) AS p50_ms,
-         max(CASE WHEN rn = CAST(ceil(0.99e0 * n) AS bigint) THEN ms END) AS p99_ms,
-         min(ms) AS min_ms,
-         max(ms) AS max_ms
-  FROM ranked
-  GROUP BY target, src_region, phase
-),
+-- #include include/percentiles.sql group=target,src_region,phase,phase_order
 counts AS (
   SELECT target, src_region,
          count(*) AS records,
@@ -50,8 +33,8 @@ counts AS (
   FROM http
   GROUP BY target, src_region
 )
-SELECT p.target, p.src_region, p.phase, p.phase_order, c.records, c.failed, p.n,
-       p.avg_ms, p.p50_ms, p.p99_ms, p.min_ms, p.max_ms
+SELECT p.target, p.src_region, p.phase, p.phase_order, c.records, c.failed, p.samples AS n,
+       p.mean_ms AS avg_ms, p.p50_ms, p.p99_ms, p.min_ms, p.max_ms
 FROM pct p
 JOIN counts c
   ON c.target IS NOT DISTINCT FROM p.target AND c.src_region IS NOT DISTINCT FROM p.src_region

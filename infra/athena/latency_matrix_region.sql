@@ -13,36 +13,8 @@ probes AS (
   FROM dedup d
   WHERE d.kind = 'probe'
 ),
-samples AS (
-  SELECT p.src_region, p.dst_key, p.protocol, s.sample_ms
-  FROM probes p
-  CROSS JOIN UNNEST(p.rtt_samples_ms) AS s (sample_ms)
-  WHERE p.protocol IN ('udp', 'quic')
-  UNION ALL
-  SELECT p.src_region, p.dst_key, p.protocol,
-         CASE WHEN p.protocol = 'tcp' THEN p.rtt_ms ELSE p.total_ms END AS sample_ms
-  FROM probes p
-  WHERE p.protocol IN ('tcp', 'http', 'https')
-    AND p.ok
-    AND (CASE WHEN p.protocol = 'tcp' THEN p.rtt_ms ELSE p.total_ms END) IS NOT NULL
-),
-ranked AS (
-  SELECT s.*,
-         row_number() OVER (PARTITION BY s.src_region, s.dst_key, s.protocol ORDER BY s.sample_ms) AS rn,
-         count(*) OVER (PARTITION BY s.src_region, s.dst_key, s.protocol) AS n
-  FROM samples s
-),
-pct AS (
-  SELECT src_region, dst_key, protocol,
-         max(n) AS samples,
-         max(CASE WHEN rn = CAST(ceil(0.5e0 * n) AS bigint) THEN sample_ms END) AS p50_ms,
-         max(CASE WHEN rn = CAST(ceil(0.99e0 * n) AS bigint) THEN sample_ms END) AS p99_ms,
-         min(sample_ms) AS min_ms,
-         max(sample_ms) AS max_ms,
-         avg(sample_ms) AS mean_ms
-  FROM ranked
-  GROUP BY src_region, dst_key, protocol
-),
+-- #include include/rtt_samples.sql group=src_region,dst_key,protocol
+-- #include include/percentiles.sql group=src_region,dst_key,protocol
 counts AS (
   SELECT src_region, dst_key, protocol,
          count(*) AS records,
@@ -54,21 +26,9 @@ counts AS (
   FROM probes
   GROUP BY src_region, dst_key, protocol
 )
-SELECT c.src_region,
-       c.dst_key AS dst_region,
-       c.protocol,
-       c.records,
-       c.failed,
-       coalesce(p.samples, 0) AS samples,
-       p.p50_ms,
-       p.p99_ms,
-       p.min_ms,
-       p.max_ms,
-       p.mean_ms,
-       c.sent,
-       c.lost,
-       c.loss_ratio,
-       c.jitter_avg_ms
+SELECT c.src_region, c.dst_key AS dst_region, c.protocol, c.records, c.failed,
+       coalesce(p.samples, 0) AS samples, p.p50_ms, p.p99_ms, p.min_ms, p.max_ms, p.mean_ms,
+       c.sent, c.lost, c.loss_ratio, c.jitter_avg_ms
 FROM counts c
 LEFT JOIN pct p
   ON p.src_region IS NOT DISTINCT FROM c.src_region AND p.dst_key IS NOT DISTINCT FROM c.dst_key AND p.protocol IS NOT DISTINCT FROM c.protocol

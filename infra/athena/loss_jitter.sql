@@ -12,20 +12,12 @@ trains AS (
   FROM dedup d
   WHERE d.kind = 'probe' AND d.protocol IN ('udp', 'quic')
 ),
-jitter_ranked AS (
-  SELECT t.src_region, t.dst_region, t.protocol, t.jitter_ms,
-         row_number() OVER (PARTITION BY t.src_region, t.dst_region, t.protocol ORDER BY t.jitter_ms) AS rn,
-         count(*) OVER (PARTITION BY t.src_region, t.dst_region, t.protocol) AS n
+samples AS (
+  SELECT t.src_region, t.dst_region, t.protocol, t.jitter_ms AS sample_ms
   FROM trains t
   WHERE t.jitter_ms IS NOT NULL
 ),
-jitter AS (
-  SELECT src_region, dst_region, protocol,
-         max(CASE WHEN rn = CAST(ceil(0.5e0 * n) AS bigint) THEN jitter_ms END) AS jitter_p50_ms,
-         max(CASE WHEN rn = CAST(ceil(0.99e0 * n) AS bigint) THEN jitter_ms END) AS jitter_p99_ms
-  FROM jitter_ranked
-  GROUP BY src_region, dst_region, protocol
-),
+-- #include include/percentiles.sql group=src_region,dst_region,protocol
 counts AS (
   SELECT src_region, dst_region, protocol,
          count(*) AS trains,
@@ -43,8 +35,8 @@ counts AS (
 )
 SELECT c.src_region, c.dst_region, c.protocol, c.trains, c.failed, c.trains_with_loss,
        c.sent, c.lost, c.loss_ratio, c.duplicates, c.reordered, c.late,
-       c.jitter_avg_ms, j.jitter_p50_ms, j.jitter_p99_ms
+       c.jitter_avg_ms, j.p50_ms AS jitter_p50_ms, j.p99_ms AS jitter_p99_ms
 FROM counts c
-LEFT JOIN jitter j
+LEFT JOIN pct j
   ON j.src_region IS NOT DISTINCT FROM c.src_region AND j.dst_region IS NOT DISTINCT FROM c.dst_region AND j.protocol IS NOT DISTINCT FROM c.protocol
 ORDER BY c.src_region, c.dst_region, c.protocol

@@ -16,34 +16,8 @@ probes AS (
   FROM dedup d
   WHERE d.kind = 'probe'
 ),
-samples AS (
-  SELECT p.bucket, p.src_region, p.dst_key, p.protocol, s.sample_ms
-  FROM probes p
-  CROSS JOIN UNNEST(p.rtt_samples_ms) AS s (sample_ms)
-  WHERE p.protocol IN ('udp', 'quic')
-  UNION ALL
-  SELECT p.bucket, p.src_region, p.dst_key, p.protocol,
-         CASE WHEN p.protocol = 'tcp' THEN p.rtt_ms ELSE p.total_ms END AS sample_ms
-  FROM probes p
-  WHERE p.protocol IN ('tcp', 'http', 'https')
-    AND p.ok
-    AND (CASE WHEN p.protocol = 'tcp' THEN p.rtt_ms ELSE p.total_ms END) IS NOT NULL
-),
-ranked AS (
-  SELECT s.*,
-         row_number() OVER (PARTITION BY s.bucket, s.src_region, s.dst_key, s.protocol ORDER BY s.sample_ms) AS rn,
-         count(*) OVER (PARTITION BY s.bucket, s.src_region, s.dst_key, s.protocol) AS n
-  FROM samples s
-),
-pct AS (
-  SELECT bucket, src_region, dst_key, protocol,
-         max(n) AS samples,
-         max(CASE WHEN rn = CAST(ceil(0.5e0 * n) AS bigint) THEN sample_ms END) AS p50_ms,
-         max(CASE WHEN rn = CAST(ceil(0.99e0 * n) AS bigint) THEN sample_ms END) AS p99_ms,
-         avg(sample_ms) AS mean_ms
-  FROM ranked
-  GROUP BY bucket, src_region, dst_key, protocol
-),
+-- #include include/rtt_samples.sql group=bucket,src_region,dst_key,protocol
+-- #include include/percentiles.sql group=bucket,src_region,dst_key,protocol
 counts AS (
   SELECT bucket, src_region, dst_key, protocol,
          count(*) AS records,

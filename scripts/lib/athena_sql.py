@@ -3,8 +3,14 @@
 Every query shares its opening through one prelude, infra/athena/include/prelude.sql (the time
 range and deduplication CTEs `in_range` and `dedup`, and the notes on them): the query has the line
 `-- #include include/prelude.sql` (a path relative to the query's folder) where that text belongs.
-An included file's first paragraph (up to its first empty line) describes the file itself and is
-left out. Includes do not nest. Used by scripts/athena-local and scripts/gen_infra.py.
+CTEs that several queries share live in include/ too (rtt_samples.sql, percentiles.sql, relay_stats.sql).
+
+An include line may pass parameters: `-- #include include/percentiles.sql group=a,b,c` puts
+`a, b, c` where the file says `{{group}}`. A value is a comma-separated list of SQL identifiers;
+a parameter the file uses but the line does not give, or one the line gives but the file does not
+use, is an error. An included file's first paragraph (up to its first empty line) describes the
+file itself and is left out. Includes do not nest. Used by scripts/athena-local and
+scripts/gen_infra.py.
 """
 
 from __future__ import annotations
@@ -12,11 +18,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-INCLUDE = re.compile(r"--\s*#include\s+(\S+)\s*")
+INCLUDE = re.compile(r"--\s*#include\s+(\S+)((?:\s+\S+)*)\s*")
+PARAM = re.compile(r"([a-z_]+)=([A-Za-z_][A-Za-z0-9_]*(?:,[A-Za-z_][A-Za-z0-9_]*)*)")
+PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
 
 
 class IncludeError(Exception):
-    """An #include line names a file that cannot be read, or an included file includes again."""
+    """An #include line names a file that cannot be read, passes parameters that do not fit the
+    file, or the included file includes again."""
 
 
 def included_text(path: Path) -> str:
@@ -27,8 +36,37 @@ def included_text(path: Path) -> str:
     return "\n".join(lines)
 
 
+def parameters(args: str, name: str, inc: str) -> dict[str, str]:
+    """The `key=a,b` parameters of an include line, each value as SQL (`a, b`)."""
+    params = {}
+    for arg in args.split():
+        m = PARAM.fullmatch(arg)
+        if not m:
+            raise IncludeError(
+                f"{name}: #include {inc}: parameter {arg!r} is not key=IDENT[,IDENT...] "
+                "(lower-case key; SQL identifiers, no spaces)"
+            )
+        if m.group(1) in params:
+            raise IncludeError(f"{name}: #include {inc}: parameter {m.group(1)} given twice")
+        params[m.group(1)] = ", ".join(m.group(2).split(","))
+    return params
+
+
+def substitute(body: str, params: dict[str, str], name: str, inc: str) -> str:
+    """`body` with each `{{key}}` replaced by its parameter; all given and all used."""
+    used = set(PLACEHOLDER.findall(body))
+    missing = sorted(used - params.keys())
+    if missing:
+        raise IncludeError(f"{name}: #include {inc}: needs parameter(s) {', '.join(missing)} (e.g. {missing[0]}=a,b)")
+    unused = sorted(params.keys() - used)
+    if unused:
+        raise IncludeError(f"{name}: #include {inc}: takes no parameter(s) {', '.join(unused)}")
+    return PLACEHOLDER.sub(lambda m: params[m.group(1)], body)
+
+
 def expand(text: str, folder: Path, name: str = "query") -> str:
-    """`text` with each `-- #include PATH` line replaced by the text of folder/PATH."""
+    """`text` with each `-- #include PATH [key=value ...]` line replaced by the text of
+    folder/PATH, its `{{key}}` placeholders filled."""
     out = []
     for line in text.split("\n"):
         m = INCLUDE.fullmatch(line)
@@ -42,7 +80,7 @@ def expand(text: str, folder: Path, name: str = "query") -> str:
             raise IncludeError(f"{name}: cannot read {m.group(1)} (#include, from {folder}): {e.strerror}") from None
         if any(INCLUDE.fullmatch(x) for x in body.split("\n")):
             raise IncludeError(f"{name}: {m.group(1)} has an #include of its own (includes do not nest)")
-        out.append(body)
+        out.append(substitute(body, parameters(m.group(2), name, m.group(1)), name, m.group(1)))
     return "\n".join(out)
 
 

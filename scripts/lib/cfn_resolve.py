@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
+from cfn_yaml import load_template
 
 ACCOUNT = "123456789012"
 NO_VALUE = object()
@@ -33,39 +33,6 @@ NO_VALUE = object()
 
 class UnknownAttribute(Exception):
     pass
-
-
-# ---- YAML with the short-form intrinsic tags ------------------------------------------------------
-
-class CfnLoader(yaml.SafeLoader):
-    pass
-
-
-def _tag(name: str) -> Callable:
-    def construct(loader: yaml.Loader, node: yaml.Node) -> Any:
-        if isinstance(node, yaml.ScalarNode):
-            v: Any = loader.construct_scalar(node)
-        elif isinstance(node, yaml.SequenceNode):
-            v = loader.construct_sequence(node, deep=True)
-        else:
-            v = loader.construct_mapping(node, deep=True)
-        if name == "Ref":
-            return {"Ref": v}
-        if name == "Condition":
-            return {"Condition": v}
-        if name == "GetAtt" and isinstance(v, str):
-            v = v.split(".", 1)
-        return {f"Fn::{name}": v}
-    return construct
-
-
-for _t in ("Ref", "Sub", "GetAtt", "Join", "Select", "Split", "If", "Equals", "Not", "And", "Or",
-           "ImportValue", "Cidr", "GetAZs", "FindInMap", "Base64", "Condition", "Length", "ToJsonString"):
-    CfnLoader.add_constructor(f"!{_t}", _tag(_t))
-
-
-def load_template(path: Path) -> dict:
-    return yaml.load(path.read_text(), Loader=CfnLoader)
 
 
 # ---- the dry-run plan ---------------------------------------------------------------------------
