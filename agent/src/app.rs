@@ -64,6 +64,7 @@ pub enum StartError {
 /// Binds the stats server (if `-s PORT`) on `--stats-listen` (the command's `--listen` where it
 /// has one, else 0.0.0.0).
 async fn bind_admin(common: &CommonConfig) -> Result<Option<AdminServer>, StartError> {
+    crate::metrics::set_max_pairs(common.metrics_max_pairs);
     match common.stats_port {
         Some(p) => {
             let ip = common
@@ -315,6 +316,7 @@ impl ProbeApp {
             sinks.add(f);
         }
         let (_mode_tx, mode_rx) = watch::channel(ControlMode::Standalone);
+        crate::metrics::control_mode(ControlMode::Standalone);
         let (jobs_tx, jobs_rx) = watch::channel(JobSet {
             generation: 0,
             jobs: self.jobs,

@@ -187,6 +187,11 @@ pub struct CommonArgs {
     /// 0.0.0.0).
     #[arg(long, env = "MESHLAT_STATS_LISTEN", value_name = "IP")]
     pub stats_listen: Option<IpAddr>,
+    /// Most pairs (destination and protocol) given their own RTT and loss series on /metrics;
+    /// samples of further pairs are only counted (meshlat_metrics_pairs_over_cap_samples_total).
+    /// 0: no per-pair series.
+    #[arg(long, env = "MESHLAT_METRICS_MAX_PAIRS", default_value_t = crate::metrics::DEFAULT_MAX_PAIRS, value_name = "N")]
+    pub metrics_max_pairs: usize,
     /// Most connections open at once on each TCP listener (HTTP, HTTPS, stats) and QUIC
     /// responder; over it a new connection is closed (QUIC: refused) at once.
     #[arg(

@@ -36,6 +36,8 @@ pub struct CommonConfig {
     pub stats_port: Option<u16>,
     /// `--stats-listen` (`None`: the command's `--listen`, else 0.0.0.0).
     pub stats_listen: Option<std::net::IpAddr>,
+    /// `--metrics-max-pairs`: the most pairs (destination and protocol) with series on /metrics.
+    pub metrics_max_pairs: usize,
     /// Caps and deadlines of every listener (`--max-conns`, ...).
     pub limits: meshlat_guard::ConnLimits,
     /// Verbosity (0 info, 1 debug, 2+ trace).
@@ -74,6 +76,7 @@ impl CommonConfig {
         Ok(CommonConfig {
             stats_port: a.stats_port,
             stats_listen: a.stats_listen,
+            metrics_max_pairs: a.metrics_max_pairs,
             limits: meshlat_guard::ConnLimits {
                 max_conns,
                 max_conns_per_ip,

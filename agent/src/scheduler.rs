@@ -298,6 +298,7 @@ impl Pair {
                     );
                 }
             }
+            crate::metrics::observe(&rec);
             self.sinks.send(rec).await;
             seq += 1;
             // Interval is between sample starts; a sample that overran starts the next at once.

@@ -213,6 +213,14 @@ impl RunApp {
         control.summaries = Some(summaries);
         let (jobs_tx, jobs_rx) = watch::channel(JobSet::default());
         let (mode_tx, mode_rx) = watch::channel(ControlMode::Static);
+        // meshlat_control_mode follows the session's mode.
+        let mut mode_watch = mode_rx.clone();
+        crate::metrics::control_mode(*mode_watch.borrow_and_update());
+        tokio::spawn(async move {
+            while mode_watch.changed().await.is_ok() {
+                crate::metrics::control_mode(*mode_watch.borrow_and_update());
+            }
+        });
         let (id_tx, mut id_rx) = watch::channel(None);
         // Server records (kind=serve / relay_serve) go to the same sinks as probe records; the
         // job set names their sources, and the agent id is filled in once the controller gave it.
