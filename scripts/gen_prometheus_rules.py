@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "infra" / "prometheus" / "meshlat-rules.yml"
 
-# One measured path: the labels of meshlat_rtt_seconds, meshlat_probe_sent_total and _lost_total.
-PAIR = "src_region, src_agent, dst_region, dst, protocol"
+# One measured path (agent ids; locations carried for people): the labels of meshlat_rtt_seconds, meshlat_probe_sent_total and _lost_total.
+PAIR = "src_region, src_agent, src_location, dst_region, dst, dst_location, protocol"
 REGION_PAIR = "src_region, dst_region, protocol"
 DURATION = re.compile(r"[0-9]+(ms|s|m|h)")
 
@@ -77,7 +77,7 @@ groups:
         labels:
           severity: warning
         annotations:
-          summary: "p99 RTT {{{{ $labels.src_agent }}}} ({{{{ $labels.src_region }}}}) -> {{{{ $labels.dst }}}} ({{{{ $labels.dst_region }}}}) over {ms_text(latency)} ({{{{ $labels.protocol }}}})"
+          summary: "p99 RTT {{{{ $labels.src_location }}}} ({{{{ $labels.src_region }}}}) -> {{{{ $labels.dst_location }}}} ({{{{ $labels.dst_region }}}}) over {ms_text(latency)} ({{{{ $labels.protocol }}}})"
           description: "p99 RTT over the last {w} is {{{{ $value | humanizeDuration }}}}, above {ms_text(latency)} for {for_}."
       # HighLatency per region pair: the p99 of every sample between two regions.
       - alert: HighLatencyRegionPair
@@ -94,7 +94,7 @@ groups:
         labels:
           severity: warning
         annotations:
-          summary: "loss {{{{ $labels.src_agent }}}} -> {{{{ $labels.dst }}}} ({{{{ $labels.protocol }}}}) above {loss:.0%}"
+          summary: "loss {{{{ $labels.src_location }}}} -> {{{{ $labels.dst_location }}}} ({{{{ $labels.protocol }}}}) above {loss:.0%}"
           description: "{{{{ $value | humanizePercentage }}}} of packets (tcp, http, https: attempts) lost over the last {w}."
       # One path's protocols disagree: UDP healthy while TCP, QUIC, HTTP or HTTPS is not (a
       # firewall, a proxy, a TLS or HTTP problem), or UDP unhealthy while another protocol of the
@@ -110,7 +110,7 @@ groups:
         labels:
           severity: warning
         annotations:
-          summary: "{{{{ $labels.src_agent }}}} -> {{{{ $labels.dst }}}}: {{{{ $labels.protocol }}}} unhealthy while another protocol of the path is healthy"
+          summary: "{{{{ $labels.src_location }}}} -> {{{{ $labels.dst_location }}}}: {{{{ $labels.protocol }}}} unhealthy while another protocol of the path is healthy"
           description: "p99 above {ms_text(latency)} or loss above {loss:.0%} on {{{{ $labels.protocol }}}} only, over the last {w}."
       - alert: AgentDown
         expr: up{{job="meshlat-agent"}} == 0

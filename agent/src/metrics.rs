@@ -35,10 +35,14 @@ pub struct PairLabels {
     pub src_region: String,
     /// This agent's id (empty for `agent probe`).
     pub src_agent: String,
+    /// This agent's `--location` (empty without one): the name people read.
+    pub src_location: String,
     /// The destination's region (empty for an external target).
     pub dst_region: String,
     /// The destination agent's id, or the target (host:port or URL) of an external target.
     pub dst: String,
+    /// The destination agent's location (empty for an external target or without one).
+    pub dst_location: String,
     /// udp, tcp, quic, http, https.
     pub protocol: String,
 }
@@ -50,12 +54,18 @@ pub struct RelayLabels {
     pub src_region: String,
     /// This agent's id.
     pub src_agent: String,
+    /// This agent's location.
+    pub src_location: String,
     /// The destination's region.
     pub dst_region: String,
     /// The destination agent's id.
     pub dst: String,
+    /// The destination agent's location.
+    pub dst_location: String,
     /// The relay agent's id.
     pub relay_agent: String,
+    /// The relay agent's location.
+    pub relay_location: String,
 }
 
 /// Labels of `meshlat_control_mode`.
@@ -383,13 +393,17 @@ impl Metrics {
         let src_region = rec.src_region.clone().unwrap_or_default();
         let src_agent = rec.src_agent.clone().unwrap_or_default();
         let dst_region = rec.dst_region.clone().unwrap_or_default();
+        let src_location = rec.src_location.clone().unwrap_or_default();
+        let dst_location = rec.dst_location.clone().unwrap_or_default();
         match kind {
             Kind::Probe => {
                 let pair = PairLabels {
                     src_region,
                     src_agent,
+                    src_location,
                     dst_region,
                     dst,
+                    dst_location,
                     protocol: protocol.as_str().into(),
                 };
                 if !m.admit(&pair) {
@@ -426,8 +440,10 @@ impl Metrics {
                 let pair = PairLabels {
                     src_region: src_region.clone(),
                     src_agent: src_agent.clone(),
+                    src_location: src_location.clone(),
                     dst_region: dst_region.clone(),
                     dst: format!("{dst} via {relay}"),
+                    dst_location: dst_location.clone(),
                     protocol: "relay".into(),
                 };
                 if !m.admit(&pair) {
@@ -437,9 +453,12 @@ impl Metrics {
                     .get_or_create(&RelayLabels {
                         src_region,
                         src_agent,
+                        src_location,
                         dst_region,
                         dst,
+                        dst_location,
                         relay_agent: relay,
+                        relay_location: rec.relay_location.clone().unwrap_or_default(),
                     })
                     .set(penalty / 1000.0);
             }
@@ -511,6 +530,7 @@ mod tests {
         r.protocol = Some(protocol);
         r.src_region = Some("eu".into());
         r.src_agent = Some("a1".into());
+        r.src_location = Some("l-a1".into());
         r.dst_region = Some("us".into());
         r.dst_agent = Some(dst.into());
         r
@@ -538,7 +558,7 @@ mod tests {
         https.total_ms = Some(42.0);
         m.observe(&https);
         let text = m.encode();
-        let l = r#"src_region="eu",src_agent="a1",dst_region="us",dst="b1",protocol="udp""#;
+        let l = r#"src_region="eu",src_agent="a1",src_location="l-a1",dst_region="us",dst="b1",dst_location="",protocol="udp""#;
         assert!(
             line(
                 &text,
@@ -593,7 +613,7 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains(r#"dst="c3""#), "{text}");
-        assert!(line(&text, r#"meshlat_probe_sent_total{src_region="eu",src_agent="a1",dst_region="us",dst="c1",protocol="tcp"} 2"#).is_some(), "{text}");
+        assert!(line(&text, r#"meshlat_probe_sent_total{src_region="eu",src_agent="a1",src_location="l-a1",dst_region="us",dst="c1",dst_location="",protocol="tcp"} 2"#).is_some(), "{text}");
         assert!(
             line(&text, "meshlat_metrics_pairs_over_cap_samples_total 1").is_some(),
             "{text}"
@@ -610,7 +630,7 @@ mod tests {
         m.observe(&r);
         let text = m.encode();
         assert!(
-            line(&text, r#"meshlat_relay_penalty_seconds{src_region="eu",src_agent="a1",dst_region="us",dst="d1",relay_agent="r1"} -0.0125"#).is_some(),
+            line(&text, r#"meshlat_relay_penalty_seconds{src_region="eu",src_agent="a1",src_location="l-a1",dst_region="us",dst="d1",dst_location="",relay_agent="r1",relay_location=""} -0.0125"#).is_some(),
             "{text}"
         );
         control_mode(ControlMode::Degraded);
