@@ -92,6 +92,8 @@ pub struct ServeApp {
     file: Option<crate::sink::file::FileSinkConfig>,
     /// Firehose sink of server records (started at bind, so a bad stream fails early).
     firehose: Option<FirehoseSink>,
+    /// `--emf`: the heartbeat lines.
+    emf: Option<crate::sink::emf::EmfConfig>,
     /// Interval and source bound of server records.
     records: crate::respond::tally::RecordsConfig,
 }
@@ -116,6 +118,7 @@ impl ServeApp {
             identity: cfg.identity.clone(),
             file: cfg.file.clone(),
             firehose,
+            emf: cfg.emf.clone(),
             records: cfg.responders.records.clone(),
         })
     }
@@ -156,8 +159,11 @@ impl ServeApp {
             tokio::spawn(a.run(shutdown.clone()));
         }
         let mut sinks = None;
-        if self.file.is_some() || self.firehose.is_some() {
+        if self.file.is_some() || self.firehose.is_some() || self.emf.is_some() {
             let mut set = SinkSet::new();
+            if let Some(e) = self.emf.take() {
+                set.add(crate::sink::emf::EmfSink::new(e, &self.identity.region));
+            }
             if let Some(f) = &self.file {
                 set.add(FileSink::new(f.clone(), &self.identity.region));
             }
@@ -314,6 +320,12 @@ impl ProbeApp {
         }
         if let Some(f) = self.firehose {
             sinks.add(f);
+        }
+        if let Some(e) = &self.cfg.emf {
+            sinks.add(crate::sink::emf::EmfSink::new(
+                e.clone(),
+                &self.cfg.identity.region,
+            ));
         }
         let (_mode_tx, mode_rx) = watch::channel(ControlMode::Standalone);
         crate::metrics::control_mode(ControlMode::Standalone);

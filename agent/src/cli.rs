@@ -290,6 +290,23 @@ pub struct SinkArgs {
         value_name = "SECONDS"
     )]
     pub flush_interval: f64,
+    /// Also write latency, loss and a heartbeat as CloudWatch Embedded Metric Format lines on
+    /// stdout once a minute (ECS's awslogs driver turns them into CloudWatch metrics).
+    #[arg(long, env = "MESHLAT_EMF")]
+    pub emf: bool,
+    /// CloudWatch namespace of the --emf metrics.
+    #[arg(long, env = "MESHLAT_EMF_NAMESPACE", default_value = crate::sink::emf::DEFAULT_NAMESPACE, value_name = "NAME")]
+    pub emf_namespace: String,
+    /// Seconds per --emf interval (whole seconds; 60 gives one data point per agent and minute,
+    /// which the shipped AgentDown alarm counts on).
+    #[arg(
+        long,
+        env = "MESHLAT_EMF_INTERVAL",
+        default_value_t = 60.0,
+        value_name = "SECONDS",
+        hide = true
+    )]
+    pub emf_interval: f64,
     /// Firehose sink (enabled by --firehose-stream). Boxed so `Command`'s variants stay
     /// similar in size (clippy::large_enum_variant).
     #[command(flatten)]

@@ -21,6 +21,7 @@ use self::error::{label, secs};
 use crate::cli::{self, Format, LogFormat};
 use crate::probe::{Key, ProbeSpec};
 use crate::respond::ResponderConfig;
+use crate::sink::emf::EmfConfig;
 use crate::sink::file::FileSinkConfig;
 use crate::sink::firehose::FirehoseSinkConfig;
 use crate::target::Target;
@@ -123,6 +124,8 @@ pub struct ProbeConfig {
     pub file: Option<FileSinkConfig>,
     /// Firehose sink.
     pub firehose: Option<FirehoseSinkConfig>,
+    /// CloudWatch EMF lines (`--emf`).
+    pub emf: Option<EmfConfig>,
     /// Identity labels.
     pub identity: AgentIdentity,
     /// Logging/stats.
@@ -155,6 +158,8 @@ pub struct ServeConfig {
     pub file: Option<FileSinkConfig>,
     /// Firehose sink of server records.
     pub firehose: Option<FirehoseSinkConfig>,
+    /// CloudWatch EMF lines (`--emf`: the heartbeat; serve measures nothing).
+    pub emf: Option<EmfConfig>,
     /// Logging/stats.
     pub common: CommonConfig,
 }
@@ -293,6 +298,7 @@ impl ProbeConfig {
             spec,
             format: a.format,
             file: FileSinkConfig::from_args(&a.sinks)?,
+            emf: EmfConfig::from_args(&a.sinks)?,
             firehose: FirehoseSinkConfig::from_args(
                 &a.sinks.firehose,
                 Path::new(DEFAULT_STATE_DIR),
@@ -338,6 +344,7 @@ impl ServeConfig {
                 location: label("--location", a.identity.location.clone())?,
             },
             file: FileSinkConfig::from_args(&a.sinks)?,
+            emf: EmfConfig::from_args(&a.sinks)?,
             firehose: FirehoseSinkConfig::from_args(
                 &a.sinks.firehose,
                 Path::new(DEFAULT_STATE_DIR),

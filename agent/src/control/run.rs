@@ -81,6 +81,7 @@ impl RunApp {
             identity: identity.clone(),
             file: None,
             firehose: None,
+            emf: None,
             common: cfg.common.clone(),
         })
         .await?;
@@ -204,7 +205,13 @@ impl RunApp {
         if let Some(f) = self.firehose {
             sinks.add(f);
         }
-        if self.cfg.file.is_none() && self.cfg.firehose.is_none() {
+        if let Some(e) = &self.cfg.emf {
+            sinks.add(crate::sink::emf::EmfSink::new(
+                e.clone(),
+                &self.identity.region,
+            ));
+        }
+        if self.cfg.file.is_none() && self.cfg.firehose.is_none() && self.cfg.emf.is_none() {
             sinks.add(StdoutSink::new(crate::cli::Format::Json));
         }
         let summaries = SummaryWindow::shared(crate::live::DEFAULT_WINDOW);

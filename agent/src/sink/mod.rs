@@ -16,6 +16,7 @@
 //! - [`firehose`]: Amazon Data Firehose: packed records, retry of failed records, disk spool.
 
 pub mod batch;
+pub mod emf;
 pub mod file;
 pub mod firehose;
 pub mod stdout;
