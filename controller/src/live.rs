@@ -650,25 +650,12 @@ mod tests {
     fn summaries_age_out_and_are_replaced() {
         let live = Live::new(Duration::from_secs(10), LiveLimits::default());
         let t0 = Instant::now();
-        live.ingest(
-            "a1",
-            "ra",
-            pb::Summaries {
-                pairs: vec![pair("b1", "udp", 1.0, 2.0, 5, 0)],
-            },
-            t0,
-        );
+        let report = |pairs| live.ingest("a1", "ra", pb::Summaries { pairs }, t0);
+        report(vec![pair("b1", "udp", 1.0, 2.0, 5, 0)]);
         assert_eq!(live.cells(t0 + Duration::from_secs(10), region_of).len(), 1);
-        live.ingest("a1", "ra", pb::Summaries { pairs: vec![] }, t0);
+        report(vec![]);
         assert!(live.cells(t0, region_of).is_empty(), "replaced");
-        live.ingest(
-            "a1",
-            "ra",
-            pb::Summaries {
-                pairs: vec![pair("b1", "udp", 1.0, 2.0, 5, 0)],
-            },
-            t0,
-        );
+        report(vec![pair("b1", "udp", 1.0, 2.0, 5, 0)]);
         assert!(
             live.cells(t0 + Duration::from_secs(11), region_of)
                 .is_empty()
