@@ -155,15 +155,10 @@ fn domain_error(e: &DomainError) -> Resp {
         DomainError::Stopped { .. } => {
             error(StatusCode::CONFLICT, "failed_precondition", None, &msg)
         }
-        DomainError::Store(_) => {
-            tracing::error!(message = "Internal error.", error = %e);
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                None,
-                "internal error: the state store failed; see the controller log",
-            )
-        }
+        DomainError::Store(_) => internal(
+            e,
+            "internal error: the state store failed; see the controller log",
+        ),
     }
 }
 
@@ -710,6 +705,12 @@ fn created_with_secret(
     audited(name, resp)
 }
 
+/// A 500 saying `what` to the client; the error itself goes to the log only.
+fn internal(e: &dyn std::fmt::Display, what: &str) -> Resp {
+    tracing::error!(message = "Internal error.", error = %e);
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal", None, what)
+}
+
 fn credential_error(e: &CredentialError) -> Resp {
     let msg = e.to_string();
     match e {
@@ -726,15 +727,10 @@ fn credential_error(e: &CredentialError) -> Resp {
         CredentialError::Last { .. } => {
             error(StatusCode::CONFLICT, "failed_precondition", None, &msg)
         }
-        CredentialError::Store(_) => {
-            tracing::error!(message = "Internal error.", error = %e);
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                None,
-                "internal error: the credentials file could not be written; see the controller log",
-            )
-        }
+        CredentialError::Store(_) => internal(
+            e,
+            "internal error: the credentials file could not be written; see the controller log",
+        ),
     }
 }
 
