@@ -322,22 +322,14 @@ impl UdpSession {
 
     /// The train's results (DESIGN §5).
     pub fn into_stats(self) -> TrainStats {
-        let rtts_ms: Vec<f64> = self
+        let (rtts_ms, raw_rtts_ms): (Vec<f64>, Vec<f64>) = self
             .slots
             .iter()
             .filter_map(|s| match s {
-                Slot::Answered { rtt_ms, .. } => Some(*rtt_ms),
+                Slot::Answered { rtt_ms, raw_ms } => Some((*rtt_ms, *raw_ms)),
                 _ => None,
             })
-            .collect();
-        let raw_rtts_ms: Vec<f64> = self
-            .slots
-            .iter()
-            .filter_map(|s| match s {
-                Slot::Answered { raw_ms, .. } => Some(*raw_ms),
-                _ => None,
-            })
-            .collect();
+            .unzip();
         let n = i128::from(self.samples.max(1));
         let bounds = self.best.and_then(|b| {
             Some((
