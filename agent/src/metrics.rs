@@ -80,78 +80,58 @@ pub fn get() -> &'static Metrics {
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("meshlat");
-        let measurements = Family::<MeasurementLabels, Counter>::default();
-        registry.register(
-            "measurements",
-            "Measurements taken, by protocol and result",
-            measurements.clone(),
-        );
-        let responder = Family::<ResponderLabels, Counter>::default();
-        registry.register(
-            "responder_requests",
-            "Packets or connections seen by responders, by result",
-            responder.clone(),
-        );
-        let sink_records = Family::<SinkLabels, Counter>::default();
-        registry.register(
-            "sink_records",
-            "Records accepted by each sink",
-            sink_records.clone(),
-        );
-        let sink_errors = Family::<SinkErrorLabels, Counter>::default();
-        registry.register(
-            "sink_errors",
-            "Records a sink failed to deliver or dropped, by reason",
-            sink_errors.clone(),
-        );
-        let sink_delivered = Family::<SinkLabels, Counter>::default();
-        registry.register(
-            "sink_delivered_records",
-            "Records a sink delivered to its destination",
-            sink_delivered.clone(),
-        );
-        let sink_backlog_bytes = Family::<SinkLabels, Gauge>::default();
-        registry.register(
-            "sink_backlog_bytes",
-            "Bytes a sink holds in memory waiting for delivery",
-            sink_backlog_bytes.clone(),
-        );
-        let sink_spool_bytes = Family::<SinkLabels, Gauge>::default();
-        registry.register(
-            "sink_spool_bytes",
-            "Bytes a sink holds in its disk spool",
-            sink_spool_bytes.clone(),
-        );
-        let sink_retries = Family::<SinkErrorLabels, Counter>::default();
-        registry.register(
-            "sink_retries",
-            "Records whose delivery a sink retries, by reason",
-            sink_retries.clone(),
-        );
-        let sched_late = Counter::default();
-        registry.register(
-            "sched_late_samples",
-            "Samples started more than 1 ms late",
-            sched_late.clone(),
-        );
-        let scheduled_pairs = Gauge::default();
-        registry.register(
-            "scheduled_pairs",
-            "(job, target) pairs currently scheduled",
-            scheduled_pairs.clone(),
-        );
         Metrics {
+            measurements: registered(
+                &mut registry,
+                "measurements",
+                "Measurements taken, by protocol and result",
+            ),
+            responder: registered(
+                &mut registry,
+                "responder_requests",
+                "Packets or connections seen by responders, by result",
+            ),
+            sink_records: registered(
+                &mut registry,
+                "sink_records",
+                "Records accepted by each sink",
+            ),
+            sink_errors: registered(
+                &mut registry,
+                "sink_errors",
+                "Records a sink failed to deliver or dropped, by reason",
+            ),
+            sink_delivered: registered(
+                &mut registry,
+                "sink_delivered_records",
+                "Records a sink delivered to its destination",
+            ),
+            sink_backlog_bytes: registered(
+                &mut registry,
+                "sink_backlog_bytes",
+                "Bytes a sink holds in memory waiting for delivery",
+            ),
+            sink_spool_bytes: registered(
+                &mut registry,
+                "sink_spool_bytes",
+                "Bytes a sink holds in its disk spool",
+            ),
+            sink_retries: registered(
+                &mut registry,
+                "sink_retries",
+                "Records whose delivery a sink retries, by reason",
+            ),
+            sched_late: registered(
+                &mut registry,
+                "sched_late_samples",
+                "Samples started more than 1 ms late",
+            ),
+            scheduled_pairs: registered(
+                &mut registry,
+                "scheduled_pairs",
+                "(job, target) pairs currently scheduled",
+            ),
             registry,
-            measurements,
-            responder,
-            sink_records,
-            sink_errors,
-            sink_delivered,
-            sink_backlog_bytes,
-            sink_spool_bytes,
-            sink_retries,
-            sched_late,
-            scheduled_pairs,
         }
     }
 
@@ -162,6 +142,16 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// A new metric of type `M`, registered under `name` with `help`.
+fn registered<M>(registry: &mut Registry, name: &str, help: &str) -> M
+where
+    M: prometheus_client::registry::Metric + Clone + Default,
+{
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 // === events ===
