@@ -171,66 +171,6 @@ pub fn get() -> &'static Metrics {
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("meshlat");
-        let measurements = Family::<MeasurementLabels, Counter>::default();
-        registry.register(
-            "measurements",
-            "Measurements taken, by protocol and result",
-            measurements.clone(),
-        );
-        let responder = Family::<ResponderLabels, Counter>::default();
-        registry.register(
-            "responder_requests",
-            "Packets or connections seen by responders, by result",
-            responder.clone(),
-        );
-        let sink_records = Family::<SinkLabels, Counter>::default();
-        registry.register(
-            "sink_records",
-            "Records accepted by each sink",
-            sink_records.clone(),
-        );
-        let sink_errors = Family::<SinkErrorLabels, Counter>::default();
-        registry.register(
-            "sink_errors",
-            "Records a sink failed to deliver or dropped, by reason",
-            sink_errors.clone(),
-        );
-        let sink_delivered = Family::<SinkLabels, Counter>::default();
-        registry.register(
-            "sink_delivered_records",
-            "Records a sink delivered to its destination",
-            sink_delivered.clone(),
-        );
-        let sink_backlog_bytes = Family::<SinkLabels, Gauge>::default();
-        registry.register(
-            "sink_backlog_bytes",
-            "Bytes a sink holds in memory waiting for delivery",
-            sink_backlog_bytes.clone(),
-        );
-        let sink_spool_bytes = Family::<SinkLabels, Gauge>::default();
-        registry.register(
-            "sink_spool_bytes",
-            "Bytes a sink holds in its disk spool",
-            sink_spool_bytes.clone(),
-        );
-        let sink_retries = Family::<SinkErrorLabels, Counter>::default();
-        registry.register(
-            "sink_retries",
-            "Records whose delivery a sink retries, by reason",
-            sink_retries.clone(),
-        );
-        let sched_late = Counter::default();
-        registry.register(
-            "sched_late_samples",
-            "Samples started more than 1 ms late",
-            sched_late.clone(),
-        );
-        let scheduled_pairs = Gauge::default();
-        registry.register(
-            "scheduled_pairs",
-            "(job, target) pairs currently scheduled",
-            scheduled_pairs.clone(),
-        );
         let rtt = Family::<PairLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             rtt_histogram as fn() -> Histogram,
         );
@@ -241,18 +181,6 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             rtt.clone(),
         );
-        let probe_sent = Family::<PairLabels, Counter>::default();
-        registry.register(
-            "probe_sent",
-            "Packets sent per pair (tcp, http, https: probe attempts)",
-            probe_sent.clone(),
-        );
-        let probe_lost = Family::<PairLabels, Counter>::default();
-        registry.register(
-            "probe_lost",
-            "Packets lost per pair (tcp, http, https: failed attempts)",
-            probe_lost.clone(),
-        );
         let relay_penalty = Family::default();
         registry.register_with_unit(
             "relay_penalty",
@@ -260,18 +188,6 @@ impl Metrics {
              is faster)",
             prometheus_client::registry::Unit::Seconds,
             relay_penalty.clone(),
-        );
-        let pairs_over_cap = Counter::default();
-        registry.register(
-            "metrics_pairs_over_cap_samples",
-            "Samples without per-pair series because --metrics-max-pairs was reached",
-            pairs_over_cap.clone(),
-        );
-        let control_mode = Family::<ModeLabels, Gauge>::default();
-        registry.register(
-            "control_mode",
-            "1 for the agent's current control mode (standalone, connected, static, degraded)",
-            control_mode.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build
@@ -281,26 +197,82 @@ impl Metrics {
             .set(1);
         registry.register("build_info", "The agent's version (value 1)", build);
         Metrics {
-            registry,
+            measurements: registered(
+                &mut registry,
+                "measurements",
+                "Measurements taken, by protocol and result",
+            ),
+            responder: registered(
+                &mut registry,
+                "responder_requests",
+                "Packets or connections seen by responders, by result",
+            ),
+            sink_records: registered(
+                &mut registry,
+                "sink_records",
+                "Records accepted by each sink",
+            ),
+            sink_errors: registered(
+                &mut registry,
+                "sink_errors",
+                "Records a sink failed to deliver or dropped, by reason",
+            ),
+            sink_delivered: registered(
+                &mut registry,
+                "sink_delivered_records",
+                "Records a sink delivered to its destination",
+            ),
+            sink_backlog_bytes: registered(
+                &mut registry,
+                "sink_backlog_bytes",
+                "Bytes a sink holds in memory waiting for delivery",
+            ),
+            sink_spool_bytes: registered(
+                &mut registry,
+                "sink_spool_bytes",
+                "Bytes a sink holds in its disk spool",
+            ),
+            sink_retries: registered(
+                &mut registry,
+                "sink_retries",
+                "Records whose delivery a sink retries, by reason",
+            ),
+            sched_late: registered(
+                &mut registry,
+                "sched_late_samples",
+                "Samples started more than 1 ms late",
+            ),
+            scheduled_pairs: registered(
+                &mut registry,
+                "scheduled_pairs",
+                "(job, target) pairs currently scheduled",
+            ),
             rtt,
-            probe_sent,
-            probe_lost,
+            probe_sent: registered(
+                &mut registry,
+                "probe_sent",
+                "Packets sent per pair (tcp, http, https: probe attempts)",
+            ),
+            probe_lost: registered(
+                &mut registry,
+                "probe_lost",
+                "Packets lost per pair (tcp, http, https: failed attempts)",
+            ),
             relay_penalty,
-            pairs_over_cap,
-            control_mode,
+            pairs_over_cap: registered(
+                &mut registry,
+                "metrics_pairs_over_cap_samples",
+                "Samples without per-pair series because --metrics-max-pairs was reached",
+            ),
+            control_mode: registered(
+                &mut registry,
+                "control_mode",
+                "1 for the agent's current control mode (standalone, connected, static, degraded)",
+            ),
             pairs: Mutex::new(HashSet::new()),
             max_pairs: AtomicUsize::new(DEFAULT_MAX_PAIRS),
             warned_cap: AtomicBool::new(false),
-            measurements,
-            responder,
-            sink_records,
-            sink_errors,
-            sink_delivered,
-            sink_backlog_bytes,
-            sink_spool_bytes,
-            sink_retries,
-            sched_late,
-            scheduled_pairs,
+            registry,
         }
     }
 
@@ -311,6 +283,16 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// A new metric of type `M`, registered under `name` with `help`.
+fn registered<M>(registry: &mut Registry, name: &str, help: &str) -> M
+where
+    M: prometheus_client::registry::Metric + Clone + Default,
+{
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 // === events ===
