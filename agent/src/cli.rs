@@ -211,10 +211,21 @@ pub struct ServeArgs {
     /// Responders.
     #[command(flatten)]
     pub responders: ResponderArgs,
-    /// Identity labels written in server records (region is the file layout's partition).
+    /// Identity labels written in server records (region is the file layout's partition),
+    /// their sinks (kind=serve / relay_serve; none: no server records), logging and stats.
+    #[command(flatten)]
+    pub records: RecordArgs,
+}
+
+/// What `serve` and `probe` take after their own flags: the identity labels of their records,
+/// the sinks the records go to, logging and stats. (`run` takes the same groups, with its
+/// responders among them.)
+#[derive(Clone, Debug, Args)]
+pub struct RecordArgs {
+    /// Identity labels.
     #[command(flatten)]
     pub identity: IdentityArgs,
-    /// Sinks of server records (kind=serve / relay_serve); none: no server records.
+    /// Sinks.
     #[command(flatten)]
     pub sinks: SinkArgs,
     /// Logging and stats.
@@ -363,15 +374,9 @@ pub struct ProbeArgs {
     /// Trust these PEM CA certificates for https/quic targets (instead of the web roots).
     #[arg(long, env = "MESHLAT_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
-    /// Identity labels.
+    /// Identity labels, sinks, logging and stats.
     #[command(flatten)]
-    pub identity: IdentityArgs,
-    /// Sinks.
-    #[command(flatten)]
-    pub sinks: SinkArgs,
-    /// Logging and stats.
-    #[command(flatten)]
-    pub common: CommonArgs,
+    pub records: RecordArgs,
 }
 
 /// `agent run` (the default): connect to a controller.

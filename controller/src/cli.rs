@@ -295,7 +295,7 @@ pub struct ServeArgs {
     #[arg(long, env = "MESHLAT_PLAINTEXT")]
     pub plaintext: bool,
     /// Extra DNS names or IPs for the server certificate (e.g. the load balancer's name).
-    #[arg(long = "tls-san", env = "MESHLAT_TLS_SAN", value_name = "NAME")]
+    #[arg(long, env = "MESHLAT_TLS_SAN", value_name = "NAME")]
     #[arg(value_delimiter = ',')]
     pub tls_san: Vec<String>,
     /// Lease given with job sets: how long agents keep running them without the controller
@@ -439,7 +439,7 @@ pub struct FederationArgs {
     #[arg(long, env = "MESHLAT_FEDERATION_SECRET_NEXT", hide_env_values = true)]
     pub federation_secret_next: Option<String>,
     /// CA certificate (PEM) of https:// peers, e.g. a peer's DATA_DIR/ca.pem (repeatable).
-    #[arg(long = "peer-ca", env = "MESHLAT_PEER_CA", value_name = "FILE")]
+    #[arg(long, env = "MESHLAT_PEER_CA", value_name = "FILE")]
     #[arg(value_delimiter = ',')]
     pub peer_ca: Vec<PathBuf>,
     /// CA certificates (PEM text, one or more) of https:// peers, instead of or besides
