@@ -303,24 +303,14 @@ impl Mesh {
 
     /// `controller ARGS...` run in `c` against the controller there: (ok, stdout, stderr).
     async fn cli(&self, credential: &str, args: &[&str]) -> Result<(bool, String, String)> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns("c")])
-            .arg(env!("CARGO_BIN_EXE_controller"))
-            .args(args)
-            .args(["--controller", &format!("https://127.0.0.1:{GRPC_PORT}")])
-            .args(["--credential", credential])
-            .arg("--ca")
-            .arg(self.root.join("ctl").join("ca.pem"))
-            .env_remove("MESHLAT_CONTROLLER")
-            .env_remove("MESHLAT_CREDENTIAL")
-            .env_remove("MESHLAT_CA")
-            .output()
-            .await?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns("c")])
+            .arg(env!("CARGO_BIN_EXE_controller"));
+        let (grpc, ca) = (
+            format!("127.0.0.1:{GRPC_PORT}"),
+            self.root.join("ctl/ca.pem"),
+        );
+        support::controller_cli(cmd, args, &grpc, credential, &ca).await
     }
 
     /// `(id, connected)` of every agent `controller agents` lists.
