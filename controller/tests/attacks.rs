@@ -57,6 +57,13 @@ async fn start_limited(data: &Path, extra: &[&str], nofile: Option<u64>) -> Resu
     b.spawn().await
 }
 
+/// The end of a test: the controller still serves ([`Ctl::serves`]); `root` is removed.
+async fn still_serving_then_clean_up(mut ctl: Ctl, root: &Path) -> Result<()> {
+    ctl.serves().await?;
+    let _ = std::fs::remove_dir_all(root);
+    Ok(())
+}
+
 /// What this suite needs of a controller beyond the harness's.
 impl Ctl {
     /// The controller keeps serving: REST answers a job list.
@@ -208,7 +215,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_k_is_refused_over_rest_grpc_and_cli() -> Result<()> {
     let root = tmp_dir("attacks", "k");
-    let mut ctl = start(&root.join("ctl"), &[]).await?;
+    let ctl = start(&root.join("ctl"), &[]).await?;
     // An agent, so a k-random job is scheduled at once (the old abort needed a source).
     let ch = ctl.grpc_channel().await?;
     let mut s = Session::open(&ch, ctl.token(), "").await?;
@@ -261,9 +268,7 @@ async fn hostile_k_is_refused_over_rest_grpc_and_cli() -> Result<()> {
     assert_eq!(st, 201, "{v}");
     let set = s.job_set(10).await?;
     assert_eq!(set.assignments.len(), 1);
-    ctl.serves().await?;
-    let _ = std::fs::remove_dir_all(&root);
-    Ok(())
+    still_serving_then_clean_up(ctl, &root).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,7 +452,7 @@ async fn a_federation_peer_cannot_plant_a_hostile_job() -> Result<()> {
 async fn targets_and_jobs_are_capped_and_job_list_works_at_the_caps() -> Result<()> {
     const JOBS: usize = 150;
     let root = tmp_dir("attacks", "caps");
-    let mut ctl = start(&root.join("ctl"), &["--max-jobs", &JOBS.to_string()]).await?;
+    let ctl = start(&root.join("ctl"), &["--max-jobs", &JOBS.to_string()]).await?;
 
     let targets: Vec<String> = (0..40_000).map(|i| format!("\"agent-{i}\"")).collect();
     let body = format!(
@@ -529,15 +534,13 @@ async fn targets_and_jobs_are_capped_and_job_list_works_at_the_caps() -> Result<
     assert_eq!(out.lines().count(), JOBS + 1, "header and every job");
     let (st, v) = ctl.rest("GET", "/api/v1/jobs", "", None).await?;
     assert_eq!((st, v["jobs"].as_array().map(Vec::len)), (200, Some(JOBS)));
-    ctl.serves().await?;
-    let _ = std::fs::remove_dir_all(&root);
-    Ok(())
+    still_serving_then_clean_up(ctl, &root).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_jobs_are_not_sent_to_peers_and_expire() -> Result<()> {
     let root = tmp_dir("attacks", "stopped");
-    let mut ctl = start(
+    let ctl = start(
         &root.join("ctl"),
         &["--federation-secret", FED_SECRET, "--stopped-job-ttl", "2"],
     )
@@ -596,9 +599,7 @@ async fn stopped_jobs_are_not_sent_to_peers_and_expire() -> Result<()> {
     )?)?)?;
     assert!(stored.jobs.is_empty(), "deleted from the saved state too");
     assert!(ctl.log_text().contains("Stopped job expired"));
-    ctl.serves().await?;
-    let _ = std::fs::remove_dir_all(&root);
-    Ok(())
+    still_serving_then_clean_up(ctl, &root).await
 }
 
 /// A `Summaries` of `pairs` pairs with realistic string sizes (~150 bytes each encoded).
@@ -731,9 +732,7 @@ async fn hostile_summaries_keep_rss_bounded_and_expire_unread() -> Result<()> {
         line.contains(&format!("agents={SESSIONS}")) || line.contains("remaining_pairs=0"),
         "{line}"
     );
-    ctl.serves().await?;
-    let _ = std::fs::remove_dir_all(&root);
-    Ok(())
+    still_serving_then_clean_up(ctl, &root).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -757,7 +756,7 @@ async fn agents_are_capped_and_removed_after_the_expiry() -> Result<()> {
         }
         .encode_to_vec(),
     )?;
-    let mut ctl = start(
+    let ctl = start(
         &data,
         &[
             "--max-agents",
@@ -841,9 +840,7 @@ async fn agents_are_capped_and_removed_after_the_expiry() -> Result<()> {
     assert!(ctl.log_text().contains("Agent removed"));
     // Room again for new agents.
     Session::open(&ch, ctl.token(), "").await?;
-    ctl.serves().await?;
-    let _ = std::fs::remove_dir_all(&root);
-    Ok(())
+    still_serving_then_clean_up(ctl, &root).await
 }
 
 /// A field of `/proc/PID/status` in KiB (`VmRSS:`, `VmHWM:`, ...).

@@ -522,6 +522,20 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_dies() -> Result<()> 
     Ok(())
 }
 
+/// The sum of `meshlat_responder_requests_total{protocol="udp",result=RESULT}` in a
+/// Prometheus text exposition.
+fn udp_responder_count(metrics: &str, result: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("meshlat_responder_requests_total")
+                && l.contains(r#"protocol="udp""#)
+                && l.contains(&format!(r#"result="{result}""#))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn has_cell(m: &Value, src: &str, dst: &str) -> bool {
     m["cells"].as_array().is_some_and(|cells| {
         cells.iter().any(|c| {
@@ -1018,17 +1032,7 @@ async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungran
         assert!(recs.iter().all(|r| r["ok"] == false), "{text}");
     }
     let metrics = reqwest_lite(&format!("127.0.0.1:{stats_port}"), "/metrics").await?;
-    let count = |result: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("meshlat_responder_requests_total")
-                    && l.contains(r#"protocol="udp""#)
-                    && l.contains(&format!(r#"result="{result}""#))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let count = |result: &str| udp_responder_count(&metrics, result);
     assert!(count("relayed") > 0.0, "{metrics}");
     assert!(count("auth") >= 6.0, "default-key packets: {metrics}");
     assert!(
@@ -1076,17 +1080,7 @@ async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungran
         forwarded += 1;
     }
     let metrics = reqwest_lite(&format!("127.0.0.1:{stats_port}"), "/metrics").await?;
-    let count = |result: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("meshlat_responder_requests_total")
-                    && l.contains(r#"protocol="udp""#)
-                    && l.contains(&format!(r#"result="{result}""#))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let count = |result: &str| udp_responder_count(&metrics, result);
     let dropped = count("relay_bad_grant") - bad_before;
     println!(
         "forged grants: {sent} packets of 1452 bytes sent to the relay, {forwarded} forwarded, \
