@@ -16,17 +16,15 @@
 //! `controller/tests/attacks.rs` does.
 
 mod support;
-use support::{TestController as Ctl, agent_bin, eventually, tmp_dir};
+use support::{AgentBuilder, TestAgent, TestController as Ctl, eventually, tmp_dir};
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use meshlat_proto::pb;
 use prost::Message;
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 /// A controller of region `r1` on `data` with `extra` flags, its secrets printed
@@ -136,62 +134,15 @@ fn key_and_request() -> (rcgen::KeyPair, Vec<u8>) {
     (key, csr.der().to_vec())
 }
 
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    /// A real agent of region r1 with `token`, its state in `state`, records in `out`.
-    fn start(ctl: &Ctl, token: &str, state: &Path, out: &Path, log: &Path) -> Result<Self> {
-        let state = ["--state-dir".as_ref(), state.as_os_str()];
-        Self::start_with(ctl, token, &state, out, log)
-    }
-
-    /// An agent with `state` flags (`--state-dir DIR` or `--no-state-dir`), run in the
-    /// directory of `out`.
-    fn start_with(
-        ctl: &Ctl,
-        token: &str,
-        state: &[&std::ffi::OsStr],
-        out: &Path,
-        log: &Path,
-    ) -> Result<Self> {
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        let child = Command::new(agent_bin())
-            .args(["--controller", &format!("https://{}", ctl.grpc)])
-            .args(["--token", token, "--region", "r1", "--listen", "127.0.0.1"])
-            .args(["--udp-port", "0", "--tcp-port", "0", "--quic-port", "off"])
-            .args(["--http-port", "off", "--https-port", "off"])
-            .args(["--flush-interval", "0.2"])
-            .arg("--out")
-            .arg(out)
-            .args(state)
-            .current_dir(out.parent().unwrap_or(out))
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawn agent")?;
-        Ok(Agent {
-            child,
-            log: log.to_path_buf(),
-        })
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn stop(mut self) -> Result<()> {
-        self.child.start_kill()?;
-        self.child.wait().await?;
-        Ok(())
-    }
+/// A real agent of region r1 joining `ctl` with `token`, its state in `state`, records in
+/// `out`, run in the directory of `out`, its log appended to `log`.
+fn agent_as(ctl: &Ctl, token: &str, state: &Path, out: &Path, log: &Path) -> AgentBuilder {
+    TestAgent::builder(ctl, out, state)
+        .token(token)
+        .args(["--flush-interval", "0.2"])
+        .current_dir(out.parent().unwrap_or(out))
+        .env("NO_COLOR", "1")
+        .log_append(log)
 }
 
 /// Records under `out` (every `.ndjson` line).
@@ -241,7 +192,7 @@ async fn an_impostor_with_the_join_token_cannot_take_a_victims_id_or_session() -
     let root = tmp_dir("identity", "impostor");
     let ctl = start(&root.join("ctl"), &[]).await?;
     let (state, out) = (root.join("victim-state"), root.join("victim-out"));
-    let victim = Agent::start(&ctl, ctl.token(), &state, &out, &root.join("victim.log"))?;
+    let victim = agent_as(&ctl, ctl.token(), &state, &out, &root.join("victim.log")).spawn()?;
     let cert = certificate(&state).await?;
     let id = cert.agent_id.clone();
     assert_eq!(
@@ -351,7 +302,7 @@ async fn a_restarted_agent_reconnects_with_its_certificate_not_the_token() -> Re
     let ctl = start(&root.join("ctl"), &[]).await?;
     let (state, out) = (root.join("state"), root.join("out"));
     let log = root.join("agent.log");
-    let agent = Agent::start(&ctl, ctl.token(), &state, &out, &log)?;
+    let agent = agent_as(&ctl, ctl.token(), &state, &out, &log).spawn()?;
     let cert = certificate(&state).await?;
     use std::os::unix::fs::PermissionsExt;
     for f in ["agent-key.pem", "agent-cert.pb"] {
@@ -362,7 +313,7 @@ async fn a_restarted_agent_reconnects_with_its_certificate_not_the_token() -> Re
     // The same pin, a join secret the controller never issued: only the certificate can
     // admit it.
     let wrong = format!("mlt1.{}.{}", hex::encode(ctl.pin()?), "0".repeat(48));
-    let agent = Agent::start(&ctl, &wrong, &state, &out, &log)?;
+    let agent = agent_as(&ctl, &wrong, &state, &out, &log).spawn()?;
     eventually("the agent reconnects with its certificate", 30, || async {
         ctl.agents()
             .await
@@ -376,13 +327,14 @@ async fn a_restarted_agent_reconnects_with_its_certificate_not_the_token() -> Re
         "{text}"
     );
     // Without its certificate the wrong token is refused: a fresh state directory.
-    let other = Agent::start(
+    let other = agent_as(
         &ctl,
         &wrong,
         &root.join("state2"),
         &root.join("out2"),
         &root.join("agent2.log"),
-    )?;
+    )
+    .spawn()?;
     let refused = eventually("the wrong token is refused", 30, || async {
         let t = other.log_text();
         t.contains("refused").then_some(t)
@@ -450,14 +402,17 @@ async fn an_agent_without_a_state_dir_rejoins_with_a_fresh_id() -> Result<()> {
     let cwd = root.join("agent-cwd");
     let out = cwd.join("out");
     std::fs::create_dir_all(&out)?;
-    let no_state = ["--no-state-dir".as_ref()];
+    // Not passed: the agents run with --no-state-dir.
+    let no_state = root.join("no-state");
     let connected = |ids: Vec<(String, bool)>| -> Vec<String> {
         ids.into_iter()
             .filter(|(_, c)| *c)
             .map(|(i, _)| i)
             .collect()
     };
-    let a = Agent::start_with(&ctl, ctl.token(), &no_state, &out, &root.join("a.log"))?;
+    let a = agent_as(&ctl, ctl.token(), &no_state, &out, &root.join("a.log"))
+        .no_state_dir()
+        .spawn()?;
     let first = eventually("the agent joins", 30, || async {
         let c = connected(ctl.agents().await);
         (c.len() == 1).then(|| c[0].clone())
@@ -469,7 +424,9 @@ async fn an_agent_without_a_state_dir_rejoins_with_a_fresh_id() -> Result<()> {
         a.log_text()
     );
     a.stop().await?;
-    let b = Agent::start_with(&ctl, ctl.token(), &no_state, &out, &root.join("b.log"))?;
+    let b = agent_as(&ctl, ctl.token(), &no_state, &out, &root.join("b.log"))
+        .no_state_dir()
+        .spawn()?;
     let second = eventually("the restarted agent joins", 30, || async {
         let c = connected(ctl.agents().await);
         (c.len() == 1 && c[0] != first).then(|| c[0].clone())
@@ -525,7 +482,7 @@ async fn revoked_and_expired_join_tokens_admit_no_new_agent_but_identities_keep_
     // An agent joins with the fleet token and gets its identity.
     let (state, out) = (root.join("state"), root.join("out"));
     let log = root.join("agent.log");
-    let agent = Agent::start(&ctl, &fleet, &state, &out, &log)?;
+    let agent = agent_as(&ctl, &fleet, &state, &out, &log).spawn()?;
     let cert = certificate(&state).await?;
     agent.stop().await?;
 
@@ -550,7 +507,7 @@ async fn revoked_and_expired_join_tokens_admit_no_new_agent_but_identities_keep_
         .expect("the default token admits");
 
     // The agent that joined with the revoked token comes back with its certificate.
-    let agent = Agent::start(&ctl, &fleet, &state, &out, &log)?;
+    let agent = agent_as(&ctl, &fleet, &state, &out, &log).spawn()?;
     eventually(
         "the agent reconnects after its token was revoked",
         30,

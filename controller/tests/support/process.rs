@@ -20,8 +20,8 @@ use tokio::time::Instant;
 
 use super::{agent_bin, controller_cli, eventually, pinned_http1, read_secrets_file};
 
-/// The methods both builders share, over their fields `args` (placed as `$at` says) and
-/// `stderr`.
+/// The methods both builders share, over their fields `args` (placed as `$at` says), `env`
+/// and `stderr`.
 macro_rules! flag_and_log_methods {
     ($at:literal) => {
         #[doc = concat!("One more flag or value (", $at, ").")]
@@ -40,6 +40,18 @@ macro_rules! flag_and_log_methods {
             self
         }
 
+        /// Sets an environment variable of the process.
+        pub fn env(mut self, key: &str, value: &str) -> Self {
+            self.env.push((key.into(), Some(value.into())));
+            self
+        }
+
+        /// Removes an environment variable from the process.
+        pub fn env_remove(mut self, key: &str) -> Self {
+            self.env.push((key.into(), None));
+            self
+        }
+
         /// Writes its stderr (the log) to `path` instead of the test's stderr.
         pub fn log(mut self, path: impl Into<PathBuf>) -> Self {
             self.stderr = Stderr::File(path.into());
@@ -52,6 +64,16 @@ macro_rules! flag_and_log_methods {
             self
         }
     };
+}
+
+/// Sets (`Some`) and removes (`None`) environment variables of `c`, in order.
+fn set_env(c: &mut Command, env: &[(String, Option<String>)]) {
+    for (k, v) in env {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
 }
 
 /// A running `controller serve`, killed on drop.
@@ -366,18 +388,6 @@ impl ControllerBuilder {
 
     flag_and_log_methods!("after the ones above, before `--data-dir`");
 
-    /// Sets an environment variable of the process.
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.into(), Some(value.into())));
-        self
-    }
-
-    /// Removes an environment variable from the process.
-    pub fn env_remove(mut self, key: &str) -> Self {
-        self.env.push((key.into(), None));
-        self
-    }
-
     /// The join token and operator credential of an earlier start over the same state (a
     /// restart announces none).
     pub fn secrets(mut self, token: &str, credential: &str) -> Self {
@@ -431,12 +441,7 @@ impl ControllerBuilder {
             .arg("--data-dir")
             .arg(&self.data)
             .kill_on_drop(true);
-        for (k, v) in &self.env {
-            match v {
-                Some(v) => c.env(k, v),
-                None => c.env_remove(k),
-            };
-        }
+        set_env(&mut c, &self.env);
         c
     }
 
@@ -528,8 +533,10 @@ pub struct TestAgent {
     pub child: Child,
     /// Its `--out` directory.
     pub out: PathBuf,
-    /// Its `--state-dir`.
+    /// Its `--state-dir` (unused with [`AgentBuilder::no_state_dir`]).
     pub state: PathBuf,
+    /// Its log (stderr), if it goes to a file.
+    pub log: Option<PathBuf>,
 }
 
 /// Flags for a [`TestAgent`]; [`Self::spawn`] starts it.
@@ -539,7 +546,10 @@ pub struct AgentBuilder {
     region: String,
     out: PathBuf,
     state: PathBuf,
+    state_dir: bool,
     args: Vec<OsString>,
+    env: Vec<(String, Option<String>)>,
+    cwd: Option<PathBuf>,
     stderr: Stderr,
 }
 
@@ -557,9 +567,27 @@ impl TestAgent {
             region: "r1".into(),
             out: out.into(),
             state: state.into(),
+            state_dir: true,
             args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
             stderr: Stderr::Inherit,
         }
+    }
+
+    /// Its log so far (empty unless it goes to a file: [`AgentBuilder::log`]).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// Kills it and waits for it to exit.
+    pub async fn stop(mut self) -> Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
     }
 
     /// Its id, once it has stored one.
@@ -617,19 +645,39 @@ impl AgentBuilder {
 
     flag_and_log_methods!("before `--out`");
 
+    /// `--no-state-dir` instead of `--state-dir`: it keeps no state (and no id).
+    pub fn no_state_dir(mut self) -> Self {
+        self.state_dir = false;
+        self
+    }
+
+    /// Runs it in directory `dir`.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
     pub fn spawn(self) -> Result<TestAgent> {
         let stderr = self.stderr.stdio()?;
-        let child = Command::new(agent_bin())
-            .args(["--controller", &format!("https://{}", self.grpc)])
+        let mut c = Command::new(agent_bin());
+        c.args(["--controller", &format!("https://{}", self.grpc)])
             .args(["--token", &self.token])
             .args(["--region", &self.region, "--listen", "127.0.0.1"])
             .args(["--udp-port", "0", "--tcp-port", "0", "--quic-port", "off"])
             .args(["--http-port", "off", "--https-port", "off"])
             .args(&self.args)
             .arg("--out")
-            .arg(&self.out)
-            .arg("--state-dir")
-            .arg(&self.state)
+            .arg(&self.out);
+        if self.state_dir {
+            c.arg("--state-dir").arg(&self.state);
+        } else {
+            c.arg("--no-state-dir");
+        }
+        if let Some(d) = &self.cwd {
+            c.current_dir(d);
+        }
+        set_env(&mut c, &self.env);
+        let child = c
             .stdout(Stdio::null())
             .stderr(stderr)
             .kill_on_drop(true)
@@ -639,6 +687,7 @@ impl AgentBuilder {
             child,
             out: self.out,
             state: self.state,
+            log: self.stderr.path().map(Path::to_path_buf),
         })
     }
 }
