@@ -162,6 +162,16 @@ impl Session {
             }
         }
     }
+
+    /// The ids of the jobs in the next job set.
+    async fn job_ids(&mut self, secs: u64) -> Result<Vec<String>> {
+        let set = self.job_set(secs).await?;
+        Ok(set
+            .assignments
+            .iter()
+            .filter_map(|a| a.job.as_ref().map(|j| j.id.clone()))
+            .collect())
+    }
 }
 
 fn sel(s: &str) -> pb::Endpoint {
@@ -315,13 +325,7 @@ async fn a_saved_job_this_version_cannot_schedule_is_quarantined() -> Result<()>
     // Past the first scheduling round.
     let ch = ctl.grpc_channel().await?;
     let mut s = Session::open(&ch, ctl.token(), "a1").await?;
-    let set = s.job_set(10).await?;
-    let jobs: Vec<String> = set
-        .assignments
-        .iter()
-        .filter_map(|a| a.job.as_ref().map(|j| j.id.clone()))
-        .collect();
-    assert_eq!(jobs, vec!["good-job".to_string()]);
+    assert_eq!(s.job_ids(10).await?, vec!["good-job".to_string()]);
     ctl.serves().await?;
     let log = ctl.log_text();
     let line = log
@@ -415,13 +419,7 @@ async fn a_federation_peer_cannot_plant_a_hostile_job() -> Result<()> {
         fed.exchange(dir.clone()).await?;
     }
     // The benign job is scheduled for our agent; the others never.
-    let set = s.job_set(10).await?;
-    let jobs: Vec<String> = set
-        .assignments
-        .iter()
-        .filter_map(|a| a.job.as_ref().map(|j| j.id.clone()))
-        .collect();
-    assert_eq!(jobs, vec!["peer-benign".to_string()]);
+    assert_eq!(s.job_ids(10).await?, vec!["peer-benign".to_string()]);
     ctl.serves().await?;
     let log = ctl.log_text();
     for (id, field) in [
