@@ -313,6 +313,19 @@ impl Mesh {
         support::controller_cli(cmd, args, &grpc, credential, &ca).await
     }
 
+    /// The `/status` of agent `role` once it shows a refusal (within 30 s).
+    async fn refusal(&self, role: &str) -> Result<Value> {
+        eventually(
+            &format!("{role}'s /status shows the refusal"),
+            30,
+            || async {
+                let v = self.status(role).await.ok()?;
+                (!v["refused"].is_null()).then_some(v)
+            },
+        )
+        .await
+    }
+
     /// `(id, connected)` of every agent `controller agents` lists.
     async fn agents(&self, credential: &str) -> Result<Vec<(String, bool)>> {
         let (ok, out, err) = self.cli(credential, &["agents"]).await?;
@@ -415,11 +428,7 @@ async fn an_agent_advertising_another_agents_address_is_refused() -> Result<()> 
         Some((agent_id(&sa)?, agent_id(&sb)?))
     })
     .await?;
-    let refused = eventually("x's /status shows the refusal", 30, || async {
-        let v = mesh.status("x").await.ok()?;
-        (!v["refused"].is_null()).then_some(v)
-    })
-    .await?;
+    let refused = mesh.refusal("x").await?;
     println!("x /status: {refused}");
     assert_eq!(refused["connected"], false, "{refused}");
     assert!(
@@ -520,11 +529,7 @@ async fn with_agent_cidr_the_ranges_decide() -> Result<()> {
         Some((agent_id(&sa)?, agent_id(&sx)?))
     })
     .await?;
-    let refused = eventually("b's /status shows the refusal", 30, || async {
-        let v = mesh.status("b").await.ok()?;
-        (!v["refused"].is_null()).then_some(v)
-    })
-    .await?;
+    let refused = mesh.refusal("b").await?;
     println!("b /status: {refused}");
     assert_eq!(refused["refused"]["code"], "permission_denied", "{refused}");
     let reason = refused["refused"]["reason"].as_str().unwrap_or("");
