@@ -46,6 +46,11 @@ fn read_records(dir: &Path) -> Vec<(PathBuf, Record)> {
     out
 }
 
+/// `agent serve --key KEY --out DIR` with `extra` flags.
+fn serve_to(dir: &Path, extra: &[&str]) -> Server {
+    serve(&[&["--key", KEY, "--out", dir.to_str().unwrap()], extra].concat())
+}
+
 /// Stops `srv` with SIGTERM (it must exit 0).
 fn stop(srv: &mut Server) {
     srv.proc.terminate();
@@ -119,18 +124,17 @@ fn key_hex(k: &Key) -> String {
 fn serve_records_match_the_prober_and_count_drops_by_reason_flushed_at_sigterm() {
     let dir = tmpdir("serve-records");
     let key = Key::from_secret(KEY);
-    let mut srv = serve(&[
-        "--key",
-        KEY,
-        "--region",
-        "srv-region",
-        "--location",
-        "rack 7",
-        "--out",
-        dir.to_str().unwrap(),
-        "--serve-interval",
-        "3600",
-    ]);
+    let mut srv = serve_to(
+        &dir,
+        &[
+            "--region",
+            "srv-region",
+            "--location",
+            "rack 7",
+            "--serve-interval",
+            "3600",
+        ],
+    );
     let udp = srv.udp.unwrap();
     let target = format!("udp://{udp}");
     let recs = probe_ok(&[
@@ -252,16 +256,10 @@ fn serve_records_match_the_prober_and_count_drops_by_reason_flushed_at_sigterm()
 #[test]
 fn serve_records_are_flushed_every_interval() {
     let dir = tmpdir("serve-records-interval");
-    let mut srv = serve(&[
-        "--key",
-        KEY,
-        "--out",
-        dir.to_str().unwrap(),
-        "--flush-interval",
-        "0.2",
-        "--serve-interval",
-        "0.5",
-    ]);
+    let mut srv = serve_to(
+        &dir,
+        &["--flush-interval", "0.2", "--serve-interval", "0.5"],
+    );
     let udp = srv.udp.unwrap();
     let k = WireKey::new(&Key::from_secret(KEY));
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -316,15 +314,7 @@ fn serve_records_are_flushed_every_interval() {
 fn relay_serve_records_match_the_relayed_prober() {
     let dir = tmpdir("relay-serve-records");
     let key = Key::from_secret(KEY);
-    let mut relay = serve(&[
-        "--key",
-        KEY,
-        "--relay",
-        "--region",
-        "relay-region",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
+    let mut relay = serve_to(&dir, &["--relay", "--region", "relay-region"]);
     let b = serve(&["--key", KEY]);
     let (r_udp, b_udp) = (relay.udp.unwrap(), b.udp.unwrap());
     let target = format!("relay://{r_udp}/{b_udp}");
@@ -408,14 +398,7 @@ fn relay_serve_records_match_the_relayed_prober() {
 #[test]
 fn a_spray_of_sources_fills_the_overflow_row() {
     let dir = tmpdir("serve-records-spray");
-    let mut srv = serve(&[
-        "--key",
-        KEY,
-        "--out",
-        dir.to_str().unwrap(),
-        "--serve-max-sources",
-        "3",
-    ]);
+    let mut srv = serve_to(&dir, &["--serve-max-sources", "3"]);
     let udp = srv.udp.unwrap();
     for i in 1..=20u8 {
         let s = UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 0, i), 0)).unwrap();
@@ -465,20 +448,19 @@ fn connection_responders_write_serve_records_matching_the_probes() {
     let dir = tmpdir("serve-records-conn");
     let pki = tmpdir("serve-records-conn-pki");
     let (ca, cert, key) = private_pki(&pki);
-    let mut srv = serve(&[
-        "--key",
-        KEY,
-        "--region",
-        "srv-region",
-        "--out",
-        dir.to_str().unwrap(),
-        "--serve-interval",
-        "3600",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let mut srv = serve_to(
+        &dir,
+        &[
+            "--region",
+            "srv-region",
+            "--serve-interval",
+            "3600",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
     let ca = ca.to_str().unwrap();
     let run = |args: &[&str]| {
         let (out, recs) = probe_json(args);
