@@ -209,6 +209,18 @@ fn job(id: &str, spec: pb::JobSpec) -> pb::Job {
 const HOSTILE_K: &str = r#"{"name":"boom","protocols":["udp"],"sources":["region=r1"],
     "targets":["region=r1"],"interval_ms":1000,"timeout_ms":500,"strategy":"k-random","k":4294967295}"#;
 
+/// A new agent's session with `token`, which must be refused as over a cap
+/// (`ResourceExhausted`): the refusal.
+async fn refused_at_a_cap(ch: &Channel, token: &str, what: &str) -> Result<tonic::Status> {
+    let e = Session::open(ch, token, "")
+        .await
+        .err()
+        .with_context(|| format!("{what} is refused"))?;
+    println!("{what}: {e}");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    Ok(e)
+}
+
 /// The protobuf message of a state file (after its format header).
 fn state_message(file: &[u8]) -> Result<&[u8]> {
     Ok(meshlat_proto::state_file::decode(file)?.1)
@@ -773,24 +785,14 @@ async fn agents_are_capped_and_removed_after_the_expiry() -> Result<()> {
     for _ in 0..2 {
         sessions.push(Session::open(&ch, ctl.token(), "").await?);
     }
-    let e = Session::open(&ch, ctl.token(), "")
-        .await
-        .err()
-        .context("a fifth agent is refused")?;
-    println!("5th agent: {e}");
-    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    let e = refused_at_a_cap(&ch, ctl.token(), "a fifth agent").await?;
     assert!(
         e.message().starts_with("agents:") && e.message().contains("(limit 4, --max-agents)"),
         "{e}"
     );
     // A known id comes back at the cap (now with the token: three agents joined with it).
     sessions.push(Session::open(&ch, ctl.token(), "old-0").await?);
-    let e = Session::open(&ch, ctl.token(), "")
-        .await
-        .err()
-        .context("a fourth agent with the token is refused")?;
-    println!("4th agent with one token: {e}");
-    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    let e = refused_at_a_cap(&ch, ctl.token(), "a fourth agent with the token").await?;
     assert!(
         e.message().contains("(limit 3, --max-agents-per-token)"),
         "{e}"
