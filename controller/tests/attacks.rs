@@ -228,10 +228,7 @@ fn state_message(file: &[u8]) -> Result<&[u8]> {
 
 /// VmRSS of `pid` in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status_kib(pid, "VmRSS:")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,6 +635,19 @@ fn summaries(agent: &str, pairs: usize) -> pb::Summaries {
     }
 }
 
+/// Just under the session's message limit (decoded, then cut to --max-summary-bytes): (the
+/// limit, pairs per [`summaries`] message, its encoded size).
+fn largest_summaries() -> (usize, usize, usize) {
+    let limit = meshlat_controller::limits::agent_message_limit(
+        meshlat_controller::limits::DEFAULT_MAX_SUMMARY_BYTES,
+    );
+    let mut per_msg = 100;
+    while summaries("s99", per_msg + 100).encoded_len() < limit - 4096 {
+        per_msg += 100;
+    }
+    (limit, per_msg, summaries("s99", per_msg).encoded_len())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_summaries_keep_rss_bounded_and_expire_unread() -> Result<()> {
     const SESSIONS: usize = 100;
@@ -648,15 +658,7 @@ async fn hostile_summaries_keep_rss_bounded_and_expire_unread() -> Result<()> {
     let before = rss_kib(pid).context("rss")?;
     let ch = ctl.grpc_channel().await?;
 
-    // Just under the session's message limit: decoded, then cut to --max-summary-bytes.
-    let limit = meshlat_controller::limits::agent_message_limit(
-        meshlat_controller::limits::DEFAULT_MAX_SUMMARY_BYTES,
-    );
-    let mut per_msg = 100;
-    while summaries("s99", per_msg + 100).encoded_len() < limit - 4096 {
-        per_msg += 100;
-    }
-    let msg_bytes = summaries("s99", per_msg).encoded_len();
+    let (limit, per_msg, msg_bytes) = largest_summaries();
     assert!(msg_bytes < limit, "{msg_bytes} < {limit}");
     let mut sessions = Vec::new();
     let mut peak = before;
@@ -966,15 +968,7 @@ async fn a_thousand_hostile_sessions_keep_rss_under_256_mib() -> Result<()> {
     let before = status_kib(pid, "VmRSS:").context("rss")?;
     let hwm_before = status_kib(pid, "VmHWM:").context("hwm")?;
 
-    // Just under the session's message limit: decoded, then cut to --max-summary-bytes.
-    let limit = meshlat_controller::limits::agent_message_limit(
-        meshlat_controller::limits::DEFAULT_MAX_SUMMARY_BYTES,
-    );
-    let mut per_msg = 100;
-    while summaries("s99", per_msg + 100).encoded_len() < limit - 4096 {
-        per_msg += 100;
-    }
-    let msg_bytes = summaries("s99", per_msg).encoded_len();
+    let (_, per_msg, msg_bytes) = largest_summaries();
     let flood_started = chrono_now();
     let t0 = Instant::now();
     let mut sessions = Vec::with_capacity(HOSTILE);
