@@ -272,7 +272,7 @@ impl ProbeConfig {
                 reason: e.to_string(),
             });
         }
-        let location = match label("--location", a.identity.location.clone())? {
+        let location = match label("--location", a.records.identity.location.clone())? {
             Some(l) => Some(l),
             None => label("REP_LOCATION", env("REP_LOCATION"))?,
         };
@@ -297,19 +297,19 @@ impl ProbeConfig {
             interval,
             spec,
             format: a.format,
-            file: FileSinkConfig::from_args(&a.sinks)?,
-            emf: EmfConfig::from_args(&a.sinks)?,
+            file: FileSinkConfig::from_args(&a.records.sinks)?,
+            emf: EmfConfig::from_args(&a.records.sinks)?,
             firehose: FirehoseSinkConfig::from_args(
-                &a.sinks.firehose,
+                &a.records.sinks.firehose,
                 Path::new(DEFAULT_STATE_DIR),
             )?,
             identity: AgentIdentity {
                 agent_id: None,
-                region: region(a.identity.region.clone())?,
-                az: label("--az", a.identity.az.clone())?,
+                region: region(a.records.identity.region.clone())?,
+                az: label("--az", a.records.identity.az.clone())?,
                 location,
             },
-            common: CommonConfig::from_args(&a.common)?,
+            common: CommonConfig::from_args(&a.records.common)?,
             deprecations,
         })
     }
@@ -333,20 +333,20 @@ impl ServeConfig {
                          keys of the federation's controllers",
             });
         }
-        let mut common = CommonConfig::from_args(&a.common)?;
+        let mut common = CommonConfig::from_args(&a.records.common)?;
         common.stats_listen.get_or_insert(a.responders.listen);
         Ok(ServeConfig {
             responders: responder_config(&a.responders, common.limits)?,
             identity: AgentIdentity {
                 agent_id: None,
-                region: region(a.identity.region.clone())?,
-                az: label("--az", a.identity.az.clone())?,
-                location: label("--location", a.identity.location.clone())?,
+                region: region(a.records.identity.region.clone())?,
+                az: label("--az", a.records.identity.az.clone())?,
+                location: label("--location", a.records.identity.location.clone())?,
             },
-            file: FileSinkConfig::from_args(&a.sinks)?,
-            emf: EmfConfig::from_args(&a.sinks)?,
+            file: FileSinkConfig::from_args(&a.records.sinks)?,
+            emf: EmfConfig::from_args(&a.records.sinks)?,
             firehose: FirehoseSinkConfig::from_args(
-                &a.sinks.firehose,
+                &a.records.sinks.firehose,
                 Path::new(DEFAULT_STATE_DIR),
             )?,
             common,
