@@ -27,10 +27,10 @@ pub const RTT_BUCKETS_SECONDS: [f64; 20] = [
 /// Default of `--metrics-max-pairs`.
 pub const DEFAULT_MAX_PAIRS: usize = 1000;
 
-/// Labels of the per-pair series: one measured path of one protocol. Bounded: the agent's own
-/// region and id, and at most `--metrics-max-pairs` destinations.
+/// One measured path's endpoints: the labels every per-path series starts with. Bounded: the
+/// agent's own region, id and location, and at most `--metrics-max-pairs` destinations.
 #[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
-pub struct PairLabels {
+pub struct PathLabels {
     /// This agent's region.
     pub src_region: String,
     /// This agent's id (empty for `agent probe`).
@@ -43,25 +43,24 @@ pub struct PairLabels {
     pub dst: String,
     /// The destination agent's location (empty for an external target or without one).
     pub dst_location: String,
-    /// udp, tcp, quic, http, https.
+}
+
+/// Labels of the per-pair series: one measured path of one protocol.
+#[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
+pub struct PairLabels {
+    /// The path.
+    #[prometheus(flatten)]
+    pub path: PathLabels,
+    /// udp, tcp, quic, http, https (`relay` for a relay's penalty, counted against the cap).
     pub protocol: String,
 }
 
-/// Labels of the relay penalty gauge: a pair and the relay between them.
+/// Labels of the relay penalty gauge: a path and the relay between its ends.
 #[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
 pub struct RelayLabels {
-    /// This agent's region.
-    pub src_region: String,
-    /// This agent's id.
-    pub src_agent: String,
-    /// This agent's location.
-    pub src_location: String,
-    /// The destination's region.
-    pub dst_region: String,
-    /// The destination agent's id.
-    pub dst: String,
-    /// The destination agent's location.
-    pub dst_location: String,
+    /// The path.
+    #[prometheus(flatten)]
+    pub path: PathLabels,
     /// The relay agent's id.
     pub relay_agent: String,
     /// The relay agent's location.
@@ -349,7 +348,7 @@ impl Metrics {
             tracing::warn!(
                 message = "Per-pair metrics are capped; further pairs are counted in meshlat_metrics_pairs_over_cap_samples_total only.",
                 max_pairs = cap,
-                dst = %pair.dst,
+                dst = %pair.path.dst,
                 protocol = %pair.protocol,
                 hint = "raise --metrics-max-pairs",
             );
@@ -371,21 +370,18 @@ impl Metrics {
         let (Some(kind), Some(protocol)) = (rec.kind, rec.protocol) else {
             return;
         };
-        let dst = rec.dst_agent.clone().unwrap_or_else(|| rec.target.clone());
-        let src_region = rec.src_region.clone().unwrap_or_default();
-        let src_agent = rec.src_agent.clone().unwrap_or_default();
-        let dst_region = rec.dst_region.clone().unwrap_or_default();
-        let src_location = rec.src_location.clone().unwrap_or_default();
-        let dst_location = rec.dst_location.clone().unwrap_or_default();
+        let path = PathLabels {
+            src_region: rec.src_region.clone().unwrap_or_default(),
+            src_agent: rec.src_agent.clone().unwrap_or_default(),
+            src_location: rec.src_location.clone().unwrap_or_default(),
+            dst_region: rec.dst_region.clone().unwrap_or_default(),
+            dst: rec.dst_agent.clone().unwrap_or_else(|| rec.target.clone()),
+            dst_location: rec.dst_location.clone().unwrap_or_default(),
+        };
         match kind {
             Kind::Probe => {
                 let pair = PairLabels {
-                    src_region,
-                    src_agent,
-                    src_location,
-                    dst_region,
-                    dst,
-                    dst_location,
+                    path,
                     protocol: protocol.as_str().into(),
                 };
                 if !m.admit(&pair) {
@@ -419,26 +415,18 @@ impl Metrics {
                 else {
                     return;
                 };
-                let pair = PairLabels {
-                    src_region: src_region.clone(),
-                    src_agent: src_agent.clone(),
-                    src_location: src_location.clone(),
-                    dst_region: dst_region.clone(),
-                    dst: format!("{dst} via {relay}"),
-                    dst_location: dst_location.clone(),
+                // The relay's series counts against the cap as one more destination.
+                let mut via = path.clone();
+                via.dst = format!("{} via {relay}", path.dst);
+                if !m.admit(&PairLabels {
+                    path: via,
                     protocol: "relay".into(),
-                };
-                if !m.admit(&pair) {
+                }) {
                     return;
                 }
                 m.relay_penalty
                     .get_or_create(&RelayLabels {
-                        src_region,
-                        src_agent,
-                        src_location,
-                        dst_region,
-                        dst,
-                        dst_location,
+                        path,
                         relay_agent: relay,
                         relay_location: rec.relay_location.clone().unwrap_or_default(),
                     })
