@@ -70,82 +70,72 @@ groups:
           and on ({PAIR}) (meshlat:loss_ratio:pair <= bool {loss}) == 1
   - name: meshlat-alerts
     rules:
-      # Seed 003's HighLatency, per measured path.
-      - alert: HighLatency
-        expr: meshlat:rtt_p99_seconds:pair > {latency}
-        for: {for_}
-        labels:
-          severity: warning
-        annotations:
-          summary: "p99 RTT {{{{ $labels.src_location }}}} ({{{{ $labels.src_region }}}}) -> {{{{ $labels.dst_location }}}} ({{{{ $labels.dst_region }}}}) over {ms_text(latency)} ({{{{ $labels.protocol }}}})"
-          description: "p99 RTT over the last {w} is {{{{ $value | humanizeDuration }}}}, above {ms_text(latency)} for {for_}."
-      # HighLatency per region pair: the p99 of every sample between two regions.
-      - alert: HighLatencyRegionPair
-        expr: meshlat:rtt_p99_seconds:region_pair > {latency}
-        for: {for_}
-        labels:
-          severity: warning
-        annotations:
-          summary: "p99 RTT {{{{ $labels.src_region }}}} -> {{{{ $labels.dst_region }}}} over {ms_text(latency)} ({{{{ $labels.protocol }}}})"
-          description: "p99 RTT over the last {w} across the region pair is {{{{ $value | humanizeDuration }}}}."
-      - alert: HighLoss
-        expr: meshlat:loss_ratio:pair > {loss}
-        for: {for_}
-        labels:
-          severity: warning
-        annotations:
-          summary: "loss {{{{ $labels.src_location }}}} -> {{{{ $labels.dst_location }}}} ({{{{ $labels.protocol }}}}) above {loss:.0%}"
-          description: "{{{{ $value | humanizePercentage }}}} of packets (tcp, http, https: attempts) lost over the last {w}."
-      # One path's protocols disagree: UDP healthy while TCP, QUIC, HTTP or HTTPS is not (a
-      # firewall, a proxy, a TLS or HTTP problem), or UDP unhealthy while another protocol of the
-      # same path is healthy (UDP shaping, a reflector problem). No anchor has this alert.
-      - alert: ProtocolDifferential
-        expr: >-
-          (meshlat:unhealthy:pair{{protocol!="udp"}}
-            and on (src_agent, dst) meshlat:healthy:pair{{protocol="udp"}})
-          or
-          (meshlat:unhealthy:pair{{protocol="udp"}}
-            and on (src_agent, dst) meshlat:healthy:pair{{protocol!="udp"}})
-        for: {for_}
-        labels:
-          severity: warning
-        annotations:
-          summary: "{{{{ $labels.src_location }}}} -> {{{{ $labels.dst_location }}}}: {{{{ $labels.protocol }}}} unhealthy while another protocol of the path is healthy"
-          description: "p99 above {ms_text(latency)} or loss above {loss:.0%} on {{{{ $labels.protocol }}}} only, over the last {w}."
-      - alert: AgentDown
-        expr: up{{job="meshlat-agent"}} == 0
-        for: {down_for}
-        labels:
-          severity: critical
-        annotations:
-          summary: "meshlat agent {{{{ $labels.instance }}}} is down"
-          description: "Prometheus could not scrape {{{{ $labels.instance }}}} for {down_for}."
-      - alert: ControllerDown
-        expr: up{{job="meshlat-controller"}} == 0
-        for: {down_for}
-        labels:
-          severity: critical
-        annotations:
-          summary: "meshlat controller {{{{ $labels.instance }}}} is down"
-          description: "Prometheus could not scrape {{{{ $labels.instance }}}} for {down_for}."
-      # The Firehose spool grows: records wait on disk because delivery fails or lags.
-      - alert: SinkBacklog
-        expr: meshlat_sink_spool_bytes > 0 and deriv(meshlat_sink_spool_bytes[{w}]) > 0
-        for: {for_}
-        labels:
-          severity: warning
-        annotations:
-          summary: "{{{{ $labels.instance }}}}: the {{{{ $labels.sink }}}} spool has grown for {for_}"
-          description: "{{{{ $value | humanize1024 }}}}B spooled and growing over the last {w}; see meshlat_sink_errors_total and the agent's log."
-      - alert: FederationPeerStale
-        expr: meshlat_controller_federation_exchange_age_seconds > {peer_stale:g}
-        for: {for_}
-        labels:
-          severity: warning
-        annotations:
-          summary: "{{{{ $labels.instance }}}}: no federation exchange with {{{{ $labels.peer }}}} for {peer_stale:g} s"
-          description: "Last successful exchange {{{{ $value | humanizeDuration }}}} ago: that region's agents and jobs drop out of this controller's view when the peer TTL passes."
+{alerts(window, for_, latency, loss, peer_stale, down_for)}
 """
+
+
+def lbl(name: str) -> str:
+    """A label's value in an alert template."""
+    return "{{ $labels." + name + " }}"
+
+
+def alert(name: str, expr: str, for_: str, severity: str, summary: str, description: str,
+          comment: str = "") -> str:
+    """One alerting rule as YAML (a multi-line expr as a folded block)."""
+    out = [f"      # {c}" for c in comment.split("\n")] if comment else []
+    out.append(f"      - alert: {name}")
+    if "\n" in expr:
+        out += ["        expr: >-"] + [f"          {e}" for e in expr.split("\n")]
+    else:
+        out.append(f"        expr: {expr}")
+    out += [f"        for: {for_}", "        labels:", f"          severity: {severity}", "        annotations:",
+            f'          summary: "{summary}"', f'          description: "{description}"']
+    return "\n".join(out)
+
+
+def alerts(w: str, for_: str, latency: float, loss: float, peer_stale: float, down_for: str) -> str:
+    ms, pct = ms_text(latency), f"{loss:.0%}"
+    path = f"{lbl('src_location')} -> {lbl('dst_location')}"
+    value = "{{ $value | humanizeDuration }}"
+    return "\n".join([
+        alert("HighLatency", f"meshlat:rtt_p99_seconds:pair > {latency}", for_, "warning",
+              f"p99 RTT {lbl('src_location')} ({lbl('src_region')}) -> {lbl('dst_location')} ({lbl('dst_region')}) "
+              f"over {ms} ({lbl('protocol')})",
+              f"p99 RTT over the last {w} is {value}, above {ms} for {for_}.",
+              "Seed 003's HighLatency, per measured path."),
+        alert("HighLatencyRegionPair", f"meshlat:rtt_p99_seconds:region_pair > {latency}", for_, "warning",
+              f"p99 RTT {lbl('src_region')} -> {lbl('dst_region')} over {ms} ({lbl('protocol')})",
+              f"p99 RTT over the last {w} across the region pair is {value}.",
+              "HighLatency per region pair: the p99 of every sample between two regions."),
+        alert("HighLoss", f"meshlat:loss_ratio:pair > {loss}", for_, "warning",
+              f"loss {path} ({lbl('protocol')}) above {pct}",
+              "{{ $value | humanizePercentage }} of packets (tcp, http, https: attempts) lost over the last "
+              f"{w}."),
+        alert("ProtocolDifferential",
+              '(meshlat:unhealthy:pair{protocol!="udp"}\n'
+              '  and on (src_agent, dst) meshlat:healthy:pair{protocol="udp"})\n'
+              "or\n"
+              '(meshlat:unhealthy:pair{protocol="udp"}\n'
+              '  and on (src_agent, dst) meshlat:healthy:pair{protocol!="udp"})', for_, "warning",
+              f"{path}: {lbl('protocol')} unhealthy while another protocol of the path is healthy",
+              f"p99 above {ms} or loss above {pct} on {lbl('protocol')} only, over the last {w}.",
+              "One path's protocols disagree: UDP healthy while TCP, QUIC, HTTP or HTTPS is not (a\n"
+              "firewall, a proxy, a TLS or HTTP problem), or UDP unhealthy while another protocol of the\n"
+              "same path is healthy (UDP shaping, a reflector problem). No anchor has this alert."),
+        *(alert(f"{kind.capitalize()}Down", f'up{{job="meshlat-{kind}"}} == 0', down_for, "critical",
+                f"meshlat {kind} {lbl('instance')} is down",
+                f"Prometheus could not scrape {lbl('instance')} for {down_for}.")
+          for kind in ("agent", "controller")),
+        alert("SinkBacklog", f"meshlat_sink_spool_bytes > 0 and deriv(meshlat_sink_spool_bytes[{w}]) > 0", for_,
+              "warning", f"{lbl('instance')}: the {lbl('sink')} spool has grown for {for_}",
+              "{{ $value | humanize1024 }}B spooled and growing over the last "
+              f"{w}; see meshlat_sink_errors_total and the agent's log.",
+              "The Firehose spool grows: records wait on disk because delivery fails or lags."),
+        alert("FederationPeerStale", f"meshlat_controller_federation_exchange_age_seconds > {peer_stale:g}", for_,
+              "warning", f"{lbl('instance')}: no federation exchange with {lbl('peer')} for {peer_stale:g} s",
+              f"Last successful exchange {value} ago: that region's agents and jobs drop out of this "
+              "controller's view when the peer TTL passes."),
+    ])
 
 
 def ms_text(latency: float) -> str:
