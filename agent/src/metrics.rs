@@ -45,6 +45,13 @@ pub struct SinkErrorLabels {
     pub reason: String,
 }
 
+/// Labels of `meshlat_build_info`.
+#[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
+pub struct BuildLabels {
+    /// The binary's version.
+    pub version: String,
+}
+
 /// Every metric the agent exports.
 pub struct Metrics {
     registry: Registry,
@@ -139,6 +146,17 @@ impl Metrics {
             "scheduled_pairs",
             "(job, target) pairs currently scheduled",
             scheduled_pairs.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: crate::VERSION.into(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "1, labelled with the version of this binary",
+            build_info,
         );
         Metrics {
             registry,

@@ -595,4 +595,11 @@ pub struct ServeArgs {
     /// Log as JSON lines on stderr.
     #[arg(long, env = "MESHLAT_LOG_JSON")]
     pub log_json: bool,
+    /// Serve /health, /metrics (Prometheus) and /memstats (JSON) on this port, without
+    /// authentication (default: off).
+    #[arg(long = "stats-port", env = "MESHLAT_STATS_PORT", value_name = "PORT")]
+    pub stats_port: Option<u16>,
+    /// Address the stats server binds (default: the IP of --listen).
+    #[arg(long, env = "MESHLAT_STATS_LISTEN", value_name = "IP")]
+    pub stats_listen: Option<std::net::IpAddr>,
 }

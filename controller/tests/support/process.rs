@@ -26,6 +26,8 @@ pub struct TestController {
     pub data: PathBuf,
     pub grpc: String,
     pub rest: String,
+    /// Its stats server (`listening stats ADDR`), when started with `--stats-port`.
+    pub stats: Option<String>,
     /// The hex SHA-256 of its CA (`ca-sha256`).
     pub ca_sha256: String,
     /// The join token: from the secrets file of a first start, or given to
@@ -339,7 +341,7 @@ impl ControllerBuilder {
         c
     }
 
-    /// Starts the controller and reads its announcements: `listening grpc|rest ADDR`,
+    /// Starts the controller and reads its announcements: `listening grpc|rest|stats ADDR`,
     /// `ca-sha256 HEX` and, on the start that generated them, `secrets-file PATH` (read after
     /// checking it is private). A secret printed on stdout without `--print-secrets` fails it.
     pub async fn spawn(self) -> Result<TestController> {
@@ -351,7 +353,7 @@ impl ControllerBuilder {
             .context("spawn controller")?;
         let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
         let print_secrets = self.args.iter().any(|a| a == "--print-secrets");
-        let (mut g, mut r, mut ca) = (None, None, None);
+        let (mut g, mut r, mut ca, mut stats) = (None, None, None, None);
         let (mut token, mut credential) = self.secrets.clone().unzip();
         let deadline = Instant::now() + self.announce_within;
         // The listeners, then `ca-sha256`, then (on a first start) the secrets file, all at once.
@@ -364,6 +366,7 @@ impl ControllerBuilder {
             match (w.next(), w.next(), w.next()) {
                 (Some("listening"), Some("grpc"), Some(a)) => g = Some(a.to_string()),
                 (Some("listening"), Some("rest"), Some(a)) => r = Some(a.to_string()),
+                (Some("listening"), Some("stats"), Some(a)) => stats = Some(a.to_string()),
                 (Some("ca-sha256"), Some(h), _) => ca = Some(h.to_string()),
                 _ => {}
             }
@@ -391,6 +394,7 @@ impl ControllerBuilder {
             data: self.data,
             grpc: g.context("grpc")?,
             rest: r.context("rest")?,
+            stats,
             ca_sha256: ca.context("ca")?,
             token,
             credential,
