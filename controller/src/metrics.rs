@@ -6,7 +6,7 @@
 //! directory by state (from the [`Registry`]) and the age of each peer's last exchange.
 //!
 //! Every label value is bounded: fixed words, or the configured `--peer` URLs; never agent ids or
-//! client addresses. The metrics (README "Controller metrics" documents each):
+//! client addresses. The metrics (README "Controller stats server and metrics" documents each):
 //!
 //! - `meshlat_build_info{version}` gauge, 1;
 //! - `meshlat_controller_sessions` gauge, agent sessions (`AgentService.Connect` streams) open;
