@@ -28,6 +28,10 @@
 #   --refresh SECONDS        live matrix refresh period (default 5)
 #   --delay MS               emulated one-way inter-region delay (default 35)
 #   --no-build               use the binaries already in target/debug
+#   --monitoring             also run a real Prometheus (Debian's package: scripts/setup.sh) that
+#                            scrapes every agent's /metrics with the shipped rules
+#                            (infra/prometheus/meshlat-rules.yml), and print its URL
+#   --prometheus-port PORT   its port on 127.0.0.1 (default 9090)
 #   -h, --help               this text
 # Exit status: 0 after a clean stop (Ctrl-C included), 1 when a process failed (its log is named),
 # 2 for bad usage. Needs cargo, and python3 for the printed queries.
@@ -44,6 +48,8 @@ duration=0
 refresh=5
 delay_ms=35
 build=1
+monitoring=0
+prom_port=9090
 DEMO_DIR=${DEMO_DIR:-$ROOT/demo-data}
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 num() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 needs a whole number, not '$2' (try --help)"; }
@@ -54,11 +60,16 @@ while [[ $# -gt 0 ]]; do
     --refresh) [[ $# -ge 2 ]] || die "$1 needs SECONDS"; num "$1" "$2"; refresh=$2; shift 2 ;;
     --delay) [[ $# -ge 2 ]] || die "$1 needs MS"; num "$1" "$2"; delay_ms=$2; shift 2 ;;
     --no-build) build=0; shift ;;
+    --monitoring) monitoring=1; shift ;;
+    --prometheus-port) [[ $# -ge 2 ]] || die "$1 needs PORT"; num "$1" "$2"; prom_port=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument '$1' (try --help)" ;;
   esac
 done
 (( refresh >= 1 )) || die "--refresh must be at least 1"
+if (( monitoring )); then
+  command -v prometheus >/dev/null || die "--monitoring needs prometheus: run scripts/setup.sh (apt package prometheus)"
+fi
 mkdir -p "$DEMO_DIR"
 DEMO_DIR=$(cd "$DEMO_DIR" && pwd)
 
@@ -193,6 +204,9 @@ AGENTS=(
 )
 step "starting ${#AGENTS[@]} agents (agent run mode; records under $(show "$DEMO_DIR")/records)"
 declare -A AGENT_IP EMU_IP
+# With --monitoring every agent serves /metrics on its own address, port 9464.
+STATS=()
+(( monitoring )) && STATS=(--stats-port 9464)
 for a in "${AGENTS[@]}"; do
   read -r name region az n extra <<< "$a"
   AGENT_IP[$name]=$NET.$n
@@ -209,7 +223,8 @@ for a in "${AGENTS[@]}"; do
     --region "$region" --az "$az" --location "demo-$name" --key "$KEY" \
     --listen "${AGENT_IP[$name]}" --udp-port 0 --tcp-port 0 --quic-port 0 --https-port 0 --http-port off \
     "${adv[@]}" $extra \
-    --state-dir "$DEMO_DIR/agents/$name" --out "$DEMO_DIR" --flush-interval 1 --serve-interval 10
+    --state-dir "$DEMO_DIR/agents/$name" --out "$DEMO_DIR" --flush-interval 1 --serve-interval 10 \
+    "${STATS[@]}"
 done
 ROUTES=()
 for a in "${AGENTS[@]}"; do
@@ -231,6 +246,32 @@ step "starting the link emulator: +$((2 * delay_ms)) ms RTT on every path betwee
 start linkemu "$BIN/meshlat-linkemu" --log "$LOGS/linkemu.ndjson" "${ROUTES[@]}"
 wait_for linkemu 30 '^route ' $(( ${#ROUTES[@]} / 2 ))
 ok "${#AGENTS[@]} agents x 4 protocols = $(( ${#ROUTES[@]} / 2 )) routes (logs/linkemu.out lists them)"
+
+if (( monitoring )); then
+  step "starting Prometheus on 127.0.0.1:$prom_port (every agent's /metrics, the shipped rules)"
+  mkdir -p "$DEMO_DIR/prometheus"
+  cp infra/prometheus/meshlat-rules.yml "$DEMO_DIR/prometheus/"
+  {
+    printf 'global: {scrape_interval: 5s, evaluation_interval: 5s}\nrule_files: [meshlat-rules.yml]\n'
+    printf 'scrape_configs:\n  - job_name: meshlat-agent\n    static_configs:\n      - targets: ['
+    sep=""
+    for a in "${AGENTS[@]}"; do
+      read -r name _ <<< "$a"
+      printf '%s"%s:9464"' "$sep" "${AGENT_IP[$name]}"
+      sep=", "
+    done
+    printf ']\n'
+  } > "$DEMO_DIR/prometheus/prometheus.yml"
+  start prometheus prometheus --config.file="$DEMO_DIR/prometheus/prometheus.yml" \
+    --storage.tsdb.path="$DEMO_DIR/prometheus/data" --web.listen-address="127.0.0.1:$prom_port" --log.level=warn
+  for ((i = 0; ; i++)); do
+    python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$prom_port/-/ready', timeout=1)" 2>/dev/null && break
+    kill -0 "${PID[prometheus]}" 2>/dev/null || fail "prometheus exited; see $LOGS/prometheus.log (port $prom_port in use? --prometheus-port)"
+    (( i < 100 )) || fail "prometheus not ready within 10 s; see $LOGS/prometheus.log"
+    sleep 0.1
+  done
+  ok "http://127.0.0.1:$prom_port  (alerts: /alerts; try meshlat:rtt_p99_seconds:pair; Grafana dashboard: infra/grafana/)"
+fi
 
 # What each controller lists and the end of every log, for a join that does not complete.
 join_report() {

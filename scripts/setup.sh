@@ -5,12 +5,13 @@
 #
 # Debian packages: sockperf, irtt, fping (reference tools for accuracy and speed comparisons);
 # iproute2 (`ip netns`: controller/tests/netns_addresses.rs runs agents in network namespaces);
-# and ShellCheck (the shellcheck stage: scripts/lint-scripts.sh).
+# ShellCheck (the shellcheck stage: scripts/lint-scripts.sh); prometheus (the server and promtool:
+# the prometheus stage checks, unit-tests and runs the shipped alert rules against a local mesh).
 # Rust components: rustfmt, clippy (from the machine's rustup toolchain).
 set -euo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
-APT_PKGS=(sockperf irtt fping iproute2 shellcheck)
+APT_PKGS=(sockperf irtt fping iproute2 shellcheck prometheus)
 check_only=0
 [[ "${1:-}" == "--check" ]] && check_only=1
 

@@ -9,7 +9,8 @@
 # (.venv-analytics); demo: scripts/test_demo.sh runs scripts/demo.sh bounded;
 # infra-lint: cfn-lint and checkov on infra/cloudformation (.venv-cfn, .venv-checkov);
 # infra-invariants: scripts/test_infra.py (.venv-infra); deploy-dry-run: scripts/test_deploy.sh (no AWS);
-# images: scripts/images.sh --debug test (podman, buildah; hadolint runs in infra-lint).
+# images: scripts/images.sh --debug test (podman, buildah; hadolint runs in infra-lint);
+# prometheus: scripts/test_prometheus.py (promtool and a real Prometheus from scripts/setup.sh).
 #
 # Every stage runs under its own time budget (`timeout`, printed with the stage): a hung stage fails
 # by itself, named, instead of eating CI's limit. Every stage must also leave nothing running: its
@@ -166,6 +167,11 @@ run_stage demo 300 scripts/test_demo.sh
 # Soak, CI form: the demo for 3 minutes; fails if any demo process's threads or descriptors grow
 # by more than 10 % (floors +4 threads, +8 fds) after the first 2 minutes. ~4 min.
 run_stage soak 420 scripts/soak_demo.sh --no-build 3
+# The shipped Prometheus rules (infra/prometheus) checked and unit-tested with promtool, then a
+# real Prometheus scraping a local mesh (controller, 4 agents, the link emulator) with the rules at
+# a 30 s window: baseline p50 against the injected RTT, every Grafana panel query returns data,
+# HighLatency and ProtocolDifferential fire for the one delayed path only and resolve. ~1 min.
+run_stage prometheus 180 scripts/test_prometheus.py
 run_stage infra-lint 900 scripts/lint-infra.sh
 run_stage infra-invariants 600 scripts/test_infra.py
 run_stage deploy-dry-run 300 scripts/test_deploy.sh

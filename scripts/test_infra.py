@@ -63,6 +63,10 @@ forms. Invariants:
      task role's elasticfilesystem:ClientMount/ClientWrite (on that file system, through that
      access point, over TLS) and NFS (2049) rules, which join only the agent group and
      SpoolEfsSecurityGroupId.
+ 17. CloudWatch alarms on the agents' EMF metrics: agents and relays run with --emf, there are
+     HighLatency and AgentDown alarms, and every alarm metric in namespace meshlat (its name and
+     its dimension names) is one the agent writes - read from the lines a real `agent probe
+     --emf` writes (target/debug/agent, from the build stage);
 Then a self-test: each invariant is checked again on a deliberately broken copy of the
 templates and must fail there (so the checks can fail).
 """
@@ -799,6 +803,71 @@ def check_spool_efs(t):
     return bad
 
 
+def _emitted_emf() -> set[tuple[str, str, frozenset]]:
+    """(namespace, metric, dimension names) of every metric a real agent writes with --emf."""
+    import json  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    agent = ROOT / "target" / "debug" / "agent"
+    if not agent.exists():
+        raise SystemExit(f"test_infra: {agent} is missing (cargo build --bins): check 17 runs it")
+    if not hasattr(_emitted_emf, "cache"):
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(16)
+        port = srv.getsockname()[1]
+        try:
+            r = subprocess.run([str(agent), "probe", "--format", "json", "-n", "2", "-d", "0.3", "--timeout", "0.3",
+                                "--region", "eu-west-1", "--emf", "--emf-interval", "1", f"tcp://127.0.0.1:{port}"],
+                               capture_output=True, text=True, timeout=30)
+        finally:
+            srv.close()
+        got = set()
+        for line in r.stdout.splitlines():
+            v = json.loads(line)
+            for d in (v.get("_aws") or {}).get("CloudWatchMetrics", []):
+                for m in d["Metrics"]:
+                    for dims in d["Dimensions"]:
+                        got.add((d["Namespace"], m["Name"], frozenset(dims)))
+        _emitted_emf.cache = got
+    return _emitted_emf.cache
+
+
+def _alarm_metrics(props):
+    """(namespace, metric, dimension names) of an alarm: its metric, or its metric-math inputs."""
+    if props.get("MetricName"):
+        yield props.get("Namespace"), props["MetricName"], frozenset(d["Name"] for d in props.get("Dimensions") or [])
+    for m in props.get("Metrics") or []:
+        met = (m.get("MetricStat") or {}).get("Metric")
+        if met:
+            yield met.get("Namespace"), met.get("MetricName"), frozenset(d["Name"] for d in met.get("Dimensions") or [])
+
+
+def check_emf_alarms(t):
+    bad = []
+    for name in ("agent", "relay"):
+        c = _container(t, name)
+        if c is None:
+            bad.append(f"no {name} container")
+        elif "--emf" not in [str(x) for x in c[3].get("Command") or []]:
+            bad.append(f"{c[0]}:{c[1]} {name} runs without --emf (the alarms' metrics)")
+    emitted = _emitted_emf()
+    if not emitted:
+        bad.append("agent probe --emf wrote no EMF metrics")
+    names = set()
+    for f, n, p in resources(t, "AWS::CloudWatch::Alarm"):
+        names.add(n)
+        for ns, metric, dims in _alarm_metrics(p):
+            if ns == "meshlat" and (ns, metric, dims) not in emitted:
+                bad.append(f"{f}:{n} watches {metric} by {sorted(dims)}, which the agent does not write "
+                           f"(it writes {sorted((m, sorted(d)) for _, m, d in emitted)})")
+    for need in ("HighLatencyAlarm", "AgentDownAlarm"):
+        if need not in names:
+            bad.append(f"no {need}")
+    return bad
+
+
 CHECKS = [
     ("no 0.0.0.0/0 or ::/0 ingress on mesh ports", check_no_open_ingress),
     ("no public IPs by default (tasks, subnets, NLB internal)", check_no_public_ip),
@@ -823,6 +892,8 @@ CHECKS = [
      check_ephemeral_agents),
     ("optional spool EFS: off by default; TLS, IAM, access point, scoped role and NFS rules",
      check_spool_efs),
+    ("CloudWatch alarms on exactly the EMF metrics the agent writes (--emf on agents and relays)",
+     check_emf_alarms),
 ]
 
 
@@ -1102,7 +1173,36 @@ def _break_efs_nfs_open(t):
     raise StopIteration
 
 
+def _break_alarm_dimension(t):
+    for tpl in t.values():
+        for name, r in (tpl.get("Resources") or {}).items():
+            if name == "HighLatencyAlarm":
+                r["Properties"]["Dimensions"].append({"Name": "DstRegion", "Value": "us-east-1"})
+                r["Properties"]["Dimensions"] = [d for d in r["Properties"]["Dimensions"] if d["Name"] != "Protocol"]
+                return
+    raise StopIteration
+
+
+def _break_agentdown_metric(t):
+    for tpl in t.values():
+        for name, r in (tpl.get("Resources") or {}).items():
+            if name == "AgentDownAlarm":
+                r["Properties"]["Metrics"][0]["MetricStat"]["Metric"]["MetricName"] = "Heartbeat"
+                return
+    raise StopIteration
+
+
+def _break_no_emf(t):
+    c = _container(t, "relay")
+    if c is None:
+        raise StopIteration
+    c[3]["Command"] = [x for x in c[3]["Command"] if x != "--emf"]
+
+
 BREAKS = [
+    (_break_alarm_dimension, check_emf_alarms),
+    (_break_agentdown_metric, check_emf_alarms),
+    (_break_no_emf, check_emf_alarms),
     (_break_ingress, check_no_open_ingress),
     (_break_public_ip, check_no_public_ip),
     (_break_firehose, check_one_firehose_put),

@@ -64,6 +64,7 @@ pub enum StartError {
 /// Binds the stats server (if `-s PORT`) on `--stats-listen` (the command's `--listen` where it
 /// has one, else 0.0.0.0).
 async fn bind_admin(common: &CommonConfig) -> Result<Option<AdminServer>, StartError> {
+    crate::metrics::set_max_pairs(common.metrics_max_pairs);
     match common.stats_port {
         Some(p) => {
             let ip = common
@@ -91,6 +92,8 @@ pub struct ServeApp {
     file: Option<crate::sink::file::FileSinkConfig>,
     /// Firehose sink of server records (started at bind, so a bad stream fails early).
     firehose: Option<FirehoseSink>,
+    /// `--emf`: the heartbeat lines.
+    emf: Option<crate::sink::emf::EmfConfig>,
     /// Interval and source bound of server records.
     records: crate::respond::tally::RecordsConfig,
 }
@@ -115,6 +118,7 @@ impl ServeApp {
             identity: cfg.identity.clone(),
             file: cfg.file.clone(),
             firehose,
+            emf: cfg.emf.clone(),
             records: cfg.responders.records.clone(),
         })
     }
@@ -155,8 +159,11 @@ impl ServeApp {
             tokio::spawn(a.run(shutdown.clone()));
         }
         let mut sinks = None;
-        if self.file.is_some() || self.firehose.is_some() {
+        if self.file.is_some() || self.firehose.is_some() || self.emf.is_some() {
             let mut set = SinkSet::new();
+            if let Some(e) = self.emf.take() {
+                set.add(crate::sink::emf::EmfSink::new(e, &self.identity.region));
+            }
             if let Some(f) = &self.file {
                 set.add(FileSink::new(f.clone(), &self.identity.region));
             }
@@ -314,7 +321,14 @@ impl ProbeApp {
         if let Some(f) = self.firehose {
             sinks.add(f);
         }
+        if let Some(e) = &self.cfg.emf {
+            sinks.add(crate::sink::emf::EmfSink::new(
+                e.clone(),
+                &self.cfg.identity.region,
+            ));
+        }
         let (_mode_tx, mode_rx) = watch::channel(ControlMode::Standalone);
+        crate::metrics::control_mode(ControlMode::Standalone);
         let (jobs_tx, jobs_rx) = watch::channel(JobSet {
             generation: 0,
             jobs: self.jobs,

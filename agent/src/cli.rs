@@ -8,6 +8,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use meshlat_guard::cli::{DeadlineArgs, DeadlineHelp};
+use meshlat_proto::job::DEFAULT_PACKETS;
+
+use crate::respond::{DEFAULT_LIMITS, tally};
+use crate::sink::firehose::request::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES};
 
 /// Default UDP reflector port.
 pub const DEFAULT_UDP_PORT: u16 = 7710;
@@ -112,12 +116,8 @@ pub struct ResponderArgs {
     /// Shared secret for UDP packet authentication; repeat to accept several (key rotation).
     /// Without one, `serve` uses a well-known default key (a warning is logged); under a
     /// controller the reflector accepts the controller's mesh key instead.
-    #[arg(
-        long = "key",
-        env = "MESHLAT_KEY",
-        value_delimiter = ',',
-        value_name = "KEY"
-    )]
+    #[arg(long = "key", env = "MESHLAT_KEY", value_name = "KEY")]
+    #[arg(value_delimiter = ',')]
     pub keys: Vec<String>,
     /// Also relay: forward UDP relay-forward packets to the destination named in their grant
     /// and their replies back (off by default). Standalone, grants are verified with the
@@ -129,37 +129,21 @@ pub struct ResponderArgs {
     /// Seconds between server records (kind=serve / relay_serve: the UDP reflector's and
     /// relay's packets answered, relayed and dropped per source); the last interval is written
     /// at shutdown.
-    #[arg(
-        long,
-        env = "MESHLAT_SERVE_INTERVAL",
-        default_value_t = 60.0,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "MESHLAT_SERVE_INTERVAL", value_name = "SECONDS")]
+    #[arg(default_value_t = tally::DEFAULT_INTERVAL.as_secs_f64())]
     pub serve_interval: f64,
     /// Distinct sources counted per interval in server records; further sources share one
     /// overflow row (src_addr null), so a spray of source addresses cannot grow memory.
-    #[arg(
-        long,
-        env = "MESHLAT_SERVE_MAX_SOURCES",
-        default_value_t = 1024,
-        value_name = "N"
-    )]
+    #[arg(long, env = "MESHLAT_SERVE_MAX_SOURCES", value_name = "N")]
+    #[arg(default_value_t = tally::DEFAULT_MAX_SOURCES)]
     pub serve_max_sources: usize,
     /// PEM certificate chain for HTTPS and QUIC (default: a self-signed certificate).
-    #[arg(
-        long,
-        env = "MESHLAT_TLS_CERT",
-        requires = "tls_key",
-        value_name = "FILE"
-    )]
+    #[arg(long, env = "MESHLAT_TLS_CERT", value_name = "FILE")]
+    #[arg(requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
-    #[arg(
-        long,
-        env = "MESHLAT_TLS_KEY",
-        requires = "tls_cert",
-        value_name = "FILE"
-    )]
+    #[arg(long, env = "MESHLAT_TLS_KEY", value_name = "FILE")]
+    #[arg(requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 }
 
@@ -176,33 +160,26 @@ impl std::fmt::Display for PortArg {
 #[derive(Clone, Debug, Args)]
 pub struct CommonArgs {
     /// Serve /health, /metrics (Prometheus) and /memstats (JSON) on this port.
-    #[arg(
-        short = 's',
-        long = "stats-port",
-        env = "MESHLAT_STATS_PORT",
-        value_name = "PORT"
-    )]
+    #[arg(short = 's', long, env = "MESHLAT_STATS_PORT", value_name = "PORT")]
     pub stats_port: Option<u16>,
     /// Address the stats server binds (default: --listen where the command has it, else
     /// 0.0.0.0).
     #[arg(long, env = "MESHLAT_STATS_LISTEN", value_name = "IP")]
     pub stats_listen: Option<IpAddr>,
+    /// Most pairs (destination and protocol) given their own RTT and loss series on /metrics;
+    /// samples of further pairs are only counted (meshlat_metrics_pairs_over_cap_samples_total).
+    /// 0: no per-pair series.
+    #[arg(long, env = "MESHLAT_METRICS_MAX_PAIRS", value_name = "N")]
+    #[arg(default_value_t = crate::metrics::DEFAULT_MAX_PAIRS)]
+    pub metrics_max_pairs: usize,
     /// Most connections open at once on each TCP listener (HTTP, HTTPS, stats) and QUIC
     /// responder; over it a new connection is closed (QUIC: refused) at once.
-    #[arg(
-        long,
-        env = "MESHLAT_MAX_CONNS",
-        default_value_t = 1024,
-        value_name = "N"
-    )]
+    #[arg(long, env = "MESHLAT_MAX_CONNS", value_name = "N")]
+    #[arg(default_value_t = DEFAULT_LIMITS.max_conns)]
     pub max_conns: usize,
     /// Most connections open at once from one source address, per listener.
-    #[arg(
-        long,
-        env = "MESHLAT_MAX_CONNS_PER_IP",
-        default_value_t = 256,
-        value_name = "N"
-    )]
+    #[arg(long, env = "MESHLAT_MAX_CONNS_PER_IP", value_name = "N")]
+    #[arg(default_value_t = DEFAULT_LIMITS.max_conns_per_ip)]
     pub max_conns_per_ip: usize,
     /// `--handshake-timeout`, `--header-timeout`, `--idle-timeout`.
     #[command(flatten)]
@@ -223,12 +200,12 @@ pub struct AgentDeadlines;
 impl DeadlineHelp for AgentDeadlines {
     const HANDSHAKE: &'static str =
         "A TLS (HTTPS) or QUIC handshake must finish within this, in seconds";
-    const HANDSHAKE_DEFAULT: f64 = 10.0;
+    const HANDSHAKE_DEFAULT: f64 = DEFAULT_LIMITS.handshake_timeout.as_secs_f64();
     const HEADER: &'static str =
         "Every HTTP request head must arrive within this, in seconds (also bounds idle keep-alive)";
-    const HEADER_DEFAULT: f64 = 10.0;
+    const HEADER_DEFAULT: f64 = DEFAULT_LIMITS.header_timeout.as_secs_f64();
     const IDLE: &'static str = "A connection with no traffic for this long is closed, in seconds (QUIC: the responder's idle timeout)";
-    const IDLE_DEFAULT: f64 = 10.0;
+    const IDLE_DEFAULT: f64 = DEFAULT_LIMITS.idle_timeout.as_secs_f64();
 }
 
 /// Log output format (shared with the controller: [`meshlat_runtime::LogFormat`]).
@@ -240,10 +217,21 @@ pub struct ServeArgs {
     /// Responders.
     #[command(flatten)]
     pub responders: ResponderArgs,
-    /// Identity labels written in server records (region is the file layout's partition).
+    /// Identity labels written in server records (region is the file layout's partition),
+    /// their sinks (kind=serve / relay_serve; none: no server records), logging and stats.
+    #[command(flatten)]
+    pub records: RecordArgs,
+}
+
+/// What `serve` and `probe` take after their own flags: the identity labels of their records,
+/// the sinks the records go to, logging and stats. (`run` takes the same groups, with its
+/// responders among them.)
+#[derive(Clone, Debug, Args)]
+pub struct RecordArgs {
+    /// Identity labels.
     #[command(flatten)]
     pub identity: IdentityArgs,
-    /// Sinks of server records (kind=serve / relay_serve); none: no server records.
+    /// Sinks.
     #[command(flatten)]
     pub sinks: SinkArgs,
     /// Logging and stats.
@@ -267,24 +255,30 @@ pub struct SinkArgs {
     #[arg(long, env = "MESHLAT_OUT", value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Rotate output files at this size (bytes).
-    #[arg(long, env = "MESHLAT_FILE_MAX_BYTES", default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, env = "MESHLAT_FILE_MAX_BYTES", value_name = "BYTES")]
+    #[arg(default_value_t = 64 * 1024 * 1024)]
     pub file_max_bytes: u64,
     /// Rotate output files at this age (seconds).
-    #[arg(
-        long,
-        env = "MESHLAT_FILE_MAX_AGE",
-        default_value_t = 300.0,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "MESHLAT_FILE_MAX_AGE", value_name = "SECONDS")]
+    #[arg(default_value_t = 300.0)]
     pub file_max_age: f64,
     /// Flush output files at least this often (seconds): the most a crash can lose.
-    #[arg(
-        long,
-        env = "MESHLAT_FLUSH_INTERVAL",
-        default_value_t = 1.0,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "MESHLAT_FLUSH_INTERVAL", value_name = "SECONDS")]
+    #[arg(default_value_t = 1.0)]
     pub flush_interval: f64,
+    /// Also write latency, loss and a heartbeat as CloudWatch Embedded Metric Format lines on
+    /// stdout once a minute (ECS's awslogs driver turns them into CloudWatch metrics).
+    #[arg(long, env = "MESHLAT_EMF")]
+    pub emf: bool,
+    /// CloudWatch namespace of the --emf metrics.
+    #[arg(long, env = "MESHLAT_EMF_NAMESPACE", value_name = "NAME")]
+    #[arg(default_value = crate::sink::emf::DEFAULT_NAMESPACE)]
+    pub emf_namespace: String,
+    /// Seconds per --emf interval (whole seconds; 60 gives one data point per agent and minute,
+    /// which the shipped AgentDown alarm counts on).
+    #[arg(long, env = "MESHLAT_EMF_INTERVAL", value_name = "SECONDS")]
+    #[arg(default_value_t = 60.0, hide = true)]
+    pub emf_interval: f64,
     /// Firehose sink (enabled by --firehose-stream). Boxed so `Command`'s variants stay
     /// similar in size (clippy::large_enum_variant).
     #[command(flatten)]
@@ -304,42 +298,28 @@ pub struct FirehoseArgs {
     #[arg(long, env = "MESHLAT_FIREHOSE_ENDPOINT", value_name = "URL")]
     pub firehose_endpoint: Option<String>,
     /// Send a Firehose request once its oldest record has waited this long (seconds).
-    #[arg(
-        long,
-        env = "MESHLAT_FIREHOSE_BATCH_AGE",
-        default_value_t = 2.0,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "MESHLAT_FIREHOSE_BATCH_AGE", value_name = "SECONDS")]
+    #[arg(default_value_t = 2.0)]
     pub firehose_batch_age: f64,
     /// Largest Firehose record (bytes; lines are packed up to it; Firehose maximum 1024000).
-    #[arg(
-        long,
-        env = "MESHLAT_FIREHOSE_RECORD_MAX_BYTES",
-        default_value_t = 1_024_000,
-        value_name = "BYTES"
-    )]
+    #[arg(long, env = "MESHLAT_FIREHOSE_RECORD_MAX_BYTES", value_name = "BYTES")]
+    #[arg(default_value_t = MAX_RECORD_BYTES)]
     pub firehose_record_max_bytes: usize,
     /// Most records per PutRecordBatch (Firehose maximum 500).
-    #[arg(
-        long,
-        env = "MESHLAT_FIREHOSE_BATCH_MAX_RECORDS",
-        default_value_t = 500,
-        value_name = "N"
-    )]
+    #[arg(long, env = "MESHLAT_FIREHOSE_BATCH_MAX_RECORDS", value_name = "N")]
+    #[arg(default_value_t = MAX_BATCH_RECORDS)]
     pub firehose_batch_max_records: usize,
     /// Largest PutRecordBatch (bytes; Firehose maximum 4194304).
-    #[arg(long, env = "MESHLAT_FIREHOSE_BATCH_MAX_BYTES", default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, env = "MESHLAT_FIREHOSE_BATCH_MAX_BYTES", value_name = "BYTES")]
+    #[arg(default_value_t = MAX_BATCH_BYTES)]
     pub firehose_batch_max_bytes: usize,
     /// Most PutRecordBatch requests in flight at once.
-    #[arg(
-        long,
-        env = "MESHLAT_FIREHOSE_MAX_IN_FLIGHT",
-        default_value_t = 4,
-        value_name = "N"
-    )]
+    #[arg(long, env = "MESHLAT_FIREHOSE_MAX_IN_FLIGHT", value_name = "N")]
+    #[arg(default_value_t = 4)]
     pub firehose_max_in_flight: usize,
     /// Batches held in memory before the oldest move to the spool (bytes).
-    #[arg(long, env = "MESHLAT_FIREHOSE_MEMORY_MAX_BYTES", default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, env = "MESHLAT_FIREHOSE_MEMORY_MAX_BYTES", value_name = "BYTES")]
+    #[arg(default_value_t = 64 * 1024 * 1024)]
     pub firehose_memory_max_bytes: u64,
     /// Directory for undelivered Firehose batches (a subdirectory per stream, mode 0700);
     /// replayed at start. Default: STATE_DIR/spool (`agent probe`: ./meshlat-agent-state/spool).
@@ -350,7 +330,8 @@ pub struct FirehoseArgs {
     #[arg(long, env = "MESHLAT_SPOOL_ALWAYS")]
     pub spool_always: bool,
     /// Spool size limit (bytes); beyond it the oldest batches are deleted and counted.
-    #[arg(long, env = "MESHLAT_SPOOL_MAX_BYTES", default_value_t = 1024 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, env = "MESHLAT_SPOOL_MAX_BYTES", value_name = "BYTES")]
+    #[arg(default_value_t = 1024 * 1024 * 1024)]
     pub spool_max_bytes: u64,
 }
 
@@ -376,21 +357,11 @@ pub struct ProbeArgs {
     #[arg(value_name = "TARGET")]
     pub targets: Vec<String>,
     /// Samples per target (0: until Ctrl-C).
-    #[arg(
-        short = 'n',
-        long = "count",
-        env = "MESHLAT_COUNT",
-        default_value_t = 10
-    )]
+    #[arg(short = 'n', long, env = "MESHLAT_COUNT", default_value_t = 10)]
     pub count: u64,
     /// Seconds between the starts of consecutive samples of one target.
-    #[arg(
-        short = 'd',
-        long = "delay",
-        env = "MESHLAT_DELAY",
-        default_value_t = 1.0,
-        value_name = "SECONDS"
-    )]
+    #[arg(short = 'd', long, env = "MESHLAT_DELAY", value_name = "SECONDS")]
+    #[arg(default_value_t = 1.0)]
     pub delay: f64,
     /// Per-sample timeout in seconds (default: 5, or -d if smaller).
     #[arg(long, env = "MESHLAT_TIMEOUT", value_name = "SECONDS")]
@@ -399,32 +370,19 @@ pub struct ProbeArgs {
     #[arg(long, env = "MESHLAT_FORMAT", value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Packets per train (udp, quic).
-    #[arg(long, env = "MESHLAT_PACKETS", default_value_t = 10, value_name = "N")]
+    #[arg(long, env = "MESHLAT_PACKETS", default_value_t = DEFAULT_PACKETS, value_name = "N")]
     pub packets: u32,
     /// Milliseconds between the packets of one train (udp, quic; a job's `packet_interval_ms`),
     /// not between samples (that is -d/--delay). Default: 10.
-    #[arg(
-        long = "packet-interval-ms",
-        env = "MESHLAT_PACKET_INTERVAL_MS",
-        value_name = "MS"
-    )]
+    #[arg(long, env = "MESHLAT_PACKET_INTERVAL_MS", value_name = "MS")]
     pub packet_interval_ms: Option<f64>,
     /// Deprecated spelling of --packet-interval-ms: still accepted, with a warning.
-    #[arg(
-        long = "interval-ms",
-        env = "MESHLAT_INTERVAL_MS",
-        value_name = "MS",
-        hide = true,
-        conflicts_with = "packet_interval_ms"
-    )]
+    #[arg(long, env = "MESHLAT_INTERVAL_MS", value_name = "MS")]
+    #[arg(hide = true, conflicts_with = "packet_interval_ms")]
     pub interval_ms: Option<f64>,
     /// UDP/QUIC datagram size in bytes (0: the minimum).
-    #[arg(
-        long,
-        env = "MESHLAT_PAYLOAD_BYTES",
-        default_value_t = 0,
-        value_name = "BYTES"
-    )]
+    #[arg(long, env = "MESHLAT_PAYLOAD_BYTES", value_name = "BYTES")]
+    #[arg(default_value_t = 0)]
     pub payload_bytes: u32,
     /// Shared secret for UDP packet authentication (must match the reflector's).
     #[arg(long, env = "MESHLAT_KEY", value_name = "KEY")]
@@ -435,15 +393,9 @@ pub struct ProbeArgs {
     /// Trust these PEM CA certificates for https/quic targets (instead of the web roots).
     #[arg(long, env = "MESHLAT_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
-    /// Identity labels.
+    /// Identity labels, sinks, logging and stats.
     #[command(flatten)]
-    pub identity: IdentityArgs,
-    /// Sinks.
-    #[command(flatten)]
-    pub sinks: SinkArgs,
-    /// Logging and stats.
-    #[command(flatten)]
-    pub common: CommonArgs,
+    pub records: RecordArgs,
 }
 
 /// `agent run` (the default): connect to a controller.
@@ -460,12 +412,8 @@ pub struct RunArgs {
     pub advertise: Option<String>,
     /// Advertise HOST:PORT instead for one protocol (udp, tcp, quic, http, https), e.g. behind
     /// NAT, a load balancer or a link emulator; repeatable.
-    #[arg(
-        long = "advertise-endpoint",
-        env = "MESHLAT_ADVERTISE_ENDPOINTS",
-        value_delimiter = ',',
-        value_name = "PROTO=HOST:PORT"
-    )]
+    #[arg(long = "advertise-endpoint", env = "MESHLAT_ADVERTISE_ENDPOINTS")]
+    #[arg(value_delimiter = ',', value_name = "PROTO=HOST:PORT")]
     pub advertise_endpoints: Vec<String>,
     /// Directory (mode 0700) keeping this agent's id, last job set (0600: it holds wire and grant
     /// keys) and, by default, the Firehose spool across restarts. Default: MESHLAT_STATE_DIR

@@ -21,6 +21,7 @@ use self::error::{label, secs};
 use crate::cli::{self, Format, LogFormat};
 use crate::probe::{Key, ProbeSpec};
 use crate::respond::ResponderConfig;
+use crate::sink::emf::EmfConfig;
 use crate::sink::file::FileSinkConfig;
 use crate::sink::firehose::FirehoseSinkConfig;
 use crate::target::Target;
@@ -36,6 +37,8 @@ pub struct CommonConfig {
     pub stats_port: Option<u16>,
     /// `--stats-listen` (`None`: the command's `--listen`, else 0.0.0.0).
     pub stats_listen: Option<std::net::IpAddr>,
+    /// `--metrics-max-pairs`: the most pairs (destination and protocol) with series on /metrics.
+    pub metrics_max_pairs: usize,
     /// Caps and deadlines of every listener (`--max-conns`, ...).
     pub limits: meshlat_guard::ConnLimits,
     /// Verbosity (0 info, 1 debug, 2+ trace).
@@ -74,6 +77,7 @@ impl CommonConfig {
         Ok(CommonConfig {
             stats_port: a.stats_port,
             stats_listen: a.stats_listen,
+            metrics_max_pairs: a.metrics_max_pairs,
             limits: meshlat_guard::ConnLimits {
                 max_conns,
                 max_conns_per_ip,
@@ -120,6 +124,8 @@ pub struct ProbeConfig {
     pub file: Option<FileSinkConfig>,
     /// Firehose sink.
     pub firehose: Option<FirehoseSinkConfig>,
+    /// CloudWatch EMF lines (`--emf`).
+    pub emf: Option<EmfConfig>,
     /// Identity labels.
     pub identity: AgentIdentity,
     /// Logging/stats.
@@ -152,6 +158,8 @@ pub struct ServeConfig {
     pub file: Option<FileSinkConfig>,
     /// Firehose sink of server records.
     pub firehose: Option<FirehoseSinkConfig>,
+    /// CloudWatch EMF lines (`--emf`: the heartbeat; serve measures nothing).
+    pub emf: Option<EmfConfig>,
     /// Logging/stats.
     pub common: CommonConfig,
 }
@@ -264,7 +272,7 @@ impl ProbeConfig {
                 reason: e.to_string(),
             });
         }
-        let location = match label("--location", a.identity.location.clone())? {
+        let location = match label("--location", a.records.identity.location.clone())? {
             Some(l) => Some(l),
             None => label("REP_LOCATION", env("REP_LOCATION"))?,
         };
@@ -289,18 +297,19 @@ impl ProbeConfig {
             interval,
             spec,
             format: a.format,
-            file: FileSinkConfig::from_args(&a.sinks)?,
+            file: FileSinkConfig::from_args(&a.records.sinks)?,
+            emf: EmfConfig::from_args(&a.records.sinks)?,
             firehose: FirehoseSinkConfig::from_args(
-                &a.sinks.firehose,
+                &a.records.sinks.firehose,
                 Path::new(DEFAULT_STATE_DIR),
             )?,
             identity: AgentIdentity {
                 agent_id: None,
-                region: region(a.identity.region.clone())?,
-                az: label("--az", a.identity.az.clone())?,
+                region: region(a.records.identity.region.clone())?,
+                az: label("--az", a.records.identity.az.clone())?,
                 location,
             },
-            common: CommonConfig::from_args(&a.common)?,
+            common: CommonConfig::from_args(&a.records.common)?,
             deprecations,
         })
     }
@@ -324,19 +333,20 @@ impl ServeConfig {
                          keys of the federation's controllers",
             });
         }
-        let mut common = CommonConfig::from_args(&a.common)?;
+        let mut common = CommonConfig::from_args(&a.records.common)?;
         common.stats_listen.get_or_insert(a.responders.listen);
         Ok(ServeConfig {
             responders: responder_config(&a.responders, common.limits)?,
             identity: AgentIdentity {
                 agent_id: None,
-                region: region(a.identity.region.clone())?,
-                az: label("--az", a.identity.az.clone())?,
-                location: label("--location", a.identity.location.clone())?,
+                region: region(a.records.identity.region.clone())?,
+                az: label("--az", a.records.identity.az.clone())?,
+                location: label("--location", a.records.identity.location.clone())?,
             },
-            file: FileSinkConfig::from_args(&a.sinks)?,
+            file: FileSinkConfig::from_args(&a.records.sinks)?,
+            emf: EmfConfig::from_args(&a.records.sinks)?,
             firehose: FirehoseSinkConfig::from_args(
-                &a.sinks.firehose,
+                &a.records.sinks.firehose,
                 Path::new(DEFAULT_STATE_DIR),
             )?,
             common,

@@ -3,13 +3,84 @@
 //! Every drop and error is counted where it happens through the event functions below, which log
 //! and count in one place (Vector's `internal_events` idea), so logs and metrics cannot drift.
 
-use std::sync::LazyLock;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex};
 
+use meshlat_proto::record::{ControlMode, Kind, Protocol, Record};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+/// Upper bounds (seconds) of the RTT histograms' buckets: 0.05 ms to 5 s, classic buckets (native
+/// histograms need a feature flag in Debian's Prometheus 2.42). 0.15 s is one for the seed's
+/// HighLatency alert (p99 above 150 ms), which `histogram_quantile` then reads exactly at its
+/// threshold.
+pub const RTT_BUCKETS_SECONDS: [f64; 20] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1,
+    0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Default of `--metrics-max-pairs`.
+pub const DEFAULT_MAX_PAIRS: usize = 1000;
+
+/// Labels of the per-pair series: one measured path of one protocol. Bounded: the agent's own
+/// region and id, and at most `--metrics-max-pairs` destinations.
+#[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
+pub struct PairLabels {
+    /// This agent's region.
+    pub src_region: String,
+    /// This agent's id (empty for `agent probe`).
+    pub src_agent: String,
+    /// This agent's `--location` (empty without one): the name people read.
+    pub src_location: String,
+    /// The destination's region (empty for an external target).
+    pub dst_region: String,
+    /// The destination agent's id, or the target (host:port or URL) of an external target.
+    pub dst: String,
+    /// The destination agent's location (empty for an external target or without one).
+    pub dst_location: String,
+    /// udp, tcp, quic, http, https.
+    pub protocol: String,
+}
+
+/// Labels of the relay penalty gauge: a pair and the relay between them.
+#[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
+pub struct RelayLabels {
+    /// This agent's region.
+    pub src_region: String,
+    /// This agent's id.
+    pub src_agent: String,
+    /// This agent's location.
+    pub src_location: String,
+    /// The destination's region.
+    pub dst_region: String,
+    /// The destination agent's id.
+    pub dst: String,
+    /// The destination agent's location.
+    pub dst_location: String,
+    /// The relay agent's id.
+    pub relay_agent: String,
+    /// The relay agent's location.
+    pub relay_location: String,
+}
+
+/// Labels of `meshlat_control_mode`.
+#[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
+pub struct ModeLabels {
+    /// standalone, connected, static, degraded.
+    pub mode: String,
+}
+
+/// Labels of `meshlat_build_info`.
+#[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
+pub struct BuildLabels {
+    /// The agent's version.
+    pub version: String,
+}
 
 /// Labels of `meshlat_measurements_total`.
 #[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
@@ -45,13 +116,6 @@ pub struct SinkErrorLabels {
     pub reason: String,
 }
 
-/// Labels of `meshlat_build_info`.
-#[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
-pub struct BuildLabels {
-    /// The binary's version.
-    pub version: String,
-}
-
 /// Every metric the agent exports.
 pub struct Metrics {
     registry: Registry,
@@ -75,6 +139,26 @@ pub struct Metrics {
     pub sched_late: Counter,
     /// (job, target) pairs currently scheduled.
     pub scheduled_pairs: Gauge,
+    /// RTT of every sample, per pair (udp/quic: each packet; tcp: connect; http(s): total).
+    pub rtt: Family<PairLabels, Histogram, fn() -> Histogram>,
+    /// Packets sent per pair (tcp, http(s): probe attempts).
+    pub probe_sent: Family<PairLabels, Counter>,
+    /// Packets lost per pair (tcp, http(s): failed attempts).
+    pub probe_lost: Family<PairLabels, Counter>,
+    /// Last relay penalty (relayed - direct RTT, seconds) per pair and relay.
+    pub relay_penalty: Family<RelayLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Samples not given per-pair series because `--metrics-max-pairs` was reached.
+    pub pairs_over_cap: Counter,
+    /// 1 for the current control mode, 0 for the others.
+    pub control_mode: Family<ModeLabels, Gauge>,
+    /// Pairs with series now, and the cap.
+    pairs: Mutex<HashSet<PairLabels>>,
+    max_pairs: AtomicUsize,
+    warned_cap: AtomicBool,
+}
+
+fn rtt_histogram() -> Histogram {
+    Histogram::new(RTT_BUCKETS_SECONDS)
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -87,89 +171,108 @@ pub fn get() -> &'static Metrics {
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("meshlat");
-        let measurements = Family::<MeasurementLabels, Counter>::default();
-        registry.register(
-            "measurements",
-            "Measurements taken, by protocol and result",
-            measurements.clone(),
+        let rtt = Family::<PairLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            rtt_histogram as fn() -> Histogram,
         );
-        let responder = Family::<ResponderLabels, Counter>::default();
-        registry.register(
-            "responder_requests",
-            "Packets or connections seen by responders, by result",
-            responder.clone(),
+        registry.register_with_unit(
+            "rtt",
+            "Round-trip time of every sample per pair: udp/quic each packet, tcp the connect, \
+             http(s) connect start to last byte",
+            prometheus_client::registry::Unit::Seconds,
+            rtt.clone(),
         );
-        let sink_records = Family::<SinkLabels, Counter>::default();
-        registry.register(
-            "sink_records",
-            "Records accepted by each sink",
-            sink_records.clone(),
+        let relay_penalty = Family::default();
+        registry.register_with_unit(
+            "relay_penalty",
+            "Last relay penalty per pair and relay: relayed minus direct RTT (negative: the relay \
+             is faster)",
+            prometheus_client::registry::Unit::Seconds,
+            relay_penalty.clone(),
         );
-        let sink_errors = Family::<SinkErrorLabels, Counter>::default();
-        registry.register(
-            "sink_errors",
-            "Records a sink failed to deliver or dropped, by reason",
-            sink_errors.clone(),
-        );
-        let sink_delivered = Family::<SinkLabels, Counter>::default();
-        registry.register(
-            "sink_delivered_records",
-            "Records a sink delivered to its destination",
-            sink_delivered.clone(),
-        );
-        let sink_backlog_bytes = Family::<SinkLabels, Gauge>::default();
-        registry.register(
-            "sink_backlog_bytes",
-            "Bytes a sink holds in memory waiting for delivery",
-            sink_backlog_bytes.clone(),
-        );
-        let sink_spool_bytes = Family::<SinkLabels, Gauge>::default();
-        registry.register(
-            "sink_spool_bytes",
-            "Bytes a sink holds in its disk spool",
-            sink_spool_bytes.clone(),
-        );
-        let sink_retries = Family::<SinkErrorLabels, Counter>::default();
-        registry.register(
-            "sink_retries",
-            "Records whose delivery a sink retries, by reason",
-            sink_retries.clone(),
-        );
-        let sched_late = Counter::default();
-        registry.register(
-            "sched_late_samples",
-            "Samples started more than 1 ms late",
-            sched_late.clone(),
-        );
-        let scheduled_pairs = Gauge::default();
-        registry.register(
-            "scheduled_pairs",
-            "(job, target) pairs currently scheduled",
-            scheduled_pairs.clone(),
-        );
-        let build_info = Family::<BuildLabels, Gauge>::default();
-        build_info
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
             .get_or_create(&BuildLabels {
-                version: crate::VERSION.into(),
+                version: env!("CARGO_PKG_VERSION").into(),
             })
             .set(1);
-        registry.register(
-            "build_info",
-            "1, labelled with the version of this binary",
-            build_info,
-        );
+        registry.register("build_info", "The agent's version (value 1)", build);
         Metrics {
+            measurements: registered(
+                &mut registry,
+                "measurements",
+                "Measurements taken, by protocol and result",
+            ),
+            responder: registered(
+                &mut registry,
+                "responder_requests",
+                "Packets or connections seen by responders, by result",
+            ),
+            sink_records: registered(
+                &mut registry,
+                "sink_records",
+                "Records accepted by each sink",
+            ),
+            sink_errors: registered(
+                &mut registry,
+                "sink_errors",
+                "Records a sink failed to deliver or dropped, by reason",
+            ),
+            sink_delivered: registered(
+                &mut registry,
+                "sink_delivered_records",
+                "Records a sink delivered to its destination",
+            ),
+            sink_backlog_bytes: registered(
+                &mut registry,
+                "sink_backlog_bytes",
+                "Bytes a sink holds in memory waiting for delivery",
+            ),
+            sink_spool_bytes: registered(
+                &mut registry,
+                "sink_spool_bytes",
+                "Bytes a sink holds in its disk spool",
+            ),
+            sink_retries: registered(
+                &mut registry,
+                "sink_retries",
+                "Records whose delivery a sink retries, by reason",
+            ),
+            sched_late: registered(
+                &mut registry,
+                "sched_late_samples",
+                "Samples started more than 1 ms late",
+            ),
+            scheduled_pairs: registered(
+                &mut registry,
+                "scheduled_pairs",
+                "(job, target) pairs currently scheduled",
+            ),
+            rtt,
+            probe_sent: registered(
+                &mut registry,
+                "probe_sent",
+                "Packets sent per pair (tcp, http, https: probe attempts)",
+            ),
+            probe_lost: registered(
+                &mut registry,
+                "probe_lost",
+                "Packets lost per pair (tcp, http, https: failed attempts)",
+            ),
+            relay_penalty,
+            pairs_over_cap: registered(
+                &mut registry,
+                "metrics_pairs_over_cap_samples",
+                "Samples without per-pair series because --metrics-max-pairs was reached",
+            ),
+            control_mode: registered(
+                &mut registry,
+                "control_mode",
+                "1 for the agent's current control mode (standalone, connected, static, degraded)",
+            ),
+            pairs: Mutex::new(HashSet::new()),
+            max_pairs: AtomicUsize::new(DEFAULT_MAX_PAIRS),
+            warned_cap: AtomicBool::new(false),
             registry,
-            measurements,
-            responder,
-            sink_records,
-            sink_errors,
-            sink_delivered,
-            sink_backlog_bytes,
-            sink_spool_bytes,
-            sink_retries,
-            sched_late,
-            scheduled_pairs,
         }
     }
 
@@ -182,7 +285,169 @@ impl Metrics {
     }
 }
 
+/// A new metric of type `M`, registered under `name` with `help`.
+fn registered<M>(registry: &mut Registry, name: &str, help: &str) -> M
+where
+    M: prometheus_client::registry::Metric + Clone + Default,
+{
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 // === events ===
+
+/// Sets `--metrics-max-pairs`: the most pairs (destination and protocol) given series.
+pub fn set_max_pairs(n: usize) {
+    get().max_pairs.store(n, Ordering::Relaxed);
+}
+
+/// The control mode changed (or was set at start).
+pub fn control_mode(mode: ControlMode) {
+    for m in [
+        ControlMode::Standalone,
+        ControlMode::Connected,
+        ControlMode::Static,
+        ControlMode::Degraded,
+    ] {
+        get()
+            .control_mode
+            .get_or_create(&ModeLabels {
+                mode: mode_name(m).into(),
+            })
+            .set(i64::from(m == mode));
+    }
+}
+
+fn mode_name(m: ControlMode) -> &'static str {
+    match m {
+        ControlMode::Standalone => "standalone",
+        ControlMode::Connected => "connected",
+        ControlMode::Static => "static",
+        ControlMode::Degraded => "degraded",
+    }
+}
+
+impl Metrics {
+    /// Whether `pair` may have series: it has them already, or there is room under the cap.
+    fn admit(&self, pair: &PairLabels) -> bool {
+        let mut pairs = self
+            .pairs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pairs.contains(pair) {
+            return true;
+        }
+        let cap = self.max_pairs.load(Ordering::Relaxed);
+        if pairs.len() < cap {
+            pairs.insert(pair.clone());
+            return true;
+        }
+        drop(pairs);
+        self.pairs_over_cap.inc();
+        if !self.warned_cap.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                message = "Per-pair metrics are capped; further pairs are counted in meshlat_metrics_pairs_over_cap_samples_total only.",
+                max_pairs = cap,
+                dst = %pair.dst,
+                protocol = %pair.protocol,
+                hint = "raise --metrics-max-pairs",
+            );
+        }
+        false
+    }
+}
+
+/// A record was taken: its RTTs, sent and lost go into the pair's series (kind=probe), its
+/// penalty into the relay gauge (kind=relay). Other kinds have no per-pair series.
+pub fn observe(rec: &Record) {
+    get().observe(rec);
+}
+
+impl Metrics {
+    /// [`observe`] on this registry.
+    fn observe(&self, rec: &Record) {
+        let m = self;
+        let (Some(kind), Some(protocol)) = (rec.kind, rec.protocol) else {
+            return;
+        };
+        let dst = rec.dst_agent.clone().unwrap_or_else(|| rec.target.clone());
+        let src_region = rec.src_region.clone().unwrap_or_default();
+        let src_agent = rec.src_agent.clone().unwrap_or_default();
+        let dst_region = rec.dst_region.clone().unwrap_or_default();
+        let src_location = rec.src_location.clone().unwrap_or_default();
+        let dst_location = rec.dst_location.clone().unwrap_or_default();
+        match kind {
+            Kind::Probe => {
+                let pair = PairLabels {
+                    src_region,
+                    src_agent,
+                    src_location,
+                    dst_region,
+                    dst,
+                    dst_location,
+                    protocol: protocol.as_str().into(),
+                };
+                if !m.admit(&pair) {
+                    return;
+                }
+                let (sent, lost) = match protocol {
+                    Protocol::Udp | Protocol::Quic => {
+                        let h = m.rtt.get_or_create(&pair);
+                        for s in rec.rtt_samples_ms.iter().flatten() {
+                            h.observe(s / 1000.0);
+                        }
+                        (rec.sent.unwrap_or(0), rec.lost.unwrap_or(0))
+                    }
+                    _ => {
+                        let v = if protocol == Protocol::Tcp {
+                            rec.rtt_ms
+                        } else {
+                            rec.total_ms
+                        };
+                        if let (true, Some(v)) = (rec.ok, v) {
+                            m.rtt.get_or_create(&pair).observe(v / 1000.0);
+                        }
+                        (1, u32::from(!rec.ok))
+                    }
+                };
+                m.probe_sent.get_or_create(&pair).inc_by(u64::from(sent));
+                m.probe_lost.get_or_create(&pair).inc_by(u64::from(lost));
+            }
+            Kind::Relay => {
+                let (Some(relay), Some(penalty)) = (rec.relay_agent.clone(), rec.relay_penalty_ms)
+                else {
+                    return;
+                };
+                let pair = PairLabels {
+                    src_region: src_region.clone(),
+                    src_agent: src_agent.clone(),
+                    src_location: src_location.clone(),
+                    dst_region: dst_region.clone(),
+                    dst: format!("{dst} via {relay}"),
+                    dst_location: dst_location.clone(),
+                    protocol: "relay".into(),
+                };
+                if !m.admit(&pair) {
+                    return;
+                }
+                m.relay_penalty
+                    .get_or_create(&RelayLabels {
+                        src_region,
+                        src_agent,
+                        src_location,
+                        dst_region,
+                        dst,
+                        dst_location,
+                        relay_agent: relay,
+                        relay_location: rec.relay_location.clone().unwrap_or_default(),
+                    })
+                    .set(penalty / 1000.0);
+            }
+            _ => {}
+        }
+    }
+}
 
 /// A responder answered or dropped something.
 pub fn responder_event(protocol: &str, result: &str) {
@@ -235,4 +500,130 @@ pub fn sink_retry(sink: &str, reason: &str, n: u64, error: &dyn std::fmt::Displa
             reason: reason.into(),
         })
         .inc_by(n);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(protocol: Protocol, dst: &str) -> Record {
+        let mut r = Record::new(std::time::SystemTime::now(), "j", dst, "0");
+        r.kind = Some(Kind::Probe);
+        r.protocol = Some(protocol);
+        r.src_region = Some("eu".into());
+        r.src_agent = Some("a1".into());
+        r.src_location = Some("l-a1".into());
+        r.dst_region = Some("us".into());
+        r.dst_agent = Some(dst.into());
+        r
+    }
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn probe_records_fill_the_pair_histogram_and_loss_counters() {
+        let m = Metrics::new();
+        let mut udp = probe(Protocol::Udp, "b1");
+        udp.rtt_samples_ms = Some(vec![10.0, 149.0, 160.0]);
+        udp.sent = Some(4);
+        udp.lost = Some(1);
+        udp.ok = true;
+        m.observe(&udp);
+        let mut tcp = probe(Protocol::Tcp, "b1");
+        tcp.ok = false;
+        tcp.rtt_ms = Some(1.0);
+        m.observe(&tcp);
+        let mut https = probe(Protocol::Https, "b1");
+        https.ok = true;
+        https.total_ms = Some(42.0);
+        m.observe(&https);
+        let text = m.encode();
+        let l = r#"src_region="eu",src_agent="a1",src_location="l-a1",dst_region="us",dst="b1",dst_location="",protocol="udp""#;
+        assert!(
+            line(
+                &text,
+                &format!(r#"meshlat_rtt_seconds_bucket{{le="0.15",{l}}} 2"#)
+            )
+            .is_some(),
+            "{text}"
+        );
+        assert!(
+            line(
+                &text,
+                &format!(r#"meshlat_rtt_seconds_bucket{{le="0.125",{l}}} 1"#)
+            )
+            .is_some()
+        );
+        assert!(line(&text, &format!("meshlat_rtt_seconds_count{{{l}}} 3")).is_some());
+        assert!(line(&text, &format!("meshlat_probe_sent_total{{{l}}} 4")).is_some());
+        assert!(line(&text, &format!("meshlat_probe_lost_total{{{l}}} 1")).is_some());
+        // A failed TCP connect is one lost attempt and no RTT sample.
+        let t = l.replace("udp", "tcp");
+        assert!(line(&text, &format!("meshlat_probe_sent_total{{{t}}} 1")).is_some());
+        assert!(line(&text, &format!("meshlat_probe_lost_total{{{t}}} 1")).is_some());
+        assert!(line(&text, &format!("meshlat_rtt_seconds_count{{{t}}}")).is_none());
+        let h = l.replace("udp", "https");
+        assert!(
+            line(
+                &text,
+                &format!(r#"meshlat_rtt_seconds_bucket{{le="0.05",{h}}} 1"#)
+            )
+            .is_some()
+        );
+        assert!(line(&text, &format!("meshlat_probe_lost_total{{{h}}} 0")).is_some());
+        assert!(text.contains("# TYPE meshlat_rtt_seconds histogram"));
+        assert!(text.contains("# UNIT meshlat_rtt_seconds seconds"));
+        assert!(line(&text, "meshlat_build_info{version=").is_some());
+    }
+
+    #[test]
+    fn pairs_beyond_the_cap_get_no_series_and_are_counted() {
+        let m = Metrics::new();
+        m.max_pairs.store(2, Ordering::Relaxed);
+        for dst in ["c1", "c2", "c3", "c1"] {
+            let mut r = probe(Protocol::Tcp, dst);
+            r.ok = true;
+            r.rtt_ms = Some(1.0);
+            m.observe(&r);
+        }
+        let text = m.encode();
+        assert_eq!(
+            text.matches("meshlat_probe_sent_total{").count(),
+            2,
+            "{text}"
+        );
+        assert!(!text.contains(r#"dst="c3""#), "{text}");
+        assert!(line(&text, r#"meshlat_probe_sent_total{src_region="eu",src_agent="a1",src_location="l-a1",dst_region="us",dst="c1",dst_location="",protocol="tcp"} 2"#).is_some(), "{text}");
+        assert!(
+            line(&text, "meshlat_metrics_pairs_over_cap_samples_total 1").is_some(),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn relay_records_set_the_penalty_gauge_and_control_mode_is_one_hot() {
+        let m = Metrics::new();
+        let mut r = probe(Protocol::Udp, "d1");
+        r.kind = Some(Kind::Relay);
+        r.relay_agent = Some("r1".into());
+        r.relay_penalty_ms = Some(-12.5);
+        m.observe(&r);
+        let text = m.encode();
+        assert!(
+            line(&text, r#"meshlat_relay_penalty_seconds{src_region="eu",src_agent="a1",src_location="l-a1",dst_region="us",dst="d1",dst_location="",relay_agent="r1",relay_location=""} -0.0125"#).is_some(),
+            "{text}"
+        );
+        control_mode(ControlMode::Degraded);
+        let text = get().encode();
+        assert!(
+            line(&text, r#"meshlat_control_mode{mode="degraded"} 1"#).is_some(),
+            "{text}"
+        );
+        assert!(
+            line(&text, r#"meshlat_control_mode{mode="connected"} 0"#).is_some(),
+            "{text}"
+        );
+    }
 }

@@ -298,6 +298,7 @@ impl Pair {
                     );
                 }
             }
+            crate::metrics::observe(&rec);
             self.sinks.send(rec).await;
             seq += 1;
             // Interval is between sample starts; a sample that overran starts the next at once.
@@ -422,6 +423,36 @@ mod tests {
         }
     }
 
+    /// Runs a connected scheduler on `first` (generation 1) for 2.5 s, then on `second`
+    /// (generation 2) for `then`; returns the records of both.
+    async fn switch_after_2500ms(
+        first: Arc<Job>,
+        second: Arc<Job>,
+        then: Duration,
+    ) -> Vec<SharedRecord> {
+        let (sink, sinks) = collecting();
+        let (_m, mode_rx) = watch::channel(ControlMode::Connected);
+        let (tx, rx) = watch::channel(JobSet {
+            generation: 1,
+            jobs: vec![first],
+        });
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(
+            Scheduler::new(identity(), sinks.handle(), mode_rx).run(rx, shutdown.clone()),
+        );
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        tx.send(JobSet {
+            generation: 2,
+            jobs: vec![second],
+        })
+        .expect("scheduler alive");
+        tokio::time::sleep(then).await;
+        shutdown.cancel();
+        run.await.expect("scheduler task");
+        sinks.close(Duration::from_secs(5)).await;
+        sink.0.lock().expect("test mutex").clone()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn fixed_job_set_runs_count_samples_per_target_then_returns() {
         let (sink, sinks) = collecting();
@@ -484,27 +515,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn job_set_changes_stop_removed_pairs_and_start_new_ones() {
-        let (sink, sinks) = collecting();
-        let (_m, mode_rx) = watch::channel(ControlMode::Connected);
-        let (tx, rx) = watch::channel(JobSet {
-            generation: 1,
-            jobs: vec![tcp_job("a", 0, &[1], None, Duration::from_secs(1))],
-        });
-        let shutdown = CancellationToken::new();
-        let run = tokio::spawn(
-            Scheduler::new(identity(), sinks.handle(), mode_rx).run(rx, shutdown.clone()),
-        );
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        tx.send(JobSet {
-            generation: 2,
-            jobs: vec![tcp_job("b", 0, &[2], None, Duration::from_secs(1))],
-        })
-        .expect("scheduler alive");
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        shutdown.cancel();
-        run.await.expect("scheduler task");
-        sinks.close(Duration::from_secs(5)).await;
-        let recs = sink.0.lock().expect("test mutex").clone();
+        let recs = switch_after_2500ms(
+            tcp_job("a", 0, &[1], None, Duration::from_secs(1)),
+            tcp_job("b", 0, &[2], None, Duration::from_secs(1)),
+            Duration::from_millis(2500),
+        )
+        .await;
         let a: Vec<_> = recs.iter().filter(|r| r.job_id == "a").collect();
         let b: Vec<_> = recs.iter().filter(|r| r.job_id == "b").collect();
         assert_eq!(a.len(), 3, "a ran at 0, 1, 2 s and stopped at 2.5 s");
@@ -517,33 +533,18 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_new_signing_key_restarts_the_pairs_of_an_unchanged_job() {
-        let (sink, sinks) = collecting();
-        let (_m, mode_rx) = watch::channel(ControlMode::Connected);
         let with_key = |k: &str| {
             let mut j = (*tcp_job("a", 1, &[1], None, Duration::from_secs(1))).clone();
             j.spec.key = crate::probe::Key::from_secret(k);
             Arc::new(j)
         };
-        let (tx, rx) = watch::channel(JobSet {
-            generation: 1,
-            jobs: vec![with_key("old-mesh-key")],
-        });
-        let shutdown = CancellationToken::new();
-        let run = tokio::spawn(
-            Scheduler::new(identity(), sinks.handle(), mode_rx).run(rx, shutdown.clone()),
-        );
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        // The same job (id and version), now to be signed with a rotated mesh key.
-        tx.send(JobSet {
-            generation: 2,
-            jobs: vec![with_key("new-mesh-key")],
-        })
-        .expect("scheduler alive");
-        tokio::time::sleep(Duration::from_millis(2000)).await;
-        shutdown.cancel();
-        run.await.expect("scheduler task");
-        sinks.close(Duration::from_secs(5)).await;
-        let recs = sink.0.lock().expect("test mutex").clone();
+        // The same job (id and version), then to be signed with a rotated mesh key.
+        let recs = switch_after_2500ms(
+            with_key("old-mesh-key"),
+            with_key("new-mesh-key"),
+            Duration::from_millis(2000),
+        )
+        .await;
         let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
         assert_eq!(
             seqs.iter().filter(|&&s| s == 0).count(),

@@ -18,6 +18,23 @@ use std::time::Duration;
 use serde_json::Value;
 use support::*;
 
+/// The probe flags of a UDP train: 10 rounds 0.3 s apart of 20 packets 5 ms apart, each
+/// waited for `timeout` seconds.
+fn udp_train(timeout: &str) -> [&str; 10] {
+    [
+        "-n",
+        "10",
+        "-d",
+        "0.3",
+        "--packets",
+        "20",
+        "--packet-interval-ms",
+        "5",
+        "--timeout",
+        timeout,
+    ]
+}
+
 /// Per-packet emulator log entries of one route and direction: actual holds (ms) and drops.
 fn emu_log(path: &std::path::Path, route: u64, dir: &str) -> (Vec<f64>, u64) {
     let text = std::fs::read_to_string(path).unwrap();
@@ -56,32 +73,14 @@ fn udp_rtt_rise_matches_injected_delay_and_loss_matches_drops() {
     );
     let data = dir.join("data");
     let data_s = data.to_str().unwrap().to_string();
-    let train = [
-        "--out",
-        data_s.as_str(),
-        "-n",
-        "10",
-        "-d",
-        "0.3",
-        "--packets",
-        "20",
-        "--packet-interval-ms",
-        "5",
-        "--timeout",
-        "0.25",
-    ];
+    let train = [&["--out", data_s.as_str()][..], &udp_train("0.25")].concat();
     let base_t = format!("udp://{}", emu.routes[0]);
     let delayed_t = format!("udp://{}", emu.routes[1]);
     let lossy_t = format!("udp://{}", emu.routes[2]);
 
     // Baseline and delayed route in one run, their trains interleaved: whatever else the
     // machine does at the time affects both alike, and the rise compares like with like.
-    let (out, both) = probe_json(&[&train[..], &[base_t.as_str(), delayed_t.as_str()]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let both = probe_ok(&[&train[..], &[base_t.as_str(), delayed_t.as_str()]].concat());
     let (base, delayed): (Vec<_>, Vec<_>) = both.into_iter().partition(|r| r.target == base_t);
     assert_eq!(
         (base.len(), delayed.len()),
@@ -270,14 +269,8 @@ fn http_first_and_last_byte_match_server_waits() {
     let n = 9;
     let (addr, waits) = waiting_server(Duration::from_millis(40), Duration::from_millis(30), n);
     let url = format!("http://{addr}/");
-    let (out, recs) = probe_json(&["-n", &n.to_string(), "-d", "0.2", &url]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut recs = probe_ok(&["-n", &n.to_string(), "-d", "0.2", &url]);
     assert_eq!(recs.len(), n);
-    let mut recs = recs;
     recs.sort_by_key(|r| r.seq);
     let (mut first_err, mut last_err) = (Vec::new(), Vec::new());
     for r in &recs {
@@ -347,31 +340,13 @@ fn relay_legs_follow_delay_injected_in_front_of_the_relay() {
         ],
         &log,
     );
-    let train = [
-        "-n",
-        "10",
-        "-d",
-        "0.3",
-        "--packets",
-        "20",
-        "--packet-interval-ms",
-        "5",
-        "--timeout",
-        "0.3",
-        "--key",
-        "accuracy-relay-key",
-    ];
+    let train = [&udp_train("0.3")[..], &["--key", "accuracy-relay-key"]].concat();
     // Both routes in one run, trains interleaved, so machine load affects both alike.
     let (base_t, delayed_t) = (
         format!("relay://{}/{b_udp}", emu.routes[0]),
         format!("relay://{}/{b_udp}", emu.routes[1]),
     );
-    let (out, recs) = probe_json(&[&train[..], &[base_t.as_str(), delayed_t.as_str()]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let recs = probe_ok(&[&train[..], &[base_t.as_str(), delayed_t.as_str()]].concat());
     for rec in &recs {
         // A record is only ok when every relayed packet's rtt equals the sum of its legs
         // and dwell exactly (the prober fails the train otherwise).

@@ -238,6 +238,54 @@ fn spooled_batches(spool: &std::path::Path) -> usize {
     n
 }
 
+/// `moto_admin.py setup`: a fresh bucket and stream (names starting `bucket` and `stream`)
+/// delivering under a prefix; (bucket, stream, prefix).
+fn setup(bucket: &str, stream: &str) -> Result<(String, String, &'static str)> {
+    let (bucket, stream) = (unique(bucket), unique(stream));
+    let prefix = "records/region=test/";
+    admin(&[
+        "setup", "--bucket", &bucket, "--stream", &stream, "--prefix", prefix,
+    ])?;
+    Ok((bucket, stream, prefix))
+}
+
+/// The address of the moto server at `url` (`http://HOST:PORT/`).
+fn moto_addr(url: &str) -> Result<SocketAddr> {
+    Ok(url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()?)
+}
+
+/// Runs `replay` (a restarted agent) until the spool is empty, at most 6 times, each run
+/// making progress (fewer batches spooled than the `left` before it); what the runs sent.
+async fn replay_to_the_end(
+    spool: &Path,
+    mut left: usize,
+    mut replay: impl AsyncFnMut() -> Result<Vec<String>>,
+) -> Result<Vec<String>> {
+    let mut sent = Vec::new();
+    for run in 1..=6 {
+        sent.extend(replay().await?);
+        let now = spooled_batches(spool);
+        eprintln!("replay run {run}: {left} spooled batches before, {now} after");
+        if now == 0 {
+            break;
+        }
+        assert!(
+            now < left,
+            "a replaying agent made no progress: {now} batches still spooled"
+        );
+        left = now;
+    }
+    assert_eq!(
+        spooled_batches(spool),
+        0,
+        "the spool was replayed to the end"
+    );
+    Ok(sent)
+}
+
 fn check_all_arrived(sent: &[String], got: &HashMap<String, u32>) -> Result<u32> {
     let sent_set: HashSet<&String> = sent.iter().collect();
     assert_eq!(sent_set.len(), sent.len(), "record_ids are unique");
@@ -260,11 +308,7 @@ fn check_all_arrived(sent: &[String], got: &HashMap<String, u32>) -> Result<u32>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_id_reaches_moto_s3() -> Result<()> {
     let url = moto_url();
-    let (bucket, stream) = (unique("meshlat-e2e"), unique("meshlat-plain"));
-    let prefix = "records/region=test/";
-    admin(&[
-        "setup", "--bucket", &bucket, "--stream", &stream, "--prefix", prefix,
-    ])?;
+    let (bucket, stream, prefix) = setup("meshlat-e2e", "meshlat-plain")?;
     let responder = Responder::start()?;
     let spool = std::env::temp_dir().join(unique("meshlat-moto-spool"));
     let sent = probe(&url, &stream, &spool, &responder.tcp, 100).await?;
@@ -281,15 +325,8 @@ async fn every_record_id_reaches_moto_s3() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_and_an_outage_lose_no_record() -> Result<()> {
     let url = moto_url();
-    let (bucket, stream) = (unique("meshlat-faults"), unique("meshlat-faults"));
-    let prefix = "records/region=test/";
-    admin(&[
-        "setup", "--bucket", &bucket, "--stream", &stream, "--prefix", prefix,
-    ])?;
-    let upstream: SocketAddr = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()?;
+    let (bucket, stream, prefix) = setup("meshlat-faults", "meshlat-faults")?;
+    let upstream = moto_addr(&url)?;
     let proxy = FaultProxy::start(upstream, Duration::from_secs(2), Duration::from_secs(4)).await?;
     let responder = Responder::start()?;
     let spool = std::env::temp_dir().join(unique("meshlat-moto-spool"));
@@ -300,25 +337,10 @@ async fn faults_and_an_outage_lose_no_record() -> Result<()> {
     // so on a slow machine one replay may not be the last (seen in CI: 3 of 305 records were
     // still to be sent); like a restarted agent in production, the next start carries on, and
     // every run must make progress. Records still spooled at the end would be a loss.
-    let mut left = usize::MAX;
-    for run in 1..=6 {
-        sent.extend(probe(&endpoint, &stream, &spool, &responder.tcp, 5).await?);
-        let now = spooled_batches(&spool);
-        eprintln!("replay run {run}: {now} spooled batches after");
-        if now == 0 {
-            break;
-        }
-        assert!(
-            now < left,
-            "a replaying agent made no progress: {now} batches still spooled"
-        );
-        left = now;
-    }
-    assert_eq!(
-        spooled_batches(&spool),
-        0,
-        "the spool was replayed to the end"
-    );
+    let replays = replay_to_the_end(&spool, usize::MAX, async || {
+        probe(&endpoint, &stream, &spool, &responder.tcp, 5).await
+    });
+    sent.extend(replays.await?);
     let stats = proxy.stats.snapshot();
     eprintln!("fault proxy: {stats:?}");
     assert!(
@@ -343,15 +365,8 @@ async fn faults_and_an_outage_lose_no_record() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_thousand_records_survive_a_30s_outage() -> Result<()> {
     let url = moto_url();
-    let (bucket, stream) = (unique("meshlat-100k"), unique("meshlat-100k"));
-    let prefix = "records/region=test/";
-    admin(&[
-        "setup", "--bucket", &bucket, "--stream", &stream, "--prefix", prefix,
-    ])?;
-    let upstream: SocketAddr = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()?;
+    let (bucket, stream, prefix) = setup("meshlat-100k", "meshlat-100k")?;
+    let upstream = moto_addr(&url)?;
     let outage_at = Duration::from_secs(5);
     let outage_for = Duration::from_secs(30);
     let proxy = FaultProxy::start(upstream, outage_at, outage_for).await?;
@@ -379,27 +394,12 @@ async fn hundred_thousand_records_survive_a_30s_outage() -> Result<()> {
     // injecting 500s, throttles and partial failures); like an agent restarted in production, the
     // next start carries on from the spool. Every run must make progress.
     tokio::time::sleep_until(t0 + outage_at + outage_for + Duration::from_secs(1)).await;
-    let mut left = spooled_batches(&spool);
-    for run in 1..=6 {
-        sent.extend(
-            probe_targets(&endpoint, &stream, &spool, &targets[..1], 1, "0.01", &[]).await?,
-        );
-        let now = spooled_batches(&spool);
-        eprintln!("replay run {run}: {left} spooled batches before, {now} after");
-        if now == 0 {
-            break;
-        }
-        assert!(
-            now < left,
-            "a replaying agent made no progress: {now} batches still spooled"
-        );
-        left = now;
-    }
-    assert_eq!(
-        spooled_batches(&spool),
-        0,
-        "the spool was replayed to the end"
-    );
+    let before = spooled_batches(&spool);
+    eprintln!("{before} spooled batches before the replays");
+    let replays = replay_to_the_end(&spool, before, async || {
+        probe_targets(&endpoint, &stream, &spool, &targets[..1], 1, "0.01", &[]).await
+    });
+    sent.extend(replays.await?);
     let stats = proxy.stats.snapshot();
     eprintln!("fault proxy: {stats:?}");
     assert!(stats.refused > 0, "the outage was hit: {stats:?}");

@@ -41,6 +41,17 @@ async fn probe(url: &str, spec: &ProbeSpec) -> anyhow::Result<Measurement> {
     Ok(probe.run_once(&target).await)
 }
 
+/// [`probe`] with the default TLS options (web roots).
+async fn probe_plain(url: &str, timeout: Duration) -> anyhow::Result<Measurement> {
+    probe(url, &spec(timeout, TlsClientOptions::default())).await
+}
+
+/// TLS options that accept any certificate.
+const SKIP_VERIFY: TlsClientOptions = TlsClientOptions {
+    skip_verify: true,
+    ca_file: None,
+};
+
 fn failure(m: &Measurement) -> (ErrorKind, String) {
     match &m.outcome {
         Outcome::Failed { kind, detail } => (*kind, detail.clone()),
@@ -247,11 +258,7 @@ async fn https_verifies_against_a_private_ca() -> anyhow::Result<()> {
 async fn https_with_web_roots_rejects_a_private_ca() -> anyhow::Result<()> {
     let (identity, _ca_file) = private_pki()?;
     let (addr, stop) = responder(Some(&identity)).await?;
-    let m = probe(
-        &format!("https://{addr}/ping"),
-        &spec(Duration::from_secs(5), TlsClientOptions::default()),
-    )
-    .await?;
+    let m = probe_plain(&format!("https://{addr}/ping"), Duration::from_secs(5)).await?;
     stop.cancel();
     let (kind, detail) = failure(&m);
     assert_eq!(kind, ErrorKind::Tls, "{detail}");
@@ -267,13 +274,9 @@ async fn https_with_web_roots_rejects_a_private_ca() -> anyhow::Result<()> {
 async fn https_skip_verify_accepts_any_certificate() -> anyhow::Result<()> {
     let (identity, _ca_file) = private_pki()?;
     let (addr, stop) = responder(Some(&identity)).await?;
-    let tls = TlsClientOptions {
-        skip_verify: true,
-        ca_file: None,
-    };
     let m = probe(
         &format!("https://{addr}/bytes/2048"),
-        &spec(Duration::from_secs(5), tls),
+        &spec(Duration::from_secs(5), SKIP_VERIFY),
     )
     .await?;
     stop.cancel();
@@ -303,9 +306,9 @@ async fn responder_bytes_endpoint_sends_n_bytes() -> anyhow::Result<()> {
 #[tokio::test]
 async fn not_found_is_an_http_failure_with_timings() -> anyhow::Result<()> {
     let (addr, stop) = responder(None).await?;
-    let m = probe(
+    let m = probe_plain(
         &format!("http://{addr}/no/such/page"),
-        &spec(Duration::from_secs(5), TlsClientOptions::default()),
+        Duration::from_secs(5),
     )
     .await?;
     stop.cancel();
@@ -330,11 +333,7 @@ async fn closed_port_is_refused() -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let m = probe(
-        &format!("http://127.0.0.1:{port}/"),
-        &spec(Duration::from_secs(2), TlsClientOptions::default()),
-    )
-    .await?;
+    let m = probe_plain(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(2)).await?;
     let (kind, detail) = failure(&m);
     assert_eq!(kind, ErrorKind::Refused, "{detail}");
     let h = m.data.http.context("http data")?;
@@ -345,11 +344,7 @@ async fn closed_port_is_refused() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn unresolvable_host_is_dns() -> anyhow::Result<()> {
-    let m = probe(
-        "http://nonexistent.invalid/",
-        &spec(Duration::from_secs(5), TlsClientOptions::default()),
-    )
-    .await?;
+    let m = probe_plain("http://nonexistent.invalid/", Duration::from_secs(5)).await?;
     let (kind, detail) = failure(&m);
     assert_eq!(kind, ErrorKind::Dns, "{detail}");
     assert!(detail.contains("nonexistent.invalid"), "{detail}");
@@ -366,11 +361,7 @@ async fn silent_server_times_out_keeping_completed_phases() -> anyhow::Result<()
         tokio::time::sleep(Duration::from_secs(10)).await;
         drop(conn);
     });
-    let m = probe(
-        &format!("http://{addr}/"),
-        &spec(Duration::from_millis(300), TlsClientOptions::default()),
-    )
-    .await?;
+    let m = probe_plain(&format!("http://{addr}/"), Duration::from_millis(300)).await?;
     server.abort();
     let (kind, detail) = failure(&m);
     assert_eq!(kind, ErrorKind::Timeout, "{detail}");
@@ -385,13 +376,9 @@ async fn silent_server_times_out_keeping_completed_phases() -> anyhow::Result<()
 #[tokio::test]
 async fn tls_to_a_plain_server_is_a_tls_failure() -> anyhow::Result<()> {
     let (addr, stop) = responder(None).await?;
-    let tls = TlsClientOptions {
-        skip_verify: true,
-        ca_file: None,
-    };
     let m = probe(
         &format!("https://{addr}/ping"),
-        &spec(Duration::from_secs(5), tls),
+        &spec(Duration::from_secs(5), SKIP_VERIFY),
     )
     .await?;
     stop.cancel();
@@ -441,11 +428,7 @@ async fn close_mid_body_is_reset() -> anyhow::Result<()> {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789");
         // Dropping closes the connection 990 bytes short.
     })?;
-    let m = probe(
-        &format!("http://{addr}/"),
-        &spec(Duration::from_secs(5), TlsClientOptions::default()),
-    )
-    .await?;
+    let m = probe_plain(&format!("http://{addr}/"), Duration::from_secs(5)).await?;
     let (kind, detail) = failure(&m);
     assert_eq!(kind, ErrorKind::Reset, "{detail}");
     let h = m.data.http.context("http data")?;
@@ -462,11 +445,7 @@ async fn tcp_reset_is_reset() -> anyhow::Result<()> {
         // SO_LINGER 0: close sends RST instead of FIN.
         let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
     })?;
-    let m = probe(
-        &format!("http://{addr}/"),
-        &spec(Duration::from_secs(5), TlsClientOptions::default()),
-    )
-    .await?;
+    let m = probe_plain(&format!("http://{addr}/"), Duration::from_secs(5)).await?;
     let (kind, detail) = failure(&m);
     assert_eq!(kind, ErrorKind::Reset, "{detail}");
     Ok(())
@@ -478,11 +457,7 @@ async fn garbage_response_is_an_http_error() -> anyhow::Result<()> {
         let _ = s.write_all(b"SSH-2.0-OpenSSH_9.6\r\n\r\n");
         let _ = s.read(&mut [0u8; 16]);
     })?;
-    let m = probe(
-        &format!("http://{addr}/"),
-        &spec(Duration::from_secs(5), TlsClientOptions::default()),
-    )
-    .await?;
+    let m = probe_plain(&format!("http://{addr}/"), Duration::from_secs(5)).await?;
     let (kind, detail) = failure(&m);
     assert_eq!(kind, ErrorKind::Http, "{detail}");
     assert_eq!(m.data.http.context("http data")?.status, None);

@@ -37,23 +37,28 @@ fn udp_echo() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// The RTT of echo number `i` (its 4 bytes) sent from `sock` to `to`; replies to earlier
+/// echoes are passed over.
+fn echo(sock: &UdpSocket, to: SocketAddr, i: u32) -> anyhow::Result<Duration> {
+    let mut buf = [0u8; 64];
+    let msg = i.to_be_bytes();
+    let t0 = Instant::now();
+    sock.send_to(&msg, to)?;
+    loop {
+        let (len, _) = sock.recv_from(&mut buf)?;
+        if buf[..len] == msg {
+            return Ok(t0.elapsed());
+        }
+    }
+}
+
 /// Minimum RTT over `n` echoes of a small datagram to `to`.
 fn min_rtt(to: SocketAddr, n: u32) -> anyhow::Result<Duration> {
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     sock.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut best = Duration::MAX;
-    let mut buf = [0u8; 64];
     for i in 0..n {
-        let msg = i.to_be_bytes();
-        let t0 = Instant::now();
-        sock.send_to(&msg, to)?;
-        loop {
-            let (len, _) = sock.recv_from(&mut buf)?;
-            if buf[..len] == msg {
-                break;
-            }
-        }
-        best = best.min(t0.elapsed());
+        best = best.min(echo(&sock, to, i)?);
     }
     Ok(best)
 }
@@ -78,7 +83,6 @@ fn rtts_interleaved(
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut buf = [0u8; 64];
     let (mut ra, mut rb) = (Vec::new(), Vec::new());
     for i in 0..2 * n {
         let (to, out) = if i % 2 == 0 {
@@ -86,16 +90,7 @@ fn rtts_interleaved(
         } else {
             (b, &mut rb)
         };
-        let msg = i.to_be_bytes();
-        let t0 = Instant::now();
-        sock.send_to(&msg, to)?;
-        loop {
-            let (len, _) = sock.recv_from(&mut buf)?;
-            if buf[..len] == msg {
-                break;
-            }
-        }
-        out.push(t0.elapsed());
+        out.push(echo(&sock, to, i)?);
     }
     Ok((ra, rb))
 }

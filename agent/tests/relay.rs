@@ -40,6 +40,32 @@ fn received(sock: &UdpSocket, wait: Duration) -> Vec<Vec<u8>> {
     out
 }
 
+/// Sends `p` from `a` to the relay and returns the one datagram `to` then receives within
+/// `wait` (`what` names the check), which must be the same size: never larger.
+fn forwarded_once(
+    a: &UdpSocket,
+    relay: SocketAddr,
+    p: &[u8],
+    to: &UdpSocket,
+    wait: Duration,
+    what: &str,
+) -> Vec<u8> {
+    a.send_to(p, relay).unwrap();
+    let mut got = received(to, wait);
+    assert_eq!(got.len(), 1, "{what}");
+    assert_eq!(got[0].len(), p.len(), "never larger");
+    got.remove(0)
+}
+
+/// Stops a relay and waits (up to 5 s) for its task to end without an error.
+async fn shut_down(stop: CancellationToken, task: tokio::task::JoinHandle<()>) {
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_forwards_only_granted_packets_and_counts_the_rest() {
     let secret = Key::from_secret("relay-test-secret");
@@ -96,20 +122,20 @@ async fn relay_forwards_only_granted_packets_and_counts_the_rest() {
 
     // The control: a valid grant is forwarded to B, same size, as a request with r1 ≤ r2.
     let p = relay_forward(&k, 6, good);
-    a.send_to(&p, relay).unwrap();
-    let got = received(&b, Duration::from_millis(300));
-    assert_eq!(got.len(), 1, "one packet forwarded");
-    assert_eq!(got[0].len(), p.len(), "never larger");
-    let h = wire::decode(&got[0], std::slice::from_ref(&k)).unwrap();
+    let got = forwarded_once(
+        &a,
+        relay,
+        &p,
+        &b,
+        Duration::from_millis(300),
+        "one packet forwarded",
+    );
+    let h = wire::decode(&got, std::slice::from_ref(&k)).unwrap();
     assert_eq!(h.msg_type, MessageType::Request);
     assert!(h.r1 > 0 && h.r2 >= h.r1);
     assert_eq!(stats.relayed(), 1);
 
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .unwrap()
-        .unwrap();
+    shut_down(stop, task).await;
 }
 
 /// Under a controller (`agent run --relay --key K`), the relay trusts only the grant public keys
@@ -175,15 +201,16 @@ async fn relay_under_a_controller_trusts_only_the_controllers_public_keys() {
 
     // The control: the controller's grant is forwarded, same size.
     let p = relay_forward_sized(&k, 999, controller.sign(victim_addr, until), 1452);
-    a.send_to(&p, relay).unwrap();
-    let got = received(&victim, Duration::from_millis(500));
-    assert_eq!(got.len(), 1, "the controller's grant is honoured");
-    assert_eq!(got[0].len(), 1452, "never larger");
+    let got = forwarded_once(
+        &a,
+        relay,
+        &p,
+        &victim,
+        Duration::from_millis(500),
+        "the controller's grant is honoured",
+    );
+    assert_eq!(got.len(), 1452, "never larger");
     assert_eq!(stats.relayed(), 1);
 
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .unwrap()
-        .unwrap();
+    shut_down(stop, task).await;
 }

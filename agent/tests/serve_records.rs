@@ -18,7 +18,7 @@ use meshlat_agent::probe::Key;
 use meshlat_agent::udp::grant::{GrantSigner, unix_now};
 use meshlat_agent::udp::wire::{self, GRANT_BYTES, Header, MessageType, WireKey};
 use meshlat_proto::record::{Kind, Record};
-use support::{eventually, probe_json, serve, tmpdir};
+use support::{Server, eventually, private_pki, probe_json, probe_ok, serve, tmpdir};
 
 const KEY: &str = "serve-records-test-key";
 
@@ -44,6 +44,31 @@ fn read_records(dir: &Path) -> Vec<(PathBuf, Record)> {
         }
     }
     out
+}
+
+/// `agent serve --key KEY --out DIR` with `extra` flags.
+fn serve_to(dir: &Path, extra: &[&str]) -> Server {
+    serve(&[&["--key", KEY, "--out", dir.to_str().unwrap()], extra].concat())
+}
+
+/// Stops `srv` with SIGTERM (it must exit 0).
+fn stop(srv: &mut Server) {
+    srv.proc.terminate();
+    let status = srv.proc.child.wait().unwrap();
+    assert!(status.success(), "agent serve exit: {status}");
+}
+
+/// [`stop`], then the records it wrote under `dir`.
+fn stop_and_read(srv: &mut Server, dir: &Path) -> Vec<Record> {
+    stop(srv);
+    read_records(dir).into_iter().map(|(_, r)| r).collect()
+}
+
+/// The replies a prober received (samples, late and duplicates) over its records.
+fn received(recs: &[Record]) -> u64 {
+    recs.iter()
+        .map(|r| u64::from(r.samples.unwrap() + r.late.unwrap() + r.duplicates.unwrap()))
+        .sum()
 }
 
 fn request(key: &WireKey, len: usize) -> Vec<u8> {
@@ -99,21 +124,20 @@ fn key_hex(k: &Key) -> String {
 fn serve_records_match_the_prober_and_count_drops_by_reason_flushed_at_sigterm() {
     let dir = tmpdir("serve-records");
     let key = Key::from_secret(KEY);
-    let mut srv = serve(&[
-        "--key",
-        KEY,
-        "--region",
-        "srv-region",
-        "--location",
-        "rack 7",
-        "--out",
-        dir.to_str().unwrap(),
-        "--serve-interval",
-        "3600",
-    ]);
+    let mut srv = serve_to(
+        &dir,
+        &[
+            "--region",
+            "srv-region",
+            "--location",
+            "rack 7",
+            "--serve-interval",
+            "3600",
+        ],
+    );
     let udp = srv.udp.unwrap();
     let target = format!("udp://{udp}");
-    let (out, recs) = probe_json(&[
+    let recs = probe_ok(&[
         "-n",
         "4",
         "-d",
@@ -130,16 +154,8 @@ fn serve_records_match_the_prober_and_count_drops_by_reason_flushed_at_sigterm()
         KEY,
         &target,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(recs.len(), 4);
-    let got: u64 = recs
-        .iter()
-        .map(|r| u64::from(r.samples.unwrap() + r.late.unwrap() + r.duplicates.unwrap()))
-        .sum();
+    let got: u64 = received(&recs);
     let sent: u64 = recs.iter().map(|r| u64::from(r.sent.unwrap())).sum();
 
     // Garbage and forgeries from another socket.
@@ -177,9 +193,7 @@ fn serve_records_match_the_prober_and_count_drops_by_reason_flushed_at_sigterm()
     // Nothing is written before the interval ends or the server stops...
     assert!(read_records(&dir).is_empty(), "no records before SIGTERM");
     // ...and SIGTERM writes the interval.
-    srv.proc.terminate();
-    let status = srv.proc.child.wait().unwrap();
-    assert!(status.success(), "agent serve exit: {status}");
+    stop(&mut srv);
     let files = read_records(&dir);
     let rows: Vec<Record> = files.iter().map(|(_, r)| r.clone()).collect();
     for (path, r) in &files {
@@ -242,16 +256,10 @@ fn serve_records_match_the_prober_and_count_drops_by_reason_flushed_at_sigterm()
 #[test]
 fn serve_records_are_flushed_every_interval() {
     let dir = tmpdir("serve-records-interval");
-    let mut srv = serve(&[
-        "--key",
-        KEY,
-        "--out",
-        dir.to_str().unwrap(),
-        "--flush-interval",
-        "0.2",
-        "--serve-interval",
-        "0.5",
-    ]);
+    let mut srv = serve_to(
+        &dir,
+        &["--flush-interval", "0.2", "--serve-interval", "0.5"],
+    );
     let udp = srv.udp.unwrap();
     let k = WireKey::new(&Key::from_secret(KEY));
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -273,9 +281,7 @@ fn serve_records_are_flushed_every_interval() {
     let early: Vec<Record> = early.into_iter().map(|(_, r)| r).collect();
     assert_eq!(sum(&early, Kind::Serve, None).0, 10, "{early:#?}");
     ask(7);
-    srv.proc.terminate();
-    assert!(srv.proc.child.wait().unwrap().success());
-    let rows: Vec<Record> = read_records(&dir).into_iter().map(|(_, r)| r).collect();
+    let rows = stop_and_read(&mut srv, &dir);
     assert_eq!(sum(&rows, Kind::Serve, None).0, answered, "{rows:#?}");
     assert_eq!(answered, 17);
     let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
@@ -308,19 +314,11 @@ fn serve_records_are_flushed_every_interval() {
 fn relay_serve_records_match_the_relayed_prober() {
     let dir = tmpdir("relay-serve-records");
     let key = Key::from_secret(KEY);
-    let mut relay = serve(&[
-        "--key",
-        KEY,
-        "--relay",
-        "--region",
-        "relay-region",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
+    let mut relay = serve_to(&dir, &["--relay", "--region", "relay-region"]);
     let b = serve(&["--key", KEY]);
     let (r_udp, b_udp) = (relay.udp.unwrap(), b.udp.unwrap());
     let target = format!("relay://{r_udp}/{b_udp}");
-    let (out, recs) = probe_json(&[
+    let recs = probe_ok(&[
         "-n",
         "3",
         "-d",
@@ -335,17 +333,9 @@ fn relay_serve_records_match_the_relayed_prober() {
         KEY,
         &target,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(recs.len(), 3);
     let sent: u64 = recs.iter().map(|r| u64::from(r.sent.unwrap())).sum();
-    let got: u64 = recs
-        .iter()
-        .map(|r| u64::from(r.samples.unwrap() + r.late.unwrap() + r.duplicates.unwrap()))
-        .sum();
+    let got: u64 = received(&recs);
 
     let a = UdpSocket::bind("127.0.0.1:0").unwrap();
     let k = WireKey::new(&key);
@@ -361,9 +351,7 @@ fn relay_serve_records_match_the_relayed_prober() {
             .unwrap();
     }
     sync_with(r_udp);
-    relay.proc.terminate();
-    assert!(relay.proc.child.wait().unwrap().success());
-    let rows: Vec<Record> = read_records(&dir).into_iter().map(|(_, r)| r).collect();
+    let rows = stop_and_read(&mut relay, &dir);
     let fwd: Vec<&Record> = rows
         .iter()
         .filter(|r| r.kind == Some(Kind::RelayServe) && r.ok)
@@ -410,14 +398,7 @@ fn relay_serve_records_match_the_relayed_prober() {
 #[test]
 fn a_spray_of_sources_fills_the_overflow_row() {
     let dir = tmpdir("serve-records-spray");
-    let mut srv = serve(&[
-        "--key",
-        KEY,
-        "--out",
-        dir.to_str().unwrap(),
-        "--serve-max-sources",
-        "3",
-    ]);
+    let mut srv = serve_to(&dir, &["--serve-max-sources", "3"]);
     let udp = srv.udp.unwrap();
     for i in 1..=20u8 {
         let s = UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 0, i), 0)).unwrap();
@@ -427,9 +408,7 @@ fn a_spray_of_sources_fills_the_overflow_row() {
     }
     // The sync request is a fourth source (authenticated): it lands in the overflow row too.
     sync_with(udp);
-    srv.proc.terminate();
-    assert!(srv.proc.child.wait().unwrap().success());
-    let rows: Vec<Record> = read_records(&dir).into_iter().map(|(_, r)| r).collect();
+    let rows = stop_and_read(&mut srv, &dir);
     assert_eq!(
         sum(&rows, Kind::Serve, Some("malformed")),
         (40, 480),
@@ -457,29 +436,6 @@ fn a_spray_of_sources_fills_the_overflow_row() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A CA and a leaf for `localhost` and `127.0.0.1` signed by it, written under `dir`: (CA,
-/// certificate, key) paths.
-fn private_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &*ca)
-        .unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, leaf.pem()).unwrap();
-    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
-    paths
-}
-
 /// Every connection responder writes `kind=serve` rows: `agent probe` probes TCP, QUIC, HTTP
 /// and HTTPS on `agent serve --out DIR`, and after SIGTERM each protocol's answered row counts
 /// exactly the probes sent (connections, handshakes, requests), QUIC's echoed datagrams equal
@@ -492,20 +448,19 @@ fn connection_responders_write_serve_records_matching_the_probes() {
     let dir = tmpdir("serve-records-conn");
     let pki = tmpdir("serve-records-conn-pki");
     let (ca, cert, key) = private_pki(&pki);
-    let mut srv = serve(&[
-        "--key",
-        KEY,
-        "--region",
-        "srv-region",
-        "--out",
-        dir.to_str().unwrap(),
-        "--serve-interval",
-        "3600",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let mut srv = serve_to(
+        &dir,
+        &[
+            "--region",
+            "srv-region",
+            "--serve-interval",
+            "3600",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
     let ca = ca.to_str().unwrap();
     let run = |args: &[&str]| {
         let (out, recs) = probe_json(args);
@@ -555,10 +510,7 @@ fn connection_responders_write_serve_records_matching_the_probes() {
     s.write_all(b"NOT HTTP AT ALL\r\n\r\n").unwrap();
     let _ = s.read_to_end(&mut Vec::new());
 
-    srv.proc.terminate();
-    let status = srv.proc.child.wait().unwrap();
-    assert!(status.success(), "agent serve exit: {status}");
-    let rows: Vec<Record> = read_records(&dir).into_iter().map(|(_, r)| r).collect();
+    let rows = stop_and_read(&mut srv, &dir);
     let of = |p: Protocol, reason: Option<&str>| -> Vec<&Record> {
         rows.iter()
             .filter(|r| r.protocol == Some(p) && r.drop_reason.as_deref() == reason)

@@ -11,6 +11,9 @@
 //! Prints one JSON object: the median wall time of `--rounds` runs of each case, in seconds, and
 //! the number of (source, target) pairs each produced.
 
+mod sim;
+use sim::{endpoints, region_and_az, spec};
+
 use clap::Parser;
 use meshlat_controller::pinglist::{self, AgentView};
 use meshlat_proto::pb;
@@ -36,30 +39,17 @@ struct Args {
     rounds: usize,
 }
 
-fn region(i: usize) -> String {
-    format!("r{i:02}")
-}
-
 fn agents(n: usize, regions: usize) -> Vec<AgentView> {
     (0..n)
         .map(|i| {
-            let host = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+            let (region, az) = region_and_az(i, regions);
             AgentView {
                 // The controller names agents with UUID v7s; use ids of the same shape.
                 id: uuid::Uuid::now_v7().to_string(),
-                region: region(i % regions),
-                az: format!("{}a", region(i % regions)),
+                region,
+                az,
                 location: String::new(),
-                endpoints: vec![
-                    pb::ResponderEndpoint {
-                        protocol: pb::Protocol::Udp as i32,
-                        address: format!("{host}:7710"),
-                    },
-                    pb::ResponderEndpoint {
-                        protocol: pb::Protocol::Tcp as i32,
-                        address: format!("{host}:7711"),
-                    },
-                ],
+                endpoints: endpoints(10, i),
                 relay: false,
             }
         })
@@ -67,26 +57,10 @@ fn agents(n: usize, regions: usize) -> Vec<AgentView> {
 }
 
 fn job(id: &str, strategy: pb::PinglistStrategy, k: u32, regions: usize) -> pb::Job {
-    let sel = |i| pb::Endpoint {
-        endpoint: Some(pb::endpoint::Endpoint::Selector(format!(
-            "region={}",
-            region(i)
-        ))),
-    };
     pb::Job {
         id: id.into(),
         version: 1,
-        spec: Some(pb::JobSpec {
-            kind: pb::JobKind::Probe as i32,
-            protocols: vec![pb::Protocol::Udp as i32],
-            sources: (0..regions).map(sel).collect(),
-            targets: (0..regions).map(sel).collect(),
-            interval_ms: 1000,
-            timeout_ms: 500,
-            strategy: strategy as i32,
-            k,
-            ..Default::default()
-        }),
+        spec: Some(spec(strategy, k, regions, 1000)),
         ..Default::default()
     }
 }

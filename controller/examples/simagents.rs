@@ -27,6 +27,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod sim;
+use sim::{endpoints, region_and_az, spec};
+
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use meshlat_agent::control::pin;
@@ -134,51 +137,18 @@ impl Shared {
     }
 }
 
-fn region(i: usize) -> String {
-    format!("r{i:02}")
-}
-
 fn hello(i: usize, regions: usize) -> pb::Hello {
-    // A distinct loopback address per agent: sessions come from 127.0.0.1, and a loopback peer
-    // may advertise only loopback addresses (controller `address_policy`).
-    let host = format!("127.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+    let (region, az) = region_and_az(i, regions);
     pb::Hello {
         agent_id: String::new(),
-        region: region(i % regions),
-        az: format!("{}a", region(i % regions)),
+        region,
+        az,
         location: String::new(),
-        endpoints: vec![
-            pb::ResponderEndpoint {
-                protocol: pb::Protocol::Udp as i32,
-                address: format!("{host}:7710"),
-            },
-            pb::ResponderEndpoint {
-                protocol: pb::Protocol::Tcp as i32,
-                address: format!("{host}:7711"),
-            },
-        ],
+        // A distinct loopback address per agent: sessions come from 127.0.0.1, and a loopback
+        // peer may advertise only loopback addresses (controller `address_policy`).
+        endpoints: endpoints(127, i),
         capabilities: vec!["udp".into(), "tcp".into()],
         version: "simagents".into(),
-        ..Default::default()
-    }
-}
-
-fn spec(strategy: pb::PinglistStrategy, k: u32, regions: usize, interval_ms: u32) -> pb::JobSpec {
-    let sel = |i| pb::Endpoint {
-        endpoint: Some(pb::endpoint::Endpoint::Selector(format!(
-            "region={}",
-            region(i)
-        ))),
-    };
-    pb::JobSpec {
-        kind: pb::JobKind::Probe as i32,
-        protocols: vec![pb::Protocol::Udp as i32],
-        sources: (0..regions).map(sel).collect(),
-        targets: (0..regions).map(sel).collect(),
-        interval_ms,
-        timeout_ms: 500,
-        strategy: strategy as i32,
-        k,
         ..Default::default()
     }
 }

@@ -5,6 +5,20 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use meshlat_guard::cli::{DeadlineArgs, DeadlineHelp};
+use meshlat_runtime::LogFormat;
+
+use crate::limits::{
+    DEFAULT_AGENT_EXPIRY, DEFAULT_MAX_AGENTS, DEFAULT_MAX_AGENTS_PER_TOKEN, DEFAULT_MAX_JOBS,
+    DEFAULT_MAX_LIVE_BYTES, DEFAULT_MAX_LIVE_PAIRS, DEFAULT_MAX_PEER_AGENTS, DEFAULT_MAX_PEER_JOBS,
+    DEFAULT_MAX_SUMMARY_BYTES, DEFAULT_STOPPED_JOB_TTL,
+};
+
+/// Default `--controller` of the client commands and `--url` of `controller health`: this
+/// host's controller.
+pub const DEFAULT_URL: &str = "https://127.0.0.1:7400";
+
+/// Default `--data-dir` (of `controller serve` and `controller health`).
+pub const DEFAULT_DATA_DIR: &str = "./meshlat-controller";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -56,11 +70,7 @@ pub enum Command {
         action: TokenAction,
     },
     /// List the agents known to the controller.
-    Agents {
-        /// Connection.
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Agents(ClientArgs),
     /// The latency matrix (src × dst: p50/p99 ms and loss) from the agents' rolling summaries.
     Matrix(MatrixArgs),
     /// Asks a controller's gRPC health service (grpc.health.v1) over TLS; exit 0 if serving,
@@ -72,17 +82,13 @@ pub enum Command {
 #[derive(Clone, Debug, Args)]
 pub struct HealthArgs {
     /// The controller's gRPC URL.
-    #[arg(
-        long,
-        env = "MESHLAT_HEALTH_URL",
-        default_value = "https://127.0.0.1:7400"
-    )]
+    #[arg(long, env = "MESHLAT_HEALTH_URL", default_value = DEFAULT_URL)]
     pub url: String,
     /// CA certificate to verify it with (default: DATA_DIR/ca.pem).
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// The controller's data directory (for its ca.pem).
-    #[arg(long, env = "MESHLAT_DATA_DIR", default_value = "./meshlat-controller")]
+    #[arg(long, env = "MESHLAT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Give up after this long.
     #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
@@ -127,13 +133,7 @@ pub enum JobAction {
         all: bool,
     },
     /// Show one job.
-    Show {
-        /// Connection.
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Job id.
-        id: String,
-    },
+    Show(JobIdArgs),
     /// Replace a job's spec (FILE, or '-' for stdin).
     Update {
         /// Connection.
@@ -148,13 +148,27 @@ pub enum JobAction {
         expected_version: Option<u64>,
     },
     /// Stop a job.
-    Stop {
-        /// Connection.
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Job id.
-        id: String,
-    },
+    Stop(JobIdArgs),
+}
+
+/// A connection and a job id: `controller job show` and `stop`.
+#[derive(Clone, Debug, Args)]
+pub struct JobIdArgs {
+    /// Connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Job id.
+    pub id: String,
+}
+
+/// A connection and a name: `controller credentials revoke` and `tokens revoke`.
+#[derive(Clone, Debug, Args)]
+pub struct NameArgs {
+    /// Connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Name.
+    pub name: String,
 }
 
 impl JobAction {
@@ -163,9 +177,8 @@ impl JobAction {
         match self {
             JobAction::Start { client, .. }
             | JobAction::List { client, .. }
-            | JobAction::Show { client, .. }
-            | JobAction::Update { client, .. }
-            | JobAction::Stop { client, .. } => client,
+            | JobAction::Update { client, .. } => client,
+            JobAction::Show(a) | JobAction::Stop(a) => &a.client,
         }
     }
 }
@@ -182,19 +195,9 @@ pub enum CredentialAction {
         name: String,
     },
     /// List credential names and origins (never secrets).
-    List {
-        /// Connection.
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    List(ClientArgs),
     /// Revoke credential NAME: its next call is refused (401 / Unauthenticated).
-    Revoke {
-        /// Connection.
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Name.
-        name: String,
-    },
+    Revoke(NameArgs),
 }
 
 /// `controller tokens ...`.
@@ -213,29 +216,18 @@ pub enum TokenAction {
         expires_in: Option<u64>,
     },
     /// List join tokens (never secrets): created, expiry and revocation times.
-    List {
-        /// Connection.
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    List(ClientArgs),
     /// Revoke join token NAME: it admits no new agent (agents holding their own certificate
     /// keep working).
-    Revoke {
-        /// Connection.
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Name.
-        name: String,
-    },
+    Revoke(NameArgs),
 }
 
 impl TokenAction {
     /// The connection flags.
     pub fn client(&self) -> &ClientArgs {
         match self {
-            TokenAction::Create { client, .. }
-            | TokenAction::List { client }
-            | TokenAction::Revoke { client, .. } => client,
+            TokenAction::Create { client, .. } | TokenAction::List(client) => client,
+            TokenAction::Revoke(a) => &a.client,
         }
     }
 }
@@ -244,9 +236,8 @@ impl CredentialAction {
     /// The connection flags.
     pub fn client(&self) -> &ClientArgs {
         match self {
-            CredentialAction::Add { client, .. }
-            | CredentialAction::List { client }
-            | CredentialAction::Revoke { client, .. } => client,
+            CredentialAction::Add { client, .. } | CredentialAction::List(client) => client,
+            CredentialAction::Revoke(a) => &a.client,
         }
     }
 }
@@ -255,11 +246,7 @@ impl CredentialAction {
 #[derive(Clone, Debug, Args)]
 pub struct ClientArgs {
     /// Controller gRPC URL (https://host:7400, or http:// with --plaintext controllers).
-    #[arg(
-        long,
-        env = "MESHLAT_CONTROLLER",
-        default_value = "https://127.0.0.1:7400"
-    )]
+    #[arg(long, env = "MESHLAT_CONTROLLER", default_value = DEFAULT_URL)]
     pub controller: String,
     /// Operator credential NAME:SECRET (from DATA_DIR/first-start-secrets, a seed, or
     /// `controller credentials add`).
@@ -302,113 +289,31 @@ pub struct ServeArgs {
     #[arg(long, env = "MESHLAT_REST_LISTEN", default_value = "0.0.0.0:7401")]
     pub rest_listen: String,
     /// Directory for the CA, credentials and the state store.
-    #[arg(long, env = "MESHLAT_DATA_DIR", default_value = "./meshlat-controller")]
+    #[arg(long, env = "MESHLAT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Serve gRPC and REST without TLS (local experiments only).
     #[arg(long, env = "MESHLAT_PLAINTEXT")]
     pub plaintext: bool,
     /// Extra DNS names or IPs for the server certificate (e.g. the load balancer's name).
-    #[arg(
-        long = "tls-san",
-        env = "MESHLAT_TLS_SAN",
-        value_delimiter = ',',
-        value_name = "NAME"
-    )]
+    #[arg(long, env = "MESHLAT_TLS_SAN", value_name = "NAME")]
+    #[arg(value_delimiter = ',')]
     pub tls_san: Vec<String>,
     /// Lease given with job sets: how long agents keep running them without the controller
     /// (then they degrade), in seconds.
-    #[arg(
-        long,
-        env = "MESHLAT_LEASE",
-        default_value_t = 60.0,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "MESHLAT_LEASE", value_name = "SECONDS")]
+    #[arg(default_value_t = 60.0)]
     pub lease: f64,
     /// How long an agent stays scheduled after it was last heard from, in seconds.
-    #[arg(
-        long,
-        env = "MESHLAT_AGENT_TTL",
-        default_value_t = 120.0,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "MESHLAT_AGENT_TTL", value_name = "SECONDS")]
+    #[arg(default_value_t = 120.0)]
     pub agent_ttl: f64,
-    /// Most agents a `full` strategy job may involve.
-    #[arg(long, env = "MESHLAT_MAX_FULL_MESH", default_value_t = 200)]
-    pub max_full_mesh: usize,
-    /// Most jobs stored, stopped ones included until they expire (at most 2000); a new job
-    /// beyond it is refused.
-    #[arg(long, env = "MESHLAT_MAX_JOBS", default_value_t = crate::limits::DEFAULT_MAX_JOBS)]
-    pub max_jobs: usize,
-    /// How long a stopped job is kept (then deleted), in seconds (default 7 days).
-    #[arg(
-        long,
-        env = "MESHLAT_STOPPED_JOB_TTL",
-        default_value_t = crate::limits::DEFAULT_STOPPED_JOB_TTL.as_secs_f64(),
-        value_name = "SECONDS"
-    )]
-    pub stopped_job_ttl: f64,
-    /// Most agents known (connected or not); a new agent id beyond it is refused.
-    #[arg(long, env = "MESHLAT_MAX_AGENTS", default_value_t = crate::limits::DEFAULT_MAX_AGENTS)]
-    pub max_agents: usize,
-    /// Most agents joined with one join token.
-    #[arg(
-        long,
-        env = "MESHLAT_MAX_AGENTS_PER_TOKEN",
-        default_value_t = crate::limits::DEFAULT_MAX_AGENTS_PER_TOKEN
-    )]
-    pub max_agents_per_token: usize,
-    /// An agent not heard from this long is removed from the directory, the matrix and the
-    /// saved state, in seconds (default 24 h; at least --agent-ttl).
-    #[arg(
-        long,
-        env = "MESHLAT_AGENT_EXPIRY",
-        default_value_t = crate::limits::DEFAULT_AGENT_EXPIRY.as_secs_f64(),
-        value_name = "SECONDS"
-    )]
-    pub agent_expiry: f64,
-    /// Most bytes of one agent's live summaries kept (pairs beyond are dropped).
-    #[arg(
-        long,
-        env = "MESHLAT_MAX_SUMMARY_BYTES",
-        default_value_t = crate::limits::DEFAULT_MAX_SUMMARY_BYTES
-    )]
-    pub max_summary_bytes: usize,
-    /// Most summary pairs kept over all agents.
-    #[arg(
-        long,
-        env = "MESHLAT_MAX_LIVE_PAIRS",
-        default_value_t = crate::limits::DEFAULT_MAX_LIVE_PAIRS
-    )]
-    pub max_live_pairs: usize,
-    /// Most bytes of summaries kept over all agents.
-    #[arg(
-        long,
-        env = "MESHLAT_MAX_LIVE_BYTES",
-        default_value_t = crate::limits::DEFAULT_MAX_LIVE_BYTES
-    )]
-    pub max_live_bytes: usize,
-    /// Most agents accepted from one peer's directory per exchange.
-    #[arg(
-        long,
-        env = "MESHLAT_MAX_PEER_AGENTS",
-        default_value_t = crate::limits::DEFAULT_MAX_PEER_AGENTS
-    )]
-    pub max_peer_agents: usize,
-    /// Most jobs accepted from one peer's directory per exchange.
-    #[arg(
-        long,
-        env = "MESHLAT_MAX_PEER_JOBS",
-        default_value_t = crate::limits::DEFAULT_MAX_PEER_JOBS
-    )]
-    pub max_peer_jobs: usize,
+    /// `--max-full-mesh`, `--max-jobs`, ... `--max-peer-jobs`.
+    #[command(flatten)]
+    pub limits: LimitsArgs,
     /// Validity of the client certificates issued to agents (their identities), in seconds
     /// (default 30 days); agents renew theirs once two thirds of it have passed.
-    #[arg(
-        long,
-        env = "MESHLAT_AGENT_CERT_VALIDITY",
-        default_value_t = crate::identity::DEFAULT_VALIDITY.as_secs_f64(),
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "MESHLAT_AGENT_CERT_VALIDITY", value_name = "SECONDS")]
+    #[arg(default_value_t = crate::identity::DEFAULT_VALIDITY.as_secs_f64())]
     pub agent_cert_validity: f64,
     /// Refuse agents that do not ask for their own identity (versions before per-agent
     /// identities); they are told to upgrade. Off by default, so such agents keep working
@@ -427,13 +332,103 @@ pub struct ServeArgs {
     /// DATA_DIR/first-start-secrets, mode 0600). Seeded secrets are never printed.
     #[arg(long, env = "MESHLAT_PRINT_SECRETS")]
     pub print_secrets: bool,
+    /// `--peer`, `--federation-secret*`, `--peer-ca*`, `--peer-ttl`.
+    #[command(flatten)]
+    pub federation: FederationArgs,
+    /// `--grpc-max-conns*`, `--rest-max-conns*` and the deadlines.
+    #[command(flatten)]
+    pub conns: ConnArgs,
+    /// `--rate-limit-*`.
+    #[command(flatten)]
+    pub rate_limit: RateLimitArgs,
+    /// Agents that may relay (repeatable; the environment separates entries with ';'): an
+    /// agent id, or a selector such as `region=eu-west-1` or `region=eu-west-1,az=eu-west-1a`.
+    /// An agent is a relay only if it runs with --relay *and* matches an entry; without any
+    /// entry no agent is a relay.
+    #[arg(long = "relay-agent", env = "MESHLAT_RELAY_AGENTS")]
+    #[arg(value_delimiter = ';', value_name = "ID|SELECTOR")]
+    pub relay_agents: Vec<String>,
+    /// Address ranges agents may advertise (repeatable, or comma separated; the environment
+    /// separates entries with ','), e.g. `--agent-cidr 10.20.0.0/16`. Without it each address an
+    /// agent advertises must be the address its connection comes from (set it when agents
+    /// connect through a load balancer or NAT); with it each must lie in one of the ranges.
+    #[arg(long = "agent-cidr", env = "MESHLAT_AGENT_CIDRS", value_name = "CIDR")]
+    #[arg(value_delimiter = ',')]
+    pub agent_cidrs: Vec<String>,
+    /// `--state-bucket`, `--state-prefix`, `--state-region`, `--state-endpoint`.
+    #[command(flatten)]
+    pub state: StateStoreArgs,
+    /// Jobs this controller keeps running, as a JSON array of job specs (the REST API's form),
+    /// each with a unique name: at every start, a spec whose name no running job has is started,
+    /// a running job of that name with another spec is updated, an equal one is left alone, so
+    /// a deployment re-applying them never duplicates a job (infra/README.md: default jobs).
+    #[arg(long, env = "MESHLAT_DEFAULT_JOBS", value_name = "JSON")]
+    pub default_jobs: Option<String>,
+    /// `--join-token-secret-arn`, `--ca-cert-secret-arn`, `--secrets-endpoint`.
+    #[command(flatten)]
+    pub publish: PublishArgs,
+    /// `-v`, `--log-json`.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Serve /health, /metrics (Prometheus) and /memstats (JSON) on this port, without
+    /// authentication (default: off).
+    #[arg(long = "stats-port", env = "MESHLAT_STATS_PORT", value_name = "PORT")]
+    pub stats_port: Option<u16>,
+    /// Address the stats server binds (default: the IP of --listen).
+    #[arg(long, env = "MESHLAT_STATS_LISTEN", value_name = "IP")]
+    pub stats_listen: Option<std::net::IpAddr>,
+}
+
+/// The controller's caps (flags of `controller serve`; [`crate::limits`] has the defaults and
+/// what happens at each cap).
+#[derive(Clone, Debug, Args)]
+pub struct LimitsArgs {
+    /// Most agents a `full` strategy job may involve.
+    #[arg(long, env = "MESHLAT_MAX_FULL_MESH", default_value_t = 200)]
+    pub max_full_mesh: usize,
+    /// Most jobs stored, stopped ones included until they expire (at most 2000); a new job
+    /// beyond it is refused.
+    #[arg(long, env = "MESHLAT_MAX_JOBS", default_value_t = DEFAULT_MAX_JOBS)]
+    pub max_jobs: usize,
+    /// How long a stopped job is kept (then deleted), in seconds (default 7 days).
+    #[arg(long, env = "MESHLAT_STOPPED_JOB_TTL", value_name = "SECONDS")]
+    #[arg(default_value_t = DEFAULT_STOPPED_JOB_TTL.as_secs_f64())]
+    pub stopped_job_ttl: f64,
+    /// Most agents known (connected or not); a new agent id beyond it is refused.
+    #[arg(long, env = "MESHLAT_MAX_AGENTS", default_value_t = DEFAULT_MAX_AGENTS)]
+    pub max_agents: usize,
+    /// Most agents joined with one join token.
+    #[arg(long, env = "MESHLAT_MAX_AGENTS_PER_TOKEN")]
+    #[arg(default_value_t = DEFAULT_MAX_AGENTS_PER_TOKEN)]
+    pub max_agents_per_token: usize,
+    /// An agent not heard from this long is removed from the directory, the matrix and the
+    /// saved state, in seconds (default 24 h; at least --agent-ttl).
+    #[arg(long, env = "MESHLAT_AGENT_EXPIRY", value_name = "SECONDS")]
+    #[arg(default_value_t = DEFAULT_AGENT_EXPIRY.as_secs_f64())]
+    pub agent_expiry: f64,
+    /// Most bytes of one agent's live summaries kept (pairs beyond are dropped).
+    #[arg(long, env = "MESHLAT_MAX_SUMMARY_BYTES", default_value_t = DEFAULT_MAX_SUMMARY_BYTES)]
+    pub max_summary_bytes: usize,
+    /// Most summary pairs kept over all agents.
+    #[arg(long, env = "MESHLAT_MAX_LIVE_PAIRS", default_value_t = DEFAULT_MAX_LIVE_PAIRS)]
+    pub max_live_pairs: usize,
+    /// Most bytes of summaries kept over all agents.
+    #[arg(long, env = "MESHLAT_MAX_LIVE_BYTES", default_value_t = DEFAULT_MAX_LIVE_BYTES)]
+    pub max_live_bytes: usize,
+    /// Most agents accepted from one peer's directory per exchange.
+    #[arg(long, env = "MESHLAT_MAX_PEER_AGENTS", default_value_t = DEFAULT_MAX_PEER_AGENTS)]
+    pub max_peer_agents: usize,
+    /// Most jobs accepted from one peer's directory per exchange.
+    #[arg(long, env = "MESHLAT_MAX_PEER_JOBS", default_value_t = DEFAULT_MAX_PEER_JOBS)]
+    pub max_peer_jobs: usize,
+}
+
+/// Federation with peer controllers (flags of `controller serve`).
+#[derive(Clone, Debug, Args)]
+pub struct FederationArgs {
     /// A peer controller's gRPC URL (repeatable): directories and jobs are exchanged with it.
-    #[arg(
-        long = "peer",
-        env = "MESHLAT_PEERS",
-        value_delimiter = ',',
-        value_name = "URL"
-    )]
+    #[arg(long = "peer", env = "MESHLAT_PEERS", value_name = "URL")]
+    #[arg(value_delimiter = ',')]
     pub peers: Vec<String>,
     /// Secret shared by every controller of the federation, at least 32 bytes (required with
     /// --peer; serves FederationService when set). It also derives the mesh wire and grant keys.
@@ -442,11 +437,8 @@ pub struct ServeArgs {
     /// Rotation, step 2 of 3 (README "Security"): the old federation secret, still accepted from
     /// peers, and its wire and grant keys still accepted by agents; never presented or signed
     /// with.
-    #[arg(
-        long,
-        env = "MESHLAT_FEDERATION_SECRET_PREVIOUS",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "MESHLAT_FEDERATION_SECRET_PREVIOUS")]
+    #[arg(hide_env_values = true)]
     pub federation_secret_previous: Option<String>,
     /// Rotation, step 1 of 3 (README "Security"): the new federation secret, accepted from peers,
     /// and its wire and grant keys accepted by agents, before any controller presents or signs
@@ -454,31 +446,24 @@ pub struct ServeArgs {
     #[arg(long, env = "MESHLAT_FEDERATION_SECRET_NEXT", hide_env_values = true)]
     pub federation_secret_next: Option<String>,
     /// CA certificate (PEM) of https:// peers, e.g. a peer's DATA_DIR/ca.pem (repeatable).
-    #[arg(
-        long = "peer-ca",
-        env = "MESHLAT_PEER_CA",
-        value_delimiter = ',',
-        value_name = "FILE"
-    )]
+    #[arg(long, env = "MESHLAT_PEER_CA", value_name = "FILE")]
+    #[arg(value_delimiter = ',')]
     pub peer_ca: Vec<PathBuf>,
     /// CA certificates (PEM text, one or more) of https:// peers, instead of or besides
     /// --peer-ca files: ECS injects it from a secret (infra/cloudformation/services.yaml). Only
     /// certificates are accepted (a private key in it is refused).
-    #[arg(
-        long,
-        env = "MESHLAT_PEER_CA_PEM",
-        value_name = "PEM",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, env = "MESHLAT_PEER_CA_PEM", value_name = "PEM")]
+    #[arg(allow_hyphen_values = true)]
     pub peer_ca_pem: Option<String>,
     /// How long a peer's agents and jobs count after its last exchange.
-    #[arg(
-        long,
-        env = "MESHLAT_PEER_TTL",
-        default_value_t = 30.0,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "MESHLAT_PEER_TTL", value_name = "SECONDS")]
+    #[arg(default_value_t = 30.0)]
     pub peer_ttl: f64,
+}
+
+/// Connection caps and deadlines of the gRPC and REST listeners (flags of `controller serve`).
+#[derive(Clone, Debug, Args)]
+pub struct ConnArgs {
     /// Most gRPC connections open at once (agents, operators, peers; handshaking ones
     /// included); over it a new connection is closed at once. Default: derived from the open
     /// files limit (`ulimit -n`) minus a reserve, so the process never runs out of descriptors.
@@ -486,76 +471,44 @@ pub struct ServeArgs {
     pub grpc_max_conns: Option<usize>,
     /// Most gRPC connections open at once from one source address. High by default: a whole
     /// region's agents may reach the controller from one address (NAT, a load balancer).
-    #[arg(
-        long,
-        env = "MESHLAT_GRPC_MAX_CONNS_PER_IP",
-        default_value_t = 20_000,
-        value_name = "N"
-    )]
+    #[arg(long, env = "MESHLAT_GRPC_MAX_CONNS_PER_IP", value_name = "N")]
+    #[arg(default_value_t = 20_000)]
     pub grpc_max_conns_per_ip: usize,
     /// Most REST connections open at once. Default: an eighth of the descriptor budget, at
     /// most 1024.
     #[arg(long, env = "MESHLAT_REST_MAX_CONNS", value_name = "N")]
     pub rest_max_conns: Option<usize>,
     /// Most REST connections open at once from one source address.
-    #[arg(
-        long,
-        env = "MESHLAT_REST_MAX_CONNS_PER_IP",
-        default_value_t = 64,
-        value_name = "N"
-    )]
+    #[arg(long, env = "MESHLAT_REST_MAX_CONNS_PER_IP", value_name = "N")]
+    #[arg(default_value_t = 64)]
     pub rest_max_conns_per_ip: usize,
     /// `--handshake-timeout`, `--header-timeout`, `--idle-timeout`.
     #[command(flatten)]
     pub deadlines: DeadlineArgs<ControllerDeadlines>,
+}
+
+/// Operator API rate limits (flags of `controller serve`).
+#[derive(Clone, Debug, Args)]
+pub struct RateLimitArgs {
     /// Operator API (REST and gRPC OperatorService) requests per second allowed from one
     /// source address (token bucket; 0: no limit). Over it: 429 with Retry-After (REST) or
     /// RESOURCE_EXHAUSTED with retry-after metadata (gRPC).
-    #[arg(
-        long,
-        env = "MESHLAT_RATE_LIMIT_PER_IP",
-        default_value_t = 50.0,
-        value_name = "PER_SECOND"
-    )]
+    #[arg(long, env = "MESHLAT_RATE_LIMIT_PER_IP", value_name = "PER_SECOND")]
+    #[arg(default_value_t = 50.0)]
     pub rate_limit_per_ip: f64,
     /// Operator API requests per second allowed with one credential (0: no limit).
-    #[arg(
-        long,
-        env = "MESHLAT_RATE_LIMIT_PER_CREDENTIAL",
-        default_value_t = 50.0,
-        value_name = "PER_SECOND"
-    )]
+    #[arg(long, env = "MESHLAT_RATE_LIMIT_PER_CREDENTIAL")]
+    #[arg(default_value_t = 50.0, value_name = "PER_SECOND")]
     pub rate_limit_per_credential: f64,
     /// Requests a client may make at once after a quiet spell (the token buckets' size).
-    #[arg(
-        long,
-        env = "MESHLAT_RATE_LIMIT_BURST",
-        default_value_t = 200,
-        value_name = "N"
-    )]
+    #[arg(long, env = "MESHLAT_RATE_LIMIT_BURST", value_name = "N")]
+    #[arg(default_value_t = 200)]
     pub rate_limit_burst: u32,
-    /// Agents that may relay (repeatable; the environment separates entries with ';'): an
-    /// agent id, or a selector such as `region=eu-west-1` or `region=eu-west-1,az=eu-west-1a`.
-    /// An agent is a relay only if it runs with --relay *and* matches an entry; without any
-    /// entry no agent is a relay.
-    #[arg(
-        long = "relay-agent",
-        env = "MESHLAT_RELAY_AGENTS",
-        value_delimiter = ';',
-        value_name = "ID|SELECTOR"
-    )]
-    pub relay_agents: Vec<String>,
-    /// Address ranges agents may advertise (repeatable, or comma separated; the environment
-    /// separates entries with ','), e.g. `--agent-cidr 10.20.0.0/16`. Without it each address an
-    /// agent advertises must be the address its connection comes from (set it when agents
-    /// connect through a load balancer or NAT); with it each must lie in one of the ranges.
-    #[arg(
-        long = "agent-cidr",
-        env = "MESHLAT_AGENT_CIDRS",
-        value_delimiter = ',',
-        value_name = "CIDR"
-    )]
-    pub agent_cidrs: Vec<String>,
+}
+
+/// Where the state store keeps the controller's state in S3 (flags of `controller serve`).
+#[derive(Clone, Debug, Args)]
+pub struct StateStoreArgs {
     /// S3 bucket for the state store: the data directory (CA key included), jobs and agent ids
     /// are kept under --state-prefix and restored from it on start, so a controller on an empty
     /// disk (a replaced Fargate task) keeps its CA and join token. Without it: the data dir only.
@@ -570,12 +523,11 @@ pub struct ServeArgs {
     /// S3 endpoint URL instead of AWS's (an emulator such as moto, or a VPC endpoint).
     #[arg(long, env = "MESHLAT_STATE_ENDPOINT", value_name = "URL")]
     pub state_endpoint: Option<String>,
-    /// Jobs this controller keeps running, as a JSON array of job specs (the REST API's form),
-    /// each with a unique name: at every start, a spec whose name no running job has is started,
-    /// a running job of that name with another spec is updated, an equal one is left alone, so
-    /// a deployment re-applying them never duplicates a job (infra/README.md: default jobs).
-    #[arg(long, env = "MESHLAT_DEFAULT_JOBS", value_name = "JSON")]
-    pub default_jobs: Option<String>,
+}
+
+/// Secrets Manager secrets the controller writes at start (flags of `controller serve`).
+#[derive(Clone, Debug, Args)]
+pub struct PublishArgs {
     /// Secrets Manager secret (full ARN) the controller writes its agents' join token into at
     /// start, when the secret does not hold it yet (needs --join-secret: the token is
     /// `mlt1.<CA sha256>.<join secret>`). Deployments start agents from that secret.
@@ -589,17 +541,26 @@ pub struct ServeArgs {
     /// Secrets Manager endpoint URL instead of AWS's (an emulator such as moto).
     #[arg(long, env = "MESHLAT_SECRETS_ENDPOINT", value_name = "URL")]
     pub secrets_endpoint: Option<String>,
+}
+
+/// Logging flags of `controller serve`.
+#[derive(Clone, Debug, Args)]
+pub struct LogArgs {
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Log as JSON lines on stderr.
     #[arg(long, env = "MESHLAT_LOG_JSON")]
     pub log_json: bool,
-    /// Serve /health, /metrics (Prometheus) and /memstats (JSON) on this port, without
-    /// authentication (default: off).
-    #[arg(long = "stats-port", env = "MESHLAT_STATS_PORT", value_name = "PORT")]
-    pub stats_port: Option<u16>,
-    /// Address the stats server binds (default: the IP of --listen).
-    #[arg(long, env = "MESHLAT_STATS_LISTEN", value_name = "IP")]
-    pub stats_listen: Option<std::net::IpAddr>,
+}
+
+impl LogArgs {
+    /// The log format `--log-json` asks for.
+    pub fn format(&self) -> LogFormat {
+        if self.log_json {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        }
+    }
 }

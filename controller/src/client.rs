@@ -8,7 +8,7 @@ use meshlat_proto::pb::operator_service_client::OperatorServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::cli::{
-    ClientArgs, Command, CredentialAction, HealthArgs, JobAction, MatrixArgs, TokenAction,
+    ClientArgs, Command, CredentialAction, HealthArgs, JobAction, MatrixArgs, NameArgs, TokenAction,
 };
 use crate::json;
 
@@ -51,7 +51,7 @@ pub async fn run(command: &Command) -> Result<(), ClientError> {
         Command::Job { action } => job(action).await?,
         Command::Credentials { action } => credentials(action).await?,
         Command::Tokens { action } => tokens(action).await?,
-        Command::Agents { client } => agents(client).await?,
+        Command::Agents(client) => agents(client).await?,
         Command::Health(h) => health(h).await?,
         Command::Matrix(m) => {
             use std::io::Write;
@@ -225,7 +225,7 @@ pub async fn job(action: &JobAction) -> Result<String, ClientError> {
             }
             return Ok(out);
         }
-        JobAction::Show { id, .. } => c.get_job(pb::GetJobRequest { id: id.clone() }).await?,
+        JobAction::Show(a) => c.get_job(pb::GetJobRequest { id: a.id.clone() }).await?,
         JobAction::Update {
             id,
             file,
@@ -240,7 +240,7 @@ pub async fn job(action: &JobAction) -> Result<String, ClientError> {
             })
             .await?
         }
-        JobAction::Stop { id, .. } => c.stop_job(pb::StopJobRequest { id: id.clone() }).await?,
+        JobAction::Stop(a) => c.stop_job(pb::StopJobRequest { id: a.id.clone() }).await?,
     };
     Ok(pretty(&json::job_to_value(&job.into_inner())))
 }
@@ -263,7 +263,7 @@ pub async fn credentials(action: &CredentialAction) -> Result<String, ClientErro
                 .into_inner();
             Ok(format!("{}\n", r.credential))
         }
-        CredentialAction::List { .. } => {
+        CredentialAction::List(_) => {
             let list = c
                 .list_credentials(pb::ListCredentialsRequest {})
                 .await?
@@ -275,7 +275,7 @@ pub async fn credentials(action: &CredentialAction) -> Result<String, ClientErro
             }
             Ok(out)
         }
-        CredentialAction::Revoke { name, .. } => {
+        CredentialAction::Revoke(NameArgs { name, .. }) => {
             let i = c
                 .revoke_credential(pb::RevokeCredentialRequest { name: name.clone() })
                 .await?
@@ -322,7 +322,7 @@ pub async fn tokens(action: &TokenAction) -> Result<String, ClientError> {
                 .into_inner();
             Ok(format!("{}\n", r.token))
         }
-        TokenAction::List { .. } => {
+        TokenAction::List(_) => {
             let list = c
                 .list_join_tokens(pb::ListJoinTokensRequest {})
                 .await?
@@ -337,7 +337,7 @@ pub async fn tokens(action: &TokenAction) -> Result<String, ClientError> {
             }
             Ok(out)
         }
-        TokenAction::Revoke { name, .. } => {
+        TokenAction::Revoke(NameArgs { name, .. }) => {
             let i = c
                 .revoke_join_token(pb::RevokeJoinTokenRequest { name: name.clone() })
                 .await?

@@ -439,6 +439,11 @@ mod tests {
         }
     }
 
+    /// `agent`, in region `ra`, reports `pairs` at `now`.
+    fn report(live: &Live, agent: &str, pairs: Vec<pb::PairSummary>, now: Instant) {
+        live.ingest(agent, "ra", pb::Summaries { pairs }, now);
+    }
+
     fn region_of(id: &str) -> Option<String> {
         match id {
             "a1" | "a2" => Some("ra".into()),
@@ -459,20 +464,18 @@ mod tests {
         let mut huge = pair("b1", "udp", 1.0, 2.0, 0, 0);
         huge.samples = u64::MAX;
         huge.sent = u64::MAX;
-        live.ingest(
+        report(
+            &live,
             "a1",
-            "ra",
-            pb::Summaries {
-                pairs: vec![
-                    pair("b1", "udp", f64::NAN, 2.0, 10, 0),
-                    pair("b1", "udp", 1.0, f64::INFINITY, 10, 0),
-                    pair("b1", "udp", -1.0, 2.0, 10, 0),
-                    pair("b1", "udp", 5.0, 2.0, 10, 0),
-                    lost_above_sent,
-                    huge,
-                    pair("b1", "udp", 10.0, 20.0, 300, 0),
-                ],
-            },
+            vec![
+                pair("b1", "udp", f64::NAN, 2.0, 10, 0),
+                pair("b1", "udp", 1.0, f64::INFINITY, 10, 0),
+                pair("b1", "udp", -1.0, 2.0, 10, 0),
+                pair("b1", "udp", 5.0, 2.0, 10, 0),
+                lost_above_sent,
+                huge,
+                pair("b1", "udp", 10.0, 20.0, 300, 0),
+            ],
             now,
         );
         let cells = live.cells(now, region_of);
@@ -486,7 +489,7 @@ mod tests {
         let big = |id: &str| {
             let mut p = pair("b1", "udp", 1.0, 2.0, MAX_SUMMARY_COUNT, 0);
             p.sent = MAX_SUMMARY_COUNT;
-            live.ingest(id, "ra", pb::Summaries { pairs: vec![p] }, now);
+            report(&live, id, vec![p], now);
         };
         for i in 0..40 {
             big(&format!("x{i}"));
@@ -499,27 +502,23 @@ mod tests {
     fn matrix_by_agent_and_region_merges_by_samples() {
         let live = Live::new(SUMMARY_TTL, LiveLimits::default());
         let now = Instant::now();
-        live.ingest(
+        report(
+            &live,
             "a1",
-            "ra",
-            pb::Summaries {
-                pairs: vec![
-                    pair("b1", "udp", 10.0, 20.0, 300, 0),
-                    pair("b1", "tcp", 1.0, 2.0, 10, 0),
-                    pair("a2", "udp", 0.5, 0.9, 100, 0),
-                ],
-            },
+            vec![
+                pair("b1", "udp", 10.0, 20.0, 300, 0),
+                pair("b1", "tcp", 1.0, 2.0, 10, 0),
+                pair("a2", "udp", 0.5, 0.9, 100, 0),
+            ],
             now,
         );
-        live.ingest(
+        report(
+            &live,
             "a2",
-            "ra",
-            pb::Summaries {
-                pairs: vec![
-                    pair("b1", "udp", 30.0, 90.0, 100, 100),
-                    pair("", "udp", 5.0, 6.0, 10, 0),
-                ],
-            },
+            vec![
+                pair("b1", "udp", 30.0, 90.0, 100, 100),
+                pair("", "udp", 5.0, 6.0, 10, 0),
+            ],
             now,
         );
         let cells = live.cells(now, region_of);
@@ -582,22 +581,8 @@ mod tests {
                 }
             })
             .collect();
-        live.ingest(
-            "a1",
-            "ra",
-            pb::Summaries {
-                pairs: vec![pair_of("b1", &fast)],
-            },
-            now,
-        );
-        live.ingest(
-            "a2",
-            "ra",
-            pb::Summaries {
-                pairs: vec![pair_of("b1", &slow)],
-            },
-            now,
-        );
+        report(&live, "a1", vec![pair_of("b1", &fast)], now);
+        report(&live, "a2", vec![pair_of("b1", &slow)], now);
         let mut union: Vec<f64> = fast.iter().chain(&slow).copied().collect();
         union.sort_by(f64::total_cmp);
         let exact = |p| sketch::nearest_rank(&union, p).expect("samples");
@@ -617,14 +602,7 @@ mod tests {
         // Parts that disagree the way the old merge got wrong: two of the slow part's 100
         // samples at 500 ms make its own p99 500, but they are 2 of the union's 400.
         let slow2: Vec<f64> = (0..100).map(|i| if i < 2 { 500.0 } else { 30.0 }).collect();
-        live.ingest(
-            "a2",
-            "ra",
-            pb::Summaries {
-                pairs: vec![pair_of("b1", &slow2)],
-            },
-            now,
-        );
+        report(&live, "a2", vec![pair_of("b1", &slow2)], now);
         let m = matrix(&live.cells(now, region_of), By::Region, Some("udp"));
         let ab = m.iter().find(|c| c.dst == "rb").expect("ra -> rb");
         // Union of 400: rank 396 is 30 ms; the old merge answered 500.
@@ -633,7 +611,7 @@ mod tests {
         // An older agent's pair (no histogram) among them: the approximation (max of p99s).
         let mut old = pair_of("b1", &slow2);
         old.rtt_histogram = None;
-        live.ingest("a2", "ra", pb::Summaries { pairs: vec![old] }, now);
+        report(&live, "a2", vec![old], now);
         let m = matrix(&live.cells(now, region_of), By::Region, Some("udp"));
         let ab = m.iter().find(|c| c.dst == "rb").expect("ra -> rb");
         assert_eq!(ab.p99_ms, 500.0);
@@ -641,7 +619,7 @@ mod tests {
         // A histogram counting other than the pair's samples is dropped with the pair.
         let mut lie = pair_of("b1", &slow2);
         lie.samples = 99;
-        live.ingest("a2", "ra", pb::Summaries { pairs: vec![lie] }, now);
+        report(&live, "a2", vec![lie], now);
         let cells = live.cells(now, region_of);
         assert_eq!(cells.len(), 1, "only a1's pair is left: {cells:?}");
     }
@@ -650,25 +628,11 @@ mod tests {
     fn summaries_age_out_and_are_replaced() {
         let live = Live::new(Duration::from_secs(10), LiveLimits::default());
         let t0 = Instant::now();
-        live.ingest(
-            "a1",
-            "ra",
-            pb::Summaries {
-                pairs: vec![pair("b1", "udp", 1.0, 2.0, 5, 0)],
-            },
-            t0,
-        );
+        report(&live, "a1", vec![pair("b1", "udp", 1.0, 2.0, 5, 0)], t0);
         assert_eq!(live.cells(t0 + Duration::from_secs(10), region_of).len(), 1);
-        live.ingest("a1", "ra", pb::Summaries { pairs: vec![] }, t0);
+        report(&live, "a1", vec![], t0);
         assert!(live.cells(t0, region_of).is_empty(), "replaced");
-        live.ingest(
-            "a1",
-            "ra",
-            pb::Summaries {
-                pairs: vec![pair("b1", "udp", 1.0, 2.0, 5, 0)],
-            },
-            t0,
-        );
+        report(&live, "a1", vec![pair("b1", "udp", 1.0, 2.0, 5, 0)], t0);
         assert!(
             live.cells(t0 + Duration::from_secs(11), region_of)
                 .is_empty()

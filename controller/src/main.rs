@@ -7,7 +7,7 @@ use clap::Parser;
 use meshlat_controller::app::Controller;
 use meshlat_controller::cli::{Cli, Command};
 use meshlat_controller::{client, config::ServeConfig};
-use meshlat_runtime::{Exit, LogFormat, fail};
+use meshlat_runtime::{Exit, fail};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -28,12 +28,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail("controller", Exit::Setup, e),
     };
-    let format = if serve.log_json {
-        LogFormat::Json
-    } else {
-        LogFormat::Text
-    };
-    meshlat_runtime::init_logging(serve.verbose, format);
+    meshlat_runtime::init_logging(serve.log.verbose, serve.log.format());
     meshlat_runtime::block_on("controller", async move {
         let ctl = match Controller::bind(cfg).await {
             Ok(c) => c,

@@ -156,15 +156,10 @@ fn domain_error(e: &DomainError) -> Resp {
         DomainError::Stopped { .. } => {
             error(StatusCode::CONFLICT, "failed_precondition", None, &msg)
         }
-        DomainError::Store(_) => {
-            tracing::error!(message = "Internal error.", error = %e);
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                None,
-                "internal error: the state store failed; see the controller log",
-            )
-        }
+        DomainError::Store(_) => internal(
+            e,
+            "internal error: the state store failed; see the controller log",
+        ),
     }
 }
 
@@ -551,25 +546,20 @@ async fn list_credentials(State(rest): State<Rest>) -> Resp {
 }
 
 async fn add_credential(State(rest): State<Rest>, body: Bytes) -> Resp {
-    let v = serde_json::from_slice::<Value>(&body).ok();
-    let name = match body_name(v.as_ref(), "name: send {\"name\": \"NAME\"}") {
-        Ok(name) => name,
+    let (name, _) = match body_name(&body, "name: send {\"name\": \"NAME\"}") {
+        Ok(named) => named,
         Err(resp) => return *resp,
     };
-    let resp = match rest.creds.add_operator(&name) {
-        Ok(credential) => {
-            let mut v = rest
-                .creds
-                .list_operators()
-                .iter()
-                .find(|i| i.name == name)
-                .map_or_else(|| json!({}), cred_value);
-            v["credential"] = Value::String(credential);
-            reply(StatusCode::CREATED, &v)
-        }
-        Err(e) => credential_error(&e),
-    };
-    audited(&name, resp)
+    let made = rest.creds.add_operator(&name).map(|credential| {
+        let info = rest
+            .creds
+            .list_operators()
+            .iter()
+            .find(|i| i.name == name)
+            .map_or_else(|| json!({}), cred_value);
+        (info, credential)
+    });
+    created_with_secret(&name, made, "credential")
 }
 
 async fn revoke_credential(State(rest): State<Rest>, uri: Uri) -> Resp {
@@ -585,12 +575,11 @@ async fn list_tokens(State(rest): State<Rest>) -> Resp {
 }
 
 async fn create_token(State(rest): State<Rest>, body: Bytes) -> Resp {
-    let v = serde_json::from_slice::<Value>(&body).ok();
-    let name = match body_name(
-        v.as_ref(),
+    let (name, v) = match body_name(
+        &body,
         "name: send {\"name\": \"NAME\", \"expires_in_s\": SECONDS (optional)}",
     ) {
-        Ok(name) => name,
+        Ok(named) => named,
         Err(resp) => return *resp,
     };
     let expires_in = v.as_ref().and_then(|v| v.get("expires_in_s"));
@@ -608,15 +597,11 @@ async fn create_token(State(rest): State<Rest>, body: Bytes) -> Resp {
             }
         },
     };
-    let resp = match rest.creds.create_token(&name, expires) {
-        Ok((i, secret)) => {
-            let mut v = token_value(&i);
-            v["token"] = Value::String(rest.creds.token_string(&secret));
-            reply(StatusCode::CREATED, &v)
-        }
-        Err(e) => credential_error(&e),
-    };
-    audited(&name, resp)
+    let made = rest
+        .creds
+        .create_token(&name, expires)
+        .map(|(i, secret)| (token_value(&i), rest.creds.token_string(&secret)));
+    created_with_secret(&name, made, "token")
 }
 
 async fn revoke_token(State(rest): State<Rest>, uri: Uri) -> Resp {
@@ -687,10 +672,13 @@ fn cred_value(i: &OperatorInfo) -> Value {
     json!({"name": i.name, "origin": i.origin.as_str(), "created_unix": i.created_unix})
 }
 
-/// The string `name` of a JSON request body, or a 400 naming the field with `hint` (boxed: a
-/// response is large next to a name).
-fn body_name(body: Option<&Value>, hint: &str) -> Result<String, Box<Resp>> {
-    body.and_then(|v| v.get("name").and_then(Value::as_str))
+/// The string `name` of a JSON request body, with the body (`None`: not JSON), or a 400 naming
+/// the field with `hint` (boxed: a response is large next to a name).
+fn body_name(body: &[u8], hint: &str) -> Result<(String, Option<Value>), Box<Resp>> {
+    let v = serde_json::from_slice::<Value>(body).ok();
+    let name = v
+        .as_ref()
+        .and_then(|v| v.get("name").and_then(Value::as_str))
         .map(str::to_string)
         .ok_or_else(|| {
             Box::new(error(
@@ -699,7 +687,31 @@ fn body_name(body: Option<&Value>, hint: &str) -> Result<String, Box<Resp>> {
                 Some("name"),
                 hint,
             ))
-        })
+        })?;
+    Ok((name, v))
+}
+
+/// The answer to creating credential or token `name` (audited under that name): 201 with its
+/// `info` and the new secret under `key` (shown this once), or the error.
+fn created_with_secret(
+    name: &str,
+    made: Result<(Value, String), CredentialError>,
+    key: &str,
+) -> Resp {
+    let resp = match made {
+        Ok((mut info, secret)) => {
+            info[key] = Value::String(secret);
+            reply(StatusCode::CREATED, &info)
+        }
+        Err(e) => credential_error(&e),
+    };
+    audited(name, resp)
+}
+
+/// A 500 saying `what` to the client; the error itself goes to the log only.
+fn internal(e: &dyn std::fmt::Display, what: &str) -> Resp {
+    tracing::error!(message = "Internal error.", error = %e);
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal", None, what)
 }
 
 fn credential_error(e: &CredentialError) -> Resp {
@@ -718,15 +730,10 @@ fn credential_error(e: &CredentialError) -> Resp {
         CredentialError::Last { .. } => {
             error(StatusCode::CONFLICT, "failed_precondition", None, &msg)
         }
-        CredentialError::Store(_) => {
-            tracing::error!(message = "Internal error.", error = %e);
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                None,
-                "internal error: the credentials file could not be written; see the controller log",
-            )
-        }
+        CredentialError::Store(_) => internal(
+            e,
+            "internal error: the credentials file could not be written; see the controller log",
+        ),
     }
 }
 

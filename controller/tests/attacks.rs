@@ -17,18 +17,17 @@
 //! `controller/examples/simagents.rs` does), many streams on one TLS connection.
 
 mod support;
-use support::{eventually, tmp_dir};
+use support::{TestController as Ctl, bearer, eventually, tmp_dir};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use http_body_util::{BodyExt, Full};
 use meshlat_proto::pb;
 use prost::Message;
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -36,164 +35,56 @@ use tonic::transport::Channel;
 /// A federation secret long enough for any minimum length.
 const FED_SECRET: &str = "attack-suite-federation-secret-0123456789abcdef";
 
-struct Ctl {
-    child: Child,
-    data: PathBuf,
-    log: PathBuf,
-    grpc: String,
-    rest: String,
-    token: String,
-    credential: String,
+/// A controller of region `r1` with `extra` flags, its secrets printed (`--print-secrets`) and
+/// kept in `data/attack-secrets` for a restart; its log goes to `data/../<name>.log`.
+async fn start(data: &Path, extra: &[&str]) -> Result<Ctl> {
+    start_limited(data, extra, None).await
 }
 
+/// [`start`] with the open-files limit (soft and hard) set to `nofile` (`prlimit`).
+async fn start_limited(data: &Path, extra: &[&str], nofile: Option<u64>) -> Result<Ctl> {
+    std::fs::create_dir_all(data)?;
+    let mut b = Ctl::builder(data)
+        .print_secrets(data.join("attack-secrets"))
+        .args(extra)
+        .env("RUST_LOG", "info,meshlat_controller::registry=debug")
+        .env("NO_COLOR", "1")
+        .log_append(data.with_extension("log"))
+        .announce_within(Duration::from_secs(30));
+    if let Some(n) = nofile {
+        b = b.nofile(n);
+    }
+    b.spawn().await
+}
+
+/// The end of a test: the controller still serves ([`Ctl::serves`]); `root` is removed.
+async fn still_serving_then_clean_up(mut ctl: Ctl, root: &Path) -> Result<()> {
+    ctl.serves().await?;
+    let _ = std::fs::remove_dir_all(root);
+    Ok(())
+}
+
+/// What this suite needs of a controller beyond the harness's.
 impl Ctl {
-    /// A controller of region `r1` with `extra` flags; its log goes to `data/../<name>.log`.
-    async fn start(data: &Path, extra: &[&str]) -> Result<Self> {
-        Self::start_limited(data, extra, None).await
-    }
-
-    /// [`Ctl::start`] with the open-files limit (soft and hard) set to `nofile` (`prlimit`).
-    async fn start_limited(data: &Path, extra: &[&str], nofile: Option<u64>) -> Result<Self> {
-        std::fs::create_dir_all(data)?;
-        let log = data.with_extension("log");
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let mut cmd = match nofile {
-            // prlimit execs the controller: the child is the controller itself.
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}"))
-                    .arg("--")
-                    .arg(env!("CARGO_BIN_EXE_controller"));
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_controller")),
-        };
-        let mut child = cmd
-            .args([
-                "serve",
-                "--region",
-                "r1",
-                "--listen",
-                "127.0.0.1:0",
-                "--rest-listen",
-                "127.0.0.1:0",
-                // This suite reads the generated join token and credential from stdout.
-                "--print-secrets",
-            ])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(data)
-            .env("RUST_LOG", "info,meshlat_controller::registry=debug")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawn controller")?;
-        // Secrets are printed on the first start only; a restart reuses the saved ones.
-        let a = support::read_announcement(&mut child, &log, &data.join("attack-secrets")).await?;
-        Ok(Ctl {
-            child,
-            data: data.to_path_buf(),
-            log,
-            grpc: a.grpc,
-            rest: a.rest,
-            token: a.token,
-            credential: a.credential,
-        })
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn stop(mut self) -> Result<()> {
-        self.child.start_kill()?;
-        self.child.wait().await?;
-        Ok(())
-    }
-
-    /// One REST call over TLS pinned to the controller's CA.
-    async fn rest(&self, method: &str, path: &str, body: &str) -> Result<(u16, Value)> {
-        let mut send = support::pinned_http1(&self.data, &self.rest).await?;
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "127.0.0.1")
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {}", self.credential))
-            .body(Full::new(bytes::Bytes::from(body.to_string())))?;
-        let res = send.send_request(req).await?;
-        let status = res.status().as_u16();
-        let b = res.into_body().collect().await?.to_bytes();
-        Ok((status, serde_json::from_slice(&b).unwrap_or(Value::Null)))
-    }
-
     /// The controller keeps serving: REST answers a job list.
     async fn serves(&mut self) -> Result<()> {
         assert!(
             self.alive(),
             "controller exited; see {}",
-            self.log.display()
+            self.log
+                .as_deref()
+                .unwrap_or(Path::new("its log"))
+                .display()
         );
-        let (st, v) = self.rest("GET", "/api/v1/jobs", "").await?;
+        let (st, v) = self.rest("GET", "/api/v1/jobs", "", None).await?;
         anyhow::ensure!(st == 200, "GET /api/v1/jobs: {st} {v}");
         Ok(())
     }
 
-    async fn channel(&self) -> Result<Channel> {
-        let ca = std::fs::read(self.data.join("ca.pem"))?;
-        Ok(
-            tonic::transport::Endpoint::from_shared(format!("https://{}", self.grpc))?
-                .tls_config(
-                    tonic::transport::ClientTlsConfig::new()
-                        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                        .domain_name("127.0.0.1"),
-                )?
-                .connect()
-                .await?,
-        )
-    }
-
-    /// `controller ARGS... --controller URL --credential C --ca CA`: (exit ok, stdout, stderr).
-    async fn cli(&self, args: &[&str]) -> Result<(bool, String, String)> {
-        let out = Command::new(env!("CARGO_BIN_EXE_controller"))
-            .args(args)
-            .args(["--controller", &format!("https://{}", self.grpc)])
-            .args(["--credential", &self.credential])
-            .arg("--ca")
-            .arg(self.data.join("ca.pem"))
-            .env_remove("MESHLAT_CONTROLLER")
-            .output()
-            .await?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
-    }
-}
-
-/// An interceptor adding `authorization: Bearer <secret>`.
-fn bearer(
-    secret: &str,
-) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone + use<> {
-    let v: tonic::metadata::MetadataValue<_> =
-        format!("Bearer {secret}").parse().expect("header value");
-    move |mut req: tonic::Request<()>| {
-        req.metadata_mut().insert("authorization", v.clone());
-        Ok(req)
+    /// `POST /api/v1/jobs` of [`HOSTILE_K`] with a sane `k` (3).
+    async fn start_sane_job(&self) -> Result<(u16, Value)> {
+        let body = HOSTILE_K.replace("4294967295", "3");
+        self.rest("POST", "/api/v1/jobs", &body, None).await
     }
 }
 
@@ -271,6 +162,16 @@ impl Session {
             }
         }
     }
+
+    /// The ids of the jobs in the next job set.
+    async fn job_ids(&mut self, secs: u64) -> Result<Vec<String>> {
+        let set = self.job_set(secs).await?;
+        Ok(set
+            .assignments
+            .iter()
+            .filter_map(|a| a.job.as_ref().map(|j| j.id.clone()))
+            .collect())
+    }
 }
 
 fn sel(s: &str) -> pb::Endpoint {
@@ -308,6 +209,18 @@ fn job(id: &str, spec: pb::JobSpec) -> pb::Job {
 const HOSTILE_K: &str = r#"{"name":"boom","protocols":["udp"],"sources":["region=r1"],
     "targets":["region=r1"],"interval_ms":1000,"timeout_ms":500,"strategy":"k-random","k":4294967295}"#;
 
+/// A new agent's session with `token`, which must be refused as over a cap
+/// (`ResourceExhausted`): the refusal.
+async fn refused_at_a_cap(ch: &Channel, token: &str, what: &str) -> Result<tonic::Status> {
+    let e = Session::open(ch, token, "")
+        .await
+        .err()
+        .with_context(|| format!("{what} is refused"))?;
+    println!("{what}: {e}");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    Ok(e)
+}
+
 /// The protobuf message of a state file (after its format header).
 fn state_message(file: &[u8]) -> Result<&[u8]> {
     Ok(meshlat_proto::state_file::decode(file)?.1)
@@ -315,24 +228,21 @@ fn state_message(file: &[u8]) -> Result<&[u8]> {
 
 /// VmRSS of `pid` in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status_kib(pid, "VmRSS:")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_k_is_refused_over_rest_grpc_and_cli() -> Result<()> {
     let root = tmp_dir("attacks", "k");
-    let mut ctl = Ctl::start(&root.join("ctl"), &[]).await?;
+    let ctl = start(&root.join("ctl"), &[]).await?;
     // An agent, so a k-random job is scheduled at once (the old abort needed a source).
-    let ch = ctl.channel().await?;
-    let mut s = Session::open(&ch, &ctl.token, "").await?;
+    let ch = ctl.grpc_channel().await?;
+    let mut s = Session::open(&ch, ctl.token(), "").await?;
     s.job_set(10).await?;
     // And one to measure to.
-    let _other = Session::open(&ch, &ctl.token, "").await?;
+    let _other = Session::open(&ch, ctl.token(), "").await?;
 
-    let (st, v) = ctl.rest("POST", "/api/v1/jobs", HOSTILE_K).await?;
+    let (st, v) = ctl.rest("POST", "/api/v1/jobs", HOSTILE_K, None).await?;
     println!("POST k=4294967295: {st} {v}");
     assert_eq!(st, 400, "{v}");
     assert_eq!(v["error"]["field"], "spec.k", "{v}");
@@ -345,7 +255,7 @@ async fn hostile_k_is_refused_over_rest_grpc_and_cli() -> Result<()> {
 
     let mut op = pb::operator_service_client::OperatorServiceClient::with_interceptor(
         ch.clone(),
-        bearer(&ctl.credential),
+        bearer(ctl.credential()),
     );
     let e = op
         .start_job(pb::StartJobRequest {
@@ -373,19 +283,11 @@ async fn hostile_k_is_refused_over_rest_grpc_and_cli() -> Result<()> {
     assert!(!ok && err.contains("spec.k"), "{err}");
 
     // Still serving: a sane k-random job starts and reaches the agent.
-    let (st, v) = ctl
-        .rest(
-            "POST",
-            "/api/v1/jobs",
-            &HOSTILE_K.replace("4294967295", "3"),
-        )
-        .await?;
+    let (st, v) = ctl.start_sane_job().await?;
     assert_eq!(st, 201, "{v}");
     let set = s.job_set(10).await?;
     assert_eq!(set.assignments.len(), 1);
-    ctl.serves().await?;
-    let _ = std::fs::remove_dir_all(&root);
-    Ok(())
+    still_serving_then_clean_up(ctl, &root).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,17 +330,11 @@ async fn a_saved_job_this_version_cannot_schedule_is_quarantined() -> Result<()>
         .encode_to_vec(),
     )?;
 
-    let mut ctl = Ctl::start(&data, &[]).await?;
+    let mut ctl = start(&data, &[]).await?;
     // Past the first scheduling round.
-    let ch = ctl.channel().await?;
-    let mut s = Session::open(&ch, &ctl.token, "a1").await?;
-    let set = s.job_set(10).await?;
-    let jobs: Vec<String> = set
-        .assignments
-        .iter()
-        .filter_map(|a| a.job.as_ref().map(|j| j.id.clone()))
-        .collect();
-    assert_eq!(jobs, vec!["good-job".to_string()]);
+    let ch = ctl.grpc_channel().await?;
+    let mut s = Session::open(&ch, ctl.token(), "a1").await?;
+    assert_eq!(s.job_ids(10).await?, vec!["good-job".to_string()]);
     ctl.serves().await?;
     let log = ctl.log_text();
     let line = log
@@ -451,7 +347,7 @@ async fn a_saved_job_this_version_cannot_schedule_is_quarantined() -> Result<()>
         "{line}"
     );
     let (_, v) = ctl
-        .rest("GET", "/api/v1/jobs?include_stopped=true", "")
+        .rest("GET", "/api/v1/jobs?include_stopped=true", "", None)
         .await?;
     let ids: Vec<&str> = v["jobs"]
         .as_array()
@@ -468,7 +364,7 @@ async fn a_saved_job_this_version_cannot_schedule_is_quarantined() -> Result<()>
     ctl.stop().await?;
 
     // A restart finds a clean state: no second quarantine.
-    let mut ctl = Ctl::start(&data, &[]).await?;
+    let mut ctl = start(&data, &[]).await?;
     ctl.serves().await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
@@ -487,12 +383,12 @@ async fn a_saved_job_this_version_cannot_schedule_is_quarantined() -> Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_federation_peer_cannot_plant_a_hostile_job() -> Result<()> {
     let root = tmp_dir("attacks", "peer");
-    let mut ctl = Ctl::start(&root.join("ctl"), &["--federation-secret", FED_SECRET]).await?;
-    let ch = ctl.channel().await?;
-    let mut s = Session::open(&ch, &ctl.token, "").await?;
+    let mut ctl = start(&root.join("ctl"), &["--federation-secret", FED_SECRET]).await?;
+    let ch = ctl.grpc_channel().await?;
+    let mut s = Session::open(&ch, ctl.token(), "").await?;
     s.job_set(10).await?;
     // And one to measure to.
-    let _other = Session::open(&ch, &ctl.token, "").await?;
+    let _other = Session::open(&ch, ctl.token(), "").await?;
 
     // A peer (holding the federation secret) offers jobs for our region: a benign one, the
     // hostile k, 40,000 targets, and a stopped one.
@@ -532,13 +428,7 @@ async fn a_federation_peer_cannot_plant_a_hostile_job() -> Result<()> {
         fed.exchange(dir.clone()).await?;
     }
     // The benign job is scheduled for our agent; the others never.
-    let set = s.job_set(10).await?;
-    let jobs: Vec<String> = set
-        .assignments
-        .iter()
-        .filter_map(|a| a.job.as_ref().map(|j| j.id.clone()))
-        .collect();
-    assert_eq!(jobs, vec!["peer-benign".to_string()]);
+    assert_eq!(s.job_ids(10).await?, vec!["peer-benign".to_string()]);
     ctl.serves().await?;
     let log = ctl.log_text();
     for (id, field) in [
@@ -569,7 +459,7 @@ async fn a_federation_peer_cannot_plant_a_hostile_job() -> Result<()> {
 async fn targets_and_jobs_are_capped_and_job_list_works_at_the_caps() -> Result<()> {
     const JOBS: usize = 150;
     let root = tmp_dir("attacks", "caps");
-    let mut ctl = Ctl::start(&root.join("ctl"), &["--max-jobs", &JOBS.to_string()]).await?;
+    let ctl = start(&root.join("ctl"), &["--max-jobs", &JOBS.to_string()]).await?;
 
     let targets: Vec<String> = (0..40_000).map(|i| format!("\"agent-{i}\"")).collect();
     let body = format!(
@@ -577,7 +467,7 @@ async fn targets_and_jobs_are_capped_and_job_list_works_at_the_caps() -> Result<
         "interval_ms":1000,"timeout_ms":500}}"#,
         targets.join(",")
     );
-    let (st, v) = ctl.rest("POST", "/api/v1/jobs", &body).await?;
+    let (st, v) = ctl.rest("POST", "/api/v1/jobs", &body, None).await?;
     println!("40,000 targets: {st} {v}");
     assert_eq!(
         (st, &v["error"]["field"], &v["error"]["limit"]),
@@ -587,8 +477,8 @@ async fn targets_and_jobs_are_capped_and_job_list_works_at_the_caps() -> Result<
 
     // Fill the cap with the largest jobs: 256 URL targets each, just under 32 KiB encoded.
     let mut op = pb::operator_service_client::OperatorServiceClient::with_interceptor(
-        ctl.channel().await?,
-        bearer(&ctl.credential),
+        ctl.grpc_channel().await?,
+        bearer(ctl.credential()),
     );
     let big = |n: usize| {
         let mut s = spec(&format!("big-{n}"), pb::PinglistStrategy::Full, 0);
@@ -617,13 +507,7 @@ async fn targets_and_jobs_are_capped_and_job_list_works_at_the_caps() -> Result<
         "{JOBS} jobs of {size} bytes started in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let (st, v) = ctl
-        .rest(
-            "POST",
-            "/api/v1/jobs",
-            &HOSTILE_K.replace("4294967295", "3"),
-        )
-        .await?;
+    let (st, v) = ctl.start_sane_job().await?;
     println!("job {}: {st} {v}", JOBS + 1);
     assert_eq!(st, 429, "{v}");
     assert_eq!(
@@ -655,23 +539,21 @@ async fn targets_and_jobs_are_capped_and_job_list_works_at_the_caps() -> Result<
     let (ok, out, err) = ctl.cli(&["job", "list"]).await?;
     assert!(ok, "controller job list: {err}");
     assert_eq!(out.lines().count(), JOBS + 1, "header and every job");
-    let (st, v) = ctl.rest("GET", "/api/v1/jobs", "").await?;
+    let (st, v) = ctl.rest("GET", "/api/v1/jobs", "", None).await?;
     assert_eq!((st, v["jobs"].as_array().map(Vec::len)), (200, Some(JOBS)));
-    ctl.serves().await?;
-    let _ = std::fs::remove_dir_all(&root);
-    Ok(())
+    still_serving_then_clean_up(ctl, &root).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_jobs_are_not_sent_to_peers_and_expire() -> Result<()> {
     let root = tmp_dir("attacks", "stopped");
-    let mut ctl = Ctl::start(
+    let ctl = start(
         &root.join("ctl"),
         &["--federation-secret", FED_SECRET, "--stopped-job-ttl", "2"],
     )
     .await?;
     let mut fed = pb::federation_service_client::FederationServiceClient::with_interceptor(
-        ctl.channel().await?,
+        ctl.grpc_channel().await?,
         bearer(FED_SECRET),
     );
     let peer = pb::Directory {
@@ -679,13 +561,7 @@ async fn stopped_jobs_are_not_sent_to_peers_and_expire() -> Result<()> {
         ttl_ms: 30_000,
         ..Default::default()
     };
-    let (st, j) = ctl
-        .rest(
-            "POST",
-            "/api/v1/jobs",
-            &HOSTILE_K.replace("4294967295", "3"),
-        )
-        .await?;
+    let (st, j) = ctl.start_sane_job().await?;
     assert_eq!(st, 201, "{j}");
     let id = j["id"].as_str().context("id")?.to_string();
     let sent = fed.exchange(peer.clone()).await?.into_inner();
@@ -694,7 +570,7 @@ async fn stopped_jobs_are_not_sent_to_peers_and_expire() -> Result<()> {
         vec![id.as_str()]
     );
     let (st, _) = ctl
-        .rest("DELETE", &format!("/api/v1/jobs/{id}"), "")
+        .rest("DELETE", &format!("/api/v1/jobs/{id}"), "", None)
         .await?;
     assert_eq!(st, 200);
     let sent = fed.exchange(peer.clone()).await?.into_inner();
@@ -704,7 +580,7 @@ async fn stopped_jobs_are_not_sent_to_peers_and_expire() -> Result<()> {
         sent.jobs
     );
     let (_, v) = ctl
-        .rest("GET", "/api/v1/jobs?include_stopped=true", "")
+        .rest("GET", "/api/v1/jobs?include_stopped=true", "", None)
         .await?;
     assert_eq!(v["jobs"][0]["stopped"], true, "kept until the expiry: {v}");
 
@@ -712,7 +588,7 @@ async fn stopped_jobs_are_not_sent_to_peers_and_expire() -> Result<()> {
     let started = Instant::now();
     eventually("the stopped job expired", 20, || async {
         let (_, v) = ctl
-            .rest("GET", "/api/v1/jobs?include_stopped=true", "")
+            .rest("GET", "/api/v1/jobs?include_stopped=true", "", None)
             .await
             .ok()?;
         v["jobs"]
@@ -730,9 +606,7 @@ async fn stopped_jobs_are_not_sent_to_peers_and_expire() -> Result<()> {
     )?)?)?;
     assert!(stored.jobs.is_empty(), "deleted from the saved state too");
     assert!(ctl.log_text().contains("Stopped job expired"));
-    ctl.serves().await?;
-    let _ = std::fs::remove_dir_all(&root);
-    Ok(())
+    still_serving_then_clean_up(ctl, &root).await
 }
 
 /// A `Summaries` of `pairs` pairs with realistic string sizes (~150 bytes each encoded).
@@ -761,17 +635,9 @@ fn summaries(agent: &str, pairs: usize) -> pb::Summaries {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_summaries_keep_rss_bounded_and_expire_unread() -> Result<()> {
-    const SESSIONS: usize = 100;
-    let root = tmp_dir("attacks", "summaries");
-    let mut ctl = Ctl::start(&root.join("ctl"), &[]).await?;
-    let pid = ctl.pid();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_kib(pid).context("rss")?;
-    let ch = ctl.channel().await?;
-
-    // Just under the session's message limit: decoded, then cut to --max-summary-bytes.
+/// Just under the session's message limit (decoded, then cut to --max-summary-bytes): (the
+/// limit, pairs per [`summaries`] message, its encoded size).
+fn largest_summaries() -> (usize, usize, usize) {
     let limit = meshlat_controller::limits::agent_message_limit(
         meshlat_controller::limits::DEFAULT_MAX_SUMMARY_BYTES,
     );
@@ -779,12 +645,25 @@ async fn hostile_summaries_keep_rss_bounded_and_expire_unread() -> Result<()> {
     while summaries("s99", per_msg + 100).encoded_len() < limit - 4096 {
         per_msg += 100;
     }
-    let msg_bytes = summaries("s99", per_msg).encoded_len();
+    (limit, per_msg, summaries("s99", per_msg).encoded_len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_summaries_keep_rss_bounded_and_expire_unread() -> Result<()> {
+    const SESSIONS: usize = 100;
+    let root = tmp_dir("attacks", "summaries");
+    let mut ctl = start(&root.join("ctl"), &[]).await?;
+    let pid = ctl.pid();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid).context("rss")?;
+    let ch = ctl.grpc_channel().await?;
+
+    let (limit, per_msg, msg_bytes) = largest_summaries();
     assert!(msg_bytes < limit, "{msg_bytes} < {limit}");
     let mut sessions = Vec::new();
     let mut peak = before;
     for i in 0..SESSIONS {
-        let s = Session::open(&ch, &ctl.token, "").await?;
+        let s = Session::open(&ch, ctl.token(), "").await?;
         let m = pb::agent_message::Msg::Summaries(summaries(&format!("s{i}"), per_msg));
         // Three rounds each: the latest replaces the previous.
         for _ in 0..3 {
@@ -794,7 +673,7 @@ async fn hostile_summaries_keep_rss_bounded_and_expire_unread() -> Result<()> {
         peak = peak.max(rss_kib(pid).unwrap_or(0));
     }
     // One over the message limit ends its own session, nothing else.
-    let big = Session::open(&ch, &ctl.token, "").await?;
+    let big = Session::open(&ch, ctl.token(), "").await?;
     big.send(pb::agent_message::Msg::Summaries(summaries(
         "big",
         per_msg * 10,
@@ -865,9 +744,7 @@ async fn hostile_summaries_keep_rss_bounded_and_expire_unread() -> Result<()> {
         line.contains(&format!("agents={SESSIONS}")) || line.contains("remaining_pairs=0"),
         "{line}"
     );
-    ctl.serves().await?;
-    let _ = std::fs::remove_dir_all(&root);
-    Ok(())
+    still_serving_then_clean_up(ctl, &root).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -891,7 +768,7 @@ async fn agents_are_capped_and_removed_after_the_expiry() -> Result<()> {
         }
         .encode_to_vec(),
     )?;
-    let mut ctl = Ctl::start(
+    let ctl = start(
         &data,
         &[
             "--max-agents",
@@ -905,29 +782,19 @@ async fn agents_are_capped_and_removed_after_the_expiry() -> Result<()> {
         ],
     )
     .await?;
-    let ch = ctl.channel().await?;
+    let ch = ctl.grpc_channel().await?;
     let mut sessions = Vec::new();
     for _ in 0..2 {
-        sessions.push(Session::open(&ch, &ctl.token, "").await?);
+        sessions.push(Session::open(&ch, ctl.token(), "").await?);
     }
-    let e = Session::open(&ch, &ctl.token, "")
-        .await
-        .err()
-        .context("a fifth agent is refused")?;
-    println!("5th agent: {e}");
-    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    let e = refused_at_a_cap(&ch, ctl.token(), "a fifth agent").await?;
     assert!(
         e.message().starts_with("agents:") && e.message().contains("(limit 4, --max-agents)"),
         "{e}"
     );
     // A known id comes back at the cap (now with the token: three agents joined with it).
-    sessions.push(Session::open(&ch, &ctl.token, "old-0").await?);
-    let e = Session::open(&ch, &ctl.token, "")
-        .await
-        .err()
-        .context("a fourth agent with the token is refused")?;
-    println!("4th agent with one token: {e}");
-    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    sessions.push(Session::open(&ch, ctl.token(), "old-0").await?);
+    let e = refused_at_a_cap(&ch, ctl.token(), "a fourth agent with the token").await?;
     assert!(
         e.message().contains("(limit 3, --max-agents-per-token)"),
         "{e}"
@@ -941,7 +808,7 @@ async fn agents_are_capped_and_removed_after_the_expiry() -> Result<()> {
     }
     let cells = |v: &Value| v["cells"].as_array().map_or(0, Vec::len);
     let v = eventually("summaries in the matrix", 10, || async {
-        let (_, v) = ctl.rest("GET", "/api/v1/matrix", "").await.ok()?;
+        let (_, v) = ctl.rest("GET", "/api/v1/matrix", "", None).await.ok()?;
         (cells(&v) > 0).then_some(v)
     })
     .await?;
@@ -963,7 +830,7 @@ async fn agents_are_capped_and_removed_after_the_expiry() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     // Their summaries are younger than the 30 s summary TTL: gone because the agents are.
-    let (_, v) = ctl.rest("GET", "/api/v1/matrix", "").await?;
+    let (_, v) = ctl.rest("GET", "/api/v1/matrix", "", None).await?;
     assert_eq!(cells(&v), 0, "{v}");
     let path = ctl.data.join("state/agents.pb");
     eventually("removed from the saved state", 10, || async {
@@ -974,10 +841,8 @@ async fn agents_are_capped_and_removed_after_the_expiry() -> Result<()> {
     .await?;
     assert!(ctl.log_text().contains("Agent removed"));
     // Room again for new agents.
-    Session::open(&ch, &ctl.token, "").await?;
-    ctl.serves().await?;
-    let _ = std::fs::remove_dir_all(&root);
-    Ok(())
+    Session::open(&ch, ctl.token(), "").await?;
+    still_serving_then_clean_up(ctl, &root).await
 }
 
 /// A field of `/proc/PID/status` in KiB (`VmRSS:`, `VmHWM:`, ...).
@@ -1027,7 +892,7 @@ async fn a_thousand_hostile_sessions_keep_rss_under_256_mib() -> Result<()> {
     const HOSTILE: usize = 1000;
     const RSS_LIMIT_KIB: u64 = 256 * 1024;
     let root = tmp_dir("attacks", "thousand");
-    let mut ctl = Ctl::start_limited(&root.join("ctl"), &[], Some(4096)).await?;
+    let mut ctl = start_limited(&root.join("ctl"), &[], Some(4096)).await?;
     let pid = ctl.pid();
     let nofile = std::fs::read_to_string(format!("/proc/{pid}/limits"))?
         .lines()
@@ -1042,7 +907,7 @@ async fn a_thousand_hostile_sessions_keep_rss_under_256_mib() -> Result<()> {
         let state = root.join(format!("state-{name}"));
         let child = Command::new(support::agent_bin())
             .args(["run", "--controller", &format!("https://{}", ctl.grpc)])
-            .args(["--token", &ctl.token, "--region", "r1", "--az", name])
+            .args(["--token", ctl.token(), "--region", "r1", "--az", name])
             .args([
                 "--listen",
                 "127.0.0.1",
@@ -1103,22 +968,14 @@ async fn a_thousand_hostile_sessions_keep_rss_under_256_mib() -> Result<()> {
     let before = status_kib(pid, "VmRSS:").context("rss")?;
     let hwm_before = status_kib(pid, "VmHWM:").context("hwm")?;
 
-    // Just under the session's message limit: decoded, then cut to --max-summary-bytes.
-    let limit = meshlat_controller::limits::agent_message_limit(
-        meshlat_controller::limits::DEFAULT_MAX_SUMMARY_BYTES,
-    );
-    let mut per_msg = 100;
-    while summaries("s99", per_msg + 100).encoded_len() < limit - 4096 {
-        per_msg += 100;
-    }
-    let msg_bytes = summaries("s99", per_msg).encoded_len();
+    let (_, per_msg, msg_bytes) = largest_summaries();
     let flood_started = chrono_now();
     let t0 = Instant::now();
     let mut sessions = Vec::with_capacity(HOSTILE);
     for i in 0..HOSTILE {
         // Each on its own TLS connection, as 1,000 hostile agents would come.
-        let ch = ctl.channel().await?;
-        let s = Session::open_in(&ch, &ctl.token, "", "hostile").await?;
+        let ch = ctl.grpc_channel().await?;
+        let s = Session::open_in(&ch, ctl.token(), "", "hostile").await?;
         s.send(pb::agent_message::Msg::Summaries(summaries(
             &format!("s{i}"),
             per_msg,

@@ -214,7 +214,7 @@ async fn slowloris(
     start: Instant,
     limit: Duration,
 ) -> Option<Duration> {
-    let (mut r, mut w) = tokio::io::split(s);
+    let (r, mut w) = tokio::io::split(s);
     let trickle = async move {
         for b in b"GET /api/v1/agents HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
             if w.write_all(std::slice::from_ref(b)).await.is_err() || w.flush().await.is_err() {
@@ -225,17 +225,7 @@ async fn slowloris(
         std::future::pending::<()>().await;
     };
     tokio::select! {
-        c = async {
-            let mut buf = [0u8; 4096];
-            let deadline = start + limit;
-            loop {
-                match tokio::time::timeout_at(deadline, r.read(&mut buf)).await {
-                    Err(_) => return None,
-                    Ok(Ok(0) | Err(_)) => return Some(start.elapsed()),
-                    Ok(Ok(_)) => {}
-                }
-            }
-        } => c,
+        c = closed_after(r, start, limit) => c,
         () = trickle => None,
     }
 }

@@ -16,116 +16,42 @@
 //! `controller/tests/attacks.rs` does.
 
 mod support;
-use support::{agent_bin, eventually, tmp_dir};
+use support::{AgentBuilder, TestAgent, TestController as Ctl, eventually, tmp_dir};
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use http_body_util::{BodyExt, Full};
 use meshlat_proto::pb;
 use prost::Message;
-use serde_json::Value;
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-struct Ctl {
-    child: Child,
-    data: PathBuf,
-    log: PathBuf,
-    grpc: String,
-    rest: String,
-    token: String,
-    credential: String,
+/// A controller of region `r1` on `data` with `extra` flags, its secrets printed
+/// (`--print-secrets`) and saved beside `data` for restarts.
+async fn start(data: &Path, extra: &[&str]) -> Result<Ctl> {
+    start_on(data, "127.0.0.1:0", extra).await
 }
 
+/// [`start`] with gRPC on `listen` (a restart keeps its address).
+async fn start_on(data: &Path, listen: &str, extra: &[&str]) -> Result<Ctl> {
+    std::fs::create_dir_all(data)?;
+    Ctl::builder(data)
+        .listen(listen, "127.0.0.1:0")
+        .print_secrets(data.with_extension("secrets"))
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .log_append(data.with_extension("log"))
+        .announce_within(Duration::from_secs(30))
+        .spawn()
+        .await
+}
+
+/// What this suite needs of a controller beyond the harness's.
 impl Ctl {
-    /// A controller of region `r1` on `data` with `extra` flags (secrets saved beside `data`
-    /// for restarts).
-    async fn start(data: &Path, extra: &[&str]) -> Result<Self> {
-        Self::start_on(data, "127.0.0.1:0", extra).await
-    }
-
-    /// [`Ctl::start`] with gRPC on `listen` (a restart keeps its address).
-    async fn start_on(data: &Path, listen: &str, extra: &[&str]) -> Result<Self> {
-        std::fs::create_dir_all(data)?;
-        let log = data.with_extension("log");
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_controller"))
-            .args(["serve", "--region", "r1", "--listen", listen])
-            .args(["--rest-listen", "127.0.0.1:0", "--print-secrets"])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(data)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawn controller")?;
-        // Secrets are printed on the first start only; a restart reuses the saved ones.
-        let a =
-            support::read_announcement(&mut child, &log, &data.with_extension("secrets")).await?;
-        Ok(Ctl {
-            child,
-            data: data.to_path_buf(),
-            log,
-            grpc: a.grpc,
-            rest: a.rest,
-            token: a.token,
-            credential: a.credential,
-        })
-    }
-
-    async fn stop(mut self) -> Result<()> {
-        self.child.start_kill()?;
-        self.child.wait().await?;
-        Ok(())
-    }
-
-    async fn rest(&self, method: &str, path: &str, body: &str) -> Result<(u16, Value)> {
-        let mut send = support::pinned_http1(&self.data, &self.rest).await?;
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "127.0.0.1")
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {}", self.credential))
-            .body(Full::new(bytes::Bytes::from(body.to_string())))?;
-        let res = send.send_request(req).await?;
-        let status = res.status().as_u16();
-        let b = res.into_body().collect().await?.to_bytes();
-        Ok((status, serde_json::from_slice(&b).unwrap_or(Value::Null)))
-    }
-
-    /// `(id, connected)` of every agent.
-    async fn agents(&self) -> Vec<(String, bool)> {
-        match self.rest("GET", "/api/v1/agents", "").await {
-            Ok((200, v)) => v["agents"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|x| {
-                            (
-                                x["id"].as_str().unwrap_or_default().to_string(),
-                                x["connected"].as_bool().unwrap_or(false),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        }
-    }
-
     fn pin(&self) -> Result<[u8; 32]> {
-        Ok(meshlat_proto::token::JoinToken::parse(&self.token)?.ca_sha256)
+        Ok(meshlat_proto::token::JoinToken::parse(self.token())?.ca_sha256)
     }
 
     /// A gRPC channel to the controller, pinned like an agent's, presenting `cert` if given.
@@ -145,29 +71,6 @@ impl Ctl {
         };
         let (host, port) = self.grpc.rsplit_once(':').context("grpc addr")?;
         Ok(pin::connect(host.to_string(), port.parse()?, Some(Arc::new(cfg))).await?)
-    }
-
-    /// `controller ARGS... --controller URL --credential C --ca CA`: (exit ok, stdout, stderr).
-    async fn cli(&self, args: &[&str]) -> Result<(bool, String, String)> {
-        let out = Command::new(env!("CARGO_BIN_EXE_controller"))
-            .args(args)
-            .args(["--controller", &format!("https://{}", self.grpc)])
-            .args(["--credential", &self.credential])
-            .arg("--ca")
-            .arg(self.data.join("ca.pem"))
-            .env_remove("MESHLAT_CONTROLLER")
-            .output()
-            .await?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
-    }
-
-    /// The controller's log so far.
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -231,62 +134,15 @@ fn key_and_request() -> (rcgen::KeyPair, Vec<u8>) {
     (key, csr.der().to_vec())
 }
 
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    /// A real agent of region r1 with `token`, its state in `state`, records in `out`.
-    fn start(ctl: &Ctl, token: &str, state: &Path, out: &Path, log: &Path) -> Result<Self> {
-        let state = ["--state-dir".as_ref(), state.as_os_str()];
-        Self::start_with(ctl, token, &state, out, log)
-    }
-
-    /// An agent with `state` flags (`--state-dir DIR` or `--no-state-dir`), run in the
-    /// directory of `out`.
-    fn start_with(
-        ctl: &Ctl,
-        token: &str,
-        state: &[&std::ffi::OsStr],
-        out: &Path,
-        log: &Path,
-    ) -> Result<Self> {
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        let child = Command::new(agent_bin())
-            .args(["--controller", &format!("https://{}", ctl.grpc)])
-            .args(["--token", token, "--region", "r1", "--listen", "127.0.0.1"])
-            .args(["--udp-port", "0", "--tcp-port", "0", "--quic-port", "off"])
-            .args(["--http-port", "off", "--https-port", "off"])
-            .args(["--flush-interval", "0.2"])
-            .arg("--out")
-            .arg(out)
-            .args(state)
-            .current_dir(out.parent().unwrap_or(out))
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawn agent")?;
-        Ok(Agent {
-            child,
-            log: log.to_path_buf(),
-        })
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn stop(mut self) -> Result<()> {
-        self.child.start_kill()?;
-        self.child.wait().await?;
-        Ok(())
-    }
+/// A real agent of region r1 joining `ctl` with `token`, its state in `state`, records in
+/// `out`, run in the directory of `out`, its log appended to `log`.
+fn agent_as(ctl: &Ctl, token: &str, state: &Path, out: &Path, log: &Path) -> AgentBuilder {
+    TestAgent::builder(ctl, out, state)
+        .token(token)
+        .args(["--flush-interval", "0.2"])
+        .current_dir(out.parent().unwrap_or(out))
+        .env("NO_COLOR", "1")
+        .log_append(log)
 }
 
 /// Records under `out` (every `.ndjson` line).
@@ -326,7 +182,7 @@ async fn probe_job(ctl: &Ctl) -> Result<()> {
         "targets":["tcp://{}"],"interval_ms":400,"timeout_ms":300}}"#,
         ctl.rest
     );
-    let (st, v) = ctl.rest("POST", "/api/v1/jobs", &body).await?;
+    let (st, v) = ctl.rest("POST", "/api/v1/jobs", &body, None).await?;
     anyhow::ensure!(st == 201, "start job: {st} {v}");
     Ok(())
 }
@@ -334,9 +190,9 @@ async fn probe_job(ctl: &Ctl) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impostor_with_the_join_token_cannot_take_a_victims_id_or_session() -> Result<()> {
     let root = tmp_dir("identity", "impostor");
-    let ctl = Ctl::start(&root.join("ctl"), &[]).await?;
+    let ctl = start(&root.join("ctl"), &[]).await?;
     let (state, out) = (root.join("victim-state"), root.join("victim-out"));
-    let victim = Agent::start(&ctl, &ctl.token, &state, &out, &root.join("victim.log"))?;
+    let victim = agent_as(&ctl, ctl.token(), &state, &out, &root.join("victim.log")).spawn()?;
     let cert = certificate(&state).await?;
     let id = cert.agent_id.clone();
     assert_eq!(
@@ -353,7 +209,7 @@ async fn an_impostor_with_the_join_token_cannot_take_a_victims_id_or_session() -
     // (b) of issue 10: the join token and the victim's id, with and without a request.
     let ch = ctl.channel(None).await?;
     for request in [Vec::new(), key_and_request().1] {
-        let e = hello(&ch, Some(&ctl.token), hello_as(&id, request))
+        let e = hello(&ch, Some(ctl.token()), hello_as(&id, request))
             .await
             .expect_err("impostor admitted");
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
@@ -365,7 +221,7 @@ async fn an_impostor_with_the_join_token_cannot_take_a_victims_id_or_session() -
     // Takeover with a certificate of its own: the impostor joins as a new agent (it holds the
     // join token), then presents its certificate with the victim's id.
     let (key, request) = key_and_request();
-    let (w, _keep) = hello(&ch, Some(&ctl.token), hello_as("", request))
+    let (w, _keep) = hello(&ch, Some(ctl.token()), hello_as("", request))
         .await
         .expect("a new agent joins");
     let own = w.certificate.context("a certificate for the new agent")?;
@@ -417,7 +273,7 @@ async fn an_impostor_with_the_join_token_cannot_take_a_victims_id_or_session() -
     // A restarted controller still knows the identity.
     let (data, listen) = (ctl.data.clone(), ctl.grpc.clone());
     ctl.stop().await?;
-    let ctl = Ctl::start_on(&data, &listen, &[]).await?;
+    let ctl = start_on(&data, &listen, &[]).await?;
     eventually("the victim reconnects", 30, || async {
         ctl.agents()
             .await
@@ -426,7 +282,7 @@ async fn an_impostor_with_the_join_token_cannot_take_a_victims_id_or_session() -
     })
     .await?;
     let ch = ctl.channel(None).await?;
-    let e = hello(&ch, Some(&ctl.token), hello_as(&id, Vec::new()))
+    let e = hello(&ch, Some(ctl.token()), hello_as(&id, Vec::new()))
         .await
         .expect_err("impostor admitted after a restart");
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
@@ -443,10 +299,10 @@ async fn an_impostor_with_the_join_token_cannot_take_a_victims_id_or_session() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_reconnects_with_its_certificate_not_the_token() -> Result<()> {
     let root = tmp_dir("identity", "restart");
-    let ctl = Ctl::start(&root.join("ctl"), &[]).await?;
+    let ctl = start(&root.join("ctl"), &[]).await?;
     let (state, out) = (root.join("state"), root.join("out"));
     let log = root.join("agent.log");
-    let agent = Agent::start(&ctl, &ctl.token, &state, &out, &log)?;
+    let agent = agent_as(&ctl, ctl.token(), &state, &out, &log).spawn()?;
     let cert = certificate(&state).await?;
     use std::os::unix::fs::PermissionsExt;
     for f in ["agent-key.pem", "agent-cert.pb"] {
@@ -457,7 +313,7 @@ async fn a_restarted_agent_reconnects_with_its_certificate_not_the_token() -> Re
     // The same pin, a join secret the controller never issued: only the certificate can
     // admit it.
     let wrong = format!("mlt1.{}.{}", hex::encode(ctl.pin()?), "0".repeat(48));
-    let agent = Agent::start(&ctl, &wrong, &state, &out, &log)?;
+    let agent = agent_as(&ctl, &wrong, &state, &out, &log).spawn()?;
     eventually("the agent reconnects with its certificate", 30, || async {
         ctl.agents()
             .await
@@ -471,13 +327,14 @@ async fn a_restarted_agent_reconnects_with_its_certificate_not_the_token() -> Re
         "{text}"
     );
     // Without its certificate the wrong token is refused: a fresh state directory.
-    let other = Agent::start(
+    let other = agent_as(
         &ctl,
         &wrong,
         &root.join("state2"),
         &root.join("out2"),
         &root.join("agent2.log"),
-    )?;
+    )
+    .spawn()?;
     let refused = eventually("the wrong token is refused", 30, || async {
         let t = other.log_text();
         t.contains("refused").then_some(t)
@@ -501,16 +358,16 @@ async fn an_agent_older_than_identities_is_served_or_told_to_upgrade() -> Result
     };
     let root = tmp_dir("identity", "old");
     // Default: served, without a certificate, and warned about.
-    let ctl = Ctl::start(&root.join("ctl"), &[]).await?;
+    let ctl = start(&root.join("ctl"), &[]).await?;
     let ch = ctl.channel(None).await?;
-    let (w, _s) = hello(&ch, Some(&ctl.token), old_hello(""))
+    let (w, _s) = hello(&ch, Some(ctl.token()), old_hello(""))
         .await
         .expect("an old agent is served");
     assert!(w.certificate.is_none());
     assert!(!w.agent_id.is_empty());
     // Its reconnect with its id works too (it has no identity to prove).
     drop(_s);
-    let (w2, _s2) = hello(&ch, Some(&ctl.token), old_hello(&w.agent_id))
+    let (w2, _s2) = hello(&ch, Some(ctl.token()), old_hello(&w.agent_id))
         .await
         .expect("an old agent reconnects");
     assert_eq!(w2.agent_id, w.agent_id);
@@ -518,9 +375,9 @@ async fn an_agent_older_than_identities_is_served_or_told_to_upgrade() -> Result
     ctl.stop().await?;
     // --require-agent-identity: refused, telling it to upgrade (an old agent logs the status
     // message: "Controller session lost." with `error=failed_precondition: ...`).
-    let ctl = Ctl::start(&root.join("ctl2"), &["--require-agent-identity"]).await?;
+    let ctl = start(&root.join("ctl2"), &["--require-agent-identity"]).await?;
     let ch = ctl.channel(None).await?;
-    let e = hello(&ch, Some(&ctl.token), old_hello(""))
+    let e = hello(&ch, Some(ctl.token()), old_hello(""))
         .await
         .expect_err("refused");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
@@ -529,7 +386,7 @@ async fn an_agent_older_than_identities_is_served_or_told_to_upgrade() -> Result
         "{e}"
     );
     // A current agent is admitted.
-    let (w, _s) = hello(&ch, Some(&ctl.token), hello_as("", key_and_request().1))
+    let (w, _s) = hello(&ch, Some(ctl.token()), hello_as("", key_and_request().1))
         .await
         .expect("a current agent");
     assert!(w.certificate.is_some());
@@ -541,18 +398,21 @@ async fn an_agent_older_than_identities_is_served_or_told_to_upgrade() -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_without_a_state_dir_rejoins_with_a_fresh_id() -> Result<()> {
     let root = tmp_dir("identity", "nostate");
-    let ctl = Ctl::start(&root.join("ctl"), &[]).await?;
+    let ctl = start(&root.join("ctl"), &[]).await?;
     let cwd = root.join("agent-cwd");
     let out = cwd.join("out");
     std::fs::create_dir_all(&out)?;
-    let no_state = ["--no-state-dir".as_ref()];
+    // Not passed: the agents run with --no-state-dir.
+    let no_state = root.join("no-state");
     let connected = |ids: Vec<(String, bool)>| -> Vec<String> {
         ids.into_iter()
             .filter(|(_, c)| *c)
             .map(|(i, _)| i)
             .collect()
     };
-    let a = Agent::start_with(&ctl, &ctl.token, &no_state, &out, &root.join("a.log"))?;
+    let a = agent_as(&ctl, ctl.token(), &no_state, &out, &root.join("a.log"))
+        .no_state_dir()
+        .spawn()?;
     let first = eventually("the agent joins", 30, || async {
         let c = connected(ctl.agents().await);
         (c.len() == 1).then(|| c[0].clone())
@@ -564,7 +424,9 @@ async fn an_agent_without_a_state_dir_rejoins_with_a_fresh_id() -> Result<()> {
         a.log_text()
     );
     a.stop().await?;
-    let b = Agent::start_with(&ctl, &ctl.token, &no_state, &out, &root.join("b.log"))?;
+    let b = agent_as(&ctl, ctl.token(), &no_state, &out, &root.join("b.log"))
+        .no_state_dir()
+        .spawn()?;
     let second = eventually("the restarted agent joins", 30, || async {
         let c = connected(ctl.agents().await);
         (c.len() == 1 && c[0] != first).then(|| c[0].clone())
@@ -587,7 +449,7 @@ async fn an_agent_without_a_state_dir_rejoins_with_a_fresh_id() -> Result<()> {
 async fn revoked_and_expired_join_tokens_admit_no_new_agent_but_identities_keep_working()
 -> Result<()> {
     let root = tmp_dir("identity", "tokens");
-    let ctl = Ctl::start(&root.join("ctl"), &[]).await?;
+    let ctl = start(&root.join("ctl"), &[]).await?;
     // A named token from the CLI, an expiring one over REST.
     let (ok, fleet, err) = ctl.cli(&["tokens", "create", "fleet"]).await?;
     assert!(ok, "{err}");
@@ -598,12 +460,18 @@ async fn revoked_and_expired_join_tokens_admit_no_new_agent_but_identities_keep_
             "POST",
             "/api/v1/tokens",
             r#"{"name":"short","expires_in_s":1}"#,
+            None,
         )
         .await?;
     assert_eq!(st, 201, "{short}");
     let short = short["token"].as_str().context("token")?.to_string();
     let (st, bad) = ctl
-        .rest("POST", "/api/v1/tokens", r#"{"name":"x","expires_in_s":0}"#)
+        .rest(
+            "POST",
+            "/api/v1/tokens",
+            r#"{"name":"x","expires_in_s":0}"#,
+            None,
+        )
         .await?;
     assert_eq!(
         (st, bad["error"]["field"].as_str()),
@@ -614,11 +482,11 @@ async fn revoked_and_expired_join_tokens_admit_no_new_agent_but_identities_keep_
     // An agent joins with the fleet token and gets its identity.
     let (state, out) = (root.join("state"), root.join("out"));
     let log = root.join("agent.log");
-    let agent = Agent::start(&ctl, &fleet, &state, &out, &log)?;
+    let agent = agent_as(&ctl, &fleet, &state, &out, &log).spawn()?;
     let cert = certificate(&state).await?;
     agent.stop().await?;
 
-    let (st, v) = ctl.rest("DELETE", "/api/v1/tokens/fleet", "").await?;
+    let (st, v) = ctl.rest("DELETE", "/api/v1/tokens/fleet", "", None).await?;
     assert_eq!(st, 200, "{v}");
     assert!(v["revoked_unix"].as_u64().is_some(), "{v}");
     let ch = ctl.channel(None).await?;
@@ -634,12 +502,12 @@ async fn revoked_and_expired_join_tokens_admit_no_new_agent_but_identities_keep_
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
     assert!(e.message().contains("\"short\" expired"), "{e}");
     // The default token still works.
-    hello(&ch, Some(&ctl.token), hello_as("", key_and_request().1))
+    hello(&ch, Some(ctl.token()), hello_as("", key_and_request().1))
         .await
         .expect("the default token admits");
 
     // The agent that joined with the revoked token comes back with its certificate.
-    let agent = Agent::start(&ctl, &fleet, &state, &out, &log)?;
+    let agent = agent_as(&ctl, &fleet, &state, &out, &log).spawn()?;
     eventually(
         "the agent reconnects after its token was revoked",
         30,

@@ -5,7 +5,7 @@
 //! `cargo build -p meshlat-agent --bin agent` first (the test says so if it is missing).
 
 mod support;
-use support::{AgentBuilder, TestAgent, TestController, agent_bin, eventually, tmp_dir};
+use support::{AgentBuilder, TestAgent, TestController, agent_bin, bearer, eventually, tmp_dir};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -435,39 +435,36 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_dies() -> Result<()> 
     let root = tmp_dir("e2e", "bad");
     let mut ctl = TestController::builder(root.join("ctl")).spawn().await?;
 
-    let (st, v) = ctl.rest("POST", "/api/v1/jobs", "{not json", None).await?;
-    assert_eq!((st, v["error"]["field"].as_str()), (400, Some(".")), "{v}");
-    let bad = JOB.replace("\"timeout_ms\":300", "\"timeout_ms\":900");
-    let (st, v) = ctl.rest("POST", "/api/v1/jobs", &bad, None).await?;
-    assert_eq!(
-        (st, v["error"]["field"].as_str()),
-        (400, Some("spec.timeout_ms")),
-        "{v}"
-    );
-    let bad = JOB.replace("\"udp\",\"tcp\"", "\"udp\",\"gopher\"");
-    let (st, v) = ctl.rest("POST", "/api/v1/jobs", &bad, None).await?;
-    assert_eq!(
-        (st, v["error"]["field"].as_str()),
-        (400, Some("protocols[1]")),
-        "{v}"
-    );
-    let bad = JOB.replace("\"interval_ms\":500", "\"interval_ms\":\"often\"");
-    let (st, v) = ctl.rest("POST", "/api/v1/jobs", &bad, None).await?;
-    assert_eq!(
-        (st, v["error"]["field"].as_str()),
-        (400, Some("interval_ms")),
-        "{v}"
-    );
-    let bad = JOB.replace(
-        "region=r1\"],\n    \"targets",
-        "colour=red\"],\n    \"targets",
-    );
-    let (st, v) = ctl.rest("POST", "/api/v1/jobs", &bad, None).await?;
-    assert_eq!(
-        (st, v["error"]["field"].as_str()),
-        (400, Some("spec.sources[0]")),
-        "{v}"
-    );
+    // Each refused naming its field.
+    for (bad, field) in [
+        ("{not json".to_string(), "."),
+        (
+            JOB.replace("\"timeout_ms\":300", "\"timeout_ms\":900"),
+            "spec.timeout_ms",
+        ),
+        (
+            JOB.replace("\"udp\",\"tcp\"", "\"udp\",\"gopher\""),
+            "protocols[1]",
+        ),
+        (
+            JOB.replace("\"interval_ms\":500", "\"interval_ms\":\"often\""),
+            "interval_ms",
+        ),
+        (
+            JOB.replace(
+                "region=r1\"],\n    \"targets",
+                "colour=red\"],\n    \"targets",
+            ),
+            "spec.sources[0]",
+        ),
+    ] {
+        let (st, v) = ctl.rest("POST", "/api/v1/jobs", &bad, None).await?;
+        assert_eq!(
+            (st, v["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{v}"
+        );
+    }
     let (st, _) = ctl
         .rest("GET", "/api/v1/jobs", "", Some("op-nobody:wrong-secret"))
         .await?;
@@ -489,27 +486,10 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_dies() -> Result<()> 
     assert_eq!((st, v["stopped"].as_bool()), (200, Some(true)));
 
     // gRPC: a wrong credential is Unauthenticated; a bad spec is InvalidArgument.
-    let ca = std::fs::read(ctl.data.join("ca.pem"))?;
-    let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", ctl.grpc))?
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                .domain_name("127.0.0.1"),
-        )?
-        .connect()
-        .await?;
-    let with_cred = |c: String| {
-        move |mut req: tonic::Request<()>| {
-            let v = format!("Bearer {c}")
-                .parse()
-                .map_err(|_| tonic::Status::internal("hdr"))?;
-            req.metadata_mut().insert("authorization", v);
-            Ok(req)
-        }
-    };
+    let ch = ctl.grpc_channel().await?;
     let mut bad_client = pb::operator_service_client::OperatorServiceClient::with_interceptor(
         ch.clone(),
-        with_cred("op-x:bad".into()),
+        bearer("op-x:bad"),
     );
     let e = bad_client
         .list_jobs(pb::ListJobsRequest::default())
@@ -518,7 +498,7 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_dies() -> Result<()> 
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
     let mut agent_client = pb::agent_service_client::AgentServiceClient::with_interceptor(
         ch.clone(),
-        with_cred("mlt1.00.00".into()),
+        bearer("mlt1.00.00"),
     );
     let e = agent_client
         .connect(tokio_stream::iter(Vec::<pb::AgentMessage>::new()))
@@ -527,7 +507,7 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_dies() -> Result<()> 
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
     let mut good = pb::operator_service_client::OperatorServiceClient::with_interceptor(
         ch,
-        with_cred(ctl.credential().to_string()),
+        bearer(ctl.credential()),
     );
     let e = good
         .start_job(pb::StartJobRequest {
@@ -540,6 +520,20 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_dies() -> Result<()> 
     assert!(ctl.alive(), "controller survived bad input");
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
+}
+
+/// The sum of `meshlat_responder_requests_total{protocol="udp",result=RESULT}` in a
+/// Prometheus text exposition.
+fn udp_responder_count(metrics: &str, result: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("meshlat_responder_requests_total")
+                && l.contains(r#"protocol="udp""#)
+                && l.contains(&format!(r#"result="{result}""#))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn has_cell(m: &Value, src: &str, dst: &str) -> bool {
@@ -612,23 +606,9 @@ async fn live_matrix_fills_with_the_pairs_of_a_running_job_and_streams() -> Resu
     // gRPC: GetMatrix and the WatchStats stream carry the same pairs.
     {
         use meshlat_proto::pb;
-        let ca = std::fs::read(ctl.data.join("ca.pem"))?;
-        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", ctl.grpc))?
-            .tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                    .domain_name("127.0.0.1"),
-            )?
-            .connect()
-            .await?;
-        let cred = format!("Bearer {}", ctl.credential());
         let mut c = pb::operator_service_client::OperatorServiceClient::with_interceptor(
-            ch,
-            move |mut req: tonic::Request<()>| {
-                let v = cred.parse().map_err(|_| tonic::Status::internal("hdr"))?;
-                req.metadata_mut().insert("authorization", v);
-                Ok(req)
-            },
+            ctl.grpc_channel().await?,
+            bearer(ctl.credential()),
         );
         let m = c
             .get_matrix(pb::GetMatrixRequest {
@@ -812,24 +792,9 @@ async fn federated_jobs_cross_regions_and_survive_a_peer_going_down() -> Result<
     let (a_id, b_id) = (a1.stored_id("a1").await?, b1.stored_id("b1").await?);
 
     // A wrong federation secret is refused.
-    let ca = std::fs::read(ctl_b.data.join("ca.pem"))?;
-    let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", ctl_b.grpc))?
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                .domain_name("127.0.0.1"),
-        )?
-        .connect()
-        .await?;
     let mut bad = pb::federation_service_client::FederationServiceClient::with_interceptor(
-        ch,
-        |mut req: tonic::Request<()>| {
-            let v = "Bearer not-the-secret"
-                .parse()
-                .map_err(|_| tonic::Status::internal("hdr"))?;
-            req.metadata_mut().insert("authorization", v);
-            Ok(req)
-        },
+        ctl_b.grpc_channel().await?,
+        bearer("not-the-secret"),
     );
     let e = bad
         .exchange(pb::Directory {
@@ -1067,17 +1032,7 @@ async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungran
         assert!(recs.iter().all(|r| r["ok"] == false), "{text}");
     }
     let metrics = reqwest_lite(&format!("127.0.0.1:{stats_port}"), "/metrics").await?;
-    let count = |result: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("meshlat_responder_requests_total")
-                    && l.contains(r#"protocol="udp""#)
-                    && l.contains(&format!(r#"result="{result}""#))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let count = |result: &str| udp_responder_count(&metrics, result);
     assert!(count("relayed") > 0.0, "{metrics}");
     assert!(count("auth") >= 6.0, "default-key packets: {metrics}");
     assert!(
@@ -1125,17 +1080,7 @@ async fn relay_jobs_run_through_a_federated_relay_and_it_forwards_nothing_ungran
         forwarded += 1;
     }
     let metrics = reqwest_lite(&format!("127.0.0.1:{stats_port}"), "/metrics").await?;
-    let count = |result: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("meshlat_responder_requests_total")
-                    && l.contains(r#"protocol="udp""#)
-                    && l.contains(&format!(r#"result="{result}""#))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let count = |result: &str| udp_responder_count(&metrics, result);
     let dropped = count("relay_bad_grant") - bad_before;
     println!(
         "forged grants: {sent} packets of 1452 bytes sent to the relay, {forwarded} forwarded, \

@@ -303,24 +303,27 @@ impl Mesh {
 
     /// `controller ARGS...` run in `c` against the controller there: (ok, stdout, stderr).
     async fn cli(&self, credential: &str, args: &[&str]) -> Result<(bool, String, String)> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns("c")])
-            .arg(env!("CARGO_BIN_EXE_controller"))
-            .args(args)
-            .args(["--controller", &format!("https://127.0.0.1:{GRPC_PORT}")])
-            .args(["--credential", credential])
-            .arg("--ca")
-            .arg(self.root.join("ctl").join("ca.pem"))
-            .env_remove("MESHLAT_CONTROLLER")
-            .env_remove("MESHLAT_CREDENTIAL")
-            .env_remove("MESHLAT_CA")
-            .output()
-            .await?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns("c")])
+            .arg(env!("CARGO_BIN_EXE_controller"));
+        let (grpc, ca) = (
+            format!("127.0.0.1:{GRPC_PORT}"),
+            self.root.join("ctl/ca.pem"),
+        );
+        support::controller_cli(cmd, args, &grpc, credential, &ca).await
+    }
+
+    /// The `/status` of agent `role` once it shows a refusal (within 30 s).
+    async fn refusal(&self, role: &str) -> Result<Value> {
+        eventually(
+            &format!("{role}'s /status shows the refusal"),
+            30,
+            || async {
+                let v = self.status(role).await.ok()?;
+                (!v["refused"].is_null()).then_some(v)
+            },
+        )
+        .await
     }
 
     /// `(id, connected)` of every agent `controller agents` lists.
@@ -425,11 +428,7 @@ async fn an_agent_advertising_another_agents_address_is_refused() -> Result<()> 
         Some((agent_id(&sa)?, agent_id(&sb)?))
     })
     .await?;
-    let refused = eventually("x's /status shows the refusal", 30, || async {
-        let v = mesh.status("x").await.ok()?;
-        (!v["refused"].is_null()).then_some(v)
-    })
-    .await?;
+    let refused = mesh.refusal("x").await?;
     println!("x /status: {refused}");
     assert_eq!(refused["connected"], false, "{refused}");
     assert!(
@@ -530,11 +529,7 @@ async fn with_agent_cidr_the_ranges_decide() -> Result<()> {
         Some((agent_id(&sa)?, agent_id(&sx)?))
     })
     .await?;
-    let refused = eventually("b's /status shows the refusal", 30, || async {
-        let v = mesh.status("b").await.ok()?;
-        (!v["refused"].is_null()).then_some(v)
-    })
-    .await?;
+    let refused = mesh.refusal("b").await?;
     println!("b /status: {refused}");
     assert_eq!(refused["refused"]["code"], "permission_denied", "{refused}");
     let reason = refused["refused"]["reason"].as_str().unwrap_or("");

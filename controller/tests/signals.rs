@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod support;
+use support::TestController;
 
 use std::path::Path;
 use std::process::Stdio;
@@ -13,21 +14,15 @@ use anyhow::{Context, Result};
 use tokio::process::{Child, Command};
 
 /// `controller serve --plaintext` on loopback, its log in `data.log`.
-async fn start(data: &Path) -> Result<(Child, support::Announced)> {
-    let log = data.with_extension("log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_controller"))
-        .args(["serve", "--region", "r1", "--plaintext", "--print-secrets"])
-        .args(["--listen", "127.0.0.1:0", "--rest-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data)
+async fn start(data: &Path) -> Result<TestController> {
+    TestController::builder(data)
+        .arg("--plaintext")
+        .print_secrets(data.with_extension("secrets"))
         .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(&log)?))
-        .kill_on_drop(true)
+        .log(data.with_extension("log"))
+        .announce_within(Duration::from_secs(30))
         .spawn()
-        .context("spawn controller")?;
-    let a = support::read_announcement(&mut child, &log, &data.with_extension("secrets")).await?;
-    Ok((child, a))
+        .await
 }
 
 fn sigterm(child: &Child) {
@@ -53,10 +48,10 @@ async fn exit_code(child: &mut Child, secs: u64) -> Result<Option<i32>> {
 #[tokio::test]
 async fn first_sigterm_exits_0() -> Result<()> {
     let dir = support::tmp_dir("signals", "first");
-    let (mut child, _) = start(&dir.join("d")).await?;
+    let mut ctl = start(&dir.join("d")).await?;
     // At once after the announcement: the handlers are registered before it is printed.
-    sigterm(&child);
-    let code = exit_code(&mut child, 15).await?;
+    sigterm(&ctl.child);
+    let code = exit_code(&mut ctl.child, 15).await?;
     let log = std::fs::read_to_string(dir.join("d.log"))?;
     assert_eq!(code, Some(0), "log:\n{log}");
     assert!(
@@ -69,7 +64,7 @@ async fn first_sigterm_exits_0() -> Result<()> {
 /// `controller matrix --watch` against `a`, once its first matrix has arrived; keep both (the
 /// reader too: a closed pipe would end the client, and with it the stream).
 async fn watching(
-    a: &support::Announced,
+    a: &TestController,
 ) -> Result<(Child, tokio::io::BufReader<tokio::process::ChildStdout>)> {
     let mut watch = Command::new(env!("CARGO_BIN_EXE_controller"))
         .args([
@@ -78,7 +73,7 @@ async fn watching(
             "--controller",
             &format!("http://{}", a.grpc),
         ])
-        .args(["--credential", &a.credential])
+        .args(["--credential", a.credential()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -102,17 +97,17 @@ async fn watching(
 #[tokio::test]
 async fn second_sigterm_while_busy_exits_130() -> Result<()> {
     let dir = support::tmp_dir("signals", "second");
-    let (mut child, a) = start(&dir.join("d")).await?;
-    let _watch = watching(&a).await?;
-    sigterm(&child);
+    let mut ctl = start(&dir.join("d")).await?;
+    let _watch = watching(&ctl).await?;
+    sigterm(&ctl.child);
     // Still shutting down a second later: the watch stream holds it.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        child.try_wait()?.is_none(),
+        ctl.child.try_wait()?.is_none(),
         "the controller exited on one signal with a watch stream open: this test needs another way to keep its shutdown busy"
     );
-    sigterm(&child);
-    let code = exit_code(&mut child, 10).await?;
+    sigterm(&ctl.child);
+    let code = exit_code(&mut ctl.child, 10).await?;
     let log = std::fs::read_to_string(dir.join("d.log"))?;
     assert_eq!(code, Some(130), "log:\n{log}");
     assert!(
@@ -127,11 +122,11 @@ async fn second_sigterm_while_busy_exits_130() -> Result<()> {
 #[tokio::test]
 async fn an_open_watch_stream_holds_shutdown_no_longer_than_the_grace() -> Result<()> {
     let dir = support::tmp_dir("signals", "grace");
-    let (mut child, a) = start(&dir.join("d")).await?;
-    let _watch = watching(&a).await?;
+    let mut ctl = start(&dir.join("d")).await?;
+    let _watch = watching(&ctl).await?;
     let t0 = tokio::time::Instant::now();
-    sigterm(&child);
-    let code = exit_code(&mut child, 20).await?;
+    sigterm(&ctl.child);
+    let code = exit_code(&mut ctl.child, 20).await?;
     let took = t0.elapsed();
     let log = std::fs::read_to_string(dir.join("d.log"))?;
     println!(

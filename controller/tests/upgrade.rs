@@ -17,7 +17,6 @@ use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
 use meshlat_proto::pb;
 use serde_json::Value;
-use tokio::process::Command;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state-0.1.0");
 const CA_SHA256: &str = "973bdb79b5b02db77cf11fe71798e130e727833c550146fff28c737f1fda1fd2";
@@ -76,7 +75,7 @@ async fn starts_on_the_previous_releases_state_and_keeps_ca_credential_jobs_and_
     }
     // Started as 0.1.0 was, with the same seeds (a deployment's configuration does not change
     // with the upgrade).
-    let mut ctl = TestController::builder(&data)
+    let ctl = TestController::builder(&data)
         .region("fx-1")
         .args([
             "--join-secret",
@@ -162,28 +161,35 @@ async fn starts_on_the_previous_releases_state_and_keeps_ca_credential_jobs_and_
         .filter(|l| l.contains("State file migrated.") && l.contains("from_format=0"))
         .count();
     assert_eq!(migrated, 3, "jobs.pb, agents.pb, credentials.json:\n{log}");
-    ctl.child.start_kill()?;
-    ctl.child.wait().await?;
+    ctl.stop().await?;
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
 
 /// Starts the controller on `data` expecting it to refuse: its stderr.
 async fn refused_start(data: &Path) -> Result<String> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        Command::new(env!("CARGO_BIN_EXE_controller"))
-            .args(["serve", "--region", "fx-1", "--listen", "127.0.0.1:0"])
-            .args(["--rest-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .context("the controller started on a newer state (it should have refused)")??;
+    let mut cmd = TestController::builder(data).region("fx-1").command();
+    cmd.stdout(Stdio::null());
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .context("the controller started on a newer state (it should have refused)")??;
     anyhow::ensure!(!out.status.success(), "exit status {}", out.status);
     Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Starts the controller on `data`, where `file` (its content `was`) is of state format
+/// `newer`: refused with an error naming the file and its format, the file left as it was.
+async fn refused_naming(data: &Path, file: &Path, was: &[u8], newer: u16) -> Result<()> {
+    let err = refused_start(data).await?;
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    println!("newer {name}: {err}");
+    assert!(
+        err.contains(&file.display().to_string())
+            && err.contains(&format!("state format {newer}, written by a newer meshlat")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(file)?, was, "left as it was");
+    Ok(())
 }
 
 /// A downgrade: state files written by a newer release (a newer state format) are refused with
@@ -199,14 +205,7 @@ async fn a_state_file_of_a_newer_format_is_refused_naming_it() -> Result<()> {
     let mut file = meshlat_proto::state_file::encode(&std::fs::read(&jobs)?);
     file[5..7].copy_from_slice(&newer.to_be_bytes());
     std::fs::write(&jobs, &file)?;
-    let err = refused_start(&data).await?;
-    println!("newer jobs.pb: {err}");
-    assert!(
-        err.contains(&jobs.display().to_string())
-            && err.contains(&format!("state format {newer}, written by a newer meshlat")),
-        "{err}"
-    );
-    assert_eq!(std::fs::read(&jobs)?, file, "left as it was");
+    refused_naming(&data, &jobs, &file, newer).await?;
     // credentials.json of a newer release, with a field this build does not know: the error is
     // about the format, not the field.
     let old_jobs = std::fs::read(Path::new(FIXTURE).join("controller/state/jobs.pb"))?;
@@ -217,14 +216,7 @@ async fn a_state_file_of_a_newer_format_is_refused_naming_it() -> Result<()> {
     creds["token_policies"] = serde_json::json!([]);
     let text = serde_json::to_vec_pretty(&creds)?;
     std::fs::write(&creds_path, &text)?;
-    let err = refused_start(&data).await?;
-    println!("newer credentials.json: {err}");
-    assert!(
-        err.contains(&creds_path.display().to_string())
-            && err.contains(&format!("state format {newer}, written by a newer meshlat")),
-        "{err}"
-    );
-    assert_eq!(std::fs::read(&creds_path)?, text, "left as it was");
+    refused_naming(&data, &creds_path, &text, newer).await?;
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }

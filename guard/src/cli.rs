@@ -33,31 +33,16 @@ pub trait DeadlineHelp: Clone + std::fmt::Debug + Send + Sync + 'static {
 #[derive(Clone, Debug, Args)]
 pub struct DeadlineArgs<H: DeadlineHelp> {
     /// See [`DeadlineHelp::HANDSHAKE`].
-    #[arg(
-        long,
-        env = "MESHLAT_HANDSHAKE_TIMEOUT",
-        default_value_t = H::HANDSHAKE_DEFAULT,
-        value_name = "SECONDS",
-        help = H::HANDSHAKE
-    )]
+    #[arg(long, env = "MESHLAT_HANDSHAKE_TIMEOUT", value_name = "SECONDS")]
+    #[arg(default_value_t = H::HANDSHAKE_DEFAULT, help = H::HANDSHAKE)]
     pub handshake_timeout: f64,
     /// See [`DeadlineHelp::HEADER`].
-    #[arg(
-        long,
-        env = "MESHLAT_HEADER_TIMEOUT",
-        default_value_t = H::HEADER_DEFAULT,
-        value_name = "SECONDS",
-        help = H::HEADER
-    )]
+    #[arg(long, env = "MESHLAT_HEADER_TIMEOUT", value_name = "SECONDS")]
+    #[arg(default_value_t = H::HEADER_DEFAULT, help = H::HEADER)]
     pub header_timeout: f64,
     /// See [`DeadlineHelp::IDLE`].
-    #[arg(
-        long,
-        env = "MESHLAT_IDLE_TIMEOUT",
-        default_value_t = H::IDLE_DEFAULT,
-        value_name = "SECONDS",
-        help = H::IDLE
-    )]
+    #[arg(long, env = "MESHLAT_IDLE_TIMEOUT", value_name = "SECONDS")]
+    #[arg(default_value_t = H::IDLE_DEFAULT, help = H::IDLE)]
     pub idle_timeout: f64,
     #[arg(skip)]
     help: PhantomData<H>,

@@ -8,10 +8,14 @@
 //!   [`CancellationToken`] for a graceful shutdown; a second one exits at once with
 //!   [`Exit::Interrupted`] (130). The decision is the small state machine [`Signals`].
 //! - [`Exit`]: the exit codes, and [`fail`] to print an error and pick one.
+//! - `aws::sdk_config` (feature `aws`): the AWS SDK configuration both binaries' AWS clients use.
 //!
 //! Shaped after mini-redis's `src/bin/server.rs` (the server runs until a shutdown future
 //! resolves) and linkerd2-proxy's `linkerd/signal` (one place that knows which signals stop the
 //! process).
+
+#[cfg(feature = "aws")]
+pub mod aws;
 
 use std::fmt::Display;
 use std::future::Future;

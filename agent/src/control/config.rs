@@ -36,6 +36,8 @@ pub struct RunConfig {
     pub file: Option<FileSinkConfig>,
     /// Firehose sink.
     pub firehose: Option<FirehoseSinkConfig>,
+    /// CloudWatch EMF lines (`--emf`).
+    pub emf: Option<crate::sink::emf::EmfConfig>,
     /// ECS task metadata endpoint (`ECS_CONTAINER_METADATA_URI_V4`), if on ECS.
     pub ecs_metadata_uri: Option<String>,
     /// Logging/stats.
@@ -134,6 +136,7 @@ impl RunConfig {
             },
             responders,
             file: FileSinkConfig::from_args(&a.sinks)?,
+            emf: crate::sink::emf::EmfConfig::from_args(&a.sinks)?,
             firehose: if a.no_state_dir
                 && a.sinks.firehose.firehose_stream.is_some()
                 && a.sinks.firehose.spool_dir.is_none()

@@ -257,40 +257,32 @@ mod tests {
         );
     }
 
+    /// Why the verifier pinned to the right CA refuses, as `ctl.example`, a leaf that CA signed
+    /// for `names` (`expired`: valid only in 2000).
+    fn certificate_error(names: &[&str], expired: bool) -> rustls::CertificateError {
+        let good = ca("pinned");
+        let (cert, _) = leaf(&good, names, expired);
+        match verify(&good, &cert, std::slice::from_ref(&good.der), "ctl.example") {
+            Err(rustls::Error::InvalidCertificate(e)) => e,
+            other => panic!("not refused as an invalid certificate: {other:?}"),
+        }
+    }
+
     #[test]
     fn refuses_the_right_ca_with_a_wrong_name() {
-        let good = ca("pinned");
-        let (cert, _) = leaf(&good, &["other.example"], false);
-        let e = verify(&good, &cert, std::slice::from_ref(&good.der), "ctl.example")
-            .expect_err("wrong name");
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        let e = certificate_error(&["other.example"], false);
         assert!(
-            matches!(
-                e,
-                rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::NotValidForName
-                        | rustls::CertificateError::NotValidForNameContext { .. }
-                )
-            ),
+            matches!(e, NotValidForName | NotValidForNameContext { .. }),
             "{e:?}"
         );
     }
 
     #[test]
     fn refuses_an_expired_certificate_from_the_right_ca() {
-        let good = ca("pinned");
-        let (cert, _) = leaf(&good, &["ctl.example"], true);
-        let e = verify(&good, &cert, std::slice::from_ref(&good.der), "ctl.example")
-            .expect_err("expired");
-        assert!(
-            matches!(
-                e,
-                rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::Expired
-                        | rustls::CertificateError::ExpiredContext { .. }
-                )
-            ),
-            "{e:?}"
-        );
+        use rustls::CertificateError::{Expired, ExpiredContext};
+        let e = certificate_error(&["ctl.example"], true);
+        assert!(matches!(e, Expired | ExpiredContext { .. }), "{e:?}");
     }
 
     /// The verifier is the one `client_config` installs: a real handshake against a server

@@ -81,6 +81,7 @@ impl RunApp {
             identity: identity.clone(),
             file: None,
             firehose: None,
+            emf: None,
             common: cfg.common.clone(),
         })
         .await?;
@@ -204,7 +205,13 @@ impl RunApp {
         if let Some(f) = self.firehose {
             sinks.add(f);
         }
-        if self.cfg.file.is_none() && self.cfg.firehose.is_none() {
+        if let Some(e) = &self.cfg.emf {
+            sinks.add(crate::sink::emf::EmfSink::new(
+                e.clone(),
+                &self.identity.region,
+            ));
+        }
+        if self.cfg.file.is_none() && self.cfg.firehose.is_none() && self.cfg.emf.is_none() {
             sinks.add(StdoutSink::new(crate::cli::Format::Json));
         }
         let summaries = SummaryWindow::shared(crate::live::DEFAULT_WINDOW);
@@ -213,6 +220,14 @@ impl RunApp {
         control.summaries = Some(summaries);
         let (jobs_tx, jobs_rx) = watch::channel(JobSet::default());
         let (mode_tx, mode_rx) = watch::channel(ControlMode::Static);
+        // meshlat_control_mode follows the session's mode.
+        let mut mode_watch = mode_rx.clone();
+        crate::metrics::control_mode(*mode_watch.borrow_and_update());
+        tokio::spawn(async move {
+            while mode_watch.changed().await.is_ok() {
+                crate::metrics::control_mode(*mode_watch.borrow_and_update());
+            }
+        });
         let (id_tx, mut id_rx) = watch::channel(None);
         // Server records (kind=serve / relay_serve) go to the same sinks as probe records; the
         // job set names their sources, and the agent id is filled in once the controller gave it.

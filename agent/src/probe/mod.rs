@@ -245,6 +245,52 @@ impl TrainStats {
     }
 }
 
+/// How a train's replies were classified, the counts both train state machines keep (UDP
+/// sessions and QUIC echo trains); each decides itself which reply is a duplicate, late or an
+/// answer.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ReplyCounts {
+    duplicates: u32,
+    reordered: u32,
+    late: u32,
+    /// Highest sequence answered so far (reordering detection).
+    highest_answered: Option<u32>,
+}
+
+impl ReplyCounts {
+    /// A reply for a sequence already answered (or already late).
+    pub(crate) fn duplicate(&mut self) {
+        self.duplicates += 1;
+    }
+
+    /// A reply after the timeout.
+    pub(crate) fn late(&mut self) {
+        self.late += 1;
+    }
+
+    /// A reply for `seq`: reordered when a later sequence was answered before it.
+    pub(crate) fn answered(&mut self, seq: u32) {
+        match self.highest_answered {
+            Some(h) if seq < h => self.reordered += 1,
+            _ => self.highest_answered = Some(seq),
+        }
+    }
+
+    /// The train's results from these counts, `sent` and the RTTs of the answered sequences
+    /// (one sample each); jitter, clock fields and raw RTTs are left for the caller.
+    pub(crate) fn stats(&self, sent: u32, rtts_ms: Vec<f64>) -> TrainStats {
+        TrainStats {
+            sent,
+            samples: u32::try_from(rtts_ms.len()).unwrap_or(u32::MAX),
+            duplicates: self.duplicates,
+            reordered: self.reordered,
+            late: self.late,
+            rtts_ms,
+            ..TrainStats::default()
+        }
+    }
+}
+
 /// Rounds to microseconds (records keep µs resolution).
 pub fn round_us(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0

@@ -878,10 +878,8 @@ mod tests {
             generation: 1,
             jobs: vec![std::sync::Arc::new(job)],
         });
-        let name = |ip: &str| {
-            d.by_ip(ip.parse().expect("ip"))
-                .and_then(|p| p.agent.clone())
-        };
+        let agent = |p: Option<&PeerInfo>| p.and_then(|p| p.agent.clone());
+        let name = |ip: &str| agent(d.by_ip(ip.parse().expect("ip")));
         assert_eq!(
             name("10.0.0.1").as_deref(),
             Some("a1"),
@@ -891,10 +889,7 @@ mod tests {
         assert_eq!(name("10.0.0.4").as_deref(), Some("a4"));
         assert_eq!(name("10.0.0.9").as_deref(), Some("r9"));
         assert_eq!(name("10.0.0.5"), None);
-        let udp = |a: &str| {
-            d.by_udp(a.parse().expect("addr"))
-                .and_then(|p| p.agent.clone())
-        };
+        let udp = |a: &str| agent(d.by_udp(a.parse().expect("addr")));
         assert_eq!(
             udp("10.0.0.2:7720").as_deref(),
             Some("a3"),
@@ -940,14 +935,17 @@ mod tests {
             location: None,
         };
         let local: SocketAddr = "10.0.0.5:7710".parse().expect("addr");
-        let recs = to_records(
-            &iv,
-            4,
-            &me,
-            ControlMode::Connected,
-            &[(Protocol::Udp, local)],
-            &dir,
-        );
+        let records = |dir: &Directory| {
+            to_records(
+                &iv,
+                4,
+                &me,
+                ControlMode::Connected,
+                &[(Protocol::Udp, local)],
+                dir,
+            )
+        };
+        let recs = records(&dir);
         assert_eq!(recs.len(), 5, "{recs:#?}");
         let find = |kind, reason: Option<&str>| {
             recs.iter()
@@ -986,14 +984,7 @@ mod tests {
             .get_mut(&ip(1))
             .expect("ip")
             .push(peer("a2", "eu"));
-        let recs = to_records(
-            &iv,
-            4,
-            &me,
-            ControlMode::Connected,
-            &[(Protocol::Udp, local)],
-            &dir,
-        );
+        let recs = records(&dir);
         assert!(recs.iter().all(|r| r.src_agent.is_none()));
     }
 

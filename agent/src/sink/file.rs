@@ -235,13 +235,7 @@ mod tests {
     use std::sync::Arc;
 
     fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "meshlat-filesink-{name}-{}-{}",
-            std::process::id(),
-            crate::clock::realtime_ns()
-        ));
-        std::fs::create_dir_all(&d).expect("tmp dir");
-        d
+        crate::sink::test_dir("filesink", name)
     }
 
     fn files(dir: &Path) -> Vec<PathBuf> {

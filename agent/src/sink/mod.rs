@@ -16,6 +16,7 @@
 //! - [`firehose`]: Amazon Data Firehose: packed records, retry of failed records, disk spool.
 
 pub mod batch;
+pub mod emf;
 pub mod file;
 pub mod firehose;
 pub mod stdout;
@@ -29,6 +30,19 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use self::batch::{BatchConfig, Batcher};
+
+/// A fresh, created directory under the system temp dir for a sink's unit test
+/// (`meshlat-{prefix}-{name}-{pid}-{ns}`).
+#[cfg(test)]
+pub(crate) fn test_dir(prefix: &str, name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "meshlat-{prefix}-{name}-{}-{}",
+        std::process::id(),
+        crate::clock::realtime_ns()
+    ));
+    std::fs::create_dir_all(&d).expect("tmp dir");
+    d
+}
 
 /// A record shared by every sink.
 pub type SharedRecord = Arc<Record>;

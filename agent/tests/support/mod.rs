@@ -292,6 +292,41 @@ pub fn probe_json(args: &[&str]) -> (Output, Vec<Record>) {
     (out, recs)
 }
 
+/// [`probe_json`] that must succeed: its records (the assertion shows its stderr).
+#[track_caller]
+pub fn probe_ok(args: &[&str]) -> Vec<Record> {
+    let (out, recs) = probe_json(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    recs
+}
+
+/// A CA and a leaf for `localhost` and `127.0.0.1` signed by it, written under `dir`: (CA,
+/// certificate, key) paths.
+pub fn private_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &*ca)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    paths
+}
+
 /// A fresh temporary directory.
 pub fn tmpdir(name: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::ServeArgs;
+use crate::cli::FederationArgs;
 
 use super::{ConfigError, nonempty, secs};
 
@@ -74,7 +74,10 @@ fn federation_secret(flag: &'static str, v: &str) -> Result<String, ConfigError>
     Ok(v.to_string())
 }
 
-pub(super) fn federation(a: &ServeArgs) -> Result<Option<FederationConfig>, ConfigError> {
+pub(super) fn federation(
+    a: &FederationArgs,
+    plaintext: bool,
+) -> Result<Option<FederationConfig>, ConfigError> {
     let secret = nonempty(&a.federation_secret);
     let extra = [
         (
@@ -116,7 +119,7 @@ pub(super) fn federation(a: &ServeArgs) -> Result<Option<FederationConfig>, Conf
         .filter(|p| !p.is_empty())
         .collect();
     for p in &peers {
-        let ok = p.starts_with("https://") || (a.plaintext && p.starts_with("http://"));
+        let ok = p.starts_with("https://") || (plaintext && p.starts_with("http://"));
         if !ok {
             return Err(ConfigError::Invalid {
                 flag: "--peer",

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use meshlat_guard::{ConnLimits, Quota};
 
-use crate::cli::ServeArgs;
+use crate::cli::{ConnArgs, LimitsArgs};
 use crate::limits::{Limits, MAX_MAX_JOBS};
 
 use super::{ConfigError, FD_RESERVE, count, long_secs};
@@ -48,7 +48,7 @@ pub(super) fn quota(
     Ok((per_second > 0.0).then_some(Quota { per_second, burst }))
 }
 
-pub(super) fn conn_limits(a: &ServeArgs) -> Result<(ConnLimits, ConnLimits), ConfigError> {
+pub(super) fn conn_limits(a: &ConnArgs) -> Result<(ConnLimits, ConnLimits), ConfigError> {
     let (grpc_default, rest_default) = default_max_conns(meshlat_guard::open_files_limit());
     let d = a.deadlines.deadlines().map_err(|e| ConfigError::Invalid {
         flag: e.flag,
@@ -70,7 +70,7 @@ pub(super) fn conn_limits(a: &ServeArgs) -> Result<(ConnLimits, ConnLimits), Con
     Ok((grpc, rest))
 }
 
-pub(super) fn limits(a: &ServeArgs, agent_ttl: Duration) -> Result<Limits, ConfigError> {
+pub(super) fn limits(a: &LimitsArgs, agent_ttl: Duration) -> Result<Limits, ConfigError> {
     let agent_expiry = long_secs("--agent-expiry", a.agent_expiry)?;
     if agent_expiry < agent_ttl {
         return Err(ConfigError::Invalid {

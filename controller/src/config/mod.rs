@@ -280,16 +280,16 @@ impl ServeConfig {
         sans.dedup();
         let lease = secs("--lease", a.lease)?;
         let agent_ttl = secs("--agent-ttl", a.agent_ttl)?;
-        let limits = limits::limits(a, agent_ttl)?;
-        if a.max_full_mesh == 0 {
+        let limits = limits::limits(&a.limits, agent_ttl)?;
+        if a.limits.max_full_mesh == 0 {
             return Err(ConfigError::Invalid {
                 flag: "--max-full-mesh",
                 value: "0".into(),
                 reason: "must be at least 1",
             });
         }
-        let federation = federation::federation(a)?;
-        let state = store::state_store(a, region)?;
+        let federation = federation::federation(&a.federation, a.plaintext)?;
+        let state = store::state_store(&a.state, region)?;
         let relay_policy = crate::relay_policy::RelayPolicy::parse(&a.relay_agents).map_err(
             |(value, reason)| ConfigError::InvalidValue {
                 flag: "--relay-agent",
@@ -304,8 +304,8 @@ impl ServeConfig {
                 reason,
             },
         )?;
-        let (grpc_limits, rest_limits) = limits::conn_limits(a)?;
-        if a.rate_limit_burst == 0 {
+        let (grpc_limits, rest_limits) = limits::conn_limits(&a.conns)?;
+        if a.rate_limit.rate_limit_burst == 0 {
             return Err(ConfigError::Invalid {
                 flag: "--rate-limit-burst",
                 value: "0".into(),
@@ -340,13 +340,13 @@ impl ServeConfig {
             },
             rate_per_ip: limits::quota(
                 "--rate-limit-per-ip",
-                a.rate_limit_per_ip,
-                a.rate_limit_burst,
+                a.rate_limit.rate_limit_per_ip,
+                a.rate_limit.rate_limit_burst,
             )?,
             rate_per_credential: limits::quota(
                 "--rate-limit-per-credential",
-                a.rate_limit_per_credential,
-                a.rate_limit_burst,
+                a.rate_limit.rate_limit_per_credential,
+                a.rate_limit.rate_limit_burst,
             )?,
             state,
             federation,
@@ -358,7 +358,7 @@ impl ServeConfig {
             sans,
             lease,
             agent_ttl,
-            max_full_mesh: a.max_full_mesh,
+            max_full_mesh: a.limits.max_full_mesh,
             limits,
             seeds: Seeds {
                 join_secret: a.join_secret.clone(),

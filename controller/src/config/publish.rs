@@ -72,9 +72,9 @@ pub(super) fn publish(a: &ServeArgs) -> Result<Option<PublishConfig>, ConfigErro
             })
             .transpose()
     };
-    let token = arn("--join-token-secret-arn", &a.join_token_secret_arn)?;
-    let ca = arn("--ca-cert-secret-arn", &a.ca_cert_secret_arn)?;
-    let endpoint = endpoint_url("--secrets-endpoint", &a.secrets_endpoint)?;
+    let token = arn("--join-token-secret-arn", &a.publish.join_token_secret_arn)?;
+    let ca = arn("--ca-cert-secret-arn", &a.publish.ca_cert_secret_arn)?;
+    let endpoint = endpoint_url("--secrets-endpoint", &a.publish.secrets_endpoint)?;
     if token.is_none() && ca.is_none() {
         if let Some(e) = endpoint {
             return Err(ConfigError::InvalidValue {

@@ -1,6 +1,6 @@
 //! `--state-*`: the controller's S3 state store.
 
-use crate::cli::ServeArgs;
+use crate::cli::StateStoreArgs;
 
 use super::{ConfigError, endpoint_url, nonempty};
 
@@ -18,7 +18,7 @@ pub struct StateStoreConfig {
 }
 
 pub(super) fn state_store(
-    a: &ServeArgs,
+    a: &StateStoreArgs,
     region: &str,
 ) -> Result<Option<StateStoreConfig>, ConfigError> {
     let Some(bucket) = nonempty(&a.state_bucket) else {

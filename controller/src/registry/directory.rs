@@ -301,13 +301,10 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::registry::test_support::*;
-    use crate::store::FileStore;
-    use std::sync::Arc;
 
     #[tokio::test(start_paused = true)]
     async fn peer_directories_add_targets_and_jobs_until_their_ttl() {
-        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
-        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let (store, dir) = temp_store();
         let (r, stop) = running(store);
         let mut a = r.connect(hello("a1", 1)).expect("a");
         assert!(next_set(&mut a.job_sets).await.assignments.is_empty());
@@ -395,8 +392,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn peer_directories_are_bounded() {
-        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
-        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let (store, dir) = temp_store();
         let mut c = cfg();
         c.limits.max_peer_agents = 2;
         c.limits.max_peer_jobs = 1;

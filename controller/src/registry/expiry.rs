@@ -110,14 +110,11 @@ mod tests {
     use crate::limits;
     use crate::registry::DomainError;
     use crate::registry::test_support::*;
-    use crate::store::FileStore;
-    use std::sync::Arc;
     use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn caps_refuse_with_the_flag_and_expiry_removes_agents_and_jobs() {
-        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
-        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let (store, dir) = temp_store();
         let mut c = cfg();
         c.limits.max_jobs = 2;
         c.limits.max_agents = 2;

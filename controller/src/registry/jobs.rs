@@ -241,8 +241,7 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_and_ids_persist_sets_are_pushed_and_versions_checked() {
-        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
-        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let (store, dir) = temp_store();
         let (r, stop) = running(store.clone());
         let mut a = r.connect(hello("", 1)).expect("a");
         let b = r.connect(hello("", 2)).expect("b");
@@ -311,8 +310,7 @@ mod tests {
 
     #[test]
     fn ensure_job_creates_once_updates_on_change_and_survives_a_restart() {
-        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
-        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let (store, dir) = temp_store();
         let r = Registry::load(cfg(), store).expect("load");
         let named = |name: &str, timeout: u32| pb::JobSpec {
             name: name.into(),

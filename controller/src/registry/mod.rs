@@ -325,6 +325,14 @@ mod test_support {
     use crate::relay_policy::RelayPolicy;
     use crate::store::FileStore;
 
+    /// A file store in a fresh directory under the system temp dir, and the directory (for the
+    /// test to reopen or remove).
+    pub(super) fn temp_store() -> (Arc<FileStore>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
+        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        (store, dir)
+    }
+
     pub(super) fn cfg() -> RegistryConfig {
         RegistryConfig {
             region: "r".into(),

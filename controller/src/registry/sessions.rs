@@ -247,7 +247,6 @@ mod tests {
     use crate::pinglist;
     use crate::registry::test_support::*;
     use crate::relay_policy::RelayPolicy;
-    use crate::store::FileStore;
     use std::sync::Arc;
     use std::time::Duration;
     use tokio_util::sync::CancellationToken;
@@ -258,8 +257,7 @@ mod tests {
     /// never the retired HMAC grant key.
     #[tokio::test(start_paused = true)]
     async fn relay_role_comes_from_policy_and_relays_get_only_public_keys() {
-        let dir = std::env::temp_dir().join(format!("meshlat-reg-{}", uuid::Uuid::now_v7()));
-        let store = Arc::new(FileStore::open(&dir).expect("store"));
+        let (store, dir) = temp_store();
         let mut c = cfg();
         c.relay_policy = RelayPolicy::parse(&["relay-ok".into()]).expect("policy");
         let own_key = c.keys.grant_public_key().as_bytes().to_vec();

@@ -86,6 +86,47 @@ pub async fn pinned_http1(data: &Path, addr: &str) -> Result<SendRequest<Full<by
     Ok(send)
 }
 
+/// A gRPC interceptor adding `authorization: Bearer <secret>`.
+pub fn bearer(
+    secret: &str,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone + use<> {
+    let v: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {secret}").parse().expect("header value");
+    move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", v.clone());
+        Ok(req)
+    }
+}
+
+/// `cmd ARGS... --controller https://GRPC --credential C --ca CA`, where `cmd` runs the
+/// `controller` binary (directly, or through a wrapper that execs it such as `ip netns exec`),
+/// without the `MESHLAT_CONTROLLER`, `MESHLAT_CREDENTIAL` and `MESHLAT_CA` of the test's
+/// environment: (exit ok, stdout, stderr).
+pub async fn controller_cli(
+    mut cmd: tokio::process::Command,
+    args: &[&str],
+    grpc: &str,
+    credential: &str,
+    ca: &Path,
+) -> Result<(bool, String, String)> {
+    let out = cmd
+        .args(args)
+        .args(["--controller", &format!("https://{grpc}")])
+        .args(["--credential", credential])
+        .arg("--ca")
+        .arg(ca)
+        .env_remove("MESHLAT_CONTROLLER")
+        .env_remove("MESHLAT_CREDENTIAL")
+        .env_remove("MESHLAT_CA")
+        .output()
+        .await?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// The join token and operator credential from a controller's `first-start-secrets` file (named
 /// by its `secrets-file PATH` announcement), after checking the file is private (0600).
 pub fn read_secrets_file(path: &Path) -> Result<(Option<String>, Option<String>)> {
@@ -102,56 +143,4 @@ pub fn read_secrets_file(path: &Path) -> Result<(Option<String>, Option<String>)
         }
     }
     Ok((token, credential))
-}
-
-/// What a controller started with `--print-secrets` announces on stdout.
-pub struct Announced {
-    pub grpc: String,
-    pub rest: String,
-    pub token: String,
-    pub credential: String,
-}
-
-/// Reads `listening grpc|rest ADDR`, `join-token T` and `operator-credential C` from a
-/// controller's stdout, then keeps draining it. Secrets are printed on the first start only, so
-/// they are saved in `saved` and reused on a restart over the same data directory.
-pub async fn read_announcement(
-    child: &mut tokio::process::Child,
-    log: &Path,
-    saved: &Path,
-) -> Result<Announced> {
-    use anyhow::{Context, anyhow};
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut g, mut r, mut token, mut credential) = (None, None, None, None);
-    if let Ok(s) = std::fs::read_to_string(saved) {
-        let mut it = s.lines();
-        token = it.next().map(str::to_string);
-        credential = it.next().map(str::to_string);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while g.is_none() || r.is_none() || token.is_none() || credential.is_none() {
-        let line = tokio::time::timeout_at(deadline, lines.next_line())
-            .await
-            .context("controller did not announce itself")??
-            .ok_or_else(|| anyhow!("controller exited early; see {}", log.display()))?;
-        let mut w = line.split_whitespace();
-        match (w.next(), w.next(), w.next()) {
-            (Some("listening"), Some("grpc"), Some(a)) => g = Some(a.to_string()),
-            (Some("listening"), Some("rest"), Some(a)) => r = Some(a.to_string()),
-            (Some("join-token"), Some(t), _) => token = Some(t.to_string()),
-            (Some("operator-credential"), Some(c), _) => credential = Some(c.to_string()),
-            _ => {}
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let (token, credential) = (token.context("token")?, credential.context("cred")?);
-    std::fs::write(saved, format!("{token}\n{credential}\n"))?;
-    Ok(Announced {
-        grpc: g.context("grpc")?,
-        rest: r.context("rest")?,
-        token,
-        credential,
-    })
 }

@@ -18,7 +18,63 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use super::{agent_bin, eventually, pinned_http1, read_secrets_file};
+use super::{agent_bin, controller_cli, eventually, pinned_http1, read_secrets_file};
+
+/// The methods both builders share, over their fields `args` (placed as `$at` says), `env`
+/// and `stderr`.
+macro_rules! flag_and_log_methods {
+    ($at:literal) => {
+        #[doc = concat!("One more flag or value (", $at, ").")]
+        pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+            self.args.push(arg.into());
+            self
+        }
+
+        /// More flags and values, like [`Self::arg`].
+        pub fn args<I, S>(mut self, args: I) -> Self
+        where
+            I: IntoIterator<Item = S>,
+            S: Into<OsString>,
+        {
+            self.args.extend(args.into_iter().map(Into::into));
+            self
+        }
+
+        /// Sets an environment variable of the process.
+        pub fn env(mut self, key: &str, value: &str) -> Self {
+            self.env.push((key.into(), Some(value.into())));
+            self
+        }
+
+        /// Removes an environment variable from the process.
+        pub fn env_remove(mut self, key: &str) -> Self {
+            self.env.push((key.into(), None));
+            self
+        }
+
+        /// Writes its stderr (the log) to `path` instead of the test's stderr.
+        pub fn log(mut self, path: impl Into<PathBuf>) -> Self {
+            self.stderr = Stderr::File(path.into());
+            self
+        }
+
+        /// Appends its stderr (the log) to `path`, e.g. the log of an earlier start.
+        pub fn log_append(mut self, path: impl Into<PathBuf>) -> Self {
+            self.stderr = Stderr::Append(path.into());
+            self
+        }
+    };
+}
+
+/// Sets (`Some`) and removes (`None`) environment variables of `c`, in order.
+fn set_env(c: &mut Command, env: &[(String, Option<String>)]) {
+    for (k, v) in env {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+}
 
 /// A running `controller serve`, killed on drop.
 pub struct TestController {
@@ -35,6 +91,8 @@ pub struct TestController {
     pub token: Option<String>,
     /// The operator credential, like [`Self::token`].
     pub credential: Option<String>,
+    /// Its log (stderr), if it goes to a file.
+    pub log: Option<PathBuf>,
 }
 
 /// Flags and environment for a [`TestController`]; [`Self::spawn`] starts it.
@@ -46,6 +104,9 @@ pub struct ControllerBuilder {
     args: Vec<OsString>,
     env: Vec<(String, Option<String>)>,
     secrets: Option<(String, String)>,
+    /// With `--print-secrets`: where the printed secrets are kept for a restart.
+    print_secrets: Option<PathBuf>,
+    nofile: Option<u64>,
     announce_within: Duration,
     stderr: Stderr,
 }
@@ -55,6 +116,8 @@ enum Stderr {
     Inherit,
     Null,
     File(PathBuf),
+    /// Appended to, e.g. across a restart.
+    Append(PathBuf),
 }
 
 impl Stderr {
@@ -63,14 +126,27 @@ impl Stderr {
             Stderr::Inherit => Stdio::inherit(),
             Stderr::Null => Stdio::null(),
             Stderr::File(p) => Stdio::from(std::fs::File::create(p)?),
+            Stderr::Append(p) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
         })
+    }
+
+    fn path(&self) -> Option<&Path> {
+        match self {
+            Stderr::File(p) | Stderr::Append(p) => Some(p),
+            _ => None,
+        }
     }
 
     /// "; see PATH" for an error message.
     fn see(&self) -> String {
-        match self {
-            Stderr::File(p) => format!("; see {}", p.display()),
-            _ => String::new(),
+        match self.path() {
+            Some(p) => format!("; see {}", p.display()),
+            None => String::new(),
         }
     }
 }
@@ -86,6 +162,8 @@ impl TestController {
             args: Vec::new(),
             env: Vec::new(),
             secrets: None,
+            print_secrets: None,
+            nofile: None,
             announce_within: Duration::from_secs(20),
             stderr: Stderr::Inherit,
         }
@@ -115,6 +193,47 @@ impl TestController {
 
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its process id (0 once it has been waited for).
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Its log so far (empty unless it goes to a file: [`ControllerBuilder::log`]).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// A gRPC channel to it over TLS, trusting only its CA.
+    pub async fn grpc_channel(&self) -> Result<tonic::transport::Channel> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        let ca = std::fs::read(self.data.join("ca.pem"))?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name("127.0.0.1");
+        Ok(Endpoint::from_shared(format!("https://{}", self.grpc))?
+            .tls_config(tls)?
+            .connect()
+            .await?)
+    }
+
+    /// Kills it and waits for it to exit.
+    pub async fn stop(mut self) -> Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
+    /// `controller ARGS... --controller URL --credential C --ca CA` against it, with its own
+    /// credential: (exit ok, stdout, stderr).
+    pub async fn cli(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let ca = self.data.join("ca.pem");
+        let cmd = Command::new(env!("CARGO_BIN_EXE_controller"));
+        controller_cli(cmd, args, &self.grpc, self.credential(), &ca).await
     }
 
     /// One REST call over TLS pinned to the controller's CA, with `cred` (default: its own
@@ -269,33 +388,7 @@ impl ControllerBuilder {
             .arg(ca)
     }
 
-    /// One more flag or value (after the ones above, before `--data-dir`).
-    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
-        self.args.push(arg.into());
-        self
-    }
-
-    /// More flags and values, like [`Self::arg`].
-    pub fn args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<OsString>,
-    {
-        self.args.extend(args.into_iter().map(Into::into));
-        self
-    }
-
-    /// Sets an environment variable of the process.
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.into(), Some(value.into())));
-        self
-    }
-
-    /// Removes an environment variable from the process.
-    pub fn env_remove(mut self, key: &str) -> Self {
-        self.env.push((key.into(), None));
-        self
-    }
+    flag_and_log_methods!("after the ones above, before `--data-dir`");
 
     /// The join token and operator credential of an earlier start over the same state (a
     /// restart announces none).
@@ -304,15 +397,23 @@ impl ControllerBuilder {
         self
     }
 
-    /// How long the controller may take to announce itself (default 20 s, not scaled).
-    pub fn announce_within(mut self, d: Duration) -> Self {
-        self.announce_within = d;
+    /// `--print-secrets`: the join token and operator credential are read from stdout, where
+    /// they are printed on the first start only, and kept in the file `saved`; a restart over
+    /// the same data directory with the same `saved` reuses them.
+    pub fn print_secrets(mut self, saved: impl Into<PathBuf>) -> Self {
+        self.print_secrets = Some(saved.into());
+        self.arg("--print-secrets")
+    }
+
+    /// Runs it under `prlimit` with the open-files limit (soft and hard) set to `n`.
+    pub fn nofile(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
         self
     }
 
-    /// Writes its stderr (the log) to `path` instead of the test's stderr.
-    pub fn log(mut self, path: impl Into<PathBuf>) -> Self {
-        self.stderr = Stderr::File(path.into());
+    /// How long the controller may take to announce itself (default 20 s, not scaled).
+    pub fn announce_within(mut self, d: Duration) -> Self {
+        self.announce_within = d;
         self
     }
 
@@ -325,26 +426,39 @@ impl ControllerBuilder {
     /// The command [`Self::spawn`] runs, killed on drop; for a test that expects it to fail
     /// (`.output()`).
     pub fn command(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_controller"));
+        let mut c = match self.nofile {
+            // prlimit execs the controller: the child is the controller itself.
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_controller"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_controller")),
+        };
         c.args(["serve", "--region", &self.region])
             .args(["--listen", &self.grpc, "--rest-listen", &self.rest])
             .args(&self.args)
             .arg("--data-dir")
             .arg(&self.data)
             .kill_on_drop(true);
-        for (k, v) in &self.env {
-            match v {
-                Some(v) => c.env(k, v),
-                None => c.env_remove(k),
-            };
-        }
+        set_env(&mut c, &self.env);
         c
     }
 
     /// Starts the controller and reads its announcements: `listening grpc|rest|stats ADDR`,
     /// `ca-sha256 HEX` and, on the start that generated them, `secrets-file PATH` (read after
-    /// checking it is private). A secret printed on stdout without `--print-secrets` fails it.
-    pub async fn spawn(self) -> Result<TestController> {
+    /// checking it is private), or with [`Self::print_secrets`] the secrets themselves. A secret
+    /// printed on stdout without `--print-secrets` fails it.
+    pub async fn spawn(mut self) -> Result<TestController> {
+        // A restart reuses the secrets its first start printed.
+        if let Some(saved) = &self.print_secrets
+            && let Ok(s) = std::fs::read_to_string(saved)
+        {
+            let mut it = s.lines().map(str::to_string);
+            self.secrets = it.next().zip(it.next());
+        }
         let mut child = self
             .command()
             .stdout(Stdio::piped())
@@ -355,9 +469,15 @@ impl ControllerBuilder {
         let print_secrets = self.args.iter().any(|a| a == "--print-secrets");
         let (mut g, mut r, mut ca, mut stats) = (None, None, None, None);
         let (mut token, mut credential) = self.secrets.clone().unzip();
+        // With print_secrets, a first start is read until it has printed them.
+        let read_printed = self.print_secrets.is_some() && self.secrets.is_none();
         let deadline = Instant::now() + self.announce_within;
         // The listeners, then `ca-sha256`, then (on a first start) the secrets file, all at once.
-        while g.is_none() || r.is_none() || ca.is_none() {
+        while g.is_none()
+            || r.is_none()
+            || ca.is_none()
+            || (read_printed && (token.is_none() || credential.is_none()))
+        {
             let line = tokio::time::timeout_at(deadline, lines.next_line())
                 .await
                 .context("controller did not announce itself")??
@@ -368,11 +488,20 @@ impl ControllerBuilder {
                 (Some("listening"), Some("rest"), Some(a)) => r = Some(a.to_string()),
                 (Some("listening"), Some("stats"), Some(a)) => stats = Some(a.to_string()),
                 (Some("ca-sha256"), Some(h), _) => ca = Some(h.to_string()),
+                (Some("join-token"), Some(t), _) if read_printed => token = Some(t.to_string()),
+                (Some("operator-credential"), Some(c), _) if read_printed => {
+                    credential = Some(c.to_string());
+                }
                 _ => {}
             }
         }
+        if let Some(saved) = &self.print_secrets
+            && let (Some(t), Some(c)) = (&token, &credential)
+        {
+            std::fs::write(saved, format!("{t}\n{c}\n"))?;
+        }
         // On a restart nothing more follows: stop waiting shortly.
-        while self.secrets.is_none()
+        while (token.is_none() || credential.is_none())
             && let Ok(Ok(Some(line))) =
                 tokio::time::timeout(Duration::from_millis(500), lines.next_line()).await
         {
@@ -398,6 +527,7 @@ impl ControllerBuilder {
             ca_sha256: ca.context("ca")?,
             token,
             credential,
+            log: self.stderr.path().map(Path::to_path_buf),
         })
     }
 }
@@ -407,8 +537,10 @@ pub struct TestAgent {
     pub child: Child,
     /// Its `--out` directory.
     pub out: PathBuf,
-    /// Its `--state-dir`.
+    /// Its `--state-dir` (unused with [`AgentBuilder::no_state_dir`]).
     pub state: PathBuf,
+    /// Its log (stderr), if it goes to a file.
+    pub log: Option<PathBuf>,
 }
 
 /// Flags for a [`TestAgent`]; [`Self::spawn`] starts it.
@@ -418,7 +550,10 @@ pub struct AgentBuilder {
     region: String,
     out: PathBuf,
     state: PathBuf,
+    state_dir: bool,
     args: Vec<OsString>,
+    env: Vec<(String, Option<String>)>,
+    cwd: Option<PathBuf>,
     stderr: Stderr,
 }
 
@@ -436,9 +571,27 @@ impl TestAgent {
             region: "r1".into(),
             out: out.into(),
             state: state.into(),
+            state_dir: true,
             args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
             stderr: Stderr::Inherit,
         }
+    }
+
+    /// Its log so far (empty unless it goes to a file: [`AgentBuilder::log`]).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// Kills it and waits for it to exit.
+    pub async fn stop(mut self) -> Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
     }
 
     /// Its id, once it has stored one.
@@ -494,41 +647,41 @@ impl AgentBuilder {
         self
     }
 
-    /// One more flag or value (before `--out`).
-    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
-        self.args.push(arg.into());
+    flag_and_log_methods!("before `--out`");
+
+    /// `--no-state-dir` instead of `--state-dir`: it keeps no state (and no id).
+    pub fn no_state_dir(mut self) -> Self {
+        self.state_dir = false;
         self
     }
 
-    /// More flags and values, like [`Self::arg`].
-    pub fn args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<OsString>,
-    {
-        self.args.extend(args.into_iter().map(Into::into));
-        self
-    }
-
-    /// Writes its stderr (the log) to `path` instead of the test's stderr.
-    pub fn log(mut self, path: impl Into<PathBuf>) -> Self {
-        self.stderr = Stderr::File(path.into());
+    /// Runs it in directory `dir`.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
         self
     }
 
     pub fn spawn(self) -> Result<TestAgent> {
         let stderr = self.stderr.stdio()?;
-        let child = Command::new(agent_bin())
-            .args(["--controller", &format!("https://{}", self.grpc)])
+        let mut c = Command::new(agent_bin());
+        c.args(["--controller", &format!("https://{}", self.grpc)])
             .args(["--token", &self.token])
             .args(["--region", &self.region, "--listen", "127.0.0.1"])
             .args(["--udp-port", "0", "--tcp-port", "0", "--quic-port", "off"])
             .args(["--http-port", "off", "--https-port", "off"])
             .args(&self.args)
             .arg("--out")
-            .arg(&self.out)
-            .arg("--state-dir")
-            .arg(&self.state)
+            .arg(&self.out);
+        if self.state_dir {
+            c.arg("--state-dir").arg(&self.state);
+        } else {
+            c.arg("--no-state-dir");
+        }
+        if let Some(d) = &self.cwd {
+            c.current_dir(d);
+        }
+        set_env(&mut c, &self.env);
+        let child = c
             .stdout(Stdio::null())
             .stderr(stderr)
             .kill_on_drop(true)
@@ -538,6 +691,7 @@ impl AgentBuilder {
             child,
             out: self.out,
             state: self.state,
+            log: self.stderr.path().map(Path::to_path_buf),
         })
     }
 }

@@ -48,7 +48,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsConnector;
 
-pub use self::timings::{HttpTimings, PhaseMarks, TimingError};
+pub use self::timings::{PhaseMarks, TimingError};
 use super::{HttpData, Measurement, Outcome, ProbeSetupError, ProbeSpec, classify_io};
 use crate::clock::Clock;
 use crate::target::Target;
@@ -340,29 +340,24 @@ impl Progress {
             Ok(()) => Outcome::Ok,
             Err(f) => Outcome::failed(f.kind, f.detail),
         };
-        let timings = match HttpTimings::from_marks(&self.all_marks()) {
+        let timings = match HttpData::from_marks(&self.all_marks()) {
             Ok(t) => t,
             Err(e) => {
                 // Cannot happen with a monotonic clock; report it rather than panic.
                 if outcome.is_ok() {
                     outcome = Outcome::failed(ErrorKind::Local, format!("internal: {e}"));
                 }
-                HttpTimings::default()
+                HttpData::default()
             }
         };
         let mut m = Measurement::new(started, outcome);
         m.data.remote_addr = self.remote;
         m.data.http = Some(HttpData {
-            dns_ms: timings.dns_ms,
-            tcp_ms: timings.tcp_ms,
-            tls_ms: timings.tls_ms,
-            first_byte_ms: timings.first_byte_ms,
-            last_byte_ms: timings.last_byte_ms,
-            total_ms: timings.total_ms,
             status: self.status,
             bytes: self.bytes,
             http_version: self.http_version,
             tls_version: self.tls_version,
+            ..timings
         });
         m
     }
@@ -643,7 +638,7 @@ mod tests {
             (m.request_written, m.first_byte, m.last_byte),
             (Some(150), Some(150), Some(150))
         );
-        assert!(HttpTimings::from_marks(&m).is_ok());
+        assert!(HttpData::from_marks(&m).is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! The driver ([`super::HttpProbe`]) stamps each phase boundary with
 //! [`Clock::now_ns`](crate::clock::Clock::now_ns) into a [`PhaseMarks`]; this module turns the
-//! marks into durations. It reads no clock and touches no socket, so every rule is unit-tested
+//! marks into [`HttpData`]'s durations. It reads no clock and touches no socket, so every rule is unit-tested
 //! with hand-written numbers.
 //!
 //! | field | from | to |
@@ -17,7 +17,9 @@
 //! A failed sample has only the marks of the phases it completed; a field is `None` when either
 //! of its ends is missing. Marks that are present must be in the order of the table above
 //! (`start ≤ dns_done ≤ connect_start ≤ connected ≤ tls_done ≤ request_written ≤ first_byte ≤
-//! last_byte`), otherwise [`HttpTimings::from_marks`] refuses them.
+//! last_byte`), otherwise [`HttpData::from_marks`] refuses them.
+
+use crate::probe::HttpData;
 
 /// Phase boundaries of one HTTP sample, in nanoseconds of the process clock.
 ///
@@ -43,23 +45,6 @@ pub struct PhaseMarks {
     pub last_byte: Option<u64>,
 }
 
-/// Perftest's HTTP durations in milliseconds (DESIGN §5); `None` where a phase did not complete.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct HttpTimings {
-    /// Resolution: start → DNS done.
-    pub dns_ms: Option<f64>,
-    /// TCP: connect start → connected.
-    pub tcp_ms: Option<f64>,
-    /// TLS: connected → handshake done.
-    pub tls_ms: Option<f64>,
-    /// Time to first byte: request fully written → first response byte read.
-    pub first_byte_ms: Option<f64>,
-    /// Download: first → last response byte.
-    pub last_byte_ms: Option<f64>,
-    /// Total: connect start → last byte.
-    pub total_ms: Option<f64>,
-}
-
 /// Marks that cannot come from one real sample.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TimingError {
@@ -77,8 +62,10 @@ pub enum TimingError {
     },
 }
 
-impl HttpTimings {
-    /// Computes the durations from `marks`.
+impl HttpData {
+    /// Perftest's HTTP durations in milliseconds (DESIGN §5) from `marks`: the six phase fields,
+    /// `None` where a phase did not complete. Status, bytes and versions are left unset (they
+    /// are not timings; the driver adds them).
     ///
     /// # Errors
     ///
@@ -109,13 +96,14 @@ impl HttpTimings {
             }
             prev = Some((name, ns));
         }
-        Ok(HttpTimings {
+        Ok(HttpData {
             dns_ms: span(Some(marks.start), marks.dns_done),
             tcp_ms: span(marks.connect_start, marks.connected),
             tls_ms: span(marks.connected, marks.tls_done),
             first_byte_ms: span(marks.request_written, marks.first_byte),
             last_byte_ms: span(marks.first_byte, marks.last_byte),
             total_ms: span(marks.connect_start, marks.last_byte),
+            ..HttpData::default()
         })
     }
 }
@@ -146,16 +134,17 @@ mod tests {
 
     #[test]
     fn every_field_spans_its_phases() {
-        let t = HttpTimings::from_marks(&full_https()).expect("monotonic");
+        let t = HttpData::from_marks(&full_https()).expect("monotonic");
         assert_eq!(
             t,
-            HttpTimings {
+            HttpData {
                 dns_ms: Some(2.0),
                 tcp_ms: Some(10.0),
                 tls_ms: Some(20.0),
                 first_byte_ms: Some(40.0),
                 last_byte_ms: Some(30.5),
                 total_ms: Some(101.5),
+                ..HttpData::default()
             }
         );
     }
@@ -166,7 +155,7 @@ mod tests {
             tls_done: None,
             ..full_https()
         };
-        let t = HttpTimings::from_marks(&m).expect("monotonic");
+        let t = HttpData::from_marks(&m).expect("monotonic");
         assert_eq!(t.tls_ms, None);
         assert_eq!((t.tcp_ms, t.first_byte_ms), (Some(10.0), Some(40.0)));
         assert_eq!(t.total_ms, Some(101.5));
@@ -180,7 +169,7 @@ mod tests {
             last_byte: None,
             ..full_https()
         };
-        let t = HttpTimings::from_marks(&m).expect("monotonic");
+        let t = HttpData::from_marks(&m).expect("monotonic");
         assert_eq!(
             (t.dns_ms, t.tcp_ms, t.tls_ms),
             (Some(2.0), Some(10.0), Some(20.0))
@@ -191,12 +180,12 @@ mod tests {
         );
 
         // DNS failed: nothing but the start.
-        let t = HttpTimings::from_marks(&PhaseMarks {
+        let t = HttpData::from_marks(&PhaseMarks {
             start: 5,
             ..Default::default()
         })
         .expect("monotonic");
-        assert_eq!(t, HttpTimings::default());
+        assert_eq!(t, HttpData::default());
     }
 
     #[test]
@@ -211,7 +200,7 @@ mod tests {
             first_byte: Some(7),
             last_byte: Some(7),
         };
-        let t = HttpTimings::from_marks(&m).expect("monotonic");
+        let t = HttpData::from_marks(&m).expect("monotonic");
         assert_eq!(
             (t.dns_ms, t.last_byte_ms, t.total_ms),
             (Some(0.0), Some(0.0), Some(0.0))
@@ -225,7 +214,7 @@ mod tests {
             ..full_https()
         };
         assert_eq!(
-            HttpTimings::from_marks(&m),
+            HttpData::from_marks(&m),
             Err(TimingError::NonMonotonic {
                 earlier: "request_written",
                 earlier_ns: 1_034 * MS,
@@ -242,13 +231,13 @@ mod tests {
             connected: Some(15),
             ..Default::default()
         };
-        let err = HttpTimings::from_marks(&m).expect_err("connected before dns_done");
+        let err = HttpData::from_marks(&m).expect_err("connected before dns_done");
         assert!(err.to_string().contains("connected"), "{err}");
         let m = PhaseMarks {
             start: 10,
             dns_done: Some(9),
             ..Default::default()
         };
-        assert!(HttpTimings::from_marks(&m).is_err());
+        assert!(HttpData::from_marks(&m).is_err());
     }
 }

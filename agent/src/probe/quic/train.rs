@@ -42,7 +42,7 @@
 
 use std::time::Duration;
 
-use crate::probe::TrainStats;
+use crate::probe::{ReplyCounts, TrainStats};
 
 /// Magic prefix of every echo datagram.
 pub const MAGIC: [u8; 4] = *b"MLQE";
@@ -103,13 +103,9 @@ pub struct EchoTrain {
     last_send_ns: Option<u64>,
     /// Per-sequence state, indexed by sequence.
     slots: Vec<Slot>,
-    /// Highest sequence answered so far, for reorder detection.
-    highest_answered: Option<u32>,
     /// Sequences answered (in time or late) so far, for the early finish.
     answered: u32,
-    duplicates: u32,
-    reordered: u32,
-    late: u32,
+    counts: ReplyCounts,
     invalid: u32,
 }
 
@@ -122,11 +118,8 @@ impl EchoTrain {
             next_seq: 0,
             last_send_ns: None,
             slots: vec![Slot::Unsent; cfg.packets as usize],
-            highest_answered: None,
             answered: 0,
-            duplicates: 0,
-            reordered: 0,
-            late: 0,
+            counts: ReplyCounts::default(),
             invalid: 0,
         }
     }
@@ -213,24 +206,21 @@ impl EchoTrain {
         match *slot {
             Slot::Unsent => return Err(EchoError::UnknownSequence(seq)),
             Slot::Answered(_) | Slot::Late => {
-                self.duplicates += 1;
+                self.counts.duplicate();
                 return Ok(());
             }
             Slot::Sent(sent) => {
                 let rtt = now_ns.saturating_sub(sent);
                 if rtt > timeout {
                     *slot = Slot::Late;
-                    self.late += 1;
+                    self.counts.late();
                 } else {
                     *slot = Slot::Answered(rtt);
                 }
             }
         }
         self.answered += 1;
-        match self.highest_answered {
-            Some(h) if seq < h => self.reordered += 1,
-            _ => self.highest_answered = Some(seq),
-        }
+        self.counts.answered(seq);
         Ok(())
     }
 
@@ -250,15 +240,7 @@ impl EchoTrain {
                 _ => None,
             })
             .collect();
-        TrainStats {
-            sent: self.next_seq,
-            samples: u32::try_from(rtts_ms.len()).unwrap_or(u32::MAX),
-            duplicates: self.duplicates,
-            reordered: self.reordered,
-            late: self.late,
-            rtts_ms,
-            ..TrainStats::default()
-        }
+        self.counts.stats(self.next_seq, rtts_ms)
     }
 }
 

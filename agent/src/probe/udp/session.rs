@@ -38,7 +38,7 @@
 //! t4 − t3 over the samples, so they add up to the mean RTT) and `clock_error_ms` are published
 //! only when both ends report a clock error bound (taken from the lowest-RTT sample).
 
-use crate::probe::TrainStats;
+use crate::probe::{ReplyCounts, TrainStats};
 use crate::udp::wire::{self, Header, MessageType, WireError, WireKey};
 
 /// Everything a train needs to know up front.
@@ -96,13 +96,9 @@ pub struct UdpSession {
     /// Set by `handle_timeout` at the deadline (or when every sequence is answered).
     done: bool,
     samples: u32,
-    duplicates: u32,
-    reordered: u32,
-    late: u32,
+    counts: ReplyCounts,
     ignored: u32,
     invalid: u32,
-    /// Highest sequence with an answer so far (reordering detection).
-    max_answered: Option<u32>,
     /// RFC 3550 state: previous forward transit (ns) and running jitter (ns).
     prev_transit: Option<i128>,
     jitter_ns: f64,
@@ -126,12 +122,9 @@ impl UdpSession {
             deadline: None,
             done: cfg.packets == 0,
             samples: 0,
-            duplicates: 0,
-            reordered: 0,
-            late: 0,
+            counts: ReplyCounts::default(),
             ignored: 0,
             invalid: 0,
-            max_answered: None,
             prev_transit: None,
             jitter_ns: 0.0,
             sum_fwd_ns: 0,
@@ -237,14 +230,14 @@ impl UdpSession {
                 return Ok(());
             }
             Slot::Answered { .. } | Slot::Late => {
-                self.duplicates += 1;
+                self.counts.duplicate();
                 return Ok(());
             }
             Slot::Sent { t1 } => t1,
         };
         if self.deadline.is_some_and(|d| now_ns > d) {
             *slot = Slot::Late;
-            self.late += 1;
+            self.counts.late();
             return Ok(());
         }
         let (t1, t2, t3, t4) = (
@@ -259,10 +252,7 @@ impl UdpSession {
             raw_ms: (t4 - t1) as f64 / 1e6,
         };
         self.samples += 1;
-        match self.max_answered {
-            Some(m) if h.seq < m => self.reordered += 1,
-            _ => self.max_answered = Some(h.seq),
-        }
+        self.counts.answered(h.seq);
         let transit = t2 - t1;
         if let Some(prev) = self.prev_transit {
             let d = (transit - prev).abs() as f64;
@@ -332,22 +322,14 @@ impl UdpSession {
 
     /// The train's results (DESIGN §5).
     pub fn into_stats(self) -> TrainStats {
-        let rtts_ms: Vec<f64> = self
+        let (rtts_ms, raw_rtts_ms): (Vec<f64>, Vec<f64>) = self
             .slots
             .iter()
             .filter_map(|s| match s {
-                Slot::Answered { rtt_ms, .. } => Some(*rtt_ms),
+                Slot::Answered { rtt_ms, raw_ms } => Some((*rtt_ms, *raw_ms)),
                 _ => None,
             })
-            .collect();
-        let raw_rtts_ms: Vec<f64> = self
-            .slots
-            .iter()
-            .filter_map(|s| match s {
-                Slot::Answered { raw_ms, .. } => Some(*raw_ms),
-                _ => None,
-            })
-            .collect();
+            .unzip();
         let n = i128::from(self.samples.max(1));
         let bounds = self.best.and_then(|b| {
             Some((
@@ -357,18 +339,13 @@ impl UdpSession {
         });
         let ms = |ns: i128| ns as f64 / 1e6;
         TrainStats {
-            sent: self.next_seq,
-            samples: self.samples,
-            duplicates: self.duplicates,
-            reordered: self.reordered,
-            late: self.late,
             jitter_ms: (self.samples >= 2).then(|| self.jitter_ns / 1e6),
             clock_offset_ms: self.best.map(|b| ms(b.offset_ns)),
             owd_fwd_ms: bounds.map(|_| ms(self.sum_fwd_ns / n)),
             owd_rev_ms: bounds.map(|_| ms(self.sum_rev_ns / n)),
             clock_error_ms: bounds.map(|(a, b)| a + b),
-            rtts_ms,
             raw_rtts_ms,
+            ..self.counts.stats(self.next_seq, rtts_ms)
         }
     }
 }

@@ -1,26 +1,22 @@
 //! Transport: the [`FirehoseApi`] trait and its AWS SDK implementation, [`AwsFirehose`].
 //!
-//! This is the only module that imports `aws_sdk_firehose`, `aws_config` and
-//! `aws_smithy_http_client` (STYLE §5). It turns SDK results into plain values:
+//! This is the only module that imports `aws_sdk_firehose` and `aws_config` (STYLE §5); the
+//! client setup itself is the workspace's one, [`meshlat_runtime::aws::sdk_config`]. It turns SDK results into plain values:
 //! [`PutBatchOutcome`] for a request Firehose answered (listing the records it failed), and a
 //! [`FirehoseError`] whose variant says what kind of failure it was, so the retry logic decides by
 //! variant, never by parsing messages.
 //!
 //! The SDK's own retries are disabled: [`super::retry`] owns retrying, backoff and what to do
-//! during an outage. HTTPS uses rustls with ring, the workspace's single crypto provider (the SDK's
-//! default client would bring aws-lc-rs).
+//! during an outage.
 
 use std::future::Future;
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_sdk_firehose::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_firehose::operation::put_record_batch::PutRecordBatchError;
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record as FhRecord;
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use bytes::Bytes;
 
 /// How long to wait for a TCP connection to Firehose.
@@ -115,25 +111,14 @@ impl AwsFirehose {
         region: Option<&str>,
         endpoint: Option<&str>,
     ) -> Result<Self, ClientSetupError> {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                    .build(),
-            );
-        if let Some(r) = region {
-            loader = loader.region(aws_config::Region::new(r.to_string()));
-        }
-        if let Some(e) = endpoint {
-            loader = loader.endpoint_url(e);
-        }
-        let sdk = loader.load().await;
+        let sdk = meshlat_runtime::aws::sdk_config(meshlat_runtime::aws::SdkSetup {
+            region,
+            endpoint,
+            retry: RetryConfig::disabled(),
+            connect_timeout: CONNECT_TIMEOUT,
+            attempt_timeout: ATTEMPT_TIMEOUT,
+        })
+        .await;
         if sdk.region().is_none() {
             return Err(ClientSetupError::NoRegion {
                 stream: stream.into(),

@@ -203,7 +203,7 @@ mod tests {
         let Some(cli::Command::Probe(p)) = cli.command else {
             return Err("not probe".into());
         };
-        FirehoseSinkConfig::from_args(&p.sinks.firehose, Path::new("/state"))
+        FirehoseSinkConfig::from_args(&p.records.sinks.firehose, Path::new("/state"))
             .map_err(|e| e.to_string())
     }
 

@@ -565,13 +565,7 @@ mod tests {
     use super::*;
 
     fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "meshlat-spool-{name}-{}-{}",
-            std::process::id(),
-            crate::clock::realtime_ns()
-        ));
-        std::fs::create_dir_all(&d).expect("tmp dir");
-        d
+        crate::sink::test_dir("spool", name)
     }
 
     #[test]
