@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshlat_guard::{GrpcReject, GuardedListener, RateLimitLayer, RateLimiter};
+use meshlat_guard::stats::StatsServer;
+use meshlat_guard::{GrpcReject, GuardedListener, RateLimitLayer, RateLimiter, Tracker};
 use meshlat_proto::pb::federation_service_server::FederationServiceServer;
 use meshlat_proto::pb::operator_service_server::OperatorServiceServer;
 use tokio::net::TcpListener;
@@ -86,6 +87,8 @@ pub struct Controller {
     cfg: ServeConfig,
     grpc: TcpListener,
     rest: Option<TcpListener>,
+    /// The stats server (`--stats-port`).
+    stats: Option<StatsServer>,
     registry: Arc<Registry>,
     creds: Arc<Credentials>,
     tls: TlsMaterial,
@@ -108,6 +111,8 @@ impl Controller {
     ///
     /// [`StartError`] naming the flag or file at fault.
     pub async fn bind(cfg: ServeConfig) -> Result<Self, StartError> {
+        // The metrics' clock starts now (peers never exchanged with count from here).
+        let _ = crate::metrics::get();
         // One rustls provider for the process (ring), before any TLS use.
         let _ = rustls::crypto::ring::default_provider().install_default();
         std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
@@ -220,6 +225,18 @@ impl Controller {
             }
             None => None,
         };
+        let stats = match cfg.stats_listen {
+            Some(addr) => Some(
+                StatsServer::bind(addr, Tracker::new("stats", cfg.stats_limits))
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        flag: "--stats-port",
+                        addr,
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
         let mut peer_ca_pem = Vec::new();
         for f in cfg.federation.iter().flat_map(|f| f.peer_ca.iter()) {
             let pem = std::fs::read(f).map_err(|source| StartError::PeerCa {
@@ -255,6 +272,7 @@ impl Controller {
             cfg,
             grpc,
             rest,
+            stats,
             registry,
             creds,
             tls,
@@ -274,6 +292,11 @@ impl Controller {
         self.rest.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The bound stats server address (`--stats-port`).
+    pub fn stats_addr(&self) -> Option<SocketAddr> {
+        self.stats.as_ref().map(StatsServer::local_addr)
+    }
+
     /// The shared registry (tests).
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()
@@ -289,6 +312,9 @@ impl Controller {
         }
         if let Some(a) = self.rest_addr() {
             v.push(format!("listening rest {a}"));
+        }
+        if let Some(a) = self.stats_addr() {
+            v.push(format!("listening stats {a}"));
         }
         v.push(format!("ca-file {}", self.tls.ca_path.display()));
         v.push(format!("ca-sha256 {}", hex::encode(self.tls.ca_sha256)));
@@ -340,7 +366,26 @@ impl Controller {
                 .local_addr()
                 .map_or_else(|_| self.cfg.listen.to_string(), |a| a.to_string())
         );
+        if let Some(s) = self.stats {
+            let registry = self.registry.clone();
+            let metrics = axum::routing::get(move || {
+                let body = crate::metrics::get().encode(Some(&registry));
+                async move {
+                    meshlat_guard::stats::reply(
+                        http::StatusCode::OK,
+                        meshlat_guard::stats::PROMETHEUS_TEXT,
+                        body,
+                    )
+                }
+            });
+            tasks.spawn(s.run(
+                vec![("/metrics", metrics)],
+                crate::metrics::VERSION,
+                shutdown.clone(),
+            ));
+        }
         let federation = self.cfg.federation.clone().map(|f| {
+            crate::metrics::peers_configured(f.peers.iter().map(String::as_str));
             for url in &f.peers {
                 let peer = crate::federation::Peer {
                     url: url.clone(),
@@ -395,7 +440,10 @@ impl Controller {
         // Rate limits run before the credential check, so a flood of bad credentials costs
         // no hashing.
         let operator = tower::Layer::layer(
-            &RateLimitLayer::new(limiter, GrpcReject),
+            &RateLimitLayer::new(
+                limiter,
+                crate::metrics::CountRejected::new(GrpcReject, "grpc"),
+            ),
             OperatorServiceServer::with_interceptor(
                 grpc::operator::OperatorSvc::new(self.registry.clone(), self.creds.clone()),
                 grpc::auth::operator(self.creds.clone()),

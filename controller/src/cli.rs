@@ -370,6 +370,13 @@ pub struct ServeArgs {
     /// `-v`, `--log-json`.
     #[command(flatten)]
     pub log: LogArgs,
+    /// Serve /health, /metrics (Prometheus) and /memstats (JSON) on this port, without
+    /// authentication (default: off).
+    #[arg(long = "stats-port", env = "MESHLAT_STATS_PORT", value_name = "PORT")]
+    pub stats_port: Option<u16>,
+    /// Address the stats server binds (default: the IP of --listen).
+    #[arg(long, env = "MESHLAT_STATS_LISTEN", value_name = "IP")]
+    pub stats_listen: Option<std::net::IpAddr>,
 }
 
 /// The controller's caps (flags of `controller serve`; [`crate::limits`] has the defaults and

@@ -123,18 +123,21 @@ impl Peer {
                     let region = d.region.clone();
                     match registry.merge_peer(d, self.ttl) {
                         Ok(()) => {
+                            crate::metrics::peer_exchange(&self.url, true);
                             if up != Some(true) {
                                 tracing::info!(message = "Peer exchange up.", peer = %self.url, peer_region = %region);
                             }
                             up = Some(true);
                         }
                         Err(error) => {
+                            crate::metrics::peer_exchange(&self.url, false);
                             tracing::warn!(message = "Peer directory refused.", peer = %self.url, %error);
                             up = Some(false);
                         }
                     }
                 }
                 Err(error) => {
+                    crate::metrics::peer_exchange(&self.url, false);
                     if up != Some(false) {
                         tracing::warn!(message = "Peer exchange failed; its entries persist until their TTL.", peer = %self.url, %error);
                     }

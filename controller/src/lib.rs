@@ -22,6 +22,7 @@
 //! - [`limits`]: every cap (`--max-*` flags, expiries, message sizes) in one place.
 //! - [`relay_policy`]: which agents are relays (`--relay-agent`), whatever they claim.
 //! - [`live`]: agents' rolling summaries and the latency matrix.
+//! - [`metrics`]: the Prometheus registry served on `--stats-port` at `/metrics`.
 //! - [`registry`]: the domain layer: jobs, the agent directory and federation, sessions; its
 //!   recompute rounds push job sets, held encoded ([`jobset`]).
 //! - [`pinglist`]: pinglists, i.e. which agent measures what (`full`, `per-region`,
@@ -47,6 +48,7 @@ pub mod json;
 pub mod keys;
 pub mod limits;
 pub mod live;
+pub mod metrics;
 pub mod pinglist;
 pub mod publish;
 pub mod registry;

@@ -76,6 +76,7 @@ use crate::audit;
 use crate::auth::{CredentialError, Credentials, OperatorInfo, bearer};
 use crate::json;
 use crate::live::WATCH_INTERVAL;
+use crate::metrics::AuthFailure;
 use crate::registry::{DomainError, Registry};
 
 /// Largest request body.
@@ -312,7 +313,8 @@ impl Rest {
             &axum::middleware::from_fn_with_state(self.clone(), gate),
             self.router(),
         );
-        let app = tower::Layer::layer(&RateLimitLayer::new(limiter, RestReject), gated);
+        let reject = crate::metrics::CountRejected::new(RestReject, "rest");
+        let app = tower::Layer::layer(&RateLimitLayer::new(limiter, reject), gated);
         loop {
             let io = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -368,12 +370,12 @@ async fn gate(State(rest): State<Rest>, req: Request, next: Next) -> Resp {
         .map(str::to_string)
         .collect();
     let action = audit_action(&parts.method, &segs);
-    let caller = parts
+    let presented = parts
         .headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer)
-        .and_then(|c| rest.creds.check_operator(c));
+        .and_then(bearer);
+    let caller = presented.and_then(|c| rest.creds.check_operator(c));
     let resp = match &caller {
         Some(_) => match axum::body::to_bytes(body, MAX_BODY).await {
             Err(_) => error(
@@ -399,6 +401,7 @@ async fn gate(State(rest): State<Rest>, req: Request, next: Next) -> Resp {
         },
         None => {
             tracing::warn!(message = "REST call refused: bad credential.", path = %parts.uri.path(), ?remote);
+            crate::metrics::auth_failure("rest", AuthFailure::refused(presented.is_some()));
             unauthorized()
         }
     };

@@ -28,6 +28,8 @@
 //! - [`rate`]: token buckets, [`RateLimiter`] and the tower layer.
 //! - [`tls`]: [`signatures_checked_by!`], the signature checks of custom rustls verifiers.
 //! - `cli` (`clap` feature): the deadline flags both binaries take.
+//! - `stats` (`stats` feature): the stats server both binaries run (`/health`, `/memstats`, and
+//!   each binary's own routes) on a guarded listener.
 
 pub mod accept;
 #[cfg(feature = "clap")]
@@ -35,6 +37,8 @@ pub mod cli;
 pub mod io;
 pub mod limits;
 pub mod rate;
+#[cfg(feature = "stats")]
+pub mod stats;
 pub mod tls;
 
 pub use accept::{GuardedListener, incoming};

@@ -84,6 +84,10 @@ pub struct ServeConfig {
     pub grpc_limits: ConnLimits,
     /// Caps and deadlines of the REST listener.
     pub rest_limits: ConnLimits,
+    /// The stats server's address (`--stats-port`, `--stats-listen`; `None`: off).
+    pub stats_listen: Option<SocketAddr>,
+    /// Caps and deadlines of the stats server ([`STATS_MAX_CONNS`], the REST deadlines).
+    pub stats_limits: ConnLimits,
     /// Operator API rate per source address (`None`: unlimited).
     pub rate_per_ip: Option<Quota>,
     /// Operator API rate per credential (`None`: unlimited).
@@ -111,6 +115,11 @@ pub use federation::{FederationConfig, MIN_FEDERATION_SECRET};
 pub use limits::default_max_conns;
 pub use publish::{PublishConfig, SecretArn};
 pub use store::StateStoreConfig;
+
+/// Most connections the stats server holds at once (Prometheus keeps one per scraper).
+pub const STATS_MAX_CONNS: usize = 16;
+/// Most stats server connections from one source address.
+pub const STATS_MAX_CONNS_PER_IP: usize = 8;
 
 /// Most `--default-jobs` entries.
 pub const MAX_DEFAULT_JOBS: usize = 32;
@@ -321,6 +330,14 @@ impl ServeConfig {
             address_policy,
             grpc_limits,
             rest_limits,
+            stats_listen: a
+                .stats_port
+                .map(|port| SocketAddr::new(a.stats_listen.unwrap_or(listen.ip()), port)),
+            stats_limits: ConnLimits {
+                max_conns: STATS_MAX_CONNS,
+                max_conns_per_ip: STATS_MAX_CONNS_PER_IP,
+                ..rest_limits
+            },
             rate_per_ip: limits::quota(
                 "--rate-limit-per-ip",
                 a.rate_limit.rate_limit_per_ip,

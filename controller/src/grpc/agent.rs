@@ -280,6 +280,7 @@ impl AgentSvc {
             .map_err(|e| match e {
                 Refused::Identity(r) => {
                     tracing::warn!(message = "Agent session refused: identity.", agent = %id, reason = %r);
+                    crate::metrics::auth_failure("grpc", crate::metrics::AuthFailure::AgentIdentity);
                     match r {
                         identity::Refusal::UpgradeRequired { .. } => {
                             Status::failed_precondition(r.to_string())
@@ -367,7 +368,10 @@ impl AgentSvc {
         let registry = self.registry.clone();
         let shutdown = self.shutdown.clone();
         tracing::debug!(message = "Session started.", agent = %session.agent_id, ?remote);
+        let open = crate::metrics::session_opened();
         tokio::spawn(async move {
+            // Counted in `meshlat_controller_sessions` until this task ends.
+            let _open = open;
             let id = session.agent_id;
             // Ends when the registry drops the session's sender (replaced by a newer one).
             let mut watch = session.job_sets;

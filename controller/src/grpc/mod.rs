@@ -21,6 +21,7 @@ pub mod auth {
     use tonic::{Request, Status};
 
     use crate::auth::{Credentials, bearer};
+    use crate::metrics::{AuthFailure, auth_failure};
 
     fn authorization<T>(req: &Request<T>) -> Option<&str> {
         req.metadata()
@@ -49,6 +50,7 @@ pub mod auth {
                     }
                     Err(error) => {
                         tracing::warn!(message = "Agent call refused: bad client certificate.", %error, remote = ?req.remote_addr());
+                        auth_failure("grpc", AuthFailure::ClientCertificate);
                         Err(Status::unauthenticated(error.to_string()))
                     }
                 };
@@ -62,10 +64,12 @@ pub mod auth {
                 }
                 Some((_, Err(refusal))) => {
                     tracing::warn!(message = "Agent call refused: join token.", reason = %refusal, remote = ?req.remote_addr());
+                    auth_failure("grpc", AuthFailure::JoinToken);
                     Err(Status::unauthenticated(refusal.to_string()))
                 }
                 None => {
                     tracing::warn!(message = "Agent call refused: bad join token.", remote = ?req.remote_addr());
+                    auth_failure("grpc", AuthFailure::Missing);
                     Err(super::status::unauthenticated("join token"))
                 }
             }
@@ -78,8 +82,12 @@ pub mod auth {
     ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
         move |req| match authorization(&req) {
             Some(s) if secret.check(s) => Ok(req),
-            _ => {
+            presented => {
                 tracing::warn!(message = "Federation call refused: bad secret.", remote = ?req.remote_addr());
+                auth_failure(
+                    "grpc",
+                    presented.map_or(AuthFailure::Missing, |_| AuthFailure::FederationSecret),
+                );
                 Err(super::status::unauthenticated("federation secret"))
             }
         }
@@ -89,15 +97,16 @@ pub mod auth {
     pub fn operator(
         creds: Arc<Credentials>,
     ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
-        move |mut req| match authorization(&req).and_then(|c| creds.check_operator(c)) {
-            Some(credential) => {
+        move |mut req| match authorization(&req).map(|c| creds.check_operator(c)) {
+            Some(Some(credential)) => {
                 // Handlers name the caller in the audit log.
                 req.extensions_mut()
                     .insert(crate::audit::Caller { credential });
                 Ok(req)
             }
-            None => {
+            presented => {
                 tracing::warn!(message = "Operator call refused: bad credential.", remote = ?req.remote_addr());
+                auth_failure("grpc", AuthFailure::refused(presented.is_some()));
                 Err(super::status::unauthenticated(
                     "operator credential key:secret",
                 ))

@@ -13,6 +13,18 @@ use super::{DomainError, Inner, Registry, RegistryConfig, unix_ms};
 use crate::limits;
 use crate::pinglist::{self, AgentView};
 
+/// Agents in the directory by state ([`Registry::agent_counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentCounts {
+    /// Known here, with a session open.
+    pub connected: usize,
+    /// Known here (in the saved directory), without a session: scheduled as a target for
+    /// `--agent-ttl` after it was last heard from, kept until `--agent-expiry`.
+    pub disconnected: usize,
+    /// Listed by a live federation peer's directory and not known here.
+    pub peer: usize,
+}
+
 impl Registry {
     /// Known agents, by id.
     ///
@@ -36,6 +48,31 @@ impl Registry {
             }
         }
         v
+    }
+
+    /// How many agents [`Registry::list_agents`] lists, by state (the
+    /// `meshlat_controller_agents` gauge).
+    pub fn agent_counts(&self) -> AgentCounts {
+        let inner = self.lock();
+        let now = Instant::now();
+        let connected = inner
+            .agents
+            .values()
+            .filter(|e| e.session.is_some())
+            .count();
+        let peer = inner
+            .peers
+            .values()
+            .filter(|(_, expires)| *expires > now)
+            .flat_map(|(dir, _)| dir.directory.iter())
+            .filter_map(|a| a.info.as_ref())
+            .filter(|i| !inner.agents.contains_key(&i.id))
+            .count();
+        AgentCounts {
+            connected,
+            disconnected: inner.agents.len() - connected,
+            peer,
+        }
     }
 
     /// This controller's directory for its peers: its region, live agents with their

@@ -49,6 +49,7 @@ mod rounds;
 mod sessions;
 mod validate;
 
+pub use directory::AgentCounts;
 pub use error::{DomainError, Problem};
 pub use jobs::Ensured;
 pub use rounds::{DEFER_ABOVE, DEFER_MIN_AGENTS, RECOMPUTE_SPACING};

@@ -239,6 +239,7 @@ impl Inner {
             pushed += 1;
         }
         let cost = done.cost + started.elapsed();
+        crate::metrics::round_done(cost);
         tracing::debug!(
             message = "Pinglists recomputed.",
             agents = self.agents.len(),

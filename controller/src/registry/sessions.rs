@@ -204,6 +204,7 @@ impl Registry {
         {
             e.acked = ack.generation;
             e.last_heard = Instant::now();
+            crate::metrics::job_ack(!ack.rejected.is_empty());
             if !ack.rejected.is_empty() {
                 tracing::warn!(message = "Agent rejected jobs.", agent = %agent_id, generation = ack.generation, rejected = ?ack.rejected);
             } else {

@@ -82,6 +82,8 @@ pub struct TestController {
     pub data: PathBuf,
     pub grpc: String,
     pub rest: String,
+    /// Its stats server (`listening stats ADDR`), when started with `--stats-port`.
+    pub stats: Option<String>,
     /// The hex SHA-256 of its CA (`ca-sha256`).
     pub ca_sha256: String,
     /// The join token: from the secrets file of a first start, or given to
@@ -445,7 +447,7 @@ impl ControllerBuilder {
         c
     }
 
-    /// Starts the controller and reads its announcements: `listening grpc|rest ADDR`,
+    /// Starts the controller and reads its announcements: `listening grpc|rest|stats ADDR`,
     /// `ca-sha256 HEX` and, on the start that generated them, `secrets-file PATH` (read after
     /// checking it is private), or with [`Self::print_secrets`] the secrets themselves. A secret
     /// printed on stdout without `--print-secrets` fails it.
@@ -465,7 +467,7 @@ impl ControllerBuilder {
             .context("spawn controller")?;
         let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
         let print_secrets = self.args.iter().any(|a| a == "--print-secrets");
-        let (mut g, mut r, mut ca) = (None, None, None);
+        let (mut g, mut r, mut ca, mut stats) = (None, None, None, None);
         let (mut token, mut credential) = self.secrets.clone().unzip();
         // With print_secrets, a first start is read until it has printed them.
         let read_printed = self.print_secrets.is_some() && self.secrets.is_none();
@@ -484,6 +486,7 @@ impl ControllerBuilder {
             match (w.next(), w.next(), w.next()) {
                 (Some("listening"), Some("grpc"), Some(a)) => g = Some(a.to_string()),
                 (Some("listening"), Some("rest"), Some(a)) => r = Some(a.to_string()),
+                (Some("listening"), Some("stats"), Some(a)) => stats = Some(a.to_string()),
                 (Some("ca-sha256"), Some(h), _) => ca = Some(h.to_string()),
                 (Some("join-token"), Some(t), _) if read_printed => token = Some(t.to_string()),
                 (Some("operator-credential"), Some(c), _) if read_printed => {
@@ -520,6 +523,7 @@ impl ControllerBuilder {
             data: self.data,
             grpc: g.context("grpc")?,
             rest: r.context("rest")?,
+            stats,
             ca_sha256: ca.context("ca")?,
             token,
             credential,
