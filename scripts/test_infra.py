@@ -44,7 +44,8 @@ forms. Invariants:
      NLB's group, TCP 443 out to the VPC (endpoints) and the S3 prefix list, TCP/UDP out to the
      external-target prefix list only (conditional on ExternalTargetCidrs), TCP 9100 in from the
      VPC; the NLB's group: TCP 7400 in from the agents' group and from the mesh prefix list
-     (federation), out to the controller's group; the controller: in only from the NLB's group,
+     (federation), out to the controller's group; the controller: in only from the NLB's group
+     and TCP 9101 (its stats) from the VPC,
      out TCP 7400 to the mesh prefix list (federation) and 443 to the endpoints; the NLB has
      that security group and its target groups preserve client IPs; the controller gets every
      mesh CIDR as --agent-cidr;
@@ -587,7 +588,8 @@ def check_security_groups(t):
         ("LoadBalancerSecurityGroup", "Egress"): {
             ("tcp", 7400, 7401, ("SecurityGroupId", "ControllerSecurityGroup"))},
         ("ControllerSecurityGroup", "Ingress"): {
-            ("tcp", 7400, 7401, ("SecurityGroupId", "LoadBalancerSecurityGroup"))},
+            ("tcp", 7400, 7401, ("SecurityGroupId", "LoadBalancerSecurityGroup")),
+            ("tcp", 9101, 9101, ("CidrIp", "VpcCidr"))},
         ("ControllerSecurityGroup", "Egress"): {
             ("tcp", 7400, 7400, mesh), ("tcp", 443, 443, ("CidrIp", "VpcCidr")),
             ("tcp", 443, 443, ("PrefixListId", "S3PrefixListId"))},

@@ -173,11 +173,7 @@ class Mesh:
             self.ctl("job", "start", str(f))
 
     def controller_stats_flags(self) -> list[str]:
-        """The controller's stats server flags, when this controller has them."""
-        helptext = subprocess.run([BIN / "controller", "serve", "--help"], capture_output=True, text=True).stdout
-        if "--stats-port" not in helptext:
-            self.ctl_stats = None
-            return []
+        """The controller's stats server (its /metrics) on this run's network, port 9465."""
         host, port = self.ctl_stats.rsplit(":", 1)
         return ["--stats-port", port, "--stats-listen", host]
 
@@ -214,9 +210,8 @@ class Prometheus:
         self.port = free_port()
         d = mesh.work / "prometheus"
         d.mkdir()
-        scrape = [{"job_name": "meshlat-agent", "static_configs": [{"targets": mesh.agent_stats}]}]
-        if mesh.ctl_stats:
-            scrape.append({"job_name": "meshlat-controller", "static_configs": [{"targets": [mesh.ctl_stats]}]})
+        scrape = [{"job_name": "meshlat-agent", "static_configs": [{"targets": mesh.agent_stats}]},
+                  {"job_name": "meshlat-controller", "static_configs": [{"targets": [mesh.ctl_stats]}]}]
         cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
                "rule_files": [str(rules)], "scrape_configs": scrape}
         (d / "prometheus.yml").write_text(json.dumps(cfg, indent=2))  # JSON is YAML
@@ -304,6 +299,9 @@ def checks(mesh: Mesh, prom: Prometheus) -> None:
         f"p99 {got['c1'] * 1000:.1f} ms (injected RTT {2 * BASE_MS} ms; bucket bounds 10, 25, 50 ms)")
     if prom.alerts("HighLatency"):
         raise Fail(f"HighLatency before any delay was added: {prom.alerts('HighLatency')}")
+    up = {r["metric"]["job"]: float(r["value"][1]) for r in prom.query("min by (job) (up)")}
+    if up != {"meshlat-agent": 1.0, "meshlat-controller": 1.0}:
+        raise Fail(f"not every agent and the controller scraped: min up by job {up}")
     prom.wait("relay penalty a1 via r1 to b1", lambda: prom.query("meshlat_relay_penalty_seconds"), 30)
 
     queries = grafana_queries()
@@ -375,7 +373,7 @@ def main() -> int:
         mesh.up()
         prom = Prometheus(mesh, rules)
         say(f"prometheus on 127.0.0.1:{prom.port}: rules at a {WINDOW} window, for {FOR}; scraping "
-            f"{len(mesh.agent_stats)} agents" + (" and the controller" if mesh.ctl_stats else ""))
+            f"{len(mesh.agent_stats)} agents and the controller")
         checks(mesh, prom)
         say(f"PASS in {time.time() - start:.0f} s")
     except Fail as e:
