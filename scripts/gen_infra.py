@@ -9,8 +9,8 @@ indentation of the BEGIN line is the indentation of what is written):
   columns        the Glue table's Columns, from the field table in proto/src/record.rs
                  (Name, Type as FieldType::athena(), Comment = meaning)
   named queries  one AWS::Athena::NamedQuery per infra/athena/*.sql except records_table.sql,
-                 the SQL inlined (with infra/athena/include/prelude.sql in place of its
-                 `-- #include` line) and '${from}' / '${to}' replaced by the last 24 hours
+                 the SQL inlined (with the files of infra/athena/include/ in place of its
+                 `-- #include` lines) and '${from}' / '${to}' replaced by the last 24 hours
   quicksight sql the QuickSight data set's SqlQuery: timeseries_region_pair.sql over 7 days
 
 Stdlib only (no virtualenv needed).

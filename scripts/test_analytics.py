@@ -432,7 +432,8 @@ def test_sql_parses_as_trino():
         assert raw.count("-- #include include/prelude.sql\n") == 1, f"{q.name}: does not include the prelude once"
         assert "in_range AS (" not in raw and "dedup AS (" not in raw, f"{q.name}: repeats the prelude's CTEs"
         # The shared CTEs are written once, in include/: no query carries its own copy.
-        for shared, home in [("ranked AS (", "percentiles.sql"), ("CROSS JOIN UNNEST(p.rtt_samples_ms)", "rtt_samples.sql"), ("relayed AS (", "relay_stats.sql")]:
+        for shared, home in [("ranked AS (", "percentiles.sql"), ("CROSS JOIN UNNEST(p.rtt_samples_ms)", "rtt_samples.sql"),
+                             ("AS jitter_avg_ms\n  FROM probes", "probe_counts.sql"), ("relayed AS (", "relay_stats.sql")]:
             assert shared not in raw, f"{q.name}: defines {shared[:-4]} itself instead of including include/{home}"
         text = athena_sql.load(q)
         for need in ("'${from}'", "'${to}'", "row_number() OVER (PARTITION BY i.record_id", "copy_no = 1"):

@@ -8,7 +8,7 @@
 --   penalty_avg_ms, trains, beats_direct, relays_tried.
 -- #include include/prelude.sql
 -- #include include/relay_stats.sql
-, chosen AS (
+chosen AS (
   SELECT pr.*,
          row_number() OVER (PARTITION BY pr.src_region, pr.dst_region
                             ORDER BY pr.penalty_p50_ms, pr.trains DESC, pr.relay_agent) AS choice,

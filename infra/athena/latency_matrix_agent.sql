@@ -11,22 +11,11 @@ probes AS (
   FROM dedup d
   WHERE d.kind = 'probe'
 ),
+-- #include include/probe_counts.sql group=src_agent,dst_key,protocol
 -- #include include/rtt_samples.sql group=src_agent,dst_key,protocol
 -- #include include/percentiles.sql group=src_agent,dst_key,protocol
-counts AS (
-  SELECT src_agent, dst_key, protocol,
-         max(src_region) AS src_region,
-         max(dst_region) AS dst_region,
-         count(*) AS records,
-         sum(CASE WHEN ok THEN 0 ELSE 1 END) AS failed,
-         sum(sent) AS sent,
-         sum(lost) AS lost,
-         CAST(sum(lost) AS double) / nullif(sum(sent), 0) AS loss_ratio,
-         avg(jitter_ms) AS jitter_avg_ms
-  FROM probes
-  GROUP BY src_agent, dst_key, protocol
-)
-SELECT c.src_agent, c.src_region, c.dst_key AS dst, c.dst_region, c.protocol, c.records, c.failed,
+SELECT c.src_agent, c.src_region_of AS src_region, c.dst_key AS dst, c.dst_region_of AS dst_region, c.protocol,
+       c.records, c.failed,
        coalesce(p.samples, 0) AS samples, p.p50_ms, p.p99_ms, p.min_ms, p.max_ms, p.mean_ms,
        c.sent, c.lost, c.loss_ratio, c.jitter_avg_ms
 FROM counts c

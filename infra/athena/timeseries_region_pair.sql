@@ -16,17 +16,9 @@ probes AS (
   FROM dedup d
   WHERE d.kind = 'probe'
 ),
+-- #include include/probe_counts.sql group=bucket,src_region,dst_key,protocol
 -- #include include/rtt_samples.sql group=bucket,src_region,dst_key,protocol
 -- #include include/percentiles.sql group=bucket,src_region,dst_key,protocol
-counts AS (
-  SELECT bucket, src_region, dst_key, protocol,
-         count(*) AS records,
-         sum(sent) AS sent,
-         sum(lost) AS lost,
-         CAST(sum(lost) AS double) / nullif(sum(sent), 0) AS loss_ratio
-  FROM probes
-  GROUP BY bucket, src_region, dst_key, protocol
-)
 SELECT c.bucket, c.src_region, c.dst_key AS dst_region, c.protocol, c.records,
        coalesce(p.samples, 0) AS samples, p.p50_ms, p.p99_ms, p.mean_ms,
        c.sent, c.lost, c.loss_ratio

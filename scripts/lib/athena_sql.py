@@ -3,12 +3,13 @@
 Every query shares its opening through one prelude, infra/athena/include/prelude.sql (the time
 range and deduplication CTEs `in_range` and `dedup`, and the notes on them): the query has the line
 `-- #include include/prelude.sql` (a path relative to the query's folder) where that text belongs.
-CTEs that several queries share live in include/ too (rtt_samples.sql, percentiles.sql, relay_stats.sql).
+CTEs that several queries share live in include/ too (rtt_samples.sql, percentiles.sql, probe_counts.sql, relay_stats.sql).
 
 An include line may pass parameters: `-- #include include/percentiles.sql group=a,b,c` puts
 `a, b, c` where the file says `{{group}}`. A value is a comma-separated list of SQL identifiers;
 a parameter the file uses but the line does not give, or one the line gives but the file does not
-use, is an error. An included file's first paragraph (up to its first empty line) describes the
+use, is an error. Included CTEs end with a comma; an include followed by the query's SELECT
+loses it. An included file's first paragraph (up to its first empty line) describes the
 file itself and is left out. Includes do not nest. Used by scripts/athena-local and
 scripts/gen_infra.py.
 """
@@ -68,7 +69,8 @@ def expand(text: str, folder: Path, name: str = "query") -> str:
     """`text` with each `-- #include PATH [key=value ...]` line replaced by the text of
     folder/PATH, its `{{key}}` placeholders filled."""
     out = []
-    for line in text.split("\n"):
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
         m = INCLUDE.fullmatch(line)
         if not m:
             out.append(line)
@@ -80,7 +82,11 @@ def expand(text: str, folder: Path, name: str = "query") -> str:
             raise IncludeError(f"{name}: cannot read {m.group(1)} (#include, from {folder}): {e.strerror}") from None
         if any(INCLUDE.fullmatch(x) for x in body.split("\n")):
             raise IncludeError(f"{name}: {m.group(1)} has an #include of its own (includes do not nest)")
-        out.append(substitute(body, parameters(m.group(2), name, m.group(1)), name, m.group(1)))
+        body = substitute(body, parameters(m.group(2), name, m.group(1)), name, m.group(1))
+        # Included CTEs end with a comma; the last before the query's SELECT must not.
+        if i + 1 < len(lines) and lines[i + 1].lstrip().upper().startswith("SELECT") and body.rstrip().endswith(","):
+            body = body.rstrip()[:-1]
+        out.append(body)
     return "\n".join(out)
 
 

@@ -1,7 +1,6 @@
 -- Relay penalty statistics per (src_region, dst_region, relay_agent), shared by
 -- relay_penalty.sql and best_relay.sql: defines `relayed` (kind = 'relay' records with a
--- penalty), `ranked` (rn, n for nearest-rank percentiles) and `per_relay`. It ends the WITH list
--- (no comma after `per_relay`): a query that defines more CTEs continues with `, name AS (`.
+-- penalty), `ranked` (rn, n for nearest-rank percentiles) and `per_relay`, and ends with a comma.
 
 -- relay_penalty_ms is the agent's median of per-packet-pair differences, relayed - direct, within
 -- one train (negative: the relay beats the direct path). penalty_p50_ms / penalty_p99_ms are
@@ -36,4 +35,4 @@ per_relay AS (
          CAST(sum(lost) AS double) / nullif(sum(sent), 0) AS loss_ratio
   FROM ranked
   GROUP BY src_region, dst_region, relay_agent
-)
+),
