@@ -394,7 +394,17 @@ async fn rotating_the_federation_secret_fails_no_cross_region_probe() -> Result<
         }
         println!("federation secret rotation: step done: {step:?}");
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Enough records to show something: at least ten per agent since the first step (a fixed
+    // wait after the last step gave only nine on a loaded CI machine, where the restarts took
+    // longer), every one of them checked below.
+    for ag in [&a1, &b1] {
+        eventually(
+            "ten cross-region UDP records since the first step",
+            30,
+            || async { (udp(ag, t0).len() >= 10).then_some(()) },
+        )
+        .await?;
+    }
     let mut total = 0;
     for ag in [&a1, &b1] {
         let recs = udp(ag, t0);
