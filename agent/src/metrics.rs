@@ -357,6 +357,38 @@ impl Metrics {
     }
 }
 
+/// Every RTT sample (milliseconds) of a probe record, passed to `sample`, and the record's packets
+/// sent and lost, counted as the records' field table and the shipped SQL count them: UDP/QUIC
+/// each packet of the train and the train's sent/lost; TCP the connect and HTTP(S) the total of a
+/// successful attempt, each attempt one sent and a failed one lost. Used by the per-path series
+/// here and by the EMF sink.
+pub(crate) fn probe_samples(
+    r: &Record,
+    protocol: Protocol,
+    mut sample: impl FnMut(f64),
+) -> (u64, u64) {
+    match protocol {
+        Protocol::Udp | Protocol::Quic => {
+            r.rtt_samples_ms.iter().flatten().for_each(|v| sample(*v));
+            (
+                u64::from(r.sent.unwrap_or(0)),
+                u64::from(r.lost.unwrap_or(0)),
+            )
+        }
+        _ => {
+            let v = if protocol == Protocol::Tcp {
+                r.rtt_ms
+            } else {
+                r.total_ms
+            };
+            if let (true, Some(v)) = (r.ok, v) {
+                sample(v);
+            }
+            (1, u64::from(!r.ok))
+        }
+    }
+}
+
 /// A record was taken: its RTTs, sent and lost go into the pair's series (kind=probe), its
 /// penalty into the relay gauge (kind=relay). Other kinds have no per-pair series.
 pub fn observe(rec: &Record) {
@@ -387,28 +419,16 @@ impl Metrics {
                 if !m.admit(&pair) {
                     return;
                 }
-                let (sent, lost) = match protocol {
-                    Protocol::Udp | Protocol::Quic => {
-                        let h = m.rtt.get_or_create(&pair);
-                        for s in rec.rtt_samples_ms.iter().flatten() {
-                            h.observe(s / 1000.0);
-                        }
-                        (rec.sent.unwrap_or(0), rec.lost.unwrap_or(0))
-                    }
-                    _ => {
-                        let v = if protocol == Protocol::Tcp {
-                            rec.rtt_ms
-                        } else {
-                            rec.total_ms
-                        };
-                        if let (true, Some(v)) = (rec.ok, v) {
-                            m.rtt.get_or_create(&pair).observe(v / 1000.0);
-                        }
-                        (1, u32::from(!rec.ok))
-                    }
-                };
-                m.probe_sent.get_or_create(&pair).inc_by(u64::from(sent));
-                m.probe_lost.get_or_create(&pair).inc_by(u64::from(lost));
+                // A train's series exists from its first record, even one with every packet lost.
+                let mut h = matches!(protocol, Protocol::Udp | Protocol::Quic)
+                    .then(|| m.rtt.get_or_create(&pair));
+                let (sent, lost) = probe_samples(rec, protocol, |ms| {
+                    h.get_or_insert_with(|| m.rtt.get_or_create(&pair))
+                        .observe(ms / 1000.0);
+                });
+                drop(h);
+                m.probe_sent.get_or_create(&pair).inc_by(sent);
+                m.probe_lost.get_or_create(&pair).inc_by(lost);
             }
             Kind::Relay => {
                 let (Some(relay), Some(penalty)) = (rec.relay_agent.clone(), rec.relay_penalty_ms)

@@ -26,7 +26,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use meshlat_proto::record::{Kind, Protocol, Record};
+use meshlat_proto::record::{Kind, Record};
 use meshlat_proto::sketch::RttHistogram;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -128,27 +128,9 @@ impl Interval {
         }
         let dst = r.dst_region.clone().unwrap_or_else(|| "(external)".into());
         let acc = self.pairs.entry((dst, protocol.as_str())).or_default();
-        match protocol {
-            Protocol::Udp | Protocol::Quic => {
-                for v in r.rtt_samples_ms.iter().flatten() {
-                    acc.rtt.record(*v);
-                }
-                acc.sent += u64::from(r.sent.unwrap_or(0));
-                acc.lost += u64::from(r.lost.unwrap_or(0));
-            }
-            _ => {
-                let v = if protocol == Protocol::Tcp {
-                    r.rtt_ms
-                } else {
-                    r.total_ms
-                };
-                if let (true, Some(v)) = (r.ok, v) {
-                    acc.rtt.record(v);
-                }
-                acc.sent += 1;
-                acc.lost += u64::from(!r.ok);
-            }
-        }
+        let (sent, lost) = crate::metrics::probe_samples(r, protocol, |v| acc.rtt.record(v));
+        acc.sent += sent;
+        acc.lost += lost;
     }
 }
 
@@ -444,6 +426,7 @@ pub fn check_line(line: &str) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshlat_proto::record::Protocol;
 
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);
