@@ -204,24 +204,31 @@ pub async fn job(action: &JobAction) -> Result<String, ClientError> {
                 .into_inner()
                 .jobs;
             let mut out = format!(
-                "{:<38} {:>7} {:<8} {:<20} PROTOCOLS\n",
-                "ID", "VERSION", "STATE", "NAME"
+                "{:<38} {:>7} {:<8} {:<20} {:<16} AGENTS\n",
+                "ID", "VERSION", "STATE", "NAME", "PROTOCOLS"
             );
             for j in jobs {
-                let spec = j.spec.unwrap_or_default();
+                let spec = j.spec.clone().unwrap_or_default();
                 let protos: Vec<&str> = spec
                     .protocols
                     .iter()
                     .map(|p| json::protocol_name(*p))
                     .collect();
                 out.push_str(&format!(
-                    "{:<38} {:>7} {:<8} {:<20} {}\n",
+                    "{:<38} {:>7} {:<8} {:<20} {:<16} {}\n",
                     j.id,
                     j.version,
                     if j.stopped { "stopped" } else { "running" },
                     spec.name,
-                    protos.join(",")
+                    protos.join(","),
+                    status_counts(&j.agent_status)
                 ));
+                for s in j.agent_status.iter().filter(|s| s.state == "rejected") {
+                    out.push_str(&format!(
+                        "  rejected by {} ({}): {}\n",
+                        s.agent, s.region, s.reason
+                    ));
+                }
             }
             return Ok(out);
         }
@@ -243,6 +250,20 @@ pub async fn job(action: &JobAction) -> Result<String, ClientError> {
         JobAction::Stop(a) => c.stop_job(pb::StopJobRequest { id: a.id.clone() }).await?,
     };
     Ok(pretty(&json::job_to_value(&job.into_inner())))
+}
+
+/// `acked N, pending N, rejected N` of a job's agent statuses (`-` for none), for `job list`.
+fn status_counts(status: &[pb::JobAgentStatus]) -> String {
+    if status.is_empty() {
+        return "-".into();
+    }
+    let n = |state: &str| status.iter().filter(|s| s.state == state).count();
+    format!(
+        "acked {}, pending {}, rejected {}",
+        n("acked"),
+        n("pending"),
+        n("rejected")
+    )
 }
 
 /// Runs `controller credentials ...`; returns what to print (`add`: the credential alone on

@@ -27,6 +27,48 @@ pub fn encode_assignments(assignments: Vec<pb::Assignment>) -> Bytes {
     Bytes::from(set.encode_to_vec())
 }
 
+/// The jobs of encoded assignments ([`encode_assignments`], [`PushedSet::assignments`]), each
+/// with a hash of its assignment's bytes (a changed target, key or version changes it), in
+/// order; a job with several assignments has one entry, their hashes combined. Only the job
+/// ids are decoded (the specs and targets are skipped); bytes that do not decode give what
+/// decoded before them.
+pub fn assigned_jobs(assignments: &Bytes) -> Vec<(String, u64)> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    /// `JobSet` with only its assignments, kept encoded.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct SetAssignments {
+        #[prost(bytes = "bytes", repeated, tag = "3")]
+        assignments: Vec<Bytes>,
+    }
+    /// `Assignment` with only its job.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct AssignmentJob {
+        #[prost(message, optional, tag = "1")]
+        job: Option<JobId>,
+    }
+    /// `Job` with only its id.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct JobId {
+        #[prost(string, tag = "1")]
+        id: String,
+    }
+    let set = SetAssignments::decode(assignments.clone()).unwrap_or_default();
+    let mut out: Vec<(String, u64)> = Vec::with_capacity(set.assignments.len());
+    for a in set.assignments {
+        let Ok(AssignmentJob { job: Some(job) }) = AssignmentJob::decode(a.clone()) else {
+            continue;
+        };
+        let mut h = DefaultHasher::new();
+        a.hash(&mut h);
+        let hash = h.finish();
+        match out.iter_mut().find(|(id, _)| *id == job.id) {
+            Some((_, prev)) => *prev = prev.rotate_left(1) ^ hash,
+            None => out.push((job.id, hash)),
+        }
+    }
+    out
+}
+
 /// A job set as pushed to one agent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PushedSet {
@@ -115,6 +157,25 @@ mod tests {
             }],
             key: vec![7; 32],
         }
+    }
+
+    #[test]
+    fn assigned_jobs_names_each_job_once_and_its_hash_follows_its_bytes() {
+        let set = |t: &str| {
+            encode_assignments(vec![
+                assignment("j1", "udp://10.0.0.1:7710"),
+                assignment("j2", t),
+                assignment("j1", "tcp://10.0.0.1:7711"),
+            ])
+        };
+        let a = assigned_jobs(&set("x"));
+        let ids: Vec<&str> = a.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["j1", "j2"]);
+        let b = assigned_jobs(&set("y"));
+        assert_eq!(a[0], b[0], "j1 unchanged");
+        assert_ne!(a[1].1, b[1].1, "j2's target changed");
+        assert!(assigned_jobs(&Bytes::new()).is_empty());
+        assert!(assigned_jobs(&Bytes::from_static(&[0xff, 0xff])).is_empty());
     }
 
     #[test]

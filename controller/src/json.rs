@@ -224,8 +224,23 @@ pub fn spec_to_value(s: &pb::JobSpec) -> Value {
     })
 }
 
-/// A job as JSON.
+/// A job as JSON, with `agent_status`: `[{"agent", "region", "state", "reason",
+/// "acked_unix_ms"}]`, each agent the job is assigned to and whether it acknowledged it
+/// (`pending`, `acked` or `rejected` with the agent's reason).
 pub fn job_to_value(j: &pb::Job) -> Value {
+    let status: Vec<Value> = j
+        .agent_status
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "agent": s.agent,
+                "region": s.region,
+                "state": s.state,
+                "reason": s.reason,
+                "acked_unix_ms": s.acked_unix_ms,
+            })
+        })
+        .collect();
     serde_json::json!({
         "id": j.id,
         "version": j.version,
@@ -233,6 +248,7 @@ pub fn job_to_value(j: &pb::Job) -> Value {
         "updated_unix_ms": j.updated_unix_ms,
         "stopped": j.stopped,
         "spec": j.spec.as_ref().map(spec_to_value),
+        "agent_status": status,
     })
 }
 

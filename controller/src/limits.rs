@@ -57,6 +57,11 @@ pub const FEDERATION_MESSAGE_BYTES: usize = 96 * 1024 * 1024;
 /// Largest operator answer the `controller` client commands decode.
 pub const CLIENT_MESSAGE_BYTES: usize = 96 * 1024 * 1024;
 
+/// Most job acknowledgement statuses ([`meshlat_proto::pb::JobStatuses`] entries) a federation
+/// directory carries, and a receiver keeps from one peer: the statuses of the sender's agents
+/// for other controllers' jobs (entries beyond are left out, with a warning).
+pub const MAX_EXCHANGE_JOB_STATUSES: usize = 100_000;
+
 /// Most peer regions (directories) kept at once; a directory from one more is refused.
 pub const MAX_PEER_REGIONS: usize = 256;
 

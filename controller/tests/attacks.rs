@@ -203,6 +203,7 @@ fn job(id: &str, spec: pb::JobSpec) -> pb::Job {
         created_unix_ms: 1,
         updated_unix_ms: 1,
         stopped: false,
+        agent_status: Vec::new(),
     }
 }
 

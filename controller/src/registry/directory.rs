@@ -76,8 +76,9 @@ impl Registry {
     }
 
     /// This controller's directory for its peers: its region, live agents with their
-    /// endpoints, and its own running jobs (never stopped ones: a stopped job leaves the
-    /// directory, and peers drop what is no longer in it at the next exchange).
+    /// endpoints, its own running jobs (never stopped ones: a stopped job leaves the
+    /// directory, and peers drop what is no longer in it at the next exchange), and how its
+    /// agents acknowledged the peers' jobs ([`super::status`]).
     pub fn directory(&self, controller_url: &str, ttl: Duration) -> pb::Directory {
         let inner = self.lock();
         let now = Instant::now();
@@ -103,6 +104,7 @@ impl Registry {
             unix_ms: unix_ms(),
             directory,
             grant_public_key: self.cfg.keys.grant_public_key().as_bytes().to_vec(),
+            job_status: inner.peer_job_statuses(now),
         }
     }
 
@@ -161,6 +163,10 @@ impl Registry {
         dir.agents.clear();
         let mut refused = Vec::new();
         let mut kept = 0usize;
+        for j in &mut dir.jobs {
+            // Statuses travel in `job_status`, never inside jobs (which we push to agents).
+            j.agent_status.clear();
+        }
         dir.jobs.retain(|j| {
             if j.stopped {
                 return false;
@@ -212,6 +218,7 @@ impl Registry {
                 );
             }
         }
+        inner.accept_peer_statuses(&region, &mut dir);
         inner.refused_peer_jobs.insert(
             region.clone(),
             refused.into_iter().map(|(id, _)| id).collect(),

@@ -76,6 +76,7 @@ impl Registry {
             created_unix_ms: now,
             updated_unix_ms: now,
             stopped: false,
+            agent_status: Vec::new(),
         };
         inner.jobs.insert(job.id.clone(), job.clone());
         if let Err(e) = self.save_jobs(&inner) {
@@ -121,23 +122,30 @@ impl Registry {
         }
     }
 
-    /// Jobs, by id; stopped ones only if asked.
+    /// Jobs, by id; stopped ones only if asked. Each with its agents' acknowledgement
+    /// status (`agent_status`, [`super::status`]).
     pub fn list_jobs(&self, include_stopped: bool) -> Vec<pb::Job> {
-        self.lock()
+        let inner = self.lock();
+        let mut jobs: Vec<pb::Job> = inner
             .jobs
             .values()
             .filter(|j| include_stopped || !j.stopped)
             .cloned()
-            .collect()
+            .collect();
+        inner.fill_status(&mut jobs, Instant::now());
+        jobs
     }
 
-    /// One job.
+    /// One job, with its agents' acknowledgement status (`agent_status`, [`super::status`]).
     ///
     /// # Errors
     ///
     /// [`DomainError::NotFound`].
     pub fn get_job(&self, id: &str) -> Result<pb::Job, DomainError> {
-        stored_job(&self.lock(), id)
+        let inner = self.lock();
+        let mut job = stored_job(&inner, id)?;
+        inner.fill_status(std::slice::from_mut(&mut job), Instant::now());
+        Ok(job)
     }
 
     /// Replaces a job's spec and bumps its version; `expected_version` 0 skips the check.

@@ -9,8 +9,8 @@
 //! One concept per file: this module holds [`Registry`], its configuration and the state behind
 //! the lock, and loads it; `jobs` is job CRUD, `directory` the agent directory and federation
 //! merge, `sessions` agent sessions, `matrix` the live view, `expiry` the periodic sweep,
-//! `rounds` the recompute rounds; `validate` bounds outside input and `error` holds
-//! [`DomainError`].
+//! `rounds` the recompute rounds, `status` the agents' acknowledgement of each job; `validate`
+//! bounds outside input and `error` holds [`DomainError`].
 //!
 //! # Recompute rounds
 //!
@@ -47,6 +47,7 @@ mod jobs;
 mod matrix;
 mod rounds;
 mod sessions;
+mod status;
 mod validate;
 
 pub use directory::AgentCounts;
@@ -111,6 +112,10 @@ struct AgentEntry {
     last_heard: Instant,
     generation: u64,
     acked: u64,
+    /// The jobs of the set last pushed to its current session ([`status`]).
+    assigned: status::Assigned,
+    /// Its last acknowledgement on the current session ([`status`]).
+    last_ack: Option<status::LastAck>,
     /// The join token it last connected with ([`Registry::connect_as`]; empty: unknown, e.g.
     /// loaded from the state store and not back yet).
     token: String,
@@ -207,6 +212,8 @@ impl Registry {
                         last_heard: now,
                         generation: 0,
                         acked: 0,
+                        assigned: Default::default(),
+                        last_ack: None,
                         token: String::new(),
                     },
                 ))
@@ -218,8 +225,15 @@ impl Registry {
                 agents = expired
             );
         }
-        let (jobs, bad): (Vec<pb::Job>, Vec<pb::Job>) =
-            state.jobs.into_iter().partition(|j| check_job(j).is_ok());
+        let (jobs, bad): (Vec<pb::Job>, Vec<pb::Job>) = state
+            .jobs
+            .into_iter()
+            .map(|mut j| {
+                // Statuses are computed when served, never stored.
+                j.agent_status.clear();
+                j
+            })
+            .partition(|j| check_job(j).is_ok());
         if !bad.is_empty() {
             for j in &bad {
                 let e = check_job(j).err();

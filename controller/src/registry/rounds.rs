@@ -89,9 +89,10 @@ impl Registry {
             .into_iter()
             .filter_map(|s| {
                 let want = Bytes::from(plan.remove(&s.id).unwrap_or_default());
-                (s.force || want[..] != *s.pushed.assignments()).then_some(Push {
+                (s.force || want[..] != *s.pushed.assignments()).then(|| Push {
                     id: s.id,
                     session: s.session,
+                    jobs: crate::jobset::assigned_jobs(&want),
                     assignments: want,
                 })
             })
@@ -149,6 +150,8 @@ struct Push {
     id: String,
     session: u64,
     assignments: Bytes,
+    /// Its jobs ([`crate::jobset::assigned_jobs`]), for their acknowledgement status.
+    jobs: Vec<(String, u64)>,
 }
 
 impl Inner {
@@ -225,6 +228,7 @@ impl Inner {
             }
             self.next_generation += 1;
             e.generation = self.next_generation;
+            e.assigned.pushed(p.jobs, e.generation);
             let relay = is_relay(&e.stored);
             let set = PushedSet::new(
                 e.generation,

@@ -151,8 +151,10 @@ impl Registry {
                 if !token.is_empty() {
                     e.token = token.to_string();
                 }
-                // Force a push on the new session.
+                // Force a push on the new session; its acknowledgements start over.
                 e.generation = 0;
+                e.assigned = Default::default();
+                e.last_ack = None;
                 e.session.replace((session, tx)).is_some()
             }
             None => {
@@ -164,6 +166,8 @@ impl Registry {
                         last_heard: now,
                         generation: 0,
                         acked: 0,
+                        assigned: Default::default(),
+                        last_ack: None,
                         token: token.to_string(),
                     },
                 );
@@ -203,6 +207,7 @@ impl Registry {
             && e.session.as_ref().is_some_and(|(s, _)| *s == session)
         {
             e.acked = ack.generation;
+            e.last_ack = Some(super::status::LastAck::new(ack, &e.assigned));
             e.last_heard = Instant::now();
             crate::metrics::job_ack(!ack.rejected.is_empty());
             if !ack.rejected.is_empty() {
