@@ -381,13 +381,18 @@ pub async fn agents(a: &ClientArgs) -> Result<String, ClientError> {
         .into_inner()
         .agents;
     let mut out = format!(
-        "{:<38} {:<16} {:<16} {:<10} {:<9} VERSION\n",
-        "ID", "REGION", "AZ", "LOCATION", "CONNECTED"
+        "{:<38} {:<16} {:<16} {:<10} {:<9} {:<12} {:<6} VERSION\n",
+        "ID", "REGION", "AZ", "LOCATION", "CONNECTED", "MODE", "ROLES"
     );
     for a in agents {
+        let roles = if a.roles.is_empty() {
+            "-".to_string()
+        } else {
+            a.roles.join(",")
+        };
         out.push_str(&format!(
-            "{:<38} {:<16} {:<16} {:<10} {:<9} {}\n",
-            a.id, a.region, a.az, a.location, a.connected, a.version
+            "{:<38} {:<16} {:<16} {:<10} {:<9} {:<12} {:<6} {}\n",
+            a.id, a.region, a.az, a.location, a.connected, a.control_mode, roles, a.version
         ));
     }
     Ok(out)

@@ -252,7 +252,8 @@ pub fn job_to_value(j: &pb::Job) -> Value {
     })
 }
 
-/// An agent as JSON.
+/// An agent as JSON: its `AgentInfo` fields, with `roles` (e.g. `["relay"]`) and
+/// `control_mode` (`connected` or `disconnected`).
 #[derive(Debug, Serialize)]
 pub struct AgentJson<'a> {
     id: &'a str,
@@ -263,6 +264,8 @@ pub struct AgentJson<'a> {
     connected: bool,
     last_seen_unix_ms: i64,
     controller_region: &'a str,
+    roles: &'a [String],
+    control_mode: &'a str,
 }
 
 /// An agent as JSON.
@@ -276,6 +279,8 @@ pub fn agent_to_value(a: &pb::AgentInfo) -> Value {
         connected: a.connected,
         last_seen_unix_ms: a.last_seen_unix_ms,
         controller_region: &a.controller_region,
+        roles: &a.roles,
+        control_mode: &a.control_mode,
     })
     .unwrap_or(Value::Null)
 }

@@ -25,27 +25,65 @@ pub struct AgentCounts {
     pub peer: usize,
 }
 
+/// `control_mode` of an agent with a live session here or at a federation peer.
+pub const CONNECTED: &str = "connected";
+/// `control_mode` of an agent without one (it may run on its lease or statically).
+pub const DISCONNECTED: &str = "disconnected";
+/// The role of an agent that relays for relay jobs.
+pub const RELAY_ROLE: &str = "relay";
+
+/// An agent's roles: [`RELAY_ROLE`] when its `relay-udp` claim stands (the operator's policy
+/// dropped refused claims; a peer's directory lists only its own policy's relays).
+pub fn roles(a: &pb::StoredAgent) -> Vec<String> {
+    if a.capabilities
+        .iter()
+        .any(|c| c == pinglist::RELAY_CAPABILITY)
+    {
+        vec![RELAY_ROLE.to_string()]
+    } else {
+        Vec::new()
+    }
+}
+
 impl Registry {
-    /// Known agents, by id.
+    /// Known agents, by id, each with its `roles` and `control_mode` ([`roles`],
+    /// [`CONNECTED`] while it has a session here or a live peer lists it connected).
     ///
     /// Agents of peer controllers (federation) follow, with their controller's region.
     pub fn list_agents(&self) -> Vec<pb::AgentInfo> {
         let inner = self.lock();
         let now = Instant::now();
+        let live_peers = || inner.peers.values().filter(|(_, expires)| *expires > now);
+        // Agents a live peer holds a session for.
+        let at_peer: std::collections::BTreeSet<&str> = live_peers()
+            .flat_map(|(dir, _)| dir.directory.iter())
+            .filter_map(|a| a.info.as_ref())
+            .filter(|i| i.connected)
+            .map(|i| i.id.as_str())
+            .collect();
+        let listed = |a: &pb::StoredAgent, connected: bool| {
+            let mut i = a.info.clone()?;
+            i.roles = roles(a);
+            i.control_mode = if connected { CONNECTED } else { DISCONNECTED }.into();
+            Some(i)
+        };
         let mut v: Vec<pb::AgentInfo> = inner
             .agents
-            .values()
-            .filter_map(|a| a.stored.info.clone())
+            .iter()
+            .filter_map(|(id, e)| {
+                listed(
+                    &e.stored,
+                    e.session.is_some() || at_peer.contains(id.as_str()),
+                )
+            })
             .collect();
-        for (dir, expires) in inner.peers.values() {
-            if *expires > now {
-                v.extend(
-                    dir.directory
-                        .iter()
-                        .filter_map(|a| a.info.clone())
-                        .filter(|i| !inner.agents.contains_key(&i.id)),
-                );
-            }
+        for (dir, _) in live_peers() {
+            v.extend(
+                dir.directory
+                    .iter()
+                    .filter(|a| a.info.as_ref().is_some_and(|i| !inner.agents.contains_key(&i.id)))
+                    .filter_map(|a| listed(a, a.info.as_ref().is_some_and(|i| i.connected))),
+            );
         }
         v
     }
@@ -394,6 +432,61 @@ mod tests {
         assert!(next_set(&mut a.job_sets).await.assignments.is_empty());
         assert_eq!(r.list_agents().len(), 1);
         stop.cancel();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Roles come from the relay policy's verdict; the control mode is `connected` with a
+    /// session here, or when a live peer lists the agent connected (it moved to the peer).
+    #[tokio::test(start_paused = true)]
+    async fn agents_are_listed_with_roles_and_control_mode() {
+        let (store, dir) = temp_store();
+        let mut c = cfg();
+        c.relay_policy =
+            crate::relay_policy::RelayPolicy::parse(&["r1".into()]).expect("policy");
+        let r = Registry::load(c, store).expect("load");
+        let claim = |id: &str, port| {
+            let mut h = hello(id, port);
+            h.capabilities = vec![pinglist::RELAY_CAPABILITY.into()];
+            h
+        };
+        let _r1 = r.connect(claim("r1", 1)).expect("r1");
+        let _x1 = r.connect(claim("x1", 2)).expect("x1");
+        let mut moved = hello("m1", 3);
+        moved.region = "p".into();
+        let m1 = r.connect(moved).expect("m1");
+        r.disconnect("m1", m1.session);
+        let of = |id: &str| {
+            r.list_agents()
+                .into_iter()
+                .find(|a| a.id == id)
+                .map(|a| (a.control_mode, a.roles))
+                .expect("listed")
+        };
+        assert_eq!(of("r1"), (CONNECTED.into(), vec![RELAY_ROLE.to_string()]));
+        assert_eq!(of("x1"), (CONNECTED.into(), vec![]), "refused by policy");
+        assert_eq!(of("m1"), (DISCONNECTED.into(), vec![]));
+        // m1 now has a session at the peer of its region.
+        let info = pb::AgentInfo {
+            id: "m1".into(),
+            region: "p".into(),
+            connected: true,
+            ..Default::default()
+        };
+        r.merge_peer(
+            pb::Directory {
+                region: "p".into(),
+                directory: vec![pb::StoredAgent {
+                    info: Some(info),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            Duration::from_secs(10),
+        )
+        .expect("merge");
+        assert_eq!(of("m1"), (CONNECTED.into(), vec![]));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(of("m1").0, DISCONNECTED, "the peer's entries expired");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

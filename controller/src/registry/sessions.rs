@@ -124,6 +124,9 @@ impl Registry {
             connected: true,
             last_seen_unix_ms: unix_ms(),
             controller_region: self.cfg.region.clone(),
+            // Filled when listed (Registry::list_agents), never stored.
+            roles: Vec::new(),
+            control_mode: String::new(),
         };
         let mut stored = pb::StoredAgent {
             info: Some(info),

@@ -1,0 +1,210 @@
+//! The API foundations of the web dashboard (issue 14), with a controller and agents as
+//! separate processes on loopback: each job's per-agent acknowledgement status, and the
+//! agents' roles and control mode.
+//!
+//! The agent binary is found next to the controller's (`target/debug/agent`): `cargo test
+//! --workspace` builds it; with `-p meshlat-controller` alone, run
+//! `cargo build -p meshlat-agent --bin agent` first.
+
+mod support;
+use support::{AgentBuilder, TestAgent, TestController, bearer, eventually, tmp_dir};
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde_json::Value;
+
+fn agent(ctl: &TestController, out: impl Into<PathBuf>, state: impl Into<PathBuf>) -> AgentBuilder {
+    TestAgent::builder(ctl, out, state).args(["--flush-interval", "0.2"])
+}
+
+fn s(v: &Value, k: &str) -> String {
+    v[k].as_str().unwrap_or_default().to_string()
+}
+
+/// `(agent, state, reason)` of a job's `agent_status`.
+fn statuses(job: &Value) -> Vec<(String, String, String)> {
+    job["agent_status"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| (s(x, "agent"), s(x, "state"), s(x, "reason")))
+        .collect()
+}
+
+/// An agent of `GET /api/v1/agents` by id.
+async fn listed(ctl: &TestController, id: &str) -> Option<Value> {
+    let (st, v) = ctl.rest("GET", "/api/v1/agents", "", None).await.ok()?;
+    if st != 200 {
+        return None;
+    }
+    v["agents"]
+        .as_array()?
+        .iter()
+        .find(|a| s(a, "id") == id)
+        .cloned()
+}
+
+/// A job an agent accepts shows `acked` at each source; one it refuses (a `tcp://` URL without
+/// a port passes the controller's validation but not the agent's target parser) shows
+/// `rejected` with the agent's reason — over REST (one job and the list), gRPC and the CLI.
+/// The agents list names the relay's role and each agent's control mode, which turns
+/// `disconnected` when its session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_acks_rejections_roles_and_control_mode_are_served() -> Result<()> {
+    use meshlat_proto::pb;
+    let root = tmp_dir("dash", "acks");
+    let ctl = TestController::builder(root.join("ctl"))
+        .args(["--relay-agent", "location=hub"])
+        .spawn()
+        .await?;
+    let a = agent(&ctl, root.join("out-a"), root.join("st-a")).spawn()?;
+    let r = agent(&ctl, root.join("out-r"), root.join("st-r"))
+        .args(["--relay", "--location", "hub"])
+        .spawn()?;
+    eventually("both agents connected", 30, || async {
+        let ag = ctl.agents().await;
+        (ag.len() == 2 && ag.iter().all(|(_, c)| *c)).then_some(())
+    })
+    .await?;
+    let (a_id, r_id) = (a.stored_id("a").await?, r.stored_id("r").await?);
+
+    // Roles and control mode.
+    let ra = listed(&ctl, &r_id).await.expect("relay listed");
+    assert_eq!(ra["roles"], serde_json::json!(["relay"]), "{ra}");
+    assert_eq!(s(&ra, "control_mode"), "connected", "{ra}");
+    let aa = listed(&ctl, &a_id).await.expect("agent listed");
+    assert_eq!(aa["roles"], serde_json::json!([]), "{aa}");
+    assert_eq!(s(&aa, "control_mode"), "connected", "{aa}");
+
+    // An accepted job: acked at both sources.
+    let (st, good) = ctl
+        .rest(
+            "POST",
+            "/api/v1/jobs",
+            r#"{"name":"good","protocols":["udp"],"sources":["region=r1"],"targets":["region=r1"],
+                "interval_ms":500,"timeout_ms":300,"packets":3,"packet_interval_ms":5}"#,
+            None,
+        )
+        .await?;
+    assert_eq!(st, 201, "{good}");
+    let good = s(&good, "id");
+    let got = eventually("the good job acked by both agents", 30, || async {
+        let (st, j) = ctl
+            .rest("GET", &format!("/api/v1/jobs/{good}"), "", None)
+            .await
+            .ok()?;
+        let v = statuses(&j);
+        (st == 200 && v.len() == 2 && v.iter().all(|(_, st, _)| st == "acked")).then_some(j)
+    })
+    .await?;
+    for x in got["agent_status"].as_array().into_iter().flatten() {
+        assert_eq!(s(x, "region"), "r1", "{x}");
+        assert!(x["acked_unix_ms"].as_i64().unwrap_or(0) > 0, "{x}");
+        assert_eq!(s(x, "reason"), "", "{x}");
+    }
+
+    // A job the agent refuses: rejected, with its reason.
+    let (st, bad) = ctl
+        .rest(
+            "POST",
+            "/api/v1/jobs",
+            &format!(
+                r#"{{"name":"bad","protocols":["tcp"],"sources":["{a_id}"],
+                "targets":["tcp://127.0.0.1"],"interval_ms":500,"timeout_ms":300}}"#
+            ),
+            None,
+        )
+        .await?;
+    assert_eq!(st, 201, "{bad}");
+    let bad = s(&bad, "id");
+    let (_, _, why) = eventually("the bad job rejected by a", 30, || async {
+        let (st, j) = ctl
+            .rest("GET", &format!("/api/v1/jobs/{bad}"), "", None)
+            .await
+            .ok()?;
+        let v = statuses(&j);
+        (st == 200 && v.len() == 1 && v[0].0 == a_id && v[0].1 == "rejected")
+            .then(|| v[0].clone())
+    })
+    .await?;
+    assert!(
+        why.contains("tcp://127.0.0.1") && why.contains("host:port"),
+        "{why}"
+    );
+
+    // The list carries the same.
+    let (st, list) = ctl.rest("GET", "/api/v1/jobs", "", None).await?;
+    assert_eq!(st, 200);
+    let of = |id: &str| {
+        list["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|j| s(j, "id") == id)
+            .map(statuses)
+            .unwrap_or_default()
+    };
+    assert!(of(&good).iter().all(|x| x.1 == "acked") && of(&good).len() == 2, "{list}");
+    assert_eq!(of(&bad), vec![(a_id.clone(), "rejected".into(), why.clone())]);
+
+    // gRPC GetJob and ListJobs.
+    let mut c = pb::operator_service_client::OperatorServiceClient::with_interceptor(
+        ctl.grpc_channel().await?,
+        bearer(ctl.credential()),
+    );
+    let j = c
+        .get_job(pb::GetJobRequest { id: bad.clone() })
+        .await?
+        .into_inner();
+    assert_eq!(j.agent_status.len(), 1, "{j:?}");
+    assert_eq!(
+        (j.agent_status[0].state.as_str(), &j.agent_status[0].reason),
+        ("rejected", &why)
+    );
+    let jobs = c
+        .list_jobs(pb::ListJobsRequest::default())
+        .await?
+        .into_inner()
+        .jobs;
+    assert!(
+        jobs.iter()
+            .any(|j| j.id == good && j.agent_status.iter().all(|x| x.state == "acked")),
+        "{jobs:?}"
+    );
+
+    // The CLI: `job list` counts and names the rejection; `job show` prints the statuses.
+    let (ok, out, err) = ctl.cli(&["job", "list"]).await?;
+    assert!(ok, "{err}");
+    assert!(out.contains("acked 2, pending 0, rejected 0"), "{out}");
+    assert!(out.contains("acked 0, pending 0, rejected 1"), "{out}");
+    assert!(
+        out.contains(&format!("rejected by {a_id} (r1): tcp://127.0.0.1")),
+        "{out}"
+    );
+    let (ok, out, err) = ctl.cli(&["job", "show", &bad]).await?;
+    assert!(ok, "{err}");
+    let shown: Value = serde_json::from_str(&out)?;
+    assert_eq!(statuses(&shown)[0].1, "rejected", "{out}");
+    let (ok, out, err) = ctl.cli(&["agents"]).await?;
+    assert!(ok, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&r_id))
+        .unwrap_or_default();
+    assert!(
+        line.contains("connected") && line.contains("relay"),
+        "{out}"
+    );
+
+    // The relay's session ends: disconnected.
+    r.stop().await?;
+    eventually("the relay listed disconnected", 30, || async {
+        let ra = listed(&ctl, &r_id).await?;
+        (s(&ra, "control_mode") == "disconnected").then_some(())
+    })
+    .await?;
+    drop(a);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
