@@ -1,10 +1,13 @@
 //! The agent's side of the live view (the controller's `live` module holds the other): rolling
 //! per-pair summaries (DESIGN §3, issue 4 item 7).
 //!
-//! [`SummaryWindow`] keeps, per (job, protocol, destination agent, target), the RTT samples,
+//! [`SummaryWindow`] keeps, per (job, protocol, destination agent, target, relay agent), the RTT
+//! samples,
 //! packets sent and packets lost of the last [`DEFAULT_WINDOW`] (5 minutes) and computes p50,
 //! p99 (nearest rank), a mergeable RTT histogram (`meshlat_proto::sketch`: the controller merges
-//! pairs by their buckets, within 0.5 %) and loss on demand. [`SummarySink`] feeds it from the
+//! pairs by their buckets, within 0.5 %) and loss on demand. Relay records are keyed by their
+//! relay agent too (a relayed path is never merged with the direct one or another relay's) and
+//! carry the median of their trains' relay penalties. [`SummarySink`] feeds it from the
 //! same records every other sink gets; the controller session sends [`SummaryWindow::snapshot`]
 //! as `Summaries` every [`SUMMARY_INTERVAL`].
 //!
@@ -45,6 +48,8 @@ struct PairKey {
     protocol: String,
     dst_agent: String,
     target: String,
+    /// The relay agent of relay records (empty: a direct path).
+    relay_agent: String,
 }
 
 #[derive(Debug)]
@@ -53,6 +58,8 @@ struct Contribution {
     rtts: Vec<f64>,
     sent: u64,
     lost: u64,
+    /// A relay train's penalty (relayed minus direct RTT, ms).
+    relay_penalty_ms: Option<f64>,
 }
 
 #[derive(Debug, Default)]
@@ -145,6 +152,7 @@ impl SummaryWindow {
             protocol: protocol.as_str().to_string(),
             dst_agent: r.dst_agent.clone().unwrap_or_default(),
             target: r.target.clone(),
+            relay_agent: r.relay_agent.clone().unwrap_or_default(),
         };
         if !self.pairs.contains_key(&key) && self.pairs.len() >= MAX_PAIRS {
             self.prune(now);
@@ -164,6 +172,7 @@ impl SummaryWindow {
             rtts,
             sent,
             lost,
+            relay_penalty_ms: r.relay_penalty_ms.filter(|v| v.is_finite()),
         });
         pair.prune(cutoff);
     }
@@ -194,6 +203,9 @@ impl SummaryWindow {
                 for v in &all {
                     hist.record(*v);
                 }
+                let mut penalties: Vec<f64> =
+                    p.parts.iter().filter_map(|c| c.relay_penalty_ms).collect();
+                penalties.sort_by(f64::total_cmp);
                 pb::PairSummary {
                     job_id: k.job_id.clone(),
                     protocol: k.protocol.clone(),
@@ -206,6 +218,8 @@ impl SummaryWindow {
                     samples: all.len() as u64,
                     window_end_unix_ms: end,
                     rtt_histogram: Some(hist.to_pb()),
+                    relay_agent: k.relay_agent.clone(),
+                    relay_penalty_ms: meshlat_proto::sketch::nearest_rank(&penalties, 0.5),
                 }
             })
             // Each pair costs its length, a tag byte and a length varint (at most 3 bytes).
@@ -311,6 +325,34 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(w.snapshot(Instant::now()).is_empty());
         assert_eq!(w.pairs(), 0);
+    }
+
+    /// A relay job's trains through two relays and the direct probe of the same pair are
+    /// three summaries: keyed by relay agent, each relayed one with its median penalty.
+    #[tokio::test(start_paused = true)]
+    async fn relayed_paths_are_kept_apart_with_their_penalty() {
+        let mut w = SummaryWindow::new(DEFAULT_WINDOW);
+        w.record(&train("b", &[1.0, 1.2], 0), Instant::now());
+        let relayed = |relay: &str, rtt: f64, penalty: f64| {
+            let mut r = train("b", &[rtt], 0);
+            r.kind = Some(Kind::Relay);
+            r.relay_agent = Some(relay.into());
+            r.relay_penalty_ms = Some(penalty);
+            r
+        };
+        for (rtt, pen) in [(5.0, 4.0), (6.0, 5.0), (7.0, 9.0)] {
+            w.record(&relayed("r1", rtt, pen), Instant::now());
+        }
+        w.record(&relayed("r2", 3.0, -0.5), Instant::now());
+        let s = w.snapshot(Instant::now());
+        let by: Vec<(&str, Option<f64>, f64)> = s
+            .iter()
+            .map(|p| (p.relay_agent.as_str(), p.relay_penalty_ms, p.p50_ms))
+            .collect();
+        assert_eq!(
+            by,
+            [("", None, 1.0), ("r1", Some(5.0), 6.0), ("r2", Some(-0.5), 3.0)]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -431,18 +431,30 @@ pub async fn matrix(a: &MatrixArgs, mut print: impl FnMut(&str)) -> Result<(), C
     Ok(())
 }
 
-/// An aligned src × dst table per protocol; each cell is `p50/p99 ms loss%`.
+/// An aligned src × dst table per protocol of the direct paths; each cell is `p50/p99 ms
+/// loss%`. Relayed paths (cells with `via`) follow their protocol's table, one line each:
+/// `SRC -> DST via RELAY  p50/p99 ms loss%  penalty +X ms`.
 pub fn render_matrix(m: &pb::Matrix) -> String {
     use std::collections::{BTreeMap, BTreeSet};
     if m.cells.is_empty() {
         return "no summaries yet (agents report every few seconds)\n".into();
     }
-    let mut by_proto: BTreeMap<&str, Vec<&pb::MatrixCell>> = BTreeMap::new();
+    let mut by_proto: BTreeMap<&str, (Vec<&pb::MatrixCell>, Vec<&pb::MatrixCell>)> =
+        BTreeMap::new();
     for c in &m.cells {
-        by_proto.entry(c.protocol.as_str()).or_default().push(c);
+        let (direct, relayed) = by_proto.entry(c.protocol.as_str()).or_default();
+        if c.via.is_empty() {
+            direct.push(c);
+        } else {
+            relayed.push(c);
+        }
     }
     let mut out = String::new();
-    for (proto, cells) in by_proto {
+    for (proto, (cells, relayed)) in by_proto {
+        if cells.is_empty() {
+            render_relayed(proto, &relayed, &mut out);
+            continue;
+        }
         let srcs: BTreeSet<&str> = cells.iter().map(|c| c.src.as_str()).collect();
         let dsts: BTreeSet<&str> = cells.iter().map(|c| c.dst.as_str()).collect();
         let text =
@@ -482,8 +494,35 @@ pub fn render_matrix(m: &pb::Matrix) -> String {
             out.push('\n');
         }
         out.push('\n');
+        render_relayed(proto, &relayed, &mut out);
     }
     out
+}
+
+/// The relayed paths of one protocol, a line each (after a header), for [`render_matrix`].
+fn render_relayed(proto: &str, relayed: &[&pb::MatrixCell], out: &mut String) {
+    if relayed.is_empty() {
+        return;
+    }
+    out.push_str(&format!(
+        "{} relayed paths: p50/p99 ms loss, relay penalty\n",
+        proto.to_ascii_uppercase()
+    ));
+    for c in relayed {
+        let penalty = c
+            .relay_penalty_ms
+            .map_or(String::new(), |p| format!("  penalty {p:+.2} ms"));
+        out.push_str(&format!(
+            "{} -> {} via {}  {:.2}/{:.2} {:.1}%{penalty}\n",
+            c.src,
+            c.dst,
+            c.via,
+            c.p50_ms,
+            c.p99_ms,
+            c.loss * 100.0
+        ));
+    }
+    out.push('\n');
 }
 
 #[cfg(test)]
@@ -500,6 +539,8 @@ mod tests {
             p99_ms: p50 * 2.0,
             loss: 0.5,
             samples: 10,
+            via: String::new(),
+            relay_penalty_ms: None,
         };
         let m = pb::Matrix {
             cells: vec![cell("a", "bb", 1.0), cell("ccc", "a", 12.5)],
@@ -517,6 +558,19 @@ mod tests {
         assert!(
             lines[2].contains("12.50/25.00 50.0%") && lines[2].ends_with('-'),
             "{t}"
+        );
+
+        // A relayed path of a -> bb is listed below the table; the direct cell is unchanged.
+        let mut m = m;
+        let mut relayed = cell("a", "bb", 5.0);
+        relayed.via = "r1".into();
+        relayed.relay_penalty_ms = Some(4.0);
+        m.cells.push(relayed);
+        let t2 = render_matrix(&m);
+        assert!(t2.starts_with(&t[..t.len() - 1]), "{t2}");
+        assert!(
+            t2.contains("UDP relayed paths") && t2.contains("a -> bb via r1  5.00/10.00 50.0%  penalty +4.00 ms"),
+            "{t2}"
         );
     }
 }

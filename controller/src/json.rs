@@ -286,7 +286,9 @@ pub fn agent_to_value(a: &pb::AgentInfo) -> Value {
 }
 
 /// JSON form of the latency matrix: `{"unix_ms": ..., "cells": [{"src", "dst", "protocol",
-/// "p50_ms", "p99_ms", "loss", "samples"}]}` (loss is a fraction, 0 to 1).
+/// "p50_ms", "p99_ms", "loss", "samples", "via", "relay_penalty_ms"}]}` (loss is a fraction, 0
+/// to 1; `via` the relay agent of a relayed path, empty for direct ones; `relay_penalty_ms`
+/// null for direct paths).
 pub fn matrix_to_value(m: &pb::Matrix) -> Value {
     let cells: Vec<Value> = m
         .cells
@@ -300,6 +302,8 @@ pub fn matrix_to_value(m: &pb::Matrix) -> Value {
                 "p99_ms": c.p99_ms,
                 "loss": c.loss,
                 "samples": c.samples,
+                "via": c.via,
+                "relay_penalty_ms": c.relay_penalty_ms,
             })
         })
         .collect();

@@ -33,6 +33,11 @@
 //! implausible: it is dropped at ingest with the other lies.
 //!
 //! External targets (no destination agent) are keyed by their target URL in both views.
+//!
+//! Relayed paths (relay jobs' summaries, which name their relay agent) are keyed by the relay
+//! agent too, in both views: a cell's `via` is the relay agent (empty for direct paths), so a
+//! pair's direct path and its path through each relay are separate cells, never merged. A
+//! relayed cell carries the sample-weighted median of its parts' relay penalties.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -296,7 +301,8 @@ impl Live {
 /// (`None`: all). Sorted by source, destination, protocol. See the module docs for how parts
 /// merge.
 pub fn matrix(cells: &[PairCell], by: By, protocol: Option<&str>) -> Vec<pb::MatrixCell> {
-    let mut groups: BTreeMap<(&str, &str, &str), Vec<&pb::PairSummary>> = BTreeMap::new();
+    type Key<'a> = (&'a str, &'a str, &'a str, &'a str);
+    let mut groups: BTreeMap<Key<'_>, Vec<&pb::PairSummary>> = BTreeMap::new();
     for c in cells {
         if protocol.is_some_and(|p| p != c.summary.protocol) {
             continue;
@@ -306,14 +312,39 @@ pub fn matrix(cells: &[PairCell], by: By, protocol: Option<&str>) -> Vec<pb::Mat
             By::Region => (c.src_region.as_str(), c.dst_region.as_str()),
         };
         groups
-            .entry((src, dst, c.summary.protocol.as_str()))
+            .entry((
+                src,
+                dst,
+                c.summary.protocol.as_str(),
+                c.summary.relay_agent.as_str(),
+            ))
             .or_default()
             .push(&c.summary);
     }
     groups
         .into_iter()
-        .map(|((src, dst, protocol), parts)| merge(src, dst, protocol, &parts))
+        .map(|((src, dst, protocol, via), parts)| {
+            let mut cell = merge(src, dst, protocol, &parts);
+            cell.via = via.to_string();
+            cell.relay_penalty_ms = penalty(&parts);
+            cell
+        })
         .collect()
+}
+
+/// The sample-weighted median of the parts' relay penalties (`None`: no part has one).
+fn penalty(parts: &[&pb::PairSummary]) -> Option<f64> {
+    let mut v: Vec<(f64, u64)> = parts
+        .iter()
+        .filter_map(|p| Some((p.relay_penalty_ms?, p.samples.max(1))))
+        .collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let half = v.iter().map(|x| x.1).sum::<u64>().div_ceil(2);
+    let mut acc = 0;
+    v.into_iter().find_map(|(x, n)| {
+        acc += n;
+        (acc >= half).then_some(x)
+    })
 }
 
 /// Largest count a summary may carry (a million samples a second for 11 days): far above any
@@ -332,6 +363,7 @@ fn plausible(p: &pb::PairSummary) -> bool {
         && p.sent <= MAX_SUMMARY_COUNT
         && p.samples <= MAX_SUMMARY_COUNT
         && p.lost <= p.sent
+        && p.relay_penalty_ms.is_none_or(|v| v.is_finite() && v.abs() <= MAX_SUMMARY_MS)
         // A histogram must be well formed and count exactly the pair's samples.
         && p
             .rtt_histogram
@@ -409,6 +441,8 @@ fn cell(
             lost as f64 / sent as f64
         },
         samples,
+        via: String::new(),
+        relay_penalty_ms: None,
     }
 }
 
@@ -436,6 +470,8 @@ mod tests {
             samples,
             window_end_unix_ms: 0,
             rtt_histogram: None,
+            relay_agent: String::new(),
+            relay_penalty_ms: None,
         }
     }
 
@@ -687,6 +723,58 @@ mod tests {
         );
         live.remove("a3");
         assert_eq!(live.totals().agents, 0);
+    }
+
+    /// Direct and relayed paths of one pair are separate cells in both views; direct cells
+    /// are what they were; relayed ones name the relay and carry the penalty.
+    #[test]
+    fn relayed_paths_are_cells_of_their_own() {
+        let live = Live::new(SUMMARY_TTL, LiveLimits::default());
+        let now = Instant::now();
+        let relayed = |relay: &str, p50: f64, pen: f64, n: u64| {
+            let mut p = pair("b1", "udp", p50, p50, n, 0);
+            p.relay_agent = relay.into();
+            p.relay_penalty_ms = Some(pen);
+            p
+        };
+        report(
+            &live,
+            "a1",
+            vec![
+                pair("b1", "udp", 1.0, 2.0, 10, 0),
+                relayed("r1", 5.0, 4.0, 10),
+                relayed("r2", 3.0, -0.5, 10),
+            ],
+            now,
+        );
+        report(&live, "a2", vec![relayed("r1", 8.0, 7.0, 30)], now);
+        let m = matrix(&live.cells(now, region_of), By::Agent, Some("udp"));
+        let got: Vec<(&str, &str, f64, Option<f64>)> = m
+            .iter()
+            .map(|c| (c.src.as_str(), c.via.as_str(), c.p50_ms, c.relay_penalty_ms))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a1", "", 1.0, None),
+                ("a1", "r1", 5.0, Some(4.0)),
+                ("a1", "r2", 3.0, Some(-0.5)),
+                ("a2", "r1", 8.0, Some(7.0)),
+            ]
+        );
+        let m = matrix(&live.cells(now, region_of), By::Region, Some("udp"));
+        let got: Vec<(&str, u64, Option<f64>)> = m
+            .iter()
+            .map(|c| (c.via.as_str(), c.samples, c.relay_penalty_ms))
+            .collect();
+        // ra -> rb: direct (10), via r1 (10 + 30: the weighted median penalty is a2's 7), via r2.
+        assert_eq!(
+            got,
+            [("", 10, None), ("r1", 40, Some(7.0)), ("r2", 10, Some(-0.5))]
+        );
+        // A non-finite penalty is a lie: dropped at ingest.
+        report(&live, "a2", vec![relayed("r1", 8.0, f64::NAN, 30)], now);
+        assert_eq!(live.totals().pairs, 3);
     }
 
     #[test]

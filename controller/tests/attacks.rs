@@ -631,6 +631,8 @@ fn summaries(agent: &str, pairs: usize) -> pb::Summaries {
                 samples: 10,
                 window_end_unix_ms: 1,
                 rtt_histogram: None,
+                relay_agent: String::new(),
+                relay_penalty_ms: None,
             })
             .collect(),
     }
