@@ -10,7 +10,7 @@ use meshlat_runtime::LogFormat;
 use crate::limits::{
     DEFAULT_AGENT_EXPIRY, DEFAULT_MAX_AGENTS, DEFAULT_MAX_AGENTS_PER_TOKEN, DEFAULT_MAX_JOBS,
     DEFAULT_MAX_LIVE_BYTES, DEFAULT_MAX_LIVE_PAIRS, DEFAULT_MAX_PEER_AGENTS, DEFAULT_MAX_PEER_JOBS,
-    DEFAULT_MAX_SUMMARY_BYTES, DEFAULT_STOPPED_JOB_TTL,
+    DEFAULT_MAX_PEER_SUMMARY_PAIRS, DEFAULT_MAX_SUMMARY_BYTES, DEFAULT_STOPPED_JOB_TTL,
 };
 
 /// Default `--controller` of the client commands and `--url` of `controller health`: this
@@ -421,6 +421,11 @@ pub struct LimitsArgs {
     /// Most jobs accepted from one peer's directory per exchange.
     #[arg(long, env = "MESHLAT_MAX_PEER_JOBS", default_value_t = DEFAULT_MAX_PEER_JOBS)]
     pub max_peer_jobs: usize,
+    /// Most live summary pairs of this controller's agents sent to a peer per exchange, and
+    /// kept from one peer (they count against --max-live-pairs and --max-live-bytes too).
+    #[arg(long, env = "MESHLAT_MAX_PEER_SUMMARY_PAIRS")]
+    #[arg(default_value_t = DEFAULT_MAX_PEER_SUMMARY_PAIRS)]
+    pub max_peer_summary_pairs: usize,
 }
 
 /// Federation with peer controllers (flags of `controller serve`).

@@ -16,6 +16,7 @@
 //! | `--max-live-bytes` | [`DEFAULT_MAX_LIVE_BYTES`] | as `--max-live-pairs`, in bytes |
 //! | `--max-peer-agents` | [`DEFAULT_MAX_PEER_AGENTS`] | a peer's directory is cut to this many agents per exchange |
 //! | `--max-peer-jobs` | [`DEFAULT_MAX_PEER_JOBS`] | a peer's jobs beyond this many per exchange are ignored |
+//! | `--max-peer-summary-pairs` | [`DEFAULT_MAX_PEER_SUMMARY_PAIRS`] | live summary pairs of our agents sent to a peer per exchange, and kept from one peer, are cut to this many (they count against `--max-live-pairs` and `--max-live-bytes` too) |
 //!
 //! Summary sizes are accounted as each pair's encoded size plus [`PAIR_OVERHEAD`] bytes (what
 //! a decoded pair costs in memory besides its strings).
@@ -50,6 +51,8 @@ pub const DEFAULT_MAX_LIVE_BYTES: usize = 128 * 1024 * 1024;
 pub const DEFAULT_MAX_PEER_AGENTS: usize = 20_000;
 /// Default `--max-peer-jobs`.
 pub const DEFAULT_MAX_PEER_JOBS: usize = 1_000;
+/// Default `--max-peer-summary-pairs`.
+pub const DEFAULT_MAX_PEER_SUMMARY_PAIRS: usize = 50_000;
 /// Memory a summary pair costs besides its encoded bytes (struct and allocations).
 pub const PAIR_OVERHEAD: usize = 192;
 /// Largest federation `Directory` decoded (both directions).
@@ -95,6 +98,8 @@ pub struct Limits {
     pub max_peer_agents: usize,
     /// `--max-peer-jobs`.
     pub max_peer_jobs: usize,
+    /// `--max-peer-summary-pairs`.
+    pub max_peer_summary_pairs: usize,
 }
 
 impl Default for Limits {
@@ -110,6 +115,7 @@ impl Default for Limits {
             max_live_bytes: DEFAULT_MAX_LIVE_BYTES,
             max_peer_agents: DEFAULT_MAX_PEER_AGENTS,
             max_peer_jobs: DEFAULT_MAX_PEER_JOBS,
+            max_peer_summary_pairs: DEFAULT_MAX_PEER_SUMMARY_PAIRS,
         }
     }
 }

@@ -2,7 +2,10 @@
 //! from them (DESIGN §3, issue 4 item 7).
 //!
 //! Each agent sends its whole window (`Summaries`, every few seconds); [`Live`] keeps the
-//! latest per source agent with the time it arrived and ages it out after [`SUMMARY_TTL`]:
+//! latest per source agent with the time it arrived and ages it out after [`SUMMARY_TTL`]
+//! (federation peers' agents too: [`Live::ingest_peer`] keeps what a peer sent of its own
+//! agents, [`Live::own`] gives ours for the exchange, never the peers', so nothing is
+//! forwarded twice; a peer's go when its entries expire, [`Live::remove_peer`]):
 //! the registry's periodic sweep calls [`Live::prune`], so expired summaries go whether or not
 //! anyone reads the matrix, and a removed agent's go with it ([`Live::remove`]).
 //!
@@ -128,6 +131,8 @@ struct AgentSummaries {
     bytes: usize,
     /// The last summary was cut (logged once until one fits again).
     cut: bool,
+    /// The region of the federation peer that sent them (`None`: our own agent's).
+    peer: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -181,19 +186,130 @@ impl Live {
 
     /// Replaces `agent`'s summaries (received `now`), cut to the caps (module docs).
     pub fn ingest(&self, agent: &str, region: &str, mut s: pb::Summaries, now: Instant) {
-        s.pairs.truncate(MAX_PAIRS_PER_AGENT);
-        let before = s.pairs.len();
-        s.pairs.retain(plausible);
-        if s.pairs.len() < before {
-            tracing::warn!(
-                message = "Implausible summaries dropped (non-finite or negative latency, p50 above p99, lost above sent, or counts over 10^12).",
-                agent = %agent,
-                dropped = before - s.pairs.len()
-            );
-        }
-        let given = s.pairs.len();
+        clean(agent, &mut s, MAX_PAIRS_PER_AGENT);
         let mut m = self.lock();
-        let old = m.remove(agent);
+        let was_cut = m.remove(agent).is_some_and(|o| o.cut);
+        self.insert(&mut m, agent, region, s.pairs, now, None, was_cut);
+    }
+
+    /// Replaces what federation peer `peer_region` sent last with `list` (its own agents'
+    /// summaries, received `now`): entries of other regions, of agents known here
+    /// (`is_local`) or held for another peer, and those older than the TTL are ignored; at most
+    /// `max_pairs` pairs in all, then the caps as for our own agents. Returns the pairs kept.
+    pub fn ingest_peer(
+        &self,
+        peer_region: &str,
+        list: Vec<pb::AgentSummaries>,
+        now: Instant,
+        max_pairs: usize,
+        is_local: impl Fn(&str) -> bool,
+    ) -> usize {
+        let mut m = self.lock();
+        let theirs: Vec<String> = m
+            .by_id
+            .iter()
+            .filter(|(_, a)| a.peer.as_deref() == Some(peer_region))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut was_cut = std::collections::HashSet::new();
+        for id in theirs {
+            if m.remove(&id).is_some_and(|o| o.cut) {
+                was_cut.insert(id);
+            }
+        }
+        let mut left = max_pairs;
+        let mut kept = 0;
+        for a in list {
+            if left == 0 {
+                break;
+            }
+            let age = Duration::from_millis(a.age_ms);
+            if a.region != peer_region
+                || a.agent_id.is_empty()
+                || a.agent_id.len() > 128
+                || age > self.ttl
+                || is_local(&a.agent_id)
+                || m.by_id.contains_key(&a.agent_id)
+            {
+                continue;
+            }
+            let mut s = pb::Summaries { pairs: a.pairs };
+            clean(&a.agent_id, &mut s, left.min(MAX_PAIRS_PER_AGENT));
+            let at = now.checked_sub(age).unwrap_or(now);
+            let cut = was_cut.contains(&a.agent_id);
+            let n = self.insert(
+                &mut m,
+                &a.agent_id,
+                peer_region,
+                s.pairs,
+                at,
+                Some(peer_region.to_string()),
+                cut,
+            );
+            left -= n;
+            kept += n;
+        }
+        kept
+    }
+
+    /// Our own agents' latest summaries not older than the TTL, for the federation exchange:
+    /// at most `max_pairs` pairs in all (agents in id order).
+    pub fn own(&self, now: Instant, max_pairs: usize) -> Vec<pb::AgentSummaries> {
+        let m = self.lock();
+        let mut ids: Vec<&String> = m
+            .by_id
+            .iter()
+            .filter(|(_, a)| a.peer.is_none() && now.saturating_duration_since(a.at) <= self.ttl)
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort();
+        let mut left = max_pairs;
+        let mut out = Vec::new();
+        for id in ids {
+            if left == 0 {
+                break;
+            }
+            let a = &m.by_id[id];
+            let n = a.pairs.len().min(left);
+            left -= n;
+            out.push(pb::AgentSummaries {
+                agent_id: id.clone(),
+                region: a.region.clone(),
+                pairs: a.pairs[..n].to_vec(),
+                age_ms: now.saturating_duration_since(a.at).as_millis() as u64,
+            });
+        }
+        out
+    }
+
+    /// Forgets what federation peer `peer_region` sent (its entries expired).
+    pub fn remove_peer(&self, peer_region: &str) {
+        let mut m = self.lock();
+        let theirs: Vec<String> = m
+            .by_id
+            .iter()
+            .filter(|(_, a)| a.peer.as_deref() == Some(peer_region))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in theirs {
+            m.remove(&id);
+        }
+    }
+
+    /// Inserts `agent`'s pairs (its old entry already removed) cut to the caps; returns how
+    /// many were kept. `was_cut`: its previous summaries were cut (the warning was logged).
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &self,
+        m: &mut Agents,
+        agent: &str,
+        region: &str,
+        mut pairs: Vec<pb::PairSummary>,
+        at: Instant,
+        peer: Option<String>,
+        was_cut: bool,
+    ) -> usize {
+        let given = pairs.len();
         let pairs_left = self.limits.total_pairs.saturating_sub(m.pairs);
         let bytes_left = self
             .limits
@@ -202,7 +318,7 @@ impl Live {
             .min(self.limits.per_agent_bytes);
         let mut bytes = 0;
         let mut keep = 0;
-        for p in &s.pairs {
+        for p in &pairs {
             let c = pair_cost(p);
             if keep == pairs_left || bytes + c > bytes_left {
                 break;
@@ -210,13 +326,14 @@ impl Live {
             bytes += c;
             keep += 1;
         }
-        s.pairs.truncate(keep);
-        s.pairs.shrink_to_fit();
+        pairs.truncate(keep);
+        pairs.shrink_to_fit();
         let cut = keep < given;
-        if cut && !old.as_ref().is_some_and(|o| o.cut) {
+        if cut && !was_cut {
             tracing::warn!(
-                message = "Summaries cut to the live view's caps (--max-summary-bytes, --max-live-pairs, --max-live-bytes).",
+                message = "Summaries cut to the live view's caps (--max-summary-bytes, --max-live-pairs, --max-live-bytes, --max-peer-summary-pairs).",
                 agent = %agent,
+                peer_region = peer.as_deref().unwrap_or_default(),
                 pairs = given,
                 kept = keep,
                 kept_bytes = bytes
@@ -228,12 +345,14 @@ impl Live {
             agent.to_string(),
             AgentSummaries {
                 region: region.to_string(),
-                at: now,
-                pairs: s.pairs,
+                at,
+                pairs,
                 bytes,
                 cut,
+                peer,
             },
         );
+        keep
     }
 
     /// Forgets summaries older than the TTL; returns how many agents' went.
@@ -345,6 +464,20 @@ fn penalty(parts: &[&pb::PairSummary]) -> Option<f64> {
         acc += n;
         (acc >= half).then_some(x)
     })
+}
+
+/// Cuts `s` to `max` pairs and drops implausible ones (logged).
+fn clean(agent: &str, s: &mut pb::Summaries, max: usize) {
+    s.pairs.truncate(max);
+    let before = s.pairs.len();
+    s.pairs.retain(plausible);
+    if s.pairs.len() < before {
+        tracing::warn!(
+            message = "Implausible summaries dropped (non-finite or negative latency, p50 above p99, lost above sent, or counts over 10^12).",
+            agent = %agent,
+            dropped = before - s.pairs.len()
+        );
+    }
 }
 
 /// Largest count a summary may carry (a million samples a second for 11 days): far above any
@@ -775,6 +908,67 @@ mod tests {
         // A non-finite penalty is a lie: dropped at ingest.
         report(&live, "a2", vec![relayed("r1", 8.0, f64::NAN, 30)], now);
         assert_eq!(live.totals().pairs, 3);
+    }
+
+    /// A peer's agents' summaries join the view (ours are never overwritten, nor sent back),
+    /// are replaced by its next exchange, bounded per exchange, age with their age at the
+    /// sender, and go with the peer.
+    #[test]
+    fn peer_summaries_merge_bounded_and_never_forwarded() {
+        let live = Live::new(Duration::from_secs(10), LiveLimits::default());
+        let t0 = Instant::now();
+        report(&live, "a1", vec![pair("b1", "udp", 1.0, 2.0, 5, 0)], t0);
+        let of = |id: &str, region: &str, n: usize, age_ms: u64| pb::AgentSummaries {
+            agent_id: id.into(),
+            region: region.into(),
+            pairs: vec![pair("a1", "udp", 3.0, 4.0, 5, 0); n],
+            age_ms,
+        };
+        let kept = live.ingest_peer(
+            "rb",
+            vec![
+                of("b1", "rb", 2, 0),
+                of("a1", "rb", 1, 0),      // ours: ignored
+                of("x1", "elsewhere", 1, 0), // another region: ignored
+                of("b2", "rb", 1, 20_000), // older than the TTL: ignored
+                of("b3", "rb", 5, 9_000),  // cut to what is left of 4
+            ],
+            t0,
+            4,
+            |id| id == "a1",
+        );
+        assert_eq!(kept, 4);
+        let cells = live.cells(t0, region_of);
+        let srcs: Vec<(&str, &str)> = cells
+            .iter()
+            .map(|c| (c.src_agent.as_str(), c.src_region.as_str()))
+            .collect();
+        assert_eq!(srcs.len(), 5, "{srcs:?}");
+        assert!(srcs.contains(&("b1", "rb")) && srcs.contains(&("b3", "rb")));
+        // Only our own agent is sent on.
+        let own = live.own(t0, 100);
+        assert_eq!(own.len(), 1);
+        assert_eq!((own[0].agent_id.as_str(), own[0].pairs.len()), ("a1", 1));
+        assert!(live.own(t0, 0).is_empty());
+        // b3's arrived 9 s before: gone 1 s later; b1's still there.
+        let later: Vec<String> = live
+            .cells(t0 + Duration::from_secs(2), region_of)
+            .into_iter()
+            .map(|c| c.src_agent)
+            .collect();
+        assert!(!later.contains(&"b3".to_string()), "{later:?}");
+        // The next exchange replaces the previous one.
+        live.ingest_peer("rb", vec![of("b2", "rb", 1, 0)], t0, 4, |_| false);
+        let mut srcs: Vec<String> = live
+            .cells(t0, region_of)
+            .into_iter()
+            .map(|c| c.src_agent)
+            .collect();
+        srcs.sort();
+        assert_eq!(srcs, ["a1", "b2"]);
+        assert_eq!(live.totals().agents, 2);
+        live.remove_peer("rb");
+        assert_eq!(live.totals().agents, 1, "the peer's went with it");
     }
 
     #[test]

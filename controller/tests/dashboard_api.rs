@@ -1,6 +1,7 @@
 //! The API foundations of the web dashboard (issue 14), with a controller and agents as
-//! separate processes on loopback: each job's per-agent acknowledgement status, and the
-//! agents' roles and control mode.
+//! separate processes on loopback: each job's per-agent acknowledgement status, the agents'
+//! roles and control mode, and (with two federated controllers) live summaries of a peer's
+//! agents in a controller's matrix.
 //!
 //! The agent binary is found next to the controller's (`target/debug/agent`): `cargo test
 //! --workspace` builds it; with `-p meshlat-controller` alone, run
@@ -205,6 +206,141 @@ async fn job_acks_rejections_roles_and_control_mode_are_served() -> Result<()> {
     })
     .await?;
     drop(a);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+/// Whether matrix `m` has a cell `src -> dst` with samples.
+fn has_cell(m: &Value, src: &str, dst: &str) -> bool {
+    m["cells"].as_array().is_some_and(|c| {
+        c.iter().any(|c| {
+            s(c, "src") == src && s(c, "dst") == dst && c["samples"].as_u64().unwrap_or(0) > 0
+        })
+    })
+}
+
+/// Two federated controllers: a job started on A whose sources are B's agents shows their
+/// acknowledgement on A (from B's directory), and A's matrix — REST, the SSE stream and gRPC —
+/// holds the cells those agents measure (B sends its own agents' live summaries in the
+/// exchange); when B goes away they age out with its entries, well before the summary TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_serves_the_peers_job_acks_and_live_summaries() -> Result<()> {
+    use meshlat_proto::pb;
+    let root = tmp_dir("dash", "fed");
+    let secret = "fed-secret-dash-0123456789abcdef0123".to_string();
+    let mut ctl_b = TestController::builder(root.join("ctl-b"))
+        .region("b")
+        .federation_secret(&secret)
+        .spawn()
+        .await?;
+    let ctl_a = TestController::builder(root.join("ctl-a"))
+        .region("a")
+        .federation_secret(&secret)
+        .peer(&ctl_b)
+        .args(["--peer-ttl", "6"])
+        .spawn()
+        .await?;
+    let a1 = agent(&ctl_a, root.join("out-a"), root.join("st-a"))
+        .region("a")
+        .spawn()?;
+    let b1 = agent(&ctl_b, root.join("out-b"), root.join("st-b"))
+        .region("b")
+        .spawn()?;
+    eventually("both agents in A's directory", 30, || async {
+        (ctl_a.agents().await.len() == 2).then_some(())
+    })
+    .await?;
+    let (a_id, b_id) = (a1.stored_id("a1").await?, b1.stored_id("b1").await?);
+    let peer_agent = listed(&ctl_a, &b_id).await.expect("b1 listed on A");
+    assert_eq!(s(&peer_agent, "control_mode"), "connected", "{peer_agent}");
+
+    // Sources in B's region, started on A.
+    let (st, j) = ctl_a
+        .rest(
+            "POST",
+            "/api/v1/jobs",
+            r#"{"name":"fed","protocols":["udp"],"sources":["region=b"],"targets":["region=a"],
+                "interval_ms":500,"timeout_ms":300,"packets":3,"packet_interval_ms":5}"#,
+            None,
+        )
+        .await?;
+    assert_eq!(st, 201, "{j}");
+    let jid = s(&j, "id");
+    let got = eventually("A shows b1's ack of its job", 30, || async {
+        let (st, j) = ctl_a
+            .rest("GET", &format!("/api/v1/jobs/{jid}"), "", None)
+            .await
+            .ok()?;
+        let v = statuses(&j);
+        (st == 200 && v.len() == 1 && v[0].1 == "acked").then_some(j)
+    })
+    .await?;
+    let st0 = &got["agent_status"][0];
+    assert_eq!((s(st0, "agent"), s(st0, "region")), (b_id.clone(), "b".into()));
+
+    // A's matrix has b1's measurements of a1: by region, by agent, streamed and over gRPC.
+    eventually("A's region matrix has the b -> a cell", 40, || async {
+        let (st, m) = ctl_a
+            .rest("GET", "/api/v1/matrix?by=region&protocol=udp", "", None)
+            .await
+            .ok()?;
+        (st == 200 && has_cell(&m, "b", "a")).then_some(())
+    })
+    .await?;
+    let (_, m) = ctl_a.rest("GET", "/api/v1/matrix", "", None).await?;
+    assert!(has_cell(&m, &b_id, &a_id), "{m}");
+    let cell = m["cells"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| s(c, "src") == b_id)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(s(&cell, "via"), "", "a direct path: {cell}");
+    assert!(cell["relay_penalty_ms"].is_null(), "{cell}");
+    let (ev, _) = ctl_a.first_sse_matrix("?by=region").await?;
+    assert!(has_cell(&ev, "b", "a"), "{ev}");
+    let mut c = pb::operator_service_client::OperatorServiceClient::with_interceptor(
+        ctl_a.grpc_channel().await?,
+        bearer(ctl_a.credential()),
+    );
+    let gm = c
+        .get_matrix(pb::GetMatrixRequest {
+            by: "agent".into(),
+            protocol: "udp".into(),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        gm.cells.iter().any(|x| x.src == b_id && x.dst == a_id),
+        "{gm:?}"
+    );
+    // B's own matrix has it too, once (A sends B nothing of B's back: its own agent measures
+    // nothing here).
+    let (_, mb) = ctl_b.rest("GET", "/api/v1/matrix", "", None).await?;
+    let n = mb["cells"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| s(c, "src") == b_id && s(c, "dst") == a_id)
+        .count();
+    assert_eq!(n, 1, "{mb}");
+
+    // B goes away: its agents' summaries leave A's matrix with B's entries (peer TTL 6 s plus
+    // a sweep), well before the 30 s summary TTL.
+    ctl_b.child.kill().await?;
+    let t0 = tokio::time::Instant::now();
+    eventually("b's cells leave A's matrix with the peer", 20, || async {
+        let (st, m) = ctl_a
+            .rest("GET", "/api/v1/matrix?by=region", "", None)
+            .await
+            .ok()?;
+        (st == 200 && !has_cell(&m, "b", "a")).then_some(())
+    })
+    .await?;
+    // The summary TTL alone would take at least 25 s (30 s after b1's last report to B).
+    assert!(t0.elapsed().as_secs() < 18, "{:?}", t0.elapsed());
+    drop((a1, b1));
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }

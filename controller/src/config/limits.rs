@@ -90,5 +90,10 @@ pub(super) fn limits(a: &LimitsArgs, agent_ttl: Duration) -> Result<Limits, Conf
         max_live_bytes: count("--max-live-bytes", a.max_live_bytes, usize::MAX)?,
         max_peer_agents: count("--max-peer-agents", a.max_peer_agents, usize::MAX)?,
         max_peer_jobs: count("--max-peer-jobs", a.max_peer_jobs, usize::MAX)?,
+        max_peer_summary_pairs: count(
+            "--max-peer-summary-pairs",
+            a.max_peer_summary_pairs,
+            usize::MAX,
+        )?,
     })
 }

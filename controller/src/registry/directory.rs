@@ -115,8 +115,9 @@ impl Registry {
 
     /// This controller's directory for its peers: its region, live agents with their
     /// endpoints, its own running jobs (never stopped ones: a stopped job leaves the
-    /// directory, and peers drop what is no longer in it at the next exchange), and how its
-    /// agents acknowledged the peers' jobs ([`super::status`]).
+    /// directory, and peers drop what is no longer in it at the next exchange), how its
+    /// agents acknowledged the peers' jobs ([`super::status`]), and its own agents' latest
+    /// live summaries (at most `--max-peer-summary-pairs` pairs; never a peer's).
     pub fn directory(&self, controller_url: &str, ttl: Duration) -> pb::Directory {
         let inner = self.lock();
         let now = Instant::now();
@@ -143,11 +144,15 @@ impl Registry {
             directory,
             grant_public_key: self.cfg.keys.grant_public_key().as_bytes().to_vec(),
             job_status: inner.peer_job_statuses(now),
+            summaries: self
+                .live
+                .own(now, self.cfg.limits.max_peer_summary_pairs),
         }
     }
 
     /// Merges a peer controller's directory: its agents become targets (and its jobs are
-    /// scheduled for our agents) until `ttl` after now (the peer's `ttl_ms` if shorter).
+    /// scheduled for our agents) until `ttl` after now (the peer's `ttl_ms` if shorter); its
+    /// agents' live summaries join the matrix ([`crate::live::Live::ingest_peer`]).
     ///
     /// Peer jobs pass the same validation as local ones; a job that fails it, a stopped job,
     /// and jobs and agents beyond `--max-peer-jobs` and `--max-peer-agents` are ignored, each
@@ -257,6 +262,15 @@ impl Registry {
             }
         }
         inner.accept_peer_statuses(&region, &mut dir);
+        // Its agents' live summaries go to the live view, not into the kept directory.
+        let summaries = std::mem::take(&mut dir.summaries);
+        self.live.ingest_peer(
+            &region,
+            summaries,
+            now,
+            limits.max_peer_summary_pairs,
+            |id| inner.agents.contains_key(id),
+        );
         inner.refused_peer_jobs.insert(
             region.clone(),
             refused.into_iter().map(|(id, _)| id).collect(),

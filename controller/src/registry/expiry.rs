@@ -79,6 +79,7 @@ impl Registry {
             let keep = *expires > now;
             if !keep {
                 tracing::warn!(message = "Peer directory expired.", peer_region = %region);
+                self.live.remove_peer(region);
             }
             keep
         });
