@@ -22,6 +22,27 @@
 //! With `--controller-pid` it samples the controller's RSS (`/proc/PID/status`) every 100 ms and
 //! reports the peak while sessions were up. Open files: one socket per connection; raise
 //! `ulimit -n` for both processes (bench.py does).
+//!
+//! # Live summaries (`--summaries`)
+//!
+//! With `--summaries` each session also sends `Summaries` every `--summary-interval` seconds
+//! (5, the real agent's interval), once every session is welcomed: one plausible UDP pair to each
+//! of `--summary-peers` other agents (0, the default: all of them), with an RTT histogram
+//! (`meshlat_proto::sketch`), p50/p99 from 20 samples around a base RTT that grows with the
+//! region distance, and a little loss. The matrix of 500 agents is then full (500 × 499 pairs,
+//! within the default `--max-live-pairs` of 250,000 and `--max-live-bytes`), for measuring a
+//! dashboard at that size. Against a local controller (its join token and credential from its
+//! first-start secrets file):
+//!
+//! ```text
+//! target/release/controller serve --region r00 --data-dir /tmp/ctl &
+//! cargo run --release -p meshlat-controller --example simagents -- \
+//!     --controller 127.0.0.1:7400 --token "$TOKEN" --credential "$CREDENTIAL" \
+//!     --agents 500 --regions 10 --no-identity --summaries --hold 3600
+//! ```
+//!
+//! The sessions stay up (and keep reporting) for `--hold` seconds after the measurement; the
+//! matrix is at `GET /api/v1/matrix` and `/api/v1/stream` meanwhile.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -90,6 +111,15 @@ struct Args {
     /// session's Hello asks for its client certificate, as a real agent's first join does).
     #[arg(long)]
     no_identity: bool,
+    /// Each session also sends live summaries (see the module docs).
+    #[arg(long)]
+    summaries: bool,
+    /// Seconds between a session's summaries.
+    #[arg(long, default_value_t = 5.0)]
+    summary_interval: f64,
+    /// Pairs per session's summaries: to this many other agents (0: all of them).
+    #[arg(long, default_value_t = 0)]
+    summary_peers: usize,
 }
 
 /// What the sessions report, indexed by session.
@@ -110,6 +140,13 @@ struct Shared {
     first_error: Mutex<Option<String>>,
     /// Connection attempts retried (as agents do: jittered exponential backoff).
     retries: AtomicUsize,
+    /// Each session's agent id, from its Welcome.
+    ids: Vec<std::sync::OnceLock<String>>,
+    /// `--summaries`: every how long, to how many others (0: all).
+    summaries: Option<(Duration, usize)>,
+    regions: usize,
+    /// `Summaries` messages sent.
+    summaries_sent: AtomicU64,
 }
 
 impl Shared {
@@ -166,6 +203,54 @@ fn certificate_request() -> Result<Vec<u8>> {
     Ok(csr.der().to_vec())
 }
 
+/// Session `i`'s simulated summaries: a UDP pair of job `job` to each of `peers` other agents
+/// (0: all) that have an id yet, 20 samples around a base RTT growing with the region distance.
+fn summaries(i: usize, shared: &Shared, peers: usize) -> pb::Summaries {
+    use meshlat_proto::sketch::{RttHistogram, nearest_rank};
+    let n = shared.ids.len();
+    let peers = if peers == 0 { n - 1 } else { peers.min(n - 1) };
+    let regions = shared.regions.max(1);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let pairs = (1..=peers)
+        .filter_map(|d| {
+            let j = (i + d) % n;
+            let dst = shared.ids[j].get()?;
+            let (ri, rj) = ((i % regions) as f64, (j % regions) as f64);
+            let base = 0.3 + 7.5 * (ri - rj).abs() + (i * 31 + j * 17) as f64 % 10.0 * 0.05;
+            let mut samples: Vec<f64> = (0..20)
+                .map(|k| {
+                    let tail = if k == 19 && rand::random::<f64>() < 0.2 { 3.0 } else { 1.0 };
+                    base * (1.0 + 0.08 * rand::random::<f64>()) * tail
+                })
+                .collect();
+            samples.sort_by(f64::total_cmp);
+            let mut h = RttHistogram::new();
+            for v in &samples {
+                h.record(*v);
+            }
+            let lost = u64::from(rand::random::<f64>() < 0.05);
+            let ip = endpoints(127, j)[0].address.clone();
+            Some(pb::PairSummary {
+                job_id: shared.job.clone(),
+                protocol: "udp".into(),
+                dst_agent: dst.clone(),
+                target: format!("udp://{ip}"),
+                p50_ms: nearest_rank(&samples, 0.5).unwrap_or(0.0),
+                p99_ms: nearest_rank(&samples, 0.99).unwrap_or(0.0),
+                sent: 20 + lost,
+                lost,
+                samples: 20,
+                window_end_unix_ms: now_ms,
+                rtt_histogram: Some(h.to_pb()),
+                ..Default::default()
+            })
+        })
+        .collect();
+    pb::Summaries { pairs }
+}
+
 fn msg(m: Msg) -> pb::AgentMessage {
     pb::AgentMessage { msg: Some(m) }
 }
@@ -196,6 +281,15 @@ async fn session(
     // Spread heartbeats over the interval, as independent agents would be.
     let phase = HEARTBEAT.mul_f64((i % 1000) as f64 / 1000.0);
     let mut heartbeat = tokio::time::interval_at(Instant::now() + phase, HEARTBEAT);
+    // Summaries (if asked), spread over their interval likewise.
+    let (every, summary_peers) = shared
+        .summaries
+        .unwrap_or((Duration::from_secs(86_400), 0));
+    let mut summary = tokio::time::interval_at(
+        Instant::now() + every.mul_f64((i % 1000) as f64 / 1000.0),
+        every,
+    );
+    summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut generation = 0;
     loop {
         tokio::select! {
@@ -207,6 +301,7 @@ async fn session(
                         if w.certificate.is_some() {
                             shared.certificates.fetch_add(1, Ordering::Relaxed);
                         }
+                        let _ = shared.ids[i].set(w.agent_id.clone());
                         shared.welcomed.fetch_add(1, Ordering::Relaxed);
                         shared.welcomed_last_ns.fetch_max(shared.ns(), Ordering::Relaxed);
                     }
@@ -234,6 +329,13 @@ async fn session(
             _ = heartbeat.tick() => {
                 let hb = pb::Heartbeat { unix_ms: 0, generation };
                 tx.send(msg(Msg::Heartbeat(hb))).await.map_err(|_| "session closed")?;
+            }
+            // Once every session is welcomed (so every pair has its destination's id).
+            _ = summary.tick(), if shared.summaries.is_some()
+                && shared.welcomed.load(Ordering::Relaxed) >= shared.ids.len() => {
+                let s = summaries(i, &shared, summary_peers);
+                tx.send(msg(Msg::Summaries(s))).await.map_err(|_| "session closed")?;
+                shared.summaries_sent.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -334,6 +436,12 @@ async fn main() -> Result<()> {
         errors: AtomicUsize::new(0),
         retries: AtomicUsize::new(0),
         first_error: Mutex::new(None),
+        ids: (0..a.agents).map(|_| std::sync::OnceLock::new()).collect(),
+        summaries: a
+            .summaries
+            .then(|| (Duration::from_secs_f64(a.summary_interval.max(0.1)), a.summary_peers)),
+        regions: a.regions,
+        summaries_sent: AtomicU64::new(0),
     });
     // Each session's key and certificate request, made before the clock starts (a real agent
     // makes its own before its first Hello).
@@ -516,6 +624,12 @@ async fn main() -> Result<()> {
         "connect_retries",
         shared.retries.load(Ordering::Relaxed).into(),
     );
+    if a.summaries {
+        put(
+            "summaries_sent",
+            shared.summaries_sent.load(Ordering::Relaxed).into(),
+        );
+    }
     if let Some(e) = shared
         .first_error
         .lock()
