@@ -1,7 +1,7 @@
 //! The API foundations of the web dashboard (issue 14), with a controller and agents as
 //! separate processes on loopback: each job's per-agent acknowledgement status, the agents'
-//! roles and control mode, and (with two federated controllers) live summaries of a peer's
-//! agents in a controller's matrix.
+//! roles and control mode, relayed paths kept apart from direct ones in the matrix, and (with
+//! two federated controllers) live summaries of a peer's agents in a controller's matrix.
 //!
 //! The agent binary is found next to the controller's (`target/debug/agent`): `cargo test
 //! --workspace` builds it; with `-p meshlat-controller` alone, run
@@ -341,6 +341,104 @@ async fn a_controller_serves_the_peers_job_acks_and_live_summaries() -> Result<(
     // The summary TTL alone would take at least 25 s (30 s after b1's last report to B).
     assert!(t0.elapsed().as_secs() < 18, "{:?}", t0.elapsed());
     drop((a1, b1));
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+/// A pair measured directly and through a relay: the matrix has one cell per path — the
+/// direct one with an empty `via` and no penalty, the relayed one naming the relay with its
+/// median penalty — over REST and gRPC, and `controller matrix` lists the relayed path below
+/// its table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_and_direct_paths_are_separate_cells() -> Result<()> {
+    use meshlat_proto::pb;
+    let root = tmp_dir("dash", "via");
+    let ctl = TestController::builder(root.join("ctl"))
+        .args(["--relay-agent", "location=hub"])
+        .spawn()
+        .await?;
+    let a = agent(&ctl, root.join("out-a"), root.join("st-a")).spawn()?;
+    let b = agent(&ctl, root.join("out-b"), root.join("st-b"))
+        .args(["--location", "dc1"])
+        .spawn()?;
+    let r = agent(&ctl, root.join("out-r"), root.join("st-r"))
+        .args(["--relay", "--location", "hub"])
+        .spawn()?;
+    eventually("three agents connected", 30, || async {
+        let ag = ctl.agents().await;
+        (ag.len() == 3 && ag.iter().all(|(_, c)| *c)).then_some(())
+    })
+    .await?;
+    let (a_id, b_id, r_id) = (
+        a.stored_id("a").await?,
+        b.stored_id("b").await?,
+        r.stored_id("r").await?,
+    );
+    for body in [
+        format!(
+            r#"{{"name":"direct","protocols":["udp"],"sources":["{a_id}"],"targets":["{b_id}"],
+            "interval_ms":400,"timeout_ms":300,"packets":4,"packet_interval_ms":5}}"#
+        ),
+        format!(
+            r#"{{"name":"relayed","kind":"relay","protocols":["udp"],"sources":["{a_id}"],
+            "targets":["{b_id}"],"relays":["{r_id}"],"interval_ms":400,"timeout_ms":300,
+            "packets":4,"packet_interval_ms":5}}"#
+        ),
+    ] {
+        let (st, j) = ctl.rest("POST", "/api/v1/jobs", &body, None).await?;
+        assert_eq!(st, 201, "{j}");
+    }
+    let cells = eventually("a -> b direct and via r in the matrix", 40, || async {
+        let (st, m) = ctl
+            .rest("GET", "/api/v1/matrix?by=agent&protocol=udp", "", None)
+            .await
+            .ok()?;
+        let ab: Vec<Value> = m["cells"]
+            .as_array()?
+            .iter()
+            .filter(|c| s(c, "src") == a_id && s(c, "dst") == b_id)
+            .cloned()
+            .collect();
+        (st == 200 && ab.len() == 2).then_some(ab)
+    })
+    .await?;
+    let direct = cells.iter().find(|c| s(c, "via").is_empty()).expect("direct");
+    let relayed = cells.iter().find(|c| s(c, "via") == r_id).expect("via r");
+    assert!(direct["relay_penalty_ms"].is_null(), "{direct}");
+    assert!(relayed["relay_penalty_ms"].is_f64(), "{relayed}");
+    assert!(
+        relayed["p50_ms"].as_f64().unwrap_or(0.0) > 0.0
+            && direct["samples"].as_u64().unwrap_or(0) > 0,
+        "{cells:?}"
+    );
+    let mut c = pb::operator_service_client::OperatorServiceClient::with_interceptor(
+        ctl.grpc_channel().await?,
+        bearer(ctl.credential()),
+    );
+    let m = c
+        .get_matrix(pb::GetMatrixRequest {
+            by: "region".into(),
+            protocol: "udp".into(),
+        })
+        .await?
+        .into_inner();
+    let vias: Vec<&str> = m
+        .cells
+        .iter()
+        .filter(|x| x.src == "r1" && x.dst == "r1")
+        .map(|x| x.via.as_str())
+        .collect();
+    assert!(vias.contains(&"") && vias.contains(&r_id.as_str()), "{m:?}");
+    let (ok, out, err) = ctl
+        .cli(&["matrix", "--by", "agent", "--protocol", "udp"])
+        .await?;
+    assert!(ok, "{err}");
+    assert!(out.contains("UDP relayed paths"), "{out}");
+    assert!(
+        out.contains(&format!("{a_id} -> {b_id} via {r_id}")) && out.contains("penalty"),
+        "{out}"
+    );
+    drop((a, b, r));
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
