@@ -221,7 +221,11 @@ fn summaries(i: usize, shared: &Shared, peers: usize) -> pb::Summaries {
             let base = 0.3 + 7.5 * (ri - rj).abs() + (i * 31 + j * 17) as f64 % 10.0 * 0.05;
             let mut samples: Vec<f64> = (0..20)
                 .map(|k| {
-                    let tail = if k == 19 && rand::random::<f64>() < 0.2 { 3.0 } else { 1.0 };
+                    let tail = if k == 19 && rand::random::<f64>() < 0.2 {
+                        3.0
+                    } else {
+                        1.0
+                    };
                     base * (1.0 + 0.08 * rand::random::<f64>()) * tail
                 })
                 .collect();
@@ -282,9 +286,7 @@ async fn session(
     let phase = HEARTBEAT.mul_f64((i % 1000) as f64 / 1000.0);
     let mut heartbeat = tokio::time::interval_at(Instant::now() + phase, HEARTBEAT);
     // Summaries (if asked), spread over their interval likewise.
-    let (every, summary_peers) = shared
-        .summaries
-        .unwrap_or((Duration::from_secs(86_400), 0));
+    let (every, summary_peers) = shared.summaries.unwrap_or((Duration::from_secs(86_400), 0));
     let mut summary = tokio::time::interval_at(
         Instant::now() + every.mul_f64((i % 1000) as f64 / 1000.0),
         every,
@@ -437,9 +439,12 @@ async fn main() -> Result<()> {
         retries: AtomicUsize::new(0),
         first_error: Mutex::new(None),
         ids: (0..a.agents).map(|_| std::sync::OnceLock::new()).collect(),
-        summaries: a
-            .summaries
-            .then(|| (Duration::from_secs_f64(a.summary_interval.max(0.1)), a.summary_peers)),
+        summaries: a.summaries.then(|| {
+            (
+                Duration::from_secs_f64(a.summary_interval.max(0.1)),
+                a.summary_peers,
+            )
+        }),
         regions: a.regions,
         summaries_sent: AtomicU64::new(0),
     });

@@ -569,7 +569,8 @@ mod tests {
         let t2 = render_matrix(&m);
         assert!(t2.starts_with(&t[..t.len() - 1]), "{t2}");
         assert!(
-            t2.contains("UDP relayed paths") && t2.contains("a -> bb via r1  5.00/10.00 50.0%  penalty +4.00 ms"),
+            t2.contains("UDP relayed paths")
+                && t2.contains("a -> bb via r1  5.00/10.00 50.0%  penalty +4.00 ms"),
             "{t2}"
         );
     }

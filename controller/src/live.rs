@@ -903,7 +903,11 @@ mod tests {
         // ra -> rb: direct (10), via r1 (10 + 30: the weighted median penalty is a2's 7), via r2.
         assert_eq!(
             got,
-            [("", 10, None), ("r1", 40, Some(7.0)), ("r2", 10, Some(-0.5))]
+            [
+                ("", 10, None),
+                ("r1", 40, Some(7.0)),
+                ("r2", 10, Some(-0.5))
+            ]
         );
         // A non-finite penalty is a lie: dropped at ingest.
         report(&live, "a2", vec![relayed("r1", 8.0, f64::NAN, 30)], now);
@@ -928,10 +932,10 @@ mod tests {
             "rb",
             vec![
                 of("b1", "rb", 2, 0),
-                of("a1", "rb", 1, 0),      // ours: ignored
+                of("a1", "rb", 1, 0),        // ours: ignored
                 of("x1", "elsewhere", 1, 0), // another region: ignored
-                of("b2", "rb", 1, 20_000), // older than the TTL: ignored
-                of("b3", "rb", 5, 9_000),  // cut to what is left of 4
+                of("b2", "rb", 1, 20_000),   // older than the TTL: ignored
+                of("b3", "rb", 5, 9_000),    // cut to what is left of 4
             ],
             t0,
             4,

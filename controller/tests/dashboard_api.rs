@@ -125,8 +125,7 @@ async fn job_acks_rejections_roles_and_control_mode_are_served() -> Result<()> {
             .await
             .ok()?;
         let v = statuses(&j);
-        (st == 200 && v.len() == 1 && v[0].0 == a_id && v[0].1 == "rejected")
-            .then(|| v[0].clone())
+        (st == 200 && v.len() == 1 && v[0].0 == a_id && v[0].1 == "rejected").then(|| v[0].clone())
     })
     .await?;
     assert!(
@@ -146,8 +145,14 @@ async fn job_acks_rejections_roles_and_control_mode_are_served() -> Result<()> {
             .map(statuses)
             .unwrap_or_default()
     };
-    assert!(of(&good).iter().all(|x| x.1 == "acked") && of(&good).len() == 2, "{list}");
-    assert_eq!(of(&bad), vec![(a_id.clone(), "rejected".into(), why.clone())]);
+    assert!(
+        of(&good).iter().all(|x| x.1 == "acked") && of(&good).len() == 2,
+        "{list}"
+    );
+    assert_eq!(
+        of(&bad),
+        vec![(a_id.clone(), "rejected".into(), why.clone())]
+    );
 
     // gRPC GetJob and ListJobs.
     let mut c = pb::operator_service_client::OperatorServiceClient::with_interceptor(
@@ -276,7 +281,10 @@ async fn a_controller_serves_the_peers_job_acks_and_live_summaries() -> Result<(
     })
     .await?;
     let st0 = &got["agent_status"][0];
-    assert_eq!((s(st0, "agent"), s(st0, "region")), (b_id.clone(), "b".into()));
+    assert_eq!(
+        (s(st0, "agent"), s(st0, "region")),
+        (b_id.clone(), "b".into())
+    );
 
     // A's matrix has b1's measurements of a1: by region, by agent, streamed and over gRPC.
     eventually("A's region matrix has the b -> a cell", 40, || async {
@@ -402,7 +410,10 @@ async fn relayed_and_direct_paths_are_separate_cells() -> Result<()> {
         (st == 200 && ab.len() == 2).then_some(ab)
     })
     .await?;
-    let direct = cells.iter().find(|c| s(c, "via").is_empty()).expect("direct");
+    let direct = cells
+        .iter()
+        .find(|c| s(c, "via").is_empty())
+        .expect("direct");
     let relayed = cells.iter().find(|c| s(c, "via") == r_id).expect("via r");
     assert!(direct["relay_penalty_ms"].is_null(), "{direct}");
     assert!(relayed["relay_penalty_ms"].is_f64(), "{relayed}");

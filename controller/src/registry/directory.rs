@@ -81,7 +81,11 @@ impl Registry {
             v.extend(
                 dir.directory
                     .iter()
-                    .filter(|a| a.info.as_ref().is_some_and(|i| !inner.agents.contains_key(&i.id)))
+                    .filter(|a| {
+                        a.info
+                            .as_ref()
+                            .is_some_and(|i| !inner.agents.contains_key(&i.id))
+                    })
                     .filter_map(|a| listed(a, a.info.as_ref().is_some_and(|i| i.connected))),
             );
         }
@@ -144,9 +148,7 @@ impl Registry {
             directory,
             grant_public_key: self.cfg.keys.grant_public_key().as_bytes().to_vec(),
             job_status: inner.peer_job_statuses(now),
-            summaries: self
-                .live
-                .own(now, self.cfg.limits.max_peer_summary_pairs),
+            summaries: self.live.own(now, self.cfg.limits.max_peer_summary_pairs),
         }
     }
 
@@ -455,8 +457,7 @@ mod tests {
     async fn agents_are_listed_with_roles_and_control_mode() {
         let (store, dir) = temp_store();
         let mut c = cfg();
-        c.relay_policy =
-            crate::relay_policy::RelayPolicy::parse(&["r1".into()]).expect("policy");
+        c.relay_policy = crate::relay_policy::RelayPolicy::parse(&["r1".into()]).expect("policy");
         let r = Registry::load(c, store).expect("load");
         let claim = |id: &str, port| {
             let mut h = hello(id, port);
