@@ -208,6 +208,9 @@ fn certificate_request() -> Result<Vec<u8>> {
 fn summaries(i: usize, shared: &Shared, peers: usize) -> pb::Summaries {
     use meshlat_proto::sketch::{RttHistogram, nearest_rank};
     let n = shared.ids.len();
+    if n < 2 {
+        return pb::Summaries::default();
+    }
     let peers = if peers == 0 { n - 1 } else { peers.min(n - 1) };
     let regions = shared.regions.max(1);
     let now_ms = std::time::SystemTime::now()

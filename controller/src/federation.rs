@@ -1,7 +1,8 @@
 //! Federation: each controller periodically (every [`EXCHANGE_INTERVAL`]) and whenever its
 //! jobs or agents change calls `FederationService.Exchange` on each `--peer` with its
-//! [`pb::Directory`] (region, live agents with endpoints, its jobs), and merges the peer's
-//! answer. The exchange is symmetric: the called peer merges ours too, so one `--peer` flag
+//! [`pb::Directory`] (region, live agents with endpoints, its jobs, how its agents
+//! acknowledged the peers' jobs, and its own agents' latest live summaries, bounded by
+//! `--max-peer-summary-pairs`), and merges the peer's answer. The exchange is symmetric: the called peer merges ours too, so one `--peer` flag
 //! links two controllers.
 //!
 //! Peer entries age out `--peer-ttl` after the last exchange, so a controller that goes down

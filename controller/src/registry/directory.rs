@@ -46,8 +46,9 @@ pub fn roles(a: &pb::StoredAgent) -> Vec<String> {
 }
 
 impl Registry {
-    /// Known agents, by id, each with its `roles` and `control_mode` ([`roles`],
-    /// [`CONNECTED`] while it has a session here or a live peer lists it connected).
+    /// Known agents, by id, each with its `roles` (`relay` for relays) and `control_mode`
+    /// (`connected` while it has a session here or a live peer lists it connected, else
+    /// `disconnected`).
     ///
     /// Agents of peer controllers (federation) follow, with their controller's region.
     pub fn list_agents(&self) -> Vec<pb::AgentInfo> {
@@ -120,7 +121,7 @@ impl Registry {
     /// This controller's directory for its peers: its region, live agents with their
     /// endpoints, its own running jobs (never stopped ones: a stopped job leaves the
     /// directory, and peers drop what is no longer in it at the next exchange), how its
-    /// agents acknowledged the peers' jobs ([`super::status`]), and its own agents' latest
+    /// agents acknowledged the peers' jobs (`registry::status`), and its own agents' latest
     /// live summaries (at most `--max-peer-summary-pairs` pairs; never a peer's).
     pub fn directory(&self, controller_url: &str, ttl: Duration) -> pb::Directory {
         let inner = self.lock();

@@ -123,7 +123,7 @@ impl Registry {
     }
 
     /// Jobs, by id; stopped ones only if asked. Each with its agents' acknowledgement
-    /// status (`agent_status`, [`super::status`]).
+    /// status (`agent_status`, `registry::status`).
     pub fn list_jobs(&self, include_stopped: bool) -> Vec<pb::Job> {
         let inner = self.lock();
         let mut jobs: Vec<pb::Job> = inner
@@ -136,7 +136,7 @@ impl Registry {
         jobs
     }
 
-    /// One job, with its agents' acknowledgement status (`agent_status`, [`super::status`]).
+    /// One job, with its agents' acknowledgement status (`agent_status`, `registry::status`).
     ///
     /// # Errors
     ///
