@@ -115,6 +115,11 @@ test_images() {
   if "${RUN[@]}" --rm localhost/meshlat-agent:latest probe -n 1 --format json http://127.0.0.1:17780/health 2>/dev/null | grep -q '"ok":true'; then
     echo "ok   agent probe container -> agent serve container (HTTP /health)"
   else echo "FAIL agent HTTP probe"; fail=1; fi
+  # perftest's `docker run IMAGE URL`: the entry point is the agent, a target means probe
+  if out=$("${RUN[@]}" --rm localhost/meshlat-agent:latest http://127.0.0.1:17780/health -n 2 -d 0.2 2>/dev/null) \
+      && grep -q '^Recorded 2 samples in ' <<< "$out"; then
+    echo "ok   IMAGE URL probes as perftest's image did (the table, 2 samples)"
+  else echo "FAIL IMAGE URL: $out"; fail=1; fi
   # controller: starts, passes its image health check
   t0=$(now_ms)
   "${RUN[@]}" -d --name meshlat-test-ctl -e MESHLAT_REGION=local \

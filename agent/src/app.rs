@@ -314,7 +314,14 @@ impl ProbeApp {
             tokio::spawn(a.run(shutdown.clone()));
         }
         let mut sinks = SinkSet::new();
-        sinks.add(StdoutSink::new(self.cfg.format));
+        let mut targets: Vec<&str> = self.cfg.targets.iter().map(|t| t.raw.as_str()).collect();
+        targets.sort_unstable();
+        targets.dedup();
+        // One block per target when blocks end (-n N); with -n 0 lines print as they come.
+        sinks.add(match self.cfg.count {
+            Some(_) => StdoutSink::for_targets(self.cfg.format, targets.len()),
+            None => StdoutSink::new(self.cfg.format),
+        });
         if let Some(f) = &self.cfg.file {
             sinks.add(FileSink::new(f.clone(), &self.cfg.identity.region));
         }
@@ -335,7 +342,9 @@ impl ProbeApp {
         });
         // A fixed job set: dropping the sender lets the scheduler return when every pair is done.
         drop(jobs_tx);
+        // Without --location / REP_LOCATION, src_location is the local address (perftest).
         let summary = Scheduler::new(self.cfg.identity.clone(), sinks.handle(), mode_rx)
+            .with_local_addr_location()
             .run(jobs_rx, shutdown)
             .await;
         sinks.close(SHUTDOWN_GRACE).await;

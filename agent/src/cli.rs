@@ -2,11 +2,16 @@
 //! variable; `agent probe` also honours perftest's `PERFTEST_URL` and `REP_LOCATION`.
 //!
 //! These are raw values: [`crate::config`] turns them into validated configuration.
+//!
+//! Before parsing, [`imply_probe`] turns perftest's command line, `agent [FLAGS] URL ...`
+//! (what `docker run IMAGE URL` runs, the image's entry point being `agent`), into
+//! `agent probe [FLAGS] URL ...`.
 
+use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use meshlat_guard::cli::{DeadlineArgs, DeadlineHelp};
 use meshlat_proto::job::DEFAULT_PACKETS;
 
@@ -29,7 +34,11 @@ Examples:
   agent serve                                   # answer probes on the default ports
   agent probe -n 5 https://example.com/         # perftest-style HTTP phase timings
   agent probe --format json udp://10.0.0.7:7710 # UDP trains, one JSON record per train
-  agent --controller https://ctl:7400 --token T # run under a controller (container entry point)";
+  agent -n 5 https://example.com/               # the same as 'agent probe' (as perftest's command line)
+  agent --controller https://ctl:7400 --token T # run under a controller (container entry point)
+
+Without a subcommand, arguments naming a target (proto://...) or using flags only 'probe' has
+(-n, -d, --format, ...) mean 'probe'; anything else means 'run'.";
 
 const SERVE_EXAMPLES: &str = "\
 Examples:
@@ -54,12 +63,87 @@ Exit status: 0 all measurements ok, 1 some failed, 2 usage or configuration erro
 #[derive(Debug, Parser)]
 #[command(name = "agent", version, after_help = ROOT_EXAMPLES, args_conflicts_with_subcommands = true)]
 pub struct Cli {
-    /// Subcommand; without one, `run` (connect to a controller).
+    /// Subcommand; without one, `run` (connect to a controller), or `probe` when the
+    /// arguments name a target (see [`imply_probe`]).
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Flags of `run` when no subcommand is given.
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// `args` (the program name first) with `probe` inserted after the program name when they name
+/// no subcommand but ask for a measurement, as perftest's `perftest [FLAGS] URL ...` did: when
+/// the first positional argument contains `://` (a target; flags may come before it, as in
+/// `agent -n 5 -d 1 https://example.com/`), or, with no positional argument at all, when a flag
+/// only `probe` has is given (`agent -n 3` with `PERFTEST_URL` set). Otherwise `args` are
+/// returned as they are: `agent`, `agent --controller URL ...` (a URL as a flag's value is not
+/// a target) and every subcommand parse as before.
+pub fn imply_probe(mut args: Vec<OsString>) -> Vec<OsString> {
+    if probe_implied(args.get(1..).unwrap_or_default()) {
+        args.insert(1, OsString::from("probe"));
+    }
+    args
+}
+
+/// Whether `args` (without the program name) mean `probe` (see [`imply_probe`]).
+fn probe_implied(args: &[OsString]) -> bool {
+    let root = Cli::command();
+    let Some(probe) = root.find_subcommand("probe") else {
+        return false;
+    };
+    // What a flag is in a command: unknown, or known and whether it takes a value.
+    let lookup = |cmd: &clap::Command, long: Option<&str>, short: Option<char>| {
+        cmd.get_arguments()
+            .find(|a| match (long, short) {
+                (Some(l), _) => a
+                    .get_long_and_visible_aliases()
+                    .is_some_and(|v| v.contains(&l)),
+                (None, Some(c)) => a
+                    .get_short_and_visible_aliases()
+                    .is_some_and(|v| v.contains(&c)),
+                (None, None) => false,
+            })
+            .map(|a| a.get_action().takes_values())
+    };
+    let mut probe_only_flag = false;
+    let mut i = 0;
+    while let Some(arg) = args.get(i) {
+        i += 1;
+        let Some(arg) = arg.to_str() else {
+            return false;
+        };
+        if arg == "--" {
+            return args
+                .get(i)
+                .and_then(|a| a.to_str())
+                .is_some_and(|a| a.contains("://"));
+        }
+        let (long, short, inline_value) = if let Some(l) = arg.strip_prefix("--") {
+            (
+                Some(l.split_once('=').map_or(l, |(n, _)| n)),
+                None,
+                l.contains('='),
+            )
+        } else if let Some(sh) = arg.strip_prefix('-').filter(|sh| !sh.is_empty()) {
+            (None, sh.chars().next(), sh.chars().count() > 1)
+        } else {
+            // The first positional argument: a target, or a subcommand (or a mistake) for clap.
+            return arg.contains("://");
+        };
+        let (takes_value, probe_only) = match lookup(&root, long, short) {
+            Some(v) => (v, false),
+            None => match lookup(probe, long, short) {
+                Some(v) => (v, true),
+                None => (false, false),
+            },
+        };
+        probe_only_flag |= probe_only;
+        if takes_value && !inline_value {
+            i += 1;
+        }
+    }
+    probe_only_flag
 }
 
 /// Agent subcommands.
@@ -438,4 +522,114 @@ pub struct RunArgs {
     /// Logging and stats.
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `agent ARGS` after [`imply_probe`], without the program name.
+    fn rewritten(args: &[&str]) -> Vec<String> {
+        let argv = std::iter::once("agent")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        imply_probe(argv)
+            .into_iter()
+            .skip(1)
+            .map(|a| a.into_string().expect("utf-8"))
+            .collect()
+    }
+
+    #[test]
+    fn a_target_without_a_subcommand_means_probe() {
+        for args in [
+            &["http://127.0.0.1:7780/", "-n", "2"][..],
+            &["https://example.com/", "udp://10.0.0.7:7710"],
+            &["tcp://10.0.0.7:7711"],
+            &["quic://10.0.0.7:7712", "--format", "json"],
+            &["relay://10.0.0.5:7710/10.0.0.7:7710"],
+            // perftest's `docker run IMAGE -n 5 -d 1 URL`: flags first.
+            &["-n", "5", "-d", "1", "https://www.example.com/"],
+            &["-v", "-n=5", "--delay=1", "https://www.example.com/"],
+            &["-n5", "--format", "json", "https://www.example.com/"],
+            // Flags `run` has too, their values skipped.
+            &[
+                "-s",
+                "9100",
+                "--location",
+                "lab",
+                "https://www.example.com/",
+            ],
+            // A scheme probe refuses still means probe, which names what is wrong.
+            &["ftp://example.com/"],
+            // Only probe's flags (targets from PERFTEST_URL).
+            &["-n", "3"],
+            &["--format", "json", "-d", "2"],
+            &["--", "https://example.com/"],
+        ] {
+            let want: Vec<String> = std::iter::once("probe")
+                .chain(args.iter().copied())
+                .map(String::from)
+                .collect();
+            assert_eq!(rewritten(args), want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn subcommands_and_run_flags_stay_as_they_are() {
+        for args in [
+            &[][..],
+            &["--controller", "https://ctl:7400", "--token", "T"],
+            &["--controller=https://ctl:7400"],
+            &["--firehose-endpoint", "http://127.0.0.1:5000", "-v"],
+            &["-s", "9100", "--region", "eu-west-1"],
+            &["serve"],
+            &["serve", "--listen", "127.0.0.1"],
+            &["probe", "https://example.com/"],
+            &["probe", "-n", "3"],
+            &["run", "--controller", "https://ctl:7400"],
+            &["help"],
+            &["--help"],
+            &["-V"],
+            // Not a target: clap reports it (an unknown subcommand), as before.
+            &["example.com"],
+        ] {
+            let want: Vec<String> = args.iter().copied().map(String::from).collect();
+            assert_eq!(rewritten(args), want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn the_rewritten_arguments_parse_as_probe() {
+        let argv = [
+            "agent",
+            "https://a.example/",
+            "-n",
+            "2",
+            "tcp://10.0.0.7:7711",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        let cli = Cli::try_parse_from(imply_probe(argv)).expect("parses");
+        let Some(Command::Probe(p)) = cli.command else {
+            panic!("not probe: {:?}", cli.command);
+        };
+        assert_eq!(
+            (p.targets, p.count),
+            (
+                vec![
+                    String::from("https://a.example/"),
+                    String::from("tcp://10.0.0.7:7711")
+                ],
+                2
+            )
+        );
+        let argv = ["agent", "--controller", "https://ctl:7400"]
+            .map(OsString::from)
+            .to_vec();
+        let cli = Cli::try_parse_from(imply_probe(argv)).expect("parses");
+        assert!(cli.command.is_none(), "run, as before: {:?}", cli.command);
+        assert_eq!(cli.run.controller.as_deref(), Some("https://ctl:7400"));
+    }
 }

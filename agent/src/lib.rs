@@ -8,6 +8,8 @@
 //!
 //! - [`clock`]: the process clock (monotonic, wall-clock timebase) and clock error bounds.
 //! - [`target`]: parsing `proto://host:port` and URL targets.
+//! - [`local_addr`]: this host's source address toward a target (`agent probe`'s default
+//!   `src_location`, as perftest's From_Location).
 //! - [`probe`]: one module per protocol behind [`probe::ProbeRunner`]; sans-IO timing cores.
 //! - [`respond`]: UDP reflector, TCP, QUIC and HTTP(S) responders.
 //! - [`udp`]: the UDP protocol both use: wire format, relay grants, socket calls, stamp mapping.
@@ -28,6 +30,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod live;
+pub mod local_addr;
 pub mod metrics;
 pub mod probe;
 pub mod respond;

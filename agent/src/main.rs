@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use meshlat_agent::app::{self, ProbeApp, ServeApp};
-use meshlat_agent::cli::{Cli, Command};
+use meshlat_agent::cli::{self, Cli, Command};
 use meshlat_agent::config::{ProbeConfig, ServeConfig};
 use meshlat_agent::control::{config::RunConfig, run::RunApp};
 use meshlat_runtime::{Exit, fail};
@@ -16,7 +16,8 @@ fn setup(e: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `agent [FLAGS] URL ...` is `agent probe [FLAGS] URL ...` (perftest's command line).
+    let cli = Cli::parse_from(cli::imply_probe(std::env::args_os().collect()));
     let command = cli.command.unwrap_or(Command::Run(cli.run));
     meshlat_runtime::block_on("agent", async move {
         run(command).await.map_or_else(|code| code, ExitCode::from)

@@ -11,6 +11,7 @@
 //! Probes never schedule themselves and never see the sinks.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -104,6 +105,7 @@ pub struct Scheduler {
     identity: AgentIdentity,
     sinks: SinkHandle,
     control_mode: watch::Receiver<ControlMode>,
+    location_from_local_addr: bool,
 }
 
 /// A running pair: job id, job version, the id of the key its UDP packets are signed with (a
@@ -121,7 +123,17 @@ impl Scheduler {
             identity,
             sinks,
             control_mode,
+            location_from_local_addr: false,
         }
+    }
+
+    /// Without a location label, write the address each sample was sent from as
+    /// `src_location` ([`crate::local_addr::for_sample`]), as perftest's From_Location did
+    /// (`agent probe`). A configured label always wins.
+    #[must_use]
+    pub fn with_local_addr_location(mut self) -> Self {
+        self.location_from_local_addr = self.identity.location.is_none();
+        self
     }
 
     /// Runs until `shutdown`, or until the job-set sender is dropped and every pair finished.
@@ -236,6 +248,7 @@ impl Scheduler {
                 sinks: self.sinks.clone(),
                 control_mode: self.control_mode.clone(),
                 counters: counters.clone(),
+                location_from_local_addr: self.location_from_local_addr,
             };
             tasks.spawn(pair.run(tok));
         }
@@ -252,6 +265,23 @@ struct Pair {
     sinks: SinkHandle,
     control_mode: watch::Receiver<ControlMode>,
     counters: Arc<Counters>,
+    location_from_local_addr: bool,
+}
+
+/// The last probed address and the local address toward it: one route lookup per change of
+/// the target's address, not per sample.
+type LocalAddrCache = Option<(Option<SocketAddr>, Option<String>)>;
+
+/// The local address a sample that probed `remote` was sent from, as text (cached).
+fn local_location(cache: &mut LocalAddrCache, remote: Option<SocketAddr>) -> Option<String> {
+    match cache {
+        Some((r, l)) if *r == remote => l.clone(),
+        _ => {
+            let l = crate::local_addr::for_sample(remote).map(|ip| ip.to_string());
+            *cache = Some((remote, l.clone()));
+            l
+        }
+    }
 }
 
 impl Pair {
@@ -262,6 +292,7 @@ impl Pair {
             next += job.interval.mul_f64(rand::random::<f64>());
         }
         let mut seq: u64 = 0;
+        let mut local: LocalAddrCache = None;
         loop {
             if job.count.is_some_and(|c| seq >= c) {
                 break;
@@ -278,7 +309,10 @@ impl Pair {
                 () = cancel.cancelled() => return self.key,
                 m = self.runner.run_once(&self.target.target) => m,
             };
-            let rec = self.record(&m, seq, lag);
+            let mut rec = self.record(&m, seq, lag);
+            if self.location_from_local_addr {
+                rec.src_location = local_location(&mut local, m.data.remote_addr);
+            }
             let protocol = job.spec.protocol.as_str();
             match &m.outcome {
                 Outcome::Ok => {
@@ -492,6 +526,44 @@ mod tests {
             2,
             "each target reports done"
         );
+    }
+
+    /// One sample of a closed loopback TCP port (it fails at once, with the address it tried)
+    /// by a standalone scheduler with `identity`; the record.
+    async fn one_loopback_record(identity: AgentIdentity, local_addr_location: bool) -> Record {
+        let (sink, sinks) = collecting();
+        let (_m, mode_rx) = watch::channel(ControlMode::Standalone);
+        let (tx, rx) = watch::channel(JobSet {
+            generation: 0,
+            jobs: vec![tcp_job("j", 0, &[1], Some(1), Duration::from_secs(1))],
+        });
+        drop(tx);
+        let mut sched = Scheduler::new(identity, sinks.handle(), mode_rx);
+        if local_addr_location {
+            sched = sched.with_local_addr_location();
+        }
+        sched.run(rx, CancellationToken::new()).await;
+        sinks.close(Duration::from_secs(5)).await;
+        let recs = sink.0.lock().expect("test mutex").clone();
+        assert_eq!(recs.len(), 1);
+        (*recs[0]).clone()
+    }
+
+    #[tokio::test]
+    async fn without_a_location_label_probe_records_carry_the_local_address() {
+        let unlabelled = AgentIdentity {
+            location: None,
+            ..identity()
+        };
+        let r = one_loopback_record(unlabelled.clone(), true).await;
+        assert_eq!(r.remote_addr.as_deref(), Some("127.0.0.1:1"), "{r:?}");
+        assert_eq!(r.src_location.as_deref(), Some("127.0.0.1"));
+        // A label wins over the address.
+        let r = one_loopback_record(identity(), true).await;
+        assert_eq!(r.src_location.as_deref(), Some("lab"));
+        // Without the option (agents under a controller) no address stands in for the label.
+        let r = one_loopback_record(unlabelled, false).await;
+        assert_eq!(r.src_location, None);
     }
 
     #[tokio::test(start_paused = true)]

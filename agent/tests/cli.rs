@@ -375,3 +375,90 @@ fn packet_interval_ms_and_its_deprecated_alias() {
     assert!(help.contains("--packet-interval-ms"), "{help}");
     assert!(!help.contains("--interval-ms"), "{help}");
 }
+
+/// `agent ARGS` (no subcommand) with no location label in its environment.
+fn agent_unlabelled(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(agent_bin())
+        .args(args)
+        .env_remove("PERFTEST_URL")
+        .env_remove("REP_LOCATION")
+        .env_remove("MESHLAT_LOCATION")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_url_alone_means_probe_and_from_location_is_the_local_address() {
+    // What `docker run IMAGE URL -n 2` runs: the image's entry point is the agent.
+    let srv = serve_only(&[Proto::Http], &[]);
+    let url = format!("http://{}/ping", srv.http.unwrap());
+    let out = agent_unlabelled(&[&url, "-n", "2", "-d", "0.1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("# timestamp\tDNS\t"), "{text}");
+    for l in &lines[1..3] {
+        let cols: Vec<&str> = l.split('\t').collect();
+        // No --location, no REP_LOCATION: From_Location is the address the probe came from.
+        assert_eq!(
+            (cols[7], cols[9], cols[10], cols[11]),
+            ("200", "127.0.0.1", "127.0.0.1", url.as_str()),
+            "{l}"
+        );
+    }
+    assert!(lines[4].starts_with("Recorded 2 samples in "), "{text}");
+    // The records say so too; a label wins over the address. perftest's flags-first form.
+    let out = agent_unlabelled(&["-n", "1", "--format", "json", "--location", "lab", &url]);
+    assert!(out.status.success());
+    let r: meshlat_proto::record::Record =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(r.src_location.as_deref(), Some("lab"));
+    let out = agent_unlabelled(&["-n", "1", "--format", "json", &url]);
+    let r: meshlat_proto::record::Record =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(r.src_location.as_deref(), Some("127.0.0.1"));
+}
+
+#[test]
+fn several_targets_print_one_labelled_block_each() {
+    let srv = serve_only(&[Proto::Http, Proto::Tcp], &[]);
+    let http = format!("http://{}/bytes/10", srv.http.unwrap());
+    let tcp = format!("tcp://{}", srv.tcp.unwrap());
+    let out = agent_unlabelled(&["probe", "-n", "3", "-d", "0.1", &http, &tcp]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Two blocks, each opened by its label, holding only its own target's lines.
+    let blocks: Vec<&str> = text.split("# target ").filter(|b| !b.is_empty()).collect();
+    assert_eq!(blocks.len(), 2, "{text}");
+    let mut seen = Vec::new();
+    for block in blocks {
+        let target = block.lines().next().unwrap();
+        seen.push(target.to_string());
+        let rows: Vec<&str> = block
+            .lines()
+            .skip(1)
+            .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("Recorded"))
+            .collect();
+        // Three numbered samples then the averages, all naming this target.
+        assert_eq!(rows.len(), 4, "{block}");
+        for (i, l) in rows.iter().enumerate() {
+            assert!(l.ends_with(&format!("\t{target}")), "{l}");
+            if i < 3 {
+                assert!(l.starts_with(&format!("{} ", i + 1)), "{l}");
+            }
+        }
+        assert!(block.contains("\nRecorded 3 samples in "), "{block}");
+    }
+    seen.sort();
+    let mut want = vec![http, tcp];
+    want.sort();
+    assert_eq!(seen, want);
+}

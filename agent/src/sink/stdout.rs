@@ -11,10 +11,19 @@
 //! then one numbered line per sample (`N EPOCH` then the columns; HTTP 500 for a failed
 //! connection), and when the target's schedule ends a blank line, `Recorded N samples in Ts,
 //! average values:`, the header again and the averages line. Other protocols get the same shape
-//! with their own columns (see [`columns`]). Several targets run concurrently, so their sample
-//! lines interleave (the last column names the target) and each target's summary block is printed
-//! when it completes — as perftest does for multiple endpoints. Failure details go to stderr
-//! through the log, keeping stdout machine-readable.
+//! with their own columns (see [`columns`]). Failure details go to stderr through the log,
+//! keeping stdout machine-readable.
+//!
+//! # Several targets
+//!
+//! Several targets run concurrently, but the table keeps each target's lines together: one
+//! block per target, in the order the targets first reported, each opened by a `# target URL`
+//! line (blocks after the first are preceded by a blank line) and closed by its summary. The
+//! first target's block is printed live; the other targets' lines are held until the block
+//! before theirs is complete, then printed at once and live from there on. A target still
+//! running when the agent stops (Ctrl-C) has its held lines printed then. Targets without a
+//! sample count (`-n 0`) never complete a block: their lines print as they come, interleaved
+//! (the last column names the target), each target's header before its first line.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -28,9 +37,18 @@ use crate::cli::Format;
 #[derive(Debug)]
 pub struct StdoutSink {
     format: Format,
-    tables: HashMap<(String, String), TableState>,
+    /// One labelled block per target (several targets, each with a sample count).
+    grouped: bool,
+    tables: HashMap<TableKey, TableState>,
+    /// Tables in the order they first reported: the order of their blocks.
+    order: Vec<TableKey>,
+    /// The table whose block is being printed (the others' lines are held).
+    live: Option<TableKey>,
     out: Vec<u8>,
 }
+
+/// A table: (job id, target).
+type TableKey = (String, String);
 
 #[derive(Debug, Default)]
 struct TableState {
@@ -41,6 +59,10 @@ struct TableState {
     ok: u64,
     sums: Vec<f64>,
     done: bool,
+    /// Lines not printed yet (another table's block is live).
+    held: Vec<u8>,
+    /// The whole block, summary included, has been printed.
+    printed: bool,
 }
 
 /// Column headers for a protocol's table (after `# timestamp`).
@@ -164,12 +186,72 @@ fn sample_columns(r: &Record) -> String {
 }
 
 impl StdoutSink {
-    /// A stdout sink in the given format.
+    /// A stdout sink in the given format, for one target (or JSON lines).
     pub fn new(format: Format) -> Self {
+        Self::for_targets(format, 1)
+    }
+
+    /// A stdout sink in the given format for `targets` targets that each end (a sample count):
+    /// with more than one, the table prints one labelled block per target (see the module
+    /// docs). Targets that never end (`-n 0`) get [`StdoutSink::new`]: a block would never
+    /// complete, so lines print as they come.
+    pub fn for_targets(format: Format, targets: usize) -> Self {
         StdoutSink {
             format,
+            grouped: targets > 1,
             tables: HashMap::new(),
+            order: Vec::new(),
+            live: None,
             out: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Sends `text`, part of `key`'s block, to stdout if that block is live (or nothing is),
+    /// else holds it.
+    fn route(&mut self, key: &TableKey, text: &[u8]) {
+        if self.live.is_none() {
+            self.live = Some(key.clone());
+        }
+        if !self.grouped || self.live.as_ref() == Some(key) {
+            self.out.extend_from_slice(text);
+        } else if let Some(st) = self.tables.get_mut(key) {
+            st.held.extend_from_slice(text);
+        }
+    }
+
+    /// `key`'s block is complete: the next block in order is printed up to where its table is,
+    /// and becomes live unless it is complete too (then the next, and so on).
+    fn block_done(&mut self, key: &TableKey) {
+        if self.live.as_ref() != Some(key) {
+            return;
+        }
+        self.live = None;
+        if let Some(st) = self.tables.get_mut(key) {
+            st.printed = true;
+        }
+        for k in &self.order {
+            let Some(st) = self.tables.get_mut(k) else {
+                continue;
+            };
+            if st.printed {
+                continue;
+            }
+            self.out.append(&mut st.held);
+            if st.done {
+                st.printed = true;
+            } else {
+                self.live = Some(k.clone());
+                break;
+            }
+        }
+    }
+
+    /// Prints every held line (at the end: blocks whose targets did not finish).
+    fn release_held(&mut self) {
+        for k in &self.order {
+            if let Some(st) = self.tables.get_mut(k) {
+                self.out.append(&mut st.held);
+            }
         }
     }
 
@@ -181,14 +263,22 @@ impl StdoutSink {
                 self.out.push(b'\n');
             }
             Format::Table => {
-                let st = self
-                    .tables
-                    .entry((r.job_id.clone(), r.target.clone()))
-                    .or_default();
+                let key = (r.job_id.clone(), r.target.clone());
+                let mut text = Vec::new();
+                if !self.tables.contains_key(&key) {
+                    if self.grouped {
+                        if !self.order.is_empty() {
+                            text.push(b'\n');
+                        }
+                        let _ = writeln!(text, "# target {}", r.target);
+                    }
+                    self.order.push(key.clone());
+                }
+                let st = self.tables.entry(key.clone()).or_default();
                 let p = r.protocol.unwrap_or(Protocol::Tcp);
                 if st.protocol.is_none() {
                     st.protocol = Some(p);
-                    let _ = writeln!(self.out, "# timestamp\t{}", columns(p));
+                    let _ = writeln!(text, "# timestamp\t{}", columns(p));
                 }
                 st.n += 1;
                 let t = ts_us(r);
@@ -204,19 +294,15 @@ impl StdoutSink {
                         *s += x;
                     }
                 }
-                let _ = writeln!(
-                    self.out,
-                    "{} {}\t{}",
-                    st.n,
-                    t / 1_000_000,
-                    sample_columns(r)
-                );
+                let _ = writeln!(text, "{} {}\t{}", st.n, t / 1_000_000, sample_columns(r));
+                self.route(&key, &text);
             }
         }
     }
 
     fn summary(&mut self, job: &str, target: &str, end_us: i64) {
-        let Some(st) = self.tables.get_mut(&(job.to_string(), target.to_string())) else {
+        let key = (job.to_string(), target.to_string());
+        let Some(st) = self.tables.get_mut(&key) else {
             return;
         };
         if st.done {
@@ -250,27 +336,33 @@ impl StdoutSink {
             }
             Protocol::Tcp => format!("{}\t\t\t{target}", a(0)),
         };
-        let _ = write!(
-            self.out,
+        let text = format!(
             "\nRecorded {n} samples in {secs}s, average values:\n# timestamp\t{}\n{n} {secs}s   \t{cols}\n",
             columns(p),
             n = st.n
         );
+        self.route(&key, text.as_bytes());
+        self.block_done(&key);
     }
 
-    /// Renders records then summaries, as the sink would print them (for tests and docs).
+    /// Renders records then summaries (in the order the targets first appear), as the sink
+    /// would print them for that many targets (for tests and docs).
     pub fn render(format: Format, records: &[Record], end_us: i64) -> String {
-        let mut s = StdoutSink::new(format);
+        let mut keys: Vec<TableKey> = Vec::new();
+        for r in records {
+            let k = (r.job_id.clone(), r.target.clone());
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        let mut s = StdoutSink::for_targets(format, keys.len());
         for r in records {
             s.push(r);
         }
-        let keys: Vec<_> = records
-            .iter()
-            .map(|r| (r.job_id.clone(), r.target.clone()))
-            .collect();
         for (j, t) in keys {
             s.summary(&j, &t, end_us);
         }
+        s.release_held();
         String::from_utf8_lossy(&s.out).into_owned()
     }
 
@@ -325,6 +417,13 @@ impl Sink for StdoutSink {
     async fn flush(&mut self) -> Result<(), SinkError> {
         self.emit()
     }
+
+    async fn close(&mut self) {
+        self.release_held();
+        if let Err(e) = self.emit() {
+            crate::metrics::sink_error(self.name(), "close", 0, &e);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -362,6 +461,98 @@ Recorded 2 samples in 41s, average values:\n\
 # timestamp\tDNS\tTCP\tTLS\tFirst\tLastB\tTotal\tHTTP\tSize\tFrom_Location\tRemote_Addr\tproto://uri\n\
 2 41s   \t12.771\t14.607\t127.732\t61.524\t1.333\t209.282\t\t12051\t\thttps://www.google.com\n";
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn several_targets_print_one_labelled_block_each() {
+        let on = |i: u64, url: &str| {
+            let mut r = http(i, 1.0, Some(200));
+            r.target = url.into();
+            r
+        };
+        let (a, b) = ("https://a.example/", "https://b.example/");
+        // The targets' samples arrive interleaved, as concurrent targets deliver them.
+        let recs = vec![on(0, a), on(0, b), on(1, b), on(1, a), on(2, a)];
+        let out = StdoutSink::render(Format::Table, &recs, 1_554_917_744 * 1_000_000);
+        let lines: Vec<&str> = out.lines().collect();
+        let header = "# timestamp\tDNS\tTCP\tTLS\tFirst\tLastB\tTotal\tHTTP\tSize\tFrom_Location\tRemote_Addr\tproto://uri";
+        let b_at = lines
+            .iter()
+            .position(|l| *l == format!("# target {b}"))
+            .expect("b's label");
+        let (block_a, block_b) = lines.split_at(b_at);
+        assert_eq!(block_a[..2], [format!("# target {a}").as_str(), header]);
+        assert_eq!(block_a.last(), Some(&""), "a blank line between blocks");
+        assert_eq!(block_b[1], header);
+        for (block, url, n) in [(block_a, a, 3), (block_b, b, 2)] {
+            let samples: Vec<&str> = block
+                .iter()
+                .copied()
+                .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("Recorded"))
+                .collect();
+            // n numbered sample lines, then the averages line, all of this target only.
+            assert_eq!(samples.len(), n + 1, "{url}: {block:?}");
+            for (i, l) in samples[..n].iter().enumerate() {
+                assert!(l.starts_with(&format!("{} ", i + 1)), "{l}");
+            }
+            assert!(samples.iter().all(|l| l.ends_with(url)), "{block:?}");
+            let recorded = format!("Recorded {n} samples in ");
+            assert_eq!(
+                block.iter().filter(|l| l.starts_with(&recorded)).count(),
+                1,
+                "{block:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_held_block_is_printed_when_the_live_one_completes() {
+        let on = |i: u64, url: &str| {
+            let mut r = http(i, 1.0, Some(200));
+            r.target = url.into();
+            r
+        };
+        let (a, b) = ("https://a.example/", "https://b.example/");
+        let mut s = StdoutSink::for_targets(Format::Table, 2);
+        s.push(&on(0, a));
+        s.push(&on(0, b));
+        let taken =
+            |s: &mut StdoutSink| String::from_utf8(std::mem::take(&mut s.out)).expect("utf8");
+        let first = taken(&mut s);
+        assert!(
+            first.contains(a) && !first.contains(b),
+            "a is live, b held: {first}"
+        );
+        s.push(&on(1, a));
+        assert!(taken(&mut s).contains(a), "a's lines print as they come");
+        s.summary("standalone", a, 0);
+        let next = taken(&mut s);
+        assert!(next.starts_with("\nRecorded 2 samples"), "{next}");
+        assert!(
+            next.contains(&format!("# target {b}\n")),
+            "b's held lines follow: {next}"
+        );
+        s.push(&on(1, b));
+        assert!(taken(&mut s).starts_with("2 "), "b is live now");
+        // At the end, a block whose target did not finish is printed as far as it got.
+        let mut s = StdoutSink::for_targets(Format::Table, 2);
+        s.push(&on(0, a));
+        s.push(&on(0, b));
+        s.release_held();
+        let all = taken(&mut s);
+        assert!(
+            all.contains(&format!("# target {a}")) && all.contains(&format!("# target {b}")),
+            "{all}"
+        );
+        // Targets that never end (-n 0): every line prints as it comes.
+        let mut s = StdoutSink::new(Format::Table);
+        s.push(&on(0, a));
+        s.push(&on(0, b));
+        let both = taken(&mut s);
+        assert!(
+            both.contains(a) && both.contains(b) && !both.contains("# target"),
+            "{both}"
+        );
     }
 
     #[test]

@@ -131,11 +131,23 @@ fn words(line: &str) -> Vec<String> {
 
 /// Parses every example with the command-line parser `P` and fails naming each that does not
 /// parse; also fails when fewer than `at_least` examples are found (the extraction itself broke).
+#[allow(dead_code)] // the controller's test calls this, the agent's `check_all_rewritten`
 pub fn check_all<P: clap::Parser>(program: &str, at_least: usize) {
+    check_all_rewritten::<P>(program, at_least, |argv| argv);
+}
+
+/// [`check_all`], each command line passed through `rewrite` first, as the binary's `main` does
+/// before parsing (the agent's `meshlat_agent::cli::imply_probe`).
+pub fn check_all_rewritten<P: clap::Parser>(
+    program: &str,
+    at_least: usize,
+    rewrite: impl Fn(Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString>,
+) {
     let found = examples(&["README.md", "infra/README.md"], program);
     let mut bad = Vec::new();
     for ex in &found {
-        if let Err(e) = P::try_parse_from(&ex.argv) {
+        let argv = rewrite(ex.argv.iter().map(Into::into).collect());
+        if let Err(e) = P::try_parse_from(argv) {
             let first = e.to_string().lines().next().unwrap_or("").to_string();
             bad.push(format!(
                 "{}:{}: {}\n    {first}",
