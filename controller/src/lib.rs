@@ -30,6 +30,7 @@
 //! - [`grpc`]: `AgentService`, `OperatorService`, interceptors, `Status` mapping.
 //! - [`rest`]: the REST/JSON mirror under `/api/v1`; [`json`]: the JSON form of jobs.
 //! - [`client`]: `controller job ...` and `controller agents`.
+//! - [`ui`]: the web dashboard's embedded files and the security headers of the REST listener.
 
 pub mod address_policy;
 pub mod app;
@@ -55,3 +56,4 @@ pub mod registry;
 pub mod relay_policy;
 pub mod rest;
 pub mod store;
+pub mod ui;

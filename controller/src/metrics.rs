@@ -103,6 +103,8 @@ pub enum AuthFailure {
     /// An agent session the identity rules refused: it may not speak for that agent id, or it
     /// must upgrade (`agent_identity`).
     AgentIdentity,
+    /// A dashboard session cookie on a state-changing call without its CSRF token (`csrf`).
+    Csrf,
 }
 
 impl AuthFailure {
@@ -125,6 +127,7 @@ impl AuthFailure {
             AuthFailure::ClientCertificate => "client_certificate",
             AuthFailure::FederationSecret => "federation_secret",
             AuthFailure::AgentIdentity => "agent_identity",
+            AuthFailure::Csrf => "csrf",
         }
     }
 }

@@ -73,11 +73,12 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit;
+use crate::auth::session::{self, Session, Sessions};
 use crate::auth::{CredentialError, Credentials, OperatorInfo, bearer};
 use crate::json;
 use crate::live::WATCH_INTERVAL;
 use crate::metrics::AuthFailure;
-use crate::registry::{DomainError, Registry};
+use crate::registry::{DomainError, RegionFilter, Registry};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -95,6 +96,10 @@ pub const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
 pub struct Rest {
     registry: Arc<Registry>,
     creds: Arc<Credentials>,
+    /// The dashboard's browser sessions.
+    sessions: Arc<Sessions>,
+    /// Whether the listener has TLS (session cookies are then `Secure`).
+    tls: bool,
 }
 
 /// A REST response: a whole JSON body, or a stream of server-sent events.
@@ -203,7 +208,12 @@ fn methods(allow: &'static str) -> MethodRouter<Rest> {
 impl Rest {
     /// A REST front end over `registry`.
     pub fn new(registry: Arc<Registry>, creds: Arc<Credentials>) -> Self {
-        Rest { registry, creds }
+        Rest {
+            registry,
+            creds,
+            sessions: Arc::new(Sessions::default()),
+            tls: false,
+        }
     }
 
     /// The API's routes (the table in the module documentation). It expects requests that
@@ -226,6 +236,13 @@ impl Rest {
                     .on(M::GET, get_job)
                     .on(M::PUT, update_job)
                     .on(M::DELETE, stop_job),
+            )
+            .route(
+                "/api/v1/session",
+                methods("GET, POST, DELETE")
+                    .on(M::GET, get_session)
+                    .on(M::POST, sign_in)
+                    .on(M::DELETE, sign_out),
             )
             .route("/api/v1/agents", methods("GET").on(M::GET, list_agents))
             .route("/api/v1/matrix", methods("GET").on(M::GET, matrix))
@@ -270,6 +287,8 @@ impl Rest {
         limiter: Arc<RateLimiter>,
         shutdown: CancellationToken,
     ) {
+        let mut this = self;
+        this.tls = tls.is_some();
         let header_timeout = listener.tracker().limits().header_timeout;
         match tls {
             Some(acc) => {
@@ -279,7 +298,7 @@ impl Rest {
                     false,
                     shutdown.clone(),
                 );
-                self.serve_conns(conns, header_timeout, limiter, shutdown)
+                this.serve_conns(conns, header_timeout, limiter, shutdown)
                     .await;
             }
             None => {
@@ -289,7 +308,7 @@ impl Rest {
                     false,
                     shutdown.clone(),
                 );
-                self.serve_conns(conns, header_timeout, limiter, shutdown)
+                this.serve_conns(conns, header_timeout, limiter, shutdown)
                     .await;
             }
         }
@@ -352,14 +371,89 @@ impl Rest {
 #[derive(Clone, Debug)]
 struct AuditObject(String);
 
-/// Every request passes here before routing: `GET` of the OpenAPI document is answered at
-/// once; any other request needs the operator credential (`401` otherwise), has its body read
-/// within [`MAX_BODY`] (`413` otherwise) and its path normalized (empty segments and a
-/// trailing `/` dropped) for the router. State-changing calls are audited.
+/// Every request passes here before routing: `GET` of the OpenAPI document and of the
+/// dashboard's files ([`crate::ui`]) is answered at once; any other request needs the operator
+/// credential or a dashboard session cookie (`401` otherwise; see [`authenticate`]), has its
+/// body read within [`MAX_BODY`] (`413` otherwise) and its path normalized (empty segments and
+/// a trailing `/` dropped) for the router. State-changing calls are audited. Every response
+/// gets the security headers of [`crate::ui::secure`].
 async fn gate(State(rest): State<Rest>, req: Request, next: Next) -> Resp {
+    crate::ui::secure(gate_inner(rest, req, next).await)
+}
+
+/// The signed-in dashboard session of a request (after [`gate`]): its cookie value and
+/// session, for `/api/v1/session`.
+#[derive(Clone, Debug)]
+struct WebSession {
+    id: String,
+    session: Session,
+}
+
+/// Who made a request: the operator's name and, for a cookie session, the session.
+enum Caller {
+    /// An operator credential (`Authorization: Bearer`) or a session with a valid CSRF token.
+    Operator(String, Option<WebSession>),
+    /// No valid credential or session.
+    Refused { presented: bool },
+    /// A session cookie on a state-changing call without its CSRF token.
+    NoCsrf(String),
+}
+
+/// The caller of a request: the `Authorization` header if there is one, else the session
+/// cookie, which must belong to a live session of an operator that still exists, and on
+/// `POST`, `PUT` and `DELETE` come with the session's CSRF token in `X-CSRF-Token`.
+fn authenticate(rest: &Rest, parts: &http::request::Parts) -> Caller {
+    if let Some(v) = parts.headers.get(http::header::AUTHORIZATION) {
+        let presented = v.to_str().ok().and_then(bearer);
+        return match presented.and_then(|c| rest.creds.check_operator(c)) {
+            Some(name) => Caller::Operator(name, None),
+            None => Caller::Refused { presented: true },
+        };
+    }
+    let cookie = parts
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| session::cookie_value(v, session::COOKIE));
+    let Some(id) = cookie else {
+        return Caller::Refused { presented: false };
+    };
+    let live = rest.sessions.get(id).filter(|s| {
+        rest.creds
+            .list_operators()
+            .iter()
+            .any(|o| o.name == s.operator)
+    });
+    let Some(s) = live else {
+        return Caller::Refused { presented: true };
+    };
+    let reads = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let token = parts
+        .headers
+        .get(session::CSRF_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if !reads && !token.is_some_and(|t| session::token_eq(t, &s.csrf)) {
+        return Caller::NoCsrf(s.operator);
+    }
+    Caller::Operator(
+        s.operator.clone(),
+        Some(WebSession {
+            id: id.to_string(),
+            session: s,
+        }),
+    )
+}
+
+async fn gate_inner(rest: Rest, req: Request, next: Next) -> Resp {
     let (mut parts, body) = req.into_parts();
-    if parts.method == Method::GET && parts.uri.path() == OPENAPI_PATH {
-        return ([(http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response();
+    if parts.method == Method::GET {
+        if parts.uri.path() == OPENAPI_PATH {
+            return ([(http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response();
+        }
+        if let Some(a) = crate::ui::asset(parts.uri.path()) {
+            return crate::ui::serve(a);
+        }
     }
     let remote = parts.extensions.get::<RemoteAddr>().map(|r| r.0);
     let segs: Vec<String> = parts
@@ -370,19 +464,47 @@ async fn gate(State(rest): State<Rest>, req: Request, next: Next) -> Resp {
         .map(str::to_string)
         .collect();
     let action = audit_action(&parts.method, &segs);
-    let presented = parts
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer);
-    let caller = presented.and_then(|c| rest.creds.check_operator(c));
-    let resp = match &caller {
-        Some(_) => match axum::body::to_bytes(body, MAX_BODY).await {
-            Err(_) => error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_argument",
-                None,
-                "request body too large or unreadable",
+    // Signing in is the one call that needs no credential in a header: it carries one.
+    let sign_in = parts.method == Method::POST && segs == ["api", "v1", "session"];
+    let caller = match authenticate(&rest, &parts) {
+        Caller::Refused { .. } if sign_in => Ok(None),
+        Caller::Operator(name, web) => {
+            if let Some(web) = web {
+                parts.extensions.insert(web);
+            }
+            Ok(Some(name))
+        }
+        Caller::Refused { presented } => {
+            tracing::warn!(message = "REST call refused: bad credential.", path = %parts.uri.path(), ?remote);
+            crate::metrics::auth_failure("rest", AuthFailure::refused(presented));
+            Err((None, unauthorized()))
+        }
+        Caller::NoCsrf(name) => {
+            tracing::warn!(message = "REST call refused: dashboard session without its CSRF token.", path = %parts.uri.path(), operator = %name, ?remote);
+            crate::metrics::auth_failure("rest", AuthFailure::Csrf);
+            Err((
+                Some(name),
+                error(
+                    StatusCode::FORBIDDEN,
+                    "permission_denied",
+                    Some(session::CSRF_HEADER),
+                    "a state-changing call with a session cookie needs the session's CSRF token \
+                     in X-CSRF-Token (from POST or GET /api/v1/session)",
+                ),
+            ))
+        }
+    };
+    let (caller, resp) = match caller {
+        Err((caller, resp)) => (caller, resp),
+        Ok(caller) => match axum::body::to_bytes(body, MAX_BODY).await {
+            Err(_) => (
+                caller,
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_argument",
+                    None,
+                    "request body too large or unreadable",
+                ),
             ),
             Ok(body) => {
                 let query = parts
@@ -390,20 +512,16 @@ async fn gate(State(rest): State<Rest>, req: Request, next: Next) -> Resp {
                     .query()
                     .map(|q| format!("?{q}"))
                     .unwrap_or_default();
-                match format!("/{}{query}", segs.join("/")).parse::<Uri>() {
+                let resp = match format!("/{}{query}", segs.join("/")).parse::<Uri>() {
                     Ok(uri) => {
                         parts.uri = uri;
                         next.run(Request::from_parts(parts, Body::from(body))).await
                     }
                     Err(_) => error(StatusCode::NOT_FOUND, "not_found", None, "no such endpoint"),
-                }
+                };
+                (caller, resp)
             }
         },
-        None => {
-            tracing::warn!(message = "REST call refused: bad credential.", path = %parts.uri.path(), ?remote);
-            crate::metrics::auth_failure("rest", AuthFailure::refused(presented.is_some()));
-            unauthorized()
-        }
     };
     if let Some(action) = action {
         let object = resp
@@ -525,19 +643,109 @@ async fn list_agents(State(rest): State<Rest>) -> Resp {
 }
 
 async fn matrix(State(rest): State<Rest>, uri: Uri) -> Resp {
-    let (by, protocol) = matrix_query(uri.query().unwrap_or(""));
-    match rest.registry.matrix(&by, &protocol) {
+    let (by, protocol, filter) = matrix_query(uri.query().unwrap_or(""));
+    match rest.registry.matrix_within(&by, &protocol, &filter) {
         Ok(m) => reply(StatusCode::OK, &json::matrix_to_value(&m)),
         Err(e) => domain_error(&e),
     }
 }
 
 async fn stream(State(rest): State<Rest>, uri: Uri) -> Resp {
-    let (by, protocol) = matrix_query(uri.query().unwrap_or(""));
-    match rest.registry.matrix(&by, &protocol) {
-        Ok(_) => sse(rest.registry, by, protocol),
+    let (by, protocol, filter) = matrix_query(uri.query().unwrap_or(""));
+    match rest.registry.matrix_within(&by, &protocol, &filter) {
+        Ok(_) => sse(rest.registry, by, protocol, filter),
         Err(e) => domain_error(&e),
     }
+}
+
+/// The JSON of a session: the operator, and for a cookie session its CSRF token and end.
+fn session_value(operator: &str, web: Option<&Session>) -> Value {
+    json!({
+        "operator": operator,
+        "csrf_token": web.map(|s| s.csrf.as_str()),
+        "expires_unix": web.map(|s| s.expires_unix),
+    })
+}
+
+/// `POST /api/v1/session` with `{"credential": "NAME:SECRET"}`: a dashboard session, as an
+/// `HttpOnly; SameSite=Strict` cookie, and its CSRF token in the body. Only JSON bodies (a
+/// page of another site cannot send one without the browser asking first), so no site can
+/// sign a browser in under another credential.
+async fn sign_in(State(rest): State<Rest>, headers: HeaderMap, body: Bytes) -> Resp {
+    let json_body = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().starts_with("application/json"));
+    if !json_body {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_argument",
+            Some("Content-Type"),
+            "Content-Type: must be application/json",
+        );
+    }
+    let credential = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
+        v.get("credential")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let Some(credential) = credential else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            Some("credential"),
+            "credential: send {\"credential\": \"NAME:SECRET\"}",
+        );
+    };
+    let Some(name) = rest.creds.check_operator(&credential) else {
+        tracing::warn!(message = "Dashboard sign-in refused: bad credential.");
+        crate::metrics::auth_failure("rest", AuthFailure::refused(true));
+        return unauthorized();
+    };
+    let new = rest.sessions.start(&name);
+    tracing::info!(message = "Dashboard session started.", operator = %name);
+    let mut r = reply(
+        StatusCode::CREATED,
+        &session_value(&name, Some(&new.session)),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&session::set_cookie(&new.id, rest.tls)) {
+        r.headers_mut().insert(http::header::SET_COOKIE, v);
+    }
+    audited(&name, r)
+}
+
+/// `GET /api/v1/session`: who is signed in (a reloaded page gets its CSRF token back here).
+async fn get_session(
+    State(_rest): State<Rest>,
+    web: Option<axum::Extension<WebSession>>,
+    headers: HeaderMap,
+) -> Resp {
+    match web {
+        Some(axum::Extension(w)) => reply(
+            StatusCode::OK,
+            &session_value(&w.session.operator, Some(&w.session)),
+        ),
+        // A credential in the header: the gate let it through, so it names an operator.
+        None => {
+            let name = headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer)
+                .and_then(|c| c.split_once(':').map(|(n, _)| n.to_string()))
+                .unwrap_or_default();
+            reply(StatusCode::OK, &session_value(&name, None))
+        }
+    }
+}
+
+/// `DELETE /api/v1/session`: signs out (the session ends, the cookie is cleared).
+async fn sign_out(State(rest): State<Rest>, web: Option<axum::Extension<WebSession>>) -> Resp {
+    let ended = web.is_some_and(|axum::Extension(w)| rest.sessions.end(&w.id));
+    let mut r = reply(StatusCode::OK, &json!({ "signed_out": ended }));
+    if let Ok(v) = http::HeaderValue::from_str(&session::clear_cookie(rest.tls)) {
+        r.headers_mut().insert(http::header::SET_COOKIE, v);
+    }
+    r
 }
 
 async fn list_credentials(State(rest): State<Rest>) -> Resp {
@@ -564,7 +772,10 @@ async fn add_credential(State(rest): State<Rest>, body: Bytes) -> Resp {
 
 async fn revoke_credential(State(rest): State<Rest>, uri: Uri) -> Resp {
     match rest.creds.revoke_operator(last_segment(&uri)) {
-        Ok(i) => reply(StatusCode::OK, &cred_value(&i)),
+        Ok(i) => {
+            rest.sessions.end_operator(&i.name);
+            reply(StatusCode::OK, &cred_value(&i))
+        }
         Err(e) => credential_error(&e),
     }
 }
@@ -632,6 +843,8 @@ fn audit_action(method: &Method, segs: &[String]) -> Option<&'static str> {
         (&Method::POST, ["api", "v1", "jobs"]) => "job.start",
         (&Method::PUT, ["api", "v1", "jobs", _]) => "job.update",
         (&Method::DELETE, ["api", "v1", "jobs", _]) => "job.stop",
+        (&Method::POST, ["api", "v1", "session"]) => "session.start",
+        (&Method::DELETE, ["api", "v1", "session"]) => "session.end",
         (&Method::POST, ["api", "v1", "credentials"]) => "credential.add",
         (&Method::DELETE, ["api", "v1", "credentials", _]) => "credential.revoke",
         (&Method::POST, ["api", "v1", "tokens"]) => "token.create",
@@ -644,8 +857,9 @@ fn audit_action(method: &Method, segs: &[String]) -> Option<&'static str> {
 fn outcome(status: StatusCode) -> &'static str {
     match status.as_u16() {
         200..=299 => "ok",
-        400 | 413 => "invalid_argument",
+        400 | 413 | 415 => "invalid_argument",
         401 => "unauthenticated",
+        403 => "permission_denied",
         404 => "not_found",
         405 => "method_not_allowed",
         409 | 412 => "failed_precondition",
@@ -739,21 +953,24 @@ fn credential_error(e: &CredentialError) -> Resp {
 
 /// `by` and `protocol` from a query string (unknown keys ignored; no percent-decoding needed
 /// for the values allowed).
-fn matrix_query(query: &str) -> (String, String) {
+fn matrix_query(query: &str) -> (String, String, RegionFilter) {
     let (mut by, mut protocol) = (String::new(), String::new());
+    let mut filter = RegionFilter::default();
     for kv in query.split('&') {
         match kv.split_once('=') {
             Some(("by", v)) => by = v.to_string(),
             Some(("protocol", v)) => protocol = v.to_string(),
+            Some(("src_region", v)) if !v.is_empty() => filter.src_region = Some(v.to_string()),
+            Some(("dst_region", v)) if !v.is_empty() => filter.dst_region = Some(v.to_string()),
             _ => {}
         }
     }
-    (by, protocol)
+    (by, protocol, filter)
 }
 
 /// A `text/event-stream` response: a matrix every [`WATCH_INTERVAL`], heartbeat comments in
 /// between. The producing task ends when the client goes away (its body is dropped).
-fn sse(registry: Arc<Registry>, by: String, protocol: String) -> Resp {
+fn sse(registry: Arc<Registry>, by: String, protocol: String, filter: RegionFilter) -> Resp {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(4);
     tokio::spawn(async move {
         let mut matrix = tokio::time::interval(WATCH_INTERVAL);
@@ -770,10 +987,19 @@ fn sse(registry: Arc<Registry>, by: String, protocol: String) -> Resp {
         }
         loop {
             let event = tokio::select! {
-                _ = matrix.tick() => match registry.matrix(&by, &protocol) {
-                    Ok(m) => Event::default().event("matrix").data(json::matrix_to_value(&m).to_string()),
-                    Err(_) => break,
-                },
+                _ = matrix.tick() => {
+                    // A large mesh's matrix takes a while: off the runtime's workers.
+                    let (r, b, p, f) = (registry.clone(), by.clone(), protocol.clone(), filter.clone());
+                    let built = tokio::task::spawn_blocking(move || {
+                        r.matrix_within(&b, &p, &f)
+                            .map(|m| json::matrix_to_value(&m).to_string())
+                    })
+                    .await;
+                    match built {
+                        Ok(Ok(data)) => Event::default().event("matrix").data(data),
+                        _ => break,
+                    }
+                }
                 _ = heartbeat.tick() => Event::default().comment("heartbeat"),
             };
             if tx.send(event).await.is_err() {

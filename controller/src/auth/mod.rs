@@ -31,11 +31,13 @@
 //! - [`credentials`]: the join tokens and operator credentials, stored hashed (`credentials.json`).
 //! - [`tls`]: the CA and the server certificate ([`load_or_create_tls`]), join tokens.
 //! - [`federation`]: the shared secrets of a federation ([`FederationSecret`]).
+//! - [`session`]: the web dashboard's browser sessions (cookie and CSRF token).
 
 use std::path::{Path, PathBuf};
 
 pub mod credentials;
 pub mod federation;
+pub mod session;
 pub mod tls;
 
 pub use credentials::{

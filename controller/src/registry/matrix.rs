@@ -10,6 +10,29 @@ use super::error::{Problem, invalid};
 use super::{DomainError, Registry, unix_ms};
 use crate::live::{self, By};
 
+/// Which regions' pairs a matrix covers: a source region, a destination region, or both
+/// (empty: any).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegionFilter {
+    /// Only pairs whose source agent is in this region.
+    pub src_region: Option<String>,
+    /// Only pairs whose destination is in this region.
+    pub dst_region: Option<String>,
+}
+
+impl RegionFilter {
+    /// Whether the filter lets every pair through.
+    pub fn is_empty(&self) -> bool {
+        self.src_region.is_none() && self.dst_region.is_none()
+    }
+
+    /// Whether a pair from `src` to `dst` (regions) passes.
+    pub fn admits(&self, src: &str, dst: &str) -> bool {
+        self.src_region.as_deref().is_none_or(|r| r == src)
+            && self.dst_region.as_deref().is_none_or(|r| r == dst)
+    }
+}
+
 impl Registry {
     /// Keeps a session's latest rolling summaries for the live view (and notes it was heard).
     pub fn summaries(&self, agent_id: &str, session: u64, s: pb::Summaries) {
@@ -39,6 +62,21 @@ impl Registry {
     ///
     /// [`DomainError::Invalid`] for an unknown `by` or protocol.
     pub fn matrix(&self, by: &str, protocol: &str) -> Result<pb::Matrix, DomainError> {
+        self.matrix_within(by, protocol, &RegionFilter::default())
+    }
+
+    /// [`Registry::matrix`] of the pairs whose source and destination regions pass `filter`:
+    /// the dashboard's agent × agent view of one region pair in a large mesh.
+    ///
+    /// # Errors
+    ///
+    /// [`DomainError::Invalid`] for an unknown `by` or protocol.
+    pub fn matrix_within(
+        &self,
+        by: &str,
+        protocol: &str,
+        filter: &RegionFilter,
+    ) -> Result<pb::Matrix, DomainError> {
         let by =
             By::parse(by).ok_or_else(|| invalid("by", Problem::Rule("must be agent or region")))?;
         let protocol = protocol.trim();
@@ -62,9 +100,12 @@ impl Registry {
                 .map(|i| (i.id.clone(), i.region.clone()))
                 .collect()
         };
-        let cells = self
+        let mut cells = self
             .live
             .cells(Instant::now(), |id| regions.get(id).cloned());
+        if !filter.is_empty() {
+            cells.retain(|c| filter.admits(&c.src_region, &c.dst_region));
+        }
         Ok(pb::Matrix {
             cells: live::matrix(&cells, by, (!protocol.is_empty()).then_some(protocol)),
             unix_ms: unix_ms(),

@@ -53,6 +53,7 @@ mod validate;
 pub use directory::AgentCounts;
 pub use error::{DomainError, Problem};
 pub use jobs::Ensured;
+pub use matrix::RegionFilter;
 pub use rounds::{DEFER_ABOVE, DEFER_MIN_AGENTS, RECOMPUTE_SPACING};
 pub use sessions::Session;
 
