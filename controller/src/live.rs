@@ -392,6 +392,17 @@ impl Live {
     /// Every pair not older than the TTL; `region_of` names destination agents' regions.
     /// Expired agents are forgotten.
     pub fn cells(&self, now: Instant, region_of: impl Fn(&str) -> Option<String>) -> Vec<PairCell> {
+        self.cells_where(now, region_of, |_, _, _| true)
+    }
+
+    /// [`Live::cells`] of the pairs `keep(src_region, dst_region, summary)` admits; the others
+    /// are never copied (a large mesh's matrix of one region pair or protocol stays cheap).
+    pub fn cells_where(
+        &self,
+        now: Instant,
+        region_of: impl Fn(&str) -> Option<String>,
+        keep: impl Fn(&str, &str, &pb::PairSummary) -> bool,
+    ) -> Vec<PairCell> {
         self.prune(now);
         let m = self.lock();
         let mut out = Vec::new();
@@ -403,6 +414,9 @@ impl Live {
                     let r = region_of(&p.dst_agent).unwrap_or_else(|| "unknown".into());
                     (p.dst_agent.clone(), r)
                 };
+                if !keep(&a.region, &dst_region, p) {
+                    continue;
+                }
                 out.push(PairCell {
                     src_agent: src.clone(),
                     src_region: a.region.clone(),
@@ -715,6 +729,35 @@ mod tests {
         // All protocols: tcp appears as its own cell.
         let m = matrix(&cells, By::Region, None);
         assert!(m.iter().any(|c| c.protocol == "tcp" && c.dst == "rb"));
+    }
+
+    /// The dashboard's filtered views copy only the pairs they show.
+    #[test]
+    fn cells_where_keeps_only_the_admitted_pairs() {
+        let live = Live::new(SUMMARY_TTL, LiveLimits::default());
+        let now = Instant::now();
+        report(
+            &live,
+            "a1",
+            vec![
+                pair("b1", "udp", 10.0, 20.0, 300, 0),
+                pair("b1", "tcp", 1.0, 2.0, 10, 0),
+                pair("a2", "udp", 0.5, 0.9, 100, 0),
+            ],
+            now,
+        );
+        let to_rb = live.cells_where(now, region_of, |_, dst, _| dst == "rb");
+        let got: Vec<(&str, &str)> = to_rb
+            .iter()
+            .map(|c| (c.dst.as_str(), c.summary.protocol.as_str()))
+            .collect();
+        assert_eq!(got, [("b1", "udp"), ("b1", "tcp")]);
+        let udp_in_ra = live.cells_where(now, region_of, |s, d, p| {
+            s == "ra" && d == "ra" && p.protocol == "udp"
+        });
+        assert_eq!(udp_in_ra.len(), 1);
+        assert_eq!(udp_in_ra[0].dst, "a2");
+        assert!(live.cells_where(now, region_of, |_, _, _| false).is_empty());
     }
 
     /// A pair summary as an agent of this version sends it: from samples, with its histogram.

@@ -2,7 +2,10 @@
 //!
 //! # Endpoints
 //!
-//! Every request carries `Authorization: Bearer KEY:SECRET` (the operator credential).
+//! Every request carries `Authorization: Bearer KEY:SECRET` (the operator credential), or the
+//! web dashboard's session cookie from `POST /api/v1/session` ([`crate::auth::session`]; then
+//! `POST`, `PUT` and `DELETE` also need its CSRF token in `X-CSRF-Token`, `403` otherwise).
+//! `GET /` and `/ui/*` serve the dashboard's embedded files ([`crate::ui`]) without one.
 //!
 //! | method | path | body | answer |
 //! | --- | --- | --- | --- |
@@ -12,8 +15,11 @@
 //! | `PUT` | `/api/v1/jobs/{id}` | job spec; optional `If-Match: <version>` | `200` job |
 //! | `DELETE` | `/api/v1/jobs/{id}` | | `200` stopped job |
 //! | `GET` | `/api/v1/agents` | | `200` `{"agents": [...]}` |
-//! | `GET` | `/api/v1/matrix[?by=agent\|region][&protocol=udp]` | | `200` matrix ([`crate::json::matrix_to_value`]) |
-//! | `GET` | `/api/v1/stream[?by=...][&protocol=...]` | | `200` `text/event-stream` |
+//! | `GET` | `/api/v1/matrix[?by=agent\|region][&protocol=udp][&src_region=R][&dst_region=R]` | | `200` matrix ([`crate::json::matrix_to_value`]) |
+//! | `GET` | `/api/v1/stream[?by=...][&protocol=...][&src_region=...][&dst_region=...]` | | `200` `text/event-stream` |
+//! | `GET` | `/api/v1/session` | | `200` `{"operator", "csrf_token", "expires_unix"}` |
+//! | `POST` | `/api/v1/session` | `{"credential": "NAME:SECRET"}` (`Content-Type: application/json`; no `Authorization`) | `201` session + `Set-Cookie` |
+//! | `DELETE` | `/api/v1/session` | | `200` `{"signed_out": bool}`, cookie cleared |
 //! | `GET` | `/api/v1/credentials` | | `200` `{"credentials": [{"name", "origin", "created_unix"}]}` |
 //! | `POST` | `/api/v1/credentials` | `{"name": "NAME"}` | `201` `{"name", ..., "credential": "NAME:SECRET"}` (shown once) |
 //! | `DELETE` | `/api/v1/credentials/{name}` | | `200` the revoked credential (its next call gets `401`) |
@@ -30,8 +36,8 @@
 //!
 //! Errors are JSON, `{"error": {"code": "invalid_argument", "field": "spec.timeout_ms",
 //! "message": "...", "limit": 1000}}` (`limit` only when a size, range or cap was crossed),
-//! with `400` (bad input), `401` (credential), `404`, `405`, `409` (stopped job, credential
-//! exists, last credential), `412` (version mismatch), `413` (body over [`MAX_BODY`]), `429`
+//! with `400` (bad input), `401` (credential), `403` (session cookie without its CSRF token), `404`, `405`, `409` (stopped job, credential
+//! exists, last credential), `412` (version mismatch), `413` (body over [`MAX_BODY`]), `415` (a sign-in that is not JSON), `429`
 //! (`resource_exhausted`: a cap of [`crate::limits`] such as `--max-jobs` is reached, or the rate
 //! limit, then with `Retry-After: SECONDS`) or `500`.
 //!

@@ -308,6 +308,27 @@ async fn a_controller_serves_the_peers_job_acks_and_live_summaries() -> Result<(
     assert!(cell["relay_penalty_ms"].is_null(), "{cell}");
     let (ev, _) = ctl_a.first_sse_matrix("?by=region").await?;
     assert!(has_cell(&ev, "b", "a"), "{ev}");
+    // The dashboard's view of one region pair: only pairs from and to those regions.
+    let (_, m) = ctl_a
+        .rest(
+            "GET",
+            "/api/v1/matrix?by=agent&src_region=b&dst_region=a",
+            "",
+            None,
+        )
+        .await?;
+    assert!(has_cell(&m, &b_id, &a_id), "{m}");
+    for q in ["src_region=a", "dst_region=b", "src_region=nowhere"] {
+        let (st, m) = ctl_a
+            .rest("GET", &format!("/api/v1/matrix?by=agent&{q}"), "", None)
+            .await?;
+        assert_eq!(st, 200, "{q}: {m}");
+        assert!(!has_cell(&m, &b_id, &a_id), "{q} lets b -> a through: {m}");
+    }
+    let (ev, _) = ctl_a
+        .first_sse_matrix("?by=agent&src_region=b&dst_region=a")
+        .await?;
+    assert!(has_cell(&ev, &b_id, &a_id), "{ev}");
     let mut c = pb::operator_service_client::OperatorServiceClient::with_interceptor(
         ctl_a.grpc_channel().await?,
         bearer(ctl_a.credential()),

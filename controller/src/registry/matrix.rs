@@ -100,12 +100,13 @@ impl Registry {
                 .map(|i| (i.id.clone(), i.region.clone()))
                 .collect()
         };
-        let mut cells = self
-            .live
-            .cells(Instant::now(), |id| regions.get(id).cloned());
-        if !filter.is_empty() {
-            cells.retain(|c| filter.admits(&c.src_region, &c.dst_region));
-        }
+        let cells = self.live.cells_where(
+            Instant::now(),
+            |id| regions.get(id).cloned(),
+            |src, dst, p| {
+                filter.admits(src, dst) && (protocol.is_empty() || p.protocol == protocol)
+            },
+        );
         Ok(pb::Matrix {
             cells: live::matrix(&cells, by, (!protocol.is_empty()).then_some(protocol)),
             unix_ms: unix_ms(),
