@@ -59,6 +59,21 @@ Examples:
 
 Exit status: 0 all measurements ok, 1 some failed, 2 usage or configuration error.";
 
+const LOAD_EXAMPLES: &str = "\
+Examples:
+  agent load --workers 64 --duration 30 http://10.0.0.7:7780/ping
+  agent load --workers 10 --step-workers 10 --steps 5 --step-duration 10 http://api.internal/
+  agent load --rate 2000 --duration 60 --max-connections 128 http://10.0.0.7:7780/ping
+  agent load --rate 100 --step-rate 100 --steps 4 --step-duration 15 \\
+             --credentials ./keys.txt --header 'X-Env: staging' https://api.internal/v1/items
+
+Closed model (--workers): each worker keeps one connection and sends its next request when the
+last one is answered (after --think-time). Open model (--rate): requests are due at fixed
+intended times whether or not earlier ones were answered; latency is measured from the intended
+time (corrected for coordinated omission, as wrk2) and also from the actual send (uncorrected).
+One line per second on stdout, then a summary per step and for the run. Exit status: 0 when
+some request was answered, 1 when none was, 2 for bad flags.";
+
 /// meshlat agent: answers probes, measures latency, writes one record per measurement.
 #[derive(Debug, Parser)]
 #[command(name = "agent", version, after_help = ROOT_EXAMPLES, args_conflicts_with_subcommands = true)]
@@ -157,6 +172,9 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Connect to a controller and run the jobs it assigns (the default).
     Run(RunArgs),
+    /// Put HTTP load on one URL (closed or open model, stepped) and print per-second results.
+    #[command(after_help = LOAD_EXAMPLES)]
+    Load(LoadArgs),
 }
 
 /// A responder port: a number, 0 (any), or off.
@@ -480,6 +498,70 @@ pub struct ProbeArgs {
     /// Identity labels, sinks, logging and stats.
     #[command(flatten)]
     pub records: RecordArgs,
+}
+
+/// `agent load`: HTTP load on one URL ([`crate::load`]).
+#[derive(Clone, Debug, Args)]
+pub struct LoadArgs {
+    /// The URL to load: http://… or https://… (GET, redirects not followed).
+    #[arg(value_name = "URL")]
+    pub url: String,
+    /// Closed model: workers (one connection each) at the first step. Default model: closed,
+    /// 10 workers.
+    #[arg(short = 'c', long, value_name = "N", conflicts_with = "rate")]
+    pub workers: Option<u32>,
+    /// Open model: arrival rate at the first step, requests per second.
+    #[arg(short = 'R', long, value_name = "REQ_PER_S")]
+    pub rate: Option<f64>,
+    /// Workers added at each following step (negative: removed).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, conflicts_with = "rate")]
+    pub step_workers: Option<i64>,
+    /// Rate added at each following step, requests per second (negative: removed).
+    #[arg(long, value_name = "REQ_PER_S", allow_negative_numbers = true)]
+    #[arg(conflicts_with = "workers", requires = "rate")]
+    pub step_rate: Option<f64>,
+    /// Number of steps, the first included (1: a constant load).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub steps: u32,
+    /// Seconds per step (needed with --steps above 1).
+    #[arg(long, value_name = "SECONDS")]
+    pub step_duration: Option<f64>,
+    /// Seconds the run lasts (default: --steps × --step-duration with steps, else 10); after the
+    /// last step its level holds.
+    #[arg(short = 'd', long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+    /// Closed model: seconds a worker waits after a response before its next request.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0, conflicts_with = "rate")]
+    pub think_time: f64,
+    /// Per-agent cap on connections (workers), enforced whatever --workers or the steps say.
+    #[arg(long, value_name = "N", default_value_t = crate::load::config::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: u32,
+    /// Per-agent cap on the arrival rate, requests per second, enforced whatever --rate or the
+    /// steps say.
+    #[arg(long, value_name = "REQ_PER_S", default_value_t = crate::load::config::DEFAULT_MAX_RATE)]
+    pub max_rate: f64,
+    /// Seconds one request may take, connecting included; longer counts as a timeout error.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::load::config::DEFAULT_TIMEOUT.as_secs_f64())]
+    pub timeout: f64,
+    /// An extra request header, 'Name: value'; repeatable.
+    #[arg(short = 'H', long = "header", value_name = "'NAME: VALUE'")]
+    pub headers: Vec<String>,
+    /// File of key:secret lines; sent as HTTP basic auth, spread round-robin over workers
+    /// (connections). Never logged or printed.
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    /// Accept any certificate from an https target.
+    #[arg(long)]
+    pub tls_skip_verify: bool,
+    /// Trust these PEM CA certificates for an https target (instead of the web roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log format on stderr.
+    #[arg(long, env = "MESHLAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// `agent run` (the default): connect to a controller.

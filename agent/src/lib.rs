@@ -15,6 +15,8 @@
 //! - [`udp`]: the UDP protocol both use: wire format, relay grants, socket calls, stamp mapping.
 //! - [`scheduler`]: runs a watched job set: intervals, timeouts, records, fan-out to sinks.
 //! - [`sink`]: the sink trait, batching, stdout (table/JSON) and file sinks.
+//! - [`load`]: HTTP load (`agent load`): closed and open models, stepped, with latency
+//!   corrected for coordinated omission; the foundation of load jobs.
 //! - [`live`]: the agent's side of the live view (the controller's `live` module): rolling
 //!   per-pair summaries (p50, p99, loss, RTT histogram) sent to the controller.
 //! - [`metrics`]: the Prometheus registry and the events that count drops and errors.
@@ -30,6 +32,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod live;
+pub mod load;
 pub mod local_addr;
 pub mod metrics;
 pub mod probe;

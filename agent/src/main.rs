@@ -8,6 +8,7 @@ use meshlat_agent::app::{self, ProbeApp, ServeApp};
 use meshlat_agent::cli::{self, Cli, Command};
 use meshlat_agent::config::{ProbeConfig, ServeConfig};
 use meshlat_agent::control::{config::RunConfig, run::RunApp};
+use meshlat_agent::load::{command::LoadCommand, config::LoadConfig};
 use meshlat_runtime::{Exit, fail};
 
 /// A configuration error or a failed start: exit 2 naming it.
@@ -45,6 +46,12 @@ async fn run(command: Command) -> Result<Exit, ExitCode> {
             let probe = ProbeApp::bind(cfg).await.map_err(setup)?;
             let shutdown = meshlat_runtime::shutdown_on_signals();
             Ok(probe.run(shutdown).await.0.into())
+        }
+        Command::Load(args) => {
+            let cfg = LoadConfig::from_args(&args).map_err(setup)?;
+            meshlat_runtime::init_logging(cfg.verbose, cfg.log_format);
+            let load = LoadCommand::bind(cfg).map_err(setup)?;
+            Ok(load.run(meshlat_runtime::shutdown_on_signals()).await)
         }
         Command::Run(args) => {
             let cfg = RunConfig::from_args(&args, env).map_err(setup)?;

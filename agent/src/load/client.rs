@@ -1,0 +1,313 @@
+//! The load engine's HTTP/1.1 client: one keep-alive connection per worker, on the same stack
+//! as the HTTP prober ([`crate::probe::http`]): the system resolver ([`crate::probe::resolve`]),
+//! `TcpStream` with `TCP_NODELAY`, tokio-rustls with [`crate::tls::client_config`] (ALPN
+//! `http/1.1`, SNI = the target host) and hyper's `client::conn::http1`.
+//!
+//! Unlike the prober, which opens a fresh connection per sample to time every phase, a load
+//! worker keeps its connection for request after request and only reconnects when the server
+//! closed it or a request failed on it.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, HOST, HeaderMap, HeaderValue, USER_AGENT};
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use meshlat_proto::record::Protocol;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::stats::ErrorClass;
+use crate::probe::http::USER_AGENT_VALUE;
+use crate::target::Target;
+use crate::tls::TlsClientOptions;
+
+/// Where requests go and what they carry; shared by all workers.
+pub struct Endpoint {
+    /// Host name or address to resolve, and port.
+    host: String,
+    port: u16,
+    /// `Some` for https.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// Path and query of every request.
+    path: http::Uri,
+    /// `Host`, `User-Agent` and the `--header`s, in that order (a `--header` may replace the
+    /// first two).
+    headers: HeaderMap,
+}
+
+/// Why an endpoint cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// The target is not http:// or https://.
+    #[error("load targets are http:// or https:// URLs, not {0}")]
+    Scheme(String),
+    /// The path or host does not make a valid request.
+    #[error("target {target}: {reason}")]
+    Request {
+        /// The target.
+        target: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The TLS configuration (CA file) is unusable.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// One open connection: hyper's request sender, with the connection task it drives (aborted
+/// when this is dropped, so a dropped connection stops at once).
+pub struct Conn {
+    sender: SendRequest<Empty<Bytes>>,
+    _task: AbortOnDrop,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+// === impl Endpoint ===
+
+impl Endpoint {
+    /// Prepares requests to `target` with extra `headers`.
+    ///
+    /// # Errors
+    ///
+    /// [`EndpointError`] for a non-HTTP target, an unusable path or host, or TLS options that
+    /// cannot be loaded.
+    pub fn new(
+        target: &Target,
+        tls: &TlsClientOptions,
+        extra: &HeaderMap,
+    ) -> Result<Self, EndpointError> {
+        let https = match target.protocol {
+            Protocol::Http => false,
+            Protocol::Https => true,
+            other => return Err(EndpointError::Scheme(format!("{other}://"))),
+        };
+        let bad = |reason: String| EndpointError::Request {
+            target: target.raw.clone(),
+            reason,
+        };
+        let path: http::Uri = target
+            .path
+            .parse()
+            .map_err(|e| bad(format!("bad path: {e}")))?;
+        let default_port = if https { 443 } else { 80 };
+        let host = if target.port == default_port {
+            if target.host.contains(':') {
+                format!("[{}]", target.host)
+            } else {
+                target.host.clone()
+            }
+        } else {
+            target.host_port()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            HOST,
+            HeaderValue::from_str(&host).map_err(|e| bad(format!("bad host: {e}")))?,
+        );
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        // A `--header` replaces Host or User-Agent; repeated names keep every value.
+        for name in extra.keys() {
+            headers.remove(name);
+        }
+        for (name, value) in extra {
+            headers.append(name.clone(), value.clone());
+        }
+        let tls = if https {
+            crate::tls::install_crypto_provider();
+            let cfg = crate::tls::client_config(tls, &[b"http/1.1"])?;
+            let name = ServerName::try_from(target.host.clone())
+                .map_err(|e| bad(format!("not a valid TLS server name: {e}")))?;
+            Some((TlsConnector::from(Arc::new(cfg)), name))
+        } else {
+            None
+        };
+        Ok(Endpoint {
+            host: target.host.clone(),
+            port: target.port,
+            tls,
+            path,
+            headers,
+        })
+    }
+
+    /// A `GET` with the endpoint's headers and, if given, an `Authorization` value.
+    pub fn request(&self, auth: Option<&HeaderValue>) -> Request<Empty<Bytes>> {
+        let mut req = Request::new(Empty::new());
+        *req.uri_mut() = self.path.clone();
+        *req.headers_mut() = self.headers.clone();
+        if let Some(a) = auth {
+            req.headers_mut().insert(AUTHORIZATION, a.clone());
+        }
+        req
+    }
+
+    /// Opens a connection: resolve, TCP connect (addresses in order), TLS for https, HTTP/1.1
+    /// handshake.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorClass::Connect`] when resolving or connecting fails, [`ErrorClass::Tls`] when the
+    /// handshake does, [`ErrorClass::Io`] when the HTTP handshake does.
+    pub async fn connect(&self) -> Result<Conn, (ErrorClass, String)> {
+        let addrs = crate::probe::resolve(&self.host, self.port)
+            .await
+            .map_err(|(_, detail)| (ErrorClass::Connect, detail))?;
+        let mut last = None;
+        let mut stream = None;
+        for addr in &addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(format!("connect {addr}: {e}")),
+            }
+        }
+        let Some(stream) = stream else {
+            return Err((
+                ErrorClass::Connect,
+                last.unwrap_or_else(|| "no addresses".into()),
+            ));
+        };
+        // Requests are small writes; don't let Nagle hold them back.
+        let _ = stream.set_nodelay(true);
+        match &self.tls {
+            Some((connector, name)) => {
+                let tls = connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(|e| (ErrorClass::Tls, format!("tls handshake: {e}")))?;
+                Conn::handshake(tls).await
+            }
+            None => Conn::handshake(stream).await,
+        }
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("https", &self.tls.is_some())
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Conn ===
+
+impl Conn {
+    async fn handshake<S>(io: S) -> Result<Self, (ErrorClass, String)>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| classify(&e))?;
+        let task = tokio::spawn(async move {
+            // Its errors reach the request that was in flight; nothing more to do with them.
+            let _ = conn.await;
+        });
+        Ok(Conn {
+            sender,
+            _task: AbortOnDrop(task),
+        })
+    }
+
+    /// Whether the server or a failure has closed the connection (then reconnect before the
+    /// next request; a closed connection is not a failed request).
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    /// Sends `req` and reads the response to the end; its status.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorClass::Io`] (or [`ErrorClass::Tls`] for a TLS alert) when the connection fails
+    /// before the response is complete; the connection is then unusable.
+    pub async fn send(&mut self, req: Request<Empty<Bytes>>) -> Result<u16, (ErrorClass, String)> {
+        self.sender.ready().await.map_err(|e| classify(&e))?;
+        let response = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| classify(&e))?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            frame.map_err(|e| classify(&e))?;
+        }
+        Ok(status)
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A hyper error as an error class: TLS when a rustls error is in its chain, else I/O.
+fn classify(e: &hyper::Error) -> (ErrorClass, String) {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(ioe) = c.downcast_ref::<io::Error>()
+            && ioe
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return (ErrorClass::Tls, e.to_string());
+        }
+        cause = c.source();
+    }
+    (ErrorClass::Io, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_carry_host_user_agent_headers_and_auth() {
+        let t = Target::parse("http://example.com:8080/a?b=1").unwrap();
+        let mut extra = HeaderMap::new();
+        extra.append("x-test", HeaderValue::from_static("1"));
+        extra.append("x-test", HeaderValue::from_static("2"));
+        extra.insert(USER_AGENT, HeaderValue::from_static("mine"));
+        let e = Endpoint::new(&t, &TlsClientOptions::default(), &extra).unwrap();
+        let auth = HeaderValue::from_static("Basic eDp5");
+        let r = e.request(Some(&auth));
+        assert_eq!(r.uri(), "/a?b=1");
+        assert_eq!(r.headers()[HOST], "example.com:8080");
+        assert_eq!(r.headers()[USER_AGENT], "mine");
+        assert_eq!(r.headers().get_all("x-test").iter().count(), 2);
+        assert_eq!(r.headers()[AUTHORIZATION], "Basic eDp5");
+        assert!(e.request(None).headers().get(AUTHORIZATION).is_none());
+        let udp = Target::parse("udp://127.0.0.1:9").unwrap();
+        assert!(matches!(
+            Endpoint::new(&udp, &TlsClientOptions::default(), &HeaderMap::new()),
+            Err(EndpointError::Scheme(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_a_connect_error() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let t = Target::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
+        let e = Endpoint::new(&t, &TlsClientOptions::default(), &HeaderMap::new()).unwrap();
+        let err = e.connect().await.err().unwrap();
+        assert_eq!(err.0, ErrorClass::Connect, "{err:?}");
+    }
+}
