@@ -310,7 +310,7 @@ mod tests {
             (&["--steps", "3", "http://h/"][..], "--step-duration"),
             (&["--steps", "0", "http://h/"][..], "--steps"),
             (&["--max-connections", "0", "http://h/"][..], "--max-connections"),
-            (&["--rate", "-1", "http://h/"][..], "--rate"),
+            (&["--rate=-1", "http://h/"][..], "--rate"),
             (&["--rate", "10", "--workers", "3", "http://h/"][..], "cannot be used with"),
             (&["--rate", "10", "--think-time", "1", "http://h/"][..], "cannot be used with"),
             (

@@ -281,12 +281,18 @@ async fn run(
             () = sleep_until(wake) => {
                 let now = Instant::now();
                 if model == Model::Open {
-                    dispatch(&mut pacer, now, &shared, &mut workers, &cancel, &schedule);
+                    // Requests intended from the end on are not the run's.
+                    let until = now.min(end - Duration::from_nanos(1));
+                    dispatch(&mut pacer, until, &shared, &mut workers, &cancel, &schedule);
                 }
                 // The last second is reported after the workers stop (below), with what
                 // finished while they were being cancelled.
                 if now >= next_second && next_second < end {
-                    let p = apply(&schedule, &mut workers, &mut pacer, now);
+                    // The second that ended, as it was: its step, before a step change at its
+                    // end is applied (below).
+                    let p = schedule.at(
+                        next_second.duration_since(origin) - Duration::from_nanos(1),
+                    );
                     let tally = lock(&shared.recorder).take_until(reported + 1);
                     let report = SecondReport {
                         second: reported,
@@ -319,7 +325,7 @@ async fn run(
     let rest = lock(&shared.recorder).take_all();
     let partial = elapsed.saturating_sub(Duration::from_secs(reported));
     if !partial.is_zero() || rest != Tally::default() {
-        let p = schedule.at(elapsed);
+        let p = schedule.at(elapsed.saturating_sub(Duration::from_nanos(1)));
         let report = SecondReport {
             second: reported,
             length: partial,

@@ -209,7 +209,7 @@ mod tests {
             ["1", "2", "7", "-", "4.0", "2", "0", "0", "1", "1", "0"],
             "{line}"
         );
-        assert_eq!(header(Model::Closed).split_whitespace().count(), 13);
+        assert_eq!(header(Model::Closed).split_whitespace().count(), 15);
         assert!(second_line(Model::Open, &rep).split_whitespace().nth(3) == Some("4.0"));
     }
 }
