@@ -400,3 +400,94 @@ async fn open_model_latency_truth_corrected_shows_a_stall_uncorrected_does_not()
         .unwrap();
     assert!((1..=2).contains(&worst.second), "worst second {}", worst.second);
 }
+
+// === the command line ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_credentials_rotate_over_workers_and_never_appear_in_output() {
+    let server = TestServer::start(Behaviour {
+        delay: Duration::from_millis(5),
+        ..Behaviour::default()
+    });
+    let dir = std::env::temp_dir().join(format!("meshlat-load-creds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys.txt");
+    let text = "# test keys\nalice-key:alice-s3cret\nbob-key:bob-s3cret\ncarol-key:carol:s3cret\n";
+    std::fs::write(&file, text).unwrap();
+    let url = server.url();
+    let args = [
+        "load", "--workers", "4", "--duration", "2", "-vv", "--credentials",
+    ];
+    let file_arg = file.display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(support::agent_bin())
+            .args(args)
+            .arg(&file_arg)
+            .arg(&url)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // A line per second, then the summary.
+    let seconds = stdout
+        .lines()
+        .filter(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            c.len() == 13 && c[0].parse::<u64>().is_ok() && c[2] == "4"
+        })
+        .count();
+    assert_eq!(seconds, 2, "{stdout}");
+    assert!(stdout.contains("requests in") && stdout.contains("corrected"), "{stdout}");
+    // Worker i sends credential i mod 3, on its own connection, every time.
+    let creds = Credentials::parse("keys.txt", text).unwrap();
+    let want: Vec<String> = (0..3)
+        .map(|i| creds.for_worker(i).unwrap().basic_auth().to_str().unwrap().to_string())
+        .collect();
+    let seen = server.state.auth.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4, "one connection per worker: {seen:?}");
+    let mut uses: BTreeMap<String, usize> = BTreeMap::new();
+    for values in seen.values() {
+        assert_eq!(values.len(), 1, "a connection keeps its worker's credential: {values:?}");
+        *uses.entry(values.iter().next().unwrap().clone()).or_default() += 1;
+    }
+    assert_eq!(uses.keys().cloned().collect::<Vec<_>>(), {
+        let mut w = want.clone();
+        w.sort();
+        w
+    });
+    assert_eq!(uses.values().copied().max(), Some(2), "4 workers over 3 keys: {uses:?}");
+    // Nothing of the file reaches stdout or the (trace-level) logs.
+    let shown = format!("{stdout}\n{stderr}");
+    for secret in ["alice", "bob", "carol", "s3cret"]
+        .into_iter()
+        .map(String::from)
+        .chain(want.iter().map(|w| w.trim_start_matches("Basic ").to_string()))
+    {
+        assert!(!shown.contains(&secret), "{secret:?} appears in the output:\n{shown}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cli_bad_flags_exit_2_naming_the_flag() {
+    for (args, want) in [
+        (&["load", "udp://127.0.0.1:9"][..], "http:// or https://"),
+        (&["load", "--steps", "3", "http://127.0.0.1:9/"][..], "--step-duration"),
+        (&["load", "--rate", "10", "--workers", "2", "http://127.0.0.1:9/"][..], "cannot be used with"),
+        (&["load", "--credentials", "/nonexistent/keys", "http://127.0.0.1:9/"][..], "--credentials"),
+        (&["load", "--header", "nocolon", "http://127.0.0.1:9/"][..], "--header"),
+    ] {
+        let out = std::process::Command::new(support::agent_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}
