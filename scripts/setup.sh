@@ -3,7 +3,8 @@
 #   scripts/setup.sh            # everything
 #   scripts/setup.sh --check    # only report what is missing (exit 1 if anything is)
 #
-# Debian packages: sockperf, irtt, fping (reference tools for accuracy and speed comparisons);
+# Debian packages: sockperf, irtt, fping, wrk (reference tools for accuracy and speed comparisons;
+# wrk: scripts/bench's load_vs_wrk);
 # iproute2 (`ip netns`: controller/tests/netns_addresses.rs runs agents in network namespaces);
 # ShellCheck (the shellcheck stage: scripts/lint-scripts.sh); prometheus (the server and promtool:
 # the prometheus stage checks, unit-tests and runs the shipped alert rules against a local mesh).
@@ -11,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
-APT_PKGS=(sockperf irtt fping iproute2 shellcheck prometheus)
+APT_PKGS=(sockperf irtt fping wrk iproute2 shellcheck prometheus)
 check_only=0
 [[ "${1:-}" == "--check" ]] && check_only=1
 

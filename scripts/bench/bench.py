@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""meshlat benchmarks against sockperf and irtt, same machine, same run (stdlib only).
+"""meshlat benchmarks against sockperf, irtt and wrk, same machine, same run (stdlib only).
 
 Each comparison runs both tools as separate processes, alternating, for ROUNDS rounds, and
 reports the median of the rounds. Targets (from the foundation issue):
@@ -22,6 +22,12 @@ reports the median of the rounds. Targets (from the foundation issue):
                last agent's ack <= 2 s; and (example `pinglist_bench`, the real
                schedule::compute) pinglists for 10,000 agents in 30 regions in <= 1 s per
                strategy. One run (a 10,000-session run is long; not alternated with anything).
+
+  load_vs_wrk  `agent load`'s closed model at 64 connections vs `wrk -t1 -c64`, both against one
+               `agent serve` HTTP responder (/ping) pinned to core 0, the generator pinned to core
+               1, alternating runs: ours >= 0.8x wrk's requests/s (median of the rounds); and
+               the open model at 2,000 req/s for 30 s: achieved within 1 % of intended, no
+               errors.
 
 --smoke runs each once, briefly, on debug binaries, and only checks that every number was
 produced (targets are not judged on debug builds).
@@ -272,6 +278,63 @@ class Bench:
                 "records": lines, "records_ok": ok_recs, "records_per_s": lines / secs,
                 "targets": {"RSS <= 30 MiB": mib <= 30, "~100 trains/s kept up": lines >= 0.9 * 100 * (secs - 1)}}
 
+    # --- HTTP load vs wrk -----------------------------------------------------------------------
+    def serve_http(self, cpu=None):
+        """Starts `agent serve` with only its HTTP responder, on 127.0.0.1; (process, host:port)."""
+        p = self.spawn([os.path.join(self.bin, "agent"), "serve", "--listen", "127.0.0.1", "--udp-port", "off",
+                        "--tcp-port", "off", "--quic-port", "off", "--https-port", "off", "--http-port", "0"],
+                       cpu=cpu)
+        line = p.stdout.readline().split()
+        assert line[:2] == ["listening", "http"], f"agent serve did not start: {line}"
+        return p, line[2]
+
+    def agent_load(self, args):
+        """`agent load ARGS` on core 1; its summary's numbers."""
+        out = subprocess.run(["taskset", "-c", "1", os.path.join(self.bin, "agent"), "load", *args],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"agent load {args}: exit {out.returncode}: {out.stderr[-1000:]}")
+        m = re.search(r"(\d+) requests in ([\d.]+) s[^:]*: ([\d.]+) responses/s achieved"
+                      r"(?:, ([\d.]+) req/s intended)?", out.stdout)
+        e = re.search(r"errors: connect (\d+), timeout (\d+), tls (\d+), io (\d+)", out.stdout)
+        if not m or not e:
+            raise RuntimeError(f"agent load {args}: no summary in its output:\n{out.stdout[-2000:]}")
+        return {"requests": int(m.group(1)), "seconds": float(m.group(2)), "achieved_rps": float(m.group(3)),
+                "intended_rps": float(m.group(4)) if m.group(4) else None,
+                "errors": sum(int(x) for x in e.groups())}
+
+    def wrk(self, url, secs):
+        out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{secs}s", url],
+                             capture_output=True, text=True, check=True)
+        m = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
+        if not m:
+            raise RuntimeError(f"wrk: no Requests/sec in its output:\n{out.stdout}")
+        return float(m.group(1))
+
+    def load_vs_wrk(self):
+        srv, addr = self.serve_http(cpu=0)
+        url = f"http://{addr}/ping"
+        secs = self.seconds
+        ours, theirs = [], []
+        for _ in range(self.rounds):
+            ours.append(self.agent_load(["--workers", "64", "--duration", str(secs), url]))
+            theirs.append(self.wrk(url, secs))
+        open_secs, open_rate = (30, 2000) if self.rounds > 1 else (2, 200)
+        op = self.agent_load(["--rate", str(open_rate), "--duration", str(open_secs), url])
+        self.stop(srv)
+        o = statistics.median(r["achieved_rps"] for r in ours)
+        w = statistics.median(theirs)
+        closed_errors = sum(r["errors"] for r in ours)
+        off = abs(op["achieved_rps"] - open_rate) / open_rate
+        return {"ours_closed_rps": o, "wrk_rps": w, "ratio_to_wrk": o / w if w else None,
+                "ours_closed_errors": closed_errors,
+                "open_intended_rps": op["intended_rps"], "open_achieved_rps": op["achieved_rps"],
+                "open_seconds": op["seconds"], "open_errors": op["errors"],
+                "targets": {
+                    ">= 0.8x wrk req/s (64 conns)": o >= 0.8 * w and closed_errors == 0,
+                    f"open {open_rate}/s achieved within 1 %": off <= 0.01 and op["errors"] == 0,
+                }}
+
     # --- control plane at scale ----------------------------------------------------------------
     def control_scale(self):
         smoke = self.rounds == 1
@@ -368,7 +431,7 @@ def main():
     results = {}
     failed = False
     try:
-        for name in ["udp_rtt", "irtt_1ms", "reflector", "rss_100", "control_scale"]:
+        for name in ["udp_rtt", "irtt_1ms", "reflector", "rss_100", "load_vs_wrk", "control_scale"]:
             if a.only and name not in a.only:
                 continue
             t0 = time.time()
