@@ -514,7 +514,12 @@ pub struct LoadArgs {
     #[arg(short = 'R', long, value_name = "REQ_PER_S")]
     pub rate: Option<f64>,
     /// Workers added at each following step (negative: removed).
-    #[arg(long, value_name = "N", allow_negative_numbers = true, conflicts_with = "rate")]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        conflicts_with = "rate"
+    )]
     pub step_workers: Option<i64>,
     /// Rate added at each following step, requests per second (negative: removed).
     #[arg(long, value_name = "REQ_PER_S", allow_negative_numbers = true)]
@@ -531,7 +536,12 @@ pub struct LoadArgs {
     #[arg(short = 'd', long, value_name = "SECONDS")]
     pub duration: Option<f64>,
     /// Closed model: seconds a worker waits after a response before its next request.
-    #[arg(long, value_name = "SECONDS", default_value_t = 0.0, conflicts_with = "rate")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 0.0,
+        conflicts_with = "rate"
+    )]
     pub think_time: f64,
     /// Per-agent cap on connections (workers), enforced whatever --workers or the steps say.
     #[arg(long, value_name = "N", default_value_t = crate::load::config::DEFAULT_MAX_CONNECTIONS)]

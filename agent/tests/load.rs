@@ -137,7 +137,7 @@ async fn answer(
     if !b.delay.is_zero() {
         tokio::time::sleep(b.delay).await;
     }
-    let status = if b.every_nth_429 > 0 && n % b.every_nth_429 == 0 {
+    let status = if b.every_nth_429 > 0 && n.is_multiple_of(b.every_nth_429) {
         st.answered_429.fetch_add(1, Ordering::SeqCst);
         StatusCode::TOO_MANY_REQUESTS
     } else {
@@ -212,14 +212,26 @@ async fn stepped_closed_model_reports_each_second_with_its_workers() {
         steps: 3,
         step_duration: Duration::from_secs(1),
     };
-    let mut h = start(spec(&server.url(), Model::Closed, steps, Duration::from_secs(3)));
+    let mut h = start(spec(
+        &server.url(),
+        Model::Closed,
+        steps,
+        Duration::from_secs(3),
+    ));
     let reports = all_reports(&mut h).await;
     let summary = h.join().await.unwrap();
-    let got: Vec<(u64, u32, u32)> = reports.iter().map(|r| (r.second, r.step, r.workers)).collect();
+    let got: Vec<(u64, u32, u32)> = reports
+        .iter()
+        .map(|r| (r.second, r.step, r.workers))
+        .collect();
     assert_eq!(got, [(0, 0, 2), (1, 1, 4), (2, 2, 6)], "{reports:#?}");
     for r in &reports {
         assert_eq!(r.length, Duration::from_secs(1));
-        assert!(r.tally.status.s2xx > 0, "second {} answered nothing", r.second);
+        assert!(
+            r.tally.status.s2xx > 0,
+            "second {} answered nothing",
+            r.second
+        );
         assert_eq!(r.tally.errors.total(), 0, "{:?}", r.tally.errors);
     }
     // One keep-alive connection per worker, never more.
@@ -228,9 +240,16 @@ async fn stepped_closed_model_reports_each_second_with_its_workers() {
     // answered by the server but not counted: at most one per worker).
     let answered = summary.total.status.s2xx;
     let at_server = server.requests();
-    assert!(answered <= at_server && at_server <= answered + 6, "{answered} vs {at_server}");
+    assert!(
+        answered <= at_server && at_server <= answered + 6,
+        "{answered} vs {at_server}"
+    );
     assert_eq!(
-        summary.steps.iter().map(|s| (s.step, s.workers)).collect::<Vec<_>>(),
+        summary
+            .steps
+            .iter()
+            .map(|s| (s.step, s.workers))
+            .collect::<Vec<_>>(),
         [(0, 2), (1, 4), (2, 6)]
     );
 }
@@ -343,7 +362,11 @@ async fn a_429_counts_as_rate_limited_not_success() {
     assert!(t.status.rate_limited > 0, "{t:?}");
     assert_eq!(t.status.s4xx, 0, "429 is not an ordinary 4xx");
     // Each in-flight request cut off at the end was answered but not counted (≤ 2 workers).
-    assert!(limited.abs_diff(t.status.rate_limited) <= 2, "{limited} vs {:?}", t.status);
+    assert!(
+        limited.abs_diff(t.status.rate_limited) <= 2,
+        "{limited} vs {:?}",
+        t.status
+    );
     assert!(ok.abs_diff(t.status.s2xx) <= 2, "{ok} vs {:?}", t.status);
 }
 
@@ -378,12 +401,18 @@ async fn open_model_latency_truth_corrected_shows_a_stall_uncorrected_does_not()
     let t = &summary.total;
     assert_eq!(t.intended, 800, "the schedule, whatever the target did");
     assert!(t.responses() >= 780, "achieved {} of 800", t.responses());
-    assert!(reports.iter().all(|r| r.workers <= 4), "the connection cap holds");
+    assert!(
+        reports.iter().all(|r| r.workers <= 4),
+        "the connection cap holds"
+    );
     let (c, u) = (t.corrected.summary(), t.uncorrected.summary());
     let (c99, u99) = (c.p99.unwrap(), u.p99.unwrap());
     let stall_ms = stall.as_secs_f64() * 1000.0;
     eprintln!("corrected {c:?}\nuncorrected {u:?}");
-    assert!(c99 >= 0.5 * stall_ms, "corrected p99 {c99:.1} ms shows the stall; {c:?}");
+    assert!(
+        c99 >= 0.5 * stall_ms,
+        "corrected p99 {c99:.1} ms shows the stall; {c:?}"
+    );
     assert!(
         u99 <= 0.5 * c99,
         "uncorrected p99 {u99:.1} ms does not show it (corrected {c99:.1} ms); {u:?}"
@@ -398,7 +427,11 @@ async fn open_model_latency_truth_corrected_shows_a_stall_uncorrected_does_not()
             p(a).total_cmp(&p(b))
         })
         .unwrap();
-    assert!((1..=2).contains(&worst.second), "worst second {}", worst.second);
+    assert!(
+        (1..=2).contains(&worst.second),
+        "worst second {}",
+        worst.second
+    );
 }
 
 // === the command line ===
@@ -416,7 +449,13 @@ async fn cli_credentials_rotate_over_workers_and_never_appear_in_output() {
     std::fs::write(&file, text).unwrap();
     let url = server.url();
     let args = [
-        "load", "--workers", "4", "--duration", "2", "-vv", "--credentials",
+        "load",
+        "--workers",
+        "4",
+        "--duration",
+        "2",
+        "-vv",
+        "--credentials",
     ];
     let file_arg = file.display().to_string();
     let out = tokio::task::spawn_blocking(move || {
@@ -442,33 +481,60 @@ async fn cli_credentials_rotate_over_workers_and_never_appear_in_output() {
         })
         .count();
     assert_eq!(seconds, 2, "{stdout}");
-    assert!(stdout.contains("requests in") && stdout.contains("corrected"), "{stdout}");
+    assert!(
+        stdout.contains("requests in") && stdout.contains("corrected"),
+        "{stdout}"
+    );
     // Worker i sends credential i mod 3, on its own connection, every time.
     let creds = Credentials::parse("keys.txt", text).unwrap();
     let want: Vec<String> = (0..3)
-        .map(|i| creds.for_worker(i).unwrap().basic_auth().to_str().unwrap().to_string())
+        .map(|i| {
+            creds
+                .for_worker(i)
+                .unwrap()
+                .basic_auth()
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let seen = server.state.auth.lock().unwrap().clone();
     assert_eq!(seen.len(), 4, "one connection per worker: {seen:?}");
     let mut uses: BTreeMap<String, usize> = BTreeMap::new();
     for values in seen.values() {
-        assert_eq!(values.len(), 1, "a connection keeps its worker's credential: {values:?}");
-        *uses.entry(values.iter().next().unwrap().clone()).or_default() += 1;
+        assert_eq!(
+            values.len(),
+            1,
+            "a connection keeps its worker's credential: {values:?}"
+        );
+        *uses
+            .entry(values.iter().next().unwrap().clone())
+            .or_default() += 1;
     }
     assert_eq!(uses.keys().cloned().collect::<Vec<_>>(), {
         let mut w = want.clone();
         w.sort();
         w
     });
-    assert_eq!(uses.values().copied().max(), Some(2), "4 workers over 3 keys: {uses:?}");
+    assert_eq!(
+        uses.values().copied().max(),
+        Some(2),
+        "4 workers over 3 keys: {uses:?}"
+    );
     // Nothing of the file reaches stdout or the (trace-level) logs.
     let shown = format!("{stdout}\n{stderr}");
     for secret in ["alice", "bob", "carol", "s3cret"]
         .into_iter()
         .map(String::from)
-        .chain(want.iter().map(|w| w.trim_start_matches("Basic ").to_string()))
+        .chain(
+            want.iter()
+                .map(|w| w.trim_start_matches("Basic ").to_string()),
+        )
     {
-        assert!(!shown.contains(&secret), "{secret:?} appears in the output:\n{shown}");
+        assert!(
+            !shown.contains(&secret),
+            "{secret:?} appears in the output:\n{shown}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -477,10 +543,34 @@ async fn cli_credentials_rotate_over_workers_and_never_appear_in_output() {
 fn cli_bad_flags_exit_2_naming_the_flag() {
     for (args, want) in [
         (&["load", "udp://127.0.0.1:9"][..], "http:// or https://"),
-        (&["load", "--steps", "3", "http://127.0.0.1:9/"][..], "--step-duration"),
-        (&["load", "--rate", "10", "--workers", "2", "http://127.0.0.1:9/"][..], "cannot be used with"),
-        (&["load", "--credentials", "/nonexistent/keys", "http://127.0.0.1:9/"][..], "--credentials"),
-        (&["load", "--header", "nocolon", "http://127.0.0.1:9/"][..], "--header"),
+        (
+            &["load", "--steps", "3", "http://127.0.0.1:9/"][..],
+            "--step-duration",
+        ),
+        (
+            &[
+                "load",
+                "--rate",
+                "10",
+                "--workers",
+                "2",
+                "http://127.0.0.1:9/",
+            ][..],
+            "cannot be used with",
+        ),
+        (
+            &[
+                "load",
+                "--credentials",
+                "/nonexistent/keys",
+                "http://127.0.0.1:9/",
+            ][..],
+            "--credentials",
+        ),
+        (
+            &["load", "--header", "nocolon", "http://127.0.0.1:9/"][..],
+            "--header",
+        ),
     ] {
         let out = std::process::Command::new(support::agent_bin())
             .args(args)

@@ -178,13 +178,11 @@ impl LoadConfig {
         let timeout = secs("--timeout", a.timeout, false)?;
         let headers = parse_headers(&a.headers)?;
         let credentials = match &a.credentials {
-            Some(path) => {
-                Credentials::from_file(path).map_err(|e| ConfigError::File {
-                    flag: "--credentials",
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?
-            }
+            Some(path) => Credentials::from_file(path).map_err(|e| ConfigError::File {
+                flag: "--credentials",
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?,
             None => Credentials::default(),
         };
         if let Some(ca) = &a.ca {
@@ -247,8 +245,12 @@ mod tests {
     use crate::cli::{Cli, Command};
 
     fn parse(args: &[&str]) -> Result<LoadConfig, String> {
-        let cli = Cli::try_parse_from(std::iter::once("agent").chain(["load"]).chain(args.iter().copied()))
-            .map_err(|e| e.to_string())?;
+        let cli = Cli::try_parse_from(
+            std::iter::once("agent")
+                .chain(["load"])
+                .chain(args.iter().copied()),
+        )
+        .map_err(|e| e.to_string())?;
         let Some(Command::Load(a)) = cli.command else {
             return Err("not load".into());
         };
@@ -300,7 +302,11 @@ mod tests {
         assert_eq!(c.spec.duration, Duration::from_secs(20));
         assert_eq!(c.spec.schedule.at(Duration::from_secs(5)).level, 1200.0);
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-        assert!(c.warnings[0].contains("--max-rate 1200"), "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].contains("--max-rate 1200"),
+            "{:?}",
+            c.warnings
+        );
     }
 
     #[test]
@@ -309,18 +315,43 @@ mod tests {
             (&["udp://127.0.0.1:9"][..], "http:// or https://"),
             (&["--steps", "3", "http://h/"][..], "--step-duration"),
             (&["--steps", "0", "http://h/"][..], "--steps"),
-            (&["--max-connections", "0", "http://h/"][..], "--max-connections"),
-            (&["--rate=-1", "http://h/"][..], "--rate"),
-            (&["--rate", "10", "--workers", "3", "http://h/"][..], "cannot be used with"),
-            (&["--rate", "10", "--think-time", "1", "http://h/"][..], "cannot be used with"),
             (
-                &["--workers", "2", "--step-workers", "-1", "--steps", "4", "--step-duration", "1", "http://h/"][..],
+                &["--max-connections", "0", "http://h/"][..],
+                "--max-connections",
+            ),
+            (&["--rate=-1", "http://h/"][..], "--rate"),
+            (
+                &["--rate", "10", "--workers", "3", "http://h/"][..],
+                "cannot be used with",
+            ),
+            (
+                &["--rate", "10", "--think-time", "1", "http://h/"][..],
+                "cannot be used with",
+            ),
+            (
+                &[
+                    "--workers",
+                    "2",
+                    "--step-workers",
+                    "-1",
+                    "--steps",
+                    "4",
+                    "--step-duration",
+                    "1",
+                    "http://h/",
+                ][..],
                 "--step-workers",
             ),
             (&["--timeout", "0", "http://h/"][..], "--timeout"),
             (&["--header", "novalue", "http://h/"][..], "--header"),
-            (&["--header", "Bad Name: x", "http://h/"][..], "not a valid header name"),
-            (&["--credentials", "/nonexistent/keys", "http://h/"][..], "--credentials /nonexistent/keys"),
+            (
+                &["--header", "Bad Name: x", "http://h/"][..],
+                "not a valid header name",
+            ),
+            (
+                &["--credentials", "/nonexistent/keys", "http://h/"][..],
+                "--credentials /nonexistent/keys",
+            ),
             (&["--duration", "nan", "http://h/"][..], "--duration"),
         ] {
             let e = parse(args).expect_err(&format!("{args:?} should fail"));

@@ -171,8 +171,7 @@ impl std::fmt::Debug for Credentials {
 
 /// Standard base64 with padding (RFC 4648 §4) — a dozen lines rather than a dependency.
 fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
         let b = [
@@ -257,7 +256,10 @@ mod tests {
             format!("{:?}", c.for_worker(0)),
             format!("{:?}", c.for_worker(0).unwrap().basic_auth()),
         ] {
-            assert!(!shown.contains("s3cret") && !shown.contains("alice"), "{shown}");
+            assert!(
+                !shown.contains("s3cret") && !shown.contains("alice"),
+                "{shown}"
+            );
         }
     }
 }

@@ -224,7 +224,14 @@ async fn run(
         tokens: Vec::new(),
     };
     let point = schedule.at(Duration::ZERO);
-    let mut pacer = Pacer::new(origin, if model == Model::Open { point.level } else { 0.0 });
+    let mut pacer = Pacer::new(
+        origin,
+        if model == Model::Open {
+            point.level
+        } else {
+            0.0
+        },
+    );
     let mut steps: BTreeMap<u32, StepSummary> = BTreeMap::new();
     let mut total = Tally::default();
     let mut reported = 0u64;

@@ -111,7 +111,11 @@ impl Schedule {
     /// `level` within the caps of this model: a whole worker count in
     /// `0..=max_connections` for the closed model, a rate in `0..=max_rate` for the open one.
     pub fn cap(&self, level: f64) -> f64 {
-        let level = if level.is_finite() { level.max(0.0) } else { 0.0 };
+        let level = if level.is_finite() {
+            level.max(0.0)
+        } else {
+            0.0
+        };
         match self.model {
             Model::Closed => level.round().min(f64::from(self.caps.max_connections)),
             Model::Open => level.min(self.caps.max_rate),
@@ -256,11 +260,41 @@ mod tests {
     fn steps_climb_then_hold() {
         let s = Schedule::new(Model::Closed, staircase(), CAPS);
         let at = |secs: f64| s.at(Duration::from_secs_f64(secs));
-        assert_eq!(at(0.0), StepPoint { step: 0, level: 10.0 });
-        assert_eq!(at(9.999), StepPoint { step: 0, level: 10.0 });
-        assert_eq!(at(10.0), StepPoint { step: 1, level: 20.0 });
-        assert_eq!(at(45.0), StepPoint { step: 4, level: 50.0 });
-        assert_eq!(at(500.0), StepPoint { step: 4, level: 50.0 });
+        assert_eq!(
+            at(0.0),
+            StepPoint {
+                step: 0,
+                level: 10.0
+            }
+        );
+        assert_eq!(
+            at(9.999),
+            StepPoint {
+                step: 0,
+                level: 10.0
+            }
+        );
+        assert_eq!(
+            at(10.0),
+            StepPoint {
+                step: 1,
+                level: 20.0
+            }
+        );
+        assert_eq!(
+            at(45.0),
+            StepPoint {
+                step: 4,
+                level: 50.0
+            }
+        );
+        assert_eq!(
+            at(500.0),
+            StepPoint {
+                step: 4,
+                level: 50.0
+            }
+        );
         assert_eq!(s.next_change(Duration::ZERO), Some(Duration::from_secs(10)));
         assert_eq!(
             s.next_change(Duration::from_secs(31)),
@@ -299,7 +333,13 @@ mod tests {
     fn an_update_overrides_the_staircase() {
         let mut s = Schedule::new(Model::Closed, staircase(), CAPS);
         assert_eq!(s.set_level(4.4), 4.0);
-        assert_eq!(s.at(Duration::from_secs(25)), StepPoint { step: 2, level: 4.0 });
+        assert_eq!(
+            s.at(Duration::from_secs(25)),
+            StepPoint {
+                step: 2,
+                level: 4.0
+            }
+        );
         assert_eq!(s.next_change(Duration::from_secs(25)), None);
     }
 
