@@ -295,6 +295,33 @@ async fn updating_workers_changes_the_achieved_rate_within_a_second() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updating_the_rate_of_an_open_model_takes_effect_within_a_second() {
+    let server = TestServer::start(Behaviour::default());
+    let mut h = start(spec(
+        &server.url(),
+        Model::Open,
+        Steps::constant(100.0),
+        Duration::from_secs(3),
+    ));
+    let first = h.next_report().await.unwrap();
+    let before = server.requests();
+    h.set_level(400.0);
+    // Within one second of the update, the server has seen at least 300 more requests (400/s
+    // asked; 100/s would give 100).
+    assert!(
+        eventually(Duration::from_secs(1), || server.requests() >= before + 300).await,
+        "{} requests in the second after the update",
+        server.requests() - before
+    );
+    let rest = all_reports(&mut h).await;
+    let _ = h.join().await.unwrap();
+    let last = rest.iter().find(|r| r.second == 2).unwrap();
+    assert!((first.intended_rps() - 100.0).abs() <= 1.0, "{first:?}");
+    assert!((last.intended_rps() - 400.0).abs() <= 4.0, "{last:?}");
+    assert!(last.achieved_rps() >= 3.0 * first.achieved_rps(), "{last:?} vs {first:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_ends_all_requests_within_a_second() {
     // Every request hangs for 30 s: stopping must not wait for them.
     let server = TestServer::start(Behaviour {
