@@ -41,6 +41,8 @@ struct Behaviour {
     /// When request number `at` arrives, stall every request (that one included) until `for`
     /// has passed.
     stall: Option<(u64, Duration)>,
+    /// Close every connection after its first response (`Connection: close`).
+    close_each: bool,
 }
 
 #[derive(Default)]
@@ -84,6 +86,7 @@ impl TestServer {
                             async move { Ok::<_, Infallible>(answer(&st, b, conn_id, &req).await) }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
+                            .keep_alive(!b.close_each)
                             .serve_connection(TokioIo::new(s), svc)
                             .await;
                     });
@@ -318,7 +321,34 @@ async fn updating_the_rate_of_an_open_model_takes_effect_within_a_second() {
     let last = rest.iter().find(|r| r.second == 2).unwrap();
     assert!((first.intended_rps() - 100.0).abs() <= 1.0, "{first:?}");
     assert!((last.intended_rps() - 400.0).abs() <= 4.0, "{last:?}");
-    assert!(last.achieved_rps() >= 3.0 * first.achieved_rps(), "{last:?} vs {first:?}");
+    assert!(
+        last.achieved_rps() >= 3.0 * first.achieved_rps(),
+        "{last:?} vs {first:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_closing_after_each_response_is_reconnected_to_not_an_error() {
+    let server = TestServer::start(Behaviour {
+        close_each: true,
+        ..Behaviour::default()
+    });
+    let mut h = start(spec(
+        &server.url(),
+        Model::Closed,
+        Steps::constant(2.0),
+        Duration::from_secs(1),
+    ));
+    let _ = all_reports(&mut h).await;
+    let t = h.join().await.unwrap().total;
+    assert!(t.status.s2xx > 10, "{t:?}");
+    assert_eq!(t.errors.total(), 0, "{:?}", t.errors);
+    // One connection per request (at most one cut off at the end per worker).
+    assert!(
+        server.connections().abs_diff(t.status.s2xx) <= 2 + 2,
+        "{} connections",
+        server.connections()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

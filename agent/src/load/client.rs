@@ -229,14 +229,20 @@ impl Conn {
         self.sender.is_closed()
     }
 
-    /// Sends `req` and reads the response to the end; its status.
+    /// Waits until the connection can take a request; `false` when it cannot any more (the
+    /// server closed it after the last response, e.g. `Connection: close`) — reconnect then,
+    /// nothing failed.
+    pub async fn ready(&mut self) -> bool {
+        self.sender.ready().await.is_ok()
+    }
+
+    /// Sends `req` and reads the response to the end; its status. Call [`Conn::ready`] first.
     ///
     /// # Errors
     ///
     /// [`ErrorClass::Io`] (or [`ErrorClass::Tls`] for a TLS alert) when the connection fails
     /// before the response is complete; the connection is then unusable.
     pub async fn send(&mut self, req: Request<Empty<Bytes>>) -> Result<u16, (ErrorClass, String)> {
-        self.sender.ready().await.map_err(|e| classify(&e))?;
         let response = self
             .sender
             .send_request(req)

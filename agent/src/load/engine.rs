@@ -445,9 +445,22 @@ async fn request(
     auth: Option<&HeaderValue>,
 ) -> RequestResult {
     let attempt = async {
-        if conn.as_ref().is_none_or(Conn::is_closed) {
+        // A connection the server closed after its last response is replaced, not counted as
+        // a failure.
+        if let Some(c) = conn.as_mut()
+            && (c.is_closed() || !c.ready().await)
+        {
             *conn = None;
-            *conn = Some(shared.endpoint.connect().await?);
+        }
+        if conn.is_none() {
+            let mut c = shared.endpoint.connect().await?;
+            if !c.ready().await {
+                return Err((
+                    ErrorClass::Io,
+                    "connection closed before the request".into(),
+                ));
+            }
+            *conn = Some(c);
         }
         let Some(c) = conn.as_mut() else {
             // Set just above.
