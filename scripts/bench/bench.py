@@ -27,7 +27,8 @@ reports the median of the rounds. Targets (from the foundation issue):
                `agent serve` HTTP responder (/ping) pinned to core 0, the generator pinned to core
                1, alternating runs: ours >= 0.8x wrk's requests/s (median of the rounds); and
                the open model at 2,000 req/s for 30 s: achieved within 1 % of intended, no
-               errors.
+               errors; and `agent load --workers 1000`: peak RSS <= 64 MiB with every
+               connection answered.
 
 --smoke runs each once, briefly, on debug binaries, and only checks that every number was
 produced (targets are not judged on debug builds).
@@ -79,6 +80,12 @@ def udp_drops(pid, port):
         except OSError:
             pass
     return total if found else None
+
+
+def raise_nofile():
+    """Soft open-files limit up to the hard one (for 1,000 connections and more)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def rss_bytes(pid):
@@ -281,17 +288,25 @@ class Bench:
     # --- HTTP load vs wrk -----------------------------------------------------------------------
     def serve_http(self, cpu=None):
         """Starts `agent serve` with only its HTTP responder, on 127.0.0.1; (process, host:port)."""
+        # Caps above the 1,000 connections of the RSS run (all from 127.0.0.1).
         p = self.spawn([os.path.join(self.bin, "agent"), "serve", "--listen", "127.0.0.1", "--udp-port", "off",
-                        "--tcp-port", "off", "--quic-port", "off", "--https-port", "off", "--http-port", "0"],
-                       cpu=cpu)
+                        "--tcp-port", "off", "--quic-port", "off", "--https-port", "off", "--http-port", "0",
+                        "--max-conns", "2048", "--max-conns-per-ip", "2048"],
+                       cpu=cpu, preexec_fn=raise_nofile)
         line = p.stdout.readline().split()
         assert line[:2] == ["listening", "http"], f"agent serve did not start: {line}"
         return p, line[2]
 
-    def agent_load(self, args):
-        """`agent load ARGS` on core 1; its summary's numbers."""
-        out = subprocess.run(["taskset", "-c", "1", os.path.join(self.bin, "agent"), "load", *args],
-                             capture_output=True, text=True)
+    def agent_load(self, args, sample_rss=False):
+        """`agent load ARGS` on core 1; its summary's numbers (and peak RSS if asked)."""
+        p = subprocess.Popen(["taskset", "-c", "1", os.path.join(self.bin, "agent"), "load", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
+        peak = 0
+        while sample_rss and p.poll() is None:
+            peak = max(peak, rss_bytes(p.pid))
+            time.sleep(0.2)
+        stdout, stderr = p.communicate()
+        out = subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
         if out.returncode != 0:
             raise RuntimeError(f"agent load {args}: exit {out.returncode}: {out.stderr[-1000:]}")
         m = re.search(r"(\d+) requests in ([\d.]+) s[^:]*: ([\d.]+) responses/s achieved"
@@ -301,7 +316,7 @@ class Bench:
             raise RuntimeError(f"agent load {args}: no summary in its output:\n{out.stdout[-2000:]}")
         return {"requests": int(m.group(1)), "seconds": float(m.group(2)), "achieved_rps": float(m.group(3)),
                 "intended_rps": float(m.group(4)) if m.group(4) else None,
-                "errors": sum(int(x) for x in e.groups())}
+                "errors": sum(int(x) for x in e.groups()), "rss_peak_mib": peak / 2**20}
 
     def wrk(self, url, secs):
         out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{secs}s", url],
@@ -321,6 +336,7 @@ class Bench:
             theirs.append(self.wrk(url, secs))
         open_secs, open_rate = (30, 2000) if self.rounds > 1 else (2, 200)
         op = self.agent_load(["--rate", str(open_rate), "--duration", str(open_secs), url])
+        rss = self.agent_load(["--workers", "1000", "--duration", str(max(3, secs)), url], sample_rss=True)
         self.stop(srv)
         o = statistics.median(r["achieved_rps"] for r in ours)
         w = statistics.median(theirs)
@@ -330,7 +346,9 @@ class Bench:
                 "ours_closed_errors": closed_errors,
                 "open_intended_rps": op["intended_rps"], "open_achieved_rps": op["achieved_rps"],
                 "open_seconds": op["seconds"], "open_errors": op["errors"],
+                "rss_1000_conns_mib": rss["rss_peak_mib"], "rss_1000_conns_errors": rss["errors"],
                 "targets": {
+                    "RSS <= 64 MiB at 1,000 connections": rss["rss_peak_mib"] <= 64 and rss["errors"] == 0,
                     ">= 0.8x wrk req/s (64 conns)": o >= 0.8 * w and closed_errors == 0,
                     f"open {open_rate}/s achieved within 1 %": off <= 0.01 and op["errors"] == 0,
                 }}
