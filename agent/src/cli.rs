@@ -35,6 +35,7 @@ Examples:
   agent probe -n 5 https://example.com/         # perftest-style HTTP phase timings
   agent probe --format json udp://10.0.0.7:7710 # UDP trains, one JSON record per train
   agent -n 5 https://example.com/               # the same as 'agent probe' (as perftest's command line)
+  agent load -c 64 -d 30 http://10.0.0.7:7780/ping  # HTTP load: a line per second, a summary
   agent --controller https://ctl:7400 --token T # run under a controller (container entry point)
 
 Without a subcommand, arguments naming a target (proto://...) or using flags only 'probe' has
