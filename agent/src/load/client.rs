@@ -7,7 +7,9 @@
 //! worker keeps its connection for request after request and only reconnects when the server
 //! closed it or a request failed on it.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -60,15 +62,19 @@ pub enum EndpointError {
     Tls(#[from] crate::tls::TlsError),
 }
 
-/// One open connection: hyper's request sender, with the connection task it drives (aborted
-/// when this is dropped, so a dropped connection stops at once).
+/// One open connection: hyper's request sender and the connection future that does its I/O.
+///
+/// The connection is driven in the worker's own task, alongside each request (as the prober
+/// does), not in a task of its own: no wake-up crosses tasks per request, and dropping the
+/// worker's future drops the connection with it, so a cancelled worker stops at once. Between
+/// requests nothing polls it, which HTTP/1.1 does not need: a close by the server is seen when
+/// the next request is made ([`Conn::ready`]).
 pub struct Conn {
     sender: SendRequest<Empty<Bytes>>,
-    _task: AbortOnDrop,
+    driver: Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>,
+    /// The driver has finished (the connection is closed); never poll it again.
+    driver_done: bool,
 }
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 // === impl Endpoint ===
 
@@ -213,27 +219,57 @@ impl Conn {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| classify(&e))?;
-        let task = tokio::spawn(async move {
-            // Its errors reach the request that was in flight; nothing more to do with them.
-            let _ = conn.await;
-        });
         Ok(Conn {
             sender,
-            _task: AbortOnDrop(task),
+            driver: Box::pin(conn),
+            driver_done: false,
         })
     }
 
     /// Whether the server or a failure has closed the connection (then reconnect before the
     /// next request; a closed connection is not a failed request).
     pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
+        self.driver_done || self.sender.is_closed()
+    }
+
+    /// Polls `fut` and the connection's driver together until `fut` is done. If the driver ends
+    /// first (the connection closed or failed), `fut` fails shortly after; the driver's error,
+    /// often the more precise one, is returned instead of `fut`'s then.
+    async fn drive<T>(
+        driver: &mut Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>,
+        driver_done: &mut bool,
+        fut: impl Future<Output = Result<T, hyper::Error>>,
+    ) -> Result<T, hyper::Error> {
+        tokio::pin!(fut);
+        let mut driver_error = None;
+        let r = loop {
+            tokio::select! {
+                biased;
+                r = &mut fut => break r,
+                d = driver.as_mut(), if !*driver_done => {
+                    *driver_done = true;
+                    driver_error = d.err();
+                }
+            }
+        };
+        match (r, driver_error) {
+            (Err(_), Some(e)) => Err(e),
+            (r, _) => r,
+        }
     }
 
     /// Waits until the connection can take a request; `false` when it cannot any more (the
     /// server closed it after the last response, e.g. `Connection: close`) — reconnect then,
     /// nothing failed.
     pub async fn ready(&mut self) -> bool {
-        self.sender.ready().await.is_ok()
+        let Conn {
+            sender,
+            driver,
+            driver_done,
+        } = self;
+        Self::drive(driver, driver_done, sender.ready())
+            .await
+            .is_ok()
     }
 
     /// Sends `req` and reads the response to the end; its status. Call [`Conn::ready`] first.
@@ -243,23 +279,23 @@ impl Conn {
     /// [`ErrorClass::Io`] (or [`ErrorClass::Tls`] for a TLS alert) when the connection fails
     /// before the response is complete; the connection is then unusable.
     pub async fn send(&mut self, req: Request<Empty<Bytes>>) -> Result<u16, (ErrorClass, String)> {
-        let response = self
-            .sender
-            .send_request(req)
+        let Conn {
+            sender,
+            driver,
+            driver_done,
+        } = self;
+        let exchange = async {
+            let response = sender.send_request(req).await?;
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            while let Some(frame) = body.frame().await {
+                frame?;
+            }
+            Ok(status)
+        };
+        Self::drive(driver, driver_done, exchange)
             .await
-            .map_err(|e| classify(&e))?;
-        let status = response.status().as_u16();
-        let mut body = response.into_body();
-        while let Some(frame) = body.frame().await {
-            frame.map_err(|e| classify(&e))?;
-        }
-        Ok(status)
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+            .map_err(|e| classify(&e))
     }
 }
 

@@ -14,8 +14,8 @@
 //! - Samples go into one [`Recorder`] behind a mutex (a few hundred nanoseconds per request).
 //!
 //! Every task has an owner: workers live in the run task's `JoinSet`, each with a child of the
-//! run's `CancellationToken`; dropping a worker's future drops its connection, whose driver is
-//! aborted with it. So [`LoadHandle::stop`] ends every request at once (no request is sent after
+//! run's `CancellationToken`; dropping a worker's future drops its connection, which the worker
+//! drives itself ([`Conn`]). So [`LoadHandle::stop`] ends every request at once (no request is sent after
 //! it returns), and an update that lowers the workers cancels the surplus at once.
 
 use std::collections::BTreeMap;
