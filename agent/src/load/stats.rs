@@ -14,6 +14,11 @@
 //! waited (Gil Tene's coordinated omission; wrk2 measures the same way). In the closed model a
 //! request is intended when its worker is ready to send it, so both figures are the same.
 //!
+//! The intended times are the schedule's ([`super::plan::Pacer`]), not the moments the engine
+//! woke up to send: the engine sleeps on tokio's timer (millisecond granularity), so above
+//! 1,000 req/s requests leave in small bursts and the corrected figure includes up to about a
+//! millisecond of that lag — the generator's own, reported rather than hidden.
+//!
 //! Latencies go into [`RttHistogram`]s (the live view's log-bucket sketch, 0.5 % relative
 //! error), which merge: a step's or a run's percentiles come from adding its seconds' buckets,
 //! not from averaging percentiles. The maximum is kept exactly beside them.
