@@ -396,6 +396,33 @@ async fn stop_ends_all_requests_within_a_second() {
     let at_stop = server.requests();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(server.requests(), at_stop, "requests after stop");
+
+    // Dropping the handle stops the run too.
+    let server = TestServer::start(Behaviour::default());
+    let mut h = start(spec(
+        &server.url(),
+        Model::Closed,
+        Steps::constant(2.0),
+        Duration::from_secs(60),
+    ));
+    let _ = h.next_report().await.unwrap();
+    drop(h);
+    let mut last = server.requests();
+    assert!(
+        eventually(Duration::from_secs(1), || {
+            let now = server.requests();
+            std::mem::replace(&mut last, now) == now
+        })
+        .await,
+        "requests go on after the handle was dropped"
+    );
+    let settled = server.requests();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        server.requests(),
+        settled,
+        "requests after the handle was dropped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,7 @@ use http::HeaderValue;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::client::{Conn, Endpoint, EndpointError};
 use super::credentials::Credentials;
@@ -71,11 +71,14 @@ pub struct LoadEngine {
     endpoint: Arc<Endpoint>,
 }
 
-/// A running engine: update it, stop it, read its reports, await its summary.
+/// A running engine: update it, stop it, read its reports, await its summary. Dropping the
+/// handle stops the run (as [`LoadHandle::stop`]).
 #[derive(Debug)]
 pub struct LoadHandle {
     level: watch::Sender<Option<f64>>,
     cancel: CancellationToken,
+    /// Cancels the run when the handle is dropped.
+    guard: DropGuard,
     reports: mpsc::UnboundedReceiver<SecondReport>,
     task: tokio::task::JoinHandle<LoadSummary>,
 }
@@ -149,6 +152,7 @@ impl LoadEngine {
         let task = tokio::spawn(run(self, level_rx, cancel.clone(), tx));
         LoadHandle {
             level,
+            guard: cancel.clone().drop_guard(),
             cancel,
             reports,
             task,
@@ -183,7 +187,11 @@ impl LoadHandle {
     ///
     /// The run task's `JoinError` if it panicked (a bug).
     pub async fn join(self) -> Result<LoadSummary, tokio::task::JoinError> {
-        self.task.await
+        let LoadHandle { task, guard, .. } = self;
+        let summary = task.await;
+        // Over by now; the guard only had to outlive the wait.
+        drop(guard);
+        summary
     }
 }
 
@@ -257,6 +265,8 @@ async fn run(
     };
     apply(&schedule, &mut workers, &mut pacer, origin);
     let mut stopped = false;
+    // Until the handle is dropped (then the run is cancelled too).
+    let mut updates_open = true;
     loop {
         let now = Instant::now();
         let next_second = origin + Duration::from_secs(reported + 1);
@@ -275,8 +285,9 @@ async fn run(
                 stopped = true;
                 break;
             }
-            changed = level_rx.changed() => {
-                if changed.is_ok() && let Some(l) = *level_rx.borrow_and_update() {
+            changed = level_rx.changed(), if updates_open => {
+                updates_open = changed.is_ok();
+                if updates_open && let Some(l) = *level_rx.borrow_and_update() {
                     let capped = schedule.set_level(l);
                     if capped < l {
                         tracing::warn!(message = "Load update capped.", asked = l, level = capped);
@@ -453,7 +464,9 @@ async fn request(
             *conn = None;
         }
         if conn.is_none() {
-            let mut c = shared.endpoint.connect().await?;
+            // Boxed: the connect future (resolve, TCP, TLS) is large and rarely needed; inline it
+            // would be moved with this future on every request.
+            let mut c = Box::pin(shared.endpoint.connect()).await?;
             if !c.ready().await {
                 return Err((
                     ErrorClass::Io,
