@@ -243,13 +243,15 @@ impl Conn {
         tokio::pin!(fut);
         let mut driver_error = None;
         let r = loop {
+            // The driver first: the bytes it reads complete `fut` in the same poll, without a
+            // wake-up and another trip through the scheduler.
             tokio::select! {
                 biased;
-                r = &mut fut => break r,
                 d = driver.as_mut(), if !*driver_done => {
                     *driver_done = true;
                     driver_error = d.err();
                 }
+                r = &mut fut => break r,
             }
         };
         match (r, driver_error) {

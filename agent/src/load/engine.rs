@@ -506,8 +506,16 @@ impl Shared {
     }
 }
 
-/// Closed model: request → response → think time, until cancelled.
+/// Closed model: request → response → think time, until cancelled (the loop's future, with its
+/// connection, is dropped then: one cancellation wait per worker, not per request).
 async fn closed_worker(index: usize, shared: Arc<Shared>, cancel: CancellationToken) {
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        () = closed_loop(index, &shared) => {}
+    }
+}
+
+async fn closed_loop(index: usize, shared: &Shared) {
     let auth = match shared.auth.len() {
         0 => None,
         n => shared.auth.get(index % n).cloned(),
@@ -516,10 +524,7 @@ async fn closed_worker(index: usize, shared: Arc<Shared>, cancel: CancellationTo
     let mut backoff = CONNECT_BACKOFF_MIN;
     loop {
         let sent = Instant::now();
-        let result = tokio::select! {
-            () = cancel.cancelled() => return,
-            r = request(&shared, &mut conn, auth.as_ref()) => r,
-        };
+        let result = request(shared, &mut conn, auth.as_ref()).await;
         let done = Instant::now();
         lock(&shared.recorder).record_closed(&Sample {
             intended: sent,
@@ -539,10 +544,7 @@ async fn closed_worker(index: usize, shared: Arc<Shared>, cancel: CancellationTo
             }
         };
         if !pause.is_zero() {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
-            }
+            tokio::time::sleep(pause).await;
         }
     }
 }
