@@ -88,6 +88,12 @@ def raise_nofile():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def child_cpu_since(ru0):
+    """CPU seconds (user + system) of the children waited for since `ru0` was taken."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (ru.ru_utime - ru0.ru_utime) + (ru.ru_stime - ru0.ru_stime)
+
+
 def rss_bytes(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -299,6 +305,7 @@ class Bench:
 
     def agent_load(self, args, sample_rss=False):
         """`agent load ARGS` on core 1; its summary's numbers (and peak RSS if asked)."""
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         p = subprocess.Popen(["taskset", "-c", "1", os.path.join(self.bin, "agent"), "load", *args],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
         peak = 0
@@ -306,6 +313,7 @@ class Bench:
             peak = max(peak, rss_bytes(p.pid))
             time.sleep(0.2)
         stdout, stderr = p.communicate()
+        cpu = child_cpu_since(ru0)
         out = subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
         if out.returncode != 0:
             raise RuntimeError(f"agent load {args}: exit {out.returncode}: {out.stderr[-1000:]}")
@@ -316,15 +324,20 @@ class Bench:
             raise RuntimeError(f"agent load {args}: no summary in its output:\n{out.stdout[-2000:]}")
         return {"requests": int(m.group(1)), "seconds": float(m.group(2)), "achieved_rps": float(m.group(3)),
                 "intended_rps": float(m.group(4)) if m.group(4) else None,
-                "errors": sum(int(x) for x in e.groups()), "rss_peak_mib": peak / 2**20}
+                "errors": sum(int(x) for x in e.groups()), "rss_peak_mib": peak / 2**20,
+                "cpu_us_per_req": cpu * 1e6 / max(1, int(m.group(1)))}
 
     def wrk(self, url, secs):
+        """`wrk -t1 -c64` on core 1: (requests/s, CPU microseconds per request)."""
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{secs}s", url],
                              capture_output=True, text=True, check=True)
+        cpu = child_cpu_since(ru0)
         m = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
-        if not m:
+        n = re.search(r"(\d+) requests in", out.stdout)
+        if not m or not n:
             raise RuntimeError(f"wrk: no Requests/sec in its output:\n{out.stdout}")
-        return float(m.group(1))
+        return float(m.group(1)), cpu * 1e6 / max(1, int(n.group(1)))
 
     def load_vs_wrk(self):
         srv, addr = self.serve_http(cpu=0)
@@ -339,10 +352,13 @@ class Bench:
         rss = self.agent_load(["--workers", "1000", "--duration", str(max(3, secs)), url], sample_rss=True)
         self.stop(srv)
         o = statistics.median(r["achieved_rps"] for r in ours)
-        w = statistics.median(theirs)
+        w = statistics.median(t[0] for t in theirs)
         closed_errors = sum(r["errors"] for r in ours)
         off = abs(op["achieved_rps"] - open_rate) / open_rate
+        # CPU per request of each generator: what decides the ratio when core 1 is shared.
         return {"ours_closed_rps": o, "wrk_rps": w, "ratio_to_wrk": o / w if w else None,
+                "ours_cpu_us_per_req": statistics.median(r["cpu_us_per_req"] for r in ours),
+                "wrk_cpu_us_per_req": statistics.median(t[1] for t in theirs),
                 "ours_closed_errors": closed_errors,
                 "open_intended_rps": op["intended_rps"], "open_achieved_rps": op["achieved_rps"],
                 "open_seconds": op["seconds"], "open_errors": op["errors"],
