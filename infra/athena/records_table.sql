@@ -94,7 +94,9 @@ CREATE EXTERNAL TABLE IF NOT EXISTS records (
   `key_id` string COMMENT 'serve/relay_serve: wire key id the packets authenticated with (null: dropped before authentication)',
   `packets` bigint COMMENT 'serve/relay_serve: packets answered, forwarded or (with drop_reason) dropped; tcp/quic/http(s) serve: connections accepted, handshakes completed, requests answered or (with drop_reason) refused/failed',
   `returned` bigint COMMENT 'relay_serve: replies relayed back to the source; quic serve: datagrams echoed',
-  `drop_reason` string COMMENT 'serve/relay_serve: why the packets were dropped (null: answered or relayed)'
+  `drop_reason` string COMMENT 'serve/relay_serve: why the packets were dropped (null: answered or relayed)',
+  `send_lag_ms` double COMMENT 'trains: worst lateness of a packet''s send against its paced due time',
+  `lag_suspect` boolean COMMENT 'the agent''s own lateness (worse of sched_lag_ms and send_lag_ms) exceeded 2 ms and half the measured RTT: timings may carry the agent''s load'
 )
 PARTITIONED BY (
   `region` string COMMENT 'region of the writing agent (Firehose stream prefix / file sink directory)',

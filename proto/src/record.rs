@@ -279,6 +279,28 @@ pub struct Record {
     pub returned: Option<u64>,
     /// Why the row's packets were dropped (`null`: answered or relayed).
     pub drop_reason: Option<String>,
+
+    // --- the agent's own scheduling (issue 16, item 5) ---
+    /// Trains: the worst lateness of a packet's send against its paced due time, ms.
+    pub send_lag_ms: Option<f64>,
+    /// Whether the agent's own lateness (the worse of `sched_lag_ms` and `send_lag_ms`)
+    /// exceeded [`LAG_SUSPECT_FLOOR_MS`] and [`LAG_SUSPECT_FRACTION`] of the measured RTT: the
+    /// timings may carry the agent's load rather than the network's. `None` on server records.
+    pub lag_suspect: Option<bool>,
+}
+
+/// Lateness below this never makes a record [`Record::lag_suspect`]: tokio's timer wakes up to
+/// about 1 ms late by design, and a late send moves t1 with it without touching the RTT.
+pub const LAG_SUSPECT_FLOOR_MS: f64 = 2.0;
+
+/// Lateness above this fraction of the measured RTT (and above [`LAG_SUSPECT_FLOOR_MS`]) makes
+/// a record [`Record::lag_suspect`].
+pub const LAG_SUSPECT_FRACTION: f64 = 0.5;
+
+/// Whether an agent that was `lag_ms` late while measuring `rtt_ms` (`None`: nothing measured)
+/// should flag the record as [`Record::lag_suspect`].
+pub fn lag_suspect(lag_ms: f64, rtt_ms: Option<f64>) -> bool {
+    lag_ms > LAG_SUSPECT_FLOOR_MS && rtt_ms.is_none_or(|r| lag_ms > LAG_SUSPECT_FRACTION * r)
 }
 
 /// Column type of a record field, as Athena (Hive DDL) names it.
@@ -397,6 +419,8 @@ fields! {
     packets: BigInt = "serve/relay_serve: packets answered, forwarded or (with drop_reason) dropped; tcp/quic/http(s) serve: connections accepted, handshakes completed, requests answered or (with drop_reason) refused/failed",
     returned: BigInt = "relay_serve: replies relayed back to the source; quic serve: datagrams echoed",
     drop_reason: String = "serve/relay_serve: why the packets were dropped (null: answered or relayed)",
+    send_lag_ms: Double = "trains: worst lateness of a packet's send against its paced due time",
+    lag_suspect: Boolean = "the agent's own lateness (worse of sched_lag_ms and send_lag_ms) exceeded 2 ms and half the measured RTT: timings may carry the agent's load",
 }
 
 /// Athena column list (`name type COMMENT '...'`), one per line, generated from [`FIELDS`].
@@ -515,8 +539,26 @@ mod tests {
             packets: Some(1),
             returned: Some(1),
             drop_reason: s.clone(),
+            send_lag_ms: d,
+            lag_suspect: Some(true),
             ..Record::new(SystemTime::UNIX_EPOCH, "j", "udp://h:1", "0.1.0")
         }
+    }
+
+    #[test]
+    fn lag_is_suspect_above_the_floor_and_half_the_rtt() {
+        // Below the floor, never, however small the RTT (tokio's timer is ~1 ms late by design).
+        assert!(!lag_suspect(1.9, Some(0.01)));
+        assert!(!lag_suspect(1.9, None));
+        // Above the floor: when it is over half the RTT, or nothing was measured.
+        assert!(lag_suspect(2.5, Some(0.3)));
+        assert!(lag_suspect(2.5, None));
+        assert!(!lag_suspect(2.5, Some(70.0)));
+        assert!(lag_suspect(40.0, Some(70.0)));
+        assert!(
+            !lag_suspect(35.0, Some(70.0)),
+            "exactly half is not over half"
+        );
     }
 
     fn json_type_matches(ty: FieldType, v: &serde_json::Value) -> bool {

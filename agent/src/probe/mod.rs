@@ -197,6 +197,9 @@ pub struct TrainStats {
     pub owd_rev_ms: Option<f64>,
     /// Sum of both ends' error bounds.
     pub clock_error_ms: Option<f64>,
+    /// The worst lateness of a packet's send against its intended time within the train (its
+    /// pacing), ms: the agent's own scheduling delay. `None` where nothing was paced.
+    pub send_lag_ms: Option<f64>,
 }
 
 /// Summary statistics of a set of RTTs.
@@ -342,6 +345,7 @@ impl Measurement {
             rec.owd_fwd_ms = r(t.owd_fwd_ms);
             rec.owd_rev_ms = r(t.owd_rev_ms);
             rec.clock_error_ms = r(t.clock_error_ms);
+            rec.send_lag_ms = r(t.send_lag_ms);
             // A train that kept some packets but lost others is ok, with the loss noted.
             if rec.ok && t.lost() > 0 {
                 rec.error_kind = Some(ErrorKind::Loss);

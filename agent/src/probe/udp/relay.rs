@@ -272,9 +272,15 @@ impl RelaySession {
             direct_rtt_ms: med(self.direct_rtt_ns.iter().flatten().copied().collect()),
             relay_penalty_ms: med(penalties),
         };
+        let (mut train, direct) = (self.relayed.into_stats(), self.direct.into_stats());
+        // Both halves are the agent's sends: the record's lag is the worse of the two.
+        train.send_lag_ms = match (train.send_lag_ms, direct.send_lag_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         RelayResult {
-            train: self.relayed.into_stats(),
-            direct: self.direct.into_stats(),
+            train,
+            direct,
             relay,
             packets,
             sum_mismatches,

@@ -18,7 +18,8 @@
 //! # States and classification (DESIGN §5)
 //!
 //! Packets are sent `packet_interval` apart (measured from the previous actual send, so a late
-//! driver never bursts). After the last send the session waits at most `timeout`; it is done
+//! driver never bursts). How late each paced send was against its due time is kept: the
+//! worst is the train's `send_lag_ms`, the agent's own scheduling delay (issue 16, item 5). After the last send the session waits at most `timeout`; it is done
 //! early once every sequence is answered. A reply (right size, right session, authentic) is:
 //!
 //! - a **sample** if its sequence was not yet answered and it arrives no later than
@@ -109,6 +110,8 @@ pub struct UdpSession {
     /// Set for the relayed half of a relay train: requests are `RelayForward` carrying this
     /// grant, and only `RelayReturn` packets are answers.
     relay_grant: Option<[u8; wire::GRANT_BYTES]>,
+    /// Worst `now − due` of a paced send so far, ns (`None` before the second packet).
+    send_lag_max_ns: Option<u64>,
 }
 
 impl UdpSession {
@@ -131,6 +134,7 @@ impl UdpSession {
             sum_rev_ns: 0,
             best: None,
             relay_grant: None,
+            send_lag_max_ns: None,
             cfg,
         }
     }
@@ -161,6 +165,10 @@ impl UdpSession {
         }
         if self.next_send_at.is_some_and(|at| now_ns < at) {
             return None;
+        }
+        if let Some(at) = self.next_send_at {
+            let lag = now_ns - at;
+            self.send_lag_max_ns = Some(self.send_lag_max_ns.map_or(lag, |m| m.max(lag)));
         }
         let seq = self.next_seq;
         buf.clear();
@@ -344,6 +352,7 @@ impl UdpSession {
             owd_fwd_ms: bounds.map(|_| ms(self.sum_fwd_ns / n)),
             owd_rev_ms: bounds.map(|_| ms(self.sum_rev_ns / n)),
             clock_error_ms: bounds.map(|(a, b)| a + b),
+            send_lag_ms: self.send_lag_max_ns.map(|ns| ns as f64 / 1e6),
             raw_rtts_ms,
             ..self.counts.stats(self.next_seq, rtts_ms)
         }
@@ -666,6 +675,25 @@ mod tests {
         let st = s.into_stats();
         assert_eq!((st.sent, st.samples, st.lost()), (3, 0, 3));
         assert_eq!((st.jitter_ms, st.clock_offset_ms), (None, None));
+        // Packet 1 was due at 5 ms and went at 6 ms; packet 2 went on time.
+        assert_eq!(st.send_lag_ms, Some(1.0), "the worst send lag");
+    }
+
+    /// A one-packet train paces nothing: no send lag to report.
+    #[test]
+    fn a_single_packet_has_no_send_lag() {
+        let mut s = UdpSession::new(SessionConfig {
+            packets: 1,
+            interval_ns: MS,
+            timeout_ns: MS,
+            packet_bytes: wire::MIN_PACKET_BYTES,
+            session_id: 1,
+            key: WireKey::new(&Key::from_secret("k")),
+            local_error_us: 0,
+        });
+        assert_eq!(s.poll_transmit(T0 + 50 * MS, &mut Vec::new()), Some(0));
+        s.handle_timeout(T0 + 60 * MS);
+        assert_eq!(s.into_stats().send_lag_ms, None);
     }
 
     #[test]
