@@ -187,7 +187,33 @@ fn every_protocol_and_phase_follows_the_delay_of_a_packet_level_link() {
     hosts.children.push(e);
     assert!(described[1].contains("tun"), "{described:?}");
 
-    let srv = hosts.spawn(&b, support::agent_bin(), &["serve", "--listen", "0.0.0.0"]);
+    // A relay in the far namespace too, on its own UDP port; it forwards to the reflector over
+    // the far namespace's own address (no link crossed), so only the source-to-relay leg is
+    // delayed. Relays trust grants only from a shared, non-default key.
+    let key = ["--key", "packet-truth-key"];
+    let relay = hosts.spawn(
+        &b,
+        support::agent_bin(),
+        &[
+            &[
+                "serve",
+                "--listen",
+                "0.0.0.0",
+                "--relay",
+                "--udp-port",
+                "7810",
+            ][..],
+            &support::responders_off_except(&[support::Proto::Udp]),
+            &key,
+        ]
+        .concat(),
+    );
+    lines(relay, "listening udp", 1);
+    let srv = hosts.spawn(
+        &b,
+        support::agent_bin(),
+        &[&["serve", "--listen", "0.0.0.0"][..], &key].concat(),
+    );
     let ports: BTreeMap<String, String> = lines(srv, "listening ", 5)
         .iter()
         .filter_map(|l| {
@@ -209,6 +235,7 @@ fn every_protocol_and_phase_follows_the_delay_of_a_packet_level_link() {
             format!("quic://{host}:{}", port("quic")),
             format!("http://{host}:{}/bytes/1000", port("http")),
             format!("https://{host}:{}/bytes/1000", port("https")),
+            format!("relay://{host}:7810/10.77.0.2:{}", port("udp")),
         ]
     };
     let (base, delayed) = (targets("10.77.0.2"), targets("10.77.1.2"));
@@ -223,6 +250,8 @@ fn every_protocol_and_phase_follows_the_delay_of_a_packet_level_link() {
         "--timeout",
         "0.25",
         "--tls-skip-verify",
+        "--key",
+        "packet-truth-key",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -243,7 +272,7 @@ fn every_protocol_and_phase_follows_the_delay_of_a_packet_level_link() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a record: {e}: {l}")))
         .collect();
     drop(hosts);
-    assert_eq!(recs.len(), 200, "20 records per target");
+    assert_eq!(recs.len(), 240, "20 records per target");
     for r in &recs {
         assert!(r.ok, "{r:?}");
     }
@@ -251,7 +280,7 @@ fn every_protocol_and_phase_follows_the_delay_of_a_packet_level_link() {
     let rtt = logged_hold(&log, 1, "fwd") + logged_hold(&log, 1, "ret")
         - logged_hold(&log, 0, "fwd")
         - logged_hold(&log, 0, "ret");
-    let figures: [(usize, Figure); 13] = [
+    let figures: [(usize, Figure); 17] = [
         (
             0,
             Figure {
@@ -367,6 +396,42 @@ fn every_protocol_and_phase_follows_the_delay_of_a_packet_level_link() {
                 get: |r| r.total_ms,
                 round_trips: 3.0,
                 bound_ms: 4.0,
+            },
+        ),
+        (
+            5,
+            Figure {
+                name: "relay rtt_p50",
+                get: |r| r.rtt_p50_ms,
+                round_trips: 1.0,
+                bound_ms: 0.3,
+            },
+        ),
+        (
+            5,
+            Figure {
+                name: "relay leg_src_relay",
+                get: |r| r.leg_src_relay_rtt_ms,
+                round_trips: 1.0,
+                bound_ms: 0.3,
+            },
+        ),
+        (
+            5,
+            Figure {
+                name: "relay leg_relay_dst",
+                get: |r| r.leg_relay_dst_rtt_ms,
+                round_trips: 0.0,
+                bound_ms: 0.3,
+            },
+        ),
+        (
+            5,
+            Figure {
+                name: "relay penalty",
+                get: |r| r.relay_penalty_ms,
+                round_trips: 1.0,
+                bound_ms: 0.5,
             },
         ),
     ];
