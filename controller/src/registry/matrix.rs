@@ -12,7 +12,7 @@ use crate::live::By;
 
 /// Which regions' pairs a matrix covers: a source region, a destination region, or both
 /// (empty: any).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RegionFilter {
     /// Only pairs whose source agent is in this region.
     pub src_region: Option<String>,
