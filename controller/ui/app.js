@@ -256,7 +256,7 @@
 
   function drawLegend() {
     const cv = $("legend");
-    const w = 320;
+    const w = 400;
     const h = 32;
     if (cv.width !== w || cv.height !== h) { cv.width = w; cv.height = h; }
     const ctx = cv.getContext("2d");
@@ -275,7 +275,7 @@
       ticks = [[0, "0 %"], [0.25, "25 %"], [0.5, "50 %"], [0.75, "75 %"], [1, "100 %"]];
       text = "Colour scale: loss from 0 % (bright yellow) to 100 % (dark purple); grey: no data.";
     } else {
-      ticks = [[0.1, "0.1"], [1, "1"], [10, "10"], [100, "100"], [500, "500 ms"]].map(function (p) {
+      ticks = [[0.1, "0.1 ms"], [1, "1 ms"], [10, "10 ms"], [100, "100"], [500, "500"]].map(function (p) {
         return [badness("p50", p[0]), p[1]];
       });
       text = "Colour scale: " + st.metric + " RTT on a log scale from 0.1 ms (bright yellow) to 500 ms (dark purple); grey: no data.";
@@ -300,7 +300,7 @@
 
   function fmtLoss(l) {
     if (l === null || l === undefined || !isFinite(l)) return "–";
-    return (l * 100).toFixed(l < 0.1 ? 1 : 0) + " %";
+    return (l * 100).toFixed(l < 0.1 ? 1 : 0) + "\u00a0%";
   }
 
   function metricValue(c) {
@@ -314,10 +314,15 @@
     return st.metric === "loss" ? fmtLoss(v) : fmtMs(v);
   }
 
+  /** How an agent id is shown: its location when it has one. */
+  function agentLabel(id) {
+    const a = st.agentById.get(id);
+    return a && a.location ? a.location : id;
+  }
+
+  /** How a heatmap row or column is shown (a region, or an agent in the agent view). */
   function label(name) {
-    if (st.view !== "agent") return name;
-    const a = st.agentById.get(name);
-    return a && a.location ? a.location : name;
+    return st.view === "agent" ? agentLabel(name) : name;
   }
 
   function pairKey(src, dst) { return src + SEP + dst; }
@@ -765,7 +770,7 @@
     };
     rows.push(tr("direct", cell, false));
     relayed.forEach(function (c, i) {
-      rows.push(tr("via " + label(c.via) + (i === 0 ? " (best relay)" : ""), c, i === 0));
+      rows.push(tr("via " + agentLabel(c.via) + (i === 0 ? " (best relay)" : ""), c, i === 0));
     });
     tbody.replaceChildren.apply(tbody, rows);
   }

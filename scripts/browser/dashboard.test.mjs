@@ -271,6 +271,18 @@ try {
   ok(`job ${name} started from the form and acked by ${JOB_AGENTS.join(", ")}`);
   await page.screenshot({ path: join(opt.out, "jobs.png") });
   const jobId = await card.getAttribute("data-job-id");
+  // Update: edit the spec as JSON (interval 1000 -> 2000 ms), PUT with If-Match: version 1.
+  await card.locator("button[data-action=edit]").click();
+  const spec = JSON.parse(await page.inputValue("#job-json"));
+  check(spec.name === name && spec.interval_ms === 1000, `the edit form holds ${JSON.stringify(spec)}`);
+  spec.interval_ms = 2000;
+  await page.fill("#job-json", JSON.stringify(spec, null, 2));
+  await page.click("#json-update");
+  await until(`job ${name} at version 2`, async () => /version 2/.test(await card.locator("h3").textContent()), 5000);
+  const updated = await rest(`/api/v1/jobs/${jobId}`);
+  check(updated.body.version === 2 && updated.body.spec.interval_ms === 2000, `GET the job after Update: ${JSON.stringify(updated.body)}`);
+  check((await page.textContent("#job-error")) === "", `the update showed an error: ${await page.textContent("#job-error")}`);
+  ok(`job ${name} updated from the JSON editor (If-Match: 1 -> version 2, interval 2000 ms)`);
   await card.locator("button[data-action=stop]").click();
   await until(`job ${name} gone from the running list`, async () => (await card.count()) === 0, 10000);
   const stopped = await rest(`/api/v1/jobs/${jobId}`);
@@ -281,7 +293,20 @@ try {
   const csp = await page.evaluate(() => window.__csp);
   check(csp.length === 0, `CSP violations: ${csp.join("; ")}`);
   check(problems.length === 0, `console errors: ${problems.join(" | ")}`);
-  ok("no console errors, no CSP violations");
+  // The detector itself: an inline style attribute planted now must be reported (and is then
+  // forgotten, with its console line).
+  await page.evaluate(() => {
+    const d = document.createElement("div");
+    d.setAttribute("style", "color: red");
+    document.body.appendChild(d);
+    d.remove();
+  });
+  await until("the CSP violation of a planted inline style reported", async () =>
+    (await page.evaluate(() => window.__csp.length)) > 0, 5000);
+  await page.evaluate(() => { window.__csp.length = 0; });
+  await new Promise((r) => setTimeout(r, 200));
+  for (let i = problems.length - 1; i >= 0; i--) if (/inline style/i.test(problems[i])) problems.splice(i, 1);
+  ok("no console errors, no CSP violations (and a planted inline style is caught)");
 
   // ---- sign out --------------------------------------------------------------------------
   const cookie = `meshlat_session=${session.value}`;
