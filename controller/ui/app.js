@@ -317,7 +317,10 @@
   /** How an agent id is shown: its location when it has one. */
   function agentLabel(id) {
     const a = st.agentById.get(id);
-    return a && a.location ? a.location : id;
+    if (a && a.location) return a.location;
+    // Ids are UUIDv7: the start is a timestamp shared by agents that joined together, the end
+    // tells them apart (the full id is in the cell's title and the pair detail's paths).
+    return id.length > 12 ? "…" + id.slice(-8) : id;
   }
 
   /** How a heatmap row or column is shown (a region, or an agent in the agent view). */
@@ -556,6 +559,13 @@
 
   function updateTd(td, src, dst) {
     const cell = st.direct.get(pairKey(src, dst));
+    const sel = !!st.selected && st.selected.src === src && st.selected.dst === dst;
+    // What the cell shows; an unchanged cell (most of them between two summaries) is not touched.
+    const key = cell
+      ? st.metric + SEP + cell.p50_ms + SEP + cell.p99_ms + SEP + cell.loss + SEP + cell.samples + SEP + sel
+      : st.metric + SEP + sel;
+    if (td.meshlatKey === key) return;
+    td.meshlatKey = key;
     const v = metricValue(cell);
     const text = cell ? fmtMetric(v) : "–";
     if (td.textContent !== text) td.textContent = text;
@@ -580,7 +590,6 @@
       td.style.color = "";
       td.classList.add("nodata");
     }
-    const sel = !!st.selected && st.selected.src === src && st.selected.dst === dst;
     td.classList.toggle("selected", sel);
     td.setAttribute("aria-selected", sel ? "true" : "false");
   }
