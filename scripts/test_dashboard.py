@@ -114,6 +114,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "target" / "dashboard-screenshots",
                     help="where the screenshots go (default: target/dashboard-screenshots)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory when it passes")
+    ap.add_argument("--history", type=int, default=2,
+                    help="points in the pair charts before the screenshots (2; 10 for the README's)")
     a = ap.parse_args()
     start = time.time()
     missing = []
@@ -131,7 +133,7 @@ def main() -> int:
             print(f"dashboard: {BIN / b} is missing: cargo build --bins", file=sys.stderr)
             return 2
     work = Path(tempfile.mkdtemp(prefix="meshlat-dashboard-"))
-    out = a.out
+    out = a.out.resolve()  # the browser test runs in scripts/browser
     out.mkdir(parents=True, exist_ok=True)
     mesh = DashMesh(work, start + a.deadline)
     status = 0
@@ -144,7 +146,7 @@ def main() -> int:
                "--out", str(out), "--chromium", CHROMIUM, "--slow", "eu:us", "--fast", "eu:eu",
                "--rtt-ms", str(2 * DELAY_MS), "--agents", ",".join(n for n, *_ in DashMesh.AGENTS),
                "--relay", "e1:u1:e2", "--job-sources", "region=eu", "--job-targets", "region=us",
-               "--job-agents", "e1,e2"]
+               "--job-agents", "e1,e2", "--history", str(a.history)]
         left = max(10.0, start + a.deadline - time.time())
         try:
             r = subprocess.run(cmd, env=env, timeout=left, cwd=BROWSER_DIR)

@@ -423,7 +423,7 @@
     renderDetail();
     $("mesh-note").textContent = "Live: matrix of " + clock(st.matrixAt) + ", " + st.rows.length + " × " +
       st.cols.length + ", " + st.direct.size + " direct pairs measured" +
-      (relayedCount ? ", " + relayedCount + " relayed paths (in the pair detail)" : "") + ".";
+      (relayedCount ? ", " + relayedCount + (relayedCount === 1 ? " relayed path" : " relayed paths") + " (in the pair detail)" : "") + ".";
   }
 
   function histKey(src, dst) { return st.view + SEP + st.protocol + SEP + src + SEP + dst; }

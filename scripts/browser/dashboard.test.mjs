@@ -4,7 +4,7 @@
 //   MESHLAT_CREDENTIAL=NAME:SECRET NODE_EXTRA_CA_CERTS=ca.pem node dashboard.test.mjs \
 //     --url https://127.0.0.1:PORT/ --out DIR [--chromium /usr/bin/chromium] \
 //     --slow eu:us --fast eu:eu --rtt-ms 40 --agents e1,e2,u1 --relay e1:u1:e2 \
-//     --job-sources region=eu --job-targets region=us --job-agents e1,e2
+//     --job-sources region=eu --job-targets region=us --job-agents e1,e2 [--history N]
 //
 // --slow SRC:DST is the region pair with the injected delay (RTT --rtt-ms), --fast one without;
 // --agents the agents' locations; --relay SRC:DST:VIA (locations) a pair measured through a
@@ -28,6 +28,7 @@ const { values: opt } = parseArgs({
     "job-sources": { type: "string" },
     "job-targets": { type: "string" },
     "job-agents": { type: "string" },
+    history: { type: "string", default: "2" },
   },
 });
 for (const k of ["url", "out", "slow", "fast", "rtt-ms", "agents", "relay", "job-sources", "job-targets", "job-agents"]) {
@@ -48,6 +49,8 @@ const [FAST_SRC, FAST_DST] = opt.fast.split(":");
 const LOCATIONS = opt.agents.split(",");
 const [RELAY_SRC, RELAY_DST, RELAY_VIA] = opt.relay.split(":");
 const JOB_AGENTS = opt["job-agents"].split(",");
+// Points in the pair's chart before each heatmap screenshot (more: a longer run, a fuller chart).
+const HISTORY = Math.max(2, Number(opt.history));
 // The measured p50 of the delayed pair: at least the injected RTT (less 3 % for the sketch's
 // quantile error), at most 20 ms more (debug binaries, two loaded cores, the emulator's own hop).
 const P50_LOW = RTT * 0.97;
@@ -206,7 +209,7 @@ try {
   check(title.includes(SLOW_SRC) && title.includes(SLOW_DST), `the detail shows ${title}`);
   const p50Stat = await page.textContent("#detail-stats dd[data-stat=p50]");
   check(/ms/.test(p50Stat), `the detail's p50 is ${p50Stat}`);
-  await until("two points in the detail chart", async () => Number(await page.textContent("#detail-points")) >= 2, 10000);
+  await until(`${HISTORY} points in the detail chart`, async () => Number(await page.textContent("#detail-points")) >= HISTORY, 10000 + 2500 * HISTORY);
   await page.mouse.move(0, 0);
   ok(`keyboard: ${rows}×${cols} table, Tab, arrows and Enter select ${title} (p50 ${p50Stat})`);
   await page.screenshot({ path: join(opt.out, "heatmap-region.png") });
@@ -230,7 +233,7 @@ try {
   await until(`the relay path ${RELAY_SRC} -> ${RELAY_DST} via ${RELAY_VIA} in the detail`, async () => (await viaRow.count()) === 1, 40000);
   check((await viaRow.getAttribute("class")) === "best", "the only relay is not highlighted as the best");
   check((await page.locator("#relays tbody tr").first().textContent()).startsWith("direct"), "the detail lists no direct path first");
-  await until("two points in the agent pair's chart", async () => Number(await page.textContent("#detail-points")) >= 2, 10000);
+  await until(`${HISTORY} points in the agent pair's chart`, async () => Number(await page.textContent("#detail-points")) >= HISTORY, 10000 + 2500 * HISTORY);
   const viaText = await viaRow.textContent();
   ok(`agent view: ${LOCATIONS.length} rows, ${RELAY_SRC}->${RELAY_DST} p50 ${agentP50.toFixed(2)} ms; detail lists "${viaText}"`);
   await page.screenshot({ path: join(opt.out, "heatmap-agent-detail.png") });
