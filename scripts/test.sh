@@ -177,7 +177,8 @@ run_stage prometheus 180 scripts/test_prometheus.py
 # node_modules from scripts/setup.sh) against a local mesh (controller, 3 agents in 2 regions, the
 # link emulator delaying eu -> us by 40 ms RTT): sign-in, the region heatmap's p50 against the
 # injected RTT and GET /api/v1/matrix, keyboard, agent view with a relay path, agents tab, a job
-# started, acked, updated and stopped, no console errors or CSP violations, sign-out. ~20 s.
+# started, acked, updated and stopped, the >60-agent canvas path on 130 faked agents, no console
+# errors or CSP violations, sign-out. ~20 s.
 run_stage dashboard 240 scripts/test_dashboard.py
 run_stage infra-lint 900 scripts/lint-infra.sh
 run_stage infra-invariants 600 scripts/test_infra.py

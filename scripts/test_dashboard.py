@@ -12,8 +12,11 @@
      region heatmap's eu -> us p50 near the injected RTT and equal to GET /api/v1/matrix, slow and
      fast cells coloured differently, keyboard navigation and the pair detail, the agent view
      with the relay path, the agents tab (every agent connected), a job started from the form
-     acknowledged by its agents then stopped, an API error shown with its field, no console
-     errors or CSP violations, sign-out (the old cookie then gets 401). Screenshots go to --out.
+     acknowledged by its agents, updated (If-Match) and stopped, an API error shown with its
+     field, the scale path in a second tab whose agents and stream answers are replaced by 130
+     made-up agents (the agent view asks for a region pair; a 65 × 65 canvas with hover and
+     keyboard), no console errors or CSP violations, sign-out (the old cookie then gets 401).
+     Screenshots go to --out.
 
 Bounded: the whole stage stops within --deadline seconds (default 200). Exit 0 pass, 1 fail,
 2 missing tools (scripts/setup.sh installs Chromium and scripts/browser/node_modules). Logs stay

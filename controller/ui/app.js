@@ -738,8 +738,7 @@
     $("detail-body").hidden = false;
     const k = pairKey(p.src, p.dst);
     const cell = st.direct.get(k);
-    $("detail-title").textContent = label(p.src) + " → " + label(p.dst) + " (" + st.protocol + ")" +
-      (st.hover && st.selected && (st.hover.src !== st.selected.src || st.hover.dst !== st.selected.dst) ? "" : "");
+    $("detail-title").textContent = label(p.src) + " → " + label(p.dst) + " (" + st.protocol + ")";
     const dl = $("detail-stats");
     const items = [
       ["p50", cell ? fmtMs(cell.p50_ms) + " ms" : "no data"],
@@ -899,18 +898,13 @@
       return;
     }
     const before = needsRegionPair();
-    const beforeRegions = regions().join(SEP);
     st.agents = (r && r.agents) || [];
     st.agentById = new Map(st.agents.map(function (a) { return [a.id, a]; }));
     renderAgents();
-    if (before !== needsRegionPair() || (st.view === "region" && beforeRegions !== regions().join(SEP))) {
-      if (st.es || before !== needsRegionPair()) {
-        if (before !== needsRegionPair()) openStream();
-        else { computeAxes(); renderHeatmap(); }
-      }
-    } else {
-      updateFilterUi();
-    }
+    // Crossing the agent view's size limit changes what the stream is asked for; otherwise the
+    // next matrix event (every 2 s) picks up new agents and regions.
+    if (before !== needsRegionPair()) openStream();
+    else updateFilterUi();
   }
 
   function ago(ms) {

@@ -114,16 +114,19 @@ try {
       window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`);
     });
   });
-  const page = await context.newPage();
-  page.on("console", (m) => {
-    if (m.type() !== "error" && m.type() !== "warning") return;
-    const text = m.text();
-    const failed = /Failed to load resource: the server responded with a status of (\d+)/.exec(text);
-    if (failed && expectedStatus.has(Number(failed[1]))) return;
-    if (m.type() === "warning" && !/Content Security Policy|Refused/i.test(text)) return;
-    problems.push(`console ${m.type()}: ${text}`);
-  });
-  page.on("pageerror", (e) => problems.push(`uncaught: ${e.message}`));
+  const watch = (p) => {
+    p.on("console", (m) => {
+      if (m.type() !== "error" && m.type() !== "warning") return;
+      const text = m.text();
+      const failed = /Failed to load resource: the server responded with a status of (\d+)/.exec(text);
+      if (failed && expectedStatus.has(Number(failed[1]))) return;
+      if (m.type() === "warning" && !/Content Security Policy|Refused/i.test(text)) return;
+      problems.push(`console ${m.type()}: ${text}`);
+    });
+    p.on("pageerror", (e) => problems.push(`uncaught: ${e.message}`));
+    return p;
+  };
+  const page = watch(await context.newPage());
 
   // ---- not signed in; a wrong credential -------------------------------------------------
   expectedStatus.add(401);
@@ -291,6 +294,73 @@ try {
   const stopped = await rest(`/api/v1/jobs/${jobId}`);
   check(stopped.status === 200 && stopped.body.stopped === true, `GET the job after Stop: ${JSON.stringify(stopped)}`);
   ok(`job ${name} (${jobId}) stopped from the page`);
+
+  // ---- scale (synthetic): more than 60 agents ---------------------------------------------
+  // A second tab of the same session whose /api/v1/agents and /api/v1/stream answers are replaced
+  // by 130 made-up agents in two regions: the agent view must ask for a region pair (never the
+  // whole agent matrix), and a 65 × 65 block is drawn on the canvas with hover hit-testing.
+  const SIM = 130;
+  const fake = Array.from({ length: SIM }, (_, i) => ({
+    id: `sim-${String(i).padStart(3, "0")}`, region: i % 2 ? "sim-b" : "sim-a", az: "", location: "",
+    version: "sim", connected: true, control_mode: "connected", last_seen_unix_ms: Date.now(), roles: [],
+  }));
+  const simP50 = (a, b) => 0.1 + ((Number(a.slice(4)) * 7 + Number(b.slice(4)) * 3) % 400);
+  const streams = [];
+  const page2 = watch(await context.newPage());
+  await page2.route((u) => u.pathname === "/api/v1/agents", (route) => route.fulfill({
+    status: 200, contentType: "application/json", body: JSON.stringify({ agents: fake }),
+  }));
+  await page2.route((u) => u.pathname === "/api/v1/stream", (route) => {
+    const q = new URL(route.request().url()).searchParams;
+    streams.push(q.toString());
+    const cell = (src, dst, p50) => ({ src, dst, protocol: "udp", p50_ms: p50, p99_ms: p50 * 1.5, loss: 0, samples: 20, via: "", relay_penalty_ms: null });
+    let cells;
+    if (q.get("by") === "region") {
+      cells = [cell("sim-a", "sim-b", 30), cell("sim-b", "sim-a", 31), cell("sim-a", "sim-a", 1), cell("sim-b", "sim-b", 1)];
+    } else {
+      const from = fake.filter((a) => a.region === q.get("src_region"));
+      const to = fake.filter((a) => a.region === q.get("dst_region"));
+      cells = from.flatMap((a) => to.filter((b) => b.id !== a.id).map((b) => cell(a.id, b.id, simP50(a.id, b.id))));
+    }
+    route.fulfill({
+      status: 200, headers: { "content-type": "text/event-stream", "cache-control": "no-store" },
+      body: `retry: 60000\nevent: matrix\ndata: ${JSON.stringify({ unix_ms: Date.now(), cells })}\n\n`,
+    });
+  });
+  await page2.goto(BASE.href);
+  await page2.locator("#dash").waitFor({ state: "visible", timeout: 10000 });
+  // (Each faked stream answer is one event, then the stream ends: the note then says it reconnects.)
+  await until("the synthetic region view", async () =>
+    (await page2.locator("#heat tbody tr").count()) === 2 &&
+    (await page2.getAttribute(`#heat td[data-src="sim-a"][data-dst="sim-b"]`, "data-p50")) === "30", 10000);
+  await page2.selectOption("#mesh-view", "agent");
+  await page2.locator("#region-filter").waitFor({ state: "visible", timeout: 5000 });
+  await page2.selectOption("#mesh-dst-region", "sim-b");
+  await until("the 65 × 65 canvas", async () => await page2.locator("#heat-canvas").isVisible() &&
+    (await page2.locator("#heat-canvas").evaluate((c) => c.width === c.height && c.width % 65 === 0 && c.width > 0)), 10000);
+  check(await page2.locator("#heat").isHidden(), "the table shows beside the canvas");
+  const agentStreams = streams.filter((q) => q.includes("by=agent"));
+  check(agentStreams.length >= 1 && agentStreams.every((q) => /src_region=sim-/.test(q) && /dst_region=sim-/.test(q)),
+    `the agent view of ${SIM} agents asked for ${JSON.stringify(agentStreams)}`);
+  check(agentStreams[agentStreams.length - 1].includes("src_region=sim-a") && agentStreams[agentStreams.length - 1].includes("dst_region=sim-b"),
+    `the last agent stream is ${agentStreams[agentStreams.length - 1]}`);
+  const box = await page2.locator("#heat-canvas").boundingBox();
+  const cs = box.width / 65;
+  const [hr, hc] = [3, 5]; // rows sim-a sorted (sim-000, sim-002, ...), columns sim-b (sim-001, ...)
+  const [hs, hd] = [`sim-${String(hr * 2).padStart(3, "0")}`, `sim-${String(hc * 2 + 1).padStart(3, "0")}`];
+  await page2.mouse.move(box.x + (hc + 0.5) * cs, box.y + (hr + 0.5) * cs);
+  await until("the canvas tooltip", async () => await page2.locator("#tooltip").isVisible(), 3000);
+  const tip = await page2.textContent("#tooltip");
+  check(tip.startsWith(`${hs} → ${hd}: p50 ${simP50(hs, hd) < 100 ? simP50(hs, hd).toFixed(1) : simP50(hs, hd).toFixed(0)} ms`),
+    `hovering row ${hr} column ${hc} shows "${tip}" (expected ${hs} → ${hd}, p50 ${simP50(hs, hd)})`);
+  check((await page2.textContent("#detail-title")).startsWith(`${hs} → ${hd}`), "the hovered pair's detail is not shown");
+  await page2.mouse.move(0, 0);
+  await page2.locator("#heat-canvas").focus();
+  await page2.keyboard.press("ArrowDown");
+  await page2.keyboard.press("Enter");
+  await until("the canvas pair selected by keyboard", async () => (await page2.textContent("#status")) === "Selected sim-002 → sim-001.", 3000);
+  ok(`${SIM} synthetic agents: the agent view asks for a region pair (${agentStreams.length} streams, last ${agentStreams[agentStreams.length - 1]}), 65 × 65 canvas, hover "${tip}", keyboard selection`);
+  await page2.close();
 
   // ---- console, CSP ----------------------------------------------------------------------
   const csp = await page.evaluate(() => window.__csp);
