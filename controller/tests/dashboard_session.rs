@@ -198,7 +198,6 @@ async fn the_page_is_served_safely_and_sessions_need_their_csrf_token() -> Resul
     // Matrices are built once per view per second and shared: two dashboards watching the
     // same view get the same build; a second later, a new one.
     let m = |q: &'static str| {
-        let c = c.clone();
         let ctl = &ctl;
         async move {
             let r = call(ctl, "GET", q, &c, "").await?;
