@@ -366,6 +366,7 @@
   function openStream() {
     closeStream();
     if (!st.signedIn) return;
+    st.rendered = false;
     updateFilterUi();
     st.direct.clear();
     st.relayed.clear();
@@ -382,9 +383,17 @@
     st.es = es;
     es.addEventListener("matrix", function (ev) {
       if (st.es !== es) return;
+      // User Timing entries (devtools' Performance panel; scripts/bench reads them): each
+      // update's main-thread time, parse included, and the first rendered heatmap of a view.
+      const t0 = performance.now();
       let m;
       try { m = JSON.parse(ev.data); } catch (_) { return; }
       onMatrix(m);
+      performance.measure("meshlat:update", { start: t0 });
+      if (!st.rendered) {
+        st.rendered = true;
+        performance.mark("meshlat:first-render", { detail: st.view });
+      }
     });
     es.addEventListener("error", function () {
       if (st.es !== es) return;
