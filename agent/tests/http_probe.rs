@@ -131,6 +131,12 @@ async fn first_and_last_byte_match_server_delays() -> anyhow::Result<()> {
             h.total_ms.context("total")?,
         );
         assert!(dns >= 0.0 && tcp > 0.0, "{h:?}");
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            h.tcp_time_source,
+            Some(meshlat_proto::record::TcpTimeSource::Kernel),
+            "the connect phase is the kernel's handshake RTT: {h:?}"
+        );
         // total spans connect → last byte, so it covers tcp + first byte + last byte.
         assert!(total >= tcp + fb + lb - 0.01, "{h:?}");
         first.push(fb);
