@@ -3,9 +3,10 @@
 //! One record per measurement: one sample of an HTTP/TCP/QUIC-handshake target, or one train of a
 //! UDP/QUIC/relay target — and, from servers, one record per interval, source and outcome
 //! (`kind` = `serve` for a responder — UDP, TCP, QUIC, HTTP, HTTPS — and `relay_serve` for a
-//! relay: answered, relayed or dropped by reason; see the agent's `respond::tally`). The server fields, then
-//! `tcp_time_source`, were added to schema version 1 as nullable columns at the end of the
-//! table: older records read them as null. Serialized as one JSON object per line, snake_case keys, `null` for absent values, keys
+//! relay: answered, relayed or dropped by reason; see the agent's `respond::tally`). The server
+//! fields, then `send_lag_ms`/`lag_suspect`, then `tcp_time_source` were added to schema
+//! version 1 as nullable columns at the end of the table: older records read them as null.
+//! Serialized as one JSON object per line, snake_case keys, `null` for absent values, keys
 //! in the order of [`FIELDS`]. The same lines go to the file sink and (packed)
 //! to Firehose; Athena reads them with the JSON SerDe using DDL generated from [`FIELDS`]
 //! ([`athena_columns`]).
