@@ -18,7 +18,9 @@
 //!
 //! The sample is taken only for a SYN that was not retransmitted (Karn's rule): after a
 //! retransmission the kernel falls back to the timestamp option's echo (1 ms ticks) or has no
-//! sample at all, and the handshake's real duration includes the retransmission timeout. So
+//! sample at all, and the handshake's real duration includes the retransmission timeout — on
+//! loopback, a SYN dropped once by a full accept queue gives `tcpi_rtt` = 1 ms for a connect
+//! that took 1 s (test `a_retransmitted_syn_falls_back_to_the_user_space_figure`). So
 //! `tcpi_total_retrans > 0` means "no kernel figure" and the record keeps the user-space one.
 //!
 //! Alternatives measured and rejected (loopback, 6.18 kernel, 2 cores; see README "TCP connect
