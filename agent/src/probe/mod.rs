@@ -7,7 +7,7 @@
 //! # Layout
 //!
 //! - [`udp`]: TWAMP-light trains — `wire` (packet format), `session` (sans-IO core), driver.
-//! - [`tcp`]: connect time.
+//! - [`tcp`]: connect time — `handshake` (sans-IO: the kernel's `TCP_INFO` handshake RTT), driver.
 //! - [`quic`]: handshake time and a datagram echo train.
 //! - [`http`]: perftest's phases over HTTP and HTTPS — `timings` (pure) and the driver.
 
