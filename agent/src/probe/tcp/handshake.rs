@@ -23,20 +23,22 @@
 //! that took 1 s (test `a_retransmitted_syn_falls_back_to_the_user_space_figure`). So
 //! `tcpi_total_retrans > 0` means "no kernel figure" and the record keeps the user-space one.
 //!
-//! Alternatives measured and rejected (loopback, 6.18 kernel, 2 cores; see README "TCP connect
-//! accuracy"): a blocking `connect()` on a dedicated thread still includes the syscall's own
-//! work (port selection, route lookup) and the thread's wake-up — 15–35 µs against the
-//! kernel's 5–7 µs for the same handshakes — and costs a thread per sample;
-//! `SO_TIMESTAMPING` cannot stamp a handshake: TCP transmit stamps are keyed to payload bytes
-//! (a SYN carries none) and receive stamps are delivered with data, which a SYN-ACK has none of.
+//! Alternatives measured or ruled out (loopback, Linux 6.18, 2 cores; README "TCP connect
+//! accuracy" has the figures): a blocking `connect()` on a dedicated thread still counts the
+//! syscall's own work (port choice, route lookup) and the thread's wake-up — back to back,
+//! 13–34 µs median from Python where the kernel's sample of the same connections reads 5–7 µs —
+//! and would cost a thread per sample. `SO_TIMESTAMPING` cannot stamp a handshake: TCP transmit
+//! stamps are keyed to payload bytes (a SYN carries none) and receive stamps come with data
+//! read, which a SYN-ACK has none of.
 //!
 //! # What the kernel figure leaves out, and in
 //!
 //! It starts when the SYN is built, after `connect()`'s local work (socket, port choice,
 //! route), and ends when this host's TCP processes the SYN-ACK, before the application is
 //! told. It includes both hosts' network stacks between those points (on loopback the whole
-//! 5 µs is stack: an `AF_PACKET` capture puts SYN and SYN-ACK about 1 µs apart at the device).
-//! It has microsecond resolution.
+//! figure is stack: 5 µs back to back, 25–37 µs with the CPU idle between samples), and any
+//! delay of the receive path (softirq work deferred to `ksoftirqd`), as every packet's RTT
+//! does. It has microsecond resolution.
 //!
 //! # `TCP_INFO` layout read here
 //!
