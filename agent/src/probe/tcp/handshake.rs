@@ -26,7 +26,7 @@
 //! Alternatives measured or ruled out (loopback, Linux 6.18, 2 cores; README "TCP connect
 //! accuracy" has the figures): a blocking `connect()` on a dedicated thread still counts the
 //! syscall's own work (port choice, route lookup) and the thread's wake-up — back to back,
-//! 13–34 µs median from Python where the kernel's sample of the same connections reads 5–7 µs —
+//! 23–34 µs median from Python where the kernel's sample of the same connections reads 5–7 µs —
 //! and would cost a thread per sample. `SO_TIMESTAMPING` cannot stamp a handshake: TCP transmit
 //! stamps are keyed to payload bytes (a SYN carries none) and receive stamps come with data
 //! read, which a SYN-ACK has none of.
