@@ -276,6 +276,14 @@ fn every_protocol_and_phase_follows_the_delay_of_a_packet_level_link() {
     for r in &recs {
         assert!(r.ok, "{r:?}");
     }
+    // Connect times (tcp, http, https) are the kernel's handshake RTT across the link too.
+    for r in recs.iter().filter(|r| r.tcp_ms.is_some()) {
+        assert_eq!(
+            r.tcp_time_source,
+            Some(meshlat_proto::record::TcpTimeSource::Kernel),
+            "{r:?}"
+        );
+    }
 
     let rtt = logged_hold(&log, 1, "fwd") + logged_hold(&log, 1, "ret")
         - logged_hold(&log, 0, "fwd")
