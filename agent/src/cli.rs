@@ -269,7 +269,7 @@ pub struct CommonArgs {
     #[command(flatten)]
     pub deadlines: DeadlineArgs<AgentDeadlines>,
     /// Where the clock error bound comes from, which one-way delays need from both ends: auto
-    /// (ECS task metadata on ECS, else adjtimex), adjtimex (the kernel's maxerror), chrony[:PATH]
+    /// (ECS task metadata on ECS, else adjtimex), adjtimex (the kernel's maxerror), chrony or chrony:PATH
     /// (`chronyc -c tracking`), ecs, none, or standin:OFFSET_MS:BOUND_MS (tests and demos: the
     /// wall clock read OFFSET_MS off, claiming BOUND_MS).
     #[arg(

@@ -384,6 +384,14 @@ impl Pair {
 /// Sets `lag_suspect` from the record's own lateness (start and, for trains, packet sends)
 /// against the round trip it measured (a train's median, else the probe's single figure).
 pub(crate) fn flag_lag(rec: &mut Record) {
+    // A tcp probe's only figure is the kernel's handshake RTT when `tcp_time_source` is
+    // `kernel`: no lateness of the agent's reaches it.
+    if rec.protocol == Some(meshlat_proto::record::Protocol::Tcp)
+        && rec.tcp_time_source == Some(meshlat_proto::record::TcpTimeSource::Kernel)
+    {
+        rec.lag_suspect = Some(false);
+        return;
+    }
     let lag = rec
         .sched_lag_ms
         .unwrap_or(0.0)
@@ -660,6 +668,12 @@ mod tests {
         flag_lag(&mut tcp);
         assert_eq!(tcp.lag_suspect, Some(true));
         tcp.sched_lag_ms = Some(0.5);
+        flag_lag(&mut tcp);
+        assert_eq!(tcp.lag_suspect, Some(false));
+        // Timed by the kernel, it is never suspect, however late the agent.
+        tcp.protocol = Some(meshlat_proto::record::Protocol::Tcp);
+        tcp.tcp_time_source = Some(meshlat_proto::record::TcpTimeSource::Kernel);
+        tcp.sched_lag_ms = Some(12.0);
         flag_lag(&mut tcp);
         assert_eq!(tcp.lag_suspect, Some(false));
     }
