@@ -9,6 +9,8 @@
 # ShellCheck (the shellcheck stage: scripts/lint-scripts.sh); prometheus (the server and promtool:
 # the prometheus stage checks, unit-tests and runs the shipped alert rules against a local mesh).
 # Rust components: rustfmt, clippy (from the machine's rustup toolchain).
+# The dashboard stage's browser test: scripts/browser/setup.sh (Debian's chromium, Node.js 20+,
+# playwright-core from scripts/browser/package-lock.json with npm ci).
 set -euo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
@@ -37,6 +39,7 @@ if (( check_only )); then
   (( ${#missing_rust[@]} )) && { echo "missing Rust components: ${missing_rust[*]} (install: rustup component add ${missing_rust[*]})"; ok=1; }
   (( nightly_ok )) || { echo "missing the nightly toolchain ('cargo +nightly' fails); the fuzz stage needs it (rustup toolchain install nightly, where downloads work)"; ok=1; }
   (( fuzz_ok )) || { echo "missing cargo-fuzz (install: scripts/setup.sh, or cargo install cargo-fuzz --locked)"; ok=1; }
+  scripts/browser/setup.sh --check || ok=1
   exit $ok
 fi
 
@@ -61,4 +64,5 @@ if (( ! fuzz_ok )); then
   echo "setup: installing cargo-fuzz (cargo install cargo-fuzz --locked)"
   cargo install cargo-fuzz --locked --quiet
 fi
+scripts/browser/setup.sh
 echo "setup: ok (sockperf $(sockperf --version 2>/dev/null | grep -o 'version [0-9.]*' | head -1), $(irtt version 2>/dev/null | head -1), fping $(fping -v 2>&1 | grep -o '[0-9][0-9.]*' | head -1), $(cargo fuzz --version 2>/dev/null))"

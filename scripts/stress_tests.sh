@@ -9,7 +9,7 @@
 #             (the accuracy stage of scripts/test.sh)
 #   e2e       cargo test -p meshlat-controller --test mesh_e2e
 #             cargo test -p meshlat-agent --test relay --test udp_loopback --test http_probe
-#                                         --test tcp_probe --test quic_probe
+#                                         --test tcp_probe --test quic_probe --test owd --test packet_truth
 # (--accuracy-only: the first only.) The test executables are built once and copied to the log
 # directory, then run directly (in their package directory, as cargo does), so editing sources
 # meanwhile changes nothing. Passes are counted from each executable's test list (`--list`) and
@@ -54,7 +54,7 @@ trap 'exit 130' INT TERM
 echo "stress: building the test targets (copied to $logs/bin, so later edits do not change them)"
 cargo build --locked --quiet --bins || exit 1
 mkdir -p "$logs/bin"
-for spec in "meshlat-agent accuracy linkemu relay udp_loopback http_probe tcp_probe quic_probe" \
+for spec in "meshlat-agent accuracy linkemu relay udp_loopback http_probe tcp_probe quic_probe owd packet_truth" \
             "meshlat-controller mesh_e2e"; do
   read -r pkg targets <<< "$spec"
   args=()
@@ -98,7 +98,7 @@ run_suite() { # SUITE RUN: runs the suite once, output to $logs/SUITE-RUN.log
       # a failing test is counted from the log below, not a reason to stop
       for t in accuracy linkemu; do run_target "$t" --test-threads=1 --nocapture || true; done > "$log" 2>&1 ;;
     e2e)
-      for t in mesh_e2e relay udp_loopback http_probe tcp_probe quic_probe; do
+      for t in mesh_e2e relay udp_loopback http_probe tcp_probe quic_probe owd packet_truth; do
         run_target "$t" --nocapture || true
       done > "$log" 2>&1 ;;
   esac

@@ -10,7 +10,8 @@
 # infra-lint: cfn-lint and checkov on infra/cloudformation (.venv-cfn, .venv-checkov);
 # infra-invariants: scripts/test_infra.py (.venv-infra); deploy-dry-run: scripts/test_deploy.sh (no AWS);
 # images: scripts/images.sh --debug test (podman, buildah; hadolint runs in infra-lint);
-# prometheus: scripts/test_prometheus.py (promtool and a real Prometheus from scripts/setup.sh).
+# prometheus: scripts/test_prometheus.py (promtool and a real Prometheus from scripts/setup.sh);
+# dashboard: scripts/test_dashboard.py (Chromium and scripts/browser/node_modules from scripts/setup.sh).
 #
 # Every stage runs under its own time budget (`timeout`, printed with the stage): a hung stage fails
 # by itself, named, instead of eating CI's limit. Every stage must also leave nothing running: its
@@ -172,6 +173,13 @@ run_stage soak 420 scripts/soak_demo.sh --no-build 3
 # a 30 s window: baseline p50 against the injected RTT, every Grafana panel query returns data,
 # HighLatency and ProtocolDifferential fire for the one delayed path only and resolve. ~1 min.
 run_stage prometheus 180 scripts/test_prometheus.py
+# The web dashboard in headless Chromium (playwright-core, scripts/browser; Chromium and
+# node_modules from scripts/setup.sh) against a local mesh (controller, 3 agents in 2 regions, the
+# link emulator delaying eu -> us by 40 ms RTT): sign-in, the region heatmap's p50 against the
+# injected RTT and GET /api/v1/matrix, keyboard, agent view with a relay path, agents tab, a job
+# started, acked, updated and stopped, the >60-agent canvas path on 130 faked agents, no console
+# errors or CSP violations, sign-out. ~20 s.
+run_stage dashboard 240 scripts/test_dashboard.py
 run_stage infra-lint 900 scripts/lint-infra.sh
 run_stage infra-invariants 600 scripts/test_infra.py
 run_stage deploy-dry-run 300 scripts/test_deploy.sh

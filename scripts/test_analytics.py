@@ -112,7 +112,8 @@ T6 = train("e2", EU, "u1", US, "2024-05-01T10:02:00.000000Z", [50.0, 60.0], 2, 0
 LATE = train("e2", EU, "u1", US, "2024-05-01T23:59:59.999999Z", [70.0], 1, 0.5)  # arrives in dt=2024-05-02
 OUT = train("e1", EU, "u1", US, "2024-05-02T00:00:00.000000Z", [999.0], 1, 9.0)  # at `to`: excluded
 TCP = [record(kind="probe", protocol="tcp", ts=f"2024-05-01T11:0{i}:00.000000Z", src_agent="u1", src_region=US,
-              dst_agent="e1", dst_region=EU, target="tcp://e1:7711", tcp_ms=v, rtt_ms=v)
+              dst_agent="e1", dst_region=EU, target="tcp://e1:7711", tcp_ms=v, rtt_ms=v,
+              tcp_time_source="kernel")
        for i, v in enumerate([80.5, 82.0, 81.0])]
 URL = "https://example.test/ping"
 
@@ -120,7 +121,7 @@ URL = "https://example.test/ping"
 def http(ts, dns, tcp, tls, fb, lb, ok=True):
     total = None if not ok else tcp + tls + fb + lb
     return record(kind="probe", protocol="https", ts=ts, src_agent="e1", src_region=EU, target=URL,
-                  dns_ms=dns, tcp_ms=tcp, tls_ms=tls if ok else None, first_byte_ms=fb if ok else None,
+                  dns_ms=dns, tcp_ms=tcp, tcp_time_source="kernel", tls_ms=tls if ok else None, first_byte_ms=fb if ok else None,
                   last_byte_ms=lb if ok else None, total_ms=total, http_status=200 if ok else None,
                   ok=ok, error_kind=None if ok else "tls", bytes=4 if ok else None)
 

@@ -287,6 +287,17 @@ pub struct CommonArgs {
     /// `--handshake-timeout`, `--header-timeout`, `--idle-timeout`.
     #[command(flatten)]
     pub deadlines: DeadlineArgs<AgentDeadlines>,
+    /// Where the clock error bound comes from, which one-way delays need from both ends: auto
+    /// (ECS task metadata on ECS, else adjtimex), adjtimex (the kernel's maxerror), chrony or chrony:PATH
+    /// (`chronyc -c tracking`), ecs, none, or standin:OFFSET_MS:BOUND_MS (tests and demos: the
+    /// wall clock read OFFSET_MS off, claiming BOUND_MS).
+    #[arg(
+        long,
+        env = "MESHLAT_CLOCK_SOURCE",
+        value_name = "SOURCE",
+        default_value = "auto"
+    )]
+    pub clock_source: String,
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -45,6 +45,8 @@ pub struct CommonConfig {
     pub verbose: u8,
     /// Log format.
     pub log_format: LogFormat,
+    /// `--clock-source`.
+    pub clock_source: crate::clock::ClockSource,
 }
 
 impl CommonConfig {
@@ -87,6 +89,14 @@ impl CommonConfig {
             },
             verbose: a.verbose,
             log_format: a.log_format,
+            clock_source: crate::clock::ClockSource::parse(&a.clock_source, |k| {
+                std::env::var(k).ok()
+            })
+            .map_err(|reason| ConfigError::Invalid {
+                flag: "--clock-source",
+                value: a.clock_source.clone(),
+                reason,
+            })?,
         })
     }
 }

@@ -16,6 +16,15 @@ fn setup(e: impl std::fmt::Display) -> ExitCode {
     fail("agent", Exit::Setup, e)
 }
 
+/// Installs `--clock-source` (read once, blocking, when it is chrony or ECS); the caller keeps
+/// it fresh with [`meshlat_agent::clock::poll`].
+fn use_clock_source(common: &meshlat_agent::config::CommonConfig) {
+    let source = common.clock_source.clone();
+    tracing::debug!(message = "Clock source.", ?source);
+    // Only `main` installs it, once per process.
+    let _ = meshlat_agent::clock::install(source);
+}
+
 fn main() -> ExitCode {
     // `agent [FLAGS] URL ...` is `agent probe [FLAGS] URL ...` (perftest's command line).
     let cli = Cli::parse_from(cli::imply_probe(std::env::args_os().collect()));
@@ -32,8 +41,10 @@ async fn run(command: Command) -> Result<Exit, ExitCode> {
         Command::Serve(args) => {
             let cfg = ServeConfig::from_args(&args).map_err(setup)?;
             meshlat_runtime::init_logging(cfg.common.verbose, cfg.common.log_format);
+            use_clock_source(&cfg.common);
             let server = ServeApp::bind(&cfg).await.map_err(setup)?;
             let shutdown = meshlat_runtime::shutdown_on_signals();
+            tokio::spawn(meshlat_agent::clock::poll(shutdown.clone()));
             for line in app::listening_lines(&server.addrs(), server.stats_addr()) {
                 println!("{line}");
             }
@@ -43,8 +54,10 @@ async fn run(command: Command) -> Result<Exit, ExitCode> {
         Command::Probe(args) => {
             let cfg = ProbeConfig::from_args(&args, env).map_err(setup)?;
             meshlat_runtime::init_logging(cfg.common.verbose, cfg.common.log_format);
+            use_clock_source(&cfg.common);
             let probe = ProbeApp::bind(cfg).await.map_err(setup)?;
             let shutdown = meshlat_runtime::shutdown_on_signals();
+            tokio::spawn(meshlat_agent::clock::poll(shutdown.clone()));
             Ok(probe.run(shutdown).await.0.into())
         }
         Command::Load(args) => {
@@ -56,8 +69,10 @@ async fn run(command: Command) -> Result<Exit, ExitCode> {
         Command::Run(args) => {
             let cfg = RunConfig::from_args(&args, env).map_err(setup)?;
             meshlat_runtime::init_logging(cfg.common.verbose, cfg.common.log_format);
+            use_clock_source(&cfg.common);
             let agent = RunApp::bind(cfg).await.map_err(setup)?;
             let shutdown = meshlat_runtime::shutdown_on_signals();
+            tokio::spawn(meshlat_agent::clock::poll(shutdown.clone()));
             for line in app::listening_lines(&agent.addrs(), agent.stats_addr()) {
                 println!("{line}");
             }

@@ -376,8 +376,32 @@ impl Pair {
         rec.control_mode = Some(*self.control_mode.borrow());
         rec.sched_lag_ms = Some(crate::probe::round_us(lag.as_secs_f64() * 1000.0));
         m.fill(&mut rec);
+        flag_lag(&mut rec);
         rec
     }
+}
+
+/// Sets `lag_suspect` from the record's own lateness (start and, for trains, packet sends)
+/// against the round trip it measured (a train's median, else the probe's single figure).
+pub(crate) fn flag_lag(rec: &mut Record) {
+    // A tcp probe's only figure is the kernel's handshake RTT when `tcp_time_source` is
+    // `kernel`: no lateness of the agent's reaches it.
+    if rec.protocol == Some(meshlat_proto::record::Protocol::Tcp)
+        && rec.tcp_time_source == Some(meshlat_proto::record::TcpTimeSource::Kernel)
+    {
+        rec.lag_suspect = Some(false);
+        return;
+    }
+    let lag = rec
+        .sched_lag_ms
+        .unwrap_or(0.0)
+        .max(rec.send_lag_ms.unwrap_or(0.0));
+    let rtt = rec
+        .rtt_p50_ms
+        .or(rec.handshake_ms)
+        .or(rec.total_ms)
+        .or(rec.rtt_ms);
+    rec.lag_suspect = Some(meshlat_proto::record::lag_suspect(lag, rtt));
 }
 
 #[cfg(test)]
@@ -623,5 +647,34 @@ mod tests {
             2,
             "the pair restarted with the new key: {seqs:?}"
         );
+    }
+
+    /// The flag takes the worse of the start and send lags against the figure measured.
+    #[test]
+    fn records_flag_lag_against_their_own_rtt() {
+        let mut rec = Record::new(std::time::SystemTime::UNIX_EPOCH, "j", "udp://h:1", "0");
+        rec.sched_lag_ms = Some(0.4);
+        rec.send_lag_ms = Some(3.0);
+        rec.rtt_p50_ms = Some(0.2);
+        flag_lag(&mut rec);
+        assert_eq!(rec.lag_suspect, Some(true), "3 ms late on a 0.2 ms path");
+        rec.rtt_p50_ms = Some(80.0);
+        flag_lag(&mut rec);
+        assert_eq!(rec.lag_suspect, Some(false), "3 ms late on an 80 ms path");
+        // A tcp probe: its connect time is the RTT; the start lag counts.
+        let mut tcp = Record::new(std::time::SystemTime::UNIX_EPOCH, "j", "tcp://h:1", "0");
+        tcp.sched_lag_ms = Some(12.0);
+        tcp.rtt_ms = Some(0.3);
+        flag_lag(&mut tcp);
+        assert_eq!(tcp.lag_suspect, Some(true));
+        tcp.sched_lag_ms = Some(0.5);
+        flag_lag(&mut tcp);
+        assert_eq!(tcp.lag_suspect, Some(false));
+        // Timed by the kernel, it is never suspect, however late the agent.
+        tcp.protocol = Some(meshlat_proto::record::Protocol::Tcp);
+        tcp.tcp_time_source = Some(meshlat_proto::record::TcpTimeSource::Kernel);
+        tcp.sched_lag_ms = Some(12.0);
+        flag_lag(&mut tcp);
+        assert_eq!(tcp.lag_suspect, Some(false));
     }
 }

@@ -326,7 +326,14 @@ fn median_of(
 #[test]
 fn relay_legs_follow_delay_injected_in_front_of_the_relay() {
     // A relay trusts grants only from a shared, non-default key.
-    let key = ["--key", "accuracy-relay-key"];
+    // Every clock claims a 0.5 ms bound (a stand-in: the container's may be unsynchronised),
+    // so relay records carry one-way delays, which must follow the delay too.
+    let key = [
+        "--key",
+        "accuracy-relay-key",
+        "--clock-source",
+        "standin:0:0.5",
+    ];
     let b = serve_only(&[Proto::Udp], &key);
     let r = serve_only(&[Proto::Udp], &[&key[..], &["--relay"]].concat());
     let (b_udp, r_udp) = (b.udp.unwrap(), r.udp.unwrap());
@@ -340,7 +347,7 @@ fn relay_legs_follow_delay_injected_in_front_of_the_relay() {
         ],
         &log,
     );
-    let train = [&udp_train("0.3")[..], &["--key", "accuracy-relay-key"]].concat();
+    let train = [&udp_train("0.3")[..], &key[..]].concat();
     // Both routes in one run, trains interleaved, so machine load affects both alike.
     let (base_t, delayed_t) = (
         format!("relay://{}/{b_udp}", emu.routes[0]),
@@ -369,10 +376,25 @@ fn relay_legs_follow_delay_injected_in_front_of_the_relay() {
     let direct = rise(|r| r.direct_rtt_ms);
     let penalty = rise(|r| r.relay_penalty_ms);
     let rtt = rise(|r| r.rtt_p50_ms);
+    let owd_fwd = rise(|r| r.owd_fwd_ms);
+    let owd_rev = rise(|r| r.owd_rev_ms);
     eprintln!(
         "figures relay_legs src_relay_rise_ms={src:.3} relay_dst_rise_ms={dst:.3} \
-         direct_rise_ms={direct:.3} penalty_rise_ms={penalty:.3} relayed_rtt_p50_rise_ms={rtt:.3}"
+         direct_rise_ms={direct:.3} penalty_rise_ms={penalty:.3} relayed_rtt_p50_rise_ms={rtt:.3} \
+         relayed_owd_fwd_rise_ms={owd_fwd:.3} relayed_owd_rev_rise_ms={owd_rev:.3}"
     );
+    assert!(
+        delayed
+            .iter()
+            .chain(&base)
+            .all(|r| r.clock_error_ms == Some(1.0)),
+        "relay records carry both ends' bounds"
+    );
+    assert!(
+        (owd_fwd - 10.0).abs() <= 0.5,
+        "relayed owd_fwd rose by {owd_fwd}"
+    );
+    assert!(owd_rev.abs() <= 0.3, "relayed owd_rev moved by {owd_rev}");
     assert!((src - 10.0).abs() <= 0.5, "leg_src_relay rose by {src}");
     assert!(dst.abs() <= 0.3, "leg_relay_dst moved by {dst}");
     assert!(direct.abs() <= 0.3, "direct_rtt moved by {direct}");

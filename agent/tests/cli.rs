@@ -186,6 +186,13 @@ fn out_dir_gets_hive_layout_records_and_stats_endpoint_works() {
         recs.iter()
             .all(|r| r.ok && r.tcp_ms.is_some_and(|v| v > 0.0) && r.rtt_ms == r.tcp_ms)
     );
+    // On Linux the handshake time is the kernel's (TCP_INFO), and the record says so.
+    #[cfg(target_os = "linux")]
+    assert!(
+        recs.iter()
+            .all(|r| r.tcp_time_source == Some(meshlat_proto::record::TcpTimeSource::Kernel)),
+        "{recs:?}"
+    );
     let region_dir = dir.join("records").join("region=eu-test-1");
     let mut on_disk = Vec::new();
     for dt in std::fs::read_dir(&region_dir).unwrap() {

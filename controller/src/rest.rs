@@ -101,11 +101,80 @@ pub const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
 #[derive(Clone, Debug)]
 pub struct Rest {
     registry: Arc<Registry>,
+    /// Matrices built in the last [`MATRIX_CACHE_TTL`], shared by every caller and stream.
+    matrices: Arc<MatrixCache>,
     creds: Arc<Credentials>,
     /// The dashboard's browser sessions.
     sessions: Arc<Sessions>,
     /// Whether the listener has TLS (session cookies are then `Secure`).
     tls: bool,
+}
+
+/// How long a built matrix is reused: every dashboard and stream watching the same view within it
+/// shares one build (a 500-agent mesh's region view merges 250,000 pairs).
+pub const MATRIX_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Most views kept in the matrix cache (expired ones, then the oldest, make room).
+const MATRIX_CACHE_VIEWS: usize = 64;
+
+/// A view of the matrix: `by`, protocol, regions.
+type MatrixView = (String, String, RegionFilter);
+
+/// Recently built matrices as JSON, by view.
+#[derive(Debug, Default)]
+struct MatrixCache(
+    std::sync::Mutex<std::collections::HashMap<MatrixView, (tokio::time::Instant, Arc<str>)>>,
+);
+
+impl MatrixCache {
+    /// The view's matrix as JSON: from the cache when built within [`MATRIX_CACHE_TTL`], else
+    /// built now, off the runtime's workers, and kept.
+    ///
+    /// # Errors
+    ///
+    /// The registry's refusal (a bad `by` or protocol), or `None` if the build task panicked.
+    async fn get(
+        &self,
+        registry: &Arc<Registry>,
+        view: MatrixView,
+    ) -> Result<Arc<str>, Option<DomainError>> {
+        let now = tokio::time::Instant::now();
+        if let Some((at, json)) = self.lock().get(&view)
+            && now.duration_since(*at) < MATRIX_CACHE_TTL
+        {
+            return Ok(json.clone());
+        }
+        let (r, v) = (registry.clone(), view.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            r.matrix_within(&v.0, &v.1, &v.2)
+                .map(|m| Arc::<str>::from(json::matrix_to_value(&m).to_string()))
+        })
+        .await
+        .map_err(|_| None)?
+        .map_err(Some)?;
+        let mut c = self.lock();
+        if c.len() >= MATRIX_CACHE_VIEWS {
+            c.retain(|_, (at, _)| now.duration_since(*at) < MATRIX_CACHE_TTL);
+            if c.len() >= MATRIX_CACHE_VIEWS
+                && let Some(oldest) = c
+                    .iter()
+                    .min_by_key(|(_, (at, _))| *at)
+                    .map(|(k, _)| k.clone())
+            {
+                c.remove(&oldest);
+            }
+        }
+        c.insert(view, (now, built.clone()));
+        Ok(built)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<MatrixView, (tokio::time::Instant, Arc<str>)>,
+    > {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A REST response: a whole JSON body, or a stream of server-sent events.
@@ -216,6 +285,7 @@ impl Rest {
     pub fn new(registry: Arc<Registry>, creds: Arc<Credentials>) -> Self {
         Rest {
             registry,
+            matrices: Arc::new(MatrixCache::default()),
             creds,
             sessions: Arc::new(Sessions::default()),
             tls: false,
@@ -648,19 +718,39 @@ async fn list_agents(State(rest): State<Rest>) -> Resp {
     reply(StatusCode::OK, &json!({ "agents": agents }))
 }
 
+/// A matrix view's JSON from the cache, or the error response.
+async fn matrix_json(rest: &Rest, view: MatrixView) -> Result<Arc<str>, Resp> {
+    rest.matrices
+        .get(&rest.registry, view)
+        .await
+        .map_err(|e| match e {
+            Some(e) => domain_error(&e),
+            None => internal(
+                &"the matrix build task failed",
+                "could not build the matrix",
+            ),
+        })
+}
+
 async fn matrix(State(rest): State<Rest>, uri: Uri) -> Resp {
     let (by, protocol, filter) = matrix_query(uri.query().unwrap_or(""));
-    match rest.registry.matrix_within(&by, &protocol, &filter) {
-        Ok(m) => reply(StatusCode::OK, &json::matrix_to_value(&m)),
-        Err(e) => domain_error(&e),
+    match matrix_json(&rest, (by, protocol, filter)).await {
+        Ok(json) => (
+            StatusCode::OK,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            json.to_string(),
+        )
+            .into_response(),
+        Err(r) => r,
     }
 }
 
 async fn stream(State(rest): State<Rest>, uri: Uri) -> Resp {
-    let (by, protocol, filter) = matrix_query(uri.query().unwrap_or(""));
-    match rest.registry.matrix_within(&by, &protocol, &filter) {
-        Ok(_) => sse(rest.registry, by, protocol, filter),
-        Err(e) => domain_error(&e),
+    let view = matrix_query(uri.query().unwrap_or(""));
+    // Validates the view (and warms the cache for the first event).
+    match matrix_json(&rest, view.clone()).await {
+        Ok(_) => sse(rest, view),
+        Err(r) => r,
     }
 }
 
@@ -976,7 +1066,7 @@ fn matrix_query(query: &str) -> (String, String, RegionFilter) {
 
 /// A `text/event-stream` response: a matrix every [`WATCH_INTERVAL`], heartbeat comments in
 /// between. The producing task ends when the client goes away (its body is dropped).
-fn sse(registry: Arc<Registry>, by: String, protocol: String, filter: RegionFilter) -> Resp {
+fn sse(rest: Rest, view: MatrixView) -> Resp {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(4);
     tokio::spawn(async move {
         let mut matrix = tokio::time::interval(WATCH_INTERVAL);
@@ -993,19 +1083,10 @@ fn sse(registry: Arc<Registry>, by: String, protocol: String, filter: RegionFilt
         }
         loop {
             let event = tokio::select! {
-                _ = matrix.tick() => {
-                    // A large mesh's matrix takes a while: off the runtime's workers.
-                    let (r, b, p, f) = (registry.clone(), by.clone(), protocol.clone(), filter.clone());
-                    let built = tokio::task::spawn_blocking(move || {
-                        r.matrix_within(&b, &p, &f)
-                            .map(|m| json::matrix_to_value(&m).to_string())
-                    })
-                    .await;
-                    match built {
-                        Ok(Ok(data)) => Event::default().event("matrix").data(data),
-                        _ => break,
-                    }
-                }
+                _ = matrix.tick() => match matrix_json(&rest, view.clone()).await {
+                    Ok(data) => Event::default().event("matrix").data(&*data),
+                    Err(_) => break,
+                },
                 _ = heartbeat.tick() => Event::default().comment("heartbeat"),
             };
             if tx.send(event).await.is_err() {

@@ -73,7 +73,7 @@ CREATE EXTERNAL TABLE IF NOT EXISTS records (
   `owd_rev_ms` double COMMENT 'reverse one-way delay (only with clock error bounds)',
   `clock_error_ms` double COMMENT 'sum of both clocks'' error bounds',
   `dns_ms` double COMMENT 'DNS resolution time',
-  `tcp_ms` double COMMENT 'TCP connect start to connected',
+  `tcp_ms` double COMMENT 'TCP handshake: kernel SYN to SYN-ACK RTT, or connect start to connected (see tcp_time_source)',
   `tls_ms` double COMMENT 'connected to TLS handshake done',
   `first_byte_ms` double COMMENT 'request written to first response byte',
   `last_byte_ms` double COMMENT 'first to last body byte',
@@ -94,7 +94,10 @@ CREATE EXTERNAL TABLE IF NOT EXISTS records (
   `key_id` string COMMENT 'serve/relay_serve: wire key id the packets authenticated with (null: dropped before authentication)',
   `packets` bigint COMMENT 'serve/relay_serve: packets answered, forwarded or (with drop_reason) dropped; tcp/quic/http(s) serve: connections accepted, handshakes completed, requests answered or (with drop_reason) refused/failed',
   `returned` bigint COMMENT 'relay_serve: replies relayed back to the source; quic serve: datagrams echoed',
-  `drop_reason` string COMMENT 'serve/relay_serve: why the packets were dropped (null: answered or relayed)'
+  `drop_reason` string COMMENT 'serve/relay_serve: why the packets were dropped (null: answered or relayed)',
+  `send_lag_ms` double COMMENT 'trains: worst lateness of a packet''s send against its paced due time',
+  `lag_suspect` boolean COMMENT 'the agent''s own lateness (worse of sched_lag_ms and send_lag_ms) exceeded 2 ms and half the measured RTT: timings may carry the agent''s load',
+  `tcp_time_source` string COMMENT 'where tcp_ms comes from: kernel (TCP_INFO handshake RTT) or user (process clock around connect)'
 )
 PARTITIONED BY (
   `region` string COMMENT 'region of the writing agent (Firehose stream prefix / file sink directory)',

@@ -13,6 +13,9 @@
 //! PROTO     udp | tcp
 //! LISTEN    address to listen on, e.g. 127.0.0.1:0 (port 0: any; see LinkEmu::route_addr)
 //! UPSTREAM  address to forward to, e.g. 127.0.0.1:862 or [::1]:4433
+//!
+//! tun:NS_A/IPV4_A=NS_B/IPV4_B[,KEY=VALUE]...   a packet-level link between two network
+//!           namespaces (see [`tun`]); fwd is NS_A → NS_B; loss applies to every packet
 //! fwd=DUR       one-way delay client → upstream   (default 0; e.g. 5ms, 250us, 1.5ms, 0)
 //! ret=DUR       one-way delay upstream → client   (default 0)
 //! loss_fwd=PCT  loss client → upstream, percent 0..=100 (default 0; udp only)
@@ -113,6 +116,8 @@ const POLL: Duration = Duration::from_millis(20);
 /// Largest datagram/chunk read at once.
 const BUF: usize = 65_536;
 
+pub mod tun;
+
 // === route specs ===
 
 /// Transport of a route.
@@ -122,6 +127,9 @@ pub enum RouteProto {
     Udp,
     /// A byte stream per connection, forwarded in chunks (delay only).
     Tcp,
+    /// Every IPv4 packet between two network namespaces, through a TUN device in each ([`tun`]):
+    /// TCP handshakes, QUIC and everything else get the delay and loss too.
+    Tun,
 }
 
 impl RouteProto {
@@ -130,6 +138,7 @@ impl RouteProto {
         match self {
             RouteProto::Udp => "udp",
             RouteProto::Tcp => "tcp",
+            RouteProto::Tun => "tun",
         }
     }
 }
@@ -156,6 +165,9 @@ pub struct RouteSpec {
     /// How long a UDP client, or a TCP connection with one direction ended, may sit idle before
     /// it is released (see the module doc).
     pub idle: Duration,
+    /// Tun routes: the namespaces of the two ends (`listen` and `upstream` hold their addresses,
+    /// port 0).
+    pub namespaces: Option<(String, String)>,
 }
 
 impl RouteSpec {
@@ -171,6 +183,7 @@ impl RouteSpec {
             loss_ret_pct: 0.0,
             seed: 0,
             idle: DEFAULT_IDLE,
+            namespaces: None,
         }
     }
 }
@@ -182,9 +195,17 @@ pub enum RouteProblem {
     /// No `PROTO:` prefix or no `=` between the addresses.
     #[error("expected PROTO:LISTEN=UPSTREAM[,key=value...]")]
     Shape,
-    /// PROTO is not udp or tcp.
-    #[error("unknown protocol {0:?}; use udp or tcp")]
+    /// PROTO is not udp, tcp or tun.
+    #[error("unknown protocol {0:?}; use udp, tcp or tun")]
     Proto(String),
+    /// A tun end is not `NAMESPACE/IPV4`.
+    #[error("tun {which} end {value:?} is not NAMESPACE/IPV4 (e.g. mla/10.77.0.1)")]
+    TunEnd {
+        /// `first` or `second`.
+        which: &'static str,
+        /// The text given.
+        value: String,
+    },
     /// LISTEN or UPSTREAM is not an `ip:port` socket address.
     #[error("{which} address {value:?} is not ip:port (IPv6 as [addr]:port)")]
     Addr {
@@ -246,11 +267,30 @@ fn parse_route(s: &str) -> Result<RouteSpec, RouteProblem> {
     let proto = match proto.to_ascii_lowercase().as_str() {
         "udp" => RouteProto::Udp,
         "tcp" => RouteProto::Tcp,
+        "tun" => RouteProto::Tun,
         other => return Err(RouteProblem::Proto(other.to_string())),
     };
     let mut parts = rest.split(',');
     let addrs = parts.next().unwrap_or_default();
     let (listen, upstream) = addrs.split_once('=').ok_or(RouteProblem::Shape)?;
+    if proto == RouteProto::Tun {
+        let end = |which, v: &str| {
+            let bad = || RouteProblem::TunEnd {
+                which,
+                value: v.to_string(),
+            };
+            let (ns, ip) = v.trim().split_once('/').ok_or_else(bad)?;
+            let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| bad())?;
+            if !tun::valid_namespace(ns) {
+                return Err(bad());
+            }
+            Ok((ns.to_string(), SocketAddr::from((ip, 0))))
+        };
+        let (a, b) = (end("first", listen)?, end("second", upstream)?);
+        let mut route = RouteSpec::new(proto, a.1, b.1);
+        route.namespaces = Some((a.0, b.0));
+        return parse_options(route, parts);
+    }
     let addr = |which, v: &str| {
         v.trim()
             .parse::<SocketAddr>()
@@ -259,10 +299,19 @@ fn parse_route(s: &str) -> Result<RouteSpec, RouteProblem> {
                 value: v.to_string(),
             })
     };
-    let mut route = RouteSpec::new(proto, addr("listen", listen)?, addr("upstream", upstream)?);
+    let route = RouteSpec::new(proto, addr("listen", listen)?, addr("upstream", upstream)?);
     if route.upstream.port() == 0 {
         return Err(RouteProblem::UpstreamPort(route.upstream));
     }
+    parse_options(route, parts)
+}
+
+/// Applies the `key=value` options of a route spec to `route`.
+fn parse_options<'a>(
+    mut route: RouteSpec,
+    parts: impl Iterator<Item = &'a str>,
+) -> Result<RouteSpec, RouteProblem> {
+    let proto = route.proto;
     let mut seen: Vec<&str> = Vec::new();
     for opt in parts {
         let (key, value) = opt
@@ -318,15 +367,29 @@ fn route_loss(r: &RouteSpec) -> f64 {
     r.loss_fwd_pct.max(r.loss_ret_pct)
 }
 
+impl RouteSpec {
+    /// The two ends as written in the spec: `ip:port` for udp and tcp, `NAMESPACE/IP` for tun.
+    fn ends(&self) -> (String, String) {
+        match &self.namespaces {
+            Some((a, b)) => (
+                format!("{a}/{}", self.listen.ip()),
+                format!("{b}/{}", self.upstream.ip()),
+            ),
+            None => (self.listen.to_string(), self.upstream.to_string()),
+        }
+    }
+}
+
 impl fmt::Display for RouteSpec {
     /// The spec in the syntax [`RouteSpec::from_str`] parses.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (a, b) = self.ends();
         write!(
             f,
             "{}:{}={},fwd={}us,ret={}us,loss_fwd={},loss_ret={},seed={},idle={}ms",
             self.proto.as_str(),
-            self.listen,
-            self.upstream,
+            a,
+            b,
             self.fwd_delay.as_micros(),
             self.ret_delay.as_micros(),
             self.loss_fwd_pct,
@@ -465,6 +528,7 @@ impl LinkEmu {
             let addr = match spec.proto {
                 RouteProto::Udp => start_udp(i, &spec, &emu.shared, &counters, log)?,
                 RouteProto::Tcp => start_tcp(i, &spec, &emu.shared, &counters, log)?,
+                RouteProto::Tun => tun::start(i, &spec, &emu.shared, &counters, log)?,
             };
             emu.routes.push(spec);
             emu.addrs.push(addr);
@@ -495,7 +559,13 @@ impl LinkEmu {
             .iter()
             .zip(&self.addrs)
             .enumerate()
-            .map(|(i, (r, a))| format!("route {i} {} {a} -> {}", r.proto.as_str(), r.upstream))
+            .map(|(i, (r, a))| match r.proto {
+                RouteProto::Tun => {
+                    let (a, b) = r.ends();
+                    format!("route {i} tun {a} -> {b}")
+                }
+                _ => format!("route {i} {} {a} -> {}", r.proto.as_str(), r.upstream),
+            })
             .collect()
     }
 
@@ -607,6 +677,8 @@ enum Out {
     Tcp(Arc<Conn>, Side),
     /// The other side half-closed (or failed): forward the FIN to this side.
     TcpFin(Arc<Conn>, Side),
+    /// An IP packet, into this TUN device.
+    Tun(Arc<std::fs::File>),
 }
 
 #[derive(Debug)]
@@ -745,6 +817,9 @@ fn hold_loop(lane: &Lane, rx: Receiver<Held>, shared: &Shared) {
             Out::TcpFin(conn, side) => {
                 let _ = conn.stream(*side).shutdown(Shutdown::Write);
                 continue;
+            }
+            Out::Tun(dev) => {
+                let _ = (&**dev).write(&held.payload);
             }
         }
         lane.log_packet(
@@ -1246,6 +1321,33 @@ mod tests {
             (r.fwd_delay, r.ret_delay),
             (Duration::from_micros(250), Duration::ZERO)
         );
+    }
+
+    #[test]
+    fn tun_routes_name_namespaces_and_addresses() {
+        let r = parse("tun:mla/10.77.1.1=mlb/10.77.1.2,fwd=10ms,ret=5ms,loss_fwd=1,seed=3")
+            .expect("valid");
+        assert_eq!(r.proto, RouteProto::Tun);
+        assert_eq!(r.namespaces, Some(("mla".into(), "mlb".into())));
+        assert_eq!(r.listen, "10.77.1.1:0".parse().expect("addr"));
+        assert_eq!(r.upstream, "10.77.1.2:0".parse().expect("addr"));
+        assert_eq!(r.loss_fwd_pct, 1.0, "loss applies to every packet, TCP too");
+        let again = parse(&r.to_string()).expect("display parses");
+        assert_eq!(again, r);
+        for bad in [
+            "tun:mla=mlb/10.0.0.2",
+            "tun:mla/10.0.0.1=mlb",
+            "tun:mla/::1=mlb/::2",
+            "tun:m a/10.0.0.1=mlb/10.0.0.2",
+            "tun:../10.0.0.1=mlb/10.0.0.2",
+            "tun:mla/10.0.0.1:80=mlb/10.0.0.2",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(RouteProblem::TunEnd { .. })),
+                "{bad}: {:?}",
+                parse(bad)
+            );
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `meshlat-linkemu`: UDP/TCP forwarder with per-direction delay and seeded loss (no netem here).
+//! `meshlat-linkemu`: UDP/TCP forwarder, and packet-level link between network namespaces, with
+//! per-direction delay and seeded loss (no netem here).
 //! The logic is in the library, [`meshlat_linkemu`].
 
 use std::io::Write;
@@ -8,7 +9,8 @@ use anyhow::Context;
 use clap::Parser;
 use meshlat_linkemu::{LinkEmu, RouteSpec};
 
-/// Forwards UDP/TCP with per-direction one-way delay and seeded loss, standing in for netem.
+/// Forwards UDP/TCP, or every IPv4 packet between two network namespaces, with per-direction
+/// one-way delay and seeded loss, standing in for netem.
 ///
 /// Prints one line per route on stdout once bound (`route I PROTO LISTEN -> UPSTREAM`), runs until
 /// SIGINT/SIGTERM, then prints per-route counts on stderr (`summary route I ...`).
@@ -18,13 +20,18 @@ use meshlat_linkemu::{LinkEmu, RouteSpec};
     version,
     after_help = "ROUTE SYNTAX:
   PROTO:LISTEN=UPSTREAM[,KEY=VALUE]...
-    PROTO         udp | tcp
+    PROTO         udp | tcp | tun
     LISTEN        ip:port to listen on (port 0: any; the bound port is printed)
     UPSTREAM      ip:port to forward to (IPv6 as [addr]:port)
+  tun:NS_A/IPV4_A=NS_B/IPV4_B[,KEY=VALUE]...
+                  a packet-level link: a TUN device in each existing network namespace
+                  (ip netns add), addressed IPV4_A and IPV4_B as point-to-point peers; every
+                  IPv4 packet between them (TCP handshakes too) gets the delay and loss.
+                  Needs root. fwd is NS_A -> NS_B.
     fwd=DUR       one-way delay client -> upstream (5ms, 250us, 1.5ms, 0; default 0)
     ret=DUR       one-way delay upstream -> client (default 0)
-    loss_fwd=PCT  loss client -> upstream, percent 0..=100 (udp only; default 0)
-    loss_ret=PCT  loss upstream -> client, percent 0..=100 (udp only; default 0)
+    loss_fwd=PCT  loss client -> upstream, percent 0..=100 (udp and tun; default 0)
+    loss_ret=PCT  loss upstream -> client, percent 0..=100 (udp and tun; default 0)
     seed=N        seed of the loss decisions (u64; default 0)
     idle=DUR      release a UDP client idle this long, or a TCP connection of which one
                   direction ended and the other is idle this long (default 30s)
@@ -34,6 +41,8 @@ EXAMPLES:
   meshlat-linkemu --route udp:0.0.0.0:7862=10.0.0.2:862,fwd=20ms,ret=20ms,loss_fwd=2.5,seed=42 \\
                   --route tcp:0.0.0.0:7443=10.0.0.2:443,fwd=20ms,ret=20ms --log /tmp/emu.ndjson
   meshlat-linkemu --routes-file routes.txt
+  ip netns add a; ip netns add b
+  meshlat-linkemu --route tun:a/10.77.1.1=b/10.77.1.2,fwd=10ms,ret=5ms
 
 Bad route specs exit with status 2 and name the bad part."
 )]

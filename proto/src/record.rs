@@ -3,9 +3,10 @@
 //! One record per measurement: one sample of an HTTP/TCP/QUIC-handshake target, or one train of a
 //! UDP/QUIC/relay target — and, from servers, one record per interval, source and outcome
 //! (`kind` = `serve` for a responder — UDP, TCP, QUIC, HTTP, HTTPS — and `relay_serve` for a
-//! relay: answered, relayed or dropped by reason; see the agent's `respond::tally`). The server fields were added to
-//! schema version 1 as nullable columns at the end of the table: older records read them as
-//! null. Serialized as one JSON object per line, snake_case keys, `null` for absent values, keys
+//! relay: answered, relayed or dropped by reason; see the agent's `respond::tally`). The server
+//! fields, then `send_lag_ms`/`lag_suspect`, then `tcp_time_source` were added to schema
+//! version 1 as nullable columns at the end of the table: older records read them as null.
+//! Serialized as one JSON object per line, snake_case keys, `null` for absent values, keys
 //! in the order of [`FIELDS`]. The same lines go to the file sink and (packed)
 //! to Firehose; Athena reads them with the JSON SerDe using DDL generated from [`FIELDS`]
 //! ([`athena_columns`]).
@@ -130,6 +131,30 @@ impl ErrorKind {
     }
 }
 
+/// Where a record's `tcp_ms` comes from (`tcp_time_source`).
+#[derive(Clone, Copy, Debug, Deserialize, Eq, Hash, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpTimeSource {
+    /// The kernel's round-trip sample of the handshake (`TCP_INFO` `tcpi_rtt` right after
+    /// connect: SYN sent → SYN-ACK processed, in microseconds); free of the agent's scheduling.
+    Kernel,
+    /// The agent's process clock around the connect (start of the first attempt → connected as
+    /// seen by the agent): includes the runtime's wake-up. Used where the kernel gives no
+    /// figure for the whole handshake (non-Linux, a retransmitted SYN, an earlier address that
+    /// failed).
+    User,
+}
+
+impl TcpTimeSource {
+    /// snake_case name as written in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcpTimeSource::Kernel => "kernel",
+            TcpTimeSource::User => "user",
+        }
+    }
+}
+
 /// One measurement. Field order is the column order of [`FIELDS`].
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -226,7 +251,8 @@ pub struct Record {
     // --- HTTP (perftest's columns) ---
     /// DNS resolution time.
     pub dns_ms: Option<f64>,
-    /// TCP connect start → connected.
+    /// TCP handshake time: the kernel's SYN → SYN-ACK round trip, or the process clock from
+    /// connect start to connected; `tcp_time_source` says which.
     pub tcp_ms: Option<f64>,
     /// Connected → TLS handshake done.
     pub tls_ms: Option<f64>,
@@ -279,6 +305,33 @@ pub struct Record {
     pub returned: Option<u64>,
     /// Why the row's packets were dropped (`null`: answered or relayed).
     pub drop_reason: Option<String>,
+
+    // --- the agent's own scheduling (issue 16, item 5) ---
+    /// Trains: the worst lateness of a packet's send against its paced due time, ms.
+    pub send_lag_ms: Option<f64>,
+    /// Whether the agent's own lateness (the worse of `sched_lag_ms` and `send_lag_ms`)
+    /// exceeded [`LAG_SUSPECT_FLOOR_MS`] and [`LAG_SUSPECT_FRACTION`] of the measured RTT: the
+    /// timings may carry the agent's load rather than the network's. `None` on server records.
+    pub lag_suspect: Option<bool>,
+
+    // --- the TCP handshake figure's source (issue 16, item 1) ---
+    /// Where `tcp_ms` (and, for tcp, `rtt_ms`) comes from: the kernel's handshake RTT or the
+    /// process clock around the connect; null when there is no `tcp_ms`.
+    pub tcp_time_source: Option<TcpTimeSource>,
+}
+
+/// Lateness below this never makes a record [`Record::lag_suspect`]: tokio's timer wakes up to
+/// about 1 ms late by design, and a late send moves t1 with it without touching the RTT.
+pub const LAG_SUSPECT_FLOOR_MS: f64 = 2.0;
+
+/// Lateness above this fraction of the measured RTT (and above [`LAG_SUSPECT_FLOOR_MS`]) makes
+/// a record [`Record::lag_suspect`].
+pub const LAG_SUSPECT_FRACTION: f64 = 0.5;
+
+/// Whether an agent that was `lag_ms` late while measuring `rtt_ms` (`None`: nothing measured)
+/// should flag the record as [`Record::lag_suspect`].
+pub fn lag_suspect(lag_ms: f64, rtt_ms: Option<f64>) -> bool {
+    lag_ms > LAG_SUSPECT_FLOOR_MS && rtt_ms.is_none_or(|r| lag_ms > LAG_SUSPECT_FRACTION * r)
 }
 
 /// Column type of a record field, as Athena (Hive DDL) names it.
@@ -375,7 +428,7 @@ fields! {
     owd_rev_ms: Double = "reverse one-way delay (only with clock error bounds)",
     clock_error_ms: Double = "sum of both clocks' error bounds",
     dns_ms: Double = "DNS resolution time",
-    tcp_ms: Double = "TCP connect start to connected",
+    tcp_ms: Double = "TCP handshake: kernel SYN to SYN-ACK RTT, or connect start to connected (see tcp_time_source)",
     tls_ms: Double = "connected to TLS handshake done",
     first_byte_ms: Double = "request written to first response byte",
     last_byte_ms: Double = "first to last body byte",
@@ -397,6 +450,9 @@ fields! {
     packets: BigInt = "serve/relay_serve: packets answered, forwarded or (with drop_reason) dropped; tcp/quic/http(s) serve: connections accepted, handshakes completed, requests answered or (with drop_reason) refused/failed",
     returned: BigInt = "relay_serve: replies relayed back to the source; quic serve: datagrams echoed",
     drop_reason: String = "serve/relay_serve: why the packets were dropped (null: answered or relayed)",
+    send_lag_ms: Double = "trains: worst lateness of a packet's send against its paced due time",
+    lag_suspect: Boolean = "the agent's own lateness (worse of sched_lag_ms and send_lag_ms) exceeded 2 ms and half the measured RTT: timings may carry the agent's load",
+    tcp_time_source: String = "where tcp_ms comes from: kernel (TCP_INFO handshake RTT) or user (process clock around connect)",
 }
 
 /// Athena column list (`name type COMMENT '...'`), one per line, generated from [`FIELDS`].
@@ -515,8 +571,27 @@ mod tests {
             packets: Some(1),
             returned: Some(1),
             drop_reason: s.clone(),
+            send_lag_ms: d,
+            lag_suspect: Some(true),
+            tcp_time_source: Some(TcpTimeSource::Kernel),
             ..Record::new(SystemTime::UNIX_EPOCH, "j", "udp://h:1", "0.1.0")
         }
+    }
+
+    #[test]
+    fn lag_is_suspect_above_the_floor_and_half_the_rtt() {
+        // Below the floor, never, however small the RTT (tokio's timer is ~1 ms late by design).
+        assert!(!lag_suspect(1.9, Some(0.01)));
+        assert!(!lag_suspect(1.9, None));
+        // Above the floor: when it is over half the RTT, or nothing was measured.
+        assert!(lag_suspect(2.5, Some(0.3)));
+        assert!(lag_suspect(2.5, None));
+        assert!(!lag_suspect(2.5, Some(70.0)));
+        assert!(lag_suspect(40.0, Some(70.0)));
+        assert!(
+            !lag_suspect(35.0, Some(70.0)),
+            "exactly half is not over half"
+        );
     }
 
     fn json_type_matches(ty: FieldType, v: &serde_json::Value) -> bool {

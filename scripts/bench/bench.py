@@ -29,6 +29,12 @@ reports the median of the rounds. Targets (from the foundation issue):
                the open model at 2,000 req/s for 30 s: achieved within 1 % of intended, no
                errors; and `agent load --workers 1000`: peak RSS <= 64 MiB with every
                connection answered.
+  dashboard_500 the web dashboard (headless Chromium, scripts/bench/dashboard.mjs) against a
+               controller with 500 simulated agents in 10 regions sending live summaries (the
+               whole 500 x 499 mesh): no main-thread task over 200 ms (Long Tasks API and the
+               page's own per-update measures), first region heatmap after sign-in and first
+               agent heatmap of one region pair (50 x 50) within 3 s each; also the REST region
+               matrix's time and the controller's RSS.
 
 --smoke runs each once, briefly, on debug binaries, and only checks that every number was
 produced (targets are not judged on debug builds).
@@ -455,6 +461,115 @@ class Bench:
                 }}
 
 
+    def start_controller(self, name, preexec=None):
+        """A controller with generated secrets: (process, data dir, grpc, rest, join token,
+        operator credential)."""
+        data = os.path.join(ROOT, "target", "bench", name)
+        shutil.rmtree(data, ignore_errors=True)
+        os.makedirs(data)
+        # stdout to a file: the announcements are read from it and nothing blocks on a pipe.
+        ann_path = os.path.join(data, "announce.txt")
+        with open(ann_path, "w") as ann:
+            ctl = subprocess.Popen([os.path.join(self.bin, "controller"), "serve", "--region", "r00",
+                                    "--listen", "127.0.0.1:0", "--rest-listen", "127.0.0.1:0",
+                                    "--print-secrets", "--data-dir", os.path.join(data, "state")],
+                                   stdout=ann, stderr=subprocess.DEVNULL, preexec_fn=preexec)
+        self.procs.append(ctl)
+        found = {}
+        deadline = time.time() + 30
+        while len(found) < 4:
+            if time.time() > deadline or ctl.poll() is not None:
+                raise RuntimeError(f"{name}: the controller did not announce itself")
+            time.sleep(0.1)
+            with open(ann_path) as f:
+                for line in f:
+                    w = line.split()
+                    if w[:2] == ["listening", "grpc"]:
+                        found["grpc"] = w[2]
+                    elif w[:2] == ["listening", "rest"]:
+                        found["rest"] = w[2]
+                    elif w[:1] == ["join-token"]:
+                        found["token"] = w[1]
+                    elif w[:1] == ["operator-credential"]:
+                        found["cred"] = w[1]
+        return ctl, data, found["grpc"], found["rest"], found["token"], found["cred"]
+
+    def dashboard_500(self):
+        """The web dashboard with 500 simulated agents in 10 regions sending summaries (the whole
+        500 x 499 mesh): time to the first region heatmap after sign-in and to the first agent
+        heatmap of one region pair, each live update's main-thread time, long tasks (headless
+        Chromium, scripts/bench/dashboard.mjs), and the REST region matrix's time."""
+        import ssl
+        import urllib.request
+        smoke = self.rounds == 1
+        agents, regions = (40, 4) if smoke else (500, 10)
+        window = 4 if smoke else 20
+        ctl, data, grpc, rest, token, cred = self.start_controller("dashboard-controller")
+        env = dict(os.environ, MESHLAT_TOKEN=token, MESHLAT_CREDENTIAL=cred)
+        sim = subprocess.Popen([os.path.join(self.ex, "simagents"), "--controller", grpc, "--agents", str(agents),
+                                "--regions", str(regions), "--summaries", "--summary-interval", "2",
+                                "--hold", "600"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        self.procs.append(sim)
+        tls = ssl.create_default_context(cafile=os.path.join(data, "state", "ca.pem"))
+
+        def region_matrix():
+            req = urllib.request.Request(f"https://{rest}/api/v1/matrix?by=region&protocol=udp",
+                                         headers={"Authorization": f"Bearer {cred}"})
+            t0 = time.time()
+            with urllib.request.urlopen(req, context=tls, timeout=30) as r:
+                body = json.load(r)
+            return body, time.time() - t0
+
+        # The whole mesh: every region pair has a cell (simulated pairs reach every agent).
+        deadline = time.time() + (120 if smoke else 300)
+        while True:
+            if sim.poll() is not None:
+                raise RuntimeError(f"dashboard_500: simagents exited with {sim.returncode}")
+            try:
+                m, _ = region_matrix()
+                if len([c for c in m["cells"] if c["samples"] > 0]) >= regions * regions:
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("dashboard_500: the region matrix never filled")
+            time.sleep(2)
+        rest_s = statistics.median(region_matrix()[1] for _ in range(5))
+        out = subprocess.run(["node", os.path.join(ROOT, "scripts", "bench", "dashboard.mjs"),
+                              f"https://{rest}/", "r00", "r01", str(window)],
+                             capture_output=True, text=True, env=dict(os.environ, MESHLAT_CREDENTIAL=cred),
+                             timeout=300)
+        rss = rss_bytes(ctl.pid) / 2**20
+        self.stop(sim)
+        self.stop(ctl)
+        try:
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            raise RuntimeError(f"dashboard_500: dashboard.mjs failed: {out.stderr[-2000:]}")
+        if r["page_errors"]:
+            raise RuntimeError(f"dashboard_500: page errors: {r['page_errors']}")
+        worst = max(r["longtask_max_ms"], r["region"]["update_max_ms"] or 0, r["agent"]["update_max_ms"] or 0)
+        # The agent view shows one region pair's agents (the whole mesh at 60 agents or fewer).
+        shown = agents if agents <= 60 else agents // regions
+        return {"agents": agents, "regions": regions,
+                "first_render_region_ms": round(r["first_render_region_ms"], 1),
+                "first_render_agent_ms": round(r["first_render_agent_ms"], 1),
+                "region_cells": r["region"]["cells"], "agent_cells": r["agent"]["cells"],
+                "region_updates": r["region"]["updates"], "agent_updates": r["agent"]["updates"],
+                "region_update_max_ms": r["region"]["update_max_ms"],
+                "agent_update_max_ms": r["agent"]["update_max_ms"],
+                "agent_update_mean_ms": round(r["agent"]["update_mean_ms"] or 0, 1),
+                "longtasks": r["longtasks"], "longtask_max_ms": r["longtask_max_ms"],
+                "rest_region_matrix_s": round(rest_s, 3), "controller_rss_mib": round(rss, 1),
+                "targets": {
+                    "no main-thread task > 200 ms": worst <= 200,
+                    "first region heatmap <= 3 s": r["first_render_region_ms"] <= 3000,
+                    "first agent heatmap <= 3 s": r["first_render_agent_ms"] <= 3000,
+                    "whole agent view drawn": r["agent"]["cells"] >= shown * (shown - 1) or r["agent"]["canvas"],
+                }}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="release")
@@ -465,7 +580,8 @@ def main():
     results = {}
     failed = False
     try:
-        for name in ["udp_rtt", "irtt_1ms", "reflector", "rss_100", "load_vs_wrk", "control_scale"]:
+        for name in ["udp_rtt", "irtt_1ms", "reflector", "rss_100", "load_vs_wrk", "control_scale",
+                     "dashboard_500"]:
             if a.only and name not in a.only:
                 continue
             t0 = time.time()

@@ -48,6 +48,16 @@ pub enum ConfigError {
         /// Why, and what to do.
         reason: &'static str,
     },
+    /// A flag's value that does not parse.
+    #[error("{flag} {value:?}: {reason}")]
+    Invalid {
+        /// Flag name.
+        flag: &'static str,
+        /// Given value.
+        value: String,
+        /// What is wrong, and what is expected.
+        reason: String,
+    },
     /// A file given by a flag is unusable.
     #[error("{flag} {path}: {reason}")]
     File {

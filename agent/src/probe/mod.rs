@@ -7,7 +7,7 @@
 //! # Layout
 //!
 //! - [`udp`]: TWAMP-light trains — `wire` (packet format), `session` (sans-IO core), driver.
-//! - [`tcp`]: connect time.
+//! - [`tcp`]: connect time — `handshake` (sans-IO: the kernel's `TCP_INFO` handshake RTT), driver.
 //! - [`quic`]: handshake time and a datagram echo train.
 //! - [`http`]: perftest's phases over HTTP and HTTPS — `timings` (pure) and the driver.
 
@@ -19,7 +19,7 @@ pub mod udp;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use meshlat_proto::record::{ErrorKind, Protocol, Record};
+use meshlat_proto::record::{ErrorKind, Protocol, Record, TcpTimeSource};
 
 use crate::target::Target;
 use crate::tls::TlsClientOptions;
@@ -120,6 +120,8 @@ pub struct Data {
     pub http: Option<HttpData>,
     /// TCP connect time (tcp; http's is in `http`).
     pub tcp_ms: Option<f64>,
+    /// Where `tcp_ms` comes from (kernel handshake RTT or process clock).
+    pub tcp_time_source: Option<TcpTimeSource>,
     /// QUIC handshake time.
     pub handshake_ms: Option<f64>,
     /// Address actually probed.
@@ -133,8 +135,11 @@ pub struct Data {
 pub struct HttpData {
     /// Resolution time.
     pub dns_ms: Option<f64>,
-    /// Connect start → connected.
+    /// The TCP handshake: the kernel's SYN → SYN-ACK round trip, or connect start → connected
+    /// on the process clock ([`tcp::handshake::connect_time`]).
     pub tcp_ms: Option<f64>,
+    /// Where `tcp_ms` comes from.
+    pub tcp_time_source: Option<TcpTimeSource>,
     /// Connected → TLS handshake done (https).
     pub tls_ms: Option<f64>,
     /// Request written → first response byte.
@@ -197,6 +202,9 @@ pub struct TrainStats {
     pub owd_rev_ms: Option<f64>,
     /// Sum of both ends' error bounds.
     pub clock_error_ms: Option<f64>,
+    /// The worst lateness of a packet's send against its intended time within the train (its
+    /// pacing), ms: the agent's own scheduling delay. `None` where nothing was paced.
+    pub send_lag_ms: Option<f64>,
 }
 
 /// Summary statistics of a set of RTTs.
@@ -342,6 +350,7 @@ impl Measurement {
             rec.owd_fwd_ms = r(t.owd_fwd_ms);
             rec.owd_rev_ms = r(t.owd_rev_ms);
             rec.clock_error_ms = r(t.clock_error_ms);
+            rec.send_lag_ms = r(t.send_lag_ms);
             // A train that kept some packets but lost others is ok, with the loss noted.
             if rec.ok && t.lost() > 0 {
                 rec.error_kind = Some(ErrorKind::Loss);
@@ -350,6 +359,7 @@ impl Measurement {
         }
         if let Some(ms) = d.tcp_ms {
             rec.tcp_ms = Some(round_us(ms));
+            rec.tcp_time_source = d.tcp_time_source;
             if d.train.is_none() && d.http.is_none() {
                 rec.rtt_ms = Some(round_us(ms));
             }
@@ -358,6 +368,7 @@ impl Measurement {
         if let Some(h) = &d.http {
             rec.dns_ms = r(h.dns_ms);
             rec.tcp_ms = r(h.tcp_ms);
+            rec.tcp_time_source = h.tcp_time_source;
             rec.tls_ms = r(h.tls_ms);
             rec.first_byte_ms = r(h.first_byte_ms);
             rec.last_byte_ms = r(h.last_byte_ms);

@@ -73,7 +73,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::{Clock, clock_error_bound_ms};
+use crate::clock::{self, Clock, clock_error_bound_ms};
 use crate::metrics::{self, ResponderLabels};
 use crate::respond::tally::{self, Flusher, RecordsOutput, Role, Source, Tally};
 use crate::udp::Key;
@@ -465,9 +465,13 @@ fn serve(
                 continue;
             };
             let Some(peer) = r.peer else { continue };
-            let t2 = r
-                .rx_realtime_ns
-                .map_or_else(Clock::now_ns, |ts| stamps.map(ts));
+            // The process clock for the relay's arithmetic and the reflector's own timers; the
+            // wall clock for a reply's t2 and t3, which probers compare with their own wall
+            // clocks for one-way delays (see `crate::clock`).
+            let (t2, t2_wall) = match r.rx_realtime_ns {
+                Some(ts) => (stamps.map(ts), clock::wall_from_realtime(ts)),
+                None => (Clock::now_ns(), clock::wall_ns()),
+            };
             if t2.saturating_sub(error_read_at) > ERROR_BOUND_REFRESH_NS {
                 error_us = wire::error_bound_to_wire(clock_error_bound_ms());
                 error_read_at = t2;
@@ -508,7 +512,7 @@ fn serve(
                 continue;
             }
             let len = pkt.len();
-            match reflect(pkt, &keys, t2, error_us) {
+            match reflect(pkt, &keys, t2_wall, error_us) {
                 Ok(key_id) => {
                     // The reply is the request's own bytes, stamped in place: same length.
                     if batch.queue_reply(i, len)
@@ -584,7 +588,7 @@ fn reflect(pkt: &mut [u8], keys: &[WireKey], t2: u64, error_us: u32) -> Result<u
         .find(|k| k.id == key_id)
         .ok_or(DropReason::Auth)?;
     wire::verify(pkt, key).map_err(|e| DropReason::of(&e))?;
-    wire::stamp_reply(pkt, key, t2, error_us, Clock::now_ns).map_err(|e| DropReason::of(&e))?;
+    wire::stamp_reply(pkt, key, t2, error_us, clock::wall_ns).map_err(|e| DropReason::of(&e))?;
     Ok(key_id)
 }
 

@@ -8,11 +8,11 @@ use tokio::time::Instant;
 
 use super::error::{Problem, invalid};
 use super::{DomainError, Registry, unix_ms};
-use crate::live::{self, By};
+use crate::live::By;
 
 /// Which regions' pairs a matrix covers: a source region, a destination region, or both
 /// (empty: any).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RegionFilter {
     /// Only pairs whose source agent is in this region.
     pub src_region: Option<String>,
@@ -100,15 +100,15 @@ impl Registry {
                 .map(|i| (i.id.clone(), i.region.clone()))
                 .collect()
         };
-        let cells = self.live.cells_where(
+        let cells = self.live.matrix_where(
             Instant::now(),
-            |id| regions.get(id).cloned(),
-            |src, dst, p| {
-                filter.admits(src, dst) && (protocol.is_empty() || p.protocol == protocol)
-            },
+            &regions,
+            by,
+            (!protocol.is_empty()).then_some(protocol),
+            |src, dst| filter.admits(src, dst),
         );
         Ok(pb::Matrix {
-            cells: live::matrix(&cells, by, (!protocol.is_empty()).then_some(protocol)),
+            cells,
             unix_ms: unix_ms(),
         })
     }

@@ -5,7 +5,9 @@
 //!
 //! 1. **resolve** `host` with the system resolver ([`super::resolve`]) — a fresh resolution and
 //!    a fresh connection every sample, as perftest does;
-//! 2. **connect**: `TcpStream::connect` to the resolved addresses in order;
+//! 2. **connect**: `TcpStream::connect` to the resolved addresses in order, then the kernel's
+//!    handshake RTT from `TCP_INFO` (`tcp_ms` when there is one: see [`timings`] and
+//!    [`super::tcp::handshake`]);
 //! 3. **TLS** (https): tokio-rustls with [`crate::tls::client_config`], ALPN `http/1.1`, SNI =
 //!    the target host;
 //! 4. **request**: `GET path` over a hyper HTTP/1.1 client connection, with `Host` and
@@ -128,7 +130,11 @@ impl HttpProbe {
 
         p.phase = Phase::Connect;
         p.marks.connect_start = Some(Clock::now_ns());
-        let (stream, addr) = match super::tcp::connect_any(&addrs).await {
+        let super::tcp::Connected {
+            stream,
+            addr,
+            handshake_rtt_ns,
+        } = match super::tcp::connect_any(&addrs).await {
             Ok(ok) => ok,
             Err((addr, e)) => {
                 p.remote = Some(addr);
@@ -139,6 +145,7 @@ impl HttpProbe {
             }
         };
         p.marks.connected = Some(Clock::now_ns());
+        p.marks.handshake_rtt_ns = handshake_rtt_ns;
         p.remote = Some(addr);
         // The request is one small write; don't let Nagle hold any of it back.
         let _ = stream.set_nodelay(true);

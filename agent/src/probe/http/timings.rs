@@ -8,7 +8,7 @@
 //! | field | from | to |
 //! | --- | --- | --- |
 //! | `dns_ms` | `start` | `dns_done` |
-//! | `tcp_ms` | `connect_start` | `connected` |
+//! | `tcp_ms` | `connect_start` | `connected` — or the kernel's handshake RTT, see below |
 //! | `tls_ms` | `connected` | `tls_done` |
 //! | `first_byte_ms` | `request_written` | `first_byte` |
 //! | `last_byte_ms` | `first_byte` | `last_byte` |
@@ -18,8 +18,15 @@
 //! of its ends is missing. Marks that are present must be in the order of the table above
 //! (`start ≤ dns_done ≤ connect_start ≤ connected ≤ tls_done ≤ request_written ≤ first_byte ≤
 //! last_byte`), otherwise [`HttpData::from_marks`] refuses them.
+//!
+//! `tcp_ms` is the kernel's handshake round trip (`handshake_rtt_ns`, from `TCP_INFO` right
+//! after connect) when there is one that fits inside `connect_start..connected`, else the span
+//! of the marks ([`connect_time`]); `tcp_time_source` says which. `tls_ms` and `total_ms` keep
+//! to the marks, so the task's wake-up after connect, which the kernel figure leaves out, is in
+//! neither `tcp_ms` nor `tls_ms` but still in `total_ms`.
 
 use crate::probe::HttpData;
+use crate::probe::tcp::handshake::connect_time;
 
 /// Phase boundaries of one HTTP sample, in nanoseconds of the process clock.
 ///
@@ -43,6 +50,9 @@ pub struct PhaseMarks {
     pub first_byte: Option<u64>,
     /// The last response byte was read.
     pub last_byte: Option<u64>,
+    /// Not a mark: the kernel's handshake RTT of the connection in nanoseconds, when it covers
+    /// the whole connect phase (see [`crate::probe::tcp::handshake`]).
+    pub handshake_rtt_ns: Option<u64>,
 }
 
 /// Marks that cannot come from one real sample.
@@ -96,9 +106,14 @@ impl HttpData {
             }
             prev = Some((name, ns));
         }
+        let tcp = match (marks.connect_start, marks.connected) {
+            (Some(from), Some(to)) => Some(connect_time(to - from, marks.handshake_rtt_ns)),
+            _ => None,
+        };
         Ok(HttpData {
             dns_ms: span(Some(marks.start), marks.dns_done),
-            tcp_ms: span(marks.connect_start, marks.connected),
+            tcp_ms: tcp.map(|t| t.ns as f64 / 1e6),
+            tcp_time_source: tcp.map(|t| t.source),
             tls_ms: span(marks.connected, marks.tls_done),
             first_byte_ms: span(marks.request_written, marks.first_byte),
             last_byte_ms: span(marks.first_byte, marks.last_byte),
@@ -115,6 +130,8 @@ fn span(from: Option<u64>, to: Option<u64>) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    use meshlat_proto::record::TcpTimeSource;
+
     use super::*;
 
     const MS: u64 = 1_000_000;
@@ -129,6 +146,7 @@ mod tests {
             request_written: Some(1_034 * MS),
             first_byte: Some(1_074 * MS),
             last_byte: Some(1_104 * MS + MS / 2),
+            handshake_rtt_ns: None,
         }
     }
 
@@ -140,6 +158,7 @@ mod tests {
             HttpData {
                 dns_ms: Some(2.0),
                 tcp_ms: Some(10.0),
+                tcp_time_source: Some(TcpTimeSource::User),
                 tls_ms: Some(20.0),
                 first_byte_ms: Some(40.0),
                 last_byte_ms: Some(30.5),
@@ -147,6 +166,44 @@ mod tests {
                 ..HttpData::default()
             }
         );
+    }
+
+    #[test]
+    fn tcp_is_the_kernel_handshake_when_it_fits_in_the_connect_phase() {
+        // The task saw the connection 10 ms after connect start; the handshake took 4 ms.
+        let m = PhaseMarks {
+            handshake_rtt_ns: Some(4 * MS),
+            ..full_https()
+        };
+        let t = HttpData::from_marks(&m).expect("monotonic");
+        assert_eq!(
+            (t.tcp_ms, t.tcp_time_source),
+            (Some(4.0), Some(TcpTimeSource::Kernel))
+        );
+        // The other phases keep to the marks.
+        assert_eq!((t.tls_ms, t.total_ms), (Some(20.0), Some(101.5)));
+        // A kernel figure longer than the connect phase cannot be the handshake's.
+        let m = PhaseMarks {
+            handshake_rtt_ns: Some(11 * MS),
+            ..full_https()
+        };
+        let t = HttpData::from_marks(&m).expect("monotonic");
+        assert_eq!(
+            (t.tcp_ms, t.tcp_time_source),
+            (Some(10.0), Some(TcpTimeSource::User))
+        );
+        // No connection, no tcp_ms and no source, whatever else is set.
+        let m = PhaseMarks {
+            connected: None,
+            tls_done: None,
+            request_written: None,
+            first_byte: None,
+            last_byte: None,
+            handshake_rtt_ns: Some(4 * MS),
+            ..full_https()
+        };
+        let t = HttpData::from_marks(&m).expect("monotonic");
+        assert_eq!((t.tcp_ms, t.tcp_time_source), (None, None));
     }
 
     #[test]
@@ -199,6 +256,7 @@ mod tests {
             request_written: Some(7),
             first_byte: Some(7),
             last_byte: Some(7),
+            handshake_rtt_ns: None,
         };
         let t = HttpData::from_marks(&m).expect("monotonic");
         assert_eq!(

@@ -107,6 +107,8 @@ pub struct EchoTrain {
     answered: u32,
     counts: ReplyCounts,
     invalid: u32,
+    /// Worst `now − due` of a send after the first, ns.
+    send_lag_max_ns: Option<u64>,
 }
 
 impl EchoTrain {
@@ -121,6 +123,7 @@ impl EchoTrain {
             answered: 0,
             counts: ReplyCounts::default(),
             invalid: 0,
+            send_lag_max_ns: None,
         }
     }
 
@@ -145,6 +148,10 @@ impl EchoTrain {
         let seq = self.next_seq;
         if seq >= self.cfg.packets || now_ns < self.due_ns(seq) {
             return None;
+        }
+        if seq > 0 {
+            let lag = now_ns - self.due_ns(seq);
+            self.send_lag_max_ns = Some(self.send_lag_max_ns.map_or(lag, |m| m.max(lag)));
         }
         buf.clear();
         buf.extend_from_slice(&MAGIC);
@@ -240,7 +247,10 @@ impl EchoTrain {
                 _ => None,
             })
             .collect();
-        self.counts.stats(self.next_seq, rtts_ms)
+        TrainStats {
+            send_lag_ms: self.send_lag_max_ns.map(|ns| ns as f64 / 1e6),
+            ..self.counts.stats(self.next_seq, rtts_ms)
+        }
     }
 }
 
@@ -283,6 +293,8 @@ mod tests {
         assert!(t.is_done(1125 * MS));
         let s = t.into_stats();
         assert_eq!((s.sent, s.samples, s.lost()), (3, 0, 3));
+        // Packet 2 was due at 1020 ms and went at 1025 ms.
+        assert_eq!(s.send_lag_ms, Some(5.0));
     }
 
     #[test]
@@ -305,6 +317,7 @@ mod tests {
         assert_eq!(s.rtts_ms, vec![31.0, 22.0, 5.0]);
         assert_eq!((s.samples, s.reordered, s.duplicates, s.late), (3, 2, 0, 0));
         assert_eq!((s.jitter_ms, s.clock_offset_ms), (None, None));
+        assert_eq!(s.send_lag_ms, Some(0.0), "every packet went on time");
     }
 
     #[test]

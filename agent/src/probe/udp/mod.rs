@@ -18,7 +18,9 @@
 //! the destination) in the one driver: it sends paced requests (t1 =
 //! [`Clock::now_ns`](crate::clock::Clock::now_ns) just before the send), receives replies with
 //! their kernel receive time as t4 (`SO_TIMESTAMPING`, mapped into the process timebase by
-//! `StampMapper`; `Clock::now_ns` if unavailable) and feeds them to the session.
+//! `StampMapper`; `Clock::now_ns` if unavailable) and feeds them to the session. One-way
+//! delays and the clock offset are then put on the wall clock with the process-minus-wall
+//! offset measured as the train ends (see [`crate::clock`]).
 //! Trains with packets less than 2 ms apart are paced precisely: waits sleep on tokio's timer
 //! (≈1 ms granularity) until [`SPIN_NS`] before the due time, then yield-spin. Coarser trains
 //! only sleep (a send may be up to 1 ms late, which moves t1 but not the RTT), so many
@@ -139,7 +141,7 @@ impl UdpProbe {
         )
         .await;
         let invalid = session.invalid();
-        let stats = session.into_stats();
+        let stats = session.into_stats_on_wall(crate::clock::wall_offset_ns());
         m.outcome = train_outcome(stats.samples, io_error, invalid, addr, || {
             format!(
                 "no replies from {addr} to {} packets within {:?} (no reflector, wrong key, \
@@ -203,7 +205,7 @@ impl UdpProbe {
         )
         .await;
         let invalid = session.invalid();
-        let r = session.into_result();
+        let r = session.into_result_on_wall(crate::clock::wall_offset_ns());
         m.outcome = if r.sum_mismatches > 0 {
             Outcome::failed(
                 ErrorKind::Local,

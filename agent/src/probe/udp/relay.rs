@@ -252,6 +252,12 @@ impl RelaySession {
 
     /// The train's results.
     pub fn into_result(self) -> RelayResult {
+        self.into_result_on_wall(0)
+    }
+
+    /// [`RelaySession::into_result`] with one-way delays on the wall clock (see
+    /// [`UdpSession::into_stats_on_wall`]).
+    pub fn into_result_on_wall(self, process_minus_wall_ns: i64) -> RelayResult {
         let packets: Vec<PacketLegs> = self.legs.iter().flatten().copied().collect();
         let sum_mismatches = packets.iter().filter(|p| !p.sums_exactly()).count() as u32;
         let med = |v: Vec<i128>| -> Option<f64> {
@@ -272,9 +278,18 @@ impl RelaySession {
             direct_rtt_ms: med(self.direct_rtt_ns.iter().flatten().copied().collect()),
             relay_penalty_ms: med(penalties),
         };
+        let (mut train, direct) = (
+            self.relayed.into_stats_on_wall(process_minus_wall_ns),
+            self.direct.into_stats_on_wall(process_minus_wall_ns),
+        );
+        // Both halves are the agent's sends: the record's lag is the worse of the two.
+        train.send_lag_ms = match (train.send_lag_ms, direct.send_lag_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         RelayResult {
-            train: self.relayed.into_stats(),
-            direct: self.direct.into_stats(),
+            train,
+            direct,
             relay,
             packets,
             sum_mismatches,

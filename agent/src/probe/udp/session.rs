@@ -18,7 +18,8 @@
 //! # States and classification (DESIGN §5)
 //!
 //! Packets are sent `packet_interval` apart (measured from the previous actual send, so a late
-//! driver never bursts). After the last send the session waits at most `timeout`; it is done
+//! driver never bursts). How late each paced send was against its due time is kept: the
+//! worst is the train's `send_lag_ms`, the agent's own scheduling delay (issue 16, item 5). After the last send the session waits at most `timeout`; it is done
 //! early once every sequence is answered. A reply (right size, right session, authentic) is:
 //!
 //! - a **sample** if its sequence was not yet answered and it arrives no later than
@@ -109,6 +110,8 @@ pub struct UdpSession {
     /// Set for the relayed half of a relay train: requests are `RelayForward` carrying this
     /// grant, and only `RelayReturn` packets are answers.
     relay_grant: Option<[u8; wire::GRANT_BYTES]>,
+    /// Worst `now − due` of a paced send so far, ns (`None` before the second packet).
+    send_lag_max_ns: Option<u64>,
 }
 
 impl UdpSession {
@@ -131,6 +134,7 @@ impl UdpSession {
             sum_rev_ns: 0,
             best: None,
             relay_grant: None,
+            send_lag_max_ns: None,
             cfg,
         }
     }
@@ -161,6 +165,10 @@ impl UdpSession {
         }
         if self.next_send_at.is_some_and(|at| now_ns < at) {
             return None;
+        }
+        if let Some(at) = self.next_send_at {
+            let lag = now_ns - at;
+            self.send_lag_max_ns = Some(self.send_lag_max_ns.map_or(lag, |m| m.max(lag)));
         }
         let seq = self.next_seq;
         buf.clear();
@@ -322,6 +330,15 @@ impl UdpSession {
 
     /// The train's results (DESIGN §5).
     pub fn into_stats(self) -> TrainStats {
+        self.into_stats_on_wall(0)
+    }
+
+    /// [`UdpSession::into_stats`] with the one-way delays and the clock offset on this host's
+    /// wall clock: `process_minus_wall_ns` is [`crate::clock::wall_offset_ns`] measured at the
+    /// end of the train, so t1 and t4 (process clock) become t1 − δ and t4 − δ (wall clock),
+    /// as the reflector's t2 and t3 are. The RTTs do not change (δ cancels in t4 − t1).
+    pub fn into_stats_on_wall(self, process_minus_wall_ns: i64) -> TrainStats {
+        let delta = i128::from(process_minus_wall_ns);
         let (rtts_ms, raw_rtts_ms): (Vec<f64>, Vec<f64>) = self
             .slots
             .iter()
@@ -340,10 +357,11 @@ impl UdpSession {
         let ms = |ns: i128| ns as f64 / 1e6;
         TrainStats {
             jitter_ms: (self.samples >= 2).then(|| self.jitter_ns / 1e6),
-            clock_offset_ms: self.best.map(|b| ms(b.offset_ns)),
-            owd_fwd_ms: bounds.map(|_| ms(self.sum_fwd_ns / n)),
-            owd_rev_ms: bounds.map(|_| ms(self.sum_rev_ns / n)),
+            clock_offset_ms: self.best.map(|b| ms(b.offset_ns + delta)),
+            owd_fwd_ms: bounds.map(|_| ms(self.sum_fwd_ns / n + delta)),
+            owd_rev_ms: bounds.map(|_| ms(self.sum_rev_ns / n - delta)),
             clock_error_ms: bounds.map(|(a, b)| a + b),
+            send_lag_ms: self.send_lag_max_ns.map(|ns| ns as f64 / 1e6),
             raw_rtts_ms,
             ..self.counts.stats(self.next_seq, rtts_ms)
         }
@@ -393,6 +411,8 @@ mod tests {
         skew_ns: i64,
         dwell_ns: u64,
         reflector_error_us: u32,
+        /// The prober's process clock minus its wall clock (`into_stats_on_wall`).
+        wall_delta_ns: i64,
         now: u64,
         /// Datagrams in flight: (arrival time, tie-break, to_reflector, bytes).
         in_flight: Vec<(u64, u64, bool, Vec<u8>)>,
@@ -420,6 +440,7 @@ mod tests {
                 skew_ns: 0,
                 dwell_ns: 0,
                 reflector_error_us: wire::ERROR_BOUND_UNKNOWN,
+                wall_delta_ns: 0,
                 now: T0,
                 in_flight: Vec::new(),
                 counter: 0,
@@ -494,7 +515,11 @@ mod tests {
                     local_error_us: 0,
                 }),
             );
-            (session.into_stats(), dropped, self)
+            (
+                session.into_stats_on_wall(self.wall_delta_ns),
+                dropped,
+                self,
+            )
         }
 
         fn deliver_due(&mut self) {
@@ -628,6 +653,28 @@ mod tests {
         assert_eq!(s.owd_rev_ms, Some(1.0));
         assert_eq!(s.clock_error_ms, Some(0.75));
 
+        // The prober's process clock is 2 ms ahead of its wall clock (its wall clock stepped
+        // back 2 ms after the process started); the reflector stamps in wall time, which agrees
+        // with the prober's. One-way delays are right only on the wall clock; the RTT is the
+        // same either way.
+        for (delta, fwd, rev) in [(0, 1.0, 3.0), (2 * MS as i64, 3.0, 1.0)] {
+            let mut p = Pair::new(3, MS, 100 * MS, Dir::delay(3 * MS), Dir::delay(MS));
+            p.session.cfg.local_error_us = 500;
+            p.reflector_error_us = 250;
+            p.skew_ns = -2 * MS as i64;
+            p.wall_delta_ns = delta;
+            let (s, _, _) = p.run();
+            assert_eq!(
+                (s.owd_fwd_ms, s.owd_rev_ms),
+                (Some(fwd), Some(rev)),
+                "δ {delta}"
+            );
+            // The offset estimate assumes symmetric paths: 3 ms out and 1 ms back put it
+            // (3 − 1) / 2 = 1 ms above the clocks' real difference (−2 ms, then 0).
+            assert_eq!(s.clock_offset_ms, Some(if delta == 0 { -1.0 } else { 1.0 }));
+            assert_eq!(s.rtts_ms, vec![4.0; 3], "δ {delta}");
+        }
+
         let mut p = Pair::new(3, MS, 100 * MS, Dir::delay(3 * MS), Dir::delay(MS));
         p.session.cfg.local_error_us = 500; // reflector's unknown
         let (s, _, _) = p.run();
@@ -666,6 +713,25 @@ mod tests {
         let st = s.into_stats();
         assert_eq!((st.sent, st.samples, st.lost()), (3, 0, 3));
         assert_eq!((st.jitter_ms, st.clock_offset_ms), (None, None));
+        // Packet 1 was due at 5 ms and went at 6 ms; packet 2 went on time.
+        assert_eq!(st.send_lag_ms, Some(1.0), "the worst send lag");
+    }
+
+    /// A one-packet train paces nothing: no send lag to report.
+    #[test]
+    fn a_single_packet_has_no_send_lag() {
+        let mut s = UdpSession::new(SessionConfig {
+            packets: 1,
+            interval_ns: MS,
+            timeout_ns: MS,
+            packet_bytes: wire::MIN_PACKET_BYTES,
+            session_id: 1,
+            key: WireKey::new(&Key::from_secret("k")),
+            local_error_us: 0,
+        });
+        assert_eq!(s.poll_transmit(T0 + 50 * MS, &mut Vec::new()), Some(0));
+        s.handle_timeout(T0 + 60 * MS);
+        assert_eq!(s.into_stats().send_lag_ms, None);
     }
 
     #[test]
