@@ -123,9 +123,11 @@ stop_all() {
     fi
   done
   wait 2>/dev/null || true
-  # Then the network namespaces (packet-level links): their veth pairs go with them, and the
-  # emulator's TUN devices went with the emulator.
+  # Then the network namespaces (packet-level links) and their veth pairs (the emulator's TUN
+  # devices went with it). The pairs are deleted by name: a namespace outlives its name while
+  # the kernel still holds sockets of it (closing connections whose link is gone), for minutes.
   for ns in "${NAMESPACES[@]}"; do
+    ip link del "mld$$${ns##*-}" 2>/dev/null || true
     ip netns del "$ns" 2>/dev/null || echo "demo: could not remove network namespace $ns (ip netns del $ns)" >&2
   done
 }
@@ -212,7 +214,7 @@ tun_unavailable() {
 }
 # Namespaces meshlat-demo-PID-* whose demo (PID) is gone, from a demo killed before its cleanup:
 # stops the processes still in them and the emulator holding their TUN devices, then removes
-# them (their veth pairs go with them).
+# them and their veth pairs.
 remove_stale_namespaces() {
   local ns pid left emu
   while read -r ns _; do
@@ -232,6 +234,7 @@ remove_stale_namespaces() {
       done
       kill -KILL $left $emu 2>/dev/null || true
     fi
+    ip link del "mld$pid${ns##*-}" 2>/dev/null || true
     if ip netns del "$ns" 2>/dev/null; then
       say "removed the network namespace $ns left by a demo (pid $pid) that did not stop cleanly${left:+ (stopped pids $left)}"
     fi
@@ -248,10 +251,11 @@ make_namespaces() {
     NAMESPACES+=("$ns")
     out=$( {
       ip -n "$ns" link set lo up &&
-        # The root end named after this demo (at most 15 characters), the namespace end veth0.
-        ip link add "mld$$${r:0:1}" type veth peer name veth0 netns "$ns" &&
-        ip addr add "${ROOT_IP[$r]}/30" dev "mld$$${r:0:1}" &&
-        ip link set "mld$$${r:0:1}" up &&
+        # The root end named after this demo and region (mldPIDeu: at most 15 characters), the
+        # namespace end veth0.
+        ip link add "mld$$${ns##*-}" type veth peer name veth0 netns "$ns" &&
+        ip addr add "${ROOT_IP[$r]}/30" dev "mld$$${ns##*-}" &&
+        ip link set "mld$$${ns##*-}" up &&
         ip -n "$ns" addr add "${CTL_IP[$r]}/30" dev veth0 &&
         ip -n "$ns" link set veth0 up
     } 2>&1) || { why="setting up $ns failed: $out"; return 1; }
