@@ -298,9 +298,10 @@ fi
 if [[ $links == tun ]]; then
   step "links: packet-level (tun routes between the namespaces ${NS[eu-west-1]} and ${NS[us-east-1]}: every packet between the regions is delayed)"
   # The tun routes' ends: .65 (eu) = .66 (us) for everything, .69 = .70 with 1 % loss for the
-  # packets to the UDP reflectors' port, which an `ip rule` sends there; its `src` is the first
-  # route's address, so the replies come back over the lossless one (loss one way, as the
-  # loopback emulator's loss_fwd). Agents: eu .11 .12 (.8/29), us .21 .22 (.16/28).
+  # requests to the UDP reflectors' port, which `ip rule`s send there (packets to that port, and a
+  # relay's from it, but not the reflectors' replies from it); its `src` is the first route's
+  # address, so the replies come back over the lossless one (loss one way, as the loopback
+  # emulator's loss_fwd). Agents: eu .11 .12 (.8/29), us .21 .22 (.16/28).
   start linkemu "$BIN/meshlat-linkemu" --log "$LOGS/linkemu.ndjson" \
     --route "tun:${NS[eu-west-1]}/$NET.65=${NS[us-east-1]}/$NET.66,fwd=${delay_ms}ms,ret=${delay_ms}ms" \
     --route "tun:${NS[eu-west-1]}/$NET.69=${NS[us-east-1]}/$NET.70,fwd=${delay_ms}ms,ret=${delay_ms}ms,loss_fwd=1,loss_ret=1,seed=$((RANDOM))"
@@ -314,10 +315,19 @@ if [[ $links == tun ]]; then
       ip -n "$ns" route add "${SUBNET[$o]}" via "${PEER[$r]}" &&
         ip -n "$ns" route add "${CTL_IP[$o]}/32" via "${PEER[$r]}" &&    # federation
         ip -n "$ns" route add "${SUBNET[$o]}" via "${PEER_LOSSY[$r]}" src "${PEER[$o]}" table 101 &&
-        ip -n "$ns" rule add ipproto udp dport "${PORT[udp]}" lookup 101 priority 100 &&
+        ip -n "$ns" rule add ipproto udp sport "${PORT[udp]}" lookup main priority 100 &&
+        ip -n "$ns" rule add ipproto udp dport "${PORT[udp]}" lookup 101 priority 101 &&
         ip route add "${SUBNET[$r]}" via "${CTL_IP[$r]}" &&               # this shell (Prometheus) to the agents
         no_rp_filter "$ns"
     } 2>&1) || fail "routing between the namespaces failed: $out"
+    # A relay forwards from its reflector's port to the far reflector: a request (lossy), where
+    # the rule above takes packets from that port for replies.
+    for a in "${AGENTS[@]}"; do
+      read -r _ region _ n extra <<< "$a"
+      [[ $region == "$r" && $extra == *--relay* ]] || continue
+      out=$(ip -n "$ns" rule add from "$NET.$n" ipproto udp sport "${PORT[udp]}" dport "${PORT[udp]}" lookup 101 priority 99 2>&1) ||
+        fail "routing between the namespaces failed: $out"
+    done
   done
   for r in "${REGIONS[@]}"; do
     ok "$(printf '%-10s namespace %s: controller %s (veth from here), agents %s' "$r" "${NS[$r]}" "${CTL_IP[$r]}" "${SUBNET[$r]}")"
@@ -545,6 +555,9 @@ matrix() {
     # Relayed paths, a line each after their protocol'"'"'s table: SRC -> DST via RELAY p50/p99 loss [penalty +X ms].
     / relayed paths: / { proto = ""; rproto = tolower($1); next }
     rproto != "" && $2 == "->" && $4 == "via" {
+      # (Both controllers list a relayed path of eu-1: its own, and its peer'"'"'s through federation.)
+      if ((rproto, $1, $3, $5) in rseen) next
+      rseen[rproto, $1, $3, $5] = 1
       split($6, q, "/"); pen = ($8 == "penalty") ? $9 " ms" : "-"
       rl[++nr] = sprintf("    %-24s %-5s %5.1f/%-5.1f %5s  penalty %s", nm($1) " -> " nm($3) " via " nm($5), rproto, q[1], q[2], $7, pen)
       next
