@@ -18,8 +18,8 @@
 #   packet-level (as root, with `ip netns` and /dev/net/tun; this machine and CI): each region is
 #     a network namespace (meshlat-demo-PID-eu, meshlat-demo-PID-us) holding its controller and
 #     its agents, each agent on its own address; two linkemu tun routes join the namespaces, one
-#     for everything and one that also drops 1 % of the packets to the UDP reflectors' port (an
-#     `ip rule` picks it), so every packet between the regions gets the delay: TCP, TLS and QUIC
+#     for everything and one that also drops 1 % of the requests to the UDP reflectors (`ip rule`s
+#     pick them), so every packet between the regions gets the delay: TCP, TLS and QUIC
 #     handshakes included, so the tcp column shows the 70 ms too. Within a region packets stay in
 #     its namespace: same-region probes (a job per region) are undelayed. The controllers are
 #     reached from this shell over a veth pair per namespace (the *.env files name them), and
@@ -284,7 +284,10 @@ if [[ $links != loopback ]]; then
     ROOT_IP=([eu-west-1]=$NET.1 [us-east-1]=$NET.5)
     CTL_IP=([eu-west-1]=$NET.2 [us-east-1]=$NET.6)
     if ! make_namespaces; then
-      for ns in "${NAMESPACES[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+      for ns in "${NAMESPACES[@]}"; do
+        ip link del "mld$$${ns##*-}" 2>/dev/null || true
+        ip netns del "$ns" 2>/dev/null || true
+      done
       NAMESPACES=()
       why=${why//$'\n'/ }
     fi
