@@ -1,32 +1,51 @@
 #!/usr/bin/env bash
-# meshlat local demo: a two-region mesh on this machine (loopback only).
+# meshlat local demo: a two-region mesh on this machine.
 #
 #   scripts/demo.sh                  # build (debug), start the mesh, show the live matrix until Ctrl-C
 #   scripts/demo.sh -d 60            # the same, stopping by itself after 60 s
 #   scripts/demo.sh --dir /tmp/mesh  # records and logs there (default: ./demo-data, or $DEMO_DIR)
 #
-# What runs (every address is on 127.0.0.0/8):
+# What runs:
 #   controller eu-west-1   federated with us-east-1 (--peer, --peer-ca, --federation-secret);
 #                          its operator policy makes eu-2 a relay (--relay-agent location=demo-eu-2)
 #   controller us-east-1
 #   agent eu-1             eu-west-1 (agent run mode: --controller URL --token TOKEN)
 #   agent eu-2             eu-west-1, the region's relay (--relay), reached directly from eu-1
 #   agent us-1, us-2       us-east-1
-#   meshlat-linkemu        the "Atlantic": one route per agent and protocol adding 35 ms each way
-#                          (70 ms RTT), plus 1 % loss towards UDP reflectors. Agents advertise
-#                          the emulator's addresses (--advertise-endpoint PROTO=HOST:PORT), so
-#                          every cross-region probe crosses it.
+#   meshlat-linkemu        the "Atlantic": 35 ms each way (70 ms RTT) between the regions, plus
+#                          1 % loss towards the UDP reflectors (--delay sets the one-way delay).
+# The link between the regions is one of two kinds (the demo prints which, and why):
+#   packet-level (as root, with `ip netns` and /dev/net/tun; this machine and CI): each region is
+#     a network namespace (meshlat-demo-PID-eu, meshlat-demo-PID-us) holding its controller and
+#     its agents, each agent on its own address; two linkemu tun routes join the namespaces, one
+#     for everything and one that also drops 1 % of the requests to the UDP reflectors (`ip rule`s
+#     pick them), so every packet between the regions gets the delay: TCP, TLS and QUIC
+#     handshakes included, so the tcp column shows the 70 ms too. Within a region packets stay in
+#     its namespace: same-region probes (a job per region) are undelayed. The controllers are
+#     reached from this shell over a veth pair per namespace (the *.env files name them), and
+#     federate across the emulated link. Namespaces, veths and TUN devices go when the demo
+#     stops; a namespace left by a killed demo is removed (its processes stopped) on the next start.
+#   loopback (otherwise, or with --loopback-links): every address is on 127.0.0.0/8 and the
+#     emulator forwards one udp or tcp route per agent and protocol; agents advertise the
+#     emulator's addresses (--advertise-endpoint PROTO=HOST:PORT), so every cross-region probe
+#     crosses it. The emulator answers TCP handshakes itself, so TCP connect times (and the
+#     connect phase of https) do not carry the delay, and there are no same-region probes (an
+#     agent advertises one address per protocol, the emulator's).
 # Then it starts, through the eu-west-1 controller, one probe job per direction (udp, tcp, quic,
-# https; eu-west-1 agents to every us-east-1 agent, us-east-1 agents to eu-1) and a relay job (eu-1
-# to each us-east-1 agent through the relay eu-2, with the direct path interleaved: does the relay
-# beat it?), shows the live matrix every few seconds, and on Ctrl-C (or after -d) stops everything and prints how to query the records, which
-# are in the Hive layout Firehose writes to S3: DIR/records/region=R/dt=YYYY-MM-DD/hour=HH/*.ndjson.
+# https; eu-west-1 agents to every us-east-1 agent, us-east-1 agents to eu-1, or to both eu-west-1
+# agents over packet-level links), one per region within it (packet-level links only) and a relay
+# job (eu-1 to each us-east-1 agent through the relay eu-2, with the direct path interleaved: does
+# the relay beat it?), shows the live matrix every few seconds, and on Ctrl-C (or after -d) stops
+# everything and prints how to query the records, which are in the Hive layout Firehose writes to
+# S3: DIR/records/region=R/dt=YYYY-MM-DD/hour=HH/*.ndjson.
 #
 # Options:
 #   -d, --duration SECONDS   stop after this long once the jobs run (default 0: until Ctrl-C)
 #   --dir DIR                data directory, emptied first if an earlier demo made it (default ./demo-data)
 #   --refresh SECONDS        live matrix refresh period (default 5)
 #   --delay MS               emulated one-way inter-region delay (default 35)
+#   --loopback-links         use the loopback emulator even where packet-level links are possible
+#   --tun-links              require packet-level links (fail, saying why, where they are not possible)
 #   --no-build               use the binaries already in target/debug
 #   --monitoring             also run a real Prometheus (Debian's package: scripts/setup.sh) that
 #                            scrapes every agent's /metrics with the shipped rules
@@ -34,7 +53,8 @@
 #   --prometheus-port PORT   its port on 127.0.0.1 (default 9090)
 #   -h, --help               this text
 # Exit status: 0 after a clean stop (Ctrl-C included), 1 when a process failed (its log is named),
-# 2 for bad usage. Needs cargo, and python3 for the printed queries.
+# 2 for bad usage. Needs cargo, and python3 for the printed queries; packet-level links need root,
+# iproute2 (ip netns, veth) and /dev/net/tun.
 set -euo pipefail
 CALLER_PWD=$PWD
 cd "$(dirname "$0")/.." || exit 2
@@ -50,6 +70,7 @@ delay_ms=35
 build=1
 monitoring=0
 prom_port=9090
+links=auto   # auto, tun or loopback
 DEMO_DIR=${DEMO_DIR:-$ROOT/demo-data}
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 num() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 needs a whole number, not '$2' (try --help)"; }
@@ -59,6 +80,8 @@ while [[ $# -gt 0 ]]; do
     --dir) [[ $# -ge 2 ]] || die "$1 needs DIR"; DEMO_DIR=$2; shift 2 ;;
     --refresh) [[ $# -ge 2 ]] || die "$1 needs SECONDS"; num "$1" "$2"; refresh=$2; shift 2 ;;
     --delay) [[ $# -ge 2 ]] || die "$1 needs MS"; num "$1" "$2"; delay_ms=$2; shift 2 ;;
+    --loopback-links) links=loopback; shift ;;
+    --tun-links) links=tun; shift ;;
     --no-build) build=0; shift ;;
     --monitoring) monitoring=1; shift ;;
     --prometheus-port) [[ $# -ge 2 ]] || die "$1 needs PORT"; num "$1" "$2"; prom_port=$2; shift 2 ;;
@@ -81,8 +104,9 @@ stopping=0
 stop_all() {
   (( stopping )) && return
   stopping=1
-  local i p
-  # Agents first (they flush and fsync their record files), then the emulator, then controllers.
+  local i p ns
+  # Agents first (they flush and fsync their record files), then the controllers and the emulator
+  # (in reverse order of starting).
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     kill -TERM "${pids[$i]}" 2>/dev/null || true
   done
@@ -99,7 +123,15 @@ stop_all() {
     fi
   done
   wait 2>/dev/null || true
+  # Then the network namespaces (packet-level links) and their veth pairs (the emulator's TUN
+  # devices went with it). The pairs are deleted by name: a namespace outlives its name while
+  # the kernel still holds sockets of it (closing connections whose link is gone), for minutes.
+  for ns in "${NAMESPACES[@]}"; do
+    ip link del "mld$$${ns##*-}" 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || echo "demo: could not remove network namespace $ns (ip netns del $ns)" >&2
+  done
 }
+NAMESPACES=()
 trap stop_all EXIT
 trap 'interrupted=1' INT TERM
 interrupted=0
@@ -156,25 +188,191 @@ find "$DEMO_DIR" -mindepth 1 -delete
 touch "$DEMO_DIR/.meshlat-demo"
 mkdir -p "$LOGS" "$DEMO_DIR/jobs" "$DEMO_DIR/agents" "$DEMO_DIR/records"
 
-# This run's loopback addresses: 127.A.B.x, so that two demos (or a demo and a test) do not meet.
-NET=127.$((100 + RANDOM % 120)).$((1 + RANDOM % 250))
 KEY=demo-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')      # the mesh-wide UDP key
 FED_SECRET=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')   # shared by the two controllers (>= 32 bytes)
 REGIONS=(eu-west-1 us-east-1)
-# Emulator listen ports (on per-agent addresses of this run's network); the agents' own ports are
-# picked by the kernel.
-declare -A EMU_PORT=([udp]=27710 [tcp]=27711 [quic]=27712 [https]=27743)
+# name region az ip-suffix [extra agent flags]
+AGENTS=(
+  "eu-1 eu-west-1 eu-west-1a 11"
+  "eu-2 eu-west-1 eu-west-1b 12 --relay"
+  "us-1 us-east-1 us-east-1a 21"
+  "us-2 us-east-1 us-east-1b 22"
+)
+# Ports: the emulator's (loopback links, on per-agent addresses of this run's network) or every
+# agent's own (packet-level links, where each agent has an address of its own).
+declare -A PORT=([udp]=27710 [tcp]=27711 [quic]=27712 [https]=27743)
 
+# ---------------------------------------------------------------------------------------------
+# The links between the regions: packet-level where this machine allows it, else loopback.
+NS_PREFIX=meshlat-demo-
+# Why packet-level links cannot be used here (nothing when they can).
+tun_unavailable() {
+  (( EUID == 0 )) || { echo "not running as root"; return; }
+  command -v ip >/dev/null || { echo "no ip command (iproute2)"; return; }
+  [[ -c /dev/net/tun ]] || { echo "no /dev/net/tun"; return; }
+  ip netns list >/dev/null 2>&1 || echo "ip netns does not work here"
+}
+# Namespaces meshlat-demo-PID-* whose demo (PID) is gone, from a demo killed before its cleanup:
+# stops the processes still in them and the emulator holding their TUN devices, then removes
+# them and their veth pairs.
+remove_stale_namespaces() {
+  local ns pid left emu
+  while read -r ns _; do
+    [[ $ns =~ ^${NS_PREFIX}([0-9]+)- ]] || continue
+    pid=${BASH_REMATCH[1]}
+    if [[ $pid != "$$" ]] && tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -q 'demo\.sh'; then
+      continue   # a demo still running
+    fi
+    left=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
+    emu=$(pgrep -f -- "tun:$ns/" | tr '\n' ' ' || true)
+    # shellcheck disable=SC2086  # lists of pids
+    if [[ -n ${left// } || -n ${emu// } ]]; then
+      kill -TERM $left $emu 2>/dev/null || true
+      for _ in $(seq 50); do
+        kill -0 $left $emu 2>/dev/null || break
+        sleep 0.1
+      done
+      kill -KILL $left $emu 2>/dev/null || true
+    fi
+    ip link del "mld$pid${ns##*-}" 2>/dev/null || true
+    if ip netns del "$ns" 2>/dev/null; then
+      say "removed the network namespace $ns left by a demo (pid $pid) that did not stop cleanly${left:+ (stopped pids $left)}"
+    fi
+  done < <(ip netns list 2>/dev/null)
+}
+# Sets up this run's namespaces and veth pairs (packet-level links); when the kernel refuses,
+# sets `why` and returns 1.
+make_namespaces() {
+  local r ns out
+  for r in "${REGIONS[@]}"; do
+    ns=$NS_PREFIX$$-${r%%-*}
+    NS[$r]=$ns
+    out=$(ip netns add "$ns" 2>&1) || { why="ip netns add failed: $out"; return 1; }
+    NAMESPACES+=("$ns")
+    out=$( {
+      ip -n "$ns" link set lo up &&
+        # The root end named after this demo and region (mldPIDeu: at most 15 characters), the
+        # namespace end veth0.
+        ip link add "mld$$${ns##*-}" type veth peer name veth0 netns "$ns" &&
+        ip addr add "${ROOT_IP[$r]}/30" dev "mld$$${ns##*-}" &&
+        ip link set "mld$$${ns##*-}" up &&
+        ip -n "$ns" addr add "${CTL_IP[$r]}/30" dev veth0 &&
+        ip -n "$ns" link set veth0 up
+    } 2>&1) || { why="setting up $ns failed: $out"; return 1; }
+  done
+}
+# Sets every interface of namespace NS to accept packets whose reply would leave by another
+# interface (the lossy route's packets come back over the other one).
+no_rp_filter() {
+  # shellcheck disable=SC2016  # $f is the inner shell's
+  ip netns exec "$1" sh -c 'for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo 0 > "$f"; done'
+}
+
+declare -A NS ROOT_IP CTL_IP AGENT_IP EMU_IP
+why=""
+if [[ $links != loopback ]]; then
+  why=$(tun_unavailable)
+  [[ -z $why ]] && remove_stale_namespaces
+  if [[ -z $why ]]; then
+    # This run's addresses: 198.18.0.0/15 (the range RFC 2544 keeps for test networks), one /24
+    # that no interface here uses, so two demos (or a demo and a test) do not meet. Only the
+    # roots of the veth pairs (.1, .5) are in the root namespace.
+    for _ in $(seq 20); do
+      NET=198.$((18 + RANDOM % 2)).$((RANDOM % 256))
+      ip -4 -o addr show | grep -q " inet ${NET//./\\.}\." || break
+    done
+    ROOT_IP=([eu-west-1]=$NET.1 [us-east-1]=$NET.5)
+    CTL_IP=([eu-west-1]=$NET.2 [us-east-1]=$NET.6)
+    if ! make_namespaces; then
+      for ns in "${NAMESPACES[@]}"; do
+        ip link del "mld$$${ns##*-}" 2>/dev/null || true
+        ip netns del "$ns" 2>/dev/null || true
+      done
+      NAMESPACES=()
+      why=${why//$'\n'/ }
+    fi
+  fi
+  if [[ -n $why && $links == tun ]]; then
+    fail "packet-level links (--tun-links) are not possible here: $why"
+  fi
+  [[ -n $why ]] && links=loopback || links=tun
+fi
+
+if [[ $links == tun ]]; then
+  step "links: packet-level (tun routes between the namespaces ${NS[eu-west-1]} and ${NS[us-east-1]}: every packet between the regions is delayed)"
+  # The tun routes' ends: .65 (eu) = .66 (us) for everything, .69 = .70 with 1 % loss for the
+  # requests to the UDP reflectors' port, which `ip rule`s send there (packets to that port, and a
+  # relay's from it, but not the reflectors' replies from it); its `src` is the first route's
+  # address, so the replies come back over the lossless one (loss one way, as the loopback
+  # emulator's loss_fwd). Agents: eu .11 .12 (.8/29), us .21 .22 (.16/28).
+  start linkemu "$BIN/meshlat-linkemu" --log "$LOGS/linkemu.ndjson" \
+    --route "tun:${NS[eu-west-1]}/$NET.65=${NS[us-east-1]}/$NET.66,fwd=${delay_ms}ms,ret=${delay_ms}ms" \
+    --route "tun:${NS[eu-west-1]}/$NET.69=${NS[us-east-1]}/$NET.70,fwd=${delay_ms}ms,ret=${delay_ms}ms,loss_fwd=1,loss_ret=1,seed=$((RANDOM))"
+  wait_for linkemu 30 '^route ' 2
+  # region: its agents' subnet, the far end of each tun route, the other region's agents' subnet
+  declare -A SUBNET=([eu-west-1]=$NET.8/29 [us-east-1]=$NET.16/28) PEER=([eu-west-1]=$NET.66 [us-east-1]=$NET.65) \
+    PEER_LOSSY=([eu-west-1]=$NET.70 [us-east-1]=$NET.69) OTHER=([eu-west-1]=us-east-1 [us-east-1]=eu-west-1)
+  for r in "${REGIONS[@]}"; do
+    ns=${NS[$r]} o=${OTHER[$r]}
+    out=$( {
+      ip -n "$ns" route add "${SUBNET[$o]}" via "${PEER[$r]}" &&
+        ip -n "$ns" route add "${CTL_IP[$o]}/32" via "${PEER[$r]}" &&    # federation
+        ip -n "$ns" route add "${SUBNET[$o]}" via "${PEER_LOSSY[$r]}" src "${PEER[$o]}" table 101 &&
+        ip -n "$ns" rule add ipproto udp sport "${PORT[udp]}" lookup main priority 100 &&
+        ip -n "$ns" rule add ipproto udp dport "${PORT[udp]}" lookup 101 priority 101 &&
+        ip route add "${SUBNET[$r]}" via "${CTL_IP[$r]}" &&               # this shell (Prometheus) to the agents
+        no_rp_filter "$ns"
+    } 2>&1) || fail "routing between the namespaces failed: $out"
+    # A relay forwards from its reflector's port to the far reflector: a request (lossy), where
+    # the rule above takes packets from that port for replies.
+    for a in "${AGENTS[@]}"; do
+      read -r _ region _ n extra <<< "$a"
+      [[ $region == "$r" && $extra == *--relay* ]] || continue
+      out=$(ip -n "$ns" rule add from "$NET.$n" ipproto udp sport "${PORT[udp]}" dport "${PORT[udp]}" lookup 101 priority 99 2>&1) ||
+        fail "routing between the namespaces failed: $out"
+    done
+  done
+  for r in "${REGIONS[@]}"; do
+    ok "$(printf '%-10s namespace %s: controller %s (veth from here), agents %s' "$r" "${NS[$r]}" "${CTL_IP[$r]}" "${SUBNET[$r]}")"
+  done
+  ok "2 tun routes: +$((2 * delay_ms)) ms RTT for every packet between the regions, 1 % loss on the way to the UDP reflectors"
+else
+  if [[ $why ]]; then
+    step "links: loopback emulator, as packet-level links are not possible here ($why): TCP connect times, https's included, do not carry the emulated delay"
+  else
+    step "links: loopback emulator (--loopback-links): TCP connect times, https's included, do not carry the emulated delay"
+  fi
+  # This run's loopback addresses: 127.A.B.x, so that two demos (or a demo and a test) do not meet.
+  NET=127.$((100 + RANDOM % 120)).$((1 + RANDOM % 250))
+  ROOT_IP=([eu-west-1]=127.0.0.1 [us-east-1]=127.0.0.1)
+  CTL_IP=([eu-west-1]=127.0.0.1 [us-east-1]=127.0.0.1)
+fi
+# exec_in REGION CMD...: becomes CMD (exec, so that `start` has its pid), in the region's
+# namespace with packet-level links (`ip netns exec` execs it in turn).
+# shellcheck disable=SC2317  # called through `start`
+exec_in() { local r=$1; shift
+  if [[ $links == tun ]]; then exec ip netns exec "${NS[$r]}" "$@"; else exec "$@"; fi
+}
+
+# With packet-level links an agent's connection to its controller comes from the controller's own
+# address (they share the namespace), so the controller is told which addresses agents may
+# advertise: the region's agent subnet (--agent-cidr).
+declare -A CTL_FLAGS=([eu-west-1]="" [us-east-1]="")
+if [[ $links == tun ]]; then
+  for r in "${REGIONS[@]}"; do CTL_FLAGS[$r]="--agent-cidr ${SUBNET[$r]}"; done
+fi
 step "starting two federated controllers"
-start ctl-us-east-1 "$BIN/controller" serve --region us-east-1 \
-  --listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 --data-dir "$DEMO_DIR/ctl-us-east-1" \
-  --federation-secret "$FED_SECRET"
+# shellcheck disable=SC2086  # CTL_FLAGS are flag lists
+start ctl-us-east-1 exec_in us-east-1 "$BIN/controller" serve --region us-east-1 \
+  --listen "${CTL_IP[us-east-1]}:0" --rest-listen "${CTL_IP[us-east-1]}:0" --data-dir "$DEMO_DIR/ctl-us-east-1" \
+  --federation-secret "$FED_SECRET" ${CTL_FLAGS[us-east-1]}
 wait_for ctl-us-east-1 30 '^secrets-file '
-start ctl-eu-west-1 "$BIN/controller" serve --region eu-west-1 \
-  --listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 --data-dir "$DEMO_DIR/ctl-eu-west-1" \
+# shellcheck disable=SC2086  # CTL_FLAGS are flag lists
+start ctl-eu-west-1 exec_in eu-west-1 "$BIN/controller" serve --region eu-west-1 \
+  --listen "${CTL_IP[eu-west-1]}:0" --rest-listen "${CTL_IP[eu-west-1]}:0" --data-dir "$DEMO_DIR/ctl-eu-west-1" \
   --federation-secret "$FED_SECRET" \
   --peer "https://$(field ctl-us-east-1 listening grpc)" --peer-ca "$DEMO_DIR/ctl-us-east-1/ca.pem" \
-  --relay-agent location=demo-eu-2
+  --relay-agent location=demo-eu-2 ${CTL_FLAGS[eu-west-1]}
 wait_for ctl-eu-west-1 30 '^secrets-file '
 declare -A GRPC REST TOKEN CRED CA
 for r in "${REGIONS[@]}"; do
@@ -195,33 +393,34 @@ ctl() { local r=$1; shift
     "$BIN/controller" "$@"
 }
 
-# name region az ip-suffix [extra agent flags]
-AGENTS=(
-  "eu-1 eu-west-1 eu-west-1a 11"
-  "eu-2 eu-west-1 eu-west-1b 12 --relay"
-  "us-1 us-east-1 us-east-1a 21"
-  "us-2 us-east-1 us-east-1b 22"
-)
 step "starting ${#AGENTS[@]} agents (agent run mode; records under $(show "$DEMO_DIR")/records)"
-declare -A AGENT_IP EMU_IP
 # With --monitoring every agent serves /metrics on its own address, port 9464.
 STATS=()
 (( monitoring )) && STATS=(--stats-port 9464)
 for a in "${AGENTS[@]}"; do
   read -r name region az n extra <<< "$a"
   AGENT_IP[$name]=$NET.$n
-  EMU_IP[$name]=$NET.1$n
   adv=()
-  for p in udp tcp quic https; do
-    # The relay's UDP is advertised as is (eu-1 reaches it without crossing the ocean); its way
-    # to us-east-1 crosses the emulator like everyone's.
-    [[ $extra == *--relay* && $p == udp ]] && continue
-    adv+=(--advertise-endpoint "$p=${EMU_IP[$name]}:${EMU_PORT[$p]}")
-  done
+  if [[ $links == tun ]]; then
+    # Each agent on its own address in its region's namespace, advertised as is, on fixed ports
+    # (the lossy route's rule names the UDP one).
+    ip -n "${NS[$region]}" addr add "${AGENT_IP[$name]}/32" dev lo
+    adv=(--advertise "${AGENT_IP[$name]}")
+    ports=(--udp-port "${PORT[udp]}" --tcp-port "${PORT[tcp]}" --quic-port "${PORT[quic]}" --https-port "${PORT[https]}")
+  else
+    EMU_IP[$name]=$NET.1$n
+    for p in udp tcp quic https; do
+      # The relay's UDP is advertised as is (eu-1 reaches it without crossing the ocean); its way
+      # to us-east-1 crosses the emulator like everyone's.
+      [[ $extra == *--relay* && $p == udp ]] && continue
+      adv+=(--advertise-endpoint "$p=${EMU_IP[$name]}:${PORT[$p]}")
+    done
+    ports=(--udp-port 0 --tcp-port 0 --quic-port 0 --https-port 0)
+  fi
   # shellcheck disable=SC2086  # $extra is a flag list
-  start "agent-$name" "$BIN/agent" --controller "https://${GRPC[$region]}" --token "${TOKEN[$region]}" \
+  start "agent-$name" exec_in "$region" "$BIN/agent" --controller "https://${GRPC[$region]}" --token "${TOKEN[$region]}" \
     --region "$region" --az "$az" --location "demo-$name" --key "$KEY" \
-    --listen "${AGENT_IP[$name]}" --udp-port 0 --tcp-port 0 --quic-port 0 --https-port 0 --http-port off \
+    --listen "${AGENT_IP[$name]}" "${ports[@]}" --http-port off \
     "${adv[@]}" $extra \
     --state-dir "$DEMO_DIR/agents/$name" --out "$DEMO_DIR" --flush-interval 1 --serve-interval 10 \
     "${STATS[@]}"
@@ -230,22 +429,28 @@ ROUTES=()
 for a in "${AGENTS[@]}"; do
   read -r name region az n extra <<< "$a"
   wait_for "agent-$name" 30 '^listening ' 4
+  if [[ $links == tun ]]; then
+    ok "$(printf '%-5s %-11s %-6s on %-15s in %s' "$name" "$az" "${extra:+relay}" "${AGENT_IP[$name]}" "${NS[$region]}")"
+    continue
+  fi
   for p in udp tcp quic https; do
     up=$(field "agent-$name" listening "$p")
     case $p in
-      udp) spec="udp:${EMU_IP[$name]}:${EMU_PORT[$p]}=$up,loss_fwd=1,seed=$n" ;;
-      quic) spec="udp:${EMU_IP[$name]}:${EMU_PORT[$p]}=$up" ;;
-      *) spec="tcp:${EMU_IP[$name]}:${EMU_PORT[$p]}=$up" ;;
+      udp) spec="udp:${EMU_IP[$name]}:${PORT[$p]}=$up,loss_fwd=1,seed=$n" ;;
+      quic) spec="udp:${EMU_IP[$name]}:${PORT[$p]}=$up" ;;
+      *) spec="tcp:${EMU_IP[$name]}:${PORT[$p]}=$up" ;;
     esac
     ROUTES+=(--route "$spec,fwd=${delay_ms}ms,ret=${delay_ms}ms")
   done
   ok "$(printf '%-5s %-11s %-6s on %-15s advertised as %s' "$name" "$az" "${extra:+relay}" "${AGENT_IP[$name]}" "${EMU_IP[$name]}")"
 done
 
-step "starting the link emulator: +$((2 * delay_ms)) ms RTT on every path between the regions, 1 % UDP loss"
-start linkemu "$BIN/meshlat-linkemu" --log "$LOGS/linkemu.ndjson" "${ROUTES[@]}"
-wait_for linkemu 30 '^route ' $(( ${#ROUTES[@]} / 2 ))
-ok "${#AGENTS[@]} agents x 4 protocols = $(( ${#ROUTES[@]} / 2 )) routes (logs/linkemu.out lists them)"
+if [[ $links == loopback ]]; then
+  step "starting the link emulator: +$((2 * delay_ms)) ms RTT on every path between the regions, 1 % UDP loss"
+  start linkemu "$BIN/meshlat-linkemu" --log "$LOGS/linkemu.ndjson" "${ROUTES[@]}"
+  wait_for linkemu 30 '^route ' $(( ${#ROUTES[@]} / 2 ))
+  ok "${#AGENTS[@]} agents x 4 protocols = $(( ${#ROUTES[@]} / 2 )) routes (logs/linkemu.out lists them)"
+fi
 
 if (( monitoring )); then
   step "starting Prometheus on 127.0.0.1:$prom_port (every agent's /metrics, the shipped rules)"
@@ -301,8 +506,9 @@ ctl eu-west-1 agents | awk 'NR > 1 { n = $4; sub(/^demo-/, "", n); printf "     
 # ---------------------------------------------------------------------------------------------
 # Jobs: JSON as in POST /api/v1/jobs, started with `controller job start` on the eu-west-1
 # controller; federation hands the us-east-1 agents theirs. Every agent probes every agent of the
-# other region. (Not within a region: an agent advertises one address per protocol — here the
-# emulator's — so a same-region probe would cross the emulated ocean too.)
+# other region and, over packet-level links, of its own. (With loopback links not within a region:
+# an agent advertises one address per protocol — there the emulator's — so a same-region probe
+# would cross the emulated ocean too.)
 JOB_IDS=()
 start_job() { # NAME JSON: start a job on the eu-west-1 controller (spec in DIR/jobs/NAME.json)
   local file=$DEMO_DIR/jobs/$1.json out
@@ -320,8 +526,14 @@ EOF
 }
 step "starting the probe jobs: udp, tcp, quic, https every second (specs in $(show "$DEMO_DIR")/jobs/)"
 start_job eu-west-1-to-us-east-1 "$(probe_job eu-west-1 region=us-east-1)"
-# eu-2 is the relay: its UDP is advertised without the emulator, so it is no us -> eu target.
-start_job us-east-1-to-eu-west-1 "$(probe_job us-east-1 location=demo-eu-1)"
+if [[ $links == tun ]]; then
+  start_job us-east-1-to-eu-west-1 "$(probe_job us-east-1 region=eu-west-1)"
+  start_job eu-west-1-within "$(probe_job eu-west-1 region=eu-west-1)"
+  start_job us-east-1-within "$(probe_job us-east-1 region=us-east-1)"
+else
+  # eu-2 is the relay: its UDP is advertised without the emulator, so it is no us -> eu target.
+  start_job us-east-1-to-eu-west-1 "$(probe_job us-east-1 location=demo-eu-1)"
+fi
 step "starting the relay job: eu-1 -> relay eu-2 -> each us-east-1 agent, direct path interleaved"
 start_job eu-1-via-eu-2 '{"name": "eu-1 via eu-2", "kind": "relay", "protocols": ["udp"],
  "sources": ["location=demo-eu-1"], "targets": ["region=us-east-1"], "relays": ["location=demo-eu-2"],
@@ -343,15 +555,24 @@ ctl eu-west-1 agents > "$DEMO_DIR/agents.txt"
 matrix() {
   awk '
     FNR == NR { if (FNR > 1) { n = $4; sub(/^demo-/, "", n); name[$1] = n }; next }
-    /p50\/p99 ms loss/ { proto = tolower($1); nd = 0; for (i = 5; i <= NF; i++) dst[++nd] = $i; next }
+    # Relayed paths, a line each after their protocol'"'"'s table: SRC -> DST via RELAY p50/p99 loss [penalty +X ms].
+    / relayed paths: / { proto = ""; rproto = tolower($1); next }
+    rproto != "" && $2 == "->" && $4 == "via" {
+      # (Both controllers list a relayed path of eu-1: its own, and its peer'"'"'s through federation.)
+      if ((rproto, $1, $3, $5) in rseen) next
+      rseen[rproto, $1, $3, $5] = 1
+      split($6, q, "/"); pen = ($8 == "penalty") ? $9 " ms" : "-"
+      rl[++nr] = sprintf("    %-24s %-5s %5.1f/%-5.1f %5s  penalty %s", nm($1) " -> " nm($3) " via " nm($5), rproto, q[1], q[2], $7, pen)
+      next
+    }
+    /p50\/p99 ms loss/ { rproto = ""; proto = tolower($1); nd = 0; for (i = 5; i <= NF; i++) dst[++nd] = $i; next }
     NF == 0 || /^no summaries/ { next }
     proto != "" {
       j = 2
       for (k = 1; k <= nd; k++) {
         if ($j == "-") { j++; continue }
         split($j, q, "/"); cell = sprintf("%5.1f/%-5.1f %4s", q[1], q[2], $(j + 1)); j += 2
-        s = ($1 in name) ? name[$1] : substr($1, 1, 8); d = (dst[k] in name) ? name[dst[k]] : substr(dst[k], 1, 8)
-        pair = s " -> " d
+        pair = nm($1) " -> " nm(dst[k])
         if (!(pair in seen)) { seen[pair] = 1; pairs[++np] = pair }
         c[proto, pair] = cell; have[proto] = 1
       }
@@ -368,7 +589,12 @@ matrix() {
         for (o = 1; o <= m; o++) { x = ((cols[o], pairs[i]) in c) ? c[cols[o], pairs[i]] : "    -"; line = line sprintf("  %-16s", x) }
         out(line)
       }
+      if (nr > 0) {
+        out(sprintf("    %-24s %-5s %-11s %5s  %s", "relayed paths", "", "  p50/p99", "loss", "penalty (relayed - direct)"))
+        for (i = 1; i <= nr; i++) out(rl[i])
+      }
     }
+    function nm(id) { return (id in name) ? name[id] : substr(id, 1, 8) }
     function out(l) { sub(/ +$/, "", l); print l
     }' "$DEMO_DIR/agents.txt" <(ctl eu-west-1 matrix --by agent 2>/dev/null; ctl us-east-1 matrix --by agent 2>/dev/null)
 }
@@ -391,11 +617,19 @@ else
   step "live matrix, every ${refresh} s until Ctrl-C"
 fi
 rtt=$((2 * delay_ms))
-cat <<EOF
+if [[ $links == tun ]]; then
+  cat <<EOF
+${C_DIM}    Expect between the regions udp, quic and tcp ${rtt} ms (one round trip across the link; udp
+    also its 1 % loss) and https $((3 * rtt)) ms (TCP handshake, TLS handshake, request); within a
+    region (eu-1 -> eu-2, ...) well under 1 ms for udp, a few ms at most for the others.${C_OFF}
+EOF
+else
+  cat <<EOF
 ${C_DIM}    Expect udp and quic ${rtt} ms (one round trip across the emulator; udp also its 1 % loss), https
     $((2 * rtt)) ms (TLS handshake + request) and tcp near 0: a userspace emulator cannot delay the
     TCP handshake, which the kernel answers, so a connect ends at the emulator.${C_OFF}
 EOF
+fi
 t0=$SECONDS
 next=$t0
 shown=0
@@ -428,7 +662,7 @@ $(tail -n 30 "$LOGS/${names[$i]}.log" 2>/dev/null | cut -c1-300)"
 done
 
 echo
-step "stopping agents, link emulator and controllers"
+step "stopping agents, controllers and link emulator"
 stop_all
 trap - INT TERM
 files=$(find "$DEMO_DIR/records" -name '*.ndjson' 2>/dev/null | wc -l)

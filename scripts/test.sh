@@ -163,7 +163,10 @@ run_stage doc 900 env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 run_stage analytics 600 scripts/test_analytics.py
 # The README's first command, bounded: scripts/demo.sh -d 20 (two federated controllers, four
 # agents, the link emulator); checks records of both regions in the Hive layout, cross-region RTT
-# against the emulated delay, the printed athena-local command, a clean stop. ~30 s.
+# against the emulated delay, the printed athena-local command, a clean stop. As root (CI) the
+# demo must use packet-level links (network namespaces joined by linkemu tun routes): tcp and https
+# carry the emulated RTT, and a SIGKILLed demo's namespaces and processes are cleaned up by the
+# next start. ~60 s.
 run_stage demo 300 scripts/test_demo.sh
 # Soak, CI form: the demo for 3 minutes; fails if any demo process's threads or descriptors grow
 # by more than 10 % (floors +4 threads, +8 fds) after the first 2 minutes. ~4 min.
