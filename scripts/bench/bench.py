@@ -503,6 +503,10 @@ class Bench:
         import urllib.request
         smoke = self.rounds == 1
         agents, regions = (40, 4) if smoke else (500, 10)
+        # MESHLAT_BENCH_DASHBOARD_AGENTS=N,R: another mesh size (e.g. the full 500,10 on a debug
+        # build, for the page's own figures; the controller's then run slower).
+        if os.environ.get("MESHLAT_BENCH_DASHBOARD_AGENTS"):
+            agents, regions = (int(x) for x in os.environ["MESHLAT_BENCH_DASHBOARD_AGENTS"].split(","))
         window = 4 if smoke else 20
         ctl, data, grpc, rest, token, cred = self.start_controller("dashboard-controller")
         env = dict(os.environ, MESHLAT_TOKEN=token, MESHLAT_CREDENTIAL=cred)
