@@ -386,41 +386,10 @@ class Bench:
                              capture_output=True, text=True, check=True)
         pl = json.loads(out.stdout)
 
-        def raise_nofile():
-            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if hard != resource.RLIM_INFINITY and hard < agents + 1000:
             raise RuntimeError(f"control_scale: the hard open-files limit ({hard}) is below {agents + 1000}")
-        data = os.path.join(ROOT, "target", "bench", "scale-controller")
-        shutil.rmtree(data, ignore_errors=True)
-        os.makedirs(data)
-        # stdout to a file: the announcements are read from it and nothing blocks on a pipe.
-        ann_path = os.path.join(data, "announce.txt")
-        with open(ann_path, "w") as ann:
-            ctl = subprocess.Popen([os.path.join(self.bin, "controller"), "serve", "--region", "r00",
-                                    "--listen", "127.0.0.1:0", "--rest-listen", "127.0.0.1:0",
-                                    # the generated join token and credential are read from stdout
-                                    "--print-secrets",
-                                    "--data-dir", os.path.join(data, "state")],
-                                   stdout=ann, stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
-        self.procs.append(ctl)
-        grpc = token = cred = None
-        deadline = time.time() + 30
-        while not (grpc and token and cred):
-            if time.time() > deadline or ctl.poll() is not None:
-                raise RuntimeError("control_scale: the controller did not announce itself")
-            time.sleep(0.1)
-            with open(ann_path) as f:
-                for line in f:
-                    w = line.split()
-                    if w[:2] == ["listening", "grpc"]:
-                        grpc = w[2]
-                    elif w[:1] == ["join-token"]:
-                        token = w[1]
-                    elif w[:1] == ["operator-credential"]:
-                        cred = w[1]
+        ctl, _, grpc, _, token, cred = self.start_controller("scale-controller", preexec=raise_nofile)
         env = dict(os.environ, MESHLAT_TOKEN=token, MESHLAT_CREDENTIAL=cred)
         sim = subprocess.run([os.path.join(self.ex, "simagents"), "--controller", grpc, "--agents", str(agents),
                               "--regions", str(regions), "--k", str(k), "--controller-pid", str(ctl.pid),
