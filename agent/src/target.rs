@@ -148,6 +148,19 @@ impl Target {
     pub fn host_port(&self) -> String {
         host_port(&self.host, self.port)
     }
+
+    /// The HTTP `Host` header value: the host alone on the scheme's default port (443 for
+    /// `https`, else 80), `host:port` otherwise; IPv6 addresses in brackets.
+    pub fn host_header(&self, https: bool) -> String {
+        let default_port = if https { 443 } else { 80 };
+        if self.port != default_port {
+            self.host_port()
+        } else if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        }
+    }
 }
 
 impl fmt::Display for Target {
@@ -244,5 +257,17 @@ mod tests {
             let err = Target::parse(bad).expect_err(bad).to_string();
             assert!(err.contains(want), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn host_header_omits_the_default_port() {
+        let t = |u: &str| Target::parse(u).expect(u);
+        assert_eq!(t("http://example.com/").host_header(false), "example.com");
+        assert_eq!(
+            t("https://example.com:8443/").host_header(true),
+            "example.com:8443"
+        );
+        assert_eq!(t("http://[::1]:80/").host_header(false), "[::1]");
+        assert_eq!(t("https://[::1]:80/").host_header(true), "[::1]:80");
     }
 }

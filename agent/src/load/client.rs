@@ -103,16 +103,7 @@ impl Endpoint {
             .path
             .parse()
             .map_err(|e| bad(format!("bad path: {e}")))?;
-        let default_port = if https { 443 } else { 80 };
-        let host = if target.port == default_port {
-            if target.host.contains(':') {
-                format!("[{}]", target.host)
-            } else {
-                target.host.clone()
-            }
-        } else {
-            target.host_port()
-        };
+        let host = target.host_header(https);
         let mut headers = HeaderMap::new();
         headers.insert(
             HOST,

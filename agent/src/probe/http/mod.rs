@@ -234,16 +234,7 @@ where
 
 /// `GET path` with `Host` and `User-Agent`.
 fn build_request(target: &Target, https: bool) -> Result<Request<Empty<Bytes>>, Failure> {
-    let default_port = if https { 443 } else { 80 };
-    let host = if target.port == default_port {
-        if target.host.contains(':') {
-            format!("[{}]", target.host)
-        } else {
-            target.host.clone()
-        }
-    } else {
-        target.host_port()
-    };
+    let host = target.host_header(https);
     let bad = |what: &str, e: &dyn std::fmt::Display| {
         Failure::new(
             ErrorKind::Local,
