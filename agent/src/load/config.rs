@@ -156,9 +156,21 @@ impl LoadConfig {
                 .into(),
             });
         }
+        let highest = steps.start.max(last);
+        if highest <= 0.0 {
+            return Err(ConfigError::OutOfRange {
+                flag: start_flag,
+                value: steps.start.to_string(),
+                range: format!(
+                    "above 0 at some step: with {start_flag} {} and {step_flag} {} nothing would \
+                     be sent",
+                    steps.start, steps.step
+                )
+                .into(),
+            });
+        }
         let schedule = Schedule::new(model, steps, caps);
         let mut warnings = Vec::new();
-        let highest = steps.start.max(last);
         if schedule.exceeds_caps(highest) {
             let cap_flag = match model {
                 Model::Closed => "--max-connections",
@@ -353,6 +365,11 @@ mod tests {
                 "--credentials /nonexistent/keys",
             ),
             (&["--duration", "nan", "http://h/"][..], "--duration"),
+            (
+                &["--workers", "0", "http://h/"][..],
+                "nothing would be sent",
+            ),
+            (&["--rate", "0", "http://h/"][..], "nothing would be sent"),
         ] {
             let e = parse(args).expect_err(&format!("{args:?} should fail"));
             assert!(e.contains(want), "{args:?}: {e}");
