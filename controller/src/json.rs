@@ -195,6 +195,8 @@ pub fn spec_from_value(v: &Value) -> Result<pb::JobSpec, JsonError> {
         duration_ms: get(obj, "duration_ms")?,
         strategy: strategy as i32,
         k: get(obj, "k")?,
+        // Load jobs (issue 15) are not accepted over JSON yet.
+        load: None,
     })
 }
 

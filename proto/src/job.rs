@@ -333,7 +333,8 @@ pub fn validate(spec: &pb::JobSpec) -> Result<(), JobSpecError> {
         ));
     }
     let kind = pb::JobKind::try_from(spec.kind).unwrap_or(pb::JobKind::Unspecified);
-    if kind == pb::JobKind::Unspecified {
+    // Load jobs (issue 15) are refused until their validation and scheduling land.
+    if matches!(kind, pb::JobKind::Unspecified | pb::JobKind::Load) {
         return Err(JobSpecError::new(
             "kind",
             Problem::Invalid("must be probe or relay".into()),

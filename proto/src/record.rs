@@ -4,7 +4,8 @@
 //! UDP/QUIC/relay target — and, from servers, one record per interval, source and outcome
 //! (`kind` = `serve` for a responder — UDP, TCP, QUIC, HTTP, HTTPS — and `relay_serve` for a
 //! relay: answered, relayed or dropped by reason; see the agent's `respond::tally`). The server
-//! fields, then `send_lag_ms`/`lag_suspect`, then `tcp_time_source` were added to schema
+//! fields, then `send_lag_ms`/`lag_suspect`, then `tcp_time_source`, then the load fields
+//! (`kind` = `load`, `load_step` … `lat_hist_counts`, issue 15) were added to schema
 //! version 1 as nullable columns at the end of the table: older records read them as null.
 //! Serialized as one JSON object per line, snake_case keys, `null` for absent values, keys
 //! in the order of [`FIELDS`]. The same lines go to the file sink and (packed)
@@ -33,6 +34,9 @@ pub enum Kind {
     Serve,
     /// A relay's per-source counts for one interval (written by the relay).
     RelayServe,
+    /// One second of a load job on one agent (issue 15): rates, status classes, errors and
+    /// latency from the intended send time.
+    Load,
 }
 
 /// Measurement protocol.
@@ -318,6 +322,63 @@ pub struct Record {
     /// Where `tcp_ms` (and, for tcp, `rtt_ms`) comes from: the kernel's handshake RTT or the
     /// process clock around the connect; null when there is no `tcp_ms`.
     pub tcp_time_source: Option<TcpTimeSource>,
+
+    // --- load jobs (kind = load, issue 15): one record per agent, job and second ---
+    /// Step of the job's schedule at the end of the second, from 0.
+    pub load_step: Option<u32>,
+    /// Workers (closed model) or open connections (open model) at the end of the second.
+    pub load_workers: Option<u32>,
+    /// The configured level at the end of the second: workers (closed) or req/s (open).
+    pub load_level: Option<f64>,
+    /// Requests per second the schedule intended (open model; closed: equal to sent).
+    pub intended_rps: Option<f64>,
+    /// Responses (any status) per second.
+    pub achieved_rps: Option<f64>,
+    /// Requests sent in the second.
+    pub requests: Option<u64>,
+    /// Responses 200–299.
+    pub status_2xx: Option<u64>,
+    /// Responses 300–399 (redirects are not followed).
+    pub status_3xx: Option<u64>,
+    /// Responses 400–499 except 429.
+    pub status_4xx: Option<u64>,
+    /// 429 Too Many Requests: the target's rate limit, not a success.
+    pub status_429: Option<u64>,
+    /// Responses 500–599.
+    pub status_5xx: Option<u64>,
+    /// Responses with any other status, or a status the request's `expect_status` did not
+    /// expect (counted here instead of in its class).
+    pub status_other: Option<u64>,
+    /// Requests that failed to connect (refused, unreachable, no address).
+    pub errors_connect: Option<u64>,
+    /// Requests with no complete response within the timeout.
+    pub errors_timeout: Option<u64>,
+    /// Requests whose TLS handshake failed.
+    pub errors_tls: Option<u64>,
+    /// Requests whose connection failed mid-request.
+    pub errors_io: Option<u64>,
+    /// Median latency from the intended send time (coordinated-omission corrected), ms.
+    pub lat_p50_ms: Option<f64>,
+    /// 90th percentile, corrected.
+    pub lat_p90_ms: Option<f64>,
+    /// 99th percentile, corrected.
+    pub lat_p99_ms: Option<f64>,
+    /// 99.9th percentile, corrected.
+    pub lat_p999_ms: Option<f64>,
+    /// Largest latency, corrected.
+    pub lat_max_ms: Option<f64>,
+    /// Median latency from the actual send (uncorrected, as wrk without -R reports it), ms.
+    pub uncorrected_p50_ms: Option<f64>,
+    /// 99th percentile, uncorrected.
+    pub uncorrected_p99_ms: Option<f64>,
+    /// Largest latency, uncorrected.
+    pub uncorrected_max_ms: Option<f64>,
+    /// The corrected latency histogram: each non-empty bucket's representative value (ms,
+    /// ascending; within 0.5 % of every value in it). With [`Record::lat_hist_counts`] it merges
+    /// across agents and seconds in SQL (sum counts per bucket value).
+    pub lat_hist_ms: Option<Vec<f64>>,
+    /// The count of each bucket of [`Record::lat_hist_ms`], in the same order.
+    pub lat_hist_counts: Option<Vec<f64>>,
 }
 
 /// Lateness below this never makes a record [`Record::lag_suspect`]: tokio's timer wakes up to
@@ -388,7 +449,7 @@ fields! {
     schema_version: Int = "record schema version (1)",
     ts: String = "sample or train start, RFC 3339 UTC with microseconds",
     job_id: String = "job that produced the record ('standalone' for agent probe)",
-    kind: String = "probe, relay, serve (reflector counts) or relay_serve (relay counts)",
+    kind: String = "probe, relay, serve (reflector counts), relay_serve (relay counts) or load (one second of a load job)",
     protocol: String = "udp, tcp, quic, http or https",
     src_agent: String = "measuring agent id",
     src_region: String = "measuring agent region",
@@ -453,6 +514,32 @@ fields! {
     send_lag_ms: Double = "trains: worst lateness of a packet's send against its paced due time",
     lag_suspect: Boolean = "the agent's own lateness (worse of sched_lag_ms and send_lag_ms) exceeded 2 ms and half the measured RTT: timings may carry the agent's load",
     tcp_time_source: String = "where tcp_ms comes from: kernel (TCP_INFO handshake RTT) or user (process clock around connect)",
+    load_step: Int = "load: step of the job's schedule at the end of the second, from 0",
+    load_workers: Int = "load: workers (closed model) or open connections (open model) at the end of the second",
+    load_level: Double = "load: configured level, workers (closed) or req/s (open)",
+    intended_rps: Double = "load: requests per second the schedule intended (closed: equal to sent)",
+    achieved_rps: Double = "load: responses (any status) per second",
+    requests: BigInt = "load: requests sent in the second",
+    status_2xx: BigInt = "load: responses 200-299",
+    status_3xx: BigInt = "load: responses 300-399 (redirects not followed)",
+    status_4xx: BigInt = "load: responses 400-499 except 429",
+    status_429: BigInt = "load: 429 Too Many Requests, the target's rate limit (not a success)",
+    status_5xx: BigInt = "load: responses 500-599",
+    status_other: BigInt = "load: other statuses, or a status the request's expect_status did not expect",
+    errors_connect: BigInt = "load: requests that failed to connect",
+    errors_timeout: BigInt = "load: requests with no complete response within the timeout",
+    errors_tls: BigInt = "load: requests whose TLS handshake failed",
+    errors_io: BigInt = "load: requests whose connection failed mid-request",
+    lat_p50_ms: Double = "load: median latency from the intended send time (coordinated-omission corrected)",
+    lat_p90_ms: Double = "load: 90th percentile latency, corrected",
+    lat_p99_ms: Double = "load: 99th percentile latency, corrected",
+    lat_p999_ms: Double = "load: 99.9th percentile latency, corrected",
+    lat_max_ms: Double = "load: largest latency, corrected",
+    uncorrected_p50_ms: Double = "load: median latency from the actual send (uncorrected)",
+    uncorrected_p99_ms: Double = "load: 99th percentile latency, uncorrected",
+    uncorrected_max_ms: Double = "load: largest latency, uncorrected",
+    lat_hist_ms: DoubleArray = "load: corrected latency histogram, each non-empty bucket's value (ms, ascending, within 0.5 percent)",
+    lat_hist_counts: DoubleArray = "load: count of each bucket of lat_hist_ms, same order (sum per bucket value to merge)",
 }
 
 /// Athena column list (`name type COMMENT '...'`), one per line, generated from [`FIELDS`].
@@ -574,6 +661,32 @@ mod tests {
             send_lag_ms: d,
             lag_suspect: Some(true),
             tcp_time_source: Some(TcpTimeSource::Kernel),
+            load_step: Some(1),
+            load_workers: Some(1),
+            load_level: d,
+            intended_rps: d,
+            achieved_rps: d,
+            requests: Some(1),
+            status_2xx: Some(1),
+            status_3xx: Some(1),
+            status_4xx: Some(1),
+            status_429: Some(1),
+            status_5xx: Some(1),
+            status_other: Some(1),
+            errors_connect: Some(1),
+            errors_timeout: Some(1),
+            errors_tls: Some(1),
+            errors_io: Some(1),
+            lat_p50_ms: d,
+            lat_p90_ms: d,
+            lat_p99_ms: d,
+            lat_p999_ms: d,
+            lat_max_ms: d,
+            uncorrected_p50_ms: d,
+            uncorrected_p99_ms: d,
+            uncorrected_max_ms: d,
+            lat_hist_ms: Some(vec![1.5]),
+            lat_hist_counts: Some(vec![1.0]),
             ..Record::new(SystemTime::UNIX_EPOCH, "j", "udp://h:1", "0.1.0")
         }
     }
