@@ -176,6 +176,7 @@ fn spec(url: &str, model: Model, steps: Steps, duration: Duration) -> LoadSpec {
         timeout: Duration::from_secs(10),
         headers: http::HeaderMap::new(),
         credentials: Credentials::default(),
+        credentials_header: None,
         tls: TlsClientOptions::default(),
     }
 }

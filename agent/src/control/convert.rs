@@ -1,4 +1,5 @@
-//! Assignments from the controller into the scheduler's job set.
+//! Assignments from the controller into the scheduler's job set (load jobs are left to
+//! [`crate::load::job`]).
 //!
 //! Each assignment becomes one scheduler [`Job`] per (protocol, agent-or-external) group, since
 //! a scheduler job has one [`ProbeSpec`]. The groups of one controller job keep its id (records
@@ -43,6 +44,10 @@ pub fn job_set(set: &pb::JobSet, key: &Key) -> (JobSet, BTreeMap<String, String>
             rejected.insert(job.id.clone(), "no spec".into());
             continue;
         };
+        // Load jobs run in the load runner ([`crate::load::job`]), not the scheduler.
+        if spec.kind == pb::JobKind::Load as i32 {
+            continue;
+        }
         if let Err(e) = meshlat_proto::job::validate(spec) {
             rejected.insert(job.id.clone(), e.to_string());
             continue;
@@ -220,6 +225,7 @@ mod tests {
                     },
                 ],
                 key: Vec::new(),
+                load_share_agents: 0,
             }],
             ..Default::default()
         };
@@ -289,6 +295,7 @@ mod tests {
                     ..Default::default()
                 }],
                 key: b"mesh-wire-key".to_vec(),
+                load_share_agents: 0,
             }],
             ..Default::default()
         };

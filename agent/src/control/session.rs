@@ -54,6 +54,8 @@ pub struct ControlConfig {
     pub key: Key,
     /// Rolling summaries sent every [`crate::live::SUMMARY_INTERVAL`] (`None`: none sent).
     pub summaries: Option<crate::live::SharedSummaries>,
+    /// The agent's caps on load jobs (`--load-max-connections`, `--load-max-rate`).
+    pub load_limits: crate::load::job::LoadLimits,
 }
 
 /// A session failure (reconnected after a backoff).
@@ -96,6 +98,8 @@ pub fn store_id(dir: &std::path::Path, id: &str) -> std::io::Result<()> {
 pub struct Outputs {
     /// The scheduler's job set.
     pub jobs: watch::Sender<JobSet>,
+    /// The load runner's tasks (load jobs); `None`: load jobs are refused.
+    pub loads: Option<watch::Sender<crate::load::job::LoadSet>>,
     /// The control mode records are marked with.
     pub mode: watch::Sender<ControlMode>,
     /// The agent id, once known.
@@ -135,7 +139,7 @@ pub async fn run(mut cfg: ControlConfig, out: Outputs, shutdown: CancellationTok
             .and_then(super::state::load_job_set)
         {
             fs.resumed(Duration::from_millis(set.lease_ms), Instant::now());
-            apply_job_set(&cfg, &out, &set);
+            apply_job_set(&cfg, &out, &set, Resume::Stored);
             tracing::info!(message = "Resuming the stored job set until the controller answers.", generation = set.generation, mode = ?fs.mode(Instant::now()));
             let _ = out.mode.send(fs.mode(Instant::now()));
         }
@@ -197,12 +201,23 @@ pub async fn run(mut cfg: ControlConfig, out: Outputs, shutdown: CancellationTok
     }
 }
 
-/// Hands a job set to the reflector (its keys) and the scheduler (its jobs); returns the
-/// jobs refused, with the reason.
+/// Where a job set comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resume {
+    /// The controller, now.
+    Controller,
+    /// `--state-dir`, at start-up while the controller is away: its load jobs are not
+    /// started (load runs only while the controller can stop it).
+    Stored,
+}
+
+/// Hands a job set to the reflector (its keys), the scheduler (its probe and relay jobs) and
+/// the load runner (its load jobs); returns the jobs refused, with the reason.
 fn apply_job_set(
     cfg: &ControlConfig,
     out: &Outputs,
     set: &pb::JobSet,
+    from: Resume,
 ) -> std::collections::BTreeMap<String, String> {
     if let Some(tx) = &out.keys {
         let keys = controller_keys(set);
@@ -212,11 +227,29 @@ fn apply_job_set(
             changed
         });
     }
-    let (jobs, rejected) = super::convert::job_set(set, &cfg.key);
+    let (jobs, mut rejected) = super::convert::job_set(set, &cfg.key);
+    let (loads, load_rejected) = crate::load::job::load_set(set, &cfg.load_limits);
+    let load_tasks = loads.tasks.len();
+    match &out.loads {
+        Some(tx) if from == Resume::Controller => {
+            rejected.extend(load_rejected);
+            let _ = tx.send(loads);
+        }
+        Some(_) => {}
+        None => {
+            for id in load_rejected
+                .into_keys()
+                .chain(loads.tasks.iter().map(|t| t.job_id.clone()))
+            {
+                rejected.insert(id, "this agent does not run load jobs".into());
+            }
+        }
+    }
     tracing::info!(
         message = "Job set applied.",
         generation = set.generation,
         jobs = jobs.jobs.len(),
+        load_tasks,
         rejected = rejected.len()
     );
     let _ = out.jobs.send(jobs);
@@ -358,7 +391,7 @@ async fn session(
                     }
                     Some(In::JobSet(set)) => {
                         fs.lease(Duration::from_millis(set.lease_ms));
-                        let rejected = apply_job_set(cfg, out, &set);
+                        let rejected = apply_job_set(cfg, out, &set, Resume::Controller);
                         generation = set.generation;
                         if let Some(Err(error)) = cfg.state_dir.as_deref().map(|d| super::state::store_job_set(d, &set)) {
                             tracing::warn!(message = "Cannot store the job set; a restart without the controller will measure nothing.", dir = ?cfg.state_dir, %error);

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, HOST, HeaderMap, HeaderValue, USER_AGENT};
+use http::header::{HOST, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper::client::conn::http1::SendRequest;
@@ -135,13 +135,14 @@ impl Endpoint {
         })
     }
 
-    /// A `GET` with the endpoint's headers and, if given, an `Authorization` value.
-    pub fn request(&self, auth: Option<&HeaderValue>) -> Request<Empty<Bytes>> {
+    /// A `GET` with the endpoint's headers and, if given, a credential header (`Authorization`
+    /// or a job's named header), which replaces one of the same name.
+    pub fn request(&self, auth: Option<&(HeaderName, HeaderValue)>) -> Request<Empty<Bytes>> {
         let mut req = Request::new(Empty::new());
         *req.uri_mut() = self.path.clone();
         *req.headers_mut() = self.headers.clone();
-        if let Some(a) = auth {
-            req.headers_mut().insert(AUTHORIZATION, a.clone());
+        if let Some((name, value)) = auth {
+            req.headers_mut().insert(name.clone(), value.clone());
         }
         req
     }
@@ -320,14 +321,29 @@ mod tests {
         extra.append("x-test", HeaderValue::from_static("2"));
         extra.insert(USER_AGENT, HeaderValue::from_static("mine"));
         let e = Endpoint::new(&t, &TlsClientOptions::default(), &extra).unwrap();
-        let auth = HeaderValue::from_static("Basic eDp5");
+        let auth = (
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Basic eDp5"),
+        );
         let r = e.request(Some(&auth));
         assert_eq!(r.uri(), "/a?b=1");
         assert_eq!(r.headers()[HOST], "example.com:8080");
         assert_eq!(r.headers()[USER_AGENT], "mine");
         assert_eq!(r.headers().get_all("x-test").iter().count(), 2);
-        assert_eq!(r.headers()[AUTHORIZATION], "Basic eDp5");
-        assert!(e.request(None).headers().get(AUTHORIZATION).is_none());
+        assert_eq!(r.headers()[http::header::AUTHORIZATION], "Basic eDp5");
+        assert!(
+            e.request(None)
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .is_none()
+        );
+        let key = (
+            HeaderName::from_static("x-api-key"),
+            HeaderValue::from_static("s3cret"),
+        );
+        let r = e.request(Some(&key));
+        assert_eq!(r.headers()["x-api-key"], "s3cret");
+        assert!(r.headers().get(http::header::AUTHORIZATION).is_none());
         let udp = Target::parse("udp://127.0.0.1:9").unwrap();
         assert!(matches!(
             Endpoint::new(&udp, &TlsClientOptions::default(), &HeaderMap::new()),

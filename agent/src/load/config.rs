@@ -213,6 +213,7 @@ impl LoadConfig {
                 timeout,
                 headers,
                 credentials,
+                credentials_header: None,
                 tls: TlsClientOptions {
                     skip_verify: a.tls_skip_verify,
                     ca_file: a.ca.clone(),
