@@ -247,6 +247,34 @@ mod tests {
     }
 
     #[test]
+    fn load_jobs_are_left_to_the_load_runner() {
+        let set = pb::JobSet {
+            generation: 2,
+            assignments: vec![pb::Assignment {
+                job: Some(pb::Job {
+                    id: "lj".into(),
+                    version: 1,
+                    spec: Some(pb::JobSpec {
+                        kind: pb::JobKind::Load as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                targets: vec![pb::AssignedTarget {
+                    target: "http://10.0.0.2:8080/".into(),
+                    ..Default::default()
+                }],
+                key: Vec::new(),
+                load_share_agents: 0,
+            }],
+            ..Default::default()
+        };
+        let (js, rejected) = job_set(&set, &Key::default_key());
+        assert!(js.jobs.is_empty(), "no scheduler job");
+        assert!(rejected.is_empty(), "not refused here: {rejected:?}");
+    }
+
+    #[test]
     fn relay_assignments_carry_grant_relay_identity_and_the_mesh_key() {
         use meshlat_proto::grant::GrantSigner;
         let spec = pb::JobSpec {

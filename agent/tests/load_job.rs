@@ -1,0 +1,535 @@
+//! Load jobs as the controller assigns them, against a real loopback HTTP target: assignments
+//! converted by `load::job`, run by `load::runner::LoadRunner` (what `agent run` runs), records
+//! collected from the agent's sink set.
+//!
+//! The seam is the runner's `watch` channel of load sets, which the controller session feeds
+//! from each job set (`control::session`); the controller side of load jobs (REST, validation,
+//! assignment to sources) is not there yet, so these tests hand the runner what the session
+//! would. Two agents are two runners with their own identities.
+//!
+//! The target runs on its own thread and runtime, counts requests and connections, stamps the
+//! arrival of the last request, answers 429 to every n-th request if told, and records the
+//! `Authorization` and `X-Api-Key` values it sees. Assertions compare counts and ratios with
+//! generous bounds (two shared cores).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use meshlat_agent::config::AgentIdentity;
+use meshlat_agent::load::job::{LoadLimits, LoadSet, assignment_tasks};
+use meshlat_agent::load::runner::LoadRunner;
+use meshlat_agent::sink::{SharedRecord, Sink, SinkError, SinkSet};
+use meshlat_proto::pb;
+use meshlat_proto::record::{ControlMode, Kind, Record};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+// === test target ===
+
+#[derive(Default)]
+struct TargetState {
+    requests: AtomicU64,
+    connections: AtomicU64,
+    open: AtomicU64,
+    /// When the last request arrived.
+    last: Mutex<Option<Instant>>,
+    /// Credential header values seen.
+    seen: Mutex<BTreeSet<String>>,
+}
+
+struct TestTarget {
+    addr: SocketAddr,
+    state: Arc<TargetState>,
+}
+
+impl TestTarget {
+    /// Answers after `delay`; every `nth_429`-th request with 429 (0: never).
+    fn start(delay: Duration, nth_429: u64) -> TestTarget {
+        let state = Arc::new(TargetState::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let st = Arc::clone(&state);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(l.local_addr().unwrap()).unwrap();
+                loop {
+                    let Ok((s, _)) = l.accept().await else {
+                        continue;
+                    };
+                    st.connections.fetch_add(1, Ordering::SeqCst);
+                    st.open.fetch_add(1, Ordering::SeqCst);
+                    let st = Arc::clone(&st);
+                    tokio::spawn(async move {
+                        let st2 = Arc::clone(&st);
+                        let svc = hyper::service::service_fn(
+                            move |req: Request<hyper::body::Incoming>| {
+                                let st = Arc::clone(&st2);
+                                async move {
+                                    let n = st.requests.fetch_add(1, Ordering::SeqCst) + 1;
+                                    *st.last.lock().unwrap() = Some(Instant::now());
+                                    for h in ["authorization", "x-api-key"] {
+                                        if let Some(v) = req.headers().get(h) {
+                                            st.seen.lock().unwrap().insert(format!(
+                                                "{h}: {}",
+                                                v.to_str().unwrap_or("?")
+                                            ));
+                                        }
+                                    }
+                                    if !delay.is_zero() {
+                                        tokio::time::sleep(delay).await;
+                                    }
+                                    let mut r =
+                                        Response::new(Full::new(Bytes::from_static(b"pong\n")));
+                                    if nth_429 > 0 && n.is_multiple_of(nth_429) {
+                                        *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                                    }
+                                    Ok::<_, Infallible>(r)
+                                }
+                            },
+                        );
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(s), svc)
+                            .await;
+                        st.open.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+            });
+        });
+        TestTarget {
+            addr: rx.recv().unwrap(),
+            state,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/ping", self.addr)
+    }
+
+    fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+}
+
+// === an agent: a load runner and a collecting sink ===
+
+#[derive(Clone, Default)]
+struct Collect(Arc<Mutex<Vec<SharedRecord>>>);
+
+impl Sink for Collect {
+    fn name(&self) -> &'static str {
+        "collect"
+    }
+    async fn write(&mut self, batch: &[SharedRecord]) -> Result<(), SinkError> {
+        self.0.lock().unwrap().extend(batch.iter().cloned());
+        Ok(())
+    }
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+struct TestAgent {
+    sets: watch::Sender<LoadSet>,
+    records: Collect,
+    sinks: Option<SinkSet>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestAgent {
+    fn start(id: &str) -> TestAgent {
+        let records = Collect::default();
+        let mut sinks = SinkSet::new();
+        sinks.add(records.clone());
+        let (tx, rx) = watch::channel(LoadSet::default());
+        let (_mode_tx, mode_rx) = watch::channel(ControlMode::Connected);
+        let identity = AgentIdentity {
+            agent_id: Some(id.into()),
+            region: "local".into(),
+            az: None,
+            location: None,
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(
+            LoadRunner::new(identity, sinks.handle(), mode_rx).run(rx, shutdown.clone()),
+        );
+        TestAgent {
+            sets: tx,
+            records,
+            sinks: Some(sinks),
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Hands the runner the load tasks of `assignments`, as the session does with a job set.
+    fn assign(&self, generation: u64, assignments: &[pb::Assignment]) {
+        let limits = LoadLimits {
+            max_connections: 64,
+            max_rate: 10_000.0,
+        };
+        let mut tasks = Vec::new();
+        for a in assignments {
+            tasks.extend(
+                assignment_tasks(a, &limits)
+                    .unwrap()
+                    .into_iter()
+                    .map(Arc::new),
+            );
+        }
+        self.sets.send_replace(LoadSet { generation, tasks });
+    }
+
+    fn records(&self) -> Vec<Record> {
+        self.records
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| (**r).clone())
+            .collect()
+    }
+
+    /// Stops the runner and flushes the sinks.
+    async fn finish(mut self) -> Vec<Record> {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+        if let Some(s) = self.sinks.take() {
+            s.close(Duration::from_secs(5)).await;
+        }
+        self.records()
+    }
+}
+
+fn load_job(version: u64, url: &str, duration_ms: u64, load: pb::LoadSpec) -> pb::Assignment {
+    pb::Assignment {
+        job: Some(pb::Job {
+            id: "load-1".into(),
+            version,
+            spec: Some(pb::JobSpec {
+                kind: pb::JobKind::Load as i32,
+                protocols: vec![pb::Protocol::Http as i32],
+                duration_ms,
+                timeout_ms: 5_000,
+                load: Some(load),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        targets: vec![pb::AssignedTarget {
+            target: url.into(),
+            ..Default::default()
+        }],
+        key: Vec::new(),
+        load_share_agents: 0,
+    }
+}
+
+fn closed(start: f64) -> pb::LoadSpec {
+    pb::LoadSpec {
+        model: pb::LoadModel::Closed as i32,
+        start,
+        ..Default::default()
+    }
+}
+
+/// Polls `f` every 20 ms until it holds or `within` has passed; whether it held.
+async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Records by seq, checking each seq comes once (one run).
+fn by_second(records: &[Record]) -> Vec<Record> {
+    let mut full: Vec<Record> = records.to_vec();
+    full.sort_by_key(|r| r.seq);
+    let seqs: Vec<u64> = full.iter().map(|r| r.seq).collect();
+    let distinct: BTreeSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(
+        seqs.len(),
+        distinct.len(),
+        "one record per second: {seqs:?}"
+    );
+    full
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stepped_closed_job_from_two_agents_writes_one_record_per_agent_step_and_second() {
+    let target = TestTarget::start(Duration::from_millis(5), 0);
+    let agents = [TestAgent::start("agent-a"), TestAgent::start("agent-b")];
+    // 2 workers for 2 s, then 4 for 2 s.
+    let job = load_job(
+        1,
+        &target.url(),
+        4_000,
+        pb::LoadSpec {
+            step: 2.0,
+            steps: 2,
+            step_duration_ms: 2_000,
+            ..closed(2.0)
+        },
+    );
+    for a in &agents {
+        a.assign(1, std::slice::from_ref(&job));
+    }
+    tokio::time::sleep(Duration::from_millis(4_600)).await;
+    let mut sent = 0;
+    for (a, id) in agents.into_iter().zip(["agent-a", "agent-b"]) {
+        let records = a.finish().await;
+        let full = by_second(&records);
+        let seconds: Vec<(u64, Option<u32>, Option<u32>)> = full
+            .iter()
+            .filter(|r| r.seq < 4)
+            .map(|r| (r.seq, r.load_step, r.load_workers))
+            .collect();
+        assert_eq!(
+            seconds,
+            vec![
+                (0, Some(0), Some(2)),
+                (1, Some(0), Some(2)),
+                (2, Some(1), Some(4)),
+                (3, Some(1), Some(4)),
+            ],
+            "{id}"
+        );
+        for r in &full {
+            assert_eq!(r.kind, Some(Kind::Load));
+            assert_eq!(r.src_agent.as_deref(), Some(id));
+            assert_eq!(r.job_id, "load-1");
+            assert_eq!(r.target, target.url());
+            assert_eq!(r.control_mode, Some(ControlMode::Connected));
+            assert!(r.lat_hist_ms.is_some() && r.lat_p99_ms.is_some(), "{r:?}");
+        }
+        // Four workers do about twice what two do.
+        let rate = |s: u64| full[s as usize].achieved_rps.unwrap();
+        assert!(rate(3) > 1.4 * rate(1), "{id}: {} vs {}", rate(3), rate(1));
+        sent += records.iter().map(|r| r.requests.unwrap()).sum::<u64>();
+    }
+    // Everything the target answered was recorded, but for requests cut at the end (at most
+    // one per worker).
+    let at_target = target.requests();
+    assert!(
+        at_target >= sent && at_target <= sent + 8,
+        "target {at_target}, records {sent}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_doubling_the_workers_takes_effect_at_once_without_a_restart() {
+    let target = TestTarget::start(Duration::from_millis(10), 0);
+    let agent = TestAgent::start("agent-a");
+    let url = target.url();
+    agent.assign(1, &[load_job(1, &url, 6_000, closed(2.0))]);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    agent.assign(2, &[load_job(2, &url, 6_000, closed(4.0))]);
+    let updated = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(1), || {
+            target.state.connections.load(Ordering::SeqCst) >= 4
+        })
+        .await,
+        "the new workers connect within a second"
+    );
+    assert!(updated.elapsed() < Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    let records = agent.finish().await;
+    let full = by_second(&records);
+    // One run: seconds 0..=5 once each (a restart would start at 0 again).
+    let seqs: Vec<u64> = full.iter().map(|r| r.seq).filter(|s| *s < 6).collect();
+    assert_eq!(seqs, vec![0, 1, 2, 3, 4, 5]);
+    let workers: Vec<Option<u32>> = full.iter().map(|r| r.load_workers).collect();
+    assert_eq!(&workers[..2], &[Some(2), Some(2)], "{workers:?}");
+    assert!(workers[3..6].iter().all(|w| *w == Some(4)), "{workers:?}");
+    // The first two connections were kept: four in all, not six.
+    assert_eq!(target.state.connections.load(Ordering::SeqCst), 4);
+    let (before, after) = (full[1].achieved_rps.unwrap(), full[4].achieved_rps.unwrap());
+    assert!(after > 1.5 * before, "{before} -> {after} req/s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_job_ends_every_request_within_a_second() {
+    let target = TestTarget::start(Duration::from_millis(50), 0);
+    let agent = TestAgent::start("agent-a");
+    agent.assign(1, &[load_job(1, &target.url(), 60_000, closed(8.0))]);
+    assert!(
+        eventually(Duration::from_secs(5), || target.requests() > 50).await,
+        "load is running"
+    );
+    // The job stopped: the controller's next job set no longer has it.
+    agent.assign(2, &[]);
+    let stopped = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(1), || {
+            target.state.open.load(Ordering::SeqCst) == 0
+        })
+        .await,
+        "every connection closed within a second"
+    );
+    let count = target.requests();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(target.requests(), count, "no request after the stop");
+    let last = target.state.last.lock().unwrap().unwrap();
+    assert!(
+        last.saturating_duration_since(stopped) < Duration::from_secs(1),
+        "last request {:?} after the stop",
+        last.saturating_duration_since(stopped)
+    );
+    let records = agent.finish().await;
+    // The run's last, partial second is written too: every request the target answered is in
+    // the records, but for those cut by the stop (at most one per worker).
+    let sent: u64 = records.iter().map(|r| r.requests.unwrap()).sum();
+    assert!(
+        count >= sent && count <= sent + 8,
+        "target {count}, records {sent} in {} records",
+        records.len()
+    );
+}
+
+/// Log lines written while the test runs (every level), to look for secrets in them.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_answers_count_as_429_and_credentials_rotate_unseen() {
+    let logs = LogBuf::default();
+    let w = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || w.clone())
+        .finish();
+    // Global: the runner's tasks log from the runtime's worker threads.
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let dir = std::env::temp_dir().join(format!("meshlat-loadjob-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("creds");
+    let secrets = ["s3cret-one", "s3cret-two", "s3cret-three"];
+    std::fs::write(
+        &file,
+        format!(
+            "# keys\nkey1:{}\nkey2:{}\nkey3:{}\n",
+            secrets[0], secrets[1], secrets[2]
+        ),
+    )
+    .unwrap();
+    let target = TestTarget::start(Duration::from_millis(2), 3);
+    let agent = TestAgent::start("agent-a");
+    let with = |id: &str, header: &str| {
+        let mut a = load_job(
+            1,
+            &target.url(),
+            2_000,
+            pb::LoadSpec {
+                credentials: Some(pb::LoadCredentials {
+                    file: file.display().to_string(),
+                    header: header.into(),
+                    ..Default::default()
+                }),
+                ..closed(3.0)
+            },
+        );
+        a.job.as_mut().unwrap().id = id.into();
+        a
+    };
+    // One job sends basic auth, the other the secret in X-Api-Key.
+    agent.assign(1, &[with("basic", ""), with("keyed", "X-Api-Key")]);
+    tokio::time::sleep(Duration::from_millis(2_600)).await;
+    let records = agent.finish().await;
+
+    let seen = target.state.seen.lock().unwrap().clone();
+    for (i, s) in secrets.iter().enumerate() {
+        assert!(seen.contains(&format!("x-api-key: {s}")), "{s} in {seen:?}");
+        let basic = format!(
+            "authorization: Basic {}",
+            base64(format!("key{}:{s}", i + 1).as_bytes())
+        );
+        assert!(seen.contains(&basic), "{basic} in {seen:?}");
+    }
+    assert_eq!(seen.len(), 6, "one header per job: {seen:?}");
+
+    let (mut ok, mut limited, mut other) = (0, 0, 0);
+    for r in &records {
+        ok += r.status_2xx.unwrap();
+        limited += r.status_429.unwrap();
+        other += r.status_4xx.unwrap() + r.status_other.unwrap();
+    }
+    assert!(limited > 10, "429s counted: {limited}");
+    assert_eq!(other, 0);
+    // Every third request is refused: about twice as many successes as 429s.
+    let ratio = ok as f64 / limited as f64;
+    assert!((1.7..=2.3).contains(&ratio), "{ok} ok, {limited} limited");
+
+    let lines: String = records.iter().map(Record::to_json_line).collect();
+    let log = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("Load job started."), "logs captured: {log}");
+    for s in secrets {
+        let basic_of = |k: &str| base64(format!("{k}:{s}").as_bytes());
+        for needle in [
+            s.to_string(),
+            basic_of("key1"),
+            basic_of("key2"),
+            basic_of("key3"),
+        ] {
+            assert!(!lines.contains(&needle), "a record holds {needle}");
+            assert!(!log.contains(&needle), "the log holds {needle}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Standard base64 with padding, to build the basic-auth values the target must see.
+fn base64(input: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (k, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            out.push(if k <= chunk.len() {
+                char::from(A[((n >> shift) & 63) as usize])
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
