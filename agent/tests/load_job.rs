@@ -26,7 +26,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use meshlat_agent::config::AgentIdentity;
-use meshlat_agent::load::job::{LoadLimits, LoadSet, assignment_tasks};
+use meshlat_agent::load::job::{LoadLimits, LoadSet, load_set};
 use meshlat_agent::load::runner::LoadRunner;
 use meshlat_agent::sink::{SharedRecord, Sink, SinkError, SinkSet};
 use meshlat_proto::pb;
@@ -177,22 +177,23 @@ impl TestAgent {
         }
     }
 
-    /// Hands the runner the load tasks of `assignments`, as the session does with a job set.
+    /// Hands the runner the load tasks of a job set of `assignments`, as the session does
+    /// (validation included: none is refused).
     fn assign(&self, generation: u64, assignments: &[pb::Assignment]) {
         let limits = LoadLimits {
             max_connections: 64,
             max_rate: 10_000.0,
         };
-        let mut tasks = Vec::new();
-        for a in assignments {
-            tasks.extend(
-                assignment_tasks(a, &limits)
-                    .unwrap()
-                    .into_iter()
-                    .map(Arc::new),
-            );
-        }
-        self.sets.send_replace(LoadSet { generation, tasks });
+        let (set, rejected) = load_set(
+            &pb::JobSet {
+                generation,
+                assignments: assignments.to_vec(),
+                ..Default::default()
+            },
+            &limits,
+        );
+        assert!(rejected.is_empty(), "{rejected:?}");
+        self.sets.send_replace(set);
     }
 
     fn records(&self) -> Vec<Record> {
@@ -226,6 +227,12 @@ fn load_job(version: u64, url: &str, duration_ms: u64, load: pb::LoadSpec) -> pb
             spec: Some(pb::JobSpec {
                 kind: pb::JobKind::Load as i32,
                 protocols: vec![pb::Protocol::Http as i32],
+                sources: vec![pb::Endpoint {
+                    endpoint: Some(pb::endpoint::Endpoint::Selector("region=local".into())),
+                }],
+                targets: vec![pb::Endpoint {
+                    endpoint: Some(pb::endpoint::Endpoint::Url(url.into())),
+                }],
                 duration_ms,
                 timeout_ms: 5_000,
                 load: Some(load),
@@ -280,7 +287,8 @@ fn by_second(records: &[Record]) -> Vec<Record> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stepped_closed_job_from_two_agents_writes_one_record_per_agent_step_and_second() {
-    let target = TestTarget::start(Duration::from_millis(5), 0);
+    // Answers in 20 ms: the rate is the workers' (50 req/s each), not the machine's.
+    let target = TestTarget::start(Duration::from_millis(20), 0);
     let agents = [TestAgent::start("agent-a"), TestAgent::start("agent-b")];
     // 2 workers for 2 s, then 4 for 2 s.
     let job = load_job(
@@ -341,7 +349,8 @@ async fn a_stepped_closed_job_from_two_agents_writes_one_record_per_agent_step_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_doubling_the_workers_takes_effect_at_once_without_a_restart() {
-    let target = TestTarget::start(Duration::from_millis(10), 0);
+    // Answers in 40 ms: 25 req/s per worker whatever else the machine does.
+    let target = TestTarget::start(Duration::from_millis(40), 0);
     let agent = TestAgent::start("agent-a");
     let url = target.url();
     agent.assign(1, &[load_job(1, &url, 6_000, closed(2.0))]);
@@ -369,6 +378,75 @@ async fn an_update_doubling_the_workers_takes_effect_at_once_without_a_restart()
     assert_eq!(target.state.connections.load(Ordering::SeqCst), 4);
     let (before, after) = (full[1].achieved_rps.unwrap(), full[4].achieved_rps.unwrap());
     assert!(after > 1.5 * before, "{before} -> {after} req/s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_job_shared_by_agents_follows_a_rate_update() {
+    let target = TestTarget::start(Duration::from_millis(5), 0);
+    let agent = TestAgent::start("agent-a");
+    let url = target.url();
+    // 400 req/s for the job, shared by 4 agents: 100 here; then 800 (200 here).
+    let job = |version, start| {
+        let mut a = load_job(
+            version,
+            &url,
+            4_000,
+            pb::LoadSpec {
+                model: pb::LoadModel::Open as i32,
+                start,
+                rate_per_job: true,
+                ..Default::default()
+            },
+        );
+        a.load_share_agents = 4;
+        a
+    };
+    agent.assign(1, &[job(1, 400.0)]);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    agent.assign(2, &[job(2, 800.0)]);
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let records = agent.finish().await;
+    let full = by_second(&records);
+    let seqs: Vec<u64> = full.iter().map(|r| r.seq).filter(|s| *s < 4).collect();
+    assert_eq!(seqs, vec![0, 1, 2, 3], "one run");
+    assert_eq!(full[0].load_level, Some(100.0));
+    assert_eq!(full[2].load_level, Some(200.0));
+    let (before, after) = (full[0].intended_rps.unwrap(), full[2].intended_rps.unwrap());
+    assert!((95.0..=105.0).contains(&before), "{before}");
+    assert!((190.0..=210.0).contains(&after), "{after}");
+    assert!(
+        full[2].achieved_rps.unwrap() > 150.0,
+        "{:?}",
+        full[2].achieved_rps
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_beyond_the_level_restarts_the_run() {
+    let target = TestTarget::start(Duration::from_millis(20), 0);
+    let agent = TestAgent::start("agent-a");
+    let url = target.url();
+    agent.assign(1, &[load_job(1, &url, 10_000, closed(2.0))]);
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let thinking = load_job(
+        2,
+        &url,
+        10_000,
+        pb::LoadSpec {
+            think_time_ms: 5,
+            ..closed(2.0)
+        },
+    );
+    agent.assign(2, &[thinking]);
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let records = agent.finish().await;
+    let zeros = records.iter().filter(|r| r.seq == 0).count();
+    assert_eq!(zeros, 2, "a new run: its seconds start at 0 again");
+    assert_eq!(
+        target.state.connections.load(Ordering::SeqCst),
+        4,
+        "new connections"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,7 +525,7 @@ async fn rate_limited_answers_count_as_429_and_credentials_rotate_unseen() {
         ),
     )
     .unwrap();
-    let target = TestTarget::start(Duration::from_millis(2), 3);
+    let target = TestTarget::start(Duration::from_millis(10), 3);
     let agent = TestAgent::start("agent-a");
     let with = |id: &str, header: &str| {
         let mut a = load_job(

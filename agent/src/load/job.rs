@@ -527,6 +527,35 @@ mod tests {
     }
 
     #[test]
+    fn load_set_validates_specs_and_refuses_with_the_field() {
+        let mut a = assignment(closed(2.0), &["http://10.0.0.1:8080/"]);
+        if let Some(s) = a.job.as_mut().and_then(|j| j.spec.as_mut()) {
+            s.sources = vec![pb::Endpoint {
+                endpoint: Some(pb::endpoint::Endpoint::Selector("region=a".into())),
+            }];
+            s.targets = vec![pb::Endpoint {
+                endpoint: Some(pb::endpoint::Endpoint::Url("http://10.0.0.1:8080/".into())),
+            }];
+        }
+        let set = |a: pb::Assignment| pb::JobSet {
+            generation: 1,
+            assignments: vec![a],
+            ..Default::default()
+        };
+        let (ok, rejected) = load_set(&set(a.clone()), &LIMITS);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(ok.tasks.len(), 1);
+        a.job
+            .as_mut()
+            .and_then(|j| j.spec.as_mut())
+            .unwrap()
+            .interval_ms = 1000;
+        let (none, rejected) = load_set(&set(a), &LIMITS);
+        assert!(none.tasks.is_empty());
+        assert!(rejected["lj"].contains("interval_ms"), "{rejected:?}");
+    }
+
+    #[test]
     fn other_kinds_and_stopped_jobs_are_not_load_tasks() {
         let mut probe = assignment(closed(1.0), &["http://10.0.0.1/"]);
         probe
