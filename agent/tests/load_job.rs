@@ -1,11 +1,14 @@
-//! Load jobs as the controller assigns them, against a real loopback HTTP target: assignments
-//! converted by `load::job`, run by `load::runner::LoadRunner` (what `agent run` runs), records
-//! collected from the agent's sink set.
+//! Load jobs as the controller assigns them, against a real loopback HTTP target.
 //!
-//! The seam is the runner's `watch` channel of load sets, which the controller session feeds
-//! from each job set (`control::session`); the controller side of load jobs (REST, validation,
-//! assignment to sources) is not there yet, so these tests hand the runner what the session
-//! would. Two agents are two runners with their own identities.
+//! - The first tests drive the load runner in-process through its seam, the `watch` channel of
+//!   load sets the controller session feeds from each job set (`load::job::load_set`, the
+//!   validation included), records collected from the agent's sink set. Two agents are two
+//!   runners with their own identities.
+//! - [`an_agent_process_runs_updates_and_stops_a_load_job_from_its_controller`] runs the real
+//!   `agent run` process against a fake controller (the `AgentService.Connect` protocol over
+//!   plain HTTP/2): job sets in, acks out, records in its file sink, its log read for secrets.
+//!   The controller side of load jobs (REST, assignment to sources) is not there yet; the
+//!   controller's end-to-end test will replace the fake.
 //!
 //! The target runs on its own thread and runtime, counts requests and connections, stamps the
 //! arrival of the last request, answers 429 to every n-th request if told, and records the
@@ -13,6 +16,8 @@
 //! generous bounds (two shared cores).
 
 #![allow(clippy::unwrap_used)]
+
+mod support;
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -610,4 +615,295 @@ fn base64(input: &[u8]) -> String {
         }
     }
     out
+}
+
+// === the agent process under a fake controller ===
+
+/// A controller that welcomes one agent as `agent-x`, sends it each job set put in `sets`, and
+/// keeps its acks.
+#[derive(Clone)]
+struct FakeController {
+    sets: watch::Receiver<pb::JobSet>,
+    acks: Arc<Mutex<Vec<pb::JobAck>>>,
+}
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for FakeController {
+    type ConnectStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::ControllerMessage, tonic::Status>>;
+
+    async fn connect(
+        &self,
+        req: tonic::Request<tonic::Streaming<pb::AgentMessage>>,
+    ) -> Result<tonic::Response<Self::ConnectStream>, tonic::Status> {
+        use pb::controller_message::Msg;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut sets = self.sets.clone();
+        let acks = Arc::clone(&self.acks);
+        tokio::spawn(async move {
+            let _hello = inbound.message().await;
+            let welcome = pb::Welcome {
+                agent_id: "agent-x".into(),
+                controller_region: "local".into(),
+                ..Default::default()
+            };
+            let out = |m| Ok(pb::ControllerMessage { msg: Some(m) });
+            if tx.send(out(Msg::Welcome(welcome))).await.is_err() {
+                return;
+            }
+            sets.mark_changed();
+            loop {
+                tokio::select! {
+                    m = inbound.message() => match m {
+                        Ok(Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Ack(a)) })) => {
+                            acks.lock().unwrap().push(a);
+                        }
+                        Ok(Some(_)) => {}
+                        _ => break,
+                    },
+                    c = sets.changed() => {
+                        if c.is_err() {
+                            break;
+                        }
+                        let set = sets.borrow_and_update().clone();
+                        if tx.send(out(Msg::JobSet(set))).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
+}
+
+impl FakeController {
+    /// The ack of `generation`, once it came.
+    fn ack(&self, generation: u64) -> Option<pb::JobAck> {
+        self.acks
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|a| a.generation == generation)
+            .cloned()
+    }
+}
+
+/// Every record in the file sink's directory tree.
+fn file_records(dir: &std::path::Path) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(text) = std::fs::read_to_string(&p) {
+                out.extend(
+                    text.lines()
+                        .filter_map(|l| serde_json::from_str::<Record>(l).ok()),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn job_set(generation: u64, assignments: Vec<pb::Assignment>) -> pb::JobSet {
+    pb::JobSet {
+        generation,
+        lease_ms: 60_000,
+        assignments,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_process_runs_updates_and_stops_a_load_job_from_its_controller() {
+    let scale = support::wait_scale();
+    let secs = |s: u64| Duration::from_secs(s * u64::from(scale));
+    let dir = support::tmpdir("load-job");
+    let out = dir.join("records");
+    let creds = dir.join("creds");
+    let secrets = ["zebra-secret-1", "zebra-secret-2"];
+    std::fs::write(&creds, format!("k1:{}\nk2:{}\n", secrets[0], secrets[1])).unwrap();
+    let target = TestTarget::start(Duration::from_millis(20), 0);
+    let url = target.url();
+    let job = |version, start: f64, credentials: &std::path::Path, id: &str| {
+        let mut a = load_job(
+            version,
+            &url,
+            60_000,
+            pb::LoadSpec {
+                credentials: Some(pb::LoadCredentials {
+                    file: credentials.display().to_string(),
+                    header: "X-Api-Key".into(),
+                    ..Default::default()
+                }),
+                ..closed(start)
+            },
+        );
+        a.job.as_mut().unwrap().id = id.into();
+        a
+    };
+    let missing = dir.join("no-such-file");
+    let (sets_tx, sets_rx) = watch::channel(job_set(
+        1,
+        vec![job(1, 2.0, &creds, "good"), job(1, 2.0, &missing, "bad")],
+    ));
+    let fake = FakeController {
+        sets: sets_rx,
+        acks: Arc::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::agent_service_server::AgentServiceServer::new(
+                fake.clone(),
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    let controller = format!("http://127.0.0.1:{port}");
+    let token = format!("mlt1.{}.{}", "ab".repeat(32), "cd".repeat(16));
+    let mut args = vec![
+        "run",
+        "--controller",
+        &controller,
+        "--token",
+        &token,
+        "--no-state-dir",
+        "--region",
+        "local",
+        "--out",
+        out.to_str().unwrap(),
+        "-vv",
+    ];
+    let off = support::responders_off_except(&[]);
+    args.extend(off.iter().copied());
+    let mut agent = support::Proc {
+        child: std::process::Command::new(support::agent_bin())
+            .args(&args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+        name: "agent".into(),
+    };
+
+    // The job that cannot run is refused in the ack, with the reason; the other runs.
+    assert!(
+        eventually(secs(20), || fake.ack(1).is_some()).await,
+        "ack of generation 1"
+    );
+    let ack = fake.ack(1).unwrap();
+    assert!(
+        ack.rejected
+            .get("bad")
+            .is_some_and(|r| r.contains("load.credentials.file")),
+        "{ack:?}"
+    );
+    assert!(!ack.rejected.contains_key("good"), "{ack:?}");
+    assert!(
+        eventually(secs(5), || target.state.connections.load(Ordering::SeqCst)
+            == 2)
+        .await,
+        "two workers"
+    );
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+
+    // An update doubling the workers: two more connections within a second, no restart.
+    sets_tx.send_replace(job_set(2, vec![job(2, 4.0, &creds, "good")]));
+    let sent = Instant::now();
+    assert!(
+        eventually(secs(5), || target.state.connections.load(Ordering::SeqCst)
+            >= 4)
+        .await,
+        "four workers"
+    );
+    assert!(
+        sent.elapsed() < secs(1) + Duration::from_millis(500),
+        "{:?}",
+        sent.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+
+    // Stopped: every connection closed within a second of the job set, no request after.
+    let stopped_job = {
+        let mut a = job(3, 4.0, &creds, "good");
+        a.job.as_mut().unwrap().stopped = true;
+        a
+    };
+    sets_tx.send_replace(job_set(3, vec![stopped_job]));
+    let stop = Instant::now();
+    assert!(
+        eventually(secs(5), || target.state.open.load(Ordering::SeqCst) == 0).await,
+        "connections closed"
+    );
+    assert!(
+        stop.elapsed() < secs(1) + Duration::from_millis(500),
+        "{:?}",
+        stop.elapsed()
+    );
+    let count = target.requests();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(target.requests(), count, "no request after the stop");
+    assert_eq!(
+        target.state.connections.load(Ordering::SeqCst),
+        4,
+        "never restarted"
+    );
+    assert!(fake.ack(3).is_some_and(|a| a.rejected.is_empty()));
+
+    agent.terminate();
+    server.abort();
+    let records = file_records(&out);
+    let load: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.kind == Some(Kind::Load))
+        .collect();
+    assert!(load.len() >= 4, "{} load records", load.len());
+    let mut seqs: Vec<u64> = load.iter().map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    let want: Vec<u64> = (0..seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "one run, one record per second");
+    for r in &load {
+        assert_eq!(r.job_id, "good");
+        assert_eq!(r.src_agent.as_deref(), Some("agent-x"));
+        assert_eq!(r.src_region.as_deref(), Some("local"));
+        assert_eq!(r.control_mode, Some(ControlMode::Connected));
+        assert_eq!(r.target, url);
+    }
+    let workers = |s: u64| {
+        load.iter()
+            .find(|r| r.seq == s)
+            .and_then(|r| r.load_workers)
+    };
+    assert_eq!(workers(0), Some(2));
+    assert_eq!(workers(seqs.len() as u64 - 2), Some(4));
+    let seen = target.state.seen.lock().unwrap().clone();
+    for s in secrets {
+        assert!(seen.contains(&format!("x-api-key: {s}")), "{s} in {seen:?}");
+    }
+    let files = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+    assert!(files.contains("Load job started."), "{files}");
+    assert!(files.contains("Load job updated in place."), "{files}");
+    assert_eq!(
+        files.matches("Load job started.").count(),
+        1,
+        "started once: {files}"
+    );
+    let lines: String = records.iter().map(Record::to_json_line).collect();
+    for s in secrets {
+        assert!(!files.contains(s), "the agent's log holds a secret");
+        assert!(!lines.contains(s), "a record holds a secret");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
