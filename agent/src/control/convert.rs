@@ -48,7 +48,10 @@ pub fn job_set(set: &pb::JobSet, key: &Key) -> (JobSet, BTreeMap<String, String>
             continue;
         }
         if spec.kind == pb::JobKind::Load as i32 {
-            rejected.insert(job.id.clone(), "load jobs are not run by this agent yet".into());
+            rejected.insert(
+                job.id.clone(),
+                "load jobs are not run by this agent yet".into(),
+            );
             continue;
         }
         let relay = spec.kind == pb::JobKind::Relay as i32;
