@@ -752,6 +752,17 @@ fn validate_load(spec: &pb::JobSpec) -> Result<(), JobSpecError> {
             ));
         }
         check_endpoint("targets", i, e, &spec.protocols)?;
+        if let Some(pb::endpoint::Endpoint::Url(u)) = &e.endpoint {
+            let authority = u.split_once("://").map_or("", |(_, rest)| {
+                rest.split(['/', '?', '#']).next().unwrap_or_default()
+            });
+            if authority.contains('@') {
+                return Err(invalid(
+                    format!("targets[{i}]"),
+                    "no user@ in a load target (give credentials in load.credentials)",
+                ));
+            }
+        }
     }
     for (field, unset) in [
         ("relays", spec.relays.is_empty()),
@@ -1217,6 +1228,10 @@ mod tests {
             (
                 Box::new(|s| s.targets[0] = url("https://h/")),
                 "targets[0]: \"https://h/\" needs protocol PROTOCOL_HTTPS",
+            ),
+            (
+                Box::new(|s| s.targets[0] = url("http://u:p@h/")),
+                "targets[0]: no user@ in a load target",
             ),
             (
                 Box::new(|s| s.interval_ms = 1000),
