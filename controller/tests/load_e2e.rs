@@ -253,7 +253,11 @@ async fn load_jobs_step_update_and_stop_across_two_agents() -> Result<()> {
         n,
         "no request after"
     );
-    eprintln!("update followed in {followed:?}, stop in {stopped:?}");
+    println!(
+        "figures load_e2e update_followed_ms={:.1} stop_ms={:.1}",
+        followed.as_secs_f64() * 1000.0,
+        stopped.as_secs_f64() * 1000.0
+    );
     let scale = support::wait_scale();
     assert!(
         followed < Duration::from_millis(1_500) * scale,

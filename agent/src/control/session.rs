@@ -1,6 +1,8 @@
 //! The controller session: one task owns the connection, reconnects with a jittered exponential
-//! backoff, turns received job sets into the scheduler's `watch` channel and keeps the control
-//! mode ([`super::failstatic`]) up to date (STYLE §9, linkerd `tonic-watch`).
+//! backoff, turns received job sets into the scheduler's and the load runner's `watch` channels
+//! and keeps the control mode ([`super::failstatic`]) up to date (STYLE §9, linkerd
+//! `tonic-watch`). Load jobs of a job set resumed from `--state-dir` are not started: load runs
+//! only while the controller can stop it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -425,6 +427,91 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config() -> ControlConfig {
+        ControlConfig {
+            host: "127.0.0.1".into(),
+            port: 7400,
+            tls: None,
+            pin: [0; 32],
+            identity: None,
+            token: String::new(),
+            hello: pb::Hello::default(),
+            state_dir: None,
+            backoff: Retries::new(RECONNECT),
+            key: Key::default_key(),
+            summaries: None,
+            load_limits: crate::load::job::LoadLimits::default(),
+        }
+    }
+
+    fn load_set_of(generation: u64) -> pb::JobSet {
+        let url = "http://127.0.0.1:9/";
+        pb::JobSet {
+            generation,
+            assignments: vec![pb::Assignment {
+                job: Some(pb::Job {
+                    id: "lj".into(),
+                    version: 1,
+                    spec: Some(pb::JobSpec {
+                        kind: pb::JobKind::Load as i32,
+                        protocols: vec![pb::Protocol::Http as i32],
+                        sources: vec![pb::Endpoint {
+                            endpoint: Some(pb::endpoint::Endpoint::Selector("region=a".into())),
+                        }],
+                        targets: vec![pb::Endpoint {
+                            endpoint: Some(pb::endpoint::Endpoint::Url(url.into())),
+                        }],
+                        duration_ms: 10_000,
+                        timeout_ms: 1_000,
+                        load: Some(pb::LoadSpec {
+                            model: pb::LoadModel::Closed as i32,
+                            start: 1.0,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                targets: vec![pb::AssignedTarget {
+                    target: url.into(),
+                    ..Default::default()
+                }],
+                key: Vec::new(),
+                load_share_agents: 0,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn load_jobs_go_to_the_runner_but_not_from_the_stored_set() {
+        let (jobs, _) = watch::channel(JobSet::default());
+        let (loads, loads_rx) = watch::channel(crate::load::job::LoadSet::default());
+        let (mode, _) = watch::channel(ControlMode::Static);
+        let (id, _) = watch::channel(None);
+        let out = Outputs {
+            jobs,
+            loads: Some(loads),
+            mode,
+            id,
+            keys: None,
+        };
+        let cfg = config();
+        // Resumed from --state-dir without the controller: no load.
+        let rejected = apply_job_set(&cfg, &out, &load_set_of(1), Resume::Stored);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert!(loads_rx.borrow().tasks.is_empty());
+        // From the controller: the runner gets the task.
+        let rejected = apply_job_set(&cfg, &out, &load_set_of(2), Resume::Controller);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(loads_rx.borrow().tasks.len(), 1);
+        assert_eq!(loads_rx.borrow().generation, 2);
+        // Without a runner, load jobs are refused in the ack.
+        let out = Outputs { loads: None, ..out };
+        let rejected = apply_job_set(&cfg, &out, &load_set_of(3), Resume::Controller);
+        assert_eq!(rejected["lj"], "this agent does not run load jobs");
+    }
 
     #[test]
     fn id_file_round_trip() {
