@@ -624,6 +624,10 @@ pub struct RunArgs {
     #[arg(long, env = "MESHLAT_LOAD_MAX_RATE", value_name = "REQ_PER_S")]
     #[arg(default_value_t = crate::load::job::DEFAULT_LOAD_MAX_RATE)]
     pub load_max_rate: f64,
+    /// Secrets Manager endpoint for load jobs' `credentials.secrets_manager_arn` (moto,
+    /// LocalStack, a VPC endpoint); default AWS's, in the secret's region.
+    #[arg(long, env = "MESHLAT_LOAD_SECRETS_ENDPOINT", value_name = "URL")]
+    pub load_secrets_endpoint: Option<String>,
     /// Identity labels (region and AZ default to AWS_REGION and the ECS task metadata).
     #[command(flatten)]
     pub identity: IdentityArgs,

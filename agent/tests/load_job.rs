@@ -196,6 +196,7 @@ impl TestAgent {
                 ..Default::default()
             },
             &limits,
+            &Default::default(),
         );
         assert!(rejected.is_empty(), "{rejected:?}");
         self.sets.send_replace(set);

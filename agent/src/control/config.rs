@@ -42,6 +42,8 @@ pub struct RunConfig {
     pub ecs_metadata_uri: Option<String>,
     /// The caps on load jobs (`--load-max-connections`, `--load-max-rate`).
     pub load: crate::load::job::LoadLimits,
+    /// Secrets Manager endpoint for load jobs' credentials (`--load-secrets-endpoint`).
+    pub load_secrets_endpoint: Option<String>,
     /// Logging/stats.
     pub common: CommonConfig,
 }
@@ -158,6 +160,19 @@ impl RunConfig {
             },
             ecs_metadata_uri: env("ECS_CONTAINER_METADATA_URI_V4").filter(|s| !s.is_empty()),
             load,
+            load_secrets_endpoint: match a.load_secrets_endpoint.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                    Some(u.to_string())
+                }
+                Some(u) => {
+                    return Err(ConfigError::Label {
+                        flag: "--load-secrets-endpoint",
+                        value: u.to_string(),
+                        reason: "must be an http:// or https:// URL",
+                    });
+                }
+            },
             common,
         })
     }
@@ -302,6 +317,10 @@ mod tests {
             (&["--load-max-rate", "0"][..], "--load-max-rate"),
             (&["--load-max-rate", "NaN"][..], "--load-max-rate"),
             (&["--load-max-rate", "2e7"][..], "up to 10000000"),
+            (
+                &["--load-secrets-endpoint", "moto:5000"][..],
+                "--load-secrets-endpoint",
+            ),
         ] {
             let e = run(args).expect_err("refused");
             assert!(e.contains(want), "{args:?}: {e}");

@@ -166,6 +166,7 @@ impl RunApp {
             key,
             summaries: None,
             load_limits: cfg.load,
+            load_secrets: crate::load::secrets::LoadSecrets::new(cfg.load_secrets_endpoint.clone()),
         };
         let firehose = match &cfg.firehose {
             Some(f) => Some(FirehoseSink::start(f.clone()).await?),

@@ -58,6 +58,8 @@ pub struct ControlConfig {
     pub summaries: Option<crate::live::SharedSummaries>,
     /// The agent's caps on load jobs (`--load-max-connections`, `--load-max-rate`).
     pub load_limits: crate::load::job::LoadLimits,
+    /// Reads load jobs' credentials from Secrets Manager, and keeps what it read.
+    pub load_secrets: crate::load::secrets::LoadSecrets,
 }
 
 /// A session failure (reconnected after a backoff).
@@ -141,7 +143,7 @@ pub async fn run(mut cfg: ControlConfig, out: Outputs, shutdown: CancellationTok
             .and_then(super::state::load_job_set)
         {
             fs.resumed(Duration::from_millis(set.lease_ms), Instant::now());
-            apply_job_set(&cfg, &out, &set, Resume::Stored);
+            apply_job_set(&cfg, &out, &set, Resume::Stored, &Default::default());
             tracing::info!(message = "Resuming the stored job set until the controller answers.", generation = set.generation, mode = ?fs.mode(Instant::now()));
             let _ = out.mode.send(fs.mode(Instant::now()));
         }
@@ -220,6 +222,7 @@ fn apply_job_set(
     out: &Outputs,
     set: &pb::JobSet,
     from: Resume,
+    secrets: &crate::load::secrets::ResolvedSecrets,
 ) -> std::collections::BTreeMap<String, String> {
     if let Some(tx) = &out.keys {
         let keys = controller_keys(set);
@@ -230,7 +233,7 @@ fn apply_job_set(
         });
     }
     let (jobs, mut rejected) = super::convert::job_set(set, &cfg.key);
-    let (loads, load_rejected) = crate::load::job::load_set(set, &cfg.load_limits);
+    let (loads, load_rejected) = crate::load::job::load_set(set, &cfg.load_limits, secrets);
     let load_tasks = loads.tasks.len();
     match &out.loads {
         Some(tx) if from == Resume::Controller => {
@@ -393,7 +396,11 @@ async fn session(
                     }
                     Some(In::JobSet(set)) => {
                         fs.lease(Duration::from_millis(set.lease_ms));
-                        let rejected = apply_job_set(cfg, out, &set, Resume::Controller);
+                        // Secrets Manager credentials of new load jobs are read first (up to
+                        // FETCH_TIMEOUT each), so a secret that cannot be read refuses its job
+                        // in this ack.
+                        let secrets = cfg.load_secrets.resolve(&set).await;
+                        let rejected = apply_job_set(cfg, out, &set, Resume::Controller, &secrets);
                         generation = set.generation;
                         if let Some(Err(error)) = cfg.state_dir.as_deref().map(|d| super::state::store_job_set(d, &set)) {
                             tracing::warn!(message = "Cannot store the job set; a restart without the controller will measure nothing.", dir = ?cfg.state_dir, %error);
@@ -442,6 +449,7 @@ mod tests {
             key: Key::default_key(),
             summaries: None,
             load_limits: crate::load::job::LoadLimits::default(),
+            load_secrets: crate::load::secrets::LoadSecrets::new(None),
         }
     }
 
@@ -499,17 +507,35 @@ mod tests {
         };
         let cfg = config();
         // Resumed from --state-dir without the controller: no load.
-        let rejected = apply_job_set(&cfg, &out, &load_set_of(1), Resume::Stored);
+        let rejected = apply_job_set(
+            &cfg,
+            &out,
+            &load_set_of(1),
+            Resume::Stored,
+            &Default::default(),
+        );
         assert!(rejected.is_empty(), "{rejected:?}");
         assert!(loads_rx.borrow().tasks.is_empty());
         // From the controller: the runner gets the task.
-        let rejected = apply_job_set(&cfg, &out, &load_set_of(2), Resume::Controller);
+        let rejected = apply_job_set(
+            &cfg,
+            &out,
+            &load_set_of(2),
+            Resume::Controller,
+            &Default::default(),
+        );
         assert!(rejected.is_empty(), "{rejected:?}");
         assert_eq!(loads_rx.borrow().tasks.len(), 1);
         assert_eq!(loads_rx.borrow().generation, 2);
         // Without a runner, load jobs are refused in the ack.
         let out = Outputs { loads: None, ..out };
-        let rejected = apply_job_set(&cfg, &out, &load_set_of(3), Resume::Controller);
+        let rejected = apply_job_set(
+            &cfg,
+            &out,
+            &load_set_of(3),
+            Resume::Controller,
+            &Default::default(),
+        );
         assert_eq!(rejected["lj"], "this agent does not run load jobs");
     }
 

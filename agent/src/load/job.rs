@@ -25,9 +25,9 @@
 //! # Credentials
 //!
 //! `file` is read here ([`Credentials::from_file`]: errors name the file and line, never the
-//! content); `header` sends each secret in that header instead of basic auth;
-//! `secrets_manager_arn` is refused ("not supported by this agent yet"). Secrets live only in
-//! [`Credentials`], whose `Debug` is redacted.
+//! content); `secrets_manager_arn` is read by the session beforehand ([`super::secrets`]) and
+//! handed in; `header` sends each secret in that header instead of basic auth. Secrets live
+//! only in [`Credentials`], whose `Debug` is redacted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,6 +41,7 @@ use prost::Message;
 use super::credentials::Credentials;
 use super::engine::LoadSpec;
 use super::plan::{Caps, Model, Schedule, Steps};
+use super::secrets::ResolvedSecrets;
 use crate::scheduler::PeerInfo;
 use crate::target::Target;
 use crate::tls::TlsClientOptions;
@@ -112,7 +113,13 @@ impl LoadTask {
 
 /// The load tasks of `set`'s load jobs, and the load jobs refused (job id → reason) for the
 /// ack. Other kinds are left to [`crate::control::convert::job_set`]; stopped jobs run nothing.
-pub fn load_set(set: &pb::JobSet, limits: &LoadLimits) -> (LoadSet, BTreeMap<String, String>) {
+/// `secrets` holds the credentials read for jobs naming a Secrets Manager ARN
+/// ([`super::secrets::LoadSecrets::resolve`]).
+pub fn load_set(
+    set: &pb::JobSet,
+    limits: &LoadLimits,
+    secrets: &ResolvedSecrets,
+) -> (LoadSet, BTreeMap<String, String>) {
     let mut tasks = Vec::new();
     let mut rejected = BTreeMap::new();
     for a in &set.assignments {
@@ -125,7 +132,7 @@ pub fn load_set(set: &pb::JobSet, limits: &LoadLimits) -> (LoadSet, BTreeMap<Str
             rejected.insert(job.id.clone(), e.to_string());
             continue;
         }
-        match assignment_tasks(a, limits) {
+        match assignment_tasks(a, limits, secrets.get(&job.id)) {
             Ok(t) => tasks.extend(t.into_iter().map(Arc::new)),
             Err(reason) => {
                 tracing::warn!(message = "Load job refused.", job = %job.id, %reason);
@@ -143,12 +150,17 @@ pub fn load_set(set: &pb::JobSet, limits: &LoadLimits) -> (LoadSet, BTreeMap<Str
 }
 
 /// The tasks of one load assignment (its spec assumed valid by
-/// [`meshlat_proto::job::validate`]; what the agent itself needs is checked again).
+/// [`meshlat_proto::job::validate`]; what the agent itself needs is checked again). `secret`:
+/// what was read for its Secrets Manager ARN, if it names one.
 ///
 /// # Errors
 ///
 /// Why this agent cannot run the job, naming the field (never a credential).
-pub fn assignment_tasks(a: &pb::Assignment, limits: &LoadLimits) -> Result<Vec<LoadTask>, String> {
+pub fn assignment_tasks(
+    a: &pb::Assignment,
+    limits: &LoadLimits,
+    secret: Option<&Result<Credentials, String>>,
+) -> Result<Vec<LoadTask>, String> {
     let job = a.job.as_ref().ok_or("no job")?;
     let spec = job.spec.as_ref().ok_or("no spec")?;
     let load = spec.load.as_ref().ok_or("load: required for load jobs")?;
@@ -193,7 +205,7 @@ pub fn assignment_tasks(a: &pb::Assignment, limits: &LoadLimits) -> Result<Vec<L
             limits.max_rate
         },
     };
-    let (credentials, credentials_header) = credentials(load.credentials.as_ref())?;
+    let (credentials, credentials_header) = credentials(load.credentials.as_ref(), secret)?;
     let timeout = match spec.timeout_ms {
         0 => DEFAULT_LOAD_TIMEOUT,
         ms => Duration::from_millis(ms.into()),
@@ -265,16 +277,11 @@ pub fn assignment_tasks(a: &pb::Assignment, limits: &LoadLimits) -> Result<Vec<L
 /// The job's credentials and the header their secrets go in (`None`: basic auth).
 fn credentials(
     c: Option<&pb::LoadCredentials>,
+    secret: Option<&Result<Credentials, String>>,
 ) -> Result<(Credentials, Option<HeaderName>), String> {
     let Some(c) = c else {
         return Ok((Credentials::default(), None));
     };
-    if !c.secrets_manager_arn.is_empty() {
-        return Err(
-            "load.credentials.secrets_manager_arn: not supported by this agent yet; use file"
-                .into(),
-        );
-    }
     let header =
         match c.header.as_str() {
             "" => None,
@@ -282,8 +289,18 @@ fn credentials(
                 format!("load.credentials.header: {h:?} is not a valid header name")
             })?),
         };
+    if !c.secrets_manager_arn.is_empty() {
+        return match secret {
+            Some(Ok(creds)) => Ok((creds.clone(), header)),
+            Some(Err(reason)) => Err(format!(
+                "load.credentials.secrets_manager_arn: {}: {reason}",
+                c.secrets_manager_arn
+            )),
+            None => Err("load.credentials.secrets_manager_arn: not read".into()),
+        };
+    }
     if c.file.is_empty() {
-        return Err("load.credentials: give file (on the agent)".into());
+        return Err("load.credentials: give file or secrets_manager_arn".into());
     }
     let path = std::path::Path::new(&c.file);
     if !path.is_absolute() {
@@ -354,6 +371,7 @@ mod tests {
         let tasks = assignment_tasks(
             &assignment(load, &["http://10.0.0.1:8080/a", "https://api.example/b"]),
             &LIMITS,
+            None,
         )
         .unwrap();
         assert_eq!(tasks.len(), 2);
@@ -381,12 +399,12 @@ mod tests {
             &["http://10.0.0.1:8080/"],
         );
         a.load_share_agents = 3;
-        let t = assignment_tasks(&a, &LIMITS).unwrap();
+        let t = assignment_tasks(&a, &LIMITS, None).unwrap();
         let s = &t[0].spec.schedule;
         assert_eq!(s.at(Duration::ZERO).level, 300.0);
         assert_eq!(s.caps().max_rate, 500.0);
         a.load_share_agents = 0;
-        let t = assignment_tasks(&a, &LIMITS).unwrap();
+        let t = assignment_tasks(&a, &LIMITS, None).unwrap();
         assert_eq!(
             t[0].spec.schedule.at(Duration::ZERO).level,
             500.0,
@@ -397,7 +415,7 @@ mod tests {
     #[test]
     fn level_changes_are_the_same_run_other_changes_are_not() {
         let base = assignment(closed(2.0), &["http://10.0.0.1:8080/"]);
-        let t = |a: &pb::Assignment| assignment_tasks(a, &LIMITS).unwrap().remove(0);
+        let t = |a: &pb::Assignment| assignment_tasks(a, &LIMITS, None).unwrap().remove(0);
         let mut more = base.clone();
         if let Some(l) = more
             .job
@@ -485,7 +503,7 @@ mod tests {
                     secrets_manager_arn: "arn:aws:secretsmanager:eu-west-1:1:secret:x".into(),
                     ..Default::default()
                 }),
-                "secrets_manager_arn: not supported by this agent yet",
+                "secrets_manager_arn: not read",
             ),
             (
                 with(pb::LoadCredentials {
@@ -497,7 +515,7 @@ mod tests {
             ),
         ];
         for (a, want) in cases {
-            let e = assignment_tasks(&a, &LIMITS).unwrap_err();
+            let e = assignment_tasks(&a, &LIMITS, None).unwrap_err();
             assert!(e.contains(want), "{e:?} lacks {want:?}");
             assert!(!e.contains("s3cret"), "{e}");
         }
@@ -508,6 +526,7 @@ mod tests {
                 ..Default::default()
             }),
             &LIMITS,
+            None,
         )
         .unwrap();
         assert_eq!(t[0].spec.credentials.len(), 2);
@@ -527,6 +546,30 @@ mod tests {
     }
 
     #[test]
+    fn secrets_manager_credentials_are_used_as_read_or_refuse_the_job() {
+        let arn = "arn:aws:secretsmanager:eu-west-1:1:secret:keys";
+        let mut l = closed(2.0);
+        l.credentials = Some(pb::LoadCredentials {
+            secrets_manager_arn: arn.into(),
+            header: "X-Api-Key".into(),
+            ..Default::default()
+        });
+        let a = assignment(l, &["http://10.0.0.1/"]);
+        let read = Ok(Credentials::parse(arn, "k:hunter2\nk2:swordfish").unwrap());
+        let t = assignment_tasks(&a, &LIMITS, Some(&read)).unwrap();
+        assert_eq!(t[0].spec.credentials.len(), 2);
+        assert!(t[0].spec.credentials_header.is_some());
+        let failed = Err("GetSecretValue: AccessDeniedException: no".to_string());
+        let e = assignment_tasks(&a, &LIMITS, Some(&failed)).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "load.credentials.secrets_manager_arn: {arn}: GetSecretValue: AccessDeniedException: no"
+            )
+        );
+    }
+
+    #[test]
     fn load_set_validates_specs_and_refuses_with_the_field() {
         let mut a = assignment(closed(2.0), &["http://10.0.0.1:8080/"]);
         if let Some(s) = a.job.as_mut().and_then(|j| j.spec.as_mut()) {
@@ -542,7 +585,7 @@ mod tests {
             assignments: vec![a],
             ..Default::default()
         };
-        let (ok, rejected) = load_set(&set(a.clone()), &LIMITS);
+        let (ok, rejected) = load_set(&set(a.clone()), &LIMITS, &ResolvedSecrets::new());
         assert!(rejected.is_empty(), "{rejected:?}");
         assert_eq!(ok.tasks.len(), 1);
         a.job
@@ -550,7 +593,7 @@ mod tests {
             .and_then(|j| j.spec.as_mut())
             .unwrap()
             .interval_ms = 1000;
-        let (none, rejected) = load_set(&set(a), &LIMITS);
+        let (none, rejected) = load_set(&set(a), &LIMITS, &ResolvedSecrets::new());
         assert!(none.tasks.is_empty());
         assert!(rejected["lj"].contains("interval_ms"), "{rejected:?}");
     }
@@ -573,6 +616,7 @@ mod tests {
                 ..Default::default()
             },
             &LIMITS,
+            &ResolvedSecrets::new(),
         );
         assert!(set.tasks.is_empty() && rejected.is_empty(), "{rejected:?}");
         assert_eq!(set.generation, 4);

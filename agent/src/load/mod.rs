@@ -30,7 +30,8 @@
 //!   [`command`]: bind + run.
 //! - [`job`]: a controller's load assignments into engine runs, within the agent's caps
 //!   ([`job::LoadLimits`]); [`runner`]: starts, updates in place, restarts and stops them;
-//!   [`record`]: a second's report as a `kind = load` record.
+//!   [`record`]: a second's report as a `kind = load` record; [`secrets`]: credentials from
+//!   AWS Secrets Manager.
 
 pub mod client;
 pub mod command;
@@ -42,6 +43,7 @@ pub mod plan;
 pub mod record;
 pub mod report;
 pub mod runner;
+pub mod secrets;
 pub mod stats;
 
 pub use self::engine::{LoadEngine, LoadHandle, LoadSpec, LoadSummary, StepSummary};
