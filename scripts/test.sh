@@ -139,7 +139,7 @@ run_stage ruff 120 scripts/lint-scripts.sh ruff
 # --all-targets leaves out test targets marked `test = false` (the timing and moto suites): lint them too.
 clippy_all() {
   cargo clippy --workspace --all-targets --locked -- -D warnings &&
-    cargo clippy -p meshlat-agent --locked --test accuracy --test linkemu --test firehose_moto -- -D warnings &&
+    cargo clippy -p meshlat-agent --locked --test accuracy --test linkemu --test firehose_moto --test secrets_moto -- -D warnings &&
     cargo clippy -p meshlat-controller --locked --test state_s3_moto -- -D warnings
 }
 export -f clippy_all
@@ -190,9 +190,10 @@ run_stage deploy-dry-run 300 scripts/test_deploy.sh
 # apt-installs podman/buildah/runc/busybox-static on first use) and run with podman: agent serve
 # answers an agent probe from another container, controller health, non-root. ~20 s.
 run_stage images 900 scripts/images.sh --debug test
-# The Firehose sink end to end through a local moto server (Firehose + S3), and the controller's
-# S3 state store (controller and agent processes, a restart on an empty data dir); both are
-# `test = false` targets, so only this stage runs them.
+# The Firehose sink end to end through a local moto server (Firehose + S3), a load job's
+# credentials from moto's Secrets Manager, and the controller's S3 state store (controller and
+# agent processes, a restart on an empty data dir); all are `test = false` targets, so only this
+# stage runs them.
 firehose_moto() {
   if ! scripts/moto.sh start >/dev/null; then
     echo "moto server did not start (scripts/moto.sh start; it installs moto[server] into .venv-moto)" >&2
@@ -201,6 +202,8 @@ firehose_moto() {
   local rc=0
   MESHLAT_TEST_MOTO_URL=$(scripts/moto.sh url) \
     cargo test -p meshlat-agent --locked --test firehose_moto -- --nocapture || rc=$?
+  MESHLAT_TEST_MOTO_URL=$(scripts/moto.sh url) \
+    cargo test -p meshlat-agent --locked --test secrets_moto -- --nocapture || rc=$?
   cargo build -p meshlat-agent --bin agent --locked &&
     MESHLAT_TEST_MOTO_URL=$(scripts/moto.sh url) \
       cargo test -p meshlat-controller --locked --test state_s3_moto -- --nocapture || rc=$?

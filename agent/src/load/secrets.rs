@@ -48,12 +48,15 @@ pub struct SecretsManager {
 /// what [`super::job::load_set`] uses for them.
 pub type ResolvedSecrets = BTreeMap<String, Result<Credentials, String>>;
 
+/// (job id, version, ARN) → the credentials read for it.
+type Cache = BTreeMap<(String, u64, String), Credentials>;
+
 /// The session's secret reader and what it has read (cheap to clone: shared).
 #[derive(Clone)]
 pub struct LoadSecrets<S = SecretsManager> {
     source: Arc<S>,
-    /// (job id, version, ARN) → credentials read for it.
-    cache: Arc<Mutex<BTreeMap<(String, u64, String), Credentials>>>,
+    /// What was read, per job version.
+    cache: Arc<Mutex<Cache>>,
 }
 
 /// The region of a Secrets Manager secret ARN (`arn:PARTITION:secretsmanager:REGION:…`).
