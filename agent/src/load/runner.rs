@@ -12,7 +12,7 @@
 //! - a task that is gone (the job stopped, deleted or no longer assigned here) is stopped:
 //!   every request in flight is dropped with its connection at once.
 //!
-//! Each engine has one owner task ([`forward`]) holding its [`super::LoadHandle`]: it writes
+//! Each engine has one owner task (`forward`) holding its [`super::LoadHandle`]: it writes
 //! the reports, takes updates and the stop from the runner over a channel, and after a stop
 //! writes the last (partial) second. Dropping the runner's end of the channel stops the
 //! engine.
