@@ -2,7 +2,8 @@
 //! separate processes on loopback and a local HTTP target in the test: a stepped closed-model
 //! job writes one `kind=load` record per agent, step and second with the right workers; `PUT`
 //! doubling the workers of a running job is followed without a restart; `DELETE` (stop) ends
-//! every request within about a second, counted at the target.
+//! every request within about a second, counted at the target; an open job's `rate_per_job` is
+//! divided over its agents.
 //!
 //! The agent binary is found next to the controller's (`target/debug/agent`): `cargo test
 //! --workspace` builds it; with `-p meshlat-controller` alone, run
@@ -277,6 +278,26 @@ async fn load_jobs_step_update_and_stop_across_two_agents() -> Result<()> {
         let seqs: Vec<u64> = recs.iter().filter_map(|r| r["seq"].as_u64()).collect();
         let want: Vec<u64> = (0..seqs.len() as u64).collect();
         assert_eq!(seqs, want, "one run: each second once");
+    }
+
+    // An open job of 200 req/s for the whole job: each of the two agents offers 100.
+    let shared = serde_json::json!({"model": "open", "start": 200, "rate_per_job": true});
+    let (st, j) = ctl
+        .rest("POST", "/api/v1/jobs", &job(&url, 3_000, shared), None)
+        .await?;
+    assert_eq!(st, 201, "{j}");
+    let id = j["id"].as_str().unwrap_or_default().to_string();
+    for a in &agents {
+        let recs = eventually("two seconds of the shared-rate job", 30, || async {
+            let r = load_records(a, &id);
+            (r.iter().filter(|r| r["seq"].as_u64() < Some(2)).count() == 2).then_some(r)
+        })
+        .await?;
+        for r in recs.iter().filter(|r| r["seq"].as_u64() < Some(2)) {
+            assert_eq!(r["load_level"], 100.0, "{r}");
+            let rate = r["intended_rps"].as_f64().unwrap_or_default();
+            assert!((95.0..=105.0).contains(&rate), "{r}");
+        }
     }
     for a in agents {
         a.stop().await?;
