@@ -35,7 +35,7 @@
 //!
 //! # Load jobs
 //!
-//! A `load` job ([`validate_load`]) takes `http`/`https` only, URL targets only, a `duration_ms`
+//! A `load` job (`validate_load`) takes `http`/`https` only, URL targets only, a `duration_ms`
 //! of 1 to [`MAX_LOAD_DURATION_MS`] and a `timeout_ms` of 1 to [`MAX_TIMEOUT_MS`] per request;
 //! the fields of probes it does not use (`relays`, `interval_ms`, `payload_bytes`, `packets`,
 //! `packet_interval_ms`, `count`, `strategy`, `k`) must be left unset, so a spec never says
