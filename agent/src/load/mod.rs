@@ -33,6 +33,7 @@ pub mod command;
 pub mod config;
 pub mod credentials;
 pub mod engine;
+pub mod mix;
 pub mod plan;
 pub mod report;
 pub mod stats;
