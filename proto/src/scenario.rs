@@ -1252,4 +1252,30 @@ mod tests {
             "load.requests[0].path"
         );
     }
+
+    /// The scenarios shipped in the repository's `scenarios/` directory parse and resolve.
+    #[test]
+    fn shipped_examples_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let s = parse_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            let mut load = pb::LoadSpec::default();
+            s.fill(&mut load)
+                .unwrap_or_else(|e| panic!("{}: {e}", s.name));
+            assert_eq!(check_templates(&load), Ok(()));
+            assert!(!s.description.is_empty(), "{}", s.name);
+            names.push(s.name);
+        }
+        names.sort();
+        assert_eq!(names, ["api_mix", "high_error_rates", "read_write"]);
+        let api = parse_file(&dir.join("api_mix.json")).unwrap();
+        let mut load = pb::LoadSpec {
+            knobs: [("ERROR_WEIGHT".to_string(), "0".to_string())].into(),
+            ..Default::default()
+        };
+        api.fill(&mut load).unwrap();
+        assert!(load.requests.iter().all(|r| r.path != "/oopsie"));
+    }
 }
