@@ -186,6 +186,15 @@ impl Controller {
             )
             .await?;
         }
+        let scenarios = match &cfg.scenarios {
+            Some(dir) => Some(Arc::new(ScenarioStore::open(dir).map_err(|source| {
+                StartError::Scenarios {
+                    path: dir.display().to_string(),
+                    source,
+                }
+            })?)),
+            None => None,
+        };
         let registry = Arc::new(Registry::load(
             RegistryConfig {
                 region: cfg.region.clone(),
@@ -202,6 +211,7 @@ impl Controller {
                 address_policy: cfg.address_policy.clone(),
                 grant_epoch: GRANT_EPOCH,
                 limits: cfg.limits.clone(),
+                scenarios: scenarios.clone(),
             },
             store,
         )?);
@@ -217,15 +227,6 @@ impl Controller {
                 }
             }
         }
-        let scenarios = match &cfg.scenarios {
-            Some(dir) => Some(Arc::new(ScenarioStore::open(dir).map_err(|source| {
-                StartError::Scenarios {
-                    path: dir.display().to_string(),
-                    source,
-                }
-            })?)),
-            None => None,
-        };
         let grpc = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| StartError::Bind {

@@ -1,7 +1,9 @@
 //! The `--scenarios` directory of a running controller process: a scenario file added, changed
 //! to invalid (listed as invalid with its line, not usable), fixed and removed while it runs,
 //! seen through `GET /api/v1/scenarios[/{name}]` and `controller scenarios [show NAME]`; the
-//! same credential rule as the other read endpoints; a bad `--scenarios` refused at start.
+//! same credential rule as the other read endpoints; load jobs naming the scenario filled from
+//! it at start and update (400 naming `spec.load.scenario` or `spec.load.knobs.NAME`
+//! otherwise); a bad `--scenarios` refused at start.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test with its message
 
@@ -30,6 +32,22 @@ const BAD: &str = r#"{
   ]
 }"#;
 
+/// A closed-model load job to 127.0.0.1 naming `scenario` with `knobs` (a JSON object).
+fn load_job(scenario: &str, knobs: &str) -> String {
+    let knobs: Value = serde_json::from_str(knobs).unwrap();
+    serde_json::json!({
+        "name": "scenario-job",
+        "kind": "load",
+        "protocols": ["http"],
+        "sources": ["region=nowhere"],
+        "targets": ["http://127.0.0.1:9/"],
+        "timeout_ms": 1000,
+        "duration_ms": 60_000,
+        "load": { "model": "closed", "start": 1, "scenario": scenario, "knobs": knobs }
+    })
+    .to_string()
+}
+
 fn names(v: &Value) -> Vec<String> {
     v["scenarios"]
         .as_array()
@@ -50,6 +68,7 @@ async fn the_directory_is_followed_while_the_controller_runs() -> Result<()> {
     let ctl = TestController::builder(root.join("ctl"))
         .arg("--scenarios")
         .arg(&dir)
+        .args(["--load-allow", "127.0.0.1"])
         .spawn()
         .await?;
 
@@ -98,6 +117,80 @@ async fn the_directory_is_followed_while_the_controller_runs() -> Result<()> {
         "{out}"
     );
 
+    // A load job naming it is filled from it: ERROR_WEIGHT=0 leaves the error page out, the
+    // knobs are every knob's value; an update re-fills; bad names and knobs are 400s naming
+    // the field.
+    let (st, job) = ctl
+        .rest(
+            "POST",
+            "/api/v1/jobs",
+            &load_job("shop", r#"{"ERROR_WEIGHT": "0"}"#),
+            None,
+        )
+        .await?;
+    assert_eq!(st, 201, "{job}");
+    let paths = |j: &Value| -> Vec<(String, u64)> {
+        j["spec"]["load"]["requests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["path"].as_str().unwrap_or("").to_string(),
+                    r["weight"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(paths(&job), [("/items/{{ID}}".to_string(), 3)], "{job}");
+    assert_eq!(job["spec"]["load"]["knobs"]["ID"], "7", "{job}");
+    assert_eq!(job["spec"]["load"]["knobs"]["ERROR_WEIGHT"], "0", "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let (st, job) = ctl
+        .rest(
+            "PUT",
+            &format!("/api/v1/jobs/{id}"),
+            &load_job("shop", r#"{"ERROR_WEIGHT": "2"}"#),
+            None,
+        )
+        .await?;
+    assert_eq!(st, 200, "{job}");
+    assert_eq!(
+        paths(&job),
+        [("/items/{{ID}}".to_string(), 3), ("/oopsie".to_string(), 2)],
+        "{job}"
+    );
+    for (scenario, knobs, field, want) in [
+        (
+            "shop",
+            r#"{"NOPE": "1"}"#,
+            "spec.load.knobs.NOPE",
+            "has no knob NOPE",
+        ),
+        (
+            "nothere",
+            "{}",
+            "spec.load.scenario",
+            "no scenario \"nothere\" (scenarios: shop)",
+        ),
+        (
+            "shop",
+            r#"{"ERROR_WEIGHT": "many"}"#,
+            "spec.load.knobs.ERROR_WEIGHT",
+            "whole number",
+        ),
+    ] {
+        let (st, e) = ctl
+            .rest("POST", "/api/v1/jobs", &load_job(scenario, knobs), None)
+            .await?;
+        assert_eq!(st, 400, "{e}");
+        assert_eq!(e["error"]["field"], field, "{e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(want),
+            "{e}"
+        );
+    }
+
     // Changed to invalid: listed as invalid with its line, not usable.
     std::fs::write(dir.join("shop.json"), BAD)?;
     let v = eventually("shop.json is listed as invalid", 10, || async {
@@ -137,6 +230,21 @@ async fn the_directory_is_followed_while_the_controller_runs() -> Result<()> {
     assert!(
         !ok && err.contains("FailedPrecondition") && err.contains("shop.json:5:"),
         "{err}"
+    );
+    let (st, e) = ctl
+        .rest("POST", "/api/v1/jobs", &load_job("shop", "{}"), None)
+        .await?;
+    assert_eq!(
+        (st, e["error"]["field"].as_str()),
+        (400, Some("spec.load.scenario")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shop.json:5:"),
+        "{e}"
     );
 
     // Fixed: back.

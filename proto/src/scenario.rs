@@ -6,7 +6,8 @@
 //! # Format
 //!
 //! A scenario is one JSON file, `NAME.json`; its name is the file name without `.json`
-//! (1 to [`MAX_SCENARIO_NAME_BYTES`] bytes of `[A-Za-z0-9_-]`). Every key is checked: an unknown
+//! (1 to [`MAX_SCENARIO_NAME_BYTES`] bytes of `[A-Za-z0-9_.-]`, not
+//! starting with `.`). Every key is checked: an unknown
 //! key, a wrong type or a value out of range refuses the whole file with its file name, line
 //! and column ([`ScenarioFileError`]) — a file is never loaded half.
 //!
@@ -61,36 +62,33 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::pb;
 
-/// Most bytes of a scenario's name (`LoadSpec.scenario`).
-pub const MAX_SCENARIO_NAME_BYTES: usize = 128;
+// The limits of a load job's fields are `meshlat_proto::job`'s (one source), by the names
+// used here.
+pub use crate::job::{
+    MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_KNOB_NAME_BYTES, MAX_KNOB_VALUE_BYTES,
+    MAX_KNOBS, MAX_SCENARIO_NAME_BYTES, template_refs,
+};
 /// Most bytes of a scenario file.
 pub const MAX_FILE_BYTES: usize = 256 * 1024;
 /// Most bytes of a description.
 pub const MAX_DESCRIPTION_BYTES: usize = 1024;
 /// Most requests of a scenario (`LoadSpec.requests`).
-pub const MAX_REQUESTS: usize = 64;
+pub const MAX_REQUESTS: usize = crate::job::MAX_LOAD_REQUESTS;
 /// Most bytes of a request's path.
-pub const MAX_PATH_BYTES: usize = 2048;
+pub const MAX_PATH_BYTES: usize = crate::job::MAX_URL_BYTES;
 /// Most headers of a request.
-pub const MAX_HEADERS: usize = 32;
-/// Most bytes of a header name.
-pub const MAX_HEADER_NAME_BYTES: usize = 128;
-/// Most bytes of a header value.
-pub const MAX_HEADER_VALUE_BYTES: usize = 1024;
+pub const MAX_HEADERS: usize = crate::job::MAX_LOAD_HEADERS;
 /// Most bytes of a request body.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub const MAX_BODY_BYTES: usize = crate::job::MAX_LOAD_BODY_BYTES;
 /// Largest weight.
-pub const MAX_WEIGHT: u32 = 1_000_000;
+pub const MAX_WEIGHT: u32 = crate::job::MAX_LOAD_WEIGHT;
 /// Most bytes of a label.
-pub const MAX_LABEL_BYTES: usize = 64;
-/// Most knobs.
-pub const MAX_KNOBS: usize = 64;
-/// Most bytes of a knob name.
-pub const MAX_KNOB_NAME_BYTES: usize = 64;
-/// Most bytes of a knob value.
-pub const MAX_KNOB_VALUE_BYTES: usize = 1024;
+pub const MAX_LABEL_BYTES: usize = crate::job::MAX_LOAD_LABEL_BYTES;
 /// The methods a request may have.
-pub const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+pub const METHODS: [&str; 7] = crate::job::LOAD_METHODS;
+/// Headers the agent sets, which a request may not.
+pub const RESERVED_HEADERS: [&str; 4] =
+    ["host", "content-length", "transfer-encoding", "connection"];
 /// The extension of scenario files.
 pub const FILE_EXTENSION: &str = "json";
 
@@ -185,32 +183,6 @@ impl From<ScenarioError> for crate::job::JobSpecError {
 
 // === templates ===
 
-/// The knob names `{{NAME}}` references in `s`, in order (repeats kept).
-///
-/// # Errors
-///
-/// A message when a `{{` does not open a `{{NAME}}` of `[A-Za-z0-9_]` characters.
-pub fn template_refs(s: &str) -> Result<Vec<&str>, String> {
-    let mut out = Vec::new();
-    let mut rest = s;
-    while let Some(i) = rest.find("{{") {
-        let after = &rest[i + 2..];
-        let Some(end) = after.find("}}") else {
-            return Err("\"{{\" without a closing \"}}\"".into());
-        };
-        let name = &after[..end];
-        if !valid_knob_name(name) {
-            return Err(format!(
-                "\"{{{{{name}}}}}\" is not a knob reference (a name of A-Z, a-z, 0-9 and _, at \
-                 most {MAX_KNOB_NAME_BYTES} bytes)"
-            ));
-        }
-        out.push(name);
-        rest = &after[end + 2..];
-    }
-    Ok(out)
-}
-
 /// `s` with every `{{NAME}}` replaced by `knobs(NAME)`.
 ///
 /// # Errors
@@ -225,8 +197,13 @@ pub fn render<'a>(s: &str, knobs: impl Fn(&str) -> Option<&'a str>) -> Result<St
         let end = after
             .find("}}")
             .ok_or_else(|| "\"{{\" without a closing \"}}\"".to_string())?;
-        let name = &after[..end];
-        template_refs(&rest[i..i + 2 + end + 2])?;
+        let name = after[..end].trim();
+        if !valid_knob_name(name) {
+            return Err(format!(
+                "\"{{{{{name}}}}}\" is not a knob reference (a name of A-Z, a-z, 0-9 and _, at \
+                 most {MAX_KNOB_NAME_BYTES} bytes)"
+            ));
+        }
         let v = knobs(name).ok_or_else(|| format!("no knob {name} for \"{{{{{name}}}}}\""))?;
         out.push_str(v);
         rest = &after[end + 2..];
@@ -237,17 +214,17 @@ pub fn render<'a>(s: &str, knobs: impl Fn(&str) -> Option<&'a str>) -> Result<St
 
 /// Whether `s` is a knob name: 1 to [`MAX_KNOB_NAME_BYTES`] bytes of `[A-Za-z0-9_]`.
 pub fn valid_knob_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_KNOB_NAME_BYTES
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    crate::job::knob_name_ok(s)
 }
 
-/// Whether `s` is a scenario name: 1 to [`MAX_SCENARIO_NAME_BYTES`] bytes of `[A-Za-z0-9_-]`.
+/// Whether `s` is a scenario name: 1 to [`MAX_SCENARIO_NAME_BYTES`] bytes of `[A-Za-z0-9_.-]`,
+/// not starting with `.` (as `meshlat_proto::job` checks `load.scenario`).
 pub fn valid_scenario_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_SCENARIO_NAME_BYTES
+        && !s.starts_with('.')
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// Checks a knob value: length and no control characters.
@@ -266,9 +243,7 @@ fn check_knob_value(v: &str) -> Result<(), String> {
 
 /// Whether `s` is an HTTP header name (RFC 9110 token).
 fn valid_header_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    crate::job::header_name_ok(s)
 }
 
 /// The resolved weight of a knob value.
@@ -379,7 +354,7 @@ pub fn scenario_name(file_name: &str) -> Result<String, String> {
     };
     if !valid_scenario_name(stem) {
         return Err(format!(
-            "the name {stem:?} must be 1 to {MAX_SCENARIO_NAME_BYTES} bytes of A-Z, a-z, 0-9, _ and -"
+            "the name {stem:?} must be 1 to {MAX_SCENARIO_NAME_BYTES} bytes of A-Z, a-z, 0-9, _, . and -, not starting with ."
         ));
     }
     Ok(stem.to_string())
@@ -629,6 +604,11 @@ impl<'de> Deserialize<'de> for Headers {
                     if k.len() > MAX_HEADER_NAME_BYTES || !valid_header_name(k) {
                         return Err(format!(
                             "headers: {k:?} is not a header name (at most {MAX_HEADER_NAME_BYTES} bytes of token characters)"
+                        ));
+                    }
+                    if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+                        return Err(format!(
+                            "headers: {k:?} is set by the agent; a request may not set it"
                         ));
                     }
                     if let Some(first) = lower.get(&k.to_ascii_lowercase()) {
@@ -1083,6 +1063,12 @@ mod tests {
             ),
             (
                 "x.json",
+                "{\n \"requests\": [\n {\"path\": \"/\",\n \"headers\": {\"Host\": \"x\"}}\n ]\n}",
+                4,
+                "\"Host\" is set by the agent",
+            ),
+            (
+                "x.json",
                 "{\n \"knobs\": {\"bad-name\": \"1\"},\n \"requests\": [{\"path\": \"/\"}]\n}",
                 2,
                 "\"bad-name\" is not a knob name",
@@ -1115,7 +1101,7 @@ mod tests {
                 "x.json",
                 "{\n \"requests\": [\n {\"path\": \"/{{a-b}}\"}\n ]\n}",
                 3,
-                "is not a knob reference",
+                "{{a-b}}: a knob name is",
             ),
             (
                 "x.json",
@@ -1265,6 +1251,11 @@ mod tests {
             s.fill(&mut load)
                 .unwrap_or_else(|e| panic!("{}: {e}", s.name));
             assert_eq!(check_templates(&load), Ok(()));
+            for (i, r) in load.requests.iter().enumerate() {
+                // What the job validator will check of the filled requests.
+                crate::job::check_load_request(i, r, &load.knobs)
+                    .unwrap_or_else(|e| panic!("{}: {e}", s.name));
+            }
             assert!(!s.description.is_empty(), "{}", s.name);
             names.push(s.name);
         }
