@@ -196,7 +196,7 @@ async fn weights_templates_and_expected_statuses() {
     ];
     let mut wrr = SmoothWrr::new(weights.clone());
     for (i, s) in seen.iter().take(N).enumerate() {
-        assert_eq!(s.path, labels[wrr.next()], "request {i}");
+        assert_eq!(s.path, labels[wrr.pick()], "request {i}");
     }
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for s in seen.iter().take(N) {

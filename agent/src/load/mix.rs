@@ -208,7 +208,7 @@ impl RequestMix {
     pub fn pick(&self) -> usize {
         match &self.picker {
             None => 0,
-            Some(p) => p.lock().unwrap_or_else(PoisonError::into_inner).next(),
+            Some(p) => p.lock().unwrap_or_else(PoisonError::into_inner).pick(),
         }
     }
 }
@@ -245,7 +245,7 @@ impl SmoothWrr {
     }
 
     /// The next index.
-    pub fn next(&mut self) -> usize {
+    pub fn pick(&mut self) -> usize {
         let mut best = 0;
         for i in 0..self.current.len() {
             self.current[i] += self.weights[i];
@@ -285,12 +285,12 @@ mod tests {
     #[test]
     fn smooth_round_robin_is_exact_and_spread() {
         let mut w = SmoothWrr::new(vec![3, 1]);
-        let picks: Vec<usize> = (0..8).map(|_| w.next()).collect();
+        let picks: Vec<usize> = (0..8).map(|_| w.pick()).collect();
         assert_eq!(picks, [0, 0, 1, 0, 0, 0, 1, 0]);
         let mut w = SmoothWrr::new(vec![5, 1, 1, 0]);
         let mut counts = [0; 4];
         for _ in 0..8 * 100 {
-            counts[w.next()] += 1;
+            counts[w.pick()] += 1;
         }
         assert_eq!(counts, [500, 100, 100, 100], "0 is taken as 1");
     }

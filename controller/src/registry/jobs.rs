@@ -28,7 +28,7 @@ impl Registry {
     /// A load job naming a scenario gets its requests and knobs from it (the spec validated
     /// first, so a bad name or knob is refused as such): [`crate::scenarios::resolve`].
     fn fill_scenario(&self, spec: &mut pb::JobSpec) -> Result<(), DomainError> {
-        if !spec.load.as_ref().is_some_and(|l| !l.scenario.is_empty()) {
+        if spec.load.as_ref().is_none_or(|l| l.scenario.is_empty()) {
             return Ok(());
         }
         meshlat_proto::job::validate(spec).map_err(DomainError::Spec)?;
