@@ -7,9 +7,11 @@
 //! Every regular file `NAME.json` of the directory (not its subdirectories; names starting with
 //! `.` are skipped, as are other extensions, e.g. an editor's swap files) is a scenario, parsed
 //! by [`meshlat_proto::scenario`]. [`ScenarioStore::run`] looks at the directory every
-//! [`POLL_INTERVAL`] and re-parses a file whose modification time or size changed; a file
-//! removed is dropped, a file added is loaded — no restart, no new dependency (polling, not
-//! inotify).
+//! [`POLL_INTERVAL`] and re-reads a file whose modification time or size changed, or that was
+//! modified less than [`RACY`] ago (so a rewrite of the same size within the file system's
+//! time granularity is not missed, as git treats "racily clean" files); it is re-parsed when
+//! its contents differ. A file removed is dropped, a file added is loaded — no restart, no new
+//! dependency (polling, not inotify).
 //!
 //! A file that does not parse is listed as **invalid** with its line, column and error, and is
 //! not usable — not even an earlier good version of it: a job naming it is refused until the
@@ -28,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the directory is looked at.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// A file modified less than this long ago is re-read at every look, whatever its stamp.
+pub const RACY: Duration = Duration::from_secs(2);
 /// Most files of the directory considered (the rest are logged and skipped).
 pub const MAX_FILES: usize = 1000;
 
@@ -41,8 +45,10 @@ pub struct ScenarioStore {
 /// One file as last read.
 #[derive(Clone, Debug)]
 struct FileState {
-    /// Modification time and size when parsed: a change of either re-parses.
+    /// Modification time and size when read: a change of either re-reads.
     stamp: (Option<SystemTime>, u64),
+    /// Hash of the contents read: a change re-parses.
+    hash: u64,
     parsed: Result<Arc<Scenario>, ScenarioFileError>,
 }
 
@@ -121,11 +127,31 @@ impl ScenarioStore {
                 break;
             }
             let stamp = (meta.modified().ok(), meta.len());
-            let state = match old.get(&name) {
-                Some(s) if s.stamp == stamp => s.clone(),
-                _ => FileState {
-                    stamp,
-                    parsed: scenario::parse_file(&path).map(Arc::new),
+            let racy = stamp.0.is_none_or(|m| {
+                SystemTime::now()
+                    .duration_since(m)
+                    .map_or(true, |age| age < RACY)
+            });
+            let before = old.get(&name);
+            let state = match before {
+                Some(s) if s.stamp == stamp && !racy => s.clone(),
+                _ => match scenario::read_file(&path) {
+                    Ok((file, bytes)) => {
+                        let hash = hash_of(&bytes);
+                        FileState {
+                            stamp,
+                            hash,
+                            parsed: match before {
+                                Some(b) if b.hash == hash => b.parsed.clone(),
+                                _ => scenario::parse_bytes(&file, &bytes).map(Arc::new),
+                            },
+                        }
+                    }
+                    Err(e) => FileState {
+                        stamp,
+                        hash: 0,
+                        parsed: Err(e),
+                    },
                 },
             };
             new.insert(name, state);
@@ -133,10 +159,14 @@ impl ScenarioStore {
         let mut changed = false;
         for (name, state) in &new {
             let before = old.get(name);
-            if before.is_some_and(|b| b.stamp == state.stamp) {
+            if before.is_some_and(|b| b.hash == state.hash && b.stamp == state.stamp) {
                 continue;
             }
             changed = true;
+            if before.is_some_and(|b| b.hash == state.hash) {
+                // Touched, same contents: nothing to log.
+                continue;
+            }
             match &state.parsed {
                 Ok(s) => {
                     tracing::info!(message = "Scenario loaded.", file = %name, scenario = %s.name, requests = s.requests.len())
@@ -265,6 +295,13 @@ pub fn resolve(
             "this controller has no scenarios directory (--scenarios DIR)",
         )),
     }
+}
+
+fn hash_of(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 // === conversions ===
@@ -447,6 +484,39 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("tmp dir");
         d
+    }
+
+    /// A rewrite of the same size with the same modification time is seen while the file is
+    /// recent (racy), by its contents.
+    #[test]
+    fn a_same_size_rewrite_is_seen() {
+        let d = tmp("racy");
+        let f = d.join("a.json");
+        let write = |id: &str| {
+            std::fs::write(
+                &f,
+                format!(
+                    r#"{{"knobs": {{"ID": "{id}"}}, "requests": [{{"path": "/{{{{ID}}}}"}}]}}"#
+                ),
+            )
+            .expect("write");
+        };
+        write("1");
+        let t = std::fs::metadata(&f)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        let s = ScenarioStore::open(&d).expect("open");
+        assert_eq!(s.get("a").expect("a").knobs["ID"], "1");
+        write("2");
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .and_then(|h| h.set_modified(t))
+            .expect("set mtime");
+        assert!(s.rescan(), "same size and mtime, other contents");
+        assert_eq!(s.get("a").expect("a").knobs["ID"], "2");
+        assert!(!s.rescan(), "nothing changed");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -318,6 +318,16 @@ pub fn parse(file_name: &str, text: &str) -> Result<Scenario, ScenarioFileError>
 ///
 /// [`ScenarioFileError`] naming the file when it cannot be read, or [`parse`]'s.
 pub fn parse_file(path: &std::path::Path) -> Result<Scenario, ScenarioFileError> {
+    let (file_name, bytes) = read_file(path)?;
+    parse_bytes(&file_name, &bytes)
+}
+
+/// The file name and contents of the scenario file at `path` (at most [`MAX_FILE_BYTES`]).
+///
+/// # Errors
+///
+/// [`ScenarioFileError`] naming the file when it cannot be read or is too large.
+pub fn read_file(path: &std::path::Path) -> Result<(String, Vec<u8>), ScenarioFileError> {
     use std::io::Read as _;
     let file_name = path
         .file_name()
@@ -339,8 +349,22 @@ pub fn parse_file(path: &std::path::Path) -> Result<Scenario, ScenarioFileError>
             "larger than the limit of {MAX_FILE_BYTES} bytes"
         )));
     }
-    let text = String::from_utf8(bytes).map_err(|_| whole("not UTF-8".into()))?;
-    parse(&file_name, &text)
+    Ok((file_name, bytes))
+}
+
+/// Parses the contents of scenario file `file_name` (UTF-8 JSON).
+///
+/// # Errors
+///
+/// [`ScenarioFileError`]: not UTF-8, or [`parse`]'s.
+pub fn parse_bytes(file_name: &str, bytes: &[u8]) -> Result<Scenario, ScenarioFileError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| ScenarioFileError {
+        file: file_name.to_string(),
+        line: 1,
+        column: 0,
+        message: "not UTF-8".into(),
+    })?;
+    parse(file_name, text)
 }
 
 /// The scenario name of a file name (`NAME.json`).
