@@ -181,6 +181,8 @@ impl ScenarioStore {
             tracing::info!(message = "Scenario file removed.", file = %name);
         }
         if changed {
+            let invalid = new.values().filter(|s| s.parsed.is_err()).count();
+            crate::metrics::scenarios_listed(new.len() - invalid, invalid);
             *self
                 .files
                 .write()

@@ -48,6 +48,17 @@ fn load_job(scenario: &str, knobs: &str) -> String {
     .to_string()
 }
 
+/// `GET /metrics` of the stats server at `addr` (plain HTTP/1.1, `Connection: close`).
+async fn get_metrics(addr: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await?;
+    c.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut buf = Vec::new();
+    c.read_to_end(&mut buf).await?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
 fn names(v: &Value) -> Vec<String> {
     v["scenarios"]
         .as_array()
@@ -68,7 +79,7 @@ async fn the_directory_is_followed_while_the_controller_runs() -> Result<()> {
     let ctl = TestController::builder(root.join("ctl"))
         .arg("--scenarios")
         .arg(&dir)
-        .args(["--load-allow", "127.0.0.1"])
+        .args(["--load-allow", "127.0.0.1", "--stats-port", "0"])
         .spawn()
         .await?;
 
@@ -201,6 +212,12 @@ async fn the_directory_is_followed_while_the_controller_runs() -> Result<()> {
     assert!(
         names(&v).is_empty(),
         "not its last good version either: {v}"
+    );
+    let metrics = get_metrics(ctl.stats.as_deref().unwrap()).await?;
+    assert!(
+        metrics.contains("meshlat_controller_scenarios{state=\"invalid\"} 1")
+            && metrics.contains("meshlat_controller_scenarios{state=\"valid\"} 0"),
+        "{metrics}"
     );
     let inv = &v["invalid"][0];
     assert_eq!(
