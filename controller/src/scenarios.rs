@@ -453,7 +453,7 @@ pub fn info_to_text(s: &pb::ScenarioInfo) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<16} {:<7} {:>16} {:>6}  PATH",
+        "{:<16} {:<7} {:>20} {:>6}  PATH",
         "LABEL", "METHOD", "WEIGHT", "EXPECT"
     );
     for ri in &s.requests {
@@ -470,7 +470,7 @@ pub fn info_to_text(s: &pb::ScenarioInfo) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<16} {:<7} {:>16} {:>6}  {}",
+            "{:<16} {:<7} {:>20} {:>6}  {}",
             r.label, r.method, weight, expect, r.path
         );
     }
