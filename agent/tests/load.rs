@@ -178,6 +178,7 @@ fn spec(url: &str, model: Model, steps: Steps, duration: Duration) -> LoadSpec {
         headers: http::HeaderMap::new(),
         mix: RequestMix::target_get(),
         credentials: Credentials::default(),
+        credentials_header: None,
         tls: TlsClientOptions::default(),
     }
 }

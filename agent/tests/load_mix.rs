@@ -176,6 +176,7 @@ async fn weights_templates_and_expected_statuses() {
         headers: http::HeaderMap::new(),
         mix,
         credentials: Credentials::default(),
+        credentials_header: None,
         tls: TlsClientOptions::default(),
     };
     let handle = LoadEngine::new(spec).unwrap().start();

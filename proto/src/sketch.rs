@@ -178,6 +178,15 @@ impl RttHistogram {
         )
     }
 
+    /// The non-empty buckets, ascending: each one's representative value (ms; 0 for the zero
+    /// bucket) and count. What a load record's `lat_hist_ms` / `lat_hist_counts` hold.
+    pub fn nonempty_buckets(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        (self.zero > 0)
+            .then_some((0.0, self.zero))
+            .into_iter()
+            .chain(self.buckets.iter().map(|(i, c)| (representative(*i), *c)))
+    }
+
     /// The wire form: ascending buckets, delta-coded indexes.
     pub fn to_pb(&self) -> pb::RttHistogram {
         let mut prev = 0i32;

@@ -40,6 +40,10 @@ pub struct RunConfig {
     pub emf: Option<crate::sink::emf::EmfConfig>,
     /// ECS task metadata endpoint (`ECS_CONTAINER_METADATA_URI_V4`), if on ECS.
     pub ecs_metadata_uri: Option<String>,
+    /// The caps on load jobs (`--load-max-connections`, `--load-max-rate`).
+    pub load: crate::load::job::LoadLimits,
+    /// Secrets Manager endpoint for load jobs' credentials (`--load-secrets-endpoint`).
+    pub load_secrets_endpoint: Option<String>,
     /// Logging/stats.
     pub common: CommonConfig,
 }
@@ -116,6 +120,7 @@ impl RunConfig {
                 })
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
         });
+        let load = load_limits(a.load_max_connections, a.load_max_rate)?;
         let mut common = CommonConfig::from_args(&a.common)?;
         common.stats_listen.get_or_insert(a.responders.listen);
         let responders = responder_config(&a.responders, common.limits)?;
@@ -154,9 +159,50 @@ impl RunConfig {
                 )?
             },
             ecs_metadata_uri: env("ECS_CONTAINER_METADATA_URI_V4").filter(|s| !s.is_empty()),
+            load,
+            load_secrets_endpoint: match a.load_secrets_endpoint.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                    Some(u.to_string())
+                }
+                Some(u) => {
+                    return Err(ConfigError::Label {
+                        flag: "--load-secrets-endpoint",
+                        value: u.to_string(),
+                        reason: "must be an http:// or https:// URL",
+                    });
+                }
+            },
             common,
         })
     }
+}
+
+/// Checks `--load-max-connections` and `--load-max-rate` (the bounds of `agent load`'s
+/// `--max-connections` and `--max-rate`).
+fn load_limits(
+    max_connections: u32,
+    max_rate: f64,
+) -> Result<crate::load::job::LoadLimits, ConfigError> {
+    use crate::load::config::{MAX_CONNECTIONS_LIMIT, MAX_RATE_LIMIT};
+    if max_connections == 0 || max_connections > MAX_CONNECTIONS_LIMIT {
+        return Err(ConfigError::OutOfRange {
+            flag: "--load-max-connections",
+            value: max_connections.to_string(),
+            range: format!("1 to {MAX_CONNECTIONS_LIMIT}").into(),
+        });
+    }
+    if !(max_rate.is_finite() && max_rate > 0.0 && max_rate <= MAX_RATE_LIMIT) {
+        return Err(ConfigError::OutOfRange {
+            flag: "--load-max-rate",
+            value: max_rate.to_string(),
+            range: format!("above 0, up to {MAX_RATE_LIMIT} req/s").into(),
+        });
+    }
+    Ok(crate::load::job::LoadLimits {
+        max_connections,
+        max_rate,
+    })
 }
 
 /// Parses and checks `--advertise-endpoint` values against the responders that will run.
@@ -253,6 +299,32 @@ mod tests {
             err.contains("--no-state-dir") && err.contains("--state-dir"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn load_caps_default_and_are_validated_naming_the_flag() {
+        let c = run(&[]).expect("valid");
+        assert_eq!(c.load, crate::load::job::LoadLimits::default());
+        assert_eq!(c.load.max_connections, 1_000);
+        let c = run(&["--load-max-connections", "64", "--load-max-rate", "250.5"]).expect("valid");
+        assert_eq!((c.load.max_connections, c.load.max_rate), (64, 250.5));
+        for (args, want) in [
+            (
+                &["--load-max-connections", "0"][..],
+                "--load-max-connections",
+            ),
+            (&["--load-max-connections", "100001"][..], "1 to 100000"),
+            (&["--load-max-rate", "0"][..], "--load-max-rate"),
+            (&["--load-max-rate", "NaN"][..], "--load-max-rate"),
+            (&["--load-max-rate", "2e7"][..], "up to 10000000"),
+            (
+                &["--load-secrets-endpoint", "moto:5000"][..],
+                "--load-secrets-endpoint",
+            ),
+        ] {
+            let e = run(args).expect_err("refused");
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Assignments from the controller into the scheduler's job set.
+//! Assignments from the controller into the scheduler's job set (load jobs are left to
+//! [`crate::load::job`]).
 //!
 //! Each assignment becomes one scheduler [`Job`] per (protocol, agent-or-external) group, since
 //! a scheduler job has one [`ProbeSpec`]. The groups of one controller job keep its id (records
@@ -43,15 +44,12 @@ pub fn job_set(set: &pb::JobSet, key: &Key) -> (JobSet, BTreeMap<String, String>
             rejected.insert(job.id.clone(), "no spec".into());
             continue;
         };
-        if let Err(e) = meshlat_proto::job::validate(spec) {
-            rejected.insert(job.id.clone(), e.to_string());
+        // Load jobs run in the load runner ([`crate::load::job`]), not the scheduler.
+        if spec.kind == pb::JobKind::Load as i32 {
             continue;
         }
-        if spec.kind == pb::JobKind::Load as i32 {
-            rejected.insert(
-                job.id.clone(),
-                "load jobs are not run by this agent yet".into(),
-            );
+        if let Err(e) = meshlat_proto::job::validate(spec) {
+            rejected.insert(job.id.clone(), e.to_string());
             continue;
         }
         let relay = spec.kind == pb::JobKind::Relay as i32;
@@ -227,6 +225,7 @@ mod tests {
                     },
                 ],
                 key: Vec::new(),
+                load_share_agents: 0,
             }],
             ..Default::default()
         };
@@ -245,6 +244,34 @@ mod tests {
         assert_eq!(udp.targets[0].dst.region.as_deref(), Some("a"));
         let versions: std::collections::BTreeSet<u64> = js.jobs.iter().map(|j| j.version).collect();
         assert_eq!(versions.len(), 2, "distinct scheduler versions");
+    }
+
+    #[test]
+    fn load_jobs_are_left_to_the_load_runner() {
+        let set = pb::JobSet {
+            generation: 2,
+            assignments: vec![pb::Assignment {
+                job: Some(pb::Job {
+                    id: "lj".into(),
+                    version: 1,
+                    spec: Some(pb::JobSpec {
+                        kind: pb::JobKind::Load as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                targets: vec![pb::AssignedTarget {
+                    target: "http://10.0.0.2:8080/".into(),
+                    ..Default::default()
+                }],
+                key: Vec::new(),
+                load_share_agents: 0,
+            }],
+            ..Default::default()
+        };
+        let (js, rejected) = job_set(&set, &Key::default_key());
+        assert!(js.jobs.is_empty(), "no scheduler job");
+        assert!(rejected.is_empty(), "not refused here: {rejected:?}");
     }
 
     #[test]
@@ -296,6 +323,7 @@ mod tests {
                     ..Default::default()
                 }],
                 key: b"mesh-wire-key".to_vec(),
+                load_share_agents: 0,
             }],
             ..Default::default()
         };

@@ -1,4 +1,5 @@
-//! `agent run`: responders, the controller session, the scheduler and the sinks in one process.
+//! `agent run`: responders, the controller session, the scheduler, the load runner and the
+//! sinks in one process.
 //!
 //! [`RunApp::bind`] binds the responders and the stats server, works out the identity
 //! (flags, then ECS metadata) and the advertised address; [`RunApp::run`] connects to the
@@ -164,6 +165,8 @@ impl RunApp {
             backoff: Retries::new(super::session::RECONNECT),
             key,
             summaries: None,
+            load_limits: cfg.load,
+            load_secrets: crate::load::secrets::LoadSecrets::new(cfg.load_secrets_endpoint.clone()),
         };
         let firehose = match &cfg.firehose {
             Some(f) => Some(FirehoseSink::start(f.clone()).await?),
@@ -219,6 +222,7 @@ impl RunApp {
         let mut control = self.control;
         control.summaries = Some(summaries);
         let (jobs_tx, jobs_rx) = watch::channel(JobSet::default());
+        let (loads_tx, loads_rx) = watch::channel(crate::load::job::LoadSet::default());
         let (mode_tx, mode_rx) = watch::channel(ControlMode::Static);
         // meshlat_control_mode follows the session's mode.
         let mut mode_watch = mode_rx.clone();
@@ -246,6 +250,7 @@ impl RunApp {
             control,
             Outputs {
                 jobs: jobs_tx,
+                loads: Some(loads_tx),
                 mode: mode_tx,
                 id: id_tx,
                 keys: self.controller_keys,
@@ -263,9 +268,15 @@ impl RunApp {
                 ..self.identity
             };
             let _ = records_identity_tx.send(identity.clone());
-            Scheduler::new(identity, sinks.handle(), mode_rx)
-                .run(jobs_rx, shutdown.clone())
-                .await;
+            let load = crate::load::runner::LoadRunner::new(
+                identity.clone(),
+                sinks.handle(),
+                mode_rx.clone(),
+            );
+            tokio::join!(
+                Scheduler::new(identity, sinks.handle(), mode_rx).run(jobs_rx, shutdown.clone()),
+                load.run(loads_rx, shutdown.clone()),
+            );
         }
         shutdown.cancelled().await;
         let _ = control.await;

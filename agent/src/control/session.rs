@@ -1,6 +1,8 @@
 //! The controller session: one task owns the connection, reconnects with a jittered exponential
-//! backoff, turns received job sets into the scheduler's `watch` channel and keeps the control
-//! mode ([`super::failstatic`]) up to date (STYLE §9, linkerd `tonic-watch`).
+//! backoff, turns received job sets into the scheduler's and the load runner's `watch` channels
+//! and keeps the control mode ([`super::failstatic`]) up to date (STYLE §9, linkerd
+//! `tonic-watch`). Load jobs of a job set resumed from `--state-dir` are not started: load runs
+//! only while the controller can stop it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,6 +56,10 @@ pub struct ControlConfig {
     pub key: Key,
     /// Rolling summaries sent every [`crate::live::SUMMARY_INTERVAL`] (`None`: none sent).
     pub summaries: Option<crate::live::SharedSummaries>,
+    /// The agent's caps on load jobs (`--load-max-connections`, `--load-max-rate`).
+    pub load_limits: crate::load::job::LoadLimits,
+    /// Reads load jobs' credentials from Secrets Manager, and keeps what it read.
+    pub load_secrets: crate::load::secrets::LoadSecrets,
 }
 
 /// A session failure (reconnected after a backoff).
@@ -96,6 +102,8 @@ pub fn store_id(dir: &std::path::Path, id: &str) -> std::io::Result<()> {
 pub struct Outputs {
     /// The scheduler's job set.
     pub jobs: watch::Sender<JobSet>,
+    /// The load runner's tasks (load jobs); `None`: load jobs are refused.
+    pub loads: Option<watch::Sender<crate::load::job::LoadSet>>,
     /// The control mode records are marked with.
     pub mode: watch::Sender<ControlMode>,
     /// The agent id, once known.
@@ -135,7 +143,7 @@ pub async fn run(mut cfg: ControlConfig, out: Outputs, shutdown: CancellationTok
             .and_then(super::state::load_job_set)
         {
             fs.resumed(Duration::from_millis(set.lease_ms), Instant::now());
-            apply_job_set(&cfg, &out, &set);
+            apply_job_set(&cfg, &out, &set, Resume::Stored, &Default::default());
             tracing::info!(message = "Resuming the stored job set until the controller answers.", generation = set.generation, mode = ?fs.mode(Instant::now()));
             let _ = out.mode.send(fs.mode(Instant::now()));
         }
@@ -197,12 +205,24 @@ pub async fn run(mut cfg: ControlConfig, out: Outputs, shutdown: CancellationTok
     }
 }
 
-/// Hands a job set to the reflector (its keys) and the scheduler (its jobs); returns the
-/// jobs refused, with the reason.
+/// Where a job set comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resume {
+    /// The controller, now.
+    Controller,
+    /// `--state-dir`, at start-up while the controller is away: its load jobs are not
+    /// started (load runs only while the controller can stop it).
+    Stored,
+}
+
+/// Hands a job set to the reflector (its keys), the scheduler (its probe and relay jobs) and
+/// the load runner (its load jobs); returns the jobs refused, with the reason.
 fn apply_job_set(
     cfg: &ControlConfig,
     out: &Outputs,
     set: &pb::JobSet,
+    from: Resume,
+    secrets: &crate::load::secrets::ResolvedSecrets,
 ) -> std::collections::BTreeMap<String, String> {
     if let Some(tx) = &out.keys {
         let keys = controller_keys(set);
@@ -212,11 +232,29 @@ fn apply_job_set(
             changed
         });
     }
-    let (jobs, rejected) = super::convert::job_set(set, &cfg.key);
+    let (jobs, mut rejected) = super::convert::job_set(set, &cfg.key);
+    let (loads, load_rejected) = crate::load::job::load_set(set, &cfg.load_limits, secrets);
+    let load_tasks = loads.tasks.len();
+    match &out.loads {
+        Some(tx) if from == Resume::Controller => {
+            rejected.extend(load_rejected);
+            let _ = tx.send(loads);
+        }
+        Some(_) => {}
+        None => {
+            for id in load_rejected
+                .into_keys()
+                .chain(loads.tasks.iter().map(|t| t.job_id.clone()))
+            {
+                rejected.insert(id, "this agent does not run load jobs".into());
+            }
+        }
+    }
     tracing::info!(
         message = "Job set applied.",
         generation = set.generation,
         jobs = jobs.jobs.len(),
+        load_tasks,
         rejected = rejected.len()
     );
     let _ = out.jobs.send(jobs);
@@ -358,7 +396,11 @@ async fn session(
                     }
                     Some(In::JobSet(set)) => {
                         fs.lease(Duration::from_millis(set.lease_ms));
-                        let rejected = apply_job_set(cfg, out, &set);
+                        // Secrets Manager credentials of new load jobs are read first (up to
+                        // FETCH_TIMEOUT each), so a secret that cannot be read refuses its job
+                        // in this ack.
+                        let secrets = cfg.load_secrets.resolve(&set).await;
+                        let rejected = apply_job_set(cfg, out, &set, Resume::Controller, &secrets);
                         generation = set.generation;
                         if let Some(Err(error)) = cfg.state_dir.as_deref().map(|d| super::state::store_job_set(d, &set)) {
                             tracing::warn!(message = "Cannot store the job set; a restart without the controller will measure nothing.", dir = ?cfg.state_dir, %error);
@@ -392,6 +434,110 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config() -> ControlConfig {
+        ControlConfig {
+            host: "127.0.0.1".into(),
+            port: 7400,
+            tls: None,
+            pin: [0; 32],
+            identity: None,
+            token: String::new(),
+            hello: pb::Hello::default(),
+            state_dir: None,
+            backoff: Retries::new(RECONNECT),
+            key: Key::default_key(),
+            summaries: None,
+            load_limits: crate::load::job::LoadLimits::default(),
+            load_secrets: crate::load::secrets::LoadSecrets::new(None),
+        }
+    }
+
+    fn load_set_of(generation: u64) -> pb::JobSet {
+        let url = "http://127.0.0.1:9/";
+        pb::JobSet {
+            generation,
+            assignments: vec![pb::Assignment {
+                job: Some(pb::Job {
+                    id: "lj".into(),
+                    version: 1,
+                    spec: Some(pb::JobSpec {
+                        kind: pb::JobKind::Load as i32,
+                        protocols: vec![pb::Protocol::Http as i32],
+                        sources: vec![pb::Endpoint {
+                            endpoint: Some(pb::endpoint::Endpoint::Selector("region=a".into())),
+                        }],
+                        targets: vec![pb::Endpoint {
+                            endpoint: Some(pb::endpoint::Endpoint::Url(url.into())),
+                        }],
+                        duration_ms: 10_000,
+                        timeout_ms: 1_000,
+                        load: Some(pb::LoadSpec {
+                            model: pb::LoadModel::Closed as i32,
+                            start: 1.0,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                targets: vec![pb::AssignedTarget {
+                    target: url.into(),
+                    ..Default::default()
+                }],
+                key: Vec::new(),
+                load_share_agents: 0,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn load_jobs_go_to_the_runner_but_not_from_the_stored_set() {
+        let (jobs, _) = watch::channel(JobSet::default());
+        let (loads, loads_rx) = watch::channel(crate::load::job::LoadSet::default());
+        let (mode, _) = watch::channel(ControlMode::Static);
+        let (id, _) = watch::channel(None);
+        let out = Outputs {
+            jobs,
+            loads: Some(loads),
+            mode,
+            id,
+            keys: None,
+        };
+        let cfg = config();
+        // Resumed from --state-dir without the controller: no load.
+        let rejected = apply_job_set(
+            &cfg,
+            &out,
+            &load_set_of(1),
+            Resume::Stored,
+            &Default::default(),
+        );
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert!(loads_rx.borrow().tasks.is_empty());
+        // From the controller: the runner gets the task.
+        let rejected = apply_job_set(
+            &cfg,
+            &out,
+            &load_set_of(2),
+            Resume::Controller,
+            &Default::default(),
+        );
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(loads_rx.borrow().tasks.len(), 1);
+        assert_eq!(loads_rx.borrow().generation, 2);
+        // Without a runner, load jobs are refused in the ack.
+        let out = Outputs { loads: None, ..out };
+        let rejected = apply_job_set(
+            &cfg,
+            &out,
+            &load_set_of(3),
+            Resume::Controller,
+            &Default::default(),
+        );
+        assert_eq!(rejected["lj"], "this agent does not run load jobs");
+    }
 
     #[test]
     fn id_file_round_trip() {

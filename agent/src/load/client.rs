@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, HOST, HeaderMap, HeaderValue, USER_AGENT};
+use http::header::{HOST, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::client::conn::http1::SendRequest;
@@ -169,9 +169,10 @@ impl Endpoint {
         })
     }
 
-    /// The next request of the mix ([`RequestMix::pick`]) with, if given, an `Authorization`
-    /// value; and the status it expects (0: any 2xx).
-    pub fn request(&self, auth: Option<&HeaderValue>) -> (Request<Full<Bytes>>, u16) {
+    /// The next request of the mix ([`RequestMix::pick`]) with, if given, a credential header
+    /// (`Authorization` or a job's named header), which replaces one of the same name; and the
+    /// status it expects (0: any 2xx).
+    pub fn request(&self, auth: Option<&(HeaderName, HeaderValue)>) -> (Request<Full<Bytes>>, u16) {
         let i = self.mix.pick();
         let Some(p) = self.prepared.get(i).or_else(|| self.prepared.first()) else {
             // A mix has at least one request (RequestMix's invariant); an empty GET otherwise.
@@ -181,8 +182,8 @@ impl Endpoint {
         *req.method_mut() = p.method.clone();
         *req.uri_mut() = p.path.clone();
         *req.headers_mut() = p.headers.clone();
-        if let Some(a) = auth {
-            req.headers_mut().insert(AUTHORIZATION, a.clone());
+        if let Some((name, value)) = auth {
+            req.headers_mut().insert(name.clone(), value.clone());
         }
         (req, p.expect_status)
     }
@@ -367,15 +368,31 @@ mod tests {
             RequestMix::default(),
         )
         .unwrap();
-        let auth = HeaderValue::from_static("Basic eDp5");
+        let auth = (
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Basic eDp5"),
+        );
         let (r, expect) = e.request(Some(&auth));
         assert_eq!((r.method(), expect), (&http::Method::GET, 0));
         assert_eq!(r.uri(), "/a?b=1");
         assert_eq!(r.headers()[HOST], "example.com:8080");
         assert_eq!(r.headers()[USER_AGENT], "mine");
         assert_eq!(r.headers().get_all("x-test").iter().count(), 2);
-        assert_eq!(r.headers()[AUTHORIZATION], "Basic eDp5");
-        assert!(e.request(None).0.headers().get(AUTHORIZATION).is_none());
+        assert_eq!(r.headers()[http::header::AUTHORIZATION], "Basic eDp5");
+        assert!(
+            e.request(None)
+                .0
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .is_none()
+        );
+        let key = (
+            HeaderName::from_static("x-api-key"),
+            HeaderValue::from_static("s3cret"),
+        );
+        let (r, _) = e.request(Some(&key));
+        assert_eq!(r.headers()["x-api-key"], "s3cret");
+        assert!(r.headers().get(http::header::AUTHORIZATION).is_none());
         let udp = Target::parse("udp://127.0.0.1:9").unwrap();
         assert!(matches!(
             Endpoint::new(

@@ -219,6 +219,7 @@ impl LoadConfig {
                 headers,
                 mix,
                 credentials,
+                credentials_header: None,
                 tls: TlsClientOptions {
                     skip_verify: a.tls_skip_verify,
                     ca_file: a.ca.clone(),

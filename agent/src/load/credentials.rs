@@ -81,6 +81,18 @@ impl Credential {
     }
 }
 
+impl Credential {
+    /// The secret alone as a header value (a job's `LoadCredentials.header` mode), marked
+    /// sensitive.
+    pub fn secret_value(&self) -> HeaderValue {
+        // Control characters are refused when parsing; anything else a header accepts.
+        let mut v =
+            HeaderValue::from_str(&self.secret).unwrap_or_else(|_| HeaderValue::from_static(""));
+        v.set_sensitive(true);
+        v
+    }
+}
+
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credential")

@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
@@ -61,8 +61,11 @@ pub struct LoadSpec {
     pub headers: http::HeaderMap,
     /// The requests sent, by weight ([`RequestMix::target_get`]: a `GET` of the target URL).
     pub mix: RequestMix,
-    /// Basic-auth credentials spread over workers (may be empty).
+    /// Credentials spread over workers (may be empty).
     pub credentials: Credentials,
+    /// Send each credential's secret in this header instead of `Authorization: Basic`
+    /// (`LoadCredentials.header` of a job).
+    pub credentials_header: Option<HeaderName>,
     /// Certificate checks for https.
     pub tls: TlsClientOptions,
 }
@@ -78,12 +81,23 @@ pub struct LoadEngine {
 /// handle stops the run (as [`LoadHandle::stop`]).
 #[derive(Debug)]
 pub struct LoadHandle {
-    level: watch::Sender<Option<f64>>,
+    level: watch::Sender<Option<Update>>,
+    /// Wall-clock time of the run's start: second `n` of the reports begins `n` s after it.
+    started: SystemTime,
     cancel: CancellationToken,
     /// Cancels the run when the handle is dropped.
     guard: DropGuard,
     reports: mpsc::UnboundedReceiver<SecondReport>,
     task: tokio::task::JoinHandle<LoadSummary>,
+}
+
+/// A change to a running engine's schedule.
+#[derive(Clone, Debug)]
+enum Update {
+    /// [`LoadHandle::set_level`].
+    Level(f64),
+    /// [`LoadHandle::reschedule`].
+    Schedule(Schedule),
 }
 
 /// One step of a finished run.
@@ -120,8 +134,8 @@ pub struct LoadSummary {
 struct Shared {
     endpoint: Arc<Endpoint>,
     recorder: Mutex<Recorder>,
-    /// `Authorization` values, one per credential.
-    auth: Vec<HeaderValue>,
+    /// Credential headers (`Authorization`, or the job's named header), one per credential.
+    auth: Vec<(HeaderName, HeaderValue)>,
     think_time: Duration,
     timeout: Duration,
     /// Open model: intended send times waiting for a connection.
@@ -157,9 +171,11 @@ impl LoadEngine {
         let (level, level_rx) = watch::channel(None);
         let cancel = CancellationToken::new();
         let (tx, reports) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(self, level_rx, cancel.clone(), tx));
+        let (origin, started) = (Instant::now(), SystemTime::now());
+        let task = tokio::spawn(run(self, origin, level_rx, cancel.clone(), tx));
         LoadHandle {
             level,
+            started,
             guard: cancel.clone().drop_guard(),
             cancel,
             reports,
@@ -175,7 +191,20 @@ impl LoadHandle {
     /// capped — ending the staircase. Takes effect at once: workers are added or cancelled, the
     /// pacer's next interval uses the new rate.
     pub fn set_level(&self, level: f64) {
-        self.level.send_replace(Some(level));
+        self.level.send_replace(Some(Update::Level(level)));
+    }
+
+    /// Replaces the run's schedule — steps and caps — keeping its start: the step and level
+    /// the new schedule gives for the time elapsed take effect at once, and the staircase goes
+    /// on from there (a job updated while it runs). A schedule of another model is ignored
+    /// (logged): that is a different run.
+    pub fn reschedule(&self, schedule: Schedule) {
+        self.level.send_replace(Some(Update::Schedule(schedule)));
+    }
+
+    /// Wall-clock time of the run's start: report `n` covers the second from `n` s after it.
+    pub fn started(&self) -> SystemTime {
+        self.started
     }
 
     /// Stops the run: every worker is cancelled at once, its request dropped with its
@@ -213,12 +242,12 @@ struct Workers {
 
 async fn run(
     engine: LoadEngine,
-    mut level_rx: watch::Receiver<Option<f64>>,
+    origin: Instant,
+    mut level_rx: watch::Receiver<Option<Update>>,
     cancel: CancellationToken,
     reports: mpsc::UnboundedSender<SecondReport>,
 ) -> LoadSummary {
     let LoadEngine { spec, endpoint } = engine;
-    let origin = Instant::now();
     let end = origin + spec.duration;
     let mut schedule = spec.schedule.clone();
     let model = schedule.model();
@@ -226,7 +255,11 @@ async fn run(
         endpoint,
         recorder: Mutex::new(Recorder::new(origin)),
         auth: (0..spec.credentials.len())
-            .filter_map(|i| spec.credentials.for_worker(i).map(|c| c.basic_auth()))
+            .filter_map(|i| spec.credentials.for_worker(i))
+            .map(|c| match &spec.credentials_header {
+                Some(name) => (name.clone(), c.secret_value()),
+                None => (http::header::AUTHORIZATION, c.basic_auth()),
+            })
             .collect(),
         think_time: spec.think_time,
         timeout: spec.timeout,
@@ -295,13 +328,25 @@ async fn run(
             }
             changed = level_rx.changed(), if updates_open => {
                 updates_open = changed.is_ok();
-                if updates_open && let Some(l) = *level_rx.borrow_and_update() {
-                    let capped = schedule.set_level(l);
-                    if capped < l {
-                        tracing::warn!(message = "Load update capped.", asked = l, level = capped);
+                let update = level_rx.borrow_and_update().clone();
+                match update.filter(|_| updates_open) {
+                    Some(Update::Level(l)) => {
+                        let capped = schedule.set_level(l);
+                        if capped < l {
+                            tracing::warn!(message = "Load update capped.", asked = l, level = capped);
+                        }
+                        tracing::info!(message = "Load level updated.", level = capped);
+                        apply(&schedule, &mut workers, &mut pacer, Instant::now());
                     }
-                    tracing::info!(message = "Load level updated.", level = capped);
-                    apply(&schedule, &mut workers, &mut pacer, Instant::now());
+                    Some(Update::Schedule(s)) if s.model() == model => {
+                        schedule = s;
+                        let p = apply(&schedule, &mut workers, &mut pacer, Instant::now());
+                        tracing::info!(message = "Load schedule updated.", step = p.step, level = p.level);
+                    }
+                    Some(Update::Schedule(s)) => {
+                        tracing::warn!(message = "Load schedule of another model ignored.", model = ?model, asked = ?s.model());
+                    }
+                    None => {}
                 }
             }
             () = sleep_until(wake) => {
@@ -461,7 +506,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn request(
     shared: &Shared,
     conn: &mut Option<Conn>,
-    auth: Option<&HeaderValue>,
+    auth: Option<&(HeaderName, HeaderValue)>,
 ) -> RequestResult {
     let attempt = async {
         // A connection the server closed after its last response is replaced, not counted as

@@ -1,5 +1,6 @@
-//! HTTP load from one agent: the foundation of load jobs (issue 15). `agent load` runs it from
-//! the command line; the controller's `"kind":"load"` job is still to come.
+//! HTTP load from one agent (issue 15). `agent load` runs it from the command line; under a
+//! controller, `"kind":"load"` jobs run it ([`job`] converts them, [`runner`] runs them and
+//! writes a `kind = load` record per second, [`record`]).
 //!
 //! Two models, as wrk/wrk2 and k6's executors have them:
 //!
@@ -23,19 +24,28 @@
 //! - [`plan`]: the stepped schedule, caps and the open model's pacer (sans-IO).
 //! - [`stats`]: samples → per-second tallies, status classes, latency histograms (sans-IO).
 //! - [`credentials`]: `key:secret` files, basic auth, redaction.
+//! - [`mix`]: the request mix (weighted requests, `{{KNOB}}` templates, expected statuses; sans-IO).
 //! - [`client`]: one keep-alive HTTP/1.1 connection (the prober's hyper/rustls stack).
 //! - [`engine`]: the run task and workers; [`LoadEngine`], [`LoadHandle`].
 //! - [`config`]: `agent load`'s flags validated; [`report`]: its text output;
 //!   [`command`]: bind + run.
+//! - [`job`]: a controller's load assignments into engine runs, within the agent's caps
+//!   ([`job::LoadLimits`]); [`runner`]: starts, updates in place, restarts and stops them;
+//!   [`record`]: a second's report as a `kind = load` record; [`secrets`]: credentials from
+//!   AWS Secrets Manager.
 
 pub mod client;
 pub mod command;
 pub mod config;
 pub mod credentials;
 pub mod engine;
+pub mod job;
 pub mod mix;
 pub mod plan;
+pub mod record;
 pub mod report;
+pub mod runner;
+pub mod secrets;
 pub mod stats;
 
 pub use self::engine::{LoadEngine, LoadHandle, LoadSpec, LoadSummary, StepSummary};

@@ -104,11 +104,13 @@ mod tests {
                         job: Some(job.clone()),
                         targets: targets.clone(),
                         key: key.clone(),
+                        load_share_agents: 0,
                     },
                     pb::Assignment {
                         job: Some(job.clone()),
                         targets: Vec::new(),
                         key: key.clone(),
+                        load_share_agents: 0,
                     },
                 ],
                 ..Default::default()
