@@ -515,7 +515,8 @@ pub struct ProbeArgs {
 /// `agent load`: HTTP load on one URL ([`crate::load`]).
 #[derive(Clone, Debug, Args)]
 pub struct LoadArgs {
-    /// The URL to load: http://… or https://… (GET, redirects not followed).
+    /// The URL to load: http://… or https://… (GET, or --scenario's requests; redirects not
+    /// followed).
     #[arg(value_name = "URL")]
     pub url: String,
     /// Closed model: workers (one connection each) at the first step. Default model: closed,
@@ -568,6 +569,15 @@ pub struct LoadArgs {
     /// An extra request header, 'Name: value'; repeatable.
     #[arg(short = 'H', long = "header", value_name = "'NAME: VALUE'")]
     pub headers: Vec<String>,
+    /// Send the weighted request mix of this scenario file (the controller's scenario format,
+    /// NAME.json; README "Scenarios") instead of a GET of URL: its paths are appended to URL's
+    /// origin.
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
+    /// Set a knob of --scenario over its default, NAME=VALUE; repeatable (ERROR_WEIGHT=0 turns
+    /// off a request weighted by it).
+    #[arg(long = "knob", value_name = "NAME=VALUE", requires = "scenario")]
+    pub knobs: Vec<String>,
     /// File of key:secret lines; sent as HTTP basic auth, spread round-robin over workers
     /// (connections). Never logged or printed.
     #[arg(long, value_name = "FILE")]

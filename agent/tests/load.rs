@@ -23,6 +23,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use meshlat_agent::load::credentials::Credentials;
+use meshlat_agent::load::mix::RequestMix;
 use meshlat_agent::load::plan::{Caps, Model, Schedule, Steps};
 use meshlat_agent::load::{LoadEngine, LoadHandle, LoadSpec, SecondReport};
 use meshlat_agent::target::Target;
@@ -175,6 +176,7 @@ fn spec(url: &str, model: Model, steps: Steps, duration: Duration) -> LoadSpec {
         think_time: Duration::ZERO,
         timeout: Duration::from_secs(10),
         headers: http::HeaderMap::new(),
+        mix: RequestMix::target_get(),
         credentials: Credentials::default(),
         credentials_header: None,
         tls: TlsClientOptions::default(),

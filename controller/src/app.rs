@@ -18,6 +18,7 @@ use crate::grpc;
 use crate::keys::MeshKeys;
 use crate::registry::{Registry, RegistryConfig};
 use crate::rest::Rest;
+use crate::scenarios::ScenarioStore;
 use crate::store::mirror::{Mirror, MirroredStore};
 use crate::store::s3::S3Objects;
 use crate::store::{FileStore, StateStore, StoreError};
@@ -65,6 +66,15 @@ pub enum StartError {
     /// The join token or CA certificate could not be published (`--*-secret-arn`).
     #[error(transparent)]
     Publish(#[from] crate::publish::PublishError),
+    /// The `--scenarios` directory cannot be listed.
+    #[error("--scenarios {path}: {source}")]
+    Scenarios {
+        /// Path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A `--peer-ca` file is unreadable.
     #[error("--peer-ca {path}: {source}")]
     PeerCa {
@@ -102,6 +112,8 @@ pub struct Controller {
     peer_ca_pem: Vec<u8>,
     /// The S3 mirror of the data directory, whose uploader [`Controller::run`] drives.
     mirror: Option<Arc<Mirror<S3Objects>>>,
+    /// The load-job scenarios (`--scenarios`), re-read by [`Controller::run`].
+    scenarios: Option<Arc<ScenarioStore>>,
 }
 
 impl Controller {
@@ -174,6 +186,15 @@ impl Controller {
             )
             .await?;
         }
+        let scenarios = match &cfg.scenarios {
+            Some(dir) => Some(Arc::new(ScenarioStore::open(dir).map_err(|source| {
+                StartError::Scenarios {
+                    path: dir.display().to_string(),
+                    source,
+                }
+            })?)),
+            None => None,
+        };
         let registry = Arc::new(Registry::load(
             RegistryConfig {
                 region: cfg.region.clone(),
@@ -190,6 +211,7 @@ impl Controller {
                 address_policy: cfg.address_policy.clone(),
                 grant_epoch: GRANT_EPOCH,
                 limits: cfg.limits.clone(),
+                scenarios: scenarios.clone(),
             },
             store,
         )?);
@@ -267,6 +289,7 @@ impl Controller {
             )
         };
         Ok(Controller {
+            scenarios,
             agent_ca,
             server_tls,
             peer_ca_pem,
@@ -301,6 +324,12 @@ impl Controller {
     /// The shared registry (tests).
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()
+    }
+
+    /// The load-job scenarios (`--scenarios`; `None`: none). Load-job creation and update
+    /// fill a job naming a scenario through [`ScenarioStore::resolve`].
+    pub fn scenarios(&self) -> Option<Arc<ScenarioStore>> {
+        self.scenarios.clone()
     }
 
     /// Lines for stdout: bound addresses, the CA, and — on the start that generated secrets —
@@ -339,6 +368,9 @@ impl Controller {
         let tasks = tokio_util::task::TaskTracker::new();
         let registry = self.registry.clone();
         tasks.spawn(registry.clone().run_rounds(shutdown.clone()));
+        if let Some(s) = &self.scenarios {
+            tasks.spawn(s.clone().run(shutdown.clone()));
+        }
         let sweep_stop = shutdown.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -356,7 +388,8 @@ impl Controller {
                 .server_tls
                 .as_ref()
                 .map(|(_, rest)| tokio_rustls::TlsAcceptor::from(rest.clone()));
-            let rest = Rest::new(self.registry.clone(), self.creds.clone());
+            let rest = Rest::new(self.registry.clone(), self.creds.clone())
+                .with_scenarios(self.scenarios.clone());
             let listener = GuardedListener::new(l, "rest", self.cfg.rest_limits);
             tasks.spawn(rest.serve(listener, acceptor, limiter.clone(), shutdown.clone()));
         }
@@ -446,7 +479,8 @@ impl Controller {
                 crate::metrics::CountRejected::new(GrpcReject, "grpc"),
             ),
             OperatorServiceServer::with_interceptor(
-                grpc::operator::OperatorSvc::new(self.registry.clone(), self.creds.clone()),
+                grpc::operator::OperatorSvc::new(self.registry.clone(), self.creds.clone())
+                    .with_scenarios(self.scenarios.clone()),
                 grpc::auth::operator(self.creds.clone()),
             ),
         );

@@ -71,6 +71,17 @@ pub enum Command {
     },
     /// List the agents known to the controller.
     Agents(ClientArgs),
+    /// List the load-job scenarios of the controller's --scenarios directory (and invalid
+    /// files with their line), or `show NAME` one of them.
+    #[command(args_conflicts_with_subcommands = true)]
+    Scenarios {
+        /// `show NAME`; none: list.
+        #[command(subcommand)]
+        action: Option<ScenarioAction>,
+        /// Connection (when listing).
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// The latency matrix (src × dst: p50/p99 ms and loss) from the agents' rolling summaries.
     Matrix(MatrixArgs),
     /// Asks a controller's gRPC health service (grpc.health.v1) over TLS; exit 0 if serving,
@@ -183,6 +194,15 @@ impl JobAction {
     }
 }
 
+/// `controller scenarios ...`.
+#[derive(Debug, Subcommand)]
+pub enum ScenarioAction {
+    /// List scenarios and invalid files (the default).
+    List(ClientArgs),
+    /// One scenario: description, knobs with defaults, requests with weights.
+    Show(NameArgs),
+}
+
 /// `controller credentials ...`.
 #[derive(Debug, Subcommand)]
 pub enum CredentialAction {
@@ -291,6 +311,10 @@ pub struct ServeArgs {
     /// Directory for the CA, credentials and the state store.
     #[arg(long, env = "MESHLAT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    /// Directory of load-job scenarios (NAME.json files; README "Scenarios"), re-read every
+    /// second: listed by `controller scenarios` and GET /api/v1/scenarios, named by load jobs.
+    #[arg(long, env = "MESHLAT_SCENARIOS", value_name = "DIR")]
+    pub scenarios: Option<PathBuf>,
     /// Serve gRPC and REST without TLS (local experiments only).
     #[arg(long, env = "MESHLAT_PLAINTEXT")]
     pub plaintext: bool,

@@ -8,7 +8,8 @@ use meshlat_proto::pb::operator_service_client::OperatorServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::cli::{
-    ClientArgs, Command, CredentialAction, HealthArgs, JobAction, MatrixArgs, NameArgs, TokenAction,
+    ClientArgs, Command, CredentialAction, HealthArgs, JobAction, MatrixArgs, NameArgs,
+    ScenarioAction, TokenAction,
 };
 use crate::json;
 
@@ -52,6 +53,7 @@ pub async fn run(command: &Command) -> Result<(), ClientError> {
         Command::Credentials { action } => credentials(action).await?,
         Command::Tokens { action } => tokens(action).await?,
         Command::Agents(client) => agents(client).await?,
+        Command::Scenarios { action, client } => scenarios(action.as_ref(), client).await?,
         Command::Health(h) => health(h).await?,
         Command::Matrix(m) => {
             use std::io::Write;
@@ -366,6 +368,41 @@ pub async fn tokens(action: &TokenAction) -> Result<String, ClientError> {
             Ok(format!("revoked {}", line(&i)))
         }
     }
+}
+
+/// Runs `controller scenarios [list|show NAME]`; returns what to print.
+///
+/// # Errors
+///
+/// [`ClientError`]: the controller unreachable, no such scenario (`NotFound`), its file
+/// invalid (`FailedPrecondition`, naming file and line).
+pub async fn scenarios(
+    action: Option<&ScenarioAction>,
+    client: &ClientArgs,
+) -> Result<String, ClientError> {
+    match action {
+        None => scenario_list(client).await,
+        Some(ScenarioAction::List(c)) => scenario_list(c).await,
+        Some(ScenarioAction::Show(a)) => {
+            let mut c = connect(&a.client).await?;
+            let s = c
+                .get_scenario(pb::GetScenarioRequest {
+                    name: a.name.clone(),
+                })
+                .await?
+                .into_inner();
+            Ok(crate::scenarios::info_to_text(&s))
+        }
+    }
+}
+
+async fn scenario_list(a: &ClientArgs) -> Result<String, ClientError> {
+    let mut c = connect(a).await?;
+    let l = c
+        .list_scenarios(pb::ListScenariosRequest {})
+        .await?
+        .into_inner();
+    Ok(crate::scenarios::list_to_text(&l))
 }
 
 /// Runs `controller agents`; returns what to print.

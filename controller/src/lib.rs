@@ -30,6 +30,8 @@
 //! - [`pinglist`]: pinglists, i.e. which agent measures what (`full`, `per-region`,
 //!   `k-random`, relays), pure functions.
 //! - [`grpc`]: `AgentService`, `OperatorService`, interceptors, `Status` mapping.
+//! - [`scenarios`]: the `--scenarios` directory of load-job scenarios, re-read when it changes,
+//!   and the hook filling a load job's requests from one.
 //! - [`rest`]: the REST/JSON mirror under `/api/v1`; [`json`]: the JSON form of jobs.
 //! - [`client`]: `controller job ...` and `controller agents`.
 //! - [`ui`]: the web dashboard's embedded files and the security headers of the REST listener.
@@ -58,5 +60,6 @@ pub mod publish;
 pub mod registry;
 pub mod relay_policy;
 pub mod rest;
+pub mod scenarios;
 pub mod store;
 pub mod ui;

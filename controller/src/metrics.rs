@@ -17,7 +17,9 @@
 //! - `meshlat_controller_federation_peers` gauge, `..._federation_peer_up{peer}` gauge and
 //!   `..._federation_exchange_age_seconds{peer}` gauge;
 //! - `meshlat_controller_auth_failures_total{surface,reason}` and
-//!   `meshlat_controller_rate_limited_total{surface}` counters.
+//!   `meshlat_controller_rate_limited_total{surface}` counters;
+//! - `meshlat_controller_scenarios{state="valid"|"invalid"}` gauge, the files of the
+//!   `--scenarios` directory.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -78,6 +80,13 @@ pub struct AuthLabels {
     pub surface: &'static str,
     /// What was refused (see [`AuthFailure`]).
     pub reason: &'static str,
+}
+
+/// Labels of `meshlat_controller_scenarios`.
+#[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
+pub struct ScenarioLabels {
+    /// `valid` or `invalid`.
+    pub state: &'static str,
 }
 
 /// Labels of `meshlat_controller_rate_limited_total`.
@@ -155,6 +164,8 @@ pub struct Metrics {
     pub auth_failures: Family<AuthLabels, Counter>,
     /// Rate-limited requests by surface.
     pub rate_limited: Family<SurfaceLabels, Counter>,
+    /// Scenario files by state.
+    scenarios: Family<ScenarioLabels, Gauge>,
     started: Instant,
 }
 
@@ -239,7 +250,17 @@ impl Metrics {
             "Operator API requests refused by the rate limits, by surface",
             rate_limited.clone(),
         );
+        let scenarios = Family::<ScenarioLabels, Gauge>::default();
+        for state in ["valid", "invalid"] {
+            scenarios.get_or_create(&ScenarioLabels { state }).set(0);
+        }
+        r.register(
+            "scenarios",
+            "Files of the --scenarios directory, by state: valid scenarios, or invalid (not loaded)",
+            scenarios.clone(),
+        );
         Metrics {
+            scenarios,
             registry: root,
             sessions,
             agents,
@@ -312,6 +333,16 @@ pub fn round_done(cost: Duration) {
     let m = get();
     m.rounds.inc();
     m.pinglist_seconds.observe(cost.as_secs_f64());
+}
+
+/// The `--scenarios` directory was read: `valid` scenarios, `invalid` files.
+pub fn scenarios_listed(valid: usize, invalid: usize) {
+    let m = get();
+    for (state, n) in [("valid", valid), ("invalid", invalid)] {
+        m.scenarios
+            .get_or_create(&ScenarioLabels { state })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
 }
 
 /// An agent acknowledged a job set, rejecting some of its jobs or none.
@@ -436,6 +467,7 @@ mod tests {
             ),
             ("meshlat_controller_auth_failures", "counter"),
             ("meshlat_controller_rate_limited", "counter"),
+            ("meshlat_controller_scenarios", "gauge"),
         ] {
             assert_eq!(
                 t.get(name).map(String::as_str),
@@ -455,6 +487,7 @@ mod tests {
             "meshlat_controller_auth_failures_total{surface=\"rest\",reason=\"operator_credential\"} "
                 .into(),
             "meshlat_controller_rate_limited_total{surface=\"grpc\"} ".into(),
+            "meshlat_controller_scenarios{state=\"invalid\"} ".into(),
         ] {
             assert!(text.contains(&sample), "{sample:?} missing from\n{text}");
         }

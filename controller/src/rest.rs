@@ -26,6 +26,8 @@
 //! | `GET` | `/api/v1/tokens` | | `200` `{"tokens": [{"name", "created_unix", "expires_unix", "revoked_unix"}]}` |
 //! | `POST` | `/api/v1/tokens` | `{"name": "NAME", "expires_in_s": SECONDS}` (expiry optional) | `201` `{"name", ..., "token": "mlt1...."}` (shown once) |
 //! | `DELETE` | `/api/v1/tokens/{name}` | | `200` the revoked join token (it admits no new agent) |
+//! | `GET` | `/api/v1/scenarios` | | `200` `{"dir", "scenarios": [...], "invalid": [{"file", "line", "column", "error"}]}` ([`crate::scenarios`]) |
+//! | `GET` | `/api/v1/scenarios/{name}` | | `200` the scenario, requests with headers and body; `404` none, `409` its file is invalid |
 //! | `GET` | `/api/v1/openapi.json` | | `200` this API as an OpenAPI 3 document ([`OPENAPI`]; no credential needed) |
 //!
 //! Every `POST`, `PUT` and `DELETE` is written to the audit log ([`crate::audit`]).
@@ -85,6 +87,7 @@ use crate::json;
 use crate::live::WATCH_INTERVAL;
 use crate::metrics::AuthFailure;
 use crate::registry::{DomainError, RegionFilter, Registry};
+use crate::scenarios::{self, LookupError, ScenarioStore};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -108,6 +111,8 @@ pub struct Rest {
     sessions: Arc<Sessions>,
     /// Whether the listener has TLS (session cookies are then `Secure`).
     tls: bool,
+    /// The load-job scenarios (`--scenarios`; `None`: none).
+    scenarios: Option<Arc<ScenarioStore>>,
 }
 
 /// How long a built matrix is reused: every dashboard and stream watching the same view within it
@@ -289,7 +294,15 @@ impl Rest {
             creds,
             sessions: Arc::new(Sessions::default()),
             tls: false,
+            scenarios: None,
         }
+    }
+
+    /// Serves the scenarios of `store` at `/api/v1/scenarios` (an empty listing without one).
+    #[must_use]
+    pub fn with_scenarios(mut self, store: Option<Arc<ScenarioStore>>) -> Self {
+        self.scenarios = store;
+        self
     }
 
     /// The API's routes (the table in the module documentation). It expects requests that
@@ -321,6 +334,14 @@ impl Rest {
                     .on(M::DELETE, sign_out),
             )
             .route("/api/v1/agents", methods("GET").on(M::GET, list_agents))
+            .route(
+                "/api/v1/scenarios",
+                methods("GET").on(M::GET, list_scenarios),
+            )
+            .route(
+                "/api/v1/scenarios/{name}",
+                methods("GET").on(M::GET, get_scenario),
+            )
             .route("/api/v1/matrix", methods("GET").on(M::GET, matrix))
             .route("/api/v1/stream", methods("GET").on(M::GET, stream))
             .route(
@@ -716,6 +737,42 @@ async fn list_agents(State(rest): State<Rest>) -> Resp {
         .map(json::agent_to_value)
         .collect();
     reply(StatusCode::OK, &json!({ "agents": agents }))
+}
+
+async fn list_scenarios(State(rest): State<Rest>) -> Resp {
+    let list = rest
+        .scenarios
+        .as_ref()
+        .map(|s| s.list())
+        .unwrap_or_default();
+    reply(StatusCode::OK, &scenarios::list_to_value(&list))
+}
+
+async fn get_scenario(State(rest): State<Rest>, uri: Uri) -> Resp {
+    let name = last_segment(&uri);
+    let Some(store) = &rest.scenarios else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            None,
+            "this controller has no scenarios directory (--scenarios DIR)",
+        );
+    };
+    match store.get(name) {
+        Ok(s) => reply(
+            StatusCode::OK,
+            &scenarios::info_to_value(&scenarios::info(&s), true),
+        ),
+        Err(e @ LookupError::NotFound { .. }) => {
+            error(StatusCode::NOT_FOUND, "not_found", None, &e.to_string())
+        }
+        Err(e) => error(
+            StatusCode::CONFLICT,
+            "failed_precondition",
+            None,
+            &e.to_string(),
+        ),
+    }
 }
 
 /// A matrix view's JSON from the cache, or the error response.

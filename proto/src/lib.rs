@@ -8,6 +8,8 @@
 //!   field table [`record::FIELDS`], from which the Athena DDL and README's table are checked.
 //! - [`job`]: job-spec validation shared by the controller (which refuses bad specs) and the
 //!   agent (which never trusts what it is sent).
+//! - [`scenario`]: load-job scenario files (weighted requests, knobs) parsed and resolved into
+//!   a load job's requests; the `{{NAME}}` templates.
 //! - [`backoff`]: the jittered exponential backoff of every retry loop.
 //! - [`token`]: the join token (CA pin + agent secret) printed by a controller.
 //! - [`grant`]: relay grants, signed by controllers (or a shared key) and verified by relays.
@@ -27,6 +29,7 @@ pub mod job;
 /// `--max-summary-bytes` of each agent's pairs.
 pub const MAX_SUMMARIES_BYTES: usize = 512 * 1024;
 pub mod record;
+pub mod scenario;
 pub mod sketch;
 pub mod state_file;
 pub mod token;

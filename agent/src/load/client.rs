@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -23,6 +23,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::mix::RequestMix;
 use super::stats::ErrorClass;
 use crate::probe::http::USER_AGENT_VALUE;
 use crate::target::Target;
@@ -35,11 +36,23 @@ pub struct Endpoint {
     port: u16,
     /// `Some` for https.
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    /// Path and query of every request.
+    /// The requests of the mix, each with its whole header map (below) ready to clone.
+    prepared: Vec<Prepared>,
+    /// Chooses among `prepared` (the same order).
+    mix: RequestMix,
+}
+
+/// One request of the mix as sent: method, path, headers and body.
+struct Prepared {
+    method: http::Method,
+    /// The mix request's path, or the target URL's.
     path: http::Uri,
-    /// `Host`, `User-Agent` and the `--header`s, in that order (a `--header` may replace the
-    /// first two).
+    /// `Host`, `User-Agent`, the `--header`s, then the mix request's headers (each may replace
+    /// an earlier one of the same name).
     headers: HeaderMap,
+    body: Bytes,
+    /// The status of a success (0: any 2xx).
+    expect_status: u16,
 }
 
 /// Why an endpoint cannot be set up.
@@ -70,7 +83,7 @@ pub enum EndpointError {
 /// requests nothing polls it, which HTTP/1.1 does not need: a close by the server is seen when
 /// the next request is made ([`Conn::ready`]).
 pub struct Conn {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Full<Bytes>>,
     driver: Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>,
     /// The driver has finished (the connection is closed); never poll it again.
     driver_done: bool,
@@ -79,7 +92,7 @@ pub struct Conn {
 // === impl Endpoint ===
 
 impl Endpoint {
-    /// Prepares requests to `target` with extra `headers`.
+    /// Prepares the requests of `mix` to `target` with extra `headers`.
     ///
     /// # Errors
     ///
@@ -89,6 +102,7 @@ impl Endpoint {
         target: &Target,
         tls: &TlsClientOptions,
         extra: &HeaderMap,
+        mix: RequestMix,
     ) -> Result<Self, EndpointError> {
         let https = match target.protocol {
             Protocol::Http => false,
@@ -117,6 +131,26 @@ impl Endpoint {
         for (name, value) in extra {
             headers.append(name.clone(), value.clone());
         }
+        let prepared = mix
+            .requests()
+            .iter()
+            .map(|r| {
+                let mut h = headers.clone();
+                for name in r.headers.keys() {
+                    h.remove(name);
+                }
+                for (name, value) in &r.headers {
+                    h.append(name.clone(), value.clone());
+                }
+                Prepared {
+                    method: r.method.clone(),
+                    path: r.path.clone().unwrap_or_else(|| path.clone()),
+                    headers: h,
+                    body: r.body.clone(),
+                    expect_status: r.expect_status,
+                }
+            })
+            .collect();
         let tls = if https {
             crate::tls::install_crypto_provider();
             let cfg = crate::tls::client_config(tls, &[b"http/1.1"])?;
@@ -130,21 +164,28 @@ impl Endpoint {
             host: target.host.clone(),
             port: target.port,
             tls,
-            path,
-            headers,
+            prepared,
+            mix,
         })
     }
 
-    /// A `GET` with the endpoint's headers and, if given, a credential header (`Authorization`
-    /// or a job's named header), which replaces one of the same name.
-    pub fn request(&self, auth: Option<&(HeaderName, HeaderValue)>) -> Request<Empty<Bytes>> {
-        let mut req = Request::new(Empty::new());
-        *req.uri_mut() = self.path.clone();
-        *req.headers_mut() = self.headers.clone();
+    /// The next request of the mix ([`RequestMix::pick`]) with, if given, a credential header
+    /// (`Authorization` or a job's named header), which replaces one of the same name; and the
+    /// status it expects (0: any 2xx).
+    pub fn request(&self, auth: Option<&(HeaderName, HeaderValue)>) -> (Request<Full<Bytes>>, u16) {
+        let i = self.mix.pick();
+        let Some(p) = self.prepared.get(i).or_else(|| self.prepared.first()) else {
+            // A mix has at least one request (RequestMix's invariant); an empty GET otherwise.
+            return (Request::new(Full::new(Bytes::new())), 0);
+        };
+        let mut req = Request::new(Full::new(p.body.clone()));
+        *req.method_mut() = p.method.clone();
+        *req.uri_mut() = p.path.clone();
+        *req.headers_mut() = p.headers.clone();
         if let Some((name, value)) = auth {
             req.headers_mut().insert(name.clone(), value.clone());
         }
-        req
+        (req, p.expect_status)
     }
 
     /// Opens a connection: resolve, TCP connect (addresses in order), TLS for https, HTTP/1.1
@@ -196,7 +237,7 @@ impl std::fmt::Debug for Endpoint {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("https", &self.tls.is_some())
-            .field("path", &self.path)
+            .field("requests", &self.prepared.len())
             .finish_non_exhaustive()
     }
 }
@@ -272,7 +313,7 @@ impl Conn {
     ///
     /// [`ErrorClass::Io`] (or [`ErrorClass::Tls`] for a TLS alert) when the connection fails
     /// before the response is complete; the connection is then unusable.
-    pub async fn send(&mut self, req: Request<Empty<Bytes>>) -> Result<u16, (ErrorClass, String)> {
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<u16, (ErrorClass, String)> {
         let Conn {
             sender,
             driver,
@@ -320,12 +361,19 @@ mod tests {
         extra.append("x-test", HeaderValue::from_static("1"));
         extra.append("x-test", HeaderValue::from_static("2"));
         extra.insert(USER_AGENT, HeaderValue::from_static("mine"));
-        let e = Endpoint::new(&t, &TlsClientOptions::default(), &extra).unwrap();
+        let e = Endpoint::new(
+            &t,
+            &TlsClientOptions::default(),
+            &extra,
+            RequestMix::default(),
+        )
+        .unwrap();
         let auth = (
             http::header::AUTHORIZATION,
             HeaderValue::from_static("Basic eDp5"),
         );
-        let r = e.request(Some(&auth));
+        let (r, expect) = e.request(Some(&auth));
+        assert_eq!((r.method(), expect), (&http::Method::GET, 0));
         assert_eq!(r.uri(), "/a?b=1");
         assert_eq!(r.headers()[HOST], "example.com:8080");
         assert_eq!(r.headers()[USER_AGENT], "mine");
@@ -333,6 +381,7 @@ mod tests {
         assert_eq!(r.headers()[http::header::AUTHORIZATION], "Basic eDp5");
         assert!(
             e.request(None)
+                .0
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .is_none()
@@ -341,12 +390,17 @@ mod tests {
             HeaderName::from_static("x-api-key"),
             HeaderValue::from_static("s3cret"),
         );
-        let r = e.request(Some(&key));
+        let (r, _) = e.request(Some(&key));
         assert_eq!(r.headers()["x-api-key"], "s3cret");
         assert!(r.headers().get(http::header::AUTHORIZATION).is_none());
         let udp = Target::parse("udp://127.0.0.1:9").unwrap();
         assert!(matches!(
-            Endpoint::new(&udp, &TlsClientOptions::default(), &HeaderMap::new()),
+            Endpoint::new(
+                &udp,
+                &TlsClientOptions::default(),
+                &HeaderMap::new(),
+                RequestMix::default()
+            ),
             Err(EndpointError::Scheme(_))
         ));
     }
@@ -357,7 +411,13 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         drop(l);
         let t = Target::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
-        let e = Endpoint::new(&t, &TlsClientOptions::default(), &HeaderMap::new()).unwrap();
+        let e = Endpoint::new(
+            &t,
+            &TlsClientOptions::default(),
+            &HeaderMap::new(),
+            RequestMix::default(),
+        )
+        .unwrap();
         let err = e.connect().await.err().unwrap();
         assert_eq!(err.0, ErrorClass::Connect, "{err:?}");
     }

@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::credentials::Credentials;
 use super::engine::LoadSpec;
+use super::mix::RequestMix;
 use super::plan::{Caps, Model, Schedule, Steps};
 use crate::cli::{LoadArgs, LogFormat};
 use crate::config::ConfigError;
@@ -189,6 +190,10 @@ impl LoadConfig {
         let think_time = secs("--think-time", a.think_time, true)?;
         let timeout = secs("--timeout", a.timeout, false)?;
         let headers = parse_headers(&a.headers)?;
+        let mix = match &a.scenario {
+            Some(path) => scenario_mix(path, &a.knobs)?,
+            None => RequestMix::target_get(),
+        };
         let credentials = match &a.credentials {
             Some(path) => Credentials::from_file(path).map_err(|e| ConfigError::File {
                 flag: "--credentials",
@@ -212,6 +217,7 @@ impl LoadConfig {
                 think_time,
                 timeout,
                 headers,
+                mix,
                 credentials,
                 credentials_header: None,
                 tls: TlsClientOptions {
@@ -224,6 +230,36 @@ impl LoadConfig {
             log_format: a.log_format,
         })
     }
+}
+
+/// The mix of the scenario file at `path` with `--knob NAME=VALUE` overrides, resolved as the
+/// controller resolves a load job's scenario ([`meshlat_proto::scenario::Scenario::fill`]).
+fn scenario_mix(path: &std::path::Path, knobs: &[String]) -> Result<RequestMix, ConfigError> {
+    let file_err = |reason: String| ConfigError::File {
+        flag: "--scenario",
+        path: path.display().to_string(),
+        reason,
+    };
+    let scenario =
+        meshlat_proto::scenario::parse_file(path).map_err(|e| file_err(e.to_string()))?;
+    let mut load = meshlat_proto::pb::LoadSpec::default();
+    for k in knobs {
+        let (name, value) = k.split_once('=').ok_or_else(|| ConfigError::Invalid {
+            flag: "--knob",
+            value: k.clone(),
+            reason: "expected NAME=VALUE".into(),
+        })?;
+        load.knobs.insert(name.to_string(), value.to_string());
+    }
+    scenario.fill(&mut load).map_err(|e| {
+        let name = e.field.strip_prefix("load.knobs.").unwrap_or("");
+        ConfigError::Invalid {
+            flag: "--knob",
+            value: name.to_string(),
+            reason: e.message,
+        }
+    })?;
+    RequestMix::new(&load.requests, &load.knobs).map_err(|e| file_err(e.to_string()))
 }
 
 /// `--header 'Name: value'` flags as a header map (values marked sensitive: they may be

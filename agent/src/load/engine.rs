@@ -32,6 +32,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::client::{Conn, Endpoint, EndpointError};
 use super::credentials::Credentials;
+use super::mix::{RequestMix, classify};
 use super::plan::{Model, Pacer, Schedule};
 use super::stats::{ErrorClass, Recorder, RequestResult, Sample, SecondReport, Tally};
 use crate::target::Target;
@@ -58,6 +59,8 @@ pub struct LoadSpec {
     pub timeout: Duration,
     /// Extra request headers.
     pub headers: http::HeaderMap,
+    /// The requests sent, by weight ([`RequestMix::target_get`]: a `GET` of the target URL).
+    pub mix: RequestMix,
     /// Credentials spread over workers (may be empty).
     pub credentials: Credentials,
     /// Send each credential's secret in this header instead of `Authorization: Basic`
@@ -154,7 +157,12 @@ impl LoadEngine {
     ///
     /// [`EndpointError`] when the target or TLS options are unusable.
     pub fn new(spec: LoadSpec) -> Result<Self, EndpointError> {
-        let endpoint = Arc::new(Endpoint::new(&spec.target, &spec.tls, &spec.headers)?);
+        let endpoint = Arc::new(Endpoint::new(
+            &spec.target,
+            &spec.tls,
+            &spec.headers,
+            spec.mix.clone(),
+        )?);
         Ok(LoadEngine { spec, endpoint })
     }
 
@@ -524,10 +532,11 @@ async fn request(
             // Set just above.
             return Err((ErrorClass::Connect, "no connection".to_string()));
         };
-        c.send(shared.endpoint.request(auth)).await
+        let (req, expect) = shared.endpoint.request(auth);
+        c.send(req).await.map(|status| classify(expect, status))
     };
     let result = match tokio::time::timeout(shared.timeout, attempt).await {
-        Ok(Ok(status)) => return RequestResult::Status(status),
+        Ok(Ok(result)) => return result,
         Ok(Err(e)) => e,
         Err(_) => (
             ErrorClass::Timeout,

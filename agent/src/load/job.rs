@@ -40,6 +40,7 @@ use prost::Message;
 
 use super::credentials::Credentials;
 use super::engine::LoadSpec;
+use super::mix::RequestMix;
 use super::plan::{Caps, Model, Schedule, Steps};
 use super::secrets::ResolvedSecrets;
 use crate::scheduler::PeerInfo;
@@ -169,12 +170,9 @@ pub fn assignment_tasks(
         Ok(pb::LoadModel::Open) => Model::Open,
         _ => return Err("load.model: must be closed or open".into()),
     };
-    // HOOK(scenarios): `load.requests` (with `load.knobs` substituted) become the engine's
-    // request mix here. Until the engine has one, every request is a GET of the target URL,
-    // and a job asking for a mix is refused rather than sent something else.
-    if !load.requests.is_empty() {
-        return Err("load.requests: request mixes are not supported by this agent yet".into());
-    }
+    // The request mix: `load.requests` (filled from a scenario by the controller, or inline)
+    // with `load.knobs` rendered into their templates; none: a GET of each target URL.
+    let mix = RequestMix::new(&load.requests, &load.knobs).map_err(|e| format!("load.{e}"))?;
     if spec.duration_ms == 0 {
         return Err("duration_ms: required for load jobs".into());
     }
@@ -256,6 +254,7 @@ pub fn assignment_tasks(
                 think_time: Duration::from_millis(load.think_time_ms.into()),
                 timeout,
                 headers: http::HeaderMap::new(),
+                mix: mix.clone(),
                 credentials: credentials.clone(),
                 credentials_header: credentials_header.clone(),
                 // Agents' responders use self-signed certificates by default (as probes).
@@ -470,12 +469,15 @@ mod tests {
             (
                 assignment(
                     pb::LoadSpec {
-                        requests: vec![pb::LoadRequest::default()],
+                        requests: vec![pb::LoadRequest {
+                            path: "/{{NOPE}}".into(),
+                            ..Default::default()
+                        }],
                         ..closed(1.0)
                     },
                     &["http://10.0.0.1/"],
                 ),
-                "not supported by this agent yet",
+                "load.requests[0].path: no knob NOPE",
             ),
             (
                 with(pb::LoadCredentials {

@@ -24,6 +24,7 @@
 //! - [`plan`]: the stepped schedule, caps and the open model's pacer (sans-IO).
 //! - [`stats`]: samples → per-second tallies, status classes, latency histograms (sans-IO).
 //! - [`credentials`]: `key:secret` files, basic auth, redaction.
+//! - [`mix`]: the request mix (weighted requests, `{{KNOB}}` templates, expected statuses; sans-IO).
 //! - [`client`]: one keep-alive HTTP/1.1 connection (the prober's hyper/rustls stack).
 //! - [`engine`]: the run task and workers; [`LoadEngine`], [`LoadHandle`].
 //! - [`config`]: `agent load`'s flags validated; [`report`]: its text output;
@@ -39,6 +40,7 @@ pub mod config;
 pub mod credentials;
 pub mod engine;
 pub mod job;
+pub mod mix;
 pub mod plan;
 pub mod record;
 pub mod report;

@@ -41,6 +41,10 @@ use tokio::time::Instant;
 pub enum RequestResult {
     /// A response with this status code (body read to the end).
     Status(u16),
+    /// A response whose status the request's `expect_status` did not expect (counted in
+    /// [`StatusCounts::other`]; never 429, which is always rate-limited —
+    /// [`super::mix::classify`]).
+    Unexpected(u16),
     /// No response: the failure's kind.
     Error(ErrorClass),
 }
@@ -84,7 +88,8 @@ pub struct StatusCounts {
     pub rate_limited: u64,
     /// 500–599.
     pub s5xx: u64,
-    /// Anything else (1xx reaching the client, codes above 599).
+    /// Anything else (1xx reaching the client, codes above 599), and any status a request's
+    /// `expect_status` did not expect.
     pub other: u64,
 }
 
@@ -282,8 +287,12 @@ impl Tally {
     fn add(&mut self, s: &Sample) {
         self.sent += 1;
         match s.result {
-            RequestResult::Status(code) => {
-                self.status.add(code);
+            RequestResult::Status(_) | RequestResult::Unexpected(_) => {
+                match s.result {
+                    RequestResult::Unexpected(_) => self.status.other += 1,
+                    RequestResult::Status(code) => self.status.add(code),
+                    RequestResult::Error(_) => {}
+                }
                 self.corrected
                     .record(s.done.saturating_duration_since(s.intended));
                 self.uncorrected
@@ -405,6 +414,23 @@ mod tests {
             }
         );
         assert_eq!(c.total(), 9);
+        let t0 = Instant::now();
+        let mut r = Recorder::new(t0);
+        for result in [RequestResult::Unexpected(200), RequestResult::Status(200)] {
+            r.record(&Sample {
+                intended: t0,
+                sent: t0,
+                done: t0 + ms(1),
+                result,
+            });
+        }
+        let t = r.take_all();
+        assert_eq!((t.status.other, t.status.s2xx, t.responses()), (1, 1, 2));
+        assert_eq!(
+            t.corrected.histogram.count(),
+            2,
+            "unexpected ones are timed too"
+        );
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub struct ServeConfig {
     pub agent_cert_validity: Duration,
     /// Refuse agents without an identity (`--require-agent-identity`).
     pub require_agent_identity: bool,
+    /// The load-job scenarios directory (`--scenarios`; `None`: none), a directory that
+    /// existed when the configuration was validated.
+    pub scenarios: Option<PathBuf>,
 }
 
 pub mod federation;
@@ -324,6 +327,19 @@ impl ServeConfig {
         }
         let publish = publish::publish(a)?;
         let default_jobs = default_jobs(&a.default_jobs)?;
+        let scenarios = match &a.scenarios {
+            Some(dir) if !dir.is_dir() => {
+                return Err(ConfigError::InvalidValue {
+                    flag: "--scenarios",
+                    value: dir.display().to_string(),
+                    reason: match std::fs::metadata(dir) {
+                        Ok(_) => "not a directory".into(),
+                        Err(e) => format!("not a readable directory: {e}"),
+                    },
+                });
+            }
+            other => other.clone(),
+        };
         if a.require_agent_identity && a.plaintext {
             return Err(ConfigError::Invalid {
                 flag: "--require-agent-identity",
@@ -332,6 +348,7 @@ impl ServeConfig {
             });
         }
         Ok(ServeConfig {
+            scenarios,
             default_jobs,
             publish,
             agent_cert_validity: long_secs("--agent-cert-validity", a.agent_cert_validity)?,

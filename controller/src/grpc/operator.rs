@@ -7,23 +7,37 @@ use meshlat_proto::pb;
 use meshlat_proto::pb::operator_service_server::OperatorService;
 use tonic::{Request, Response, Status};
 
-use super::status::{from_credential, from_domain, outcome};
+use super::status::{from_credential, from_domain, from_scenario_lookup, outcome};
 use crate::audit::{self, Caller};
 use crate::auth::{Credentials, OperatorInfo};
 use crate::live::WATCH_INTERVAL;
 use crate::registry::Registry;
+use crate::scenarios::ScenarioStore;
 
 /// The operator API over the registry and the operator credentials.
 #[derive(Clone, Debug)]
 pub struct OperatorSvc {
     registry: Arc<Registry>,
     creds: Arc<Credentials>,
+    /// The load-job scenarios (`--scenarios`; `None`: none).
+    scenarios: Option<Arc<ScenarioStore>>,
 }
 
 impl OperatorSvc {
     /// A service over `registry` and `creds`.
     pub fn new(registry: Arc<Registry>, creds: Arc<Credentials>) -> Self {
-        OperatorSvc { registry, creds }
+        OperatorSvc {
+            registry,
+            creds,
+            scenarios: None,
+        }
+    }
+
+    /// Serves the scenarios of `store` (an empty listing without one).
+    #[must_use]
+    pub fn with_scenarios(mut self, store: Option<Arc<ScenarioStore>>) -> Self {
+        self.scenarios = store;
+        self
     }
 }
 
@@ -126,6 +140,33 @@ impl OperatorService for OperatorSvc {
         let id = req.into_inner().id;
         let r = self.registry.stop_job(&id).map_err(from_domain);
         audited(who, "job.stop", &id, r).map(Response::new)
+    }
+
+    async fn list_scenarios(
+        &self,
+        _req: Request<pb::ListScenariosRequest>,
+    ) -> Result<Response<pb::ListScenariosResponse>, Status> {
+        Ok(Response::new(
+            self.scenarios
+                .as_ref()
+                .map(|s| s.list())
+                .unwrap_or_default(),
+        ))
+    }
+
+    async fn get_scenario(
+        &self,
+        req: Request<pb::GetScenarioRequest>,
+    ) -> Result<Response<pb::ScenarioInfo>, Status> {
+        let Some(store) = &self.scenarios else {
+            return Err(Status::not_found(
+                "this controller has no scenarios directory (--scenarios DIR)",
+            ));
+        };
+        store
+            .get(&req.get_ref().name)
+            .map(|s| Response::new(crate::scenarios::info(&s)))
+            .map_err(from_scenario_lookup)
     }
 
     async fn list_agents(

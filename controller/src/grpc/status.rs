@@ -16,12 +16,23 @@
 //! | [`CredentialError::NotFound`] | `NotFound` |
 //! | [`CredentialError::Last`] | `FailedPrecondition` |
 //! | [`CredentialError::Store`] | `Internal` (logged) |
+//! | [`LookupError::NotFound`] (a scenario) | `NotFound` |
+//! | [`LookupError::Invalid`] (a scenario whose file is invalid) | `FailedPrecondition`, naming file, line and problem |
 
 use tonic::Status;
 
 use crate::address_policy::AddressRefused;
 use crate::auth::CredentialError;
 use crate::registry::DomainError;
+use crate::scenarios::LookupError;
+
+/// Maps a failed scenario lookup to a gRPC status.
+pub fn from_scenario_lookup(e: LookupError) -> Status {
+    match e {
+        LookupError::NotFound { .. } => Status::not_found(e.to_string()),
+        _ => Status::failed_precondition(e.to_string()),
+    }
+}
 
 /// Maps a domain error to a gRPC status.
 pub fn from_domain(e: DomainError) -> Status {

@@ -25,6 +25,20 @@ fn stored_job(inner: &Inner, id: &str) -> Result<pb::Job, DomainError> {
 }
 
 impl Registry {
+    /// A load job naming a scenario gets its requests and knobs from it (the spec validated
+    /// first, so a bad name or knob is refused as such): [`crate::scenarios::resolve`].
+    fn fill_scenario(&self, spec: &mut pb::JobSpec) -> Result<(), DomainError> {
+        if spec.load.as_ref().is_none_or(|l| l.scenario.is_empty()) {
+            return Ok(());
+        }
+        meshlat_proto::job::validate(spec).map_err(DomainError::Spec)?;
+        if let Some(load) = spec.load.as_mut() {
+            crate::scenarios::resolve(self.cfg.scenarios.as_deref(), load)
+                .map_err(|e| DomainError::Spec(e.into()))?;
+        }
+        Ok(())
+    }
+
     fn check_spec(&self, inner: &Inner, spec: &pb::JobSpec) -> Result<(), DomainError> {
         meshlat_proto::job::validate(spec).map_err(DomainError::Spec)?;
         self.cfg
@@ -56,7 +70,8 @@ impl Registry {
     ///
     /// [`DomainError::Invalid`] naming the field, or [`DomainError::Store`].
     pub fn start_job(&self, spec: Option<pb::JobSpec>) -> Result<pb::Job, DomainError> {
-        let spec = spec.ok_or_else(|| invalid("spec", Problem::Missing))?;
+        let mut spec = spec.ok_or_else(|| invalid("spec", Problem::Missing))?;
+        self.fill_scenario(&mut spec)?;
         let mut inner = self.lock();
         self.check_spec(&inner, &spec)?;
         let max = self.cfg.limits.max_jobs;
@@ -102,7 +117,9 @@ impl Registry {
     ///
     /// As [`Registry::start_job`] and [`Registry::update_job`]; a spec without a name is
     /// [`DomainError::Invalid`].
-    pub fn ensure_job(&self, spec: pb::JobSpec) -> Result<(pb::Job, Ensured), DomainError> {
+    pub fn ensure_job(&self, mut spec: pb::JobSpec) -> Result<(pb::Job, Ensured), DomainError> {
+        // Compared as it would be stored: filled from its scenario.
+        self.fill_scenario(&mut spec)?;
         if spec.name.is_empty() {
             return Err(invalid(
                 "name",
@@ -164,7 +181,8 @@ impl Registry {
         spec: Option<pb::JobSpec>,
         expected_version: u64,
     ) -> Result<pb::Job, DomainError> {
-        let spec = spec.ok_or_else(|| invalid("spec", Problem::Missing))?;
+        let mut spec = spec.ok_or_else(|| invalid("spec", Problem::Missing))?;
+        self.fill_scenario(&mut spec)?;
         let mut inner = self.lock();
         let old = stored_job(&inner, id)?;
         if expected_version != 0 && expected_version != old.version {

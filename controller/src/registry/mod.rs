@@ -99,6 +99,9 @@ pub struct RegistryConfig {
     pub grant_epoch: Duration,
     /// The caps ([`crate::limits`]).
     pub limits: Limits,
+    /// The load-job scenarios (`--scenarios`; `None`: none): a load job naming one is filled
+    /// from it when started or updated here ([`crate::scenarios::ScenarioStore::resolve`]).
+    pub scenarios: Option<std::sync::Arc<crate::scenarios::ScenarioStore>>,
 }
 
 impl RegistryConfig {
@@ -363,6 +366,7 @@ mod test_support {
             address_policy: Default::default(),
             grant_epoch: Duration::from_secs(3600),
             limits: Limits::default(),
+            scenarios: None,
         }
     }
 
