@@ -173,10 +173,7 @@ async fn a_scenario_job_runs_its_mix_on_the_agents() -> Result<()> {
         items.abs_diff(3 * orders) <= 3 && orders.abs_diff(wrong) <= 1,
         "{by_path:?}"
     );
-    let order = seen
-        .iter()
-        .find(|(_, p, _)| p == "/orders")
-        .map(Clone::clone);
+    let order = seen.iter().find(|(_, p, _)| p == "/orders").cloned();
     assert_eq!(
         order,
         Some(("POST".into(), "/orders".into(), "{\"id\": 42}".into()))
