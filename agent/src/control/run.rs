@@ -164,6 +164,7 @@ impl RunApp {
             backoff: Retries::new(super::session::RECONNECT),
             key,
             summaries: None,
+            load: Some(crate::load::LoadReporter::new()),
         };
         let firehose = match &cfg.firehose {
             Some(f) => Some(FirehoseSink::start(f.clone()).await?),
@@ -194,6 +195,12 @@ impl RunApp {
     /// Bound stats address.
     pub fn stats_addr(&self) -> Option<SocketAddr> {
         self.serve.stats_addr()
+    }
+
+    /// The queue of load seconds to the controller's live view: a load job's runner calls
+    /// [`crate::load::LoadReporter::report`] on (a clone of) it for each second.
+    pub fn load_reporter(&self) -> crate::load::LoadReporter {
+        self.control.load.clone().unwrap_or_default()
     }
 
     /// Runs until `shutdown`, then drains the sinks.

@@ -54,6 +54,9 @@ pub struct ControlConfig {
     pub key: Key,
     /// Rolling summaries sent every [`crate::live::SUMMARY_INTERVAL`] (`None`: none sent).
     pub summaries: Option<crate::live::SharedSummaries>,
+    /// Load seconds queued for the controller's live view, sent as soon as they are queued
+    /// (`None`: none sent).
+    pub load: Option<crate::load::LoadReporter>,
 }
 
 /// A session failure (reconnected after a backoff).
@@ -299,6 +302,7 @@ async fn session(
     let mut summary_tick = tokio::time::interval(crate::live::SUMMARY_INTERVAL);
     summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut generation = 0;
+    let load = cfg.load.clone();
     // When to reconnect for a new certificate (set once welcomed).
     let mut renew: Option<Instant> = None;
     loop {
@@ -375,6 +379,25 @@ async fn session(
                 let hb = pb::Heartbeat { unix_ms: unix_ms(), generation };
                 if tx.send(msg(Msg::Heartbeat(hb))).await.is_err() {
                     return Err(SessionError::Closed);
+                }
+            }
+            () = async {
+                match &load {
+                    Some(l) => l.ready().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(l) = &load {
+                    let batch = l.take_batch();
+                    if !batch.reports.is_empty() {
+                        if let Err(mpsc::error::SendError(m)) = tx.send(msg(Msg::LoadReports(batch))).await {
+                            // Kept for the next session (within the queue's bound).
+                            if let Some(Msg::LoadReports(b)) = m.msg {
+                                l.put_back(b);
+                            }
+                            return Err(SessionError::Closed);
+                        }
+                    }
                 }
             }
             _ = summary_tick.tick(), if cfg.summaries.is_some() => {

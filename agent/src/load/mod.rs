@@ -25,6 +25,7 @@
 //! - [`credentials`]: `key:secret` files, basic auth, redaction.
 //! - [`client`]: one keep-alive HTTP/1.1 connection (the prober's hyper/rustls stack).
 //! - [`engine`]: the run task and workers; [`LoadEngine`], [`LoadHandle`].
+//! - [`live`]: [`LoadReporter`], each second to the controller's live view and the metrics.
 //! - [`config`]: `agent load`'s flags validated; [`report`]: its text output;
 //!   [`command`]: bind + run.
 
@@ -33,9 +34,11 @@ pub mod command;
 pub mod config;
 pub mod credentials;
 pub mod engine;
+pub mod live;
 pub mod plan;
 pub mod report;
 pub mod stats;
 
 pub use self::engine::{LoadEngine, LoadHandle, LoadSpec, LoadSummary, StepSummary};
+pub use self::live::LoadReporter;
 pub use self::stats::SecondReport;
