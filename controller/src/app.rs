@@ -186,6 +186,7 @@ impl Controller {
                     None => MeshKeys::new(&tls.mesh_root, grant_signer),
                 },
                 relay_policy: cfg.relay_policy.clone(),
+                load_allow: cfg.load_allow.clone(),
                 address_policy: cfg.address_policy.clone(),
                 grant_epoch: GRANT_EPOCH,
                 limits: cfg.limits.clone(),

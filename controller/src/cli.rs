@@ -355,6 +355,17 @@ pub struct ServeArgs {
     #[arg(long = "agent-cidr", env = "MESHLAT_AGENT_CIDRS", value_name = "CIDR")]
     #[arg(value_delimiter = ',')]
     pub agent_cidrs: Vec<String>,
+    /// Where load jobs may send requests (repeatable, or comma separated): a host name
+    /// (`api.example.com`), `*.DOMAIN`, or an IP address or CIDR range (`10.0.0.0/16`). Every
+    /// target of every load job this controller schedules, a federation peer's included, must
+    /// be on it; without it no load job is accepted.
+    #[arg(
+        long = "load-allow",
+        env = "MESHLAT_LOAD_ALLOW",
+        value_name = "HOST|CIDR"
+    )]
+    #[arg(value_delimiter = ',')]
+    pub load_allow: Vec<String>,
     /// `--state-bucket`, `--state-prefix`, `--state-region`, `--state-endpoint`.
     #[command(flatten)]
     pub state: StateStoreArgs,

@@ -11,6 +11,18 @@
 //! Endpoints are strings: `proto://...` is an external URL, `key=value[,...]` a selector, anything
 //! else an agent id. `kind` defaults to `probe`, `strategy` to `full`; numbers default to 0.
 //! Unknown fields and wrong types are refused with the field path.
+//!
+//! A load job (`"kind": "load"`) has a `load` object with `LoadSpec`'s fields; `model` is
+//! `closed` or `open`, `credentials` an object of `file`, `secrets_manager_arn` and `header`,
+//! each request of `requests` an object of `LoadRequest`'s fields:
+//!
+//! ```json
+//! {"name": "ramp", "kind": "load", "protocols": ["https"], "sources": ["region=eu-west-1"],
+//!  "targets": ["https://api.example.com/"], "timeout_ms": 2000, "duration_ms": 50000,
+//!  "load": {"model": "closed", "start": 10, "step": 10, "steps": 5, "step_duration_ms": 10000,
+//!           "requests": [{"method": "GET", "path": "/items", "weight": 3}],
+//!           "credentials": {"file": "/etc/meshlat/keys", "header": "X-Api-Key"}}}
+//! ```
 
 use meshlat_proto::pb;
 use serde::Serialize;
@@ -50,7 +62,139 @@ const SPEC_FIELDS: &[&str] = &[
     "duration_ms",
     "strategy",
     "k",
+    "load",
 ];
+
+/// `LoadSpec` in JSON: every field optional (0, empty or false), unknown ones refused.
+#[derive(Debug, Default, serde::Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct LoadJson {
+    model: String,
+    start: f64,
+    step: f64,
+    steps: u32,
+    step_duration_ms: u32,
+    rate_per_job: bool,
+    think_time_ms: u32,
+    max_connections: u32,
+    max_rate: f64,
+    scenario: String,
+    knobs: std::collections::BTreeMap<String, String>,
+    requests: Vec<LoadRequestJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credentials: Option<CredentialsJson>,
+}
+
+/// `LoadRequest` in JSON.
+#[derive(Debug, Default, serde::Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct LoadRequestJson {
+    method: String,
+    path: String,
+    headers: std::collections::BTreeMap<String, String>,
+    body: String,
+    weight: u32,
+    expect_status: u32,
+    label: String,
+}
+
+/// `LoadCredentials` in JSON: references only, never secrets.
+#[derive(Debug, Default, serde::Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct CredentialsJson {
+    file: String,
+    secrets_manager_arn: String,
+    header: String,
+}
+
+fn load_from_value(v: &Value) -> Result<pb::LoadSpec, JsonError> {
+    let l: LoadJson = serde_json::from_value(v.clone()).map_err(|e| err("load", e.to_string()))?;
+    let model = match l.model.as_str() {
+        "closed" => pb::LoadModel::Closed,
+        "open" => pb::LoadModel::Open,
+        "" => pb::LoadModel::Unspecified,
+        other => {
+            return Err(err(
+                "load.model",
+                format!(
+                    "{:?}: use closed (workers) or open (arrival rate)",
+                    other.chars().take(32).collect::<String>()
+                ),
+            ));
+        }
+    };
+    Ok(pb::LoadSpec {
+        model: model as i32,
+        start: l.start,
+        step: l.step,
+        steps: l.steps,
+        step_duration_ms: l.step_duration_ms,
+        rate_per_job: l.rate_per_job,
+        think_time_ms: l.think_time_ms,
+        max_connections: l.max_connections,
+        max_rate: l.max_rate,
+        scenario: l.scenario,
+        knobs: l.knobs.into_iter().collect(),
+        requests: l
+            .requests
+            .into_iter()
+            .map(|r| pb::LoadRequest {
+                method: r.method,
+                path: r.path,
+                headers: r.headers.into_iter().collect(),
+                body: r.body,
+                weight: r.weight,
+                expect_status: r.expect_status,
+                label: r.label,
+            })
+            .collect(),
+        credentials: l.credentials.map(|c| pb::LoadCredentials {
+            file: c.file,
+            secrets_manager_arn: c.secrets_manager_arn,
+            header: c.header,
+        }),
+    })
+}
+
+fn load_to_value(l: &pb::LoadSpec) -> Value {
+    let model = match pb::LoadModel::try_from(l.model) {
+        Ok(pb::LoadModel::Closed) => "closed",
+        Ok(pb::LoadModel::Open) => "open",
+        _ => "unspecified",
+    };
+    serde_json::to_value(LoadJson {
+        model: model.into(),
+        start: l.start,
+        step: l.step,
+        steps: l.steps,
+        step_duration_ms: l.step_duration_ms,
+        rate_per_job: l.rate_per_job,
+        think_time_ms: l.think_time_ms,
+        max_connections: l.max_connections,
+        max_rate: l.max_rate,
+        scenario: l.scenario.clone(),
+        knobs: l.knobs.clone().into_iter().collect(),
+        requests: l
+            .requests
+            .iter()
+            .map(|r| LoadRequestJson {
+                method: r.method.clone(),
+                path: r.path.clone(),
+                headers: r.headers.clone().into_iter().collect(),
+                body: r.body.clone(),
+                weight: r.weight,
+                expect_status: r.expect_status,
+                label: r.label.clone(),
+            })
+            .collect(),
+        credentials: l.credentials.as_ref().map(|c| CredentialsJson {
+            file: c.file.clone(),
+            secrets_manager_arn: c.secrets_manager_arn.clone(),
+            header: c.header.clone(),
+        }),
+    })
+    .unwrap_or(Value::Null)
+}
 
 fn get<T: DeserializeOwned + Default>(
     obj: &Map<String, Value>,
@@ -147,7 +291,8 @@ pub fn spec_from_value(v: &Value) -> Result<pb::JobSpec, JsonError> {
     let kind = match kind.as_str() {
         "" | "probe" => pb::JobKind::Probe,
         "relay" => pb::JobKind::Relay,
-        other => return Err(err("kind", format!("{other:?}: use probe or relay"))),
+        "load" => pb::JobKind::Load,
+        other => return Err(err("kind", format!("{other:?}: use probe, relay or load"))),
     };
     let names: Vec<String> = get(obj, "protocols")?;
     let mut protocols = Vec::new();
@@ -195,19 +340,21 @@ pub fn spec_from_value(v: &Value) -> Result<pb::JobSpec, JsonError> {
         duration_ms: get(obj, "duration_ms")?,
         strategy: strategy as i32,
         k: get(obj, "k")?,
-        // Load jobs (issue 15) are not accepted over JSON yet.
-        load: None,
+        load: match obj.get("load") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(load_from_value(v)?),
+        },
     })
 }
 
 /// A job spec as JSON.
 pub fn spec_to_value(s: &pb::JobSpec) -> Value {
-    let kind = if s.kind == pb::JobKind::Relay as i32 {
-        "relay"
-    } else {
-        "probe"
+    let kind = match pb::JobKind::try_from(s.kind) {
+        Ok(pb::JobKind::Relay) => "relay",
+        Ok(pb::JobKind::Load) => "load",
+        _ => "probe",
     };
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "name": s.name,
         "kind": kind,
         "protocols": s.protocols.iter().map(|p| protocol_name(*p)).collect::<Vec<_>>(),
@@ -223,7 +370,11 @@ pub fn spec_to_value(s: &pb::JobSpec) -> Value {
         "duration_ms": s.duration_ms,
         "strategy": strategy_name(s.strategy),
         "k": s.k,
-    })
+    });
+    if let (Some(l), Some(obj)) = (&s.load, v.as_object_mut()) {
+        obj.insert("load".into(), load_to_value(l));
+    }
+    v
 }
 
 /// A job as JSON, with `agent_status`: `[{"agent", "region", "state", "reason",
@@ -337,6 +488,57 @@ mod tests {
             (br#"{"sources":[1]}"#, "sources[0]"),
             (br#"{"strategy":"all"}"#, "strategy"),
             (br#"[1]"#, "."),
+        ] {
+            let e = parse_spec(bad).expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn load_spec_round_trips_and_bad_fields_are_named() {
+        let body = br#"{"name":"ramp","kind":"load","protocols":["http"],
+            "sources":["region=a"],"targets":["http://t.example:8080/"],
+            "timeout_ms":2000,"duration_ms":50000,
+            "load":{"model":"closed","start":10,"step":10,"steps":5,"step_duration_ms":10000,
+              "think_time_ms":5,"knobs":{"ID":"7"},
+              "requests":[{"method":"POST","path":"/i/{{ID}}","headers":{"X-A":"b"},
+                "body":"x","weight":3,"expect_status":201,"label":"create"}],
+              "credentials":{"file":"/etc/keys","header":"X-Api-Key"}}}"#;
+        let s = parse_spec(body).expect("valid");
+        assert_eq!(s.kind, pb::JobKind::Load as i32);
+        let l = s.load.as_ref().expect("load");
+        assert_eq!(l.model, pb::LoadModel::Closed as i32);
+        assert_eq!((l.start, l.step, l.steps), (10.0, 10.0, 5));
+        assert_eq!(l.requests[0].headers["X-A"], "b");
+        assert_eq!(
+            l.credentials.as_ref().map(|c| c.header.as_str()),
+            Some("X-Api-Key")
+        );
+        meshlat_proto::job::validate(&s).expect("the example is a valid load job");
+        let v = spec_to_value(&s);
+        assert_eq!(v["kind"], "load");
+        assert_eq!(v["load"]["model"], "closed");
+        assert_eq!(spec_from_value(&v).expect("round trip"), s);
+        // A probe job has no load key.
+        let probe = parse_spec(br#"{"protocols":["udp"]}"#).expect("probe");
+        assert!(spec_to_value(&probe).get("load").is_none());
+        for (bad, field) in [
+            (&br#"{"kind":"stress"}"#[..], "kind"),
+            (
+                br#"{"kind":"load","load":{"model":"sometimes"}}"#,
+                "load.model",
+            ),
+            (br#"{"kind":"load","load":{"workers":4}}"#, "load"),
+            (
+                br#"{"kind":"load","load":{"requests":[{"verb":"GET"}]}}"#,
+                "load",
+            ),
+            (
+                br#"{"kind":"load","load":{"credentials":{"secret":"k:s"}}}"#,
+                "load",
+            ),
+            (br#"{"kind":"load","load":{"start":"ten"}}"#, "load"),
+            (br#"{"kind":"load","load":[1]}"#, "load"),
         ] {
             let e = parse_spec(bad).expect_err(field);
             assert_eq!(e.field, field, "{e}");

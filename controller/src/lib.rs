@@ -20,6 +20,8 @@
 //! - [`keys`]: the mesh wire key, the controller's Ed25519 relay-grant signing key (kept in
 //!   the data directory, never sent), and grant expiry.
 //! - [`limits`]: every cap (`--max-*` flags, expiries, message sizes) in one place.
+//! - [`load_policy`]: where load jobs may send (`--load-allow`), checked for every load job
+//!   scheduled, a peer's included.
 //! - [`relay_policy`]: which agents are relays (`--relay-agent`), whatever they claim.
 //! - [`live`]: agents' rolling summaries and the latency matrix.
 //! - [`loadlive`]: agents' load seconds merged per job, step and region (load jobs' live view).
@@ -50,6 +52,7 @@ pub mod json;
 pub mod keys;
 pub mod limits;
 pub mod live;
+pub mod load_policy;
 pub mod loadlive;
 pub mod metrics;
 pub mod pinglist;

@@ -47,6 +47,13 @@ pub fn job_set(set: &pb::JobSet, key: &Key) -> (JobSet, BTreeMap<String, String>
             rejected.insert(job.id.clone(), e.to_string());
             continue;
         }
+        if spec.kind == pb::JobKind::Load as i32 {
+            rejected.insert(
+                job.id.clone(),
+                "load jobs are not run by this agent yet".into(),
+            );
+            continue;
+        }
         let relay = spec.kind == pb::JobKind::Relay as i32;
         let job_key = if a.key.is_empty() {
             key.clone()

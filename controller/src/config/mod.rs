@@ -94,6 +94,8 @@ pub struct ServeConfig {
     pub rate_per_credential: Option<Quota>,
     /// Which agents are relays (`--relay-agent`).
     pub relay_policy: crate::relay_policy::RelayPolicy,
+    /// Where load jobs may go (`--load-allow`, [`crate::load_policy`]).
+    pub load_allow: crate::load_policy::LoadAllow,
     /// Which addresses agents may advertise (`--agent-cidr`).
     pub address_policy: crate::address_policy::AddressPolicy,
     /// What the controller writes into Secrets Manager at start (`None`: nothing).
@@ -304,6 +306,14 @@ impl ServeConfig {
                 reason,
             },
         )?;
+        let load_allow =
+            crate::load_policy::LoadAllow::parse(&a.load_allow).map_err(|(value, reason)| {
+                ConfigError::InvalidValue {
+                    flag: "--load-allow",
+                    value,
+                    reason,
+                }
+            })?;
         let (grpc_limits, rest_limits) = limits::conn_limits(&a.conns)?;
         if a.rate_limit.rate_limit_burst == 0 {
             return Err(ConfigError::Invalid {
@@ -327,6 +337,7 @@ impl ServeConfig {
             agent_cert_validity: long_secs("--agent-cert-validity", a.agent_cert_validity)?,
             require_agent_identity: a.require_agent_identity,
             relay_policy,
+            load_allow,
             address_policy,
             grpc_limits,
             rest_limits,

@@ -217,7 +217,7 @@ impl Registry {
             if j.stopped {
                 return false;
             }
-            if let Err(e) = check_job(j) {
+            if let Err(e) = check_job(j, &self.cfg.load_allow) {
                 refused.push((j.id.clone(), e));
                 return false;
             }

@@ -27,6 +27,10 @@ fn stored_job(inner: &Inner, id: &str) -> Result<pb::Job, DomainError> {
 impl Registry {
     fn check_spec(&self, inner: &Inner, spec: &pb::JobSpec) -> Result<(), DomainError> {
         meshlat_proto::job::validate(spec).map_err(DomainError::Spec)?;
+        self.cfg
+            .load_allow
+            .check(spec)
+            .map_err(super::validate::load_refused)?;
         let full = matches!(
             pb::PinglistStrategy::try_from(spec.strategy),
             Ok(pb::PinglistStrategy::Full | pb::PinglistStrategy::Unspecified) | Err(_)

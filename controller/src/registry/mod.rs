@@ -92,6 +92,9 @@ pub struct RegistryConfig {
     pub keys: MeshKeys,
     /// Which agents are relays ([`crate::relay_policy`]).
     pub relay_policy: RelayPolicy,
+    /// Where load jobs may go ([`crate::load_policy`]): checked for every load job started
+    /// here, stored, or read from a peer.
+    pub load_allow: crate::load_policy::LoadAllow,
     /// Which addresses agents may advertise ([`crate::address_policy`]; checked by the
     /// session service, which knows the peer address).
     pub address_policy: crate::address_policy::AddressPolicy,
@@ -239,10 +242,10 @@ impl Registry {
                 j.agent_status.clear();
                 j
             })
-            .partition(|j| check_job(j).is_ok());
+            .partition(|j| check_job(j, &cfg.load_allow).is_ok());
         if !bad.is_empty() {
             for j in &bad {
-                let e = check_job(j).err();
+                let e = check_job(j, &cfg.load_allow).err();
                 tracing::error!(
                     message = "Stored job quarantined: this version cannot schedule it.",
                     job = %j.id,
@@ -362,6 +365,7 @@ mod test_support {
             agent_ttl: Duration::from_secs(120),
             keys: MeshKeys::new(b"test", crate::keys::test_signer(b"test")),
             relay_policy: RelayPolicy::default(),
+            load_allow: crate::load_policy::LoadAllow::default(),
             address_policy: Default::default(),
             grant_epoch: Duration::from_secs(3600),
             limits: Limits::default(),

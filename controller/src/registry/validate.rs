@@ -7,8 +7,20 @@ use super::DomainError;
 use super::error::{Problem, invalid};
 use crate::limits;
 
-/// Why a stored or peer job cannot be scheduled: its field path and problem.
-pub(super) fn check_job(job: &pb::Job) -> Result<(), DomainError> {
+/// A load job whose target is not on `--load-allow`, as a spec error naming the target.
+pub(super) fn load_refused(e: crate::load_policy::LoadRefused) -> DomainError {
+    DomainError::Spec(meshlat_proto::job::JobSpecError {
+        field: format!("targets[{}]", e.index).into(),
+        problem: meshlat_proto::job::Problem::Invalid(e.reason.into()),
+    })
+}
+
+/// Why a stored or peer job cannot be scheduled: its field path and problem (a load job also
+/// against this controller's `--load-allow`).
+pub(super) fn check_job(
+    job: &pb::Job,
+    load_allow: &crate::load_policy::LoadAllow,
+) -> Result<(), DomainError> {
     if job.id.trim().is_empty() || job.id.len() > meshlat_proto::job::MAX_AGENT_ID_BYTES {
         return Err(invalid(
             "id",
@@ -21,7 +33,8 @@ pub(super) fn check_job(job: &pb::Job) -> Result<(), DomainError> {
         .spec
         .as_ref()
         .ok_or_else(|| invalid("spec", Problem::Rule("missing")))?;
-    meshlat_proto::job::validate(spec).map_err(DomainError::Spec)
+    meshlat_proto::job::validate(spec).map_err(DomainError::Spec)?;
+    load_allow.check(spec).map_err(load_refused)
 }
 
 /// Bounds a Hello's lists and strings ([`crate::limits`]).
