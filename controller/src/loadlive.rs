@@ -456,21 +456,21 @@ impl LoadLive {
         (st.jobs.len(), st.units)
     }
 
-    /// The JSON view of one job's cells (`steps`: one entry per step and region, by step then
-    /// region) and when it was last heard from; `None` if nothing arrived for it.
-    pub fn snapshot(&self, job_id: &str) -> Option<(Vec<Value>, i64)> {
+    /// One job's cells (one per step and region, by step then region) and when it was last
+    /// heard from; `None` if nothing arrived for it.
+    pub fn snapshot(&self, job_id: &str) -> Option<(Vec<pb::LoadStepStats>, i64)> {
         let st = self.lock();
         let job = st.jobs.get(job_id)?;
         let steps = job
             .cells
             .iter()
-            .map(|((step, region), c)| cell_value(*step, region, c))
+            .map(|((step, region), c)| cell_stats(*step, region, c))
             .collect();
         Some((steps, job.last_unix_ms))
     }
 }
 
-fn cell_value(step: u32, region: &str, c: &Cell) -> Value {
+fn cell_stats(step: u32, region: &str, c: &Cell) -> pb::LoadStepStats {
     let sources = c.sources.len();
     let mut agents: Vec<&str> = c.sources.values().map(|s| s.agent.as_str()).collect();
     agents.sort_unstable();
@@ -488,32 +488,92 @@ fn cell_value(step: u32, region: &str, c: &Cell) -> Value {
     let failed: u64 = c.errors.iter().sum();
     // What did not succeed for the target's reasons: 5xx, 429 and failed requests.
     let errors = c.status[4] + c.status[3] + failed;
-    let q = |h: &RttHistogram, p: f64| h.quantile(p);
+    let [s2, s3, s4, s429, s5, so] = c.status;
+    let [ec, et, etls, eio] = c.errors;
+    pb::LoadStepStats {
+        step,
+        region: region.to_string(),
+        agents: u32::try_from(agents.len()).unwrap_or(u32::MAX),
+        sources: u32::try_from(sources).unwrap_or(u32::MAX),
+        seconds: c.seconds,
+        level: c.sources.values().map(|s| s.level).fold(0.0f64, f64::max),
+        workers: c.sources.values().map(|s| u64::from(s.workers)).sum(),
+        intended_rps: rate(c.intended),
+        achieved_rps: rate(responses),
+        requests: c.sent,
+        responses,
+        status_2xx: s2,
+        status_3xx: s3,
+        status_4xx: s4,
+        status_429: s429,
+        status_5xx: s5,
+        status_other: so,
+        errors_connect: ec,
+        errors_timeout: et,
+        errors_tls: etls,
+        errors_io: eio,
+        error_count: errors,
+        error_share: (c.sent > 0).then(|| errors as f64 / c.sent as f64),
+        p50_ms: c.corrected.quantile(0.5),
+        p90_ms: c.corrected.quantile(0.9),
+        p99_ms: c.corrected.quantile(0.99),
+        p999_ms: c.corrected.quantile(0.999),
+        max_ms: c.corrected_max_ms,
+        uncorrected_p50_ms: c.uncorrected.quantile(0.5),
+        uncorrected_p99_ms: c.uncorrected.quantile(0.99),
+        uncorrected_max_ms: c.uncorrected_max_ms,
+        last_unix_ms: c.last_unix_ms,
+    }
+}
+
+/// The JSON form of a load job's live view (`GET /api/v1/jobs/{id}/load`, the `LoadView`
+/// schema of the OpenAPI document): the fields of [`pb::LoadStats`], each step's status
+/// classes and errors as objects (`status.2xx`, `errors.timeout`, ...), absent figures `null`.
+pub fn stats_to_value(s: &pb::LoadStats) -> Value {
+    let steps: Vec<Value> = s
+        .steps
+        .iter()
+        .map(|c| {
+            json!({
+                "step": c.step,
+                "region": c.region,
+                "agents": c.agents,
+                "sources": c.sources,
+                "seconds": c.seconds,
+                "level": c.level,
+                "workers": c.workers,
+                "intended_rps": c.intended_rps,
+                "achieved_rps": c.achieved_rps,
+                "requests": c.requests,
+                "responses": c.responses,
+                "status": {
+                    "2xx": c.status_2xx, "3xx": c.status_3xx, "4xx": c.status_4xx,
+                    "429": c.status_429, "5xx": c.status_5xx, "other": c.status_other,
+                },
+                "errors": {
+                    "connect": c.errors_connect, "timeout": c.errors_timeout,
+                    "tls": c.errors_tls, "io": c.errors_io,
+                },
+                "error_count": c.error_count,
+                "error_share": c.error_share,
+                "p50_ms": c.p50_ms,
+                "p90_ms": c.p90_ms,
+                "p99_ms": c.p99_ms,
+                "p999_ms": c.p999_ms,
+                "max_ms": c.max_ms,
+                "uncorrected_p50_ms": c.uncorrected_p50_ms,
+                "uncorrected_p99_ms": c.uncorrected_p99_ms,
+                "uncorrected_max_ms": c.uncorrected_max_ms,
+                "last_unix_ms": c.last_unix_ms,
+            })
+        })
+        .collect();
     json!({
-        "step": step,
-        "region": region,
-        "agents": agents.len(),
-        "sources": sources,
-        "seconds": c.seconds,
-        "level": c.sources.values().map(|s| s.level).fold(0.0f64, f64::max),
-        "workers": c.sources.values().map(|s| u64::from(s.workers)).sum::<u64>(),
-        "intended_rps": rate(c.intended),
-        "achieved_rps": rate(responses),
-        "requests": c.sent,
-        "responses": responses,
-        "status": STATUS_NAMES.iter().zip(c.status).map(|(k, v)| ((*k).to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "errors": ERROR_NAMES.iter().zip(c.errors).map(|(k, v)| ((*k).to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "error_count": errors,
-        "error_share": if c.sent > 0 { json!(errors as f64 / c.sent as f64) } else { Value::Null },
-        "p50_ms": q(&c.corrected, 0.5),
-        "p90_ms": q(&c.corrected, 0.9),
-        "p99_ms": q(&c.corrected, 0.99),
-        "p999_ms": q(&c.corrected, 0.999),
-        "max_ms": c.corrected_max_ms,
-        "uncorrected_p50_ms": q(&c.uncorrected, 0.5),
-        "uncorrected_p99_ms": q(&c.uncorrected, 0.99),
-        "uncorrected_max_ms": c.uncorrected_max_ms,
-        "last_unix_ms": c.last_unix_ms,
+        "job_id": s.job_id,
+        "stopped": s.stopped,
+        "done": s.done,
+        "updated_unix_ms": s.updated_unix_ms,
+        "steps": steps,
     })
 }
 
@@ -559,6 +619,16 @@ mod tests {
             .is_some_and(|g| (g - want).abs() <= want * 0.005 + 1e-9)
     }
 
+    /// A job's steps in their JSON form, and when it was last heard from.
+    fn steps_of(live: &LoadLive, job: &str) -> Option<(Vec<Value>, i64)> {
+        let (steps, last) = live.snapshot(job)?;
+        let v = stats_to_value(&pb::LoadStats {
+            steps,
+            ..Default::default()
+        });
+        Some((v["steps"].as_array().cloned().unwrap_or_default(), last))
+    }
+
     #[test]
     fn cells_merge_agents_and_seconds_per_step_and_region() {
         let live = LoadLive::new();
@@ -570,7 +640,7 @@ mod tests {
         ok(&live, "e2", "eu", report("j", 1, 0, 99, 20.0));
         ok(&live, "e1", "eu", report("j", 2, 1, 49, 300.0));
         ok(&live, "u1", "us", report("j", 0, 0, 9, 50.0));
-        let (steps, last) = live.snapshot("j").expect("job");
+        let (steps, last) = steps_of(&live, "j").expect("job");
         assert_eq!(last, 1_700_000_002_000);
         let keys: Vec<(u64, &str)> = steps
             .iter()
@@ -680,7 +750,7 @@ mod tests {
         let mut other = good.clone();
         other.target = "http://u/".into();
         ok(&live, "a", "eu", other);
-        let (steps, _) = live.snapshot("j").expect("job");
+        let (steps, _) = steps_of(&live, "j").expect("job");
         assert_eq!(steps[0]["seconds"], 2);
         assert_eq!(steps[0]["agents"], 1);
         assert_eq!(steps[0]["sources"], 2);
@@ -716,7 +786,7 @@ mod tests {
         }
         // The earliest steps made room for the later ones; an earlier step than any kept is
         // refused.
-        let (steps, _) = live.snapshot("big").expect("job");
+        let (steps, _) = steps_of(&live, "big").expect("job");
         assert_eq!(steps.len(), MAX_CELLS_PER_JOB);
         assert_eq!(
             steps[0]["step"],

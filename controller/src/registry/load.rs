@@ -3,7 +3,6 @@
 //! of one job served.
 
 use meshlat_proto::pb;
-use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::error::{Problem, invalid};
@@ -28,18 +27,6 @@ fn is_load(job: &pb::Job) -> bool {
     job.spec
         .as_ref()
         .is_some_and(|s| s.kind == pb::JobKind::Load as i32)
-}
-
-/// The live view of one load job ([`Registry::load_view`]).
-#[derive(Clone, Debug, PartialEq)]
-pub struct LoadView {
-    /// The job's id.
-    pub job_id: String,
-    /// Stopped, or its duration ran out ([`LOAD_END_GRACE_MS`] ago): no more seconds will come.
-    pub done: bool,
-    /// The JSON view: `job_id`, `stopped`, `done`, `updated_unix_ms` (the last second heard,
-    /// 0 if none) and `steps` ([`crate::loadlive`]: one entry per step and source region).
-    pub value: Value,
 }
 
 impl Registry {
@@ -108,13 +95,14 @@ impl Registry {
     }
 
     /// The live view of load job `id` (ours or a peer's; the seconds of this controller's
-    /// agents).
+    /// agents): per step and source region ([`crate::loadlive`]); `done` once it is stopped or
+    /// its duration ran out [`LOAD_END_GRACE_MS`] ago.
     ///
     /// # Errors
     ///
     /// [`DomainError::NotFound`] for an unknown job, [`DomainError::Invalid`] for a job that is
     /// not a load job.
-    pub fn load_view(&self, id: &str) -> Result<LoadView, DomainError> {
+    pub fn load_view(&self, id: &str) -> Result<pb::LoadStats, DomainError> {
         let (stopped, done) = {
             let inner = self.lock();
             let job = any_job(&inner, id).ok_or_else(|| DomainError::NotFound {
@@ -136,17 +124,14 @@ impl Registry {
                         .saturating_add(LOAD_END_GRACE_MS);
             (job.stopped, job.stopped || ran_out)
         };
-        let (steps, updated) = self.load_live.snapshot(id).unwrap_or_default();
-        Ok(LoadView {
+        let (steps, updated_unix_ms) = self.load_live.snapshot(id).unwrap_or_default();
+        Ok(pb::LoadStats {
             job_id: id.to_string(),
+            stopped,
+            // Stopped, or its duration ran out LOAD_END_GRACE_MS ago: no more seconds will come.
             done,
-            value: json!({
-                "job_id": id,
-                "stopped": stopped,
-                "done": done,
-                "updated_unix_ms": updated,
-                "steps": steps,
-            }),
+            updated_unix_ms,
+            steps,
         })
     }
 

@@ -55,7 +55,7 @@ mod validate;
 pub use directory::AgentCounts;
 pub use error::{DomainError, Problem};
 pub use jobs::Ensured;
-pub use load::{LOAD_END_GRACE_MS, LoadView};
+pub use load::LOAD_END_GRACE_MS;
 pub use matrix::RegionFilter;
 pub use rounds::{DEFER_ABOVE, DEFER_MIN_AGENTS, RECOMPUTE_SPACING};
 pub use sessions::Session;
