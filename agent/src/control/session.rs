@@ -389,14 +389,14 @@ async fn session(
             } => {
                 if let Some(l) = &load {
                     let batch = l.take_batch();
-                    if !batch.reports.is_empty() {
-                        if let Err(mpsc::error::SendError(m)) = tx.send(msg(Msg::LoadReports(batch))).await {
-                            // Kept for the next session (within the queue's bound).
-                            if let Some(Msg::LoadReports(b)) = m.msg {
-                                l.put_back(b);
-                            }
-                            return Err(SessionError::Closed);
+                    if !batch.reports.is_empty()
+                        && let Err(mpsc::error::SendError(m)) = tx.send(msg(Msg::LoadReports(batch))).await
+                    {
+                        // Kept for the next session (within the queue's bound).
+                        if let Some(Msg::LoadReports(b)) = m.msg {
+                            l.put_back(b);
                         }
+                        return Err(SessionError::Closed);
                     }
                 }
             }
