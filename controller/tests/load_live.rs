@@ -427,3 +427,150 @@ async fn http_get(url: &str) -> Result<String> {
         .await?;
     Ok(String::from_utf8_lossy(&res.into_body().collect().await?.to_bytes()).into_owned())
 }
+
+/// The agent's own side: `LoadReporter::report` (what a load job's runner calls for each
+/// second) queues seconds onto the agent library's controller session (`agent run`'s, in this
+/// process), which sends them to a real controller; its REST view shows them merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_load_reporter_reaches_the_controllers_view() -> Result<()> {
+    use meshlat_agent::control::session::{self, ControlConfig, Outputs};
+    use meshlat_agent::load::stats::{SecondReport, Tally};
+
+    let root = tmp_dir("load-live", "reporter");
+    let ctl = TestController::builder(root.join("ctl"))
+        .log(root.join("ctl.log"))
+        .args(["--load-allow", "127.0.0.1"])
+        .spawn()
+        .await?;
+    let token = meshlat_proto::token::JoinToken::parse(ctl.token())?;
+    let (host, port) = ctl.grpc.rsplit_once(':').context("grpc address")?;
+    let reporter = meshlat_agent::load::LoadReporter::new();
+    // Seconds reported before the session exists wait in the queue (best effort, bounded).
+    let job_placeholder = "not-yet";
+    let cfg = ControlConfig {
+        host: host.to_string(),
+        port: port.parse()?,
+        tls: Some(std::sync::Arc::new(
+            meshlat_agent::control::pin::client_config(token.ca_sha256)?,
+        )),
+        pin: token.ca_sha256,
+        identity: None,
+        token: ctl.token().to_string(),
+        hello: pb::Hello {
+            region: "eu".into(),
+            endpoints: vec![pb::ResponderEndpoint {
+                protocol: pb::Protocol::Udp as i32,
+                address: "127.0.0.1:9".into(),
+            }],
+            version: "load-live-test".into(),
+            ..Default::default()
+        },
+        state_dir: None,
+        backoff: meshlat_proto::backoff::Retries::new(session::RECONNECT),
+        key: meshlat_agent::udp::wire::Key::default_key(),
+        summaries: None,
+        load: Some(reporter.clone()),
+    };
+    let (jobs, _jobs_rx) = tokio::sync::watch::channel(Default::default());
+    let (mode, _mode_rx) = tokio::sync::watch::channel(meshlat_proto::record::ControlMode::Static);
+    let (id_tx, mut id_rx) = tokio::sync::watch::channel(None);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(session::run(
+        cfg,
+        Outputs {
+            jobs,
+            mode,
+            id: id_tx,
+            keys: None,
+        },
+        shutdown.clone(),
+    ));
+    let agent = tokio::time::timeout(Duration::from_secs(20), id_rx.wait_for(Option::is_some))
+        .await
+        .context("no agent id")??
+        .clone()
+        .context("agent id")?;
+    let (st, j) = ctl
+        .rest("POST", "/api/v1/jobs", &load_job("region=eu"), None)
+        .await?;
+    anyhow::ensure!(st == 201, "{st} {j}");
+    let id = j["id"].as_str().context("job id")?.to_string();
+    eventually("the job assigned to the agent", 20, || async {
+        let (_, j) = ctl
+            .rest("GET", &format!("/api/v1/jobs/{id}"), "", None)
+            .await
+            .ok()?;
+        j["agent_status"]
+            .as_array()?
+            .iter()
+            .any(|s| s["agent"] == agent.as_str())
+            .then_some(())
+    })
+    .await?;
+    // A second of another job, then two of this one (step 0: 1 ms and 3 ms answers; one 429).
+    let sec = |n: u64, ms: &[u64]| {
+        let mut tally = Tally {
+            intended: ms.len() as u64,
+            sent: ms.len() as u64,
+            ..Tally::default()
+        };
+        for (i, m) in ms.iter().enumerate() {
+            tally.status.add(if i == 0 { 429 } else { 200 });
+            tally.corrected.record(Duration::from_millis(*m));
+            tally.uncorrected.record(Duration::from_millis(*m));
+        }
+        SecondReport {
+            second: n,
+            length: Duration::from_secs(1),
+            step: 0,
+            workers: 10,
+            level: 10.0,
+            tally,
+        }
+    };
+    reporter.report(job_placeholder, "http://127.0.0.1:9/", &sec(0, &[1]));
+    reporter.report(&id, "http://127.0.0.1:9/", &sec(0, &[1; 50]));
+    reporter.report(&id, "http://127.0.0.1:9/", &sec(1, &[3; 50]));
+    let v = eventually("the reporter's seconds in the view", 20, || async {
+        let (_, v) = ctl
+            .rest("GET", &format!("/api/v1/jobs/{id}/load"), "", None)
+            .await
+            .ok()?;
+        (v["steps"][0]["seconds"] == 2).then_some(v)
+    })
+    .await?;
+    let s0 = &v["steps"][0];
+    assert_eq!(
+        (&s0["region"], &s0["agents"], &s0["workers"]),
+        (&Value::from("eu"), &Value::from(1), &Value::from(10)),
+        "{v}"
+    );
+    assert_eq!(
+        (&s0["responses"], &s0["status"]["429"], &s0["error_count"]),
+        (&Value::from(100), &Value::from(2), &Value::from(2)),
+        "{v}"
+    );
+    assert!(near(&s0["achieved_rps"], 50.0), "{v}");
+    assert!(near(&s0["p50_ms"], 1.0) && near(&s0["p99_ms"], 3.0), "{v}");
+    assert_eq!(reporter.queued(), 0);
+    // The other job's second was refused, not fatal: the session still delivers.
+    assert!(
+        ctl.log_text().contains("Load reports refused."),
+        "{}",
+        ctl.log_text()
+    );
+    reporter.report(&id, "http://127.0.0.1:9/", &sec(2, &[2; 10]));
+    eventually("a later second", 20, || async {
+        let (_, v) = ctl
+            .rest("GET", &format!("/api/v1/jobs/{id}/load"), "", None)
+            .await
+            .ok()?;
+        (v["steps"][0]["seconds"] == 3).then_some(())
+    })
+    .await?;
+    shutdown.cancel();
+    let _ = task.await;
+    ctl.stop().await?;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
