@@ -987,6 +987,15 @@
     return e;
   }
 
+  /** A load job's schedule: model, levels and steps, duration. */
+  function loadMeta(s) {
+    const l = s.load || {};
+    const steps = l.steps > 1 ? ", +" + l.step + " × " + (l.steps - 1) + " steps of " + (l.step_duration_ms / 1000) + " s" : "";
+    const unit = l.model === "open" ? " req/s" : " workers";
+    return (l.model ? ", " + l.model + " " + l.start + unit + steps : "") +
+      (s.duration_ms ? ", " + (s.duration_ms / 1000) + " s" : "");
+  }
+
   function renderJobs(jobs) {
     const json = JSON.stringify(jobs);
     if (json === st.jobsJson) return;
@@ -1009,7 +1018,8 @@
       card.appendChild(el("p", "meta", (s.kind || "probe") + " " + (s.protocols || []).join("+") + ": " +
         (s.sources || []).join(", ") + " → " + (s.targets || []).join(", ") +
         ((s.relays || []).length ? " via " + s.relays.join(", ") : "") +
-        ", every " + s.interval_ms + " ms, timeout " + s.timeout_ms + " ms" +
+        (s.kind === "load" ? loadMeta(s) : ", every " + s.interval_ms + " ms") +
+        ", timeout " + s.timeout_ms + " ms" +
         (s.strategy ? ", " + s.strategy : "")));
       const status = j.agent_status || [];
       if (status.length) {
