@@ -469,39 +469,70 @@ pub async fn watch_load(
         })
         .await?
         .into_inner();
-    let mut drawn_lines = 0usize;
-    let mut printed: std::collections::BTreeMap<(u32, String), String> =
-        std::collections::BTreeMap::new();
-    let mut header = false;
+    let mut watch = LoadWatch::new(tty);
     while let Some(s) = stream.message().await? {
-        let rows = load_rows(&s);
-        if tty {
-            let mut out = String::new();
-            if drawn_lines > 0 {
-                out.push_str(&format!("\x1b[{drawn_lines}A\x1b[J"));
-            }
-            let table = render_load(&s, &rows);
-            drawn_lines = table.lines().count();
-            out.push_str(&table);
-            print(&out);
-        } else {
-            if !header {
-                print(&format!("{}\n", load_header()));
-                header = true;
-            }
-            for (key, line) in rows {
-                if printed.get(&key) != Some(&line) {
-                    print(&format!("{line}\n"));
-                    printed.insert(key, line);
-                }
-            }
-        }
+        print(&watch.update(&s));
         if s.done {
-            print(&format!("job {} done\n", s.job_id));
             break;
         }
     }
     Ok(())
+}
+
+/// What `controller job watch` prints for each update ([`watch_load`]).
+#[derive(Debug, Default)]
+pub struct LoadWatch {
+    /// Redraw in place (a terminal) or print changed rows.
+    tty: bool,
+    /// Lines of the table last drawn (tty).
+    drawn: usize,
+    /// Each row as last printed (not a tty).
+    printed: std::collections::BTreeMap<(u32, String), String>,
+    /// The header was printed (not a tty).
+    header: bool,
+}
+
+impl LoadWatch {
+    /// A printer for a terminal (`tty`) or not.
+    pub fn new(tty: bool) -> Self {
+        LoadWatch {
+            tty,
+            ..LoadWatch::default()
+        }
+    }
+
+    /// The text for update `s`: on a terminal the cursor moved up over the last table, the rest
+    /// of the screen cleared and the new table; otherwise the header (first time) and the rows
+    /// that changed. A done job ends with `job ID done`.
+    pub fn update(&mut self, s: &pb::LoadStats) -> String {
+        let rows = load_rows(s);
+        let mut out = String::new();
+        if self.tty {
+            if self.drawn > 0 {
+                out.push_str(&format!("\x1b[{}A\x1b[J", self.drawn));
+            }
+            let table = render_load(s, &rows);
+            self.drawn = table.lines().count();
+            out.push_str(&table);
+        } else {
+            if !self.header {
+                out.push_str(&load_header());
+                out.push('\n');
+                self.header = true;
+            }
+            for (key, line) in rows {
+                if self.printed.get(&key) != Some(&line) {
+                    out.push_str(&line);
+                    out.push('\n');
+                    self.printed.insert(key, line);
+                }
+            }
+        }
+        if s.done {
+            out.push_str(&format!("job {} done\n", s.job_id));
+        }
+        out
+    }
 }
 
 const LOAD_COLUMNS: [(&str, usize); 11] = [
@@ -729,6 +760,45 @@ mod tests {
             ..Default::default()
         };
         assert!(render_load(&empty, &[]).contains("(done)\nSTEP"));
+    }
+
+    #[test]
+    fn job_watch_redraws_in_place_on_a_terminal_and_prints_changed_rows_otherwise() {
+        let step = |step: u32, achieved_rps: f64| pb::LoadStepStats {
+            step,
+            region: "eu".into(),
+            achieved_rps,
+            ..Default::default()
+        };
+        let mut s = pb::LoadStats {
+            job_id: "j1".into(),
+            steps: vec![step(0, 10.0)],
+            ..Default::default()
+        };
+        let mut tty = LoadWatch::new(true);
+        let mut plain = LoadWatch::new(false);
+        let first = tty.update(&s);
+        assert!(
+            first.starts_with("load job j1 (running)\nSTEP"),
+            "{first:?}"
+        );
+        assert!(!first.contains('\x1b'));
+        let p1 = plain.update(&s);
+        assert_eq!(p1.lines().count(), 2, "{p1:?}");
+        // Step 0 unchanged, step 1 new: the terminal redraws over the 3 lines drawn; the plain
+        // output is the new row alone.
+        s.steps.push(step(1, 20.0));
+        let second = tty.update(&s);
+        assert!(second.starts_with("\x1b[3A\x1b[J"), "{second:?}");
+        assert_eq!(second.lines().count(), 4);
+        let p2 = plain.update(&s);
+        assert_eq!(p2.lines().count(), 1, "{p2:?}");
+        assert!(p2.starts_with("   1 eu"), "{p2:?}");
+        // Nothing changed: nothing printed; then done.
+        assert_eq!(plain.update(&s), "");
+        s.done = true;
+        assert_eq!(plain.update(&s), "job j1 done\n");
+        assert!(tty.update(&s).ends_with("job j1 done\n"));
     }
 
     #[test]
