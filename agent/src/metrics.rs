@@ -314,7 +314,7 @@ impl Metrics {
             ),
             load_live_dropped: registered(
                 &mut registry,
-                "load_live_dropped_seconds",
+                "load_live_dropped_reports",
                 "Load seconds dropped from the live-view queue to the controller (the records \
                  in the sinks are complete)",
             ),

@@ -10,7 +10,7 @@
 //!
 //! The record in the sinks is the truth; the live view is a view. The queue holds at most
 //! [`MAX_QUEUED`] seconds: while the controller is away (or slow) the oldest are dropped and
-//! counted (`meshlat_load_live_dropped_seconds_total`), so a long outage costs a fixed amount
+//! counted (`meshlat_load_live_dropped_reports_total`), so a long outage costs a fixed amount
 //! of memory and, once back, the controller sees the latest seconds first-come. A message
 //! carries the queued seconds that fit [`meshlat_proto::MAX_LOAD_REPORTS_BYTES`], oldest first;
 //! the rest go in the next.
@@ -262,10 +262,14 @@ mod tests {
     async fn the_queue_is_bounded_drops_the_oldest_and_batches_within_the_limit() {
         let rep = LoadReporter::new();
         let clone = rep.clone();
+        let dropped = || crate::metrics::get().load_live_dropped.get();
+        let before = dropped();
         for n in 0..(MAX_QUEUED as u64 + 10) {
             clone.report("j1", "http://t/", &second(n));
         }
         assert_eq!(rep.queued(), MAX_QUEUED);
+        // Counted (other tests may drop too: at least these).
+        assert!(dropped() - before >= 10);
         rep.ready().await;
         let batch = rep.take_batch();
         // Oldest first, the first 10 dropped.
