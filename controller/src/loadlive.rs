@@ -8,8 +8,9 @@
 //! agent could send — malformed histograms ([`meshlat_proto::sketch::RttHistogram::from_pb`]),
 //! histograms that do not count exactly the second's responses, counts beyond
 //! [`MAX_PER_SECOND`], a length, level, worker count or step out of range — and [`LoadLive`]
-//! refuses a second that is not later than the last one of the same agent, job and target (a
-//! replay cannot inflate the figures).
+//! refuses a second that is not later than the last one of the same agent, job and target on the
+//! same session (a replay cannot inflate the figures; a restarted agent, on a new session,
+//! counts from 0 again).
 //!
 //! # Aggregation
 //!
@@ -266,8 +267,8 @@ struct State {
 struct JobLoad {
     last_report: Instant,
     last_unix_ms: i64,
-    /// (agent, target) → (index, last second accepted).
-    sources: HashMap<(String, String), (u32, u64)>,
+    /// (agent, target) → (index, last second accepted, the session it came on).
+    sources: HashMap<(String, String), (u32, u64, u64)>,
     cells: BTreeMap<(u32, String), Cell>,
     units: usize,
 }
@@ -315,15 +316,17 @@ impl LoadLive {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a checked second of `agent` (in `region`), now.
+    /// Adds a checked second of `agent` (in `region`), received on its session `session`, now.
     ///
     /// # Errors
     ///
-    /// [`Refusal::Replayed`] for a second not after the source's last, [`Refusal::Full`]
-    /// beyond a cap.
+    /// [`Refusal::Replayed`] for a second not after the source's last on the same session (a
+    /// new session — a restarted agent, whose engine counts from 0 again — starts over),
+    /// [`Refusal::Full`] beyond a cap.
     pub fn ingest(
         &self,
         agent: &str,
+        session: u64,
         region: &str,
         c: Checked,
         now: Instant,
@@ -353,20 +356,20 @@ impl LoadLive {
         });
         let key = (agent.to_string(), r.target.clone());
         let next_index = u32::try_from(job.sources.len()).unwrap_or(u32::MAX);
-        let (index, last) = match job.sources.get(&key) {
-            Some(&(i, last)) => {
-                if r.second <= last {
+        let index = match job.sources.get(&key) {
+            Some(&(i, last, on)) => {
+                if on == session && r.second <= last {
                     return Err(Refusal::Replayed {
                         second: r.second,
                         last,
                     });
                 }
-                (i, Some(last))
+                i
             }
             None if job.sources.len() >= MAX_SOURCES_PER_JOB => {
                 return Err(Refusal::Full("sources per job"));
             }
-            None => (next_index, None),
+            None => next_index,
         };
         let cell_key = (r.step, region.to_string());
         if !job.cells.contains_key(&cell_key) && job.cells.len() >= MAX_CELLS_PER_JOB {
@@ -396,11 +399,7 @@ impl LoadLive {
         if st.units - before + bound > MAX_UNITS {
             return Err(Refusal::Full("units"));
         }
-        if last.is_none() {
-            job.sources.insert(key.clone(), (index, r.second));
-        } else if let Some(s) = job.sources.get_mut(&key) {
-            s.1 = r.second;
-        }
+        job.sources.insert(key.clone(), (index, r.second, session));
         let cell = job.cells.entry(cell_key).or_default();
         cell.sources.insert(
             index,
@@ -610,7 +609,7 @@ mod tests {
     }
 
     fn ok(live: &LoadLive, agent: &str, region: &str, r: pb::LoadReport) {
-        live.ingest(agent, region, check(r).expect("valid"), Instant::now())
+        live.ingest(agent, 1, region, check(r).expect("valid"), Instant::now())
             .expect("accepted");
     }
 
@@ -741,17 +740,27 @@ mod tests {
         ok(&live, "a", "eu", good.clone());
         let again = live.ingest(
             "a",
+            1,
             "eu",
             check(good.clone()).expect("valid"),
             Instant::now(),
         );
         assert_eq!(again, Err(Refusal::Replayed { second: 0, last: 0 }));
+        // A new session (a restarted agent counts from 0 again) starts over.
+        let restarted = live.ingest(
+            "a",
+            2,
+            "eu",
+            check(good.clone()).expect("valid"),
+            Instant::now(),
+        );
+        assert_eq!(restarted, Ok(()));
         // Another target of the same agent is another source.
         let mut other = good.clone();
         other.target = "http://u/".into();
         ok(&live, "a", "eu", other);
         let (steps, _) = steps_of(&live, "j").expect("job");
-        assert_eq!(steps[0]["seconds"], 2);
+        assert_eq!(steps[0]["seconds"], 3);
         assert_eq!(steps[0]["agents"], 1);
         assert_eq!(steps[0]["sources"], 2);
     }
@@ -764,6 +773,7 @@ mod tests {
             let job = format!("j{i}");
             live.ingest(
                 "a",
+                1,
                 "eu",
                 check(report(&job, 0, 0, 1, 1.0)).expect("valid"),
                 t0 + Duration::from_secs(i as u64),
@@ -778,6 +788,7 @@ mod tests {
         for step in 0..=MAX_STEP {
             let r = live.ingest(
                 &format!("a{step}"),
+                1,
                 "eu",
                 check(report("big", u64::from(step), step, 1, 1.0)).expect("valid"),
                 t0,
@@ -794,6 +805,7 @@ mod tests {
         );
         let r = live.ingest(
             "late",
+            1,
             "eu",
             check(report("big", 0, 0, 1, 1.0)).expect("valid"),
             t0,

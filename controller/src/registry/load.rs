@@ -75,7 +75,7 @@ impl Registry {
         for (r, admitted) in m.reports.into_iter().zip(admitted) {
             let res = admitted.and_then(|region| {
                 let c = loadlive::check(r)?;
-                self.load_live.ingest(agent_id, &region, c, now)
+                self.load_live.ingest(agent_id, session, &region, c, now)
             });
             crate::metrics::load_report(res.as_ref().err().map(Refusal::reason));
             match res {
