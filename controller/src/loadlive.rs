@@ -826,4 +826,90 @@ mod tests {
         assert_eq!(live.prune(Instant::now(), |id| id == "kept"), 1);
         assert!(live.snapshot("kept").is_some());
     }
+
+    /// Units held, recomputed from the cells.
+    fn units_recounted(live: &LoadLive) -> usize {
+        let st = live.lock();
+        st.jobs
+            .values()
+            .flat_map(|j| j.cells.values())
+            .map(|c| c.corrected.buckets() + c.uncorrected.buckets() + c.sources.len())
+            .sum()
+    }
+
+    fn any_histogram() -> impl proptest::strategy::Strategy<Value = Option<pb::RttHistogram>> {
+        use proptest::prelude::*;
+        prop::option::of(
+            (
+                prop::collection::vec(-3000i32..3000, 0..6),
+                prop::collection::vec(0u64..5, 0..6),
+                0u64..3,
+            )
+                .prop_map(|(index_deltas, counts, zero_count)| pb::RttHistogram {
+                    index_deltas,
+                    counts,
+                    zero_count,
+                }),
+        )
+    }
+
+    proptest::proptest! {
+        /// Whatever an agent sends, checking and merging never panic, and the memory account
+        /// stays exact.
+        #[test]
+        fn any_report_is_checked_and_merged_without_panic(
+            reports in proptest::collection::vec(
+                (
+                    0u64..4, 0u32..3, 0u64..6, 0u64..3, 0u64..3, 0u32..1200,
+                    proptest::prop_oneof![0.0f64..100.0, proptest::prelude::any::<f64>()],
+                    any_histogram(), any_histogram(), 0u8..3, 0u64..3,
+                    proptest::option::of(proptest::collection::vec(0.0f64..5000.0, 1..8)),
+                ),
+                1..40,
+            )
+        ) {
+            let live = LoadLive::new();
+            for (second, step, s2xx, s5xx, timeout, length_ms, level, corrected, uncorrected, agent, session, honest) in reports {
+                // An honest second (histograms counting its responses) or arbitrary ones.
+                let (s2xx, s5xx, corrected, uncorrected) = match honest {
+                    Some(ms) => {
+                        let mut h = RttHistogram::new();
+                        ms.iter().for_each(|v| h.record(*v));
+                        let n = ms.len() as u64;
+                        (n - s5xx.min(n), s5xx.min(n), Some(h.to_pb()), Some(h.to_pb()))
+                    }
+                    None => (s2xx, s5xx, corrected, uncorrected),
+                };
+                let r = pb::LoadReport {
+                    job_id: format!("j{}", second % 2),
+                    target: "http://t/".into(),
+                    second,
+                    length_ms,
+                    step,
+                    workers: 3,
+                    level,
+                    intended: s2xx + s5xx,
+                    sent: s2xx + s5xx + timeout,
+                    status_2xx: s2xx,
+                    status_5xx: s5xx,
+                    errors_timeout: timeout,
+                    corrected,
+                    uncorrected,
+                    ..Default::default()
+                };
+                if let Ok(c) = check(r) {
+                    let _ = live.ingest(&format!("a{agent}"), session, "eu", c, Instant::now());
+                }
+                proptest::prop_assert_eq!(live.totals().1, units_recounted(&live));
+            }
+            for job in ["j0", "j1"] {
+                if let Some((steps, _)) = steps_of(&live, job) {
+                    for s in steps {
+                        let share = s["error_share"].as_f64().unwrap_or(0.0);
+                        proptest::prop_assert!((0.0..=1.0).contains(&share), "{}", s);
+                    }
+                }
+            }
+        }
+    }
 }
