@@ -156,6 +156,7 @@ mod tests {
                 ..Default::default()
             }],
             key: vec![7; 32],
+            load_share_agents: 0,
         }
     }
 

@@ -23,6 +23,8 @@ const ASSIGNMENT_JOB: u32 = 1;
 const ASSIGNMENT_TARGETS: u32 = 2;
 /// `Assignment.key`.
 const ASSIGNMENT_KEY: u32 = 3;
+/// `Assignment.load_share_agents`.
+const ASSIGNMENT_LOAD_SHARE_AGENTS: u32 = 4;
 
 /// Writes the key and length of `ControllerMessage.job_set` for a `JobSet` of `set_len` bytes;
 /// the set's fields follow.
@@ -36,18 +38,23 @@ pub fn job_set_message_head(set_len: usize, buf: &mut BytesMut) {
 pub struct AssignmentParts {
     /// `Assignment.job`.
     head: Vec<u8>,
-    /// `Assignment.key` (absent for an empty key, as prost leaves it).
+    /// `Assignment.key` (absent for an empty key, as prost leaves it), then
+    /// `Assignment.load_share_agents` (absent when 0).
     tail: Vec<u8>,
 }
 
 impl AssignmentParts {
-    /// The parts of `job`'s assignments, signed with `wire_key`.
-    pub fn new(job: &pb::Job, wire_key: &[u8]) -> Self {
+    /// The parts of `job`'s assignments, signed with `wire_key`; a load job with
+    /// `rate_per_job` says how many agents share its rate (`load_share_agents`, 0 for others).
+    pub fn new(job: &pb::Job, wire_key: &[u8], load_share_agents: u32) -> Self {
         let mut head = Vec::new();
         encoding::message::encode(ASSIGNMENT_JOB, job, &mut head);
         let mut tail = Vec::new();
         if !wire_key.is_empty() {
             encoding::bytes::encode(ASSIGNMENT_KEY, &wire_key.to_vec(), &mut tail);
+        }
+        if load_share_agents != 0 {
+            encoding::uint32::encode(ASSIGNMENT_LOAD_SHARE_AGENTS, &load_share_agents, &mut tail);
         }
         AssignmentParts { head, tail }
     }
@@ -94,7 +101,7 @@ mod tests {
             .collect();
         let encoded: Vec<Vec<u8>> = targets.iter().map(|t| t.encode_to_vec()).collect();
         for key in [vec![7; 32], Vec::new()] {
-            let parts = AssignmentParts::new(&job, &key);
+            let parts = AssignmentParts::new(&job, &key, 0);
             let mut buf = Vec::new();
             parts.append(encoded.iter().map(|b| &b[..]), &mut buf);
             parts.append(std::iter::empty(), &mut buf);
@@ -104,16 +111,41 @@ mod tests {
                         job: Some(job.clone()),
                         targets: targets.clone(),
                         key: key.clone(),
+                        load_share_agents: 0,
                     },
                     pb::Assignment {
                         job: Some(job.clone()),
                         targets: Vec::new(),
                         key: key.clone(),
+                        load_share_agents: 0,
                     },
                 ],
                 ..Default::default()
             };
             assert_eq!(buf, want.encode_to_vec());
+        }
+    }
+
+    #[test]
+    fn a_load_share_is_what_prost_encodes() {
+        let job = pb::Job {
+            id: "load".into(),
+            version: 2,
+            ..Default::default()
+        };
+        for (key, share) in [(vec![7; 32], 3), (Vec::new(), 1), (vec![1], 0)] {
+            let mut buf = Vec::new();
+            AssignmentParts::new(&job, &key, share).append(std::iter::empty(), &mut buf);
+            let want = pb::JobSet {
+                assignments: vec![pb::Assignment {
+                    job: Some(job.clone()),
+                    targets: Vec::new(),
+                    key: key.clone(),
+                    load_share_agents: share,
+                }],
+                ..Default::default()
+            };
+            assert_eq!(buf, want.encode_to_vec(), "share {share}");
         }
     }
 }

@@ -189,8 +189,17 @@ pub fn compute_encoded(
             })
             .collect();
         // The job and the key, shared by every assignment of this job.
-        let parts = AssignmentParts::new(job, &wire_key);
-        for (src, dsts) in pairs(job, spec, agents, max_full_mesh) {
+        let pairs = pairs(job, spec, agents, max_full_mesh);
+        // A load job's shared rate is divided over every source agent of the mesh that it
+        // resolves to (a peer's included: each controller sees the same directory).
+        let load_share = match &spec.load {
+            Some(l) if spec.kind == pb::JobKind::Load as i32 && l.rate_per_job => {
+                u32::try_from(pairs.len()).unwrap_or(u32::MAX)
+            }
+            _ => 0,
+        };
+        let parts = AssignmentParts::new(job, &wire_key, load_share);
+        for (src, dsts) in pairs {
             let owned: Vec<EncodedTarget> = if relay {
                 relay_targets(job, src, &dsts, &relays, signing)
                     .into_iter()
@@ -388,6 +397,41 @@ mod tests {
         );
         assert_eq!(pairs_of(&out).len(), 2);
         assert!(plan(&[&j], &agents, 1).is_empty(), "above the mesh size");
+    }
+
+    #[test]
+    fn a_shared_load_rate_names_every_source_of_the_mesh() {
+        let agents: Vec<AgentView> = (0..5)
+            .map(|i| agent(&format!("ag{i}"), if i < 3 { "a" } else { "b" }))
+            .collect();
+        let mut load = job(pb::PinglistStrategy::Full, 0);
+        load.id = "load".into();
+        if let Some(s) = load.spec.as_mut() {
+            s.kind = pb::JobKind::Load as i32;
+            s.protocols = vec![pb::Protocol::Http as i32];
+            s.targets = vec![pb::Endpoint {
+                endpoint: Some(pb::endpoint::Endpoint::Url("http://127.0.0.1:9/".into())),
+            }];
+            s.load = Some(pb::LoadSpec {
+                model: pb::LoadModel::Open as i32,
+                start: 100.0,
+                rate_per_job: true,
+                ..Default::default()
+            });
+        }
+        let out = plan(&[&load], &agents, 100);
+        assert_eq!(out.len(), 5, "every source gets the job");
+        for a in out.values().flatten() {
+            assert_eq!(a.load_share_agents, 5);
+            assert_eq!(a.targets[0].target, "http://127.0.0.1:9/");
+        }
+        // Per agent: no share; a probe job: none either.
+        if let Some(l) = load.spec.as_mut().and_then(|s| s.load.as_mut()) {
+            l.rate_per_job = false;
+        }
+        let probe = job(pb::PinglistStrategy::Full, 0);
+        let out = plan(&[&load, &probe], &agents, 100);
+        assert!(out.values().flatten().all(|a| a.load_share_agents == 0));
     }
 
     #[test]
