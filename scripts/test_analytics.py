@@ -15,7 +15,9 @@ What it does (runs inside .venv-analytics, created on first use; no AWS, no netw
      redelivered duplicate.
   2. Runs every infra/athena/*.sql query (except the DDL) through scripts/athena-local with
      --from/--to and --format json, and compares with results computed here independently
-     (nearest-rank p50/p99 from the arrays, loss = sum lost / sum sent, dedup, best relay).
+     (nearest-rank p50/p99 from the arrays, loss = sum lost / sum sent, dedup, best relay; the
+     load queries' merged-histogram percentiles and breaking points, computed by hand, also with
+     the breaking point's parameters edited).
   3. Runs the region matrix on a directory where rtt_samples_ms is null in every record (the
      all-null column case), and checks athena-local's errors for a bad data dir and bad SQL.
   4. Checks that every query takes its time range and deduplication from the one prelude
@@ -179,6 +181,50 @@ SERVE_R1 = [
 R2 = [relay("r2", "eu-central-1", p, i + 3) for i, p in enumerate([-2.0, -1.0, 3.0])]
 
 
+AP = "ap-south-1"
+
+
+def load(agent, region, step, sec, level, hist, *, s2xx=None, s429=0, s5xx=0, connect=0, timeout=0, job="L1"):
+    """One second of a load job on one agent (kind = load): hist = {bucket value ms: count} of the
+    answered requests; 2xx = the answered ones not 429/5xx unless given; rates over 1 s."""
+    answered = sum(hist.values())
+    s2xx = answered - s429 - s5xx if s2xx is None else s2xx
+    requests = answered + connect + timeout
+    values = sorted(hist)
+    return record(kind="load", protocol="http", job_id=job, ts=f"2024-05-01T16:{step:02d}:{sec:02d}.000000Z",
+                  src_agent=agent, src_region=region, target="http://api.test/", load_step=step,
+                  load_workers=int(level), load_level=float(level), intended_rps=float(requests),
+                  achieved_rps=float(answered), requests=requests, status_2xx=s2xx, status_3xx=0, status_4xx=0,
+                  status_429=s429, status_5xx=s5xx, status_other=0, errors_connect=connect,
+                  errors_timeout=timeout, errors_tls=0, errors_io=0,
+                  lat_max_ms=max(values) if values else None,
+                  lat_hist_ms=values or None, lat_hist_counts=[float(hist[v]) for v in values] or None,
+                  ok=connect + timeout + s5xx + s429 == 0)
+
+
+# Job L1, three regions, steps of 10, 20 and 30 workers. Hand-computed (test_load_*):
+#   eu step 0: e1 {10: 8, 20: 2} + {10: 10}, e2 {12: 10} + {12: 9, 30: 1}: merged 10:18 12:19
+#     20:2 30:1 (n 40): p50 = rank 20 = 12, p99 = rank 40 = 30; 2 agents, 4 agent-seconds,
+#     achieved (10+10+10+10) * 2 / 4 = 20 req/s.
+#   eu step 1: e1 {15: 95, 700: 5}, e2 {700: 1, 15: 99} (another bucket order): 15:194 700:6
+#     (n 200): p50 15, p99 = rank 198 = 700 > 500 -> the break (p99); achieved 200.
+#   eu step 2: e1 {15: 50} and 1 timeout: error share 1/51 (a break at threshold 1000).
+#   us step 0: u1 {50: 10}; step 1: {50: 18, 60: 2} with one 429 -> errors began (1/20), p99 60;
+#     step 2: 5 connect errors and no answer (no histogram): p50/p99 null, error share 1.
+#   ap steps 0, 1: a1 {5: 10} then {5: 20}: never breaks, held step 1.
+LOADS = [
+    load("e1", EU, 0, 0, 10, {10.0: 8, 20.0: 2}), load("e1", EU, 0, 1, 10, {10.0: 10}),
+    load("e2", EU, 0, 0, 10, {12.0: 10}), load("e2", EU, 0, 1, 10, {12.0: 9, 30.0: 1}),
+    load("e1", EU, 1, 0, 20, {15.0: 95, 700.0: 5}), load("e2", EU, 1, 0, 20, {700.0: 1, 15.0: 99}),
+    load("e1", EU, 2, 0, 30, {15.0: 50}, timeout=1),
+    load("u1", US, 0, 0, 10, {50.0: 10}), load("u1", US, 1, 0, 20, {50.0: 18, 60.0: 2}, s429=1),
+    load("u1", US, 2, 0, 30, {}, connect=5),
+    load("a1", AP, 0, 0, 10, {5.0: 10}), load("a1", AP, 1, 0, 20, {5.0: 20}),
+]
+# e2's step-1 record listed with its buckets in the other order.
+LOADS[5]["lat_hist_ms"], LOADS[5]["lat_hist_counts"] = [700.0, 15.0], [1.0, 99.0]
+
+
 def write(data: Path, region: str, dt: str, hour: str, name: str, recs: list[dict]) -> None:
     d = data / "records" / f"region={region}" / f"dt={dt}" / f"hour={hour}"
     d.mkdir(parents=True, exist_ok=True)
@@ -200,6 +246,9 @@ def make_data(data: Path) -> None:
     write(data, "ap-south-1", "2024-05-01", "14", "meshlat-r.ndjson", SERVE_R1)
     write(data, EU, "2024-04-30", "23", "meshlat-g.ndjson",
           [train("e1", EU, "u1", US, "2024-04-30T23:59:59.999999Z", [888.0], 1, 8.0)])  # before `from`
+    write(data, EU, "2024-05-01", "16", "meshlat-l.ndjson", LOADS[:7] + LOADS[10:])
+    write(data, US, "2024-05-01", "16", "meshlat-l2.ndjson", LOADS[7:10])
+    write(data, EU, "2024-05-01", "17", "meshlat-l3.ndjson", LOADS[4:5])  # redelivered duplicate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,6 +404,58 @@ def test_server_drops(data: Path):
     assert all(r["kind"] in ("serve", "relay_serve") for r in rs)
 
 
+def test_load_curve(data: Path):
+    rs = rows(data, "load_curve.sql")
+    key = lambda r: (r["job_id"], r["src_region"], r["load_step"])  # noqa: E731
+    assert [key(r) for r in rs] == [("L1", AP, 0), ("L1", AP, 1), ("L1", EU, 0), ("L1", EU, 1), ("L1", EU, 2),
+                                    ("L1", US, 0), ("L1", US, 1), ("L1", US, 2)], rs
+    expect_row(one(rs, src_region=EU, load_step=0), agents=2, agent_seconds=4, level=10.0, workers=20.0,
+               achieved_rps=20.0, intended_rps=20.0, requests=40, status_2xx=40, errors=0, error_share=0.0,
+               latencies=40.0, p50_ms=12.0, p99_ms=30.0, max_ms=30.0, first_ts="2024-05-01T16:00:00.000000Z")
+    # The duplicate of e1's step-1 second counts once; buckets merge whatever their order.
+    expect_row(one(rs, src_region=EU, load_step=1), agents=2, agent_seconds=2, level=20.0, achieved_rps=200.0,
+               requests=200, latencies=200.0, p50_ms=15.0, p99_ms=700.0, max_ms=700.0, errors=0)
+    expect_row(one(rs, src_region=EU, load_step=2), agents=1, requests=51, failed=1, errors=1,
+               error_share=1 / 51, achieved_rps=50.0, intended_rps=51.0, p99_ms=15.0)
+    expect_row(one(rs, src_region=US, load_step=1), requests=20, status_2xx=19, status_429=1, errors=1,
+               error_share=0.05, p50_ms=50.0, p99_ms=60.0)
+    expect_row(one(rs, src_region=US, load_step=2), requests=5, failed=5, errors=5, error_share=1.0,
+               achieved_rps=0.0, latencies=0.0, p50_ms=None, p99_ms=None, max_ms=None)
+    expect_row(one(rs, src_region=AP, load_step=1), agents=1, level=20.0, p50_ms=5.0, p99_ms=5.0, errors=0)
+    # Load records stay out of the probe queries (their exact counts are checked above).
+
+
+def test_load_breaking_point(data: Path, tmp: Path):
+    rs = rows(data, "load_breaking_point.sql")
+    assert [(r["src_region"], r["break_step"], r["break_reason"]) for r in rs] == [
+        (AP, None, None), (EU, 1, "p99"), (US, 1, "errors")], rs
+    expect_row(one(rs, src_region=EU), steps=3, break_level=20.0, break_achieved_rps=200.0, break_p99_ms=700.0,
+               break_error_share=0.0, held_step=0, held_level=10.0, held_achieved_rps=20.0, held_p99_ms=30.0)
+    expect_row(one(rs, src_region=US), steps=3, break_level=20.0, break_p99_ms=60.0, break_error_share=0.05,
+               held_step=0, held_p99_ms=50.0)
+    expect_row(one(rs, src_region=AP), steps=2, break_level=None, held_step=1, held_level=20.0, held_p99_ms=5.0)
+    # The parameters: at 1,000 ms and 10 % errors allowed, eu breaks at step 2 (1/51 errors is
+    # under 10 %, so it never breaks), us at step 2 (all failed); at 1,000 ms and 1 %, eu at 2;
+    # at 25 ms both break at step 0 and hold nothing.
+    q = (ATHENA / "load_breaking_point.sql").read_text()
+    assert "500e0 AS p99_threshold_ms, 0e0 AS max_error_share" in q
+    (tmp / "include").mkdir(exist_ok=True)
+    for inc in (ATHENA / "include").glob("*.sql"):
+        shutil.copy(inc, tmp / "include" / inc.name)
+    for threshold, share, want in [("1000e0", "0.1e0", [(AP, None, None), (EU, None, None), (US, 2, "errors")]),
+                                   ("1000e0", "0.01e0", [(AP, None, None), (EU, 2, "errors"), (US, 1, "errors")]),
+                                   ("25e0", "0e0", [(AP, None, None), (EU, 0, "p99"), (US, 0, "p99")])]:
+        edited = tmp / "breaking.sql"
+        edited.write_text(q.replace("500e0 AS p99_threshold_ms, 0e0 AS max_error_share",
+                                    f"{threshold} AS p99_threshold_ms, {share} AS max_error_share"))
+        r = run(data, edited, "--from", FROM, "--to", TO, "--format", "json")
+        assert r.returncode == 0, r.stderr
+        got = [(x["src_region"], x["break_step"], x["break_reason"]) for x in json.loads(r.stdout)]
+        assert got == want, (threshold, share, got)
+    eu = [x for x in json.loads(r.stdout) if x["src_region"] == EU][0]
+    expect_row(eu, break_step=0, held_step=None, held_level=None)
+
+
 def test_time_range(data: Path):
     # Without --from/--to every record counts, including OUT (2024-05-02T00:00) and the 04-30 one.
     r = run(data, ATHENA / "loss_jitter.sql", "--format", "json")
@@ -434,7 +535,8 @@ def test_sql_parses_as_trino():
         assert "in_range AS (" not in raw and "dedup AS (" not in raw, f"{q.name}: repeats the prelude's CTEs"
         # The shared CTEs are written once, in include/: no query carries its own copy.
         for shared, home in [("ranked AS (", "percentiles.sql"), ("CROSS JOIN UNNEST(p.rtt_samples_ms)", "rtt_samples.sql"),
-                             ("AS jitter_avg_ms\n  FROM probes", "probe_counts.sql"), ("relayed AS (", "relay_stats.sql")]:
+                             ("AS jitter_avg_ms\n  FROM probes", "probe_counts.sql"), ("relayed AS (", "relay_stats.sql"),
+                             ("hist_cum AS (", "load_steps.sql")]:
             assert shared not in raw, f"{q.name}: defines {shared[:-4]} itself instead of including include/{home}"
         text = athena_sql.load(q)
         for need in ("'${from}'", "'${to}'", "row_number() OVER (PARTITION BY i.record_id", "copy_no = 1"):
@@ -466,6 +568,8 @@ def main() -> int:
         check("best relay per region pair", lambda: test_best_relay(data))
         check("time series, 5-minute buckets", lambda: test_timeseries(data))
         check("server-side drops per region pair (serve, relay_serve)", lambda: test_server_drops(data))
+        check("load jobs: latency vs load per region and step (merged histograms)", lambda: test_load_curve(data))
+        check("load jobs: breaking point (p99 threshold, errors began)", lambda: test_load_breaking_point(data, tmp))
         check("time range --from/--to and defaults", lambda: test_time_range(data))
         check("all-null columns keep their types", lambda: test_all_null_array_column(tmp))
         check("output formats", lambda: test_formats(data))

@@ -15,7 +15,9 @@
      acknowledged by its agents, updated (If-Match) and stopped, an API error shown with its
      field, the scale path in a second tab whose agents and stream answers are replaced by 130
      made-up agents (the agent view asks for a region pair; a 65 × 65 canvas with hover and
-     keyboard), no console errors or CSP violations, sign-out (the old cookie then gets 401).
+     keyboard), a load job's live view in a third tab whose job list and load stream are
+     replaced (the "Live load" button, the per-step and region table, the job's end), no console
+     errors or CSP violations, sign-out (the old cookie then gets 401).
      Screenshots go to --out.
 
 Bounded: the whole stage stops within --deadline seconds (default 200). Exit 0 pass, 1 fail,

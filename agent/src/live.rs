@@ -130,7 +130,8 @@ impl SummaryWindow {
     /// counts as one packet sent and lost.
     pub fn record(&mut self, r: &Record, now: Instant) {
         // Server records count what others sent this agent; they are no measurement of a pair.
-        if matches!(r.kind, Some(Kind::Serve | Kind::RelayServe)) {
+        // Load seconds go to the controller as load reports (`crate::load::live`) instead.
+        if matches!(r.kind, Some(Kind::Serve | Kind::RelayServe | Kind::Load)) {
             return;
         }
         let Some(protocol) = r.protocol else { return };
@@ -362,7 +363,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn server_records_are_not_pairs() {
         let mut w = SummaryWindow::new(DEFAULT_WINDOW);
-        for kind in [Kind::Serve, Kind::RelayServe] {
+        for kind in [Kind::Serve, Kind::RelayServe, Kind::Load] {
             let mut r = train("b", &[], 0);
             r.kind = Some(kind);
             r.packets = Some(10);

@@ -115,6 +115,31 @@ pub struct SinkErrorLabels {
     pub reason: String,
 }
 
+/// Most load jobs with series of their own in `meshlat_load_requests_total` and
+/// `meshlat_load_errors_total`; seconds of further jobs count under [`LOAD_OTHER_JOB`].
+pub const MAX_LOAD_JOBS: usize = 16;
+/// The `job` label of load seconds beyond [`MAX_LOAD_JOBS`] jobs.
+pub const LOAD_OTHER_JOB: &str = "_other";
+
+/// Labels of `meshlat_load_requests_total`.
+#[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
+pub struct LoadRequestLabels {
+    /// The load job's id (at most [`MAX_LOAD_JOBS`] of them, then [`LOAD_OTHER_JOB`]).
+    pub job: String,
+    /// `2xx`, `3xx`, `4xx`, `429`, `5xx`, `other` (a response's class), or `error` (no
+    /// response: see `meshlat_load_errors_total`).
+    pub status: String,
+}
+
+/// Labels of `meshlat_load_errors_total`.
+#[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
+pub struct LoadErrorLabels {
+    /// The load job's id (as [`LoadRequestLabels::job`]).
+    pub job: String,
+    /// `connect`, `timeout`, `tls` or `io`.
+    pub kind: String,
+}
+
 /// Every metric the agent exports.
 pub struct Metrics {
     registry: Registry,
@@ -150,6 +175,14 @@ pub struct Metrics {
     pub pairs_over_cap: Counter,
     /// 1 for the current control mode, 0 for the others.
     pub control_mode: Family<ModeLabels, Gauge>,
+    /// Load requests ended, per job and status class (`error`: no response).
+    pub load_requests: Family<LoadRequestLabels, Counter>,
+    /// Failed load requests, per job and kind.
+    pub load_errors: Family<LoadErrorLabels, Counter>,
+    /// Load seconds the live-view queue dropped (the controller was away or slow).
+    pub load_live_dropped: Counter,
+    /// Load jobs with series of their own (at most [`MAX_LOAD_JOBS`]).
+    load_jobs: Mutex<HashSet<String>>,
     /// Pairs with series now, and the cap.
     pairs: Mutex<HashSet<PairLabels>>,
     max_pairs: AtomicUsize,
@@ -268,6 +301,24 @@ impl Metrics {
                 "control_mode",
                 "1 for the agent's current control mode (standalone, connected, static, degraded)",
             ),
+            load_requests: registered(
+                &mut registry,
+                "load_requests",
+                "Load requests ended, per load job and status class (error: no response); jobs \
+                 beyond the first 16 count under job=\"_other\"",
+            ),
+            load_errors: registered(
+                &mut registry,
+                "load_errors",
+                "Failed load requests, per load job and kind (connect, timeout, tls, io)",
+            ),
+            load_live_dropped: registered(
+                &mut registry,
+                "load_live_dropped_reports",
+                "Load seconds dropped from the live-view queue to the controller (the records \
+                 in the sinks are complete)",
+            ),
+            load_jobs: Mutex::new(HashSet::new()),
             pairs: Mutex::new(HashSet::new()),
             max_pairs: AtomicUsize::new(DEFAULT_MAX_PAIRS),
             warned_cap: AtomicBool::new(false),
@@ -457,6 +508,70 @@ impl Metrics {
     }
 }
 
+/// One second of a load job ended: its requests by status class and its errors go into the
+/// job's series (the first [`MAX_LOAD_JOBS`] jobs; later ones under [`LOAD_OTHER_JOB`]).
+pub fn load_second(job_id: &str, tally: &crate::load::stats::Tally) {
+    get().load_second(job_id, tally);
+}
+
+/// Load seconds the live-view queue dropped.
+pub fn load_live_dropped(n: u64) {
+    get().load_live_dropped.inc_by(n);
+}
+
+impl Metrics {
+    /// [`load_second`] on this registry.
+    fn load_second(&self, job_id: &str, t: &crate::load::stats::Tally) {
+        let job = {
+            let mut jobs = self
+                .load_jobs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if jobs.contains(job_id) || jobs.len() < MAX_LOAD_JOBS && jobs.insert(job_id.into()) {
+                job_id.to_string()
+            } else {
+                LOAD_OTHER_JOB.to_string()
+            }
+        };
+        let s = &t.status;
+        let e = &t.errors;
+        for (status, n) in [
+            ("2xx", s.s2xx),
+            ("3xx", s.s3xx),
+            ("4xx", s.s4xx),
+            ("429", s.rate_limited),
+            ("5xx", s.s5xx),
+            ("other", s.other),
+            ("error", e.total()),
+        ] {
+            // A class seen once keeps its series; untouched classes get none.
+            if n > 0 {
+                self.load_requests
+                    .get_or_create(&LoadRequestLabels {
+                        job: job.clone(),
+                        status: status.into(),
+                    })
+                    .inc_by(n);
+            }
+        }
+        for (kind, n) in [
+            ("connect", e.connect),
+            ("timeout", e.timeout),
+            ("tls", e.tls),
+            ("io", e.io),
+        ] {
+            if n > 0 {
+                self.load_errors
+                    .get_or_create(&LoadErrorLabels {
+                        job: job.clone(),
+                        kind: kind.into(),
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+}
+
 /// A responder answered or dropped something.
 pub fn responder_event(protocol: &str, result: &str) {
     get()
@@ -528,6 +643,58 @@ mod tests {
 
     fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
         text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn load_seconds_count_per_job_and_class_with_bounded_jobs() {
+        use crate::load::stats::Tally;
+        let m = Metrics::new();
+        let mut t = Tally::default();
+        for code in [200, 200, 429, 503, 404] {
+            t.status.add(code);
+        }
+        t.errors.add(crate::load::stats::ErrorClass::Timeout);
+        m.load_second("job-a", &t);
+        m.load_second("job-a", &t);
+        let text = m.encode();
+        assert_eq!(
+            line(
+                &text,
+                "meshlat_load_requests_total{job=\"job-a\",status=\"2xx\"}"
+            ),
+            Some("meshlat_load_requests_total{job=\"job-a\",status=\"2xx\"} 4")
+        );
+        for (series, want) in [
+            ("status=\"429\"} ", "2"),
+            ("status=\"5xx\"} ", "2"),
+            ("status=\"4xx\"} ", "2"),
+            ("status=\"error\"} ", "2"),
+        ] {
+            let l = line(
+                &text,
+                &format!("meshlat_load_requests_total{{job=\"job-a\",{series}"),
+            )
+            .unwrap_or_else(|| panic!("{series} missing:\n{text}"));
+            assert!(l.ends_with(want), "{l}");
+        }
+        assert!(text.contains("meshlat_load_errors_total{job=\"job-a\",kind=\"timeout\"} 2"));
+        assert!(
+            !text.contains("status=\"3xx\""),
+            "no series for classes never seen"
+        );
+        // Jobs beyond the cap share one series.
+        for i in 0..MAX_LOAD_JOBS + 5 {
+            m.load_second(&format!("job-{i}"), &t);
+        }
+        let text = m.encode();
+        let jobs: HashSet<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("meshlat_load_requests_total{"))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert_eq!(jobs.len(), MAX_LOAD_JOBS + 1, "{jobs:?}");
+        assert!(jobs.contains(LOAD_OTHER_JOB));
+        assert!(text.contains("meshlat_load_requests_total{job=\"_other\",status=\"2xx\"} 12"));
     }
 
     #[test]

@@ -28,6 +28,7 @@ Examples:
   export MESHLAT_CONTROLLER=https://ctl:7400 MESHLAT_CREDENTIAL=op-1234:secret MESHLAT_CA=/var/lib/meshlat/ca.pem
   controller job start job.json        # or '-' for stdin; JSON as in POST /api/v1/jobs
   controller job list
+  controller job watch ID              # a load job's live stats per step and region
   controller agents
   controller credentials add ci-pipeline   # prints ci-pipeline:SECRET once; list, revoke NAME
   controller tokens create fleet-b --expires-in 86400   # prints a join token once; list, revoke NAME
@@ -160,6 +161,10 @@ pub enum JobAction {
     },
     /// Stop a job.
     Stop(JobIdArgs),
+    /// Live stats of a load job per step and source region (level, achieved rate, p50/p99,
+    /// errors), updated every second in place on a terminal (changed rows as plain lines
+    /// otherwise), until the job stops.
+    Watch(JobIdArgs),
 }
 
 /// A connection and a job id: `controller job show` and `stop`.
@@ -189,7 +194,7 @@ impl JobAction {
             JobAction::Start { client, .. }
             | JobAction::List { client, .. }
             | JobAction::Update { client, .. } => client,
-            JobAction::Show(a) | JobAction::Stop(a) => &a.client,
+            JobAction::Show(a) | JobAction::Stop(a) | JobAction::Watch(a) => &a.client,
         }
     }
 }

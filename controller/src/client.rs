@@ -49,6 +49,18 @@ pub enum ClientError {
 pub async fn run(command: &Command) -> Result<(), ClientError> {
     let out = match command {
         Command::Serve(_) => return Ok(()),
+        Command::Job {
+            action: JobAction::Watch(a),
+        } => {
+            use std::io::{IsTerminal, Write};
+            let tty = std::io::stdout().is_terminal();
+            let print = |s: &str| {
+                let mut o = std::io::stdout().lock();
+                let _ = o.write_all(s.as_bytes());
+                let _ = o.flush();
+            };
+            return watch_load(a, tty, print).await;
+        }
         Command::Job { action } => job(action).await?,
         Command::Credentials { action } => credentials(action).await?,
         Command::Tokens { action } => tokens(action).await?,
@@ -250,6 +262,11 @@ pub async fn job(action: &JobAction) -> Result<String, ClientError> {
             .await?
         }
         JobAction::Stop(a) => c.stop_job(pb::StopJobRequest { id: a.id.clone() }).await?,
+        JobAction::Watch(a) => {
+            let mut out = String::new();
+            watch_load(a, false, |s| out.push_str(s)).await?;
+            return Ok(out);
+        }
     };
     Ok(pretty(&json::job_to_value(&job.into_inner())))
 }
@@ -468,6 +485,180 @@ pub async fn matrix(a: &MatrixArgs, mut print: impl FnMut(&str)) -> Result<(), C
     Ok(())
 }
 
+/// `controller job watch ID`: a load job's live stats until it is done, handed to `print` as
+/// they come. On a terminal (`tty`) each update redraws the table in place (cursor up over the
+/// previous one, clear to the end); otherwise the header once, then each row whose figures
+/// changed, as a plain line. Ends with `job ID done` when the job is stopped or its duration
+/// ran out.
+///
+/// # Errors
+///
+/// [`ClientError`]: connection, an unknown job or one that is not a load job.
+pub async fn watch_load(
+    a: &crate::cli::JobIdArgs,
+    tty: bool,
+    mut print: impl FnMut(&str),
+) -> Result<(), ClientError> {
+    let mut c = connect(&a.client).await?;
+    let mut stream = c
+        .watch_load(pb::WatchLoadRequest {
+            job_id: a.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut watch = LoadWatch::new(tty);
+    while let Some(s) = stream.message().await? {
+        print(&watch.update(&s));
+        if s.done {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// What `controller job watch` prints for each update ([`watch_load`]).
+#[derive(Debug, Default)]
+pub struct LoadWatch {
+    /// Redraw in place (a terminal) or print changed rows.
+    tty: bool,
+    /// Lines of the table last drawn (tty).
+    drawn: usize,
+    /// Each row as last printed (not a tty).
+    printed: std::collections::BTreeMap<(u32, String), String>,
+    /// The header was printed (not a tty).
+    header: bool,
+}
+
+impl LoadWatch {
+    /// A printer for a terminal (`tty`) or not.
+    pub fn new(tty: bool) -> Self {
+        LoadWatch {
+            tty,
+            ..LoadWatch::default()
+        }
+    }
+
+    /// The text for update `s`: on a terminal the cursor moved up over the last table, the rest
+    /// of the screen cleared and the new table; otherwise the header (first time) and the rows
+    /// that changed. A done job ends with `job ID done`.
+    pub fn update(&mut self, s: &pb::LoadStats) -> String {
+        let rows = load_rows(s);
+        let mut out = String::new();
+        if self.tty {
+            if self.drawn > 0 {
+                out.push_str(&format!("\x1b[{}A\x1b[J", self.drawn));
+            }
+            let table = render_load(s, &rows);
+            self.drawn = table.lines().count();
+            out.push_str(&table);
+        } else {
+            if !self.header {
+                out.push_str(&load_header());
+                out.push('\n');
+                self.header = true;
+            }
+            for (key, line) in rows {
+                if self.printed.get(&key) != Some(&line) {
+                    out.push_str(&line);
+                    out.push('\n');
+                    self.printed.insert(key, line);
+                }
+            }
+        }
+        if s.done {
+            out.push_str(&format!("job {} done\n", s.job_id));
+        }
+        out
+    }
+}
+
+const LOAD_COLUMNS: [(&str, usize); 11] = [
+    ("STEP", 4),
+    ("REGION", 16),
+    ("AGENTS", 6),
+    ("LEVEL", 8),
+    ("WORKERS", 7),
+    ("INTENDED/s", 10),
+    ("ACHIEVED/s", 10),
+    ("P50 ms", 9),
+    ("P99 ms", 9),
+    ("ERRORS", 7),
+    ("ERR%", 6),
+];
+
+fn load_header() -> String {
+    LOAD_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, (name, w))| {
+            if i == 1 {
+                format!("{name:<w$}")
+            } else {
+                format!("{name:>w$}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One line per step and region, keyed by them, aligned under [`load_header`].
+fn load_rows(s: &pb::LoadStats) -> Vec<((u32, String), String)> {
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    s.steps
+        .iter()
+        .map(|c| {
+            let cells = [
+                c.step.to_string(),
+                c.region.clone(),
+                c.agents.to_string(),
+                format!("{}", (c.level * 100.0).round() / 100.0),
+                c.workers.to_string(),
+                format!("{:.1}", c.intended_rps),
+                format!("{:.1}", c.achieved_rps),
+                ms(c.p50_ms),
+                ms(c.p99_ms),
+                c.error_count.to_string(),
+                c.error_share
+                    .map_or_else(|| "-".to_string(), |e| format!("{:.1}", e * 100.0)),
+            ];
+            let line = cells
+                .iter()
+                .zip(LOAD_COLUMNS)
+                .enumerate()
+                .map(|(i, (v, (_, w)))| {
+                    if i == 1 {
+                        format!("{v:<w$}")
+                    } else {
+                        format!("{v:>w$}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            ((c.step, c.region.clone()), line)
+        })
+        .collect()
+}
+
+/// The whole table of one update: a title line, the header and the rows.
+fn render_load(s: &pb::LoadStats, rows: &[((u32, String), String)]) -> String {
+    let state = if s.done {
+        "done"
+    } else if s.stopped {
+        "stopping"
+    } else {
+        "running"
+    };
+    let mut out = format!("load job {} ({state})\n{}\n", s.job_id, load_header());
+    if rows.is_empty() {
+        out.push_str("no load seconds yet (agents report each second)\n");
+    }
+    for (_, line) in rows {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// An aligned src × dst table per protocol of the direct paths; each cell is `p50/p99 ms
 /// loss%`. Relayed paths (cells with `via`) follow their protocol's table, one line each:
 /// `SRC -> DST via RELAY  p50/p99 ms loss%  penalty +X ms`.
@@ -565,6 +756,87 @@ fn render_relayed(proto: &str, relayed: &[&pb::MatrixCell], out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_table_is_aligned() {
+        let step = |step: u32, region: &str, p99: Option<f64>| pb::LoadStepStats {
+            step,
+            region: region.into(),
+            agents: 2,
+            level: 10.0,
+            workers: 20,
+            intended_rps: 200.0,
+            achieved_rps: 199.5,
+            requests: 400,
+            error_count: 4,
+            error_share: Some(0.01),
+            p50_ms: p99.map(|v| v / 2.0),
+            p99_ms: p99,
+            ..Default::default()
+        };
+        let s = pb::LoadStats {
+            job_id: "j1".into(),
+            steps: vec![step(0, "eu-west-1", Some(20.0)), step(1, "us-east-1", None)],
+            ..Default::default()
+        };
+        let rows = load_rows(&s);
+        let t = render_load(&s, &rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "load job j1 (running)");
+        assert!(lines[1].starts_with("STEP REGION "), "{t}");
+        assert!(lines[1..].iter().all(|l| l.len() == lines[1].len()), "{t}");
+        assert!(
+            lines[2].contains(" 10.00 ") && lines[2].contains(" 20.00 "),
+            "{t}"
+        );
+        assert!(lines[2].ends_with("     4    1.0"), "{t}");
+        assert!(lines[3].contains("        -         - "), "{t}");
+        let empty = pb::LoadStats {
+            job_id: "j2".into(),
+            done: true,
+            ..Default::default()
+        };
+        assert!(render_load(&empty, &[]).contains("(done)\nSTEP"));
+    }
+
+    #[test]
+    fn job_watch_redraws_in_place_on_a_terminal_and_prints_changed_rows_otherwise() {
+        let step = |step: u32, achieved_rps: f64| pb::LoadStepStats {
+            step,
+            region: "eu".into(),
+            achieved_rps,
+            ..Default::default()
+        };
+        let mut s = pb::LoadStats {
+            job_id: "j1".into(),
+            steps: vec![step(0, 10.0)],
+            ..Default::default()
+        };
+        let mut tty = LoadWatch::new(true);
+        let mut plain = LoadWatch::new(false);
+        let first = tty.update(&s);
+        assert!(
+            first.starts_with("load job j1 (running)\nSTEP"),
+            "{first:?}"
+        );
+        assert!(!first.contains('\x1b'));
+        let p1 = plain.update(&s);
+        assert_eq!(p1.lines().count(), 2, "{p1:?}");
+        // Step 0 unchanged, step 1 new: the terminal redraws over the 3 lines drawn; the plain
+        // output is the new row alone.
+        s.steps.push(step(1, 20.0));
+        let second = tty.update(&s);
+        assert!(second.starts_with("\x1b[3A\x1b[J"), "{second:?}");
+        assert_eq!(second.lines().count(), 4);
+        let p2 = plain.update(&s);
+        assert_eq!(p2.lines().count(), 1, "{p2:?}");
+        assert!(p2.starts_with("   1 eu"), "{p2:?}");
+        // Nothing changed: nothing printed; then done.
+        assert_eq!(plain.update(&s), "");
+        s.done = true;
+        assert_eq!(plain.update(&s), "job j1 done\n");
+        assert!(tty.update(&s).ends_with("job j1 done\n"));
+    }
 
     #[test]
     fn matrix_table_is_aligned() {

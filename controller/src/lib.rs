@@ -24,6 +24,7 @@
 //!   scheduled, a peer's included.
 //! - [`relay_policy`]: which agents are relays (`--relay-agent`), whatever they claim.
 //! - [`live`]: agents' rolling summaries and the latency matrix.
+//! - [`loadlive`]: agents' load seconds merged per job, step and region (load jobs' live view).
 //! - [`metrics`]: the Prometheus registry served on `--stats-port` at `/metrics`.
 //! - [`registry`]: the domain layer: jobs, the agent directory and federation, sessions; its
 //!   recompute rounds push job sets, held encoded ([`jobset`]).
@@ -54,6 +55,7 @@ pub mod keys;
 pub mod limits;
 pub mod live;
 pub mod load_policy;
+pub mod loadlive;
 pub mod metrics;
 pub mod pinglist;
 pub mod publish;

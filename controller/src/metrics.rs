@@ -16,6 +16,8 @@
 //! - `meshlat_controller_job_acks_total{result="acked"|"rejected"}` counter;
 //! - `meshlat_controller_federation_peers` gauge, `..._federation_peer_up{peer}` gauge and
 //!   `..._federation_exchange_age_seconds{peer}` gauge;
+//! - `meshlat_controller_load_reports_total{result="accepted"|reason}` counter, agents' load
+//!   seconds for the live view, accepted or refused ([`crate::loadlive::Refusal::reason`]);
 //! - `meshlat_controller_auth_failures_total{surface,reason}` and
 //!   `meshlat_controller_rate_limited_total{surface}` counters;
 //! - `meshlat_controller_scenarios{state="valid"|"invalid"}` gauge, the files of the
@@ -63,6 +65,13 @@ pub struct StateLabels {
 #[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
 pub struct AckLabels {
     /// `acked` or `rejected`.
+    pub result: &'static str,
+}
+
+/// Labels of `meshlat_controller_load_reports_total`.
+#[derive(Clone, Debug, EncodeLabelSet, Eq, Hash, PartialEq)]
+pub struct LoadReportLabels {
+    /// `accepted`, or why refused ([`crate::loadlive::Refusal::reason`]).
     pub result: &'static str,
 }
 
@@ -154,6 +163,8 @@ pub struct Metrics {
     pub pinglist_seconds: Histogram,
     /// Job-set acknowledgements by result.
     pub job_acks: Family<AckLabels, Counter>,
+    /// Agents' load seconds, accepted or refused.
+    pub load_reports: Family<LoadReportLabels, Counter>,
     /// Configured peers.
     pub federation_peers: Gauge,
     peer_up: Family<PeerLabels, Gauge>,
@@ -220,6 +231,12 @@ impl Metrics {
             "Job sets agents acknowledged, by result (rejected: with jobs the agent refused)",
             job_acks.clone(),
         );
+        let load_reports = Family::<LoadReportLabels, Counter>::default();
+        r.register(
+            "load_reports",
+            "Agents' load seconds for the live view, accepted or refused (by reason)",
+            load_reports.clone(),
+        );
         let federation_peers = Gauge::default();
         r.register(
             "federation_peers",
@@ -267,6 +284,7 @@ impl Metrics {
             rounds,
             pinglist_seconds,
             job_acks,
+            load_reports,
             federation_peers,
             peer_up,
             peer_age,
@@ -351,6 +369,16 @@ pub fn job_ack(rejected: bool) {
         .job_acks
         .get_or_create(&AckLabels {
             result: if rejected { "rejected" } else { "acked" },
+        })
+        .inc();
+}
+
+/// An agent's load second was accepted (`None`) or refused for `reason`.
+pub fn load_report(refused: Option<&'static str>) {
+    get()
+        .load_reports
+        .get_or_create(&LoadReportLabels {
+            result: refused.unwrap_or("accepted"),
         })
         .inc();
 }

@@ -17,6 +17,8 @@
 //! | `GET` | `/api/v1/agents` | | `200` `{"agents": [...]}` |
 //! | `GET` | `/api/v1/matrix[?by=agent\|region][&protocol=udp][&src_region=R][&dst_region=R]` | | `200` matrix ([`crate::json::matrix_to_value`]) |
 //! | `GET` | `/api/v1/stream[?by=...][&protocol=...][&src_region=...][&dst_region=...]` | | `200` `text/event-stream` |
+//! | `GET` | `/api/v1/jobs/{id}/load` | | `200` a load job's live view ([`crate::loadlive::stats_to_value`]; `400` for another kind) |
+//! | `GET` | `/api/v1/jobs/{id}/load/stream` | | `200` `text/event-stream` of it |
 //! | `GET` | `/api/v1/session` | | `200` `{"operator", "csrf_token", "expires_unix"}` |
 //! | `POST` | `/api/v1/session` | `{"credential": "NAME:SECRET"}` (`Content-Type: application/json`; no `Authorization`) | `201` session + `Set-Cookie` |
 //! | `DELETE` | `/api/v1/session` | | `200` `{"signed_out": bool}`, cookie cleared |
@@ -34,7 +36,10 @@
 //!
 //! `/api/v1/stream` sends server-sent events: `event: matrix` with the matrix as one JSON
 //! `data:` line every [`WATCH_INTERVAL`], and a `: heartbeat` comment every
-//! [`SSE_HEARTBEAT`] so proxies keep the connection open.
+//! [`SSE_HEARTBEAT`] so proxies keep the connection open. `/api/v1/jobs/{id}/load/stream`
+//! sends `event: load` with the job's live view every [`LOAD_WATCH_INTERVAL`] and, once the
+//! job is done (stopped, or its duration ran out) or gone, a last `event: load`, then
+//! `event: end` (`data: {"done":true}`), and ends.
 //!
 //! Errors are JSON, `{"error": {"code": "invalid_argument", "field": "spec.timeout_ms",
 //! "message": "...", "limit": 1000}}` (`limit` only when a size, range or cap was crossed),
@@ -99,6 +104,9 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 /// Interval of heartbeat comments on `/api/v1/stream`.
 pub const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
+/// How often `/api/v1/jobs/{id}/load/stream` sends the job's live view (agents report each
+/// second).
+pub const LOAD_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Shared state of the REST server.
 #[derive(Clone, Debug)]
@@ -344,6 +352,14 @@ impl Rest {
             )
             .route("/api/v1/matrix", methods("GET").on(M::GET, matrix))
             .route("/api/v1/stream", methods("GET").on(M::GET, stream))
+            .route(
+                "/api/v1/jobs/{id}/load",
+                methods("GET").on(M::GET, job_load),
+            )
+            .route(
+                "/api/v1/jobs/{id}/load/stream",
+                methods("GET").on(M::GET, job_load_stream),
+            )
             .route(
                 "/api/v1/credentials",
                 methods("GET, POST")
@@ -809,6 +825,69 @@ async fn stream(State(rest): State<Rest>, uri: Uri) -> Resp {
         Ok(_) => sse(rest, view),
         Err(r) => r,
     }
+}
+
+/// The `{id}` of `/api/v1/jobs/{id}/...` (a normalized path).
+fn job_segment(uri: &Uri) -> &str {
+    uri.path().split('/').nth(4).unwrap_or("")
+}
+
+async fn job_load(State(rest): State<Rest>, uri: Uri) -> Resp {
+    match rest.registry.load_view(job_segment(&uri)) {
+        Ok(v) => reply(StatusCode::OK, &crate::loadlive::stats_to_value(&v)),
+        Err(e) => domain_error(&e),
+    }
+}
+
+async fn job_load_stream(State(rest): State<Rest>, uri: Uri) -> Resp {
+    let id = job_segment(&uri).to_string();
+    // Refused before the stream starts: an unknown job, or not a load job.
+    if let Err(e) = rest.registry.load_view(&id) {
+        return domain_error(&e);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(4);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(LOAD_WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(SSE_HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        if tx
+            .send(Event::default().comment("meshlat load stats"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let end = || Event::default().event("end").data(r#"{"done":true}"#);
+            let (events, last) = tokio::select! {
+                _ = tick.tick() => match rest.registry.load_view(&id) {
+                    Ok(v) => {
+                        let data = crate::loadlive::stats_to_value(&v).to_string();
+                        let load = Event::default().event("load").data(data);
+                        if v.done { (vec![load, end()], true) } else { (vec![load], false) }
+                    }
+                    // Gone (expired after its stop): the stream ends.
+                    Err(_) => (vec![end()], true),
+                },
+                _ = heartbeat.tick() => (vec![Event::default().comment("heartbeat")], false),
+            };
+            for e in events {
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+            if last {
+                return;
+            }
+        }
+    });
+    let events =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |e| {
+            Ok::<_, std::convert::Infallible>(e)
+        });
+    Sse::new(events).into_response()
 }
 
 /// The JSON of a session: the operator, and for a cookie session its CSRF token and end.

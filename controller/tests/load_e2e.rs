@@ -183,6 +183,39 @@ async fn load_jobs_step_update_and_stop_across_two_agents() -> Result<()> {
         }
     }
 
+    // The controller's live view merges the same seconds: per step, both agents, and as many
+    // requests as their records count.
+    let mut by_step = [0u64; 2];
+    for a in &agents {
+        for r in load_records(a, &id) {
+            if let Some(step) = r["load_step"].as_u64().filter(|s| *s < 2) {
+                by_step[step as usize] += r["requests"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    let view = eventually("the live view counts every record's requests", 30, || async {
+        let (st, v) = ctl
+            .rest("GET", &format!("/api/v1/jobs/{id}/load"), "", None)
+            .await
+            .ok()?;
+        let steps = v["steps"].as_array()?.clone();
+        let live: Vec<u64> = (0..2)
+            .map(|k| {
+                steps
+                    .iter()
+                    .filter(|x| x["step"].as_u64() == Some(k))
+                    .map(|x| x["requests"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .collect();
+        (st == 200 && live == by_step).then_some(v)
+    })
+    .await?;
+    for x in view["steps"].as_array().into_iter().flatten() {
+        assert_eq!(x["agents"], 2, "{x}");
+    }
+    println!("figures load_e2e live_requests_by_step={by_step:?}");
+
     // A running job: 2 workers per agent, then a PUT to 4. Two more connections per agent,
     // no connection of the first two closed (no restart).
     let constant = |start: u64| serde_json::json!({"model": "closed", "start": start});

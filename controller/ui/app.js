@@ -56,6 +56,8 @@
     jobsTimer: null,
     jobsJson: "",
     editing: null,
+    loadEs: null,
+    loadJob: null,
   };
 
   // ---- REST ------------------------------------------------------------------------------
@@ -146,6 +148,7 @@
 
   function signedOut(msg) {
     closeStream();
+    closeLoad();
     st.timers.forEach(clearInterval);
     st.timers = [];
     stopJobsTimer();
@@ -214,6 +217,7 @@
       if (on && focus) b.focus();
     });
     stopJobsTimer();
+    if (name !== "jobs") closeLoad();
     if (name === "jobs" && st.signedIn) {
       refreshJobs();
       st.jobsTimer = setInterval(refreshJobs, 3000);
@@ -983,6 +987,15 @@
     return e;
   }
 
+  /** A load job's schedule: model, levels and steps, duration. */
+  function loadMeta(s) {
+    const l = s.load || {};
+    const steps = l.steps > 1 ? ", +" + l.step + " × " + (l.steps - 1) + " steps of " + (l.step_duration_ms / 1000) + " s" : "";
+    const unit = l.model === "open" ? " req/s" : " workers";
+    return (l.model ? ", " + l.model + " " + l.start + unit + steps : "") +
+      (s.duration_ms ? ", " + (s.duration_ms / 1000) + " s" : "");
+  }
+
   function renderJobs(jobs) {
     const json = JSON.stringify(jobs);
     if (json === st.jobsJson) return;
@@ -1005,7 +1018,8 @@
       card.appendChild(el("p", "meta", (s.kind || "probe") + " " + (s.protocols || []).join("+") + ": " +
         (s.sources || []).join(", ") + " → " + (s.targets || []).join(", ") +
         ((s.relays || []).length ? " via " + s.relays.join(", ") : "") +
-        ", every " + s.interval_ms + " ms, timeout " + s.timeout_ms + " ms" +
+        (s.kind === "load" ? loadMeta(s) : ", every " + s.interval_ms + " ms") +
+        ", timeout " + s.timeout_ms + " ms" +
         (s.strategy ? ", " + s.strategy : "")));
       const status = j.agent_status || [];
       if (status.length) {
@@ -1035,6 +1049,16 @@
       } else if (!j.stopped) {
         card.appendChild(el("p", "note", "No agent is assigned this job yet."));
       }
+      if (s.kind === "load") {
+        const bar = el("div", "buttons");
+        const live = el("button", "", "Live load");
+        live.type = "button";
+        live.dataset.action = "load";
+        live.dataset.job = j.id;
+        live.setAttribute("aria-label", "Live load of job " + (s.name || j.id));
+        bar.appendChild(live);
+        card.appendChild(bar);
+      }
       if (!j.stopped) {
         const bar = el("div", "buttons");
         const edit = el("button", "", "Edit as JSON");
@@ -1061,6 +1085,75 @@
         refocus.split(SEP)[1] + "\"]");
       if (again) again.focus();
     }
+  }
+
+  // ---- load view: a load job's live stats per step and region (its SSE stream) -----------
+
+  function closeLoad() {
+    if (st.loadEs) st.loadEs.close();
+    st.loadEs = null;
+    st.loadJob = null;
+    const v = $("load-view");
+    if (v) v.hidden = true;
+  }
+
+  function openLoad(id, name) {
+    closeLoad();
+    st.loadJob = id;
+    $("load-title").textContent = "Load: " + (name || id);
+    $("load-note").textContent = "Waiting for the agents' first second…";
+    $("load-table").tBodies[0].replaceChildren();
+    $("load-view").hidden = false;
+    const es = new EventSource("/api/v1/jobs/" + encodeURIComponent(id) + "/load/stream");
+    st.loadEs = es;
+    es.addEventListener("load", function (ev) {
+      if (st.loadEs !== es) return;
+      let v;
+      try {
+        v = JSON.parse(ev.data);
+      } catch (e) {
+        return;
+      }
+      renderLoad(v);
+    });
+    es.addEventListener("end", function () {
+      if (st.loadEs !== es) return;
+      es.close();
+      st.loadEs = null;
+      $("load-note").textContent += " The job has ended.";
+    });
+    es.addEventListener("error", function () {
+      if (st.loadEs !== es || es.readyState !== EventSource.CLOSED) return;
+      st.loadEs = null;
+      $("load-note").textContent = "The live load stream closed (is it a load job you may see?).";
+    });
+  }
+
+  function fmtNum(v, digits) {
+    return v === null || v === undefined ? "–" : Number(v).toFixed(digits);
+  }
+
+  function renderLoad(v) {
+    const steps = v.steps || [];
+    const body = $("load-table").tBodies[0];
+    const rows = steps.map(function (s) {
+      const tr = el("tr");
+      tr.dataset.step = String(s.step);
+      tr.dataset.region = s.region;
+      const errors = s.error_count + (s.error_share === null || s.error_share === undefined ? ""
+        : " (" + (s.error_share * 100).toFixed(1) + " %)");
+      [[String(s.step), ""], [s.region, ""], [String(s.agents), "num"],
+        [String(Math.round(s.level * 100) / 100), "num"], [fmtNum(s.achieved_rps, 1), "num"],
+        [fmtNum(s.p50_ms, 2), "num"], [fmtNum(s.p99_ms, 2), "num"],
+        [errors, s.error_count > 0 ? "num bad" : "num"]].forEach(function (c) {
+        tr.appendChild(el("td", c[1], c[0]));
+      });
+      return tr;
+    });
+    body.replaceChildren.apply(body, rows);
+    $("load-note").textContent = (steps.length ? steps.length + " step × region rows" : "No load seconds yet") +
+      (v.updated_unix_ms ? ", last second at " + clock(v.updated_unix_ms) : "") +
+      (v.done ? "; done." : "; updated every second.");
   }
 
   function jobError(e) {
@@ -1239,6 +1332,7 @@
     $("json-form").addEventListener("submit", startFromJson);
     $("json-update").addEventListener("click", updateJob);
     $("json-cancel").addEventListener("click", cancelEdit);
+    $("load-close").addEventListener("click", closeLoad);
     $("jobs-stopped").addEventListener("change", function () {
       st.jobsJson = "";
       refreshJobs();
@@ -1248,6 +1342,7 @@
       if (!b) return;
       const card = b.closest("article");
       if (b.dataset.action === "stop") stopJob(b.dataset.job);
+      else if (b.dataset.action === "load") openLoad(b.dataset.job, card && card.dataset.jobName);
       else if (b.dataset.action === "edit" && card && card.jobData) editJob(card.jobData);
     });
     $("job-json").value = JSON.stringify({

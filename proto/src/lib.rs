@@ -28,6 +28,9 @@ pub mod job;
 /// controller decodes agent messages up to this and some room, and keeps at most its
 /// `--max-summary-bytes` of each agent's pairs.
 pub const MAX_SUMMARIES_BYTES: usize = 512 * 1024;
+/// Largest encoded `LoadReports` message an agent sends (it sends the queued load seconds
+/// that fit, the rest in the next message); within the controller's agent-message limit.
+pub const MAX_LOAD_REPORTS_BYTES: usize = 256 * 1024;
 pub mod record;
 pub mod scenario;
 pub mod sketch;

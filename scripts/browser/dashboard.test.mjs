@@ -362,6 +362,64 @@ try {
   ok(`${SIM} synthetic agents: the agent view asks for a region pair (${agentStreams.length} streams, last ${agentStreams[agentStreams.length - 1]}), 65 × 65 canvas, hover "${tip}", keyboard selection`);
   await page2.close();
 
+  // ---- load view (synthetic): a load job's live stats per step and region ---------------------
+  // A third tab whose job list holds one load job and whose load stream answers one view (two
+  // steps, one with errors), then `event: end`: the "Live load" button opens the view, its
+  // table shows the figures, and the end of the job is said.
+  const LOAD_ID = "load-sim-1";
+  const loadJob = {
+    id: LOAD_ID, version: 1, stopped: false, created_unix_ms: Date.now(), agent_status: [],
+    spec: { name: "load-sim", kind: "load", protocols: ["http"], sources: ["region=eu"], targets: ["http://127.0.0.1:9/"], timeout_ms: 1000,
+      duration_ms: 600000, load: { model: "closed", start: 10, step: 10, steps: 2, step_duration_ms: 300000 } },
+  };
+  const loadStep = (step, region, p50, p99, errors) => ({
+    step, region, agents: 2, sources: 2, seconds: 4, level: 10 * (step + 1), workers: 20 * (step + 1),
+    intended_rps: 200, achieved_rps: 199.5, requests: 400, responses: 400 - errors,
+    status: { "2xx": 400 - errors, "3xx": 0, "4xx": 0, "429": 0, "5xx": errors, other: 0 },
+    errors: { connect: 0, timeout: 0, tls: 0, io: 0 }, error_count: errors, error_share: errors / 400,
+    p50_ms: p50, p90_ms: p99, p99_ms: p99, p999_ms: p99, max_ms: p99,
+    uncorrected_p50_ms: p50, uncorrected_p99_ms: p50, uncorrected_max_ms: p99, last_unix_ms: Date.now(),
+  });
+  const loadView = { job_id: LOAD_ID, stopped: true, done: true, updated_unix_ms: Date.now(),
+    steps: [loadStep(0, "eu", 12, 40, 0), loadStep(1, "eu", 250, 900.5, 8)] };
+  const page3 = watch(await context.newPage());
+  await page3.route((u) => u.pathname === "/api/v1/jobs", (route) => route.fulfill({
+    status: 200, contentType: "application/json", body: JSON.stringify({ jobs: [loadJob] }),
+  }));
+  let loadStreams = 0;
+  await page3.route((u) => u.pathname === `/api/v1/jobs/${LOAD_ID}/load/stream`, (route) => {
+    loadStreams++;
+    route.fulfill({
+      status: 200, headers: { "content-type": "text/event-stream", "cache-control": "no-store" },
+      body: `retry: 60000\nevent: load\ndata: ${JSON.stringify(loadView)}\n\nevent: end\ndata: {"done":true}\n\n`,
+    });
+  });
+  await page3.goto(BASE.href);
+  await page3.locator("#dash").waitFor({ state: "visible", timeout: 10000 });
+  await page3.click("#tab-btn-jobs");
+  const loadBtn = page3.locator(`article[data-job-id="${LOAD_ID}"] button[data-action=load]`);
+  await loadBtn.waitFor({ state: "visible", timeout: 5000 });
+  const meta = await page3.textContent(`article[data-job-id="${LOAD_ID}"] .meta`);
+  check(meta.includes("closed 10 workers, +10 × 1 steps of 300 s, 600 s") && !meta.includes("every"), `the load job's line: ${meta}`);
+  await loadBtn.click();
+  await until("the load view's rows", async () => (await page3.locator("#load-table tbody tr").count()) === 2, 5000);
+  const loadRows = await page3.locator("#load-table tbody tr").evaluateAll((trs) =>
+    trs.map((tr) => Array.from(tr.cells).map((td) => td.textContent)));
+  check(JSON.stringify(loadRows[0]) === JSON.stringify(["0", "eu", "2", "10", "199.5", "12.00", "40.00", "0 (0.0 %)"]),
+    `load row 0: ${JSON.stringify(loadRows[0])}`);
+  check(JSON.stringify(loadRows[1]) === JSON.stringify(["1", "eu", "2", "20", "199.5", "250.00", "900.50", "8 (2.0 %)"]),
+    `load row 1: ${JSON.stringify(loadRows[1])}`);
+  check(await page3.locator("#load-table tbody tr:nth-child(2) td.bad").count() === 1, "the errors of step 1 are not marked");
+  await until("the end of the load job said", async () => /The job has ended\./.test(await page3.textContent("#load-note")), 5000);
+  check(loadStreams === 1, `the load stream was opened ${loadStreams} times`);
+  await page3.screenshot({ path: join(opt.out, "load.png") });
+  await page3.click("#load-close");
+  check(await page3.locator("#load-view").isHidden(), "the load view stays after Close");
+  const csp3 = await page3.evaluate(() => window.__csp);
+  check(csp3.length === 0, `CSP violations in the load view: ${csp3.join("; ")}`);
+  ok(`load view: a load job's steps from its stream (${loadRows.map((r) => r.join(" ")).join(" | ")}), its end said`);
+  await page3.close();
+
   // ---- console, CSP ----------------------------------------------------------------------
   const csp = await page.evaluate(() => window.__csp);
   check(csp.length === 0, `CSP violations: ${csp.join("; ")}`);

@@ -167,6 +167,7 @@ impl RunApp {
             summaries: None,
             load_limits: cfg.load,
             load_secrets: crate::load::secrets::LoadSecrets::new(cfg.load_secrets_endpoint.clone()),
+            load: Some(crate::load::LoadReporter::new()),
         };
         let firehose = match &cfg.firehose {
             Some(f) => Some(FirehoseSink::start(f.clone()).await?),
@@ -199,6 +200,12 @@ impl RunApp {
         self.serve.stats_addr()
     }
 
+    /// The queue of load seconds to the controller's live view: a load job's runner calls
+    /// [`crate::load::LoadReporter::report`] on (a clone of) it for each second.
+    pub fn load_reporter(&self) -> crate::load::LoadReporter {
+        self.control.load.clone().unwrap_or_default()
+    }
+
     /// Runs until `shutdown`, then drains the sinks.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut sinks = SinkSet::new();
@@ -221,6 +228,8 @@ impl RunApp {
         sinks.add(SummarySink::new(summaries.clone()));
         let mut control = self.control;
         control.summaries = Some(summaries);
+        // The load runner feeds the session's queue of seconds for the live view.
+        let load_reporter = control.load.clone();
         let (jobs_tx, jobs_rx) = watch::channel(JobSet::default());
         let (loads_tx, loads_rx) = watch::channel(crate::load::job::LoadSet::default());
         let (mode_tx, mode_rx) = watch::channel(ControlMode::Static);
@@ -268,11 +277,14 @@ impl RunApp {
                 ..self.identity
             };
             let _ = records_identity_tx.send(identity.clone());
-            let load = crate::load::runner::LoadRunner::new(
+            let mut load = crate::load::runner::LoadRunner::new(
                 identity.clone(),
                 sinks.handle(),
                 mode_rx.clone(),
             );
+            if let Some(reporter) = &load_reporter {
+                load = load.with_reporter(reporter.clone());
+            }
             tokio::join!(
                 Scheduler::new(identity, sinks.handle(), mode_rx).run(jobs_rx, shutdown.clone()),
                 load.run(loads_rx, shutdown.clone()),

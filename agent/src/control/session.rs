@@ -60,6 +60,9 @@ pub struct ControlConfig {
     pub load_limits: crate::load::job::LoadLimits,
     /// Reads load jobs' credentials from Secrets Manager, and keeps what it read.
     pub load_secrets: crate::load::secrets::LoadSecrets,
+    /// Load seconds queued for the controller's live view, sent as soon as they are queued
+    /// (`None`: none sent).
+    pub load: Option<crate::load::LoadReporter>,
 }
 
 /// A session failure (reconnected after a backoff).
@@ -337,6 +340,7 @@ async fn session(
     let mut summary_tick = tokio::time::interval(crate::live::SUMMARY_INTERVAL);
     summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut generation = 0;
+    let load = cfg.load.clone();
     // When to reconnect for a new certificate (set once welcomed).
     let mut renew: Option<Instant> = None;
     loop {
@@ -419,6 +423,25 @@ async fn session(
                     return Err(SessionError::Closed);
                 }
             }
+            () = async {
+                match &load {
+                    Some(l) => l.ready().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(l) = &load {
+                    let batch = l.take_batch();
+                    if !batch.reports.is_empty()
+                        && let Err(mpsc::error::SendError(m)) = tx.send(msg(Msg::LoadReports(batch))).await
+                    {
+                        // Kept for the next session (within the queue's bound).
+                        if let Some(Msg::LoadReports(b)) = m.msg {
+                            l.put_back(b);
+                        }
+                        return Err(SessionError::Closed);
+                    }
+                }
+            }
             _ = summary_tick.tick(), if cfg.summaries.is_some() => {
                 let pairs = cfg.summaries.as_ref().map(|w| {
                     w.lock().unwrap_or_else(|e| e.into_inner()).snapshot(Instant::now())
@@ -450,6 +473,7 @@ mod tests {
             summaries: None,
             load_limits: crate::load::job::LoadLimits::default(),
             load_secrets: crate::load::secrets::LoadSecrets::new(None),
+            load: None,
         }
     }
 

@@ -27,6 +27,7 @@
 //! - [`mix`]: the request mix (weighted requests, `{{KNOB}}` templates, expected statuses; sans-IO).
 //! - [`client`]: one keep-alive HTTP/1.1 connection (the prober's hyper/rustls stack).
 //! - [`engine`]: the run task and workers; [`LoadEngine`], [`LoadHandle`].
+//! - [`live`]: [`LoadReporter`], each second to the controller's live view and the metrics.
 //! - [`config`]: `agent load`'s flags validated; [`report`]: its text output;
 //!   [`command`]: bind + run.
 //! - [`job`]: a controller's load assignments into engine runs, within the agent's caps
@@ -40,6 +41,7 @@ pub mod config;
 pub mod credentials;
 pub mod engine;
 pub mod job;
+pub mod live;
 pub mod mix;
 pub mod plan;
 pub mod record;
@@ -49,4 +51,5 @@ pub mod secrets;
 pub mod stats;
 
 pub use self::engine::{LoadEngine, LoadHandle, LoadSpec, LoadSummary, StepSummary};
+pub use self::live::LoadReporter;
 pub use self::stats::SecondReport;

@@ -38,6 +38,9 @@ pub struct LoadRunner {
     identity: AgentIdentity,
     sinks: SinkHandle,
     control_mode: watch::Receiver<ControlMode>,
+    /// Where each second also goes for the controller's live view (and the agent's load
+    /// metrics); `None`: records only.
+    reporter: Option<super::LoadReporter>,
 }
 
 /// What the runner tells an engine's owner task.
@@ -65,7 +68,16 @@ impl LoadRunner {
             identity,
             sinks,
             control_mode,
+            reporter: None,
         }
+    }
+
+    /// Also hands each second to `reporter`: the controller's live view and the agent's load
+    /// metrics ([`super::LoadReporter::report`]).
+    #[must_use]
+    pub fn with_reporter(mut self, reporter: super::LoadReporter) -> Self {
+        self.reporter = Some(reporter);
+        self
     }
 
     /// Follows `sets` until `shutdown` (or the sender is dropped); then stops every engine
@@ -140,6 +152,7 @@ impl LoadRunner {
                 ctx,
                 self.sinks.clone(),
                 self.control_mode.clone(),
+                self.reporter.clone(),
             ));
             running.insert(key, Running { task, control: tx });
         }
@@ -154,6 +167,7 @@ async fn forward(
     ctx: LoadRecordContext,
     sinks: SinkHandle,
     mode: watch::Receiver<ControlMode>,
+    reporter: Option<super::LoadReporter>,
 ) {
     let mut stopping = false;
     loop {
@@ -169,6 +183,9 @@ async fn forward(
             r = handle.next_report() => match r {
                 Some(r) => {
                     let rec = second_record(&r, &ctx, *mode.borrow());
+                    if let Some(rep) = &reporter {
+                        rep.report(&ctx.job_id, &ctx.target.raw, &r);
+                    }
                     sinks.send(rec).await;
                 }
                 None => break,

@@ -12,7 +12,8 @@
 //!    `JobSet` (generation + lease) as soon as the scheduler has computed it, and a new one
 //!    whenever it changes.
 //! 3. The agent acknowledges each job set (`JobAck`), sends a `Heartbeat` every few seconds and
-//!    may send `Summaries`.
+//!    may send `Summaries` and, while it runs load jobs, `LoadReports` ([`crate::loadlive`]; a
+//!    refused report is counted and logged, and the session goes on).
 //!
 //! # One controller, 10,000 sessions
 //!
@@ -383,6 +384,9 @@ impl AgentSvc {
                         Ok(Some(m)) => match m.msg {
                             Some(Msg::Heartbeat(_)) => registry.heard(&id, session.session),
                             Some(Msg::Summaries(s)) => registry.summaries(&id, session.session, s),
+                            Some(Msg::LoadReports(r)) => {
+                                registry.load_reports(&id, session.session, r);
+                            }
                             Some(Msg::Ack(a)) => registry.acked(&id, session.session, &a),
                             Some(Msg::Hello(_)) | None => {
                                 let _ = end_tx.send(Status::invalid_argument("unexpected message after Hello"));

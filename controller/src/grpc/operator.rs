@@ -217,6 +217,37 @@ impl OperatorService for OperatorSvc {
         )))
     }
 
+    type WatchLoadStream = tokio_stream::wrappers::ReceiverStream<Result<pb::LoadStats, Status>>;
+
+    async fn watch_load(
+        &self,
+        req: Request<pb::WatchLoadRequest>,
+    ) -> Result<Response<Self::WatchLoadStream>, Status> {
+        let id = req.into_inner().job_id;
+        // Refuse an unknown job or another kind up front rather than on the stream.
+        self.registry.load_view(&id).map_err(from_domain)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::rest::LOAD_WATCH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let v = registry.load_view(&id).map_err(from_domain);
+                // A job gone (its stop expired) ends the stream with the error; a done one
+                // after its last view.
+                let last = v.as_ref().map_or(true, |v| v.done);
+                // The receiver is gone when the client hangs up.
+                if tx.send(v).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn add_credential(
         &self,
         req: Request<pb::AddCredentialRequest>,

@@ -16,10 +16,13 @@ impl Registry {
     ///   the live summaries (the matrix) and the saved state.
     /// - Summaries older than [`SUMMARY_TTL`](crate::live::SUMMARY_TTL) are dropped, whether or
     ///   not anyone reads the matrix.
+    /// - Load views of jobs gone, or not heard from for
+    ///   [`JOB_TTL`](crate::loadlive::JOB_TTL), are dropped.
     ///
     /// Reschedules only if a peer directory or a disconnected agent's TTL ran out since the last
     /// round, something was removed, or a new grant epoch started, not on every call.
     pub fn sweep(&self) {
+        self.prune_load();
         let pruned = self.live.prune(Instant::now());
         if pruned > 0 {
             let t = self.live.totals();

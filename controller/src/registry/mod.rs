@@ -8,7 +8,8 @@
 //!
 //! One concept per file: this module holds [`Registry`], its configuration and the state behind
 //! the lock, and loads it; `jobs` is job CRUD, `directory` the agent directory and federation
-//! merge, `sessions` agent sessions, `matrix` the live view, `expiry` the periodic sweep,
+//! merge, `sessions` agent sessions, `matrix` the live view, `load` the live view of load
+//! jobs, `expiry` the periodic sweep,
 //! `rounds` the recompute rounds, `status` the agents' acknowledgement of each job; `validate`
 //! bounds outside input and `error` holds [`DomainError`].
 //!
@@ -44,6 +45,7 @@ mod directory;
 mod error;
 mod expiry;
 mod jobs;
+mod load;
 mod matrix;
 mod rounds;
 mod sessions;
@@ -53,6 +55,7 @@ mod validate;
 pub use directory::AgentCounts;
 pub use error::{DomainError, Problem};
 pub use jobs::Ensured;
+pub use load::LOAD_END_GRACE_MS;
 pub use matrix::RegionFilter;
 pub use rounds::{DEFER_ABOVE, DEFER_MIN_AGENTS, RECOMPUTE_SPACING};
 pub use sessions::Session;
@@ -160,6 +163,8 @@ pub struct Registry {
     store: Arc<dyn StateStore>,
     inner: Mutex<Inner>,
     live: Live,
+    /// The live view of load jobs ([`crate::loadlive`]).
+    load_live: crate::loadlive::LoadLive,
     changes: watch::Sender<u64>,
     /// Wakes the round loop ([`Registry::run_rounds`]).
     kick: Notify,
@@ -296,6 +301,7 @@ impl Registry {
             store,
             inner: Mutex::new(inner),
             live,
+            load_live: crate::loadlive::LoadLive::new(),
             changes: watch::Sender::new(0),
             kick: Notify::new(),
         };

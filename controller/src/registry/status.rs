@@ -58,7 +58,7 @@ impl Assigned {
             .collect();
     }
 
-    fn contains(&self, job: &str) -> bool {
+    pub(super) fn contains(&self, job: &str) -> bool {
         self.jobs.contains_key(job)
     }
 }
