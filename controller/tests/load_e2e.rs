@@ -193,23 +193,27 @@ async fn load_jobs_step_update_and_stop_across_two_agents() -> Result<()> {
             }
         }
     }
-    let view = eventually("the live view counts every record's requests", 30, || async {
-        let (st, v) = ctl
-            .rest("GET", &format!("/api/v1/jobs/{id}/load"), "", None)
-            .await
-            .ok()?;
-        let steps = v["steps"].as_array()?.clone();
-        let live: Vec<u64> = (0..2)
-            .map(|k| {
-                steps
-                    .iter()
-                    .filter(|x| x["step"].as_u64() == Some(k))
-                    .map(|x| x["requests"].as_u64().unwrap_or(0))
-                    .sum()
-            })
-            .collect();
-        (st == 200 && live == by_step).then_some(v)
-    })
+    let view = eventually(
+        "the live view counts every record's requests",
+        30,
+        || async {
+            let (st, v) = ctl
+                .rest("GET", &format!("/api/v1/jobs/{id}/load"), "", None)
+                .await
+                .ok()?;
+            let steps = v["steps"].as_array()?.clone();
+            let live: Vec<u64> = (0..2)
+                .map(|k| {
+                    steps
+                        .iter()
+                        .filter(|x| x["step"].as_u64() == Some(k))
+                        .map(|x| x["requests"].as_u64().unwrap_or(0))
+                        .sum()
+                })
+                .collect();
+            (st == 200 && live == by_step).then_some(v)
+        },
+    )
     .await?;
     for x in view["steps"].as_array().into_iter().flatten() {
         assert_eq!(x["agents"], 2, "{x}");
