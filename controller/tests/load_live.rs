@@ -469,9 +469,13 @@ async fn the_agents_load_reporter_reaches_the_controllers_view() -> Result<()> {
         backoff: meshlat_proto::backoff::Retries::new(session::RECONNECT),
         key: meshlat_agent::udp::wire::Key::default_key(),
         summaries: None,
+        load_limits: meshlat_agent::load::job::LoadLimits::default(),
+        load_secrets: meshlat_agent::load::secrets::LoadSecrets::new(None),
         load: Some(reporter.clone()),
     };
     let (jobs, _jobs_rx) = tokio::sync::watch::channel(Default::default());
+    // The load set is taken (so the job is acked) but not run: the test reports its seconds.
+    let (loads, _loads_rx) = tokio::sync::watch::channel(Default::default());
     let (mode, _mode_rx) = tokio::sync::watch::channel(meshlat_proto::record::ControlMode::Static);
     let (id_tx, mut id_rx) = tokio::sync::watch::channel(None);
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -479,6 +483,7 @@ async fn the_agents_load_reporter_reaches_the_controllers_view() -> Result<()> {
         cfg,
         Outputs {
             jobs,
+            loads: Some(loads),
             mode,
             id: id_tx,
             keys: None,
