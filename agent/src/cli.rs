@@ -624,13 +624,14 @@ pub struct RunArgs {
     /// MESHLAT_STATE_DIR is then ignored (the image's default does not stand in the way).
     #[arg(long, env = "MESHLAT_NO_STATE_DIR", conflicts_with = "state_dir")]
     pub no_state_dir: bool,
-    /// Most connections a load job opens to one target from this agent, whatever the job asks
-    /// (a job's max_connections of 0 means this; closed model: most workers). [1 to 100000]
+    /// Most connections all load jobs open from this agent together, whatever they ask (shared
+    /// evenly by the runs, job × target; a job's max_connections of 0 means its share; closed
+    /// model: most workers). [1 to 100000]
     #[arg(long, env = "MESHLAT_LOAD_MAX_CONNECTIONS", value_name = "N")]
     #[arg(default_value_t = crate::load::job::DEFAULT_LOAD_MAX_CONNECTIONS)]
     pub load_max_connections: u32,
-    /// Highest rate of a load job to one target from this agent, req/s, whatever the job asks
-    /// (a job's max_rate of 0 means this). [above 0, up to 10000000]
+    /// Highest rate of all load jobs from this agent together, req/s, whatever they ask (shared
+    /// evenly by the runs; a job's max_rate of 0 means its share). [above 0, up to 10000000]
     #[arg(long, env = "MESHLAT_LOAD_MAX_RATE", value_name = "REQ_PER_S")]
     #[arg(default_value_t = crate::load::job::DEFAULT_LOAD_MAX_RATE)]
     pub load_max_rate: f64,

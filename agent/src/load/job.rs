@@ -20,7 +20,8 @@
 //!
 //! A job's `max_connections` and `max_rate` of 0 mean the agent's caps; any other value is
 //! lowered to them. `rate_per_job` divides the job's rate by
-//! `Assignment.load_share_agents` (0 read as 1) before capping.
+//! `Assignment.load_share_agents` (0 read as 1) before capping. The agent's caps hold for all
+//! its runs together: with `n` runs each is capped at `1/n` of them (`share_caps`).
 //!
 //! # Credentials
 //!
@@ -121,7 +122,7 @@ pub fn load_set(
     limits: &LoadLimits,
     secrets: &ResolvedSecrets,
 ) -> (LoadSet, BTreeMap<String, String>) {
-    let mut tasks = Vec::new();
+    let mut tasks: Vec<LoadTask> = Vec::new();
     let mut rejected = BTreeMap::new();
     for a in &set.assignments {
         let Some(job) = &a.job else { continue };
@@ -134,20 +135,41 @@ pub fn load_set(
             continue;
         }
         match assignment_tasks(a, limits, secrets.get(&job.id)) {
-            Ok(t) => tasks.extend(t.into_iter().map(Arc::new)),
+            Ok(t) => tasks.extend(t),
             Err(reason) => {
                 tracing::warn!(message = "Load job refused.", job = %job.id, %reason);
                 rejected.insert(job.id.clone(), reason);
             }
         }
     }
+    share_caps(&mut tasks, limits);
     (
         LoadSet {
             generation: set.generation,
-            tasks,
+            tasks: tasks.into_iter().map(Arc::new).collect(),
         },
         rejected,
     )
+}
+
+/// The agent's caps hold for all its load at once: with `n` runs (jobs × targets) each gets at
+/// most `1/n` of `--load-max-connections` (at least one connection) and of `--load-max-rate`,
+/// below what its job asks. A run that starts or ends changes the others' caps in place (no
+/// restart: caps are part of the level).
+fn share_caps(tasks: &mut [LoadTask], limits: &LoadLimits) {
+    let n = tasks.len();
+    if n < 2 {
+        return;
+    }
+    let connections = (limits.max_connections / u32::try_from(n).unwrap_or(u32::MAX)).max(1);
+    let rate = limits.max_rate / n as f64;
+    for t in tasks {
+        let c = t.spec.schedule.caps();
+        t.spec.schedule.set_caps(Caps {
+            max_connections: c.max_connections.min(connections),
+            max_rate: c.max_rate.min(rate),
+        });
+    }
 }
 
 /// The tasks of one load assignment (its spec assumed valid by
@@ -622,5 +644,66 @@ mod tests {
         );
         assert!(set.tasks.is_empty() && rejected.is_empty(), "{rejected:?}");
         assert_eq!(set.generation, 4);
+    }
+
+    #[test]
+    fn the_agents_caps_hold_for_all_its_load_together() {
+        let job = |id: &str, load: pb::LoadSpec, targets: &[&str]| {
+            let mut a = assignment(load, targets);
+            if let Some(j) = a.job.as_mut() {
+                j.id = id.into();
+                if let Some(s) = j.spec.as_mut() {
+                    s.sources = vec![pb::Endpoint {
+                        endpoint: Some(pb::endpoint::Endpoint::Selector("region=a".into())),
+                    }];
+                    s.targets = targets
+                        .iter()
+                        .map(|t| pb::Endpoint {
+                            endpoint: Some(pb::endpoint::Endpoint::Url((*t).into())),
+                        })
+                        .collect();
+                }
+            }
+            a
+        };
+        let mut small = closed(5.0);
+        small.max_connections = 10;
+        let set = pb::JobSet {
+            generation: 1,
+            assignments: vec![
+                job("a", closed(80.0), &["http://10.0.0.1/", "http://10.0.0.2/"]),
+                job("b", small, &["http://10.0.0.3/"]),
+            ],
+            ..Default::default()
+        };
+        let (s, rejected) = load_set(&set, &LIMITS, &ResolvedSecrets::new());
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let caps: Vec<(u32, f64)> = s
+            .tasks
+            .iter()
+            .map(|t| {
+                let c = t.spec.schedule.caps();
+                (c.max_connections, c.max_rate)
+            })
+            .collect();
+        // 100 connections and 500 req/s over three runs; b asked for 10 at most.
+        assert_eq!(
+            caps,
+            vec![(33, 500.0 / 3.0), (33, 500.0 / 3.0), (10, 500.0 / 3.0)]
+        );
+        let total: f64 = s
+            .tasks
+            .iter()
+            .map(|t| t.spec.schedule.at(Duration::ZERO).level)
+            .sum();
+        assert!(total <= 100.0, "{total} workers over the agent's 100");
+        // One run alone has the agent's whole caps.
+        let one = pb::JobSet {
+            generation: 2,
+            assignments: vec![job("a", closed(80.0), &["http://10.0.0.1/"])],
+            ..Default::default()
+        };
+        let (s, _) = load_set(&one, &LIMITS, &ResolvedSecrets::new());
+        assert_eq!(s.tasks[0].spec.schedule.caps().max_connections, 100);
     }
 }

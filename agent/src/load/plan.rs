@@ -108,6 +108,11 @@ impl Schedule {
         self.caps
     }
 
+    /// Replaces the caps (an agent's caps shared by more runs).
+    pub fn set_caps(&mut self, caps: Caps) {
+        self.caps = caps;
+    }
+
     /// `level` within the caps of this model: a whole worker count in
     /// `0..=max_connections` for the closed model, a rate in `0..=max_rate` for the open one.
     pub fn cap(&self, level: f64) -> f64 {
