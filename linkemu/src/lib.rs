@@ -446,7 +446,7 @@ pub struct LinkEmu {
     addrs: Vec<SocketAddr>,
     counters: Vec<Arc<Counters>>,
     shared: Arc<Shared>,
-    logger: Option<(Sender<String>, JoinHandle<()>)>,
+    logger: Option<(Sender<LogLine>, JoinHandle<()>)>,
 }
 
 /// State every thread of the emulator sees.
@@ -510,7 +510,7 @@ impl LinkEmu {
         let logger = match log {
             Some(path) => {
                 let file = std::fs::File::create(path)?;
-                let (tx, rx) = mpsc::channel::<String>();
+                let (tx, rx) = mpsc::channel::<LogLine>();
                 let h = std::thread::Builder::new()
                     .name("linkemu-log".into())
                     .spawn(move || write_log(rx, file))?;
@@ -631,14 +631,14 @@ impl LinkEmu {
         if let Some((tx, h)) = self.logger.take() {
             for (i, r) in self.routes.iter().enumerate() {
                 let s = self.counters[i].snapshot();
-                let _ = tx.send(
+                let _ = tx.send(LogLine::Text(
                     serde_json::json!({
                         "summary": true, "route": i, "proto": r.proto.as_str(),
                         "fwd_packets": s.fwd_packets, "fwd_dropped": s.fwd_dropped,
                         "ret_packets": s.ret_packets, "ret_dropped": s.ret_dropped,
                     })
                     .to_string(),
-                );
+                ));
             }
             drop(tx);
             let _ = h.join();
@@ -652,11 +652,52 @@ impl Drop for LinkEmu {
     }
 }
 
-fn write_log(rx: Receiver<String>, file: std::fs::File) {
+/// A line of the packet log, as the sending thread hands it to the log thread.
+#[derive(Debug)]
+enum LogLine {
+    /// One packet, formatted by the log thread: building the JSON costs µs (tens in a debug
+    /// build) that the hold thread would otherwise spend before its next packet, making packets
+    /// due together late.
+    Packet {
+        route: usize,
+        dir: Dir,
+        seq: u64,
+        bytes: usize,
+        intended: Duration,
+        /// `None`: dropped.
+        actual: Option<Duration>,
+    },
+    /// A finished line (the summaries).
+    Text(String),
+}
+
+fn write_log(rx: Receiver<LogLine>, file: std::fs::File) {
     let mut w = io::BufWriter::new(file);
     // Ends when every sender (lanes and the emulator) is gone.
     for line in rx {
-        let _ = writeln!(w, "{line}");
+        let _ = match line {
+            LogLine::Packet {
+                route,
+                dir,
+                seq,
+                bytes,
+                intended,
+                actual,
+            } => writeln!(
+                w,
+                "{}",
+                serde_json::json!({
+                    "route": route,
+                    "dir": match dir { Dir::Fwd => "fwd", Dir::Ret => "ret" },
+                    "seq": seq,
+                    "bytes": bytes,
+                    "intended_hold_ns": intended.as_nanos() as u64,
+                    "actual_hold_ns": actual.map(|d| d.as_nanos() as u64),
+                    "dropped": actual.is_none(),
+                })
+            ),
+            LogLine::Text(line) => writeln!(w, "{line}"),
+        };
     }
     let _ = w.flush();
 }
@@ -703,7 +744,7 @@ struct Lane {
     rng: Mutex<SmallRng>,
     counters: Arc<Counters>,
     queue: Sender<Held>,
-    log: Option<Sender<String>>,
+    log: Option<Sender<LogLine>>,
 }
 
 impl Lane {
@@ -794,16 +835,14 @@ impl Lane {
 
     fn log_packet(&self, seq: u64, bytes: usize, actual: Option<Duration>) {
         if let Some(log) = &self.log {
-            let line = serde_json::json!({
-                "route": self.route,
-                "dir": match self.dir { Dir::Fwd => "fwd", Dir::Ret => "ret" },
-                "seq": seq,
-                "bytes": bytes,
-                "intended_hold_ns": self.delay.as_nanos() as u64,
-                "actual_hold_ns": actual.map(|d| d.as_nanos() as u64),
-                "dropped": actual.is_none(),
+            let _ = log.send(LogLine::Packet {
+                route: self.route,
+                dir: self.dir,
+                seq,
+                bytes,
+                intended: self.delay,
+                actual,
             });
-            let _ = log.send(line.to_string());
         }
     }
 }
@@ -815,7 +854,7 @@ fn lane(
     spec: &RouteSpec,
     shared: &Arc<Shared>,
     counters: &Arc<Counters>,
-    log: Option<Sender<String>>,
+    log: Option<Sender<LogLine>>,
 ) -> io::Result<Arc<Lane>> {
     let (delay, loss_pct, seed) = match dir {
         Dir::Fwd => (spec.fwd_delay, spec.loss_fwd_pct, spec.seed),
@@ -964,7 +1003,7 @@ fn start_udp(
     spec: &RouteSpec,
     shared: &Arc<Shared>,
     counters: &Arc<Counters>,
-    log: Option<Sender<String>>,
+    log: Option<Sender<LogLine>>,
 ) -> io::Result<SocketAddr> {
     let listen = Arc::new(UdpSocket::bind(spec.listen)?);
     listen.set_read_timeout(Some(POLL))?;
@@ -1120,7 +1159,7 @@ fn start_tcp(
     spec: &RouteSpec,
     shared: &Arc<Shared>,
     counters: &Arc<Counters>,
-    log: Option<Sender<String>>,
+    log: Option<Sender<LogLine>>,
 ) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(spec.listen)?;
     let addr = listener.local_addr()?;
