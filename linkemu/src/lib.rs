@@ -1496,7 +1496,8 @@ mod tests {
         dst.set_read_timeout(Some(Duration::from_secs(2)))
             .expect("timeout");
         let src = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        src.connect(dst.local_addr().expect("addr")).expect("connect");
+        src.connect(dst.local_addr().expect("addr"))
+            .expect("connect");
         let src = Arc::new(src);
         let mut buf = [0u8; 16];
 

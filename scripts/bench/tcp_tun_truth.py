@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import socket
 import statistics
 import struct
@@ -186,6 +187,7 @@ def main() -> int:
     for (route, d), v in sorted(late.items()):
         print(f"  route {route} {d}: n={len(v)} p50 {statistics.median(v):.1f} p90 {pct(v, .9):.1f} "
               f"p99 {pct(v, .99):.1f} max {max(v):.1f}")
+    shutil.rmtree(tmp, ignore_errors=True)
     return status
 
 
