@@ -57,6 +57,9 @@
 //!   ([`THREAD_SLICE`], `sched_setattr` on Linux 6.12+ with EEVDF; no privileges, no priority
 //!   change): a waking thread with a short slice gets an earlier deadline and so preempts a busy
 //!   process instead of waiting out its slice (about 3 ms). Older kernels ignore the request.
+//!   A direction with no delay has no hold to wait for: the thread that read the packet sends it
+//!   at once, so an undelayed path (the baseline accuracy checks subtract) carries no hold
+//!   thread's wake-up (about 27 µs median on an idle 2-core VM, ms on a busy one).
 //! - **Loss**: each direction has its own `SmallRng` seeded from `seed` (`seed` for fwd,
 //!   `seed ^ RET_SEED_SALT` for ret); each received packet draws once, in arrival order, so the
 //!   same seed and the same packet sequence give the same drop pattern. Drops are counted per
@@ -443,7 +446,7 @@ pub struct LinkEmu {
     addrs: Vec<SocketAddr>,
     counters: Vec<Arc<Counters>>,
     shared: Arc<Shared>,
-    logger: Option<(Sender<String>, JoinHandle<()>)>,
+    logger: Option<(Sender<LogLine>, JoinHandle<()>)>,
 }
 
 /// State every thread of the emulator sees.
@@ -507,7 +510,7 @@ impl LinkEmu {
         let logger = match log {
             Some(path) => {
                 let file = std::fs::File::create(path)?;
-                let (tx, rx) = mpsc::channel::<String>();
+                let (tx, rx) = mpsc::channel::<LogLine>();
                 let h = std::thread::Builder::new()
                     .name("linkemu-log".into())
                     .spawn(move || write_log(rx, file))?;
@@ -628,14 +631,14 @@ impl LinkEmu {
         if let Some((tx, h)) = self.logger.take() {
             for (i, r) in self.routes.iter().enumerate() {
                 let s = self.counters[i].snapshot();
-                let _ = tx.send(
+                let _ = tx.send(LogLine::Text(
                     serde_json::json!({
                         "summary": true, "route": i, "proto": r.proto.as_str(),
                         "fwd_packets": s.fwd_packets, "fwd_dropped": s.fwd_dropped,
                         "ret_packets": s.ret_packets, "ret_dropped": s.ret_dropped,
                     })
                     .to_string(),
-                );
+                ));
             }
             drop(tx);
             let _ = h.join();
@@ -649,11 +652,52 @@ impl Drop for LinkEmu {
     }
 }
 
-fn write_log(rx: Receiver<String>, file: std::fs::File) {
+/// A line of the packet log, as the sending thread hands it to the log thread.
+#[derive(Debug)]
+enum LogLine {
+    /// One packet, formatted by the log thread: building the JSON costs µs (tens in a debug
+    /// build) that the hold thread would otherwise spend before its next packet, making packets
+    /// due together late.
+    Packet {
+        route: usize,
+        dir: Dir,
+        seq: u64,
+        bytes: usize,
+        intended: Duration,
+        /// `None`: dropped.
+        actual: Option<Duration>,
+    },
+    /// A finished line (the summaries).
+    Text(String),
+}
+
+fn write_log(rx: Receiver<LogLine>, file: std::fs::File) {
     let mut w = io::BufWriter::new(file);
     // Ends when every sender (lanes and the emulator) is gone.
     for line in rx {
-        let _ = writeln!(w, "{line}");
+        let _ = match line {
+            LogLine::Packet {
+                route,
+                dir,
+                seq,
+                bytes,
+                intended,
+                actual,
+            } => writeln!(
+                w,
+                "{}",
+                serde_json::json!({
+                    "route": route,
+                    "dir": match dir { Dir::Fwd => "fwd", Dir::Ret => "ret" },
+                    "seq": seq,
+                    "bytes": bytes,
+                    "intended_hold_ns": intended.as_nanos() as u64,
+                    "actual_hold_ns": actual.map(|d| d.as_nanos() as u64),
+                    "dropped": actual.is_none(),
+                })
+            ),
+            LogLine::Text(line) => writeln!(w, "{line}"),
+        };
     }
     let _ = w.flush();
 }
@@ -700,15 +744,21 @@ struct Lane {
     rng: Mutex<SmallRng>,
     counters: Arc<Counters>,
     queue: Sender<Held>,
-    log: Option<Sender<String>>,
+    log: Option<Sender<LogLine>>,
 }
 
 impl Lane {
     /// Accepts a packet received at `received`: counts it, drops it by the loss model or queues
     /// it for the hold thread.
+    ///
+    /// A lane without delay sends the packet from the calling thread at once instead: handing
+    /// it to the hold thread would add that thread's wake-up (27 µs median on an idle 2-core VM,
+    /// more when the cores are busy) to a path meant to add nothing, and an undelayed path is
+    /// the baseline the accuracy benches subtract. Every packet of such a lane goes this way, so
+    /// its order is kept.
     fn offer(&self, received: Instant, payload: Vec<u8>, out: Out) {
         if matches!(out, Out::TcpFin(..)) {
-            let _ = self.queue.send(Held {
+            self.hold(Held {
                 received,
                 due: received + self.delay,
                 seq: u64::MAX,
@@ -733,7 +783,7 @@ impl Lane {
             self.log_packet(seq, payload.len(), None);
             return;
         }
-        let _ = self.queue.send(Held {
+        self.hold(Held {
             received,
             due: received + self.delay,
             seq,
@@ -742,18 +792,57 @@ impl Lane {
         });
     }
 
+    /// Queues `held` for the hold thread, or sends it now on a lane without delay.
+    fn hold(&self, held: Held) {
+        if self.delay.is_zero() {
+            self.deliver(held);
+        } else {
+            let _ = self.queue.send(held);
+        }
+    }
+
+    /// Sends `held` to where it goes and logs its hold (FINs are not logged).
+    fn deliver(&self, held: Held) {
+        let sent = Instant::now();
+        match &held.out {
+            Out::Udp(sock) => {
+                let _ = sock.send(&held.payload);
+            }
+            Out::UdpTo(sock, to) => {
+                let _ = sock.send_to(&held.payload, to);
+            }
+            Out::Tcp(conn, side) => {
+                if conn.stream(*side).write_all(&held.payload).is_err() {
+                    // The receiver is gone (or stopped reading for a second): end the whole
+                    // connection rather than keep reading what can no longer be delivered.
+                    conn.tear_down();
+                }
+            }
+            Out::TcpFin(conn, side) => {
+                let _ = conn.stream(*side).shutdown(Shutdown::Write);
+                return;
+            }
+            Out::Tun(dev) => {
+                let _ = (&**dev).write(&held.payload);
+            }
+        }
+        self.log_packet(
+            held.seq,
+            held.payload.len(),
+            Some(sent.duration_since(held.received)),
+        );
+    }
+
     fn log_packet(&self, seq: u64, bytes: usize, actual: Option<Duration>) {
         if let Some(log) = &self.log {
-            let line = serde_json::json!({
-                "route": self.route,
-                "dir": match self.dir { Dir::Fwd => "fwd", Dir::Ret => "ret" },
-                "seq": seq,
-                "bytes": bytes,
-                "intended_hold_ns": self.delay.as_nanos() as u64,
-                "actual_hold_ns": actual.map(|d| d.as_nanos() as u64),
-                "dropped": actual.is_none(),
+            let _ = log.send(LogLine::Packet {
+                route: self.route,
+                dir: self.dir,
+                seq,
+                bytes,
+                intended: self.delay,
+                actual,
             });
-            let _ = log.send(line.to_string());
         }
     }
 }
@@ -765,7 +854,7 @@ fn lane(
     spec: &RouteSpec,
     shared: &Arc<Shared>,
     counters: &Arc<Counters>,
-    log: Option<Sender<String>>,
+    log: Option<Sender<LogLine>>,
 ) -> io::Result<Arc<Lane>> {
     let (delay, loss_pct, seed) = match dir {
         Dir::Fwd => (spec.fwd_delay, spec.loss_fwd_pct, spec.seed),
@@ -799,34 +888,7 @@ fn hold_loop(lane: &Lane, rx: Receiver<Held>, shared: &Shared) {
         if !wait_until(held.due, shared) {
             return;
         }
-        let sent = Instant::now();
-        match &held.out {
-            Out::Udp(sock) => {
-                let _ = sock.send(&held.payload);
-            }
-            Out::UdpTo(sock, to) => {
-                let _ = sock.send_to(&held.payload, to);
-            }
-            Out::Tcp(conn, side) => {
-                if conn.stream(*side).write_all(&held.payload).is_err() {
-                    // The receiver is gone (or stopped reading for a second): end the whole
-                    // connection rather than keep reading what can no longer be delivered.
-                    conn.tear_down();
-                }
-            }
-            Out::TcpFin(conn, side) => {
-                let _ = conn.stream(*side).shutdown(Shutdown::Write);
-                continue;
-            }
-            Out::Tun(dev) => {
-                let _ = (&**dev).write(&held.payload);
-            }
-        }
-        lane.log_packet(
-            held.seq,
-            held.payload.len(),
-            Some(sent.duration_since(held.received)),
-        );
+        lane.deliver(held);
     }
 }
 
@@ -941,7 +1003,7 @@ fn start_udp(
     spec: &RouteSpec,
     shared: &Arc<Shared>,
     counters: &Arc<Counters>,
-    log: Option<Sender<String>>,
+    log: Option<Sender<LogLine>>,
 ) -> io::Result<SocketAddr> {
     let listen = Arc::new(UdpSocket::bind(spec.listen)?);
     listen.set_read_timeout(Some(POLL))?;
@@ -1097,7 +1159,7 @@ fn start_tcp(
     spec: &RouteSpec,
     shared: &Arc<Shared>,
     counters: &Arc<Counters>,
-    log: Option<Sender<String>>,
+    log: Option<Sender<LogLine>>,
 ) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(spec.listen)?;
     let addr = listener.local_addr()?;
@@ -1410,6 +1472,50 @@ mod tests {
         }
         // Zero loss on TCP is fine.
         assert!(parse("tcp:127.0.0.1:1=127.0.0.1:2,loss_fwd=0").is_ok());
+    }
+
+    /// A lane of `delay` with no hold thread: what it queues stays in the returned receiver.
+    fn lane_without_hold_thread(delay: Duration) -> (Lane, Receiver<Held>) {
+        let (queue, rx) = mpsc::channel();
+        let lane = Lane {
+            route: 0,
+            dir: Dir::Fwd,
+            delay,
+            loss_pct: 0.0,
+            rng: Mutex::new(SmallRng::seed_from_u64(0)),
+            counters: Arc::new(Counters::default()),
+            queue,
+            log: None,
+        };
+        (lane, rx)
+    }
+
+    #[test]
+    fn an_undelayed_lane_sends_from_the_offering_thread() {
+        let dst = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        dst.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let src = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        src.connect(dst.local_addr().expect("addr"))
+            .expect("connect");
+        let src = Arc::new(src);
+        let mut buf = [0u8; 16];
+
+        // No hold thread exists: the datagram arrives only if offer sent it itself.
+        let (lane, rx) = lane_without_hold_thread(Duration::ZERO);
+        lane.offer(Instant::now(), b"now".to_vec(), Out::Udp(src.clone()));
+        assert!(rx.try_recv().is_err(), "nothing queued for a hold thread");
+        let n = dst.recv(&mut buf).expect("sent by offer");
+        assert_eq!(&buf[..n], b"now");
+        assert_eq!(lane.counters.snapshot().fwd_packets, 1);
+
+        // A delayed lane queues for its hold thread and sends nothing itself.
+        let (lane, rx) = lane_without_hold_thread(Duration::from_millis(1));
+        lane.offer(Instant::now(), b"later".to_vec(), Out::Udp(src));
+        let held = rx.try_recv().expect("queued for the hold thread");
+        assert_eq!(held.payload, b"later");
+        dst.set_nonblocking(true).expect("nonblocking");
+        assert!(dst.recv(&mut buf).is_err(), "not sent before its hold");
     }
 
     #[test]

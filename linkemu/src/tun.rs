@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Instant;
 
-use super::{BUF, Counters, Dir, Lane, Out, POLL, RouteSpec, Shared, lane};
+use super::{BUF, Counters, Dir, Lane, LogLine, Out, POLL, RouteSpec, Shared, lane};
 
 /// Whether `ns` can name a network namespace here (what `ip netns` accepts, kept simple).
 pub fn valid_namespace(ns: &str) -> bool {
@@ -91,7 +91,7 @@ pub(super) fn start(
     spec: &RouteSpec,
     shared: &Arc<Shared>,
     counters: &Arc<Counters>,
-    log: Option<Sender<String>>,
+    log: Option<Sender<LogLine>>,
 ) -> io::Result<SocketAddr> {
     let (ns_a, ns_b) = spec
         .namespaces
