@@ -21,7 +21,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use meshlat_agent::load::credentials::Credentials;
 use meshlat_agent::load::mix::RequestMix;
 use meshlat_agent::load::plan::{Caps, Model, Schedule, Steps};
@@ -69,40 +68,21 @@ struct TestServer {
 impl TestServer {
     fn start(b: Behaviour) -> TestServer {
         let state = Arc::new(ServerState::default());
-        let (tx, rx) = std::sync::mpsc::channel();
         let st = Arc::clone(&state);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(l.local_addr().unwrap()).unwrap();
-                loop {
-                    let Ok((s, _)) = l.accept().await else { continue };
-                    let conn_id = st.connections.fetch_add(1, Ordering::SeqCst);
-                    st.open.fetch_add(1, Ordering::SeqCst);
-                    let st = Arc::clone(&st);
-                    let st_done = Arc::clone(&st);
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let st = Arc::clone(&st);
-                            async move { Ok::<_, Infallible>(answer(&st, b, conn_id, &req).await) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .keep_alive(!b.close_each)
-                            .serve_connection(TokioIo::new(s), svc)
-                            .await;
-                        st_done.open.fetch_sub(1, Ordering::SeqCst);
-                    });
-                }
+        let addr = support::serve_http_on_thread(!b.close_each, move || {
+            let conn_id = st.connections.fetch_add(1, Ordering::SeqCst);
+            st.open.fetch_add(1, Ordering::SeqCst);
+            let (st2, st_done) = (Arc::clone(&st), Arc::clone(&st));
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let st = Arc::clone(&st2);
+                async move { Ok::<_, Infallible>(answer(&st, b, conn_id, &req).await) }
             });
+            let on_close: Box<dyn FnOnce() + Send> = Box::new(move || {
+                st_done.open.fetch_sub(1, Ordering::SeqCst);
+            });
+            (svc, on_close)
         });
-        TestServer {
-            addr: rx.recv().unwrap(),
-            state,
-        }
+        TestServer { addr, state }
     }
 
     fn url(&self) -> String {

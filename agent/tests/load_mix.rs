@@ -16,7 +16,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use meshlat_agent::load::credentials::Credentials;
 use meshlat_agent::load::mix::{RequestMix, SmoothWrr};
 use meshlat_agent::load::plan::{Caps, Model, Schedule, Steps};
@@ -45,39 +44,17 @@ struct Recorder {
 impl Recorder {
     fn start() -> Recorder {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
         let s2 = Arc::clone(&seen);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(l.local_addr().unwrap()).unwrap();
-                loop {
-                    let Ok((s, _)) = l.accept().await else {
-                        continue;
-                    };
-                    let seen = Arc::clone(&s2);
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(
-                            move |req: Request<hyper::body::Incoming>| {
-                                let seen = Arc::clone(&seen);
-                                async move { Ok::<_, Infallible>(answer(&seen, req).await) }
-                            },
-                        );
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(s), svc)
-                            .await;
-                    });
-                }
+        let addr = support::serve_http_on_thread(true, move || {
+            let seen = Arc::clone(&s2);
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let seen = Arc::clone(&seen);
+                async move { Ok::<_, Infallible>(answer(&seen, req).await) }
             });
+            let on_close: Box<dyn FnOnce() + Send> = Box::new(|| {});
+            (svc, on_close)
         });
-        Recorder {
-            addr: rx.recv().unwrap(),
-            seen,
-        }
+        Recorder { addr, seen }
     }
 
     fn seen(&self) -> Vec<Seen> {

@@ -14,7 +14,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use meshlat_proto::pb;
 use meshlat_proto::record::Record;
 use tokio::sync::watch;
@@ -42,63 +41,40 @@ impl TestTarget {
     /// Answers after `delay`; every `nth_429`-th request with 429 (0: never).
     pub fn start(delay: Duration, nth_429: u64) -> TestTarget {
         let state = Arc::new(TargetState::default());
-        let (tx, rx) = std::sync::mpsc::channel();
         let st = Arc::clone(&state);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(l.local_addr().unwrap()).unwrap();
-                loop {
-                    let Ok((s, _)) = l.accept().await else {
-                        continue;
-                    };
-                    st.connections.fetch_add(1, Ordering::SeqCst);
-                    st.open.fetch_add(1, Ordering::SeqCst);
-                    let st = Arc::clone(&st);
-                    tokio::spawn(async move {
-                        let st2 = Arc::clone(&st);
-                        let svc = hyper::service::service_fn(
-                            move |req: Request<hyper::body::Incoming>| {
-                                let st = Arc::clone(&st2);
-                                async move {
-                                    let n = st.requests.fetch_add(1, Ordering::SeqCst) + 1;
-                                    *st.last.lock().unwrap() = Some(Instant::now());
-                                    for h in ["authorization", "x-api-key"] {
-                                        if let Some(v) = req.headers().get(h) {
-                                            st.seen.lock().unwrap().insert(format!(
-                                                "{h}: {}",
-                                                v.to_str().unwrap_or("?")
-                                            ));
-                                        }
-                                    }
-                                    if !delay.is_zero() {
-                                        tokio::time::sleep(delay).await;
-                                    }
-                                    let mut r =
-                                        Response::new(Full::new(Bytes::from_static(b"pong\n")));
-                                    if nth_429 > 0 && n.is_multiple_of(nth_429) {
-                                        *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                                    }
-                                    Ok::<_, Infallible>(r)
-                                }
-                            },
-                        );
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(s), svc)
-                            .await;
-                        st.open.fetch_sub(1, Ordering::SeqCst);
-                    });
+        let addr = super::support::serve_http_on_thread(true, move || {
+            st.connections.fetch_add(1, Ordering::SeqCst);
+            st.open.fetch_add(1, Ordering::SeqCst);
+            let (st2, st_done) = (Arc::clone(&st), Arc::clone(&st));
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let st = Arc::clone(&st2);
+                async move {
+                    let n = st.requests.fetch_add(1, Ordering::SeqCst) + 1;
+                    *st.last.lock().unwrap() = Some(Instant::now());
+                    for h in ["authorization", "x-api-key"] {
+                        if let Some(v) = req.headers().get(h) {
+                            st.seen
+                                .lock()
+                                .unwrap()
+                                .insert(format!("{h}: {}", v.to_str().unwrap_or("?")));
+                        }
+                    }
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let mut r = Response::new(Full::new(Bytes::from_static(b"pong\n")));
+                    if nth_429 > 0 && n.is_multiple_of(nth_429) {
+                        *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                    }
+                    Ok::<_, Infallible>(r)
                 }
             });
+            let on_close: Box<dyn FnOnce() + Send> = Box::new(move || {
+                st_done.open.fetch_sub(1, Ordering::SeqCst);
+            });
+            (svc, on_close)
         });
-        TestTarget {
-            addr: rx.recv().unwrap(),
-            state,
-        }
+        TestTarget { addr, state }
     }
 
     pub fn url(&self) -> String {

@@ -355,3 +355,48 @@ pub fn median(v: &[f64]) -> f64 {
     s.sort_by(f64::total_cmp);
     s[s.len().div_ceil(2) - 1]
 }
+
+/// A test HTTP/1.1 server on a thread of its own (a current-thread runtime, so the test's own
+/// runtime never delays it): binds `127.0.0.1:0`, and serves each accepted connection with the
+/// service `on_conn` returns for it (`keep_alive` as hyper's builder takes it) after calling
+/// `on_close`'s closure when the connection ends. Returns the address.
+pub fn serve_http_on_thread<F, S, B>(keep_alive: bool, on_conn: F) -> SocketAddr
+where
+    F: Fn() -> (S, Box<dyn FnOnce() + Send>) + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                let (svc, on_close) = on_conn();
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                    on_close();
+                });
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
