@@ -557,22 +557,48 @@ fn too_long(
 /// A reason when a `{{` is not closed by `}}` or what it encloses is not a knob name.
 pub fn template_refs(s: &str) -> Result<Vec<&str>, String> {
     let mut out = Vec::new();
+    scan_template(s, |_, name| out.extend(name)).map_err(|e| match e {
+        TemplateError::Unclosed => "\"{{\" without a closing \"}}\"".to_string(),
+        TemplateError::BadName(name) => format!(
+            "{{{{{name}}}}}: a knob name is 1 to {MAX_KNOB_NAME_BYTES} bytes of A-Z, a-z, 0-9, _"
+        ),
+    })?;
+    Ok(out)
+}
+
+/// What is wrong with a `{{NAME}}` template ([`scan_template`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemplateError<'a> {
+    /// A `{{` without a closing `}}`.
+    Unclosed,
+    /// What a `{{ }}` encloses (trimmed) is not a knob name.
+    BadName(&'a str),
+}
+
+/// Walks a template: calls `f` with each literal run and, after it, the knob name of the
+/// `{{NAME}}` that follows (`None` for the last run). One parser for checking
+/// ([`template_refs`]) and rendering (`scenario::render`).
+///
+/// # Errors
+///
+/// The first malformed reference.
+pub fn scan_template<'a>(
+    s: &'a str,
+    mut f: impl FnMut(&'a str, Option<&'a str>),
+) -> Result<(), TemplateError<'a>> {
     let mut rest = s;
     while let Some(i) = rest.find("{{") {
         let after = &rest[i + 2..];
-        let Some(j) = after.find("}}") else {
-            return Err("\"{{\" without a closing \"}}\"".into());
-        };
+        let j = after.find("}}").ok_or(TemplateError::Unclosed)?;
         let name = after[..j].trim();
         if !knob_name_ok(name) {
-            return Err(format!(
-                "{{{{{name}}}}}: a knob name is 1 to {MAX_KNOB_NAME_BYTES} bytes of A-Z, a-z, 0-9, _"
-            ));
+            return Err(TemplateError::BadName(name));
         }
-        out.push(name);
+        f(&rest[..i], Some(name));
         rest = &after[j + 2..];
     }
-    Ok(out)
+    f(rest, None);
+    Ok(())
 }
 
 /// Whether `n` is a knob name: 1 to [`MAX_KNOB_NAME_BYTES`] bytes of `[A-Za-z0-9_]`.
@@ -580,6 +606,16 @@ pub fn knob_name_ok(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= MAX_KNOB_NAME_BYTES
         && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Whether `s` is a scenario name: 1 to [`MAX_SCENARIO_NAME_BYTES`] bytes of `[A-Za-z0-9_.-]`,
+/// not starting with `.` (so never a path out of the scenarios directory).
+pub fn scenario_name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_SCENARIO_NAME_BYTES
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// Whether `n` is an HTTP header name (an RFC 9110 token).
@@ -881,12 +917,7 @@ fn validate_load(spec: &pb::JobSpec) -> Result<(), JobSpecError> {
         ));
     }
     too_long("load.scenario", l.scenario.len(), MAX_SCENARIO_NAME_BYTES)?;
-    if !l
-        .scenario
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        || l.scenario.starts_with('.')
-    {
+    if !l.scenario.is_empty() && !scenario_name_ok(&l.scenario) {
         return Err(invalid(
             "load.scenario",
             "a scenario name is [A-Za-z0-9_.-], not starting with .",

@@ -190,41 +190,26 @@ impl From<ScenarioError> for crate::job::JobSpecError {
 /// A message naming a reference that is malformed or whose knob `knobs` does not have.
 pub fn render<'a>(s: &str, knobs: impl Fn(&str) -> Option<&'a str>) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find("{{") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| "\"{{\" without a closing \"}}\"".to_string())?;
-        let name = after[..end].trim();
-        if !valid_knob_name(name) {
-            return Err(format!(
-                "\"{{{{{name}}}}}\" is not a knob reference (a name of A-Z, a-z, 0-9 and _, at \
-                 most {MAX_KNOB_NAME_BYTES} bytes)"
-            ));
+    let mut missing = None;
+    crate::job::scan_template(s, |literal, name| {
+        out.push_str(literal);
+        match name.map(|n| (n, knobs(n))) {
+            Some((_, Some(v))) => out.push_str(v),
+            Some((n, None)) => missing = missing.or(Some(n)),
+            None => {}
         }
-        let v = knobs(name).ok_or_else(|| format!("no knob {name} for \"{{{{{name}}}}}\""))?;
-        out.push_str(v);
-        rest = &after[end + 2..];
+    })
+    .map_err(|e| match e {
+        crate::job::TemplateError::Unclosed => "\"{{\" without a closing \"}}\"".to_string(),
+        crate::job::TemplateError::BadName(name) => format!(
+            "\"{{{{{name}}}}}\" is not a knob reference (a name of A-Z, a-z, 0-9 and _, at \
+             most {MAX_KNOB_NAME_BYTES} bytes)"
+        ),
+    })?;
+    match missing {
+        Some(name) => Err(format!("no knob {name} for \"{{{{{name}}}}}\"")),
+        None => Ok(out),
     }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// Whether `s` is a knob name: 1 to [`MAX_KNOB_NAME_BYTES`] bytes of `[A-Za-z0-9_]`.
-pub fn valid_knob_name(s: &str) -> bool {
-    crate::job::knob_name_ok(s)
-}
-
-/// Whether `s` is a scenario name: 1 to [`MAX_SCENARIO_NAME_BYTES`] bytes of `[A-Za-z0-9_.-]`,
-/// not starting with `.` (as `meshlat_proto::job` checks `load.scenario`).
-pub fn valid_scenario_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_SCENARIO_NAME_BYTES
-        && !s.starts_with('.')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// Checks a knob value: length and no control characters.
@@ -239,11 +224,6 @@ fn check_knob_value(v: &str) -> Result<(), String> {
         return Err("holds control characters".into());
     }
     Ok(())
-}
-
-/// Whether `s` is an HTTP header name (RFC 9110 token).
-fn valid_header_name(s: &str) -> bool {
-    crate::job::header_name_ok(s)
 }
 
 /// The resolved weight of a knob value.
@@ -376,7 +356,7 @@ pub fn scenario_name(file_name: &str) -> Result<String, String> {
     let Some(stem) = file_name.strip_suffix(&format!(".{FILE_EXTENSION}")) else {
         return Err(format!("a scenario file is NAME.{FILE_EXTENSION}"));
     };
-    if !valid_scenario_name(stem) {
+    if !crate::job::scenario_name_ok(stem) {
         return Err(format!(
             "the name {stem:?} must be 1 to {MAX_SCENARIO_NAME_BYTES} bytes of A-Z, a-z, 0-9, _, . and -, not starting with ."
         ));
@@ -499,7 +479,7 @@ impl<'de> Deserialize<'de> for Knobs {
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Knobs, A::Error> {
                 let mut out = BTreeMap::new();
                 while let Some(k) = m.next_key_seed(CheckedStr(|k: &str| {
-                    if !valid_knob_name(k) {
+                    if !crate::job::knob_name_ok(k) {
                         return Err(format!(
                             "knobs: {k:?} is not a knob name (1 to {MAX_KNOB_NAME_BYTES} bytes of A-Z, a-z, 0-9 and _)"
                         ));
@@ -625,7 +605,7 @@ impl<'de> Deserialize<'de> for Headers {
                 let mut out = BTreeMap::new();
                 let mut lower: BTreeMap<String, String> = BTreeMap::new();
                 while let Some(k) = m.next_key_seed(CheckedStr(|k: &str| {
-                    if k.len() > MAX_HEADER_NAME_BYTES || !valid_header_name(k) {
+                    if k.len() > MAX_HEADER_NAME_BYTES || !crate::job::header_name_ok(k) {
                         return Err(format!(
                             "headers: {k:?} is not a header name (at most {MAX_HEADER_NAME_BYTES} bytes of token characters)"
                         ));
@@ -719,7 +699,7 @@ impl<'de> Deserialize<'de> for WeightRaw {
                 let name = v
                     .strip_prefix("{{")
                     .and_then(|r| r.strip_suffix("}}"))
-                    .filter(|n| valid_knob_name(n))
+                    .filter(|n| crate::job::knob_name_ok(n))
                     .ok_or_else(|| {
                         E::custom(format!(
                             "weight: {v:?} is neither a number nor \"{{{{KNOB}}}}\""

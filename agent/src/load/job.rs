@@ -195,14 +195,6 @@ pub fn assignment_tasks(
     // The request mix: `load.requests` (filled from a scenario by the controller, or inline)
     // with `load.knobs` rendered into their templates; none: a GET of each target URL.
     let mix = RequestMix::new(&load.requests, &load.knobs).map_err(|e| format!("load.{e}"))?;
-    if spec.duration_ms == 0 {
-        return Err("duration_ms: required for load jobs".into());
-    }
-    for (field, v) in [("load.start", load.start), ("load.step", load.step)] {
-        if !v.is_finite() {
-            return Err(format!("{field}: must be a finite number"));
-        }
-    }
     let share = if load.rate_per_job && model == Model::Open {
         f64::from(a.load_share_agents.max(1))
     } else {
