@@ -22,7 +22,6 @@ use tokio::time::Instant;
 use anyhow::Result;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use support::{TestAgent, TestController, eventually, tmp_dir};
 
@@ -38,48 +37,26 @@ struct Counts {
 fn target() -> (SocketAddr, Arc<Counts>) {
     let counts = Arc::new(Counts::default());
     let c = Arc::clone(&counts);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
-                return;
-            };
-            let _ = tx.send(l.local_addr());
-            while let Ok((s, _)) = l.accept().await {
-                c.connections.fetch_add(1, Ordering::SeqCst);
-                c.open.fetch_add(1, Ordering::SeqCst);
-                let c = Arc::clone(&c);
-                tokio::spawn(async move {
-                    let c2 = Arc::clone(&c);
-                    let svc = hyper::service::service_fn(move |_req| {
-                        let c = Arc::clone(&c2);
-                        async move {
-                            c.requests.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            Ok::<_, Infallible>(hyper::Response::new(Full::new(
-                                Bytes::from_static(b"pong\n"),
-                            )))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                    c.open.fetch_sub(1, Ordering::SeqCst);
-                });
+    let addr = support::serve_http_on_thread(move || {
+        c.connections.fetch_add(1, Ordering::SeqCst);
+        c.open.fetch_add(1, Ordering::SeqCst);
+        let (c2, done) = (Arc::clone(&c), Arc::clone(&c));
+        let svc = hyper::service::service_fn(move |_req| {
+            let c = Arc::clone(&c2);
+            async move {
+                c.requests.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                    b"pong\n",
+                ))))
             }
         });
+        let on_close: Box<dyn FnOnce() + Send> = Box::new(move || {
+            done.open.fetch_sub(1, Ordering::SeqCst);
+        });
+        (svc, on_close)
     });
-    let addr = rx
-        .recv()
-        .map_err(anyhow::Error::from)
-        .and_then(|a| a.map_err(anyhow::Error::from));
-    (addr.unwrap_or_else(|e| panic!("target: {e}")), counts)
+    (addr, counts)
 }
 
 fn job(url: &str, duration_ms: u64, load: Value) -> String {

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use anyhow::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use support::{TestAgent, TestController, eventually, tmp_dir};
 
@@ -28,68 +27,42 @@ type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
 fn target() -> (SocketAddr, Seen) {
     let seen: Seen = Arc::default();
     let s = Arc::clone(&seen);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
-                return;
-            };
-            let _ = tx.send(l.local_addr());
-            while let Ok((c, _)) = l.accept().await {
-                let s = Arc::clone(&s);
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: hyper::Request<hyper::body::Incoming>| {
-                            let s = Arc::clone(&s);
-                            async move {
-                                let (parts, body) = req.into_parts();
-                                let body = body
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
-                                let path = parts
-                                    .uri
-                                    .path_and_query()
-                                    .map_or_else(String::new, |p| p.as_str().to_string());
-                                if let Ok(mut v) = s.lock() {
-                                    v.push((
-                                        parts.method.to_string(),
-                                        path,
-                                        String::from_utf8_lossy(&body).into_owned(),
-                                    ));
-                                }
-                                let status = match parts.uri.path() {
-                                    "/orders" => 201,
-                                    "/oopsie" => 500,
-                                    _ => 200,
-                                };
-                                let mut r =
-                                    hyper::Response::new(Full::new(Bytes::from_static(b"ok\n")));
-                                *r.status_mut() =
-                                    hyper::StatusCode::from_u16(status).unwrap_or_default();
-                                Ok::<_, Infallible>(r)
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(c), svc)
-                        .await;
-                });
+    let addr = support::serve_http_on_thread(move || {
+        let s = Arc::clone(&s);
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let s = Arc::clone(&s);
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(String::new, |p| p.as_str().to_string());
+                if let Ok(mut v) = s.lock() {
+                    v.push((
+                        parts.method.to_string(),
+                        path,
+                        String::from_utf8_lossy(&body).into_owned(),
+                    ));
+                }
+                let status = match parts.uri.path() {
+                    "/orders" => 201,
+                    "/oopsie" => 500,
+                    _ => 200,
+                };
+                let mut r = hyper::Response::new(Full::new(Bytes::from_static(b"ok\n")));
+                *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+                Ok::<_, Infallible>(r)
             }
         });
+        let on_close: Box<dyn FnOnce() + Send> = Box::new(|| {});
+        (svc, on_close)
     });
-    let addr = rx
-        .recv()
-        .map_err(anyhow::Error::from)
-        .and_then(|a| a.map_err(anyhow::Error::from));
-    (addr.unwrap_or_else(|e| panic!("target: {e}")), seen)
+    (addr, seen)
 }
 
 const SHOP: &str = r#"{

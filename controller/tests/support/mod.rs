@@ -144,3 +144,55 @@ pub fn read_secrets_file(path: &Path) -> Result<(Option<String>, Option<String>)
     }
     Ok((token, credential))
 }
+
+/// A test HTTP/1.1 target on a thread of its own (a current-thread runtime, so the test's
+/// runtime never delays it): binds `127.0.0.1:0` and serves each accepted connection with the
+/// service `on_conn` returns for it, calling the returned closure when the connection ends.
+///
+/// # Panics
+///
+/// If the listener cannot be bound (a test cannot go on without its target).
+pub fn serve_http_on_thread<F, S, B>(on_conn: F) -> std::net::SocketAddr
+where
+    F: Fn() -> (S, Box<dyn FnOnce() + Send>) + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+                return;
+            };
+            let _ = tx.send(l.local_addr());
+            while let Ok((s, _)) = l.accept().await {
+                let (svc, on_close) = on_conn();
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                    on_close();
+                });
+            }
+        });
+    });
+    match rx.recv() {
+        Ok(Ok(addr)) => addr,
+        Ok(Err(e)) => panic!("test target: {e}"),
+        Err(e) => panic!("test target: {e}"),
+    }
+}
