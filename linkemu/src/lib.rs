@@ -24,8 +24,8 @@
 //! idle=DUR      how long a flow may sit idle before the emulator forgets it (default 30s; > 0):
 //!               udp: a client sending nothing and receiving nothing; tcp: a connection of
 //!               which one direction has ended and the other carries nothing
-//! warm=DUR      tun only: a warm-up packet this long before each held packet that follows a
-//!               quiet spell (default 0: off; at most 10ms; see [`tun`]'s "Warm-up")
+//! warm=DUR      tun only: a warm-up packet this long before each held packet that answers the
+//!               end it goes to (default 0: off; at most 10ms; see [`tun`]'s "Warm-up")
 //! ```
 //!
 //! Examples: `udp:127.0.0.1:0=127.0.0.1:862,fwd=5ms,ret=15ms,loss_fwd=2.5,seed=42`,
@@ -115,6 +115,10 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 /// XOR-ed into the seed for the return direction's RNG, so the two directions differ.
 pub const RET_SEED_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
 
+/// How long the far end may take to answer a packet for its answer still to count as one (see
+/// [`tun`]'s "Warm-up").
+pub const ANSWER_SLACK: Duration = Duration::from_millis(1);
+
 /// Largest `warm` a tun route takes.
 pub const MAX_WARM: Duration = Duration::from_millis(10);
 
@@ -176,9 +180,8 @@ pub struct RouteSpec {
     /// Tun routes: the namespaces of the two ends (`listen` and `upstream` hold their addresses,
     /// port 0).
     pub namespaces: Option<(String, String)>,
-    /// Tun routes: how long before a held packet is due a warm-up packet goes ahead of it into
-    /// the same device, when the device has had nothing for that long (zero: never; see
-    /// [`tun`]'s "Warm-up").
+    /// Tun routes: how long before a held packet that answers the receiving end is due a warm-up
+    /// packet goes ahead of it into the same device (zero: never; see [`tun`]'s "Warm-up").
     pub warm: Duration,
 }
 
@@ -452,6 +455,30 @@ struct Counters {
     ret_packets: AtomicU64,
     ret_dropped: AtomicU64,
     warm_packets: AtomicU64,
+    /// When each direction last read a packet (fwd, ret): nanoseconds since [`epoch`] plus one,
+    /// 0 for never. A tun route's warm-up asks whether the receiving end sent recently.
+    last_read: [AtomicU64; 2],
+}
+
+/// The process's reference instant for [`Counters::last_read`].
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Counters {
+    fn mark_read(&self, dir: Dir, at: Instant) {
+        let ns =
+            u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX - 1);
+        self.last_read[dir as usize].store(ns + 1, Ordering::Relaxed);
+    }
+
+    fn last_read(&self, dir: Dir) -> Option<Instant> {
+        match self.last_read[dir as usize].load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(epoch() + Duration::from_nanos(ns - 1)),
+        }
+    }
 }
 
 impl Counters {
@@ -740,8 +767,17 @@ fn write_log(rx: Receiver<LogLine>, file: std::fs::File) {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dir {
-    Fwd,
-    Ret,
+    Fwd = 0,
+    Ret = 1,
+}
+
+impl Dir {
+    fn other(self) -> Dir {
+        match self {
+            Dir::Fwd => Dir::Ret,
+            Dir::Ret => Dir::Fwd,
+        }
+    }
 }
 
 /// Where a held packet goes when due.
@@ -780,6 +816,8 @@ struct Lane {
     queue: Sender<Held>,
     /// The route's `warm` (tun routes; zero: off).
     warm: Duration,
+    /// The route's round trip, `fwd + ret`.
+    round_trip: Duration,
     log: Option<Sender<LogLine>>,
 }
 
@@ -808,6 +846,9 @@ impl Lane {
             Dir::Ret => (&self.counters.ret_packets, &self.counters.ret_dropped),
         };
         let seq = packets.fetch_add(1, Ordering::Relaxed);
+        if !self.warm.is_zero() {
+            self.counters.mark_read(self.dir, received);
+        }
         let drop = self.loss_pct > 0.0
             && self
                 .rng
@@ -869,6 +910,17 @@ impl Lane {
         );
     }
 
+    /// Whether a packet due at `due` answers the end it goes to: that end sent a packet on this
+    /// route (read by the other direction) within one round trip of the route plus
+    /// [`ANSWER_SLACK`] before `due`.
+    fn answers(&self, due: Instant) -> bool {
+        self.counters
+            .last_read(self.dir.other())
+            .is_some_and(|sent| {
+                due.saturating_duration_since(sent) <= self.round_trip + ANSWER_SLACK
+            })
+    }
+
     /// Writes a warm-up packet for `held` into its TUN device (other outputs: nothing): see
     /// [`tun`]'s "Warm-up".
     fn warm_up(&self, held: &Held) {
@@ -917,6 +969,7 @@ fn lane(
         counters: counters.clone(),
         queue: tx,
         warm: spec.warm,
+        round_trip: spec.fwd_delay + spec.ret_delay,
         log,
     });
     let (l, s) = (lane.clone(), shared.clone());
@@ -926,7 +979,8 @@ fn lane(
 }
 
 /// Sends each held packet at its due time, in arrival order; on a tun route with `warm`, sends
-/// a warm-up packet `warm` ahead of each packet that follows a quiet spell.
+/// a warm-up packet `warm` ahead of each packet that answers the receiving end (see [`tun`]'s
+/// "Warm-up").
 fn hold_loop(lane: &Lane, rx: Receiver<Held>, shared: &Shared) {
     let mut last_sent: Option<Instant> = None;
     loop {
@@ -935,7 +989,7 @@ fn hold_loop(lane: &Lane, rx: Receiver<Held>, shared: &Shared) {
             Err(RecvTimeoutError::Timeout) if !shared.stopped() => continue,
             Err(_) => return,
         };
-        if let Some(at) = warm_at(lane.warm, held.due, last_sent) {
+        if let Some(at) = warm_at(lane.warm, held.due, last_sent, lane.answers(held.due)) {
             if !wait_until(at, shared) {
                 return;
             }
@@ -949,10 +1003,16 @@ fn hold_loop(lane: &Lane, rx: Receiver<Held>, shared: &Shared) {
     }
 }
 
-/// When to send a warm-up packet ahead of a packet due at `due`: `warm` before it, unless warm-up
-/// is off or the lane sent a packet within `warm` of that instant (the path is warm already).
-fn warm_at(warm: Duration, due: Instant, last_sent: Option<Instant>) -> Option<Instant> {
-    if warm.is_zero() {
+/// When to send a warm-up packet ahead of a packet due at `due`: `warm` before it, when it
+/// `answers` the receiving end, unless warm-up is off or the lane sent a packet within `warm` of
+/// that instant (the path is warm already).
+fn warm_at(
+    warm: Duration,
+    due: Instant,
+    last_sent: Option<Instant>,
+    answers: bool,
+) -> Option<Instant> {
+    if warm.is_zero() || !answers {
         return None;
     }
     let at = due.checked_sub(warm)?;
@@ -1565,20 +1625,21 @@ mod tests {
         let w = Duration::from_micros(100);
         let t0 = Instant::now();
         let due = t0 + Duration::from_millis(10);
-        assert_eq!(warm_at(Duration::ZERO, due, None), None, "off");
-        assert_eq!(warm_at(w, due, None), Some(due - w), "first packet");
+        assert_eq!(warm_at(Duration::ZERO, due, None, true), None, "off");
+        assert_eq!(warm_at(w, due, None, true), Some(due - w), "first packet");
+        assert_eq!(warm_at(w, due, None, false), None, "not an answer");
         let quiet = due - Duration::from_millis(5);
         assert_eq!(
-            warm_at(w, due, Some(quiet)),
+            warm_at(w, due, Some(quiet), true),
             Some(due - w),
             "after 5 ms quiet"
         );
         // Sent 150 us before the packet's due time: 50 us before the warm-up would go, so the
         // path is warm already.
         let recent = due - Duration::from_micros(150);
-        assert_eq!(warm_at(w, due, Some(recent)), None, "back to back");
+        assert_eq!(warm_at(w, due, Some(recent), true), None, "back to back");
         assert_eq!(
-            warm_at(w, due, Some(due - 2 * w)),
+            warm_at(w, due, Some(due - 2 * w), true),
             Some(due - w),
             "exactly warm apart"
         );
@@ -1596,6 +1657,7 @@ mod tests {
             counters: Arc::new(Counters::default()),
             queue,
             warm: Duration::ZERO,
+            round_trip: delay,
             log: None,
         };
         (lane, rx)

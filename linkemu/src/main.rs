@@ -36,9 +36,10 @@ use meshlat_linkemu::{LinkEmu, RouteSpec};
     idle=DUR      release a UDP client idle this long, or a TCP connection of which one
                   direction ended and the other is idle this long (default 30s)
     warm=DUR      tun only: write a warm-up packet (a TCP RST to port 0, which the far
-                  kernel drops unanswered) this long before each held packet that follows a
-                  quiet spell, so idle-gap costs in the receiving kernel stay out of the
-                  delay (default 0: off; at most 10ms; 100us is what the accuracy bench uses)
+                  kernel drops unanswered) this long before each held packet that answers
+                  the end it goes to (that end sent within fwd + ret + 1ms), so an answer
+                  finds the receiving kernel as warm as on an undelayed path (default 0:
+                  off; at most 10ms; 100us is what the accuracy bench uses)
 
 EXAMPLES:
   meshlat-linkemu --route udp:127.0.0.1:0=127.0.0.1:862,fwd=5ms,ret=15ms

@@ -21,21 +21,29 @@
 //!
 //! # Warm-up
 //!
-//! `warm=DUR` (off by default, at most [`MAX_WARM`](super::MAX_WARM)) keeps the receiving
-//! kernel's path warm for held packets. After a quiet spell of milliseconds, the kernel behind a
-//! device takes longer to take a packet in (inside the emulator's `write()`: measured 55–170 µs
+//! `warm=DUR` (off by default, at most [`MAX_WARM`](super::MAX_WARM)) keeps a delayed path's
+//! answers as warm as an undelayed path's. After a quiet spell of milliseconds, the kernel behind
+//! a device takes longer to take a packet in (inside the emulator's `write()`: measured 55–170 µs
 //! against 15–60 µs when packets follow each other closely, on a 2-core VM whose idle vCPUs
-//! halt). An undelayed path is warm throughout one exchange and a delayed one is cold at every
-//! packet, so without warm-up a delayed connect rises over an undelayed one by the delay plus
-//! about 30–50 µs that no real link of that delay would add. With `warm`, the hold thread writes
-//! one warm-up packet into the same device `warm` before a held packet is due, unless that lane
-//! sent a packet within `warm` before then (back-to-back traffic is warm already). The warm-up
-//! packet ([`warm_up_packet`]) is a 40-byte IPv4 TCP segment from the held packet's source to its
-//! destination address with ports 0 → 0, the RST flag and valid checksums: no socket can have
-//! port 0, so the receiving kernel looks the segment up, finds no socket and drops it, and a RST
-//! is never answered, so nothing comes back through the emulator. Warm-up packets are not counted
-//! or logged as the route's packets; [`RouteStats::warm_packets`](super::RouteStats) counts them
-//! (and the summary line shows them). Held packets that are not IPv4 with a full header get none.
+//! halt). On an undelayed path an answer (a SYN-ACK, a reflected datagram) reaches its
+//! requester microseconds after the request left, while everything is warm; on a delayed path it
+//! arrives after a quiet spell as long as the delay, so a delayed connect rises over an
+//! undelayed one by the delay plus some 20–50 µs that the emulated delay does not account for.
+//! With `warm`, the hold thread writes one warm-up packet into the device `warm` before a held
+//! packet is due when that packet answers the end it goes to — that end sent a packet on this
+//! route within one round trip (`fwd + ret`) plus [`ANSWER_SLACK`](super::ANSWER_SLACK) before
+//! the due time — and the lane has not itself sent a packet within `warm` before then. A packet
+//! that answers nothing (the first SYN of a connect, the first packet of a train) arrives cold,
+//! as it would on an undelayed path: warming those too made a delayed connect 10–40 µs faster
+//! than an undelayed one, whose SYN meets a cold far end.
+//!
+//! The warm-up packet ([`warm_up_packet`]) is a 40-byte IPv4 TCP segment from the held packet's
+//! source to its destination address with ports 0 → 0, the RST flag and valid checksums: no
+//! socket can have port 0, so the receiving kernel looks the segment up, finds no socket and
+//! drops it, and a RST is never answered, so nothing comes back through the emulator. Warm-up
+//! packets are not counted or logged as the route's packets;
+//! [`RouteStats::warm_packets`](super::RouteStats) counts them (and the summary line shows them).
+//! Held packets that are not IPv4 with a full header get none.
 
 use std::fs::File;
 use std::io::{self, Read};

@@ -7,8 +7,9 @@
 Creates two network namespaces (mltt<pid>a, mltt<pid>b) joined by two `meshlat-linkemu` tun
 routes: a baseline (10.78.0.1 = 10.78.0.2; undelayed unless --base-fwd/--base-ret) and one with
 FWD out and RET back (10.78.1.1 = 10.78.1.2), both with the emulator's `warm=WARM` (a warm-up
-packet ahead of each held packet after a quiet spell; `--warm 0` turns it off; it does nothing
-on an undelayed path, which holds nothing). `agent serve` (its TCP responder only) runs in b.
+packet ahead of each held packet that answers the end it goes to, so a SYN-ACK finds the
+client's kernel as warm as on an undelayed path; `--warm 0` turns it off; it does nothing on an
+undelayed path, which holds nothing). `agent serve` (its TCP responder only) runs in b.
 Per round, from a: `agent probe tcp://HOST:P -n N -d D`, one agent per path, the second started
 D/2 after the first, so their samples alternate between the paths and never overlap (one agent
 probing both paths would sample them at the same instants and put the delayed path's packets
