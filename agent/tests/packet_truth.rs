@@ -25,6 +25,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use meshlat_proto::record::Record;
 
+/// The tests here run one at a time: each times packets through its own emulator, and another
+/// test's emulator and agents busy on the same two cores would move its figures.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `ip ARGS`, panicking with a message that says this needs root.
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -164,6 +172,7 @@ struct Figure {
 
 #[test]
 fn every_protocol_and_phase_follows_the_delay_of_a_packet_level_link() {
+    let _serial = serial();
     let mut hosts = Hosts::create();
     let (a, b) = (hosts.a.clone(), hosts.b.clone());
     let dir = support::tmpdir("packet-truth");
@@ -472,4 +481,150 @@ fn every_protocol_and_phase_follows_the_delay_of_a_packet_level_link() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// `Tcp:` and `Icmp:` counters of namespace `ns`'s kernel (`/proc/net/snmp` read there).
+fn snmp(ns: &str) -> BTreeMap<String, i64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .expect("read /proc/net/snmp in the namespace");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rows: Vec<&str> = text.lines().collect();
+    let mut m = BTreeMap::new();
+    for pair in rows.chunks(2) {
+        let [names, values] = pair else { continue };
+        let (proto, names) = names.split_once(':').expect("snmp header");
+        let values = values.split_once(':').expect("snmp values").1;
+        for (k, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            m.insert(format!("{proto}.{k}"), v.parse().unwrap_or(-1));
+        }
+    }
+    m
+}
+
+/// A tun route's warm-up packets (`warm=`, see linkemu's "Warm-up") go ahead of answers only,
+/// reach the far kernel's TCP layer, pass its checksums and are dropped there without an
+/// answer: across a UDP-only exchange, each namespace's kernel counts warm-ups in and sends no
+/// TCP segment, no RST and no ICMP message back; the emulator counts every one it wrote, and the
+/// UDP figure still follows the delay.
+#[test]
+fn warm_up_packets_are_dropped_unanswered_by_the_far_kernel() {
+    let _serial = serial();
+    let mut hosts = Hosts::create();
+    let (a, b) = (hosts.a.clone(), hosts.b.clone());
+    let emu = support::linkemu_bin();
+    let route = format!("tun:{a}/10.77.2.1={b}/10.77.2.2,fwd=5ms,ret=5ms,warm=100us");
+    let mut e = Command::new(&emu)
+        .args(["--route", &route])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start meshlat-linkemu");
+    lines(&mut e, "route ", 1);
+    let srv = hosts.spawn(
+        &b,
+        support::agent_bin(),
+        &[
+            &["serve", "--listen", "0.0.0.0", "--udp-port", "7820"][..],
+            &support::responders_off_except(&[support::Proto::Udp]),
+        ]
+        .concat(),
+    );
+    lines(srv, "listening udp", 1);
+    let before = (snmp(&a), snmp(&b));
+    // 5 trains of 5 packets 10 ms apart: every packet and reply follows a quiet spell.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &a, support::agent_bin()])
+        .args([
+            "probe",
+            "--format",
+            "json",
+            "-n",
+            "5",
+            "-d",
+            "0.1",
+            "--packets",
+            "5",
+            "--packet-interval-ms",
+            "10",
+            "udp://10.77.2.2:7820",
+        ])
+        .output()
+        .expect("agent probe in namespace a");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = (snmp(&a), snmp(&b));
+    let status = Command::new("kill")
+        .args(["-TERM", &e.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let stderr = {
+        use std::io::Read;
+        let mut s = String::new();
+        e.stderr
+            .take()
+            .expect("piped")
+            .read_to_string(&mut s)
+            .expect("emulator stderr");
+        s
+    };
+    let _ = e.wait();
+    drop(hosts);
+
+    let recs: Vec<Record> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a record: {e}: {l}")))
+        .collect();
+    assert_eq!(recs.len(), 5, "{recs:?}");
+    for r in &recs {
+        assert!(r.ok && r.lost.unwrap_or(0) == 0, "{r:?}");
+        // The delay is a floor for every packet (a busy machine only adds to it).
+        let rtt = r.rtt_min_ms.expect("rtt_min_ms");
+        assert!(rtt >= 9.9, "udp rtt_min {rtt} ms across 5 ms + 5 ms: {r:?}");
+    }
+    let warm: i64 = stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("summary route 0 tun ")?
+                .split_once("warm_packets=")
+        })
+        .and_then(|(_, n)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no warm_packets in the summary: {stderr}"));
+    let delta = |m: &(BTreeMap<String, i64>, BTreeMap<String, i64>), k: &str| {
+        (after.0[k] - m.0[k], after.1[k] - m.1[k])
+    };
+    let in_segs = delta(&before, "Tcp.InSegs");
+    println!(
+        "figures warm_up warm_packets={warm} tcp_in_segs_a={} tcp_in_segs_b={}",
+        in_segs.0, in_segs.1
+    );
+    // Every reply answers a packet a sent one round trip (10 ms) before: 25 warm-ups into a
+    // (fewer only if the reflector took over ANSWER_SLACK to reply). Packets 2-5 of a train
+    // answer b's reply to the packet before (10 ms apart): up to 20 into b (fewer when the
+    // agent's pacing ran late); the first packet of each train follows 60 ms of quiet from b and
+    // answers nothing, so never 25.
+    assert!(
+        (10..=25).contains(&in_segs.0) && (1..=20).contains(&in_segs.1),
+        "warm-ups reach TCP both ways, ahead of answers only: {in_segs:?}"
+    );
+    assert_eq!(
+        warm,
+        in_segs.0 + in_segs.1,
+        "the emulator wrote {warm} warm-ups; the kernels took in {in_segs:?} TCP segments"
+    );
+    for k in [
+        "Tcp.OutSegs",
+        "Tcp.OutRsts",
+        "Tcp.InErrs",
+        "Tcp.InCsumErrors",
+        "Icmp.OutMsgs",
+        "Icmp.OutErrors",
+    ] {
+        assert_eq!(delta(&before, k), (0, 0), "{k} in namespaces a, b");
+    }
 }

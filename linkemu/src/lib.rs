@@ -24,6 +24,8 @@
 //! idle=DUR      how long a flow may sit idle before the emulator forgets it (default 30s; > 0):
 //!               udp: a client sending nothing and receiving nothing; tcp: a connection of
 //!               which one direction has ended and the other carries nothing
+//! warm=DUR      tun only: a warm-up packet this long before each held packet that answers the
+//!               end it goes to (default 0: off; at most 10ms; see [`tun`]'s "Warm-up")
 //! ```
 //!
 //! Examples: `udp:127.0.0.1:0=127.0.0.1:862,fwd=5ms,ret=15ms,loss_fwd=2.5,seed=42`,
@@ -113,6 +115,13 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 /// XOR-ed into the seed for the return direction's RNG, so the two directions differ.
 pub const RET_SEED_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
 
+/// How long the far end may take to answer a packet for its answer still to count as one (see
+/// [`tun`]'s "Warm-up").
+pub const ANSWER_SLACK: Duration = Duration::from_millis(1);
+
+/// Largest `warm` a tun route takes.
+pub const MAX_WARM: Duration = Duration::from_millis(10);
+
 /// How often blocked threads wake to check for shutdown.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -171,6 +180,9 @@ pub struct RouteSpec {
     /// Tun routes: the namespaces of the two ends (`listen` and `upstream` hold their addresses,
     /// port 0).
     pub namespaces: Option<(String, String)>,
+    /// Tun routes: how long before a held packet that answers the receiving end is due a warm-up
+    /// packet goes ahead of it into the same device (zero: never; see [`tun`]'s "Warm-up").
+    pub warm: Duration,
 }
 
 impl RouteSpec {
@@ -187,6 +199,7 @@ impl RouteSpec {
             seed: 0,
             idle: DEFAULT_IDLE,
             namespaces: None,
+            warm: Duration::ZERO,
         }
     }
 }
@@ -224,7 +237,7 @@ pub enum RouteProblem {
     #[error("option {0:?} is not key=value")]
     Option(String),
     /// An option key is not known.
-    #[error("unknown option {0:?}; known: fwd, ret, loss_fwd, loss_ret, seed, idle")]
+    #[error("unknown option {0:?}; known: fwd, ret, loss_fwd, loss_ret, seed, idle, warm (tun)")]
     UnknownKey(String),
     /// An option appears twice.
     #[error("option {0:?} given twice")]
@@ -356,6 +369,17 @@ fn parse_options<'a>(
                     return Err(bad("expected a duration above 0, such as 30s"));
                 }
             }
+            "warm" => {
+                if proto != RouteProto::Tun {
+                    return Err(bad(
+                        "warm-up packets go through the kernel's receive path: tun routes only",
+                    ));
+                }
+                route.warm = duration()?;
+                if route.warm > MAX_WARM {
+                    return Err(bad("expected at most 10ms, such as 100us (0: off)"));
+                }
+            }
             _ => return Err(RouteProblem::UnknownKey(key.to_string())),
         }
         if proto == RouteProto::Tcp && key.starts_with("loss") && route_loss(&route) > 0.0 {
@@ -399,7 +423,11 @@ impl fmt::Display for RouteSpec {
             self.loss_ret_pct,
             self.seed,
             self.idle.as_millis()
-        )
+        )?;
+        if !self.warm.is_zero() {
+            write!(f, ",warm={}us", self.warm.as_micros())?;
+        }
+        Ok(())
     }
 }
 
@@ -416,6 +444,8 @@ pub struct RouteStats {
     pub ret_packets: u64,
     /// Of those, dropped by the loss model.
     pub ret_dropped: u64,
+    /// Warm-up packets written (tun routes with `warm`, both directions; not counted above).
+    pub warm_packets: u64,
 }
 
 #[derive(Debug, Default)]
@@ -424,6 +454,31 @@ struct Counters {
     fwd_dropped: AtomicU64,
     ret_packets: AtomicU64,
     ret_dropped: AtomicU64,
+    warm_packets: AtomicU64,
+    /// When each direction last read a packet (fwd, ret): nanoseconds since [`epoch`] plus one,
+    /// 0 for never. A tun route's warm-up asks whether the receiving end sent recently.
+    last_read: [AtomicU64; 2],
+}
+
+/// The process's reference instant for [`Counters::last_read`].
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Counters {
+    fn mark_read(&self, dir: Dir, at: Instant) {
+        let ns =
+            u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX - 1);
+        self.last_read[dir as usize].store(ns + 1, Ordering::Relaxed);
+    }
+
+    fn last_read(&self, dir: Dir) -> Option<Instant> {
+        match self.last_read[dir as usize].load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(epoch() + Duration::from_nanos(ns - 1)),
+        }
+    }
 }
 
 impl Counters {
@@ -433,6 +488,7 @@ impl Counters {
             fwd_dropped: self.fwd_dropped.load(Ordering::Relaxed),
             ret_packets: self.ret_packets.load(Ordering::Relaxed),
             ret_dropped: self.ret_dropped.load(Ordering::Relaxed),
+            warm_packets: self.warm_packets.load(Ordering::Relaxed),
         }
     }
 }
@@ -578,14 +634,18 @@ impl LinkEmu {
         (0..self.routes.len())
             .filter_map(|i| {
                 let s = self.stats(i)?;
-                Some(format!(
+                let mut line = format!(
                     "summary route {i} {} fwd_packets={} fwd_dropped={} ret_packets={} ret_dropped={}",
                     self.routes[i].proto.as_str(),
                     s.fwd_packets,
                     s.fwd_dropped,
                     s.ret_packets,
                     s.ret_dropped
-                ))
+                );
+                if !self.routes[i].warm.is_zero() {
+                    line.push_str(&format!(" warm_packets={}", s.warm_packets));
+                }
+                Some(line)
             })
             .collect()
     }
@@ -636,6 +696,7 @@ impl LinkEmu {
                         "summary": true, "route": i, "proto": r.proto.as_str(),
                         "fwd_packets": s.fwd_packets, "fwd_dropped": s.fwd_dropped,
                         "ret_packets": s.ret_packets, "ret_dropped": s.ret_dropped,
+                        "warm_packets": s.warm_packets,
                     })
                     .to_string(),
                 ));
@@ -706,8 +767,17 @@ fn write_log(rx: Receiver<LogLine>, file: std::fs::File) {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dir {
-    Fwd,
-    Ret,
+    Fwd = 0,
+    Ret = 1,
+}
+
+impl Dir {
+    fn other(self) -> Dir {
+        match self {
+            Dir::Fwd => Dir::Ret,
+            Dir::Ret => Dir::Fwd,
+        }
+    }
 }
 
 /// Where a held packet goes when due.
@@ -744,6 +814,10 @@ struct Lane {
     rng: Mutex<SmallRng>,
     counters: Arc<Counters>,
     queue: Sender<Held>,
+    /// The route's `warm` (tun routes; zero: off).
+    warm: Duration,
+    /// The route's round trip, `fwd + ret`.
+    round_trip: Duration,
     log: Option<Sender<LogLine>>,
 }
 
@@ -772,6 +846,9 @@ impl Lane {
             Dir::Ret => (&self.counters.ret_packets, &self.counters.ret_dropped),
         };
         let seq = packets.fetch_add(1, Ordering::Relaxed);
+        if !self.warm.is_zero() {
+            self.counters.mark_read(self.dir, received);
+        }
         let drop = self.loss_pct > 0.0
             && self
                 .rng
@@ -833,6 +910,28 @@ impl Lane {
         );
     }
 
+    /// Whether a packet due at `due` answers the end it goes to: that end sent a packet on this
+    /// route (read by the other direction) within one round trip of the route plus
+    /// [`ANSWER_SLACK`] before `due`.
+    fn answers(&self, due: Instant) -> bool {
+        self.counters
+            .last_read(self.dir.other())
+            .is_some_and(|sent| {
+                due.saturating_duration_since(sent) <= self.round_trip + ANSWER_SLACK
+            })
+    }
+
+    /// Writes a warm-up packet for `held` into its TUN device (other outputs: nothing): see
+    /// [`tun`]'s "Warm-up".
+    fn warm_up(&self, held: &Held) {
+        if let Out::Tun(dev) = &held.out
+            && let Some(pkt) = tun::warm_up_packet(&held.payload)
+            && (&**dev).write(&pkt).is_ok()
+        {
+            self.counters.warm_packets.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn log_packet(&self, seq: u64, bytes: usize, actual: Option<Duration>) {
         if let Some(log) = &self.log {
             let _ = log.send(LogLine::Packet {
@@ -869,6 +968,8 @@ fn lane(
         rng: Mutex::new(SmallRng::seed_from_u64(seed)),
         counters: counters.clone(),
         queue: tx,
+        warm: spec.warm,
+        round_trip: spec.fwd_delay + spec.ret_delay,
         log,
     });
     let (l, s) = (lane.clone(), shared.clone());
@@ -877,18 +978,47 @@ fn lane(
     Ok(lane)
 }
 
-/// Sends each held packet at its due time, in arrival order.
+/// Sends each held packet at its due time, in arrival order; on a tun route with `warm`, sends
+/// a warm-up packet `warm` ahead of each packet that answers the receiving end (see [`tun`]'s
+/// "Warm-up").
 fn hold_loop(lane: &Lane, rx: Receiver<Held>, shared: &Shared) {
+    let mut last_sent: Option<Instant> = None;
     loop {
         let held = match rx.recv_timeout(POLL) {
             Ok(h) => h,
             Err(RecvTimeoutError::Timeout) if !shared.stopped() => continue,
             Err(_) => return,
         };
+        if let Some(at) = warm_at(lane.warm, held.due, last_sent, lane.answers(held.due)) {
+            if !wait_until(at, shared) {
+                return;
+            }
+            lane.warm_up(&held);
+        }
         if !wait_until(held.due, shared) {
             return;
         }
         lane.deliver(held);
+        last_sent = Some(Instant::now());
+    }
+}
+
+/// When to send a warm-up packet ahead of a packet due at `due`: `warm` before it, when it
+/// `answers` the receiving end, unless warm-up is off or the lane sent a packet within `warm` of
+/// that instant (the path is warm already).
+fn warm_at(
+    warm: Duration,
+    due: Instant,
+    last_sent: Option<Instant>,
+    answers: bool,
+) -> Option<Instant> {
+    if warm.is_zero() || !answers {
+        return None;
+    }
+    let at = due.checked_sub(warm)?;
+    match last_sent {
+        Some(last) if at.saturating_duration_since(last) < warm => None,
+        _ => Some(at),
     }
 }
 
@@ -1396,6 +1526,10 @@ mod tests {
         assert_eq!(r.loss_fwd_pct, 1.0, "loss applies to every packet, TCP too");
         let again = parse(&r.to_string()).expect("display parses");
         assert_eq!(again, r);
+        assert_eq!(r.warm, Duration::ZERO, "warm-up is off by default");
+        let w = parse("tun:mla/10.77.1.1=mlb/10.77.1.2,fwd=10ms,warm=100us").expect("valid");
+        assert_eq!(w.warm, Duration::from_micros(100));
+        assert_eq!(parse(&w.to_string()), Ok(w));
         for bad in [
             "tun:mla=mlb/10.0.0.2",
             "tun:mla/10.0.0.1=mlb",
@@ -1465,6 +1599,18 @@ mod tests {
                 "tcp:127.0.0.1:1=127.0.0.1:2,loss_fwd=1",
                 "loss_fwd is not supported on tcp",
             ),
+            (
+                "udp:127.0.0.1:1=127.0.0.1:2,warm=100us",
+                "warm=\"100us\": warm-up packets go through the kernel's receive path: tun routes only",
+            ),
+            (
+                "tun:a/10.0.0.1=b/10.0.0.2,warm=11ms",
+                "warm=\"11ms\": expected at most 10ms",
+            ),
+            (
+                "tun:a/10.0.0.1=b/10.0.0.2,warm=soon",
+                "warm=\"soon\": expected a duration",
+            ),
         ] {
             let err = bad.parse::<RouteSpec>().expect_err(bad).to_string();
             assert!(err.contains(want), "{bad}: {err}");
@@ -1472,6 +1618,31 @@ mod tests {
         }
         // Zero loss on TCP is fine.
         assert!(parse("tcp:127.0.0.1:1=127.0.0.1:2,loss_fwd=0").is_ok());
+    }
+
+    #[test]
+    fn warm_up_goes_warm_ahead_of_a_packet_after_a_quiet_spell_only() {
+        let w = Duration::from_micros(100);
+        let t0 = Instant::now();
+        let due = t0 + Duration::from_millis(10);
+        assert_eq!(warm_at(Duration::ZERO, due, None, true), None, "off");
+        assert_eq!(warm_at(w, due, None, true), Some(due - w), "first packet");
+        assert_eq!(warm_at(w, due, None, false), None, "not an answer");
+        let quiet = due - Duration::from_millis(5);
+        assert_eq!(
+            warm_at(w, due, Some(quiet), true),
+            Some(due - w),
+            "after 5 ms quiet"
+        );
+        // Sent 150 us before the packet's due time: 50 us before the warm-up would go, so the
+        // path is warm already.
+        let recent = due - Duration::from_micros(150);
+        assert_eq!(warm_at(w, due, Some(recent), true), None, "back to back");
+        assert_eq!(
+            warm_at(w, due, Some(due - 2 * w), true),
+            Some(due - w),
+            "exactly warm apart"
+        );
     }
 
     /// A lane of `delay` with no hold thread: what it queues stays in the returned receiver.
@@ -1485,6 +1656,8 @@ mod tests {
             rng: Mutex::new(SmallRng::seed_from_u64(0)),
             counters: Arc::new(Counters::default()),
             queue,
+            warm: Duration::ZERO,
+            round_trip: delay,
             log: None,
         };
         (lane, rx)

@@ -35,6 +35,11 @@ use meshlat_linkemu::{LinkEmu, RouteSpec};
     seed=N        seed of the loss decisions (u64; default 0)
     idle=DUR      release a UDP client idle this long, or a TCP connection of which one
                   direction ended and the other is idle this long (default 30s)
+    warm=DUR      tun only: write a warm-up packet (a TCP RST to port 0, which the far
+                  kernel drops unanswered) this long before each held packet that answers
+                  the end it goes to (that end sent within fwd + ret + 1ms), so an answer
+                  finds the receiving kernel as warm as on an undelayed path (default 0:
+                  off; at most 10ms; 100us is what the accuracy bench uses)
 
 EXAMPLES:
   meshlat-linkemu --route udp:127.0.0.1:0=127.0.0.1:862,fwd=5ms,ret=15ms
@@ -42,7 +47,7 @@ EXAMPLES:
                   --route tcp:0.0.0.0:7443=10.0.0.2:443,fwd=20ms,ret=20ms --log /tmp/emu.ndjson
   meshlat-linkemu --routes-file routes.txt
   ip netns add a; ip netns add b
-  meshlat-linkemu --route tun:a/10.77.1.1=b/10.77.1.2,fwd=10ms,ret=5ms
+  meshlat-linkemu --route tun:a/10.77.1.1=b/10.77.1.2,fwd=10ms,ret=5ms,warm=100us
 
 Bad route specs exit with status 2 and name the bad part."
 )]

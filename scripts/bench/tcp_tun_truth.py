@@ -1,16 +1,26 @@
 #!/usr/bin/env python3
 """TCP connect truth across the packet-level link emulator (stdlib only; needs root).
 
-    scripts/bench/tcp_tun_truth.py [--fwd 10ms --ret 5ms] [--base-fwd 0 --base-ret 0]
+    scripts/bench/tcp_tun_truth.py [--fwd 10ms --ret 5ms] [--base-fwd 0 --base-ret 0] [--warm 100us]
                                    [-n 200] [-d 0.05] [--rounds 3] [--agent PATH] [--linkemu PATH]
 
 Creates two network namespaces (mltt<pid>a, mltt<pid>b) joined by two `meshlat-linkemu` tun
 routes: a baseline (10.78.0.1 = 10.78.0.2; undelayed unless --base-fwd/--base-ret) and one with
-FWD out and RET back (10.78.1.1 = 10.78.1.2). `agent serve` (its TCP responder only) runs in b.
-Per round, from a: `agent probe tcp://10.78.0.2:P tcp://10.78.1.2:P -n N -d D` (both paths in
-one run, sampled at the same instants), then N blocking connect()s from Python per path,
-alternating between the paths at random gaps of D/2..3D/2, each timed with CLOCK_MONOTONIC and
-read for the kernel's tcpi_rtt. For each figure it prints the baseline and delayed median and
+FWD out and RET back (10.78.1.1 = 10.78.1.2), both with the emulator's `warm=WARM` (a warm-up
+packet ahead of each held packet that answers the end it goes to, so a SYN-ACK finds the
+client's kernel as warm as on an undelayed path; `--warm 0` turns it off; it does nothing on an
+undelayed path, which holds nothing). `agent serve` (its TCP responder only) runs in b.
+Per round, from a: `agent probe tcp://HOST:P -n N -d D`, one agent per path, the second started
+D/2 after the first, so their samples alternate between the paths and never overlap (one agent
+probing both paths would sample them at the same instants and put the delayed path's packets
+into the baseline's round trips), then N blocking connect()s from Python per path, alternating
+between the paths at random gaps of D/2..3D/2, each timed with CLOCK_MONOTONIC and read for
+the kernel's tcpi_rtt. With two or more CPUs the emulator runs on the last one and everything
+else on the others (`--no-pin`: anywhere): the emulator's reader threads must wake for every
+packet, and on a CPU that the prober is still using after its connect() (an async prober such
+as the agent, or a non-blocking connect from Python, keeps running until it polls) they wake
+tens of µs later than on one the prober left by blocking in connect(), which moves the
+baseline's round trip (it overlaps the prober's own work) but not a delayed one's. For each figure it prints the baseline and delayed median and
 p99 and the rise (delayed median - baseline median) against the injected difference
 (FWD + RET - BASE_FWD - BASE_RET), and, from the emulator's packet log, how late the holds of
 each route and direction were against their due times.
@@ -89,6 +99,10 @@ def main() -> int:
     ap.add_argument("--ret", default="5ms", help="delayed path, b -> a")
     ap.add_argument("--base-fwd", default="0", help="baseline path, a -> b (default 0)")
     ap.add_argument("--base-ret", default="0", help="baseline path, b -> a (default 0)")
+    ap.add_argument("--warm", default="100us", help="the tun routes' warm= (default 100us; 0: off)")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="leave CPU placement to the scheduler (default: the emulator on the last CPU, "
+                         "everything else on the others)")
     ap.add_argument("-n", type=int, default=200, help="samples per path per figure per round")
     ap.add_argument("-d", type=float, default=0.05, help="seconds between samples of one path")
     ap.add_argument("--rounds", type=int, default=3)
@@ -105,6 +119,12 @@ def main() -> int:
     agent, emu = args.agent, args.linkemu
     injected = parse_dur(args.fwd) + parse_dur(args.ret) - parse_dur(args.base_fwd) - parse_dur(args.base_ret)
     a, b = f"mltt{os.getpid()}a", f"mltt{os.getpid()}b"
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cpus) >= 2 and shutil.which("taskset"):
+        emu_pin = ["taskset", "-c", str(cpus[-1])]
+        client_pin = ["taskset", "-c", ",".join(map(str, cpus[:-1]))]
+    else:
+        emu_pin, client_pin = [], []
     tmp = tempfile.mkdtemp(prefix="tcp-tun-truth-")
     log = args.emu_log or os.path.join(tmp, "emu.jsonl")
     procs = []
@@ -113,16 +133,18 @@ def main() -> int:
         for ns in (a, b):
             ip("netns", "add", ns)
             ip("-n", ns, "link", "set", "lo", "up")
-        e = subprocess.Popen([emu, "--log", log,
-                              "--route", f"tun:{a}/{BASE[0]}={b}/{BASE[1]},fwd={args.base_fwd},ret={args.base_ret}",
-                              "--route", f"tun:{a}/{DELAYED[0]}={b}/{DELAYED[1]},fwd={args.fwd},ret={args.ret}"],
+        e = subprocess.Popen([*emu_pin, emu, "--log", log,
+                              "--route", f"tun:{a}/{BASE[0]}={b}/{BASE[1]},fwd={args.base_fwd},ret={args.base_ret},"
+                                         f"warm={args.warm}",
+                              "--route", f"tun:{a}/{DELAYED[0]}={b}/{DELAYED[1]},fwd={args.fwd},ret={args.ret},"
+                                         f"warm={args.warm}"],
                              stdout=subprocess.PIPE, text=True)
         procs.append(e)
         for _ in range(2):
             if not e.stdout.readline().startswith("route "):
                 raise RuntimeError("meshlat-linkemu did not start its routes")
         off = [f for p in ("udp", "quic", "http", "https") for f in (f"--{p}-port", "off")]
-        srv = subprocess.Popen(["ip", "netns", "exec", b, agent, "serve", "--listen", "0.0.0.0"] + off,
+        srv = subprocess.Popen(["ip", "netns", "exec", b, *client_pin, agent, "serve", "--listen", "0.0.0.0"] + off,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         procs.append(srv)
         port = None
@@ -135,14 +157,21 @@ def main() -> int:
         targets = [f"tcp://{BASE[1]}:{port}", f"tcp://{DELAYED[1]}:{port}"]
         results = {}  # (figure, path) -> [ms]
         for r in range(args.rounds):
-            out = subprocess.run(["ip", "netns", "exec", a, agent, "probe", "--format", "json", "-n", str(args.n),
-                                  "-d", str(args.d), *targets], capture_output=True, text=True, check=False).stdout
+            # One agent per path, the second started D/2 after the first: their samples alternate
+            # between the paths, as Python's do, and never overlap (a sample takes one round trip).
+            agents = []
+            for t in targets if r % 2 == 0 else targets[::-1]:
+                agents.append(subprocess.Popen(["ip", "netns", "exec", a, *client_pin, agent, "probe", "--format",
+                                                "json", "-n", str(args.n), "-d", str(args.d), t],
+                                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+                time.sleep(args.d / 2)
+            out = "".join(p.communicate()[0] for p in agents)
             for line in out.splitlines():
                 rec = json.loads(line)
                 path = "base" if rec["target"] == targets[0] else "delayed"
                 if rec.get("tcp_ms") is not None and rec.get("tcp_time_source") == "kernel":
                     results.setdefault(("agent tcp_ms (kernel)", path), []).append(rec["tcp_ms"])
-            out = subprocess.run(["ip", "netns", "exec", a, sys.executable, os.path.abspath(__file__), "--client",
+            out = subprocess.run(["ip", "netns", "exec", a, *client_pin, sys.executable, os.path.abspath(__file__), "--client",
                                   f"{BASE[1]},{DELAYED[1]}", str(port), str(args.n), str(args.d)],
                                  capture_output=True, text=True, check=False).stdout
             for line in out.splitlines():
@@ -163,7 +192,7 @@ def main() -> int:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
     print(f"injected: delayed path fwd {args.fwd} + ret {args.ret}, baseline fwd {args.base_fwd} + ret "
-          f"{args.base_ret}: rise should be {injected:.3f} ms; {args.rounds} rounds x {args.n} samples per path; "
+          f"{args.base_ret}, warm {args.warm}, emulator CPU {emu_pin[-1] if emu_pin else 'any'}: rise should be {injected:.3f} ms; {args.rounds} rounds x {args.n} samples per path; "
           f"load average {os.getloadavg()[0]:.2f}; {agent}, {emu}")
     print(f"{'figure':<28} {'base p50':>9} {'base p99':>9} {'delay p50':>9} {'delay p99':>9} "
           f"{'rise':>8} {'error':>8}  (ms; n)")
