@@ -117,6 +117,25 @@ impl Hosts {
     }
 }
 
+/// Runs `agent ARGS` (a `probe --format json` command) in namespace `ns`, asserts it succeeded
+/// and returns its records.
+fn probe_in(ns: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Vec<Record> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, support::agent_bin()])
+        .args(args)
+        .output()
+        .expect("agent probe in a namespace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a record: {e}: {l}")))
+        .collect()
+}
+
 /// The first `n` stdout lines of `child` that start with `prefix`.
 fn lines(child: &mut Child, prefix: &str, n: usize) -> Vec<String> {
     use std::io::BufRead;
@@ -267,20 +286,7 @@ fn every_protocol_and_phase_follows_the_delay_of_a_packet_level_link() {
     .map(|s| s.to_string())
     .collect();
     args.extend(base.iter().chain(&delayed).cloned());
-    let out = Command::new("ip")
-        .args(["netns", "exec", &a, support::agent_bin()])
-        .args(&args)
-        .output()
-        .expect("agent probe in namespace a");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let recs: Vec<Record> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a record: {e}: {l}")))
-        .collect();
+    let recs = probe_in(&a, &args);
     drop(hosts);
     assert_eq!(recs.len(), 240, "20 records per target");
     for r in &recs {
@@ -533,10 +539,10 @@ fn warm_up_packets_are_dropped_unanswered_by_the_far_kernel() {
     );
     lines(srv, "listening udp", 1);
     let before = (snmp(&a), snmp(&b));
-    // 5 trains of 5 packets 10 ms apart: every packet and reply follows a quiet spell.
-    let out = Command::new("ip")
-        .args(["netns", "exec", &a, support::agent_bin()])
-        .args([
+    // 5 trains of 5 packets 10 ms apart, 100 ms between trains.
+    let recs = probe_in(
+        &a,
+        &[
             "probe",
             "--format",
             "json",
@@ -549,13 +555,7 @@ fn warm_up_packets_are_dropped_unanswered_by_the_far_kernel() {
             "--packet-interval-ms",
             "10",
             "udp://10.77.2.2:7820",
-        ])
-        .output()
-        .expect("agent probe in namespace a");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let after = (snmp(&a), snmp(&b));
     let status = Command::new("kill")
@@ -576,10 +576,6 @@ fn warm_up_packets_are_dropped_unanswered_by_the_far_kernel() {
     let _ = e.wait();
     drop(hosts);
 
-    let recs: Vec<Record> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a record: {e}: {l}")))
-        .collect();
     assert_eq!(recs.len(), 5, "{recs:?}");
     for r in &recs {
         assert!(r.ok && r.lost.unwrap_or(0) == 0, "{r:?}");
