@@ -64,10 +64,7 @@ fn probe(args: &[String], env: &[(&str, String)]) -> Vec<Record> {
         .expect("run agent probe");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(matches!(out.status.code(), Some(0 | 1)), "{stderr}");
-    let recs: Vec<Record> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a record: {e}: {l}")))
-        .collect();
+    let recs = support::records(&out.stdout);
     let failed = recs.iter().filter(|r| r.samples.unwrap_or(0) == 0).count();
     assert!(failed <= 1, "{failed} trains measured nothing: {stderr}");
     recs.into_iter()

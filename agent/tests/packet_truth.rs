@@ -120,20 +120,11 @@ impl Hosts {
 /// Runs `agent ARGS` (a `probe --format json` command) in namespace `ns`, asserts it succeeded
 /// and returns its records.
 fn probe_in(ns: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Vec<Record> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, support::agent_bin()])
-        .args(args)
-        .output()
-        .expect("agent probe in a namespace");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a record: {e}: {l}")))
-        .collect()
+    support::ok_records(
+        Command::new("ip")
+            .args(["netns", "exec", ns, support::agent_bin()])
+            .args(args),
+    )
 }
 
 /// The first `n` stdout lines of `child` that start with `prefix`.

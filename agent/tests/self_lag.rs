@@ -43,21 +43,12 @@ impl Drop for Hogs {
 
 /// `agent probe --format json ARGS` pinned to CPU 0 at nice 19: its records.
 fn starved_probe(args: &[&str]) -> Vec<Record> {
-    let out = Command::new("taskset")
-        .args(["-c", "0", "nice", "-n", "19", support::agent_bin(), "probe"])
-        .args(["--format", "json"])
-        .args(args)
-        .output()
-        .expect("run taskset nice agent probe");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a record: {e}: {l}")))
-        .collect()
+    support::ok_records(
+        Command::new("taskset")
+            .args(["-c", "0", "nice", "-n", "19", support::agent_bin(), "probe"])
+            .args(["--format", "json"])
+            .args(args),
+    )
 }
 
 #[test]

@@ -161,10 +161,11 @@ def main() -> int:
             # between the paths, as Python's do, and never overlap (a sample takes one round trip).
             agents = []
             for t in targets if r % 2 == 0 else targets[::-1]:
+                if agents:
+                    time.sleep(args.d / 2)
                 agents.append(subprocess.Popen(["ip", "netns", "exec", a, *client_pin, agent, "probe", "--format",
                                                 "json", "-n", str(args.n), "-d", str(args.d), t],
                                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
-                time.sleep(args.d / 2)
             out = "".join(p.communicate()[0] for p in agents)
             for line in out.splitlines():
                 rec = json.loads(line)

@@ -277,18 +277,35 @@ pub fn probe(args: &[&str]) -> Output {
         .expect("run agent probe")
 }
 
+/// The records of an `agent probe --format json` run's stdout (which must be nothing else).
+pub fn records(stdout: &[u8]) -> Vec<Record> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Record>(l).unwrap_or_else(|e| panic!("not a record: {e}: {l}"))
+        })
+        .collect()
+}
+
+/// Runs `cmd` (an `agent probe --format json`, however launched), asserts it succeeded (the
+/// assertion shows its stderr) and returns its [`records`].
+#[track_caller]
+pub fn ok_records(cmd: &mut Command) -> Vec<Record> {
+    let out = cmd.output().expect("run agent probe");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    records(&out.stdout)
+}
+
 /// Runs `agent probe --format json` and parses the records (stdout must be nothing else).
 pub fn probe_json(args: &[&str]) -> (Output, Vec<Record>) {
     let mut a = vec!["--format", "json"];
     a.extend_from_slice(args);
     let out = probe(&a);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let recs = text
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Record>(l).unwrap_or_else(|e| panic!("not a record: {e}: {l}"))
-        })
-        .collect();
+    let recs = records(&out.stdout);
     (out, recs)
 }
 
